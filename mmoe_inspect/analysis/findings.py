@@ -1,0 +1,358 @@
+"""Diagnoses: named findings with severity, evidence numbers and a remedy in plain words.
+
+Each check reads the tables of an inspection (pure pandas, no model access), so it can run on a
+saved `metrics.json` as well as on a fresh result. Thresholds are documented defaults in
+`Thresholds`; every one is configurable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+Severity = Literal["critical", "warning", "info"]
+SEVERITY_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Defaults for every diagnosis (shares are in [0, 1]; divergences in nats).
+
+    collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows.
+    uniform: mean per-row entropy / log E >= `uniform_entropy`.
+    input-independent: input dependence (Σ Var(g_e) / (1 - Σ mean_e²)) < `input_dependence_min`.
+    identical routing: mean per-row total variation between two task gates < `identical_tv`.
+    mildly different (info): mean per-row TV < `mild_tv`.
+    dead expert: every gate's mean weight on it < `dead_relative` / E and top-1 share < `dead_top1`.
+    polarized: share of weights < 0.01 or >= 0.99 is >= `polarized_share`.
+    redundant experts: linear CKA >= `redundant_cka`.
+    inactive expert: share of exactly-zero activations >= `inactive_zero`.
+    shared expert used by one task: one task holds >= `shared_single_task` of the task gates' weight on it.
+    sparse task: positive rate < `sparse_rate`; it ignores its own experts when their total weight < `own_experts_min`.
+    """
+
+    collapse_weight: float = 0.9
+    collapse_top1: float = 0.9
+    uniform_entropy: float = 0.97
+    input_dependence_min: float = 0.02
+    identical_tv: float = 0.05
+    mild_tv: float = 0.2
+    dead_relative: float = 0.1
+    dead_top1: float = 0.01
+    polarized_share: float = 0.9
+    redundant_cka: float = 0.95
+    inactive_zero: float = 0.9
+    shared_single_task: float = 0.9
+    sparse_rate: float = 0.05
+    own_experts_min: float = 0.1
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis about one subject (a gate, an expert, a pair of tasks)."""
+
+    code: str
+    severity: Severity
+    subject: str
+    title: str
+    message: str
+    remedy: str
+    evidence: dict[str, float | str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(x: Any) -> float:
+    return float(x) if x is not None and not (isinstance(x, float) and math.isnan(x)) else float("nan")
+
+
+def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = None) -> list[Finding]:
+    """Run every check on an inspection's tables; findings ordered by severity, then subject."""
+    th = thresholds or Thresholds()
+    out: list[Finding] = []
+    gm = tables.get("gate_metrics", pd.DataFrame())
+    collapsed: set[str] = set()
+    for row in gm.itertuples(index=False):
+        out.extend(_gate_findings(row, th, collapsed))
+    out.extend(_pair_findings(tables.get("task_divergence", pd.DataFrame()), th, collapsed))
+    out.extend(_expert_findings(tables, th))
+    out.extend(_ple_findings(tables, th))
+    out.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
+    return out
+
+
+def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Finding]:
+    res: list[Finding] = []
+    gate = str(row.gate)
+    n_e = int(row.n_experts)
+    if row.nonfinite_rows > 0:
+        res.append(
+            Finding(
+                "nonfinite_gate",
+                "critical",
+                gate,
+                "Gate produced NaN/inf",
+                f"Gate {gate} produced non-finite weights on {int(row.nonfinite_rows)} rows; they are excluded "
+                "from every statistic.",
+                "Check the inputs of those rows for NaN/inf and the gate's logits for overflow (fp16).",
+                {"nonfinite_rows": int(row.nonfinite_rows), "rows": int(row.n_rows)},
+            )
+        )
+    if row.not_normalized_rows > 0:
+        res.append(
+            Finding(
+                "gate_not_normalized",
+                "warning",
+                gate,
+                "Gate weights do not sum to 1",
+                f"On {int(row.not_normalized_rows)} of {int(row.n_rows)} rows gate {gate}'s weights do not sum "
+                "to 1 (a sigmoid or sparse top-k gate?); shares and entropies treat them as given.",
+                "If the gate is meant to be a softmax, check the spec's `output` (probs vs logits) and `dim`.",
+                {"not_normalized_rows": int(row.not_normalized_rows)},
+            )
+        )
+    if n_e < 2:
+        return res
+    if row.max_mean_weight >= th.collapse_weight and row.top_expert_top1_share >= th.collapse_top1:
+        collapsed.add(gate)
+        res.append(
+            Finding(
+                "collapsed_gate",
+                "critical",
+                gate,
+                "Collapsed gate",
+                f"Gate {gate} sends {row.max_mean_weight:.0%} of its weight to expert {row.top_expert}, which is "
+                f"the top expert on {row.top_expert_top1_share:.0%} of rows: the other {n_e - 1} experts are "
+                "effectively unused by this gate.",
+                "Add gate dropout (drop each expert with ~10% probability and renormalize, as in YouTube's "
+                "ranker), a load-balancing loss, a softmax temperature, or a lower learning rate for the gate.",
+                {
+                    "max_mean_weight": _num(row.max_mean_weight),
+                    "top1_share": _num(row.top_expert_top1_share),
+                    "effective_experts": _num(row.effective_experts),
+                },
+            )
+        )
+        return res
+    if row.normalized_entropy >= th.uniform_entropy:
+        res.append(
+            Finding(
+                "uniform_gate",
+                "warning",
+                gate,
+                "Uniform gate",
+                f"Gate {gate} is almost uniform on every row (mean entropy {row.normalized_entropy:.1%} of "
+                f"log {n_e}): it averages the experts instead of routing.",
+                "Check that the gate sees informative inputs and can learn (initialization, learning rate, "
+                "no frozen or zeroed gate weights); a lower softmax temperature sharpens routing.",
+                {
+                    "normalized_entropy": _num(row.normalized_entropy),
+                    "input_dependence": _num(row.input_dependence),
+                },
+            )
+        )
+        return res
+    if row.input_dependence < th.input_dependence_min:
+        res.append(
+            Finding(
+                "input_independent_gate",
+                "warning",
+                gate,
+                "Input-independent gate",
+                f"Gate {gate} gives nearly the same weights to every row (input dependence "
+                f"{row.input_dependence:.3f}): the model is a fixed weighted average of experts for this task.",
+                "Feed the gate informative features (many gates read only the shared embedding), check its "
+                "bias is not dominating, or raise its learning rate.",
+                {
+                    "input_dependence": _num(row.input_dependence),
+                    "effective_experts": _num(row.effective_experts),
+                },
+            )
+        )
+    if row.polarized_share >= th.polarized_share:
+        res.append(
+            Finding(
+                "polarized_gate",
+                "warning",
+                gate,
+                "Polarized gate",
+                f"{row.polarized_share:.0%} of gate {gate}'s weights are hard 0 or 1: each row uses one expert, "
+                "and experts stop learning from rows they do not receive.",
+                "Gate dropout (YouTube ranking, RecSys 2019: ~20% of runs polarized), a softmax temperature, a "
+                "lower learning rate or entropy regularization on the gate.",
+                {
+                    "polarized_share": _num(row.polarized_share),
+                    "effective_experts": _num(row.effective_experts),
+                },
+            )
+        )
+    return res
+
+
+def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> list[Finding]:
+    res: list[Finding] = []
+    if pairs.empty:
+        return res
+    for row in pairs.itertuples(index=False):
+        subject = f"{row.task_a} ~ {row.task_b}"
+        evidence = {
+            "tv_per_row": _num(row.tv_per_row),
+            "jsd_per_row": _num(row.jsd_per_row),
+            "jsd_mean_gates": _num(row.jsd_mean_gates),
+            "level": int(row.level),
+        }
+        if row.tv_per_row < th.identical_tv:
+            both_collapsed = row.gate_a in collapsed and row.gate_b in collapsed
+            res.append(
+                Finding(
+                    "tasks_route_identically",
+                    "critical",
+                    subject,
+                    "Tasks route identically",
+                    f"Tasks {row.task_a} and {row.task_b} use the same expert weights row by row (mean per-row "
+                    f"total variation {row.tv_per_row:.3f}): their gates are one gate, and the MMoE is behaving "
+                    "as a one-gate MoE." + (" Both gates are also collapsed." if both_collapsed else ""),
+                    "Give the gates task-specific signal (task-specific inputs, separate gate learning rates), "
+                    "or try PLE/CGC, whose task-specific experts force differentiation.",
+                    evidence,
+                )
+            )
+        elif row.tv_per_row < th.mild_tv:
+            res.append(
+                Finding(
+                    "tasks_route_similarly",
+                    "info",
+                    subject,
+                    "Tasks share most routing",
+                    f"Tasks {row.task_a} and {row.task_b} route mostly alike (mean per-row total variation "
+                    f"{row.tv_per_row:.3f}): healthy-but-shared, as most real MMoE models are.",
+                    "No action needed unless these tasks are known to conflict (seesaw).",
+                    evidence,
+                )
+            )
+    return res
+
+
+def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Finding]:
+    res: list[Finding] = []
+    experts = tables.get("experts", pd.DataFrame())
+    for row in experts.itertuples(index=False):
+        if row.n_gates > 0 and (
+            row.max_relative_weight < th.dead_relative and row.max_top1_share < th.dead_top1
+        ):
+            res.append(
+                Finding(
+                    "dead_expert",
+                    "warning",
+                    str(row.expert),
+                    "Dead expert",
+                    f"No gate gives expert {row.expert} meaningful weight (at most {row.max_mean_weight:.4f} mean "
+                    f"weight, {row.max_relative_weight:.1%} of a uniform share): its parameters are wasted.",
+                    "Re-initialize or remove it, or add a load-balancing loss / gate dropout so it gets traffic.",
+                    {
+                        "max_mean_weight": _num(row.max_mean_weight),
+                        "max_relative_weight": _num(row.max_relative_weight),
+                        "max_top1_share": _num(row.max_top1_share),
+                    },
+                )
+            )
+        zf = row.zero_fraction
+        if not (isinstance(zf, float) and math.isnan(zf)) and zf >= th.inactive_zero:
+            res.append(
+                Finding(
+                    "inactive_expert",
+                    "warning",
+                    str(row.expert),
+                    "Inactive expert",
+                    f"Expert {row.expert}'s outputs are exactly zero for {zf:.0%} of its activations (dead ReLUs, "
+                    "as Kuaishou's HoME paper reports): whatever weight gates give it, it contributes little.",
+                    "Lower the learning rate, use LeakyReLU/GELU or normalization in experts, or re-initialize it.",
+                    {"zero_fraction": _num(zf)},
+                )
+            )
+    sim = tables.get("redundant_experts", pd.DataFrame())
+    for row in sim.itertuples(index=False):
+        if row.cka >= th.redundant_cka:
+            res.append(
+                Finding(
+                    "redundant_experts",
+                    "warning",
+                    f"{row.expert_a} ~ {row.expert_b}",
+                    "Redundant experts",
+                    f"Experts {row.expert_a} and {row.expert_b} compute nearly the same function (linear CKA "
+                    f"{row.cka:.3f} on {int(row.n_rows)} sampled rows).",
+                    "Check the initialization (constant init trains experts identically); fewer experts may do.",
+                    {"cka": _num(row.cka), "rows": int(row.n_rows)},
+                )
+            )
+    return res
+
+
+def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Finding]:
+    res: list[Finding] = []
+    util = tables.get("utilization", pd.DataFrame())
+    experts = tables.get("experts", pd.DataFrame())
+    if util.empty or experts.empty:
+        return res
+    owners = dict(zip(experts["expert"], experts["owner"], strict=False))
+    has_specific = any(o != "shared" for o in owners.values())
+    if not has_specific:
+        return res
+    task_util = util[util["task"].notna() & (util["task"] != "")]
+    # shared expert used by one task only
+    shared_rows = task_util[task_util["expert"].map(owners) == "shared"]
+    for (level, expert), grp in shared_rows.groupby(["level", "expert"]):
+        total = float(grp["mean"].sum())
+        if len(grp) < 2 or total <= 0:
+            continue
+        top = grp.loc[grp["mean"].idxmax()]
+        share = float(top["mean"]) / total
+        if share >= th.shared_single_task:
+            res.append(
+                Finding(
+                    "shared_expert_single_task",
+                    "warning",
+                    str(expert),
+                    "Shared expert serves one task",
+                    f"Shared expert {expert} (level {level}) gets {share:.0%} of its task-gate weight from task "
+                    f"{top['task']}: it has degraded into a task-specific expert.",
+                    "Other tasks' gates may be starved of shared capacity; check their gate entropy, consider "
+                    "gate dropout or fewer task-specific experts.",
+                    {"share_of_top_task": share, "level": int(level)},
+                )
+            )
+    # sparse task that ignores its own experts
+    tasks = tables.get("tasks", pd.DataFrame())
+    if tasks.empty or "positive_rate" not in tasks:
+        return res
+    for trow in tasks.itertuples(index=False):
+        rate = trow.positive_rate
+        if rate is None or (isinstance(rate, float) and math.isnan(rate)) or rate >= th.sparse_rate:
+            continue
+        mine = task_util[task_util["task"] == trow.task]
+        if mine.empty:
+            continue
+        top_level = mine["level"].max()
+        mine = mine[mine["level"] == top_level]
+        own = float(mine[mine["expert"].map(owners) == trow.task]["mean"].sum())
+        if (mine["expert"].map(owners) == trow.task).any() and own < th.own_experts_min:
+            res.append(
+                Finding(
+                    "sparse_task_ignores_own_experts",
+                    "warning",
+                    str(trow.task),
+                    "Sparse task ignores its own experts",
+                    f"Sparse task {trow.task} ({rate:.1%} positives) puts only {own:.0%} of its gate weight on its "
+                    "task-specific experts and leans on shared ones (HoME's 'underfitting' pattern).",
+                    "Its specific experts are undertrained: upweight the task's loss, or warm-start its experts.",
+                    {"positive_rate": float(rate), "own_expert_weight": own},
+                )
+            )
+    return res

@@ -1,0 +1,224 @@
+"""Turn computed statistics (tensors) into the named pandas tables of an inspection."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..functional import js_divergence, task_expert_mutual_information
+from ..topology.spec import GateSpec, Topology
+
+
+def _f(x: Any) -> float:
+    if isinstance(x, torch.Tensor):
+        x = x.item()
+    return float(x)
+
+
+def gate_groups(topology: Topology) -> list[tuple[GateSpec, ...]]:
+    """Task gates that mix the very same experts (MMoE's task gates; each PLE level's... none): compared pairwise."""
+    groups: dict[tuple[int, tuple[str, ...]], list[GateSpec]] = {}
+    for g in topology.gates:
+        if g.task is not None:
+            groups.setdefault((g.level, g.experts), []).append(g)
+    return [tuple(v) for v in groups.values() if len(v) >= 2]
+
+
+def task_table(topology: Topology, outputs: Any | None) -> pd.DataFrame:
+    rows = []
+    for i, t in enumerate(topology.tasks):
+        row: dict[str, Any] = {"task": t.name, "kind": t.kind, "label": t.label_column}
+        if outputs is not None:
+            row.update(
+                n_rows=_f(outputs.n[i]),
+                n_labelled=_f(outputs.n_labelled[i]),
+                positive_rate=_f(outputs.label_mean[i]) if t.kind == "binary" else math.nan,
+                label_mean=_f(outputs.label_mean[i]),
+                mean_prediction=_f(outputs.mean_prediction[i]),
+                std_prediction=_f(outputs.std_prediction[i]),
+                auc_binned=_f(outputs.auc[i]),
+                mse=_f(outputs.mse[i]),
+                predictions_outside_0_1=_f(outputs.out_of_range[i]),
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """`gate_metrics` (one row per gate) and `utilization` (gate x expert)."""
+    metrics, util = [], []
+    for g in topology.gates:
+        s = summaries[g.name]
+        mean = s.mean.double()
+        top = int(torch.argmax(mean))
+        metrics.append(
+            {
+                "gate": g.name,
+                "task": g.task or "",
+                "level": g.level,
+                "n_experts": g.n_experts,
+                "n_rows": _f(s.n),
+                "mean_entropy": _f(s.entropy_mean),
+                "normalized_entropy": _f(s.normalized_entropy),
+                "entropy_of_mean": _f(s.entropy_of_mean),
+                "effective_experts": _f(s.effective_experts),
+                "importance_cv2": _f(s.importance_cv2),
+                "load_cv2": _f(s.load_cv2),
+                "switch_balance": _f(s.switch_balance),
+                "input_dependence": _f(s.input_dependence),
+                "polarized_share": _f(s.polarized_share),
+                "max_mean_weight": _f(mean[top]),
+                "top_expert": g.experts[top],
+                "top_expert_top1_share": _f(s.top1_share[top]),
+                "nonfinite_rows": _f(s.nonfinite_rows),
+                "not_normalized_rows": _f(s.not_normalized_rows),
+            }
+        )
+        for e, name in enumerate(g.experts):
+            util.append(
+                {
+                    "gate": g.name,
+                    "task": g.task or "",
+                    "level": g.level,
+                    "expert": name,
+                    "mean": _f(s.mean[e]),
+                    "std": _f(s.std[e]),
+                    "top1_share": _f(s.top1_share[e]),
+                }
+            )
+    return {"gate_metrics": pd.DataFrame(metrics), "utilization": pd.DataFrame(util)}
+
+
+def divergence_tables(
+    topology: Topology, summaries: Mapping[str, Any], pairs: Mapping[int, Any]
+) -> dict[str, pd.DataFrame]:
+    """`task_divergence`, `mutual_information` and `specialization` for each group of comparable task gates."""
+    div, mi_rows, spec = [], [], []
+    for gi, group in enumerate(gate_groups(topology)):
+        pair = pairs.get(gi)
+        means = torch.stack([summaries[g.name].mean.double() for g in group])  # [T, E]
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                div.append(
+                    {
+                        "level": group[a].level,
+                        "gate_a": group[a].name,
+                        "gate_b": group[b].name,
+                        "task_a": group[a].task,
+                        "task_b": group[b].task,
+                        "jsd_mean_gates": _f(js_divergence(means[a], means[b])),
+                        "jsd_per_row": _f(pair.jsd[a, b]) if pair is not None else math.nan,
+                        "tv_per_row": _f(pair.tv[a, b]) if pair is not None else math.nan,
+                    }
+                )
+        mi = _f(task_expert_mutual_information(means))
+        bound = math.log(min(len(group), means.shape[1]))
+        mi_rows.append(
+            {
+                "level": group[0].level,
+                "gates": ", ".join(g.name for g in group),
+                "mutual_information": mi,
+                "normalized": mi / bound if bound > 0 else math.nan,
+            }
+        )
+        for e, expert in enumerate(group[0].experts):
+            order = torch.argsort(means[:, e], descending=True)
+            first, second = int(order[0]), int(order[1])
+            w1, w2 = _f(means[first, e]), _f(means[second, e])
+            spec.append(
+                {
+                    "level": group[0].level,
+                    "expert": expert,
+                    "top_task": group[first].task,
+                    "top_weight": w1,
+                    "second_task": group[second].task,
+                    "second_weight": w2,
+                    "ratio": w1 / w2 if w2 > 0 else math.inf,
+                }
+            )
+    return {
+        "task_divergence": pd.DataFrame(div),
+        "mutual_information": pd.DataFrame(mi_rows),
+        "specialization": pd.DataFrame(spec),
+    }
+
+
+def label_routing_table(
+    topology: Topology, summaries: Mapping[str, Any], label_names: Sequence[str]
+) -> pd.DataFrame:
+    rows = []
+    if not label_names:
+        return pd.DataFrame()
+    for g in topology.gates:
+        s = summaries[g.name]
+        for li, label in enumerate(label_names):
+            for e, expert in enumerate(g.experts):
+                rows.append(
+                    {
+                        "gate": g.name,
+                        "label": label,
+                        "expert": expert,
+                        "mean_positive": _f(s.label_pos_mean[li, e]),
+                        "mean_negative": _f(s.label_neg_mean[li, e]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def expert_tables(
+    topology: Topology,
+    summaries: Mapping[str, Any],
+    expert_summary: Any | None,
+    recorded: Sequence[str],
+) -> dict[str, pd.DataFrame]:
+    """`experts` (per expert) and `redundant_experts` (pairs on one level, linear CKA)."""
+    rows = []
+    index = {name: i for i, name in enumerate(recorded)}
+    for e in topology.experts:
+        weights, rel, top1 = [], [], []
+        for g in topology.gates:
+            if e.name in g.experts:
+                k = g.experts.index(e.name)
+                s = summaries[g.name]
+                weights.append(_f(s.mean[k]))
+                rel.append(_f(s.mean[k]) * g.n_experts)
+                top1.append(_f(s.top1_share[k]))
+        i = index.get(e.name)
+        rows.append(
+            {
+                "expert": e.name,
+                "module": e.module or "",
+                "owner": e.owner,
+                "level": e.level,
+                "n_gates": len(weights),
+                "max_mean_weight": max(weights, default=math.nan),
+                "max_relative_weight": max(rel, default=math.nan),
+                "max_top1_share": max(top1, default=math.nan),
+                "zero_fraction": _f(expert_summary.zero_fraction[i])
+                if expert_summary is not None and i is not None
+                else math.nan,
+                "mean_output_norm": _f(expert_summary.mean_norm[i])
+                if expert_summary is not None and i is not None
+                else math.nan,
+            }
+        )
+    pairs = []
+    if expert_summary is not None:
+        levels = {e.name: e.level for e in topology.experts}
+        for a in range(len(recorded)):
+            for b in range(a + 1, len(recorded)):
+                if levels.get(recorded[a]) != levels.get(recorded[b]):
+                    continue
+                pairs.append(
+                    {
+                        "expert_a": recorded[a],
+                        "expert_b": recorded[b],
+                        "cka": _f(expert_summary.cka[a, b]),
+                        "n_rows": _f(expert_summary.n_sampled),
+                    }
+                )
+    return {"experts": pd.DataFrame(rows), "redundant_experts": pd.DataFrame(pairs)}

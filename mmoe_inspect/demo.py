@@ -1,0 +1,91 @@
+"""The demo: train the seed architectures on generated recommender data, save checkpoints, compare them.
+
+`run_demo` is what `mmoe-inspect demo` calls before it inspects the MMoE and writes the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+DEMO_ARCHITECTURES = ("shared_bottom", "omoe", "mmoe", "ple")
+
+
+@dataclass
+class DemoResult:
+    """Paths and numbers of one demo run."""
+
+    out_dir: Path
+    data_path: Path
+    eval_path: Path
+    checkpoints: dict[str, Path]
+    metrics: pd.DataFrame  # one row per architecture, one column per task metric
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def demo_model_kwargs(arch: str) -> dict:
+    """Model sizes for the demo: small enough to train in seconds on 2 cores, big enough to route."""
+    common = {"expert_hidden": (32, 16), "tower_hidden": (16,)}
+    if arch == "shared_bottom":
+        return {"bottom_hidden": (64, 16), "tower_hidden": (16,)}
+    if arch == "omoe" or arch == "mmoe":
+        return {"n_experts": 4, **common}
+    if arch == "ple":
+        return {"n_experts": 2, "n_specific": 1, "n_levels": 2, **common}
+    raise ValueError(f"unknown demo architecture {arch!r}")
+
+
+def run_demo(
+    out_dir: str | Path,
+    *,
+    n_rows: int = 60_000,
+    seed: int = 0,
+    architectures: tuple[str, ...] = DEMO_ARCHITECTURES,
+    epochs: int = 4,
+    log: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Generate recommender data, train each architecture, save checkpoints and the eval split."""
+    from .checkpoint import save_checkpoint
+    from .datasets import make_recsys, recsys_features, recsys_tasks
+    from .models import ModelConfig, build_model
+    from .train import evaluate, fit
+
+    say = log or (lambda _m: None)
+    out = Path(out_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    frame = make_recsys(n_rows, seed=seed)
+    features = recsys_features(frame)
+    tasks = recsys_tasks()
+    n_test = len(frame) // 5
+    train_frame, eval_frame = frame.iloc[n_test:].reset_index(drop=True), frame.iloc[:n_test].reset_index(drop=True)
+    data_path = out / "train.parquet"
+    eval_path = out / "eval.parquet"
+    train_frame.to_parquet(data_path, index=False)
+    eval_frame.to_parquet(eval_path, index=False)
+    seconds = {"data": time.perf_counter() - t0}
+    say(f"generated {len(frame):,} rows of recommender data ({', '.join(t.name for t in tasks)})")
+
+    checkpoints: dict[str, Path] = {}
+    rows = []
+    for arch in architectures:
+        t1 = time.perf_counter()
+        config = ModelConfig(arch, features, tuple(tasks), demo_model_kwargs(arch))
+        model = build_model(config)
+        fit(model, train_frame, tasks=tasks, features=features, epochs=epochs, seed=seed)
+        scores = evaluate(model, eval_frame, tasks, features)
+        path = out / "checkpoints" / f"{arch}.pt"
+        save_checkpoint(path, model, eval_frame=eval_frame, metrics=scores)
+        checkpoints[arch] = path
+        seconds[arch] = time.perf_counter() - t1
+        row = {"model": arch}
+        for task, vals in scores.items():
+            for metric, value in vals.items():
+                row[f"{task} {metric}"] = value
+        rows.append(row)
+        say(f"trained {arch} in {seconds[arch]:.1f}s")
+    return DemoResult(out, data_path, eval_path, checkpoints, pd.DataFrame(rows), seconds)

@@ -1,0 +1,285 @@
+"""`inspect(model, data, ...)`: stream data through a model with gate hooks and build an `InspectionResult`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .analysis.findings import Finding, Thresholds, diagnose
+from .analysis.tables import (
+    divergence_tables,
+    expert_tables,
+    gate_groups,
+    gate_tables,
+    label_routing_table,
+    task_table,
+)
+from .data.schema import FeatureSpec
+from .data.sources import DataError, TableSource, check_finite, require_columns
+from .recording.recorder import GateRecorder, RecordingError
+from .results import InspectionResult
+from .stats import ExpertStats, GateStats, PairwiseRoutingStats
+from .stats.outputs import TaskOutputStats
+from .topology.spec import TaskSpec, Topology
+
+InputFn = Callable[[pd.DataFrame], Any]
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """Knobs of one inspection (all have documented defaults)."""
+
+    batch_size: int = 4096
+    max_rows: int | None = None
+    reservoir_size: int = 2048
+    record_experts: bool = True
+    expert_sample_rate: float = 0.05
+    seed: int = 0
+
+
+def resolve_topology(
+    model: nn.Module, topology: Topology | str | Path | None, example: Callable[[], Any] | None = None
+) -> Topology:
+    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
+    if isinstance(topology, Topology):
+        return topology
+    if topology is not None:
+        return Topology.load(topology)
+    declared = getattr(model, "topology", None)
+    if callable(declared):
+        topo = declared()
+        if isinstance(topo, Topology):
+            return topo
+    if example is None:
+        raise RecordingError("the model declares no topology and no example batch was given for discovery")
+    from .topology.discovery import discover_topology
+
+    return discover_topology(model, example())
+
+
+def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[InputFn, FeatureSpec | None]:
+    """Our reference models read `{feature: tensor}` (or `[batch, n_dense]`); their config names the features."""
+    from .data.batches import frame_to_inputs
+
+    if features is None:
+        cfg = getattr(model, "config", None)
+        features = getattr(cfg, "features", None)
+    if not isinstance(features, FeatureSpec):
+        raise RecordingError(
+            "cannot tell how to turn data rows into model inputs: pass `features=FeatureSpec(...)` or `input_fn=`"
+        )
+    spec = features
+    return (lambda frame: frame_to_inputs(frame, spec)), spec
+
+
+def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
+    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order."""
+    cols = []
+    for i, t in enumerate(tasks):
+        key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
+        if isinstance(out, dict):
+            v = out[key]
+        elif isinstance(out, torch.Tensor):
+            v = out[:, int(key)] if out.dim() == 2 else out
+        else:
+            v = out[int(key)]
+        cols.append(v.detach().reshape(v.shape[0], -1)[:, 0].float())
+    return torch.stack(cols, dim=1)
+
+
+def inspect(
+    model: nn.Module,
+    data: pd.DataFrame | str | Path | TableSource,
+    *,
+    topology: Topology | str | Path | None = None,
+    features: FeatureSpec | None = None,
+    input_fn: InputFn | None = None,
+    labels: bool = True,
+    config: InspectConfig | None = None,
+    thresholds: Thresholds | None = None,
+    model_name: str | None = None,
+) -> InspectionResult:
+    """Record every gate of `model` over `data` and diagnose its routing.
+
+    `data` is a DataFrame or a parquet/CSV path (streamed in batches of `config.batch_size`). Label
+    columns named by the tasks are used when present (`labels=False` ignores them). The model is left
+    exactly as found: hooks removed, every module's mode restored, parameters and gradients untouched.
+
+    Examples::
+
+        >>> result = inspect(model, "eval.parquet")
+        >>> result.table("utilization")      # gate x expert mean weights
+        >>> [f.title for f in result.findings]
+    """
+    cfg = config or InspectConfig()
+    th = thresholds or Thresholds()
+    source = TableSource.of(data)
+    spec_features = features
+    if input_fn is None:
+        input_fn, spec_features = default_input_fn(model, features)
+    feature_cols = list(spec_features.names) if spec_features is not None else None
+    if feature_cols:
+        require_columns(source, feature_cols)
+    topo = resolve_topology(model, topology, example=lambda: _example_batch(source, input_fn, feature_cols))
+    columns = set(source.columns())
+    labelled = [t for t in topo.tasks if labels and t.label_column in columns]
+    label_binary = [t for t in labelled if t.kind == "binary"]
+    read_cols = None if feature_cols is None else feature_cols + [t.label_column for t in labelled]
+
+    gate_stats = {
+        g.name: GateStats(
+            g.n_experts,
+            label_names=tuple(t.name for t in label_binary),
+            reservoir_size=cfg.reservoir_size,
+            seed=cfg.seed,
+        )
+        for g in topo.gates
+    }
+    groups = gate_groups(topo)
+    pair_stats = {
+        i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts, seed=cfg.seed)
+        for i, grp in enumerate(groups)
+    }
+    outputs = TaskOutputStats([t.kind for t in topo.tasks])
+    recorded_experts = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
+    expert_stats: ExpertStats | None = None
+
+    started = time.perf_counter()
+    n_rows = 0
+    device = _model_device(model)
+    with GateRecorder(model, topo, experts=bool(recorded_experts)) as rec, torch.inference_mode():
+        for frame in source.iter_frames(cfg.batch_size, read_cols, cfg.max_rows):
+            if feature_cols:
+                check_finite(frame, feature_cols, source.name)
+            x = _to_device(input_fn(frame), device)
+            out = model(x)
+            cap = rec.take()
+            b = len(frame)
+            row_index = torch.arange(n_rows, n_rows + b, dtype=torch.int64)
+            lab_all = _labels(frame, topo.tasks, columns)
+            lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
+            for name, st in gate_stats.items():
+                g = cap.gates[name].cpu()
+                st.update(g, lab_bin, row_index)
+            for i, grp in enumerate(groups):
+                pair_stats[i].update({g.name: cap.gates[g.name].cpu() for g in grp})
+            if recorded_experts:
+                outs = [cap.experts[n].cpu() for n in recorded_experts if n in cap.experts]
+                if len(outs) == len(recorded_experts):
+                    if expert_stats is None:
+                        expert_stats = ExpertStats(
+                            len(outs),
+                            [o.shape[1] for o in outs],
+                            sample_rate=cfg.expert_sample_rate,
+                            seed=cfg.seed,
+                        )
+                    expert_stats.update(outs, row_index)
+            outputs.update(task_predictions(out, topo.tasks).cpu(), lab_all if labelled else None)
+            n_rows += b
+    elapsed = time.perf_counter() - started
+    if n_rows == 0:
+        raise DataError(f"{source.name} has no rows")
+
+    summaries = {name: st.compute() for name, st in gate_stats.items()}
+    pairs = {i: st.compute() for i, st in pair_stats.items()}
+    exp_summary = expert_stats.compute() if expert_stats is not None else None
+    tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, outputs.compute())}
+    if topo.has_gates:
+        tables.update(gate_tables(topo, summaries))
+        tables.update(divergence_tables(topo, summaries, pairs))
+        tables["label_routing"] = label_routing_table(topo, summaries, [t.name for t in label_binary])
+        tables.update(expert_tables(topo, summaries, exp_summary, recorded_experts))
+    findings = diagnose(tables, th)
+    arrays = {
+        "reservoir": {name: s.reservoir.numpy() for name, s in summaries.items()},
+        "weight_hist": {name: s.hist.numpy() for name, s in summaries.items()},
+        "weight_hist_edges": {name: s.hist_edges.numpy() for name, s in summaries.items()},
+        "entropy_hist": {name: s.entropy_hist.numpy() for name, s in summaries.items()},
+        "entropy_hist_edges": {name: s.entropy_hist_edges.numpy() for name, s in summaries.items()},
+        "coactivation": {name: s.coactivation.numpy() for name, s in summaries.items()},
+        "expert_cka": exp_summary.cka.numpy() if exp_summary is not None else None,
+        "expert_cka_names": recorded_experts,
+    }
+    return InspectionResult(
+        topology=topo,
+        tables=tables,
+        findings=findings,
+        verdict=verdict(topo, tables, findings),
+        n_rows=n_rows,
+        data_source=source.name,
+        model_name=model_name or type(model).__name__,
+        thresholds=th,
+        arrays=arrays,
+        meta={"record_seconds": elapsed, "rows_per_second": n_rows / max(elapsed, 1e-9), **_cfg_meta(cfg)},
+    )
+
+
+def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[Finding]) -> str:
+    """One sentence that answers "do the experts serve different tasks?"."""
+    if not topology.has_gates:
+        return "No gates found: this is a Shared-Bottom (or dense) multi-task model, so there is no routing to inspect."
+    critical = [f for f in findings if f.severity == "critical"]
+    if critical:
+        kinds = sorted({f.title.lower() for f in critical})
+        return f"Routing is unhealthy: {', '.join(kinds)} ({len(critical)} critical finding(s))."
+    mi = tables.get("mutual_information", pd.DataFrame())
+    warn = [f for f in findings if f.severity == "warning"]
+    tail = f"; {len(warn)} warning(s) to review" if warn else ""
+    if not mi.empty:
+        nmi = float(mi["normalized"].max())
+        if nmi >= 0.2:
+            return f"Yes: the tasks route to clearly different experts (normalized task-expert MI {nmi:.2f}){tail}."
+        if nmi >= 0.02:
+            return f"Partly: the tasks share most experts but weight them differently (normalized MI {nmi:.2f}){tail}."
+        return f"Barely: the tasks' gates are close to each other (normalized MI {nmi:.3f}){tail}."
+    return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
+
+
+def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str]) -> torch.Tensor:
+    """`[batch, T]` float labels, NaN where the column is absent or the value missing."""
+    cols = []
+    for t in tasks:
+        if t.label_column in columns and t.label_column in frame:
+            cols.append(torch.as_tensor(pd.to_numeric(frame[t.label_column]).to_numpy(dtype="float64")))
+        else:
+            cols.append(torch.full((len(frame),), float("nan"), dtype=torch.float64))
+    return torch.stack(cols, dim=1)
+
+
+def _example_batch(source: TableSource, input_fn: InputFn, feature_cols: list[str] | None) -> Any:
+    for frame in source.iter_frames(64, feature_cols, max_rows=64):
+        return input_fn(frame)
+    raise DataError(f"{source.name} has no rows")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:
+    return {
+        "batch_size": cfg.batch_size,
+        "max_rows": cfg.max_rows,
+        "reservoir_size": cfg.reservoir_size,
+        "expert_sample_rate": cfg.expert_sample_rate,
+        "seed": cfg.seed,
+    }

@@ -1,0 +1,176 @@
+"""`GateRecorder`: forward hooks that capture every gate (and optionally expert) output of a model.
+
+The recorder never keeps a view of a model tensor: each hook copies (and, for logit gates, softmaxes)
+what it needs at once, because real models modify tensors in place after the hook returns
+(DeepCTR-Torch's in-place bias add, `ReLU(inplace=True)`). On exit, including on exceptions, every
+hook handle is removed and each module's `training` flag is restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..topology.spec import ExpertSpec, GateSpec, Topology, TopologyError
+
+
+class RecordingError(RuntimeError):
+    """A hook saw something that does not fit the topology (wrong shape, missing call, no output)."""
+
+
+@dataclass
+class ForwardCapture:
+    """What one forward pass produced: gate probabilities `[batch, E]` (float32) and expert outputs `[batch, d]`."""
+
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)
+    experts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def model_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
+    """Put `model` in eval (or train) mode and put every module's own flag back afterwards."""
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def gate_probabilities(out: torch.Tensor, gate: GateSpec) -> torch.Tensor:
+    """A gate module's output → a fresh float32 `[batch, E]` tensor of probabilities (copy, never a view)."""
+    if out.dim() < 2 or out.shape[gate.dim] != gate.n_experts:
+        raise RecordingError(
+            f"gate {gate.name!r} ({gate.module}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "
+            f"experts on dim {gate.dim}; fix the topology spec (mmoe-inspect topology)"
+        )
+    if gate.output == "logits":
+        probs = torch.softmax(out.detach().float(), dim=gate.dim)
+    else:
+        probs = out.detach().to(torch.float32, copy=True)
+    return probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
+
+
+def expert_output(out: torch.Tensor, expert: ExpertSpec) -> torch.Tensor:
+    """An expert module's output → a fresh float32 `[batch, d]` copy (slice `index` of `[batch, E, d]`)."""
+    if expert.index is not None:
+        out = out[:, expert.index]
+    return out.detach().reshape(out.shape[0], -1).to(torch.float32, copy=True)
+
+
+class GateRecorder:
+    """Context manager that hooks the gates (and optionally experts) named by a `Topology`.
+
+    Each forward's results are collected in a `ForwardCapture`; call `take()` after each forward.
+
+    Examples::
+
+        >>> with GateRecorder(model, topology) as rec, torch.inference_mode():
+        ...     model(x)
+        ...     capture = rec.take()   # capture.gates["click"]: [batch, n_experts]
+    """
+
+    def __init__(self, model: nn.Module, topology: Topology, *, experts: bool = False) -> None:
+        self.model = model
+        self.topology = topology
+        self.record_experts = experts
+        self._handles: list[RemovableHandle] = []
+        self._calls: dict[str, int] = {}
+        self._capture = ForwardCapture()
+        self._mode_ctx: contextmanager | None = None
+        modules = dict(model.named_modules())
+        self._gate_modules: dict[str, list[GateSpec]] = {}
+        for g in topology.gates:
+            if g.module not in modules:
+                raise TopologyError(
+                    f"gate {g.name!r}: module {g.module!r} is not in the model; regenerate the spec with "
+                    "`mmoe-inspect topology`"
+                )
+            self._gate_modules.setdefault(g.module, []).append(g)
+        self._expert_modules: dict[str, list[ExpertSpec]] = {}
+        if experts:
+            for e in topology.experts:
+                if e.module is None:
+                    continue
+                if e.module not in modules:
+                    raise TopologyError(f"expert {e.name!r}: module {e.module!r} is not in the model")
+                self._expert_modules.setdefault(e.module, []).append(e)
+        self._modules = modules
+
+    # ------------------------------------------------------------------ hooks
+    def _gate_hook(self, path: str):
+        specs = self._gate_modules[path]
+
+        def hook(_module: nn.Module, _args, out) -> None:
+            call = self._calls.get(path, 0)
+            self._calls[path] = call + 1
+            if not isinstance(out, torch.Tensor):
+                raise RecordingError(f"gate module {path!r} returned {type(out).__name__}, not a tensor")
+            for g in specs:
+                if g.call is None:
+                    if call > 0:
+                        raise RecordingError(
+                            f"gate module {path!r} ran more than once in one forward; set `call` for gate "
+                            f"{g.name!r} in the topology spec"
+                        )
+                elif g.call != call:
+                    continue
+                self._capture.gates[g.name] = gate_probabilities(out, g)
+
+        return hook
+
+    def _expert_hook(self, path: str):
+        specs = self._expert_modules[path]
+
+        def hook(_module: nn.Module, _args, out) -> None:
+            if isinstance(out, torch.Tensor):
+                for e in specs:
+                    self._capture.experts[e.name] = expert_output(out, e)
+
+        return hook
+
+    def _start_forward(self, _module: nn.Module, _args) -> None:
+        self._calls.clear()
+
+    # -------------------------------------------------------------- lifecycle
+    def __enter__(self) -> GateRecorder:
+        self._mode_ctx = model_mode(self.model, training=False)
+        self._mode_ctx.__enter__()
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
+            for path in self._gate_modules:
+                self._handles.append(self._modules[path].register_forward_hook(self._gate_hook(path)))
+            for path in self._expert_modules:
+                self._handles.append(self._modules[path].register_forward_hook(self._expert_hook(path)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and restore modes; idempotent."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._mode_ctx is not None:
+            ctx, self._mode_ctx = self._mode_ctx, None
+            ctx.__exit__(None, None, None)
+
+    def take(self) -> ForwardCapture:
+        """Return the last forward's capture and start a new one; fails loudly when a gate was not seen."""
+        cap, self._capture = self._capture, ForwardCapture()
+        missing = [g.name for g in self.topology.gates if g.name not in cap.gates]
+        if missing:
+            raise RecordingError(
+                f"the forward pass never produced gate(s) {missing}; the topology does not match this model"
+            )
+        return cap

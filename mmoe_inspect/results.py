@@ -1,0 +1,115 @@
+"""`InspectionResult`: everything one inspection found, as pandas tables + findings + raw arrays for plots.
+
+One data model, several renderings: `reports/` draws figures and HTML from it, `to_metrics()` gives the
+versioned JSON, `save_tables()` the CSVs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .analysis.findings import Finding, Thresholds
+from .topology.spec import Topology
+
+METRICS_SCHEMA_VERSION = "1.0"
+
+TABLE_DESCRIPTIONS: dict[str, str] = {
+    "tasks": "One row per task: kind, label rate or mean, prediction summary, binned AUC / MSE.",
+    "gate_metrics": "One row per gate: entropy, effective experts, balance, input dependence, polarization.",
+    "utilization": "Gate x expert: mean weight, standard deviation, top-1 share (load).",
+    "task_divergence": "Task-gate pairs over the same experts: JSD of mean gates, mean per-row JSD and TV.",
+    "specialization": "Per expert: which task's gate uses it most, and by how much over the next task.",
+    "label_routing": "Gate x label x expert: mean weight on positive vs negative rows.",
+    "experts": "Per expert: gates mixing it, strongest weight it gets, zero-activation share, output norm.",
+    "redundant_experts": "Expert pairs on the same level: linear CKA of their outputs on a row sample.",
+    "mutual_information": "Per group of task gates over the same experts: I(task; expert), normalized.",
+}
+
+
+@dataclass
+class InspectionResult:
+    """The outcome of `mmoe_inspect.inspect`: topology, tables, findings, plot arrays, provenance."""
+
+    topology: Topology
+    tables: dict[str, pd.DataFrame]
+    findings: list[Finding]
+    verdict: str
+    n_rows: int
+    data_source: str
+    model_name: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    arrays: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        return self.tables.get(name, pd.DataFrame())
+
+    @property
+    def gate_names(self) -> list[str]:
+        return [g.name for g in self.topology.gates]
+
+    def findings_frame(self) -> pd.DataFrame:
+        cols = ["severity", "code", "subject", "title", "message", "remedy"]
+        return pd.DataFrame([{k: getattr(f, k) for k in cols} for f in self.findings], columns=cols)
+
+    def worst_severity(self) -> str | None:
+        for sev in ("critical", "warning", "info"):
+            if any(f.severity == sev for f in self.findings):
+                return sev
+        return None
+
+    # ------------------------------------------------------------ renderings
+    def to_metrics(self) -> dict[str, Any]:
+        """Every number of the inspection in a JSON-safe dict with a versioned schema."""
+        return _json_safe(
+            {
+                "schema_version": METRICS_SCHEMA_VERSION,
+                "model": self.model_name,
+                "data": self.data_source,
+                "n_rows": int(self.n_rows),
+                "verdict": self.verdict,
+                "topology": self.topology.to_dict(),
+                "thresholds": self.thresholds.to_dict(),
+                "findings": [f.to_dict() for f in self.findings],
+                "tables": {k: v.to_dict(orient="records") for k, v in self.tables.items()},
+                "meta": self.meta,
+            }
+        )
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_metrics(), indent=indent, allow_nan=False)
+
+    def save_tables(self, folder: str | Path) -> list[Path]:
+        """Write every non-empty table as `<name>.csv` into `folder`; returns the paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, frame in self.tables.items():
+            if frame.empty:
+                continue
+            p = folder / f"{name}.csv"
+            frame.to_csv(p, index=False)
+            paths.append(p)
+        return paths
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf → None, numpy scalars → Python, tuples → lists."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
