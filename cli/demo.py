@@ -11,9 +11,9 @@ from ._common import guarded, out
 
 
 def demo_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for data, checkpoints and the report.")] = Path(
-        "mmoe-demo"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for data, checkpoints and the report.")
+    ] = Path("mmoe-demo"),
     rows: Annotated[int, typer.Option(min=2000, help="Rows of generated recommender data.")] = 60_000,
     seed: Annotated[int, typer.Option(help="Random seed for data and training.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite a non-report folder at OUT/report.")] = False,
@@ -37,10 +37,10 @@ def demo_command(
         out.print(table)
         loaded = load_checkpoint(demo.checkpoints["mmoe"])
         result = inspect(loaded.model, demo.eval_path, features=loaded.features, model_name="MMoE (demo)")
-        folder = write_report(result, out_dir / "report", force=force)
+        index = write_report(result, out_dir / "report", force=force)
     out.print(f"[bold]{result.verdict}[/bold]")
     for f in result.findings:
         out.print(f"  {f.severity:<8} {f.title}: {f.subject}")
     out.print(f"checkpoints: {out_dir / 'checkpoints'}")
     out.print(f"eval data:   {demo.eval_path}")
-    out.print(f"report:      {folder / 'index.html'}")
+    out.print(f"report:      {index}")

@@ -24,13 +24,19 @@ def report_command(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", exists=True, dir_okay=False, resolve_path=True, help="Evaluation rows (.parquet or .csv)."
+            "--data",
+            exists=True,
+            dir_okay=False,
+            resolve_path=True,
+            help="Evaluation rows (.parquet or .csv).",
         ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder to write.")] = Path("mmoe-report"),
     spec: Annotated[
         Path | None,
-        typer.Option("--spec", exists=True, dir_okay=False, help="Topology spec (TOML) overriding discovery."),
+        typer.Option(
+            "--spec", exists=True, dir_okay=False, help="Topology spec (TOML) overriding discovery."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per forward pass.")] = 4096,
     max_rows: Annotated[int | None, typer.Option(min=1, help="Inspect at most this many rows.")] = None,
@@ -63,11 +69,11 @@ def report_command(
             config=InspectConfig(batch_size=batch_size, max_rows=max_rows),
             model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
         )
-        folder = write_report(result, out_dir, force=force)
+        index = write_report(result, out_dir, force=force)
     out.print(f"[bold]{result.verdict}[/bold]")
     for f in result.findings:
         out.print(f"  {f.severity:<8} {f.title}: {f.subject}")
-    out.print(f"report: {folder / 'index.html'}")
+    out.print(f"report: {index}")
     worst = result.worst_severity()
     if (fail_on is FailOn.critical and worst == "critical") or (
         fail_on is FailOn.warning and worst in ("critical", "warning")

@@ -62,7 +62,10 @@ def run_demo(
     features = recsys_features(frame)
     tasks = recsys_tasks()
     n_test = len(frame) // 5
-    train_frame, eval_frame = frame.iloc[n_test:].reset_index(drop=True), frame.iloc[:n_test].reset_index(drop=True)
+    train_frame, eval_frame = (
+        frame.iloc[n_test:].reset_index(drop=True),
+        frame.iloc[:n_test].reset_index(drop=True),
+    )
     data_path = out / "train.parquet"
     eval_path = out / "eval.parquet"
     train_frame.to_parquet(data_path, index=False)

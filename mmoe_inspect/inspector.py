@@ -45,7 +45,10 @@ class InspectConfig:
 
 
 def resolve_topology(
-    model: nn.Module, topology: Topology | str | Path | None, example: Callable[[], Any] | None = None
+    model: nn.Module,
+    topology: Topology | str | Path | None,
+    example: Callable[[], Any] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> Topology:
     """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
     if isinstance(topology, Topology):
@@ -61,7 +64,7 @@ def resolve_topology(
         raise RecordingError("the model declares no topology and no example batch was given for discovery")
     from .topology.discovery import discover_topology
 
-    return discover_topology(model, example())
+    return discover_topology(model, example(), task_names=list(tasks) if tasks is not None else None)
 
 
 def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[InputFn, FeatureSpec | None]:
@@ -99,6 +102,7 @@ def inspect(
     data: pd.DataFrame | str | Path | TableSource,
     *,
     topology: Topology | str | Path | None = None,
+    tasks: Sequence[str] | None = None,
     features: FeatureSpec | None = None,
     input_fn: InputFn | None = None,
     labels: bool = True,
@@ -108,8 +112,10 @@ def inspect(
 ) -> InspectionResult:
     """Record every gate of `model` over `data` and diagnose its routing.
 
-    `data` is a DataFrame or a parquet/CSV path (streamed in batches of `config.batch_size`). Label
-    columns named by the tasks are used when present (`labels=False` ignores them). The model is left
+    `data` is a DataFrame or a parquet/CSV path (streamed in batches of `config.batch_size`). The
+    topology comes from `topology` (a `Topology` or a TOML spec path), else the model's own
+    `topology()`, else discovery on the first rows (`tasks` names the outputs of a `[batch, T]`
+    tensor). Label columns named by the tasks are used when present (`labels=False` ignores them). The model is left
     exactly as found: hooks removed, every module's mode restored, parameters and gradients untouched.
 
     Examples::
@@ -127,7 +133,9 @@ def inspect(
     feature_cols = list(spec_features.names) if spec_features is not None else None
     if feature_cols:
         require_columns(source, feature_cols)
-    topo = resolve_topology(model, topology, example=lambda: _example_batch(source, input_fn, feature_cols))
+    topo = resolve_topology(
+        model, topology, example=lambda: _example_batch(source, input_fn, feature_cols), tasks=tasks
+    )
     columns = set(source.columns())
     labelled = [t for t in topo.tasks if labels and t.label_column in columns]
     label_binary = [t for t in labelled if t.kind == "binary"]
@@ -144,8 +152,7 @@ def inspect(
     }
     groups = gate_groups(topo)
     pair_stats = {
-        i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts, seed=cfg.seed)
-        for i, grp in enumerate(groups)
+        i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts) for i, grp in enumerate(groups)
     }
     outputs = TaskOutputStats([t.kind for t in topo.tasks])
     recorded_experts = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
@@ -177,7 +184,7 @@ def inspect(
                         expert_stats = ExpertStats(
                             len(outs),
                             [o.shape[1] for o in outs],
-                            sample_rate=cfg.expert_sample_rate,
+                            sample_rate=_expert_sample_rate(cfg, source.n_rows()),
                             seed=cfg.seed,
                         )
                     expert_stats.update(outs, row_index)
@@ -202,7 +209,7 @@ def inspect(
         "weight_hist": {name: s.hist.numpy() for name, s in summaries.items()},
         "weight_hist_edges": {name: s.hist_edges.numpy() for name, s in summaries.items()},
         "entropy_hist": {name: s.entropy_hist.numpy() for name, s in summaries.items()},
-        "entropy_hist_edges": {name: s.entropy_hist_edges.numpy() for name, s in summaries.items()},
+        "entropy_hist_edges": {name: s.entropy_edges.numpy() for name, s in summaries.items()},
         "coactivation": {name: s.coactivation.numpy() for name, s in summaries.items()},
         "expert_cka": exp_summary.cka.numpy() if exp_summary is not None else None,
         "expert_cka_names": recorded_experts,
@@ -230,16 +237,19 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
         kinds = sorted({f.title.lower() for f in critical})
         return f"Routing is unhealthy: {', '.join(kinds)} ({len(critical)} critical finding(s))."
     mi = tables.get("mutual_information", pd.DataFrame())
+    div = tables.get("task_divergence", pd.DataFrame())
     warn = [f for f in findings if f.severity == "warning"]
     tail = f"; {len(warn)} warning(s) to review" if warn else ""
-    if not mi.empty:
-        nmi = float(mi["normalized"].max())
-        if nmi >= 0.2:
-            return f"Yes: the tasks route to clearly different experts (normalized task-expert MI {nmi:.2f}){tail}."
-        if nmi >= 0.02:
-            return f"Partly: the tasks share most experts but weight them differently (normalized MI {nmi:.2f}){tail}."
-        return f"Barely: the tasks' gates are close to each other (normalized MI {nmi:.3f}){tail}."
-    return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
+    if mi.empty or div.empty:
+        return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
+    nmi = float(mi["normalized"].max())
+    tv = float(div["tv_per_row"].max())
+    evidence = f"per-row total variation up to {tv:.2f}, normalized task-expert MI {nmi:.2f}"
+    if tv >= 0.5 or nmi >= 0.2:
+        return f"Yes: the tasks route rows to clearly different experts ({evidence}){tail}."
+    if tv >= 0.2:
+        return f"Partly: the tasks share most experts but weight them differently ({evidence}){tail}."
+    return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
 
 
 def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str]) -> torch.Tensor:
@@ -247,7 +257,9 @@ def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str]) -
     cols = []
     for t in tasks:
         if t.label_column in columns and t.label_column in frame:
-            cols.append(torch.as_tensor(pd.to_numeric(frame[t.label_column]).to_numpy(dtype="float64")))
+            cols.append(
+                torch.from_numpy(pd.to_numeric(frame[t.label_column]).to_numpy(dtype="float64", copy=True))
+            )
         else:
             cols.append(torch.full((len(frame),), float("nan"), dtype=torch.float64))
     return torch.stack(cols, dim=1)
@@ -273,6 +285,13 @@ def _to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, list | tuple):
         return type(x)(_to_device(v, device) for v in x)
     return x
+
+
+def _expert_sample_rate(cfg: InspectConfig, n_rows: int | None) -> float:
+    """At least `expert_sample_rate`, raised so small datasets still give ~4096 CKA rows."""
+    if n_rows is None or n_rows <= 0:
+        return cfg.expert_sample_rate
+    return max(cfg.expert_sample_rate, min(1.0, 4096 / n_rows))
 
 
 def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:

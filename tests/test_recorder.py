@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmoe_inspect.models import MMoE, PLE
+from mmoe_inspect.models import PLE, MMoE
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError, gate_probabilities
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology, TopologyError
 
@@ -22,7 +22,10 @@ def model_fingerprint(model: nn.Module) -> dict:
     grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
     return {
         "hash": h.hexdigest(),
-        "grads": {n: (None if g is None else hashlib.sha256(g.numpy().tobytes()).hexdigest()) for n, g in grads.items()},
+        "grads": {
+            n: (None if g is None else hashlib.sha256(g.numpy().tobytes()).hexdigest())
+            for n, g in grads.items()
+        },
         "modes": [(n, m.training) for n, m in model.named_modules()],
         "hooks": [
             (n, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
@@ -78,9 +81,12 @@ def test_hooks_removed_when_forward_raises(mmoe: MMoE) -> None:
     original = mmoe.towers[1]
     mmoe.towers[1] = Boom()
     try:
-        with pytest.raises(RuntimeError, match="boom"):
-            with GateRecorder(mmoe, mmoe.topology(), experts=True), torch.inference_mode():
-                mmoe(torch.randn(4, 6))
+        with (
+            pytest.raises(RuntimeError, match="boom"),
+            GateRecorder(mmoe, mmoe.topology(), experts=True),
+            torch.inference_mode(),
+        ):
+            mmoe(torch.randn(4, 6))
     finally:
         mmoe.towers[1] = original
     assert model_fingerprint(mmoe) == before
@@ -133,15 +139,23 @@ def test_module_called_twice_needs_call_index() -> None:
 
         def forward(self, x):
             stacked = torch.stack([e(x) for e in self.experts], 1)
-            return {f"t{i}": (self.softmax(lin(x)).unsqueeze(-1) * stacked).sum((1, 2)) for i, lin in enumerate(self.logits)}
+            return {
+                f"t{i}": (self.softmax(lin(x)).unsqueeze(-1) * stacked).sum((1, 2))
+                for i, lin in enumerate(self.logits)
+            }
 
     model = Twice()
     experts = (ExpertSpec("a", "experts.0"), ExpertSpec("b", "experts.1"))
     tasks = (TaskSpec("t0", "regression"), TaskSpec("t1", "regression"))
-    ambiguous = Topology(tasks=tasks, experts=experts, gates=(GateSpec("t0", "softmax", ("a", "b"), task="t0"),))
-    with pytest.raises(RecordingError, match="more than once"):
-        with GateRecorder(model, ambiguous), torch.inference_mode():
-            model(torch.randn(3, 3))
+    ambiguous = Topology(
+        tasks=tasks, experts=experts, gates=(GateSpec("t0", "softmax", ("a", "b"), task="t0"),)
+    )
+    with (
+        pytest.raises(RecordingError, match="more than once"),
+        GateRecorder(model, ambiguous),
+        torch.inference_mode(),
+    ):
+        model(torch.randn(3, 3))
     explicit = Topology(
         tasks=tasks,
         experts=experts,
@@ -169,9 +183,8 @@ def test_wrong_module_path_is_a_clear_error(mmoe: MMoE) -> None:
 
 
 def test_missing_gate_output_fails_loudly(mmoe: MMoE) -> None:
-    with GateRecorder(mmoe, mmoe.topology()) as rec:
-        with pytest.raises(RecordingError, match="never produced"):
-            rec.take()  # no forward ran
+    with GateRecorder(mmoe, mmoe.topology()) as rec, pytest.raises(RecordingError, match="never produced"):
+        rec.take()  # no forward ran
 
 
 def test_ple_levels_recorded() -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..functional import js_divergence, task_expert_mutual_information
-from ..topology.spec import GateSpec, Topology
+from mmoe_inspect.functional import js_divergence, task_expert_mutual_information
+from mmoe_inspect.topology.spec import GateSpec, Topology
 
 
 def _f(x: Any) -> float:

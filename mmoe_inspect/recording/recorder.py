@@ -9,14 +9,14 @@ hook handle is removed and each module's `training` flag is restored.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..topology.spec import ExpertSpec, GateSpec, Topology, TopologyError
+from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, Topology, TopologyError
 
 
 class RecordingError(RuntimeError):
@@ -83,7 +83,7 @@ class GateRecorder:
         self._handles: list[RemovableHandle] = []
         self._calls: dict[str, int] = {}
         self._capture = ForwardCapture()
-        self._mode_ctx: contextmanager | None = None
+        self._mode_ctx: AbstractContextManager[nn.Module] | None = None
         modules = dict(model.named_modules())
         self._gate_modules: dict[str, list[GateSpec]] = {}
         for g in topology.gates:

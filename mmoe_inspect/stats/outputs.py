@@ -9,9 +9,9 @@ import torch
 from torchmetrics import Metric
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaskOutputSummary:
-    """Per task (in the order given): prediction moments, label rate/mean, binned AUC (binary), MSE (regression)."""
+    """(Not frozen: torchmetrics' compute wrapper rebuilds dataclass outputs.) Per task (in the order given): prediction moments, label rate/mean, binned AUC (binary), MSE (regression)."""
 
     n: torch.Tensor  # [T] rows with a finite prediction
     mean_prediction: torch.Tensor  # [T]
@@ -21,7 +21,9 @@ class TaskOutputSummary:
     auc: torch.Tensor  # [T] NaN for regression or one-class labels
     mse: torch.Tensor  # [T] NaN for binary tasks
     prediction_hist: torch.Tensor  # [T, n_bins] over [0, 1] (binary) — counts
-    out_of_range: torch.Tensor  # [T] binary predictions outside [0, 1] (logits where probabilities were expected)
+    out_of_range: (
+        torch.Tensor
+    )  # [T] binary predictions outside [0, 1] (logits where probabilities were expected)
 
 
 class TaskOutputStats(Metric):

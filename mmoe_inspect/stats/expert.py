@@ -1,0 +1,152 @@
+"""Streaming statistics of expert outputs: inactivity, output norms and exact linear CKA on a row sample."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmoe_inspect.functional.sampling import row_hash
+from mmoe_inspect.functional.similarity import linear_cka_from_moments
+from mmoe_inspect.stats._base import SummaryMetric, batch_row_index, capped_sample
+
+__all__ = ["ExpertStats", "ExpertSummary"]
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertSummary:
+    """What `ExpertStats.compute` returns for ``E`` experts.
+
+    ``zero_fraction``/``mean_norm`` use every finite row; ``cka`` uses the deterministic row sample
+    (NaN for a pair involving an expert that is constant on the sample, e.g. a dead ReLU expert).
+    """
+
+    n: int  # finite rows
+    n_sampled: int  # rows in the CKA sample
+    sample_capped_rows: int  # sampled rows dropped by max_sample_per_update (0 = sample is batch-invariant)
+    nonfinite_rows: int  # rows with a NaN/inf output in any expert (excluded)
+    dims: tuple[int, ...]
+    zero_fraction: Tensor  # [E] share of exactly-zero activations
+    mean_norm: Tensor  # [E] mean L2 norm of the output rows
+    cka: Tensor  # [E, E] linear CKA between experts' outputs (sample)
+
+
+class ExpertStats(SummaryMetric):
+    """Streaming expert-output statistics: zero fraction, mean L2 norm, and CKA from exact moments.
+
+    ``update(outputs, row_index)`` takes ``[batch, E, d]`` or a sequence of ``E`` tensors
+    ``[batch, d_e]``. On every row: per-expert count of exactly-zero activations and sum of row
+    L2 norms (computed in float64). On the rows whose ``row_hash(row_index, seed) < sample_rate``
+    (the same rows whatever the batching or sharding): ``Σz`` and ``ΣzᵀZ`` of the float64
+    concatenation ``z [rows, Σd]``, from which `linear_cka_from_moments` gives exact linear CKA for
+    every expert pair. At most ``max_sample_per_update`` sampled rows (smallest keys) are used per
+    update; rows dropped by that cap are counted (``sample_capped_rows``) because they break the
+    batch invariance. Rows with a non-finite output are counted and excluded. State size is
+    ``O((Σd)²)``, independent of the number of rows; all states are SUM states.
+    """
+
+    def __init__(
+        self,
+        n_experts: int,
+        dims: Sequence[int] | int,
+        *,
+        sample_rate: float = 0.05,
+        max_sample_per_update: int = 512,
+        seed: int = 0,
+        sync_free: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(sync_free=sync_free, **kwargs)
+        self.n_experts = int(n_experts)
+        self.dims = (int(dims),) * self.n_experts if isinstance(dims, int) else tuple(int(d) for d in dims)
+        if self.n_experts < 1 or len(self.dims) != self.n_experts or min(self.dims) < 1:
+            raise ValueError(f"need n_experts >= 1 and one positive dim per expert, got {n_experts}, {dims}")
+        if not 0.0 <= sample_rate <= 1.0 or max_sample_per_update < 0:
+            raise ValueError(f"need 0 <= sample_rate <= 1 and max_sample_per_update >= 0, got {sample_rate}")
+        self.sample_rate = float(sample_rate)
+        self.max_sample_per_update = int(max_sample_per_update)
+        self.seed = int(seed)
+        d = sum(self.dims)
+        self.add_state("rows_seen", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("nonfinite", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("zero_count", torch.zeros(self.n_experts, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("sum_norm", torch.zeros(self.n_experts, dtype=_F64), dist_reduce_fx="sum")
+        self.add_state("n_sampled", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("sample_capped", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("sum_z", torch.zeros(d, dtype=_F64), dist_reduce_fx="sum")
+        self.add_state("gram", torch.zeros(d, d, dtype=_F64), dist_reduce_fx="sum")
+
+    def _per_expert(self, outputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z [batch, Σd] input dtype, float64 L2 norms [batch, E], zero counts [batch, E])``."""
+        if isinstance(outputs, Tensor):
+            if len(set(self.dims)) != 1:
+                raise ValueError(f"a [batch, E, d] tensor needs equal dims, this ExpertStats has {self.dims}")
+            if outputs.ndim != 3 or outputs.shape[1:] != (self.n_experts, self.dims[0]):
+                raise ValueError(
+                    f"expected outputs [batch, {self.n_experts}, {self.dims[0]}], got {tuple(outputs.shape)}"
+                )
+            x = outputs.detach().to(self.device)
+            norms = torch.linalg.vector_norm(x, dim=2, dtype=_F64)
+            return x.reshape(x.shape[0], -1), norms, (x == 0).sum(2)
+        parts = [o.detach().to(self.device) for o in outputs]
+        if len(parts) != self.n_experts or any(
+            p.ndim != 2 or p.shape[1] != d or p.shape[0] != parts[0].shape[0]
+            for p, d in zip(parts, self.dims, strict=True)
+        ):
+            raise ValueError(
+                f"expected {self.n_experts} outputs [batch, d] with d = {self.dims}, "
+                f"got {[tuple(p.shape) for p in parts]}"
+            )
+        norms = torch.stack([torch.linalg.vector_norm(p, dim=1, dtype=_F64) for p in parts], dim=1)
+        zeros = torch.stack([(p == 0).sum(1) for p in parts], dim=1)
+        return torch.cat(parts, dim=1), norms, zeros
+
+    def update(self, outputs: Tensor | Sequence[Tensor], row_index: Tensor | None = None) -> None:
+        """Add a batch of expert outputs (``[batch, E, d]`` or ``E`` x ``[batch, d_e]``) with optional ``row_index``."""
+        z, norms, zeros = self._per_expert(outputs)
+        b = z.shape[0]
+        rows = batch_row_index(row_index, self.rows_seen, b, z.device)
+        self.rows_seen.add_(b)
+        ok = torch.isfinite(norms).all(1)
+        sync_free = self._sync_free(z.device)
+        all_ok = False if sync_free else bool(ok.all())
+        if not all_ok:
+            norms = torch.where(ok[:, None], norms, 0.0)
+            zeros = torch.where(ok[:, None], zeros, 0)
+            self.nonfinite.add_((~ok).sum())
+        self.sum_norm.add_(norms.sum(0))
+        self.zero_count.add_(zeros.sum(0))
+
+        keys = row_hash(rows, self.seed)
+        hit = (keys < self.sample_rate) & ok
+        cap = min(self.max_sample_per_update, b)
+        sel, weight = capped_sample(torch.where(hit, keys, torch.inf), cap, sync_free)
+        zs = z[sel].to(_F64)
+        if weight is not None:  # where, not multiply: unselected rows may hold NaN
+            zs = torch.where(weight[:, None] > 0, zs, 0.0)
+        n_hit = hit.sum()
+        self.sample_capped.add_((n_hit - cap).clamp_min(0))
+        self.n_sampled.add_(n_hit.clamp_max(cap))
+        self.sum_z.add_(zs.sum(0))
+        self.gram.add_(zs.T @ zs)
+
+    def compute(self) -> ExpertSummary:
+        """Zero fractions, mean norms and the ``[E, E]`` CKA matrix (NaN means before any row)."""
+        n_int = int(self.rows_seen - self.nonfinite)
+        n_s = int(self.n_sampled)
+        dims = torch.tensor(self.dims, dtype=_F64, device=self.sum_norm.device)
+        return ExpertSummary(
+            n=n_int,
+            n_sampled=n_s,
+            sample_capped_rows=int(self.sample_capped),
+            nonfinite_rows=int(self.nonfinite),
+            dims=self.dims,
+            zero_fraction=self.zero_count.to(_F64) / (n_int * dims),
+            mean_norm=self.sum_norm / n_int,
+            cka=linear_cka_from_moments(float(n_s), self.sum_z, self.gram, self.dims),
+        )

@@ -1,0 +1,157 @@
+"""Trace a gate's `[batch, E, dim]` expert tensor back to the expert networks that produced it.
+
+Walks back from the weighted tensor through view-like ops, `stack` and `cat` along the expert axis,
+down to module outputs. Outcomes, per expert:
+
+* a module whose output is that expert (`[batch, dim]`): `module=path`;
+* one module emitting several experts `[batch, k, dim]` on axis 1: `module=path, index=i`;
+* no module output (computed inline from parameters in some module's forward): `module=None`,
+  named `"<module>.expert[i]"`.
+
+It refuses (returns a reason string) when the "experts" are embedding lookups, raw inputs, a
+position-wise module over a set/sequence, or parameter-free products: those are attention over
+features, not a mixture of experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mmoe_inspect.topology._graphops import map_axis, norm_dim, selection, view_parent
+from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Ref
+
+_LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
+
+
+@dataclass(frozen=True)
+class ExpertRef:
+    """One traced expert. `key` identifies it across gates; `order` sorts experts by forward order."""
+
+    key: tuple[object, ...]
+    module: str | None
+    index: int | None
+    parent: str | None
+    order: tuple[int, int]
+    calls: int = 1
+
+
+class ExpertTracer:
+    """Resolves expert tensors of one traced forward (see module docstring)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def resolve(self, idx: int, axis: int | None, k: int) -> list[ExpertRef] | str:
+        """The `k` experts laid along `axis` of node `idx` (axis None: a single expert)."""
+        g = self.graph
+        cur, ax = idx, axis
+        while True:
+            node = g.nodes[cur]
+            if ax is not None and node.op in ("stack", "cat"):
+                found = self._concat(cur, ax, k)
+                if found is not None:
+                    return found
+            call = g.outermost_call(cur)
+            if call is not None:
+                return self._module(cur, call, ax, k)
+            picked = selection(g, node, ax)
+            if picked is not None:
+                src, pax, picks = picked
+                whole = self.resolve(src, pax, g.nodes[src].shape[pax])
+                if isinstance(whole, str) or len(picks) != k:
+                    return whole if isinstance(whole, str) else f"selects {len(picks)} of {k} experts"
+                return [whole[i] for i in picks]
+            p = view_parent(g, node)
+            if p is None:
+                break
+            if ax is not None:
+                ax = map_axis(node, g.nodes[p], ax, forward=False)
+            cur = p
+        node = g.nodes[cur]
+        if node.op == "input":
+            return "weights the model's input features"
+        if node.op in ("param", "buffer", "const"):
+            return "weights a constant tensor"
+        return self._inline(cur, k)
+
+    # ------------------------------------------------------------------ cases
+    def _concat(self, idx: int, axis: int, k: int) -> list[ExpertRef] | str | None:
+        g = self.graph
+        node = g.nodes[idx]
+        seq = node.arg(0, "tensors")
+        if not isinstance(seq, (list, tuple)) or not seq or not all(isinstance(r, Ref) for r in seq):
+            return None
+        dim = node.arg(1, "dim", 0)
+        if node.op == "stack":
+            if norm_dim(dim, node.ndim) != axis or len(seq) != k:
+                return None
+            parts = [(r.node, None, 1) for r in seq]
+        else:
+            if norm_dim(dim, node.ndim) != axis:
+                return None
+            sizes = [g.nodes[r.node].shape[axis] if g.nodes[r.node].ndim > axis else -1 for r in seq]
+            if sum(sizes) != k or min(sizes) < 1:
+                return None
+            parts = [(r.node, axis, s) for r, s in zip(seq, sizes, strict=True)]
+        out: list[ExpertRef] = []
+        for part, ax, size in parts:
+            got = self.resolve(part, ax, size)
+            if isinstance(got, str):
+                return got
+            out.extend(got)
+        return out
+
+    def _module(self, idx: int, call: ModuleCall, axis: int | None, k: int) -> list[ExpertRef] | str:
+        g = self.graph
+        for c in g.module_calls(idx):
+            if isinstance(g.modules.get(c.path), _LOOKUPS):
+                return f"weights embedding lookups ({c.path}): attention over features"
+        path = call.path
+        n_calls = g.calls.get(path, 1)
+        if k == 1:
+            index = 0 if axis == 1 and g.nodes[idx].ndim == 3 else None
+            return [ExpertRef(("module", path, index), path, index, None, (idx, 0), n_calls)]
+        module = g.modules[path]
+        if axis == 1:
+            per_expert = any(p.ndim > 0 and p.shape[0] == k for p in module.parameters())
+            over_a_set = any(g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k for i in call.inputs)
+            if over_a_set and not per_expert:
+                return (
+                    f"weights the outputs of {path} applied position-wise over a set (attention), not experts"
+                )
+            return [ExpertRef(("module", path, i), path, i, None, (idx, i), n_calls) for i in range(k)]
+        if not any(True for _ in module.parameters()):
+            return f"weights the output of {path}, which has no parameters of its own"
+        return [ExpertRef(("inline", idx, i), None, None, path, (idx, i)) for i in range(k)]
+
+    def _inline(self, idx: int, k: int) -> list[ExpertRef] | str:
+        """Experts computed inline: accepted only if parameters enter before the nearest module outputs."""
+        g = self.graph
+        seen = {idx}
+        todo = [idx]
+        uses_params = False
+        lookups = False
+        while todo and len(seen) < 256:
+            node = g.nodes[todo.pop()]
+            for p in node.parents:
+                if p in seen:
+                    continue
+                seen.add(p)
+                pn = g.nodes[p]
+                if pn.op == "param":
+                    uses_params = True
+                    continue
+                calls = g.module_calls(p)
+                if calls:
+                    lookups |= any(isinstance(g.modules.get(c.path), _LOOKUPS) for c in calls)
+                    continue
+                if pn.op not in ("input", "buffer", "const"):
+                    todo.append(p)
+        if not uses_params:
+            what = "embedding lookups" if lookups else "tensors"
+            return f"weights parameter-free combinations of {what}: attention over features, not experts"
+        parent = g.nodes[idx].module
+        parent = None if parent in (None, ROOT) else parent
+        return [ExpertRef(("inline", idx, i), None, None, parent or ROOT, (idx, i)) for i in range(k)]

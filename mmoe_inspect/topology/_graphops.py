@@ -1,0 +1,401 @@
+"""Pattern matching on the provenance graph: view chains, axis bookkeeping, gate-weighted sums.
+
+Everything here is pure bookkeeping over `Graph` nodes (shapes and op arguments); no tensor math.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmoe_inspect.topology._trace import Graph, Node, Ref
+
+# Ops that keep every value of their (first) input and only re-arrange or re-label it.
+VIEW_OPS = frozenset(
+    {
+        "view",
+        "reshape",
+        "view_as",
+        "reshape_as",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "unflatten",
+        "contiguous",
+        "clone",
+        "detach",
+        "dropout",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "to",
+        "type",
+        "type_as",
+        "float",
+        "double",
+        "half",
+        "bfloat16",
+        "expand",
+        "expand_as",
+        "getitem",
+        "transpose",
+        "swapaxes",
+        "swapdims",
+        "permute",
+        "t",
+        "atleast_2d",
+        "atleast_3d",
+    }
+)
+MUL_OPS = frozenset({"mul", "rmul", "multiply"})
+MATMUL_OPS = frozenset({"matmul", "bmm", "rmatmul"})
+SUM_OPS = frozenset({"sum", "nansum"})
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A gate-weighted sum of experts found in the graph.
+
+    `combine` is the op weighting the experts (mul/matmul/bmm/einsum), `output` the node holding the
+    mixture (after the reduction over experts), `experts` the `[batch, E, dim]`-like expert tensor and
+    `axis` its expert axis.
+    """
+
+    combine: int
+    output: int
+    experts: int
+    axis: int
+
+
+def norm_dim(dim: Any, ndim: int) -> int | None:
+    """A dim argument made non-negative for a tensor of `ndim` axes (None when not a valid int)."""
+    if not isinstance(dim, int) or ndim == 0:
+        return None
+    d = dim + ndim if dim < 0 else dim
+    return d if 0 <= d < ndim else None
+
+
+def view_parent(graph: Graph, node: Node) -> int | None:
+    """The input node of a view-like op, or None when `node` is not one."""
+    if node.op not in VIEW_OPS or not node.args or not isinstance(node.args[0], Ref):
+        return None
+    src = node.args[0].node
+    # getitem only counts when it keeps every value (x[:, None], x[:, :, 0] on a size-1 axis).
+    if node.op == "getitem" and math.prod(node.shape) != math.prod(graph.nodes[src].shape):
+        return None
+    return src
+
+
+def _reshape_axis(src: tuple[int, ...], dst: tuple[int, ...], axis: int) -> int | None:
+    """Axis of `dst` holding axis `axis` of `src` after a reshape-like op (prefix products must agree)."""
+    if axis >= len(src):
+        return None
+    size, before = src[axis], math.prod(src[:axis])
+    for j, n in enumerate(dst):
+        if n == size and math.prod(dst[:j]) == before:
+            return j
+    return None
+
+
+def _perm(node: Node) -> list[int] | None:
+    """The dims of a recorded `permute` (`x.permute(0, 2, 1)` or `x.permute((0, 2, 1))`)."""
+    rest = list(node.args[1:]) if len(node.args) > 1 else [node.kwargs.get("dims")]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        rest = list(rest[0])
+    if not rest or not all(isinstance(d, int) for d in rest):
+        return None
+    nd = len(rest)
+    return [d + nd if d < 0 else d for d in rest]
+
+
+def map_axis(node: Node, parent: Node, axis: int, *, forward: bool) -> int | None:
+    """Follow one axis across the view-like op `node` (input `parent`).
+
+    forward=True maps an axis of `parent` to `node`; forward=False maps an axis of `node` back to
+    `parent`. None when the axis does not survive the op unchanged.
+    """
+    src, dst = (parent.shape, node.shape) if forward else (node.shape, parent.shape)
+    op = node.op
+    if op in ("transpose", "swapaxes", "swapdims"):
+        nd = parent.ndim
+        d0 = norm_dim(node.arg(1, "dim0"), nd)
+        d1 = norm_dim(node.arg(2, "dim1"), nd)
+        if d0 is None or d1 is None:
+            return None
+        return d1 if axis == d0 else d0 if axis == d1 else axis
+    if op == "t":
+        return 1 - axis if parent.ndim == 2 else axis
+    if op == "permute":
+        dims = _perm(node)
+        if dims is None or sorted(dims) != list(range(len(dims))):
+            return None
+        if forward:
+            return dims.index(axis) if axis in dims else None
+        return dims[axis] if axis < len(dims) else None
+    if op in ("expand", "expand_as"):
+        if len(src) == len(dst) and src[axis] == dst[axis]:
+            return axis
+        return None
+    return _reshape_axis(src, dst, axis)
+
+
+def forward_views(graph: Graph, start: int, axis: int) -> list[tuple[int, int]]:
+    """`start` and every node reached from it through view-like ops, with the tracked axis."""
+    out = [(start, axis)]
+    seen = {start}
+    i = 0
+    while i < len(out):
+        idx, ax = out[i]
+        i += 1
+        for c in graph.children[idx]:
+            child = graph.nodes[c]
+            if c in seen or view_parent(graph, child) != idx:
+                continue
+            a2 = map_axis(child, graph.nodes[idx], ax, forward=True)
+            if a2 is None or not child.shape or child.shape[0] != graph.batch_size:
+                continue
+            seen.add(c)
+            out.append((c, a2))
+    return out
+
+
+def backward_views(graph: Graph, start: int, axis: int | None) -> list[tuple[int, int | None]]:
+    """`start` and its ancestors through view-like ops (nearest first), axis mapped back (None = lost)."""
+    out: list[tuple[int, int | None]] = [(start, axis)]
+    cur, ax = start, axis
+    while True:
+        node = graph.nodes[cur]
+        p = view_parent(graph, node)
+        if p is None:
+            return out
+        if ax is not None:
+            ax = map_axis(node, graph.nodes[p], ax, forward=False)
+        cur = p
+        out.append((cur, ax))
+
+
+def _sum_dims(graph: Graph, node: Node) -> set[int] | None:
+    """The normalized axes a recorded `sum` reduces over (None for a full reduction)."""
+    src, dim = node.args[0], node.arg(1, "dim")
+    if dim is None or not isinstance(src, Ref):
+        return None
+    dims = list(dim) if isinstance(dim, (list, tuple)) else [dim]
+    nd = graph.nodes[src.node].ndim
+    out = {norm_dim(d, nd) for d in dims}
+    return None if None in out else {d for d in out if d is not None}
+
+
+def find_reduction(graph: Graph, start: int, axis: int) -> int | None:
+    """A `sum` over exactly `axis` applied to `start` (possibly after view-like ops)."""
+    for idx, ax in forward_views(graph, start, axis):
+        for c in graph.children[idx]:
+            child = graph.nodes[c]
+            if child.op not in SUM_OPS or not child.args or child.args[0] != Ref(idx):
+                continue
+            if _sum_dims(graph, child) == {ax}:
+                return c
+    return None
+
+
+def _operands(node: Node) -> tuple[Any, Any]:
+    """(left, right) operands of a binary op; `__rmatmul__` swapped back to `left @ right`."""
+    a, b = node.arg(0, "input"), node.arg(1, "other")
+    if node.op == "rmatmul":  # other @ self
+        a, b = b, a
+    return a, b
+
+
+def mul_mixture(graph: Graph, node: Node, g: int, axis: int, n_experts: int) -> Mixture | None:
+    """`gate * experts` (broadcast) followed by a sum over the expert axis."""
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
+        return None
+    other = b if a.node == g else a if b.node == g else None
+    if other is None:
+        return None
+    gn, on = graph.nodes[g], graph.nodes[other.node]
+    nd = node.ndim
+    batch = graph.batch_size
+    if nd < 3 or gn.ndim != nd or on.ndim != nd or node.shape[0] != batch or on.shape[0] != batch:
+        return None
+    if on.shape[axis] != n_experts:
+        return None
+    red = find_reduction(graph, node.idx, axis)
+    if red is None:
+        return None
+    return Mixture(node.idx, red, other.node, axis)
+
+
+def matmul_mixture(graph: Graph, node: Node, g: int, axis: int, n_experts: int) -> Mixture | None:
+    """`[B, 1, E] @ [B, E, D]` or `[B, D, E] @ [B, E, 1]` (the contraction is the reduction)."""
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
+        return None
+    gn = graph.nodes[g]
+    batch = graph.batch_size
+    if gn.ndim != 3:
+        return None
+    if a.node == g and axis == 2:
+        on = graph.nodes[b.node]
+        if on.ndim == 3 and on.shape[0] == batch and on.shape[1] == n_experts:
+            return Mixture(node.idx, node.idx, b.node, 1)
+    if b.node == g and axis == 1 and gn.shape[2] == 1:
+        on = graph.nodes[a.node]
+        if on.ndim == 3 and on.shape[0] == batch and on.shape[2] == n_experts:
+            return Mixture(node.idx, node.idx, a.node, 2)
+    return None
+
+
+def _einsum_parts(node: Node) -> tuple[list[str], str, list[Any]] | None:
+    if not node.args or not isinstance(node.args[0], str):
+        return None
+    eq = node.args[0].replace(" ", "")
+    ops = list(node.args[1:])
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = list(ops[0])
+    if "." in eq:
+        return None
+    if "->" in eq:
+        lhs, rhs = eq.split("->")
+    else:
+        lhs = eq
+        letters = lhs.replace(",", "")
+        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    subs = lhs.split(",")
+    if len(subs) != len(ops):
+        return None
+    return subs, rhs, ops
+
+
+def einsum_mixture(graph: Graph, node: Node, g: int, axis: int, n_experts: int) -> Mixture | None:
+    """`einsum("be,bed->bd", gate, experts)` and any spelling that contracts the expert letter."""
+    parts = _einsum_parts(node)
+    if parts is None:
+        return None
+    subs, rhs, ops = parts
+    batch = graph.batch_size
+    for i, op in enumerate(ops):
+        if op != Ref(g) or len(subs[i]) != graph.nodes[g].ndim:
+            continue
+        e_letter, b_letter = subs[i][axis], subs[i][0]
+        if e_letter in rhs or b_letter not in rhs:
+            continue
+        for j, other in enumerate(ops):
+            if j == i or not isinstance(other, Ref) or e_letter not in subs[j]:
+                continue
+            on = graph.nodes[other.node]
+            if len(subs[j]) != on.ndim or on.ndim < 2 or subs[j][0] != b_letter or on.shape[0] != batch:
+                continue
+            pos = subs[j].index(e_letter)
+            if on.shape[pos] == n_experts:
+                return Mixture(node.idx, node.idx, other.node, pos)
+    return None
+
+
+def find_mixture(graph: Graph, chain: list[tuple[int, int]], n_experts: int) -> Mixture | None:
+    """The first op that uses a node of the gate's view chain to weight and sum `n_experts` experts."""
+    for g, ax in chain:
+        for c in graph.children[g]:
+            child = graph.nodes[c]
+            found: Mixture | None = None
+            if child.op in MUL_OPS:
+                found = mul_mixture(graph, child, g, ax, n_experts)
+            elif child.op in MATMUL_OPS:
+                found = matmul_mixture(graph, child, g, ax, n_experts)
+            elif child.op == "einsum":
+                found = einsum_mixture(graph, child, g, ax, n_experts)
+            if found is not None:
+                return found
+    return None
+
+
+def _index_values(graph: Graph, item: Any) -> list[int] | None:
+    """Integer positions named by an index item: a list of ints or a 1-D integer tensor."""
+    if isinstance(item, Ref):
+        t = graph.nodes[item.node].tensor
+        if t is None or t.ndim != 1 or t.is_floating_point() or t.dtype == torch.bool:
+            return None
+        return [int(v) for v in t.tolist()]
+    if isinstance(item, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in item):
+        return list(item)
+    return None
+
+
+def _full(item: Any) -> bool:
+    """An index item that keeps a whole axis (`:`)."""
+    return isinstance(item, slice) and item == slice(None)
+
+
+def selection(graph: Graph, node: Node, axis: int | None) -> tuple[int, int, list[int]] | None:
+    """`node` picks positions of its input along one axis: (input node, input axis, positions).
+
+    Covers `x[:, i]`, `x[:, a:b]`, `x[:, [i, j]]`, `index_select`, `narrow`, `select`, and the outputs
+    of `split`/`chunk`/`unbind`. `axis` is the tracked axis of `node` (None when `node` holds one
+    expert whose axis was indexed away).
+    """
+    if not node.args or not isinstance(node.args[0], Ref):
+        return None
+    src = node.args[0].node
+    shape = graph.nodes[src].shape
+    op = node.op
+
+    def dim_arg(pos: int, key: str) -> int | None:
+        return norm_dim(node.arg(pos, key, 0), len(shape))
+
+    picks: list[int] | None = None
+    pax: int | None = None
+    if op == "getitem":
+        index = node.args[1] if len(node.args) > 1 else None
+        items = list(index) if isinstance(index, tuple) else [index]
+        while items and _full(items[-1]):
+            items.pop()
+        if not items or any(not _full(i) for i in items[:-1]):
+            return None
+        pax, last = len(items) - 1, items[-1]
+        if pax >= len(shape):
+            return None
+        if isinstance(last, int) and not isinstance(last, bool):
+            picks = [last % shape[pax]]
+        elif isinstance(last, slice):
+            picks = list(range(shape[pax]))[last]
+        else:
+            picks = _index_values(graph, last)
+    elif op == "index_select":
+        pax = dim_arg(1, "dim")
+        index = node.arg(2, "index")
+        picks = _index_values(graph, index)
+    elif op == "narrow":
+        pax = dim_arg(1, "dim")
+        start, length = node.arg(2, "start"), node.arg(3, "length")
+        if isinstance(start, int) and isinstance(length, int) and pax is not None:
+            start = start % shape[pax]
+            picks = list(range(start, start + length))
+    elif op in ("select", "unbind"):
+        pax = dim_arg(1, "dim")
+        i = node.arg(2, "index") if op == "select" else node.out_pos
+        if isinstance(i, int) and pax is not None:
+            picks = [i % shape[pax]]
+    elif op in ("split", "chunk"):
+        pax = dim_arg(2, "dim")
+        if pax is None or len(node.shape) != len(shape):
+            return None
+        size = node.args[1] if len(node.args) > 1 else None
+        if op == "chunk" and isinstance(size, int) and size > 0:
+            start = node.out_pos * -(-shape[pax] // size)
+        elif op == "split" and isinstance(size, int) and size > 0:
+            start = node.out_pos * size
+        elif op == "split" and isinstance(size, (list, tuple)):
+            start = sum(size[: node.out_pos])
+        else:
+            return None
+        picks = list(range(start, start + node.shape[pax]))
+    if picks is None or pax is None or not picks:
+        return None
+    kept = len(node.shape) == len(shape)
+    if axis is None and kept and len(picks) != 1:
+        return None
+    if axis is not None and (not kept or axis != pax):
+        return None
+    return src, pax, picks

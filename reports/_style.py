@@ -1,0 +1,91 @@
+"""Shared look of every figure: scoped rc settings, one color per task, colormaps, sizes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+from matplotlib.figure import Figure
+
+DPI = 110
+WIDTH_IN = 10.5  # ~1150 px at DPI: fills a 1200 px page column
+SHARED_COLOR = "#6b6b6b"  # gates that serve no single task (PLE shared gate, OMoE's one gate)
+# seaborn "colorblind" without its gray (kept for shared gates)
+TASK_COLORS = (
+    "#0173b2",
+    "#de8f05",
+    "#029e73",
+    "#d55e00",
+    "#cc78bc",
+    "#ca9161",
+    "#56b4e9",
+    "#ece133",
+    "#fbafe4",
+)
+CMAP_WEIGHT = "YlGnBu"  # mean gate weights, co-activation
+CMAP_DIVERGENCE = "OrRd"  # task-to-task divergence
+CMAP_SIMILARITY = "Purples"  # expert CKA
+CMAP_LIFT = "RdBu_r"  # co-activation relative to chance (diverging around 1x)
+
+_RC: dict[str, Any] = {
+    "text.parse_math": False,  # task/expert names are user data: never parse "$...$"
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+    "axes.titleweight": "bold",
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 10.5,
+    "ytick.labelsize": 10.5,
+    "legend.fontsize": 10.5,
+    "legend.title_fontsize": 11,
+    "figure.titlesize": 15,
+    "figure.titleweight": "bold",
+    "font.size": 11,
+    "svg.hashsalt": "mmoe-inspect",
+}
+
+
+@contextmanager
+def plot_context() -> Iterator[None]:
+    """Seaborn "whitegrid" look plus our rc settings, restored on exit (never leaks into the caller)."""
+    import seaborn as sns
+
+    with ExitStack() as stack:
+        stack.enter_context(mpl.rc_context())
+        stack.enter_context(sns.axes_style("whitegrid"))
+        mpl.rcParams.update(_RC)
+        yield
+
+
+def new_figure(height_in: float, width_in: float = WIDTH_IN) -> Figure:
+    """A pyplot-free Figure with constrained layout (call inside `plot_context`)."""
+    return Figure(figsize=(width_in, max(height_in, 2.0)), dpi=DPI, layout="constrained")
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Render `fig` to `path` as PNG (inside the plot context, so draw-time rc values match)."""
+    buf = io.BytesIO()
+    with plot_context():
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    path.write_bytes(buf.getvalue())
+
+
+def close(fig: Figure) -> None:
+    """Release a figure's artists (our figures are never registered with pyplot)."""
+    fig.clear()
+
+
+def task_colors(task_names: Sequence[str]) -> dict[str, str]:
+    """One stable color per task, in topology order; every figure uses this mapping."""
+    return {t: TASK_COLORS[i % len(TASK_COLORS)] for i, t in enumerate(task_names)}
+
+
+def grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return (n + cols - 1) // cols, cols

@@ -1,0 +1,845 @@
+"""Figures of a report: each function takes an `InspectionResult` and returns a `Figure` (or None when
+its data is empty). Figures are built directly (no pyplot), inside `plot_context()`.
+
+`FIGURES` is the registry the report uses: name → `FigureSpec` (section, title, reading guide).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from mmoe_inspect.results import InspectionResult
+from mmoe_inspect.topology.spec import GateSpec
+
+from ._style import (
+    CMAP_DIVERGENCE,
+    CMAP_LIFT,
+    CMAP_SIMILARITY,
+    CMAP_WEIGHT,
+    SHARED_COLOR,
+    WIDTH_IN,
+    close,
+    grid_shape,
+    new_figure,
+    plot_context,
+    save_png,
+    task_colors,
+)
+
+MAX_PANELS = 9  # gates drawn per multi-panel figure; the tables keep every gate
+RESERVOIR_ROWS = 600  # rows per gate drawn in the weight distributions
+MAX_LABEL_ROWS = 24  # gate x label rows in the label-routing heatmap
+LABEL_DIFF_FLOOR = 0.05  # color scale of that heatmap spans at least ±0.05 weight
+MAX_VIOLINS = 32  # expert x gate violins side by side before splitting a level into one panel per gate
+LABEL_CHARS = 22  # longer tick labels are shortened in the middle (tables keep full names)
+
+
+# ----------------------------------------------------------------------------- helpers
+def gate_label(result: InspectionResult, g: GateSpec) -> str:
+    """How a gate is named in figures: its task, or "shared" for a gate serving no single task; the gate's
+    own name is added when that would be ambiguous on its level."""
+    same = [o for o in result.topology.gates if o.level == g.level and o.task == g.task]
+    base = g.task if g.task is not None else "shared"
+    return base if len(same) <= 1 else f"{base} ({g.name})"
+
+
+def gate_color(result: InspectionResult, g: GateSpec) -> str:
+    return task_colors(result.topology.task_names).get(g.task or "", SHARED_COLOR)
+
+
+def _multi_level(result: InspectionResult) -> bool:
+    return len(result.topology.levels) > 1
+
+
+def _panel_title(result: InspectionResult, g: GateSpec) -> str:
+    title = _short(gate_label(result, g), 26)
+    return f"{title} · level {g.level}" if _multi_level(result) else title
+
+
+def _shown_gates(result: InspectionResult, gates: Sequence[GateSpec] | None = None) -> list[GateSpec]:
+    gates = list(result.topology.gates if gates is None else gates)
+    return gates[:MAX_PANELS]
+
+
+def _suptitle(fig: Figure, text: str, result: InspectionResult, shown: int | None = None) -> None:
+    total = len(result.topology.gates)
+    if shown is not None and shown < total:
+        text += f" (first {shown} of {total} gates)"
+    fig.suptitle(text, x=0.01, ha="left")
+
+
+def _rotate(ax: Axes, labels: Sequence[str]) -> None:
+    if len(labels) > 5 or max((len(s) for s in labels), default=0) > 8:
+        for t in ax.get_xticklabels():
+            t.set_rotation(35)
+            t.set_ha("right")
+            t.set_rotation_mode("anchor")
+
+
+def _short(text: str, n: int = LABEL_CHARS) -> str:
+    """`text` shortened in the middle to at most `n` characters ("cgc_layers.0…specific.1")."""
+    text = str(text)
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 2
+    return text[:head] + "…" + text[len(text) - (n - 1 - head) :]
+
+
+def _short_ticks(ax: Axes, labels: Sequence[str]) -> None:
+    """Categorical x tick labels, shortened and rotated when long or many."""
+    ax.set_xticks(np.arange(len(labels)), [_short(t) for t in labels])
+    _rotate(ax, [_short(t) for t in labels])
+
+
+def _experts_on_level(result: InspectionResult, level: int) -> list[str]:
+    mixed = {e for g in result.topology.gates if g.level == level for e in g.experts}
+    ordered = [e.name for e in result.topology.experts if e.name in mixed]
+    return ordered + sorted(mixed - set(ordered))
+
+
+def _gates_on_level(result: InspectionResult, level: int) -> list[GateSpec]:
+    order = {t: i for i, t in enumerate(result.topology.task_names)}
+    gates = [g for g in result.topology.gates if g.level == level]
+    return sorted(gates, key=lambda g: (g.task is None, order.get(g.task or "", 0)))
+
+
+def _heatmap(
+    ax: Axes,
+    values: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    fmt: str = ".2f",
+    cbar_label: str | None = None,
+    annotate: bool | None = None,
+    annot_values: np.ndarray | None = None,
+    annot_size: float = 10.0,
+) -> None:
+    import seaborn as sns
+
+    mask = ~np.isfinite(values)
+    annot: bool | np.ndarray = annotate if annotate is not None else values.size <= 144
+    if annot is True and annot_values is not None:
+        annot = annot_values
+    ax.set_facecolor("#f0f0f0")  # cells a gate does not mix
+    sns.heatmap(
+        pd.DataFrame(values, index=[_short(r, 40) for r in rows], columns=[_short(c) for c in cols]),
+        ax=ax,
+        mask=mask,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        annot=annot,
+        fmt=fmt,
+        annot_kws={"fontsize": annot_size},
+        linewidths=0.6,
+        linecolor="white",
+        cbar=cbar_label is not None,
+        cbar_kws={"label": cbar_label, "shrink": 0.85} if cbar_label is not None else None,
+        square=False,
+    )
+    ax.tick_params(axis="y", rotation=0)
+    ax.grid(False)
+    _rotate(ax, [_short(c) for c in cols])
+
+
+# ----------------------------------------------------------------------------- figures
+def task_expert_heatmap(result: InspectionResult) -> Figure | None:
+    """Mean gate weight of every gate (row) on every expert (column); one panel per level."""
+    util = result.table("utilization")
+    if util.empty:
+        return None
+    levels = result.topology.levels
+    panels = []
+    for level in levels:
+        gates, experts = _gates_on_level(result, level), _experts_on_level(result, level)
+        values = np.full((len(gates), len(experts)), np.nan)
+        col = {e: j for j, e in enumerate(experts)}
+        for i, g in enumerate(gates):
+            sub = util[util["gate"] == g.name]
+            for row in sub.itertuples(index=False):
+                if row.expert in col:
+                    values[i, col[row.expert]] = row.mean
+        panels.append((level, gates, experts, values))
+    vmax = max(float(np.nanmax(v)) for *_, v in panels if np.isfinite(v).any())
+    heights = [max(len(p[1]), 1) for p in panels]
+    with plot_context():
+        fig = new_figure(sum(0.55 * h + 1.5 for h in heights) + 0.4)
+        axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+        for ax, (level, gates, experts, values) in zip(axes, panels, strict=True):
+            _heatmap(
+                ax,
+                values,
+                [gate_label(result, g) for g in gates],
+                experts,
+                cmap=CMAP_WEIGHT,
+                vmin=0.0,
+                vmax=vmax,
+                cbar_label="mean gate weight",
+                annotate=values.size <= 200,
+            )
+            ax.set_xlabel("expert")
+            ax.set_ylabel("gate (task)")
+            if len(panels) > 1:
+                ax.set_title(f"Level {level}", loc="left")
+        _suptitle(fig, "Mean gate weight per task and expert", result)
+    return fig
+
+
+def draw_utilization(
+    ax: Axes, experts: Sequence[str], mean: Sequence[float], std: Sequence[float], color: str, title: str
+) -> None:
+    """PLE-paper utilization panel: bar = mean weight of each expert, error bar = its standard deviation."""
+    x = np.arange(len(experts))
+    mean_a, std_a = np.asarray(mean, float), np.asarray(std, float)
+    ax.bar(x, mean_a, color=color, alpha=0.85, width=0.7, label="mean weight", zorder=2)
+    ax.errorbar(
+        x,
+        mean_a,
+        yerr=std_a,
+        fmt="none",
+        ecolor="#222222",
+        elinewidth=1.4,
+        capsize=4,
+        label="std. deviation",
+        zorder=3,
+    )
+    if len(experts):
+        ax.axhline(1 / len(experts), color="#555555", ls="--", lw=1, label="uniform 1/E", zorder=1)
+    _short_ticks(ax, list(experts))
+    ax.set_title(title, loc="left")
+    ax.set_ylim(0, utilization_top(mean_a, std_a))
+    ax.grid(axis="x", visible=False)
+
+
+def utilization_top(mean: np.ndarray, std: np.ndarray) -> float:
+    """Upper y limit that shows every bar and error bar (weights live in [0, 1])."""
+    top = float(np.nanmax(mean + std, initial=0.0))
+    return min(1.05, max(top * 1.08, 1.3 / max(len(mean), 1), 0.05))
+
+
+def expert_utilization(result: InspectionResult) -> Figure | None:
+    """Per gate: mean weight (bar) and standard deviation (error bar) of each expert, as in the PLE paper."""
+    util = result.table("utilization")
+    if util.empty:
+        return None
+    gates = _shown_gates(result)
+    nrows, ncols = grid_shape(len(gates))
+    with plot_context():
+        fig = new_figure(2.9 * nrows + 0.7)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        top = 0.0
+        for ax, g in zip(axes.flat, gates, strict=False):
+            sub = util[util["gate"] == g.name].set_index("expert").reindex(list(g.experts))
+            mean, std = sub["mean"].to_numpy(dtype=float), sub["std"].to_numpy(dtype=float)
+            draw_utilization(ax, list(g.experts), mean, std, gate_color(result, g), _panel_title(result, g))
+            top = max(top, utilization_top(mean, std))
+        axes.flat[0].set_ylim(0, top)  # shared y: one scale for every gate
+        for ax in axes.flat[len(gates) :]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("gate weight")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+        _suptitle(
+            fig,
+            "Expert utilization per gate (bar: mean weight, line: standard deviation)",
+            result,
+            len(gates),
+        )
+    return fig
+
+
+def weight_distributions(result: InspectionResult) -> Figure | None:
+    """Distribution of per-row gate weights for each expert: violins, one color per gate, panels per level
+    (per gate when a level has too many expert x gate violins to read side by side)."""
+    import seaborn as sns
+
+    reservoir = result.arrays.get("reservoir") or {}
+    frames = []
+    for g in result.topology.gates:
+        w = np.asarray(reservoir.get(g.name, np.empty((0, g.n_experts))), dtype=float)
+        if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] != g.n_experts:
+            continue
+        w = w[:RESERVOIR_ROWS]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "level": g.level,
+                    "gate": gate_label(result, g),
+                    "expert": np.repeat(np.asarray(g.experts, dtype=object)[None, :], len(w), 0).ravel(),
+                    "weight": w.ravel(),
+                }
+            )
+        )
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    palette = {gate_label(result, g): gate_color(result, g) for g in result.topology.gates}
+    panels: list[tuple[str, pd.DataFrame, list[str], list[str]]] = []  # title, rows, x order, hue order
+    multi = _multi_level(result)
+    for level in sorted(data["level"].unique()):
+        sub = data[data["level"] == level]
+        order = [e for e in _experts_on_level(result, int(level)) if e in set(sub["expert"])]
+        hues = [gate_label(result, g) for g in _gates_on_level(result, int(level))]
+        hues = [h for h in hues if h in set(sub["gate"])]
+        if len(order) * len(hues) <= MAX_VIOLINS:
+            panels.append((f"Level {level}" if multi else "", sub, order, hues))
+        else:
+            for h in hues:
+                rows = sub[sub["gate"] == h]
+                x = [e for e in order if e in set(rows["expert"])]
+                panels.append((f"{_short(h, 40)} · level {level}" if multi else _short(h, 40), rows, x, [h]))
+    panels = panels[:MAX_PANELS]
+    single_hue = all(len(p[3]) == 1 for p in panels)
+    with plot_context():
+        fig = new_figure((2.6 if single_hue else 3.6) * len(panels) + 0.9)
+        axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+        for ax, (title, sub, order, hues) in zip(axes, panels, strict=True):
+            sns.violinplot(
+                data=sub,
+                x="expert",
+                y="weight",
+                hue="gate",
+                order=order,
+                hue_order=hues,
+                palette=palette,
+                cut=0,
+                density_norm="width",
+                inner="quart",
+                linewidth=0.8,
+                saturation=0.9,
+                legend=len(hues) > 1,
+                ax=ax,
+            )
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylabel("gate weight")
+            ax.set_xlabel("expert")
+            _short_ticks(ax, order)
+            if title:
+                ax.set_title(title, loc="left")
+            if len(hues) > 1:
+                ax.legend(title="gate (task)", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        _suptitle(fig, "Distribution of per-row gate weights for each expert", result)
+    return fig
+
+
+def gate_entropy(result: InspectionResult) -> Figure | None:
+    """Histogram of per-row gate entropy per gate, with 0 (one expert) and log E (uniform) marked."""
+    hists = result.arrays.get("entropy_hist") or {}
+    edges_all = result.arrays.get("entropy_hist_edges") or {}
+    gates = [g for g in result.topology.gates if g.name in hists and np.asarray(hists[g.name]).sum() > 0]
+    gates = gates[:MAX_PANELS]
+    if not gates:
+        return None
+    gm = result.table("gate_metrics")
+    mean_h = dict(zip(gm["gate"], gm["mean_entropy"], strict=True)) if not gm.empty else {}
+    nrows, ncols = grid_shape(len(gates))
+    with plot_context():
+        fig = new_figure(2.8 * nrows + 0.7)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, g in zip(axes.flat, gates, strict=False):
+            counts = np.asarray(hists[g.name], dtype=float)
+            edges = np.asarray(edges_all[g.name], dtype=float)
+            share = counts / counts.sum()
+            color = gate_color(result, g)
+            ax.stairs(share, edges, fill=True, color=color, alpha=0.75)
+            log_e = math.log(g.n_experts) if g.n_experts > 1 else 1.0
+            top = float(share.max()) * 1.25
+            ax.set_ylim(0, top)
+            for x in (0.0, log_e):
+                ax.axvline(x, color="#333333", lw=1.3)
+            marks = ax.secondary_xaxis("top")
+            marks.set_xticks([0.0, log_e], ["one expert", "uniform"])
+            marks.tick_params(length=0, labelsize=9.5, pad=1)
+            marks.get_xticklabels()[0].set_ha("left")
+            marks.get_xticklabels()[1].set_ha("right")
+            if g.name in mean_h and np.isfinite(mean_h[g.name]):
+                ax.axvline(mean_h[g.name], color="#222222", ls=":", lw=1.5, label="mean")
+            ax.set_xlim(-0.04 * log_e, 1.04 * log_e)
+            ax.set_title(_panel_title(result, g), loc="left")
+            ax.set_xlabel(f"entropy (nats), log {g.n_experts} = {log_e:.2f}")
+            ax.grid(axis="x", visible=False)
+        for ax in axes.flat[len(gates) :]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("share of rows")
+        _suptitle(fig, "Per-row gate entropy (dotted line: mean)", result, len(gates))
+    return fig
+
+
+def _annot_size(panel_in: float, n: int, chars: int = 4) -> float:
+    """Annotation font size (pt) that fits `chars` characters in a cell of a `panel_in`-inch, n-cell panel."""
+    cell_pt = panel_in / max(n, 1) * 72
+    return float(np.clip(cell_pt / (0.62 * chars + 0.6), 6.5, 10.5))
+
+
+LIFT_RANGE = 2.0  # colors saturate at 4x / 0.25x (log2 scale)
+
+
+def coactivation_lift(m: np.ndarray) -> np.ndarray:
+    """E[g_a g_b] / (E[g_a] E[g_b]) from the mean outer product `m` (row sums of m are the mean gate)."""
+    mean = m.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = m / np.outer(mean, mean)
+    lift[~np.isfinite(lift)] = np.nan
+    np.fill_diagonal(lift, np.nan)  # E[g_a²]/E[g_a]² is a spread, not a pairing
+    return lift
+
+
+def coactivation(result: InspectionResult) -> Figure | None:
+    """Per gate: how much more (or less) often two experts are weighted together than by chance."""
+    mats = result.arrays.get("coactivation") or {}
+    gates = [
+        g
+        for g in result.topology.gates
+        if g.n_experts >= 2 and np.asarray(mats.get(g.name, [])).shape == (g.n_experts, g.n_experts)
+    ]
+    gates = gates[:6]
+    if not gates:
+        return None
+    nrows, ncols = grid_shape(len(gates))
+    panel_in = min((WIDTH_IN - 1.2) / ncols, 3.2)
+    with plot_context():
+        fig = new_figure((0.75 * panel_in + 1.0) * nrows + 0.4)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, g in zip(axes.flat, gates, strict=False):
+            lift = coactivation_lift(np.asarray(mats[g.name], dtype=float))
+            with np.errstate(divide="ignore"):
+                color = np.log2(lift)
+            color[np.isneginf(color)] = -LIFT_RANGE
+            _heatmap(
+                ax,
+                color,
+                g.experts,
+                g.experts,
+                cmap=CMAP_LIFT,
+                vmin=-LIFT_RANGE,
+                vmax=LIFT_RANGE,
+                fmt=".1f",
+                annotate=g.n_experts <= 10,
+                annot_values=lift,
+                annot_size=_annot_size(panel_in, g.n_experts, 3),
+            )
+            ax.set_title(_panel_title(result, g), loc="left")
+            ax.set_aspect("equal")
+        for ax in axes.flat[len(gates) :]:
+            ax.set_visible(False)
+        ticks = np.arange(-LIFT_RANGE, LIFT_RANGE + 1)
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(-LIFT_RANGE, LIFT_RANGE), CMAP_LIFT),
+            ax=list(axes.flat[: len(gates)]),
+            label="weighted together vs chance",
+            shrink=0.8 if nrows > 1 else 0.65,
+            ticks=ticks,
+        )
+        bar.ax.set_yticklabels([f"{2.0**t:g}×" for t in ticks])
+        _suptitle(
+            fig, "Expert co-activation: E[g_a·g_b] / (E[g_a]·E[g_b])  (1 = independent)", result, len(gates)
+        )
+    return fig
+
+
+def task_divergence(result: InspectionResult) -> Figure | None:
+    """Task × task heatmaps of mean per-row total variation and Jensen-Shannon divergence between gates."""
+    div = result.table("task_divergence")
+    if div.empty:
+        return None
+    levels = sorted(div["level"].unique())
+    metrics = [("tv_per_row", "mean per-row total variation", 1.0)]
+    if "jsd_per_row" in div and div["jsd_per_row"].notna().any():
+        metrics.append(("jsd_per_row", "mean per-row Jensen-Shannon (nats)", math.log(2)))
+    else:
+        metrics = [("jsd_mean_gates", "Jensen-Shannon of mean gates (nats)", math.log(2))]
+    if metrics[0][0] == "tv_per_row" and not div["tv_per_row"].notna().any():
+        metrics = metrics[1:]
+    n_tasks = max(
+        len(set(div.loc[div["level"] == lv, "task_a"]) | set(div.loc[div["level"] == lv, "task_b"]))
+        for lv in levels
+    )
+    side = min(5.0, 1.2 + 0.75 * n_tasks)
+    with plot_context():
+        fig = new_figure(
+            (side + 0.6) * len(levels) + 0.6, width_in=min(WIDTH_IN, (side + 1.8) * len(metrics))
+        )
+        axes = fig.subplots(len(levels), len(metrics), squeeze=False)
+        for r, level in enumerate(levels):
+            sub = div[div["level"] == level]
+            order = [t for t in result.topology.task_names if t in set(sub["task_a"]) | set(sub["task_b"])]
+            idx = {t: i for i, t in enumerate(order)}
+            for c, (col, label, vmax) in enumerate(metrics):
+                m = np.full((len(order), len(order)), np.nan)
+                for row in sub.itertuples(index=False):
+                    v = getattr(row, col)
+                    m[idx[row.task_a], idx[row.task_b]] = m[idx[row.task_b], idx[row.task_a]] = v
+                m[~np.isfinite(m)] = np.nan
+                ax = axes[r, c]
+                _heatmap(
+                    ax,
+                    m,
+                    order,
+                    order,
+                    cmap=CMAP_DIVERGENCE,
+                    vmin=0.0,
+                    vmax=vmax,
+                    fmt=".3f",
+                    cbar_label=label,
+                )
+                ax.set_aspect("equal")
+                if len(levels) > 1:
+                    ax.set_title(f"Level {level}", loc="left")
+        fig.suptitle("How differently task gates route the same rows (0 = identical)", x=0.01, ha="left")
+    return fig
+
+
+def label_routing(result: InspectionResult) -> Figure | None:
+    """Per final-level gate and binary label: mean weight of each expert on positive rows minus on negative rows."""
+    lr = result.table("label_routing")
+    if lr.empty:
+        return None
+    top_level = max(result.topology.levels)
+    gates = [g for g in _gates_on_level(result, top_level) if g.name in set(lr["gate"])][:6]
+    labels = [t for t in result.topology.task_names if t in set(lr["label"])]
+    labels += sorted(set(lr["label"]) - set(labels))
+    if not gates or not labels:
+        return None
+    experts = _experts_on_level(result, top_level)
+    col = {e: j for j, e in enumerate(experts)}
+    rows, names, groups = [], [], []
+    for g in gates:
+        own = [g.task] if g.task in labels else []
+        for label in own + [x for x in labels if x not in own]:
+            sub = lr[(lr["gate"] == g.name) & (lr["label"] == label)]
+            diff = np.full(len(experts), np.nan)
+            for r in sub.itertuples(index=False):
+                if r.expert in col:
+                    diff[col[r.expert]] = r.mean_positive - r.mean_negative
+            rows.append(diff)
+            names.append(f"{_short(gate_label(result, g), 16)} gate · {_short(label, 16)}")
+            groups.append(g.name)
+    rows, names, groups = rows[:MAX_LABEL_ROWS], names[:MAX_LABEL_ROWS], groups[:MAX_LABEL_ROWS]
+    values = np.vstack(rows)
+    if not np.isfinite(values).any():
+        return None
+    lim = max(float(np.nanmax(np.abs(values))), LABEL_DIFF_FLOOR)  # small gaps stay pale
+    with plot_context():
+        fig = new_figure(0.42 * len(rows) + 2.0)
+        ax = fig.subplots()
+        _heatmap(
+            ax,
+            values,
+            names,
+            experts,
+            cmap=CMAP_LIFT,
+            vmin=-lim,
+            vmax=lim,
+            fmt="+.3f",
+            cbar_label="positive rows − negative rows",
+            annotate=values.size <= 240,
+            annot_size=_annot_size((WIDTH_IN - 4.0), len(experts), 6),
+        )
+        for i in range(1, len(groups)):
+            if groups[i] != groups[i - 1]:
+                ax.axhline(i, color="#222222", lw=2)
+        ax.set_xlabel("expert")
+        ax.set_ylabel("gate · label")
+        fig.suptitle(
+            "Label-conditioned routing: mean weight on positive minus negative rows",
+            x=0.01,
+            ha="left",
+        )
+    return fig
+
+
+def expert_similarity(result: InspectionResult) -> Figure | None:
+    """Linear CKA between the outputs of every pair of experts (1 = same function up to rotation/scale)."""
+    cka = result.arrays.get("expert_cka")
+    names = list(result.arrays.get("expert_cka_names") or [])
+    if cka is None or not names:
+        return None
+    m = np.asarray(cka, dtype=float)
+    if m.shape != (len(names), len(names)):
+        return None
+    side = min(8.5, 2.0 + 0.55 * len(names))
+    with plot_context():
+        fig = new_figure(side + 0.5, width_in=min(WIDTH_IN, side + 2.2))
+        ax = fig.subplots()
+        _heatmap(
+            ax,
+            m,
+            names,
+            names,
+            cmap=CMAP_SIMILARITY,
+            vmin=0.0,
+            vmax=1.0,
+            cbar_label="linear CKA",
+            annotate=len(names) <= 12,
+        )
+        ax.set_aspect("equal")
+        levels = {e.name: e.level for e in result.topology.experts}
+        lv = [levels.get(n) for n in names]
+        for i in range(1, len(lv)):
+            if lv[i] != lv[i - 1]:
+                ax.axhline(i, color="#222222", lw=2)
+                ax.axvline(i, color="#222222", lw=2)
+        fig.suptitle("Expert similarity (linear CKA)", x=0.01, ha="left")
+    return fig
+
+
+def task_outputs(result: InspectionResult) -> Figure | None:
+    """Per task: label rate (or mean) vs mean prediction, and binned AUC (binary) / MSE (regression)."""
+    tasks = result.table("tasks")
+    if tasks.empty or "mean_prediction" not in tasks:
+        return None
+    colors = task_colors(result.topology.task_names)
+
+    def column(name: str) -> np.ndarray:
+        return tasks[name].to_numpy(dtype=float) if name in tasks else np.full(len(tasks), np.nan)
+
+    names = np.asarray([str(t) for t in tasks["task"]], dtype=object)
+    binary = (tasks["kind"] == "binary").to_numpy()
+    pred, auc, mse = column("mean_prediction"), column("auc_binned"), column("mse")
+    label = np.where(binary, column("positive_rate"), column("label_mean"))
+    # (kind, title, rows): binary and regression means never share an axis (different scales)
+    panels: list[tuple[str, str, np.ndarray]] = []
+    if binary.any():
+        panels.append(("means", "Label rate vs mean prediction" if binary.all() else "Binary tasks", binary))
+    if (~binary).any():
+        panels.append(
+            ("means", "Label mean vs mean prediction" if (~binary).all() else "Regression tasks", ~binary)
+        )
+    if (binary & np.isfinite(auc)).any():
+        panels.append(("auc", "AUC", binary & np.isfinite(auc)))
+    if (~binary & np.isfinite(mse)).any():
+        panels.append(("mse", "MSE", ~binary & np.isfinite(mse)))
+    if not panels:
+        return None
+    kinds = {kind for kind, _, _ in panels}
+    widths = [int(rows.sum()) * (2 if kind == "means" else 1) + 1.5 for kind, _, rows in panels]
+    with plot_context():
+        fig = new_figure(4.2 + (0.4 if len(names) > 5 else 0))
+        axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+        for ax, (kind, title, rows) in zip(axes, panels, strict=True):
+            sel = np.flatnonzero(rows)
+            x = np.arange(len(sel))
+            color = [colors.get(t, SHARED_COLOR) for t in names[sel]]
+            if kind == "means":
+                _task_means(ax, x, label[sel], pred[sel], color, as_pct=bool(binary[sel].all()))
+            else:
+                values = auc[sel] if kind == "auc" else mse[sel]
+                ax.bar(x, values, 0.6, color=color)
+                if kind == "auc":
+                    ax.axhline(0.5, color="#333333", ls="--", lw=1)
+                    ax.text(-0.55, 0.51, "chance", fontsize=9.5, va="bottom", color="#333333")
+                    ax.set_ylim(0.0, 1.08)
+                for xi, v in zip(x, values, strict=True):
+                    ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=10)
+            ax.set_title(title, loc="left")
+            ax.set_xlim(-0.6, len(sel) - 0.4)
+            _short_ticks(ax, list(names[sel]))
+            ax.grid(axis="x", visible=False)
+        legend = [
+            Patch(facecolor="#cccccc", edgecolor="#888888", hatch="//", label="label rate / label mean"),
+            Patch(facecolor="#666666", label="mean prediction"),
+        ]
+        fig.legend(handles=legend, loc="outside lower center", ncols=2, frameon=False)
+        title = "Task outputs (AUC from binned predictions)" if "auc" in kinds else "Task outputs"
+        fig.suptitle(title, x=0.01, ha="left")
+    return fig
+
+
+def _task_means(
+    ax: Axes, x: np.ndarray, label: np.ndarray, pred: np.ndarray, color: list[str], as_pct: bool
+) -> None:
+    """Hatched bar = label rate (or mean), solid bar = mean prediction, each with its value on top."""
+    ax.bar(x - 0.2, label, 0.4, color=color, alpha=0.4, hatch="//", edgecolor=color)
+    ax.bar(x + 0.2, pred, 0.4, color=color)
+    top = float(np.nanmax(np.r_[label, pred, 0.0]))
+    ax.set_ylim(0, top * 1.2 if top > 0 else 1.0)
+    for xs, values in ((x - 0.2, label), (x + 0.2, pred)):
+        for xi, v in zip(xs, values, strict=True):
+            if np.isfinite(v):
+                ax.text(
+                    xi,
+                    max(v, 0.0),
+                    f"{v:.1%}" if as_pct else f"{v:.3g}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=9.5,
+                )
+    ax.set_ylabel("share of rows" if as_pct else "value")
+
+
+def effective_experts(result: InspectionResult) -> Figure | None:
+    """Effective number of experts exp(H(mean gate)) per gate, against the number of experts it mixes."""
+    gm = result.table("gate_metrics")
+    if gm.empty:
+        return None
+    order = {g.name: i for i, g in enumerate(result.topology.gates)}
+    gm = gm.assign(_o=gm["gate"].map(order)).sort_values("_o")
+    specs = {g.name: g for g in result.topology.gates}
+    labels = [_panel_title(result, specs[n]) if n in specs else str(n) for n in gm["gate"]]
+    colors = [gate_color(result, specs[n]) if n in specs else SHARED_COLOR for n in gm["gate"]]
+    y = np.arange(len(gm))
+    with plot_context():
+        fig = new_figure(1.2 + 0.45 * len(gm))
+        ax = fig.subplots()
+        ax.barh(
+            y, gm["n_experts"], 0.7, color="none", edgecolor="#999999", ls="--", label="experts mixed (E)"
+        )
+        ax.barh(y, gm["effective_experts"], 0.7, color=colors, label="effective experts")
+        for yi, (eff, n) in enumerate(zip(gm["effective_experts"], gm["n_experts"], strict=True)):
+            ax.text(float(n) + 0.08, yi, f"{eff:.2f} of {int(n)}", va="center", fontsize=10)
+        ax.set_yticks(y, [_short(t, 30) for t in labels])
+        ax.invert_yaxis()
+        ax.set_xlim(0, float(gm["n_experts"].max()) * 1.18 + 0.5)
+        ax.set_xlabel("experts (effective = exp(entropy of the mean gate))")
+        fig.legend(*ax.get_legend_handles_labels(), frameon=False, loc="outside lower center", ncols=2)
+        ax.grid(axis="y", visible=False)
+        ax.set_title("Effective number of experts per gate", loc="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class FigureSpec:
+    """One report figure: where it goes, what it is called, how a reviewer should read it."""
+
+    name: str
+    section: str
+    title: str
+    draw: Callable[[InspectionResult], Figure | None]
+    howto: str
+
+
+FIGURES: dict[str, FigureSpec] = {
+    s.name: s
+    for s in (
+        FigureSpec(
+            "effective_experts",
+            "summary",
+            "Effective experts per gate",
+            effective_experts,
+            "How many experts each gate really uses: exp of the entropy of its average weights. It equals the number "
+            "of experts when the gate spreads its weight evenly on average, and 1 when one expert gets everything. "
+            "Near 1 means a collapsed gate; close to E is fine only if individual rows still route differently.",
+        ),
+        FigureSpec(
+            "task_expert_heatmap",
+            "routing",
+            "Mean gate weight per task and expert",
+            task_expert_heatmap,
+            "Each row is a gate (the task it serves), each column an expert, each cell the average weight that gate "
+            "gives that expert. Rows that look alike mean the tasks use the experts alike; a column that is pale in "
+            "every row is an expert nobody uses; a row with one dark cell is a gate that relies on one expert. Gray "
+            "cells are experts a gate cannot choose (PLE's task-specific experts of other tasks).",
+        ),
+        FigureSpec(
+            "expert_utilization",
+            "routing",
+            "Expert utilization per gate",
+            expert_utilization,
+            "The PLE paper's view: per gate, the bar is the average weight of each expert and the black line its "
+            "standard deviation across rows. Tall bars with short lines = an expert used the same way for every row; "
+            "long lines = the gate switches experts depending on the input (real routing). The dashed line is the "
+            "uniform share 1/E.",
+        ),
+        FigureSpec(
+            "weight_distributions",
+            "routing",
+            "Distribution of per-row gate weights",
+            weight_distributions,
+            "For a sample of rows, the spread of each expert's weight, one violin per task gate. Thin violins stuck "
+            "at 1/E mean a uniform gate; violins piled at 0 and 1 mean a polarized (hard) gate; violins of different "
+            "tasks at different heights mean the tasks prefer different experts.",
+        ),
+        FigureSpec(
+            "gate_entropy",
+            "routing",
+            "Per-row gate entropy",
+            gate_entropy,
+            "How spread each row's gate is. At the left line ('one expert', entropy 0) a row uses a single expert; "
+            "at the right line ('uniform', log E) it averages all experts evenly. A healthy gate sits between the "
+            "two; everything at the right is a uniform gate, everything at the left a collapsed or polarized one.",
+        ),
+        FigureSpec(
+            "coactivation",
+            "routing",
+            "Expert co-activation",
+            coactivation,
+            "For each gate and pair of experts, the average product of their weights on the same row divided by "
+            "what it would be if the gate picked them independently. Red (above 1×) means the two experts are "
+            "weighted together, acting as a team; blue (below 1×) means they replace each other (a row uses one or "
+            "the other). All near 1× (white) means the gate's weights barely change from row to row.",
+        ),
+        FigureSpec(
+            "task_divergence",
+            "routing",
+            "Task-to-task routing divergence",
+            task_divergence,
+            "For every pair of tasks whose gates mix the same experts, how different their weights are on the same "
+            "row, averaged over rows. 0 (white) means the two tasks route identically: the multi-gate model has "
+            "become a one-gate model for them. Total variation is the share of weight that would have to move, "
+            "from 0 to 1.",
+        ),
+        FigureSpec(
+            "label_routing",
+            "routing",
+            "Label-conditioned routing",
+            label_routing,
+            "For each gate of the last level and each binary label, the average weight of every expert on rows "
+            "whose label is 1 minus its average on rows whose label is 0. Red cells: the gate leans on that expert "
+            "for positives; blue: for negatives; white: routing does not depend on the outcome. A gate whose own "
+            "task's row (listed first) is all white routes the same way whatever the label.",
+        ),
+        FigureSpec(
+            "expert_similarity",
+            "experts",
+            "Expert similarity (linear CKA)",
+            expert_similarity,
+            "How similar the outputs of two experts are on the same rows (linear CKA: 1 = the same function up "
+            "to rotation and scale, 0 = unrelated). Bright off-diagonal cells are redundant experts, often caused "
+            "by identical initialization; thick lines separate levels.",
+        ),
+        FigureSpec(
+            "task_outputs",
+            "tasks",
+            "Task outputs",
+            task_outputs,
+            "Per task, the observed label rate next to the average prediction (they should be close for a "
+            "calibrated model), and the ranking quality (AUC: 0.5 = chance, 1 = perfect; computed from binned "
+            "predictions) or the mean squared error for regression tasks.",
+        ),
+    )
+}
+
+
+def render_figures(result: InspectionResult, folder: str | Path) -> dict[str, str]:
+    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    for name, spec in FIGURES.items():
+        fig = spec.draw(result)
+        if fig is None:
+            continue
+        try:
+            save_png(fig, folder / f"{name}.png")
+        finally:
+            close(fig)
+        written[name] = f"{name}.png"
+    return written
