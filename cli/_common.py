@@ -9,15 +9,17 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 T = TypeVar("T")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-EXIT_ERROR = 1
+EXIT_INTERNAL = 1  # a bug: rerun with --debug and report it
+EXIT_BAD_INPUT = 2  # the checkpoint, data, spec or output folder cannot be used as given
 EXIT_NEEDS_INPUT = 2
-EXIT_FINDINGS = 3
+EXIT_FINDINGS = 3  # --fail-on: findings reached the requested severity
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -56,7 +58,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def guarded(debug: bool) -> Iterator[None]:
-    """Turn user errors into one red line + exit 1 (full traceback with --debug)."""
+    """Turn user errors into one red line + exit 2, bugs into one line + exit 1 (tracebacks with --debug)."""
     try:
         yield
     except typer.Exit:
@@ -68,13 +70,13 @@ def guarded(debug: bool) -> Iterator[None]:
         if debug:
             raise
         if isinstance(exc, user_errors()):
-            err.print(f"[red]error:[/red] {one_line(exc)}", markup=True)
-        else:
-            err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the "
-                "traceback)"
-            )
-        raise typer.Exit(EXIT_ERROR) from None
+            err.print(f"[red]error:[/red] {escape(one_line(exc))}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        err.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {escape(one_line(exc))} (rerun with --debug for "
+            "the traceback)"
+        )
+        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def run(debug: bool, fn: Callable[[], T]) -> T:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import err, guarded, out
+from ._common import EXIT_BAD_INPUT, err, guarded, out
 
 
 def topology_command(
@@ -34,7 +34,7 @@ def topology_command(
         if discover:
             if loaded.eval_frame is None:
                 err.print("[red]error:[/red] discovery needs a sample batch; this checkpoint stores none")
-                raise typer.Exit(2)
+                raise typer.Exit(EXIT_BAD_INPUT)
             example = frame_to_inputs(loaded.eval_frame.iloc[:64], loaded.features)
             topo = discover_topology(loaded.model, example, task_names=[t.name for t in loaded.tasks])
         else:
@@ -44,6 +44,6 @@ def topology_command(
         if write is not None:
             if write.exists() and not force:
                 err.print(f"[red]error:[/red] {write} exists; pass --force to overwrite it")
-                raise typer.Exit(1)
+                raise typer.Exit(EXIT_BAD_INPUT)
             topo.save(write)
             out.print(f"spec written: {write}")
