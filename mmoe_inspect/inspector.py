@@ -185,6 +185,7 @@ def inspect(
                             len(outs),
                             [o.shape[1] for o in outs],
                             sample_rate=_expert_sample_rate(cfg, source.n_rows()),
+                            max_sample_per_update=cfg.batch_size,  # never cap: keeps the sample batch-invariant
                             seed=cfg.seed,
                         )
                     expert_stats.update(outs, row_index)
