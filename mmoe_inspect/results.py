@@ -66,6 +66,34 @@ class InspectionResult:
         return None
 
     # ------------------------------------------------------------ renderings
+    def summary(self) -> str:
+        """A few plain lines: verdict, rows, gates, findings (what `repr` and the CLI show)."""
+        lines = [
+            f"{self.model_name}: {self.verdict}",
+            f"{self.n_rows:,} rows from {self.data_source}; tasks: {', '.join(self.topology.task_names)}; "
+            f"{len(self.topology.gates)} gate(s), {len(self.topology.experts)} expert(s) ({self.topology.source})",
+        ]
+        lines += [f"  {f.severity:<8} {f.title}: {f.subject}" for f in self.findings]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<InspectionResult\n{self.summary()}\n>"
+
+    def _repr_html_(self) -> str:
+        """Compact summary for Jupyter (all user-provided names escaped)."""
+        from html import escape
+
+        gm = self.table("gate_metrics")
+        head = gm[["gate", "effective_experts", "normalized_entropy", "input_dependence"]] if not gm.empty else gm
+        items = "".join(
+            f"<li><b>{escape(f.severity)}</b> {escape(f.title)}: {escape(f.subject)}</li>" for f in self.findings
+        )
+        return (
+            f"<div><p><b>{escape(self.model_name)}</b>: {escape(self.verdict)}</p>"
+            f"<p>{self.n_rows:,} rows · tasks {escape(', '.join(self.topology.task_names))}</p>"
+            f"<ul>{items}</ul>{head.to_html(index=False, float_format=lambda v: f'{v:.3f}')}</div>"
+        )
+
     def to_metrics(self) -> dict[str, Any]:
         """Every number of the inspection in a JSON-safe dict with a versioned schema."""
         return _json_safe(

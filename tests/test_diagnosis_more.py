@@ -109,3 +109,12 @@ def test_bf16_model_is_accumulated_in_float64(frame) -> None:
     np.testing.assert_allclose(a, b, atol=0.01)  # bf16 rounding of the gate itself, not of the statistics
     assert low.table("gate_metrics")["n_rows"].tolist() == [len(frame)] * 2
     assert codes(low) == codes(ref)
+
+
+def test_result_repr_and_jupyter_summary_escape_names(frame) -> None:
+    model = PlantedMMoE(N, n_experts=4, tasks=("<b>ctr</b>", "cvr"), gate_modes={"<b>ctr</b>": "collapsed"})
+    result = inspect(model, frame.drop(columns=["ctr"]), features=FEATURES)
+    assert "Collapsed gate: <b>ctr</b>" in repr(result)
+    html = result._repr_html_()
+    assert "&lt;b&gt;ctr&lt;/b&gt;" in html and "<b>ctr</b>" not in html
+    assert "Routing is unhealthy" in html

@@ -101,6 +101,7 @@ def test_js_divergence_and_tv_match_numpy(gates: np.ndarray) -> None:
     np.testing.assert_allclose(
         total_variation(torch.from_numpy(p), torch.from_numpy(q)).numpy(),
         0.5 * np.abs(p - q).sum(1),
+        rtol=0,
         atol=1e-15,
     )
     assert float(got.max()) <= math.log(2) + 1e-12

@@ -25,7 +25,8 @@ class RecordingError(RuntimeError):
 
 @dataclass
 class ForwardCapture:
-    """What one forward pass produced: gate probabilities `[batch, E]` (float32) and expert outputs `[batch, d]`."""
+    """What one forward pass produced: gate probabilities `[batch, E]` (the model's dtype; float32 for logit
+    gates, which are softmaxed here) and expert outputs `[batch, d]` (float32)."""
 
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     experts: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -44,7 +45,11 @@ def model_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
 
 
 def gate_probabilities(out: torch.Tensor, gate: GateSpec) -> torch.Tensor:
-    """A gate module's output → a fresh float32 `[batch, E]` tensor of probabilities (copy, never a view)."""
+    """A gate module's output → a fresh `[batch, E]` tensor of probabilities (copy, never a view).
+
+    Probabilities keep the model's dtype (statistics accumulate in float64 and judge normalization by
+    that dtype's precision); logits are softmaxed in float32.
+    """
     if out.dim() < 2 or out.shape[gate.dim] != gate.n_experts:
         raise RecordingError(
             f"gate {gate.name!r} ({gate.module}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "
@@ -53,7 +58,7 @@ def gate_probabilities(out: torch.Tensor, gate: GateSpec) -> torch.Tensor:
     if gate.output == "logits":
         probs = torch.softmax(out.detach().float(), dim=gate.dim)
     else:
-        probs = out.detach().to(torch.float32, copy=True)
+        probs = out.detach().clone()
     return probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
 
 

@@ -17,7 +17,6 @@ from mmoe_inspect.functional.routing import (
     input_dependence,
     switch_balance,
 )
-from mmoe_inspect.functional.sampling import row_hash
 from mmoe_inspect.stats._base import (
     SummaryMetric,
     batch_row_index,
@@ -25,6 +24,7 @@ from mmoe_inspect.stats._base import (
     reservoir_insert,
     reservoir_reduce,
     reservoir_rows,
+    row_keys,
 )
 
 __all__ = ["GateStats", "GateSummary"]
@@ -64,7 +64,7 @@ class GateSummary:
     input_dependence: float  # Σ Var / (1 - Σ mean²): 0 constant gate, 1 row-varying one-hot
     polarized_share: float  # share of weights in the first or last histogram bin
     nonfinite_rows: int  # rows with a NaN/inf weight (excluded from everything else)
-    not_normalized_rows: int  # finite rows whose weights do not sum to 1 within 1e-3 (included)
+    not_normalized_rows: int  # finite rows summing to 1 ± max(1e-3, eps(input dtype)) not (included)
     label_names: tuple[str, ...]
     label_n: Tensor  # [L] finite rows with a finite label
     label_pos_n: Tensor  # [L] of which positive (label > 0.5)
@@ -86,7 +86,8 @@ class GateStats(SummaryMetric):
     ``gᵀg`` (one matmul; its diagonal gives ``Σg²``), one row-max for the top-1 load, per-row
     entropy, and a single ``bincount`` filling the weight histogram ``[E, n_bins]``, the entropy
     histogram and the top-1 counts. Rows with a NaN/inf weight are counted and excluded from
-    everything else; finite rows whose weights do not sum to 1 within 1e-3 are counted and kept. With ``labels [batch, L]``
+    everything else; finite rows whose weights do not sum to 1 within ``max(1e-3, eps(dtype))``
+    (see `normalization_tolerance`) are counted and kept. With ``labels [batch, L]``
     (binary, NaN = missing) it also sums the gate over each label's finite and positive rows.
 
     A reservoir keeps the ``reservoir_size`` rows with the smallest ``row_hash(row_index, seed)``
@@ -156,8 +157,17 @@ class GateStats(SummaryMetric):
         self.add_state("lab_pos_n", torch.zeros(nl, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("lab_pos_sum_w", torch.zeros(nl, e, dtype=_F64), dist_reduce_fx="sum")
         self.add_state("lab_all_sum_w", torch.zeros(nl, e, dtype=_F64), dist_reduce_fx="sum")
-        # [k, 2 + E]: key, row index, gate row; sorted by key, +inf = empty slot.
+        # [2k, 2 + E] candidate buffer: key, row index, gate row (see `empty_reservoir`).
         self.add_state("reservoir", empty_reservoir(self.reservoir_size, e), dist_reduce_fx=reservoir_reduce)
+
+    @staticmethod
+    def normalization_tolerance(dtype: torch.dtype) -> float:
+        """How far from 1 a row sum may be before the row counts as not normalized.
+
+        ``max(1e-3, eps(dtype))``: a correct bf16 (fp16) softmax misses 1 by up to ~0.4 eps
+        (measured: 3.4e-3 for bf16, 4e-4 for fp16), so 1e-3 alone would flag every bf16 gate.
+        """
+        return max(1e-3, torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
 
     def update(self, gates: Tensor, labels: Tensor | None = None, row_index: Tensor | None = None) -> None:
         """Add a batch: ``gates [batch, E]`` (or ``[batch, E, 1]``), ``labels [batch, L]``, ``row_index [batch]``."""
@@ -168,10 +178,12 @@ class GateStats(SummaryMetric):
         b, e = gates.shape
         g = gates.detach().to(device=self.device, dtype=_F64)
         rsum = g.sum(1)
-        ok = torch.isfinite(rsum)
         sync_free = self._sync_free(g.device)
-        all_ok = False if sync_free else bool(ok.all())
-        if not all_ok:
+        # A NaN/inf weight makes its row sum, and so the batch total, non-finite: on CPU one host
+        # read of the total skips all masking (an overflowing total only takes the masked path).
+        all_ok = not sync_free and math.isfinite(float(rsum.sum()))
+        ok = None if all_ok else torch.isfinite(rsum)  # None: every row is finite
+        if ok is not None:
             g = torch.where(ok[:, None], g, 0.0)
         rows = batch_row_index(row_index, self.rows_seen, b, g.device)
         self.rows_seen.add_(b)
@@ -181,8 +193,8 @@ class GateStats(SummaryMetric):
         h = gate_entropy(g)
         self.sum_h.add_(h.sum())
         self.sum_h2.add_(h @ h)
-        not_normalized = (rsum - 1.0).abs_() > 1e-3
-        if not all_ok:
+        not_normalized = (rsum - 1.0).abs_() > self.normalization_tolerance(gates.dtype)
+        if ok is not None:
             not_normalized &= ok
             self.nonfinite.add_(b - ok.sum())
         self.not_normalized.add_(not_normalized.sum())
@@ -195,7 +207,7 @@ class GateStats(SummaryMetric):
         slots[:, e].copy_((h * (self.entropy_bins / self.entropy_max)).clamp_(0, self.entropy_bins - 1))
         slots[:, e].add_(self._ent0)
         torch.add(g.max(1).indices, self._top0, out=slots[:, e + 1])
-        if not all_ok:
+        if ok is not None:
             slots.masked_fill_(~ok[:, None], self._dummy_slot)
         counts = torch.bincount(slots.view(-1), minlength=self._dummy_slot + 1)
         self.hist.add_(counts[: self._ent0].view(e, self.n_bins))
@@ -203,14 +215,14 @@ class GateStats(SummaryMetric):
         self.top1.add_(counts[self._top0 : self._dummy_slot])
 
         if labels is not None:
-            self._update_labels(g, ok, all_ok, labels)
+            self._update_labels(g, ok, labels)
         if self.reservoir_size:
-            keys = row_hash(rows, self.seed)
-            if not all_ok:
+            keys = row_keys(rows, self.seed, sync_free)
+            if ok is not None:
                 keys = torch.where(ok, keys, torch.inf)
             self.reservoir = reservoir_insert(self.reservoir, keys, rows, g, sync_free)
 
-    def _update_labels(self, g: Tensor, ok: Tensor, all_ok: bool, labels: Tensor) -> None:
+    def _update_labels(self, g: Tensor, ok: Tensor | None, labels: Tensor) -> None:
         """Sum the gate over each label's finite rows and positive rows (two ``[L, batch] @ [batch, E]``)."""
         nl = len(self.label_names)
         lab = labels.detach().to(device=g.device, dtype=_F64)
@@ -222,7 +234,7 @@ class GateStats(SummaryMetric):
                 f"got {tuple(labels.shape)}"
             )
         fin = torch.isfinite(lab)
-        if not all_ok:
+        if ok is not None:
             fin &= ok[:, None]
         pos = fin & (lab > 0.5)
         self.lab_all_sum_w.addmm_(fin.to(_F64).T, g)
@@ -253,11 +265,13 @@ class GateStats(SummaryMetric):
             top1_share=top1_share,
             coactivation=self.sum_outer / n,
             hist=hist,
-            hist_edges=torch.linspace(0.0, 1.0, self.n_bins + 1, dtype=_F64),
+            hist_edges=torch.linspace(0.0, 1.0, self.n_bins + 1, dtype=_F64, device=n.device),
             entropy_mean=h_mean_f,
             entropy_std=float(h_std),
             entropy_hist=self.entropy_hist.clone(),
-            entropy_edges=torch.linspace(0.0, self.entropy_max, self.entropy_bins + 1, dtype=_F64),
+            entropy_edges=torch.linspace(
+                0.0, self.entropy_max, self.entropy_bins + 1, dtype=_F64, device=n.device
+            ),
             normalized_entropy=h_mean_f / math.log(self.n_experts) if self.n_experts > 1 else 0.0,
             entropy_of_mean=float(gate_entropy(mean)),
             effective_experts=float(effective_experts(mean)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,10 +88,9 @@ class PairwiseRoutingStats(SummaryMetric):
                 raise ValueError(f"gate {name!r}: expected [batch, {self.n_experts}], got {tuple(x.shape)}")
             mats.append(x.detach().to(device=self.device, dtype=_F64))
         s = torch.stack(mats)  # [G, B, E]
-        ok = torch.isfinite(s.sum(2)).all(0)  # [B]
-        sync_free = self._sync_free(s.device)
-        all_ok = False if sync_free else bool(ok.all())
+        all_ok = not self._sync_free(s.device) and math.isfinite(float(s.sum()))  # one host read on CPU
         if not all_ok:
+            ok = torch.isfinite(s.sum(2)).all(0)  # [B]
             s = torch.where(ok[None, :, None], s, 0.0)
             self.nonfinite.add_((~ok).sum())
         self.rows_seen.add_(s.shape[1])
