@@ -84,9 +84,14 @@ class InspectionResult:
         from html import escape
 
         gm = self.table("gate_metrics")
-        head = gm[["gate", "effective_experts", "normalized_entropy", "input_dependence"]] if not gm.empty else gm
+        head = (
+            gm[["gate", "effective_experts", "normalized_entropy", "input_dependence"]]
+            if not gm.empty
+            else gm
+        )
         items = "".join(
-            f"<li><b>{escape(f.severity)}</b> {escape(f.title)}: {escape(f.subject)}</li>" for f in self.findings
+            f"<li><b>{escape(f.severity)}</b> {escape(f.title)}: {escape(f.subject)}</li>"
+            for f in self.findings
         )
         return (
             f"<div><p><b>{escape(self.model_name)}</b>: {escape(self.verdict)}</p>"
