@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +24,142 @@ EXIT_NEEDS_INPUT = 2
 EXIT_FINDINGS = 3  # --fail-on: findings reached the requested severity
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+LOADING = "Loading the checkpoint"
+DATA = "Evaluation data"
+
+
+class InputKind(str, Enum):
+    dict = "dict"
+    tensor = "tensor"
+
+
+CheckpointArg = Annotated[
+    Path,
+    typer.Argument(
+        resolve_path=True,
+        show_default=False,
+        help="Model checkpoint: an mmoe-inspect checkpoint, a state_dict or training dict (with --builder), "
+        "or a torch.save(model) file (with --trust-checkpoint).",
+    ),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Allow full unpickling of a torch.save(model) file. Unpickling can run code: only for files you trust.",
+        rich_help_panel=LOADING,
+    ),
+]
+BuilderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--builder",
+        metavar="MODULE:FUNCTION",
+        help="Factory building the model for a state_dict: takes no arguments or the checkpoint's config.",
+        rich_help_panel=LOADING,
+    ),
+]
+ImportOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        metavar="MODULE",
+        help="Import this module first (repeatable): where the model's classes live.",
+        rich_help_panel=LOADING,
+    ),
+]
+ModelCodeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-code",
+        metavar="FILE.py",
+        help="Load this Python file first; its classes also stand in for __main__.X of a script-saved pickle.",
+        rich_help_panel=LOADING,
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="Device for the model (cpu, cuda, cuda:1, ...).", rich_help_panel=LOADING),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        resolve_path=True,
+        help="Evaluation rows: .parquet, .csv, or a folder of .parquet files (default: rows stored in the checkpoint).",
+        rich_help_panel=DATA,
+    ),
+]
+InputOpt = Annotated[
+    InputKind | None,
+    typer.Option(
+        "--input",
+        help="Override the input convention: dict {column: tensor} or one float tensor.",
+        rich_help_panel=DATA,
+    ),
+]
+FeaturesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--features",
+        metavar="A,B,C",
+        help="Input columns, in model order (default: from the model's library adapter).",
+        rich_help_panel=DATA,
+    ),
+]
+CollateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--collate",
+        metavar="MODULE:FUNCTION",
+        help="Function turning a pandas chunk of rows into the model input (replaces the adapter).",
+        rich_help_panel=DATA,
+    ),
+]
+TasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks",
+        metavar="A,B",
+        help="Names of the model's outputs, in order (for models that do not name them, e.g. torch-rechub).",
+        rich_help_panel=DATA,
+    ),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        metavar="TASK=COLUMN,...",
+        help="Label column per task (default: a column named like the task).",
+        rich_help_panel=DATA,
+    ),
+]
+
+
+def load_for_cli(
+    checkpoint: Path,
+    trust: bool,
+    builder: str | None,
+    imports: list[str] | None,
+    model_code: Path | None,
+    device: str,
+):
+    """`mmoe_inspect.loading.load_model` with the CLI's flags; loading notes go to stderr."""
+    from mmoe_inspect.loading import load_model
+
+    loaded = load_model(
+        checkpoint,
+        trust=trust,
+        builder=builder,
+        imports=tuple(imports or ()),
+        model_code=model_code,
+        device=device,
+    )
+    for note in loaded.notes:
+        err.print(f"note: {escape(note)}")
+    return loaded
 
 
 def version_callback(value: bool) -> None:

@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "fit": "train",
     "evaluate": "train",
     "run_demo": "demo",
+    "load_model": "loading",
+    "LoadedModel": "loading",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

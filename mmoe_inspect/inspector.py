@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -22,7 +23,15 @@ from .analysis.tables import (
     task_table,
 )
 from .data.schema import FeatureSpec
-from .data.sources import DataError, TableSource, check_finite, require_columns
+from .data.sources import (
+    DataError,
+    LabelValueError,
+    NonNumericError,
+    TableSource,
+    check_features,
+    closest,
+    require_columns,
+)
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
 from .stats import ExpertStats, GateStats, PairwiseRoutingStats
@@ -42,6 +51,7 @@ class InspectConfig:
     record_experts: bool = True
     expert_sample_rate: float = 0.05
     seed: int = 0
+    sample: float | None = None  # keep this share of the rows (deterministic in `seed`), before max_rows
 
 
 def resolve_topology(
@@ -49,6 +59,7 @@ def resolve_topology(
     topology: Topology | str | Path | None,
     example: Callable[[], Any] | None = None,
     tasks: Sequence[str] | None = None,
+    task_kinds: Sequence[str] | Mapping[str, str] | None = None,
 ) -> Topology:
     """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
     if isinstance(topology, Topology):
@@ -64,7 +75,9 @@ def resolve_topology(
         raise RecordingError("the model declares no topology and no example batch was given for discovery")
     from .topology.discovery import discover_topology
 
-    return discover_topology(model, example(), task_names=list(tasks) if tasks is not None else None)
+    return discover_topology(
+        model, example(), task_names=list(tasks) if tasks is not None else None, task_kinds=task_kinds
+    )
 
 
 def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[InputFn, FeatureSpec | None]:
@@ -103,9 +116,11 @@ def inspect(
     *,
     topology: Topology | str | Path | None = None,
     tasks: Sequence[str] | None = None,
+    task_kinds: Sequence[str] | Mapping[str, str] | None = None,
     features: FeatureSpec | None = None,
     input_fn: InputFn | None = None,
-    labels: bool = True,
+    columns: Sequence[str] | None = None,
+    labels: bool | Mapping[str, str] = True,
     config: InspectConfig | None = None,
     thresholds: Thresholds | None = None,
     model_name: str | None = None,
@@ -115,8 +130,13 @@ def inspect(
     `data` is a DataFrame or a parquet/CSV path (streamed in batches of `config.batch_size`). The
     topology comes from `topology` (a `Topology` or a TOML spec path), else the model's own
     `topology()`, else discovery on the first rows (`tasks` names the outputs of a `[batch, T]`
-    tensor). Label columns named by the tasks are used when present (`labels=False` ignores them). The model is left
-    exactly as found: hooks removed, every module's mode restored, parameters and gradients untouched.
+    tensor, `task_kinds` gives "binary"/"regression" per task). `input_fn` turns a chunk of rows into
+    model inputs; `columns` names the data columns it reads (checked to exist, be numeric and finite;
+    only they and the label columns are read). Label columns named by the tasks are used when present;
+    `labels={task: column}` names them explicitly (they must exist), `labels=False` ignores them.
+    Binary labels must be 0/1 (NaN = missing). `config.sample` / `config.max_rows` thin the rows.
+    The model is left exactly as found: hooks removed, every module's mode restored, parameters and
+    gradients untouched.
 
     Examples::
 
@@ -125,19 +145,30 @@ def inspect(
         >>> [f.title for f in result.findings]
     """
     cfg = config or InspectConfig()
+    if cfg.sample is not None and not 0.0 < cfg.sample <= 1.0:
+        raise DataError(f"sample must be a fraction in (0, 1], got {cfg.sample}")
     th = thresholds or Thresholds()
     source = TableSource.of(data)
     spec_features = features
     if input_fn is None:
         input_fn, spec_features = default_input_fn(model, features)
-    feature_cols = list(spec_features.names) if spec_features is not None else None
+    if columns is not None:
+        feature_cols: list[str] | None = list(columns)
+    else:
+        feature_cols = list(spec_features.names) if spec_features is not None else None
     if feature_cols:
         require_columns(source, feature_cols)
     topo = resolve_topology(
-        model, topology, example=lambda: _example_batch(source, input_fn, feature_cols), tasks=tasks
+        model,
+        topology,
+        example=lambda: _example_batch(source, input_fn, feature_cols),
+        tasks=tasks,
+        task_kinds=task_kinds,
     )
+    if isinstance(labels, Mapping):
+        topo = _with_labels(topo, labels, source)
     columns = set(source.columns())
-    labelled = [t for t in topo.tasks if labels and t.label_column in columns]
+    labelled = [t for t in topo.tasks if labels is not False and t.label_column in columns]
     label_binary = [t for t in labelled if t.kind == "binary"]
     read_cols = None if feature_cols is None else feature_cols + [t.label_column for t in labelled]
 
@@ -162,15 +193,17 @@ def inspect(
     n_rows = 0
     device = _model_device(model)
     with GateRecorder(model, topo, experts=bool(recorded_experts)) as rec, torch.inference_mode():
-        for frame in source.iter_frames(cfg.batch_size, read_cols, cfg.max_rows):
+        for frame in source.iter_frames(
+            cfg.batch_size, read_cols, cfg.max_rows, sample=cfg.sample, seed=cfg.seed
+        ):
             if feature_cols:
-                check_finite(frame, feature_cols, source.name)
+                check_features(frame, feature_cols, source.name)
             x = _to_device(input_fn(frame), device)
-            out = model(x)
+            out = _forward(model, x, n_rows, len(frame))
             cap = rec.take()
             b = len(frame)
             row_index = torch.arange(n_rows, n_rows + b, dtype=torch.int64)
-            lab_all = _labels(frame, topo.tasks, columns)
+            lab_all = _labels(frame, topo.tasks, columns, source.name)
             lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
             for name, st in gate_stats.items():
                 g = cap.gates[name].cpu()
@@ -184,7 +217,7 @@ def inspect(
                         expert_stats = ExpertStats(
                             len(outs),
                             [o.shape[1] for o in outs],
-                            sample_rate=_expert_sample_rate(cfg, source.n_rows()),
+                            sample_rate=_expert_sample_rate(cfg, _expected_rows(cfg, source)),
                             max_sample_per_update=cfg.batch_size,  # never cap: keeps the sample batch-invariant
                             seed=cfg.seed,
                         )
@@ -253,21 +286,52 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
 
 
-def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str]) -> torch.Tensor:
-    """`[batch, T]` float labels, NaN where the column is absent or the value missing."""
+def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str], source: str) -> torch.Tensor:
+    """`[batch, T]` float labels, NaN where the column is absent or the value missing; binary ones 0/1."""
     cols = []
     for t in tasks:
         if t.label_column in columns and t.label_column in frame:
-            cols.append(
-                torch.from_numpy(pd.to_numeric(frame[t.label_column]).to_numpy(dtype="float64", copy=True))
-            )
+            raw = frame[t.label_column]
+            try:
+                values = pd.to_numeric(raw).to_numpy(dtype="float64", copy=True)
+            except (ValueError, TypeError):
+                raise NonNumericError(
+                    f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric "
+                    f"(dtype {raw.dtype})"
+                ) from None
+            if t.kind == "binary":
+                bad = ~np.isnan(values) & (values != 0) & (values != 1)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise LabelValueError(
+                        f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds "
+                        f"{values[i]:g} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
+                    )
+            cols.append(torch.from_numpy(values))
         else:
             cols.append(torch.full((len(frame),), float("nan"), dtype=torch.float64))
     return torch.stack(cols, dim=1)
 
 
+def _with_labels(topo: Topology, labels: Mapping[str, str], source: TableSource) -> Topology:
+    """`topo` with each task in `labels` reading its label from the named column (which must exist)."""
+    names = list(topo.task_names)
+    unknown = [t for t in labels if t not in names]
+    if unknown:
+        hint = "".join(closest(t, names) for t in unknown[:1])
+        raise DataError(
+            f"labels name task(s) {unknown}{hint} but the model's tasks are {', '.join(names)}; "
+            "name the tasks with --tasks or fix --labels"
+        )
+    require_columns(source, list(labels.values()), what="label")
+    tasks = tuple(replace(t, label=labels[t.name]) if t.name in labels else t for t in topo.tasks)
+    return replace(topo, tasks=tasks)
+
+
 def _example_batch(source: TableSource, input_fn: InputFn, feature_cols: list[str] | None) -> Any:
     for frame in source.iter_frames(64, feature_cols, max_rows=64):
+        if feature_cols:
+            check_features(frame, feature_cols, source.name)
         return input_fn(frame)
     raise DataError(f"{source.name} has no rows")
 
@@ -288,6 +352,32 @@ def _to_device(x: Any, device: torch.device) -> Any:
     return x
 
 
+def _expected_rows(cfg: InspectConfig, source: TableSource) -> int | None:
+    """Rows the inspection will see (None when unknown, e.g. CSV)."""
+    n = source.n_rows()
+    if n is None:
+        return None
+    if cfg.sample is not None:
+        n = int(n * cfg.sample)
+    return min(n, cfg.max_rows) if cfg.max_rows is not None else n
+
+
+def _forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
+    """Run the model; a failing forward is reported as a bad model/input pair (one line), not as our bug."""
+    try:
+        return model(x)
+    except RecordingError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        detail = text[0] if text else type(exc).__name__
+        raise RecordingError(
+            f"the model's forward failed on rows {first_row}..{first_row + n - 1} "
+            f"({type(exc).__name__}: {detail}); check the input mapping (--input/--features/--collate) "
+            "or the model code"
+        ) from exc
+
+
 def _expert_sample_rate(cfg: InspectConfig, n_rows: int | None) -> float:
     """At least `expert_sample_rate`, raised so small datasets still give ~4096 CKA rows."""
     if n_rows is None or n_rows <= 0:
@@ -302,4 +392,5 @@ def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:
         "reservoir_size": cfg.reservoir_size,
         "expert_sample_rate": cfg.expert_sample_rate,
         "seed": cfg.seed,
+        "sample": cfg.sample,
     }

@@ -118,3 +118,20 @@ def test_result_repr_and_jupyter_summary_escape_names(frame) -> None:
     html = result._repr_html_()
     assert "&lt;b&gt;ctr&lt;/b&gt;" in html and "<b>ctr</b>" not in html
     assert "Routing is unhealthy" in html
+
+
+def test_failing_forward_is_a_one_line_input_error(frame) -> None:
+    from mmoe_inspect import RecordingError
+
+    model = PlantedMMoE(N, n_experts=4, tasks=("ctr", "cvr"))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(RecordingError, match=r"forward failed on rows 0\.\.999 \(RuntimeError: "):
+        inspect(
+            model,
+            frame,
+            topology=model.topology(),
+            input_fn=lambda df: torch.zeros(len(df), 3),  # wrong width: the model's matmul fails
+            config=InspectConfig(batch_size=1000),
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(not m._forward_hooks for m in model.modules())

@@ -1,11 +1,15 @@
-"""Evaluation data sources: a DataFrame, or a parquet/CSV file streamed in record batches.
+"""Evaluation data sources: a DataFrame, a parquet/CSV file, or a folder of parquet files, streamed.
 
 Files are never read whole: parquet is read row group by row group (`ParquetFile.iter_batches`), CSV
-with pyarrow's streaming reader, so memory stays bounded by the batch size.
+with pyarrow's streaming reader, a folder file by file in sorted path order, so memory stays bounded
+by the batch size. Chunks carry their global row positions as index. `sample=f` keeps each row with
+probability `f` from a hash of its position and the seed: the same rows whatever the batch size.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +17,52 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_BLOCK_BYTES = 1 << 22  # pyarrow reads CSV in blocks of this size and types columns from the first
+
 
 class DataError(ValueError):
     """The evaluation data cannot be used as given (missing file or columns, empty, NaN features)."""
 
 
+class DataFileError(DataError):
+    """The data path is missing, of an unsupported kind, or not a readable parquet/CSV file."""
+
+
+class EmptyDataError(DataError):
+    """The data holds no rows (an empty file, a header-only CSV, a zero-row parquet file)."""
+
+
+class MissingColumnError(DataError):
+    """Columns the model (or `--labels`/`--features`) needs are not in the data; `.missing` lists them."""
+
+    def __init__(self, message: str, missing: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+class NonNumericError(DataError):
+    """A feature or label column holds text (or other non-numeric values)."""
+
+
+class NonFiniteError(DataError):
+    """A feature column holds NaN or inf (labels may be missing; features may not)."""
+
+
+class LabelValueError(DataError):
+    """A binary task's label column holds values other than 0 and 1 (NaN = missing is allowed)."""
+
+
+class IdRangeError(DataError):
+    """A categorical id column holds ids outside the model's embedding table (or non-integer ids)."""
+
+
 @dataclass
 class TableSource:
-    """Rows to inspect: an in-memory frame or a parquet/CSV path. `iter_frames` yields pandas chunks."""
+    """Rows to inspect: an in-memory frame, a parquet/CSV path or a folder of parquet files.
+
+    `iter_frames` yields pandas chunks whose index is the global row position.
+    """
 
     frame: pd.DataFrame | None = None
     path: Path | None = None
@@ -33,50 +75,86 @@ class TableSource:
             return cls(frame=data)
         path = Path(data)
         if not path.exists():
-            raise DataError(f"data file {path} does not exist")
-        if path.is_dir() or path.suffix.lower() not in {".parquet", ".pq", ".csv"}:
-            raise DataError(f"data file {path} must be .parquet or .csv")
+            raise DataFileError(f"data file {path} does not exist")
+        if path.is_dir():
+            if not _parquet_files(path):
+                raise DataFileError(
+                    f"data folder {path} holds no .parquet files (data must be .parquet or .csv files, "
+                    "or a folder of .parquet files)"
+                )
+            return cls(path=path)
+        if path.suffix.lower() not in {*PARQUET_SUFFIXES, ".csv"}:
+            raise DataFileError(
+                f"data file {path} must be .parquet or .csv (or a folder of .parquet files), "
+                f"not {path.suffix or 'a file without suffix'}"
+            )
+        if path.stat().st_size == 0:
+            raise EmptyDataError(f"data file {path} is empty (0 bytes)")
         return cls(path=path)
 
     @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else "in-memory DataFrame"
 
-    def columns(self) -> list[str]:
-        if self.frame is not None:
-            return [str(c) for c in self.frame.columns]
-        assert self.path is not None
-        if self._is_parquet:
-            import pyarrow.parquet as pq
-
-            try:
-                return list(pq.ParquetFile(self.path).schema_arrow.names)
-            except Exception as exc:
-                raise DataError(f"{self.path} is not a readable parquet file ({_first_line(exc)})") from None
-        try:
-            return list(pd.read_csv(self.path, nrows=0).columns)
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{self.path} is empty") from None
-
-    def n_rows(self) -> int | None:
-        if self.frame is not None:
-            return len(self.frame)
-        if self._is_parquet:
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(self.path).metadata.num_rows
-        return None
+    @property
+    def _is_dir(self) -> bool:
+        return self.path is not None and self.path.is_dir()
 
     @property
     def _is_parquet(self) -> bool:
-        return self.path is not None and self.path.suffix.lower() in {".parquet", ".pq"}
+        return self.path is not None and self.path.suffix.lower() in PARQUET_SUFFIXES
+
+    def _files(self) -> list[Path]:
+        assert self.path is not None
+        return _parquet_files(self.path) if self._is_dir else [self.path]
+
+    def columns(self) -> list[str]:
+        """Column names (for a folder: those every file has, in the first file's order)."""
+        if self.frame is not None:
+            return [str(c) for c in self.frame.columns]
+        assert self.path is not None
+        if self._is_dir or self._is_parquet:
+            names: list[str] | None = None
+            for f in self._files():
+                have = _parquet_file(f).schema_arrow.names
+                names = list(have) if names is None else [n for n in names if n in set(have)]
+            return names or []
+        try:
+            return list(pd.read_csv(self.path, nrows=0).columns)
+        except pd.errors.EmptyDataError:
+            raise EmptyDataError(f"{self.path} is empty") from None
+        except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise DataFileError(f"{self.path} is not a readable CSV file ({_first_line(exc)})") from None
+
+    def n_rows(self) -> int | None:
+        """Rows in the source (None for CSV: unknown without reading it)."""
+        if self.frame is not None:
+            return len(self.frame)
+        if self._is_dir or self._is_parquet:
+            return sum(_parquet_file(f).metadata.num_rows for f in self._files())
+        return None
 
     def iter_frames(
-        self, batch_size: int, columns: Sequence[str] | None = None, max_rows: int | None = None
+        self,
+        batch_size: int,
+        columns: Sequence[str] | None = None,
+        max_rows: int | None = None,
+        *,
+        sample: float | None = None,
+        seed: int = 0,
     ) -> Iterator[pd.DataFrame]:
-        """Yield consecutive chunks of at most `batch_size` rows (only `columns` when given)."""
+        """Yield consecutive chunks of at most `batch_size` rows (only `columns` when given).
+
+        `sample` in (0, 1] keeps a deterministic pseudo-random share of the rows (chunks are refilled
+        to `batch_size`); `max_rows` caps the rows yielded (after sampling).
+        """
+        if sample is not None and not 0.0 < sample <= 1.0:
+            raise DataError(f"sample must be a fraction in (0, 1], got {sample}")
+        chunks = self._chunks(batch_size, columns)
+        if sample is not None and sample < 1.0:
+            chunks = _rebatch((c[sample_mask(c.index.to_numpy(), sample, seed)] for c in chunks), batch_size)
         produced = 0
-        for chunk in self._chunks(batch_size, columns):
+        for chunk in chunks:
             if max_rows is not None:
                 if produced >= max_rows:
                     return
@@ -85,39 +163,70 @@ class TableSource:
             if len(chunk):
                 yield chunk
         if produced == 0:
-            raise DataError(f"{self.name} has no rows")
+            raise EmptyDataError(f"{self.name} has no rows" + (" left after sampling" if sample else ""))
 
     def _chunks(self, batch_size: int, columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
         cols = list(columns) if columns is not None else None
+        offset = 0
         if self.frame is not None:
             frame = self.frame if cols is None else self.frame[cols]
             for start in range(0, len(frame), batch_size):
-                yield frame.iloc[start : start + batch_size]
+                chunk = frame.iloc[start : start + batch_size]
+                chunk.index = pd.RangeIndex(start, start + len(chunk))
+                yield chunk
             return
         assert self.path is not None
-        if self._is_parquet:
-            import pyarrow.parquet as pq
+        raw = (
+            self._parquet_chunks(batch_size, cols)
+            if self._is_dir or self._is_parquet
+            else self._csv_chunks(batch_size, cols)
+        )
+        for chunk in raw:
+            chunk.index = pd.RangeIndex(offset, offset + len(chunk))
+            offset += len(chunk)
+            yield chunk
 
-            pf = pq.ParquetFile(self.path)
-            for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
-                yield rb.to_pandas()
-            return
+    def _parquet_chunks(self, batch_size: int, cols: list[str] | None) -> Iterator[pd.DataFrame]:
+        for f in self._files():
+            pf = _parquet_file(f)
+            if cols is not None:
+                lacking = [c for c in cols if c not in pf.schema_arrow.names]
+                if lacking:
+                    raise MissingColumnError(
+                        f"{f} lacks column(s) {lacking} that other data files have", lacking
+                    )
+            try:
+                for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
+                    yield rb.to_pandas()
+            except OSError as exc:
+                raise DataFileError(f"{f} is a damaged parquet file ({_first_line(exc)})") from None
+
+    def _csv_chunks(self, batch_size: int, cols: list[str] | None) -> Iterator[pd.DataFrame]:
+        import pyarrow as pa
         import pyarrow.csv as pcsv
 
+        assert self.path is not None
         try:
             reader = pcsv.open_csv(
                 self.path,
-                read_options=pcsv.ReadOptions(block_size=1 << 22),
+                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
                 convert_options=pcsv.ConvertOptions(include_columns=cols) if cols else None,
             )
-        except Exception as exc:
-            raise DataError(f"{self.path} is not a readable CSV file ({_first_line(exc)})") from None
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                raise EmptyDataError(f"{self.path} is empty") from None
+            raise DataFileError(f"{self.path} is not a readable CSV file ({_first_line(exc)})") from None
         buf: list[pd.DataFrame] = []
         size = 0
-        for rb in reader:
-            df = rb.to_pandas()
-            buf.append(df)
-            size += len(df)
+        while True:
+            try:
+                rb = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise _csv_value_error(self.path, reader.schema.names, exc) from None
+            buf.append(rb.to_pandas())
+            size += len(buf[-1])
             while size >= batch_size:
                 whole = pd.concat(buf, ignore_index=True)
                 yield whole.iloc[:batch_size]
@@ -127,15 +236,56 @@ class TableSource:
             yield pd.concat(buf, ignore_index=True)
 
 
+def sample_mask(rows: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Bool mask `[n]`: keep row positions `rows` `[n]` with probability `fraction` (splitmix64 hash)."""
+    with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+
+
+def closest(name: str, candidates: Sequence[str]) -> str:
+    """The suffix ` (did you mean 'x'?)` naming the candidates closest to `name` (difflib), or ""."""
+    near = difflib.get_close_matches(name, [str(c) for c in candidates], n=2, cutoff=0.6)
+    if not near:
+        lowered = {str(c).lower(): str(c) for c in candidates}
+        near = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
+
+
 def require_columns(source: TableSource, needed: Sequence[str], what: str = "feature") -> None:
-    """Fail with one line naming the missing columns and what the file has instead."""
-    have = set(source.columns())
+    """Fail with one line naming the missing columns, the closest existing names and what the file has."""
+    names = source.columns()
+    have = set(names)
     missing = [c for c in needed if c not in have]
     if missing:
+        hints = "".join(f"; {c!r}{closest(c, names)}" for c in missing if closest(c, names))
         shown = ", ".join(sorted(have)[:12]) + (" ..." if len(have) > 12 else "")
-        raise DataError(
-            f"{source.name} lacks {what} column(s) {missing}; it has: {shown}. Rename the columns or "
-            "pass the right --labels/feature names."
+        raise MissingColumnError(
+            f"{source.name} lacks {what} column(s) {missing}{hints}; it has: {shown or 'no columns'}. "
+            "Rename the columns or pass the right --labels/--features names.",
+            missing,
+        )
+
+
+def check_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, what: str = "feature") -> None:
+    """Fail with one line when a column holds text or other non-numeric values (list cells are allowed)."""
+    for c in columns:
+        s = frame[c]
+        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype.kind in "biuf":
+            continue
+        if s.dtype.kind == "O" and len(s):
+            first = s.iloc[0]
+            if isinstance(first, (list, tuple, np.ndarray)):
+                continue  # a sequence feature: one list of ids per row
+        bad = s[pd.to_numeric(s, errors="coerce").isna() & s.notna()]
+        example = f" such as {bad.iloc[0]!r} in row {bad.index[0]}" if len(bad) else ""
+        raise NonNumericError(
+            f"{what} column {c!r} of {source} is not numeric (dtype {s.dtype}){example}; "
+            "encode it as numbers (ids for categorical features) before inspecting"
         )
 
 
@@ -144,11 +294,69 @@ def check_finite(frame: pd.DataFrame, columns: Sequence[str], source: str) -> No
     for c in columns:
         values = frame[c].to_numpy()
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).sum())
-            raise DataError(
-                f"feature column {c!r} of {source} has {bad} NaN/inf value(s) in rows "
-                f"{frame.index[0]}..{frame.index[-1]}; fill or drop them before inspecting"
+            bad = ~np.isfinite(values)
+            raise NonFiniteError(
+                f"feature column {c!r} of {source} has {int(bad.sum())} NaN/inf value(s) in rows "
+                f"{frame.index[0]}..{frame.index[-1]} (first at row {frame.index[int(np.argmax(bad))]}); "
+                "fill or drop them before inspecting"
             )
+
+
+def check_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Feature columns must be numeric and finite."""
+    check_numeric(frame, columns, source)
+    check_finite(frame, columns, source)
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in PARQUET_SUFFIXES
+        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
+
+
+def _parquet_file(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:
+        raise DataFileError(f"{path} is not a readable parquet file ({_first_line(exc)})") from None
+
+
+def _rebatch(chunks: Iterator[pd.DataFrame], batch_size: int) -> Iterator[pd.DataFrame]:
+    """Regroup (filtered) chunks into chunks of `batch_size` rows, keeping their index."""
+    buf: list[pd.DataFrame] = []
+    size = 0
+    for c in chunks:
+        if not len(c):
+            continue
+        buf.append(c)
+        size += len(c)
+        if size >= batch_size:
+            whole = pd.concat(buf)
+            for start in range(0, len(whole) - batch_size + 1, batch_size):
+                yield whole.iloc[start : start + batch_size]
+            rest = whole.iloc[(len(whole) // batch_size) * batch_size :]
+            buf, size = [rest], len(rest)
+    if size:
+        yield pd.concat(buf)
+
+
+def _csv_value_error(path: Path, names: Sequence[str], exc: BaseException) -> DataError:
+    """A one-line error for a CSV block pyarrow cannot convert (a text value in a numeric column)."""
+    text = _first_line(exc)
+    m = re.search(r"column #(\d+).*invalid value '([^']*)'", text)
+    if m and int(m.group(1)) < len(names):
+        return NonNumericError(
+            f"column {names[int(m.group(1))]!r} of {path} is not numeric: it holds {m.group(2)!r} "
+            "further down the file; encode it as numbers before inspecting"
+        )
+    return DataFileError(f"{path} is not a readable CSV file ({text})")
 
 
 def _first_line(exc: BaseException) -> str:

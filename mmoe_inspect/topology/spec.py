@@ -198,11 +198,15 @@ class Topology:
     def from_dict(cls, data: dict[str, Any]) -> Topology:
         version = data.get("version", SPEC_VERSION)
         if version != SPEC_VERSION:
-            raise TopologyError(f"spec version {version} is not supported (this mmoe-inspect reads version {SPEC_VERSION})")
+            raise TopologyError(
+                f"spec version {version} is not supported (this mmoe-inspect reads version {SPEC_VERSION})"
+            )
         try:
             tasks = tuple(TaskSpec(**t) for t in data.get("tasks", []))
             experts = tuple(ExpertSpec(**e) for e in data.get("experts", []))
-            gates = tuple(GateSpec(**{**g, "experts": tuple(g.get("experts", ()))}) for g in data.get("gates", []))
+            gates = tuple(
+                GateSpec(**{**g, "experts": tuple(g.get("experts", ()))}) for g in data.get("gates", [])
+            )
         except TypeError as exc:  # unknown or missing keys
             raise TopologyError(f"malformed topology spec: {exc}") from None
         return cls(

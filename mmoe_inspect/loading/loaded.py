@@ -1,0 +1,191 @@
+"""`LoadedModel`: a model from any checkpoint form, with its adapter, ready to inspect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from torch import nn
+
+from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
+from mmoe_inspect.loading.adapters import Adapter
+from mmoe_inspect.loading.inputs import CollateInputs, FrameInputs, InputMode, parse_labels, split_names
+
+if TYPE_CHECKING:
+    from mmoe_inspect.analysis.findings import Thresholds
+    from mmoe_inspect.checkpoint import LoadedCheckpoint
+    from mmoe_inspect.inspector import InspectConfig
+    from mmoe_inspect.results import InspectionResult
+    from mmoe_inspect.topology.spec import Topology
+
+DataLike = pd.DataFrame | str | Path | TableSource
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model (eval mode) plus what is known about reading data into it.
+
+    `form` says which checkpoint form it came from; `adapter` is the library adapter picked from
+    the model's class; `eval_frame` holds the rows stored in an mmoe-inspect checkpoint (else None);
+    `notes` list what loading adjusted (stripped key prefixes, a synced `model.device`, ...).
+
+    Examples::
+
+        >>> loaded = load_model("mmoe.pt", trust=True)           # torch.save(model) of a rechub MMOE
+        >>> result = loaded.inspect("eval.parquet", tasks=["ctr", "cvr"])
+        >>> loaded.features                                       # ('city', 'item', 'age')
+    """
+
+    model: nn.Module
+    adapter: Adapter
+    form: str
+    path: Path | None = None
+    eval_frame: pd.DataFrame | None = None
+    notes: tuple[str, ...] = ()
+    checkpoint: LoadedCheckpoint | None = None
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The data columns the adapter feeds the model, in input order (empty when unknown)."""
+        return tuple(c.name for c in self.adapter.columns(self.model))
+
+    @property
+    def tasks(self) -> tuple[str, ...] | None:
+        """Task names the model declares (DeepCTR-Torch `task_names`, our configs), else None."""
+        names = self.adapter.task_names(self.model)
+        return tuple(names) if names else None
+
+    @property
+    def task_kinds(self) -> tuple[str, ...] | None:
+        kinds = self.adapter.task_kinds(self.model)
+        return tuple(kinds) if kinds else None
+
+    def input_fn(
+        self,
+        *,
+        input: InputMode | None = None,
+        features: str | Sequence[str] | None = None,
+        collate: str | Callable[[pd.DataFrame], Any] | None = None,
+    ) -> FrameInputs | CollateInputs:
+        """Rows → inputs for this model (the adapter's convention unless overridden); see `Adapter.input_fn`."""
+        return self.adapter.input_fn(
+            self.model, input=input, features=split_names(features, "--features"), collate=collate
+        )
+
+    def task_names(
+        self, tasks: str | Sequence[str] | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[str] | None:
+        """Names for the outputs: `tasks`, else the model's own, else the `labels` keys when they
+        name every output in order, else None (discovery calls them task_0, task_1, ...)."""
+        given = split_names(tasks, "--tasks")
+        if given:
+            return given
+        if self.tasks:
+            return list(self.tasks)
+        n = self.adapter.n_tasks(self.model)
+        if labels and n is not None and len(labels) == n:
+            return list(labels)
+        return None
+
+    def source(self, data: DataLike | None = None) -> TableSource:
+        """`data`, else the evaluation rows stored in the checkpoint."""
+        if data is not None:
+            return TableSource.of(data)
+        if self.eval_frame is not None:
+            return TableSource.of(self.eval_frame)
+        cols = ", ".join(self.features[:8]) + (" ..." if len(self.features) > 8 else "")
+        raise DataError(
+            "no evaluation rows: this checkpoint stores none; pass --data FILE.parquet"
+            + (f" with the model's input columns ({cols})" if cols else "")
+        )
+
+    def topology(
+        self,
+        data: DataLike | None = None,
+        *,
+        discover: bool = False,
+        tasks: str | Sequence[str] | None = None,
+        labels: str | Mapping[str, str] | None = None,
+        input: InputMode | None = None,
+        features: str | Sequence[str] | None = None,
+        collate: str | Callable[[pd.DataFrame], Any] | None = None,
+        rows: int = 64,
+    ) -> Topology:
+        """The model's declared topology, or (library models, `discover=True`) discovery on `rows` rows."""
+        from mmoe_inspect.inspector import resolve_topology
+        from mmoe_inspect.topology.discovery import discover_topology
+
+        declared = getattr(self.model, "topology", None)
+        if callable(declared) and not discover:
+            return resolve_topology(self.model, None)
+        source = self.source(data)
+        fn = self.input_fn(input=input, features=features, collate=collate)
+        example = _example(source, fn, rows)
+        with self.adapter.session(self.model):
+            return discover_topology(
+                self.model,
+                example,
+                task_names=self.task_names(tasks, parse_labels(labels)),
+                task_kinds=self.task_kinds,
+            )
+
+    def inspect(
+        self,
+        data: DataLike | None = None,
+        *,
+        tasks: str | Sequence[str] | None = None,
+        labels: str | Mapping[str, str] | None = None,
+        input: InputMode | None = None,
+        features: str | Sequence[str] | None = None,
+        collate: str | Callable[[pd.DataFrame], Any] | None = None,
+        topology: Topology | str | Path | None = None,
+        config: InspectConfig | None = None,
+        thresholds: Thresholds | None = None,
+        model_name: str | None = None,
+    ) -> InspectionResult:
+        """`mmoe_inspect.inspect` with this model's input function, task names/kinds and labels wired in.
+
+        `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it,
+        a column named like a task is its label. See `input_fn` for `input`/`features`/`collate`.
+        """
+        from mmoe_inspect.inspector import inspect
+
+        label_map = parse_labels(labels)
+        source = self.source(data)
+        fn = self.input_fn(input=input, features=features, collate=collate)
+        if fn.names:
+            require_columns(source, list(fn.names))
+        names = self.task_names(tasks, label_map)
+        kinds = self.task_kinds
+        with self.adapter.session(self.model):
+            return inspect(
+                self.model,
+                source,
+                topology=topology,
+                tasks=names,
+                task_kinds=kinds
+                if kinds is not None and (names is None or len(kinds) == len(names))
+                else None,
+                input_fn=fn,
+                columns=list(fn.names) if fn.names else None,
+                labels=label_map if label_map is not None else True,
+                config=config,
+                thresholds=thresholds,
+                model_name=model_name
+                or f"{type(self.model).__name__}" + (f" ({self.path.name})" if self.path else ""),
+            )
+
+
+def _example(source: TableSource, fn: FrameInputs | CollateInputs, rows: int) -> Any:
+    """Model input for the first `rows` rows (checked like every inspected chunk)."""
+    names = list(fn.names) if fn.names else None
+    if names:
+        require_columns(source, names)
+    for frame in source.iter_frames(rows, names, max_rows=rows):
+        if names:
+            check_features(frame, names, source.name)
+        return fn(frame)
+    raise DataError(f"{source.name} has no rows")
