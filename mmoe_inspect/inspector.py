@@ -124,6 +124,7 @@ def inspect(
     config: InspectConfig | None = None,
     thresholds: Thresholds | None = None,
     model_name: str | None = None,
+    causal: bool | Mapping[str, Any] = False,
 ) -> InspectionResult:
     """Record every gate of `model` over `data` and diagnose its routing.
 
@@ -135,6 +136,9 @@ def inspect(
     only they and the label columns are read). Label columns named by the tasks are used when present;
     `labels={task: column}` names them explicitly (they must exist), `labels=False` ignores them.
     Binary labels must be 0/1 (NaN = missing). `config.sample` / `config.max_rows` thin the rows.
+    `causal=True` (or a dict of `mmoe_inspect.causal.run_causal` options such as `baselines`,
+    `segment_by`, `n_boot`, `max_rows`) also runs the causal analyses on the labelled rows and attaches
+    them as `result.causal`; without labels they are skipped with a note.
     The model is left exactly as found: hooks removed, every module's mode restored, parameters and
     gradients untouched.
 
@@ -248,7 +252,7 @@ def inspect(
         "expert_cka": exp_summary.cka.numpy() if exp_summary is not None else None,
         "expert_cka_names": recorded_experts,
     }
-    return InspectionResult(
+    result = InspectionResult(
         topology=topo,
         tables=tables,
         findings=findings,
@@ -260,6 +264,27 @@ def inspect(
         arrays=arrays,
         meta={"record_seconds": elapsed, "rows_per_second": n_rows / max(elapsed, 1e-9), **_cfg_meta(cfg)},
     )
+    if causal:
+        options = dict(causal) if isinstance(causal, Mapping) else {}
+        if not labelled:
+            result.meta["causal_skipped"] = (
+                "no label columns for any task: causal analyses need labelled rows"
+            )
+        else:
+            from mmoe_inspect.causal import run_causal
+
+            options.setdefault("batch_size", cfg.batch_size)
+            options.setdefault("seed", cfg.seed)
+            result.causal = run_causal(
+                model,
+                source,
+                topology=topo,
+                input_fn=input_fn,
+                columns=feature_cols,
+                labels={t.name: t.label_column for t in labelled},
+                **options,
+            )
+    return result
 
 
 def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[Finding]) -> str:

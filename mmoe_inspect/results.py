@@ -47,6 +47,7 @@ class InspectionResult:
     thresholds: Thresholds = field(default_factory=Thresholds)
     arrays: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    causal: Any | None = None  # mmoe_inspect.causal.CausalResult when the causal analyses ran
 
     def table(self, name: str) -> pd.DataFrame:
         return self.tables.get(name, pd.DataFrame())
@@ -112,6 +113,7 @@ class InspectionResult:
                 "thresholds": self.thresholds.to_dict(),
                 "findings": [f.to_dict() for f in self.findings],
                 "tables": {k: v.to_dict(orient="records") for k, v in self.tables.items()},
+                "causal": self.causal.to_dict() if self.causal is not None else None,
                 "meta": self.meta,
             }
         )
@@ -130,6 +132,8 @@ class InspectionResult:
             p = folder / f"{name}.csv"
             frame.to_csv(p, index=False)
             paths.append(p)
+        if self.causal is not None:
+            paths += self.causal.save_tables(folder)
         return paths
 
 
