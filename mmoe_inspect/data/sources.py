@@ -273,7 +273,9 @@ def require_columns(source: TableSource, needed: Sequence[str], what: str = "fea
 
 def check_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, what: str = "feature") -> None:
     """Fail with one line when a column holds text or other non-numeric values (list cells are allowed)."""
-    for c in columns:
+    dtypes = frame.dtypes
+    suspects = [c for c in columns if getattr(dtypes[c], "kind", "O") not in "biuf"]  # fast path: all numeric
+    for c in suspects:
         s = frame[c]
         if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype.kind in "biuf":
             continue
@@ -291,7 +293,11 @@ def check_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, what
 
 def check_finite(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
     """Fail with one line when a feature column holds NaN/inf (labels may be missing; features may not)."""
-    for c in columns:
+    dtypes = frame.dtypes
+    floats = [c for c in columns if getattr(dtypes[c], "kind", "O") == "f"]
+    if not floats or np.isfinite(frame[floats].to_numpy()).all():  # one vectorized pass in the common case
+        return
+    for c in floats:
         values = frame[c].to_numpy()
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = ~np.isfinite(values)
