@@ -49,6 +49,8 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Generate recommender data, train each architecture, save checkpoints and the eval split."""
+    import torch
+
     from .checkpoint import save_checkpoint
     from .datasets import make_recsys, recsys_features, recsys_tasks
     from .models import ModelConfig, build_model
@@ -78,7 +80,11 @@ def run_demo(
     for arch in architectures:
         t1 = time.perf_counter()
         config = ModelConfig(arch, features, tuple(tasks), demo_model_kwargs(arch))
-        model = build_model(config)
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # same initial weights whatever ran before; caller's RNG untouched
+            torch.manual_seed(seed)
+            model = build_model(config)
         fit(model, train_frame, tasks=tasks, features=features, epochs=epochs, seed=seed)
         scores = evaluate(model, eval_frame, tasks, features)
         path = out / "checkpoints" / f"{arch}.pt"
