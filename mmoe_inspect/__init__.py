@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "fit": "train",
     "evaluate": "train",
     "run_demo": "demo",
+    "run_causal": "causal",
+    "CausalResult": "causal",
     "load_model": "loading",
     "LoadedModel": "loading",
 }

@@ -1,0 +1,352 @@
+"""The streaming engine: run the intact model and every intervened variant over the same batches.
+
+Per batch the data is read and converted ONCE; then, by `strategy`:
+
+* `"naive"`: one forward per variant (intact first): V+1 forwards of `b` rows.
+* `"batched"`: the batch is stacked K times and ONE forward evaluates K variants (block k gets
+  variant k's gate edits); groups are capped at `max_stack_rows` rows per forward. Variants that
+  swap in another gate's intact rows run in a second stacked forward, after the intact block.
+* `"cached"`: `"batched"` plus the expert cache: expert and gate modules whose input blocks are
+  bitwise identical (all those before the first edited gate) run once on the sub-batch.
+
+Stacking assumes the model treats rows independently (true in eval mode without cross-row ops); the
+first batch checks it against a plain forward and falls back to `"naive"` (with a note) if not.
+Per-row predictions are kept (`[n, T]` float32 per variant) for the bootstrap, up to `max_rows` rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from mmoe_inspect.causal.interventions import Edit, GateIntervention, Replace, map_tensors, repeat_rows
+from mmoe_inspect.data.sources import LabelValueError, NonNumericError, TableSource, check_features
+from mmoe_inspect.inspector import task_predictions
+from mmoe_inspect.recording.recorder import GateRecorder, model_mode
+from mmoe_inspect.topology.spec import TaskSpec, Topology
+
+Strategy = Literal["naive", "batched", "cached"]
+STRATEGIES: tuple[str, ...] = ("naive", "batched", "cached")
+INTACT = "intact"
+"""Key of the intact model's predictions."""
+
+InputFn = Callable[[pd.DataFrame], Any]
+
+MIN_BLOCK_ROWS = 256
+"""Stacked strategies never cut a batch into sub-batches smaller than this (per-forward overhead)."""
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One intervened model: `key` (a hashable tuple naming it), `edits` `{gate: edit}`, table `meta`."""
+
+    key: Hashable
+    edits: Mapping[str, Edit]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_intact(self) -> bool:
+        """True when an edit swaps in another gate's intact rows (so the intact forward must come first)."""
+        return any(isinstance(e, Replace) and e.source is not None for e in self.edits.values())
+
+    @property
+    def signature(self) -> frozenset[tuple[str, Edit]]:
+        return frozenset(self.edits.items())
+
+
+@dataclass(frozen=True)
+class BaselineRun:
+    """A resolved baseline: its model, how to build its inputs, and which main-model tasks it predicts."""
+
+    name: str
+    model: nn.Module
+    input_fn: InputFn
+    tasks: tuple[TaskSpec, ...]  # its own output specs, named like the main model's tasks
+    columns: tuple[str, ...] | None  # data columns it reads (None: unknown, read all)
+
+
+@dataclass
+class Collected:
+    """Everything the analyses need, per row: labels, predictions per variant/baseline, gate means."""
+
+    tasks: tuple[TaskSpec, ...]
+    row_index: np.ndarray  # [n] global row positions in the source
+    labels: np.ndarray  # [n, T] float64, NaN = missing
+    preds: dict[Hashable, np.ndarray]  # key -> [n, T] float32 (binary tasks as probabilities)
+    gate_sums: dict[str, np.ndarray]  # gate -> [E] float64 sum of intact probabilities over rows
+    gate_rows: dict[str, int]
+    strategy: str
+    forwards: int
+    seconds: float
+    cached_calls: int = 0  # expert/gate module calls the expert cache ran on one block instead of K
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.row_index)
+
+    def mean_gate(self, gate: str) -> np.ndarray:
+        return self.gate_sums[gate] / max(self.gate_rows.get(gate, 0), 1)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> np.ndarray:
+    """`[b, T]` float64 labels from each task's label column; NaN when absent or missing; binary ones 0/1."""
+    out = np.full((len(frame), len(tasks)), np.nan)
+    for j, t in enumerate(tasks):
+        if t.label_column not in frame:
+            continue
+        raw = frame[t.label_column]
+        try:
+            values = pd.to_numeric(raw).to_numpy(dtype="float64", copy=True)
+        except (ValueError, TypeError):
+            raise NonNumericError(
+                f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric (dtype {raw.dtype})"
+            ) from None
+        if t.kind == "binary":
+            bad = ~np.isnan(values) & (values != 0) & (values != 1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise LabelValueError(
+                    f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds {values[i]:g} "
+                    f"(row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
+                )
+        out[:, j] = values
+    return out
+
+
+def predictions(out: Any, tasks: Sequence[TaskSpec]) -> Tensor:
+    """`[rows, T]` float predictions in task order; binary tasks given as logits are passed through a sigmoid."""
+    p = task_predictions(out, tasks)
+    logit_cols = [j for j, t in enumerate(tasks) if t.kind == "binary" and not t.probability]
+    if logit_cols:
+        p[:, logit_cols] = torch.sigmoid(p[:, logit_cols])
+    return p
+
+
+def mean_gates(
+    model: nn.Module,
+    topology: Topology,
+    source: TableSource,
+    input_fn: InputFn,
+    *,
+    rows: int,
+    batch_size: int,
+    columns: Sequence[str] | None,
+) -> dict[str, tuple[float, ...]]:
+    """Each gate's mean probabilities `[E]` over the first `rows` rows of `source` (intact model)."""
+    sums = {g.name: torch.zeros(g.n_experts, dtype=torch.float64) for g in topology.gates}
+    seen = {g.name: 0 for g in topology.gates}
+    device = model_device(model)
+    with GateRecorder(model, topology) as rec, torch.inference_mode():
+        for frame in source.iter_frames(batch_size, columns, rows):
+            model(map_tensors(input_fn(frame), lambda t: t.to(device)))
+            for name, g in rec.take().gates.items():
+                sums[name] += g.double().sum(0).cpu()
+                seen[name] += g.shape[0]
+    return {k: tuple((v / max(seen[k], 1)).tolist()) for k, v in sums.items()}
+
+
+class _Runner:
+    """Evaluates the intact model and the variants on one batch, by `strategy`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        topology: Topology,
+        variants: Sequence[PlannedVariant],
+        strategy: str,
+        max_stack_rows: int,
+        iv: GateIntervention,
+    ) -> None:
+        self.model, self.topology, self.iv = model, topology, iv
+        self.variants = list(variants)
+        self.strategy = strategy
+        self.max_stack_rows = max_stack_rows
+        self.forwards = 0
+        self.checked = strategy == "naive"
+        self.notes: list[str] = []
+
+    def _forward(self, x: Any, variants: list[Mapping[str, Edit]], b: int, capture: bool) -> Tensor:
+        self.iv.plan(variants, b, capture=capture)
+        k = len(variants)
+        out = self.model(repeat_rows(x, k) if k > 1 else x)
+        self.forwards += 1
+        p = predictions(out, self.topology.tasks)
+        if p.shape[0] != k * b:
+            raise RuntimeError(f"the model returned {p.shape[0]} rows for an input of {k * b} rows")
+        return p.reshape(k, b, -1)
+
+    def run(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Predictions `[1 + V, b, T]` (intact first, then the variants in order) and the intact gates."""
+        if self.strategy != "naive" and not self.checked:
+            plain = self._forward(x, [{}], b, capture=False)[0]
+            out, captured = self._stacked(x, b)
+            self.checked = True
+            if torch.allclose(plain, out[0], rtol=1e-4, atol=1e-6, equal_nan=True):
+                return out, captured
+            self.notes.append(
+                f"strategy {self.strategy!r} gave different intact predictions in a stacked forward (the model "
+                "mixes rows, e.g. batch statistics); fell back to 'naive' (one forward per variant)"
+            )
+            self.strategy = "naive"
+        if self.strategy == "naive":
+            return self._naive(x, b)
+        return self._stacked(x, b)
+
+    def _naive(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
+        outs = [self._forward(x, [{}], b, capture=True)[0]]
+        captured = dict(self.iv.captured)
+        self.iv.sources = captured
+        for v in self.variants:
+            outs.append(self._forward(x, [v.edits], b, capture=False)[0])
+        return torch.stack(outs), captured
+
+    def _stacked(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sub-batches of `sub` rows, each stacked into forwards of at most `max_stack_rows` rows.
+
+        Keeping the stacked forward small (cache-sized activations) matters more on CPU than one huge
+        forward: the batch is cut into sub-batches so that all variants of one pass fit in one forward.
+        """
+        first = [i for i, v in enumerate(self.variants) if not v.needs_intact]
+        second = [i for i, v in enumerate(self.variants) if v.needs_intact]
+        widest = 1 + max(len(first), len(second))
+        sub = min(b, max(MIN_BLOCK_ROWS, self.max_stack_rows // widest))
+        per = max(1, self.max_stack_rows // sub)  # blocks per forward
+        outs: list[Tensor] = []
+        caps: list[dict[str, Tensor]] = []
+        for start in range(0, b, sub):
+            stop = min(b, start + sub)
+            xs = map_tensors(x, lambda t, start=start, stop=stop: t[start:stop] if t.dim() else t)
+            n = stop - start
+            results: dict[int, Tensor] = {}
+            head = first[: per - 1]
+            block = self._forward(xs, [{}] + [self.variants[i].edits for i in head], n, capture=True)
+            intact = block[0]
+            captured = dict(self.iv.captured)
+            results.update({i: block[1 + k] for k, i in enumerate(head)})
+            self.iv.sources = captured
+            for group in (first[per - 1 :], second):
+                for g0 in range(0, len(group), per):
+                    idx = group[g0 : g0 + per]
+                    block = self._forward(xs, [self.variants[i].edits for i in idx], n, capture=False)
+                    results.update({i: block[k] for k, i in enumerate(idx)})
+            outs.append(torch.stack([intact] + [results[i] for i in range(len(self.variants))]))
+            caps.append(captured)
+        merged = {g: torch.cat([c[g] for c in caps]) for g in caps[0]}
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), merged
+
+
+def collect(
+    model: nn.Module,
+    topology: Topology,
+    source: TableSource,
+    input_fn: InputFn,
+    *,
+    variants: Sequence[PlannedVariant] = (),
+    baselines: Sequence[BaselineRun] = (),
+    columns: Sequence[str] | None = None,
+    feature_columns: Sequence[str] = (),
+    strategy: str = "cached",
+    batch_size: int = 4096,
+    max_rows: int | None = 200_000,
+    max_stack_rows: int = 16_384,
+    on_batch: Callable[[pd.DataFrame, dict[str, Tensor]], None] | None = None,
+) -> Collected:
+    """Stream `source` once; per batch run the intact model, every variant and every baseline.
+
+    `columns` are the data columns to read (None: all); `feature_columns` are checked to be numeric
+    and finite in every chunk. `on_batch(frame, intact_gates)` sees each
+    chunk with the intact gate probabilities `{gate: [b, E]}` (segment statistics use it).
+    Identical variants (same edits) are evaluated once and share their predictions.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    if batch_size < 1 or max_stack_rows < 1:
+        raise ValueError("batch_size and max_stack_rows must be positive")
+    unique: list[PlannedVariant] = []
+    alias: dict[Hashable, int] = {}
+    by_signature: dict[frozenset[tuple[str, Edit]], int] = {}
+    for v in variants:
+        pos = by_signature.setdefault(v.signature, len(unique))
+        if pos == len(unique):
+            unique.append(v)
+        alias[v.key] = pos
+    tasks = topology.tasks
+    device = model_device(model)
+    feature_cols = list(feature_columns)
+    preds_parts: list[np.ndarray] = []
+    base_parts: dict[str, list[np.ndarray]] = {bl.name: [] for bl in baselines}
+    label_parts: list[np.ndarray] = []
+    index_parts: list[np.ndarray] = []
+    gate_sums = {g.name: np.zeros(g.n_experts) for g in topology.gates}
+    gate_rows = {g.name: 0 for g in topology.gates}
+    started = time.perf_counter()
+    iv = GateIntervention(model, topology, dedupe=strategy == "cached")
+    runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv)
+    with iv, torch.no_grad():  # not inference_mode: the expert cache keys on tensor version counters
+        for frame in source.iter_frames(batch_size, columns, max_rows):
+            if feature_cols:
+                check_features(frame, feature_cols, source.name)
+            b = len(frame)
+            x = map_tensors(input_fn(frame), lambda t: t.to(device))
+            out, captured = runner.run(x, b)
+            preds_parts.append(out.float().cpu().numpy())
+            label_parts.append(read_labels(frame, tasks, source.name))
+            index_parts.append(frame.index.to_numpy(dtype=np.int64))
+            for name, g in captured.items():
+                gate_sums[name] += g.double().sum(0).cpu().numpy()
+                gate_rows[name] += g.shape[0]
+            for bl in baselines:
+                base_parts[bl.name].append(_baseline_batch(bl, frame, tasks))
+            if on_batch is not None:
+                on_batch(frame, {k: v.cpu() for k, v in captured.items()})
+    if not preds_parts:
+        raise ValueError(f"{source.name} has no rows")
+    stacked = np.concatenate(preds_parts, axis=1)  # [1 + V, n, T]
+    preds: dict[Hashable, np.ndarray] = {INTACT: stacked[0]}
+    for key, pos in alias.items():
+        preds[key] = stacked[1 + pos]
+    for bl in baselines:
+        preds[("baseline", bl.name)] = np.concatenate(base_parts[bl.name])
+    notes = list(runner.notes)
+    if iv.deduped_calls == 0 and runner.strategy == "cached" and unique:
+        notes.append("expert cache: no expert or gate module had identical input blocks; ran as 'batched'")
+    return Collected(
+        tasks=tasks,
+        row_index=np.concatenate(index_parts),
+        labels=np.concatenate(label_parts),
+        preds=preds,
+        gate_sums=gate_sums,
+        gate_rows=gate_rows,
+        strategy=runner.strategy,
+        forwards=runner.forwards,
+        seconds=time.perf_counter() - started,
+        cached_calls=iv.deduped_calls,
+        notes=notes,
+    )
+
+
+def _baseline_batch(bl: BaselineRun, frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> np.ndarray:
+    """A baseline's predictions `[b, T]` in the main model's task order (NaN for tasks it lacks)."""
+    device = model_device(bl.model)
+    out = np.full((len(frame), len(tasks)), np.nan, dtype=np.float32)
+    with model_mode(bl.model, training=False):
+        p = predictions(bl.model(map_tensors(bl.input_fn(frame), lambda t: t.to(device))), bl.tasks)
+    names = [t.name for t in tasks]
+    for j, t in enumerate(bl.tasks):
+        if t.name in names:
+            out[:, names.index(t.name)] = p[:, j].float().cpu().numpy()
+    return out

@@ -1,0 +1,133 @@
+"""Expert ablation: remove one expert from every gate that mixes it and re-evaluate every task.
+
+Importance of expert e for task t = how much worse t's metric gets without e (positive = removing
+it hurts): `intact - ablated` for AUC, `ablated - intact` for log loss, MSE and MAE, with a paired
+bootstrap interval (the same resampled rows for both). Two modes, see `interventions.Ablate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from mmoe_inspect.causal._engine import INTACT, PlannedVariant
+from mmoe_inspect.causal.interventions import Ablate, AblationMode
+from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation
+from mmoe_inspect.topology.spec import Topology
+
+__all__ = ["ABLATION_COLUMNS", "ablation_table", "ablation_variants", "importance_matrix", "primary_metric"]
+
+ABLATION_MODES: tuple[str, ...] = ("renormalize", "zero")
+
+ABLATION_COLUMNS = [
+    "mode",
+    "expert",
+    "owner",
+    "level",
+    "task",
+    "metric",
+    "intact",
+    "ablated",
+    "importance",
+    "lo",
+    "hi",
+    "significant",
+]
+
+
+def primary_metric(kind: str) -> str:
+    """The metric importance matrices use by default: AUC (binary) or MSE (regression)."""
+    return TASK_METRICS[kind][0]
+
+
+def ablation_variants(
+    topology: Topology, modes: Sequence[str] = ABLATION_MODES
+) -> tuple[list[PlannedVariant], list[str]]:
+    """One variant per (mode, expert mixed by some gate): the expert removed from ALL its gates; plus notes."""
+    notes: list[str] = []
+    unknown = [m for m in modes if m not in ABLATION_MODES]
+    if unknown:
+        raise ValueError(f"ablation modes must be among {', '.join(ABLATION_MODES)}, not {unknown}")
+    logit_gates = [g.name for g in topology.gates if g.output == "logits"]
+    if "zero" in modes and logit_gates:
+        notes.append(
+            f"'zero' ablation is exact only on probability gates; gate(s) {', '.join(logit_gates)} emit logits "
+            "that the model softmaxes itself, which renormalizes, so there 'zero' equals 'renormalize'"
+        )
+    variants: list[PlannedVariant] = []
+    for mode in modes:
+        for e in topology.experts:
+            gates = [g for g in topology.gates if e.name in g.experts]
+            if not gates:
+                continue
+            edits = {}
+            for g in gates:
+                m: AblationMode = "zero" if mode == "zero" and g.output == "probs" else "renormalize"
+                edits[g.name] = Ablate(tuple(x != e.name for x in g.experts), m)
+                if g.n_experts == 1 and g.output == "logits":
+                    notes.append(
+                        f"gate {g.name!r} mixes only expert {e.name!r} and emits logits: removing it cannot be "
+                        "expressed through its softmax, so that gate is unchanged in this ablation"
+                    )
+            variants.append(
+                PlannedVariant(
+                    ("ablation", mode, e.name),
+                    edits,
+                    {"mode": mode, "expert": e.name, "owner": e.owner, "level": e.level},
+                )
+            )
+    return variants, notes
+
+
+def ablation_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> pd.DataFrame:
+    """Long table, one row per (mode, expert, labelled task, metric); columns `ABLATION_COLUMNS`."""
+    rows = []
+    for v in variants:
+        if v.key not in ev.keys:
+            continue
+        for task in ev.tasks:
+            if ev.n_labelled(task.name) == 0:
+                continue
+            for metric in TASK_METRICS[task.kind]:
+                delta, lo, hi = ev.compare(v.key, INTACT, task.name, metric)
+                sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+                imp, a, b = sign * delta, sign * lo, sign * hi
+                lo_i, hi_i = min(a, b), max(a, b)
+                rows.append(
+                    {
+                        "mode": v.meta["mode"],
+                        "expert": v.meta["expert"],
+                        "owner": v.meta["owner"],
+                        "level": v.meta["level"],
+                        "task": task.name,
+                        "metric": metric,
+                        "intact": ev.value(INTACT, task.name, metric),
+                        "ablated": ev.value(v.key, task.name, metric),
+                        "importance": imp,
+                        "lo": lo_i,
+                        "hi": hi_i,
+                        "significant": bool(lo_i > 0 or hi_i < 0),
+                    }
+                )
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def importance_matrix(
+    table: pd.DataFrame, mode: str = "renormalize", metric: str | None = None
+) -> pd.DataFrame:
+    """Task × expert importance from an ablation table (experts in table order).
+
+    `metric=None` takes each task's primary metric (AUC for binary tasks, MSE for regression).
+    """
+    sub = table[table["mode"] == mode]
+    if metric is not None:
+        sub = sub[sub["metric"] == metric]
+    else:
+        primary = {m for kind in TASK_METRICS for m in TASK_METRICS[kind][:1]}
+        sub = sub[sub["metric"].isin(primary)]
+    experts = list(dict.fromkeys(sub["expert"]))
+    tasks = list(dict.fromkeys(sub["task"]))
+    return sub.pivot(index="task", columns="expert", values="importance").reindex(
+        index=tasks, columns=experts
+    )

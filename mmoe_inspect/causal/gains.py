@@ -1,0 +1,293 @@
+"""Sparse-target gains: did the sparse task (e.g. purchase, 1-3% positives) gain from multi-task training?
+
+* Intrinsic (from the model alone): how much of the sparse task's ablation importance sits on experts
+  that the dense tasks mostly use (shared-expert dependence), and what happens to it under gate
+  counterfactuals (the dense task's gate, a uniform gate, its own mean gate).
+* Extrinsic (against baselines on the same rows): the PLE paper's "MTL gain" = metric of the
+  multi-task model minus the baseline's, sign flipped for lower-is-better metrics (so a positive gain
+  always means the multi-task model is better), with a paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from mmoe_inspect.causal._engine import INTACT, BaselineRun
+from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation
+from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.topology.spec import TaskSpec, Topology
+
+__all__ = [
+    "BASELINE_COLUMNS",
+    "SPARSE_COLUMNS",
+    "Baseline",
+    "baseline_gain_table",
+    "mtl_gain",
+    "resolve_baselines",
+    "sparse_gain_table",
+    "sparse_tasks",
+    "task_utilization",
+]
+
+BASELINE_COLUMNS = [
+    "task",
+    "positive_rate",
+    "sparse",
+    "n_labelled",
+    "baseline",
+    "metric",
+    "model",
+    "baseline_value",
+    "gain",
+    "lo",
+    "hi",
+    "significant",
+]
+
+SPARSE_COLUMNS = [
+    "task",
+    "positive_rate",
+    "n_labelled",
+    "auc",
+    "importance_total",
+    "shared_dependence",
+    "dense_experts",
+    "top_expert",
+    "top_importance",
+    "uniform_change",
+    "uniform_lo",
+    "uniform_hi",
+    "mean_gate_change",
+    "mean_gate_lo",
+    "mean_gate_hi",
+    "swap_source",
+    "swap_change",
+    "swap_lo",
+    "swap_hi",
+]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A model to compare against, e.g. a single-task purchase model or a Shared-Bottom on the same data.
+
+    `input_fn` turns a chunk of rows into its inputs (default: from `features`, else its `.config`);
+    `tasks` names its outputs (default: its declared `topology()`'s tasks). Tasks are matched to the
+    main model's tasks by name; a single-task baseline is compared on its one task only.
+    """
+
+    model: nn.Module
+    input_fn: Callable[[pd.DataFrame], Any] | None = None
+    features: FeatureSpec | None = None
+    tasks: Sequence[str | TaskSpec] | None = None
+
+
+def _as_baseline(value: Any) -> Baseline:
+    """A `Baseline`, a bare model, or `(model, input_fn | FeatureSpec | None)`."""
+    if isinstance(value, Baseline):
+        return value
+    if isinstance(value, nn.Module):
+        return Baseline(value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], nn.Module):
+        model, how = value
+        if how is None:
+            return Baseline(model)
+        if isinstance(how, FeatureSpec):
+            return Baseline(model, features=how)
+        if callable(how):
+            return Baseline(model, input_fn=how)
+    raise TypeError(
+        "a baseline is a Baseline, an nn.Module, or a (model, input_fn or FeatureSpec) pair, "
+        f"not {type(value).__name__}"
+    )
+
+
+def resolve_baselines(
+    baselines: Mapping[str, Any], topology: Topology
+) -> tuple[list[BaselineRun], list[str]]:
+    """Baselines ready to run: input functions, the data columns they read, their tasks matched by name."""
+    from mmoe_inspect.inspector import default_input_fn
+
+    main = {t.name: t for t in topology.tasks}
+    runs, notes = [], []
+    for name, value in baselines.items():
+        b = _as_baseline(value)
+        if b.input_fn is not None:
+            input_fn, spec = b.input_fn, b.features
+        else:
+            input_fn, spec = default_input_fn(b.model, b.features)
+        if b.tasks is not None:
+            specs = [
+                t if isinstance(t, TaskSpec) else TaskSpec(t, kind=main[t].kind if t in main else "binary")
+                for t in b.tasks
+            ]
+        else:
+            declared = getattr(b.model, "topology", None)
+            topo = declared() if callable(declared) else None
+            if not isinstance(topo, Topology):
+                raise TypeError(f"baseline {name!r} declares no topology: pass Baseline(..., tasks=[...])")
+            specs = list(topo.tasks)
+        matched = tuple(t for t in specs if t.name in main)
+        if not matched:
+            raise ValueError(
+                f"baseline {name!r} predicts {[t.name for t in specs]}, none of the model's tasks "
+                f"{list(main)}; tasks are matched by name"
+            )
+        extra = [t.name for t in specs if t.name not in main]
+        if extra:
+            notes.append(f"baseline {name!r}: output(s) {extra} match no task of the model and are ignored")
+        runs.append(
+            BaselineRun(
+                name, b.model, input_fn, tuple(specs), tuple(spec.names) if spec is not None else None
+            )
+        )
+    return runs, notes
+
+
+def mtl_gain(model_value: float, baseline_value: float, metric: str) -> float:
+    """PLE "MTL gain": model - baseline for higher-is-better metrics, baseline - model otherwise."""
+    d = model_value - baseline_value
+    return d if HIGHER_IS_BETTER[metric] else -d
+
+
+def sparse_tasks(ev: Evaluation, threshold: float = 0.05) -> list[str]:
+    """Binary tasks whose positive rate on the labelled rows is below `threshold`."""
+    return [t.name for t in ev.tasks if t.kind == "binary" and ev.positive_rate(t.name) < threshold]
+
+
+def baseline_gain_table(ev: Evaluation, baselines: Sequence[str], threshold: float = 0.05) -> pd.DataFrame:
+    """One row per (task, baseline, metric) where the baseline predicts the task; columns `BASELINE_COLUMNS`."""
+    sparse = set(sparse_tasks(ev, threshold))
+    rows = []
+    for task in ev.tasks:
+        if ev.n_labelled(task.name) == 0:
+            continue
+        for name in baselines:
+            key = ("baseline", name)
+            for metric in TASK_METRICS[task.kind]:
+                base = ev.value(key, task.name, metric)
+                if math.isnan(base):
+                    continue
+                delta, lo, hi = ev.compare(INTACT, key, task.name, metric)
+                if not HIGHER_IS_BETTER[metric]:
+                    delta, lo, hi = -delta, -hi, -lo
+                rows.append(
+                    {
+                        "task": task.name,
+                        "positive_rate": ev.positive_rate(task.name),
+                        "sparse": task.name in sparse,
+                        "n_labelled": ev.n_labelled(task.name),
+                        "baseline": name,
+                        "metric": metric,
+                        "model": ev.value(INTACT, task.name, metric),
+                        "baseline_value": base,
+                        "gain": delta,
+                        "lo": lo,
+                        "hi": hi,
+                        "significant": bool(lo > 0 or hi < 0),
+                    }
+                )
+    return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
+
+
+def task_utilization(topology: Topology, means: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per task, each expert's mean weight relative to uniform (`mean * E`, 1 = a uniform share).
+
+    A task's own gates are used; a task without its own gate uses the shared gates (OMoE).
+    """
+    out: dict[str, dict[str, float]] = {}
+    shared = [g for g in topology.gates if g.task is None]
+    for t in topology.task_names:
+        gates = topology.task_gates(t) or tuple(shared)
+        rel: dict[str, float] = {}
+        for g in gates:
+            m = np.asarray(means[g.name], dtype=np.float64)
+            for e, w in zip(g.experts, m * g.n_experts, strict=True):
+                rel[e] = max(rel.get(e, 0.0), float(w))
+        out[t] = rel
+    return out
+
+
+def sparse_gain_table(
+    ev: Evaluation,
+    topology: Topology,
+    means: Mapping[str, np.ndarray],
+    ablation: pd.DataFrame,
+    counterfactuals: pd.DataFrame,
+    threshold: float = 0.05,
+) -> pd.DataFrame:
+    """One row per sparse task: shared-expert dependence of its AUC importance and its gate counterfactuals.
+
+    `shared_dependence` = share of the sparse task's positive AUC importance (renormalize ablation)
+    on `dense_experts`, the experts some dense task weights at least uniformly (`mean * E >= 1`).
+    Counterfactual changes are in AUC (counterfactual - intact); the swap uses the gate of the
+    densest task whose gates mix the same experts.
+    """
+    sparse = sparse_tasks(ev, threshold)
+    dense = [t.name for t in ev.tasks if t.name not in sparse and ev.n_labelled(t.name) > 0]
+    util = task_utilization(topology, means) if means else {}
+    dense_experts = sorted(
+        {e for t in dense for e, w in util.get(t, {}).items() if w >= 1.0},
+        key=[e.name for e in topology.experts].index,
+    )
+    rate = {t.name: ev.positive_rate(t.name) for t in ev.tasks}
+    rows = []
+    for task in sparse:
+        row: dict[str, Any] = {c: math.nan for c in SPARSE_COLUMNS}
+        row.update(
+            task=task,
+            positive_rate=rate[task],
+            n_labelled=ev.n_labelled(task),
+            auc=ev.value(INTACT, task, "auc"),
+            dense_experts=", ".join(dense_experts),
+            top_expert=None,
+            swap_source=None,
+        )
+        imp = ablation[
+            (ablation["task"] == task) & (ablation["metric"] == "auc") & (ablation["mode"] == "renormalize")
+        ]
+        if len(imp):
+            pos = imp["importance"].clip(lower=0)
+            total = float(pos.sum())
+            row["importance_total"] = total
+            if dense and total > 0:
+                row["shared_dependence"] = float(pos[imp["expert"].isin(dense_experts)].sum()) / total
+            best = imp["importance"].idxmax()
+            row["top_expert"], row["top_importance"] = (
+                imp.at[best, "expert"],
+                float(imp.at[best, "importance"]),
+            )
+        cf = counterfactuals[(counterfactuals["task"] == task) & (counterfactuals["metric"] == "auc")]
+        for kind in ("uniform", "mean_gate"):
+            hit = cf[(cf["counterfactual"] == kind) & (cf["gates"].isin(_gate_list(topology, task)))]
+            if len(hit):
+                r = hit.iloc[0]
+                row[f"{kind}_change"], row[f"{kind}_lo"], row[f"{kind}_hi"] = r["change"], r["lo"], r["hi"]
+        swaps = cf[cf["counterfactual"].str.startswith("gate_of:")]
+        swaps = swaps[swaps["counterfactual"].str.slice(8).isin(dense)]
+        if len(swaps):
+            src = swaps["counterfactual"].str.slice(8)
+            r = swaps.iloc[int(np.argmax([_rank(rate.get(s, math.nan)) for s in src]))]
+            row["swap_source"] = r["counterfactual"][8:]
+            row["swap_change"], row["swap_lo"], row["swap_hi"] = r["change"], r["lo"], r["hi"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SPARSE_COLUMNS)
+
+
+def _gate_list(topology: Topology, task: str) -> list[str]:
+    """The `gates` cell a task's own counterfactual carries (its gates, or each shared gate)."""
+    own = topology.task_gates(task)
+    if own:
+        return [", ".join(g.name for g in own)]
+    return [g.name for g in topology.gates if g.task is None]
+
+
+def _rank(rate: float) -> float:
+    return -1.0 if math.isnan(rate) else rate

@@ -1,0 +1,365 @@
+"""Interventions on gate OUTPUTS: forward hooks that return an edited gate tensor.
+
+Editing the gate's output (not the experts) works for any model whose gates the topology names,
+including models whose experts are not separate modules (one einsum over a weight bank). Edits:
+
+* `Ablate(keep, mode)`: remove experts. On a probability gate, `"renormalize"` drops their weight
+  and renormalizes over the rest; `"zero"` sets it to 0 and leaves the others unchanged (the
+  mixture loses that share). On a logit gate (softmaxed later by the model) the hook returns the
+  logits with removed experts at a huge negative value, so the model's softmax renormalizes over
+  the rest: `"zero"` cannot be expressed there and behaves as `"renormalize"` (callers note it).
+* `Replace(probs=...)`: a fixed distribution `[E]` for every row (uniform, the gate's mean).
+  `Replace(source=gate)`: row by row the intact output of another gate over the same experts; the
+  driver supplies those rows (`GateIntervention.sources`) from an intact forward of the same batch.
+
+`GateIntervention` can evaluate K variants in ONE forward: the driver stacks the input batch K times
+(`repeat_rows`), and each gate hook edits row block k with variant k's edit (block 0 is usually the
+intact model, and its gate probabilities are captured). With `dedupe=True` (the expert cache) an
+expert or gate module whose input blocks are all bitwise identical (modules before any edited gate,
+e.g. every MMoE expert and gate) runs on one block only: an expert's output is tiled K times, a
+gate's output is edited per block. The check is exact (`torch.equal`), so results do not change.
+
+The context manager puts the model in eval mode, and on exit, also when forward raises, removes
+every hook handle and restores every module's `training` flag; parameters are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from mmoe_inspect.recording.recorder import RecordingError, gate_probabilities, model_mode
+from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
+
+__all__ = [
+    "Ablate",
+    "AblationMode",
+    "Edit",
+    "GateIntervention",
+    "InterventionError",
+    "Replace",
+    "Variant",
+    "edit_gate_output",
+    "map_tensors",
+    "repeat_rows",
+]
+
+AblationMode = Literal["renormalize", "zero"]
+
+
+class InterventionError(RuntimeError):
+    """An intervention cannot be applied to this model as asked (shape, stacking, missing source)."""
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Remove the experts whose `keep` entry is False from a gate `[E]`; see the module docstring."""
+
+    keep: tuple[bool, ...]
+    mode: AblationMode = "renormalize"
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Replace a gate's distribution by `probs` `[E]` (every row) or by gate `source`'s intact rows."""
+
+    probs: tuple[float, ...] | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.probs is None) == (self.source is None):
+            raise ValueError("Replace needs exactly one of probs= or source=")
+
+
+Edit = Union[Ablate, Replace]
+Variant = Mapping[str, Edit]
+"""One intervened model: `{gate name: edit}`; `{}` is the intact model."""
+
+
+def _negative(dtype: torch.dtype) -> float:
+    """A logit that a softmax turns into exactly 0 next to ordinary logits, finite in `dtype`."""
+    return torch.finfo(dtype).min / 8
+
+
+def edit_gate_output(out: Tensor, gate: GateSpec, edit: Edit, source: Tensor | None = None) -> Tensor:
+    """A gate module's output `out` (any layout with experts on `gate.dim`) edited by `edit`, same shape and dtype.
+
+    `source` `[rows, E]` holds the replacement probabilities of a `Replace(source=...)` edit, rows
+    in the order `gate_probabilities` gives them.
+    """
+    x = out.movedim(gate.dim, -1)
+    shape = x.shape
+    if shape[-1] != gate.n_experts:
+        raise InterventionError(
+            f"gate {gate.name!r} produced shape {tuple(out.shape)}, expected {gate.n_experts} experts on dim {gate.dim}"
+        )
+    work = torch.float64 if out.dtype == torch.float64 else torch.float32
+    rows = x.reshape(-1, gate.n_experts).to(work)
+    if isinstance(edit, Ablate):
+        keep = torch.tensor(edit.keep, dtype=torch.bool, device=out.device)
+        if gate.output == "logits":
+            new = rows.masked_fill(~keep, _negative(work))
+        else:
+            kept = rows * keep
+            if edit.mode == "zero":
+                new = kept
+            else:  # rescale to the row's original mass: bitwise unchanged when the removed weight is 0;
+                # rows whose remaining weight is 0 stay all-zero (their mixture is 0)
+                scale = rows.sum(-1, keepdim=True) / kept.sum(-1, keepdim=True).clamp_min(
+                    torch.finfo(work).tiny
+                )
+                new = kept * scale
+    else:
+        if edit.probs is not None:
+            q = torch.tensor(edit.probs, dtype=work, device=out.device).expand_as(rows)
+        else:
+            if source is None:
+                raise InterventionError(
+                    f"gate {gate.name!r}: no intact rows of gate {edit.source!r} to swap in"
+                )
+            if source.shape != rows.shape:
+                raise InterventionError(
+                    f"gate {gate.name!r} has rows {tuple(rows.shape)} but gate {edit.source!r} gave "
+                    f"{tuple(source.shape)}; gates can only be swapped when their outputs have the same shape"
+                )
+            q = source.to(device=out.device, dtype=work)
+        if gate.output == "logits":
+            new = torch.where(q > 0, q.clamp_min(torch.finfo(work).tiny).log(), _negative(work))
+        else:
+            new = q
+    if gate.output == "logits" and out.dtype != work:
+        new = new.clamp_min(_negative(out.dtype))
+    return new.to(out.dtype).reshape(shape).movedim(-1, gate.dim)
+
+
+def map_tensors(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply `fn` to every tensor in a (nested) tensor / dict / list / tuple model input."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, Mapping):
+        return {k: map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(map_tensors(v, fn) for v in x)
+    return x
+
+
+def repeat_rows(x: Any, k: int) -> Any:
+    """Model input with every tensor tiled `k` times along dim 0: `[b, ...]` → `[k*b, ...]` (blocks in order)."""
+    return map_tensors(x, lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.dim() else t)
+
+
+class GateIntervention(AbstractContextManager["GateIntervention"]):
+    """Hooks on every gate named by `topology` that apply the current `variants` to the gate outputs.
+
+    Set `plan(variants, block_rows, capture=...)` before each forward: one variant per row block of
+    `block_rows` rows (a plain forward is one block). With `capture`, the intact probabilities
+    `[rows, E]` of block 0 are kept in `captured` (block 0 must then be the intact variant `{}`).
+    `sources` holds, per gate name, the intact rows `Replace(source=...)` edits swap in.
+
+    Examples::
+
+        >>> with GateIntervention(model, topo) as iv, torch.inference_mode():
+        ...     iv.plan([{}, {"click": Ablate((False, True, True, True))}], block_rows=b, capture=True)
+        ...     out = model(repeat_rows(x, 2))     # rows [0, b): intact, [b, 2b): expert 0 removed from "click"
+    """
+
+    def __init__(self, model: nn.Module, topology: Topology, *, dedupe: bool = False) -> None:
+        self.model = model
+        self.topology = topology
+        modules = dict(model.named_modules())
+        self._modules = modules
+        self._gate_modules: dict[str, list[GateSpec]] = {}
+        for g in topology.gates:
+            if g.module not in modules:
+                raise TopologyError(
+                    f"gate {g.name!r}: module {g.module!r} is not in the model; regenerate the spec with "
+                    "`mmoe-inspect topology`"
+                )
+            self._gate_modules.setdefault(g.module, []).append(g)
+        self.dedupe = dedupe
+        self._expert_modules: list[str] = []
+        if dedupe:
+            paths = {e.module for e in topology.experts if e.module is not None}
+            self._expert_modules = [
+                p
+                for p in sorted(paths)
+                if p in modules and not any(q == p or q.startswith(f"{p}.") for q in self._gate_modules)
+            ]  # never shrink a module that holds a gate: the gate's hook must see every block
+        self.variants: list[Variant] = [{}]
+        self.block_rows: int | None = None
+        self.capture = False
+        self.captured: dict[str, Tensor] = {}
+        self.sources: dict[str, Tensor] = {}
+        self.deduped_calls = 0
+        self._calls: dict[str, int] = {}
+        self._shrunk: dict[str, int] = {}
+        self._equal: dict[tuple[Any, ...], bool] = {}
+        self._handles: list[RemovableHandle] = []
+        self._mode: AbstractContextManager[nn.Module] | None = None
+
+    # ------------------------------------------------------------------------------- planning
+    def plan(self, variants: Sequence[Variant], block_rows: int, *, capture: bool = False) -> None:
+        """Variants for the next forward (its input must have `len(variants) * block_rows` rows)."""
+        if not variants:
+            raise ValueError("plan() needs at least one variant")
+        if capture and dict(variants[0]):
+            raise ValueError("capture needs the intact variant {} as block 0")
+        self.variants = list(variants)
+        self.block_rows = block_rows
+        self.capture = capture
+        self.captured = {}
+
+    # ---------------------------------------------------------------------------------- hooks
+    def _start_forward(self, _module: nn.Module, _args: Any) -> None:
+        self._calls.clear()
+        self._shrunk.clear()
+        self._equal.clear()
+
+    def _blocks(self, out: Tensor, what: str) -> list[Tensor]:
+        k = len(self.variants)
+        if k == 1:
+            return [out]
+        b = self.block_rows
+        if b is None or out.shape[0] != k * b:
+            raise InterventionError(
+                f"{what} produced {out.shape[0]} rows in a forward of {k} stacked blocks of {b} rows; this "
+                "model does not keep rows on dim 0, so use strategy='naive'"
+            )
+        return list(out.split(b))
+
+    def _gate_hook(self, path: str) -> Callable[..., Tensor | None]:
+        specs = self._gate_modules[path]
+
+        def hook(_module: nn.Module, _args: Any, out: Any) -> Tensor | None:
+            call = self._calls.get(path, 0)
+            self._calls[path] = call + 1
+            shrunk = self._take_shrunk(path)  # the gate ran on one block (its input blocks were identical)
+            spec = None
+            for g in specs:
+                if g.call is None:
+                    if call > 0:
+                        raise RecordingError(
+                            f"gate module {path!r} ran more than once in one forward; set `call` for gate "
+                            f"{g.name!r} in the topology spec"
+                        )
+                    spec = g
+                elif g.call == call:
+                    spec = g
+            if not isinstance(out, Tensor):
+                raise RecordingError(f"gate module {path!r} returned {type(out).__name__}, not a tensor")
+            if spec is None:
+                return self._tile(out) if shrunk else None
+            edits = [v.get(spec.name) for v in self.variants]
+            if not self.capture and all(e is None for e in edits):
+                return self._tile(out) if shrunk else None
+            blocks = [out] * len(self.variants) if shrunk else self._blocks(out, f"gate {spec.name!r}")
+            if self.capture:
+                self.captured[spec.name] = gate_probabilities(blocks[0], spec)
+            if all(e is None for e in edits):
+                return self._tile(out) if shrunk else None
+            pieces = [
+                blk if e is None else edit_gate_output(blk, spec, e, self._source(e))
+                for blk, e in zip(blocks, edits, strict=True)
+            ]
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+
+        return hook
+
+    def _source(self, edit: Edit) -> Tensor | None:
+        if isinstance(edit, Replace) and edit.source is not None:
+            if edit.source not in self.sources:
+                raise InterventionError(
+                    f"no intact rows of gate {edit.source!r} were supplied for a gate swap"
+                )
+            return self.sources[edit.source]
+        return None
+
+    def _same_blocks(self, x: Tensor) -> bool:
+        """Whether the row blocks of `x` are bitwise equal (cached per tensor version within one forward)."""
+        k = len(self.variants)
+        try:
+            key: tuple[Any, ...] | None = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x._version)
+        except RuntimeError:  # an inference tensor has no version counter: no caching
+            key = None
+        if key is not None and key in self._equal:
+            return self._equal[key]
+        flat = x.reshape(k, -1)
+        same = bool(torch.equal(flat[1:], flat[:1].expand(k - 1, -1)))
+        if key is not None:
+            self._equal[key] = same
+        return same
+
+    def _dedupe_pre(self, path: str) -> Callable[..., tuple[Any, ...] | None]:
+        def pre(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            k, b = len(self.variants), self.block_rows
+            if k == 1 or b is None or len(args) != 1 or not isinstance(args[0], Tensor):
+                return None
+            x = args[0]
+            if x.dim() == 0 or x.shape[0] != k * b or not self._same_blocks(x):
+                return None  # the blocks differ (a module behind a gate, e.g. PLE level 1): run them all
+            self._shrunk[path] = self._shrunk.get(path, 0) + 1
+            self.deduped_calls += 1
+            return (x[:b],)
+
+        return pre
+
+    def _take_shrunk(self, path: str) -> bool:
+        if not self._shrunk.get(path):
+            return False
+        self._shrunk[path] -= 1
+        return True
+
+    def _tile(self, out: Tensor) -> Tensor:
+        return out.repeat(len(self.variants), *([1] * (out.dim() - 1)))
+
+    def _dedupe_post(self, path: str) -> Callable[..., Tensor | None]:
+        def post(_module: nn.Module, _args: Any, out: Any) -> Tensor | None:
+            if not self._take_shrunk(path):
+                return None
+            if not isinstance(out, Tensor):
+                raise InterventionError(
+                    f"expert module {path!r} returned {type(out).__name__}; the expert cache needs tensors, "
+                    "so use strategy='batched'"
+                )
+            return self._tile(out)
+
+        return post
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> GateIntervention:
+        self._mode = model_mode(self.model, training=False)
+        self._mode.__enter__()
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
+            for path in self._expert_modules:  # before the gate hooks: tiling runs first
+                module = self._modules[path]
+                self._handles.append(module.register_forward_pre_hook(self._dedupe_pre(path)))
+                self._handles.append(module.register_forward_hook(self._dedupe_post(path)))
+            for path in self._gate_modules:
+                module = self._modules[path]
+                if self.dedupe:  # a gate on identical blocks runs once; its hook then edits each block
+                    self._handles.append(module.register_forward_pre_hook(self._dedupe_pre(path)))
+                self._handles.append(module.register_forward_hook(self._gate_hook(path)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and restore every module's mode; idempotent."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.captured, self.sources = {}, {}
+        if self._mode is not None:
+            mode, self._mode = self._mode, None
+            mode.__exit__(None, None, None)

@@ -1,0 +1,290 @@
+"""`run_causal`: stream labelled data once through a model and its interventions, then build the tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from mmoe_inspect.causal._engine import INTACT, STRATEGIES, InputFn, PlannedVariant, collect, mean_gates
+from mmoe_inspect.causal.ablation import ABLATION_COLUMNS, ABLATION_MODES, ablation_table, ablation_variants
+from mmoe_inspect.causal.counterfactual import (
+    COUNTERFACTUAL_COLUMNS,
+    counterfactual_table,
+    counterfactual_variants,
+)
+from mmoe_inspect.causal.gains import (
+    BASELINE_COLUMNS,
+    SPARSE_COLUMNS,
+    baseline_gain_table,
+    resolve_baselines,
+    sparse_gain_table,
+    sparse_tasks,
+)
+from mmoe_inspect.causal.metrics import TASK_METRICS, Evaluation
+from mmoe_inspect.causal.result import CausalResult
+from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
+from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
+from mmoe_inspect.topology.spec import Topology
+
+ANALYSES: tuple[str, ...] = ("ablation", "counterfactuals", "gains", "segments")
+
+TASK_COLUMNS = ["task", "kind", "n_labelled", "positive_rate", "sparse", "metric", "value", "lo", "hi"]
+
+
+def run_causal(
+    model: nn.Module,
+    data: pd.DataFrame | str | Path | TableSource,
+    *,
+    topology: Topology | str | Path | None = None,
+    input_fn: InputFn | None = None,
+    features: FeatureSpec | None = None,
+    columns: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    segment_by: str | None = None,
+    analyses: Sequence[str] = ANALYSES,
+    modes: Sequence[str] = ABLATION_MODES,
+    sparse_threshold: float = 0.05,
+    max_rows: int | None = 200_000,
+    batch_size: int = 4096,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    strategy: str = "cached",
+    max_stack_rows: int = 16_384,
+    mean_gate_rows: int = 20_000,
+    max_segments: int = 50,
+    max_tracked_segments: int = 10_000,
+) -> CausalResult:
+    """Causal analyses of `model` on labelled `data`: expert ablation, gate counterfactuals, gains, segments.
+
+    Data, topology and inputs are resolved as in `inspect()` (`topology`, `input_fn` / `features`,
+    `columns`, `tasks` for discovery, `labels={task: column}`). The first `max_rows` rows (default
+    200k) are streamed once in batches of `batch_size`; per-row predictions of the intact model,
+    every variant (`[rows, tasks]` float32 each) and every baseline are kept for the bootstrap, so
+    memory grows with `max_rows x (1 + variants + baselines) x tasks`. Before that, `mean_gate_rows`
+    leading rows give each gate's mean for the `mean_gate` counterfactual.
+
+    `analyses` picks among "ablation" (per expert, `modes` "renormalize"/"zero"), "counterfactuals",
+    "gains" (sparse tasks: positive rate < `sparse_threshold`; `baselines={name: model | (model,
+    input_fn or FeatureSpec) | Baseline}`) and "segments" (mean gate per value of column
+    `segment_by`, at most `max_segments` segments plus "other"). Intervals are percentile intervals
+    at level `ci` from `n_boot` paired bootstrap resamples of the rows (seeded by `seed`; 0 = none).
+    `strategy` is "naive" (one forward per variant), "batched" (variants stacked into one forward of
+    at most `max_stack_rows` rows) or "cached" (batched + expert outputs computed once when their
+    inputs are identical); all give the same numbers. The model is left exactly as found.
+
+    Examples::
+
+        >>> res = run_causal(mmoe, "eval.parquet", baselines={"single": single_task, "sb": shared_bottom})
+        >>> res.importance()            # task x expert AUC importance (renormalize)
+        >>> res.baseline_gains          # task, positive rate, model / baseline metric, gain with CI
+    """
+    from mmoe_inspect.inspector import default_input_fn, resolve_topology
+
+    unknown = [a for a in analyses if a not in ANALYSES]
+    if unknown:
+        raise ValueError(f"analyses must be among {', '.join(ANALYSES)}, not {unknown}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be positive, got {max_rows}")
+    started = time.perf_counter()
+    source = TableSource.of(data)
+    spec = features
+    if input_fn is None:
+        input_fn, spec = default_input_fn(model, features)
+    feature_cols = list(columns) if columns is not None else (list(spec.names) if spec is not None else None)
+    if feature_cols:
+        require_columns(source, feature_cols)
+    topo = resolve_topology(
+        model, topology, example=lambda: _example(source, input_fn, feature_cols), tasks=tasks
+    )
+    notes: list[str] = []
+    if labels:
+        unknown_tasks = [t for t in labels if t not in topo.task_names]
+        if unknown_tasks:
+            raise DataError(
+                f"labels name task(s) {unknown_tasks} but the model's tasks are {list(topo.task_names)}"
+            )
+        require_columns(source, list(labels.values()), what="label")
+        topo = replace(topo, tasks=tuple(replace(t, label=labels.get(t.name, t.label)) for t in topo.tasks))
+    have = set(source.columns())
+    label_cols = [t.label_column for t in topo.tasks if t.label_column in have]
+    unlabelled = [t.name for t in topo.tasks if t.label_column not in have]
+    if unlabelled:
+        notes.append(f"task(s) {unlabelled} have no label column in the data and are not evaluated")
+    if not label_cols:
+        raise DataError(
+            f"{source.name} holds no label column of any task ({[t.label_column for t in topo.tasks]}); "
+            "causal analyses need labels (pass labels={task: column})"
+        )
+
+    runs, base_notes = resolve_baselines(baselines or {}, topo) if "gains" in analyses else ([], [])
+    notes += base_notes
+    if baselines and "gains" not in analyses:
+        notes.append("baselines were given but 'gains' is not among the analyses; they were not run")
+    for run in runs:
+        if run.columns:
+            require_columns(source, list(run.columns))
+    if segment_by is not None:
+        require_columns(source, [segment_by], what="segment")
+    read_cols: list[str] | None = None
+    if feature_cols is not None and all(r.columns is not None for r in runs):
+        wanted = [*feature_cols, *label_cols, *(c for r in runs for c in r.columns or ())]
+        if segment_by is not None:
+            wanted.append(segment_by)
+        read_cols = list(dict.fromkeys(wanted))
+
+    variants: list[PlannedVariant] = []
+    abl_variants: list[PlannedVariant] = []
+    cf_variants: list[PlannedVariant] = []
+    if not topo.has_gates:
+        notes.append(
+            "the model has no gates (Shared-Bottom or dense): no ablation, counterfactuals or segments"
+        )
+    else:
+        if "ablation" in analyses or "gains" in analyses:
+            abl_variants, n = ablation_variants(topo, modes)
+            notes += n
+        if "counterfactuals" in analyses or "gains" in analyses:
+            means = mean_gates(
+                model,
+                topo,
+                source,
+                input_fn,
+                rows=mean_gate_rows,
+                batch_size=batch_size,
+                columns=feature_cols if read_cols is not None else None,
+            )
+            cf_variants, n = counterfactual_variants(topo, means)
+            notes += n
+        variants = abl_variants + cf_variants
+
+    segments: SegmentRouting | None = None
+    if segment_by is not None and "segments" in analyses and topo.has_gates:
+        segments = SegmentRouting(segment_by, topo.gates, max_tracked=max_tracked_segments)
+    seg = segments
+
+    def on_batch(frame: pd.DataFrame, gates: dict) -> None:
+        if seg is not None:
+            seg.update(frame[segment_by], gates)
+
+    collected = collect(
+        model,
+        topo,
+        source,
+        input_fn,
+        variants=variants,
+        baselines=runs,
+        columns=read_cols,
+        feature_columns=feature_cols or (),
+        strategy=strategy,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        max_stack_rows=max_stack_rows,
+        on_batch=on_batch if segments is not None else None,
+    )
+    notes += collected.notes
+    if max_rows is not None and collected.n_rows >= max_rows:
+        notes.append(f"evaluated the first {collected.n_rows:,} rows (max_rows)")
+    t_eval = time.perf_counter()
+    ev = Evaluation(collected.labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci)
+    sparse = set(sparse_tasks(ev, sparse_threshold))
+
+    task_rows = []
+    for t in topo.tasks:
+        if ev.n_labelled(t.name) == 0:
+            continue
+        for metric in TASK_METRICS[t.kind]:
+            lo, hi = ev.interval(INTACT, t.name, metric)
+            task_rows.append(
+                {
+                    "task": t.name,
+                    "kind": t.kind,
+                    "n_labelled": ev.n_labelled(t.name),
+                    "positive_rate": ev.positive_rate(t.name),
+                    "sparse": t.name in sparse,
+                    "metric": metric,
+                    "value": ev.value(INTACT, t.name, metric),
+                    "lo": lo,
+                    "hi": hi,
+                }
+            )
+    abl = ablation_table(ev, abl_variants) if abl_variants else pd.DataFrame(columns=ABLATION_COLUMNS)
+    cfs = (
+        counterfactual_table(ev, cf_variants) if cf_variants else pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS)
+    )
+    sparse_tab = pd.DataFrame(columns=SPARSE_COLUMNS)
+    base_tab = pd.DataFrame(columns=BASELINE_COLUMNS)
+    if "gains" in analyses:
+        means_seen = {g: collected.mean_gate(g) for g in collected.gate_sums if collected.gate_rows[g]}
+        sparse_tab = sparse_gain_table(ev, topo, means_seen, abl, cfs, sparse_threshold)
+        base_tab = baseline_gain_table(ev, [r.name for r in runs], sparse_threshold)
+        if not sparse:
+            notes.append(f"no binary task has a positive rate below {sparse_threshold:g}: no sparse task")
+    if "ablation" not in analyses:
+        abl = pd.DataFrame(columns=ABLATION_COLUMNS)
+    if "counterfactuals" not in analyses:
+        cfs = pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS)
+    seg_tab = segments.table(max_segments) if segments is not None else pd.DataFrame(columns=SEGMENT_COLUMNS)
+    if segments is not None and segments.overflowed:
+        notes.append(
+            f"column {segment_by!r} has more than {max_tracked_segments:,} distinct values; later new values "
+            "were summed into 'other'"
+        )
+
+    pred_cols: dict[str, np.ndarray] = {"row": collected.row_index}
+    for j, t in enumerate(topo.tasks):
+        pred_cols[f"label:{t.name}"] = collected.labels[:, j]
+        pred_cols[f"model:{t.name}"] = collected.preds[INTACT][:, j]
+        for r in runs:
+            col = collected.preds[("baseline", r.name)][:, j]
+            if np.isfinite(col).any():
+                pred_cols[f"{r.name}:{t.name}"] = col
+    return CausalResult(
+        topology=topo,
+        task_metrics=pd.DataFrame(task_rows, columns=TASK_COLUMNS),
+        ablation=abl,
+        counterfactuals=cfs,
+        sparse_gains=sparse_tab,
+        baseline_gains=base_tab,
+        segments=seg_tab,
+        predictions=pd.DataFrame(pred_cols),
+        n_rows=collected.n_rows,
+        notes=list(dict.fromkeys(notes)),
+        meta={
+            "data": source.name,
+            "strategy": collected.strategy,
+            "forwards": collected.forwards,
+            "cached_calls": collected.cached_calls,
+            "collect_seconds": collected.seconds,
+            "evaluate_seconds": time.perf_counter() - t_eval,
+            "seconds": time.perf_counter() - started,
+            "n_boot": n_boot,
+            "ci": ci,
+            "seed": seed,
+            "max_rows": max_rows,
+            "batch_size": batch_size,
+            "mean_gate_rows": mean_gate_rows,
+            "sparse_threshold": sparse_threshold,
+            "variants": len(variants),
+        },
+    )
+
+
+def _example(source: TableSource, input_fn: InputFn, feature_cols: list[str] | None) -> Any:
+    for frame in source.iter_frames(64, feature_cols, max_rows=64):
+        if feature_cols:
+            check_features(frame, feature_cols, source.name)
+        return input_fn(frame)
+    raise DataError(f"{source.name} has no rows")
