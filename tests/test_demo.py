@@ -14,6 +14,8 @@ def test_run_demo_is_deterministic_and_keeps_global_rng(tmp_path) -> None:
     assert torch.equal(torch.random.get_rng_state(), state)
     torch.rand(7)  # whatever the caller does with the global RNG in between must not matter
     b = run_demo(tmp_path / "b", n_rows=3000, architectures=("omoe", "mmoe"), epochs=1)
-    assert list(a.metrics["model"]) == ["omoe", "mmoe"]
+    assert list(a.metrics["model"]) == ["omoe", "mmoe", "purchase_only"]
     assert a.metrics.equals(b.metrics)
-    assert set(a.checkpoints) == {"omoe", "mmoe"}
+    assert set(a.checkpoints) == {"omoe", "mmoe", "purchase_only"}
+    single = a.metrics.set_index("model").loc["purchase_only"]
+    assert single.isna()["click auc"] and 0.0 < single["purchase auc"] <= 1.0  # predicts purchase only
