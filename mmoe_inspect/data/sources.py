@@ -190,7 +190,8 @@ class TableSource:
         for f in self._files():
             pf = _parquet_file(f)
             if cols is not None:
-                lacking = [c for c in cols if c not in pf.schema_arrow.names]
+                names = set(pf.schema_arrow.names)
+                lacking = [c for c in cols if c not in names]
                 if lacking:
                     raise MissingColumnError(
                         f"{f} lacks column(s) {lacking} that other data files have", lacking
