@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "fit": "train",
     "evaluate": "train",
     "run_demo": "demo",
+    "run_attribution": "attribution",
+    "AttributionResult": "attribution",
     "run_causal": "causal",
     "CausalResult": "causal",
     "load_model": "loading",

@@ -1,0 +1,506 @@
+"""`run_attribution`: which input features drive each gate, each expert and each task, within a time budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mmoe_inspect.attribution._inputs import (
+    AttributionError,
+    EmbeddingCall,
+    InputLayer,
+    build_input_layer,
+    probe_embeddings,
+)
+from mmoe_inspect.attribution._methods import (
+    Forward,
+    TargetAttribution,
+    ablation,
+    dense_baselines,
+    integrated_gradients,
+    reference_value,
+)
+from mmoe_inspect.attribution._targets import TARGET_GROUPS, AttributionSession, Target, list_targets
+from mmoe_inspect.attribution.result import (
+    AGREEMENT_COLUMNS,
+    CONVERGENCE_COLUMNS,
+    EXPERT_COLUMNS,
+    GATE_COLUMNS,
+    GATE_FEATURE_COLUMNS,
+    TASK_COLUMNS,
+    AttributionResult,
+)
+from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.data.sources import TableSource, check_features, require_columns
+from mmoe_inspect.loading.inputs import InputColumn
+from mmoe_inspect.recording.recorder import model_mode
+from mmoe_inspect.topology.spec import Topology
+
+InputFn = Callable[[pd.DataFrame], Any]
+Baseline = Literal["default", "zero", "mean"]
+Method = Literal["auto", "integrated_gradients", "ablation"]
+BASELINES: tuple[str, ...] = ("default", "zero", "mean")
+METHODS: tuple[str, ...] = ("auto", "integrated_gradients", "ablation")
+TARGETS: tuple[str, ...] = tuple(TARGET_GROUPS)
+DELTA_FLOOR = 1e-3
+"""Smallest denominator of the relative convergence delta (outputs that barely move are not flagged)."""
+TOP_K = 3
+"""Top features compared between a gate and its task in `gate_task_agreement`."""
+
+
+def run_attribution(
+    model: nn.Module,
+    data: pd.DataFrame | str | Path | TableSource,
+    *,
+    topology: Topology | str | Path | None = None,
+    input_fn: InputFn | None = None,
+    features: Sequence[str] | FeatureSpec | None = None,
+    tasks: Sequence[str] | None = None,
+    sample_rows: int = 256,
+    n_steps: int = 16,
+    budget_seconds: float | None = 30.0,
+    seed: int = 0,
+    targets: Sequence[str] = TARGETS,
+    baseline: Baseline = "default",
+    method: Method = "auto",
+    delta_tolerance: float = 0.05,
+    max_scan_rows: int | None = 1_000_000,
+) -> AttributionResult:
+    """Attribute every gate weight, expert output norm and task prediction of `model` to its input features.
+
+    Rows: a uniform sample of `sample_rows` rows (seeded by `seed`) from the first `max_scan_rows`
+    rows of `data`. Inputs, topology and feature names resolve as in `inspect()`: `input_fn` turns
+    rows into model input (default: the reference model's own); `features` names the data columns
+    in input order (else `input_fn.names`, else the model's `FeatureSpec`); `topology` or discovery
+    (`tasks` names the outputs). Tables use these names: the dataset's own column names.
+
+    Method (`method="auto"`): Integrated Gradients (Captum, `n_steps` Gauss-Legendre steps) with dense
+    features attributed in the input and categorical ones at their embedding outputs (summed over
+    the embedding dims); if some id feature reaches no embedding module, FeatureAblation of every
+    feature instead (`method` forces either). Baselines (`baseline`): "default" = zeros for dense
+    features (the mean of a standardized column) and the mean embedding of the sampled rows for
+    categorical ones; "zero" = zeros for both; "mean" = the sample mean for both. Ablation sets an id
+    feature to its most frequent value in the sample and a dense one to zero ("mean": its mean).
+
+    `targets` orders the work ("gates", "experts", "tasks"); one target at a time runs until
+    `budget_seconds` (None = no limit; counted from the call, data reading included) would be
+    exceeded, and the rest is listed in `result.skipped`. Convergence deltas above
+    `delta_tolerance` × the attribution sum are flagged. The model is left exactly as found
+    (modes restored, hooks removed, parameters and their `.grad` untouched), also when a forward raises.
+
+    Examples::
+
+        >>> res = run_attribution(mmoe, "eval.parquet", budget_seconds=30)
+        >>> res.gate_attributions      # gate, task, level, expert, feature, mean_abs, mean_signed, share
+        >>> res.top_features("purchase")   # ['price', 'user_id', ...]
+    """
+    started = time.perf_counter()
+    _validate(sample_rows, n_steps, budget_seconds, targets, baseline, method, delta_tolerance)
+    from mmoe_inspect.inspector import resolve_topology
+
+    source = TableSource.of(data)
+    fn, columns = _resolve_inputs(model, input_fn, features)
+    read = [c.name for c in columns] if columns is not None else None
+    if read:
+        require_columns(source, read)
+    frame = sample_frame(source, read, sample_rows, seed, max_scan_rows)
+    if read:
+        check_features(frame, read, source.name)
+    topo = resolve_topology(model, topology, example=lambda: fn(frame.iloc[:64]), tasks=tasks)
+    groups = list(dict.fromkeys(targets))
+    work, notes = list_targets(model, topo, groups)
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode(False):
+        x = _to_device(fn(frame), device)
+        if columns is None:
+            columns = _columns_of(x)
+        calls: list[EmbeddingCall] = []
+        with torch.no_grad(), model_mode(model, training=False), probe_embeddings(model, calls):
+            model(x)
+        layer = build_input_layer(x, columns, calls)
+        if layer.rows != len(frame):
+            raise AttributionError(f"input_fn returned {layer.rows} rows for {len(frame)} data rows")
+        notes += layer.notes
+        used = _method(layer, method, notes)
+        outcome, skipped, per_call = _attribute(
+            model, layer, x, calls, work, used, baseline, n_steps, budget_seconds, started
+        )
+    if skipped:
+        notes.append(
+            f"time budget of {budget_seconds:g}s reached: covered {len(outcome)} of {len(work)} targets; "
+            f"skipped {', '.join(skipped)} (raise budget_seconds or lower sample_rows / n_steps)"
+        )
+    shown = layer.features if used == "ablation" else layer.attributed
+    result = _tables(topo, outcome, layer, shown, used, n_steps, delta_tolerance, notes)
+    result.rows = frame.index.to_numpy()
+    result.skipped = skipped
+    result.topology = topo
+    result.meta = {
+        "method": used,
+        "n_rows": len(frame),
+        "n_steps": n_steps if used == "integrated_gradients" else None,
+        "baseline": baseline,
+        "budget_seconds": budget_seconds,
+        "seconds": time.perf_counter() - started,
+        "seconds_per_output": per_call,
+        "input": layer.layout.name,
+        "dense_features": [s.feature for s in layer.dense],
+        "embedding_features": [f"{s.feature}@{s.module}[{s.call}]" for s in layer.embeddings],
+        "unreached_features": list(layer.unreached),
+        "seed": seed,
+    }
+    return result
+
+
+# ----------------------------------------------------------------------------------------- steps
+def _validate(
+    sample_rows: int,
+    n_steps: int,
+    budget: float | None,
+    targets: Sequence[str],
+    baseline: str,
+    method: str,
+    tolerance: float,
+) -> None:
+    if sample_rows < 1:
+        raise ValueError(f"sample_rows must be positive, got {sample_rows}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be positive, got {n_steps}")
+    if budget is not None and budget < 0:
+        raise ValueError(f"budget_seconds must be >= 0 or None, got {budget}")
+    if isinstance(targets, str) or not targets or any(t not in TARGETS for t in targets):
+        raise ValueError(f"targets must be a non-empty list among {', '.join(TARGETS)}, not {targets!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, not {baseline!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if not tolerance > 0:
+        raise ValueError(f"delta_tolerance must be positive, got {tolerance}")
+
+
+def _resolve_inputs(
+    model: nn.Module, input_fn: InputFn | None, features: Sequence[str] | FeatureSpec | None
+) -> tuple[InputFn, list[InputColumn] | None]:
+    """The row → input function and the feature columns in input order (None: read from the input)."""
+    from mmoe_inspect.inspector import default_input_fn
+
+    if input_fn is None:
+        fn, spec = default_input_fn(model, features if isinstance(features, FeatureSpec) else None)
+        if spec is None:  # pragma: no cover - default_input_fn raises without a spec
+            raise AttributionError("no feature spec for the model's input")
+        if (
+            features is not None
+            and not isinstance(features, FeatureSpec)
+            and set(features) != set(spec.names)
+        ):
+            raise AttributionError(
+                f"features {list(features)} are not the model's own {list(spec.names)}; pass input_fn= to "
+                "feed the model from other columns"
+            )
+        return fn, _spec_columns(spec)
+    if isinstance(features, FeatureSpec):
+        return input_fn, _spec_columns(features)
+    known = {c.name: c for c in getattr(input_fn, "columns", ()) if isinstance(c, InputColumn)}
+    if features is not None:
+        return input_fn, [known.get(n, InputColumn(n)) for n in features]
+    if known:
+        return input_fn, list(known.values())
+    names = getattr(input_fn, "names", None)
+    return input_fn, [InputColumn(n) for n in names] if names else None
+
+
+def _spec_columns(spec: FeatureSpec) -> list[InputColumn]:
+    return [InputColumn(n, "float32") for n in spec.dense] + [
+        InputColumn(c.name, "int64", 1, c.cardinality) for c in spec.categorical
+    ]
+
+
+def _columns_of(x: Any) -> list[InputColumn]:
+    """Feature columns read off the input: dict keys (`key[i]` per column of a `[batch, w]` entry), or
+    `x0..x{D-1}` for a `[batch, D]` tensor."""
+    if isinstance(x, dict):
+        out = []
+        for k, v in x.items():
+            if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] > 1:
+                out += [InputColumn(f"{k}[{i}]") for i in range(v.shape[1])]
+            else:
+                out.append(InputColumn(str(k), None, None))
+        return out
+    if isinstance(x, torch.Tensor) and x.dim() == 2:
+        return [InputColumn(f"x{i}") for i in range(x.shape[1])]
+    raise AttributionError(f"cannot name the features of a {type(x).__name__} input: pass features=[...]")
+
+
+def sample_frame(
+    source: TableSource, columns: Sequence[str] | None, n: int, seed: int, max_scan_rows: int | None
+) -> pd.DataFrame:
+    """A uniform sample of `n` rows of the first `max_scan_rows` (index = row position, sorted).
+
+    Every row draws a seeded random key; the `n` smallest keys are kept while streaming.
+    """
+    rng = np.random.default_rng(seed)
+    kept: pd.DataFrame | None = None
+    keys = np.empty(0)
+    for chunk in source.iter_frames(8192, columns, max_scan_rows):
+        frame = chunk if kept is None else pd.concat([kept, chunk])
+        keys = np.concatenate([keys, rng.random(len(chunk))])
+        if len(frame) > n:
+            best = np.argpartition(keys, n)[:n]
+            frame, keys = frame.iloc[best], keys[best]
+        kept = frame
+    assert kept is not None  # iter_frames raises on an empty source
+    return kept.sort_index()
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x
+
+
+def _method(layer: InputLayer, method: str, notes: list[str]) -> str:
+    if not layer.features:
+        raise AttributionError("the model input has no features to attribute")
+    if method == "ablation":
+        return "ablation"
+    if layer.unreached:
+        if method == "auto":
+            notes.append(
+                f"feature(s) {list(layer.unreached)} are ids that no embedding module reads (not differentiable): "
+                "attributed every feature by FeatureAblation instead of Integrated Gradients"
+            )
+            return "ablation"
+        notes.append(
+            f"feature(s) {list(layer.unreached)} are ids that no embedding module reads: held at their values "
+            "and left out of the tables (method='ablation' attributes them)"
+        )
+    if not layer.part_features:
+        raise AttributionError(
+            "no input feature is differentiable or read by an embedding; use method='ablation'"
+        )
+    return "integrated_gradients"
+
+
+def _attribute(
+    model: nn.Module,
+    layer: InputLayer,
+    x: Any,
+    calls: Sequence[EmbeddingCall],
+    work: Sequence[Target],
+    used: str,
+    baseline: str,
+    n_steps: int,
+    budget: float | None,
+    started: float,
+) -> tuple[dict[str, tuple[Target, TargetAttribution]], list[str], float | None]:
+    """Run the method target by target until the budget would be exceeded; returns done, skipped, s/output."""
+    rows = layer.rows
+    if used == "integrated_gradients":
+        parts = layer.parts(x, calls)
+        n_dense = len(layer.dense)
+        base = dense_baselines(parts[:n_dense], baseline == "mean") + dense_baselines(
+            parts[n_dense:], baseline != "zero"
+        )
+    else:
+        raw = layer.raw(x)
+        ref = tuple(
+            reference_value(c, f in layer.ids, baseline == "mean")
+            for f, c in zip(layer.features, raw, strict=True)
+        )
+    done: dict[str, tuple[Target, TargetAttribution]] = {}
+    per_output: float | None = None
+    spent, outputs = 0.0, 0
+    with AttributionSession(model, layer, work) as session:
+        fwd = Forward(session, layer, x, rows)
+        for i, target in enumerate(work):
+            now = time.perf_counter()
+            if budget is not None:
+                estimate = per_output * len(target.outputs) if per_output is not None else 0.0
+                if now - started + estimate > budget:
+                    return done, [t.key for t in work[i:]], per_output
+            if used == "integrated_gradients":
+                res = integrated_gradients(fwd, target, parts, base, n_steps)
+            else:
+                res = ablation(fwd, target, raw, ref)
+            spent += time.perf_counter() - now
+            outputs += len(target.outputs)
+            per_output = spent / outputs
+            done[target.key] = (target, res)
+    return done, [], per_output
+
+
+# ----------------------------------------------------------------------------------------- tables
+def _tables(
+    topo: Topology,
+    outcome: dict[str, tuple[Target, TargetAttribution]],
+    layer: InputLayer,
+    shown: Sequence[str],
+    used: str,
+    n_steps: int,
+    tolerance: float,
+    notes: list[str],
+) -> AttributionResult:
+    cols = [layer.features.index(f) for f in shown]
+    gate_rows, gate_feat_rows, expert_rows, task_rows, conv_rows = [], [], [], [], []
+    per_row: dict[str, np.ndarray] = {}
+    for key, (t, res) in outcome.items():
+        values = res.values[:, :, cols]
+        per_row[key] = values.astype(np.float32)
+        mean_abs = np.abs(values).mean(axis=0)  # [K, F]
+        mean_signed = values.mean(axis=0)
+        share = _share(mean_abs)
+        for k, output in enumerate(t.outputs):
+            for j, f in enumerate(shown):
+                stats = {
+                    "feature": f,
+                    "mean_abs": mean_abs[k, j],
+                    "mean_signed": mean_signed[k, j],
+                    "share": share[k, j],
+                }
+                if t.gate is not None:
+                    gate_rows.append(
+                        {
+                            "gate": t.name,
+                            "task": t.gate.task,
+                            "level": t.gate.level,
+                            "expert": output,
+                            **stats,
+                        }
+                    )
+                elif t.expert is not None:
+                    expert_rows.append({"expert": t.name, "owner": t.expert.owner, **stats})
+                else:
+                    task_rows.append({"task": t.name, **stats})
+            conv_rows.append(_convergence(t, output, res, k, used, n_steps, tolerance))
+        if t.gate is not None:
+            total = mean_abs.sum(axis=0)
+            share_g = _share(total[None, :])[0]
+            ranks = pd.Series(-total).rank(method="first").astype(int).to_numpy()
+            for j, f in enumerate(shown):
+                gate_feat_rows.append(
+                    {
+                        "gate": t.name,
+                        "task": t.gate.task,
+                        "level": t.gate.level,
+                        "feature": f,
+                        "mean_abs": total[j],
+                        "share": share_g[j],
+                        "rank": int(ranks[j]),
+                    }
+                )
+    gate_features = pd.DataFrame(gate_feat_rows, columns=GATE_FEATURE_COLUMNS)
+    if not gate_features.empty:
+        order = {g.name: i for i, g in enumerate(topo.gates)}
+        gate_features = gate_features.sort_values(
+            ["gate", "rank"], key=lambda s: s.map(order) if s.name == "gate" else s
+        ).reset_index(drop=True)
+    tasks_t = pd.DataFrame(task_rows, columns=TASK_COLUMNS)
+    convergence = pd.DataFrame(conv_rows, columns=CONVERGENCE_COLUMNS)
+    for kind, name in dict.fromkeys(
+        (k, n) for k, n in zip(convergence["kind"], convergence["target"], strict=True)
+    ):
+        rows = convergence[(convergence["kind"] == kind) & (convergence["target"] == name)]
+        if rows["flagged"].any():
+            worst = rows.loc[rows["relative_delta"].idxmax()]
+            notes.append(
+                f"{kind} {name!r}: Integrated Gradients' convergence delta is {worst['relative_delta']:.0%} of the "
+                f"attribution sum (output {worst['output']}); raise n_steps (now {n_steps}) before trusting it"
+            )
+    return AttributionResult(
+        gate_attributions=pd.DataFrame(gate_rows, columns=GATE_COLUMNS),
+        gate_features=gate_features,
+        expert_attributions=pd.DataFrame(expert_rows, columns=EXPERT_COLUMNS),
+        task_attributions=tasks_t,
+        gate_task_agreement=_agreement(topo, gate_features, tasks_t),
+        convergence=convergence,
+        features=tuple(shown),
+        rows=np.empty(0, dtype=np.int64),
+        covered=list(outcome),
+        notes=notes,
+        per_row=per_row,
+    )
+
+
+def _share(mean_abs: np.ndarray) -> np.ndarray:
+    """Each feature's part of its row's total (NaN where the total is 0)."""
+    total = mean_abs.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, mean_abs / np.where(total > 0, total, 1.0), np.nan)
+
+
+def _convergence(
+    t: Target, output: str, res: TargetAttribution, k: int, used: str, n_steps: int, tolerance: float
+) -> dict[str, Any]:
+    n = res.values.shape[0]
+    if used != "integrated_gradients":
+        nan = float("nan")
+        return dict(
+            zip(
+                CONVERGENCE_COLUMNS,
+                [t.kind, t.name, output, used, n, None, nan, nan, nan, nan, nan, False],
+                strict=True,
+            )
+        )
+    change = float(np.abs(res.change[:, k]).mean())
+    total = float(np.abs(res.values[:, k, :].sum(axis=1)).mean())
+    delta = np.abs(res.delta[:, k])
+    relative = float(delta.mean()) / max(total, change, DELTA_FLOOR)
+    return {
+        "kind": t.kind,
+        "target": t.name,
+        "output": output,
+        "method": used,
+        "n_rows": n,
+        "n_steps": n_steps,
+        "change_mean_abs": change,
+        "sum_mean_abs": total,
+        "delta_mean_abs": float(delta.mean()),
+        "delta_max_abs": float(delta.max()),
+        "relative_delta": relative,
+        "flagged": bool(relative > tolerance),
+    }
+
+
+def _agreement(topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataFrame) -> pd.DataFrame:
+    """Per task gate with both tables present: rank correlation of feature importance and top-feature overlap."""
+    rows = []
+    for g in topo.gates:
+        if g.task is None:
+            continue
+        gf = gate_features[gate_features["gate"] == g.name].set_index("feature")["mean_abs"]
+        tf = task_table[task_table["task"] == g.task].set_index("feature")["mean_abs"]
+        if gf.empty or tf.empty:
+            continue
+        tf = tf.reindex(gf.index)
+        k = min(TOP_K, len(gf))
+        gate_top = list(gf.sort_values(ascending=False, kind="stable").index[:k])
+        task_top = list(tf.sort_values(ascending=False, kind="stable").index[:k])
+        rows.append(
+            {
+                "gate": g.name,
+                "task": g.task,
+                "rank_correlation": _spearman(gf.to_numpy(), tf.to_numpy()),
+                "top_overlap": len(set(gate_top) & set(task_top)) / k,
+                "gate_top": ", ".join(gate_top),
+                "task_top": ", ".join(task_top),
+            }
+        )
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = pd.Series(a).rank().to_numpy()
+    rb = pd.Series(b).rank().to_numpy()
+    if len(a) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
