@@ -1,17 +1,37 @@
-"""Shared CLI plumbing: one-line errors with exit codes, `--debug` tracebacks, consoles."""
+"""Shared CLI plumbing: ONE definition of the loading and run options, exit codes, errors, progress bars.
+
+Every command that reads a checkpoint takes the same loading options, spelled the same way: they are
+the fields of `LoadOptions` (and `--quiet/--seed/--debug` those of `RunOptions`), and the `@command`
+decorator puts them into the command's signature. A command body receives them as one object:
+
+    @command
+    def check_command(checkpoint: CheckpointArg, *, load: LoadOptions, run: RunOptions) -> None: ...
+
+Exit codes: 0 fine; 1 a bug (or, for `check`, a finding listed in --fail-on); 2 bad input (one red
+line, no traceback unless --debug); 3 `report --fail-on` findings.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from mmoe_inspect.analysis.findings import Finding
+    from mmoe_inspect.inspector import InspectConfig
+    from mmoe_inspect.loading import LoadedModel
 
 T = TypeVar("T")
 
@@ -19,15 +39,20 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_INTERNAL = 1  # a bug: rerun with --debug and report it
-EXIT_BAD_INPUT = 2  # the checkpoint, data, spec or output folder cannot be used as given
+EXIT_CHECK_FAILED = 1  # `check`: a finding listed in --fail-on is present
+EXIT_BAD_INPUT = 2  # the checkpoint, data, spec, option or output folder cannot be used as given
 EXIT_NEEDS_INPUT = 2
-EXIT_FINDINGS = 3  # --fail-on: findings reached the requested severity
+EXIT_FINDINGS = 3  # `report --fail-on`: a listed finding is present
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-
 LOADING = "Loading the checkpoint"
 DATA = "Evaluation data"
+RUN = "Run"
+
+
+class OptionError(ValueError):
+    """A command-line option value that cannot be used (one red line, exit code 2)."""
 
 
 class InputKind(str, Enum):
@@ -35,14 +60,20 @@ class InputKind(str, Enum):
     tensor = "tensor"
 
 
+# ----------------------------------------------------------------------------- the options, defined once
 CheckpointArg = Annotated[
     Path,
     typer.Argument(
         resolve_path=True,
         show_default=False,
+        metavar="CHECKPOINT",
         help="Model checkpoint: an mmoe-inspect checkpoint, a state_dict or training dict (with --builder), "
         "or a torch.save(model) file (with --trust-checkpoint).",
     ),
+]
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option("--spec", exists=True, dir_okay=False, help="Topology spec (TOML) overriding discovery."),
 ]
 TrustOpt = Annotated[
     bool,
@@ -92,6 +123,24 @@ DataOpt = Annotated[
         rich_help_panel=DATA,
     ),
 ]
+TasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks",
+        metavar="A,B",
+        help="Names of the model's outputs, in order (for models that do not name them, e.g. torch-rechub).",
+        rich_help_panel=DATA,
+    ),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        metavar="TASK=COLUMN,...",
+        help="Label column per task (default: a column named like the task).",
+        rich_help_panel=DATA,
+    ),
+]
 InputOpt = Annotated[
     InputKind | None,
     typer.Option(
@@ -118,50 +167,206 @@ CollateOpt = Annotated[
         rich_help_panel=DATA,
     ),
 ]
-TasksOpt = Annotated[
-    str | None,
+LimitOpt = Annotated[
+    int | None,
     typer.Option(
-        "--tasks",
-        metavar="A,B",
-        help="Names of the model's outputs, in order (for models that do not name them, e.g. torch-rechub).",
+        "--limit", "--max-rows", min=1, help="Inspect at most this many rows.", rich_help_panel=DATA
+    ),
+]
+SampleOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--sample",
+        metavar="FRACTION",
+        help="Inspect this share of the rows, picked deterministically from --seed (before --limit).",
         rich_help_panel=DATA,
     ),
 ]
-LabelsOpt = Annotated[
-    str | None,
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Rows per forward pass.", rich_help_panel=DATA)
+]
+QuietOpt = Annotated[
+    bool,
     typer.Option(
-        "--labels",
-        metavar="TASK=COLUMN,...",
-        help="Label column per task (default: a column named like the task).",
-        rich_help_panel=DATA,
+        "--quiet", "-q", help="No progress bars or notes: results and errors only.", rich_help_panel=RUN
     ),
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed for row sampling, reservoirs and bootstrap resamples.", rich_help_panel=RUN
+    ),
+]
+DebugOpt = Annotated[
+    bool,
+    typer.Option("--debug", help="Show full tracebacks instead of one-line errors.", rich_help_panel=RUN),
 ]
 
 
-def load_for_cli(
-    checkpoint: Path,
-    trust: bool,
-    builder: str | None,
-    imports: list[str] | None,
-    model_code: Path | None,
-    device: str,
-):
-    """`mmoe_inspect.loading.load_model` with the CLI's flags; loading notes go to stderr."""
-    from mmoe_inspect.loading import load_model
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a checkpoint and read rows into it: the same flags for every command."""
 
-    loaded = load_model(
-        checkpoint,
-        trust=trust,
-        builder=builder,
-        imports=tuple(imports or ()),
-        model_code=model_code,
-        device=device,
-    )
-    for note in loaded.notes:
-        err.print(f"note: {escape(note)}")
-    return loaded
+    trust_checkpoint: TrustOpt = False
+    builder: BuilderOpt = None
+    imports: ImportOpt = None
+    model_code: ModelCodeOpt = None
+    device: DeviceOpt = "cpu"
+    data: DataOpt = None
+    tasks: TasksOpt = None
+    labels: LabelsOpt = None
+    input_kind: InputOpt = None
+    features: FeaturesOpt = None
+    collate: CollateOpt = None
+    limit: LimitOpt = None
+    sample: SampleOpt = None
+    batch_size: BatchSizeOpt = 4096
+
+    @property
+    def input(self) -> str | None:
+        return self.input_kind.value if self.input_kind is not None else None
+
+    def load(self, checkpoint: Path, *, quiet: bool = False) -> LoadedModel:
+        """`mmoe_inspect.loading.load_model` with these flags; loading notes go to stderr unless quiet."""
+        from mmoe_inspect.loading import load_model
+
+        loaded = load_model(
+            checkpoint,
+            trust=self.trust_checkpoint,
+            builder=self.builder,
+            imports=tuple(self.imports or ()),
+            model_code=self.model_code,
+            device=self.device,
+        )
+        if not quiet:
+            for note in loaded.notes:
+                err.print(f"note: {escape(note)}")
+        return loaded
+
+    def config(self, seed: int) -> InspectConfig:
+        from mmoe_inspect import InspectConfig
+
+        return InspectConfig(batch_size=self.batch_size, max_rows=self.limit, sample=self.sample, seed=seed)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """`--quiet`, `--seed`, `--debug`: the same on every command."""
+
+    quiet: QuietOpt = False
+    seed: SeedOpt = 0
+    debug: DebugOpt = False
+
+
+_GROUPS = {"load": LoadOptions, "run": RunOptions}
+
+
+def _parameters(cls: type) -> list[inspect.Parameter]:
+    hints = get_type_hints(cls, include_extras=True)
+    return [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=f.default)
+        for f in fields(cls)
+    ]
+
+
+def command(fn: Callable[..., T]) -> Callable[..., T]:
+    """Expand `load: LoadOptions` / `run: RunOptions` parameters of `fn` into the shared CLI options.
+
+    Typer reads the signature of the returned function (the command's own parameters, then every
+    field of each group as an option); the body gets the groups back as objects.
+    """
+    sig = inspect.signature(fn, eval_str=True)
+    groups = {name: cls for name, cls in _GROUPS.items() if name in sig.parameters}
+    own = [p for p in sig.parameters.values() if p.name not in groups]
+    added = [p for cls in groups.values() for p in _parameters(cls)]
+    clash = {p.name for p in own} & {p.name for p in added}
+    if clash:
+        raise TypeError(f"{fn.__name__}: parameters {sorted(clash)} clash with the shared options")
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> T:
+        for name, cls in groups.items():
+            kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in fields(cls)})
+        return fn(**kwargs)
+
+    new = sig.replace(parameters=[*own, *added])
+    wrapper.__signature__ = new  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in new.parameters.values()}
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- --fail-on
+FINDING_CODES: dict[str, str] = {
+    "collapsed_gate": "critical",
+    "tasks_route_identically": "critical",
+    "nonfinite_gate": "critical",
+    "uniform_gate": "warning",
+    "input_independent_gate": "warning",
+    "polarized_gate": "warning",
+    "dead_expert": "warning",
+    "inactive_expert": "warning",
+    "redundant_experts": "warning",
+    "shared_expert_single_task": "warning",
+    "sparse_task_ignores_own_experts": "warning",
+    "gate_not_normalized": "warning",
+    "tasks_route_similarly": "info",
+}
+"""Every finding code the diagnosis emits, with its severity (README "Findings")."""
+
+SEVERITIES = ("critical", "warning", "info")
+FAIL_ON_HELP = (
+    "Comma-separated finding codes (collapsed_gate, dead-expert, ...; a unique prefix is enough) and/or "
+    "severities (critical, warning, info = that severity or worse), or 'never'."
+)
+
+
+@dataclass(frozen=True)
+class FailRule:
+    """Which findings fail a run: any at `severity` or worse, or any whose code is in `codes`."""
+
+    severity: str | None
+    codes: frozenset[str]
+
+    def failing(self, findings: Iterable[Finding]) -> list[Finding]:
+        rank = {s: i for i, s in enumerate(SEVERITIES)}
+        limit = rank[self.severity] if self.severity is not None else -1
+        return [f for f in findings if f.code in self.codes or rank.get(f.severity, 9) <= limit]
+
+    def describe(self) -> str:
+        parts = [f"{self.severity} or worse"] if self.severity is not None else []
+        parts += sorted(self.codes)
+        return ", ".join(parts) if parts else "never"
+
+
+def parse_fail_on(text: str) -> FailRule:
+    """`"warning"`, `"critical,dead_expert"`, `"collapsed,dead-expert"`, `"never"` → a `FailRule`."""
+    tokens = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise OptionError("--fail-on needs finding codes, a severity or 'never'")
+    if tokens in (["never"], ["none"]):
+        return FailRule(None, frozenset())
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    severity: str | None = None
+    codes: set[str] = set()
+    for tok in tokens:
+        if tok in rank:
+            severity = tok if severity is None or rank[tok] > rank[severity] else severity
+            continue
+        if tok in FINDING_CODES:
+            codes.add(tok)
+            continue
+        hits = [c for c in FINDING_CODES if c.startswith(tok)]
+        if len(hits) == 1:
+            codes.add(hits[0])
+            continue
+        near = difflib.get_close_matches(tok, [*FINDING_CODES, *SEVERITIES, "never"], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        which = f"matches {', '.join(hits)}" if hits else "is not a finding code or severity"
+        raise OptionError(f"--fail-on {tok!r} {which}{hint}; codes: {', '.join(FINDING_CODES)}")
+    return FailRule(severity, frozenset(codes))
+
+
+# ----------------------------------------------------------------------------- errors
 def version_callback(value: bool) -> None:
     if value:
         from mmoe_inspect import __version__
@@ -182,16 +387,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mmoe_inspect.checkpoint import CheckpointError
     from mmoe_inspect.data.sources import DataError
     from mmoe_inspect.recording.recorder import RecordingError
+    from mmoe_inspect.reports import ReportError
     from mmoe_inspect.topology.spec import TopologyError
 
-    errors: list[type[BaseException]] = [CheckpointError, DataError, RecordingError, TopologyError]
-    try:
-        from mmoe_inspect.reports import ReportError
-
-        errors.append(ReportError)
-    except ImportError:  # pragma: no cover - reports always ships with the package
-        pass
-    return tuple(errors)
+    return (CheckpointError, DataError, RecordingError, TopologyError, ReportError, OptionError)
 
 
 @contextmanager
@@ -217,6 +416,6 @@ def guarded(debug: bool) -> Iterator[None]:
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
-def run(debug: bool, fn: Callable[[], T]) -> T:
-    with guarded(debug):
-        return fn()
+def print_findings(findings: Iterable[Finding]) -> None:
+    for f in findings:
+        out.print(f"  {f.severity:<8} {escape(f.title)}: {escape(f.subject)}")

@@ -1,4 +1,7 @@
-"""The `mmoe-inspect` command line: thin Typer commands over the library's Python API."""
+"""The `mmoe-inspect` command line: thin Typer commands over the library's Python API.
+
+Every command takes the same loading options (see `_common.LoadOptions`) and `--quiet/--seed/--debug`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,19 @@ from typing import Annotated
 
 import typer
 
-from . import demo, report, topology
+from . import check, demo, diff, report, summary, topology
 from ._common import version_callback
 
 app = typer.Typer(
     name="mmoe-inspect",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode="rich",
     help="Gate analysis for multi-task Mixture-of-Experts models: do the experts serve different tasks?",
+    epilog="Start with [bold]mmoe-inspect demo --out mmoe-demo[/bold], then "
+    "[bold]mmoe-inspect COMMAND --help[/bold] for examples. Every command reading a checkpoint takes the same "
+    "loading options. Exit codes: 0 fine; 1 a bug (for check: a --fail-on finding); 2 bad input; "
+    "3 report --fail-on.",
 )
 
 
@@ -26,9 +34,15 @@ def _root(
     """Inspect the gates of MMoE / OMoE / PLE models (and say so plainly for Shared-Bottom)."""
 
 
-app.command("demo")(demo.demo_command)
-app.command("report")(report.report_command)
-app.command("topology")(topology.topology_command)
+for _name, _module, _fn in (
+    ("report", report, report.report_command),
+    ("check", check, check.check_command),
+    ("summary", summary, summary.summary_command),
+    ("diff", diff, diff.diff_command),
+    ("topology", topology, topology.topology_command),
+    ("demo", demo, demo.demo_command),
+):
+    app.command(_name, epilog=_module.EPILOG, no_args_is_help=_name != "demo")(_fn)
 
 
 def main() -> None:

@@ -2,119 +2,124 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ._common import (
-    DATA,
     EXIT_FINDINGS,
-    EXIT_NEEDS_INPUT,
-    BuilderOpt,
+    FAIL_ON_HELP,
     CheckpointArg,
-    CollateOpt,
-    DataOpt,
-    DeviceOpt,
-    FeaturesOpt,
-    ImportOpt,
-    InputOpt,
-    LabelsOpt,
-    ModelCodeOpt,
-    TasksOpt,
-    TrustOpt,
+    LoadOptions,
+    OptionError,
+    RunOptions,
+    SpecOpt,
+    command,
     err,
     guarded,
-    load_for_cli,
     out,
+    parse_fail_on,
+    print_findings,
 )
+from ._pipeline import CausalRequest, inspect_checkpoint, parse_baselines
+
+CAUSAL = "Causal analyses"
+
+EPILOG = """\
+[bold]Examples[/bold]
+
+  mmoe-inspect report mmoe-demo/checkpoints/mmoe.pt --out mmoe-report
+
+  mmoe-inspect report model.pt --trust-checkpoint --data eval.parquet \\
+    --tasks click,purchase --baseline sb=shared_bottom.pt --segment-by device
+
+  mmoe-inspect report model.pt --data eval.parquet --fail-on critical
+
+Writes OUT/index.html, OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
+"""
 
 
-class FailOn(str, Enum):
-    never = "never"
-    warning = "warning"
-    critical = "critical"
-
-
+@command
 def report_command(
     checkpoint: CheckpointArg,
-    data: DataOpt = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder to write.")] = Path("mmoe-report"),
-    spec: Annotated[
-        Path | None,
+    spec: SpecOpt = None,
+    baseline: Annotated[
+        list[str] | None,
         typer.Option(
-            "--spec", exists=True, dir_okay=False, help="Topology spec (TOML) overriding discovery."
+            "--baseline",
+            metavar="NAME=PATH",
+            help="A model to measure the multi-task gain against (repeatable), e.g. a single-task or "
+            "Shared-Bottom model trained on the same data; loaded with the same loading options.",
+            rich_help_panel=CAUSAL,
         ),
     ] = None,
-    trust_checkpoint: TrustOpt = False,
-    builder: BuilderOpt = None,
-    imports: ImportOpt = None,
-    model_code: ModelCodeOpt = None,
-    device: DeviceOpt = "cpu",
-    tasks: TasksOpt = None,
-    labels: LabelsOpt = None,
-    input_kind: InputOpt = None,
-    features: FeaturesOpt = None,
-    collate: CollateOpt = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Rows per forward pass.", rich_help_panel=DATA)
-    ] = 4096,
-    limit: Annotated[
-        int | None,
+    segment_by: Annotated[
+        str | None,
         typer.Option(
-            "--limit", "--max-rows", min=1, help="Inspect at most this many rows.", rich_help_panel=DATA
+            "--segment-by",
+            metavar="COLUMN",
+            help="Data column whose values are segments: the report shows how each segment is routed.",
+            rich_help_panel=CAUSAL,
         ),
     ] = None,
-    sample: Annotated[
-        float | None,
+    no_causal: Annotated[
+        bool,
         typer.Option(
-            "--sample",
-            metavar="FRACTION",
-            help="Inspect this share of the rows, picked deterministically (before --limit).",
-            rich_help_panel=DATA,
+            "--no-causal",
+            help="Skip the causal analyses (expert ablation, gate counterfactuals, gains, segments). They run "
+            "by default when the data has label columns, on at most 200,000 rows.",
+            rich_help_panel=CAUSAL,
         ),
-    ] = None,
+    ] = False,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            "--bootstrap",
+            metavar="N",
+            min=0,
+            help="Bootstrap resamples for the confidence intervals of the causal analyses (0 = none).",
+            rich_help_panel=CAUSAL,
+        ),
+    ] = 200,
     fail_on: Annotated[
-        FailOn, typer.Option(help="Exit with code 3 when findings reach this severity (for CI gates).")
-    ] = FailOn.never,
-    force: Annotated[bool, typer.Option(help="Overwrite a non-report folder at --out.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
+        str,
+        typer.Option(
+            "--fail-on",
+            metavar="FINDINGS",
+            help=f"Exit with code 3 (after writing the report) when a finding matches. {FAIL_ON_HELP} "
+            "Same rules as `check --fail-on`, which exits 1 instead and defaults to warning.",
+        ),
+    ] = "never",
+    force: Annotated[bool, typer.Option(help="Write into a non-empty folder that is not a report.")] = False,
+    *,
+    load: LoadOptions,
+    run: RunOptions,
 ) -> None:
-    """Hook into a trained model, stream data through it, and write index.html, figures, metrics.json.
+    """Inspect a model's gates on data and write index.html, an overview slide, figures and metrics.json.
 
     Nothing is written unless the checkpoint loads and every row inspects cleanly.
     """
-    with guarded(debug):
-        from mmoe_inspect import InspectConfig
+    with guarded(run.debug):
+        rule = parse_fail_on(fail_on)
+        baselines = parse_baselines(baseline)
+        if no_causal and (baselines or segment_by):
+            raise OptionError("--baseline and --segment-by need the causal analyses: drop --no-causal")
         from mmoe_inspect.reports import write_report
 
-        loaded = load_for_cli(checkpoint, trust_checkpoint, builder, imports, model_code, device)
-        if data is None and loaded.eval_frame is None and loaded.checkpoint is not None:
-            from mmoe_inspect.inspector import resolve_topology
-
-            topo = resolve_topology(loaded.model, spec)
-            err.print(f"model {type(loaded.model).__name__}\n{topo.describe()}", markup=False)
-            err.print("[red]error:[/red] this checkpoint stores no evaluation rows: pass --data FILE.parquet")
-            raise typer.Exit(EXIT_NEEDS_INPUT)
-        result = loaded.inspect(
-            data,
-            tasks=tasks,
-            labels=labels,
-            input=input_kind.value if input_kind is not None else None,
-            features=features,
-            collate=collate,
-            topology=spec,
-            config=InspectConfig(batch_size=batch_size, max_rows=limit, sample=sample),
-            model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
-        )
+        request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
+        result = inspect_checkpoint(checkpoint, load, run, spec=spec, causal=request)
+        if no_causal:
+            result.meta["causal_skipped"] = "turned off (--no-causal)"
+        elif result.causal is None and (baselines or segment_by) and not run.quiet:
+            reason = result.meta.get("causal_skipped", "")
+            err.print(f"note: --baseline/--segment-by not used, no causal analyses: {escape(str(reason))}")
         index = write_report(result, out_dir, force=force)
-    out.print(f"[bold]{result.verdict}[/bold]")
-    for f in result.findings:
-        out.print(f"  {f.severity:<8} {f.title}: {f.subject}")
-    out.print(f"report: {index}")
-    worst = result.worst_severity()
-    if (fail_on is FailOn.critical and worst == "critical") or (
-        fail_on is FailOn.warning and worst in ("critical", "warning")
-    ):
+    out.print(f"[bold]{escape(result.verdict)}[/bold]")
+    print_findings(result.findings)
+    out.print(f"report:   {index}")
+    out.print(f"overview: {index.parent / 'overview.png'}")
+    if rule.failing(result.findings):
         raise typer.Exit(EXIT_FINDINGS)

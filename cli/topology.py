@@ -9,24 +9,29 @@ import typer
 
 from ._common import (
     EXIT_BAD_INPUT,
-    BuilderOpt,
     CheckpointArg,
-    CollateOpt,
-    DataOpt,
-    DeviceOpt,
-    FeaturesOpt,
-    ImportOpt,
-    InputOpt,
-    ModelCodeOpt,
-    TasksOpt,
-    TrustOpt,
+    LoadOptions,
+    RunOptions,
+    command,
     err,
     guarded,
-    load_for_cli,
     out,
 )
 
+EPILOG = """\
+[bold]Examples[/bold]
 
+  mmoe-inspect topology mmoe-demo/checkpoints/ple.pt --write ple.toml
+
+  mmoe-inspect topology rechub.pt --trust-checkpoint --data eval.parquet --tasks a,b
+
+  mmoe-inspect topology mmoe-demo/checkpoints/mmoe.pt --discover
+
+Edit the written spec and pass it back with `report --spec ple.toml`.
+"""
+
+
+@command
 def topology_command(
     checkpoint: CheckpointArg,
     write: Annotated[
@@ -35,36 +40,29 @@ def topology_command(
     discover: Annotated[
         bool, typer.Option(help="Ignore the model's own declaration and run automatic discovery.")
     ] = False,
-    data: DataOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    builder: BuilderOpt = None,
-    imports: ImportOpt = None,
-    model_code: ModelCodeOpt = None,
-    device: DeviceOpt = "cpu",
-    tasks: TasksOpt = None,
-    input_kind: InputOpt = None,
-    features: FeaturesOpt = None,
-    collate: CollateOpt = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing spec file.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
+    *,
+    load: LoadOptions,
+    run: RunOptions,
 ) -> None:
     """Show which modules are gates (over which experts, for which task) and how sure discovery is.
 
     Models that declare no topology (torch-rechub, DeepCTR-Torch, your own) are discovered on the
     first rows of --data (or of the rows stored in the checkpoint).
     """
-    with guarded(debug):
+    with guarded(run.debug):
         if write is not None and write.exists() and not force:
             err.print(f"[red]error:[/red] {write} exists; pass --force to overwrite it")
             raise typer.Exit(EXIT_BAD_INPUT)
-        loaded = load_for_cli(checkpoint, trust_checkpoint, builder, imports, model_code, device)
+        loaded = load.load(checkpoint, quiet=run.quiet)
         topo = loaded.topology(
-            data,
+            load.data,
             discover=discover,
-            tasks=tasks,
-            input=input_kind.value if input_kind is not None else None,
-            features=features,
-            collate=collate,
+            tasks=load.tasks,
+            labels=load.labels,
+            input=load.input,  # type: ignore[arg-type]
+            features=load.features,
+            collate=load.collate,
         )
         out.print(f"model: {type(loaded.model).__name__} ({loaded.form}, adapter {loaded.adapter.name})")
         out.print(topo.describe(), markup=False)

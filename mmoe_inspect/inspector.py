@@ -49,7 +49,10 @@ class InspectConfig:
     max_rows: int | None = None
     reservoir_size: int = 2048
     record_experts: bool = True
-    expert_sample_rate: float = 0.05
+    expert_sample_rate: float = 0.05  # used when the number of rows is unknown (CSV); else expert_sample_rows
+    expert_sample_rows: int = (
+        16_384  # rows sampled for expert CKA: bounded, so its cost does not grow with data
+    )
     seed: int = 0
     sample: float | None = None  # keep this share of the rows (deterministic in `seed`), before max_rows
 
@@ -125,6 +128,8 @@ def inspect(
     thresholds: Thresholds | None = None,
     model_name: str | None = None,
     causal: bool | Mapping[str, Any] = False,
+    attribution: bool | Mapping[str, Any] = False,
+    progress: Callable[[int], None] | None = None,
 ) -> InspectionResult:
     """Record every gate of `model` over `data` and diagnose its routing.
 
@@ -138,7 +143,11 @@ def inspect(
     Binary labels must be 0/1 (NaN = missing). `config.sample` / `config.max_rows` thin the rows.
     `causal=True` (or a dict of `mmoe_inspect.causal.run_causal` options such as `baselines`,
     `segment_by`, `n_boot`, `max_rows`) also runs the causal analyses on the labelled rows and attaches
-    them as `result.causal`; without labels they are skipped with a note.
+    them as `result.causal`; without labels they are skipped with a note. `attribution=True` (or a dict
+    of `mmoe_inspect.attribution.run_attribution` options such as `sample_rows`, `budget_seconds`)
+    attaches Captum feature attributions of gates, experts and tasks as `result.attribution`.
+    `progress(rows_done)`, when given, is called once after each batch of the recording pass with
+    the number of rows processed so far (for progress bars; keep it cheap, it runs in the loop).
     The model is left exactly as found: hooks removed, every module's mode restored, parameters and
     gradients untouched.
 
@@ -228,6 +237,8 @@ def inspect(
                     expert_stats.update(outs, row_index)
             outputs.update(task_predictions(out, topo.tasks).cpu(), lab_all if labelled else None)
             n_rows += b
+            if progress is not None:
+                progress(n_rows)
     elapsed = time.perf_counter() - started
     if n_rows == 0:
         raise DataError(f"{source.name} has no rows")
@@ -284,6 +295,14 @@ def inspect(
                 labels={t.name: t.label_column for t in labelled},
                 **options,
             )
+    if attribution:
+        from mmoe_inspect.attribution import run_attribution
+
+        options = dict(attribution) if isinstance(attribution, Mapping) else {}
+        options.setdefault("seed", cfg.seed)
+        result.attribution = run_attribution(
+            model, source, topology=topo, input_fn=input_fn, features=feature_cols, **options
+        )
     return result
 
 
@@ -404,10 +423,11 @@ def _forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
 
 
 def _expert_sample_rate(cfg: InspectConfig, n_rows: int | None) -> float:
-    """At least `expert_sample_rate`, raised so small datasets still give ~4096 CKA rows."""
+    """Share of rows sampled for expert similarity: about `expert_sample_rows` rows in total when the row
+    count is known (deterministic by row hash, so batching and sharding pick the same rows)."""
     if n_rows is None or n_rows <= 0:
         return cfg.expert_sample_rate
-    return max(cfg.expert_sample_rate, min(1.0, 4096 / n_rows))
+    return min(1.0, cfg.expert_sample_rows / n_rows)
 
 
 def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:
@@ -416,6 +436,7 @@ def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:
         "max_rows": cfg.max_rows,
         "reservoir_size": cfg.reservoir_size,
         "expert_sample_rate": cfg.expert_sample_rate,
+        "expert_sample_rows": cfg.expert_sample_rows,
         "seed": cfg.seed,
         "sample": cfg.sample,
     }

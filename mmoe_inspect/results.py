@@ -48,6 +48,7 @@ class InspectionResult:
     arrays: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     causal: Any | None = None  # mmoe_inspect.causal.CausalResult when the causal analyses ran
+    attribution: Any | None = None  # mmoe_inspect.attribution.AttributionResult when attributions ran
 
     def table(self, name: str) -> pd.DataFrame:
         return self.tables.get(name, pd.DataFrame())
@@ -114,6 +115,7 @@ class InspectionResult:
                 "findings": [f.to_dict() for f in self.findings],
                 "tables": {k: v.to_dict(orient="records") for k, v in self.tables.items()},
                 "causal": self.causal.to_dict() if self.causal is not None else None,
+                "attribution": self.attribution.to_dict() if self.attribution is not None else None,
                 "meta": self.meta,
             }
         )
@@ -134,6 +136,8 @@ class InspectionResult:
             paths.append(p)
         if self.causal is not None:
             paths += self.causal.save_tables(folder)
+        if self.attribution is not None:
+            paths += self.attribution.save_tables(folder)
         return paths
 
 

@@ -68,11 +68,11 @@ def new_figure(height_in: float, width_in: float = WIDTH_IN) -> Figure:
     return Figure(figsize=(width_in, max(height_in, 2.0)), dpi=DPI, layout="constrained")
 
 
-def save_png(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path, dpi: int = DPI) -> None:
     """Render `fig` to `path` as PNG (inside the plot context, so draw-time rc values match)."""
     buf = io.BytesIO()
     with plot_context():
-        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     path.write_bytes(buf.getvalue())
 
 

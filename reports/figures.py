@@ -22,6 +22,21 @@ from matplotlib.patches import Patch
 from mmoe_inspect.results import InspectionResult
 from mmoe_inspect.topology.spec import GateSpec
 
+from ._draw import (
+    MAX_PANELS,
+    _annot_size,
+    _experts_on_level,
+    _gates_on_level,
+    _heatmap,
+    _multi_level,
+    _panel_title,
+    _short,
+    _short_ticks,
+    _shown_gates,
+    _suptitle,
+    gate_color,
+    gate_label,
+)
 from ._style import (
     CMAP_DIVERGENCE,
     CMAP_LIFT,
@@ -36,136 +51,23 @@ from ._style import (
     save_png,
     task_colors,
 )
+from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
 
-MAX_PANELS = 9  # gates drawn per multi-panel figure; the tables keep every gate
 RESERVOIR_ROWS = 600  # rows per gate drawn in the weight distributions
 MAX_LABEL_ROWS = 24  # gate x label rows in the label-routing heatmap
 LABEL_DIFF_FLOOR = 0.05  # color scale of that heatmap spans at least ±0.05 weight
 MAX_VIOLINS = 32  # expert x gate violins side by side before splitting a level into one panel per gate
-LABEL_CHARS = 22  # longer tick labels are shortened in the middle (tables keep full names)
-
-
-# ----------------------------------------------------------------------------- helpers
-def gate_label(result: InspectionResult, g: GateSpec) -> str:
-    """How a gate is named in figures: its task, or "shared" for a gate serving no single task; the gate's
-    own name is added when that would be ambiguous on its level."""
-    same = [o for o in result.topology.gates if o.level == g.level and o.task == g.task]
-    base = g.task if g.task is not None else "shared"
-    return base if len(same) <= 1 else f"{base} ({g.name})"
-
-
-def gate_color(result: InspectionResult, g: GateSpec) -> str:
-    return task_colors(result.topology.task_names).get(g.task or "", SHARED_COLOR)
-
-
-def _multi_level(result: InspectionResult) -> bool:
-    return len(result.topology.levels) > 1
-
-
-def _panel_title(result: InspectionResult, g: GateSpec) -> str:
-    title = _short(gate_label(result, g), 26)
-    return f"{title} · level {g.level}" if _multi_level(result) else title
-
-
-def _shown_gates(result: InspectionResult, gates: Sequence[GateSpec] | None = None) -> list[GateSpec]:
-    gates = list(result.topology.gates if gates is None else gates)
-    return gates[:MAX_PANELS]
-
-
-def _suptitle(fig: Figure, text: str, result: InspectionResult, shown: int | None = None) -> None:
-    total = len(result.topology.gates)
-    if shown is not None and shown < total:
-        text += f" (first {shown} of {total} gates)"
-    fig.suptitle(text, x=0.01, ha="left")
-
-
-def _rotate(ax: Axes, labels: Sequence[str]) -> None:
-    if len(labels) > 5 or max((len(s) for s in labels), default=0) > 8:
-        for t in ax.get_xticklabels():
-            t.set_rotation(35)
-            t.set_ha("right")
-            t.set_rotation_mode("anchor")
-
-
-def _short(text: str, n: int = LABEL_CHARS) -> str:
-    """`text` shortened in the middle to at most `n` characters ("cgc_layers.0…specific.1")."""
-    text = str(text)
-    if len(text) <= n:
-        return text
-    head = (n - 1) // 2
-    return text[:head] + "…" + text[len(text) - (n - 1 - head) :]
-
-
-def _short_ticks(ax: Axes, labels: Sequence[str]) -> None:
-    """Categorical x tick labels, shortened and rotated when long or many."""
-    ax.set_xticks(np.arange(len(labels)), [_short(t) for t in labels])
-    _rotate(ax, [_short(t) for t in labels])
-
-
-def _experts_on_level(result: InspectionResult, level: int) -> list[str]:
-    mixed = {e for g in result.topology.gates if g.level == level for e in g.experts}
-    ordered = [e.name for e in result.topology.experts if e.name in mixed]
-    return ordered + sorted(mixed - set(ordered))
-
-
-def _gates_on_level(result: InspectionResult, level: int) -> list[GateSpec]:
-    order = {t: i for i, t in enumerate(result.topology.task_names)}
-    gates = [g for g in result.topology.gates if g.level == level]
-    return sorted(gates, key=lambda g: (g.task is None, order.get(g.task or "", 0)))
-
-
-def _heatmap(
-    ax: Axes,
-    values: np.ndarray,
-    rows: Sequence[str],
-    cols: Sequence[str],
-    *,
-    cmap: str,
-    vmin: float,
-    vmax: float,
-    fmt: str = ".2f",
-    cbar_label: str | None = None,
-    annotate: bool | None = None,
-    annot_values: np.ndarray | None = None,
-    annot_size: float = 10.0,
-) -> None:
-    import seaborn as sns
-
-    mask = ~np.isfinite(values)
-    annot: bool | np.ndarray = annotate if annotate is not None else values.size <= 144
-    if annot is True and annot_values is not None:
-        annot = annot_values
-    ax.set_facecolor("#f0f0f0")  # cells a gate does not mix
-    sns.heatmap(
-        pd.DataFrame(values, index=[_short(r, 40) for r in rows], columns=[_short(c) for c in cols]),
-        ax=ax,
-        mask=mask,
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
-        annot=annot,
-        fmt=fmt,
-        annot_kws={"fontsize": annot_size},
-        linewidths=0.6,
-        linecolor="white",
-        cbar=cbar_label is not None,
-        cbar_kws={"label": cbar_label, "shrink": 0.85} if cbar_label is not None else None,
-        square=False,
-    )
-    ax.tick_params(axis="y", rotation=0)
-    ax.grid(False)
-    _rotate(ax, [_short(c) for c in cols])
 
 
 # ----------------------------------------------------------------------------- figures
-def task_expert_heatmap(result: InspectionResult) -> Figure | None:
-    """Mean gate weight of every gate (row) on every expert (column); one panel per level."""
+def routing_panels(result: InspectionResult) -> list[tuple[int, list[GateSpec], list[str], np.ndarray]]:
+    """Per level: its gates (task order), its experts and the `[gates, experts]` mean weights (NaN where a
+    gate does not mix an expert). Empty when the result has no utilization table."""
     util = result.table("utilization")
     if util.empty:
-        return None
-    levels = result.topology.levels
+        return []
     panels = []
-    for level in levels:
+    for level in result.topology.levels:
         gates, experts = _gates_on_level(result, level), _experts_on_level(result, level)
         values = np.full((len(gates), len(experts)), np.nan)
         col = {e: j for j, e in enumerate(experts)}
@@ -175,6 +77,14 @@ def task_expert_heatmap(result: InspectionResult) -> Figure | None:
                 if row.expert in col:
                     values[i, col[row.expert]] = row.mean
         panels.append((level, gates, experts, values))
+    return panels
+
+
+def task_expert_heatmap(result: InspectionResult) -> Figure | None:
+    """Mean gate weight of every gate (row) on every expert (column); one panel per level."""
+    panels = routing_panels(result)
+    if not panels or not any(np.isfinite(v).any() for *_, v in panels):
+        return None
     vmax = max(float(np.nanmax(v)) for *_, v in panels if np.isfinite(v).any())
     heights = [max(len(p[1]), 1) for p in panels]
     with plot_context():
@@ -380,12 +290,6 @@ def gate_entropy(result: InspectionResult) -> Figure | None:
             ax.set_ylabel("share of rows")
         _suptitle(fig, "Per-row gate entropy (dotted line: mean)", result, len(gates))
     return fig
-
-
-def _annot_size(panel_in: float, n: int, chars: int = 4) -> float:
-    """Annotation font size (pt) that fits `chars` characters in a cell of a `panel_in`-inch, n-cell panel."""
-    cell_pt = panel_in / max(n, 1) * 72
-    return float(np.clip(cell_pt / (0.62 * chars + 0.6), 6.5, 10.5))
 
 
 LIFT_RANGE = 2.0  # colors saturate at 4x / 0.25x (log2 scale)
@@ -805,6 +709,38 @@ FIGURES: dict[str, FigureSpec] = {
             "whose label is 1 minus its average on rows whose label is 0. Red cells: the gate leans on that expert "
             "for positives; blue: for negatives; white: routing does not depend on the outcome. A gate whose own "
             "task's row (listed first) is all white routes the same way whatever the label.",
+        ),
+        FigureSpec(
+            "causal_importance",
+            "causal",
+            "Expert ablation: importance per task and expert",
+            causal_importance,
+            "Each cell is how much worse a task gets (on its main metric: AUC for binary tasks, MSE for "
+            "regression) when one expert is removed from every gate and the remaining weights are rescaled. Red: "
+            "the task needs that expert; blue: the task does better without it; near 0: the expert does nothing "
+            "for the task. Hatched cells marked n.s. have a bootstrap interval that includes zero: no measurable "
+            "effect on these rows. Experts that matter to one task only are specialized; an expert that matters "
+            "to every task is shared.",
+        ),
+        FigureSpec(
+            "causal_counterfactuals",
+            "causal",
+            "Gate counterfactuals",
+            causal_counterfactuals,
+            "Each bar is the change of a task's main metric when its own gate is replaced: by another task's gate "
+            "(does the task need its own routing?), by a uniform gate (does routing matter at all?), or by its mean "
+            "gate, the same weights for every row (does per-row routing matter?). Black lines are 95% intervals; "
+            "pale hatched bars have an interval that includes zero. A large drop means the gate does real work.",
+        ),
+        FigureSpec(
+            "causal_segments",
+            "causal",
+            "Segment routing",
+            causal_segments,
+            "For the segments of one data column (e.g. device or category) that route most differently, the "
+            "average gate weight of each expert in that segment minus the gate's average over all rows. Red: the "
+            "segment leans on that expert; blue: it avoids it. A gate that keys on the column shows strong colors; "
+            "pale rows mean every segment is routed alike.",
         ),
         FigureSpec(
             "expert_similarity",

@@ -11,7 +11,7 @@ from markupsafe import Markup
 
 from mmoe_inspect.results import METRICS_SCHEMA_VERSION
 
-from .structure import (
+from .items import (
     BulletList,
     FigureItem,
     FindingList,
@@ -21,6 +21,7 @@ from .structure import (
     Notice,
     Paragraph,
     Report,
+    Subheading,
     TableItem,
     Verdict,
 )
@@ -70,6 +71,7 @@ for _kind, _name in (
     (TableItem, "table"),
     (KeyValues, "keyvalues"),
     (BulletList, "bullets"),
+    (Subheading, "subheading"),
     (HowTo, "howto"),
 ):
     _by_macro(_kind, _name)

@@ -1,232 +1,78 @@
 """The report as a tree of named sections (stable anchors) built from an `InspectionResult`.
 
-Pure data: no HTML here. `html.py` renders each item type through an explicit renderer registry.
-Empty sections are left out.
+Pure data: no HTML here (`html.py` renders each item type through an explicit renderer registry).
+Every section is always present: when its inputs are absent (a model without gates, no label
+columns, no causal analyses, no baseline) it says so in a notice instead of disappearing.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from mmoe_inspect.analysis.findings import SEVERITY_ORDER, Finding
+from mmoe_inspect.analysis.findings import SEVERITY_ORDER
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
 
+from .causal_section import CAUSAL_TABLE_HOWTO, causal_section, causal_tables_shown
 from .figures import FIGURES
-
-COLLAPSE_ROWS = 24  # longer tables render folded (<details>), still complete
-
-
-# ----------------------------------------------------------------------------- items
-@dataclass(frozen=True)
-class Paragraph:
-    text: str
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A highlighted sentence (severity: critical / warning / info)."""
-
-    text: str
-    severity: str = "info"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    text: str
-    severity: str | None
-
-
-@dataclass(frozen=True)
-class Card:
-    label: str
-    value: str
-    hint: str = ""
-
-
-@dataclass(frozen=True)
-class Headline:
-    cards: tuple[Card, ...]
-
-
-@dataclass(frozen=True)
-class FindingView:
-    severity: str
-    code: str
-    title: str
-    subject: str
-    message: str
-    remedy: str
-    evidence: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class FindingList:
-    findings: tuple[FindingView, ...]
-    empty_text: str = "No findings: no gate, expert or task pair crossed a diagnosis threshold."
-
-
-@dataclass(frozen=True)
-class FigureItem:
-    name: str
-    src: str
-    title: str
-
-    @property
-    def anchor(self) -> str:
-        return f"fig-{self.name}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    text: str
-    numeric: bool = False
-
-
-@dataclass(frozen=True)
-class TableItem:
-    name: str
-    title: str
-    description: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[Cell, ...], ...]
-    csv: str | None = None
-
-    @property
-    def anchor(self) -> str:
-        return f"table-{self.name}"
-
-    @property
-    def collapsed(self) -> bool:
-        return len(self.rows) > COLLAPSE_ROWS
-
-
-@dataclass(frozen=True)
-class KeyValues:
-    pairs: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class BulletList:
-    title: str
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class HowTo:
-    """Reading guide: (title, link anchor or "", paragraph) per entry."""
-
-    entries: tuple[tuple[str, str, str], ...]
-
-
-Item = (
-    Paragraph
-    | Notice
-    | Verdict
-    | Headline
-    | FindingList
-    | FigureItem
-    | TableItem
-    | KeyValues
-    | BulletList
-    | HowTo
+from .items import (
+    COLLAPSE_ROWS,
+    BulletList,
+    Card,
+    Cell,
+    FigureItem,
+    FindingList,
+    FindingView,
+    Headline,
+    HowTo,
+    Item,
+    KeyValues,
+    Notice,
+    Paragraph,
+    Report,
+    Section,
+    Subheading,
+    TableItem,
+    Verdict,
+    finding_view,
+    fmt_value,
+    table_item,
 )
 
+__all__ = [
+    "COLLAPSE_ROWS",
+    "SECTION_BUILDERS",
+    "BulletList",
+    "Card",
+    "Cell",
+    "FigureItem",
+    "FindingList",
+    "FindingView",
+    "Headline",
+    "HowTo",
+    "Item",
+    "KeyValues",
+    "Notice",
+    "Paragraph",
+    "Report",
+    "Section",
+    "Subheading",
+    "TableItem",
+    "Verdict",
+    "finding_view",
+    "fmt_value",
+    "get_report_structure",
+    "headline_cards",
+    "table_item",
+]
 
-@dataclass(frozen=True)
-class Section:
-    anchor: str
-    title: str
-    items: tuple[Item, ...]
-    intro: str = ""
-
-
-@dataclass(frozen=True)
-class Report:
-    """Everything the HTML page shows: page header fields and the ordered sections."""
-
-    title: str
-    model: str
-    data: str
-    sections: tuple[Section, ...] = field(default_factory=tuple)
-
-
-# ----------------------------------------------------------------------------- formatting
-_COUNT_HINTS = ("n_", "rows", "level", "count")
-
-
-def fmt_value(v: Any, column: str | None = None) -> str:
-    """A number or text as a reviewer wants to read it (NaN → "—", counts with separators, 3 decimals)."""
-    if v is None or v is pd.NA or v is pd.NaT:
-        return "—"
-    if isinstance(v, bool | np.bool_):
-        return "yes" if v else "no"
-    if isinstance(v, int | np.integer):
-        return f"{int(v):,}"
-    if isinstance(v, float | np.floating):
-        x = float(v)
-        if math.isnan(x):
-            return "—"
-        if math.isinf(x):
-            return "∞" if x > 0 else "-∞"
-        countish = column is not None and any(h in column for h in _COUNT_HINTS)
-        if x.is_integer() and (countish or abs(x) >= 1000):
-            return f"{int(x):,}"
-        if abs(x) >= 1000:
-            return f"{x:,.0f}"
-        if abs(x) >= 100:
-            return f"{x:.1f}"
-        if x == 0 or abs(x) >= 0.001:
-            return f"{x:.3f}"
-        return "<0.001" if x > 0 else ">-0.001"  # exact values are in the CSVs and metrics.json
-    if isinstance(v, list | tuple):
-        return ", ".join(str(x) for x in v)
-    return str(v)
-
-
-def table_item(
-    name: str,
-    frame: pd.DataFrame,
-    *,
-    title: str | None = None,
-    description: str | None = None,
-    csv: str | None = None,
-) -> TableItem:
-    """A DataFrame as pre-formatted cells (escaping happens in the template)."""
-    cols = [str(c) for c in frame.columns]
-    numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-        for c in frame.columns
-    ]
-    rows = tuple(
-        tuple(Cell(fmt_value(v, col), num) for v, col, num in zip(rec, cols, numeric, strict=True))
-        for rec in frame.itertuples(index=False, name=None)
-    )
-    return TableItem(
-        name=name,
-        title=title or name.replace("_", " ").capitalize(),
-        description=description if description is not None else TABLE_DESCRIPTIONS.get(name, ""),
-        columns=tuple(c.replace("_", " ") for c in cols),
-        rows=rows,
-        csv=csv,
-    )
-
-
-def finding_view(f: Finding) -> FindingView:
-    return FindingView(
-        severity=f.severity,
-        code=f.code,
-        title=f.title,
-        subject=f.subject,
-        message=f.message,
-        remedy=f.remedy,
-        evidence=tuple((k.replace("_", " "), fmt_value(v, k)) for k, v in f.evidence.items()),
-    )
+MAX_FEATURES_IN_SUMMARY = 12
+NO_GATES = (
+    "This model has no gates: no module routes rows between experts (a Shared-Bottom or dense multi-task "
+    "model), so there is no routing to inspect."
+)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -243,7 +89,19 @@ def _table(result: InspectionResult, name: str, csv_names: set[str], **kw: Any) 
     if frame.empty:
         return []
     csv = f"tables/{name}.csv" if name in csv_names else None
+    kw.setdefault("description", TABLE_DESCRIPTIONS.get(name, ""))
     return [table_item(name, frame, csv=csv, **kw)]
+
+
+def features_of(result: InspectionResult) -> list[str]:
+    """The input columns the model read (recorded in `result.meta["features"]` by the CLI), else []."""
+    feats = result.meta.get("features") or []
+    return [str(f) for f in feats]
+
+
+def headline_cards(result: InspectionResult) -> list[Card]:
+    """The headline numbers (page cards, overview PNG, `mmoe-inspect summary`): label, value, hint."""
+    return list(_headline(result).cards)
 
 
 def _headline(result: InspectionResult) -> Headline:
@@ -337,17 +195,12 @@ def summary_section(result: InspectionResult, figures: Mapping[str, str], csv_na
                 ("data", result.data_source),
                 ("rows", fmt_value(int(result.n_rows))),
                 ("tasks", ", ".join(topo.task_names)),
+                *_features_pair(result),
             )
         ),
     ]
     if not topo.has_gates:
-        items.append(
-            Notice(
-                "This model has no gates: no module routes rows between experts (a Shared-Bottom or dense "
-                "multi-task model), so there is no routing to inspect. Task outputs are still reported below.",
-                "info",
-            )
-        )
+        items.append(Notice(NO_GATES + " Task outputs are still reported below.", "info"))
     items.append(_headline(result))
     ranked = sorted(result.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
     items.append(FindingList(tuple(finding_view(f) for f in ranked)))
@@ -356,17 +209,49 @@ def summary_section(result: InspectionResult, figures: Mapping[str, str], csv_na
     return Section("summary", "Summary", tuple(items))
 
 
+def _features_pair(result: InspectionResult) -> list[tuple[str, str]]:
+    feats = features_of(result)
+    if not feats:
+        return []
+    shown = ", ".join(feats[:MAX_FEATURES_IN_SUMMARY])
+    if len(feats) > MAX_FEATURES_IN_SUMMARY:
+        shown += f", … ({fmt_value(len(feats))} in all)"
+    return [("features", shown)]
+
+
 def routing_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
-    items: list[Item] = [*_figures("routing", figures)]
-    for name in (
-        "gate_metrics",
-        "utilization",
-        "task_divergence",
-        "mutual_information",
-        "specialization",
-        "label_routing",
-    ):
-        items.extend(_table(result, name, csv_names))
+    topo = result.topology
+    if not topo.has_gates:
+        items: list[Item] = [Notice(NO_GATES + " No routing figures or tables are drawn.", "info")]
+    else:
+        items = [*_figures("routing", figures)]
+        for name in (
+            "gate_metrics",
+            "utilization",
+            "task_divergence",
+            "mutual_information",
+            "specialization",
+            "label_routing",
+        ):
+            items.extend(_table(result, name, csv_names))
+        groups = {(g.level, g.experts) for g in topo.gates if g.task is not None}
+        task_gates = [g for g in topo.gates if g.task is not None]
+        if result.table("task_divergence").empty and len(task_gates) > 1 and len(groups) == len(task_gates):
+            items.append(
+                Notice(
+                    "No two task gates mix the same experts (as in PLE, where each task also has its own "
+                    "experts), so there is no row-by-row task divergence or task-expert mutual information.",
+                    "info",
+                )
+            )
+        if result.table("label_routing").empty:
+            items.append(
+                Notice(
+                    "No label-conditioned routing: the data has no binary label column for any task "
+                    "(name them with --labels task=column).",
+                    "info",
+                )
+            )
     return Section(
         "routing",
         "Routing",
@@ -377,8 +262,25 @@ def routing_section(result: InspectionResult, figures: Mapping[str, str], csv_na
 
 def experts_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     items: list[Item] = []
+    if not result.topology.has_gates:
+        items.append(
+            Notice(
+                "No experts to compare: without gates the model has no experts in the MoE sense (one shared "
+                "bottom feeds every tower).",
+                "info",
+            )
+        )
     items.extend(_table(result, "experts", csv_names))
-    items.extend(_figures("experts", figures))
+    shown = _figures("experts", figures)
+    items.extend(shown)
+    if result.topology.has_gates and not shown:
+        items.append(
+            Notice(
+                "No expert similarity: expert outputs were not recorded (the experts are computed inline, "
+                "with no module of their own to hook).",
+                "info",
+            )
+        )
     red = result.table("redundant_experts")
     if not red.empty:
         red = red.sort_values("cka", ascending=False, na_position="last")
@@ -421,6 +323,9 @@ def topology_section(result: InspectionResult, figures: Mapping[str, str], csv_n
             )
         )
     ]
+    feats = features_of(result)
+    if feats:
+        items.append(KeyValues((("input features", ", ".join(feats)),)))
     if topo.confidence < 0.8:
         items.append(
             Notice(
@@ -480,12 +385,22 @@ _FINDINGS_HOWTO = (
 def howto_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     entries = [_FINDINGS_HOWTO]
     entries += [(spec.title, f"fig-{name}", spec.howto) for name, spec in FIGURES.items() if name in figures]
-    return Section("how-to-read", "How to read this", (HowTo(tuple(entries)),), "One paragraph per figure.")
+    shown = causal_tables_shown(result)
+    entries += [
+        (title, f"table-{name}", text) for name, (title, text) in CAUSAL_TABLE_HOWTO.items() if name in shown
+    ]
+    return Section(
+        "how-to-read",
+        "How to read this",
+        (HowTo(tuple(entries)),),
+        "One paragraph per figure and causal table.",
+    )
 
 
 SECTION_BUILDERS = (
     summary_section,
     routing_section,
+    causal_section,
     experts_section,
     tasks_section,
     topology_section,
@@ -494,10 +409,14 @@ SECTION_BUILDERS = (
 
 
 def get_report_structure(
-    result: InspectionResult, figures: Mapping[str, str] | None = None, tables: Sequence[str] = ()
+    result: InspectionResult,
+    figures: Mapping[str, str] | None = None,
+    tables: Sequence[str] = (),
+    overview: str | None = None,
 ) -> Report:
     """Sections of the report for `result`. `figures`: figure name → image path relative to index.html;
-    `tables`: names of tables written as `tables/<name>.csv` (linked from the page)."""
+    `tables`: names of tables written as `tables/<name>.csv` (linked from the page); `overview`: path of
+    the one-page overview PNG (linked at the top)."""
     figures = dict(figures or {})
     csv_names = set(tables)
     sections = []
@@ -510,4 +429,5 @@ def get_report_structure(
         model=result.model_name,
         data=result.data_source,
         sections=tuple(sections),
+        overview=overview,
     )

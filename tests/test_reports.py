@@ -6,6 +6,9 @@ import json
 import math
 import re
 import shutil
+import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mmoe_inspect
 from mmoe_inspect.analysis.findings import diagnose
+from mmoe_inspect.causal import CausalResult
+from mmoe_inspect.causal.ablation import ABLATION_COLUMNS
+from mmoe_inspect.causal.counterfactual import COUNTERFACTUAL_COLUMNS
+from mmoe_inspect.causal.gains import BASELINE_COLUMNS, SPARSE_COLUMNS
+from mmoe_inspect.causal.segments import SEGMENT_COLUMNS
 from mmoe_inspect.reports import (
     FIGURES,
     GateUtilizationDisplay,
@@ -28,7 +37,7 @@ from mmoe_inspect.results import InspectionResult
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("summary", "routing", "experts", "tasks", "topology", "how-to-read")
+SECTIONS = ("summary", "routing", "causal", "experts", "tasks", "topology", "how-to-read")
 XSS_TASK = "<script>alert(1)</script>"
 XSS_MODULE = '"><img src=x onerror=alert(1)>'
 
@@ -312,6 +321,156 @@ class _Sim:
         )
 
 
+def make_causal(
+    topo: Topology, seed: int = 0, *, baseline: bool = True, segments: bool = True
+) -> CausalResult:
+    """Causal tables shaped like `run_causal`'s (columns from the causal package), with chosen values:
+    half the ablation cells significant, the last task sparse, one baseline, segments by 'device'."""
+    rng = np.random.default_rng(seed)
+    tasks = [t.name for t in topo.tasks]
+    rate = {t: (0.02 if i == len(tasks) - 1 else 0.2 + 0.1 * i) for i, t in enumerate(tasks)}
+    intact = {t: 0.6 + 0.05 * i for i, t in enumerate(tasks)}
+    tm, abl, cfs, base = [], [], [], []
+    for t in tasks:
+        for metric, value in (("auc", intact[t]), ("logloss", 0.4)):
+            tm.append(
+                {
+                    "task": t,
+                    "kind": "binary",
+                    "n_labelled": 1200,
+                    "positive_rate": rate[t],
+                    "sparse": rate[t] < 0.05,
+                    "metric": metric,
+                    "value": value,
+                    "lo": value - 0.02,
+                    "hi": value + 0.02,
+                }
+            )
+    for mode in ("renormalize", "zero"):
+        for k, e in enumerate(topo.experts):
+            for t in tasks:
+                for metric in ("auc", "logloss"):
+                    imp = float(rng.normal(0, 0.02))
+                    half = 0.005 if k % 2 == 0 else abs(imp) + 0.01  # odd experts: CI includes zero
+                    lo, hi = imp - half, imp + half
+                    abl.append(
+                        {
+                            "mode": mode,
+                            "expert": e.name,
+                            "owner": e.owner,
+                            "level": e.level,
+                            "task": t,
+                            "metric": metric,
+                            "intact": intact[t],
+                            "ablated": intact[t] - imp,
+                            "importance": imp,
+                            "lo": lo,
+                            "hi": hi,
+                            "significant": bool(lo > 0 or hi < 0),
+                        }
+                    )
+    for t in tasks:
+        own = ", ".join(g.name for g in topo.task_gates(t))
+        names = [f"gate_of:{o}" for o in tasks if o != t] + ["uniform", "mean_gate"]
+        for name in names:
+            for metric in ("auc", "logloss"):
+                change = float(rng.normal(-0.01, 0.01))
+                lo, hi = change - 0.008, change + 0.008
+                cfs.append(
+                    {
+                        "task": t,
+                        "counterfactual": name,
+                        "gates": own,
+                        "metric": metric,
+                        "intact": intact[t],
+                        "value": intact[t] + change,
+                        "change": change,
+                        "lo": lo,
+                        "hi": hi,
+                        "significant": bool(lo > 0 or hi < 0),
+                        "worse": change < 0,
+                    }
+                )
+        if baseline:
+            gain = float(rng.normal(0.01, 0.01))
+            base.append(
+                {
+                    "task": t,
+                    "positive_rate": rate[t],
+                    "sparse": rate[t] < 0.05,
+                    "n_labelled": 1200,
+                    "baseline": "single",
+                    "metric": "auc",
+                    "model": intact[t],
+                    "baseline_value": intact[t] - gain,
+                    "gain": gain,
+                    "lo": gain - 0.01,
+                    "hi": gain + 0.01,
+                    "significant": bool(gain - 0.01 > 0),
+                }
+            )
+    sparse_task = tasks[-1]
+    first = topo.experts[0].name if topo.experts else None
+    sparse = {c: math.nan for c in SPARSE_COLUMNS}
+    sparse.update(
+        task=sparse_task,
+        positive_rate=rate[sparse_task],
+        n_labelled=1200,
+        auc=intact[sparse_task],
+        importance_total=0.05,
+        shared_dependence=0.6,
+        dense_experts=first,
+        top_expert=first,
+        top_importance=0.03,
+        uniform_change=-0.02,
+        uniform_lo=-0.03,
+        uniform_hi=-0.01,
+        mean_gate_change=-0.004,
+        mean_gate_lo=-0.01,
+        mean_gate_hi=0.002,
+        swap_source=tasks[0],
+        swap_change=-0.03,
+        swap_lo=-0.05,
+        swap_hi=-0.01,
+    )
+    seg_rows = []
+    if segments:
+        for g in topo.gates:
+            for v, share in (("phone", 0.5), ("tablet", 0.3), ("desktop", 0.2)):
+                w = _softmax(rng.normal(size=(1, g.n_experts)))[0]
+                row = {
+                    "gate": g.name,
+                    "segment": v,
+                    "rows": int(1200 * share),
+                    "share": share,
+                    "jsd": float(rng.random() * 0.01),
+                    "top_expert": g.experts[int(w.argmax())],
+                    "top_weight": float(w.max()),
+                }
+                row.update({e: float(x) for e, x in zip(g.experts, w, strict=True)})
+                seg_rows.append(row)
+    experts = list(dict.fromkeys(e for g in topo.gates for e in g.experts))
+    preds = {"row": np.arange(5)}
+    for t in tasks:
+        preds[f"label:{t}"] = np.zeros(5)
+        preds[f"model:{t}"] = np.full(5, 0.5)
+        if baseline:
+            preds[f"single:{t}"] = np.full(5, 0.4)
+    return CausalResult(
+        topology=topo,
+        task_metrics=pd.DataFrame(tm),
+        ablation=pd.DataFrame(abl, columns=ABLATION_COLUMNS),
+        counterfactuals=pd.DataFrame(cfs, columns=COUNTERFACTUAL_COLUMNS),
+        sparse_gains=pd.DataFrame([sparse], columns=SPARSE_COLUMNS),
+        baseline_gains=pd.DataFrame(base, columns=BASELINE_COLUMNS),
+        segments=pd.DataFrame(seg_rows, columns=SEGMENT_COLUMNS + experts),
+        predictions=pd.DataFrame(preds),
+        n_rows=1200,
+        notes=["'zero' ablation is exact only on probability gates"],
+        meta={"n_boot": 200, "ci": 0.95, "seed": 0, "sparse_threshold": 0.05, "segment_by": "device"},
+    )
+
+
 def make_mmoe(
     tasks: tuple[str, ...] = ("click", "purchase", "share"),
     n_experts: int = 6,
@@ -333,9 +492,12 @@ def make_mmoe(
     )
     # gate_0 sharp, gate_1 nearly uniform, gate_2 ~ gate_0 in shape
     sim = _Sim(topo, {"gate_0": 1.6, "gate_1": 0.05, "gate_2": 1.2})
-    return sim.result(
+    result = sim.result(
         "MMoE(3 tasks x 6 experts)", "Partly: the tasks share most experts but weight them differently."
     )
+    result.causal = make_causal(topo)
+    result.meta["features"] = [f"f{i}" for i in range(12)]
+    return result
 
 
 def make_ple() -> InspectionResult:
@@ -436,6 +598,7 @@ def test_mmoe_report_has_every_section_and_file(mmoe_report: Path) -> None:
 def test_pngs_are_real_images(mmoe_report: Path) -> None:
     pngs = sorted((mmoe_report / "figures").glob("*.png"))
     assert {p.stem for p in pngs} == set(FIGURES)
+    assert struct.unpack(">II", (mmoe_report / "overview.png").read_bytes()[16:24]) == (1920, 1080)
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_SIGNATURE, p.name
         img = mpimg.imread(p)
@@ -452,7 +615,8 @@ def test_metrics_json_round_trips(mmoe: InspectionResult, mmoe_report: Path) -> 
 
 
 def test_csvs_read_back(mmoe: InspectionResult, mmoe_report: Path) -> None:
-    for name, frame in mmoe.tables.items():
+    tables = {**mmoe.tables, **{f"causal_{k}": v for k, v in mmoe.causal.tables.items()}}
+    for name, frame in tables.items():
         back = pd.read_csv(mmoe_report / "tables" / f"{name}.csv")
         assert list(back.columns) == list(frame.columns), name
         assert back.shape == frame.shape, name
@@ -480,8 +644,13 @@ def test_shared_bottom_says_no_gates_and_shows_tasks(tmp_path: Path) -> None:
     html = index.read_text(encoding="utf-8")
     assert "This model has no gates" in html
     assert 'id="tasks"' in html and 'src="figures/task_outputs.png"' in html
-    assert 'id="routing"' not in html and 'id="experts"' not in html
+    for anchor in SECTIONS:  # every section is there, saying why it is empty
+        assert f'id="{anchor}"' in html, anchor
+    assert "No routing figures or tables are drawn" in html
+    assert "No experts to compare" in html
+    assert "No causal analyses: they were not requested" in html
     assert sorted(p.name for p in (tmp_path / "sb" / "figures").iterdir()) == ["task_outputs.png"]
+    assert (tmp_path / "sb" / "overview.png").is_file()
     assert sorted(p.name for p in (tmp_path / "sb" / "tables").iterdir()) == ["tasks.csv"]
 
 
@@ -585,16 +754,14 @@ def test_empty_folder_and_file_targets(tmp_path: Path) -> None:
 def test_every_item_type_has_a_renderer_and_is_exercised(mmoe: InspectionResult) -> None:
     from typing import get_args
 
+    from mmoe_inspect.reports.diff import diff_results, diff_structure
     from mmoe_inspect.reports.html import _RENDERERS, render_item
     from mmoe_inspect.reports.structure import Item
 
     figures = {n: f"figures/{n}.png" for n in FIGURES}
-    items = [
-        item
-        for result in (mmoe, make_shared_bottom())
-        for section in get_report_structure(result, figures, ["tasks"]).sections
-        for item in section.items
-    ]
+    pages = [get_report_structure(result, figures, ["tasks"]) for result in (mmoe, make_shared_bottom())]
+    pages.append(diff_structure(diff_results(mmoe, make_mmoe()), {"routing": "figures/routing.png"}))
+    items = [item for page in pages for section in page.sections for item in section.items]
     assert set(get_args(Item)) <= set(_RENDERERS)
     assert {type(i) for i in items} == set(get_args(Item))  # the fixtures reach every item kind
     for item in items:
@@ -658,3 +825,132 @@ def test_one_gate_moe_and_degenerate_arrays(tmp_path: Path) -> None:
     assert {"task_expert_heatmap", "expert_utilization", "coactivation", "label_routing"} <= set(written)
     html = write_report(result, tmp_path / "report").read_text(encoding="utf-8")
     assert 'id="routing"' in html and ">shared<" in html
+
+
+# --------------------------------------------------------------------------- causal section, overview, diff
+def _html(result: InspectionResult) -> str:
+    from mmoe_inspect.reports import render_html
+
+    return render_html(get_report_structure(result, {n: f"figures/{n}.png" for n in FIGURES}))
+
+
+def test_causal_section_says_why_its_parts_are_absent() -> None:
+    result = make_mmoe()
+    full = _html(result)
+    for anchor in ("ablation", "counterfactuals", "sparse", "baselines", "segments"):
+        assert f'id="sub-causal-{anchor}"' in full, anchor
+    assert "No baseline" not in full and "No segment routing" not in full
+    assert "interval level" in full and "95%" in full
+
+    bare = replace(result, causal=make_causal(result.topology, baseline=False, segments=False))
+    html = _html(bare)
+    assert "No baseline model was given, so there is no MTL gain" in html and "--baseline NAME=PATH" in html
+    assert "No segment routing: no segment column was given" in html
+
+    no_sparse = make_causal(result.topology)
+    no_sparse.sparse_gains = no_sparse.sparse_gains.iloc[:0]
+    assert "No sparse task: no binary task has a positive rate below 0.05" in _html(
+        replace(result, causal=no_sparse)
+    )
+
+    skipped = replace(
+        result, causal=None, meta={"causal_skipped": "the data has no label column for any task"}
+    )
+    assert "No causal analyses: the data has no label column for any task." in _html(skipped)
+
+    sb = make_shared_bottom()
+    gateless = make_causal(sb.topology, segments=False)
+    gateless.ablation = gateless.ablation.iloc[:0]
+    gateless.counterfactuals = gateless.counterfactuals.iloc[:0]
+    html = _html(replace(sb, causal=gateless))
+    assert "No expert ablation: the model has no gates" in html
+    assert "No gate counterfactuals: the model has no gates to replace" in html
+    assert "No segment routing: the model has no gates." in html
+    assert 'id="table-causal_baseline_gains"' in html  # a Shared-Bottom still has an MTL gain
+
+
+def test_importance_heatmap_marks_intervals_that_include_zero(
+    mmoe: InspectionResult, no_pyplot_leaks
+) -> None:
+    from matplotlib.patches import Rectangle
+
+    fig = FIGURES["causal_importance"].draw(mmoe)
+    assert fig is not None
+    ax = fig.axes[0]
+    abl = mmoe.causal.ablation
+    shown = abl[(abl["mode"] == "renormalize") & (abl["metric"] == "auc")]
+    n_ns = int((~shown["significant"]).sum())
+    assert 0 < n_ns < len(shown)
+    assert sum("n.s." in t.get_text() for t in ax.texts) == n_ns
+    assert sum(isinstance(p, Rectangle) and p.get_hatch() == "///" for p in ax.patches) == n_ns
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["click (AUC)", "purchase (AUC)", "share (AUC)"]
+    fig.clear()
+
+
+def test_counterfactual_bars_carry_their_intervals(mmoe: InspectionResult, no_pyplot_leaks) -> None:
+    fig = FIGURES["causal_counterfactuals"].draw(mmoe)
+    assert fig is not None
+    ax = fig.axes[0]
+    cf = mmoe.causal.counterfactuals
+    shown = cf[cf["metric"] == "auc"]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == len(shown) == 12  # 3 tasks x (2 other tasks' gates, uniform, mean gate)
+    assert labels[:4] == [
+        "click · purchase's gate",
+        "click · share's gate",
+        "click · uniform gate",
+        "click · mean gate",
+    ]
+    bars = [p for p in ax.patches if p.get_height() == pytest.approx(0.62)]
+    np.testing.assert_allclose(sorted(b.get_width() for b in bars), sorted(shown["change"]), atol=1e-12)
+    _, _, (segments,) = ax.containers[-1].lines  # the error bars: one segment per bar
+    assert len(segments.get_segments()) == len(shown)
+    fig.clear()
+
+
+@pytest.mark.parametrize("make", [make_mmoe, make_ple, make_shared_bottom], ids=["mmoe", "ple", "sb"])
+def test_overview_slide(make, tmp_path: Path, no_pyplot_leaks) -> None:
+    from mmoe_inspect.reports import overview_figure, write_overview
+
+    result = make()
+    fig = overview_figure(result)
+    texts = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert result.verdict.split(":")[0] in texts and "rows inspected" in texts
+    fig.clear()
+    path = write_overview(result, tmp_path / "overview.png")
+    assert struct.unpack(">II", path.read_bytes()[16:24]) == (1920, 1080)
+
+
+def test_diff_folder_is_written_atomically(tmp_path: Path) -> None:
+    from mmoe_inspect.reports import write_diff
+
+    a, b = make_mmoe(), make_ple()
+    index = write_diff(a, b, tmp_path / "diff")
+    html = index.read_text(encoding="utf-8")
+    assert 'src="figures/routing.png"' in html and 'src="figures/effective.png"' in html
+    d = json.loads((tmp_path / "diff" / "diff.json").read_text(encoding="utf-8"))
+    assert d["gates_only_in_a"] == ["gate_0", "gate_1", "gate_2"]
+    assert {f["code"] for f in d["findings_gone"]} == {f.code for f in a.findings}
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep", encoding="utf-8")
+    with pytest.raises(ReportError, match="not empty"):
+        write_diff(a, b, foreign)
+    write_report(a, tmp_path / "diff")  # a report replaces a diff folder whole
+    assert not (tmp_path / "diff" / "diff.json").exists() and (tmp_path / "diff" / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diff", "mine"]
+
+
+def test_the_library_never_imports_reports_or_the_cli() -> None:
+    """`write_report` is the Python API; the library stays free of matplotlib/Jinja rendering imports."""
+    code = (
+        "import sys, mmoe_inspect, mmoe_inspect.inspector, mmoe_inspect.causal, mmoe_inspect.loading;"
+        "bad = [m for m in sys.modules if m.startswith(('mmoe_inspect.reports', 'mmoe_inspect.cli'))];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    package = Path(mmoe_inspect.__file__).parent
+    pattern = re.compile(r"^\s*(from|import)\s+(mmoe_inspect\.(reports|cli)|\.+(reports|cli))\b", re.M)
+    offenders = [p.name for p in package.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+    assert not hasattr(InspectionResult, "save_report")

@@ -1,0 +1,336 @@
+"""What the commands share after option parsing: load a checkpoint, inspect it with progress bars, and run
+the causal analyses with baselines loaded the same way. Thin glue over the library's public API.
+
+`inspect_checkpoint` does what `LoadedModel.inspect` does (adapter input function, task names and
+kinds, labels, the adapter's session) plus the two things that method does not pass on: the
+`progress` callback of `mmoe_inspect.inspect` and the causal options.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+
+from ._common import EXIT_NEEDS_INPUT, LoadOptions, OptionError, RunOptions, err
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from mmoe_inspect.data.sources import TableSource
+    from mmoe_inspect.loading import LoadedModel
+    from mmoe_inspect.results import InspectionResult
+
+CAUSAL_MAX_ROWS = 200_000  # rows the causal analyses evaluate (per-row predictions are kept in memory)
+
+
+# ----------------------------------------------------------------------------- progress
+class Passes:
+    """Rich progress bars on stderr, one per pass over the data, updated once per batch (never per row).
+
+    Disabled with --quiet; on a non-terminal stderr (CI logs, tests) nothing is drawn.
+    """
+
+    def __init__(self, quiet: bool, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        target = console if console is not None else err
+        self.progress: Progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            TimeElapsedColumn(),
+            console=target,
+            transient=True,
+            disable=quiet or not target.is_terminal,  # CI logs and pipes get no bar (and no stray lines)
+        )
+
+    def __enter__(self) -> Passes:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def bar(self, label: str, total: int | None) -> Callable[[int], None]:
+        """A new bar; the returned callback takes the rows done so far."""
+        task = self.progress.add_task(label, total=total)
+
+        def tick(done: int) -> None:
+            self.progress.update(task, completed=done)
+
+        return tick
+
+    def finish(self, label: str) -> None:
+        """Mark the bar `label` complete at the rows it actually saw (totals are estimates when sampling)."""
+        for task in self.progress.tasks:
+            if task.description == label:
+                self.progress.update(task.id, total=task.completed)
+
+
+def expected_rows(source: TableSource, sample: float | None, limit: int | None) -> int | None:
+    """Rows a pass will read (an estimate when sampling; None when unknown, e.g. CSV: `limit` is only a cap)."""
+    n = source.n_rows()
+    if n is None:
+        return None
+    if sample is not None:
+        n = round(n * sample)
+    return min(n, limit) if limit is not None else n
+
+
+@functools.cache
+def _pass_source_class() -> type:
+    from mmoe_inspect.data.sources import TableSource
+
+    @dataclass
+    class PassSource(TableSource):
+        """A `TableSource` whose every pass shows a progress bar and reads the `--sample` rows."""
+
+        passes: Passes | None = None
+        label: str = ""
+        pass_sample: float | None = None
+        pass_seed: int = 0
+        count: int = 0
+
+        def iter_frames(
+            self,
+            batch_size: int,
+            columns: Sequence[str] | None = None,
+            max_rows: int | None = None,
+            *,
+            sample: float | None = None,
+            seed: int = 0,
+        ) -> Iterator[pd.DataFrame]:
+            if sample is None and self.pass_sample is not None:
+                sample, seed = self.pass_sample, self.pass_seed
+            if self.passes is None:
+                yield from super().iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed)
+                return
+            self.count += 1
+            name = f"{self.label} (pass {self.count})"
+            tick = self.passes.bar(name, expected_rows(self, sample, max_rows))
+            done = 0
+            for chunk in super().iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
+                yield chunk
+                done += len(chunk)
+                tick(done)
+            self.passes.finish(name)
+
+    return PassSource
+
+
+def pass_source(
+    source: TableSource, passes: Passes, label: str, sample: float | None, seed: int
+) -> TableSource:
+    """`source`, but every pass over it (`iter_frames`) shows a progress bar and reads the `--sample` rows:
+    for the causal analyses, whose passes run inside the library, on the same rows as the inspection."""
+    cls = _pass_source_class()
+    return cls(
+        frame=source.frame, path=source.path, passes=passes, label=label, pass_sample=sample, pass_seed=seed
+    )
+
+
+# ----------------------------------------------------------------------------- inspection
+@dataclass(frozen=True)
+class CausalRequest:
+    """What `report` asks of the causal analyses (None in place of it: they do not run)."""
+
+    baselines: Mapping[str, Path] = field(default_factory=dict)
+    segment_by: str | None = None
+    n_boot: int = 200
+
+
+def parse_baselines(values: Sequence[str] | None) -> dict[str, Path]:
+    """`["sb=sb.pt", "single=single.pt"]` → `{"sb": Path("sb.pt"), ...}` (names unique, files exist)."""
+    out: dict[str, Path] = {}
+    for value in values or ():
+        name, sep, path = (p.strip() for p in value.partition("="))
+        if not sep or not name or not path:
+            raise OptionError(f"--baseline {value!r} must look like NAME=PATH")
+        if name in out:
+            raise OptionError(f"--baseline names {name!r} twice")
+        if name in ("label", "model", "row") or ":" in name:
+            raise OptionError(f"--baseline name {name!r} is reserved; pick another name")
+        p = Path(path).expanduser().absolute()
+        if not p.is_file():
+            raise OptionError(f"--baseline {name}: {p} does not exist")
+        out[name] = p
+    return out
+
+
+def check_stored_rows(loaded: LoadedModel, load: LoadOptions, spec: Path | None) -> None:
+    """Our checkpoint without stored rows and no --data: say what is known, then exit 2."""
+    if load.data is None and loaded.eval_frame is None and loaded.checkpoint is not None:
+        from mmoe_inspect.inspector import resolve_topology
+
+        topo = resolve_topology(loaded.model, spec)
+        err.print(f"model {type(loaded.model).__name__}\n{topo.describe()}", markup=False)
+        err.print("[red]error:[/red] this checkpoint stores no evaluation rows: pass --data FILE.parquet")
+        raise typer.Exit(EXIT_NEEDS_INPUT)
+
+
+def inspect_checkpoint(
+    checkpoint: Path,
+    load: LoadOptions,
+    run: RunOptions,
+    *,
+    spec: Path | None = None,
+    causal: CausalRequest | None = None,
+    label: str = "",
+) -> InspectionResult:
+    """Load `checkpoint`, inspect it on the data with a progress bar, and (if asked) run the causal analyses.
+
+    The same steps as `LoadedModel.inspect`, plus `progress=` and the causal options the CLI exposes;
+    the input columns read are recorded in `result.meta["features"]` for the report.
+    """
+    import torch
+
+    from mmoe_inspect import inspect
+    from mmoe_inspect.data.sources import require_columns
+    from mmoe_inspect.loading import parse_labels
+
+    torch.manual_seed(run.seed)
+    loaded = load.load(checkpoint, quiet=run.quiet)
+    check_stored_rows(loaded, load, spec)
+    label_map = parse_labels(load.labels)
+    source = loaded.source(load.data)
+    fn = loaded.input_fn(input=load.input, features=load.features, collate=load.collate)  # type: ignore[arg-type]
+    if fn.names:
+        require_columns(source, list(fn.names))
+    names = loaded.task_names(load.tasks, label_map)
+    kinds = loaded.task_kinds
+    what = label or checkpoint.name
+    with Passes(run.quiet) as passes, loaded.adapter.session(loaded.model):
+        bar = f"inspecting {what}"
+        tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))
+        result = inspect(
+            loaded.model,
+            source,
+            topology=spec,
+            tasks=names,
+            task_kinds=kinds if kinds is not None and (names is None or len(kinds) == len(names)) else None,
+            input_fn=fn,
+            columns=list(fn.names) if fn.names else None,
+            labels=label_map if label_map is not None else True,
+            config=load.config(run.seed),
+            model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
+            progress=tick,
+        )
+        passes.finish(bar)
+    if fn.names:
+        result.meta["features"] = list(fn.names)
+    if load.data is None:
+        result.data_source = f"evaluation rows stored in {checkpoint.name}"
+    if causal is None:
+        return result
+    run_causal_analyses(result, loaded, source, fn, load, run, causal, what)
+    return result
+
+
+def run_causal_analyses(
+    result: InspectionResult,
+    loaded: LoadedModel,
+    source: TableSource,
+    fn: Callable[[pd.DataFrame], Any],
+    load: LoadOptions,
+    run: RunOptions,
+    causal: CausalRequest,
+    what: str,
+) -> None:
+    """Attach `result.causal` (or the reason it is absent in `result.meta["causal_skipped"]`)."""
+    from mmoe_inspect.causal import InterventionError, run_causal
+
+    have = set(source.columns())
+    labelled = [t for t in result.topology.tasks if t.label_column in have]
+    if not labelled:
+        result.meta["causal_skipped"] = (
+            "the data has no label column for any task (the causal analyses measure task metrics on labelled "
+            "rows; name label columns with --labels task=column)"
+        )
+        return
+    columns = list(getattr(fn, "names", None) or ()) or None
+    with ExitStack() as stack:
+        baselines = {
+            name: make_baseline(name, path, load, run, result, stack)
+            for name, path in causal.baselines.items()
+        }
+        passes = stack.enter_context(Passes(run.quiet))
+        stack.enter_context(loaded.adapter.session(loaded.model))
+        limit = min(load.limit, CAUSAL_MAX_ROWS) if load.limit is not None else CAUSAL_MAX_ROWS
+        try:
+            result.causal = run_causal(
+                loaded.model,
+                pass_source(source, passes, f"causal analyses of {what}", load.sample, run.seed),
+                topology=result.topology,
+                input_fn=fn,
+                columns=columns,
+                labels={t.name: t.label_column for t in labelled},
+                baselines=baselines,
+                segment_by=causal.segment_by,
+                n_boot=causal.n_boot,
+                seed=run.seed,
+                batch_size=load.batch_size,
+                max_rows=limit,
+            )
+        except InterventionError as exc:
+            result.meta["causal_skipped"] = f"the gates of this model cannot be intervened on ({exc})"
+            if not run.quiet:
+                err.print(f"note: no causal analyses: {escape(str(exc))}")
+            return
+    if causal.segment_by is not None:
+        result.causal.meta.setdefault("segment_by", causal.segment_by)
+
+
+def make_baseline(
+    name: str, path: Path, load: LoadOptions, run: RunOptions, result: InspectionResult, stack: ExitStack
+) -> Any:
+    """Load a baseline checkpoint with the main model's loading options; a `Baseline` for run_causal."""
+    from mmoe_inspect.causal import Baseline
+
+    loaded = load.load(path, quiet=run.quiet)
+    # a library baseline reads rows its library's way; one no adapter knows takes the main model's mapping
+    generic = loaded.adapter.name == "generic"
+    fn = loaded.input_fn(
+        input=load.input if generic else None,  # type: ignore[arg-type]
+        features=load.features if generic else None,
+        collate=load.collate if generic else None,
+    )
+    declared = getattr(loaded.model, "topology", None)
+    tasks: list[str] | None = None
+    if callable(declared):
+        predicts = list(declared().task_names)
+    else:
+        tasks = loaded.task_names(load.tasks)
+        n = loaded.adapter.n_tasks(loaded.model)
+        if tasks is None and n is not None and n <= len(result.topology.tasks):
+            tasks = list(result.topology.task_names[:n])
+        if tasks is None:
+            raise OptionError(
+                f"--baseline {name}: cannot tell which tasks {path.name} predicts; save it with task names "
+                "or pass --tasks"
+            )
+        predicts = tasks
+    if not set(predicts) & set(result.topology.task_names):
+        raise OptionError(
+            f"--baseline {name} predicts {predicts}, none of the model's tasks {list(result.topology.task_names)} "
+            "(tasks are matched by name)"
+        )
+    stack.enter_context(loaded.adapter.session(loaded.model))
+    return Baseline(loaded.model, input_fn=fn, tasks=tasks)

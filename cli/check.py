@@ -1,0 +1,89 @@
+"""`mmoe-inspect check`: the findings as a terminal table and an exit code for CI."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ._common import (
+    EXIT_CHECK_FAILED,
+    FAIL_ON_HELP,
+    CheckpointArg,
+    LoadOptions,
+    RunOptions,
+    SpecOpt,
+    command,
+    guarded,
+    out,
+    parse_fail_on,
+)
+from ._pipeline import inspect_checkpoint
+
+EPILOG = """\
+[bold]Examples[/bold]
+
+  mmoe-inspect check model.pt --data eval.parquet
+
+  mmoe-inspect check model.pt --data eval.parquet --fail-on collapsed,dead-expert
+
+  mmoe-inspect check rechub.pt --trust-checkpoint --data eval.parquet --tasks a,b -q
+
+Exit codes: 0 when no finding matches --fail-on (default: warning or worse), 1 when one does, 2 on bad input (checkpoint, data or option). "internal error" with exit code 1 is a bug: rerun with --debug.
+"""
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "blue"}
+
+
+@command
+def check_command(
+    checkpoint: CheckpointArg,
+    spec: SpecOpt = None,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            "--fail-on",
+            metavar="FINDINGS",
+            help=f"Findings that fail the check (exit 1). {FAIL_ON_HELP} Same rules as `report --fail-on`.",
+        ),
+    ] = "warning",
+    *,
+    load: LoadOptions,
+    run: RunOptions,
+) -> None:
+    """Diagnose a model's gates on data: findings as a table, exit 1 when a listed finding is present."""
+    with guarded(run.debug):
+        rule = parse_fail_on(fail_on)
+        result = inspect_checkpoint(checkpoint, load, run, spec=spec)
+        failing = rule.failing(result.findings)
+    fails = {id(f) for f in failing}
+    if result.findings:
+        table = Table(title=f"Findings for {escape(result.model_name)}", title_justify="left")
+        for col in ("", "severity", "code", "subject", "title", "evidence"):
+            table.add_column(col, overflow="fold")
+        for f in result.findings:
+            evidence = ", ".join(f"{k}={_short_value(v)}" for k, v in f.evidence.items())
+            table.add_row(
+                "FAIL" if id(f) in fails else "",
+                f"[{SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]",
+                f.code,
+                escape(f.subject),
+                escape(f.title),
+                escape(evidence),
+            )
+        out.print(table)
+    else:
+        out.print(f"No findings for {escape(result.model_name)}.")
+    out.print(f"[bold]{escape(result.verdict)}[/bold]")
+    if failing:
+        out.print(f"check failed: {len(failing)} finding(s) match --fail-on {rule.describe()}")
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    out.print(f"check passed: no finding matches --fail-on {rule.describe()}")
+
+
+def _short_value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
