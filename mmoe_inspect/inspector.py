@@ -273,7 +273,12 @@ def inspect(
         model_name=model_name or type(model).__name__,
         thresholds=th,
         arrays=arrays,
-        meta={"record_seconds": elapsed, "rows_per_second": n_rows / max(elapsed, 1e-9), **_cfg_meta(cfg)},
+        meta={
+            "record_seconds": elapsed,
+            "rows_per_second": n_rows / max(elapsed, 1e-9),
+            "features": list(feature_cols) if feature_cols else [],  # input columns read (for the report)
+            **_cfg_meta(cfg),
+        },
     )
     if causal:
         options = dict(causal) if isinstance(causal, Mapping) else {}
