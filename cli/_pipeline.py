@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from mmoe_inspect.results import InspectionResult
 
 CAUSAL_MAX_ROWS = 200_000  # rows the causal analyses evaluate (per-row predictions are kept in memory)
+ATTRIBUTION_BUDGET_S = 30.0  # default --attribution-budget (seconds)
+ATTRIBUTION_ROWS = 256  # default --attribution-rows
 
 
 # ----------------------------------------------------------------------------- progress
@@ -175,6 +177,18 @@ def parse_baselines(values: Sequence[str] | None) -> dict[str, Path]:
     return out
 
 
+@dataclass(frozen=True)
+class AttributionRequest:
+    """What `report` asks of the feature attributions (None in place of it: they do not run)."""
+
+    budget_seconds: float = ATTRIBUTION_BUDGET_S
+    sample_rows: int = ATTRIBUTION_ROWS
+
+    def options(self) -> dict[str, Any]:
+        """The `attribution=` options of `mmoe_inspect.inspect`."""
+        return {"budget_seconds": self.budget_seconds, "sample_rows": self.sample_rows}
+
+
 def check_stored_rows(loaded: LoadedModel, load: LoadOptions, spec: Path | None) -> None:
     """Our checkpoint without stored rows and no --data: say what is known, then exit 2."""
     if load.data is None and loaded.eval_frame is None and loaded.checkpoint is not None:
@@ -193,12 +207,16 @@ def inspect_checkpoint(
     *,
     spec: Path | None = None,
     causal: CausalRequest | None = None,
+    attribution: AttributionRequest | None = None,
     label: str = "",
 ) -> InspectionResult:
-    """Load `checkpoint`, inspect it on the data with a progress bar, and (if asked) run the causal analyses.
+    """Load `checkpoint`, inspect it on the data with a progress bar, and (if asked) run the feature
+    attributions (`attribution=` of `inspect`, inside the adapter's session) and the causal analyses.
 
     The same steps as `LoadedModel.inspect`, plus `progress=` and the causal options the CLI exposes;
-    the input columns read are recorded in `result.meta["features"]` for the report.
+    the input columns read are recorded in `result.meta["features"]` for the report. When the model's
+    inputs cannot be attributed, the inspection is kept and the reason is in
+    `result.meta["attribution_skipped"]` (the report says it).
     """
     import torch
 
@@ -217,23 +235,37 @@ def inspect_checkpoint(
     names = loaded.task_names(load.tasks, label_map)
     kinds = loaded.task_kinds
     what = label or checkpoint.name
-    with Passes(run.quiet) as passes, loaded.adapter.session(loaded.model):
-        bar = f"inspecting {what}"
-        tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))
-        result = inspect(
-            loaded.model,
-            source,
-            topology=spec,
-            tasks=names,
-            task_kinds=kinds if kinds is not None and (names is None or len(kinds) == len(names)) else None,
-            input_fn=fn,
-            columns=list(fn.names) if fn.names else None,
-            labels=label_map if label_map is not None else True,
-            config=load.config(run.seed),
-            model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
-            progress=tick,
-        )
-        passes.finish(bar)
+    from mmoe_inspect.attribution import AttributionError
+
+    def run_inspect(attribute: bool, bar: str) -> InspectionResult:
+        with Passes(run.quiet) as passes, loaded.adapter.session(loaded.model):
+            tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))
+            result = inspect(
+                loaded.model,
+                source,
+                topology=spec,
+                tasks=names,
+                task_kinds=kinds
+                if kinds is not None and (names is None or len(kinds) == len(names))
+                else None,
+                input_fn=fn,
+                columns=list(fn.names) if fn.names else None,
+                labels=label_map if label_map is not None else True,
+                config=load.config(run.seed),
+                model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
+                progress=tick,
+                attribution=attribution.options() if attribute and attribution is not None else False,
+            )
+            passes.finish(bar)
+        return result
+
+    try:
+        result = run_inspect(attribution is not None, f"inspecting {what}")
+    except AttributionError as exc:  # the inputs cannot be attributed: keep the inspection, say why
+        if not run.quiet:
+            err.print(f"note: no attributions: {escape(str(exc))}")
+        result = run_inspect(False, f"inspecting {what} (again, without attributions)")
+        result.meta["attribution_skipped"] = f"the model's inputs could not be attributed ({exc})"
     if fn.names:
         result.meta["features"] = list(fn.names)
     if load.data is None:

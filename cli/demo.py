@@ -44,7 +44,7 @@ def demo_command(
         from mmoe_inspect.reports import write_report
 
         from ._common import LoadOptions
-        from ._pipeline import CausalRequest, inspect_checkpoint
+        from ._pipeline import AttributionRequest, CausalRequest, inspect_checkpoint
 
         log = (lambda _m: None) if run.quiet else (lambda m: out.print(f"  {escape(m)}"))
         demo = run_demo(out_dir, n_rows=rows, seed=run.seed, log=log)
@@ -57,7 +57,12 @@ def demo_command(
         baselines = {n: demo.checkpoints[n] for n in DEMO_BASELINES if n in demo.checkpoints}
         request = CausalRequest(baselines=baselines, segment_by=DEMO_SEGMENT_COLUMN)
         result = inspect_checkpoint(
-            demo.checkpoints["mmoe"], LoadOptions(data=demo.eval_path), run, causal=request, label="the MMoE"
+            demo.checkpoints["mmoe"],
+            LoadOptions(data=demo.eval_path),
+            run,
+            causal=request,
+            attribution=AttributionRequest(),
+            label="the MMoE",
         )
         result.model_name = "MMoE (demo)"
         index = write_report(result, out_dir / "report", force=force)

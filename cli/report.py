@@ -23,9 +23,17 @@ from ._common import (
     parse_fail_on,
     print_findings,
 )
-from ._pipeline import CausalRequest, inspect_checkpoint, parse_baselines
+from ._pipeline import (
+    ATTRIBUTION_BUDGET_S,
+    ATTRIBUTION_ROWS,
+    AttributionRequest,
+    CausalRequest,
+    inspect_checkpoint,
+    parse_baselines,
+)
 
 CAUSAL = "Causal analyses"
+ATTRIBUTIONS = "Feature attributions"
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -37,7 +45,7 @@ EPILOG = """\
 
   mmoe-inspect report model.pt --data eval.parquet --fail-on critical
 
-Writes OUT/index.html, OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
+Writes OUT/index.html, OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns; feature attributions (Captum) run on a sample of rows within --attribution-budget seconds. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
 """
 
 
@@ -84,6 +92,36 @@ def report_command(
             rich_help_panel=CAUSAL,
         ),
     ] = 200,
+    attributions: Annotated[
+        bool,
+        typer.Option(
+            "--attributions/--no-attributions",
+            help="Attribute each gate's weights, each expert's output and each task's prediction to the input "
+            "features (Integrated Gradients, Captum) on a sample of rows: the report's Attributions section.",
+            rich_help_panel=ATTRIBUTIONS,
+        ),
+    ] = True,
+    attribution_budget: Annotated[
+        float,
+        typer.Option(
+            "--attribution-budget",
+            metavar="SECONDS",
+            min=0,
+            help="Time budget of the attributions; outputs not reached in time are skipped, and the report "
+            "says which.",
+            rich_help_panel=ATTRIBUTIONS,
+        ),
+    ] = ATTRIBUTION_BUDGET_S,
+    attribution_rows: Annotated[
+        int,
+        typer.Option(
+            "--attribution-rows",
+            metavar="N",
+            min=1,
+            help="Rows sampled for the attributions.",
+            rich_help_panel=ATTRIBUTIONS,
+        ),
+    ] = ATTRIBUTION_ROWS,
     fail_on: Annotated[
         str,
         typer.Option(
@@ -110,7 +148,10 @@ def report_command(
         from mmoe_inspect.reports import write_report
 
         request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
-        result = inspect_checkpoint(checkpoint, load, run, spec=spec, causal=request)
+        attribution = AttributionRequest(attribution_budget, attribution_rows) if attributions else None
+        result = inspect_checkpoint(checkpoint, load, run, spec=spec, causal=request, attribution=attribution)
+        if not attributions:
+            result.meta["attribution_skipped"] = "turned off (--no-attributions)"
         if no_causal:
             result.meta["causal_skipped"] = "turned off (--no-causal)"
         elif result.causal is None and (baselines or segment_by) and not run.quiet:

@@ -51,6 +51,7 @@ from ._style import (
     save_png,
     task_colors,
 )
+from .attribution_figures import attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task
 from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
 
 RESERVOIR_ROWS = 600  # rows per gate drawn in the weight distributions
@@ -741,6 +742,40 @@ FIGURES: dict[str, FigureSpec] = {
             "average gate weight of each expert in that segment minus the gate's average over all rows. Red: the "
             "segment leans on that expert; blue: it avoids it. A gate that keys on the column shows strong colors; "
             "pale rows mean every segment is routed alike.",
+        ),
+        FigureSpec(
+            "attribution_gates",
+            "attribution",
+            "Attributions: features behind each gate",
+            attribution_gate_heatmaps,
+            "One panel per task gate (the first few; the CSV has every gate): each column is an expert, each row "
+            "an input feature (the gate's top features), each cell the feature's share of everything that moves "
+            "the gate's weight on that expert (Integrated Gradients, mean |attribution| over the sampled rows; a "
+            "column sums to 1 over all features). A column dominated by one or two dark cells means the gate "
+            "sends rows to that expert based on those features; an evenly pale column means no single feature "
+            "decides it. Categorical features are attributed at their embeddings, summed over the embedding "
+            "dimensions.",
+        ),
+        FigureSpec(
+            "attribution_gate_vs_task",
+            "attribution",
+            "Attributions: a gate's top features against its task's",
+            attribution_gate_vs_task,
+            "Per task gate, its top features by share of the gate's total attribution (solid bars), and the share "
+            "the same features have in the attribution of the task's own prediction (hatched bars). Bars of "
+            "similar length mean the gate routes on the features the task predicts from; a feature with a long "
+            "solid bar and a short hatched one steers routing without driving the prediction directly. The "
+            "agreement table gives the rank correlation over all features and the overlap of the top features.",
+        ),
+        FigureSpec(
+            "attribution_experts",
+            "attribution",
+            "Attributions: features behind each expert",
+            attribution_experts,
+            "Each column is an expert, each row an input feature (the top features over all experts), each cell "
+            "the feature's share of the attribution of the expert's output size (L2 norm). Experts with near "
+            "identical columns respond to the same inputs (candidates for redundancy, compare the CKA figure); "
+            "an expert whose column differs from the others is specialized on those features.",
         ),
         FigureSpec(
             "expert_similarity",

@@ -10,6 +10,7 @@ Numbers on a page are formatted by `fmt_value` only, so every one of them can be
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,7 @@ class TableItem:
     rows: tuple[tuple[Cell, ...], ...]
     csv: str | None = None
     howto: bool = False  # link to a "How to read" entry with anchor `howto-table-<name>`
+    marked: frozenset[int] = frozenset()  # row positions drawn highlighted (e.g. flagged rows)
 
     @property
     def anchor(self) -> str:
@@ -226,8 +228,10 @@ def table_item(
     csv: str | None = None,
     howto: bool = False,
     labels: dict[str, str] | None = None,
+    marked: Sequence[bool] | None = None,
 ) -> TableItem:
-    """A DataFrame as pre-formatted cells (escaping happens in the template); `labels` renames columns."""
+    """A DataFrame as pre-formatted cells (escaping happens in the template); `labels` renames columns;
+    `marked` (one bool per row) highlights rows."""
     cols = [str(c) for c in frame.columns]
     numeric = [
         pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
@@ -246,6 +250,7 @@ def table_item(
         rows=rows,
         csv=csv,
         howto=howto,
+        marked=frozenset(i for i, m in enumerate(marked or ()) if m),
     )
 
 

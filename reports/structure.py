@@ -15,6 +15,7 @@ import pandas as pd
 from mmoe_inspect.analysis.findings import SEVERITY_ORDER
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
 
+from .attribution_section import ATTRIBUTION_TABLE_HOWTO, attribution_section, attribution_tables_shown
 from .causal_section import CAUSAL_TABLE_HOWTO, causal_section, causal_tables_shown
 from .figures import FIGURES
 from .items import (
@@ -389,6 +390,12 @@ def howto_section(result: InspectionResult, figures: Mapping[str, str], csv_name
     entries += [
         (title, f"table-{name}", text) for name, (title, text) in CAUSAL_TABLE_HOWTO.items() if name in shown
     ]
+    shown = attribution_tables_shown(result)
+    entries += [
+        (title, f"table-{name}", text)
+        for name, (title, text) in ATTRIBUTION_TABLE_HOWTO.items()
+        if name in shown
+    ]
     return Section(
         "how-to-read",
         "How to read this",
@@ -401,6 +408,7 @@ SECTION_BUILDERS = (
     summary_section,
     routing_section,
     causal_section,
+    attribution_section,
     experts_section,
     tasks_section,
     topology_section,

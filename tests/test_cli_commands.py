@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ N_FEATURES = 8
 FEATURES = ",".join(f"x{i}" for i in range(N_FEATURES))
 COMMANDS = ("report", "check", "summary", "diff", "topology", "demo")
 LOADING_COMMANDS = ("report", "check", "summary", "diff", "topology")
-SECTIONS = ("summary", "routing", "causal", "experts", "tasks", "topology", "how-to-read")
+SECTIONS = ("summary", "routing", "causal", "attributions", "experts", "tasks", "topology", "how-to-read")
+ATTRIBUTION_FIGURES = ("attribution_gates", "attribution_gate_vs_task", "attribution_experts")
 
 
 def invoke(*args: object) -> tuple[int, str]:
@@ -192,6 +194,7 @@ def test_report_runs_causal_with_baseline_segments_and_fail_on(planted, tmp_path
         "3",
         "--sample",
         "0.8",
+        "--no-attributions",
     )
     assert code == 3, text
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -213,14 +216,28 @@ def test_report_runs_causal_with_baseline_segments_and_fail_on(planted, tmp_path
 
 def test_report_says_why_sections_are_absent(planted, tmp_path: Path) -> None:
     code, text = invoke(
-        "report", planted["clean"], *loading(planted, "unlabelled"), "--out", tmp_path / "a", "-q"
+        "report",
+        planted["clean"],
+        *loading(planted, "unlabelled"),
+        "--no-attributions",
+        "--out",
+        tmp_path / "a",
+        "-q",
     )
     assert code == 0, text
     html = (tmp_path / "a" / "index.html").read_text(encoding="utf-8")
     assert "No causal analyses: the data has no label column for any task" in html
+    assert "Attributions were not computed: turned off (--no-attributions)." in html
     assert "No label-conditioned routing" in html
     code, text = invoke(
-        "report", planted["clean"], *loading(planted), "--no-causal", "--out", tmp_path / "b", "-q"
+        "report",
+        planted["clean"],
+        *loading(planted),
+        "--no-causal",
+        "--no-attributions",
+        "--out",
+        tmp_path / "b",
+        "-q",
     )
     assert code == 0, text
     html = (tmp_path / "b" / "index.html").read_text(encoding="utf-8")
@@ -231,9 +248,82 @@ def test_report_says_why_sections_are_absent(planted, tmp_path: Path) -> None:
     assert code == 2 and "drop --no-causal" in text
 
 
+def test_report_attributions_on_by_default_with_budget_and_rows(planted, tmp_path: Path) -> None:
+    out = tmp_path / "on"
+    code, text = invoke(
+        "report",
+        planted["clean"],
+        *loading(planted),
+        "--no-causal",
+        "--attribution-rows",
+        "48",
+        "--attribution-budget",
+        "20",
+        "--out",
+        out,
+        "-q",
+    )
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    attribution = metrics["attribution"]
+    assert attribution["n_rows"] == 48 and attribution["meta"]["budget_seconds"] == 20
+    assert attribution["features"] == FEATURES.split(",") and attribution["skipped"] == []
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert 'id="attributions"' in html and 'href="#attributions"' in html
+    for fig in ATTRIBUTION_FIGURES:
+        assert f'src="figures/{fig}.png"' in html and (out / "figures" / f"{fig}.png").is_file(), fig
+    assert 'id="table-attribution_convergence"' in html and "of a 20 s budget" in html
+    assert (out / "tables" / "attribution_gate_features.csv").is_file()
+
+    code, text = invoke(
+        "report",
+        planted["clean"],
+        *loading(planted),
+        "--no-causal",
+        "--no-attributions",
+        "--out",
+        tmp_path / "off",
+        "-q",
+    )
+    assert code == 0, text
+    html = (tmp_path / "off" / "index.html").read_text(encoding="utf-8")
+    assert 'id="attributions"' in html
+    assert "Attributions were not computed: turned off (--no-attributions)." in html
+    assert not list((tmp_path / "off" / "figures").glob("attribution_*"))
+    assert json.loads((tmp_path / "off" / "metrics.json").read_text(encoding="utf-8"))["attribution"] is None
+
+
+def test_report_keeps_the_inspection_when_inputs_cannot_be_attributed(
+    planted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmoe_inspect.attribution as attribution
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise attribution.AttributionError("the model input has no features to attribute")
+
+    monkeypatch.setattr(attribution, "run_attribution", fail)
+    out = tmp_path / "r"
+    code, text = invoke("report", planted["clean"], *loading(planted), "--no-causal", "--out", out)
+    assert code == 0, text
+    assert "note: no attributions: the model input has no features to attribute" in text
+    html = unescape((out / "index.html").read_text(encoding="utf-8"))
+    assert (
+        "Attributions were not computed: the model's inputs could not be attributed (the model input has no "
+        "features to attribute)." in html
+    )
+    assert 'src="figures/task_expert_heatmap.png"' in html  # the rest of the report is there
+
+
 def test_report_without_a_baseline_or_segments_says_so(planted, tmp_path: Path) -> None:
     code, text = invoke(
-        "report", planted["clean"], *loading(planted), "--bootstrap", "20", "--out", tmp_path / "r"
+        "report",
+        planted["clean"],
+        *loading(planted),
+        "--bootstrap",
+        "20",
+        "--no-attributions",  # attributions: test_report_attributions_on_by_default_with_budget_and_rows
+        "--out",
+        tmp_path / "r",
     )
     assert code == 0, text
     html = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
@@ -465,6 +555,14 @@ def test_report_on_library_mmoe_has_every_section_and_the_data_names(
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert [t["name"] for t in metrics["topology"]["tasks"]] == ["click", "buy"]
     assert metrics["meta"]["features"] == ["city", "item", "age"]
+    assert metrics["attribution"]["features"] == ["city", "item", "age"]  # attributions use the data's names
+    assert {r["feature"] for r in metrics["attribution"]["tables"]["gate_features"]} == {
+        "city",
+        "item",
+        "age",
+    }
+    for fig in ATTRIBUTION_FIGURES:
+        assert f'src="figures/{fig}.png"' in html, fig
     assert {r["task"] for r in metrics["causal"]["tables"]["task_metrics"]} == {"click", "buy"}
     assert len(metrics["topology"]["gates"]) == 2
     if lib == "rechub":

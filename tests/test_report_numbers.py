@@ -146,8 +146,8 @@ def _report(result: mi.InspectionResult, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reports(recsys, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Reports of real inspections covering every section: MMoE with causal analyses, a baseline and
-    segments; a two-level PLE; a Shared-Bottom; an OMoE on rows without labels (no causal section)."""
+    """Reports of real inspections covering every section: MMoE with causal analyses, a baseline,
+    segments and attributions; a two-level PLE (attributions of its two levels); a Shared-Bottom; an OMoE on rows without labels (no causal section)."""
     frame, path = recsys
     root = tmp_path_factory.mktemp("numbers-reports")
     sb = _model("shared_bottom", frame, bottom_hidden=(16,), tower_hidden=(8,))
@@ -156,10 +156,12 @@ def reports(recsys, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     omoe = _model("omoe", frame, n_experts=3, expert_hidden=(16,), tower_hidden=(8,))
     causal = {"baselines": {"shared_bottom": Baseline(sb)}, "segment_by": "device", "n_boot": 60}
     out = {}
-    res = mi.inspect(mmoe, path, causal=causal, model_name="MMoE (3,000 rows)")
+    attribution = {"sample_rows": 64, "n_steps": 8}
+    res = mi.inspect(mmoe, path, causal=causal, attribution=attribution, model_name="MMoE (3,000 rows)")
     res.meta["features"] = list(recsys_features(frame).names)
     out["mmoe"] = _report(res, root / "mmoe")
-    out["ple"] = _report(mi.inspect(ple, path, causal={"n_boot": 30, "segment_by": "category"}), root / "ple")
+    ple_res = mi.inspect(ple, path, causal={"n_boot": 30, "segment_by": "category"}, attribution=attribution)
+    out["ple"] = _report(ple_res, root / "ple")
     out["shared_bottom"] = _report(mi.inspect(sb, path, causal={"n_boot": 30}), root / "sb")
     unlabelled = frame.drop(columns=["click", "purchase"])
     out["no_labels"] = _report(mi.inspect(omoe, unlabelled, causal=True), root / "no-labels")
@@ -182,6 +184,20 @@ def test_the_mmoe_page_shows_the_causal_numbers(reports: dict[str, Path]) -> Non
     assert f">{gain:.3f}<" in html or ">&lt;0.001<" in html or ">&gt;-0.001<" in html
     for anchor in ("table-causal_importance", "table-causal_baseline_gains", "table-causal_segments"):
         assert f'id="{anchor}"' in html and f'id="howto-{anchor}"' in html
+
+
+def test_the_mmoe_page_shows_the_attribution_numbers(reports: dict[str, Path]) -> None:
+    html = (reports["mmoe"] / "index.html").read_text(encoding="utf-8")
+    metrics = json.loads((reports["mmoe"] / "metrics.json").read_text(encoding="utf-8"))
+    tables = metrics["attribution"]["tables"]
+    assert tables["gate_features"] and tables["convergence"] and tables["gate_task_agreement"]
+    corr = tables["gate_task_agreement"][0]["rank_correlation"]
+    assert f">{corr:.3f}<" in html
+    for anchor in ("table-attribution_gate_task_agreement", "table-attribution_convergence"):
+        assert f'id="{anchor}"' in html and f'id="howto-{anchor}"' in html
+    for page in ("shared_bottom", "no_labels"):  # not requested there: one line says so
+        text = (reports[page] / "index.html").read_text(encoding="utf-8")
+        assert 'id="attributions"' in text and "Attributions were not computed" in text
 
 
 def test_the_checker_is_not_vacuous(reports: dict[str, Path], tmp_path: Path) -> None:

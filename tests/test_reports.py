@@ -20,6 +20,15 @@ import pytest
 
 import mmoe_inspect
 from mmoe_inspect.analysis.findings import diagnose
+from mmoe_inspect.attribution import AttributionResult
+from mmoe_inspect.attribution.result import (
+    AGREEMENT_COLUMNS,
+    CONVERGENCE_COLUMNS,
+    EXPERT_COLUMNS,
+    GATE_COLUMNS,
+    GATE_FEATURE_COLUMNS,
+    TASK_COLUMNS,
+)
 from mmoe_inspect.causal import CausalResult
 from mmoe_inspect.causal.ablation import ABLATION_COLUMNS
 from mmoe_inspect.causal.counterfactual import COUNTERFACTUAL_COLUMNS
@@ -37,7 +46,7 @@ from mmoe_inspect.results import InspectionResult
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("summary", "routing", "causal", "experts", "tasks", "topology", "how-to-read")
+SECTIONS = ("summary", "routing", "causal", "attributions", "experts", "tasks", "topology", "how-to-read")
 XSS_TASK = "<script>alert(1)</script>"
 XSS_MODULE = '"><img src=x onerror=alert(1)>'
 
@@ -471,6 +480,91 @@ def make_causal(
     )
 
 
+def make_attribution(topo: Topology, features: list[str], seed: int = 0) -> AttributionResult:
+    """Attribution tables shaped like `run_attribution`'s: each gate leans on two features of its own,
+    and one convergence row (gate_1 on its first expert) is flagged."""
+    rng = np.random.default_rng(seed)
+    gate_rows, gf_rows, agree, conv = [], [], [], []
+    task_rows, expert_rows = [], []
+
+    def shares(k: int, strong: tuple[int, ...]) -> np.ndarray:
+        w = rng.random(k) * 0.2
+        w[list(strong)] += 2.0
+        return w / w.sum()
+
+    for gi, g in enumerate(topo.gates):
+        strong = (gi % len(features), (gi + 3) % len(features))
+        totals = np.zeros(len(features))
+        for j, e in enumerate(g.experts):
+            mean_abs = shares(len(features), strong) * (0.1 + 0.01 * j)
+            totals += mean_abs
+            for f, v in zip(features, mean_abs, strict=True):
+                gate_rows.append(
+                    [g.name, g.task, g.level, e, f, v, v * rng.uniform(-1, 1), v / mean_abs.sum()]
+                )
+            flagged = gi == 1 and j == 0
+            conv.append(
+                [
+                    "gate",
+                    g.name,
+                    e,
+                    "integrated_gradients",
+                    256,
+                    16,
+                    0.1,
+                    0.1,
+                    0.02 if flagged else 1e-6,
+                    0.03 if flagged else 1e-5,
+                    0.2 if flagged else 1e-5,
+                    flagged,
+                ]
+            )
+        order = np.argsort(-totals)
+        for rank, i in enumerate(order, 1):
+            gf_rows.append([g.name, g.task, g.level, features[i], totals[i], totals[i] / totals.sum(), rank])
+        t_share = shares(len(features), (strong[0], (gi + 5) % len(features)))
+        for f, v in zip(features, t_share, strict=True):
+            task_rows.append([g.task, f, v * 0.01, v * 0.005, v])
+        agree.append(
+            [
+                g.name,
+                g.task,
+                0.5 - 0.2 * gi,
+                2 / 3,
+                ", ".join(features[i] for i in order[:3]),
+                ", ".join(features[i] for i in np.argsort(-t_share)[:3]),
+            ]
+        )
+    for j, e in enumerate(topo.experts):
+        sh = shares(len(features), (j % len(features),))
+        for f, v in zip(features, sh, strict=True):
+            expert_rows.append([e.name, e.owner, f, v, v / 2, v])
+    return AttributionResult(
+        gate_attributions=pd.DataFrame(gate_rows, columns=GATE_COLUMNS),
+        gate_features=pd.DataFrame(gf_rows, columns=GATE_FEATURE_COLUMNS),
+        expert_attributions=pd.DataFrame(expert_rows, columns=EXPERT_COLUMNS),
+        task_attributions=pd.DataFrame(task_rows, columns=TASK_COLUMNS),
+        gate_task_agreement=pd.DataFrame(agree, columns=AGREEMENT_COLUMNS),
+        convergence=pd.DataFrame(conv, columns=CONVERGENCE_COLUMNS),
+        features=tuple(features),
+        rows=np.arange(256),
+        covered=[f"gate:{g.name}" for g in topo.gates]
+        + [f"expert:{e.name}" for e in topo.experts]
+        + [f"task:{t}" for t in topo.task_names],
+        notes=["categorical features attributed at their embeddings"],
+        meta={
+            "method": "integrated_gradients",
+            "n_rows": 256,
+            "n_steps": 16,
+            "baseline": "default",
+            "budget_seconds": 30.0,
+            "seconds": 29.5,
+            "delta_tolerance": 0.05,
+        },
+        topology=topo,
+    )
+
+
 def make_mmoe(
     tasks: tuple[str, ...] = ("click", "purchase", "share"),
     n_experts: int = 6,
@@ -497,6 +591,7 @@ def make_mmoe(
     )
     result.causal = make_causal(topo)
     result.meta["features"] = [f"f{i}" for i in range(12)]
+    result.attribution = make_attribution(topo, result.meta["features"])
     return result
 
 
@@ -867,6 +962,74 @@ def test_causal_section_says_why_its_parts_are_absent() -> None:
     assert "No gate counterfactuals: the model has no gates to replace" in html
     assert "No segment routing: the model has no gates." in html
     assert 'id="table-causal_baseline_gains"' in html  # a Shared-Bottom still has an MTL gain
+
+
+def _section(html: str, anchor: str) -> str:
+    start = html.index(f'<section id="{anchor}"')
+    return html[start : html.index("</section>", start)]
+
+
+def test_attribution_section_shows_figures_tables_and_flagged_rows(mmoe_report: Path) -> None:
+    html = (mmoe_report / "index.html").read_text(encoding="utf-8")
+    assert 'href="#attributions"' in html
+    part = _section(html, "attributions")
+    for sub in ("gates", "experts", "tasks", "convergence"):
+        assert f'id="sub-attribution-{sub}"' in part, sub
+    for name in ("attribution_gates", "attribution_gate_vs_task", "attribution_experts"):
+        assert f'src="figures/{name}.png"' in part and f'id="howto-fig-{name}"' in html, name
+    for name in ("gate_task_agreement", "gate_features", "task_features", "convergence"):
+        assert f'id="table-attribution_{name}"' in part and f'id="howto-table-attribution_{name}"' in html
+    for csv in ("gate_task_agreement", "gate_features", "task_attributions", "convergence"):
+        assert f'href="tables/attribution_{csv}.csv"' in part and (mmoe_report / "tables").is_dir()
+        assert (mmoe_report / "tables" / f"attribution_{csv}.csv").is_file()
+    # what it covered within the budget, and the one flagged output: highlighted, listed first, warned about
+    assert "sampled rows" in part and "gates gate_0, gate_1, gate_2" in part and "of a 30 s budget" in part
+    assert "Large convergence delta for gate:gate_1" in part
+    table = part[part.index('id="table-attribution_convergence"') :]
+    rows = re.findall(r"<tr(?: class=\"marked\")?>", table.split("</table>")[0])
+    assert rows[1] == '<tr class="marked">' and rows.count('<tr class="marked">') == 1
+    assert "categorical features attributed at their embeddings" in part  # the notes
+
+
+def test_attribution_gate_heatmap_draws_a_few_gates(no_pyplot_leaks) -> None:
+    from mmoe_inspect.reports.attribution_figures import MAX_ATTRIBUTION_GATES, MAX_HEATMAP_FEATURES
+
+    result = make_mmoe(tasks=("a", "b", "c", "d", "e"), n_experts=3)
+    fig = FIGURES["attribution_gates"].draw(result)
+    assert fig is not None
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title(loc="left")]
+    assert [ax.get_title(loc="left") for ax in panels] == [f"{t} (gate_{i})" for i, t in enumerate("abcd")]
+    assert len(panels) == MAX_ATTRIBUTION_GATES
+    assert len(panels[0].get_yticklabels()) == MAX_HEATMAP_FEATURES
+    assert "(first 4 of 5 gates)" in fig.get_suptitle()
+    bars = FIGURES["attribution_gate_vs_task"].draw(result)
+    assert bars is not None and FIGURES["attribution_experts"].draw(result) is not None
+
+
+def test_attribution_section_says_why_its_parts_are_absent() -> None:
+    result = make_mmoe()
+    off = replace(result, attribution=None, meta={"attribution_skipped": "turned off (--no-attributions)"})
+    part = _section(_html(off), "attributions")
+    assert "Attributions were not computed: turned off (--no-attributions)." in part
+    assert "<img" not in part and "<table" not in part
+    assert "Attributions were not computed: they were not requested" in _html(
+        replace(result, attribution=None)
+    )
+
+    cut = make_attribution(result.topology, result.meta["features"])
+    cut.covered = [c for c in cut.covered if not c.startswith("task:")]
+    cut.skipped = [f"task:{t}" for t in result.topology.task_names]
+    cut.task_attributions = cut.task_attributions.iloc[:0]
+    part = _section(_html(replace(result, attribution=cut)), "attributions")
+    assert "The time budget ran out before every output was attributed: 3 skipped" in part
+    assert "No task attributions: the time budget ran out" in part
+
+    sb = make_shared_bottom()
+    gateless = make_attribution(sb.topology, ["x0", "x1", "x2", "x3"])
+    part = _section(_html(replace(sb, attribution=gateless)), "attributions")
+    assert "No gate attributions: the model has no gates." in part
+    assert "No expert attributions: the model has no experts." in part
+    assert 'id="sub-attribution-convergence"' in part
 
 
 def test_importance_heatmap_marks_intervals_that_include_zero(
