@@ -7,15 +7,14 @@ versioned JSON, `save_tables()` the CSVs.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .analysis.findings import Finding, Thresholds
+from .tabular import json_safe, save_tables, table_records
 from .topology.spec import Topology
 
 METRICS_SCHEMA_VERSION = "1.0"
@@ -103,7 +102,7 @@ class InspectionResult:
 
     def to_metrics(self) -> dict[str, Any]:
         """Every number of the inspection in a JSON-safe dict with a versioned schema."""
-        return _json_safe(
+        return json_safe(
             {
                 "schema_version": METRICS_SCHEMA_VERSION,
                 "model": self.model_name,
@@ -113,7 +112,7 @@ class InspectionResult:
                 "topology": self.topology.to_dict(),
                 "thresholds": self.thresholds.to_dict(),
                 "findings": [f.to_dict() for f in self.findings],
-                "tables": {k: v.to_dict(orient="records") for k, v in self.tables.items()},
+                "tables": table_records(self.tables),
                 "causal": self.causal.to_dict() if self.causal is not None else None,
                 "attribution": self.attribution.to_dict() if self.attribution is not None else None,
                 "meta": self.meta,
@@ -124,33 +123,10 @@ class InspectionResult:
         return json.dumps(self.to_metrics(), indent=indent, allow_nan=False)
 
     def save_tables(self, folder: str | Path) -> list[Path]:
-        """Write every non-empty table as `<name>.csv` into `folder`; returns the paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name, frame in self.tables.items():
-            if frame.empty:
-                continue
-            p = folder / f"{name}.csv"
-            frame.to_csv(p, index=False)
-            paths.append(p)
+        """Write every non-empty table as `<name>.csv` into `folder` (causal/attribution tables prefixed)."""
+        paths = save_tables(self.tables, folder)
         if self.causal is not None:
             paths += self.causal.save_tables(folder)
         if self.attribution is not None:
             paths += self.attribution.save_tables(folder)
         return paths
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf → None, numpy scalars → Python, tuples → lists."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return obj

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from mmoe_inspect.causal.ablation import importance_matrix
+from mmoe_inspect.tabular import json_safe, save_tables, table_records
 from mmoe_inspect.topology.spec import Topology
 
 TABLE_DESCRIPTIONS: dict[str, str] = {
@@ -62,24 +61,10 @@ class CausalResult:
         return {
             "n_rows": int(self.n_rows),
             "notes": list(self.notes),
-            "meta": {
-                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in self.meta.items()
-            },
-            "tables": {
-                name: json.loads(frame.to_json(orient="records")) for name, frame in self.tables.items()
-            },
+            "meta": json_safe(self.meta),
+            "tables": table_records(self.tables),
         }
 
     def save_tables(self, folder: str | Path) -> list[Path]:
         """Write every non-empty table as `causal_<name>.csv` into `folder`; returns the paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name, frame in self.tables.items():
-            if frame.empty:
-                continue
-            path = folder / f"causal_{name}.csv"
-            frame.to_csv(path, index=False)
-            paths.append(path)
-        return paths
+        return save_tables(self.tables, folder, prefix="causal_")
