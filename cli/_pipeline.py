@@ -189,6 +189,27 @@ class AttributionRequest:
         return {"budget_seconds": self.budget_seconds, "sample_rows": self.sample_rows}
 
 
+def read_run(path: Path) -> pd.DataFrame:
+    """A `GateMonitor` run log (`--run`): one row per gate per window; any problem is an `OptionError`."""
+    from mmoe_inspect.monitor import read_run_log
+
+    if not path.is_file():
+        raise OptionError(
+            f"--run {path}: no such file (a run log written by GateMonitor, .jsonl or .parquet)"
+        )
+    try:
+        frame = read_run_log(path)
+    except Exception as exc:  # bad suffix, bad JSON, unreadable parquet
+        raise OptionError(
+            f"--run {path.name}: not a readable run log ({type(exc).__name__}: {exc})"
+        ) from None
+    missing = [c for c in ("step", "gate") if c not in frame.columns]
+    if frame.empty or missing:
+        what = "is empty" if frame.empty else f"lacks the column(s) {', '.join(missing)}"
+        raise OptionError(f"--run {path.name}: {what}; expected a GateMonitor run log")
+    return frame
+
+
 def check_stored_rows(loaded: LoadedModel, load: LoadOptions, spec: Path | None) -> None:
     """Our checkpoint without stored rows and no --data: say what is known, then exit 2."""
     if load.data is None and loaded.eval_frame is None and loaded.checkpoint is not None:

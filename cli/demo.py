@@ -17,6 +17,8 @@ EPILOG = """\
 
   mmoe-inspect demo --out small-demo --rows 5000 --seed 1 --quiet
 
+  mmoe-inspect demo --out mmoe-demo --monitor
+
 Then open mmoe-demo/report/index.html. The report measures the MMoE's multi-task gain against the Shared-Bottom and a purchase-only model, and shows segment routing by the data's 'category' column.
 """
 
@@ -33,6 +35,14 @@ def demo_command(
     force: Annotated[
         bool, typer.Option(help="Write into OUT/report even if it is not a report folder.")
     ] = False,
+    monitor: Annotated[
+        bool,
+        typer.Option(
+            "--monitor",
+            help="Watch the MMoE's gates while it trains (GateMonitor): OUT/run_log.jsonl and the report's "
+            "Training section.",
+        ),
+    ] = False,
     *,
     run: RunOptions,
 ) -> None:
@@ -47,7 +57,7 @@ def demo_command(
         from ._pipeline import AttributionRequest, CausalRequest, inspect_checkpoint
 
         log = (lambda _m: None) if run.quiet else (lambda m: out.print(f"  {escape(m)}"))
-        demo = run_demo(out_dir, n_rows=rows, seed=run.seed, log=log)
+        demo = run_demo(out_dir, n_rows=rows, seed=run.seed, log=log, monitor=monitor)
         table = Table(title="Test metrics (held-out 20%)")
         for col in demo.metrics.columns:
             table.add_column(str(col), justify="left" if col == "model" else "right")
@@ -65,9 +75,15 @@ def demo_command(
             label="the MMoE",
         )
         result.model_name = "MMoE (demo)"
+        if demo.run_log is not None:
+            from mmoe_inspect.monitor import read_run_log
+
+            result.training = read_run_log(demo.run_log)
         index = write_report(result, out_dir / "report", force=force)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"checkpoints: {out_dir / 'checkpoints'}")
     out.print(f"eval data:   {demo.eval_path}")
+    if demo.run_log is not None:
+        out.print(f"run log:     {demo.run_log}")
     out.print(f"report:      {index}")

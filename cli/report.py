@@ -30,6 +30,7 @@ from ._pipeline import (
     CausalRequest,
     inspect_checkpoint,
     parse_baselines,
+    read_run,
 )
 
 CAUSAL = "Causal analyses"
@@ -44,6 +45,8 @@ EPILOG = """\
     --tasks click,purchase --baseline sb=shared_bottom.pt --segment-by device
 
   mmoe-inspect report model.pt --data eval.parquet --fail-on critical
+
+  mmoe-inspect report model.pt --data eval.parquet --run run_log.jsonl
 
 Writes OUT/index.html, OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns; feature attributions (Captum) run on a sample of rows within --attribution-budget seconds. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
 """
@@ -131,6 +134,15 @@ def report_command(
             "Same rules as `check --fail-on`, which exits 1 instead and defaults to warning.",
         ),
     ] = "never",
+    run_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            metavar="RUN_LOG",
+            help="A GateMonitor run log (.jsonl or .parquet) of the model's training: the report's Training "
+            "section shows gate health over the steps and when each finding first appeared.",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder that is not a report.")] = False,
     *,
     load: LoadOptions,
@@ -143,6 +155,7 @@ def report_command(
     with guarded(run.debug):
         rule = parse_fail_on(fail_on)
         baselines = parse_baselines(baseline)
+        training = read_run(run_log) if run_log is not None else None
         if no_causal and (baselines or segment_by):
             raise OptionError("--baseline and --segment-by need the causal analyses: drop --no-causal")
         from mmoe_inspect.reports import write_report
@@ -150,6 +163,7 @@ def report_command(
         request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
         attribution = AttributionRequest(attribution_budget, attribution_rows) if attributions else None
         result = inspect_checkpoint(checkpoint, load, run, spec=spec, causal=request, attribution=attribution)
+        result.training = training
         if not attributions:
             result.meta["attribution_skipped"] = "turned off (--no-attributions)"
         if no_causal:

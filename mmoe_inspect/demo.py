@@ -14,6 +14,8 @@ import pandas as pd
 
 DEMO_ARCHITECTURES = ("shared_bottom", "omoe", "mmoe", "ple")
 SINGLE_TASK = "purchase_only"
+MONITOR_EVERY = 20  # steps per run-log window when the demo monitors the MMoE's training (at most)
+MONITOR_WINDOWS = 10  # small runs get shorter windows, so the curves have about this many points
 """The single-task baseline the demo trains for the sparse task (a Shared-Bottom with one tower)."""
 
 
@@ -27,6 +29,7 @@ class DemoResult:
     checkpoints: dict[str, Path]  # per architecture, plus SINGLE_TASK when trained
     metrics: pd.DataFrame  # one row per model, one column per task metric (NaN: task not predicted)
     seconds: dict[str, float] = field(default_factory=dict)
+    run_log: Path | None = None  # the MMoE's GateMonitor run log (run_demo(monitor=True))
 
 
 def demo_model_kwargs(arch: str) -> dict:
@@ -41,6 +44,15 @@ def demo_model_kwargs(arch: str) -> dict:
     raise ValueError(f"unknown demo architecture {arch!r}")
 
 
+def _monitor_step(monitor: object) -> Callable[[int, int, float], None]:
+    """`fit(on_step=...)` callback that ends a `GateMonitor` step with the epoch and the step's loss."""
+
+    def on_step(_step: int, epoch: int, loss: float) -> None:
+        monitor.step(epoch=epoch, loss=loss)  # type: ignore[attr-defined]
+
+    return on_step
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -50,16 +62,23 @@ def run_demo(
     epochs: int = 4,
     single_task: bool = True,
     log: Callable[[str], None] | None = None,
+    monitor: bool = False,
 ) -> DemoResult:
     """Generate recommender data, train each architecture, save checkpoints and the eval split.
 
     With `single_task`, also a purchase-only model: the baseline for the sparse task's "MTL gain".
+    With `monitor`, the MMoE trains under a `GateMonitor` (a window every `MONITOR_EVERY` steps) whose
+    run log is written to `out_dir/run_log.jsonl` (`DemoResult.run_log`); a window is `MONITOR_EVERY`
+    steps, fewer on small runs (about `MONITOR_WINDOWS` windows in all).
     """
+    from contextlib import nullcontext
+
     import torch
 
     from .checkpoint import save_checkpoint
     from .datasets import make_recsys, recsys_features, recsys_tasks
     from .models import ModelConfig, build_model
+    from .monitor import GateMonitor
     from .train import evaluate, fit
 
     say = log or (lambda _m: None)
@@ -82,6 +101,9 @@ def run_demo(
     say(f"generated {len(frame):,} rows of recommender data ({', '.join(t.name for t in tasks)})")
 
     checkpoints: dict[str, Path] = {}
+    run_log = out / "run_log.jsonl" if monitor else None
+    if run_log is not None:
+        run_log.unlink(missing_ok=True)  # the monitor appends: start a fresh log
     rows = []
     purchase = next(t for t in tasks if t.name == "purchase")
     runs = [(arch, arch, tuple(tasks)) for arch in architectures]
@@ -94,7 +116,19 @@ def run_demo(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(config)
-        fit(model, train_frame, tasks=list(model_tasks), features=features, epochs=epochs, seed=seed)
+        watch = run_log is not None and name == "mmoe"
+        steps = epochs * -(-round(len(train_frame) * 0.9) // 512)  # fit's defaults: 10% validation, batch 512
+        every = max(1, min(MONITOR_EVERY, steps // MONITOR_WINDOWS))
+        with GateMonitor(model, every=every, log_path=run_log) if watch else nullcontext() as mon:
+            fit(
+                model,
+                train_frame,
+                tasks=list(model_tasks),
+                features=features,
+                epochs=epochs,
+                seed=seed,
+                on_step=_monitor_step(mon) if mon is not None else None,
+            )
         scores = evaluate(model, eval_frame, list(model_tasks), features)
         path = out / "checkpoints" / f"{name}.pt"
         save_checkpoint(path, model, eval_frame=eval_frame, metrics=scores)
@@ -106,4 +140,6 @@ def run_demo(
                 row[f"{task} {metric}"] = value
         rows.append(row)
         say(f"trained {name} in {seconds[name]:.1f}s")
-    return DemoResult(out, data_path, eval_path, checkpoints, pd.DataFrame(rows), seconds)
+    if run_log is not None:
+        say(f"gate run log of the MMoE's training: {run_log}")
+    return DemoResult(out, data_path, eval_path, checkpoints, pd.DataFrame(rows), seconds, run_log)

@@ -48,6 +48,7 @@ class InspectionResult:
     meta: dict[str, Any] = field(default_factory=dict)
     causal: Any | None = None  # mmoe_inspect.causal.CausalResult when the causal analyses ran
     attribution: Any | None = None  # mmoe_inspect.attribution.AttributionResult when attributions ran
+    training: Any | None = None  # run-log DataFrame of a GateMonitor (mmoe_inspect.monitor.read_run_log)
 
     def table(self, name: str) -> pd.DataFrame:
         return self.tables.get(name, pd.DataFrame())
@@ -115,6 +116,7 @@ class InspectionResult:
                 "tables": table_records(self.tables),
                 "causal": self.causal.to_dict() if self.causal is not None else None,
                 "attribution": self.attribution.to_dict() if self.attribution is not None else None,
+                "training": _training_records(self.training),
                 "meta": self.meta,
             }
         )
@@ -129,4 +131,15 @@ class InspectionResult:
             paths += self.causal.save_tables(folder)
         if self.attribution is not None:
             paths += self.attribution.save_tables(folder)
+        if self.training is not None:
+            paths += save_tables({"run_log": self.training}, folder, prefix="training_")
         return paths
+
+
+def _training_records(run_log: Any | None) -> dict[str, Any] | None:
+    """The run log and its finding timeline as records (None without a run log)."""
+    if run_log is None:
+        return None
+    from .monitor import collapse_timeline
+
+    return table_records({"run_log": run_log, "timeline": collapse_timeline(run_log)})

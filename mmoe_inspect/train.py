@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -197,6 +197,7 @@ def fit(
     seed: int = 0,
     max_seconds: float | None = None,
     verbose: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place with Adam on `frame`; returns the history and validation metrics.
 
@@ -205,6 +206,8 @@ def fit(
     best epoch's weights are restored. Without validation rows the last weights are kept.
     `max_seconds` stops within the running epoch once exceeded. Shuffling, the split and dropout are
     seeded by `seed` (the global torch RNG state is restored afterwards). The model ends in eval mode.
+    `on_step(step, epoch, loss)` is called after every optimizer step (steps count from 1), e.g. to
+    drive a `mmoe_inspect.monitor.GateMonitor`.
     """
     task_specs, features = _defaults(model, tasks, features)
     train_rows, val_rows = _split(len(frame), val_fraction, seed)
@@ -221,6 +224,7 @@ def fit(
     history: list[EpochStats] = []
     best_loss, best_epoch, best_state = math.inf, -1, None
     stop_reason = "epochs"
+    step = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         shuffler = torch.Generator().manual_seed(seed)
@@ -234,7 +238,11 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_total, n_batches = loss_total + loss.detach().item(), n_batches + 1
+                step_loss = loss.detach().item()
+                loss_total, n_batches = loss_total + step_loss, n_batches + 1
+                step += 1
+                if on_step is not None:
+                    on_step(step, epoch, step_loss)
                 if deadline is not None and time.perf_counter() > deadline:
                     stop_reason = "time"
                     break

@@ -19,7 +19,7 @@ Examples::
 
 from .diff import RoutingDiff, diff_results, write_diff
 from .display import GateUtilizationDisplay
-from .figures import FIGURES, FigureSpec, render_figures
+from .figures import FIGURES, TRAINING_FIGURES, FigureSpec, render_figures
 from .html import render_html, renderer
 from .overview import overview_figure, write_overview
 from .structure import Report, Section, get_report_structure, headline_cards
@@ -28,6 +28,7 @@ from .write import MARKER, ReportError, build_report, is_report, write_folder, w
 __all__ = [
     "FIGURES",
     "MARKER",
+    "TRAINING_FIGURES",
     "FigureSpec",
     "GateUtilizationDisplay",
     "Report",

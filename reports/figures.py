@@ -1,7 +1,8 @@
 """Figures of a report: each function takes an `InspectionResult` and returns a `Figure` (or None when
 its data is empty). Figures are built directly (no pyplot), inside `plot_context()`.
 
-`FIGURES` is the registry the report uses: name → `FigureSpec` (section, title, reading guide).
+`FIGURES` is the registry the report uses: name → `FigureSpec` (section, title, reading guide);
+`TRAINING_FIGURES` holds the Training section's figures, drawn from a run log.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ._style import (
 )
 from .attribution_figures import attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task
 from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
+from .training_figures import training_divergence, training_entropy, training_utilization
 
 RESERVOIR_ROWS = 600  # rows per gate drawn in the weight distributions
 MAX_LABEL_ROWS = 24  # gate x label rows in the label-routing heatmap
@@ -799,12 +801,56 @@ FIGURES: dict[str, FigureSpec] = {
 }
 
 
+TRAINING_FIGURES: dict[str, FigureSpec] = {
+    s.name: s
+    for s in (
+        FigureSpec(
+            "training_utilization",
+            "training",
+            "Training: expert utilization over the steps",
+            training_utilization,
+            "One panel per gate: each line is an expert's mean gate weight in one window of training steps, "
+            "plotted at the window's last step. Lines that stay apart and keep moving mean the gate is still "
+            "learning to route; one line climbing to 1 while the others fall to 0 is a gate collapsing onto one "
+            "expert, and the dotted line marks the step at which the monitor first flagged it.",
+        ),
+        FigureSpec(
+            "training_entropy",
+            "training",
+            "Training: gate entropy over the steps",
+            training_entropy,
+            "Left: effective experts (exp of the entropy of the window's mean gate), from the number of experts "
+            "(even use) down to 1 (one expert gets everything). Right: the mean per-row entropy divided by log E, "
+            "from 1 (every row averages all experts) to 0 (every row picks one expert). A healthy run usually "
+            "lowers per-row entropy while keeping several effective experts; both falling together is a collapse.",
+        ),
+        FigureSpec(
+            "training_divergence",
+            "training",
+            "Training: task divergence over the steps",
+            training_divergence,
+            "For every pair of task gates over the same experts, the mean per-row total variation between their "
+            "weights in each window (0 = the two tasks route identically, 1 = on disjoint experts). A curve that "
+            "falls to 0 means the task gates converged to the same routing, and the multi-gate model acts as a "
+            "one-gate model from that step on.",
+        ),
+    )
+}
+"""Figures of the Training section, drawn from `result.training` (a GateMonitor run log) only: kept apart
+from `FIGURES`, whose figures all draw from the inspection itself."""
+
+
+def all_figures() -> dict[str, FigureSpec]:
+    """Every figure a report may draw: `FIGURES`, then `TRAINING_FIGURES` (read at call time)."""
+    return {**FIGURES, **TRAINING_FIGURES}
+
+
 def render_figures(result: InspectionResult, folder: str | Path) -> dict[str, str]:
     """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    for name, spec in FIGURES.items():
+    for name, spec in all_figures().items():
         fig = spec.draw(result)
         if fig is None:
             continue

@@ -17,7 +17,7 @@ from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
 
 from .attribution_section import ATTRIBUTION_TABLE_HOWTO, attribution_section, attribution_tables_shown
 from .causal_section import CAUSAL_TABLE_HOWTO, causal_section, causal_tables_shown
-from .figures import FIGURES
+from .figures import FIGURES, all_figures
 from .items import (
     COLLAPSE_ROWS,
     BulletList,
@@ -41,6 +41,7 @@ from .items import (
     fmt_value,
     table_item,
 )
+from .training_section import TRAINING_TABLE_HOWTO, training_section, training_tables_shown
 
 __all__ = [
     "COLLAPSE_ROWS",
@@ -385,7 +386,9 @@ _FINDINGS_HOWTO = (
 
 def howto_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     entries = [_FINDINGS_HOWTO]
-    entries += [(spec.title, f"fig-{name}", spec.howto) for name, spec in FIGURES.items() if name in figures]
+    entries += [
+        (spec.title, f"fig-{name}", spec.howto) for name, spec in all_figures().items() if name in figures
+    ]
     shown = causal_tables_shown(result)
     entries += [
         (title, f"table-{name}", text) for name, (title, text) in CAUSAL_TABLE_HOWTO.items() if name in shown
@@ -394,6 +397,12 @@ def howto_section(result: InspectionResult, figures: Mapping[str, str], csv_name
     entries += [
         (title, f"table-{name}", text)
         for name, (title, text) in ATTRIBUTION_TABLE_HOWTO.items()
+        if name in shown
+    ]
+    shown = training_tables_shown(result)
+    entries += [
+        (title, f"table-{name}", text)
+        for name, (title, text) in TRAINING_TABLE_HOWTO.items()
         if name in shown
     ]
     return Section(
@@ -409,6 +418,7 @@ SECTION_BUILDERS = (
     routing_section,
     causal_section,
     attribution_section,
+    training_section,
     experts_section,
     tasks_section,
     topology_section,

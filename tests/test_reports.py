@@ -46,7 +46,17 @@ from mmoe_inspect.results import InspectionResult
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("summary", "routing", "causal", "attributions", "experts", "tasks", "topology", "how-to-read")
+SECTIONS = (
+    "summary",
+    "routing",
+    "causal",
+    "attributions",
+    "training",
+    "experts",
+    "tasks",
+    "topology",
+    "how-to-read",
+)
 XSS_TASK = "<script>alert(1)</script>"
 XSS_MODULE = '"><img src=x onerror=alert(1)>'
 
