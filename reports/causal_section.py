@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from mmoe_inspect.causal.counterfactual import COUNTERFACTUAL_COLUMNS
 from mmoe_inspect.results import InspectionResult
 
 from .causal_figures import (
@@ -197,22 +198,7 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
         items.append(
             table_item(
                 "causal_counterfactuals",
-                _columns(
-                    cf,
-                    [
-                        "task",
-                        "counterfactual",
-                        "gates",
-                        "metric",
-                        "intact",
-                        "value",
-                        "change",
-                        "lo",
-                        "hi",
-                        "significant",
-                        "worse",
-                    ],
-                ),
+                _columns(cf, COUNTERFACTUAL_COLUMNS),
                 title="Change per task and replacement gate",
                 description="Each task on its primary metric; every metric is in the CSV.",
                 csv=_csv("causal_counterfactuals", csv_names),
