@@ -241,37 +241,26 @@ def inspect_checkpoint(
     """
     import torch
 
-    from mmoe_inspect import inspect
-    from mmoe_inspect.data.sources import require_columns
-    from mmoe_inspect.loading import parse_labels
-
     torch.manual_seed(run.seed)
     loaded = load.load(checkpoint, quiet=run.quiet)
     check_stored_rows(loaded, load, spec)
-    label_map = parse_labels(load.labels)
     source = loaded.source(load.data)
+    # the same input function `loaded.inspect` builds: kept for the features list and the causal pass
     fn = loaded.input_fn(input=load.input, features=load.features, collate=load.collate)  # type: ignore[arg-type]
-    if fn.names:
-        require_columns(source, list(fn.names))
-    names = loaded.task_names(load.tasks, label_map)
-    kinds = loaded.task_kinds
     what = label or checkpoint.name
     from mmoe_inspect.attribution import AttributionError
 
     def run_inspect(attribute: bool, bar: str) -> InspectionResult:
-        with Passes(run.quiet) as passes, loaded.adapter.session(loaded.model):
+        with Passes(run.quiet) as passes:
             tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))
-            result = inspect(
-                loaded.model,
+            result = loaded.inspect(
                 source,
+                tasks=load.tasks,
+                labels=load.labels,
+                input=load.input,  # type: ignore[arg-type]
+                features=load.features,
+                collate=load.collate,
                 topology=spec,
-                tasks=names,
-                task_kinds=kinds
-                if kinds is not None and (names is None or len(kinds) == len(names))
-                else None,
-                input_fn=fn,
-                columns=list(fn.names) if fn.names else None,
-                labels=label_map if label_map is not None else True,
                 config=load.config(run.seed),
                 model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
                 progress=tick,

@@ -145,8 +145,11 @@ class LoadedModel:
         config: InspectConfig | None = None,
         thresholds: Thresholds | None = None,
         model_name: str | None = None,
+        **options: Any,
     ) -> InspectionResult:
         """`mmoe_inspect.inspect` with this model's input function, task names/kinds and labels wired in.
+
+        Further `options` (`progress`, `causal`, `attribution`) go to `inspect` unchanged.
 
         `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it,
         a column named like a task is its label. See `input_fn` for `input`/`features`/`collate`.
@@ -176,6 +179,7 @@ class LoadedModel:
                 thresholds=thresholds,
                 model_name=model_name
                 or f"{type(self.model).__name__}" + (f" ({self.path.name})" if self.path else ""),
+                **options,
             )
 
 
