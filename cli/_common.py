@@ -310,6 +310,7 @@ FINDING_CODES: dict[str, str] = {
     "sparse_task_ignores_own_experts": "warning",
     "gate_not_normalized": "warning",
     "tasks_route_similarly": "info",
+    "single_class_labels": "info",
 }
 """Every finding code the diagnosis emits, with its severity (README "Findings")."""
 

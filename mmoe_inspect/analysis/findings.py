@@ -81,9 +81,14 @@ def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = No
     collapsed: set[str] = set()
     for row in gm.itertuples(index=False):
         out.extend(_gate_findings(row, th, collapsed))
-    out.extend(_pair_findings(tables.get("task_divergence", pd.DataFrame()), th, collapsed))
+    pairs = tables.get("task_divergence", pd.DataFrame())
+    if not gm.empty and not pairs.empty:  # one expert: every gate is [1.0], routing is not a choice to judge
+        single = set(gm.loc[gm["n_experts"] < 2, "gate"])
+        pairs = pairs[~pairs["gate_a"].isin(single)]
+    out.extend(_pair_findings(pairs, th, collapsed))
     out.extend(_expert_findings(tables, th))
     out.extend(_ple_findings(tables, th))
+    out.extend(_task_findings(tables.get("tasks", pd.DataFrame())))
     out.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
     return out
 
@@ -118,7 +123,7 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
                 {"not_normalized_rows": int(row.not_normalized_rows)},
             )
         )
-    if n_e < 2:
+    if n_e < 2 or not row.n_rows > 0:  # one expert, or no finite row: nothing to judge the routing by
         return res
     if row.max_mean_weight >= th.collapse_weight and row.top_expert_top1_share >= th.collapse_top1:
         collapsed.add(gate)
@@ -355,4 +360,30 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
                     {"positive_rate": float(rate), "own_expert_weight": own},
                 )
             )
+    return res
+
+
+def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
+    """Binary tasks whose labelled rows are all one class: AUC is undefined (shown as "—", said why here)."""
+    res: list[Finding] = []
+    if tasks.empty or "positive_rate" not in tasks.columns:
+        return res
+    for row in tasks.itertuples(index=False):
+        rate, n_lab = _num(row.positive_rate), _num(row.n_labelled)
+        if row.kind != "binary" or not n_lab > 0 or rate not in (0.0, 1.0):
+            continue
+        cls = "positive" if rate == 1.0 else "negative"
+        res.append(
+            Finding(
+                "single_class_labels",
+                "info",
+                str(row.task),
+                "AUC undefined: labels are all one class",
+                f"All {int(n_lab)} labelled rows of task {row.task} are {cls}: its AUC (and AUC-based causal "
+                "effects) is undefined and left blank, not zero.",
+                "Inspect on rows that hold both classes (a larger or unsampled evaluation set), or check the "
+                "label column mapping (--labels).",
+                {"positive_rate": rate, "n_labelled": int(n_lab)},
+            )
+        )
     return res

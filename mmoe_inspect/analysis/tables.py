@@ -33,16 +33,17 @@ def task_table(topology: Topology, outputs: Any | None) -> pd.DataFrame:
     for i, t in enumerate(topology.tasks):
         row: dict[str, Any] = {"task": t.name, "kind": t.kind, "label": t.label_column}
         if outputs is not None:
+            # `.reshape(-1)`: torchmetrics' compute squeezes a one-task `[1]` state to 0-dim
             row.update(
-                n_rows=_f(outputs.n[i]),
-                n_labelled=_f(outputs.n_labelled[i]),
-                positive_rate=_f(outputs.label_mean[i]) if t.kind == "binary" else math.nan,
-                label_mean=_f(outputs.label_mean[i]),
-                mean_prediction=_f(outputs.mean_prediction[i]),
-                std_prediction=_f(outputs.std_prediction[i]),
-                auc_binned=_f(outputs.auc[i]),
-                mse=_f(outputs.mse[i]),
-                predictions_outside_0_1=_f(outputs.out_of_range[i]),
+                n_rows=_f(outputs.n.reshape(-1)[i]),
+                n_labelled=_f(outputs.n_labelled.reshape(-1)[i]),
+                positive_rate=_f(outputs.label_mean.reshape(-1)[i]) if t.kind == "binary" else math.nan,
+                label_mean=_f(outputs.label_mean.reshape(-1)[i]),
+                mean_prediction=_f(outputs.mean_prediction.reshape(-1)[i]),
+                std_prediction=_f(outputs.std_prediction.reshape(-1)[i]),
+                auc_binned=_f(outputs.auc.reshape(-1)[i]),
+                mse=_f(outputs.mse.reshape(-1)[i]),
+                predictions_outside_0_1=_f(outputs.out_of_range.reshape(-1)[i]),
             )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -259,11 +259,12 @@ def sparse_gain_table(
             row["importance_total"] = total
             if dense and total > 0:
                 row["shared_dependence"] = float(pos[imp["expert"].isin(dense_experts)].sum()) / total
-            best = imp["importance"].idxmax()
-            row["top_expert"], row["top_importance"] = (
-                imp.at[best, "expert"],
-                float(imp.at[best, "importance"]),
-            )
+            if imp["importance"].notna().any():  # all NaN when the task's labels are one class (no AUC)
+                best = imp["importance"].idxmax()
+                row["top_expert"], row["top_importance"] = (
+                    imp.at[best, "expert"],
+                    float(imp.at[best, "importance"]),
+                )
         cf = counterfactuals[(counterfactuals["task"] == task) & (counterfactuals["metric"] == "auc")]
         for kind in ("uniform", "mean_gate"):
             hit = cf[(cf["counterfactual"] == kind) & (cf["gates"].isin(_gate_list(topology, task)))]
