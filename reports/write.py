@@ -121,9 +121,12 @@ def write_folder(
             "force=True (--force) to write the report files into it"
         )
     whole_folder = not existing or (previous and set(existing) <= set(OWN_ENTRIES))
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _aside(out, "tmp")
-    tmp.mkdir()  # exclusive, and honors the umask (unlike mkdtemp's 0700)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # exclusive, and honors the umask (unlike mkdtemp's 0700)
+    except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
+        raise ReportError(f"cannot create a folder next to {out}: {exc.strerror or exc}") from exc
     try:
         try:
             build(tmp)
@@ -131,10 +134,16 @@ def write_folder(
             raise
         except Exception as exc:
             raise ReportError(f"writing the report failed: {type(exc).__name__}: {exc}") from exc
-        if whole_folder:
-            _swap_folder(tmp, out)
-        else:
-            _swap_entries(tmp, out, entries)
+        try:
+            if whole_folder:
+                _swap_folder(tmp, out)
+            else:
+                _swap_entries(tmp, out, entries)
+        except OSError as exc:  # the swaps put back what they moved before re-raising
+            raise ReportError(
+                f"moving the finished report into {out} failed ({exc.strerror or exc}); "
+                "what was there before is unchanged"
+            ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
