@@ -238,7 +238,9 @@ def previous(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(scope="module")
 def inspected(checkpoint: Path):
+    """The checkpoint's inspection, written by the tests that call `write_report` themselves."""
     from mmoe_inspect.loading import load_model
 
     return load_model(checkpoint).inspect()
@@ -336,9 +338,9 @@ def test_sigint_mid_run_leaves_the_previous_report(
 
 
 def test_disk_full_mid_file_leaves_the_previous_report(
-    checkpoint: Path, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    inspected, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = inspected(checkpoint)
+    result = inspected
     out = copy_of(previous, tmp_path)
     before = tree(out)
     real_write_text = Path.write_text
@@ -358,9 +360,9 @@ def test_disk_full_mid_file_leaves_the_previous_report(
 
 @pytest.mark.parametrize("fail_on", [1, 2], ids=["moving-the-old-one-aside", "moving-the-new-one-in"])
 def test_io_error_in_the_final_rename_restores_the_previous_report(
-    fail_on: int, checkpoint: Path, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fail_on: int, inspected, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = inspected(checkpoint)
+    result = inspected
     out = copy_of(previous, tmp_path)
     before = tree(out)
     real_replace, calls = os.replace, []
@@ -379,10 +381,10 @@ def test_io_error_in_the_final_rename_restores_the_previous_report(
 
 
 def test_io_error_while_swapping_entries_into_a_user_folder_rolls_back(
-    checkpoint: Path, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    inspected, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--force into a user's folder swaps entry by entry; a failure half-way puts every entry back."""
-    result = inspected(checkpoint)
+    result = inspected
     out = copy_of(previous, tmp_path)
     (out / "notes.txt").write_text("the user's", encoding="utf-8")  # now a report with a user file in it
     before = tree(out)

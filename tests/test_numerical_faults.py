@@ -208,7 +208,11 @@ def test_single_expert_gives_exact_numbers_and_no_routing_findings(
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: GatedMoE(tasks=("ctr",)), lambda: PlantedMMoE(N_FEATURES, tasks=("ctr",))]
+    "make",
+    [
+        pytest.param(lambda: GatedMoE(tasks=("ctr",)), id="dict-of-gates"),
+        pytest.param(lambda: PlantedMMoE(N_FEATURES, tasks=("ctr",)), id="planted-mmoe"),
+    ],
 )
 def test_single_task(make, frame: pd.DataFrame, tmp_path: Path) -> None:
     from sklearn.metrics import roc_auc_score
