@@ -116,11 +116,13 @@ def test_a_users_writer_is_flushed_not_closed_and_nan_columns_are_left_out(tmp_p
         assert logged == own  # a PLE gate mixes its own experts only
 
 
-def test_without_tensorboard_the_monitor_says_what_to_install(monkeypatch, tmp_path) -> None:
+def test_without_tensorboard_or_with_a_bad_writer_the_monitor_says_what_to_do(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     torch.manual_seed(0)
     model = MMoE(8, TASKS, n_experts=2, expert_hidden=(4,), tower_hidden=(4,))
     mon = GateMonitor(model, tensorboard=tmp_path / "tb")
     with pytest.raises(ImportError, match=r'pip install "mmoe-inspect\[tensorboard\]"'):
         mon.open()
+    with pytest.raises(TypeError, match="log directory or a SummaryWriter"):
+        GateMonitor(model, tensorboard=True).open()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -14,7 +14,10 @@ optimizer step, numbered by ``trainer.global_step`` (with ``accumulate_grad_batc
 the forwards of k batches). Validation and sanity-check forwards run in eval mode and are not
 counted. Scalars: ``loss`` (the mean over the step's batches of the ``loss`` that ``training_step``
 returned, as Lightning hands it to callbacks) and ``lr`` (``lr_<i>_<j>`` for optimizer i, param group
-j when there are several).
+j when there are several). Under DDP every rank hooks its replica and the window statistics cover
+the batches of all ranks (the statistics are torchmetrics metrics: ``compute()`` sums their states
+over the process group, every rank closing its window at the same step); only global rank 0 writes
+the run log and TensorBoard; a stop requested on any rank stops all of them.
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ class GateMonitorCallback(Callback):
         self.tensorboard = tensorboard
         self.monitor: GateMonitor | None = None
         self.stopped_by: tuple[Finding, int] | None = None
-        self._trainer: Trainer | None = None
         self._last_step = -1
         self._losses: list[float] = []
+        self._stop = False
 
     # ------------------------------------------------------------------ results
     @property
@@ -100,20 +103,21 @@ class GateMonitorCallback(Callback):
     # -------------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close()
-        self._trainer = trainer
         self.stopped_by = None
+        self._stop = False
         self._last_step = trainer.global_step
+        writes = trainer.is_global_zero
         self._losses = []
         self.monitor = GateMonitor(
             self._watched(pl_module),
             self.topology,
             every=self.every,
-            log_path=self.log_path,
+            log_path=self.log_path if writes else None,
             thresholds=self.thresholds,
             on_finding=self._found,
             start_step=trainer.global_step,
             stride=self.stride,
-            tensorboard=self._writer(trainer),
+            tensorboard=self._writer(trainer) if writes else None,
         ).open()
 
     def on_train_batch_end(
@@ -131,7 +135,13 @@ class GateMonitorCallback(Callback):
         if self._losses:
             scalars["loss"] = sum(self._losses) / len(self._losses)
             self._losses = []
-        self.monitor.step(epoch=trainer.current_epoch, global_step=trainer.global_step, **scalars)
+        window = self.monitor.step(epoch=trainer.current_epoch, global_step=trainer.global_step, **scalars)
+        if window is not None:  # every rank closes its window at the same step
+            stop = self._stop
+            if trainer.world_size > 1:
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop:
+                trainer.should_stop = True
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close()
@@ -151,8 +161,8 @@ class GateMonitorCallback(Callback):
         stop = finding.code in self.stop_on or finding.severity in self.stop_on
         if self.on_finding is not None and self.on_finding(finding, step):
             stop = True
-        if stop and self._trainer is not None:
-            self._trainer.should_stop = True
+        if stop:
+            self._stop = True
             if self.stopped_by is None:
                 self.stopped_by = (finding, step)
 

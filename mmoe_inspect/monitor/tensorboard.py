@@ -72,6 +72,12 @@ class TensorBoardSink:
 
     def __init__(self, writer: Any, topology: Topology) -> None:
         self._owned = isinstance(writer, (str, Path))
+        if not self._owned and not all(
+            hasattr(writer, m) for m in ("add_scalar", "add_histogram_raw", "flush")
+        ):
+            raise TypeError(
+                f"tensorboard= takes a log directory or a SummaryWriter-like object, got {type(writer).__name__}"
+            )
         self.writer = open_summary_writer(writer) if self._owned else writer
         self.topology = topology
 
