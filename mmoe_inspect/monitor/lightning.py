@@ -147,7 +147,9 @@ class GateMonitorCallback(Callback):
         self._close()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._close()
+        # Under DDP the other ranks may not get here: no collective statistics sync, just unhook.
+        if self.monitor is not None:
+            self.monitor.close(log_partial=trainer.world_size == 1)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._close()

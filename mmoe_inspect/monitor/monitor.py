@@ -199,10 +199,15 @@ class GateMonitor:
                 raise
         return self
 
-    def close(self) -> None:
-        """Log the partial window (if it saw rows), then remove every hook; idempotent."""
+    def close(self, log_partial: bool = True) -> None:
+        """Log the partial window (if it saw rows and `log_partial`), then remove every hook; idempotent."""
         try:
-            if self._hooks is not None and self._window_steps > 0 and self._window_forwards > 0:
+            if (
+                log_partial
+                and self._hooks is not None
+                and self._window_steps > 0
+                and self._window_forwards > 0
+            ):
                 self._flush()
         finally:
             try:
