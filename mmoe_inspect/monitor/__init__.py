@@ -14,11 +14,21 @@ Plain PyTorch, any loop::
                 opt.step()
                 mon.step(epoch=epoch, loss=loss.item(), lr=opt.param_groups[0]["lr"])
 
-Lightning (not a dependency): call ``mon.step(epoch=trainer.current_epoch, loss=...)`` from a
-callback's ``on_train_batch_end`` and open/close the monitor in ``on_fit_start`` / ``on_fit_end``.
+Lightning (``pip install "mmoe-inspect[lightning]"``): ``GateMonitorCallback`` in
+`mmoe_inspect.monitor.lightning`. TensorBoard (``pip install "mmoe-inspect[tensorboard]"``):
+``GateMonitor(..., tensorboard="runs/x")`` or a writer; tags in `mmoe_inspect.monitor.tensorboard`.
 """
 
 from mmoe_inspect.monitor.log import collapse_timeline, read_run_log
 from mmoe_inspect.monitor.monitor import GateMonitor
 
-__all__ = ["GateMonitor", "collapse_timeline", "read_run_log"]
+__all__ = ["GateMonitor", "collapse_timeline", "read_run_log"]  # + GateMonitorCallback, loaded on use
+
+
+def __getattr__(name: str) -> object:
+    """`GateMonitorCallback` on first use: Lightning is imported only by those who ask for it."""
+    if name == "GateMonitorCallback":
+        from mmoe_inspect.monitor.lightning import GateMonitorCallback
+
+        return GateMonitorCallback
+    raise AttributeError(f"module 'mmoe_inspect.monitor' has no attribute {name!r}")

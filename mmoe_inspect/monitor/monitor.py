@@ -31,6 +31,7 @@ from mmoe_inspect.analysis.tables import (
     gate_tables,
     task_table,
 )
+from mmoe_inspect.monitor.tensorboard import TensorBoardSink
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
 from mmoe_inspect.stats import GateStats, PairwiseRoutingStats
 from mmoe_inspect.topology.spec import GateSpec, Topology
@@ -113,6 +114,11 @@ class GateMonitor:
     averaged over the window's steps. On exit (also on exceptions) the last partial window is
     logged and every hook is removed.
 
+    `tensorboard`: a log directory (a `SummaryWriter` is opened there and closed on exit) or a writer
+    object (torch's or tensorboardX's `SummaryWriter`, Lightning's ``logger.experiment``; flushed,
+    not closed): each window also becomes per-gate scalars and weight histograms there (tags in
+    `mmoe_inspect.monitor.tensorboard`).
+
     Example::
 
         >>> with GateMonitor(model, every=50, log_path="run.jsonl") as mon:
@@ -135,11 +141,9 @@ class GateMonitor:
         start_step: int = 0,
         stride: int = 1,
         buffer_rows: int = 65_536,
+        tensorboard: Any = None,
     ) -> None:
-        if int(every) != every or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        if int(stride) != stride or not 1 <= stride <= every:
-            raise ValueError(f"stride must be an int in [1, every], got {stride!r}")
+        self._check_window(every, stride)
         self.stride = int(stride)
         self.buffer_rows = int(buffer_rows)
         self.model = model
@@ -159,8 +163,18 @@ class GateMonitor:
         self.global_step = int(start_step)
         self._groups = gate_groups(self.topology)
         self._hooks: _TrainingHooks | None = None
+        self.tensorboard = tensorboard
+        self._tb: TensorBoardSink | None = None
         self._parquet_rows: list[dict[str, Any]] = []
         self._reset_window()
+
+    @staticmethod
+    def _check_window(every: int, stride: int) -> None:
+        """ValueError unless `every` >= 1 and 1 <= `stride` <= `every` are ints."""
+        if int(every) != every or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        if int(stride) != stride or not 1 <= stride <= every:
+            raise ValueError(f"stride must be an int in [1, every], got {stride!r}")
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self) -> GateMonitor:
@@ -175,28 +189,51 @@ class GateMonitor:
         if self._hooks is None:
             if self.log_path is not None and self.log_path.suffix == ".parquet" and self.log_path.exists():
                 self._parquet_rows = pd.read_parquet(self.log_path).to_dict("records")
-            hooks = _TrainingHooks(self.model, self.topology, self._record)
-            self._hooks = hooks.__enter__()
+            if self.tensorboard is not None:
+                self._tb = TensorBoardSink(self.tensorboard, self.topology)
+            try:
+                hooks = _TrainingHooks(self.model, self.topology, self._record)
+                self._hooks = hooks.__enter__()
+            except BaseException:
+                self._close_tensorboard()
+                raise
         return self
 
-    def close(self) -> None:
-        """Log the partial window (if it saw rows), then remove every hook; idempotent."""
+    def close(self, log_partial: bool = True) -> None:
+        """Log the partial window (if it saw rows and `log_partial`), then remove every hook; idempotent."""
         try:
-            if self._hooks is not None and self._window_steps > 0 and self._window_forwards > 0:
+            if (
+                log_partial
+                and self._hooks is not None
+                and self._window_steps > 0
+                and self._window_forwards > 0
+            ):
                 self._flush()
         finally:
-            if self._hooks is not None:
-                hooks, self._hooks = self._hooks, None
-                hooks.close()
+            try:
+                if self._hooks is not None:
+                    hooks, self._hooks = self._hooks, None
+                    hooks.close()
+            finally:
+                self._close_tensorboard()
+
+    def _close_tensorboard(self) -> None:
+        if self._tb is not None:
+            tb, self._tb = self._tb, None
+            tb.close()
 
     # ---------------------------------------------------------------- stepping
-    def step(self, epoch: int | None = None, **scalars: float) -> list[Finding] | None:
-        """Mark the end of one training step; logs a window every `every` steps.
+    def step(
+        self, epoch: int | None = None, *, global_step: int | None = None, **scalars: float
+    ) -> list[Finding] | None:
+        """Mark the end of one training step; logs a window every `every` calls.
 
-        `scalars` (loss, lr, ...) must be numbers. Returns the window's findings when a window was
-        logged at this step, else None.
+        `global_step`: the trainer's own step count after this step (e.g. Lightning's
+        ``trainer.global_step``), used as the run log's step instead of counting calls. `scalars`
+        (loss, lr, ...) must be numbers. Returns the window's findings when a window was logged at
+        this step, else None.
         """
-        self.global_step += 1
+        self.global_step = self.global_step + 1 if global_step is None else int(global_step)
         self._window_steps += 1
         if epoch is not None:
             self._epoch = int(epoch)
@@ -285,6 +322,8 @@ class GateMonitor:
         self.rows.extend(rows)
         self.findings = findings
         self._write(rows)
+        if self._tb is not None:
+            self._tb.write(rows, summaries)
         self._reset_window()
         if self.on_finding is not None:
             for f in new:
