@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "GateMonitor": "monitor",
     "read_run_log": "monitor",
     "collapse_timeline": "monitor",
+    "GateMonitorCallback": "monitor.lightning",  # needs the lightning extra; imported on use
     "run_attribution": "attribution",
     "AttributionResult": "attribution",
     "run_causal": "causal",
