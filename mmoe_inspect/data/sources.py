@@ -117,14 +117,19 @@ def shard_rows(
     The `max_rows` cap becomes a stop position (with `sample`: just after the `max_rows`-th sampled
     row, found by hashing positions), so the ranks together read exactly the rows one process reads
     and sampling stays a function of the global position. A known row count is split into `world`
-    contiguous ranges (the last ones may be shorter or empty); a CSV goes round-robin in `block`s.
+    contiguous ranges whose length is a multiple of `block` (pass the batch size: without sampling,
+    every rank's batches are then the very batches one process forms, so the forward passes, and
+    the per-batch statistics, are bit-identical; the last ranks may get fewer rows or none); a CSV
+    goes round-robin in `block`s.
     """
+    block = max(1, block)
     n = source.n_rows()
     stop = _stop_position(n, max_rows, sample, seed)
     if n is None:
-        return RowShard(rank, world, max(1, block), stop)
+        return RowShard(rank, world, block, stop)
     total = n if stop is None else min(n, stop)
-    return RowShard(rank, world, max(1, -(-total // world)), total)
+    per_rank = -(-total // world)
+    return RowShard(rank, world, max(block, -(-per_rank // block) * block), total)
 
 
 def _stop_position(n: int | None, max_rows: int | None, sample: float | None, seed: int) -> int | None:
