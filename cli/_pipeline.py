@@ -124,17 +124,22 @@ def _pass_source_class() -> type:
             *,
             sample: float | None = None,
             seed: int = 0,
+            **options: Any,
         ) -> Iterator[pd.DataFrame]:
             if sample is None and self.pass_sample is not None:
                 sample, seed = self.pass_sample, self.pass_seed
             if self.passes is None:
-                yield from super().iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed)
+                yield from super().iter_frames(
+                    batch_size, columns, max_rows, sample=sample, seed=seed, **options
+                )
                 return
             self.count += 1
             name = f"{self.label} (pass {self.count})"
             tick = self.passes.bar(name, expected_rows(self, sample, max_rows))
             done = 0
-            for chunk in super().iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
+            for chunk in super().iter_frames(
+                batch_size, columns, max_rows, sample=sample, seed=seed, **options
+            ):
                 yield chunk
                 done += len(chunk)
                 tick(done)

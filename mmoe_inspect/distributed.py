@@ -100,6 +100,8 @@ def init_from_env(device: str | torch.device = "cpu", timeout_s: float | None = 
     dev = torch.device(device)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     timeout = timedelta(seconds=timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S)
+    if backend == "nccl":  # collectives run on this rank's GPU
+        torch.cuda.set_device(dev if dev.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
     try:
         dist.init_process_group(backend, init_method="env://", timeout=timeout)
     except Exception as exc:

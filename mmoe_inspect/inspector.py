@@ -280,7 +280,8 @@ def inspect(
             cap = rec.take()
             b = len(frame)
             row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
-            lab_all = _labels(frame, topo.tasks, columns, source.name)
+            row_index = _to_device(row_index, device)
+            lab_all = _to_device(_labels(frame, topo.tasks, columns, source.name), device)
             lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
             for name, st in gate_stats.items():
                 g = cap.gates[name]  # stays on the model's device, as do the statistics
@@ -293,9 +294,7 @@ def inspect(
                     if expert_stats is None:
                         expert_stats = new_expert_stats([o.shape[1] for o in outs])
                     expert_stats.update(outs, row_index)
-            outputs.update(
-                task_predictions(out, topo.tasks), _to_device(lab_all, device) if labelled else None
-            )
+            outputs.update(task_predictions(out, topo.tasks), lab_all if labelled else None)
             n_rows += b
             if progress is not None:
                 progress(n_rows)
