@@ -4,21 +4,25 @@ the causal analyses with baselines loaded the same way. Thin glue over the libra
 `inspect_checkpoint` does what `LoadedModel.inspect` does (adapter input function, task names and
 kinds, labels, the adapter's session) plus the two things that method does not pass on: the
 `progress` callback of `mmoe_inspect.inspect` and the causal options.
+
+`distributed_run` makes a command one rank of a torchrun job (see `mmoe_inspect.distributed`): every
+rank records its shard, rank 0 alone runs the causal analyses and attributions and writes; the other
+ranks print nothing and exit 0, and an error on any rank ends every rank (rank 0 prints it).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
-from ._common import EXIT_NEEDS_INPUT, LoadOptions, OptionError, RunOptions, err
+from ._common import EXIT_NEEDS_INPUT, LoadOptions, OptionError, RunOptions, err, out
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from mmoe_inspect.data.sources import TableSource
+    from mmoe_inspect.distributed import DistContext
     from mmoe_inspect.loading import LoadedModel
     from mmoe_inspect.results import InspectionResult
 
@@ -119,17 +124,22 @@ def _pass_source_class() -> type:
             *,
             sample: float | None = None,
             seed: int = 0,
+            **options: Any,
         ) -> Iterator[pd.DataFrame]:
             if sample is None and self.pass_sample is not None:
                 sample, seed = self.pass_sample, self.pass_seed
             if self.passes is None:
-                yield from super().iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed)
+                yield from super().iter_frames(
+                    batch_size, columns, max_rows, sample=sample, seed=seed, **options
+                )
                 return
             self.count += 1
             name = f"{self.label} (pass {self.count})"
             tick = self.passes.bar(name, expected_rows(self, sample, max_rows))
             done = 0
-            for chunk in super().iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
+            for chunk in super().iter_frames(
+                batch_size, columns, max_rows, sample=sample, seed=seed, **options
+            ):
                 yield chunk
                 done += len(chunk)
                 tick(done)
@@ -147,6 +157,62 @@ def pass_source(
     return cls(
         frame=source.frame, path=source.path, passes=passes, label=label, pass_sample=sample, pass_seed=seed
     )
+
+
+# ----------------------------------------------------------------------------- distributed runs
+@contextmanager
+def distributed_run(
+    wanted: bool | None, load: LoadOptions, timeout_s: float | None = None
+) -> Iterator[tuple[DistContext | None, LoadOptions]]:
+    """`(context, load options)` of this process: `(None, load)` for a single-process run, else this rank's.
+
+    `wanted` None means "when launched by torchrun with several processes". A CUDA `--device`
+    without an index becomes `cuda:LOCAL_RANK` (one GPU per rank). Ranks other than 0 print nothing
+    (their consoles stay quiet until the process ends: rank 0 prints every rank's error). An error
+    raised inside reaches every rank; the process group is destroyed on the way out.
+    """
+    from mmoe_inspect.distributed import (
+        DistributedError,
+        agreed_errors,
+        init_from_env,
+        launched_by_torchrun,
+        shutdown,
+    )
+
+    if not (launched_by_torchrun() if wanted is None else wanted):
+        yield None, load
+        return
+    import os
+
+    import torch
+
+    device = torch.device(load.device) if _is_device(load.device) else None
+    if device is not None and device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {load.device}: CUDA is not available on this machine")
+        if device.index is None:
+            load = replace(load, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    try:
+        ctx = init_from_env(load.device if device is not None else "cpu", timeout_s)
+    except DistributedError as exc:
+        raise OptionError(str(exc)) from None
+    if not ctx.is_main:
+        out.quiet = err.quiet = True
+    try:
+        with agreed_errors(ctx):
+            yield ctx, load
+    finally:
+        shutdown(ctx)
+
+
+def _is_device(text: str) -> bool:
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        return False  # the loader reports a bad --device with its own one-line error
+    return True
 
 
 # ----------------------------------------------------------------------------- inspection
@@ -230,14 +296,16 @@ def inspect_checkpoint(
     causal: CausalRequest | None = None,
     attribution: AttributionRequest | None = None,
     label: str = "",
+    dist: DistContext | None = None,
 ) -> InspectionResult:
     """Load `checkpoint`, inspect it on the data with a progress bar, and (if asked) run the feature
-    attributions (`attribution=` of `inspect`, inside the adapter's session) and the causal analyses.
+    attributions (`mmoe_inspect.run_attribution`, inside the adapter's session) and the causal analyses.
 
     The same steps as `LoadedModel.inspect`, plus `progress=` and the causal options the CLI exposes;
     the input columns read are recorded in `result.meta["features"]` for the report. When the model's
     inputs cannot be attributed, the inspection is kept and the reason is in
-    `result.meta["attribution_skipped"]` (the report says it).
+    `result.meta["attribution_skipped"]` (the report says it). With `dist` (a distributed run) every
+    rank records its shard of the rows; the attributions and causal analyses run on rank 0 only.
     """
     import torch
 
@@ -248,42 +316,65 @@ def inspect_checkpoint(
     # the same input function `loaded.inspect` builds: kept for the features list and the causal pass
     fn = loaded.input_fn(input=load.input, features=load.features, collate=load.collate)  # type: ignore[arg-type]
     what = label or checkpoint.name
-    from mmoe_inspect.attribution import AttributionError
-
-    def run_inspect(attribute: bool, bar: str) -> InspectionResult:
-        with Passes(run.quiet) as passes:
-            tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))
-            result = loaded.inspect(
-                source,
-                tasks=load.tasks,
-                labels=load.labels,
-                input=load.input,  # type: ignore[arg-type]
-                features=load.features,
-                collate=load.collate,
-                topology=spec,
-                config=load.config(run.seed),
-                model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
-                progress=tick,
-                attribution=attribution.options() if attribute and attribution is not None else False,
-            )
-            passes.finish(bar)
-        return result
-
-    try:
-        result = run_inspect(attribution is not None, f"inspecting {what}")
-    except AttributionError as exc:  # the inputs cannot be attributed: keep the inspection, say why
-        if not run.quiet:
-            err.print(f"note: no attributions: {escape(str(exc))}")
-        result = run_inspect(False, f"inspecting {what} (again, without attributions)")
-        result.meta["attribution_skipped"] = f"the model's inputs could not be attributed ({exc})"
+    bar = f"inspecting {what}"
+    with Passes(run.quiet) as passes:
+        tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))
+        result = loaded.inspect(
+            source,
+            tasks=load.tasks,
+            labels=load.labels,
+            input=load.input,  # type: ignore[arg-type]
+            features=load.features,
+            collate=load.collate,
+            topology=spec,
+            config=load.config(run.seed),
+            model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
+            progress=tick,
+            distributed=dist is not None,
+        )
+        passes.finish(bar)
     if fn.names:
         result.meta["features"] = list(fn.names)
     if load.data is None:
         result.data_source = f"evaluation rows stored in {checkpoint.name}"
+    if dist is not None and not dist.is_main:
+        return result  # rank 0 runs what follows, on the same rows a single process would use
+    if attribution is not None:
+        run_attributions(result, loaded, source, fn, run, attribution)
     if causal is None:
         return result
     run_causal_analyses(result, loaded, source, fn, load, run, causal, what)
     return result
+
+
+def run_attributions(
+    result: InspectionResult,
+    loaded: LoadedModel,
+    source: TableSource,
+    fn: Callable[[pd.DataFrame], Any],
+    run: RunOptions,
+    attribution: AttributionRequest,
+) -> None:
+    """Attach `result.attribution` (what `inspect(attribution=...)` does), or the reason it is absent in
+    `result.meta["attribution_skipped"]` when the model's inputs cannot be attributed."""
+    import mmoe_inspect.attribution as attr
+
+    names = list(getattr(fn, "names", None) or ()) or None
+    try:
+        with loaded.adapter.session(loaded.model):
+            result.attribution = attr.run_attribution(
+                loaded.model,
+                source,
+                topology=result.topology,
+                input_fn=fn,
+                features=names,
+                seed=run.seed,
+                **attribution.options(),
+            )
+    except attr.AttributionError as exc:  # the inputs cannot be attributed: keep the inspection, say why
+        if not run.quiet:
+            err.print(f"note: no attributions: {escape(str(exc))}")
+        result.meta["attribution_skipped"] = f"the model's inputs could not be attributed ({exc})"
 
 
 def run_causal_analyses(

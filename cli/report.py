@@ -28,6 +28,7 @@ from ._pipeline import (
     ATTRIBUTION_ROWS,
     AttributionRequest,
     CausalRequest,
+    distributed_run,
     inspect_checkpoint,
     parse_baselines,
     read_run,
@@ -35,6 +36,7 @@ from ._pipeline import (
 
 CAUSAL = "Causal analyses"
 ATTRIBUTIONS = "Feature attributions"
+DISTRIBUTED = "Distributed runs"
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -47,6 +49,8 @@ EPILOG = """\
   mmoe-inspect report model.pt --data eval.parquet --fail-on critical
 
   mmoe-inspect report model.pt --data eval.parquet --run run_log.jsonl
+
+  torchrun --nproc-per-node 4 -m mmoe_inspect.cli report model.pt --data eval.parquet
 
 Writes OUT/index.html, OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns; feature attributions (Captum) run on a sample of rows within --attribution-budget seconds. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
 """
@@ -144,6 +148,28 @@ def report_command(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder that is not a report.")] = False,
+    distributed: Annotated[
+        bool | None,
+        typer.Option(
+            "--distributed/--no-distributed",
+            show_default="on when launched by torchrun with several processes",
+            help="Run as one rank of a torchrun job: each rank records its shard of the rows, the statistics "
+            "are combined across ranks (gloo on CPU, nccl on CUDA), rank 0 runs the causal analyses and "
+            "attributions and writes the report.",
+            rich_help_panel=DISTRIBUTED,
+        ),
+    ] = None,
+    dist_timeout: Annotated[
+        float,
+        typer.Option(
+            "--dist-timeout",
+            metavar="SECONDS",
+            min=1,
+            help="How long a rank waits for the others at a collective before failing (a rank that died "
+            "silently, or rank 0 still running the causal analyses).",
+            rich_help_panel=DISTRIBUTED,
+        ),
+    ] = 1800.0,
     *,
     load: LoadOptions,
     run: RunOptions,
@@ -162,16 +188,23 @@ def report_command(
 
         request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
         attribution = AttributionRequest(attribution_budget, attribution_rows) if attributions else None
-        result = inspect_checkpoint(checkpoint, load, run, spec=spec, causal=request, attribution=attribution)
-        result.training = training
-        if not attributions:
-            result.meta["attribution_skipped"] = "turned off (--no-attributions)"
-        if no_causal:
-            result.meta["causal_skipped"] = "turned off (--no-causal)"
-        elif result.causal is None and (baselines or segment_by) and not run.quiet:
-            reason = result.meta.get("causal_skipped", "")
-            err.print(f"note: --baseline/--segment-by not used, no causal analyses: {escape(str(reason))}")
-        index = write_report(result, out_dir, force=force)
+        with distributed_run(distributed, load, dist_timeout) as (dist, load):
+            result = inspect_checkpoint(
+                checkpoint, load, run, spec=spec, causal=request, attribution=attribution, dist=dist
+            )
+            if dist is not None and not dist.is_main:
+                return  # rank 0 writes the report (after every rank passed the last status exchange)
+            result.training = training
+            if not attributions:
+                result.meta["attribution_skipped"] = "turned off (--no-attributions)"
+            if no_causal:
+                result.meta["causal_skipped"] = "turned off (--no-causal)"
+            elif result.causal is None and (baselines or segment_by) and not run.quiet:
+                reason = result.meta.get("causal_skipped", "")
+                err.print(
+                    f"note: --baseline/--segment-by not used, no causal analyses: {escape(str(reason))}"
+                )
+            index = write_report(result, out_dir, force=force)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"report:   {index}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,14 @@ from .data.sources import (
     DataError,
     LabelValueError,
     NonNumericError,
+    ReadAhead,
     TableSource,
     check_features,
     closest,
     require_columns,
+    shard_rows,
 )
+from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
 from .stats import ExpertStats, GateStats, PairwiseRoutingStats
@@ -55,6 +60,9 @@ class InspectConfig:
     )
     seed: int = 0
     sample: float | None = None  # keep this share of the rows (deterministic in `seed`), before max_rows
+    # decode the data in a background thread at most this many rows ahead of the forward passes
+    # (None: decode in the loop, one batch at a time); see `mmoe_inspect.data.sources.ReadAhead`
+    read_ahead_rows: int | None = None
 
 
 def resolve_topology(
@@ -113,6 +121,20 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
+def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionResult]:
+    """Around `inspect`: the model on `device=` for the call (and back), errors shared across ranks when
+    `distributed=True` (see `mmoe_inspect.distributed`)."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, data: Any, **kwargs: Any) -> InspectionResult:
+        ctx = current_context() if kwargs.get("distributed") else None
+        with agreed_errors(ctx), _on_device(model, kwargs.get("device")):
+            return fn(model, data, **kwargs)
+
+    return wrapper
+
+
+@_session
 def inspect(
     model: nn.Module,
     data: pd.DataFrame | str | Path | TableSource,
@@ -130,6 +152,8 @@ def inspect(
     causal: bool | Mapping[str, Any] = False,
     attribution: bool | Mapping[str, Any] = False,
     progress: Callable[[int], None] | None = None,
+    distributed: bool = False,
+    device: str | torch.device | None = None,
 ) -> InspectionResult:
     """Record every gate of `model` over `data` and diagnose its routing.
 
@@ -150,6 +174,14 @@ def inspect(
     the number of rows processed so far (for progress bars; keep it cheap, it runs in the loop).
     The model is left exactly as found: hooks removed, every module's mode restored, parameters and
     gradients untouched.
+
+    `device` ("cuda", "cuda:1", ...) runs the model there for this call (moved back afterwards);
+    inputs go to the model's device, statistics stay on it and reach the host at `compute()`.
+    `distributed=True` needs an initialized `torch.distributed` process group: each rank records
+    its shard of the rows, the statistics are combined across ranks and every rank returns the
+    result of all rows (equal to a single-process run's); the causal analyses and attributions run
+    on rank 0 only, on the same rows a single process would use. An error on any rank is raised on
+    every rank (see `mmoe_inspect.distributed`).
 
     Examples::
 
@@ -184,6 +216,9 @@ def inspect(
     labelled = [t for t in topo.tasks if labels is not False and t.label_column in columns]
     label_binary = [t for t in labelled if t.kind == "binary"]
     read_cols = None if feature_cols is None else feature_cols + [t.label_column for t in labelled]
+    dist_ctx = current_context() if distributed else None
+    device = _model_device(model)
+    sync = sync_options(dist_ctx, device)  # statistics sync across ranks at compute(), or never
 
     gate_stats = {
         g.name: GateStats(
@@ -191,23 +226,52 @@ def inspect(
             label_names=tuple(t.name for t in label_binary),
             reservoir_size=cfg.reservoir_size,
             seed=cfg.seed,
-        )
+            **sync,
+        ).to(device)
         for g in topo.gates
     }
     groups = gate_groups(topo)
     pair_stats = {
-        i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts) for i, grp in enumerate(groups)
+        i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts, **sync).to(device)
+        for i, grp in enumerate(groups)
     }
-    outputs = TaskOutputStats([t.kind for t in topo.tasks])
+    outputs = configure_sync(TaskOutputStats([t.kind for t in topo.tasks]), dist_ctx, device).to(device)
     recorded_experts = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
     expert_stats: ExpertStats | None = None
 
+    def new_expert_stats(dims: Sequence[int]) -> ExpertStats:
+        return ExpertStats(
+            len(dims),
+            list(dims),
+            sample_rate=_expert_sample_rate(cfg, _expected_rows(cfg, source)),
+            max_sample_per_update=cfg.batch_size,  # never cap: keeps the sample batch-invariant
+            seed=cfg.seed,
+            **sync,
+        ).to(device)
+
+    shard = None
+    if dist_ctx is not None:  # this rank's rows; max_rows/sample are folded into the shard's stop
+        shard = shard_rows(
+            source,
+            dist_ctx.rank,
+            dist_ctx.world_size,
+            max_rows=cfg.max_rows,
+            sample=cfg.sample,
+            seed=cfg.seed,
+            block=cfg.batch_size,
+        )
+    read_ahead = ReadAhead(cfg.read_ahead_rows) if cfg.read_ahead_rows else None
     started = time.perf_counter()
     n_rows = 0
-    device = _model_device(model)
     with GateRecorder(model, topo, experts=bool(recorded_experts)) as rec, torch.inference_mode():
         for frame in source.iter_frames(
-            cfg.batch_size, read_cols, cfg.max_rows, sample=cfg.sample, seed=cfg.seed
+            cfg.batch_size,
+            read_cols,
+            cfg.max_rows,
+            sample=cfg.sample,
+            seed=cfg.seed,
+            shard=shard,
+            read_ahead=read_ahead,
         ):
             if feature_cols:
                 check_features(frame, feature_cols, source.name)
@@ -215,38 +279,38 @@ def inspect(
             out = _forward(model, x, n_rows, len(frame))
             cap = rec.take()
             b = len(frame)
-            row_index = torch.arange(n_rows, n_rows + b, dtype=torch.int64)
-            lab_all = _labels(frame, topo.tasks, columns, source.name)
+            row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
+            row_index = _to_device(row_index, device)
+            lab_all = _to_device(_labels(frame, topo.tasks, columns, source.name), device)
             lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
             for name, st in gate_stats.items():
-                g = cap.gates[name].cpu()
+                g = cap.gates[name]  # stays on the model's device, as do the statistics
                 st.update(g, lab_bin, row_index)
             for i, grp in enumerate(groups):
-                pair_stats[i].update({g.name: cap.gates[g.name].cpu() for g in grp})
+                pair_stats[i].update({g.name: cap.gates[g.name] for g in grp})
             if recorded_experts:
-                outs = [cap.experts[n].cpu() for n in recorded_experts if n in cap.experts]
+                outs = [cap.experts[n] for n in recorded_experts if n in cap.experts]
                 if len(outs) == len(recorded_experts):
                     if expert_stats is None:
-                        expert_stats = ExpertStats(
-                            len(outs),
-                            [o.shape[1] for o in outs],
-                            sample_rate=_expert_sample_rate(cfg, _expected_rows(cfg, source)),
-                            max_sample_per_update=cfg.batch_size,  # never cap: keeps the sample batch-invariant
-                            seed=cfg.seed,
-                        )
+                        expert_stats = new_expert_stats([o.shape[1] for o in outs])
                     expert_stats.update(outs, row_index)
-            outputs.update(task_predictions(out, topo.tasks).cpu(), lab_all if labelled else None)
+            outputs.update(task_predictions(out, topo.tasks), lab_all if labelled else None)
             n_rows += b
             if progress is not None:
                 progress(n_rows)
     elapsed = time.perf_counter() - started
+    if dist_ctx is not None:  # every rank got here healthy; totals, and expert stats on rows-less ranks
+        n_rows, elapsed, expert_stats = _combine_ranks(
+            dist_ctx, n_rows, elapsed, expert_stats, new_expert_stats
+        )
     if n_rows == 0:
         raise DataError(f"{source.name} has no rows")
 
-    summaries = {name: st.compute() for name, st in gate_stats.items()}
-    pairs = {i: st.compute() for i, st in pair_stats.items()}
-    exp_summary = expert_stats.compute() if expert_stats is not None else None
-    tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, outputs.compute())}
+    # compute() syncs across ranks (same order on every rank), then results go to the host
+    summaries = {name: _host(st.compute()) for name, st in gate_stats.items()}
+    pairs = {i: _host(st.compute()) for i, st in pair_stats.items()}
+    exp_summary = _host(expert_stats.compute()) if expert_stats is not None else None
+    tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, _host(outputs.compute()))}
     if topo.has_gates:
         tables.update(gate_tables(topo, summaries))
         tables.update(divergence_tables(topo, summaries, pairs))
@@ -280,6 +344,12 @@ def inspect(
             **_cfg_meta(cfg),
         },
     )
+    if read_ahead is not None:
+        result.meta["read_ahead_peak_rows"] = read_ahead.peak  # this rank's high-water mark
+    if dist_ctx is not None:
+        result.meta["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend}
+        if not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows; the others are done
+            return result
     if causal:
         options = dict(causal) if isinstance(causal, Mapping) else {}
         if not labelled:
@@ -385,6 +455,73 @@ def _example_batch(source: TableSource, input_fn: InputFn, feature_cols: list[st
     raise DataError(f"{source.name} has no rows")
 
 
+def _combine_ranks(
+    ctx: DistContext,
+    n_rows: int,
+    elapsed: float,
+    expert_stats: ExpertStats | None,
+    new_expert_stats: Callable[[Sequence[int]], ExpertStats],
+) -> tuple[int, float, ExpertStats | None]:
+    """A status exchange after the recording pass: total rows, slowest rank's time, and expert statistics
+    on every rank (a rank without rows built none; every rank must take part in their sync)."""
+    dims = list(expert_stats.dims) if expert_stats is not None else None
+    everyone = exchange(ctx, (n_rows, elapsed, dims))
+    known = next((d for _, _, d in everyone if d is not None), None)
+    if expert_stats is None and known is not None:
+        expert_stats = new_expert_stats(known)
+    return sum(n for n, _, _ in everyone), max(t for _, t, _ in everyone), expert_stats
+
+
+def _host(summary: Any) -> Any:
+    """A computed summary (dataclass) with its tensors copied to the host (no-op on CPU)."""
+    if not is_dataclass(summary):
+        return summary
+    moved = {
+        f.name: getattr(summary, f.name).cpu()
+        for f in fields(summary)
+        if isinstance(getattr(summary, f.name), torch.Tensor)
+        and getattr(summary, f.name).device.type != "cpu"
+    }
+    return replace(summary, **moved) if moved else summary
+
+
+@contextmanager
+def _on_device(model: nn.Module, device: str | torch.device | None) -> Iterator[None]:
+    """The model on `device` for the block, then back where it was (no-op when None or already there).
+
+    A device that is not available raises a `RecordingError` (one line) before anything moves.
+    """
+    if device is None:
+        yield
+        return
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise RecordingError(f"device {str(device)!r}: CUDA is not available on this machine")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise RecordingError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    tensors = [*model.parameters(), *model.buffers()]
+    where = {t.device for t in tensors}
+    if (
+        not tensors
+        or where == {target}
+        or (target.index is None and {d.type for d in where} == {target.type})
+    ):
+        yield
+        return
+    if len(where) > 1:
+        raise RecordingError(
+            f"the model is spread over {sorted(map(str, where))}: move it yourself instead of passing device="
+        )
+    original = where.pop()
+    model.to(target)
+    try:
+        yield
+    finally:
+        model.to(original)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -393,6 +530,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, torch.Tensor):
+        if device.type == "cuda" and x.device.type == "cpu":  # pinned + async: no host wait per batch
+            return x.pin_memory().to(device, non_blocking=True)
         return x.to(device)
     if isinstance(x, dict):
         return {k: _to_device(v, device) for k, v in x.items()}

@@ -287,11 +287,13 @@ def collect(
     tasks = topology.tasks
     device = model_device(model)
     feature_cols = list(feature_columns)
-    preds_parts: list[np.ndarray] = []
+    preds_parts: list[torch.Tensor] = []  # on the model's device until the pass ends: no per-batch host copy
     base_parts: dict[str, list[np.ndarray]] = {bl.name: [] for bl in baselines}
     label_parts: list[np.ndarray] = []
     index_parts: list[np.ndarray] = []
-    gate_sums = {g.name: np.zeros(g.n_experts) for g in topology.gates}
+    gate_totals = {
+        g.name: torch.zeros(g.n_experts, dtype=torch.float64, device=device) for g in topology.gates
+    }
     gate_rows = {g.name: 0 for g in topology.gates}
     started = time.perf_counter()
     iv = GateIntervention(model, topology, dedupe=strategy == "cached")
@@ -303,11 +305,11 @@ def collect(
             b = len(frame)
             x = map_tensors(input_fn(frame), lambda t: t.to(device))
             out, captured = runner.run(x, b)
-            preds_parts.append(out.float().cpu().numpy())
+            preds_parts.append(out.float())
             label_parts.append(read_labels(frame, tasks, source.name))
             index_parts.append(frame.index.to_numpy(dtype=np.int64))
             for name, g in captured.items():
-                gate_sums[name] += g.double().sum(0).cpu().numpy()
+                gate_totals[name] += g.double().sum(0)
                 gate_rows[name] += g.shape[0]
             for bl in baselines:
                 base_parts[bl.name].append(_baseline_batch(bl, frame, tasks))
@@ -315,7 +317,8 @@ def collect(
                 on_batch(frame, {k: v.cpu() for k, v in captured.items()})
     if not preds_parts:
         raise ValueError(f"{source.name} has no rows")
-    stacked = np.concatenate(preds_parts, axis=1)  # [1 + V, n, T]
+    stacked = torch.cat(preds_parts, dim=1).cpu().numpy()  # [1 + V, n, T]
+    gate_sums = {name: t.cpu().numpy() for name, t in gate_totals.items()}
     preds: dict[Hashable, np.ndarray] = {INTACT: stacked[0]}
     for key, pos in alias.items():
         preds[key] = stacked[1 + pos]

@@ -4,12 +4,20 @@ Files are never read whole: parquet is read row group by row group (`ParquetFile
 with pyarrow's streaming reader, a folder file by file in sorted path order, so memory stays bounded
 by the batch size. Chunks carry their global row positions as index. `sample=f` keeps each row with
 probability `f` from a hash of its position and the seed: the same rows whatever the batch size.
+
+Two options bound and split the reading (see `iter_frames`): `read_ahead=ReadAhead(rows)` decodes chunks
+in a background thread while the caller works on the previous ones, holding at most `rows` decoded rows
+ahead of the caller (measured: `ReadAhead.peak`); `shard=RowShard(...)` reads only one process's rows
+of a distributed run (disjoint blocks of row positions; `shard_rows` builds them so that every row
+is read by exactly one rank, also under `sample` and `max_rows`).
 """
 
 from __future__ import annotations
 
 import difflib
+import queue
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +27,7 @@ import pandas as pd
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow reads CSV in blocks of this size and types columns from the first
+_SCAN_ROWS = 1 << 20  # row positions hashed at a time when looking for where `max_rows` sampled rows end
 
 
 class DataError(ValueError):
@@ -55,6 +64,107 @@ class LabelValueError(DataError):
 
 class IdRangeError(DataError):
     """A categorical id column holds ids outside the model's embedding table (or non-integer ids)."""
+
+
+@dataclass(frozen=True)
+class RowShard:
+    """The rows one rank of a distributed run reads: positions `p < stop` with `(p // block) % world == rank`.
+
+    With `block = ceil(rows / world)` every rank holds one contiguous range (parquet and frames, whose
+    row count is known: a rank reads only the row groups that overlap its range); with a small
+    `block` the ranks take turns block by block (CSV, whose length is unknown until read). Either way
+    the ranks' rows are disjoint and together are every row before `stop` (None: to the end).
+    """
+
+    rank: int
+    world: int
+    block: int
+    stop: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.world < 1 or not 0 <= self.rank < self.world or self.block < 1:
+            raise ValueError(f"bad shard: rank {self.rank} of {self.world}, block {self.block}")
+
+    def ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The owned position ranges `[s, e)` within `[lo, hi)`, in order."""
+        if self.stop is not None:
+            hi = min(hi, self.stop)
+        out: list[tuple[int, int]] = []
+        if hi <= lo:
+            return out
+        first = lo // self.block
+        b = first + (self.rank - first) % self.world
+        while b * self.block < hi:
+            s, e = max(lo, b * self.block), min(hi, (b + 1) * self.block)
+            if s < e:
+                out.append((s, e))
+            b += self.world
+        return out
+
+
+def shard_rows(
+    source: TableSource,
+    rank: int,
+    world: int,
+    *,
+    max_rows: int | None = None,
+    sample: float | None = None,
+    seed: int = 0,
+    block: int = 4096,
+) -> RowShard:
+    """Rank `rank`'s share of the rows that `source.iter_frames(..., max_rows, sample=, seed=)` yields.
+
+    The `max_rows` cap becomes a stop position (with `sample`: just after the `max_rows`-th sampled
+    row, found by hashing positions), so the ranks together read exactly the rows one process reads
+    and sampling stays a function of the global position. A known row count is split into `world`
+    contiguous ranges whose length is a multiple of `block` (pass the batch size: without sampling,
+    every rank's batches are then the very batches one process forms, so the forward passes, and
+    the per-batch statistics, are bit-identical; the last ranks may get fewer rows or none); a CSV
+    goes round-robin in `block`s.
+    """
+    block = max(1, block)
+    n = source.n_rows()
+    stop = _stop_position(n, max_rows, sample, seed)
+    if n is None:
+        return RowShard(rank, world, block, stop)
+    total = n if stop is None else min(n, stop)
+    per_rank = -(-total // world)
+    return RowShard(rank, world, max(block, -(-per_rank // block) * block), total)
+
+
+def _stop_position(n: int | None, max_rows: int | None, sample: float | None, seed: int) -> int | None:
+    """The row position where `max_rows` (sampled) rows end: None when every row is read."""
+    if max_rows is None:
+        return None
+    if sample is None or sample >= 1.0:
+        return max_rows if n is None else min(n, max_rows)
+    seen, start = 0, 0
+    while n is None or start < n:
+        end = start + _SCAN_ROWS if n is None else min(n, start + _SCAN_ROWS)
+        kept = np.flatnonzero(sample_mask(np.arange(start, end, dtype=np.int64), sample, seed))
+        if seen + len(kept) >= max_rows:
+            return int(kept[max_rows - seen - 1]) + 1
+        seen += len(kept)
+        start = end
+    return n
+
+
+@dataclass
+class ReadAhead:
+    """Decode chunks in a background thread, at most `rows` decoded rows ahead of the consumer.
+
+    The thread overlaps file reading and decoding (pyarrow releases the GIL) with the caller's
+    forward passes. `rows` bounds the rows decoded and not yet handed out; it is raised to one
+    chunk if smaller (a chunk is the unit of decoding). `peak` is the measured high-water mark of
+    those rows (set while iterating; compare it with `rows`).
+    """
+
+    rows: int
+    peak: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"read-ahead must be at least one row, got {self.rows}")
 
 
 @dataclass
@@ -142,17 +252,30 @@ class TableSource:
         *,
         sample: float | None = None,
         seed: int = 0,
+        shard: RowShard | None = None,
+        read_ahead: ReadAhead | None = None,
     ) -> Iterator[pd.DataFrame]:
         """Yield consecutive chunks of at most `batch_size` rows (only `columns` when given).
 
         `sample` in (0, 1] keeps a deterministic pseudo-random share of the rows (chunks are refilled
-        to `batch_size`); `max_rows` caps the rows yielded (after sampling).
+        to `batch_size`); `max_rows` caps the rows yielded (after sampling). `shard` reads only that
+        rank's rows (build it with `shard_rows`, which turns `max_rows` into its stop position; a
+        shard may hold no rows, which is not an error here). `read_ahead` decodes in a background
+        thread, bounded (see `ReadAhead`).
         """
         if sample is not None and not 0.0 < sample <= 1.0:
             raise DataError(f"sample must be a fraction in (0, 1], got {sample}")
-        chunks = self._chunks(batch_size, columns)
+        chunks = (
+            self._chunks(batch_size, columns)
+            if shard is None
+            else self._shard_chunks(batch_size, columns, shard)
+        )
+        if read_ahead is not None:
+            chunks = _read_ahead(chunks, batch_size, read_ahead)
         if sample is not None and sample < 1.0:
             chunks = _rebatch((c[sample_mask(c.index.to_numpy(), sample, seed)] for c in chunks), batch_size)
+        elif shard is not None:
+            chunks = _rebatch(chunks, batch_size)
         produced = 0
         for chunk in chunks:
             if max_rows is not None:
@@ -162,7 +285,7 @@ class TableSource:
             produced += len(chunk)
             if len(chunk):
                 yield chunk
-        if produced == 0:
+        if produced == 0 and shard is None:
             raise EmptyDataError(f"{self.name} has no rows" + (" left after sampling" if sample else ""))
 
     def _chunks(self, batch_size: int, columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
@@ -186,16 +309,62 @@ class TableSource:
             offset += len(chunk)
             yield chunk
 
+    def _shard_chunks(
+        self, batch_size: int, cols: list[str] | None, shard: RowShard
+    ) -> Iterator[pd.DataFrame]:
+        """The chunks of `shard`'s rows (index = global row positions); parquet skips row groups it lacks."""
+        if self.frame is not None:
+            frame = self.frame if cols is None else self.frame[cols]
+            for s, e in shard.ranges(0, len(frame)):
+                for start in range(s, e, batch_size):
+                    chunk = frame.iloc[start : min(e, start + batch_size)]
+                    chunk.index = pd.RangeIndex(start, start + len(chunk))
+                    yield chunk
+            return
+        assert self.path is not None
+        if not (self._is_dir or self._is_parquet):
+            offset = 0
+            for chunk in self._csv_chunks(batch_size, cols):
+                n = len(chunk)
+                for s, e in shard.ranges(offset, offset + n):
+                    part = chunk.iloc[s - offset : e - offset]
+                    part.index = pd.RangeIndex(s, e)
+                    yield part
+                offset += n
+                if shard.stop is not None and offset >= shard.stop:
+                    return
+            return
+        offset = 0
+        for f in self._files():
+            pf = _parquet_file(f)
+            _check_file_columns(f, pf, cols)
+            meta = pf.metadata
+            for group in range(meta.num_row_groups):
+                lo, hi = offset, offset + meta.row_group(group).num_rows
+                offset = hi
+                wanted = shard.ranges(lo, hi)
+                if not wanted:
+                    continue
+                pos = lo
+                try:
+                    for rb in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
+                        end = pos + rb.num_rows
+                        for s, e in shard.ranges(pos, end):
+                            part = rb.slice(s - pos, e - s).to_pandas()
+                            part.index = pd.RangeIndex(s, e)
+                            yield part
+                        pos = end
+                        if end >= wanted[-1][1]:
+                            break
+                except OSError as exc:
+                    raise DataFileError(f"{f} is a damaged parquet file ({_first_line(exc)})") from None
+            if shard.stop is not None and offset >= shard.stop:
+                return
+
     def _parquet_chunks(self, batch_size: int, cols: list[str] | None) -> Iterator[pd.DataFrame]:
         for f in self._files():
             pf = _parquet_file(f)
-            if cols is not None:
-                names = set(pf.schema_arrow.names)
-                lacking = [c for c in cols if c not in names]
-                if lacking:
-                    raise MissingColumnError(
-                        f"{f} lacks column(s) {lacking} that other data files have", lacking
-                    )
+            _check_file_columns(f, pf, cols)
             try:
                 for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
                     yield rb.to_pandas()
@@ -335,6 +504,76 @@ def _parquet_file(path: Path):
         return pq.ParquetFile(path, pre_buffer=False)
     except Exception as exc:
         raise DataFileError(f"{path} is not a readable parquet file ({_first_line(exc)})") from None
+
+
+def _check_file_columns(path: Path, pf, cols: list[str] | None) -> None:
+    if cols is not None:
+        names = set(pf.schema_arrow.names)
+        lacking = [c for c in cols if c not in names]
+        if lacking:
+            raise MissingColumnError(f"{path} lacks column(s) {lacking} that other data files have", lacking)
+
+
+_DONE = object()
+
+
+def _read_ahead(chunks: Iterator[pd.DataFrame], batch_size: int, meter: ReadAhead) -> Iterator[pd.DataFrame]:
+    """`chunks` (each at most `batch_size` rows), produced by a background thread that holds at most
+    `max(meter.rows, batch_size)` decoded rows not yet handed out.
+
+    The thread reserves `batch_size` rows before decoding the next chunk, so decoded-but-unconsumed
+    rows never exceed the limit; `meter.peak` records the most rows held at once. An error in the
+    thread is raised here; closing this generator stops the thread.
+    """
+    limit = max(meter.rows, batch_size)
+    cond = threading.Condition()
+    held = 0  # rows decoded (or being decoded: reserved) and not yet handed out
+    stop = threading.Event()
+    ready: queue.SimpleQueue = queue.SimpleQueue()
+    meter.peak = 0
+
+    def produce() -> None:
+        nonlocal held
+        try:
+            while True:
+                with cond:
+                    while held + batch_size > limit and not stop.is_set():
+                        cond.wait()
+                    if stop.is_set():
+                        return
+                    held += batch_size
+                chunk = next(chunks, _DONE)
+                with cond:
+                    n = 0 if chunk is _DONE else len(chunk)
+                    held += n - batch_size
+                    meter.peak = max(meter.peak, held)
+                ready.put(chunk)
+                if chunk is _DONE:
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+
+    thread = threading.Thread(target=produce, name="mmoe-inspect-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            with cond:
+                held -= len(item)
+                cond.notify()
+            yield item
+    finally:
+        stop.set()
+        with cond:
+            cond.notify()
+        thread.join()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _rebatch(chunks: Iterator[pd.DataFrame], batch_size: int) -> Iterator[pd.DataFrame]:
