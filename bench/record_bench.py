@@ -417,7 +417,9 @@ def paired_ratio(num: list[float], den: list[float]) -> float:
 class RecordingPass:
     """What `inspect()` does per batch after the DataFrame -> tensor step, on its own copy of the model."""
 
-    def __init__(self, model, *, experts: bool, outputs: bool) -> None:
+    def __init__(
+        self, model, *, experts: bool, outputs: bool, sample_rate: float = EXPERT_SAMPLE_RATE
+    ) -> None:
         from mmoe_inspect.analysis.tables import gate_groups
         from mmoe_inspect.recording.recorder import GateRecorder
         from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
@@ -442,6 +444,7 @@ class RecordingPass:
         self._expert_cls = ExpertStats
         self.rec = GateRecorder(self.model, topo, experts=experts).__enter__()
         self.n_rows = 0
+        self.sample_rate = sample_rate
 
     def step(self, x, lab_all) -> None:
         import torch
@@ -463,7 +466,7 @@ class RecordingPass:
                 self.expert_stats = self._expert_cls(
                     len(outs),
                     [o.shape[1] for o in outs],
-                    sample_rate=EXPERT_SAMPLE_RATE,
+                    sample_rate=self.sample_rate,
                     max_sample_per_update=BATCH,  # as inspect(): never cap
                     seed=0,
                 )
