@@ -450,16 +450,14 @@ class RecordingPass:
         import torch
 
         from mmoe_inspect.inspector import task_predictions
+        from mmoe_inspect.stats import update_gates
 
         out = self.model(x)
         cap = self.rec.take()
         b = x.shape[0]
         row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
         lab_bin = lab_all[:, self.bin_idx] if self.label_binary else None
-        for name, st in self.gate_stats.items():
-            st.update(cap.gates[name].cpu(), lab_bin, row_index)
-        for grp, ps in zip(self.groups, self.pair_stats, strict=True):
-            ps.update({g.name: cap.gates[g.name].cpu() for g in grp})
+        update_gates(self.gate_stats, cap.gates, lab_bin, row_index, pairwise=self.pair_stats)
         if self.expert_names:
             outs = [cap.experts[n].cpu() for n in self.expert_names]
             if self.expert_stats is None:

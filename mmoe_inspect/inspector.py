@@ -34,7 +34,7 @@ from .data.sources import (
 )
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
-from .stats import ExpertStats, GateStats, PairwiseRoutingStats
+from .stats import ExpertStats, GateStats, PairwiseRoutingStats, update_gates
 from .stats.outputs import TaskOutputStats
 from .topology.spec import TaskSpec, Topology
 
@@ -218,11 +218,8 @@ def inspect(
             row_index = torch.arange(n_rows, n_rows + b, dtype=torch.int64)
             lab_all = _labels(frame, topo.tasks, columns, source.name)
             lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
-            for name, st in gate_stats.items():
-                g = cap.gates[name].cpu()
-                st.update(g, lab_bin, row_index)
-            for i, grp in enumerate(groups):
-                pair_stats[i].update({g.name: cap.gates[g.name].cpu() for g in grp})
+            # one stacked pass over the gates (same states as one update per gate and per group)
+            update_gates(gate_stats, cap.gates, lab_bin, row_index, pairwise=list(pair_stats.values()))
             if recorded_experts:
                 outs = [cap.experts[n].cpu() for n in recorded_experts if n in cap.experts]
                 if len(outs) == len(recorded_experts):
