@@ -84,10 +84,13 @@ def update_gates(
         have = [shared.get(n) for n in ps.gate_names]
         if all(h is not None for h in have) and len({id(h[0]) for h in have}) == 1:  # type: ignore[index]
             s, neg_h, _ = have[0]  # type: ignore[misc]
-            idx = torch.tensor([h[2] for h in have], device=s.device)  # type: ignore[index]
+            order = [h[2] for h in have]  # type: ignore[index]
+            if order != list(range(s.shape[0])):  # a subset or another order of the stacked gates
+                idx = torch.tensor(order, device=s.device)
+                s, neg_h = s.index_select(0, idx), neg_h.index_select(0, idx)
             ps._computed = None
             ps._update_count += 1
-            ps._accumulate(s.index_select(0, idx), neg_h.index_select(0, idx))
+            ps._accumulate(s, neg_h)
         else:
             ps.update({n: gates[n] for n in ps.gate_names})
 
@@ -135,10 +138,11 @@ def _update_stacked(
         lab_all = torch.matmul(fin.to(_F64).T, s)  # [G, L, E]
         lab_pos = torch.matmul(pos.to(_F64).T, s)
         lab_n, lab_pos_n = fin.sum(0), pos.sum(0)
+    given = None if row_index is None else batch_row_index(row_index, st0.rows_seen, b, s.device)
     for i, st in enumerate(sts):
         st._computed = None
         st._update_count += 1
-        rows = batch_row_index(row_index, st.rows_seen, b, s.device)
+        rows = given if given is not None else batch_row_index(None, st.rows_seen, b, s.device)
         st.rows_seen.add_(b)
         st.sum_w.add_(sum_w[i])
         st.sum_outer.add_(outer[i])
