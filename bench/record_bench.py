@@ -362,6 +362,7 @@ def interleaved(
     errors: dict[str, str] | None = None,
     budget_s: float | None = None,
     min_reps: int = 5,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function: `reps` blocks each, in a shuffled order every repetition.
 
@@ -369,7 +370,9 @@ def interleaved(
     that raises during warm-up (e.g. a private helper whose signature changed) is dropped and its
     error stored in `errors` when given (re-raised otherwise). With `budget_s`, repetitions stop
     once that many seconds have passed and at least `min_reps` are done (bounds the run time on a
-    loaded machine; the number done is ``len(times[name])``).
+    loaded machine; the number done is ``len(times[name])``). With ``cpu_times``, the calling
+    thread's CPU seconds per call (``time.thread_time``) are stored there too: with one torch
+    thread, time the process spent descheduled by other jobs does not count.
     """
     inner: dict[str, int] = {}
     for name, fn in list(fns.items()):
@@ -397,10 +400,13 @@ def interleaved(
         rng.shuffle(order)
         for name in order:
             fn, k = fns[name], inner[name]
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             for _ in range(k):
                 fn()
             times[name].append((time.perf_counter() - t0) / k)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append((time.thread_time() - c0) / k)
     return times
 
 
@@ -450,14 +456,21 @@ class RecordingPass:
         import torch
 
         from mmoe_inspect.inspector import task_predictions
-        from mmoe_inspect.stats import update_gates
 
         out = self.model(x)
         cap = self.rec.take()
         b = x.shape[0]
         row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
         lab_bin = lab_all[:, self.bin_idx] if self.label_binary else None
-        update_gates(self.gate_stats, cap.gates, lab_bin, row_index, pairwise=self.pair_stats)
+        try:  # what inspect() does in this version of the library
+            from mmoe_inspect.stats import update_gates
+        except ImportError:  # before the stacked pass (to measure an older checkout)
+            for name, st in self.gate_stats.items():
+                st.update(cap.gates[name].cpu(), lab_bin, row_index)
+            for grp, ps in zip(self.groups, self.pair_stats, strict=True):
+                ps.update({g.name: cap.gates[g.name].cpu() for g in grp})
+        else:
+            update_gates(self.gate_stats, cap.gates, lab_bin, row_index, pairwise=self.pair_stats)
         if self.expert_names:
             outs = [cap.experts[n].cpu() for n in self.expert_names]
             if self.expert_stats is None:
