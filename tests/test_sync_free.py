@@ -18,7 +18,7 @@ from mmoe_inspect.analysis.tables import gate_groups
 from mmoe_inspect.inspector import task_predictions
 from mmoe_inspect.models import PLE, MMoE
 from mmoe_inspect.recording.recorder import GateRecorder
-from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
+from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats, update_gates
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.topology.spec import TaskSpec
 
@@ -85,10 +85,7 @@ def recording_pass(model: torch.nn.Module, n_batches: int = 3, batch: int = 512)
                 cap = rec.take()
                 row_index = torch.arange(i * batch, (i + 1) * batch)
                 lab_bin = labels[i][:, [topo.tasks.index(t) for t in binary]]
-                for name, st in gate_stats.items():
-                    st.update(cap.gates[name], lab_bin, row_index)
-                for grp, ps in zip(groups, pairs, strict=True):
-                    ps.update({g.name: cap.gates[g.name] for g in grp})
+                update_gates(gate_stats, cap.gates, lab_bin, row_index, pairwise=pairs)  # as inspect()
                 experts.update([cap.experts[n] for n in expert_names], row_index)
                 outputs.update(task_predictions(out, topo.tasks), labels[i])
     # the pass did its work: every row counted, the non-finite row excluded, experts sampled
