@@ -63,7 +63,7 @@ BATCH = 4096
 MEM_FEATURES = 32
 MEM_TASKS = ("click", "buy")
 ROW_GROUP = 65536
-EXPERT_SAMPLE_RATE = 0.05  # what inspect() uses for >= 82k rows (max(0.05, 4096 / n_rows))
+EXPERT_SAMPLE_RATE = 0.05  # inspect() on a CSV (unknown row count); 16,384 / n_rows otherwise
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -792,7 +792,9 @@ def breakdown_one(
         "  op: row_hash(4096) (per gate; + ExpertStats)": lambda: row_hash(rows_fixed, 0),
         "PairwiseRoutingStats.update (all task gates)": lambda: pair.update(gates),
         "ExpertStats.update (5% sample, as inspect)": expert_update,
-        "  ExpertStats._per_expert (norms, zero counts)": lambda: es._per_expert(expert_outs),
+        "  ExpertStats._per_expert + _zero_counts (norms, zero counts)": lambda: es._zero_counts(
+            es._per_expert(expert_outs)[2], None, BATCH
+        ),
         "  op: gram zsᵀzs float64 on the 5% sample": lambda: zs64.T @ zs64,
         "  op: same gram in float32": lambda: zs32.T @ zs32,
         "  op: cat(p[sel]).double() (sample gather + cast)": lambda: torch.cat(
