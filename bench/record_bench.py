@@ -63,7 +63,7 @@ BATCH = 4096
 MEM_FEATURES = 32
 MEM_TASKS = ("click", "buy")
 ROW_GROUP = 65536
-EXPERT_SAMPLE_RATE = 0.05  # what inspect() uses for >= 82k rows (max(0.05, 4096 / n_rows))
+EXPERT_SAMPLE_RATE = 0.05  # inspect() on a CSV (unknown row count); 16,384 / n_rows otherwise
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -362,6 +362,7 @@ def interleaved(
     errors: dict[str, str] | None = None,
     budget_s: float | None = None,
     min_reps: int = 5,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function: `reps` blocks each, in a shuffled order every repetition.
 
@@ -369,7 +370,9 @@ def interleaved(
     that raises during warm-up (e.g. a private helper whose signature changed) is dropped and its
     error stored in `errors` when given (re-raised otherwise). With `budget_s`, repetitions stop
     once that many seconds have passed and at least `min_reps` are done (bounds the run time on a
-    loaded machine; the number done is ``len(times[name])``).
+    loaded machine; the number done is ``len(times[name])``). With ``cpu_times``, the calling
+    thread's CPU seconds per call (``time.thread_time``) are stored there too: with one torch
+    thread, time the process spent descheduled by other jobs does not count.
     """
     inner: dict[str, int] = {}
     for name, fn in list(fns.items()):
@@ -397,10 +400,13 @@ def interleaved(
         rng.shuffle(order)
         for name in order:
             fn, k = fns[name], inner[name]
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             for _ in range(k):
                 fn()
             times[name].append((time.perf_counter() - t0) / k)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append((time.thread_time() - c0) / k)
     return times
 
 
@@ -417,7 +423,9 @@ def paired_ratio(num: list[float], den: list[float]) -> float:
 class RecordingPass:
     """What `inspect()` does per batch after the DataFrame -> tensor step, on its own copy of the model."""
 
-    def __init__(self, model, *, experts: bool, outputs: bool) -> None:
+    def __init__(
+        self, model, *, experts: bool, outputs: bool, sample_rate: float = EXPERT_SAMPLE_RATE
+    ) -> None:
         from mmoe_inspect.analysis.tables import gate_groups
         from mmoe_inspect.recording.recorder import GateRecorder
         from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
@@ -442,6 +450,7 @@ class RecordingPass:
         self._expert_cls = ExpertStats
         self.rec = GateRecorder(self.model, topo, experts=experts).__enter__()
         self.n_rows = 0
+        self.sample_rate = sample_rate
 
     def step(self, x, lab_all) -> None:
         import torch
@@ -453,17 +462,22 @@ class RecordingPass:
         b = x.shape[0]
         row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
         lab_bin = lab_all[:, self.bin_idx] if self.label_binary else None
-        for name, st in self.gate_stats.items():
-            st.update(cap.gates[name].cpu(), lab_bin, row_index)
-        for grp, ps in zip(self.groups, self.pair_stats, strict=True):
-            ps.update({g.name: cap.gates[g.name].cpu() for g in grp})
+        try:  # what inspect() does in this version of the library
+            from mmoe_inspect.stats import update_gates
+        except ImportError:  # before the stacked pass (to measure an older checkout)
+            for name, st in self.gate_stats.items():
+                st.update(cap.gates[name].cpu(), lab_bin, row_index)
+            for grp, ps in zip(self.groups, self.pair_stats, strict=True):
+                ps.update({g.name: cap.gates[g.name].cpu() for g in grp})
+        else:
+            update_gates(self.gate_stats, cap.gates, lab_bin, row_index, pairwise=self.pair_stats)
         if self.expert_names:
             outs = [cap.experts[n].cpu() for n in self.expert_names]
             if self.expert_stats is None:
                 self.expert_stats = self._expert_cls(
                     len(outs),
                     [o.shape[1] for o in outs],
-                    sample_rate=EXPERT_SAMPLE_RATE,
+                    sample_rate=self.sample_rate,
                     max_sample_per_update=BATCH,  # as inspect(): never cap
                     seed=0,
                 )
@@ -778,7 +792,9 @@ def breakdown_one(
         "  op: row_hash(4096) (per gate; + ExpertStats)": lambda: row_hash(rows_fixed, 0),
         "PairwiseRoutingStats.update (all task gates)": lambda: pair.update(gates),
         "ExpertStats.update (5% sample, as inspect)": expert_update,
-        "  ExpertStats._per_expert (norms, zero counts)": lambda: es._per_expert(expert_outs),
+        "  ExpertStats._per_expert + _zero_counts (norms, zero counts)": lambda: es._zero_counts(
+            es._per_expert(expert_outs)[2], None, BATCH
+        ),
         "  op: gram zsᵀzs float64 on the 5% sample": lambda: zs64.T @ zs64,
         "  op: same gram in float32": lambda: zs32.T @ zs32,
         "  op: cat(p[sel]).double() (sample gather + cast)": lambda: torch.cat(

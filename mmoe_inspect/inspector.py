@@ -39,7 +39,7 @@ from .data.sources import (
 from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
-from .stats import ExpertStats, GateStats, PairwiseRoutingStats
+from .stats import ExpertStats, GateStats, PairwiseRoutingStats, update_gates
 from .stats.outputs import TaskOutputStats
 from .topology.spec import TaskSpec, Topology
 
@@ -283,11 +283,8 @@ def inspect(
             row_index = _to_device(row_index, device)
             lab_all = _to_device(_labels(frame, topo.tasks, columns, source.name), device)
             lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
-            for name, st in gate_stats.items():
-                g = cap.gates[name]  # stays on the model's device, as do the statistics
-                st.update(g, lab_bin, row_index)
-            for i, grp in enumerate(groups):
-                pair_stats[i].update({g.name: cap.gates[g.name] for g in grp})
+            # one stacked pass over the gates (same states as one update per gate and per group)
+            update_gates(gate_stats, cap.gates, lab_bin, row_index, pairwise=list(pair_stats.values()))
             if recorded_experts:
                 outs = [cap.experts[n] for n in recorded_experts if n in cap.experts]
                 if len(outs) == len(recorded_experts):

@@ -7,6 +7,7 @@ shards gives the same summary as one pass. ``compute()`` returns a frozen summar
 
 from __future__ import annotations
 
+from mmoe_inspect.stats.batched import update_gates
 from mmoe_inspect.stats.expert import ExpertStats, ExpertSummary
 from mmoe_inspect.stats.gate import GateStats, GateSummary
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats, PairwiseRoutingSummary
@@ -18,4 +19,5 @@ __all__ = [
     "GateSummary",
     "PairwiseRoutingStats",
     "PairwiseRoutingSummary",
+    "update_gates",
 ]

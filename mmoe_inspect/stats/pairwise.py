@@ -93,13 +93,22 @@ class PairwiseRoutingStats(SummaryMetric):
             ok = torch.isfinite(s.sum(2)).all(0)  # [B]
             s = torch.where(ok[None, :, None], s, 0.0)
             self.nonfinite.add_((~ok).sum())
+        self._accumulate(s)
+
+    def _accumulate(self, s: Tensor, neg_h: Tensor | None = None) -> None:
+        """Add rows of ``s [G, B, E]`` (float64, masked rows zeroed); ``neg_h [G, B]`` = ``Σ_e x log x`` if known.
+
+        `mmoe_inspect.stats.update_gates` calls this with the stacked gates and the per-row
+        ``Σ x log x`` it already computed for the gates' `GateStats` (one cast and one entropy pass).
+        """
         self.rows_seen.add_(s.shape[1])
         self.sum_w.add_(s.sum(1))
         if self._pair_i.numel() == 0:
             return
         p, q = s[self._pair_i], s[self._pair_j]  # [pairs, B, E]
         # JSD = H(m) - (H(p) + H(q)) / 2 with Σ x log x computed once per gate.
-        neg_h = xlogx(s).sum(2)  # [G, B]
+        if neg_h is None:
+            neg_h = xlogx(s).sum(2)  # [G, B]
         jsd = (0.5 * (neg_h[self._pair_i] + neg_h[self._pair_j]) - xlogx((p + q) * 0.5).sum(2)).clamp_min(0)
         self.sum_jsd.add_(jsd.sum(1))
         self.sum_tv.add_(0.5 * (p - q).abs().sum((1, 2)))

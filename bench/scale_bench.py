@@ -1,0 +1,558 @@
+"""Speed and scale of an inspection, in one run: recording ratios, streaming memory, report stages, ablation.
+
+Run by hand from the repository root (not a unit test; about 10-15 minutes on 2 shared CPU cores)::
+
+    python bench/scale_bench.py                       # everything
+    python bench/scale_bench.py --parts recording,e2e --threads 1,2
+    python bench/scale_bench.py --quick               # small sizes, few repetitions: checks the script runs
+
+It builds its own models and data (nothing is downloaded) and prints side by side:
+
+``recording``  (a) the recording pass vs the plain forward on PRE-BUILT tensors, batch 4096, under
+    ``torch.inference_mode()``: everything `inspect()` does per batch with its DEFAULT config (gate
+    and expert hooks, `GateStats` per gate, `PairwiseRoutingStats`, task outputs, `ExpertStats` at
+    the sample rate `inspect()` uses on a ``--rate-rows``-row source, 16,384 / 1M by default), minus
+    reading the data. Models: MMoE 8 experts [256, 128] on a 128-wide input, 3 tasks (target <= 1.10)
+    and the MMoE paper's tiny model, 8 experts of 16 units, d = 100, 2 tasks (target <= 1.5). The
+    harness is ``bench/record_bench.py``'s: interleaved shuffled repetitions, ratio = median of the
+    per-repetition ratios (ratio of minima in brackets).
+``e2e``  (b) the honest user comparison: the whole ``inspect(model, source)`` call vs a plain
+    scoring loop that reads the same rows from the same source and runs the forward (DataFrame:
+    ``df.iloc`` slices -> ``to_numpy(float32)`` -> ``torch.from_numpy``; parquet:
+    ``pyarrow.ParquetFile.iter_batches`` -> numpy -> tensor). Interleaved, ratio of minima.
+``memory``  rows/s and peak RSS of ``inspect(parquet)`` for 1M and 4M rows, each in a fresh child
+    process (``bench/record_bench.py`` part 1); target: peak(4M) / peak(1M) <= 1.10.
+``report``  the `mmoe-inspect report` pipeline on a 1M-row parquet file, split by stage: load,
+    record, attribution, ablation (the causal analyses: expert ablation, counterfactuals, gains,
+    bootstrap), figures, HTML. The stages call the library functions the CLI calls, in its order
+    (figures and HTML are timed by wrapping ``reports.write.render_figures``/``render_html`` for
+    this run); the sum is cross-checked against one end-to-end ``mmoe-inspect report`` process.
+``ablation``  cached vs naive expert ablation over ``--ablation-rows`` rows
+    (``bench/ablation_bench.py``).
+
+Writes ``scale_bench.json`` and ``scale_bench.md`` under ``--out`` (default ``bench/results``) with the
+machine, torch version, threads, load averages and git commit, so runs can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record_bench as rb
+
+RESULTS = Path(__file__).parent / "results"
+PARTS = ("recording", "e2e", "memory", "report", "ablation")
+EXPERT_SAMPLE_ROWS = 16_384  # InspectConfig.expert_sample_rows
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        **rb.code_version(),
+    }
+
+
+# --------------------------------------------------------------------------- (a) pre-built tensors
+def part_recording(threads: list[int], rate_rows: int, quick: bool) -> dict[str, Any]:
+    import torch
+
+    rate = min(1.0, EXPERT_SAMPLE_ROWS / rate_rows)
+    out: dict[str, Any] = {"expert_sample_rate": rate, "rate_rows": rate_rows, "models": {}}
+    for name, spec in rb.overhead_models().items():
+        model, d = spec["model"], spec["d"]
+        x, lab = rb.make_inputs(model, d)
+        plain = copy.deepcopy(model).eval()
+        rec = rb.RecordingPass(model, experts=True, outputs=True, sample_rate=rate)
+        gates_only = rb.RecordingPass(model, experts=False, outputs=True)
+        entry: dict[str, Any] = {"target": spec["target"], "threads": {}}
+        try:
+            for nt in threads:
+                torch.set_num_threads(nt)
+                fns = {
+                    "plain": lambda m=plain, x=x: m(x),
+                    "recording": lambda p=rec, x=x, lab=lab: p.step(x, lab),
+                    "recording_no_experts": lambda p=gates_only, x=x, lab=lab: p.step(x, lab),
+                }
+                big = "256" in name
+                reps = (6 if quick else 30) if big else (10 if quick else 80)
+                cpu: dict[str, list[float]] = {}
+                with torch.inference_mode():
+                    t = rb.interleaved(
+                        fns, reps, min_block_s=0.02, budget_s=5 if quick else 25, cpu_times=cpu
+                    )
+                row = {k: rb.mm(v) for k, v in t.items()}
+                row["reps"] = len(t["plain"])
+                row["noise_plain_median_over_min"] = statistics.median(t["plain"]) / min(t["plain"])
+                for k in ("recording", "recording_no_experts"):
+                    row[k]["ratio"] = rb.paired_ratio(t[k], t["plain"])
+                    row[k]["ratio_min"] = min(t[k]) / min(t["plain"])
+                    if nt == 1:  # CPU time of the one computing thread: robust to other jobs on the cores
+                        row[k]["ratio_cpu"] = rb.paired_ratio(cpu[k], cpu["plain"])
+                entry["threads"][str(nt)] = row
+                cpu_note = f", CPU-time x{row['recording']['ratio_cpu']:.3f}" if nt == 1 else ""
+                log(
+                    f"  (a) {name} threads={nt}: plain {row['plain']['median_ms']:.2f} ms, recording "
+                    f"x{row['recording']['ratio']:.3f} (min x{row['recording']['ratio_min']:.3f}{cpu_note}), "
+                    f"without experts x{row['recording_no_experts']['ratio']:.3f}, noise {row['noise_plain_median_over_min']:.2f}"
+                )
+        finally:
+            rec.close()
+            gates_only.close()
+        out["models"][name] = entry
+    return out
+
+
+# --------------------------------------------------------------------------- (b) end to end
+def plain_frame_loop(model, df, cols: list[str]) -> int:
+    import numpy as np
+    import torch
+
+    n = 0
+    with torch.inference_mode():
+        for s in range(0, len(df), rb.BATCH):
+            x = torch.from_numpy(np.ascontiguousarray(df.iloc[s : s + rb.BATCH][cols].to_numpy(np.float32)))
+            model(x)
+            n += x.shape[0]
+    return n
+
+
+def plain_parquet_loop(model, path: Path, cols: list[str]) -> int:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    n = 0
+    with torch.inference_mode():
+        for batch in pq.ParquetFile(path).iter_batches(rb.BATCH, columns=cols):
+            x = torch.from_numpy(np.stack([c.to_numpy() for c in batch.columns], axis=1).astype(np.float32))
+            model(x)
+            n += x.shape[0]
+    return n
+
+
+def make_e2e_fns(model, plain, df, path: Path, feats) -> dict[str, Callable[[], Any]]:
+    """The four timed calls of part (b): plain loop and inspect() on the DataFrame and the parquet file."""
+    from mmoe_inspect.inspector import InspectConfig, inspect
+
+    cols = list(feats.dense)
+    return {
+        "plain_frame": lambda: plain_frame_loop(plain, df, cols),
+        "inspect_frame": lambda: inspect(model, df, features=feats, config=InspectConfig()),
+        "plain_parquet": lambda: plain_parquet_loop(plain, path, cols),
+        "inspect_parquet": lambda: inspect(model, path, features=feats, config=InspectConfig()),
+    }
+
+
+def part_e2e(
+    threads: list[int], frame_batches: int, parquet_batches: int, quick: bool, tmp: Path
+) -> dict[str, Any]:
+    import torch
+
+    from mmoe_inspect.data.schema import FeatureSpec
+
+    out: dict[str, Any] = {"models": {}}
+    for name, spec in rb.overhead_models().items():
+        model, d = spec["model"], spec["d"]
+        df = rb.make_frame(model, d, frame_batches)
+        pdf = rb.make_frame(model, d, parquet_batches, seed=1)
+        path = tmp / f"e2e_{d}.parquet"
+        pdf.to_parquet(path, row_group_size=65536)
+        feats = FeatureSpec.dense_only(d)
+        plain = copy.deepcopy(model).eval()
+        entry: dict[str, Any] = {
+            "target": spec["target"],
+            "frame_rows": len(df),
+            "parquet_rows": len(pdf),
+            "threads": {},
+        }
+        for nt in threads:
+            torch.set_num_threads(nt)
+            fns = make_e2e_fns(model, plain, df, path, feats)
+            for fn in fns.values():  # warm-up
+                fn()
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            rng = random.Random(nt)
+            for _ in range(2 if quick else 4):
+                order = list(fns)
+                rng.shuffle(order)
+                for k in order:
+                    t0 = time.perf_counter()
+                    fns[k]()
+                    times[k].append(time.perf_counter() - t0)
+            row: dict[str, Any] = {
+                k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in times.items()
+            }
+            for src in ("frame", "parquet"):
+                row[f"ratio_{src}"] = min(times[f"inspect_{src}"]) / min(times[f"plain_{src}"])
+                row[f"ratio_{src}_median"] = statistics.median(times[f"inspect_{src}"]) / statistics.median(
+                    times[f"plain_{src}"]
+                )
+            entry["threads"][str(nt)] = row
+            log(
+                f"  (b) {name} threads={nt}: inspect(DataFrame)/plain loop x{row['ratio_frame']:.2f}, "
+                f"inspect(parquet)/plain loop x{row['ratio_parquet']:.2f}"
+            )
+        out["models"][name] = entry
+    return out
+
+
+# --------------------------------------------------------------------------- report stages
+def part_report(rows: int, tmp: Path, quick: bool) -> dict[str, Any]:
+    import torch
+
+    import mmoe_inspect.reports.write as report_write
+    from mmoe_inspect import InspectConfig
+    from mmoe_inspect.attribution import run_attribution
+    from mmoe_inspect.causal import run_causal
+    from mmoe_inspect.checkpoint import save_checkpoint
+    from mmoe_inspect.loading import load_model
+
+    torch.set_num_threads(1)
+    data = tmp / f"report_{rows}.parquet"
+    rb.write_parquet(data, rows, seed=7)
+    ckpt = save_checkpoint(tmp / "report_model.pt", rb.memory_model())
+    n_boot = 20 if quick else 200  # CLI default --bootstrap 200
+    causal_rows = min(rows, 200_000)  # CLI: CAUSAL_MAX_ROWS
+    stages: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    loaded = load_model(ckpt)
+    source = loaded.source(data)
+    fn = loaded.input_fn()
+    stages["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = loaded.inspect(source, config=InspectConfig(seed=0))
+    stages["record"] = time.perf_counter() - t0
+
+    labelled = [t for t in result.topology.tasks if t.label_column in set(source.columns())]
+    columns = list(fn.names) or None
+    t0 = time.perf_counter()
+    with loaded.adapter.session(loaded.model):
+        result.attribution = run_attribution(
+            loaded.model,
+            source,
+            topology=result.topology,
+            input_fn=fn,
+            features=columns,
+            budget_seconds=30.0,
+            sample_rows=256,
+            seed=0,
+        )
+    stages["attribution"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with loaded.adapter.session(loaded.model):
+        result.causal = run_causal(
+            loaded.model,
+            source,
+            topology=result.topology,
+            input_fn=fn,
+            columns=columns,
+            labels={t.name: t.label_column for t in labelled},
+            baselines={},
+            segment_by=None,
+            n_boot=n_boot,
+            seed=0,
+            batch_size=4096,
+            max_rows=causal_rows,
+        )
+    stages["ablation"] = time.perf_counter() - t0
+
+    spent = {"figures": 0.0, "html": 0.0}
+    orig_fig, orig_html = report_write.render_figures, report_write.render_html
+
+    def timed_fig(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return orig_fig(*a, **k)
+        finally:
+            spent["figures"] += time.perf_counter() - t
+
+    def timed_html(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return orig_html(*a, **k)
+        finally:
+            spent["html"] += time.perf_counter() - t
+
+    out_dir = tmp / "report_lib"
+    report_write.render_figures, report_write.render_html = timed_fig, timed_html
+    try:
+        t0 = time.perf_counter()
+        report_write.write_report(result, out_dir, force=True)
+        write_s = time.perf_counter() - t0
+    finally:
+        report_write.render_figures, report_write.render_html = orig_fig, orig_html
+    stages["figures"] = spent["figures"]
+    # HTML = the rest of write_report: html rendering, overview slide, tables, metrics.json, folder swap
+    stages["html"] = write_s - spent["figures"]
+    lib_total = time.perf_counter() - t_all
+
+    exe = shutil.which("mmoe-inspect") or str(Path(sys.executable).parent / "mmoe-inspect")
+    cmd = [exe, "report", str(ckpt), "--data", str(data), "--out", str(tmp / "report_cli"), "--quiet"]
+    cmd += ["--bootstrap", str(n_boot)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    cli_s = time.perf_counter() - t0
+    slowest = max(stages, key=lambda k: stages[k])
+    res = {
+        "rows": rows,
+        "causal_rows": causal_rows,
+        "n_boot": n_boot,
+        "model": "MMoE(32 dense, 8 experts x [64], towers [32], 2 binary tasks)",
+        "stages_s": stages,
+        "record_rows_per_s": rows / stages["record"],
+        "sum_of_stages_s": sum(stages.values()),
+        "library_total_s": lib_total,
+        "cli_command": " ".join(cmd[1:]),
+        "cli_wall_s": cli_s,
+        "cli_exit_code": proc.returncode,
+        "cli_stderr_tail": proc.stderr[-500:],
+        "slowest_stage": slowest,
+    }
+    log(
+        "  report stages (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        + f"; sum {res['sum_of_stages_s']:.1f}; `mmoe-inspect report` {cli_s:.1f} (exit {proc.returncode})"
+    )
+    return res
+
+
+# --------------------------------------------------------------------------- ablation
+def part_ablation(rows: int, models: list[str], quick: bool) -> dict[str, Any]:
+    import ablation_bench as ab
+    import torch
+
+    torch.set_num_threads(1)
+    args = argparse.Namespace(
+        rows=50_000 if quick else rows,
+        boot_rows=20_000 if quick else 200_000,
+        batch_size=4096,
+        threads=1,
+        max_stack_rows=16_384,
+    )
+    out = {}
+    for m in models:
+        r = ab.run_model(m, args)
+        s = r["strategies"]
+        out[m] = {
+            "rows": r["rows"],
+            "description": r["description"],
+            "variants": r["variants"],
+            "plain_s": r["plain_seconds"],
+            "naive_s": s["naive"]["seconds"],
+            "batched_s": s["batched"]["seconds"],
+            "cached_s": s["cached"]["seconds"],
+            "cached_speedup_vs_naive": s["cached"]["speedup_vs_naive"],
+            "max_abs_importance_diff": s["cached"]["max_abs_importance_diff_vs_naive"],
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- output
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        "# Speed and scale (`bench/scale_bench.py`)",
+        "",
+        f"Run: `{res['command']}` on {m['cpu'] or m['machine']} ({m['cpus']} CPUs, shared), torch {m['torch']}, "
+        f"git {m['git_head']}"
+        + (" + uncommitted library changes" if m.get("library_uncommitted_diff_sha1") else "")
+        + f", {res['started']}, {res['seconds']:.0f} s. Load average before/after: {res['load_before']} / {res['load_after']}.",
+        "",
+    ]
+    if "recording" in res:
+        r = res["recording"]
+        lines += [
+            "## Recording pass vs plain forward",
+            "",
+            f"(a) pre-built tensors, batch 4096: hooks + every statistic `inspect()` updates by default, expert "
+            f"sample rate {r['expert_sample_rate']:.4f} (= 16,384 / {r['rate_rows']:,} rows). Ratio = median of "
+            "per-repetition ratios (ratio of minima); the CPU-time ratio uses the computing thread's CPU time "
+            "(1 thread only), which time spent descheduled by other jobs does not inflate. Noise = plain "
+            "forward median / min (about 1.0-1.2 on free cores). (b) whole `inspect()` call vs a plain scoring "
+            "loop reading the same rows from the same source (ratio of minima, median-based in brackets).",
+            "",
+            "| model | threads | noise | plain ms | recording ms | (a) ratio | (a) CPU-time ratio | (a) without experts "
+            "| (b) DataFrame | (b) parquet | target |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        e2e = res.get("e2e", {}).get("models", {})
+        for name, entry in r["models"].items():
+            for nt, row in entry["threads"].items():
+                b = e2e.get(name, {}).get("threads", {}).get(nt)
+                bf = f"{b['ratio_frame']:.2f} ({b['ratio_frame_median']:.2f})" if b else "-"
+                bp = f"{b['ratio_parquet']:.2f} ({b['ratio_parquet_median']:.2f})" if b else "-"
+                rc = row["recording"].get("ratio_cpu")
+                rc_no = row["recording_no_experts"].get("ratio_cpu")
+                lines.append(
+                    f"| {name} | {nt} | {row['noise_plain_median_over_min']:.2f} | {rb.fmt(row['plain'])} | "
+                    f"{rb.fmt(row['recording'])} | **{row['recording']['ratio']:.3f}** ({row['recording']['ratio_min']:.3f}) | "
+                    + (f"**{rc:.3f}** | " if rc is not None else "- | ")
+                    + f"{row['recording_no_experts']['ratio']:.3f}"
+                    + (f" (CPU {rc_no:.3f})" if rc_no is not None else "")
+                    + f" | {bf} | {bp} | <= {entry['target']} |"
+                )
+        if e2e:
+            any_m = next(iter(e2e.values()))
+            lines += [
+                "",
+                f"(b) rows: DataFrame {any_m['frame_rows']:,}, parquet {any_m['parquet_rows']:,} (expert CKA sample "
+                "16,384 rows, so a larger share of a small source is sampled).",
+            ]
+        lines.append("")
+    if "memory" in res:
+        mem = res["memory"]
+        ps = mem["per_size"]
+        lines += ["## Streaming from parquet (fresh child process per size, 1 thread)", "", mem["model"], ""]
+        lines += ["| rows | rows/s (loop) | peak RSS MiB |", "|---:|---:|---:|"]
+        for k, v in ps.items():
+            if k == "baseline":
+                continue
+            lines.append(f"| {int(k):,} | {max(v['rows_per_s_loop']):,.0f} | {max(v['peak_rss_mib']):.1f} |")
+        lines += [
+            "",
+            f"Baseline (imports + model) {max(ps['baseline']['peak_rss_mib']):.1f} MiB; "
+            f"**peak({mem['largest']:,}) / peak({mem['smallest']:,}) = {mem['peak_ratio_largest_over_smallest']:.3f}** "
+            "(target <= 1.10).",
+            "",
+        ]
+    if "report" in res:
+        rep = res["report"]
+        lines += [
+            f"## `report` on {rep['rows']:,} rows, by stage (1 thread)",
+            "",
+            f"{rep['model']}; causal analyses on {rep['causal_rows']:,} rows with {rep['n_boot']} bootstrap resamples.",
+            "",
+            "| stage | seconds |",
+            "|---|---:|",
+        ]
+        lines += [f"| {k} | {v:.1f} |" for k, v in rep["stages_s"].items()]
+        lines += [
+            f"| **sum** | **{rep['sum_of_stages_s']:.1f}** |",
+            f"| `mmoe-inspect report` end to end (one process) | {rep['cli_wall_s']:.1f} |",
+            "",
+            f"Slowest stage: {rep['slowest_stage']}. Record: {rep['record_rows_per_s']:,.0f} rows/s.",
+            "",
+        ]
+    if "ablation" in res:
+        lines += [
+            "## Expert ablation, cached vs naive (1 thread)",
+            "",
+            "| model | rows | variants | plain s | naive s | cached s | cached speed-up |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, a in res["ablation"].items():
+            lines.append(
+                f"| {name} | {a['rows']:,} | {a['variants']} | {a['plain_s']:.1f} | {a['naive_s']:.1f} | "
+                f"{a['cached_s']:.1f} | **{a['cached_speedup_vs_naive']:.2f}x** |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    ap.add_argument("--threads", default="1,2", help="torch threads of the recording and e2e parts")
+    ap.add_argument(
+        "--rate-rows", type=int, default=1_000_000, help="source size that sets the expert sample rate in (a)"
+    )
+    ap.add_argument("--sizes", default="1000000,4000000", help="parquet sizes of the memory part")
+    ap.add_argument("--mem-repeats", type=int, default=1)
+    ap.add_argument("--report-rows", type=int, default=1_000_000)
+    ap.add_argument("--ablation-rows", type=int, default=1_000_000)
+    ap.add_argument("--ablation-models", default="recsys_mmoe")
+    ap.add_argument("--e2e-batches", default="21,64", help="batches of 4096 rows: DataFrame,parquet")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        ap.error(f"unknown parts {sorted(unknown)}")
+    threads = [int(t) for t in args.threads.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    report_rows = args.report_rows
+    frame_b, parquet_b = (int(s) for s in args.e2e_batches.split(","))
+    if args.quick:
+        sizes, report_rows, frame_b, parquet_b = [50_000, 200_000], 100_000, 4, 8
+    res: dict[str, Any] = {
+        "command": "python bench/scale_bench.py " + " ".join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "threads": threads,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    t_start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="scale_bench_"))
+    try:
+        if "recording" in parts:
+            log("(a) recording pass on pre-built tensors")
+            res["recording"] = part_recording(threads, args.rate_rows, args.quick)
+        if "e2e" in parts:
+            log("(b) inspect() end to end vs a plain scoring loop")
+            res["e2e"] = part_e2e(threads, frame_b, parquet_b, args.quick, tmp)
+        if "memory" in parts:
+            log("memory: streamed inspect(parquet), fresh child per size")
+            res["memory"] = rb.part_memory(sizes, args.mem_repeats, tmp, log)
+            res["memory"].pop("runs", None)
+            log(f"  peak ratio {res['memory']['peak_ratio_largest_over_smallest']:.3f}")
+        if "report" in parts:
+            log(f"report stages on {report_rows:,} rows")
+            res["report"] = part_report(report_rows, tmp, args.quick)
+        if "ablation" in parts:
+            log("expert ablation: naive vs cached")
+            res["ablation"] = part_ablation(args.ablation_rows, args.ablation_models.split(","), args.quick)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["seconds"] = time.perf_counter() - t_start
+    res["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale_bench.json").write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+    md = markdown(res)
+    (out / "scale_bench.md").write_text(md, encoding="utf-8")
+    print()
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
