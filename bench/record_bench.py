@@ -451,42 +451,80 @@ class RecordingPass:
         self.rec = GateRecorder(self.model, topo, experts=experts).__enter__()
         self.n_rows = 0
         self.sample_rate = sample_rate
+        try:  # inspect()'s feed: batches coalesced into chunks before the statistics update
+            from mmoe_inspect.stats.feed import StatsFeed
+        except ImportError:  # an older checkout
+            self.feed = None
+        else:
+            self.feed = StatsFeed(
+                self.gate_stats,
+                self.pair_stats,
+                self.outputs,
+                self._new_expert_stats if experts else None,
+            )
 
     def step(self, x, lab_all) -> None:
         import torch
 
         from mmoe_inspect.inspector import task_predictions
 
-        out = self.model(x)
-        cap = self.rec.take()
         b = x.shape[0]
         row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
+        keep = None  # as inspect(): the expert hooks copy only the rows of the expert sample
+        if self.expert_names and self.sample_rate < 1.0 and hasattr(self.rec, "expert_rows"):
+            from mmoe_inspect.functional.sampling import row_hash
+
+            keep = torch.nonzero(row_hash(row_index, 0) < self.sample_rate).squeeze(1)
+            self.rec.expert_rows = keep
+        out = self.model(x)
+        cap = self.rec.take()
         lab_bin = lab_all[:, self.bin_idx] if self.label_binary else None
-        try:  # what inspect() does in this version of the library
+        preds = task_predictions(out, self.topo.tasks) if self.outputs is not None else None
+        outs = [cap.experts[n] for n in self.expert_names if n in cap.experts]
+        if self.feed is not None:  # what inspect() does in this version of the library
+            self.feed.add(
+                cap.gates,
+                row_index,
+                labels_binary=lab_bin,
+                predictions=preds,
+                labels=lab_all,
+                experts=outs if self.expert_names and len(outs) == len(self.expert_names) else None,
+                expert_rows=keep,
+            )
+        else:  # an older checkout: one update per batch
+            self._step_per_batch(cap, lab_bin, row_index, preds, lab_all, outs, keep)
+        self.n_rows += b
+
+    def _step_per_batch(self, cap, lab_bin, row_index, preds, lab_all, outs, keep) -> None:
+        try:
             from mmoe_inspect.stats import update_gates
-        except ImportError:  # before the stacked pass (to measure an older checkout)
+        except ImportError:  # before the stacked pass
             for name, st in self.gate_stats.items():
                 st.update(cap.gates[name].cpu(), lab_bin, row_index)
             for grp, ps in zip(self.groups, self.pair_stats, strict=True):
                 ps.update({g.name: cap.gates[g.name].cpu() for g in grp})
         else:
             update_gates(self.gate_stats, cap.gates, lab_bin, row_index, pairwise=self.pair_stats)
-        if self.expert_names:
-            outs = [cap.experts[n].cpu() for n in self.expert_names]
+        if self.expert_names and outs:
             if self.expert_stats is None:
-                self.expert_stats = self._expert_cls(
-                    len(outs),
-                    [o.shape[1] for o in outs],
-                    sample_rate=self.sample_rate,
-                    max_sample_per_update=BATCH,  # as inspect(): never cap
-                    seed=0,
-                )
-            self.expert_stats.update(outs, row_index)
+                self.expert_stats = self._new_expert_stats([o.shape[1] for o in outs])
+            self.expert_stats.update(outs, row_index if keep is None else row_index[keep])
         if self.outputs is not None:
-            self.outputs.update(task_predictions(out, self.topo.tasks).cpu(), lab_all)
-        self.n_rows += b
+            self.outputs.update(preds, lab_all)
+
+    def _new_expert_stats(self, dims):
+        return self._expert_cls(
+            len(dims),
+            list(dims),
+            sample_rate=self.sample_rate,
+            max_sample_per_update=4 * BATCH + BATCH,  # as inspect(): never cap
+            seed=0,
+        )
 
     def close(self) -> None:
+        if self.feed is not None:
+            self.feed.flush()
+            self.expert_stats = self.feed.expert_stats
         self.rec.close()
 
 

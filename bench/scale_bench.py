@@ -59,6 +59,7 @@ import record_bench as rb
 RESULTS = Path(__file__).parent / "results"
 PARTS = ("recording", "e2e", "memory", "report", "ablation")
 EXPERT_SAMPLE_ROWS = 16_384  # InspectConfig.expert_sample_rows
+CHUNK_BATCHES = 16_384 // 4096  # InspectConfig.stats_chunk_rows / batch: batches per statistics update
 
 
 def log(msg: str) -> None:
@@ -101,10 +102,14 @@ def part_recording(threads: list[int], rate_rows: int, quick: bool) -> dict[str,
         try:
             for nt in threads:
                 torch.set_num_threads(nt)
+                # a timed call = one statistics chunk of batches (inspect() updates its statistics once
+                # per `stats_chunk_rows` rows), so every call carries its share of the updates
                 fns = {
-                    "plain": lambda m=plain, x=x: m(x),
-                    "recording": lambda p=rec, x=x, lab=lab: p.step(x, lab),
-                    "recording_no_experts": lambda p=gates_only, x=x, lab=lab: p.step(x, lab),
+                    "plain": lambda m=plain, x=x: [m(x) for _ in range(CHUNK_BATCHES)],
+                    "recording": lambda p=rec, x=x, lab=lab: [p.step(x, lab) for _ in range(CHUNK_BATCHES)],
+                    "recording_no_experts": lambda p=gates_only, x=x, lab=lab: [
+                        p.step(x, lab) for _ in range(CHUNK_BATCHES)
+                    ],
                 }
                 big = "256" in name
                 reps = (6 if quick else 30) if big else (10 if quick else 80)
@@ -113,6 +118,8 @@ def part_recording(threads: list[int], rate_rows: int, quick: bool) -> dict[str,
                     t = rb.interleaved(
                         fns, reps, min_block_s=0.02, budget_s=5 if quick else 25, cpu_times=cpu
                     )
+                t = {k: [v / CHUNK_BATCHES for v in vs] for k, vs in t.items()}  # per batch
+                cpu = {k: [v / CHUNK_BATCHES for v in vs] for k, vs in cpu.items()}
                 row = {k: rb.mm(v) for k, v in t.items()}
                 row["reps"] = len(t["plain"])
                 row["noise_plain_median_over_min"] = statistics.median(t["plain"]) / min(t["plain"])

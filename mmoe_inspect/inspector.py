@@ -37,9 +37,11 @@ from .data.sources import (
     shard_rows,
 )
 from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
+from .functional.sampling import row_hash
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
-from .stats import ExpertStats, GateStats, PairwiseRoutingStats, update_gates
+from .stats import ExpertStats, GateStats, PairwiseRoutingStats
+from .stats.feed import StatsFeed
 from .stats.outputs import TaskOutputStats
 from .topology.spec import TaskSpec, Topology
 
@@ -63,6 +65,9 @@ class InspectConfig:
     # decode the data in a background thread at most this many rows ahead of the forward passes
     # (None: decode in the loop, one batch at a time); see `mmoe_inspect.data.sources.ReadAhead`
     read_ahead_rows: int | None = None
+    # statistics are updated on chunks of at least this many rows (consecutive batches coalesced): the
+    # same states, with the fixed per-update cost amortized (it rivals a small model's forward pass)
+    stats_chunk_rows: int = 16_384
 
 
 def resolve_topology(
@@ -237,14 +242,18 @@ def inspect(
     }
     outputs = configure_sync(TaskOutputStats([t.kind for t in topo.tasks]), dist_ctx, device).to(device)
     recorded_experts = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
-    expert_stats: ExpertStats | None = None
+
+    # expert statistics use a deterministic row sample (row_hash < rate: the same rows for any batching or
+    # sharding); the hooks copy only those rows, so their cost stays bounded as the data grows
+    expert_rate = _expert_sample_rate(cfg, _expected_rows(cfg, source)) if recorded_experts else 1.0
 
     def new_expert_stats(dims: Sequence[int]) -> ExpertStats:
         return ExpertStats(
             len(dims),
             list(dims),
-            sample_rate=_expert_sample_rate(cfg, _expected_rows(cfg, source)),
-            max_sample_per_update=cfg.batch_size,  # never cap: keeps the sample batch-invariant
+            sample_rate=expert_rate,
+            # never cap (keeps the sample batch-invariant): a chunk holds < stats_chunk_rows + one batch
+            max_sample_per_update=max(cfg.batch_size, cfg.stats_chunk_rows) + cfg.batch_size,
             seed=cfg.seed,
             **sync,
         ).to(device)
@@ -261,6 +270,9 @@ def inspect(
             block=cfg.batch_size,
         )
     read_ahead = ReadAhead(cfg.read_ahead_rows) if cfg.read_ahead_rows else None
+    feed = StatsFeed(
+        gate_stats, list(pair_stats.values()), outputs, new_expert_stats, chunk_rows=cfg.stats_chunk_rows
+    )
     started = time.perf_counter()
     n_rows = 0
     with GateRecorder(model, topo, experts=bool(recorded_experts)) as rec, torch.inference_mode():
@@ -275,26 +287,33 @@ def inspect(
         ):
             if feature_cols:
                 check_features(frame, feature_cols, source.name)
+            row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
+            expert_rows = None  # rows of this batch in the expert sample (None: all)
+            if recorded_experts and expert_rate < 1.0:
+                expert_rows = torch.nonzero(row_hash(row_index, cfg.seed) < expert_rate).squeeze(1)
+                rec.expert_rows = _to_device(expert_rows, device)  # chosen on the host: no device sync
             x = _to_device(input_fn(frame), device)
             out = _forward(model, x, n_rows, len(frame))
             cap = rec.take()
             b = len(frame)
-            row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
             row_index = _to_device(row_index, device)
             lab_all = _to_device(_labels(frame, topo.tasks, columns, source.name), device)
             lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
-            # one stacked pass over the gates (same states as one update per gate and per group)
-            update_gates(gate_stats, cap.gates, lab_bin, row_index, pairwise=list(pair_stats.values()))
-            if recorded_experts:
-                outs = [cap.experts[n] for n in recorded_experts if n in cap.experts]
-                if len(outs) == len(recorded_experts):
-                    if expert_stats is None:
-                        expert_stats = new_expert_stats([o.shape[1] for o in outs])
-                    expert_stats.update(outs, row_index)
-            outputs.update(task_predictions(out, topo.tasks), lab_all if labelled else None)
+            outs = [cap.experts[n] for n in recorded_experts if n in cap.experts]
+            feed.add(
+                cap.gates,
+                row_index,
+                labels_binary=lab_bin,
+                predictions=task_predictions(out, topo.tasks),
+                labels=lab_all if labelled else None,
+                experts=outs if recorded_experts and len(outs) == len(recorded_experts) else None,
+                expert_rows=None if expert_rows is None else rec.expert_rows,
+            )
             n_rows += b
             if progress is not None:
                 progress(n_rows)
+        feed.flush()
+    expert_stats = feed.expert_stats
     elapsed = time.perf_counter() - started
     if dist_ctx is not None:  # every rank got here healthy; totals, and expert stats on rows-less ranks
         n_rows, elapsed, expert_stats = _combine_ranks(
@@ -578,6 +597,7 @@ def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:
         "reservoir_size": cfg.reservoir_size,
         "expert_sample_rate": cfg.expert_sample_rate,
         "expert_sample_rows": cfg.expert_sample_rows,
+        "stats_chunk_rows": cfg.stats_chunk_rows,
         "seed": cfg.seed,
         "sample": cfg.sample,
     }

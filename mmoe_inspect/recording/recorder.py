@@ -62,10 +62,13 @@ def gate_probabilities(out: torch.Tensor, gate: GateSpec) -> torch.Tensor:
     return probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
 
 
-def expert_output(out: torch.Tensor, expert: ExpertSpec) -> torch.Tensor:
-    """An expert module's output → a fresh float32 `[batch, d]` copy (slice `index` of `[batch, E, d]`)."""
+def expert_output(out: torch.Tensor, expert: ExpertSpec, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """An expert module's output → a fresh float32 `[batch, d]` copy (slice `index` of `[batch, E, d]`);
+    with `rows` (int64 `[k]`) only those rows are copied: `[k, d]`."""
     if expert.index is not None:
         out = out[:, expert.index]
+    if rows is not None:
+        return out.detach().index_select(0, rows).reshape(rows.shape[0], -1).to(torch.float32)
     return out.detach().reshape(out.shape[0], -1).to(torch.float32, copy=True)
 
 
@@ -85,6 +88,9 @@ class GateRecorder:
         self.model = model
         self.topology = topology
         self.record_experts = experts
+        # rows of the next forward whose expert outputs are kept (int64 [k], on the model's device);
+        # None keeps every row, an empty tensor none (the expert hooks then return at once)
+        self.expert_rows: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._calls: dict[str, int] = {}
         self._capture = ForwardCapture()
@@ -134,9 +140,10 @@ class GateRecorder:
         specs = self._expert_modules[path]
 
         def hook(_module: nn.Module, _args, out) -> None:
-            if isinstance(out, torch.Tensor):
+            rows = self.expert_rows
+            if isinstance(out, torch.Tensor) and (rows is None or rows.numel() > 0):
                 for e in specs:
-                    self._capture.experts[e.name] = expert_output(out, e)
+                    self._capture.experts[e.name] = expert_output(out, e, rows)
 
         return hook
 

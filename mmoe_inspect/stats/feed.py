@@ -1,0 +1,131 @@
+"""`StatsFeed`: hands each forward's captures to the inspection statistics in chunks of several batches.
+
+Every statistics update costs a fixed few dozen small tensor ops (~20-40 µs each on a CPU core)
+whatever the number of rows; on small models (the MMoE paper's 8 experts of 16 units) that fixed
+cost rivals the forward pass itself. The statistics are batch-invariant (their states do not
+depend on where the batches are cut: property-tested), so coalescing consecutive batches into
+chunks of at least ``chunk_rows`` rows gives the same states for a fraction of the per-update
+cost. Memory: at most ``chunk_rows`` plus one batch of captured rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmoe_inspect.stats.batched import update_gates
+from mmoe_inspect.stats.expert import ExpertStats
+from mmoe_inspect.stats.gate import GateStats
+from mmoe_inspect.stats.outputs import TaskOutputStats
+from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
+
+__all__ = ["StatsFeed"]
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate along rows (dim 0) a list of like-structured items: tensors, None, lists, dicts."""
+    first = parts[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return first if len(parts) == 1 else torch.cat(parts, dim=0)
+    if isinstance(first, Mapping):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    return [_cat([p[i] for p in parts]) for i in range(len(first))]
+
+
+class _Chunk:
+    """Items waiting for one update, and how many batch rows they hold."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.rows = 0
+
+    def add(self, item: Any, rows: int) -> None:
+        self.items.append(item)
+        self.rows += rows
+
+    def take(self) -> Any:
+        out = _cat(self.items) if self.items else None
+        self.items, self.rows = [], 0
+        return out
+
+
+class StatsFeed:
+    """Feeds gate, pairwise, task-output and expert statistics, coalescing batches into chunks.
+
+    ``add`` one forward's captures; an update runs once at least ``chunk_rows`` rows have been
+    added (``chunk_rows <= batch`` updates on every batch); ``flush`` runs the pending updates,
+    and must be called once after the last batch. The expert statistics are built on the first
+    expert chunk by ``new_expert_stats(dims)`` (their widths are known only then).
+    """
+
+    def __init__(
+        self,
+        gate_stats: Mapping[str, GateStats],
+        pair_stats: Sequence[PairwiseRoutingStats],
+        outputs: TaskOutputStats | None,
+        new_expert_stats: Callable[[Sequence[int]], ExpertStats] | None = None,
+        *,
+        chunk_rows: int = 16_384,
+    ) -> None:
+        self.gate_stats = gate_stats
+        self.pair_stats = list(pair_stats)
+        self.outputs = outputs
+        self.new_expert_stats = new_expert_stats
+        self.expert_stats: ExpertStats | None = None
+        self.chunk_rows = int(chunk_rows)
+        self._main = _Chunk()
+        self._experts = _Chunk()
+
+    def add(
+        self,
+        gates: Mapping[str, Tensor],
+        row_index: Tensor,
+        *,
+        labels_binary: Tensor | None = None,
+        predictions: Tensor | None = None,
+        labels: Tensor | None = None,
+        experts: Sequence[Tensor] | None = None,
+        expert_rows: Tensor | None = None,
+    ) -> None:
+        """One batch: gates ``{name: [batch, E]}``, ``row_index`` int64 ``[batch]``, binary labels
+        ``[batch, L]``, task predictions and labels ``[batch, T]``, expert outputs ``E x [k, d_e]``
+        for the rows ``expert_rows`` ``[k]`` of the expert sample (all rows when None)."""
+        b = int(row_index.shape[0])
+        self._main.add(
+            {"g": dict(gates), "r": row_index, "lb": labels_binary, "p": predictions, "l": labels}, b
+        )
+        if experts is not None and self.new_expert_stats is not None:
+            kept = row_index if expert_rows is None else row_index[expert_rows]
+            self._experts.add({"x": list(experts), "r": kept}, b)
+        if self._main.rows >= self.chunk_rows:
+            self._update_main()
+        if self._experts.rows >= self.chunk_rows:
+            self._update_experts()
+
+    def flush(self) -> None:
+        """Run the pending updates (after the last batch; idempotent)."""
+        if self._main.items:
+            self._update_main()
+        if self._experts.items:
+            self._update_experts()
+
+    def _update_main(self) -> None:
+        c = self._main.take()
+        # one stacked pass over the gates (same states as one update per gate and per group)
+        update_gates(self.gate_stats, c["g"], c["lb"], c["r"], pairwise=self.pair_stats)
+        if self.outputs is not None and c["p"] is not None:
+            self.outputs.update(c["p"], c["l"])
+
+    def _update_experts(self) -> None:
+        c = self._experts.take()
+        if c["r"].shape[0] == 0:
+            return
+        if self.expert_stats is None and self.new_expert_stats is not None:
+            self.expert_stats = self.new_expert_stats([x.shape[1] for x in c["x"]])
+        if self.expert_stats is not None:
+            self.expert_stats.update(c["x"], c["r"])
