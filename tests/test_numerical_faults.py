@@ -265,6 +265,16 @@ def test_zero_variance_features(frame: pd.DataFrame) -> None:
         assert np.isfinite(num.to_numpy(dtype=float)).all() or num.empty, name
 
 
+def test_all_features_constant_gives_no_expert_similarity(frame: pd.DataFrame) -> None:
+    """Every row equal: every expert is constant, so CKA is undefined (NaN, not the cancellation noise
+    of float64 moments, which read 0.6-2.5 and fired `redundant_experts` before) and the gates, which
+    cannot depend on the input, are input-independent."""
+    flat = frame.assign(**{c: 0.7 for c in COLS})
+    result = run(GatedMoE().eval(), flat)
+    assert result.table("redundant_experts")["cka"].isna().all()
+    assert {f.code for f in result.findings} == {"input_independent_gate"}
+
+
 def test_one_class_labels_say_auc_is_undefined(frame: pd.DataFrame, tmp_path: Path) -> None:
     one_class = frame.assign(ctr=1.0, cvr=0.0)
     result = run(GatedMoE().eval(), one_class, causal={"n_boot": 20})

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = ["linear_cka", "linear_cka_from_moments"]
+
+# centered / raw second moment of a block at or below which it counts as constant: float32 outputs that
+# differ only by rounding (~1e-7 relative) give ~1e-14; real variation, however small, is far above
+_CONSTANT_REL_VAR = 1e-10
 
 
 def linear_cka(x: Tensor, y: Tensor) -> Tensor:
@@ -44,4 +49,10 @@ def linear_cka_from_moments(n: Tensor | float, sum_z: Tensor, gram: Tensor, dims
     )
     f = member @ c.square() @ member.T
     diag = f.diagonal().sqrt()
-    return f / torch.outer(diag, diag)
+    # A block whose centered variance is within rounding of zero is constant: its C is cancellation
+    # noise (CKA of noise can even exceed 1), so its pairs are NaN like those of an exactly constant one.
+    raw = member @ gram.diagonal().abs()
+    spread = member @ c.diagonal().clamp_min(0)
+    constant = spread <= _CONSTANT_REL_VAR * raw
+    cka = f / torch.outer(diag, diag)
+    return cka.masked_fill(constant[:, None] | constant[None, :], math.nan)

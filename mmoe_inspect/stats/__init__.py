@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mmoe_inspect.stats.batched import update_gates
 from mmoe_inspect.stats.expert import ExpertStats, ExpertSummary
+from mmoe_inspect.stats.feed import StatsFeed
 from mmoe_inspect.stats.gate import GateStats, GateSummary
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats, PairwiseRoutingSummary
 
@@ -19,5 +20,6 @@ __all__ = [
     "GateSummary",
     "PairwiseRoutingStats",
     "PairwiseRoutingSummary",
+    "StatsFeed",
     "update_gates",
 ]

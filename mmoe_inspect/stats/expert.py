@@ -24,7 +24,8 @@ _PANEL_MIN_DIM = 256  # Σd from which the Gram update skips the lower block tri
 class ExpertSummary:
     """What `ExpertStats.compute` returns for ``E`` experts.
 
-    ``zero_fraction``/``mean_norm`` use every finite row; ``cka`` uses the deterministic row sample
+    ``zero_fraction``/``mean_norm`` use every finite row given to ``update`` (`inspect()` gives only the rows
+    of its expert sample); ``cka`` uses the deterministic row sample
     (NaN for a pair involving an expert that is constant on the sample, e.g. a dead ReLU expert).
     """
 
