@@ -268,8 +268,11 @@ def assert_nothing_beside(parent: Path, *names: str) -> None:
 
 
 # A real `mmoe-inspect report` process; `stage` says where it parks (and writes READY) to be interrupted.
+# Ctrl-C raises KeyboardInterrupt as in a terminal, also when the suite runs as a background job (a
+# non-interactive shell starts background jobs with SIGINT ignored, and children inherit that).
 INTERRUPTED_RUN = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from dataclasses import replace
 from pathlib import Path
 
