@@ -17,6 +17,7 @@ import difflib
 import functools
 import inspect
 import re
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -407,6 +408,9 @@ def guarded(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             raise
+        # Free the failed run's frames now, while the interpreter is alive: what they hold (a process
+        # group's native threads above all) must not be torn down during interpreter finalization.
+        traceback.clear_frames(exc.__traceback__)
         if isinstance(exc, user_errors()):
             err.print(f"[red]error:[/red] {escape(one_line(exc))}")
             raise typer.Exit(EXIT_BAD_INPUT) from None

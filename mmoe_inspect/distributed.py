@@ -17,6 +17,7 @@ exchanged once; the process group's timeout (`timeout_s`) ends a rank that dies 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -143,6 +144,9 @@ def current_context(timeout_s: float | None = None) -> DistContext:
 def shutdown(ctx: DistContext | None) -> None:
     """Destroy the process group if `init_from_env` created it."""
     if ctx is not None and ctx.owns_group and dist.is_initialized():
+        # no rank tears the group down while another still talks on it (a peer already gone: no wait)
+        with contextlib.suppress(Exception):
+            dist.barrier(group=ctx.control)
         _control_group.cache_clear()
         dist.destroy_process_group()
 
