@@ -471,10 +471,10 @@ class RecordingPass:
         b = x.shape[0]
         row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
         keep = None  # as inspect(): the expert hooks copy only the rows of the expert sample
-        if self.expert_names and self.sample_rate < 1.0 and hasattr(self.rec, "expert_rows"):
-            from mmoe_inspect.functional.sampling import row_hash
+        if self.expert_names and self.feed is not None:
+            from mmoe_inspect.stats.feed import sampled_positions
 
-            keep = torch.nonzero(row_hash(row_index, 0) < self.sample_rate).squeeze(1)
+            keep = sampled_positions(row_index, self.sample_rate, 0)
             self.rec.expert_rows = keep
         out = self.model(x)
         cap = self.rec.take()

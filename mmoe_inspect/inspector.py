@@ -37,11 +37,10 @@ from .data.sources import (
     shard_rows,
 )
 from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
-from .functional.sampling import row_hash
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
 from .stats import ExpertStats, GateStats, PairwiseRoutingStats
-from .stats.feed import StatsFeed
+from .stats.feed import StatsFeed, sampled_positions
 from .stats.outputs import TaskOutputStats
 from .topology.spec import TaskSpec, Topology
 
@@ -288,10 +287,10 @@ def inspect(
             if feature_cols:
                 check_features(frame, feature_cols, source.name)
             row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
-            expert_rows = None  # rows of this batch in the expert sample (None: all)
-            if recorded_experts and expert_rate < 1.0:
-                expert_rows = torch.nonzero(row_hash(row_index, cfg.seed) < expert_rate).squeeze(1)
-                rec.expert_rows = _to_device(expert_rows, device)  # chosen on the host: no device sync
+            # rows of this batch in the expert sample (None: all), chosen on the host: no device sync
+            expert_rows = sampled_positions(row_index, expert_rate, cfg.seed) if recorded_experts else None
+            if expert_rows is not None:
+                rec.expert_rows = _to_device(expert_rows, device)
             x = _to_device(input_fn(frame), device)
             out = _forward(model, x, n_rows, len(frame))
             cap = rec.take()

@@ -16,13 +16,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmoe_inspect.functional.sampling import row_hash
 from mmoe_inspect.stats.batched import update_gates
 from mmoe_inspect.stats.expert import ExpertStats
 from mmoe_inspect.stats.gate import GateStats
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
 
-__all__ = ["StatsFeed"]
+__all__ = ["StatsFeed", "sampled_positions"]
+
+
+def sampled_positions(row_index: Tensor, rate: float, seed: int) -> Tensor | None:
+    """Positions ``int64 [k]`` in the batch of the rows with ``row_hash(row_index, seed) < rate`` (the
+    expert sample: the same rows for any batching or sharding); None when ``rate >= 1`` (every row).
+    Call it on host row indices: the selection then needs no device sync."""
+    if rate >= 1.0:
+        return None
+    return torch.nonzero(row_hash(row_index, seed) < rate).squeeze(1)
 
 
 def _cat(parts: list[Any]) -> Any:
