@@ -100,3 +100,76 @@ def test_update_gates_equals_separate_updates(nonfinite: bool) -> None:
             )
         torch.testing.assert_close(got_ps.compute().jsd, want_ps.compute().jsd, rtol=1e-12, atol=1e-12)
     assert float(ref_pairs[0].compute().jsd[0, 1]) > 0.01  # the gates do differ
+
+
+def test_top1_counts_the_first_maximum_like_argmax() -> None:
+    """The stacked pass picks each row's top-1 expert without argmax (first maximum by rank weights):
+    planted ties go to the lowest expert, exactly as ``argmax``; random rows agree with it too."""
+    from mmoe_inspect.stats import GateStats, update_gates
+
+    ties = torch.tensor(
+        [[0.25] * 4, [0.5, 0.5, 0.0, 0.0], [0.0, 0.4, 0.4, 0.2], [0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+    rand = torch.softmax(torch.randn(5000, 4, generator=torch.Generator().manual_seed(0)) * 3, 1)
+    for g in (ties, rand.double(), rand):
+        one = GateStats(4)
+        one.update(g)
+        both = {"a": GateStats(4), "b": GateStats(4)}
+        update_gates(both, {"a": g, "b": g.flip(0)})
+        want = torch.bincount(g.argmax(1), minlength=4)
+        assert torch.equal(one.top1, want)
+        assert torch.equal(both["a"].top1, want) and torch.equal(both["b"].top1, want)
+    one = GateStats(4)
+    one.update(ties)
+    assert one.top1.tolist() == [2, 1, 0, 2]  # uniform and [.5, .5] rows -> expert 0; [0, .4, .4] -> 1
+
+
+def test_constant_weight_has_zero_variance_whatever_the_sharding() -> None:
+    """E[g²] - E[g]² of a constant weight is rounding noise that differs between shardings; below
+    1e-12 E[g²] it is reported as exactly 0 (a real spread, std 1e-4 of the weight, is kept)."""
+    from mmoe_inspect.stats import GateStats
+
+    gen = torch.Generator().manual_seed(1)
+    n = 10_007
+    varying = torch.rand(n, generator=gen) * 0.2
+    tiny = 0.1 + 1e-5 * torch.randn(n, generator=gen, dtype=torch.float64)
+    g = torch.stack([varying, tiny, torch.full((n,), 0.1 / 3, dtype=torch.float64)], 1).double()
+    g = torch.cat([g, (1 - g.sum(1, keepdim=True))], 1)  # rows sum to 1
+    results = []
+    for cuts in ([n], [3000, n - 3000], [1, 17, 4000, n - 4018]):
+        st = GateStats(4)
+        start = 0
+        for c in cuts:
+            st.update(g[start : start + c])
+            start += c
+        results.append(st.compute())
+    for s in results:
+        assert s.var[2].item() == 0.0 and s.std[2].item() == 0.0
+        assert s.var[1].item() == pytest.approx(1e-10, rel=0.05)
+        assert s.var[0].item() > 1e-3
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+def test_task_output_stats_host_path_equals_sync_free_path(nan: bool) -> None:
+    """`TaskOutputStats` skips masking after one host read when everything is finite; the sync-free
+    path (no host reads) masks always. Both give the same states, with and without NaN values."""
+    from mmoe_inspect.stats.outputs import TaskOutputStats
+
+    gen = torch.Generator().manual_seed(2)
+    p = torch.cat([torch.rand(3000, 2, generator=gen), torch.randn(3000, 1, generator=gen)], 1)
+    y = torch.cat(
+        [(torch.rand(3000, 2, generator=gen) < 0.2).float(), torch.randn(3000, 1, generator=gen)], 1
+    )
+    if nan:
+        p[::7, 0] = float("nan")
+        y[::5, 1] = float("nan")
+    host, free = (TaskOutputStats(["binary", "binary", "regression"], sync_free=s) for s in (False, True))
+    for lo in range(0, 3000, 1000):
+        host.update(p[lo : lo + 1000], y[lo : lo + 1000])
+        free.update(p[lo : lo + 1000], y[lo : lo + 1000])
+    for state in host._defaults:
+        torch.testing.assert_close(getattr(host, state), getattr(free, state), rtol=1e-12, atol=1e-12)
+    s = host.compute()
+    assert s.n.tolist() == ([3000 - 429, 3000, 3000] if nan else [3000] * 3)
+    assert s.prediction_hist.sum(1).tolist() == s.n_labelled.tolist()

@@ -64,7 +64,7 @@ def recording_pass(model: torch.nn.Module, n_batches: int = 3, batch: int = 512)
     }
     groups = gate_groups(topo)
     pairs = [PairwiseRoutingStats([g.name for g in grp], grp[0].n_experts, sync_free=True) for grp in groups]
-    outputs = TaskOutputStats([t.kind for t in topo.tasks])
+    outputs = TaskOutputStats([t.kind for t in topo.tasks], sync_free=True)
     expert_names = [e.name for e in topo.experts if e.module is not None]
     gen = torch.Generator().manual_seed(0)
     xs = [torch.randn(batch, 16, generator=gen) for _ in range(n_batches)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -188,3 +188,45 @@ def row_keys(rows: Tensor, seed: int, sync_free: bool) -> Tensor:
     keys = row_hash(rows, seed)
     _last_row_keys = (rows.clone(), seed, keys)
     return keys
+
+
+class Workspace:
+    """Scratch tensors reused across updates by name; reallocated only when shape, dtype or device change.
+
+    A stacked statistics pass makes several temporaries of a chunk's size (MBs); allocated afresh
+    on every update, the allocator hands each back to the OS and the next update page-faults it
+    in again (measured: ~0.3 ms per 2 MB temporary on a CPU core, as much as the op itself).
+    A tensor taken from here is valid until the next ``get`` of the same name.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialized ``[*shape]`` tensor of ``dtype`` on ``device``, the same one as last time if it fits."""
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(tuple(shape), dtype=dtype, device=device)
+            self._bufs[name] = buf
+        return buf
+
+
+def stack_gates(
+    gates: Sequence[Tensor], device: torch.device | str | None = None, workspace: Workspace | None = None
+) -> Tensor:
+    """``G`` gates ``[batch, E]`` (same shape) as one float64 ``[G, E, batch]`` tensor (the one cast).
+
+    Experts-by-rows layout: reductions over the experts of each row (row sums, entropies, the top-1
+    expert) run over ``E`` contiguous row vectors, several times faster on CPU than over ``batch``
+    short rows of ``E``. With ``workspace`` the result lives there (valid until the next stack).
+    """
+    g0 = gates[0]
+    shape = (len(gates), g0.shape[1], g0.shape[0])
+    dev = torch.device(device) if device is not None else g0.device
+    if workspace is not None:
+        out = workspace.get("stack", shape, torch.float64, dev)
+    else:
+        out = torch.empty(shape, dtype=torch.float64, device=dev)
+    for i, g in enumerate(gates):
+        out[i].copy_(g.detach().T)
+    return out

@@ -19,17 +19,21 @@ from mmoe_inspect.functional.routing import (
 )
 from mmoe_inspect.stats._base import (
     SummaryMetric,
+    Workspace,
     batch_row_index,
     empty_reservoir,
     reservoir_insert,
     reservoir_reduce,
     reservoir_rows,
     row_keys,
+    stack_gates,
 )
 
-__all__ = ["GateStats", "GateSummary"]
+__all__ = ["GateStats", "GateSummary", "accumulate_gates"]
 
 _F64 = torch.float64
+_TINY = torch.finfo(_F64).tiny
+_VAR_NOISE = 1e-12  # relative variance treated as rounding noise (see `GateStats.compute`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,13 +86,14 @@ class GateSummary:
 class GateStats(SummaryMetric):
     """Streaming statistics of one gate's weights ``[batch, E]``; all states are exact SUM states.
 
-    Per update, on the float64 cast of the batch (one cast, ~5 µs for ``[4096, 8]``): ``Σg`` and
-    ``gᵀg`` (one matmul; its diagonal gives ``Σg²``), one row-max for the top-1 load, per-row
-    entropy, and a single ``bincount`` filling the weight histogram ``[E, n_bins]``, the entropy
-    histogram and the top-1 counts. Rows with a NaN/inf weight are counted and excluded from
-    everything else; finite rows whose weights do not sum to 1 within ``max(1e-3, eps(dtype))``
-    (see `normalization_tolerance`) are counted and kept. With ``labels [batch, L]``
-    (binary, NaN = missing) it also sums the gate over each label's finite and positive rows.
+    Per update, on the float64 cast of the batch (laid out ``[E, batch]``, see `stack_gates`):
+    ``Σg`` and ``gᵀg`` (one matmul; its diagonal gives ``Σg²``), per-row entropy, and a single
+    ``bincount`` filling the weight histogram ``[E, n_bins]``, the entropy histogram and the top-1
+    counts (`accumulate_gates`, which `update_gates` runs once for several gates). Rows with a
+    NaN/inf weight are counted and excluded from everything else; finite rows whose weights do
+    not sum to 1 within ``max(1e-3, eps(dtype))`` (see `normalization_tolerance`) are counted and
+    kept. With ``labels [batch, L]`` (binary, NaN = missing) it also sums the gate over each
+    label's finite and positive rows.
 
     A reservoir keeps the ``reservoir_size`` rows with the smallest ``row_hash(row_index, seed)``
     keys; it merges exactly (same rows whatever the batching, sharding or merge order). Without
@@ -139,7 +144,15 @@ class GateStats(SummaryMetric):
         self._ent0 = e * self.n_bins
         self._top0 = self._ent0 + self.entropy_bins
         self._dummy_slot = self._top0 + e
-        self.register_buffer("_bin_offsets", torch.arange(e) * self.n_bins, persistent=False)
+        self._workspace = Workspace()  # scratch tensors of `accumulate_gates`
+        self.register_buffer(
+            "_bin_offsets", torch.arange(e, dtype=torch.int32) * self.n_bins, persistent=False
+        )
+        # [E, 1] E - e: picks each row's first maximum (see `accumulate_gates`)
+        rank_dtype = torch.uint8 if e < 256 else torch.int32
+        self.register_buffer(
+            "_rank_weights", torch.arange(e, 0, -1, dtype=rank_dtype)[:, None], persistent=False
+        )
 
         self.add_state("rows_seen", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("nonfinite", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -175,79 +188,20 @@ class GateStats(SummaryMetric):
             gates = gates.squeeze(-1)
         if gates.ndim != 2 or gates.shape[1] != self.n_experts:
             raise ValueError(f"expected gates of shape [batch, {self.n_experts}], got {tuple(gates.shape)}")
-        b, e = gates.shape
-        g = gates.detach().to(device=self.device, dtype=_F64)
-        rsum = g.sum(1)
-        sync_free = self._sync_free(g.device)
-        # A NaN/inf weight makes its row sum, and so the batch total, non-finite: on CPU one host
-        # read of the total skips all masking (an overflowing total only takes the masked path).
-        all_ok = not sync_free and math.isfinite(float(rsum.sum()))
-        ok = None if all_ok else torch.isfinite(rsum)  # None: every row is finite
-        if ok is not None:
-            g = torch.where(ok[:, None], g, 0.0)
-        rows = batch_row_index(row_index, self.rows_seen, b, g.device)
-        self.rows_seen.add_(b)
-
-        self.sum_w.add_(g.sum(0))
-        self.sum_outer.addmm_(g.T, g)
-        h = gate_entropy(g)
-        self.sum_h.add_(h.sum())
-        self.sum_h2.add_(h @ h)
-        not_normalized = (rsum - 1.0).abs_() > self.normalization_tolerance(gates.dtype)
-        if ok is not None:
-            not_normalized &= ok
-            self.nonfinite.add_(b - ok.sum())
-        self.not_normalized.add_(not_normalized.sum())
-
-        # One bincount over [batch, E + 2] slot indices: each expert's weight bin, the entropy bin
-        # and the top-1 expert (max(1).indices: first maximum like argmax, and cheaper). Written
-        # into one buffer (the float -> int64 conversion happens in copy_); masked rows -> dummy.
-        slots = torch.empty(b, e + 2, dtype=torch.int64, device=g.device)
-        slots[:, :e].copy_((g * self.n_bins).clamp_(0, self.n_bins - 1)).add_(self._bin_offsets)
-        slots[:, e].copy_((h * (self.entropy_bins / self.entropy_max)).clamp_(0, self.entropy_bins - 1))
-        slots[:, e].add_(self._ent0)
-        torch.add(g.max(1).indices, self._top0, out=slots[:, e + 1])
-        if ok is not None:
-            slots.masked_fill_(~ok[:, None], self._dummy_slot)
-        counts = torch.bincount(slots.view(-1), minlength=self._dummy_slot + 1)
-        self.hist.add_(counts[: self._ent0].view(e, self.n_bins))
-        self.entropy_hist.add_(counts[self._ent0 : self._top0])
-        self.top1.add_(counts[self._top0 : self._dummy_slot])
-
-        if labels is not None:
-            self._update_labels(g, ok, labels)
-        if self.reservoir_size:
-            keys = row_keys(rows, self.seed, sync_free)
-            if ok is not None:
-                keys = torch.where(ok, keys, torch.inf)
-            self.reservoir = reservoir_insert(self.reservoir, keys, rows, g, sync_free)
-
-    def _update_labels(self, g: Tensor, ok: Tensor | None, labels: Tensor) -> None:
-        """Sum the gate over each label's finite rows and positive rows (two ``[L, batch] @ [batch, E]``)."""
-        nl = len(self.label_names)
-        lab = labels.detach().to(device=g.device, dtype=_F64)
-        if lab.ndim == 1 and nl == 1:
-            lab = lab[:, None]
-        if lab.shape != (g.shape[0], nl):
-            raise ValueError(
-                f"expected labels of shape [{g.shape[0]}, {nl}] for label_names {self.label_names}, "
-                f"got {tuple(labels.shape)}"
-            )
-        fin = torch.isfinite(lab)
-        if ok is not None:
-            fin &= ok[:, None]
-        pos = fin & (lab > 0.5)
-        self.lab_all_sum_w.addmm_(fin.to(_F64).T, g)
-        self.lab_pos_sum_w.addmm_(pos.to(_F64).T, g)
-        self.lab_n.add_(fin.sum(0))
-        self.lab_pos_n.add_(pos.sum(0))
+        t = stack_gates([gates], self.device, self._workspace)  # [1, E, batch] float64
+        accumulate_gates([self], t, gates.dtype, labels, row_index)
 
     def compute(self) -> GateSummary:
         """Summarize the accumulated rows (NaN means when no finite row was seen)."""
         n_int = int(self.rows_seen - self.nonfinite)
         n = torch.tensor(float(n_int), dtype=_F64, device=self.sum_w.device)
         mean = self.sum_w / n
-        var = (self.sum_outer.diagonal() / n - mean.square()).clamp_min(0)
+        ex2 = self.sum_outer.diagonal() / n
+        # E[g²] - E[g]² of a weight constant up to rounding is float64 cancellation noise (±1e-20,
+        # and unequal across shardings): a variance below 1e-12 E[g²] (std below 1e-6 of the
+        # weight, a few float32 ulps) is 0.
+        var = ex2 - mean.square()
+        var = var.masked_fill(var <= _VAR_NOISE * ex2, 0.0)  # NaN (no rows) stays NaN
         top1_share = self.top1.to(_F64) / n
         h_mean = self.sum_h / n
         h_std = (self.sum_h2 / n - h_mean.square()).clamp_min(0).sqrt()
@@ -290,3 +244,108 @@ class GateStats(SummaryMetric):
             reservoir=res_rows,
             reservoir_index=res_index,
         )
+
+
+def accumulate_gates(
+    stats: Sequence[GateStats],
+    t: Tensor,
+    in_dtype: torch.dtype,
+    labels: Tensor | None = None,
+    row_index: Tensor | None = None,
+) -> tuple[Tensor, Tensor] | None:
+    """Add the rows of ``G`` gates ``t [G, E, batch]`` (float64, `stack_gates`) to their like-configured stats.
+
+    One pass for all ``G`` (each op runs once for the stack): ``Σg``, ``g gᵀ`` (one ``bmm``), per-row
+    entropies, the label sums (one matmul) and one ``bincount`` with per-gate offsets filling every
+    gate's weight histogram, entropy histogram and top-1 counts. ``in_dtype`` is the gates' own dtype
+    (for the normalization tolerance). On CPU one host read of the total skips masking when every
+    weight is finite; otherwise (and always on the sync-free path) rows with a NaN/inf weight are
+    masked per gate. Returns ``(Σ_e g log g [G, batch], Σ_rows g [G, E])`` when every row was
+    finite (for `PairwiseRoutingStats` on the same gates), else None.
+    """
+    st0 = stats[0]
+    g_n, e, b = t.shape
+    nb, eb = st0.n_bins, st0.entropy_bins
+    sync_free = st0._sync_free(t.device)
+    rsum = t.sum(1)  # [G, B]
+    ok = None if not sync_free and math.isfinite(float(rsum.sum())) else torch.isfinite(rsum)
+    if ok is not None:  # None: every row of every gate is finite
+        t = torch.where(ok[:, None, :], t, 0.0)
+    sum_w = t.sum(2)  # [G, E]
+    outer = torch.bmm(t, t.transpose(1, 2))  # [G, E, E]
+    ws = st0._workspace
+    tmp = ws.get("tmp", t.shape, _F64, t.device)
+    neg_h = torch.clamp_min(t, _TINY, out=tmp).log_().mul_(t).sum(1)  # [G, B] Σ_e g log g (0 on masked rows)
+    h = neg_h.neg()
+    sum_h = h.sum(1)
+    sum_h2 = torch.linalg.vecdot(h, h)
+    not_normalized = (rsum - 1.0).abs_() > GateStats.normalization_tolerance(in_dtype)
+    if ok is not None:
+        not_normalized &= ok
+    not_normalized = not_normalized.sum(1)
+
+    # One bincount over [G, E + 2, B] int32 slots (int32 converts ~3x faster than int64), gate i's
+    # offset by i * width: each expert's weight bin, the row's entropy bin and its top-1 expert
+    # (the first maximum, like argmax: the maxima of expert e get weight E - e, the largest wins).
+    # Masked rows go to the dummy slot.
+    width = st0._dummy_slot + 1
+    slots = ws.get("slots", (g_n, e + 2, b), torch.int32, t.device)
+    slots[:, :e].copy_(torch.mul(t, nb, out=tmp).clamp_(0, nb - 1)).add_(st0._bin_offsets[:, None])
+    slots[:, e].copy_((h * (eb / st0.entropy_max)).clamp_(0, eb - 1)).add_(st0._ent0)
+    is_max = torch.eq(t, t.amax(1, keepdim=True), out=ws.get("is_max", t.shape, torch.bool, t.device))
+    rank = st0._rank_weights
+    first_max = (is_max.view(torch.uint8) if rank.dtype == torch.uint8 else is_max.to(rank.dtype)).mul_(rank)
+    slots[:, e + 1].copy_(first_max.amax(1)).neg_().add_(st0._top0 + e)
+    if ok is not None:
+        slots.masked_fill_(~ok[:, None, :], st0._dummy_slot)
+    slots.add_((torch.arange(g_n, dtype=torch.int32, device=t.device) * width)[:, None, None])
+    counts = torch.bincount(slots.view(-1), minlength=g_n * width).view(g_n, width)
+
+    lab_sums = lab_counts = None
+    if labels is not None:
+        nl = len(st0.label_names)
+        lab = labels.detach().to(device=t.device, dtype=_F64)
+        if lab.ndim == 1 and nl == 1:
+            lab = lab[:, None]
+        if lab.shape != (b, nl):
+            raise ValueError(
+                f"expected labels of shape [{b}, {nl}] for label_names {st0.label_names}, "
+                f"got {tuple(labels.shape)}"
+            )
+        fin = torch.isfinite(lab)
+        sel = torch.cat([fin, fin & (lab > 0.5)], dim=1)  # [B, 2L]: finite label, positive label
+        # [2L, B] @ [B, G·E]: each gate summed over each label's finite rows, then its positive rows
+        # (masked rows are zero in t, so they add nothing)
+        lab_sums = (sel.T.to(_F64) @ t.view(g_n * e, b).T).view(2, nl, g_n, e).permute(2, 0, 1, 3)
+        if ok is None:
+            lab_counts = sel.sum(0).expand(g_n, 2 * nl)  # [G, 2L]
+        else:
+            lab_counts = (ok.to(_F64) @ sel.to(_F64)).round_().long()
+
+    rows = batch_row_index(row_index, st0.rows_seen, b, t.device)
+    keys = row_keys(rows, st0.seed, sync_free) if st0.reservoir_size else None
+    nonfinite = None if ok is None else b - ok.sum(1)
+    for i, st in enumerate(stats):
+        st._computed = None
+        st._update_count += 1
+        if st.reservoir_size:
+            k = keys if ok is None else torch.where(ok[i], keys, torch.inf)
+            st.reservoir = reservoir_insert(st.reservoir, k, rows, t[i].T, sync_free)
+        st.rows_seen.add_(b)
+        if nonfinite is not None:
+            st.nonfinite.add_(nonfinite[i])
+        st.sum_w.add_(sum_w[i])
+        st.sum_outer.add_(outer[i])
+        st.sum_h.add_(sum_h[i])
+        st.sum_h2.add_(sum_h2[i])
+        st.not_normalized.add_(not_normalized[i])
+        c = counts[i]
+        st.hist.add_(c[: st._ent0].view(e, nb))
+        st.entropy_hist.add_(c[st._ent0 : st._top0])
+        st.top1.add_(c[st._top0 : st._dummy_slot])
+        if lab_sums is not None:
+            st.lab_all_sum_w.add_(lab_sums[i, 0])
+            st.lab_pos_sum_w.add_(lab_sums[i, 1])
+            st.lab_n.add_(lab_counts[i, :nl])
+            st.lab_pos_n.add_(lab_counts[i, nl:])
+    return (neg_h, sum_w) if ok is None else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchmetrics import Metric
+
+from mmoe_inspect.stats._base import SummaryMetric
 
 
 @dataclass
@@ -26,49 +28,56 @@ class TaskOutputSummary:
     )  # [T] binary predictions outside [0, 1] (logits where probabilities were expected)
 
 
-class TaskOutputStats(Metric):
+class TaskOutputStats(SummaryMetric):
     """Prediction/label sums per task; AUC from per-class prediction histograms (resolution 1/n_bins).
 
-    `update(preds [batch, T], labels [batch, T] | None)`; NaN labels mean "missing".
+    `update(preds [batch, T], labels [batch, T] | None)`; NaN labels mean "missing". On CPU one
+    host read skips all masking when every prediction and label is finite; on accelerators (or
+    with ``sync_free=True``) it makes no host reads. Both paths give the same states.
     """
 
-    full_state_update = False
-
-    def __init__(self, kinds: Sequence[str], n_bins: int = 1000) -> None:
-        super().__init__()
+    def __init__(self, kinds: Sequence[str], n_bins: int = 1000, *, sync_free: bool | None = None) -> None:
+        super().__init__(sync_free=sync_free)
         self.kinds = tuple(kinds)
         self.n_bins = n_bins
         t = len(self.kinds)
         self.register_buffer("_binary", torch.tensor([k == "binary" for k in self.kinds]), persistent=False)
+        self.register_buffer("_offsets", torch.arange(t) * n_bins, persistent=False)
         for name in ("n", "sum", "sumsq", "n_lab", "sum_lab", "sse", "out_of_range"):
             self.add_state(name, torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hist_pos", torch.zeros(t, n_bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hist_neg", torch.zeros(t, n_bins, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        p = preds.detach().to(torch.float64)
-        ok = torch.isfinite(p)
-        pz = torch.where(ok, p, torch.zeros_like(p))
-        self.n += ok.sum(0)
+        p = preds.detach().to(torch.float64)  # [B, T]
+        y = None if labels is None else labels.detach().to(device=p.device, dtype=torch.float64)
+        b, t = p.shape
+        total = p.sum() if y is None else p.sum() + y.sum()
+        fast = not self._sync_free(p.device) and math.isfinite(float(total))  # every value finite
+        ok = None if fast else torch.isfinite(p)
+        pz = p if ok is None else torch.where(ok, p, 0.0)
+        self.n += b if ok is None else ok.sum(0)
         self.sum += pz.sum(0)
         self.sumsq += (pz * pz).sum(0)
-        binary = self._binary.to(p.device)
-        self.out_of_range += (((pz < 0) | (pz > 1)) & ok & binary).sum(0)
-        if labels is None:
+        out = ((pz < 0) | (pz > 1)) & self._binary
+        self.out_of_range += (out if ok is None else out & ok).sum(0)
+        if y is None:
             return
-        y = labels.detach().to(torch.float64)
-        lab = ok & torch.isfinite(y)
-        yz = torch.where(lab, y, torch.zeros_like(y))
-        self.n_lab += lab.sum(0)
+        lab = None if fast else ok & torch.isfinite(y)
+        yz = y if lab is None else torch.where(lab, y, 0.0)
+        self.n_lab += b if lab is None else lab.sum(0)
         self.sum_lab += yz.sum(0)
-        self.sse += torch.where(lab, (pz - yz) ** 2, torch.zeros_like(yz)).sum(0)
-        bins = (pz.clamp(0, 1) * self.n_bins).long().clamp_(max=self.n_bins - 1)  # [batch, T]
-        t = p.shape[1]
-        flat = bins + torch.arange(t, device=p.device) * self.n_bins
-        pos = (lab & (yz > 0.5)).to(torch.float64)
-        neg = (lab & (yz <= 0.5)).to(torch.float64)
-        self.hist_pos += torch.bincount(flat.flatten(), pos.flatten(), minlength=t * self.n_bins).view(t, -1)
-        self.hist_neg += torch.bincount(flat.flatten(), neg.flatten(), minlength=t * self.n_bins).view(t, -1)
+        sq = (pz - yz).square_()
+        self.sse += (sq if lab is None else torch.where(lab, sq, 0.0)).sum(0)
+        # One bincount: slot 2 · (task bin) + (label > 0.5), unlabelled rows to a dummy slot at the end.
+        bins = (pz.clamp(0, 1) * self.n_bins).long().clamp_(max=self.n_bins - 1).add_(self._offsets)
+        slots = bins.mul_(2).add_(yz > 0.5)
+        if lab is not None:
+            slots.masked_fill_(~lab, 2 * t * self.n_bins)
+        counts = torch.bincount(slots.view(-1), minlength=2 * t * self.n_bins + 1)
+        counts = counts[: 2 * t * self.n_bins].view(t, self.n_bins, 2)
+        self.hist_neg += counts[..., 0]
+        self.hist_pos += counts[..., 1]
 
     def compute(self) -> TaskOutputSummary:
         n = self.n.clamp_min(1)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mmoe_inspect.functional.routing import js_divergence, xlogx
-from mmoe_inspect.stats._base import SummaryMetric
+from mmoe_inspect.stats._base import SummaryMetric, Workspace, stack_gates
 
 __all__ = ["PairwiseRoutingStats", "PairwiseRoutingSummary"]
 
@@ -66,6 +66,7 @@ class PairwiseRoutingStats(SummaryMetric):
         self.n_experts = int(n_experts)
         g = len(self.gate_names)
         pairs = torch.triu_indices(g, g, offset=1)
+        self._workspace = Workspace()  # scratch tensors of `_accumulate`
         self.register_buffer("_pair_i", pairs[0], persistent=False)
         self.register_buffer("_pair_j", pairs[1], persistent=False)
         n_pairs = pairs.shape[1]
@@ -86,32 +87,45 @@ class PairwiseRoutingStats(SummaryMetric):
                 x = x.squeeze(-1)
             if x.ndim != 2 or x.shape[1] != self.n_experts or (mats and x.shape[0] != mats[0].shape[0]):
                 raise ValueError(f"gate {name!r}: expected [batch, {self.n_experts}], got {tuple(x.shape)}")
-            mats.append(x.detach().to(device=self.device, dtype=_F64))
-        s = torch.stack(mats)  # [G, B, E]
-        all_ok = not self._sync_free(s.device) and math.isfinite(float(s.sum()))  # one host read on CPU
+            mats.append(x)
+        t = stack_gates(mats, self.device, self._workspace)  # [G, E, B] float64
+        all_ok = not self._sync_free(t.device) and math.isfinite(float(t.sum()))  # one host read on CPU
         if not all_ok:
-            ok = torch.isfinite(s.sum(2)).all(0)  # [B]
-            s = torch.where(ok[None, :, None], s, 0.0)
+            ok = torch.isfinite(t.sum(1)).all(0)  # [B]
+            t = torch.where(ok, t, 0.0)
             self.nonfinite.add_((~ok).sum())
-        self._accumulate(s)
+        self._accumulate(t)
 
-    def _accumulate(self, s: Tensor, neg_h: Tensor | None = None) -> None:
-        """Add rows of ``s [G, B, E]`` (float64, masked rows zeroed); ``neg_h [G, B]`` = ``Σ_e x log x`` if known.
+    def _accumulate(self, t: Tensor, neg_h: Tensor | None = None, sum_w: Tensor | None = None) -> None:
+        """Add the rows of ``t [G, E, B]`` (float64, masked rows zeroed); ``neg_h [G, B]`` = ``Σ_e x log x``
+        and ``sum_w [G, E]`` = ``Σ_rows x`` if known.
 
-        `mmoe_inspect.stats.update_gates` calls this with the stacked gates and the per-row
-        ``Σ x log x`` it already computed for the gates' `GateStats` (one cast and one entropy pass).
+        `mmoe_inspect.stats.update_gates` calls this with the stacked gates, their per-row
+        ``Σ x log x`` and their sums, already computed for the gates' `GateStats`.
         """
-        self.rows_seen.add_(s.shape[1])
-        self.sum_w.add_(s.sum(1))
+        self.rows_seen.add_(t.shape[2])
+        self.sum_w.add_(t.sum(2) if sum_w is None else sum_w)
         if self._pair_i.numel() == 0:
             return
-        p, q = s[self._pair_i], s[self._pair_j]  # [pairs, B, E]
-        # JSD = H(m) - (H(p) + H(q)) / 2 with Σ x log x computed once per gate.
+        ws = self._workspace
         if neg_h is None:
-            neg_h = xlogx(s).sum(2)  # [G, B]
-        jsd = (0.5 * (neg_h[self._pair_i] + neg_h[self._pair_j]) - xlogx((p + q) * 0.5).sum(2)).clamp_min(0)
+            neg_h = xlogx(t).sum(1)  # [G, B]
+        shape = (self._pair_i.shape[0], *t.shape[1:])  # [pairs, E, B]
+        m = ws.get("m", shape, t.dtype, t.device)  # p + q, then the mixture (p + q) / 2
+        d = ws.get("d", shape, t.dtype, t.device)  # p - q
+        k = 0
+        for i in range(t.shape[0] - 1):  # pairs (i, i + 1), ..., (i, G - 1): triu_indices order, no gather
+            n = t.shape[0] - 1 - i
+            torch.add(t[i : i + 1], t[i + 1 :], out=m[k : k + n])
+            torch.sub(t[i : i + 1], t[i + 1 :], out=d[k : k + n])
+            k += n
+        # JSD = H(m) - (H(p) + H(q)) / 2 with Σ x log x computed once per gate.
+        m.mul_(0.5)
+        tmp = torch.clamp_min(m, torch.finfo(m.dtype).tiny, out=ws.get("tmp", shape, t.dtype, t.device))
+        mix = tmp.log_().mul_(m).sum(1)  # [pairs, B]
+        jsd = (neg_h[self._pair_i] + neg_h[self._pair_j]).mul_(0.5).sub_(mix).clamp_min_(0)
         self.sum_jsd.add_(jsd.sum(1))
-        self.sum_tv.add_(0.5 * (p - q).abs().sum((1, 2)))
+        self.sum_tv.add_(d.abs_().sum((1, 2)).mul_(0.5))
 
     def compute(self) -> PairwiseRoutingSummary:
         """Mean per-row divergences as ``[G, G]`` matrices (NaN before any finite row)."""
