@@ -31,7 +31,6 @@ from mmoe_inspect.stats._base import (
     empty_reservoir,
     reservoir_insert,
     reservoir_rows,
-    row_keys,
 )
 
 N, E = 2500, 6
@@ -407,18 +406,6 @@ def test_reservoir_paths_agree() -> None:
     for first, size in zip(np.cumsum((0, *sizes[:-1])), sizes, strict=True):
         all_keys[first : first + size : 13] = float("inf")
     assert torch.equal(got_cpu[1], torch.sort(all_keys).indices[:50])
-
-
-def test_row_keys_cache_is_checked_by_value() -> None:
-    rows = torch.arange(100, 612)
-    first = row_keys(rows, 0, sync_free=False)
-    assert torch.equal(first, row_hash(rows, 0))
-    assert row_keys(rows.clone(), 0, sync_free=False) is first  # same values: reused
-    assert torch.equal(row_keys(rows, 1, sync_free=False), row_hash(rows, 1))  # other seed
-    rows.add_(7)  # mutated in place after being hashed
-    assert torch.equal(row_keys(rows, 1, sync_free=False), row_hash(rows, 1))
-    assert torch.equal(row_keys(rows[:10], 1, sync_free=False), row_hash(rows[:10], 1))
-    assert torch.equal(row_keys(rows, 1, sync_free=True), row_hash(rows, 1))
 
 
 def test_gates_sharing_row_index_match_separate_runs(

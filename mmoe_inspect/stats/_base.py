@@ -162,32 +162,9 @@ def capped_sample(keys: Tensor, cap: int, sync_free: bool) -> tuple[Tensor, Tens
     return sel, None
 
 
-# (rows, seed, keys) of the last CPU `row_keys` call: one batch's row indices are usually hashed
-# by every gate's GateStats and by ExpertStats in turn.
-_last_row_keys: tuple[Tensor, int, Tensor] | None = None
-
-
-def row_keys(rows: Tensor, seed: int, sync_free: bool) -> Tensor:
-    """``row_hash(rows, seed)`` ``[batch]``; on the host path, reuses the previous call's keys when
-    ``rows`` and ``seed`` are equal to it (checked by value: ~3 µs against ~80 µs of hashing).
-
-    The returned tensor may be shared between callers: never modify it in place.
-    """
-    global _last_row_keys
-    if sync_free:
-        return row_hash(rows, seed)
-    last = _last_row_keys
-    if (
-        last is not None
-        and last[1] == seed
-        and last[0].shape == rows.shape
-        and last[0].device == rows.device
-        and torch.equal(last[0], rows)
-    ):
-        return last[2]
-    keys = row_hash(rows, seed)
-    _last_row_keys = (rows.clone(), seed, keys)
-    return keys
+def row_keys(rows: Tensor, seed: int, sync_free: bool = False) -> Tensor:
+    """``row_hash(rows, seed)`` ``[batch]``: the sampling keys of a batch's rows (same on every path)."""
+    return row_hash(rows, seed)
 
 
 class Workspace:

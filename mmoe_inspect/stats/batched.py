@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
-from mmoe_inspect.stats._base import stack_gates
+from mmoe_inspect.functional.sampling import row_hash
+from mmoe_inspect.stats._base import batch_row_index, stack_gates
 from mmoe_inspect.stats.gate import GateStats, accumulate_gates
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
 
@@ -59,10 +61,18 @@ def update_gates(
         )
         groups.setdefault(key, []).append(name)
     shared: dict[str, tuple[Tensor, Tensor, Tensor, int]] = {}  # name -> (t, Σ x log x, Σ g, slot)
+    keys: dict[tuple[int, torch.device], Tensor] = {}  # the rows' reservoir keys by seed (given row_index)
     for key, names in groups.items():
         sts = [gate_stats[n] for n in names]
-        t = stack_gates([_as_2d(gates[n]) for n in names], sts[0].device, sts[0]._workspace)  # [G, E, B]
-        finite = accumulate_gates(sts, t, key[8], labels, row_index)
+        st0 = sts[0]
+        t = stack_gates([_as_2d(gates[n]) for n in names], st0.device, st0._workspace)  # [G, E, B]
+        k = None
+        if row_index is not None and st0.reservoir_size:
+            kk = (st0.seed, t.device)
+            if kk not in keys:
+                keys[kk] = row_hash(batch_row_index(row_index, st0.rows_seen, t.shape[2], t.device), st0.seed)
+            k = keys[kk]
+        finite = accumulate_gates(sts, t, key[8], labels, row_index, k)
         if finite is not None:
             for i, n in enumerate(names):
                 shared[n] = (t, *finite, i)

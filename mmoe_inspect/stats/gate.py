@@ -17,6 +17,7 @@ from mmoe_inspect.functional.routing import (
     input_dependence,
     switch_balance,
 )
+from mmoe_inspect.functional.sampling import row_hash
 from mmoe_inspect.stats._base import (
     SummaryMetric,
     Workspace,
@@ -25,7 +26,6 @@ from mmoe_inspect.stats._base import (
     reservoir_insert,
     reservoir_reduce,
     reservoir_rows,
-    row_keys,
     stack_gates,
 )
 
@@ -252,6 +252,7 @@ def accumulate_gates(
     in_dtype: torch.dtype,
     labels: Tensor | None = None,
     row_index: Tensor | None = None,
+    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """Add the rows of ``G`` gates ``t [G, E, batch]`` (float64, `stack_gates`) to their like-configured stats.
 
@@ -261,7 +262,8 @@ def accumulate_gates(
     (for the normalization tolerance). On CPU one host read of the total skips masking when every
     weight is finite; otherwise (and always on the sync-free path) rows with a NaN/inf weight are
     masked per gate. Returns ``(Σ_e g log g [G, batch], Σ_rows g [G, E])`` when every row was
-    finite (for `PairwiseRoutingStats` on the same gates), else None.
+    finite (for `PairwiseRoutingStats` on the same gates), else None. ``keys [batch]`` are the rows'
+    ``row_hash(row_index, seed)`` if the caller already has them (several groups of stats hash the same rows).
     """
     st0 = stats[0]
     g_n, e, b = t.shape
@@ -323,7 +325,8 @@ def accumulate_gates(
             lab_counts = (ok.to(_F64) @ sel.to(_F64)).round_().long()
 
     rows = batch_row_index(row_index, st0.rows_seen, b, t.device)
-    keys = row_keys(rows, st0.seed, sync_free) if st0.reservoir_size else None
+    if keys is None and st0.reservoir_size:
+        keys = row_hash(rows, st0.seed)
     nonfinite = None if ok is None else b - ok.sum(1)
     for i, st in enumerate(stats):
         st._computed = None
