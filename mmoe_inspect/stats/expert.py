@@ -18,6 +18,8 @@ __all__ = ["ExpertStats", "ExpertSummary"]
 _F64 = torch.float64
 _STACK_MAX_DIM = 32  # experts at most this wide get their per-row reductions on one stacked tensor
 _PANEL_MIN_DIM = 256  # Σd from which the Gram update skips the lower block triangle (E smaller matmuls)
+# output dtypes whose sampled rows get the float32 centered Gram product (others: the float64 one)
+_FLOAT32_GRAM = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +41,17 @@ class ExpertSummary:
     cka: Tensor  # [E, E] linear CKA between experts' outputs (sample)
 
 
+def _add_product(out: Tensor, a: Tensor, b: Tensor, u: Tensor | None, v: Tensor | None) -> None:
+    """``out += aᵀb (+ u v)``: float64 ``out [p, q]``; ``a [m, p]``, ``b [m, q]`` float64 (one
+    ``addmm``) or float32 (product in float32, added in float64); ``u [p, r]``, ``v [r, q]`` float64."""
+    if a.dtype == out.dtype:
+        out.addmm_(a.T, b)
+    else:
+        out.add_(a.T @ b)
+    if u is not None and v is not None:
+        out.addmm_(u, v)
+
+
 class ExpertStats(SummaryMetric):
     """Streaming expert-output statistics: zero fraction, mean L2 norm, and CKA from exact moments.
 
@@ -46,15 +59,20 @@ class ExpertStats(SummaryMetric):
     ``[batch, d_e]``. On every row: per-expert count of exactly-zero activations and sum of row
     L2 norms (row norms in at least float32, summed in float64). On the rows whose
     ``row_hash(row_index, seed) < sample_rate`` (the same rows whatever the batching or sharding):
-    ``Σz`` and ``ΣzᵀZ`` of the float64 concatenation ``z [rows, Σd]``, from which
-    `linear_cka_from_moments` gives exact linear CKA for every expert pair. At most
+    ``Σz`` and ``ΣzᵀZ`` (float64 sums) of the concatenation ``z [rows, Σd]``, from which
+    `linear_cka_from_moments` gives linear CKA for every expert pair. float64 outputs get an exact
+    float64 Gram product; float32 and 16-bit ones a float32 product on rows centered by each
+    update's mean (`_add_moments_centered`): CKA within a few 1e-7 of float64 `linear_cka` on the
+    same rows (measured <= 2.5e-7, ``bench/expert_gram_bench.py``), whatever the mean / spread
+    ratio, and batch- and merge-invariant to that precision. At most
     ``max_sample_per_update`` sampled rows (smallest keys) are used per update; rows dropped by
     that cap are counted (``sample_capped_rows``) because they break the batch invariance. Rows
     with a non-finite output (or a row norm overflowing float32) are counted and excluded. State
     size is ``O((Σd)²)``, independent of the number of rows; all states are SUM states.
 
-    Cost: the exact float64 Gram update is ``sample_rate · batch · (Σd)²`` multiply-adds per update
-    (8 experts x 64 units, 4096 rows, 5%: ~54 M, about 2-3 ms on one CPU core); lower
+    Cost: the Gram update is ``sample_rate · batch · (Σd)²`` multiply-adds per update (about half
+    of them for wide experts, see `_add_gram`), in float32 for float32 outputs: 8 experts x 128
+    units and 268 sampled rows take ~5 ms per update on one CPU core (~8 ms in float64); lower
     ``sample_rate`` for wide experts.
     """
 
@@ -173,34 +191,81 @@ class ExpertStats(SummaryMetric):
             hit &= ok
         cap = min(self.max_sample_per_update, b)
         sel, weight = capped_sample(torch.where(hit, keys, torch.inf), cap, sync_free)
+        # [sampled, Σd], only the sampled rows; when every row is (inspect() gives only the rows of its
+        # expert sample), no gather: sel is then 0..b-1 (nonzero's order, no cap)
+        every = weight is None and sel.shape[0] == b
         if len(blocks) == 1:  # already one [batch, Σd] matrix
-            zs = blocks[0][sel].to(_F64)  # [sampled, Σd], only the sampled rows
+            zs = blocks[0] if every else blocks[0][sel]
         else:
-            zs = torch.cat([p[sel] for p in parts], dim=1).to(_F64)
-        if weight is not None:  # where, not multiply: unselected rows may hold NaN
-            zs = torch.where(weight[:, None] > 0, zs, 0.0)
+            zs = torch.cat(parts if every else [p[sel] for p in parts], dim=1)
         n_hit = hit.sum()
         self.sample_capped.add_((n_hit - cap).clamp_min(0))
         self.n_sampled.add_(n_hit.clamp_max(cap))
+        if zs.dtype in _FLOAT32_GRAM:
+            self._add_moments_centered(zs, weight)
+            return
+        zs = zs.to(_F64)
+        if weight is not None:  # where, not multiply: unselected rows may hold NaN
+            zs = torch.where(weight[:, None] > 0, zs, 0.0)
         self.sum_z.add_(zs.sum(0))
         self._add_gram(zs)
 
-    def _add_gram(self, zs: Tensor) -> None:
-        """Add ``zsᵀzs`` to the ``gram`` state; only its upper block triangle (blocks ``a <= b``) is used.
+    def _add_moments_centered(self, zs: Tensor, weight: Tensor | None) -> None:
+        """Add the raw moments ``Σz``, ``Σzᵀz`` of float32 (or 16-bit) sampled rows ``zs [m, Σd]``.
 
-        For wide experts, one matmul per expert block row ``zs[:, a]ᵀ zs[:, a:]`` skips the lower
-        blocks (about ``(E - 1) / 2E`` of the multiply-adds); narrow ones take one full ``addmm``.
+        The Gram product runs in float32 (twice the speed of float64) on ``y = z - c``, the rows
+        centered by ``c``, this update's float64 mean rounded to float32, and goes back to the raw
+        float64 state by Chan's parallel formula: ``Σzᵀz = Σyᵀy + c s_yᵀ + s_y cᵀ + n c cᵀ`` with
+        ``s_y = Σy`` (exact for any ``c``). float32 rounding is then relative to the centered spread
+        of the update, not to the raw magnitude (``mean >> std`` would lose its variation otherwise),
+        and the states stay raw float64 sums (merge and distributed sums unchanged).
+        ``weight`` (0/1 ``[m]``, accelerators) marks the rows really in the sample.
+        """
+        if zs.shape[0] == 0:
+            return
+        z = zs.float()
+        n: Tensor | float = float(z.shape[0])
+        keep = None
+        if weight is not None:  # where, not multiply: unselected rows may hold NaN
+            keep = weight[:, None] > 0
+            z = torch.where(keep, z, 0.0)
+            n = weight.sum()
+        s = z.sum(0, dtype=_F64)  # [Σd]
+        c = (s / (n if keep is None else n.clamp_min(1.0))).float()  # [Σd] float32 center
+        y = z - c
+        if keep is not None:
+            y = torch.where(keep, y, 0.0)
+        c64 = c.to(_F64)
+        s_y = s - n * c64  # Σy over the sampled rows
+        self.sum_z.add_(s)
+        # rank-3 correction U[Σd, 3] V[3, Σd] = c s_yᵀ + s_y cᵀ + n c cᵀ, in float64
+        self._add_gram(y, torch.stack([c64, s_y, n * c64], dim=1), torch.stack([s_y, c64, c64]))
+
+    def _add_gram(self, zs: Tensor, u: Tensor | None = None, v: Tensor | None = None) -> None:
+        """Add ``zsᵀzs`` (+ ``u v`` when given) to the ``gram`` state; only its upper block triangle
+        (blocks ``a <= b``) is used.
+
+        ``zs [m, Σd]`` is float64, or float32 with a float64 low-rank correction ``u [Σd, r]``,
+        ``v [r, Σd]`` (see `_add_moments_centered`). For wide experts, one matmul per expert block
+        row ``zs[:, a]ᵀ zs[:, a:]`` skips the lower blocks (about ``(E - 1) / 2E`` of the
+        multiply-adds); narrow ones take one full product.
         `compute` mirrors the upper blocks, so both fillings (and their merges) give the same CKA.
         """
         if zs.shape[0] == 0:
             return
         if sum(self.dims) < _PANEL_MIN_DIM or self.n_experts == 1:
-            self.gram.addmm_(zs.T, zs)
+            _add_product(self.gram, zs, zs, u, v)
             return
         off = 0
         for d in self.dims:
-            block = self.gram[off : off + d, off:]
-            block.addmm_(zs[:, off : off + d].T, zs[:, off:])
+            rows = slice(off, off + d)
+            _add_product(
+                self.gram[rows, off:],
+                zs[:, rows],
+                zs[:, off:],
+                None if u is None else u[rows],
+                None if v is None else v[:, off:],
+            )
             off += d
 
     def _full_gram(self) -> Tensor:
