@@ -185,3 +185,54 @@ def test_float32_merge_batches_and_order(data, outs) -> None:
     shuffled = make_expert(dims)()
     shuffled.update([o[perm] for o in outs], perm)
     same(shuffled.compute(), one_pass)
+
+
+@pytest.mark.parametrize("setting", ["set_float32_matmul_precision", "mkldnn.matmul.fp32_precision"])
+def test_reduced_float32_matmul_precision_takes_the_float64_product(setting: str) -> None:
+    """A user's TF32/bfloat16 matmul setting (common in training scripts) would cost the float32 Gram
+    ~3 digits: with it, float32 outputs get the float64 product (the same CKA as float64 outputs)."""
+    z = planted("near-duplicate", 600, 4, 16)
+    f64 = streamed(z.double(), 300).cka
+    assert (streamed(z, 300).cka - f64).abs().max() > 1e-12  # IEEE float32 matmuls: the float32 product
+    if setting == "set_float32_matmul_precision":
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("medium")
+        try:
+            reduced = streamed(z, 300).cka
+        finally:
+            torch.set_float32_matmul_precision(before)
+    else:
+        before = torch.backends.mkldnn.matmul.fp32_precision
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        try:
+            reduced = streamed(z, 300).cka
+        finally:
+            torch.backends.mkldnn.matmul.fp32_precision = before
+    torch.testing.assert_close(reduced, f64, atol=1e-12, rtol=0)
+    assert (streamed(z, 300).cka - f64).abs().max() > 1e-12  # the setting restored: float32 again
+
+
+@pytest.mark.parametrize("scale", [3e17, 1e-25, 1e12, 1e-8], ids=["overflow", "underflow", "large", "small"])
+def test_outputs_too_large_or_small_for_float32_squares_take_the_float64_product(scale: float) -> None:
+    """One expert scaled by 3e17 (sums of float32 centered squares overflow, yet its row norms are
+    finite in float32: without the check CKA was NaN) or 1e-25 (the squares underflow: CKA read 564):
+    the update takes the float64 product; 1e12 and 1e-8 stay on the float32 one."""
+    z = planted("near-duplicate", 600, 4, 16)
+    z[:, 1] *= scale
+    got, f64 = streamed(z, 600), streamed(z.double(), 600)
+    assert got.n == 600  # no row excluded for a norm overflowing float32
+    assert_cka_close(got.cka, reference_cka(z))
+    on_float64 = bool((got.cka - f64.cka).abs().max() == 0)
+    assert on_float64 == (scale in (3e17, 1e-25))
+
+
+def test_empty_updates_change_nothing() -> None:
+    z = planted("dead", 50, 2, 40)
+    for sync_free in (False, True):
+        m = ExpertStats(2, 40, sample_rate=1.0, sync_free=sync_free)
+        m.update(torch.zeros(0, 2, 40))
+        m.update([torch.zeros(0, 40), torch.zeros(0, 40)], torch.zeros(0, dtype=torch.int64))
+        m.update(z)
+        s = m.compute()
+        assert s.n == s.n_sampled == 50
+        assert_cka_close(s.cka, streamed(z, 50).cka, atol=CKA_FLOAT32_ATOL if sync_free else 0.0)

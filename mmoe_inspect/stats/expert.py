@@ -20,6 +20,10 @@ _STACK_MAX_DIM = 32  # experts at most this wide get their per-row reductions on
 _PANEL_MIN_DIM = 256  # Σd from which the Gram update skips the lower block triangle (E smaller matmuls)
 # output dtypes whose sampled rows get the float32 centered Gram product (others: the float64 one)
 _FLOAT32_GRAM = frozenset({torch.float32, torch.float16, torch.bfloat16})
+# per-expert largest row norm (0 = dead expert) with which the float32 product keeps its precision: centered
+# squares stay normal floats (spreads the constant guard keeps are >= 1e-5 of the values) and their sums
+# over up to ~1e7 rows finite; outside, the host path takes the float64 product
+_FLOAT32_GRAM_NORMS = (1e-10, 1e15)
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +43,21 @@ class ExpertSummary:
     zero_fraction: Tensor  # [E] share of exactly-zero activations
     mean_norm: Tensor  # [E] mean L2 norm of the output rows
     cka: Tensor  # [E, E] linear CKA between experts' outputs (sample)
+
+
+def _exact_float32_matmul(device: torch.device) -> bool:
+    """Whether float32 matmuls on ``device`` run in IEEE float32: not when the user's precision
+    settings (``torch.set_float32_matmul_precision("high")``, ``allow_tf32``, ...) let them use TF32 or
+    bfloat16 internally (about 3 digits), nor on devices whose float32 matmuls are not known here."""
+    matmul = getattr(torch.backends, {"cpu": "mkldnn", "cuda": "cuda"}.get(device.type, ""), None)
+    precision = getattr(getattr(matmul, "matmul", None), "fp32_precision", None)  # torch >= 2.9
+    if isinstance(precision, str):
+        return precision in ("ieee", "none")  # the effective setting ("none": nothing set, IEEE)
+    if device.type not in ("cpu", "cuda"):
+        return False
+    return torch.get_float32_matmul_precision() == "highest" and not (
+        device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    )
 
 
 def _add_product(out: Tensor, a: Tensor, b: Tensor, u: Tensor | None, v: Tensor | None) -> None:
@@ -64,7 +83,11 @@ class ExpertStats(SummaryMetric):
     float64 Gram product; float32 and 16-bit ones a float32 product on rows centered by each
     update's mean (`_add_moments_centered`): CKA within a few 1e-7 of float64 `linear_cka` on the
     same rows (measured <= 2.5e-7, ``bench/expert_gram_bench.py``), whatever the mean / spread
-    ratio, and batch- and merge-invariant to that precision. At most
+    ratio, and batch- and merge-invariant to that precision. They too get the float64 product
+    where float32 matmuls are not IEEE float32 (TF32 / bfloat16 settings, see
+    `_exact_float32_matmul`) and, on the host path, in an update whose row norms leave
+    ``_FLOAT32_GRAM_NORMS`` (float32 squares would underflow or overflow; accelerators, which
+    read nothing back, do not check). At most
     ``max_sample_per_update`` sampled rows (smallest keys) are used per update; rows dropped by
     that cap are counted (``sample_capped_rows``) because they break the batch invariance. Rows
     with a non-finite output (or a row norm overflowing float32) are counted and excluded. State
@@ -131,7 +154,7 @@ class ExpertStats(SummaryMetric):
             x = outputs.detach().to(self.device)
             acc = torch.promote_types(x.dtype, torch.float32)
             norms = torch.linalg.vector_norm(x, dim=2, dtype=acc)
-            return list(x.unbind(1)), norms, [x.reshape(x.shape[0], -1)]
+            return list(x.unbind(1)), norms, [x.reshape(x.shape[0], sum(self.dims))]
         parts = [o.detach().to(self.device) for o in outputs]
         if len(parts) != self.n_experts or any(
             p.ndim != 2 or p.shape[1] != d or p.shape[0] != parts[0].shape[0]
@@ -147,7 +170,9 @@ class ExpertStats(SummaryMetric):
             # Narrow experts: one [batch, Σd] copy and one norm over its [batch, E, d] view beat 2E
             # small ops (~20-40 µs each, whatever their size).
             x = torch.cat(parts, dim=1)
-            norms = torch.linalg.vector_norm(x.view(x.shape[0], self.n_experts, -1), dim=2, dtype=acc)
+            norms = torch.linalg.vector_norm(
+                x.view(x.shape[0], self.n_experts, self.dims[0]), dim=2, dtype=acc
+            )
             return parts, norms, [x]
         norms = torch.stack([torch.linalg.vector_norm(p, dim=1, dtype=acc) for p in parts], dim=1)
         return parts, norms, [torch.cat(parts, dim=1)] if narrow else parts
@@ -175,7 +200,10 @@ class ExpertStats(SummaryMetric):
         rows = batch_row_index(row_index, self.rows_seen, b, norms.device)
         self.rows_seen.add_(b)
         sync_free = self._sync_free(norms.device)
-        all_ok = not sync_free and math.isfinite(float(norms.sum()))  # one host read on CPU
+        all_ok, peaks = False, None
+        if not sync_free:  # one host read: each expert's largest row norm (NaN/inf if any row is)
+            peaks = norms.amax(0).tolist() if b else []
+            all_ok = all(math.isfinite(p) for p in peaks)
         ok = None if all_ok else torch.isfinite(norms).all(1)  # None: every row is finite
         n_ok: Tensor | int = b
         if ok is not None:
@@ -183,7 +211,8 @@ class ExpertStats(SummaryMetric):
             n_ok = ok.sum()
             self.nonfinite.add_(b - n_ok)
         self.sum_norm.add_(norms.sum(0, dtype=_F64))
-        self.zero_count.add_(self._zero_counts(blocks, ok, n_ok).round_().long())
+        zeros = self._zero_counts(blocks, ok, n_ok).round_()
+        self.zero_count.add_(zeros.long())
 
         keys = row_keys(rows, self.seed, sync_free)
         hit = keys < self.sample_rate
@@ -201,7 +230,11 @@ class ExpertStats(SummaryMetric):
         n_hit = hit.sum()
         self.sample_capped.add_((n_hit - cap).clamp_min(0))
         self.n_sampled.add_(n_hit.clamp_max(cap))
-        if zs.dtype in _FLOAT32_GRAM:
+        if (
+            zs.dtype in _FLOAT32_GRAM
+            and _exact_float32_matmul(zs.device)
+            and (peaks is None or (all_ok and self._float32_holds(peaks, zeros, n_ok)))
+        ):
             self._add_moments_centered(zs, weight)
             return
         zs = zs.to(_F64)
@@ -209,6 +242,16 @@ class ExpertStats(SummaryMetric):
             zs = torch.where(weight[:, None] > 0, zs, 0.0)
         self.sum_z.add_(zs.sum(0))
         self._add_gram(zs)
+
+    def _float32_holds(self, peaks: list[float], zeros: Tensor, n_ok: Tensor | int) -> bool:
+        """Whether every expert's largest row norm (``peaks``, float32) is in ``_FLOAT32_GRAM_NORMS``
+        or the expert is exactly zero on every row (a 0 norm may also be float32 squares underflowing);
+        ``zeros [E]`` are this update's zero counts."""
+        lo, hi = _FLOAT32_GRAM_NORMS
+        if all(lo <= p <= hi for p in peaks):
+            return True
+        dead = (zeros == n_ok * self._dims_f).tolist()  # a second host read, only in this case
+        return all(lo <= p <= hi or (p == 0.0 and all_zero) for p, all_zero in zip(peaks, dead, strict=True))
 
     def _add_moments_centered(self, zs: Tensor, weight: Tensor | None) -> None:
         """Add the raw moments ``Σz``, ``Σzᵀz`` of float32 (or 16-bit) sampled rows ``zs [m, Σd]``.
