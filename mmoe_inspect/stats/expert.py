@@ -1,4 +1,4 @@
-"""Streaming statistics of expert outputs: inactivity, output norms and exact linear CKA on a row sample."""
+"""Streaming statistics of expert outputs: inactivity, output norms and linear CKA (streamed moments) on a row sample."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _add_product(out: Tensor, a: Tensor, b: Tensor, u: Tensor | None, v: Tensor 
 
 
 class ExpertStats(SummaryMetric):
-    """Streaming expert-output statistics: zero fraction, mean L2 norm, and CKA from exact moments.
+    """Streaming expert-output statistics: zero fraction, mean L2 norm, and CKA from streamed moments.
 
     ``update(outputs, row_index)`` takes ``[batch, E, d]`` or a sequence of ``E`` tensors
     ``[batch, d_e]``. On every row: per-expert count of exactly-zero activations and sum of row
