@@ -3,6 +3,8 @@ each update's mean and goes back to raw float64 moments (Chan's formula). Its CK
 `linear_cka` on the same rows within `CKA_FLOAT32_ATOL` on planted hard cases (mean >> spread,
 near-duplicate, independent, dead experts), stays batch- and merge-invariant within that bound, and
 the constant-block guard still flags constant blocks (exactly, or up to float32 rounding) and only those.
+Where the float32 product would not hold (TF32/bfloat16 matmul settings, outputs whose float32 squares
+underflow or overflow) the update takes the float64 product.
 """
 
 from __future__ import annotations
