@@ -1,4 +1,4 @@
-"""Streaming statistics of expert outputs: inactivity, output norms and exact linear CKA on a row sample."""
+"""Streaming statistics of expert outputs: inactivity, output norms and linear CKA (streamed moments) on a row sample."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ __all__ = ["ExpertStats", "ExpertSummary"]
 _F64 = torch.float64
 _STACK_MAX_DIM = 32  # experts at most this wide get their per-row reductions on one stacked tensor
 _PANEL_MIN_DIM = 256  # Σd from which the Gram update skips the lower block triangle (E smaller matmuls)
+# output dtypes whose sampled rows get the float32 centered Gram product (others: the float64 one)
+_FLOAT32_GRAM = frozenset({torch.float32, torch.float16, torch.bfloat16})
+# per-expert largest row norm (0 = dead expert) with which the float32 product keeps its precision: centered
+# squares stay normal floats (spreads the constant guard keeps are >= 1e-5 of the values) and their sums
+# over up to ~1e7 rows finite; outside, the host path takes the float64 product
+_FLOAT32_GRAM_NORMS = (1e-10, 1e15)
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,22 +45,57 @@ class ExpertSummary:
     cka: Tensor  # [E, E] linear CKA between experts' outputs (sample)
 
 
+def _exact_float32_matmul(device: torch.device) -> bool:
+    """Whether float32 matmuls on ``device`` run in IEEE float32: not when the user's precision
+    settings (``torch.set_float32_matmul_precision("high")``, ``allow_tf32``, ...) let them use TF32 or
+    bfloat16 internally (about 3 digits), nor on devices whose float32 matmuls are not known here."""
+    matmul = getattr(torch.backends, {"cpu": "mkldnn", "cuda": "cuda"}.get(device.type, ""), None)
+    precision = getattr(getattr(matmul, "matmul", None), "fp32_precision", None)  # torch >= 2.9
+    if isinstance(precision, str):
+        return precision in ("ieee", "none")  # the effective setting ("none": nothing set, IEEE)
+    if device.type not in ("cpu", "cuda"):
+        return False
+    return torch.get_float32_matmul_precision() == "highest" and not (
+        device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    )
+
+
+def _add_product(out: Tensor, a: Tensor, b: Tensor, u: Tensor | None, v: Tensor | None) -> None:
+    """``out += aᵀb (+ u v)``: float64 ``out [p, q]``; ``a [m, p]``, ``b [m, q]`` float64 (one
+    ``addmm``) or float32 (product in float32, added in float64); ``u [p, r]``, ``v [r, q]`` float64."""
+    if a.dtype == out.dtype:
+        out.addmm_(a.T, b)
+    else:
+        out.add_(a.T @ b)
+    if u is not None and v is not None:
+        out.addmm_(u, v)
+
+
 class ExpertStats(SummaryMetric):
-    """Streaming expert-output statistics: zero fraction, mean L2 norm, and CKA from exact moments.
+    """Streaming expert-output statistics: zero fraction, mean L2 norm, and CKA from streamed moments.
 
     ``update(outputs, row_index)`` takes ``[batch, E, d]`` or a sequence of ``E`` tensors
     ``[batch, d_e]``. On every row: per-expert count of exactly-zero activations and sum of row
     L2 norms (row norms in at least float32, summed in float64). On the rows whose
     ``row_hash(row_index, seed) < sample_rate`` (the same rows whatever the batching or sharding):
-    ``Σz`` and ``ΣzᵀZ`` of the float64 concatenation ``z [rows, Σd]``, from which
-    `linear_cka_from_moments` gives exact linear CKA for every expert pair. At most
+    ``Σz`` and ``ΣzᵀZ`` (float64 sums) of the concatenation ``z [rows, Σd]``, from which
+    `linear_cka_from_moments` gives linear CKA for every expert pair. float64 outputs get an exact
+    float64 Gram product; float32 and 16-bit ones a float32 product on rows centered by each
+    update's mean (`_add_moments_centered`): CKA within a few 1e-7 of float64 `linear_cka` on the
+    same rows (measured <= 2.5e-7, ``bench/expert_gram_bench.py``), whatever the mean / spread
+    ratio, and batch- and merge-invariant to that precision. They too get the float64 product
+    where float32 matmuls are not IEEE float32 (TF32 / bfloat16 settings, see
+    `_exact_float32_matmul`) and, on the host path, in an update whose row norms leave
+    ``_FLOAT32_GRAM_NORMS`` (float32 squares would underflow or overflow; accelerators, which
+    read nothing back, do not check). At most
     ``max_sample_per_update`` sampled rows (smallest keys) are used per update; rows dropped by
     that cap are counted (``sample_capped_rows``) because they break the batch invariance. Rows
     with a non-finite output (or a row norm overflowing float32) are counted and excluded. State
     size is ``O((Σd)²)``, independent of the number of rows; all states are SUM states.
 
-    Cost: the exact float64 Gram update is ``sample_rate · batch · (Σd)²`` multiply-adds per update
-    (8 experts x 64 units, 4096 rows, 5%: ~54 M, about 2-3 ms on one CPU core); lower
+    Cost: the Gram update is ``sample_rate · batch · (Σd)²`` multiply-adds per update (about half
+    of them for wide experts, see `_add_gram`), in float32 for float32 outputs: 8 experts x 128
+    units and 268 sampled rows take ~5 ms per update on one CPU core (~8 ms in float64); lower
     ``sample_rate`` for wide experts.
     """
 
@@ -113,7 +154,7 @@ class ExpertStats(SummaryMetric):
             x = outputs.detach().to(self.device)
             acc = torch.promote_types(x.dtype, torch.float32)
             norms = torch.linalg.vector_norm(x, dim=2, dtype=acc)
-            return list(x.unbind(1)), norms, [x.reshape(x.shape[0], -1)]
+            return list(x.unbind(1)), norms, [x.reshape(x.shape[0], sum(self.dims))]
         parts = [o.detach().to(self.device) for o in outputs]
         if len(parts) != self.n_experts or any(
             p.ndim != 2 or p.shape[1] != d or p.shape[0] != parts[0].shape[0]
@@ -129,7 +170,9 @@ class ExpertStats(SummaryMetric):
             # Narrow experts: one [batch, Σd] copy and one norm over its [batch, E, d] view beat 2E
             # small ops (~20-40 µs each, whatever their size).
             x = torch.cat(parts, dim=1)
-            norms = torch.linalg.vector_norm(x.view(x.shape[0], self.n_experts, -1), dim=2, dtype=acc)
+            norms = torch.linalg.vector_norm(
+                x.view(x.shape[0], self.n_experts, self.dims[0]), dim=2, dtype=acc
+            )
             return parts, norms, [x]
         norms = torch.stack([torch.linalg.vector_norm(p, dim=1, dtype=acc) for p in parts], dim=1)
         return parts, norms, [torch.cat(parts, dim=1)] if narrow else parts
@@ -157,7 +200,10 @@ class ExpertStats(SummaryMetric):
         rows = batch_row_index(row_index, self.rows_seen, b, norms.device)
         self.rows_seen.add_(b)
         sync_free = self._sync_free(norms.device)
-        all_ok = not sync_free and math.isfinite(float(norms.sum()))  # one host read on CPU
+        all_ok, peaks = False, None
+        if not sync_free:  # one host read: each expert's largest row norm (NaN/inf if any row is)
+            peaks = norms.amax(0).tolist() if b else []
+            all_ok = all(math.isfinite(p) for p in peaks)
         ok = None if all_ok else torch.isfinite(norms).all(1)  # None: every row is finite
         n_ok: Tensor | int = b
         if ok is not None:
@@ -165,7 +211,8 @@ class ExpertStats(SummaryMetric):
             n_ok = ok.sum()
             self.nonfinite.add_(b - n_ok)
         self.sum_norm.add_(norms.sum(0, dtype=_F64))
-        self.zero_count.add_(self._zero_counts(blocks, ok, n_ok).round_().long())
+        zeros = self._zero_counts(blocks, ok, n_ok).round_()
+        self.zero_count.add_(zeros.long())
 
         keys = row_keys(rows, self.seed, sync_free)
         hit = keys < self.sample_rate
@@ -173,34 +220,95 @@ class ExpertStats(SummaryMetric):
             hit &= ok
         cap = min(self.max_sample_per_update, b)
         sel, weight = capped_sample(torch.where(hit, keys, torch.inf), cap, sync_free)
+        # [sampled, Σd], only the sampled rows; when every row is (inspect() gives only the rows of its
+        # expert sample), no gather: sel is then 0..b-1 (nonzero's order, no cap)
+        every = weight is None and sel.shape[0] == b
         if len(blocks) == 1:  # already one [batch, Σd] matrix
-            zs = blocks[0][sel].to(_F64)  # [sampled, Σd], only the sampled rows
+            zs = blocks[0] if every else blocks[0][sel]
         else:
-            zs = torch.cat([p[sel] for p in parts], dim=1).to(_F64)
-        if weight is not None:  # where, not multiply: unselected rows may hold NaN
-            zs = torch.where(weight[:, None] > 0, zs, 0.0)
+            zs = torch.cat(parts if every else [p[sel] for p in parts], dim=1)
         n_hit = hit.sum()
         self.sample_capped.add_((n_hit - cap).clamp_min(0))
         self.n_sampled.add_(n_hit.clamp_max(cap))
+        if (
+            zs.dtype in _FLOAT32_GRAM
+            and _exact_float32_matmul(zs.device)
+            and (peaks is None or (all_ok and self._float32_holds(peaks, zeros, n_ok)))
+        ):
+            self._add_moments_centered(zs, weight)
+            return
+        zs = zs.to(_F64)
+        if weight is not None:  # where, not multiply: unselected rows may hold NaN
+            zs = torch.where(weight[:, None] > 0, zs, 0.0)
         self.sum_z.add_(zs.sum(0))
         self._add_gram(zs)
 
-    def _add_gram(self, zs: Tensor) -> None:
-        """Add ``zsᵀzs`` to the ``gram`` state; only its upper block triangle (blocks ``a <= b``) is used.
+    def _float32_holds(self, peaks: list[float], zeros: Tensor, n_ok: Tensor | int) -> bool:
+        """Whether every expert's largest row norm (``peaks``, float32) is in ``_FLOAT32_GRAM_NORMS``
+        or the expert is exactly zero on every row (a 0 norm may also be float32 squares underflowing);
+        ``zeros [E]`` are this update's zero counts."""
+        lo, hi = _FLOAT32_GRAM_NORMS
+        if all(lo <= p <= hi for p in peaks):
+            return True
+        dead = (zeros == n_ok * self._dims_f).tolist()  # a second host read, only in this case
+        return all(lo <= p <= hi or (p == 0.0 and all_zero) for p, all_zero in zip(peaks, dead, strict=True))
 
-        For wide experts, one matmul per expert block row ``zs[:, a]ᵀ zs[:, a:]`` skips the lower
-        blocks (about ``(E - 1) / 2E`` of the multiply-adds); narrow ones take one full ``addmm``.
+    def _add_moments_centered(self, zs: Tensor, weight: Tensor | None) -> None:
+        """Add the raw moments ``Σz``, ``Σzᵀz`` of float32 (or 16-bit) sampled rows ``zs [m, Σd]``.
+
+        The Gram product runs in float32 (twice the speed of float64) on ``y = z - c``, the rows
+        centered by ``c``, this update's float64 mean rounded to float32, and goes back to the raw
+        float64 state by Chan's parallel formula: ``Σzᵀz = Σyᵀy + c s_yᵀ + s_y cᵀ + n c cᵀ`` with
+        ``s_y = Σy`` (exact for any ``c``). float32 rounding is then relative to the centered spread
+        of the update, not to the raw magnitude (``mean >> std`` would lose its variation otherwise),
+        and the states stay raw float64 sums (merge and distributed sums unchanged).
+        ``weight`` (0/1 ``[m]``, accelerators) marks the rows really in the sample.
+        """
+        if zs.shape[0] == 0:
+            return
+        z = zs.float()
+        n: Tensor | float = float(z.shape[0])
+        keep = None
+        if weight is not None:  # where, not multiply: unselected rows may hold NaN
+            keep = weight[:, None] > 0
+            z = torch.where(keep, z, 0.0)
+            n = weight.sum()
+        s = z.sum(0, dtype=_F64)  # [Σd]
+        c = (s / (n if keep is None else n.clamp_min(1.0))).float()  # [Σd] float32 center
+        y = z - c
+        if keep is not None:
+            y = torch.where(keep, y, 0.0)
+        c64 = c.to(_F64)
+        s_y = s - n * c64  # Σy over the sampled rows
+        self.sum_z.add_(s)
+        # rank-3 correction U[Σd, 3] V[3, Σd] = c s_yᵀ + s_y cᵀ + n c cᵀ, in float64
+        self._add_gram(y, torch.stack([c64, s_y, n * c64], dim=1), torch.stack([s_y, c64, c64]))
+
+    def _add_gram(self, zs: Tensor, u: Tensor | None = None, v: Tensor | None = None) -> None:
+        """Add ``zsᵀzs`` (+ ``u v`` when given) to the ``gram`` state; only its upper block triangle
+        (blocks ``a <= b``) is used.
+
+        ``zs [m, Σd]`` is float64, or float32 with a float64 low-rank correction ``u [Σd, r]``,
+        ``v [r, Σd]`` (see `_add_moments_centered`). For wide experts, one matmul per expert block
+        row ``zs[:, a]ᵀ zs[:, a:]`` skips the lower blocks (about ``(E - 1) / 2E`` of the
+        multiply-adds); narrow ones take one full product.
         `compute` mirrors the upper blocks, so both fillings (and their merges) give the same CKA.
         """
         if zs.shape[0] == 0:
             return
         if sum(self.dims) < _PANEL_MIN_DIM or self.n_experts == 1:
-            self.gram.addmm_(zs.T, zs)
+            _add_product(self.gram, zs, zs, u, v)
             return
         off = 0
         for d in self.dims:
-            block = self.gram[off : off + d, off:]
-            block.addmm_(zs[:, off : off + d].T, zs[:, off:])
+            rows = slice(off, off + d)
+            _add_product(
+                self.gram[rows, off:],
+                zs[:, rows],
+                zs[:, off:],
+                None if u is None else u[rows],
+                None if v is None else v[:, off:],
+            )
             off += d
 
     def _full_gram(self) -> Tensor:
