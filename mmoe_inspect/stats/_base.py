@@ -10,8 +10,6 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mmoe_inspect.functional.sampling import row_hash
-
 
 class SummaryMetric(Metric):
     """A `torchmetrics.Metric` whose ``compute()`` returns a frozen summary dataclass.
@@ -160,11 +158,6 @@ def capped_sample(keys: Tensor, cap: int, sync_free: bool) -> tuple[Tensor, Tens
     if sel.numel() > cap:
         sel = sel[torch.topk(keys[sel], cap, largest=False, sorted=False).indices]
     return sel, None
-
-
-def row_keys(rows: Tensor, seed: int, sync_free: bool = False) -> Tensor:
-    """``row_hash(rows, seed)`` ``[batch]``: the sampling keys of a batch's rows (same on every path)."""
-    return row_hash(rows, seed)
 
 
 class Workspace:

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmoe_inspect.functional.sampling import row_hash
 from mmoe_inspect.functional.similarity import linear_cka_from_moments
-from mmoe_inspect.stats._base import SummaryMetric, batch_row_index, capped_sample, row_keys
+from mmoe_inspect.stats._base import SummaryMetric, batch_row_index, capped_sample
 
 __all__ = ["ExpertStats", "ExpertSummary"]
 
@@ -214,7 +215,7 @@ class ExpertStats(SummaryMetric):
         zeros = self._zero_counts(blocks, ok, n_ok).round_()
         self.zero_count.add_(zeros.long())
 
-        keys = row_keys(rows, self.seed, sync_free)
+        keys = row_hash(rows, self.seed)
         hit = keys < self.sample_rate
         if ok is not None:
             hit &= ok
