@@ -436,6 +436,12 @@ class RecordingPass:
         self.topo = topo
         self.label_binary = [t for t in topo.tasks if t.kind == "binary"]
         self.bin_idx = [topo.tasks.index(t) for t in self.label_binary]
+        lo = self.bin_idx[0] if self.bin_idx else 0
+        # as inspect(): a column slice (a view) when the binary tasks' columns are consecutive
+        consecutive = self.bin_idx == list(range(lo, lo + len(self.bin_idx)))
+        self._bin_labels = (
+            (lambda t: t[:, lo : lo + len(self.bin_idx)]) if consecutive else (lambda t: t[:, self.bin_idx])
+        )
         self.gate_stats = {
             g.name: GateStats(g.n_experts, label_names=tuple(t.name for t in self.label_binary), seed=0)
             for g in topo.gates
@@ -451,6 +457,12 @@ class RecordingPass:
         self.rec = GateRecorder(self.model, topo, experts=experts).__enter__()
         self.n_rows = 0
         self.sample_rate = sample_rate
+        try:  # inspect()'s expert row sample, looked up per block of consecutive rows
+            from mmoe_inspect.stats.feed import SampledRows
+        except ImportError:  # an older checkout
+            self.sample = None
+        else:
+            self.sample = SampledRows(sample_rate, 0)
         try:  # inspect()'s feed: batches coalesced into chunks before the statistics update
             from mmoe_inspect.stats.feed import StatsFeed
         except ImportError:  # an older checkout
@@ -470,15 +482,19 @@ class RecordingPass:
 
         b = x.shape[0]
         row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
-        keep = None  # as inspect(): the expert hooks copy only the rows of the expert sample
+        keep = kept_rows = None  # as inspect(): the expert hooks copy only the rows of the expert sample
         if self.expert_names and self.feed is not None:
-            from mmoe_inspect.stats.feed import sampled_positions
+            if self.sample is not None:  # consecutive rows, as a DataFrame's or a file's batches
+                sampled = self.sample.take(row_index, self.n_rows)
+                keep, kept_rows = sampled if sampled is not None else (None, None)
+            else:  # an older checkout
+                from mmoe_inspect.stats.feed import sampled_positions
 
-            keep = sampled_positions(row_index, self.sample_rate, 0)
+                keep = sampled_positions(row_index, self.sample_rate, 0)
             self.rec.expert_rows = keep
         out = self.model(x)
         cap = self.rec.take()
-        lab_bin = lab_all[:, self.bin_idx] if self.label_binary else None
+        lab_bin = self._bin_labels(lab_all) if self.label_binary else None
         preds = task_predictions(out, self.topo.tasks) if self.outputs is not None else None
         outs = [cap.experts[n] for n in self.expert_names if n in cap.experts]
         if self.feed is not None:  # what inspect() does in this version of the library
@@ -490,6 +506,7 @@ class RecordingPass:
                 labels=lab_all,
                 experts=outs if self.expert_names and len(outs) == len(self.expert_names) else None,
                 expert_rows=keep,
+                **({} if kept_rows is None else {"expert_row_index": kept_rows}),
             )
         else:  # an older checkout: one update per batch
             self._step_per_batch(cap, lab_bin, row_index, preds, lab_all, outs, keep)

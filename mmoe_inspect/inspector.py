@@ -40,7 +40,7 @@ from .distributed import DistContext, agreed_errors, configure_sync, current_con
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
 from .stats import ExpertStats, GateStats, PairwiseRoutingStats
-from .stats.feed import StatsFeed, sampled_positions
+from .stats.feed import SampledRows, StatsFeed
 from .stats.outputs import TaskOutputStats
 from .topology.spec import TaskSpec, Topology
 
@@ -111,7 +111,10 @@ def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[In
 
 
 def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
-    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order."""
+    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order.
+
+    A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
+    """
     cols = []
     for i, t in enumerate(tasks):
         key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
@@ -121,7 +124,13 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
             v = out[:, int(key)] if out.dim() == 2 else out
         else:
             v = out[int(key)]
-        cols.append(v.detach().reshape(v.shape[0], -1)[:, 0].float())
+        if v.requires_grad:
+            v = v.detach()
+        if v.dim() != 1:
+            v = v.reshape(v.shape[0], -1)[:, 0]
+        if v.dtype != torch.float32:
+            v = v.float()
+        cols.append(v)
     return torch.stack(cols, dim=1)
 
 
@@ -269,6 +278,8 @@ def inspect(
             block=cfg.batch_size,
         )
     read_ahead = ReadAhead(cfg.read_ahead_rows) if cfg.read_ahead_rows else None
+    expert_sample = SampledRows(expert_rate, cfg.seed) if recorded_experts else None
+    bin_cols = _column_picker([topo.tasks.index(t) for t in label_binary], device)
     feed = StatsFeed(
         gate_stats, list(pair_stats.values()), outputs, new_expert_stats, chunk_rows=cfg.stats_chunk_rows
     )
@@ -288,16 +299,16 @@ def inspect(
                 check_features(frame, feature_cols, source.name)
             row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
             # rows of this batch in the expert sample (None: all), chosen on the host: no device sync
-            expert_rows = sampled_positions(row_index, expert_rate, cfg.seed) if recorded_experts else None
-            if expert_rows is not None:
-                rec.expert_rows = _to_device(expert_rows, device)
+            sampled = expert_sample.take(row_index, _range_start(frame.index)) if expert_sample else None
+            if sampled is not None:
+                rec.expert_rows = _to_device(sampled[0], device)
             x = _to_device(input_fn(frame), device)
             out = _forward(model, x, n_rows, len(frame))
             cap = rec.take()
             b = len(frame)
             row_index = _to_device(row_index, device)
             lab_all = _to_device(_labels(frame, topo.tasks, columns, source.name), device)
-            lab_bin = lab_all[:, [topo.tasks.index(t) for t in label_binary]] if label_binary else None
+            lab_bin = bin_cols(lab_all) if label_binary else None
             outs = [cap.experts[n] for n in recorded_experts if n in cap.experts]
             feed.add(
                 cap.gates,
@@ -306,7 +317,8 @@ def inspect(
                 predictions=task_predictions(out, topo.tasks),
                 labels=lab_all if labelled else None,
                 experts=outs if recorded_experts and len(outs) == len(recorded_experts) else None,
-                expert_rows=None if expert_rows is None else rec.expert_rows,
+                expert_rows=None if sampled is None else rec.expert_rows,
+                expert_row_index=None if sampled is None else _to_device(sampled[1], device),
             )
             n_rows += b
             if progress is not None:
@@ -427,7 +439,10 @@ def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str], s
         if t.label_column in columns and t.label_column in frame:
             raw = frame[t.label_column]
             try:
-                values = pd.to_numeric(raw).to_numpy(dtype="float64", copy=True)
+                if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "biuf":  # already numbers
+                    values = raw.to_numpy(dtype=np.float64, copy=True)
+                else:
+                    values = pd.to_numeric(raw).to_numpy(dtype="float64", copy=True)
             except (ValueError, TypeError):
                 raise NonNumericError(
                     f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric "
@@ -537,6 +552,21 @@ def _on_device(model: nn.Module, device: str | torch.device | None) -> Iterator[
         model.to(original)
 
 
+def _range_start(index: pd.Index) -> int | None:
+    """The first row of a batch whose index is consecutive rows (a step-1 `RangeIndex`), else None."""
+    return int(index.start) if isinstance(index, pd.RangeIndex) and index.step == 1 else None
+
+
+def _column_picker(cols: Sequence[int], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`t -> t[:, cols]` for `[batch, T]` tensors on `device`: a view (no op on the data) when `cols` are
+    consecutive, else one `index_select` with an index built once."""
+    if cols and list(cols) == list(range(cols[0], cols[0] + len(cols))):
+        first, stop = cols[0], cols[0] + len(cols)
+        return lambda t: t if (first == 0 and stop == t.shape[1]) else t[:, first:stop]
+    index = torch.tensor(list(cols), dtype=torch.int64, device=device)
+    return lambda t: t.index_select(1, index)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -545,6 +575,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, torch.Tensor):
+        if x.device == device:
+            return x
         if device.type == "cuda" and x.device.type == "cpu":  # pinned + async: no host wait per batch
             return x.pin_memory().to(device, non_blocking=True)
         return x.to(device)

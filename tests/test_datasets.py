@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mmoe_inspect.data.batches import frame_to_inputs, frame_to_labels, iter_batches
+from mmoe_inspect.data.batches import dense_matrix, frame_to_inputs, frame_to_labels, iter_batches
 from mmoe_inspect.data.schema import CategoricalFeature, FeatureSpec
+from mmoe_inspect.data.sources import column_kinds, leading_columns
 from mmoe_inspect.datasets import (
     ATTRS_KEY,
     make_recsys,
@@ -189,3 +190,67 @@ def test_batches_cover_every_row_once_with_offsets() -> None:
     assert torch.cat([b.inputs["a"] for b in batches]).tolist() == list(range(7))
     assert torch.cat([b.labels for b in batches]).shape == (7, 2)
     assert all(b.labels is None for b in iter_batches(FRAME, SPEC, batch_size=4))
+
+
+# ------------------------------------------------------------- dense matrix (the per-batch conversion)
+
+
+def _reference_matrix(frame: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    return np.array([[float(frame[c].iloc[r]) for c in cols] for r in range(len(frame))], dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "leading_slice",
+        "leading_parquet_block",
+        "reordered",
+        "float64",
+        "mixed_dtypes",
+        "one_column",
+        "one_row",
+    ],
+)
+def test_dense_matrix_is_a_fresh_row_major_copy(tmp_path, layout: str) -> None:
+    """Whatever pandas' block layout (a strided slice of a big frame, one decoded parquet block, a column
+    take, a dtype conversion), the features come back as a C-contiguous float32 copy of their values
+    that the model may modify without touching the frame."""
+    rng = np.random.default_rng(1)
+    big = pd.DataFrame(rng.normal(size=(50, 6)).astype(np.float32), columns=[f"x{i}" for i in range(6)])
+    big["y"] = (rng.random(50) < 0.5).astype(np.float32)
+    cols = ["x0", "x1", "x2", "x3", "x4", "x5"]
+    if layout == "leading_slice":  # what a DataFrame source yields: rows 10..29 of the whole frame's block
+        frame = big.iloc[10:30]
+    elif layout == "leading_parquet_block":
+        big.to_parquet(tmp_path / "f.parquet")
+        frame = pd.read_parquet(tmp_path / "f.parquet").iloc[:20]
+    elif layout == "reordered":
+        frame, cols = big.iloc[5:25], ["x3", "x0", "x5"]
+    elif layout == "float64":
+        frame = big.astype(np.float64).iloc[3:40]
+    elif layout == "mixed_dtypes":
+        frame = big.assign(x1=big["x1"].astype(np.float64), x2=np.arange(50), s="text").iloc[7:19]
+    elif layout == "one_column":
+        frame, cols = big.iloc[2:9], ["x4"]
+    else:
+        frame = big.iloc[11:12]
+    before = frame.copy(deep=True)
+    x = dense_matrix(frame, cols)
+    assert x.dtype == torch.float32 and x.is_contiguous() and x.shape == (len(frame), len(cols))
+    np.testing.assert_array_equal(x.numpy(), _reference_matrix(frame, cols))
+    x.mul_(0.0).add_(7.0)  # a model that works in place on its input
+    pd.testing.assert_frame_equal(frame, before)
+
+
+def test_column_kinds_and_leading_columns() -> None:
+    frame = pd.DataFrame(
+        {"a": [1.0, 2.0], "b": [1, 2], "c": ["x", "y"], "d": pd.Categorical(["p", "q"]), "e": [True, False]}
+    )
+    assert column_kinds(frame, ["e", "a", "c", "b", "d"]) == ["b", "f", "O", "i", "O"]
+    assert column_kinds(frame[["a"]].assign(z=3.0), ["z", "a"]) == ["f", "f"]
+    view = leading_columns(frame, ["a", "b"])
+    assert list(view.columns) == ["a", "b"] and leading_columns(frame, ["b", "a"]).columns.tolist() == [
+        "b",
+        "a",
+    ]
+    assert leading_columns(frame, list(frame.columns)) is frame

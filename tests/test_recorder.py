@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmoe_inspect.inspector import task_predictions
 from mmoe_inspect.models import PLE, MMoE
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError, gate_probabilities
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology, TopologyError
@@ -197,3 +198,58 @@ def test_ple_levels_recorded() -> None:
     assert set(cap.gates) == {g.name for g in topo.gates}
     for g in topo.gates:
         assert cap.gates[g.name].shape == (10, g.n_experts)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_sampled_expert_rows_are_copies_taken_before_in_place_edits(grad: bool) -> None:
+    """With `expert_rows`, each expert hook keeps a copy of those rows only: float32, detached (also
+    when the forward runs with autograd on), unchanged by the model's in-place edits after the hook
+    (here ReLU(inplace=True) and a multiply on the expert outputs)."""
+
+    class InPlaceExperts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = nn.Sequential(nn.Linear(3, 2), nn.Softmax(dim=1))
+            self.experts = nn.ModuleList(nn.Linear(3, 4) for _ in range(2))
+            self.act = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            outs = [e(x) for e in self.experts]
+            snapshot = [o.detach().clone() for o in outs]
+            for o in outs:
+                self.act(o).mul_(3.0)
+            mixed = torch.stack(outs, 1) * self.gate(x).unsqueeze(-1)
+            return {"t": mixed.sum((1, 2))}, snapshot
+
+    torch.manual_seed(0)
+    model = InPlaceExperts()
+    topo = Topology(
+        tasks=(TaskSpec("t", "regression"),),
+        experts=(ExpertSpec("a", "experts.0"), ExpertSpec("b", "experts.1")),
+        gates=(GateSpec("t", "gate", ("a", "b"), task="t"),),
+    )
+    rows = torch.tensor([5, 0, 7], dtype=torch.int64)
+    x = torch.randn(9, 3)
+    with GateRecorder(model, topo, experts=True) as rec, torch.inference_mode(not grad):
+        rec.expert_rows = rows
+        _, snapshot = model(x)
+        cap = rec.take()
+    for name, full in zip(("a", "b"), snapshot, strict=True):
+        got = cap.experts[name]
+        assert got.dtype == torch.float32 and not got.requires_grad and got.shape == (3, 4)
+        torch.testing.assert_close(got, full[rows])
+    assert not cap.gates["t"].requires_grad
+
+
+def test_task_predictions_from_each_output_layout() -> None:
+    """`[batch]`, `[batch, 1]`, float64, autograd-tracked outputs, and a `[batch, T]` tensor: a fresh
+    detached float32 `[batch, T]` in task order."""
+    tasks = (TaskSpec("a", "binary"), TaskSpec("b", "regression"))
+    a = torch.rand(5, requires_grad=True)
+    b = torch.randn(5, 1, dtype=torch.float64)
+    for out in ({"b": b, "a": a}, [a, b], torch.stack([a, b[:, 0].float()], 1)):
+        pred = task_predictions(out, tasks)
+        assert pred.dtype == torch.float32 and pred.shape == (5, 2) and not pred.requires_grad
+        torch.testing.assert_close(pred, torch.stack([a.detach(), b[:, 0].float()], 1))
+    pred.zero_()  # a copy: the model's outputs are untouched
+    assert float(a.detach().abs().sum()) > 0

@@ -1,5 +1,6 @@
-"""`StatsFeed` (batches coalesced into chunks) gives the states of one update per batch, and
-`inspect()`'s expert statistics are those of the rows in its deterministic expert sample."""
+"""`StatsFeed` (batches coalesced into chunks) gives the states of one update per batch,
+`inspect()`'s expert statistics are those of the rows in its deterministic expert sample, and
+`SampledRows` picks that sample's rows per batch."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mmoe_inspect.models import MMoE
 from mmoe_inspect.recording.recorder import GateRecorder
 from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats, update_gates
 from mmoe_inspect.stats import feed as feed_module
-from mmoe_inspect.stats.feed import StatsFeed
+from mmoe_inspect.stats.feed import SampledRows, StatsFeed, sampled_positions
 from mmoe_inspect.stats.outputs import TaskOutputStats
 
 E, BATCH, N_BATCHES = 4, 100, 7
@@ -143,3 +144,28 @@ def test_inspect_expert_statistics_use_only_the_sampled_rows() -> None:
         assert table["mean_output_norm"].iloc[i] == pytest.approx(norm, rel=1e-5)
         differs += abs(zero - float((o == 0).double().mean())) > 1e-6  # not the all-rows number
     assert differs > 0
+
+
+def test_sampled_rows_equal_the_hash_rule_for_any_batching() -> None:
+    """`SampledRows` (rows hashed a block at a time, looked up per batch) picks exactly the rows of
+    `sampled_positions` for consecutive batches of any size and start (crossing blocks, batches
+    larger than a block, going back), and for batches of other rows (no `start`)."""
+    rate, seed = 0.2, 7
+    sample = SampledRows(rate, seed, block=64)
+    rng = np.random.default_rng(0)
+    starts_sizes = [(0, 10), (10, 30), (40, 100), (140, 1), (141, 63), (204, 0), (5, 20), (10**9, 50)]
+    starts_sizes += [
+        (int(s), int(n)) for s, n in zip(rng.integers(0, 5000, 20), rng.integers(1, 300, 20), strict=True)
+    ]
+    for start, n in starts_sizes:
+        rows = torch.arange(start, start + n, dtype=torch.int64)
+        expected = sampled_positions(rows, rate, seed)
+        pos, kept = sample.take(rows, start)
+        assert pos.dtype == kept.dtype == torch.int64
+        assert pos.tolist() == expected.tolist(), (start, n)
+        assert kept.tolist() == rows[expected].tolist()
+    shuffled = torch.from_numpy(rng.permutation(10_000)[:500].astype(np.int64))
+    pos, kept = sample.take(shuffled)
+    assert pos.tolist() == sampled_positions(shuffled, rate, seed).tolist()
+    assert kept.tolist() == shuffled[pos].tolist()
+    assert SampledRows(1.0, seed).take(shuffled, 0) is None

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.data.sources import leading_columns
 from mmoe_inspect.topology.spec import TaskSpec
 
 Inputs = Union[Tensor, dict[str, Tensor]]
@@ -61,9 +62,26 @@ def frame_to_inputs(frame: pd.DataFrame, features: FeatureSpec, device: str | to
     if features.categorical:
         return to_device(frame_to_columns(frame, features), device)
     _require(frame, features.dense, "feature")
-    # C-contiguous: pandas hands back a column-major block, and a strided input slows the first matmul ~2x
-    block = np.ascontiguousarray(frame[list(features.dense)].to_numpy(dtype=np.float32))
-    return torch.from_numpy(block).to(device)
+    return dense_matrix(frame, features.dense).to(device)
+
+
+def dense_matrix(frame: pd.DataFrame, columns: Sequence[str]) -> Tensor:
+    """Columns `columns` of `frame` as a fresh C-contiguous float32 tensor `[rows, len(columns)]`.
+
+    C-contiguous because a strided input slows the first matmul ~2x. pandas holds the columns as
+    `[columns, rows]` blocks, so the row-major matrix is a transpose: numpy's transposing copy takes
+    ~1.3 ms for 4096 x 100 floats, torch's blocked one of an F-ordered array ~0.25 ms. So the
+    columns (a view when they lead the frame) become an F-ordered float32 array (a fast copy of
+    column runs; our own, never a view of the frame), then torch transposes it.
+    """
+    arr = leading_columns(frame, columns).to_numpy(dtype=np.float32)
+    fresh = False
+    if not (arr.flags.f_contiguous and arr.flags.writeable):
+        arr, fresh = np.array(arr, dtype=np.float32, order="F"), True
+    x = torch.from_numpy(arr)
+    if x.is_contiguous():  # one column or one row: nothing to transpose
+        return x if fresh else x.clone()
+    return x.contiguous()
 
 
 def frame_to_labels(

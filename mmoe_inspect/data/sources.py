@@ -441,10 +441,34 @@ def require_columns(source: TableSource, needed: Sequence[str], what: str = "fea
         )
 
 
+def column_kinds(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The numpy kind letter of each of `columns` ("f" float, "i"/"u"/"b" integer/bool; "O" for the rest).
+
+    One look at the frame's distinct dtypes in the common case (a few µs), not one per column
+    (`frame.dtypes[c]` costs ~3 µs a column: 0.3 ms a batch on 100 features).
+    """
+    dtypes = frame.dtypes.tolist()
+    distinct = {getattr(d, "kind", "O") for d in set(dtypes)}
+    if len(distinct) == 1:
+        return [distinct.pop()] * len(columns)
+    kind = {c: getattr(d, "kind", "O") for c, d in zip(frame.columns, dtypes, strict=True)}
+    return [kind.get(c, "O") for c in columns]
+
+
+def leading_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`frame[columns]`, without copying the data when `columns` are the frame's first columns in order
+    (as `inspect()` reads them: features, then labels); a copy otherwise (pandas' column take)."""
+    names = list(columns)
+    n = len(names)
+    if frame.shape[1] >= n and frame.columns[:n].tolist() == names:
+        return frame if frame.shape[1] == n else frame.iloc[:, :n]
+    return frame[names]
+
+
 def check_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, what: str = "feature") -> None:
     """Fail with one line when a column holds text or other non-numeric values (list cells are allowed)."""
-    dtypes = frame.dtypes
-    suspects = [c for c in columns if getattr(dtypes[c], "kind", "O") not in "biuf"]  # fast path: all numeric
+    kinds = column_kinds(frame, columns)
+    suspects = [c for c, k in zip(columns, kinds, strict=True) if k not in "biuf"]  # fast path: all numeric
     for c in suspects:
         s = frame[c]
         if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype.kind in "biuf":
@@ -463,9 +487,9 @@ def check_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, what
 
 def check_finite(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
     """Fail with one line when a feature column holds NaN/inf (labels may be missing; features may not)."""
-    dtypes = frame.dtypes
-    floats = [c for c in columns if getattr(dtypes[c], "kind", "O") == "f"]
-    if not floats or np.isfinite(frame[floats].to_numpy()).all():  # one vectorized pass in the common case
+    floats = [c for c, k in zip(columns, column_kinds(frame, columns), strict=True) if k == "f"]
+    # one vectorized pass in the common case (over a view of the frame's block when the features lead it)
+    if not floats or np.isfinite(leading_columns(frame, floats).to_numpy()).all():
         return
     for c in floats:
         values = frame[c].to_numpy()

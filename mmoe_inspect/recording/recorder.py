@@ -55,10 +55,14 @@ def gate_probabilities(out: torch.Tensor, gate: GateSpec) -> torch.Tensor:
             f"gate {gate.name!r} ({gate.module}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "
             f"experts on dim {gate.dim}; fix the topology spec (mmoe-inspect topology)"
         )
+    if out.requires_grad:
+        out = out.detach()
     if gate.output == "logits":
-        probs = torch.softmax(out.detach().float(), dim=gate.dim)
+        probs = torch.softmax(out, dim=gate.dim, dtype=torch.float32)
     else:
-        probs = out.detach().clone()
+        probs = out.clone(memory_format=torch.contiguous_format)
+    if probs.dim() == 2 and gate.dim in (1, -1):  # already [batch, E]: one op per gate and batch
+        return probs
     return probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
 
 
@@ -67,9 +71,14 @@ def expert_output(out: torch.Tensor, expert: ExpertSpec, rows: torch.Tensor | No
     with `rows` (int64 `[k]`) only those rows are copied: `[k, d]`."""
     if expert.index is not None:
         out = out[:, expert.index]
-    if rows is not None:
-        return out.detach().index_select(0, rows).reshape(rows.shape[0], -1).to(torch.float32)
-    return out.detach().reshape(out.shape[0], -1).to(torch.float32, copy=True)
+    if out.requires_grad:
+        out = out.detach()
+    if rows is None:
+        return out.reshape(out.shape[0], -1).to(torch.float32, copy=True)
+    kept = out.index_select(0, rows)  # a fresh tensor: usually the only op per expert and batch
+    if kept.dim() != 2:
+        kept = kept.reshape(rows.shape[0], -1)
+    return kept if kept.dtype == torch.float32 else kept.to(torch.float32)
 
 
 class GateRecorder:
@@ -180,8 +189,8 @@ class GateRecorder:
     def take(self) -> ForwardCapture:
         """Return the last forward's capture and start a new one; fails loudly when a gate was not seen."""
         cap, self._capture = self._capture, ForwardCapture()
-        missing = [g.name for g in self.topology.gates if g.name not in cap.gates]
-        if missing:
+        if len(cap.gates) < len(self.topology.gates):
+            missing = [g.name for g in self.topology.gates if g.name not in cap.gates]
             raise RecordingError(
                 f"the forward pass never produced gate(s) {missing}; the topology does not match this model"
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,7 +24,7 @@ from mmoe_inspect.stats.gate import GateStats
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
 
-__all__ = ["StatsFeed", "sampled_positions"]
+__all__ = ["SampledRows", "StatsFeed", "sampled_positions"]
 
 
 def sampled_positions(row_index: Tensor, rate: float, seed: int) -> Tensor | None:
@@ -35,13 +36,58 @@ def sampled_positions(row_index: Tensor, rate: float, seed: int) -> Tensor | Non
     return torch.nonzero(row_hash(row_index, seed) < rate).squeeze(1)
 
 
+class SampledRows:
+    """The expert sample's rows of each batch, as `sampled_positions`, cheaper on consecutive rows.
+
+    Hashing a batch's row indices takes about 20 small tensor ops; on a small model that fixed
+    cost rivals the forward pass. For a batch of consecutive rows ``start, start + 1, ...`` (a
+    DataFrame's or a file's batches without ``sample=``), the rows are hashed ``block`` at a time
+    and each batch only looks its rows up (two binary searches on the host). Any other batch is
+    hashed on its own. Either way the rows are exactly those of `sampled_positions`.
+    """
+
+    def __init__(self, rate: float, seed: int, *, block: int = 65_536) -> None:
+        self.rate = float(rate)
+        self.seed = int(seed)
+        self.block = int(block)
+        self._lo = self._hi = 0
+        self._sampled = np.empty(0, dtype=np.int64)  # sampled rows in [_lo, _hi), ascending
+
+    def take(self, row_index: Tensor, start: int | None = None) -> tuple[Tensor, Tensor] | None:
+        """``(positions, rows)``: positions ``int64 [k]`` in the batch of its rows in the sample and
+        their row indices ``row_index[positions]`` (host tensors); None when ``rate >= 1`` (every row).
+
+        ``start`` says that ``row_index`` is ``start, start + 1, ..., start + batch - 1`` (not checked);
+        None for any other batch. Call it on host row indices: the selection then needs no device sync.
+        """
+        if self.rate >= 1.0:
+            return None
+        if start is None:
+            pos = sampled_positions(row_index, self.rate, self.seed)
+            assert pos is not None
+            return pos, row_index[pos]
+        stop = start + int(row_index.shape[0])
+        if start < self._lo or stop > self._hi:
+            self._lo, self._hi = start, start + max(self.block, stop - start)
+            keys = row_hash(torch.arange(self._lo, self._hi, dtype=torch.int64), self.seed)
+            self._sampled = torch.nonzero(keys < self.rate).squeeze(1).numpy() + self._lo
+        i, j = np.searchsorted(self._sampled, (start, stop))
+        rows = self._sampled[i:j]
+        return torch.from_numpy(rows - start), torch.from_numpy(rows.copy())
+
+
 def _cat(parts: list[Any]) -> Any:
-    """Concatenate along rows (dim 0) a list of like-structured items: tensors, None, lists, dicts."""
+    """Concatenate along rows (dim 0) a list of like-structured items: tensors, None, lists, dicts.
+
+    The result is a fresh contiguous tensor unless a single contiguous part is returned as it is.
+    """
     first = parts[0]
     if first is None:
         return None
     if isinstance(first, Tensor):
-        return first if len(parts) == 1 else torch.cat(parts, dim=0)
+        if len(parts) == 1:
+            return first if first.is_contiguous() else first.contiguous()
+        return torch.cat(parts, dim=0)
     if isinstance(first, Mapping):
         return {k: _cat([p[k] for p in parts]) for k in first}
     return [_cat([p[i] for p in parts]) for i in range(len(first))]
@@ -101,16 +147,24 @@ class StatsFeed:
         labels: Tensor | None = None,
         experts: Sequence[Tensor] | None = None,
         expert_rows: Tensor | None = None,
+        expert_row_index: Tensor | None = None,
     ) -> None:
         """One batch: gates ``{name: [batch, E]}``, ``row_index`` int64 ``[batch]``, binary labels
         ``[batch, L]``, task predictions and labels ``[batch, T]``, expert outputs ``E x [k, d_e]``
-        for the rows ``expert_rows`` ``[k]`` of the expert sample (all rows when None)."""
+        for the rows ``expert_rows`` ``[k]`` of the expert sample (all rows when None), whose row
+        indices ``row_index[expert_rows]`` the caller may pass as ``expert_row_index`` (saves an op).
+
+        The tensors are kept until the chunk's update: they must not be modified in place meanwhile
+        (views such as a column slice of the labels are fine: the update sees a concatenated copy)."""
         b = int(row_index.shape[0])
         self._main.add(
             {"g": dict(gates), "r": row_index, "lb": labels_binary, "p": predictions, "l": labels}, b
         )
         if experts is not None and self.new_expert_stats is not None:
-            kept = row_index if expert_rows is None else row_index[expert_rows]
+            if expert_row_index is not None:
+                kept = expert_row_index
+            else:
+                kept = row_index if expert_rows is None else row_index[expert_rows]
             self._experts.add({"x": list(experts), "r": kept}, b)
         if self._main.rows >= self.chunk_rows:
             self._update_main()
