@@ -32,12 +32,10 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import random
 import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -182,15 +180,7 @@ def part_e2e(threads: list[int], reps: int) -> dict[str, Any]:
             torch.set_num_threads(nt)
             for fn in fns.values():
                 fn()
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            rng = random.Random(nt)
-            for _ in range(reps):
-                order = list(fns)
-                rng.shuffle(order)
-                for k in order:
-                    t0 = time.perf_counter()
-                    fns[k]()
-                    times[k].append(time.perf_counter() - t0)
+            times = rb.shuffled_calls(fns, reps, seed=nt)
             row = {}
             for src, nb in batches.items():
                 p = [v / nb * 1e3 for v in times[f"plain_{src}"]]

@@ -352,6 +352,21 @@ def part_memory(sizes: list[int], repeats: int, tmpdir: Path, log: Callable[[str
 
 
 # --------------------------------------------------------------------------- timing harness
+def shuffled_calls(fns: dict[str, Callable[[], Any]], reps: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of one call of each function, ``reps`` rounds, in a new shuffled order every round
+    (for calls long enough that `interleaved`'s calibrated blocks are not needed)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    rng = random.Random(seed)
+    for _ in range(reps):
+        order = list(fns)
+        rng.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def interleaved(
     fns: dict[str, Callable[[], Any]],
     reps: int,

@@ -41,7 +41,6 @@ import copy
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -210,15 +209,7 @@ def part_e2e(
             fns = make_e2e_fns(model, plain, df, path, feats)
             for fn in fns.values():  # warm-up
                 fn()
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            rng = random.Random(nt)
-            for _ in range(2 if quick else 4):
-                order = list(fns)
-                rng.shuffle(order)
-                for k in order:
-                    t0 = time.perf_counter()
-                    fns[k]()
-                    times[k].append(time.perf_counter() - t0)
+            times = rb.shuffled_calls(fns, 2 if quick else 4, seed=nt)
             row: dict[str, Any] = {
                 k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in times.items()
             }
