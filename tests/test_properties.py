@@ -95,6 +95,22 @@ def merged(make: Callable[[], object], feed: Callable[[object, slice], None], sh
 ORDERS = [((0, 1), 2), (0, (1, 2)), ((2, 0), 1), (2, (1, 0)), ((1, 2), 0)]
 
 
+def shards_of(draw, n: int, parts: int = 3) -> list[slice]:
+    """`parts` consecutive row slices covering [0, n), cut at drawn points (empty shards allowed)."""
+    c = cuts(draw, n, parts)
+    return [slice(c[i], c[i + 1]) for i in range(parts)]
+
+
+def check_merge_orders(make, feed, shards: Sequence[slice], one_pass, orders=ORDERS[:3], same=None) -> None:
+    """Shard metrics merged in each of `orders` summarize like `one_pass` (compared by `same`, default `close`)."""
+    for order in orders:
+        got = merged(make, feed, shards, order)
+        if same is None:
+            close(got, one_pass, f"order {order}")
+        else:
+            same(got, one_pass)
+
+
 # --------------------------------------------------------------------------- GateStats
 def gate_feed(g: torch.Tensor, labels: torch.Tensor) -> Callable[[GateStats, slice], None]:
     index = torch.arange(len(g))
@@ -122,11 +138,9 @@ def labels_for(n: int, seed: int) -> torch.Tensor:
 def test_gate_stats_merge_is_commutative_and_associative(data, batch) -> None:
     g, seed = batch
     feed = gate_feed(g, labels_for(len(g), seed))
-    c = cuts(data.draw, len(g), 3)
-    shards = [slice(c[i], c[i + 1]) for i in range(3)]
+    shards = shards_of(data.draw, len(g))
     one_pass = merged(make_gate(g.shape[1]), feed, [slice(0, len(g))], 0)
-    for order in ORDERS:
-        close(merged(make_gate(g.shape[1]), feed, shards, order), one_pass, f"order {order}")
+    check_merge_orders(make_gate(g.shape[1]), feed, shards, one_pass, ORDERS)
 
 
 @SETTINGS
@@ -253,10 +267,8 @@ def test_pairwise_merge_batches_order_and_bounds(data, gates) -> None:
     make = lambda: PairwiseRoutingStats(names, e)  # noqa: E731
     feed = pair_feed(gates)
     one_pass = merged(make, feed, [slice(0, n)], 0)
-    c = cuts(data.draw, n, 3)
-    shards = [slice(c[i], c[i + 1]) for i in range(3)]
-    for order in ORDERS[:3]:
-        close(merged(make, feed, shards, order), one_pass, f"order {order}")
+    shards = shards_of(data.draw, n)
+    check_merge_orders(make, feed, shards, one_pass)
     perm = torch.tensor(data.draw(st.permutations(range(n))))
     shuffled = make()
     shuffled.update({k: v[perm] for k, v in gates.items()})
@@ -307,10 +319,8 @@ def test_expert_stats_merge_batches_order_and_expert_permutation(data, outs) -> 
             m.update([o[rows] for o in outs], index[rows])
 
     one_pass = merged(make_expert(dims), feed, [slice(0, n)], 0)
-    c = cuts(data.draw, n, 3)
-    shards = [slice(c[i], c[i + 1]) for i in range(3)]
-    for order in ORDERS[:3]:
-        close(merged(make_expert(dims), feed, shards, order), one_pass, f"order {order}")
+    shards = shards_of(data.draw, n)
+    check_merge_orders(make_expert(dims), feed, shards, one_pass)
     perm = torch.tensor(data.draw(st.permutations(range(n))))
     shuffled = make_expert(dims)()
     shuffled.update([o[perm] for o in outs], perm)
@@ -358,10 +368,8 @@ def test_task_output_stats_merge_batches_order_and_task_permutation(data, rows) 
 
     make = lambda: TaskOutputStats(kinds)  # noqa: E731
     one_pass = merged(make, feed, [slice(0, n)], 0)
-    c = cuts(data.draw, n, 3)
-    shards = [slice(c[i], c[i + 1]) for i in range(3)]
-    for order in ORDERS[:3]:
-        close(merged(make, feed, shards, order), one_pass, f"order {order}")
+    shards = shards_of(data.draw, n)
+    check_merge_orders(make, feed, shards, one_pass)
     perm = torch.tensor(data.draw(st.permutations(range(n))))
     shuffled = make()
     shuffled.update(preds[perm], labels[perm])
