@@ -11,32 +11,22 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_monitor import TASKS
+from test_monitor import _train as train
 from torch.utils.tensorboard import SummaryWriter
 
 from mmoe_inspect.datasets import make_recsys
 from mmoe_inspect.models import PLE, MMoE
 from mmoe_inspect.monitor import GateMonitor, read_run_log
 
-TASKS = ("click", "purchase")
-
 
 def _train(model, lr: float, steps: int, mon: GateMonitor) -> None:
+    """test_monitor's training loop on 2,048 rows of make_recsys (dense features shifted by 1)."""
     df = make_recsys(2048, seed=0)
     x = torch.tensor(df[[f"d{j}" for j in range(8)]].to_numpy()) + 1.0
     y = torch.tensor(df[list(TASKS)].to_numpy())
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (256,), generator=gen)
-        out = model(x[idx])
-        loss = sum(F.binary_cross_entropy(out[t], y[idx, j]) for j, t in enumerate(TASKS))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        mon.step(epoch=0, loss=loss.item())
+    train(model, (x, y), lr, steps, mon)
 
 
 def _events(log_dir) -> EventAccumulator:
