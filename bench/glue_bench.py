@@ -48,6 +48,29 @@ CHUNK = 4  # batches per statistics chunk (InspectConfig.stats_chunk_rows / batc
 RATE = 16_384 / 1_000_000  # expert sample rate inspect() uses on a 1M-row source
 
 
+def extra_over_plain(fns: dict[str, Any], reps: int, nt: int, budget_s: float) -> tuple[dict[str, Any], dict]:
+    """Time ``fns`` (one of them ``plain``; each call one chunk of `CHUNK` batches) interleaved; returns the
+    result row (plain min/median, and each other function's extra ms per batch over plain) and the
+    per-batch ms lists. Clock: the thread's CPU time with 1 thread, wall time otherwise."""
+    import torch
+
+    cpu: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        wall = rb.interleaved(fns, reps, min_block_s=0.02, budget_s=budget_s, cpu_times=cpu)
+    t = cpu if nt == 1 else wall
+    ms = {k: [v / CHUNK * 1e3 for v in vs] for k, vs in t.items()}
+    row: dict[str, Any] = {"clock": "thread CPU" if nt == 1 else "wall", "reps": len(ms["plain"])}
+    row["plain"] = {"min_ms": min(ms["plain"]), "median_ms": statistics.median(ms["plain"])}
+    for k in fns:
+        if k != "plain":
+            extra = [a - b for a, b in zip(ms[k], ms["plain"], strict=True)]
+            row[k] = {
+                "extra_median_ms": statistics.median(extra),
+                "extra_min_minus_min_ms": min(ms[k]) - min(ms["plain"]),
+            }
+    return row, ms
+
+
 def glue_only(p: rb.RecordingPass) -> rb.RecordingPass:
     """`p` with its statistics updates replaced by taking the pending chunk (concatenation kept)."""
     feed = p.feed
@@ -78,19 +101,7 @@ def part_glue(threads: list[int], reps: int) -> dict[str, Any]:
                 "glue": lambda: [glue.step(x, lab) for _ in range(CHUNK)],
                 "full": lambda: [full.step(x, lab) for _ in range(CHUNK)],
             }
-            cpu: dict[str, list[float]] = {}
-            with torch.inference_mode():
-                wall = rb.interleaved(fns, reps, min_block_s=0.02, budget_s=60, cpu_times=cpu)
-            t = cpu if nt == 1 else wall
-            ms = {k: [v / CHUNK * 1e3 for v in vs] for k, vs in t.items()}
-            row: dict[str, Any] = {"clock": "thread CPU" if nt == 1 else "wall", "reps": len(ms["plain"])}
-            row["plain"] = {"min_ms": min(ms["plain"]), "median_ms": statistics.median(ms["plain"])}
-            for k in ("glue", "full"):
-                extra = [a - b for a, b in zip(ms[k], ms["plain"], strict=True)]
-                row[k] = {
-                    "extra_median_ms": statistics.median(extra),
-                    "extra_min_minus_min_ms": min(ms[k]) - min(ms["plain"]),
-                }
+            row, _ = extra_over_plain(fns, reps, nt, budget_s=60)
             out[str(nt)] = row
             print(
                 f"glue threads={nt} ({row['clock']}, {row['reps']} reps): plain {row['plain']['min_ms']:.2f} / "
@@ -285,19 +296,7 @@ def part_ab(rev: str, threads: list[int], reps: int) -> dict[str, Any]:
             torch.set_num_threads(nt)
             fns = {"plain": lambda: [plain(x) for _ in range(CHUNK)]}
             fns |= {k: (lambda p=p: [p.step(x, lab) for _ in range(CHUNK)]) for k, p in passes.items()}
-            cpu: dict[str, list[float]] = {}
-            with torch.inference_mode():
-                wall = rb.interleaved(fns, reps, min_block_s=0.02, budget_s=90, cpu_times=cpu)
-            t = cpu if nt == 1 else wall
-            ms = {k: [v / CHUNK * 1e3 for v in vs] for k, vs in t.items()}
-            row: dict[str, Any] = {"clock": "thread CPU" if nt == 1 else "wall", "reps": len(ms["plain"])}
-            row["plain"] = {"min_ms": min(ms["plain"]), "median_ms": statistics.median(ms["plain"])}
-            for k in passes:
-                extra = [a - b for a, b in zip(ms[k], ms["plain"], strict=True)]
-                row[k] = {
-                    "extra_median_ms": statistics.median(extra),
-                    "extra_min_minus_min_ms": min(ms[k]) - min(ms["plain"]),
-                }
+            row, ms = extra_over_plain(fns, reps, nt, budget_s=90)
             for k in ("glue", "full"):
                 saved = [a - b for a, b in zip(ms[f"baseline_{k}"], ms[k], strict=True)]
                 row[f"{k}_saved_median_ms"] = statistics.median(saved)
