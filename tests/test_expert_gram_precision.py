@@ -15,7 +15,15 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_properties import SETTINGS, check_merge_orders, expert_outputs, make_expert, merged, shards_of
+from test_properties import (
+    SETTINGS,
+    check_merge_orders,
+    expert_feed,
+    expert_outputs,
+    make_expert,
+    merged,
+    shards_of,
+)
 
 from mmoe_inspect.functional import linear_cka
 from mmoe_inspect.stats import ExpertStats, ExpertSummary
@@ -158,13 +166,7 @@ def test_float32_merge_batches_and_order(data, outs) -> None:
     """The merge/batching/order properties of tests/test_properties.py on float32 outputs (CKA within
     `CKA_FLOAT32_ATOL`; counts and zero fractions exact)."""
     outs = [o.float() for o in outs]
-    n = outs[0].shape[0]
-    dims = [o.shape[1] for o in outs]
-    index = torch.arange(n)
-
-    def feed(m: ExpertStats, rows: slice) -> None:
-        if rows.stop > rows.start:
-            m.update([o[rows] for o in outs], index[rows])
+    n, dims, _, feed = expert_feed(outs)
 
     def same(a: ExpertSummary, b: ExpertSummary) -> None:
         assert (a.n, a.n_sampled, a.nonfinite_rows) == (b.n, b.n_sampled, b.nonfinite_rows)

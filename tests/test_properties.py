@@ -307,17 +307,22 @@ def make_expert(dims: Sequence[int]) -> Callable[[], ExpertStats]:
     return lambda: ExpertStats(len(dims), list(dims), sample_rate=1.0, max_sample_per_update=10_000, seed=1)
 
 
-@SETTINGS
-@given(data=st.data(), outs=expert_outputs())
-def test_expert_stats_merge_batches_order_and_expert_permutation(data, outs) -> None:
+def expert_feed(outs: list[torch.Tensor]):
+    """``(rows n, dims, row index [n], feed)`` for expert outputs ``E x [n, d_e]``: feed adds a slice of rows."""
     n = outs[0].shape[0]
-    dims = [o.shape[1] for o in outs]
     index = torch.arange(n)
 
     def feed(m: ExpertStats, rows: slice) -> None:
         if rows.stop > rows.start:
             m.update([o[rows] for o in outs], index[rows])
 
+    return n, [o.shape[1] for o in outs], index, feed
+
+
+@SETTINGS
+@given(data=st.data(), outs=expert_outputs())
+def test_expert_stats_merge_batches_order_and_expert_permutation(data, outs) -> None:
+    n, dims, index, feed = expert_feed(outs)
     one_pass = merged(make_expert(dims), feed, [slice(0, n)], 0)
     shards = shards_of(data.draw, n)
     check_merge_orders(make_expert(dims), feed, shards, one_pass)
