@@ -343,9 +343,12 @@ def test_softmaxes_that_are_not_gates_are_not_gates():
     topo = discover_topology(model, model.example_input())
     assert [g.module for g in topo.gates] == ["gates.ctr", "gates.cvr"]
     assert topo.task_names == ("ctr", "cvr")  # the "topic" distribution is no task
-    assert any("attention over features; not a gate" in n for n in topo.notes)
-    assert any("2 softmax output(s) mix no experts" in n for n in topo.notes)
+    assert any("embedding lookups (embeddings.0): attention over features" in n for n in topo.notes)
+    assert any("2 softmax output(s) are not gates" in n for n in topo.notes)
+    assert any("[64, 6] in the model's forward (re-weights values" in n for n in topo.notes)
+    assert any("[64, 4] in the model's forward (an output distribution)" in n for n in topo.notes)
     assert any("'topic'" in n for n in topo.notes)
+    assert topo.unresolved == ()
 
 
 def test_omoe_gate_with_trailing_axis():
@@ -386,8 +389,8 @@ def test_selection_of_experts_by_slicing_and_unbind():
     assert topo.expert("experts.0").owner == "shared"
 
 
-def test_temperature_softmax_is_reported_not_invented():
-    """A softmax over `logits / tau` computed inline cannot be recorded from a module: say so."""
+def test_temperature_softmax_is_a_function_level_gate():
+    """A softmax over `logits / tau` computed inline is no module's output: it is read at the function level."""
 
     class Tempered(nn.Module):
         def __init__(self) -> None:
@@ -403,10 +406,19 @@ def test_temperature_softmax_is_reported_not_invented():
 
     torch.manual_seed(0)
     topo = discover_topology(Tempered(), torch.randn(BATCH, 5))
-    assert topo.gates == ()
-    assert NO_GATES_NOTE not in topo.notes and topo.architecture is None
-    assert any("write its gate by hand" in n for n in topo.notes)
-    assert topo.confidence <= 0.5
+    (gate,) = topo.gates
+    assert (gate.module, gate.op, gate.occurrence, gate.arg, gate.output, gate.dim, gate.batch_dim) == (
+        "",
+        "softmax",
+        0,
+        -1,
+        "probs",
+        1,
+        0,
+    )
+    assert gate.experts == ("experts.0", "experts.1", "experts.2") and gate.task == "task_0"
+    assert topo.unresolved == () and topo.judgeable and topo.architecture == "mmoe"  # one task, its own gate
+    assert any("read at the function level" in n for n in topo.notes)
 
 
 # ------------------------------------------------------------------- reference models

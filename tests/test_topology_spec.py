@@ -148,7 +148,7 @@ def test_bad_toml_is_reported_plainly():
         ),
         pytest.param(
             lambda d: d["gates"][0].update(output="softmax"),
-            r"gate 'L0.ctr': output must be 'probs' or 'logits', not 'softmax'",
+            r"gate 'L0.ctr': output must be one of 'probs', 'logits', 'weights', not 'softmax'",
             id="output",
         ),
         pytest.param(

@@ -1,21 +1,28 @@
 """`GateRecorder`: forward hooks that capture every gate (and optionally expert) output of a model.
 
+Module gates are read by a forward hook on their module. Function-level gates (`GateSpec.op`: the
+k-th call of a torch function while a module runs, see `mmoe_inspect.recording.taps`) are read by a
+`TorchFunctionMode` that is active only while their module executes, pushed and popped by that
+module's forward pre-hook and (always-called) forward hook.
+
 The recorder never keeps a view of a model tensor: each hook copies (and, for logit gates, softmaxes)
 what it needs at once, because real models modify tensors in place after the hook returns
 (DeepCTR-Torch's in-place bias add, `ReLU(inplace=True)`). On exit, including on exceptions, every
-hook handle is removed and each module's `training` flag is restored.
+hook handle is removed, the function mode popped and each module's `training` flag restored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from mmoe_inspect.recording.taps import FunctionTaps
+from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, Topology, TopologyError
 
 
@@ -44,26 +51,46 @@ def model_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def gate_probabilities(out: torch.Tensor, gate: GateSpec) -> torch.Tensor:
-    """A gate module's output → a fresh `[batch, E]` tensor of probabilities (copy, never a view).
+def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = None) -> torch.Tensor:
+    """A gate's captured tensor → a fresh `[batch, E]` tensor of weights (copy, never a view).
 
-    Probabilities keep the model's dtype (statistics accumulate in float64 and judge normalization by
-    that dtype's precision); logits are softmaxed in float32.
+    Probabilities and weights keep the model's dtype (statistics accumulate in float64 and judge
+    normalization by that dtype's precision); logits are softmaxed in float32. The expert axis is
+    `gate.dim`, the batch axis `gate.batch_dim`; weights without a batch axis (`batch_dim=-1`, one vector
+    for every row) are repeated for the `batch` rows of the forward.
     """
-    if out.dim() < 2 or out.shape[gate.dim] != gate.n_experts:
+    nd = out.dim()
+    dim = gate.dim + nd if gate.dim < 0 else gate.dim
+    bdim = gate.batch_dim
+    if not 0 <= dim < nd or out.shape[dim] != gate.n_experts or (bdim >= nd):
         raise RecordingError(
-            f"gate {gate.name!r} ({gate.module}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "
+            f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "
             f"experts on dim {gate.dim}; fix the topology spec (mmoe-inspect topology)"
         )
     if out.requires_grad:
         out = out.detach()
     if gate.output == "logits":
-        probs = torch.softmax(out, dim=gate.dim, dtype=torch.float32)
+        probs = torch.softmax(out, dim=dim, dtype=torch.float32)
     else:
         probs = out.clone(memory_format=torch.contiguous_format)
-    if probs.dim() == 2 and gate.dim in (1, -1):  # already [batch, E]: one op per gate and batch
+    if bdim < 0:
+        if probs.numel() != gate.n_experts:
+            raise RecordingError(
+                f"gate {gate.name!r} ({gate.locator}) has no batch axis but shape {tuple(out.shape)}; "
+                "set batch_dim in the topology spec"
+            )
+        row = probs.reshape(1, gate.n_experts)
+        return row.expand(batch if batch is not None else 1, gate.n_experts).clone()
+    if probs.dim() == 2 and dim == 1 and bdim == 0:  # already [batch, E]: one op per gate and batch
         return probs
-    return probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
+    if bdim != 0 or probs.numel() != probs.shape[bdim] * gate.n_experts:
+        if probs.numel() != probs.shape[bdim] * gate.n_experts:
+            raise RecordingError(
+                f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}: more than a batch "
+                "axis and an expert axis; fix dim/batch_dim in the topology spec"
+            )
+        return probs.movedim((bdim, dim), (0, -1)).reshape(-1, gate.n_experts).contiguous()
+    return probs.movedim(dim, -1).reshape(-1, gate.n_experts)
 
 
 def expert_output(out: torch.Tensor, expert: ExpertSpec, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,13 +133,21 @@ class GateRecorder:
         self._mode_ctx: AbstractContextManager[nn.Module] | None = None
         modules = dict(model.named_modules())
         self._gate_modules: dict[str, list[GateSpec]] = {}
+        taps: dict[str, list] = {}
         for g in topology.gates:
             if g.module not in modules:
                 raise TopologyError(
                     f"gate {g.name!r}: module {g.module!r} is not in the model; regenerate the spec with "
                     "`mmoe-inspect topology`"
                 )
-            self._gate_modules.setdefault(g.module, []).append(g)
+            if g.function_level:
+                taps.setdefault(g.module, []).append((g.op, g.occurrence, g.arg, g))
+            else:
+                self._gate_modules.setdefault(g.module, []).append(g)
+        self._batch: int | None = None  # rows of the forward, for gates without a batch axis
+        self._needs_batch = any(g.batch_dim < 0 for g in topology.gates)
+        self._taps = FunctionTaps(taps, self._tap_value) if taps else None
+        self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
         self._expert_modules: dict[str, list[ExpertSpec]] = {}
         if experts:
             for e in topology.experts:
@@ -141,9 +176,18 @@ class GateRecorder:
                         )
                 elif g.call != call:
                     continue
-                self._capture.gates[g.name] = gate_probabilities(out, g)
+                with self._quiet():
+                    self._capture.gates[g.name] = gate_probabilities(out, g, self._batch)
 
         return hook
+
+    def _tap_value(self, gate: GateSpec, value: torch.Tensor) -> None:
+        """A function-level gate's tensor, handed over by the taps (their mode is off while this runs)."""
+        self._capture.gates[gate.name] = gate_probabilities(value, gate, self._batch)
+
+    def _quiet(self) -> AbstractContextManager[None]:
+        """Our own torch ops inside a hook must not count as the model's calls for the function taps."""
+        return self._taps.paused() if self._taps is not None else nullcontext()
 
     def _expert_hook(self, path: str):
         specs = self._expert_modules[path]
@@ -151,13 +195,19 @@ class GateRecorder:
         def hook(_module: nn.Module, _args, out) -> None:
             rows = self.expert_rows
             if isinstance(out, torch.Tensor) and (rows is None or rows.numel() > 0):
-                for e in specs:
-                    self._capture.experts[e.name] = expert_output(out, e, rows)
+                with self._quiet():
+                    for e in specs:
+                        self._capture.experts[e.name] = expert_output(out, e, rows)
 
         return hook
 
-    def _start_forward(self, _module: nn.Module, _args) -> None:
+    def _start_forward(self, _module: nn.Module, args) -> None:
         self._calls.clear()
+        if self._taps is not None:
+            self._taps.new_forward()
+        if self._needs_batch:
+            firsts = [int(t.shape[0]) for t in iter_tensors(args) if t.dim()]
+            self._batch = max(firsts, key=firsts.count) if firsts else None
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self) -> GateRecorder:
@@ -165,6 +215,9 @@ class GateRecorder:
         self._mode_ctx.__enter__()
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
+            if self._taps is not None:
+                self._taps_ctx = self._taps.attach(self.model)
+                self._taps_ctx.__enter__()
             for path in self._gate_modules:
                 self._handles.append(self._modules[path].register_forward_hook(self._gate_hook(path)))
             for path in self._expert_modules:
@@ -182,6 +235,9 @@ class GateRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._taps_ctx is not None:
+            ctx, self._taps_ctx = self._taps_ctx, None
+            ctx.__exit__(None, None, None)
         if self._mode_ctx is not None:
             ctx, self._mode_ctx = self._mode_ctx, None
             ctx.__exit__(None, None, None)

@@ -6,7 +6,6 @@ Everything here is pure bookkeeping over `Graph` nodes (shapes and op arguments)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,24 +48,7 @@ VIEW_OPS = frozenset(
         "atleast_3d",
     }
 )
-MUL_OPS = frozenset({"mul", "rmul", "multiply"})
-MATMUL_OPS = frozenset({"matmul", "bmm", "rmatmul"})
-SUM_OPS = frozenset({"sum", "nansum"})
-
-
-@dataclass(frozen=True)
-class Mixture:
-    """A gate-weighted sum of experts found in the graph.
-
-    `combine` is the op weighting the experts (mul/matmul/bmm/einsum), `output` the node holding the
-    mixture (after the reduction over experts), `experts` the `[batch, E, dim]`-like expert tensor and
-    `axis` its expert axis.
-    """
-
-    combine: int
-    output: int
-    experts: int
-    axis: int
+SUM_OPS = frozenset({"sum", "nansum", "mean"})
 
 
 def norm_dim(dim: Any, ndim: int) -> int | None:
@@ -196,118 +178,6 @@ def find_reduction(graph: Graph, start: int, axis: int) -> int | None:
                 continue
             if _sum_dims(graph, child) == {ax}:
                 return c
-    return None
-
-
-def _operands(node: Node) -> tuple[Any, Any]:
-    """(left, right) operands of a binary op; `__rmatmul__` swapped back to `left @ right`."""
-    a, b = node.arg(0, "input"), node.arg(1, "other")
-    if node.op == "rmatmul":  # other @ self
-        a, b = b, a
-    return a, b
-
-
-def mul_mixture(graph: Graph, node: Node, g: int, axis: int, n_experts: int) -> Mixture | None:
-    """`gate * experts` (broadcast) followed by a sum over the expert axis."""
-    a, b = _operands(node)
-    if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
-        return None
-    other = b if a.node == g else a if b.node == g else None
-    if other is None:
-        return None
-    gn, on = graph.nodes[g], graph.nodes[other.node]
-    nd = node.ndim
-    batch = graph.batch_size
-    if nd < 3 or gn.ndim != nd or on.ndim != nd or node.shape[0] != batch or on.shape[0] != batch:
-        return None
-    if on.shape[axis] != n_experts:
-        return None
-    red = find_reduction(graph, node.idx, axis)
-    if red is None:
-        return None
-    return Mixture(node.idx, red, other.node, axis)
-
-
-def matmul_mixture(graph: Graph, node: Node, g: int, axis: int, n_experts: int) -> Mixture | None:
-    """`[B, 1, E] @ [B, E, D]` or `[B, D, E] @ [B, E, 1]` (the contraction is the reduction)."""
-    a, b = _operands(node)
-    if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
-        return None
-    gn = graph.nodes[g]
-    batch = graph.batch_size
-    if gn.ndim != 3:
-        return None
-    if a.node == g and axis == 2:
-        on = graph.nodes[b.node]
-        if on.ndim == 3 and on.shape[0] == batch and on.shape[1] == n_experts:
-            return Mixture(node.idx, node.idx, b.node, 1)
-    if b.node == g and axis == 1 and gn.shape[2] == 1:
-        on = graph.nodes[a.node]
-        if on.ndim == 3 and on.shape[0] == batch and on.shape[2] == n_experts:
-            return Mixture(node.idx, node.idx, a.node, 2)
-    return None
-
-
-def _einsum_parts(node: Node) -> tuple[list[str], str, list[Any]] | None:
-    if not node.args or not isinstance(node.args[0], str):
-        return None
-    eq = node.args[0].replace(" ", "")
-    ops = list(node.args[1:])
-    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
-        ops = list(ops[0])
-    if "." in eq:
-        return None
-    if "->" in eq:
-        lhs, rhs = eq.split("->")
-    else:
-        lhs = eq
-        letters = lhs.replace(",", "")
-        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    subs = lhs.split(",")
-    if len(subs) != len(ops):
-        return None
-    return subs, rhs, ops
-
-
-def einsum_mixture(graph: Graph, node: Node, g: int, axis: int, n_experts: int) -> Mixture | None:
-    """`einsum("be,bed->bd", gate, experts)` and any spelling that contracts the expert letter."""
-    parts = _einsum_parts(node)
-    if parts is None:
-        return None
-    subs, rhs, ops = parts
-    batch = graph.batch_size
-    for i, op in enumerate(ops):
-        if op != Ref(g) or len(subs[i]) != graph.nodes[g].ndim:
-            continue
-        e_letter, b_letter = subs[i][axis], subs[i][0]
-        if e_letter in rhs or b_letter not in rhs:
-            continue
-        for j, other in enumerate(ops):
-            if j == i or not isinstance(other, Ref) or e_letter not in subs[j]:
-                continue
-            on = graph.nodes[other.node]
-            if len(subs[j]) != on.ndim or on.ndim < 2 or subs[j][0] != b_letter or on.shape[0] != batch:
-                continue
-            pos = subs[j].index(e_letter)
-            if on.shape[pos] == n_experts:
-                return Mixture(node.idx, node.idx, other.node, pos)
-    return None
-
-
-def find_mixture(graph: Graph, chain: list[tuple[int, int]], n_experts: int) -> Mixture | None:
-    """The first op that uses a node of the gate's view chain to weight and sum `n_experts` experts."""
-    for g, ax in chain:
-        for c in graph.children[g]:
-            child = graph.nodes[c]
-            found: Mixture | None = None
-            if child.op in MUL_OPS:
-                found = mul_mixture(graph, child, g, ax, n_experts)
-            elif child.op in MATMUL_OPS:
-                found = matmul_mixture(graph, child, g, ax, n_experts)
-            elif child.op == "einsum":
-                found = einsum_mixture(graph, child, g, ax, n_experts)
-            if found is not None:
-                return found
     return None
 
 

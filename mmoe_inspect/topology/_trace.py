@@ -12,9 +12,11 @@ Every tensor of the batch is kept alive in the graph so `id()` stays unique whil
 ops are told apart from ops that merely return their input (dropout in eval, `contiguous`) by the
 tensor's version counter: a mutated tensor gets a new node, an untouched alias keeps its node.
 
-Softmax outputs shaped like a gate are replaced (same values) by `leaf.clone()` where `leaf` is a
-detached tensor requiring grad; discovery later asks autograd which task outputs depend on them,
-with `torch.autograd.grad`, never `.backward()`.
+Every torch function call that had a tensor argument gets a sequence number (`Graph.ops`, with the
+module stack at call time): function-level gates are located by "the k-th call of op X while module
+M runs", and `replay_with_leaves` runs the forward again with chosen calls' outputs replaced (same
+values) by `output + leaf`, `leaf` zeros requiring grad, so discovery can ask autograd
+which task outputs depend on them (`torch.autograd.grad`, never `.backward()`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class Node:
     `op` is the normalized op name (`"softmax"`, `"mul"`, `"getitem"`, ...) or, for tensors no op
     made, `"input"` (the example input), `"param"`, `"buffer"` or `"const"`. `args`/`kwargs` are the
     op's arguments with every tensor replaced by a `Ref`. `module` is the innermost module executing
-    when the op ran (None outside any submodule call). `leaf` is set on gate-shaped softmax outputs:
-    the detached, grad-requiring tensor the output was rebuilt from.
+    when the op ran (None outside any submodule call). `seq` is the sequence number of the call that
+    made the node (-1 for source nodes); its op and module stack are `Graph.ops[seq]`.
     """
 
     idx: int
@@ -58,7 +60,7 @@ class Node:
     module: str | None
     name: str | None = None
     out_pos: int = 0
-    leaf: torch.Tensor | None = field(default=None, repr=False)
+    seq: int = -1
     tensor: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -98,6 +100,7 @@ class Graph:
     param_names: dict[int, str] = field(default_factory=dict)
     buffer_names: dict[int, str] = field(default_factory=dict)
     stack: list[str] = field(default_factory=list)
+    ops: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     _children: list[list[int]] | None = None
 
     # ------------------------------------------------------------------ building
@@ -126,12 +129,12 @@ class Graph:
         *,
         name: str | None = None,
         out_pos: int = 0,
-        leaf: torch.Tensor | None = None,
+        seq: int = -1,
     ) -> int:
         idx = len(self.nodes)
         module = self.stack[-1] if self.stack else None
         self.nodes.append(
-            Node(idx, op, parents, args, kwargs, tuple(t.shape), module, name, out_pos, leaf, tensor=t)
+            Node(idx, op, parents, args, kwargs, tuple(t.shape), module, name, out_pos, seq, tensor=t)
         )
         self.current[id(t)] = idx
         self._children = None
@@ -159,6 +162,12 @@ class Graph:
         if not calls:
             return None
         return min(calls, key=lambda c: c.depth)
+
+    def occurrence(self, idx: int, module: str) -> int:
+        """How many calls of node `idx`'s op ran while `module` was executing before the call that made it."""
+        seq = self.nodes[idx].seq
+        op = self.nodes[idx].op
+        return sum(1 for o, stack in self.ops[:seq] if o == op and module in stack)
 
     def descendants(self, idx: int) -> set[int]:
         """Every node computed (transitively) from node `idx`, itself included."""
@@ -244,7 +253,7 @@ def gate_axis(shape: tuple[int, ...], dim: int | None, batch: int) -> int | None
 
 # ---------------------------------------------------------------------- tracing
 class _Tracer(TorchFunctionMode):
-    """Records every torch function call into `graph`; rebuilds gate-shaped softmaxes from grad leaves."""
+    """Records every torch function call into `graph` (see module docstring)."""
 
     def __init__(self, graph: Graph) -> None:
         super().__init__()
@@ -258,12 +267,14 @@ class _Tracer(TorchFunctionMode):
         if not ins:
             return func(*args, **kwargs)
         g = self.graph
+        name = op_name(func)
+        seq = len(g.ops)
+        g.ops.append((name, tuple(g.stack)))
         parents = tuple(g.node_of(t) for t in ins)
         ref_of = {id(t): Ref(p) for t, p in zip(ins, parents, strict=True)}
         before = [_version(t) for t in ins]
         out = func(*args, **kwargs)
         outs = list(iter_tensors(out))
-        name = op_name(func)
         if not outs and name != "setitem":
             return out
         r_args = _replace(args, lambda t: ref_of[id(t)])
@@ -273,22 +284,64 @@ class _Tracer(TorchFunctionMode):
         mutated = {id(t) for t, v in zip(ins, before, strict=True) if v >= 0 and _version(t) != v}
         for t in ins:
             if id(t) in mutated and not any(o is t for o in outs):
-                g._add(name, parents, r_args, r_kwargs, t)
-        new_out = out
+                g._add(name, parents, r_args, r_kwargs, t, seq=seq)
         for pos, o in enumerate(outs):
             if id(o) in in_ids and id(o) not in mutated:
                 continue  # the op returned its input untouched (dropout in eval, contiguous, ...)
-            if name == "softmax" and isinstance(out, torch.Tensor) and o.is_floating_point():
-                dim = softmax_dim(args, kwargs, o.ndim)
-                if gate_axis(tuple(o.shape), dim, g.batch_size) is not None:
-                    leaf = o.detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        sub = leaf.clone()
-                    g._add(name, parents, r_args, r_kwargs, sub, out_pos=pos, leaf=leaf)
-                    new_out = sub
-                    continue
-            g._add(name, parents, r_args, r_kwargs, o, out_pos=pos)
-        return new_out
+            g._add(name, parents, r_args, r_kwargs, o, out_pos=pos, seq=seq)
+        return out
+
+
+class CallCounter(TorchFunctionMode):
+    """Counts torch function calls exactly as `_Tracer` numbers them: every call with a tensor argument.
+
+    Subclasses act on chosen calls through `on_call(seq, name, args, kwargs, out) -> out`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = 0
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not any(True for _ in iter_tensors((args, kwargs))):
+            return out
+        seq = self.seq
+        self.seq += 1
+        return self.on_call(seq, func, args, kwargs, out)
+
+    def on_call(self, seq: int, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+        return out
+
+
+class _LeafMode(CallCounter):
+    """Replaces the output of chosen calls by `output + leaf` (same values), `leaf` zeros requiring grad."""
+
+    def __init__(self, targets: dict[int, int]) -> None:
+        super().__init__()
+        self.targets = targets  # call seq -> output position
+        self.leaves: dict[int, torch.Tensor] = {}
+
+    def on_call(self, seq: int, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+        pos = self.targets.get(seq)
+        if pos is None:
+            return out
+        outs = list(iter_tensors(out))
+        if pos >= len(outs) or not outs[pos].is_floating_point():
+            return out
+        # `out + 0` with the zeros a grad leaf: the same values, and unlike a detached copy it keeps the
+        # original graph, so a leaf on an upper-level mixture does not cut the paths of the levels below
+        leaf = torch.zeros_like(outs[pos]).requires_grad_(True)
+        with torch.enable_grad():
+            sub = outs[pos] + leaf
+        self.leaves[seq] = leaf
+        if isinstance(out, torch.Tensor):
+            return sub
+        k = iter(range(len(outs)))
+        return _replace(out, lambda t: sub if next(k) == pos else t)
 
 
 @contextlib.contextmanager
@@ -330,6 +383,26 @@ def call_model(model: nn.Module, example_input: Any) -> Any:
     if isinstance(example_input, tuple):
         return model(*example_input)
     return model(example_input)
+
+
+def replay_with_leaves(
+    model: nn.Module, example_input: Any, targets: dict[int, int]
+) -> tuple[Any, dict[int, torch.Tensor]]:
+    """Run the forward again (eval mode, grad enabled) with the outputs of the calls `targets`
+    (call seq -> output position, numbered as `trace_forward` numbers them) plus a zero grad leaf each.
+
+    Returns the output and `{seq: leaf}`; the model is left as found (modes restored).
+    """
+    modes = {m: m.training for m in model.modules()}
+    mode = _LeafMode(targets)
+    try:
+        model.eval()
+        with torch.enable_grad(), mode:
+            out = call_model(model, example_input)
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+    return out, mode.leaves
 
 
 def trace_forward(model: nn.Module, example_input: Any) -> tuple[Graph, Any]:

@@ -27,7 +27,8 @@ parameter, buffer or `.grad` touched.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +36,28 @@ import torch
 from torch import nn
 
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
-from mmoe_inspect.topology._graphops import backward_views, find_mixture, forward_views
-from mmoe_inspect.topology._tasks import parse_outputs, task_specs
-from mmoe_inspect.topology._trace import ROOT, Graph, Ref, gate_axis, softmax_dim, trace_forward
-from mmoe_inspect.topology.spec import ExpertSpec, GateOutput, GateSpec, Topology, TopologyError
+from mmoe_inspect.topology._graphops import backward_views, find_reduction, forward_views, view_parent
+from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures
+from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
+from mmoe_inspect.topology._trace import (
+    ROOT,
+    Graph,
+    Ref,
+    gate_axis,
+    iter_tensors,
+    replay_with_leaves,
+    softmax_dim,
+    trace_forward,
+)
+from mmoe_inspect.topology.spec import (
+    ExpertSpec,
+    GateOutput,
+    GateSpec,
+    TaskSpec,
+    Topology,
+    TopologyError,
+    Unresolved,
+)
 
 __all__ = ["NO_GATES_NOTE", "discover_topology", "validate_topology"]
 
@@ -61,22 +80,27 @@ _PENALTY = {
 class _Gate:
     """A confirmed gate while it is being described."""
 
-    softmax: int
+    producer: int  # node of the weights where they are read (module output, op output or combine op)
+    weights: int  # node of the weights as the combination reads them
     n_experts: int
     mixture_output: int
-    expert_node: int
+    expert_nodes: list[int]
     experts: list[ExpertRef]
     module: str
     output: GateOutput
     dim: int
     call: int | None
-    leaf: torch.Tensor
+    op: str | None = None
+    occurrence: int = 0
+    arg: int = -1
+    batch_dim: int = 0
     tasks: set[str] = field(default_factory=set)
     task: str | None = None
     level: int = 0
     name: str = ""
     deps: list[int] = field(default_factory=list)
     refined: bool = False
+    uses: int = 1
 
 
 def _where(graph: Graph, idx: int) -> str:
@@ -85,42 +109,96 @@ def _where(graph: Graph, idx: int) -> str:
     return "the model's forward" if module in (None, ROOT) else f"{module}"
 
 
-def _gate_module(
-    graph: Graph, s_idx: int, chain: list[tuple[int, int]], n_experts: int
-) -> tuple[str, GateOutput, int, int | None, str | None] | None:
-    """(module, output, dim, call, note) for the gate softmax `s_idx`, or None if not hookable."""
-    batch = graph.batch_size
+def _gate_shaped(graph: Graph, idx: int, ax: int | None, bax: int | None, n_experts: int) -> bool:
+    """Node `idx` holds only the gate: `n_experts` on `ax`, the batch on `bax` (if any), 1 elsewhere."""
+    shape = graph.nodes[idx].shape
+    if ax is None or ax >= len(shape) or shape[ax] != n_experts:
+        return False
+    if bax is not None and (bax >= len(shape) or shape[bax] != graph.batch_size):
+        return False
+    return all(s == 1 for i, s in enumerate(shape) if i not in (ax, bax))
 
-    def gate_like(idx: int, ax: int | None) -> bool:
-        shape = graph.nodes[idx].shape
-        return (
-            ax is not None
-            and len(shape) > ax
-            and shape[0] == batch
-            and shape[ax] == n_experts
-            and all(s == 1 for i, s in enumerate(shape) if i not in (0, ax))
-        )
 
-    probs = None
-    for idx, ax in chain:
-        call = graph.outermost_call(idx)
-        if call is not None and gate_like(idx, ax):
-            probs = (call, ax)
-            break
-    logits = None
-    s = graph.nodes[s_idx]
-    src = s.args[0] if s.args else None
-    if isinstance(src, Ref):
-        dim = softmax_dim(s.args, s.kwargs, s.ndim)
-        for idx, ax in backward_views(graph, src.node, dim):
-            call = graph.outermost_call(idx)
-            if call is not None:
-                if gate_like(idx, ax):
-                    logits = (call, ax)
-                break
+def _chain(graph: Graph, idx: int, ax: int, bax: int | None) -> list[tuple[int, int | None, int | None]]:
+    """`idx` and its ancestors through view-like ops, nearest first, with the expert and batch axes."""
+    e_chain = backward_views(graph, idx, ax)
+    b_chain = backward_views(graph, idx, bax) if bax is not None else [(i, None) for i, _ in e_chain]
+    return [(i, a, b) for (i, a), (_, b) in zip(e_chain, b_chain, strict=True)]
+
+
+def _row_values(graph: Graph, idx: int, ax: int | None, bax: int | None) -> torch.Tensor | None:
+    """The values of node `idx` as `[rows, E]` float64 (None when not available)."""
+    t = graph.nodes[idx].tensor
+    if t is None or ax is None or not t.is_floating_point():
+        return None
+    t = t.detach().to(torch.float64)
+    if bax is None:
+        return t.movedim(ax, -1).reshape(-1, t.shape[ax])[:1]
+    return t.movedim((bax, ax), (0, -1)).reshape(t.shape[bax], -1, t.shape[ax]).reshape(-1, t.shape[ax])
+
+
+def _kind_of(graph: Graph, idx: int, ax: int | None, bax: int | None) -> GateOutput:
+    """ "probs" when every row is a distribution over the experts, else "weights"."""
+    node = graph.nodes[idx]
+    if node.op == "softmax" and softmax_dim(node.args, node.kwargs, node.ndim) == ax:
+        return "probs"
+    rows = _row_values(graph, idx, ax, bax)
+    if rows is None or not bool(torch.isfinite(rows).all()):
+        return "weights"
+    if float(rows.min()) >= -1e-6 and float((rows.sum(-1) - 1.0).abs().max()) <= 1e-4:
+        return "probs"
+    return "weights"
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Where a gate is read: module output (op None) or a torch function call."""
+
+    module: str
+    output: GateOutput
+    dim: int
+    batch_dim: int
+    call: int | None = None
+    op: str | None = None
+    occurrence: int = 0
+    arg: int = -1
+    producer: int = -1
+    note: str | None = None
+
+
+def _locate(graph: Graph, mix: Mixture) -> _Located | str:
+    """Where the weights of `mix` can be recorded (module output first, else a function call), or why not."""
+    e = mix.n_experts
+    chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
     n_calls = graph.calls
+    probs = None
+    for idx, ax, bax in reversed(chain):  # from the producer towards the combination
+        call = graph.outermost_call(idx)
+        if call is not None and _gate_shaped(graph, idx, ax, bax, e):
+            probs = (call, idx, ax, bax)
+            break
+    producer, pax, pbax = chain[-1]
+    pnode = graph.nodes[producer]
+    logits = None
+    if pnode.op == "softmax" and pax is not None and softmax_dim(pnode.args, pnode.kwargs, pnode.ndim) == pax:
+        src = pnode.args[0] if pnode.args else None
+        if isinstance(src, Ref):
+            for idx, ax, bax in _chain(graph, src.node, pax, pbax):
+                call = graph.outermost_call(idx)
+                if call is not None:
+                    if _gate_shaped(graph, idx, ax, bax, e):
+                        logits = (call, idx, ax, bax)
+                    break
+
+    def module_gate(
+        found: tuple, output: GateOutput | None, call_index: int | None, note: str | None
+    ) -> _Located:
+        call, idx, ax, bax = found
+        kind = output or _kind_of(graph, idx, ax, bax)
+        return _Located(call.path, kind, ax, -1 if bax is None else bax, call_index, producer=idx, note=note)
+
     if probs is not None and n_calls.get(probs[0].path, 1) == 1:
-        return probs[0].path, "probs", probs[1], None, None
+        return module_gate(probs, None, None, None)
     if logits is not None and n_calls.get(logits[0].path, 1) == 1:
         note = None
         if probs is not None:
@@ -128,22 +206,57 @@ def _gate_module(
                 f"softmax module {probs[0].path} runs {n_calls[probs[0].path]} times per forward; "
                 f"gate traced to the module producing its logits, {logits[0].path}"
             )
-        return logits[0].path, "logits", logits[1], None, note
+        return module_gate(logits, "logits", None, note)
     chosen = probs or logits
-    if chosen is None:
-        return None
-    call, ax = chosen
-    kind: GateOutput = "probs" if chosen is probs else "logits"
-    note = (
-        f"module {call.path} runs {n_calls[call.path]} times per forward; this gate is its call {call.call}"
-    )
-    return call.path, kind, ax, call.call, note
+    if chosen is not None:
+        call = chosen[0]
+        note = f"module {call.path} runs {n_calls[call.path]} times per forward; this gate is its call {call.call}"
+        return module_gate(chosen, "logits" if chosen is logits else None, call.call, note)
+    if pnode.seq >= 0 and pnode.out_pos == 0 and pax is not None:
+        module = pnode.module or ROOT
+        return _Located(
+            module,
+            _kind_of(graph, producer, pax, pbax),
+            pax,
+            -1 if pbax is None else pbax,
+            op=pnode.op,
+            occurrence=graph.occurrence(producer, module),
+            producer=producer,
+        )
+    cnode = graph.nodes[mix.combine]
+    if mix.arg >= 0 and cnode.seq >= 0:  # weights that no op made (a parameter, a constant): read at the mix
+        module = cnode.module or ROOT
+        w = graph.nodes[mix.weights]
+        return _Located(
+            module,
+            _kind_of(graph, mix.weights, mix.w_axis, mix.w_batch),
+            mix.w_axis,
+            -1 if mix.w_batch is None else mix.w_batch,
+            op=cnode.op,
+            occurrence=graph.occurrence(mix.combine, module),
+            arg=mix.arg,
+            producer=mix.weights,
+            note=f"gate weights {list(w.shape)} are read where {cnode.op} in {_where(graph, mix.combine)} uses them",
+        )
+    return "its weights are made where no torch function call can be located"
+
+
+def _gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
+    """Prefer, among readings of one combination, weights that look like a gate (a distribution)."""
+    chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    producer, pax, pbax = chain[-1]
+    kind = _kind_of(graph, producer, pax, pbax)
+    op = graph.nodes[producer].op
+    return (0 if kind == "probs" else 1 if op in ("sigmoid", "softmax") else 2, mix.combine)
 
 
 def _levels(graph: Graph, gates: list[_Gate]) -> None:
     """Level 0 = closest to the input; a gate whose mixture reaches another gate's experts is lower."""
-    reach = [graph.descendants(g.softmax) for g in gates]
-    deps = [[i for i, r in enumerate(reach) if i != j and g.expert_node in r] for j, g in enumerate(gates)]
+    reach = [graph.descendants(g.mixture_output) for g in gates]
+    deps = [
+        [i for i, r in enumerate(reach) if i != j and any(n in r for n in g.expert_nodes)]
+        for j, g in enumerate(gates)
+    ]
     memo: dict[int, int] = {}
 
     def level(j: int, stack: frozenset[int]) -> int:
@@ -186,7 +299,7 @@ def _name_gates(gates: list[_Gate], task_order: dict[str, int]) -> None:
         key=lambda g: (
             g.level,
             task_order.get(g.task, len(task_order)) if g.task else len(task_order),
-            g.softmax,
+            g.producer,
         )
     )
     used: dict[str, int] = {}
@@ -251,7 +364,7 @@ def discover_topology(
             f"discovery could not run the model on the example input: {type(exc).__name__}: {exc}"
         ) from exc
     with torch.inference_mode(False), torch.enable_grad():
-        return _describe(model, graph, out, task_names, task_kinds)
+        return _describe(model, graph, out, task_names, task_kinds, _usable(example_input))
 
 
 def _usable(x: Any) -> Any:
@@ -273,6 +386,7 @@ def _describe(
     out: Any,
     task_names: Sequence[str] | None,
     task_kinds: Any,
+    example_input: Any,
 ) -> Topology:
     """Steps 1-8 of the module docstring on a traced forward: the `Topology` with notes and confidence."""
     notes: list[str] = []
@@ -284,73 +398,95 @@ def _describe(
     if kinds_guessed:
         penalties.add("kinds")
 
-    # 1-4: candidates -> gates (module, experts)
+    # 1-4: mixtures -> gates (where their weights are read, which experts they mix)
     tracer = ExpertTracer(graph)
     gates: list[_Gate] = []
-    not_gates: list[str] = []
-    seen_modules: set[tuple[str, int | None]] = set()
-    for s in graph.nodes:
-        if s.op != "softmax" or s.leaf is None:
-            continue
-        axis = gate_axis(s.shape, softmax_dim(s.args, s.kwargs, s.ndim), graph.batch_size)
-        if axis is None:
-            continue
-        n_exp = s.shape[axis]
-        chain = forward_views(graph, s.idx, axis)
-        mix = find_mixture(graph, chain, n_exp)
-        where = _where(graph, s.idx)
-        if mix is None:
-            not_gates.append(f"{list(s.shape)} in {where}")
-            continue
-        experts = tracer.resolve(mix.experts, mix.axis, n_exp)
-        if isinstance(experts, str):
-            notes.append(f"softmax {list(s.shape)} in {where} {experts}; not a gate")
-            continue
-        found = _gate_module(graph, s.idx, chain, n_exp)
-        if found is None:
-            penalties.add("untraced")
-            notes.append(
-                f"softmax {list(s.shape)} in {where} mixes {n_exp} experts, but neither its probabilities "
-                "nor its logits are the output of a module (e.g. a temperature or mask applied inline); "
-                "it is left out: write its gate by hand in a spec file"
+    rejected: list[tuple[Mixture, str]] = []
+    unresolved: list[Unresolved] = []
+    by_producer: dict[int, _Gate] = {}
+    mixtures = find_mixtures(graph)
+    readings: dict[int, list[Mixture]] = {}
+    for mix in mixtures:
+        readings.setdefault(mix.combine, []).append(mix)
+    done_outputs: set[int] = set()
+    for combine in sorted(readings):
+        for mix in sorted(readings[combine], key=lambda m: _gate_score(graph, m)):
+            if mix.output in done_outputs:
+                break
+            experts = _resolve_experts(tracer, mix)
+            where = _where(graph, mix.combine)
+            if isinstance(experts, str):
+                rejected.append((mix, experts))
+                continue
+            found = _locate(graph, mix)
+            if isinstance(found, str):
+                rejected.append((mix, found))
+                unresolved.append(
+                    Unresolved(
+                        f"a mixture of {mix.n_experts} experts ({graph.nodes[mix.combine].op})",
+                        _module_of(graph, mix.combine),
+                        found,
+                        _function_snippet(graph, mix.combine, mix.n_experts, tasks, arg=mix.arg),
+                    )
+                )
+                done_outputs.add(mix.output)
+                break
+            done_outputs.add(mix.output)
+            same = by_producer.get(found.producer)
+            if same is not None:
+                same.uses += 1
+                break
+            if found.note:
+                notes.append(found.note)
+                if found.call is not None:
+                    penalties.add("call")
+            gate = _Gate(
+                producer=found.producer,
+                weights=mix.weights,
+                n_experts=mix.n_experts,
+                mixture_output=mix.output,
+                expert_nodes=[n for n, _ in mix.experts],
+                experts=experts,
+                module=found.module,
+                output=found.output,
+                dim=found.dim,
+                call=found.call,
+                op=found.op,
+                occurrence=found.occurrence,
+                arg=found.arg,
+                batch_dim=found.batch_dim,
             )
-            continue
-        module, output, dim, call, note = found
-        if (module, call) in seen_modules:
-            notes.append(f"softmax {list(s.shape)} in {where} repeats gate module {module}; counted once")
-            continue
-        seen_modules.add((module, call))
-        if note:
-            notes.append(note)
-            if call is not None:
-                penalties.add("call")
-        extra = [
-            c
-            for idx, _ in chain
-            for c in graph.children[idx]
-            if c != mix.combine and graph.nodes[c].op in ("mul", "matmul", "bmm", "einsum")
-        ]
-        if extra:
+            if found.op is not None:
+                notes.append(
+                    f"gate weights in {where} are read at the function level: {found.op} call #{found.occurrence}"
+                    + (f" (argument {found.arg})" if found.arg >= 0 else "")
+                    + f" while {found.module or 'the model'} runs"
+                )
+            by_producer[found.producer] = gate
+            gates.append(gate)
+            break
+    for g in gates:
+        if g.uses > 1:
             penalties.add("extra_mix")
-            notes.append(
-                f"gate {module} is used in {len(extra) + 1} weighting ops; only the first was traced"
-            )
-        gates.append(_Gate(s.idx, n_exp, mix.output, mix.experts, experts, module, output, dim, call, s.leaf))
-    if not_gates:
+            notes.append(f"one gate's weights are used in {g.uses} weighting ops; only the first was traced")
+    if rejected:
+        shown = {(graph.nodes[m.weights].shape, why, _where(graph, m.combine)) for m, why in rejected}
         notes.append(
-            f"{len(not_gates)} softmax output(s) mix no experts and are not gates: " + "; ".join(not_gates)
+            f"{len(shown)} weighted combination(s) are not gates: "
+            + "; ".join(f"{list(shape)} in {where} {why}" for shape, why, where in sorted(shown, key=str))
         )
 
+    task_nodes = _task_nodes(graph, out, outputs)
+    unresolved += _unexplained_softmaxes(graph, gates, rejected, task_nodes, tasks, notes)
+    unresolved += _named_like_gates(model, graph, gates, tasks, notes)
+
     if not gates:
-        untraced = "untraced" in penalties
-        if untraced:
-            notes.insert(
-                0, "no recordable gates: softmax gates mix experts but none could be traced to a module"
-            )
+        if unresolved:
+            notes.insert(0, f"no recordable gates, and {len(unresolved)} gate-like item(s) unresolved")
         else:
             notes.insert(0, NO_GATES_NOTE)
             notes.append(
-                "gates that are not a softmax call (sigmoid gates, a hand-written exp/sum) would not be detected"
+                "no per-row weighted combination of expert outputs was found anywhere in the forward"
             )
         confidence = 0.8 - sum(_PENALTY[p] for p in penalties)
         return Topology(
@@ -358,17 +494,31 @@ def _describe(
             source="discovered",
             confidence=round(max(0.0, min(1.0, confidence)), 3),
             notes=tuple(notes),
-            architecture=None if untraced else "shared_bottom",
+            architecture=None if unresolved else "shared_bottom",
+            unresolved=tuple(unresolved),
         )
 
-    # 6: which tasks each gate moves (autograd on this batch, never .backward())
-    leaves = [g.leaf for g in gates]
+    # 6: which tasks each gate's mixture moves (autograd on a replay of this batch, never .backward())
+    targets = {graph.nodes[g.mixture_output].seq: graph.nodes[g.mixture_output].out_pos for g in gates}
+    try:
+        out2, leaves = replay_with_leaves(model, example_input, targets)
+    except Exception as exc:  # the first forward ran: a failing replay is the model's nondeterminism
+        raise TopologyError(
+            f"discovery could not replay the model's forward: {type(exc).__name__}: {exc}"
+        ) from exc
     for o in outputs:
-        total = o.tensor.float().sum()
+        pred = _task_tensor(out2, o)
+        if pred is None:
+            continue
+        total = pred.float().sum()
         if not total.requires_grad:
             continue
-        grads = torch.autograd.grad(total, leaves, allow_unused=True, retain_graph=True)
-        for g, grad in zip(gates, grads, strict=True):
+        wanted = [(g, leaves.get(graph.nodes[g.mixture_output].seq)) for g in gates]
+        present = [(g, leaf) for g, leaf in wanted if leaf is not None]
+        if not present:
+            continue
+        grads = torch.autograd.grad(total, [lf for _, lf in present], allow_unused=True, retain_graph=True)
+        for (g, _), grad in zip(present, grads, strict=True):
             if grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0:
                 g.tasks.add(o.name)
     _levels(graph, gates)
@@ -405,7 +555,9 @@ def _describe(
         mixing = [g for g in gates if any(x.key == r.key for x in g.experts)]
         level = min(g.level for g in mixing)
         owners = {g.task for g in mixing if g.task is not None and g.level == level}
-        owner = next(iter(owners)) if len(owners) == 1 else "shared"
+        at_level = [g for g in gates if g.level == level]
+        mixed_by_all = all(any(x.key == r.key for x in g.experts) for g in at_level)
+        owner = next(iter(owners)) if len(owners) == 1 and not mixed_by_all else "shared"
         specs.append(ExpertSpec(expert_name(r), module=r.module, index=r.index, owner=owner, level=level))
     specs.sort(key=lambda e: e.level)
     gate_specs = tuple(
@@ -418,6 +570,10 @@ def _describe(
             output=g.output,
             dim=g.dim,
             call=g.call,
+            op=g.op,
+            occurrence=g.occurrence,
+            arg=g.arg,
+            batch_dim=g.batch_dim,
         )
         for g in gates
     )
@@ -444,10 +600,21 @@ def _describe(
         penalties.add("no_task")
         idle = ", ".join(g.name for g in gates if not g.tasks and not g.refined)
         notes.append(f"gates whose mixture reaches no task output on this batch (kept as shared): {idle}")
-    if "inline" not in penalties and "call" not in penalties and "untraced" not in penalties:
+    weights_gates = [g.name for g in gates if g.output == "weights"]
+    if weights_gates:
+        notes.append(
+            f"gate(s) {', '.join(weights_gates)} are not distributions over their experts (rows need not sum "
+            "to 1): utilization, top-1 share, co-activation and label routing apply; entropy and JSD do not"
+        )
+    functional = [g for g in gates if g.op is not None]
+    if not ({"inline", "call"} & penalties) and not functional:
         notes.insert(0, f"{len(gates)} gate(s) traced to modules; experts traced to module outputs")
     else:
-        notes.insert(0, f"{len(gates)} gate(s) found")
+        notes.insert(
+            0,
+            f"{len(gates)} gate(s) found"
+            + (f" ({len(functional)} read at the function level)" if functional else ""),
+        )
     confidence = 1.0 - sum(_PENALTY[p] for p in penalties)
     arch = _architecture(gates, specs, len(tasks))
     return Topology(
@@ -458,6 +625,324 @@ def _describe(
         confidence=round(max(0.0, min(1.0, confidence)), 3),
         notes=tuple(notes),
         architecture=arch,
+        unresolved=tuple(unresolved),
+    )
+
+
+def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str:
+    """The experts a mixture weights: one stacked tensor, or one tensor per expert."""
+    if len(mix.experts) == 1 and mix.experts[0][1] is not None:
+        node, axis = mix.experts[0]
+        return tracer.resolve(node, axis, mix.n_experts)
+    out: list[ExpertRef] = []
+    for node, _ in mix.experts:
+        got = tracer.resolve(node, None, 1)
+        if isinstance(got, str):
+            return got
+        out.extend(got)
+    if len({r.key for r in out}) != len(out):
+        return "weights the same tensor several times, not several experts"
+    return out
+
+
+def _module_of(graph: Graph, idx: int) -> str:
+    module = graph.nodes[idx].module
+    return ROOT if module is None else module
+
+
+def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
+    """Nodes holding the task predictions (and the output tensor they were sliced from)."""
+    found = {o.node for o in outputs if o.node is not None}
+    for t in iter_tensors(out):
+        idx = graph.current.get(id(t))
+        if idx is not None:
+            found.add(idx)
+    return found
+
+
+def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
+    """Task `o`'s prediction in a second run's output `out` (same structure as the traced one)."""
+    try:
+        if isinstance(out, torch.Tensor):
+            return out if o.output is None else out[:, o.output]
+        if isinstance(out, Mapping):
+            return out[o.output]
+        if isinstance(out, (list, tuple)):
+            return out[o.output]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return None
+
+
+def _unexplained_softmaxes(
+    graph: Graph,
+    gates: list[_Gate],
+    rejected: list[tuple[Mixture, str]],
+    task_nodes: set[int],
+    tasks: tuple[TaskSpec, ...],
+    notes: list[str],
+) -> list[Unresolved]:
+    """Gate-shaped softmaxes that reach the task outputs but are neither a found gate nor explained."""
+    out: list[Unresolved] = []
+    gate_weights = {g.weights for g in gates} | {g.producer for g in gates}
+    rejected_weights = {m.weights for m, _ in rejected}
+    quiet: list[str] = []
+    for s in graph.nodes:
+        if s.op != "softmax":
+            continue
+        dim = softmax_dim(s.args, s.kwargs, s.ndim)
+        if dim is None or not 2 <= s.shape[dim] <= 1024:
+            continue
+        axis = gate_axis(s.shape, dim, graph.batch_size)
+        if axis is None and not (s.ndim == 1 and dim == 0):
+            continue  # attention maps [B, H, L, L] and other multi-axis softmaxes are not gate-shaped
+        if _feeds(graph, s.idx, gate_weights):
+            continue  # part of a found gate's weights (noisy top-k, masks, renormalisation)
+        below = graph.descendants(s.idx)
+        where = _where(graph, s.idx)
+        if below & rejected_weights:
+            continue  # its combination was judged (the reason is in the notes)
+        if not below & task_nodes:
+            quiet.append(f"{list(s.shape)} in {where} (does not reach the task outputs)")
+            continue
+        if any(idx in task_nodes for idx, _ in forward_views(graph, s.idx, dim)):
+            quiet.append(f"{list(s.shape)} in {where} (an output distribution)")
+            continue
+        why = _unexplained_use(graph, s.idx, dim)
+        if why is None:
+            quiet.append(f"{list(s.shape)} in {where} (re-weights values without mixing per-row experts)")
+            continue
+        module = _module_of(graph, s.idx)
+        out.append(
+            Unresolved(
+                f"a softmax over {s.shape[dim]} entries {list(s.shape)}",
+                module,
+                f"it reaches the task outputs through {why}, but no weighted combination of expert outputs "
+                "could be traced from it (the mixing may run outside torch, in a custom op or an autograd Function)",
+                _function_snippet(graph, s.idx, s.shape[dim], tasks, dim=dim),
+            )
+        )
+    if quiet:
+        notes.append(f"{len(quiet)} softmax output(s) are not gates: " + "; ".join(quiet))
+    return out
+
+
+# Ops through which a softmax may flow without routing anything (products are judged separately).
+_PLAIN_OPS = frozenset(
+    {
+        "add", "radd", "sub", "rsub", "div", "truediv", "rtruediv", "log", "exp", "clamp", "clamp_min",
+        "clamp_max", "pow", "neg", "abs", "sqrt", "where", "masked_fill", "gt", "lt", "ge", "le", "eq", "ne",
+        "sum", "mean", "amax", "amin", "max", "min", "log_softmax", "softmax", "sigmoid", "tanh", "relu",
+        "cat", "stack", "isfinite", "isnan", "nan_to_num", "entr", "square", "reciprocal", "std", "var",
+        "norm", "logsumexp", "dropout", "linear",
+    }
+)  # fmt: skip
+
+
+def _feeds(graph: Graph, start: int, targets: set[int], limit: int = 2048) -> bool:
+    """Whether `start` reaches one of `targets` through ops that take no parameters (the gate's own
+    arithmetic: noise, masks, top-k, renormalisation), not through a parametrized layer (the gate's input)."""
+    seen = {start}
+    todo = [start]
+    while todo and len(seen) < limit:
+        idx = todo.pop()
+        if idx in targets:
+            return True
+        for c in graph.children[idx]:
+            node = graph.nodes[c]
+            if c in seen or any(graph.nodes[p].op == "param" for p in node.parents):
+                continue
+            seen.add(c)
+            todo.append(c)
+    return False
+
+
+def _unexplained_use(graph: Graph, idx: int, axis: int) -> str | None:
+    """How a gate-shaped softmax is used in a way that could be a mixture discovery did not resolve
+    (a product summed over its axis, a contraction with per-row values, a routing or unknown op);
+    None when it only re-weights or transforms values."""
+    for node_idx, ax in forward_views(graph, idx, axis):
+        view = graph.nodes[node_idx]
+        for c in graph.children[node_idx]:
+            child = graph.nodes[c]
+            if view_parent(graph, child) == node_idx:
+                continue
+            partners = [r.node for r in iter_refs(child.args) if r.node != node_idx]
+            per_row = [p for p in partners if graph.batch_size in graph.nodes[p].shape]
+            if child.op in MUL_OPS:
+                shifted = ax + child.ndim - view.ndim
+                if per_row and 0 <= shifted < child.ndim and find_reduction(graph, c, shifted) is not None:
+                    return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
+                continue
+            if child.op in MATMUL_OPS or child.op == "einsum":
+                if per_row:
+                    return f"{child.op} with {list(graph.nodes[per_row[0]].shape)}"
+                continue
+            if child.op not in _PLAIN_OPS:
+                return f"{child.op}"
+    return None
+
+
+def _batch_axis_of(graph: Graph, idx: int) -> bool:
+    return graph.batch_size in graph.nodes[idx].shape
+
+
+_GATE_WORDS = frozenset(
+    {
+        "gate", "gates", "gating", "router", "routers", "routing", "expert", "experts", "moe", "mmoe",
+        "omoe", "ple", "cgc", "mixture", "mixtures",
+    }
+)  # fmt: skip
+
+
+def _words(name: str) -> set[str]:
+    """Lower-case words of an identifier: `task_gates.0` -> {task, gates}, `CGCLayer` -> {cgc, layer}."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return {w for w in re.split(r"[^A-Za-z]+", name.lower()) if w}
+
+
+def _gate_word(name: str) -> bool:
+    """Whether a module path or class name is named like a gate, expert, router or MoE layer."""
+    if re.search(r"(MoE|MOE)(?![a-z])", name):
+        return True
+    return any(_GATE_WORDS & _words(part) for part in name.split("."))
+
+
+def iter_refs(obj: Any) -> list[Ref]:
+    """`Ref`s inside a recorded op's (nested) arguments."""
+    if isinstance(obj, Ref):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [r for o in obj for r in iter_refs(o)]
+    if isinstance(obj, dict):
+        return [r for o in obj.values() for r in iter_refs(o)]
+    return []
+
+
+def _named_like_gates(
+    model: nn.Module, graph: Graph, gates: list[_Gate], tasks: tuple[TaskSpec, ...], notes: list[str]
+) -> list[Unresolved]:
+    """Modules (or the model's class) named like gates/experts/MoE that ran but belong to no found gate."""
+    covered_paths = {g.module for g in gates}
+    for g in gates:
+        covered_paths |= {r.module for r in g.experts if r.module is not None}
+        covered_paths |= {r.parent for r in g.experts if r.parent}
+    upstream: set[int] = set()
+    for g in gates:
+        for n in [g.weights, g.producer, *g.expert_nodes]:
+            upstream |= _ancestors(graph, n)
+    outputs_of: dict[str, list[int]] = {}
+    for idx, calls in graph.module_outputs.items():
+        for c in calls:
+            outputs_of.setdefault(c.path, []).append(idx)
+    out: list[Unresolved] = []
+    flagged: list[str] = []
+    for path in graph.calls:
+        if path == ROOT or not (_gate_word(path) or _gate_word(type(graph.modules[path]).__name__)):
+            continue
+        if any(path == c or path.startswith(c + ".") or c.startswith(path + ".") for c in covered_paths if c):
+            continue
+        if any(idx in upstream for idx in outputs_of.get(path, [])):
+            continue
+        flagged.append(path)
+    # report the outermost flagged modules only
+    flagged = [p for p in flagged if not any(p.startswith(q + ".") for q in flagged if q != p)]
+    for path in flagged[:8]:
+        cls = type(graph.modules[path]).__name__
+        shape = next((graph.nodes[i].shape for i in outputs_of.get(path, [])), None)
+        e = shape[-1] if shape and len(shape) >= 2 and 2 <= shape[-1] <= 1024 else None
+        out.append(
+            Unresolved(
+                f"module {path} ({cls}) is named like a gate, expert or MoE layer",
+                path,
+                "it ran in the forward but is part of no gate discovery found",
+                _module_snippet(path, e, tasks),
+            )
+        )
+    if len(flagged) > 8:
+        notes.append(f"{len(flagged) - 8} more modules named like gates/experts are not part of any gate")
+    if not gates and not out:
+        cls = type(model).__name__
+        if _gate_word(cls):
+            out.append(
+                Unresolved(
+                    f"the model's class {cls} is named like a mixture-of-experts model",
+                    ROOT,
+                    "but no gate (a per-row weighted combination of expert outputs) was found in its forward",
+                    _module_snippet("<module path of the gate>", None, tasks),
+                )
+            )
+    return out
+
+
+def _ancestors(graph: Graph, idx: int, limit: int = 100_000) -> set[int]:
+    seen = {idx}
+    todo = [idx]
+    while todo and len(seen) < limit:
+        for p in graph.nodes[todo.pop()].parents:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return seen
+
+
+def _experts_snippet(n_experts: int | None) -> tuple[str, str]:
+    if n_experts is None:
+        return '["expert[0]", "expert[1]"]  # one name per expert, in the gate\'s column order', (
+            '[[experts]]\nname = "expert[0]"  # module = "path" when a module returns this expert\'s output\n'
+            '[[experts]]\nname = "expert[1]"\n'
+        )
+    names = [f"expert[{i}]" for i in range(n_experts)]
+    blocks = "".join(
+        f'[[experts]]\nname = "{n}"'
+        + ('  # module = "path" when a module returns its output' if i == 0 else "")
+        + "\n"
+        for i, n in enumerate(names)
+    )
+    return "[" + ", ".join(f'"{n}"' for n in names) + "]", blocks
+
+
+def _task_line(tasks: tuple[TaskSpec, ...]) -> str:
+    return f'task = "FILL_IN"  # one of: {", ".join(t.name for t in tasks)}; omit for a shared gate'
+
+
+def _function_snippet(
+    graph: Graph, idx: int, n_experts: int, tasks: tuple[TaskSpec, ...], *, dim: int = 1, arg: int = -1
+) -> str:
+    """A `[[gates]]` block reading node `idx`'s op at the function level, to be completed by hand."""
+    node = graph.nodes[idx]
+    module = _module_of(graph, idx)
+    occurrence = graph.occurrence(idx, module) if node.seq >= 0 else 0
+    experts, blocks = _experts_snippet(n_experts)
+    return (
+        "[[gates]]\n"
+        'name = "FILL_IN"\n'
+        f'module = "{module}"\n'
+        f'op = "{node.op}"\n'
+        f"occurrence = {occurrence}\n"
+        f"arg = {arg}\n"
+        'output = "probs"  # "logits" or "weights" if the rows are not distributions\n'
+        f"dim = {dim}\n"
+        "batch_dim = 0\n"
+        f"experts = {experts}\n"
+        f"{_task_line(tasks)}\n"
+        f"{blocks}"
+    )
+
+
+def _module_snippet(path: str, n_experts: int | None, tasks: tuple[TaskSpec, ...]) -> str:
+    """A `[[gates]]` block reading a module's output, to be completed by hand."""
+    experts, blocks = _experts_snippet(n_experts)
+    return (
+        "[[gates]]\n"
+        'name = "FILL_IN"\n'
+        f'module = "{path}"\n'
+        'output = "probs"  # "logits" if the model softmaxes it afterwards, "weights" if not normalised\n'
+        "dim = 1\n"
+        f"experts = {experts}\n"
+        f"{_task_line(tasks)}\n"
+        f"{blocks}"
     )
 
 
@@ -469,10 +954,12 @@ def validate_topology(model: nn.Module, topology: Topology) -> None:
             suggesting `mmoe-inspect topology` to regenerate a spec.
     """
     modules = dict(model.named_modules())
-    named: list[tuple[str, str]] = [(f"gate {g.name!r}", g.module) for g in topology.gates]
-    named += [(f"expert {e.name!r}", e.module) for e in topology.experts if e.module is not None]
-    for what, path in named:
-        if path in modules and path != ROOT:
+    named: list[tuple[str, str, bool]] = [
+        (f"gate {g.name!r}", g.module, g.function_level) for g in topology.gates
+    ]
+    named += [(f"expert {e.name!r}", e.module, False) for e in topology.experts if e.module is not None]
+    for what, path, root_ok in named:
+        if path in modules and (path != ROOT or root_ok):
             continue
         close = difflib.get_close_matches(path, [m for m in modules if m], n=1)
         hint = f" (closest: {close[0]!r})" if close else ""

@@ -18,9 +18,13 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 TaskKind = Literal["binary", "regression"]
-GateOutput = Literal["probs", "logits"]
+GateOutput = Literal["probs", "logits", "weights"]
+GATE_OUTPUTS: tuple[str, ...] = ("probs", "logits", "weights")
 
 SPEC_VERSION = 1
+
+# A discovered topology below this confidence cannot be judged (`check` exits 4, the report says so first).
+LOW_CONFIDENCE = 0.5
 
 
 class TopologyError(ValueError):
@@ -67,13 +71,25 @@ class ExpertSpec:
 
 @dataclass(frozen=True)
 class GateSpec:
-    """One gate: a distribution over `experts` (names, in the gate's column order).
+    """One gate: per-row weights over `experts` (names, in the gate's column order).
 
-    `module` is the module whose forward output is the gate: probabilities (`output="probs"`) or
-    logits that the model softmaxes afterwards (`output="logits"`, e.g. DeepCTR-Torch's
-    `gate_dnn_final_layer`). `dim` is the expert axis of that output (`[batch, E]` or
-    `[batch, E, 1]` both use 1). `call` picks one call when the module runs several times per
-    forward (0-based); None means every call of the module is this gate (it must run once).
+    Where the weights are read, two ways:
+
+    * a module gate (`op` None): the output of module `module`'s forward: probabilities
+      (`output="probs"`) or logits that the model softmaxes afterwards (`output="logits"`, e.g.
+      DeepCTR-Torch's `gate_dnn_final_layer`). `call` picks one call when the module runs several
+      times per forward (0-based); None means every call of the module is this gate (it must run once).
+    * a function-level gate (`op` set): the tensor made by the `occurrence`-th call (0-based, counted
+      over one whole forward) of torch function `op` (e.g. "softmax", "sigmoid", "div", "scatter")
+      while `module` is executing (nested calls included; `module=""` is the model's own forward).
+      `arg` -1 captures the op's output, `arg` k >= 0 its k-th positional tensor argument. This
+      records gates computed inline (a temperature, a mask, top-k renormalisation) that no module returns.
+
+    `output`: "probs" (rows sum to 1), "logits" (softmaxed over the expert axis by the recorder) or
+    "weights" (non-negative weights that need not sum to 1: sigmoid gates, learned scalar mixtures;
+    statistics that assume the simplex, such as entropy and JSD, are not computed for them).
+    `dim` is the expert axis of the captured tensor (`[batch, E]` and `[batch, E, 1]` both use 1);
+    `batch_dim` its batch axis, or -1 for weights without one (`[E]`, the same for every row).
     `task` is the task served; None for a shared gate (PLE non-final levels, OMoE's single gate).
     """
 
@@ -85,10 +101,52 @@ class GateSpec:
     output: GateOutput = "probs"
     dim: int = 1
     call: int | None = None
+    op: str | None = None
+    occurrence: int = 0
+    arg: int = -1
+    batch_dim: int = 0
 
     @property
     def n_experts(self) -> int:
         return len(self.experts)
+
+    @property
+    def function_level(self) -> bool:
+        """Read from a torch function call (see class docstring), not from a module's output."""
+        return self.op is not None
+
+    @property
+    def simplex(self) -> bool:
+        """Whether each row is a distribution over the experts (entropy and JSD are meaningful)."""
+        return self.output != "weights"
+
+    @property
+    def locator(self) -> str:
+        """Where the gate is read, for humans: `module` or `module:op#occurrence` ("<model>" for the root)."""
+        where = self.module or "<model>"
+        if self.op is None:
+            return where if self.call is None else f"{where} (call {self.call})"
+        arg = "" if self.arg < 0 else f" arg {self.arg}"
+        return f"{where}:{self.op}#{self.occurrence}{arg}"
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """Something gate-like that discovery saw but could not turn into a gate: the routing cannot be judged.
+
+    `what` says what was seen, `where` the module it was computed in (the model's forward when ""),
+    `reason` why it is not a gate yet, and `snippet` a TOML spec fragment to start a hand-written gate from
+    (`mmoe-inspect topology --write spec.toml`, fill it in, pass it back with `--spec`).
+    """
+
+    what: str
+    where: str = ""
+    reason: str = ""
+    snippet: str = ""
+
+    def line(self) -> str:
+        where = self.where or "the model's forward"
+        return f"{self.what} in {where}: {self.reason}" if self.reason else f"{self.what} in {where}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +160,7 @@ class Topology:
     confidence: float = 1.0
     notes: tuple[str, ...] = field(default_factory=tuple)
     architecture: str | None = None
+    unresolved: tuple[Unresolved, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -114,6 +173,12 @@ class Topology:
     @property
     def has_gates(self) -> bool:
         return len(self.gates) > 0
+
+    @property
+    def judgeable(self) -> bool:
+        """False when discovery saw gate-like computations it could not resolve (see `Unresolved`) or its
+        confidence is below `LOW_CONFIDENCE`: then no verdict about the routing may be given."""
+        return not self.unresolved and not (self.source == "discovered" and self.confidence < LOW_CONFIDENCE)
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
@@ -167,8 +232,21 @@ class Topology:
                 raise TopologyError(f"gate {g.name!r} names unknown experts {missing}")
             if g.task is not None and g.task not in names:
                 raise TopologyError(f"gate {g.name!r} serves unknown task {g.task!r}")
-            if g.output not in ("probs", "logits"):
-                raise TopologyError(f"gate {g.name!r}: output must be 'probs' or 'logits', not {g.output!r}")
+            if g.output not in GATE_OUTPUTS:
+                raise TopologyError(
+                    f"gate {g.name!r}: output must be one of {', '.join(map(repr, GATE_OUTPUTS))}, not {g.output!r}"
+                )
+            if g.op is not None and (not isinstance(g.op, str) or not g.op):
+                raise TopologyError(f"gate {g.name!r}: op must be a torch function name such as 'softmax'")
+            if isinstance(g.occurrence, bool) or not isinstance(g.occurrence, int) or g.occurrence < 0:
+                raise TopologyError(f"gate {g.name!r}: occurrence must be an integer >= 0")
+            if isinstance(g.arg, bool) or not isinstance(g.arg, int) or g.arg < -1:
+                raise TopologyError(f"gate {g.name!r}: arg must be -1 (the op's output) or a position >= 0")
+            for what, v in (("dim", g.dim), ("batch_dim", g.batch_dim)):
+                if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+                    raise TopologyError(f"gate {g.name!r}: {what} must be an integer axis")
+            if g.batch_dim == g.dim:
+                raise TopologyError(f"gate {g.name!r}: batch_dim and dim must differ")
         for e in self.experts:
             if e.owner != "shared" and e.owner not in names:
                 raise TopologyError(f"expert {e.name!r} is owned by unknown task {e.owner!r}")
@@ -191,7 +269,8 @@ class Topology:
             "notes": list(self.notes),
             "tasks": [clean(asdict(t)) for t in self.tasks],
             "experts": [clean(asdict(e)) for e in self.experts],
-            "gates": [clean(asdict(g)) for g in self.gates],
+            "gates": [_gate_dict(g, clean(asdict(g))) for g in self.gates],
+            "unresolved": [asdict(u) for u in self.unresolved],
         }
 
     @classmethod
@@ -207,6 +286,7 @@ class Topology:
             gates = tuple(
                 GateSpec(**{**g, "experts": tuple(g.get("experts", ()))}) for g in data.get("gates", [])
             )
+            unresolved = tuple(Unresolved(**u) for u in data.get("unresolved", []))
         except TypeError as exc:  # unknown or missing keys
             raise TopologyError(f"malformed topology spec: {exc}") from None
         return cls(
@@ -217,6 +297,7 @@ class Topology:
             confidence=float(data.get("confidence", 1.0)),
             notes=tuple(data.get("notes", ())),
             architecture=data.get("architecture") or None,
+            unresolved=unresolved,
         )
 
     def to_toml(self) -> str:
@@ -224,10 +305,27 @@ class Topology:
 
         header = (
             "# mmoe-inspect topology spec. Edit module paths, expert lists or tasks if discovery got them\n"
-            "# wrong, then pass this file with --spec. Gate `output` is 'probs' or 'logits'; `dim` is the\n"
-            "# expert axis; `call` picks one call of a module that runs several times per forward.\n"
+            "# wrong, then pass this file with --spec. Gate `output` is 'probs', 'logits' or 'weights'; `dim`\n"
+            "# is the expert axis; `call` picks one call of a module that runs several times per forward.\n"
+            "# A function-level gate also names `op` (torch function), `occurrence` (0-based call of that op\n"
+            "# while `module` runs, over one forward; module \"\" = the model's forward), `arg` (-1 = the op's\n"
+            "# output, k = its k-th tensor argument) and `batch_dim` (-1 = no batch axis).\n"
         )
-        return header + tomli_w.dumps(self.to_dict())
+        data = self.to_dict()
+        if not data["unresolved"]:
+            del data["unresolved"]
+        text = header + tomli_w.dumps(data)
+        if self.unresolved:
+            text += (
+                "\n# UNRESOLVED: discovery saw the gate-like computations listed in [[unresolved]] above and\n"
+                "# could not resolve them, so the routing cannot be judged. For each, add a [[gates]] entry\n"
+                "# (start from the snippet below: set `task` and the experts), then delete the [[unresolved]]\n"
+                "# entry and pass this file with --spec.\n"
+            )
+            for u in self.unresolved:
+                if u.snippet:
+                    text += f"\n# --- {u.line()}\n" + "".join(f"# {ln}\n" for ln in u.snippet.splitlines())
+        return text
 
     @classmethod
     def from_toml(cls, text: str) -> Topology:
@@ -252,16 +350,39 @@ class Topology:
             "tasks: " + ", ".join(f"{t.name} ({t.kind})" for t in self.tasks),
             f"experts: {len(self.experts)}",
         ]
-        if not self.gates:
+        for u in self.unresolved:
+            lines.append(f"UNRESOLVED: {u.line()}")
+        if self.unresolved:
+            lines.append(
+                "the routing cannot be judged until these are resolved: write a spec "
+                "(`mmoe-inspect topology MODEL --write spec.toml`, fill in the [[gates]] it suggests) "
+                "and pass it with --spec"
+            )
+        elif self.source == "discovered" and self.confidence < LOW_CONFIDENCE:
+            lines.append(
+                f"LOW CONFIDENCE ({self.confidence:.2f} < {LOW_CONFIDENCE}): the routing cannot be judged "
+                "until a spec confirms the gates (--spec)"
+            )
+        if not self.gates and not self.unresolved:
             lines.append("gates: none (no routing to inspect; task outputs are still reported)")
         for g in self.gates:
             served = g.task if g.task is not None else "shared"
+            where = f"function {g.locator}" if g.function_level else f"module {g.module}"
             lines.append(
-                f"gate {g.name}: module {g.module} ({g.output}), level {g.level}, serves {served}, "
+                f"gate {g.name}: {where} ({g.output}), level {g.level}, serves {served}, "
                 f"{g.n_experts} experts [{', '.join(g.experts)}]"
             )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
+    """A gate's spec entry without the function-level fields a module gate leaves at their defaults."""
+    if gate.op is None:
+        for key, default in (("occurrence", 0), ("arg", -1), ("batch_dim", 0)):
+            if d.get(key) == default:
+                d.pop(key, None)
+    return d
 
 
 def _unique(kind: str, names: list[str]) -> None:

@@ -1,0 +1,136 @@
+"""Function-level taps: read a tensor made by the k-th call of a torch function while a module runs.
+
+Gates computed inline (a temperature, a mask, top-k renormalisation, a sigmoid) are no module's
+output, so a forward hook cannot see them. A `FunctionTaps` is a `TorchFunctionMode` that counts the
+calls of the ops it watches while their module executes (nested calls included, over one whole
+forward) and hands the chosen call's output (or one of its tensor arguments) to a callback.
+
+It is pushed by the first watched module's forward pre-hook and popped by the last one's forward
+hook (registered with `always_call=True`, so a forward that raises still pops it): ops outside the
+watched modules, and everything outside the forward, never pay for the mode. Counting follows the
+discovery trace exactly: every call that has a tensor among its arguments counts, under its
+normalized name (`mmoe_inspect.topology._trace.op_name`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from mmoe_inspect.topology._trace import iter_tensors, op_name
+
+Tap = tuple[str, int, int, Any]  # (op, occurrence, arg, key handed to the callback)
+
+
+class FunctionTaps(TorchFunctionMode):
+    """Watches `taps[module] = [(op, occurrence, arg, key), ...]`; calls `on_value(key, tensor)`.
+
+    `arg` -1 hands over the op's first tensor output, k >= 0 its k-th tensor argument. Use
+    `attach(model)` (a context manager) to register the module hooks; `new_forward()` resets the
+    counts (call it from the model's forward pre-hook); `paused()` keeps the caller's own torch ops
+    (a module hook copying a gate) from being counted.
+    """
+
+    def __init__(self, taps: dict[str, list[Tap]], on_value: Callable[[Any, torch.Tensor], None]) -> None:
+        super().__init__()
+        self.taps = taps
+        self.on_value = on_value
+        self.ops = {op for entries in taps.values() for op, *_ in entries}
+        self.active: dict[str, int] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.depth = 0
+        self._pause = 0
+
+    # ------------------------------------------------------------------ the mode
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._pause:
+            return out
+        name = op_name(func)
+        if name not in self.ops:
+            return out
+        ins = None
+        for module, n in self.active.items():
+            if n <= 0:
+                continue
+            entries = self.taps[module]
+            if not any(op == name for op, *_ in entries):
+                continue
+            if ins is None:
+                ins = list(iter_tensors((args, kwargs)))
+                if not ins:
+                    return out
+            k = self.counts.get((module, name), 0)
+            self.counts[(module, name)] = k + 1
+            for op, occurrence, arg, key in entries:
+                if op != name or occurrence != k:
+                    continue
+                pool = list(iter_tensors(out))[:1] if arg < 0 else ins[arg : arg + 1]
+                for value in pool:
+                    self.on_value(key, value)
+        return out
+
+    # ------------------------------------------------------------------ bookkeeping
+    def new_forward(self) -> None:
+        self.counts.clear()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._pause += 1
+        try:
+            yield
+        finally:
+            self._pause -= 1
+
+    def _enter_module(self, path: str) -> None:
+        self.active[path] = self.active.get(path, 0) + 1
+        if self.depth == 0:
+            self.__enter__()
+        self.depth += 1
+
+    def _exit_module(self, path: str) -> None:
+        if self.active.get(path, 0) <= 0:
+            return
+        self.active[path] -= 1
+        self.depth -= 1
+        if self.depth == 0:
+            self.__exit__(None, None, None)
+
+    def close(self) -> None:
+        """Pop the mode if a forward left it pushed (never expected: the hooks are always-called)."""
+        if self.depth > 0:
+            self.depth = 0
+            self.active.clear()
+            self.__exit__(None, None, None)
+
+    @contextmanager
+    def attach(self, model: nn.Module) -> Iterator[FunctionTaps]:
+        """Register the pre/post hooks on every watched module; all removed (and the mode popped) on exit."""
+        modules = dict(model.named_modules())
+        handles: list[RemovableHandle] = []
+        try:
+            for path in self.taps:
+                module = modules[path]
+
+                def pre(_m: nn.Module, _args: Any, path: str = path) -> None:
+                    self._enter_module(path)
+
+                def post(_m: nn.Module, _args: Any, _out: Any, path: str = path) -> None:
+                    self._exit_module(path)
+
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post, always_call=True))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.close()

@@ -1,0 +1,386 @@
+"""Find expert mixtures in a traced forward: per-row weights over E tensors, used to combine them.
+
+A gate is defined by what it does, not by how it is built: a weight tensor `W` with an expert axis of
+size E (2..1024) and, per row, its own values (a batch axis; or none, for weights shared by every row)
+that weights E expert outputs which are then summed. `find_mixtures` recognizes every combination
+seen in public multi-task code:
+
+* `W * X` (broadcast) followed by a sum over the expert axis, on any axis (experts first `[E, B, D]`,
+  in the middle `[B, E, D]` or last `[B, D, E]`);
+* `matmul`/`bmm`/`@`: `[.., 1, E] @ [.., E, D]`, `[.., D, E] @ [.., E, 1]`, and the vector forms;
+* `einsum` with any equation (ellipsis included) that contracts W's expert letter against an operand
+  holding the batch letter;
+* per-expert products `W[:, i] * X_i` (a Python loop, `unbind`, `split`, ...) summed by additions or
+  by a sum over a stack of them.
+
+Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
+expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
+a gate (and not attention over features) is discovery's.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from mmoe_inspect.topology._graphops import find_reduction, selection, view_parent
+from mmoe_inspect.topology._trace import Graph, Node, Ref
+
+MUL_OPS = frozenset({"mul", "rmul", "multiply"})
+MATMUL_OPS = frozenset({"matmul", "bmm", "rmatmul"})
+ADD_OPS = frozenset({"add", "radd"})
+MAX_EXPERTS = 1024
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A weighted sum of E experts found in the graph.
+
+    `combine` is the (first) op weighting the experts, `output` the node holding the mixture after the
+    sum over experts. `weights` is the weight tensor as the combination reads it (for per-expert
+    products: the tensor the per-expert weights were selected from), `w_axis` its expert axis and
+    `w_batch` its batch axis (None: one weight vector for every row). `experts` is either one
+    `(node, axis)` (a tensor holding all E experts on `axis`) or E `(node, None)` (one per expert).
+    `arg` is the position of the weights among the combine op's tensor arguments (-1 when the
+    weights reach it through a per-expert selection).
+    """
+
+    combine: int
+    output: int
+    weights: int
+    w_axis: int
+    w_batch: int | None
+    experts: tuple[tuple[int, int | None], ...]
+    n_experts: int
+    arg: int = -1
+
+
+def _operands(node: Node) -> tuple[Any, Any]:
+    """(left, right) operands of a binary op; `__rmatmul__` swapped back to `left @ right`."""
+    a, b = node.arg(0, "input"), node.arg(1, "other")
+    if node.op == "rmatmul":  # other @ self
+        a, b = b, a
+    return a, b
+
+
+def _arg_position(node: Node, ref: Ref) -> int:
+    """Position of `ref` among the node's tensor arguments, in call order (-1 when absent)."""
+    pos = 0
+    for a in (*node.args, *node.kwargs.values()):
+        items = a if isinstance(a, (list, tuple)) else [a]
+        for item in items:
+            if isinstance(item, Ref):
+                if item == ref:
+                    return pos
+                pos += 1
+    return -1
+
+
+def _batch_axes(shape: tuple[int, ...], batch: int, skip: int | None = None) -> list[int]:
+    return [i for i, s in enumerate(shape) if s == batch and i != skip]
+
+
+# ----------------------------------------------------------------------------------------- mul + sum
+def _mul(graph: Graph, node: Node) -> list[Mixture]:
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
+        return []
+    n = node.ndim
+    batch = graph.batch_size
+    out: list[Mixture] = []
+    for g_ref, x_ref in ((a, b), (b, a)):
+        gn, xn = graph.nodes[g_ref.node], graph.nodes[x_ref.node]
+        gs = (1,) * (n - gn.ndim) + gn.shape
+        xs = (1,) * (n - xn.ndim) + xn.shape
+        if len(gs) != n or len(xs) != n:
+            continue
+        for ax in range(n):
+            e = gs[ax]
+            if not 2 <= e <= MAX_EXPERTS or xs[ax] != e or e == batch:
+                continue
+            others = [i for i in range(n) if i != ax and gs[i] != 1]
+            if len(others) > 1:
+                continue
+            if others:
+                bax: int | None = others[0]
+                if gs[bax] != batch or xs[bax] != batch:
+                    continue
+            else:
+                bax = None
+                if not _batch_axes(xs, batch, ax):
+                    continue
+            # the experts hold something per row besides the expert axis (else W and X are symmetric)
+            red = find_reduction(graph, node.idx, ax)
+            if red is None:
+                continue
+            shift_g, shift_x = n - gn.ndim, n - xn.ndim
+            if ax < shift_g or ax < shift_x:
+                continue
+            out.append(
+                Mixture(
+                    node.idx,
+                    red,
+                    g_ref.node,
+                    ax - shift_g,
+                    None if bax is None else bax - shift_g,
+                    ((x_ref.node, ax - shift_x),),
+                    e,
+                    _arg_position(node, g_ref),
+                )
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------- matmul
+def _single_batch_axis(shape: tuple[int, ...], batch: int) -> tuple[bool, int | None]:
+    """(ok, axis): every axis of `shape` is 1 except at most one of size `batch` (its position)."""
+    big = [i for i, s in enumerate(shape) if s != 1]
+    if not big:
+        return True, None
+    if len(big) == 1 and shape[big[0]] == batch:
+        return True, big[0]
+    return False, None
+
+
+def _matmul(graph: Graph, node: Node) -> list[Mixture]:
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
+        return []
+    batch = graph.batch_size
+    sa, sb = graph.nodes[a.node].shape, graph.nodes[b.node].shape
+    out: list[Mixture] = []
+    # W on the left: [E] @ [.., E, D] or [.., 1, E] @ [.., E, D]
+    if len(sb) >= 2 and 2 <= sb[-2] <= MAX_EXPERTS and sb[-2] != batch:
+        e = sb[-2]
+        x_has_batch = bool(_batch_axes(sb[:-2], batch))
+        if len(sa) == 1 and sa[0] == e and x_has_batch:
+            out.append(Mixture(node.idx, node.idx, a.node, 0, None, ((b.node, len(sb) - 2),), e, 0))
+        elif len(sa) >= 2 and sa[-1] == e and sa[-2] == 1:
+            ok, bax = _single_batch_axis(sa[:-2], batch)
+            if ok and (bax is not None or x_has_batch) and (bax is None or x_has_batch):
+                out.append(
+                    Mixture(node.idx, node.idx, a.node, len(sa) - 1, bax, ((b.node, len(sb) - 2),), e, 0)
+                )
+    # W on the right: [.., D, E] @ [E] or [.., D, E] @ [.., E, 1]
+    if len(sa) >= 2 and 2 <= sa[-1] <= MAX_EXPERTS and sa[-1] != batch:
+        e = sa[-1]
+        if len(sb) == 1 and sb[0] == e and _batch_axes(sa[:-1], batch):
+            out.append(Mixture(node.idx, node.idx, b.node, 0, None, ((a.node, len(sa) - 1),), e, 1))
+        elif len(sb) >= 2 and sb[-2] == e and sb[-1] == 1:
+            ok, bax = _single_batch_axis(sb[:-2], batch)
+            x_has_batch = bool(_batch_axes(sa[:-2], batch))
+            if ok and x_has_batch:
+                out.append(
+                    Mixture(node.idx, node.idx, b.node, len(sb) - 2, bax, ((a.node, len(sa) - 1),), e, 1)
+                )
+    return out
+
+
+# ----------------------------------------------------------------------------------------- einsum
+def _expand(subs: list[str], rhs: str | None, ndims: list[int]) -> tuple[list[str], str] | None:
+    """Subscripts with `...` replaced by fresh letters (right-aligned, numpy's broadcasting rule)."""
+    used = set("".join(subs) + (rhs or ""))
+    fresh = [c for c in string.ascii_uppercase + string.ascii_lowercase if c not in used]
+    n_ell = 0
+    for s, nd in zip(subs, ndims, strict=True):
+        if "..." in s:
+            n_ell = max(n_ell, nd - (len(s) - 3))
+    if n_ell < 0 or n_ell > len(fresh):
+        return None
+    ell = "".join(fresh[:n_ell])
+    out = []
+    for s, nd in zip(subs, ndims, strict=True):
+        if "..." in s:
+            k = nd - (len(s) - 3)
+            if k < 0:
+                return None
+            s = s.replace("...", ell[n_ell - k :])
+        if len(s) != nd or not s.isalpha():
+            return None
+        out.append(s)
+    if rhs is None:  # implicit output: ellipsis letters first, then the letters seen once, sorted
+        letters = "".join(out)
+        singles = sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ell)
+        rhs = ell + "".join(singles)
+    else:
+        rhs = rhs.replace("...", ell)
+    return out, rhs
+
+
+def _einsum(graph: Graph, node: Node) -> list[Mixture]:
+    if not node.args or not isinstance(node.args[0], str):
+        return []
+    eq = node.args[0].replace(" ", "")
+    ops = list(node.args[1:])
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = list(ops[0])
+    lhs, arrow, rhs_raw = eq.partition("->")
+    subs = lhs.split(",")
+    if len(subs) != len(ops) or not all(isinstance(o, Ref) for o in ops):
+        return []
+    shapes = [graph.nodes[o.node].shape for o in ops]
+    expanded = _expand(subs, rhs_raw if arrow else None, [len(s) for s in shapes])
+    if expanded is None:
+        return []
+    subs, rhs = expanded
+    size: dict[str, int] = {}
+    for s, shape in zip(subs, shapes, strict=True):
+        for c, n in zip(s, shape, strict=True):
+            if n != 1:
+                size[c] = n
+            else:
+                size.setdefault(c, 1)
+    batch = graph.batch_size
+    out: list[Mixture] = []
+    for i, (gsub, g) in enumerate(zip(subs, ops, strict=True)):
+        if len(set(gsub)) != len(gsub):
+            continue
+        for e_letter in gsub:
+            e = size[e_letter]
+            if not 2 <= e <= MAX_EXPERTS or e_letter in rhs or e == batch:
+                continue
+            rest = [c for c in gsub if c != e_letter and size[c] != 1]
+            if len(rest) > 1:
+                continue
+            b_letter = rest[0] if rest else None
+            if b_letter is not None and (size[b_letter] != batch or b_letter not in rhs):
+                continue
+            for j, (xsub, x) in enumerate(zip(subs, ops, strict=True)):
+                if j == i or e_letter not in xsub or x == g:
+                    continue
+                if b_letter is not None and b_letter not in xsub:
+                    continue
+                if b_letter is None and not any(size[c] == batch and c in rhs for c in xsub):
+                    continue
+                out.append(
+                    Mixture(
+                        node.idx,
+                        node.idx,
+                        g.node,
+                        gsub.index(e_letter),
+                        None if b_letter is None else gsub.index(b_letter),
+                        ((x.node, xsub.index(e_letter)),),
+                        e,
+                        _arg_position(node, g),
+                    )
+                )
+    return out
+
+
+# ------------------------------------------------------------------------- per-expert products
+def _picked(graph: Graph, idx: int) -> tuple[int, int, int] | None:
+    """(source, axis, index) when node `idx` is one position of a source tensor (through views)."""
+    cur = idx
+    for _ in range(16):
+        node = graph.nodes[cur]
+        picked = selection(graph, node, None) or selection(graph, node, _kept_axis(graph, node))
+        if picked is not None:
+            src, pax, picks = picked
+            if len(picks) == 1:
+                return src, pax, picks[0]
+            return None
+        p = view_parent(graph, node)
+        if p is None:
+            return None
+        cur = p
+    return None
+
+
+def _kept_axis(graph: Graph, node: Node) -> int | None:
+    """The picked axis of a selection that keeps its axis (`w[:, i:i+1]`), for `selection`."""
+    if not node.args or not isinstance(node.args[0], Ref):
+        return None
+    src = graph.nodes[node.args[0].node]
+    if src.ndim != node.ndim:
+        return None
+    diff = [i for i, (a, b) in enumerate(zip(src.shape, node.shape, strict=True)) if a != b]
+    return diff[0] if len(diff) == 1 else None
+
+
+def _sum_closure(graph: Graph, start: int, limit: int = 4096) -> set[int]:
+    """Nodes reached from `start` through additions, stacks and sums (how products get summed)."""
+    seen = {start}
+    todo = [start]
+    while todo and len(seen) < limit:
+        for c in graph.children[todo.pop()]:
+            op = graph.nodes[c].op
+            viewed = view_parent(graph, graph.nodes[c]) is not None
+            if c not in seen and (op in ADD_OPS or op in ("sum", "stack") or viewed):
+                seen.add(c)
+                todo.append(c)
+    return seen
+
+
+def _per_expert(graph: Graph, muls: list[Node]) -> list[Mixture]:
+    batch = graph.batch_size
+    groups: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
+    for node in muls:
+        a, b = _operands(node)
+        if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
+            continue
+        for g_ref, x_ref in ((a, b), (b, a)):
+            picked = _picked(graph, g_ref.node)
+            if picked is None:
+                continue
+            src, pax, i = picked
+            w = graph.nodes[src]
+            e = w.shape[pax] if pax < w.ndim else 0
+            if not 2 <= e <= MAX_EXPERTS or e == batch:
+                continue
+            rest = [k for k, s in enumerate(w.shape) if k != pax and s != 1]
+            if len(rest) > 1 or (rest and w.shape[rest[0]] != batch):
+                continue
+            xn = graph.nodes[x_ref.node]
+            if not _batch_axes(xn.shape, batch):
+                continue
+            groups.setdefault((src, pax), {}).setdefault(i, (node.idx, x_ref.node))
+            break
+    out: list[Mixture] = []
+    for (src, pax), by_index in groups.items():
+        w = graph.nodes[src]
+        e = w.shape[pax]
+        if sorted(by_index) != list(range(e)):
+            continue
+        products = [by_index[i][0] for i in range(e)]
+        common = set.intersection(*(_sum_closure(graph, p) for p in products))
+        common -= set(products)
+        shape = graph.nodes[products[0]].shape
+        sums = sorted(c for c in common if graph.nodes[c].shape == shape)
+        if not sums:
+            continue
+        rest = [k for k, s in enumerate(w.shape) if k != pax and s != 1]
+        out.append(
+            Mixture(
+                min(products),
+                sums[0],
+                src,
+                pax,
+                rest[0] if rest else None,
+                tuple((by_index[i][1], None) for i in range(e)),
+                e,
+            )
+        )
+    return out
+
+
+def find_mixtures(graph: Graph) -> list[Mixture]:
+    """Every expert mixture in the traced forward (see module docstring), in forward order.
+
+    A combine op may yield two readings (which operand weights which); discovery keeps the one whose
+    experts resolve and whose weights look like a gate.
+    """
+    found: list[Mixture] = []
+    muls: list[Node] = []
+    for node in graph.nodes:
+        if node.op in MUL_OPS:
+            muls.append(node)
+            found.extend(_mul(graph, node))
+        elif node.op in MATMUL_OPS:
+            found.extend(_matmul(graph, node))
+        elif node.op == "einsum":
+            found.extend(_einsum(graph, node))
+    combined = {m.combine for m in found}
+    found.extend(m for m in _per_expert(graph, [n for n in muls if n.idx not in combined]))
+    found.sort(key=lambda m: (m.combine, m.output))
+    return found
