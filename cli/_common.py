@@ -8,7 +8,8 @@ decorator puts them into the command's signature. A command body receives them a
     def check_command(checkpoint: CheckpointArg, *, load: LoadOptions, run: RunOptions) -> None: ...
 
 Exit codes: 0 fine; 1 a bug (or, for `check`, a finding listed in --fail-on); 2 bad input (one red
-line, no traceback unless --debug); 3 `report --fail-on` findings.
+line, no traceback unless --debug); 3 `report --fail-on` findings; 4 `check` cannot judge the routing
+(unresolved gate-like items; `--allow-unresolved` judges what was found).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ EXIT_CHECK_FAILED = 1  # `check`: a finding listed in --fail-on is present
 EXIT_BAD_INPUT = 2  # the checkpoint, data, spec, option or output folder cannot be used as given
 EXIT_NEEDS_INPUT = 2
 EXIT_FINDINGS = 3  # `report --fail-on`: a listed finding is present
+EXIT_CANNOT_JUDGE = 4  # `check`: gate-like items discovery could not resolve (or low confidence); the
+# routing was not verified, so no verdict is given (pass --spec, or --allow-unresolved to judge the rest)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

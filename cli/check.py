@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._common import (
+    EXIT_CANNOT_JUDGE,
     EXIT_CHECK_FAILED,
     FAIL_ON_HELP,
     CheckpointArg,
@@ -31,7 +32,7 @@ EPILOG = """\
 
   mmoe-inspect check rechub.pt --trust-checkpoint --data eval.parquet --tasks a,b -q
 
-Exit codes: 0 when no finding matches --fail-on (default: warning or worse), 1 when one does, 2 on bad input (checkpoint, data or option). "internal error" with exit code 1 is a bug: rerun with --debug.
+Exit codes: 0 when no finding matches --fail-on (default: warning or worse), 1 when one does, 2 on bad input (checkpoint, data or option), 4 when the routing cannot be judged (discovery left gate-like items unresolved: pass --spec, or --allow-unresolved to judge only what was found). "internal error" with exit code 1 is a bug: rerun with --debug.
 """
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "blue"}
@@ -49,6 +50,14 @@ def check_command(
             help=f"Findings that fail the check (exit 1). {FAIL_ON_HELP} Same rules as `report --fail-on`.",
         ),
     ] = "warning",
+    allow_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unresolved",
+            help="Judge only the gates that were found even when discovery left gate-like items unresolved "
+            f"(default: exit {EXIT_CANNOT_JUDGE}, the routing cannot be judged).",
+        ),
+    ] = False,
     *,
     load: LoadOptions,
     run: RunOptions,
@@ -58,6 +67,15 @@ def check_command(
         rule = parse_fail_on(fail_on)
         result = inspect_checkpoint(checkpoint, load, run, spec=spec)
         failing = rule.failing(result.findings)
+    topo = result.topology
+    unjudged = not topo.judgeable
+    if unjudged:
+        out.print(f"[bold red]CANNOT JUDGE:[/] {escape(result.verdict)}")
+        for u in topo.unresolved:
+            out.print(f"  unresolved: {escape(u.line())}")
+        out.print(
+            "  see `mmoe-inspect topology CHECKPOINT --write spec.toml` for a spec to fill in, then --spec spec.toml"
+        )
     fails = {id(f) for f in failing}
     if result.findings:
         table = Table(title=f"Findings for {escape(result.model_name)}", title_justify="left")
@@ -77,6 +95,12 @@ def check_command(
     else:
         out.print(f"No findings for {escape(result.model_name)}.")
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
+    if unjudged and not allow_unresolved:
+        out.print(
+            f"check cannot judge: the routing was not verified (exit {EXIT_CANNOT_JUDGE}); pass --spec with the "
+            "gates, or --allow-unresolved to judge only what was found"
+        )
+        raise typer.Exit(EXIT_CANNOT_JUDGE)
     if failing:
         out.print(f"check failed: {len(failing)} finding(s) match --fail-on {rule.describe()}")
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -66,6 +66,10 @@ def topology_command(
         )
         out.print(f"model: {type(loaded.model).__name__} ({loaded.form}, adapter {loaded.adapter.name})")
         out.print(topo.describe(), markup=False)
+        for u in topo.unresolved:
+            if u.snippet:
+                out.print(f"\nspec snippet to start from ({u.line()}):", markup=False)
+                out.print(u.snippet.rstrip(), markup=False)
         if write is not None:
             topo.save(write)
             out.print(f"spec written: {write}")

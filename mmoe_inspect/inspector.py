@@ -409,7 +409,13 @@ def inspect(
 
 
 def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[Finding]) -> str:
-    """One sentence that answers "do the experts serve different tasks?"."""
+    """One sentence that answers "do the experts serve different tasks?".
+
+    When discovery saw gate-like computations it could not resolve (or is not confident), the routing
+    cannot be judged and the sentence says so first, whatever the found gates look like.
+    """
+    if not topology.judgeable:
+        return cannot_judge_sentence(topology)
     if not topology.has_gates:
         return "No gates found: this is a Shared-Bottom (or dense) multi-task model, so there is no routing to inspect."
     critical = [f for f in findings if f.severity == "critical"]
@@ -430,6 +436,26 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     if tv >= 0.2:
         return f"Partly: the tasks share most experts but weight them differently ({evidence}){tail}."
     return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
+
+
+def cannot_judge_sentence(topology: Topology) -> str:
+    """ "Could not verify the routing: ..." with the first unresolved item (or the low confidence)."""
+    items = topology.unresolved
+    if items:
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        found = (
+            f"; {len(topology.gates)} gate(s) were found and are reported, but the routing as a whole is unverified"
+            if topology.has_gates
+            else ""
+        )
+        return (
+            f"Could not verify the routing: {items[0].line()}{more}{found}. See Topology, and pass a spec "
+            "naming the gate (--spec) to judge it."
+        )
+    return (
+        f"Could not verify the routing: discovery is not confident about the gates (confidence "
+        f"{topology.confidence:.2f}). See Topology, and pass a spec (--spec) to judge it."
+    )
 
 
 def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str], source: str) -> torch.Tensor:

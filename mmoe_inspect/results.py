@@ -62,6 +62,8 @@ class InspectionResult:
         return pd.DataFrame([{k: getattr(f, k) for k in cols} for f in self.findings], columns=cols)
 
     def worst_severity(self) -> str | None:
+        if not self.topology.judgeable:  # the routing could not be verified: never shown as healthy
+            return "critical"
         for sev in ("critical", "warning", "info"):
             if any(f.severity == sev for f in self.findings):
                 return sev

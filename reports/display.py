@@ -35,7 +35,11 @@ class GateUtilizationDisplay:
     def from_result(cls, result: InspectionResult, gate: str | None = None) -> GateUtilizationDisplay:
         """Read the `utilization` table of `result` for `gate` (default: the first gate)."""
         if not result.topology.has_gates:
-            raise ValueError("this result has no gates (Shared-Bottom model): nothing to display")
+            raise ValueError(
+                "this result has no gates (Shared-Bottom model): nothing to display"
+                if result.topology.judgeable
+                else "this result has no recorded gates (discovery left gate-like items unresolved; see Topology)"
+            )
         spec = result.topology.gate(gate) if gate is not None else result.topology.gates[0]
         util = result.table("utilization")
         if util.empty:

@@ -61,7 +61,9 @@ def overview_figure(result: InspectionResult) -> Figure:
     severity = result.worst_severity()
     topo = result.topology
     accent = (
-        SEVERITY_COLORS.get(severity, SEVERITY_COLORS[None]) if topo.has_gates else SEVERITY_COLORS["info"]
+        SEVERITY_COLORS.get(severity, SEVERITY_COLORS[None])
+        if topo.has_gates or not topo.judgeable
+        else SEVERITY_COLORS["info"]
     )
     with plot_context():
         fig = Figure(figsize=SLIDE_IN, dpi=OVERVIEW_DPI)

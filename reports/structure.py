@@ -14,6 +14,7 @@ import pandas as pd
 
 from mmoe_inspect.analysis.findings import SEVERITY_ORDER
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
+from mmoe_inspect.topology.spec import Topology
 
 from .attribution_section import ATTRIBUTION_TABLE_HOWTO, attribution_section, attribution_tables_shown
 from .causal_section import CAUSAL_TABLE_HOWTO, causal_section, causal_tables_shown
@@ -75,6 +76,23 @@ NO_GATES = (
     "This model has no gates: no module routes rows between experts (a Shared-Bottom or dense multi-task "
     "model), so there is no routing to inspect."
 )
+
+
+def unverified_text(topo: Topology) -> str:
+    """Why the routing of this model cannot be judged (unresolved gate-like items or low confidence)."""
+    if topo.unresolved:
+        what = "; ".join(u.line() for u in topo.unresolved[:3])
+        more = f" (and {len(topo.unresolved) - 3} more)" if len(topo.unresolved) > 3 else ""
+        return (
+            f"Routing not verified: discovery saw {len(topo.unresolved)} gate-like item(s) it could not "
+            f"resolve: {what}{more}. This is not a Shared-Bottom verdict: name the gates in a spec file "
+            "(`mmoe-inspect topology MODEL --write spec.toml`, fill in the suggested [[gates]]) and pass it "
+            "with --spec."
+        )
+    return (
+        f"Routing not verified: discovery's confidence is {topo.confidence:.2f}; confirm the gates in a spec "
+        "file (`mmoe-inspect topology MODEL --write spec.toml`) and pass it with --spec."
+    )
 
 
 # ----------------------------------------------------------------------------- sections
@@ -201,7 +219,9 @@ def summary_section(result: InspectionResult, figures: Mapping[str, str], csv_na
             )
         ),
     ]
-    if not topo.has_gates:
+    if not topo.judgeable:
+        items.insert(0, Notice(unverified_text(topo), "critical"))
+    elif not topo.has_gates:
         items.append(Notice(NO_GATES + " Task outputs are still reported below.", "info"))
     items.append(_headline(result))
     ranked = sorted(result.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
@@ -224,7 +244,10 @@ def _features_pair(result: InspectionResult) -> list[tuple[str, str]]:
 def routing_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     topo = result.topology
     if not topo.has_gates:
-        items: list[Item] = [Notice(NO_GATES + " No routing figures or tables are drawn.", "info")]
+        text = (
+            NO_GATES if topo.judgeable else unverified_text(topo)
+        ) + " No routing figures or tables are drawn."
+        items: list[Item] = [Notice(text, "info" if topo.judgeable else "critical")]
     else:
         items = [*_figures("routing", figures)]
         for name in (
@@ -264,7 +287,7 @@ def routing_section(result: InspectionResult, figures: Mapping[str, str], csv_na
 
 def experts_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     items: list[Item] = []
-    if not result.topology.has_gates:
+    if not result.topology.has_gates and result.topology.judgeable:
         items.append(
             Notice(
                 "No experts to compare: without gates the model has no experts in the MoE sense (one shared "
@@ -328,6 +351,20 @@ def topology_section(result: InspectionResult, figures: Mapping[str, str], csv_n
     feats = features_of(result)
     if feats:
         items.append(KeyValues((("input features", ", ".join(feats)),)))
+    if topo.unresolved:
+        items.append(Notice(unverified_text(topo), "critical"))
+        items.append(
+            BulletList(
+                "Unresolved (gate-like, not recorded)",
+                tuple(
+                    f"{u.line()}. Start a spec from: {u.snippet.splitlines()[0]} … (written in full by "
+                    "`mmoe-inspect topology MODEL --write spec.toml`)"
+                    if u.snippet
+                    else u.line()
+                    for u in topo.unresolved
+                ),
+            )
+        )
     if topo.confidence < 0.8:
         items.append(
             Notice(
