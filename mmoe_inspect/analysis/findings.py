@@ -110,7 +110,7 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
                 {"nonfinite_rows": int(row.nonfinite_rows), "rows": int(row.n_rows)},
             )
         )
-    if row.not_normalized_rows > 0:
+    if row.not_normalized_rows > 0 and getattr(row, "simplex", True):  # "weights" gates need not sum to 1
         res.append(
             Finding(
                 "gate_not_normalized",

@@ -19,6 +19,10 @@ def _f(x: Any) -> float:
     return float(x)
 
 
+def _nan(_x: Any) -> float:
+    return math.nan
+
+
 def gate_groups(topology: Topology) -> list[tuple[GateSpec, ...]]:
     """Task gates that mix the very same experts (MMoE's task gates; each PLE level's... none): compared pairwise."""
     groups: dict[tuple[int, tuple[str, ...]], list[GateSpec]] = {}
@@ -56,17 +60,20 @@ def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, p
         s = summaries[g.name]
         mean = s.mean.double()
         top = int(torch.argmax(mean))
+        # entropies assume each row is a distribution; not so for sigmoid/scalar-mixture gates
+        ent = _f if g.simplex else _nan
         metrics.append(
             {
                 "gate": g.name,
                 "task": g.task or "",
                 "level": g.level,
                 "n_experts": g.n_experts,
+                "simplex": g.simplex,
                 "n_rows": _f(s.n),
-                "mean_entropy": _f(s.entropy_mean),
-                "normalized_entropy": _f(s.normalized_entropy),
-                "entropy_of_mean": _f(s.entropy_of_mean),
-                "effective_experts": _f(s.effective_experts),
+                "mean_entropy": ent(s.entropy_mean),
+                "normalized_entropy": ent(s.normalized_entropy),
+                "entropy_of_mean": ent(s.entropy_of_mean),
+                "effective_experts": ent(s.effective_experts),
                 "importance_cv2": _f(s.importance_cv2),
                 "load_cv2": _f(s.load_cv2),
                 "switch_balance": _f(s.switch_balance),
@@ -104,6 +111,7 @@ def divergence_tables(
         means = torch.stack([summaries[g.name].mean.double() for g in group])  # [T, E]
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
+                simplex = group[a].simplex and group[b].simplex  # JSD compares distributions
                 div.append(
                     {
                         "level": group[a].level,
@@ -111,8 +119,8 @@ def divergence_tables(
                         "gate_b": group[b].name,
                         "task_a": group[a].task,
                         "task_b": group[b].task,
-                        "jsd_mean_gates": _f(js_divergence(means[a], means[b])),
-                        "jsd_per_row": _f(pair.jsd[a, b]) if pair is not None else math.nan,
+                        "jsd_mean_gates": _f(js_divergence(means[a], means[b])) if simplex else math.nan,
+                        "jsd_per_row": _f(pair.jsd[a, b]) if pair is not None and simplex else math.nan,
                         "tv_per_row": _f(pair.tv[a, b]) if pair is not None else math.nan,
                     }
                 )

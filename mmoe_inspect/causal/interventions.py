@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from mmoe_inspect.recording.recorder import RecordingError, gate_probabilities, model_mode
+from mmoe_inspect.recording.taps import FunctionTaps
 from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
 
 __all__ = [
@@ -175,21 +176,28 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         modules = dict(model.named_modules())
         self._modules = modules
         self._gate_modules: dict[str, list[GateSpec]] = {}
+        taps: dict[str, list[Any]] = {}
         for g in topology.gates:
             if g.module not in modules:
                 raise TopologyError(
                     f"gate {g.name!r}: module {g.module!r} is not in the model; regenerate the spec with "
                     "`mmoe-inspect topology`"
                 )
-            self._gate_modules.setdefault(g.module, []).append(g)
+            if g.function_level:
+                taps.setdefault(g.module, []).append((g.op, g.occurrence, g.arg, g))
+            else:
+                self._gate_modules.setdefault(g.module, []).append(g)
+        self._taps = FunctionTaps(taps, self._tap_edit) if taps else None
+        self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
         self.dedupe = dedupe
         self._expert_modules: list[str] = []
         if dedupe:
             paths = {e.module for e in topology.experts if e.module is not None}
+            holders = {g.module for g in topology.gates if g.module}
             self._expert_modules = [
                 p
                 for p in sorted(paths)
-                if p in modules and not any(q == p or q.startswith(f"{p}.") for q in self._gate_modules)
+                if p in modules and not any(q == p or q.startswith(f"{p}.") for q in holders)
             ]  # never shrink a module that holds a gate: the gate's hook must see every block
         self.variants: list[Variant] = [{}]
         self.block_rows: int | None = None
@@ -220,18 +228,41 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         self._calls.clear()
         self._shrunk.clear()
         self._equal.clear()
+        if self._taps is not None:
+            self._taps.new_forward()
 
-    def _blocks(self, out: Tensor, what: str) -> list[Tensor]:
+    def _blocks(self, out: Tensor, what: str, dim: int = 0) -> list[Tensor]:
         k = len(self.variants)
         if k == 1:
             return [out]
         b = self.block_rows
-        if b is None or out.shape[0] != k * b:
+        if dim < 0 or b is None or out.shape[dim] != k * b:
             raise InterventionError(
-                f"{what} produced {out.shape[0]} rows in a forward of {k} stacked blocks of {b} rows; this "
-                "model does not keep rows on dim 0, so use strategy='naive'"
+                f"{what} produced {tuple(out.shape)} in a forward of {k} stacked blocks of {b} rows; its rows "
+                "are not on one batch axis, so use strategy='naive'"
             )
-        return list(out.split(b))
+        return list(out.split(b, dim=dim))
+
+    def _edit(self, spec: GateSpec, out: Tensor, shrunk: bool) -> Tensor | None:
+        """`out` of gate `spec` with each row block edited by its variant (None: leave it as it is)."""
+        edits = [v.get(spec.name) for v in self.variants]
+        if not self.capture and all(e is None for e in edits):
+            return self._tile(out) if shrunk else None
+        dim = spec.batch_dim
+        blocks = [out] * len(self.variants) if shrunk else self._blocks(out, f"gate {spec.name!r}", dim)
+        if self.capture:
+            self.captured[spec.name] = gate_probabilities(blocks[0], spec, self.block_rows)
+        if all(e is None for e in edits):
+            return self._tile(out) if shrunk else None
+        pieces = [
+            blk if e is None else edit_gate_output(blk, spec, e, self._source(e))
+            for blk, e in zip(blocks, edits, strict=True)
+        ]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=max(dim, 0))
+
+    def _tap_edit(self, spec: GateSpec, value: Tensor) -> Tensor | None:
+        """A function-level gate's tensor, handed over by the taps: edited like a gate module's output."""
+        return self._edit(spec, value, shrunk=False)
 
     def _gate_hook(self, path: str) -> Callable[..., Tensor | None]:
         specs = self._gate_modules[path]
@@ -255,19 +286,7 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
                 raise RecordingError(f"gate module {path!r} returned {type(out).__name__}, not a tensor")
             if spec is None:
                 return self._tile(out) if shrunk else None
-            edits = [v.get(spec.name) for v in self.variants]
-            if not self.capture and all(e is None for e in edits):
-                return self._tile(out) if shrunk else None
-            blocks = [out] * len(self.variants) if shrunk else self._blocks(out, f"gate {spec.name!r}")
-            if self.capture:
-                self.captured[spec.name] = gate_probabilities(blocks[0], spec)
-            if all(e is None for e in edits):
-                return self._tile(out) if shrunk else None
-            pieces = [
-                blk if e is None else edit_gate_output(blk, spec, e, self._source(e))
-                for blk, e in zip(blocks, edits, strict=True)
-            ]
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+            return self._edit(spec, out, shrunk)
 
         return hook
 
@@ -346,6 +365,9 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
                 if self.dedupe:  # a gate on identical blocks runs once; its hook then edits each block
                     self._handles.append(module.register_forward_pre_hook(self._dedupe_pre(path)))
                 self._handles.append(module.register_forward_hook(self._gate_hook(path)))
+            if self._taps is not None:
+                self._taps_ctx = self._taps.attach(self.model)
+                self._taps_ctx.__enter__()
         except BaseException:
             self.close()
             raise
@@ -359,6 +381,9 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._taps_ctx is not None:
+            ctx, self._taps_ctx = self._taps_ctx, None
+            ctx.__exit__(None, None, None)
         self.captured, self.sources = {}, {}
         if self._mode is not None:
             mode, self._mode = self._mode, None

@@ -87,10 +87,8 @@ class _TrainingHooks(GateRecorder):
         self._on_forward()
 
     def __enter__(self) -> _TrainingHooks:
+        self.attach()  # gate hooks and function taps; no expert hooks (experts=False)
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
-            for path in self._gate_modules:
-                self._handles.append(self._modules[path].register_forward_hook(self._gate_hook(path)))
             self._handles.append(self.model.register_forward_hook(self._end_forward))
         except BaseException:
             self.close()

@@ -184,6 +184,7 @@ class GateRecorder:
     def _tap_value(self, gate: GateSpec, value: torch.Tensor) -> None:
         """A function-level gate's tensor, handed over by the taps (their mode is off while this runs)."""
         self._capture.gates[gate.name] = gate_probabilities(value, gate, self._batch)
+        return None
 
     def _quiet(self) -> AbstractContextManager[None]:
         """Our own torch ops inside a hook must not count as the model's calls for the function taps."""
@@ -213,6 +214,11 @@ class GateRecorder:
     def __enter__(self) -> GateRecorder:
         self._mode_ctx = model_mode(self.model, training=False)
         self._mode_ctx.__enter__()
+        self.attach()
+        return self
+
+    def attach(self) -> None:
+        """Register every hook (and the function taps) without touching modes; `close()` undoes it."""
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
             if self._taps is not None:
@@ -225,7 +231,6 @@ class GateRecorder:
         except BaseException:
             self.close()
             raise
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

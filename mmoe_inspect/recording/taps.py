@@ -31,13 +31,17 @@ Tap = tuple[str, int, int, Any]  # (op, occurrence, arg, key handed to the callb
 class FunctionTaps(TorchFunctionMode):
     """Watches `taps[module] = [(op, occurrence, arg, key), ...]`; calls `on_value(key, tensor)`.
 
-    `arg` -1 hands over the op's first tensor output, k >= 0 its k-th tensor argument. Use
+    `arg` -1 hands over the op's first tensor output, k >= 0 its k-th tensor argument. When
+    `on_value` returns a tensor it replaces the value (the output, or the argument before the op runs):
+    how causal interventions edit a function-level gate. Use
     `attach(model)` (a context manager) to register the module hooks; `new_forward()` resets the
     counts (call it from the model's forward pre-hook); `paused()` keeps the caller's own torch ops
     (a module hook copying a gate) from being counted.
     """
 
-    def __init__(self, taps: dict[str, list[Tap]], on_value: Callable[[Any, torch.Tensor], None]) -> None:
+    def __init__(
+        self, taps: dict[str, list[Tap]], on_value: Callable[[Any, torch.Tensor], torch.Tensor | None]
+    ) -> None:
         super().__init__()
         self.taps = taps
         self.on_value = on_value
@@ -52,13 +56,13 @@ class FunctionTaps(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         if self._pause:
-            return out
+            return func(*args, **kwargs)
         name = op_name(func)
         if name not in self.ops:
-            return out
-        ins = None
+            return func(*args, **kwargs)
+        ins: list[torch.Tensor] | None = None
+        hits: list[tuple[int, Any]] = []
         for module, n in self.active.items():
             if n <= 0:
                 continue
@@ -68,15 +72,28 @@ class FunctionTaps(TorchFunctionMode):
             if ins is None:
                 ins = list(iter_tensors((args, kwargs)))
                 if not ins:
-                    return out
+                    return func(*args, **kwargs)
             k = self.counts.get((module, name), 0)
             self.counts[(module, name)] = k + 1
-            for op, occurrence, arg, key in entries:
-                if op != name or occurrence != k:
+            hits += [(arg, key) for op, occurrence, arg, key in entries if op == name and occurrence == k]
+        if not hits:
+            return func(*args, **kwargs)
+        assert ins is not None
+        for arg, key in hits:  # argument taps first: an edit replaces the argument the op then reads
+            if 0 <= arg < len(ins):
+                new = self.on_value(key, ins[arg])
+                if new is not None:
+                    args, kwargs = _swap_nth((args, kwargs), arg, new)
+                    ins[arg] = new
+        out = func(*args, **kwargs)
+        for arg, key in hits:
+            if arg < 0:
+                first = next(iter_tensors(out), None)
+                if first is None:
                     continue
-                pool = list(iter_tensors(out))[:1] if arg < 0 else ins[arg : arg + 1]
-                for value in pool:
-                    self.on_value(key, value)
+                new = self.on_value(key, first)
+                if new is not None:
+                    out = new if isinstance(out, torch.Tensor) else _swap_nth(out, 0, new)
         return out
 
     # ------------------------------------------------------------------ bookkeeping
@@ -134,3 +151,23 @@ class FunctionTaps(TorchFunctionMode):
             for h in handles:
                 h.remove()
             self.close()
+
+
+def _swap_nth(obj: Any, n: int, new: torch.Tensor) -> Any:
+    """`obj` (nested args) with its `n`-th tensor (in `iter_tensors` order) replaced by `new`."""
+    seen = -1
+
+    def walk(o: Any) -> Any:
+        nonlocal seen
+        if isinstance(o, torch.Tensor):
+            seen += 1
+            return new if seen == n else o
+        if isinstance(o, tuple) and not hasattr(o, "_fields"):
+            return tuple(walk(v) for v in o)
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        return o
+
+    return walk(obj)
