@@ -11,7 +11,9 @@ seen in public multi-task code:
 * `einsum` with any equation (ellipsis included) that contracts W's expert letter against an operand
   holding the batch letter;
 * per-expert products `W[:, i] * X_i` (a Python loop, `unbind`, `split`, ...) summed by additions or
-  by a sum over a stack of them.
+  by a sum over a stack of them;
+* sparse top-k dispatch: the experts' outputs on their own rows, concatenated, multiplied by the
+  weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`.
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
@@ -54,6 +56,7 @@ class Mixture:
     experts: tuple[tuple[int, int | None], ...]
     n_experts: int
     arg: int = -1
+    sparse: bool = False  # top-k dispatch: each expert ran on its own subset of rows
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -364,6 +367,80 @@ def _per_expert(graph: Graph, muls: list[Node]) -> list[Mixture]:
     return out
 
 
+_GATHER_OPS = frozenset({"gather", "getitem", "index_select", "take_along_dim"})
+
+
+def _gathered_from(graph: Graph, idx: int, depth: int = 8) -> tuple[int, int, int | None] | None:
+    """(W, expert axis, batch axis) when node `idx` holds values picked from a gate-shaped `[B, E]` `W`."""
+    batch = graph.batch_size
+    cur = idx
+    for _ in range(depth):
+        node = graph.nodes[cur]
+        src = node.args[0] if node.args else None
+        if not isinstance(src, Ref):
+            return None
+        if node.op in _GATHER_OPS:
+            w = graph.nodes[src.node]
+            if w.ndim == 2 and w.shape[0] == batch and 2 <= w.shape[1] <= MAX_EXPERTS and w.shape[1] != batch:
+                return src.node, 1, 0
+            cur = src.node
+            continue
+        p = view_parent(graph, node)
+        if p is None:
+            return None
+        cur = p
+    return None
+
+
+def _concat_parts(graph: Graph, idx: int) -> list[int] | None:
+    """The parts of a row-wise concatenation (`cat(..., dim=0)`) that node `idx` is (through views)."""
+    cur = idx
+    for _ in range(8):
+        node = graph.nodes[cur]
+        if node.op == "cat":
+            seq = node.arg(0, "tensors")
+            dim = node.arg(1, "dim", 0)
+            if isinstance(seq, (list, tuple)) and dim == 0 and all(isinstance(r, Ref) for r in seq):
+                return [r.node for r in seq]
+            return None
+        p = view_parent(graph, node)
+        if p is None:
+            return None
+        cur = p
+    return None
+
+
+def _sparse_dispatch(graph: Graph, node: Node) -> list[Mixture]:
+    """`zeros.index_add(0, rows, cat(expert outputs) * gathered weights)` (and `scatter_add`)."""
+    if not node.shape or node.shape[0] != graph.batch_size:
+        return []
+    source = node.arg(3, "source") if node.op == "index_add" else node.arg(3, "src")
+    dim = node.arg(1, "dim")
+    if not isinstance(source, Ref) or dim not in (0, -node.ndim):
+        return []
+    cur = source.node
+    while graph.nodes[cur].op not in MUL_OPS:
+        p = view_parent(graph, graph.nodes[cur])
+        if p is None:
+            return []
+        cur = p
+    prod = graph.nodes[cur]
+    a, b = _operands(prod)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)):
+        return []
+    for g_ref, x_ref in ((a, b), (b, a)):
+        found = _gathered_from(graph, g_ref.node)
+        parts = _concat_parts(graph, x_ref.node)
+        if found is None or parts is None:
+            continue
+        w, ax, bax = found
+        e = graph.nodes[w].shape[ax]
+        if len(parts) != e:
+            continue
+        return [Mixture(prod.idx, node.idx, w, ax, bax, tuple((p, None) for p in parts), e, sparse=True)]
+    return []
+
+
 def find_mixtures(graph: Graph) -> list[Mixture]:
     """Every expert mixture in the traced forward (see module docstring), in forward order.
 
@@ -380,6 +457,8 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_matmul(graph, node))
         elif node.op == "einsum":
             found.extend(_einsum(graph, node))
+        elif node.op in ("index_add", "scatter_add"):
+            found.extend(_sparse_dispatch(graph, node))
     combined = {m.combine for m in found}
     found.extend(m for m in _per_expert(graph, [n for n in muls if n.idx not in combined]))
     found.sort(key=lambda m: (m.combine, m.output))

@@ -137,11 +137,19 @@ def _row_values(graph: Graph, idx: int, ax: int | None, bax: int | None) -> torc
     return t.movedim((bax, ax), (0, -1)).reshape(t.shape[bax], -1, t.shape[ax]).reshape(-1, t.shape[ax])
 
 
+# Per-entry activations: their rows are not normalized by construction, whatever values they hold.
+_ELEMENTWISE_ACTIVATIONS = frozenset(
+    {"sigmoid", "relu", "exp", "softplus", "hardsigmoid", "elu", "gelu", "tanh", "abs", "silu", "relu6"}
+)
+
+
 def _kind_of(graph: Graph, idx: int, ax: int | None, bax: int | None) -> GateOutput:
     """ "probs" when every row is a distribution over the experts, else "weights"."""
     node = graph.nodes[idx]
     if node.op == "softmax" and softmax_dim(node.args, node.kwargs, node.ndim) == ax:
         return "probs"
+    if node.op in _ELEMENTWISE_ACTIVATIONS:  # a sigmoid gate that happens to sum to 1 here is still one
+        return "weights"
     rows = _row_values(graph, idx, ax, bax)
     if rows is None or not bool(torch.isfinite(rows).all()):
         return "weights"
@@ -478,6 +486,7 @@ def _describe(
 
     task_nodes = _task_nodes(graph, out, outputs)
     unresolved += _unexplained_softmaxes(graph, gates, rejected, task_nodes, tasks, notes)
+    unresolved += _outside_torch(graph, task_nodes, tasks)
     unresolved += _named_like_gates(model, graph, gates, tasks, notes)
 
     if not gates:
@@ -535,7 +544,7 @@ def _describe(
         for r in g.experts:
             refs.setdefault(r.key, r)
     for r in sorted(refs.values(), key=lambda r: r.order):
-        if r.module is not None:
+        if r.module is not None or r.key[0] == "sparse":
             continue
         parent = r.parent or ROOT
         node_key = (parent, r.order[0])
@@ -546,6 +555,8 @@ def _describe(
         inline_names[r.key] = f"{parent}.expert[{i}]" if parent else f"expert[{i}]"
 
     def expert_name(r: ExpertRef) -> str:
+        if r.key[0] == "sparse" and r.parent:
+            return r.parent  # a sparse-dispatch expert: named by its module, not hooked
         if r.module is None:
             return inline_names[r.key]
         return r.module if r.index is None else f"{r.module}[{r.index}]"
@@ -579,7 +590,13 @@ def _describe(
     )
 
     # 8: notes and confidence
-    inline = sorted({expert_name(r) for r in refs.values() if r.module is None})
+    inline = sorted({expert_name(r) for r in refs.values() if r.module is None and r.key[0] != "sparse"})
+    sparse = sorted({expert_name(r) for r in refs.values() if r.key[0] == "sparse"})
+    if sparse:
+        notes.append(
+            f"{len(sparse)} experts run on their own rows (sparse top-k dispatch): {sparse[0]} ... {sparse[-1]}; "
+            "their outputs are not recorded (no expert similarity), the gates are"
+        )
     if inline:
         penalties.add("inline")
         notes.append(
@@ -630,7 +647,11 @@ def _describe(
 
 
 def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str:
-    """The experts a mixture weights: one stacked tensor, or one tensor per expert."""
+    """The experts a mixture weights: one stacked tensor, or one tensor per expert.
+
+    Experts of a sparse dispatch ran on their own rows, so their module outputs cannot be hooked as
+    `[batch, d]`: they are kept by name (module path) but not recorded.
+    """
     if len(mix.experts) == 1 and mix.experts[0][1] is not None:
         node, axis = mix.experts[0]
         return tracer.resolve(node, axis, mix.n_experts)
@@ -639,6 +660,11 @@ def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | st
         got = tracer.resolve(node, None, 1)
         if isinstance(got, str):
             return got
+        if mix.sparse:
+            got = [
+                ExpertRef(("sparse", r.module or r.key), None, None, r.module or r.parent, r.order, r.calls)
+                for r in got
+            ]
         out.extend(got)
     if len({r.key for r in out}) != len(out):
         return "weights the same tensor several times, not several experts"
@@ -846,22 +872,32 @@ def _named_like_gates(
         if any(idx in upstream for idx in outputs_of.get(path, [])):
             continue
         flagged.append(path)
-    # report the outermost flagged modules only
+    # report the outermost flagged modules only, one item per container (experts.0 ... experts.7)
     flagged = [p for p in flagged if not any(p.startswith(q + ".") for q in flagged if q != p)]
-    for path in flagged[:8]:
-        cls = type(graph.modules[path]).__name__
-        shape = next((graph.nodes[i].shape for i in outputs_of.get(path, [])), None)
-        e = shape[-1] if shape and len(shape) >= 2 and 2 <= shape[-1] <= 1024 else None
+    groups: dict[str, list[str]] = {}
+    for path in flagged:
+        head, _, last = path.rpartition(".")
+        groups.setdefault(head if last.isdigit() and head else path, []).append(path)
+    for container, paths in list(groups.items())[:8]:
+        cls = type(graph.modules[paths[0]]).__name__
+        named = paths[0] if len(paths) == 1 else f"{paths[0]} ... {paths[-1]} ({len(paths)} modules)"
+        if "expert" in " ".join(_words(container)) or "experts" in _words(container):
+            snippet = "".join(f'[[experts]]\nname = "{p}"\nmodule = "{p}"\n' for p in paths)
+            reason = "their outputs feed no gate discovery found"
+        else:
+            e, kind = _module_gate_guess(graph, outputs_of.get(paths[0], []))
+            snippet = _module_snippet(paths[0], e, tasks, kind)
+            reason = "it ran in the forward but is part of no gate discovery found"
         out.append(
             Unresolved(
-                f"module {path} ({cls}) is named like a gate, expert or MoE layer",
-                path,
-                "it ran in the forward but is part of no gate discovery found",
-                _module_snippet(path, e, tasks),
+                f"module {named} ({cls}) is named like a gate, expert or MoE layer",
+                container,
+                reason,
+                snippet,
             )
         )
-    if len(flagged) > 8:
-        notes.append(f"{len(flagged) - 8} more modules named like gates/experts are not part of any gate")
+    if len(groups) > 8:
+        notes.append(f"{len(groups) - 8} more modules named like gates/experts are not part of any gate")
     if not gates and not out:
         cls = type(model).__name__
         if _gate_word(cls):
@@ -874,6 +910,64 @@ def _named_like_gates(
                 )
             )
     return out
+
+
+def _module_gate_guess(graph: Graph, outputs: list[int]) -> tuple[int | None, str]:
+    """(E, output kind) a module's output suggests as a gate: logits when the model softmaxes it."""
+    if not outputs:
+        return None, "probs"
+    node = graph.nodes[outputs[0]]
+    shape = node.shape
+    e = shape[-1] if len(shape) >= 2 and 2 <= shape[-1] <= 1024 else None
+    if e is None:
+        return None, "probs"
+    if any(graph.nodes[c].op == "softmax" for c in graph.children[node.idx]):
+        return e, "logits"
+    return e, _kind_of(graph, node.idx, len(shape) - 1, 0 if shape[0] == graph.batch_size else None)
+
+
+def _outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
+    """Per-row tensors that enter the forward from outside torch (numpy, a C extension) on the way to the
+    outputs: the forward is not fully visible, so gate-shaped softmaxes cut off by it may be gates."""
+    above: set[int] = set()
+    for t in task_nodes:
+        above |= _ancestors(graph, t)
+    entered = [
+        n
+        for n in graph.nodes
+        if n.op == "const" and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
+    ]
+    if not entered:
+        return []
+    first = entered[0]
+    cut = [
+        s
+        for s in graph.nodes
+        if s.op == "softmax"
+        and (dim := softmax_dim(s.args, s.kwargs, s.ndim)) is not None
+        and gate_axis(s.shape, dim, graph.batch_size) is not None
+        and not graph.descendants(s.idx) & task_nodes
+    ]
+    snippet = (
+        _function_snippet(
+            graph,
+            cut[0].idx,
+            cut[0].shape[softmax_dim(cut[0].args, cut[0].kwargs, cut[0].ndim) or 1],
+            tasks,
+            dim=softmax_dim(cut[0].args, cut[0].kwargs, cut[0].ndim) or 1,
+        )
+        if cut
+        else _module_snippet("<module path of the gate>", None, tasks)
+    )
+    return [
+        Unresolved(
+            f"a per-row tensor {list(first.shape)} enters the forward from outside torch",
+            _module_of(graph, first.idx),
+            "part of the forward runs where no tracer sees it (numpy, a C extension), so a mixture may be hidden"
+            + (f"; {len(cut)} gate-shaped softmax(es) stop before it" if cut else ""),
+            snippet,
+        )
+    ]
 
 
 def _ancestors(graph: Graph, idx: int, limit: int = 100_000) -> set[int]:
@@ -931,14 +1025,16 @@ def _function_snippet(
     )
 
 
-def _module_snippet(path: str, n_experts: int | None, tasks: tuple[TaskSpec, ...]) -> str:
+def _module_snippet(
+    path: str, n_experts: int | None, tasks: tuple[TaskSpec, ...], output: str = "probs"
+) -> str:
     """A `[[gates]]` block reading a module's output, to be completed by hand."""
     experts, blocks = _experts_snippet(n_experts)
     return (
         "[[gates]]\n"
         'name = "FILL_IN"\n'
         f'module = "{path}"\n'
-        'output = "probs"  # "logits" if the model softmaxes it afterwards, "weights" if not normalised\n'
+        f'output = "{output}"  # "probs", "logits" (softmaxed afterwards by the model) or "weights"\n'
         "dim = 1\n"
         f"experts = {experts}\n"
         f"{_task_line(tasks)}\n"

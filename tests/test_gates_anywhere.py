@@ -1,0 +1,418 @@
+"""Gates found by what they do: function-level gates (inline temperature, sigmoid, sparse top-k,
+learned scalar mixtures), unresolved gate-like items (never a silent "no gates"), and the cannot-judge
+exit code. Truth comes from each model's own second path that returns its gate weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import _get_current_function_mode_stack
+from typer.testing import CliRunner
+
+import mmoe_inspect as mi
+from mmoe_inspect.causal.interventions import Ablate, GateIntervention
+from mmoe_inspect.cli.main import app
+from mmoe_inspect.recording.recorder import GateRecorder
+from mmoe_inspect.topology.discovery import NO_GATES_NOTE, discover_topology
+from mmoe_inspect.topology.spec import Topology
+
+FEATURES = [f"f{i}" for i in range(6)]
+
+
+# ----------------------------------------------------------------------------------- models
+class InlineTemperatureMMoE(nn.Module):
+    """Experts stacked FIRST `[E, B, D]`, gates `softmax(logits / tau)` inline, LibMTL's ellipsis einsum."""
+
+    def __init__(self, d: int = 6, n_experts: int = 4, hidden: int = 5, tau: float = 0.5) -> None:
+        super().__init__()
+        self.tau = tau
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, hidden), nn.ReLU()) for _ in range(n_experts))
+        self.gate_layers = nn.ModuleList(nn.Linear(d, n_experts) for _ in range(2))
+        self.towers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+        self.task_names = ["click", "buy"]
+
+    def weights(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.softmax(g(x) / self.tau, dim=-1) for g in self.gate_layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ex = torch.stack([e(x) for e in self.experts])  # [E, B, D]
+        outs = [
+            torch.sigmoid(t(torch.einsum("ij..., ji -> j...", ex, w)))
+            for t, w in zip(self.towers, self.weights(x), strict=True)
+        ]
+        return torch.cat(outs, dim=1)
+
+
+class SigmoidGateMMoE(nn.Module):
+    """Sigmoid gates (rows do not sum to 1), experts last `[B, D, E]`, mixed by `(ex * w[:, None]).sum(-1)`."""
+
+    def __init__(self, d: int = 6, n_experts: int = 3, hidden: int = 5) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Linear(d, hidden) for _ in range(n_experts))
+        self.gates = nn.ModuleList(nn.Linear(d, n_experts) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def weights(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.sigmoid(g(x)) for g in self.gates]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.experts], dim=-1)  # [B, D, E]
+        w = self.weights(x)
+        return {
+            name: torch.sigmoid(h((ex * wi[:, None, :]).sum(-1))).squeeze(-1)
+            for name, h, wi in zip(("a", "b"), self.heads, w, strict=True)
+        }
+
+
+class ScalarMixture(nn.Module):
+    """One learned weight vector for every row (`softmax(alpha)`, no batch axis), experts via a loop sum."""
+
+    def __init__(self, d: int = 6, n_experts: int = 3, hidden: int = 4) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+        self.experts = nn.ModuleList(nn.Linear(d, hidden) for _ in range(n_experts))
+        self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.alpha, dim=0).expand(x.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        w = torch.softmax(self.alpha, dim=0)
+        mix = sum(w[i] * e(x) for i, e in enumerate(self.experts))
+        return [torch.sigmoid(h(mix)).squeeze(-1) for h in self.heads]
+
+
+class SparseTopK(nn.Module):
+    """Shazeer-style top-k gates scattered to `[B, E]` and a sparse dispatcher (`index_add`)."""
+
+    def __init__(self, d: int = 6, n_experts: int = 4, k: int = 2, hidden: int = 5) -> None:
+        super().__init__()
+        self.k, self.n_experts = k, n_experts
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, hidden), nn.ReLU()) for _ in range(n_experts))
+        self.w_gate = nn.ParameterList(nn.Parameter(torch.randn(d, n_experts)) for _ in range(2))
+        self.towers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def weights(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        logits = x @ self.w_gate[t]
+        top_v, top_i = logits.topk(self.k, dim=1)
+        return torch.zeros_like(logits).scatter(1, top_i, torch.softmax(top_v, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for t, tower in enumerate(self.towers):
+            g = self.weights(x, t)
+            nz = torch.nonzero(g)
+            sorted_e, order = nz.sort(0)
+            _, expert_index = sorted_e.split(1, dim=1)
+            rows = nz[order[:, 1], 0]
+            sizes = (g > 0).sum(0).tolist()
+            picked = torch.gather(g[rows], 1, expert_index)
+            parts = x[rows].split(sizes, dim=0)
+            outs_e = [self.experts[i](parts[i]) for i in range(self.n_experts)]
+            y = torch.zeros(g.shape[0], outs_e[0].shape[1]).index_add(0, rows, torch.cat(outs_e, 0) * picked)
+            outs.append(torch.sigmoid(tower(y)))
+        return torch.cat(outs, dim=1)
+
+
+class NumpyMixingMoE(nn.Module):
+    """The mixture is computed in numpy: invisible to any torch tracer, but its softmax gate is visible."""
+
+    def __init__(self, d: int = 6, n_experts: int = 3, hidden: int = 4) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Linear(d, hidden) for _ in range(n_experts))
+        self.gate = nn.Linear(d, n_experts)
+        self.head = nn.Linear(hidden, 1)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.gate(x), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights(x).detach().numpy()
+        ex = np.stack([e(x).detach().numpy() for e in self.experts], axis=1)
+        mix = torch.from_numpy(np.einsum("be,bed->bd", w, ex))
+        return torch.sigmoid(self.head(mix))
+
+
+class Dense(nn.Module):
+    """A true Shared-Bottom: no mixture anywhere (and a feature re-weighting softmax that is no gate)."""
+
+    def __init__(self, d: int = 6) -> None:
+        super().__init__()
+        self.att = nn.Linear(d, d)
+        self.bottom = nn.Sequential(nn.Linear(d, 8), nn.ReLU())
+        self.towers = nn.ModuleList(nn.Linear(8, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.softmax(self.att(x), dim=1)
+        h = self.bottom(x)
+        return torch.cat([torch.sigmoid(t(h)) for t in self.towers], dim=1)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def fingerprint(model: nn.Module) -> dict[str, object]:
+    def digest(t: torch.Tensor | None) -> str | None:
+        return None if t is None else hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+
+    return {
+        "params": {n: digest(p) for n, p in model.named_parameters()},
+        "grads": {n: digest(p.grad) for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+    }
+
+
+def record(model: nn.Module, topo: Topology, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x[:7])  # another batch size first: locators count calls, not rows
+        rec.take()
+        model(x)
+        return rec.take().gates
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(96, 6, generator=torch.Generator().manual_seed(1))
+
+
+# ----------------------------------------------------------------------------------- tests
+def test_inline_temperature_gates_experts_first(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = InlineTemperatureMMoE()
+    topo = discover_topology(model, x[:64])
+    assert [(g.name, g.module, g.op, g.occurrence, g.output, g.task) for g in topo.gates] == [
+        ("click", "", "softmax", 0, "probs", "click"),
+        ("buy", "", "softmax", 1, "probs", "buy"),
+    ]
+    assert topo.gates[0].experts == tuple(f"experts.{i}" for i in range(4))
+    assert topo.architecture == "mmoe" and topo.judgeable
+    before = fingerprint(model)
+    got = record(model, topo, x)
+    with torch.no_grad():
+        truth = model.weights(x)
+    for g, w in zip(topo.gates, truth, strict=True):
+        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
+    assert fingerprint(model) == before and not _get_current_function_mode_stack()
+
+
+def test_function_taps_are_removed_when_the_forward_raises(x: torch.Tensor) -> None:
+    model = InlineTemperatureMMoE()
+    topo = discover_topology(model, x[:64])
+    before = fingerprint(model)
+    with pytest.raises(RuntimeError), GateRecorder(model, topo), torch.inference_mode():
+        model(torch.randn(5, 9))  # wrong width: the first expert raises inside the tapped forward
+    assert fingerprint(model) == before and not _get_current_function_mode_stack()
+
+
+def test_sigmoid_gates_are_weights_not_distributions(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = SigmoidGateMMoE()
+    with torch.no_grad():  # plant: gate "a" collapsed onto expert 1 (sigmoid ~1 there, ~0 elsewhere)
+        model.gates[0].weight.zero_()
+        model.gates[0].bias.copy_(torch.tensor([-30.0, 30.0, -30.0]))
+    topo = discover_topology(model, x[:64])
+    assert [(g.name, g.output, g.dim, g.op) for g in topo.gates] == [
+        ("a", "weights", 1, "sigmoid"),
+        ("b", "weights", 1, "sigmoid"),
+    ]
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES)
+    result = mi.inspect(
+        model, frame, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES
+    )
+    util = result.table("utilization")
+    with torch.no_grad():
+        truth = model.weights(x)
+    for g, w in zip(topo.gates, truth, strict=True):
+        means = util[util.gate == g.name].set_index("expert").loc[list(g.experts), "mean"].to_numpy()
+        np.testing.assert_allclose(means, w.double().mean(0).numpy(), rtol=0, atol=1e-6)
+    gm = result.table("gate_metrics").set_index("gate")
+    assert not gm.loc["a", "simplex"] and math.isnan(gm.loc["a", "normalized_entropy"])
+    codes = {(f.code, f.subject) for f in result.findings}
+    assert ("collapsed_gate", "a") in codes
+    assert not any(c == "gate_not_normalized" for c, _ in codes)
+    assert any("not distributions over their experts" in n for n in topo.notes)
+
+
+def test_learned_scalar_mixture_without_a_batch_axis(x: torch.Tensor) -> None:
+    model = ScalarMixture()
+    topo = discover_topology(model, x[:64])
+    (gate,) = topo.gates
+    assert (gate.op, gate.batch_dim, gate.output, gate.task) == ("softmax", -1, "probs", None)
+    assert topo.architecture == "omoe"
+    got = record(model, topo, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got[gate.name], model.weights(x), rtol=0, atol=0)
+
+
+def test_sparse_top_k_dispatch(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = SparseTopK()
+    topo = discover_topology(model, x[:64])
+    assert [(g.name, g.op, g.output) for g in topo.gates] == [
+        ("task_0", "scatter", "probs"),
+        ("task_1", "scatter", "probs"),
+    ]
+    assert all(e.module is None for e in topo.experts)  # ran on their own rows: not hooked
+    assert [e.name for e in topo.experts] == [f"experts.{i}" for i in range(4)]
+    got = record(model, topo, x)
+    with torch.no_grad():
+        for t, g in enumerate(topo.gates):
+            torch.testing.assert_close(got[g.name], model.weights(x, t), rtol=0, atol=0)
+
+
+def test_ablation_edits_a_function_level_gate(x: torch.Tensor) -> None:
+    """Removing expert 0 from "click" through the taps equals the model run with renormalized weights."""
+    torch.manual_seed(0)
+    model = InlineTemperatureMMoE()
+    topo = discover_topology(model, x[:64])
+    keep = (False, True, True, True)
+    b = x.shape[0]
+    with GateIntervention(model, topo) as iv, torch.no_grad():
+        iv.plan([{}, {"click": Ablate(keep)}], block_rows=b, capture=True)
+        out = model(x.repeat(2, 1))
+    with torch.no_grad():
+        ex = torch.stack([e(x) for e in model.experts])
+        w = model.weights(x)[0] * torch.tensor(keep)
+        w = w / w.sum(-1, keepdim=True)
+        expected = torch.sigmoid(model.towers[0](torch.einsum("ebd,be->bd", ex, w)))
+        torch.testing.assert_close(out[:b], model(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out[b:, :1], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[b:, 1:], out[:b, 1:], rtol=0, atol=0)  # "buy" untouched
+    assert not _get_current_function_mode_stack()
+
+
+def test_spec_round_trip_of_function_level_gates(x: torch.Tensor, tmp_path: Path) -> None:
+    topo = discover_topology(ScalarMixture(), x[:64])
+    path = tmp_path / "spec.toml"
+    topo.save(path)
+    back = Topology.load(path)
+    assert back.gates == topo.gates
+
+
+def test_numpy_mixing_is_unresolved_not_gateless(x: torch.Tensor, tmp_path: Path) -> None:
+    model = NumpyMixingMoE()
+    topo = discover_topology(model, x[:64])
+    assert topo.gates == () and not topo.judgeable and topo.architecture is None
+    assert NO_GATES_NOTE not in topo.notes
+    assert any("softmax over 3 entries" in u.what or "gate" in u.what for u in topo.unresolved)
+    assert "enters the forward from outside torch" in topo.unresolved[0].what
+    snippet = topo.unresolved[0].snippet
+    assert 'op = "softmax"' in snippet
+    result = mi.inspect(
+        model,
+        pd.DataFrame(x.numpy(), columns=FEATURES),
+        input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()),
+        columns=FEATURES,
+    )
+    assert result.verdict.startswith("Could not verify the routing")
+    assert result.worst_severity() == "critical"
+    # the snippet, filled in, records the right numbers
+    spec = Topology.from_toml(
+        'version = 1\n[[tasks]]\nname = "task_0"\noutput = 0\n'
+        + snippet.replace('name = "FILL_IN"', 'name = "g"').replace('task = "FILL_IN"', 'task = "task_0"')
+    )
+    got = record(model, spec, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got["g"], model.weights(x), rtol=0, atol=0)
+
+
+def test_shared_bottom_stays_gateless(x: torch.Tensor) -> None:
+    topo = discover_topology(Dense(), x[:64])
+    assert topo.gates == () and topo.unresolved == () and topo.judgeable
+    assert topo.notes[0] == NO_GATES_NOTE and topo.architecture == "shared_bottom"
+    assert any("re-weights values" in n for n in topo.notes)
+
+
+# ----------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("anywhere")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(400, 6)).astype("float32"), columns=FEATURES)
+    frame["task_0"] = (rng.random(400) < 0.3).astype("float64")
+    frame.to_parquet(root / "rows.parquet", index=False)
+    # a training script's classes, pickled from its __main__ as `python train.py` would
+    script = root / "train_script.py"
+    script.write_text(
+        "import numpy as np\nimport torch\nfrom torch import nn\n\n\n"
+        + inspect.getsource(NumpyMixingMoE)
+        + "\n\n"
+        + inspect.getsource(Dense)
+    )
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    main = sys.modules["__main__"]
+    try:
+        for name in ("NumpyMixingMoE", "Dense"):
+            setattr(main, name, namespace[name])
+        torch.manual_seed(0)
+        torch.save(namespace["NumpyMixingMoE"](), root / "numpy.pt")
+        torch.save(namespace["Dense"](), root / "dense.pt")
+    finally:
+        for name in ("NumpyMixingMoE", "Dense"):
+            delattr(main, name)
+    return {"root": root, "data": root / "rows.parquet", "script": script}
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_check_cannot_judge_unresolved_routing(saved: dict[str, Path]) -> None:
+    here = saved["script"]
+    common = [
+        "--data",
+        saved["data"],
+        "--trust-checkpoint",
+        "--model-code",
+        here,
+        "--features",
+        ",".join(FEATURES),
+    ]
+    code, text = invoke("check", saved["root"] / "numpy.pt", *common)
+    assert code == 4, text
+    assert "CANNOT JUDGE" in text and "no gates" not in text.lower()
+    code, text = invoke(
+        "check", saved["root"] / "numpy.pt", *common, "--allow-unresolved", "--fail-on", "never"
+    )
+    assert code == 0, text
+    code, text = invoke("topology", saved["root"] / "numpy.pt", *common)
+    assert code == 0 and "UNRESOLVED" in text and "[[gates]]" in text
+    code, text = invoke("check", saved["root"] / "dense.pt", *common)
+    assert code == 0 and "check passed" in text, text
+
+
+def test_relu_inplace_after_a_function_gate_does_not_change_the_capture(x: torch.Tensor) -> None:
+    """Taps copy at once: an in-place op on the gate tensor after the call does not reach the capture."""
+
+    class Inplace(InlineTemperatureMMoE):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ex = torch.stack([e(x) for e in self.experts])
+            outs = []
+            for t, g in zip(self.towers, self.gate_layers, strict=True):
+                w = torch.softmax(g(x) / self.tau, dim=-1)
+                mix = torch.einsum("ij..., ji -> j...", ex, w)
+                w.mul_(0.0)  # the model scribbles over its gate after using it
+                outs.append(torch.sigmoid(t(F.relu(mix))))
+            return torch.cat(outs, dim=1)
+
+    torch.manual_seed(0)
+    model = Inplace()
+    topo = discover_topology(model, x[:64])
+    got = record(model, topo, x)
+    with torch.no_grad():
+        truth = model.weights(x)
+    torch.testing.assert_close(got["click"], truth[0], rtol=0, atol=0)
