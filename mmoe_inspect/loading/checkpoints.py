@@ -121,6 +121,13 @@ def load_model(
                 raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
             if not trust:
                 raise _refusal(path, sniffed, exc) from None
+            if sniffed.unsure:
+                raise UntrustedCheckpointError(
+                    f"refusing to unpickle {path.name} even with --trust-checkpoint: its imports cannot be "
+                    f"listed in advance ({sniffed.unsure}); torch.save and pickle.dump never write that, "
+                    "so do not load this file",
+                    sniffed.globals,
+                ) from None
             obj = _full_load(path, dev, sniffed)
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
@@ -159,6 +166,8 @@ def _refuse_unusable(path: Path, s: Sniffed) -> None:
     """One-line errors for files that are not loadable checkpoints at all."""
     if s.kind == "empty":
         raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes)")
+    if s.too_big is not None:
+        raise CheckpointFileError(f"{path.name} is refused before loading: {s.too_big}")
     if s.kind == "truncated":
         raise CheckpointFileError(
             f"checkpoint {path} is truncated or damaged ({s.problem}); copy or save it again"
@@ -205,36 +214,46 @@ def _is_weights_only_refusal(exc: BaseException) -> bool:
 
 
 def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointError:
-    """The refusal: what the file is, the classes it would import, how to opt in."""
+    """The refusal: what the file is, EVERY import outside the tensor allowlist, a WARNING for loaders."""
     named = [g for g in s.globals if not is_plain(g)]
-    foreign = [g for g in named if not g.startswith("torch.")]
-    shown = foreign or named
+    danger = [g for g in named if is_dangerous(g)]
+    rest = [g for g in named if g not in danger]
     module_like = "torch._utils._rebuild_parameter" in s.globals or any(
         g.startswith("torch.nn.modules.") for g in s.globals
     )
     what = "a whole pickled model (torch.save(model))" if module_like else "a pickle of Python objects"
-    if shown:
-        listing = ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
-        extra = len(named) - len(shown)
-        imports = f"it would import {listing}" + (
-            f" (plus {extra} torch classes)" if foreign and extra else ""
+    if named:
+        imports = (
+            f"it would import {cut_list(danger + rest, 12)} ({len(named)} name{'s' if len(named) != 1 else ''}"
+            " outside the tensor allowlist)"
         )
     else:
         imports = f"torch refused it: {_one_line(exc)}"
-    danger = [g for g in s.globals if is_dangerous(g)]
     warning = (
-        f"; WARNING: {', '.join(danger)} can run commands or touch files, so do not trust this file unless "
-        "you made it"
+        f"; WARNING: {cut_list(danger, 12)} can load files, import modules or run commands, so do not "
+        "trust this file unless you made it"
         if danger
+        else ""
+    )
+    unsure = (
+        f"; WARNING: this list may be incomplete ({s.unsure}), so the file is refused even with "
+        "--trust-checkpoint"
+        if s.unsure
         else ""
     )
     return UntrustedCheckpointError(
         f"refusing to unpickle {path.name} without --trust-checkpoint: it is {what}, and unpickling can "
-        f"run arbitrary code; {imports}{warning}. If you trust its source, pass --trust-checkpoint (with "
-        "--import MODULE or --model-code FILE.py if those classes are not importable), or save "
+        f"run arbitrary code; {imports}{warning}{unsure}. If you trust its source, pass --trust-checkpoint "
+        "(with --import MODULE or --model-code FILE.py if those classes are not importable), or save "
         "model.state_dict() and pass --builder package.module:function",
         s.globals,
     )
+
+
+def cut_list(items: Sequence[str], n: int) -> str:
+    """'a, b, c and 7 more': the first `n` items and a count of the rest."""
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _full_load(path: Path, device: torch.device, s: Sniffed) -> Any:
