@@ -107,7 +107,8 @@ ModelCodeOpt = Annotated[
     typer.Option(
         "--model-code",
         metavar="FILE.py",
-        help="Load this Python file first; its classes also stand in for __main__.X of a script-saved pickle.",
+        help="RUNS this Python file (with your privileges) before loading, only when the checkpoint needs "
+        "code: a --builder, --import or a --trust-checkpoint pickle. Its classes also stand in for __main__.X.",
         rich_help_panel=LOADING,
     ),
 ]
@@ -195,7 +196,11 @@ QuietOpt = Annotated[
 SeedOpt = Annotated[
     int,
     typer.Option(
-        "--seed", help="Seed for row sampling, reservoirs and bootstrap resamples.", rich_help_panel=RUN
+        "--seed",
+        min=0,
+        max=2**32 - 1,
+        help="Seed for row sampling, reservoirs and bootstrap resamples (0 to 2**32-1).",
+        rich_help_panel=RUN,
     ),
 ]
 DebugOpt = Annotated[

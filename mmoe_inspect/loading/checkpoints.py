@@ -342,19 +342,27 @@ def _find_model_entry(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
 
 
 def _reference_model(config: Mapping[str, Any], path: Path) -> nn.Module:
+    from mmoe_inspect.loading._payload import check_model_size
     from mmoe_inspect.models.build import build_model
     from mmoe_inspect.models.config import ModelConfig
 
     try:
-        return build_model(ModelConfig.from_dict(dict(config)))
-    except (ValueError, TypeError, KeyError) as exc:
+        parsed = ModelConfig.from_dict(dict(config))
+        check_model_size(lambda: build_model(parsed), f"{path}: its model_config")
+        return build_model(parsed)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: its model_config does not build a model: {_one_line(exc)}") from None
 
 
 def _load_state(model: nn.Module, state: Mapping[str, Any], path: Path, by: str, notes: list[str]) -> None:
     """`model.load_state_dict(state)` strictly, after stripping a wrapper prefix; one-line mismatch errors."""
+    from mmoe_inspect.loading._payload import check_tensors
+
     expected = model.state_dict()
     state = dict(state)
+    check_tensors(state, "state_dict", path)
     for prefix in _PREFIXES:
         if set(state) != set(expected) and state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
@@ -381,7 +389,14 @@ def _load_state(model: nn.Module, state: Mapping[str, Any], path: Path, by: str,
             f"the state_dict in {path.name} does not fit the model built by {by} ({type(model).__name__}): "
             f"{', '.join(parts)}; build the model with the same code and arguments as in training"
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason.split("Error(s) in loading state_dict for", 1)[-1]
+        raise StateDictMismatchError(
+            f"the state_dict in {path.name} does not load into the model built by {by}: {reason[:300]}"
+        ) from None
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -393,4 +408,6 @@ def _device(device: str | torch.device) -> torch.device:
         ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CheckpointError(f"--device {device}: Apple MPS is not available on this machine (use cpu)")
     return dev
