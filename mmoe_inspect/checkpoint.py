@@ -200,6 +200,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         check_model_size(lambda: build_model(config), f"{path}: its model_config")
         model = build_model(config)
         model.load_state_dict(payload["state_dict"])
+    except CheckpointError:
+        raise
     except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {_one_line(exc)}") from exc
     model.to(map_location).eval()

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from mmoe_inspect._text import csv_safe
 from mmoe_inspect.results import METRICS_SCHEMA_VERSION, InspectionResult
 
 from ._replace import replace_folder
@@ -62,7 +63,7 @@ def build_report(result: InspectionResult, folder: str | Path) -> Path:
     (folder / "metrics.json").write_text(result.to_json(indent=2) + "\n", encoding="utf-8")
     written = result.save_tables(folder / "tables")
     if result.findings:
-        result.findings_frame().to_csv(folder / "tables" / "findings.csv", index=False)
+        csv_safe(result.findings_frame()).to_csv(folder / "tables" / "findings.csv", index=False)
     report = get_report_structure(
         result,
         {name: f"figures/{file}" for name, file in figures.items()},

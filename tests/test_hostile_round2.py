@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -321,5 +320,235 @@ def test_7c_zip_bomb_pickle_is_refused_before_inflating(tmp_path: Path) -> None:
         load_model(path)
 
 
-def _unused() -> None:  # keep imports used while cases are added
-    _ = (os,)
+# =========================================================================== 6, 7: exit 2 and bounded cost
+def payload_of(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, weights_only=True)
+
+
+def saved(tmp_path: Path, name: str, payload: dict) -> Path:
+    path = tmp_path / name
+    torch.save(payload, path)
+    return path
+
+
+def mutate(payload: dict, dotted: str, value) -> dict:
+    import copy
+
+    p = copy.deepcopy(payload)
+    *head, last = dotted.split(".")
+    node = p
+    for k in head:
+        node = node[k]
+    node[last] = value
+    return p
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("model_config", [1, 2], ("model_config", "not a dict")),
+        ("state_dict", {"w": "text"}, ("state_dict", "not a tensor")),
+        ("eval_sample.n_rows", "many", ("n_rows",)),
+        ("eval_sample.columns.x0", torch.zeros(3), ("different lengths",)),
+        ("format_version", 1.5, ("format version", "upgrade")),
+        ("model_config.params.n_experts", "three", ("cannot rebuild",)),
+        ("model_config.tasks", "click", ("cannot rebuild",)),
+    ],
+    ids=[
+        "config-list",
+        "state-text",
+        "n-rows-text",
+        "unequal-columns",
+        "version-float",
+        "experts-text",
+        "tasks-text",
+    ],
+)
+def test_6_checkpoint_fields_of_the_wrong_type_are_exit_2(checkpoint, tmp_path, field, value, words) -> None:
+    path = saved(tmp_path, "bad.pt", mutate(payload_of(checkpoint), field, value))
+    line = one_error_line(*run("topology", path))
+    for w in words:
+        assert w in line, line
+
+
+def test_7a_stride_zero_columns_are_refused_before_allocating(checkpoint, tmp_path) -> None:
+    huge = torch.zeros(1).expand(1 << 40)  # 4 TiB once materialized, 4 bytes in the file
+    payload = mutate(payload_of(checkpoint), "eval_sample.columns", {"x0": huge})
+    path = saved(tmp_path, "stride0.pt", payload)
+    assert path.stat().st_size < 1 << 20
+    line = one_error_line(*run("topology", path))
+    assert "MMOE_INSPECT_MAX_TENSOR_GB" in line and "TiB" in line
+
+
+def test_7b_huge_model_config_is_refused_before_building(checkpoint, tmp_path) -> None:
+    payload = mutate(payload_of(checkpoint), "model_config.params.expert_hidden", [200_000, 200_000])
+    path = saved(tmp_path, "huge.pt", payload)
+    line = one_error_line(*run("topology", path))
+    assert "parameters" in line and "MMOE_INSPECT_MAX_PARAMS" in line
+
+
+def test_6_meta_tensors_on_the_builder_path_are_exit_2(tmp_path) -> None:
+    code = tmp_path / "meta_builder.py"
+    code.write_text("import torch\ndef build():\n    return torch.nn.Linear(3, 2)\n")
+    path = tmp_path / "meta.pt"
+    torch.save({"weight": torch.empty(2, 3, device="meta"), "bias": torch.empty(2, device="meta")}, path)
+    line = one_error_line(*run("topology", path, "--builder", "meta_builder:build", "--model-code", code))
+    assert "meta tensor" in line
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("a = " + "[" * 5000 + "]" * 5000 + "\n", ("nested too deeply",)),
+        ("confidence = 'high'\n", ("confidence", "number")),
+        ("notes = [1, 2]\n", ("notes", "strings")),
+    ],
+    ids=["deep-toml", "confidence-text", "notes-numbers"],
+)
+def test_6_malformed_specs_are_exit_2(tmp_path, spec, words) -> None:
+    """A TopologyError (one line, exit 2 in every command that takes --spec), never another exception."""
+    from mmoe_inspect.topology.spec import Topology, TopologyError
+
+    path = tmp_path / "spec.toml"
+    path.write_text(spec, encoding="utf-8")
+    with pytest.raises(TopologyError) as info:
+        Topology.load(path)
+    for w in words:
+        assert w in str(info.value), info.value
+
+
+def test_6_latin1_spec_is_exit_2(tmp_path) -> None:
+    from mmoe_inspect.topology.spec import Topology, TopologyError
+
+    path = tmp_path / "spec.toml"
+    path.write_bytes("# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(TopologyError, match="UTF-8"):
+        Topology.load(path)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**70)])
+def test_6_out_of_range_seeds_are_exit_2(checkpoint, seed) -> None:
+    code, text = run("topology", checkpoint, "--seed", seed, "--sample", "0.5")
+    assert code == 2 and "--seed" in text and "Traceback" not in text
+
+
+def test_6_topology_write_into_a_missing_folder_is_exit_2(checkpoint, tmp_path) -> None:
+    line = one_error_line(*run("topology", checkpoint, "--write", tmp_path / "nope" / "spec.toml"))
+    assert "does not exist" in line
+
+
+def test_12_device_mps_says_mps_is_missing(checkpoint) -> None:
+    line = one_error_line(*run("topology", checkpoint, "--device", "mps"))
+    assert "MPS is not available" in line
+
+
+def test_12_a_huge_dict_error_is_cut(tmp_path) -> None:
+    path = tmp_path / "keys.pt"
+    torch.save({f"key_{i}": i for i in range(10_000)}, path)
+    line = one_error_line(*run("topology", path))
+    assert len(line) < 1000
+
+
+# =========================================================================== 8, 9: terminal and CSV text
+def test_8_control_characters_never_reach_the_terminal(checkpoint, tmp_path) -> None:
+    from mmoe_inspect._text import printable
+
+    hostile = "click\x1b[2J\x1b]0;owned\x07\x1b[31mred\x9b1m\x07"
+    assert printable(hostile) == "clickred"
+    payload = payload_of(checkpoint)
+    payload["state_dict"] = {("\x1b]0;title\x07" + k): v for k, v in payload["state_dict"].items()}
+    path = saved(tmp_path, "keys.pt", payload)
+    code, text = run("topology", path)
+    assert code == 2 and "\x1b" not in text and "\x07" not in text, repr(text)
+
+
+def test_9_csv_cells_that_look_like_formulas_are_escaped(tmp_path) -> None:
+    from mmoe_inspect.tabular import save_tables
+
+    frame = pd.DataFrame(
+        {"task": ['=HYPERLINK("http://x")', "@SUM(1)", "+1", "-1+1", "ok"], "v": [1.0, -2.0, 3.0, 4.0, 5.0]}
+    )
+    [path] = save_tables({"t": frame}, tmp_path)
+    back = pd.read_csv(path)
+    assert list(back["task"]) == ['\'=HYPERLINK("http://x")', "'@SUM(1)", "'+1", "'-1+1", "ok"]
+    assert list(back["v"]) == [1.0, -2.0, 3.0, 4.0, 5.0]  # numbers stay numbers
+
+
+# =========================================================================== CLI fuzz
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class Base:
+    """The fuzzed checkpoint's bytes (an object, so hypothesis does not print 45 kB per example)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Base({len(self.data)} bytes)"
+
+
+@pytest.fixture(scope="module")
+def fuzz_base(checkpoint: Path) -> Base:
+    return Base(checkpoint.read_bytes())
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_fuzz_mutated_checkpoints_are_exit_0_or_2(fuzz_base: Base, tmp_path_factory, flips, cut) -> None:
+    """Random byte flips and truncations of a real checkpoint: never an internal error (exit 1)."""
+    data = bytearray(fuzz_base.data)
+    for where, byte in flips:
+        data[int(where * (len(data) - 1))] = byte
+    if cut is not None:
+        data = data[: int(cut * len(data))]
+    path = tmp_path_factory.mktemp("fuzz") / "m.pt"
+    path.write_bytes(bytes(data))
+    code, text = run("topology", path, "--quiet")
+    assert code in (0, 2), text
+    assert "Traceback" not in text
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    args=st.lists(
+        st.sampled_from(
+            [
+                "--seed",
+                "--sample",
+                "--limit",
+                "--batch-size",
+                "--device",
+                "--tasks",
+                "--labels",
+                "-1",
+                "0",
+                "0.5",
+                "2",
+                "nan",
+                "1e30",
+                "=x",
+                "a,b",
+                "cpu",
+                "\x1b[2J",
+            ]
+        ),
+        max_size=4,
+    )
+)
+def test_fuzz_flag_lists_are_exit_0_or_2(checkpoint: Path, args) -> None:
+    code, text = run("topology", checkpoint, "--quiet", *args)
+    assert code in (0, 2), (args, text)
+    assert "Traceback" not in text

@@ -55,7 +55,11 @@ def sniff(path: Path) -> Sniffed:
         return Sniffed("empty")
     with path.open("rb") as fh:
         head = fh.read(4096)
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except (OSError, ValueError):
+        is_zip = False
+    if is_zip:
         return _sniff_zip(path)
     if head.startswith(b"PK\x03\x04"):
         return Sniffed("truncated", problem="a zip archive without its central directory")
@@ -137,7 +141,7 @@ def _sniff_zip(path: Path) -> Sniffed:
                 strings |= part.strings
                 problem = problem or part.problem
                 unsure = unsure or part.unsure
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
         return Sniffed("truncated", problem=str(exc) or type(exc).__name__)
     return Sniffed("torch-zip", tuple(globs), frozenset(strings), problem, unsure)
 
