@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from mmoe_inspect._text import printable
+
+from ._console import CleanConsole
 
 if TYPE_CHECKING:
     from mmoe_inspect.analysis.findings import Finding
@@ -37,8 +40,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = CleanConsole(highlight=False, soft_wrap=True)  # strips control characters from file-borne text
+err = CleanConsole(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_INTERNAL = 1  # a bug: rerun with --debug and report it
 EXIT_CHECK_FAILED = 1  # `check`: a finding listed in --fail-on is present
@@ -110,7 +113,8 @@ ModelCodeOpt = Annotated[
     typer.Option(
         "--model-code",
         metavar="FILE.py",
-        help="Load this Python file first; its classes also stand in for __main__.X of a script-saved pickle.",
+        help="RUNS this Python file (with your privileges) before loading, only when the checkpoint needs "
+        "code: a --builder, --import or a --trust-checkpoint pickle. Its classes also stand in for __main__.X.",
         rich_help_panel=LOADING,
     ),
 ]
@@ -198,7 +202,11 @@ QuietOpt = Annotated[
 SeedOpt = Annotated[
     int,
     typer.Option(
-        "--seed", help="Seed for row sampling, reservoirs and bootstrap resamples.", rich_help_panel=RUN
+        "--seed",
+        min=0,
+        max=2**32 - 1,
+        help="Seed for row sampling, reservoirs and bootstrap resamples (0 to 2**32-1).",
+        rich_help_panel=RUN,
     ),
 ]
 DebugOpt = Annotated[
@@ -381,10 +389,11 @@ def version_callback(value: bool) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    """The first meaningful line of an exception message, terminal colour codes stripped."""
+    """The first meaningful line of an exception message, control characters stripped, cut at 600 characters."""
     text = _ANSI.sub("", str(exc)).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return line
+    line = printable(line)
+    return line if len(line) <= 600 else line[:560] + f" ... ({len(line) - 560:,} more characters)"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

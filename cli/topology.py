@@ -51,6 +51,9 @@ def topology_command(
     first rows of --data (or of the rows stored in the checkpoint).
     """
     with guarded(run.debug):
+        if write is not None and not write.absolute().parent.is_dir():
+            err.print(f"[red]error:[/red] --write {write}: folder {write.absolute().parent} does not exist")
+            raise typer.Exit(EXIT_BAD_INPUT)
         if write is not None and write.exists() and not force:
             err.print(f"[red]error:[/red] {write} exists; pass --force to overwrite it")
             raise typer.Exit(EXIT_BAD_INPUT)

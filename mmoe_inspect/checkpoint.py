@@ -171,13 +171,21 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mmoe-inspect checkpoint (no format entry {FORMAT!r})")
     version = payload.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        shown = repr(version)[:40]
         raise CheckpointError(
-            f"{path} has checkpoint format version {version!r}; this mmoe-inspect reads up to {FORMAT_VERSION}"
+            f"{path} has checkpoint format version {shown}; this mmoe-inspect reads versions 1 to "
+            f"{FORMAT_VERSION}: upgrade mmoe-inspect or save the checkpoint again"
+            if FORMAT_VERSION > 1
+            else f"{path} has checkpoint format version {shown}; this mmoe-inspect reads only version 1: "
+            "upgrade mmoe-inspect or save the checkpoint again"
         )
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path} is a damaged mmoe-inspect checkpoint: it lacks {missing}")
+    from mmoe_inspect.loading._payload import check_payload
+
+    check_payload(payload, path)
     return payload
 
 
@@ -185,11 +193,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint written by `save_checkpoint`; the model is rebuilt, loaded and put in eval mode."""
     path = Path(path)
     payload = _read(path, map_location)
+    from mmoe_inspect.loading._payload import check_model_size
+
     try:
         config = ModelConfig.from_dict(payload["model_config"])
+        check_model_size(lambda: build_model(config), f"{path}: its model_config")
         model = build_model(config)
         model.load_state_dict(payload["state_dict"])
-    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {_one_line(exc)}") from exc
     model.to(map_location).eval()
     sample = payload["eval_sample"]

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmoe_inspect._text import csv_safe
+
 
 def json_safe(obj: Any) -> Any:
     """NaN/inf → None, numpy scalars → Python, tuples → lists (recursively)."""
@@ -42,6 +44,6 @@ def save_tables(tables: Mapping[str, pd.DataFrame], folder: str | Path, prefix: 
         if frame.empty:
             continue
         path = folder / f"{prefix}{name}.csv"
-        frame.to_csv(path, index=False)
+        csv_safe(frame).to_csv(path, index=False)  # a name like "=HYPERLINK(...)" stays text
         paths.append(path)
     return paths

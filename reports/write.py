@@ -1,20 +1,19 @@
 """`write_report`: build the whole report folder in a temp folder next to the target, then swap it in.
 
-`write_folder` is the atomic machinery itself (also used by `write_diff`): any folder of ours carries
-the marker file, and only our own entries are ever replaced in a folder that holds other files.
+`write_folder` is the atomic machinery itself (also used by `write_diff`, built on `_replace`): any
+folder of ours carries the marker file listing the files written, and only those are ever replaced.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from mmoe_inspect._text import csv_safe
 from mmoe_inspect.results import METRICS_SCHEMA_VERSION, InspectionResult
 
+from ._replace import replace_folder
 from .figures import render_figures
 from .html import render_html
 from .overview import write_overview
@@ -64,7 +63,7 @@ def build_report(result: InspectionResult, folder: str | Path) -> Path:
     (folder / "metrics.json").write_text(result.to_json(indent=2) + "\n", encoding="utf-8")
     written = result.save_tables(folder / "tables")
     if result.findings:
-        result.findings_frame().to_csv(folder / "tables" / "findings.csv", index=False)
+        csv_safe(result.findings_frame()).to_csv(folder / "tables" / "findings.csv", index=False)
     report = get_report_structure(
         result,
         {name: f"figures/{file}" for name, file in figures.items()},
@@ -85,9 +84,9 @@ def write_report(result: InspectionResult, out_dir: str | Path, *, force: bool =
     written into a temp folder next to `out_dir` and moved into place only when complete: on
     any error the temp folder is removed and a previous report is left untouched.
 
-    A previous report at `out_dir` is replaced. A non-empty folder that is not a report is refused
-    (`ReportError`) unless `force=True`; then only the report's own entries (`index.html`,
-    `metrics.json`, `figures/`, `tables/`) are replaced and other files are kept.
+    A previous report at `out_dir` is replaced (only the files its marker lists). A non-empty folder
+    that is not a report is refused (`ReportError`) unless `force=True`; then the report's files are
+    added beside the user's, and a user file at a path the report writes is refused, never replaced.
 
     Examples::
 
@@ -107,92 +106,10 @@ def write_folder(
     """Run `build(tmp)` on a fresh temp folder next to `out_dir`, then swap it in as `out_dir` (returned).
 
     `build` writes the folder's files (a marker among them); on any error nothing changes at `out_dir`.
-    A folder of ours (marker file) is replaced; a non-empty foreign folder is refused unless `force`,
-    and then only `entries` (what `build` writes) are replaced, the user's other files kept.
+    Only files the tool wrote there before (listed in the marker) are replaced; the user's files are
+    kept, a user file at a path the report writes is refused (also with `force`), and a non-empty
+    folder without a marker needs `force`. Crash-safe by construction: see `_replace`.
     """
-    out = Path(out_dir).absolute()
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"{out} exists and is not a folder")
-    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    previous = out.is_dir() and is_report(out)
-    if existing and not previous and not force:
-        raise ReportError(
-            f"{out} is not empty and does not hold an mmoe-inspect report; choose another folder or pass "
-            "force=True (--force) to write the report files into it"
-        )
-    whole_folder = not existing or (previous and set(existing) <= set(OWN_ENTRIES))
-    tmp = _aside(out, "tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()  # exclusive, and honors the umask (unlike mkdtemp's 0700)
-    except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
-        raise ReportError(f"cannot create a folder next to {out}: {exc.strerror or exc}") from exc
-    try:
-        try:
-            build(tmp)
-        except ReportError:
-            raise
-        except Exception as exc:
-            raise ReportError(f"writing the report failed: {type(exc).__name__}: {exc}") from exc
-        try:
-            if whole_folder:
-                _swap_folder(tmp, out)
-            else:
-                _swap_entries(tmp, out, entries)
-        except OSError as exc:  # the swaps put back what they moved before re-raising
-            raise ReportError(
-                f"moving the finished report into {out} failed ({exc.strerror or exc}); "
-                "what was there before is unchanged"
-            ) from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _aside(out: Path, tag: str) -> Path:
-    return out.parent / f".{out.name}.{tag}-{uuid.uuid4().hex[:8]}"
-
-
-def _swap_folder(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing `out` (a report, or empty) is moved aside first and removed after."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = _aside(out, "old")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _swap_entries(tmp: Path, out: Path, entries: tuple[str, ...]) -> None:
-    """Replace only the report's own entries inside `out`, keeping the user's other files."""
-    old = _aside(out, "old")
-    old.mkdir()
-    moved: list[str] = []
-    installed: list[str] = []
-    try:
-        for name in entries:
-            if (out / name).exists() or (out / name).is_symlink():
-                os.replace(out / name, old / name)
-                moved.append(name)
-        for name in entries:
-            if (tmp / name).exists():
-                os.replace(tmp / name, out / name)
-                installed.append(name)
-    except BaseException:
-        for name in installed:
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                target.unlink(missing_ok=True)
-        for name in moved:
-            os.replace(old / name, out / name)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    return replace_folder(
+        out_dir, build, force=force, marker=MARKER, legacy_entries=OWN_ENTRIES, error=ReportError
+    )

@@ -10,7 +10,7 @@ and grad mode are compared before and after.
 
 Part 2 interrupts report writing: SIGINT to a real `mmoe-inspect report` process (mid-inspection and
 mid-figure), a full disk (ENOSPC after half a file), an I/O error in the final rename (whole folder
-and `--force` entry-by-entry swaps), a refused temp folder, and a foreign folder without `--force`.
+and `--force` into a folder holding user files), a refused temp folder, and a foreign folder without `--force`.
 Each leaves the previous report byte for byte, or nothing, and no temp folder beside it.
 """
 
@@ -43,7 +43,7 @@ from mmoe_inspect.cli.main import app
 from mmoe_inspect.inspector import InspectConfig
 from mmoe_inspect.models import MMoE
 from mmoe_inspect.reports import ReportError, write_report
-from mmoe_inspect.reports import write as report_write
+from mmoe_inspect.reports import _replace as report_replace
 from mmoe_inspect.testing.planted import PlantedMMoE
 
 N_FEATURES = 6
@@ -361,49 +361,56 @@ def test_disk_full_mid_file_leaves_the_previous_report(
     assert_nothing_beside(tmp_path, "report")
 
 
-@pytest.mark.parametrize("fail_on", [1, 2], ids=["moving-the-old-one-aside", "moving-the-new-one-in"])
+@pytest.mark.parametrize("how", ["exchange", "two-renames"])
 def test_io_error_in_the_final_rename_restores_the_previous_report(
-    fail_on: int, inspected, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, inspected, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The final swap fails (the atomic exchange, or the second rename where exchange is missing)."""
     result = inspected
     out = copy_of(previous, tmp_path)
     before = tree(out)
     real_replace, calls = os.replace, []
 
+    def failing_exchange(a, b) -> bool:
+        if how == "two-renames":
+            return False
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(b))
+
     def flaky_replace(src, dst) -> None:
         calls.append((src, dst))
-        if len(calls) == fail_on:
+        if len(calls) == 2:
             raise OSError(errno.EIO, os.strerror(errno.EIO), str(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(report_write.os, "replace", flaky_replace)
+    monkeypatch.setattr(report_replace, "exchange", failing_exchange)
+    monkeypatch.setattr(report_replace.os, "replace", flaky_replace)
     with pytest.raises(ReportError, match=r"Input/output error\); what was there before is unchanged"):
         write_report(result, out)
     assert tree(out) == before
     assert_nothing_beside(tmp_path, "report")
 
 
-def test_io_error_while_swapping_entries_into_a_user_folder_rolls_back(
+def test_io_error_while_keeping_the_users_files_changes_nothing(
     inspected, previous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--force into a user's folder swaps entry by entry; a failure half-way puts every entry back."""
+    """A report folder holding user files: linking them into the new folder fails half-way; nothing changes."""
     result = inspected
     out = copy_of(previous, tmp_path)
-    (out / "notes.txt").write_text("the user's", encoding="utf-8")  # now a report with a user file in it
+    for name in ("notes.txt", "more.txt", "last.txt"):
+        (out / name).write_text("the user's", encoding="utf-8")  # now a report with user files in it
     before = tree(out)
-    real_replace, installed = os.replace, []
+    real_link, linked = os.link, []
 
-    def flaky_replace(src, dst) -> None:
-        if Path(src).parent.name.startswith(".report.tmp-"):
-            installed.append(Path(src).name)
-            if len(installed) == 3:  # the third new entry fails to move in
-                raise OSError(errno.EIO, os.strerror(errno.EIO), str(dst))
-        real_replace(src, dst)
+    def flaky_link(src, dst) -> None:
+        linked.append(dst)
+        if len(linked) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(dst))
+        real_link(src, dst)
 
-    monkeypatch.setattr(report_write.os, "replace", flaky_replace)
-    with pytest.raises(ReportError, match=r"Input/output error\); what was there before is unchanged"):
+    monkeypatch.setattr(report_replace.os, "link", flaky_link)
+    with pytest.raises(ReportError, match=r"Input/output error"):
         write_report(result, out, force=True)
-    assert len(installed) == 3
+    assert len(linked) == 2
     assert tree(out) == before
     assert_nothing_beside(tmp_path, "report")
 
@@ -434,7 +441,6 @@ def test_refused_temp_folder_is_one_line_and_touches_nothing(
 def test_foreign_folder_needs_force_on_the_command_line(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
-    (out / "index.html").write_text("my own page", encoding="utf-8")  # a name a report would use
     (out / "data.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     before = tree(out)
     result = CliRunner().invoke(app, ["report", str(checkpoint), "--out", str(out), *REPORT_ARGS])
@@ -445,5 +451,5 @@ def test_foreign_folder_needs_force_on_the_command_line(checkpoint: Path, tmp_pa
     result = CliRunner().invoke(app, ["report", str(checkpoint), "--out", str(out), "--force", *REPORT_ARGS])
     assert result.exit_code == 0, result.output
     assert (out / "data.csv").read_text(encoding="utf-8") == "a,b\n1,2\n"
-    assert (out / "index.html").read_text(encoding="utf-8") != "my own page"
+    assert (out / "index.html").is_file()
     assert_nothing_beside(tmp_path, "mine")

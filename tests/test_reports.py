@@ -820,13 +820,18 @@ def test_failure_on_first_write_leaves_nothing(tmp_path: Path, monkeypatch: pyte
 def test_previous_report_is_replaced(tmp_path: Path) -> None:
     out = tmp_path / "report"
     write_report(make_shared_bottom(), out)
-    (out / "figures" / "stale.png").write_bytes(PNG_SIGNATURE)
+    (out / "figures" / "stale.png").write_bytes(PNG_SIGNATURE)  # a figure the previous report wrote ...
+    marker = json.loads((out / ".mmoe-inspect-report").read_text(encoding="utf-8"))
+    marker["files"].append("figures/stale.png")  # ... so its marker lists it
+    (out / ".mmoe-inspect-report").write_text(json.dumps(marker), encoding="utf-8")
+    (out / "figures" / "mine.txt").write_text("the user's", encoding="utf-8")  # not listed: the user's
     second = replace(make_shared_bottom(), model_name="second model")
     index = write_report(second, out)
     assert index == out / "index.html"
     assert "second model" in index.read_text(encoding="utf-8")
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["model"] == "second model"
     assert not (out / "figures" / "stale.png").exists()
+    assert (out / "figures" / "mine.txt").read_text(encoding="utf-8") == "the user's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 

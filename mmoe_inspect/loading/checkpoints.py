@@ -121,6 +121,13 @@ def load_model(
                 raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
             if not trust:
                 raise _refusal(path, sniffed, exc) from None
+            if sniffed.unsure:
+                raise UntrustedCheckpointError(
+                    f"refusing to unpickle {path.name} even with --trust-checkpoint: its imports cannot be "
+                    f"listed in advance ({sniffed.unsure}); torch.save and pickle.dump never write that, "
+                    "so do not load this file",
+                    sniffed.globals,
+                ) from None
             obj = _full_load(path, dev, sniffed)
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
@@ -159,6 +166,8 @@ def _refuse_unusable(path: Path, s: Sniffed) -> None:
     """One-line errors for files that are not loadable checkpoints at all."""
     if s.kind == "empty":
         raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes)")
+    if s.too_big is not None:
+        raise CheckpointFileError(f"{path.name} is refused before loading: {s.too_big}")
     if s.kind == "truncated":
         raise CheckpointFileError(
             f"checkpoint {path} is truncated or damaged ({s.problem}); copy or save it again"
@@ -205,36 +214,46 @@ def _is_weights_only_refusal(exc: BaseException) -> bool:
 
 
 def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointError:
-    """The refusal: what the file is, the classes it would import, how to opt in."""
+    """The refusal: what the file is, EVERY import outside the tensor allowlist, a WARNING for loaders."""
     named = [g for g in s.globals if not is_plain(g)]
-    foreign = [g for g in named if not g.startswith("torch.")]
-    shown = foreign or named
+    danger = [g for g in named if is_dangerous(g)]
+    rest = [g for g in named if g not in danger]
     module_like = "torch._utils._rebuild_parameter" in s.globals or any(
         g.startswith("torch.nn.modules.") for g in s.globals
     )
     what = "a whole pickled model (torch.save(model))" if module_like else "a pickle of Python objects"
-    if shown:
-        listing = ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
-        extra = len(named) - len(shown)
-        imports = f"it would import {listing}" + (
-            f" (plus {extra} torch classes)" if foreign and extra else ""
+    if named:
+        imports = (
+            f"it would import {cut_list(danger + rest, 12)} ({len(named)} name{'s' if len(named) != 1 else ''}"
+            " outside the tensor allowlist)"
         )
     else:
         imports = f"torch refused it: {_one_line(exc)}"
-    danger = [g for g in s.globals if is_dangerous(g)]
     warning = (
-        f"; WARNING: {', '.join(danger)} can run commands or touch files, so do not trust this file unless "
-        "you made it"
+        f"; WARNING: {cut_list(danger, 12)} can load files, import modules or run commands, so do not "
+        "trust this file unless you made it"
         if danger
+        else ""
+    )
+    unsure = (
+        f"; WARNING: this list may be incomplete ({s.unsure}), so the file is refused even with "
+        "--trust-checkpoint"
+        if s.unsure
         else ""
     )
     return UntrustedCheckpointError(
         f"refusing to unpickle {path.name} without --trust-checkpoint: it is {what}, and unpickling can "
-        f"run arbitrary code; {imports}{warning}. If you trust its source, pass --trust-checkpoint (with "
-        "--import MODULE or --model-code FILE.py if those classes are not importable), or save "
+        f"run arbitrary code; {imports}{warning}{unsure}. If you trust its source, pass --trust-checkpoint "
+        "(with --import MODULE or --model-code FILE.py if those classes are not importable), or save "
         "model.state_dict() and pass --builder package.module:function",
         s.globals,
     )
+
+
+def cut_list(items: Sequence[str], n: int) -> str:
+    """'a, b, c and 7 more': the first `n` items and a count of the rest."""
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _full_load(path: Path, device: torch.device, s: Sniffed) -> Any:
@@ -323,19 +342,27 @@ def _find_model_entry(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
 
 
 def _reference_model(config: Mapping[str, Any], path: Path) -> nn.Module:
+    from mmoe_inspect.loading._payload import check_model_size
     from mmoe_inspect.models.build import build_model
     from mmoe_inspect.models.config import ModelConfig
 
     try:
-        return build_model(ModelConfig.from_dict(dict(config)))
-    except (ValueError, TypeError, KeyError) as exc:
+        parsed = ModelConfig.from_dict(dict(config))
+        check_model_size(lambda: build_model(parsed), f"{path}: its model_config")
+        return build_model(parsed)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: its model_config does not build a model: {_one_line(exc)}") from None
 
 
 def _load_state(model: nn.Module, state: Mapping[str, Any], path: Path, by: str, notes: list[str]) -> None:
     """`model.load_state_dict(state)` strictly, after stripping a wrapper prefix; one-line mismatch errors."""
+    from mmoe_inspect.loading._payload import check_tensors
+
     expected = model.state_dict()
     state = dict(state)
+    check_tensors(state, "state_dict", path)
     for prefix in _PREFIXES:
         if set(state) != set(expected) and state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
@@ -362,7 +389,14 @@ def _load_state(model: nn.Module, state: Mapping[str, Any], path: Path, by: str,
             f"the state_dict in {path.name} does not fit the model built by {by} ({type(model).__name__}): "
             f"{', '.join(parts)}; build the model with the same code and arguments as in training"
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason.split("Error(s) in loading state_dict for", 1)[-1]
+        raise StateDictMismatchError(
+            f"the state_dict in {path.name} does not load into the model built by {by}: {reason[:300]}"
+        ) from None
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -374,4 +408,6 @@ def _device(device: str | torch.device) -> torch.device:
         ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CheckpointError(f"--device {device}: Apple MPS is not available on this machine (use cpu)")
     return dev

@@ -294,8 +294,8 @@ class Topology:
             experts=experts,
             gates=gates,
             source=data.get("source", "spec"),
-            confidence=float(data.get("confidence", 1.0)),
-            notes=tuple(data.get("notes", ())),
+            confidence=_number(data.get("confidence", 1.0), "confidence"),
+            notes=_texts(data.get("notes", ()), "notes"),
             architecture=data.get("architecture") or None,
             unresolved=unresolved,
         )
@@ -333,14 +333,37 @@ class Topology:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise TopologyError(f"spec file is not valid TOML: {exc}") from None
-        return replace(cls.from_dict(data), source="spec")
+        except RecursionError:
+            raise TopologyError("spec file is nested too deeply to be a topology spec") from None
+        try:
+            return replace(cls.from_dict(data), source="spec")
+        except TopologyError:
+            raise
+        except (
+            TypeError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
+            raise TopologyError(
+                f"spec file has a field of the wrong type or value: {type(exc).__name__}: {exc}"
+            ) from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_toml(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Topology:
-        return cls.from_toml(Path(path).read_text(encoding="utf-8"))
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TopologyError(
+                f"spec file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            ) from None
+        return cls.from_toml(text)
 
     def describe(self) -> str:
         """A few human lines: what was found and how sure."""
@@ -391,3 +414,19 @@ def _unique(kind: str, names: list[str]) -> None:
         if n in seen:
             raise TopologyError(f"duplicate {kind} name {n!r}")
         seen.add(n)
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TopologyError(f"spec field {what} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _texts(value: object, what: str) -> tuple[str, ...]:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, list | tuple)
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise TopologyError(f"spec field {what} must be a list of strings")
+    return tuple(value)
