@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from mmoe_inspect.data.door import check_column_types
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import leading_columns
 from mmoe_inspect.topology.spec import TaskSpec
@@ -59,6 +60,7 @@ def frame_to_columns(frame: pd.DataFrame, features: FeatureSpec) -> dict[str, Te
 
 def frame_to_inputs(frame: pd.DataFrame, features: FeatureSpec, device: str | torch.device = "cpu") -> Inputs:
     """Model inputs for every row of `frame` (see the module docstring for the convention)."""
+    check_column_types(frame, features.names, "the data", ids=[c.name for c in features.categorical])
     if features.categorical:
         return to_device(frame_to_columns(frame, features), device)
     _require(frame, features.dense, "feature")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmoe_inspect.data.door import check_column_types
 from mmoe_inspect.data.sources import DataError, IdRangeError, NonFiniteError, check_numeric
 
 InputMode = Literal["dict", "tensor"]
@@ -61,6 +62,10 @@ class FrameInputs:
         return tuple(c.name for c in self.columns)
 
     def __call__(self, frame: pd.DataFrame) -> torch.Tensor | dict[str, torch.Tensor]:
+        # declared dense columns take no categories; only untyped or list-width columns take lists
+        ids = [c.name for c in self.columns if c.dtype != "float32"]
+        lists = [c.name for c in self.columns if c.width != 1 or c.dtype is None]
+        check_column_types(frame, self.names, "the data", ids=ids, lists=lists)
         check_numeric(frame, self.names, "the data")
         arrays = [_column(frame, c) for c in self.columns]
         if self.mode == "dict":
