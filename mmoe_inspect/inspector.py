@@ -118,12 +118,17 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
     cols = []
     for i, t in enumerate(tasks):
         key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
-        if isinstance(out, dict):
-            v = out[key]
-        elif isinstance(out, torch.Tensor):
-            v = out[:, int(key)] if out.dim() == 2 else out
-        else:
-            v = out[int(key)]
+        try:
+            if isinstance(out, dict):
+                v = out[key]
+            elif isinstance(out, torch.Tensor):
+                v = out[:, int(key)] if out.dim() == 2 else out
+            else:
+                v = out[int(key)]
+        except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
+            from .topology._task_outputs import output_error
+
+            raise output_error(t.name, key, out, exc) from None
         if v.requires_grad:
             v = v.detach()
         if v.dim() != 1:

@@ -78,7 +78,7 @@ def unusable(series: pd.Series, *, ids: bool = False, lists: bool = False) -> st
     value = series.at[at]
     if isinstance(value, (str, bytes)):
         return (
-            f"holds text such as {_show(value)} (row {at}); the model reads numbers: encode it (ids for "
+            f"is not numeric (text such as {_show(value)} in row {at}); the model reads numbers: encode it (ids for "
             "a categorical feature of the model) before inspecting"
         )
     if isinstance(value, dict):
@@ -115,7 +115,9 @@ def _arrow_reason(dtype: object, *, ids: bool, lists: bool) -> str | None:
     if t.is_dictionary(pa_type):
         return "" if ids else _dictionary(None, ())
     if t.is_timestamp(pa_type) or t.is_date(pa_type) or t.is_time(pa_type) or t.is_duration(pa_type):
-        return f"holds timestamps or durations (arrow type {pa_type}); convert them to numbers before inspecting"
+        return (
+            f"holds timestamps or durations (arrow type {pa_type}); convert them to numbers before inspecting"
+        )
     if t.is_string(pa_type) or t.is_large_string(pa_type) or t.is_binary(pa_type):
         return f"holds text (arrow type {pa_type}); the model reads numbers: encode it before inspecting"
     if t.is_struct(pa_type) or t.is_map(pa_type):

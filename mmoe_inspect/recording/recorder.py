@@ -97,6 +97,12 @@ def expert_output(out: torch.Tensor, expert: ExpertSpec, rows: torch.Tensor | No
     """An expert module's output → a fresh float32 `[batch, d]` copy (slice `index` of `[batch, E, d]`);
     with `rows` (int64 `[k]`) only those rows are copied: `[k, d]`."""
     if expert.index is not None:
+        if out.dim() < 2 or not -out.shape[1] <= expert.index < out.shape[1]:
+            raise RecordingError(
+                f"expert {expert.name!r} ({expert.module}): the spec's index {expert.index} does not fit the "
+                f"module's output of shape {tuple(out.shape)} (index picks dim 1 of [batch, experts, dim]); "
+                "fix or drop `index` in the topology spec"
+            )
         out = out[:, expert.index]
     if out.requires_grad:
         out = out.detach()

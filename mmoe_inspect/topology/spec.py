@@ -7,6 +7,7 @@ theirs; unknown models get one from discovery; users can write or edit one as a 
 
 from __future__ import annotations
 
+import numbers
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -247,10 +248,18 @@ class Topology:
                     raise TopologyError(f"gate {g.name!r}: {what} must be an integer axis")
             if g.batch_dim == g.dim:
                 raise TopologyError(f"gate {g.name!r}: batch_dim and dim must differ")
+            _whole(g.level, f"gate {g.name!r}: level", 0)
         for e in self.experts:
+            _whole(e.level, f"expert {e.name!r}: level", 0)
+            if e.index is not None:
+                _whole(e.index, f"expert {e.name!r}: index", None)
             if e.owner != "shared" and e.owner not in names:
                 raise TopologyError(f"expert {e.name!r} is owned by unknown task {e.owner!r}")
         for t in self.tasks:
+            if t.output is not None and (
+                isinstance(t.output, bool) or not isinstance(t.output, (str, numbers.Integral))
+            ):
+                raise TopologyError(f"task {t.name!r}: output must be a key (text) or an index (integer)")
             if t.kind not in ("binary", "regression"):
                 raise TopologyError(f"task {t.name!r}: kind must be 'binary' or 'regression', not {t.kind!r}")
 
@@ -414,6 +423,17 @@ def _unique(kind: str, names: list[str]) -> None:
         if n in seen:
             raise TopologyError(f"duplicate {kind} name {n!r}")
         seen.add(n)
+
+
+def _whole(value: object, what: str, low: int | None) -> None:
+    """A spec integer field (`level`, `index`): an int (not a bool, not text), at least `low` when given."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or (low is not None and value < low)
+    ):
+        need = "an integer" + (f" >= {low}" if low is not None else "")
+        raise TopologyError(f"{what} must be {need}, not {value!r}"[:200])
 
 
 def _number(value: object, what: str) -> float:
