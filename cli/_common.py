@@ -312,6 +312,8 @@ FINDING_CODES: dict[str, str] = {
     "collapsed_gate": "critical",
     "tasks_route_identically": "critical",
     "nonfinite_gate": "critical",
+    "nonfinite_predictions": "critical",
+    "model_changed_itself": "critical",
     "uniform_gate": "warning",
     "input_independent_gate": "warning",
     "polarized_gate": "warning",

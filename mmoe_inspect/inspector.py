@@ -37,6 +37,8 @@ from .data.sources import (
     shard_rows,
 )
 from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
+from .analysis._self_change import mark_self_change
+from .recording.fingerprint import changed_tensors, fingerprint
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
 from .stats import ExpertStats, GateStats, PairwiseRoutingStats
@@ -147,7 +149,10 @@ def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionRes
     def wrapper(model: nn.Module, data: Any, **kwargs: Any) -> InspectionResult:
         ctx = current_context() if kwargs.get("distributed") else None
         with agreed_errors(ctx), _on_device(model, kwargs.get("device")):
-            return fn(model, data, **kwargs)
+            before = fingerprint(model)
+            result = fn(model, data, **kwargs)
+            mark_self_change(result, changed_tensors(before, fingerprint(model)))
+            return result
 
     return wrapper
 
@@ -342,7 +347,7 @@ def inspect(
     summaries = {name: _host(st.compute()) for name, st in gate_stats.items()}
     pairs = {i: _host(st.compute()) for i, st in pair_stats.items()}
     exp_summary = _host(expert_stats.compute()) if expert_stats is not None else None
-    tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, _host(outputs.compute()))}
+    tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, _host(outputs.compute()), n_rows)}
     if topo.has_gates:
         tables.update(gate_tables(topo, summaries))
         tables.update(divergence_tables(topo, summaries, pairs))

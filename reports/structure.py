@@ -223,6 +223,8 @@ def summary_section(result: InspectionResult, figures: Mapping[str, str], csv_na
         items.insert(0, Notice(unverified_text(topo), "critical"))
     elif not topo.has_gates:
         items.append(Notice(NO_GATES + " Task outputs are still reported below.", "info"))
+    if result.meta.get("unreliable"):  # the model changed itself during inspection: said before anything
+        items.insert(0, Notice(str(result.meta["unreliable"]), "critical"))
     items.append(_headline(result))
     ranked = sorted(result.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
     items.append(FindingList(tuple(finding_view(f) for f in ranked)))

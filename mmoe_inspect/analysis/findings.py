@@ -89,6 +89,9 @@ def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = No
     out.extend(_expert_findings(tables, th))
     out.extend(_ple_findings(tables, th))
     out.extend(_task_findings(tables.get("tasks", pd.DataFrame())))
+    from mmoe_inspect.analysis._nonfinite import nonfinite_prediction_findings
+
+    out.extend(nonfinite_prediction_findings(tables.get("tasks", pd.DataFrame())))
     out.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
     return out
 

@@ -32,14 +32,19 @@ def gate_groups(topology: Topology) -> list[tuple[GateSpec, ...]]:
     return [tuple(v) for v in groups.values() if len(v) >= 2]
 
 
-def task_table(topology: Topology, outputs: Any | None) -> pd.DataFrame:
+def task_table(topology: Topology, outputs: Any | None, rows_seen: int | None = None) -> pd.DataFrame:
+    """One row per task; `n_rows` counts the rows with a finite prediction and, given `rows_seen` (rows
+    inspected), `nonfinite_predictions` the rest: left out of the metrics, never silently."""
     rows = []
     for i, t in enumerate(topology.tasks):
         row: dict[str, Any] = {"task": t.name, "kind": t.kind, "label": t.label_column}
         if outputs is not None:
             # `.reshape(-1)`: torchmetrics' compute squeezes a one-task `[1]` state to 0-dim
+            finite = _f(outputs.n.reshape(-1)[i])
+            row["n_rows"] = finite
+            if rows_seen is not None:
+                row["nonfinite_predictions"] = float(rows_seen) - finite
             row.update(
-                n_rows=_f(outputs.n.reshape(-1)[i]),
                 n_labelled=_f(outputs.n_labelled.reshape(-1)[i]),
                 positive_rate=_f(outputs.label_mean.reshape(-1)[i]) if t.kind == "binary" else math.nan,
                 label_mean=_f(outputs.label_mean.reshape(-1)[i]),

@@ -13,6 +13,7 @@ import pandas as pd
 from torch import nn
 
 from mmoe_inspect.causal._engine import INTACT, STRATEGIES, InputFn, PlannedVariant, collect, mean_gates
+from mmoe_inspect.causal._finite import drop_nonfinite_rows
 from mmoe_inspect.causal.ablation import ABLATION_COLUMNS, ABLATION_MODES, ablation_table, ablation_variants
 from mmoe_inspect.causal.counterfactual import (
     COUNTERFACTUAL_COLUMNS,
@@ -198,7 +199,9 @@ def run_causal(
     if max_rows is not None and collected.n_rows >= max_rows:
         notes.append(f"evaluated the first {collected.n_rows:,} rows (max_rows)")
     t_eval = time.perf_counter()
-    ev = Evaluation(collected.labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci)
+    labels, dropped = drop_nonfinite_rows(collected.labels, collected.preds[INTACT], topo.tasks)
+    notes += dropped
+    ev = Evaluation(labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci)
     sparse = set(sparse_tasks(ev, sparse_threshold))
 
     task_rows = []

@@ -1,0 +1,40 @@
+"""The finding and marks for a model that changed itself during inspection (see `recording.fingerprint`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mmoe_inspect._text import cut
+from mmoe_inspect.analysis.findings import SEVERITY_ORDER, Finding
+from mmoe_inspect.results import InspectionResult
+
+CODE = "model_changed_itself"
+TITLE = "The model changed itself during inspection"
+
+
+def mark_self_change(result: InspectionResult, changed: Sequence[str]) -> None:
+    """Add the critical finding, `result.meta["unreliable"]` and a verdict that says it first."""
+    if not changed:
+        return
+    names = cut(list(changed), 6)
+    text = (
+        f"{TITLE}: its forward changed {len(changed)} parameter(s)/buffer(s) ({names}), so each batch saw a "
+        "different model and none of these numbers is reliable"
+    )
+    result.findings.append(
+        Finding(
+            CODE,
+            "critical",
+            "model",
+            TITLE,
+            f"While mmoe-inspect ran its forward, the model wrote to {len(changed)} of its own parameters or "
+            f"buffers ({names}). Every number here comes from a model that changed between batches: none is "
+            "reliable, and the model is no longer as it was handed in.",
+            "Find what forward writes (a counter, a running statistic updated in eval mode, an in-place "
+            "update of a weight), make it skip that in eval mode, reload the model and inspect again.",
+            {"changed_tensors": len(changed)},
+        )
+    )
+    result.findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
+    result.meta["unreliable"] = text
+    result.verdict = f"Unreliable: {TITLE[0].lower()}{TITLE[1:]}. {result.verdict}"
