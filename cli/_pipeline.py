@@ -265,7 +265,11 @@ def read_run(path: Path) -> pd.DataFrame:
         )
     try:
         frame = read_run_log(path)
-    except Exception as exc:  # bad suffix, bad JSON, unreadable parquet
+        if not frame.empty:
+            from mmoe_inspect.monitor._check import check_run_log
+
+            check_run_log(frame)  # what the Training section draws, checked before the long pass
+    except Exception as exc:  # bad suffix, bad JSON, unreadable parquet, columns the report cannot draw
         raise OptionError(
             f"--run {path.name}: not a readable run log ({type(exc).__name__}: {exc})"
         ) from None

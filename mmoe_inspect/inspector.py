@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .analysis._self_change import mark_self_change
 from .analysis.findings import Finding, Thresholds, diagnose
 from .analysis.tables import (
     divergence_tables,
@@ -37,7 +38,6 @@ from .data.sources import (
     shard_rows,
 )
 from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
-from .analysis._self_change import mark_self_change
 from .recording.fingerprint import changed_tensors, fingerprint
 from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult

@@ -18,6 +18,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,30 +110,56 @@ def load_model(
     sniffed = sniff(path)
     _refuse_unusable(path, sniffed)
     if FORMAT in sniffed.strings:
-        return _ours(path, dev)
-    obj: Any
-    with user_code(imports, model_code):
-        try:
-            with warnings.catch_warnings():  # pickle protocol > 2 is fine for us; torch's warning is noise
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                obj = torch.load(path, map_location=dev, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if not _is_weights_only_refusal(exc):
-                raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
-            if not trust:
-                raise _refusal(path, sniffed, exc) from None
-            if sniffed.unsure:
-                raise UntrustedCheckpointError(
-                    f"refusing to unpickle {path.name} even with --trust-checkpoint: its imports cannot be "
-                    f"listed in advance ({sniffed.unsure}); torch.save and pickle.dump never write that, "
-                    "so do not load this file",
-                    sniffed.globals,
-                ) from None
-            obj = _full_load(path, dev, sniffed)
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        loaded = _ours(path, dev)
+        unused = _unused_code(
+            imports, model_code, "an mmoe-inspect checkpoint rebuilds its model from its config"
+        )
+        return replace(loaded, notes=(*unused, *loaded.notes)) if unused else loaded
+    # the user's code (--import/--model-code) runs only where it can matter: a full unpickle the user
+    # trusted, or a --builder; never before a refusal it cannot change, never for a weights-only load
+    obj: Any = None
+    full = False
+    try:
+        with warnings.catch_warnings():  # pickle protocol > 2 is fine for us; torch's warning is noise
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=dev, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not _is_weights_only_refusal(exc):
             raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
+        if not trust:
+            raise _refusal(path, sniffed, exc) from None
+        if sniffed.unsure:
+            raise UntrustedCheckpointError(
+                f"refusing to unpickle {path.name} even with --trust-checkpoint: its imports cannot be "
+                f"listed in advance ({sniffed.unsure}); torch.save and pickle.dump never write that, "
+                "so do not load this file",
+                sniffed.globals,
+            ) from None
+        full = True
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
+    if not full and builder is None:
+        model, what, notes = _model_from(obj, path, builder)
+        notes = [
+            *_unused_code(imports, model_code, "the file holds only weights and no --builder was given"),
+            *notes,
+        ]
+        return _finish(model, path, what, notes, dev)
+    with user_code(imports, model_code):
+        if full:
+            obj = _full_load(path, dev, sniffed)
         model, what, notes = _model_from(obj, path, builder)
     return _finish(model, path, what, notes, dev)
+
+
+def _unused_code(imports: Sequence[str], model_code: str | Path | None, why: str) -> list[str]:
+    """Notes saying which of the user's code was not run (and why), so nothing is silently ignored."""
+    notes = []
+    if model_code is not None:
+        notes.append(f"--model-code {Path(model_code).name} was not run: {why}")
+    if imports:
+        notes.append(f"--import {', '.join(imports)} not imported: {why}")
+    return notes
 
 
 def _ours(path: Path, device: torch.device) -> LoadedModel:
