@@ -127,7 +127,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
         if v.requires_grad:
             v = v.detach()
         if v.dim() != 1:
-            v = v.reshape(v.shape[0], -1)[:, 0]
+            v = v.reshape(v.shape[0], -1)[:, t.column]
         if v.dtype != torch.float32:
             v = v.float()
         cols.append(v)

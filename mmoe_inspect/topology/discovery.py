@@ -422,7 +422,6 @@ def _describe(
             if mix.output in done_outputs:
                 break
             experts = _resolve_experts(tracer, mix)
-            where = _where(graph, mix.combine)
             if isinstance(experts, str):
                 rejected.append((mix, experts))
                 continue
@@ -464,16 +463,29 @@ def _describe(
                 arg=found.arg,
                 batch_dim=found.batch_dim,
             )
-            if found.op is not None:
-                notes.append(
-                    f"gate weights in {where} are read at the function level: {found.op} call #{found.occurrence}"
-                    + (f" (argument {found.arg})" if found.arg >= 0 else "")
-                    + f" while {found.module or 'the model'} runs"
-                )
             by_producer[found.producer] = gate
             gates.append(gate)
             break
+    # a "mixture" whose output only builds another gate's weights is part of that gate (DSelect-k's
+    # selectors mixed by a softmax), not a mixture of experts
+    inner = [
+        g
+        for g in gates
+        if any(h is not g and _feeds(graph, g.mixture_output, {h.weights, h.producer}) for h in gates)
+    ]
+    for g in inner:
+        gates.remove(g)
+        notes.append(
+            f"a weighted combination in {_where(graph, g.mixture_output)} builds another gate's weights "
+            "(part of that gate's computation, e.g. selectors); not a gate of its own"
+        )
     for g in gates:
+        if g.op is not None:
+            notes.append(
+                f"gate weights in {_where(graph, g.producer)} are read at the function level: {g.op} call "
+                f"#{g.occurrence}" + (f" (argument {g.arg})" if g.arg >= 0 else "") + f" while "
+                f"{g.module or 'the model'} runs"
+            )
         if g.uses > 1:
             penalties.add("extra_mix")
             notes.append(f"one gate's weights are used in {g.uses} weighting ops; only the first was traced")
@@ -691,10 +703,10 @@ def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
     try:
         if isinstance(out, torch.Tensor):
             return out if o.output is None else out[:, o.output]
-        if isinstance(out, Mapping):
-            return out[o.output]
-        if isinstance(out, (list, tuple)):
-            return out[o.output]  # type: ignore[index]
+        v = out[o.output] if isinstance(out, (Mapping, list, tuple)) else None  # type: ignore[index]
+        if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] > 1:
+            return v[:, o.column]
+        return v
     except (KeyError, IndexError, TypeError):
         return None
     return None
@@ -926,6 +938,11 @@ def _module_gate_guess(graph: Graph, outputs: list[int]) -> tuple[int | None, st
     return e, _kind_of(graph, node.idx, len(shape) - 1, 0 if shape[0] == graph.batch_size else None)
 
 
+# Source nodes whose values torch did not compute: copied in from numpy/Python, or made where the
+# tracer could not see (a C extension returning a fresh tensor is a "const").
+_FROM_OUTSIDE = frozenset({"const", "from_numpy", "as_tensor", "asarray", "tensor", "frombuffer"})
+
+
 def _outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
     """Per-row tensors that enter the forward from outside torch (numpy, a C extension) on the way to the
     outputs: the forward is not fully visible, so gate-shaped softmaxes cut off by it may be gates."""
@@ -935,7 +952,7 @@ def _outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ..
     entered = [
         n
         for n in graph.nodes
-        if n.op == "const" and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
+        if n.op in _FROM_OUTSIDE and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
     ]
     if not entered:
         return []

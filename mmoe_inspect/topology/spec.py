@@ -46,6 +46,9 @@ class TaskSpec:
     output: str | int | None = None
     label: str | None = None
     probability: bool = True
+    column: int = (
+        0  # which column of a `[batch, C]` entry is the prediction (1: a two-class softmax's positive class)
+    )
 
     @property
     def label_column(self) -> str:
@@ -267,7 +270,9 @@ class Topology:
             "confidence": float(self.confidence),
             "architecture": self.architecture or "",
             "notes": list(self.notes),
-            "tasks": [clean(asdict(t)) for t in self.tasks],
+            "tasks": [
+                {k: v for k, v in clean(asdict(t)).items() if k != "column" or v != 0} for t in self.tasks
+            ],
             "experts": [clean(asdict(e)) for e in self.experts],
             "gates": [_gate_dict(g, clean(asdict(g))) for g in self.gates],
             "unresolved": [asdict(u) for u in self.unresolved],
