@@ -82,12 +82,12 @@ def summary_command(
     tasks = result.table("tasks")
     if not tasks.empty:
         t = Table(title="Tasks", title_justify="left")
-        for col in ("task", "kind", "label rate / mean", "mean prediction", "AUC (binned) / MSE"):
+        for col in ("task", "kind", "label rate / mean", "mean prediction", "AUC / MSE"):
             t.add_column(col, justify="left" if col in ("task", "kind") else "right")
         for r in tasks.to_dict(orient="records"):
             binary = r.get("kind") == "binary"
             label = r.get("positive_rate") if binary else r.get("label_mean")
-            score = r.get("auc_binned") if binary else r.get("mse")
+            score = r.get("auc") if binary else r.get("mse")
             t.add_row(
                 escape(str(r["task"])),
                 str(r.get("kind", "")),

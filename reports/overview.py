@@ -177,7 +177,7 @@ def _task_lines(ax, result: InspectionResult) -> None:
         if r.get("kind") == "binary":
             text = (
                 f"{_short(str(r['task']), 24)}:  label rate {r.get('positive_rate', np.nan):.1%},  mean prediction "
-                f"{r.get('mean_prediction', np.nan):.1%},  AUC {r.get('auc_binned', np.nan):.3f}"
+                f"{r.get('mean_prediction', np.nan):.1%},  AUC {r.get('auc', np.nan):.3f}"
             )
         else:
             text = f"{_short(str(r['task']), 24)}:  MSE {r.get('mse', np.nan):.3f}"

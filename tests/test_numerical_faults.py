@@ -121,7 +121,7 @@ def metrics_nulls(result: InspectionResult) -> list[str]:
     """Paths of every null (NaN/inf written as null) in metrics.json's tables, except the fields that do
     not apply to a task's kind (MSE of a binary task; AUC and positive rate of a regression task)."""
     metrics = json.loads(result.to_json())
-    not_applicable = {"binary": {"mse"}, "regression": {"auc_binned", "positive_rate"}}
+    not_applicable = {"binary": {"mse"}, "regression": {"auc", "positive_rate"}}
     out = []
     for name, records in metrics["tables"].items():
         for i, rec in enumerate(records):
@@ -223,7 +223,7 @@ def test_single_task(make, frame: pd.DataFrame, tmp_path: Path) -> None:
     assert tasks["task"].tolist() == ["ctr"] and int(tasks["n_rows"][0]) == N_ROWS
     with torch.no_grad():
         pred = model(torch.from_numpy(frame[COLS].to_numpy(copy=True)))[:, 0].numpy()
-    assert float(tasks["auc_binned"][0]) == pytest.approx(roc_auc_score(frame["ctr"], pred), abs=2e-3)
+    assert float(tasks["auc"][0]) == pytest.approx(roc_auc_score(frame["ctr"], pred), abs=2e-3)
     assert "task_divergence" not in result.tables or result.table("task_divergence").empty
     assert write_report(result, tmp_path / "r").is_file()
 
@@ -280,12 +280,12 @@ def test_one_class_labels_say_auc_is_undefined(frame: pd.DataFrame, tmp_path: Pa
     result = run(GatedMoE().eval(), one_class, causal={"n_boot": 20})
     tasks = result.table("tasks").set_index("task")
     assert tasks["positive_rate"].tolist() == [1.0, 0.0]
-    assert tasks["auc_binned"].isna().all()  # undefined, not 0.5 and not 0
+    assert tasks["auc"].isna().all()  # undefined, not 0.5 and not 0
     found = {f.subject: f for f in result.findings if f.code == "single_class_labels"}
     assert set(found) == {"ctr", "cvr"}
     assert "positive" in found["ctr"].message and "negative" in found["cvr"].message
     nulls = [n for n in metrics_nulls(result) if n.startswith("tasks")]
-    assert sorted(nulls) == ["tasks[0].auc_binned", "tasks[1].auc_binned"]  # explained by the findings
+    assert sorted(nulls) == ["tasks[0].auc", "tasks[1].auc"]  # explained by the findings
     html = write_report(result, tmp_path / "r").read_text(encoding="utf-8")
     assert "AUC undefined: labels are all one class" in html
 

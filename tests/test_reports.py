@@ -286,7 +286,7 @@ class _Sim:
                     "label_mean": float(y.mean()),
                     "mean_prediction": float(pred.mean()),
                     "std_prediction": float(pred.std()),
-                    "auc_binned": auc,
+                    "auc": auc,
                     "mse": math.nan,
                     "predictions_outside_0_1": 0.0,
                 }
