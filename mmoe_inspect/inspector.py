@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .analysis.findings import Finding, Thresholds, diagnose
+from .analysis.findings import Finding, Thresholds, diagnose, routing_findings
 from .analysis.tables import (
     divergence_tables,
     expert_tables,
@@ -358,7 +358,7 @@ def inspect(
         topology=topo,
         tables=tables,
         findings=findings,
-        verdict=verdict(topo, tables, findings),
+        verdict=verdict(topo, tables, routing_findings(findings)),
         n_rows=n_rows,
         data_source=source.name,
         model_name=model_name or type(model).__name__,
@@ -397,6 +397,11 @@ def inspect(
                 labels={t.name: t.label_column for t in labelled},
                 **options,
             )
+    if result.causal is not None:  # a collapsed gate's severity follows its measured impact
+        from .analysis.review import rescale_by_impact
+
+        result.findings = rescale_by_impact(result.findings, result.tables, result.causal)
+        result.verdict = verdict(topo, result.tables, routing_findings(result.findings))
     if attribution:
         from mmoe_inspect.attribution import run_attribution
 

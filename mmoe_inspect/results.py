@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .analysis.findings import Finding, Thresholds
+from .analysis.review import Review, build_review
 from .tabular import json_safe, save_tables, table_records
 from .topology.spec import Topology
 
@@ -51,7 +52,25 @@ class InspectionResult:
     training: Any | None = None  # run-log DataFrame of a GateMonitor (mmoe_inspect.monitor.read_run_log)
 
     def table(self, name: str) -> pd.DataFrame:
-        return self.tables.get(name, pd.DataFrame())
+        """The named table; a table this inspection could not compute (no gates, no labels) is empty.
+
+        An unknown name (a typo such as "utilisation") raises `KeyError` listing the close names.
+        """
+        if name in self.tables:
+            return self.tables[name]
+        if name in TABLE_DESCRIPTIONS:
+            return pd.DataFrame()
+        import difflib
+
+        close = difflib.get_close_matches(name, list(TABLE_DESCRIPTIONS), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise KeyError(f"no table {name!r}; {hint}tables: {', '.join(TABLE_DESCRIPTIONS)}")
+
+    @property
+    def review(self) -> Review:
+        """The review questions answered (task quality, multi-task gains, routing, next step) and the
+        diagnoses, from this result's tables, findings, verdict and causal analyses."""
+        return build_review(self.tables, self.findings, self.verdict, self.causal)
 
     @property
     def gate_names(self) -> list[str]:
@@ -113,6 +132,7 @@ class InspectionResult:
                 "topology": self.topology.to_dict(),
                 "thresholds": self.thresholds.to_dict(),
                 "findings": [f.to_dict() for f in self.findings],
+                "review": self.review.to_dict(),
                 "tables": table_records(self.tables),
                 "causal": self.causal.to_dict() if self.causal is not None else None,
                 "attribution": self.attribution.to_dict() if self.attribution is not None else None,

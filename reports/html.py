@@ -14,7 +14,9 @@ from mmoe_inspect.results import METRICS_SCHEMA_VERSION
 from .items import (
     BulletList,
     FigureItem,
+    Diagnoses,
     FindingList,
+    Questions,
     Headline,
     HowTo,
     KeyValues,
@@ -65,6 +67,8 @@ for _kind, _name in (
     (Paragraph, "paragraph"),
     (Notice, "notice"),
     (Verdict, "verdict"),
+    (Questions, "questions"),
+    (Diagnoses, "diagnoses"),
     (Headline, "headline"),
     (FindingList, "findings"),
     (FigureItem, "figure"),

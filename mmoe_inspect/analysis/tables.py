@@ -65,7 +65,8 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
         "auc_exact": bool(outputs.auc_exact.reshape(-1)[i]),
         "logloss": logloss,
         "base_rate_logloss": base,
-        "at_chance": at_chance(auc, lo, hi, logloss, base),
+        "at_chance": at_chance(auc, lo, hi),
+        "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
     }
 
 
@@ -91,17 +92,13 @@ def base_rate_logloss(rate: float) -> float:
     return -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
 
 
-def at_chance(auc: float, lo: float, hi: float, logloss: float, base: float) -> bool:
-    """A binary task "at chance": its AUC interval holds 0.5, or its log loss is no better than the base rate's.
-
-    (An AUC well above 0.5 with a log loss worse than the base rate ranks rows but predicts badly
-    calibrated probabilities; it is flagged too, and the answer says which test failed.)
-    """
-    if math.isnan(auc):
+def at_chance(auc: float, lo: float, hi: float) -> bool:
+    """A binary task "at chance": the 95% interval of its exact AUC holds 0.5 (it ranks rows no better
+    than a coin). A task that ranks rows but whose log loss is no better than predicting the base rate
+    is not "at chance" but miscalibrated (`beats_base_rate` False, its own finding)."""
+    if math.isnan(auc) or math.isnan(lo):
         return False
-    ranks_at_chance = not math.isnan(lo) and lo <= 0.5 <= hi
-    no_better_than_rate = not (math.isnan(logloss) or math.isnan(base)) and logloss >= base
-    return bool(ranks_at_chance or no_better_than_rate)
+    return bool(lo <= 0.5 <= hi)
 
 
 def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
