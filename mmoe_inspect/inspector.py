@@ -388,7 +388,7 @@ def inspect(
 
             options.setdefault("batch_size", cfg.batch_size)
             options.setdefault("seed", cfg.seed)
-            result.causal = run_causal(
+            causal_result = run_causal(
                 model,
                 source,
                 topology=topo,
@@ -397,11 +397,7 @@ def inspect(
                 labels={t.name: t.label_column for t in labelled},
                 **options,
             )
-    if result.causal is not None:  # a collapsed gate's severity follows its measured impact
-        from .analysis.review import rescale_by_impact
-
-        result.findings = rescale_by_impact(result.findings, result.tables, result.causal)
-        result.verdict = verdict(topo, result.tables, routing_findings(result.findings))
+            result.attach_causal(causal_result)  # a collapsed gate's severity follows its measured impact
     if attribution:
         from mmoe_inspect.attribution import run_attribution
 

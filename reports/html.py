@@ -13,15 +13,15 @@ from mmoe_inspect.results import METRICS_SCHEMA_VERSION
 
 from .items import (
     BulletList,
-    FigureItem,
     Diagnoses,
+    FigureItem,
     FindingList,
-    Questions,
     Headline,
     HowTo,
     KeyValues,
     Notice,
     Paragraph,
+    Questions,
     Report,
     Subheading,
     TableItem,

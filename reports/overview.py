@@ -53,7 +53,9 @@ def overview_figure(result: InspectionResult) -> Figure:
         fig.patches.append(_rect(fig, (0.0, 0.84), 1.0, 0.16, "#16202f"))
         fig.patches.append(_rect(fig, (0.0, 0.84), 0.012, 0.16, accent))
         fig.text(0.03, 0.965, "MMOE-INSPECT", color="#9fb3cc", fontsize=11, fontweight="bold", va="top")
-        fig.text(0.03, 0.93, _short(result.model_name, 70), color="white", fontsize=22, fontweight="bold", va="top")
+        fig.text(
+            0.03, 0.93, _short(result.model_name, 70), color="white", fontsize=22, fontweight="bold", va="top"
+        )
         fig.text(
             0.03,
             0.858,
@@ -93,13 +95,22 @@ def overview_figure(result: InspectionResult) -> Figure:
         for a in review.answers:
             if y < BOTTOM + 0.05:
                 break
-            y = _place(fig, renderer, COLUMN_X, y, a.question.upper(), color="#5b6475", fontsize=9.5, fontweight="bold")
             y = _place(
                 fig,
                 renderer,
                 COLUMN_X,
                 y,
-                textwrap.fill(a.answer, 70, max_lines=3, placeholder=" …"),
+                a.question.upper(),
+                color="#5b6475",
+                fontsize=9.5,
+                fontweight="bold",
+            )
+            y = _place(
+                fig,
+                renderer,
+                COLUMN_X,
+                y,
+                textwrap.fill(a.answer, 54, max_lines=3, placeholder=" …"),
                 color=STATUS_COLORS.get(a.status, "#1d2330"),
                 fontsize=13,
                 fontweight="bold",
@@ -110,8 +121,14 @@ def overview_figure(result: InspectionResult) -> Figure:
                 if y < BOTTOM + 0.03:
                     break
                 y = _place(
-                    fig, renderer, COLUMN_X + 0.012, y, textwrap.fill(e, 92, max_lines=2, placeholder=" …"),
-                    color="#1d2330", fontsize=10, linespacing=1.15,
+                    fig,
+                    renderer,
+                    COLUMN_X + 0.012,
+                    y,
+                    textwrap.fill(e, 78, max_lines=2, placeholder=" …"),
+                    color="#1d2330",
+                    fontsize=10,
+                    linespacing=1.15,
                 )
             y -= 0.012
         fig.text(0.99, 0.015, "full report: index.html", color="#5b6475", fontsize=9, ha="right", va="bottom")

@@ -36,8 +36,8 @@ QUESTIONS: dict[str, str] = {
 }
 HARMLESS_IMPACT = 0.005  # |AUC change| below this (or not significant) is a small measured impact
 NO_BASELINE_HINT = (
-    "no baseline to compare with: rerun `mmoe-inspect report` with --baseline single=TASK_ONLY.pt "
-    "(a single-task model) and/or --baseline sb=SHARED_BOTTOM.pt on the same data"
+    "no baseline given; rerun `report` with --baseline single=TASK_ONLY.pt and/or "
+    "--baseline sb=SHARED_BOTTOM.pt (same data)"
 )
 
 
@@ -80,7 +80,10 @@ class Review:
         return next(a for a in self.answers if a.key == key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"answers": [a.to_dict() for a in self.answers], "diagnoses": [d.to_dict() for d in self.diagnoses]}
+        return {
+            "answers": [a.to_dict() for a in self.answers],
+            "diagnoses": [d.to_dict() for d in self.diagnoses],
+        }
 
     def lines(self) -> list[str]:
         """Plain text: each question, its answer and evidence; then the diagnoses (terminal, repr)."""
@@ -144,7 +147,9 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, bool]]:
         else:
             mse = _num(r.get("mse"))
             if not math.isnan(mse):
-                out.append((name, f"{name}: MSE {mse:.4g} (label mean {_num(r.get('label_mean')):.4g})", False))
+                out.append(
+                    (name, f"{name}: MSE {mse:.4g} (label mean {_num(r.get('label_mean')):.4g})", False)
+                )
     return out
 
 
@@ -163,7 +168,9 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
     if bad:
         which = ", ".join(bad)
         verb = "is" if len(bad) == 1 else "are"
-        return Answer("tasks", q, f"No: {which} {verb} at chance (AUC interval holds 0.5).", "problem", evidence)
+        return Answer(
+            "tasks", q, f"No: {which} {verb} at chance (AUC interval holds 0.5).", "problem", evidence
+        )
     loose = [str(r["task"]) for r in tasks.to_dict(orient="records") if r.get("beats_base_rate") is False]
     if loose:
         return Answer(
@@ -186,11 +193,15 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame) -> Answer:
     if table is None or table.empty:
         return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
     kinds = dict(zip(tasks["task"], tasks["kind"], strict=False)) if not tasks.empty else {}
-    primary = table[table["metric"] == table["task"].map(lambda t: "auc" if kinds.get(t, "binary") == "binary" else "mse")]
+    primary = table[
+        table["metric"] == table["task"].map(lambda t: "auc" if kinds.get(t, "binary") == "binary" else "mse")
+    ]
     if primary.empty:
         primary = table
     # the sparse task first: it is the one multi-task training is meant to help
-    primary = primary.assign(_sparse=~primary["sparse"].astype(bool)).sort_values(["_sparse", "task", "baseline"])
+    primary = primary.assign(_sparse=~primary["sparse"].astype(bool)).sort_values(
+        ["_sparse", "task", "baseline"]
+    )
     evidence, better, worse = [], [], []
     for r in primary.to_dict(orient="records"):
         sig = bool(r.get("significant"))
@@ -240,13 +251,18 @@ def _ablation(causal: Any | None, task: str, expert: str) -> dict[str, Any] | No
     return hit.iloc[0].to_dict() if len(hit) else None
 
 
-def _collapse_impact(tables: dict[str, pd.DataFrame], causal: Any | None, gate: str) -> tuple[str, str | None]:
+def _collapse_impact(
+    tables: dict[str, pd.DataFrame], causal: Any | None, gate: str
+) -> tuple[str, str | None]:
     """(impact sentence, severity the measurement supports or None when nothing was measured)."""
     row = _gate_row(tables, gate)
     task, expert = str(row.get("task") or ""), str(row.get("top_expert", ""))
     trow = _task_row(tables, task) if task else {}
     if trow.get("at_chance"):
-        return (f"task {task} is at chance (AUC {fmt_interval(_num(trow.get('auc')), _num(trow.get('auc_lo')), _num(trow.get('auc_hi')))})", "critical")
+        return (
+            f"task {task} is at chance (AUC {fmt_interval(_num(trow.get('auc')), _num(trow.get('auc_lo')), _num(trow.get('auc_hi')))})",
+            "critical",
+        )
     abl = _ablation(causal, task, expert) if task else None
     if abl is None:
         return ("impact not measured (run `report` with labelled data for the causal analyses)", None)
@@ -262,7 +278,9 @@ def _collapse_impact(tables: dict[str, pd.DataFrame], causal: Any | None, gate: 
     return (text + ": measured impact small", "warning")
 
 
-def rescale_by_impact(findings: list[Finding], tables: dict[str, pd.DataFrame], causal: Any | None) -> list[Finding]:
+def rescale_by_impact(
+    findings: list[Finding], tables: dict[str, pd.DataFrame], causal: Any | None
+) -> list[Finding]:
     """Collapsed gates get the severity their measured impact supports: critical when the task is at
     chance or measurably better without the expert; a warning when the impact is small (a harmless
     collapse onto a duplicate expert); unchanged when nothing was measured. The impact goes into the
@@ -282,10 +300,14 @@ def _key(f: Finding) -> str:
 
 
 def _expert_flags(findings: list[Finding], expert: str) -> dict[str, Finding]:
-    return {f.code: f for f in findings if f.subject == expert and f.code in ("dead_expert", "inactive_expert")}
+    return {
+        f.code: f for f in findings if f.subject == expert and f.code in ("dead_expert", "inactive_expert")
+    }
 
 
-def build_diagnoses(findings: list[Finding], tables: dict[str, pd.DataFrame], causal: Any | None) -> list[Diagnosis]:
+def build_diagnoses(
+    findings: list[Finding], tables: dict[str, pd.DataFrame], causal: Any | None
+) -> list[Diagnosis]:
     """Group related findings into stories, most severe first; every finding is in exactly one story."""
     used: set[str] = set()
     stories: list[Diagnosis] = []
@@ -326,7 +348,9 @@ def build_diagnoses(findings: list[Finding], tables: dict[str, pd.DataFrame], ca
         title = f.title if len(group) == 1 else f"{f.title} ({subjects})"
         summary = f.message if len(group) == 1 else f"{len(group)} subjects: {subjects}. e.g. {f.message}"
         severity = min((g.severity for g in group), key=lambda s: SEVERITY_ORDER[s])
-        stories.append(Diagnosis(title, severity, summary, tuple(_key(g) for g in group), (), (f.remedy,), ""))
+        stories.append(
+            Diagnosis(title, severity, summary, tuple(_key(g) for g in group), (), (f.remedy,), "")
+        )
     stories.sort(key=lambda d: SEVERITY_ORDER[d.severity])
     return stories
 
@@ -344,9 +368,15 @@ def _collapse_story(
     if task:
         members += [g for g in findings if g.code == "task_at_chance" and g.subject == task]
         members += [
-            g for g in findings if g.code == "tasks_route_identically" and task in [s.strip() for s in g.subject.split("~")]
+            g
+            for g in findings
+            if g.code == "tasks_route_identically" and task in [s.strip() for s in g.subject.split("~")]
         ]
-    redundant = [g for g in findings if g.code == "redundant_experts" and expert in [s.strip() for s in g.subject.split("~")]]
+    redundant = [
+        g
+        for g in findings
+        if g.code == "redundant_experts" and expert in [s.strip() for s in g.subject.split("~")]
+    ]
     members += redundant
     members = [m for m in members if _key(m) not in used]
     if _key(f) in used:
@@ -354,7 +384,11 @@ def _collapse_story(
     for m in members:
         used.add(_key(m))
     impact = str(f.evidence.get("impact", "")) or _collapse_impact(tables, causal, gate)[0]
-    zf = _num(flags["inactive_expert"].evidence.get("zero_fraction")) if "inactive_expert" in flags else math.nan
+    zf = (
+        _num(flags["inactive_expert"].evidence.get("zero_fraction"))
+        if "inactive_expert" in flags
+        else math.nan
+    )
     what = f"gate {gate} collapsed onto expert {expert}"
     if "inactive_expert" in flags:
         what += f", which outputs zero on {zf:.1%} of its activations"
@@ -363,7 +397,11 @@ def _collapse_story(
     if redundant:
         what += f"; {expert} is near-duplicated by another expert (CKA {_num(redundant[0].evidence.get('cka')):.3f})"
     severity = max((m.severity for m in members), key=lambda s: -SEVERITY_ORDER[s]) if members else f.severity
-    if f.severity != "critical" and severity == "critical" and not any(m.code == "task_at_chance" for m in members):
+    if (
+        f.severity != "critical"
+        and severity == "critical"
+        and not any(m.code == "task_at_chance" for m in members)
+    ):
         severity = f.severity  # a measured-harmless collapse is not made critical by its companions
     if "inactive_expert" in flags or any(m.code == "polarized_gate" for m in members):
         causes = (
@@ -389,7 +427,12 @@ def _collapse_story(
             "Use distinct initialisations per expert, or fewer experts.",
         )
     else:
-        causes = ("learning rate too high", "input scale (un-normalised features)", "initialisation", "capacity")
+        causes = (
+            "learning rate too high",
+            "input scale (un-normalised features)",
+            "initialisation",
+            "capacity",
+        )
         steps = (
             "Retrain with a lower learning rate and standardised inputs.",
             "If the gate still collapses, add gate dropout, a load-balancing loss or a softmax temperature.",
@@ -416,7 +459,9 @@ def _task_causes(tables: dict[str, pd.DataFrame], task: str) -> tuple[str, ...]:
     )
 
 
-def _sparse_story(f: Finding, findings: list[Finding], tables: dict[str, pd.DataFrame], used: set[str]) -> Diagnosis:
+def _sparse_story(
+    f: Finding, findings: list[Finding], tables: dict[str, pd.DataFrame], used: set[str]
+) -> Diagnosis:
     task = f.subject
     ex = tables.get("experts", pd.DataFrame())
     own = [str(e) for e in ex.loc[ex["owner"] == task, "expert"]] if not ex.empty and "owner" in ex else []

@@ -71,7 +71,9 @@ class TaskOutputStats(SummaryMetric):
         self.add_state("score_bits", torch.tensor(_FULL_BITS, dtype=torch.int64), dist_reduce_fx="min")
         self.add_state("logloss_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self._pending = 0  # rows appended since the last compaction (not a state: a cost counter)
-        self.register_buffer("_bin_cols", torch.tensor(self._binary_cols, dtype=torch.int64), persistent=False)
+        self.register_buffer(
+            "_bin_cols", torch.tensor(self._binary_cols, dtype=torch.int64), persistent=False
+        )
         self.register_buffer("_binary", torch.tensor([k == "binary" for k in self.kinds]), persistent=False)
         self.register_buffer("_offsets", torch.arange(t) * n_bins, persistent=False)
         for name in ("n", "sum", "sumsq", "n_lab", "sum_lab", "sse", "out_of_range"):
