@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from mmoe_inspect.analysis.findings import routing_findings
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from mmoe_inspect import FeatureSpec, inspect
+from mmoe_inspect.analysis.findings import routing_findings
 from mmoe_inspect.inspector import InspectConfig
 from mmoe_inspect.testing.planted import EinsumMMoE, PlantedMMoE, PlantedSharedBottom
 

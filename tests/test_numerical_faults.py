@@ -8,8 +8,6 @@ features, a task whose labels are all one class, NaN in the data.
 
 from __future__ import annotations
 
-from mmoe_inspect.analysis.findings import routing_findings
-
 import json
 import math
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect import DataError, FeatureSpec, inspect
+from mmoe_inspect.analysis.findings import routing_findings
 from mmoe_inspect.inspector import InspectConfig
 from mmoe_inspect.reports import write_report
 from mmoe_inspect.results import InspectionResult
