@@ -59,6 +59,8 @@ def test_one_exact_auc_per_task_everywhere(cases) -> None:
 def test_planted_at_chance_task_is_the_first_answer(cases) -> None:
     result, _, folder = cases["at_chance"]
     review = result.review
+    assert review.answer("routing").status != "problem"  # task quality does not color the routing answer
+    assert review.diagnoses[0].title == "Task purchase at chance"
     assert [a.key for a in review.answers] == ["tasks", "gains", "routing", "next"]
     tasks = review.answer("tasks")
     assert tasks.status == "problem" and tasks.answer.startswith("No: purchase is at chance")

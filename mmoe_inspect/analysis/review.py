@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from .findings import SEVERITY_ORDER, Finding, Severity
+from .findings import SEVERITY_ORDER, Finding, Severity, routing_findings
 
 Status = Literal["ok", "problem", "unknown"]
 
@@ -319,24 +319,25 @@ def build_diagnoses(
     for f in by_code.get("sparse_task_ignores_own_experts", []):
         if _key(f) not in used:
             stories.append(_sparse_story(f, findings, tables, used))
-    for f in by_code.get("task_at_chance", []):
-        if _key(f) not in used:
-            used.add(_key(f))
-            stories.append(
-                Diagnosis(
-                    f"Task {f.subject} is at chance",
-                    f.severity,
-                    f.message,
-                    (_key(f),),
-                    _task_causes(tables, f.subject),
-                    (
-                        "Check the label column mapping (--labels) and that the task's loss is in the training objective.",
-                        "Retrain with standardised inputs and a lower learning rate; watch its AUC per epoch.",
-                        "Compare with a single-task model (--baseline single=...) to see whether it is learnable.",
-                    ),
-                    "the task's predictions rank rows no better than chance",
-                )
+    chance = [f for f in by_code.get("task_at_chance", []) if _key(f) not in used]
+    if chance:  # tasks at chance without a gate story: one story for all of them
+        used.update(_key(f) for f in chance)
+        names = ", ".join(f.subject for f in chance)
+        stories.append(
+            Diagnosis(
+                f"Task{'s' if len(chance) > 1 else ''} {names} at chance",
+                "critical",
+                " ".join(f.message for f in chance),
+                tuple(_key(f) for f in chance),
+                _task_causes(tables, chance[-1].subject),
+                (
+                    "Check the label column mapping (--labels) and that each task's loss is in the training objective.",
+                    "Retrain with standardised inputs and a lower learning rate (or more rows); watch the AUC per epoch.",
+                    "Compare with a single-task model (--baseline single=...) to see whether the task is learnable.",
+                ),
+                "the predictions rank rows no better than chance",
             )
+        )
     rest: dict[str, list[Finding]] = {}
     for f in findings:  # the rest: one story per kind of finding
         if _key(f) not in used:
@@ -494,7 +495,9 @@ def build_review(
     """The four answers and the diagnoses of one inspection."""
     tasks = tables.get("tasks", pd.DataFrame())
     diagnoses = build_diagnoses(findings, tables, causal)
-    routing_status: Status = "problem" if any(f.severity == "critical" for f in findings) else "ok"
+    routing_status: Status = (
+        "problem" if any(f.severity == "critical" for f in routing_findings(findings)) else "ok"
+    )
     if verdict.lower().startswith(("could not", "no gates")):
         routing_status = "unknown"
     routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status)
