@@ -408,7 +408,7 @@ def run_causal_analyses(
         stack.enter_context(loaded.adapter.session(loaded.model))
         limit = min(load.limit, CAUSAL_MAX_ROWS) if load.limit is not None else CAUSAL_MAX_ROWS
         try:
-            result.causal = run_causal(
+            causal_result = run_causal(
                 loaded.model,
                 pass_source(source, passes, f"causal analyses of {what}", load.sample, run.seed),
                 topology=result.topology,
@@ -427,6 +427,7 @@ def run_causal_analyses(
             if not run.quiet:
                 err.print(f"note: no causal analyses: {escape(str(exc))}")
             return
+    result.attach_causal(causal_result)  # a collapsed gate's severity follows its measured impact
     if causal.segment_by is not None:
         result.causal.meta.setdefault("segment_by", causal.segment_by)
 

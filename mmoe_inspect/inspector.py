@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .analysis.findings import Finding, Thresholds, diagnose
+from .analysis.findings import Finding, Thresholds, diagnose, routing_findings
 from .analysis.tables import (
     divergence_tables,
     expert_tables,
@@ -358,7 +358,7 @@ def inspect(
         topology=topo,
         tables=tables,
         findings=findings,
-        verdict=verdict(topo, tables, findings),
+        verdict=verdict(topo, tables, routing_findings(findings)),
         n_rows=n_rows,
         data_source=source.name,
         model_name=model_name or type(model).__name__,
@@ -388,7 +388,7 @@ def inspect(
 
             options.setdefault("batch_size", cfg.batch_size)
             options.setdefault("seed", cfg.seed)
-            result.causal = run_causal(
+            causal_result = run_causal(
                 model,
                 source,
                 topology=topo,
@@ -397,6 +397,7 @@ def inspect(
                 labels={t.name: t.label_column for t in labelled},
                 **options,
             )
+            result.attach_causal(causal_result)  # a collapsed gate's severity follows its measured impact
     if attribution:
         from mmoe_inspect.attribution import run_attribution
 
