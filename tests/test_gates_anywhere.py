@@ -391,7 +391,9 @@ def test_check_cannot_judge_unresolved_routing(saved: dict[str, Path]) -> None:
     assert code == 0, text
     code, text = invoke("topology", saved["root"] / "numpy.pt", *common)
     assert code == 0 and "UNRESOLVED" in text and "[[gates]]" in text
-    code, text = invoke("check", saved["root"] / "dense.pt", *common)
+    code, text = invoke(
+        "check", saved["root"] / "dense.pt", *common, "--fail-on", "collapsed_gate,dead_expert"
+    )
     assert code == 0 and "check passed" in text, text
 
 

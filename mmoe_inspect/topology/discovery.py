@@ -27,9 +27,10 @@ parameter, buffer or `.grad` touched.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ from torch import nn
 
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._graphops import backward_views, find_reduction, forward_views, view_parent
-from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures
+from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
@@ -94,6 +95,9 @@ class _Gate:
     occurrence: int = 0
     arg: int = -1
     batch_dim: int = 0
+    index_op: str | None = None
+    index_occurrence: int = 0
+    index_arg: int = -2
     tasks: set[str] = field(default_factory=set)
     task: str | None = None
     level: int = 0
@@ -172,6 +176,9 @@ class _Located:
     arg: int = -1
     producer: int = -1
     note: str | None = None
+    index_op: str | None = None
+    index_occurrence: int = 0
+    index_arg: int = -2
 
 
 def _locate(graph: Graph, mix: Mixture) -> _Located | str:
@@ -179,6 +186,8 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
     e = mix.n_experts
     chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
     n_calls = graph.calls
+    if mix.indices is not None:
+        return _locate_top_k(graph, mix, chain[-1])
     probs = None
     for idx, ax, bax in reversed(chain):  # from the producer towards the combination
         call = graph.outermost_call(idx)
@@ -247,6 +256,32 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
             note=f"gate weights {list(w.shape)} are read where {cnode.op} in {_where(graph, mix.combine)} uses them",
         )
     return "its weights are made where no torch function call can be located"
+
+
+def _locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> _Located | str:
+    """A top-k gate: its k weights read where they are made, their indices at the `topk` call."""
+    idx, pax, pbax = producer
+    pnode, inode = graph.nodes[idx], graph.nodes[mix.indices]  # type: ignore[index]
+    if pnode.seq < 0 or inode.seq < 0 or pax is None:
+        return "its top-k weights are not made by a torch function call"
+    module = pnode.module or ROOT
+    if module not in graph.ops[inode.seq][1]:
+        module = ROOT  # the indices are made elsewhere: count both calls over the model's forward
+    return _Located(
+        module,
+        "probs" if _kind_of(graph, idx, pax, pbax) == "probs" else "weights",
+        pax,
+        -1 if pbax is None else pbax,
+        op=pnode.op,
+        occurrence=graph.occurrence(idx, module),
+        arg=-(pnode.out_pos + 1),
+        producer=idx,
+        index_op=inode.op,
+        index_occurrence=graph.occurrence(mix.indices, module),  # type: ignore[arg-type]
+        index_arg=-(inode.out_pos + 1),
+        note=f"top-{graph.nodes[idx].shape[pax]} gate over {mix.n_experts} experts: weights scattered by the "
+        f"indices of {inode.op} in {_where(graph, inode.idx)}",
+    )
 
 
 def _gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
@@ -421,6 +456,13 @@ def _describe(
         for mix in sorted(readings[combine], key=lambda m: _gate_score(graph, m)):
             if mix.output in done_outputs:
                 break
+            if len(mix.experts) == 1 and mix.experts[0][1] is not None and mix.indices is None:
+                picked = gathered_experts(graph, *mix.experts[0])  # type: ignore[arg-type]
+                if picked is not None:  # Mixtral-style: the chosen experts gathered by top-k indices
+                    src, ax, idx = picked
+                    mix = replace(
+                        mix, experts=((src, ax),), n_experts=graph.nodes[src].shape[ax], indices=idx
+                    )
             experts = _resolve_experts(tracer, mix)
             if isinstance(experts, str):
                 rejected.append((mix, experts))
@@ -462,6 +504,9 @@ def _describe(
                 occurrence=found.occurrence,
                 arg=found.arg,
                 batch_dim=found.batch_dim,
+                index_op=found.index_op,
+                index_occurrence=found.index_occurrence,
+                index_arg=found.index_arg,
             )
             by_producer[found.producer] = gate
             gates.append(gate)
@@ -520,7 +565,8 @@ def _describe(
         )
 
     # 6: which tasks each gate's mixture moves (autograd on a replay of this batch, never .backward())
-    targets = {graph.nodes[g.mixture_output].seq: graph.nodes[g.mixture_output].out_pos for g in gates}
+    target_of = {id(g): _leaf_node(graph, g) for g in gates}
+    targets = {graph.nodes[n].seq: graph.nodes[n].out_pos for n in target_of.values()}
     try:
         out2, leaves = replay_with_leaves(model, example_input, targets)
     except Exception as exc:  # the first forward ran: a failing replay is the model's nondeterminism
@@ -534,7 +580,7 @@ def _describe(
         total = pred.float().sum()
         if not total.requires_grad:
             continue
-        wanted = [(g, leaves.get(graph.nodes[g.mixture_output].seq)) for g in gates]
+        wanted = [(g, leaves.get(graph.nodes[target_of[id(g)]].seq)) for g in gates]
         present = [(g, leaf) for g, leaf in wanted if leaf is not None]
         if not present:
             continue
@@ -597,6 +643,9 @@ def _describe(
             occurrence=g.occurrence,
             arg=g.arg,
             batch_dim=g.batch_dim,
+            index_op=g.index_op,
+            index_occurrence=g.index_occurrence,
+            index_arg=g.index_arg,
         )
         for g in gates
     )
@@ -658,6 +707,17 @@ def _describe(
     )
 
 
+def _leaf_node(graph: Graph, g: _Gate) -> int:
+    """Where to ask autograd which tasks a gate moves: its mixture's output, unless that output is an
+    in-place accumulation (the model reads the accumulator, not the call's return value): then the
+    gate's weights, which reach the tasks only through that mixture."""
+    node = graph.nodes[g.mixture_output]
+    first = node.args[0] if node.args else None
+    if isinstance(first, Ref) and graph.nodes[first.node].tensor is node.tensor:
+        return g.producer if graph.nodes[g.producer].seq >= 0 else g.weights
+    return g.mixture_output
+
+
 def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str:
     """The experts a mixture weights: one stacked tensor, or one tensor per expert.
 
@@ -668,7 +728,11 @@ def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | st
         node, axis = mix.experts[0]
         return tracer.resolve(node, axis, mix.n_experts)
     out: list[ExpertRef] = []
-    for node, _ in mix.experts:
+    missing: list[int] = []
+    for pos, (node, _) in enumerate(mix.experts):
+        if node < 0:  # this expert got no rows of the example batch
+            missing.append(pos)
+            continue
         got = tracer.resolve(node, None, 1)
         if isinstance(got, str):
             return got
@@ -678,8 +742,33 @@ def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | st
                 for r in got
             ]
         out.extend(got)
+    if mix.sparse and (missing or mix.by_module):
+        return _experts_by_index(tracer.graph, out, missing, mix.n_experts)
     if len({r.key for r in out}) != len(out):
         return "weights the same tensor several times, not several experts"
+    return out
+
+
+def _experts_by_index(
+    graph: Graph, found: list[ExpertRef], missing: list[int], n_experts: int
+) -> list[ExpertRef] | str:
+    """Sparse-dispatch experts in expert order: found ones sit in a container (`experts.3`) whose index
+    is the expert's; the ones that got no rows of the example batch are that container's other children."""
+    paths = [r.parent for r in found]
+    containers = {p.rpartition(".")[0] for p in paths if p and p.rpartition(".")[2].isdigit()}
+    if len(containers) != 1:
+        if missing:
+            return (
+                f"{len(missing)} experts got no rows of the example batch and their modules cannot be named"
+            )
+        return found
+    container = containers.pop()
+    out: list[ExpertRef] = []
+    for i in range(n_experts):
+        path = f"{container}.{i}"
+        if path not in graph.modules:
+            return f"expert {i} of {n_experts} has no module {path!r}"
+        out.append(ExpertRef(("sparse", path), None, None, path, (0, i)))
     return out
 
 
@@ -723,7 +812,6 @@ def _unexplained_softmaxes(
     """Gate-shaped softmaxes that reach the task outputs but are neither a found gate nor explained."""
     out: list[Unresolved] = []
     gate_weights = {g.weights for g in gates} | {g.producer for g in gates}
-    rejected_weights = {m.weights for m, _ in rejected}
     quiet: list[str] = []
     for s in graph.nodes:
         if s.op != "softmax":
@@ -733,20 +821,27 @@ def _unexplained_softmaxes(
             continue
         axis = gate_axis(s.shape, dim, graph.batch_size)
         if axis is None and not (s.ndim == 1 and dim == 0):
-            continue  # attention maps [B, H, L, L] and other multi-axis softmaxes are not gate-shaped
+            # attention maps [B, H, L, L] and other multi-axis softmaxes weight no set of per-row experts
+            quiet.append(f"{list(s.shape)} in {_where(graph, s.idx)} (an attention map over several axes)")
+            continue
         if _feeds(graph, s.idx, gate_weights):
             continue  # part of a found gate's weights (noisy top-k, masks, renormalisation)
         below = graph.descendants(s.idx)
         where = _where(graph, s.idx)
-        if below & rejected_weights:
-            continue  # its combination was judged (the reason is in the notes)
+        judged = [why for m, why in rejected if m.weights in below]
+        if judged:  # its combination was judged: attention over features, embeddings, ...
+            quiet.append(f"{list(s.shape)} in {where} (its weighted sum {judged[0]})")
+            continue
         if not below & task_nodes:
             quiet.append(f"{list(s.shape)} in {where} (does not reach the task outputs)")
             continue
         if any(idx in task_nodes for idx, _ in forward_views(graph, s.idx, dim)):
             quiet.append(f"{list(s.shape)} in {where} (an output distribution)")
             continue
-        why = _unexplained_use(graph, s.idx, dim)
+        why = _unexplained_use(graph, s.idx, dim, task_nodes)
+        if why == "":
+            quiet.append(f"{list(s.shape)} in {where} (an output distribution: its entries are the outputs)")
+            continue
         if why is None:
             quiet.append(f"{list(s.shape)} in {where} (re-weights values without mixing per-row experts)")
             continue
@@ -795,30 +890,51 @@ def _feeds(graph: Graph, start: int, targets: set[int], limit: int = 2048) -> bo
     return False
 
 
-def _unexplained_use(graph: Graph, idx: int, axis: int) -> str | None:
+_SELECT_OPS = frozenset({"getitem", "select", "narrow", "index_select", "unbind", "split", "chunk", "gather"})
+
+
+def _unexplained_use(graph: Graph, idx: int, axis: int, task_nodes: set[int]) -> str | None:
     """How a gate-shaped softmax is used in a way that could be a mixture discovery did not resolve
-    (a product summed over its axis, a contraction with per-row values, a routing or unknown op);
-    None when it only re-weights or transforms values."""
-    for node_idx, ax in forward_views(graph, idx, axis):
+    (a product summed over its axis, a product of its entries with wider per-row values, a contraction
+    with per-row values, a routing or unknown op). None when it only re-weights or transforms values;
+    "" when its entries, picked or transformed, are the task outputs themselves (an output distribution)."""
+    batch = graph.batch_size
+    todo: list[tuple[int, int | None]] = list(forward_views(graph, idx, axis))
+    seen = {n for n, _ in todo}
+    to_outputs = False
+    while todo and len(seen) < 256:
+        node_idx, ax = todo.pop(0)
         view = graph.nodes[node_idx]
+        to_outputs |= node_idx in task_nodes
         for c in graph.children[node_idx]:
             child = graph.nodes[c]
-            if view_parent(graph, child) == node_idx:
+            if c in seen:
                 continue
             partners = [r.node for r in iter_refs(child.args) if r.node != node_idx]
-            per_row = [p for p in partners if graph.batch_size in graph.nodes[p].shape]
+            per_row = [p for p in partners if batch in graph.nodes[p].shape]
             if child.op in MUL_OPS:
-                shifted = ax + child.ndim - view.ndim
-                if per_row and 0 <= shifted < child.ndim and find_reduction(graph, c, shifted) is not None:
-                    return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
+                shifted = None if ax is None else ax + child.ndim - view.ndim
+                if per_row and shifted is not None and 0 <= shifted < child.ndim:
+                    if find_reduction(graph, c, shifted) is not None:
+                        return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
+                elif per_row and any(
+                    graph.nodes[p].ndim > view.ndim or math.prod(graph.nodes[p].shape) > math.prod(view.shape)
+                    for p in per_row
+                ):
+                    return f"a product of its entries with {list(graph.nodes[per_row[0]].shape)}"
                 continue
             if child.op in MATMUL_OPS or child.op == "einsum":
                 if per_row:
                     return f"{child.op} with {list(graph.nodes[per_row[0]].shape)}"
                 continue
-            if child.op not in _PLAIN_OPS:
-                return f"{child.op}"
-    return None
+            if view_parent(graph, child) == node_idx:
+                continue  # views were followed by forward_views (with the axis)
+            if child.op in _SELECT_OPS or child.op in _PLAIN_OPS:
+                seen.add(c)
+                todo.append((c, None))
+                continue
+            return f"{child.op}"
+    return "" if to_outputs else None
 
 
 def _batch_axis_of(graph: Graph, idx: int) -> bool:
