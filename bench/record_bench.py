@@ -139,11 +139,16 @@ def inline_temperature(model: Any, tau: float = 0.7) -> Any:
     from mmoe_inspect.models._layers import mix, stack_experts
     from mmoe_inspect.topology.discovery import discover_topology
 
+    def _logits(gate: Any, h: Any) -> Any:
+        for layer in list(gate)[:-1]:  # every layer of the gate but its nn.Softmax
+            h = layer(h)
+        return h
+
     class InlineTemperatureMMoE(MMoE):
         def forward(self, x: Any) -> Any:
             h = self.inputs(x)
             stacked = stack_experts(self.experts, h)
-            gates = [torch.softmax(g[:-1](h) / tau, dim=1) for g in self.gates]  # Linear, then inline
+            gates = [torch.softmax(_logits(g, h) / tau, dim=1) for g in self.gates]  # Linear, then inline
             return self._outputs([mix(w, stacked) for w in gates])
 
         def topology(self) -> Any:

@@ -418,3 +418,30 @@ def test_relu_inplace_after_a_function_gate_does_not_change_the_capture(x: torch
     with torch.no_grad():
         truth = model.weights(x)
     torch.testing.assert_close(got["click"], truth[0], rtol=0, atol=0)
+
+
+def test_attributions_and_causal_analyses_reach_function_level_gates(x: torch.Tensor) -> None:
+    """Captum attributions of an inline-temperature gate (captured with its graph through the tap) and
+    expert ablation through a top-k gate's dense form both run and give finite numbers for every expert."""
+    torch.manual_seed(0)
+    rows = torch.randn(400, 6, generator=torch.Generator().manual_seed(3))
+    frame = pd.DataFrame(rows.numpy(), columns=FEATURES)
+    rng = np.random.default_rng(0)
+    frame["task_0"] = (rng.random(400) < 0.4).astype("float64")
+    frame["task_1"] = (rng.random(400) < 0.3).astype("float64")
+    fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
+    model = InlineTemperatureMMoE()
+    before = fingerprint(model)
+    result = mi.inspect(model, frame, input_fn=fn, columns=FEATURES, attribution=True)
+    gates = result.attribution.gate_features
+    assert set(gates["gate"]) == {"click", "buy"} and np.isfinite(gates["mean_abs"]).all()
+    conv = result.attribution.convergence
+    assert not conv[conv["kind"] == "gate"]["flagged"].any()
+    assert fingerprint(model) == before
+
+    sparse = SparseTopK()
+    result = mi.inspect(sparse, frame, input_fn=fn, columns=FEATURES, causal={"n_boot": 10})
+    abl = result.causal.ablation
+    assert set(abl["expert"]) == {f"experts.{i}" for i in range(4)}
+    assert np.isfinite(abl["ablated"]).all()
+    assert not _get_current_function_mode_stack()

@@ -202,7 +202,7 @@ def top_k_dense(
             f"top-k gate {gate.name!r}: weights {tuple(values.shape)} and indices {tuple(indices.shape)} differ"
         )
     b = gate.batch_dim if gate.batch_dim >= 0 else 0
-    v = values.detach().movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1)
+    v = values.movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1)  # keeps a graph (attribution)
     i = indices.detach().movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1).long()
     if i.numel() and (int(i.min()) < 0 or int(i.max()) >= gate.n_experts):
         raise ValueError(f"top-k gate {gate.name!r}: expert indices outside 0..{gate.n_experts - 1}")
