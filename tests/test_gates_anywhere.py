@@ -445,3 +445,35 @@ def test_attributions_and_causal_analyses_reach_function_level_gates(x: torch.Te
     assert set(abl["expert"]) == {f"experts.{i}" for i in range(4)}
     assert np.isfinite(abl["ablated"]).all()
     assert not _get_current_function_mode_stack()
+
+
+def test_expert_called_once_per_task_records_its_first_call(x: torch.Tensor) -> None:
+    """Each task feeds the shared experts its own input: every call is mixed, the statistics use call 0."""
+
+    class PerTaskInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.ModuleList(nn.Linear(6, 6) for _ in range(2))
+            self.experts = nn.ModuleList(nn.Linear(6, 4) for _ in range(3))
+            self.gates = nn.ModuleList(nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=1)) for _ in range(2))
+            self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for p, g, h in zip(self.proj, self.gates, self.heads, strict=True):
+                xi = p(x)
+                ex = torch.stack([e(xi) for e in self.experts], dim=1)
+                outs.append(torch.sigmoid(h((g(x).unsqueeze(-1) * ex).sum(1))))
+            return torch.cat(outs, dim=1)
+
+    torch.manual_seed(0)
+    model = PerTaskInputs()
+    topo = discover_topology(model, x[:64])
+    assert [g.module for g in topo.gates] == ["gates.0", "gates.1"]
+    assert any("use each module's first call" in n for n in topo.notes)
+    with GateRecorder(model, topo, experts=True) as rec, torch.inference_mode():
+        model(x)
+        cap = rec.take()
+    with torch.no_grad():
+        first = model.experts[0](model.proj[0](x))
+    torch.testing.assert_close(cap.experts["experts.0"], first, rtol=0, atol=0)

@@ -211,7 +211,11 @@ class GateRecorder:
             if isinstance(out, torch.Tensor) and (rows is None or rows.numel() > 0):
                 with self._quiet():
                     for e in specs:
-                        self._capture.experts[e.name] = expert_output(out, e, rows)
+                        # an expert module called several times per forward (once per task, or fed
+                        # per-task inputs on an upper PLE level): its statistics use its FIRST call,
+                        # the same rows every forward, so they merge like those of experts called once
+                        if e.name not in self._capture.experts:
+                            self._capture.experts[e.name] = expert_output(out, e, rows)
 
         return hook
 

@@ -667,7 +667,10 @@ def _describe(
     multi_called = sorted({r.module for r in refs.values() if r.module is not None and r.calls > 1})
     if multi_called:
         penalties.add("expert_calls")
-        notes.append(f"expert modules run several times per forward: {', '.join(multi_called)}")
+        notes.append(
+            f"expert modules run several times per forward: {', '.join(multi_called)}; every call is mixed by "
+            "its gate, and the expert statistics (similarity, dead units) use each module's first call"
+        )
     for g in gates:
         if g.refined:
             notes.append(
