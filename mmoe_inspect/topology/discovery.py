@@ -81,23 +81,12 @@ _PENALTY = {
 class _Gate:
     """A confirmed gate while it is being described."""
 
-    producer: int  # node of the weights where they are read (module output, op output or combine op)
+    loc: _Located  # where the weights are read (module output or function call)
     weights: int  # node of the weights as the combination reads them
     n_experts: int
     mixture_output: int
     expert_nodes: list[int]
     experts: list[ExpertRef]
-    module: str
-    output: GateOutput
-    dim: int
-    call: int | None
-    op: str | None = None
-    occurrence: int = 0
-    arg: int = -1
-    batch_dim: int = 0
-    index_op: str | None = None
-    index_occurrence: int = 0
-    index_arg: int = -2
     tasks: set[str] = field(default_factory=set)
     task: str | None = None
     level: int = 0
@@ -105,6 +94,11 @@ class _Gate:
     deps: list[int] = field(default_factory=list)
     refined: bool = False
     uses: int = 1
+
+    @property
+    def producer(self) -> int:
+        """Node of the weights where they are read (module output, op output or combine op)."""
+        return self.loc.producer
 
 
 def _where(graph: Graph, idx: int) -> str:
@@ -490,23 +484,12 @@ def _describe(
                 if found.call is not None:
                     penalties.add("call")
             gate = _Gate(
-                producer=found.producer,
+                loc=found,
                 weights=mix.weights,
                 n_experts=mix.n_experts,
                 mixture_output=mix.output,
                 expert_nodes=[n for n, _ in mix.experts],
                 experts=experts,
-                module=found.module,
-                output=found.output,
-                dim=found.dim,
-                call=found.call,
-                op=found.op,
-                occurrence=found.occurrence,
-                arg=found.arg,
-                batch_dim=found.batch_dim,
-                index_op=found.index_op,
-                index_occurrence=found.index_occurrence,
-                index_arg=found.index_arg,
             )
             by_producer[found.producer] = gate
             gates.append(gate)
@@ -525,11 +508,12 @@ def _describe(
             "(part of that gate's computation, e.g. selectors); not a gate of its own"
         )
     for g in gates:
-        if g.op is not None:
+        loc = g.loc
+        if loc.op is not None:
             notes.append(
-                f"gate weights in {_where(graph, g.producer)} are read at the function level: {g.op} call "
-                f"#{g.occurrence}" + (f" (argument {g.arg})" if g.arg >= 0 else "") + f" while "
-                f"{g.module or 'the model'} runs"
+                f"gate weights in {_where(graph, g.producer)} are read at the function level: {loc.op} call "
+                f"#{loc.occurrence}" + (f" (argument {loc.arg})" if loc.arg >= 0 else "") + f" while "
+                f"{loc.module or 'the model'} runs"
             )
         if g.uses > 1:
             penalties.add("extra_mix")
@@ -632,20 +616,20 @@ def _describe(
     gate_specs = tuple(
         GateSpec(
             g.name,
-            module=g.module,
+            module=g.loc.module,
             experts=tuple(expert_name(r) for r in g.experts),
             task=g.task,
             level=g.level,
-            output=g.output,
-            dim=g.dim,
-            call=g.call,
-            op=g.op,
-            occurrence=g.occurrence,
-            arg=g.arg,
-            batch_dim=g.batch_dim,
-            index_op=g.index_op,
-            index_occurrence=g.index_occurrence,
-            index_arg=g.index_arg,
+            output=g.loc.output,
+            dim=g.loc.dim,
+            call=g.loc.call,
+            op=g.loc.op,
+            occurrence=g.loc.occurrence,
+            arg=g.loc.arg,
+            batch_dim=g.loc.batch_dim,
+            index_op=g.loc.index_op,
+            index_occurrence=g.loc.index_occurrence,
+            index_arg=g.loc.index_arg,
         )
         for g in gates
     )
@@ -681,13 +665,13 @@ def _describe(
         penalties.add("no_task")
         idle = ", ".join(g.name for g in gates if not g.tasks and not g.refined)
         notes.append(f"gates whose mixture reaches no task output on this batch (kept as shared): {idle}")
-    weights_gates = [g.name for g in gates if g.output == "weights"]
+    weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
         notes.append(
             f"gate(s) {', '.join(weights_gates)} are not distributions over their experts (rows need not sum "
             "to 1): utilization, top-1 share, co-activation and label routing apply; entropy and JSD do not"
         )
-    functional = [g for g in gates if g.op is not None]
+    functional = [g for g in gates if g.loc.op is not None]
     if not ({"inline", "call"} & penalties) and not functional:
         notes.insert(0, f"{len(gates)} gate(s) traced to modules; experts traced to module outputs")
     else:
@@ -981,7 +965,7 @@ def _named_like_gates(
     model: nn.Module, graph: Graph, gates: list[_Gate], tasks: tuple[TaskSpec, ...], notes: list[str]
 ) -> list[Unresolved]:
     """Modules (or the model's class) named like gates/experts/MoE that ran but belong to no found gate."""
-    covered_paths = {g.module for g in gates}
+    covered_paths = {g.loc.module for g in gates}
     for g in gates:
         covered_paths |= {r.module for r in g.experts if r.module is not None}
         covered_paths |= {r.parent for r in g.experts if r.parent}
