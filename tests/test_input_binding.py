@@ -171,6 +171,7 @@ DICT_ROWS = _rows(
     f1=RNG.normal(size=N).astype("float32"),
     f2=RNG.normal(size=N),
     city=RNG.choice(["paris", "oslo"], N),  # a non-numeric segment column: left out
+    device=RNG.integers(0, 3, N),  # numeric, but the forward never reads it: left out
     like=RNG.integers(0, 2, N),
     finish=RNG.integers(0, 2, N).astype("float64"),
 )
@@ -299,6 +300,7 @@ def test_dropped_and_label_columns_are_named(script) -> None:
     assert b.features == ("user_id", "f0", "f1", "f2")
     text = " | ".join(b.notes)
     assert "non-numeric column(s) left out of the inputs: city" in text
+    assert "column(s) the forward never reads, left out of the inputs: device" in text
     assert "label column(s) not fed to the model: like, finish" in text
     assert "like_pred -> like" in text and "finish_pred -> finish" in text
     dtypes = {k: v.dtype for k, v in b.input_fn(DICT_ROWS.head(3)).items()}

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect.data.call import call_model
-from mmoe_inspect.data.sources import DataError, TableSource
+from mmoe_inspect.data.sources import DataError, TableSource, require_columns
 from mmoe_inspect.loading.inputs import (
     INPUT_MODES,
     CollateInputs,
@@ -167,6 +167,7 @@ class _Trial:
     out: Any = None
     error: BaseException | None = None
     problem: str | None = None  # ran, but the output has no per-row predictions
+    read: set[str] | None = None  # dict keys the forward read (None: all, or not a dict)
 
     @property
     def ran(self) -> bool:
@@ -212,6 +213,7 @@ def bind_inputs(
     else:
         if features is not None:
             chosen_cols = split_names(features, "--features") or []
+            require_columns(source, chosen_cols)
         else:
             chosen_cols = [c for c in numeric if c not in known and c not in hinted]
             if not chosen_cols:
@@ -232,14 +234,19 @@ def bind_inputs(
         outputs, frame, numeric, label_map, given_tasks, declared, known + hinted,
         features=chosen_cols if features is not None else (),
     )  # fmt: skip
-    fed = set(chosen_cols or ())
-    retake = [c for c in matched if c in fed and features is None and collate is None]
-    if retake:
-        chosen_cols = [c for c in chosen_cols or () if c not in retake]
+    # a matched label column fed as an input is taken out; a dict key the forward never reads too
+    guessing = features is None and collate is None
+    retake = [c for c in matched if c in (chosen_cols or ())] if guessing else []
+    unread = [
+        c for c in chosen_cols or () if winner.read is not None and c not in winner.read and c not in retake
+    ]
+    if guessing and (retake or (unread and winner.read)):
+        chosen_cols = [c for c in chosen_cols or () if c not in retake and c not in unread]
         again = [c for c in _candidates(model, frame, chosen_cols, input) if c.form == winner.candidate.form]
-        trial = _try_all(model, again, frame)
-        winner = _pick(model, trial, chosen_cols, frame, False)
+        winner = _pick(model, _try_all(model, again, frame), chosen_cols, frame, False)
         hinted = [*hinted, *retake]
+    else:
+        unread = []
 
     if collate is None:
         head = f"input binding for {_cls(model)} (no adapter knows it; chosen by trial forwards on {len(frame)} rows)"
@@ -247,6 +254,8 @@ def bind_inputs(
         not_fed = [c for c in known + hinted if c not in (chosen_cols or ())]
         if not_fed and features is None:
             notes.append(f"label column(s) not fed to the model: {_short(not_fed)}")
+        if unread:
+            notes.append(f"column(s) the forward never reads, left out of the inputs: {_short(unread)}")
         if dropped:
             notes.append(f"non-numeric column(s) left out of the inputs: {_short(dropped)}")
     notes.extend(label_notes)
@@ -501,9 +510,12 @@ def _try_all(model: nn.Module, cands: Sequence[_Candidate], frame: pd.DataFrame)
             t.error = exc
             trials.append(t)
             continue
+        if isinstance(x, dict):
+            x = _ReadKeys(x)
         try:
             with left_as_found(model):
                 t.out = call_model(model, x)
+            t.read = x.read if isinstance(x, _ReadKeys) else None
         except Exception as exc:  # the model's own code: any error means "not this form"
             t.error = exc
         else:
@@ -511,6 +523,43 @@ def _try_all(model: nn.Module, cands: Sequence[_Candidate], frame: pd.DataFrame)
                 t.problem = f"its output ({_describe_out(t.out)}) holds no per-row prediction"
         trials.append(t)
     return trials
+
+
+class _ReadKeys(dict):
+    """A dict input that notes the keys the forward reads; `read` becomes None once it iterates (reads all)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] | None = set()
+
+    def __getitem__(self, key: Any) -> Any:
+        if self.read is not None:
+            self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if self.read is not None and key in self:
+            self.read.add(key)
+        return super().get(key, default)
+
+    def _all(self) -> None:
+        self.read = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self._all()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self._all()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._all()
+        return super().values()
+
+    def items(self) -> Any:
+        self._all()
+        return super().items()
 
 
 def per_row_outputs(out: Any, batch: int) -> list[tuple[str | None, str | int | None]] | None:
