@@ -464,3 +464,22 @@ def test_load_model_binds_through_the_python_api(script, tmp_path, monkeypatch) 
     means = result.table("tasks").set_index("task")["mean_prediction"]
     direct = _direct("PositionalMMoE", model, POSITIONAL_ROWS)
     assert means["click"] == pytest.approx(float(direct["click"].mean()), abs=1e-6)
+
+
+def test_a_label_like_column_the_forward_asks_for_is_fed_back() -> None:
+    """`likes` (a count) reads like a label, but the dict forward asks for it: it is an input after all."""
+
+    class ReadsLikes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, batch):
+            x = torch.stack([batch["a"], batch["likes"]], dim=1)
+            return {"finish_pred": torch.sigmoid(self.lin(x)).squeeze(1)}
+
+    df = _rows(a=RNG.normal(size=20), likes=RNG.normal(size=20), finish=RNG.integers(0, 2, 20))
+    b = bind_inputs(ReadsLikes(), df)
+    assert b.form == "dict" and b.features == ("a", "likes")
+    assert b.labels == {"finish_pred": "finish"}
+    assert any("named like labels that the forward reads, fed as inputs: likes" in n for n in b.notes)
