@@ -265,11 +265,8 @@ def test_report_needs_only_trust_and_model_code(
         pred, row = direct[column], tasks[task]
         assert row["n_labelled"] == N
         assert row["label_mean"] == pytest.approx(df[column].mean(), abs=1e-12)
-        if name == "TupleInputMMoE":  # logits: judged as regression-free binary logits, predictions are raw
-            assert row["mean_prediction"] == pytest.approx(float(np.mean(pred)), abs=1e-6)
-        else:
-            assert row["mean_prediction"] == pytest.approx(float(np.mean(pred)), abs=1e-6)
-            assert row["std_prediction"] == pytest.approx(float(np.std(pred)), rel=1e-3, abs=1e-6)
+        assert row["mean_prediction"] == pytest.approx(float(np.mean(pred)), abs=1e-6)
+        assert row["std_prediction"] == pytest.approx(float(np.std(pred)), rel=1e-3, abs=1e-6)
     assert not (tmp_path / "train_mtl.py.ran").exists()
 
 
@@ -483,3 +480,14 @@ def test_a_label_like_column_the_forward_asks_for_is_fed_back() -> None:
     assert b.form == "dict" and b.features == ("a", "likes")
     assert b.labels == {"finish_pred": "finish"}
     assert any("named like labels that the forward reads, fed as inputs: likes" in n for n in b.notes)
+
+
+def test_topology_command_names_the_binding(script, tmp_path, monkeypatch) -> None:
+    _, ckpt = _save(script, "FuxiStyle", tmp_path, monkeypatch)
+    data = tmp_path / "rows.parquet"
+    FUXI_ROWS.to_parquet(data, index=False)
+    code, text = _invoke("topology", ckpt, "--trust-checkpoint", "--model-code", script[0], "--data", data)
+    assert code == 0, text
+    assert "note: input binding for FuxiStyle" in text and "a dict {column: tensor} of 4 columns" in text
+    assert "click_pred -> is_click" in text
+    assert text.count("gate") >= 2
