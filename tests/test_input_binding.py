@@ -357,6 +357,7 @@ def test_given_flags_are_kept(script) -> None:
     df = _extra_column(TENSOR_ROWS)
     b = bind_inputs(model, df, features=[f"d{i}" for i in range(6)])
     assert b.form == "tensor" and b.features == tuple(f"d{i}" for i in range(6))
+    assert not any("input binding" in n for n in b.notes)  # --features alone meant one tensor: nothing to say
     with pytest.raises(InputMappingError, match="--input must be one of dict, tensor"):
         bind_inputs(model, df, input="list")
     with pytest.raises(

@@ -182,9 +182,11 @@ def bind_inputs(
         hinted = [*hinted, *retake]
 
     notes: list[str] = []
-    if collate is None:
+    # `--features` alone has always meant one tensor: say so only when the trials chose otherwise
+    if collate is None and (features is None or winner.candidate.form != "tensor"):
         head = f"input binding for {cls_name(model)} (no adapter knows it; chosen by trial forwards on {len(frame)} rows)"
         notes.append(f"{head}: {winner.candidate.what}")
+    if collate is None:
         not_fed = [c for c in known + hinted if c not in (cols or ())]
         if not_fed and features is None:
             notes.append(f"label column(s) not fed to the model: {short(not_fed)}")

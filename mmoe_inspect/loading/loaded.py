@@ -187,7 +187,7 @@ class LoadedModel:
                 task_names=self._names(tasks, binding),
                 task_kinds=self.task_kinds,
             )
-        if label_map:
+        if label_map and binding.guessed:  # the label columns the binding matched to outputs
             topo = _with_labels(topo, label_map, source)
         return with_notes(topo, binding.notes)
 
