@@ -24,6 +24,7 @@ from .analysis.tables import (
     label_routing_table,
     task_table,
 )
+from .data.call import call_model
 from .data.schema import FeatureSpec
 from .data.sources import (
     DataError,
@@ -627,7 +628,7 @@ def _expected_rows(cfg: InspectConfig, source: TableSource) -> int | None:
 def _forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
     """Run the model; a failing forward is reported as a bad model/input pair (one line), not as our bug."""
     try:
-        return model(x)
+        return call_model(model, x)  # a tuple input is the forward's positional arguments
     except RecordingError:
         raise
     except Exception as exc:
