@@ -1,4 +1,5 @@
-"""The one call convention for model inputs: a tuple means positional arguments.
+"""The one call convention for model inputs (a tuple means positional arguments), and what counts as a
+per-row prediction in a model's output.
 
 An input function returns what the model's `forward` takes: a tensor `[batch, D]`, a dict of
 tensors, or, for a forward of several tensors (`forward(categorical, numerical)`), a tuple of them.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -18,3 +20,14 @@ def call_model(model: nn.Module, x: Any) -> Any:
     if isinstance(x, tuple):
         return model(*x)
     return model(x)
+
+
+def is_two_class(t: Any, batch: int) -> bool:
+    """A two-class distribution per row `[batch, 2]` (PaddleRec's census towers): column 1 is P(positive)."""
+    if not (
+        isinstance(t, torch.Tensor) and t.ndim == 2 and tuple(t.shape) == (batch, 2) and t.is_floating_point()
+    ):
+        return False
+    with torch.no_grad():
+        v = t.detach().double()
+        return bool(torch.isfinite(v).all() and v.min() >= 0 and ((v.sum(1) - 1).abs() <= 1e-4).all())

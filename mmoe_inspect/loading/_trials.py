@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mmoe_inspect.data.call import call_model
+from mmoe_inspect.data.call import call_model, is_two_class
 from mmoe_inspect.data.sources import DataError
 from mmoe_inspect.loading.inputs import (
     INPUT_MODES,
@@ -338,9 +338,9 @@ def per_row_outputs(out: Any, batch: int) -> list[tuple[str | None, str | int | 
         elif out.ndim == 2 and out.shape[0] == batch:
             found.extend((None, j) for j in range(out.shape[1]))
     elif isinstance(out, Mapping):
-        found.extend((str(k), k) for k, v in out.items() if per_row(v))
+        found.extend((str(k), k) for k, v in out.items() if per_row(v) or is_two_class(v, batch))
     elif isinstance(out, list | tuple):
-        found.extend((None, j) for j, v in enumerate(out) if per_row(v))
+        found.extend((None, j) for j, v in enumerate(out) if per_row(v) or is_two_class(v, batch))
     return found or None
 
 
@@ -374,7 +374,8 @@ def _same(a: Any, b: Any, batch: int) -> bool:
 def _pick_output(out: Any, loc: str | int | None) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out if loc is None else out[:, int(loc)]
-    return out[loc].reshape(-1)
+    v = out[loc]
+    return v[:, 1] if is_two_class(v, v.shape[0]) else v.reshape(-1)
 
 
 def pick(

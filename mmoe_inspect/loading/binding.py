@@ -149,6 +149,7 @@ def bind_inputs(
     guessing = features is None and collate is None
     cols: list[str] | None = None
     fed_back: list[str] = []
+    held_out: list[str] = []
     if collate is not None:
         cands = [Candidate("collate", collate, "the --collate function")]
         winner = pick(model, try_all(model, cands, frame), None, frame, True)
@@ -163,7 +164,21 @@ def bind_inputs(
                 f"{source.name} has no numeric column left to feed {cls_name(model)} after the label columns "
                 f"({', '.join(known + hinted) or 'none'}); name the inputs with --features a,b,c"
             )
-        winner, cols, fed_back = _run(model, frame, cols, input, hinted, fixed=False)
+        try:
+            winner, cols, fed_back = _run(model, frame, cols, input, hinted, fixed=False)
+        except InputMappingError as first:
+            # labels need not be named like labels ("income", "marital"): when nothing runs with every
+            # column, try again with the 0/1-valued columns held out as label candidates
+            binary = [c for c in cols if _zero_one(frame[c])]
+            rest = [c for c in cols if c not in binary]
+            if not binary or not rest:
+                raise
+            try:
+                winner, cols, fed_back = _run(model, frame, rest, input, hinted, fixed=False)
+            except InputMappingError:
+                raise first from None
+            hinted = [*hinted, *binary]
+            held_out = binary
         hinted = [c for c in hinted if c not in fed_back]
     outputs = per_row_outputs(winner.out, len(frame))
     assert outputs is not None  # pick only returns trials with per-row predictions
@@ -190,6 +205,10 @@ def bind_inputs(
         not_fed = [c for c in known + hinted if c not in (cols or ())]
         if not_fed and features is None:
             notes.append(f"label column(s) not fed to the model: {short(not_fed)}")
+        if held_out:
+            notes.append(
+                f"0/1 column(s) {short(held_out)} taken as labels, not inputs: the forward did not run with them"
+            )
         if fed_back:
             notes.append(
                 f"column(s) named like labels that the forward reads, fed as inputs: {short(fed_back)}"
@@ -253,6 +272,14 @@ def _numeric_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
         else:
             dropped.append(str(c))
     return numeric, dropped
+
+
+def _zero_one(s: pd.Series) -> bool:
+    """A column holding only 0 and 1 (NaN allowed): what a binary label looks like."""
+    if getattr(s.dtype, "kind", "O") not in "biuf":
+        return False
+    v = s.dropna().to_numpy()
+    return bool(len(v)) and bool(np.isin(v, (0, 1)).all())
 
 
 def _first_rows(source: TableSource, rows: int) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmoe_inspect.data.call import is_two_class
 from mmoe_inspect.topology._graphops import norm_dim, view_parent
 from mmoe_inspect.topology._trace import Graph, Ref
 from mmoe_inspect.topology.spec import TaskKind, TaskSpec, TopologyError
@@ -35,15 +36,6 @@ class TaskOutput:
 def _per_row(t: Any, batch: int) -> bool:
     """A prediction per row: `[batch]` or `[batch, 1]`."""
     return isinstance(t, torch.Tensor) and t.ndim in (1, 2) and t.shape[0] == batch and t.numel() == batch
-
-
-def _two_class(t: Any, batch: int) -> bool:
-    """A two-class distribution per row `[batch, 2]` (PaddleRec's census towers): column 1 is P(positive)."""
-    if not (isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape == (batch, 2) and t.is_floating_point()):
-        return False
-    with torch.no_grad():
-        v = t.detach().double()
-        return bool(torch.isfinite(v).all() and v.min() >= 0 and ((v.sum(1) - 1).abs() <= 1e-4).all())
 
 
 def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
@@ -88,7 +80,7 @@ def parse_outputs(
         for key, v in out.items():
             if _per_row(v, batch):
                 found.append((str(key), key, v.reshape(-1), graph.current.get(id(v))))
-            elif _two_class(v, batch):
+            elif is_two_class(v, batch):
                 found.append((str(key), key, v[:, 1], graph.current.get(id(v))))
                 columns[len(found) - 1] = 1
             else:
@@ -98,7 +90,7 @@ def parse_outputs(
         for j, v in enumerate(out):
             if _per_row(v, batch):
                 found.append((None, j, v.reshape(-1), graph.current.get(id(v))))
-            elif _two_class(v, batch):
+            elif is_two_class(v, batch):
                 found.append((None, j, v[:, 1], graph.current.get(id(v))))
                 columns[len(found) - 1] = 1
             else:
