@@ -477,3 +477,16 @@ def test_expert_called_once_per_task_records_its_first_call(x: torch.Tensor) -> 
     with torch.no_grad():
         first = model.experts[0](model.proj[0](x))
     torch.testing.assert_close(cap.experts["experts.0"], first, rtol=0, atol=0)
+
+
+def test_a_discovery_failure_is_cannot_judge_not_no_gates(x: torch.Tensor, monkeypatch) -> None:
+    """A model that trips discovery's own reading (simulated) gives an unresolved topology, never "no gates"."""
+    import mmoe_inspect.topology.discovery as discovery
+
+    def broken(_graph):
+        raise IndexError("a graph discovery has never seen")
+
+    monkeypatch.setattr(discovery, "find_mixtures", broken)
+    topo = discover_topology(InlineTemperatureMMoE(), x[:64])
+    assert topo.gates == () and not topo.judgeable and topo.architecture is None
+    assert "IndexError" in topo.unresolved[0].reason and NO_GATES_NOTE not in topo.notes

@@ -434,7 +434,39 @@ def _describe(
     tasks, kinds_guessed = task_specs(graph, outputs, task_kinds, model, notes)
     if kinds_guessed:
         penalties.add("kinds")
+    try:
+        return _describe_gates(model, graph, out, example_input, outputs, tasks, notes, penalties)
+    except TopologyError:
+        raise
+    except Exception as exc:  # a model shaped like nothing seen before: say so, never pass as "no gates"
+        return Topology(
+            tasks=tasks,
+            source="discovered",
+            confidence=0.0,
+            notes=(f"discovery stopped on this model: {type(exc).__name__}: {exc}", *notes),
+            unresolved=(
+                Unresolved(
+                    "the model's forward",
+                    ROOT,
+                    f"discovery could not finish reading it ({type(exc).__name__}: {str(exc)[:200]}); "
+                    "name the gates in a spec file",
+                    _module_snippet("<module path of the gate>", None, tasks),
+                ),
+            ),
+        )
 
+
+def _describe_gates(
+    model: nn.Module,
+    graph: Graph,
+    out: Any,
+    example_input: Any,
+    outputs: list[TaskOutput],
+    tasks: tuple[TaskSpec, ...],
+    notes: list[str],
+    penalties: set[str],
+) -> Topology:
+    """Steps 1-8 after the tasks: mixtures -> gates, tasks per gate, experts, unresolved items, confidence."""
     # 1-4: mixtures -> gates (where their weights are read, which experts they mix)
     tracer = ExpertTracer(graph)
     gates: list[_Gate] = []
