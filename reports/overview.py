@@ -142,9 +142,13 @@ MAX_EVIDENCE = {"tasks": 4, "gains": 3, "routing": 0, "next": 2}
 
 def _task_lines(ax, result: InspectionResult) -> None:
     """For a model without gates: what it predicts per task, as large text."""
-    ax.text(
-        0.0, 1.0, "No gates: nothing routes rows between experts.", fontsize=15, color="#5b6475", va="top"
+    topo = result.topology
+    headline = (
+        "No gates: nothing routes rows between experts."
+        if topo.judgeable
+        else f"Routing NOT verified: {len(topo.unresolved) or 'low-confidence'} gate-like item(s) unresolved."
     )
+    ax.text(0.0, 1.0, headline, fontsize=15, color="#5b6475" if topo.judgeable else "#b3261e", va="top")
     tasks = result.table("tasks")
     y = 0.84
     for r in tasks.to_dict(orient="records")[:6]:

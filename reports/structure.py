@@ -439,7 +439,13 @@ def topology_section(result: InspectionResult, figures: Mapping[str, str], csv_n
         )
         items.append(table_item("topology_gates", gates, title="Gates found", description=""))
     else:
-        items.append(Paragraph("No gates were found."))
+        items.append(
+            Paragraph(
+                "No gates were found."
+                if topo.judgeable
+                else "No gates were recorded: discovery left gate-like items unresolved (above)."
+            )
+        )
     if topo.experts:
         experts = pd.DataFrame(
             [

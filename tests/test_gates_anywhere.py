@@ -490,3 +490,25 @@ def test_a_discovery_failure_is_cannot_judge_not_no_gates(x: torch.Tensor, monke
     topo = discover_topology(InlineTemperatureMMoE(), x[:64])
     assert topo.gates == () and not topo.judgeable and topo.architecture is None
     assert "IndexError" in topo.unresolved[0].reason and NO_GATES_NOTE not in topo.notes
+
+
+def test_unresolved_routing_leads_summary_slide_and_next_step(x: torch.Tensor, tmp_path: Path) -> None:
+    """The report of an unresolved model never says "no gates": Summary, slide and next step lead with it."""
+    from mmoe_inspect.reports import write_report
+    from mmoe_inspect.reports.overview import overview_figure
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 6)).astype("float32"), columns=FEATURES)
+    frame["task_0"] = (rng.random(300) < 0.3).astype("float64")
+    result = mi.inspect(
+        NumpyMixingMoE(), frame, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES
+    )
+    fig = overview_figure(result)
+    texts = " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+    assert "Routing NOT verified" in texts and "No gates" not in texts
+    nxt = next(a for a in result.review.answers if a.key == "next")
+    assert "--spec" in nxt.answer and nxt.status == "problem"
+    write_report(result, tmp_path / "rep")
+    html = (tmp_path / "rep" / "index.html").read_text()
+    summary = html[html.index('id="summary"') : html.index('id="routing"')]
+    assert "Routing not verified" in summary and "This model has no gates" not in html

@@ -501,7 +501,16 @@ def build_review(
     if verdict.lower().startswith(("could not", "no gates")):
         routing_status = "unknown"
     routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status)
-    if diagnoses:
+    if verdict.lower().startswith("could not"):  # unverified routing: nothing below is "nothing urgent"
+        nxt = Answer(
+            "next",
+            QUESTIONS["next"],
+            "Name the gates discovery could not resolve: `mmoe-inspect topology MODEL --write spec.toml`, "
+            "fill in the suggested [[gates]], then rerun with --spec spec.toml (the routing is unverified).",
+            "problem",
+            tuple(f"{d.severity}: {d.title}" for d in diagnoses[:5]),
+        )
+    elif diagnoses:
         top = diagnoses[0]
         nxt = Answer(
             "next",
