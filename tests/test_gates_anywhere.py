@@ -512,3 +512,38 @@ def test_unresolved_routing_leads_summary_slide_and_next_step(x: torch.Tensor, t
     html = (tmp_path / "rep" / "index.html").read_text()
     summary = html[html.index('id="summary"') : html.index('id="routing"')]
     assert "Routing not verified" in summary and "This model has no gates" not in html
+
+
+def test_monitor_watches_function_level_gates_without_changing_training() -> None:
+    """The training monitor reads inline gates through the taps; training stays bit-identical."""
+    import copy
+
+    from mmoe_inspect.monitor import GateMonitor
+
+    torch.manual_seed(0)
+    watched = InlineTemperatureMMoE()
+    plain = copy.deepcopy(watched)
+    topo = discover_topology(watched, torch.randn(64, 6))
+    xs = torch.randn(256, 6, generator=torch.Generator().manual_seed(5))
+    ys = (torch.rand(256, 2, generator=torch.Generator().manual_seed(6)) < 0.3).float()
+
+    def train(model: nn.Module, mon: GateMonitor | None = None) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+        for _ in range(10):
+            opt.zero_grad()
+            loss = F.binary_cross_entropy(model(xs), ys)
+            loss.backward()
+            opt.step()
+            if mon is not None:
+                mon.step(loss=loss.item())
+
+    with GateMonitor(watched, topo, every=5) as mon:
+        train(watched, mon)
+    train(plain)
+    assert all(torch.equal(a, b) for a, b in zip(watched.parameters(), plain.parameters(), strict=True))
+    last = mon.rows[-1]
+    assert last["window_rows"] == 5 * 256 and math.isclose(
+        sum(last[f"w_experts.{i}"] for i in range(4)), 1.0, rel_tol=1e-9
+    )
+    assert not _get_current_function_mode_stack()
