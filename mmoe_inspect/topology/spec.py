@@ -262,6 +262,8 @@ class Topology:
                     raise TopologyError(
                         f"gate {g.name!r}: {what} must be an integer (-1, -2, ... an output; k >= 0 an argument)"
                     )
+            if g.index_op is not None and (not isinstance(g.index_op, str) or not g.index_op):
+                raise TopologyError(f"gate {g.name!r}: index_op must be a torch function name such as 'topk'")
             if g.index_op is not None and g.op is None:
                 raise TopologyError(f"gate {g.name!r}: index_op needs a function-level gate (op)")
             for what, v in (("dim", g.dim), ("batch_dim", g.batch_dim)):
@@ -269,6 +271,9 @@ class Topology:
                     raise TopologyError(f"gate {g.name!r}: {what} must be an integer axis")
             if g.batch_dim == g.dim:
                 raise TopologyError(f"gate {g.name!r}: batch_dim and dim must differ")
+        for u in self.unresolved:
+            if not all(isinstance(v, str) for v in (u.what, u.where, u.reason, u.snippet)):
+                raise TopologyError("each [[unresolved]] entry holds text: what, where, reason, snippet")
         for e in self.experts:
             if e.owner != "shared" and e.owner not in names:
                 raise TopologyError(f"expert {e.name!r} is owned by unknown task {e.owner!r}")
