@@ -204,7 +204,8 @@ def top_k_dense(
     b = gate.batch_dim if gate.batch_dim >= 0 else 0
     v = values.movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1)  # keeps a graph (attribution)
     i = indices.detach().movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1).long()
-    if i.numel() and (int(i.min()) < 0 or int(i.max()) >= gate.n_experts):
+    # the range check reads the values: on the host only (a device read would sync every forward)
+    if i.device.type == "cpu" and i.numel() and (int(i.min()) < 0 or int(i.max()) >= gate.n_experts):
         raise ValueError(f"top-k gate {gate.name!r}: expert indices outside 0..{gate.n_experts - 1}")
     dense = torch.zeros(v.shape[0], gate.n_experts, dtype=v.dtype, device=v.device).scatter_(1, i, v)
     return dense, i
