@@ -122,10 +122,44 @@ def overhead_models() -> dict[str, Any]:
         tower_hidden=(32,),
     ).eval()
     tiny = MMoE(100, synthetic_tasks(), n_experts=8, expert_hidden=(16,), tower_hidden=(8,)).eval()
+    inline = inline_temperature(big)
     return {
         "a_mmoe_8x[256,128]_d128_3tasks": {"model": big, "d": 128, "target": 1.10},
         "b_paper_mmoe_8x16_d100_2tasks": {"model": tiny, "d": 100, "target": 1.5},
+        "c_mmoe_8x[256,128]_inline_temperature": {"model": inline, "d": 128, "target": 1.15},
     }
+
+
+def inline_temperature(model: Any, tau: float = 0.7) -> Any:
+    """`model` (our MMoE) with each gate's softmax computed inline on `logits / tau`: no module returns the
+    gate, so its topology is discovered and the gates are read at the function level (a tap)."""
+    import torch
+
+    from mmoe_inspect.models import MMoE
+    from mmoe_inspect.models._layers import mix, stack_experts
+    from mmoe_inspect.topology.discovery import discover_topology
+
+    def _logits(gate: Any, h: Any) -> Any:
+        for layer in list(gate)[:-1]:  # every layer of the gate but its nn.Softmax
+            h = layer(h)
+        return h
+
+    class InlineTemperatureMMoE(MMoE):
+        def forward(self, x: Any) -> Any:
+            h = self.inputs(x)
+            stacked = stack_experts(self.experts, h)
+            gates = [torch.softmax(_logits(g, h) / tau, dim=1) for g in self.gates]  # Linear, then inline
+            return self._outputs([mix(w, stacked) for w in gates])
+
+        def topology(self) -> Any:
+            return self._discovered
+
+    m = copy.deepcopy(model)
+    m.__class__ = InlineTemperatureMMoE
+    example = torch.randn(64, m.inputs.out_dim if hasattr(m.inputs, "out_dim") else 128)
+    m._discovered = discover_topology(m, example)
+    assert all(g.function_level for g in m._discovered.gates), m._discovered.describe()
+    return m
 
 
 # --------------------------------------------------------------------------- part 1: memory (child side)

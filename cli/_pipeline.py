@@ -317,8 +317,20 @@ def inspect_checkpoint(
     loaded = load.load(checkpoint, quiet=run.quiet)
     check_stored_rows(loaded, load, spec)
     source = loaded.source(load.data)
-    # the same input function `loaded.inspect` builds: kept for the features list and the causal pass
-    fn = loaded.input_fn(input=load.input, features=load.features, collate=load.collate)  # type: ignore[arg-type]
+    # how rows feed the model (worked out by trial forwards when no adapter knows it): kept for the
+    # features list and the causal pass
+    binding = loaded.bind(
+        source,
+        tasks=load.tasks,
+        labels=load.labels,
+        input=load.input,  # type: ignore[arg-type]
+        features=load.features,
+        collate=load.collate,
+    )
+    if not run.quiet:
+        for note in binding.notes:
+            err.print(f"note: {escape(note)}")
+    fn = binding.input_fn
     what = label or checkpoint.name
     bar = f"inspecting {what}"
     with Passes(run.quiet) as passes:
@@ -333,6 +345,7 @@ def inspect_checkpoint(
             topology=spec,
             config=load.config(run.seed),
             model_name=f"{type(loaded.model).__name__} ({checkpoint.name})",
+            binding=binding,
             progress=tick,
             distributed=dist is not None,
         )
@@ -405,14 +418,14 @@ def run_causal_analyses(
     columns = list(getattr(fn, "names", None) or ()) or None
     with ExitStack() as stack:
         baselines = {
-            name: make_baseline(name, path, load, run, result, stack)
+            name: make_baseline(name, path, load, run, result, stack, source)
             for name, path in causal.baselines.items()
         }
         passes = stack.enter_context(Passes(run.quiet))
         stack.enter_context(loaded.adapter.session(loaded.model))
         limit = min(load.limit, CAUSAL_MAX_ROWS) if load.limit is not None else CAUSAL_MAX_ROWS
         try:
-            result.causal = run_causal(
+            causal_result = run_causal(
                 loaded.model,
                 pass_source(source, passes, f"causal analyses of {what}", load.sample, run.seed),
                 topology=result.topology,
@@ -431,12 +444,19 @@ def run_causal_analyses(
             if not run.quiet:
                 err.print(f"note: no causal analyses: {escape(str(exc))}")
             return
+    result.attach_causal(causal_result)  # a collapsed gate's severity follows its measured impact
     if causal.segment_by is not None:
         result.causal.meta.setdefault("segment_by", causal.segment_by)
 
 
 def make_baseline(
-    name: str, path: Path, load: LoadOptions, run: RunOptions, result: InspectionResult, stack: ExitStack
+    name: str,
+    path: Path,
+    load: LoadOptions,
+    run: RunOptions,
+    result: InspectionResult,
+    stack: ExitStack,
+    source: TableSource | None = None,
 ) -> Any:
     """Load a baseline checkpoint with the main model's loading options; a `Baseline` for run_causal."""
     from mmoe_inspect.causal import Baseline
@@ -444,11 +464,14 @@ def make_baseline(
     loaded = load.load(path, quiet=run.quiet)
     # a library baseline reads rows its library's way; one no adapter knows takes the main model's mapping
     generic = loaded.adapter.name == "generic"
-    fn = loaded.input_fn(
-        input=load.input if generic else None,  # type: ignore[arg-type]
-        features=load.features if generic else None,
-        collate=load.collate if generic else None,
-    )
+    if generic and source is not None and load.features is None and load.collate is None:
+        fn: Any = loaded.bind(source, input=load.input).input_fn  # type: ignore[arg-type]
+    else:
+        fn = loaded.input_fn(
+            input=load.input if generic else None,  # type: ignore[arg-type]
+            features=load.features if generic else None,
+            collate=load.collate if generic else None,
+        )
     declared = getattr(loaded.model, "topology", None)
     tasks: list[str] | None = None
     if callable(declared):

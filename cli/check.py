@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ._common import (
     EXIT_CANNOT_JUDGE,
@@ -78,20 +77,19 @@ def check_command(
         )
     fails = {id(f) for f in failing}
     if result.findings:
-        table = Table(title=f"Findings for {escape(result.model_name)}", title_justify="left")
-        for col in ("", "severity", "code", "subject", "title", "evidence"):
-            table.add_column(col, overflow="fold")
-        for f in result.findings:
+        out.print(f"[bold]Findings for {escape(result.model_name)}[/bold] ({len(result.findings)})")
+        for f in result.findings:  # one block per finding: no table, so nothing is cut in a CI log
             evidence = ", ".join(f"{k}={_short_value(v)}" for k, v in f.evidence.items())
-            table.add_row(
-                "FAIL" if id(f) in fails else "",
-                f"[{SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]",
-                f.code,
-                escape(f.subject),
-                escape(f.title),
-                escape(evidence),
+            mark = "FAIL " if id(f) in fails else ""
+            out.print(
+                f"{mark}[{SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/] {f.code} "
+                f"[bold]{escape(f.subject)}[/bold]: {escape(f.title)}"
             )
-        out.print(table)
+            out.print(f"    evidence: {escape(evidence)}")
+            out.print(f"    remedy: {escape(f.remedy)}")
+        out.print(
+            f"details: mmoe-inspect report {escape(str(checkpoint))} (Summary: diagnosis, evidence, next steps)"
+        )
     else:
         out.print(f"No findings for {escape(result.model_name)}.")
     out.print(f"[bold]{escape(result.verdict)}[/bold]")

@@ -7,6 +7,8 @@ import math
 from rich.markup import escape
 from rich.table import Table
 
+from mmoe_inspect.analysis.review import fmt_interval
+
 from ._common import CheckpointArg, LoadOptions, RunOptions, SpecOpt, command, guarded, out
 from ._pipeline import inspect_checkpoint
 
@@ -29,6 +31,29 @@ def fmt(v: object, digits: int = 3) -> str:
     return str(v)
 
 
+STATUS_STYLE = {"ok": "green", "problem": "bold red", "unknown": "yellow"}
+
+
+def print_review(result: object) -> None:
+    """The review's questions, each with its one-line answer and evidence (same words as the report)."""
+    review = result.review  # type: ignore[attr-defined]
+    for a in review.answers:
+        out.print(
+            f"[bold]{escape(a.question)}[/bold] [{STATUS_STYLE.get(a.status, '')}]{escape(a.answer)}[/]"
+        )
+        for e in a.evidence:
+            out.print(f"    {escape(e)}")
+    for d in review.diagnoses[:3]:
+        out.print(
+            f"  [{STATUS_STYLE['problem'] if d.severity == 'critical' else 'yellow'}]{d.severity}[/] {escape(d.title)}: {escape(d.summary)}"
+        )
+        if d.impact:
+            out.print(f"      measured impact: {escape(d.impact)}")
+        if d.causes:
+            out.print(f"      likely causes: {escape('; '.join(d.causes[:3]))}")
+        out.print(f"      next: {escape(d.steps[0])}" if d.steps else "")
+
+
 @command
 def summary_command(
     checkpoint: CheckpointArg,
@@ -45,7 +70,7 @@ def summary_command(
         cards = headline_cards(result)
     topo = result.topology
     out.print(f"[bold]{escape(result.model_name)}[/bold] on {escape(result.data_source)}")
-    out.print(f"[bold]{escape(result.verdict)}[/bold]")
+    print_review(result)
     head = Table(title="Headline", title_justify="left")
     head.add_column("")
     head.add_column("value", justify="right")
@@ -82,18 +107,36 @@ def summary_command(
     tasks = result.table("tasks")
     if not tasks.empty:
         t = Table(title="Tasks", title_justify="left")
-        for col in ("task", "kind", "label rate / mean", "mean prediction", "AUC (binned) / MSE"):
+        for col in (
+            "task",
+            "kind",
+            "label rate / mean",
+            "mean prediction",
+            "AUC [95% CI] / MSE",
+            "log loss (base rate)",
+        ):
             t.add_column(col, justify="left" if col in ("task", "kind") else "right")
         for r in tasks.to_dict(orient="records"):
             binary = r.get("kind") == "binary"
             label = r.get("positive_rate") if binary else r.get("label_mean")
-            score = r.get("auc_binned") if binary else r.get("mse")
+            if binary:
+                score = fmt_interval(
+                    float(r.get("auc", math.nan)),
+                    float(r.get("auc_lo", math.nan)),
+                    float(r.get("auc_hi", math.nan)),
+                )
+                if r.get("at_chance"):
+                    score += " AT CHANCE"
+                ll = f"{fmt(float(r.get('logloss', math.nan)), 4)} ({fmt(float(r.get('base_rate_logloss', math.nan)), 4)})"
+            else:
+                score, ll = fmt(float(r.get("mse", math.nan))), "—"
             t.add_row(
                 escape(str(r["task"])),
                 str(r.get("kind", "")),
                 fmt(float(label)) if label is not None else "—",
                 fmt(float(r.get("mean_prediction", math.nan))),
-                fmt(float(score)) if score is not None else "—",
+                escape(score),
+                ll,
             )
         out.print(t)
     n = {s: sum(f.severity == s for f in result.findings) for s in ("critical", "warning", "info")}

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .analysis._self_change import mark_self_change
-from .analysis.findings import Finding, Thresholds, diagnose
+from .analysis.findings import Finding, Thresholds, diagnose, routing_findings
 from .analysis.tables import (
     divergence_tables,
     expert_tables,
@@ -25,6 +25,7 @@ from .analysis.tables import (
     label_routing_table,
     task_table,
 )
+from .data.call import call_model
 from .data.schema import FeatureSpec
 from .data.sources import (
     DataError,
@@ -134,7 +135,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
         if v.requires_grad:
             v = v.detach()
         if v.dim() != 1:
-            v = v.reshape(v.shape[0], -1)[:, 0]
+            v = v.reshape(v.shape[0], -1)[:, t.column]
         if v.dtype != torch.float32:
             v = v.float()
         cols.append(v)
@@ -368,7 +369,7 @@ def inspect(
         topology=topo,
         tables=tables,
         findings=findings,
-        verdict=verdict(topo, tables, findings),
+        verdict=verdict(topo, tables, routing_findings(findings)),
         n_rows=n_rows,
         data_source=source.name,
         model_name=model_name or type(model).__name__,
@@ -398,7 +399,7 @@ def inspect(
 
             options.setdefault("batch_size", cfg.batch_size)
             options.setdefault("seed", cfg.seed)
-            result.causal = run_causal(
+            causal_result = run_causal(
                 model,
                 source,
                 topology=topo,
@@ -407,6 +408,7 @@ def inspect(
                 labels={t.name: t.label_column for t in labelled},
                 **options,
             )
+            result.attach_causal(causal_result)  # a collapsed gate's severity follows its measured impact
     if attribution:
         from mmoe_inspect.attribution import run_attribution
 
@@ -636,7 +638,7 @@ def _expected_rows(cfg: InspectConfig, source: TableSource) -> int | None:
 def _forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
     """Run the model; a failing forward is reported as a bad model/input pair (one line), not as our bug."""
     try:
-        return model(x)
+        return call_model(model, x)  # a tuple input is the forward's positional arguments
     except RecordingError:
         raise
     except Exception as exc:

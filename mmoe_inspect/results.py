@@ -14,13 +14,14 @@ from typing import Any
 import pandas as pd
 
 from .analysis.findings import Finding, Thresholds
+from .analysis.review import Review, build_review
 from .tabular import json_safe, save_tables, table_records
 from .topology.spec import Topology
 
 METRICS_SCHEMA_VERSION = "1.0"
 
 TABLE_DESCRIPTIONS: dict[str, str] = {
-    "tasks": "One row per task: kind, label rate or mean, prediction summary, binned AUC / MSE.",
+    "tasks": "One row per task: kind, label rate or mean, prediction summary, exact AUC with 95% interval (Hanley-McNeil), log loss vs the base rate's, at-chance flag / MSE.",
     "gate_metrics": "One row per gate: entropy, effective experts, balance, input dependence, polarization.",
     "utilization": "Gate x expert: mean weight, standard deviation, top-1 share (load).",
     "task_divergence": "Task-gate pairs over the same experts: JSD of mean gates, mean per-row JSD and TV.",
@@ -51,7 +52,37 @@ class InspectionResult:
     training: Any | None = None  # run-log DataFrame of a GateMonitor (mmoe_inspect.monitor.read_run_log)
 
     def table(self, name: str) -> pd.DataFrame:
-        return self.tables.get(name, pd.DataFrame())
+        """The named table; a table this inspection could not compute (no gates, no labels) is empty.
+
+        An unknown name (a typo such as "utilisation") raises `KeyError` listing the close names.
+        """
+        if name in self.tables:
+            return self.tables[name]
+        if name in TABLE_DESCRIPTIONS:
+            return pd.DataFrame()
+        import difflib
+
+        close = difflib.get_close_matches(name, list(TABLE_DESCRIPTIONS), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise KeyError(f"no table {name!r}; {hint}tables: {', '.join(TABLE_DESCRIPTIONS)}")
+
+    def attach_causal(self, causal: Any) -> None:
+        """Attach causal analyses; a collapsed gate's severity then follows its measured impact
+        (`mmoe_inspect.analysis.review.rescale_by_impact`) and the verdict is re-read from the findings."""
+        from .analysis.findings import routing_findings
+        from .analysis.review import rescale_by_impact
+        from .inspector import verdict
+
+        self.causal = causal
+        if causal is not None:
+            self.findings = rescale_by_impact(self.findings, self.tables, causal)
+            self.verdict = verdict(self.topology, self.tables, routing_findings(self.findings))
+
+    @property
+    def review(self) -> Review:
+        """The review questions answered (task quality, multi-task gains, routing, next step) and the
+        diagnoses, from this result's tables, findings, verdict and causal analyses."""
+        return build_review(self.tables, self.findings, self.verdict, self.causal)
 
     @property
     def gate_names(self) -> list[str]:
@@ -77,6 +108,7 @@ class InspectionResult:
             f"{self.n_rows:,} rows from {self.data_source}; tasks: {', '.join(self.topology.task_names)}; "
             f"{len(self.topology.gates)} gate(s), {len(self.topology.experts)} expert(s) ({self.topology.source})",
         ]
+        lines += [f"{a.question} {a.answer}" for a in self.review.answers if a.key != "routing"]
         lines += [f"  {f.severity:<8} {f.title}: {f.subject}" for f in self.findings]
         return "\n".join(lines)
 
@@ -84,24 +116,33 @@ class InspectionResult:
         return f"<InspectionResult\n{self.summary()}\n>"
 
     def _repr_html_(self) -> str:
-        """Compact summary for Jupyter (all user-provided names escaped)."""
+        """Jupyter view: the review's answers with evidence, the diagnoses, and the routing heatmap as an
+        HTML table shaded by mean gate weight (all user-provided names escaped; no scripts, no images)."""
         from html import escape
 
-        gm = self.table("gate_metrics")
-        head = (
-            gm[["gate", "effective_experts", "normalized_entropy", "input_dependence"]]
-            if not gm.empty
-            else gm
-        )
-        items = "".join(
-            f"<li><b>{escape(f.severity)}</b> {escape(f.title)}: {escape(f.subject)}</li>"
-            for f in self.findings
-        )
-        return (
-            f"<div><p><b>{escape(self.model_name)}</b>: {escape(self.verdict)}</p>"
-            f"<p>{self.n_rows:,} rows · tasks {escape(', '.join(self.topology.task_names))}</p>"
-            f"<ul>{items}</ul>{head.to_html(index=False, float_format=lambda v: f'{v:.3f}')}</div>"
-        )
+        colors = {"ok": "#2e7d32", "problem": "#c62828", "unknown": "#b26a00"}
+        review = self.review
+        parts = [
+            f"<div><p><b>{escape(self.model_name)}</b> · {self.n_rows:,} rows · tasks "
+            f"{escape(', '.join(self.topology.task_names))}</p>"
+        ]
+        for a in review.answers:
+            ev = "".join(f"<li>{escape(e)}</li>" for e in a.evidence)
+            parts.append(
+                f"<p style='margin:4px 0'><b>{escape(a.question)}</b> "
+                f"<span style='color:{colors.get(a.status, '#000')}'>{escape(a.answer)}</span></p>"
+                + (f"<ul style='margin:0'>{ev}</ul>" if ev else "")
+            )
+        if review.diagnoses:
+            items = "".join(
+                f"<li><b>{escape(d.severity)}</b> {escape(d.title)}: {escape(d.summary)}"
+                + (f" <i>Next:</i> {escape(d.steps[0])}" if d.steps else "")
+                + "</li>"
+                for d in review.diagnoses
+            )
+            parts.append(f"<p style='margin:6px 0 0'><b>Diagnosis</b></p><ol>{items}</ol>")
+        parts.append(_heatmap_html(self.table("utilization")))
+        return "".join(parts) + "</div>"
 
     def to_metrics(self) -> dict[str, Any]:
         """Every number of the inspection in a JSON-safe dict with a versioned schema."""
@@ -115,6 +156,7 @@ class InspectionResult:
                 "topology": self.topology.to_dict(),
                 "thresholds": self.thresholds.to_dict(),
                 "findings": [f.to_dict() for f in self.findings],
+                "review": self.review.to_dict(),
                 "tables": table_records(self.tables),
                 "causal": self.causal.to_dict() if self.causal is not None else None,
                 "attribution": self.attribution.to_dict() if self.attribution is not None else None,
@@ -145,3 +187,27 @@ def _training_records(run_log: Any | None) -> dict[str, Any] | None:
     from .monitor import collapse_timeline
 
     return table_records({"run_log": run_log, "timeline": collapse_timeline(run_log)})
+
+
+def _heatmap_html(util: pd.DataFrame) -> str:
+    """Gate x expert mean weights as an HTML table shaded by weight (the last level of each gate)."""
+    from html import escape
+
+    if util.empty or not {"gate", "expert", "mean"} <= set(util.columns):
+        return ""
+    grid = util.pivot_table(index="gate", columns="expert", values="mean", sort=False)
+    head = "".join(f"<th>{escape(str(e))}</th>" for e in grid.columns)
+    rows = []
+    for gate, values in grid.iterrows():
+        cells = "".join(
+            "<td></td>"
+            if pd.isna(v)
+            else f"<td style='background:rgba(21,101,192,{float(v):.2f});color:{'#fff' if v > 0.5 else '#000'}'>"
+            f"{float(v):.2f}</td>"
+            for v in values
+        )
+        rows.append(f"<tr><th>{escape(str(gate))}</th>{cells}</tr>")
+    return (
+        "<p style='margin:6px 0 0'><b>Mean gate weight</b> (gate × expert)</p>"
+        f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+    )

@@ -113,8 +113,8 @@ def headline_numbers(result: InspectionResult) -> dict[str, float]:
     nums["per-row TV, most similar task pair"] = float(div["tv_per_row"].min()) if not div.empty else math.nan
     tasks = result.table("tasks")
     for rec in tasks.itertuples(index=False):
-        if getattr(rec, "kind", "") == "binary" and "auc_binned" in tasks:
-            nums[f"AUC {rec.task}"] = float(rec.auc_binned)
+        if getattr(rec, "kind", "") == "binary" and "auc" in tasks:
+            nums[f"AUC {rec.task}"] = float(rec.auc)
         elif "mse" in tasks:
             nums[f"MSE {rec.task}"] = float(rec.mse)
     return nums

@@ -508,7 +508,7 @@ def expert_similarity(result: InspectionResult) -> Figure | None:
 
 
 def task_outputs(result: InspectionResult) -> Figure | None:
-    """Per task: label rate (or mean) vs mean prediction, and binned AUC (binary) / MSE (regression)."""
+    """Per task: label rate (or mean) vs mean prediction, and exact AUC (binary) / MSE (regression)."""
     tasks = result.table("tasks")
     if tasks.empty or "mean_prediction" not in tasks:
         return None
@@ -519,7 +519,7 @@ def task_outputs(result: InspectionResult) -> Figure | None:
 
     names = np.asarray([str(t) for t in tasks["task"]], dtype=object)
     binary = (tasks["kind"] == "binary").to_numpy()
-    pred, auc, mse = column("mean_prediction"), column("auc_binned"), column("mse")
+    pred, auc, mse = column("mean_prediction"), column("auc"), column("mse")
     label = np.where(binary, column("positive_rate"), column("label_mean"))
     # (kind, title, rows): binary and regression means never share an axis (different scales)
     panels: list[tuple[str, str, np.ndarray]] = []
@@ -564,7 +564,7 @@ def task_outputs(result: InspectionResult) -> Figure | None:
             Patch(facecolor="#666666", label="mean prediction"),
         ]
         fig.legend(handles=legend, loc="outside lower center", ncols=2, frameon=False)
-        title = "Task outputs (AUC from binned predictions)" if "auc" in kinds else "Task outputs"
+        title = "Task outputs (exact AUC)" if "auc" in kinds else "Task outputs"
         fig.suptitle(title, x=0.01, ha="left")
     return fig
 
@@ -794,8 +794,8 @@ FIGURES: dict[str, FigureSpec] = {
             "Task outputs",
             task_outputs,
             "Per task, the observed label rate next to the average prediction (they should be close for a "
-            "calibrated model), and the ranking quality (AUC: 0.5 = chance, 1 = perfect; computed from binned "
-            "predictions) or the mean squared error for regression tasks.",
+            "calibrated model), and the ranking quality (AUC: 0.5 = chance, 1 = perfect; exact, the same value as "
+            "everywhere in the report) or the mean squared error for regression tasks.",
         ),
     )
 }

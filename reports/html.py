@@ -13,6 +13,7 @@ from mmoe_inspect.results import METRICS_SCHEMA_VERSION
 
 from .items import (
     BulletList,
+    Diagnoses,
     FigureItem,
     FindingList,
     Headline,
@@ -20,6 +21,7 @@ from .items import (
     KeyValues,
     Notice,
     Paragraph,
+    Questions,
     Report,
     Subheading,
     TableItem,
@@ -65,6 +67,8 @@ for _kind, _name in (
     (Paragraph, "paragraph"),
     (Notice, "notice"),
     (Verdict, "verdict"),
+    (Questions, "questions"),
+    (Diagnoses, "diagnoses"),
     (Headline, "headline"),
     (FindingList, "findings"),
     (FigureItem, "figure"),

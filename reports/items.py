@@ -44,6 +44,43 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class QuestionView:
+    """One review question: the answer line (status ok / problem / unknown) and its evidence lines."""
+
+    question: str
+    answer: str
+    status: str
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Questions:
+    """The review's questions, answered, at the top of the Summary."""
+
+    questions: tuple[QuestionView, ...]
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    title: str
+    severity: str
+    summary: str
+    impact: str
+    causes: tuple[str, ...]
+    steps: tuple[str, ...]
+    findings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Diagnoses:
+    """One card per story (grouped findings), most severe first."""
+
+    diagnoses: tuple[DiagnosisView, ...]
+    title: str = "Diagnosis"
+    anchor: str = "diagnosis"
+
+
+@dataclass(frozen=True)
 class Card:
     label: str
     value: str
@@ -143,6 +180,8 @@ Item = (
     Paragraph
     | Notice
     | Verdict
+    | Questions
+    | Diagnoses
     | Headline
     | FindingList
     | FigureItem

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from mmoe_inspect.analysis.findings import SEVERITY_ORDER
+from mmoe_inspect.analysis.review import Review
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
 from mmoe_inspect.topology.spec import Topology
 
@@ -24,6 +25,8 @@ from .items import (
     BulletList,
     Card,
     Cell,
+    Diagnoses,
+    DiagnosisView,
     FigureItem,
     FindingList,
     FindingView,
@@ -33,6 +36,8 @@ from .items import (
     KeyValues,
     Notice,
     Paragraph,
+    Questions,
+    QuestionView,
     Report,
     Section,
     Subheading,
@@ -64,10 +69,13 @@ __all__ = [
     "Subheading",
     "TableItem",
     "Verdict",
+    "diagnoses_item",
     "finding_view",
     "fmt_value",
     "get_report_structure",
     "headline_cards",
+    "questions_item",
+    "specialization_context",
     "table_item",
 ]
 
@@ -124,6 +132,34 @@ def headline_cards(result: InspectionResult) -> list[Card]:
     return list(_headline(result).cards)
 
 
+def questions_item(review: Review) -> Questions:
+    return Questions(tuple(QuestionView(a.question, a.answer, a.status, a.evidence) for a in review.answers))
+
+
+def diagnoses_item(review: Review) -> Diagnoses:
+    return Diagnoses(
+        tuple(
+            DiagnosisView(d.title, d.severity, d.summary, d.impact, d.causes, d.steps, d.findings)
+            for d in review.diagnoses
+        )
+    )
+
+
+def specialization_context(result: InspectionResult) -> str | None:
+    """Why a high task-expert MI / TV is NOT specialisation here (a collapsed gate, a dead or inactive
+    top expert), or None when the headline numbers mean what they say."""
+    gm = result.table("gate_metrics")
+    if gm.empty:
+        return None
+    bad_experts = {f.subject for f in result.findings if f.code in ("dead_expert", "inactive_expert")}
+    collapsed = {f.subject for f in result.findings if f.code == "collapsed_gate"}
+    for r in gm.to_dict(orient="records"):
+        if r["gate"] in collapsed:
+            tail = " (an inactive/dead expert)" if r["top_expert"] in bad_experts else ""
+            return f"high only because gate {r['gate']} collapsed onto {r['top_expert']}{tail}: not specialisation"
+    return None
+
+
 def _headline(result: InspectionResult) -> Headline:
     topo = result.topology
     counts = {s: sum(f.severity == s for f in result.findings) for s in ("critical", "warning", "info")}
@@ -145,6 +181,7 @@ def _headline(result: InspectionResult) -> Headline:
                     f"gate {worst['gate']}",
                 )
             )
+    context = specialization_context(result)
     mi = result.table("mutual_information")
     if not mi.empty and mi["normalized"].notna().any():
         best = mi.loc[mi["normalized"].idxmax()]
@@ -152,19 +189,16 @@ def _headline(result: InspectionResult) -> Headline:
             Card(
                 "normalized task-expert MI",
                 f"{best['normalized']:.3f}",
-                "0 = tasks share experts alike, 1 = fully split",
+                context or "0 = tasks share experts alike, 1 = fully split",
             )
         )
     div = result.table("task_divergence")
     if not div.empty and div["tv_per_row"].notna().any():
         low = div.loc[div["tv_per_row"].idxmin()]
-        cards.append(
-            Card(
-                "most similar task pair",
-                f"TV {low['tv_per_row']:.3f}",
-                f"{low['task_a']} ~ {low['task_b']} (per row)",
-            )
-        )
+        pair = f"{low['task_a']} ~ {low['task_b']}"
+        label = "most similar task pair" if len(div) > 1 else "task routing difference"
+        hint = f"{pair}: per-row TV, 0 = same routing, 1 = disjoint"
+        cards.append(Card(label, f"TV {low['tv_per_row']:.3f}", f"{hint}; {context}" if context else hint))
     cards.append(
         Card(
             "findings",
@@ -206,8 +240,10 @@ def _gate_summary(result: InspectionResult) -> list[TableItem]:
 
 def summary_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     topo = result.topology
+    review = result.review
     items: list[Item] = [
-        Verdict(result.verdict, result.worst_severity()),
+        questions_item(review),
+        diagnoses_item(review),
         KeyValues(
             (
                 ("model", result.model_name),
@@ -227,7 +263,12 @@ def summary_section(result: InspectionResult, figures: Mapping[str, str], csv_na
         items.insert(0, Notice(str(result.meta["unreliable"]), "critical"))
     items.append(_headline(result))
     ranked = sorted(result.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
-    items.append(FindingList(tuple(finding_view(f) for f in ranked)))
+    items.append(
+        FindingList(
+            tuple(finding_view(f) for f in ranked),
+            title="Every finding (codes and evidence, as in check and metrics.json)",
+        )
+    )
     items.extend(_figures("summary", figures))
     items.extend(_gate_summary(result))
     return Section("summary", "Summary", tuple(items))
@@ -400,7 +441,13 @@ def topology_section(result: InspectionResult, figures: Mapping[str, str], csv_n
         )
         items.append(table_item("topology_gates", gates, title="Gates found", description=""))
     else:
-        items.append(Paragraph("No gates were found."))
+        items.append(
+            Paragraph(
+                "No gates were found."
+                if topo.judgeable
+                else "No gates were recorded: discovery left gate-like items unresolved (above)."
+            )
+        )
     if topo.experts:
         experts = pd.DataFrame(
             [

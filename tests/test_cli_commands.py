@@ -75,14 +75,14 @@ def loading(p: dict[str, Path], data: str = "data") -> list[object]:
 
 
 def test_check_exits_1_on_the_collapsed_gate(planted) -> None:
-    code, text = invoke("check", planted["collapsed"], *loading(planted), "--quiet")
+    code, text = invoke("check", planted["collapsed"], *loading(planted, "unlabelled"), "--quiet")
     assert code == 1, text
     assert "collapsed_gate" in text and "FAIL" in text and "critical" in text
     assert "check failed: 1 finding(s) match --fail-on warning or worse" in text
 
 
 def test_check_exits_0_on_the_cleanly_specialized_model(planted) -> None:
-    code, text = invoke("check", planted["clean"], *loading(planted))
+    code, text = invoke("check", planted["clean"], *loading(planted, "unlabelled"))  # routing only
     assert code == 0, text
     assert "No findings" in text and "check passed" in text
     assert "Yes: the tasks route rows to clearly different experts" in text

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mmoe_inspect import FeatureSpec, inspect
+from mmoe_inspect.analysis.findings import routing_findings
 from mmoe_inspect.inspector import InspectConfig
 from mmoe_inspect.models import CGC
 from mmoe_inspect.testing.planted import PlantedMMoE
@@ -43,7 +44,7 @@ def cgc() -> CGC:
 
 
 def codes(result) -> set[tuple[str, str]]:
-    return {(f.code, f.subject) for f in result.findings}
+    return {(f.code, f.subject) for f in routing_findings(result.findings)}  # task quality: test_review.py
 
 
 def test_ple_shared_expert_used_by_one_task(frame) -> None:
@@ -62,7 +63,7 @@ def test_ple_sparse_task_ignores_its_own_experts(frame) -> None:
     plant_gate(model, 1, [(-1.5, 0.0), (0.0, 2.0), (0.0, -2.0)])  # cvr: ~5% on its own expert
     result = inspect(model, frame)
     assert codes(result) == {("sparse_task_ignores_own_experts", "cvr")}
-    f = result.findings[0]
+    f = routing_findings(result.findings)[0]
     assert f.evidence["positive_rate"] == pytest.approx(frame["cvr"].mean())
     assert 0.03 < f.evidence["own_expert_weight"] < 0.1
 
@@ -79,8 +80,9 @@ def similar_mmoe(scale: float) -> PlantedMMoE:
 def test_healthy_but_shared_routing_is_info_not_alarm(frame) -> None:
     result = inspect(similar_mmoe(0.3), frame, features=FEATURES)
     assert codes(result) == {("tasks_route_similarly", "ctr ~ cvr")}
-    assert result.findings[0].severity == "info"
-    assert 0.05 < result.findings[0].evidence["tv_per_row"] < 0.2
+    found = routing_findings(result.findings)[0]
+    assert found.severity == "info"
+    assert 0.05 < found.evidence["tv_per_row"] < 0.2
     assert result.verdict.startswith("Mostly shared")
 
 

@@ -391,7 +391,9 @@ def test_check_cannot_judge_unresolved_routing(saved: dict[str, Path]) -> None:
     assert code == 0, text
     code, text = invoke("topology", saved["root"] / "numpy.pt", *common)
     assert code == 0 and "UNRESOLVED" in text and "[[gates]]" in text
-    code, text = invoke("check", saved["root"] / "dense.pt", *common)
+    code, text = invoke(
+        "check", saved["root"] / "dense.pt", *common, "--fail-on", "collapsed_gate,dead_expert"
+    )
     assert code == 0 and "check passed" in text, text
 
 
@@ -416,3 +418,132 @@ def test_relu_inplace_after_a_function_gate_does_not_change_the_capture(x: torch
     with torch.no_grad():
         truth = model.weights(x)
     torch.testing.assert_close(got["click"], truth[0], rtol=0, atol=0)
+
+
+def test_attributions_and_causal_analyses_reach_function_level_gates(x: torch.Tensor) -> None:
+    """Captum attributions of an inline-temperature gate (captured with its graph through the tap) and
+    expert ablation through a top-k gate's dense form both run and give finite numbers for every expert."""
+    torch.manual_seed(0)
+    rows = torch.randn(400, 6, generator=torch.Generator().manual_seed(3))
+    frame = pd.DataFrame(rows.numpy(), columns=FEATURES)
+    rng = np.random.default_rng(0)
+    frame["task_0"] = (rng.random(400) < 0.4).astype("float64")
+    frame["task_1"] = (rng.random(400) < 0.3).astype("float64")
+    fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
+    model = InlineTemperatureMMoE()
+    before = fingerprint(model)
+    result = mi.inspect(model, frame, input_fn=fn, columns=FEATURES, attribution=True)
+    gates = result.attribution.gate_features
+    assert set(gates["gate"]) == {"click", "buy"} and np.isfinite(gates["mean_abs"]).all()
+    conv = result.attribution.convergence
+    assert not conv[conv["kind"] == "gate"]["flagged"].any()
+    assert fingerprint(model) == before
+
+    sparse = SparseTopK()
+    result = mi.inspect(sparse, frame, input_fn=fn, columns=FEATURES, causal={"n_boot": 10})
+    abl = result.causal.ablation
+    assert set(abl["expert"]) == {f"experts.{i}" for i in range(4)}
+    assert np.isfinite(abl["ablated"]).all()
+    assert not _get_current_function_mode_stack()
+
+
+def test_expert_called_once_per_task_records_its_first_call(x: torch.Tensor) -> None:
+    """Each task feeds the shared experts its own input: every call is mixed, the statistics use call 0."""
+
+    class PerTaskInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.ModuleList(nn.Linear(6, 6) for _ in range(2))
+            self.experts = nn.ModuleList(nn.Linear(6, 4) for _ in range(3))
+            self.gates = nn.ModuleList(nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=1)) for _ in range(2))
+            self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for p, g, h in zip(self.proj, self.gates, self.heads, strict=True):
+                xi = p(x)
+                ex = torch.stack([e(xi) for e in self.experts], dim=1)
+                outs.append(torch.sigmoid(h((g(x).unsqueeze(-1) * ex).sum(1))))
+            return torch.cat(outs, dim=1)
+
+    torch.manual_seed(0)
+    model = PerTaskInputs()
+    topo = discover_topology(model, x[:64])
+    assert [g.module for g in topo.gates] == ["gates.0", "gates.1"]
+    assert any("use each module's first call" in n for n in topo.notes)
+    with GateRecorder(model, topo, experts=True) as rec, torch.inference_mode():
+        model(x)
+        cap = rec.take()
+    with torch.no_grad():
+        first = model.experts[0](model.proj[0](x))
+    torch.testing.assert_close(cap.experts["experts.0"], first, rtol=0, atol=0)
+
+
+def test_a_discovery_failure_is_cannot_judge_not_no_gates(x: torch.Tensor, monkeypatch) -> None:
+    """A model that trips discovery's own reading (simulated) gives an unresolved topology, never "no gates"."""
+    import mmoe_inspect.topology.discovery as discovery
+
+    def broken(_graph):
+        raise IndexError("a graph discovery has never seen")
+
+    monkeypatch.setattr(discovery, "find_mixtures", broken)
+    topo = discover_topology(InlineTemperatureMMoE(), x[:64])
+    assert topo.gates == () and not topo.judgeable and topo.architecture is None
+    assert "IndexError" in topo.unresolved[0].reason and NO_GATES_NOTE not in topo.notes
+
+
+def test_unresolved_routing_leads_summary_slide_and_next_step(x: torch.Tensor, tmp_path: Path) -> None:
+    """The report of an unresolved model never says "no gates": Summary, slide and next step lead with it."""
+    from mmoe_inspect.reports import write_report
+    from mmoe_inspect.reports.overview import overview_figure
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 6)).astype("float32"), columns=FEATURES)
+    frame["task_0"] = (rng.random(300) < 0.3).astype("float64")
+    result = mi.inspect(
+        NumpyMixingMoE(), frame, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES
+    )
+    fig = overview_figure(result)
+    texts = " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+    assert "Routing NOT verified" in texts and "No gates" not in texts
+    nxt = next(a for a in result.review.answers if a.key == "next")
+    assert "--spec" in nxt.answer and nxt.status == "problem"
+    write_report(result, tmp_path / "rep")
+    html = (tmp_path / "rep" / "index.html").read_text()
+    summary = html[html.index('id="summary"') : html.index('id="routing"')]
+    assert "Routing not verified" in summary and "This model has no gates" not in html
+
+
+def test_monitor_watches_function_level_gates_without_changing_training() -> None:
+    """The training monitor reads inline gates through the taps; training stays bit-identical."""
+    import copy
+
+    from mmoe_inspect.monitor import GateMonitor
+
+    torch.manual_seed(0)
+    watched = InlineTemperatureMMoE()
+    plain = copy.deepcopy(watched)
+    topo = discover_topology(watched, torch.randn(64, 6))
+    xs = torch.randn(256, 6, generator=torch.Generator().manual_seed(5))
+    ys = (torch.rand(256, 2, generator=torch.Generator().manual_seed(6)) < 0.3).float()
+
+    def train(model: nn.Module, mon: GateMonitor | None = None) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+        for _ in range(10):
+            opt.zero_grad()
+            loss = F.binary_cross_entropy(model(xs), ys)
+            loss.backward()
+            opt.step()
+            if mon is not None:
+                mon.step(loss=loss.item())
+
+    with GateMonitor(watched, topo, every=5) as mon:
+        train(watched, mon)
+    train(plain)
+    assert all(torch.equal(a, b) for a, b in zip(watched.parameters(), plain.parameters(), strict=True))
+    last = mon.rows[-1]
+    assert last["window_rows"] == 5 * 256 and math.isclose(
+        sum(last[f"w_experts.{i}"] for i in range(4)), 1.0, rel_tol=1e-6
+    )
+    assert not _get_current_function_mode_stack()

@@ -156,7 +156,7 @@ def test_5_nan_predictions_are_a_finding_counted_and_kept_out_of_the_metrics(tmp
     assert list(tasks.index) == ["click", "buy"]  # never shrunk to the healthy tasks
     assert tasks.loc["click", "n_rows"] == N - bad and tasks.loc["click", "nonfinite_predictions"] == bad
     assert tasks.loc["buy", "nonfinite_predictions"] == 0
-    assert np.isfinite(tasks.loc["click", ["mean_prediction", "auc_binned"]].astype(float)).all()
+    assert np.isfinite(tasks.loc["click", ["mean_prediction", "auc"]].astype(float)).all()
     [finding] = [f for f in result.findings if f.code == "nonfinite_predictions"]
     assert finding.severity == "critical" and finding.subject == "click"
     assert finding.evidence == {"nonfinite_rows": bad, "rows": N} and f"{bad:,} of {N:,}" in finding.message

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect import DataError, FeatureSpec, inspect
+from mmoe_inspect.analysis.findings import routing_findings
 from mmoe_inspect.inspector import InspectConfig
 from mmoe_inspect.reports import write_report
 from mmoe_inspect.results import InspectionResult
@@ -114,14 +115,14 @@ def direct_gates(model: GatedMoE, frame: pd.DataFrame, task: str) -> torch.Tenso
 
 
 def codes(result: InspectionResult) -> set[tuple[str, str]]:
-    return {(f.code, f.subject) for f in result.findings}
+    return {(f.code, f.subject) for f in routing_findings(result.findings)}  # task quality: test_review.py
 
 
 def metrics_nulls(result: InspectionResult) -> list[str]:
     """Paths of every null (NaN/inf written as null) in metrics.json's tables, except the fields that do
     not apply to a task's kind (MSE of a binary task; AUC and positive rate of a regression task)."""
     metrics = json.loads(result.to_json())
-    not_applicable = {"binary": {"mse"}, "regression": {"auc_binned", "positive_rate"}}
+    not_applicable = {"binary": {"mse"}, "regression": {"auc", "positive_rate"}}
     out = []
     for name, records in metrics["tables"].items():
         for i, rec in enumerate(records):
@@ -223,7 +224,7 @@ def test_single_task(make, frame: pd.DataFrame, tmp_path: Path) -> None:
     assert tasks["task"].tolist() == ["ctr"] and int(tasks["n_rows"][0]) == N_ROWS
     with torch.no_grad():
         pred = model(torch.from_numpy(frame[COLS].to_numpy(copy=True)))[:, 0].numpy()
-    assert float(tasks["auc_binned"][0]) == pytest.approx(roc_auc_score(frame["ctr"], pred), abs=2e-3)
+    assert float(tasks["auc"][0]) == pytest.approx(roc_auc_score(frame["ctr"], pred), abs=2e-3)
     assert "task_divergence" not in result.tables or result.table("task_divergence").empty
     assert write_report(result, tmp_path / "r").is_file()
 
@@ -272,7 +273,7 @@ def test_all_features_constant_gives_no_expert_similarity(frame: pd.DataFrame) -
     flat = frame.assign(**{c: 0.7 for c in COLS})
     result = run(GatedMoE().eval(), flat)
     assert result.table("redundant_experts")["cka"].isna().all()
-    assert {f.code for f in result.findings} == {"input_independent_gate"}
+    assert {f.code for f in routing_findings(result.findings)} == {"input_independent_gate"}
 
 
 def test_one_class_labels_say_auc_is_undefined(frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -280,12 +281,19 @@ def test_one_class_labels_say_auc_is_undefined(frame: pd.DataFrame, tmp_path: Pa
     result = run(GatedMoE().eval(), one_class, causal={"n_boot": 20})
     tasks = result.table("tasks").set_index("task")
     assert tasks["positive_rate"].tolist() == [1.0, 0.0]
-    assert tasks["auc_binned"].isna().all()  # undefined, not 0.5 and not 0
+    assert tasks["auc"].isna().all()  # undefined, not 0.5 and not 0
     found = {f.subject: f for f in result.findings if f.code == "single_class_labels"}
     assert set(found) == {"ctr", "cvr"}
     assert "positive" in found["ctr"].message and "negative" in found["cvr"].message
     nulls = [n for n in metrics_nulls(result) if n.startswith("tasks")]
-    assert sorted(nulls) == ["tasks[0].auc_binned", "tasks[1].auc_binned"]  # explained by the findings
+    undefined = (
+        "auc",
+        "auc_hi",
+        "auc_lo",
+        "base_rate_logloss",
+        "beats_base_rate",
+    )  # explained by the findings
+    assert sorted(nulls) == [f"tasks[{i}].{k}" for i in (0, 1) for k in undefined]
     html = write_report(result, tmp_path / "r").read_text(encoding="utf-8")
     assert "AUC undefined: labels are all one class" in html
 

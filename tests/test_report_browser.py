@@ -295,3 +295,58 @@ def test_overview_is_a_16_9_slide(demo_report: Path) -> None:
     raw = (demo_report / "overview.png").read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", raw[16:24]) == (1920, 1080)
+
+
+# ------------------------------------------------------------------ review (issue 16): Summary and slide
+def _keep_summary_and_slide(name: str, page_png: bytes, report: Path, tmp_path: Path) -> None:
+    """The top of the page (the Summary's questions and diagnosis) and the slide, kept as artifacts."""
+    import io
+
+    import matplotlib.image as mpimg
+
+    image = mpimg.imread(io.BytesIO(page_png), format="png")
+    ARTIFACTS.mkdir(exist_ok=True)
+    ignore = ARTIFACTS / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# test artifacts (screenshots): never committed\n*\n", encoding="utf-8")
+    for folder in (tmp_path, ARTIFACTS):
+        mpimg.imsave(folder / f"review-{name}-summary.png", image[:1600])
+        shutil.copyfile(report / "overview.png", folder / f"review-{name}-slide.png")
+
+
+@pytest.mark.parametrize("case", ["at_chance", "collapsed_dead", "harmless_duplicate"])
+def test_review_cases_summary_and_slide_in_the_browser(case: str, tmp_path: Path) -> None:
+    from review_cases import inspect_case
+
+    from mmoe_inspect.reports import write_report
+
+    result, _ = inspect_case(case)
+    report = tmp_path / "report"
+    write_report(result, report)
+    page = load_page(report / "index.html", tmp_path / "profile")
+    assert page.problems == [] and page.failed == []
+    _keep_summary_and_slide(case, page.screenshot, report, tmp_path)
+    first = result.review.answer("tasks").answer
+    assert first in (report / "index.html").read_text()
+
+
+def test_demo_review_answers_agree_across_page_json_and_summary(
+    page: PageLoad, demo_report: Path, tmp_path: Path
+) -> None:
+    """The demo: the review answers task quality and gains (baselines given), its AUC per task is one
+    value in metrics.json, tasks.csv, the page and `mmoe-inspect summary`; Summary and slide kept."""
+    metrics = json.loads((demo_report / "metrics.json").read_text())
+    answers = {a["key"]: a for a in metrics["review"]["answers"]}
+    assert list(answers) == ["tasks", "gains", "routing", "next"]
+    assert answers["gains"]["evidence"], "the demo compares against its baselines"
+    assert all(("significant" in e) for e in answers["gains"]["evidence"])
+    html = (demo_report / "index.html").read_text()
+    checkpoint = demo_report.parent / "checkpoints" / "mmoe.pt"
+    summary = CliRunner().invoke(app, ["summary", str(checkpoint), "--quiet"], terminal_width=200)
+    assert summary.exit_code == 0, summary.output
+    for row in metrics["tables"]["tasks"]:
+        auc = f"{row['auc']:.3f}"
+        assert f"AUC {auc}" in html
+        assert auc in summary.output  # the checkpoint's stored rows are the demo's eval rows
+    assert "Does every task work?" in summary.output
+    _keep_summary_and_slide("demo", page.screenshot, demo_report, tmp_path)

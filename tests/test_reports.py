@@ -286,7 +286,7 @@ class _Sim:
                     "label_mean": float(y.mean()),
                     "mean_prediction": float(pred.mean()),
                     "std_prediction": float(pred.std()),
-                    "auc_binned": auc,
+                    "auc": auc,
                     "mse": math.nan,
                     "predictions_outside_0_1": 0.0,
                 }
@@ -736,7 +736,7 @@ def test_summary_ranks_findings_with_evidence_and_remedy(mmoe: InspectionResult,
     assert mmoe.findings, "the fixture should trigger findings"
     positions = [html.index(f"badge-{f.severity}") for f in mmoe.findings]
     assert positions == sorted(positions)
-    assert 'class="verdict' in html and mmoe.verdict.split(":")[0] in html
+    assert 'class="question' in html and mmoe.verdict.split(":")[0] in html  # the routing answer
     for f in mmoe.findings:
         assert f.remedy.split(",")[0] in html
     assert "effective experts" in html and "normalized task-expert MI" in html
@@ -1093,7 +1093,8 @@ def test_overview_slide(make, tmp_path: Path, no_pyplot_leaks) -> None:
     result = make()
     fig = overview_figure(result)
     texts = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
-    assert result.verdict.split(":")[0] in texts and "rows inspected" in texts
+    assert "DOES EVERY TASK WORK?" in texts and "DO EXPERTS SERVE DIFFERENT TASKS?" in texts
+    assert " ".join(result.verdict.split()[:3]) in texts  # the routing answer
     fig.clear()
     path = write_overview(result, tmp_path / "overview.png")
     assert struct.unpack(">II", path.read_bytes()[16:24]) == (1920, 1080)

@@ -86,7 +86,8 @@ def test_task_output_stats_match_reference_and_merge() -> None:
         torch.testing.assert_close(getattr(s, field), getattr(m, field), equal_nan=True)
     ok = ~torch.isnan(labels[:, 0])
     exact = roc_auc_score(y_click[ok].numpy(), p_click[ok].numpy())
-    assert abs(float(s.auc[0]) - exact) < 2e-3  # binned AUC, 1/1000 resolution
+    assert abs(float(s.auc[0]) - exact) < 1e-9  # exact AUC (per-value label counts)
+    assert bool(s.auc_exact[0])
     assert torch.isnan(s.auc[1]) and torch.isnan(s.mse[0])
     assert float(s.mse[1]) == pytest.approx(float(((p_reg - y_reg) ** 2).mean()), rel=1e-9)
     assert float(s.label_mean[0]) == pytest.approx(float(y_click[ok].mean()), rel=1e-12)
@@ -98,3 +99,27 @@ def test_binned_auc_edge_cases() -> None:
     tied = binned_auc(torch.tensor([[0.0, 4.0, 0.0]]), torch.tensor([[0.0, 4.0, 0.0]]))
     one_class = binned_auc(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
     assert float(perfect) == 1.0 and float(tied) == 0.5 and torch.isnan(one_class).all()
+
+
+def test_exact_auc_on_a_sparse_task_with_ties_and_the_truncation_fallback() -> None:
+    """2%-positive task, float32 predictions with many ties, fed in chunks and merged in shards: the AUC
+    equals sklearn's within 1e-9; past the distinct-value cap it is flagged inexact and stays close."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    g = torch.Generator().manual_seed(3)
+    n = 120_000
+    y = (torch.rand(n, generator=g) < 0.02).double()
+    p = torch.sigmoid(0.4 * y + torch.randn(n, generator=g)).float().double()
+    p[::3] = torch.round(p[::3] * 50) / 50  # a third of the rows tie on 51 values
+    stats = [TaskOutputStats(["binary"]) for _ in range(3)]
+    for k, lo in enumerate(range(0, n, 9000)):
+        stats[k % 3].update(p[lo : lo + 9000, None], y[lo : lo + 9000, None])
+    stats[0].merge_state(stats[2])
+    stats[1].merge_state(stats[0])
+    s = stats[1].compute()
+    assert float(s.auc[0]) == pytest.approx(roc_auc_score(y.numpy(), p.numpy()), abs=1e-9)
+    assert float(s.logloss[0]) == pytest.approx(log_loss(y.numpy(), p.numpy()), abs=1e-9)
+    capped = TaskOutputStats(["binary"], max_auc_values=500)
+    capped.update(p[:, None], y[:, None])
+    c = capped.compute()
+    assert not bool(c.auc_exact[0]) and abs(float(c.auc[0]) - float(s.auc[0])) < 5e-3

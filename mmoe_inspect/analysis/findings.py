@@ -69,6 +69,15 @@ class Finding:
         return asdict(self)
 
 
+TASK_QUALITY_CODES = frozenset({"task_at_chance", "task_worse_than_base_rate", "single_class_labels"})
+"""Findings about a task's predictions, not its routing: the review's first question answers them."""
+
+
+def routing_findings(findings: list[Finding]) -> list[Finding]:
+    """The findings the routing verdict is about (task-quality findings left out)."""
+    return [f for f in findings if f.code not in TASK_QUALITY_CODES]
+
+
 def _num(x: Any) -> float:
     return float(x) if x is not None and not (isinstance(x, float) and math.isnan(x)) else float("nan")
 
@@ -371,6 +380,8 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
     res: list[Finding] = []
     if tasks.empty or "positive_rate" not in tasks.columns:
         return res
+    if "at_chance" in tasks.columns:
+        res.extend(_at_chance_findings(tasks))
     for row in tasks.itertuples(index=False):
         rate, n_lab = _num(row.positive_rate), _num(row.n_labelled)
         if row.kind != "binary" or not n_lab > 0 or rate not in (0.0, 1.0):
@@ -387,6 +398,47 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
                 "Inspect on rows that hold both classes (a larger or unsampled evaluation set), or check the "
                 "label column mapping (--labels).",
                 {"positive_rate": rate, "n_labelled": int(n_lab)},
+            )
+        )
+    return res
+
+
+def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
+    """Binary tasks whose exact AUC interval holds 0.5 (critical), or that rank rows but whose log loss
+    is no better than predicting the base rate (warning: miscalibrated)."""
+    res: list[Finding] = []
+    for r in tasks.to_dict(orient="records"):
+        if r.get("kind") != "binary":
+            continue
+        auc, lo, hi = _num(r.get("auc")), _num(r.get("auc_lo")), _num(r.get("auc_hi"))
+        ll, base = _num(r.get("logloss")), _num(r.get("base_rate_logloss"))
+        if not bool(r.get("at_chance")):
+            if r.get("beats_base_rate") is False:
+                res.append(
+                    Finding(
+                        "task_worse_than_base_rate",
+                        "warning",
+                        str(r["task"]),
+                        "Log loss no better than the base rate",
+                        f"Task {r['task']} ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f} is no better "
+                        f"than {base:.4f} for predicting the base rate: its probabilities are miscalibrated.",
+                        "Recalibrate (Platt / isotonic on held-out rows) before using the probabilities; check "
+                        "for a train/eval shift in the positive rate.",
+                        {"auc": auc, "logloss": ll, "base_rate_logloss": base},
+                    )
+                )
+            continue
+        res.append(
+            Finding(
+                "task_at_chance",
+                "critical",
+                str(r["task"]),
+                "Task at chance",
+                f"Task {r['task']} predicts no better than chance: AUC {auc:.3f} (95% interval {lo:.3f} to "
+                f"{hi:.3f}), log loss {ll:.4f} vs {base:.4f} for predicting the base rate.",
+                "Check the label mapping, then retrain with standardised inputs and a lower learning rate; "
+                "compare with a single-task model on the same rows.",
+                {"auc": auc, "auc_lo": lo, "auc_hi": hi, "logloss": ll, "base_rate_logloss": base},
             )
         )
     return res

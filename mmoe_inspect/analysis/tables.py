@@ -50,12 +50,64 @@ def task_table(topology: Topology, outputs: Any | None, rows_seen: int | None = 
                 label_mean=_f(outputs.label_mean.reshape(-1)[i]),
                 mean_prediction=_f(outputs.mean_prediction.reshape(-1)[i]),
                 std_prediction=_f(outputs.std_prediction.reshape(-1)[i]),
-                auc_binned=_f(outputs.auc.reshape(-1)[i]),
                 mse=_f(outputs.mse.reshape(-1)[i]),
                 predictions_outside_0_1=_f(outputs.out_of_range.reshape(-1)[i]),
             )
+            if t.kind == "binary":
+                row.update(_binary_quality(outputs, i))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
+    """Exact AUC with its 95% interval, log loss against the base rate's, and the at-chance flag."""
+    auc = _f(outputs.auc.reshape(-1)[i])
+    rate = _f(outputs.label_mean.reshape(-1)[i])
+    n = _f(outputs.n_labelled.reshape(-1)[i])
+    lo, hi = auc_interval(auc, n * rate, n * (1 - rate)) if n > 0 else (math.nan, math.nan)
+    base = base_rate_logloss(rate)
+    logloss = _f(outputs.logloss.reshape(-1)[i])
+    return {
+        "auc": auc,
+        "auc_lo": lo,
+        "auc_hi": hi,
+        "auc_exact": bool(outputs.auc_exact.reshape(-1)[i]),
+        "logloss": logloss,
+        "base_rate_logloss": base,
+        "at_chance": at_chance(auc, lo, hi),
+        "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
+    }
+
+
+def auc_interval(auc: float, n_pos: float, n_neg: float, z: float = 1.959964) -> tuple[float, float]:
+    """95% interval of an AUC from its value and class counts (Hanley & McNeil 1982), clipped to [0, 1].
+
+    SE² = (A(1-A) + (n₊-1)(Q₁-A²) + (n₋-1)(Q₂-A²)) / (n₊ n₋), Q₁ = A/(2-A), Q₂ = 2A²/(1+A): needs no
+    per-row predictions, so it exists for every streamed task.
+    """
+    if not (n_pos >= 1 and n_neg >= 1) or math.isnan(auc):
+        return math.nan, math.nan
+    a = auc
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, a - z * se), min(1.0, a + z * se)
+
+
+def base_rate_logloss(rate: float) -> float:
+    """Log loss of predicting the positive rate for every row (the no-skill reference)."""
+    if math.isnan(rate) or rate <= 0 or rate >= 1:
+        return math.nan
+    return -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+
+
+def at_chance(auc: float, lo: float, hi: float) -> bool:
+    """A binary task "at chance": the 95% interval of its exact AUC holds 0.5 (it ranks rows no better
+    than a coin). A task that ranks rows but whose log loss is no better than predicting the base rate
+    is not "at chance" but miscalibrated (`beats_base_rate` False, its own finding)."""
+    if math.isnan(auc) or math.isnan(lo):
+        return False
+    return bool(lo <= 0.5 <= hi)
 
 
 def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, pd.DataFrame]:

@@ -17,7 +17,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
-from mmoe_inspect.recording.recorder import model_mode
+from mmoe_inspect.recording.recorder import dense_spec, model_mode
+from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
+from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
 
 TargetKind = Literal["gate", "expert", "task"]
@@ -92,7 +94,12 @@ def gate_weights(out: Tensor, gate: GateSpec, rows: int) -> Tensor:
             f"experts on dim {gate.dim}; fix the topology spec"
         )
     probs = torch.softmax(out.float(), dim=gate.dim) if gate.output == "logits" else out.clone()
-    probs = probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
+    if gate.batch_dim < 0:  # one weight vector for every row
+        probs = probs.reshape(1, gate.n_experts).expand(rows, gate.n_experts)
+    elif gate.batch_dim != 0:
+        probs = probs.movedim((gate.batch_dim, gate.dim), (0, -1)).reshape(-1, gate.n_experts)
+    else:
+        probs = probs.movedim(gate.dim, -1).reshape(-1, gate.n_experts)
     if probs.shape[0] != rows:
         raise AttributionError(f"gate {gate.name!r} produced {probs.shape[0]} rows for a batch of {rows}")
     return probs
@@ -114,7 +121,7 @@ def task_output(out: Any, task: TaskSpec, index: int) -> Tensor:
         v = out[:, int(key)] if out.dim() == 2 else out
     else:
         v = out[int(key)]
-    return v.reshape(v.shape[0], -1)[:, :1].float()
+    return v.reshape(v.shape[0], -1)[:, task.column : task.column + 1].float()
 
 
 class AttributionSession:
@@ -135,9 +142,15 @@ class AttributionSession:
         self.layer = layer
         self._slots = {(s.module, s.call): i for i, s in enumerate(layer.embeddings)}
         self._modules = dict(model.named_modules())
+        module_targets = [t for t in targets if not (t.gate is not None and t.gate.function_level)]
         self._hooked = sorted(
-            {t.module for t in targets if t.module is not None} | {s.module for s in layer.embeddings}
+            {t.module for t in module_targets if t.module is not None} | {s.module for s in layer.embeddings}
         )
+        taps = gate_taps([t.gate for t in targets if t.gate is not None and t.gate.function_level])
+        self._taps = FunctionTaps(taps, self._tap) if taps else None
+        self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
+        self._pending: dict[str, Tensor] = {}
+        self._rows = 0
         self._handles: list[RemovableHandle] = []
         self._mode: AbstractContextManager[nn.Module] | None = None
         self._counts: dict[str, int] = {}
@@ -152,6 +165,9 @@ class AttributionSession:
             self._handles.append(self.model.register_forward_pre_hook(self._reset))
             for path in self._hooked:
                 self._handles.append(self._modules[path].register_forward_hook(self._hook(path)))
+            if self._taps is not None:
+                self._taps_ctx = self._taps.attach(self.model)
+                self._taps_ctx.__enter__()
         except BaseException:
             self.close()
             raise
@@ -165,12 +181,35 @@ class AttributionSession:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._taps_ctx is not None:
+            tctx, self._taps_ctx = self._taps_ctx, None
+            tctx.__exit__(None, None, None)
         if self._mode is not None:
             ctx, self._mode = self._mode, None
             ctx.__exit__(None, None, None)
 
-    def _reset(self, _module: nn.Module, _args: Any) -> None:
+    def _reset(self, _module: nn.Module, args: Any) -> None:
         self._counts.clear()
+        self._pending.clear()
+        self._rows = next((int(t.shape[0]) for t in iter_tensors(args) if t.dim()), 0)
+        if self._taps is not None:
+            self._taps.new_forward()
+
+    def _tap(self, key: tuple[str, GateSpec], value: Tensor) -> None:
+        """A function-level gate's tensor (graph attached): captured when it is the active target."""
+        role, g = key
+        target = self._target
+        if target is None or target.gate is None or target.gate.name != g.name:
+            return None
+        if g.index_op is None:
+            self._captured = gate_weights(value, g, self._rows)
+            return None
+        if role == "indices":
+            self._pending[g.name] = value
+            return None
+        dense, _ = top_k_dense(value, self._pending.pop(g.name), g)
+        self._captured = gate_weights(dense, dense_spec(g), self._rows)
+        return None
 
     def _hook(self, path: str):
         def hook(_module: nn.Module, _args: Any, out: Any) -> Any:

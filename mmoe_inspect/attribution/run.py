@@ -120,6 +120,11 @@ def run_attribution(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode(False):
         x = _to_device(fn(frame), device)
+        if isinstance(x, tuple):  # positional arguments (forward(categorical, numerical)): no layout for them
+            raise AttributionError(
+                f"the model takes {len(x)} positional input(s); attributions support one [batch, D] tensor "
+                "or a dict of tensors"
+            )
         if columns is None:
             columns = _columns_of(x)
         calls: list[EmbeddingCall] = []

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mmoe_inspect.causal.interventions import Edit, GateIntervention, Replace, map_tensors, repeat_rows
+from mmoe_inspect.data.call import call_model
 from mmoe_inspect.data.sources import LabelValueError, NonNumericError, TableSource, check_features
 from mmoe_inspect.inspector import task_predictions
 from mmoe_inspect.recording.recorder import GateRecorder, model_mode
@@ -152,7 +153,7 @@ def mean_gates(
     device = model_device(model)
     with GateRecorder(model, topology) as rec, torch.inference_mode():
         for frame in source.iter_frames(batch_size, columns, rows):
-            model(map_tensors(input_fn(frame), lambda t: t.to(device)))
+            call_model(model, map_tensors(input_fn(frame), lambda t: t.to(device)))
             for name, g in rec.take().gates.items():
                 sums[name] += g.double().sum(0).cpu()
                 seen[name] += g.shape[0]
@@ -182,7 +183,7 @@ class _Runner:
     def _forward(self, x: Any, variants: list[Mapping[str, Edit]], b: int, capture: bool) -> Tensor:
         self.iv.plan(variants, b, capture=capture)
         k = len(variants)
-        out = self.model(repeat_rows(x, k) if k > 1 else x)
+        out = call_model(self.model, repeat_rows(x, k) if k > 1 else x)
         self.forwards += 1
         p = predictions(out, self.topology.tasks)
         if p.shape[0] != k * b:
@@ -347,7 +348,9 @@ def _baseline_batch(bl: BaselineRun, frame: pd.DataFrame, tasks: Sequence[TaskSp
     device = model_device(bl.model)
     out = np.full((len(frame), len(tasks)), np.nan, dtype=np.float32)
     with model_mode(bl.model, training=False):
-        p = predictions(bl.model(map_tensors(bl.input_fn(frame), lambda t: t.to(device))), bl.tasks)
+        p = predictions(
+            call_model(bl.model, map_tensors(bl.input_fn(frame), lambda t: t.to(device))), bl.tasks
+        )
     names = [t.name for t in tasks]
     for j, t in enumerate(bl.tasks):
         if t.name in names:

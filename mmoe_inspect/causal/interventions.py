@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from mmoe_inspect.recording.recorder import RecordingError, gate_probabilities, model_mode
-from mmoe_inspect.recording.taps import FunctionTaps
+from mmoe_inspect.recording.recorder import RecordingError, dense_spec, gate_probabilities, model_mode
+from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
 
 __all__ = [
@@ -176,17 +176,16 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         modules = dict(model.named_modules())
         self._modules = modules
         self._gate_modules: dict[str, list[GateSpec]] = {}
-        taps: dict[str, list[Any]] = {}
         for g in topology.gates:
             if g.module not in modules:
                 raise TopologyError(
                     f"gate {g.name!r}: module {g.module!r} is not in the model; regenerate the spec with "
                     "`mmoe-inspect topology`"
                 )
-            if g.function_level:
-                taps.setdefault(g.module, []).append((g.op, g.occurrence, g.arg, g))
-            else:
+            if not g.function_level:
                 self._gate_modules.setdefault(g.module, []).append(g)
+        taps = gate_taps(list(topology.gates))
+        self._indices: dict[str, Tensor] = {}  # top-k gates: this forward's expert indices
         self._taps = FunctionTaps(taps, self._tap_edit) if taps else None
         self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
         self.dedupe = dedupe
@@ -230,6 +229,7 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         self._equal.clear()
         if self._taps is not None:
             self._taps.new_forward()
+            self._indices.clear()
 
     def _blocks(self, out: Tensor, what: str, dim: int = 0) -> list[Tensor]:
         k = len(self.variants)
@@ -260,9 +260,30 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         ]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=max(dim, 0))
 
-    def _tap_edit(self, spec: GateSpec, value: Tensor) -> Tensor | None:
-        """A function-level gate's tensor, handed over by the taps: edited like a gate module's output."""
-        return self._edit(spec, value, shrunk=False)
+    def _tap_edit(self, key: tuple[str, GateSpec], value: Tensor) -> Tensor | None:
+        """A function-level gate's tensor, handed over by the taps: edited like a gate module's output.
+
+        A top-k gate is edited on its dense `[batch, E]` form, and its k weights are read back from it.
+        """
+        role, spec = key
+        if spec.index_op is None:
+            return self._edit(spec, value, shrunk=False)
+        if role == "indices":
+            self._indices[spec.name] = value.detach().clone()
+            return None
+        idx = self._indices.pop(spec.name, None)
+        if idx is None:
+            raise InterventionError(
+                f"top-k gate {spec.name!r}: its weights came before its indices; write the spec with the "
+                "index call before the weights"
+            )
+        dense, index = top_k_dense(value, idx, spec)
+        edited = self._edit(dense_spec(spec), dense, shrunk=False)
+        if edited is None:
+            return None
+        b = spec.batch_dim if spec.batch_dim >= 0 else 0
+        moved = value.movedim((b, spec.dim), (0, -1))
+        return edited.gather(1, index).reshape(moved.shape).movedim((0, -1), (b, spec.dim)).to(value.dtype)
 
     def _gate_hook(self, path: str) -> Callable[..., Tensor | None]:
         specs = self._gate_modules[path]

@@ -11,6 +11,7 @@ Examples::
     >>> loaded = load_model("mmoe.pt", trust=True)                  # torch.save(model) of a rechub MMOE
     >>> result = loaded.inspect("eval.parquet", tasks="ctr,cvr", labels="ctr=click,cvr=buy")
     >>> fn = loaded.input_fn()                                      # or: inspect(model, df, input_fn=fn, columns=fn.names)
+    >>> loaded.bind("eval.parquet").notes                           # a model no adapter knows: how its inputs were bound
 """
 
 from mmoe_inspect.checkpoint import CheckpointError
@@ -27,6 +28,7 @@ from mmoe_inspect.data.sources import (
 from mmoe_inspect.loading._code import ModelCodeError
 from mmoe_inspect.loading._sniff import sniff
 from mmoe_inspect.loading.adapters import ADAPTERS, GENERIC, Adapter, adapter_for, register
+from mmoe_inspect.loading.binding import Binding, bind_inputs
 from mmoe_inspect.loading.checkpoints import (
     CheckpointFileError,
     StateDictMismatchError,
@@ -37,6 +39,7 @@ from mmoe_inspect.loading.checkpoints import (
 from mmoe_inspect.loading.inputs import (
     CollateInputs,
     FrameInputs,
+    GroupedInputs,
     InputColumn,
     InputMappingError,
     parse_labels,
@@ -48,6 +51,7 @@ __all__ = [
     "ADAPTERS",
     "GENERIC",
     "Adapter",
+    "Binding",
     "CheckpointError",
     "CheckpointFileError",
     "CollateInputs",
@@ -55,6 +59,7 @@ __all__ = [
     "DataFileError",
     "EmptyDataError",
     "FrameInputs",
+    "GroupedInputs",
     "IdRangeError",
     "InputColumn",
     "InputMappingError",
@@ -68,6 +73,7 @@ __all__ = [
     "UnsupportedCheckpointError",
     "UntrustedCheckpointError",
     "adapter_for",
+    "bind_inputs",
     "load_model",
     "parse_labels",
     "register",

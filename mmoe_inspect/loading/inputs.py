@@ -81,6 +81,40 @@ class FrameInputs:
 
 
 @dataclass(frozen=True)
+class GroupedInputs:
+    """Callable: a pandas chunk → a tuple of tensors, one per group of columns, for models whose forward
+    takes several tensors (`forward(categorical, numerical)`) or one tuple of them.
+
+    A group of integer columns becomes int64 `[batch, n]`, of float columns float32 `[batch, n]`; a group
+    marked `flat` (one column bound to a parameter of its name) is `[batch]`. The model input follows
+    the call convention of `mmoe_inspect.data.call.call_model` (a tuple means positional arguments):
+    `packing="args"` returns the tensors themselves (`model(t0, t1)`), `packing="tuple"` a 1-tuple
+    holding them (`model((t0, t1))`). `names` lists every column, group by group.
+    """
+
+    groups: tuple[tuple[InputColumn, ...], ...]
+    packing: Literal["args", "tuple"] = "args"
+    flat: tuple[bool, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for g in self.groups for c in g)
+
+    def __call__(self, frame: pd.DataFrame) -> tuple[Any, ...]:
+        check_numeric(frame, self.names, "the data")
+        tensors = []
+        for i, group in enumerate(self.groups):
+            blocks = [_as_dtype(_column(frame, c), c, dict_mode=True).reshape(len(frame), -1) for c in group]
+            arr = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+            if len({b.dtype for b in blocks}) > 1:
+                arr = arr.astype(np.float32)
+            if i < len(self.flat) and self.flat[i] and arr.shape[1] == 1:
+                arr = arr[:, 0]
+            tensors.append(torch.from_numpy(np.require(arr, None, ["C_CONTIGUOUS", "WRITEABLE"])))
+        return tuple(tensors) if self.packing == "args" else (tuple(tensors),)
+
+
+@dataclass(frozen=True)
 class CollateInputs:
     """Callable: a pandas chunk → whatever the user's `--collate` function returns; `names` = columns it reads."""
 

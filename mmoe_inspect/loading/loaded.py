@@ -12,7 +12,15 @@ from torch import nn
 
 from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
 from mmoe_inspect.loading.adapters import Adapter
-from mmoe_inspect.loading.inputs import CollateInputs, FrameInputs, InputMode, parse_labels, split_names
+from mmoe_inspect.loading.binding import Binding, bind_inputs
+from mmoe_inspect.loading.inputs import (
+    CollateInputs,
+    FrameInputs,
+    GroupedInputs,
+    InputMode,
+    parse_labels,
+    split_names,
+)
 
 if TYPE_CHECKING:
     from mmoe_inspect.analysis.findings import Thresholds
@@ -75,6 +83,45 @@ class LoadedModel:
             self.model, input=input, features=split_names(features, "--features"), collate=collate
         )
 
+    def bind(
+        self,
+        data: DataLike | None = None,
+        *,
+        tasks: str | Sequence[str] | None = None,
+        labels: str | Mapping[str, str] | None = None,
+        input: InputMode | None = None,
+        features: str | Sequence[str] | None = None,
+        collate: str | Callable[[pd.DataFrame], Any] | None = None,
+    ) -> Binding:
+        """How rows feed this model and which outputs read which labels (`mmoe_inspect.loading.binding`).
+
+        A library model reads rows its adapter's way (`form` "adapter", or "collate"). A model no
+        adapter knows (`adapter.name == "generic"`) gets the evident binding worked out by trial
+        forwards on the first rows of `data`: every non-label column as one tensor, a dict, or the
+        forward's positional arguments, and outputs matched to label columns by close names; what
+        is given (`features`, `input`, `labels`, `tasks`) is kept. The notes say what was chosen.
+        """
+        label_map = parse_labels(labels)
+        inputs_given = collate is not None or (features is not None and input is not None)
+        if self.adapter.name != "generic" or (inputs_given and (tasks is not None or labels is not None)):
+            fn = self.input_fn(input=input, features=features, collate=collate)
+            form = (
+                "collate" if collate is not None else "adapter" if self.adapter.name != "generic" else "given"
+            )
+            return Binding(fn, form, labels=label_map)
+        fn_collate = None
+        if collate is not None:
+            fn_collate = self.input_fn(features=features, collate=collate)
+        return bind_inputs(
+            self.model,
+            self.source(data),
+            tasks=tasks,
+            labels=label_map,
+            input=input,
+            features=features,
+            collate=fn_collate,  # type: ignore[arg-type]
+        )
+
     def task_names(
         self, tasks: str | Sequence[str] | None = None, labels: Mapping[str, str] | None = None
     ) -> list[str] | None:
@@ -113,24 +160,36 @@ class LoadedModel:
         features: str | Sequence[str] | None = None,
         collate: str | Callable[[pd.DataFrame], Any] | None = None,
         rows: int = 64,
+        binding: Binding | None = None,
     ) -> Topology:
-        """The model's declared topology, or (library models, `discover=True`) discovery on `rows` rows."""
-        from mmoe_inspect.inspector import resolve_topology
+        """The model's declared topology, or (library models, `discover=True`) discovery on `rows` rows.
+
+        A model no adapter knows is bound to the data first (`bind`, or the given `binding`); the
+        binding's notes lead the topology's notes and its label columns are set on the tasks.
+        """
+        from mmoe_inspect.inspector import _with_labels, resolve_topology
         from mmoe_inspect.topology.discovery import discover_topology
 
         declared = getattr(self.model, "topology", None)
         if callable(declared) and not discover:
             return resolve_topology(self.model, None)
         source = self.source(data)
-        fn = self.input_fn(input=input, features=features, collate=collate)
-        example = _example(source, fn, rows)
+        if binding is None:
+            binding = self.bind(
+                source, tasks=tasks, labels=labels, input=input, features=features, collate=collate
+            )
+        example = _example(source, binding.input_fn, rows)
+        label_map = binding.labels
         with self.adapter.session(self.model):
-            return discover_topology(
+            topo = discover_topology(
                 self.model,
                 example,
-                task_names=self.task_names(tasks, parse_labels(labels)),
+                task_names=self._names(tasks, binding),
                 task_kinds=self.task_kinds,
             )
+        if label_map and binding.guessed:  # the label columns the binding matched to outputs
+            topo = _with_labels(topo, label_map, source)
+        return with_notes(topo, binding.notes)
 
     def inspect(
         self,
@@ -145,6 +204,7 @@ class LoadedModel:
         config: InspectConfig | None = None,
         thresholds: Thresholds | None = None,
         model_name: str | None = None,
+        binding: Binding | None = None,
         **options: Any,
     ) -> InspectionResult:
         """`mmoe_inspect.inspect` with this model's input function, task names/kinds and labels wired in.
@@ -152,19 +212,25 @@ class LoadedModel:
         Further `options` (`progress`, `causal`, `attribution`) go to `inspect` unchanged.
 
         `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it,
-        a column named like a task is its label. See `input_fn` for `input`/`features`/`collate`.
+        a column named like a task is its label. See `input_fn` for `input`/`features`/`collate`;
+        a model no adapter knows is bound by `bind` (or the given `binding`), recorded in
+        `result.meta["input_binding"]` and the topology notes.
         """
         from mmoe_inspect.inspector import inspect
 
-        label_map = parse_labels(labels)
         source = self.source(data)
-        fn = self.input_fn(input=input, features=features, collate=collate)
+        if binding is None:
+            binding = self.bind(
+                source, tasks=tasks, labels=labels, input=input, features=features, collate=collate
+            )
+        label_map = binding.labels
+        fn = binding.input_fn
         if fn.names:
             require_columns(source, list(fn.names))
-        names = self.task_names(tasks, label_map)
+        names = self._names(tasks, binding)
         kinds = self.task_kinds
         with self.adapter.session(self.model):
-            return inspect(
+            result = inspect(
                 self.model,
                 source,
                 topology=topology,
@@ -181,9 +247,28 @@ class LoadedModel:
                 or f"{type(self.model).__name__}" + (f" ({self.path.name})" if self.path else ""),
                 **options,
             )
+        if binding.guessed or binding.notes:
+            result.meta["input_binding"] = binding.meta()
+            result.topology = with_notes(result.topology, binding.notes)
+        return result
+
+    def _names(self, tasks: str | Sequence[str] | None, binding: Binding) -> list[str] | None:
+        """Output names: `tasks`, else the binding's (unnamed outputs matched to label columns), else
+        `task_names` (the model's own, or the label keys when they name every output)."""
+        if tasks is None and binding.tasks is not None:
+            return list(binding.tasks)
+        return self.task_names(tasks, binding.labels)
 
 
-def _example(source: TableSource, fn: FrameInputs | CollateInputs, rows: int) -> Any:
+def with_notes(topo: Topology, notes: Sequence[str]) -> Topology:
+    """`topo` with `notes` first among its notes (each once)."""
+    from dataclasses import replace
+
+    new = tuple(n for n in notes if n not in topo.notes)
+    return replace(topo, notes=new + tuple(topo.notes)) if new else topo
+
+
+def _example(source: TableSource, fn: FrameInputs | GroupedInputs | CollateInputs, rows: int) -> Any:
     """Model input for the first `rows` rows (checked like every inspected chunk)."""
     names = list(fn.names) if fn.names else None
     if names:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from mmoe_inspect.recording.taps import FunctionTaps
+from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, Topology, TopologyError
 
@@ -93,6 +93,11 @@ def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = No
     return probs.movedim(dim, -1).reshape(-1, gate.n_experts)
 
 
+def dense_spec(gate: GateSpec) -> GateSpec:
+    """The spec of a top-k gate's `[batch, E]` dense weights (what its statistics and edits see)."""
+    return replace(gate, dim=1, batch_dim=0, output="probs" if gate.output == "logits" else gate.output)
+
+
 def expert_output(out: torch.Tensor, expert: ExpertSpec, rows: torch.Tensor | None = None) -> torch.Tensor:
     """An expert module's output → a fresh float32 `[batch, d]` copy (slice `index` of `[batch, E, d]`);
     with `rows` (int64 `[k]`) only those rows are copied: `[k, d]`."""
@@ -139,17 +144,16 @@ class GateRecorder:
         self._mode_ctx: AbstractContextManager[nn.Module] | None = None
         modules = dict(model.named_modules())
         self._gate_modules: dict[str, list[GateSpec]] = {}
-        taps: dict[str, list] = {}
         for g in topology.gates:
             if g.module not in modules:
                 raise TopologyError(
                     f"gate {g.name!r}: module {g.module!r} is not in the model; regenerate the spec with "
                     "`mmoe-inspect topology`"
                 )
-            if g.function_level:
-                taps.setdefault(g.module, []).append((g.op, g.occurrence, g.arg, g))
-            else:
+            if not g.function_level:
                 self._gate_modules.setdefault(g.module, []).append(g)
+        taps = gate_taps(list(topology.gates))
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}  # top-k gates: values/indices of this forward
         self._batch: int | None = None  # rows of the forward, for gates without a batch axis
         self._needs_batch = any(g.batch_dim < 0 for g in topology.gates)
         self._taps = FunctionTaps(taps, self._tap_value) if taps else None
@@ -187,9 +191,18 @@ class GateRecorder:
 
         return hook
 
-    def _tap_value(self, gate: GateSpec, value: torch.Tensor) -> None:
+    def _tap_value(self, key: tuple[str, GateSpec], value: torch.Tensor) -> None:
         """A function-level gate's tensor, handed over by the taps (their mode is off while this runs)."""
-        self._capture.gates[gate.name] = gate_probabilities(value, gate, self._batch)
+        role, gate = key
+        if gate.index_op is None:
+            self._capture.gates[gate.name] = gate_probabilities(value, gate, self._batch)
+            return None
+        parts = self._pending.setdefault(gate.name, {})
+        parts[role] = value.detach().clone()
+        if len(parts) == 2:  # a top-k gate: its k weights scattered over the experts
+            dense, _ = top_k_dense(parts["values"], parts["indices"], gate)
+            self._capture.gates[gate.name] = gate_probabilities(dense, dense_spec(gate))
+            del self._pending[gate.name]
         return None
 
     def _quiet(self) -> AbstractContextManager[None]:
@@ -204,7 +217,11 @@ class GateRecorder:
             if isinstance(out, torch.Tensor) and (rows is None or rows.numel() > 0):
                 with self._quiet():
                     for e in specs:
-                        self._capture.experts[e.name] = expert_output(out, e, rows)
+                        # an expert module called several times per forward (once per task, or fed
+                        # per-task inputs on an upper PLE level): its statistics use its FIRST call,
+                        # the same rows every forward, so they merge like those of experts called once
+                        if e.name not in self._capture.experts:
+                            self._capture.experts[e.name] = expert_output(out, e, rows)
 
         return hook
 
@@ -212,6 +229,7 @@ class GateRecorder:
         self._calls.clear()
         if self._taps is not None:
             self._taps.new_forward()
+            self._pending.clear()
         if self._needs_batch:
             firsts = [int(t.shape[0]) for t in iter_tensors(args) if t.dim()]
             self._batch = max(firsts, key=firsts.count) if firsts else None

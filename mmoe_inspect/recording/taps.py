@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from mmoe_inspect.topology._trace import iter_tensors, op_name
+from mmoe_inspect.topology.spec import GateSpec
 
 Tap = tuple[str, int, int, Any]  # (op, occurrence, arg, key handed to the callback)
 
@@ -31,7 +32,8 @@ Tap = tuple[str, int, int, Any]  # (op, occurrence, arg, key handed to the callb
 class FunctionTaps(TorchFunctionMode):
     """Watches `taps[module] = [(op, occurrence, arg, key), ...]`; calls `on_value(key, tensor)`.
 
-    `arg` -1 hands over the op's first tensor output, k >= 0 its k-th tensor argument. When
+    `arg` -1 hands over the op's first tensor output (-2 the second, ...), k >= 0 its k-th tensor
+    argument. When
     `on_value` returns a tensor it replaces the value (the output, or the argument before the op runs):
     how causal interventions edit a function-level gate. Use
     `attach(model)` (a context manager) to register the module hooks; `new_forward()` resets the
@@ -87,13 +89,14 @@ class FunctionTaps(TorchFunctionMode):
                     ins[arg] = new
         out = func(*args, **kwargs)
         for arg, key in hits:
-            if arg < 0:
-                first = next(iter_tensors(out), None)
-                if first is None:
+            if arg < 0:  # -1: the first output, -2: the second (topk's indices), ...
+                pos = -arg - 1
+                outs = list(iter_tensors(out))
+                if pos >= len(outs):
                     continue
-                new = self.on_value(key, first)
+                new = self.on_value(key, outs[pos])
                 if new is not None:
-                    out = new if isinstance(out, torch.Tensor) else _swap_nth(out, 0, new)
+                    out = new if isinstance(out, torch.Tensor) else _swap_nth(out, pos, new)
         return out
 
     # ------------------------------------------------------------------ bookkeeping
@@ -171,3 +174,38 @@ def _swap_nth(obj: Any, n: int, new: torch.Tensor) -> Any:
         return o
 
     return walk(obj)
+
+
+def gate_taps(gates: list[GateSpec]) -> dict[str, list[Tap]]:
+    """The taps of function-level gates: key `("values", gate)` for the weights and, for top-k gates,
+    `("indices", gate)` for their expert indices (see `GateSpec`)."""
+    taps: dict[str, list[Tap]] = {}
+    for g in gates:
+        if not g.function_level:
+            continue
+        if g.index_op is not None:  # indices first: the same call may hand over both
+            taps.setdefault(g.module, []).append(
+                (g.index_op, g.index_occurrence, g.index_arg, ("indices", g))
+            )
+        taps.setdefault(g.module, []).append((g.op, g.occurrence, g.arg, ("values", g)))
+    return taps
+
+
+def top_k_dense(
+    values: torch.Tensor, indices: torch.Tensor, gate: GateSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A top-k gate's chosen weights and their expert indices → (`[batch, E]` weights with zeros
+    elsewhere, the indices as `[batch, k]` int64). Both tensors are read with the gate's `dim`
+    (the k axis) and `batch_dim`."""
+    if values.shape != indices.shape:
+        raise ValueError(
+            f"top-k gate {gate.name!r}: weights {tuple(values.shape)} and indices {tuple(indices.shape)} differ"
+        )
+    b = gate.batch_dim if gate.batch_dim >= 0 else 0
+    v = values.movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1)  # keeps a graph (attribution)
+    i = indices.detach().movedim((b, gate.dim), (0, -1)).reshape(values.shape[b], -1).long()
+    # the range check reads the values: on the host only (a device read would sync every forward)
+    if i.device.type == "cpu" and i.numel() and (int(i.min()) < 0 or int(i.max()) >= gate.n_experts):
+        raise ValueError(f"top-k gate {gate.name!r}: expert indices outside 0..{gate.n_experts - 1}")
+    dense = torch.zeros(v.shape[0], gate.n_experts, dtype=v.dtype, device=v.device).scatter_(1, i, v)
+    return dense, i

@@ -1,10 +1,19 @@
-"""`TaskOutputStats`: streaming, mergeable summaries of each task's predictions and labels."""
+"""`TaskOutputStats`: streaming, mergeable summaries of each task's predictions and labels.
+
+The AUC is exact: each binary task keeps one row per distinct prediction value with its positive
+and negative label counts (`ScoreCounts`), compacted as rows arrive and merged by concatenation, so
+the AUC of any merge of shards equals scikit-learn's `roc_auc_score` on all their rows (ties counted
+half). Memory is one 32-byte row per distinct value, at most `max_auc_values` per task; beyond that
+the values are truncated to fewer mantissa bits (ties are created, never reordered) and the summary
+says the AUC is no longer exact (`auc_exact`).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -13,14 +22,16 @@ from mmoe_inspect.stats._base import SummaryMetric
 
 @dataclass
 class TaskOutputSummary:
-    """(Not frozen: torchmetrics' compute wrapper rebuilds dataclass outputs.) Per task (in the order given): prediction moments, label rate/mean, binned AUC (binary), MSE (regression)."""
+    """(Not frozen: torchmetrics' compute wrapper rebuilds dataclass outputs.) Per task (in the order given): prediction moments, label rate/mean, exact AUC and log loss (binary), MSE (regression)."""
 
     n: torch.Tensor  # [T] rows with a finite prediction
     mean_prediction: torch.Tensor  # [T]
     std_prediction: torch.Tensor  # [T]
     n_labelled: torch.Tensor  # [T] rows with a finite label and prediction
     label_mean: torch.Tensor  # [T] positive rate for binary tasks
-    auc: torch.Tensor  # [T] NaN for regression or one-class labels
+    auc: torch.Tensor  # [T] exact (see `auc_exact`); NaN for regression or one-class labels
+    auc_exact: torch.Tensor  # [T] bool: False when the distinct-value cap truncated the predictions
+    logloss: torch.Tensor  # [T] mean log loss (predictions clipped to [1e-7, 1 - 1e-7]); NaN for regression
     mse: torch.Tensor  # [T] NaN for binary tasks
     prediction_hist: torch.Tensor  # [T, n_bins] over [0, 1] (binary) — counts
     out_of_range: (
@@ -28,19 +39,41 @@ class TaskOutputSummary:
     )  # [T] binary predictions outside [0, 1] (logits where probabilities were expected)
 
 
+LOGLOSS_EPS = 1e-7  # as `mmoe_inspect.causal.metrics.LOGLOSS_EPS` and `mmoe_inspect.train`
+MAX_AUC_VALUES = 1 << 20  # distinct prediction values kept per binary task for the exact AUC
+_FULL_BITS = 53  # float64 mantissa: values are kept as they are
+
+
 class TaskOutputStats(SummaryMetric):
-    """Prediction/label sums per task; AUC from per-class prediction histograms (resolution 1/n_bins).
+    """Prediction/label sums per task; exact AUC from per-value label counts; a prediction histogram.
 
     `update(preds [batch, T], labels [batch, T] | None)`; NaN labels mean "missing". On CPU one
     host read skips all masking when every prediction and label is finite; on accelerators (or
     with ``sync_free=True``) it makes no host reads. Both paths give the same states.
     """
 
-    def __init__(self, kinds: Sequence[str], n_bins: int = 1000, *, sync_free: bool | None = None) -> None:
+    def __init__(
+        self,
+        kinds: Sequence[str],
+        n_bins: int = 1000,
+        *,
+        sync_free: bool | None = None,
+        max_auc_values: int = MAX_AUC_VALUES,
+    ) -> None:
         super().__init__(sync_free=sync_free)
         self.kinds = tuple(kinds)
         self.n_bins = n_bins
+        self.max_auc_values = int(max_auc_values)
         t = len(self.kinds)
+        self._binary_cols = [i for i, k in enumerate(self.kinds) if k == "binary"]
+        # rows (task, value, positives, negatives); compacted to one row per (task, value) now and then
+        self.add_state("score_counts", [], dist_reduce_fx="cat")
+        self.add_state("score_bits", torch.tensor(_FULL_BITS, dtype=torch.int64), dist_reduce_fx="min")
+        self.add_state("logloss_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
+        self._pending = 0  # rows appended since the last compaction (not a state: a cost counter)
+        self.register_buffer(
+            "_bin_cols", torch.tensor(self._binary_cols, dtype=torch.int64), persistent=False
+        )
         self.register_buffer("_binary", torch.tensor([k == "binary" for k in self.kinds]), persistent=False)
         self.register_buffer("_offsets", torch.arange(t) * n_bins, persistent=False)
         for name in ("n", "sum", "sumsq", "n_lab", "sum_lab", "sse", "out_of_range"):
@@ -78,6 +111,39 @@ class TaskOutputStats(SummaryMetric):
         counts = counts[: 2 * t * self.n_bins].view(t, self.n_bins, 2)
         self.hist_neg += counts[..., 0]
         self.hist_pos += counts[..., 1]
+        if self._binary_cols:
+            self._add_scores(pz, yz, lab)
+
+    def _add_scores(self, pz: torch.Tensor, yz: torch.Tensor, lab: torch.Tensor | None) -> None:
+        """Append `(task, value, pos, neg)` rows of the binary tasks (unlabelled rows weigh 0) and the
+        log loss; the same rows on both update paths, compacted when they outnumber the kept ones."""
+        cols = self._binary_cols
+        p, y = pz[:, cols], yz[:, cols]
+        w = torch.ones_like(p) if lab is None else lab[:, cols].to(p.dtype)
+        pos = w * (y > 0.5)
+        q = p.clamp(LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
+        ll = -(pos * q.log() + (w - pos) * (1.0 - q).log())
+        self.logloss_sum.index_add_(0, self._bin_cols, ll.sum(0))
+        task = self._bin_cols.to(p.dtype).expand_as(p)
+        rows = torch.stack([task, p, pos, w - pos], dim=-1).reshape(-1, 4)
+        self.score_counts.append(rows)
+        self._pending += rows.shape[0]
+        kept = sum(r.shape[0] for r in self.score_counts) - self._pending
+        if self._pending >= max(kept, 1 << 16):
+            self._compact()
+
+    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+        """A rank without rows syncs a `[0, 4]` score-count block (not torchmetrics' 1-D empty tensor),
+        so every rank gathers tensors of the same rank (dimensions)."""
+        if isinstance(self.score_counts, list) and not self.score_counts:
+            self.score_counts = [torch.zeros(0, 4, dtype=torch.float64, device=self.n.device)]
+        super()._sync_dist(*args, **kwargs)
+
+    def _compact(self) -> None:
+        rows, bits = compact_scores(_rows_of(self.score_counts), int(self.score_bits), self.max_auc_values)
+        self.score_counts = [rows]
+        self.score_bits = torch.tensor(bits, dtype=torch.int64, device=rows.device)
+        self._pending = 0
 
     def compute(self) -> TaskOutputSummary:
         n = self.n.clamp_min(1)
@@ -85,13 +151,18 @@ class TaskOutputStats(SummaryMetric):
         var = (self.sumsq / n - mean**2).clamp_min(0)
         nl = self.n_lab.clamp_min(1)
         binary = self._binary.to(self.n.device)
+        bits = int(self.score_bits)
+        rows, bits = compact_scores(_rows_of(self.score_counts), bits, self.max_auc_values)
+        auc = exact_auc(rows, len(self.kinds)).to(self.n.device)
         return TaskOutputSummary(
             n=self.n.clone(),
             mean_prediction=torch.where(self.n > 0, mean, torch.nan),
             std_prediction=torch.where(self.n > 0, var.sqrt(), torch.nan),
             n_labelled=self.n_lab.clone(),
             label_mean=torch.where(self.n_lab > 0, self.sum_lab / nl, torch.nan),
-            auc=torch.where(binary, binned_auc(self.hist_pos, self.hist_neg), torch.nan),
+            auc=torch.where(binary, auc, torch.nan),
+            auc_exact=binary & (bits >= _FULL_BITS),
+            logloss=torch.where(binary & (self.n_lab > 0), self.logloss_sum / nl, torch.nan),
             mse=torch.where(~binary & (self.n_lab > 0), self.sse / nl, torch.nan),
             prediction_hist=self.hist_pos + self.hist_neg,
             out_of_range=self.out_of_range.clone(),
@@ -104,3 +175,69 @@ def binned_auc(hist_pos: torch.Tensor, hist_neg: torch.Tensor) -> torch.Tensor:
     wins = (hist_pos * (neg_below + 0.5 * hist_neg)).sum(1)
     total = hist_pos.sum(1) * hist_neg.sum(1)
     return torch.where(total > 0, wins / total.clamp_min(1), torch.nan)
+
+
+def _rows_of(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """The `(task, value, pos, neg)` rows of a score-count state (a list, or one tensor after a sync)."""
+    if isinstance(state, torch.Tensor):
+        return state.reshape(-1, 4)
+    if not state:
+        return torch.zeros(0, 4, dtype=torch.float64)
+    return torch.cat([r.reshape(-1, 4) for r in state])
+
+
+def truncate_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """`values` with the mantissa truncated to `bits` bits toward zero: monotone non-decreasing (ties
+    are created, order is never reversed) and idempotent (truncating to 20 then 16 bits = to 16)."""
+    if bits >= _FULL_BITS:
+        return values
+    m, e = torch.frexp(values)
+    scale = float(2**bits)
+    return torch.ldexp(torch.trunc(m * scale) / scale, e)
+
+
+def compact_scores(rows: torch.Tensor, bits: int, max_values: int) -> tuple[torch.Tensor, int]:
+    """One row per `(task, value)` with summed counts, sorted by task then value; rows weighing 0 go.
+
+    When a task keeps more than `max_values` distinct values, the values are truncated to fewer
+    mantissa bits (4 at a time) until it does not; returns the rows and the bits in force.
+    """
+    rows = rows[(rows[:, 2] + rows[:, 3]) > 0]
+    if bits < _FULL_BITS:
+        rows = torch.cat([rows[:, :1], truncate_mantissa(rows[:, 1:2], bits), rows[:, 2:]], 1)
+    while True:
+        out = _group(rows)
+        if out.shape[0] == 0 or int(torch.unique(out[:, 0], return_counts=True)[1].max()) <= max_values:
+            return out, bits
+        bits = min(bits, 52) - 4
+        rows = torch.cat([out[:, :1], truncate_mantissa(out[:, 1:2], bits), out[:, 2:]], 1)
+
+
+def _group(rows: torch.Tensor) -> torch.Tensor:
+    """Rows sorted by (task, value) with equal keys summed."""
+    if rows.shape[0] == 0:
+        return rows
+    rows = rows[torch.argsort(rows[:, 1], stable=True)]
+    rows = rows[torch.argsort(rows[:, 0], stable=True)]
+    new = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+    new[1:] = (rows[1:, 0] != rows[:-1, 0]) | (rows[1:, 1] != rows[:-1, 1])
+    group = torch.cumsum(new, 0) - 1
+    out = rows[new].clone()
+    out[:, 2:] = 0
+    out[:, 2:].index_add_(0, group, rows[:, 2:])
+    return out
+
+
+def exact_auc(rows: torch.Tensor, n_tasks: int) -> torch.Tensor:
+    """AUC `[n_tasks]` from compacted `(task, value, pos, neg)` rows: P(score_pos > score_neg) with ties
+    counted half, exactly as `sklearn.metrics.roc_auc_score` (NaN where a task lacks a class)."""
+    out = torch.full((n_tasks,), float("nan"), dtype=torch.float64)
+    for t in torch.unique(rows[:, 0]).tolist() if rows.shape[0] else []:
+        r = rows[rows[:, 0] == t]  # sorted by value
+        pos, neg = r[:, 2], r[:, 3]
+        neg_below = torch.cumsum(neg, 0) - neg
+        wins = (pos * (neg_below + 0.5 * neg)).sum()
+        total = pos.sum() * neg.sum()
+        if total > 0:
+            out[int(t)] = float(wins / total)
+    return out

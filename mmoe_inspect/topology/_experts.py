@@ -15,6 +15,7 @@ features, not a mixture of experts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -67,7 +68,12 @@ class ExpertTracer:
             if p is None:
                 break
             if ax is not None:
-                ax = map_axis(node, g.nodes[p], ax, forward=False)
+                mapped = map_axis(node, g.nodes[p], ax, forward=False)
+                if mapped is None:
+                    blocks = self._blocked(cur, p, ax, k)
+                    if blocks is not None:
+                        return blocks
+                ax = mapped
             cur = p
         node = g.nodes[cur]
         if node.op == "input":
@@ -77,6 +83,38 @@ class ExpertTracer:
         return self._inline(cur, k)
 
     # ------------------------------------------------------------------ cases
+    def _blocked(self, idx: int, parent: int, axis: int, k: int) -> list[ExpertRef] | str | None:
+        """`[B, E*H] -> [B, E, H]`: experts laid side by side on one axis of the parent, `H` wide each
+        (PaddleRec concatenates its experts and reshapes). Resolved when that axis is a concatenation of
+        `k` parts of width `H`."""
+        g = self.graph
+        dst, src = g.nodes[idx].shape, g.nodes[parent].shape
+        if axis + 1 >= len(dst):
+            return None
+        width = dst[axis + 1]
+        before = math.prod(dst[:axis])
+        pax = next((j for j, n in enumerate(src) if n == k * width and math.prod(src[:j]) == before), None)
+        if pax is None:
+            return None
+        node = g.nodes[parent]
+        while node.op != "cat":
+            p = view_parent(g, node)
+            if p is None:
+                return None
+            node = g.nodes[p]
+        seq = node.arg(0, "tensors")
+        if norm_dim(node.arg(1, "dim", 0), node.ndim) != pax or not isinstance(seq, (list, tuple)):
+            return None
+        if len(seq) != k or not all(isinstance(r, Ref) and g.nodes[r.node].shape[pax] == width for r in seq):
+            return None
+        out: list[ExpertRef] = []
+        for r in seq:
+            got = self.resolve(r.node, None, 1)
+            if isinstance(got, str):
+                return got
+            out.extend(got)
+        return out
+
     def _concat(self, idx: int, axis: int, k: int) -> list[ExpertRef] | str | None:
         g = self.graph
         node = g.nodes[idx]
@@ -146,6 +184,13 @@ class ExpertTracer:
                 calls = g.module_calls(p)
                 if calls:
                     lookups |= any(isinstance(g.modules.get(c.path), _LOOKUPS) for c in calls)
+                    for c in calls:  # an activation applied to a layer's output: the layer's parameters
+                        module = g.modules.get(c.path)
+                        if module is None or isinstance(module, _LOOKUPS):
+                            continue
+                        if any(g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k for i in c.inputs) and k > 1:
+                            continue  # position-wise over a set of k: attention values, not experts
+                        uses_params |= any(True for _ in module.parameters())
                     continue
                 if pn.op not in ("input", "buffer", "const"):
                     todo.append(p)

@@ -26,7 +26,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from mmoe_inspect.topology._graphops import find_reduction, selection, view_parent
+from mmoe_inspect.topology._graphops import find_reduction, map_axis, selection, view_parent
 from mmoe_inspect.topology._trace import Graph, Node, Ref
 
 MUL_OPS = frozenset({"mul", "rmul", "multiply"})
@@ -57,6 +57,8 @@ class Mixture:
     n_experts: int
     arg: int = -1
     sparse: bool = False  # top-k dispatch: each expert ran on its own subset of rows
+    indices: int | None = None  # top-k gate: node of the `[batch, k]` expert indices of `weights`
+    by_module: bool = False  # experts given per contribution, to be ordered by their module's index
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -441,6 +443,180 @@ def _sparse_dispatch(graph: Graph, node: Node) -> list[Mixture]:
     return []
 
 
+_ACCUMULATE = frozenset({"index_add", "scatter_add"})
+
+
+def _accumulator_root(graph: Graph, idx: int) -> int:
+    """The tensor a chain of in-place `index_add_`/`scatter_add_` calls accumulates into."""
+    cur = idx
+    for _ in range(4096):
+        node = graph.nodes[cur]
+        first = node.args[0] if node.args else None
+        if node.op not in _ACCUMULATE or not isinstance(first, Ref):
+            return cur
+        cur = first.node
+    return cur
+
+
+def _weights_of_contribution(graph: Graph, idx: int) -> tuple[str, int, int | None] | None:
+    """How a per-expert contribution's weights were picked: ("column", W, e) from a gate-shaped
+    `[B, E]` W (`gates[rows, e]`), or ("topk", V, None) from a `[B, k]` V flattened and indexed
+    (`top_w.reshape(-1)[sel]`)."""
+    batch = graph.batch_size
+    cur = idx
+    flattened = False
+    for _ in range(12):
+        node = graph.nodes[cur]
+        src = node.args[0] if node.args else None
+        if not isinstance(src, Ref):
+            return None
+        parent = graph.nodes[src.node]
+        if node.op == "getitem":
+            index = node.args[1] if len(node.args) > 1 else None
+            items = list(index) if isinstance(index, tuple) else [index]
+            if (
+                parent.ndim == 2
+                and parent.shape[0] == batch
+                and len(items) == 2
+                and isinstance(items[1], int)
+            ) and 2 <= parent.shape[1] <= MAX_EXPERTS:
+                return "column", src.node, items[1] % parent.shape[1]
+            if flattened is False and parent.ndim == 1:
+                cur = src.node
+                flattened = True
+                continue
+            return None
+        if (
+            node.op in ("reshape", "view", "flatten")
+            and flattened
+            and parent.ndim == 2
+            and parent.shape[0] == batch
+        ):
+            return "topk", src.node, None
+        p = view_parent(graph, node)
+        if p is None:
+            return None
+        cur = p
+    return None
+
+
+def _topk_indices(graph: Graph, values: int) -> int | None:
+    """The `[B, k]` indices of the `topk` call whose values `values` (a `[B, k]` node) derive from."""
+    shape = graph.nodes[values].shape
+    seen = {values}
+    todo = [values]
+    while todo and len(seen) < 256:
+        node = graph.nodes[todo.pop()]
+        if node.op == "topk" and node.out_pos == 0:
+            for other in graph.nodes[node.idx : node.idx + 3]:
+                if other.seq == node.seq and other.out_pos == 1 and other.shape == shape:
+                    return other.idx
+        for p in node.parents:
+            if p not in seen and graph.nodes[p].shape == shape:
+                seen.add(p)
+                todo.append(p)
+    return None
+
+
+def _per_expert_dispatch(graph: Graph) -> list[Mixture]:
+    """Experts run on their own rows, each contribution `expert(x[rows]) * weights[rows, e]` added back
+    with `index_add_`/`scatter_add_` (SparseDispatcher loops, tutel/fastmoe-style dispatch)."""
+    groups: dict[tuple[int, str, int], list[tuple[int, int, int | None]]] = {}
+    for node in graph.nodes:
+        if node.op not in _ACCUMULATE or not node.shape or node.shape[0] != graph.batch_size:
+            continue
+        source = node.arg(3, "source") if node.op == "index_add" else node.arg(3, "src")
+        if not isinstance(source, Ref):
+            continue
+        cur = source.node
+        while graph.nodes[cur].op not in MUL_OPS:
+            p = view_parent(graph, graph.nodes[cur])
+            if p is None:
+                break
+            cur = p
+        prod = graph.nodes[cur]
+        if prod.op not in MUL_OPS:
+            continue
+        a, b = _operands(prod)
+        if not (isinstance(a, Ref) and isinstance(b, Ref)):
+            continue
+        for g_ref, x_ref in ((a, b), (b, a)):
+            how = _weights_of_contribution(graph, g_ref.node)
+            if how is None:
+                continue
+            kind, w, e = how
+            root = _accumulator_root(graph, node.idx)
+            groups.setdefault((root, kind, w), []).append((node.idx, x_ref.node, e))
+            break
+    out: list[Mixture] = []
+    for (_root, kind, w), parts in groups.items():
+        last = max(n for n, _, _ in parts)
+        if kind == "column":
+            n_exp = graph.nodes[w].shape[1]
+            by_e = {e: x for _, x, e in parts if e is not None}
+            experts = tuple((by_e.get(e, -1), None) for e in range(n_exp))
+            out.append(Mixture(min(n for n, _, _ in parts), last, w, 1, 0, experts, n_exp, sparse=True))
+        else:
+            idx = _topk_indices(graph, w)
+            if idx is None:
+                continue
+            topk = graph.nodes[idx]
+            src = topk.args[0] if topk.args else None
+            if not isinstance(src, Ref):
+                continue
+            n_exp = graph.nodes[src.node].shape[-1]
+            experts = tuple((x, None) for _, x, _ in sorted(parts))
+            out.append(
+                Mixture(
+                    min(n for n, _, _ in parts),
+                    last,
+                    w,
+                    1,
+                    0,
+                    experts,
+                    n_exp,
+                    sparse=True,
+                    indices=idx,
+                    by_module=True,
+                )
+            )
+    return out
+
+
+def gathered_experts(graph: Graph, idx: int, axis: int) -> tuple[int, int, int] | None:
+    """(source, axis, indices) when node `idx` holds, on `axis`, experts picked per row by `gather` from
+    a tensor of all experts with indices that come from a `topk` (Mixtral-style routing)."""
+    cur, ax = idx, axis
+    for _ in range(8):
+        node = graph.nodes[cur]
+        if node.op == "gather":
+            src, dim, index = node.arg(0, "input"), node.arg(1, "dim"), node.arg(2, "index")
+            if not (isinstance(src, Ref) and isinstance(index, Ref)):
+                return None
+            nd = graph.nodes[src.node].ndim
+            d = dim + nd if isinstance(dim, int) and dim < 0 else dim
+            if d != ax:
+                return None
+            icur = index.node
+            for _ in range(8):
+                inode = graph.nodes[icur]
+                if inode.op == "topk" and inode.out_pos == 1:
+                    return src.node, ax, icur
+                p = view_parent(graph, inode)
+                if p is None:
+                    return None
+                icur = p
+            return None
+        p = view_parent(graph, node)
+        if p is None:
+            return None
+        ax = map_axis(node, graph.nodes[p], ax, forward=False)
+        if ax is None:
+            return None
+        cur = p
+    return None
+
+
 def find_mixtures(graph: Graph) -> list[Mixture]:
     """Every expert mixture in the traced forward (see module docstring), in forward order.
 
@@ -461,5 +637,7 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_sparse_dispatch(graph, node))
     combined = {m.combine for m in found}
     found.extend(m for m in _per_expert(graph, [n for n in muls if n.idx not in combined]))
+    combined = {m.combine for m in found}
+    found.extend(m for m in _per_expert_dispatch(graph) if m.combine not in combined)
     found.sort(key=lambda m: (m.combine, m.output))
     return found

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmoe_inspect.data.call import is_two_class
 from mmoe_inspect.topology._graphops import norm_dim, view_parent
 from mmoe_inspect.topology._trace import Graph, Ref
 from mmoe_inspect.topology.spec import TaskKind, TaskSpec, TopologyError
@@ -29,6 +30,7 @@ class TaskOutput:
     output: str | int | None
     tensor: torch.Tensor
     node: int | None
+    column: int = 0
 
 
 def _per_row(t: Any, batch: int) -> bool:
@@ -62,6 +64,7 @@ def parse_outputs(
     """Per-task predictions of `out`; returns them and whether task names were invented (task_0...)."""
     batch = graph.batch_size
     found: list[tuple[str | None, str | int | None, torch.Tensor, int | None]] = []
+    columns: dict[int, int] = {}  # found index -> column of a two-class entry
     if isinstance(out, torch.Tensor):
         node = graph.current.get(id(out))
         if out.ndim == 1 and out.shape[0] == batch:
@@ -77,6 +80,9 @@ def parse_outputs(
         for key, v in out.items():
             if _per_row(v, batch):
                 found.append((str(key), key, v.reshape(-1), graph.current.get(id(v))))
+            elif is_two_class(v, batch):
+                found.append((str(key), key, v[:, 1], graph.current.get(id(v))))
+                columns[len(found) - 1] = 1
             else:
                 shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
                 notes.append(f"output {key!r} ({shape}) is not one prediction per row; not a task")
@@ -84,6 +90,9 @@ def parse_outputs(
         for j, v in enumerate(out):
             if _per_row(v, batch):
                 found.append((None, j, v.reshape(-1), graph.current.get(id(v))))
+            elif is_two_class(v, batch):
+                found.append((None, j, v[:, 1], graph.current.get(id(v))))
+                columns[len(found) - 1] = 1
             else:
                 shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
                 notes.append(f"output position {j} ({shape}) is not one prediction per row; not a task")
@@ -115,7 +124,16 @@ def parse_outputs(
             notes.append(
                 f"task names not given and the model has no `task_names`: called them {', '.join(names)}"
             )
-    return [TaskOutput(n, f[1], f[2], f[3]) for n, f in zip(names, found, strict=True)], invented
+    if columns:
+        notes.append(
+            f"{len(columns)} output(s) are two-class distributions [batch, 2]: column 1 (the positive class) "
+            "is taken as the prediction"
+        )
+    tasks = [
+        TaskOutput(n, f[1], f[2], f[3], columns.get(i, 0))
+        for i, (n, f) in enumerate(zip(names, found, strict=True))
+    ]
+    return tasks, invented
 
 
 def _kinds_from(value: Any, names: list[str], what: str) -> list[str] | None:
@@ -195,7 +213,7 @@ def task_specs(
             guessed.append(f"{o.name}={kind}")
         prob = kind == "binary" and in_unit
         k: TaskKind = "binary" if kind == "binary" else "regression"
-        specs.append(TaskSpec(o.name, kind=k, output=o.output, probability=prob))
+        specs.append(TaskSpec(o.name, kind=k, output=o.output, probability=prob, column=o.column))
     if kinds is not None:
         notes.append(f"task kinds from {source}")
     elif any(sigmoid) and not all(sigmoid):

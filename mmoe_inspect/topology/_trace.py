@@ -264,10 +264,14 @@ class _Tracer(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         ins = list(iter_tensors((args, kwargs)))
-        if not ins:
-            return func(*args, **kwargs)
         g = self.graph
         name = op_name(func)
+        if not ins:  # a factory (zeros, arange, from_numpy): a source node named after it, no call number
+            out = func(*args, **kwargs)
+            for pos, o in enumerate(iter_tensors(out)):
+                if id(o) not in g.current:
+                    g._add(name, (), (), {}, o, out_pos=pos)
+            return out
         seq = len(g.ops)
         g.ops.append((name, tuple(g.stack)))
         parents = tuple(g.node_of(t) for t in ins)

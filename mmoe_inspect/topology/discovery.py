@@ -27,9 +27,10 @@ parameter, buffer or `.grad` touched.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ from torch import nn
 
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._graphops import backward_views, find_reduction, forward_views, view_parent
-from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures
+from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
@@ -80,20 +81,12 @@ _PENALTY = {
 class _Gate:
     """A confirmed gate while it is being described."""
 
-    producer: int  # node of the weights where they are read (module output, op output or combine op)
+    loc: _Located  # where the weights are read (module output or function call)
     weights: int  # node of the weights as the combination reads them
     n_experts: int
     mixture_output: int
     expert_nodes: list[int]
     experts: list[ExpertRef]
-    module: str
-    output: GateOutput
-    dim: int
-    call: int | None
-    op: str | None = None
-    occurrence: int = 0
-    arg: int = -1
-    batch_dim: int = 0
     tasks: set[str] = field(default_factory=set)
     task: str | None = None
     level: int = 0
@@ -101,6 +94,11 @@ class _Gate:
     deps: list[int] = field(default_factory=list)
     refined: bool = False
     uses: int = 1
+
+    @property
+    def producer(self) -> int:
+        """Node of the weights where they are read (module output, op output or combine op)."""
+        return self.loc.producer
 
 
 def _where(graph: Graph, idx: int) -> str:
@@ -172,6 +170,9 @@ class _Located:
     arg: int = -1
     producer: int = -1
     note: str | None = None
+    index_op: str | None = None
+    index_occurrence: int = 0
+    index_arg: int = -2
 
 
 def _locate(graph: Graph, mix: Mixture) -> _Located | str:
@@ -179,6 +180,8 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
     e = mix.n_experts
     chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
     n_calls = graph.calls
+    if mix.indices is not None:
+        return _locate_top_k(graph, mix, chain[-1])
     probs = None
     for idx, ax, bax in reversed(chain):  # from the producer towards the combination
         call = graph.outermost_call(idx)
@@ -247,6 +250,32 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
             note=f"gate weights {list(w.shape)} are read where {cnode.op} in {_where(graph, mix.combine)} uses them",
         )
     return "its weights are made where no torch function call can be located"
+
+
+def _locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> _Located | str:
+    """A top-k gate: its k weights read where they are made, their indices at the `topk` call."""
+    idx, pax, pbax = producer
+    pnode, inode = graph.nodes[idx], graph.nodes[mix.indices]  # type: ignore[index]
+    if pnode.seq < 0 or inode.seq < 0 or pax is None:
+        return "its top-k weights are not made by a torch function call"
+    module = pnode.module or ROOT
+    if module not in graph.ops[inode.seq][1]:
+        module = ROOT  # the indices are made elsewhere: count both calls over the model's forward
+    return _Located(
+        module,
+        "probs" if _kind_of(graph, idx, pax, pbax) == "probs" else "weights",
+        pax,
+        -1 if pbax is None else pbax,
+        op=pnode.op,
+        occurrence=graph.occurrence(idx, module),
+        arg=-(pnode.out_pos + 1),
+        producer=idx,
+        index_op=inode.op,
+        index_occurrence=graph.occurrence(mix.indices, module),  # type: ignore[arg-type]
+        index_arg=-(inode.out_pos + 1),
+        note=f"top-{graph.nodes[idx].shape[pax]} gate over {mix.n_experts} experts: weights scattered by the "
+        f"indices of {inode.op} in {_where(graph, inode.idx)}",
+    )
 
 
 def _gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
@@ -405,7 +434,39 @@ def _describe(
     tasks, kinds_guessed = task_specs(graph, outputs, task_kinds, model, notes)
     if kinds_guessed:
         penalties.add("kinds")
+    try:
+        return _describe_gates(model, graph, out, example_input, outputs, tasks, notes, penalties)
+    except TopologyError:
+        raise
+    except Exception as exc:  # a model shaped like nothing seen before: say so, never pass as "no gates"
+        return Topology(
+            tasks=tasks,
+            source="discovered",
+            confidence=0.0,
+            notes=(f"discovery stopped on this model: {type(exc).__name__}: {exc}", *notes),
+            unresolved=(
+                Unresolved(
+                    "the model's forward",
+                    ROOT,
+                    f"discovery could not finish reading it ({type(exc).__name__}: {str(exc)[:200]}); "
+                    "name the gates in a spec file",
+                    _module_snippet("<module path of the gate>", None, tasks),
+                ),
+            ),
+        )
 
+
+def _describe_gates(
+    model: nn.Module,
+    graph: Graph,
+    out: Any,
+    example_input: Any,
+    outputs: list[TaskOutput],
+    tasks: tuple[TaskSpec, ...],
+    notes: list[str],
+    penalties: set[str],
+) -> Topology:
+    """Steps 1-8 after the tasks: mixtures -> gates, tasks per gate, experts, unresolved items, confidence."""
     # 1-4: mixtures -> gates (where their weights are read, which experts they mix)
     tracer = ExpertTracer(graph)
     gates: list[_Gate] = []
@@ -421,8 +482,14 @@ def _describe(
         for mix in sorted(readings[combine], key=lambda m: _gate_score(graph, m)):
             if mix.output in done_outputs:
                 break
+            if len(mix.experts) == 1 and mix.experts[0][1] is not None and mix.indices is None:
+                picked = gathered_experts(graph, *mix.experts[0])  # type: ignore[arg-type]
+                if picked is not None:  # Mixtral-style: the chosen experts gathered by top-k indices
+                    src, ax, idx = picked
+                    mix = replace(
+                        mix, experts=((src, ax),), n_experts=graph.nodes[src].shape[ax], indices=idx
+                    )
             experts = _resolve_experts(tracer, mix)
-            where = _where(graph, mix.combine)
             if isinstance(experts, str):
                 rejected.append((mix, experts))
                 continue
@@ -449,31 +516,37 @@ def _describe(
                 if found.call is not None:
                     penalties.add("call")
             gate = _Gate(
-                producer=found.producer,
+                loc=found,
                 weights=mix.weights,
                 n_experts=mix.n_experts,
                 mixture_output=mix.output,
                 expert_nodes=[n for n, _ in mix.experts],
                 experts=experts,
-                module=found.module,
-                output=found.output,
-                dim=found.dim,
-                call=found.call,
-                op=found.op,
-                occurrence=found.occurrence,
-                arg=found.arg,
-                batch_dim=found.batch_dim,
             )
-            if found.op is not None:
-                notes.append(
-                    f"gate weights in {where} are read at the function level: {found.op} call #{found.occurrence}"
-                    + (f" (argument {found.arg})" if found.arg >= 0 else "")
-                    + f" while {found.module or 'the model'} runs"
-                )
             by_producer[found.producer] = gate
             gates.append(gate)
             break
+    # a "mixture" whose output only builds another gate's weights is part of that gate (DSelect-k's
+    # selectors mixed by a softmax), not a mixture of experts
+    inner = [
+        g
+        for g in gates
+        if any(h is not g and _feeds(graph, g.mixture_output, {h.weights, h.producer}) for h in gates)
+    ]
+    for g in inner:
+        gates.remove(g)
+        notes.append(
+            f"a weighted combination in {_where(graph, g.mixture_output)} builds another gate's weights "
+            "(part of that gate's computation, e.g. selectors); not a gate of its own"
+        )
     for g in gates:
+        loc = g.loc
+        if loc.op is not None:
+            notes.append(
+                f"gate weights in {_where(graph, g.producer)} are read at the function level: {loc.op} call "
+                f"#{loc.occurrence}" + (f" (argument {loc.arg})" if loc.arg >= 0 else "") + f" while "
+                f"{loc.module or 'the model'} runs"
+            )
         if g.uses > 1:
             penalties.add("extra_mix")
             notes.append(f"one gate's weights are used in {g.uses} weighting ops; only the first was traced")
@@ -508,7 +581,8 @@ def _describe(
         )
 
     # 6: which tasks each gate's mixture moves (autograd on a replay of this batch, never .backward())
-    targets = {graph.nodes[g.mixture_output].seq: graph.nodes[g.mixture_output].out_pos for g in gates}
+    target_of = {id(g): _leaf_node(graph, g) for g in gates}
+    targets = {graph.nodes[n].seq: graph.nodes[n].out_pos for n in target_of.values()}
     try:
         out2, leaves = replay_with_leaves(model, example_input, targets)
     except Exception as exc:  # the first forward ran: a failing replay is the model's nondeterminism
@@ -522,7 +596,7 @@ def _describe(
         total = pred.float().sum()
         if not total.requires_grad:
             continue
-        wanted = [(g, leaves.get(graph.nodes[g.mixture_output].seq)) for g in gates]
+        wanted = [(g, leaves.get(graph.nodes[target_of[id(g)]].seq)) for g in gates]
         present = [(g, leaf) for g, leaf in wanted if leaf is not None]
         if not present:
             continue
@@ -574,17 +648,20 @@ def _describe(
     gate_specs = tuple(
         GateSpec(
             g.name,
-            module=g.module,
+            module=g.loc.module,
             experts=tuple(expert_name(r) for r in g.experts),
             task=g.task,
             level=g.level,
-            output=g.output,
-            dim=g.dim,
-            call=g.call,
-            op=g.op,
-            occurrence=g.occurrence,
-            arg=g.arg,
-            batch_dim=g.batch_dim,
+            output=g.loc.output,
+            dim=g.loc.dim,
+            call=g.loc.call,
+            op=g.loc.op,
+            occurrence=g.loc.occurrence,
+            arg=g.loc.arg,
+            batch_dim=g.loc.batch_dim,
+            index_op=g.loc.index_op,
+            index_occurrence=g.loc.index_occurrence,
+            index_arg=g.loc.index_arg,
         )
         for g in gates
     )
@@ -606,7 +683,10 @@ def _describe(
     multi_called = sorted({r.module for r in refs.values() if r.module is not None and r.calls > 1})
     if multi_called:
         penalties.add("expert_calls")
-        notes.append(f"expert modules run several times per forward: {', '.join(multi_called)}")
+        notes.append(
+            f"expert modules run several times per forward: {', '.join(multi_called)}; every call is mixed by "
+            "its gate, and the expert statistics (similarity, dead units) use each module's first call"
+        )
     for g in gates:
         if g.refined:
             notes.append(
@@ -617,13 +697,13 @@ def _describe(
         penalties.add("no_task")
         idle = ", ".join(g.name for g in gates if not g.tasks and not g.refined)
         notes.append(f"gates whose mixture reaches no task output on this batch (kept as shared): {idle}")
-    weights_gates = [g.name for g in gates if g.output == "weights"]
+    weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
         notes.append(
             f"gate(s) {', '.join(weights_gates)} are not distributions over their experts (rows need not sum "
             "to 1): utilization, top-1 share, co-activation and label routing apply; entropy and JSD do not"
         )
-    functional = [g for g in gates if g.op is not None]
+    functional = [g for g in gates if g.loc.op is not None]
     if not ({"inline", "call"} & penalties) and not functional:
         notes.insert(0, f"{len(gates)} gate(s) traced to modules; experts traced to module outputs")
     else:
@@ -646,6 +726,17 @@ def _describe(
     )
 
 
+def _leaf_node(graph: Graph, g: _Gate) -> int:
+    """Where to ask autograd which tasks a gate moves: its mixture's output, unless that output is an
+    in-place accumulation (the model reads the accumulator, not the call's return value): then the
+    gate's weights, which reach the tasks only through that mixture."""
+    node = graph.nodes[g.mixture_output]
+    first = node.args[0] if node.args else None
+    if isinstance(first, Ref) and graph.nodes[first.node].tensor is node.tensor:
+        return g.producer if graph.nodes[g.producer].seq >= 0 else g.weights
+    return g.mixture_output
+
+
 def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str:
     """The experts a mixture weights: one stacked tensor, or one tensor per expert.
 
@@ -656,7 +747,11 @@ def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | st
         node, axis = mix.experts[0]
         return tracer.resolve(node, axis, mix.n_experts)
     out: list[ExpertRef] = []
-    for node, _ in mix.experts:
+    missing: list[int] = []
+    for pos, (node, _) in enumerate(mix.experts):
+        if node < 0:  # this expert got no rows of the example batch
+            missing.append(pos)
+            continue
         got = tracer.resolve(node, None, 1)
         if isinstance(got, str):
             return got
@@ -666,8 +761,33 @@ def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | st
                 for r in got
             ]
         out.extend(got)
+    if mix.sparse and (missing or mix.by_module):
+        return _experts_by_index(tracer.graph, out, missing, mix.n_experts)
     if len({r.key for r in out}) != len(out):
         return "weights the same tensor several times, not several experts"
+    return out
+
+
+def _experts_by_index(
+    graph: Graph, found: list[ExpertRef], missing: list[int], n_experts: int
+) -> list[ExpertRef] | str:
+    """Sparse-dispatch experts in expert order: found ones sit in a container (`experts.3`) whose index
+    is the expert's; the ones that got no rows of the example batch are that container's other children."""
+    paths = [r.parent for r in found]
+    containers = {p.rpartition(".")[0] for p in paths if p and p.rpartition(".")[2].isdigit()}
+    if len(containers) != 1:
+        if missing:
+            return (
+                f"{len(missing)} experts got no rows of the example batch and their modules cannot be named"
+            )
+        return found
+    container = containers.pop()
+    out: list[ExpertRef] = []
+    for i in range(n_experts):
+        path = f"{container}.{i}"
+        if path not in graph.modules:
+            return f"expert {i} of {n_experts} has no module {path!r}"
+        out.append(ExpertRef(("sparse", path), None, None, path, (0, i)))
     return out
 
 
@@ -691,10 +811,10 @@ def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
     try:
         if isinstance(out, torch.Tensor):
             return out if o.output is None else out[:, o.output]
-        if isinstance(out, Mapping):
-            return out[o.output]
-        if isinstance(out, (list, tuple)):
-            return out[o.output]  # type: ignore[index]
+        v = out[o.output] if isinstance(out, (Mapping, list, tuple)) else None  # type: ignore[index]
+        if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] > 1:
+            return v[:, o.column]
+        return v
     except (KeyError, IndexError, TypeError):
         return None
     return None
@@ -711,7 +831,6 @@ def _unexplained_softmaxes(
     """Gate-shaped softmaxes that reach the task outputs but are neither a found gate nor explained."""
     out: list[Unresolved] = []
     gate_weights = {g.weights for g in gates} | {g.producer for g in gates}
-    rejected_weights = {m.weights for m, _ in rejected}
     quiet: list[str] = []
     for s in graph.nodes:
         if s.op != "softmax":
@@ -721,20 +840,27 @@ def _unexplained_softmaxes(
             continue
         axis = gate_axis(s.shape, dim, graph.batch_size)
         if axis is None and not (s.ndim == 1 and dim == 0):
-            continue  # attention maps [B, H, L, L] and other multi-axis softmaxes are not gate-shaped
+            # attention maps [B, H, L, L] and other multi-axis softmaxes weight no set of per-row experts
+            quiet.append(f"{list(s.shape)} in {_where(graph, s.idx)} (an attention map over several axes)")
+            continue
         if _feeds(graph, s.idx, gate_weights):
             continue  # part of a found gate's weights (noisy top-k, masks, renormalisation)
         below = graph.descendants(s.idx)
         where = _where(graph, s.idx)
-        if below & rejected_weights:
-            continue  # its combination was judged (the reason is in the notes)
+        judged = [why for m, why in rejected if m.weights in below]
+        if judged:  # its combination was judged: attention over features, embeddings, ...
+            quiet.append(f"{list(s.shape)} in {where} (its weighted sum {judged[0]})")
+            continue
         if not below & task_nodes:
             quiet.append(f"{list(s.shape)} in {where} (does not reach the task outputs)")
             continue
         if any(idx in task_nodes for idx, _ in forward_views(graph, s.idx, dim)):
             quiet.append(f"{list(s.shape)} in {where} (an output distribution)")
             continue
-        why = _unexplained_use(graph, s.idx, dim)
+        why = _unexplained_use(graph, s.idx, dim, task_nodes)
+        if why == "":
+            quiet.append(f"{list(s.shape)} in {where} (an output distribution: its entries are the outputs)")
+            continue
         if why is None:
             quiet.append(f"{list(s.shape)} in {where} (re-weights values without mixing per-row experts)")
             continue
@@ -783,30 +909,51 @@ def _feeds(graph: Graph, start: int, targets: set[int], limit: int = 2048) -> bo
     return False
 
 
-def _unexplained_use(graph: Graph, idx: int, axis: int) -> str | None:
+_SELECT_OPS = frozenset({"getitem", "select", "narrow", "index_select", "unbind", "split", "chunk", "gather"})
+
+
+def _unexplained_use(graph: Graph, idx: int, axis: int, task_nodes: set[int]) -> str | None:
     """How a gate-shaped softmax is used in a way that could be a mixture discovery did not resolve
-    (a product summed over its axis, a contraction with per-row values, a routing or unknown op);
-    None when it only re-weights or transforms values."""
-    for node_idx, ax in forward_views(graph, idx, axis):
+    (a product summed over its axis, a product of its entries with wider per-row values, a contraction
+    with per-row values, a routing or unknown op). None when it only re-weights or transforms values;
+    "" when its entries, picked or transformed, are the task outputs themselves (an output distribution)."""
+    batch = graph.batch_size
+    todo: list[tuple[int, int | None]] = list(forward_views(graph, idx, axis))
+    seen = {n for n, _ in todo}
+    to_outputs = False
+    while todo and len(seen) < 256:
+        node_idx, ax = todo.pop(0)
         view = graph.nodes[node_idx]
+        to_outputs |= node_idx in task_nodes
         for c in graph.children[node_idx]:
             child = graph.nodes[c]
-            if view_parent(graph, child) == node_idx:
+            if c in seen:
                 continue
             partners = [r.node for r in iter_refs(child.args) if r.node != node_idx]
-            per_row = [p for p in partners if graph.batch_size in graph.nodes[p].shape]
+            per_row = [p for p in partners if batch in graph.nodes[p].shape]
             if child.op in MUL_OPS:
-                shifted = ax + child.ndim - view.ndim
-                if per_row and 0 <= shifted < child.ndim and find_reduction(graph, c, shifted) is not None:
-                    return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
+                shifted = None if ax is None else ax + child.ndim - view.ndim
+                if per_row and shifted is not None and 0 <= shifted < child.ndim:
+                    if find_reduction(graph, c, shifted) is not None:
+                        return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
+                elif per_row and any(
+                    graph.nodes[p].ndim > view.ndim or math.prod(graph.nodes[p].shape) > math.prod(view.shape)
+                    for p in per_row
+                ):
+                    return f"a product of its entries with {list(graph.nodes[per_row[0]].shape)}"
                 continue
             if child.op in MATMUL_OPS or child.op == "einsum":
                 if per_row:
                     return f"{child.op} with {list(graph.nodes[per_row[0]].shape)}"
                 continue
-            if child.op not in _PLAIN_OPS:
-                return f"{child.op}"
-    return None
+            if view_parent(graph, child) == node_idx:
+                continue  # views were followed by forward_views (with the axis)
+            if child.op in _SELECT_OPS or child.op in _PLAIN_OPS:
+                seen.add(c)
+                todo.append((c, None))
+                continue
+            return f"{child.op}"
+    return "" if to_outputs else None
 
 
 def _batch_axis_of(graph: Graph, idx: int) -> bool:
@@ -850,7 +997,7 @@ def _named_like_gates(
     model: nn.Module, graph: Graph, gates: list[_Gate], tasks: tuple[TaskSpec, ...], notes: list[str]
 ) -> list[Unresolved]:
     """Modules (or the model's class) named like gates/experts/MoE that ran but belong to no found gate."""
-    covered_paths = {g.module for g in gates}
+    covered_paths = {g.loc.module for g in gates}
     for g in gates:
         covered_paths |= {r.module for r in g.experts if r.module is not None}
         covered_paths |= {r.parent for r in g.experts if r.parent}
@@ -926,6 +1073,11 @@ def _module_gate_guess(graph: Graph, outputs: list[int]) -> tuple[int | None, st
     return e, _kind_of(graph, node.idx, len(shape) - 1, 0 if shape[0] == graph.batch_size else None)
 
 
+# Source nodes whose values torch did not compute: copied in from numpy/Python, or made where the
+# tracer could not see (a C extension returning a fresh tensor is a "const").
+_FROM_OUTSIDE = frozenset({"const", "from_numpy", "as_tensor", "asarray", "tensor", "frombuffer"})
+
+
 def _outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
     """Per-row tensors that enter the forward from outside torch (numpy, a C extension) on the way to the
     outputs: the forward is not fully visible, so gate-shaped softmaxes cut off by it may be gates."""
@@ -935,7 +1087,7 @@ def _outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ..
     entered = [
         n
         for n in graph.nodes
-        if n.op == "const" and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
+        if n.op in _FROM_OUTSIDE and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
     ]
     if not entered:
         return []

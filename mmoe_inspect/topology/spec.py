@@ -47,6 +47,9 @@ class TaskSpec:
     output: str | int | None = None
     label: str | None = None
     probability: bool = True
+    column: int = (
+        0  # which column of a `[batch, C]` entry is the prediction (1: a two-class softmax's positive class)
+    )
 
     @property
     def label_column(self) -> str:
@@ -83,8 +86,14 @@ class GateSpec:
     * a function-level gate (`op` set): the tensor made by the `occurrence`-th call (0-based, counted
       over one whole forward) of torch function `op` (e.g. "softmax", "sigmoid", "div", "scatter")
       while `module` is executing (nested calls included; `module=""` is the model's own forward).
-      `arg` -1 captures the op's output, `arg` k >= 0 its k-th positional tensor argument. This
-      records gates computed inline (a temperature, a mask, top-k renormalisation) that no module returns.
+      `arg` -1 captures the op's (first) output, -2 its second output and so on; `arg` k >= 0 its k-th
+      tensor argument. This records gates computed inline (a temperature, a mask, top-k
+      renormalisation) that no module returns.
+    * a top-k gate (`index_op` set, function level): the captured tensor holds only the k chosen weights
+      per row `[batch, k]`; their expert indices `[batch, k]` are read the same way from call
+      `index_occurrence` of `index_op` (`index_arg` -2: its second output, e.g. `topk`'s indices) under
+      the same `module`, and the gate is the `[batch, E]` tensor with zeros elsewhere (Mixtral-style
+      routing, per-expert dispatch).
 
     `output`: "probs" (rows sum to 1), "logits" (softmaxed over the expert axis by the recorder) or
     "weights" (non-negative weights that need not sum to 1: sigmoid gates, learned scalar mixtures;
@@ -106,6 +115,9 @@ class GateSpec:
     occurrence: int = 0
     arg: int = -1
     batch_dim: int = 0
+    index_op: str | None = None
+    index_occurrence: int = 0
+    index_arg: int = -2
 
     @property
     def n_experts(self) -> int:
@@ -127,8 +139,9 @@ class GateSpec:
         where = self.module or "<model>"
         if self.op is None:
             return where if self.call is None else f"{where} (call {self.call})"
-        arg = "" if self.arg < 0 else f" arg {self.arg}"
-        return f"{where}:{self.op}#{self.occurrence}{arg}"
+        arg = "" if self.arg == -1 else f" arg {self.arg}"
+        idx = "" if self.index_op is None else f" at {self.index_op}#{self.index_occurrence}"
+        return f"{where}:{self.op}#{self.occurrence}{arg}{idx}"
 
 
 @dataclass(frozen=True)
@@ -241,14 +254,28 @@ class Topology:
                 raise TopologyError(f"gate {g.name!r}: op must be a torch function name such as 'softmax'")
             if isinstance(g.occurrence, bool) or not isinstance(g.occurrence, int) or g.occurrence < 0:
                 raise TopologyError(f"gate {g.name!r}: occurrence must be an integer >= 0")
-            if isinstance(g.arg, bool) or not isinstance(g.arg, int) or g.arg < -1:
-                raise TopologyError(f"gate {g.name!r}: arg must be -1 (the op's output) or a position >= 0")
+            for what, v in (
+                ("arg", g.arg),
+                ("index_arg", g.index_arg),
+                ("index_occurrence", g.index_occurrence),
+            ):
+                if isinstance(v, bool) or not isinstance(v, int) or (what == "index_occurrence" and v < 0):
+                    raise TopologyError(
+                        f"gate {g.name!r}: {what} must be an integer (-1, -2, ... an output; k >= 0 an argument)"
+                    )
+            if g.index_op is not None and (not isinstance(g.index_op, str) or not g.index_op):
+                raise TopologyError(f"gate {g.name!r}: index_op must be a torch function name such as 'topk'")
+            if g.index_op is not None and g.op is None:
+                raise TopologyError(f"gate {g.name!r}: index_op needs a function-level gate (op)")
             for what, v in (("dim", g.dim), ("batch_dim", g.batch_dim)):
                 if isinstance(v, bool) or not isinstance(v, int) or v < -1:
                     raise TopologyError(f"gate {g.name!r}: {what} must be an integer axis")
             if g.batch_dim == g.dim:
                 raise TopologyError(f"gate {g.name!r}: batch_dim and dim must differ")
             _whole(g.level, f"gate {g.name!r}: level", 0)
+        for u in self.unresolved:
+            if not all(isinstance(v, str) for v in (u.what, u.where, u.reason, u.snippet)):
+                raise TopologyError("each [[unresolved]] entry holds text: what, where, reason, snippet")
         for e in self.experts:
             _whole(e.level, f"expert {e.name!r}: level", 0)
             if e.index is not None:
@@ -276,7 +303,9 @@ class Topology:
             "confidence": float(self.confidence),
             "architecture": self.architecture or "",
             "notes": list(self.notes),
-            "tasks": [clean(asdict(t)) for t in self.tasks],
+            "tasks": [
+                {k: v for k, v in clean(asdict(t)).items() if k != "column" or v != 0} for t in self.tasks
+            ],
             "experts": [clean(asdict(e)) for e in self.experts],
             "gates": [_gate_dict(g, clean(asdict(g))) for g in self.gates],
             "unresolved": [asdict(u) for u in self.unresolved],
@@ -412,6 +441,10 @@ def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
     """A gate's spec entry without the function-level fields a module gate leaves at their defaults."""
     if gate.op is None:
         for key, default in (("occurrence", 0), ("arg", -1), ("batch_dim", 0)):
+            if d.get(key) == default:
+                d.pop(key, None)
+    if gate.index_op is None:
+        for key, default in (("index_occurrence", 0), ("index_arg", -2)):
             if d.get(key) == default:
                 d.pop(key, None)
     return d
