@@ -51,10 +51,14 @@ def demo_command(
         from rich.table import Table
 
         from mmoe_inspect.demo import run_demo
-        from mmoe_inspect.reports import write_report
 
         from ._common import LoadOptions
-        from ._pipeline import AttributionRequest, CausalRequest, inspect_checkpoint
+        from ._pipeline import (
+            AttributionRequest,
+            CausalRequest,
+            inspect_checkpoint,
+            write_report_with_progress,
+        )
 
         log = (lambda _m: None) if run.quiet else (lambda m: out.print(f"  {escape(m)}"))
         demo = run_demo(out_dir, n_rows=rows, seed=run.seed, log=log, monitor=monitor)
@@ -79,7 +83,7 @@ def demo_command(
             from mmoe_inspect.monitor import read_run_log
 
             result.training = read_run_log(demo.run_log)
-        index = write_report(result, out_dir / "report", force=force)
+        index = write_report_with_progress(result, out_dir / "report", force=force, run=run)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"checkpoints: {out_dir / 'checkpoints'}")

@@ -845,12 +845,20 @@ def all_figures() -> dict[str, FigureSpec]:
     return {**FIGURES, **TRAINING_FIGURES}
 
 
-def render_figures(result: InspectionResult, folder: str | Path) -> dict[str, str]:
-    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name."""
+def render_figures(
+    result: InspectionResult, folder: str | Path, progress: Callable[[int, int], None] | None = None
+) -> dict[str, str]:
+    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name.
+
+    `progress(done, total)` is called after each registered figure (drawn or skipped for lack of data).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    for name, spec in all_figures().items():
+    specs = all_figures()
+    for i, (name, spec) in enumerate(specs.items()):
+        if progress is not None:
+            progress(i, len(specs))
         fig = spec.draw(result)
         if fig is None:
             continue
@@ -859,4 +867,6 @@ def render_figures(result: InspectionResult, folder: str | Path) -> dict[str, st
         finally:
             close(fig)
         written[name] = f"{name}.png"
+    if progress is not None:
+        progress(len(specs), len(specs))
     return written
