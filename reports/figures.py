@@ -54,7 +54,7 @@ from ._style import (
 )
 from .attribution_figures import attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task
 from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
-from .training_figures import training_divergence, training_entropy, training_utilization
+from .training_figures import training_divergence, training_entropy, training_loss, training_utilization
 
 RESERVOIR_ROWS = 600  # rows per gate drawn in the weight distributions
 MAX_LABEL_ROWS = 24  # gate x label rows in the label-routing heatmap
@@ -833,6 +833,15 @@ TRAINING_FIGURES: dict[str, FigureSpec] = {
             "weights in each window (0 = the two tasks route identically, 1 = on disjoint experts). A curve that "
             "falls to 0 means the task gates converged to the same routing, and the multi-gate model acts as a "
             "one-gate model from that step on.",
+        ),
+        FigureSpec(
+            "training_loss",
+            "training",
+            "Training: loss over the steps",
+            training_loss,
+            "The training loss the loop logged with each window (`mon.step(loss=...)`), and the learning rate "
+            "when it changed. Read a finding's dotted line against it: a gate that collapses while the loss "
+            "stalls or jumps points at the step size (learning rate) or the input scale, not at the data.",
         ),
     )
 }
