@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._plural import plural
 from .analysis.findings import Finding, Thresholds, diagnose, routing_findings
 from .analysis.tables import (
     divergence_tables,
@@ -422,7 +423,7 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     critical = [f for f in findings if f.severity == "critical"]
     if critical:
         kinds = sorted({f.title.lower() for f in critical})
-        return f"Routing is unhealthy: {', '.join(kinds)} ({len(critical)} critical finding(s))."
+        return f"Routing is unhealthy: {', '.join(kinds)} ({plural(len(critical), 'critical finding')})."
     mi = tables.get("mutual_information", pd.DataFrame())
     div = tables.get("task_divergence", pd.DataFrame())
     warn = [f for f in findings if f.severity == "warning"]

@@ -229,7 +229,8 @@ def fmt_value(v: Any, column: str | None = None) -> str:
 
     Rules (the numbers test reverses them): integers and integer-valued counts as `1,234`; other
     floats with 3 decimals below 100, 1 decimal below 1000, none above (with separators); values
-    closer to 0 than 0.001 as `<0.001` / `>-0.001`; NaN/None as "—"; booleans as yes/no.
+    closer to 0 than 0.001 as `<0.001` / `>-0.001`, zero (also -0.0) as `0.000`; NaN/None as "—";
+    booleans as yes/no.
     """
     if v is None or v is pd.NA or v is pd.NaT:
         return "—"
@@ -250,7 +251,9 @@ def fmt_value(v: Any, column: str | None = None) -> str:
             return f"{x:,.0f}"
         if abs(x) >= 100:
             return f"{x:.1f}"
-        if x == 0 or abs(x) >= 0.001:
+        if x == 0:
+            return "0.000"  # never "-0.000" (a negative zero, e.g. a difference of two equal AUCs)
+        if abs(x) >= 0.001:
             return f"{x:.3f}"
         return "<0.001" if x > 0 else ">-0.001"  # exact values are in the CSVs and metrics.json
     if isinstance(v, list | tuple):

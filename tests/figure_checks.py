@@ -28,11 +28,11 @@ def _inside(points: np.ndarray, box: Bbox) -> bool:
 
 def _line_points(line: Line2D) -> np.ndarray:
     """Display points of a line's path, densified along each segment (a segment can cross a box between
-    two vertices); axvline/axhline are included."""
+    two vertices; markers-only lines are their points); axvline/axhline are included."""
     xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
     xy = xy[np.isfinite(xy).all(axis=1)]
-    if len(xy) < 2:
-        return xy
+    if len(xy) < 2 or line.get_linestyle() in ("None", "none", "", " "):
+        return xy  # markers only (error bar caps): the points, nothing between them
     t = np.linspace(0.0, 1.0, 40)[:, None, None]
     return (xy[:-1][None] * (1 - t) + xy[1:][None] * t).reshape(-1, 2)
 
