@@ -110,7 +110,8 @@ class Passes:
 def stage_line(label: str, done: float, seconds: float | None, unit: str) -> str:
     """`"  inspecting mmoe.pt: 20,000 rows in 1.2 s (16,667 rows/s)"`: one finished stage, markup-free."""
     seconds = seconds or 0.0
-    rate = f" ({done / seconds:,.0f} {unit}/s)" if seconds > 0 and done else ""
+    per_s = done / seconds if seconds > 0 else 0.0
+    rate = f" ({per_s:,.0f} {unit}/s)" if per_s >= 10 else (f" ({per_s:.2g} {unit}/s)" if per_s > 0 else "")
     return escape(f"  {label}: {done:,.0f} {unit} in {seconds:.1f} s{rate}")
 
 
