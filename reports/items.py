@@ -273,7 +273,12 @@ def table_item(
     marked: Sequence[bool] | None = None,
 ) -> TableItem:
     """A DataFrame as pre-formatted cells (escaping happens in the template); `labels` renames columns;
-    `marked` (one bool per row) highlights rows."""
+    `marked` (one bool per row) highlights rows. A wide table with few rows (more than `WIDE_COLUMNS`
+    columns, at most `WIDE_ROWS` rows, none marked: the gate metrics, one row per gate) is shown
+    transposed, one column per row, so it fits the page column (1400 px windows) instead of scrolling;
+    the CSV keeps the original layout."""
+    if len(frame.columns) > WIDE_COLUMNS and 1 <= len(frame) <= WIDE_ROWS and not any(marked or ()):
+        return _transposed(name, frame, title, description, csv, howto, labels or {})
     cols = [str(c) for c in frame.columns]
     numeric = [
         pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
@@ -293,6 +298,41 @@ def table_item(
         csv=csv,
         howto=howto,
         marked=frozenset(i for i, m in enumerate(marked or ()) if m),
+    )
+
+
+WIDE_COLUMNS = 12
+WIDE_ROWS = 8
+
+
+def _transposed(
+    name: str,
+    frame: pd.DataFrame,
+    title: str | None,
+    description: str,
+    csv: str | None,
+    howto: bool,
+    labels: dict[str, str],
+) -> TableItem:
+    """`frame` with its rows as columns: the first column's values head the columns, every other column
+    becomes a row ("measure", value per original row); cells keep their own number formatting."""
+    first = str(frame.columns[0])
+    heads = [fmt_value(v, first) for v in frame.iloc[:, 0]]
+    heads = [h if heads.count(h) == 1 else f"{h} ({i + 1})" for i, h in enumerate(heads)]
+    rows = []
+    for col in frame.columns[1:]:
+        c = str(col)
+        numeric = pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])
+        label = labels.get(c, c.replace("_", " "))
+        rows.append((Cell(label, False), *(Cell(fmt_value(v, c), numeric) for v in frame[col])))
+    return TableItem(
+        name=name,
+        title=title or name.replace("_", " ").capitalize(),
+        description=description,
+        columns=(labels.get(first, first.replace("_", " ")) + " →", *heads),
+        rows=tuple(rows),
+        csv=csv,
+        howto=howto,
     )
 
 
