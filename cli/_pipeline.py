@@ -359,7 +359,9 @@ def inspect_checkpoint(
     # the same input function `loaded.inspect` builds: kept for the features list and the causal pass
     fn = loaded.input_fn(input=load.input, features=load.features, collate=load.collate)  # type: ignore[arg-type]
     what = label or checkpoint.name
-    preloaded = check_before_pass(loaded, source, load, run, spec, causal)
+    # every rank checks the options; the baselines are loaded where the causal analyses run (rank 0)
+    main = dist is None or dist.is_main
+    preloaded = check_before_pass(loaded, source, load, run, spec, causal if main else None)
     bar = f"inspecting {what}"
     with Passes(run.quiet) as passes:
         tick = passes.bar(bar, expected_rows(source, load.sample, load.limit))

@@ -376,7 +376,7 @@ def coactivation(result: InspectionResult) -> Figure | None:
         _suptitle(
             fig,
             "Expert co-activation: E[g_a·g_b] / (E[g_a]·E[g_b])  (1 = independent)"
-            + ("; gray: an expert with ~0 weight" if any_masked else ""),
+            + ("\ngray: an expert with ~0 weight (its ratio would divide by ~0)" if any_masked else ""),
             result,
             len(gates),
         )
@@ -447,11 +447,11 @@ def _divergence_bars(div: pd.DataFrame, levels: list, metrics: list[tuple[str, s
     with plot_context():
         fig = new_figure(1.6 + 0.5 * len(rows))
         axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-        for ax, (col, label, vmax) in zip(axes, metrics, strict=True):
+        for k, (ax, (col, label, vmax)) in enumerate(zip(axes, metrics, strict=True)):
             vals = np.array([float(getattr(r, col)) for r in rows])
             ax.barh(y, np.nan_to_num(vals), 0.6, color="#d7301f")
             ax.set_xlim(0, vmax)
-            ax.set_yticks(y, names)
+            ax.set_yticks(y, names if k == 0 else [""] * len(names))  # the pair named once, on the left
             ax.invert_yaxis()
             ax.set_xlabel(label)
             ax.grid(axis="y", visible=False)
