@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from mmoe_inspect._plural import plural
+
 from ._common import (
     EXIT_CANNOT_JUDGE,
     EXIT_CHECK_FAILED,
@@ -100,7 +102,10 @@ def check_command(
         )
         raise typer.Exit(EXIT_CANNOT_JUDGE)
     if failing:
-        out.print(f"check failed: {len(failing)} finding(s) match --fail-on {rule.describe()}")
+        out.print(
+            f"check failed: {plural(len(failing), 'finding')} {'matches' if len(failing) == 1 else 'match'} "
+            f"--fail-on {rule.describe()}"
+        )
         raise typer.Exit(EXIT_CHECK_FAILED)
     out.print(f"check passed: no finding matches --fail-on {rule.describe()}")
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from ._common import RunOptions, command, guarded, out, print_findings
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from mmoe_inspect.demo import DemoComparison
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -19,7 +24,7 @@ EPILOG = """\
 
   mmoe-inspect demo --out mmoe-demo --monitor
 
-Then open mmoe-demo/report/index.html. The report measures the MMoE's multi-task gain against the Shared-Bottom and a purchase-only model, and shows segment routing by the data's 'category' column.
+The printed table scores every model on the same held-out rows with 95% paired-bootstrap intervals (also OUT/model_comparison.csv), and the lines below it say whether the differences support the seed's claims (MMoE > OMoE > Shared-Bottom; MMoE helps the sparse purchase task): supported, contradicted, or not shown (not significant). Then open mmoe-demo/report/index.html. The report measures the MMoE's multi-task gain against the Shared-Bottom and a purchase-only model, and shows segment routing by the data's 'category' column.
 """
 
 DEMO_SEGMENT_COLUMN = "category"
@@ -48,22 +53,21 @@ def demo_command(
 ) -> None:
     """Train Shared-Bottom, OMoE, MMoE and PLE on click/purchase data, then inspect the MMoE's gates."""
     with guarded(run.debug):
-        from rich.table import Table
-
         from mmoe_inspect.demo import run_demo
-        from mmoe_inspect.reports import write_report
 
         from ._common import LoadOptions
-        from ._pipeline import AttributionRequest, CausalRequest, inspect_checkpoint
+        from ._pipeline import (
+            AttributionRequest,
+            CausalRequest,
+            inspect_checkpoint,
+            write_report_with_progress,
+        )
 
         log = (lambda _m: None) if run.quiet else (lambda m: out.print(f"  {escape(m)}"))
         demo = run_demo(out_dir, n_rows=rows, seed=run.seed, log=log, monitor=monitor)
-        table = Table(title="Test metrics (held-out 20%)")
-        for col in demo.metrics.columns:
-            table.add_column(str(col), justify="left" if col == "model" else "right")
-        for rec in demo.metrics.itertuples(index=False):
-            table.add_row(*[v if isinstance(v, str) else ("—" if v != v else f"{v:.4f}") for v in rec])
-        out.print(table)
+        out.print(comparison_table(demo.comparison))
+        for line in demo.comparison.lines():
+            out.print(f"  {escape(line)}", soft_wrap=True)  # whole sentences in a CI log
         baselines = {n: demo.checkpoints[n] for n in DEMO_BASELINES if n in demo.checkpoints}
         request = CausalRequest(baselines=baselines, segment_by=DEMO_SEGMENT_COLUMN)
         result = inspect_checkpoint(
@@ -79,7 +83,7 @@ def demo_command(
             from mmoe_inspect.monitor import read_run_log
 
             result.training = read_run_log(demo.run_log)
-        index = write_report(result, out_dir / "report", force=force)
+        index = write_report_with_progress(result, out_dir / "report", force=force, run=run)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"checkpoints: {out_dir / 'checkpoints'}")
@@ -87,3 +91,32 @@ def demo_command(
     if demo.run_log is not None:
         out.print(f"run log:     {demo.run_log}")
     out.print(f"report:      {index}")
+
+
+def comparison_table(comparison: DemoComparison) -> Table:
+    """The demo's models side by side on the same test rows: AUC and log loss per task with their
+    paired-bootstrap 95% intervals (the seed claims they test are printed below it)."""
+    from rich.table import Table
+
+    from mmoe_inspect.analysis.review import fmt_interval
+    from mmoe_inspect.demo import MODEL_NAMES
+
+    frame = comparison.table
+    table = Table(
+        title=f"Test metrics on the same {comparison.n_rows:,} held-out rows (95% paired-bootstrap intervals, "
+        f"{comparison.n_boot} resamples)"
+    )
+    table.add_column("model")
+    table.add_column("task")
+    table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
+    table.add_column("log loss [95% CI]", justify="right", no_wrap=True)
+    for model in dict.fromkeys(frame["model"]):
+        for r in frame[frame["model"] == model].to_dict(orient="records"):
+            if r["auc"] != r["auc"] and r["logloss"] != r["logloss"]:
+                continue  # a model that does not predict the task (the purchase-only model's click)
+            cells = [
+                fmt_interval(float(r[m]), float(r[f"{m}_lo"]), float(r[f"{m}_hi"]))
+                for m in ("auc", "logloss")
+            ]
+            table.add_row(MODEL_NAMES.get(model, model), str(r["task"]), *cells)
+    return table

@@ -28,10 +28,12 @@ from ._pipeline import (
     ATTRIBUTION_ROWS,
     AttributionRequest,
     CausalRequest,
+    default_out_dir,
     distributed_run,
     inspect_checkpoint,
     parse_baselines,
     read_run,
+    write_report_with_progress,
 )
 
 CAUSAL = "Causal analyses"
@@ -41,7 +43,7 @@ DISTRIBUTED = "Distributed runs"
 EPILOG = """\
 [bold]Examples[/bold]
 
-  mmoe-inspect report mmoe-demo/checkpoints/mmoe.pt --out mmoe-report
+  mmoe-inspect report mmoe-demo/checkpoints/mmoe.pt                 (writes mmoe-report-mmoe/)
 
   mmoe-inspect report model.pt --trust-checkpoint --data eval.parquet \\
     --tasks click,purchase --baseline sb=shared_bottom.pt --segment-by device
@@ -52,14 +54,21 @@ EPILOG = """\
 
   torchrun --nproc-per-node 4 -m mmoe_inspect.cli report model.pt --data eval.parquet
 
-Writes OUT/index.html, OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns; feature attributions (Captum) run on a sample of rows within --attribution-budget seconds. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
+Writes OUT/index.html (OUT defaults to mmoe-report-<checkpoint name>; a previous report there is replaced with a notice), OUT/overview.png (one 16:9 slide), OUT/figures/*.png, OUT/metrics.json and OUT/tables/*.csv. The causal analyses run when the data has label columns; feature attributions (Captum) run on a sample of rows within --attribution-budget seconds. Exit code 3 when --fail-on matches. Python: mmoe_inspect.reports.write_report(result, "OUT").
 """
 
 
 @command
 def report_command(
     checkpoint: CheckpointArg,
-    out_dir: Annotated[Path, typer.Option("--out", help="Report folder to write.")] = Path("mmoe-report"),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Report folder to write; a previous report there is replaced (with a notice).",
+            show_default="mmoe-report-<checkpoint name>",
+        ),
+    ] = None,
     spec: SpecOpt = None,
     baseline: Annotated[
         list[str] | None,
@@ -184,8 +193,7 @@ def report_command(
         training = read_run(run_log) if run_log is not None else None
         if no_causal and (baselines or segment_by):
             raise OptionError("--baseline and --segment-by need the causal analyses: drop --no-causal")
-        from mmoe_inspect.reports import write_report
-
+        out_dir = out_dir if out_dir is not None else default_out_dir(checkpoint)
         request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
         attribution = AttributionRequest(attribution_budget, attribution_rows) if attributions else None
         with distributed_run(distributed, load, dist_timeout) as (dist, load):
@@ -204,7 +212,7 @@ def report_command(
                 err.print(
                     f"note: --baseline/--segment-by not used, no causal analyses: {escape(str(reason))}"
                 )
-            index = write_report(result, out_dir, force=force)
+            index = write_report_with_progress(result, out_dir, force=force, run=run)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"report:   {index}")

@@ -92,10 +92,37 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(f"{where}: {type(value).__name__} cannot go into a weights_only checkpoint")
 
 
+def _require_features(frame: pd.DataFrame, features: FeatureSpec) -> None:
+    """A one-line `ValueError` when `frame` lacks a feature column of the model (not pandas' KeyError).
+
+    Reference models built with an int (`MMoE(8, ...)`) name their inputs x0..x7; a frame with other
+    column names needs renaming, or the model needs a `FeatureSpec` with those names.
+    """
+    missing = [c for c in features.names if c not in frame.columns]
+    if not missing:
+        return
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    hint = (
+        f"the model was built with an int, which names its inputs {features.names[0]}..{features.names[-1]}: "
+        "rename the columns (eval_frame.set_axis(...)) or build the model with "
+        "features=FeatureSpec(dense=[your column names])"
+        if _default_names(features)
+        else "pass a frame with the model's feature columns (model.config.features.names)"
+    )
+    raise ValueError(f"eval_frame lacks the model's feature column(s) {shown}; {hint}")
+
+
+def _default_names(features: FeatureSpec) -> bool:
+    """True when `features` are the x0..x{n-1} names an int gives (`FeatureSpec.dense_only(n)`)."""
+    return not features.categorical and features.dense == tuple(f"x{i}" for i in range(len(features.dense)))
+
+
 def _eval_sample(
     frame: pd.DataFrame | None, features: FeatureSpec, tasks: tuple[TaskSpec, ...], max_rows: int
 ) -> dict[str, Any]:
     """Feature and label columns of at most `max_rows` rows of `frame`, as tensors `[n_rows]`."""
+    if frame is not None:
+        _require_features(frame, features)
     if frame is None or max_rows <= 0 or len(frame) == 0:
         return {"columns": {}, "n_rows": 0, "source_rows": 0 if frame is None else len(frame)}
     sample = frame

@@ -5,12 +5,20 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+
+from .topology.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from .causal.metrics import Evaluation
 
 DEMO_ARCHITECTURES = ("shared_bottom", "omoe", "mmoe", "ple")
 SINGLE_TASK = "purchase_only"
@@ -30,6 +38,108 @@ class DemoResult:
     metrics: pd.DataFrame  # one row per model, one column per task metric (NaN: task not predicted)
     seconds: dict[str, float] = field(default_factory=dict)
     run_log: Path | None = None  # the MMoE's GateMonitor run log (run_demo(monitor=True))
+    comparison: DemoComparison | None = None  # paired intervals and the seed claims they test
+
+
+SEED_CLAIMS: tuple[tuple[str, tuple[tuple[str, str, tuple[str, ...]], ...]], ...] = (
+    ("MMoE > OMoE > Shared-Bottom", (("mmoe", "omoe", ("click", "purchase")), ("omoe", "shared_bottom", ("click", "purchase")))),
+    ("MMoE helps the sparse task (purchase)", (("mmoe", SINGLE_TASK, ("purchase",)),)),
+)  # fmt: skip
+"""The seed's claims the demo's comparison tests: (claim, [(better model, worse model, tasks)])."""
+
+MODEL_NAMES = {
+    "shared_bottom": "Shared-Bottom",
+    "omoe": "OMoE",
+    "mmoe": "MMoE",
+    "ple": "PLE",
+    SINGLE_TASK: "purchase-only",
+}
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One seed claim and what the test rows say about it: "supported" (every difference significantly in
+    the claimed direction), "contradicted" (one significantly against it) or "not shown" (else)."""
+
+    claim: str
+    status: str
+    sentence: str
+
+
+@dataclass
+class DemoComparison:
+    """Every demo model on the SAME test rows: AUC and log loss with paired-bootstrap 95% intervals
+    (`table`: one row per model and task), and the seed claims checked by paired differences."""
+
+    table: pd.DataFrame  # model, task, auc, auc_lo, auc_hi, logloss, logloss_lo, logloss_hi
+    claims: list[ClaimCheck]
+    n_rows: int
+    n_boot: int
+
+    def lines(self) -> list[str]:
+        return [f"{c.claim}: {c.status}. {c.sentence}" for c in self.claims]
+
+
+def compare_models(
+    preds: dict[str, dict[str, np.ndarray]],
+    labels: pd.DataFrame,
+    tasks: Sequence[TaskSpec],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> DemoComparison:
+    """Paired comparison of the models' predictions `{model: {task: [n]}}` on the same labelled rows.
+
+    One `mmoe_inspect.causal.metrics.Evaluation` over every model: each bootstrap replicate resamples
+    the rows once and scores every model on it, so a difference's interval is paired (the rows' own
+    difficulty cancels). A model that does not predict a task gets NaN there.
+    """
+    from .causal.metrics import Evaluation
+
+    y = labels[[t.label_column for t in tasks]].to_numpy(dtype=np.float64)
+    n = len(y)
+    stacked = {
+        m: np.column_stack([np.asarray(p.get(t.name, np.full(n, np.nan)), dtype=np.float64) for t in tasks])
+        for m, p in preds.items()
+    }
+    ev = Evaluation(y, tasks, stacked, n_boot=n_boot, seed=seed)
+    rows = []
+    for m in preds:
+        for t in tasks:
+            row: dict[str, object] = {"model": m, "task": t.name}
+            for metric in ev.metrics(t.name):
+                lo, hi = ev.interval(m, t.name, metric)
+                row |= {metric: ev.value(m, t.name, metric), f"{metric}_lo": lo, f"{metric}_hi": hi}
+            rows.append(row)
+    claims = [_check_claim(claim, parts, ev, preds) for claim, parts in SEED_CLAIMS]
+    return DemoComparison(pd.DataFrame(rows), [c for c in claims if c is not None], n, n_boot)
+
+
+def _check_claim(
+    claim: str, parts: tuple[tuple[str, str, tuple[str, ...]], ...], ev: Evaluation, preds: dict
+) -> ClaimCheck | None:
+    """The paired AUC differences a claim rests on, each with its interval and significance."""
+    from .analysis.review import fmt_signed
+
+    pieces, signs = [], []
+    for better, worse, task_names in parts:
+        if better not in preds or worse not in preds:
+            return None
+        for task in task_names:
+            delta, lo, hi = ev.compare(better, worse, task, "auc")
+            if math.isnan(delta):
+                continue
+            significant = not math.isnan(lo) and (lo > 0 or hi < 0)
+            signs.append(0 if not significant else (1 if delta > 0 else -1))
+            pieces.append(
+                f"{MODEL_NAMES.get(better, better)} − {MODEL_NAMES.get(worse, worse)} {task} AUC "
+                f"{fmt_signed(delta)} [{fmt_signed(lo)}, {fmt_signed(hi)}] "
+                f"({'significant' if significant else 'not significant'})"
+            )
+    if not signs:
+        return None
+    status = "contradicted" if -1 in signs else ("supported" if all(s == 1 for s in signs) else "not shown")
+    return ClaimCheck(claim, status, "; ".join(pieces) + ".")
 
 
 def demo_model_kwargs(arch: str) -> dict:
@@ -67,6 +177,8 @@ def run_demo(
     """Generate recommender data, train each architecture, save checkpoints and the eval split.
 
     With `single_task`, also a purchase-only model: the baseline for the sparse task's "MTL gain".
+    Every model is scored on the same test rows with paired-bootstrap intervals and the seed's claims
+    are checked (`DemoResult.comparison`, also `out_dir/model_comparison.csv`).
     With `monitor`, the MMoE trains under a `GateMonitor` (a window every `MONITOR_EVERY` steps) whose
     run log is written to `out_dir/run_log.jsonl` (`DemoResult.run_log`); a window is `MONITOR_EVERY`
     steps, fewer on small runs (about `MONITOR_WINDOWS` windows in all).
@@ -79,7 +191,7 @@ def run_demo(
     from .datasets import make_recsys, recsys_features, recsys_tasks
     from .models import ModelConfig, build_model
     from .monitor import GateMonitor
-    from .train import evaluate, fit
+    from .train import evaluate, fit, predict
 
     say = log or (lambda _m: None)
     out = Path(out_dir)
@@ -105,6 +217,7 @@ def run_demo(
     if run_log is not None:
         run_log.unlink(missing_ok=True)  # the monitor appends: start a fresh log
     rows = []
+    preds: dict[str, dict[str, np.ndarray]] = {}
     purchase = next(t for t in tasks if t.name == "purchase")
     runs = [(arch, arch, tuple(tasks)) for arch in architectures]
     if single_task:
@@ -130,6 +243,7 @@ def run_demo(
                 on_step=_monitor_step(mon) if mon is not None else None,
             )
         scores = evaluate(model, eval_frame, list(model_tasks), features)
+        preds[name] = {t: v.detach().cpu().numpy() for t, v in predict(model, eval_frame, features).items()}
         path = out / "checkpoints" / f"{name}.pt"
         save_checkpoint(path, model, eval_frame=eval_frame, metrics=scores)
         checkpoints[name] = path
@@ -142,4 +256,8 @@ def run_demo(
         say(f"trained {name} in {seconds[name]:.1f}s")
     if run_log is not None:
         say(f"gate run log of the MMoE's training: {run_log}")
-    return DemoResult(out, data_path, eval_path, checkpoints, pd.DataFrame(rows), seconds, run_log)
+    comparison = compare_models(preds, eval_frame, tasks, seed=seed)
+    comparison.table.to_csv(out / "model_comparison.csv", index=False)
+    return DemoResult(
+        out, data_path, eval_path, checkpoints, pd.DataFrame(rows), seconds, run_log, comparison
+    )

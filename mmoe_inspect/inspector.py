@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._plural import plural
 from .analysis._self_change import mark_self_change
 from .analysis.findings import Finding, Thresholds, diagnose, routing_findings
 from .analysis.tables import (
@@ -433,11 +434,11 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     critical = [f for f in findings if f.severity == "critical"]
     if critical:
         kinds = sorted({f.title.lower() for f in critical})
-        return f"Routing is unhealthy: {', '.join(kinds)} ({len(critical)} critical finding(s))."
+        return f"Routing is unhealthy: {', '.join(kinds)} ({plural(len(critical), 'critical finding')})."
     mi = tables.get("mutual_information", pd.DataFrame())
     div = tables.get("task_divergence", pd.DataFrame())
     warn = [f for f in findings if f.severity == "warning"]
-    tail = f"; {len(warn)} warning(s) to review" if warn else ""
+    tail = f"; {plural(len(warn), 'warning')} to review" if warn else ""
     if mi.empty or div.empty:
         return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
     nmi = float(mi["normalized"].max())

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._plural import plural
 from .analysis.findings import Finding, Thresholds
 from .analysis.review import Review, build_review
 from .tabular import json_safe, save_tables, table_records
@@ -106,7 +107,7 @@ class InspectionResult:
         lines = [
             f"{self.model_name}: {self.verdict}",
             f"{self.n_rows:,} rows from {self.data_source}; tasks: {', '.join(self.topology.task_names)}; "
-            f"{len(self.topology.gates)} gate(s), {len(self.topology.experts)} expert(s) ({self.topology.source})",
+            f"{plural(len(self.topology.gates), 'gate')}, {plural(len(self.topology.experts), 'expert')} ({self.topology.source})",
         ]
         lines += [f"{a.question} {a.answer}" for a in self.review.answers if a.key != "routing"]
         lines += [f"  {f.severity:<8} {f.title}: {f.subject}" for f in self.findings]

@@ -106,8 +106,10 @@ def _heatmap(
 
     mask = ~np.isfinite(values)
     annot: bool | np.ndarray = annotate if annotate is not None else values.size <= 144
-    if annot is True and annot_values is not None:
-        annot = annot_values
+    if annot is True:  # cell texts formatted here: never "-0.000" / "+0.000" for a value that rounds to 0
+        shown = np.asarray(annot_values if annot_values is not None else values, dtype=float)
+        annot = np.array([[_cell_text(v, fmt) for v in row] for row in shown], dtype=object)
+        fmt = ""
     ax.set_facecolor("#f0f0f0")  # cells a gate does not mix
     sns.heatmap(
         pd.DataFrame(values, index=[_short(r, 40) for r in rows], columns=[_short(c) for c in cols]),
@@ -128,6 +130,14 @@ def _heatmap(
     ax.tick_params(axis="y", rotation=0)
     ax.grid(False)
     _rotate(ax, [_short(c) for c in cols])
+
+
+def _cell_text(v: float, fmt: str) -> str:
+    """`format(v, fmt)`, with a value that rounds to zero written unsigned ("0.000", not "-0.000")."""
+    if not np.isfinite(v):
+        return ""
+    text = format(v, fmt)
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
 def _annot_size(panel_in: float, n: int, chars: int = 4) -> float:

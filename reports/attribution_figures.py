@@ -63,20 +63,27 @@ def _suffix(shown: int, total: int, what: str) -> str:
     return f" (first {shown} of {total} {what})" if shown < total else ""
 
 
+def shared_feature_order(attributions: pd.DataFrame) -> list[str]:
+    """Features by their mean share over every gate and expert of `attributions` (largest first, ties by
+    name): the one row order of every panel, so a feature sits on the same row in each gate's panel."""
+    mean = attributions.groupby("feature", sort=True)["share"].mean().fillna(0.0)
+    return list(mean.sort_values(ascending=False, kind="stable").index.astype(str))
+
+
 def attribution_gate_heatmaps(result: InspectionResult) -> Figure | None:
-    """Per gate: feature × expert share of mean |attribution| of the gate weight (each column sums to 1)."""
+    """Per gate: feature × expert share of mean |attribution| of the gate weight (each column sums to 1);
+    the features in one order in every panel (`shared_feature_order`)."""
     ga = _table(result, "gate_attributions")
     gates = attribution_gates_shown(result)
     if ga.empty or not gates:
         return None
-    gf = _table(result, "gate_features")
+    shown = ga[ga["gate"].isin(gates)]
+    order = shared_feature_order(shown)
+    n_all = len(order)
+    feats = order[:MAX_HEATMAP_FEATURES]
     panels = []
     for gate in gates:
         sub = ga[ga["gate"] == gate]
-        ranked = gf[gf["gate"] == gate].sort_values("rank") if not gf.empty else pd.DataFrame()
-        feats = list(ranked["feature"]) if not ranked.empty else list(dict.fromkeys(sub["feature"]))
-        n_all = len(feats)
-        feats = feats[:MAX_HEATMAP_FEATURES]
         experts = list(dict.fromkeys(sub["expert"]))
         grid = sub.pivot_table(index="feature", columns="expert", values="share", aggfunc="mean")
         values = grid.reindex(index=feats, columns=experts).to_numpy(dtype=float)

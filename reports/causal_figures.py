@@ -13,6 +13,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from mmoe_inspect.analysis.review import fmt_signed
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS
 from mmoe_inspect.results import InspectionResult
 
@@ -157,7 +158,7 @@ def causal_importance(result: InspectionResult) -> Figure | None:
                     continue
                 ns = not (lo[i, j] > 0 or hi[i, j] < 0)
                 strong = abs(color[i, j]) > 0.6 * lim
-                text = f"{v:+.3f}" + (f"\n{NS_TEXT}" if ns else "")
+                text = fmt_signed(v) + (f"\n{NS_TEXT}" if ns else "")
                 ax.text(
                     j + 0.5,
                     i + 0.5,
@@ -243,7 +244,7 @@ def causal_counterfactuals(result: InspectionResult) -> Figure | None:
                 ax.text(
                     x + (0.03 if v >= 0 else -0.03) * span,
                     yi,
-                    f"{v:+.3f}",
+                    fmt_signed(v),
                     va="center",
                     ha="left" if v >= 0 else "right",
                     fontsize=9.5,

@@ -233,7 +233,8 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
         names = baseline_names(result)
         if names:
             text = (
-                f"No MTL gain: the baseline(s) {', '.join(names)} predict none of the labelled tasks "
+                f"No MTL gain: {'the baseline' if len(names) == 1 else 'the baselines'} {', '.join(names)} "
+                f"{'predicts' if len(names) == 1 else 'predict'} none of the labelled tasks "
                 "(tasks are matched by name)."
             )
         else:

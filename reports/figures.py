@@ -54,7 +54,7 @@ from ._style import (
 )
 from .attribution_figures import attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task
 from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
-from .training_figures import training_divergence, training_entropy, training_utilization
+from .training_figures import training_divergence, training_entropy, training_loss, training_utilization
 
 RESERVOIR_ROWS = 600  # rows per gate drawn in the weight distributions
 MAX_LABEL_ROWS = 24  # gate x label rows in the label-routing heatmap
@@ -308,8 +308,20 @@ def coactivation_lift(m: np.ndarray) -> np.ndarray:
     return lift
 
 
+NEGLIGIBLE_SHARE = 0.1  # an expert whose mean weight is under a tenth of the uniform share 1/E
+
+
+def negligible_experts(m: np.ndarray) -> np.ndarray:
+    """Bool `[E]`: experts whose mean weight (row sums of the mean outer product `m`) is under
+    `NEGLIGIBLE_SHARE / E`. Their co-activation ratio divides by a near-zero mean, so any tiny joint
+    weight reads as a huge ratio (a 110x cell between two experts that both get ~0 weight): masked."""
+    mean = np.asarray(m, dtype=float).sum(axis=1)
+    return ~(mean >= NEGLIGIBLE_SHARE / max(len(mean), 1))
+
+
 def coactivation(result: InspectionResult) -> Figure | None:
-    """Per gate: how much more (or less) often two experts are weighted together than by chance."""
+    """Per gate: how much more (or less) often two experts are weighted together than by chance; experts
+    with negligible weight (`negligible_experts`) are masked (gray), their rows and columns not colored."""
     mats = result.arrays.get("coactivation") or {}
     gates = [
         g
@@ -324,16 +336,22 @@ def coactivation(result: InspectionResult) -> Figure | None:
     with plot_context():
         fig = new_figure((0.75 * panel_in + 1.0) * nrows + 0.4)
         axes = fig.subplots(nrows, ncols, squeeze=False)
+        any_masked = False
         for ax, g in zip(axes.flat, gates, strict=False):
-            lift = coactivation_lift(np.asarray(mats[g.name], dtype=float))
+            m = np.asarray(mats[g.name], dtype=float)
+            lift = coactivation_lift(m)
+            idle = negligible_experts(m)
+            lift[idle, :] = lift[:, idle] = np.nan
+            any_masked |= bool(idle.any())
             with np.errstate(divide="ignore"):
                 color = np.log2(lift)
             color[np.isneginf(color)] = -LIFT_RANGE
+            names = [f"{e} (~0)" if dead else e for e, dead in zip(g.experts, idle, strict=True)]
             _heatmap(
                 ax,
                 color,
-                g.experts,
-                g.experts,
+                names,
+                names,
                 cmap=CMAP_LIFT,
                 vmin=-LIFT_RANGE,
                 vmax=LIFT_RANGE,
@@ -356,7 +374,11 @@ def coactivation(result: InspectionResult) -> Figure | None:
         )
         bar.ax.set_yticklabels([f"{2.0**t:g}×" for t in ticks])
         _suptitle(
-            fig, "Expert co-activation: E[g_a·g_b] / (E[g_a]·E[g_b])  (1 = independent)", result, len(gates)
+            fig,
+            "Expert co-activation: E[g_a·g_b] / (E[g_a]·E[g_b])  (1 = independent)"
+            + ("\ngray: an expert with ~0 weight (its ratio would divide by ~0)" if any_masked else ""),
+            result,
+            len(gates),
         )
     return fig
 
@@ -378,6 +400,8 @@ def task_divergence(result: InspectionResult) -> Figure | None:
         len(set(div.loc[div["level"] == lv, "task_a"]) | set(div.loc[div["level"] == lv, "task_b"]))
         for lv in levels
     )
+    if n_tasks <= 2:  # one pair per level: one number per metric, not a 2 x 2 heatmap
+        return _divergence_bars(div, levels, metrics)
     side = min(5.0, 1.2 + 0.75 * n_tasks)
     with plot_context():
         fig = new_figure(
@@ -410,6 +434,33 @@ def task_divergence(result: InspectionResult) -> Figure | None:
                 if len(levels) > 1:
                     ax.set_title(f"Level {level}", loc="left")
         fig.suptitle("How differently task gates route the same rows (0 = identical)", x=0.01, ha="left")
+    return fig
+
+
+def _divergence_bars(div: pd.DataFrame, levels: list, metrics: list[tuple[str, str, float]]) -> Figure:
+    """Two tasks: one bar per level and metric (the pair's divergence), its value written beside the
+    axis, each axis running to the metric's maximum (1 for total variation, log 2 for Jensen-Shannon)."""
+    rows = [div[div["level"] == lv].iloc[0] for lv in levels]
+    names = [f"{_short(r.task_a, 18)} ~ {_short(r.task_b, 18)}" + (f" (level {lv})" if len(levels) > 1 else "")
+             for r, lv in zip(rows, levels, strict=True)]  # fmt: skip
+    y = np.arange(len(rows))
+    with plot_context():
+        fig = new_figure(1.6 + 0.5 * len(rows))
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        for k, (ax, (col, label, vmax)) in enumerate(zip(axes, metrics, strict=True)):
+            vals = np.array([float(getattr(r, col)) for r in rows])
+            ax.barh(y, np.nan_to_num(vals), 0.6, color="#d7301f")
+            ax.set_xlim(0, vmax)
+            ax.set_yticks(y, names if k == 0 else [""] * len(names))  # the pair named once, on the left
+            ax.invert_yaxis()
+            ax.set_xlabel(label)
+            ax.grid(axis="y", visible=False)
+            side = ax.secondary_yaxis("right")
+            side.set_yticks(y, ["—" if not np.isfinite(v) else f"{v:.3f}" for v in vals])
+            side.tick_params(length=0, labelsize=10.5)
+        fig.suptitle(
+            "How differently the two task gates route the same rows (0 = identical)", x=0.01, ha="left"
+        )
     return fig
 
 
@@ -551,7 +602,9 @@ def task_outputs(result: InspectionResult) -> Figure | None:
                 ax.bar(x, values, 0.6, color=color)
                 if kind == "auc":
                     ax.axhline(0.5, color="#333333", ls="--", lw=1)
-                    ax.text(-0.55, 0.51, "chance", fontsize=9.5, va="bottom", color="#333333")
+                    chance = ax.secondary_yaxis("right")  # named beside the axis, not over the bars
+                    chance.set_yticks([0.5], ["chance"])
+                    chance.tick_params(length=0, labelsize=9.5, colors="#333333")
                     ax.set_ylim(0.0, 1.08)
                 for xi, v in zip(x, values, strict=True):
                     ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=10)
@@ -609,11 +662,20 @@ def effective_experts(result: InspectionResult) -> Figure | None:
             y, gm["n_experts"], 0.7, color="none", edgecolor="#999999", ls="--", label="experts mixed (E)"
         )
         ax.barh(y, gm["effective_experts"], 0.7, color=colors, label="effective experts")
-        for yi, (eff, n) in enumerate(zip(gm["effective_experts"], gm["n_experts"], strict=True)):
-            ax.text(float(n) + 0.08, yi, f"{eff:.2f} of {int(n)}", va="center", fontsize=10)
         ax.set_yticks(y, [_short(t, 30) for t in labels])
         ax.invert_yaxis()
-        ax.set_xlim(0, float(gm["n_experts"].max()) * 1.18 + 0.5)
+        e_max = int(gm["n_experts"].max())
+        ax.set_xlim(0, e_max)  # the axis ends at E: nothing beyond the largest possible value
+        ax.set_xticks(np.arange(0, e_max + 1, max(1, math.ceil(e_max / 10))))
+        values = ax.secondary_yaxis("right")  # "2.10 of 4" beside each bar, outside the plot area
+        values.set_yticks(
+            y,
+            [
+                f"{eff:.2f} of {int(n)}"
+                for eff, n in zip(gm["effective_experts"], gm["n_experts"], strict=True)
+            ],
+        )
+        values.tick_params(length=0, labelsize=10)
         ax.set_xlabel("experts (effective = exp(entropy of the mean gate))")
         fig.legend(*ax.get_legend_handles_labels(), frameon=False, loc="outside lower center", ncols=2)
         ax.grid(axis="y", visible=False)
@@ -691,7 +753,9 @@ FIGURES: dict[str, FigureSpec] = {
             "For each gate and pair of experts, the average product of their weights on the same row divided by "
             "what it would be if the gate picked them independently. Red (above 1×) means the two experts are "
             "weighted together, acting as a team; blue (below 1×) means they replace each other (a row uses one or "
-            "the other). All near 1× (white) means the gate's weights barely change from row to row.",
+            "the other). All near 1× (white) means the gate's weights barely change from row to row. Experts marked "
+            "(~0) get under a tenth of the uniform share 1/E from the gate: their ratios divide by almost nothing "
+            "and would read as huge, so their rows and columns are gray.",
         ),
         FigureSpec(
             "task_divergence",
@@ -701,7 +765,7 @@ FIGURES: dict[str, FigureSpec] = {
             "For every pair of tasks whose gates mix the same experts, how different their weights are on the same "
             "row, averaged over rows. 0 (white) means the two tasks route identically: the multi-gate model has "
             "become a one-gate model for them. Total variation is the share of weight that would have to move, "
-            "from 0 to 1.",
+            "from 0 to 1. With two tasks there is one pair, so the figure is one bar per measure.",
         ),
         FigureSpec(
             "label_routing",
@@ -751,7 +815,7 @@ FIGURES: dict[str, FigureSpec] = {
             "Attributions: features behind each gate",
             attribution_gate_heatmaps,
             "One panel per task gate (the first few; the CSV has every gate): each column is an expert, each row "
-            "an input feature (the gate's top features), each cell the feature's share of everything that moves "
+            "an input feature (the top features over the gates shown, in the same order in every panel), each cell the feature's share of everything that moves "
             "the gate's weight on that expert (Integrated Gradients, mean |attribution| over the sampled rows; a "
             "column sums to 1 over all features). A column dominated by one or two dark cells means the gate "
             "sends rows to that expert based on those features; an evenly pale column means no single feature "
@@ -834,6 +898,15 @@ TRAINING_FIGURES: dict[str, FigureSpec] = {
             "falls to 0 means the task gates converged to the same routing, and the multi-gate model acts as a "
             "one-gate model from that step on.",
         ),
+        FigureSpec(
+            "training_loss",
+            "training",
+            "Training: loss over the steps",
+            training_loss,
+            "The training loss the loop logged with each window (`mon.step(loss=...)`), and the learning rate "
+            "when it changed. Read a finding's dotted line against it: a gate that collapses while the loss "
+            "stalls or jumps points at the step size (learning rate) or the input scale, not at the data.",
+        ),
     )
 }
 """Figures of the Training section, drawn from `result.training` (a GateMonitor run log) only: kept apart
@@ -845,12 +918,20 @@ def all_figures() -> dict[str, FigureSpec]:
     return {**FIGURES, **TRAINING_FIGURES}
 
 
-def render_figures(result: InspectionResult, folder: str | Path) -> dict[str, str]:
-    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name."""
+def render_figures(
+    result: InspectionResult, folder: str | Path, progress: Callable[[int, int], None] | None = None
+) -> dict[str, str]:
+    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name.
+
+    `progress(done, total)` is called after each registered figure (drawn or skipped for lack of data).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    for name, spec in all_figures().items():
+    specs = all_figures()
+    for i, (name, spec) in enumerate(specs.items()):
+        if progress is not None:
+            progress(i, len(specs))
         fig = spec.draw(result)
         if fig is None:
             continue
@@ -859,4 +940,6 @@ def render_figures(result: InspectionResult, folder: str | Path) -> dict[str, st
         finally:
             close(fig)
         written[name] = f"{name}.png"
+    if progress is not None:
+        progress(len(specs), len(specs))
     return written

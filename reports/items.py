@@ -229,7 +229,8 @@ def fmt_value(v: Any, column: str | None = None) -> str:
 
     Rules (the numbers test reverses them): integers and integer-valued counts as `1,234`; other
     floats with 3 decimals below 100, 1 decimal below 1000, none above (with separators); values
-    closer to 0 than 0.001 as `<0.001` / `>-0.001`; NaN/None as "—"; booleans as yes/no.
+    closer to 0 than 0.001 as `<0.001` / `>-0.001`, zero (also -0.0) as `0.000`; NaN/None as "—";
+    booleans as yes/no.
     """
     if v is None or v is pd.NA or v is pd.NaT:
         return "—"
@@ -250,7 +251,9 @@ def fmt_value(v: Any, column: str | None = None) -> str:
             return f"{x:,.0f}"
         if abs(x) >= 100:
             return f"{x:.1f}"
-        if x == 0 or abs(x) >= 0.001:
+        if x == 0:
+            return "0.000"  # never "-0.000" (a negative zero, e.g. a difference of two equal AUCs)
+        if abs(x) >= 0.001:
             return f"{x:.3f}"
         return "<0.001" if x > 0 else ">-0.001"  # exact values are in the CSVs and metrics.json
     if isinstance(v, list | tuple):
@@ -270,7 +273,12 @@ def table_item(
     marked: Sequence[bool] | None = None,
 ) -> TableItem:
     """A DataFrame as pre-formatted cells (escaping happens in the template); `labels` renames columns;
-    `marked` (one bool per row) highlights rows."""
+    `marked` (one bool per row) highlights rows. A wide table with few rows (more than `WIDE_COLUMNS`
+    columns, at most `WIDE_ROWS` rows, none marked: the gate metrics, one row per gate) is shown
+    transposed, one column per row, so it fits the page column (1400 px windows) instead of scrolling;
+    the CSV keeps the original layout."""
+    if len(frame.columns) > WIDE_COLUMNS and 1 <= len(frame) <= WIDE_ROWS and not any(marked or ()):
+        return _transposed(name, frame, title, description, csv, howto, labels or {})
     cols = [str(c) for c in frame.columns]
     numeric = [
         pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
@@ -290,6 +298,41 @@ def table_item(
         csv=csv,
         howto=howto,
         marked=frozenset(i for i, m in enumerate(marked or ()) if m),
+    )
+
+
+WIDE_COLUMNS = 12
+WIDE_ROWS = 8
+
+
+def _transposed(
+    name: str,
+    frame: pd.DataFrame,
+    title: str | None,
+    description: str,
+    csv: str | None,
+    howto: bool,
+    labels: dict[str, str],
+) -> TableItem:
+    """`frame` with its rows as columns: the first column's values head the columns, every other column
+    becomes a row ("measure", value per original row); cells keep their own number formatting."""
+    first = str(frame.columns[0])
+    heads = [fmt_value(v, first) for v in frame.iloc[:, 0]]
+    heads = [h if heads.count(h) == 1 else f"{h} ({i + 1})" for i, h in enumerate(heads)]
+    rows = []
+    for col in frame.columns[1:]:
+        c = str(col)
+        numeric = pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])
+        label = labels.get(c, c.replace("_", " "))
+        rows.append((Cell(label, False), *(Cell(fmt_value(v, c), numeric) for v in frame[col])))
+    return TableItem(
+        name=name,
+        title=title or name.replace("_", " ").capitalize(),
+        description=description,
+        columns=(labels.get(first, first.replace("_", " ")) + " →", *heads),
+        rows=tuple(rows),
+        csv=csv,
+        howto=howto,
     )
 
 

@@ -17,6 +17,7 @@ from mmoe_inspect.results import InspectionResult
 from ._draw import _heatmap, _short, gate_label
 from ._style import CMAP_WEIGHT, close, plot_context, save_png
 from .figures import routing_panels
+from .structure import shown_source
 
 SLIDE_IN = (40 / 3, 7.5)  # a 16:9 slide; at OVERVIEW_DPI = 1920 x 1080 pixels
 OVERVIEW_DPI = 144
@@ -62,7 +63,7 @@ def overview_figure(result: InspectionResult) -> Figure:
             0.03,
             0.858,
             _short(
-                f"{Path(result.data_source).name or result.data_source}  ·  {', '.join(topo.task_names)}  ·  "
+                f"{shown_source(result.data_source)}  ·  {', '.join(topo.task_names)}  ·  "
                 f"{len(topo.experts)} experts, {len(topo.gates)} gates ({topo.architecture or 'architecture not stated'})"
                 f"  ·  {int(result.n_rows):,} rows",
                 150,

@@ -531,7 +531,16 @@ def get_report_structure(
     return Report(
         title=f"mmoe-inspect report: {result.model_name}",
         model=result.model_name,
-        data=result.data_source,
+        data=shown_source(result.data_source),
         sections=tuple(sections),
         overview=overview,
     )
+
+
+def shown_source(source: str) -> str:
+    """The data source as the page and slide show it: a file's name, never the absolute (often temporary)
+    path of the machine that wrote the report; other descriptions ("in-memory DataFrame") unchanged."""
+    from pathlib import PurePath
+
+    text = str(source)
+    return PurePath(text).name if PurePath(text).is_absolute() and PurePath(text).name else text

@@ -1,6 +1,7 @@
 """Figures of the training section, drawn from `result.training` (a `GateMonitor` run log, one row per gate
-per window): utilization, entropy and task divergence over the training steps, with the step at which
-each finding first appeared marked by a vertical line. Each returns None without a run log (or without
+per window): utilization, entropy, task divergence and loss over the training steps, with the step at which
+each finding first appeared marked by a vertical line. Text never sits on the data: a line's step is
+written above the plot area and the findings it marks are named in the legend below the panels. Each returns None without a run log (or without
 the columns it draws), so the report shows a notice instead.
 """
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from mmoe_inspect.results import InspectionResult
 
@@ -45,34 +47,65 @@ def _gate_title(frame: pd.DataFrame, gate: str) -> str:
     return gate if not task or task == gate else f"{gate} ({task})"
 
 
-def mark_findings(ax: Axes, marks: pd.DataFrame, label: bool = True) -> None:
-    """A vertical line at each step where findings first appeared, labelled with their codes and subjects
-    (findings of the same step share one line, colored by the most severe)."""
+def mark_findings(ax: Axes, marks: pd.DataFrame, label: bool = True) -> list[Line2D]:
+    """A vertical dotted line at each step where findings first appeared (findings of the same step share
+    one line, colored by the most severe), its step written just above the plot area (never over the
+    data). Returns legend handles naming each line's findings ("step 20: collapsed_gate (click)"), for a
+    legend outside the axes; none when `label` is False."""
+    handles: list[Line2D] = []
     if marks.empty:
-        return
-    top = ax.get_ylim()[1]
+        return handles
+    span = ax.get_xlim()
+    last_tag = -np.inf
     for step, group in marks.groupby("first_step", sort=True):
         severity = min(
             group["severity"], key=lambda s: list(SEVERITY_COLORS).index(s) if s in SEVERITY_COLORS else 9
         )
         color = SEVERITY_COLORS.get(str(severity), "#555555")
         ax.axvline(float(step), color=color, ls=":", lw=1.5, zorder=4)
+        at = (float(step) - span[0]) / ((span[1] - span[0]) or 1.0)
+        if (
+            0.0 <= at <= 1.0 and at - last_tag > 0.06
+        ):  # tags closer than that would collide: the legend has it
+            ax.text(
+                at,
+                1.01,
+                f"{int(step)}",
+                transform=ax.transAxes,
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color=color,
+            )
+            last_tag = at
         if label:
             subjects: dict[str, list[str]] = {}
             for row in group.itertuples(index=False):
                 subjects.setdefault(str(row.code), []).append(str(row.subject))
             text = "; ".join(f"{code} ({', '.join(subs)})" for code, subs in subjects.items())
-            ax.text(
-                float(step),
-                top * 0.98,
-                (text if len(text) <= 60 else text[:59] + "…") + " ",
-                rotation=90,
-                va="top",
-                ha="right",
-                fontsize=8,
-                color=color,
-                zorder=5,
+            text = f"step {int(step)}: {text}"
+            handles.append(
+                Line2D(
+                    [], [], color=color, ls=":", lw=1.5, label=text if len(text) <= 70 else text[:69] + "…"
+                )
             )
+    return handles
+
+
+def _bottom_legend(fig: Figure, handles: list, ncols: int = 4) -> None:
+    """One legend below every panel (outside the plot areas, so it never covers a line); labels unique."""
+    unique: dict[str, object] = {}
+    for h in handles:
+        unique.setdefault(h.get_label(), h)
+    if unique:
+        fig.legend(
+            list(unique.values()),
+            list(unique),
+            loc="outside lower center",
+            ncols=max(1, min(len(unique), ncols)),
+            frameon=False,
+            fontsize=9,
+        )
 
 
 def _marks_for(marks: pd.DataFrame, gate: str | None) -> pd.DataFrame:
@@ -90,19 +123,24 @@ def training_utilization(result: InspectionResult) -> Figure | None:
     gates = log_gates(frame)[:MAX_PANELS]
     marks = timeline(result)
     nrows, ncols = grid_shape(len(gates))
+    palette = [f"C{i % 10}" for i in range(len(wcols))]  # one color per expert in every panel
     with plot_context():
-        fig = new_figure(2.9 * nrows + 0.8)
+        fig = new_figure(2.9 * nrows + 1.4)
         axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        handles: list = []
         for ax, gate in zip(axes.flat, gates, strict=False):
             sub = frame[frame["gate"] == gate]
-            for c in wcols:
+            for c, color in zip(wcols, palette, strict=True):
                 if sub[c].notna().any():
-                    ax.plot(sub["step"], sub[c], marker="o", ms=2.5, lw=1.4, label=_short(str(c)[2:]))
+                    ax.plot(
+                        sub["step"], sub[c], marker="o", ms=2.5, lw=1.4, color=color, label=_short(str(c)[2:])
+                    )
             ax.set_ylim(0, 1.02)
-            ax.set_title(_short(_gate_title(frame, gate), 30), loc="left")
+            ax.set_title(_short(_gate_title(frame, gate), 30), loc="left", pad=14)
             ax.set_xlabel("training step")
-            mark_findings(ax, _marks_for(marks, gate))
-            ax.legend(fontsize=8, frameon=False, loc="upper left", ncols=2)
+            handles += ax.get_legend_handles_labels()[0]
+            handles += mark_findings(ax, _marks_for(marks, gate))
+        _bottom_legend(fig, handles, ncols=6)
         for ax in axes.flat[len(gates) :]:
             ax.set_visible(False)
         for ax in axes[:, 0]:
@@ -148,9 +186,11 @@ def training_entropy(result: InspectionResult) -> Figure | None:
                 ax.set_ylim(0, 1.02)
             ax.set_xlabel("training step")
             ax.set_ylabel(label)
-            mark_findings(ax, marks, label=ax is axes[0])
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)
+        handles = axes[0].get_legend_handles_labels()[0]
+        for ax in axes:
+            if ax.get_visible():
+                handles += mark_findings(ax, marks, label=ax is axes[0])
+        _bottom_legend(fig, handles)
         fig.suptitle("Gate entropy over training", x=0.01, ha="left")
     return fig
 
@@ -187,7 +227,43 @@ def training_divergence(result: InspectionResult) -> Figure | None:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("training step")
         ax.set_ylabel("total variation per row")
-        mark_findings(ax, marks)
-        ax.legend(fontsize=8, frameon=False, loc="upper right")
-        ax.set_title("Task-to-task routing divergence over training", loc="left")
+        handles = ax.get_legend_handles_labels()[0] + mark_findings(ax, marks)
+        _bottom_legend(fig, handles)
+        ax.set_title("Task-to-task routing divergence over training", loc="left", pad=14)
+    return fig
+
+
+def loss_steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per logged step with its `loss` (and `lr` when logged): the run log repeats them per gate."""
+    if frame.empty or "loss" not in frame or not frame["loss"].notna().any():
+        return pd.DataFrame()
+    cols = ["step", "loss"] + (["lr"] if "lr" in frame and frame["lr"].notna().any() else [])
+    return frame[cols].dropna(subset=["loss"]).drop_duplicates("step").sort_values("step")
+
+
+def training_loss(result: InspectionResult) -> Figure | None:
+    """The training loss logged with each window (and the learning rate when it changes), against the step."""
+    steps = loss_steps(run_log(result))
+    if steps.empty:
+        return None
+    marks = timeline(result)
+    show_lr = "lr" in steps and steps["lr"].nunique() > 1
+    with plot_context():
+        fig = new_figure(3.8)
+        axes = fig.subplots(1, 2 if show_lr else 1, squeeze=False)[0]
+        ax = axes[0]
+        ax.plot(
+            steps["step"], steps["loss"], marker="o", ms=2.5, lw=1.4, color="#333333", label="training loss"
+        )
+        ax.set_xlabel("training step")
+        ax.set_ylabel("loss (logged at the window's step)")
+        ax.set_title("Training loss", loc="left", pad=14)
+        handles = ax.get_legend_handles_labels()[0] + mark_findings(ax, marks)
+        if show_lr:
+            axes[1].plot(steps["step"], steps["lr"], marker="o", ms=2.5, lw=1.4, color="#1565c0")
+            axes[1].set_xlabel("training step")
+            axes[1].set_ylabel("learning rate")
+            axes[1].set_title("Learning rate", loc="left", pad=14)
+            mark_findings(axes[1], marks, label=False)
+        _bottom_legend(fig, handles)
     return fig

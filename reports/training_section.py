@@ -15,7 +15,8 @@ from .training_figures import log_gates, run_log, timeline
 
 INTRO = (
     "How the gates behaved while the model trained, from the run log a GateMonitor wrote: each point is one "
-    "window of training steps. Dotted vertical lines mark the step at which a finding first appeared."
+    "window of training steps. Dotted vertical lines mark the step at which a finding first appeared (the step is "
+    "written above the plot, the findings are named in the legend)."
 )
 NO_RUN_LOG = "No training run log: pass --run RUN_LOG (or demo --monitor)."
 
@@ -53,7 +54,7 @@ def training_section(result: InspectionResult, figures: Mapping[str, str], csv_n
     if "epoch" in frame and frame["epoch"].notna().any():
         pairs.append(("last epoch", fmt_value(int(frame["epoch"].max()))))
     items: list[Item] = [KeyValues(tuple(pairs))]
-    for name in ("training_utilization", "training_entropy", "training_divergence"):
+    for name in ("training_loss", "training_utilization", "training_entropy", "training_divergence"):
         items += _figure(name, figures)
     marks = timeline(result)
     if marks.empty:

@@ -55,10 +55,13 @@ def write_marker(folder: Path, kind: str) -> None:
     (folder / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
 
 
-def build_report(result: InspectionResult, folder: str | Path) -> Path:
-    """Write the report files into an existing empty `folder` (no atomicity; `write_report` wraps this)."""
+def build_report(
+    result: InspectionResult, folder: str | Path, progress: Callable[[int, int], None] | None = None
+) -> Path:
+    """Write the report files into an existing empty `folder` (no atomicity; `write_report` wraps this);
+    `progress(done, total)` follows the figures (see `render_figures`)."""
     folder = Path(folder)
-    figures = render_figures(result, folder / "figures")
+    figures = render_figures(result, folder / "figures", progress)
     write_overview(result, folder / OVERVIEW)
     (folder / "metrics.json").write_text(result.to_json(indent=2) + "\n", encoding="utf-8")
     written = result.save_tables(folder / "tables")
@@ -75,7 +78,13 @@ def build_report(result: InspectionResult, folder: str | Path) -> Path:
     return folder / "index.html"
 
 
-def write_report(result: InspectionResult, out_dir: str | Path, *, force: bool = False) -> Path:
+def write_report(
+    result: InspectionResult,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write `result` as a report folder at `out_dir` and return the path of its `index.html`.
 
     The folder holds `index.html` (opens offline: inline CSS, relative images), `overview.png` (one
@@ -87,12 +96,13 @@ def write_report(result: InspectionResult, out_dir: str | Path, *, force: bool =
     A previous report at `out_dir` is replaced (only the files its marker lists). A non-empty folder
     that is not a report is refused (`ReportError`) unless `force=True`; then the report's files are
     added beside the user's, and a user file at a path the report writes is refused, never replaced.
+    `progress(done, total)` is called as the figures are drawn (the CLI's progress bar).
 
     Examples::
 
         >>> path = write_report(result, "out/report")   # out/report/index.html
     """
-    out = write_folder(out_dir, lambda tmp: build_report(result, tmp), force=force)
+    out = write_folder(out_dir, lambda tmp: build_report(result, tmp, progress), force=force)
     return out / "index.html"
 
 

@@ -30,6 +30,7 @@ def demo_dir(tmp_path_factory) -> Path:
     result = invoke("demo", "--out", out, "--rows", 5000)
     assert result.exit_code == 0, result.output
     assert result.exception is None
+    (out / "demo-output.txt").write_text(result.clean, encoding="utf-8")  # for the comparison test
     return out
 
 
@@ -58,6 +59,55 @@ def test_demo_writes_checkpoints_data_and_report(demo_dir: Path) -> None:
     pngs = list((demo_dir / "report" / "figures").glob("*.png"))
     assert len(pngs) >= 5
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_demo_comparison_has_paired_intervals_and_tests_the_seed_claims(demo_dir: Path) -> None:
+    """Issue 16: the demo's table scores every model on the same test rows with paired intervals, and the
+    sentence next to each seed claim gives the paired differences and their significance, equal to the
+    project's paired bootstrap on the checkpoints' own predictions."""
+    import numpy as np
+    import pandas as pd
+
+    from mmoe_inspect import load_checkpoint
+    from mmoe_inspect.analysis.review import fmt_signed
+    from mmoe_inspect.causal.metrics import paired_bootstrap
+    from mmoe_inspect.train import predict, roc_auc
+
+    table = pd.read_csv(demo_dir / "model_comparison.csv")
+    models = ["shared_bottom", "omoe", "mmoe", "ple", "purchase_only"]
+    assert list(dict.fromkeys(table["model"])) == models
+    assert (table["auc_lo"] <= table["auc"]).all() or table["auc"].isna().any()
+    eval_frame = pd.read_parquet(demo_dir / "eval.parquet")
+    preds = {}
+    for m in models:
+        ckpt = load_checkpoint(demo_dir / "checkpoints" / f"{m}.pt")
+        preds[m] = {t: v.numpy().astype(np.float64) for t, v in predict(ckpt.model, eval_frame).items()}
+    for row in table.to_dict(orient="records"):
+        if row["task"] in preds[row["model"]]:
+            exact = roc_auc(preds[row["model"]][row["task"]], eval_frame[row["task"]].to_numpy())
+            assert abs(row["auc"] - exact) < 1e-9
+            assert row["auc_lo"] < row["auc"] < row["auc_hi"]
+        else:
+            assert np.isnan(row["auc"])
+    output = (demo_dir / "demo-output.txt").read_text(encoding="utf-8")
+    assert "paired-bootstrap intervals" in output
+    claims = {ln.strip().split(":")[0]: ln for ln in output.splitlines() if ln.strip().startswith("MMoE ")}
+    assert set(claims) == {"MMoE > OMoE > Shared-Bottom", "MMoE helps the sparse task (purchase)"}
+    labels = eval_frame["purchase"].to_numpy()
+    for better, worse, claim in (
+        ("mmoe", "omoe", "MMoE > OMoE > Shared-Bottom"),
+        ("mmoe", "purchase_only", "MMoE helps the sparse task (purchase)"),
+    ):
+        d, lo, hi = paired_bootstrap(preds[better]["purchase"], preds[worse]["purchase"], labels, "auc")
+        significant = lo > 0 or hi < 0
+        expected = f"purchase AUC {fmt_signed(d)} [{fmt_signed(lo)}, {fmt_signed(hi)}] (" + (
+            "significant)" if significant else "not significant)"
+        )
+        assert expected in claims[claim], (expected, claims[claim])
+        status = claims[claim].split(":", 1)[1].strip().split(".")[0]
+        assert status in ("supported", "contradicted", "not shown")
+        if not significant:
+            assert status != "supported"
 
 
 def test_report_uses_stored_eval_rows(demo_dir: Path, tmp_path: Path) -> None:

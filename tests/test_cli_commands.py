@@ -78,7 +78,7 @@ def test_check_exits_1_on_the_collapsed_gate(planted) -> None:
     code, text = invoke("check", planted["collapsed"], *loading(planted, "unlabelled"), "--quiet")
     assert code == 1, text
     assert "collapsed_gate" in text and "FAIL" in text and "critical" in text
-    assert "check failed: 1 finding(s) match --fail-on warning or worse" in text
+    assert "check failed: 1 finding matches --fail-on warning or worse" in text
 
 
 def test_check_exits_0_on_the_cleanly_specialized_model(planted) -> None:

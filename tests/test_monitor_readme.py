@@ -1,23 +1,39 @@
 """The README's "Gate health during training" examples run as printed (in a temporary folder) and do what
 their comments say: the plain loop and the Lightning run both see the click gate collapse at step 20,
-the Lightning run stops there, and its TensorBoard logger holds the gate scalars."""
+the Lightning run stops there, and its TensorBoard logger holds the gate scalars. The plain loop ends
+with a saved checkpoint that the section's `mmoe-inspect report ... --run` line turns into a report
+with a Training section (the monitor-to-report path, issue 16)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import warnings
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from mmoe_inspect.cli.main import app
 from mmoe_inspect.monitor import read_run_log
 
 README = Path(__file__).parents[1] / "README.md"
 
 
-def _examples() -> list[str]:
+def _section() -> str:
     text = README.read_text(encoding="utf-8")
     section = text[text.index("## Gate health during training") :]
-    section = section[: section.index("\n## ", 1)]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return section[: section.index("\n## ", 1)]
+
+
+def _examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", _section(), re.S)
+
+
+def _report_line() -> list[str]:
+    """The section's `mmoe-inspect report ...` command, as argv after the program name."""
+    [block] = re.findall(r"```bash\n(.*?)```", _section(), re.S)
+    [line] = [ln for ln in block.splitlines() if ln.startswith("mmoe-inspect report")]
+    return shlex.split(line.split("#")[0])[1:]
 
 
 def test_readme_monitor_examples_run_and_show_the_collapse(tmp_path, monkeypatch) -> None:
@@ -45,3 +61,13 @@ def test_readme_monitor_examples_run_and_show_the_collapse(tmp_path, monkeypatch
     acc.Reload()
     assert {"gates/click/max_utilization", "gates/purchase/entropy"} <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("gates/click/max_utilization")] == [10, 20]
+
+    # the plain loop saved a checkpoint; the README's report line takes it with the run log
+    args = _report_line()
+    assert args[:2] == ["report", "mmoe.pt"] and "--run" in args
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "mmoe-report-mmoe"  # the README's comment: named after the checkpoint
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert 'id="training"' in html and "No training run log" not in html
+    assert (report / "figures" / "training_loss.png").is_file()  # loss was logged, so it is plotted

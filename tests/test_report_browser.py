@@ -350,3 +350,39 @@ def test_demo_review_answers_agree_across_page_json_and_summary(
         assert auc in summary.output  # the checkpoint's stored rows are the demo's eval rows
     assert "Does every task work?" in summary.output
     _keep_summary_and_slide("demo", page.screenshot, demo_report, tmp_path)
+
+
+# ------------------------------------------------------------------ issue 16: tables fit their card at 1400 px
+OVERFLOW_PROBE = """JSON.stringify(Array.from(document.querySelectorAll('.table-scroll')).map(d => ({
+  id: (d.closest('.table-block') || {}).id || '', scroll: d.scrollWidth, width: d.clientWidth}))
+  .filter(x => x.scroll > x.width + 1))"""
+
+
+def overflowing_tables(index: Path, profile: Path, width: int) -> list[dict[str, Any]]:
+    """Tables whose content is wider than their block (they would scroll sideways) at `width` px."""
+    browser = Chromium(profile)
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        sid = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.call("Page.enable", session=sid)
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=sid,
+        )
+        browser.call("Page.navigate", {"url": index.resolve().as_uri()}, session=sid)
+        browser.wait_for(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == sid)
+        value = browser.call(
+            "Runtime.evaluate", {"expression": OVERFLOW_PROBE, "returnByValue": True}, session=sid
+        )["result"]["value"]
+    finally:
+        browser.close()
+    return json.loads(value)
+
+
+def test_gate_metrics_and_task_tables_fit_at_1400_px(demo_report: Path, tmp_path: Path) -> None:
+    """The gate-metrics table (20 columns, one row per gate) used to overflow its card at 1400 px; wide
+    tables with few rows are shown transposed (one column per gate), so nothing scrolls sideways."""
+    html = (demo_report / "index.html").read_text(encoding="utf-8")
+    assert 'id="table-gate_metrics"' in html
+    assert overflowing_tables(demo_report / "index.html", tmp_path / "profile", 1400) == []

@@ -130,3 +130,33 @@ def test_fit_calls_on_step_once_per_step() -> None:
     assert [s for s, _, _ in calls] == list(range(1, 2 * per_epoch + 1))
     assert [e for _, e, _ in calls] == [0] * per_epoch + [1] * per_epoch
     assert all(isinstance(v, float) and v > 0 for *_, v in calls)
+
+
+def test_training_figures_keep_text_off_the_data_and_plot_the_loss(collapsed_log) -> None:
+    """The collapsing run: every training figure (loss included) is drawn, and no text box covers a line or a
+    legend (the finding labels used to run through the lines and the legend); the check itself catches a
+    label written on a line."""
+    from types import SimpleNamespace
+
+    from figure_checks import text_overlaps
+    from matplotlib.figure import Figure
+
+    from mmoe_inspect.reports.figures import TRAINING_FIGURES
+
+    log, _ = collapsed_log
+    result = SimpleNamespace(training=read_run_log(log), topology=SimpleNamespace(task_names=TASKS))
+    drawn = {name: spec.draw(result) for name, spec in TRAINING_FIGURES.items()}  # type: ignore[arg-type]
+    assert set(drawn) == {"training_loss", "training_utilization", "training_entropy", "training_divergence"}
+    for name, fig in drawn.items():
+        assert fig is not None, name
+        assert text_overlaps(fig) == [], name
+    loss_ax = drawn["training_loss"].axes[0]
+    assert len(loss_ax.lines[0].get_xdata()) == read_run_log(log)["step"].nunique()
+    labels = [t.get_text() for t in drawn["training_utilization"].legends[0].get_texts()]
+    assert any(t.startswith("step ") and "collapsed_gate" in t for t in labels)
+
+    bad = Figure()
+    ax = bad.subplots()
+    ax.plot([0, 10], [0, 1], label="e0")
+    ax.text(5, 0.5, "collapsed_gate (click)", ha="center", va="center")
+    assert text_overlaps(bad) == ["'collapsed_gate (click)' covers line 'e0'"]

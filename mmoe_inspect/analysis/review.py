@@ -176,7 +176,8 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
         return Answer(
             "tasks",
             q,
-            f"Partly: every labelled task ranks rows above chance, but {', '.join(loose)} predict(s) "
+            f"Partly: every labelled task ranks rows above chance, but {', '.join(loose)} "
+            f"{'predicts' if len(loose) == 1 else 'predict'} "
             "probabilities no better than the base rate (miscalibrated).",
             "unknown",
             evidence,

@@ -72,6 +72,7 @@ def run_attribution(
     method: Method = "auto",
     delta_tolerance: float = 0.05,
     max_scan_rows: int | None = 1_000_000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AttributionResult:
     """Attribute every gate weight, expert output norm and task prediction of `model` to its input features.
 
@@ -91,7 +92,8 @@ def run_attribution(
 
     `targets` orders the work ("gates", "experts", "tasks"); one target at a time runs until
     `budget_seconds` (None = no limit; counted from the call, data reading included) would be
-    exceeded, and the rest is listed in `result.skipped`. Convergence deltas above
+    exceeded, and the rest is listed in `result.skipped`; `progress(done, total)` is called after each
+    target (the CLI's progress bar). Convergence deltas above
     `delta_tolerance` × the attribution sum are flagged. The model is left exactly as found
     (modes restored, hooks removed, parameters and their `.grad` untouched), also when a forward raises.
 
@@ -136,7 +138,7 @@ def run_attribution(
         notes += layer.notes
         used = _method(layer, method, notes)
         outcome, skipped, per_call = _attribute(
-            model, layer, x, calls, work, used, baseline, n_steps, budget_seconds, started
+            model, layer, x, calls, work, used, baseline, n_steps, budget_seconds, started, progress
         )
     if skipped:
         notes.append(
@@ -307,6 +309,7 @@ def _attribute(
     n_steps: int,
     budget: float | None,
     started: float,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, tuple[Target, TargetAttribution]], list[str], float | None]:
     """Run the method target by target until the budget would be exceeded; returns done, skipped, s/output."""
     rows = layer.rows
@@ -341,6 +344,8 @@ def _attribute(
             outputs += len(target.outputs)
             per_output = spent / outputs
             done[target.key] = (target, res)
+            if progress is not None:
+                progress(i + 1, len(work))
     return done, [], per_output
 
 

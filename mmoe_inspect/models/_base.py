@@ -17,6 +17,11 @@ class MultiTaskModel(nn.Module):
     """Base class: `inputs` (a `FeatureInput`), `towers` (one per task), `.config`, `.topology()`.
 
     Subclasses build the part between input and towers and return `{task name: tensor [batch]}`.
+
+    Feature names: `features` is a `FeatureSpec` (its column names), or an int n meaning n dense inputs
+    NAMED x0..x{n-1}: `MMoE(8, ...)` reads columns x0..x7. Those names are what `save_checkpoint`'s
+    `eval_frame` and `mmoe-inspect report --data` must hold; to keep your own column names, pass
+    `mmoe_inspect.FeatureSpec(dense=("d0", ..., "d7"))` instead of the int.
     """
 
     architecture: ClassVar[str] = ""

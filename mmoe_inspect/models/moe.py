@@ -67,7 +67,11 @@ class OMoE(_SharedExperts):
 
 
 class MMoE(_SharedExperts):
-    """Multi-gate MoE (Ma et al., KDD 2018): task i mixes the experts with its own `gates.i` `[batch, E]`."""
+    """Multi-gate MoE (Ma et al., KDD 2018): task i mixes the experts with its own `gates.i` `[batch, E]`.
+
+    `MMoE(8, ("click", "purchase"))` takes 8 dense inputs named x0..x7 (a `FeatureSpec` names them
+    otherwise; see `MultiTaskModel`).
+    """
 
     architecture = "mmoe"
 
