@@ -457,7 +457,8 @@ def cannot_judge_sentence(topology: Topology) -> str:
     if items:
         more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
         found = (
-            f"; {len(topology.gates)} gate(s) were found and are reported, but the routing as a whole is unverified"
+            f"; {plural(len(topology.gates), 'gate')} {'was' if len(topology.gates) == 1 else 'were'} found and "
+            "reported, but the routing as a whole is unverified"
             if topology.has_gates
             else ""
         )

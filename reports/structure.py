@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from mmoe_inspect._plural import plural
 from mmoe_inspect.analysis.findings import SEVERITY_ORDER
 from mmoe_inspect.analysis.review import Review
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
@@ -92,7 +93,7 @@ def unverified_text(topo: Topology) -> str:
         what = "; ".join(u.line() for u in topo.unresolved[:3])
         more = f" (and {len(topo.unresolved) - 3} more)" if len(topo.unresolved) > 3 else ""
         return (
-            f"Routing not verified: discovery saw {len(topo.unresolved)} gate-like item(s) it could not "
+            f"Routing not verified: discovery saw {plural(len(topo.unresolved), 'gate-like item')} it could not "
             f"resolve: {what}{more}. This is not a Shared-Bottom verdict: name the gates in a spec file "
             "(`mmoe-inspect topology MODEL --write spec.toml`, fill in the suggested [[gates]]) and pass it "
             "with --spec."

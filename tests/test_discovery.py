@@ -344,7 +344,7 @@ def test_softmaxes_that_are_not_gates_are_not_gates():
     assert [g.module for g in topo.gates] == ["gates.ctr", "gates.cvr"]
     assert topo.task_names == ("ctr", "cvr")  # the "topic" distribution is no task
     assert any("embedding lookups (embeddings.0): attention over features" in n for n in topo.notes)
-    assert any("3 softmax output(s) are not gates" in n for n in topo.notes)
+    assert any("3 softmax outputs are not gates" in n for n in topo.notes)
     assert any("[64, 6] in the model's forward (re-weights values" in n for n in topo.notes)
     assert any("[64, 4] in the model's forward (an output distribution)" in n for n in topo.notes)
     assert any("'topic'" in n for n in topo.notes)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmoe_inspect._plural import plural
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._graphops import backward_views, find_reduction, forward_views, view_parent
 from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures, gathered_experts
@@ -553,7 +554,7 @@ def _describe_gates(
     if rejected:
         shown = {(graph.nodes[m.weights].shape, why, _where(graph, m.combine)) for m, why in rejected}
         notes.append(
-            f"{len(shown)} weighted combination(s) are not gates: "
+            f"{plural(len(shown), 'weighted combination')} {'is' if len(shown) == 1 else 'are'} not gates: "
             + "; ".join(f"{list(shape)} in {where} {why}" for shape, why, where in sorted(shown, key=str))
         )
 
@@ -564,7 +565,9 @@ def _describe_gates(
 
     if not gates:
         if unresolved:
-            notes.insert(0, f"no recordable gates, and {len(unresolved)} gate-like item(s) unresolved")
+            notes.insert(
+                0, f"no recordable gates, and {plural(len(unresolved), 'gate-like item')} unresolved"
+            )
         else:
             notes.insert(0, NO_GATES_NOTE)
             notes.append(
@@ -705,11 +708,11 @@ def _describe_gates(
         )
     functional = [g for g in gates if g.loc.op is not None]
     if not ({"inline", "call"} & penalties) and not functional:
-        notes.insert(0, f"{len(gates)} gate(s) traced to modules; experts traced to module outputs")
+        notes.insert(0, f"{plural(len(gates), 'gate')} traced to modules; experts traced to module outputs")
     else:
         notes.insert(
             0,
-            f"{len(gates)} gate(s) found"
+            f"{plural(len(gates), 'gate')} found"
             + (f" ({len(functional)} read at the function level)" if functional else ""),
         )
     confidence = 1.0 - sum(_PENALTY[p] for p in penalties)
@@ -875,7 +878,8 @@ def _unexplained_softmaxes(
             )
         )
     if quiet:
-        notes.append(f"{len(quiet)} softmax output(s) are not gates: " + "; ".join(quiet))
+        verb = "is not a gate" if len(quiet) == 1 else "are not gates"
+        notes.append(f"{plural(len(quiet), 'softmax output')} {verb}: " + "; ".join(quiet))
     return out
 
 
