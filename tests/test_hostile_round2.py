@@ -552,3 +552,15 @@ def test_fuzz_flag_lists_are_exit_0_or_2(checkpoint: Path, args) -> None:
     code, text = run("topology", checkpoint, "--quiet", *args)
     assert code in (0, 2), (args, text)
     assert "Traceback" not in text
+
+
+def test_zip_end_record_with_a_damaged_disk_number_is_exit_2(checkpoint: Path, tmp_path: Path) -> None:
+    """Found by the fuzz test: `zipfile.is_zipfile` itself raises BadZipFile ("span multiple disks") for
+    a damaged end record; that is a damaged checkpoint (exit 2), not an internal error."""
+    data = bytearray(checkpoint.read_bytes())
+    locator = data.rindex(b"PK\x06\x07")  # zip64 end-of-central-directory locator: its disk number at +4
+    data[locator + 4] = 1
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    code, text = run("topology", path, "--quiet")
+    assert code == 2 and "damaged" in text and "internal error" not in text, text

@@ -59,6 +59,8 @@ def sniff(path: Path) -> Sniffed:
         is_zip = zipfile.is_zipfile(path)
     except (OSError, ValueError):
         is_zip = False
+    except zipfile.BadZipFile as exc:  # an end record zipfile refuses (e.g. a damaged "disk" number)
+        return Sniffed("truncated", problem=f"a damaged zip archive ({exc})")
     if is_zip:
         return _sniff_zip(path)
     if head.startswith(b"PK\x03\x04"):
