@@ -27,8 +27,6 @@ parameter, buffer or `.grad` touched.
 from __future__ import annotations
 
 import difflib
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,18 +36,25 @@ from torch import nn
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
-from mmoe_inspect.topology._graphops import backward_views, find_reduction, forward_views, view_parent
-from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, find_mixtures, gathered_experts
+from mmoe_inspect.topology._graphops import backward_views
+from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
+from mmoe_inspect.topology._nodes import feeds, kind_of, node_module, node_where
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
     Ref,
-    gate_axis,
     iter_tensors,
     replay_with_leaves,
     softmax_dim,
     trace_forward,
+)
+from mmoe_inspect.topology._unresolved import (
+    function_snippet,
+    module_snippet,
+    named_like_gates,
+    outside_torch,
+    unexplained_softmaxes,
 )
 from mmoe_inspect.topology.spec import (
     ExpertSpec,
@@ -102,12 +107,6 @@ class _Gate:
         return self.loc.producer
 
 
-def _where(graph: Graph, idx: int) -> str:
-    """Where node `idx` was computed: the innermost module path, for notes."""
-    module = graph.nodes[idx].module
-    return "the model's forward" if module in (None, ROOT) else f"{module}"
-
-
 def _gate_shaped(graph: Graph, idx: int, ax: int | None, bax: int | None, n_experts: int) -> bool:
     """Node `idx` holds only the gate: `n_experts` on `ax`, the batch on `bax` (if any), 1 elsewhere."""
     shape = graph.nodes[idx].shape
@@ -123,38 +122,6 @@ def _chain(graph: Graph, idx: int, ax: int, bax: int | None) -> list[tuple[int, 
     e_chain = backward_views(graph, idx, ax)
     b_chain = backward_views(graph, idx, bax) if bax is not None else [(i, None) for i, _ in e_chain]
     return [(i, a, b) for (i, a), (_, b) in zip(e_chain, b_chain, strict=True)]
-
-
-def _row_values(graph: Graph, idx: int, ax: int | None, bax: int | None) -> torch.Tensor | None:
-    """The values of node `idx` as `[rows, E]` float64 (None when not available)."""
-    t = graph.nodes[idx].tensor
-    if t is None or ax is None or not t.is_floating_point():
-        return None
-    t = t.detach().to(torch.float64)
-    if bax is None:
-        return t.movedim(ax, -1).reshape(-1, t.shape[ax])[:1]
-    return t.movedim((bax, ax), (0, -1)).reshape(t.shape[bax], -1, t.shape[ax]).reshape(-1, t.shape[ax])
-
-
-# Per-entry activations: their rows are not normalized by construction, whatever values they hold.
-_ELEMENTWISE_ACTIVATIONS = frozenset(
-    {"sigmoid", "relu", "exp", "softplus", "hardsigmoid", "elu", "gelu", "tanh", "abs", "silu", "relu6"}
-)
-
-
-def _kind_of(graph: Graph, idx: int, ax: int | None, bax: int | None) -> GateOutput:
-    """ "probs" when every row is a distribution over the experts, else "weights"."""
-    node = graph.nodes[idx]
-    if node.op == "softmax" and softmax_dim(node.args, node.kwargs, node.ndim) == ax:
-        return "probs"
-    if node.op in _ELEMENTWISE_ACTIVATIONS:  # a sigmoid gate that happens to sum to 1 here is still one
-        return "weights"
-    rows = _row_values(graph, idx, ax, bax)
-    if rows is None or not bool(torch.isfinite(rows).all()):
-        return "weights"
-    if float(rows.min()) >= -1e-6 and float((rows.sum(-1) - 1.0).abs().max()) <= 1e-4:
-        return "probs"
-    return "weights"
 
 
 @dataclass(frozen=True)
@@ -206,7 +173,7 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
         found: tuple, output: GateOutput | None, call_index: int | None, note: str | None
     ) -> _Located:
         call, idx, ax, bax = found
-        kind = output or _kind_of(graph, idx, ax, bax)
+        kind = output or kind_of(graph, idx, ax, bax)
         return _Located(call.path, kind, ax, -1 if bax is None else bax, call_index, producer=idx, note=note)
 
     if probs is not None and n_calls.get(probs[0].path, 1) == 1:
@@ -228,7 +195,7 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
         module = pnode.module or ROOT
         return _Located(
             module,
-            _kind_of(graph, producer, pax, pbax),
+            kind_of(graph, producer, pax, pbax),
             pax,
             -1 if pbax is None else pbax,
             op=pnode.op,
@@ -241,14 +208,14 @@ def _locate(graph: Graph, mix: Mixture) -> _Located | str:
         w = graph.nodes[mix.weights]
         return _Located(
             module,
-            _kind_of(graph, mix.weights, mix.w_axis, mix.w_batch),
+            kind_of(graph, mix.weights, mix.w_axis, mix.w_batch),
             mix.w_axis,
             -1 if mix.w_batch is None else mix.w_batch,
             op=cnode.op,
             occurrence=graph.occurrence(mix.combine, module),
             arg=mix.arg,
             producer=mix.weights,
-            note=f"gate weights {list(w.shape)} are read where {cnode.op} in {_where(graph, mix.combine)} uses them",
+            note=f"gate weights {list(w.shape)} are read where {cnode.op} in {node_where(graph, mix.combine)} uses them",
         )
     return "its weights are made where no torch function call can be located"
 
@@ -264,7 +231,7 @@ def _locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, i
         module = ROOT  # the indices are made elsewhere: count both calls over the model's forward
     return _Located(
         module,
-        "probs" if _kind_of(graph, idx, pax, pbax) == "probs" else "weights",
+        "probs" if kind_of(graph, idx, pax, pbax) == "probs" else "weights",
         pax,
         -1 if pbax is None else pbax,
         op=pnode.op,
@@ -275,7 +242,7 @@ def _locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, i
         index_occurrence=graph.occurrence(mix.indices, module),  # type: ignore[arg-type]
         index_arg=-(inode.out_pos + 1),
         note=f"top-{graph.nodes[idx].shape[pax]} gate over {mix.n_experts} experts: weights scattered by the "
-        f"indices of {inode.op} in {_where(graph, inode.idx)}",
+        f"indices of {inode.op} in {node_where(graph, inode.idx)}",
     )
 
 
@@ -283,7 +250,7 @@ def _gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
     """Prefer, among readings of one combination, weights that look like a gate (a distribution)."""
     chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
     producer, pax, pbax = chain[-1]
-    kind = _kind_of(graph, producer, pax, pbax)
+    kind = kind_of(graph, producer, pax, pbax)
     op = graph.nodes[producer].op
     return (0 if kind == "probs" else 1 if op in ("sigmoid", "softmax") else 2, mix.combine)
 
@@ -451,7 +418,7 @@ def _describe(
                     ROOT,
                     f"discovery could not finish reading it ({type(exc).__name__}: {str(exc)[:200]}); "
                     "name the gates in a spec file",
-                    _module_snippet("<module path of the gate>", None, tasks),
+                    module_snippet("<module path of the gate>", None, tasks),
                 ),
             ),
         )
@@ -500,9 +467,9 @@ def _describe_gates(
                 unresolved.append(
                     Unresolved(
                         f"a mixture of {mix.n_experts} experts ({graph.nodes[mix.combine].op})",
-                        _module_of(graph, mix.combine),
+                        node_module(graph, mix.combine),
                         found,
-                        _function_snippet(graph, mix.combine, mix.n_experts, tasks, arg=mix.arg),
+                        function_snippet(graph, mix.combine, mix.n_experts, tasks, arg=mix.arg),
                     )
                 )
                 done_outputs.add(mix.output)
@@ -532,19 +499,19 @@ def _describe_gates(
     inner = [
         g
         for g in gates
-        if any(h is not g and _feeds(graph, g.mixture_output, {h.weights, h.producer}) for h in gates)
+        if any(h is not g and feeds(graph, g.mixture_output, {h.weights, h.producer}) for h in gates)
     ]
     for g in inner:
         gates.remove(g)
         notes.append(
-            f"a weighted combination in {_where(graph, g.mixture_output)} builds another gate's weights "
+            f"a weighted combination in {node_where(graph, g.mixture_output)} builds another gate's weights "
             "(part of that gate's computation, e.g. selectors); not a gate of its own"
         )
     for g in gates:
         loc = g.loc
         if loc.op is not None:
             notes.append(
-                f"gate weights in {_where(graph, g.producer)} are read at the function level: {loc.op} call "
+                f"gate weights in {node_where(graph, g.producer)} are read at the function level: {loc.op} call "
                 f"#{loc.occurrence}" + (f" (argument {loc.arg})" if loc.arg >= 0 else "") + f" while "
                 f"{loc.module or 'the model'} runs"
             )
@@ -552,16 +519,16 @@ def _describe_gates(
             penalties.add("extra_mix")
             notes.append(f"one gate's weights are used in {g.uses} weighting ops; only the first was traced")
     if rejected:
-        shown = {(graph.nodes[m.weights].shape, why, _where(graph, m.combine)) for m, why in rejected}
+        shown = {(graph.nodes[m.weights].shape, why, node_where(graph, m.combine)) for m, why in rejected}
         notes.append(
             f"{plural(len(shown), 'weighted combination')} {'is' if len(shown) == 1 else 'are'} not gates: "
             + "; ".join(f"{list(shape)} in {where} {why}" for shape, why, where in sorted(shown, key=str))
         )
 
     task_nodes = _task_nodes(graph, out, outputs)
-    unresolved += _unexplained_softmaxes(graph, gates, rejected, task_nodes, tasks, notes)
-    unresolved += _outside_torch(graph, task_nodes, tasks)
-    unresolved += _named_like_gates(model, graph, gates, tasks, notes)
+    unresolved += unexplained_softmaxes(graph, gates, rejected, task_nodes, tasks, notes)
+    unresolved += outside_torch(graph, task_nodes, tasks)
+    unresolved += named_like_gates(model, graph, gates, tasks, notes)
 
     if not gates:
         if unresolved:
@@ -794,11 +761,6 @@ def _experts_by_index(
     return out
 
 
-def _module_of(graph: Graph, idx: int) -> str:
-    module = graph.nodes[idx].module
-    return ROOT if module is None else module
-
-
 def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
     """Nodes holding the task predictions (and the output tensor they were sliced from)."""
     found = {o.node for o in outputs if o.node is not None}
@@ -821,381 +783,6 @@ def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
     except (KeyError, IndexError, TypeError):
         return None
     return None
-
-
-def _unexplained_softmaxes(
-    graph: Graph,
-    gates: list[_Gate],
-    rejected: list[tuple[Mixture, str]],
-    task_nodes: set[int],
-    tasks: tuple[TaskSpec, ...],
-    notes: list[str],
-) -> list[Unresolved]:
-    """Gate-shaped softmaxes that reach the task outputs but are neither a found gate nor explained."""
-    out: list[Unresolved] = []
-    gate_weights = {g.weights for g in gates} | {g.producer for g in gates}
-    quiet: list[str] = []
-    for s in graph.nodes:
-        if s.op != "softmax":
-            continue
-        dim = softmax_dim(s.args, s.kwargs, s.ndim)
-        if dim is None or not 2 <= s.shape[dim] <= 1024:
-            continue
-        axis = gate_axis(s.shape, dim, graph.batch_size)
-        if axis is None and not (s.ndim == 1 and dim == 0):
-            # attention maps [B, H, L, L] and other multi-axis softmaxes weight no set of per-row experts
-            quiet.append(f"{list(s.shape)} in {_where(graph, s.idx)} (an attention map over several axes)")
-            continue
-        if _feeds(graph, s.idx, gate_weights):
-            continue  # part of a found gate's weights (noisy top-k, masks, renormalisation)
-        below = graph.descendants(s.idx)
-        where = _where(graph, s.idx)
-        judged = [why for m, why in rejected if m.weights in below]
-        if judged:  # its combination was judged: attention over features, embeddings, ...
-            quiet.append(f"{list(s.shape)} in {where} (its weighted sum {judged[0]})")
-            continue
-        if not below & task_nodes:
-            quiet.append(f"{list(s.shape)} in {where} (does not reach the task outputs)")
-            continue
-        if any(idx in task_nodes for idx, _ in forward_views(graph, s.idx, dim)):
-            quiet.append(f"{list(s.shape)} in {where} (an output distribution)")
-            continue
-        why = _unexplained_use(graph, s.idx, dim, task_nodes)
-        if why == "":
-            quiet.append(f"{list(s.shape)} in {where} (an output distribution: its entries are the outputs)")
-            continue
-        if why is None:
-            quiet.append(f"{list(s.shape)} in {where} (re-weights values without mixing per-row experts)")
-            continue
-        module = _module_of(graph, s.idx)
-        out.append(
-            Unresolved(
-                f"a softmax over {s.shape[dim]} entries {list(s.shape)}",
-                module,
-                f"it reaches the task outputs through {why}, but no weighted combination of expert outputs "
-                "could be traced from it (the mixing may run outside torch, in a custom op or an autograd Function)",
-                _function_snippet(graph, s.idx, s.shape[dim], tasks, dim=dim),
-            )
-        )
-    if quiet:
-        verb = "is not a gate" if len(quiet) == 1 else "are not gates"
-        notes.append(f"{plural(len(quiet), 'softmax output')} {verb}: " + "; ".join(quiet))
-    return out
-
-
-# Ops through which a softmax may flow without routing anything (products are judged separately).
-_PLAIN_OPS = frozenset(
-    {
-        "add", "radd", "sub", "rsub", "div", "truediv", "rtruediv", "log", "exp", "clamp", "clamp_min",
-        "clamp_max", "pow", "neg", "abs", "sqrt", "where", "masked_fill", "gt", "lt", "ge", "le", "eq", "ne",
-        "sum", "mean", "amax", "amin", "max", "min", "log_softmax", "softmax", "sigmoid", "tanh", "relu",
-        "cat", "stack", "isfinite", "isnan", "nan_to_num", "entr", "square", "reciprocal", "std", "var",
-        "norm", "logsumexp", "dropout", "linear",
-    }
-)  # fmt: skip
-
-
-def _feeds(graph: Graph, start: int, targets: set[int], limit: int = 2048) -> bool:
-    """Whether `start` reaches one of `targets` through ops that take no parameters (the gate's own
-    arithmetic: noise, masks, top-k, renormalisation), not through a parametrized layer (the gate's input)."""
-    seen = {start}
-    todo = [start]
-    while todo and len(seen) < limit:
-        idx = todo.pop()
-        if idx in targets:
-            return True
-        for c in graph.children[idx]:
-            node = graph.nodes[c]
-            if c in seen or any(graph.nodes[p].op == "param" for p in node.parents):
-                continue
-            seen.add(c)
-            todo.append(c)
-    return False
-
-
-_SELECT_OPS = frozenset({"getitem", "select", "narrow", "index_select", "unbind", "split", "chunk", "gather"})
-
-
-def _unexplained_use(graph: Graph, idx: int, axis: int, task_nodes: set[int]) -> str | None:
-    """How a gate-shaped softmax is used in a way that could be a mixture discovery did not resolve
-    (a product summed over its axis, a product of its entries with wider per-row values, a contraction
-    with per-row values, a routing or unknown op). None when it only re-weights or transforms values;
-    "" when its entries, picked or transformed, are the task outputs themselves (an output distribution)."""
-    batch = graph.batch_size
-    todo: list[tuple[int, int | None]] = list(forward_views(graph, idx, axis))
-    seen = {n for n, _ in todo}
-    to_outputs = False
-    while todo and len(seen) < 256:
-        node_idx, ax = todo.pop(0)
-        view = graph.nodes[node_idx]
-        to_outputs |= node_idx in task_nodes
-        for c in graph.children[node_idx]:
-            child = graph.nodes[c]
-            if c in seen:
-                continue
-            partners = [r.node for r in iter_refs(child.args) if r.node != node_idx]
-            per_row = [p for p in partners if batch in graph.nodes[p].shape]
-            if child.op in MUL_OPS:
-                shifted = None if ax is None else ax + child.ndim - view.ndim
-                if per_row and shifted is not None and 0 <= shifted < child.ndim:
-                    if find_reduction(graph, c, shifted) is not None:
-                        return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
-                elif per_row and any(
-                    graph.nodes[p].ndim > view.ndim or math.prod(graph.nodes[p].shape) > math.prod(view.shape)
-                    for p in per_row
-                ):
-                    return f"a product of its entries with {list(graph.nodes[per_row[0]].shape)}"
-                continue
-            if child.op in MATMUL_OPS or child.op == "einsum":
-                if per_row:
-                    return f"{child.op} with {list(graph.nodes[per_row[0]].shape)}"
-                continue
-            if view_parent(graph, child) == node_idx:
-                continue  # views were followed by forward_views (with the axis)
-            if child.op in _SELECT_OPS or child.op in _PLAIN_OPS:
-                seen.add(c)
-                todo.append((c, None))
-                continue
-            return f"{child.op}"
-    return "" if to_outputs else None
-
-
-def _batch_axis_of(graph: Graph, idx: int) -> bool:
-    return graph.batch_size in graph.nodes[idx].shape
-
-
-_GATE_WORDS = frozenset(
-    {
-        "gate", "gates", "gating", "router", "routers", "routing", "expert", "experts", "moe", "mmoe",
-        "omoe", "ple", "cgc", "mixture", "mixtures",
-    }
-)  # fmt: skip
-
-
-def _words(name: str) -> set[str]:
-    """Lower-case words of an identifier: `task_gates.0` -> {task, gates}, `CGCLayer` -> {cgc, layer}."""
-    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
-    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
-    return {w for w in re.split(r"[^A-Za-z]+", name.lower()) if w}
-
-
-def _gate_word(name: str) -> bool:
-    """Whether a module path or class name is named like a gate, expert, router or MoE layer."""
-    if re.search(r"(MoE|MOE)(?![a-z])", name):
-        return True
-    return any(_GATE_WORDS & _words(part) for part in name.split("."))
-
-
-def iter_refs(obj: Any) -> list[Ref]:
-    """`Ref`s inside a recorded op's (nested) arguments."""
-    if isinstance(obj, Ref):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [r for o in obj for r in iter_refs(o)]
-    if isinstance(obj, dict):
-        return [r for o in obj.values() for r in iter_refs(o)]
-    return []
-
-
-def _named_like_gates(
-    model: nn.Module, graph: Graph, gates: list[_Gate], tasks: tuple[TaskSpec, ...], notes: list[str]
-) -> list[Unresolved]:
-    """Modules (or the model's class) named like gates/experts/MoE that ran but belong to no found gate."""
-    covered_paths = {g.loc.module for g in gates}
-    for g in gates:
-        covered_paths |= {r.module for r in g.experts if r.module is not None}
-        covered_paths |= {r.parent for r in g.experts if r.parent}
-    upstream: set[int] = set()
-    for g in gates:
-        for n in [g.weights, g.producer, *g.expert_nodes]:
-            upstream |= _ancestors(graph, n)
-    outputs_of: dict[str, list[int]] = {}
-    for idx, calls in graph.module_outputs.items():
-        for c in calls:
-            outputs_of.setdefault(c.path, []).append(idx)
-    out: list[Unresolved] = []
-    flagged: list[str] = []
-    for path in graph.calls:
-        if path == ROOT or not (_gate_word(path) or _gate_word(type(graph.modules[path]).__name__)):
-            continue
-        if any(path == c or path.startswith(c + ".") or c.startswith(path + ".") for c in covered_paths if c):
-            continue
-        if any(idx in upstream for idx in outputs_of.get(path, [])):
-            continue
-        flagged.append(path)
-    # report the outermost flagged modules only, one item per container (experts.0 ... experts.7)
-    flagged = [p for p in flagged if not any(p.startswith(q + ".") for q in flagged if q != p)]
-    groups: dict[str, list[str]] = {}
-    for path in flagged:
-        head, _, last = path.rpartition(".")
-        groups.setdefault(head if last.isdigit() and head else path, []).append(path)
-    for container, paths in list(groups.items())[:8]:
-        cls = type(graph.modules[paths[0]]).__name__
-        named = paths[0] if len(paths) == 1 else f"{paths[0]} ... {paths[-1]} ({len(paths)} modules)"
-        if "expert" in " ".join(_words(container)) or "experts" in _words(container):
-            snippet = "".join(f'[[experts]]\nname = "{p}"\nmodule = "{p}"\n' for p in paths)
-            reason = "their outputs feed no gate discovery found"
-        else:
-            e, kind = _module_gate_guess(graph, outputs_of.get(paths[0], []))
-            snippet = _module_snippet(paths[0], e, tasks, kind)
-            reason = "it ran in the forward but is part of no gate discovery found"
-        out.append(
-            Unresolved(
-                f"module {named} ({cls}) is named like a gate, expert or MoE layer",
-                container,
-                reason,
-                snippet,
-            )
-        )
-    if len(groups) > 8:
-        notes.append(f"{len(groups) - 8} more modules named like gates/experts are not part of any gate")
-    if not gates and not out:
-        cls = type(model).__name__
-        if _gate_word(cls):
-            out.append(
-                Unresolved(
-                    f"the model's class {cls} is named like a mixture-of-experts model",
-                    ROOT,
-                    "but no gate (a per-row weighted combination of expert outputs) was found in its forward",
-                    _module_snippet("<module path of the gate>", None, tasks),
-                )
-            )
-    return out
-
-
-def _module_gate_guess(graph: Graph, outputs: list[int]) -> tuple[int | None, str]:
-    """(E, output kind) a module's output suggests as a gate: logits when the model softmaxes it."""
-    if not outputs:
-        return None, "probs"
-    node = graph.nodes[outputs[0]]
-    shape = node.shape
-    e = shape[-1] if len(shape) >= 2 and 2 <= shape[-1] <= 1024 else None
-    if e is None:
-        return None, "probs"
-    if any(graph.nodes[c].op == "softmax" for c in graph.children[node.idx]):
-        return e, "logits"
-    return e, _kind_of(graph, node.idx, len(shape) - 1, 0 if shape[0] == graph.batch_size else None)
-
-
-# Source nodes whose values torch did not compute: copied in from numpy/Python, or made where the
-# tracer could not see (a C extension returning a fresh tensor is a "const").
-_FROM_OUTSIDE = frozenset({"const", "from_numpy", "as_tensor", "asarray", "tensor", "frombuffer"})
-
-
-def _outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
-    """Per-row tensors that enter the forward from outside torch (numpy, a C extension) on the way to the
-    outputs: the forward is not fully visible, so gate-shaped softmaxes cut off by it may be gates."""
-    above: set[int] = set()
-    for t in task_nodes:
-        above |= _ancestors(graph, t)
-    entered = [
-        n
-        for n in graph.nodes
-        if n.op in _FROM_OUTSIDE and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
-    ]
-    if not entered:
-        return []
-    first = entered[0]
-    cut = [
-        s
-        for s in graph.nodes
-        if s.op == "softmax"
-        and (dim := softmax_dim(s.args, s.kwargs, s.ndim)) is not None
-        and gate_axis(s.shape, dim, graph.batch_size) is not None
-        and not graph.descendants(s.idx) & task_nodes
-    ]
-    snippet = (
-        _function_snippet(
-            graph,
-            cut[0].idx,
-            cut[0].shape[softmax_dim(cut[0].args, cut[0].kwargs, cut[0].ndim) or 1],
-            tasks,
-            dim=softmax_dim(cut[0].args, cut[0].kwargs, cut[0].ndim) or 1,
-        )
-        if cut
-        else _module_snippet("<module path of the gate>", None, tasks)
-    )
-    return [
-        Unresolved(
-            f"a per-row tensor {list(first.shape)} enters the forward from outside torch",
-            _module_of(graph, first.idx),
-            "part of the forward runs where no tracer sees it (numpy, a C extension), so a mixture may be hidden"
-            + (f"; {len(cut)} gate-shaped softmax(es) stop before it" if cut else ""),
-            snippet,
-        )
-    ]
-
-
-def _ancestors(graph: Graph, idx: int, limit: int = 100_000) -> set[int]:
-    seen = {idx}
-    todo = [idx]
-    while todo and len(seen) < limit:
-        for p in graph.nodes[todo.pop()].parents:
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return seen
-
-
-def _experts_snippet(n_experts: int | None) -> tuple[str, str]:
-    if n_experts is None:
-        return '["expert[0]", "expert[1]"]  # one name per expert, in the gate\'s column order', (
-            '[[experts]]\nname = "expert[0]"  # module = "path" when a module returns this expert\'s output\n'
-            '[[experts]]\nname = "expert[1]"\n'
-        )
-    names = [f"expert[{i}]" for i in range(n_experts)]
-    blocks = "".join(
-        f'[[experts]]\nname = "{n}"'
-        + ('  # module = "path" when a module returns its output' if i == 0 else "")
-        + "\n"
-        for i, n in enumerate(names)
-    )
-    return "[" + ", ".join(f'"{n}"' for n in names) + "]", blocks
-
-
-def _task_line(tasks: tuple[TaskSpec, ...]) -> str:
-    return f'task = "FILL_IN"  # one of: {", ".join(t.name for t in tasks)}; omit for a shared gate'
-
-
-def _function_snippet(
-    graph: Graph, idx: int, n_experts: int, tasks: tuple[TaskSpec, ...], *, dim: int = 1, arg: int = -1
-) -> str:
-    """A `[[gates]]` block reading node `idx`'s op at the function level, to be completed by hand."""
-    node = graph.nodes[idx]
-    module = _module_of(graph, idx)
-    occurrence = graph.occurrence(idx, module) if node.seq >= 0 else 0
-    experts, blocks = _experts_snippet(n_experts)
-    return (
-        "[[gates]]\n"
-        'name = "FILL_IN"\n'
-        f'module = "{module}"\n'
-        f'op = "{node.op}"\n'
-        f"occurrence = {occurrence}\n"
-        f"arg = {arg}\n"
-        'output = "probs"  # "logits" or "weights" if the rows are not distributions\n'
-        f"dim = {dim}\n"
-        "batch_dim = 0\n"
-        f"experts = {experts}\n"
-        f"{_task_line(tasks)}\n"
-        f"{blocks}"
-    )
-
-
-def _module_snippet(
-    path: str, n_experts: int | None, tasks: tuple[TaskSpec, ...], output: str = "probs"
-) -> str:
-    """A `[[gates]]` block reading a module's output, to be completed by hand."""
-    experts, blocks = _experts_snippet(n_experts)
-    return (
-        "[[gates]]\n"
-        'name = "FILL_IN"\n'
-        f'module = "{path}"\n'
-        f'output = "{output}"  # "probs", "logits" (softmaxed afterwards by the model) or "weights"\n'
-        "dim = 1\n"
-        f"experts = {experts}\n"
-        f"{_task_line(tasks)}\n"
-        f"{blocks}"
-    )
 
 
 def validate_topology(model: nn.Module, topology: Topology) -> None:

@@ -1,0 +1,361 @@
+"""Never silent: the gate-like things in a traced forward that discovery could not turn into gates.
+
+`unexplained_softmaxes` (gate-shaped softmaxes that reach the task outputs through a combination no
+rule resolved), `outside_torch` (per-row tensors entering the forward from numpy or a C extension) and
+`named_like_gates` (modules or classes named like gates/experts/MoE that belong to no found gate) each
+return `Unresolved` items with a TOML snippet to start a hand-written spec from.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from mmoe_inspect._plural import plural
+from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_parent
+from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture
+from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
+from mmoe_inspect.topology._trace import ROOT, Graph, gate_axis, softmax_dim
+from mmoe_inspect.topology.spec import TaskSpec, Unresolved
+
+
+def unexplained_softmaxes(
+    graph: Graph,
+    gates: Sequence[Any],
+    rejected: list[tuple[Mixture, str]],
+    task_nodes: set[int],
+    tasks: tuple[TaskSpec, ...],
+    notes: list[str],
+) -> list[Unresolved]:
+    """Gate-shaped softmaxes that reach the task outputs but are neither a found gate nor explained."""
+    out: list[Unresolved] = []
+    gate_weights = {g.weights for g in gates} | {g.producer for g in gates}
+    quiet: list[str] = []
+    for s in graph.nodes:
+        if s.op != "softmax":
+            continue
+        dim = softmax_dim(s.args, s.kwargs, s.ndim)
+        if dim is None or not 2 <= s.shape[dim] <= 1024:
+            continue
+        axis = gate_axis(s.shape, dim, graph.batch_size)
+        if axis is None and not (s.ndim == 1 and dim == 0):
+            # attention maps [B, H, L, L] and other multi-axis softmaxes weight no set of per-row experts
+            quiet.append(
+                f"{list(s.shape)} in {node_where(graph, s.idx)} (an attention map over several axes)"
+            )
+            continue
+        if feeds(graph, s.idx, gate_weights):
+            continue  # part of a found gate's weights (noisy top-k, masks, renormalisation)
+        below = graph.descendants(s.idx)
+        where = node_where(graph, s.idx)
+        judged = [why for m, why in rejected if m.weights in below]
+        if judged:  # its combination was judged: attention over features, embeddings, ...
+            quiet.append(f"{list(s.shape)} in {where} (its weighted sum {judged[0]})")
+            continue
+        if not below & task_nodes:
+            quiet.append(f"{list(s.shape)} in {where} (does not reach the task outputs)")
+            continue
+        if any(idx in task_nodes for idx, _ in forward_views(graph, s.idx, dim)):
+            quiet.append(f"{list(s.shape)} in {where} (an output distribution)")
+            continue
+        why = _unexplained_use(graph, s.idx, dim, task_nodes)
+        if why == "":
+            quiet.append(f"{list(s.shape)} in {where} (an output distribution: its entries are the outputs)")
+            continue
+        if why is None:
+            quiet.append(f"{list(s.shape)} in {where} (re-weights values without mixing per-row experts)")
+            continue
+        module = node_module(graph, s.idx)
+        out.append(
+            Unresolved(
+                f"a softmax over {s.shape[dim]} entries {list(s.shape)}",
+                module,
+                f"it reaches the task outputs through {why}, but no weighted combination of expert outputs "
+                "could be traced from it (the mixing may run outside torch, in a custom op or an autograd Function)",
+                function_snippet(graph, s.idx, s.shape[dim], tasks, dim=dim),
+            )
+        )
+    if quiet:
+        verb = "is not a gate" if len(quiet) == 1 else "are not gates"
+        notes.append(f"{plural(len(quiet), 'softmax output')} {verb}: " + "; ".join(quiet))
+    return out
+
+
+# Ops through which a softmax may flow without routing anything (products are judged separately).
+
+_PLAIN_OPS = frozenset(
+    {
+        "add", "radd", "sub", "rsub", "div", "truediv", "rtruediv", "log", "exp", "clamp", "clamp_min",
+        "clamp_max", "pow", "neg", "abs", "sqrt", "where", "masked_fill", "gt", "lt", "ge", "le", "eq", "ne",
+        "sum", "mean", "amax", "amin", "max", "min", "log_softmax", "softmax", "sigmoid", "tanh", "relu",
+        "cat", "stack", "isfinite", "isnan", "nan_to_num", "entr", "square", "reciprocal", "std", "var",
+        "norm", "logsumexp", "dropout", "linear",
+    }
+)  # fmt: skip
+
+
+_SELECT_OPS = frozenset({"getitem", "select", "narrow", "index_select", "unbind", "split", "chunk", "gather"})
+
+
+def _unexplained_use(graph: Graph, idx: int, axis: int, task_nodes: set[int]) -> str | None:
+    """How a gate-shaped softmax is used in a way that could be a mixture discovery did not resolve
+    (a product summed over its axis, a product of its entries with wider per-row values, a contraction
+    with per-row values, a routing or unknown op). None when it only re-weights or transforms values;
+    "" when its entries, picked or transformed, are the task outputs themselves (an output distribution)."""
+    batch = graph.batch_size
+    todo: list[tuple[int, int | None]] = list(forward_views(graph, idx, axis))
+    seen = {n for n, _ in todo}
+    to_outputs = False
+    while todo and len(seen) < 256:
+        node_idx, ax = todo.pop(0)
+        view = graph.nodes[node_idx]
+        to_outputs |= node_idx in task_nodes
+        for c in graph.children[node_idx]:
+            child = graph.nodes[c]
+            if c in seen:
+                continue
+            partners = [r.node for r in iter_refs(child.args) if r.node != node_idx]
+            per_row = [p for p in partners if batch in graph.nodes[p].shape]
+            if child.op in MUL_OPS:
+                shifted = None if ax is None else ax + child.ndim - view.ndim
+                if per_row and shifted is not None and 0 <= shifted < child.ndim:
+                    if find_reduction(graph, c, shifted) is not None:
+                        return f"a product with {list(graph.nodes[per_row[0]].shape)} summed over its axis"
+                elif per_row and any(
+                    graph.nodes[p].ndim > view.ndim or math.prod(graph.nodes[p].shape) > math.prod(view.shape)
+                    for p in per_row
+                ):
+                    return f"a product of its entries with {list(graph.nodes[per_row[0]].shape)}"
+                continue
+            if child.op in MATMUL_OPS or child.op == "einsum":
+                if per_row:
+                    return f"{child.op} with {list(graph.nodes[per_row[0]].shape)}"
+                continue
+            if view_parent(graph, child) == node_idx:
+                continue  # views were followed by forward_views (with the axis)
+            if child.op in _SELECT_OPS or child.op in _PLAIN_OPS:
+                seen.add(c)
+                todo.append((c, None))
+                continue
+            return f"{child.op}"
+    return "" if to_outputs else None
+
+
+def _batch_axis_of(graph: Graph, idx: int) -> bool:
+    return graph.batch_size in graph.nodes[idx].shape
+
+
+_GATE_WORDS = frozenset(
+    {
+        "gate", "gates", "gating", "router", "routers", "routing", "expert", "experts", "moe", "mmoe",
+        "omoe", "ple", "cgc", "mixture", "mixtures",
+    }
+)  # fmt: skip
+
+
+def _words(name: str) -> set[str]:
+    """Lower-case words of an identifier: `task_gates.0` -> {task, gates}, `CGCLayer` -> {cgc, layer}."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return {w for w in re.split(r"[^A-Za-z]+", name.lower()) if w}
+
+
+def gate_word(name: str) -> bool:
+    """Whether a module path or class name is named like a gate, expert, router or MoE layer."""
+    if re.search(r"(MoE|MOE)(?![a-z])", name):
+        return True
+    return any(_GATE_WORDS & _words(part) for part in name.split("."))
+
+
+def named_like_gates(
+    model: nn.Module, graph: Graph, gates: Sequence[Any], tasks: tuple[TaskSpec, ...], notes: list[str]
+) -> list[Unresolved]:
+    """Modules (or the model's class) named like gates/experts/MoE that ran but belong to no found gate."""
+    covered_paths = {g.loc.module for g in gates}
+    for g in gates:
+        covered_paths |= {r.module for r in g.experts if r.module is not None}
+        covered_paths |= {r.parent for r in g.experts if r.parent}
+    upstream: set[int] = set()
+    for g in gates:
+        for n in [g.weights, g.producer, *g.expert_nodes]:
+            upstream |= ancestors(graph, n)
+    outputs_of: dict[str, list[int]] = {}
+    for idx, calls in graph.module_outputs.items():
+        for c in calls:
+            outputs_of.setdefault(c.path, []).append(idx)
+    out: list[Unresolved] = []
+    flagged: list[str] = []
+    for path in graph.calls:
+        if path == ROOT or not (gate_word(path) or gate_word(type(graph.modules[path]).__name__)):
+            continue
+        if any(path == c or path.startswith(c + ".") or c.startswith(path + ".") for c in covered_paths if c):
+            continue
+        if any(idx in upstream for idx in outputs_of.get(path, [])):
+            continue
+        flagged.append(path)
+    # report the outermost flagged modules only, one item per container (experts.0 ... experts.7)
+    flagged = [p for p in flagged if not any(p.startswith(q + ".") for q in flagged if q != p)]
+    groups: dict[str, list[str]] = {}
+    for path in flagged:
+        head, _, last = path.rpartition(".")
+        groups.setdefault(head if last.isdigit() and head else path, []).append(path)
+    for container, paths in list(groups.items())[:8]:
+        cls = type(graph.modules[paths[0]]).__name__
+        named = paths[0] if len(paths) == 1 else f"{paths[0]} ... {paths[-1]} ({len(paths)} modules)"
+        if "expert" in " ".join(_words(container)) or "experts" in _words(container):
+            snippet = "".join(f'[[experts]]\nname = "{p}"\nmodule = "{p}"\n' for p in paths)
+            reason = "their outputs feed no gate discovery found"
+        else:
+            e, kind = _module_gate_guess(graph, outputs_of.get(paths[0], []))
+            snippet = module_snippet(paths[0], e, tasks, kind)
+            reason = "it ran in the forward but is part of no gate discovery found"
+        out.append(
+            Unresolved(
+                f"module {named} ({cls}) is named like a gate, expert or MoE layer",
+                container,
+                reason,
+                snippet,
+            )
+        )
+    if len(groups) > 8:
+        notes.append(f"{len(groups) - 8} more modules named like gates/experts are not part of any gate")
+    if not gates and not out:
+        cls = type(model).__name__
+        if gate_word(cls):
+            out.append(
+                Unresolved(
+                    f"the model's class {cls} is named like a mixture-of-experts model",
+                    ROOT,
+                    "but no gate (a per-row weighted combination of expert outputs) was found in its forward",
+                    module_snippet("<module path of the gate>", None, tasks),
+                )
+            )
+    return out
+
+
+def _module_gate_guess(graph: Graph, outputs: list[int]) -> tuple[int | None, str]:
+    """(E, output kind) a module's output suggests as a gate: logits when the model softmaxes it."""
+    if not outputs:
+        return None, "probs"
+    node = graph.nodes[outputs[0]]
+    shape = node.shape
+    e = shape[-1] if len(shape) >= 2 and 2 <= shape[-1] <= 1024 else None
+    if e is None:
+        return None, "probs"
+    if any(graph.nodes[c].op == "softmax" for c in graph.children[node.idx]):
+        return e, "logits"
+    return e, kind_of(graph, node.idx, len(shape) - 1, 0 if shape[0] == graph.batch_size else None)
+
+
+# Source nodes whose values torch did not compute: copied in from numpy/Python, or made where the
+# tracer could not see (a C extension returning a fresh tensor is a "const").
+_FROM_OUTSIDE = frozenset({"const", "from_numpy", "as_tensor", "asarray", "tensor", "frombuffer"})
+
+
+def outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
+    """Per-row tensors that enter the forward from outside torch (numpy, a C extension) on the way to the
+    outputs: the forward is not fully visible, so gate-shaped softmaxes cut off by it may be gates."""
+    above: set[int] = set()
+    for t in task_nodes:
+        above |= ancestors(graph, t)
+    entered = [
+        n
+        for n in graph.nodes
+        if n.op in _FROM_OUTSIDE and n.idx in above and graph.batch_size in n.shape and n.ndim >= 1
+    ]
+    if not entered:
+        return []
+    first = entered[0]
+    cut = [
+        s
+        for s in graph.nodes
+        if s.op == "softmax"
+        and (dim := softmax_dim(s.args, s.kwargs, s.ndim)) is not None
+        and gate_axis(s.shape, dim, graph.batch_size) is not None
+        and not graph.descendants(s.idx) & task_nodes
+    ]
+    snippet = (
+        function_snippet(
+            graph,
+            cut[0].idx,
+            cut[0].shape[softmax_dim(cut[0].args, cut[0].kwargs, cut[0].ndim) or 1],
+            tasks,
+            dim=softmax_dim(cut[0].args, cut[0].kwargs, cut[0].ndim) or 1,
+        )
+        if cut
+        else module_snippet("<module path of the gate>", None, tasks)
+    )
+    return [
+        Unresolved(
+            f"a per-row tensor {list(first.shape)} enters the forward from outside torch",
+            node_module(graph, first.idx),
+            "part of the forward runs where no tracer sees it (numpy, a C extension), so a mixture may be hidden"
+            + (f"; {len(cut)} gate-shaped softmax(es) stop before it" if cut else ""),
+            snippet,
+        )
+    ]
+
+
+def _experts_snippet(n_experts: int | None) -> tuple[str, str]:
+    if n_experts is None:
+        return '["expert[0]", "expert[1]"]  # one name per expert, in the gate\'s column order', (
+            '[[experts]]\nname = "expert[0]"  # module = "path" when a module returns this expert\'s output\n'
+            '[[experts]]\nname = "expert[1]"\n'
+        )
+    names = [f"expert[{i}]" for i in range(n_experts)]
+    blocks = "".join(
+        f'[[experts]]\nname = "{n}"'
+        + ('  # module = "path" when a module returns its output' if i == 0 else "")
+        + "\n"
+        for i, n in enumerate(names)
+    )
+    return "[" + ", ".join(f'"{n}"' for n in names) + "]", blocks
+
+
+def _task_line(tasks: tuple[TaskSpec, ...]) -> str:
+    return f'task = "FILL_IN"  # one of: {", ".join(t.name for t in tasks)}; omit for a shared gate'
+
+
+def function_snippet(
+    graph: Graph, idx: int, n_experts: int, tasks: tuple[TaskSpec, ...], *, dim: int = 1, arg: int = -1
+) -> str:
+    """A `[[gates]]` block reading node `idx`'s op at the function level, to be completed by hand."""
+    node = graph.nodes[idx]
+    module = node_module(graph, idx)
+    occurrence = graph.occurrence(idx, module) if node.seq >= 0 else 0
+    experts, blocks = _experts_snippet(n_experts)
+    return (
+        "[[gates]]\n"
+        'name = "FILL_IN"\n'
+        f'module = "{module}"\n'
+        f'op = "{node.op}"\n'
+        f"occurrence = {occurrence}\n"
+        f"arg = {arg}\n"
+        'output = "probs"  # "logits" or "weights" if the rows are not distributions\n'
+        f"dim = {dim}\n"
+        "batch_dim = 0\n"
+        f"experts = {experts}\n"
+        f"{_task_line(tasks)}\n"
+        f"{blocks}"
+    )
+
+
+def module_snippet(
+    path: str, n_experts: int | None, tasks: tuple[TaskSpec, ...], output: str = "probs"
+) -> str:
+    """A `[[gates]]` block reading a module's output, to be completed by hand."""
+    experts, blocks = _experts_snippet(n_experts)
+    return (
+        "[[gates]]\n"
+        'name = "FILL_IN"\n'
+        f'module = "{path}"\n'
+        f'output = "{output}"  # "probs", "logits" (softmaxed afterwards by the model) or "weights"\n'
+        "dim = 1\n"
+        f"experts = {experts}\n"
+        f"{_task_line(tasks)}\n"
+        f"{blocks}"
+    )
