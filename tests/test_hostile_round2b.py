@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
 from torch import nn
 from typer.testing import CliRunner
 
 from mmoe_inspect import FeatureSpec, inspect
 from mmoe_inspect.checkpoint import save_checkpoint
 from mmoe_inspect.cli._common import FINDING_CODES
-from mmoe_inspect.cli.main import app
 from mmoe_inspect.data.batches import frame_to_inputs
 from mmoe_inspect.data.door import ColumnTypeError
 from mmoe_inspect.data.schema import CategoricalFeature
@@ -35,19 +35,6 @@ from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology,
 
 runner = CliRunner()
 N = 400
-
-
-def run(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def one_error_line(code: int, text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    assert code == 2, text
-    assert "Traceback" not in text and "internal error" not in text, text
-    assert len(lines) == 1 and lines[0].startswith("error: "), text
-    return lines[0]
 
 
 def rows(seed: int = 0) -> pd.DataFrame:
