@@ -23,6 +23,7 @@ a gate (and not attention over features) is discovery's.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,17 @@ def _arg_position(node: Node, ref: Ref) -> int:
 
 def _batch_axes(shape: tuple[int, ...], batch: int, skip: int | None = None) -> list[int]:
     return [i for i, s in enumerate(shape) if s == batch and i != skip]
+
+
+def _views_back(graph: Graph, idx: int, limit: int = 256) -> Iterator[Node]:
+    """Node `idx`, then the nodes it is a view of (reshape, unsqueeze, transpose, ...), nearest first."""
+    cur: int | None = idx
+    for _ in range(limit):
+        if cur is None:
+            return
+        node = graph.nodes[cur]
+        yield node
+        cur = view_parent(graph, node)
 
 
 # ----------------------------------------------------------------------------------------- mul + sum
@@ -276,19 +288,11 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
 # ------------------------------------------------------------------------- per-expert products
 def _picked(graph: Graph, idx: int) -> tuple[int, int, int] | None:
     """(source, axis, index) when node `idx` is one position of a source tensor (through views)."""
-    cur = idx
-    for _ in range(16):
-        node = graph.nodes[cur]
+    for node in _views_back(graph, idx, 16):
         picked = selection(graph, node, None) or selection(graph, node, _kept_axis(graph, node))
         if picked is not None:
             src, pax, picks = picked
-            if len(picks) == 1:
-                return src, pax, picks[0]
-            return None
-        p = view_parent(graph, node)
-        if p is None:
-            return None
-        cur = p
+            return (src, pax, picks[0]) if len(picks) == 1 else None
     return None
 
 
@@ -396,37 +400,30 @@ def _gathered_from(graph: Graph, idx: int, depth: int = 8) -> tuple[int, int, in
 
 def _concat_parts(graph: Graph, idx: int) -> list[int] | None:
     """The parts of a row-wise concatenation (`cat(..., dim=0)`) that node `idx` is (through views)."""
-    cur = idx
-    for _ in range(8):
-        node = graph.nodes[cur]
-        if node.op == "cat":
-            seq = node.arg(0, "tensors")
-            dim = node.arg(1, "dim", 0)
-            if isinstance(seq, (list, tuple)) and dim == 0 and all(isinstance(r, Ref) for r in seq):
-                return [r.node for r in seq]
-            return None
-        p = view_parent(graph, node)
-        if p is None:
-            return None
-        cur = p
+    node = next((n for n in _views_back(graph, idx, 8) if n.op == "cat"), None)
+    if node is None:
+        return None
+    seq = node.arg(0, "tensors")
+    if isinstance(seq, (list, tuple)) and node.arg(1, "dim", 0) == 0 and all(isinstance(r, Ref) for r in seq):
+        return [r.node for r in seq]
     return None
+
+
+def _contribution_product(graph: Graph, node: Node) -> Node | None:
+    """The product `expert outputs * weights` an `index_add`/`scatter_add` adds back (through views)."""
+    source = node.arg(3, "source") if node.op == "index_add" else node.arg(3, "src")
+    if not isinstance(source, Ref):
+        return None
+    return next((n for n in _views_back(graph, source.node) if n.op in MUL_OPS), None)
 
 
 def _sparse_dispatch(graph: Graph, node: Node) -> list[Mixture]:
     """`zeros.index_add(0, rows, cat(expert outputs) * gathered weights)` (and `scatter_add`)."""
     if not node.shape or node.shape[0] != graph.batch_size:
         return []
-    source = node.arg(3, "source") if node.op == "index_add" else node.arg(3, "src")
-    dim = node.arg(1, "dim")
-    if not isinstance(source, Ref) or dim not in (0, -node.ndim):
+    prod = _contribution_product(graph, node)
+    if prod is None or node.arg(1, "dim") not in (0, -node.ndim):
         return []
-    cur = source.node
-    while graph.nodes[cur].op not in MUL_OPS:
-        p = view_parent(graph, graph.nodes[cur])
-        if p is None:
-            return []
-        cur = p
-    prod = graph.nodes[cur]
     a, b = _operands(prod)
     if not (isinstance(a, Ref) and isinstance(b, Ref)):
         return []
@@ -525,17 +522,8 @@ def _per_expert_dispatch(graph: Graph) -> list[Mixture]:
     for node in graph.nodes:
         if node.op not in _ACCUMULATE or not node.shape or node.shape[0] != graph.batch_size:
             continue
-        source = node.arg(3, "source") if node.op == "index_add" else node.arg(3, "src")
-        if not isinstance(source, Ref):
-            continue
-        cur = source.node
-        while graph.nodes[cur].op not in MUL_OPS:
-            p = view_parent(graph, graph.nodes[cur])
-            if p is None:
-                break
-            cur = p
-        prod = graph.nodes[cur]
-        if prod.op not in MUL_OPS:
+        prod = _contribution_product(graph, node)
+        if prod is None:
             continue
         a, b = _operands(prod)
         if not (isinstance(a, Ref) and isinstance(b, Ref)):
@@ -597,16 +585,10 @@ def gathered_experts(graph: Graph, idx: int, axis: int) -> tuple[int, int, int] 
             d = dim + nd if isinstance(dim, int) and dim < 0 else dim
             if d != ax:
                 return None
-            icur = index.node
-            for _ in range(8):
-                inode = graph.nodes[icur]
-                if inode.op == "topk" and inode.out_pos == 1:
-                    return src.node, ax, icur
-                p = view_parent(graph, inode)
-                if p is None:
-                    return None
-                icur = p
-            return None
+            top = next(
+                (n for n in _views_back(graph, index.node, 8) if n.op == "topk" and n.out_pos == 1), None
+            )
+            return None if top is None else (src.node, ax, top.idx)
         p = view_parent(graph, node)
         if p is None:
             return None
