@@ -110,9 +110,8 @@ def part_recording(baseline: type | None, quick: bool) -> None:
         passes = {"recording": rb.RecordingPass(model, experts=True, outputs=True, sample_rate=RATE)}
         if baseline is not None:
             passes["recording_baseline"] = rb.RecordingPass(
-                model, experts=True, outputs=True, sample_rate=RATE
+                model, experts=True, outputs=True, sample_rate=RATE, expert_cls=baseline
             )
-            passes["recording_baseline"]._expert_cls = baseline  # built at the first expert chunk
         fns = {"plain": lambda m=plain, x=x: [m(x) for _ in range(chunk)]}
         for key, p in passes.items():
             fns[key] = lambda p=p, x=x, lab=lab: [p.step(x, lab) for _ in range(chunk)]

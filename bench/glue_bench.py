@@ -4,7 +4,6 @@ Run by hand from the repository root (not a unit test; about 3-4 minutes on 2 sh
 
     python bench/glue_bench.py                  # glue + ops + e2e, threads 1 and 2
     python bench/glue_bench.py --parts glue,ops --threads 1
-    python bench/glue_bench.py --parts ab --threads 1,2   # before/after the glue cuts, one process
 
 Model: the MMoE paper's tiny model (8 experts of 16 units, d = 100, 2 tasks; batch 4096), where the
 fixed per-batch costs weigh most. Parts:
@@ -20,11 +19,9 @@ fixed per-batch costs weigh most. Parts:
     minor page faults per batch: deterministic counts, unlike timings on a shared machine.
 ``e2e``  the whole ``inspect(model, source)`` call vs the plain scoring loop of
     ``bench/scale_bench.py`` part (b) on a 21-batch DataFrame and a 64-batch parquet file, per batch.
-``ab``  before/after in ONE process (a shared machine drifts between processes): the glue step of
-    commit ``--baseline`` (default c21098e, before the glue was cut: its ``recording/recorder.py``
-    and ``stats/feed.py`` loaded as separate modules, and that commit's step: per-batch hashing,
-    ``task_predictions`` op by op) vs this checkout's, each with and without the statistics
-    updates, interleaved with the plain forward; paired per-repetition differences.
+(The before/after part ``ab`` of earlier sessions loaded an old commit's recorder and feed; it
+was removed when the benchmarks moved onto the library's own loop. Its results stay in
+``bench/results/glue_bench.md``.)
 """
 
 from __future__ import annotations
@@ -215,115 +212,12 @@ def part_e2e(threads: list[int], reps: int) -> dict[str, Any]:
     return out
 
 
-def baseline_pass(rev: str, model: Any, rate: float) -> rb.RecordingPass:
-    """A recording pass with commit `rev`'s recorder and feed and the per-batch step of c21098e."""
-    import importlib.util
-    import subprocess
-
-    import torch
-
-    root = Path(__file__).resolve().parent.parent
-    tmp = Path(tempfile.mkdtemp())
-    mods = {}
-    for name, path in (
-        ("recorder", "mmoe_inspect/recording/recorder.py"),
-        ("feed", "mmoe_inspect/stats/feed.py"),
-    ):
-        src = subprocess.run(
-            ["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, check=True
-        )
-        (tmp / f"baseline_{name}.py").write_text(src.stdout)
-        spec = importlib.util.spec_from_file_location(f"baseline_{name}", tmp / f"baseline_{name}.py")
-        assert spec is not None and spec.loader is not None
-        mods[name] = importlib.util.module_from_spec(spec)
-        sys.modules[f"baseline_{name}"] = mods[name]
-        spec.loader.exec_module(mods[name])
-
-    def old_task_predictions(out, tasks):
-        cols = []
-        for i, t in enumerate(tasks):
-            key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
-            v = out[key] if isinstance(out, dict) else out[int(key)]
-            cols.append(v.detach().reshape(v.shape[0], -1)[:, 0].float())
-        return torch.stack(cols, dim=1)
-
-    class BaselinePass(rb.RecordingPass):
-        def __init__(self) -> None:
-            super().__init__(model, experts=True, outputs=True, sample_rate=rate)
-            self.rec.close()
-            self.rec = mods["recorder"].GateRecorder(self.model, self.topo, experts=True).__enter__()
-            self.feed = mods["feed"].StatsFeed(
-                self.gate_stats, self.pair_stats, self.outputs, self._new_expert_stats
-            )
-
-        def step(self, x, lab_all) -> None:
-            b = x.shape[0]
-            row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
-            keep = mods["feed"].sampled_positions(row_index, self.sample_rate, 0)
-            self.rec.expert_rows = keep
-            out = self.model(x)
-            cap = self.rec.take()
-            lab_bin = lab_all[:, self.bin_idx] if self.label_binary else None
-            outs = [cap.experts[n] for n in self.expert_names if n in cap.experts]
-            self.feed.add(
-                cap.gates,
-                row_index,
-                labels_binary=lab_bin,
-                predictions=old_task_predictions(out, self.topo.tasks),
-                labels=lab_all,
-                experts=outs if len(outs) == len(self.expert_names) else None,
-                expert_rows=keep,
-            )
-            self.n_rows += b
-
-    return BaselinePass()
-
-
-def part_ab(rev: str, threads: list[int], reps: int) -> dict[str, Any]:
-    import torch
-
-    model, x, lab = tiny()
-    plain = copy.deepcopy(model).eval()
-    passes = {
-        "baseline_glue": glue_only(baseline_pass(rev, model, RATE)),
-        "glue": glue_only(rb.RecordingPass(model, experts=True, outputs=True, sample_rate=RATE)),
-        "baseline_full": baseline_pass(rev, model, RATE),
-        "full": rb.RecordingPass(model, experts=True, outputs=True, sample_rate=RATE),
-    }
-    out: dict[str, Any] = {"baseline": rev}
-    try:
-        for nt in threads:
-            torch.set_num_threads(nt)
-            fns = {"plain": lambda: [plain(x) for _ in range(CHUNK)]}
-            fns |= {k: (lambda p=p: [p.step(x, lab) for _ in range(CHUNK)]) for k, p in passes.items()}
-            row, ms = extra_over_plain(fns, reps, nt, budget_s=90)
-            for k in ("glue", "full"):
-                saved = [a - b for a, b in zip(ms[f"baseline_{k}"], ms[k], strict=True)]
-                row[f"{k}_saved_median_ms"] = statistics.median(saved)
-            out[str(nt)] = row
-            print(
-                f"ab threads={nt} ({row['clock']}, {row['reps']} reps): plain {row['plain']['min_ms']:.2f} / "
-                f"{row['plain']['median_ms']:.2f} ms; glue {rev} +{row['baseline_glue']['extra_median_ms']:.3f} "
-                f"(min-min +{row['baseline_glue']['extra_min_minus_min_ms']:.3f}) -> now "
-                f"+{row['glue']['extra_median_ms']:.3f} (min-min +{row['glue']['extra_min_minus_min_ms']:.3f}), "
-                f"saved {row['glue_saved_median_ms']:.3f} ms/batch; full step {rev} "
-                f"+{row['baseline_full']['extra_median_ms']:.3f} -> +{row['full']['extra_median_ms']:.3f}, "
-                f"saved {row['full_saved_median_ms']:.3f}",
-                flush=True,
-            )
-    finally:
-        for p in passes.values():
-            p.close()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="glue,ops,e2e")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=80, help="repetitions of part glue (time-boxed to 60 s)")
     ap.add_argument("--e2e-reps", type=int, default=5)
-    ap.add_argument("--baseline", default="c21098e", help="commit of part ab's baseline glue")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -335,8 +229,6 @@ def main() -> None:
         res["ops"] = part_ops()
     if "e2e" in parts:
         res["e2e"] = part_e2e(threads, args.e2e_reps)
-    if "ab" in parts:
-        res["ab"] = part_ab(args.baseline, threads, args.reps)
     if args.json is not None:
         import json
 

@@ -470,128 +470,58 @@ def paired_ratio(num: list[float], den: list[float]) -> float:
 
 # --------------------------------------------------------------------------- part 2: recording pass
 class RecordingPass:
-    """What `inspect()` does per batch after the DataFrame -> tensor step, on its own copy of the model."""
+    """The library's recording loop (`mmoe_inspect.routing_pass`), built as `inspect()` builds it, on a
+    copy of the model: what the benchmarks time is what users run. `step(x, labels)` is one batch
+    after the DataFrame -> tensor step (hooks, captures, expert row sample, task predictions, labels,
+    the chunked statistics updates)."""
 
     def __init__(
-        self, model, *, experts: bool, outputs: bool, sample_rate: float = EXPERT_SAMPLE_RATE
+        self,
+        model,
+        *,
+        experts: bool,
+        outputs: bool,
+        sample_rate: float = EXPERT_SAMPLE_RATE,
+        expert_cls: type | None = None,
     ) -> None:
-        from mmoe_inspect.analysis.tables import gate_groups
-        from mmoe_inspect.recording.recorder import GateRecorder
-        from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
-        from mmoe_inspect.stats.outputs import TaskOutputStats
+        """`expert_cls`: another expert-statistics class with `ExpertStats`' constructor (an A/B of
+        the expert statistics inside the same loop)."""
+        from mmoe_inspect.routing_pass import RoutingPass, RoutingStats
 
         self.model = copy.deepcopy(model)
-        topo = self.model.topology()
-        self.topo = topo
-        self.label_binary = [t for t in topo.tasks if t.kind == "binary"]
-        self.bin_idx = [topo.tasks.index(t) for t in self.label_binary]
-        lo = self.bin_idx[0] if self.bin_idx else 0
-        # as inspect(): a column slice (a view) when the binary tasks' columns are consecutive
-        consecutive = self.bin_idx == list(range(lo, lo + len(self.bin_idx)))
-        self._bin_labels = (
-            (lambda t: t[:, lo : lo + len(self.bin_idx)]) if consecutive else (lambda t: t[:, self.bin_idx])
+        self.topo = self.model.topology()
+        self.stats = RoutingStats(
+            self.topo,
+            labelled=self.topo.tasks,
+            outputs=outputs,
+            expert_rate=sample_rate if experts else None,
+            seed=0,
+            max_expert_rows_per_update=4 * BATCH + BATCH,  # as inspect(): never cap
         )
-        self.gate_stats = {
-            g.name: GateStats(g.n_experts, label_names=tuple(t.name for t in self.label_binary), seed=0)
-            for g in topo.gates
-        }
-        self.groups = gate_groups(topo)
-        self.pair_stats = [
-            PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts) for grp in self.groups
-        ]
-        self.outputs = TaskOutputStats([t.kind for t in topo.tasks]) if outputs else None
-        self.expert_names = [e.name for e in topo.experts if e.module is not None] if experts else []
-        self.expert_stats: Any = None
-        self._expert_cls = ExpertStats
-        self.rec = GateRecorder(self.model, topo, experts=experts).__enter__()
-        self.n_rows = 0
-        self.sample_rate = sample_rate
-        try:  # inspect()'s expert row sample, looked up per block of consecutive rows
-            from mmoe_inspect.stats.feed import SampledRows
-        except ImportError:  # an older checkout
-            self.sample = None
-        else:
-            self.sample = SampledRows(sample_rate, 0)
-        try:  # inspect()'s feed: batches coalesced into chunks before the statistics update
-            from mmoe_inspect.stats.feed import StatsFeed
-        except ImportError:  # an older checkout
-            self.feed = None
-        else:
-            self.feed = StatsFeed(
-                self.gate_stats,
-                self.pair_stats,
-                self.outputs,
-                self._new_expert_stats if experts else None,
+        if expert_cls is not None:
+            self.stats.feed.new_expert_stats = lambda dims: expert_cls(
+                len(dims), list(dims), sample_rate=sample_rate, seed=0, max_sample_per_update=5 * BATCH
             )
+        self.rp = RoutingPass(self.model, self.stats, experts=experts).__enter__()
+
+    @property
+    def expert_stats(self):
+        return self.stats.expert_stats
+
+    @property
+    def feed(self):
+        return self.stats.feed
+
+    @property
+    def n_rows(self) -> int:
+        return self.rp.n_rows
 
     def step(self, x, lab_all) -> None:
-        import torch
-
-        from mmoe_inspect.inspector import task_predictions
-
-        b = x.shape[0]
-        row_index = torch.arange(self.n_rows, self.n_rows + b, dtype=torch.int64)
-        keep = kept_rows = None  # as inspect(): the expert hooks copy only the rows of the expert sample
-        if self.expert_names and self.feed is not None:
-            if self.sample is not None:  # consecutive rows, as a DataFrame's or a file's batches
-                sampled = self.sample.take(row_index, self.n_rows)
-                keep, kept_rows = sampled if sampled is not None else (None, None)
-            else:  # an older checkout
-                from mmoe_inspect.stats.feed import sampled_positions
-
-                keep = sampled_positions(row_index, self.sample_rate, 0)
-            self.rec.expert_rows = keep
-        out = self.model(x)
-        cap = self.rec.take()
-        lab_bin = self._bin_labels(lab_all) if self.label_binary else None
-        preds = task_predictions(out, self.topo.tasks) if self.outputs is not None else None
-        outs = [cap.experts[n] for n in self.expert_names if n in cap.experts]
-        if self.feed is not None:  # what inspect() does in this version of the library
-            self.feed.add(
-                cap.gates,
-                row_index,
-                labels_binary=lab_bin,
-                predictions=preds,
-                labels=lab_all,
-                experts=outs if self.expert_names and len(outs) == len(self.expert_names) else None,
-                expert_rows=keep,
-                **({} if kept_rows is None else {"expert_row_index": kept_rows}),
-            )
-        else:  # an older checkout: one update per batch
-            self._step_per_batch(cap, lab_bin, row_index, preds, lab_all, outs, keep)
-        self.n_rows += b
-
-    def _step_per_batch(self, cap, lab_bin, row_index, preds, lab_all, outs, keep) -> None:
-        try:
-            from mmoe_inspect.stats import update_gates
-        except ImportError:  # before the stacked pass
-            for name, st in self.gate_stats.items():
-                st.update(cap.gates[name].cpu(), lab_bin, row_index)
-            for grp, ps in zip(self.groups, self.pair_stats, strict=True):
-                ps.update({g.name: cap.gates[g.name].cpu() for g in grp})
-        else:
-            update_gates(self.gate_stats, cap.gates, lab_bin, row_index, pairwise=self.pair_stats)
-        if self.expert_names and outs:
-            if self.expert_stats is None:
-                self.expert_stats = self._new_expert_stats([o.shape[1] for o in outs])
-            self.expert_stats.update(outs, row_index if keep is None else row_index[keep])
-        if self.outputs is not None:
-            self.outputs.update(preds, lab_all)
-
-    def _new_expert_stats(self, dims):
-        return self._expert_cls(
-            len(dims),
-            list(dims),
-            sample_rate=self.sample_rate,
-            max_sample_per_update=4 * BATCH + BATCH,  # as inspect(): never cap
-            seed=0,
-        )
+        self.rp.step(x, labels=lab_all)
 
     def close(self) -> None:
-        if self.feed is not None:
-            self.feed.flush()
-            self.expert_stats = self.feed.expert_stats
-        self.rec.close()
+        self.stats.flush()
+        self.rp.__exit__(None, None, None)
 
 
 def make_inputs(model, d: int, seed: int = 0):
@@ -737,19 +667,18 @@ def breakdown_one(
     name: str, spec: dict[str, Any], threads: list[int], quick: bool, tmpdir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Part 3 for one model: every item of one batch, timed interleaved."""
-    import inspect as pyinspect
 
     import numpy as np
     import pyarrow.parquet as pq
     import torch
 
+    from mmoe_inspect.binding import read_labels, task_predictions
     from mmoe_inspect.data import sources
     from mmoe_inspect.data.batches import frame_to_inputs
     from mmoe_inspect.data.schema import FeatureSpec
     from mmoe_inspect.data.sources import TableSource, check_finite
     from mmoe_inspect.functional.routing import gate_entropy
     from mmoe_inspect.functional.sampling import row_hash
-    from mmoe_inspect.inspector import _labels, task_predictions
     from mmoe_inspect.recording.recorder import GateRecorder, expert_output, gate_probabilities
     from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
     from mmoe_inspect.stats._base import capped_sample
@@ -761,7 +690,6 @@ def breakdown_one(
     tasks = topo.tasks
     x, lab = make_inputs(model, d)
     frame = make_frame(model, d, 16)  # one 64k-row row group in the parquet copy
-    columns = set(frame.columns)
     feats = FeatureSpec.dense_only(d)
     fcols = list(feats.names)
     chunk = frame.iloc[:BATCH]
@@ -799,7 +727,6 @@ def breakdown_one(
     g64 = g0.double()
 
     # the library changes under this benchmark: follow the current signatures of private helpers
-    label_extra = ("bench",) if len(pyinspect.signature(_labels).parameters) >= 4 else ()
     check_numeric = getattr(sources, "check_numeric", lambda *a: None)
     check_features = getattr(sources, "check_features", check_finite)
     x_frame = frame_to_inputs(chunk, feats)  # what inspect() passes to the model (layout matters)
@@ -907,9 +834,9 @@ def breakdown_one(
         "task_predictions + TaskOutputStats.update": lambda: outs_stats.update(
             task_predictions(out, tasks), lab
         ),
-        "labels: inspector._labels(frame) + binary columns": lambda: (
+        "labels: binding.read_labels(frame) + binary columns": lambda: (
             lambda la: la[:, bin_idx] if bin_idx else None
-        )(_labels(chunk, tasks, columns, *label_extra)),
+        )(torch.from_numpy(read_labels(chunk, tasks, "bench"))),
         "DataFrame: check_features (numeric + finite), all feature columns": lambda: check_features(
             chunk, fcols, "bench"
         ),

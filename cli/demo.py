@@ -53,15 +53,13 @@ def demo_command(
 ) -> None:
     """Train Shared-Bottom, OMoE, MMoE and PLE on click/purchase data, then inspect the MMoE's gates."""
     with guarded(run.debug):
+        from mmoe_inspect.attribution.options import AttributionOptions
+        from mmoe_inspect.causal.options import CausalOptions
         from mmoe_inspect.demo import run_demo
 
         from ._common import LoadOptions
-        from ._pipeline import (
-            AttributionRequest,
-            CausalRequest,
-            inspect_checkpoint,
-            write_report_with_progress,
-        )
+        from ._pipeline import inspect_checkpoint
+        from ._write import write_report_with_progress
 
         log = (lambda _m: None) if run.quiet else (lambda m: out.print(f"  {escape(m)}"))
         demo = run_demo(out_dir, n_rows=rows, seed=run.seed, log=log, monitor=monitor)
@@ -69,16 +67,16 @@ def demo_command(
         for line in demo.comparison.lines():
             out.print(f"  {escape(line)}", soft_wrap=True)  # whole sentences in a CI log
         baselines = {n: demo.checkpoints[n] for n in DEMO_BASELINES if n in demo.checkpoints}
-        request = CausalRequest(baselines=baselines, segment_by=DEMO_SEGMENT_COLUMN)
+        request = CausalOptions(baselines=baselines, segment_by=DEMO_SEGMENT_COLUMN)
         result = inspect_checkpoint(
             demo.checkpoints["mmoe"],
             LoadOptions(data=demo.eval_path),
             run,
             causal=request,
-            attribution=AttributionRequest(),
+            attribution=AttributionOptions(),
             label="the MMoE",
+            model_name="MMoE (demo)",
         )
-        result.model_name = "MMoE (demo)"
         if demo.run_log is not None:
             from mmoe_inspect.monitor import read_run_log
 

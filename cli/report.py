@@ -17,24 +17,17 @@ from ._common import (
     RunOptions,
     SpecOpt,
     command,
-    err,
     guarded,
     out,
     parse_fail_on,
     print_findings,
 )
-from ._pipeline import (
-    ATTRIBUTION_BUDGET_S,
-    ATTRIBUTION_ROWS,
-    AttributionRequest,
-    CausalRequest,
-    default_out_dir,
-    distributed_run,
-    inspect_checkpoint,
-    parse_baselines,
-    read_run,
-    write_report_with_progress,
-)
+from ._distributed import distributed_run
+from ._pipeline import inspect_checkpoint, parse_baselines, read_run
+from ._write import default_out_dir, write_report_with_progress
+
+ATTRIBUTION_BUDGET_S = 30.0  # default --attribution-budget (seconds): AttributionOptions' default
+ATTRIBUTION_ROWS = 256  # default --attribution-rows: AttributionOptions' default
 
 CAUSAL = "Causal analyses"
 ATTRIBUTIONS = "Feature attributions"
@@ -194,8 +187,11 @@ def report_command(
         if no_causal and (baselines or segment_by):
             raise OptionError("--baseline and --segment-by need the causal analyses: drop --no-causal")
         out_dir = out_dir if out_dir is not None else default_out_dir(checkpoint)
-        request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
-        attribution = AttributionRequest(attribution_budget, attribution_rows) if attributions else None
+        from mmoe_inspect.attribution.options import AttributionOptions
+        from mmoe_inspect.causal.options import CausalOptions
+
+        request = None if no_causal else CausalOptions(baselines, segment_by, bootstrap)
+        attribution = AttributionOptions(attribution_budget, attribution_rows) if attributions else None
         with distributed_run(distributed, load, dist_timeout) as (dist, load):
             result = inspect_checkpoint(
                 checkpoint, load, run, spec=spec, causal=request, attribution=attribution, dist=dist
@@ -203,15 +199,6 @@ def report_command(
             if dist is not None and not dist.is_main:
                 return  # rank 0 writes the report (after every rank passed the last status exchange)
             result.training = training
-            if not attributions:
-                result.meta["attribution_skipped"] = "turned off (--no-attributions)"
-            if no_causal:
-                result.meta["causal_skipped"] = "turned off (--no-causal)"
-            elif result.causal is None and (baselines or segment_by) and not run.quiet:
-                reason = result.meta.get("causal_skipped", "")
-                err.print(
-                    f"note: --baseline/--segment-by not used, no causal analyses: {escape(str(reason))}"
-                )
             index = write_report_with_progress(result, out_dir, force=force, run=run)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)

@@ -1,12 +1,18 @@
-"""`inspect(model, data, ...)`: stream data through a model with gate hooks and build an `InspectionResult`."""
+"""`inspect(model, data, ...)`: bind a model to its data, record its routing in one pass, diagnose it,
+and (when asked) run the causal analyses and attributions on the same binding.
+
+The steps, each in its own module: `binding.bind` (source, inputs, topology, labels) ->
+`routing_pass.RoutingPass` (hooks + streaming statistics) -> `analysis` (tables, findings, verdict)
+-> `InspectionResult`; then `causal.run_causal` and `attribution.run_attribution`. The CLI calls this
+function (through `LoadedModel.inspect`) once per model.
+"""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,45 +21,30 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ._plural import plural
 from .analysis._self_change import mark_self_change
-from .analysis.findings import Finding, Thresholds, diagnose, routing_findings
-from .analysis.tables import (
-    divergence_tables,
-    expert_tables,
-    gate_groups,
-    gate_tables,
-    label_routing_table,
-    task_table,
-)
-from .data.call import call_model
+from .analysis.findings import Thresholds, diagnose, routing_findings
+from .analysis.verdict import verdict
+from .attach import run_attributions, run_causal_analyses
+from .attribution.options import AttributionOptions
+from .binding import Binding, InputFn, bind, read_labels
+from .causal.options import CausalOptions
 from .data.schema import FeatureSpec
-from .data.sources import (
-    DataError,
-    LabelValueError,
-    NonNumericError,
-    ReadAhead,
-    TableSource,
-    check_features,
-    closest,
-    require_columns,
-    shard_rows,
-)
-from .distributed import DistContext, agreed_errors, configure_sync, current_context, exchange, sync_options
+from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
+from .device import model_device, on_device
+from .distributed import DistContext, agreed_errors, current_context, exchange
+from .progress import RECORDING, Progress, Stage, as_progress
 from .recording.fingerprint import changed_tensors, fingerprint
-from .recording.recorder import GateRecorder, RecordingError
 from .results import InspectionResult
-from .stats import ExpertStats, GateStats, PairwiseRoutingStats
-from .stats.feed import SampledRows, StatsFeed
-from .stats.outputs import TaskOutputStats
-from .topology.spec import TaskSpec, Topology
+from .routing_pass import RoutingPass, RoutingStats
+from .stats import ExpertStats
+from .topology.spec import Topology
 
-InputFn = Callable[[pd.DataFrame], Any]
+__all__ = ["InspectConfig", "inspect"]
 
 
 @dataclass(frozen=True)
 class InspectConfig:
-    """Knobs of one inspection (all have documented defaults)."""
+    """Knobs of one inspection (all have documented defaults; checked on construction)."""
 
     batch_size: int = 4096
     max_rows: int | None = None
@@ -72,85 +63,35 @@ class InspectConfig:
     # same states, with the fixed per-update cost amortized (it rivals a small model's forward pass)
     stats_chunk_rows: int = 16_384
 
-
-def resolve_topology(
-    model: nn.Module,
-    topology: Topology | str | Path | None,
-    example: Callable[[], Any] | None = None,
-    tasks: Sequence[str] | None = None,
-    task_kinds: Sequence[str] | Mapping[str, str] | None = None,
-) -> Topology:
-    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
-    if isinstance(topology, Topology):
-        return topology
-    if topology is not None:
-        return Topology.load(topology)
-    declared = getattr(model, "topology", None)
-    if callable(declared):
-        topo = declared()
-        if isinstance(topo, Topology):
-            return topo
-    if example is None:
-        raise RecordingError("the model declares no topology and no example batch was given for discovery")
-    from .topology.discovery import discover_topology
-
-    return discover_topology(
-        model, example(), task_names=list(tasks) if tasks is not None else None, task_kinds=task_kinds
-    )
-
-
-def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[InputFn, FeatureSpec | None]:
-    """Our reference models read `{feature: tensor}` (or `[batch, n_dense]`); their config names the features."""
-    from .data.batches import frame_to_inputs
-
-    if features is None:
-        cfg = getattr(model, "config", None)
-        features = getattr(cfg, "features", None)
-    if not isinstance(features, FeatureSpec):
-        raise RecordingError(
-            "cannot tell how to turn data rows into model inputs: pass `features=FeatureSpec(...)` or `input_fn=`"
-        )
-    spec = features
-    return (lambda frame: frame_to_inputs(frame, spec)), spec
-
-
-def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
-    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order.
-
-    A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
-    """
-    cols = []
-    for i, t in enumerate(tasks):
-        key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
-        try:
-            if isinstance(out, dict):
-                v = out[key]
-            elif isinstance(out, torch.Tensor):
-                v = out[:, int(key)] if out.dim() == 2 else out
-            else:
-                v = out[int(key)]
-        except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
-            from .topology._task_outputs import output_error
-
-            raise output_error(t.name, key, out, exc) from None
-        if v.requires_grad:
-            v = v.detach()
-        if v.dim() != 1:
-            v = v.reshape(v.shape[0], -1)[:, t.column]
-        if v.dtype != torch.float32:
-            v = v.float()
-        cols.append(v)
-    return torch.stack(cols, dim=1)
+    def __post_init__(self) -> None:
+        at_least_one = {
+            "batch_size": self.batch_size,
+            "reservoir_size": self.reservoir_size,
+            "expert_sample_rows": self.expert_sample_rows,
+            "stats_chunk_rows": self.stats_chunk_rows,
+            "max_rows": self.max_rows,
+            "read_ahead_rows": self.read_ahead_rows,
+        }
+        for name, value in at_least_one.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                optional = " or None" if name in ("max_rows", "read_ahead_rows") else ""
+                raise ValueError(f"InspectConfig.{name} must be an integer >= 1{optional}, got {value!r}")
+        if not 0.0 < self.expert_sample_rate <= 1.0:
+            raise ValueError(
+                f"InspectConfig.expert_sample_rate must be in (0, 1], got {self.expert_sample_rate!r}"
+            )
+        if self.sample is not None and not 0.0 < self.sample <= 1.0:
+            raise DataError(f"sample must be a fraction in (0, 1], got {self.sample}")
 
 
 def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionResult]:
     """Around `inspect`: the model on `device=` for the call (and back), errors shared across ranks when
-    `distributed=True` (see `mmoe_inspect.distributed`)."""
+    `distributed=True` (see `mmoe_inspect.distributed`), and a check that the model was left as found."""
 
     @functools.wraps(fn)
     def wrapper(model: nn.Module, data: Any, **kwargs: Any) -> InspectionResult:
         ctx = current_context() if kwargs.get("distributed") else None
-        with agreed_errors(ctx), _on_device(model, kwargs.get("device")):
+        with agreed_errors(ctx), on_device(model, kwargs.get("device")):
             before = fingerprint(model)
             result = fn(model, data, **kwargs)
             mark_self_change(result, changed_tensors(before, fingerprint(model)))
@@ -174,9 +115,10 @@ def inspect(
     config: InspectConfig | None = None,
     thresholds: Thresholds | None = None,
     model_name: str | None = None,
-    causal: bool | Mapping[str, Any] = False,
-    attribution: bool | Mapping[str, Any] = False,
-    progress: Callable[[int], None] | None = None,
+    causal: bool | Mapping[str, Any] | CausalOptions = False,
+    attribution: bool | Mapping[str, Any] | AttributionOptions = False,
+    progress: Progress | Callable[[int], None] | None = None,
+    label: str | None = None,
     distributed: bool = False,
     device: str | torch.device | None = None,
 ) -> InspectionResult:
@@ -190,13 +132,17 @@ def inspect(
     only they and the label columns are read). Label columns named by the tasks are used when present;
     `labels={task: column}` names them explicitly (they must exist), `labels=False` ignores them.
     Binary labels must be 0/1 (NaN = missing). `config.sample` / `config.max_rows` thin the rows.
-    `causal=True` (or a dict of `mmoe_inspect.causal.run_causal` options such as `baselines`,
-    `segment_by`, `n_boot`, `max_rows`) also runs the causal analyses on the labelled rows and attaches
-    them as `result.causal`; without labels they are skipped with a note. `attribution=True` (or a dict
-    of `mmoe_inspect.attribution.run_attribution` options such as `sample_rows`, `budget_seconds`)
-    attaches Captum feature attributions of gates, experts and tasks as `result.attribution`.
-    `progress(rows_done)`, when given, is called once after each batch of the recording pass with
-    the number of rows processed so far (for progress bars; keep it cheap, it runs in the loop).
+    `causal=True` (or `CausalOptions(baselines=..., segment_by=..., n_boot=..., max_rows=...)`, or a
+    dict of `run_causal` keywords) also runs the causal analyses on the labelled rows the inspection
+    read (same `sample`, at most `max_rows`) and attaches them as `result.causal`; when they cannot run
+    (no labels, gates that cannot be intervened on) the reason is in `result.meta["causal_skipped"]`.
+    `attribution=True` (or `AttributionOptions(budget_seconds=..., sample_rows=...)`, or a dict) attaches
+    Captum feature attributions of gates, experts and tasks as `result.attribution`, or the reason
+    they are absent in `result.meta["attribution_skipped"]`. A `segment_by` column is checked before the
+    recording pass. `progress` (a `mmoe_inspect.progress.Progress`) sees every stage, named after
+    `label` (default: the model's name): "inspecting m.pt", "attributions ...", "causal analyses of
+    m.pt (pass k)", ticked once per batch; a plain callable `progress(rows_done)` sees the recording
+    pass only.
     The model is left exactly as found: hooks removed, every module's mode restored, parameters and
     gradients untouched.
 
@@ -215,157 +161,130 @@ def inspect(
         >>> [f.title for f in result.findings]
     """
     cfg = config or InspectConfig()
-    if cfg.sample is not None and not 0.0 < cfg.sample <= 1.0:
-        raise DataError(f"sample must be a fraction in (0, 1], got {cfg.sample}")
     th = thresholds or Thresholds()
-    source = TableSource.of(data)
-    spec_features = features
-    if input_fn is None:
-        input_fn, spec_features = default_input_fn(model, features)
-    if columns is not None:
-        feature_cols: list[str] | None = list(columns)
-    else:
-        feature_cols = list(spec_features.names) if spec_features is not None else None
-    if feature_cols:
-        require_columns(source, feature_cols)
-    topo = resolve_topology(
+    causal_opts = CausalOptions.of(causal)
+    attribution_opts = AttributionOptions.of(attribution)
+    shown = progress_label(model_name or type(model).__name__, label)
+    reporter = as_progress(progress)
+    binding = bind(
         model,
-        topology,
-        example=lambda: _example_batch(source, input_fn, feature_cols),
+        data,
+        topology=topology,
         tasks=tasks,
         task_kinds=task_kinds,
+        features=features,
+        input_fn=input_fn,
+        columns=columns,
+        labels=labels,
     )
-    if isinstance(labels, Mapping):
-        topo = _with_labels(topo, labels, source)
-    columns = set(source.columns())
-    labelled = [t for t in topo.tasks if labels is not False and t.label_column in columns]
-    label_binary = [t for t in labelled if t.kind == "binary"]
-    read_cols = None if feature_cols is None else feature_cols + [t.label_column for t in labelled]
+    if causal_opts is not None and causal_opts.segment_by is not None:  # fail now, not after the pass
+        require_columns(binding.source, [causal_opts.segment_by], what="segment")
     dist_ctx = current_context() if distributed else None
-    device = _model_device(model)
-    sync = sync_options(dist_ctx, device)  # statistics sync across ranks at compute(), or never
+    result = record(
+        model,
+        binding,
+        cfg,
+        th,
+        model_name=model_name or type(model).__name__,
+        progress=Stage(
+            reporter, f"{RECORDING} {shown}", expected_rows(binding.source, cfg.sample, cfg.max_rows)
+        ),
+        dist=dist_ctx,
+    )
+    if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
+        return result
+    if attribution_opts is not None:
+        run_attributions(result, model, binding, attribution_opts, seed=cfg.seed, progress=reporter)
+    if causal_opts is not None:
+        run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
+    return result
 
-    gate_stats = {
-        g.name: GateStats(
-            g.n_experts,
-            label_names=tuple(t.name for t in label_binary),
-            reservoir_size=cfg.reservoir_size,
-            seed=cfg.seed,
-            **sync,
-        ).to(device)
-        for g in topo.gates
-    }
-    groups = gate_groups(topo)
-    pair_stats = {
-        i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts, **sync).to(device)
-        for i, grp in enumerate(groups)
-    }
-    outputs = configure_sync(TaskOutputStats([t.kind for t in topo.tasks]), dist_ctx, device).to(device)
-    recorded_experts = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
 
+def record(
+    model: nn.Module,
+    binding: Binding,
+    cfg: InspectConfig,
+    thresholds: Thresholds,
+    *,
+    model_name: str,
+    progress: Stage | None = None,
+    dist: DistContext | None = None,
+) -> InspectionResult:
+    """The recording pass over `binding`'s rows, diagnosed: an `InspectionResult` without causal analyses.
+
+    With `dist`, each rank records its shard and the statistics are combined across ranks."""
+    source, topo = binding.source, binding.topology
+    device = model_device(model)
+    recorded = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
     # expert statistics use a deterministic row sample (row_hash < rate: the same rows for any batching or
     # sharding); the hooks copy only those rows, so their cost stays bounded as the data grows
-    expert_rate = _expert_sample_rate(cfg, _expected_rows(cfg, source)) if recorded_experts else 1.0
-
-    def new_expert_stats(dims: Sequence[int]) -> ExpertStats:
-        return ExpertStats(
-            len(dims),
-            list(dims),
-            sample_rate=expert_rate,
-            # never cap (keeps the sample batch-invariant): a chunk holds < stats_chunk_rows + one batch
-            max_sample_per_update=max(cfg.batch_size, cfg.stats_chunk_rows) + cfg.batch_size,
-            seed=cfg.seed,
-            **sync,
-        ).to(device)
-
+    stats = RoutingStats(
+        topo,
+        labelled=binding.labelled,
+        expert_rate=expert_sample_rate(cfg, expected_rows(source, cfg.sample, cfg.max_rows))
+        if recorded
+        else None,
+        reservoir_size=cfg.reservoir_size,
+        seed=cfg.seed,
+        chunk_rows=cfg.stats_chunk_rows,
+        # never cap (keeps the sample batch-invariant): a chunk holds < stats_chunk_rows + one batch
+        max_expert_rows_per_update=max(cfg.batch_size, cfg.stats_chunk_rows) + cfg.batch_size,
+        dist=dist,
+        device=device,
+    )
     shard = None
-    if dist_ctx is not None:  # this rank's rows; max_rows/sample are folded into the shard's stop
+    if dist is not None:  # this rank's rows; max_rows/sample are folded into the shard's stop
         shard = shard_rows(
             source,
-            dist_ctx.rank,
-            dist_ctx.world_size,
+            dist.rank,
+            dist.world_size,
             max_rows=cfg.max_rows,
             sample=cfg.sample,
             seed=cfg.seed,
             block=cfg.batch_size,
         )
     read_ahead = ReadAhead(cfg.read_ahead_rows) if cfg.read_ahead_rows else None
-    expert_sample = SampledRows(expert_rate, cfg.seed) if recorded_experts else None
-    bin_cols = _column_picker([topo.tasks.index(t) for t in label_binary], device)
-    feed = StatsFeed(
-        gate_stats, list(pair_stats.values()), outputs, new_expert_stats, chunk_rows=cfg.stats_chunk_rows
+    frames = source.iter_frames(
+        cfg.batch_size,
+        binding.read_columns(),
+        cfg.max_rows,
+        sample=cfg.sample,
+        seed=cfg.seed,
+        shard=shard,
+        read_ahead=read_ahead,
     )
+    tasks = topo.tasks
     started = time.perf_counter()
     n_rows = 0
-    with GateRecorder(model, topo, experts=bool(recorded_experts)) as rec, torch.inference_mode():
-        for frame in source.iter_frames(
-            cfg.batch_size,
-            read_cols,
-            cfg.max_rows,
-            sample=cfg.sample,
-            seed=cfg.seed,
-            shard=shard,
-            read_ahead=read_ahead,
-        ):
-            if feature_cols:
-                check_features(frame, feature_cols, source.name)
-            row_index = torch.from_numpy(frame.index.to_numpy(dtype=np.int64, copy=True))  # global positions
-            # rows of this batch in the expert sample (None: all), chosen on the host: no device sync
-            sampled = expert_sample.take(row_index, _range_start(frame.index)) if expert_sample else None
-            if sampled is not None:
-                rec.expert_rows = _to_device(sampled[0], device)
-            x = _to_device(input_fn(frame), device)
-            out = _forward(model, x, n_rows, len(frame))
-            cap = rec.take()
-            b = len(frame)
-            row_index = _to_device(row_index, device)
-            lab_all = _to_device(_labels(frame, topo.tasks, columns, source.name), device)
-            lab_bin = bin_cols(lab_all) if label_binary else None
-            outs = [cap.experts[n] for n in recorded_experts if n in cap.experts]
-            feed.add(
-                cap.gates,
-                row_index,
-                labels_binary=lab_bin,
-                predictions=task_predictions(out, topo.tasks),
-                labels=lab_all if labelled else None,
-                experts=outs if recorded_experts and len(outs) == len(recorded_experts) else None,
-                expert_rows=None if sampled is None else rec.expert_rows,
-                expert_row_index=None if sampled is None else _to_device(sampled[1], device),
+    with RoutingPass(model, stats, experts=bool(recorded)) as rp, torch.inference_mode():
+        for frame in frames:
+            binding.check(frame)
+            index = frame.index
+            labels = torch.from_numpy(read_labels(frame, tasks, source.name)) if binding.labelled else None
+            rp.step(
+                binding.input_fn(frame),
+                labels=labels,
+                row_index=torch.from_numpy(index.to_numpy(dtype=np.int64, copy=True)),  # global positions
+                range_start=_range_start(index),
             )
-            n_rows += b
+            n_rows += len(frame)
             if progress is not None:
                 progress(n_rows)
-        feed.flush()
-    expert_stats = feed.expert_stats
+        stats.flush()
     elapsed = time.perf_counter() - started
-    if dist_ctx is not None:  # every rank got here healthy; totals, and expert stats on rows-less ranks
-        n_rows, elapsed, expert_stats = _combine_ranks(
-            dist_ctx, n_rows, elapsed, expert_stats, new_expert_stats
+    if dist is not None:  # every rank got here healthy; totals, and expert stats on rows-less ranks
+        n_rows, elapsed, experts = _combine_ranks(
+            dist, n_rows, elapsed, stats.expert_stats, stats.new_expert_stats
         )
+        stats.feed.expert_stats = experts
     if n_rows == 0:
         raise DataError(f"{source.name} has no rows")
+    if progress is not None:  # the stage's line once every rank is through
+        progress.finish()
 
-    # compute() syncs across ranks (same order on every rank), then results go to the host
-    summaries = {name: _host(st.compute()) for name, st in gate_stats.items()}
-    pairs = {i: _host(st.compute()) for i, st in pair_stats.items()}
-    exp_summary = _host(expert_stats.compute()) if expert_stats is not None else None
-    tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, _host(outputs.compute()), n_rows)}
-    if topo.has_gates:
-        tables.update(gate_tables(topo, summaries))
-        tables.update(divergence_tables(topo, summaries, pairs))
-        tables["label_routing"] = label_routing_table(topo, summaries, [t.name for t in label_binary])
-        tables.update(expert_tables(topo, summaries, exp_summary, recorded_experts))
-    findings = diagnose(tables, th)
-    arrays = {
-        "reservoir": {name: s.reservoir.numpy() for name, s in summaries.items()},
-        "weight_hist": {name: s.hist.numpy() for name, s in summaries.items()},
-        "weight_hist_edges": {name: s.hist_edges.numpy() for name, s in summaries.items()},
-        "entropy_hist": {name: s.entropy_hist.numpy() for name, s in summaries.items()},
-        "entropy_hist_edges": {name: s.entropy_edges.numpy() for name, s in summaries.items()},
-        "coactivation": {name: s.coactivation.numpy() for name, s in summaries.items()},
-        "expert_cka": exp_summary.cka.numpy() if exp_summary is not None else None,
-        "expert_cka_names": recorded_experts,
-    }
+    summaries, pairs, outputs, experts_summary = stats.compute()  # syncs across ranks, then to the host
+    tables = stats.tables_of(summaries, pairs, outputs, experts_summary, n_rows, recorded)
+    findings = diagnose(tables, thresholds)
     result = InspectionResult(
         topology=topo,
         tables=tables,
@@ -373,156 +292,44 @@ def inspect(
         verdict=verdict(topo, tables, routing_findings(findings)),
         n_rows=n_rows,
         data_source=source.name,
-        model_name=model_name or type(model).__name__,
-        thresholds=th,
-        arrays=arrays,
+        model_name=model_name,
+        thresholds=thresholds,
+        arrays=RoutingStats.arrays(summaries, experts_summary, recorded),
         meta={
             "record_seconds": elapsed,
             "rows_per_second": n_rows / max(elapsed, 1e-9),
-            "features": list(feature_cols) if feature_cols else [],  # input columns read (for the report)
+            "features": list(binding.feature_columns or ()),  # input columns read (for the report)
             **_cfg_meta(cfg),
         },
     )
     if read_ahead is not None:
         result.meta["read_ahead_peak_rows"] = read_ahead.peak  # this rank's high-water mark
-    if dist_ctx is not None:
-        result.meta["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend}
-        if not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows; the others are done
-            return result
-    if causal:
-        options = dict(causal) if isinstance(causal, Mapping) else {}
-        if not labelled:
-            result.meta["causal_skipped"] = (
-                "no label columns for any task: causal analyses need labelled rows"
-            )
-        else:
-            from mmoe_inspect.causal import run_causal
-
-            options.setdefault("batch_size", cfg.batch_size)
-            options.setdefault("seed", cfg.seed)
-            causal_result = run_causal(
-                model,
-                source,
-                topology=topo,
-                input_fn=input_fn,
-                columns=feature_cols,
-                labels={t.name: t.label_column for t in labelled},
-                **options,
-            )
-            result.attach_causal(causal_result)  # a collapsed gate's severity follows its measured impact
-    if attribution:
-        from mmoe_inspect.attribution import run_attribution
-
-        options = dict(attribution) if isinstance(attribution, Mapping) else {}
-        options.setdefault("seed", cfg.seed)
-        result.attribution = run_attribution(
-            model, source, topology=topo, input_fn=input_fn, features=feature_cols, **options
-        )
+    if dist is not None:
+        result.meta["distributed"] = {"world_size": dist.world_size, "backend": dist.backend}
     return result
 
 
-def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[Finding]) -> str:
-    """One sentence that answers "do the experts serve different tasks?".
-
-    When discovery saw gate-like computations it could not resolve (or is not confident), the routing
-    cannot be judged and the sentence says so first, whatever the found gates look like.
-    """
-    if not topology.judgeable:
-        return cannot_judge_sentence(topology)
-    if not topology.has_gates:
-        return "No gates found: this is a Shared-Bottom (or dense) multi-task model, so there is no routing to inspect."
-    critical = [f for f in findings if f.severity == "critical"]
-    if critical:
-        kinds = sorted({f.title.lower() for f in critical})
-        return f"Routing is unhealthy: {', '.join(kinds)} ({plural(len(critical), 'critical finding')})."
-    mi = tables.get("mutual_information", pd.DataFrame())
-    div = tables.get("task_divergence", pd.DataFrame())
-    warn = [f for f in findings if f.severity == "warning"]
-    tail = f"; {plural(len(warn), 'warning')} to review" if warn else ""
-    if mi.empty or div.empty:
-        return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
-    nmi = float(mi["normalized"].max())
-    tv = float(div["tv_per_row"].max())
-    evidence = f"per-row total variation up to {tv:.2f}, normalized task-expert MI {nmi:.2f}"
-    if tv >= 0.5 or nmi >= 0.2:
-        return f"Yes: the tasks route rows to clearly different experts ({evidence}){tail}."
-    if tv >= 0.2:
-        return f"Partly: the tasks share most experts but weight them differently ({evidence}){tail}."
-    return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
+def progress_label(model_name: str, label: str | None) -> str:
+    """What progress stages call the model: `label` when given, else its name."""
+    return label if label else model_name
 
 
-def cannot_judge_sentence(topology: Topology) -> str:
-    """ "Could not verify the routing: ..." with the first unresolved item (or the low confidence)."""
-    items = topology.unresolved
-    if items:
-        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-        found = (
-            f"; {plural(len(topology.gates), 'gate')} {'was' if len(topology.gates) == 1 else 'were'} found and "
-            "reported, but the routing as a whole is unverified"
-            if topology.has_gates
-            else ""
-        )
-        return (
-            f"Could not verify the routing: {items[0].line()}{more}{found}. See Topology, and pass a spec "
-            "naming the gate (--spec) to judge it."
-        )
-    return (
-        f"Could not verify the routing: discovery is not confident about the gates (confidence "
-        f"{topology.confidence:.2f}). See Topology, and pass a spec (--spec) to judge it."
-    )
+def expected_rows(source: TableSource, sample: float | None, limit: int | None) -> int | None:
+    """Rows a pass will read (an estimate when sampling; None when unknown, e.g. CSV)."""
+    n = source.n_rows()
+    if n is None:
+        return None
+    if sample is not None:
+        n = int(n * sample)
+    return min(n, limit) if limit is not None else n
 
 
-def _labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], columns: set[str], source: str) -> torch.Tensor:
-    """`[batch, T]` float labels, NaN where the column is absent or the value missing; binary ones 0/1."""
-    cols = []
-    for t in tasks:
-        if t.label_column in columns and t.label_column in frame:
-            raw = frame[t.label_column]
-            try:
-                if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "biuf":  # already numbers
-                    values = raw.to_numpy(dtype=np.float64, copy=True)
-                else:
-                    values = pd.to_numeric(raw).to_numpy(dtype="float64", copy=True)
-            except (ValueError, TypeError):
-                raise NonNumericError(
-                    f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric "
-                    f"(dtype {raw.dtype})"
-                ) from None
-            if t.kind == "binary":
-                bad = ~np.isnan(values) & (values != 0) & (values != 1)
-                if bad.any():
-                    i = int(np.argmax(bad))
-                    raise LabelValueError(
-                        f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds "
-                        f"{values[i]:g} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
-                    )
-            cols.append(torch.from_numpy(values))
-        else:
-            cols.append(torch.full((len(frame),), float("nan"), dtype=torch.float64))
-    return torch.stack(cols, dim=1)
-
-
-def _with_labels(topo: Topology, labels: Mapping[str, str], source: TableSource) -> Topology:
-    """`topo` with each task in `labels` reading its label from the named column (which must exist)."""
-    names = list(topo.task_names)
-    unknown = [t for t in labels if t not in names]
-    if unknown:
-        hint = "".join(closest(t, names) for t in unknown[:1])
-        raise DataError(
-            f"labels name task(s) {unknown}{hint} but the model's tasks are {', '.join(names)}; "
-            "name the tasks with --tasks or fix --labels"
-        )
-    require_columns(source, list(labels.values()), what="label")
-    tasks = tuple(replace(t, label=labels[t.name]) if t.name in labels else t for t in topo.tasks)
-    return replace(topo, tasks=tasks)
-
-
-def _example_batch(source: TableSource, input_fn: InputFn, feature_cols: list[str] | None) -> Any:
-    for frame in source.iter_frames(64, feature_cols, max_rows=64):
-        if feature_cols:
-            check_features(frame, feature_cols, source.name)
-        return input_fn(frame)
-    raise DataError(f"{source.name} has no rows")
+def expert_sample_rate(cfg: InspectConfig, n_rows: int | None) -> float:
+    """Share of rows sampled for expert similarity: about `expert_sample_rows` rows in total when the row
+    count is known (deterministic by row hash, so batching and sharding pick the same rows)."""
+    if n_rows is None or n_rows <= 0:
+        return cfg.expert_sample_rate
+    return min(1.0, cfg.expert_sample_rows / n_rows)
 
 
 def _combine_ranks(
@@ -542,123 +349,9 @@ def _combine_ranks(
     return sum(n for n, _, _ in everyone), max(t for _, t, _ in everyone), expert_stats
 
 
-def _host(summary: Any) -> Any:
-    """A computed summary (dataclass) with its tensors copied to the host (no-op on CPU)."""
-    if not is_dataclass(summary):
-        return summary
-    moved = {
-        f.name: getattr(summary, f.name).cpu()
-        for f in fields(summary)
-        if isinstance(getattr(summary, f.name), torch.Tensor)
-        and getattr(summary, f.name).device.type != "cpu"
-    }
-    return replace(summary, **moved) if moved else summary
-
-
-@contextmanager
-def _on_device(model: nn.Module, device: str | torch.device | None) -> Iterator[None]:
-    """The model on `device` for the block, then back where it was (no-op when None or already there).
-
-    A device that is not available raises a `RecordingError` (one line) before anything moves.
-    """
-    if device is None:
-        yield
-        return
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise RecordingError(f"device {str(device)!r}: CUDA is not available on this machine")
-    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
-        raise RecordingError(
-            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    tensors = [*model.parameters(), *model.buffers()]
-    where = {t.device for t in tensors}
-    if (
-        not tensors
-        or where == {target}
-        or (target.index is None and {d.type for d in where} == {target.type})
-    ):
-        yield
-        return
-    if len(where) > 1:
-        raise RecordingError(
-            f"the model is spread over {sorted(map(str, where))}: move it yourself instead of passing device="
-        )
-    original = where.pop()
-    model.to(target)
-    try:
-        yield
-    finally:
-        model.to(original)
-
-
 def _range_start(index: pd.Index) -> int | None:
     """The first row of a batch whose index is consecutive rows (a step-1 `RangeIndex`), else None."""
     return int(index.start) if isinstance(index, pd.RangeIndex) and index.step == 1 else None
-
-
-def _column_picker(cols: Sequence[int], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`t -> t[:, cols]` for `[batch, T]` tensors on `device`: a view (no op on the data) when `cols` are
-    consecutive, else one `index_select` with an index built once."""
-    if cols and list(cols) == list(range(cols[0], cols[0] + len(cols))):
-        first, stop = cols[0], cols[0] + len(cols)
-        return lambda t: t if (first == 0 and stop == t.shape[1]) else t[:, first:stop]
-    index = torch.tensor(list(cols), dtype=torch.int64, device=device)
-    return lambda t: t.index_select(1, index)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        if x.device == device:
-            return x
-        if device.type == "cuda" and x.device.type == "cpu":  # pinned + async: no host wait per batch
-            return x.pin_memory().to(device, non_blocking=True)
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
-
-
-def _expected_rows(cfg: InspectConfig, source: TableSource) -> int | None:
-    """Rows the inspection will see (None when unknown, e.g. CSV)."""
-    n = source.n_rows()
-    if n is None:
-        return None
-    if cfg.sample is not None:
-        n = int(n * cfg.sample)
-    return min(n, cfg.max_rows) if cfg.max_rows is not None else n
-
-
-def _forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
-    """Run the model; a failing forward is reported as a bad model/input pair (one line), not as our bug."""
-    try:
-        return call_model(model, x)  # a tuple input is the forward's positional arguments
-    except RecordingError:
-        raise
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        detail = text[0] if text else type(exc).__name__
-        raise RecordingError(
-            f"the model's forward failed on rows {first_row}..{first_row + n - 1} "
-            f"({type(exc).__name__}: {detail}); check the input mapping (--input/--features/--collate) "
-            "or the model code"
-        ) from exc
-
-
-def _expert_sample_rate(cfg: InspectConfig, n_rows: int | None) -> float:
-    """Share of rows sampled for expert similarity: about `expert_sample_rows` rows in total when the row
-    count is known (deterministic by row hash, so batching and sharding pick the same rows)."""
-    if n_rows is None or n_rows <= 0:
-        return cfg.expert_sample_rate
-    return min(1.0, cfg.expert_sample_rows / n_rows)
 
 
 def _cfg_meta(cfg: InspectConfig) -> dict[str, Any]:

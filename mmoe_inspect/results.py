@@ -72,7 +72,7 @@ class InspectionResult:
         (`mmoe_inspect.analysis.review.rescale_by_impact`) and the verdict is re-read from the findings."""
         from .analysis.findings import routing_findings
         from .analysis.review import rescale_by_impact
-        from .inspector import verdict
+        from .analysis.verdict import verdict
 
         self.causal = causal
         if causal is not None:

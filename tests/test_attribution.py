@@ -22,9 +22,9 @@ from mmoe_inspect.attribution import (
     run_attribution,
     sample_frame,
 )
+from mmoe_inspect.data.inputs import InputColumn
 from mmoe_inspect.data.schema import CategoricalFeature, FeatureSpec
 from mmoe_inspect.data.sources import TableSource
-from mmoe_inspect.loading.inputs import InputColumn
 from mmoe_inspect.models import MMoE, SharedBottom
 from mmoe_inspect.testing.planted import AttentionMMoE, EinsumMMoE, PlantedOMoE, SharedSoftmaxMMoE
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology

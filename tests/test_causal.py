@@ -12,6 +12,7 @@ import torch
 from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 from torch import nn
 
+from mmoe_inspect.binding import task_predictions
 from mmoe_inspect.causal import (
     Ablate,
     Baseline,
@@ -28,7 +29,6 @@ from mmoe_inspect.causal import (
 from mmoe_inspect.causal.metrics import bootstrap_counts
 from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
 from mmoe_inspect.functional.routing import js_divergence
-from mmoe_inspect.inspector import task_predictions
 from mmoe_inspect.models import MMoE, SharedBottom
 from mmoe_inspect.recording.recorder import GateRecorder
 from mmoe_inspect.testing.planted import EinsumMMoE, PlantedMMoE, PlantedOMoE

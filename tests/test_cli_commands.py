@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import mmoe_inspect as mi
 from mmoe_inspect.cli._common import FINDING_CODES, LoadOptions, parse_fail_on
-from mmoe_inspect.cli._pipeline import Passes
+from mmoe_inspect.cli._progress import Passes
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.testing.planted import PlantedMMoE
 
@@ -227,7 +227,7 @@ def test_report_says_why_sections_are_absent(planted, tmp_path: Path) -> None:
     assert code == 0, text
     html = (tmp_path / "a" / "index.html").read_text(encoding="utf-8")
     assert "No causal analyses: the data has no label column for any task" in html
-    assert "Attributions were not computed: turned off (--no-attributions)." in html
+    assert "Attributions were not computed: they were not requested" in html
     assert "No label-conditioned routing" in html
     code, text = invoke(
         "report",
@@ -241,7 +241,7 @@ def test_report_says_why_sections_are_absent(planted, tmp_path: Path) -> None:
     )
     assert code == 0, text
     html = (tmp_path / "b" / "index.html").read_text(encoding="utf-8")
-    assert "No causal analyses: turned off (--no-causal)" in html
+    assert "No causal analyses: they were not requested" in html
     code, text = invoke(
         "report", planted["clean"], *loading(planted), "--no-causal", "--segment-by", "device"
     )
@@ -288,7 +288,7 @@ def test_report_attributions_on_by_default_with_budget_and_rows(planted, tmp_pat
     assert code == 0, text
     html = (tmp_path / "off" / "index.html").read_text(encoding="utf-8")
     assert 'id="attributions"' in html
-    assert "Attributions were not computed: turned off (--no-attributions)." in html
+    assert "Attributions were not computed: they were not requested" in html
     assert not list((tmp_path / "off" / "figures").glob("attribution_*"))
     assert json.loads((tmp_path / "off" / "metrics.json").read_text(encoding="utf-8"))["attribution"] is None
 
@@ -305,7 +305,7 @@ def test_report_keeps_the_inspection_when_inputs_cannot_be_attributed(
     out = tmp_path / "r"
     code, text = invoke("report", planted["clean"], *loading(planted), "--no-causal", "--out", out)
     assert code == 0, text
-    assert "note: no attributions: the model input has no features to attribute" in text
+    assert "note: no attributions: the model's inputs could not be attributed (the model input has no features to attribute)" in text
     html = unescape((out / "index.html").read_text(encoding="utf-8"))
     assert (
         "Attributions were not computed: the model's inputs could not be attributed (the model input has no "
@@ -356,7 +356,7 @@ def test_baseline_predicting_none_of_the_tasks_is_bad_input(planted, tmp_path: P
         "report", planted["clean"], *loading(planted), "--baseline", f"o={other}", "--out", tmp_path / "r"
     )
     assert code == 2, text
-    assert "--baseline o predicts ['likes', 'shares'], none of the model's tasks ['ctr', 'cvr']" in text
+    assert "error: baseline o predicts ['likes', 'shares'], none of the model's tasks ['ctr', 'cvr']" in text
 
 
 def test_seed_picks_the_sampled_rows(planted) -> None:

@@ -287,14 +287,14 @@ if stage == "figures":
     draw = FIGURES["coactivation"].draw
     FIGURES["coactivation"] = replace(FIGURES["coactivation"], draw=lambda r: (park(), draw(r))[1])
 else:
-    import mmoe_inspect.inspector as insp
-    forward, calls = insp._forward, []
+    import mmoe_inspect.routing_pass as insp
+    forward, calls = insp.forward, []
     def slow_forward(*a):
         calls.append(1)
         if len(calls) == 2:
             park()
         return forward(*a)
-    insp._forward = slow_forward
+    insp.forward = slow_forward
 
 from mmoe_inspect.cli.main import app
 sys.argv = ["mmoe-inspect", *sys.argv[3:]]

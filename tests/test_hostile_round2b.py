@@ -24,10 +24,10 @@ from mmoe_inspect.checkpoint import save_checkpoint
 from mmoe_inspect.cli._common import FINDING_CODES
 from mmoe_inspect.data.batches import frame_to_inputs
 from mmoe_inspect.data.door import ColumnTypeError
+from mmoe_inspect.data.inputs import FrameInputs, InputColumn
 from mmoe_inspect.data.schema import CategoricalFeature
 from mmoe_inspect.data.sources import DataFileError, TableSource
 from mmoe_inspect.inspector import InspectConfig
-from mmoe_inspect.loading.inputs import FrameInputs, InputColumn
 from mmoe_inspect.models import MMoE
 from mmoe_inspect.recording.fingerprint import changed_tensors, fingerprint
 from mmoe_inspect.reports import write_report

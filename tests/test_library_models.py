@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import mmoe_inspect as mi
+from mmoe_inspect.binding import task_predictions
 from mmoe_inspect.data.sources import TableSource
-from mmoe_inspect.inspector import task_predictions
 from mmoe_inspect.loading import UntrustedCheckpointError, load_model
 from mmoe_inspect.loading._code import user_code
 from mmoe_inspect.stats.outputs import TaskOutputStats

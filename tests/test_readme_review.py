@@ -10,7 +10,7 @@ import re
 import shlex
 from pathlib import Path
 
-from mmoe_inspect.cli._pipeline import default_out_dir
+from mmoe_inspect.cli._write import default_out_dir
 
 README = Path(__file__).parents[1] / "README.md"
 

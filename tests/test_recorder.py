@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmoe_inspect.inspector import task_predictions
+from mmoe_inspect.binding import task_predictions
 from mmoe_inspect.models import PLE, MMoE
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError, gate_probabilities
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology, TopologyError

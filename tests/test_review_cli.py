@@ -121,7 +121,7 @@ def test_attribution_and_causal_stages_report_their_progress(tiny: Path, tmp_pat
 def test_progress_bars_show_rate_and_eta_on_a_terminal() -> None:
     from rich.console import Console
 
-    from mmoe_inspect.cli._pipeline import Passes
+    from mmoe_inspect.cli._progress import Passes
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=160, color_system=None)

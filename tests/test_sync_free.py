@@ -15,7 +15,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from mmoe_inspect.analysis.tables import gate_groups
-from mmoe_inspect.inspector import task_predictions
+from mmoe_inspect.binding import task_predictions
 from mmoe_inspect.models import PLE, MMoE
 from mmoe_inspect.recording.recorder import GateRecorder
 from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats, update_gates

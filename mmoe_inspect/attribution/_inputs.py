@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from mmoe_inspect.loading.inputs import InputColumn
+from mmoe_inspect.data.inputs import InputColumn
 
 InputConvention = Literal["dict", "tensor"]
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)

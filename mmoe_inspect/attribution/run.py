@@ -37,9 +37,11 @@ from mmoe_inspect.attribution.result import (
     TASK_COLUMNS,
     AttributionResult,
 )
+from mmoe_inspect.binding import default_input_fn, resolve_topology
+from mmoe_inspect.data.inputs import InputColumn
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import TableSource, check_features, require_columns
-from mmoe_inspect.loading.inputs import InputColumn
+from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.recording.recorder import model_mode
 from mmoe_inspect.topology.spec import Topology
 
@@ -105,8 +107,6 @@ def run_attribution(
     """
     started = time.perf_counter()
     _validate(sample_rows, n_steps, budget_seconds, targets, baseline, method, delta_tolerance)
-    from mmoe_inspect.inspector import resolve_topology
-
     source = TableSource.of(data)
     fn, columns = _resolve_inputs(model, input_fn, features)
     read = [c.name for c in columns] if columns is not None else None
@@ -119,9 +119,9 @@ def run_attribution(
     groups = list(dict.fromkeys(targets))
     work, notes = list_targets(model, topo, groups)
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     with torch.inference_mode(False):
-        x = _to_device(fn(frame), device)
+        x = to_device(fn(frame), device)
         if isinstance(x, tuple):  # positional arguments (forward(categorical, numerical)): no layout for them
             raise AttributionError(
                 f"the model takes {len(x)} positional input(s); attributions support one [batch, D] tensor "
@@ -197,8 +197,6 @@ def _resolve_inputs(
     model: nn.Module, input_fn: InputFn | None, features: Sequence[str] | FeatureSpec | None
 ) -> tuple[InputFn, list[InputColumn] | None]:
     """The row → input function and the feature columns in input order (None: read from the input)."""
-    from mmoe_inspect.inspector import default_input_fn
-
     if input_fn is None:
         fn, spec = default_input_fn(model, features if isinstance(features, FeatureSpec) else None)
         if spec is None:  # pragma: no cover - default_input_fn raises without a spec
@@ -265,14 +263,6 @@ def sample_frame(
         kept = frame
     assert kept is not None  # iter_frames raises on an empty source
     return kept.sort_index()
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    return x
 
 
 def _method(layer: InputLayer, method: str, notes: list[str]) -> str:

@@ -26,10 +26,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from mmoe_inspect.binding import read_labels, task_predictions
 from mmoe_inspect.causal.interventions import Edit, GateIntervention, Replace, map_tensors, repeat_rows
 from mmoe_inspect.data.call import call_model
-from mmoe_inspect.data.sources import LabelValueError, NonNumericError, TableSource, check_features
-from mmoe_inspect.inspector import task_predictions
+from mmoe_inspect.data.sources import TableSource, check_features
+from mmoe_inspect.device import model_device, to_device
+from mmoe_inspect.progress import Stage
 from mmoe_inspect.recording.recorder import GateRecorder, model_mode
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
@@ -97,37 +99,6 @@ class Collected:
         return self.gate_sums[gate] / max(self.gate_rows.get(gate, 0), 1)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> np.ndarray:
-    """`[b, T]` float64 labels from each task's label column; NaN when absent or missing; binary ones 0/1."""
-    out = np.full((len(frame), len(tasks)), np.nan)
-    for j, t in enumerate(tasks):
-        if t.label_column not in frame:
-            continue
-        raw = frame[t.label_column]
-        try:
-            values = pd.to_numeric(raw).to_numpy(dtype="float64", copy=True)
-        except (ValueError, TypeError):
-            raise NonNumericError(
-                f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric (dtype {raw.dtype})"
-            ) from None
-        if t.kind == "binary":
-            bad = ~np.isnan(values) & (values != 0) & (values != 1)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise LabelValueError(
-                    f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds {values[i]:g} "
-                    f"(row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
-                )
-        out[:, j] = values
-    return out
-
-
 def predictions(out: Any, tasks: Sequence[TaskSpec]) -> Tensor:
     """`[rows, T]` float predictions in task order; binary tasks given as logits are passed through a sigmoid."""
     p = task_predictions(out, tasks)
@@ -146,17 +117,27 @@ def mean_gates(
     rows: int,
     batch_size: int,
     columns: Sequence[str] | None,
+    sample: float | None = None,
+    seed: int = 0,
+    progress: Stage | None = None,
 ) -> dict[str, tuple[float, ...]]:
-    """Each gate's mean probabilities `[E]` over the first `rows` rows of `source` (intact model)."""
+    """Each gate's mean probabilities `[E]` over the first `rows` rows of `source` (intact model);
+    `sample`/`seed` thin the rows as `TableSource.iter_frames` does, `progress` sees the rows done."""
     sums = {g.name: torch.zeros(g.n_experts, dtype=torch.float64) for g in topology.gates}
     seen = {g.name: 0 for g in topology.gates}
     device = model_device(model)
     with GateRecorder(model, topology) as rec, torch.inference_mode():
-        for frame in source.iter_frames(batch_size, columns, rows):
-            call_model(model, map_tensors(input_fn(frame), lambda t: t.to(device)))
+        done = 0
+        for frame in source.iter_frames(batch_size, columns, rows, sample=sample, seed=seed):
+            call_model(model, to_device(input_fn(frame), device))
             for name, g in rec.take().gates.items():
                 sums[name] += g.double().sum(0).cpu()
                 seen[name] += g.shape[0]
+            done += len(frame)
+            if progress is not None:
+                progress(done)
+    if progress is not None:
+        progress.finish()
     return {k: tuple((v / max(seen[k], 1)).tolist()) for k, v in sums.items()}
 
 
@@ -265,11 +246,15 @@ def collect(
     max_rows: int | None = 200_000,
     max_stack_rows: int = 16_384,
     on_batch: Callable[[pd.DataFrame, dict[str, Tensor]], None] | None = None,
+    sample: float | None = None,
+    seed: int = 0,
+    progress: Stage | None = None,
 ) -> Collected:
     """Stream `source` once; per batch run the intact model, every variant and every baseline.
 
     `columns` are the data columns to read (None: all); `feature_columns` are checked to be numeric
-    and finite in every chunk. `on_batch(frame, intact_gates)` sees each
+    and finite in every chunk; `sample`/`seed` thin the rows as `TableSource.iter_frames` does and
+    `progress` sees the rows done. `on_batch(frame, intact_gates)` sees each
     chunk with the intact gate probabilities `{gate: [b, E]}` (segment statistics use it).
     Identical variants (same edits) are evaluated once and share their predictions.
     """
@@ -300,11 +285,12 @@ def collect(
     iv = GateIntervention(model, topology, dedupe=strategy == "cached")
     runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv)
     with iv, torch.no_grad():  # not inference_mode: the expert cache keys on tensor version counters
-        for frame in source.iter_frames(batch_size, columns, max_rows):
+        done = 0
+        for frame in source.iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
             if feature_cols:
                 check_features(frame, feature_cols, source.name)
             b = len(frame)
-            x = map_tensors(input_fn(frame), lambda t: t.to(device))
+            x = to_device(input_fn(frame), device)
             out, captured = runner.run(x, b)
             preds_parts.append(out.float())
             label_parts.append(read_labels(frame, tasks, source.name))
@@ -316,6 +302,11 @@ def collect(
                 base_parts[bl.name].append(_baseline_batch(bl, frame, tasks))
             if on_batch is not None:
                 on_batch(frame, {k: v.cpu() for k, v in captured.items()})
+            done += b
+            if progress is not None:
+                progress(done)
+    if progress is not None:
+        progress.finish()
     if not preds_parts:
         raise ValueError(f"{source.name} has no rows")
     stacked = torch.cat(preds_parts, dim=1).cpu().numpy()  # [1 + V, n, T]
@@ -348,9 +339,7 @@ def _baseline_batch(bl: BaselineRun, frame: pd.DataFrame, tasks: Sequence[TaskSp
     device = model_device(bl.model)
     out = np.full((len(frame), len(tasks)), np.nan, dtype=np.float32)
     with model_mode(bl.model, training=False):
-        p = predictions(
-            call_model(bl.model, map_tensors(bl.input_fn(frame), lambda t: t.to(device))), bl.tasks
-        )
+        p = predictions(call_model(bl.model, to_device(bl.input_fn(frame), device)), bl.tasks)
     names = [t.name for t in tasks]
     for j, t in enumerate(bl.tasks):
         if t.name in names:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from mmoe_inspect.binding import default_input_fn
 from mmoe_inspect.causal._engine import INTACT, BaselineRun
 from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation
 from mmoe_inspect.data.schema import FeatureSpec
@@ -89,8 +90,11 @@ class Baseline:
     tasks: Sequence[str | TaskSpec] | None = None
 
 
-def _as_baseline(value: Any) -> Baseline:
-    """A `Baseline`, a bare model, or `(model, input_fn | FeatureSpec | None)`."""
+def _as_baseline(value: Any, topology: Topology) -> Baseline:
+    """A `Baseline`, a bare model, `(model, input_fn | FeatureSpec | None)`, or a function of the main
+    model's task names returning one of these (a baseline that needs them, e.g. `LoadedModel.as_baseline`)."""
+    if callable(value) and not isinstance(value, nn.Module | Baseline):
+        value = value(list(topology.task_names))
     if isinstance(value, Baseline):
         return value
     if isinstance(value, nn.Module):
@@ -104,7 +108,8 @@ def _as_baseline(value: Any) -> Baseline:
         if callable(how):
             return Baseline(model, input_fn=how)
     raise TypeError(
-        "a baseline is a Baseline, an nn.Module, or a (model, input_fn or FeatureSpec) pair, "
+        "a baseline is a Baseline, an nn.Module, a (model, input_fn or FeatureSpec) pair, or a function "
+        "of the main model's task names returning one, "
         f"not {type(value).__name__}"
     )
 
@@ -113,12 +118,10 @@ def resolve_baselines(
     baselines: Mapping[str, Any], topology: Topology
 ) -> tuple[list[BaselineRun], list[str]]:
     """Baselines ready to run: input functions, the data columns they read, their tasks matched by name."""
-    from mmoe_inspect.inspector import default_input_fn
-
     main = {t.name: t for t in topology.tasks}
     runs, notes = [], []
     for name, value in baselines.items():
-        b = _as_baseline(value)
+        b = _as_baseline(value, topology)
         if b.input_fn is not None:
             input_fn, spec = b.input_fn, b.features
         else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from mmoe_inspect.binding import bind
 from mmoe_inspect.causal._engine import INTACT, STRATEGIES, InputFn, PlannedVariant, collect, mean_gates
 from mmoe_inspect.causal._finite import drop_nonfinite_rows
 from mmoe_inspect.causal.ablation import ABLATION_COLUMNS, ABLATION_MODES, ablation_table, ablation_variants
@@ -32,7 +32,8 @@ from mmoe_inspect.causal.metrics import TASK_METRICS, Evaluation
 from mmoe_inspect.causal.result import CausalResult
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
 from mmoe_inspect.data.schema import FeatureSpec
-from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
+from mmoe_inspect.data.sources import DataError, TableSource, require_columns
+from mmoe_inspect.progress import Progress, Stage, as_progress
 from mmoe_inspect.topology.spec import Topology
 
 ANALYSES: tuple[str, ...] = ("ablation", "counterfactuals", "gains", "segments")
@@ -65,6 +66,9 @@ def run_causal(
     mean_gate_rows: int = 20_000,
     max_segments: int = 50,
     max_tracked_segments: int = 10_000,
+    sample: float | None = None,
+    progress: Progress | None = None,
+    stage: str = "causal analyses",
 ) -> CausalResult:
     """Causal analyses of `model` on labelled `data`: expert ablation, gate counterfactuals, gains, segments.
 
@@ -83,6 +87,9 @@ def run_causal(
     `strategy` is "naive" (one forward per variant), "batched" (variants stacked into one forward of
     at most `max_stack_rows` rows) or "cached" (batched + expert outputs computed once when their
     inputs are identical); all give the same numbers. The model is left exactly as found.
+    `sample` reads that share of the rows (deterministic in `seed`, the rows `inspect()` read with the
+    same `InspectConfig.sample`); `progress` sees each pass over the data as stage
+    "`stage` (pass k)".
 
     Examples::
 
@@ -90,8 +97,6 @@ def run_causal(
         >>> res.importance()            # task x expert AUC importance (renormalize)
         >>> res.baseline_gains          # task, positive rate, model / baseline metric, gain with CI
     """
-    from mmoe_inspect.inspector import default_input_fn, resolve_topology
-
     unknown = [a for a in analyses if a not in ANALYSES]
     if unknown:
         raise ValueError(f"analyses must be among {', '.join(ANALYSES)}, not {unknown}")
@@ -100,25 +105,20 @@ def run_causal(
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be positive, got {max_rows}")
     started = time.perf_counter()
-    source = TableSource.of(data)
-    spec = features
-    if input_fn is None:
-        input_fn, spec = default_input_fn(model, features)
-    feature_cols = list(columns) if columns is not None else (list(spec.names) if spec is not None else None)
-    if feature_cols:
-        require_columns(source, feature_cols)
-    topo = resolve_topology(
-        model, topology, example=lambda: _example(source, input_fn, feature_cols), tasks=tasks
+    bound = bind(
+        model,
+        data,
+        topology=topology,
+        tasks=tasks,
+        features=features,
+        input_fn=input_fn,
+        columns=columns,
+        labels=dict(labels) if labels else True,
     )
+    source, input_fn, topo = bound.source, bound.input_fn, bound.topology
+    feature_cols = list(bound.feature_columns) if bound.feature_columns is not None else None
     notes: list[str] = []
-    if labels:
-        unknown_tasks = [t for t in labels if t not in topo.task_names]
-        if unknown_tasks:
-            raise DataError(
-                f"labels name task(s) {unknown_tasks} but the model's tasks are {list(topo.task_names)}"
-            )
-        require_columns(source, list(labels.values()), what="label")
-        topo = replace(topo, tasks=tuple(replace(t, label=labels.get(t.name, t.label)) for t in topo.tasks))
+    passes = _Passes(as_progress(progress), stage, source, sample)
     have = set(source.columns())
     label_cols = [t.label_column for t in topo.tasks if t.label_column in have]
     unlabelled = [t.name for t in topo.tasks if t.label_column not in have]
@@ -166,6 +166,9 @@ def run_causal(
                 rows=mean_gate_rows,
                 batch_size=batch_size,
                 columns=feature_cols if read_cols is not None else None,
+                sample=sample,
+                seed=seed,
+                progress=passes.next(mean_gate_rows),
             )
             cf_variants, n = counterfactual_variants(topo, means)
             notes += n
@@ -194,6 +197,9 @@ def run_causal(
         max_rows=max_rows,
         max_stack_rows=max_stack_rows,
         on_batch=on_batch if segments is not None else None,
+        sample=sample,
+        seed=seed,
+        progress=passes.next(max_rows),
     )
     notes += collected.notes
     if max_rows is not None and collected.n_rows >= max_rows:
@@ -285,9 +291,16 @@ def run_causal(
     )
 
 
-def _example(source: TableSource, input_fn: InputFn, feature_cols: list[str] | None) -> Any:
-    for frame in source.iter_frames(64, feature_cols, max_rows=64):
-        if feature_cols:
-            check_features(frame, feature_cols, source.name)
-        return input_fn(frame)
-    raise DataError(f"{source.name} has no rows")
+class _Passes:
+    """Names the passes over the data ("causal analyses of m.pt (pass 2)") for the progress display."""
+
+    def __init__(self, progress: Progress, stage: str, source: TableSource, sample: float | None) -> None:
+        self.progress, self.stage, self.count = progress, stage, 0
+        n = source.n_rows()
+        self.total = None if n is None else (round(n * sample) if sample is not None else n)
+
+    def next(self, limit: int | None) -> Stage:
+        """The next pass, reading at most `limit` rows."""
+        self.count += 1
+        total = limit if self.total is None else (self.total if limit is None else min(self.total, limit))
+        return Stage(self.progress, f"{self.stage} (pass {self.count})", total)

@@ -15,6 +15,15 @@ Examples::
 """
 
 from mmoe_inspect.checkpoint import CheckpointError
+from mmoe_inspect.data.inputs import (
+    CollateInputs,
+    FrameInputs,
+    GroupedInputs,
+    InputColumn,
+    InputMappingError,
+    parse_labels,
+    split_names,
+)
 from mmoe_inspect.data.sources import (
     DataError,
     DataFileError,
@@ -35,15 +44,6 @@ from mmoe_inspect.loading.checkpoints import (
     UnsupportedCheckpointError,
     UntrustedCheckpointError,
     load_model,
-)
-from mmoe_inspect.loading.inputs import (
-    CollateInputs,
-    FrameInputs,
-    GroupedInputs,
-    InputColumn,
-    InputMappingError,
-    parse_labels,
-    split_names,
 )
 from mmoe_inspect.loading.loaded import LoadedModel
 

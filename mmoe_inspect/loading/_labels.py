@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from mmoe_inspect.data.inputs import InputMappingError
 from mmoe_inspect.loading._trials import short
-from mmoe_inspect.loading.inputs import InputMappingError
 
 __all__ = ["LABEL_WORDS", "label_for_output", "looks_like_label", "match_outputs"]
 

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect.data.call import call_model, is_two_class
-from mmoe_inspect.data.sources import DataError
-from mmoe_inspect.loading.inputs import (
+from mmoe_inspect.data.inputs import (
     INPUT_MODES,
     CollateInputs,
     FrameInputs,
@@ -29,6 +28,7 @@ from mmoe_inspect.loading.inputs import (
     InputColumn,
     InputMappingError,
 )
+from mmoe_inspect.data.sources import DataError
 
 _IDS_PARAM = re.compile(r"cat|sparse|(^|_)ids?($|_)|emb|discrete|index|indices|token", re.I)
 _DENSE_PARAM = re.compile(r"num|dense|cont|float|real|value", re.I)

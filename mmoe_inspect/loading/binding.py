@@ -50,6 +50,15 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from mmoe_inspect.data.inputs import (
+    INPUT_MODES,
+    CollateInputs,
+    FrameInputs,
+    GroupedInputs,
+    InputMappingError,
+    parse_labels,
+    split_names,
+)
 from mmoe_inspect.data.sources import DataError, TableSource, require_columns
 from mmoe_inspect.loading._labels import LABEL_WORDS, label_for_output, looks_like_label, match_outputs
 from mmoe_inspect.loading._trials import (
@@ -61,15 +70,6 @@ from mmoe_inspect.loading._trials import (
     pick,
     short,
     try_all,
-)
-from mmoe_inspect.loading.inputs import (
-    INPUT_MODES,
-    CollateInputs,
-    FrameInputs,
-    GroupedInputs,
-    InputMappingError,
-    parse_labels,
-    split_names,
 )
 
 __all__ = ["LABEL_WORDS", "TRIAL_ROWS", "Binding", "bind_inputs", "label_for_output", "looks_like_label"]

@@ -10,10 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from torch import nn
 
-from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
-from mmoe_inspect.loading.adapters import Adapter
-from mmoe_inspect.loading.binding import Binding, bind_inputs
-from mmoe_inspect.loading.inputs import (
+from mmoe_inspect.data.inputs import (
     CollateInputs,
     FrameInputs,
     GroupedInputs,
@@ -21,9 +18,13 @@ from mmoe_inspect.loading.inputs import (
     parse_labels,
     split_names,
 )
+from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
+from mmoe_inspect.loading.adapters import Adapter
+from mmoe_inspect.loading.binding import Binding, bind_inputs
 
 if TYPE_CHECKING:
     from mmoe_inspect.analysis.findings import Thresholds
+    from mmoe_inspect.causal.options import CausalOptions
     from mmoe_inspect.checkpoint import LoadedCheckpoint
     from mmoe_inspect.inspector import InspectConfig
     from mmoe_inspect.results import InspectionResult
@@ -167,7 +168,7 @@ class LoadedModel:
         A model no adapter knows is bound to the data first (`bind`, or the given `binding`); the
         binding's notes lead the topology's notes and its label columns are set on the tasks.
         """
-        from mmoe_inspect.inspector import _with_labels, resolve_topology
+        from mmoe_inspect.binding import resolve_topology, with_labels
         from mmoe_inspect.topology.discovery import discover_topology
 
         declared = getattr(self.model, "topology", None)
@@ -188,7 +189,7 @@ class LoadedModel:
                 task_kinds=self.task_kinds,
             )
         if label_map and binding.guessed:  # the label columns the binding matched to outputs
-            topo = _with_labels(topo, label_map, source)
+            topo = with_labels(topo, label_map, source)
         return with_notes(topo, binding.notes)
 
     def inspect(
@@ -205,17 +206,26 @@ class LoadedModel:
         thresholds: Thresholds | None = None,
         model_name: str | None = None,
         binding: Binding | None = None,
+        causal: bool | Mapping[str, Any] | CausalOptions = False,
         **options: Any,
     ) -> InspectionResult:
-        """`mmoe_inspect.inspect` with this model's input function, task names/kinds and labels wired in.
+        """`mmoe_inspect.inspect` with this model's input function, task names/kinds and labels wired in,
+        inside the adapter's session (causal analyses and attributions included).
 
-        Further `options` (`progress`, `causal`, `attribution`) go to `inspect` unchanged.
+        Further `options` (`progress`, `attribution`, `distributed`, `label`) go to `inspect` unchanged;
+        `causal` too, where a baseline may also be a `LoadedModel` (read with this call's input options
+        when no adapter knows it). Without `data`, the rows stored in the checkpoint are read.
 
         `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it,
         a column named like a task is its label. See `input_fn` for `input`/`features`/`collate`;
         a model no adapter knows is bound by `bind` (or the given `binding`), recorded in
         `result.meta["input_binding"]` and the topology notes.
         """
+        import functools
+        from contextlib import ExitStack
+        from dataclasses import replace
+
+        from mmoe_inspect.causal.options import CausalOptions
         from mmoe_inspect.inspector import inspect
 
         source = self.source(data)
@@ -229,7 +239,20 @@ class LoadedModel:
             require_columns(source, list(fn.names))
         names = self._names(tasks, binding)
         kinds = self.task_kinds
-        with self.adapter.session(self.model):
+        causal_opts = CausalOptions.of(causal)
+        with ExitStack() as stack:
+            if causal_opts is not None and any(
+                isinstance(b, LoadedModel) for b in causal_opts.baselines.values()
+            ):
+                # a loaded baseline becomes a `causal.Baseline` once the main model's tasks are known
+                opts = {"stack": stack, "source": source, "tasks": tasks, "input": input}
+                opts |= {"features": features, "collate": collate}
+                baselines = {
+                    name: functools.partial(b.as_baseline, name, **opts) if isinstance(b, LoadedModel) else b
+                    for name, b in causal_opts.baselines.items()
+                }
+                causal_opts = replace(causal_opts, baselines=baselines)
+            stack.enter_context(self.adapter.session(self.model))
             result = inspect(
                 self.model,
                 source,
@@ -245,12 +268,65 @@ class LoadedModel:
                 thresholds=thresholds,
                 model_name=model_name
                 or f"{type(self.model).__name__}" + (f" ({self.path.name})" if self.path else ""),
-                **options,
+                causal=causal_opts if causal_opts is not None else False,
+                **{"label": self.path.name if self.path else None, **options},
             )
+        if data is None and self.eval_frame is not None and self.path is not None:
+            result.data_source = f"evaluation rows stored in {self.path.name}"
         if binding.guessed or binding.notes:
             result.meta["input_binding"] = binding.meta()
             result.topology = with_notes(result.topology, binding.notes)
         return result
+
+    def as_baseline(
+        self,
+        name: str,
+        main_tasks: Sequence[str],
+        *,
+        stack: Any,
+        source: TableSource | None = None,
+        tasks: str | Sequence[str] | None = None,
+        input: InputMode | None = None,
+        features: str | Sequence[str] | None = None,
+        collate: str | Callable[[pd.DataFrame], Any] | None = None,
+    ) -> Any:
+        """This model as a `causal.Baseline` for a main model with tasks `main_tasks`; its adapter session
+        is entered on `stack` (an `ExitStack`). A model no adapter knows reads rows with the main model's
+        input options; its tasks are its declared ones, else `tasks`, else the first of `main_tasks`."""
+        from mmoe_inspect.causal import Baseline
+
+        generic = self.adapter.name == "generic"
+        if generic and source is not None and features is None and collate is None:
+            fn: Any = self.bind(source, input=input).input_fn
+        else:
+            fn = self.input_fn(
+                input=input if generic else None,
+                features=features if generic else None,
+                collate=collate if generic else None,
+            )
+        declared = getattr(self.model, "topology", None)
+        names: list[str] | None = None
+        if callable(declared):
+            predicts = list(declared().task_names)
+        else:
+            names = self.task_names(tasks)
+            n = self.adapter.n_tasks(self.model)
+            if names is None and n is not None and n <= len(main_tasks):
+                names = list(main_tasks[:n])
+            if names is None:
+                where = self.path.name if self.path else type(self.model).__name__
+                raise DataError(
+                    f"baseline {name}: cannot tell which tasks {where} predicts; save it with task names "
+                    "or name the tasks (tasks= / --tasks)"
+                )
+            predicts = names
+        if main_tasks and not set(predicts) & set(main_tasks):
+            raise DataError(
+                f"baseline {name} predicts {predicts}, none of the model's tasks {list(main_tasks)} "
+                "(tasks are matched by name)"
+            )
+        stack.enter_context(self.adapter.session(self.model))
+        return Baseline(self.model, input_fn=fn, tasks=names)
 
     def _names(self, tasks: str | Sequence[str] | None, binding: Binding) -> list[str] | None:
         """Output names: `tasks`, else the binding's (unnamed outputs matched to label columns), else

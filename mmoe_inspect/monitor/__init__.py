@@ -19,10 +19,16 @@ Lightning (``pip install "mmoe-inspect[lightning]"``): ``GateMonitorCallback`` i
 ``GateMonitor(..., tensorboard="runs/x")`` or a writer; tags in `mmoe_inspect.monitor.tensorboard`.
 """
 
-from mmoe_inspect.monitor.log import collapse_timeline, read_run_log
+from mmoe_inspect.monitor.log import RunLogError, collapse_timeline, load_run_log, read_run_log
 from mmoe_inspect.monitor.monitor import GateMonitor
 
-__all__ = ["GateMonitor", "collapse_timeline", "read_run_log"]  # + GateMonitorCallback, loaded on use
+__all__ = [
+    "GateMonitor",
+    "RunLogError",
+    "collapse_timeline",
+    "load_run_log",
+    "read_run_log",
+]  # + GateMonitorCallback, loaded on use
 
 
 def __getattr__(name: str) -> object:

@@ -47,6 +47,31 @@ def read_run_log(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+class RunLogError(ValueError):
+    """A run log that cannot be read or drawn (missing, unreadable, empty, or lacking columns)."""
+
+
+def load_run_log(path: str | Path) -> pd.DataFrame:
+    """`read_run_log`, checked for what a report's Training section draws: every problem is one
+    `RunLogError` line that starts with the file's name."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunLogError(f"{path}: no such file (a run log written by GateMonitor, .jsonl or .parquet)")
+    try:
+        frame = read_run_log(path)
+        if not frame.empty:
+            from mmoe_inspect.monitor._check import check_run_log
+
+            check_run_log(frame)  # what the Training section draws, checked before the long pass
+    except Exception as exc:  # bad suffix, bad JSON, unreadable parquet, columns the report cannot draw
+        raise RunLogError(f"{path.name}: not a readable run log ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in ("step", "gate") if c not in frame.columns]
+    if frame.empty or missing:
+        what = "is empty" if frame.empty else f"lacks the column(s) {', '.join(missing)}"
+        raise RunLogError(f"{path.name}: {what}; expected a GateMonitor run log")
+    return frame
+
+
 def collapse_timeline(run_log: pd.DataFrame) -> pd.DataFrame:
     """Per finding (code, subject): when it was first and last seen, on which gate, in how many windows.
 

@@ -24,16 +24,10 @@ import torch
 from torch import nn
 
 from mmoe_inspect.analysis.findings import Finding, Thresholds, diagnose
-from mmoe_inspect.analysis.tables import (
-    divergence_tables,
-    expert_tables,
-    gate_groups,
-    gate_tables,
-    task_table,
-)
+from mmoe_inspect.analysis.tables import gate_groups
 from mmoe_inspect.monitor.tensorboard import TensorBoardSink
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
-from mmoe_inspect.stats import GateStats, PairwiseRoutingStats
+from mmoe_inspect.routing_pass import RoutingStats
 from mmoe_inspect.topology.spec import GateSpec, Topology
 
 FindingCallback = Callable[[Finding, int], Any]
@@ -247,19 +241,14 @@ class GateMonitor:
     # ------------------------------------------------------------- internals
     def _reset_window(self) -> None:
         topo = self.topology
-        if not hasattr(self, "_gate_stats"):
-            self._gate_stats = {g.name: GateStats(g.n_experts, reservoir_size=0) for g in topo.gates}
-            self._pair_stats = {
-                i: PairwiseRoutingStats(tuple(g.name for g in grp), grp[0].n_experts)
-                for i, grp in enumerate(self._groups)
-            }
+        if not hasattr(self, "_stats"):  # the buffer below does the chunking: every add is an update
+            self._stats = RoutingStats(topo, outputs=False, reservoir_size=0, chunk_rows=1)
         else:
-            for st in (*self._gate_stats.values(), *self._pair_stats.values()):
-                st.reset()
+            self._stats.reset()
         self._window_start = self.global_step + 1
         self._window_steps = 0
         self._window_forwards = 0
-        self._buffer: dict[str, list[torch.Tensor]] = {name: [] for name in self._gate_stats}
+        self._buffer: dict[str, list[torch.Tensor]] = {g.name: [] for g in topo.gates}
         self._buffered_rows = 0
         self._scalars: dict[str, list[float]] = {}
         self._epoch: int | None = getattr(self, "_epoch", None)
@@ -270,8 +259,8 @@ class GateMonitor:
         cap = self._hooks.take()
         if (self.train_only and not self.model.training) or self._window_steps % self.stride:
             return
-        for name in self._gate_stats:
-            self._buffer[name].append(cap.gates[name])
+        for name, parts in self._buffer.items():
+            parts.append(cap.gates[name])
         self._buffered_rows += next(iter(cap.gates.values())).shape[0]
         self._window_forwards += 1
         if self._buffered_rows >= self.buffer_rows:
@@ -287,11 +276,8 @@ class GateMonitor:
             return
         with torch.no_grad():
             gates = {name: torch.cat(parts).cpu() for name, parts in self._buffer.items()}
-            for name, st in self._gate_stats.items():
-                st.update(gates[name])
-            for i, grp in enumerate(self._groups):
-                self._pair_stats[i].update({g.name: gates[g.name] for g in grp})
-        self._buffer = {name: [] for name in self._gate_stats}
+            self._stats.add(gates, torch.arange(self._buffered_rows, dtype=torch.int64))
+        self._buffer = {name: [] for name in self._buffer}
         self._buffered_rows = 0
 
     def _flush(self) -> list[Finding]:
@@ -301,13 +287,8 @@ class GateMonitor:
             self.findings = []
             return []
         self._drain()
-        topo = self.topology
-        summaries = {name: st.compute() for name, st in self._gate_stats.items()}
-        pairs = {i: st.compute() for i, st in self._pair_stats.items()}
-        tables = {"tasks": task_table(topo, None)}
-        tables.update(gate_tables(topo, summaries))
-        tables.update(divergence_tables(topo, summaries, pairs))
-        tables.update(expert_tables(topo, summaries, None, []))
+        summaries, pairs, _, _ = self._stats.compute()
+        tables = self._stats.tables_of(summaries, pairs, None, None)
         findings = diagnose(tables, self.thresholds)
         step = self.global_step
         new = []

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmoe_inspect.loading._code import resolve_callable, user_code
-from mmoe_inspect.loading.inputs import (
+from mmoe_inspect.data.inputs import (
     INPUT_MODES,
     CollateInputs,
     FrameInputs,
@@ -33,6 +32,7 @@ from mmoe_inspect.loading.inputs import (
     InputMode,
     with_names,
 )
+from mmoe_inspect.loading._code import resolve_callable, user_code
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "register"]
 

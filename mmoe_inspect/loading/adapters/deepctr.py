@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mmoe_inspect.data.inputs import InputColumn
 from mmoe_inspect.loading.adapters import Adapter, register
-from mmoe_inspect.loading.inputs import InputColumn
 
 ESMM_TASKS = ("ctr", "ctcvr")  # DeepCTR-Torch's ESMM outputs [ctr, ctr * cvr]
 

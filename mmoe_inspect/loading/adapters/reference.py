@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mmoe_inspect.data.inputs import InputColumn, InputMode
 from mmoe_inspect.loading.adapters import Adapter, register
-from mmoe_inspect.loading.inputs import InputColumn, InputMode
 
 
 def columns(model: nn.Module) -> tuple[InputColumn, ...]:

@@ -1,0 +1,62 @@
+"""The routing verdict: one sentence that answers "do the experts serve different tasks?"."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mmoe_inspect._plural import plural
+from mmoe_inspect.analysis.findings import Finding
+from mmoe_inspect.topology.spec import Topology
+
+__all__ = ["cannot_judge_sentence", "verdict"]
+
+
+def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[Finding]) -> str:
+    """One sentence that answers "do the experts serve different tasks?".
+
+    When discovery saw gate-like computations it could not resolve (or is not confident), the routing
+    cannot be judged and the sentence says so first, whatever the found gates look like.
+    """
+    if not topology.judgeable:
+        return cannot_judge_sentence(topology)
+    if not topology.has_gates:
+        return "No gates found: this is a Shared-Bottom (or dense) multi-task model, so there is no routing to inspect."
+    critical = [f for f in findings if f.severity == "critical"]
+    if critical:
+        kinds = sorted({f.title.lower() for f in critical})
+        return f"Routing is unhealthy: {', '.join(kinds)} ({plural(len(critical), 'critical finding')})."
+    mi = tables.get("mutual_information", pd.DataFrame())
+    div = tables.get("task_divergence", pd.DataFrame())
+    warn = [f for f in findings if f.severity == "warning"]
+    tail = f"; {plural(len(warn), 'warning')} to review" if warn else ""
+    if mi.empty or div.empty:
+        return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
+    nmi = float(mi["normalized"].max())
+    tv = float(div["tv_per_row"].max())
+    evidence = f"per-row total variation up to {tv:.2f}, normalized task-expert MI {nmi:.2f}"
+    if tv >= 0.5 or nmi >= 0.2:
+        return f"Yes: the tasks route rows to clearly different experts ({evidence}){tail}."
+    if tv >= 0.2:
+        return f"Partly: the tasks share most experts but weight them differently ({evidence}){tail}."
+    return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
+
+
+def cannot_judge_sentence(topology: Topology) -> str:
+    """ "Could not verify the routing: ..." with the first unresolved item (or the low confidence)."""
+    items = topology.unresolved
+    if items:
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        found = (
+            f"; {plural(len(topology.gates), 'gate')} {'was' if len(topology.gates) == 1 else 'were'} found and "
+            "reported, but the routing as a whole is unverified"
+            if topology.has_gates
+            else ""
+        )
+        return (
+            f"Could not verify the routing: {items[0].line()}{more}{found}. See Topology, and pass a spec "
+            "naming the gate (--spec) to judge it."
+        )
+    return (
+        f"Could not verify the routing: discovery is not confident about the gates (confidence "
+        f"{topology.confidence:.2f}). See Topology, and pass a spec (--spec) to judge it."
+    )

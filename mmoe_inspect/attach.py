@@ -1,0 +1,101 @@
+"""The analyses that run after an inspection's recording pass, on the same binding: feature attributions
+and causal analyses. Each attaches its result to the `InspectionResult`, or the reason it did not run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from mmoe_inspect.attribution.options import AttributionOptions
+from mmoe_inspect.binding import Binding
+from mmoe_inspect.causal.options import CausalOptions
+from mmoe_inspect.progress import Progress, Stage, as_progress
+from mmoe_inspect.results import InspectionResult
+
+if TYPE_CHECKING:
+    from mmoe_inspect.inspector import InspectConfig
+
+__all__ = ["run_attributions", "run_causal_analyses"]
+
+
+def run_attributions(
+    result: InspectionResult,
+    model: nn.Module,
+    binding: Binding,
+    options: AttributionOptions,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> None:
+    """Attach `result.attribution`, or the reason it is absent (`result.meta["attribution_skipped"]`) when
+    the model's inputs cannot be attributed."""
+    from mmoe_inspect.attribution import AttributionError, run_attribution
+
+    stage = Stage(as_progress(progress), "attributions (gates, experts, tasks)", None, unit="targets")
+    kwargs = {"seed": seed, **options.extra}
+    try:
+        result.attribution = run_attribution(
+            model,
+            binding.source,
+            topology=binding.topology,
+            input_fn=binding.input_fn,
+            features=kwargs.pop(
+                "features", list(binding.feature_columns) if binding.feature_columns else None
+            ),
+            budget_seconds=options.budget_seconds,
+            sample_rows=options.sample_rows,
+            progress=lambda done, total: (setattr(stage, "total", total), stage(done)),
+            **kwargs,
+        )
+    except AttributionError as exc:  # the inputs cannot be attributed: keep the inspection, say why
+        result.meta["attribution_skipped"] = f"the model's inputs could not be attributed ({exc})"
+    finally:
+        stage.finish()
+
+
+def run_causal_analyses(
+    result: InspectionResult,
+    model: nn.Module,
+    binding: Binding,
+    options: CausalOptions,
+    cfg: InspectConfig,
+    *,
+    progress: Progress | None = None,
+    label: str = "the model",
+) -> None:
+    """Attach `result.causal` on the rows the inspection read (its `sample`, at most `options.max_rows`),
+    or the reason it is absent (`result.meta["causal_skipped"]`)."""
+    from mmoe_inspect.causal import InterventionError, run_causal
+
+    if not binding.labelled:
+        result.meta["causal_skipped"] = (
+            "the data has no label column for any task (the causal analyses measure task metrics on labelled "
+            "rows; name label columns with labels={task: column}, on the command line --labels task=column)"
+        )
+        return
+    limits = [n for n in (cfg.max_rows, options.max_rows) if n is not None]
+    kwargs: dict[str, Any] = {"batch_size": cfg.batch_size, "seed": cfg.seed, **options.extra}
+    try:
+        causal = run_causal(
+            model,
+            binding.source,
+            topology=binding.topology,
+            input_fn=binding.input_fn,
+            columns=list(binding.feature_columns) if binding.feature_columns is not None else None,
+            labels=binding.label_columns,
+            baselines=options.baselines,
+            segment_by=options.segment_by,
+            n_boot=options.n_boot,
+            max_rows=min(limits) if limits else None,
+            sample=cfg.sample,
+            progress=as_progress(progress),
+            stage=f"causal analyses of {label}",
+            **kwargs,
+        )
+    except InterventionError as exc:
+        result.meta["causal_skipped"] = f"the gates of this model cannot be intervened on ({exc})"
+        return
+    result.attach_causal(causal)  # a collapsed gate's severity follows its measured impact
+    if options.segment_by is not None:
+        causal.meta.setdefault("segment_by", options.segment_by)

@@ -1,0 +1,268 @@
+"""The binding layer: a model plus data resolved into what every pass needs, once.
+
+`bind(model, data, ...)` turns "this model, these rows" into a `Binding`: the row source, the function
+that turns a chunk of rows into model inputs, the feature columns it reads, the topology (given, the
+model's own, or discovered on the first rows) and the tasks whose label columns are present. The
+inspection, the causal analyses and the attributions all start from it, so they read the same
+columns, check them the same way and agree on the labels. This module sits below those three: it
+imports only data, topology and recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.data.sources import (
+    DataError,
+    LabelValueError,
+    NonNumericError,
+    TableSource,
+    check_features,
+    closest,
+    require_columns,
+)
+from mmoe_inspect.recording.recorder import RecordingError
+from mmoe_inspect.topology.spec import TaskSpec, Topology
+
+InputFn = Callable[[pd.DataFrame], Any]
+DataLike = pd.DataFrame | str | Path | TableSource
+
+__all__ = [
+    "Binding",
+    "InputFn",
+    "bind",
+    "default_input_fn",
+    "example_batch",
+    "read_labels",
+    "resolve_topology",
+    "task_predictions",
+    "with_labels",
+]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A model bound to its data: what every pass over the rows reads and how.
+
+    `feature_columns` are the data columns `input_fn` reads (None: unknown, every column is read);
+    `labelled` are the tasks whose label column is in the data (empty when labels are ignored).
+    """
+
+    source: TableSource
+    input_fn: InputFn
+    feature_columns: tuple[str, ...] | None
+    topology: Topology
+    labelled: tuple[TaskSpec, ...]
+
+    @property
+    def label_columns(self) -> dict[str, str]:
+        """`{task: label column}` of the labelled tasks."""
+        return {t.name: t.label_column for t in self.labelled}
+
+    @property
+    def labelled_binary(self) -> tuple[TaskSpec, ...]:
+        return tuple(t for t in self.labelled if t.kind == "binary")
+
+    def read_columns(self, *extra: str) -> list[str] | None:
+        """The columns a pass reads: features, labels and `extra` (None when the features are unknown)."""
+        if self.feature_columns is None:
+            return None
+        wanted = [*self.feature_columns, *(t.label_column for t in self.labelled), *extra]
+        return list(dict.fromkeys(wanted))
+
+    def check(self, frame: pd.DataFrame) -> None:
+        """Raise a one-line `DataError` when a chunk's feature columns are not numeric and finite."""
+        if self.feature_columns:
+            check_features(frame, list(self.feature_columns), self.source.name)
+
+    def example(self, rows: int = 64) -> Any:
+        """Model input for the first `rows` rows (checked like every chunk)."""
+        return example_batch(self.source, self.input_fn, self.feature_columns, rows)
+
+
+def bind(
+    model: nn.Module,
+    data: DataLike,
+    *,
+    topology: Topology | str | Path | None = None,
+    tasks: Sequence[str] | None = None,
+    task_kinds: Sequence[str] | Mapping[str, str] | None = None,
+    features: FeatureSpec | None = None,
+    input_fn: InputFn | None = None,
+    columns: Sequence[str] | None = None,
+    labels: bool | Mapping[str, str] = True,
+) -> Binding:
+    """Resolve `model` on `data` once: source, input function, feature columns, topology, labelled tasks.
+
+    `input_fn` turns rows into inputs (default: the reference models' `FeatureSpec`, from `features`
+    or the model's config); `columns` names the data columns it reads (they must exist). The topology
+    is `topology` (a `Topology` or a spec path), else the model's `topology()`, else discovery on the
+    first rows (`tasks` names the outputs, `task_kinds` their kinds). `labels={task: column}` names
+    label columns (they must exist), `labels=False` ignores labels, `True` uses the columns the tasks
+    name when present.
+    """
+    source = TableSource.of(data)
+    spec_features = features
+    if input_fn is None:
+        input_fn, spec_features = default_input_fn(model, features)
+    if columns is not None:
+        feature_cols: list[str] | None = list(columns)
+    else:
+        feature_cols = list(spec_features.names) if spec_features is not None else None
+    if feature_cols:
+        require_columns(source, feature_cols)
+    fn = input_fn
+    topo = resolve_topology(
+        model,
+        topology,
+        example=lambda: example_batch(source, fn, feature_cols),
+        tasks=tasks,
+        task_kinds=task_kinds,
+    )
+    if isinstance(labels, Mapping):
+        topo = with_labels(topo, labels, source)
+    present = set(source.columns())
+    labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
+    return Binding(
+        source=source,
+        input_fn=fn,
+        feature_columns=tuple(feature_cols) if feature_cols is not None else None,
+        topology=topo,
+        labelled=labelled,
+    )
+
+
+def resolve_topology(
+    model: nn.Module,
+    topology: Topology | str | Path | None,
+    example: Callable[[], Any] | None = None,
+    tasks: Sequence[str] | None = None,
+    task_kinds: Sequence[str] | Mapping[str, str] | None = None,
+) -> Topology:
+    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
+    if isinstance(topology, Topology):
+        return topology
+    if topology is not None:
+        return Topology.load(topology)
+    declared = getattr(model, "topology", None)
+    if callable(declared):
+        topo = declared()
+        if isinstance(topo, Topology):
+            return topo
+    if example is None:
+        raise RecordingError("the model declares no topology and no example batch was given for discovery")
+    from mmoe_inspect.topology.discovery import discover_topology
+
+    return discover_topology(
+        model, example(), task_names=list(tasks) if tasks is not None else None, task_kinds=task_kinds
+    )
+
+
+def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[InputFn, FeatureSpec | None]:
+    """Our reference models read `{feature: tensor}` (or `[batch, n_dense]`); their config names the features."""
+    from mmoe_inspect.data.batches import frame_to_inputs
+
+    if features is None:
+        cfg = getattr(model, "config", None)
+        features = getattr(cfg, "features", None)
+    if not isinstance(features, FeatureSpec):
+        raise RecordingError(
+            "cannot tell how to turn data rows into model inputs: pass `features=FeatureSpec(...)` or `input_fn=`"
+        )
+    spec = features
+    return (lambda frame: frame_to_inputs(frame, spec)), spec
+
+
+def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
+    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order.
+
+    A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
+    """
+    cols = []
+    for i, t in enumerate(tasks):
+        key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
+        try:
+            if isinstance(out, dict):
+                v = out[key]
+            elif isinstance(out, torch.Tensor):
+                v = out[:, int(key)] if out.dim() == 2 else out
+            else:
+                v = out[int(key)]
+        except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
+            from mmoe_inspect.topology._task_outputs import output_error
+
+            raise output_error(t.name, key, out, exc) from None
+        if v.requires_grad:
+            v = v.detach()
+        if v.dim() != 1:
+            v = v.reshape(v.shape[0], -1)[:, t.column]
+        if v.dtype != torch.float32:
+            v = v.float()
+        cols.append(v)
+    return torch.stack(cols, dim=1)
+
+
+def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> np.ndarray:
+    """`[batch, T]` float64 labels from each task's label column; NaN where the column is absent or the
+    value missing. Binary labels must be 0/1: anything else is a one-line `LabelValueError`."""
+    out = np.full((len(frame), len(tasks)), np.nan)
+    for j, t in enumerate(tasks):
+        if t.label_column not in frame:
+            continue
+        raw = frame[t.label_column]
+        try:
+            if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "biuf":  # already numbers
+                values = raw.to_numpy(dtype=np.float64)
+            else:
+                values = pd.to_numeric(raw).to_numpy(dtype="float64")
+        except (ValueError, TypeError):
+            raise NonNumericError(
+                f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric "
+                f"(dtype {raw.dtype})"
+            ) from None
+        if t.kind == "binary":
+            bad = ~np.isnan(values) & (values != 0) & (values != 1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise LabelValueError(
+                    f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds "
+                    f"{values[i]:g} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
+                )
+        out[:, j] = values
+    return out
+
+
+def with_labels(topo: Topology, labels: Mapping[str, str], source: TableSource) -> Topology:
+    """`topo` with each task in `labels` reading its label from the named column (which must exist)."""
+    names = list(topo.task_names)
+    unknown = [t for t in labels if t not in names]
+    if unknown:
+        hint = "".join(closest(t, names) for t in unknown[:1])
+        raise DataError(
+            f"labels name task(s) {unknown}{hint} but the model's tasks are {', '.join(names)}; "
+            "name the tasks (tasks= / --tasks) or fix the labels (labels= / --labels)"
+        )
+    require_columns(source, list(labels.values()), what="label")
+    tasks = tuple(replace(t, label=labels[t.name]) if t.name in labels else t for t in topo.tasks)
+    return replace(topo, tasks=tasks)
+
+
+def example_batch(
+    source: TableSource, input_fn: InputFn, feature_cols: Sequence[str] | None, rows: int = 64
+) -> Any:
+    """Model input for the first `rows` rows of `source` (checked like every chunk): discovery's example."""
+    names = list(feature_cols) if feature_cols else None
+    for frame in source.iter_frames(rows, names, max_rows=rows):
+        if names:
+            check_features(frame, names, source.name)
+        return input_fn(frame)
+    raise DataError(f"{source.name} has no rows")

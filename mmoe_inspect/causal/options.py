@@ -1,0 +1,56 @@
+"""`CausalOptions`: what `inspect(causal=...)` asks of the causal analyses, checked before any pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["CAUSAL_MAX_ROWS", "CausalOptions"]
+
+CAUSAL_MAX_ROWS = 200_000  # rows evaluated by default (per-row predictions of every variant are kept)
+
+
+@dataclass(frozen=True)
+class CausalOptions:
+    """Options of `mmoe_inspect.causal.run_causal` when it runs inside `inspect()`.
+
+    `baselines` maps a name to a model to compare against (`nn.Module`, `(model, input_fn)`,
+    `causal.Baseline`, or a `LoadedModel` when inspecting through `LoadedModel.inspect`);
+    `segment_by` names a data column for segment routing; `n_boot` bootstrap resamples (0: point
+    values only); `max_rows` caps the rows evaluated. Any other `run_causal` keyword goes in `extra`.
+    """
+
+    baselines: Mapping[str, Any] = field(default_factory=dict)
+    segment_by: str | None = None
+    n_boot: int = 200
+    max_rows: int | None = CAUSAL_MAX_ROWS
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1 or None, got {self.max_rows}")
+        for reserved in ("model", "data", "topology", "input_fn", "columns", "labels", "progress"):
+            if reserved in self.extra:
+                raise ValueError(f"causal option {reserved!r} is set by inspect(); it cannot be passed")
+
+    @classmethod
+    def of(cls, value: bool | Mapping[str, Any] | CausalOptions | None) -> CausalOptions | None:
+        """`inspect(causal=...)`'s value as options: False/None -> None, True -> defaults, a dict of
+        `run_causal` keywords -> these options."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, CausalOptions):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"causal must be a bool, a dict or CausalOptions, not {type(value).__name__}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        given = dict(value)
+        return cls(
+            **{k: given.pop(k) for k in list(given) if k in known},
+            extra={**dict(given.pop("extra", None) or {}), **given},
+        )
