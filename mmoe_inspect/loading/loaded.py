@@ -13,12 +13,11 @@ from torch import nn
 from mmoe_inspect.data.inputs import (
     CollateInputs,
     FrameInputs,
-    GroupedInputs,
     InputMode,
     parse_labels,
     split_names,
 )
-from mmoe_inspect.data.sources import DataError, TableSource, check_features, require_columns
+from mmoe_inspect.data.sources import DataError, TableSource, require_columns
 from mmoe_inspect.loading.adapters import Adapter
 from mmoe_inspect.loading.binding import Binding, bind_inputs
 
@@ -168,7 +167,7 @@ class LoadedModel:
         A model no adapter knows is bound to the data first (`bind`, or the given `binding`); the
         binding's notes lead the topology's notes and its label columns are set on the tasks.
         """
-        from mmoe_inspect.binding import resolve_topology, with_labels
+        from mmoe_inspect.binding import example_batch, resolve_topology, with_labels
         from mmoe_inspect.topology.discovery import discover_topology
 
         declared = getattr(self.model, "topology", None)
@@ -179,7 +178,10 @@ class LoadedModel:
             binding = self.bind(
                 source, tasks=tasks, labels=labels, input=input, features=features, collate=collate
             )
-        example = _example(source, binding.input_fn, rows)
+        names = list(binding.input_fn.names) if binding.input_fn.names else None
+        if names:
+            require_columns(source, names)
+        example = example_batch(source, binding.input_fn, names, rows)
         label_map = binding.labels
         with self.adapter.session(self.model):
             topo = discover_topology(
@@ -342,15 +344,3 @@ def with_notes(topo: Topology, notes: Sequence[str]) -> Topology:
 
     new = tuple(n for n in notes if n not in topo.notes)
     return replace(topo, notes=new + tuple(topo.notes)) if new else topo
-
-
-def _example(source: TableSource, fn: FrameInputs | GroupedInputs | CollateInputs, rows: int) -> Any:
-    """Model input for the first `rows` rows (checked like every inspected chunk)."""
-    names = list(fn.names) if fn.names else None
-    if names:
-        require_columns(source, names)
-    for frame in source.iter_frames(rows, names, max_rows=rows):
-        if names:
-            check_features(frame, names, source.name)
-        return fn(frame)
-    raise DataError(f"{source.name} has no rows")
