@@ -305,7 +305,10 @@ def test_report_keeps_the_inspection_when_inputs_cannot_be_attributed(
     out = tmp_path / "r"
     code, text = invoke("report", planted["clean"], *loading(planted), "--no-causal", "--out", out)
     assert code == 0, text
-    assert "note: no attributions: the model's inputs could not be attributed (the model input has no features to attribute)" in text
+    assert (
+        "note: no attributions: the model's inputs could not be attributed (the model input has no features to attribute)"
+        in text
+    )
     html = unescape((out / "index.html").read_text(encoding="utf-8"))
     assert (
         "Attributions were not computed: the model's inputs could not be attributed (the model input has no "

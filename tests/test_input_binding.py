@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.data.call import call_model
 from mmoe_inspect.loading import InputMappingError, bind_inputs, load_model
-from mmoe_inspect.loading.binding import label_for_output, looks_like_label
+from mmoe_inspect.loading.input_binding import label_for_output, looks_like_label
 
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

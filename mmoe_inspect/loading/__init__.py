@@ -37,7 +37,6 @@ from mmoe_inspect.data.sources import (
 from mmoe_inspect.loading._code import ModelCodeError
 from mmoe_inspect.loading._sniff import sniff
 from mmoe_inspect.loading.adapters import ADAPTERS, GENERIC, Adapter, adapter_for, register
-from mmoe_inspect.loading.binding import Binding, bind_inputs
 from mmoe_inspect.loading.checkpoints import (
     CheckpointFileError,
     StateDictMismatchError,
@@ -45,13 +44,13 @@ from mmoe_inspect.loading.checkpoints import (
     UntrustedCheckpointError,
     load_model,
 )
+from mmoe_inspect.loading.input_binding import InputBinding, bind_inputs
 from mmoe_inspect.loading.loaded import LoadedModel
 
 __all__ = [
     "ADAPTERS",
     "GENERIC",
     "Adapter",
-    "Binding",
     "CheckpointError",
     "CheckpointFileError",
     "CollateInputs",
@@ -61,6 +60,7 @@ __all__ = [
     "FrameInputs",
     "GroupedInputs",
     "IdRangeError",
+    "InputBinding",
     "InputColumn",
     "InputMappingError",
     "LabelValueError",

@@ -1,6 +1,6 @@
 """Which data columns are labels, and which label column an output reads (`like_pred` -> `like`).
 
-Used by `mmoe_inspect.loading.binding` for models no adapter knows: a column named like a label
+Used by `mmoe_inspect.loading.input_binding` for models no adapter knows: a column named like a label
 (`LABEL_WORDS`, `is_<word>`, `y_*`, `*_label`, ...) is not fed to the model, and an output whose
 name is not a column reads the column of a close name (`label_for_output`).
 """

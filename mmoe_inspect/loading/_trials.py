@@ -1,7 +1,7 @@
 """Trial forwards: the input forms worth trying for a model (from `forward`'s signature), each tried on a few
 rows with the model left exactly as found, and the one-line error naming the flag when none runs.
 
-Part of `mmoe_inspect.loading.binding` (see its docstring for the rules).
+Part of `mmoe_inspect.loading.input_binding` (see its docstring for the rules).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from mmoe_inspect.data.inputs import (
 )
 from mmoe_inspect.data.sources import DataError, TableSource, require_columns
 from mmoe_inspect.loading.adapters import Adapter
-from mmoe_inspect.loading.binding import Binding, bind_inputs
+from mmoe_inspect.loading.input_binding import InputBinding, bind_inputs
 
 if TYPE_CHECKING:
     from mmoe_inspect.analysis.findings import Thresholds
@@ -92,8 +92,8 @@ class LoadedModel:
         input: InputMode | None = None,
         features: str | Sequence[str] | None = None,
         collate: str | Callable[[pd.DataFrame], Any] | None = None,
-    ) -> Binding:
-        """How rows feed this model and which outputs read which labels (`mmoe_inspect.loading.binding`).
+    ) -> InputBinding:
+        """How rows feed this model and which outputs read which labels (`mmoe_inspect.loading.input_binding`).
 
         A library model reads rows its adapter's way (`form` "adapter", or "collate"). A model no
         adapter knows (`adapter.name == "generic"`) gets the evident binding worked out by trial
@@ -108,7 +108,7 @@ class LoadedModel:
             form = (
                 "collate" if collate is not None else "adapter" if self.adapter.name != "generic" else "given"
             )
-            return Binding(fn, form, labels=label_map)
+            return InputBinding(fn, form, labels=label_map)
         fn_collate = None
         if collate is not None:
             fn_collate = self.input_fn(features=features, collate=collate)
@@ -160,7 +160,7 @@ class LoadedModel:
         features: str | Sequence[str] | None = None,
         collate: str | Callable[[pd.DataFrame], Any] | None = None,
         rows: int = 64,
-        binding: Binding | None = None,
+        binding: InputBinding | None = None,
     ) -> Topology:
         """The model's declared topology, or (library models, `discover=True`) discovery on `rows` rows.
 
@@ -207,7 +207,7 @@ class LoadedModel:
         config: InspectConfig | None = None,
         thresholds: Thresholds | None = None,
         model_name: str | None = None,
-        binding: Binding | None = None,
+        binding: InputBinding | None = None,
         causal: bool | Mapping[str, Any] | CausalOptions = False,
         **options: Any,
     ) -> InspectionResult:
@@ -330,7 +330,7 @@ class LoadedModel:
         stack.enter_context(self.adapter.session(self.model))
         return Baseline(self.model, input_fn=fn, tasks=names)
 
-    def _names(self, tasks: str | Sequence[str] | None, binding: Binding) -> list[str] | None:
+    def _names(self, tasks: str | Sequence[str] | None, binding: InputBinding) -> list[str] | None:
         """Output names: `tasks`, else the binding's (unnamed outputs matched to label columns), else
         `task_names` (the model's own, or the label keys when they name every output)."""
         if tasks is None and binding.tasks is not None:

@@ -72,14 +72,14 @@ from mmoe_inspect.loading._trials import (
     try_all,
 )
 
-__all__ = ["LABEL_WORDS", "TRIAL_ROWS", "Binding", "bind_inputs", "label_for_output", "looks_like_label"]
+__all__ = ["LABEL_WORDS", "TRIAL_ROWS", "InputBinding", "bind_inputs", "label_for_output", "looks_like_label"]
 
 TRIAL_ROWS = 5
 """Rows fed to each trial forward (odd, so a batch dimension is not mistaken for 2 or 4 tasks/experts)."""
 
 
 @dataclass(frozen=True)
-class Binding:
+class InputBinding:
     """How data rows become a model's input, and which output reads which label column.
 
     `input_fn` turns a pandas chunk into the model input (`mmoe_inspect.data.call.call_model`
@@ -125,7 +125,7 @@ def bind_inputs(
     features: str | Sequence[str] | None = None,
     collate: CollateInputs | None = None,
     rows: int = TRIAL_ROWS,
-) -> Binding:
+) -> InputBinding:
     """Work out how `data`'s columns feed `model` and which outputs read which labels (module docstring).
 
     `tasks` / `labels` / `input` / `features` / `collate` are what the user said (the CLI's
@@ -218,7 +218,7 @@ def bind_inputs(
         if dropped:
             notes.append(f"non-numeric column(s) left out of the inputs: {short(dropped)}")
     notes.extend(label_notes)
-    return Binding(
+    return InputBinding(
         winner.candidate.fn,
         winner.candidate.form,
         tasks=tasks_out,
