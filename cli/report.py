@@ -204,11 +204,11 @@ def report_command(
                 return  # rank 0 writes the report (after every rank passed the last status exchange)
             result.training = training
             if not attributions:
-                result.meta["attribution_skipped"] = "turned off (--no-attributions)"
+                result.skipped["attribution"] = "turned off (--no-attributions)"
             if no_causal:
-                result.meta["causal_skipped"] = "turned off (--no-causal)"
+                result.skipped["causal"] = "turned off (--no-causal)"
             elif result.causal is None and (baselines or segment_by) and not run.quiet:
-                reason = result.meta.get("causal_skipped", "")
+                reason = result.skip_reason("causal") or ""
                 err.print(
                     f"note: --baseline/--segment-by not used, no causal analyses: {escape(str(reason))}"
                 )
