@@ -257,9 +257,23 @@ class LoadOptions:
         return loaded
 
     def config(self, seed: int) -> InspectConfig:
+        """The `InspectConfig` of these flags; a value it refuses is a bad option (exit 2), named by its flag."""
         from mmoe_inspect import InspectConfig
 
-        return InspectConfig(batch_size=self.batch_size, max_rows=self.limit, sample=self.sample, seed=seed)
+        try:
+            return InspectConfig(
+                batch_size=self.batch_size, max_rows=self.limit, sample=self.sample, seed=seed
+            )
+        except (TypeError, ValueError) as exc:  # "InspectConfig.sample must be a number in (0, 1] ..."
+            field = str(exc).split(" ", 1)[0].rpartition(".")[2]
+            flags = {
+                "batch_size": "--batch-size",
+                "max_rows": "--limit",
+                "sample": "--sample",
+                "seed": "--seed",
+            }
+            flag = flags.get(field, field)
+            raise OptionError(f"{flag}: {exc}") from None
 
 
 @dataclass(frozen=True)
