@@ -61,11 +61,35 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
+_MOVED: dict[str, str] = {
+    "GateRecorder": "recording.recorder",
+    "ForwardCapture": "recording.recorder",
+    "RecordingError": "recording.recorder",
+    "GateStats": "stats",
+    "PairwiseRoutingStats": "stats",
+    "ExpertStats": "stats",
+    "TaskOutputStats": "stats.outputs",
+    "discover_topology": "topology.discovery",
+    "TopologyError": "topology.spec",
+    "diagnose": "analysis.findings",
+    "CategoricalFeature": "data.schema",
+    "DataError": "data.sources",
+    "load_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "read_run_log": "monitor",
+    "collapse_timeline": "monitor",
+    "GateMonitorCallback": "monitor.lightning",
+    "fit": "train",
+    "evaluate": "train",
+}
+"""Names the top level exported before session 5: the error says where each lives now."""
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'mmoe_inspect' has no attribute {name!r}")
+        where = f"; import it from mmoe_inspect.{_MOVED[name]}" if name in _MOVED else ""
+        raise AttributeError(f"module 'mmoe_inspect' has no attribute {name!r}{where}")
     value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
