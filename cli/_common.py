@@ -30,6 +30,7 @@ import typer
 from rich.markup import escape
 
 from mmoe_inspect._text import printable
+from mmoe_inspect.analysis.codes import REGISTRY, SEVERITIES
 
 from ._console import CleanConsole
 
@@ -256,9 +257,23 @@ class LoadOptions:
         return loaded
 
     def config(self, seed: int) -> InspectConfig:
+        """The `InspectConfig` of these flags; a value it refuses is a bad option (exit 2), named by its flag."""
         from mmoe_inspect import InspectConfig
 
-        return InspectConfig(batch_size=self.batch_size, max_rows=self.limit, sample=self.sample, seed=seed)
+        try:
+            return InspectConfig(
+                batch_size=self.batch_size, max_rows=self.limit, sample=self.sample, seed=seed
+            )
+        except (TypeError, ValueError) as exc:  # "InspectConfig.sample must be a number in (0, 1] ..."
+            field = str(exc).split(" ", 1)[0].rpartition(".")[2]
+            flags = {
+                "batch_size": "--batch-size",
+                "max_rows": "--limit",
+                "sample": "--sample",
+                "seed": "--seed",
+            }
+            flag = flags.get(field, field)
+            raise OptionError(f"{flag}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -308,27 +323,6 @@ def command(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 # ----------------------------------------------------------------------------- --fail-on
-FINDING_CODES: dict[str, str] = {
-    "collapsed_gate": "critical",
-    "tasks_route_identically": "critical",
-    "nonfinite_gate": "critical",
-    "nonfinite_predictions": "critical",
-    "model_changed_itself": "critical",
-    "uniform_gate": "warning",
-    "input_independent_gate": "warning",
-    "polarized_gate": "warning",
-    "dead_expert": "warning",
-    "inactive_expert": "warning",
-    "redundant_experts": "warning",
-    "shared_expert_single_task": "warning",
-    "sparse_task_ignores_own_experts": "warning",
-    "gate_not_normalized": "warning",
-    "tasks_route_similarly": "info",
-    "single_class_labels": "info",
-}
-"""Every finding code the diagnosis emits, with its severity (README "Findings")."""
-
-SEVERITIES = ("critical", "warning", "info")
 FAIL_ON_HELP = (
     "Comma-separated finding codes (collapsed_gate, dead-expert, ...; a unique prefix is enough) and/or "
     "severities (critical, warning, info = that severity or worse), or 'never'."
@@ -367,17 +361,17 @@ def parse_fail_on(text: str) -> FailRule:
         if tok in rank:
             severity = tok if severity is None or rank[tok] > rank[severity] else severity
             continue
-        if tok in FINDING_CODES:
+        if tok in REGISTRY:
             codes.add(tok)
             continue
-        hits = [c for c in FINDING_CODES if c.startswith(tok)]
+        hits = [c for c in REGISTRY if c.startswith(tok)]
         if len(hits) == 1:
             codes.add(hits[0])
             continue
-        near = difflib.get_close_matches(tok, [*FINDING_CODES, *SEVERITIES, "never"], n=1)
+        near = difflib.get_close_matches(tok, [*REGISTRY, *SEVERITIES, "never"], n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         which = f"matches {', '.join(hits)}" if hits else "is not a finding code or severity"
-        raise OptionError(f"--fail-on {tok!r} {which}{hint}; codes: {', '.join(FINDING_CODES)}")
+        raise OptionError(f"--fail-on {tok!r} {which}{hint}; codes: {', '.join(REGISTRY)}")
     return FailRule(severity, frozenset(codes))
 
 

@@ -108,10 +108,12 @@ def inspect_checkpoint(
             distributed=dist is not None,
         )
     if not run.quiet:
-        for key, what in (("attribution_skipped", "attributions"), ("causal_skipped", "causal analyses")):
-            requested = attribution if key.startswith("attribution") else causal
-            if requested is not None and result.meta.get(key):
-                err.print(f"note: no {what}: {escape(str(result.meta[key]))}")
+        for key, what, requested in (
+            ("attribution", "attributions", attribution),
+            ("causal", "causal analyses", causal),
+        ):
+            if requested is not None and result.skipped.get(key):
+                err.print(f"note: no {what}: {escape(result.skipped[key])}")
     return result
 
 

@@ -28,7 +28,7 @@ def run_attributions(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> None:
-    """Attach `result.attribution`, or the reason it is absent (`result.meta["attribution_skipped"]`) when
+    """Attach `result.attribution`, or the reason it is absent (`result.skipped["attribution"]`) when
     the model's inputs cannot be attributed."""
     from mmoe_inspect.attribution import AttributionError, run_attribution
 
@@ -49,7 +49,7 @@ def run_attributions(
             **kwargs,
         )
     except AttributionError as exc:  # the inputs cannot be attributed: keep the inspection, say why
-        result.meta["attribution_skipped"] = f"the model's inputs could not be attributed ({exc})"
+        result.skipped["attribution"] = f"the model's inputs could not be attributed ({exc})"
     finally:
         stage.finish()
 
@@ -65,11 +65,11 @@ def run_causal_analyses(
     label: str = "the model",
 ) -> None:
     """Attach `result.causal` on the rows the inspection read (its `sample`, at most `options.max_rows`),
-    or the reason it is absent (`result.meta["causal_skipped"]`)."""
+    or the reason it is absent (`result.skipped["causal"]`)."""
     from mmoe_inspect.causal import InterventionError, run_causal
 
     if not binding.labelled:
-        result.meta["causal_skipped"] = (
+        result.skipped["causal"] = (
             "the data has no label column for any task (the causal analyses measure task metrics on labelled "
             "rows; name label columns with labels={task: column}, on the command line --labels task=column)"
         )
@@ -94,7 +94,7 @@ def run_causal_analyses(
             **kwargs,
         )
     except InterventionError as exc:
-        result.meta["causal_skipped"] = f"the gates of this model cannot be intervened on ({exc})"
+        result.skipped["causal"] = f"the gates of this model cannot be intervened on ({exc})"
         return
     result.attach_causal(causal)  # a collapsed gate's severity follows its measured impact
     if options.segment_by is not None:

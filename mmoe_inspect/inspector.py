@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._validate import check_number
 from .analysis._self_change import mark_self_change
 from .analysis.findings import Thresholds, diagnose, routing_findings
 from .analysis.verdict import verdict
@@ -64,24 +65,17 @@ class InspectConfig:
     stats_chunk_rows: int = 16_384
 
     def __post_init__(self) -> None:
-        at_least_one = {
-            "batch_size": self.batch_size,
-            "reservoir_size": self.reservoir_size,
-            "expert_sample_rows": self.expert_sample_rows,
-            "stats_chunk_rows": self.stats_chunk_rows,
-            "max_rows": self.max_rows,
-            "read_ahead_rows": self.read_ahead_rows,
-        }
-        for name, value in at_least_one.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                optional = " or None" if name in ("max_rows", "read_ahead_rows") else ""
-                raise ValueError(f"InspectConfig.{name} must be an integer >= 1{optional}, got {value!r}")
-        if not 0.0 < self.expert_sample_rate <= 1.0:
-            raise ValueError(
-                f"InspectConfig.expert_sample_rate must be in (0, 1], got {self.expert_sample_rate!r}"
-            )
-        if self.sample is not None and not 0.0 < self.sample <= 1.0:
-            raise DataError(f"sample must be a fraction in (0, 1], got {self.sample}")
+        """Refuse a bad value here, in one line naming the field and its range (not deep inside the run)."""
+        name = "InspectConfig"
+        check_number(name, "batch_size", self.batch_size, low=1, integer=True)
+        check_number(name, "max_rows", self.max_rows, low=1, integer=True, optional=True)
+        check_number(name, "reservoir_size", self.reservoir_size, low=1, integer=True)
+        check_number(name, "expert_sample_rate", self.expert_sample_rate, low=0.0, high=1.0, low_open=True)
+        check_number(name, "expert_sample_rows", self.expert_sample_rows, low=1, integer=True)
+        check_number(name, "seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        check_number(name, "sample", self.sample, low=0.0, high=1.0, low_open=True, optional=True)
+        check_number(name, "read_ahead_rows", self.read_ahead_rows, low=1, integer=True, optional=True)
+        check_number(name, "stats_chunk_rows", self.stats_chunk_rows, low=1, integer=True)
 
 
 def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionResult]:
@@ -135,10 +129,10 @@ def inspect(
     `causal=True` (or `CausalOptions(baselines=..., segment_by=..., n_boot=..., max_rows=...)`, or a
     dict of `run_causal` keywords) also runs the causal analyses on the labelled rows the inspection
     read (same `sample`, at most `max_rows`) and attaches them as `result.causal`; when they cannot run
-    (no labels, gates that cannot be intervened on) the reason is in `result.meta["causal_skipped"]`.
+    (no labels, gates that cannot be intervened on) the reason is in `result.skipped["causal"]`.
     `attribution=True` (or `AttributionOptions(budget_seconds=..., sample_rows=...)`, or a dict) attaches
     Captum feature attributions of gates, experts and tasks as `result.attribution`, or the reason
-    they are absent in `result.meta["attribution_skipped"]`. A `segment_by` column is checked before the
+    they are absent in `result.skipped["attribution"]`. A `segment_by` column is checked before the
     recording pass. `progress` (a `mmoe_inspect.progress.Progress`) sees every stage, named after
     `label` (default: the model's name): "inspecting m.pt", "attributions ...", "causal analyses of
     m.pt (pass k)", ticked once per batch; a plain callable `progress(rows_done)` sees the recording

@@ -2,6 +2,10 @@
 
 One data model, several renderings: `reports/` draws figures and HTML from it, `to_metrics()` gives the
 versioned JSON, `save_tables()` the CSVs.
+
+The causal and attribution results are typed (`CausalResult`, `AttributionResult`) but imported only
+for type checking: this module sits below `causal/`, `attribution/` and `monitor/` and imports none
+of them, so reading a result (a report renderer, a notebook) does not load the analyses' code.
 """
 
 from __future__ import annotations
@@ -9,15 +13,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ._plural import plural
 from .analysis.findings import Finding, Thresholds
 from .analysis.review import Review, build_review
+from .analysis.timeline import collapse_timeline
 from .tabular import json_safe, save_tables, table_records
 from .topology.spec import Topology
+
+if TYPE_CHECKING:
+    from .attribution.result import AttributionResult
+    from .causal.result import CausalResult
 
 METRICS_SCHEMA_VERSION = "1.0"
 
@@ -48,9 +57,13 @@ class InspectionResult:
     thresholds: Thresholds = field(default_factory=Thresholds)
     arrays: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    causal: Any | None = None  # mmoe_inspect.causal.CausalResult when the causal analyses ran
-    attribution: Any | None = None  # mmoe_inspect.attribution.AttributionResult when attributions ran
-    training: Any | None = None  # run-log DataFrame of a GateMonitor (mmoe_inspect.monitor.read_run_log)
+    causal: CausalResult | None = None  # the causal analyses, when they ran
+    attribution: AttributionResult | None = None  # the feature attributions, when they ran
+    training: pd.DataFrame | None = None  # run log of a GateMonitor (`mmoe_inspect.monitor.read_run_log`)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Analysis name ("causal", "attribution") -> why it did not run, in words the report prints after
+    "No causal analyses: ". Absent when it ran or was not asked for. `metrics.json` keeps it under
+    `meta["<name>_skipped"]`."""
 
     def table(self, name: str) -> pd.DataFrame:
         """The named table; a table this inspection could not compute (no gates, no labels) is empty.
@@ -67,7 +80,11 @@ class InspectionResult:
         hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
         raise KeyError(f"no table {name!r}; {hint}tables: {', '.join(TABLE_DESCRIPTIONS)}")
 
-    def attach_causal(self, causal: Any) -> None:
+    def skip_reason(self, analysis: str) -> str | None:
+        """Why `analysis` ("causal", "attribution") did not run, or None (it ran, or was not asked for)."""
+        return self.skipped.get(analysis)
+
+    def attach_causal(self, causal: CausalResult | None) -> None:
         """Attach causal analyses; a collapsed gate's severity then follows its measured impact
         (`mmoe_inspect.analysis.review.rescale_by_impact`) and the verdict is re-read from the findings."""
         from .analysis.findings import routing_findings
@@ -162,7 +179,7 @@ class InspectionResult:
                 "causal": self.causal.to_dict() if self.causal is not None else None,
                 "attribution": self.attribution.to_dict() if self.attribution is not None else None,
                 "training": _training_records(self.training),
-                "meta": self.meta,
+                "meta": {**self.meta, **{f"{k}_skipped": v for k, v in self.skipped.items()}},
             }
         )
 
@@ -181,12 +198,10 @@ class InspectionResult:
         return paths
 
 
-def _training_records(run_log: Any | None) -> dict[str, Any] | None:
+def _training_records(run_log: pd.DataFrame | None) -> dict[str, Any] | None:
     """The run log and its finding timeline as records (None without a run log)."""
     if run_log is None:
         return None
-    from .monitor import collapse_timeline
-
     return table_records({"run_log": run_log, "timeline": collapse_timeline(run_log)})
 
 

@@ -122,7 +122,7 @@ def _top(frame: pd.DataFrame, by: str, n: int) -> pd.DataFrame:
 
 def _reason(result: InspectionResult) -> str:
     return str(
-        result.meta.get("attribution_skipped")
+        result.skip_reason("attribution")
         or "they were not requested (run `mmoe-inspect report` with --attributions; Python: "
         "`inspect(..., attribution=True)`)"
     )

@@ -130,7 +130,7 @@ def baseline_names(result: InspectionResult) -> list[str]:
 def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_names: set[str]) -> Section:
     c = result.causal
     if c is None:
-        reason = result.meta.get("causal_skipped") or (
+        reason = result.skip_reason("causal") or (
             "they were not requested (`inspect(..., causal=True)`; `mmoe-inspect report` runs them when the "
             "data has label columns)"
         )

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmoe_inspect.analysis.findings import SEVERITY_ORDER, Finding
+from mmoe_inspect.analysis.codes import SEVERITY_ORDER
+from mmoe_inspect.analysis.findings import Finding
 from mmoe_inspect.results import InspectionResult
 
 from ._draw import _heatmap, _short, gate_color, gate_label

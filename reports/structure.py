@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from mmoe_inspect._plural import plural
-from mmoe_inspect.analysis.findings import SEVERITY_ORDER
+from mmoe_inspect.analysis import codes
+from mmoe_inspect.analysis.codes import SEVERITY_ORDER
 from mmoe_inspect.analysis.review import Review
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
 from mmoe_inspect.topology.spec import Topology
@@ -152,8 +153,8 @@ def specialization_context(result: InspectionResult) -> str | None:
     gm = result.table("gate_metrics")
     if gm.empty:
         return None
-    bad_experts = {f.subject for f in result.findings if f.code in ("dead_expert", "inactive_expert")}
-    collapsed = {f.subject for f in result.findings if f.code == "collapsed_gate"}
+    bad_experts = {f.subject for f in result.findings if f.code in (codes.DEAD_EXPERT, codes.INACTIVE_EXPERT)}
+    collapsed = {f.subject for f in result.findings if f.code == codes.COLLAPSED_GATE}
     for r in gm.to_dict(orient="records"):
         if r["gate"] in collapsed:
             tail = " (an inactive/dead expert)" if r["top_expert"] in bad_experts else ""
@@ -350,13 +351,13 @@ def experts_section(result: InspectionResult, figures: Mapping[str, str], csv_na
                 "info",
             )
         )
-    red = result.table("redundant_experts")
+    red = result.table(codes.REDUNDANT_EXPERTS)
     if not red.empty:
         red = red.sort_values("cka", ascending=False, na_position="last")
-        csv = "tables/redundant_experts.csv" if "redundant_experts" in csv_names else None
+        csv = "tables/redundant_experts.csv" if codes.REDUNDANT_EXPERTS in csv_names else None
         items.append(
             table_item(
-                "redundant_experts",
+                codes.REDUNDANT_EXPERTS,
                 red,
                 title="Expert pairs by similarity",
                 description="Expert pairs on the same level, most similar first (linear CKA of their outputs; "

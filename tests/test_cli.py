@@ -68,9 +68,9 @@ def test_demo_comparison_has_paired_intervals_and_tests_the_seed_claims(demo_dir
     import numpy as np
     import pandas as pd
 
-    from mmoe_inspect import load_checkpoint
     from mmoe_inspect.analysis.review import fmt_signed
     from mmoe_inspect.causal.metrics import paired_bootstrap
+    from mmoe_inspect.checkpoint import load_checkpoint
     from mmoe_inspect.train import predict, roc_auc
 
     table = pd.read_csv(demo_dir / "model_comparison.csv")

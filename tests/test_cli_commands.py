@@ -19,7 +19,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import mmoe_inspect as mi
-from mmoe_inspect.cli._common import FINDING_CODES, LoadOptions, parse_fail_on
+from mmoe_inspect.analysis.codes import REGISTRY
+from mmoe_inspect.cli._common import LoadOptions, parse_fail_on
 from mmoe_inspect.cli._progress import Passes
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.testing.planted import PlantedMMoE
@@ -107,15 +108,16 @@ def test_fail_on_parsing() -> None:
     rule = parse_fail_on("Dead-Expert, critical")
     assert rule.severity == "critical" and rule.codes == {"dead_expert"}
     assert parse_fail_on("never").describe() == "never"
-    assert set(FINDING_CODES.values()) == {"critical", "warning", "info"}
+    assert parse_fail_on("task-at").codes == {"task_at_chance"}  # task-quality codes fail a run too
 
 
 def test_finding_codes_match_the_readme() -> None:
-    """The CLI's list of codes (for --fail-on) is the README's table of findings, which documents diagnose()."""
+    """The registry (which --fail-on reads) is the README's table of findings: code, severity and meaning,
+    in the same order."""
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Findings", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(\w+)` \| (\w+) \|", table, flags=re.M)
-    assert dict(rows) == FINDING_CODES
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| (.*) \|$", table, flags=re.M)
+    assert rows == [(c.code, c.severity, c.meaning) for c in REGISTRY.values()]
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 import mmoe_inspect as mi
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.inspector import InspectConfig
+from mmoe_inspect.topology.discovery import discover_topology
 
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -451,7 +452,7 @@ def assert_means_equal_truth(entry, util, gate_of: dict[str, str], truth: dict[s
 def test_gated_discovery(name: str, case: str) -> None:
     entry = BY_NAME[name]
     model = entry.make(case)
-    topo = mi.discover_topology(model, entry.example(model, 64, 1))
+    topo = discover_topology(model, entry.example(model, 64, 1))
     matched = match_gates(entry, topo)
     alias = _task_alias(entry, topo)
     for key, g in matched.items():
@@ -529,7 +530,7 @@ def test_gated_cli_report_metrics(name: str, tmp_path: Path) -> None:
 def test_unresolved_discovery_says_so(name: str) -> None:
     entry = BY_NAME[name]
     model = entry.make("plain")
-    topo = mi.discover_topology(model, entry.example(model, 64, 1))
+    topo = discover_topology(model, entry.example(model, 64, 1))
     assert topo.gates == (), [g.name for g in topo.gates]
     assert len(topo.unresolved) > 0, topo.notes
 
@@ -566,7 +567,7 @@ def test_gateless_discovery_finds_no_gate(name: str) -> None:
     """No gate; each softmax it saw (attention, output distribution) is listed as rejected, with the reason."""
     entry = BY_NAME[name]
     model = entry.make("plain")
-    topo = mi.discover_topology(model, entry.example(model, 64, 1))
+    topo = discover_topology(model, entry.example(model, 64, 1))
     assert topo.gates == (), [g.name for g in topo.gates]
     if "has_softmax" in entry.patterns:
         rejected = [
@@ -581,7 +582,7 @@ def test_gateless_discovery_finds_no_gate(name: str) -> None:
 def test_gateless_nothing_unresolved(name: str) -> None:
     entry = BY_NAME[name]
     model = entry.make("plain")
-    topo = mi.discover_topology(model, entry.example(model, 64, 1))
+    topo = discover_topology(model, entry.example(model, 64, 1))
     assert topo.unresolved == ()
 
 

@@ -123,7 +123,7 @@ def test_result_repr_and_jupyter_summary_escape_names(frame) -> None:
 
 
 def test_failing_forward_is_a_one_line_input_error(frame) -> None:
-    from mmoe_inspect import RecordingError
+    from mmoe_inspect.recording.recorder import RecordingError
 
     model = PlantedMMoE(N, n_experts=4, tasks=("ctr", "cvr"))
     before = [p.clone() for p in model.parameters()]

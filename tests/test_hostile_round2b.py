@@ -20,8 +20,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from mmoe_inspect import FeatureSpec, inspect
+from mmoe_inspect.analysis.codes import REGISTRY
 from mmoe_inspect.checkpoint import save_checkpoint
-from mmoe_inspect.cli._common import FINDING_CODES
 from mmoe_inspect.data.batches import frame_to_inputs
 from mmoe_inspect.data.door import ColumnTypeError
 from mmoe_inspect.data.inputs import FrameInputs, InputColumn
@@ -147,7 +147,7 @@ def test_5_nan_predictions_are_a_finding_counted_and_kept_out_of_the_metrics(tmp
     [finding] = [f for f in result.findings if f.code == "nonfinite_predictions"]
     assert finding.severity == "critical" and finding.subject == "click"
     assert finding.evidence == {"nonfinite_rows": bad, "rows": N} and f"{bad:,} of {N:,}" in finding.message
-    assert FINDING_CODES["nonfinite_predictions"] == "critical"
+    assert REGISTRY["nonfinite_predictions"].severity == "critical"
     # the causal values: computed on the finite rows, with a note, never blanked
     c = result.causal
     tm = c.task_metrics.set_index(["task", "metric"])
@@ -287,7 +287,7 @@ def test_11_a_model_that_changes_itself_is_a_critical_finding_and_marked_unrelia
     result = inspect(model, rows(), config=InspectConfig(batch_size=100))
     [finding] = [f for f in result.findings if f.code == "model_changed_itself"]
     assert finding.severity == "critical" and result.findings[0].severity == "critical"
-    assert FINDING_CODES["model_changed_itself"] == "critical"
+    assert REGISTRY["model_changed_itself"].severity == "critical"
     changed = "experts.0.0.weight" if how == "data" else "calls"
     assert changed in finding.message and result.meta["unreliable"].startswith("The model changed itself")
     assert result.verdict.startswith("Unreliable: the model changed itself during inspection.")

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 
 import mmoe_inspect as mi
 from mmoe_inspect.binding import task_predictions
+from mmoe_inspect.checkpoint import CheckpointError
 from mmoe_inspect.data.sources import TableSource
 from mmoe_inspect.loading import UntrustedCheckpointError, load_model
 from mmoe_inspect.loading._code import user_code
+from mmoe_inspect.recording.recorder import GateRecorder
 from mmoe_inspect.stats.outputs import TaskOutputStats
 
 N_ROWS = 600
@@ -252,7 +254,7 @@ def test_saved_library_model_inspects_like_the_original(arch, lib, way, factorie
         x_orig = rechub_inputs(df) if lib == "rechub" else deepctr_inputs(original, df)
         captures = []
         for model, x in ((loaded.model, x_loaded), (original, x_orig)):
-            with mi.GateRecorder(model, topo) as rec, torch.inference_mode():
+            with GateRecorder(model, topo) as rec, torch.inference_mode():
                 model(x)
                 captures.append(rec.take().gates)
         for name in captures[0]:
@@ -336,7 +338,7 @@ def test_script_saved_class_loads_with_model_code(tmp_path, frame, monkeypatch) 
 
     with pytest.raises(UntrustedCheckpointError, match=r"__main__\.ScriptMMoE"):
         load_model(path)
-    with pytest.raises(mi.CheckpointError, match=r"needs __main__\.ScriptMMoE.*--model-code"):
+    with pytest.raises(CheckpointError, match=r"needs __main__\.ScriptMMoE.*--model-code"):
         load_model(path, trust=True)
     loaded = load_model(path, trust=True, model_code=script)
     assert not hasattr(sys.modules["__main__"], "ScriptMMoE")  # the alias lived only while loading

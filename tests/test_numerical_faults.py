@@ -18,8 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmoe_inspect import DataError, FeatureSpec, inspect
+from mmoe_inspect import FeatureSpec, inspect
 from mmoe_inspect.analysis.findings import routing_findings
+from mmoe_inspect.data.sources import DataError
 from mmoe_inspect.inspector import InspectConfig
 from mmoe_inspect.reports import write_report
 from mmoe_inspect.results import InspectionResult

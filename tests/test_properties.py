@@ -28,7 +28,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmoe_inspect import ExpertStats, GateStats, PairwiseRoutingStats, TaskOutputStats
+from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
+from mmoe_inspect.stats.outputs import TaskOutputStats
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ATOL = 1e-9

@@ -963,10 +963,9 @@ def test_causal_section_says_why_its_parts_are_absent() -> None:
         replace(result, causal=no_sparse)
     )
 
-    skipped = replace(
-        result, causal=None, meta={"causal_skipped": "the data has no label column for any task"}
-    )
+    skipped = replace(result, causal=None, skipped={"causal": "the data has no label column for any task"})
     assert "No causal analyses: the data has no label column for any task." in _html(skipped)
+    assert skipped.to_metrics()["meta"]["causal_skipped"] == "the data has no label column for any task"
 
     sb = make_shared_bottom()
     gateless = make_causal(sb.topology, segments=False)
@@ -1023,7 +1022,7 @@ def test_attribution_gate_heatmap_draws_a_few_gates(no_pyplot_leaks) -> None:
 
 def test_attribution_section_says_why_its_parts_are_absent() -> None:
     result = make_mmoe()
-    off = replace(result, attribution=None, meta={"attribution_skipped": "turned off (--no-attributions)"})
+    off = replace(result, attribution=None, skipped={"attribution": "turned off (--no-attributions)"})
     part = _section(_html(off), "attributions")
     assert "Attributions were not computed: turned off (--no-attributions)." in part
     assert "<img" not in part and "<table" not in part

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding
-
-CODE = "nonfinite_predictions"
 
 
 def nonfinite_prediction_findings(tasks: pd.DataFrame) -> list[Finding]:
@@ -33,11 +32,9 @@ def nonfinite_prediction_findings(tasks: pd.DataFrame) -> list[Finding]:
             else "no row at all, so they are blank (there is no finite prediction to compute them from)"
         )
         out.append(
-            Finding(
-                CODE,
-                "critical",
+            Finding.of(
+                codes.NONFINITE_PREDICTIONS,
                 str(row.task),
-                "Task predictions are NaN/inf",
                 f"Task {row.task}'s output is NaN or inf on {int(bad):,} of {total:,} rows; those rows are left "
                 f"out of its metrics (prediction mean, AUC/MSE, causal values), which describe {what}.",
                 "Find what the rows have in common (extreme inputs, an fp16 overflow, a log of a non-positive "

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mmoe_inspect._text import cut
+from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import SEVERITY_ORDER, Finding
 from mmoe_inspect.results import InspectionResult
 
-CODE = "model_changed_itself"
-TITLE = "The model changed itself during inspection"
+TITLE = codes.REGISTRY[codes.MODEL_CHANGED_ITSELF].title
 
 
 def mark_self_change(result: InspectionResult, changed: Sequence[str]) -> None:
@@ -22,11 +22,9 @@ def mark_self_change(result: InspectionResult, changed: Sequence[str]) -> None:
         "different model and none of these numbers is reliable"
     )
     result.findings.append(
-        Finding(
-            CODE,
-            "critical",
+        Finding.of(
+            codes.MODEL_CHANGED_ITSELF,
             "model",
-            TITLE,
             f"While mmoe-inspect ran its forward, the model wrote to {len(changed)} of its own parameters or "
             f"buffers ({names}). Every number here comes from a model that changed between batches: none is "
             "reliable, and the model is no longer as it was handed in.",

@@ -8,18 +8,30 @@ saved `metrics.json` as well as on a fresh result. Thresholds are documented def
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import pandas as pd
 
-Severity = Literal["critical", "warning", "info"]
-SEVERITY_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+from mmoe_inspect._validate import check_number
+
+from . import codes
+from .codes import SEVERITY_ORDER, TASK_QUALITY_CODES, Severity
+
+__all__ = [
+    "SEVERITY_ORDER",
+    "TASK_QUALITY_CODES",
+    "Finding",
+    "Severity",
+    "Thresholds",
+    "diagnose",
+    "routing_findings",
+]
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Defaults for every diagnosis (shares are in [0, 1]; divergences in nats).
+    """Defaults for every diagnosis; every one is a share, ratio or total variation in [0, 1].
 
     collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows.
     uniform: mean per-row entropy / log E >= `uniform_entropy`.
@@ -49,6 +61,11 @@ class Thresholds:
     sparse_rate: float = 0.05
     own_experts_min: float = 0.1
 
+    def __post_init__(self) -> None:
+        """Every threshold is a share, ratio or total variation: a number in [0, 1] (ValueError naming it)."""
+        for f in fields(self):
+            check_number("Thresholds", f.name, getattr(self, f.name), low=0.0, high=1.0)
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
@@ -68,9 +85,18 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-TASK_QUALITY_CODES = frozenset({"task_at_chance", "task_worse_than_base_rate", "single_class_labels"})
-"""Findings about a task's predictions, not its routing: the review's first question answers them."""
+    @classmethod
+    def of(
+        cls,
+        code: str,
+        subject: str,
+        message: str,
+        remedy: str,
+        evidence: dict[str, float | str] | None = None,
+    ) -> Finding:
+        """A finding with the severity and title its code is registered with (`analysis.codes`)."""
+        spec = codes.REGISTRY[code]
+        return cls(code, spec.severity, subject, spec.title, message, remedy, dict(evidence or {}))
 
 
 def routing_findings(findings: list[Finding]) -> list[Finding]:
@@ -111,11 +137,9 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
     n_e = int(row.n_experts)
     if row.nonfinite_rows > 0:
         res.append(
-            Finding(
-                "nonfinite_gate",
-                "critical",
+            Finding.of(
+                codes.NONFINITE_GATE,
                 gate,
-                "Gate produced NaN/inf",
                 f"Gate {gate} produced non-finite weights on {int(row.nonfinite_rows)} rows; they are excluded "
                 "from every statistic.",
                 "Check the inputs of those rows for NaN/inf and the gate's logits for overflow (fp16).",
@@ -124,11 +148,9 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         )
     if row.not_normalized_rows > 0 and getattr(row, "simplex", True):  # "weights" gates need not sum to 1
         res.append(
-            Finding(
-                "gate_not_normalized",
-                "warning",
+            Finding.of(
+                codes.GATE_NOT_NORMALIZED,
                 gate,
-                "Gate weights do not sum to 1",
                 f"On {int(row.not_normalized_rows)} of {int(row.n_rows)} rows gate {gate}'s weights do not sum "
                 "to 1 (a sigmoid or sparse top-k gate?); shares and entropies treat them as given.",
                 "If the gate is meant to be a softmax, check the spec's `output` (probs vs logits) and `dim`.",
@@ -140,11 +162,9 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
     if row.max_mean_weight >= th.collapse_weight and row.top_expert_top1_share >= th.collapse_top1:
         collapsed.add(gate)
         res.append(
-            Finding(
-                "collapsed_gate",
-                "critical",
+            Finding.of(
+                codes.COLLAPSED_GATE,
                 gate,
-                "Collapsed gate",
                 f"Gate {gate} sends {row.max_mean_weight:.0%} of its weight to expert {row.top_expert}, which is "
                 f"the top expert on {row.top_expert_top1_share:.0%} of rows: the other {n_e - 1} experts are "
                 "effectively unused by this gate.",
@@ -160,11 +180,9 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         return res
     if row.normalized_entropy >= th.uniform_entropy:
         res.append(
-            Finding(
-                "uniform_gate",
-                "warning",
+            Finding.of(
+                codes.UNIFORM_GATE,
                 gate,
-                "Uniform gate",
                 f"Gate {gate} is almost uniform on every row (mean entropy {row.normalized_entropy:.1%} of "
                 f"log {n_e}): it averages the experts instead of routing.",
                 "Check that the gate sees informative inputs and can learn (initialization, learning rate, "
@@ -178,11 +196,9 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         return res
     if row.input_dependence < th.input_dependence_min:
         res.append(
-            Finding(
-                "input_independent_gate",
-                "warning",
+            Finding.of(
+                codes.INPUT_INDEPENDENT_GATE,
                 gate,
-                "Input-independent gate",
                 f"Gate {gate} gives nearly the same weights to every row (input dependence "
                 f"{row.input_dependence:.3f}): the model is a fixed weighted average of experts for this task.",
                 "Feed the gate informative features (many gates read only the shared embedding), check its "
@@ -195,11 +211,9 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         )
     if row.polarized_share >= th.polarized_share:
         res.append(
-            Finding(
-                "polarized_gate",
-                "warning",
+            Finding.of(
+                codes.POLARIZED_GATE,
                 gate,
-                "Polarized gate",
                 f"{row.polarized_share:.0%} of gate {gate}'s weights are hard 0 or 1: each row uses one expert, "
                 "and experts stop learning from rows they do not receive.",
                 "Gate dropout (YouTube ranking, RecSys 2019: ~20% of runs polarized), a softmax temperature, a "
@@ -228,11 +242,9 @@ def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> 
         if row.tv_per_row < th.identical_tv:
             both_collapsed = row.gate_a in collapsed and row.gate_b in collapsed
             res.append(
-                Finding(
-                    "tasks_route_identically",
-                    "critical",
+                Finding.of(
+                    codes.TASKS_ROUTE_IDENTICALLY,
                     subject,
-                    "Tasks route identically",
                     f"Tasks {row.task_a} and {row.task_b} use the same expert weights row by row (mean per-row "
                     f"total variation {row.tv_per_row:.3f}): their gates are one gate, and the MMoE is behaving "
                     "as a one-gate MoE." + (" Both gates are also collapsed." if both_collapsed else ""),
@@ -243,11 +255,9 @@ def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> 
             )
         elif row.tv_per_row < th.mild_tv:
             res.append(
-                Finding(
-                    "tasks_route_similarly",
-                    "info",
+                Finding.of(
+                    codes.TASKS_ROUTE_SIMILARLY,
                     subject,
-                    "Tasks share most routing",
                     f"Tasks {row.task_a} and {row.task_b} route mostly alike (mean per-row total variation "
                     f"{row.tv_per_row:.3f}): healthy-but-shared, as most real MMoE models are.",
                     "No action needed unless these tasks are known to conflict (seesaw).",
@@ -265,11 +275,9 @@ def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Fi
             row.max_relative_weight < th.dead_relative and row.max_top1_share < th.dead_top1
         ):
             res.append(
-                Finding(
-                    "dead_expert",
-                    "warning",
+                Finding.of(
+                    codes.DEAD_EXPERT,
                     str(row.expert),
-                    "Dead expert",
                     f"No gate gives expert {row.expert} meaningful weight (at most {row.max_mean_weight:.4f} mean "
                     f"weight, {row.max_relative_weight:.1%} of a uniform share): its parameters are wasted.",
                     "Re-initialize or remove it, or add a load-balancing loss / gate dropout so it gets traffic.",
@@ -283,11 +291,9 @@ def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Fi
         zf = row.zero_fraction
         if not (isinstance(zf, float) and math.isnan(zf)) and zf >= th.inactive_zero:
             res.append(
-                Finding(
-                    "inactive_expert",
-                    "warning",
+                Finding.of(
+                    codes.INACTIVE_EXPERT,
                     str(row.expert),
-                    "Inactive expert",
                     f"Expert {row.expert}'s outputs are exactly zero for {zf:.0%} of its activations (dead ReLUs, "
                     "as Kuaishou's HoME paper reports): whatever weight gates give it, it contributes little.",
                     "Lower the learning rate, use LeakyReLU/GELU or normalization in experts, or re-initialize it.",
@@ -298,11 +304,9 @@ def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Fi
     for row in sim.itertuples(index=False):
         if row.cka >= th.redundant_cka:
             res.append(
-                Finding(
-                    "redundant_experts",
-                    "warning",
+                Finding.of(
+                    codes.REDUNDANT_EXPERTS,
                     f"{row.expert_a} ~ {row.expert_b}",
-                    "Redundant experts",
                     f"Experts {row.expert_a} and {row.expert_b} compute nearly the same function (linear CKA "
                     f"{row.cka:.3f} on {int(row.n_rows)} sampled rows).",
                     "Check the initialization (constant init trains experts identically); fewer experts may do.",
@@ -333,11 +337,9 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
         share = float(top["mean"]) / total
         if share >= th.shared_single_task:
             res.append(
-                Finding(
-                    "shared_expert_single_task",
-                    "warning",
+                Finding.of(
+                    codes.SHARED_EXPERT_SINGLE_TASK,
                     str(expert),
-                    "Shared expert serves one task",
                     f"Shared expert {expert} (level {level}) gets {share:.0%} of its task-gate weight from task "
                     f"{top['task']}: it has degraded into a task-specific expert.",
                     "Other tasks' gates may be starved of shared capacity; check their gate entropy, consider "
@@ -361,11 +363,9 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
         own = float(mine[mine["expert"].map(owners) == trow.task]["mean"].sum())
         if (mine["expert"].map(owners) == trow.task).any() and own < th.own_experts_min:
             res.append(
-                Finding(
-                    "sparse_task_ignores_own_experts",
-                    "warning",
+                Finding.of(
+                    codes.SPARSE_TASK_IGNORES_OWN_EXPERTS,
                     str(trow.task),
-                    "Sparse task ignores its own experts",
                     f"Sparse task {trow.task} ({rate:.1%} positives) puts only {own:.0%} of its gate weight on its "
                     "task-specific experts and leans on shared ones (HoME's 'underfitting' pattern).",
                     "Its specific experts are undertrained: upweight the task's loss, or warm-start its experts.",
@@ -388,11 +388,9 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
             continue
         cls = "positive" if rate == 1.0 else "negative"
         res.append(
-            Finding(
-                "single_class_labels",
-                "info",
+            Finding.of(
+                codes.SINGLE_CLASS_LABELS,
                 str(row.task),
-                "AUC undefined: labels are all one class",
                 f"All {int(n_lab)} labelled rows of task {row.task} are {cls}: its AUC (and AUC-based causal "
                 "effects) is undefined and left blank, not zero.",
                 "Inspect on rows that hold both classes (a larger or unsampled evaluation set), or check the "
@@ -415,11 +413,9 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
         if not bool(r.get("at_chance")):
             if r.get("beats_base_rate") is False:
                 res.append(
-                    Finding(
-                        "task_worse_than_base_rate",
-                        "warning",
+                    Finding.of(
+                        codes.TASK_WORSE_THAN_BASE_RATE,
                         str(r["task"]),
-                        "Log loss no better than the base rate",
                         f"Task {r['task']} ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f} is no better "
                         f"than {base:.4f} for predicting the base rate: its probabilities are miscalibrated.",
                         "Recalibrate (Platt / isotonic on held-out rows) before using the probabilities; check "
@@ -429,11 +425,9 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                 )
             continue
         res.append(
-            Finding(
-                "task_at_chance",
-                "critical",
+            Finding.of(
+                codes.TASK_AT_CHANCE,
                 str(r["task"]),
-                "Task at chance",
                 f"Task {r['task']} predicts no better than chance: AUC {auc:.3f} (95% interval {lo:.3f} to "
                 f"{hi:.3f}), log loss {ll:.4f} vs {base:.4f} for predicting the base rate.",
                 "Check the label mapping, then retrain with standardised inputs and a lower learning rate; "

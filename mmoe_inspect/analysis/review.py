@@ -24,7 +24,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from .findings import SEVERITY_ORDER, Finding, Severity, routing_findings
+from . import codes
+from .codes import SEVERITY_ORDER, Severity
+from .findings import Finding, routing_findings
 
 Status = Literal["ok", "problem", "unknown"]
 
@@ -288,7 +290,7 @@ def rescale_by_impact(
     finding's evidence (`impact`)."""
     out = []
     for f in findings:
-        if f.code == "collapsed_gate":
+        if f.code == codes.COLLAPSED_GATE:
             text, sev = _collapse_impact(tables, causal, f.subject)
             f = replace(f, severity=sev or f.severity, evidence={**f.evidence, "impact": text})
         out.append(f)
@@ -302,7 +304,9 @@ def _key(f: Finding) -> str:
 
 def _expert_flags(findings: list[Finding], expert: str) -> dict[str, Finding]:
     return {
-        f.code: f for f in findings if f.subject == expert and f.code in ("dead_expert", "inactive_expert")
+        f.code: f
+        for f in findings
+        if f.subject == expert and f.code in (codes.DEAD_EXPERT, codes.INACTIVE_EXPERT)
     }
 
 
@@ -315,12 +319,12 @@ def build_diagnoses(
     by_code: dict[str, list[Finding]] = {}
     for f in findings:
         by_code.setdefault(f.code, []).append(f)
-    for f in by_code.get("collapsed_gate", []):
+    for f in by_code.get(codes.COLLAPSED_GATE, []):
         stories.append(_collapse_story(f, findings, tables, causal, used))
-    for f in by_code.get("sparse_task_ignores_own_experts", []):
+    for f in by_code.get(codes.SPARSE_TASK_IGNORES_OWN_EXPERTS, []):
         if _key(f) not in used:
             stories.append(_sparse_story(f, findings, tables, used))
-    chance = [f for f in by_code.get("task_at_chance", []) if _key(f) not in used]
+    chance = [f for f in by_code.get(codes.TASK_AT_CHANCE, []) if _key(f) not in used]
     if chance:  # tasks at chance without a gate story: one story for all of them
         used.update(_key(f) for f in chance)
         names = ", ".join(f.subject for f in chance)
@@ -366,18 +370,18 @@ def _collapse_story(
     members = [f]
     flags = _expert_flags(findings, expert)
     members += flags.values()
-    members += [g for g in findings if g.code == "polarized_gate" and g.subject == gate]
+    members += [g for g in findings if g.code == codes.POLARIZED_GATE and g.subject == gate]
     if task:
-        members += [g for g in findings if g.code == "task_at_chance" and g.subject == task]
+        members += [g for g in findings if g.code == codes.TASK_AT_CHANCE and g.subject == task]
         members += [
             g
             for g in findings
-            if g.code == "tasks_route_identically" and task in [s.strip() for s in g.subject.split("~")]
+            if g.code == codes.TASKS_ROUTE_IDENTICALLY and task in [s.strip() for s in g.subject.split("~")]
         ]
     redundant = [
         g
         for g in findings
-        if g.code == "redundant_experts" and expert in [s.strip() for s in g.subject.split("~")]
+        if g.code == codes.REDUNDANT_EXPERTS and expert in [s.strip() for s in g.subject.split("~")]
     ]
     members += redundant
     members = [m for m in members if _key(m) not in used]
@@ -387,14 +391,14 @@ def _collapse_story(
         used.add(_key(m))
     impact = str(f.evidence.get("impact", "")) or _collapse_impact(tables, causal, gate)[0]
     zf = (
-        _num(flags["inactive_expert"].evidence.get("zero_fraction"))
-        if "inactive_expert" in flags
+        _num(flags[codes.INACTIVE_EXPERT].evidence.get("zero_fraction"))
+        if codes.INACTIVE_EXPERT in flags
         else math.nan
     )
     what = f"gate {gate} collapsed onto expert {expert}"
-    if "inactive_expert" in flags:
+    if codes.INACTIVE_EXPERT in flags:
         what += f", which outputs zero on {zf:.1%} of its activations"
-    elif "dead_expert" in flags:
+    elif codes.DEAD_EXPERT in flags:
         what += ", which no other gate uses"
     if redundant:
         what += f"; {expert} is near-duplicated by another expert (CKA {_num(redundant[0].evidence.get('cka')):.3f})"
@@ -402,10 +406,10 @@ def _collapse_story(
     if (
         f.severity != "critical"
         and severity == "critical"
-        and not any(m.code == "task_at_chance" for m in members)
+        and not any(m.code == codes.TASK_AT_CHANCE for m in members)
     ):
         severity = f.severity  # a measured-harmless collapse is not made critical by its companions
-    if "inactive_expert" in flags or any(m.code == "polarized_gate" for m in members):
+    if codes.INACTIVE_EXPERT in flags or any(m.code == codes.POLARIZED_GATE for m in members):
         causes = (
             "learning rate too high (dead ReLUs and a saturated gate softmax are its usual signature)",
             "input scale: un-normalised features saturate the gate logits (standardise to zero mean, unit variance)",
@@ -470,7 +474,7 @@ def _sparse_story(
     members = [f]
     for e in own:
         members += _expert_flags(findings, e).values()
-    members += [g for g in findings if g.code == "task_at_chance" and g.subject == task]
+    members += [g for g in findings if g.code == codes.TASK_AT_CHANCE and g.subject == task]
     members = [m for m in members if _key(m) not in used]
     for m in members:
         used.add(_key(m))

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmoe_inspect.analysis.codes import check_codes
 from mmoe_inspect.analysis.findings import Finding, Thresholds
 from mmoe_inspect.monitor.monitor import GateMonitor
 from mmoe_inspect.topology.spec import Topology
@@ -76,6 +77,7 @@ class GateMonitorCallback(Callback):
         if isinstance(stop_on, str):
             stop_on = (stop_on,)
         GateMonitor._check_window(every, stride)
+        check_codes(stop_on, "GateMonitorCallback(stop_on=...)", severities=True)  # a typo never stops
         self.module = module
         self.topology = topology
         self.every = every

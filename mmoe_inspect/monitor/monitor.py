@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mmoe_inspect._validate import check_number
+from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, Thresholds, diagnose
 from mmoe_inspect.analysis.tables import gate_groups
 from mmoe_inspect.monitor.tensorboard import TensorBoardSink
@@ -136,6 +138,8 @@ class GateMonitor:
         tensorboard: Any = None,
     ) -> None:
         self._check_window(every, stride)
+        check_number("GateMonitor", "buffer_rows", buffer_rows, low=1, integer=True)
+        check_number("GateMonitor", "start_step", start_step, low=0, integer=True)
         self.stride = int(stride)
         self.buffer_rows = int(buffer_rows)
         self.model = model
@@ -396,7 +400,7 @@ def _concerns(f: Finding, gate: GateSpec, topology: Topology) -> bool:
         return True
     if " ~ " in f.subject and gate.task is not None:
         return gate.task in f.subject.split(" ~ ")
-    return f.code in ("dead_expert", "inactive_expert") and f.subject in gate.experts
+    return f.code in (codes.DEAD_EXPERT, codes.INACTIVE_EXPERT) and f.subject in gate.experts
 
 
 def _json_value(v: Any) -> Any:

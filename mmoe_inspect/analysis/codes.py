@@ -1,0 +1,190 @@
+"""Every finding code, declared once: its default severity, its title and what it means.
+
+A `Finding` carries one of these codes. `diagnose()` and the other finding builders take severity
+and title from here (`finding_for`), `--fail-on` and the Lightning callback's `stop_on` accept
+exactly these codes (`check_codes` names the close ones on a typo), the review and the reports
+compare against the constants below instead of string literals, and the README's "Findings" table
+lists them (a test keeps the table and this registry equal, severities and meanings included).
+
+The string values are part of the output format (`metrics.json`, `tables/`, the run log of
+`GateMonitor`, `check`): they never change. A new code is added here first; the test that every
+builder's code is registered (and every registered code has a builder) then says what is missing.
+
+Severity is the default: a collapsed gate's severity follows its measured impact once the causal
+analyses ran (`analysis.review.rescale_by_impact`), so it can be a warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["critical", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
+SEVERITY_ORDER: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+
+# routing: gates
+COLLAPSED_GATE = "collapsed_gate"
+UNIFORM_GATE = "uniform_gate"
+INPUT_INDEPENDENT_GATE = "input_independent_gate"
+POLARIZED_GATE = "polarized_gate"
+NONFINITE_GATE = "nonfinite_gate"
+GATE_NOT_NORMALIZED = "gate_not_normalized"
+# routing: task pairs
+TASKS_ROUTE_IDENTICALLY = "tasks_route_identically"
+TASKS_ROUTE_SIMILARLY = "tasks_route_similarly"
+# experts
+DEAD_EXPERT = "dead_expert"
+INACTIVE_EXPERT = "inactive_expert"
+REDUNDANT_EXPERTS = "redundant_experts"
+SHARED_EXPERT_SINGLE_TASK = "shared_expert_single_task"
+SPARSE_TASK_IGNORES_OWN_EXPERTS = "sparse_task_ignores_own_experts"
+# task quality (not routing: the review's first question answers them)
+TASK_AT_CHANCE = "task_at_chance"
+TASK_WORSE_THAN_BASE_RATE = "task_worse_than_base_rate"
+SINGLE_CLASS_LABELS = "single_class_labels"
+# the model or its outputs
+NONFINITE_PREDICTIONS = "nonfinite_predictions"
+MODEL_CHANGED_ITSELF = "model_changed_itself"
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    """One finding code: `severity` by default, the `title` every such finding carries, and `meaning`:
+    when it fires, in one line (the README's "fires when" column). `task_quality`: about a task's
+    predictions, not its routing, so the routing verdict leaves it out."""
+
+    code: str
+    severity: Severity
+    title: str
+    meaning: str
+    task_quality: bool = False
+
+
+_DECLARED = (
+    FindingCode(
+        COLLAPSED_GATE,
+        "critical",
+        "Collapsed gate",
+        "one expert has mean weight ≥ 0.9 and is top-1 on ≥ 90% of rows",
+    ),
+    FindingCode(
+        TASKS_ROUTE_IDENTICALLY,
+        "critical",
+        "Tasks route identically",
+        "two task gates over the same experts have mean per-row TV < 0.05 (MMoE behaving as one-gate MoE)",
+    ),
+    FindingCode(
+        NONFINITE_GATE, "critical", "Gate produced NaN/inf", "NaN/inf gate weights (those rows are excluded)"
+    ),
+    FindingCode(
+        MODEL_CHANGED_ITSELF,
+        "critical",
+        "The model changed itself during inspection",
+        "the model's forward wrote to its own parameters or buffers during inspection: every number is "
+        "unreliable",
+    ),
+    FindingCode(
+        NONFINITE_PREDICTIONS,
+        "critical",
+        "Task predictions are NaN/inf",
+        "a task's output is NaN/inf on some rows (counted in the tasks table, left out of its metrics)",
+    ),
+    FindingCode(
+        TASK_AT_CHANCE,
+        "critical",
+        "Task at chance",
+        "a binary task's exact AUC 95% interval (Hanley–McNeil) holds 0.5",
+        task_quality=True,
+    ),
+    FindingCode(UNIFORM_GATE, "warning", "Uniform gate", "mean row entropy ≥ 97% of `log E`"),
+    FindingCode(
+        INPUT_INDEPENDENT_GATE,
+        "warning",
+        "Input-independent gate",
+        "input dependence < 0.02 (and not uniform or collapsed)",
+    ),
+    FindingCode(
+        POLARIZED_GATE,
+        "warning",
+        "Polarized gate",
+        "≥ 90% of weights are < 0.01 or ≥ 0.99 (YouTube ranking, RecSys 2019)",
+    ),
+    FindingCode(
+        DEAD_EXPERT,
+        "warning",
+        "Dead expert",
+        "every gate gives it < 10% of a uniform share and it is top-1 on < 1% of rows",
+    ),
+    FindingCode(INACTIVE_EXPERT, "warning", "Inactive expert", "≥ 90% of its activations are exactly zero"),
+    FindingCode(
+        REDUNDANT_EXPERTS,
+        "warning",
+        "Redundant experts",
+        "linear CKA ≥ 0.95 between two experts of one level",
+    ),
+    FindingCode(
+        SHARED_EXPERT_SINGLE_TASK,
+        "warning",
+        "Shared expert serves one task",
+        "(PLE) one task holds ≥ 90% of the task-gate weight on a shared expert",
+    ),
+    FindingCode(
+        SPARSE_TASK_IGNORES_OWN_EXPERTS,
+        "warning",
+        "Sparse task ignores its own experts",
+        "(PLE) a task with < 5% positives puts < 10% of its weight on its own experts",
+    ),
+    FindingCode(
+        GATE_NOT_NORMALIZED,
+        "warning",
+        "Gate weights do not sum to 1",
+        "gate rows that do not sum to 1 (sigmoid / top-k gates)",
+    ),
+    FindingCode(
+        TASK_WORSE_THAN_BASE_RATE,
+        "warning",
+        "Log loss no better than the base rate",
+        "a binary task ranks rows above chance, but its log loss is no better than predicting the base rate",
+        task_quality=True,
+    ),
+    FindingCode(
+        TASKS_ROUTE_SIMILARLY,
+        "info",
+        "Tasks share most routing",
+        "per-row TV < 0.2: healthy-but-shared, as most real models are",
+    ),
+    FindingCode(
+        SINGLE_CLASS_LABELS,
+        "info",
+        "AUC undefined: labels are all one class",
+        "a binary task's labelled rows are all one class: its AUC is undefined (blank, not 0.5)",
+        task_quality=True,
+    ),
+)
+
+REGISTRY: dict[str, FindingCode] = {c.code: c for c in _DECLARED}
+"""Code -> its declaration, most severe first (the order `--fail-on` and the README list them in)."""
+
+TASK_QUALITY_CODES = frozenset(c.code for c in _DECLARED if c.task_quality)
+"""Findings about a task's predictions, not its routing: the review's first question answers them."""
+
+
+def close_codes(text: str, n: int = 3) -> list[str]:
+    """The registered codes closest to `text` (a typo such as "colapsed_gate"), best first."""
+    return difflib.get_close_matches(text, list(REGISTRY), n=n, cutoff=0.5)
+
+
+def check_codes(codes: Iterable[str], what: str, *, severities: bool = False) -> None:
+    """ValueError in one line naming `what` and the close codes, unless every entry of `codes` is a
+    registered code (or, with `severities`, one of critical/warning/info)."""
+    allowed = set(REGISTRY) | (set(SEVERITIES) if severities else set())
+    for code in codes:
+        if code in allowed:
+            continue
+        near = difflib.get_close_matches(str(code), sorted(allowed), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
+        kinds = "a finding code or severity" if severities else "a finding code"
+        raise ValueError(f"{what}: {code!r} is not {kinds}{hint}; codes: {', '.join(REGISTRY)}")
