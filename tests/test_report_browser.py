@@ -231,12 +231,9 @@ def load_page(index: Path, profile: Path) -> PageLoad:
 
 
 @pytest.fixture(scope="module")
-def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo end to end (smallest size): its report has every section, the causal one included."""
-    out = tmp_path_factory.mktemp("browser-demo")
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--rows", "2000", "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out / "report"
+def demo_report(demo_dir: Path) -> Path:
+    """The session's demo report (conftest's `demo_dir`): every section, the causal and training ones included."""
+    return demo_dir / "report"
 
 
 @pytest.fixture(scope="module")
