@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from mmoe_inspect import __version__
@@ -21,17 +20,6 @@ def invoke(*args: str):
     result = runner.invoke(app, [str(a) for a in args])
     result.clean = ANSI.sub("", result.output)  # type: ignore[attr-defined]
     return result
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    """One small demo run shared by the tests below (4 architectures trained on 5k rows)."""
-    out = tmp_path_factory.mktemp("demo")
-    result = invoke("demo", "--out", out, "--rows", 5000)
-    assert result.exit_code == 0, result.output
-    assert result.exception is None
-    (out / "demo-output.txt").write_text(result.clean, encoding="utf-8")  # for the comparison test
-    return out
 
 
 def test_help_lists_commands() -> None:

@@ -28,14 +28,6 @@ def invoke(*args: object):
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo-monitor")
-    result = invoke("demo", "--out", out, "--rows", 5000, "--monitor", "--quiet")
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
 def collapsed_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str, str], int]]:
     """The run log of the high-learning-rate MMoE run of test_monitor.py (its gates collapse)."""
     df = make_recsys(4096, seed=0)
