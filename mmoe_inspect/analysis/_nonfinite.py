@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mmoe_inspect.analysis import codes
-from mmoe_inspect.analysis.findings import Finding
+from mmoe_inspect.analysis.finding import Finding
 
 
 def nonfinite_prediction_findings(tasks: pd.DataFrame) -> list[Finding]:

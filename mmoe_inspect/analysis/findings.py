@@ -8,7 +8,7 @@ saved `metrics.json` as well as on a fresh result. Thresholds are documented def
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import pandas as pd
@@ -16,7 +16,9 @@ import pandas as pd
 from mmoe_inspect._validate import check_number
 
 from . import codes
+from ._nonfinite import nonfinite_prediction_findings
 from .codes import SEVERITY_ORDER, TASK_QUALITY_CODES, Severity
+from .finding import Finding
 
 __all__ = [
     "SEVERITY_ORDER",
@@ -70,35 +72,6 @@ class Thresholds:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosis about one subject (a gate, an expert, a pair of tasks)."""
-
-    code: str
-    severity: Severity
-    subject: str
-    title: str
-    message: str
-    remedy: str
-    evidence: dict[str, float | str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def of(
-        cls,
-        code: str,
-        subject: str,
-        message: str,
-        remedy: str,
-        evidence: dict[str, float | str] | None = None,
-    ) -> Finding:
-        """A finding with the severity and title its code is registered with (`analysis.codes`)."""
-        spec = codes.REGISTRY[code]
-        return cls(code, spec.severity, subject, spec.title, message, remedy, dict(evidence or {}))
-
-
 def routing_findings(findings: list[Finding]) -> list[Finding]:
     """The findings the routing verdict is about (task-quality findings left out)."""
     return [f for f in findings if f.code not in TASK_QUALITY_CODES]
@@ -124,8 +97,6 @@ def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = No
     out.extend(_expert_findings(tables, th))
     out.extend(_ple_findings(tables, th))
     out.extend(_task_findings(tables.get("tasks", pd.DataFrame())))
-    from mmoe_inspect.analysis._nonfinite import nonfinite_prediction_findings
-
     out.extend(nonfinite_prediction_findings(tables.get("tasks", pd.DataFrame())))
     out.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
     return out

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import mmoe_inspect.loading._pickle_names as _names
 from mmoe_inspect import _limits as limits
 from mmoe_inspect._limits import human_bytes
-from mmoe_inspect.loading import _pickle_names as _names
 from mmoe_inspect.loading._pickle_scan import ScanLimitError, scan_pickles
 
 FileKind = Literal[

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from mmoe_inspect.data.inputs import InputColumn
-from mmoe_inspect.loading.adapters import Adapter, register
+from mmoe_inspect.loading.adapters.base import Adapter, register
 
 ESMM_TASKS = ("ctr", "ctcvr")  # DeepCTR-Torch's ESMM outputs [ctr, ctr * cvr]
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from mmoe_inspect.data.inputs import InputColumn, InputMode
-from mmoe_inspect.loading.adapters import Adapter, register
+from mmoe_inspect.loading.adapters.base import Adapter, register
 
 
 def columns(model: nn.Module) -> tuple[InputColumn, ...]:
