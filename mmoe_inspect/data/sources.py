@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmoe_inspect.errors import MmoeInspectError, first_line
+
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow reads CSV in blocks of this size and types columns from the first
 F32_MAX = float(np.finfo(np.float32).max)  # larger finite float64 features would become inf as model input
 _SCAN_ROWS = 1 << 20  # row positions hashed at a time when looking for where `max_rows` sampled rows end
 
 
-class DataError(ValueError):
+class DataError(MmoeInspectError, ValueError):
     """The evaluation data cannot be used as given (missing file or columns, empty, NaN features)."""
 
 
@@ -243,7 +245,7 @@ class TableSource:
         except pd.errors.EmptyDataError:
             raise EmptyDataError(f"{self.path} is empty") from None
         except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-            raise DataFileError(f"{self.path} is not a readable CSV file ({_first_line(exc)})") from None
+            raise DataFileError(f"{self.path} is not a readable CSV file ({first_line(exc)})") from None
 
     def n_rows(self) -> int | None:
         """Rows in the source (None for CSV: unknown without reading it)."""
@@ -366,7 +368,7 @@ class TableSource:
                         if end >= wanted[-1][1]:
                             break
                 except OSError as exc:
-                    raise DataFileError(f"{f} is a damaged parquet file ({_first_line(exc)})") from None
+                    raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
             if shard.stop is not None and offset >= shard.stop:
                 return
 
@@ -378,7 +380,7 @@ class TableSource:
                 for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
                     yield rb.to_pandas()
             except OSError as exc:
-                raise DataFileError(f"{f} is a damaged parquet file ({_first_line(exc)})") from None
+                raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
 
     def _csv_chunks(self, batch_size: int, cols: list[str] | None) -> Iterator[pd.DataFrame]:
         import pyarrow as pa
@@ -394,7 +396,7 @@ class TableSource:
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 raise EmptyDataError(f"{self.path} is empty") from None
-            raise DataFileError(f"{self.path} is not a readable CSV file ({_first_line(exc)})") from None
+            raise DataFileError(f"{self.path} is not a readable CSV file ({first_line(exc)})") from None
         buf: list[pd.DataFrame] = []
         size = 0
         while True:
@@ -556,7 +558,7 @@ def _parquet_file(path: Path):
         # chunks alive and peak memory grows with the file (measured 1.8x from 1M to 4M rows)
         pf = pq.ParquetFile(path, pre_buffer=False)
     except Exception as exc:
-        raise DataFileError(f"{path} is not a readable parquet file ({_first_line(exc)})") from None
+        raise DataFileError(f"{path} is not a readable parquet file ({first_line(exc)})") from None
     names = pf.schema_arrow.names
     if len(set(names)) < len(names):  # pandas would hand out a frame for such a column, not a series
         seen: set[str] = set()
@@ -659,7 +661,7 @@ def _rebatch(chunks: Iterator[pd.DataFrame], batch_size: int) -> Iterator[pd.Dat
 
 def _csv_value_error(path: Path, names: Sequence[str], exc: BaseException) -> DataError:
     """A one-line error for a CSV block pyarrow cannot convert (a text value in a numeric column)."""
-    text = _first_line(exc)
+    text = first_line(exc)
     m = re.search(r"column #(\d+).*invalid value '([^']*)'", text)
     if m and int(m.group(1)) < len(names):
         return NonNumericError(
@@ -667,8 +669,3 @@ def _csv_value_error(path: Path, names: Sequence[str], exc: BaseException) -> Da
             "further down the file; encode it as numbers before inspecting"
         )
     return DataFileError(f"{path} is not a readable CSV file ({text})")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -21,6 +21,7 @@ from torch import nn
 
 from mmoe_inspect.data.call import call_model, is_two_class
 from mmoe_inspect.data.sources import DataError
+from mmoe_inspect.errors import first_line
 from mmoe_inspect.loading.inputs import (
     INPUT_MODES,
     CollateInputs,
@@ -401,8 +402,7 @@ def pick(
 
 
 def _brief(exc: BaseException, n: int = 140) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    text = f"{type(exc).__name__}: {first_line(exc, default='')}".rstrip(": ")
     return text if len(text) <= n else text[: n - 3] + "..."
 
 

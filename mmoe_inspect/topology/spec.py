@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mmoe_inspect.errors import MmoeInspectError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -28,7 +30,7 @@ SPEC_VERSION = 1
 LOW_CONFIDENCE = 0.5
 
 
-class TopologyError(ValueError):
+class TopologyError(MmoeInspectError, ValueError):
     """A topology (declared, discovered or read from a spec file) is inconsistent or does not fit the model."""
 
 
