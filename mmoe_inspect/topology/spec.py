@@ -3,6 +3,9 @@
 A `Topology` says which module is which gate (and over which experts, for which task), which modules
 are experts, and where each task's prediction sits in the model output. Reference models declare
 theirs; unknown models get one from discovery; users can write or edit one as a TOML spec file.
+
+One module (over ~450 lines) on purpose: the spec's dataclasses and their dict/TOML reading and
+validation are one file format; apart, each field would be separated from its check.
 """
 
 from __future__ import annotations
