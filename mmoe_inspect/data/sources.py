@@ -342,7 +342,7 @@ def _parquet_file(path: Path):
 
     try:
         # pre_buffer=False: with pyarrow's default read-ahead, iter_batches keeps the whole file's column
-        # chunks alive and peak memory grows with the file (measured 1.8x from 1M to 4M rows)
+        # chunks alive and peak memory grows with the file (the measurement: bench/results/small_ops.md)
         pf = pq.ParquetFile(path, pre_buffer=False)
     except Exception as exc:
         raise DataFileError(f"{path} is not a readable parquet file ({first_line(exc)})") from None
