@@ -31,6 +31,7 @@ from rich.markup import escape
 
 from mmoe_inspect._text import printable
 from mmoe_inspect.analysis.codes import REGISTRY, SEVERITIES
+from mmoe_inspect.errors import MmoeInspectError, first_line
 
 from ._console import CleanConsole
 
@@ -59,7 +60,7 @@ DATA = "Evaluation data"
 RUN = "Run"
 
 
-class OptionError(ValueError):
+class OptionError(MmoeInspectError, ValueError):
     """A command-line option value that cannot be used (one red line, exit code 2)."""
 
 
@@ -386,21 +387,8 @@ def version_callback(value: bool) -> None:
 
 def one_line(exc: BaseException) -> str:
     """The first meaningful line of an exception message, control characters stripped, cut at 600 characters."""
-    text = _ANSI.sub("", str(exc)).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    line = printable(line)
+    line = printable(first_line(_ANSI.sub("", str(exc)), default=type(exc).__name__))
     return line if len(line) <= 600 else line[:560] + f" ... ({len(line) - 560:,} more characters)"
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input, shown as one line (anything else is a bug: traceback)."""
-    from mmoe_inspect.checkpoint import CheckpointError
-    from mmoe_inspect.data.sources import DataError
-    from mmoe_inspect.recording.recorder import RecordingError
-    from mmoe_inspect.reports import ReportError
-    from mmoe_inspect.topology.spec import TopologyError
-
-    return (CheckpointError, DataError, RecordingError, TopologyError, ReportError, OptionError)
 
 
 @contextmanager
@@ -419,7 +407,7 @@ def guarded(debug: bool) -> Iterator[None]:
         # Free the failed run's frames now, while the interpreter is alive: what they hold (a process
         # group's native threads above all) must not be torn down during interpreter finalization.
         traceback.clear_frames(exc.__traceback__)
-        if isinstance(exc, user_errors()):
+        if isinstance(exc, MmoeInspectError) and exc.bad_input:
             err.print(f"[red]error:[/red] {escape(one_line(exc))}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         err.print(

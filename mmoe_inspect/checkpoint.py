@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from mmoe_inspect.data.batches import column_tensor, frame_to_columns
 from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.errors import CheckpointError, first_line
 from mmoe_inspect.models.build import build_model
 from mmoe_inspect.models.config import ModelConfig, task_to_dict
 from mmoe_inspect.topology.spec import TaskSpec
@@ -52,10 +53,6 @@ FORMAT = "mmoe-inspect/checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("model_config", "state_dict", "eval_sample")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class CheckpointError(ValueError):
-    """A file is not an mmoe-inspect checkpoint this version can read; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -179,8 +176,8 @@ def _one_line(exc: BaseException) -> str:
         return "the file is empty or truncated"
     text = _ANSI.sub("", str(exc))
     text = text.split("WeightsUnpickler error:", 1)[-1]  # the specific reason inside torch's long refusal
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    line = lines[0].split(". ", 1)[0] if lines else type(exc).__name__
+    line = first_line(text, default="")
+    line = line.split(". ", 1)[0] if line else type(exc).__name__
     return line if len(line) <= 200 else line[:197] + "..."
 
 

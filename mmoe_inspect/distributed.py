@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from mmoe_inspect.errors import MmoeInspectError, first_line
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistContext",
@@ -48,8 +50,10 @@ _AGREED = "_mmoe_inspect_agreed"  # attribute set on an exception every rank has
 T = TypeVar("T")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(MmoeInspectError, RuntimeError):
     """A distributed run cannot start or continue (no process group, a rank failed without a message)."""
+
+    bad_input = False  # a rank that failed without a message may have hit a bug: exit 1, not 2
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def init_from_env(device: str | torch.device = "cpu", timeout_s: float | None = 
     except Exception as exc:
         raise DistributedError(
             f"could not join the process group ({backend}, {os.environ.get('MASTER_ADDR')}:"
-            f"{os.environ.get('MASTER_PORT')}): {_first_line(exc)}"
+            f"{os.environ.get('MASTER_PORT')}): {first_line(exc)}"
         ) from None
     return replace(current_context(timeout_s=timeout.total_seconds()), owns_group=True)
 
@@ -212,7 +216,7 @@ def with_agreed_errors(distributed_arg: str) -> Callable[[Callable[..., T]], Cal
 
 def rank_error_payload(rank: int, error: BaseException) -> tuple[int, bytes | None, str]:
     """`(rank, pickled exception or None, "Type: first line")`: what a failed rank sends."""
-    text = f"{type(error).__name__}: {_first_line(error)}"
+    text = f"{type(error).__name__}: {first_line(error)}"
     try:
         blob: bytes | None = pickle.dumps(error)
         pickle.loads(blob)
@@ -232,11 +236,6 @@ def _peer_error(rank: int, blob: bytes | None, text: str) -> BaseException:
         except Exception:
             pass
     return DistributedError(f"rank {rank} failed: {text}")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- statistics

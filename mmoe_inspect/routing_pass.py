@@ -28,6 +28,7 @@ from mmoe_inspect.binding import task_predictions
 from mmoe_inspect.data.call import call_model
 from mmoe_inspect.device import host, model_device, to_device
 from mmoe_inspect.distributed import DistContext, configure_sync, sync_options
+from mmoe_inspect.errors import first_line
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
 from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
 from mmoe_inspect.stats.feed import SampledRows, StatsFeed
@@ -264,8 +265,7 @@ def forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
     except RecordingError:
         raise
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        detail = text[0] if text else type(exc).__name__
+        detail = first_line(exc, type(exc).__name__)
         raise RecordingError(
             f"the model's forward failed on rows {first_row}..{first_row + n - 1} "
             f"({type(exc).__name__}: {detail}); check the input mapping (--input/--features/--collate) "

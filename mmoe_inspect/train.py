@@ -216,7 +216,9 @@ def fit(
     x_val, y_val = frame_to_inputs(val_frame, features), frame_to_labels(val_frame, task_specs)
     device = _device(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)  # ~5x faster steps
+    fused = device.type in ("cpu", "cuda") and all(
+        p.is_floating_point() for p in params
+    )  # faster steps (bench/results/small_ops.md)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     start_time = time.perf_counter()

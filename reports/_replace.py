@@ -30,14 +30,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from mmoe_inspect.errors import MmoeInspectError
+
 PARTIAL = ".mmoe-inspect-partial"
 MAX_USER_ENTRIES = (
     20_000  # a folder holding more user files than this is refused (linking them takes too long)
 )
 
 
-class ReplaceError(RuntimeError):
+class ReplaceError(MmoeInspectError, RuntimeError):
     """The folder cannot be replaced as asked (refused target, collision, failed build or swap)."""
+
+    bad_input = False  # a failed folder swap is not a fault of the input
 
 
 def _libc_renameat2() -> Callable[[bytes, bytes], int] | None:

@@ -2,7 +2,7 @@
 `mmoe_inspect.attribution.AttributionResult`).
 
 Each returns None when its table is empty (no attribution result, a target skipped by the budget), so
-the report shows a notice instead. Built without pyplot, inside `plot_context()`, like `figures.py`.
+the report shows a notice instead. Built without pyplot, inside `plot_context()`, like `routing_figures.py`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Figures of the causal section, drawn from `result.causal` (a `mmoe_inspect.causal.CausalResult`).
 
 Each returns None when its analysis did not run (no causal result, no gates, no segment column), so
-the report shows a notice instead. Built without pyplot, inside `plot_context()`, like `figures.py`.
+the report shows a notice instead. Built without pyplot, inside `plot_context()`, like `routing_figures.py`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from mmoe_inspect.results import InspectionResult
 
 from ._draw import _heatmap, _short, gate_color, gate_label
 from ._style import CMAP_WEIGHT, WIDTH_IN, close, new_figure, plot_context, save_png
-from .figures import routing_panels
 from .html import render_html
 from .items import (
     Cell,
@@ -39,6 +38,7 @@ from .items import (
     finding_view,
     fmt_value,
 )
+from .routing_figures import routing_panels
 from .write import DIFF_ENTRIES, _version, write_folder, write_marker
 
 DIFF_SCHEMA_VERSION = "1.0"

@@ -10,8 +10,9 @@ import numpy as np
 
 from mmoe_inspect.results import InspectionResult
 
+from ._draw import gate_label
 from ._style import SHARED_COLOR, new_figure, plot_context, task_colors
-from .figures import draw_utilization, gate_label
+from .routing_figures import draw_utilization
 
 
 @dataclass

@@ -16,7 +16,7 @@ from mmoe_inspect.results import InspectionResult
 
 from ._draw import _heatmap, _short, gate_label
 from ._style import CMAP_WEIGHT, close, plot_context, save_png
-from .figures import routing_panels
+from .routing_figures import routing_panels
 from .structure import shown_source
 
 SLIDE_IN = (40 / 3, 7.5)  # a 16:9 slide; at OVERVIEW_DPI = 1920 x 1080 pixels

@@ -3,6 +3,9 @@
 Pure data: no HTML here (`html.py` renders each item type through an explicit renderer registry).
 Every section is always present: when its inputs are absent (a model without gates, no label
 columns, no causal analyses, no baseline) it says so in a notice instead of disappearing.
+
+One module (over ~450 lines) on purpose: one builder per core section over shared item helpers; the
+causal, attribution and training sections already live in their own `*_section.py` modules.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmoe_inspect._text import csv_safe
+from mmoe_inspect.errors import MmoeInspectError
 from mmoe_inspect.results import METRICS_SCHEMA_VERSION, InspectionResult
 
 from ._replace import replace_folder
@@ -27,7 +28,7 @@ DIFF_ENTRIES = (MARKER, "index.html", "diff.json", "figures")
 OWN_ENTRIES = tuple(dict.fromkeys(REPORT_ENTRIES + DIFF_ENTRIES))
 
 
-class ReportError(RuntimeError):
+class ReportError(MmoeInspectError, RuntimeError):
     """The report could not be written (target folder refused, or a figure/table failed)."""
 
 

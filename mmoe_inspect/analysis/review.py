@@ -14,6 +14,9 @@ inactive or dead; a task at chance whose gate collapsed; a sparse task ignoring 
 which are dead) and ranks the likely root causes (learning rate, input scale, initialisation,
 capacity, data) from the pattern of the evidence. The findings keep their codes and evidence.
 `rescale_by_impact` sets a collapsed gate's severity from the measured causal impact.
+
+One module (over ~450 lines) on purpose: the questions and the diagnoses are read from the same tables
+with the same row readers and formatters, and `build_review` joins them.
 """
 
 from __future__ import annotations

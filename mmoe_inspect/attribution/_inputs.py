@@ -31,13 +31,16 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from mmoe_inspect.data.inputs import InputColumn
+from mmoe_inspect.errors import MmoeInspectError
 
 InputConvention = Literal["dict", "tensor"]
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 
-class AttributionError(ValueError):
+class AttributionError(MmoeInspectError, ValueError):
     """The model's inputs, topology or options do not allow this attribution (the message says why)."""
+
+    bad_input = False  # the CLI catches it where it runs attributions and skips them, saying why
 
 
 @dataclass(frozen=True)

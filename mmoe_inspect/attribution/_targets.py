@@ -1,23 +1,23 @@
 """What is attributed (a gate's weights, an expert's output norm, a task's prediction) and the hooks that
 capture it with gradients, plus the hooks that put interpolated embeddings in place of the real ones.
 
-`AttributionSession` is the only place hooks are registered: it puts the model in eval mode, and on
-exit (also when a forward raises) removes every handle and restores every module's mode.
+`AttributionSession` is the only place hooks are registered: a `mmoe_inspect.recording.hooks.HookSession`,
+it puts the model in eval mode, and on exit (also when a forward raises) removes every handle and
+restores every module's mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
-from mmoe_inspect.recording.recorder import dense_spec, model_mode
+from mmoe_inspect.recording.hooks import HookSession
+from mmoe_inspect.recording.recorder import dense_spec
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
@@ -124,7 +124,7 @@ def task_output(out: Any, task: TaskSpec, index: int) -> Tensor:
     return v.reshape(v.shape[0], -1)[:, task.column : task.column + 1].float()
 
 
-class AttributionSession:
+class AttributionSession(HookSession):
     """Hooks for one attribution run: embedding replacement and capture of the active target.
 
     `run(x, target, replacements)` runs the model on `x` with the embedding calls of
@@ -138,7 +138,7 @@ class AttributionSession:
     """
 
     def __init__(self, model: nn.Module, layer: InputLayer, targets: Sequence[Target]) -> None:
-        self.model = model
+        super().__init__(model)
         self.layer = layer
         self._slots = {(s.module, s.call): i for i, s in enumerate(layer.embeddings)}
         self._modules = dict(model.named_modules())
@@ -148,45 +148,20 @@ class AttributionSession:
         )
         taps = gate_taps([t.gate for t in targets if t.gate is not None and t.gate.function_level])
         self._taps = FunctionTaps(taps, self._tap) if taps else None
-        self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
         self._pending: dict[str, Tensor] = {}
         self._rows = 0
-        self._handles: list[RemovableHandle] = []
-        self._mode: AbstractContextManager[nn.Module] | None = None
         self._counts: dict[str, int] = {}
         self._target: Target | None = None
         self._replace: Sequence[Tensor] | None = None
         self._captured: Tensor | None = None
 
-    def __enter__(self) -> AttributionSession:
-        self._mode = model_mode(self.model, training=False)
-        self._mode.__enter__()
-        try:
-            self._handles.append(self.model.register_forward_pre_hook(self._reset))
-            for path in self._hooked:
-                self._handles.append(self._modules[path].register_forward_hook(self._hook(path)))
-            if self._taps is not None:
-                self._taps_ctx = self._taps.attach(self.model)
-                self._taps_ctx.__enter__()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Remove every hook and restore modes; idempotent."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        if self._taps_ctx is not None:
-            tctx, self._taps_ctx = self._taps_ctx, None
-            tctx.__exit__(None, None, None)
-        if self._mode is not None:
-            ctx, self._mode = self._mode, None
-            ctx.__exit__(None, None, None)
+    def _register(self) -> None:
+        """The forward pre-hook, the target and embedding hooks, then the function taps."""
+        self.add_handle(self.model.register_forward_pre_hook(self._reset))
+        for path in self._hooked:
+            self.add_handle(self._modules[path].register_forward_hook(self._hook(path)))
+        if self._taps is not None:
+            self.enter_context(self._taps.attach(self.model))
 
     def _reset(self, _module: nn.Module, args: Any) -> None:
         self._counts.clear()

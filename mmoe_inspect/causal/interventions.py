@@ -19,22 +19,23 @@ expert or gate module whose input blocks are all bitwise identical (modules befo
 e.g. every MMoE expert and gate) runs on one block only: an expert's output is tiled K times, a
 gate's output is edited per block. The check is exact (`torch.equal`), so results do not change.
 
-The context manager puts the model in eval mode, and on exit, also when forward raises, removes
-every hook handle and restores every module's `training` flag; parameters are never touched.
+The context manager (a `mmoe_inspect.recording.hooks.HookSession`) puts the model in eval mode, and
+on exit, also when forward raises, removes every hook handle and restores every module's `training`
+flag; parameters are never touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from mmoe_inspect.recording.recorder import RecordingError, dense_spec, gate_probabilities, model_mode
+from mmoe_inspect.errors import MmoeInspectError
+from mmoe_inspect.recording.hooks import HookSession
+from mmoe_inspect.recording.recorder import RecordingError, dense_spec, gate_probabilities
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
 
@@ -54,8 +55,10 @@ __all__ = [
 AblationMode = Literal["renormalize", "zero"]
 
 
-class InterventionError(RuntimeError):
+class InterventionError(MmoeInspectError, RuntimeError):
     """An intervention cannot be applied to this model as asked (shape, stacking, missing source)."""
+
+    bad_input = False  # the CLI catches it where it runs causal analyses and skips them, saying why
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def repeat_rows(x: Any, k: int) -> Any:
     return map_tensors(x, lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.dim() else t)
 
 
-class GateIntervention(AbstractContextManager["GateIntervention"]):
+class GateIntervention(HookSession):
     """Hooks on every gate named by `topology` that apply the current `variants` to the gate outputs.
 
     Set `plan(variants, block_rows, capture=...)` before each forward: one variant per row block of
@@ -171,7 +174,7 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
     """
 
     def __init__(self, model: nn.Module, topology: Topology, *, dedupe: bool = False) -> None:
-        self.model = model
+        super().__init__(model)
         self.topology = topology
         modules = dict(model.named_modules())
         self._modules = modules
@@ -187,7 +190,6 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         taps = gate_taps(list(topology.gates))
         self._indices: dict[str, Tensor] = {}  # top-k gates: this forward's expert indices
         self._taps = FunctionTaps(taps, self._tap_edit) if taps else None
-        self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
         self.dedupe = dedupe
         self._expert_modules: list[str] = []
         if dedupe:
@@ -207,8 +209,6 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         self._calls: dict[str, int] = {}
         self._shrunk: dict[str, int] = {}
         self._equal: dict[tuple[Any, ...], bool] = {}
-        self._handles: list[RemovableHandle] = []
-        self._mode: AbstractContextManager[nn.Module] | None = None
 
     # ------------------------------------------------------------------------------- planning
     def plan(self, variants: Sequence[Variant], block_rows: int, *, capture: bool = False) -> None:
@@ -372,40 +372,20 @@ class GateIntervention(AbstractContextManager["GateIntervention"]):
         return post
 
     # ------------------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> GateIntervention:
-        self._mode = model_mode(self.model, training=False)
-        self._mode.__enter__()
-        try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
-            for path in self._expert_modules:  # before the gate hooks: tiling runs first
-                module = self._modules[path]
-                self._handles.append(module.register_forward_pre_hook(self._dedupe_pre(path)))
-                self._handles.append(module.register_forward_hook(self._dedupe_post(path)))
-            for path in self._gate_modules:
-                module = self._modules[path]
-                if self.dedupe:  # a gate on identical blocks runs once; its hook then edits each block
-                    self._handles.append(module.register_forward_pre_hook(self._dedupe_pre(path)))
-                self._handles.append(module.register_forward_hook(self._gate_hook(path)))
-            if self._taps is not None:
-                self._taps_ctx = self._taps.attach(self.model)
-                self._taps_ctx.__enter__()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _register(self) -> None:
+        """The forward pre-hook, the expert cache's hooks, the gate hooks, then the function taps."""
+        self.add_handle(self.model.register_forward_pre_hook(self._start_forward))
+        for path in self._expert_modules:  # before the gate hooks: tiling runs first
+            module = self._modules[path]
+            self.add_handle(module.register_forward_pre_hook(self._dedupe_pre(path)))
+            self.add_handle(module.register_forward_hook(self._dedupe_post(path)))
+        for path in self._gate_modules:
+            module = self._modules[path]
+            if self.dedupe:  # a gate on identical blocks runs once; its hook then edits each block
+                self.add_handle(module.register_forward_pre_hook(self._dedupe_pre(path)))
+            self.add_handle(module.register_forward_hook(self._gate_hook(path)))
+        if self._taps is not None:
+            self.enter_context(self._taps.attach(self.model))
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Remove every hook and restore every module's mode; idempotent."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        if self._taps_ctx is not None:
-            ctx, self._taps_ctx = self._taps_ctx, None
-            ctx.__exit__(None, None, None)
+    def _closing(self) -> None:
         self.captured, self.sources = {}, {}
-        if self._mode is not None:
-            mode, self._mode = self._mode, None
-            mode.__exit__(None, None, None)

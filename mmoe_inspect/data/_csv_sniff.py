@@ -16,7 +16,7 @@ _FIRST = 1 << 16  # most files answer within the first 64 KiB
 
 def sniff_csv(path: Path, limit: int) -> None:
     """Raise `DataFileError` when the first `limit` bytes of `path` cannot start a CSV text file."""
-    from mmoe_inspect.data.sources import DataFileError
+    from mmoe_inspect.data.errors import DataFileError
 
     with path.open("rb") as fh:
         head = fh.read(_FIRST)

@@ -70,9 +70,9 @@ def frame_to_inputs(frame: pd.DataFrame, features: FeatureSpec, device: str | to
 def dense_matrix(frame: pd.DataFrame, columns: Sequence[str]) -> Tensor:
     """Columns `columns` of `frame` as a fresh C-contiguous float32 tensor `[rows, len(columns)]`.
 
-    C-contiguous because a strided input slows the first matmul ~2x. pandas holds the columns as
-    `[columns, rows]` blocks, so the row-major matrix is a transpose: numpy's transposing copy takes
-    ~1.3 ms for 4096 x 100 floats, torch's blocked one of an F-ordered array ~0.25 ms. So the
+    C-contiguous because a strided input slows the first matmul. pandas holds the columns as
+    `[columns, rows]` blocks, so the row-major matrix is a transpose, and torch's blocked transposing
+    copy of an F-ordered array is several times faster than numpy's (`bench/results/small_ops.md`). So the
     columns (a view when they lead the frame) become an F-ordered float32 array (a fast copy of
     column runs; our own, never a view of the frame), then torch transposes it.
     """

@@ -22,6 +22,7 @@ import torch
 
 from mmoe_inspect.data.door import check_column_types
 from mmoe_inspect.data.sources import DataError, IdRangeError, NonFiniteError, check_numeric
+from mmoe_inspect.errors import first_line
 
 InputMode = Literal["dict", "tensor"]
 INPUT_MODES: tuple[InputMode, ...] = ("dict", "tensor")
@@ -128,10 +129,9 @@ class CollateInputs:
             raise
         except Exception as exc:  # the user's function: report it as bad input, not as our bug
             name = getattr(self.fn, "__qualname__", repr(self.fn))
-            lines = str(exc).strip().splitlines()
             raise InputMappingError(
                 f"--collate {name} failed on rows {frame.index[0]}..{frame.index[-1]}: "
-                f"{type(exc).__name__}: {lines[0] if lines else ''}"
+                f"{type(exc).__name__}: {first_line(exc, default='')}"
             ) from exc
 
 

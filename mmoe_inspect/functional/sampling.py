@@ -39,7 +39,7 @@ def row_hash(row_index: Tensor, seed: int = 0) -> Tensor:
     (γ = 0x9E3779B97F4A7C15). The key depends only on ``(row_index, seed)``, so "the k rows with the
     smallest keys" or "rows with key < rate" is the same row set for any batching or sharding.
     Keys are distinct for distinct rows except with probability ~n²/2⁵⁴. About 17 elementwise
-    int64 ops, in place after the first (~80 µs for 4096 rows on one CPU core).
+    int64 ops, in place after the first (timing in `bench/results/small_ops.md`).
     """
     z = row_index.long() * _signed(_GAMMA)  # a new tensor: the in-place ops below never touch row_index
     z.add_(_signed(splitmix64(seed)))

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from mmoe_inspect.checkpoint import CheckpointError
+from mmoe_inspect.errors import first_line
 
 _MARK = "__mmoe_inspect_model_code__"
 
@@ -83,7 +84,7 @@ def _import(name: str, flag: str) -> ModuleType:
         ) from None
     except Exception as exc:
         raise ModelCodeError(
-            f"{flag} {name}: importing it failed: {type(exc).__name__}: {_line(exc)}"
+            f"{flag} {name}: importing it failed: {type(exc).__name__}: {first_line(exc)}"
         ) from None
 
 
@@ -115,7 +116,7 @@ def _load_file(path: Path) -> ModuleType:
         del sys.modules[name]
         where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
         raise ModelCodeError(
-            f"--model-code {path} failed to load{where}: {type(exc).__name__}: {_line(exc)}"
+            f"--model-code {path} failed to load{where}: {type(exc).__name__}: {first_line(exc)}"
         ) from None
     return module
 
@@ -155,12 +156,7 @@ def call_builder(builder: Callable[..., Any], spec: str, config: Any | None) -> 
     try:
         model = builder(*args)
     except Exception as exc:
-        raise ModelCodeError(f"--builder {spec} failed: {type(exc).__name__}: {_line(exc)}") from None
+        raise ModelCodeError(f"--builder {spec} failed: {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelCodeError(f"--builder {spec} returned a {type(model).__name__}, not a torch nn.Module")
     return model
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -19,11 +19,10 @@ from torch import nn
 
 from mmoe_inspect import _limits as limits
 from mmoe_inspect._limits import human_bytes
+from mmoe_inspect.errors import CheckpointError
 
 
 def _error(message: str) -> Exception:
-    from mmoe_inspect.checkpoint import CheckpointError
-
     return CheckpointError(message)
 
 

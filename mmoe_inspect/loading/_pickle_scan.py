@@ -30,6 +30,8 @@ import io
 import pickletools
 from dataclasses import dataclass, field
 
+from mmoe_inspect.errors import MmoeInspectError, first_line
+
 _STRING_OPS = {
     "SHORT_BINUNICODE",
     "BINUNICODE",
@@ -60,8 +62,10 @@ _MARK = _Mark()
 _OPAQUE = _Opaque()
 
 
-class ScanLimitError(ValueError):
+class ScanLimitError(MmoeInspectError, ValueError):
     """The pickle has more opcodes than the scan budget allows."""
+
+    bad_input = False  # internal: the checkpoint sniffer turns it into its own verdict
 
 
 @dataclass
@@ -249,7 +253,7 @@ def scan_pickles(fh: io.BufferedIOBase, *, max_ops: int, max_pickles: int | None
         except ScanLimitError:
             raise
         except Exception as exc:
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            text = first_line(exc)
             if result.n_pickles == 0 or start == 0 or limit is not None:  # a pickle a loader reads
                 result.problem = text
             break

@@ -2,6 +2,9 @@
 rows with the model left exactly as found, and the one-line error naming the flag when none runs.
 
 Part of `mmoe_inspect.loading.input_binding` (see its docstring for the rules).
+
+One module (over ~450 lines) on purpose: listing the candidate input forms, running them safely and
+explaining why none ran are one procedure over the shared `Candidate`/`Trial` records.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from mmoe_inspect.data.inputs import (
     InputMappingError,
 )
 from mmoe_inspect.data.sources import DataError
+from mmoe_inspect.errors import first_line
+from mmoe_inspect.recording.hooks import model_mode
 
 _IDS_PARAM = re.compile(r"cat|sparse|(^|_)ids?($|_)|emb|discrete|index|indices|token", re.I)
 _DENSE_PARAM = re.compile(r"num|dense|cont|float|real|value", re.I)
@@ -219,18 +224,14 @@ def _pairs(
 def left_as_found(model: nn.Module) -> Iterator[None]:
     """Eval mode and no grad for a trial forward; afterwards every module's `training` flag, every buffer
     and the CPU random state are as they were (also when the forward raises)."""
-    modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     rng = torch.get_rng_state()
     try:
-        model.eval()
         # a wrong form may make the model's code warn (a tensor indexed by a string, ...): not the user's concern
-        with torch.no_grad(), warnings.catch_warnings():
+        with model_mode(model, training=False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for m, mode in modes:
-            m.training = mode
         with torch.no_grad():
             for b, saved in buffers:
                 if b.shape != saved.shape or not torch.equal(b, saved):
@@ -401,8 +402,7 @@ def pick(
 
 
 def _brief(exc: BaseException, n: int = 140) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    text = f"{type(exc).__name__}: {first_line(exc, default='')}".rstrip(": ")
     return text if len(text) <= n else text[: n - 3] + "..."
 
 

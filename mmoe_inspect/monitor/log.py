@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmoe_inspect.analysis.timeline import TIMELINE_COLUMNS, collapse_timeline
+from mmoe_inspect.errors import MmoeInspectError
 
 __all__ = ["TIMELINE_COLUMNS", "collapse_timeline", "read_run_log"]
 
@@ -40,7 +41,7 @@ def read_run_log(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-class RunLogError(ValueError):
+class RunLogError(MmoeInspectError, ValueError):
     """A run log that cannot be read or drawn (missing, unreadable, empty, or lacking columns)."""
 
 

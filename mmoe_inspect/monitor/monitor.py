@@ -75,6 +75,8 @@ class _TrainingHooks(GateRecorder):
     """`GateRecorder` hooks (gates only) that leave every module's mode alone; `on_forward()` is
     called after each forward of the model while hooked (it calls `take()`)."""
 
+    training_mode = None  # `HookSession`: the model keeps training as it would without the monitor
+
     def __init__(self, model: nn.Module, topology: Topology, on_forward: Callable[[], None]) -> None:
         super().__init__(model, topology, experts=False)
         self._on_forward = on_forward
@@ -82,14 +84,9 @@ class _TrainingHooks(GateRecorder):
     def _end_forward(self, _module: nn.Module, _args: Any, _out: Any) -> None:
         self._on_forward()
 
-    def __enter__(self) -> _TrainingHooks:
-        self.attach()  # gate hooks and function taps; no expert hooks (experts=False)
-        try:
-            self._handles.append(self.model.register_forward_hook(self._end_forward))
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _register(self) -> None:
+        super()._register()  # gate hooks and function taps; no expert hooks (experts=False)
+        self.add_handle(self.model.register_forward_hook(self._end_forward))
 
 
 class GateMonitor:

@@ -9,8 +9,8 @@ A fingerprint holds, per parameter and buffer (by name): the tensor object's ide
 reassigned in forward is a new object), shape, dtype, its autograd version counter (bumped by
 every in-place op, also under `no_grad`/`inference_mode`), and a float64 checksum of its values
 (which also sees writes through `.data`, which bypass the version counter). The checksums are one
-reduction per tensor on the tensor's device and one host read in all: measured on the demo MMoE
-(28 tensors) 0.4 ms per fingerprint on CPU, two per inspection, against ~1 s for the inspection.
+reduction per tensor on the tensor's device and one host read in all, two fingerprints per
+inspection: small against the inspection itself (timing in `bench/results/small_ops.md`).
 """
 
 from __future__ import annotations

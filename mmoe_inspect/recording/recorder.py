@@ -8,25 +8,36 @@ module's forward pre-hook and (always-called) forward hook.
 The recorder never keeps a view of a model tensor: each hook copies (and, for logit gates, softmaxes)
 what it needs at once, because real models modify tensors in place after the hook returns
 (DeepCTR-Torch's in-place bias add, `ReLU(inplace=True)`). On exit, including on exceptions, every
-hook handle is removed, the function mode popped and each module's `training` flag restored.
+hook handle is removed, the function mode popped and each module's `training` flag restored
+(`mmoe_inspect.recording.hooks.HookSession`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
+from mmoe_inspect.errors import MmoeInspectError
+from mmoe_inspect.recording.hooks import HookSession, model_mode
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, Topology, TopologyError
 
+__all__ = [
+    "ForwardCapture",
+    "GateRecorder",
+    "RecordingError",
+    "dense_spec",
+    "expert_output",
+    "gate_probabilities",
+    "model_mode",  # re-exported: it lives in `recording.hooks`
+]
 
-class RecordingError(RuntimeError):
+
+class RecordingError(MmoeInspectError, RuntimeError):
     """A hook saw something that does not fit the topology (wrong shape, missing call, no output)."""
 
 
@@ -37,18 +48,6 @@ class ForwardCapture:
 
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     experts: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@contextmanager
-def model_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
-    """Put `model` in eval (or train) mode and put every module's own flag back afterwards."""
-    saved = [(m, m.training) for m in model.modules()]
-    model.train(training)
-    try:
-        yield model
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = None) -> torch.Tensor:
@@ -119,7 +118,7 @@ def expert_output(out: torch.Tensor, expert: ExpertSpec, rows: torch.Tensor | No
     return kept if kept.dtype == torch.float32 else kept.to(torch.float32)
 
 
-class GateRecorder:
+class GateRecorder(HookSession):
     """Context manager that hooks the gates (and optionally experts) named by a `Topology`.
 
     Each forward's results are collected in a `ForwardCapture`; call `take()` after each forward.
@@ -132,16 +131,14 @@ class GateRecorder:
     """
 
     def __init__(self, model: nn.Module, topology: Topology, *, experts: bool = False) -> None:
-        self.model = model
+        super().__init__(model)
         self.topology = topology
         self.record_experts = experts
         # rows of the next forward whose expert outputs are kept (int64 [k], on the model's device);
         # None keeps every row, an empty tensor none (the expert hooks then return at once)
         self.expert_rows: torch.Tensor | None = None
-        self._handles: list[RemovableHandle] = []
         self._calls: dict[str, int] = {}
         self._capture = ForwardCapture()
-        self._mode_ctx: AbstractContextManager[nn.Module] | None = None
         modules = dict(model.named_modules())
         self._gate_modules: dict[str, list[GateSpec]] = {}
         for g in topology.gates:
@@ -157,7 +154,6 @@ class GateRecorder:
         self._batch: int | None = None  # rows of the forward, for gates without a batch axis
         self._needs_batch = any(g.batch_dim < 0 for g in topology.gates)
         self._taps = FunctionTaps(taps, self._tap_value) if taps else None
-        self._taps_ctx: AbstractContextManager[FunctionTaps] | None = None
         self._expert_modules: dict[str, list[ExpertSpec]] = {}
         if experts:
             for e in topology.experts:
@@ -235,41 +231,16 @@ class GateRecorder:
             self._batch = max(firsts, key=firsts.count) if firsts else None
 
     # -------------------------------------------------------------- lifecycle
-    def __enter__(self) -> GateRecorder:
-        self._mode_ctx = model_mode(self.model, training=False)
-        self._mode_ctx.__enter__()
-        self.attach()
-        return self
-
-    def attach(self) -> None:
-        """Register every hook (and the function taps) without touching modes; `close()` undoes it."""
-        try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
-            if self._taps is not None:
-                self._taps_ctx = self._taps.attach(self.model)
-                self._taps_ctx.__enter__()
-            for path in self._gate_modules:
-                self._handles.append(self._modules[path].register_forward_hook(self._gate_hook(path)))
-            for path in self._expert_modules:
-                self._handles.append(self._modules[path].register_forward_hook(self._expert_hook(path)))
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Remove every hook and restore modes; idempotent."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        if self._taps_ctx is not None:
-            ctx, self._taps_ctx = self._taps_ctx, None
-            ctx.__exit__(None, None, None)
-        if self._mode_ctx is not None:
-            ctx, self._mode_ctx = self._mode_ctx, None
-            ctx.__exit__(None, None, None)
+    def _register(self) -> None:
+        """The forward pre-hook, the function taps, then the gate and expert hooks (`HookSession`:
+        `__enter__` also switches to eval mode, `attach()` leaves modes alone, `close()` undoes both)."""
+        self.add_handle(self.model.register_forward_pre_hook(self._start_forward))
+        if self._taps is not None:
+            self.enter_context(self._taps.attach(self.model))
+        for path in self._gate_modules:
+            self.add_handle(self._modules[path].register_forward_hook(self._gate_hook(path)))
+        for path in self._expert_modules:
+            self.add_handle(self._modules[path].register_forward_hook(self._expert_hook(path)))
 
     def take(self) -> ForwardCapture:
         """Return the last forward's capture and start a new one; fails loudly when a gate was not seen."""

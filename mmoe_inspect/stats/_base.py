@@ -165,7 +165,7 @@ class Workspace:
 
     A stacked statistics pass makes several temporaries of a chunk's size (MBs); allocated afresh
     on every update, the allocator hands each back to the OS and the next update page-faults it
-    in again (measured: ~0.3 ms per 2 MB temporary on a CPU core, as much as the op itself).
+    in again (fresh vs reused: `bench/results/small_ops.md`).
     A tensor taken from here is valid until the next ``get`` of the same name.
     """
 

@@ -1,7 +1,7 @@
 """`update_gates`: every gate's `GateStats` and the `PairwiseRoutingStats` of a batch in one stacked pass.
 
-Per gate, a statistics update runs a few dozen tensor ops whose fixed cost (~10-20 µs each on a
-CPU core) rivals their work on a ``[4096, 8]`` gate, and `PairwiseRoutingStats.update` would cast
+Per gate, a statistics update runs a few dozen tensor ops whose fixed cost rivals their work on a
+``[4096, 8]`` gate (measured in `bench/results/small_ops.md`), and `PairwiseRoutingStats.update` would cast
 the same gates and take their entropies again. Stacking the ``G`` gates that share a configuration
 into one ``[G, E, B]`` tensor (`stack_gates`) runs each op once for all of them
 (`accumulate_gates`) and hands the per-row entropies to the pairwise statistics. The states, and

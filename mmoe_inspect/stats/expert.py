@@ -95,9 +95,8 @@ class ExpertStats(SummaryMetric):
     size is ``O((Σd)²)``, independent of the number of rows; all states are SUM states.
 
     Cost: the Gram update is ``sample_rate · batch · (Σd)²`` multiply-adds per update (about half
-    of them for wide experts, see `_add_gram`), in float32 for float32 outputs: 8 experts x 128
-    units and 268 sampled rows take ~5 ms per update on one CPU core (~8 ms in float64); lower
-    ``sample_rate`` for wide experts.
+    of them for wide experts, see `_add_gram`), in float32 for float32 outputs (timings in
+    `bench/results/small_ops.md`); lower ``sample_rate`` for wide experts.
     """
 
     def __init__(
@@ -169,7 +168,7 @@ class ExpertStats(SummaryMetric):
         narrow = max(self.dims) <= _STACK_MAX_DIM and len({p.dtype for p in parts}) == 1
         if narrow and len(set(self.dims)) == 1:
             # Narrow experts: one [batch, Σd] copy and one norm over its [batch, E, d] view beat 2E
-            # small ops (~20-40 µs each, whatever their size).
+            # small ops, each with a fixed cost whatever its size (bench/results/small_ops.md).
             x = torch.cat(parts, dim=1)
             norms = torch.linalg.vector_norm(
                 x.view(x.shape[0], self.n_experts, self.dims[0]), dim=2, dtype=acc

@@ -1,7 +1,7 @@
 """`StatsFeed`: hands each forward's captures to the inspection statistics in chunks of several batches.
 
-Every statistics update costs a fixed few dozen small tensor ops (~20-40 µs each on a CPU core)
-whatever the number of rows; on small models (the MMoE paper's 8 experts of 16 units) that fixed
+Every statistics update costs a fixed few dozen small tensor ops, each with a fixed cost whatever
+the number of rows (measured in `bench/results/small_ops.md`); on small models (the MMoE paper's 8 experts of 16 units) that fixed
 cost rivals the forward pass itself. The statistics are batch-invariant (their states do not
 depend on where the batches are cut: property-tested), so coalescing consecutive batches into
 chunks of at least ``chunk_rows`` rows gives the same states for a fraction of the per-update

@@ -286,7 +286,8 @@ def accumulate_gates(
         not_normalized &= ok
     not_normalized = not_normalized.sum(1)
 
-    # One bincount over [G, E + 2, B] int32 slots (int32 converts ~3x faster than int64), gate i's
+    # One bincount over [G, E + 2, B] int32 slots (int32 converts faster than int64:
+    # bench/results/small_ops.md), gate i's
     # offset by i * width: each expert's weight bin, the row's entropy bin and its top-1 expert
     # (the first maximum, like argmax: the maxima of expert e get weight E - e, the largest wins).
     # Masked rows go to the dummy slot.

@@ -22,6 +22,9 @@ Models:
   and `task_types` attributes like DeepCTR-Torch.
 * `PlantedOMoE`: one shared gate emitting `[batch, E, 1]` probabilities, mixture used by all towers.
 * `PlantedSharedBottom`: no gates at all (dict output).
+
+One module (over ~450 lines) on purpose: test support, not library logic; the planted models and the
+seeded building blocks they share read best side by side.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ every torch op) and reads the model's gates off that graph:
    levels come from gate-to-gate dependence (a gate whose mixture feeds another gate's experts sits
    on a lower level).
 
+Steps 1-2 live in `_mixing.py`, step 3 in `_locate.py`, steps 4-7 on the confirmed gates in
+`_gates.py`; this module runs them in order (`_describe_gates`) and writes the notes and confidence.
+
 The model is left exactly as found: training flags restored, hooks removed (also on errors), no
 parameter, buffer or `.grad` touched.
 """
@@ -28,25 +31,34 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from mmoe_inspect._plural import plural
-from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
-from mmoe_inspect.topology._graphops import backward_views
+from mmoe_inspect.topology._experts import ExpertTracer
+from mmoe_inspect.topology._gates import (
+    Gate,
+    architecture,
+    assign_tasks,
+    gate_spec,
+    leaf_node,
+    name_experts,
+    name_gates,
+    resolve_experts,
+    set_levels,
+)
+from mmoe_inspect.topology._locate import gate_score, locate
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
-from mmoe_inspect.topology._nodes import feeds, kind_of, node_module, node_where
+from mmoe_inspect.topology._nodes import feeds, node_module, node_where
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
-    Ref,
     iter_tensors,
     replay_with_leaves,
-    softmax_dim,
     trace_forward,
 )
 from mmoe_inspect.topology._unresolved import (
@@ -57,9 +69,6 @@ from mmoe_inspect.topology._unresolved import (
     unexplained_softmaxes,
 )
 from mmoe_inspect.topology.spec import (
-    ExpertSpec,
-    GateOutput,
-    GateSpec,
     TaskSpec,
     Topology,
     TopologyError,
@@ -81,257 +90,6 @@ _PENALTY = {
     "expert_calls": 0.1,
     "extra_mix": 0.05,
 }
-
-
-@dataclass
-class _Gate:
-    """A confirmed gate while it is being described."""
-
-    loc: _Located  # where the weights are read (module output or function call)
-    weights: int  # node of the weights as the combination reads them
-    n_experts: int
-    mixture_output: int
-    expert_nodes: list[int]
-    experts: list[ExpertRef]
-    tasks: set[str] = field(default_factory=set)
-    task: str | None = None
-    level: int = 0
-    name: str = ""
-    deps: list[int] = field(default_factory=list)
-    refined: bool = False
-    uses: int = 1
-
-    @property
-    def producer(self) -> int:
-        """Node of the weights where they are read (module output, op output or combine op)."""
-        return self.loc.producer
-
-
-def _gate_shaped(graph: Graph, idx: int, ax: int | None, bax: int | None, n_experts: int) -> bool:
-    """Node `idx` holds only the gate: `n_experts` on `ax`, the batch on `bax` (if any), 1 elsewhere."""
-    shape = graph.nodes[idx].shape
-    if ax is None or ax >= len(shape) or shape[ax] != n_experts:
-        return False
-    if bax is not None and (bax >= len(shape) or shape[bax] != graph.batch_size):
-        return False
-    return all(s == 1 for i, s in enumerate(shape) if i not in (ax, bax))
-
-
-def _chain(graph: Graph, idx: int, ax: int, bax: int | None) -> list[tuple[int, int | None, int | None]]:
-    """`idx` and its ancestors through view-like ops, nearest first, with the expert and batch axes."""
-    e_chain = backward_views(graph, idx, ax)
-    b_chain = backward_views(graph, idx, bax) if bax is not None else [(i, None) for i, _ in e_chain]
-    return [(i, a, b) for (i, a), (_, b) in zip(e_chain, b_chain, strict=True)]
-
-
-@dataclass(frozen=True)
-class _Located:
-    """Where a gate is read: module output (op None) or a torch function call."""
-
-    module: str
-    output: GateOutput
-    dim: int
-    batch_dim: int
-    call: int | None = None
-    op: str | None = None
-    occurrence: int = 0
-    arg: int = -1
-    producer: int = -1
-    note: str | None = None
-    index_op: str | None = None
-    index_occurrence: int = 0
-    index_arg: int = -2
-
-
-def _locate(graph: Graph, mix: Mixture) -> _Located | str:
-    """Where the weights of `mix` can be recorded (module output first, else a function call), or why not."""
-    e = mix.n_experts
-    chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
-    n_calls = graph.calls
-    if mix.indices is not None:
-        return _locate_top_k(graph, mix, chain[-1])
-    probs = None
-    for idx, ax, bax in reversed(chain):  # from the producer towards the combination
-        call = graph.outermost_call(idx)
-        if call is not None and _gate_shaped(graph, idx, ax, bax, e):
-            probs = (call, idx, ax, bax)
-            break
-    producer, pax, pbax = chain[-1]
-    pnode = graph.nodes[producer]
-    logits = None
-    if pnode.op == "softmax" and pax is not None and softmax_dim(pnode.args, pnode.kwargs, pnode.ndim) == pax:
-        src = pnode.args[0] if pnode.args else None
-        if isinstance(src, Ref):
-            for idx, ax, bax in _chain(graph, src.node, pax, pbax):
-                call = graph.outermost_call(idx)
-                if call is not None:
-                    if _gate_shaped(graph, idx, ax, bax, e):
-                        logits = (call, idx, ax, bax)
-                    break
-
-    def module_gate(
-        found: tuple, output: GateOutput | None, call_index: int | None, note: str | None
-    ) -> _Located:
-        call, idx, ax, bax = found
-        kind = output or kind_of(graph, idx, ax, bax)
-        return _Located(call.path, kind, ax, -1 if bax is None else bax, call_index, producer=idx, note=note)
-
-    if probs is not None and n_calls.get(probs[0].path, 1) == 1:
-        return module_gate(probs, None, None, None)
-    if logits is not None and n_calls.get(logits[0].path, 1) == 1:
-        note = None
-        if probs is not None:
-            note = (
-                f"softmax module {probs[0].path} runs {n_calls[probs[0].path]} times per forward; "
-                f"gate traced to the module producing its logits, {logits[0].path}"
-            )
-        return module_gate(logits, "logits", None, note)
-    chosen = probs or logits
-    if chosen is not None:
-        call = chosen[0]
-        note = f"module {call.path} runs {n_calls[call.path]} times per forward; this gate is its call {call.call}"
-        return module_gate(chosen, "logits" if chosen is logits else None, call.call, note)
-    if pnode.seq >= 0 and pnode.out_pos == 0 and pax is not None:
-        module = pnode.module or ROOT
-        return _Located(
-            module,
-            kind_of(graph, producer, pax, pbax),
-            pax,
-            -1 if pbax is None else pbax,
-            op=pnode.op,
-            occurrence=graph.occurrence(producer, module),
-            producer=producer,
-        )
-    cnode = graph.nodes[mix.combine]
-    if mix.arg >= 0 and cnode.seq >= 0:  # weights that no op made (a parameter, a constant): read at the mix
-        module = cnode.module or ROOT
-        w = graph.nodes[mix.weights]
-        return _Located(
-            module,
-            kind_of(graph, mix.weights, mix.w_axis, mix.w_batch),
-            mix.w_axis,
-            -1 if mix.w_batch is None else mix.w_batch,
-            op=cnode.op,
-            occurrence=graph.occurrence(mix.combine, module),
-            arg=mix.arg,
-            producer=mix.weights,
-            note=f"gate weights {list(w.shape)} are read where {cnode.op} in {node_where(graph, mix.combine)} uses them",
-        )
-    return "its weights are made where no torch function call can be located"
-
-
-def _locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> _Located | str:
-    """A top-k gate: its k weights read where they are made, their indices at the `topk` call."""
-    idx, pax, pbax = producer
-    pnode, inode = graph.nodes[idx], graph.nodes[mix.indices]  # type: ignore[index]
-    if pnode.seq < 0 or inode.seq < 0 or pax is None:
-        return "its top-k weights are not made by a torch function call"
-    module = pnode.module or ROOT
-    if module not in graph.ops[inode.seq][1]:
-        module = ROOT  # the indices are made elsewhere: count both calls over the model's forward
-    return _Located(
-        module,
-        "probs" if kind_of(graph, idx, pax, pbax) == "probs" else "weights",
-        pax,
-        -1 if pbax is None else pbax,
-        op=pnode.op,
-        occurrence=graph.occurrence(idx, module),
-        arg=-(pnode.out_pos + 1),
-        producer=idx,
-        index_op=inode.op,
-        index_occurrence=graph.occurrence(mix.indices, module),  # type: ignore[arg-type]
-        index_arg=-(inode.out_pos + 1),
-        note=f"top-{graph.nodes[idx].shape[pax]} gate over {mix.n_experts} experts: weights scattered by the "
-        f"indices of {inode.op} in {node_where(graph, inode.idx)}",
-    )
-
-
-def _gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
-    """Prefer, among readings of one combination, weights that look like a gate (a distribution)."""
-    chain = _chain(graph, mix.weights, mix.w_axis, mix.w_batch)
-    producer, pax, pbax = chain[-1]
-    kind = kind_of(graph, producer, pax, pbax)
-    op = graph.nodes[producer].op
-    return (0 if kind == "probs" else 1 if op in ("sigmoid", "softmax") else 2, mix.combine)
-
-
-def _levels(graph: Graph, gates: list[_Gate]) -> None:
-    """Level 0 = closest to the input; a gate whose mixture reaches another gate's experts is lower."""
-    reach = [graph.descendants(g.mixture_output) for g in gates]
-    deps = [
-        [i for i, r in enumerate(reach) if i != j and any(n in r for n in g.expert_nodes)]
-        for j, g in enumerate(gates)
-    ]
-    memo: dict[int, int] = {}
-
-    def level(j: int, stack: frozenset[int]) -> int:
-        if j in memo:
-            return memo[j]
-        below = [level(i, stack | {j}) for i in deps[j] if i not in stack]
-        memo[j] = 1 + max(below) if below else 0
-        return memo[j]
-
-    for j, g in enumerate(gates):
-        g.level = level(j, frozenset())
-        g.deps = deps[j]
-
-
-def _assign_tasks(gates: list[_Gate]) -> int:
-    """Task of each gate from autograd influence; lower-level gates refined through the next level.
-
-    Returns the number of gates that serve no task at all.
-    """
-    unused = 0
-    for g in sorted(gates, key=lambda g: -g.level):
-        if len(g.tasks) == 1:
-            g.task = next(iter(g.tasks))
-            continue
-        if not g.tasks:
-            unused += 1
-            continue
-        me = gates.index(g)
-        consumers = {h.task for h in gates if h.level == g.level + 1 and me in h.deps and h.task is not None}
-        if len(consumers) == 1:
-            g.task = next(iter(consumers))
-            g.refined = True
-    return unused
-
-
-def _name_gates(gates: list[_Gate], task_order: dict[str, int]) -> None:
-    """Sort gates (level, task order, forward order) and name them "{task}" / "L{level}.{task}" / "shared"."""
-    multi = len({g.level for g in gates}) > 1
-    gates.sort(
-        key=lambda g: (
-            g.level,
-            task_order.get(g.task, len(task_order)) if g.task else len(task_order),
-            g.producer,
-        )
-    )
-    used: dict[str, int] = {}
-    for g in gates:
-        base = g.task if g.task is not None else "shared"
-        if multi:
-            base = f"L{g.level}.{base}"
-        k = used.get(base, 0)
-        used[base] = k + 1
-        g.name = base if k == 0 else f"{base}#{k}"
-
-
-def _architecture(gates: list[_Gate], experts: list[ExpertSpec], n_tasks: int) -> str:
-    """Architecture label from the found structure: shared_bottom, omoe, mmoe, cgc, ple or moe."""
-    if not gates:
-        return "shared_bottom"
-    owned = any(e.owner != "shared" for e in experts)
-    if len({g.level for g in gates}) > 1:
-        return "ple" if owned else "moe"
-    if owned:
-        return "cgc"
-    task_gates = {g.task for g in gates if g.task is not None}
-    if len(gates) == 1 and not task_gates:
-        return "omoe"
-    if len(task_gates) == n_tasks and len(gates) == n_tasks:
-        return "mmoe"
-    return "moe"
 
 
 def discover_topology(
@@ -437,17 +195,17 @@ def _describe_gates(
     """Steps 1-8 after the tasks: mixtures -> gates, tasks per gate, experts, unresolved items, confidence."""
     # 1-4: mixtures -> gates (where their weights are read, which experts they mix)
     tracer = ExpertTracer(graph)
-    gates: list[_Gate] = []
+    gates: list[Gate] = []
     rejected: list[tuple[Mixture, str]] = []
     unresolved: list[Unresolved] = []
-    by_producer: dict[int, _Gate] = {}
+    by_producer: dict[int, Gate] = {}
     mixtures = find_mixtures(graph)
     readings: dict[int, list[Mixture]] = {}
     for mix in mixtures:
         readings.setdefault(mix.combine, []).append(mix)
     done_outputs: set[int] = set()
     for combine in sorted(readings):
-        for mix in sorted(readings[combine], key=lambda m: _gate_score(graph, m)):
+        for mix in sorted(readings[combine], key=lambda m: gate_score(graph, m)):
             if mix.output in done_outputs:
                 break
             if len(mix.experts) == 1 and mix.experts[0][1] is not None and mix.indices is None:
@@ -457,11 +215,11 @@ def _describe_gates(
                     mix = replace(
                         mix, experts=((src, ax),), n_experts=graph.nodes[src].shape[ax], indices=idx
                     )
-            experts = _resolve_experts(tracer, mix)
+            experts = resolve_experts(tracer, mix)
             if isinstance(experts, str):
                 rejected.append((mix, experts))
                 continue
-            found = _locate(graph, mix)
+            found = locate(graph, mix)
             if isinstance(found, str):
                 rejected.append((mix, found))
                 unresolved.append(
@@ -483,7 +241,7 @@ def _describe_gates(
                 notes.append(found.note)
                 if found.call is not None:
                     penalties.add("call")
-            gate = _Gate(
+            gate = Gate(
                 loc=found,
                 weights=mix.weights,
                 n_experts=mix.n_experts,
@@ -551,7 +309,7 @@ def _describe_gates(
         )
 
     # 6: which tasks each gate's mixture moves (autograd on a replay of this batch, never .backward())
-    target_of = {id(g): _leaf_node(graph, g) for g in gates}
+    target_of = {id(g): leaf_node(graph, g) for g in gates}
     targets = {graph.nodes[n].seq: graph.nodes[n].out_pos for n in target_of.values()}
     try:
         out2, leaves = replay_with_leaves(model, example_input, targets)
@@ -574,67 +332,14 @@ def _describe_gates(
         for (g, _), grad in zip(present, grads, strict=True):
             if grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0:
                 g.tasks.add(o.name)
-    _levels(graph, gates)
-    unused = _assign_tasks(gates)
+    set_levels(graph, gates)
+    unused = assign_tasks(gates)
     task_order = {t.name: i for i, t in enumerate(tasks)}
-    _name_gates(gates, task_order)
+    name_gates(gates, task_order)
 
-    # experts: names, owners, levels
-    inline_names: dict[tuple[object, ...], str] = {}
-    inline_base: dict[tuple[str, int], int] = {}
-    inline_count: dict[str, int] = {}
-    refs: dict[tuple[object, ...], ExpertRef] = {}
-    for g in gates:
-        for r in g.experts:
-            refs.setdefault(r.key, r)
-    for r in sorted(refs.values(), key=lambda r: r.order):
-        if r.module is not None or r.key[0] == "sparse":
-            continue
-        parent = r.parent or ROOT
-        node_key = (parent, r.order[0])
-        if node_key not in inline_base:
-            inline_base[node_key] = inline_count.get(parent, 0)
-        i = inline_base[node_key] + r.order[1]
-        inline_count[parent] = max(inline_count.get(parent, 0), i + 1)
-        inline_names[r.key] = f"{parent}.expert[{i}]" if parent else f"expert[{i}]"
-
-    def expert_name(r: ExpertRef) -> str:
-        if r.key[0] == "sparse" and r.parent:
-            return r.parent  # a sparse-dispatch expert: named by its module, not hooked
-        if r.module is None:
-            return inline_names[r.key]
-        return r.module if r.index is None else f"{r.module}[{r.index}]"
-
-    specs: list[ExpertSpec] = []
-    for r in sorted(refs.values(), key=lambda r: r.order):
-        mixing = [g for g in gates if any(x.key == r.key for x in g.experts)]
-        level = min(g.level for g in mixing)
-        owners = {g.task for g in mixing if g.task is not None and g.level == level}
-        at_level = [g for g in gates if g.level == level]
-        mixed_by_all = all(any(x.key == r.key for x in g.experts) for g in at_level)
-        owner = next(iter(owners)) if len(owners) == 1 and not mixed_by_all else "shared"
-        specs.append(ExpertSpec(expert_name(r), module=r.module, index=r.index, owner=owner, level=level))
-    specs.sort(key=lambda e: e.level)
-    gate_specs = tuple(
-        GateSpec(
-            g.name,
-            module=g.loc.module,
-            experts=tuple(expert_name(r) for r in g.experts),
-            task=g.task,
-            level=g.level,
-            output=g.loc.output,
-            dim=g.loc.dim,
-            call=g.loc.call,
-            op=g.loc.op,
-            occurrence=g.loc.occurrence,
-            arg=g.loc.arg,
-            batch_dim=g.loc.batch_dim,
-            index_op=g.loc.index_op,
-            index_occurrence=g.loc.index_occurrence,
-            index_arg=g.loc.index_arg,
-        )
-        for g in gates
-    )
+    # experts: names, owners, levels; the gate specs that name them
+    refs, expert_name, specs = name_experts(gates)
+    gate_specs = tuple(gate_spec(g, expert_name) for g in gates)
 
     # 8: notes and confidence
     inline = sorted({expert_name(r) for r in refs.values() if r.module is None and r.key[0] != "sparse"})
@@ -683,7 +388,7 @@ def _describe_gates(
             + (f" ({len(functional)} read at the function level)" if functional else ""),
         )
     confidence = 1.0 - sum(_PENALTY[p] for p in penalties)
-    arch = _architecture(gates, specs, len(tasks))
+    arch = architecture(gates, specs, len(tasks))
     return Topology(
         tasks=tasks,
         experts=tuple(specs),
@@ -694,71 +399,6 @@ def _describe_gates(
         architecture=arch,
         unresolved=tuple(unresolved),
     )
-
-
-def _leaf_node(graph: Graph, g: _Gate) -> int:
-    """Where to ask autograd which tasks a gate moves: its mixture's output, unless that output is an
-    in-place accumulation (the model reads the accumulator, not the call's return value): then the
-    gate's weights, which reach the tasks only through that mixture."""
-    node = graph.nodes[g.mixture_output]
-    first = node.args[0] if node.args else None
-    if isinstance(first, Ref) and graph.nodes[first.node].tensor is node.tensor:
-        return g.producer if graph.nodes[g.producer].seq >= 0 else g.weights
-    return g.mixture_output
-
-
-def _resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str:
-    """The experts a mixture weights: one stacked tensor, or one tensor per expert.
-
-    Experts of a sparse dispatch ran on their own rows, so their module outputs cannot be hooked as
-    `[batch, d]`: they are kept by name (module path) but not recorded.
-    """
-    if len(mix.experts) == 1 and mix.experts[0][1] is not None:
-        node, axis = mix.experts[0]
-        return tracer.resolve(node, axis, mix.n_experts)
-    out: list[ExpertRef] = []
-    missing: list[int] = []
-    for pos, (node, _) in enumerate(mix.experts):
-        if node < 0:  # this expert got no rows of the example batch
-            missing.append(pos)
-            continue
-        got = tracer.resolve(node, None, 1)
-        if isinstance(got, str):
-            return got
-        if mix.sparse:
-            got = [
-                ExpertRef(("sparse", r.module or r.key), None, None, r.module or r.parent, r.order, r.calls)
-                for r in got
-            ]
-        out.extend(got)
-    if mix.sparse and (missing or mix.by_module):
-        return _experts_by_index(tracer.graph, out, missing, mix.n_experts)
-    if len({r.key for r in out}) != len(out):
-        return "weights the same tensor several times, not several experts"
-    return out
-
-
-def _experts_by_index(
-    graph: Graph, found: list[ExpertRef], missing: list[int], n_experts: int
-) -> list[ExpertRef] | str:
-    """Sparse-dispatch experts in expert order: found ones sit in a container (`experts.3`) whose index
-    is the expert's; the ones that got no rows of the example batch are that container's other children."""
-    paths = [r.parent for r in found]
-    containers = {p.rpartition(".")[0] for p in paths if p and p.rpartition(".")[2].isdigit()}
-    if len(containers) != 1:
-        if missing:
-            return (
-                f"{len(missing)} experts got no rows of the example batch and their modules cannot be named"
-            )
-        return found
-    container = containers.pop()
-    out: list[ExpertRef] = []
-    for i in range(n_experts):
-        path = f"{container}.{i}"
-        if path not in graph.modules:
-            return f"expert {i} of {n_experts} has no module {path!r}"
-        out.append(ExpertRef(("sparse", path), None, None, path, (0, i)))
-    return out
 
 
 def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:

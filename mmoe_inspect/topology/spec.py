@@ -3,6 +3,9 @@
 A `Topology` says which module is which gate (and over which experts, for which task), which modules
 are experts, and where each task's prediction sits in the model output. Reference models declare
 theirs; unknown models get one from discovery; users can write or edit one as a TOML spec file.
+
+One module (over ~450 lines) on purpose: the spec's dataclasses and their dict/TOML reading and
+validation are one file format; apart, each field would be separated from its check.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from mmoe_inspect.errors import MmoeInspectError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +33,7 @@ SPEC_VERSION = 1
 LOW_CONFIDENCE = 0.5
 
 
-class TopologyError(ValueError):
+class TopologyError(MmoeInspectError, ValueError):
     """A topology (declared, discovered or read from a spec file) is inconsistent or does not fit the model."""
 
 

@@ -1,0 +1,261 @@
+"""Steps 4-7 of discovery on the confirmed gates: the experts a mixture weights, gate levels, the
+task each gate serves (from autograd influence), gate names and the architecture label.
+
+`Gate` is a confirmed gate while `discovery` describes it; these functions fill in its fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
+from mmoe_inspect.topology._locate import Located
+from mmoe_inspect.topology._mixing import Mixture
+from mmoe_inspect.topology._trace import ROOT, Graph, Ref
+from mmoe_inspect.topology.spec import ExpertSpec, GateSpec
+
+__all__ = [
+    "Gate",
+    "architecture",
+    "assign_tasks",
+    "gate_spec",
+    "leaf_node",
+    "name_experts",
+    "name_gates",
+    "resolve_experts",
+    "set_levels",
+]
+
+
+@dataclass
+class Gate:
+    """A confirmed gate while it is being described."""
+
+    loc: Located  # where the weights are read (module output or function call)
+    weights: int  # node of the weights as the combination reads them
+    n_experts: int
+    mixture_output: int
+    expert_nodes: list[int]
+    experts: list[ExpertRef]
+    tasks: set[str] = field(default_factory=set)
+    task: str | None = None
+    level: int = 0
+    name: str = ""
+    deps: list[int] = field(default_factory=list)
+    refined: bool = False
+    uses: int = 1
+
+    @property
+    def producer(self) -> int:
+        """Node of the weights where they are read (module output, op output or combine op)."""
+        return self.loc.producer
+
+
+def set_levels(graph: Graph, gates: list[Gate]) -> None:
+    """Level 0 = closest to the input; a gate whose mixture reaches another gate's experts is lower."""
+    reach = [graph.descendants(g.mixture_output) for g in gates]
+    deps = [
+        [i for i, r in enumerate(reach) if i != j and any(n in r for n in g.expert_nodes)]
+        for j, g in enumerate(gates)
+    ]
+    memo: dict[int, int] = {}
+
+    def level(j: int, stack: frozenset[int]) -> int:
+        if j in memo:
+            return memo[j]
+        below = [level(i, stack | {j}) for i in deps[j] if i not in stack]
+        memo[j] = 1 + max(below) if below else 0
+        return memo[j]
+
+    for j, g in enumerate(gates):
+        g.level = level(j, frozenset())
+        g.deps = deps[j]
+
+
+def assign_tasks(gates: list[Gate]) -> int:
+    """Task of each gate from autograd influence; lower-level gates refined through the next level.
+
+    Returns the number of gates that serve no task at all.
+    """
+    unused = 0
+    for g in sorted(gates, key=lambda g: -g.level):
+        if len(g.tasks) == 1:
+            g.task = next(iter(g.tasks))
+            continue
+        if not g.tasks:
+            unused += 1
+            continue
+        me = gates.index(g)
+        consumers = {h.task for h in gates if h.level == g.level + 1 and me in h.deps and h.task is not None}
+        if len(consumers) == 1:
+            g.task = next(iter(consumers))
+            g.refined = True
+    return unused
+
+
+def name_gates(gates: list[Gate], task_order: dict[str, int]) -> None:
+    """Sort gates (level, task order, forward order) and name them "{task}" / "L{level}.{task}" / "shared"."""
+    multi = len({g.level for g in gates}) > 1
+    gates.sort(
+        key=lambda g: (
+            g.level,
+            task_order.get(g.task, len(task_order)) if g.task else len(task_order),
+            g.producer,
+        )
+    )
+    used: dict[str, int] = {}
+    for g in gates:
+        base = g.task if g.task is not None else "shared"
+        if multi:
+            base = f"L{g.level}.{base}"
+        k = used.get(base, 0)
+        used[base] = k + 1
+        g.name = base if k == 0 else f"{base}#{k}"
+
+
+def architecture(gates: list[Gate], experts: list[ExpertSpec], n_tasks: int) -> str:
+    """Architecture label from the found structure: shared_bottom, omoe, mmoe, cgc, ple or moe."""
+    if not gates:
+        return "shared_bottom"
+    owned = any(e.owner != "shared" for e in experts)
+    if len({g.level for g in gates}) > 1:
+        return "ple" if owned else "moe"
+    if owned:
+        return "cgc"
+    task_gates = {g.task for g in gates if g.task is not None}
+    if len(gates) == 1 and not task_gates:
+        return "omoe"
+    if len(task_gates) == n_tasks and len(gates) == n_tasks:
+        return "mmoe"
+    return "moe"
+
+
+def leaf_node(graph: Graph, g: Gate) -> int:
+    """Where to ask autograd which tasks a gate moves: its mixture's output, unless that output is an
+    in-place accumulation (the model reads the accumulator, not the call's return value): then the
+    gate's weights, which reach the tasks only through that mixture."""
+    node = graph.nodes[g.mixture_output]
+    first = node.args[0] if node.args else None
+    if isinstance(first, Ref) and graph.nodes[first.node].tensor is node.tensor:
+        return g.producer if graph.nodes[g.producer].seq >= 0 else g.weights
+    return g.mixture_output
+
+
+def resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str:
+    """The experts a mixture weights: one stacked tensor, or one tensor per expert.
+
+    Experts of a sparse dispatch ran on their own rows, so their module outputs cannot be hooked as
+    `[batch, d]`: they are kept by name (module path) but not recorded.
+    """
+    if len(mix.experts) == 1 and mix.experts[0][1] is not None:
+        node, axis = mix.experts[0]
+        return tracer.resolve(node, axis, mix.n_experts)
+    out: list[ExpertRef] = []
+    missing: list[int] = []
+    for pos, (node, _) in enumerate(mix.experts):
+        if node < 0:  # this expert got no rows of the example batch
+            missing.append(pos)
+            continue
+        got = tracer.resolve(node, None, 1)
+        if isinstance(got, str):
+            return got
+        if mix.sparse:
+            got = [
+                ExpertRef(("sparse", r.module or r.key), None, None, r.module or r.parent, r.order, r.calls)
+                for r in got
+            ]
+        out.extend(got)
+    if mix.sparse and (missing or mix.by_module):
+        return experts_by_index(tracer.graph, out, missing, mix.n_experts)
+    if len({r.key for r in out}) != len(out):
+        return "weights the same tensor several times, not several experts"
+    return out
+
+
+def experts_by_index(
+    graph: Graph, found: list[ExpertRef], missing: list[int], n_experts: int
+) -> list[ExpertRef] | str:
+    """Sparse-dispatch experts in expert order: found ones sit in a container (`experts.3`) whose index
+    is the expert's; the ones that got no rows of the example batch are that container's other children."""
+    paths = [r.parent for r in found]
+    containers = {p.rpartition(".")[0] for p in paths if p and p.rpartition(".")[2].isdigit()}
+    if len(containers) != 1:
+        if missing:
+            return (
+                f"{len(missing)} experts got no rows of the example batch and their modules cannot be named"
+            )
+        return found
+    container = containers.pop()
+    out: list[ExpertRef] = []
+    for i in range(n_experts):
+        path = f"{container}.{i}"
+        if path not in graph.modules:
+            return f"expert {i} of {n_experts} has no module {path!r}"
+        out.append(ExpertRef(("sparse", path), None, None, path, (0, i)))
+    return out
+
+
+def name_experts(
+    gates: list[Gate],
+) -> tuple[dict[tuple[object, ...], ExpertRef], Callable[[ExpertRef], str], list[ExpertSpec]]:
+    """The experts the gates mix (by key), their names (module path, `path[i]` for a slice of a stacked
+    output, `parent.expert[i]` for inline ones) and their specs (owner task or "shared", level),
+    sorted by level."""
+    inline_names: dict[tuple[object, ...], str] = {}
+    inline_base: dict[tuple[str, int], int] = {}
+    inline_count: dict[str, int] = {}
+    refs: dict[tuple[object, ...], ExpertRef] = {}
+    for g in gates:
+        for r in g.experts:
+            refs.setdefault(r.key, r)
+    for r in sorted(refs.values(), key=lambda r: r.order):
+        if r.module is not None or r.key[0] == "sparse":
+            continue
+        parent = r.parent or ROOT
+        node_key = (parent, r.order[0])
+        if node_key not in inline_base:
+            inline_base[node_key] = inline_count.get(parent, 0)
+        i = inline_base[node_key] + r.order[1]
+        inline_count[parent] = max(inline_count.get(parent, 0), i + 1)
+        inline_names[r.key] = f"{parent}.expert[{i}]" if parent else f"expert[{i}]"
+
+    def expert_name(r: ExpertRef) -> str:
+        if r.key[0] == "sparse" and r.parent:
+            return r.parent  # a sparse-dispatch expert: named by its module, not hooked
+        if r.module is None:
+            return inline_names[r.key]
+        return r.module if r.index is None else f"{r.module}[{r.index}]"
+
+    specs: list[ExpertSpec] = []
+    for r in sorted(refs.values(), key=lambda r: r.order):
+        mixing = [g for g in gates if any(x.key == r.key for x in g.experts)]
+        level = min(g.level for g in mixing)
+        owners = {g.task for g in mixing if g.task is not None and g.level == level}
+        at_level = [g for g in gates if g.level == level]
+        mixed_by_all = all(any(x.key == r.key for x in g.experts) for g in at_level)
+        owner = next(iter(owners)) if len(owners) == 1 and not mixed_by_all else "shared"
+        specs.append(ExpertSpec(expert_name(r), module=r.module, index=r.index, owner=owner, level=level))
+    specs.sort(key=lambda e: e.level)
+    return refs, expert_name, specs
+
+
+def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:
+    """The `GateSpec` of a described gate: where it is read and the names of the experts it mixes."""
+    return GateSpec(
+        g.name,
+        module=g.loc.module,
+        experts=tuple(expert_name(r) for r in g.experts),
+        task=g.task,
+        level=g.level,
+        output=g.loc.output,
+        dim=g.loc.dim,
+        call=g.loc.call,
+        op=g.loc.op,
+        occurrence=g.loc.occurrence,
+        arg=g.loc.arg,
+        batch_dim=g.loc.batch_dim,
+        index_op=g.loc.index_op,
+        index_occurrence=g.loc.index_occurrence,
+        index_arg=g.loc.index_arg,
+    )

@@ -1,0 +1,167 @@
+"""Step 3 of discovery: where a gate's weights can be recorded, given the mixture that uses them.
+
+A module output first (the outermost module returning the softmax, `output="probs"`, or the module
+producing the logits of a functional softmax, `output="logits"`; a module called several times per
+forward is avoided or pinned with `call`), else the torch function call that makes them, else the
+combining op itself; a top-k gate is read as its k weights plus the indices of its `topk` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmoe_inspect.topology._graphops import backward_views
+from mmoe_inspect.topology._mixing import Mixture
+from mmoe_inspect.topology._nodes import kind_of, node_where
+from mmoe_inspect.topology._trace import ROOT, Graph, Ref, softmax_dim
+from mmoe_inspect.topology.spec import GateOutput
+
+__all__ = ["Located", "gate_score", "locate"]
+
+
+def gate_shaped(graph: Graph, idx: int, ax: int | None, bax: int | None, n_experts: int) -> bool:
+    """Node `idx` holds only the gate: `n_experts` on `ax`, the batch on `bax` (if any), 1 elsewhere."""
+    shape = graph.nodes[idx].shape
+    if ax is None or ax >= len(shape) or shape[ax] != n_experts:
+        return False
+    if bax is not None and (bax >= len(shape) or shape[bax] != graph.batch_size):
+        return False
+    return all(s == 1 for i, s in enumerate(shape) if i not in (ax, bax))
+
+
+def view_chain(graph: Graph, idx: int, ax: int, bax: int | None) -> list[tuple[int, int | None, int | None]]:
+    """`idx` and its ancestors through view-like ops, nearest first, with the expert and batch axes."""
+    e_chain = backward_views(graph, idx, ax)
+    b_chain = backward_views(graph, idx, bax) if bax is not None else [(i, None) for i, _ in e_chain]
+    return [(i, a, b) for (i, a), (_, b) in zip(e_chain, b_chain, strict=True)]
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a gate is read: module output (op None) or a torch function call."""
+
+    module: str
+    output: GateOutput
+    dim: int
+    batch_dim: int
+    call: int | None = None
+    op: str | None = None
+    occurrence: int = 0
+    arg: int = -1
+    producer: int = -1
+    note: str | None = None
+    index_op: str | None = None
+    index_occurrence: int = 0
+    index_arg: int = -2
+
+
+def locate(graph: Graph, mix: Mixture) -> Located | str:
+    """Where the weights of `mix` can be recorded (module output first, else a function call), or why not."""
+    e = mix.n_experts
+    chain = view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    n_calls = graph.calls
+    if mix.indices is not None:
+        return locate_top_k(graph, mix, chain[-1])
+    probs = None
+    for idx, ax, bax in reversed(chain):  # from the producer towards the combination
+        call = graph.outermost_call(idx)
+        if call is not None and gate_shaped(graph, idx, ax, bax, e):
+            probs = (call, idx, ax, bax)
+            break
+    producer, pax, pbax = chain[-1]
+    pnode = graph.nodes[producer]
+    logits = None
+    if pnode.op == "softmax" and pax is not None and softmax_dim(pnode.args, pnode.kwargs, pnode.ndim) == pax:
+        src = pnode.args[0] if pnode.args else None
+        if isinstance(src, Ref):
+            for idx, ax, bax in view_chain(graph, src.node, pax, pbax):
+                call = graph.outermost_call(idx)
+                if call is not None:
+                    if gate_shaped(graph, idx, ax, bax, e):
+                        logits = (call, idx, ax, bax)
+                    break
+
+    def module_gate(
+        found: tuple, output: GateOutput | None, call_index: int | None, note: str | None
+    ) -> Located:
+        call, idx, ax, bax = found
+        kind = output or kind_of(graph, idx, ax, bax)
+        return Located(call.path, kind, ax, -1 if bax is None else bax, call_index, producer=idx, note=note)
+
+    if probs is not None and n_calls.get(probs[0].path, 1) == 1:
+        return module_gate(probs, None, None, None)
+    if logits is not None and n_calls.get(logits[0].path, 1) == 1:
+        note = None
+        if probs is not None:
+            note = (
+                f"softmax module {probs[0].path} runs {n_calls[probs[0].path]} times per forward; "
+                f"gate traced to the module producing its logits, {logits[0].path}"
+            )
+        return module_gate(logits, "logits", None, note)
+    chosen = probs or logits
+    if chosen is not None:
+        call = chosen[0]
+        note = f"module {call.path} runs {n_calls[call.path]} times per forward; this gate is its call {call.call}"
+        return module_gate(chosen, "logits" if chosen is logits else None, call.call, note)
+    if pnode.seq >= 0 and pnode.out_pos == 0 and pax is not None:
+        module = pnode.module or ROOT
+        return Located(
+            module,
+            kind_of(graph, producer, pax, pbax),
+            pax,
+            -1 if pbax is None else pbax,
+            op=pnode.op,
+            occurrence=graph.occurrence(producer, module),
+            producer=producer,
+        )
+    cnode = graph.nodes[mix.combine]
+    if mix.arg >= 0 and cnode.seq >= 0:  # weights that no op made (a parameter, a constant): read at the mix
+        module = cnode.module or ROOT
+        w = graph.nodes[mix.weights]
+        return Located(
+            module,
+            kind_of(graph, mix.weights, mix.w_axis, mix.w_batch),
+            mix.w_axis,
+            -1 if mix.w_batch is None else mix.w_batch,
+            op=cnode.op,
+            occurrence=graph.occurrence(mix.combine, module),
+            arg=mix.arg,
+            producer=mix.weights,
+            note=f"gate weights {list(w.shape)} are read where {cnode.op} in {node_where(graph, mix.combine)} uses them",
+        )
+    return "its weights are made where no torch function call can be located"
+
+
+def locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> Located | str:
+    """A top-k gate: its k weights read where they are made, their indices at the `topk` call."""
+    idx, pax, pbax = producer
+    pnode, inode = graph.nodes[idx], graph.nodes[mix.indices]  # type: ignore[index]
+    if pnode.seq < 0 or inode.seq < 0 or pax is None:
+        return "its top-k weights are not made by a torch function call"
+    module = pnode.module or ROOT
+    if module not in graph.ops[inode.seq][1]:
+        module = ROOT  # the indices are made elsewhere: count both calls over the model's forward
+    return Located(
+        module,
+        "probs" if kind_of(graph, idx, pax, pbax) == "probs" else "weights",
+        pax,
+        -1 if pbax is None else pbax,
+        op=pnode.op,
+        occurrence=graph.occurrence(idx, module),
+        arg=-(pnode.out_pos + 1),
+        producer=idx,
+        index_op=inode.op,
+        index_occurrence=graph.occurrence(mix.indices, module),  # type: ignore[arg-type]
+        index_arg=-(inode.out_pos + 1),
+        note=f"top-{graph.nodes[idx].shape[pax]} gate over {mix.n_experts} experts: weights scattered by the "
+        f"indices of {inode.op} in {node_where(graph, inode.idx)}",
+    )
+
+
+def gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
+    """Prefer, among readings of one combination, weights that look like a gate (a distribution)."""
+    chain = view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    producer, pax, pbax = chain[-1]
+    kind = kind_of(graph, producer, pax, pbax)
+    op = graph.nodes[producer].op
+    return (0 if kind == "probs" else 1 if op in ("sigmoid", "softmax") else 2, mix.combine)
