@@ -266,6 +266,7 @@ class CausalRequest:
     baselines: Mapping[str, Path] = field(default_factory=dict)
     segment_by: str | None = None
     n_boot: int = 200
+    intervals: str = "analytic"
 
 
 def parse_baselines(values: Sequence[str] | None) -> dict[str, Path]:
@@ -516,6 +517,7 @@ def run_causal_analyses(
                 baselines=baselines,
                 segment_by=causal.segment_by,
                 n_boot=causal.n_boot,
+                intervals=causal.intervals,
                 seed=run.seed,
                 batch_size=load.batch_size,
                 max_rows=limit,

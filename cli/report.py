@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +40,14 @@ from ._pipeline import (
 CAUSAL = "Causal analyses"
 ATTRIBUTIONS = "Feature attributions"
 DISTRIBUTED = "Distributed runs"
+
+
+class Intervals(str, Enum):
+    """How `report` computes the causal analyses' confidence intervals (see `Evaluation`)."""
+
+    analytic = "analytic"
+    bootstrap = "bootstrap"
+
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -104,10 +113,21 @@ def report_command(
             "--bootstrap",
             metavar="N",
             min=0,
-            help="Bootstrap resamples for the confidence intervals of the causal analyses (0 = none).",
+            help="Bootstrap resamples for the confidence intervals of the causal analyses with --intervals "
+            "bootstrap (0 = no intervals).",
             rich_help_panel=CAUSAL,
         ),
     ] = 200,
+    intervals: Annotated[
+        Intervals,
+        typer.Option(
+            "--intervals",
+            help="Confidence intervals of the causal analyses: analytic (DeLong for AUC and AUC differences, "
+            "normal intervals of per-row log loss / squared / absolute error and of their paired per-row "
+            "differences; no resampling) or bootstrap (percentiles of --bootstrap paired row resamples).",
+            rich_help_panel=CAUSAL,
+        ),
+    ] = Intervals.analytic,
     attributions: Annotated[
         bool,
         typer.Option(
@@ -194,7 +214,7 @@ def report_command(
         if no_causal and (baselines or segment_by):
             raise OptionError("--baseline and --segment-by need the causal analyses: drop --no-causal")
         out_dir = out_dir if out_dir is not None else default_out_dir(checkpoint)
-        request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap)
+        request = None if no_causal else CausalRequest(baselines, segment_by, bootstrap, intervals.value)
         attribution = AttributionRequest(attribution_budget, attribution_rows) if attributions else None
         with distributed_run(distributed, load, dist_timeout) as (dist, load):
             result = inspect_checkpoint(
