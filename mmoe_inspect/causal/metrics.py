@@ -44,6 +44,7 @@ __all__ = [
     "Evaluation",
     "bootstrap_counts",
     "bootstrap_metric",
+    "describe_intervals",
     "paired_bootstrap",
     "roc_auc",
 ]
@@ -55,6 +56,20 @@ HIGHER_IS_BETTER: dict[str, bool] = {"auc": True, "logloss": False, "mse": False
 
 INTERVALS: tuple[str, ...] = ("analytic", "bootstrap")
 """Interval methods of `Evaluation`: closed-form (DeLong / CLT) or percentile bootstrap of the rows."""
+
+
+def describe_intervals(intervals: str | None, n_boot: int | None = None) -> str:
+    """How the intervals were computed, in words (for reports): `intervals` as given to `Evaluation`.
+
+    `None` (results saved before the option existed) means the bootstrap, the only method then.
+    """
+    if intervals == "analytic":
+        return "analytic: DeLong for AUC, normal (CLT) for log loss, MSE and MAE; paired on the same rows"
+    if n_boot is not None and n_boot <= 0:
+        return "none (bootstrap with 0 resamples)"
+    resamples = f", {int(n_boot):,} resamples" if n_boot is not None else ""
+    return f"paired bootstrap of the rows{resamples}"
+
 
 LOGLOSS_EPS = 1e-7
 """Predicted probabilities are clipped to [eps, 1 - eps] for the log loss (as `mmoe_inspect.train`)."""
