@@ -24,7 +24,7 @@ EPILOG = """\
 
   mmoe-inspect demo --out mmoe-demo --monitor
 
-The printed table scores every model on the same held-out rows with 95% paired-bootstrap intervals (also OUT/model_comparison.csv), and the lines below it say whether the differences support the seed's claims (MMoE > OMoE > Shared-Bottom; MMoE helps the sparse purchase task): supported, contradicted, or not shown (not significant). Then open mmoe-demo/report/index.html. The report measures the MMoE's multi-task gain against the Shared-Bottom and a purchase-only model, and shows segment routing by the data's 'category' column.
+The printed table scores every model on the same held-out rows with 95% paired intervals (DeLong for AUC, normal for log loss; also OUT/model_comparison.csv), and the lines below it say whether the differences support the seed's claims (MMoE > OMoE > Shared-Bottom; MMoE helps the sparse purchase task): supported, contradicted, or not shown (not significant). Then open mmoe-demo/report/index.html. The report measures the MMoE's multi-task gain against the Shared-Bottom and a purchase-only model, and shows segment routing by the data's 'category' column.
 """
 
 DEMO_SEGMENT_COLUMN = "category"
@@ -93,17 +93,19 @@ def demo_command(
 
 def comparison_table(comparison: DemoComparison) -> Table:
     """The demo's models side by side on the same test rows: AUC and log loss per task with their
-    paired-bootstrap 95% intervals (the seed claims they test are printed below it)."""
+    paired 95% intervals (the seed claims they test are printed below it)."""
     from rich.table import Table
 
     from mmoe_inspect.analysis.review import fmt_interval
     from mmoe_inspect.demo import MODEL_NAMES
 
     frame = comparison.table
-    table = Table(
-        title=f"Test metrics on the same {comparison.n_rows:,} held-out rows (95% paired-bootstrap intervals, "
-        f"{comparison.n_boot} resamples)"
+    how = (
+        "95% paired intervals: DeLong for AUC, normal for log loss"
+        if comparison.intervals == "analytic"
+        else f"95% paired-bootstrap intervals, {comparison.n_boot} resamples"
     )
+    table = Table(title=f"Test metrics on the same {comparison.n_rows:,} held-out rows ({how})")
     table.add_column("model")
     table.add_column("task")
     table.add_column("AUC [95% CI]", justify="right", no_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,14 @@ ATTRIBUTION_ROWS = 256  # default --attribution-rows: AttributionOptions' defaul
 CAUSAL = "Causal analyses"
 ATTRIBUTIONS = "Feature attributions"
 DISTRIBUTED = "Distributed runs"
+
+
+class Intervals(str, Enum):
+    """How `report` computes the causal analyses' confidence intervals (see `Evaluation`)."""
+
+    analytic = "analytic"
+    bootstrap = "bootstrap"
+
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -97,10 +106,21 @@ def report_command(
             "--bootstrap",
             metavar="N",
             min=0,
-            help="Bootstrap resamples for the confidence intervals of the causal analyses (0 = none).",
+            help="Bootstrap resamples for the confidence intervals of the causal analyses with --intervals "
+            "bootstrap (0 = no intervals).",
             rich_help_panel=CAUSAL,
         ),
     ] = 200,
+    intervals: Annotated[
+        Intervals,
+        typer.Option(
+            "--intervals",
+            help="Confidence intervals of the causal analyses: analytic (DeLong for AUC and AUC differences, "
+            "normal intervals of per-row log loss / squared / absolute error and of their paired per-row "
+            "differences; no resampling) or bootstrap (percentiles of --bootstrap paired row resamples).",
+            rich_help_panel=CAUSAL,
+        ),
+    ] = Intervals.analytic,
     attributions: Annotated[
         bool,
         typer.Option(
@@ -190,7 +210,9 @@ def report_command(
         from mmoe_inspect.attribution.options import AttributionOptions
         from mmoe_inspect.causal.options import CausalOptions
 
-        request = None if no_causal else CausalOptions(baselines, segment_by, bootstrap)
+        request = (
+            None if no_causal else CausalOptions(baselines, segment_by, bootstrap, intervals=intervals.value)
+        )
         attribution = AttributionOptions(attribution_budget, attribution_rows) if attributions else None
         with distributed_run(distributed, load, dist_timeout) as (dist, load):
             result = inspect_checkpoint(

@@ -87,6 +87,7 @@ def run_causal_analyses(
             baselines=options.baselines,
             segment_by=options.segment_by,
             n_boot=options.n_boot,
+            intervals=options.intervals,
             max_rows=min(limits) if limits else None,
             sample=cfg.sample,
             progress=as_progress(progress),

@@ -68,13 +68,15 @@ class ClaimCheck:
 
 @dataclass
 class DemoComparison:
-    """Every demo model on the SAME test rows: AUC and log loss with paired-bootstrap 95% intervals
-    (`table`: one row per model and task), and the seed claims checked by paired differences."""
+    """Every demo model on the SAME test rows: AUC and log loss with paired 95% intervals (`intervals`:
+    "analytic" = DeLong / CLT, or "bootstrap" with `n_boot` resamples; `table`: one row per model and
+    task), and the seed claims checked by paired differences."""
 
     table: pd.DataFrame  # model, task, auc, auc_lo, auc_hi, logloss, logloss_lo, logloss_hi
     claims: list[ClaimCheck]
     n_rows: int
     n_boot: int
+    intervals: str = "analytic"
 
     def lines(self) -> list[str]:
         return [f"{c.claim}: {c.status}. {c.sentence}" for c in self.claims]
@@ -87,12 +89,15 @@ def compare_models(
     *,
     n_boot: int = 200,
     seed: int = 0,
+    intervals: str = "analytic",
 ) -> DemoComparison:
     """Paired comparison of the models' predictions `{model: {task: [n]}}` on the same labelled rows.
 
-    One `mmoe_inspect.causal.metrics.Evaluation` over every model: each bootstrap replicate resamples
-    the rows once and scores every model on it, so a difference's interval is paired (the rows' own
-    difficulty cancels). A model that does not predict a task gets NaN there.
+    One `mmoe_inspect.causal.metrics.Evaluation` over every model, so a difference's interval is paired
+    (the rows' own difficulty cancels): DeLong's variance of the AUC difference and the CLT interval of
+    the per-row log-loss difference (`intervals="analytic"`), or a bootstrap whose every replicate
+    resamples the rows once and scores every model on it. A model that does not predict a task gets
+    NaN there.
     """
     from .causal.metrics import Evaluation
 
@@ -102,7 +107,7 @@ def compare_models(
         m: np.column_stack([np.asarray(p.get(t.name, np.full(n, np.nan)), dtype=np.float64) for t in tasks])
         for m, p in preds.items()
     }
-    ev = Evaluation(y, tasks, stacked, n_boot=n_boot, seed=seed)
+    ev = Evaluation(y, tasks, stacked, n_boot=n_boot, seed=seed, intervals=intervals)
     rows = []
     for m in preds:
         for t in tasks:
@@ -112,7 +117,7 @@ def compare_models(
                 row |= {metric: ev.value(m, t.name, metric), f"{metric}_lo": lo, f"{metric}_hi": hi}
             rows.append(row)
     claims = [_check_claim(claim, parts, ev, preds) for claim, parts in SEED_CLAIMS]
-    return DemoComparison(pd.DataFrame(rows), [c for c in claims if c is not None], n, n_boot)
+    return DemoComparison(pd.DataFrame(rows), [c for c in claims if c is not None], n, ev.n_boot, intervals)
 
 
 def _check_claim(
@@ -177,7 +182,7 @@ def run_demo(
     """Generate recommender data, train each architecture, save checkpoints and the eval split.
 
     With `single_task`, also a purchase-only model: the baseline for the sparse task's "MTL gain".
-    Every model is scored on the same test rows with paired-bootstrap intervals and the seed's claims
+    Every model is scored on the same test rows with paired intervals (DeLong / CLT) and the seed's claims
     are checked (`DemoResult.comparison`, also `out_dir/model_comparison.csv`).
     With `monitor`, the MMoE trains under a `GateMonitor` (a window every `MONITOR_EVERY` steps) whose
     run log is written to `out_dir/run_log.jsonl` (`DemoResult.run_log`); a window is `MONITOR_EVERY`

@@ -59,7 +59,7 @@ GUIDES: dict[str, str] = {
         "Each cell is how much worse a task gets (on its main metric: AUC for binary tasks, MSE for "
         "regression) when one expert is removed from every gate and the remaining weights are rescaled. Red: "
         "the task needs that expert; blue: the task does better without it; near 0: the expert does nothing "
-        "for the task. Hatched cells marked n.s. have a bootstrap interval that includes zero: no measurable "
+        "for the task. Hatched cells marked n.s. have an interval that includes zero: no measurable "
         "effect on these rows. Experts that matter to one task only are specialized; an expert that matters "
         "to every task is shared."
     ),

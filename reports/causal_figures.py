@@ -192,7 +192,7 @@ def causal_importance(result: InspectionResult) -> Figure | None:
 
 
 def causal_counterfactuals(result: InspectionResult) -> Figure | None:
-    """Per task: change of its primary metric when its gate is replaced, with the bootstrap CI as error bar."""
+    """Per task: change of its primary metric when its gate is replaced, with its paired CI as error bar."""
     cf = counterfactual_rows(result)
     if cf.empty:
         return None

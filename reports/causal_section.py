@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from mmoe_inspect.causal.counterfactual import COUNTERFACTUAL_COLUMNS
+from mmoe_inspect.causal.metrics import describe_intervals
 from mmoe_inspect.results import InspectionResult
 
 from .causal_figures import (
@@ -37,7 +38,9 @@ from .items import (
 INTRO = (
     "What the experts and gates actually do for each task: the model is run again with one expert removed, "
     "or with a task's gate replaced, and the task metrics on the labelled rows are compared with the intact "
-    "model. Intervals come from a paired bootstrap of the rows."
+    "model. Intervals are paired on the same rows: by default DeLong's for AUC and normal (CLT) intervals of the "
+    "per-row losses for log loss, MSE and MAE; with `--intervals bootstrap` a paired bootstrap of the rows (the "
+    "'intervals' line below says which)."
 )
 TOP_SEGMENT_ROWS = 10  # per gate, in the segment table (the CSV has them all)
 
@@ -45,7 +48,7 @@ CAUSAL_TABLE_HOWTO: dict[str, tuple[str, str]] = {
     "causal_task_metrics": (
         "Task metrics of the intact model (table)",
         "The reference every change below is measured against: each task's AUC and log loss (binary tasks) or "
-        "MSE and MAE (regression) on the labelled rows, with a bootstrap interval (lo to hi). A wide interval "
+        "MSE and MAE (regression) on the labelled rows, with its interval (lo to hi). A wide interval "
         "means few labelled rows or few positives: treat small changes with care.",
     ),
     "causal_importance": (
@@ -138,8 +141,7 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
     gated = c.topology.has_gates
     meta = c.meta
     pairs = [("labelled rows", f"{int(c.n_rows):,}")]
-    if meta.get("n_boot") is not None:
-        pairs.append(("bootstrap resamples", f"{int(meta['n_boot']):,}"))
+    pairs.append(("intervals", describe_intervals(meta.get("intervals"), meta.get("n_boot"))))
     if meta.get("ci") is not None:
         pairs.append(("interval level", f"{float(meta['ci']) * 100:g}%"))
     items: list[Item] = [KeyValues(tuple(pairs))]

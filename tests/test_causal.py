@@ -150,7 +150,7 @@ def test_evaluation_points_and_replicates_match_sklearn() -> None:
     labels[::7, 0] = np.nan  # missing labels are left out of that task only
     tasks = [TaskSpec("c"), TaskSpec("r", kind="regression")]
     preds = {"m": np.stack([rng.random(n), rng.normal(size=n)], 1)}
-    ev = Evaluation(labels, tasks, preds, n_boot=40, seed=3)
+    ev = Evaluation(labels, tasks, preds, n_boot=40, seed=3, intervals="bootstrap")
     keep = ~np.isnan(labels[:, 0])
     y, p = labels[keep, 0], preds["m"][keep, 0]
     assert ev.value("m", "c", "auc") == pytest.approx(roc_auc_score(y, p), abs=1e-12)
@@ -169,7 +169,9 @@ def test_evaluation_points_and_replicates_match_sklearn() -> None:
         )
     lo, hi = ev.interval("m", "c", "auc")
     assert lo < ev.value("m", "c", "auc") < hi
-    assert np.isnan(Evaluation(labels, tasks, preds, n_boot=0).interval("m", "c", "auc")).all()
+    assert np.isnan(
+        Evaluation(labels, tasks, preds, n_boot=0, intervals="bootstrap").interval("m", "c", "auc")
+    ).all()
 
 
 def test_paired_bootstrap_is_paired_and_seeded() -> None:

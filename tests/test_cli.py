@@ -52,13 +52,13 @@ def test_demo_writes_checkpoints_data_and_report(demo_dir: Path) -> None:
 def test_demo_comparison_has_paired_intervals_and_tests_the_seed_claims(demo_dir: Path) -> None:
     """Issue 16: the demo's table scores every model on the same test rows with paired intervals, and the
     sentence next to each seed claim gives the paired differences and their significance, equal to the
-    project's paired bootstrap on the checkpoints' own predictions."""
+    project's DeLong paired interval on the checkpoints' own predictions (issue 19: analytic by default)."""
     import numpy as np
     import pandas as pd
 
     from mmoe_inspect.analysis.review import fmt_signed
-    from mmoe_inspect.causal.metrics import paired_bootstrap
     from mmoe_inspect.checkpoint import load_checkpoint
+    from mmoe_inspect.functional.delong import delong_paired_interval
     from mmoe_inspect.train import predict, roc_auc
 
     table = pd.read_csv(demo_dir / "model_comparison.csv")
@@ -78,7 +78,7 @@ def test_demo_comparison_has_paired_intervals_and_tests_the_seed_claims(demo_dir
         else:
             assert np.isnan(row["auc"])
     output = (demo_dir / "demo-output.txt").read_text(encoding="utf-8")
-    assert "paired-bootstrap intervals" in output
+    assert "95% paired intervals: DeLong for AUC, normal for log loss" in output
     claims = {ln.strip().split(":")[0]: ln for ln in output.splitlines() if ln.strip().startswith("MMoE ")}
     assert set(claims) == {"MMoE > OMoE > Shared-Bottom", "MMoE helps the sparse task (purchase)"}
     labels = eval_frame["purchase"].to_numpy()
@@ -86,7 +86,7 @@ def test_demo_comparison_has_paired_intervals_and_tests_the_seed_claims(demo_dir
         ("mmoe", "omoe", "MMoE > OMoE > Shared-Bottom"),
         ("mmoe", "purchase_only", "MMoE helps the sparse task (purchase)"),
     ):
-        d, lo, hi = paired_bootstrap(preds[better]["purchase"], preds[worse]["purchase"], labels, "auc")
+        d, lo, hi = delong_paired_interval(preds[better]["purchase"], preds[worse]["purchase"], labels)
         significant = lo > 0 or hi < 0
         expected = f"purchase AUC {fmt_signed(d)} [{fmt_signed(lo)}, {fmt_signed(hi)}] (" + (
             "significant)" if significant else "not significant)"

@@ -188,6 +188,8 @@ def test_report_runs_causal_with_baseline_segments_and_fail_on(planted, tmp_path
         f"clean={planted['clean']}",
         "--segment-by",
         "device",
+        "--intervals",
+        "bootstrap",
         "--bootstrap",
         "40",
         "--fail-on",
@@ -202,12 +204,14 @@ def test_report_runs_causal_with_baseline_segments_and_fail_on(planted, tmp_path
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     causal = metrics["causal"]
     assert causal["meta"]["n_boot"] == 40 and causal["meta"]["seed"] == 3
+    assert causal["meta"]["intervals"] == "bootstrap"
     assert 2200 < metrics["n_rows"] < 2600
     assert causal["n_rows"] == metrics["n_rows"]  # --sample: the causal analyses see the same rows
     assert {r["baseline"] for r in causal["tables"]["baseline_gains"]} == {"clean"}
     assert {r["segment"] for r in causal["tables"]["segments"]} == {"0", "1", "2"}
     assert metrics["meta"]["features"] == FEATURES.split(",") and metrics["meta"]["seed"] == 3
     html = (out / "index.html").read_text(encoding="utf-8")
+    assert "paired bootstrap of the rows, 40 resamples" in html
     for anchor in SECTIONS:
         assert f'id="{anchor}"' in html, anchor
     for fig in ("causal_importance", "causal_counterfactuals", "causal_segments"):
@@ -333,6 +337,12 @@ def test_report_without_a_baseline_or_segments_says_so(planted, tmp_path: Path) 
     assert code == 0, text
     html = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
     assert "No baseline model was given" in html and "--baseline NAME=PATH" in html
+    # issue 19: analytic intervals by default (--bootstrap is not used then), and the page says so
+    causal = json.loads((tmp_path / "r" / "metrics.json").read_text(encoding="utf-8"))["causal"]
+    assert causal["meta"]["intervals"] == "analytic" and causal["meta"]["n_boot"] is None
+    assert "DeLong for AUC, normal (CLT) for log loss, MSE and MAE" in html
+    metrics_rows = causal["tables"]["task_metrics"]
+    assert metrics_rows and all(r["lo"] < r["value"] < r["hi"] for r in metrics_rows)
     assert "No segment routing: no segment column was given" in html
     assert 'id="table-causal_sparse_gains"' in html  # cvr is sparse: its gains are shown
 

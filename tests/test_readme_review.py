@@ -55,7 +55,7 @@ def test_every_why_point_is_answered_in_the_readme() -> None:
         "headline MI/TV in context": (tour, ["only because a gate collapsed"]),
         "one AUC everywhere": (tour, ["exact everywhere", "roc_auc_score"]),
         "multi-task gain with its interval": (tour, ["Did multi-task training help?", "significant"]),
-        "demo comparison is honest": (intro, ["paired-bootstrap intervals", "supported", "not shown"]),
+        "demo comparison is honest": (intro, ["paired intervals (DeLong", "supported", "not shown"]),
         "one diagnosis, severity by impact": (tour, ["**Diagnosis** groups", "measured impact"]),
         "co-activation masks idle experts": (tour, ["co-activation", "grayed out"]),
         "table() typo raises": (tour, ["KeyError with close names"]),

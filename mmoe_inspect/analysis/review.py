@@ -5,7 +5,7 @@ Pure pandas on an inspection's tables, findings and (optional) causal tables, so
 slide, `mmoe-inspect summary`, `metrics.json` and Jupyter show the same sentences. Questions:
 
 1. Does every task work? (exact AUC with a 95% interval, log loss vs the base rate's; at-chance flags)
-2. Did multi-task training help? (gain vs each baseline with its paired-bootstrap interval)
+2. Did multi-task training help? (gain vs each baseline with its paired interval)
 3. Do experts serve different tasks? (the routing verdict, as `inspector.verdict` words it)
 4. What should we do next? (the first step of the most severe diagnosis)
 

@@ -1,7 +1,8 @@
 """Causal analyses of trained multi-task MoE models: what the experts and gates actually DO for each task.
 
 Gate weights say where weight goes, not what matters. These analyses intervene on the gate outputs
-and measure task metrics on labelled data, with paired bootstrap intervals:
+and measure task metrics on labelled data, with paired intervals (DeLong for AUC, CLT for loss means,
+or a paired bootstrap of the rows):
 
 * expert ablation (`ablation`): a task × expert importance matrix;
 * gate counterfactuals (`counterfactual`): another task's gate, a uniform gate, the mean gate;

@@ -2,7 +2,7 @@
 
 Importance of expert e for task t = how much worse t's metric gets without e (positive = removing
 it hurts): `intact - ablated` for AUC, `ablated - intact` for log loss, MSE and MAE, with a paired
-bootstrap interval (the same resampled rows for both). Two modes, see `interventions.Ablate`.
+interval on the same rows (DeLong / CLT, or a paired bootstrap: `Evaluation`). Two modes, see `interventions.Ablate`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   counterfactuals (the dense task's gate, a uniform gate, its own mean gate).
 * Extrinsic (against baselines on the same rows): the PLE paper's "MTL gain" = metric of the
   multi-task model minus the baseline's, sign flipped for lower-is-better metrics (so a positive gain
-  always means the multi-task model is better), with a paired bootstrap interval.
+  always means the multi-task model is better), with a paired interval on the same rows.
 """
 
 from __future__ import annotations

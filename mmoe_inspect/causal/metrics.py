@@ -1,6 +1,16 @@
-"""Task metrics on labelled rows with bootstrap confidence intervals, paired across prediction sets.
+"""Task metrics on labelled rows with confidence intervals, paired across prediction sets.
 
 Metrics: AUC and log loss for binary tasks, MSE and MAE for regression tasks, plus the positive rate.
+Two kinds of interval, chosen by `Evaluation(intervals=...)`:
+
+- "analytic" (default): closed-form normal intervals, no resampling. AUC: DeLong's variance from the
+  placement values, alone and for the paired difference of two AUCs on the same rows
+  (`mmoe_inspect.functional.delong`, one O(n log n) sort per prediction set). Log loss, MSE and MAE
+  are means of per-row losses: the central-limit interval of the mean, and for a difference the
+  interval of the mean per-row loss difference (`mmoe_inspect.functional.paired`). Every metric here
+  has a closed form; the positive rate gets no interval.
+- "bootstrap": percentile intervals from `n_boot` row resamples, below.
+
 The bootstrap resamples ROWS: each replicate is a vector of multinomial row counts `w [n]` (rows
 drawn with replacement, `n` draws), and every metric is a weighted sum over rows, so one replicate
 costs one pass over the rows and `B` replicates are a `[B, n]` matrix product (log loss, MSE, MAE)
@@ -9,6 +19,8 @@ or a sort-once, cumulative-sum-per-replicate rank statistic (AUC). No per-row Py
 Every prediction set evaluated by one `Evaluation` sees the SAME resamples (drawn once from `seed`),
 so the difference of two sets' replicates is a paired bootstrap of their difference: resample the
 rows once, compute both metrics on that resample.
+
+The two agree within Monte-Carlo error (tests/test_intervals.py checks coverage and agreement).
 """
 
 from __future__ import annotations
@@ -20,15 +32,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmoe_inspect.functional.delong import AUCPlacements, auc_placements, delong_variance
+from mmoe_inspect.functional.paired import wald_interval
 from mmoe_inspect.topology.spec import TaskSpec
 
 __all__ = [
     "HIGHER_IS_BETTER",
+    "INTERVALS",
     "LOGLOSS_EPS",
     "TASK_METRICS",
     "Evaluation",
     "bootstrap_counts",
     "bootstrap_metric",
+    "describe_intervals",
     "paired_bootstrap",
     "roc_auc",
 ]
@@ -37,6 +53,23 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {"binary": ("auc", "logloss"), "regre
 """Metrics computed per task kind."""
 
 HIGHER_IS_BETTER: dict[str, bool] = {"auc": True, "logloss": False, "mse": False, "mae": False}
+
+INTERVALS: tuple[str, ...] = ("analytic", "bootstrap")
+"""Interval methods of `Evaluation`: closed-form (DeLong / CLT) or percentile bootstrap of the rows."""
+
+
+def describe_intervals(intervals: str | None, n_boot: int | None = None) -> str:
+    """How the intervals were computed, in words (for reports): `intervals` as given to `Evaluation`.
+
+    `None` (results saved before the option existed) means the bootstrap, the only method then.
+    """
+    if intervals == "analytic":
+        return "analytic: DeLong for AUC, normal (CLT) for log loss, MSE and MAE; paired on the same rows"
+    if n_boot is not None and n_boot <= 0:
+        return "none (bootstrap with 0 resamples)"
+    resamples = f", {int(n_boot):,} resamples" if n_boot is not None else ""
+    return f"paired bootstrap of the rows{resamples}"
+
 
 LOGLOSS_EPS = 1e-7
 """Predicted probabilities are clipped to [eps, 1 - eps] for the log loss (as `mmoe_inspect.train`)."""
@@ -163,16 +196,21 @@ def _interval(reps: np.ndarray, ci: float) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------------- evaluation
 class Evaluation:
-    """Per-task metrics and their bootstrap replicates for several prediction sets on the SAME rows.
+    """Per-task metrics and their intervals for several prediction sets on the SAME rows.
 
     `labels [n, T]` (NaN = missing; binary ones 0/1), `preds {key: [n, T]}` in probability space for
     binary tasks. Each task is scored on its labelled rows; a set with a non-finite prediction on a
     labelled row (or an all-NaN column: a baseline that does not predict the task) gets NaN there.
-    `n_boot=0` computes point values only (intervals are NaN).
+
+    `intervals="analytic"` (default) keeps each set's per-row losses and AUC placement values
+    (float64, `sets x tasks x metrics x labelled rows`) and answers `interval` / `compare` in closed
+    form (DeLong for AUC, CLT for the loss means); no resamples are drawn and `n_boot`, `seed` are
+    not used. `intervals="bootstrap"` draws `n_boot` paired row resamples from `seed` (`n_boot=0`:
+    point values only, intervals NaN).
 
     Examples::
 
-        >>> ev = Evaluation(labels, tasks, {"model": p, "baseline": q}, n_boot=200, seed=0)
+        >>> ev = Evaluation(labels, tasks, {"model": p, "baseline": q})
         >>> ev.value("model", "click", "auc")
         >>> ev.compare("model", "baseline", "click", "auc")   # (delta, lo, hi), paired
     """
@@ -186,18 +224,24 @@ class Evaluation:
         n_boot: int = 200,
         seed: int = 0,
         ci: float = 0.95,
+        intervals: str = "analytic",
     ) -> None:
         if not 0.0 < ci < 1.0:
             raise ValueError(f"ci must be in (0, 1), got {ci}")
         if n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+        if intervals not in INTERVALS:
+            raise ValueError(f"intervals must be one of {', '.join(INTERVALS)}, not {intervals!r}")
         self.labels = np.asarray(labels, dtype=np.float64)
         self.tasks = tuple(tasks)
         self.keys = tuple(preds)
         self.n_rows = int(self.labels.shape[0])
-        self.n_boot, self.seed, self.ci = n_boot, seed, ci
+        self.intervals = intervals
+        self.n_boot = n_boot if intervals == "bootstrap" else 0
+        self.seed, self.ci = seed, ci
         self._point: dict[tuple[Hashable, str, str], float] = {}
         self._reps: dict[tuple[Hashable, str, str], np.ndarray] = {}
+        self._items: dict[tuple[Hashable, str, str], np.ndarray | AUCPlacements] = {}  # analytic
         self._rows: dict[str, np.ndarray] = {}
         self._compute({k: np.asarray(v, dtype=np.float64) for k, v in preds.items()})
 
@@ -219,16 +263,45 @@ class Evaluation:
         return self._point.get((key, task, metric), math.nan)
 
     def interval(self, key: Hashable, task: str, metric: str) -> tuple[float, float]:
+        """Interval of one set's metric at level `ci` (NaN, NaN where it has no value or too few rows).
+
+        Analytic: AUC ± z·DeLong SE clipped to [0, 1]; a loss mean ± z·sd/sqrt(n). Bootstrap: percentiles.
+        """
+        if self.intervals == "analytic":
+            item = self._items.get((key, task, metric))
+            if item is None:
+                return math.nan, math.nan
+            if isinstance(item, AUCPlacements):
+                lo, hi = wald_interval(item.auc, delong_variance(item), self.ci)
+                return (max(lo, 0.0), min(hi, 1.0)) if math.isfinite(lo) else (lo, hi)
+            if len(item) < 2:
+                return math.nan, math.nan
+            return wald_interval(self.value(key, task, metric), float(item.var(ddof=1)) / len(item), self.ci)
         reps = self._reps.get((key, task, metric))
         return _interval(reps, self.ci) if reps is not None else (math.nan, math.nan)
 
     def replicates(self, key: Hashable, task: str, metric: str) -> np.ndarray:
-        """Bootstrap replicates `[n_boot]` of one metric (empty with `n_boot=0`)."""
+        """Bootstrap replicates `[n_boot]` of one metric (empty with `n_boot=0` or analytic intervals)."""
         return self._reps.get((key, task, metric), np.full(self.n_boot, np.nan))
 
     def compare(self, key: Hashable, ref: Hashable, task: str, metric: str) -> tuple[float, float, float]:
-        """Paired difference `key - ref` of a metric: (point, lo, hi) over the same resamples."""
+        """Paired difference `key - ref` of a metric on the same rows: (point, lo, hi).
+
+        Analytic: DeLong's variance of the AUC difference, or the CLT interval of the mean per-row loss
+        difference. Bootstrap: percentiles of the difference over the same resamples.
+        """
         delta = self.value(key, task, metric) - self.value(ref, task, metric)
+        if self.intervals == "analytic":
+            a, b = self._items.get((key, task, metric)), self._items.get((ref, task, metric))
+            if a is None or b is None:
+                return delta, math.nan, math.nan
+            if isinstance(a, AUCPlacements) and isinstance(b, AUCPlacements):
+                var = delong_variance(a, b)
+            else:
+                assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                var = float((a - b).var(ddof=1)) / len(a) if len(a) > 1 else math.nan
+            lo, hi = wald_interval(delta, var, self.ci)
+            return delta, lo, hi
         diff = self.replicates(key, task, metric) - self.replicates(ref, task, metric)
         lo, hi = _interval(diff, self.ci) if self.n_boot else (math.nan, math.nan)
         return delta, lo, hi
@@ -260,13 +333,19 @@ class Evaluation:
                     continue
                 for metric in TASK_METRICS[task.kind]:
                     item: object
-                    if metric == "auc":
+                    if metric == "auc" and self.intervals == "analytic":
+                        item = auc_placements(p, y)
+                        self._point[(key, task.name, metric)] = item.auc
+                    elif metric == "auc":
                         item = _rank_prep(p, y)
                         self._point[(key, task.name, metric)] = item.point()
                     else:
                         item = _row_losses(metric, p, y)
                         self._point[(key, task.name, metric)] = float(item.mean())
-                    prepared.append((task.name, metric, key, item))
+                    if self.intervals == "analytic":
+                        self._items[(key, task.name, metric)] = item
+                    else:
+                        prepared.append((task.name, metric, key, item))
         if self.n_boot == 0 or not prepared:
             return
         parts: dict[tuple[Hashable, str, str], list[np.ndarray]] = {}
@@ -320,6 +399,7 @@ def bootstrap_metric(
         n_boot=n_boot,
         seed=seed,
         ci=ci,
+        intervals="bootstrap",
     )
     lo, hi = ev.interval("p", "task", metric)
     return ev.value("p", "task", metric), lo, hi
@@ -344,5 +424,6 @@ def paired_bootstrap(
         n_boot=n_boot,
         seed=seed,
         ci=ci,
+        intervals="bootstrap",
     )
     return ev.compare("a", "b", "task", metric)

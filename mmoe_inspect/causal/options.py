@@ -17,17 +17,21 @@ class CausalOptions:
 
     `baselines` maps a name to a model to compare against (`nn.Module`, `(model, input_fn)`,
     `causal.Baseline`, or a `LoadedModel` when inspecting through `LoadedModel.inspect`);
-    `segment_by` names a data column for segment routing; `n_boot` bootstrap resamples (0: point
-    values only); `max_rows` caps the rows evaluated. Any other `run_causal` keyword goes in `extra`.
+    `segment_by` names a data column for segment routing; `intervals` is "analytic" (DeLong for AUC,
+    the CLT for per-row losses) or "bootstrap" (`n_boot` paired resamples of the rows); `max_rows`
+    caps the rows evaluated. Any other `run_causal` keyword goes in `extra`.
     """
 
     baselines: Mapping[str, Any] = field(default_factory=dict)
     segment_by: str | None = None
     n_boot: int = 200
+    intervals: str = "analytic"
     max_rows: int | None = CAUSAL_MAX_ROWS
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.intervals not in ("analytic", "bootstrap"):
+            raise ValueError(f"intervals must be 'analytic' or 'bootstrap', not {self.intervals!r}")
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if self.max_rows is not None and self.max_rows < 1:

@@ -13,15 +13,15 @@ from mmoe_inspect.tabular import json_safe, save_tables, table_records
 from mmoe_inspect.topology.spec import Topology
 
 TABLE_DESCRIPTIONS: dict[str, str] = {
-    "task_metrics": "Per task and metric: the intact model's value on the labelled rows with a bootstrap CI.",
+    "task_metrics": "Per task and metric: the intact model's value on the labelled rows with its CI.",
     "ablation": "Per (mode, expert, task, metric): importance = how much worse the task gets without the "
-    "expert (positive = it hurts), with a paired-bootstrap CI.",
+    "expert (positive = it hurts), with a paired CI (DeLong / CLT, or bootstrap: meta.intervals).",
     "counterfactuals": "Per (task, counterfactual, metric): change vs the intact model when the task's gate "
-    "is another task's, uniform, or its own mean gate, with a paired-bootstrap CI.",
+    "is another task's, uniform, or its own mean gate, with a paired CI (meta.intervals).",
     "sparse_gains": "Per sparse task: share of its AUC importance on experts the dense tasks use, and its "
     "gate counterfactuals (AUC change).",
     "baseline_gains": "Per (task, baseline, metric): MTL gain = model - baseline (sign flipped for "
-    "lower-is-better metrics), paired-bootstrap CI on the same rows.",
+    "lower-is-better metrics), paired CI on the same rows (meta.intervals).",
     "segments": "Per gate and segment of the chosen column: mean gate weights and JSD from the overall mean.",
 }
 

@@ -28,7 +28,7 @@ from mmoe_inspect.causal.gains import (
     sparse_gain_table,
     sparse_tasks,
 )
-from mmoe_inspect.causal.metrics import TASK_METRICS, Evaluation
+from mmoe_inspect.causal.metrics import INTERVALS, TASK_METRICS, Evaluation
 from mmoe_inspect.causal.result import CausalResult
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
 from mmoe_inspect.data.schema import FeatureSpec
@@ -61,6 +61,7 @@ def run_causal(
     n_boot: int = 200,
     ci: float = 0.95,
     seed: int = 0,
+    intervals: str = "analytic",
     strategy: str = "cached",
     max_stack_rows: int = 16_384,
     mean_gate_rows: int = 20_000,
@@ -75,15 +76,17 @@ def run_causal(
     Data, topology and inputs are resolved as in `inspect()` (`topology`, `input_fn` / `features`,
     `columns`, `tasks` for discovery, `labels={task: column}`). The first `max_rows` rows (default
     200k) are streamed once in batches of `batch_size`; per-row predictions of the intact model,
-    every variant (`[rows, tasks]` float32 each) and every baseline are kept for the bootstrap, so
+    every variant (`[rows, tasks]` float32 each) and every baseline are kept for the intervals, so
     memory grows with `max_rows x (1 + variants + baselines) x tasks`. Before that, `mean_gate_rows`
     leading rows give each gate's mean for the `mean_gate` counterfactual.
 
     `analyses` picks among "ablation" (per expert, `modes` "renormalize"/"zero"), "counterfactuals",
     "gains" (sparse tasks: positive rate < `sparse_threshold`; `baselines={name: model | (model,
     input_fn or FeatureSpec) | Baseline}`) and "segments" (mean gate per value of column
-    `segment_by`, at most `max_segments` segments plus "other"). Intervals are percentile intervals
-    at level `ci` from `n_boot` paired bootstrap resamples of the rows (seeded by `seed`; 0 = none).
+    `segment_by`, at most `max_segments` segments plus "other"). Intervals at level `ci` are
+    `intervals="analytic"` (DeLong for AUC and AUC differences, CLT of per-row losses and of paired
+    per-row loss differences) or "bootstrap" (percentiles of `n_boot` paired row resamples seeded by
+    `seed`; 0 = none).
     `strategy` is "naive" (one forward per variant), "batched" (variants stacked into one forward of
     at most `max_stack_rows` rows) or "cached" (batched + expert outputs computed once when their
     inputs are identical); all give the same numbers. The model is left exactly as found.
@@ -102,6 +105,8 @@ def run_causal(
         raise ValueError(f"analyses must be among {', '.join(ANALYSES)}, not {unknown}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    if intervals not in INTERVALS:
+        raise ValueError(f"intervals must be one of {', '.join(INTERVALS)}, not {intervals!r}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be positive, got {max_rows}")
     started = time.perf_counter()
@@ -207,7 +212,7 @@ def run_causal(
     t_eval = time.perf_counter()
     labels, dropped = drop_nonfinite_rows(collected.labels, collected.preds[INTACT], topo.tasks)
     notes += dropped
-    ev = Evaluation(labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci)
+    ev = Evaluation(labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci, intervals=intervals)
     sparse = set(sparse_tasks(ev, sparse_threshold))
 
     task_rows = []
@@ -279,7 +284,8 @@ def run_causal(
             "collect_seconds": collected.seconds,
             "evaluate_seconds": time.perf_counter() - t_eval,
             "seconds": time.perf_counter() - started,
-            "n_boot": n_boot,
+            "intervals": intervals,
+            "n_boot": ev.n_boot if intervals == "bootstrap" else None,
             "ci": ci,
             "seed": seed,
             "max_rows": max_rows,

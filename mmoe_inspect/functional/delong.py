@@ -1,0 +1,155 @@
+"""DeLong's variance of the ROC AUC, alone and for the paired difference of two AUCs on the same rows.
+
+DeLong, DeLong & Clarke-Pearson (1988), "Comparing the areas under two or more correlated receiver
+operating characteristic curves: a nonparametric approach", Biometrics 44(3). With ``m`` positives
+``X_i`` and ``n`` negatives ``Y_j`` and the kernel ``psi(x, y) = 1 if x > y, 1/2 if x = y, else 0``,
+the placement values (DeLong's structural components) are
+
+- ``V10(X_i) = (1/n) Σ_j psi(X_i, Y_j)``  per positive (share of negatives it outranks, ties half),
+- ``V01(Y_j) = (1/m) Σ_i psi(X_i, Y_j)``  per negative (share of positives that outrank it),
+
+the AUC is the mean of either, and for prediction sets ``r, s`` scored on the same rows
+
+    S[r, s] = cov(V10_r, V10_s) / m + cov(V01_r, V01_s) / n        (covariances with ddof = 1),
+
+so ``Var(AUC_a - AUC_b) = S[a,a] + S[b,b] - 2 S[a,b] = var(V10_a - V10_b)/m + var(V01_a - V01_b)/n``.
+Sun & Xu (2014), "Fast implementation of DeLong's algorithm for comparing the areas under correlated
+ROC curves", IEEE Signal Processing Letters 21(11), compute the placements from midranks in
+O(n log n): ``V10(X_i) = (R_i - Rx_i) / n`` with ``R`` the midrank among all scores and ``Rx`` the
+midrank among the positives. This module gets the same numbers from ONE sort of the scores: within
+each group of tied scores it counts positives and negatives, and the cumulative counts give every
+placement as an exact count (``2 · below + equal``) before one division, so ties are handled as the
+midranks handle them and the AUC point equals scikit-learn's ``roc_auc_score`` to rounding.
+
+Inputs are float64 numpy vectors of finite scores and 0/1 labels (``label > 0.5`` is positive).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmoe_inspect.functional.paired import wald_interval
+
+__all__ = [
+    "AUCPlacements",
+    "auc_placements",
+    "delong_covariance",
+    "delong_interval",
+    "delong_paired_interval",
+    "delong_variance",
+    "midrank",
+]
+
+
+@dataclass(frozen=True)
+class AUCPlacements:
+    """One score vector's AUC and placement values against fixed labels.
+
+    `positive [m]`: V10 of each positive, in row order; `negative [n]`: V01 of each negative, in row
+    order. Two `AUCPlacements` of different scores on the same labels pair up element by element.
+    """
+
+    auc: float
+    positive: np.ndarray
+    negative: np.ndarray
+
+
+def midrank(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x [n]`` with ties given their average rank (``scipy.stats.rankdata``'s "average")."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    order = np.argsort(x)  # tie order is irrelevant: ties get their group's value
+    xs = x[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = xs[1:] != xs[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
+    out = np.empty(n, dtype=np.float64)
+    out[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new) - 1]
+    return out
+
+
+def auc_placements(scores: np.ndarray, labels: np.ndarray) -> AUCPlacements:
+    """AUC and DeLong placement values of ``scores [n]`` for 0/1 ``labels [n]`` (one sort, O(n log n)).
+
+    The AUC is NaN when a class is empty (the placements of the other class are then empty too).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(labels, dtype=np.float64) > 0.5
+    if scores.shape != positive.shape or scores.ndim != 1:
+        raise ValueError(
+            f"scores and labels must be vectors of the same length, got {scores.shape}, {positive.shape}"
+        )
+    m = int(positive.sum())
+    n = len(scores) - m
+    if m == 0 or n == 0:
+        empty = np.empty(0, dtype=np.float64)
+        return AUCPlacements(math.nan, empty, empty)
+    order = np.argsort(scores)  # tie order is irrelevant: counts are per tie group
+    xs, pos_sorted = scores[order], positive[order]
+    new = np.ones(len(xs), dtype=bool)
+    new[1:] = xs[1:] != xs[:-1]
+    group = np.cumsum(new) - 1  # tie group of each sorted row
+    n_groups = int(group[-1]) + 1
+    pos_in = np.bincount(group, weights=pos_sorted, minlength=n_groups).astype(np.int64)
+    neg_in = np.bincount(group, minlength=n_groups).astype(np.int64) - pos_in
+    neg_below = np.cumsum(neg_in) - neg_in  # negatives with a strictly lower score than the group
+    pos_above = m - np.cumsum(pos_in)  # positives with a strictly higher score than the group
+    twice_pos = 2 * neg_below + neg_in  # 2 · Σ_j psi(x, Y_j) for a positive in each group (exact integer)
+    twice_neg = 2 * pos_above + pos_in  # 2 · Σ_i psi(X_i, y) for a negative in each group
+    group_of = np.empty(len(xs), dtype=np.int64)  # each row's tie group, in row order
+    group_of[order] = group
+    wins2 = int((pos_in * twice_pos).sum())  # exact: 2 · Σ_i Σ_j psi(X_i, Y_j)
+    auc = wins2 / (2.0 * m * n)
+    return AUCPlacements(
+        auc, twice_pos[group_of[positive]] / (2.0 * n), twice_neg[group_of[~positive]] / (2.0 * m)
+    )
+
+
+def delong_covariance(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """DeLong covariance ``[k, k]`` of ``k`` AUCs from their placements ``positive [k, m]``, ``negative [k, n]``.
+
+    NaN where ``m < 2`` or ``n < 2`` (the sample covariance is undefined).
+    """
+    positive, negative = np.atleast_2d(positive), np.atleast_2d(negative)
+    k, m = positive.shape
+    n = negative.shape[1]
+    if m < 2 or n < 2:
+        return np.full((k, k), np.nan)
+    return np.atleast_2d(np.cov(positive, ddof=1)) / m + np.atleast_2d(np.cov(negative, ddof=1)) / n
+
+
+def delong_variance(a: AUCPlacements, b: AUCPlacements | None = None) -> float:
+    """DeLong variance of ``AUC_a`` (``b`` None) or of the paired difference ``AUC_a - AUC_b``.
+
+    ``a`` and ``b`` must come from the same labels (their placements pair up row by row).
+    """
+    pos, neg = a.positive, a.negative
+    if b is not None:
+        if b.positive.shape != pos.shape or b.negative.shape != neg.shape:
+            raise ValueError("placements of different label vectors cannot be paired")
+        pos, neg = pos - b.positive, neg - b.negative
+    m, n = len(pos), len(neg)
+    if m < 2 or n < 2:
+        return math.nan
+    return float(pos.var(ddof=1)) / m + float(neg.var(ddof=1)) / n
+
+
+def delong_interval(scores: np.ndarray, labels: np.ndarray, ci: float = 0.95) -> tuple[float, float, float]:
+    """AUC of ``scores [n]`` with its DeLong (Wald) interval clipped to [0, 1]: (auc, lo, hi)."""
+    p = auc_placements(scores, labels)
+    lo, hi = wald_interval(p.auc, delong_variance(p), ci)
+    return p.auc, max(lo, 0.0) if math.isfinite(lo) else lo, min(hi, 1.0) if math.isfinite(hi) else hi
+
+
+def delong_paired_interval(
+    scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, ci: float = 0.95
+) -> tuple[float, float, float]:
+    """``AUC(a) - AUC(b)`` on the same rows ``[n]`` with its DeLong paired interval: (difference, lo, hi)."""
+    a, b = auc_placements(scores_a, labels), auc_placements(scores_b, labels)
+    delta = a.auc - b.auc
+    lo, hi = wald_interval(delta, delong_variance(a, b), ci)
+    return delta, lo, hi
