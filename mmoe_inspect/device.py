@@ -21,9 +21,11 @@ __all__ = ["host", "model_device", "on_device", "to_device"]
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
+    """The device of the model's first parameter, else its first buffer (CPU for a model with neither)."""
     for p in model.parameters():
         return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

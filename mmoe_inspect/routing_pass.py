@@ -192,7 +192,8 @@ class RoutingPass:
     Use as a context manager (the hooks are removed on exit, also on errors). `step(x, ...)` runs one
     forward on input `x` (moved to the model's device) and returns the model's output; the expert
     hooks copy only the rows of the expert sample (chosen on the host by row hash: the same rows for
-    any batching or sharding, and no device sync).
+    any batching or sharding, and no device sync). Call `stats.flush()` after the last step, in the
+    same autograd mode as the steps (`inspect()` runs both under `torch.inference_mode()`).
     """
 
     def __init__(self, model: nn.Module, stats: RoutingStats, *, experts: bool = True) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from mmoe_inspect._options import options_of
 
 __all__ = ["AttributionOptions"]
 
@@ -30,19 +32,4 @@ class AttributionOptions:
     @classmethod
     def of(cls, value: bool | Mapping[str, Any] | AttributionOptions | None) -> AttributionOptions | None:
         """`inspect(attribution=...)`'s value as options (False/None: they do not run)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, AttributionOptions):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(
-                f"attribution must be a bool, a dict or AttributionOptions, not {type(value).__name__}"
-            )
-        known = {f.name for f in fields(cls)} - {"extra"}
-        given = dict(value)
-        return cls(
-            **{k: given.pop(k) for k in list(given) if k in known},
-            extra={**dict(given.pop("extra", None) or {}), **given},
-        )
+        return options_of(cls, value, "attribution")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from mmoe_inspect._options import options_of
 
 __all__ = ["CAUSAL_MAX_ROWS", "CausalOptions"]
 
@@ -44,17 +46,4 @@ class CausalOptions:
     def of(cls, value: bool | Mapping[str, Any] | CausalOptions | None) -> CausalOptions | None:
         """`inspect(causal=...)`'s value as options: False/None -> None, True -> defaults, a dict of
         `run_causal` keywords -> these options."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, CausalOptions):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"causal must be a bool, a dict or CausalOptions, not {type(value).__name__}")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        given = dict(value)
-        return cls(
-            **{k: given.pop(k) for k in list(given) if k in known},
-            extra={**dict(given.pop("extra", None) or {}), **given},
-        )
+        return options_of(cls, value, "causal")

@@ -32,6 +32,7 @@ from mmoe_inspect.data.inputs import (
     InputMappingError,
 )
 from mmoe_inspect.data.sources import DataError
+from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.errors import first_line
 from mmoe_inspect.recording.hooks import model_mode
 
@@ -239,31 +240,13 @@ def left_as_found(model: nn.Module) -> Iterator[None]:
         torch.set_rng_state(rng)
 
 
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
 def try_all(model: nn.Module, cands: Sequence[Candidate], frame: pd.DataFrame) -> list[Trial]:
-    device = _device(model)
+    device = model_device(model)
     trials = []
     for cand in cands:
         t = Trial(cand)
         try:
-            x = _to(cand.fn(frame), device)
+            x = to_device(cand.fn(frame), device)
         except DataError:
             raise  # the data itself is bad (NaN, ids out of range, lists of different lengths): say so
         except Exception as exc:  # e.g. a --collate function that fails
