@@ -55,7 +55,7 @@ def test_read_labels_is_nan_where_absent_and_refuses_non_binary(frame) -> None:
     got = read_labels(frame.drop(columns=["cvr"]).iloc[:5], tasks, "f")
     assert got.shape == (5, 2) and np.isnan(got[:, 1]).all() and np.array_equal(got[:, 0], frame["ctr"][:5])
     bad = frame.iloc[:5].assign(ctr=[0, 1, 2, 0, 1])
-    with pytest.raises(DataError, match="holds 2 .*binary labels must be 0 or 1"):
+    with pytest.raises(DataError, match=r"holds 2 .*binary labels must be 0 or 1"):
         read_labels(bad, tasks, "f")
 
 
