@@ -74,20 +74,22 @@ def _without_volatile(value: Any, path: str = "") -> Any:
     return value
 
 
-def _replace_path(value: Any, folder: str) -> Any:
+def _replace_path(value: Any, folders: tuple[str, ...]) -> Any:
     if isinstance(value, dict):
-        return {k: _replace_path(v, folder) for k, v in value.items()}
+        return {k: _replace_path(v, folders) for k, v in value.items()}
     if isinstance(value, list):
-        return [_replace_path(v, folder) for v in value]
+        return [_replace_path(v, folders) for v in value]
     if isinstance(value, str):
-        return value.replace(folder, DEMO_PATH)
+        for folder in folders:
+            value = value.replace(folder, DEMO_PATH)
     return value
 
 
 def normalized_metrics(metrics_file: Path, demo: Path) -> dict[str, Any]:
     """metrics.json without the VOLATILE keys, the demo folder's absolute path written as `<demo>`."""
     metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    return _replace_path(_without_volatile(metrics), str(demo.resolve()))
+    folders = tuple(sorted({str(demo.resolve()), str(demo.absolute())}, key=len, reverse=True))
+    return _replace_path(_without_volatile(metrics), folders)
 
 
 def _same_float(a: float, b: float, tol: tuple[float, float]) -> bool:
