@@ -237,8 +237,6 @@ class LoadedModel:
             )
         label_map = binding.labels
         fn = binding.input_fn
-        if fn.names:
-            require_columns(source, list(fn.names))
         names = self._names(tasks, binding)
         kinds = self.task_kinds
         causal_opts = CausalOptions.of(causal)
