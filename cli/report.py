@@ -96,7 +96,8 @@ def report_command(
         typer.Option(
             "--no-causal",
             help="Skip the causal analyses (expert ablation, gate counterfactuals, gains, segments). They run "
-            "by default when the data has label columns, on at most 200,000 rows.",
+            "by default when the data has label columns, on every row read (within a 2 GiB memory budget for the "
+            "per-row evaluation; a note says when it cuts the rows short).",
             rich_help_panel=CAUSAL,
         ),
     ] = False,

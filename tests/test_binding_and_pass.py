@@ -163,3 +163,21 @@ def test_loaded_model_inspect_with_loaded_baselines_is_the_report_call(demo_dir)
     assert set(gains["baseline"]) == {"single"} and set(gains["task"]) == {"purchase"}
     assert result.n_rows == result.causal.n_rows == 600 and not result.causal.segments.empty
     assert result.model_name.endswith("(mmoe.pt)")
+
+
+def test_causal_analyses_read_every_row_within_a_stated_memory_budget(frame) -> None:
+    from mmoe_inspect.causal import run_causal
+    from mmoe_inspect.causal.run import bytes_per_row
+
+    m = model()
+    kw = dict(features=FEATURES, analyses=("ablation",), n_boot=0, batch_size=500)
+    every = run_causal(m, frame, **kw)
+    assert every.n_rows == len(frame) and not any("evaluated the first" in n for n in every.notes)
+    per_row = every.meta["bytes_per_row"]
+    sets = 1 + every.meta["variants"]
+    assert per_row == bytes_per_row(sets, 2) and every.meta["rows_cap"] >= len(frame)
+    capped = run_causal(m, frame, memory_budget=per_row * 1200, **kw)
+    assert capped.n_rows == 1200  # the pass stops at the cap
+    assert capped.meta["rows_cap"] == 1200
+    assert any("memory budget" in n and "raise memory_budget" in n for n in capped.notes), capped.notes
+    assert any("(max_rows)" in n for n in run_causal(m, frame, max_rows=1000, **kw).notes)

@@ -8,9 +8,7 @@ from typing import Any
 
 from mmoe_inspect._options import options_of
 
-__all__ = ["CAUSAL_MAX_ROWS", "CausalOptions"]
-
-CAUSAL_MAX_ROWS = 200_000  # rows evaluated by default (per-row predictions of every variant are kept)
+__all__ = ["CausalOptions"]
 
 
 @dataclass(frozen=True)
@@ -21,14 +19,15 @@ class CausalOptions:
     `causal.Baseline`, or a `LoadedModel` when inspecting through `LoadedModel.inspect`);
     `segment_by` names a data column for segment routing; `intervals` is "analytic" (DeLong for AUC,
     the CLT for per-row losses) or "bootstrap" (`n_boot` paired resamples of the rows); `max_rows`
-    caps the rows evaluated. Any other `run_causal` keyword goes in `extra`.
+    caps the rows evaluated (default: every row the inspection read, within `run_causal`'s memory
+    budget, `extra={"memory_budget": bytes}`). Any other `run_causal` keyword goes in `extra`.
     """
 
     baselines: Mapping[str, Any] = field(default_factory=dict)
     segment_by: str | None = None
     n_boot: int = 200
     intervals: str = "analytic"
-    max_rows: int | None = CAUSAL_MAX_ROWS
+    max_rows: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -38,6 +38,16 @@ from mmoe_inspect.topology.spec import Topology
 
 ANALYSES: tuple[str, ...] = ("ablation", "counterfactuals", "gains", "segments")
 
+MEMORY_BUDGET = 2 * 2**30  # bytes the per-row evaluation state may take by default
+
+
+def bytes_per_row(sets: int, tasks: int, baselines: int = 0) -> int:
+    """Bytes the causal analyses keep per evaluated row: per prediction set and task a float32
+    prediction (and its copy while the batches are joined) and two float64 per-row items (loss or AUC
+    placement, one per metric); per task the float64 label and the result's prediction columns."""
+    return sets * tasks * (4 + 4 + 2 * 8) + tasks * (8 + (2 + baselines) * 8) + 16
+
+
 TASK_COLUMNS = ["task", "kind", "n_labelled", "positive_rate", "sparse", "metric", "value", "lo", "hi"]
 
 
@@ -56,7 +66,8 @@ def run_causal(
     analyses: Sequence[str] = ANALYSES,
     modes: Sequence[str] = ABLATION_MODES,
     sparse_threshold: float = 0.05,
-    max_rows: int | None = 200_000,
+    max_rows: int | None = None,
+    memory_budget: int = MEMORY_BUDGET,
     batch_size: int = 4096,
     n_boot: int = 200,
     ci: float = 0.95,
@@ -74,10 +85,12 @@ def run_causal(
     """Causal analyses of `model` on labelled `data`: expert ablation, gate counterfactuals, gains, segments.
 
     Data, topology and inputs are resolved as in `inspect()` (`topology`, `input_fn` / `features`,
-    `columns`, `tasks` for discovery, `labels={task: column}`). The first `max_rows` rows (default
-    200k) are streamed once in batches of `batch_size`; per-row predictions of the intact model,
-    every variant (`[rows, tasks]` float32 each) and every baseline are kept for the intervals, so
-    memory grows with `max_rows x (1 + variants + baselines) x tasks`. Before that, `mean_gate_rows`
+    `columns`, `tasks` for discovery, `labels={task: column}`). Every row (at most `max_rows`) is
+    streamed once in batches of `batch_size`; per-row predictions of the intact model, every variant
+    and every baseline (`[rows, tasks]` float32 each) and their per-row losses and placement values
+    are kept for the paired intervals: about `bytes_per_row(sets, tasks)` bytes a row, so the rows are
+    also capped at `memory_budget` bytes (default 2 GiB); when that cap cuts the data short, a note
+    says so and how to raise it (`result.meta["rows_cap"]`). Before the pass, `mean_gate_rows`
     leading rows give each gate's mean for the `mean_gate` counterfactual.
 
     `analyses` picks among "ablation" (per expert, `modes` "renormalize"/"zero"), "counterfactuals",
@@ -109,6 +122,8 @@ def run_causal(
         raise ValueError(f"intervals must be one of {', '.join(INTERVALS)}, not {intervals!r}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be positive, got {max_rows}")
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     started = time.perf_counter()
     bound = bind(
         model,
@@ -179,6 +194,10 @@ def run_causal(
             notes += n
         variants = abl_variants + cf_variants
 
+    per_row = bytes_per_row(1 + len({v.signature for v in variants}) + len(runs), len(topo.tasks), len(runs))
+    rows_cap = max(1, memory_budget // per_row)
+    limit = rows_cap if max_rows is None else min(max_rows, rows_cap)
+
     segments: SegmentRouting | None = None
     if segment_by is not None and "segments" in analyses and topo.has_gates:
         segments = SegmentRouting(segment_by, topo.gates, max_tracked=max_tracked_segments)
@@ -199,16 +218,23 @@ def run_causal(
         feature_columns=feature_cols or (),
         strategy=strategy,
         batch_size=batch_size,
-        max_rows=max_rows,
+        max_rows=limit,
         max_stack_rows=max_stack_rows,
         on_batch=on_batch if segments is not None else None,
         sample=sample,
         seed=seed,
-        progress=passes.next(max_rows),
+        progress=passes.next(limit),
     )
     notes += collected.notes
-    if max_rows is not None and collected.n_rows >= max_rows:
-        notes.append(f"evaluated the first {collected.n_rows:,} rows (max_rows)")
+    if collected.n_rows >= limit:
+        if limit < (max_rows or limit + 1):
+            notes.append(
+                f"evaluated the first {collected.n_rows:,} rows: the per-row predictions, losses and placements "
+                f"of {per_row:,} bytes a row would exceed the memory budget of {memory_budget / 2**30:.2g} GiB "
+                "beyond them (raise memory_budget, or sample the rows)"
+            )
+        else:
+            notes.append(f"evaluated the first {collected.n_rows:,} rows (max_rows)")
     t_eval = time.perf_counter()
     labels, dropped = drop_nonfinite_rows(collected.labels, collected.preds[INTACT], topo.tasks)
     notes += dropped
@@ -289,6 +315,9 @@ def run_causal(
             "ci": ci,
             "seed": seed,
             "max_rows": max_rows,
+            "memory_budget": memory_budget,
+            "bytes_per_row": per_row,
+            "rows_cap": rows_cap,
             "batch_size": batch_size,
             "mean_gate_rows": mean_gate_rows,
             "sparse_threshold": sparse_threshold,
