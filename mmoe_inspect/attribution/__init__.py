@@ -32,6 +32,7 @@ from mmoe_inspect.attribution._inputs import (
     probe_embeddings,
 )
 from mmoe_inspect.attribution._targets import EXPERT_OUTPUT, AttributionSession, Target, list_targets
+from mmoe_inspect.attribution.options import AttributionOptions
 from mmoe_inspect.attribution.result import TABLE_DESCRIPTIONS, AttributionResult
 from mmoe_inspect.attribution.run import BASELINES, METHODS, TARGETS, run_attribution, sample_frame
 
@@ -42,6 +43,7 @@ __all__ = [
     "TABLE_DESCRIPTIONS",
     "TARGETS",
     "AttributionError",
+    "AttributionOptions",
     "AttributionResult",
     "AttributionSession",
     "DenseSlot",

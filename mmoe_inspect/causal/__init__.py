@@ -32,6 +32,7 @@ from mmoe_inspect.causal.interventions import (
     repeat_rows,
 )
 from mmoe_inspect.causal.metrics import Evaluation, bootstrap_metric, paired_bootstrap, roc_auc
+from mmoe_inspect.causal.options import CausalOptions
 from mmoe_inspect.causal.result import TABLE_DESCRIPTIONS, CausalResult
 from mmoe_inspect.causal.run import ANALYSES, run_causal
 from mmoe_inspect.causal.segments import SegmentRouting
@@ -43,6 +44,7 @@ __all__ = [
     "TABLE_DESCRIPTIONS",
     "Ablate",
     "Baseline",
+    "CausalOptions",
     "CausalResult",
     "Evaluation",
     "GateIntervention",
