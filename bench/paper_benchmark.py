@@ -60,6 +60,7 @@ from mmoe_inspect.models import MMoE, OMoE, SharedBottom
 from mmoe_inspect.train import roc_auc
 
 RESULTS = Path(__file__).parent / "results"
+SWEEPS = ("synthetic", "recsys")
 RELATEDNESS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 D = 100
 SYN_CONFIGS = {
@@ -70,7 +71,7 @@ REC_MOE = {"n_experts": 4, "expert_hidden": (32, 16), "tower_hidden": (16,)}
 REC_BOTTOM = {"bottom_hidden": (64, 16), "tower_hidden": (16,)}
 
 
-SYN_BUDGET = Budget(lr=1e-2, batch_size=512, max_epochs=150, plateau=2, factor=0.2)
+SYN_BUDGET = Budget(lr=1e-2, batch_size=512, max_epochs=150, plateau=3, factor=0.2)
 REC_BUDGET = Budget(lr=3e-3, batch_size=1024, max_epochs=60, plateau=2, factor=0.2)
 
 
@@ -84,7 +85,7 @@ class Plan:
     syn_val: int = 1500
     syn_test: int = 5000
     syn_budget: Budget = SYN_BUDGET
-    rec_train: int = 30000
+    rec_train: int = 24000
     rec_val: int = 5000
     rec_test: int = 15000
     rec_budget: Budget = REC_BUDGET
@@ -301,7 +302,7 @@ def recsys_cell(rel: float, seed: int, plan: Plan) -> tuple[list[dict], list[dic
     return runs, views
 
 
-def run(plan: Plan, log: Callable[[str], None] = print) -> dict:
+def run(plan: Plan, log: Callable[[str], None] = print, sweeps: Sequence[str] = SWEEPS) -> dict:
     torch.set_num_threads(1)  # tiny models: one thread is fastest and least disturbed by other load
     width = matched_bottom_width()
     params = {
@@ -317,7 +318,7 @@ def run(plan: Plan, log: Callable[[str], None] = print) -> dict:
     runs: list[dict] = []
     views: list[dict] = []
     start = time.perf_counter()
-    for sweep in ("synthetic", "recsys"):
+    for sweep in sweeps:
         for rho in plan.rhos:
             for seed in range(plan.seeds):
                 t0 = time.perf_counter()
@@ -346,11 +347,26 @@ def run(plan: Plan, log: Callable[[str], None] = print) -> dict:
             "recsys_bottom": {k: list(v) for k, v in REC_BOTTOM.items()},
             "torch": torch.__version__,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread, {os.cpu_count()} cores, no GPU",
+            "sweeps": list(sweeps),
             "total_seconds": round(time.perf_counter() - start, 1),
             "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         },
         "runs": runs,
         "views": views,
+    }
+
+
+def merge(parts: list[dict]) -> dict:
+    """One report from several (same plan, different sweeps): runs and views joined, seconds per part kept."""
+    setup = dict(parts[0]["setup"])
+    setup["sweeps"] = [s for p in parts for s in p["setup"]["sweeps"]]
+    setup["part_seconds"] = {"+".join(p["setup"]["sweeps"]): p["setup"]["total_seconds"] for p in parts}
+    setup["total_seconds"] = max(p["setup"]["total_seconds"] for p in parts)  # the parts ran side by side
+    setup["load_average_1min_at_end"] = max(p["setup"]["load_average_1min_at_end"] for p in parts)
+    return {
+        "setup": setup,
+        "runs": [r for p in parts for r in p["runs"]],
+        "views": [v for p in parts for v in p["views"]],
     }
 
 
@@ -365,17 +381,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default bench/results)")
     parser.add_argument("--from-json", action="store_true", help="redraw tables and figures from OUT's JSON")
+    parser.add_argument(
+        "--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS), help="which sweeps to run"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine the JSON reports in these folders (e.g. the two sweeps run as separate processes) into OUT",
+    )
     args = parser.parse_args(argv)
     json_path = args.out / "paper_benchmark.json"
     if args.from_json:
         report = json.loads(json_path.read_text(encoding="utf-8"))
+    elif args.merge:
+        parts = [json.loads((d / "paper_benchmark.json").read_text(encoding="utf-8")) for d in args.merge]
+        report = merge(parts)
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     else:
         plan = QUICK if args.quick else Plan()
         if args.seeds is not None:
             plan = replace(plan, seeds=args.seeds)
         if args.rhos is not None:
             plan = replace(plan, rhos=tuple(args.rhos))
-        report = run(plan, log=lambda line: print(line, flush=True))
+        report = run(plan, log=lambda line: print(line, flush=True), sweeps=args.sweeps)
         report["setup"]["quick"] = bool(args.quick)
         args.out.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
