@@ -359,8 +359,14 @@ def run(plan: Plan, log: Callable[[str], None] = print, sweeps: Sequence[str] = 
 def merge(parts: list[dict]) -> dict:
     """One report from several (same plan, different sweeps): runs and views joined, seconds per part kept."""
     setup = dict(parts[0]["setup"])
-    setup["sweeps"] = [s for p in parts for s in p["setup"]["sweeps"]]
-    setup["part_seconds"] = {"+".join(p["setup"]["sweeps"]): p["setup"]["total_seconds"] for p in parts}
+    setup["sweeps"] = list(dict.fromkeys(s for p in parts for s in p["setup"]["sweeps"]))
+    setup["plan"] = {**setup["plan"], "rhos": sorted({r for p in parts for r in p["setup"]["plan"]["rhos"]})}
+    setup["part_seconds"] = {
+        f"{'+'.join(p['setup']['sweeps'])} rho {','.join(f'{r:g}' for r in p['setup']['plan']['rhos'])}": p[
+            "setup"
+        ]["total_seconds"]
+        for p in parts
+    }
     setup["total_seconds"] = max(p["setup"]["total_seconds"] for p in parts)  # the parts ran side by side
     setup["load_average_1min_at_end"] = max(p["setup"]["load_average_1min_at_end"] for p in parts)
     return {
