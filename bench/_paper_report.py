@@ -434,6 +434,12 @@ def trainability_figure(report: dict, path: Path) -> None:
     ]
     fig = _new_figure(11, 4.5)
     ax = fig.subplots()
+    if not runs:
+        ax.text(
+            0.5, 0.5, "no synthetic runs in this report", ha="center", va="center", transform=ax.transAxes
+        )
+        fig.savefig(path)
+        return
     width = 0.8 / len(groups)
     for i, (config, model) in enumerate(groups):
         for j, rho in enumerate(rhos):
