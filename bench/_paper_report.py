@@ -149,6 +149,29 @@ def summarize(report: dict) -> dict[str, list[dict]]:
             }
             tables["routing"].append(row)
 
+    # does the lead grow as tasks become less related? per seed: lead at the lowest rho - lead at the highest
+    tables["trend"] = []
+    if len(rhos) >= 2:
+        lo_rho, hi_rho = rhos[0], rhos[-1]
+        for config in configs:
+            for better, worse in SYN_LEADS:
+                wc = "paper" if worse == "Shared-Bottom" else config
+
+                def lead(
+                    rho: float, pair: tuple[str, str, str, str] = (better, worse, config, wc)
+                ) -> dict[int, float]:
+                    a = _by(syn, model=pair[0], rho=rho, config=pair[2])
+                    b = _by(syn, model=pair[1], rho=rho, config=pair[3])
+                    return {s: b[s]["loss"] - a[s]["loss"] for s in a.keys() & b.keys()}
+
+                low, high = lead(lo_rho), lead(hi_rho)
+                d = [low[s] - high[s] for s in sorted(low.keys() & high.keys())]
+                point, lo, hi = t_interval(d)
+                tables["trend"].append(
+                    {"config": config, "comparison": f"{better} vs {worse}", "from_rho": hi_rho, "to_rho": lo_rho,
+                     "n": len(d), "point": point, "lo": lo, "hi": hi, "wins": int(sum(x > 0 for x in d))}
+                )  # fmt: skip
+
     tables["correlation"] = []
     for config in list(dict.fromkeys(v["config"] for v in views)):
         sweep_runs = rec if config == "recsys" else [r for r in syn if r["config"] == config]
@@ -209,7 +232,14 @@ def markdown(report: dict, tables: dict[str, list[dict]]) -> str:
         + ".",
         f"{p['seeds']} seeds per cell; relatedness {', '.join(f'{r:g}' for r in p['rhos'])}. Ran on {s['machine']},",
         f"torch {s['torch']}, in {s['total_seconds']:.0f} s (1-minute load average at the end {s['load_average_1min_at_end']};",
-        "other jobs shared the cores).",
+        "other jobs shared the cores)."
+        + (
+            " Run as separate processes side by side, joined with `--merge`: "
+            + "; ".join(f"{k} {v:.0f} s" for k, v in s["part_seconds"].items())
+            + "."
+            if "part_seconds" in s
+            else ""
+        ),
         "",
         "## Setup",
         "",
@@ -263,6 +293,19 @@ def markdown(report: dict, tables: dict[str, list[dict]]) -> str:
         lines.append(
             f"| {r['config']} | {r['rho']:g} | {r['comparison']} | {_ci(r['point'], r['lo'], r['hi'])} "
             f"| {_ci(100 * r['rel_point'], 100 * r['rel_lo'], 100 * r['rel_hi'], 1)} % | {r['wins']} / {r['n']} |"
+        )
+    lines += [
+        "",
+        "Does the lead grow as the tasks become less related? Per seed (the task parameters of a seed are the same",
+        "at every rho), lead at the lowest rho minus lead at the highest; > 0 = larger lead for less related tasks:",
+        "",
+        "| config | comparison | lead(rho low) - lead(rho high) [95% CI] | seeds > 0 |",
+        "|---|---|---:|---:|",
+    ]
+    for r in tables["trend"]:
+        lines.append(
+            f"| {r['config']} | {r['comparison']} (rho {r['to_rho']:g} vs {r['from_rho']:g}) "
+            f"| {_ci(r['point'], r['lo'], r['hi'])} | {r['wins']} / {r['n']} |"
         )
     lines += [
         "",
@@ -367,7 +410,8 @@ def routing_figure(tables: dict[str, list[dict]], path: Path) -> None:
         )
         left.set_ylabel("per-row JSD between task gates (nats)")
         left.set_title(f"{'Synthetic' if sweep == 'synthetic' else 'Recommender'}: do MMoE's gates separate?")
-        left.legend(fontsize=8)
+        if left.get_legend_handles_labels()[0]:
+            left.legend(fontsize=8)
         if sweep == "synthetic":
             specs = [("paper", "MMoE vs OMoE", "tab:blue"), ("more-experts", "MMoE vs OMoE", "tab:purple"),
                      ("paper", "MMoE vs Shared-Bottom", "tab:gray"), ("paper", "OMoE vs Shared-Bottom", "tab:orange")]  # fmt: skip

@@ -1,7 +1,10 @@
 """The seed's claim measured with paired intervals, and the tool's view of every trained MMoE.
 
-Run by hand: `nice -n 10 python bench/paper_benchmark.py` (about 40 minutes on one CPU core, one
-torch thread); `--quick` runs 2 seeds, 2 correlations and a tiny budget in well under a minute (CI,
+Run by hand: `nice -n 10 python bench/paper_benchmark.py` (about 20 minutes of CPU time with one torch
+thread; the committed run took 33 minutes of wall clock as three processes on the shared 2-core
+machine: `--sweeps synthetic --rhos 0 0.25 0.5`, `--sweeps synthetic --rhos 0.75 0.9 1` and `--sweeps
+recsys`, each with its own `--out`, joined by `--merge DIR DIR DIR`). `--quick` runs 2 seeds, 2
+correlations and a budget too small to converge in well under a minute (CI,
 `tests/test_paper_benchmark.py`); `--out DIR` writes somewhere else than `bench/results/`;
 `--from-json` redraws the tables and figures from `DIR/paper_benchmark.json` without training.
 

@@ -86,7 +86,7 @@ def test_quick_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert 0.0 <= v["jsd_per_row"] <= math.log(2) + 1e-9
         assert all(1.0 <= e <= 16.0 for e in v["effective_experts"].values())
 
-    intervals = [(r["point"], r["lo"], r["hi"]) for r in tables["leads"] + tables["gains"]]
+    intervals = [(r["point"], r["lo"], r["hi"]) for r in tables["leads"] + tables["gains"] + tables["trend"]]
     intervals += [(r["mean"], r["lo"], r["hi"]) for r in tables["trainability"]]
     for key in ("jsd_per_row", "mi_normalized", "importance_cosine"):
         intervals += [(r[key], r[f"{key}_lo"], r[f"{key}_hi"]) for r in tables["routing"]]
@@ -98,7 +98,8 @@ def test_quick_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     for point, lo, hi in intervals:
         assert all(math.isfinite(x) for x in (point, lo, hi)), (point, lo, hi)
         assert lo <= point <= hi
-    for row in tables["leads"] + tables["gains"]:
+    assert len(tables["trend"]) == 2 * 3  # lead at rho 0.5 minus lead at rho 1, per configuration and pair
+    for row in tables["leads"] + tables["gains"] + tables["trend"]:
         assert row["n"] == 2  # paired over both seeds
 
     md = (tmp_path / "paper_benchmark.md").read_text(encoding="utf-8")
