@@ -147,6 +147,7 @@ def tool_view(model: torch.nn.Module, frame: pd.DataFrame, plan: Plan, seed: int
         analyses=("ablation",),
         modes=("renormalize",),
         max_rows=plan.inspect_rows,
+        intervals="bootstrap",  # as in the recorded run (the README quotes its bootstrap intervals)
         n_boot=plan.n_boot,
         seed=seed,
     )
