@@ -93,6 +93,7 @@ class RoutingStats:
             if outputs
             else None
         )
+        self._inference = False  # whether the batches came under torch.inference_mode()
         self.feed = StatsFeed(
             self.gate_stats,
             list(self.pair_stats.values()),
@@ -117,11 +118,14 @@ class RoutingStats:
     def add(self, gates: Mapping[str, torch.Tensor], row_index: torch.Tensor, **captures: Any) -> None:
         """One batch: gates `{name: [batch, E]}`, `row_index` int64 `[batch]` and the optional captures
         of `StatsFeed.add` (labels, predictions, expert outputs of the sampled rows)."""
+        self._inference = torch.is_inference_mode_enabled()
         self.feed.add(gates, row_index, **captures)
 
     def flush(self) -> None:
-        """Run the pending chunk updates (after the last batch; idempotent)."""
-        self.feed.flush()
+        """Run the pending chunk updates (after the last batch; idempotent), in the autograd mode of the
+        adds: states built under `torch.inference_mode()` can only be updated under it."""
+        with torch.inference_mode(self._inference):
+            self.feed.flush()
 
     def reset(self) -> None:
         """Empty every state (a new window of the training monitor); pending chunks are dropped."""
@@ -192,8 +196,7 @@ class RoutingPass:
     Use as a context manager (the hooks are removed on exit, also on errors). `step(x, ...)` runs one
     forward on input `x` (moved to the model's device) and returns the model's output; the expert
     hooks copy only the rows of the expert sample (chosen on the host by row hash: the same rows for
-    any batching or sharding, and no device sync). Call `stats.flush()` after the last step, in the
-    same autograd mode as the steps (`inspect()` runs both under `torch.inference_mode()`).
+    any batching or sharding, and no device sync).
     """
 
     def __init__(self, model: nn.Module, stats: RoutingStats, *, experts: bool = True) -> None:

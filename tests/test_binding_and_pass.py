@@ -71,7 +71,6 @@ def test_routing_pass_by_hand_gives_inspect_tables(frame) -> None:
         for start in range(0, len(frame), 300):
             chunk = frame.iloc[start : start + 300]
             rp.step(b.input_fn(chunk), labels=torch.from_numpy(read_labels(chunk, b.topology.tasks, "f")))
-        stats.flush()  # the last chunk, in the mode of the steps
     assert rp.n_rows == len(frame)
     tables = stats.tables(rp.n_rows)
     for name in ("utilization", "gate_metrics", "task_divergence", "mutual_information", "tasks"):
