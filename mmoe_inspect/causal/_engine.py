@@ -167,6 +167,7 @@ class _Runner:
         strategy: str,
         max_stack_rows: int,
         iv: GateIntervention,
+        remix: bool = True,
     ) -> None:
         self.model, self.topology, self.iv = model, topology, iv
         self.variants = list(variants)
@@ -176,7 +177,7 @@ class _Runner:
         self.checked = strategy == "naive"
         self.notes: list[str] = []
         self.remix: Remixer | None = None
-        if strategy == "cached" and self.variants and remix_applies(model, topology) is None:
+        if remix and strategy == "cached" and self.variants and remix_applies(model, topology) is None:
             self.remix = Remixer(model, topology, [v.edits for v in self.variants])
         self.remixed = False  # whether re-mixing passed its first-batch check and is in use
 
@@ -314,6 +315,7 @@ def collect(
     sample: float | None = None,
     seed: int = 0,
     progress: Stage | None = None,
+    remix: bool = True,
 ) -> Collected:
     """Stream `source` once; per batch run the intact model, every variant and every baseline.
 
@@ -321,7 +323,8 @@ def collect(
     and finite in every chunk; `sample`/`seed` thin the rows as `TableSource.iter_frames` does and
     `progress` sees the rows done. `on_batch(frame, intact_gates)` sees each
     chunk with the intact gate probabilities `{gate: [b, E]}` (segment statistics use it).
-    Identical variants (same edits) are evaluated once and share their predictions.
+    Identical variants (same edits) are evaluated once and share their predictions. `remix=False`
+    keeps strategy "cached" on the hook-based expert cache (benchmarks compare the two).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
@@ -348,7 +351,7 @@ def collect(
     gate_rows = {g.name: 0 for g in topology.gates}
     started = time.perf_counter()
     iv = GateIntervention(model, topology, dedupe=strategy == "cached")
-    runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv)
+    runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv, remix)
     with iv, torch.no_grad():  # not inference_mode: the expert cache keys on tensor version counters
         done = 0
         for frame in source.iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
