@@ -281,6 +281,7 @@ def run_causal(
             "strategy": collected.strategy,
             "forwards": collected.forwards,
             "cached_calls": collected.cached_calls,
+            "remixed": collected.remixed,
             "collect_seconds": collected.seconds,
             "evaluate_seconds": time.perf_counter() - t_eval,
             "seconds": time.perf_counter() - started,
