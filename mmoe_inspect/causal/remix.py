@@ -125,9 +125,17 @@ class Remixer:
             g = torch.stack([edited.get(p, probs.intact) for p in same])
             mixed = torch.einsum("kbe,bed->kbd", g, experts.intact)
             out.update(zip(same, mixed.unbind(0), strict=True))
-        for p in other:
-            g = edited.get(p, _at(probs, p))
-            out[p] = torch.bmm(g.unsqueeze(1), _at(experts, p)).squeeze(1)
+        if other:  # the model's own per-row product, for all of them in one call
+            assert experts.values is not None
+            g = torch.stack([edited.get(p, _at(probs, p)) for p in other])
+            x = (
+                experts.values
+                if other == experts.dirty
+                else experts.values[[experts.dirty.index(p) for p in other]]
+            )
+            n, b, e, d = x.shape
+            mixed = torch.bmm(g.reshape(n * b, 1, e), x.reshape(n * b, e, d)).reshape(n, b, d)
+            out.update(zip(other, mixed.unbind(0), strict=True))
         return Stream(intact, dirty, torch.stack([out[p] for p in dirty]))
 
     def _source(self, edit: Edit) -> Tensor | None:
