@@ -26,10 +26,14 @@ from mmoe_inspect.causal import (
     roc_auc,
     run_causal,
 )
+from mmoe_inspect.causal._engine import collect
+from mmoe_inspect.causal.ablation import ablation_variants
+from mmoe_inspect.causal.counterfactual import counterfactual_variants
 from mmoe_inspect.causal.metrics import bootstrap_counts
+from mmoe_inspect.data.sources import TableSource
 from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
 from mmoe_inspect.functional.routing import js_divergence
-from mmoe_inspect.models import MMoE, SharedBottom
+from mmoe_inspect.models import CGC, PLE, MMoE, OMoE, SharedBottom
 from mmoe_inspect.recording.recorder import GateRecorder
 from mmoe_inspect.testing.planted import EinsumMMoE, PlantedMMoE, PlantedOMoE
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
@@ -363,6 +367,85 @@ def test_naive_batched_and_cached_give_identical_tables() -> None:
     frame = labelled_frame(einsum, 1500, 8)
     a, b = (causal(einsum, frame, 8, strategy=s, n_boot=30) for s in ("naive", "cached"))
     pd.testing.assert_frame_equal(a.ablation, b.ablation, rtol=0, atol=1e-5)
+
+
+def _package_model(arch: str) -> nn.Module:
+    torch.manual_seed(3)
+    kw = {"n_experts": 3, "expert_hidden": (8,), "tower_hidden": (4,)}
+    tasks = ("ctr", "cvr")
+    if arch == "omoe":
+        return OMoE(6, tasks, **kw)
+    if arch == "mmoe":
+        return MMoE(6, tasks, **kw)
+    if arch == "ple":  # three levels: level 1 and 2 see dirty inputs only for some variants
+        return PLE(6, tasks, n_specific=1, n_levels=3, **kw)
+    return CGC(6, tasks, n_specific=2, **kw)
+
+
+def _all_variants(model: nn.Module) -> list:
+    topo = model.topology()
+    abl, _ = ablation_variants(topo)
+    means = {
+        g.name: [(k + 1.0) / sum(range(1, g.n_experts + 1)) for k in range(g.n_experts)] for g in topo.gates
+    }
+    cf, _ = counterfactual_variants(topo, means)
+    swaps = any(isinstance(e, Replace) and e.source for v in cf for e in v.edits.values())
+    assert swaps == (topo.architecture == "mmoe")  # gate swaps: only MMoE's gates share their experts
+    return abl + cf
+
+
+@pytest.mark.parametrize("arch", ["omoe", "mmoe", "ple", "cgc"])
+def test_remixed_variants_equal_one_forward_per_variant(arch: str) -> None:
+    model = _package_model(arch)
+    frame = labelled_frame(model, 900, 6)
+    fn, cols = dense_input(6)
+    topo, variants = model.topology(), _all_variants(model)
+    before = model_fingerprint(model)
+    runs = {
+        s: collect(
+            model,
+            topo,
+            TableSource.of(frame),
+            fn,
+            variants=variants,
+            strategy=s,
+            batch_size=400,
+            columns=cols,
+        )
+        for s in ("naive", "cached")
+    }
+    naive, cached = runs["naive"], runs["cached"]
+    assert cached.remixed and not naive.remixed and cached.notes == []
+    assert cached.forwards < naive.forwards
+    assert set(cached.preds) == set(naive.preds) and len(cached.preds) == 1 + len(variants)
+    for key, p in naive.preds.items():
+        np.testing.assert_allclose(cached.preds[key], p, rtol=0, atol=1e-6, err_msg=str(key))
+    for gate, total in naive.gate_sums.items():
+        np.testing.assert_allclose(cached.gate_sums[gate], total, rtol=1e-9)
+    assert model_fingerprint(model) == before
+
+
+def test_remixed_tables_equal_naive_and_a_hooked_model_is_not_remixed() -> None:
+    model = _package_model("ple")
+    frame = labelled_frame(model, 900, 6)
+    naive, cached = (
+        causal(model, frame, 6, strategy=s, n_boot=0, batch_size=400) for s in ("naive", "cached")
+    )
+    assert cached.meta["remixed"] and not naive.meta["remixed"]
+    for table in ("task_metrics", "ablation", "counterfactuals"):
+        pd.testing.assert_frame_equal(getattr(cached, table), getattr(naive, table), rtol=0, atol=1e-5)
+    # a user's forward hook changes what the tower returns: re-mixing (which calls modules' forward
+    # directly) would miss it, so its first-batch check fails and the hook-based cache runs instead
+    handle = model.towers[0].register_forward_hook(lambda _m, _a, out: out * 0.5)
+    try:
+        naive, cached = (
+            causal(model, frame, 6, strategy=s, n_boot=0, batch_size=400) for s in ("naive", "cached")
+        )
+    finally:
+        handle.remove()
+    assert not cached.meta["remixed"] and cached.meta["cached_calls"] > 0
+    assert any("re-mixing cached expert outputs was not used" in n for n in cached.notes)
+    pd.testing.assert_frame_equal(cached.ablation, naive.ablation, rtol=0, atol=1e-5)
 
 
 def test_row_mixing_model_falls_back_to_naive() -> None:

@@ -6,7 +6,10 @@ Per batch the data is read and converted ONCE; then, by `strategy`:
 * `"batched"`: the batch is stacked K times and ONE forward evaluates K variants (block k gets
   variant k's gate edits); groups are capped at `max_stack_rows` rows per forward. Variants that
   swap in another gate's intact rows run in a second stacked forward, after the intact block.
-* `"cached"`: `"batched"` plus the expert cache: expert and gate modules whose input blocks are
+* `"cached"`: for the package's own OMoE/MMoE/PLE/CGC classes, re-mixing (`causal.remix`): the
+  experts run once per batch and every variant's mixtures are re-mixed from their cached outputs,
+  only what depends on an edited gate (a PLE's later levels, the towers) running again. For any
+  other model, `"batched"` plus the expert cache: expert and gate modules whose input blocks are
   bitwise identical (all those before the first edited gate) run once on the sub-batch.
 
 Stacking assumes the model treats rows independently (true in eval mode without cross-row ops); the
@@ -27,7 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from mmoe_inspect.binding import read_labels, task_predictions
-from mmoe_inspect.causal.interventions import Edit, GateIntervention, Replace, map_tensors, repeat_rows
+from mmoe_inspect.causal.interventions import (
+    Edit,
+    GateIntervention,
+    InterventionError,
+    Replace,
+    map_tensors,
+    repeat_rows,
+)
+from mmoe_inspect.causal.remix import Remixer, remix_applies
 from mmoe_inspect.data.call import call_model
 from mmoe_inspect.data.sources import TableSource, check_features
 from mmoe_inspect.device import model_device, to_device
@@ -41,6 +52,9 @@ INTACT = "intact"
 """Key of the intact model's predictions."""
 
 InputFn = Callable[[pd.DataFrame], Any]
+
+REMIX_CHECK_ROWS = 64
+"""Rows of the first batch on which re-mixed variants are compared with one forward per variant."""
 
 MIN_BLOCK_ROWS = 256
 """Stacked strategies never cut a batch into sub-batches smaller than this (per-forward overhead)."""
@@ -89,6 +103,7 @@ class Collected:
     forwards: int
     seconds: float
     cached_calls: int = 0  # expert/gate module calls the expert cache ran on one block instead of K
+    remixed: bool = False  # variants were re-mixed from cached expert outputs (`causal.remix`)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -152,6 +167,7 @@ class _Runner:
         strategy: str,
         max_stack_rows: int,
         iv: GateIntervention,
+        remix: bool = True,
     ) -> None:
         self.model, self.topology, self.iv = model, topology, iv
         self.variants = list(variants)
@@ -160,6 +176,50 @@ class _Runner:
         self.forwards = 0
         self.checked = strategy == "naive"
         self.notes: list[str] = []
+        self.remix: Remixer | None = None
+        if remix and strategy == "cached" and self.variants and remix_applies(model, topology) is None:
+            self.remix = Remixer(model, topology, [v.edits for v in self.variants])
+        self.remixed = False  # whether re-mixing passed its first-batch check and is in use
+
+    def _remixed(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Every variant of the batch by re-mixing cached expert outputs: `[1 + V, b, T]` and the intact gates."""
+        assert self.remix is not None
+        out = self.remix.run(x)
+        self.forwards += 1
+        p = predictions(out, self.topology.tasks)
+        k = 1 + len(self.variants)
+        if p.shape[0] != k * b:
+            raise InterventionError(f"re-mixing gave {p.shape[0]} rows for {k} variants of {b} rows")
+        return p.reshape(k, b, -1), dict(self.remix.captured)
+
+    def _check_remix(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """Re-mixed results of the first batch if they match plain forwards (intact rows) and one forward per
+        variant on the first rows; else None, with a note, and re-mixing is not used again."""
+        assert self.remix is not None
+        plain = self._forward(x, [{}], b, capture=False)[0]
+        why = ""
+        try:
+            out, captured = self._remixed(x, b)
+        except (InterventionError, KeyError) as exc:
+            why = f"it failed ({exc})"
+        else:
+            n = min(b, REMIX_CHECK_ROWS)
+            xs = map_tensors(x, lambda t: t[:n] if t.dim() else t)
+            ref, _ = self._naive(xs, n)
+            if set(captured) != {g.name for g in self.topology.gates}:
+                why = "it did not reach every gate of the topology"
+            elif not torch.allclose(plain, out[0], rtol=1e-4, atol=1e-6, equal_nan=True):
+                why = "its intact predictions differ from a plain forward"
+            elif not torch.allclose(ref, out[:, :n], rtol=1e-4, atol=1e-6, equal_nan=True):
+                why = "its variant predictions differ from one forward per variant"
+        if why:
+            self.notes.append(
+                f"re-mixing cached expert outputs was not used: {why}; ran the hook-based expert cache"
+            )
+            self.remix = None
+            return None
+        self.remixed = True
+        return out, captured
 
     def _forward(self, x: Any, variants: list[Mapping[str, Edit]], b: int, capture: bool) -> Tensor:
         self.iv.plan(variants, b, capture=capture)
@@ -173,6 +233,12 @@ class _Runner:
 
     def run(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Predictions `[1 + V, b, T]` (intact first, then the variants in order) and the intact gates."""
+        if self.remix is not None:
+            if self.remixed:
+                return self._remixed(x, b)
+            checked = self._check_remix(x, b)
+            if checked is not None:
+                return checked
         if self.strategy != "naive" and not self.checked:
             plain = self._forward(x, [{}], b, capture=False)[0]
             out, captured = self._stacked(x, b)
@@ -249,6 +315,7 @@ def collect(
     sample: float | None = None,
     seed: int = 0,
     progress: Stage | None = None,
+    remix: bool = True,
 ) -> Collected:
     """Stream `source` once; per batch run the intact model, every variant and every baseline.
 
@@ -256,7 +323,8 @@ def collect(
     and finite in every chunk; `sample`/`seed` thin the rows as `TableSource.iter_frames` does and
     `progress` sees the rows done. `on_batch(frame, intact_gates)` sees each
     chunk with the intact gate probabilities `{gate: [b, E]}` (segment statistics use it).
-    Identical variants (same edits) are evaluated once and share their predictions.
+    Identical variants (same edits) are evaluated once and share their predictions. `remix=False`
+    keeps strategy "cached" on the hook-based expert cache (benchmarks compare the two).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
@@ -283,7 +351,7 @@ def collect(
     gate_rows = {g.name: 0 for g in topology.gates}
     started = time.perf_counter()
     iv = GateIntervention(model, topology, dedupe=strategy == "cached")
-    runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv)
+    runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv, remix)
     with iv, torch.no_grad():  # not inference_mode: the expert cache keys on tensor version counters
         done = 0
         for frame in source.iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
@@ -317,7 +385,7 @@ def collect(
     for bl in baselines:
         preds[("baseline", bl.name)] = np.concatenate(base_parts[bl.name])
     notes = list(runner.notes)
-    if iv.deduped_calls == 0 and runner.strategy == "cached" and unique:
+    if iv.deduped_calls == 0 and runner.strategy == "cached" and unique and not runner.remixed:
         notes.append("expert cache: no expert or gate module had identical input blocks; ran as 'batched'")
     return Collected(
         tasks=tasks,
@@ -330,6 +398,7 @@ def collect(
         forwards=runner.forwards,
         seconds=time.perf_counter() - started,
         cached_calls=iv.deduped_calls,
+        remixed=runner.remixed,
         notes=notes,
     )
 

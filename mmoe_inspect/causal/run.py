@@ -101,8 +101,9 @@ def run_causal(
     per-row loss differences) or "bootstrap" (percentiles of `n_boot` paired row resamples seeded by
     `seed`; 0 = none).
     `strategy` is "naive" (one forward per variant), "batched" (variants stacked into one forward of
-    at most `max_stack_rows` rows) or "cached" (batched + expert outputs computed once when their
-    inputs are identical); all give the same numbers. The model is left exactly as found.
+    at most `max_stack_rows` rows) or "cached" (the package's OMoE/MMoE/PLE/CGC: experts run once per
+    batch and every variant is re-mixed from their outputs, checked on the first batch; other models:
+    batched + expert outputs computed once when their inputs are identical); all give the same numbers. The model is left exactly as found.
     `sample` reads that share of the rows (deterministic in `seed`, the rows `inspect()` read with the
     same `InspectConfig.sample`); `progress` sees each pass over the data as stage
     "`stage` (pass k)".
@@ -307,6 +308,7 @@ def run_causal(
             "strategy": collected.strategy,
             "forwards": collected.forwards,
             "cached_calls": collected.cached_calls,
+            "remixed": collected.remixed,
             "collect_seconds": collected.seconds,
             "evaluate_seconds": time.perf_counter() - t_eval,
             "seconds": time.perf_counter() - started,
