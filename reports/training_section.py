@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mmoe_inspect.analysis.timeline import TIMELINE_COLUMNS
 from mmoe_inspect.results import InspectionResult
 
 from .figures import TRAINING_FIGURES
@@ -73,18 +74,7 @@ def training_section(result: InspectionResult, figures: Mapping[str, str], csv_n
         items.append(
             table_item(
                 "training_timeline",
-                marks[
-                    [
-                        "severity",
-                        "code",
-                        "subject",
-                        "gate",
-                        "first_step",
-                        "first_epoch",
-                        "last_step",
-                        "windows",
-                    ]
-                ],
+                marks[["severity", *(c for c in TIMELINE_COLUMNS if c != "severity")]],
                 title="When each finding first appeared",
                 description="One row per finding, earliest first; the run log (CSV) has every window.",
                 csv=csv,
