@@ -45,7 +45,7 @@ def run_attributions(
             ),
             budget_seconds=options.budget_seconds,
             sample_rows=options.sample_rows,
-            progress=lambda done, total: (setattr(stage, "total", total), stage(done)),
+            progress=stage,  # run_attribution ticks (done, total)
             **kwargs,
         )
     except AttributionError as exc:  # the inputs cannot be attributed: keep the inspection, say why

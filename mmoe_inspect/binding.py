@@ -42,6 +42,7 @@ __all__ = [
     "bind",
     "default_input_fn",
     "example_batch",
+    "expected_rows",
     "read_labels",
     "resolve_topology",
     "task_predictions",
@@ -266,3 +267,14 @@ def example_batch(
             check_features(frame, names, source.name)
         return input_fn(frame)
     raise DataError(f"{source.name} has no rows")
+
+
+def expected_rows(source: TableSource, sample: float | None, limit: int | None) -> int | None:
+    """Rows a pass over `source` will read with `sample` and `limit` (an estimate when sampling; None when
+    the source does not know its rows, e.g. CSV)."""
+    n = source.n_rows()
+    if n is None:
+        return None
+    if sample is not None:
+        n = int(n * sample)
+    return min(n, limit) if limit is not None else n

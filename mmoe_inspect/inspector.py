@@ -27,7 +27,7 @@ from .analysis.findings import Thresholds, diagnose, routing_findings
 from .analysis.verdict import verdict
 from .attach import run_attributions, run_causal_analyses
 from .attribution.options import AttributionOptions
-from .binding import Binding, InputFn, bind, read_labels
+from .binding import Binding, InputFn, bind, expected_rows, read_labels
 from .causal.options import CausalOptions
 from .data.schema import FeatureSpec
 from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
@@ -306,16 +306,6 @@ def record(
 def progress_label(model_name: str, label: str | None) -> str:
     """What progress stages call the model: `label` when given, else its name."""
     return label if label else model_name
-
-
-def expected_rows(source: TableSource, sample: float | None, limit: int | None) -> int | None:
-    """Rows a pass will read (an estimate when sampling; None when unknown, e.g. CSV)."""
-    n = source.n_rows()
-    if n is None:
-        return None
-    if sample is not None:
-        n = int(n * sample)
-    return min(n, limit) if limit is not None else n
 
 
 def expert_sample_rate(cfg: InspectConfig, n_rows: int | None) -> float:

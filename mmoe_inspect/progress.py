@@ -72,16 +72,22 @@ def as_progress(progress: Progress | Callable[[int], None] | None) -> Progress:
 class Stage:
     """One stage of a run, opened on its first tick (so a pass that reads nothing shows nothing).
 
-    `stage(done)` reports units done so far; `stage.finish()` closes it (idempotent).
+    `stage(done)` reports units done so far (`stage(done, total)` once the total is known, before the
+    first tick); `stage.finish()` closes it (idempotent).
     """
 
     def __init__(self, progress: Progress, name: str, total: int | None, unit: str = "rows") -> None:
         self.progress, self.name, self.total, self.unit = progress, name, total, unit
         self._tick: Tick | None = None
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
         if self._tick is None:
             self._tick = self.progress.start(self.name, self.total, self.unit)
+        elif total is not None:
+            self._tick(done, total)
+            return
         self._tick(done)
 
     def finish(self) -> None:

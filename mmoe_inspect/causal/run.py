@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from mmoe_inspect.binding import bind
+from mmoe_inspect.binding import bind, expected_rows
 from mmoe_inspect.causal._engine import INTACT, STRATEGIES, InputFn, PlannedVariant, collect, mean_gates
 from mmoe_inspect.causal._finite import drop_nonfinite_rows
 from mmoe_inspect.causal.ablation import ABLATION_COLUMNS, ABLATION_MODES, ablation_table, ablation_variants
@@ -333,11 +333,10 @@ class _Passes:
 
     def __init__(self, progress: Progress, stage: str, source: TableSource, sample: float | None) -> None:
         self.progress, self.stage, self.count = progress, stage, 0
-        n = source.n_rows()
-        self.total = None if n is None else (round(n * sample) if sample is not None else n)
+        self.source, self.sample = source, sample
 
     def next(self, limit: int | None) -> Stage:
         """The next pass, reading at most `limit` rows."""
         self.count += 1
-        total = limit if self.total is None else (self.total if limit is None else min(self.total, limit))
-        return Stage(self.progress, f"{self.stage} (pass {self.count})", total)
+        total = expected_rows(self.source, self.sample, limit)
+        return Stage(self.progress, f"{self.stage} (pass {self.count})", limit if total is None else total)
