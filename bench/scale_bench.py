@@ -22,11 +22,13 @@ It builds its own models and data (nothing is downloaded) and prints side by sid
     ``pyarrow.ParquetFile.iter_batches`` -> numpy -> tensor). Interleaved, ratio of minima.
 ``memory``  rows/s and peak RSS of ``inspect(parquet)`` for 1M and 4M rows, each in a fresh child
     process (``bench/record_bench.py`` part 1); target: peak(4M) / peak(1M) <= 1.10.
-``report``  the `mmoe-inspect report` pipeline on a 1M-row parquet file, split by stage: load,
-    record, attribution, ablation (the causal analyses: expert ablation, counterfactuals, gains,
-    bootstrap), figures, HTML. The stages call the library functions the CLI calls, in its order
-    (figures and HTML are timed by wrapping ``reports.write.render_figures``/``render_html`` for
-    this run); the sum is cross-checked against one end-to-end ``mmoe-inspect report`` process.
+``report``  `report` vs `check` on the same rows (``--report-rows``, 1M and 4M by default), each in a
+    fresh child process per (rows, threads): `check` = load + recording pass; `report` = the call the
+    CLI makes (`LoadedModel.inspect` with attributions and causal analyses on every row) split by
+    stage from the library's own progress events, then figures and HTML (timed by wrapping
+    ``reports.write.render_figures``/``render_html``); peak RSS per run and peak(largest) /
+    peak(smallest) per thread count (target <= 1.25); the stage sum is cross-checked once against one
+    end-to-end ``mmoe-inspect report`` process.
 ``ablation``  cached vs naive expert ablation over ``--ablation-rows`` rows
     (``bench/ablation_bench.py``).
 
@@ -242,23 +244,22 @@ class StageClock:
         self.ends.append((stage, time.perf_counter()))
 
 
-def part_report(rows: int, tmp: Path, quick: bool) -> dict[str, Any]:
+def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cli: bool) -> dict[str, Any]:
     """`check` (load + recording pass) vs `report` (load + recording + attributions + causal analyses on
     every row + figures + HTML) on the same rows, by stage, through `LoadedModel.inspect`: the call
-    the CLI makes."""
+    the CLI makes. Run in a fresh child process per (rows, threads), so its peak RSS is the report's."""
+    import resource
+
     import torch
 
     import mmoe_inspect.reports.write as report_write
     from mmoe_inspect import InspectConfig
     from mmoe_inspect.attribution import AttributionOptions
     from mmoe_inspect.causal import CausalOptions
-    from mmoe_inspect.checkpoint import save_checkpoint
     from mmoe_inspect.loading import load_model
 
-    torch.set_num_threads(1)
-    data = tmp / f"report_{rows}.parquet"
-    rb.write_parquet(data, rows, seed=7)
-    ckpt = save_checkpoint(tmp / "report_model.pt", rb.memory_model())
+    torch.set_num_threads(threads)
+    tmp = out
     stages: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -319,17 +320,27 @@ def part_report(rows: int, tmp: Path, quick: bool) -> dict[str, Any]:
     stages["html"] = write_s - spent["figures"]
     report_s = sum(stages.values())
 
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    shutil.rmtree(out_dir, ignore_errors=True)
     exe = shutil.which("mmoe-inspect") or str(Path(sys.executable).parent / "mmoe-inspect")
     cmd = [exe, "report", str(ckpt), "--data", str(data), "--out", str(tmp / "report_cli"), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    cli_s = time.perf_counter() - t0
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cli_s, proc = None, None
+    if cli:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cli_s = time.perf_counter() - t0
+        shutil.rmtree(tmp / "report_cli", ignore_errors=True)
     slowest = max(stages, key=lambda k: stages[k])
     causal = result.causal
     res = {
         "rows": rows,
+        "threads": threads,
+        "peak_rss_mib": peak_rss,
         "causal_rows": causal.n_rows if causal is not None else 0,
+        "spilled_mib": (causal.meta.get("spilled_bytes") or 0) / 2**20 if causal is not None else 0,
+        "collect_s": causal.meta.get("collect_seconds") if causal is not None else None,
+        "evaluate_s": causal.meta.get("evaluate_seconds") if causal is not None else None,
         "intervals": causal.meta.get("intervals") if causal is not None else None,
         "causal_strategy": causal.meta.get("strategy") if causal is not None else None,
         "causal_passes": sorted(causal_passes),
@@ -343,18 +354,62 @@ def part_report(rows: int, tmp: Path, quick: bool) -> dict[str, Any]:
         "sum_of_stages_s": report_s,
         "cli_command": " ".join(cmd[1:]),
         "cli_wall_s": cli_s,
-        "cli_exit_code": proc.returncode,
-        "cli_stderr_tail": proc.stderr[-500:],
+        "cli_exit_code": proc.returncode if proc is not None else None,
+        "cli_stderr_tail": proc.stderr[-500:] if proc is not None else "",
         "slowest_stage": slowest,
     }
-    log(
-        "  report stages (s): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
-        + f"; sum {report_s:.1f}; check {check_s:.1f}: report / check {res['report_over_check']:.2f} (target <= 2.5), "
-        f"causal / record {res['causal_over_record']:.2f} (target <= 2); `mmoe-inspect report` {cli_s:.1f} "
-        f"(exit {proc.returncode})"
-    )
     return res
+
+
+def part_report(sizes: list[int], threads: list[int], tmp: Path) -> dict[str, Any]:
+    """`report_stages` for every (threads, rows) in a fresh child process (the data files and checkpoint
+    are written here first, so the children's peak RSS is the report's own), the CLI cross-check once."""
+    from mmoe_inspect.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp / "report_model.pt", rb.memory_model())
+    files = {}
+    for rows in sizes:
+        files[rows] = tmp / f"report_{rows}.parquet"
+        rb.write_parquet(files[rows], rows, seed=7)
+    runs = []
+    for nt in threads:
+        for rows in sizes:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--report-child", str(rows)]
+            cmd += [
+                "--report-data",
+                str(files[rows]),
+                "--report-ckpt",
+                str(ckpt),
+                "--report-threads",
+                str(nt),
+            ]
+            if rows == sizes[0] and nt == threads[0]:
+                cmd.append("--report-cli")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"report child failed: {proc.stderr[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs.append(r)
+            log(
+                f"  {rows:,} rows, {nt} thread(s): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
+                + f"; sum {r['sum_of_stages_s']:.1f}; check {r['check_s']:.1f}: report / check "
+                f"{r['report_over_check']:.2f} (target <= 2.5), causal / record {r['causal_over_record']:.2f} "
+                f"(target <= 2); peak RSS {r['peak_rss_mib']:.0f} MiB"
+                + (
+                    f"; `mmoe-inspect report` {r['cli_wall_s']:.1f} s (exit {r['cli_exit_code']})"
+                    if r["cli_wall_s"]
+                    else ""
+                )
+            )
+    rss = {}
+    for nt in threads:
+        peaks = {r["rows"]: r["peak_rss_mib"] for r in runs if r["threads"] == nt}
+        rss[nt] = peaks[max(peaks)] / peaks[min(peaks)]
+        log(
+            f"  {nt} thread(s): peak RSS {max(peaks):,} rows / {min(peaks):,} rows = {rss[nt]:.3f} (target <= 1.25)"
+        )
+    return {"runs": runs, "rss_ratio": rss, "sizes": sizes}
 
 
 # --------------------------------------------------------------------------- ablation
@@ -458,27 +513,41 @@ def markdown(res: dict[str, Any]) -> str:
         ]
     if "report" in res:
         rep = res["report"]
+        first = rep["runs"][0]
         lines += [
-            f"## `report` on {rep['rows']:,} rows, by stage (1 thread)",
+            "## `report` vs `check` on the same rows, by stage (fresh child process per run)",
             "",
-            f"{rep['model']}; causal analyses on {rep['causal_rows']:,} rows ({rep['intervals']} intervals, "
-            f"strategy {rep['causal_strategy']}, {rep['bytes_per_row']} bytes a row kept).",
+            f"{first['model']}; causal analyses on every row ({first['intervals']} intervals, strategy "
+            f"{first['causal_strategy']}, {first['bytes_per_row']} bytes a row of memory while ranking, the AUC "
+            "scores spilled to disk). Seconds per stage; causal = the causal data pass (collect) + the "
+            "evaluation (ranking the spilled scores).",
             "",
-            "| stage | seconds |",
-            "|---|---:|",
+            "| rows | threads | record | attribution | causal (collect + evaluate) | figures | html | **report** "
+            "| check | report / check | causal / record | peak RSS MiB | spilled MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {k} | {v:.1f} |" for k, v in rep["stages_s"].items()]
-        lines += [
-            f"| **sum** | **{rep['sum_of_stages_s']:.1f}** |",
-            f"| `check` (load + recording pass) on the same rows | {rep['check_s']:.1f} |",
-            f"| `mmoe-inspect report` end to end (one process) | {rep['cli_wall_s']:.1f} |",
-            "",
-            f"report / check = **{rep['report_over_check']:.2f}** (target <= 2.5); causal / record = "
-            f"**{rep['causal_over_record']:.2f}** (target <= 2).",
-            "",
-            f"Slowest stage: {rep['slowest_stage']}. Record: {rep['record_rows_per_s']:,.0f} rows/s.",
-            "",
-        ]
+        for r in rep["runs"]:
+            st = r["stages_s"]
+            lines.append(
+                f"| {r['rows']:,} | {r['threads']} | {st['record']:.1f} | {st['attribution']:.1f} | "
+                f"{st['causal']:.1f} ({r['collect_s']:.1f} + {r['evaluate_s']:.1f}) | {st['figures']:.1f} | "
+                f"{st['html']:.1f} | **{r['sum_of_stages_s']:.1f}** | {r['check_s']:.1f} | "
+                f"**{r['report_over_check']:.2f}** | **{r['causal_over_record']:.2f}** | {r['peak_rss_mib']:.0f} | "
+                f"{r['spilled_mib']:.0f} |"
+            )
+        lines += [""]
+        for nt, ratio in rep["rss_ratio"].items():
+            lines.append(
+                f"- {nt} thread(s): peak RSS {max(rep['sizes']):,} rows / {min(rep['sizes']):,} rows = "
+                f"**{ratio:.3f}** (target <= 1.25)."
+            )
+        cli = next((r for r in rep["runs"] if r.get("cli_wall_s")), None)
+        if cli is not None:
+            lines.append(
+                f"- `mmoe-inspect report` end to end in one process on {cli['rows']:,} rows: {cli['cli_wall_s']:.1f} s "
+                f"(exit {cli['cli_exit_code']}); the stages above sum to {cli['sum_of_stages_s']:.1f} s."
+            )
+        lines += ["- Targets: report / check <= 2.5, causal / record <= 2.", ""]
     if "ablation" in res:
         lines += [
             "## Expert ablation, cached vs naive (1 thread)",
@@ -504,23 +573,43 @@ def main() -> None:
     )
     ap.add_argument("--sizes", default="1000000,4000000", help="parquet sizes of the memory part")
     ap.add_argument("--mem-repeats", type=int, default=1)
-    ap.add_argument("--report-rows", type=int, default=1_000_000)
+    ap.add_argument(
+        "--report-rows", default="1000000,4000000", help="sizes of the report part (peak RSS ratio)"
+    )
+    ap.add_argument("--report-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--report-data", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--report-ckpt", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--report-threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--report-cli", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ablation-rows", type=int, default=1_000_000)
     ap.add_argument("--ablation-models", default="recsys_mmoe")
     ap.add_argument("--e2e-batches", default="21,64", help="batches of 4096 rows: DataFrame,parquet")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    if args.report_child is not None:  # one report run in this fresh process: print its JSON
+        data = Path(args.report_data)
+        with tempfile.TemporaryDirectory(prefix="scale_bench_child_") as out:
+            r = report_stages(
+                args.report_child,
+                data,
+                Path(args.report_ckpt),
+                Path(out),
+                args.report_threads,
+                args.report_cli,
+            )
+        print(json.dumps(r, default=str))
+        return
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}")
     threads = [int(t) for t in args.threads.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
-    report_rows = args.report_rows
+    report_rows = [int(r) for r in args.report_rows.split(",")]
     frame_b, parquet_b = (int(s) for s in args.e2e_batches.split(","))
     if args.quick:
-        sizes, report_rows, frame_b, parquet_b = [50_000, 200_000], 100_000, 4, 8
+        sizes, report_rows, frame_b, parquet_b = [50_000, 200_000], [50_000, 200_000], 4, 8
     res: dict[str, Any] = {
         "command": "python bench/scale_bench.py " + " ".join(sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -543,8 +632,8 @@ def main() -> None:
             res["memory"].pop("runs", None)
             log(f"  peak ratio {res['memory']['peak_ratio_largest_over_smallest']:.3f}")
         if "report" in parts:
-            log(f"report stages on {report_rows:,} rows")
-            res["report"] = part_report(report_rows, tmp, args.quick)
+            log(f"report stages on {', '.join(f'{r:,}' for r in report_rows)} rows")
+            res["report"] = part_report(report_rows, threads, tmp)
         if "ablation" in parts:
             log("expert ablation: naive vs cached")
             res["ablation"] = part_ablation(args.ablation_rows, args.ablation_models.split(","), args.quick)

@@ -14,7 +14,8 @@ Per batch the data is read and converted ONCE; then, by `strategy`:
 
 Stacking assumes the model treats rows independently (true in eval mode without cross-row ops); the
 first batch checks it against a plain forward and falls back to `"naive"` (with a note) if not.
-Per-row predictions are kept (`[n, T]` float32 per variant) for the bootstrap, up to `max_rows` rows.
+Per-row predictions are kept (`[n, T]` float32 per variant) for the bootstrap, up to `max_rows` rows, or
+handed batch by batch to a streamed evaluation (`on_predictions`).
 """
 
 from __future__ import annotations
@@ -106,9 +107,15 @@ class Collected:
     remixed: bool = False  # variants were re-mixed from cached expert outputs (`causal.remix`)
     notes: list[str] = field(default_factory=list)
 
+    rows_read: int = -1  # rows the pass read (more than `n_rows` when only the first ones were kept)
+
     @property
     def n_rows(self) -> int:
         return len(self.row_index)
+
+    @property
+    def n_read(self) -> int:
+        return self.n_rows if self.rows_read < 0 else self.rows_read
 
     def mean_gate(self, gate: str) -> np.ndarray:
         return self.gate_sums[gate] / max(self.gate_rows.get(gate, 0), 1)
@@ -297,6 +304,27 @@ class _Runner:
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), merged
 
 
+def _unique(variants: Sequence[PlannedVariant]) -> list[PlannedVariant]:
+    """The variants with distinct edits, first occurrence kept, in order."""
+    seen: dict[frozenset[tuple[str, Edit]], PlannedVariant] = {}
+    for v in variants:
+        seen.setdefault(v.signature, v)
+    return list(seen.values())
+
+
+def prediction_sets(
+    variants: Sequence[PlannedVariant], baselines: Sequence[BaselineRun] = ()
+) -> dict[Hashable, int]:
+    """Each prediction set's position on the first axis of `collect`'s per-batch predictions: the intact
+    model 0, the distinct variants 1..U (identical variants share one), then the baselines."""
+    by_signature = {v.signature: i for i, v in enumerate(_unique(variants), start=1)}
+    positions: dict[Hashable, int] = {INTACT: 0}
+    positions.update({v.key: by_signature[v.signature] for v in variants})
+    first = 1 + len(by_signature)
+    positions.update({("baseline", bl.name): first + i for i, bl in enumerate(baselines)})
+    return positions
+
+
 def collect(
     model: nn.Module,
     topology: Topology,
@@ -316,6 +344,8 @@ def collect(
     seed: int = 0,
     progress: Stage | None = None,
     remix: bool = True,
+    on_predictions: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    keep_rows: int | None = None,
 ) -> Collected:
     """Stream `source` once; per batch run the intact model, every variant and every baseline.
 
@@ -325,19 +355,18 @@ def collect(
     chunk with the intact gate probabilities `{gate: [b, E]}` (segment statistics use it).
     Identical variants (same edits) are evaluated once and share their predictions. `remix=False`
     keeps strategy "cached" on the hook-based expert cache (benchmarks compare the two).
+    `on_predictions(labels [b, T], preds [K, b, T])` sees every batch's labels and the float32 predictions of
+    every set, positioned as `prediction_sets(variants, baselines)` says (streamed evaluation); then the
+    result keeps per-row predictions of the intact model and the baselines only, for the first `keep_rows`
+    rows (None: all).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if batch_size < 1 or max_stack_rows < 1:
         raise ValueError("batch_size and max_stack_rows must be positive")
-    unique: list[PlannedVariant] = []
-    alias: dict[Hashable, int] = {}
-    by_signature: dict[frozenset[tuple[str, Edit]], int] = {}
-    for v in variants:
-        pos = by_signature.setdefault(v.signature, len(unique))
-        if pos == len(unique):
-            unique.append(v)
-        alias[v.key] = pos
+    unique = _unique(variants)
+    positions = prediction_sets(variants, baselines)
+    keep = None if keep_rows is None else max(0, keep_rows)
     tasks = topology.tasks
     device = model_device(model)
     feature_cols = list(feature_columns)
@@ -360,14 +389,24 @@ def collect(
             b = len(frame)
             x = to_device(input_fn(frame), device)
             out, captured = runner.run(x, b)
-            preds_parts.append(out.float())
-            label_parts.append(read_labels(frame, tasks, source.name))
-            index_parts.append(frame.index.to_numpy(dtype=np.int64))
+            labels = read_labels(frame, tasks, source.name)
+            base = [_baseline_batch(bl, frame, tasks) for bl in baselines]
+            kept = b if keep is None else max(0, min(b, keep - done))
+            if on_predictions is not None:
+                host = out.float().cpu().numpy()
+                if base:
+                    host = np.concatenate([host, np.stack(base)])
+                on_predictions(labels, host)
+            if kept:  # streamed: only the intact model's rows are kept (the result's prediction columns)
+                part = out[:1, :kept].clone() if on_predictions is not None else out[:, :kept]
+                preds_parts.append(part.float())
+                label_parts.append(labels[:kept])
+                index_parts.append(frame.index.to_numpy(dtype=np.int64)[:kept])
+                for bl, part in zip(baselines, base, strict=True):
+                    base_parts[bl.name].append(part[:kept])
             for name, g in captured.items():
                 gate_totals[name] += g.double().sum(0)
                 gate_rows[name] += g.shape[0]
-            for bl in baselines:
-                base_parts[bl.name].append(_baseline_batch(bl, frame, tasks))
             if on_batch is not None:
                 on_batch(frame, {k: v.cpu() for k, v in captured.items()})
             done += b
@@ -375,22 +414,32 @@ def collect(
                 progress(done)
     if progress is not None:
         progress.finish()
-    if not preds_parts:
+    if not done:
         raise ValueError(f"{source.name} has no rows")
-    stacked = torch.cat(preds_parts, dim=1).cpu().numpy()  # [1 + V, n, T]
+    k = 1 if on_predictions is not None else 1 + len(unique)
+    stacked = (
+        torch.cat(preds_parts, dim=1).cpu().numpy()
+        if preds_parts
+        else np.zeros((k, 0, len(tasks)), dtype=np.float32)
+    )  # [1 + V (streamed: 1), kept rows, T]
     gate_sums = {name: t.cpu().numpy() for name, t in gate_totals.items()}
-    preds: dict[Hashable, np.ndarray] = {INTACT: stacked[0]}
-    for key, pos in alias.items():
-        preds[key] = stacked[1 + pos]
+    preds: dict[Hashable, np.ndarray] = {}
+    for key, pos in positions.items():
+        if pos < k:
+            preds[key] = stacked[pos]
     for bl in baselines:
-        preds[("baseline", bl.name)] = np.concatenate(base_parts[bl.name])
+        parts = base_parts[bl.name]
+        preds[("baseline", bl.name)] = (
+            np.concatenate(parts) if parts else np.zeros((0, len(tasks)), dtype=np.float32)
+        )
     notes = list(runner.notes)
     if iv.deduped_calls == 0 and runner.strategy == "cached" and unique and not runner.remixed:
         notes.append("expert cache: no expert or gate module had identical input blocks; ran as 'batched'")
     return Collected(
         tasks=tasks,
-        row_index=np.concatenate(index_parts),
-        labels=np.concatenate(label_parts),
+        row_index=np.concatenate(index_parts) if index_parts else np.zeros(0, dtype=np.int64),
+        labels=np.concatenate(label_parts) if label_parts else np.zeros((0, len(tasks))),
+        rows_read=done,
         preds=preds,
         gate_sums=gate_sums,
         gate_rows=gate_rows,

@@ -25,14 +25,18 @@ def drop_nonfinite_rows(
     if not bad.any():
         return labels, []
     out = np.where(bad, np.nan, labels)
+    return out, nonfinite_notes(tasks, bad.sum(0), np.isfinite(out).sum(0))
+
+
+def nonfinite_notes(tasks: Sequence[TaskSpec], dropped: np.ndarray, left: np.ndarray) -> list[str]:
+    """One note per task that lost rows: `dropped [T]` rows taken out, `left [T]` labelled rows kept."""
     notes = []
     for j, t in enumerate(tasks):
-        n = int(bad[:, j].sum())
+        n, rest = int(dropped[j]), int(left[j])
         if n:
-            left = int(np.isfinite(out[:, j]).sum())
             notes.append(
                 f"task {t.name}: the model's prediction is NaN/inf on {n:,} labelled row(s); every causal value "
-                f"of {t.name} is computed on the other {left:,}"
-                + ("" if left else " (none: its causal values are blank)")
+                f"of {t.name} is computed on the other {rest:,}"
+                + ("" if rest else " (none: its causal values are blank)")
             )
-    return out, notes
+    return notes

@@ -12,8 +12,16 @@ import pandas as pd
 from torch import nn
 
 from mmoe_inspect.binding import bind, expected_rows
-from mmoe_inspect.causal._engine import INTACT, STRATEGIES, InputFn, PlannedVariant, collect, mean_gates
-from mmoe_inspect.causal._finite import drop_nonfinite_rows
+from mmoe_inspect.causal._engine import (
+    INTACT,
+    STRATEGIES,
+    InputFn,
+    PlannedVariant,
+    collect,
+    mean_gates,
+    prediction_sets,
+)
+from mmoe_inspect.causal._finite import drop_nonfinite_rows, nonfinite_notes
 from mmoe_inspect.causal.ablation import ABLATION_COLUMNS, ABLATION_MODES, ablation_table, ablation_variants
 from mmoe_inspect.causal.counterfactual import (
     COUNTERFACTUAL_COLUMNS,
@@ -31,6 +39,7 @@ from mmoe_inspect.causal.gains import (
 from mmoe_inspect.causal.metrics import INTERVALS, TASK_METRICS, Evaluation
 from mmoe_inspect.causal.result import CausalResult
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
+from mmoe_inspect.causal.streamed import EVAL_BYTES_PER_ROW, EvaluationStream, StreamedEvaluation
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import DataError, TableSource, require_columns
 from mmoe_inspect.progress import Progress, Stage, as_progress
@@ -39,13 +48,27 @@ from mmoe_inspect.topology.spec import Topology
 ANALYSES: tuple[str, ...] = ("ablation", "counterfactuals", "gains", "segments")
 
 MEMORY_BUDGET = 2 * 2**30  # bytes the per-row evaluation state may take by default
+PREDICTION_ROWS = 1_000_000  # rows of per-row predictions kept in `CausalResult.predictions` (analytic)
 
 
-def bytes_per_row(sets: int, tasks: int, baselines: int = 0) -> int:
-    """Bytes the causal analyses keep per evaluated row: per prediction set and task a float32
-    prediction (and its copy while the batches are joined) and two float64 per-row items (loss or AUC
-    placement, one per metric); per task the float64 label and the result's prediction columns."""
+def bytes_per_row(sets: int, tasks: int, baselines: int = 0, intervals: str = "bootstrap") -> int:
+    """Bytes of memory the causal analyses need per evaluated row.
+
+    "bootstrap" keeps every row in memory: per prediction set and task a float32 prediction (and its
+    copy while the batches are joined) and two float64 per-row items (loss or AUC placement, one per
+    metric); per task the float64 label and the result's prediction columns. "analytic" streams the
+    losses and spills the AUC scores to disk, so memory holds one task's two sets at a time while they
+    are ranked (`causal.streamed.EVAL_BYTES_PER_ROW`), whatever the number of sets.
+    """
+    if intervals == "analytic":
+        return EVAL_BYTES_PER_ROW
     return sets * tasks * (4 + 4 + 2 * 8) + tasks * (8 + (2 + baselines) * 8) + 16
+
+
+def spill_bytes_per_row(sets: int, binary_tasks: int) -> int:
+    """Disk bytes per evaluated row of the analytic evaluation: a float32 score per set and binary task
+    and a one-byte label per binary task (in a temporary folder, removed when the evaluation ends)."""
+    return binary_tasks * (4 * sets + 1)
 
 
 TASK_COLUMNS = ["task", "kind", "n_labelled", "positive_rate", "sparse", "metric", "value", "lo", "hi"]
@@ -68,6 +91,7 @@ def run_causal(
     sparse_threshold: float = 0.05,
     max_rows: int | None = None,
     memory_budget: int = MEMORY_BUDGET,
+    prediction_rows: int = PREDICTION_ROWS,
     batch_size: int = 4096,
     n_boot: int = 200,
     ci: float = 0.95,
@@ -86,12 +110,16 @@ def run_causal(
 
     Data, topology and inputs are resolved as in `inspect()` (`topology`, `input_fn` / `features`,
     `columns`, `tasks` for discovery, `labels={task: column}`). Every row (at most `max_rows`) is
-    streamed once in batches of `batch_size`; per-row predictions of the intact model, every variant
-    and every baseline (`[rows, tasks]` float32 each) and their per-row losses and placement values
-    are kept for the paired intervals: about `bytes_per_row(sets, tasks)` bytes a row, so the rows are
-    also capped at `memory_budget` bytes (default 2 GiB); when that cap cuts the data short, a note
-    says so and how to raise it (`result.meta["rows_cap"]`). Before the pass, `mean_gate_rows`
-    leading rows give each gate's mean for the `mean_gate` counterfactual.
+    streamed once in batches of `batch_size`. With analytic intervals (the default) the per-row losses
+    are reduced to streaming moments as the batches pass and the AUC scores of every prediction set
+    are spilled to a temporary folder on disk (`spill_bytes_per_row` bytes a row; ``TMPDIR`` picks the
+    disk) and ranked one set at a time after the pass, so memory does not grow with the number of
+    sets; with bootstrap intervals every set's per-row predictions, losses and placements stay in
+    memory. Either way the rows are capped at `memory_budget` bytes (default 2 GiB) of
+    `bytes_per_row(...)`; when that cap cuts the data short, a note says so and how to raise it
+    (`result.meta["rows_cap"]`). `result.predictions` keeps the first `prediction_rows` rows (analytic;
+    bootstrap: all). Before the pass, `mean_gate_rows` leading rows give each gate's mean for the
+    `mean_gate` counterfactual.
 
     `analyses` picks among "ablation" (per expert, `modes` "renormalize"/"zero"), "counterfactuals",
     "gains" (sparse tasks: positive rate < `sparse_threshold`; `baselines={name: model | (model,
@@ -125,6 +153,8 @@ def run_causal(
         raise ValueError(f"max_rows must be positive, got {max_rows}")
     if memory_budget < 1:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    if prediction_rows < 0:
+        raise ValueError(f"prediction_rows must be >= 0, got {prediction_rows}")
     started = time.perf_counter()
     bound = bind(
         model,
@@ -195,8 +225,10 @@ def run_causal(
             notes += n
         variants = abl_variants + cf_variants
 
-    per_row = bytes_per_row(1 + len({v.signature for v in variants}) + len(runs), len(topo.tasks), len(runs))
+    n_sets = 1 + len({v.signature for v in variants}) + len(runs)
+    per_row = bytes_per_row(n_sets, len(topo.tasks), len(runs), intervals)
     rows_cap = max(1, memory_budget // per_row)
+    streamed = intervals == "analytic"
     limit = rows_cap if max_rows is None else min(max_rows, rows_cap)
 
     segments: SegmentRouting | None = None
@@ -208,38 +240,69 @@ def run_causal(
         if seg is not None:
             seg.update(frame[segment_by], gates)
 
-    collected = collect(
-        model,
-        topo,
-        source,
-        input_fn,
-        variants=variants,
-        baselines=runs,
-        columns=read_cols,
-        feature_columns=feature_cols or (),
-        strategy=strategy,
-        batch_size=batch_size,
-        max_rows=limit,
-        max_stack_rows=max_stack_rows,
-        on_batch=on_batch if segments is not None else None,
-        sample=sample,
-        seed=seed,
-        progress=passes.next(limit),
-    )
-    notes += collected.notes
-    if collected.n_rows >= limit:
-        if limit < (max_rows or limit + 1):
-            notes.append(
-                f"evaluated the first {collected.n_rows:,} rows: the per-row predictions, losses and placements "
-                f"of {per_row:,} bytes a row would exceed the memory budget of {memory_budget / 2**30:.2g} GiB "
-                "beyond them (raise memory_budget, or sample the rows)"
-            )
+    stream = EvaluationStream(topo.tasks, prediction_sets(variants, runs), ci=ci) if streamed else None
+    dropped = np.zeros(len(topo.tasks), dtype=np.int64)
+
+    def on_predictions(labels: np.ndarray, preds: np.ndarray) -> None:
+        assert stream is not None
+        bad = np.isfinite(labels) & ~np.isfinite(preds[0])  # the intact model's NaN rows leave every set
+        if bad.any():
+            labels = np.where(bad, np.nan, labels)
+            dropped[:] += bad.sum(0)
+        stream.update(labels, preds)
+
+    try:
+        collected = collect(
+            model,
+            topo,
+            source,
+            input_fn,
+            variants=variants,
+            baselines=runs,
+            columns=read_cols,
+            feature_columns=feature_cols or (),
+            strategy=strategy,
+            batch_size=batch_size,
+            max_rows=limit,
+            max_stack_rows=max_stack_rows,
+            on_batch=on_batch if segments is not None else None,
+            sample=sample,
+            seed=seed,
+            progress=passes.next(limit),
+            on_predictions=on_predictions if streamed else None,
+            keep_rows=prediction_rows if streamed else None,
+        )
+        notes += collected.notes
+        if collected.n_read >= limit:
+            if limit < (max_rows or limit + 1):
+                notes.append(
+                    f"evaluated the first {collected.n_read:,} rows: the evaluation's {per_row:,} bytes a row "
+                    f"would exceed the memory budget of {memory_budget / 2**30:.2g} GiB beyond them (raise "
+                    "memory_budget, or sample the rows)"
+                )
+            else:
+                notes.append(f"evaluated the first {collected.n_read:,} rows (max_rows)")
+        t_eval = time.perf_counter()
+        ev: Evaluation | StreamedEvaluation
+        if stream is not None:
+            ev = stream.finish()
+            spilled = stream.spilled_bytes
+            notes += nonfinite_notes(topo.tasks, dropped, [ev.n_labelled(t.name) for t in topo.tasks])
+            if collected.n_rows < collected.n_read:
+                notes.append(
+                    f"result.predictions holds the first {collected.n_rows:,} of the {collected.n_read:,} rows "
+                    "(prediction_rows); every value was computed on all of them"
+                )
         else:
-            notes.append(f"evaluated the first {collected.n_rows:,} rows (max_rows)")
-    t_eval = time.perf_counter()
-    labels, dropped = drop_nonfinite_rows(collected.labels, collected.preds[INTACT], topo.tasks)
-    notes += dropped
-    ev = Evaluation(labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci, intervals=intervals)
+            labels, dropped_notes = drop_nonfinite_rows(collected.labels, collected.preds[INTACT], topo.tasks)
+            notes += dropped_notes
+            ev = Evaluation(
+                labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci, intervals=intervals
+            )
+            spilled = 0
+    finally:
+        if stream is not None:
+            stream.close()
     sparse = set(sparse_tasks(ev, sparse_threshold))
 
     task_rows = []
@@ -301,7 +364,7 @@ def run_causal(
         baseline_gains=base_tab,
         segments=seg_tab,
         predictions=pd.DataFrame(pred_cols),
-        n_rows=collected.n_rows,
+        n_rows=collected.n_read,
         notes=list(dict.fromkeys(notes)),
         meta={
             "data": source.name,
@@ -320,6 +383,8 @@ def run_causal(
             "memory_budget": memory_budget,
             "bytes_per_row": per_row,
             "rows_cap": rows_cap,
+            "spilled_bytes": spilled,
+            "prediction_rows": prediction_rows if streamed else None,
             "batch_size": batch_size,
             "mean_gate_rows": mean_gate_rows,
             "sparse_threshold": sparse_threshold,

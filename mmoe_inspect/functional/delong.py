@@ -21,7 +21,8 @@ each group of tied scores it counts positives and negatives, and the cumulative 
 placement as an exact count (``2 · below + equal``) before one division, so ties are handled as the
 midranks handle them and the AUC point equals scikit-learn's ``roc_auc_score`` to rounding.
 
-Inputs are float64 numpy vectors of finite scores and 0/1 labels (``label > 0.5`` is positive).
+Inputs are numpy vectors of finite scores (float32 kept as they are, anything else as float64: the
+placements are exact counts either way) and 0/1 labels (``label > 0.5`` is positive).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mmoe_inspect.functional.paired import wald_interval
 
 __all__ = [
     "AUCPlacements",
+    "argsort_scores",
     "auc_placements",
     "delong_covariance",
     "delong_interval",
@@ -72,12 +74,26 @@ def midrank(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def argsort_scores(scores: np.ndarray) -> np.ndarray:
+    """An order sorting ``scores [n]`` ascending (ties in any order). float32: an LSD radix sort of the
+    bit patterns (two stable 16-bit passes, O(n): 2-3x faster than a comparison sort on a million
+    rows); other dtypes: ``np.argsort``. The scores must not be NaN."""
+    if scores.dtype != np.float32 or len(scores) < 4096:
+        return np.argsort(scores)
+    bits = scores.view(np.uint32)
+    key = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))  # order-preserving for +/-
+    first = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    return first[np.argsort((key[first] >> 16).astype(np.uint16), kind="stable")]
+
+
 def auc_placements(scores: np.ndarray, labels: np.ndarray) -> AUCPlacements:
     """AUC and DeLong placement values of ``scores [n]`` for 0/1 ``labels [n]`` (one sort, O(n log n)).
 
     The AUC is NaN when a class is empty (the placements of the other class are then empty too).
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if scores.dtype != np.float32:  # float32 scores are sorted as they are: same order, half the sort time
+        scores = scores.astype(np.float64, copy=False)
     positive = np.asarray(labels, dtype=np.float64) > 0.5
     if scores.shape != positive.shape or scores.ndim != 1:
         raise ValueError(
@@ -88,25 +104,34 @@ def auc_placements(scores: np.ndarray, labels: np.ndarray) -> AUCPlacements:
     if m == 0 or n == 0:
         empty = np.empty(0, dtype=np.float64)
         return AUCPlacements(math.nan, empty, empty)
-    order = np.argsort(scores)  # tie order is irrelevant: counts are per tie group
+    order = argsort_scores(scores)  # tie order is irrelevant: counts are per tie group
     xs, pos_sorted = scores[order], positive[order]
-    new = np.ones(len(xs), dtype=bool)
-    new[1:] = xs[1:] != xs[:-1]
-    group = np.cumsum(new) - 1  # tie group of each sorted row
-    n_groups = int(group[-1]) + 1
-    pos_in = np.bincount(group, weights=pos_sorted, minlength=n_groups).astype(np.int64)
-    neg_in = np.bincount(group, minlength=n_groups).astype(np.int64) - pos_in
-    neg_below = np.cumsum(neg_in) - neg_in  # negatives with a strictly lower score than the group
-    pos_above = m - np.cumsum(pos_in)  # positives with a strictly higher score than the group
+    new = np.empty(len(xs), dtype=bool)
+    new[0] = True
+    np.not_equal(xs[1:], xs[:-1], out=new[1:])
+    del xs
+    starts = np.flatnonzero(new)  # first sorted row of each tie group
+    del new
+    lengths = np.diff(starts, append=len(scores))
+    pos_cum = np.zeros(len(scores) + 1, dtype=np.int64)
+    np.cumsum(pos_sorted, out=pos_cum[1:])
+    pos_in = pos_cum[starts + lengths] - pos_cum[starts]  # positives in each group
+    neg_in = lengths - pos_in
+    neg_below = starts - pos_cum[starts]  # negatives with a strictly lower score than the group
+    pos_above = m - pos_cum[starts + lengths]  # positives with a strictly higher score than the group
     twice_pos = 2 * neg_below + neg_in  # 2 · Σ_j psi(x, Y_j) for a positive in each group (exact integer)
     twice_neg = 2 * pos_above + pos_in  # 2 · Σ_i psi(X_i, y) for a negative in each group
-    group_of = np.empty(len(xs), dtype=np.int64)  # each row's tie group, in row order
-    group_of[order] = group
     wins2 = int((pos_in * twice_pos).sum())  # exact: 2 · Σ_i Σ_j psi(X_i, Y_j)
     auc = wins2 / (2.0 * m * n)
-    return AUCPlacements(
-        auc, twice_pos[group_of[positive]] / (2.0 * n), twice_neg[group_of[~positive]] / (2.0 * m)
-    )
+    # each sorted row's doubled placement (its group's, by its class), then back to row order in one scatter
+    if len(starts) == len(scores):  # no ties: one row per group
+        twice = np.where(pos_sorted, twice_pos, twice_neg)
+    else:
+        twice = np.where(pos_sorted, np.repeat(twice_pos, lengths), np.repeat(twice_neg, lengths))
+    by_row = np.empty(len(scores), dtype=np.float64)
+    by_row[order] = twice
+    del twice, order
+    return AUCPlacements(auc, by_row[positive] / (2.0 * n), by_row[~positive] / (2.0 * m))
 
 
 def delong_covariance(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

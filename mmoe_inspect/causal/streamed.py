@@ -1,0 +1,337 @@
+"""Analytic intervals on every row in bounded memory: streamed loss moments and spilled AUC scores.
+
+`Evaluation` keeps every prediction set's per-row losses and placements in memory (about a kilobyte a
+row for a 22-variant model), so its rows must be capped. The analytic intervals need much less:
+
+- a loss metric (log loss, MSE, MAE) is a mean of per-row losses, and its interval and the paired
+  interval of a difference against the reference set (the intact model) need only the count, mean
+  and sum of squared deviations of the per-row losses and of the per-row differences. `LossMoments`
+  keeps them for every set at once and merges batches exactly (Chan, Golub & LeVeque's update), so
+  nothing per row is kept;
+- DeLong's AUC variance pairs the placement values of two sets ROW BY ROW, which needs every row's
+  score. Each binary task's scores are written to disk batch by batch as `[sets, rows]` float32 blocks
+  in a temporary folder (`tempfile`, so ``TMPDIR`` chooses the disk), its labels as one byte a row. After the
+  pass, each task's reference placements are computed once and every other set is read back, ranked
+  and paired with them one at a time: memory holds two sets' columns of one task, never all of them.
+  A set whose scores of a task equal the reference's bit for bit (a counterfactual of another task's
+  gate) takes the reference's AUC and a zero difference without being ranked again.
+
+Every comparison pairs a set with the reference set (ablations and counterfactuals against the intact
+model, the intact model against a baseline), so these statistics give the same intervals as
+`Evaluation(intervals="analytic")` up to float rounding. `StreamedEvaluation` answers the same queries.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from mmoe_inspect.causal.metrics import LOGLOSS_EPS, TASK_METRICS
+from mmoe_inspect.errors import MmoeInspectError
+from mmoe_inspect.functional.delong import auc_placements, delong_variance
+from mmoe_inspect.functional.paired import wald_interval
+from mmoe_inspect.topology.spec import TaskSpec
+
+__all__ = ["EVAL_BYTES_PER_ROW", "EvaluationStream", "LossMoments", "SpillError", "StreamedEvaluation"]
+
+EVAL_BYTES_PER_ROW = 64
+"""Memory per labelled row while one binary task's AUCs are ranked after the pass: the reference's and
+one other set's float32 scores, the sort's indices and tie groups, both sets' float64 placements."""
+
+
+class SpillError(MmoeInspectError, RuntimeError):
+    """The spilled AUC scores could not be written or read back (disk full, folder not writable)."""
+
+
+class LossMoments:
+    """Streaming count, mean and sum of squared deviations of `[K]` per-row values, merged batch by batch.
+
+    `update(x [K, b])` adds `b` rows for every set at once; NaN in a set's row makes that set's moments
+    NaN (a set with a non-finite prediction on a labelled row has no value). `merge` combines two
+    states exactly as if their rows had been added to one (Chan, Golub & LeVeque 1979).
+    """
+
+    def __init__(self, k: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(k, dtype=np.float64)
+        self.m2 = np.zeros(k, dtype=np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        b = x.shape[1]
+        if b == 0:
+            return
+        mean_b = x.mean(axis=1)
+        m2_b = np.square(x - mean_b[:, None]).sum(axis=1)
+        self._combine(b, mean_b, m2_b)
+
+    def merge(self, other: LossMoments) -> None:
+        if other.n:
+            self._combine(other.n, other.mean, other.m2)
+
+    def _combine(self, b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        n = self.n + b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (b / n)
+        self.m2 = self.m2 + m2_b + np.square(delta) * (self.n * b / n)
+        self.n = n
+
+    def variance_of_mean(self) -> np.ndarray:
+        """`[K]` sample variance (ddof 1) over n: the squared standard error of each mean (NaN for n < 2)."""
+        if self.n < 2:
+            return np.full(self.mean.shape, np.nan)
+        return self.m2 / (self.n - 1) / self.n
+
+
+def row_losses(metric: str, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Per-row losses `[K, b]` of predictions `[K, b]` against labels `[b]`; NaN where a prediction is not
+    finite (as `Evaluation`, which leaves such a set without a value)."""
+    if metric == "logloss":
+        q = np.clip(pred, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
+        out = -(label * np.log(q) + (1.0 - label) * np.log1p(-q))
+    elif metric == "mse":
+        out = np.square(pred - label)
+    elif metric == "mae":
+        out = np.abs(pred - label)
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    out[~np.isfinite(pred)] = np.nan
+    return out
+
+
+class EvaluationStream:
+    """Feeds batches of labels and predictions; `finish()` gives a `StreamedEvaluation`.
+
+    `positions` maps each set's key to its index on `update`'s first axis (several keys may share one:
+    identical variants); index 0 is the reference every comparison pairs with. Use as a context manager
+    (or call `close`) so the spill folder goes.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        positions: Mapping[Hashable, int],
+        *,
+        ci: float = 0.95,
+        spill_dir: str | None = None,
+    ) -> None:
+        self.tasks, self.positions, self.ci = tuple(tasks), dict(positions), ci
+        k = max(self.positions.values()) + 1
+        self.n_sets = k
+        self.n_rows = 0
+        self.n_labelled = np.zeros(len(self.tasks), dtype=np.int64)
+        self.positives = np.zeros(len(self.tasks), dtype=np.int64)
+        self.single = {
+            (t.name, m): LossMoments(k) for t in self.tasks for m in TASK_METRICS[t.kind] if m != "auc"
+        }
+        self.paired = {key: LossMoments(k) for key in self.single}  # moments of (set - reference)
+        self.auc_finite = {t.name: np.ones(k, dtype=bool) for t in self.tasks if t.kind == "binary"}
+        self.auc_same = {t.name: np.ones(k, dtype=bool) for t in self.tasks if t.kind == "binary"}  # == ref
+        self._dir: Path | None = None
+        self._spill_parent = spill_dir
+        self._files: dict[str, tuple[BinaryIO, BinaryIO]] = {}  # task -> (scores, labels) spill files
+        self._blocks: dict[str, list[tuple[int, int]]] = {}  # task -> (byte offset, rows) of each batch
+        self.spilled_bytes = 0
+
+    # ------------------------------------------------------------------------------------ feeding
+    def update(self, labels: np.ndarray, preds: np.ndarray) -> None:
+        """One batch: `labels [b, T]` float64 (NaN = missing), `preds [K, b, T]` float32 in probability space
+        for binary tasks."""
+        self.n_rows += labels.shape[0]
+        for j, task in enumerate(self.tasks):
+            rows = np.isfinite(labels[:, j])
+            nb = int(rows.sum())
+            if not nb:
+                continue
+            y = labels[rows, j]
+            p = preds[:, rows, j]  # [K, nb]
+            self.n_labelled[j] += nb
+            p64 = p.astype(np.float64)
+            for metric in TASK_METRICS[task.kind]:
+                if metric == "auc":
+                    continue
+                losses = row_losses(metric, p64, y)
+                self.single[(task.name, metric)].update(losses)
+                self.paired[(task.name, metric)].update(losses - losses[0])
+            if task.kind == "binary":
+                positive = y > 0.5
+                self.positives[j] += int(positive.sum())
+                self.auc_finite[task.name] &= np.isfinite(p).all(axis=1)
+                self.auc_same[task.name] &= (p == p[0]).all(axis=1)
+                self._spill(task.name, np.ascontiguousarray(p, dtype=np.float32), positive.astype(np.uint8))
+
+    def _spill(self, task: str, scores: np.ndarray, positive: np.ndarray) -> None:
+        """Append one batch of a task: its scores as one `[K, nb]` float32 block, its labels as `nb` bytes."""
+        try:
+            files = self._files.get(task)
+            if files is None:
+                if self._dir is None:
+                    self._dir = Path(tempfile.mkdtemp(prefix="mmoe-inspect-auc-", dir=self._spill_parent))
+                n = len(self._files)
+                files = (open(self._dir / f"{n}.f32", "w+b"), open(self._dir / f"{n}.u8", "w+b"))  # noqa: SIM115
+                self._files[task] = files
+                self._blocks[task] = []
+            self._blocks[task].append((files[0].tell(), positive.shape[0]))
+            scores.tofile(files[0])
+            positive.tofile(files[1])
+        except OSError as exc:
+            raise SpillError(
+                f"could not write the AUC scores of the causal analyses to {self._dir or tempfile.gettempdir()} "
+                f"({exc.strerror or exc}); point TMPDIR at a disk with room, or evaluate fewer rows (max_rows)"
+            ) from exc
+        self.spilled_bytes += scores.nbytes + positive.nbytes
+
+    def _scores(self, task: str, pos: int) -> np.ndarray:
+        """Set `pos`'s spilled scores of `task` `[n_labelled]` float32, read block by block."""
+        f = self._files[task][0]
+        blocks = self._blocks[task]
+        out = np.empty(sum(nb for _, nb in blocks), dtype=np.float32)
+        view = memoryview(out).cast("B")
+        try:
+            done = 0
+            for offset, nb in blocks:
+                f.seek(offset + pos * nb * 4)
+                if f.readinto(view[done * 4 : (done + nb) * 4]) != nb * 4:
+                    raise OSError(0, "the spill file is shorter than written")
+                done += nb
+            f.seek(0, 2)
+        except OSError as exc:
+            raise SpillError(f"could not read back the spilled AUC scores ({exc.strerror or exc})") from exc
+        return out
+
+    def _labels(self, task: str) -> np.ndarray:
+        f = self._files[task][1]
+        try:
+            f.seek(0)
+            out = np.frombuffer(f.read(), dtype=np.uint8)
+            f.seek(0, 2)
+        except OSError as exc:
+            raise SpillError(f"could not read back the spilled labels ({exc.strerror or exc})") from exc
+        return out
+
+    # ---------------------------------------------------------------------------------- finishing
+    def finish(self) -> StreamedEvaluation:
+        """Rank the spilled scores task by task (reference first, then each set paired with it)."""
+        auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)
+        for task in self.tasks:
+            if task.name not in self._files or not self.auc_finite[task.name][0]:
+                continue
+            y = self._labels(task.name)
+            finite = self.auc_finite[task.name]
+            ref = auc_placements(self._scores(task.name, 0), y)
+            auc[(0, task.name)] = (ref.auc, delong_variance(ref), 0.0)
+            same = self.auc_same[task.name]
+            for pos in range(1, self.n_sets):
+                if same[pos]:  # bitwise the reference's scores (a variant that leaves this task alone)
+                    auc[(pos, task.name)] = (*auc[(0, task.name)][:2], 0.0)
+                elif finite[pos]:
+                    other = auc_placements(self._scores(task.name, pos), y)
+                    auc[(pos, task.name)] = (other.auc, delong_variance(other), delong_variance(other, ref))
+            del ref
+        return StreamedEvaluation(self, auc)
+
+    def close(self) -> None:
+        for files in self._files.values():
+            for f in files:
+                f.close()
+        self._files = {}
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> EvaluationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamedEvaluation:
+    """`Evaluation`'s queries (value, interval, compare, n_labelled, positive_rate) answered from a stream.
+
+    `compare(key, ref)` needs one of the two to be the reference set (position 0).
+    """
+
+    intervals = "analytic"
+    n_boot = 0
+
+    def __init__(
+        self, stream: EvaluationStream, auc: Mapping[tuple[int, str], tuple[float, float, float]]
+    ) -> None:
+        self.tasks = stream.tasks
+        self.ci = stream.ci
+        self.n_rows = stream.n_rows
+        self._pos = dict(stream.positions)
+        self.reference = next(k for k, i in self._pos.items() if i == 0)
+        self._n = {t.name: int(stream.n_labelled[j]) for j, t in enumerate(self.tasks)}
+        self._rate = {
+            t.name: (
+                float(stream.positives[j] / stream.n_labelled[j])
+                if t.kind == "binary" and stream.n_labelled[j]
+                else math.nan
+            )
+            for j, t in enumerate(self.tasks)
+        }
+        self._auc = dict(auc)
+        self._single = {key: (m.n, m.mean.copy(), m.variance_of_mean()) for key, m in stream.single.items()}
+        self._paired = {key: m.variance_of_mean() for key, m in stream.paired.items()}
+
+    @property
+    def keys(self) -> tuple[Hashable, ...]:
+        """Every key that names a prediction set (identical variants included)."""
+        return tuple(self._pos)
+
+    def metrics(self, task: str) -> tuple[str, ...]:
+        return TASK_METRICS[self._task(task).kind]
+
+    def n_labelled(self, task: str) -> int:
+        return self._n[task]
+
+    def positive_rate(self, task: str) -> float:
+        return self._rate[task]
+
+    def value(self, key: Hashable, task: str, metric: str) -> float:
+        pos = self._pos.get(key)
+        if pos is None or not self._n.get(task):
+            return math.nan
+        if metric == "auc":
+            return self._auc.get((pos, task), (math.nan,))[0]
+        single = self._single.get((task, metric))
+        return float(single[1][pos]) if single is not None else math.nan
+
+    def interval(self, key: Hashable, task: str, metric: str) -> tuple[float, float]:
+        """DeLong interval of an AUC (clipped to [0, 1]) or CLT interval of a loss mean; NaN where undefined."""
+        pos = self._pos.get(key)
+        point = self.value(key, task, metric)
+        if pos is None or not math.isfinite(point):
+            return math.nan, math.nan
+        if metric == "auc":
+            lo, hi = wald_interval(point, self._auc[(pos, task)][1], self.ci)
+            return (max(lo, 0.0), min(hi, 1.0)) if math.isfinite(lo) else (lo, hi)
+        return wald_interval(point, float(self._single[(task, metric)][2][pos]), self.ci)
+
+    def compare(self, key: Hashable, ref: Hashable, task: str, metric: str) -> tuple[float, float, float]:
+        """Paired difference `key - ref` on the same rows: (point, lo, hi); one of them must be the reference."""
+        delta = self.value(key, task, metric) - self.value(ref, task, metric)
+        if self._pos.get(ref) == 0:
+            other = self._pos.get(key)
+        elif self._pos.get(key) == 0:
+            other = self._pos.get(ref)
+        else:
+            raise ValueError(f"streamed evaluation pairs sets with the reference {self.reference!r} only")
+        if other is None or not math.isfinite(delta):
+            return delta, math.nan, math.nan
+        var = self._auc[(other, task)][2] if metric == "auc" else float(self._paired[(task, metric)][other])
+        lo, hi = wald_interval(delta, var, self.ci)
+        return delta, lo, hi
+
+    def _task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
