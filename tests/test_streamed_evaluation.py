@@ -86,7 +86,11 @@ def test_streamed_numbers_equal_the_in_memory_analytic_evaluation() -> None:
     assert math.isnan(ev.value("base", "buy", "auc")) and math.isfinite(ev.value("base", "click", "auc"))
     assert ev.value("a", "click", "auc") < ev.value("intact", "click", "auc")  # the planted ordering survives
     assert ev.compare("c", "intact", "click", "auc")[2] < 0
-    assert ev.compare("c", "intact", "buy", "auc") == (0.0, 0.0, 0.0)  # the noisiest set is significantly worse
+    assert ev.compare("c", "intact", "buy", "auc") == (
+        0.0,
+        0.0,
+        0.0,
+    )  # the noisiest set is significantly worse
 
 
 def test_loss_moments_merge_exactly_and_match_numpy() -> None:
