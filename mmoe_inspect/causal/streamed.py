@@ -40,9 +40,10 @@ from mmoe_inspect.topology.spec import TaskSpec
 
 __all__ = ["EVAL_BYTES_PER_ROW", "EvaluationStream", "LossMoments", "SpillError", "StreamedEvaluation"]
 
-EVAL_BYTES_PER_ROW = 64
-"""Memory per labelled row while one binary task's AUCs are ranked after the pass: the reference's and
-one other set's float32 scores, the sort's indices and tie groups, both sets' float64 placements."""
+EVAL_BYTES_PER_ROW = 96
+"""Memory per labelled row while one binary task's AUCs are ranked after the pass: one set's float32
+scores, the reference's float64 placements, the label byte, and the ranking's peak (sort order,
+cumulative counts, doubled placements: about 73 bytes, measured with tracemalloc on a million rows)."""
 
 
 class SpillError(MmoeInspectError, RuntimeError):
@@ -67,8 +68,8 @@ class LossMoments:
         if b == 0:
             return
         mean_b = x.mean(axis=1)
-        m2_b = np.square(x - mean_b[:, None]).sum(axis=1)
-        self._combine(b, mean_b, m2_b)
+        d = x - mean_b[:, None]
+        self._combine(b, mean_b, np.einsum("kb,kb->k", d, d))
 
     def merge(self, other: LossMoments) -> None:
         if other.n:

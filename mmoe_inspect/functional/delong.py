@@ -105,30 +105,41 @@ def auc_placements(scores: np.ndarray, labels: np.ndarray) -> AUCPlacements:
         empty = np.empty(0, dtype=np.float64)
         return AUCPlacements(math.nan, empty, empty)
     order = argsort_scores(scores)  # tie order is irrelevant: counts are per tie group
-    xs, pos_sorted = scores[order], positive[order]
+    pos_sorted = positive[order]
+    xs = scores[order]
     new = np.empty(len(xs), dtype=bool)
     new[0] = True
     np.not_equal(xs[1:], xs[:-1], out=new[1:])
     del xs
-    starts = np.flatnonzero(new)  # first sorted row of each tie group
-    del new
-    lengths = np.diff(starts, append=len(scores))
-    pos_cum = np.zeros(len(scores) + 1, dtype=np.int64)
+    pos_cum = np.zeros(len(scores) + 1, dtype=np.int64)  # positives among the first i sorted rows
     np.cumsum(pos_sorted, out=pos_cum[1:])
-    pos_in = pos_cum[starts + lengths] - pos_cum[starts]  # positives in each group
-    neg_in = lengths - pos_in
-    neg_below = starts - pos_cum[starts]  # negatives with a strictly lower score than the group
-    pos_above = m - pos_cum[starts + lengths]  # positives with a strictly higher score than the group
-    twice_pos = 2 * neg_below + neg_in  # 2 · Σ_j psi(x, Y_j) for a positive in each group (exact integer)
-    twice_neg = 2 * pos_above + pos_in  # 2 · Σ_i psi(X_i, y) for a negative in each group
-    wins2 = int((pos_in * twice_pos).sum())  # exact: 2 · Σ_i Σ_j psi(X_i, Y_j)
-    auc = wins2 / (2.0 * m * n)
-    # each sorted row's doubled placement (its group's, by its class), then back to row order in one scatter
-    if len(starts) == len(scores):  # no ties: one row per group
-        twice = np.where(pos_sorted, twice_pos, twice_neg)
+    if new.all():  # no ties (the usual case): each row is its own group, everything per sorted row
+        del new
+        below = pos_cum[:-1]  # positives strictly below each sorted row
+        # doubled placements: a positive outranks (i - below) negatives, a negative is outranked by (m - below)
+        twice = np.where(pos_sorted, np.arange(len(scores), dtype=np.int64) - below, m - below)
+        twice *= 2
+        del pos_cum, below
+        wins2 = int(twice.sum(where=pos_sorted))  # exact: 2 · Σ_i Σ_j psi(X_i, Y_j)
     else:
+        starts = np.flatnonzero(new)  # first sorted row of each tie group
+        del new
+        ends = np.append(starts[1:], len(scores))
+        lengths = ends - starts
+        pos_in = pos_cum[ends] - pos_cum[starts]  # positives in each group
+        twice_pos = starts - pos_cum[starts]  # negatives strictly below the group ...
+        twice_pos *= 2
+        twice_pos += lengths - pos_in  # ... doubled, plus the group's negatives: 2 · Σ_j psi(x, Y_j)
+        twice_neg = m - pos_cum[ends]  # positives strictly above the group ...
+        twice_neg *= 2
+        twice_neg += pos_in  # ... doubled, plus the group's positives: 2 · Σ_i psi(X_i, y)
+        del pos_cum, ends
+        wins2 = int(np.dot(pos_in, twice_pos))
+        del pos_in, starts
         twice = np.where(pos_sorted, np.repeat(twice_pos, lengths), np.repeat(twice_neg, lengths))
-    by_row = np.empty(len(scores), dtype=np.float64)
+        del twice_pos, twice_neg, lengths
+    auc = wins2 / (2.0 * m * n)
+    by_row = np.empty(len(scores), dtype=np.float64)  # back to row order in one scatter
     by_row[order] = twice
     del twice, order
     return AUCPlacements(auc, by_row[positive] / (2.0 * n), by_row[~positive] / (2.0 * m))
