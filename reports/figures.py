@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from mmoe_inspect.results import InspectionResult
 
 from ._guides import GUIDES
-from ._style import close, save_png
+from ._render import render_all
 from .attribution_figures import attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task
 from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
 from .routing_figures import (
@@ -223,27 +223,33 @@ def all_figures() -> dict[str, FigureSpec]:
 
 
 def render_figures(
-    result: InspectionResult, folder: str | Path, progress: Callable[[int, int], None] | None = None
+    result: InspectionResult,
+    folder: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    workers: int | None = None,
 ) -> dict[str, str]:
-    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name.
+    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name
+    (registry order).
 
-    `progress(done, total)` is called after each registered figure (drawn or skipped for lack of data).
+    `progress(done, total)` is called as figures finish (drawn or skipped for lack of data). The figures
+    are drawn on two processes where the machine allows (`_render.figure_workers`; `workers=1` forces
+    one); the files are the same either way.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
     specs = all_figures()
-    for i, (name, spec) in enumerate(specs.items()):
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
         if progress is not None:
-            progress(i, len(specs))
-        fig = spec.draw(result)
-        if fig is None:
-            continue
-        try:
-            save_png(fig, folder / f"{name}.png")
-        finally:
-            close(fig)
-        written[name] = f"{name}.png"
+            progress(done, len(specs))
+
     if progress is not None:
+        progress(0, len(specs))
+    drawn = render_all(result, [(name, spec.draw) for name, spec in specs.items()], folder, tick, workers)
+    if progress is not None and done != len(specs):
         progress(len(specs), len(specs))
-    return written
+    return {name: f"{name}.png" for name in specs if name in drawn}

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,7 @@ def integrated_gradients(
 
     fwd.target = target
     ig = IntegratedGradients(fwd.parts)
+    ig.gradient_func = summed_gradients
     with torch.no_grad():
         change = (fwd.parts(*parts) - fwd.parts(*baselines)).double().cpu().numpy()
     values = []
@@ -85,6 +86,28 @@ def integrated_gradients(
         values.append(fwd.layer.reduce(attrs))
     out = np.stack(values, axis=1)
     return TargetAttribution(out, out.sum(axis=2) - change, change)
+
+
+def summed_gradients(
+    forward_fn: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    target_ind: Any = None,
+    additional_forward_args: Any = None,
+) -> tuple[Tensor, ...]:
+    """Captum's `compute_gradients` (same signature, same result) without its per-row cost.
+
+    Captum differentiates `torch.unbind(outputs)`: one scalar per interpolated row (n_steps x rows of
+    them), each given its own `ones_like` gradient, which costs more than the forward and backward
+    themselves on a small model. `autograd.grad` of several outputs is the gradient of their sum, so
+    differentiating `outputs.sum()` once gives the same tensors (`[n_steps * rows, ...]` per input).
+    """
+    from captum._utils.common import _run_forward
+
+    with torch.autograd.set_grad_enabled(True):
+        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        if not isinstance(outputs, Tensor) or outputs[0].numel() != 1:
+            raise RuntimeError("the attribution target must give one value per row")
+        return torch.autograd.grad(outputs.sum(), inputs)
 
 
 def ablation(

@@ -240,9 +240,22 @@ def sample_frame(
 ) -> pd.DataFrame:
     """A uniform sample of `n` rows of the first `max_scan_rows` (index = row position, sorted).
 
-    Every row draws a seeded random key; the `n` smallest keys are kept while streaming.
+    Every row draws a seeded random key (in row order) and the `n` smallest keys are kept. When the
+    source knows its row count (parquet, DataFrame) the keys are drawn at once and only the chosen
+    rows are read (`TableSource.take_rows`); a CSV is streamed, keeping the `n` smallest keys so far.
+    Both give the same rows: the keys are one random stream either way.
     """
     rng = np.random.default_rng(seed)
+    total = source.n_rows()
+    if total:
+        scanned = total if max_scan_rows is None else min(total, max_scan_rows)
+        if scanned > 0:
+            keys = rng.random(scanned)
+            best = np.arange(scanned) if scanned <= n else np.sort(np.argpartition(keys, n)[:n])
+            taken = source.take_rows(best, columns)
+            if taken is not None:
+                return taken
+            rng = np.random.default_rng(seed)
     kept: pd.DataFrame | None = None
     keys = np.empty(0)
     for chunk in source.iter_frames(8192, columns, max_scan_rows):

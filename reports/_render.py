@@ -1,0 +1,176 @@
+"""Draw and save a list of report figures, on two processes when the machine has two cores to give.
+
+A report's figures are independent, pure-Python matplotlib work (about 0.1-0.5 s each, 3-4 s for a
+report) while the rest of the process is idle, so a forked helper process draws some of them while
+this one draws the others. Both take the next figure from one shared counter (the slow ones do not
+pile up on one side) and write `<folder>/<name>.png` themselves; the helper reports each figure it
+finished through a pipe. The files are the same as a serial run writes (each figure is drawn from
+the same result by the same code); only who draws which one changes.
+
+Falls back to drawing everything here: without `fork` (Windows, macOS spawn-only setups), in a
+daemon process, on one CPU, for a few figures. Whatever the helper does not deliver (it failed,
+died, or said nothing for `HELPER_SILENCE_S`) is drawn here, so a figure that raises raises here
+with its own traceback, exactly as in a serial run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from ._style import close, save_png
+
+Draw = Callable[[Any], Figure | None]
+
+MIN_PARALLEL_FIGURES = 4  # fewer: a helper process costs more than it saves
+HELPER_SILENCE_S = 120.0  # no news from the helper for this long: stop it and draw its figures here
+
+
+def figure_workers() -> int:
+    """Processes that draw figures: 2 where `fork` exists and this process may use two CPUs, else 1.
+
+    `MMOE_INSPECT_FIGURE_WORKERS=1` forces the serial loop.
+    """
+    import multiprocessing as mp
+
+    forced = os.environ.get("MMOE_INSPECT_FIGURE_WORKERS", "").strip()
+    if forced.isdigit():
+        return max(1, min(int(forced), 2))
+    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        cpus = os.cpu_count() or 1
+    return 2 if cpus >= 2 else 1
+
+
+def draw_one(draw: Draw, result: Any, path: Path) -> bool:
+    """Draw one figure and save it at `path`; False when it has no data (nothing written)."""
+    fig = draw(result)
+    if fig is None:
+        return False
+    try:
+        save_png(fig, path)
+    finally:
+        close(fig)
+    return True
+
+
+def render_all(
+    result: Any,
+    jobs: Sequence[tuple[str, Draw]],
+    folder: Path,
+    tick: Callable[[], None] | None = None,
+    workers: int | None = None,
+) -> set[str]:
+    """Draw every `(name, draw)` job into `folder/<name>.png`; the names that have a file.
+
+    `tick()` is called once per job finished here or reported by the helper (for a progress bar).
+    """
+    workers = figure_workers() if workers is None else workers
+    if workers < 2 or len(jobs) < MIN_PARALLEL_FIGURES:
+        drawn = set()
+        for name, draw in jobs:
+            if draw_one(draw, result, folder / f"{name}.png"):
+                drawn.add(name)
+            if tick is not None:
+                tick()
+        return drawn
+    return _render_two(result, jobs, folder, tick)
+
+
+def _render_two(
+    result: Any, jobs: Sequence[tuple[str, Draw]], folder: Path, tick: Callable[[], None] | None
+) -> set[str]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("i", 0)  # index of the next job nobody has taken (its own lock)
+    receive, send = ctx.Pipe(duplex=False)
+
+    def take() -> int | None:
+        with counter.get_lock():
+            i = counter.value
+            if i >= len(jobs):
+                return None
+            counter.value = i + 1
+            return i
+
+    def helper() -> None:  # runs in the forked process: no progress bar, no exceptions crossing
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops this one
+        receive.close()
+        while (i := take()) is not None:
+            name, draw = jobs[i]
+            try:
+                send.send((i, draw_one(draw, result, folder / f"{name}.png")))
+            except Exception:
+                send.send((i, None))  # drawn again in the parent, where it raises properly
+        send.send(("done", None))
+        send.close()
+
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns on fork() in a process with threads (torch's pool, a progress bar): the
+        # helper only runs matplotlib on the inherited result, and a hung helper is replaced (below).
+        warnings.filterwarnings(
+            "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
+        )
+        proc = ctx.Process(target=helper, name="mmoe-inspect-figures", daemon=True)
+        proc.start()
+    send.close()
+    drawn: set[str] = set()
+    theirs: dict[int, bool | None] = {}
+    mine: set[int] = set()
+    finished = False
+    try:
+        while (i := take()) is not None:
+            mine.add(i)
+            name, draw = jobs[i]
+            if draw_one(draw, result, folder / f"{name}.png"):
+                drawn.add(name)
+            if tick is not None:
+                tick()
+            _collect(receive, theirs, tick, wait=0.0)
+        finished = _collect(receive, theirs, tick, wait=HELPER_SILENCE_S)
+    finally:
+        if not finished:  # interrupted, or the helper is silent or gone: never wait for it
+            proc.kill()
+        proc.join()
+        receive.close()
+    for i in range(len(jobs)):  # what the helper took but did not deliver: drawn here
+        if i in mine:
+            continue
+        name, draw = jobs[i]
+        ok = theirs.get(i)
+        if ok is None:
+            ok = draw_one(draw, result, folder / f"{name}.png")
+            if tick is not None and i not in theirs:
+                tick()
+        if ok:
+            drawn.add(name)
+    return drawn
+
+
+def _collect(
+    receive: Any, theirs: dict[int, bool | None], tick: Callable[[], None] | None, wait: float
+) -> bool:
+    """Read the helper's messages into `theirs` (job index → drawn, or None when it failed); True once it
+    said it is done. With `wait` > 0, block until then, or until the helper is silent that long / gone."""
+    while True:
+        try:
+            if not receive.poll(wait):
+                return False
+            key, ok = receive.recv()
+        except (EOFError, OSError):  # the helper died: what it did not report is drawn here
+            return False
+        if key == "done":
+            return True
+        theirs[key] = ok
+        if tick is not None:
+            tick()
