@@ -27,6 +27,8 @@ from matplotlib.figure import Figure
 from ._style import close, save_png
 
 Draw = Callable[[Any], Figure | None]
+Job = tuple[str, Draw, Path, int]
+"""One figure to draw: key, drawing function, PNG path, dpi."""
 
 MIN_PARALLEL_FIGURES = 4  # fewer: a helper process costs more than it saves
 HELPER_SILENCE_S = 120.0  # no news from the helper for this long: stop it and draw its figures here
@@ -51,13 +53,14 @@ def figure_workers() -> int:
     return 2 if cpus >= 2 else 1
 
 
-def draw_one(draw: Draw, result: Any, path: Path) -> bool:
-    """Draw one figure and save it at `path`; False when it has no data (nothing written)."""
+def draw_one(job: Job, result: Any) -> bool:
+    """Draw one figure and save it at its path; False when it has no data (nothing written)."""
+    _key, draw, path, dpi = job
     fig = draw(result)
     if fig is None:
         return False
     try:
-        save_png(fig, path)
+        save_png(fig, path, dpi)
     finally:
         close(fig)
     return True
@@ -65,30 +68,27 @@ def draw_one(draw: Draw, result: Any, path: Path) -> bool:
 
 def render_all(
     result: Any,
-    jobs: Sequence[tuple[str, Draw]],
-    folder: Path,
-    tick: Callable[[], None] | None = None,
+    jobs: Sequence[Job],
+    tick: Callable[[str], None] | None = None,
     workers: int | None = None,
 ) -> set[str]:
-    """Draw every `(name, draw)` job into `folder/<name>.png`; the names that have a file.
+    """Draw every job (in this order, slow ones first balances best); the keys of those written.
 
-    `tick()` is called once per job finished here or reported by the helper (for a progress bar).
+    `tick(key)` is called once per job finished here or reported by the helper (for a progress bar).
     """
     workers = figure_workers() if workers is None else workers
     if workers < 2 or len(jobs) < MIN_PARALLEL_FIGURES:
         drawn = set()
-        for name, draw in jobs:
-            if draw_one(draw, result, folder / f"{name}.png"):
-                drawn.add(name)
+        for job in jobs:
+            if draw_one(job, result):
+                drawn.add(job[0])
             if tick is not None:
-                tick()
+                tick(job[0])
         return drawn
-    return _render_two(result, jobs, folder, tick)
+    return _render_two(result, jobs, tick)
 
 
-def _render_two(
-    result: Any, jobs: Sequence[tuple[str, Draw]], folder: Path, tick: Callable[[], None] | None
-) -> set[str]:
+def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | None) -> set[str]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
@@ -107,9 +107,8 @@ def _render_two(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops this one
         receive.close()
         while (i := take()) is not None:
-            name, draw = jobs[i]
             try:
-                send.send((i, draw_one(draw, result, folder / f"{name}.png")))
+                send.send((i, draw_one(jobs[i], result)))
             except Exception:
                 send.send((i, None))  # drawn again in the parent, where it raises properly
         send.send(("done", None))
@@ -131,34 +130,36 @@ def _render_two(
     try:
         while (i := take()) is not None:
             mine.add(i)
-            name, draw = jobs[i]
-            if draw_one(draw, result, folder / f"{name}.png"):
-                drawn.add(name)
+            if draw_one(jobs[i], result):
+                drawn.add(jobs[i][0])
             if tick is not None:
-                tick()
-            _collect(receive, theirs, tick, wait=0.0)
-        finished = _collect(receive, theirs, tick, wait=HELPER_SILENCE_S)
+                tick(jobs[i][0])
+            _collect(receive, jobs, theirs, tick, wait=0.0)
+        finished = _collect(receive, jobs, theirs, tick, wait=HELPER_SILENCE_S)
     finally:
         if not finished:  # interrupted, or the helper is silent or gone: never wait for it
             proc.kill()
         proc.join()
         receive.close()
-    for i in range(len(jobs)):  # what the helper took but did not deliver: drawn here
+    for i, job in enumerate(jobs):  # what the helper took but did not deliver: drawn here
         if i in mine:
             continue
-        name, draw = jobs[i]
         ok = theirs.get(i)
         if ok is None:
-            ok = draw_one(draw, result, folder / f"{name}.png")
+            ok = draw_one(job, result)
             if tick is not None and i not in theirs:
-                tick()
+                tick(job[0])
         if ok:
-            drawn.add(name)
+            drawn.add(job[0])
     return drawn
 
 
 def _collect(
-    receive: Any, theirs: dict[int, bool | None], tick: Callable[[], None] | None, wait: float
+    receive: Any,
+    jobs: Sequence[Job],
+    theirs: dict[int, bool | None],
+    tick: Callable[[str], None] | None,
+    wait: float,
 ) -> bool:
     """Read the helper's messages into `theirs` (job index → drawn, or None when it failed); True once it
     said it is done. With `wait` > 0, block until then, or until the helper is silent that long / gone."""
@@ -173,4 +174,4 @@ def _collect(
             return True
         theirs[key] = ok
         if tick is not None:
-            tick()
+            tick(jobs[key][0])
