@@ -7,7 +7,7 @@
   written);
 * `sample_frame` reading only the chosen rows (parquet, DataFrame) picks the rows the streaming scan
   picks (CSV, and the old loop written out here);
-* Integrated Gradients' summed-output gradient equals Captum's per-row `compute_gradients`.
+* Integrated Gradients of targets sharing one forward equal those of one forward per target.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 
 import mmoe_inspect as mi
 from mmoe_inspect.attribution import sample_frame
-from mmoe_inspect.attribution._methods import summed_gradients
 from mmoe_inspect.data.sources import TableSource
 from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
 from mmoe_inspect.models import ModelConfig, build_model
@@ -180,19 +179,30 @@ def test_sample_of_chosen_rows_equals_the_streamed_sample(tmp_path: Path, n, see
     )
 
 
-def test_summed_gradients_equal_captum_per_row_gradients() -> None:
-    from captum._utils.gradient import compute_gradients
+def test_targets_sharing_a_forward_get_what_separate_forwards_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integrated Gradients of gates, experts and tasks (embeddings included) computed on one forward per
+    group of targets equal those of one forward per target, bit for bit (Captum equality of the latter
+    is `test_attribution.test_gate_attributions_equal_captum_ig_on_the_input_layer`)."""
+    import mmoe_inspect.attribution.run as attribution_run
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3), torch.nn.Softmax(-1)
-    )
-    a, b = torch.randn(40, 3, requires_grad=True), torch.randn(40, 2, requires_grad=True)
+    frame = make_recsys(600, seed=5)
+    torch.manual_seed(1)
+    config = ModelConfig("mmoe", recsys_features(frame), tuple(recsys_tasks()), {"n_experts": 3})
+    model = build_model(config).eval()
+    groups: list[list[str]] = []
+    plain = attribution_run.integrated_gradients
 
-    def forward(x, y):
-        return net(torch.cat([x, y], dim=1))
+    def counted(fwd, targets, *args):
+        groups.append([t.key for t in targets])
+        return plain(fwd, targets, *args)
 
-    for target in (0, 2, [i % 3 for i in range(40)]):
-        ours = summed_gradients(forward, (a, b), target)
-        ref = compute_gradients(forward, (a, b), target)
-        assert all(torch.equal(o, r) for o, r in zip(ours, ref, strict=True))
+    monkeypatch.setattr(attribution_run, "integrated_gradients", counted)
+    shared = mi.attribution.run_attribution(model, frame, sample_rows=24, n_steps=5, budget_seconds=None)
+    assert [len(g) for g in groups] == [2, 3, 2]  # gates, experts, tasks: one forward each
+    monkeypatch.setattr(attribution_run, "_share_forwards", lambda work: {t.key: [t] for t in work})
+    alone = mi.attribution.run_attribution(model, frame, sample_rows=24, n_steps=5, budget_seconds=None)
+    assert list(shared.per_row) == list(alone.per_row) and len(shared.per_row) == 2 + 3 + 2
+    for key, values in shared.per_row.items():
+        assert np.array_equal(values, alone.per_row[key]), key
+    pd.testing.assert_frame_equal(shared.convergence, alone.convergence)
+    pd.testing.assert_frame_equal(shared.gate_attributions, alone.gate_attributions)

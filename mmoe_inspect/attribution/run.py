@@ -20,6 +20,7 @@ from mmoe_inspect.attribution._inputs import (
     probe_embeddings,
 )
 from mmoe_inspect.attribution._methods import (
+    IG_OUTPUTS_PER_FORWARD,
     Forward,
     TargetAttribution,
     ablation,
@@ -322,8 +323,10 @@ def _attribute(
     done: dict[str, tuple[Target, TargetAttribution]] = {}
     per_output: float | None = None
     spent, outputs = 0.0, 0
+    shared = _share_forwards(work) if used == "integrated_gradients" else {}
     with AttributionSession(model, layer, work) as session:
         fwd = Forward(session, layer, x, rows)
+        running = None
         for i, target in enumerate(work):
             now = time.perf_counter()
             if budget is not None:
@@ -331,7 +334,12 @@ def _attribute(
                 if now - started + estimate > budget:
                     return done, [t.key for t in work[i:]], per_output
             if used == "integrated_gradients":
-                res = integrated_gradients(fwd, target, parts, base, n_steps)
+                if target.key in shared:  # the first of a group of targets sharing one forward
+                    group = shared[target.key]
+                    running = zip(group, integrated_gradients(fwd, group, parts, base, n_steps), strict=True)
+                assert running is not None
+                of, res = next(running)
+                assert of.key == target.key
             else:
                 res = ablation(fwd, target, raw, ref)
             spent += time.perf_counter() - now
@@ -341,6 +349,23 @@ def _attribute(
             if progress is not None:
                 progress(i + 1, len(work))
     return done, [], per_output
+
+
+def _share_forwards(work: Sequence[Target]) -> dict[str, list[Target]]:
+    """Groups of consecutive targets of one kind, up to `IG_OUTPUTS_PER_FORWARD` outputs, keyed by
+    their first target: each group's Integrated Gradients run on one forward."""
+    groups: dict[str, list[Target]] = {}
+    current: list[Target] = []
+    for t in work:
+        if current and (
+            t.kind != current[0].kind
+            or sum(len(c.outputs) for c in current) + len(t.outputs) > IG_OUTPUTS_PER_FORWARD
+        ):
+            current = []
+        if not current:
+            groups[t.key] = current
+        current.append(t)
+    return groups
 
 
 # ----------------------------------------------------------------------------------------- tables
