@@ -19,6 +19,7 @@ import os
 import signal
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def render_all(
     `tick(key)` is called once per job finished here or reported by the helper (for a progress bar).
     """
     workers = figure_workers() if workers is None else workers
-    if workers < 2 or len(jobs) < MIN_PARALLEL_FIGURES:
+    with one_blas_thread():  # set before the fork: the helper inherits it
+        if workers >= 2 and len(jobs) >= MIN_PARALLEL_FIGURES:
+            return _render_two(result, jobs, tick)
         drawn = set()
         for job in jobs:
             if draw_one(job, result):
@@ -85,7 +88,21 @@ def render_all(
             if tick is not None:
                 tick(job[0])
         return drawn
-    return _render_two(result, jobs, tick)
+
+
+def one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS (OpenBLAS, MKL) on one thread while figures are drawn, where `threadpoolctl` is installed.
+
+    The only BLAS work in the figures is seaborn's violin densities (scipy's `gaussian_kde`: small
+    triangular solves), which a BLAS pool of one thread per CPU runs 2-3x SLOWER than one thread, and
+    more so with two processes drawing at once. One thread gives the same numbers (the solves split
+    their columns between threads, each column computed alike).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, not required
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | None) -> set[str]:

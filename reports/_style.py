@@ -104,8 +104,12 @@ def save_png_savefig(fig: Figure, path: Path, dpi: int = DPI) -> None:
 
 
 def close(fig: Figure) -> None:
-    """Release a figure's artists (our figures are never registered with pyplot)."""
-    fig.clear()
+    """Release a figure (ours are never registered with pyplot): its pixel buffer now, its artists when
+    the garbage collector next runs. `Figure.clear()` would first reset every Axes to its defaults
+    (new ticks, spines, formatters), a tenth of a report's figure time spent on objects thrown away."""
+    canvas = fig.canvas
+    if "renderer" in vars(canvas):  # FigureCanvasAgg keeps its last renderer (the RGBA buffer)
+        del canvas.renderer
 
 
 def task_colors(task_names: Sequence[str]) -> dict[str, str]:
