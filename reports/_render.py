@@ -7,16 +7,17 @@ pile up on one side) and write `<folder>/<name>.png` themselves; the helper repo
 finished through a pipe. The files are the same as a serial run writes (each figure is drawn from
 the same result by the same code); only who draws which one changes.
 
-Falls back to drawing everything here: without `fork` (Windows, macOS spawn-only setups), in a
-daemon process, on one CPU, for a few figures. Whatever the helper does not deliver (it failed,
-died, or said nothing for `HELPER_SILENCE_S`) is drawn here, so a figure that raises raises here
-with its own traceback, exactly as in a serial run.
+Falls back to drawing everything here: off Linux (no fork on Windows; macOS's system libraries
+are not fork-safe), in a daemon process, on one CPU, for a few figures. Whatever the helper does
+not deliver (it failed, died, or said nothing for `HELPER_SILENCE_S`) is drawn here, so a figure
+that raises raises here with its own traceback, exactly as in a serial run.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -36,7 +37,7 @@ HELPER_SILENCE_S = 120.0  # no news from the helper for this long: stop it and d
 
 
 def figure_workers() -> int:
-    """Processes that draw figures: 2 where `fork` exists and this process may use two CPUs, else 1.
+    """Processes that draw figures: 2 on Linux (fork) when this process may use two CPUs, else 1.
 
     `MMOE_INSPECT_FIGURE_WORKERS=1` forces the serial loop.
     """
@@ -45,8 +46,8 @@ def figure_workers() -> int:
     forced = os.environ.get("MMOE_INSPECT_FIGURE_WORKERS", "").strip()
     if forced.isdigit():
         return max(1, min(int(forced), 2))
-    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
-        return 1
+    if not sys.platform.startswith("linux") or mp.current_process().daemon:
+        return 1  # macOS lists fork but its system libraries are not fork-safe; Windows has no fork
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
