@@ -206,3 +206,13 @@ def test_targets_sharing_a_forward_get_what_separate_forwards_give(monkeypatch: 
         assert np.array_equal(values, alone.per_row[key]), key
     pd.testing.assert_frame_equal(shared.convergence, alone.convergence)
     pd.testing.assert_frame_equal(shared.gate_attributions, alone.gate_attributions)
+
+
+@pytest.mark.parametrize("n_steps", [1, 4, 16, 50])
+def test_gauss_legendre_steps_are_captums(n_steps: int) -> None:
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    from mmoe_inspect.attribution._methods import gauss_legendre
+
+    step_sizes, alphas = approximation_parameters("gausslegendre")
+    assert gauss_legendre(n_steps) == (step_sizes(n_steps), alphas(n_steps))

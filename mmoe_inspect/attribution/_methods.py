@@ -1,9 +1,9 @@
 """The two attribution methods, each for one target over the sampled rows.
 
-* `integrated_gradients`: Captum's `IntegratedGradients` computation on a forward function of the
-  attribution space (dense columns and embedding outputs, see `_inputs`), one forward shared by
-  several targets; gradients come from `torch.autograd.grad` on the interpolated inputs, so
-  parameters' `.grad` are never touched.
+* `integrated_gradients`: Captum's `IntegratedGradients` computation (reproduced step for step, the
+  same numbers) on a forward function of the attribution space (dense columns and embedding outputs,
+  see `_inputs`), one forward shared by several targets; gradients come from `torch.autograd.grad`
+  on the interpolated inputs, so parameters' `.grad` are never touched.
 * `ablation`: Captum's `FeatureAblation` on the raw input columns (works for ids that no embedding
   reads): attribution = output − output with that feature set to its baseline.
 """
@@ -93,10 +93,7 @@ def integrated_gradients(
     target (and backpropagate through a per-row `unbind` of the outputs), which made attributions
     cost several times the model's work. The forward runs when the first attribution is asked for.
     """
-    from captum.attr._utils.approximation_methods import approximation_parameters
-
-    step_sizes_func, alphas_func = approximation_parameters("gausslegendre")
-    step_sizes, alphas = step_sizes_func(n_steps), alphas_func(n_steps)
+    step_sizes, alphas = gauss_legendre(n_steps)
     scaled = tuple(
         torch.cat([b + alpha * (p - b) for alpha in alphas], dim=0).requires_grad_()
         for p, b in zip(parts, baselines, strict=True)
@@ -127,6 +124,13 @@ def integrated_gradients(
             values.append(fwd.layer.reduce(attrs))
         out = np.stack(values, axis=1)
         yield TargetAttribution(out, out.sum(axis=2) - change, change)
+
+
+def gauss_legendre(n_steps: int) -> tuple[list[float], list[float]]:
+    """Captum's Gauss-Legendre step sizes and alphas on [0, 1] (its `gauss_legendre_builders`, the same
+    floats), without importing `captum.attr` (which loads every Captum method) for two lines of numpy."""
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    return (0.5 * weights).tolist(), (0.5 * (1 + nodes)).tolist()
 
 
 def ablation(
