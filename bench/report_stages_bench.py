@@ -19,8 +19,10 @@ one torch thread, alternating between the revisions in a shuffled order every re
    `render_figures`, html = the rest (overview slide where it is not drawn with the figures, tables,
    metrics.json, index.html), cold (matplotlib fonts loaded) and warm.
 
-Reported: the median over repetitions per revision and stage, the per-repetition values, and the
-machine's load average before and after. The machine is shared: trust the interleaved medians.
+Reported: the median over repetitions per revision and stage, wall seconds and CPU seconds (this
+process plus the figure helper process: on a loaded machine the wall time of two processes depends on
+what the other jobs leave), the per-repetition values, and the machine's load average before and
+after. The machine is shared: trust the interleaved medians.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def extract(rev: str, dest: Path) -> Path:
     return dest
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the figure helper)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
     import torch
 
@@ -89,25 +97,28 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
         times[f"attribution_{run}"] = time.perf_counter() - t0
     with open(result_pkl, "rb") as f:
         result = pickle.load(f)
-    spent = {"figures": 0.0}
+    spent = {"figures": 0.0, "figures_cpu": 0.0}
     orig = report_write.render_figures
 
     def timed(*a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         try:
             return orig(*a, **k)
         finally:
             spent["figures"] += time.perf_counter() - t
+            spent["figures_cpu"] += cpu_seconds() - c
 
     report_write.render_figures = timed
     with tempfile.TemporaryDirectory() as tmp:
         for run in ("cold", "warm"):
-            spent["figures"] = 0.0
-            t0 = time.perf_counter()
+            spent["figures"] = spent["figures_cpu"] = 0.0
+            t0, c0 = time.perf_counter(), cpu_seconds()
             report_write.write_report(result, Path(tmp) / run, force=True)
-            total = time.perf_counter() - t0
+            total, total_cpu = time.perf_counter() - t0, cpu_seconds() - c0
             times[f"figures_{run}"] = spent["figures"]
             times[f"html_{run}"] = total - spent["figures"]
+            times[f"figures_cpu_{run}"] = spent["figures_cpu"]
+            times[f"html_cpu_{run}"] = total_cpu - spent["figures_cpu"]
     out.write_text(json.dumps(times))
 
 
