@@ -15,6 +15,7 @@ that raises raises here with its own traceback, exactly as in a serial run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -92,7 +93,7 @@ def render_all(
 
 
 def one_blas_thread() -> AbstractContextManager[object]:
-    """BLAS (OpenBLAS, MKL) on one thread while figures are drawn, where `threadpoolctl` is installed.
+    """BLAS (OpenBLAS, MKL) on one thread while figures are drawn (`threadpoolctl`).
 
     The only BLAS work in the figures is seaborn's violin densities (scipy's `gaussian_kde`: small
     triangular solves), which a BLAS pool of one thread per CPU runs 2-3x SLOWER than one thread, and
@@ -101,7 +102,7 @@ def one_blas_thread() -> AbstractContextManager[object]:
     """
     try:
         from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, not required
+    except ImportError:  # pragma: no cover - a declared dependency; an install without it draws as before
         return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
@@ -122,7 +123,8 @@ def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | 
             return i
 
     def helper() -> None:  # runs in the forked process: no progress bar, no exceptions crossing
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops this one
+        with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         receive.close()
         while (i := take()) is not None:
             try:
