@@ -90,11 +90,12 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
         attribution=AttributionOptions(budget_seconds=30.0, sample_rows=256),
     )
     for run in ("cold", "warm"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         plain(
             captured["result"], captured["model"], captured["binding"], captured["options"], **captured["kw"]
         )
         times[f"attribution_{run}"] = time.perf_counter() - t0
+        times[f"attribution_cpu_{run}"] = cpu_seconds() - c0
     with open(result_pkl, "rb") as f:
         result = pickle.load(f)
     spent = {"figures": 0.0, "figures_cpu": 0.0}

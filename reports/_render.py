@@ -1,4 +1,4 @@
-"""Draw and save a list of report figures, on two processes when the machine has two cores to give.
+"""Draw and save a list of report figures, on two processes when the machine has a core to spare.
 
 A report's figures are independent, pure-Python matplotlib work (about 0.1-0.5 s each, 3-4 s for a
 report) while the rest of the process is idle, so a forked helper process draws some of them while
@@ -38,22 +38,40 @@ HELPER_SILENCE_S = 120.0  # no news from the helper for this long: stop it and d
 
 
 def figure_workers() -> int:
-    """Processes that draw figures: 2 on Linux (fork) when this process may use two CPUs, else 1.
+    """Processes that draw figures: 2 where a second one can fork (`can_fork_helper`) and a CPU is idle
+    (1-minute load average under CPUs - 0.5, this process included), else 1.
 
-    `MMOE_INSPECT_FIGURE_WORKERS=1` forces the serial loop.
+    A helper costs about a tenth more CPU in all (its start, caches each process fills for itself),
+    so it pays off only with a CPU to itself: measured on the 2-core machine at a load average of 5
+    (every CPU taken by other jobs), two processes took 12% longer than one.
+    `MMOE_INSPECT_FIGURE_WORKERS=1` (or 2) decides instead.
     """
-    import multiprocessing as mp
-
     forced = os.environ.get("MMOE_INSPECT_FIGURE_WORKERS", "").strip()
     if forced.isdigit():
-        return max(1, min(int(forced), 2))
-    if not sys.platform.startswith("linux") or mp.current_process().daemon:
-        return 1  # macOS lists fork but its system libraries are not fork-safe; Windows has no fork
+        return 2 if int(forced) >= 2 and can_fork_helper() else 1
+    if not can_fork_helper():
+        return 1
     try:
-        cpus = len(os.sched_getaffinity(0))
+        busy = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - load average unavailable
+        busy = 0.0
+    return 2 if busy < _cpus() - 0.5 else 1
+
+
+def can_fork_helper() -> bool:
+    """Linux (fork), not a daemon process (which may not have children), and two CPUs for this process."""
+    import multiprocessing as mp
+
+    if not sys.platform.startswith("linux") or mp.current_process().daemon:
+        return False  # macOS lists fork but its system libraries are not fork-safe; Windows has no fork
+    return _cpus() >= 2
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
-        cpus = os.cpu_count() or 1
-    return 2 if cpus >= 2 else 1
+        return os.cpu_count() or 1
 
 
 def draw_one(job: Job, result: Any) -> bool:
@@ -80,6 +98,8 @@ def render_all(
     `tick(key)` is called once per job finished here or reported by the helper (for a progress bar).
     """
     workers = figure_workers() if workers is None else workers
+    if workers >= 2 and not can_fork_helper():
+        workers = 1
     with one_blas_thread():  # set before the fork: the helper inherits it
         if workers >= 2 and len(jobs) >= MIN_PARALLEL_FIGURES:
             return _render_two(result, jobs, tick)

@@ -28,12 +28,12 @@ from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
 from mmoe_inspect.models import ModelConfig, build_model
 from mmoe_inspect.reports import figures as figures_module
 from mmoe_inspect.reports import render_figures
-from mmoe_inspect.reports._render import figure_workers
+from mmoe_inspect.reports._render import can_fork_helper, figure_workers
 from mmoe_inspect.reports._style import save_png, save_png_savefig
 from mmoe_inspect.reports.figures import FigureSpec, all_figures
 from mmoe_inspect.reports.overview import OVERVIEW_DPI, overview_figure
 
-two_cpus = pytest.mark.skipif(figure_workers() < 2, reason="needs fork and two CPUs")
+two_cpus = pytest.mark.skipif(not can_fork_helper(), reason="needs Linux (fork) and two CPUs")
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +216,16 @@ def test_gauss_legendre_steps_are_captums(n_steps: int) -> None:
 
     step_sizes, alphas = approximation_parameters("gausslegendre")
     assert gauss_legendre(n_steps) == (step_sizes(n_steps), alphas(n_steps))
+
+
+def test_figure_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMOE_INSPECT_FIGURE_WORKERS", "1")
+    assert figure_workers() == 1
+    monkeypatch.setenv("MMOE_INSPECT_FIGURE_WORKERS", "2")
+    assert figure_workers() == (2 if can_fork_helper() else 1)
+    monkeypatch.delenv("MMOE_INSPECT_FIGURE_WORKERS")
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 3.0, 0.0, 0.0))  # every CPU busy: one process
+    assert figure_workers() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # idle machine
+    assert figure_workers() == (2 if can_fork_helper() else 1)
