@@ -173,6 +173,9 @@ def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | 
                 send.send((i, None))  # drawn again in the parent, where it raises properly
         send.send(("done", None))
         send.close()
+        # leave now: no flush of stdio buffers copied from the parent (a progress bar's half-written
+        # line would be printed twice), no exit handlers of the parent's libraries
+        os._exit(0)
 
     with warnings.catch_warnings():
         # Python >= 3.12 warns on fork() in a process with threads (torch's pool, a progress bar): the
