@@ -8,7 +8,7 @@ experts, tasks), `causal_figures`, `attribution_figures`, `training_figures`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from mmoe_inspect.results import InspectionResult
 
 from ._guides import GUIDES
-from ._style import close, save_png
+from ._render import Job, render_all
+from ._style import DPI
 from .attribution_figures import attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task
 from .causal_figures import causal_counterfactuals, causal_importance, causal_segments
 from .routing_figures import (
@@ -222,28 +223,45 @@ def all_figures() -> dict[str, FigureSpec]:
     return {**FIGURES, **TRAINING_FIGURES}
 
 
-def render_figures(
-    result: InspectionResult, folder: str | Path, progress: Callable[[int, int], None] | None = None
-) -> dict[str, str]:
-    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name.
+SLOW_FIRST = ("attribution_gates", "weight_distributions", "coactivation", "attribution_experts")
+"""Figures that take longest to draw (measured on a 1M-row report), started first so that two
+processes finish together; the others follow in registry order."""
 
-    `progress(done, total)` is called after each registered figure (drawn or skipped for lack of data).
+
+def render_figures(
+    result: InspectionResult,
+    folder: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    workers: int | None = None,
+    extra: Sequence[Job] = (),
+) -> dict[str, str]:
+    """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name
+    (registry order).
+
+    `progress(done, total)` is called as figures finish (drawn or skipped for lack of data). The figures
+    are drawn on two processes where the machine allows (`_render.figure_workers`; `workers=1` forces
+    one); the files are the same either way. `extra` jobs `(key, draw, path, dpi)` (the report's
+    overview slide) are drawn with them, first, and are not counted or returned.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
     specs = all_figures()
-    for i, (name, spec) in enumerate(specs.items()):
-        if progress is not None:
-            progress(i, len(specs))
-        fig = spec.draw(result)
-        if fig is None:
-            continue
-        try:
-            save_png(fig, folder / f"{name}.png")
-        finally:
-            close(fig)
-        written[name] = f"{name}.png"
+    done = 0
+
+    def tick(key: str) -> None:
+        nonlocal done
+        if key in specs and key not in extra_keys:
+            done += 1
+            if progress is not None:
+                progress(done, len(specs))
+
+    extra_keys = {job[0] for job in extra}
+    order = [n for n in SLOW_FIRST if n in specs] + [n for n in specs if n not in SLOW_FIRST]
+    jobs = [*extra, *((n, specs[n].draw, folder / f"{n}.png", DPI) for n in order)]
     if progress is not None:
+        progress(0, len(specs))
+    drawn = render_all(result, jobs, tick, workers)
+    if progress is not None and done != len(specs):
         progress(len(specs), len(specs))
-    return written
+    return {name: f"{name}.png" for name in specs if name in drawn and name not in extra_keys}

@@ -17,7 +17,7 @@ from mmoe_inspect.results import METRICS_SCHEMA_VERSION, InspectionResult
 from ._replace import replace_folder
 from .figures import render_figures
 from .html import render_html
-from .overview import write_overview
+from .overview import OVERVIEW_DPI, overview_figure
 from .structure import get_report_structure
 
 MARKER = ".mmoe-inspect-report"
@@ -62,8 +62,8 @@ def build_report(
     """Write the report files into an existing empty `folder` (no atomicity; `write_report` wraps this);
     `progress(done, total)` follows the figures (see `render_figures`)."""
     folder = Path(folder)
-    figures = render_figures(result, folder / "figures", progress)
-    write_overview(result, folder / OVERVIEW)
+    overview = ("overview", overview_figure, folder / OVERVIEW, OVERVIEW_DPI)  # drawn with the figures
+    figures = render_figures(result, folder / "figures", progress, extra=[overview])
     (folder / "metrics.json").write_text(result.to_json(indent=2) + "\n", encoding="utf-8")
     written = result.save_tables(folder / "tables")
     if result.findings:

@@ -1,15 +1,16 @@
 """The two attribution methods, each for one target over the sampled rows.
 
-* `integrated_gradients`: Captum's `IntegratedGradients` on a forward function of the attribution
-  space (dense columns and embedding outputs, see `_inputs`); Captum computes gradients with
-  `torch.autograd.grad` on its own interpolated inputs, so parameters' `.grad` are never touched.
+* `integrated_gradients`: Captum's `IntegratedGradients` computation (reproduced step for step, the
+  same numbers) on a forward function of the attribution space (dense columns and embedding outputs,
+  see `_inputs`), one forward shared by several targets; gradients come from `torch.autograd.grad`
+  on the interpolated inputs, so parameters' `.grad` are never touched.
 * `ablation`: Captum's `FeatureAblation` on the raw input columns (works for ids that no embedding
   reads): attribution = output − output with that feature set to its baseline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ from mmoe_inspect.attribution._targets import AttributionSession, Target
 
 ABLATION_ROWS_PER_FORWARD = 16_384
 """FeatureAblation evaluates up to this many rows (perturbed copies of the sample) per forward."""
+IG_OUTPUTS_PER_FORWARD = 32
+"""Integrated Gradients shares one forward among consecutive targets of one kind up to this many
+outputs in all (a target with more outputs has a forward of its own)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,13 @@ class Forward:
         anchor = sum(p.sum().to(y.dtype) for p in parts) * 0.0
         return y + anchor
 
+    def parts_many(self, targets: Sequence[Target], parts: Sequence[Tensor]) -> list[Tensor]:
+        """`parts` for several targets from one forward: each target's outputs `[N, K]`, anchored as in `parts`."""
+        n_dense = len(self.layer.dense)
+        x = self.layer.with_dense(self.inputs(parts[0].shape[0]), parts[:n_dense])
+        ys = self.session.run_many(x, targets, parts[n_dense:] if len(parts) > n_dense else None)
+        return [y + sum(p.sum().to(y.dtype) for p in parts) * 0.0 for y in ys]
+
     def raw(self, *columns: Tensor) -> Tensor:
         assert self.target is not None
         x = self.layer.with_raw(self.inputs(columns[0].shape[0]), columns)
@@ -67,24 +78,59 @@ class Forward:
 
 def integrated_gradients(
     fwd: Forward,
-    target: Target,
+    targets: Sequence[Target],
     parts: tuple[Tensor, ...],
     baselines: tuple[Tensor, ...],
     n_steps: int,
-) -> TargetAttribution:
-    """Integrated Gradients (Gauss-Legendre, `n_steps`) for every output of `target`; delta = Σ attr − Δf."""
-    from captum.attr import IntegratedGradients
+) -> Iterator[TargetAttribution]:
+    """Integrated Gradients (Gauss-Legendre, `n_steps`) of every output of each target, in order;
+    delta = Σ attr − Δf.
 
-    fwd.target = target
-    ig = IntegratedGradients(fwd.parts)
+    Captum's `IntegratedGradients.attribute`, step for step (its alphas and step sizes, the same
+    interpolated batch, its step-weighted sum of the gradients, times input − baseline: the same
+    numbers), except that the targets share ONE forward of the interpolated batch and each output
+    is one backward pass from it: Captum would run the whole model again for every output of every
+    target (and backpropagate through a per-row `unbind` of the outputs), which made attributions
+    cost several times the model's work. The forward runs when the first attribution is asked for.
+    """
+    step_sizes, alphas = gauss_legendre(n_steps)
+    scaled = tuple(
+        torch.cat([b + alpha * (p - b) for alpha in alphas], dim=0).requires_grad_()
+        for p, b in zip(parts, baselines, strict=True)
+    )
     with torch.no_grad():
-        change = (fwd.parts(*parts) - fwd.parts(*baselines)).double().cpu().numpy()
-    values = []
-    for k in range(len(target.outputs)):
-        attrs = ig.attribute(parts, baselines=baselines, target=k, n_steps=n_steps, method="gausslegendre")
-        values.append(fwd.layer.reduce(attrs))
-    out = np.stack(values, axis=1)
-    return TargetAttribution(out, out.sum(axis=2) - change, change)
+        changes = [
+            (y1 - y0).double().cpu().numpy()
+            for y1, y0 in zip(fwd.parts_many(targets, parts), fwd.parts_many(targets, baselines), strict=True)
+        ]
+    with torch.enable_grad():
+        outputs = fwd.parts_many(targets, scaled)
+    weights = [torch.tensor(step_sizes).float().view(n_steps, 1).to(g.device) for g in scaled]
+    for y, change, t in zip(outputs, changes, targets, strict=True):
+        values = []
+        for k in range(len(t.outputs)):
+            with torch.enable_grad():
+                grads = torch.autograd.grad(y[:, k].sum(), scaled, retain_graph=True)
+            total = tuple(  # Captum's step-weighted sum over the steps (its `_reshape_and_sum`)
+                torch.sum(
+                    (g.contiguous().view(n_steps, -1) * w).reshape(
+                        (n_steps, g.shape[0] // n_steps, *g.shape[1:])
+                    ),
+                    dim=0,
+                )
+                for g, w in zip(grads, weights, strict=True)
+            )
+            attrs = tuple(tg * (p - b) for tg, p, b in zip(total, parts, baselines, strict=True))
+            values.append(fwd.layer.reduce(attrs))
+        out = np.stack(values, axis=1)
+        yield TargetAttribution(out, out.sum(axis=2) - change, change)
+
+
+def gauss_legendre(n_steps: int) -> tuple[list[float], list[float]]:
+    """Captum's Gauss-Legendre step sizes and alphas on [0, 1] (its `gauss_legendre_builders`, the same
+    floats), without importing `captum.attr` (which loads every Captum method) for two lines of numpy."""
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    return (0.5 * weights).tolist(), (0.5 * (1 + nodes)).tolist()
 
 
 def ablation(

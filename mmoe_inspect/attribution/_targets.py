@@ -151,9 +151,10 @@ class AttributionSession(HookSession):
         self._pending: dict[str, Tensor] = {}
         self._rows = 0
         self._counts: dict[str, int] = {}
-        self._target: Target | None = None
+        self._by_module: dict[str, list[Target]] = {}  # active targets by module path
+        self._by_gate: dict[str, Target] = {}  # active gate targets by gate name (function taps)
         self._replace: Sequence[Tensor] | None = None
-        self._captured: Tensor | None = None
+        self._captured: dict[str, Tensor] = {}  # target key -> outputs [rows, K]
 
     def _register(self) -> None:
         """The forward pre-hook, the target and embedding hooks, then the function taps."""
@@ -173,25 +174,24 @@ class AttributionSession(HookSession):
     def _tap(self, key: tuple[str, GateSpec], value: Tensor) -> None:
         """A function-level gate's tensor (graph attached): captured when it is the active target."""
         role, g = key
-        target = self._target
-        if target is None or target.gate is None or target.gate.name != g.name:
+        target = self._by_gate.get(g.name)
+        if target is None:
             return None
         if g.index_op is None:
-            self._captured = gate_weights(value, g, self._rows)
+            self._captured[target.key] = gate_weights(value, g, self._rows)
             return None
         if role == "indices":
             self._pending[g.name] = value
             return None
         dense, _ = top_k_dense(value, self._pending.pop(g.name), g)
-        self._captured = gate_weights(dense, dense_spec(g), self._rows)
+        self._captured[target.key] = gate_weights(dense, dense_spec(g), self._rows)
         return None
 
     def _hook(self, path: str):
         def hook(_module: nn.Module, _args: Any, out: Any) -> Any:
             call = self._counts.get(path, 0)
             self._counts[path] = call + 1
-            target = self._target
-            if target is not None and target.module == path:
+            for target in self._by_module.get(path, ()):
                 self._capture(target, call, out)
             if self._replace is not None:
                 slot = self._slots.get((path, call))
@@ -219,19 +219,36 @@ class AttributionSession(HookSession):
                     f"gate module {g.module!r} ran more than once in one forward; set `call` for gate {g.name!r}"
                 )
             if g.call is None or g.call == call:
-                self._captured = gate_weights(out, g, out.shape[0])
+                self._captured[target.key] = gate_weights(out, g, out.shape[0])
         elif target.expert is not None and call == 0:
-            self._captured = expert_norm(out, target.expert)
+            self._captured[target.key] = expert_norm(out, target.expert)
 
     def run(self, x: Any, target: Target, replacements: Sequence[Tensor] | None) -> Tensor:
         """Target outputs `[rows, K]` for model input `x`."""
-        self._target, self._replace, self._captured = target, replacements, None
+        return self.run_many(x, [target], replacements)[0]
+
+    def run_many(
+        self, x: Any, targets: Sequence[Target], replacements: Sequence[Tensor] | None
+    ) -> list[Tensor]:
+        """Each target's outputs `[rows, K]` from ONE forward of `x` (graph attached when grad mode is on)."""
+        self._replace, self._captured = replacements, {}
+        for t in targets:
+            if t.module is not None:
+                self._by_module.setdefault(t.module, []).append(t)
+            if t.gate is not None:
+                self._by_gate[t.gate.name] = t
         try:
             out = self.model(x)
-            if target.task is not None:
-                return task_output(out, target.task, target.task_index)
-            if self._captured is None:
-                raise AttributionError(f"{target.kind} {target.name!r}: module {target.module!r} never ran")
-            return self._captured
+            got = []
+            for target in targets:
+                if target.task is not None:
+                    got.append(task_output(out, target.task, target.task_index))
+                elif target.key not in self._captured:
+                    raise AttributionError(
+                        f"{target.kind} {target.name!r}: module {target.module!r} never ran"
+                    )
+                else:
+                    got.append(self._captured[target.key])
+            return got
         finally:
-            self._target, self._replace, self._captured = None, None, None
+            self._by_module, self._by_gate, self._replace, self._captured = {}, {}, None, {}

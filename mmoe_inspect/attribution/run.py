@@ -20,6 +20,7 @@ from mmoe_inspect.attribution._inputs import (
     probe_embeddings,
 )
 from mmoe_inspect.attribution._methods import (
+    IG_OUTPUTS_PER_FORWARD,
     Forward,
     TargetAttribution,
     ablation,
@@ -240,9 +241,22 @@ def sample_frame(
 ) -> pd.DataFrame:
     """A uniform sample of `n` rows of the first `max_scan_rows` (index = row position, sorted).
 
-    Every row draws a seeded random key; the `n` smallest keys are kept while streaming.
+    Every row draws a seeded random key (in row order) and the `n` smallest keys are kept. When the
+    source knows its row count (parquet, DataFrame) the keys are drawn at once and only the chosen
+    rows are read (`TableSource.take_rows`); a CSV is streamed, keeping the `n` smallest keys so far.
+    Both give the same rows: the keys are one random stream either way.
     """
     rng = np.random.default_rng(seed)
+    total = source.n_rows()
+    if total:
+        scanned = total if max_scan_rows is None else min(total, max_scan_rows)
+        if scanned > 0:
+            keys = rng.random(scanned)
+            best = np.arange(scanned) if scanned <= n else np.sort(np.argpartition(keys, n)[:n])
+            taken = source.take_rows(best, columns)
+            if taken is not None:
+                return taken
+            rng = np.random.default_rng(seed)
     kept: pd.DataFrame | None = None
     keys = np.empty(0)
     for chunk in source.iter_frames(8192, columns, max_scan_rows):
@@ -309,8 +323,10 @@ def _attribute(
     done: dict[str, tuple[Target, TargetAttribution]] = {}
     per_output: float | None = None
     spent, outputs = 0.0, 0
+    shared = _share_forwards(work) if used == "integrated_gradients" else {}
     with AttributionSession(model, layer, work) as session:
         fwd = Forward(session, layer, x, rows)
+        running = None
         for i, target in enumerate(work):
             now = time.perf_counter()
             if budget is not None:
@@ -318,7 +334,12 @@ def _attribute(
                 if now - started + estimate > budget:
                     return done, [t.key for t in work[i:]], per_output
             if used == "integrated_gradients":
-                res = integrated_gradients(fwd, target, parts, base, n_steps)
+                if target.key in shared:  # the first of a group of targets sharing one forward
+                    group = shared[target.key]
+                    running = zip(group, integrated_gradients(fwd, group, parts, base, n_steps), strict=True)
+                assert running is not None
+                of, res = next(running)
+                assert of.key == target.key
             else:
                 res = ablation(fwd, target, raw, ref)
             spent += time.perf_counter() - now
@@ -328,6 +349,23 @@ def _attribute(
             if progress is not None:
                 progress(i + 1, len(work))
     return done, [], per_output
+
+
+def _share_forwards(work: Sequence[Target]) -> dict[str, list[Target]]:
+    """Groups of consecutive targets of one kind, up to `IG_OUTPUTS_PER_FORWARD` outputs, keyed by
+    their first target: each group's Integrated Gradients run on one forward."""
+    groups: dict[str, list[Target]] = {}
+    current: list[Target] = []
+    for t in work:
+        if current and (
+            t.kind != current[0].kind
+            or sum(len(c.outputs) for c in current) + len(t.outputs) > IG_OUTPUTS_PER_FORWARD
+        ):
+            current = []
+        if not current:
+            groups[t.key] = current
+        current.append(t)
+    return groups
 
 
 # ----------------------------------------------------------------------------------------- tables

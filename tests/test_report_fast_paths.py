@@ -1,0 +1,231 @@
+"""The report's fast paths give what the plain paths give.
+
+* `save_png` (one draw) writes the bytes `Figure.savefig` writes (two draws), for every figure of a
+  real report and the overview slide;
+* `render_figures` on two processes writes the same files as on one, and a figure that fails or a
+  helper process that dies is handled as in a serial run (the error raises here; the figures are all
+  written);
+* `sample_frame` reading only the chosen rows (parquet, DataFrame) picks the rows the streaming scan
+  picks (CSV, and the old loop written out here);
+* Integrated Gradients of targets sharing one forward equal those of one forward per target.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import mmoe_inspect as mi
+from mmoe_inspect.attribution import sample_frame
+from mmoe_inspect.data.sources import TableSource
+from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
+from mmoe_inspect.models import ModelConfig, build_model
+from mmoe_inspect.reports import figures as figures_module
+from mmoe_inspect.reports import render_figures
+from mmoe_inspect.reports._render import can_fork_helper, figure_workers
+from mmoe_inspect.reports._style import save_png, save_png_savefig
+from mmoe_inspect.reports.figures import FigureSpec, all_figures
+from mmoe_inspect.reports.overview import OVERVIEW_DPI, overview_figure
+
+two_cpus = pytest.mark.skipif(not can_fork_helper(), reason="needs Linux (fork) and two CPUs")
+
+
+@pytest.fixture(scope="module")
+def result() -> mi.InspectionResult:
+    """A real inspection with every figure's data: MMoE, causal analyses with segments, attributions."""
+    frame = make_recsys(2000, seed=2)
+    torch.manual_seed(4)
+    config = ModelConfig(
+        "mmoe", recsys_features(frame), tuple(recsys_tasks()), {"n_experts": 4, "expert_hidden": (16,)}
+    )
+    model = build_model(config).eval()
+    return mi.inspect(
+        model,
+        frame,
+        causal={"n_boot": 20, "segment_by": "device"},
+        attribution={"sample_rows": 32, "n_steps": 4},
+    )
+
+
+def test_one_draw_writes_the_bytes_savefig_writes(result, tmp_path: Path) -> None:
+    drawn = 0
+    jobs = [(name, spec.draw, 110) for name, spec in all_figures().items()]
+    for name, draw, dpi in [*jobs, ("overview", overview_figure, OVERVIEW_DPI)]:
+        fig = draw(result)
+        if fig is None:
+            continue
+        save_png(fig, tmp_path / f"{name}_once.png", dpi)
+        save_png_savefig(draw(result), tmp_path / f"{name}_savefig.png", dpi)
+        once, ref = (
+            (tmp_path / f"{name}_once.png").read_bytes(),
+            (tmp_path / f"{name}_savefig.png").read_bytes(),
+        )
+        assert once.startswith(b"\x89PNG") and once == ref, name
+        drawn += 1
+    assert drawn >= 15  # every inspection figure and the overview
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def serial(result, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The figures drawn by one process: the written mapping and the files."""
+    folder = tmp_path_factory.mktemp("serial")
+    return render_figures(result, folder, workers=1), _files(folder)
+
+
+@two_cpus
+def test_two_processes_write_the_files_one_writes(result, serial, tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    parallel = render_figures(result, tmp_path / "two", lambda d, t: calls.append((d, t)), workers=2)
+    assert parallel == serial[0] and list(parallel) == list(serial[0])  # same figures, registry order
+    assert _files(tmp_path / "two") == serial[1]
+    total = len(all_figures())
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def _with_figure(monkeypatch: pytest.MonkeyPatch, name: str, draw) -> None:
+    first = {name: FigureSpec(name, "routing", name, draw, "test")}
+    monkeypatch.setattr(figures_module, "FIGURES", first | figures_module.FIGURES)
+
+
+@two_cpus
+def test_a_figure_that_fails_raises_here(result, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_result):
+        raise ValueError("broken figure " + ("here" if os.getpid() == parent else "in the helper"))
+
+    parent = os.getpid()
+    _with_figure(monkeypatch, "broken", broken)
+    with pytest.raises(ValueError, match="broken figure here"):
+        render_figures(result, tmp_path / "figures", workers=2)
+
+
+@two_cpus
+@pytest.mark.parametrize("failure", ["raises", "dies"])
+def test_what_the_helper_does_not_deliver_is_drawn_here(
+    result, serial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Every figure fails in the helper process (an exception, or the process vanishing at its first
+    figure): this process draws them all, and the folder is the serial one."""
+    parent, drawn_here = os.getpid(), []
+
+    def wrap(draw):
+        def guarded(res):
+            if os.getpid() != parent:
+                if failure == "dies":
+                    os._exit(3)
+                raise RuntimeError("helper failure")
+            drawn_here.append(draw)
+            return draw(res)
+
+        return guarded
+
+    specs = {n: replace(s, draw=wrap(s.draw)) for n, s in figures_module.FIGURES.items()}
+    monkeypatch.setattr(figures_module, "FIGURES", specs)
+    written = render_figures(result, tmp_path / "two", workers=2)
+    assert written == serial[0] and _files(tmp_path / "two") == serial[1]
+    assert len(drawn_here) == len(specs)  # the helper delivered nothing: all were drawn here
+
+
+def _streamed(source: TableSource, columns, n: int, seed: int, max_scan_rows) -> pd.DataFrame:
+    """The streaming sample as `sample_frame` computed it before it read chosen rows only."""
+    rng = np.random.default_rng(seed)
+    kept, keys = None, np.empty(0)
+    for chunk in source.iter_frames(8192, columns, max_scan_rows):
+        frame = chunk if kept is None else pd.concat([kept, chunk])
+        keys = np.concatenate([keys, rng.random(len(chunk))])
+        if len(frame) > n:
+            best = np.argpartition(keys, n)[:n]
+            frame, keys = frame.iloc[best], keys[best]
+        kept = frame
+    return kept.sort_index()
+
+
+@pytest.mark.parametrize(
+    ("n", "seed", "max_scan"), [(300, 0, None), (50, 3, 12_000), (40_000, 1, None), (7, 2, 5)]
+)
+def test_sample_of_chosen_rows_equals_the_streamed_sample(tmp_path: Path, n, seed, max_scan) -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "v": np.arange(30_000, dtype=np.int64),
+            "x": rng.standard_normal(30_000),
+            "c": rng.integers(0, 9, 30_000),
+        }
+    )
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    df.iloc[:17_000].to_parquet(folder / "a.parquet", row_group_size=5000, index=False)
+    df.iloc[17_000:].to_parquet(folder / "b.parquet", row_group_size=3000, index=False)
+    df.to_csv(tmp_path / "rows.csv", index=False)
+    cols = ["v", "x"]
+    ref = _streamed(TableSource.of(df), cols, n, seed, max_scan)
+    for data in (df, folder, tmp_path / "rows.csv"):
+        got = sample_frame(TableSource.of(data), cols, n, seed, max_scan)
+        pd.testing.assert_frame_equal(got, ref, check_dtype=False, check_index_type=False)
+        assert got.index.to_numpy().tolist() == got["v"].tolist()
+    pd.testing.assert_frame_equal(
+        sample_frame(TableSource.of(folder), None, n, seed, max_scan),
+        _streamed(TableSource.of(folder), None, n, seed, max_scan),
+    )
+
+
+def test_targets_sharing_a_forward_get_what_separate_forwards_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integrated Gradients of gates, experts and tasks (embeddings included) computed on one forward per
+    group of targets equal those of one forward per target, bit for bit (Captum equality of the latter
+    is `test_attribution.test_gate_attributions_equal_captum_ig_on_the_input_layer`)."""
+    import mmoe_inspect.attribution.run as attribution_run
+
+    frame = make_recsys(600, seed=5)
+    torch.manual_seed(1)
+    config = ModelConfig("mmoe", recsys_features(frame), tuple(recsys_tasks()), {"n_experts": 3})
+    model = build_model(config).eval()
+    groups: list[list[str]] = []
+    plain = attribution_run.integrated_gradients
+
+    def counted(fwd, targets, *args):
+        groups.append([t.key for t in targets])
+        return plain(fwd, targets, *args)
+
+    monkeypatch.setattr(attribution_run, "integrated_gradients", counted)
+    shared = mi.attribution.run_attribution(model, frame, sample_rows=24, n_steps=5, budget_seconds=None)
+    assert [len(g) for g in groups] == [2, 3, 2]  # gates, experts, tasks: one forward each
+    monkeypatch.setattr(attribution_run, "_share_forwards", lambda work: {t.key: [t] for t in work})
+    alone = mi.attribution.run_attribution(model, frame, sample_rows=24, n_steps=5, budget_seconds=None)
+    assert list(shared.per_row) == list(alone.per_row) and len(shared.per_row) == 2 + 3 + 2
+    for key, values in shared.per_row.items():
+        assert np.array_equal(values, alone.per_row[key]), key
+    pd.testing.assert_frame_equal(shared.convergence, alone.convergence)
+    pd.testing.assert_frame_equal(shared.gate_attributions, alone.gate_attributions)
+
+
+@pytest.mark.parametrize("n_steps", [1, 4, 16, 50])
+def test_gauss_legendre_steps_are_captums(n_steps: int) -> None:
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    from mmoe_inspect.attribution._methods import gauss_legendre
+
+    step_sizes, alphas = approximation_parameters("gausslegendre")
+    assert gauss_legendre(n_steps) == (step_sizes(n_steps), alphas(n_steps))
+
+
+def test_figure_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMOE_INSPECT_FIGURE_WORKERS", "1")
+    assert figure_workers() == 1
+    monkeypatch.setenv("MMOE_INSPECT_FIGURE_WORKERS", "2")
+    assert figure_workers() == (2 if can_fork_helper() else 1)
+    monkeypatch.delenv("MMOE_INSPECT_FIGURE_WORKERS")
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 3.0, 0.0, 0.0))  # every CPU busy: one process
+    assert figure_workers() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # idle machine
+    assert figure_workers() == (2 if can_fork_helper() else 1)
