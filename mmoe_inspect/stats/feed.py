@@ -23,6 +23,7 @@ from mmoe_inspect.stats.expert import ExpertStats
 from mmoe_inspect.stats.gate import GateStats
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
+from mmoe_inspect.stats.worker import StatsWorker
 
 __all__ = ["SampledRows", "StatsFeed", "sampled_positions"]
 
@@ -104,8 +105,9 @@ class _Chunk:
         self.items.append(item)
         self.rows += rows
 
-    def take(self) -> Any:
-        out = _cat(self.items) if self.items else None
+    def take(self) -> list[Any]:
+        """The items added since the last take (concatenate them with `_cat`), and start anew."""
+        out = self.items
         self.items, self.rows = [], 0
         return out
 
@@ -117,6 +119,12 @@ class StatsFeed:
     added (``chunk_rows <= batch`` updates on every batch); ``flush`` runs the pending updates,
     and must be called once after the last batch. The expert statistics are built on the first
     expert chunk by ``new_expert_stats(dims)`` (their widths are known only then).
+
+    ``background=True`` runs each full chunk's updates (concatenation included) in a `StatsWorker`
+    thread while the caller adds the next batches: the same updates on the same chunks in the same
+    order, so the same states; at most one chunk is in flight (an ``add`` that fills the next chunk
+    first waits for it), so memory stays at two chunks. ``flush``/``wait`` wait for it and raise its
+    error, ``close`` stops the thread.
     """
 
     def __init__(
@@ -127,6 +135,7 @@ class StatsFeed:
         new_expert_stats: Callable[[Sequence[int]], ExpertStats] | None = None,
         *,
         chunk_rows: int = 16_384,
+        background: bool = False,
     ) -> None:
         self.gate_stats = gate_stats
         self.pair_stats = list(pair_stats)
@@ -136,6 +145,8 @@ class StatsFeed:
         self.chunk_rows = int(chunk_rows)
         self._main = _Chunk()
         self._experts = _Chunk()
+        # chunk updates in a worker thread, overlapping the caller's next forwards (CPU states only)
+        self._worker = StatsWorker() if background else None
 
     def add(
         self,
@@ -166,27 +177,59 @@ class StatsFeed:
             else:
                 kept = row_index if expert_rows is None else row_index[expert_rows]
             self._experts.add({"x": list(experts), "r": kept}, b)
-        if self._main.rows >= self.chunk_rows:
-            self._update_main()
-        if self._experts.rows >= self.chunk_rows:
-            self._update_experts()
+        main = self._main.take() if self._main.rows >= self.chunk_rows else None
+        experts = self._experts.take() if self._experts.rows >= self.chunk_rows else None
+        if main is not None or experts is not None:
+            self._run(main, experts)
 
     def flush(self) -> None:
-        """Run the pending updates (after the last batch; idempotent)."""
-        if self._main.items:
-            self._update_main()
-        if self._experts.items:
-            self._update_experts()
+        """Run the pending updates and wait for them (after the last batch; idempotent). An error of
+        an update run in the worker is raised here (or by the `add` after it)."""
+        main = self._main.take() if self._main.items else None
+        experts = self._experts.take() if self._experts.items else None
+        if main is not None or experts is not None:
+            self._run(main, experts)
+        self.wait()
 
-    def _update_main(self) -> None:
-        c = self._main.take()
+    def wait(self) -> None:
+        """Wait for the update in flight in the worker, if any, and raise its error (pending rows stay
+        pending: `flush` runs them)."""
+        if self._worker is not None:
+            self._worker.wait()
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Stop the worker thread, if any, after the update in flight (idempotent); later updates run
+        in the caller. ``raise_errors=False``: an exception is already propagating, drop the worker's."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close(raise_errors=raise_errors)
+
+    @property
+    def background(self) -> bool:
+        """Whether chunk updates run in the worker thread."""
+        return self._worker is not None
+
+    def _run(self, main: list[Any] | None, experts: list[Any] | None) -> None:
+        """The updates of a full chunk, in the worker when there is one (after the previous chunk's)."""
+
+        def job() -> None:
+            if main is not None:
+                self._update_main(_cat(main))
+            if experts is not None:
+                self._update_experts(_cat(experts))
+
+        if self._worker is None:
+            job()
+        else:
+            self._worker.submit(job)
+
+    def _update_main(self, c: dict[str, Any]) -> None:
         # one stacked pass over the gates (same states as one update per gate and per group)
         update_gates(self.gate_stats, c["g"], c["lb"], c["r"], pairwise=self.pair_stats)
         if self.outputs is not None and c["p"] is not None:
             self.outputs.update(c["p"], c["l"])
 
-    def _update_experts(self) -> None:
-        c = self._experts.take()
+    def _update_experts(self, c: dict[str, Any]) -> None:
         if c["r"].shape[0] == 0:
             return
         if self.expert_stats is None and self.new_expert_stats is not None:
