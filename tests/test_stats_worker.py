@@ -107,8 +107,39 @@ def test_worker_gives_the_tables_of_the_synchronous_pass(frame, monkeypatch) -> 
             np.testing.assert_array_equal(value, other, err_msg=key)
 
 
+def test_split_updates_when_the_forward_fills_the_cores_give_the_same_tables(frame, monkeypatch) -> None:
+    """With no spare core (torch threads = cores), each chunk's update runs at once, its gate part in
+    the caller and its task-output and expert parts in the worker: the tables are still identical."""
+    from mmoe_inspect.stats import worker as worker_module
+
+    where: dict[str, set[str]] = {"gates": set(), "outputs": set()}
+    real_gates, real_outputs = feed_module.update_gates, TaskOutputStats.update
+
+    def update_gates(*args, **kwargs):
+        where["gates"].add(threading.current_thread().name)
+        return real_gates(*args, **kwargs)
+
+    def outputs_update(self, *args, **kwargs):
+        where["outputs"].add(threading.current_thread().name)
+        return real_outputs(self, *args, **kwargs)
+
+    m = model()
+    sync = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG, overlap_stats=False))
+    monkeypatch.setattr(feed_module, "update_gates", update_gates)
+    monkeypatch.setattr(TaskOutputStats, "update", outputs_update)
+    monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
+    assert worker_module.spare_cores() >= 0
+    split = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
+    assert where["gates"] == {"MainThread"} and len(where["outputs"]) == 1
+    assert next(iter(where["outputs"])).startswith("mmoe-stats")
+    for name, table in sync.tables.items():
+        pd.testing.assert_frame_equal(table, split.tables[name], check_exact=True, obj=name)
+    assert not worker_threads()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["overlapped", "split"])
 def test_an_error_in_a_statistic_surfaces_with_its_message_and_leaves_the_model_as_found(
-    frame, monkeypatch
+    frame, monkeypatch, split: bool
 ) -> None:
     """A statistic that raises in the worker (third chunk) stops the pass: the caller gets that error
     (type and message), the hooks are removed, the model is untouched and the thread is gone."""
@@ -122,6 +153,8 @@ def test_an_error_in_a_statistic_surfaces_with_its_message_and_leaves_the_model_
         return real(self, preds, labels)
 
     monkeypatch.setattr(TaskOutputStats, "update", failing)
+    if split:  # no spare core: the failing part runs in the worker beside the caller's gate part
+        monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
     m = model()
     before = model_snapshot(m)
     with pytest.raises(ValueError, match="planted failure in a statistic"):

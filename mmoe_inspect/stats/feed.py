@@ -23,7 +23,7 @@ from mmoe_inspect.stats.expert import ExpertStats
 from mmoe_inspect.stats.gate import GateStats
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
-from mmoe_inspect.stats.worker import StatsWorker
+from mmoe_inspect.stats.worker import StatsWorker, one_intraop_thread, spare_cores
 
 __all__ = ["SampledRows", "StatsFeed", "sampled_positions"]
 
@@ -210,26 +210,44 @@ class StatsFeed:
         return self._worker is not None
 
     def _run(self, main: list[Any] | None, experts: list[Any] | None) -> None:
-        """The updates of a full chunk, in the worker when there is one (after the previous chunk's)."""
-
-        def job() -> None:
-            if main is not None:
-                self._update_main(_cat(main))
-            if experts is not None:
-                self._update_experts(_cat(experts))
-
+        """The updates of a full chunk. Without a worker: in the caller. With one: while the caller's
+        forwards leave a core spare (fewer torch threads than cores), the whole update goes to the
+        worker and overlaps the next forwards; when they fill the cores, a thread beside them would
+        slow every parallel op of the forward, so the update runs now, its independent parts (gates,
+        task outputs, experts) split between the caller and the worker. Each part runs on one
+        intra-op thread (`one_intraop_thread`). The same updates on the same rows either way."""
+        parts = self._parts(main, experts)
         if self._worker is None:
-            job()
+            with one_intraop_thread():
+                for part in parts:
+                    part()
+        elif spare_cores() > 0:
+            self._worker.submit(lambda: [part() for part in parts])
         else:
-            self._worker.submit(job)
+            self._worker.run_split(parts)
 
-    def _update_main(self, c: dict[str, Any]) -> None:
+    def _parts(self, main: list[Any] | None, experts: list[Any] | None) -> list[Callable[[], None]]:
+        """The chunk's updates as independent calls (disjoint states), the costliest first."""
+        parts: list[Callable[[], None]] = []
+        if main is not None:
+            parts.append(lambda: self._update_gates(main))
+            if self.outputs is not None and main[0]["p"] is not None:
+                parts.append(lambda: self._update_outputs(main))
+        if experts is not None:
+            parts.append(lambda: self._update_experts(experts))
+        return parts
+
+    def _update_gates(self, items: list[dict[str, Any]]) -> None:
         # one stacked pass over the gates (same states as one update per gate and per group)
+        c = _cat([{k: it[k] for k in ("g", "lb", "r")} for it in items])
         update_gates(self.gate_stats, c["g"], c["lb"], c["r"], pairwise=self.pair_stats)
-        if self.outputs is not None and c["p"] is not None:
-            self.outputs.update(c["p"], c["l"])
 
-    def _update_experts(self, c: dict[str, Any]) -> None:
+    def _update_outputs(self, items: list[dict[str, Any]]) -> None:
+        assert self.outputs is not None
+        self.outputs.update(_cat([it["p"] for it in items]), _cat([it["l"] for it in items]))
+
+    def _update_experts(self, items: list[dict[str, Any]]) -> None:
+        c = _cat(items)
         if c["r"].shape[0] == 0:
             return
         if self.expert_stats is None and self.new_expert_stats is not None:

@@ -28,14 +28,15 @@ and the caller stays synchronous there (see `StatsFeed`).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-__all__ = ["StatsWorker"]
+__all__ = ["StatsWorker", "one_intraop_thread", "spare_cores"]
 
 
 class StatsWorker:
@@ -62,6 +63,27 @@ class StatsWorker:
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         self._future = self._pool.submit(_run_in_modes, job, modes)
 
+    def run_split(self, parts: Sequence[Callable[[], None]]) -> None:
+        """Run `parts` (independent: they touch disjoint states) now, the first in the caller and the
+        others in the worker at the same time; return when all are done (after the job in flight).
+        The caller's error wins over the worker's; otherwise the worker's is raised here."""
+        self.wait()
+        if len(parts) < 2:
+            with one_intraop_thread():
+                for part in parts:
+                    part()
+            return
+        rest = list(parts[1:])
+        self.submit(lambda: [part() for part in rest])
+        try:
+            with one_intraop_thread():
+                parts[0]()
+        except BaseException:
+            fut, self._future = self._future, None
+            _wait_quietly(fut)
+            raise
+        self.wait()
+
     def wait(self) -> None:
         """Block until the job in flight is done; re-raise its exception in the caller."""
         fut, self._future = self._future, None
@@ -82,6 +104,34 @@ class StatsWorker:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def one_intraop_thread() -> Iterator[None]:
+    """Run the body's torch ops on the calling thread alone (restored after, also on errors).
+
+    The statistics ops are small: split over ``N`` threads they gain little and pay a parallel
+    region's start and barrier per op, and on a shared machine each region waits for a descheduled
+    sibling (measured 4x slower at 2 threads than at 1 on the busy 2-core VM: bench/results/
+    recording_threads_session6.md). Changing the setting costs about 3 us."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def spare_cores() -> int:
+    """Cores this process may run on beyond the torch threads of the caller (0 when they fill them)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, cores - torch.get_num_threads())
 
 
 def _start_pool() -> ThreadPoolExecutor:
