@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import types
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.inspector import InspectConfig, inspect
 from mmoe_inspect.routing_pass import RoutingStats
 from mmoe_inspect.stats import feed as feed_module
+from mmoe_inspect.stats.feed import StatsFeed
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.worker import StatsWorker
 from mmoe_inspect.testing.planted import PlantedMMoE
@@ -128,6 +130,7 @@ def test_split_updates_when_the_forward_fills_the_cores_give_the_same_tables(fra
     monkeypatch.setattr(feed_module, "update_gates", update_gates)
     monkeypatch.setattr(TaskOutputStats, "update", outputs_update)
     monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
+    monkeypatch.setattr(feed_module.StatsFeed, "_forwards_leave_room", lambda self: False)
     assert worker_module.spare_cores() >= 0
     split = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
     assert where["gates"] == {"MainThread"} and len(where["outputs"]) == 1
@@ -155,6 +158,7 @@ def test_an_error_in_a_statistic_surfaces_with_its_message_and_leaves_the_model_
     monkeypatch.setattr(TaskOutputStats, "update", failing)
     if split:  # no spare core: the failing part runs in the worker beside the caller's gate part
         monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
+        monkeypatch.setattr(feed_module.StatsFeed, "_forwards_leave_room", lambda self: False)
     m = model()
     before = model_snapshot(m)
     with pytest.raises(ValueError, match="planted failure in a statistic"):
@@ -279,3 +283,29 @@ def test_background_is_cpu_only() -> None:
     assert RoutingStats(topo, background=True).feed.background
     assert not RoutingStats(topo).feed.background
     assert not RoutingStats(topo, background=True, device=torch.device("meta")).feed.background
+
+
+def test_forwards_leave_room_reads_the_callers_cpu_use(monkeypatch) -> None:
+    """Between two updates, a caller whose process used under 80 % of wall time x torch threads of CPU
+    (the worker's own CPU for an overlapped update taken out) left room: overlap the next update;
+    otherwise split it. Before any update: split. (Clocks faked: the rule, not this machine's load.)"""
+    clock = {"wall": 10.0, "cpu": 5.0}
+    fake = types.SimpleNamespace(perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"])
+    monkeypatch.setattr(feed_module, "time", fake)
+    feed = StatsFeed({}, [], None, background=True)
+    assert not feed._forwards_leave_room()
+
+    def after(wall: float, cpu: float, *, overlapped: bool = False, job_cpu: float = 0.0, threads: int = 1):
+        feed._mark = (10.0, 5.0, overlapped)
+        feed._worker.job_cpu = job_cpu
+        clock.update(wall=10.0 + wall, cpu=5.0 + cpu)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        return feed._forwards_leave_room()
+
+    assert after(1.0, 0.5)  # half the core idle
+    assert not after(1.0, 0.9)
+    assert after(1.0, 0.9, overlapped=True, job_cpu=0.3)  # 0.6 s of it was the worker's
+    assert not after(1.0, 0.9, overlapped=False, job_cpu=0.3)  # a split update ran before the mark
+    assert after(1.0, 1.5, threads=2) and not after(1.0, 1.7, threads=2)
+    monkeypatch.undo()
+    feed.close()

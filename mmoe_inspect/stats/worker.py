@@ -21,6 +21,10 @@ Guarantees:
   threads it does not start a second team of ``N`` threads against the forward's; the process-wide
   setting the caller sees is left as it was.
 
+`StatsFeed` picks per chunk: the whole update overlapped in the worker (`submit`) while the caller's
+forwards leave a core idle, or, when they keep every core busy, the update now with its independent
+parts split between the caller and the worker (`run_split`).
+
 It is CPU-only by design: on an accelerator the updates are asynchronous kernel launches already,
 and the caller stays synchronous there (see `StatsFeed`).
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -46,6 +51,7 @@ class StatsWorker:
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
         self._closed = False
+        self.job_cpu = 0.0  # CPU seconds of the last finished job (its thread's own), read after `wait`
 
     @property
     def started(self) -> bool:
@@ -61,7 +67,7 @@ class StatsWorker:
         if self._pool is None:
             self._pool = _start_pool()
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-        self._future = self._pool.submit(_run_in_modes, job, modes)
+        self._future = self._pool.submit(self._run_job, job, modes)
 
     def run_split(self, parts: Sequence[Callable[[], None]]) -> None:
         """Run `parts` (independent: they touch disjoint states) now, the first in the caller and the
@@ -83,6 +89,16 @@ class StatsWorker:
             _wait_quietly(fut)
             raise
         self.wait()
+
+    def _run_job(self, job: Callable[[], None], modes: tuple[bool, bool]) -> None:
+        """In the worker thread: `job()` under the caller's autograd modes, timing its CPU."""
+        inference, grad = modes
+        start = time.thread_time()
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                job()
+        finally:
+            self.job_cpu = time.thread_time() - start
 
     def wait(self) -> None:
         """Block until the job in flight is done; re-raise its exception in the caller."""
@@ -150,12 +166,6 @@ def _start_pool() -> ThreadPoolExecutor:
     ready.wait()
     torch.set_num_threads(n)  # this thread's own value is unchanged: the process-wide one back to it
     return pool
-
-
-def _run_in_modes(job: Callable[[], None], modes: tuple[bool, bool]) -> None:
-    inference, grad = modes
-    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-        job()
 
 
 def _wait_quietly(fut: Future[Any] | None) -> None:
