@@ -24,7 +24,7 @@ from mmoe_inspect.stats.expert import ExpertStats
 from mmoe_inspect.stats.gate import GateStats
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
-from mmoe_inspect.stats.worker import StatsWorker, one_intraop_thread, spare_cores
+from mmoe_inspect.stats.worker import StatsWorker, spare_cores
 
 __all__ = ["SampledRows", "StatsFeed", "sampled_positions"]
 
@@ -220,13 +220,12 @@ class StatsFeed:
         `_forwards_leave_room`), the whole update goes to the worker and overlaps the next forwards;
         when they keep the cores busy, a thread beside them would slow every parallel op of the
         forward, so the update runs now, its independent parts (gates, task outputs, experts) split
-        between the caller and the worker. Each part runs on one intra-op thread
-        (`one_intraop_thread`). The same updates on the same rows either way."""
+        between the caller and the worker, each on one intra-op thread (`one_intraop_thread`: two
+        threads in all). The same updates on the same rows either way."""
         parts = self._parts(main, experts)
-        if self._worker is None:
-            with one_intraop_thread():
-                for part in parts:
-                    part()
+        if self._worker is None:  # on the caller's threads, as before the worker existed
+            for part in parts:
+                part()
             return
         self._worker.wait()  # the previous chunk's update (then its CPU time is known)
         overlap = spare_cores() > 0 or self._forwards_leave_room()

@@ -126,10 +126,10 @@ class StatsWorker:
 def one_intraop_thread() -> Iterator[None]:
     """Run the body's torch ops on the calling thread alone (restored after, also on errors).
 
-    The statistics ops are small: split over ``N`` threads they gain little and pay a parallel
-    region's start and barrier per op, and on a shared machine each region waits for a descheduled
-    sibling (measured 4x slower at 2 threads than at 1 on the busy 2-core VM: bench/results/
-    recording_threads_session6.md). Changing the setting costs about 3 us."""
+    Used for the caller's part of a split update, while the worker computes beside it: two threads
+    in all, not ``N`` intra-op threads plus the worker (on the busy 2-core VM a chunk update took 4x
+    the CPU time at 2 intra-op threads than at 1, each parallel region waiting for a descheduled
+    sibling: bench/results/recording_threads_session6.md). Changing the setting costs about 3 us."""
     n = torch.get_num_threads()
     if n == 1:
         yield
