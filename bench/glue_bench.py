@@ -70,9 +70,10 @@ def extra_over_plain(fns: dict[str, Any], reps: int, nt: int, budget_s: float) -
 
 def glue_only(p: rb.RecordingPass) -> rb.RecordingPass:
     """`p` with its statistics updates replaced by taking the pending chunk (concatenation kept)."""
+    from mmoe_inspect.stats import feed as feed_module
+
     feed = p.feed
-    feed._update_main = lambda: feed._main.take()
-    feed._update_experts = lambda: feed._experts.take()
+    feed._update_gates = feed._update_outputs = feed._update_experts = feed_module._cat  # concatenation kept
     return p
 
 

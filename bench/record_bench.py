@@ -412,6 +412,7 @@ def interleaved(
     budget_s: float | None = None,
     min_reps: int = 5,
     cpu_times: dict[str, list[float]] | None = None,
+    cpu_clock: Callable[[], float] = time.thread_time,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function: `reps` blocks each, in a shuffled order every repetition.
 
@@ -421,7 +422,8 @@ def interleaved(
     once that many seconds have passed and at least `min_reps` are done (bounds the run time on a
     loaded machine; the number done is ``len(times[name])``). With ``cpu_times``, the calling
     thread's CPU seconds per call (``time.thread_time``) are stored there too: with one torch
-    thread, time the process spent descheduled by other jobs does not count.
+    thread, time the process spent descheduled by other jobs does not count. ``cpu_clock`` (default
+    the calling thread's) can be ``time.process_time`` when a function also computes in another thread.
     """
     inner: dict[str, int] = {}
     for name, fn in list(fns.items()):
@@ -449,13 +451,13 @@ def interleaved(
         rng.shuffle(order)
         for name in order:
             fn, k = fns[name], inner[name]
-            c0 = time.thread_time()
+            c0 = cpu_clock()
             t0 = time.perf_counter()
             for _ in range(k):
                 fn()
             times[name].append((time.perf_counter() - t0) / k)
             if cpu_times is not None:
-                cpu_times.setdefault(name, []).append((time.thread_time() - c0) / k)
+                cpu_times.setdefault(name, []).append((cpu_clock() - c0) / k)
     return times
 
 
@@ -483,9 +485,12 @@ class RecordingPass:
         outputs: bool,
         sample_rate: float = EXPERT_SAMPLE_RATE,
         expert_cls: type | None = None,
+        background: bool = False,
     ) -> None:
         """`expert_cls`: another expert-statistics class with `ExpertStats`' constructor (an A/B of
-        the expert statistics inside the same loop)."""
+        the expert statistics inside the same loop). `background=True`: the chunk updates run in the
+        statistics worker thread, as `inspect()` runs them by default (`InspectConfig.overlap_stats`);
+        a timed call must then end with `wait()`, or the update in flight spills into the next call."""
         from mmoe_inspect.routing_pass import RoutingPass, RoutingStats
 
         self.model = copy.deepcopy(model)
@@ -497,6 +502,7 @@ class RecordingPass:
             expert_rate=sample_rate if experts else None,
             seed=0,
             max_expert_rows_per_update=4 * BATCH + BATCH,  # as inspect(): never cap
+            background=background,
         )
         if expert_cls is not None:
             self.stats.feed.new_expert_stats = lambda dims: expert_cls(
@@ -518,6 +524,10 @@ class RecordingPass:
 
     def step(self, x, lab_all) -> None:
         self.rp.step(x, labels=lab_all)
+
+    def wait(self) -> None:
+        """Wait for the statistics update in flight in the worker thread (no-op without one)."""
+        self.stats.feed.wait()
 
     def close(self) -> None:
         self.stats.flush()

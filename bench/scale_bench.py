@@ -97,47 +97,71 @@ def part_recording(threads: list[int], rate_rows: int, quick: bool) -> dict[str,
         model, d = spec["model"], spec["d"]
         x, lab = rb.make_inputs(model, d)
         plain = copy.deepcopy(model).eval()
-        rec = rb.RecordingPass(model, experts=True, outputs=True, sample_rate=rate)
-        gates_only = rb.RecordingPass(model, experts=False, outputs=True)
+        # as inspect() runs it (statistics in the worker thread, InspectConfig.overlap_stats), and the
+        # synchronous pass (the statistics in the caller, as before session 6) for an A/B in one run
+        rec = rb.RecordingPass(model, experts=True, outputs=True, sample_rate=rate, background=True)
+        rec_sync = rb.RecordingPass(model, experts=True, outputs=True, sample_rate=rate)
+        gates_only = rb.RecordingPass(model, experts=False, outputs=True, background=True)
+        x0, lab0 = rb.make_inputs(model, d, seed=1)
+        with torch.inference_mode():  # half a chunk: each timed call fills its chunk at its 2nd batch
+            for p in (rec, rec_sync, gates_only):
+                for _ in range(CHUNK_BATCHES // 2):
+                    p.step(x0, lab0)
         entry: dict[str, Any] = {"target": spec["target"], "threads": {}}
         try:
             for nt in threads:
                 torch.set_num_threads(nt)
                 # a timed call = one statistics chunk of batches (inspect() updates its statistics once
-                # per `stats_chunk_rows` rows), so every call carries its share of the updates
+                # per `stats_chunk_rows` rows), so every call carries its share of the updates; with the
+                # worker thread it ends waiting for the chunk's update (submitted at its 2nd batch, so it
+                # overlaps two forwards, not the four it overlaps in inspect()): nothing spills over
                 fns = {
                     "plain": lambda m=plain, x=x: [m(x) for _ in range(CHUNK_BATCHES)],
-                    "recording": lambda p=rec, x=x, lab=lab: [p.step(x, lab) for _ in range(CHUNK_BATCHES)],
-                    "recording_no_experts": lambda p=gates_only, x=x, lab=lab: [
+                    "recording": lambda p=rec, x=x, lab=lab: (
+                        [p.step(x, lab) for _ in range(CHUNK_BATCHES)],
+                        p.wait(),
+                    ),
+                    "recording_sync": lambda p=rec_sync, x=x, lab=lab: [
                         p.step(x, lab) for _ in range(CHUNK_BATCHES)
                     ],
+                    "recording_no_experts": lambda p=gates_only, x=x, lab=lab: (
+                        [p.step(x, lab) for _ in range(CHUNK_BATCHES)],
+                        p.wait(),
+                    ),
                 }
                 big = "256" in name
                 reps = (6 if quick else 30) if big else (10 if quick else 80)
                 cpu: dict[str, list[float]] = {}
                 with torch.inference_mode():
                     t = rb.interleaved(
-                        fns, reps, min_block_s=0.02, budget_s=5 if quick else 25, cpu_times=cpu
+                        fns,
+                        reps,
+                        min_block_s=0.02,
+                        budget_s=5 if quick else 25,
+                        cpu_times=cpu,
+                        cpu_clock=time.process_time,  # the worker thread's CPU time counts too
                     )
                 t = {k: [v / CHUNK_BATCHES for v in vs] for k, vs in t.items()}  # per batch
                 cpu = {k: [v / CHUNK_BATCHES for v in vs] for k, vs in cpu.items()}
                 row = {k: rb.mm(v) for k, v in t.items()}
                 row["reps"] = len(t["plain"])
                 row["noise_plain_median_over_min"] = statistics.median(t["plain"]) / min(t["plain"])
-                for k in ("recording", "recording_no_experts"):
+                for k in ("recording", "recording_sync", "recording_no_experts"):
                     row[k]["ratio"] = rb.paired_ratio(t[k], t["plain"])
                     row[k]["ratio_min"] = min(t[k]) / min(t["plain"])
-                    if nt == 1:  # CPU time of the one computing thread: robust to other jobs on the cores
+                    if nt == 1:  # CPU time of the process (1 torch thread + the statistics worker)
                         row[k]["ratio_cpu"] = rb.paired_ratio(cpu[k], cpu["plain"])
                 entry["threads"][str(nt)] = row
                 cpu_note = f", CPU-time x{row['recording']['ratio_cpu']:.3f}" if nt == 1 else ""
                 log(
                     f"  (a) {name} threads={nt}: plain {row['plain']['median_ms']:.2f} ms, recording "
                     f"x{row['recording']['ratio']:.3f} (min x{row['recording']['ratio_min']:.3f}{cpu_note}), "
+                    f"synchronous x{row['recording_sync']['ratio']:.3f}, "
                     f"without experts x{row['recording_no_experts']['ratio']:.3f}, noise {row['noise_plain_median_over_min']:.2f}"
                 )
         finally:
             rec.close()
+            rec_sync.close()
             gates_only.close()
         out["models"][name] = entry
     return out
@@ -462,14 +486,17 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             f"(a) pre-built tensors, batch 4096: hooks + every statistic `inspect()` updates by default, expert "
             f"sample rate {r['expert_sample_rate']:.4f} (= 16,384 / {r['rate_rows']:,} rows). Ratio = median of "
-            "per-repetition ratios (ratio of minima); the CPU-time ratio uses the computing thread's CPU time "
-            "(1 thread only), which time spent descheduled by other jobs does not inflate. Noise = plain "
+            "per-repetition ratios (ratio of minima); the CPU-time ratio uses the process's CPU time "
+            "(1 thread only; the statistics worker thread included), which time spent descheduled by other "
+            "jobs does not inflate. `recording` runs the statistics in the worker thread as `inspect()` does "
+            "(`InspectConfig.overlap_stats`); `synchronous` runs them in the caller (the pass before session 6), "
+            "measured in the same interleaved repetitions. Noise = plain "
             "forward median / min (about 1.0-1.2 on free cores). (b) whole `inspect()` call vs a plain scoring "
             "loop reading the same rows from the same source (ratio of minima, median-based in brackets).",
             "",
-            "| model | threads | noise | plain ms | recording ms | (a) ratio | (a) CPU-time ratio | (a) without experts "
-            "| (b) DataFrame | (b) parquet | target |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| model | threads | noise | plain ms | recording ms | (a) ratio | (a) CPU-time ratio | (a) synchronous "
+            "| (a) without experts | (b) DataFrame | (b) parquet | target |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         e2e = res.get("e2e", {}).get("models", {})
         for name, entry in r["models"].items():
@@ -483,6 +510,11 @@ def markdown(res: dict[str, Any]) -> str:
                     f"| {name} | {nt} | {row['noise_plain_median_over_min']:.2f} | {rb.fmt(row['plain'])} | "
                     f"{rb.fmt(row['recording'])} | **{row['recording']['ratio']:.3f}** ({row['recording']['ratio_min']:.3f}) | "
                     + (f"**{rc:.3f}** | " if rc is not None else "- | ")
+                    + (
+                        f"{row['recording_sync']['ratio']:.3f} ({row['recording_sync']['ratio_min']:.3f}) | "
+                        if "recording_sync" in row
+                        else "- | "
+                    )
                     + f"{row['recording_no_experts']['ratio']:.3f}"
                     + (f" (CPU {rc_no:.3f})" if rc_no is not None else "")
                     + f" | {bf} | {bp} | <= {entry['target']} |"

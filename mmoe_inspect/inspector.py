@@ -63,6 +63,9 @@ class InspectConfig:
     # statistics are updated on chunks of at least this many rows (consecutive batches coalesced): the
     # same states, with the fixed per-update cost amortized (it rivals a small model's forward pass)
     stats_chunk_rows: int = 16_384
+    # run each chunk's statistics updates in a worker thread while the next batches' forwards run (CPU;
+    # the same statistics either way): `mmoe_inspect.stats.worker`
+    overlap_stats: bool = True
 
     def __post_init__(self) -> None:
         """Refuse a bad value here, in one line naming the field and its range (not deep inside the run)."""
@@ -225,6 +228,7 @@ def record(
         max_expert_rows_per_update=max(cfg.batch_size, cfg.stats_chunk_rows) + cfg.batch_size,
         dist=dist,
         device=device,
+        background=cfg.overlap_stats,
     )
     shard = None
     if dist is not None:  # this rank's rows; max_rows/sample are folded into the shard's stop

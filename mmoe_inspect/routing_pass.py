@@ -45,6 +45,9 @@ class RoutingStats:
     label); `outputs=False` skips the task-output statistics, `expert_rate=None` the expert ones
     (else the share of rows, chosen by row hash, whose expert outputs are compared). States follow
     torchmetrics' `Metric`: `reset`, `compute`, and (through `dist`) exact merges across ranks.
+    `background=True` runs each chunk's updates in a worker thread (`mmoe_inspect.stats.worker`) while
+    the caller goes on with the next batches (CPU states only; the same states, see `StatsFeed`);
+    `flush`/`compute` wait for it and raise its errors, `close` stops it.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class RoutingStats:
         max_expert_rows_per_update: int | None = None,
         dist: DistContext | None = None,
         device: torch.device | None = None,
+        background: bool = False,
     ) -> None:
         self.topology = topology
         self.labelled = tuple(labelled)
@@ -100,6 +104,8 @@ class RoutingStats:
             self.outputs,
             self.new_expert_stats if expert_rate is not None else None,
             chunk_rows=chunk_rows,
+            # on an accelerator the updates are queued kernels already: a thread would add nothing
+            background=background and self.device.type == "cpu",
         )
 
     def new_expert_stats(self, dims: Sequence[int]) -> ExpertStats:
@@ -126,6 +132,11 @@ class RoutingStats:
         adds: states built under `torch.inference_mode()` can only be updated under it."""
         with torch.inference_mode(self._inference):
             self.feed.flush()
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Stop the background worker, if any, after its update in flight (idempotent); later updates
+        run in the caller. ``raise_errors=False`` when another exception is already propagating."""
+        self.feed.close(raise_errors=raise_errors)
 
     def reset(self) -> None:
         """Empty every state (a new window of the training monitor); pending chunks are dropped."""
@@ -193,7 +204,8 @@ class RoutingStats:
 class RoutingPass:
     """A model's forward under gate hooks, feeding `RoutingStats` one batch at a time.
 
-    Use as a context manager (the hooks are removed on exit, also on errors). `step(x, ...)` runs one
+    Use as a context manager (the hooks are removed on exit, also on errors, and the statistics'
+    background worker, if any, is stopped: an interrupted pass leaves no thread behind). `step(x, ...)` runs one
     forward on input `x` (moved to the model's device) and returns the model's output; the expert
     hooks copy only the rows of the expert sample (chosen on the host by row hash: the same rows for
     any batching or sharding, and no device sync).
@@ -219,8 +231,11 @@ class RoutingPass:
         self._recorder.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._recorder.__exit__(*exc)
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self._recorder.__exit__(exc_type, *exc)
+        finally:  # an update in flight finishes (a torch op cannot be stopped), then the thread ends
+            self.stats.close(raise_errors=exc_type is None)
 
     def step(
         self,

@@ -10,6 +10,7 @@ cost. Memory: at most ``chunk_rows`` plus one batch of captured rows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,8 +24,12 @@ from mmoe_inspect.stats.expert import ExpertStats
 from mmoe_inspect.stats.gate import GateStats
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
+from mmoe_inspect.stats.worker import StatsWorker, spare_cores
 
 __all__ = ["SampledRows", "StatsFeed", "sampled_positions"]
+
+# the caller's forwards keep their cores busy above this share of wall time x torch threads
+_BUSY = 0.8
 
 
 def sampled_positions(row_index: Tensor, rate: float, seed: int) -> Tensor | None:
@@ -104,8 +109,9 @@ class _Chunk:
         self.items.append(item)
         self.rows += rows
 
-    def take(self) -> Any:
-        out = _cat(self.items) if self.items else None
+    def take(self) -> list[Any]:
+        """The items added since the last take (concatenate them with `_cat`), and start anew."""
+        out = self.items
         self.items, self.rows = [], 0
         return out
 
@@ -117,6 +123,12 @@ class StatsFeed:
     added (``chunk_rows <= batch`` updates on every batch); ``flush`` runs the pending updates,
     and must be called once after the last batch. The expert statistics are built on the first
     expert chunk by ``new_expert_stats(dims)`` (their widths are known only then).
+
+    ``background=True`` runs each full chunk's updates (concatenation included) in a `StatsWorker`
+    thread while the caller adds the next batches: the same updates on the same chunks in the same
+    order, so the same states; at most one chunk is in flight (an ``add`` that fills the next chunk
+    first waits for it), so memory stays at two chunks. ``flush``/``wait`` wait for it and raise its
+    error, ``close`` stops the thread.
     """
 
     def __init__(
@@ -127,6 +139,7 @@ class StatsFeed:
         new_expert_stats: Callable[[Sequence[int]], ExpertStats] | None = None,
         *,
         chunk_rows: int = 16_384,
+        background: bool = False,
     ) -> None:
         self.gate_stats = gate_stats
         self.pair_stats = list(pair_stats)
@@ -136,6 +149,9 @@ class StatsFeed:
         self.chunk_rows = int(chunk_rows)
         self._main = _Chunk()
         self._experts = _Chunk()
+        # chunk updates in a worker thread, overlapping the caller's next forwards (CPU states only)
+        self._worker = StatsWorker() if background else None
+        self._mark: tuple[float, float, bool] | None = None  # wall, CPU time, overlapped: after an update
 
     def add(
         self,
@@ -166,27 +182,96 @@ class StatsFeed:
             else:
                 kept = row_index if expert_rows is None else row_index[expert_rows]
             self._experts.add({"x": list(experts), "r": kept}, b)
-        if self._main.rows >= self.chunk_rows:
-            self._update_main()
-        if self._experts.rows >= self.chunk_rows:
-            self._update_experts()
+        main = self._main.take() if self._main.rows >= self.chunk_rows else None
+        experts = self._experts.take() if self._experts.rows >= self.chunk_rows else None
+        if main is not None or experts is not None:
+            self._run(main, experts)
 
     def flush(self) -> None:
-        """Run the pending updates (after the last batch; idempotent)."""
-        if self._main.items:
-            self._update_main()
-        if self._experts.items:
-            self._update_experts()
+        """Run the pending updates and wait for them (after the last batch; idempotent). An error of
+        an update run in the worker is raised here (or by the `add` after it)."""
+        main = self._main.take() if self._main.items else None
+        experts = self._experts.take() if self._experts.items else None
+        if main is not None or experts is not None:
+            self._run(main, experts)
+        self.wait()
 
-    def _update_main(self) -> None:
-        c = self._main.take()
+    def wait(self) -> None:
+        """Wait for the update in flight in the worker, if any, and raise its error (pending rows stay
+        pending: `flush` runs them)."""
+        if self._worker is not None:
+            self._worker.wait()
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Stop the worker thread, if any, after the update in flight (idempotent); later updates run
+        in the caller. ``raise_errors=False``: an exception is already propagating, drop the worker's."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close(raise_errors=raise_errors)
+
+    @property
+    def background(self) -> bool:
+        """Whether chunk updates run in the worker thread."""
+        return self._worker is not None
+
+    def _run(self, main: list[Any] | None, experts: list[Any] | None) -> None:
+        """The updates of a full chunk. Without a worker: in the caller. With one: while the caller's
+        forwards leave a core spare (fewer torch threads than cores, or cores they leave idle:
+        `_forwards_leave_room`), the whole update goes to the worker and overlaps the next forwards;
+        when they keep the cores busy, a thread beside them would slow every parallel op of the
+        forward, so the update runs now, its independent parts (gates, task outputs, experts) split
+        between the caller and the worker, each on one intra-op thread (`one_intraop_thread`: two
+        threads in all). The same updates on the same rows either way."""
+        parts = self._parts(main, experts)
+        if self._worker is None:  # on the caller's threads, as before the worker existed
+            for part in parts:
+                part()
+            return
+        self._worker.wait()  # the previous chunk's update (then its CPU time is known)
+        overlap = spare_cores() > 0 or self._forwards_leave_room()
+        if overlap:
+            self._worker.submit(lambda: [part() for part in parts])
+        else:
+            self._worker.run_split(parts)
+        self._mark = (time.perf_counter(), time.process_time(), overlap)
+
+    def _forwards_leave_room(self) -> bool:
+        """Whether the caller's forwards since the last update left its torch threads' cores partly
+        idle: the process's CPU time below `_BUSY` of wall time x torch threads, the worker's own CPU
+        time taken out. Then the update overlaps the next forwards, as with a spare core: a forward of
+        small ops leaves gaps between its parallel regions, and on a shared machine other processes
+        take cores from it (measured in bench/results/recording_threads_session6.md); a forward that
+        keeps every core busy gets the split update instead. Timing only: the states are the same."""
+        if self._mark is None:
+            return False
+        wall0, cpu0, overlapped = self._mark
+        wall = time.perf_counter() - wall0
+        assert self._worker is not None
+        cpu = time.process_time() - cpu0 - (self._worker.job_cpu if overlapped else 0.0)
+        return cpu < _BUSY * wall * torch.get_num_threads()
+
+    def _parts(self, main: list[Any] | None, experts: list[Any] | None) -> list[Callable[[], None]]:
+        """The chunk's updates as independent calls (disjoint states), the costliest first."""
+        parts: list[Callable[[], None]] = []
+        if main is not None:
+            parts.append(lambda: self._update_gates(main))
+            if self.outputs is not None and main[0]["p"] is not None:
+                parts.append(lambda: self._update_outputs(main))
+        if experts is not None:
+            parts.append(lambda: self._update_experts(experts))
+        return parts
+
+    def _update_gates(self, items: list[dict[str, Any]]) -> None:
         # one stacked pass over the gates (same states as one update per gate and per group)
+        c = _cat([{k: it[k] for k in ("g", "lb", "r")} for it in items])
         update_gates(self.gate_stats, c["g"], c["lb"], c["r"], pairwise=self.pair_stats)
-        if self.outputs is not None and c["p"] is not None:
-            self.outputs.update(c["p"], c["l"])
 
-    def _update_experts(self) -> None:
-        c = self._experts.take()
+    def _update_outputs(self, items: list[dict[str, Any]]) -> None:
+        assert self.outputs is not None
+        self.outputs.update(_cat([it["p"] for it in items]), _cat([it["l"] for it in items]))
+
+    def _update_experts(self, items: list[dict[str, Any]]) -> None:
+        c = _cat(items)
         if c["r"].shape[0] == 0:
             return
         if self.expert_stats is None and self.new_expert_stats is not None:

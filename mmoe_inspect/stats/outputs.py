@@ -207,25 +207,53 @@ def compact_scores(rows: torch.Tensor, bits: int, max_values: int) -> tuple[torc
         rows = torch.cat([rows[:, :1], truncate_mantissa(rows[:, 1:2], bits), rows[:, 2:]], 1)
     while True:
         out = _group(rows)
-        if out.shape[0] == 0 or int(torch.unique(out[:, 0], return_counts=True)[1].max()) <= max_values:
+        # rows per task (the task ids are small whole numbers): the most distinct values of a task
+        if out.shape[0] == 0 or int(torch.bincount(out[:, 0].long()).max()) <= max_values:
             return out, bits
         bits = min(bits, 52) - 4
         rows = torch.cat([out[:, :1], truncate_mantissa(out[:, 1:2], bits), out[:, 2:]], 1)
 
 
 def _group(rows: torch.Tensor) -> torch.Tensor:
-    """Rows sorted by (task, value) with equal keys summed."""
-    if rows.shape[0] == 0:
+    """Rows sorted by (task, value) with equal keys summed (each group keeps its first row's value).
+
+    Two stable radix sorts of int64 keys (the values' order keys, `_order_key`, then the task ids:
+    an integer sort is several times faster than a float one), and the counts of each group summed
+    as differences of running sums, so the `[N, 4]` rows are never gathered whole. The counts are
+    whole numbers (0/1 label weights, summed; below 2**53), so these sums are exact.
+    """
+    n = rows.shape[0]
+    if n == 0:
         return rows
-    rows = rows[torch.argsort(rows[:, 1], stable=True)]
-    rows = rows[torch.argsort(rows[:, 0], stable=True)]
-    new = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
-    new[1:] = (rows[1:, 0] != rows[:-1, 0]) | (rows[1:, 1] != rows[:-1, 1])
-    group = torch.cumsum(new, 0) - 1
-    out = rows[new].clone()
-    out[:, 2:] = 0
-    out[:, 2:].index_add_(0, group, rows[:, 2:])
-    return out
+    task_f, value, pos, neg = rows.T.contiguous()  # [N] columns (gathers from 1-D tensors are fast)
+    key = _order_key(value)
+    perm = torch.argsort(key, stable=True)  # by value
+    task = task_f.long()
+    perm = perm.index_select(0, torch.argsort(task.index_select(0, perm), stable=True))  # then by task
+    key, task = key.index_select(0, perm), task.index_select(0, perm)
+    new = torch.ones(n, dtype=torch.bool, device=rows.device)
+    new[1:] = (task[1:] != task[:-1]) | (key[1:] != key[:-1])
+    starts = torch.nonzero(new).squeeze(1)  # [G] the first sorted row of each group
+    ends = torch.cat([starts[1:], starts.new_tensor([n])]) - 1
+    first = perm.index_select(0, starts)
+    out = torch.empty(4, starts.shape[0], dtype=rows.dtype, device=rows.device)
+    out[0] = task_f.index_select(0, first)
+    out[1] = value.index_select(0, first)
+    for i, c in ((2, pos), (3, neg)):  # running counts at each group's end, minus the previous group's
+        at_end = c.index_select(0, perm).cumsum(0).index_select(0, ends)
+        out[i] = at_end
+        out[i, 1:] -= at_end[:-1]
+    return out.T.contiguous()
+
+
+_LOW63 = 0x7FFFFFFFFFFFFFFF
+
+
+def _order_key(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered as the float64 `values` (not NaN), equal exactly where the values compare
+    equal: -0.0 is keyed as +0.0, and a negative value's low 63 bits are flipped (IEEE order)."""
+    k = (values.to(torch.float64) + 0.0).view(torch.int64)
+    return k ^ ((k >> 63) & _LOW63)
 
 
 def exact_auc(rows: torch.Tensor, n_tasks: int) -> torch.Tensor:

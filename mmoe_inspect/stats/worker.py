@@ -1,0 +1,176 @@
+"""`StatsWorker`: runs the statistics updates of chunk k in one background thread while the caller
+runs the forward passes of the next batches.
+
+Why: a statistics update is a few dozen small tensor ops (and, for the exact AUC, a sort now and
+then) that do not parallelise; with two torch threads the forward halves but they do not, so their
+share of the recording pass grows. Torch ops release the GIL, so one worker thread running them
+beside the forward uses the core the forward leaves idle at one thread, and keeps the statistics off
+the caller's critical path at two.
+
+Guarantees:
+- **Same states.** Jobs run one at a time in submission order, on the tensors handed over (never
+  modified by either side afterwards), under the caller's autograd modes (`torch.inference_mode`
+  and grad mode are thread-local): the states are those of running the jobs in the caller.
+- **Bounded memory.** At most one job in flight: `submit` first waits for the previous job.
+- **Errors surface in the caller.** An exception raised by a job is re-raised, as the same
+  object (its type and message), by the next `submit`, `wait` or `close`; no job runs after it.
+- **Interrupts.** A `KeyboardInterrupt` reaches the caller's thread (a wait on the worker can be
+  interrupted); `close()` then lets the running job finish (a torch op cannot be stopped midway),
+  drops nothing else (nothing else is queued) and joins the thread, so no thread outlives the pass.
+- **Torch threads.** The worker runs its ops on one intra-op thread, so that with ``N`` torch
+  threads it does not start a second team of ``N`` threads against the forward's; the process-wide
+  setting the caller sees is left as it was.
+
+`StatsFeed` picks per chunk: the whole update overlapped in the worker (`submit`) while the caller's
+forwards leave a core idle, or, when they keep every core busy, the update now with its independent
+parts split between the caller and the worker (`run_split`).
+
+It is CPU-only by design: on an accelerator the updates are asynchronous kernel launches already,
+and the caller stays synchronous there (see `StatsFeed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+__all__ = ["StatsWorker", "one_intraop_thread", "spare_cores"]
+
+
+class StatsWorker:
+    """One background thread running statistics jobs in order, at most one at a time."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[Any] | None = None
+        self._closed = False
+        self.job_cpu = 0.0  # CPU seconds of the last finished job (its thread's own), read after `wait`
+
+    @property
+    def started(self) -> bool:
+        """Whether the thread was started (it is started by the first `submit`)."""
+        return self._pool is not None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job()` in the worker once the previous job is done (whose error, if any, is raised
+        here instead, and `job` is not run). The job runs under the caller's autograd modes."""
+        if self._closed:
+            raise RuntimeError("StatsWorker.submit after close()")
+        self.wait()
+        if self._pool is None:
+            self._pool = _start_pool()
+        modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        self._future = self._pool.submit(self._run_job, job, modes)
+
+    def run_split(self, parts: Sequence[Callable[[], None]]) -> None:
+        """Run `parts` (independent: they touch disjoint states) now, the first in the caller and the
+        others in the worker at the same time; return when all are done (after the job in flight).
+        The caller's error wins over the worker's; otherwise the worker's is raised here."""
+        self.wait()
+        if len(parts) < 2:
+            with one_intraop_thread():
+                for part in parts:
+                    part()
+            return
+        rest = list(parts[1:])
+        self.submit(lambda: [part() for part in rest])
+        try:
+            with one_intraop_thread():
+                parts[0]()
+        except BaseException:
+            fut, self._future = self._future, None
+            _wait_quietly(fut)
+            raise
+        self.wait()
+
+    def _run_job(self, job: Callable[[], None], modes: tuple[bool, bool]) -> None:
+        """In the worker thread: `job()` under the caller's autograd modes, timing its CPU."""
+        inference, grad = modes
+        start = time.thread_time()
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                job()
+        finally:
+            self.job_cpu = time.thread_time() - start
+
+    def wait(self) -> None:
+        """Block until the job in flight is done; re-raise its exception in the caller."""
+        fut, self._future = self._future, None
+        if fut is not None:
+            fut.result()
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Wait for the job in flight, stop the thread (idempotent). With ``raise_errors=False`` (an
+        exception is already propagating) a failed job's error is dropped, not raised over it."""
+        self._closed = True
+        try:
+            if raise_errors:
+                self.wait()
+            else:
+                _wait_quietly(self._future)
+                self._future = None
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def one_intraop_thread() -> Iterator[None]:
+    """Run the body's torch ops on the calling thread alone (restored after, also on errors).
+
+    Used for the caller's part of a split update, while the worker computes beside it: two threads
+    in all, not ``N`` intra-op threads plus the worker (on the busy 2-core VM a chunk update took 4x
+    the CPU time at 2 intra-op threads than at 1, each parallel region waiting for a descheduled
+    sibling: bench/results/recording_threads_session6.md). Changing the setting costs about 3 us."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def spare_cores() -> int:
+    """Cores this process may run on beyond the torch threads of the caller (0 when they fill them)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, cores - torch.get_num_threads())
+
+
+def _start_pool() -> ThreadPoolExecutor:
+    """A one-thread pool whose thread computes on one intra-op thread (see the module doc)."""
+    n = torch.get_num_threads()
+    ready = threading.Event()
+
+    def init() -> None:
+        # `torch.set_num_threads` sets this thread's OpenMP team size, and also the process-wide
+        # value that threads read on their first op; the caller restores the latter below
+        torch.set_num_threads(1)
+        ready.set()
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmoe-stats", initializer=init)
+    pool.submit(lambda: None).result()  # start the thread now, so its initializer ran
+    ready.wait()
+    torch.set_num_threads(n)  # this thread's own value is unchanged: the process-wide one back to it
+    return pool
+
+
+def _wait_quietly(fut: Future[Any] | None) -> None:
+    """Wait for `fut` to finish, ignoring its outcome (a `KeyboardInterrupt` during the wait propagates)."""
+    if fut is None:
+        return
+    with contextlib.suppress(Exception):  # the caller is already raising another exception
+        fut.result()

@@ -1,0 +1,66 @@
+"""`outputs._group` (the compaction behind the exact streaming AUC) against a plain Python reference:
+one row per (task, value) sorted by task then value, counts summed, each group keeping the value of
+its first row (so -0.0 and +0.0, equal as floats, are one group), for ties, infinities and subnormals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmoe_inspect.stats.outputs import _group, compact_scores, exact_auc
+
+
+def reference(rows: torch.Tensor) -> torch.Tensor:
+    groups: dict[tuple[float, float], list[float]] = {}
+    for task, value, pos, neg in rows.tolist():
+        key = (task, value + 0.0)  # -0.0 == 0.0 as a dict key too
+        if key not in groups:
+            groups[key] = [task, value, 0.0, 0.0]
+        groups[key][2] += pos
+        groups[key][3] += neg
+    ordered = sorted(groups.values(), key=lambda r: (r[0], r[1]))
+    return torch.tensor(ordered, dtype=torch.float64).reshape(-1, 4)
+
+
+def rows_of(n: int, tasks: int, kind: str, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.rand(n, tasks, generator=gen, dtype=torch.float64)
+    if kind == "ties":  # few distinct values, signed zeros
+        p = (p * 20).floor() / 20 - 0.25
+        p[::3] = -0.0
+        p[::5] = 0.0
+    elif kind == "extremes":
+        p = torch.randn(n, tasks, generator=gen, dtype=torch.float64) * 1e300
+        p[::4] = float("inf")
+        p[::6] = -float("inf")
+        p[::7] = 5e-324
+        p[::9] = -5e-324
+    y = (torch.rand(n, tasks, generator=gen) < 0.3).double()
+    w = (torch.rand(n, tasks, generator=gen) < 0.8).double()
+    task = torch.arange(tasks, dtype=torch.float64).expand_as(p)
+    rows = torch.stack([task, p, w * y, w * (1 - y)], -1).reshape(-1, 4)
+    return rows[torch.randperm(rows.shape[0], generator=gen)]
+
+
+@pytest.mark.parametrize("kind", ["fresh", "ties", "extremes"])
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_group_equals_the_reference(kind: str, tasks: int) -> None:
+    rows = rows_of(400, tasks, kind, seed=tasks)
+    got, want = _group(rows), reference(rows)
+    assert got.shape == want.shape
+    assert torch.equal(got, want)
+    assert torch.equal(torch.signbit(got[:, 1]), torch.signbit(want[:, 1]))  # each group's first value
+    assert _group(rows[:0]).shape == (0, 4)
+
+
+def test_compaction_in_pieces_gives_the_auc_of_all_rows() -> None:
+    """Compacting part of the rows, then the compacted rows with the rest, gives the same rows (hence
+    AUC) as compacting everything at once; a task absent from the rows is NaN."""
+    rows = rows_of(3000, 3, "ties", seed=7)
+    rows = rows[rows[:, 0] != 1]
+    once, bits = compact_scores(rows, 53, 1 << 20)
+    kept, _ = compact_scores(rows[:1000], 53, 1 << 20)
+    twice, _ = compact_scores(torch.cat([kept, rows[1000:]]), 53, 1 << 20)
+    assert bits == 53 and torch.equal(once, twice)
+    auc = exact_auc(once, 3)
+    assert auc[1].isnan() and not auc[0].isnan() and not auc[2].isnan()

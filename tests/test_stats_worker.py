@@ -1,0 +1,311 @@
+"""The statistics worker thread of the recording pass (`mmoe_inspect.stats.worker`,
+`InspectConfig.overlap_stats`): the same tables as the synchronous pass, errors and Ctrl-C surface in
+the caller without a hang, and the model and the process are left as found (no hooks, no thread)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.inspector import InspectConfig, inspect
+from mmoe_inspect.routing_pass import RoutingStats
+from mmoe_inspect.stats import feed as feed_module
+from mmoe_inspect.stats.feed import StatsFeed
+from mmoe_inspect.stats.outputs import TaskOutputStats
+from mmoe_inspect.stats.worker import StatsWorker
+from mmoe_inspect.testing.planted import PlantedMMoE
+
+N_FEATURES = 6
+FEATURES = FeatureSpec.dense_only(N_FEATURES)
+# 2,500 rows in batches of 200, statistics chunks of >= 500 rows: 5 chunks, so several updates run in
+# the worker while the next forwards run; the expert sample is 1,000 rows (40 %)
+CFG = dict(batch_size=200, stats_chunk_rows=500, expert_sample_rows=1000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2500, N_FEATURES)).astype("float32")
+    df = pd.DataFrame(x, columns=list(FEATURES.dense))
+    df["ctr"] = (x[:, 0] + 0.5 * rng.normal(size=len(df)) > 0.3).astype("float64")
+    df["cvr"] = (rng.random(len(df)) < 0.05).astype("float64")
+    df.loc[::7, "cvr"] = np.nan  # missing labels take the masked paths
+    return df
+
+
+def model() -> PlantedMMoE:
+    return PlantedMMoE(n_features=N_FEATURES, gate_modes={"ctr": "specialized", "cvr": "learned"}, seed=1)
+
+
+def worker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("mmoe-stats")]
+
+
+def model_snapshot(m: torch.nn.Module) -> dict[str, object]:
+    return {
+        "params": {k: v.detach().clone() for k, v in m.state_dict().items()},
+        "modes": {n: mod.training for n, mod in m.named_modules()},
+    }
+
+
+def assert_as_found(m: torch.nn.Module, before: dict[str, object]) -> None:
+    for mod in m.modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks and not mod._backward_hooks
+    after = model_snapshot(m)
+    assert after["modes"] == before["modes"]
+    for k, v in before["params"].items():  # type: ignore[union-attr]
+        assert torch.equal(v, after["params"][k]), k  # type: ignore[index]
+    deadline = time.monotonic() + 5
+    while worker_threads() and time.monotonic() < deadline:  # a closed pool's thread exits at once
+        time.sleep(0.01)
+    assert not worker_threads()
+
+
+def test_worker_gives_the_tables_of_the_synchronous_pass(frame, monkeypatch) -> None:
+    """Every table and array of `inspect()` is identical (exactly) with the statistics in the worker
+    thread and in the caller; the worker really ran the chunk updates, one chunk at a time."""
+    threads: list[str] = []
+    real = feed_module.update_gates
+
+    def update_gates(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feed_module, "update_gates", update_gates)
+    m = model()
+    m.train()  # inspect() switches to eval mode for the pass and back
+    before = model_snapshot(m)
+    results = {}
+    for overlap in (False, True):
+        threads.clear()
+        cfg = InspectConfig(**CFG, overlap_stats=overlap)
+        results[overlap] = inspect(m, frame, features=FEATURES, config=cfg)
+        assert len(threads) == 5
+        assert all(t.startswith("mmoe-stats") for t in threads) == overlap
+        assert_as_found(m, before)
+    sync, worker = results[False], results[True]
+    assert sync.tables.keys() == worker.tables.keys()
+    for name, table in sync.tables.items():
+        pd.testing.assert_frame_equal(table, worker.tables[name], check_exact=True, obj=name)
+    assert sync.tables["tasks"]["auc"].notna().all()
+    for key, value in sync.arrays.items():
+        other = worker.arrays[key]
+        if isinstance(value, dict):
+            assert value.keys() == other.keys()
+            for k in value:
+                np.testing.assert_array_equal(value[k], other[k], err_msg=f"{key}.{k}")
+        elif value is None or isinstance(value, list):
+            assert value == other, key
+        else:
+            np.testing.assert_array_equal(value, other, err_msg=key)
+
+
+def test_split_updates_when_the_forward_fills_the_cores_give_the_same_tables(frame, monkeypatch) -> None:
+    """With no spare core (torch threads = cores), each chunk's update runs at once, its gate part in
+    the caller and its task-output and expert parts in the worker: the tables are still identical."""
+    from mmoe_inspect.stats import worker as worker_module
+
+    where: dict[str, set[str]] = {"gates": set(), "outputs": set()}
+    real_gates, real_outputs = feed_module.update_gates, TaskOutputStats.update
+
+    def update_gates(*args, **kwargs):
+        where["gates"].add(threading.current_thread().name)
+        return real_gates(*args, **kwargs)
+
+    def outputs_update(self, *args, **kwargs):
+        where["outputs"].add(threading.current_thread().name)
+        return real_outputs(self, *args, **kwargs)
+
+    m = model()
+    sync = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG, overlap_stats=False))
+    monkeypatch.setattr(feed_module, "update_gates", update_gates)
+    monkeypatch.setattr(TaskOutputStats, "update", outputs_update)
+    monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
+    monkeypatch.setattr(feed_module.StatsFeed, "_forwards_leave_room", lambda self: False)
+    assert worker_module.spare_cores() >= 0
+    split = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
+    assert where["gates"] == {"MainThread"} and len(where["outputs"]) == 1
+    assert next(iter(where["outputs"])).startswith("mmoe-stats")
+    for name, table in sync.tables.items():
+        pd.testing.assert_frame_equal(table, split.tables[name], check_exact=True, obj=name)
+    assert not worker_threads()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["overlapped", "split"])
+def test_an_error_in_a_statistic_surfaces_with_its_message_and_leaves_the_model_as_found(
+    frame, monkeypatch, split: bool
+) -> None:
+    """A statistic that raises in the worker (third chunk) stops the pass: the caller gets that error
+    (type and message), the hooks are removed, the model is untouched and the thread is gone."""
+    calls = []
+    real = TaskOutputStats.update
+
+    def failing(self, preds, labels=None):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise ValueError("planted failure in a statistic")
+        return real(self, preds, labels)
+
+    monkeypatch.setattr(TaskOutputStats, "update", failing)
+    if split:  # no spare core: the failing part runs in the worker beside the caller's gate part
+        monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
+        monkeypatch.setattr(feed_module.StatsFeed, "_forwards_leave_room", lambda self: False)
+    m = model()
+    before = model_snapshot(m)
+    with pytest.raises(ValueError, match="planted failure in a statistic"):
+        inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
+    assert len(calls) == 3 and calls[-1].startswith("mmoe-stats")  # no update ran after the failure
+    assert_as_found(m, before)
+
+
+@pytest.mark.parametrize("where", ["forward", "waiting"])
+def test_ctrl_c_stops_the_worker_and_leaves_the_model_as_found(frame, monkeypatch, where: str) -> None:
+    """A real SIGINT, delivered while the caller runs a forward (`forward`) or while it waits for a slow
+    update in the worker (`waiting`), raises KeyboardInterrupt in the caller promptly (no hang); the
+    update in flight finishes, the thread ends, the hooks are removed and the model is as found."""
+    real = feed_module.update_gates
+    started = threading.Event()
+    job_ends: list[float] = []
+    closes: list[tuple[float, bool]] = []
+
+    def slow(*args, **kwargs):
+        started.set()
+        if where == "waiting":
+            time.sleep(2.0)  # the caller fills the next chunk meanwhile and waits for this one
+        out = real(*args, **kwargs)
+        job_ends.append(time.monotonic())
+        return out
+
+    real_close = RoutingStats.close
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        closes.append((time.monotonic(), raise_errors))
+        real_close(self, raise_errors=raise_errors)
+
+    monkeypatch.setattr(feed_module, "update_gates", slow)
+    monkeypatch.setattr(RoutingStats, "close", close)
+    m = model()
+    before = model_snapshot(m)
+    batches = []
+
+    def input_fn(chunk: pd.DataFrame) -> torch.Tensor:
+        batches.append(len(chunk))
+        if where == "forward" and len(batches) == 6:  # the first chunk's update was handed over at batch 3
+            assert started.wait(5)
+            signal.raise_signal(signal.SIGINT)
+        return torch.from_numpy(chunk[list(FEATURES.dense)].to_numpy(dtype=np.float32, copy=True))
+
+    timer = None
+    if where == "waiting":  # the caller blocks in the worker wait at the second chunk (batch 6)
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            inspect(m, frame, input_fn=input_fn, columns=list(FEATURES.dense), config=InspectConfig(**CFG))
+    finally:
+        if timer is not None:
+            timer.cancel()
+    assert time.monotonic() - t0 < 10
+    assert len(batches) < 13  # stopped before the end of the data
+    assert len(closes) == 1 and closes[0][1] is False  # the pass closed the worker, the interrupt kept
+    if where == "waiting":  # the interrupt reached the caller while the update was still running
+        assert len(batches) == 6 and job_ends and closes[0][0] < job_ends[0]
+    assert_as_found(m, before)
+
+
+def test_worker_runs_jobs_in_order_one_at_a_time_in_the_callers_modes() -> None:
+    worker = StatsWorker()
+    log: list[tuple[int, bool, bool]] = []
+    gate = threading.Event()
+
+    def job(i: int):
+        def run() -> None:
+            if i == 0:
+                assert gate.wait(5)
+            log.append((i, torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+
+        return run
+
+    n_threads = torch.get_num_threads()
+    with torch.inference_mode():
+        worker.submit(job(0))
+    assert torch.get_num_threads() == n_threads  # the worker's one intra-op thread is its own
+    done = threading.Event()
+
+    def second() -> None:  # blocks until job 0 is done: at most one job in flight
+        with torch.no_grad():
+            worker.submit(job(1))
+        done.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    assert not done.wait(0.2) and log == []
+    gate.set()
+    assert done.wait(5)
+    t.join()
+    worker.wait()
+    assert log == [(0, True, False), (1, False, False)]
+    worker.close()
+    worker.close()  # idempotent
+    with pytest.raises(RuntimeError, match="after close"):
+        worker.submit(job(2))
+
+
+def test_worker_error_is_raised_once_and_stops_later_jobs() -> None:
+    worker = StatsWorker()
+    ran: list[int] = []
+
+    def bad() -> None:
+        raise KeyError("stat went wrong")
+
+    worker.submit(bad)
+    with pytest.raises(KeyError, match="stat went wrong"):
+        worker.submit(lambda: ran.append(1))  # the failed job's error, and this job does not run
+    worker.wait()  # raised once
+    worker.submit(bad)
+    worker.close(raise_errors=False)  # another exception is propagating: dropped, no hang
+    assert ran == []
+
+
+def test_background_is_cpu_only() -> None:
+    """On an accelerator the updates stay in the caller (they are queued kernels: no thread, no sync)."""
+    topo = model().topology()
+    assert RoutingStats(topo, background=True).feed.background
+    assert not RoutingStats(topo).feed.background
+    assert not RoutingStats(topo, background=True, device=torch.device("meta")).feed.background
+
+
+def test_forwards_leave_room_reads_the_callers_cpu_use(monkeypatch) -> None:
+    """Between two updates, a caller whose process used under 80 % of wall time x torch threads of CPU
+    (the worker's own CPU for an overlapped update taken out) left room: overlap the next update;
+    otherwise split it. Before any update: split. (Clocks faked: the rule, not this machine's load.)"""
+    clock = {"wall": 10.0, "cpu": 5.0}
+    fake = types.SimpleNamespace(perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"])
+    monkeypatch.setattr(feed_module, "time", fake)
+    feed = StatsFeed({}, [], None, background=True)
+    assert not feed._forwards_leave_room()
+
+    def after(wall: float, cpu: float, *, overlapped: bool = False, job_cpu: float = 0.0, threads: int = 1):
+        feed._mark = (10.0, 5.0, overlapped)
+        feed._worker.job_cpu = job_cpu
+        clock.update(wall=10.0 + wall, cpu=5.0 + cpu)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        return feed._forwards_leave_room()
+
+    assert after(1.0, 0.5)  # half the core idle
+    assert not after(1.0, 0.9)
+    assert after(1.0, 0.9, overlapped=True, job_cpu=0.3)  # 0.6 s of it was the worker's
+    assert not after(1.0, 0.9, overlapped=False, job_cpu=0.3)  # a split update ran before the mark
+    assert after(1.0, 1.5, threads=2) and not after(1.0, 1.7, threads=2)
+    monkeypatch.undo()
+    feed.close()
