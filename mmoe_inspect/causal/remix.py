@@ -275,34 +275,44 @@ class Remixer:
         order = [p for k in _KINDS for p in groups[k]]
         b, e = intact.shape
         out = self._buffer(f"rows{int(lead)}", (b, int(lead) + len(order), e), intact)
-        out[:, : int(lead) + len(order)] = intact.unsqueeze(1)  # every row starts as the intact one
-        col = {p: int(lead) + j for j, p in enumerate(order)}
-        if probs.dirty:
-            moved = [p for p in order if p in probs.dirty]
-            if moved:
-                out[:, [col[p] for p in moved]] = _select(probs, moved).transpose(0, 1)
+        if lead:
+            out[:, 0] = intact
+        moved = set(probs.dirty)  # variants whose unedited gate rows differ from the intact ones
+        tiny = torch.finfo(intact.dtype).tiny
         start = int(lead)
         for kind in _KINDS:
             members = groups[kind]
             block = out[:, start : start + len(members)]
             start += len(members)
-            if not members or kind == "plain":
+            if not members:
                 continue
-            assert spec is not None
-            if kind in ("zero", "renormalize"):  # as `edit_gate_output`, for all ablations at once
-                keep = self._tensor(plan, kind, members, intact)
-                if kind == "zero":
-                    block.mul_(keep)
-                else:
-                    total = block.sum(-1, keepdim=True)
-                    block.mul_(keep)
-                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(torch.finfo(intact.dtype).tiny))
-            elif kind == "fixed":
+            own = [p for p in members if p in moved]
+            if (
+                kind in ("zero", "renormalize") and not own
+            ):  # as `edit_gate_output`, for all ablations at once
+                torch.mul(intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block)
+                if kind == "renormalize":
+                    total = intact.sum(-1, keepdim=True).unsqueeze(1)
+                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(tiny))
+                continue
+            if kind == "fixed":
                 block.copy_(self._tensor(plan, kind, members, intact).expand_as(block))
+                continue
+            if kind != "swap":  # the unedited rows first: intact, or the variant's own
+                block.copy_(intact.unsqueeze(1).expand_as(block))
+                if own:
+                    block[:, [members.index(p) for p in own]] = _select(probs, own).transpose(0, 1)
+            assert spec is not None or kind == "plain"
+            if kind in ("zero", "renormalize"):
+                keep = self._tensor(plan, kind, members, intact)
+                total = block.sum(-1, keepdim=True)
+                block.mul_(keep)
+                if kind == "renormalize":
+                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(tiny))
             elif kind == "swap":
                 for j, p in enumerate(members):
                     edit = plan.edits[p]
-                    assert isinstance(edit, Replace)
+                    assert isinstance(edit, Replace) and spec is not None
                     source = self._source(edit)
                     assert source is not None
                     if source.shape != intact.shape:
@@ -311,7 +321,8 @@ class Remixer:
                             f"{tuple(source.shape)}; gates can only be swapped when their outputs have the same shape"
                         )
                     block[:, j] = source
-            else:
+            elif kind == "each":
+                assert spec is not None
                 for j, p in enumerate(members):
                     edit = plan.edits[p]
                     block[:, j] = edit_gate_output(block[:, j].clone(), spec, edit, self._source(edit))
@@ -398,10 +409,10 @@ class Remixer:
             z = torch.bmm(g, x, out=self._buffer("mixed", (b, g.shape[1], x.shape[-1]), x))
             pred = tower.forward(z.view(-1, z.shape[-1]))
         pred = pred.reshape(b, 1 + len(order), *pred.shape[1:])
-        out = pred.new_empty(k, *pred[:, 0].shape)
-        out[:] = pred[:, 0]
-        if order:
-            out[order] = pred[:, 1:].transpose(0, 1)
+        column = [0] * k  # variant -> column of `pred` (0: the intact one, for variants it does not change)
+        for j, p in enumerate(order, start=1):
+            column[p] = j
+        out = pred.transpose(0, 1)[torch.tensor(column, device=pred.device)]  # one gather [k, b, ...]
         if other:
             mixed = self._other(gate, experts)
             p = tower.forward(mixed.reshape(-1, mixed.shape[-1]))
