@@ -4,17 +4,23 @@ For the package's own expert models (`OMoE`, `MMoE`, `PLE`, `CGC`, whose forward
 stacked `[b, E, D]`, a softmax gate `[b, E]` per mixture, `mix` a gate-weighted sum), a variant that
 only edits gate outputs changes nothing upstream of the edited gate. So per batch:
 
-1. the intact model runs once, keeping each level's expert outputs `[b, E, D]` and gate outputs `[b, E]`;
-2. each mixture's edited gate rows of every variant it changes are built in one tensor `[b, 1 + n, E]`
-   (intact row first; ablations, fixed and swapped gates as one tensor op per kind, not one per variant);
+1. the intact model runs once, keeping each level's expert outputs `[b, E, D]` and gate outputs `[b, E]`
+   (experts whose mixtures no gate reads, e.g. an MMoE's, run their first layers as one fused linear);
+2. a mixture's edited gate rows, for every variant that changes it, are built in one tensor `[b, n, E]`
+   (ablations, fixed and swapped gates: one tensor op per kind of edit, not one per variant);
 3. the variants whose experts are intact are re-mixed in one batched product with the cached expert
-   outputs (`bmm` over rows: `[1 + n, E] x [E, D]` per row); variants whose experts changed (a PLE's later
-   levels) use the model's own per-row product on their expert outputs;
-4. a task tower's first `nn.Linear` is folded into the mixture: its pre-activation under any gate `g'` is
-   `sum_e g'_e (W X_e) + bias`, so `Y_e = W X_e` `[b, E, H1]` is computed once per batch and re-mixed
-   (narrower than `X_e` when `H1 < D`, and the tower's first layer never runs per variant);
+   outputs (`bmm` over rows: `[n, E] x [E, D]` per row); variants whose experts changed (a PLE's later
+   levels) take one `[1, E] x [E, D]` product per row on their own expert outputs;
+4. a task tower's first `nn.Linear` (weight `W`, bias `c`) is folded into the re-mixing: under any gate
+   `g'` its pre-activation is `sum_e g'_e (W X_e) + c`, so `Y_e = W X_e` `[b, E, H1]` is computed once
+   per batch and the intact row and every variant with intact experts are ONE `baddbmm`
+   `[b, 1 + n, E] x [b, E, H1]` (the first layer never runs per variant, and `H1` is usually `< D`);
 5. downstream modules (next PLE level's experts and gates, the rest of the towers) run only on the
    variants whose input differs from the intact one ("dirty" rows); the others reuse the intact output.
+
+Folding and fusing change float rounding only (the intact mixtures that a later gate reads are the
+model's own `mix`, so captured gate probabilities are exactly the plain forward's). Large temporaries
+live in work buffers kept from batch to batch (a fresh multi-MB tensor per batch costs page faults).
 
 A `Stream` is one tensor as seen by every variant: the intact value `[b, D]` plus the variants (by
 position 1..V) where it differs, stacked `[n_dirty, b, D]` in the order of `dirty`.
@@ -128,19 +134,25 @@ class _Fused:
 
 
 def _cat(streams: Sequence[Stream]) -> Stream:
-    """Expert stacks `[b, E_i, D]` of several streams concatenated on the expert axis (one buffer, no
-    per-variant copies: every variant starts from the intact stack, its dirty parts written over it)."""
+    """Expert stacks `[b, E_i, D]` of several streams concatenated on the expert axis, into one buffer: a
+    stream's part is copied once for all variants, its dirty values written over the intact ones."""
     dirty = sorted({k for s in streams for k in s.dirty})
     intact = torch.cat([s.intact for s in streams], dim=1)
     if not dirty:
         return Stream(intact, [], None)
-    values = intact.unsqueeze(0).expand(len(dirty), *intact.shape).clone()
+    values = intact.new_empty(len(dirty), *intact.shape)
     start = 0
     for s in streams:
         stop = start + s.intact.shape[1]
-        if s.dirty:
+        part = values[:, :, start:stop]
+        if s.dirty == dirty:
             assert s.values is not None
-            values[[dirty.index(p) for p in s.dirty], :, start:stop] = s.values
+            part.copy_(s.values)
+        else:
+            part.copy_(s.intact.unsqueeze(0).expand_as(part))
+            if s.dirty:
+                assert s.values is not None
+                part[[dirty.index(p) for p in s.dirty]] = s.values
         start = stop
     return Stream(intact, dirty, values)
 
@@ -462,6 +474,7 @@ class Remixer:
         self.captured = {}
         model = self.model
         h = model.inputs(x)
+        heads: list[tuple[GateOut, Stream]] = []
         if isinstance(model, PLE):
             task_x = [Stream(h, [], None)] * len(model.tasks)
             shared_x: Stream | None = Stream(h, [], None)
