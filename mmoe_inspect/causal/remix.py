@@ -299,9 +299,7 @@ class Remixer:
             if not members:
                 continue
             own = [p for p in members if p in moved]
-            if (
-                kind in ("zero", "renormalize") and not own
-            ):  # as `edit_gate_output`, for all ablations at once
+            if kind in ("zero", "renormalize") and not own:  # `edit_gate_output`'s arithmetic, all at once
                 torch.mul(intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block)
                 if kind == "renormalize":
                     total = intact.sum(-1, keepdim=True).unsqueeze(1)
