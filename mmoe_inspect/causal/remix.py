@@ -114,11 +114,12 @@ class _Fused:
             return None
         return cls(mods, firsts)
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """`[rows, in]` -> `[rows, E, H]`; `out` `[rows, E * H]` receives the first layers when given."""
         if self.bias is not None:
-            y = torch.addmm(self.bias, x, self.weight.t())
+            y = torch.addmm(self.bias, x, self.weight.t(), out=out)
         else:
-            y = torch.mm(x, self.weight.t())
+            y = torch.mm(x, self.weight.t(), out=out)
         n, h = len(self.rests), self.width
         if self.relus is not None:  # single-layer experts: the buffer is the stack
             for _ in range(self.relus):
@@ -155,6 +156,28 @@ def _cat(streams: Sequence[Stream]) -> Stream:
                 part[[dirty.index(p) for p in s.dirty]] = s.values
         start = stop
     return Stream(intact, dirty, values)
+
+
+def _remix(g: Tensor, x: Tensor, out: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`out[b] = g[b] @ x[b] (+ bias)`: `g` `[b, n, E]`, `x` `[b, E, D]`, `out` `[b, n, D]`.
+
+    `bmm` when the per-row product is large enough for its BLAS path; below that (`n * E * D < 512`, e.g. a
+    PLE's few narrow experts) torch's per-row fallback kernel is several times slower than one
+    multiply-add per expert over all rows."""
+    n, e, d = g.shape[1], g.shape[2], x.shape[2]
+    if n * e * d >= 512:
+        if bias is not None:
+            return torch.baddbmm(bias.expand(out.shape), g, x, out=out)
+        return torch.bmm(g, x, out=out)
+    if bias is not None:
+        out.copy_(bias.expand(out.shape))
+        first = 0
+    else:
+        torch.mul(g[:, :, 0, None], x[:, None, 0, :], out=out)
+        first = 1
+    for i in range(first, e):
+        out.addcmul_(g[:, :, i, None], x[:, None, i, :])
+    return out
 
 
 def _select(s: Stream, positions: Sequence[int]) -> Tensor:
@@ -388,7 +411,7 @@ class Remixer:
         order: list[int] = []
         if same:
             order, g = self._rows(gate, same, lead=False)
-            mixed = torch.bmm(g, x, out=self._buffer("mixed", (*g.shape[:2], x.shape[-1]), x))
+            mixed = _remix(g, x, self._buffer("mixed", (*g.shape[:2], x.shape[-1]), x))
             values[: len(order)] = mixed.transpose(0, 1)
         if other:
             values[len(order) :] = self._other(gate, experts)
@@ -408,15 +431,11 @@ class Remixer:
             w = fold.first.weight
             y = self._buffer("folded", (*x.shape[:2], w.shape[0]), x)
             torch.mm(x.reshape(-1, x.shape[-1]), w.t(), out=y.view(-1, w.shape[0]))
-            z = self._buffer("pre", (b, g.shape[1], w.shape[0]), x)
-            bias = fold.first.bias
-            if bias is not None:  # the bias added in the product (one pass less over `z` than bmm + add_)
-                torch.baddbmm(bias.expand(z.shape), g, y, out=z)
-            else:
-                torch.bmm(g, y, out=z)
+            # the bias added in the product (one pass less over `z` than bmm + add_)
+            z = _remix(g, y, self._buffer("pre", (b, g.shape[1], w.shape[0]), x), fold.first.bias)
             pred = fold.rest(z.view(-1, z.shape[-1]))
         else:
-            z = torch.bmm(g, x, out=self._buffer("mixed", (b, g.shape[1], x.shape[-1]), x))
+            z = _remix(g, x, self._buffer("mixed", (b, g.shape[1], x.shape[-1]), x))
             pred = tower.forward(z.view(-1, z.shape[-1]))
         pred = pred.reshape(b, 1 + len(order), *pred.shape[1:])
         column = [0] * k  # variant -> column of `pred` (0: the intact one, for variants it does not change)
@@ -430,18 +449,33 @@ class Remixer:
         return out
 
     # -------------------------------------------------------------------------------- models
-    def _experts(self, experts: nn.ModuleList, fuse: bool = True) -> Callable[[Tensor], Tensor]:
-        """`_stack` of a group of experts, built once (the fused weights are concatenated once).
+    def _experts(self, experts: nn.ModuleList, s: Stream, fuse: bool = True) -> Stream:
+        """The stacked outputs `[b, E, D]` of a group of experts on stream `s` (its intact rows and its dirty
+        variants' rows), through `_stack` built once (the fused weights are concatenated once).
 
         `fuse=False` where a gate reads the experts' mixtures (a PLE's levels before the last): there the
-        intact values stay exactly the model's, so the captured gate probabilities are the plain forward's."""
+        intact values stay exactly the model's, so the captured gate probabilities are the plain forward's.
+        Fused outputs go to work buffers (one for the intact rows, one for the dirty ones): nothing of a
+        `Stream` outlives `run`."""
         if id(experts) not in self.stacks:
             self.stacks[id(experts)] = _stack(experts, fuse)
-        return self.stacks[id(experts)]
+        fn = self.stacks[id(experts)]
+        if not isinstance(fn, _Fused):
+            return _run(fn, s)
+        width = fn.weight.shape[0]
+        x = s.intact
+        intact = fn(x, self._buffer(f"experts{id(experts)}:intact", (x.shape[0], width), x))
+        if not s.dirty:
+            return Stream(intact, [], None)
+        assert s.values is not None
+        n, b = s.values.shape[:2]
+        flat = s.values.reshape(n * b, *s.values.shape[2:])
+        out = fn(flat, self._buffer(f"experts{id(experts)}:dirty", (n * b, width), flat))
+        return Stream(intact, list(s.dirty), out.reshape(n, b, *out.shape[1:]))
 
     def _shared(self, model: _SharedExperts, h: Tensor) -> list[tuple[GateOut, Stream]]:
         x = Stream(h, [], None)
-        stacked = _run(self._experts(model.experts), x)
+        stacked = self._experts(model.experts, x)
         if isinstance(model, OMoE):
             return [(self._gate("gate", model.gate, x), stacked)] * len(model.tasks)
         probs = [self._gate(f"gates.{i}", g, x) for i, g in enumerate(model.gates)]
@@ -452,8 +486,8 @@ class Remixer:
     ) -> tuple[list[tuple[GateOut, Stream]], tuple[GateOut, Stream] | None]:
         """A level's (gate, experts) per task mixture and for the shared mixture (None on the last level)."""
         fuse = level.gate_shared is None  # the last level: no gate reads its experts
-        shared = _run(self._experts(level.shared_experts, fuse), shared_in)
-        specific = [_run(self._experts(ex, fuse), x) for ex, x in zip(level.specific, task_in, strict=True)]
+        shared = self._experts(level.shared_experts, shared_in, fuse)
+        specific = [self._experts(ex, x, fuse) for ex, x in zip(level.specific, task_in, strict=True)]
         probs = [
             self._gate(f"levels.{lv}.gates.{i}", gate, x)
             for i, (gate, x) in enumerate(zip(level.gates, task_in, strict=True))
