@@ -26,10 +26,11 @@ from mmoe_inspect.causal import (
     roc_auc,
     run_causal,
 )
-from mmoe_inspect.causal._engine import collect
+from mmoe_inspect.causal._engine import PlannedVariant, collect
 from mmoe_inspect.causal.ablation import ablation_variants
 from mmoe_inspect.causal.counterfactual import counterfactual_variants
 from mmoe_inspect.causal.metrics import bootstrap_counts
+from mmoe_inspect.causal.remix import _fold
 from mmoe_inspect.data.sources import TableSource
 from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
 from mmoe_inspect.functional.routing import js_divergence
@@ -423,6 +424,54 @@ def test_remixed_variants_equal_one_forward_per_variant(arch: str) -> None:
     for gate, total in naive.gate_sums.items():
         np.testing.assert_allclose(cached.gate_sums[gate], total, rtol=1e-9)
     assert model_fingerprint(model) == before
+
+
+def test_remixed_edits_on_several_levels_equal_one_forward_per_variant() -> None:
+    """Edits of a later level's gate whose rows already differ (an earlier level was edited too), towers with
+    two hidden layers and none (the folded first Linear is then `out`): re-mixed = one forward per variant."""
+    torch.manual_seed(5)
+    kw = {"n_experts": 2, "expert_hidden": (8, 6), "n_specific": 1, "n_levels": 3}
+    for tower_hidden in ((5, 4), ()):
+        model = PLE(6, ("ctr", "cvr"), tower_hidden=tower_hidden, **kw)
+        topo = model.topology()
+        drop_first = {g.name: (False,) + (True,) * (g.n_experts - 1) for g in topo.gates}
+        uniform = {g.name: Replace(probs=(1.0 / g.n_experts,) * g.n_experts) for g in topo.gates}
+        level = {g.name: g.module.split(".")[1] for g in topo.gates}
+        variants = [
+            PlannedVariant(("zero",), {g: Ablate(k, "zero") for g, k in drop_first.items()}),
+            PlannedVariant(("renormalize",), {g: Ablate(k) for g, k in drop_first.items()}),
+            PlannedVariant(  # level 0 fixed, later levels ablated on rows that already differ
+                ("mixed",),
+                {g: uniform[g] if level[g] == "0" else Ablate(drop_first[g]) for g in drop_first},
+            ),
+            PlannedVariant(("last",), {g: uniform[g] for g in drop_first if level[g] == "2"}),
+        ]
+        assert _fold(model.towers[0]) is not None  # the folded path is the one under test
+        rng = np.random.default_rng(1)
+        cols = [f"x{i}" for i in range(6)]
+        frame = pd.DataFrame(rng.standard_normal((700, 6)), columns=cols)
+        for t in topo.tasks:
+            frame[t.label_column] = (rng.random(700) < 0.3).astype(np.float32)
+        runs = {
+            s: collect(
+                model,
+                topo,
+                TableSource.of(frame),
+                lambda f, cols=cols: torch.from_numpy(f[cols].to_numpy(np.float32, copy=True)),
+                variants=variants,
+                strategy=s,
+                batch_size=300,
+                columns=cols,
+            )
+            for s in ("naive", "cached")
+        }
+        assert runs["cached"].remixed and runs["cached"].notes == []
+        for key, p in runs["naive"].preds.items():
+            np.testing.assert_allclose(runs["cached"].preds[key], p, rtol=0, atol=1e-6, err_msg=str(key))
+            if key != "intact":
+                assert np.abs(p - runs["naive"].preds["intact"]).max() > 1e-4, (
+                    key
+                )  # the edit changed something
 
 
 def test_remixed_tables_equal_naive_and_a_hooked_model_is_not_remixed() -> None:

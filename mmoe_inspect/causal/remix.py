@@ -4,20 +4,33 @@ For the package's own expert models (`OMoE`, `MMoE`, `PLE`, `CGC`, whose forward
 stacked `[b, E, D]`, a softmax gate `[b, E]` per mixture, `mix` a gate-weighted sum), a variant that
 only edits gate outputs changes nothing upstream of the edited gate. So per batch:
 
-1. the intact model runs once, keeping each level's expert outputs `[b, E, D]` and gate outputs `[b, E]`;
-2. each variant's mixtures are re-mixed from the cached expert outputs with its edited gates
-   (`einsum("kbe,bed->kbd")`: one small matmul per row for all variants at once);
-3. downstream modules (next PLE level's experts and gates, the towers) run only on the variants whose
-   input differs from the intact one ("dirty" rows); the others reuse the intact output.
+1. the intact model runs once, keeping each level's expert outputs `[b, E, D]` and gate outputs `[b, E]`
+   (experts whose mixtures no gate reads, e.g. an MMoE's, run their first layers as one fused linear);
+2. a mixture's edited gate rows, for every variant that changes it, are built in one tensor `[b, n, E]`
+   (ablations, fixed and swapped gates: one tensor op per kind of edit, not one per variant);
+3. the variants whose experts are intact are re-mixed in one batched product with the cached expert
+   outputs (`bmm` over rows: `[n, E] x [E, D]` per row); variants whose experts changed (a PLE's later
+   levels) take one `[1, E] x [E, D]` product per row on their own expert outputs;
+4. a task tower's first `nn.Linear` (weight `W`, bias `c`) is folded into the re-mixing: under any gate
+   `g'` its pre-activation is `sum_e g'_e (W X_e) + c`, so `Y_e = W X_e` `[b, E, H1]` is computed once
+   per batch and the intact row and every variant with intact experts are ONE `baddbmm`
+   `[b, 1 + n, E] x [b, E, H1]` (the first layer never runs per variant, and `H1` is usually `< D`);
+5. downstream modules (next PLE level's experts and gates, the rest of the towers) run only on the
+   variants whose input differs from the intact one ("dirty" rows); the others reuse the intact output.
+
+Folding and fusing change float rounding only (the intact mixtures that a later gate reads are the
+model's own `mix`, so captured gate probabilities are exactly the plain forward's). Large temporaries
+live in work buffers kept from batch to batch (a fresh multi-MB tensor per batch costs page faults).
 
 A `Stream` is one tensor as seen by every variant: the intact value `[b, D]` plus the variants (by
-position 1..V) where it differs, stacked `[n_dirty, b, D]`.
+position 1..V) where it differs, stacked `[n_dirty, b, D]` in the order of `dirty`.
 
 The shortcut is only taken when the model's class and forward are exactly the package's and every
 gate of the topology is one of its gate modules; `_engine` still checks the intact predictions
 against a plain forward and the variants against one forward per variant on the first rows, and
-falls back (with a note) if they differ. Modules are called through `.forward` so the
-`GateIntervention` hooks (which the hook-based strategies use) do not fire.
+falls back (with a note) if they differ (folding the tower's first layer changes only float rounding).
+Modules are called through `.forward` so the `GateIntervention` hooks (which the hook-based strategies
+use) do not fire.
 """
 
 from __future__ import annotations
@@ -29,12 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmoe_inspect.causal.interventions import Edit, Replace, edit_gate_output
+from mmoe_inspect.causal.interventions import Ablate, Edit, InterventionError, Replace, edit_gate_output
 from mmoe_inspect.models import CGC, PLE, MMoE, OMoE
-from mmoe_inspect.models._layers import Gate
+from mmoe_inspect.models._layers import MLP, Gate, Tower
 from mmoe_inspect.models.moe import _SharedExperts
 from mmoe_inspect.models.ple import ExtractionLevel
 from mmoe_inspect.topology.spec import GateSpec, Topology
+
+GateOut = tuple[str, "Stream"]
+"""A gate's module path and its probabilities `[b, E]` under every variant (before edits)."""
 
 
 @dataclass
@@ -45,39 +61,195 @@ class Stream:
     dirty: list[int]
     values: Tensor | None  # [len(dirty), b, ...] or None when no variant differs
 
-    def full(self, k: int) -> Tensor:
-        """`[k, b, ...]`: the intact value for every variant, replaced where it differs."""
-        out = self.intact.unsqueeze(0).expand(k, *self.intact.shape).clone()
-        if self.dirty:
-            out[self.dirty] = self.values
-        return out
-
 
 def _run(fn: Callable[[Tensor], Tensor], s: Stream) -> Stream:
     """`fn` applied to the intact value once and to the dirty variants in one call of `n*b` rows."""
     intact = fn(s.intact)
     if not s.dirty:
         return Stream(intact, [], None)
+    assert s.values is not None
     n, b = s.values.shape[:2]
     out = fn(s.values.reshape(n * b, *s.values.shape[2:]))
     return Stream(intact, list(s.dirty), out.reshape(n, b, *out.shape[1:]))
 
 
-def _stack(experts: Sequence[nn.Module]) -> Callable[[Tensor], Tensor]:
+def _stack(experts: Sequence[nn.Module], fuse: bool) -> Callable[[Tensor], Tensor]:
+    """Expert outputs stacked `[rows, E, D]`; with `fuse`, through `_Fused` when the experts allow it."""
+    fused = _Fused.of(experts) if fuse else None
+    if fused is not None:
+        return fused
     return lambda x: torch.stack([e.forward(x) for e in experts], dim=1)
 
 
+class _Fused:
+    """Experts that are the package's `MLP`s starting with a plain `nn.Linear` of one shape: their first
+    layers run as ONE linear with the weights concatenated (`[rows, in]` -> `[rows, E * H]`), the rest of each
+    expert on its slice; when the rest is only ReLUs, the result is already the stack `[rows, E, H]` (no copy).
+    Each output is the same dot product as the expert's own, so only float rounding can differ."""
+
+    def __init__(self, experts: Sequence[nn.Module], firsts: Sequence[nn.Linear]) -> None:
+        with torch.no_grad():
+            self.weight = torch.cat([f.weight.detach() for f in firsts])
+            has_bias = firsts[0].bias is not None
+            self.bias = torch.cat([f.bias.detach() for f in firsts]) if has_bias else None  # type: ignore[union-attr]
+        self.width = firsts[0].out_features
+        self.rests = [list(e)[1:] for e in experts]
+        depths = {len(r) for r in self.rests}
+        only_relu = all(type(layer) is nn.ReLU for r in self.rests for layer in r)
+        self.relus = depths.pop() if only_relu and len(depths) == 1 else None  # ReLUs after the first layer
+
+    @classmethod
+    def of(cls, experts: Sequence[nn.Module]) -> _Fused | None:
+        mods = list(experts)
+        if len(mods) < 2 or any(type(e) is not MLP or len(e) == 0 for e in mods):
+            return None
+        firsts = [e[0] for e in mods]
+        if any(type(f) is not nn.Linear for f in firsts):
+            return None
+        shapes = {
+            (f.in_features, f.out_features, f.bias is not None, f.weight.dtype, f.weight.device)
+            for f in firsts
+        }
+        if len(shapes) != 1:
+            return None
+        return cls(mods, firsts)
+
+    def __call__(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """`[rows, in]` -> `[rows, E, H]`; `out` `[rows, E * H]` receives the first layers when given."""
+        if self.bias is not None:
+            y = torch.addmm(self.bias, x, self.weight.t(), out=out)
+        else:
+            y = torch.mm(x, self.weight.t(), out=out)
+        n, h = len(self.rests), self.width
+        if self.relus is not None:  # single-layer experts: the buffer is the stack
+            for _ in range(self.relus):
+                y.relu_()
+            return y.view(x.shape[0], n, h)
+        outs = []
+        for i, rest in enumerate(self.rests):
+            z = y[:, i * h : (i + 1) * h]
+            for layer in rest:
+                z = z.relu_() if type(layer) is nn.ReLU else layer(z)
+            outs.append(z)
+        return torch.stack(outs, dim=1)
+
+
 def _cat(streams: Sequence[Stream]) -> Stream:
-    """Expert stacks `[b, E_i, D]` of several streams concatenated on the expert axis."""
+    """Expert stacks `[b, E_i, D]` of several streams concatenated on the expert axis, into one buffer: a
+    stream's part is copied once for all variants, its dirty values written over the intact ones."""
     dirty = sorted({k for s in streams for k in s.dirty})
     intact = torch.cat([s.intact for s in streams], dim=1)
     if not dirty:
         return Stream(intact, [], None)
-    return Stream(intact, dirty, torch.stack([torch.cat([_at(s, k) for s in streams], 1) for k in dirty]))
+    values = intact.new_empty(len(dirty), *intact.shape)
+    start = 0
+    for s in streams:
+        stop = start + s.intact.shape[1]
+        part = values[:, :, start:stop]
+        if s.dirty == dirty:
+            assert s.values is not None
+            part.copy_(s.values)
+        else:
+            part.copy_(s.intact.unsqueeze(0).expand_as(part))
+            if s.dirty:
+                assert s.values is not None
+                part[[dirty.index(p) for p in s.dirty]] = s.values
+        start = stop
+    return Stream(intact, dirty, values)
 
 
-def _at(s: Stream, k: int) -> Tensor:
-    return s.values[s.dirty.index(k)] if k in s.dirty else s.intact
+def _remix(g: Tensor, x: Tensor, out: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`out[b] = g[b] @ x[b] (+ bias)`: `g` `[b, n, E]`, `x` `[b, E, D]`, `out` `[b, n, D]`.
+
+    `bmm` when the per-row product is large enough for its BLAS path; below that (`n * E * D < 512`, e.g. a
+    PLE's few narrow experts) torch's per-row fallback kernel is several times slower than one
+    multiply-add per expert over all rows."""
+    n, e, d = g.shape[1], g.shape[2], x.shape[2]
+    if n * e * d >= 512:
+        if bias is not None:
+            return torch.baddbmm(bias.expand(out.shape), g, x, out=out)
+        return torch.bmm(g, x, out=out)
+    if bias is not None:
+        out.copy_(bias.expand(out.shape))
+        first = 0
+    else:
+        torch.mul(g[:, :, 0, None], x[:, None, 0, :], out=out)
+        first = 1
+    for i in range(first, e):
+        out.addcmul_(g[:, :, i, None], x[:, None, i, :])
+    return out
+
+
+def _select(s: Stream, positions: Sequence[int]) -> Tensor:
+    """`s.values` of the dirty `positions` (in that order) `[len(positions), b, ...]`, without a copy when
+    they are all of them in order."""
+    assert s.values is not None
+    if list(positions) == s.dirty:
+        return s.values
+    return s.values[[s.dirty.index(p) for p in positions]]
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """A package `Tower` whose first `nn.Linear` (`first`) is folded into the mixture; `rest` maps its
+    pre-activation `[rows, H1]` to the tower's output `[rows]`."""
+
+    first: nn.Linear
+    rest: Callable[[Tensor], Tensor]
+
+
+def _fold(tower: nn.Module) -> _Fold | None:
+    """The fold of `tower` when it is exactly the package's `Tower` (body an `MLP` starting with a plain
+    `nn.Linear`, or an empty body: then `out` is the first layer); otherwise None (the tower runs whole).
+
+    `rest` owns its input (a work buffer of the re-mixer): `nn.ReLU` layers are applied in place."""
+    if type(tower) is not Tower or type(tower.body) is not MLP:
+        return None
+    layers = list(tower.body)
+    first = layers[0] if layers else tower.out
+    if type(first) is not nn.Linear:
+        return None
+    after = [*layers[1:], tower.out] if layers else []
+
+    def rest(z: Tensor) -> Tensor:
+        for layer in after:
+            z = z.relu_() if type(layer) is nn.ReLU else layer(z)
+        y = z.squeeze(-1)
+        return torch.sigmoid(y) if tower.binary else y
+
+    return _Fold(first, rest)
+
+
+@dataclass
+class _GatePlan:
+    """The variants' edits of one gate, grouped by kind so that each kind is one tensor op on all its rows."""
+
+    edits: dict[int, Edit]  # position -> edit (every variant that edits this gate)
+    kind: dict[int, str]  # position -> "zero" | "renormalize" | "fixed" | "swap" | "each"
+    tensors: dict[tuple[str, torch.dtype, torch.device], Tensor]  # (kind, dtype, device) -> rows [n, E]
+
+
+_KINDS = ("zero", "renormalize", "fixed", "swap", "plain", "each")
+"""Column order of the edited rows: vectorized kinds first, then rows edited one at a time."""
+
+
+def _plan(spec: GateSpec | None, variants: Sequence[Mapping[str, Edit]]) -> _GatePlan:
+    edits: dict[int, Edit] = {}
+    kind: dict[int, str] = {}
+    if spec is not None:
+        for pos, v in enumerate(variants, start=1):
+            edit = v.get(spec.name)
+            if edit is None:
+                continue
+            edits[pos] = edit
+            if isinstance(edit, Ablate):
+                ok = len(edit.keep) == spec.n_experts
+                kind[pos] = ("zero" if edit.mode == "zero" else "renormalize") if ok else "each"
+            elif edit.probs is not None:
+                kind[pos] = "fixed" if len(edit.probs) == spec.n_experts else "each"
+            else:
+                kind[pos] = "swap"
+    return _GatePlan(edits, kind, {})
 
 
 class Remixer:
@@ -90,10 +262,23 @@ class Remixer:
         self.model = model
         self.variants = [dict(v) for v in variants]
         self.gates: dict[str, GateSpec] = {g.module: g for g in topology.gates}
+        self.plans = {path: _plan(spec, self.variants) for path, spec in self.gates.items()}
+        self.folds: dict[int, _Fold | None] = {}
+        self.stacks: dict[int, Callable[[Tensor], Tensor]] = {}
         self.captured: dict[str, Tensor] = {}
+        self.buffers: dict[str, Tensor] = {}
 
-    # --------------------------------------------------------------------------------- mixing
-    def _gate(self, path: str, gate: nn.Module, gate_in: Stream) -> tuple[str, Stream]:
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A work tensor `shape` kept from batch to batch (freshly allocated large tensors cost page faults on
+        CPU); only for temporaries that do not outlive the call that asks for them."""
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = like.new_empty(shape)
+            self.buffers[name] = buf
+        return buf
+
+    # ------------------------------------------------------------------------------- gate rows
+    def _gate(self, path: str, gate: nn.Module, gate_in: Stream) -> GateOut:
         """A gate's probabilities `[b, E]` under every variant (before edits); the intact ones are captured
         (all gates of a level run before any mixing: a gate swap reads another gate's intact rows)."""
         probs = _run(gate.forward, gate_in)
@@ -102,61 +287,207 @@ class Remixer:
             self.captured[spec.name] = probs.intact
         return path, probs
 
-    def _mix(self, gate: tuple[str, Stream], experts: Stream) -> Stream:
-        """One mixture `[b, D]` under every variant: the gate's rows, edited per variant, times the experts."""
+    def _changed(self, gate: GateOut, experts: Stream) -> tuple[list[int], list[int]]:
+        """Positions whose mixture differs from the intact one: (experts intact, experts changed)."""
         path, probs = gate
+        plan = self.plans.get(path)
+        edited = set(plan.edits) if plan is not None else set()
+        other = set(experts.dirty)
+        return sorted((edited | set(probs.dirty)) - other), list(experts.dirty)
+
+    def _rows(self, gate: GateOut, positions: Sequence[int], lead: bool) -> tuple[list[int], Tensor]:
+        """Edited gate rows of `positions` `[b, lead + n, E]` (the intact row first when `lead`), and the
+        positions in column order (grouped by edit kind, so that each kind is one tensor op). The rows are
+        a work buffer: valid until the next call."""
+        path, probs = gate
+        plan = self.plans.get(path) or _GatePlan({}, {}, {})
         spec = self.gates.get(path)
-        edited: dict[int, Tensor] = {}
-        for pos, v in enumerate(self.variants, start=1):
-            edit = v.get(spec.name) if spec is not None else None
-            row = _at(probs, pos)
-            if edit is not None:
-                row = edit_gate_output(row, spec, edit, self._source(edit))
-            if edit is not None or pos in probs.dirty:
-                edited[pos] = row
-        dirty = sorted(set(edited) | set(experts.dirty))
-        intact = torch.bmm(probs.intact.unsqueeze(1), experts.intact).squeeze(1)
-        if not dirty:
-            return Stream(intact, [], None)
-        same = [p for p in dirty if p not in experts.dirty]  # intact experts: one einsum for all of them
-        other = [p for p in dirty if p in experts.dirty]
-        out: dict[int, Tensor] = {}
-        if same:
-            g = torch.stack([edited.get(p, probs.intact) for p in same])
-            mixed = torch.einsum("kbe,bed->kbd", g, experts.intact)
-            out.update(zip(same, mixed.unbind(0), strict=True))
-        if other:  # the model's own per-row product, for all of them in one call
-            assert experts.values is not None
-            g = torch.stack([edited.get(p, _at(probs, p)) for p in other])
-            x = (
-                experts.values
-                if other == experts.dirty
-                else experts.values[[experts.dirty.index(p) for p in other]]
-            )
-            n, b, e, d = x.shape
-            mixed = torch.bmm(g.reshape(n * b, 1, e), x.reshape(n * b, e, d)).reshape(n, b, d)
-            out.update(zip(other, mixed.unbind(0), strict=True))
-        return Stream(intact, dirty, torch.stack([out[p] for p in dirty]))
+        intact = probs.intact
+        exact = intact.dtype in (torch.float32, torch.float64)  # edit_gate_output's working dtypes
+        groups: dict[str, list[int]] = {k: [] for k in _KINDS}
+        for p in positions:
+            groups[plan.kind.get(p, "plain") if exact else ("each" if p in plan.edits else "plain")].append(p)
+        order = [p for k in _KINDS for p in groups[k]]
+        b, e = intact.shape
+        out = self._buffer(f"rows{int(lead)}", (b, int(lead) + len(order), e), intact)
+        if lead:
+            out[:, 0] = intact
+        moved = set(probs.dirty)  # variants whose unedited gate rows differ from the intact ones
+        tiny = torch.finfo(intact.dtype).tiny
+        start = int(lead)
+        for kind in _KINDS:
+            members = groups[kind]
+            block = out[:, start : start + len(members)]
+            start += len(members)
+            if not members:
+                continue
+            own = [p for p in members if p in moved]
+            if kind in ("zero", "renormalize") and not own:  # `edit_gate_output`'s arithmetic, all at once
+                torch.mul(intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block)
+                if kind == "renormalize":
+                    total = intact.sum(-1, keepdim=True).unsqueeze(1)
+                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(tiny))
+                continue
+            if kind == "fixed":
+                block.copy_(self._tensor(plan, kind, members, intact).expand_as(block))
+                continue
+            if kind != "swap":  # the unedited rows first: intact, or the variant's own
+                block.copy_(intact.unsqueeze(1).expand_as(block))
+                if own:
+                    block[:, [members.index(p) for p in own]] = _select(probs, own).transpose(0, 1)
+            assert spec is not None or kind == "plain"
+            if kind in ("zero", "renormalize"):
+                keep = self._tensor(plan, kind, members, intact)
+                total = block.sum(-1, keepdim=True)
+                block.mul_(keep)
+                if kind == "renormalize":
+                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(tiny))
+            elif kind == "swap":
+                for j, p in enumerate(members):
+                    edit = plan.edits[p]
+                    assert isinstance(edit, Replace) and spec is not None
+                    source = self._source(edit)
+                    assert source is not None
+                    if source.shape != intact.shape:
+                        raise InterventionError(
+                            f"gate {spec.name!r} has rows {tuple(intact.shape)} but gate {edit.source!r} gave "
+                            f"{tuple(source.shape)}; gates can only be swapped when their outputs have the same shape"
+                        )
+                    block[:, j] = source
+            elif kind == "each":
+                assert spec is not None
+                for j, p in enumerate(members):
+                    edit = plan.edits[p]
+                    block[:, j] = edit_gate_output(block[:, j].clone(), spec, edit, self._source(edit))
+        return order, out
+
+    def _tensor(self, plan: _GatePlan, kind: str, members: list[int], like: Tensor) -> Tensor:
+        """Keep masks (ablations) or fixed rows (`Replace(probs=...)`) of `members` `[n, E]`, cached."""
+        key = (kind + ",".join(map(str, members)), like.dtype, like.device)
+        cached = plan.tensors.get(key)
+        if cached is None:
+            rows = []
+            for p in members:
+                edit = plan.edits[p]
+                rows.append(edit.keep if isinstance(edit, Ablate) else edit.probs)
+            cached = torch.tensor(rows, dtype=like.dtype, device=like.device)
+            plan.tensors[key] = cached
+        return cached
 
     def _source(self, edit: Edit) -> Tensor | None:
         if isinstance(edit, Replace) and edit.source is not None:
             return self.captured[edit.source]  # KeyError: the engine falls back to the hooks
         return None
 
+    # --------------------------------------------------------------------------------- mixing
+    def _other(self, gate: GateOut, experts: Stream) -> Tensor:
+        """Mixtures `[n, b, D]` of the variants whose experts changed (`experts.dirty`, in that order).
+
+        One `[1, E] x [E, D]` product per row: `bmm` for wide experts; for narrow ones (`E * D < 512`, e.g. a
+        PLE's) a multiply-add per expert over all rows is ~2-3x faster than `bmm`'s tiny matrices."""
+        order, g = self._rows(gate, experts.dirty, lead=False)
+        g = g.transpose(0, 1)[[order.index(p) for p in experts.dirty]]  # [n, b, E] in the experts' order
+        assert experts.values is not None
+        x = experts.values
+        n, b, e, d = x.shape
+        if e * d >= 512:
+            return torch.bmm(g.reshape(n * b, 1, e), x.reshape(n * b, e, d)).reshape(n, b, d)
+        mixed = g[..., 0, None] * x[..., 0, :]
+        for i in range(1, e):
+            mixed.addcmul_(g[..., i, None], x[..., i, :])
+        return mixed
+
+    def _mix(self, gate: GateOut, experts: Stream) -> Stream:
+        """One mixture `[b, D]` under every variant: the gate's rows, edited per variant, times the experts.
+
+        The intact mixture is the model's own `mix` (exactly its value: later gates read it); the variants
+        with intact experts are one batched product `[b, n, E] x [b, E, D]`."""
+        same, other = self._changed(gate, experts)
+        x = experts.intact
+        intact = torch.bmm(gate[1].intact.unsqueeze(1), x).squeeze(1)
+        if not same and not other:
+            return Stream(intact, [], None)
+        values = intact.new_empty(len(same) + len(other), *intact.shape)
+        order: list[int] = []
+        if same:
+            order, g = self._rows(gate, same, lead=False)
+            mixed = _remix(g, x, self._buffer("mixed", (*g.shape[:2], x.shape[-1]), x))
+            values[: len(order)] = mixed.transpose(0, 1)
+        if other:
+            values[len(order) :] = self._other(gate, experts)
+        return Stream(intact, order + other, values)
+
+    def _head(self, gate: GateOut, experts: Stream, tower: nn.Module, k: int) -> Tensor:
+        """A task's predictions under every variant `[k, b, ...]`: its mixture through its tower, the tower's
+        first Linear folded into the re-mixing where it can be (see the module docstring)."""
+        if id(tower) not in self.folds:
+            self.folds[id(tower)] = _fold(tower)
+        fold = self.folds[id(tower)]
+        same, other = self._changed(gate, experts)
+        order, g = self._rows(gate, same, lead=True)
+        b = g.shape[0]
+        x = experts.intact  # [b, E, D]
+        if fold is not None:  # Y = X W^T [b, E, H1], then the pre-activation of every variant at once
+            w = fold.first.weight
+            y = self._buffer("folded", (*x.shape[:2], w.shape[0]), x)
+            torch.mm(x.reshape(-1, x.shape[-1]), w.t(), out=y.view(-1, w.shape[0]))
+            # the bias added in the product (one pass less over `z` than bmm + add_)
+            z = _remix(g, y, self._buffer("pre", (b, g.shape[1], w.shape[0]), x), fold.first.bias)
+            pred = fold.rest(z.view(-1, z.shape[-1]))
+        else:
+            z = _remix(g, x, self._buffer("mixed", (b, g.shape[1], x.shape[-1]), x))
+            pred = tower.forward(z.view(-1, z.shape[-1]))
+        pred = pred.reshape(b, 1 + len(order), *pred.shape[1:])
+        column = [0] * k  # variant -> column of `pred` (0: the intact one, for variants it does not change)
+        for j, p in enumerate(order, start=1):
+            column[p] = j
+        out = pred.transpose(0, 1)[torch.tensor(column, device=pred.device)]  # one gather [k, b, ...]
+        if other:
+            mixed = self._other(gate, experts)
+            p = tower.forward(mixed.reshape(-1, mixed.shape[-1]))
+            out[other] = p.reshape(len(other), b, *p.shape[1:])
+        return out
+
     # -------------------------------------------------------------------------------- models
-    def _shared(self, model: _SharedExperts, h: Tensor) -> list[Stream]:
+    def _experts(self, experts: nn.ModuleList, s: Stream, fuse: bool = True) -> Stream:
+        """The stacked outputs `[b, E, D]` of a group of experts on stream `s` (its intact rows and its dirty
+        variants' rows), through `_stack` built once (the fused weights are concatenated once).
+
+        `fuse=False` where a gate reads the experts' mixtures (a PLE's levels before the last): there the
+        intact values stay exactly the model's, so the captured gate probabilities are the plain forward's.
+        Fused outputs go to work buffers (one for the intact rows, one for the dirty ones): nothing of a
+        `Stream` outlives `run`."""
+        if id(experts) not in self.stacks:
+            self.stacks[id(experts)] = _stack(experts, fuse)
+        fn = self.stacks[id(experts)]
+        if not isinstance(fn, _Fused):
+            return _run(fn, s)
+        width = fn.weight.shape[0]
+        x = s.intact
+        intact = fn(x, self._buffer(f"experts{id(experts)}:intact", (x.shape[0], width), x))
+        if not s.dirty:
+            return Stream(intact, [], None)
+        assert s.values is not None
+        n, b = s.values.shape[:2]
+        flat = s.values.reshape(n * b, *s.values.shape[2:])
+        out = fn(flat, self._buffer(f"experts{id(experts)}:dirty", (n * b, width), flat))
+        return Stream(intact, list(s.dirty), out.reshape(n, b, *out.shape[1:]))
+
+    def _shared(self, model: _SharedExperts, h: Tensor) -> list[tuple[GateOut, Stream]]:
         x = Stream(h, [], None)
-        stacked = _run(_stack(model.experts), x)
+        stacked = self._experts(model.experts, x)
         if isinstance(model, OMoE):
-            return [self._mix(self._gate("gate", model.gate, x), stacked)] * len(model.tasks)
+            return [(self._gate("gate", model.gate, x), stacked)] * len(model.tasks)
         probs = [self._gate(f"gates.{i}", g, x) for i, g in enumerate(model.gates)]
-        return [self._mix(p, stacked) for p in probs]
+        return [(p, stacked) for p in probs]
 
     def _level(
         self, lv: int, level: ExtractionLevel, task_in: list[Stream], shared_in: Stream
-    ) -> tuple[list[Stream], Stream | None]:
-        shared = _run(_stack(level.shared_experts), shared_in)
-        specific = [_run(_stack(ex), x) for ex, x in zip(level.specific, task_in, strict=True)]
+    ) -> tuple[list[tuple[GateOut, Stream]], tuple[GateOut, Stream] | None]:
+        """A level's (gate, experts) per task mixture and for the shared mixture (None on the last level)."""
+        fuse = level.gate_shared is None  # the last level: no gate reads its experts
+        shared = self._experts(level.shared_experts, shared_in, fuse)
+        specific = [self._experts(ex, x, fuse) for ex, x in zip(level.specific, task_in, strict=True)]
         probs = [
             self._gate(f"levels.{lv}.gates.{i}", gate, x)
             for i, (gate, x) in enumerate(zip(level.gates, task_in, strict=True))
@@ -164,10 +495,10 @@ class Remixer:
         shared_probs = None
         if level.gate_shared is not None:
             shared_probs = self._gate(f"levels.{lv}.gate_shared", level.gate_shared, shared_in)
-        task_out = [self._mix(p, _cat([own, shared])) for p, own in zip(probs, specific, strict=True)]
+        task = [(p, _cat([own, shared])) for p, own in zip(probs, specific, strict=True)]
         if shared_probs is None:
-            return task_out, None
-        return task_out, self._mix(shared_probs, _cat([*specific, shared]))
+            return task, None
+        return task, (shared_probs, _cat([*specific, shared]))
 
     def run(self, x: Any) -> dict[str, Tensor]:
         """The model's output dict with every task's predictions for all `1 + V` variants stacked:
@@ -175,18 +506,25 @@ class Remixer:
         self.captured = {}
         model = self.model
         h = model.inputs(x)
+        heads: list[tuple[GateOut, Stream]] = []
         if isinstance(model, PLE):
             task_x = [Stream(h, [], None)] * len(model.tasks)
             shared_x: Stream | None = Stream(h, [], None)
+            last = len(model.levels) - 1
             for lv, level in enumerate(model.levels):
                 assert shared_x is not None  # only the last level has no shared gate
-                task_x, shared_x = self._level(lv, level, task_x, shared_x)
+                task, shared = self._level(lv, level, task_x, shared_x)
+                if lv == last:
+                    heads = task
+                    break
+                task_x = [self._mix(*p) for p in task]
+                shared_x = self._mix(*shared) if shared is not None else None
         else:
-            task_x = self._shared(model, h)
+            heads = self._shared(model, h)
         k = 1 + len(self.variants)
         return {
-            t.name: _run(tower.forward, s).full(k).reshape(-1)
-            for t, tower, s in zip(model.tasks, model.towers, task_x, strict=True)
+            t.name: self._head(gate, experts, tower, k).reshape(-1)
+            for t, tower, (gate, experts) in zip(model.tasks, model.towers, heads, strict=True)
         }
 
 
