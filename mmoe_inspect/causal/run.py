@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from mmoe_inspect.binding import bind, expected_rows
@@ -39,7 +41,12 @@ from mmoe_inspect.causal.gains import (
 from mmoe_inspect.causal.metrics import INTERVALS, TASK_METRICS, Evaluation
 from mmoe_inspect.causal.result import CausalResult
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
-from mmoe_inspect.causal.streamed import EVAL_BYTES_PER_ROW, EvaluationStream, StreamedEvaluation
+from mmoe_inspect.causal.streamed import (
+    EVAL_BYTES_PER_ROW,
+    RANKING_BYTES_PER_ROW,
+    EvaluationStream,
+    StreamedEvaluation,
+)
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import DataError, TableSource, require_columns
 from mmoe_inspect.progress import Progress, Stage, as_progress
@@ -51,17 +58,20 @@ MEMORY_BUDGET = 2 * 2**30  # bytes the per-row evaluation state may take by defa
 PREDICTION_ROWS = 1_000_000  # rows of per-row predictions kept in `CausalResult.predictions` (analytic)
 
 
-def bytes_per_row(sets: int, tasks: int, baselines: int = 0, intervals: str = "bootstrap") -> int:
+def bytes_per_row(
+    sets: int, tasks: int, baselines: int = 0, intervals: str = "bootstrap", threads: int = 1
+) -> int:
     """Bytes of memory the causal analyses need per evaluated row.
 
     "bootstrap" keeps every row in memory: per prediction set and task a float32 prediction (and its
     copy while the batches are joined) and two float64 per-row items (loss or AUC placement, one per
     metric); per task the float64 label and the result's prediction columns. "analytic" streams the
     losses and spills the AUC scores to disk, so memory holds one task's two sets at a time while they
-    are ranked (`causal.streamed.EVAL_BYTES_PER_ROW`), whatever the number of sets.
+    are ranked (`causal.streamed.EVAL_BYTES_PER_ROW`), whatever the number of sets, plus one more
+    set's ranking for every further thread ranking at once (`threads`: torch's thread count).
     """
     if intervals == "analytic":
-        return EVAL_BYTES_PER_ROW
+        return EVAL_BYTES_PER_ROW + RANKING_BYTES_PER_ROW * (max(1, threads) - 1)
     return sets * tasks * (4 + 4 + 2 * 8) + tasks * (8 + (2 + baselines) * 8) + 16
 
 
@@ -226,7 +236,8 @@ def run_causal(
         variants = abl_variants + cf_variants
 
     n_sets = 1 + len({v.signature for v in variants}) + len(runs)
-    per_row = bytes_per_row(n_sets, len(topo.tasks), len(runs), intervals)
+    ranking_threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    per_row = bytes_per_row(n_sets, len(topo.tasks), len(runs), intervals, ranking_threads)
     rows_cap = max(1, memory_budget // per_row)
     streamed = intervals == "analytic"
     limit = rows_cap if max_rows is None else min(max_rows, rows_cap)
@@ -285,7 +296,7 @@ def run_causal(
         t_eval = time.perf_counter()
         ev: Evaluation | StreamedEvaluation
         if stream is not None:
-            ev = stream.finish()
+            ev = stream.finish(threads=ranking_threads)
             spilled = stream.spilled_bytes
             notes += nonfinite_notes(topo.tasks, dropped, [ev.n_labelled(t.name) for t in topo.tasks])
             if collected.n_rows < collected.n_read:
