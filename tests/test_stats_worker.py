@@ -193,6 +193,9 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_model_as_found(frame, monkeypatc
 
     monkeypatch.setattr(feed_module, "update_gates", slow)
     monkeypatch.setattr(RoutingStats, "close", close)
+    # a non-interactive shell starts background jobs with SIGINT ignored (a suite run with `&`): restore
+    # Python's own handler for this test, as an interactive Ctrl-C would find it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     m = model()
     before = model_snapshot(m)
     batches = []
@@ -215,6 +218,7 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_model_as_found(frame, monkeypatc
     finally:
         if timer is not None:
             timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 10
     assert len(batches) < 13  # stopped before the end of the data
     assert len(closes) == 1 and closes[0][1] is False  # the pass closed the worker, the interrupt kept
