@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -185,24 +186,17 @@ class TableSource:
         if not (self._is_dir or self._is_parquet):
             return None
         parts: list[pd.DataFrame] = []
-        offset = 0
-        for f in self._files():
-            pf = _parquet_file(f)
-            _check_file_columns(f, pf, cols)
-            meta = pf.metadata
-            for group in range(meta.num_row_groups):
-                lo, hi = offset, offset + meta.row_group(group).num_rows
-                offset = hi
-                inside = pos[(pos >= lo) & (pos < hi)]
-                if not len(inside):
-                    continue
-                try:
-                    table = pf.read_row_group(group, columns=cols)
-                except OSError as exc:
-                    raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
-                part = table.take(inside - lo).to_pandas()
-                part.index = pd.Index(inside)
-                parts.append(part)
+        for f, pf, group, lo, hi in self._row_groups(cols):
+            inside = pos[(pos >= lo) & (pos < hi)]
+            if not len(inside):
+                continue
+            try:
+                table = pf.read_row_group(group, columns=cols)
+            except OSError as exc:
+                raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
+            part = table.take(inside - lo).to_pandas()
+            part.index = pd.Index(inside)
+            parts.append(part)
         if not parts:
             return None
         return pd.concat(parts) if len(parts) > 1 else parts[0]
@@ -297,17 +291,9 @@ class TableSource:
                 if shard.stop is not None and offset >= shard.stop:
                     return
             return
-        offset = 0
-        for f in self._files():
-            pf = _parquet_file(f)
-            _check_file_columns(f, pf, cols)
-            meta = pf.metadata
-            for group in range(meta.num_row_groups):
-                lo, hi = offset, offset + meta.row_group(group).num_rows
-                offset = hi
-                wanted = shard.ranges(lo, hi)
-                if not wanted:
-                    continue
+        for f, pf, group, lo, hi in self._row_groups(cols):
+            wanted = shard.ranges(lo, hi)
+            if wanted:
                 pos = lo
                 try:
                     for rb in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
@@ -321,8 +307,21 @@ class TableSource:
                             break
                 except OSError as exc:
                     raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
-            if shard.stop is not None and offset >= shard.stop:
+            if shard.stop is not None and hi >= shard.stop:  # no later group holds a row of the shard
                 return
+
+    def _row_groups(self, cols: list[str] | None) -> Iterator[tuple[Path, Any, int, int, int]]:
+        """Every parquet row group in order with its global row range: (file, ParquetFile, group, lo, hi);
+        each file's columns are checked when it is opened."""
+        offset = 0
+        for f in self._files():
+            pf = _parquet_file(f)
+            _check_file_columns(f, pf, cols)
+            meta = pf.metadata
+            for group in range(meta.num_row_groups):
+                lo, hi = offset, offset + meta.row_group(group).num_rows
+                offset = hi
+                yield f, pf, group, lo, hi
 
     def _parquet_chunks(self, batch_size: int, cols: list[str] | None) -> Iterator[pd.DataFrame]:
         for f in self._files():

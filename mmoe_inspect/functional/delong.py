@@ -83,7 +83,9 @@ def argsort_scores(scores: np.ndarray) -> np.ndarray:
     bits = scores.view(np.uint32)
     key = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))  # order-preserving for +/-
     first = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
-    return first[np.argsort((key[first] >> 16).astype(np.uint16), kind="stable")]
+    high = (key[first] >> 16).astype(np.uint16)
+    del key
+    return first[np.argsort(high, kind="stable")]
 
 
 def auc_placements(scores: np.ndarray, labels: np.ndarray) -> AUCPlacements:
@@ -104,42 +106,50 @@ def auc_placements(scores: np.ndarray, labels: np.ndarray) -> AUCPlacements:
     if m == 0 or n == 0:
         empty = np.empty(0, dtype=np.float64)
         return AUCPlacements(math.nan, empty, empty)
-    order = argsort_scores(scores)  # tie order is irrelevant: counts are per tie group
+    rows = len(scores)
+    idx = np.int32 if 2 * rows < 2**31 else np.int64  # counts and indices: half the memory below 2^30 rows
+    order = argsort_scores(scores).astype(idx, copy=False)  # tie order is irrelevant: counts per tie group
     pos_sorted = positive[order]
     xs = scores[order]
-    new = np.empty(len(xs), dtype=bool)
+    new = np.empty(rows, dtype=bool)
     new[0] = True
     np.not_equal(xs[1:], xs[:-1], out=new[1:])
     del xs
-    pos_cum = np.zeros(len(scores) + 1, dtype=np.int64)  # positives among the first i sorted rows
+    pos_cum = np.zeros(rows + 1, dtype=idx)  # positives among the first i sorted rows
     np.cumsum(pos_sorted, out=pos_cum[1:])
     if new.all():  # no ties (the usual case): each row is its own group, everything per sorted row
         del new
         below = pos_cum[:-1]  # positives strictly below each sorted row
         # doubled placements: a positive outranks (i - below) negatives, a negative is outranked by (m - below)
-        twice = np.where(pos_sorted, np.arange(len(scores), dtype=np.int64) - below, m - below)
+        twice = np.arange(rows, dtype=idx)
+        twice -= below
+        np.subtract(m, below, out=twice, where=~pos_sorted)
         twice *= 2
         del pos_cum, below
-        wins2 = int(twice.sum(where=pos_sorted))  # exact: 2 · Σ_i Σ_j psi(X_i, Y_j)
+        wins2 = int(twice.sum(where=pos_sorted, dtype=np.int64))  # exact: 2 · Σ_i Σ_j psi(X_i, Y_j)
     else:
-        starts = np.flatnonzero(new)  # first sorted row of each tie group
+        starts = np.flatnonzero(new).astype(idx)  # first sorted row of each tie group
         del new
-        ends = np.append(starts[1:], len(scores))
-        lengths = ends - starts
-        pos_in = pos_cum[ends] - pos_cum[starts]  # positives in each group
+        lengths = np.diff(starts, append=idx(rows))
+        pos_in = pos_cum[starts + lengths]
+        pos_in -= pos_cum[starts]  # positives in each group
         twice_pos = starts - pos_cum[starts]  # negatives strictly below the group ...
         twice_pos *= 2
-        twice_pos += lengths - pos_in  # ... doubled, plus the group's negatives: 2 · Σ_j psi(x, Y_j)
-        twice_neg = m - pos_cum[ends]  # positives strictly above the group ...
+        twice_pos += lengths
+        twice_pos -= pos_in  # ... doubled, plus the group's negatives: 2 · Σ_j psi(x, Y_j)
+        twice_neg = pos_cum[starts + lengths]
+        np.subtract(m, twice_neg, out=twice_neg)  # positives strictly above the group ...
         twice_neg *= 2
         twice_neg += pos_in  # ... doubled, plus the group's positives: 2 · Σ_i psi(X_i, y)
-        del pos_cum, ends
-        wins2 = int(np.dot(pos_in, twice_pos))
-        del pos_in, starts
-        twice = np.where(pos_sorted, np.repeat(twice_pos, lengths), np.repeat(twice_neg, lengths))
-        del twice_pos, twice_neg, lengths
+        del pos_cum, starts
+        wins2 = int(np.dot(pos_in.astype(np.int64), twice_pos.astype(np.int64)))
+        del pos_in
+        twice = np.repeat(twice_neg, lengths)
+        del twice_neg
+        twice[pos_sorted] = np.repeat(twice_pos, lengths)[pos_sorted]
+        del twice_pos, lengths
     auc = wins2 / (2.0 * m * n)
-    by_row = np.empty(len(scores), dtype=np.float64)  # back to row order in one scatter
+    by_row = np.empty(rows, dtype=np.float64)  # back to row order in one scatter
     by_row[order] = twice
     del twice, order
     return AUCPlacements(auc, by_row[positive] / (2.0 * n), by_row[~positive] / (2.0 * m))
