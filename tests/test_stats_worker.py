@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-import types
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,6 @@ from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.inspector import InspectConfig, inspect
 from mmoe_inspect.routing_pass import RoutingStats
 from mmoe_inspect.stats import feed as feed_module
-from mmoe_inspect.stats.feed import StatsFeed
 from mmoe_inspect.stats.outputs import TaskOutputStats
 from mmoe_inspect.stats.worker import StatsWorker
 from mmoe_inspect.testing.planted import PlantedMMoE
@@ -81,6 +79,7 @@ def test_worker_gives_the_tables_of_the_synchronous_pass(frame, monkeypatch) -> 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(feed_module, "update_gates", update_gates)
+    monkeypatch.setattr(feed_module, "spare_cores", lambda: 1)  # as on a machine with a core to spare
     m = model()
     m.train()  # inspect() switches to eval mode for the pass and back
     before = model_snapshot(m)
@@ -109,40 +108,30 @@ def test_worker_gives_the_tables_of_the_synchronous_pass(frame, monkeypatch) -> 
             np.testing.assert_array_equal(value, other, err_msg=key)
 
 
-def test_split_updates_when_the_forward_fills_the_cores_give_the_same_tables(frame, monkeypatch) -> None:
-    """With no spare core (torch threads = cores), each chunk's update runs at once, its gate part in
-    the caller and its task-output and expert parts in the worker: the tables are still identical."""
-    from mmoe_inspect.stats import worker as worker_module
-
-    where: dict[str, set[str]] = {"gates": set(), "outputs": set()}
-    real_gates, real_outputs = feed_module.update_gates, TaskOutputStats.update
+def test_no_spare_core_runs_the_updates_in_the_caller_with_the_same_tables(frame, monkeypatch) -> None:
+    """With no spare core (torch threads = cores) the worker stays idle: each chunk's update runs in the
+    caller (a thread beside a forward that fills the cores slows it), and the tables are identical."""
+    where: set[str] = set()
+    real_gates = feed_module.update_gates
 
     def update_gates(*args, **kwargs):
-        where["gates"].add(threading.current_thread().name)
+        where.add(threading.current_thread().name)
         return real_gates(*args, **kwargs)
-
-    def outputs_update(self, *args, **kwargs):
-        where["outputs"].add(threading.current_thread().name)
-        return real_outputs(self, *args, **kwargs)
 
     m = model()
     sync = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG, overlap_stats=False))
     monkeypatch.setattr(feed_module, "update_gates", update_gates)
-    monkeypatch.setattr(TaskOutputStats, "update", outputs_update)
     monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
-    monkeypatch.setattr(feed_module.StatsFeed, "_forwards_leave_room", lambda self: False)
-    assert worker_module.spare_cores() >= 0
-    split = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
-    assert where["gates"] == {"MainThread"} and len(where["outputs"]) == 1
-    assert next(iter(where["outputs"])).startswith("mmoe-stats")
+    caller = inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
+    assert where == {"MainThread"}
     for name, table in sync.tables.items():
-        pd.testing.assert_frame_equal(table, split.tables[name], check_exact=True, obj=name)
+        pd.testing.assert_frame_equal(table, caller.tables[name], check_exact=True, obj=name)
     assert not worker_threads()
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["overlapped", "split"])
+@pytest.mark.parametrize("spare", [True, False], ids=["overlapped", "in the caller"])
 def test_an_error_in_a_statistic_surfaces_with_its_message_and_leaves_the_model_as_found(
-    frame, monkeypatch, split: bool
+    frame, monkeypatch, spare: bool
 ) -> None:
     """A statistic that raises in the worker (third chunk) stops the pass: the caller gets that error
     (type and message), the hooks are removed, the model is untouched and the thread is gone."""
@@ -156,14 +145,15 @@ def test_an_error_in_a_statistic_surfaces_with_its_message_and_leaves_the_model_
         return real(self, preds, labels)
 
     monkeypatch.setattr(TaskOutputStats, "update", failing)
-    if split:  # no spare core: the failing part runs in the worker beside the caller's gate part
-        monkeypatch.setattr(feed_module, "spare_cores", lambda: 0)
-        monkeypatch.setattr(feed_module.StatsFeed, "_forwards_leave_room", lambda self: False)
+    monkeypatch.setattr(
+        feed_module, "spare_cores", lambda: 1 if spare else 0
+    )  # 0: the update runs in the caller
     m = model()
     before = model_snapshot(m)
     with pytest.raises(ValueError, match="planted failure in a statistic"):
         inspect(m, frame, features=FEATURES, config=InspectConfig(**CFG))
-    assert len(calls) == 3 and calls[-1].startswith("mmoe-stats")  # no update ran after the failure
+    assert len(calls) == 3  # no update ran after the failure
+    assert calls[-1].startswith("mmoe-stats") if spare else calls[-1] == "MainThread"
     assert_as_found(m, before)
 
 
@@ -193,6 +183,7 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_model_as_found(frame, monkeypatc
 
     monkeypatch.setattr(feed_module, "update_gates", slow)
     monkeypatch.setattr(RoutingStats, "close", close)
+    monkeypatch.setattr(feed_module, "spare_cores", lambda: 1)  # the update in the worker
     # a non-interactive shell starts background jobs with SIGINT ignored (a suite run with `&`): restore
     # Python's own handler for this test, as an interactive Ctrl-C would find it
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -287,29 +278,3 @@ def test_background_is_cpu_only() -> None:
     assert RoutingStats(topo, background=True).feed.background
     assert not RoutingStats(topo).feed.background
     assert not RoutingStats(topo, background=True, device=torch.device("meta")).feed.background
-
-
-def test_forwards_leave_room_reads_the_callers_cpu_use(monkeypatch) -> None:
-    """Between two updates, a caller whose process used under 80 % of wall time x torch threads of CPU
-    (the worker's own CPU for an overlapped update taken out) left room: overlap the next update;
-    otherwise split it. Before any update: split. (Clocks faked: the rule, not this machine's load.)"""
-    clock = {"wall": 10.0, "cpu": 5.0}
-    fake = types.SimpleNamespace(perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"])
-    monkeypatch.setattr(feed_module, "time", fake)
-    feed = StatsFeed({}, [], None, background=True)
-    assert not feed._forwards_leave_room()
-
-    def after(wall: float, cpu: float, *, overlapped: bool = False, job_cpu: float = 0.0, threads: int = 1):
-        feed._mark = (10.0, 5.0, overlapped)
-        feed._worker.job_cpu = job_cpu
-        clock.update(wall=10.0 + wall, cpu=5.0 + cpu)
-        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        return feed._forwards_leave_room()
-
-    assert after(1.0, 0.5)  # half the core idle
-    assert not after(1.0, 0.9)
-    assert after(1.0, 0.9, overlapped=True, job_cpu=0.3)  # 0.6 s of it was the worker's
-    assert not after(1.0, 0.9, overlapped=False, job_cpu=0.3)  # a split update ran before the mark
-    assert after(1.0, 1.5, threads=2) and not after(1.0, 1.7, threads=2)
-    monkeypatch.undo()
-    feed.close()

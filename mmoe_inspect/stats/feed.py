@@ -10,7 +10,6 @@ cost. Memory: at most ``chunk_rows`` plus one batch of captured rows.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,9 +26,6 @@ from mmoe_inspect.stats.pairwise import PairwiseRoutingStats
 from mmoe_inspect.stats.worker import StatsWorker, spare_cores
 
 __all__ = ["SampledRows", "StatsFeed", "sampled_positions"]
-
-# the caller's forwards keep their cores busy above this share of wall time x torch threads
-_BUSY = 0.8
 
 
 def sampled_positions(row_index: Tensor, rate: float, seed: int) -> Tensor | None:
@@ -151,7 +147,6 @@ class StatsFeed:
         self._experts = _Chunk()
         # chunk updates in a worker thread, overlapping the caller's next forwards (CPU states only)
         self._worker = StatsWorker() if background else None
-        self._mark: tuple[float, float, bool] | None = None  # wall, CPU time, overlapped: after an update
 
     def add(
         self,
@@ -215,40 +210,19 @@ class StatsFeed:
         return self._worker is not None
 
     def _run(self, main: list[Any] | None, experts: list[Any] | None) -> None:
-        """The updates of a full chunk. Without a worker: in the caller. With one: while the caller's
-        forwards leave a core spare (fewer torch threads than cores, or cores they leave idle:
-        `_forwards_leave_room`), the whole update goes to the worker and overlaps the next forwards;
-        when they keep the cores busy, a thread beside them would slow every parallel op of the
-        forward, so the update runs now, its independent parts (gates, task outputs, experts) split
-        between the caller and the worker, each on one intra-op thread (`one_intraop_thread`: two
-        threads in all). The same updates on the same rows either way."""
+        """The updates of a full chunk. With a worker and a core the caller's torch threads leave spare,
+        the whole update goes to the worker and overlaps the next forwards; otherwise (no worker, or
+        the torch threads fill the cores: a thread beside them would slow every parallel op of the
+        forward, measured in bench/results/recording_threads_session6.md) it runs now in the caller,
+        after the update in flight. The same updates on the same rows either way."""
         parts = self._parts(main, experts)
-        if self._worker is None:  # on the caller's threads, as before the worker existed
-            for part in parts:
-                part()
-            return
-        self._worker.wait()  # the previous chunk's update (then its CPU time is known)
-        overlap = spare_cores() > 0 or self._forwards_leave_room()
-        if overlap:
+        if self._worker is not None and spare_cores() > 0:
             self._worker.submit(lambda: [part() for part in parts])
-        else:
-            self._worker.run_split(parts)
-        self._mark = (time.perf_counter(), time.process_time(), overlap)
-
-    def _forwards_leave_room(self) -> bool:
-        """Whether the caller's forwards since the last update left its torch threads' cores partly
-        idle: the process's CPU time below `_BUSY` of wall time x torch threads, the worker's own CPU
-        time taken out. Then the update overlaps the next forwards, as with a spare core: a forward of
-        small ops leaves gaps between its parallel regions, and on a shared machine other processes
-        take cores from it (measured in bench/results/recording_threads_session6.md); a forward that
-        keeps every core busy gets the split update instead. Timing only: the states are the same."""
-        if self._mark is None:
-            return False
-        wall0, cpu0, overlapped = self._mark
-        wall = time.perf_counter() - wall0
-        assert self._worker is not None
-        cpu = time.process_time() - cpu0 - (self._worker.job_cpu if overlapped else 0.0)
-        return cpu < _BUSY * wall * torch.get_num_threads()
+            return
+        if self._worker is not None:
+            self._worker.wait()  # the previous chunk's update first: updates stay in order
+        for part in parts:
+            part()
 
     def _parts(self, main: list[Any] | None, experts: list[Any] | None) -> list[Callable[[], None]]:
         """The chunk's updates as independent calls (disjoint states), the costliest first."""

@@ -21,9 +21,9 @@ Guarantees:
   threads it does not start a second team of ``N`` threads against the forward's; the process-wide
   setting the caller sees is left as it was.
 
-`StatsFeed` picks per chunk: the whole update overlapped in the worker (`submit`) while the caller's
-forwards leave a core idle, or, when they keep every core busy, the update now with its independent
-parts split between the caller and the worker (`run_split`).
+`StatsFeed` uses it only while the caller's torch threads leave a core spare (`spare_cores`): when
+they fill the cores, a thread beside the forward slows its parallel ops more than the overlap saves
+(measured: bench/results/recording_threads_session6.md), and the update runs in the caller.
 
 It is CPU-only by design: on an accelerator the updates are asynchronous kernel launches already,
 and the caller stays synchronous there (see `StatsFeed`).
@@ -34,14 +34,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-__all__ = ["StatsWorker", "one_intraop_thread", "spare_cores"]
+__all__ = ["StatsWorker", "spare_cores"]
 
 
 class StatsWorker:
@@ -51,7 +50,6 @@ class StatsWorker:
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
         self._closed = False
-        self.job_cpu = 0.0  # CPU seconds of the last finished job (its thread's own), read after `wait`
 
     @property
     def started(self) -> bool:
@@ -69,36 +67,11 @@ class StatsWorker:
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         self._future = self._pool.submit(self._run_job, job, modes)
 
-    def run_split(self, parts: Sequence[Callable[[], None]]) -> None:
-        """Run `parts` (independent: they touch disjoint states) now, the first in the caller and the
-        others in the worker at the same time; return when all are done (after the job in flight).
-        The caller's error wins over the worker's; otherwise the worker's is raised here."""
-        self.wait()
-        if len(parts) < 2:
-            with one_intraop_thread():
-                for part in parts:
-                    part()
-            return
-        rest = list(parts[1:])
-        self.submit(lambda: [part() for part in rest])
-        try:
-            with one_intraop_thread():
-                parts[0]()
-        except BaseException:
-            fut, self._future = self._future, None
-            _wait_quietly(fut)
-            raise
-        self.wait()
-
     def _run_job(self, job: Callable[[], None], modes: tuple[bool, bool]) -> None:
-        """In the worker thread: `job()` under the caller's autograd modes, timing its CPU."""
+        """In the worker thread: `job()` under the caller's autograd modes."""
         inference, grad = modes
-        start = time.thread_time()
-        try:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                job()
-        finally:
-            self.job_cpu = time.thread_time() - start
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            job()
 
     def wait(self) -> None:
         """Block until the job in flight is done; re-raise its exception in the caller."""
@@ -120,25 +93,6 @@ class StatsWorker:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def one_intraop_thread() -> Iterator[None]:
-    """Run the body's torch ops on the calling thread alone (restored after, also on errors).
-
-    Used for the caller's part of a split update, while the worker computes beside it: two threads
-    in all, not ``N`` intra-op threads plus the worker (on the busy 2-core VM a chunk update took 4x
-    the CPU time at 2 intra-op threads than at 1, each parallel region waiting for a descheduled
-    sibling: bench/results/recording_threads_session6.md). Changing the setting costs about 3 us."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def spare_cores() -> int:
