@@ -63,8 +63,8 @@ class InspectConfig:
     # statistics are updated on chunks of at least this many rows (consecutive batches coalesced): the
     # same states, with the fixed per-update cost amortized (it rivals a small model's forward pass)
     stats_chunk_rows: int = 16_384
-    # run each chunk's statistics updates in a worker thread while the next batches' forwards run (CPU;
-    # the same statistics either way): `mmoe_inspect.stats.worker`
+    # run each chunk's statistics updates in a worker thread while the next batches' forwards run (CPU,
+    # while the torch threads leave a core spare; the same statistics either way): `mmoe_inspect.stats.worker`
     overlap_stats: bool = True
 
     def __post_init__(self) -> None:

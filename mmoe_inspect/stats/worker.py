@@ -4,8 +4,8 @@ runs the forward passes of the next batches.
 Why: a statistics update is a few dozen small tensor ops (and, for the exact AUC, a sort now and
 then) that do not parallelise; with two torch threads the forward halves but they do not, so their
 share of the recording pass grows. Torch ops release the GIL, so one worker thread running them
-beside the forward uses the core the forward leaves idle at one thread, and keeps the statistics off
-the caller's critical path at two.
+beside the forward uses a core the forward leaves idle (one torch thread on two cores) and takes the
+statistics off the caller's critical path.
 
 Guarantees:
 - **Same states.** Jobs run one at a time in submission order, on the tensors handed over (never
