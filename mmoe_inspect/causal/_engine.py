@@ -103,19 +103,15 @@ class Collected:
     strategy: str
     forwards: int
     seconds: float
+    n_read: int  # rows the pass read (more than `n_rows` when only the first ones were kept)
     cached_calls: int = 0  # expert/gate module calls the expert cache ran on one block instead of K
     remixed: bool = False  # variants were re-mixed from cached expert outputs (`causal.remix`)
     notes: list[str] = field(default_factory=list)
 
-    rows_read: int = -1  # rows the pass read (more than `n_rows` when only the first ones were kept)
-
     @property
     def n_rows(self) -> int:
+        """Rows whose per-row arrays are kept (`keep_rows`); `n_read` is every row the pass read."""
         return len(self.row_index)
-
-    @property
-    def n_read(self) -> int:
-        return self.n_rows if self.rows_read < 0 else self.rows_read
 
     def mean_gate(self, gate: str) -> np.ndarray:
         return self.gate_sums[gate] / max(self.gate_rows.get(gate, 0), 1)
@@ -439,7 +435,7 @@ def collect(
         tasks=tasks,
         row_index=np.concatenate(index_parts) if index_parts else np.zeros(0, dtype=np.int64),
         labels=np.concatenate(label_parts) if label_parts else np.zeros((0, len(tasks))),
-        rows_read=done,
+        n_read=done,
         preds=preds,
         gate_sums=gate_sums,
         gate_rows=gate_rows,
