@@ -170,3 +170,34 @@ def test_bad_checkpoint_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     assert "error:" in result.clean
     assert not out.exists()
+
+
+def test_report_on_a_disk_too_small_for_the_auc_spill_fails_at_once_in_one_line(
+    demo_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The causal analyses spill their AUC scores to TMPDIR: a disk without room for them is one line, exit
+    2, before the data pass, nothing written (neither the report nor a spill folder)."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    import mmoe_inspect.causal.streamed as streamed
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spill))
+    monkeypatch.setattr(streamed.tempfile, "tempdir", None)  # re-read TMPDIR
+    usage = namedtuple("usage", "total used free")
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(
+        streamed.shutil,
+        "disk_usage",
+        lambda p: usage(10**6, 10**6 - 1000, 1000) if str(p) == str(spill) else real(p),
+    )
+    out = tmp_path / "report"
+    result = invoke(
+        "report", demo_dir / "checkpoints" / "mmoe.pt", "--data", demo_dir / "eval.parquet", "--out", out
+    )
+    assert result.exit_code == 2, result.output
+    line = next(ln for ln in result.clean.splitlines() if "GiB of AUC scores" in ln)
+    assert str(spill) in line and "TMPDIR" in line and "Traceback" not in result.output
+    assert not out.exists() and not list(spill.iterdir())

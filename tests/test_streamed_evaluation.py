@@ -167,3 +167,18 @@ def test_radix_order_of_float32_scores_gives_the_float64_placements_exactly() ->
     fast, slow = auc_placements(untied, y2), auc_placements(untied.astype(np.float64), y2)
     assert fast.auc == slow.auc and math.isclose(fast.auc, roc_auc_score(y2, untied), abs_tol=1e-12)
     np.testing.assert_array_equal(fast.positive, slow.positive)
+
+
+def test_room_for_the_spill_is_checked_before_the_pass(tmp_path: Path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    import mmoe_inspect.causal.streamed as streamed
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(streamed.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
+    stream = EvaluationStream(TASKS, {k: i for i, k in enumerate(KEYS)}, spill_dir=str(tmp_path))
+    stream.check_room(None)  # unknown rows (a CSV): nothing to check
+    with pytest.raises(SpillError, match=r"0\.00 GiB free"):  # 2 binary tasks x (4 x 5 sets + 1) = 42 B a row
+        stream.check_room(50_000)  # 2.1 MB > 1 MiB
+    stream.check_room(20_000)  # 840 kB fits
+    assert not list(tmp_path.iterdir())

@@ -252,6 +252,8 @@ def run_causal(
             seg.update(frame[segment_by], gates)
 
     stream = EvaluationStream(topo.tasks, prediction_sets(variants, runs), ci=ci) if streamed else None
+    if stream is not None:  # a disk too small for the spill fails now, not after most of the pass
+        stream.check_room(expected_rows(source, sample, limit))
     dropped = np.zeros(len(topo.tasks), dtype=np.int64)
 
     def on_predictions(labels: np.ndarray, preds: np.ndarray) -> None:

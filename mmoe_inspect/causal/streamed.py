@@ -152,6 +152,26 @@ class EvaluationStream:
         self._blocks: dict[str, list[tuple[int, int]]] = {}  # task -> (byte offset, rows) of each batch
         self.spilled_bytes = 0
 
+    def check_room(self, rows: int | None) -> None:
+        """Raise `SpillError` before the pass when `rows` rows would spill more than the free space of the
+        spill folder's disk (`rows` None: unknown, e.g. a CSV file; nothing is checked)."""
+        binary = sum(t.kind == "binary" for t in self.tasks)
+        if rows is None or not binary:
+            return
+        need = rows * binary * (4 * self.n_sets + 1)
+        where = self._spill_parent or tempfile.gettempdir()
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError as exc:
+            raise SpillError(
+                f"cannot use {where} for the AUC scores of the causal analyses ({exc.strerror or exc})"
+            ) from exc
+        if need > free:
+            raise SpillError(
+                f"the causal analyses would write {need / 2**30:.2f} GiB of AUC scores to {where}, which has "
+                f"{free / 2**30:.2f} GiB free; point TMPDIR at a disk with room, or evaluate fewer rows (max_rows)"
+            )
+
     # ------------------------------------------------------------------------------------ feeding
     def update(self, labels: np.ndarray, preds: np.ndarray) -> None:
         """One batch: `labels [b, T]` float64 (NaN = missing), `preds [K, b, T]` float32 in probability space
