@@ -9,6 +9,7 @@ function (through `LoadedModel.inspect`) once per model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,7 @@ from ._validate import check_number
 from .analysis._self_change import mark_self_change
 from .analysis.findings import Thresholds, diagnose, routing_findings
 from .analysis.verdict import verdict
-from .attach import run_attributions, run_causal_analyses
+from .attach import CausalAnalyses, run_attributions, run_causal_analyses
 from .attribution.options import AttributionOptions
 from .binding import Binding, InputFn, bind, expected_rows, read_labels
 from .causal.options import CausalOptions
@@ -177,24 +178,45 @@ def inspect(
     if causal_opts is not None and causal_opts.segment_by is not None:  # fail now, not after the pass
         require_columns(binding.source, [causal_opts.segment_by], what="segment")
     dist_ctx = current_context() if distributed else None
-    result = record(
-        model,
-        binding,
-        cfg,
-        th,
-        model_name=model_name or type(model).__name__,
-        progress=Stage(
-            reporter, f"{RECORDING} {shown}", expected_rows(binding.source, cfg.sample, cfg.max_rows)
-        ),
-        dist=dist_ctx,
-    )
-    if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
-        return result
-    if attribution_opts is not None:
-        run_attributions(result, model, binding, attribution_opts, seed=cfg.seed, progress=reporter)
-    if causal_opts is not None:
-        run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
+    with contextlib.ExitStack() as stack:
+        # single process: the causal analyses are planned first, so that their data pass can ride along the
+        # recording pass (one read of the rows, see `CausalPlan.rider`); distributed: after it, on rank 0
+        analyses = rider = None
+        if causal_opts is not None and dist_ctx is None:
+            analyses = stack.enter_context(
+                CausalAnalyses(model, binding, causal_opts, cfg, progress=reporter, label=shown)
+            )
+            rider = analyses.rider(lambda: binding.example(cfg.batch_size))
+        result = record(
+            model,
+            binding,
+            cfg,
+            th,
+            model_name=model_name or type(model).__name__,
+            progress=Stage(
+                reporter, f"{RECORDING} {shown}", expected_rows(binding.source, cfg.sample, cfg.max_rows)
+            ),
+            dist=dist_ctx,
+            ride=None if rider is None else functools.partial(rider.step, input_fn=binding.input_fn),
+            ride_columns=None if rider is None else _ride_columns(binding, analyses),
+        )
+        if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
+            return result
+        if attribution_opts is not None:
+            run_attributions(result, model, binding, attribution_opts, seed=cfg.seed, progress=reporter)
+        if analyses is not None:
+            analyses.attach(result, rider)
+        elif causal_opts is not None:
+            run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
     return result
+
+
+def _ride_columns(binding: Binding, analyses: CausalAnalyses | None) -> list[str] | None:
+    """The columns the recording pass reads when the causal pass rides along: its own and the causal pass's
+    (None: every column)."""
+    assert analyses is not None and analyses.plan is not None
+    theirs = analyses.plan.columns
+    return None if theirs is None else binding.read_columns(*theirs)
 
 
 def record(
@@ -206,10 +228,15 @@ def record(
     model_name: str,
     progress: Stage | None = None,
     dist: DistContext | None = None,
+    ride: Callable[[pd.DataFrame, Any], None] | None = None,
+    ride_columns: Sequence[str] | None = (),
 ) -> InspectionResult:
     """The recording pass over `binding`'s rows, diagnosed: an `InspectionResult` without causal analyses.
 
-    With `dist`, each rank records its shard and the statistics are combined across ranks."""
+    With `dist`, each rank records its shard and the statistics are combined across ranks. `ride(frame,
+    x)` sees every batch after its forward (its rows and model input: another analysis's data pass riding
+    along this one), reading `ride_columns` (None: every column; `()`: only the recording's); its time is
+    kept apart (`meta["ride_seconds"]`, not in `record_seconds`)."""
     source, topo = binding.source, binding.topology
     device = model_device(model)
     recorded = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
@@ -244,7 +271,7 @@ def record(
     read_ahead = ReadAhead(cfg.read_ahead_rows) if cfg.read_ahead_rows else None
     frames = source.iter_frames(
         cfg.batch_size,
-        binding.read_columns(),
+        binding.read_columns() if ride is None or ride_columns == () else ride_columns,
         cfg.max_rows,
         sample=cfg.sample,
         seed=cfg.seed,
@@ -254,22 +281,28 @@ def record(
     tasks = topo.tasks
     started = time.perf_counter()
     n_rows = 0
+    ride_s = 0.0
     with RoutingPass(model, stats, experts=bool(recorded)) as rp, torch.inference_mode():
         for frame in frames:
             binding.check(frame)
             index = frame.index
             labels = torch.from_numpy(read_labels(frame, tasks, source.name)) if binding.labelled else None
+            x = binding.input_fn(frame)
             rp.step(
-                binding.input_fn(frame),
+                x,
                 labels=labels,
                 row_index=torch.from_numpy(index.to_numpy(dtype=np.int64, copy=True)),  # global positions
                 range_start=_range_start(index),
             )
+            if ride is not None:
+                t0 = time.perf_counter()
+                ride(frame, x)
+                ride_s += time.perf_counter() - t0
             n_rows += len(frame)
             if progress is not None:
                 progress(n_rows)
         stats.flush()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started - ride_s
     if dist is not None:  # every rank got here healthy; totals, and expert stats on rows-less ranks
         n_rows, elapsed, experts = _combine_ranks(
             dist, n_rows, elapsed, stats.expert_stats, stats.new_expert_stats
@@ -300,6 +333,8 @@ def record(
             **_cfg_meta(cfg),
         },
     )
+    if ride is not None:
+        result.meta["ride_seconds"] = ride_s
     if read_ahead is not None:
         result.meta["read_ahead_peak_rows"] = read_ahead.peak  # this rank's high-water mark
     if dist is not None:

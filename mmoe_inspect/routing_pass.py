@@ -25,11 +25,9 @@ from mmoe_inspect.analysis.tables import (
     task_table,
 )
 from mmoe_inspect.binding import task_predictions
-from mmoe_inspect.data.call import call_model
 from mmoe_inspect.device import host, model_device, to_device
 from mmoe_inspect.distributed import DistContext, configure_sync, sync_options
-from mmoe_inspect.errors import first_line
-from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
+from mmoe_inspect.recording.recorder import GateRecorder, checked_forward
 from mmoe_inspect.stats import ExpertStats, GateStats, PairwiseRoutingStats
 from mmoe_inspect.stats.feed import SampledRows, StatsFeed
 from mmoe_inspect.stats.outputs import TaskOutputStats
@@ -256,7 +254,7 @@ class RoutingPass:
         sampled = self._sample.take(row_index, range_start) if self._sample is not None else None
         if sampled is not None:
             rec.expert_rows = to_device(sampled[0], self.device)
-        out = forward(self.model, x, self.n_rows, int(row_index.shape[0]))
+        out = checked_forward(self.model, x, self.n_rows, int(row_index.shape[0]))
         cap = rec.take()
         b = int(row_index.shape[0])
         row_index = to_device(row_index, self.device)
@@ -275,21 +273,6 @@ class RoutingPass:
         )
         self.n_rows += b
         return out
-
-
-def forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
-    """Run the model; a failing forward is reported as a bad model/input pair (one line), not as our bug."""
-    try:
-        return call_model(model, x)  # a tuple input is the forward's positional arguments
-    except RecordingError:
-        raise
-    except Exception as exc:
-        detail = first_line(exc, type(exc).__name__)
-        raise RecordingError(
-            f"the model's forward failed on rows {first_row}..{first_row + n - 1} "
-            f"({type(exc).__name__}: {detail}); check the input mapping (--input/--features/--collate) "
-            "or the model code"
-        ) from exc
 
 
 def _rows_of(x: Any) -> int:

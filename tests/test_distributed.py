@@ -242,6 +242,12 @@ RUN_KEYS = {
     "seconds",
     "collect_seconds",
     "evaluate_seconds",
+    "prepare_seconds",
+    # a single process's causal data pass rides along its recording pass (one model call a batch); the
+    # distributed one runs on rank 0 after the sharded recording, as a pass of its own
+    "ride_seconds",
+    "rode_along",
+    "forwards",
 }
 
 

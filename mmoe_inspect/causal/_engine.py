@@ -44,7 +44,7 @@ from mmoe_inspect.data.call import call_model
 from mmoe_inspect.data.sources import TableSource, check_features
 from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.progress import Stage
-from mmoe_inspect.recording.recorder import GateRecorder, model_mode
+from mmoe_inspect.recording.recorder import GateRecorder, checked_forward, model_mode
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
 Strategy = Literal["naive", "batched", "cached"]
@@ -147,7 +147,7 @@ def mean_gates(
     with GateRecorder(model, topology) as rec, torch.inference_mode():
         done = 0
         for frame in source.iter_frames(batch_size, columns, rows, sample=sample, seed=seed):
-            call_model(model, to_device(input_fn(frame), device))
+            checked_forward(model, to_device(input_fn(frame), device), done, len(frame))
             for name, g in rec.take().gates.items():
                 sums[name] += g.double().sum(0).cpu()
                 seen[name] += g.shape[0]
@@ -361,91 +361,200 @@ def collect(
     if batch_size < 1 or max_stack_rows < 1:
         raise ValueError("batch_size and max_stack_rows must be positive")
     unique = _unique(variants)
-    positions = prediction_sets(variants, baselines)
-    keep = None if keep_rows is None else max(0, keep_rows)
-    tasks = topology.tasks
     device = model_device(model)
     feature_cols = list(feature_columns)
-    preds_parts: list[torch.Tensor] = []  # on the model's device until the pass ends: no per-batch host copy
-    base_parts: dict[str, list[np.ndarray]] = {bl.name: [] for bl in baselines}
-    label_parts: list[np.ndarray] = []
-    index_parts: list[np.ndarray] = []
-    gate_totals = {
-        g.name: torch.zeros(g.n_experts, dtype=torch.float64, device=device) for g in topology.gates
-    }
-    gate_rows = {g.name: 0 for g in topology.gates}
     started = time.perf_counter()
     iv = GateIntervention(model, topology, dedupe=strategy == "cached")
     runner = _Runner(model, topology, unique, strategy, max_stack_rows, iv, remix)
+    batches = Collector(
+        topology,
+        runner,
+        variants=variants,
+        baselines=baselines,
+        source=source.name,
+        on_batch=on_batch,
+        on_predictions=on_predictions,
+        keep_rows=keep_rows,
+    )
     with iv, torch.no_grad():  # not inference_mode: the expert cache keys on tensor version counters
-        done = 0
         for frame in source.iter_frames(batch_size, columns, max_rows, sample=sample, seed=seed):
             if feature_cols:
                 check_features(frame, feature_cols, source.name)
-            b = len(frame)
-            x = to_device(input_fn(frame), device)
-            out, captured = runner.run(x, b)
-            labels = read_labels(frame, tasks, source.name)
-            base = [_baseline_batch(bl, frame, tasks) for bl in baselines]
-            kept = b if keep is None else max(0, min(b, keep - done))
-            if on_predictions is not None:
-                host = out.float().cpu().numpy()
-                if base:
-                    host = np.concatenate([host, np.stack(base)])
-                on_predictions(labels, host)
-            if kept:  # streamed: only the intact model's rows are kept (the result's prediction columns)
-                part = out[:1, :kept].clone() if on_predictions is not None else out[:, :kept]
-                preds_parts.append(part.float())
-                label_parts.append(labels[:kept])
-                index_parts.append(frame.index.to_numpy(dtype=np.int64)[:kept])
-                for bl, part in zip(baselines, base, strict=True):
-                    base_parts[bl.name].append(part[:kept])
-            for name, g in captured.items():
-                gate_totals[name] += g.double().sum(0)
-                gate_rows[name] += g.shape[0]
-            if on_batch is not None:
-                on_batch(frame, {k: v.cpu() for k, v in captured.items()})
-            done += b
+            batches.step(frame, to_device(input_fn(frame), device))
             if progress is not None:
-                progress(done)
+                progress(batches.done)
     if progress is not None:
         progress.finish()
-    if not done:
+    if not batches.done:
         raise ValueError(f"{source.name} has no rows")
-    k = 1 if on_predictions is not None else 1 + len(unique)
-    stacked = (
-        torch.cat(preds_parts, dim=1).cpu().numpy()
-        if preds_parts
-        else np.zeros((k, 0, len(tasks)), dtype=np.float32)
-    )  # [1 + V (streamed: 1), kept rows, T]
-    gate_sums = {name: t.cpu().numpy() for name, t in gate_totals.items()}
-    preds: dict[Hashable, np.ndarray] = {}
-    for key, pos in positions.items():
-        if pos < k:
-            preds[key] = stacked[pos]
-    for bl in baselines:
-        parts = base_parts[bl.name]
-        preds[("baseline", bl.name)] = (
-            np.concatenate(parts) if parts else np.zeros((0, len(tasks)), dtype=np.float32)
+    return batches.finish(time.perf_counter() - started, deduped_calls=iv.deduped_calls)
+
+
+def remix_runner(
+    model: nn.Module,
+    topology: Topology,
+    variants: Sequence[PlannedVariant],
+    example: Any,
+    max_stack_rows: int = 16_384,
+) -> _Runner | None:
+    """A runner that evaluates every variant by re-mixing alone (no hooks: it can run inside another pass
+    over the same rows, e.g. the recording pass), when re-mixing applies to the model and passes the
+    first-batch check on `example` (a model input, on the model's device); otherwise None."""
+    unique = _unique(variants)
+    if not unique or remix_applies(model, topology) is not None:
+        return None
+    b = _rows(example)
+    iv = GateIntervention(model, topology, dedupe=True)
+    runner = _Runner(model, topology, unique, "cached", max_stack_rows, iv, True)
+    try:
+        with iv, torch.no_grad():
+            if runner._check_remix(example, b) is None:
+                return None
+    except Exception:  # the model fails on its first rows: the pass that reads them reports it in one line
+        return None
+    runner.remix = Remixer(model, topology, [v.edits for v in unique])  # fresh work buffers for the pass
+    runner.forwards = 0
+    return runner
+
+
+def _rows(x: Any) -> int:
+    """Rows of a model input: the first dimension of its first tensor."""
+    found: list[int] = []
+
+    def see(t: Tensor) -> Tensor:
+        if t.dim():
+            found.append(int(t.shape[0]))
+        return t
+
+    map_tensors(x, see)
+    if not found:
+        raise InterventionError("the model input holds no batched tensor")
+    return found[0]
+
+
+class Collector:
+    """The per-batch half of `collect`: the intact model, every variant and every baseline on one batch of
+    rows, then the per-row arrays and gate sums kept for the analyses (`finish`).
+
+    `collect` feeds it from its own pass over the data; `causal.run.CausalPlan.rider` feeds it from another
+    pass over the same rows (the recording pass), with a `remix_runner`. `limit` caps the rows it takes.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        runner: _Runner,
+        *,
+        variants: Sequence[PlannedVariant] = (),
+        baselines: Sequence[BaselineRun] = (),
+        source: str = "the data",
+        on_batch: Callable[[pd.DataFrame, dict[str, Tensor]], None] | None = None,
+        on_predictions: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        keep_rows: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.topology, self.runner, self.source = topology, runner, source
+        self.unique = _unique(variants)
+        self.positions = prediction_sets(variants, baselines)
+        self.baselines = list(baselines)
+        self.on_batch, self.on_predictions = on_batch, on_predictions
+        self.keep = None if keep_rows is None else max(0, keep_rows)
+        self.limit = limit
+        self.device = device = model_device(runner.model)
+        self.preds_parts: list[
+            Tensor
+        ] = []  # on the model's device until the pass ends: no per-batch host copy
+        self.base_parts: dict[str, list[np.ndarray]] = {bl.name: [] for bl in baselines}
+        self.label_parts: list[np.ndarray] = []
+        self.index_parts: list[np.ndarray] = []
+        self.gate_totals = {
+            g.name: torch.zeros(g.n_experts, dtype=torch.float64, device=device) for g in topology.gates
+        }
+        self.gate_rows = {g.name: 0 for g in topology.gates}
+        self.done = 0
+        self.busy = 0.0  # seconds spent in `step`
+
+    @property
+    def full(self) -> bool:
+        """True once `limit` rows were taken (later batches are ignored)."""
+        return self.limit is not None and self.done >= self.limit
+
+    def step(self, frame: pd.DataFrame, x: Any, input_fn: InputFn | None = None) -> None:
+        """One batch: `frame` its rows, `x` the model input built from them (moved to the model's device). Rows past
+        `limit` are dropped; when that cuts the batch, `input_fn` rebuilds `x` from the rows kept."""
+        if self.full:
+            return
+        t0 = time.perf_counter()
+        if self.limit is not None and self.done + len(frame) > self.limit:
+            frame = frame.iloc[: self.limit - self.done]
+            if input_fn is None:
+                raise ValueError("a batch cut at the row limit needs input_fn to rebuild its model input")
+            x = input_fn(frame)
+        x = to_device(x, self.device)
+        tasks = self.topology.tasks
+        b = len(frame)
+        out, captured = self.runner.run(x, b)
+        labels = read_labels(frame, tasks, self.source)
+        base = [_baseline_batch(bl, frame, tasks) for bl in self.baselines]
+        kept = b if self.keep is None else max(0, min(b, self.keep - self.done))
+        if self.on_predictions is not None:
+            host = out.float().cpu().numpy()
+            if base:
+                host = np.concatenate([host, np.stack(base)])
+            self.on_predictions(labels, host)
+        if kept:  # streamed: only the intact model's rows are kept (the result's prediction columns)
+            part = out[:1, :kept].clone() if self.on_predictions is not None else out[:, :kept]
+            self.preds_parts.append(part.float())
+            self.label_parts.append(labels[:kept])
+            self.index_parts.append(frame.index.to_numpy(dtype=np.int64)[:kept])
+            for bl, part in zip(self.baselines, base, strict=True):
+                self.base_parts[bl.name].append(part[:kept])
+        for name, g in captured.items():
+            self.gate_totals[name] += g.double().sum(0)
+            self.gate_rows[name] += g.shape[0]
+        if self.on_batch is not None:
+            self.on_batch(frame, {k: v.cpu() for k, v in captured.items()})
+        self.done += b
+        self.busy += time.perf_counter() - t0
+
+    def finish(self, seconds: float | None = None, deduped_calls: int = 0) -> Collected:
+        """The rows taken as a `Collected` (`seconds`: the pass's time, default the time spent in `step`)."""
+        tasks, runner = self.topology.tasks, self.runner
+        k = 1 if self.on_predictions is not None else 1 + len(self.unique)
+        stacked = (
+            torch.cat(self.preds_parts, dim=1).cpu().numpy()
+            if self.preds_parts
+            else np.zeros((k, 0, len(tasks)), dtype=np.float32)
+        )  # [1 + V (streamed: 1), kept rows, T]
+        preds: dict[Hashable, np.ndarray] = {}
+        for key, pos in self.positions.items():
+            if pos < k:
+                preds[key] = stacked[pos]
+        for bl in self.baselines:
+            parts = self.base_parts[bl.name]
+            preds[("baseline", bl.name)] = (
+                np.concatenate(parts) if parts else np.zeros((0, len(tasks)), dtype=np.float32)
+            )
+        notes = list(runner.notes)
+        if deduped_calls == 0 and runner.strategy == "cached" and self.unique and not runner.remixed:
+            notes.append(
+                "expert cache: no expert or gate module had identical input blocks; ran as 'batched'"
+            )
+        return Collected(
+            tasks=tasks,
+            row_index=np.concatenate(self.index_parts) if self.index_parts else np.zeros(0, dtype=np.int64),
+            labels=np.concatenate(self.label_parts) if self.label_parts else np.zeros((0, len(tasks))),
+            n_read=self.done,
+            preds=preds,
+            gate_sums={name: t.cpu().numpy() for name, t in self.gate_totals.items()},
+            gate_rows=self.gate_rows,
+            strategy=runner.strategy,
+            forwards=runner.forwards,
+            seconds=self.busy if seconds is None else seconds,
+            cached_calls=deduped_calls,
+            remixed=runner.remixed,
+            notes=notes,
         )
-    notes = list(runner.notes)
-    if iv.deduped_calls == 0 and runner.strategy == "cached" and unique and not runner.remixed:
-        notes.append("expert cache: no expert or gate module had identical input blocks; ran as 'batched'")
-    return Collected(
-        tasks=tasks,
-        row_index=np.concatenate(index_parts) if index_parts else np.zeros(0, dtype=np.int64),
-        labels=np.concatenate(label_parts) if label_parts else np.zeros((0, len(tasks))),
-        n_read=done,
-        preds=preds,
-        gate_sums=gate_sums,
-        gate_rows=gate_rows,
-        strategy=runner.strategy,
-        forwards=runner.forwards,
-        seconds=time.perf_counter() - started,
-        cached_calls=iv.deduped_calls,
-        remixed=runner.remixed,
-        notes=notes,
-    )
 
 
 def _baseline_batch(bl: BaselineRun, frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> np.ndarray:

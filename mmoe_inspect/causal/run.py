@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from mmoe_inspect.binding import bind, expected_rows
 from mmoe_inspect.causal._engine import (
     INTACT,
     STRATEGIES,
+    Collected,
+    Collector,
     InputFn,
     PlannedVariant,
     collect,
     mean_gates,
     prediction_sets,
+    remix_runner,
 )
 from mmoe_inspect.causal._finite import drop_nonfinite_rows, nonfinite_notes
 from mmoe_inspect.causal.ablation import ABLATION_COLUMNS, ABLATION_MODES, ablation_table, ablation_variants
@@ -39,6 +43,7 @@ from mmoe_inspect.causal.gains import (
     sparse_tasks,
 )
 from mmoe_inspect.causal.metrics import INTERVALS, TASK_METRICS, Evaluation
+from mmoe_inspect.causal.remix import remix_applies
 from mmoe_inspect.causal.result import CausalResult
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
 from mmoe_inspect.causal.streamed import (
@@ -49,6 +54,7 @@ from mmoe_inspect.causal.streamed import (
 )
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import DataError, TableSource, require_columns
+from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.progress import Progress, Stage, as_progress
 from mmoe_inspect.topology.spec import Topology
 
@@ -152,258 +158,366 @@ def run_causal(
         >>> res.importance()            # task x expert AUC importance (renormalize)
         >>> res.baseline_gains          # task, positive rate, model / baseline metric, gain with CI
     """
-    unknown = [a for a in analyses if a not in ANALYSES]
-    if unknown:
-        raise ValueError(f"analyses must be among {', '.join(ANALYSES)}, not {unknown}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
-    if intervals not in INTERVALS:
-        raise ValueError(f"intervals must be one of {', '.join(INTERVALS)}, not {intervals!r}")
-    if max_rows is not None and max_rows < 1:
-        raise ValueError(f"max_rows must be positive, got {max_rows}")
-    if memory_budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
-    if prediction_rows < 0:
-        raise ValueError(f"prediction_rows must be >= 0, got {prediction_rows}")
-    started = time.perf_counter()
-    bound = bind(
-        model,
-        data,
-        topology=topology,
-        tasks=tasks,
-        features=features,
-        input_fn=input_fn,
-        columns=columns,
-        labels=dict(labels) if labels else True,
-    )
-    source, input_fn, topo = bound.source, bound.input_fn, bound.topology
-    feature_cols = list(bound.feature_columns) if bound.feature_columns is not None else None
-    notes: list[str] = []
-    passes = _Passes(as_progress(progress), stage, source, sample)
-    have = set(source.columns())
-    label_cols = [t.label_column for t in topo.tasks if t.label_column in have]
-    unlabelled = [t.name for t in topo.tasks if t.label_column not in have]
-    if unlabelled:
-        notes.append(f"task(s) {unlabelled} have no label column in the data and are not evaluated")
-    if not label_cols:
-        raise DataError(
-            f"{source.name} holds no label column of any task ({[t.label_column for t in topo.tasks]}); "
-            "causal analyses need labels (pass labels={task: column})"
-        )
+    with CausalPlan.of(**locals()) as plan:
+        return plan.finish(plan.collect())
 
-    runs, base_notes = resolve_baselines(baselines or {}, topo) if "gains" in analyses else ([], [])
-    notes += base_notes
-    if baselines and "gains" not in analyses:
-        notes.append("baselines were given but 'gains' is not among the analyses; they were not run")
-    for run in runs:
-        if run.columns:
-            require_columns(source, list(run.columns))
-    if segment_by is not None:
-        require_columns(source, [segment_by], what="segment")
-    read_cols: list[str] | None = None
-    if feature_cols is not None and all(r.columns is not None for r in runs):
-        wanted = [*feature_cols, *label_cols, *(c for r in runs for c in r.columns or ())]
-        if segment_by is not None:
-            wanted.append(segment_by)
-        read_cols = list(dict.fromkeys(wanted))
 
-    variants: list[PlannedVariant] = []
-    abl_variants: list[PlannedVariant] = []
-    cf_variants: list[PlannedVariant] = []
-    if not topo.has_gates:
-        notes.append(
-            "the model has no gates (Shared-Bottom or dense): no ablation, counterfactuals or segments"
+class CausalPlan:
+    """`run_causal` in steps, so that its data pass can ride along another pass over the same rows.
+
+    Building it checks the arguments, binds the data, runs the mean-gate pre-pass, plans the variants and
+    opens the streamed evaluation's spill; then either `collect()` runs the data pass, or `rider(example)`
+    gives a `Collector` that another pass over the same rows (the recording pass of `inspect()`) feeds
+    batch by batch; then `finish(collected)` evaluates and builds the `CausalResult`. Use it as a context
+    manager: the spill folder is removed on exit, also on errors. `CausalPlan.of(model, data, **kw)` takes
+    `run_causal`'s keywords, with its defaults.
+    """
+
+    @classmethod
+    def of(cls, model: nn.Module, data: Any, *, quiet_prepass: bool = False, **kwargs: Any) -> CausalPlan:
+        """A plan from `run_causal`'s arguments (its defaults fill the rest; an unknown keyword is a TypeError).
+        `quiet_prepass` keeps the mean-gate pre-pass off the progress display (`inspect()` plans before its
+        recording pass: a data error there is then the first line the user sees)."""
+        bound = signature(run_causal).bind(model, data, **kwargs)
+        bound.apply_defaults()
+        return cls(bound.arguments, quiet_prepass=quiet_prepass)
+
+    def __init__(self, args: Mapping[str, Any], *, quiet_prepass: bool = False) -> None:
+        self.started = time.perf_counter()
+        self.stream: EvaluationStream | None = None
+        self.a = a = dict(args)
+        analyses, intervals, strategy = a["analyses"], a["intervals"], a["strategy"]
+        max_rows, memory_budget = a["max_rows"], a["memory_budget"]
+        unknown = [x for x in analyses if x not in ANALYSES]
+        if unknown:
+            raise ValueError(f"analyses must be among {', '.join(ANALYSES)}, not {unknown}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        if intervals not in INTERVALS:
+            raise ValueError(f"intervals must be one of {', '.join(INTERVALS)}, not {intervals!r}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be positive, got {max_rows}")
+        if memory_budget < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        if a["prediction_rows"] < 0:
+            raise ValueError(f"prediction_rows must be >= 0, got {a['prediction_rows']}")
+        model = a["model"]
+        bound = bind(
+            model,
+            a["data"],
+            topology=a["topology"],
+            tasks=a["tasks"],
+            features=a["features"],
+            input_fn=a["input_fn"],
+            columns=a["columns"],
+            labels=dict(a["labels"]) if a["labels"] else True,
         )
-    else:
-        if "ablation" in analyses or "gains" in analyses:
-            abl_variants, n = ablation_variants(topo, modes)
-            notes += n
-        if "counterfactuals" in analyses or "gains" in analyses:
-            means = mean_gates(
-                model,
-                topo,
-                source,
-                input_fn,
-                rows=mean_gate_rows,
-                batch_size=batch_size,
-                columns=feature_cols if read_cols is not None else None,
-                sample=sample,
-                seed=seed,
-                progress=passes.next(mean_gate_rows),
+        self.model = model
+        self.source, self.input_fn, self.topo = bound.source, bound.input_fn, bound.topology
+        source, topo, segment_by = self.source, self.topo, a["segment_by"]
+        self.feature_cols = list(bound.feature_columns) if bound.feature_columns is not None else None
+        self.notes: list[str] = []
+        notes = self.notes
+        self.passes = _Passes(as_progress(a["progress"]), a["stage"], source, a["sample"])
+        have = set(source.columns())
+        label_cols = [t.label_column for t in topo.tasks if t.label_column in have]
+        unlabelled = [t.name for t in topo.tasks if t.label_column not in have]
+        if unlabelled:
+            notes.append(f"task(s) {unlabelled} have no label column in the data and are not evaluated")
+        if not label_cols:
+            raise DataError(
+                f"{source.name} holds no label column of any task ({[t.label_column for t in topo.tasks]}); "
+                "causal analyses need labels (pass labels={task: column})"
             )
-            cf_variants, n = counterfactual_variants(topo, means)
-            notes += n
-        variants = abl_variants + cf_variants
 
-    n_sets = 1 + len({v.signature for v in variants}) + len(runs)
-    ranking_threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-    per_row = bytes_per_row(n_sets, len(topo.tasks), len(runs), intervals, ranking_threads)
-    rows_cap = max(1, memory_budget // per_row)
-    streamed = intervals == "analytic"
-    limit = rows_cap if max_rows is None else min(max_rows, rows_cap)
+        baselines = a["baselines"]
+        self.runs, base_notes = resolve_baselines(baselines or {}, topo) if "gains" in analyses else ([], [])
+        notes += base_notes
+        if baselines and "gains" not in analyses:
+            notes.append("baselines were given but 'gains' is not among the analyses; they were not run")
+        for run in self.runs:
+            if run.columns:
+                require_columns(source, list(run.columns))
+        if segment_by is not None:
+            require_columns(source, [segment_by], what="segment")
+        self.read_cols: list[str] | None = None
+        if self.feature_cols is not None and all(r.columns is not None for r in self.runs):
+            wanted = [*self.feature_cols, *label_cols, *(c for r in self.runs for c in r.columns or ())]
+            if segment_by is not None:
+                wanted.append(segment_by)
+            self.read_cols = list(dict.fromkeys(wanted))
 
-    segments: SegmentRouting | None = None
-    if segment_by is not None and "segments" in analyses and topo.has_gates:
-        segments = SegmentRouting(segment_by, topo.gates, max_tracked=max_tracked_segments)
-    seg = segments
+        self.abl_variants: list[PlannedVariant] = []
+        self.cf_variants: list[PlannedVariant] = []
+        if not topo.has_gates:
+            notes.append(
+                "the model has no gates (Shared-Bottom or dense): no ablation, counterfactuals or segments"
+            )
+        else:
+            if "ablation" in analyses or "gains" in analyses:
+                self.abl_variants, n = ablation_variants(topo, a["modes"])
+                notes += n
+            if "counterfactuals" in analyses or "gains" in analyses:
+                means = mean_gates(
+                    model,
+                    topo,
+                    source,
+                    self.input_fn,
+                    rows=a["mean_gate_rows"],
+                    batch_size=a["batch_size"],
+                    columns=self.feature_cols if self.read_cols is not None else None,
+                    sample=a["sample"],
+                    seed=a["seed"],
+                    progress=None if quiet_prepass else self.passes.next(a["mean_gate_rows"]),
+                )
+                self.cf_variants, n = counterfactual_variants(topo, means)
+                notes += n
+        self.variants = self.abl_variants + self.cf_variants
 
-    def on_batch(frame: pd.DataFrame, gates: dict) -> None:
-        if seg is not None:
-            seg.update(frame[segment_by], gates)
+        n_sets = 1 + len({v.signature for v in self.variants}) + len(self.runs)
+        self.ranking_threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+        self.per_row = bytes_per_row(n_sets, len(topo.tasks), len(self.runs), intervals, self.ranking_threads)
+        self.rows_cap = max(1, memory_budget // self.per_row)
+        self.limit = self.rows_cap if max_rows is None else min(max_rows, self.rows_cap)
 
-    stream = EvaluationStream(topo.tasks, prediction_sets(variants, runs), ci=ci) if streamed else None
-    if stream is not None:  # a disk too small for the spill fails now, not after most of the pass
-        stream.check_room(expected_rows(source, sample, limit))
-    dropped = np.zeros(len(topo.tasks), dtype=np.int64)
+        self.segments: SegmentRouting | None = None
+        if segment_by is not None and "segments" in analyses and topo.has_gates:
+            self.segments = SegmentRouting(segment_by, topo.gates, max_tracked=a["max_tracked_segments"])
+        if intervals == "analytic":
+            self.stream = EvaluationStream(topo.tasks, prediction_sets(self.variants, self.runs), ci=a["ci"])
+            # a disk too small for the spill fails now, not after most of the pass
+            self.stream.check_room(expected_rows(source, a["sample"], self.limit))
+        self.dropped = np.zeros(len(topo.tasks), dtype=np.int64)
+        self.rode_along = False
+        self.prepare_seconds = time.perf_counter() - self.started  # binding, mean-gate pre-pass, spill
 
-    def on_predictions(labels: np.ndarray, preds: np.ndarray) -> None:
-        assert stream is not None
+    # ---------------------------------------------------------------------------------- the pass
+    def _on_batch(self, frame: pd.DataFrame, gates: dict) -> None:
+        assert self.segments is not None
+        self.segments.update(frame[self.a["segment_by"]], gates)
+
+    def _on_predictions(self, labels: np.ndarray, preds: np.ndarray) -> None:
+        assert self.stream is not None
         bad = np.isfinite(labels) & ~np.isfinite(preds[0])  # the intact model's NaN rows leave every set
         if bad.any():
             labels = np.where(bad, np.nan, labels)
-            dropped[:] += bad.sum(0)
-        stream.update(labels, preds)
+            self.dropped[:] += bad.sum(0)
+        self.stream.update(labels, preds)
 
-    try:
-        collected = collect(
-            model,
-            topo,
-            source,
-            input_fn,
-            variants=variants,
-            baselines=runs,
-            columns=read_cols,
-            feature_columns=feature_cols or (),
-            strategy=strategy,
-            batch_size=batch_size,
-            max_rows=limit,
-            max_stack_rows=max_stack_rows,
-            on_batch=on_batch if segments is not None else None,
-            sample=sample,
-            seed=seed,
-            progress=passes.next(limit),
-            on_predictions=on_predictions if streamed else None,
-            keep_rows=prediction_rows if streamed else None,
+    def collect(self) -> Collected:
+        """The data pass of its own: every row (at most the plan's limit), read once."""
+        a = self.a
+        return collect(
+            self.model,
+            self.topo,
+            self.source,
+            self.input_fn,
+            variants=self.variants,
+            baselines=self.runs,
+            columns=self.read_cols,
+            feature_columns=self.feature_cols or (),
+            strategy=a["strategy"],
+            batch_size=a["batch_size"],
+            max_rows=self.limit,
+            max_stack_rows=a["max_stack_rows"],
+            on_batch=self._on_batch if self.segments is not None else None,
+            sample=a["sample"],
+            seed=a["seed"],
+            progress=self.passes.next(self.limit),
+            on_predictions=self._on_predictions if self.stream is not None else None,
+            keep_rows=a["prediction_rows"] if self.stream is not None else None,
         )
+
+    def rider(self, example: Callable[[], Any]) -> Collector | None:
+        """A `Collector` that another pass over the plan's rows (same source, `sample` and order) feeds with
+        each batch's frame and model input, when the variants can be evaluated without hooks (re-mixing, see
+        `causal.remix`, checked on `example()`, a first-batch model input) and no baseline shares a module
+        with the model; otherwise None (run `collect()` after that pass). The frames must hold `columns`
+        (None: every column)."""
+        t0 = time.perf_counter()
+        a = self.a
+        if a["strategy"] != "cached" or not self.variants or remix_applies(self.model, self.topo) is not None:
+            return None
+        mine = {id(m) for m in self.model.modules()}
+        if any(id(m) in mine for r in self.runs for m in r.model.modules()):
+            return None
+        x = to_device(example(), model_device(self.model))
+        runner = remix_runner(self.model, self.topo, self.variants, x, a["max_stack_rows"])
+        self.prepare_seconds += time.perf_counter() - t0
+        if runner is None:
+            return None
+        self.rode_along = True
+        return Collector(
+            self.topo,
+            runner,
+            variants=self.variants,
+            baselines=self.runs,
+            source=self.source.name,
+            on_batch=self._on_batch if self.segments is not None else None,
+            on_predictions=self._on_predictions if self.stream is not None else None,
+            keep_rows=a["prediction_rows"] if self.stream is not None else None,
+            limit=self.limit,
+        )
+
+    @property
+    def columns(self) -> list[str] | None:
+        """The data columns the causal pass reads (None: every column)."""
+        return self.read_cols
+
+    # ---------------------------------------------------------------------------------- results
+    def finish(self, collected: Collected) -> CausalResult:
+        """Evaluate the collected rows (rank the spilled scores, or the bootstrap) and build the tables."""
+        a, topo, notes = self.a, self.topo, self.notes
+        analyses, intervals, sparse_threshold = a["analyses"], a["intervals"], a["sparse_threshold"]
+        max_rows, memory_budget, segment_by = a["max_rows"], a["memory_budget"], a["segment_by"]
         notes += collected.notes
-        if collected.n_read >= limit:
-            if limit < (max_rows or limit + 1):
+        if collected.n_read >= self.limit:
+            if self.limit < (max_rows or self.limit + 1):
                 notes.append(
-                    f"evaluated the first {collected.n_read:,} rows: the evaluation's {per_row:,} bytes a row "
-                    f"would exceed the memory budget of {memory_budget / 2**30:.2g} GiB beyond them (raise "
+                    f"evaluated the first {collected.n_read:,} rows: the evaluation's {self.per_row:,} bytes a "
+                    f"row would exceed the memory budget of {memory_budget / 2**30:.2g} GiB beyond them (raise "
                     "memory_budget, or sample the rows)"
                 )
             else:
                 notes.append(f"evaluated the first {collected.n_read:,} rows (max_rows)")
+        if not collected.n_read:
+            raise ValueError(f"{self.source.name} has no rows")
         t_eval = time.perf_counter()
         ev: Evaluation | StreamedEvaluation
+        stream = self.stream
         if stream is not None:
-            ev = stream.finish(threads=ranking_threads)
+            ev = stream.finish(threads=self.ranking_threads)
             spilled = stream.spilled_bytes
-            notes += nonfinite_notes(topo.tasks, dropped, [ev.n_labelled(t.name) for t in topo.tasks])
+            notes += nonfinite_notes(topo.tasks, self.dropped, [ev.n_labelled(t.name) for t in topo.tasks])
             if collected.n_rows < collected.n_read:
                 notes.append(
                     f"result.predictions holds the first {collected.n_rows:,} of the {collected.n_read:,} rows "
                     "(prediction_rows); every value was computed on all of them"
                 )
+            self.close()
         else:
             labels, dropped_notes = drop_nonfinite_rows(collected.labels, collected.preds[INTACT], topo.tasks)
             notes += dropped_notes
             ev = Evaluation(
-                labels, topo.tasks, collected.preds, n_boot=n_boot, seed=seed, ci=ci, intervals=intervals
+                labels,
+                topo.tasks,
+                collected.preds,
+                n_boot=a["n_boot"],
+                seed=a["seed"],
+                ci=a["ci"],
+                intervals=intervals,
             )
             spilled = 0
-    finally:
-        if stream is not None:
-            stream.close()
-    sparse = set(sparse_tasks(ev, sparse_threshold))
+        sparse = set(sparse_tasks(ev, sparse_threshold))
 
-    task_rows = []
-    for t in topo.tasks:
-        if ev.n_labelled(t.name) == 0:
-            continue
-        for metric in TASK_METRICS[t.kind]:
-            lo, hi = ev.interval(INTACT, t.name, metric)
-            task_rows.append(
-                {
-                    "task": t.name,
-                    "kind": t.kind,
-                    "n_labelled": ev.n_labelled(t.name),
-                    "positive_rate": ev.positive_rate(t.name),
-                    "sparse": t.name in sparse,
-                    "metric": metric,
-                    "value": ev.value(INTACT, t.name, metric),
-                    "lo": lo,
-                    "hi": hi,
-                }
+        task_rows = []
+        for t in topo.tasks:
+            if ev.n_labelled(t.name) == 0:
+                continue
+            for metric in TASK_METRICS[t.kind]:
+                lo, hi = ev.interval(INTACT, t.name, metric)
+                task_rows.append(
+                    {
+                        "task": t.name,
+                        "kind": t.kind,
+                        "n_labelled": ev.n_labelled(t.name),
+                        "positive_rate": ev.positive_rate(t.name),
+                        "sparse": t.name in sparse,
+                        "metric": metric,
+                        "value": ev.value(INTACT, t.name, metric),
+                        "lo": lo,
+                        "hi": hi,
+                    }
+                )
+        abl_variants, cf_variants, runs = self.abl_variants, self.cf_variants, self.runs
+        abl = ablation_table(ev, abl_variants) if abl_variants else pd.DataFrame(columns=ABLATION_COLUMNS)
+        cfs = (
+            counterfactual_table(ev, cf_variants)
+            if cf_variants
+            else pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS)
+        )
+        sparse_tab = pd.DataFrame(columns=SPARSE_COLUMNS)
+        base_tab = pd.DataFrame(columns=BASELINE_COLUMNS)
+        if "gains" in analyses:
+            means_seen = {g: collected.mean_gate(g) for g in collected.gate_sums if collected.gate_rows[g]}
+            sparse_tab = sparse_gain_table(ev, topo, means_seen, abl, cfs, sparse_threshold)
+            base_tab = baseline_gain_table(ev, [r.name for r in runs], sparse_threshold)
+            if not sparse:
+                notes.append(f"no binary task has a positive rate below {sparse_threshold:g}: no sparse task")
+        if "ablation" not in analyses:
+            abl = pd.DataFrame(columns=ABLATION_COLUMNS)
+        if "counterfactuals" not in analyses:
+            cfs = pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS)
+        segments = self.segments
+        seg_tab = (
+            segments.table(a["max_segments"])
+            if segments is not None
+            else pd.DataFrame(columns=SEGMENT_COLUMNS)
+        )
+        if segments is not None and segments.overflowed:
+            notes.append(
+                f"column {segment_by!r} has more than {a['max_tracked_segments']:,} distinct values; later new "
+                "values were summed into 'other'"
             )
-    abl = ablation_table(ev, abl_variants) if abl_variants else pd.DataFrame(columns=ABLATION_COLUMNS)
-    cfs = (
-        counterfactual_table(ev, cf_variants) if cf_variants else pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS)
-    )
-    sparse_tab = pd.DataFrame(columns=SPARSE_COLUMNS)
-    base_tab = pd.DataFrame(columns=BASELINE_COLUMNS)
-    if "gains" in analyses:
-        means_seen = {g: collected.mean_gate(g) for g in collected.gate_sums if collected.gate_rows[g]}
-        sparse_tab = sparse_gain_table(ev, topo, means_seen, abl, cfs, sparse_threshold)
-        base_tab = baseline_gain_table(ev, [r.name for r in runs], sparse_threshold)
-        if not sparse:
-            notes.append(f"no binary task has a positive rate below {sparse_threshold:g}: no sparse task")
-    if "ablation" not in analyses:
-        abl = pd.DataFrame(columns=ABLATION_COLUMNS)
-    if "counterfactuals" not in analyses:
-        cfs = pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS)
-    seg_tab = segments.table(max_segments) if segments is not None else pd.DataFrame(columns=SEGMENT_COLUMNS)
-    if segments is not None and segments.overflowed:
-        notes.append(
-            f"column {segment_by!r} has more than {max_tracked_segments:,} distinct values; later new values "
-            "were summed into 'other'"
+
+        pred_cols: dict[str, np.ndarray] = {"row": collected.row_index}
+        for j, t in enumerate(topo.tasks):
+            pred_cols[f"label:{t.name}"] = collected.labels[:, j]
+            pred_cols[f"model:{t.name}"] = collected.preds[INTACT][:, j]
+            for r in runs:
+                col = collected.preds[("baseline", r.name)][:, j]
+                if np.isfinite(col).any():
+                    pred_cols[f"{r.name}:{t.name}"] = col
+        return CausalResult(
+            topology=topo,
+            task_metrics=pd.DataFrame(task_rows, columns=TASK_COLUMNS),
+            ablation=abl,
+            counterfactuals=cfs,
+            sparse_gains=sparse_tab,
+            baseline_gains=base_tab,
+            segments=seg_tab,
+            predictions=pd.DataFrame(pred_cols),
+            n_rows=collected.n_read,
+            notes=list(dict.fromkeys(notes)),
+            meta={
+                "data": self.source.name,
+                "strategy": collected.strategy,
+                "forwards": collected.forwards,
+                "cached_calls": collected.cached_calls,
+                "remixed": collected.remixed,
+                "rode_along": self.rode_along,
+                "prepare_seconds": self.prepare_seconds,
+                "collect_seconds": collected.seconds,
+                "evaluate_seconds": time.perf_counter() - t_eval,
+                # riding along, the pass's time is the recording's: only the causal work is counted
+                "seconds": self.prepare_seconds + collected.seconds + time.perf_counter() - t_eval,
+                "intervals": intervals,
+                "n_boot": ev.n_boot if intervals == "bootstrap" else None,
+                "ci": a["ci"],
+                "seed": a["seed"],
+                "max_rows": max_rows,
+                "memory_budget": memory_budget,
+                "bytes_per_row": self.per_row,
+                "rows_cap": self.rows_cap,
+                "spilled_bytes": spilled,
+                "prediction_rows": a["prediction_rows"] if stream is not None else None,
+                "batch_size": a["batch_size"],
+                "mean_gate_rows": a["mean_gate_rows"],
+                "sparse_threshold": sparse_threshold,
+                "variants": len(self.variants),
+            },
         )
 
-    pred_cols: dict[str, np.ndarray] = {"row": collected.row_index}
-    for j, t in enumerate(topo.tasks):
-        pred_cols[f"label:{t.name}"] = collected.labels[:, j]
-        pred_cols[f"model:{t.name}"] = collected.preds[INTACT][:, j]
-        for r in runs:
-            col = collected.preds[("baseline", r.name)][:, j]
-            if np.isfinite(col).any():
-                pred_cols[f"{r.name}:{t.name}"] = col
-    return CausalResult(
-        topology=topo,
-        task_metrics=pd.DataFrame(task_rows, columns=TASK_COLUMNS),
-        ablation=abl,
-        counterfactuals=cfs,
-        sparse_gains=sparse_tab,
-        baseline_gains=base_tab,
-        segments=seg_tab,
-        predictions=pd.DataFrame(pred_cols),
-        n_rows=collected.n_read,
-        notes=list(dict.fromkeys(notes)),
-        meta={
-            "data": source.name,
-            "strategy": collected.strategy,
-            "forwards": collected.forwards,
-            "cached_calls": collected.cached_calls,
-            "remixed": collected.remixed,
-            "collect_seconds": collected.seconds,
-            "evaluate_seconds": time.perf_counter() - t_eval,
-            "seconds": time.perf_counter() - started,
-            "intervals": intervals,
-            "n_boot": ev.n_boot if intervals == "bootstrap" else None,
-            "ci": ci,
-            "seed": seed,
-            "max_rows": max_rows,
-            "memory_budget": memory_budget,
-            "bytes_per_row": per_row,
-            "rows_cap": rows_cap,
-            "spilled_bytes": spilled,
-            "prediction_rows": prediction_rows if streamed else None,
-            "batch_size": batch_size,
-            "mean_gate_rows": mean_gate_rows,
-            "sparse_threshold": sparse_threshold,
-            "variants": len(variants),
-        },
-    )
+    def close(self) -> None:
+        """Remove the spill folder (idempotent)."""
+        if self.stream is not None:
+            self.stream.close()
+
+    def __enter__(self) -> CausalPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Passes:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from mmoe_inspect.errors import MmoeInspectError
+from mmoe_inspect.data.call import call_model
+from mmoe_inspect.errors import MmoeInspectError, first_line
 from mmoe_inspect.recording.hooks import HookSession, model_mode
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology._trace import iter_tensors
@@ -251,3 +253,18 @@ class GateRecorder(HookSession):
                 f"the forward pass never produced gate(s) {missing}; the topology does not match this model"
             )
         return cap
+
+
+def checked_forward(model: nn.Module, x: Any, first_row: int, n: int) -> Any:
+    """Run the model; a failing forward is reported as a bad model/input pair (one line), not as our bug."""
+    try:
+        return call_model(model, x)  # a tuple input is the forward's positional arguments
+    except RecordingError:
+        raise
+    except Exception as exc:
+        detail = first_line(exc, type(exc).__name__)
+        raise RecordingError(
+            f"the model's forward failed on rows {first_row}..{first_row + n - 1} "
+            f"({type(exc).__name__}: {detail}); check the input mapping (--input/--features/--collate) "
+            "or the model code"
+        ) from exc

@@ -1,0 +1,146 @@
+"""The causal data pass riding along `inspect()`'s recording pass: one read of the rows, the same numbers as a
+pass of its own (`run_causal`), the same rows under `sample` and row limits, nothing left behind on errors."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmoe_inspect import InspectConfig, inspect
+from mmoe_inspect.causal import CausalOptions, run_causal
+from mmoe_inspect.data.sources import DataError
+from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
+from mmoe_inspect.models import PLE, MMoE, SharedBottom
+from mmoe_inspect.testing.planted import EinsumMMoE
+
+TABLES = (
+    "task_metrics",
+    "ablation",
+    "counterfactuals",
+    "sparse_gains",
+    "baseline_gains",
+    "segments",
+    "predictions",
+)
+
+
+def _recsys(tmp_path, n: int = 10_000):
+    frame = make_recsys(n, seed=1)
+    path = tmp_path / "eval.parquet"
+    frame.to_parquet(path)
+    torch.manual_seed(0)
+    features, tasks = recsys_features(frame), recsys_tasks()
+    return path, features, tasks
+
+
+def _same_tables(a, b) -> None:
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
+    assert a.n_rows == b.n_rows
+    assert a.notes == b.notes
+
+
+def test_rides_along_and_equals_a_pass_of_its_own(tmp_path) -> None:
+    path, features, tasks = _recsys(tmp_path)
+    model = MMoE(features, tasks, n_experts=4, expert_hidden=(16,), tower_hidden=(8,))
+    single = SharedBottom(features, [tasks[1]], bottom_hidden=(8,), tower_hidden=(4,))
+    opts = {"baselines": {"single": single}, "segment_by": "device"}
+    res = inspect(model, path, causal=CausalOptions(**opts))
+    ride = res.causal
+    assert ride.meta["rode_along"] is True and ride.meta["remixed"] is True
+    assert res.meta["ride_seconds"] > 0 and ride.meta["collect_seconds"] == pytest.approx(
+        res.meta["ride_seconds"], rel=0.5
+    )
+    alone = run_causal(model, path, **opts)
+    assert alone.meta["rode_along"] is False
+    _same_tables(ride, alone)
+    assert set(ride.segments["segment"]) == {"0", "1", "2", "3"}
+    assert "single:purchase" in ride.predictions
+    # the recording itself is what `check` sees
+    plain = inspect(model, path)
+    pd.testing.assert_frame_equal(res.table("utilization"), plain.table("utilization"), check_exact=True)
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "rows"),
+    [
+        (InspectConfig(), CausalOptions(max_rows=5_000), 5_000),  # cut inside the second batch of 4096
+        (InspectConfig(max_rows=7_000, batch_size=1_000), CausalOptions(), 7_000),
+        (InspectConfig(sample=0.5, seed=3), CausalOptions(), None),
+    ],
+)
+def test_ride_along_reads_the_rows_a_pass_of_its_own_reads(tmp_path, config, options, rows) -> None:
+    path, features, tasks = _recsys(tmp_path)
+    model = MMoE(features, tasks, n_experts=3, expert_hidden=(8,), tower_hidden=(4,))
+    res = inspect(model, path, config=config, causal=options)
+    assert res.causal.meta["rode_along"] is True
+    limits = [n for n in (config.max_rows, options.max_rows) if n is not None]
+    alone = run_causal(
+        model,
+        path,
+        max_rows=min(limits) if limits else None,
+        sample=config.sample,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+    _same_tables(res.causal, alone)
+    if rows is not None:
+        assert res.causal.n_rows == rows
+    else:  # sampled: the rows the recording read, and the rows a standalone sampled pass reads
+        assert res.causal.n_rows == res.n_rows
+        np.testing.assert_array_equal(res.causal.predictions["row"], alone.predictions["row"])
+
+
+def test_ple_and_bootstrap_ride_along(tmp_path) -> None:
+    path, features, tasks = _recsys(tmp_path, n=6_000)
+    model = PLE(features, tasks, n_specific=1, n_levels=2, n_experts=2, expert_hidden=(8,), tower_hidden=(4,))
+    res = inspect(model, path, causal=CausalOptions(intervals="bootstrap", n_boot=20))
+    assert res.causal.meta["rode_along"] is True
+    _same_tables(res.causal, run_causal(model, path, intervals="bootstrap", n_boot=20))
+
+
+def test_models_that_cannot_ride_get_a_pass_of_their_own(tmp_path) -> None:
+    model = EinsumMMoE(n_features=8)  # not a package model: the variants need hooks
+    x = model.example_input(3_000)
+    with torch.no_grad():
+        p = model(x)
+    frame = pd.DataFrame(x.numpy(), columns=[f"f{i}" for i in range(8)])
+    rng = np.random.default_rng(0)
+    for t, v in p.items():
+        frame[t] = (rng.random(len(frame)) < v.numpy()).astype(np.float32)
+    cols = [f"f{i}" for i in range(8)]
+
+    def fn(df: pd.DataFrame) -> torch.Tensor:
+        return torch.from_numpy(df[cols].to_numpy(np.float32, copy=True))
+
+    res = inspect(model, frame, input_fn=fn, columns=cols, causal=True)
+    assert res.causal is not None and res.causal.meta["rode_along"] is False
+    assert "ride_seconds" not in res.meta
+    assert len(res.causal.ablation) > 0
+
+    # a baseline that shares modules with the model: its forward would fire the recording hooks
+    path, features, tasks = _recsys(tmp_path, n=3_000)
+    mmoe = MMoE(features, tasks, n_experts=2, expert_hidden=(8,), tower_hidden=(4,))
+    res = inspect(mmoe, path, causal=CausalOptions(baselines={"itself": mmoe}))
+    assert res.causal.meta["rode_along"] is False
+
+
+def test_an_error_mid_pass_leaves_no_spill_and_no_hooks(tmp_path, monkeypatch) -> None:
+    frame = make_recsys(9_000, seed=2)
+    features, tasks = recsys_features(frame), recsys_tasks()
+    frame.loc[8_500, features.dense[0]] = np.nan  # the third batch of 4096
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    model = MMoE(features, tasks, n_experts=2, expert_hidden=(8,), tower_hidden=(4,))
+    hooks_before = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+    with pytest.raises(DataError, match=r"NaN|finite"):
+        inspect(model, path, causal=True)
+    assert list(spill.iterdir()) == []
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks_before
