@@ -44,6 +44,7 @@ from mmoe_inspect.data.call import call_model
 from mmoe_inspect.data.sources import TableSource, check_features
 from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.progress import Stage
+from mmoe_inspect.recording.hooks import HookSession
 from mmoe_inspect.recording.recorder import GateRecorder, checked_forward, model_mode
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
@@ -184,10 +185,13 @@ class _Runner:
             self.remix = Remixer(model, topology, [v.edits for v in self.variants])
         self.remixed = False  # whether re-mixing passed its first-batch check and is in use
 
-    def _remixed(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Every variant of the batch by re-mixing cached expert outputs: `[1 + V, b, T]` and the intact gates."""
+    def _remixed(
+        self, x: Any, b: int, taps: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Every variant of the batch by re-mixing cached expert outputs: `[1 + V, b, T]` and the intact gates
+        (`taps`: see `Remixer.run`)."""
         assert self.remix is not None
-        out = self.remix.run(x)
+        out = self.remix.run(x, taps)
         self.forwards += 1
         p = predictions(out, self.topology.tasks)
         k = 1 + len(self.variants)
@@ -234,11 +238,14 @@ class _Runner:
             raise RuntimeError(f"the model returned {p.shape[0]} rows for an input of {k * b} rows")
         return p.reshape(k, b, -1)
 
-    def run(self, x: Any, b: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Predictions `[1 + V, b, T]` (intact first, then the variants in order) and the intact gates."""
+    def run(
+        self, x: Any, b: int, taps: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Predictions `[1 + V, b, T]` (intact first, then the variants in order) and the intact gates.
+        `taps`: intact module outputs of the model's own forward on `x`, for a re-mixer that passed its check."""
         if self.remix is not None:
             if self.remixed:
-                return self._remixed(x, b)
+                return self._remixed(x, b, taps)
             checked = self._check_remix(x, b)
             if checked is not None:
                 return checked
@@ -417,6 +424,42 @@ def remix_runner(
     return runner
 
 
+class IntactTaps(HookSession):
+    """Keeps, by reference, the outputs of `paths`' modules in the model's last forward (`take()`): riding
+    along another pass's forward, the re-mixer takes the experts' and gates' outputs `[b, D]` / `[b, E]`
+    from it instead of running them again (`Remixer.tap_paths`). Modes are left alone."""
+
+    training_mode = None
+
+    def __init__(self, model: nn.Module, paths: Sequence[str]) -> None:
+        super().__init__(model)
+        self.paths = list(paths)
+        self.last: dict[str, Tensor] = {}
+
+    def _register(self) -> None:
+        modules = dict(self.model.named_modules())
+        for path in self.paths:
+            self.add_handle(modules[path].register_forward_hook(self._keeper(path)))
+
+    def _keeper(self, path: str) -> Callable[..., None]:
+        def keep(module: nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, Tensor):
+                self.last[path] = out
+
+        return keep
+
+    def take(self, batch: int, rows: int) -> dict[str, Tensor]:
+        """The outputs kept since the last `take`, cut to their first `rows` rows; empty unless every path's
+        output is there with `batch` rows (the forward of the batch in hand)."""
+        last, self.last = self.last, {}
+        if len(last) != len(self.paths) or any(t.dim() == 0 or t.shape[0] != batch for t in last.values()):
+            return {}
+        return {p: t if batch == rows else t[:rows] for p, t in last.items()}
+
+    def _closing(self) -> None:
+        self.last = {}
+
+
 def _rows(x: Any) -> int:
     """Rows of a model input: the first dimension of its first tensor."""
     found: list[int] = []
@@ -452,8 +495,10 @@ class Collector:
         on_predictions: Callable[[np.ndarray, np.ndarray], None] | None = None,
         keep_rows: int | None = None,
         limit: int | None = None,
+        taps: IntactTaps | None = None,
     ) -> None:
         self.topology, self.runner, self.source = topology, runner, source
+        self.taps = taps
         self.unique = _unique(variants)
         self.positions = prediction_sets(variants, baselines)
         self.baselines = list(baselines)
@@ -483,8 +528,10 @@ class Collector:
         """One batch: `frame` its rows, `x` the model input built from them (moved to the model's device). Rows past
         `limit` are dropped; when that cuts the batch, `input_fn` rebuilds `x` from the rows kept."""
         if self.full:
+            self.close()
             return
         t0 = time.perf_counter()
+        full_rows = len(frame)
         if self.limit is not None and self.done + len(frame) > self.limit:
             frame = frame.iloc[: self.limit - self.done]
             if input_fn is None:
@@ -493,7 +540,8 @@ class Collector:
         x = to_device(x, self.device)
         tasks = self.topology.tasks
         b = len(frame)
-        out, captured = self.runner.run(x, b)
+        taps = self.taps.take(full_rows, b) if self.taps is not None else None
+        out, captured = self.runner.run(x, b, taps)
         labels = read_labels(frame, tasks, self.source)
         base = [_baseline_batch(bl, frame, tasks) for bl in self.baselines]
         kept = b if self.keep is None else max(0, min(b, self.keep - self.done))
@@ -518,7 +566,9 @@ class Collector:
         self.busy += time.perf_counter() - t0
 
     def finish(self, seconds: float | None = None, deduped_calls: int = 0) -> Collected:
-        """The rows taken as a `Collected` (`seconds`: the pass's time, default the time spent in `step`)."""
+        """The rows taken as a `Collected` (`seconds`: the pass's time, default the time spent in `step`); the
+        taps' hooks are removed."""
+        self.close()
         tasks, runner = self.topology.tasks, self.runner
         k = 1 if self.on_predictions is not None else 1 + len(self.unique)
         stacked = (
@@ -555,6 +605,11 @@ class Collector:
             remixed=runner.remixed,
             notes=notes,
         )
+
+    def close(self) -> None:
+        """Remove the taps' hooks (idempotent)."""
+        if self.taps is not None:
+            self.taps.close()
 
 
 def _baseline_batch(bl: BaselineRun, frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> np.ndarray:

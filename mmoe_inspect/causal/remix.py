@@ -266,6 +266,9 @@ class Remixer:
         self.folds: dict[int, _Fold | None] = {}
         self.stacks: dict[int, Callable[[Tensor], Tensor]] = {}
         self.captured: dict[str, Tensor] = {}
+        self.taps: dict[
+            str, Tensor
+        ] = {}  # module path -> its output in the model's own forward of this batch
         self.buffers: dict[str, Tensor] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -281,7 +284,8 @@ class Remixer:
     def _gate(self, path: str, gate: nn.Module, gate_in: Stream) -> GateOut:
         """A gate's probabilities `[b, E]` under every variant (before edits); the intact ones are captured
         (all gates of a level run before any mixing: a gate swap reads another gate's intact rows)."""
-        probs = _run(gate.forward, gate_in)
+        tapped = self.taps.get(path) if not gate_in.dirty else None
+        probs = Stream(tapped, [], None) if tapped is not None else _run(gate.forward, gate_in)
         spec = self.gates.get(path)
         if spec is not None:
             self.captured[spec.name] = probs.intact
@@ -469,7 +473,11 @@ class Remixer:
 
     def _shared(self, model: _SharedExperts, h: Tensor) -> list[tuple[GateOut, Stream]]:
         x = Stream(h, [], None)
-        stacked = self._experts(model.experts, x)
+        outs = [self.taps.get(f"experts.{i}") for i in range(len(model.experts))]
+        if outs and all(o is not None for o in outs):  # the model's own expert outputs, riding along
+            stacked = Stream(torch.stack(outs, dim=1), [], None)  # type: ignore[arg-type]
+        else:
+            stacked = self._experts(model.experts, x)
         if isinstance(model, OMoE):
             return [(self._gate("gate", model.gate, x), stacked)] * len(model.tasks)
         probs = [self._gate(f"gates.{i}", g, x) for i, g in enumerate(model.gates)]
@@ -494,10 +502,22 @@ class Remixer:
             return task, None
         return task, (shared_probs, _cat([*specific, shared]))
 
-    def run(self, x: Any) -> dict[str, Tensor]:
+    def tap_paths(self) -> list[str]:
+        """Modules whose intact outputs `run` can take instead of running them (`taps`): an OMoE's or MMoE's
+        experts `[b, D]` and gates `[b, E]`; none for a PLE/CGC."""
+        model = self.model
+        if not isinstance(model, _SharedExperts):
+            return []
+        gates = ["gate"] if isinstance(model, OMoE) else [f"gates.{i}" for i in range(len(model.gates))]
+        return [f"experts.{i}" for i in range(len(model.experts))] + gates
+
+    def run(self, x: Any, taps: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The model's output dict with every task's predictions for all `1 + V` variants stacked:
-        `{task: [(1 + V) * b]}` (blocks in variant order, intact first)."""
+        `{task: [(1 + V) * b]}` (blocks in variant order, intact first). `taps` `{module path: output}` are
+        outputs of `tap_paths()` modules in the model's own forward on `x` (riding along a pass that ran
+        it): those modules are not run again."""
         self.captured = {}
+        self.taps = dict(taps or {})
         model = self.model
         h = model.inputs(x)
         heads: list[tuple[GateOut, Stream]] = []

@@ -21,6 +21,7 @@ from mmoe_inspect.causal._engine import (
     Collected,
     Collector,
     InputFn,
+    IntactTaps,
     PlannedVariant,
     collect,
     mean_gates,
@@ -185,6 +186,7 @@ class CausalPlan:
     def __init__(self, args: Mapping[str, Any], *, quiet_prepass: bool = False) -> None:
         self.started = time.perf_counter()
         self.stream: EvaluationStream | None = None
+        self._rider: Collector | None = None
         self.a = a = dict(args)
         analyses, intervals, strategy = a["analyses"], a["intervals"], a["strategy"]
         max_rows, memory_budget = a["max_rows"], a["memory_budget"]
@@ -347,7 +349,12 @@ class CausalPlan:
         if runner is None:
             return None
         self.rode_along = True
-        return Collector(
+        assert runner.remix is not None
+        paths = runner.remix.tap_paths()
+        taps = IntactTaps(self.model, paths) if paths else None
+        if taps is not None:
+            taps.attach()  # removed by the collector's finish, or by `close`
+        self._rider = Collector(
             self.topo,
             runner,
             variants=self.variants,
@@ -357,7 +364,9 @@ class CausalPlan:
             on_predictions=self._on_predictions if self.stream is not None else None,
             keep_rows=a["prediction_rows"] if self.stream is not None else None,
             limit=self.limit,
+            taps=taps,
         )
+        return self._rider
 
     @property
     def columns(self) -> list[str] | None:
@@ -509,7 +518,9 @@ class CausalPlan:
         )
 
     def close(self) -> None:
-        """Remove the spill folder (idempotent)."""
+        """Remove the spill folder and the rider's hooks (idempotent)."""
+        if self._rider is not None:
+            self._rider.close()
         if self.stream is not None:
             self.stream.close()
 
