@@ -199,6 +199,10 @@ class RoutingStats:
         }
 
 
+forward = checked_forward
+"""The recording pass's model call (a module global: a fault-injection test swaps it)."""
+
+
 class RoutingPass:
     """A model's forward under gate hooks, feeding `RoutingStats` one batch at a time.
 
@@ -254,7 +258,7 @@ class RoutingPass:
         sampled = self._sample.take(row_index, range_start) if self._sample is not None else None
         if sampled is not None:
             rec.expert_rows = to_device(sampled[0], self.device)
-        out = checked_forward(self.model, x, self.n_rows, int(row_index.shape[0]))
+        out = forward(self.model, x, self.n_rows, int(row_index.shape[0]))
         cap = rec.take()
         b = int(row_index.shape[0])
         row_index = to_device(row_index, self.device)

@@ -53,6 +53,8 @@ CROSS_PLATFORM = (1e-3, 1e-5)
 VOLATILE: dict[str, str] = {  # dotted path in metrics.json -> why it varies from run to run
     "meta.record_seconds": "wall-clock time of the recording pass",
     "meta.rows_per_second": "rows over wall-clock time",
+    "meta.ride_seconds": "wall-clock time of the causal work riding along the recording pass",
+    "causal.meta.prepare_seconds": "wall-clock time of the causal pre-pass and first-batch check",
     "causal.meta.collect_seconds": "wall-clock time of the causal passes",
     "causal.meta.evaluate_seconds": "wall-clock time of the causal bootstrap",
     "causal.meta.seconds": "wall-clock time of the causal analyses",

@@ -392,6 +392,8 @@ class CausalPlan:
         if not collected.n_read:
             raise ValueError(f"{self.source.name} has no rows")
         t_eval = time.perf_counter()
+        shown = self.passes.evaluation(collected.n_read)  # ranking / bootstrap: a line of its own
+        shown(0)
         ev: Evaluation | StreamedEvaluation
         stream = self.stream
         if stream is not None:
@@ -417,6 +419,8 @@ class CausalPlan:
                 intervals=intervals,
             )
             spilled = 0
+        shown(collected.n_read)
+        shown.finish()
         sparse = set(sparse_tasks(ev, sparse_threshold))
 
         task_rows = []
@@ -543,3 +547,7 @@ class _Passes:
         self.count += 1
         total = expected_rows(self.source, self.sample, limit)
         return Stage(self.progress, f"{self.stage} (pass {self.count})", limit if total is None else total)
+
+    def evaluation(self, rows: int) -> Stage:
+        """The evaluation of the `rows` collected (AUC ranking or bootstrap), after the data pass."""
+        return Stage(self.progress, f"{self.stage} (evaluation)", rows)
