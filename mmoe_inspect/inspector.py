@@ -200,6 +200,8 @@ def inspect(
             ride=None if rider is None else functools.partial(rider.step, input_fn=binding.input_fn),
             ride_columns=None if rider is None else _ride_columns(binding, analyses),
         )
+        if rider is not None:
+            rider.close()  # its hooks: the attributions' forwards are not the recording's
         if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
             return result
         if attribution_opts is not None:
