@@ -209,7 +209,9 @@ class EvaluationStream:
             if not nb:
                 continue
             y = label[rows]
-            p = preds[:, rows, j]  # [K, nb] float32, contiguous
+            p = np.take(
+                preds[:, :, j], rows, axis=1
+            )  # [K, nb] float32, C-contiguous (preds[:, rows, j] is not)
             self.n_labelled[j] += nb
             finite = np.isfinite(p).all(axis=1)  # [K]
             zero_one = binary and bool((y[:npos] == 1.0).all() and (y[npos:] == 0.0).all())
