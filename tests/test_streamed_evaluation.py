@@ -111,7 +111,7 @@ def test_spill_folder_is_removed_and_a_bad_folder_is_one_clear_error(tmp_path: P
     labels, preds = _data(400)
     stream = _stream(labels, preds, [150], spill_dir=str(tmp_path))
     (folder,) = list(tmp_path.iterdir())
-    assert sorted(p.suffix for p in folder.iterdir()) == [".f32", ".f32"]  # two binary tasks
+    assert sorted(p.suffix for p in folder.iterdir()) == [".f32", ".f32", ".u8", ".u8"]  # two binary tasks
     assert stream.spilled_bytes == sum(p.stat().st_size for p in folder.iterdir())
     stream.finish()
     stream.close()
@@ -178,7 +178,7 @@ def test_room_for_the_spill_is_checked_before_the_pass(tmp_path: Path, monkeypat
     monkeypatch.setattr(streamed.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
     stream = EvaluationStream(TASKS, {k: i for i, k in enumerate(KEYS)}, spill_dir=str(tmp_path))
     stream.check_room(None)  # unknown rows (a CSV): nothing to check
-    with pytest.raises(SpillError, match=r"0\.00 GiB free"):  # 2 binary tasks x 4 x 5 sets = 40 B a row
-        stream.check_room(50_000)  # 2.0 MB > 1 MiB
-    stream.check_room(20_000)  # 800 kB fits
+    with pytest.raises(SpillError, match=r"0\.00 GiB free"):  # 2 binary tasks x (4 x 5 sets + 1) = 42 B a row
+        stream.check_room(50_000)  # 2.1 MB > 1 MiB
+    stream.check_room(20_000)  # 840 kB fits
     assert not list(tmp_path.iterdir())

@@ -10,8 +10,9 @@ row for a 22-variant model), so its rows must be capped. The analytic intervals 
   nothing per row is kept;
 - DeLong's AUC variance pairs the placement values of two sets ROW BY ROW, which needs every row's
   score. Each binary task's scores are written to disk batch by batch as `[sets, rows]` float32 blocks
-  in a temporary folder (`tempfile`, so ``TMPDIR`` chooses the disk), each batch's positives first (so the
-  labels are a count per block). After the pass, each task's reference placements are computed once and
+  in a temporary folder (`tempfile`, so ``TMPDIR`` chooses the disk), each batch's positives first, its
+  labels as one byte a row (kept for the stated spill size; the ranking needs only each block's count of
+  positives). After the pass, each task's reference placements are computed once and
   every other set is read back (positives of every block first, then the negatives), ranked and paired
   with them one at a time as exact doubled placements (`functional.delong.twice_placements`): memory
   holds two sets' columns of one task, never all of them.
@@ -52,13 +53,14 @@ __all__ = [
 ]
 
 RANKING_BYTES_PER_ROW = 48
-"""Memory per labelled row of one set's ranking: its float32 scores and the ranking's peak (the radix
-sort's int32 keys and int64 order with their scratch copies, 32-bit cumulative counts and doubled
-placements: about 30 bytes, measured as peak RSS on a million rows)."""
+"""Memory per labelled row of one set's ranking, an upper bound: its float32 scores and the ranking's peak
+(torch's radix sort: int32 keys and int64 order with their scratch copies; then 32-bit cumulative counts
+and doubled placements): 4 + 28 bytes, measured as peak RSS on 4M rows."""
 
-EVAL_BYTES_PER_ROW = 56
-"""Memory per labelled row while one binary task's AUCs are ranked after the pass on one thread: one
-set's ranking (`RANKING_BYTES_PER_ROW`) and the reference's int32 doubled placements."""
+EVAL_BYTES_PER_ROW = 64
+"""Memory per labelled row while one binary task's AUCs are ranked after the pass on one thread, an upper
+bound: one set's ranking (`RANKING_BYTES_PER_ROW`) and the reference's int32 doubled placements (36 bytes
+measured)."""
 
 
 class SpillError(MmoeInspectError, RuntimeError):
@@ -166,7 +168,7 @@ class EvaluationStream:
         self.auc_same = {t.name: np.ones(k, dtype=bool) for t in self.tasks if t.kind == "binary"}  # == ref
         self._dir: Path | None = None
         self._spill_parent = spill_dir
-        self._files: dict[str, BinaryIO] = {}  # task -> its scores' spill file
+        self._files: dict[str, tuple[BinaryIO, BinaryIO]] = {}  # task -> (scores, labels) spill files
         self._blocks: dict[str, list[tuple[int, int, int]]] = {}  # task -> (byte offset, rows, positives)
         self.spilled_bytes = 0
 
@@ -176,7 +178,7 @@ class EvaluationStream:
         binary = sum(t.kind == "binary" for t in self.tasks)
         if rows is None or not binary:
             return
-        need = rows * binary * 4 * self.n_sets
+        need = rows * binary * (4 * self.n_sets + 1)
         where = self._spill_parent or tempfile.gettempdir()
         try:
             free = shutil.disk_usage(where).free
@@ -235,28 +237,33 @@ class EvaluationStream:
 
     def _spill(self, task: str, scores: np.ndarray, positives: int) -> None:
         """Append one batch of a task: its scores as one `[K, nb]` float32 block, the first `positives` rows
-        positive, the rest negative."""
+        positive and the rest negative, and its labels as `nb` bytes."""
         try:
-            f = self._files.get(task)
-            if f is None:
+            files = self._files.get(task)
+            if files is None:
                 if self._dir is None:
                     self._dir = Path(tempfile.mkdtemp(prefix="mmoe-inspect-auc-", dir=self._spill_parent))
-                f = open(self._dir / f"{len(self._files)}.f32", "w+b")  # noqa: SIM115
-                self._files[task] = f
+                n = len(self._files)
+                files = (open(self._dir / f"{n}.f32", "w+b"), open(self._dir / f"{n}.u8", "w+b"))  # noqa: SIM115
+                self._files[task] = files
                 self._blocks[task] = []
-            self._blocks[task].append((f.tell(), scores.shape[1], positives))
-            np.ascontiguousarray(scores, dtype=np.float32).tofile(f)
+            nb = scores.shape[1]
+            self._blocks[task].append((files[0].tell(), nb, positives))
+            np.ascontiguousarray(scores, dtype=np.float32).tofile(files[0])
+            label = np.zeros(nb, dtype=np.uint8)
+            label[:positives] = 1
+            label.tofile(files[1])
         except OSError as exc:
             raise SpillError(
                 f"could not write the AUC scores of the causal analyses to {self._dir or tempfile.gettempdir()} "
                 f"({exc.strerror or exc}); point TMPDIR at a disk with room, or evaluate fewer rows (max_rows)"
             ) from exc
-        self.spilled_bytes += scores.shape[0] * scores.shape[1] * 4
+        self.spilled_bytes += scores.shape[0] * scores.shape[1] * 4 + scores.shape[1]
 
     def _scores(self, task: str, pos: int) -> tuple[np.ndarray, int]:
         """Set `pos`'s spilled scores of `task` `[n_labelled]` float32 with the positives of every block first,
         and their count (positional reads, one per block: several threads may read one file at once)."""
-        fd = self._files[task].fileno()
+        fd = self._files[task][0].fileno()
         blocks = self._blocks[task]
         m = sum(npos for _, _, npos in blocks)
         out = np.empty(sum(nb for _, nb, _ in blocks), dtype=np.float32)
@@ -278,7 +285,7 @@ class EvaluationStream:
         on up to `threads` threads (the sorts release the GIL; each thread holds one set's ranking,
         about `RANKING_BYTES_PER_ROW` bytes a row)."""
         auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)
-        for f in self._files.values():
+        for f, _ in self._files.values():
             f.flush()
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for task in self.tasks:
@@ -302,8 +309,9 @@ class EvaluationStream:
         return StreamedEvaluation(self, auc)
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+        for files in self._files.values():
+            for f in files:
+                f.close()
         self._files = {}
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
