@@ -113,6 +113,9 @@ def argsort_scores(scores: np.ndarray) -> np.ndarray:
     return _sorted(scores)[0]
 
 
+_INT32_LIMIT = 2**31  # placements and counts are int32 while twice the rows stay below this
+
+
 def _twice_sorted(keys: np.ndarray, positive: np.ndarray, m: int) -> np.ndarray:
     """Doubled placements ``[n]`` in sorted order from the sorted ``keys [n]`` and the sorted rows' classes
     ``positive [n]`` (bool, ``m`` true): ``2 · Σ_j psi(x, Y_j)`` for a positive, ``2 · Σ_i psi(X_i, y)`` for
@@ -125,7 +128,7 @@ def _twice_sorted(keys: np.ndarray, positive: np.ndarray, m: int) -> np.ndarray:
     rows of tie groups are overwritten.
     """
     rows = len(keys)
-    idx = np.int32 if 2 * rows < 2**31 else np.int64
+    idx = np.int32 if 2 * rows < _INT32_LIMIT else np.int64  # every value and count is at most 2 · rows
     pos_cum = np.empty(rows + 1, dtype=idx)  # C(i): positives among the first i sorted rows
     pos_cum[0] = 0
     np.cumsum(positive, dtype=idx, out=pos_cum[1:])
