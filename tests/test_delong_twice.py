@@ -46,6 +46,8 @@ def _case(name: str) -> tuple[np.ndarray, np.ndarray]:
     s = (1 / (1 + np.exp(-z))).astype(np.float32)
     if name == "ties":
         s = np.round(s, 2).astype(np.float32)  # heavy ties across the classes
+    elif name == "some_ties":
+        s = np.round(s, 5).astype(np.float32)  # about 1 row in 8 ties the one before (per-group path)
     elif name == "signed":  # negative scores (the key transform), both zeros in one tie group, infinities
         s = z.astype(np.float32)
         s[:500], s[500:1000] = 0.0, -0.0
@@ -64,7 +66,17 @@ def _case(name: str) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-CASES = ["distinct", "ties", "signed", "tied", "one_positive", "one_negative", "float64", "small"]
+CASES = [
+    "distinct",
+    "ties",
+    "some_ties",
+    "signed",
+    "tied",
+    "one_positive",
+    "one_negative",
+    "float64",
+    "small",
+]
 
 
 @pytest.mark.parametrize("name", CASES)
