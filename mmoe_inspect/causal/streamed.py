@@ -55,7 +55,7 @@ __all__ = [
 RANKING_BYTES_PER_ROW = 48
 """Memory per labelled row of one set's ranking, an upper bound: its float32 scores and the ranking's peak
 (torch's radix sort: int32 keys and int64 order with their scratch copies; then 32-bit cumulative counts
-and doubled placements): 4 + 28 bytes, measured as peak RSS on 4M rows."""
+and doubled placements): 4 + 28 to 31 bytes, measured as peak RSS on 4M rows (few or many ties)."""
 
 EVAL_BYTES_PER_ROW = 64
 """Memory per labelled row while one binary task's AUCs are ranked after the pass on one thread, an upper
