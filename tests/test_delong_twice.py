@@ -62,7 +62,9 @@ def _case(name: str) -> tuple[np.ndarray, np.ndarray]:
         y[:] = 1.0
         y[17] = 0.0
     elif name == "float64":
-        return z, y
+        return z, y  # argsort
+    elif name == "widened":
+        return s.astype(np.float64), y  # float32 values as float64: sorted as float32
     return s, y
 
 

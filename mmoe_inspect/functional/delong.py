@@ -95,7 +95,14 @@ def _float32_key(scores: np.ndarray) -> np.ndarray:
 def _sorted(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(order [n], keys [n])``: an order sorting ``scores`` ascending (ties in any order) and the sorted
     values or keys, equal exactly where the sorted scores are equal. float32: torch's radix sort of the
-    int32 keys (four 8-bit passes, O(n), one thread in a worker thread); other dtypes: ``np.argsort``."""
+    int32 keys (four 8-bit passes, O(n), one thread in a worker thread), also for float64 scores that are
+    all exactly float32 values; other scores: ``np.argsort``."""
+    if scores.dtype == np.float64 and len(scores) >= 4096:
+        # float32 predictions widened to float64 (in-memory `Evaluation`) keep their order and ties as float32
+        with np.errstate(over="ignore", invalid="ignore"):
+            narrow = scores.astype(np.float32)
+        if np.array_equal(narrow, scores):
+            scores = narrow
     if scores.dtype == np.float32 and len(scores) >= 4096:
         key = _float32_key(scores)
         if not key.flags.writeable:  # torch.from_numpy warns on read-only memory
