@@ -120,6 +120,19 @@ def test_large_stream_with_soft_labels_equals_the_in_memory_evaluation() -> None
     assert math.isfinite(ev.compare("a", "intact", "click", "auc")[1])
 
 
+def test_one_logarithm_log_loss_is_the_general_formula_bit_for_bit() -> None:
+    from mmoe_inspect.causal.streamed import row_losses
+
+    rng = np.random.default_rng(4)
+    p = rng.random((5, 3001)).astype(np.float32).astype(np.float64)
+    p[:, :9] = [0.0, 1.0, 1e-9, 1 - 1e-9, 0.5, 1e-7, 1 - 1e-7, 2e-7, 0.25]  # clipped and edge values
+    y = np.zeros(3001)
+    y[:1200] = 1.0
+    np.testing.assert_array_equal(
+        row_losses("logloss", p, y, positives=1200, finite=True), row_losses("logloss", p, y)
+    )
+
+
 def test_loss_moments_merge_exactly_and_match_numpy() -> None:
     x = np.random.default_rng(0).normal(loc=5.0, size=(3, 1001))
     one, left, right = LossMoments(3), LossMoments(3), LossMoments(3)

@@ -211,9 +211,8 @@ class EvaluationStream:
             if not nb:
                 continue
             y = label[rows]
-            p = np.take(
-                preds[:, :, j], rows, axis=1
-            )  # [K, nb] float32, C-contiguous (preds[:, rows, j] is not)
+            # [K, nb] float32, C-contiguous (preds[:, rows, j] is laid out transposed: slower passes below)
+            p = np.take(preds[:, :, j], rows, axis=1)
             self.n_labelled[j] += nb
             finite = np.isfinite(p).all(axis=1)  # [K]
             zero_one = binary and bool((y[:npos] == 1.0).all() and (y[npos:] == 0.0).all())
