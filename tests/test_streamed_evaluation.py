@@ -93,6 +93,46 @@ def test_streamed_numbers_equal_the_in_memory_analytic_evaluation() -> None:
     )  # the noisiest set is significantly worse
 
 
+def test_large_stream_with_soft_labels_equals_the_in_memory_evaluation() -> None:
+    """Enough rows for the radix-sorted ranking (more than 4,096 a task), batches with a single row,
+    ragged batch sizes, and soft labels in some batches (the log loss's general formula there, the
+    one-logarithm path elsewhere)."""
+    labels, preds = _data(12_000, seed=8)
+    labelled = np.flatnonzero(np.isfinite(labels[:, 0]))
+    labels[labelled[5000:5010], 0] = 0.7  # positive for the AUC, a soft target for the log loss
+    labels[labelled[9000:9004], 0] = 0.2
+    full = Evaluation(labels, TASKS, {k: preds[i] for i, k in enumerate(KEYS)}, intervals="analytic")
+    with _stream(labels, preds, [1, 2, 4096, 5000, 5001, 9100, 11_999]) as stream:
+        ev = stream.finish()
+    for t in TASKS:
+        for metric in full.metrics(t.name):
+            for key in KEYS:
+                assert _close(ev.value(key, t.name, metric), full.value(key, t.name, metric)), (key, t.name)
+                got, want = (
+                    ev.compare(key, "intact", t.name, metric),
+                    full.compare(key, "intact", t.name, metric),
+                )
+                assert all(_close(x, y) for x, y in zip(got, want, strict=True)), (key, t.name, metric)
+                for x, y in zip(
+                    ev.interval(key, t.name, metric), full.interval(key, t.name, metric), strict=True
+                ):
+                    assert _close(x, y), (key, t.name, metric)
+    assert math.isfinite(ev.compare("a", "intact", "click", "auc")[1])
+
+
+def test_one_logarithm_log_loss_is_the_general_formula_bit_for_bit() -> None:
+    from mmoe_inspect.causal.streamed import row_losses
+
+    rng = np.random.default_rng(4)
+    p = rng.random((5, 3001)).astype(np.float32).astype(np.float64)
+    p[:, :9] = [0.0, 1.0, 1e-9, 1 - 1e-9, 0.5, 1e-7, 1 - 1e-7, 2e-7, 0.25]  # clipped and edge values
+    y = np.zeros(3001)
+    y[:1200] = 1.0
+    np.testing.assert_array_equal(
+        row_losses("logloss", p, y, positives=1200, finite=True), row_losses("logloss", p, y)
+    )
+
+
 def test_loss_moments_merge_exactly_and_match_numpy() -> None:
     x = np.random.default_rng(0).normal(loc=5.0, size=(3, 1001))
     one, left, right = LossMoments(3), LossMoments(3), LossMoments(3)

@@ -10,9 +10,12 @@ row for a 22-variant model), so its rows must be capped. The analytic intervals 
   nothing per row is kept;
 - DeLong's AUC variance pairs the placement values of two sets ROW BY ROW, which needs every row's
   score. Each binary task's scores are written to disk batch by batch as `[sets, rows]` float32 blocks
-  in a temporary folder (`tempfile`, so ``TMPDIR`` chooses the disk), its labels as one byte a row. After the
-  pass, each task's reference placements are computed once and every other set is read back, ranked
-  and paired with them one at a time: memory holds two sets' columns of one task, never all of them.
+  in a temporary folder (`tempfile`, so ``TMPDIR`` chooses the disk), each batch's positives first, its
+  labels as one byte a row (kept for the stated spill size; the ranking needs only each block's count of
+  positives). After the pass, each task's reference placements are computed once and
+  every other set is read back (positives of every block first, then the negatives), ranked and paired
+  with them one at a time as exact doubled placements (`functional.delong.twice_placements`): memory
+  holds two sets' columns of one task, never all of them.
   A set whose scores of a task equal the reference's bit for bit (a counterfactual of another task's
   gate) takes the reference's AUC and a zero difference without being ranked again.
 
@@ -36,7 +39,7 @@ import numpy as np
 
 from mmoe_inspect.causal.metrics import LOGLOSS_EPS, TASK_METRICS
 from mmoe_inspect.errors import MmoeInspectError
-from mmoe_inspect.functional.delong import AUCPlacements, auc_placements, delong_variance
+from mmoe_inspect.functional.delong import TwicePlacements, twice_placements, twice_variance
 from mmoe_inspect.functional.paired import wald_interval
 from mmoe_inspect.topology.spec import TaskSpec
 
@@ -50,13 +53,14 @@ __all__ = [
 ]
 
 RANKING_BYTES_PER_ROW = 48
-"""Memory per labelled row of one set's ranking: its float32 scores and the ranking's peak (the radix
-sort's order, 32-bit cumulative counts and doubled placements: 27-37 bytes, measured with tracemalloc
-on a million rows)."""
+"""Memory per labelled row of one set's ranking, an upper bound: its float32 scores and the ranking's peak
+(torch's radix sort: int32 keys and int64 order with their scratch copies; then 32-bit cumulative counts
+and doubled placements): 4 + 28 to 31 bytes, measured as peak RSS on 4M rows (few or many ties)."""
 
 EVAL_BYTES_PER_ROW = 64
-"""Memory per labelled row while one binary task's AUCs are ranked after the pass on one thread: one
-set's ranking (`RANKING_BYTES_PER_ROW`), the reference's float64 placements and the label byte."""
+"""Memory per labelled row while one binary task's AUCs are ranked after the pass on one thread, an upper
+bound: one set's ranking (`RANKING_BYTES_PER_ROW`) and the reference's int32 doubled placements (36 bytes
+measured)."""
 
 
 class SpillError(MmoeInspectError, RuntimeError):
@@ -76,12 +80,13 @@ class LossMoments:
         self.mean = np.zeros(k, dtype=np.float64)
         self.m2 = np.zeros(k, dtype=np.float64)
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, *, overwrite: bool = False) -> None:
+        """Add the rows of `x [K, b]` (`overwrite`: `x` may be used as scratch)."""
         b = x.shape[1]
         if b == 0:
             return
         mean_b = x.mean(axis=1)
-        d = x - mean_b[:, None]
+        d = np.subtract(x, mean_b[:, None], out=x if overwrite else None)
         self._combine(b, mean_b, np.einsum("kb,kb->k", d, d))
 
     def merge(self, other: LossMoments) -> None:
@@ -102,10 +107,24 @@ class LossMoments:
         return self.m2 / (self.n - 1) / self.n
 
 
-def row_losses(metric: str, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+def row_losses(
+    metric: str, pred: np.ndarray, label: np.ndarray, *, positives: int | None = None, finite: bool = False
+) -> np.ndarray:
     """Per-row losses `[K, b]` of predictions `[K, b]` against labels `[b]`; NaN where a prediction is not
-    finite (as `Evaluation`, which leaves such a set without a value)."""
-    if metric == "logloss":
+    finite (as `Evaluation`, which leaves such a set without a value).
+
+    `positives`: the labels are exactly 1 in the first `positives` rows and 0 after, so the log loss takes
+    one logarithm a row (``-log q`` or ``-log1p(-q)``, bit for bit the general formula's value) instead of
+    two. `finite`: every prediction is known to be finite (no mask pass).
+    """
+    if metric == "logloss" and positives is not None:
+        q = np.clip(pred, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
+        out = np.empty_like(q)
+        np.log(q[:, :positives], out=out[:, :positives])
+        np.negative(q[:, positives:], out=q[:, positives:])
+        np.log1p(q[:, positives:], out=out[:, positives:])
+        np.negative(out, out=out)
+    elif metric == "logloss":
         q = np.clip(pred, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
         out = -(label * np.log(q) + (1.0 - label) * np.log1p(-q))
     elif metric == "mse":
@@ -114,7 +133,8 @@ def row_losses(metric: str, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
         out = np.abs(pred - label)
     else:
         raise ValueError(f"unknown metric {metric!r}")
-    out[~np.isfinite(pred)] = np.nan
+    if not finite:
+        out[~np.isfinite(pred)] = np.nan
     return out
 
 
@@ -149,7 +169,7 @@ class EvaluationStream:
         self._dir: Path | None = None
         self._spill_parent = spill_dir
         self._files: dict[str, tuple[BinaryIO, BinaryIO]] = {}  # task -> (scores, labels) spill files
-        self._blocks: dict[str, list[tuple[int, int]]] = {}  # task -> (byte offset, rows) of each batch
+        self._blocks: dict[str, list[tuple[int, int, int]]] = {}  # task -> (byte offset, rows, positives)
         self.spilled_bytes = 0
 
     def check_room(self, rows: int | None) -> None:
@@ -175,32 +195,48 @@ class EvaluationStream:
     # ------------------------------------------------------------------------------------ feeding
     def update(self, labels: np.ndarray, preds: np.ndarray) -> None:
         """One batch: `labels [b, T]` float64 (NaN = missing), `preds [K, b, T]` float32 in probability space
-        for binary tasks."""
+        for binary tasks. A binary task's labelled rows are taken positives first (one gather), which its
+        log loss and its spilled scores use."""
         self.n_rows += labels.shape[0]
         for j, task in enumerate(self.tasks):
-            rows = np.isfinite(labels[:, j])
-            nb = int(rows.sum())
+            label = labels[:, j]
+            binary, npos = task.kind == "binary", 0
+            if binary:
+                pos, neg = np.flatnonzero(label > 0.5), np.flatnonzero(label <= 0.5)  # NaN is neither
+                npos = len(pos)
+                rows = np.concatenate((pos, neg))
+            else:
+                rows = np.flatnonzero(np.isfinite(label))
+            nb = len(rows)
             if not nb:
                 continue
-            y = labels[rows, j]
-            p = preds[:, rows, j]  # [K, nb]
+            y = label[rows]
+            # [K, nb] float32, C-contiguous (preds[:, rows, j] is laid out transposed: slower passes below)
+            p = np.take(preds[:, :, j], rows, axis=1)
             self.n_labelled[j] += nb
+            finite = np.isfinite(p).all(axis=1)  # [K]
+            zero_one = binary and bool((y[:npos] == 1.0).all() and (y[npos:] == 0.0).all())
             p64 = p.astype(np.float64)
             for metric in TASK_METRICS[task.kind]:
                 if metric == "auc":
                     continue
-                losses = row_losses(metric, p64, y)
-                self.single[(task.name, metric)].update(losses)
-                self.paired[(task.name, metric)].update(losses - losses[0])
-            if task.kind == "binary":
-                positive = y > 0.5
-                self.positives[j] += int(positive.sum())
-                self.auc_finite[task.name] &= np.isfinite(p).all(axis=1)
-                self.auc_same[task.name] &= (p == p[0]).all(axis=1)
-                self._spill(task.name, np.ascontiguousarray(p, dtype=np.float32), positive.astype(np.uint8))
+                losses = row_losses(
+                    metric, p64, y, positives=npos if zero_one else None, finite=bool(finite.all())
+                )
+                self.paired[(task.name, metric)].update(losses - losses[0], overwrite=True)
+                self.single[(task.name, metric)].update(losses, overwrite=True)
+            if binary:
+                self.positives[j] += npos
+                self.auc_finite[task.name] &= finite
+                same = self.auc_same[task.name]
+                left = np.flatnonzero(same[1:]) + 1  # sets equal to the reference so far
+                if len(left):
+                    same[left] = (p[left] == p[0]).all(axis=1)
+                self._spill(task.name, p, npos)
 
-    def _spill(self, task: str, scores: np.ndarray, positive: np.ndarray) -> None:
-        """Append one batch of a task: its scores as one `[K, nb]` float32 block, its labels as `nb` bytes."""
+    def _spill(self, task: str, scores: np.ndarray, positives: int) -> None:
+        """Append one batch of a task: its scores as one `[K, nb]` float32 block, the first `positives` rows
+        positive and the rest negative, and its labels as `nb` bytes."""
         try:
             files = self._files.get(task)
             if files is None:
@@ -210,48 +246,43 @@ class EvaluationStream:
                 files = (open(self._dir / f"{n}.f32", "w+b"), open(self._dir / f"{n}.u8", "w+b"))  # noqa: SIM115
                 self._files[task] = files
                 self._blocks[task] = []
-            self._blocks[task].append((files[0].tell(), positive.shape[0]))
-            scores.tofile(files[0])
-            positive.tofile(files[1])
+            nb = scores.shape[1]
+            self._blocks[task].append((files[0].tell(), nb, positives))
+            np.ascontiguousarray(scores, dtype=np.float32).tofile(files[0])
+            label = np.zeros(nb, dtype=np.uint8)
+            label[:positives] = 1
+            label.tofile(files[1])
         except OSError as exc:
             raise SpillError(
                 f"could not write the AUC scores of the causal analyses to {self._dir or tempfile.gettempdir()} "
                 f"({exc.strerror or exc}); point TMPDIR at a disk with room, or evaluate fewer rows (max_rows)"
             ) from exc
-        self.spilled_bytes += scores.nbytes + positive.nbytes
+        self.spilled_bytes += scores.shape[0] * scores.shape[1] * 4 + scores.shape[1]
 
-    def _scores(self, task: str, pos: int) -> np.ndarray:
-        """Set `pos`'s spilled scores of `task` `[n_labelled]` float32, read block by block (positional
-        reads: several threads may read one file at once)."""
+    def _scores(self, task: str, pos: int) -> tuple[np.ndarray, int]:
+        """Set `pos`'s spilled scores of `task` `[n_labelled]` float32 with the positives of every block first,
+        and their count (positional reads, one per block: several threads may read one file at once)."""
         fd = self._files[task][0].fileno()
         blocks = self._blocks[task]
-        out = np.empty(sum(nb for _, nb in blocks), dtype=np.float32)
+        m = sum(npos for _, _, npos in blocks)
+        out = np.empty(sum(nb for _, nb, _ in blocks), dtype=np.float32)
         view = memoryview(out).cast("B")
         try:
-            done = 0
-            for offset, nb in blocks:
-                if os.preadv(fd, [view[done * 4 : (done + nb) * 4]], offset + pos * nb * 4) != nb * 4:
+            p, q = 0, m  # next positive, next negative
+            for offset, nb, npos in blocks:
+                parts = [view[p * 4 : (p + npos) * 4], view[q * 4 : (q + nb - npos) * 4]]
+                if os.preadv(fd, parts, offset + pos * nb * 4) != nb * 4:
                     raise OSError(0, "the spill file is shorter than written")
-                done += nb
+                p, q = p + npos, q + nb - npos
         except OSError as exc:
             raise SpillError(f"could not read back the spilled AUC scores ({exc.strerror or exc})") from exc
-        return out
-
-    def _labels(self, task: str) -> np.ndarray:
-        f = self._files[task][1]
-        try:
-            f.seek(0)
-            out = np.frombuffer(f.read(), dtype=np.uint8)
-            f.seek(0, 2)
-        except OSError as exc:
-            raise SpillError(f"could not read back the spilled labels ({exc.strerror or exc})") from exc
-        return out
+        return out, m
 
     # ---------------------------------------------------------------------------------- finishing
     def finish(self, threads: int = 1) -> StreamedEvaluation:
         """Rank the spilled scores task by task: the reference first, then every other set paired with it,
-        on up to `threads` threads (numpy's sorts release the GIL; each thread holds one set's ranking,
-        about `EVAL_BYTES_PER_ROW` bytes a row)."""
+        on up to `threads` threads (the sorts release the GIL; each thread holds one set's ranking,
+        about `RANKING_BYTES_PER_ROW` bytes a row)."""
         auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)
         for f, _ in self._files.values():
             f.flush()
@@ -259,19 +290,16 @@ class EvaluationStream:
             for task in self.tasks:
                 if task.name not in self._files or not self.auc_finite[task.name][0]:
                     continue
-                y = self._labels(task.name)
-                ref = auc_placements(self._scores(task.name, 0), y)
-                auc[(0, task.name)] = (ref.auc, delong_variance(ref), 0.0)
+                ref = twice_placements(*self._scores(task.name, 0))
+                auc[(0, task.name)] = (ref.auc, twice_variance(ref), 0.0)
                 same, finite = self.auc_same[task.name], self.auc_finite[task.name]
                 for pos in range(1, self.n_sets):
                     if same[pos]:  # bitwise the reference's scores (a variant that leaves this task alone)
                         auc[(pos, task.name)] = (*auc[(0, task.name)][:2], 0.0)
 
-                def rank(
-                    pos: int, task: str = task.name, y: np.ndarray = y, ref: AUCPlacements = ref
-                ) -> None:
-                    other = auc_placements(self._scores(task, pos), y)
-                    auc[(pos, task)] = (other.auc, delong_variance(other), delong_variance(other, ref))
+                def rank(pos: int, task: str = task.name, ref: TwicePlacements = ref) -> None:
+                    other = twice_placements(*self._scores(task, pos))
+                    auc[(pos, task)] = (other.auc, twice_variance(other), twice_variance(other, ref))
 
                 todo = [p for p in range(1, self.n_sets) if finite[p] and not same[p]]
                 for _ in pool.map(rank, todo):  # in order; an error is raised here
