@@ -83,9 +83,9 @@ def bytes_per_row(
 
 
 def spill_bytes_per_row(sets: int, binary_tasks: int) -> int:
-    """Disk bytes per evaluated row of the analytic evaluation: a float32 score per set and binary task
-    and a one-byte label per binary task (in a temporary folder, removed when the evaluation ends)."""
-    return binary_tasks * (4 * sets + 1)
+    """Disk bytes per evaluated row of the analytic evaluation: a float32 score per set and binary task (in a
+    temporary folder, removed when the evaluation ends; each block's scores are stored positives first)."""
+    return binary_tasks * 4 * sets
 
 
 TASK_COLUMNS = ["task", "kind", "n_labelled", "positive_rate", "sparse", "metric", "value", "lo", "hi"]

@@ -168,7 +168,7 @@ class EvaluationStream:
         self.auc_same = {t.name: np.ones(k, dtype=bool) for t in self.tasks if t.kind == "binary"}  # == ref
         self._dir: Path | None = None
         self._spill_parent = spill_dir
-        self._files: dict[str, tuple[BinaryIO, BinaryIO]] = {}  # task -> (scores, labels) spill files
+        self._files: dict[str, tuple[BinaryIO]] = {}  # task -> its scores' spill file
         self._blocks: dict[str, list[tuple[int, int, int]]] = {}  # task -> (byte offset, rows, positives)
         self.spilled_bytes = 0
 
@@ -178,7 +178,7 @@ class EvaluationStream:
         binary = sum(t.kind == "binary" for t in self.tasks)
         if rows is None or not binary:
             return
-        need = rows * binary * (4 * self.n_sets + 1)
+        need = rows * binary * 4 * self.n_sets
         where = self._spill_parent or tempfile.gettempdir()
         try:
             free = shutil.disk_usage(where).free
@@ -236,28 +236,25 @@ class EvaluationStream:
 
     def _spill(self, task: str, scores: np.ndarray, positives: int) -> None:
         """Append one batch of a task: its scores as one `[K, nb]` float32 block, the first `positives` rows
-        positive and the rest negative, and its labels as `nb` bytes."""
+        positive and the rest negative (the block list keeps the counts: no label file)."""
         try:
             files = self._files.get(task)
             if files is None:
                 if self._dir is None:
                     self._dir = Path(tempfile.mkdtemp(prefix="mmoe-inspect-auc-", dir=self._spill_parent))
                 n = len(self._files)
-                files = (open(self._dir / f"{n}.f32", "w+b"), open(self._dir / f"{n}.u8", "w+b"))  # noqa: SIM115
+                files = (open(self._dir / f"{n}.f32", "w+b"),)  # noqa: SIM115
                 self._files[task] = files
                 self._blocks[task] = []
             nb = scores.shape[1]
             self._blocks[task].append((files[0].tell(), nb, positives))
             np.ascontiguousarray(scores, dtype=np.float32).tofile(files[0])
-            label = np.zeros(nb, dtype=np.uint8)
-            label[:positives] = 1
-            label.tofile(files[1])
         except OSError as exc:
             raise SpillError(
                 f"could not write the AUC scores of the causal analyses to {self._dir or tempfile.gettempdir()} "
                 f"({exc.strerror or exc}); point TMPDIR at a disk with room, or evaluate fewer rows (max_rows)"
             ) from exc
-        self.spilled_bytes += scores.shape[0] * scores.shape[1] * 4 + scores.shape[1]
+        self.spilled_bytes += scores.shape[0] * scores.shape[1] * 4
 
     def _scores(self, task: str, pos: int) -> tuple[np.ndarray, int]:
         """Set `pos`'s spilled scores of `task` `[n_labelled]` float32 with the positives of every block first,
@@ -284,7 +281,7 @@ class EvaluationStream:
         on up to `threads` threads (the sorts release the GIL; each thread holds one set's ranking,
         about `RANKING_BYTES_PER_ROW` bytes a row)."""
         auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)
-        for f, _ in self._files.values():
+        for (f,) in self._files.values():
             f.flush()
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for task in self.tasks:
