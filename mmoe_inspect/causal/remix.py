@@ -367,6 +367,7 @@ class Remixer:
         moved = set(probs.dirty)  # variants whose unedited gate rows differ from the intact ones
         tiny = torch.finfo(intact.dtype).tiny
         start = int(lead)
+        zeroed: tuple[list[tuple[bool, ...]], Tensor] | None = None  # the zero kind's keep masks and rows
         for kind in _KINDS:
             members = groups[kind]
             block = out[:, start : start + len(members)]
@@ -375,10 +376,18 @@ class Remixer:
                 continue
             own = [p for p in members if p in moved]
             if kind in ("zero", "renormalize") and not own:  # `edit_gate_output`'s arithmetic, all at once
-                torch.mul(intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block)
-                if kind == "renormalize":
+                masks = [e.keep for e in map(plan.edits.__getitem__, members) if isinstance(e, Ablate)]
+                if kind == "renormalize" and zeroed is not None and zeroed[0] == masks:
+                    kept = zeroed[1]  # the same products (`intact * keep`) as the zero kind's rows
+                else:
+                    kept = torch.mul(
+                        intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block
+                    )
+                if kind == "zero":
+                    zeroed = (masks, block)
+                else:
                     total = intact.sum(-1, keepdim=True).unsqueeze(1)
-                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(tiny))
+                    torch.mul(kept, total / kept.sum(-1, keepdim=True).clamp_min(tiny), out=block)
                 continue
             if kind == "fixed":
                 block.copy_(self._tensor(plan, kind, members, intact).expand_as(block))
