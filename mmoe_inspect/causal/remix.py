@@ -519,7 +519,7 @@ class Remixer:
         for s, n in zip(singles, sizes, strict=True):
             block = flat[start : start + b * n * f].view(b, n, f)
             start += b * n * f
-            index = None if s.experts == list(range(e)) else torch.tensor(s.experts, device=y.device)
+            index = None if s.experts == list(range(e)) else self._index(s.experts, y.device)
             gj = g if index is None else g[:, index]  # [b, n]
             if zeroed is not None and zeroed[0] == s.experts:
                 base = zeroed[1]
@@ -538,9 +538,8 @@ class Remixer:
             if index is None:
                 block[rows, expert] = cell
             else:  # the column of the row's largest gate where this kind removes it (no host sync)
-                columns = torch.full((e,), -1, dtype=torch.long, device=y.device)
-                columns[index] = torch.arange(n, device=y.device)
-                col = columns[expert]
+                columns = [s.experts.index(i) if i in s.experts else -1 for i in range(e)]  # -1: not removed
+                col = self._index(columns, y.device)[expert]
                 at = col.clamp_min(0)
                 block[rows, at] = torch.where((col >= 0).unsqueeze(1), cell, block[rows, at])
         return [p for s in singles for p in s.positions], flat.view(-1, f), sizes
