@@ -13,7 +13,8 @@ uniform, mean gate: 22 for this model). One repeat = every batch through A, then
 reported, with the load average before and after. Also the largest difference of the two versions'
 predictions (they must agree to float rounding). ``--profile`` prints torch's operator profile of one
 repeat of this tree's version instead. ``--experts N``: an untrained MMoE of the same shape with N experts
-instead of the checkpoint (the difference path of `Remixer._ablated` starts at 12 experts).
+instead of the checkpoint (the difference path of `Remixer._ablated` starts at `DIFFERENCE_MIN_EXPERTS`);
+``--difference-from N`` sets it for this tree's version.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 
 from mmoe_inspect.causal.ablation import ablation_variants
 from mmoe_inspect.causal.counterfactual import counterfactual_variants
-from mmoe_inspect.causal.remix import Remixer
+from mmoe_inspect.causal.remix import DIFFERENCE_MIN_EXPERTS, Remixer
 from mmoe_inspect.loading import load_model
 from mmoe_inspect.models import MMoE
 
@@ -69,6 +70,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
+        "--difference-from",
+        type=int,
+        default=DIFFERENCE_MIN_EXPERTS,
+        help="this tree's Remixer(difference_from=...): fewest experts of a gate for ablations by difference",
+    )
+    ap.add_argument(
         "--experts",
         type=int,
         default=0,
@@ -95,7 +102,7 @@ def main() -> None:
     abl, _ = ablation_variants(topo)
     cf, _ = counterfactual_variants(topo, means)
     edits = [v.edits for v in abl + cf]
-    new = Remixer(model, topo, edits)
+    new = Remixer(model, topo, edits, difference_from=args.difference_from)
     print(f"{len(batches)} batches of {args.batch_size}, {len(edits)} variants, threads {args.threads}")
 
     def one(r) -> float:
@@ -141,7 +148,9 @@ def main() -> None:
         f"per 1M rows (medians): base {base * scale:.2f} s, this {this * scale:.2f} s, ratio {base / this:.2f}x"
     )
     ratios = [a / b for a, b in zip(times["base"], times["this"], strict=True)]
-    print(f"per-repeat ratios base/this: {', '.join(f'{r:.2f}' for r in ratios)}")
+    print(
+        f"per-repeat ratios base/this: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}"
+    )
     sys.stdout.flush()
 
 

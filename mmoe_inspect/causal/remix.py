@@ -256,13 +256,15 @@ def _plan(spec: GateSpec | None, variants: Sequence[Mapping[str, Edit]]) -> _Gat
     return _GatePlan(edits, kind, {})
 
 
-DIFFERENCE_MIN_EXPERTS = 12
+DIFFERENCE_MIN_EXPERTS = 10
 """Fewest experts of a gate for its single-expert ablations to be computed by difference (`Remixer._ablated`).
 
 The general path's cost per ablation grows with the experts (its product row is `E` wide), the difference's
-does not, but it makes a few more passes over `[b, E, H1]` and two exact cells per row. Measured on one
-head's re-mixing stage (`b` 4096, `H1` 32, `2E + 4` variants, 1 thread, bench/remix_bench.py and
-tests' planted models): `E` 8 0.95x (slower), 10 1.03x, 12 1.07x, 16 1.36x, 32 2.4x."""
+does not, but it makes a few more passes over `[b, E, H1]` and writes two exact cells per row. Measured
+(bench/remix_bench.py: `Remixer.run` on the bench model's shape, MMoE 32 inputs, E experts x [64], towers
+[32], 2 tasks, 2E + 6 variants, batches of 4096, 1 thread, A/B interleaved on 2 shared cores, median of
+the per-repeat speed-ups): E = 8 0.93x (slower), 10 1.10x, 12 1.12x, 16 1.18x, 32 1.37x."""
+
 
 _MIN_SINGLES = 3
 """Fewest single-expert ablations of a gate for the difference path (it adds two product rows per batch)."""
