@@ -305,6 +305,7 @@ class Remixer:
         self.captured: dict[str, Tensor] = {}
         self.buffers: dict[str, Tensor] = {}
         self.indices: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+        self.aranges: dict[tuple[int, torch.device], Tensor] = {}
         self.singles: dict[tuple[str, tuple[int, ...], tuple[int, ...]], list[_Singles]] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -318,7 +319,11 @@ class Remixer:
 
     def _arange(self, n: int, device: torch.device) -> Tensor:
         """`torch.arange(n)` on `device`, kept (an index used every batch)."""
-        return self._index(range(n), device)
+        cached = self.aranges.get((n, device))
+        if cached is None:
+            cached = torch.arange(n, device=device)
+            self.aranges[(n, device)] = cached
+        return cached
 
     def _index(self, values: Sequence[int], device: torch.device) -> Tensor:
         """`values` as a long tensor on `device`, kept from batch to batch (the columns of `_head`'s gather)."""
@@ -500,23 +505,23 @@ class Remixer:
         """The single-expert ablations `singles` from the intact product: their positions in column order, a
         work buffer `[sum n * b, F]` holding one block `[b, n, F]` per kind after the other, and the `n`s.
 
-        `g` `[b, E]` intact gate rows (totals `total` `[b, 1]`), `y` `[b, E, F]` expert outputs (folded or not), `z` `[b, F]` the intact
-        product `sum_e g_e y_e (+ bias)`. Removing expert `j` is then O(F) per row instead of O(E F):
-        zeroed, `z - g_j y_j`; renormalized, `bias + s_j (z - bias - g_j y_j)` with `s_j = S / (S - g_j)`, `S`
-        the row's gate total. Where `g_j` is close to `S` the difference cancels (the renormalized one is then
-        scaled by `s_j`, up to `1 / tiny`), and where the other experts' weights are exactly zero it leaves
-        rounding noise where one forward gives exactly `bias` (ties that rank metrics count): that can only
-        be the row's largest gate (any other has `g_j <= S / 2`, so `s_j <= 2`). Its cells are overwritten with
-        the exact values `top` = (its expert `[b]`, `[b, 2, F]` the products of `_top_rows`' two rows, the
-        general path's own arithmetic)."""
+        `g` `[b, E]` intact gate rows, `total` `[b, 1]` their sums `S`, `y` `[b, E, F]` expert outputs (folded or
+        not), `z` `[b, F]` the intact product `sum_e g_e y_e (+ bias)`. Removing expert `j` is then O(F) per row
+        instead of O(E F): zeroed, `z - g_j y_j`; renormalized, `bias + s_j (z - bias - g_j y_j)` with
+        `s_j = S / (S - g_j)`. Where `g_j` is close to `S` the difference cancels (the renormalized one is then
+        scaled by `s_j`, up to `1 / tiny`), and where all other weights are exactly zero it leaves rounding
+        noise where one forward gives exactly `bias` (ties that rank metrics count). Both can only happen at
+        the row's largest gate (any other has `g_j <= S / 2`, so `s_j <= 2`), whose cells are overwritten with
+        the exact values `top` = (its expert `[b]`, `[b, 2, F]` the products of `_top_rows`' two rows: the
+        general path's own arithmetic). Elsewhere results differ from the general path's by float rounding
+        (of the order of the intact product's); a row whose remaining experts all output exactly zero (dead
+        ReLU experts) then gets `bias` plus rounding noise, not exactly `bias`."""
         b, e, f = y.shape
         sizes = [len(s.positions) for s in singles]
         flat = self._buffer("ablated", (sum(sizes) * b * f,), y)
         tiny = torch.finfo(g.dtype).tiny
         rows = self._arange(b, y.device)
-        zeroed: tuple[list[int], Tensor] | None = (
-            None  # the zero kind's block, reused by the renormalized one
-        )
+        zeroed: tuple[list[int], Tensor] | None = None  # the zero kind's experts and block (reused)
         start = 0
         for s, n in zip(singles, sizes, strict=True):
             block = flat[start : start + b * n * f].view(b, n, f)
