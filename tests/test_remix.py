@@ -219,3 +219,40 @@ def test_difference_path_is_the_default_for_many_experts() -> None:
     assert runs["cached"].remixed and runs["cached"].notes == []
     for key, p in runs["naive"].preds.items():
         np.testing.assert_allclose(runs["cached"].preds[key], p, rtol=0, atol=1e-6, err_msg=str(key))
+
+
+def test_one_hot_gate_rows_keep_their_exact_ties() -> None:
+    """Where a gate is exactly one-hot (the others underflow to 0), removing its expert leaves the tower's
+    bias alone: one forward per variant gives ONE value on all those rows (ties that AUC counts). The
+    difference `z - 1 * Y_j` would leave rounding noise of the order of `|Y_j|` there: with the tower's first
+    layer scaled up, that noise shows in the predictions, so only the exact product keeps the tie."""
+    model = _collapsed_mmoe((5,))
+    with torch.no_grad():
+        model.towers[1].body[0].weight.mul_(1000.0)  # Y = W X large; the bias (what remains) unchanged
+    frame = _frame(3000)
+    x = _inputs(frame)
+    with torch.no_grad():
+        g1 = model.gates[1](model.inputs(x))
+    onehot = (((g1 == 0).sum(-1) == 3) & (g1.argmax(-1) == 1)).numpy()
+    assert onehot.sum() > 100
+    variants = _report_variants(model)
+    remixer = Remixer(model, model.topology(), [v.edits for v in variants], difference_from=1)
+    with torch.no_grad():
+        out = remixer.run(x)["cvr"].reshape(1 + len(variants), -1).numpy()
+    assert ("gates.1", "zero") in _kinds(remixer)
+    keys = [v.key for v in variants]
+    naive = collect(
+        model,
+        model.topology(),
+        TableSource.of(frame),
+        _inputs,
+        variants=variants,
+        strategy="naive",
+        batch_size=len(frame),
+        columns=_cols(),
+    )
+    for mode in ("zero", "renormalize"):
+        key = ("ablation", mode, model.topology().gates[1].experts[1])
+        got, ref = out[1 + keys.index(key)][onehot], naive.preds[key][onehot, 1]
+        assert np.unique(ref).size == 1 and np.unique(got).size == 1
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
