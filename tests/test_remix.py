@@ -1,8 +1,8 @@
 """Re-mixing (`causal.remix.Remixer`): single-expert ablations by difference from the intact product.
 
-Planted gates make the difference path's hard cases: rows whose largest gate is within 1e-7 of 1 (the
-renormalized difference cancels there), rows with exact zeros (softmax underflow: nothing left to
-renormalize), towers with and without hidden layers (folded first Linear / `out` folded), a 3-level PLE,
+Planted gates make the difference path's hard cases: rows whose largest gate is within 1e-6 of 1 but not 1
+(the softmax's closest values are 1 - 3.6e-7, 1 - 7.2e-7: the renormalized difference cancels there), rows
+with exact zeros (softmax underflow: nothing left to renormalize, exact ties that AUC counts), towers with and without hidden layers (folded first Linear / `out` folded), a 3-level PLE,
 and edits that remove only some of a gate's experts or the same expert twice. The reference is one forward
 per variant through the hook-based interventions (`collect(strategy="naive")`).
 """
@@ -54,8 +54,7 @@ def _report_variants(model: nn.Module) -> list[PlannedVariant]:
     """The report's variants: every expert ablation (both modes) and every gate counterfactual."""
     topo = model.topology()
     abl, _ = ablation_variants(topo)
-    means = {g.name: [1.0 / g.n_experts] * g.n_experts for g in topo.gates}
-    means = {k: [0.5, *([0.5 / (len(v) - 1)] * (len(v) - 1))] for k, v in means.items()}
+    means = {g.name: [0.5, *[0.5 / (g.n_experts - 1)] * (g.n_experts - 1)] for g in topo.gates}
     cf, _ = counterfactual_variants(topo, means)
     return abl + cf
 
