@@ -15,6 +15,10 @@ only edits gate outputs changes nothing upstream of the edited gate. So per batc
    `g'` its pre-activation is `sum_e g'_e (W X_e) + c`, so `Y_e = W X_e` `[b, E, H1]` is computed once
    per batch and the intact row and every variant with intact experts are ONE `baddbmm`
    `[b, 1 + n, E] x [b, E, H1]` (the first layer never runs per variant, and `H1` is usually `< D`);
+   for a gate of many experts (`DIFFERENCE_MIN_EXPERTS`), the ablations that remove one expert `j` are
+   instead differences from the intact product, `z - g_j Y_j` and its renormalized form, O(H1) per row
+   and variant instead of O(E H1), with the exact product at each row's largest gate, where the
+   difference cancels (`Remixer._ablated`);
 5. downstream modules (next PLE level's experts and gates, the rest of the towers) run only on the
    variants whose input differs from the intact one ("dirty" rows); the others reuse the intact output.
 
@@ -252,14 +256,47 @@ def _plan(spec: GateSpec | None, variants: Sequence[Mapping[str, Edit]]) -> _Gat
     return _GatePlan(edits, kind, {})
 
 
+DIFFERENCE_MIN_EXPERTS = 10
+"""Fewest experts of a gate for its single-expert ablations to be computed by difference (`Remixer._ablated`).
+
+The general path's cost per ablation grows with the experts (its product row is `E` wide), the difference's
+does not, but it makes a few more passes over `[b, E, H1]` and writes two exact cells per row. Measured
+(bench/remix_bench.py: `Remixer.run` on the bench model's shape, MMoE 32 inputs, E experts x [64], towers
+[32], 2 tasks, 2E + 6 variants, batches of 4096, 1 thread, A/B interleaved on 2 shared cores, median of
+the per-repeat speed-ups): E = 8 0.93x (slower), 10 1.10x, 12 1.12x, 16 1.18x, 32 1.37x."""
+
+
+_MIN_SINGLES = 3
+"""Fewest single-expert ablations of a gate for the difference path (it adds two product rows per batch)."""
+
+
+@dataclass(frozen=True)
+class _Singles:
+    """Edits of one gate that each remove one expert (`Remixer._ablated`): `kind` "zero" or "renormalize",
+    the variants' `positions`, and the removed expert of each (`experts`, distinct)."""
+
+    kind: str
+    positions: list[int]
+    experts: list[int]
+
+
 class Remixer:
     """Evaluates the intact model and every variant of one batch by re-mixing cached expert outputs.
 
-    `variants` are the gate edits `{gate name: edit}` of variants 1..V (0 is the intact model).
+    `variants` are the gate edits `{gate name: edit}` of variants 1..V (0 is the intact model);
+    `difference_from`: the fewest experts of a gate whose single-expert ablations are computed by
+    difference from the intact product (`_ablated`; `DIFFERENCE_MIN_EXPERTS`).
     """
 
-    def __init__(self, model: nn.Module, topology: Topology, variants: Sequence[Mapping[str, Edit]]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        topology: Topology,
+        variants: Sequence[Mapping[str, Edit]],
+        difference_from: int = DIFFERENCE_MIN_EXPERTS,
+    ) -> None:
         self.model = model
+        self.difference_from = difference_from
         self.variants = [dict(v) for v in variants]
         self.gates: dict[str, GateSpec] = {g.module: g for g in topology.gates}
         self.plans = {path: _plan(spec, self.variants) for path, spec in self.gates.items()}
@@ -270,6 +307,9 @@ class Remixer:
             str, Tensor
         ] = {}  # module path -> its output in the model's own forward of this batch
         self.buffers: dict[str, Tensor] = {}
+        self.indices: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+        self.aranges: dict[tuple[int, torch.device], Tensor] = {}
+        self.singles: dict[tuple[str, tuple[int, ...], tuple[int, ...]], list[_Singles]] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A work tensor `shape` kept from batch to batch (freshly allocated large tensors cost page faults on
@@ -279,6 +319,23 @@ class Remixer:
             buf = like.new_empty(shape)
             self.buffers[name] = buf
         return buf
+
+    def _arange(self, n: int, device: torch.device) -> Tensor:
+        """`torch.arange(n)` on `device`, kept (an index used every batch)."""
+        cached = self.aranges.get((n, device))
+        if cached is None:
+            cached = torch.arange(n, device=device)
+            self.aranges[(n, device)] = cached
+        return cached
+
+    def _index(self, values: Sequence[int], device: torch.device) -> Tensor:
+        """`values` as a long tensor on `device`, kept from batch to batch (the columns of `_head`'s gather)."""
+        key = (tuple(values), device)
+        cached = self.indices.get(key)
+        if cached is None:
+            cached = torch.tensor(key[0], dtype=torch.long, device=device)
+            self.indices[key] = cached
+        return cached
 
     # ------------------------------------------------------------------------------- gate rows
     def _gate(self, path: str, gate: nn.Module, gate_in: Stream) -> GateOut:
@@ -299,10 +356,12 @@ class Remixer:
         other = set(experts.dirty)
         return sorted((edited | set(probs.dirty)) - other), list(experts.dirty)
 
-    def _rows(self, gate: GateOut, positions: Sequence[int], lead: bool) -> tuple[list[int], Tensor]:
-        """Edited gate rows of `positions` `[b, lead + n, E]` (the intact row first when `lead`), and the
-        positions in column order (grouped by edit kind, so that each kind is one tensor op). The rows are
-        a work buffer: valid until the next call."""
+    def _rows(
+        self, gate: GateOut, positions: Sequence[int], lead: bool, extra: int = 0
+    ) -> tuple[list[int], Tensor]:
+        """Edited gate rows of `positions` `[b, lead + n + extra, E]` (the intact row first when `lead`; `extra`
+        rows at the end left for the caller to fill), and the positions in column order (grouped by edit
+        kind, so that each kind is one tensor op). The rows are a work buffer: valid until the next call."""
         path, probs = gate
         plan = self.plans.get(path) or _GatePlan({}, {}, {})
         spec = self.gates.get(path)
@@ -313,12 +372,13 @@ class Remixer:
             groups[plan.kind.get(p, "plain") if exact else ("each" if p in plan.edits else "plain")].append(p)
         order = [p for k in _KINDS for p in groups[k]]
         b, e = intact.shape
-        out = self._buffer(f"rows{int(lead)}", (b, int(lead) + len(order), e), intact)
+        out = self._buffer(f"rows{int(lead)}", (b, int(lead) + len(order) + extra, e), intact)
         if lead:
             out[:, 0] = intact
         moved = set(probs.dirty)  # variants whose unedited gate rows differ from the intact ones
         tiny = torch.finfo(intact.dtype).tiny
         start = int(lead)
+        zeroed: tuple[list[tuple[bool, ...]], Tensor] | None = None  # the zero kind's keep masks and rows
         for kind in _KINDS:
             members = groups[kind]
             block = out[:, start : start + len(members)]
@@ -327,10 +387,18 @@ class Remixer:
                 continue
             own = [p for p in members if p in moved]
             if kind in ("zero", "renormalize") and not own:  # `edit_gate_output`'s arithmetic, all at once
-                torch.mul(intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block)
-                if kind == "renormalize":
+                masks = [e.keep for e in map(plan.edits.__getitem__, members) if isinstance(e, Ablate)]
+                if kind == "renormalize" and zeroed is not None and zeroed[0] == masks:
+                    kept = zeroed[1]  # the same products (`intact * keep`) as the zero kind's rows
+                else:
+                    kept = torch.mul(
+                        intact.unsqueeze(1), self._tensor(plan, kind, members, intact), out=block
+                    )
+                if kind == "zero":
+                    zeroed = (masks, block)
+                else:
                     total = intact.sum(-1, keepdim=True).unsqueeze(1)
-                    block.mul_(total / block.sum(-1, keepdim=True).clamp_min(tiny))
+                    torch.mul(kept, total / kept.sum(-1, keepdim=True).clamp_min(tiny), out=block)
                 continue
             if kind == "fixed":
                 block.copy_(self._tensor(plan, kind, members, intact).expand_as(block))
@@ -383,6 +451,110 @@ class Remixer:
             return self.captured[edit.source]  # KeyError: the engine falls back to the hooks
         return None
 
+    # ---------------------------------------------------------------- ablations by difference
+    def _singles(self, gate: GateOut, positions: Sequence[int]) -> list[_Singles]:
+        """The `positions` whose edit of this gate removes exactly one expert from the intact gate rows, by kind
+        ("zero", "renormalize"); empty when fewer than `_MIN_SINGLES` or the gate has fewer than
+        `difference_from` experts (the difference path would not pay).
+        An expert removed by a second position of the same kind leaves that position to the general path."""
+        path, probs = gate
+        key = (path, tuple(positions), tuple(probs.dirty))
+        cached = self.singles.get(key)
+        if cached is not None:
+            return cached
+        plan = self.plans.get(path)
+        groups: dict[str, tuple[list[int], list[int]]] = {"zero": ([], []), "renormalize": ([], [])}
+        moved = set(probs.dirty)
+        exact = probs.intact.dtype in (torch.float32, torch.float64)
+        if plan is not None and exact and probs.intact.shape[-1] >= self.difference_from:
+            for p in positions:
+                kind = plan.kind.get(p)
+                if kind not in groups or p in moved:
+                    continue
+                edit = plan.edits[p]
+                assert isinstance(edit, Ablate)
+                removed = [i for i, keep in enumerate(edit.keep) if not keep]
+                pos, experts = groups[kind]
+                if len(removed) == 1 and removed[0] not in experts:
+                    pos.append(p)
+                    experts.append(removed[0])
+        found = [_Singles(kind, pos, experts) for kind, (pos, experts) in groups.items() if pos]
+        if sum(len(s.positions) for s in found) < _MIN_SINGLES:
+            found = []
+        self.singles[key] = found
+        return found
+
+    @staticmethod
+    def _top_rows(intact: Tensor, top: Tensor, rows: Tensor) -> Tensor:
+        """Write into `rows` `[b, 2, E]` the intact gate rows with expert `top` `[b]` removed: zeroed, and
+        renormalized (`edit_gate_output`'s arithmetic); their products are the exact ablations of each row's
+        largest gate, where the differences in `_ablated` cancel. Returns the rows' totals `[b, 1]`."""
+        rows.copy_(intact.unsqueeze(1).expand_as(rows))
+        rows.scatter_(2, top.view(-1, 1, 1).expand(-1, 2, 1), 0.0)
+        renorm = rows[:, 1]
+        total = intact.sum(-1, keepdim=True)
+        renorm.mul_(total / renorm.sum(-1, keepdim=True).clamp_min(torch.finfo(intact.dtype).tiny))
+        return total
+
+    def _ablated(
+        self,
+        singles: Sequence[_Singles],
+        g: Tensor,
+        total: Tensor,
+        y: Tensor,
+        z: Tensor,
+        bias: Tensor | None,
+        top: tuple[Tensor, Tensor],
+    ) -> tuple[list[int], Tensor, list[int]]:
+        """The single-expert ablations `singles` from the intact product: their positions in column order, a
+        work buffer `[sum n * b, F]` holding one block `[b, n, F]` per kind after the other, and the `n`s.
+
+        `g` `[b, E]` intact gate rows, `total` `[b, 1]` their sums `S`, `y` `[b, E, F]` expert outputs (folded or
+        not), `z` `[b, F]` the intact product `sum_e g_e y_e (+ bias)`. Removing expert `j` is then O(F) per row
+        instead of O(E F): zeroed, `z - g_j y_j`; renormalized, `bias + s_j (z - bias - g_j y_j)` with
+        `s_j = S / (S - g_j)`. Where `g_j` is close to `S` the difference cancels (the renormalized one is then
+        scaled by `s_j`, up to `1 / tiny`), and where all other weights are exactly zero it leaves rounding
+        noise where one forward gives exactly `bias` (ties that rank metrics count). Both can only happen at
+        the row's largest gate (any other has `g_j <= S / 2`, so `s_j <= 2`), whose cells are overwritten with
+        the exact values `top` = (its expert `[b]`, `[b, 2, F]` the products of `_top_rows`' two rows: the
+        general path's own arithmetic). Elsewhere results differ from the general path's by float rounding
+        (of the order of the intact product's); a row whose remaining experts all output exactly zero (dead
+        ReLU experts) then gets `bias` plus rounding noise, not exactly `bias`."""
+        b, e, f = y.shape
+        sizes = [len(s.positions) for s in singles]
+        flat = self._buffer("ablated", (sum(sizes) * b * f,), y)
+        tiny = torch.finfo(g.dtype).tiny
+        rows = self._arange(b, y.device)
+        zeroed: tuple[list[int], Tensor] | None = None  # the zero kind's experts and block (reused)
+        start = 0
+        for s, n in zip(singles, sizes, strict=True):
+            block = flat[start : start + b * n * f].view(b, n, f)
+            start += b * n * f
+            index = None if s.experts == list(range(e)) else self._index(s.experts, y.device)
+            gj = g if index is None else g[:, index]  # [b, n]
+            if zeroed is not None and zeroed[0] == s.experts:
+                base = zeroed[1]
+            else:
+                yj = y if index is None else y[:, index]  # [b, n, F]
+                base = torch.addcmul(z.unsqueeze(1), gj.unsqueeze(2), yj, value=-1, out=block)
+            if s.kind == "zero":
+                zeroed = (s.experts, block)
+            else:
+                scale = total / (total - gj).clamp_min(tiny)  # [b, n]
+                torch.mul(base, scale.unsqueeze(2), out=block)
+                if bias is not None:
+                    block.addcmul_((1 - scale).unsqueeze(2), bias)
+            expert, cells = top
+            cell = cells[:, 0 if s.kind == "zero" else 1]
+            if index is None:
+                block[rows, expert] = cell
+            else:  # the column of the row's largest gate where this kind removes it (no host sync)
+                columns = [s.experts.index(i) if i in s.experts else -1 for i in range(e)]  # -1: not removed
+                col = self._index(columns, y.device)[expert]
+                at = col.clamp_min(0)
+                block[rows, at] = torch.where((col >= 0).unsqueeze(1), cell, block[rows, at])
+        return [p for s in singles for p in s.positions], flat.view(-1, f), sizes
+
     # --------------------------------------------------------------------------------- mixing
     def _other(self, gate: GateOut, experts: Stream) -> Tensor:
         """Mixtures `[n, b, D]` of the variants whose experts changed (`experts.dirty`, in that order): one
@@ -417,33 +589,63 @@ class Remixer:
 
     def _head(self, gate: GateOut, experts: Stream, tower: nn.Module, k: int) -> Tensor:
         """A task's predictions under every variant `[k, b, ...]`: its mixture through its tower, the tower's
-        first Linear folded into the re-mixing where it can be (see the module docstring)."""
+        first Linear folded into the re-mixing where it can be (see the module docstring); single-expert
+        ablations by difference from the intact product (`_ablated`)."""
         if id(tower) not in self.folds:
             self.folds[id(tower)] = _fold(tower)
         fold = self.folds[id(tower)]
         same, other = self._changed(gate, experts)
-        order, g = self._rows(gate, same, lead=True)
+        singles = self._singles(gate, same)
+        taken = {p for s in singles for p in s.positions}
+        order, g = self._rows(gate, [p for p in same if p not in taken], lead=True, extra=2 if singles else 0)
+        intact = gate[1].intact
+        top = None  # each row's largest gate's expert [b] and the rows' gate totals [b, 1]
+        if singles:
+            expert = intact.argmax(-1)
+            top = (expert, self._top_rows(intact, expert, g[:, -2:]))
+            order += [-1, -1]  # those rows are no variant's
         b = g.shape[0]
         x = experts.intact  # [b, E, D]
+        bias = None
         if fold is not None:  # Y = X W^T [b, E, H1], then the pre-activation of every variant at once
             w = fold.first.weight
             y = self._buffer("folded", (*x.shape[:2], w.shape[0]), x)
             torch.mm(x.reshape(-1, x.shape[-1]), w.t(), out=y.view(-1, w.shape[0]))
+            bias = fold.first.bias
             # the bias added in the product (one pass less over `z` than bmm + add_)
-            z = _remix(g, y, self._buffer("pre", (b, g.shape[1], w.shape[0]), x), fold.first.bias)
-            pred = fold.rest(z.view(-1, z.shape[-1]))
+            z = _remix(g, y, self._buffer("pre", (b, g.shape[1], w.shape[0]), x), bias)
+            head: Callable[[Tensor], Tensor] = fold.rest
         else:
+            y = x
             z = _remix(g, x, self._buffer("mixed", (b, g.shape[1], x.shape[-1]), x))
-            pred = tower.forward(z.view(-1, z.shape[-1]))
-        pred = pred.reshape(b, 1 + len(order), *pred.shape[1:])
+            head = tower.forward
+        ablated, sizes = None, []
+        if top is not None:
+            expert, total = top
+            taken_order, ablated, sizes = self._ablated(
+                singles, intact, total, y, z[:, 0], bias, (expert, z[:, -2:])
+            )
+            order += taken_order
+        # the tower's rest (it owns its input: `fold.rest` applies ReLUs in place) on the product, and on the
+        # ablated blocks in one call; then `pred` [b, columns, ...] in `order`'s column order
+        flat = head(z.view(-1, z.shape[-1]))
+        pred = flat.reshape(b, z.shape[1], *flat.shape[1:])
+        if ablated is not None:
+            flat = head(ablated)
+            start, preds = 0, [pred]
+            for n in sizes:
+                preds.append(flat[start : start + b * n].reshape(b, n, *flat.shape[1:]))
+                start += b * n
+            pred = torch.cat(preds, dim=1)
         column = [0] * k  # variant -> column of `pred` (0: the intact one, for variants it does not change)
         for j, p in enumerate(order, start=1):
-            column[p] = j
-        out = pred.transpose(0, 1)[torch.tensor(column, device=pred.device)]  # one gather [k, b, ...]
+            if p >= 0:
+                column[p] = j
+        out = pred.transpose(0, 1)[self._index(column, pred.device)]  # one gather [k, b, ...]
         if other:
             mixed = self._other(gate, experts)
-            p = tower.forward(mixed.reshape(-1, mixed.shape[-1]))
-            out[other] = p.reshape(len(other), b, *p.shape[1:])
+            flat = tower.forward(mixed.reshape(-1, mixed.shape[-1]))
+            out[other] = flat.reshape(len(other), b, *flat.shape[1:])
         return out
 
     # -------------------------------------------------------------------------------- models
