@@ -222,3 +222,40 @@ def test_room_for_the_spill_is_checked_before_the_pass(tmp_path: Path, monkeypat
         stream.check_room(50_000)  # 2.1 MB > 1 MiB
     stream.check_room(20_000)  # 840 kB fits
     assert not list(tmp_path.iterdir())
+
+
+def test_one_thread_ranks_in_the_caller_and_frees_memory(monkeypatch) -> None:
+    """On one thread every set is ranked in the calling thread (a worker's allocations would sit in a malloc
+    arena of their own: two rankings resident instead of one); on two, in the pool's threads. Freed memory
+    is handed back to the OS at the end (glibc)."""
+    import sys
+    import threading
+
+    import mmoe_inspect.causal.streamed as streamed
+    from mmoe_inspect._memory import _malloc_trim
+
+    rng = np.random.default_rng(0)
+    tasks = (TaskSpec("a", output="a", kind="binary"),)
+    positions = {"intact": 0, "v1": 1, "v2": 2}
+    seen: list[int] = []
+    orig = streamed.twice_placements
+
+    def spy(*a, **k):
+        seen.append(threading.get_ident())
+        return orig(*a, **k)
+
+    monkeypatch.setattr(streamed, "twice_placements", spy)
+    trims: list[int] = []
+    monkeypatch.setattr(streamed, "release_free_memory", lambda: trims.append(1))
+    for threads in (1, 2):
+        seen.clear()
+        with EvaluationStream(tasks, positions, ci=0.95) as stream:
+            for _ in range(3):
+                labels = (rng.random((500, 1)) < 0.3).astype(np.float64)
+                stream.update(labels, rng.random((3, 500, 1)).astype(np.float32))
+            stream.finish(threads=threads)
+        assert len(seen) == 3
+        assert (set(seen) == {threading.get_ident()}) == (threads == 1)
+    assert trims == [1, 1]
+    if sys.platform.startswith("linux"):
+        assert _malloc_trim() is not None  # glibc: the trim is real here

@@ -26,17 +26,19 @@ model, the intact model against a baseline), so these statistics give the same i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from mmoe_inspect._memory import release_free_memory
 from mmoe_inspect.causal.metrics import LOGLOSS_EPS, TASK_METRICS
 from mmoe_inspect.errors import MmoeInspectError
 from mmoe_inspect.functional.delong import TwicePlacements, twice_placements, twice_variance
@@ -279,15 +281,22 @@ class EvaluationStream:
     def finish(self, threads: int = 1) -> StreamedEvaluation:
         """Rank the spilled scores task by task: the reference first, then every other set paired with it,
         on up to `threads` threads (the sorts release the GIL; each thread holds one set's ranking,
-        about `RANKING_BYTES_PER_ROW` bytes a row)."""
+        about `RANKING_BYTES_PER_ROW` bytes a row). On one thread everything runs in the caller: a worker
+        thread's allocations go to a malloc arena of its own, and two arenas keep two rankings resident."""
         auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)
         for (f,) in self._files.values():
             f.flush()
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads)) if threads > 1 else None
+
+            def run(fn: Callable[[int], Any], items: Sequence[int]) -> list[Any]:
+                """`fn` over `items` in order, on the pool's threads (an error is raised here)."""
+                return list(pool.map(fn, items)) if pool is not None else [fn(i) for i in items]
+
             for task in self.tasks:
                 if task.name not in self._files or not self.auc_finite[task.name][0]:
                     continue
-                ref = twice_placements(*self._scores(task.name, 0))
+                (ref,) = run(lambda pos, task=task.name: twice_placements(*self._scores(task, pos)), [0])
                 auc[(0, task.name)] = (ref.auc, twice_variance(ref), 0.0)
                 same, finite = self.auc_same[task.name], self.auc_finite[task.name]
                 for pos in range(1, self.n_sets):
@@ -298,10 +307,9 @@ class EvaluationStream:
                     other = twice_placements(*self._scores(task, pos))
                     auc[(pos, task)] = (other.auc, twice_variance(other), twice_variance(other, ref))
 
-                todo = [p for p in range(1, self.n_sets) if finite[p] and not same[p]]
-                for _ in pool.map(rank, todo):  # in order; an error is raised here
-                    pass
+                run(rank, [p for p in range(1, self.n_sets) if finite[p] and not same[p]])
                 del ref
+        release_free_memory()  # the rankings' freed arrays: back to the OS before the next stage
         return StreamedEvaluation(self, auc)
 
     def close(self) -> None:
