@@ -22,8 +22,8 @@ one torch thread, alternating between the revisions in a shuffled order every re
 `--threads 2 --compute-rows 1000000` measures the report as `report` runs it on two torch threads: the
 child runs `inspect` with causal analyses on that many rows on 2 threads right before the report, so
 the 1-minute load average is high (its compute threads are idle by then); `helper_cpu` says whether a
-figure helper process ran (its CPU seconds) and `load_figures` the 1-minute load average when the
-figures started.
+figure helper process ran (its CPU seconds), `load_figures` the 1-minute load average when the
+figures started and `others_cpus` how many CPUs other processes kept busy while they were drawn.
 
 Reported: the median over repetitions per revision and stage, wall seconds and CPU seconds (this
 process plus the figure helper process: on a loaded machine the wall time of two processes depends on
@@ -68,6 +68,14 @@ def cpu_seconds() -> float:
     """CPU seconds of this process and of its children that have ended (the figure helper)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the machine's CPUs were busy (not idle or iowait), and seconds of one CPU (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    hz, cpus = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz / cpus
 
 
 def children_cpu() -> float:
@@ -115,13 +123,15 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
 
     def timed(*a: Any, **k: Any) -> Any:
         spent["load"] = os.getloadavg()[0]
-        t, c, h = time.perf_counter(), cpu_seconds(), children_cpu()
+        t, c, h, m = time.perf_counter(), cpu_seconds(), children_cpu(), machine_busy()
         try:
             return orig(*a, **k)
         finally:
             spent["figures"] += time.perf_counter() - t
             spent["figures_cpu"] += cpu_seconds() - c
             spent["helper_cpu"] += children_cpu() - h
+            busy, wall = (after - before for after, before in zip(machine_busy(), m, strict=True))
+            spent["others"] = (busy - (cpu_seconds() - c)) / wall if wall > 0 else 0.0
 
     report_write.render_figures = timed
     if compute_rows:  # the compute phase of `report` right before its figures (on `threads` threads)
@@ -144,6 +154,7 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
             times[f"html_cpu_{run}"] = total_cpu - spent["figures_cpu"]
             times[f"helper_cpu_{run}"] = spent["helper_cpu"]
             times[f"load_figures_{run}"] = spent["load"]
+            times[f"others_cpus_{run}"] = spent["others"]
     out.write_text(json.dumps(times))
 
 
@@ -238,13 +249,13 @@ def main() -> None:
         "median": summary,
         "runs": runs,
     }
-    for k in keys:
-        b, n = summary["base"][k], summary["new"][k]
-        print(f"{k:18s} base {b:6.2f}  new {n:6.2f}  ({n / b:.2f}x)")
-    print(f"load average before {load_before}, after {load_after}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report_stages_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    for k in keys:
+        b, n = summary["base"][k], summary["new"][k]
+        print(f"{k:18s} base {b:6.2f}  new {n:6.2f}" + (f"  ({n / b:.2f}x)" if b else ""))
+    print(f"load average before {load_before}, after {load_after}")
 
 
 if __name__ == "__main__":
