@@ -155,6 +155,9 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
             times[f"helper_cpu_{run}"] = spent["helper_cpu"]
             times[f"load_figures_{run}"] = spent["load"]
             times[f"others_cpus_{run}"] = spent["others"]
+            window = getattr(sys.modules.get("mmoe_inspect.reports._render"), "last_window", {})
+            times[f"window_free_cpus_{run}"] = window.get("free_cpus", float("nan"))  # new trees only
+            times[f"window_s_{run}"] = window.get("seconds", float("nan"))
     out.write_text(json.dumps(times))
 
 

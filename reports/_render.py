@@ -47,6 +47,9 @@ HELPER_SILENCE_S = 120.0  # no news from the helper for this long: stop it and d
 WINDOW_S = 0.08  # shortest window the CPUs are measured over (/proc/stat counts in 10 ms ticks)
 MIN_FREE_CPUS = 1.5  # this process's CPU, and half a CPU at least for the helper
 WORKERS_ENV = "MMOE_INSPECT_FIGURE_WORKERS"
+last_window: dict[str, float] = {}
+"""The last measurement `render_all` made (benchmarks read it): `free_cpus`, `seconds` (the window),
+`workers` (what it chose)."""
 
 
 class CpuSample(NamedTuple):
@@ -189,7 +192,14 @@ def render_all(
             while start < len(jobs) and (start == 0 or time.monotonic() - t0 < WINDOW_S):
                 _draw_here(jobs[start], result, drawn, tick)
                 start += 1
-            workers = 2 if helper_pays_off(before, cpu_sample()) else 1
+            after = cpu_sample()
+            workers = 2 if helper_pays_off(before, after) else 1
+            last_window.clear()
+            last_window.update(
+                free_cpus=free_cpus(before, after) if before and after else float("nan"),
+                seconds=time.monotonic() - t0,
+                workers=workers,
+            )
         if workers >= 2 and len(jobs) - start >= MIN_PARALLEL_FIGURES - 1:
             return drawn | _render_two(result, jobs, tick, start)
         for job in jobs[start:]:
