@@ -125,10 +125,11 @@ def free_cpus(before: CpuSample, after: CpuSample) -> float:
 
 
 def helper_pays_off(before: CpuSample | None, after: CpuSample | None) -> bool:
-    """A helper process is worth forking: a CPU for this process and half a CPU more were free in the
-    window (`MIN_FREE_CPUS`). A helper costs about a tenth more CPU in all (its start, the caches it
-    fills for itself): measured on the 2-core machine with every CPU taken by other jobs, two
-    processes took 12% longer than one. No samples: no helper."""
+    """A helper process is worth forking: a CPU for this process and at least half a CPU more were free
+    in the window (`MIN_FREE_CPUS`). Where other jobs take the other CPUs, a helper only competes with
+    them (and under the scheduler's per-session fair share, `sched_autogroup`, this session gets no
+    more CPU for it) while it adds its start and work of its own: measured on the 2-core machine with
+    every CPU taken by other jobs, two processes took 12% longer than one. No samples: no helper."""
     if before is None or after is None:
         return False
     return free_cpus(before, after) >= MIN_FREE_CPUS
