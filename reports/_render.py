@@ -48,8 +48,8 @@ WINDOW_S = 0.08  # shortest window the CPUs are measured over (/proc/stat counts
 MIN_FREE_CPUS = 1.5  # this process's CPU, and half a CPU at least for the helper
 WORKERS_ENV = "MMOE_INSPECT_FIGURE_WORKERS"
 last_window: dict[str, float] = {}
-"""The last measurement `render_all` made (benchmarks read it): `free_cpus`, `seconds` (the window),
-`workers` (what it chose)."""
+"""The measurement of the last `render_all` call (benchmarks read it): `free_cpus`, `seconds` (the
+window), `workers` (what it chose); empty when that call measured nothing (workers forced, one CPU)."""
 
 
 class CpuSample(NamedTuple):
@@ -186,6 +186,7 @@ def render_all(
     if not can_fork_helper() or len(jobs) < MIN_PARALLEL_FIGURES:
         workers = 1
     drawn: set[str] = set()
+    last_window.clear()
     with one_blas_thread(), old_objects_frozen():  # both before the fork: the helper inherits them
         start = 0
         if workers is None:  # measure while the first jobs are drawn here
@@ -195,7 +196,6 @@ def render_all(
                 start += 1
             after = cpu_sample()
             workers = 2 if helper_pays_off(before, after) else 1
-            last_window.clear()
             last_window.update(
                 free_cpus=free_cpus(before, after) if before and after else float("nan"),
                 seconds=time.monotonic() - t0,
