@@ -173,9 +173,13 @@ def render_all(
     jobs: Sequence[Job],
     tick: Callable[[str], None] | None = None,
     workers: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> set[str]:
     """Draw every job in this order (a short one first, then slowest first, balances best); the keys of
     those written.
+
+    `meanwhile()` (other work of the caller, independent of the figures) is called once: when this
+    process has no figure left to take while the helper may still draw its last, else after the figures.
 
     `workers` 1 or 2 decides; None: `MMOE_INSPECT_FIGURE_WORKERS`, else the CPUs are measured over
     the first jobs drawn here (at least `WINDOW_S`) and a helper is forked for the rest when
@@ -202,10 +206,12 @@ def render_all(
                 workers=workers,
             )
         if workers >= 2 and len(jobs) - start >= MIN_PARALLEL_FIGURES - 1:
-            return drawn | _render_two(result, jobs, tick, start)
+            return drawn | _render_two(result, jobs, tick, start, meanwhile)
         for job in jobs[start:]:
             _draw_here(job, result, drawn, tick)
-        return drawn
+    if meanwhile is not None:
+        meanwhile()
+    return drawn
 
 
 def _draw_here(job: Job, result: Any, drawn: set[str], tick: Callable[[str], None] | None) -> None:
@@ -250,9 +256,14 @@ def one_blas_thread() -> AbstractContextManager[object]:
 
 
 def _render_two(
-    result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | None, start: int = 0
+    result: Any,
+    jobs: Sequence[Job],
+    tick: Callable[[str], None] | None,
+    start: int = 0,
+    meanwhile: Callable[[], None] | None = None,
 ) -> set[str]:
-    """Draw `jobs[start:]` on this process and a forked helper (those before `start` are done)."""
+    """Draw `jobs[start:]` on this process and a forked helper (those before `start` are done);
+    `meanwhile()` runs here once no job is left to take, while the helper finishes its own."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
@@ -303,6 +314,8 @@ def _render_two(
             if tick is not None:
                 tick(jobs[i][0])
             _collect(receive, jobs, theirs, tick, wait=0.0)
+        if meanwhile is not None:
+            meanwhile()
         finished = _collect(receive, jobs, theirs, tick, wait=HELPER_SILENCE_S)
     finally:
         if not finished:  # interrupted, or the helper is silent or gone: never wait for it

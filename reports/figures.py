@@ -264,6 +264,7 @@ def render_figures(
     *,
     workers: int | None = None,
     extra: Sequence[Job] = (),
+    meanwhile: Callable[[], None] | None = None,
 ) -> dict[str, str]:
     """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name
     (registry order).
@@ -272,6 +273,8 @@ def render_figures(
     are drawn on two processes where a CPU is free (`_render.render_all`; `workers=1` forces one, 2
     two); the files are the same either way. `extra` jobs `(key, draw, path, dpi)` (the report's
     overview slide) are drawn with them (in `drawing_order`) and are not counted or returned.
+    `meanwhile()` is called once, while a helper process draws its last figures or after the figures
+    (`_render.render_all`): the caller's other work, which must not depend on the figures.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,7 +294,7 @@ def render_figures(
     jobs.sort(key=lambda job: rank[job[0]])
     if progress is not None:
         progress(0, len(specs))
-    drawn = render_all(result, jobs, tick, workers)
+    drawn = render_all(result, jobs, tick, workers, meanwhile)
     if progress is not None and done != len(specs):
         progress(len(specs), len(specs))
     return {name: f"{name}.png" for name in specs if name in drawn and name not in extra_keys}

@@ -349,3 +349,15 @@ def test_drawing_order_opens_short_then_slowest_first() -> None:
     assert order[0] == figures_module.OPENER
     assert order[1:] == ["weight_distributions", "overview", "task_outputs", "training_loss"]
     assert set(figures_module.FIGURE_SECONDS) <= set(all_figures()) | {"overview"}
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=two_cpus)])
+def test_meanwhile_runs_once_beside_the_figures(result, serial, tmp_path: Path, workers: int) -> None:
+    """The caller's other work (`write_report`'s tables and metrics.json) runs once, in this process,
+    on one process as on two; the figures are the serial ones."""
+    calls: list[int] = []
+    written = render_figures(
+        result, tmp_path / "f", workers=workers, meanwhile=lambda: calls.append(os.getpid())
+    )
+    assert calls == [os.getpid()]
+    assert written == serial[0] and _files(tmp_path / "f") == serial[1]
