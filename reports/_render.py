@@ -136,12 +136,23 @@ def helper_pays_off(before: CpuSample | None, after: CpuSample | None) -> bool:
 
 
 def can_fork_helper() -> bool:
-    """Linux (fork), not a daemon process (which may not have children), and two CPUs for this process."""
+    """Linux (fork), not a daemon process (which may not have children), not a rank of a torch.distributed
+    process group, and two CPUs for this process."""
     import multiprocessing as mp
 
     if not sys.platform.startswith("linux") or mp.current_process().daemon:
         return False  # macOS lists fork but its system libraries are not fork-safe; Windows has no fork
-    return _cpus() >= 2
+    return _cpus() >= 2 and not _in_process_group()
+
+
+def _in_process_group() -> bool:
+    """An initialized torch.distributed group (rank 0 of `torchrun ... report` writes the report): its
+    communication threads and sockets are not copied into a fork safely, so no helper is forked."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return bool(dist is not None and dist.is_available() and dist.is_initialized())
+    except Exception:  # pragma: no cover - a torch without a working distributed package
+        return False
 
 
 def _affinity() -> set[int]:

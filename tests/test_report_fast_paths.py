@@ -361,3 +361,24 @@ def test_meanwhile_runs_once_beside_the_figures(result, serial, tmp_path: Path, 
     )
     assert calls == [os.getpid()]
     assert written == serial[0] and _files(tmp_path / "f") == serial[1]
+
+
+@two_cpus
+def test_no_helper_in_a_process_group(tmp_path: Path) -> None:
+    """A rank of a torch.distributed group (torchrun's rank 0 writes the report) forks no helper: its
+    communication threads and sockets would be copied into the fork."""
+    import torch.distributed as dist
+
+    from mmoe_inspect.reports._render import render_all
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert not can_fork_helper()
+        pids: list[int] = []
+        jobs = [(f"j{i}", lambda _r: pids.append(os.getpid()), tmp_path / f"{i}.png", 50) for i in range(6)]
+        render_all(None, jobs, workers=2)
+        assert pids == [os.getpid()] * 6  # all drawn here
+    finally:
+        dist.destroy_process_group()
+    assert can_fork_helper()
