@@ -19,6 +19,12 @@ one torch thread, alternating between the revisions in a shuffled order every re
    `render_figures`, html = the rest (overview slide where it is not drawn with the figures, tables,
    metrics.json, index.html), cold (matplotlib fonts loaded) and warm.
 
+`--threads 2 --compute-rows 1000000` measures the report as `report` runs it on two torch threads: the
+child runs `inspect` with causal analyses on that many rows on 2 threads right before the report, so
+the 1-minute load average is high (its compute threads are idle by then); `helper_cpu` says whether a
+figure helper process ran (its CPU seconds), `load_figures` the 1-minute load average when the
+figures started and `others_cpus` how many CPUs other processes kept busy while they were drawn.
+
 Reported: the median over repetitions per revision and stage, wall seconds and CPU seconds (this
 process plus the figure helper process: on a loaded machine the wall time of two processes depends on
 what the other jobs leave), the per-repetition values, and the machine's load average before and
@@ -64,10 +70,24 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the machine's CPUs were busy (not idle or iowait), and seconds of one CPU (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    hz, cpus = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz / cpus
+
+
+def children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    threads, compute_rows = int(os.environ["BENCH_THREADS"]), int(os.environ["BENCH_COMPUTE_ROWS"])
+    torch.set_num_threads(threads)
     import mmoe_inspect
     import mmoe_inspect.attach as attach
     import mmoe_inspect.inspector as inspector
@@ -98,21 +118,33 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
         times[f"attribution_cpu_{run}"] = cpu_seconds() - c0
     with open(result_pkl, "rb") as f:
         result = pickle.load(f)
-    spent = {"figures": 0.0, "figures_cpu": 0.0}
+    spent = {"figures": 0.0, "figures_cpu": 0.0, "helper_cpu": 0.0, "load": 0.0}
     orig = report_write.render_figures
 
     def timed(*a: Any, **k: Any) -> Any:
-        t, c = time.perf_counter(), cpu_seconds()
+        spent["load"] = os.getloadavg()[0]
+        t, c, h, m = time.perf_counter(), cpu_seconds(), children_cpu(), machine_busy()
         try:
             return orig(*a, **k)
         finally:
             spent["figures"] += time.perf_counter() - t
             spent["figures_cpu"] += cpu_seconds() - c
+            spent["helper_cpu"] += children_cpu() - h
+            busy, wall = (after - before for after, before in zip(machine_busy(), m, strict=True))
+            spent["others"] = (busy - (cpu_seconds() - c)) / wall if wall > 0 else 0.0
 
     report_write.render_figures = timed
+    if compute_rows:  # the compute phase of `report` right before its figures (on `threads` threads)
+        from mmoe_inspect.causal import CausalOptions
+
+        t0 = time.perf_counter()
+        loaded.inspect(
+            loaded.source(data), config=InspectConfig(seed=0, max_rows=compute_rows), causal=CausalOptions()
+        )
+        times["compute"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         for run in ("cold", "warm"):
-            spent["figures"] = spent["figures_cpu"] = 0.0
+            spent["figures"] = spent["figures_cpu"] = spent["helper_cpu"] = 0.0
             t0, c0 = time.perf_counter(), cpu_seconds()
             report_write.write_report(result, Path(tmp) / run, force=True)
             total, total_cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -120,6 +152,12 @@ def child(data: Path, ckpt: Path, result_pkl: Path, out: Path) -> None:
             times[f"html_{run}"] = total - spent["figures"]
             times[f"figures_cpu_{run}"] = spent["figures_cpu"]
             times[f"html_cpu_{run}"] = total_cpu - spent["figures_cpu"]
+            times[f"helper_cpu_{run}"] = spent["helper_cpu"]
+            times[f"load_figures_{run}"] = spent["load"]
+            times[f"others_cpus_{run}"] = spent["others"]
+            window = getattr(sys.modules.get("mmoe_inspect.reports._render"), "last_window", {})
+            times[f"window_free_cpus_{run}"] = window.get("free_cpus", float("nan"))  # new trees only
+            times[f"window_s_{run}"] = window.get("seconds", float("nan"))
     out.write_text(json.dumps(times))
 
 
@@ -157,6 +195,10 @@ def main() -> None:
     ap.add_argument("--base", default="e644d7e", help="revision to compare with (default: session 6's start)")
     ap.add_argument("--new", default="HEAD", help="revision measured against it (default: HEAD)")
     ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the children (default 1)")
+    ap.add_argument(
+        "--compute-rows", type=int, default=0, help="rows of an inspect+causal run right before the report"
+    )
     ap.add_argument("--out", type=Path, default=None, help="folder for report_stages_bench.json")
     ap.add_argument("--child", nargs=4, metavar=("DATA", "CKPT", "RESULT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -176,7 +218,13 @@ def main() -> None:
             random.Random(rep).shuffle(order)
             for name in order:
                 out = tmp / f"{name}_{rep}.json"
-                env = {**os.environ, "PYTHONPATH": str(trees[name]), "OMP_NUM_THREADS": "1"}
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": str(trees[name]),
+                    "OMP_NUM_THREADS": str(args.threads),
+                    "BENCH_THREADS": str(args.threads),
+                    "BENCH_COMPUTE_ROWS": str(args.compute_rows),
+                }
                 cmd = [sys.executable, __file__, "--child", str(data), str(ckpt), str(result), str(out)]
                 subprocess.run(cmd, check=True, env=env, cwd=tmp)
                 got = json.loads(out.read_text())
@@ -196,19 +244,21 @@ def main() -> None:
         f"{len(os.sched_getaffinity(0))} usable",
         "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
         "seconds": time.time() - started,
+        "threads": args.threads,
+        "compute_rows": args.compute_rows,
         "load_before": load_before,
         "load_after": load_after,
         "order": order_log,
         "median": summary,
         "runs": runs,
     }
-    for k in keys:
-        b, n = summary["base"][k], summary["new"][k]
-        print(f"{k:18s} base {b:6.2f}  new {n:6.2f}  ({n / b:.2f}x)")
-    print(f"load average before {load_before}, after {load_after}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report_stages_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    for k in keys:
+        b, n = summary["base"][k], summary["new"][k]
+        print(f"{k:18s} base {b:6.2f}  new {n:6.2f}" + (f"  ({n / b:.2f}x)" if b else ""))
+    print(f"load average before {load_before}, after {load_after}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,17 @@ pile up on one side) and write `<folder>/<name>.png` themselves; the helper repo
 finished through a pipe. The files are the same as a serial run writes (each figure is drawn from
 the same result by the same code); only who draws which one changes.
 
+Whether a core is free is measured while the first figure is drawn here (`cpu_sample` before and
+after, at least `WINDOW_S`): what the machine's CPUs did in that window, less this process's own
+drawing, is what other processes take now. The helper is forked only when a CPU and a half is left
+(`helper_pays_off`), so it inherits the drawing caches the first figure filled (fonts, seaborn).
+Not the load average: it follows this process's own compute threads of the minute before
+(`inspect` on 2 torch threads leaves it at ~2 on a 2-core machine although they are idle now).
+
 Falls back to drawing everything here: off Linux (no fork on Windows; macOS's system libraries
-are not fork-safe), in a daemon process, on one CPU, for a few figures. Whatever the helper does
-not deliver (it failed, died, or said nothing for `HELPER_SILENCE_S`) is drawn here, so a figure
-that raises raises here with its own traceback, exactly as in a serial run.
+are not fork-safe), in a daemon process, on one CPU, for a few figures, without /proc/stat.
+Whatever the helper does not deliver (it failed, died, or said nothing for `HELPER_SILENCE_S`) is
+drawn here, so a figure that raises raises here with its own traceback, exactly as in a serial run.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import gc
 import os
 import signal
 import sys
+import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
 
@@ -34,45 +42,128 @@ Draw = Callable[[Any], Figure | None]
 Job = tuple[str, Draw, Path, int]
 """One figure to draw: key, drawing function, PNG path, dpi."""
 
-MIN_PARALLEL_FIGURES = 4  # fewer: a helper process costs more than it saves
+MIN_PARALLEL_FIGURES = 4  # fewer left after the first: a helper process costs more than it saves
 HELPER_SILENCE_S = 120.0  # no news from the helper for this long: stop it and draw its figures here
+WINDOW_S = 0.08  # shortest window the CPUs are measured over (/proc/stat counts in 10 ms ticks)
+MIN_FREE_CPUS = 1.5  # this process's CPU, and half a CPU at least for the helper
+WORKERS_ENV = "MMOE_INSPECT_FIGURE_WORKERS"
+last_window: dict[str, float] = {}
+"""The measurement of the last `render_all` call (benchmarks read it): `free_cpus`, `seconds` (the
+window), `workers` (what it chose); empty when that call measured nothing (workers forced, one CPU)."""
 
 
-def figure_workers() -> int:
-    """Processes that draw figures: 2 where a second one can fork (`can_fork_helper`) and a CPU is idle
-    (1-minute load average under CPUs - 0.5, this process included), else 1.
+class CpuSample(NamedTuple):
+    """CPU time counters at one moment, in clock ticks (`/proc/stat`'s unit, USER_HZ)."""
 
-    A helper costs about a tenth more CPU in all (its start, caches each process fills for itself),
-    so it pays off only with a CPU to itself: measured on the 2-core machine at a load average of 5
-    (every CPU taken by other jobs), two processes took 12% longer than one.
-    `MMOE_INSPECT_FIGURE_WORKERS=1` (or 2) decides instead.
+    busy: int  # the CPUs this process may run on: ticks not idle (all but idle and iowait), summed
+    total: int  # the same CPUs: all ticks, summed
+    own: int  # this process (every thread): user + system ticks
+    cpus: int  # how many CPUs `busy` and `total` sum over
+
+
+def forced_workers() -> int | None:
+    """`MMOE_INSPECT_FIGURE_WORKERS=1` (or 2): that many processes (2 only where `can_fork_helper`);
+    None when unset (measure the machine, `helper_pays_off`)."""
+    forced = os.environ.get(WORKERS_ENV, "").strip()
+    if not forced.isdigit():
+        return None
+    return 2 if int(forced) >= 2 and can_fork_helper() else 1
+
+
+def parse_cpu_sample(proc_stat: str, self_stat: str, cpus: Collection[int]) -> CpuSample | None:
+    """A `CpuSample` from the text of `/proc/stat` and `/proc/self/stat`, summed over the CPUs `cpus`
+    (this process's affinity); None when a CPU is missing or the text is not what Linux writes.
+
+    Per CPU: `cpuN user nice system idle iowait irq softirq steal [guest guest_nice]`; guest time is
+    already in user/nice, so only the first eight count. Steal (taken by the hypervisor) is busy.
     """
-    forced = os.environ.get("MMOE_INSPECT_FIGURE_WORKERS", "").strip()
-    if forced.isdigit():
-        return 2 if int(forced) >= 2 and can_fork_helper() else 1
-    if not can_fork_helper():
-        return 1
+    busy = total = 0
+    seen = set()
     try:
-        busy = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - load average unavailable
-        busy = 0.0
-    return 2 if busy < _cpus() - 0.5 else 1
+        for line in proc_stat.splitlines():
+            name, _, rest = line.partition(" ")
+            if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                continue
+            ticks = [int(v) for v in rest.split()[:8]]
+            idle = ticks[3] + ticks[4]
+            total += sum(ticks)
+            busy += sum(ticks) - idle
+            seen.add(int(name[3:]))
+        fields = self_stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+        own = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    except (ValueError, IndexError):
+        return None
+    if not seen or seen != set(cpus):
+        return None
+    return CpuSample(busy, total, own, len(seen))
+
+
+def cpu_sample() -> CpuSample | None:
+    """This moment's `CpuSample`; None off Linux or where /proc cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            proc_stat = f.read()
+        with open("/proc/self/stat") as f:
+            self_stat = f.read()
+    except OSError:
+        return None
+    return parse_cpu_sample(proc_stat, self_stat, _affinity())
+
+
+def free_cpus(before: CpuSample, after: CpuSample) -> float:
+    """CPUs left free by other processes between two samples (0 to `cpus`): the window's busy ticks less
+    this process's own, of which at most one CPU's worth counts as ours (the thread that draws; more
+    is other threads of ours, say torch's spinning, which a helper would compete with as well)."""
+    total = after.total - before.total
+    if total <= 0 or after.cpus != before.cpus:
+        return 0.0
+    window = total / after.cpus  # ticks one CPU had in the window
+    busy = after.busy - before.busy
+    own = min(max(after.own - before.own, 0), window)
+    others = max(busy - own, 0) / window
+    return float(min(max(after.cpus - others, 0.0), after.cpus))
+
+
+def helper_pays_off(before: CpuSample | None, after: CpuSample | None) -> bool:
+    """A helper process is worth forking: a CPU for this process and at least half a CPU more were free
+    in the window (`MIN_FREE_CPUS`). Where other jobs take the other CPUs, a helper only competes with
+    them (and under the scheduler's per-session fair share, `sched_autogroup`, this session gets no
+    more CPU for it) while it adds its start and work of its own: measured on the 2-core machine with
+    every CPU taken by other jobs, two processes took 12% longer than one. No samples: no helper."""
+    if before is None or after is None:
+        return False
+    return free_cpus(before, after) >= MIN_FREE_CPUS
 
 
 def can_fork_helper() -> bool:
-    """Linux (fork), not a daemon process (which may not have children), and two CPUs for this process."""
+    """Linux (fork), not a daemon process (which may not have children), not a rank of a torch.distributed
+    process group, and two CPUs for this process."""
     import multiprocessing as mp
 
     if not sys.platform.startswith("linux") or mp.current_process().daemon:
         return False  # macOS lists fork but its system libraries are not fork-safe; Windows has no fork
-    return _cpus() >= 2
+    return _cpus() >= 2 and not _in_process_group()
+
+
+def _in_process_group() -> bool:
+    """An initialized torch.distributed group (rank 0 of `torchrun ... report` writes the report): its
+    communication threads and sockets are not copied into a fork safely, so no helper is forked."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return bool(dist is not None and dist.is_available() and dist.is_initialized())
+    except Exception:  # pragma: no cover - a torch without a working distributed package
+        return False
+
+
+def _affinity() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return set(range(os.cpu_count() or 1))
 
 
 def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
-        return os.cpu_count() or 1
+    return len(_affinity())
 
 
 def draw_one(job: Job, result: Any) -> bool:
@@ -93,24 +184,52 @@ def render_all(
     jobs: Sequence[Job],
     tick: Callable[[str], None] | None = None,
     workers: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> set[str]:
-    """Draw every job (in this order, slow ones first balances best); the keys of those written.
+    """Draw every job in this order (a short one first, then slowest first, balances best); the keys of
+    those written.
 
-    `tick(key)` is called once per job finished here or reported by the helper (for a progress bar).
+    `meanwhile()` (other work of the caller, independent of the figures) is called once: when this
+    process has no figure left to take while the helper may still draw its last, else after the figures.
+
+    `workers` 1 or 2 decides; None: `MMOE_INSPECT_FIGURE_WORKERS`, else the CPUs are measured over
+    the first jobs drawn here (at least `WINDOW_S`) and a helper is forked for the rest when
+    `helper_pays_off`. `tick(key)` is called once per job finished here or reported by the helper
+    (for a progress bar).
     """
-    workers = figure_workers() if workers is None else workers
-    if workers >= 2 and not can_fork_helper():
+    workers = forced_workers() if workers is None else workers
+    if not can_fork_helper() or len(jobs) < MIN_PARALLEL_FIGURES:
         workers = 1
+    drawn: set[str] = set()
+    last_window.clear()
     with one_blas_thread(), old_objects_frozen():  # both before the fork: the helper inherits them
-        if workers >= 2 and len(jobs) >= MIN_PARALLEL_FIGURES:
-            return _render_two(result, jobs, tick)
-        drawn = set()
-        for job in jobs:
-            if draw_one(job, result):
-                drawn.add(job[0])
-            if tick is not None:
-                tick(job[0])
-        return drawn
+        start = 0
+        if workers is None:  # measure while the first jobs are drawn here
+            before, t0 = cpu_sample(), time.monotonic()
+            while start < len(jobs) and (start == 0 or time.monotonic() - t0 < WINDOW_S):
+                _draw_here(jobs[start], result, drawn, tick)
+                start += 1
+            after = cpu_sample()
+            workers = 2 if helper_pays_off(before, after) else 1
+            last_window.update(
+                free_cpus=free_cpus(before, after) if before and after else float("nan"),
+                seconds=time.monotonic() - t0,
+                workers=workers,
+            )
+        if workers >= 2 and len(jobs) - start >= MIN_PARALLEL_FIGURES - 1:
+            return drawn | _render_two(result, jobs, tick, start, meanwhile)
+        for job in jobs[start:]:
+            _draw_here(job, result, drawn, tick)
+    if meanwhile is not None:
+        meanwhile()
+    return drawn
+
+
+def _draw_here(job: Job, result: Any, drawn: set[str], tick: Callable[[str], None] | None) -> None:
+    if draw_one(job, result):
+        drawn.add(job[0])
+    if tick is not None:
+        tick(job[0])
 
 
 @contextlib.contextmanager
@@ -147,11 +266,19 @@ def one_blas_thread() -> AbstractContextManager[object]:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | None) -> set[str]:
+def _render_two(
+    result: Any,
+    jobs: Sequence[Job],
+    tick: Callable[[str], None] | None,
+    start: int = 0,
+    meanwhile: Callable[[], None] | None = None,
+) -> set[str]:
+    """Draw `jobs[start:]` on this process and a forked helper (those before `start` are done);
+    `meanwhile()` runs here once no job is left to take, while the helper finishes its own."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    counter = ctx.Value("i", 0)  # index of the next job nobody has taken (its own lock)
+    counter = ctx.Value("i", start)  # index of the next job nobody has taken (its own lock)
     receive, send = ctx.Pipe(duplex=False)
 
     def take() -> int | None:
@@ -198,6 +325,8 @@ def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | 
             if tick is not None:
                 tick(jobs[i][0])
             _collect(receive, jobs, theirs, tick, wait=0.0)
+        if meanwhile is not None:
+            meanwhile()
         finished = _collect(receive, jobs, theirs, tick, wait=HELPER_SILENCE_S)
     finally:
         if not finished:  # interrupted, or the helper is silent or gone: never wait for it
@@ -205,7 +334,7 @@ def _render_two(result: Any, jobs: Sequence[Job], tick: Callable[[str], None] | 
         proc.join()
         receive.close()
     for i, job in enumerate(jobs):  # what the helper took but did not deliver: drawn here
-        if i in mine:
+        if i < start or i in mine:
             continue
         ok = theirs.get(i)
         if ok is None:

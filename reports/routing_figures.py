@@ -198,15 +198,18 @@ def weight_distributions(result: InspectionResult) -> Figure | None:
     multi = _multi_level(result)
     for level in sorted(data["level"].unique()):
         sub = data[data["level"] == level]
-        order = [e for e in _experts_on_level(result, int(level)) if e in set(sub["expert"])]
+        present = set(sub["expert"].unique())  # once: `in set(column)` in the loop rebuilt it per expert
+        order = [e for e in _experts_on_level(result, int(level)) if e in present]
         hues = [gate_label(result, g) for g in _gates_on_level(result, int(level))]
-        hues = [h for h in hues if h in set(sub["gate"])]
+        gates_present = set(sub["gate"].unique())
+        hues = [h for h in hues if h in gates_present]
         if len(order) * len(hues) <= MAX_VIOLINS:
             panels.append((f"Level {level}" if multi else "", sub, order, hues))
         else:
             for h in hues:
                 rows = sub[sub["gate"] == h]
-                x = [e for e in order if e in set(rows["expert"])]
+                in_rows = set(rows["expert"].unique())
+                x = [e for e in order if e in in_rows]
                 panels.append((f"{_short(h, 40)} · level {level}" if multi else _short(h, 40), rows, x, [h]))
     panels = panels[:MAX_PANELS]
     single_hue = all(len(p[3]) == 1 for p in panels)

@@ -63,11 +63,15 @@ def build_report(
     `progress(done, total)` follows the figures (see `render_figures`)."""
     folder = Path(folder)
     overview = ("overview", overview_figure, folder / OVERVIEW, OVERVIEW_DPI)  # drawn with the figures
-    figures = render_figures(result, folder / "figures", progress, extra=[overview])
-    (folder / "metrics.json").write_text(result.to_json(indent=2) + "\n", encoding="utf-8")
-    written = result.save_tables(folder / "tables")
-    if result.findings:
-        csv_safe(result.findings_frame()).to_csv(folder / "tables" / "findings.csv", index=False)
+    written: list[Path] = []
+
+    def data_files() -> None:  # while a figure helper process draws its last figures (if there is one)
+        (folder / "metrics.json").write_text(result.to_json(indent=2) + "\n", encoding="utf-8")
+        written.extend(result.save_tables(folder / "tables"))
+        if result.findings:
+            csv_safe(result.findings_frame()).to_csv(folder / "tables" / "findings.csv", index=False)
+
+    figures = render_figures(result, folder / "figures", progress, extra=[overview], meanwhile=data_files)
     report = get_report_structure(
         result,
         {name: f"figures/{file}" for name, file in figures.items()},

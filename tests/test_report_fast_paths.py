@@ -28,7 +28,15 @@ from mmoe_inspect.datasets import make_recsys, recsys_features, recsys_tasks
 from mmoe_inspect.models import ModelConfig, build_model
 from mmoe_inspect.reports import figures as figures_module
 from mmoe_inspect.reports import render_figures
-from mmoe_inspect.reports._render import can_fork_helper, figure_workers
+from mmoe_inspect.reports._render import (
+    CpuSample,
+    can_fork_helper,
+    cpu_sample,
+    forced_workers,
+    free_cpus,
+    helper_pays_off,
+    parse_cpu_sample,
+)
 from mmoe_inspect.reports._style import save_png, save_png_savefig
 from mmoe_inspect.reports.figures import FigureSpec, all_figures
 from mmoe_inspect.reports.overview import OVERVIEW_DPI, overview_figure
@@ -218,14 +226,159 @@ def test_gauss_legendre_steps_are_captums(n_steps: int) -> None:
     assert gauss_legendre(n_steps) == (step_sizes(n_steps), alphas(n_steps))
 
 
-def test_figure_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_figure_workers_env_decides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMOE_INSPECT_FIGURE_WORKERS", "1")
-    assert figure_workers() == 1
+    assert forced_workers() == 1
     monkeypatch.setenv("MMOE_INSPECT_FIGURE_WORKERS", "2")
-    assert figure_workers() == (2 if can_fork_helper() else 1)
+    assert forced_workers() == (2 if can_fork_helper() else 1)
     monkeypatch.delenv("MMOE_INSPECT_FIGURE_WORKERS")
-    cpus = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 3.0, 0.0, 0.0))  # every CPU busy: one process
-    assert figure_workers() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # idle machine
-    assert figure_workers() == (2 if can_fork_helper() else 1)
+    assert forced_workers() is None  # measured
+
+
+def _proc_stat(cpu0: tuple[int, ...], cpu1: tuple[int, ...]) -> str:
+    """/proc/stat as Linux writes it: user nice system idle iowait irq softirq steal guest guest_nice."""
+    line = " ".join
+    total = tuple(a + b for a, b in zip(cpu0, cpu1, strict=True))
+    return (
+        f"cpu  {line(map(str, total))}\ncpu0 {line(map(str, cpu0))}\ncpu1 {line(map(str, cpu1))}\n"
+        "intr 15406709 0 0 0\nctxt 123\nbtime 1700000000\nprocesses 14000\n"
+    )
+
+
+def _self_stat(utime: int, stime: int) -> str:
+    """/proc/self/stat: pid (comm) state ... utime and stime are fields 14 and 15; comm may hold spaces."""
+    return f"4242 (python x) S 1 4242 4242 0 -1 4194304 100 0 0 0 {utime} {stime} 0 0 20 0 3 0 77 1 1 1\n"
+
+
+def _sample(cpu0, cpu1, own: int):
+    return parse_cpu_sample(_proc_stat(cpu0, cpu1), _self_stat(own, 0), {0, 1})
+
+
+def test_cpu_samples_parse_proc_stat() -> None:
+    got = parse_cpu_sample(
+        _proc_stat((10, 1, 5, 100, 4, 0, 2, 3, 7, 0), (20, 0, 5, 50, 0, 1, 0, 0, 0, 0)),
+        _self_stat(30, 12),
+        {0, 1},
+    )
+    # busy: everything but idle and iowait, guest not counted twice (it is in user already)
+    assert got == CpuSample(busy=(10 + 1 + 5 + 2 + 3) + (20 + 5 + 1), total=125 + 76, own=42, cpus=2)
+    only_cpu1 = parse_cpu_sample(_proc_stat((10,) * 8, (20, 0, 5, 50, 0, 1, 0, 0)), _self_stat(1, 1), {1})
+    assert only_cpu1 == CpuSample(busy=26, total=76, own=2, cpus=1)  # this process's affinity only
+    assert (
+        parse_cpu_sample(_proc_stat((1,) * 8, (1,) * 8), _self_stat(1, 1), {0, 1, 2}) is None
+    )  # CPU 2 unlisted
+    assert parse_cpu_sample("cpu0 a b c\n", _self_stat(1, 1), {0}) is None
+    assert parse_cpu_sample(_proc_stat((1,) * 8, (1,) * 8), "4242 (x) S 1", {0, 1}) is None
+
+
+# two samples 10 ticks (100 ms) apart on a 2-CPU machine: (user, nice, system, idle, iowait, irq, softirq, steal)
+T0 = ((1000, 0, 100, 5000, 10, 0, 5, 0), (2000, 0, 200, 4000, 20, 0, 5, 0))
+
+
+def _after(busy0: int, busy1: int, iowait1: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    a, b = T0
+    return (
+        (a[0] + busy0, a[1], a[2], a[3] + 10 - busy0, a[4], a[5], a[6], a[7]),
+        (b[0] + busy1, b[1], b[2], b[3] + 10 - busy1 - iowait1, b[4] + iowait1, b[5], b[6], b[7]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("busy0", "busy1", "own", "iowait1", "free", "pays"),
+    [
+        (10, 0, 10, 0, 2.0, True),  # this process draws on one CPU, the other idle: fork
+        (10, 1, 10, 0, 1.9, True),  # a little noise on the other CPU
+        (10, 0, 10, 6, 2.0, True),  # waiting for the disk is idle
+        (10, 10, 10, 0, 1.0, False),  # another job takes the other CPU: one process
+        (10, 6, 10, 0, 1.4, False),  # the other CPU mostly taken
+        (10, 4, 10, 0, 1.6, True),
+        (10, 10, 20, 0, 1.0, False),  # our own other threads (torch spinning) take it: they count as busy
+        (10, 10, 0, 0, 0.0, False),  # both CPUs taken by others
+    ],
+)
+def test_helper_pays_off_when_a_cpu_is_free_now(busy0, busy1, own, iowait1, free, pays) -> None:
+    before = _sample(*T0, own=500)
+    after = _sample(*_after(busy0, busy1, iowait1), own=500 + own)
+    assert free_cpus(before, after) == pytest.approx(free)
+    assert helper_pays_off(before, after) is pays
+
+
+def test_no_helper_without_samples() -> None:
+    s = _sample(*T0, own=5)
+    assert not helper_pays_off(None, s) and not helper_pays_off(s, None)
+    assert free_cpus(s, s) == 0.0  # no time passed: nothing known
+    assert cpu_sample() is None or cpu_sample().cpus == len(os.sched_getaffinity(0))
+
+
+@two_cpus
+@pytest.mark.parametrize("idle", [True, False])
+def test_helper_forks_only_when_the_cpus_were_free(
+    result, serial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idle: bool
+) -> None:
+    """The window's samples decide (here fabricated): a free CPU gets a helper after the first figure, a
+    busy machine none; the files are the serial ones either way."""
+    from mmoe_inspect.reports import _render
+
+    monkeypatch.delenv("MMOE_INSPECT_FIGURE_WORKERS", raising=False)
+    samples = iter([_sample(*T0, own=0), _sample(*_after(10, 0 if idle else 10), own=10)])
+    monkeypatch.setattr(_render, "cpu_sample", lambda: next(samples))
+    parent, pids = os.getpid(), tmp_path / "pids"
+    pids.mkdir()
+
+    def wrap(name, draw):
+        def recorded(res):
+            (pids / name).write_text(str(os.getpid()))
+            return draw(res)
+
+        return recorded
+
+    specs = {n: replace(s, draw=wrap(n, s.draw)) for n, s in figures_module.FIGURES.items()}
+    monkeypatch.setattr(figures_module, "FIGURES", specs)
+    written = render_figures(result, tmp_path / "figs")
+    assert written == serial[0] and _files(tmp_path / "figs") == serial[1]
+    who = {p.name: int(p.read_text()) for p in pids.iterdir()}
+    assert who[figures_module.OPENER] == parent  # drawn here while the CPUs were measured
+    helped = {n for n, pid in who.items() if pid != parent}
+    assert bool(helped) is idle, helped
+    assert next(samples, None) is None  # measured once: before and after the first figure
+
+
+def test_drawing_order_opens_short_then_slowest_first() -> None:
+    keys = ["task_outputs", "training_loss", "overview", "effective_experts", "weight_distributions"]
+    order = figures_module.drawing_order(keys)
+    assert order[0] == figures_module.OPENER
+    assert order[1:] == ["weight_distributions", "overview", "task_outputs", "training_loss"]
+    assert set(figures_module.FIGURE_SECONDS) <= set(all_figures()) | {"overview"}
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=two_cpus)])
+def test_meanwhile_runs_once_beside_the_figures(result, serial, tmp_path: Path, workers: int) -> None:
+    """The caller's other work (`write_report`'s tables and metrics.json) runs once, in this process,
+    on one process as on two; the figures are the serial ones."""
+    calls: list[int] = []
+    written = render_figures(
+        result, tmp_path / "f", workers=workers, meanwhile=lambda: calls.append(os.getpid())
+    )
+    assert calls == [os.getpid()]
+    assert written == serial[0] and _files(tmp_path / "f") == serial[1]
+
+
+@two_cpus
+def test_no_helper_in_a_process_group(tmp_path: Path) -> None:
+    """A rank of a torch.distributed group (torchrun's rank 0 writes the report) forks no helper: its
+    communication threads and sockets would be copied into the fork."""
+    import torch.distributed as dist
+
+    from mmoe_inspect.reports._render import render_all
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert not can_fork_helper()
+        pids: list[int] = []
+        jobs = [(f"j{i}", lambda _r: pids.append(os.getpid()), tmp_path / f"{i}.png", 50) for i in range(6)]
+        render_all(None, jobs, workers=2)
+        assert pids == [os.getpid()] * 6  # all drawn here
+    finally:
+        dist.destroy_process_group()
+    assert can_fork_helper()
