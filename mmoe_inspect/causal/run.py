@@ -399,6 +399,7 @@ class CausalPlan:
         if stream is not None:
             ev = stream.finish(threads=self.ranking_threads)
             spilled = stream.spilled_bytes
+            ranked_on = stream.threads_used
             notes += nonfinite_notes(topo.tasks, self.dropped, [ev.n_labelled(t.name) for t in topo.tasks])
             if collected.n_rows < collected.n_read:
                 notes.append(
@@ -418,7 +419,7 @@ class CausalPlan:
                 ci=a["ci"],
                 intervals=intervals,
             )
-            spilled = 0
+            spilled, ranked_on = 0, 0
         shown(collected.n_read)
         shown.finish()
         sparse = set(sparse_tasks(ev, sparse_threshold))
@@ -513,6 +514,7 @@ class CausalPlan:
                 "bytes_per_row": self.per_row,
                 "rows_cap": self.rows_cap,
                 "spilled_bytes": spilled,
+                "ranking_threads": ranked_on,
                 "prediction_rows": a["prediction_rows"] if stream is not None else None,
                 "batch_size": a["batch_size"],
                 "mean_gate_rows": a["mean_gate_rows"],

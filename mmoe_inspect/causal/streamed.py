@@ -65,6 +65,20 @@ bound: one set's ranking (`RANKING_BYTES_PER_ROW`) and the reference's int32 dou
 measured)."""
 
 
+RANKING_PARALLEL_BYTES = 128 * 2**20
+"""Memory the extra ranking threads may hold together (`ranking_threads`). A ranking thread of its own keeps
+its freed arrays in a malloc arena of its own, about 70 bytes a row resident (measured: two threads held
+137 bytes a row on 4M rows, one thread 53-64), so beyond this the sets are ranked on fewer threads: the
+evaluation's memory stops growing with the threads at the rows where it would grow most."""
+
+
+def ranking_threads(threads: int, rows: int) -> int:
+    """Threads that rank the sets of `rows` labelled rows: at most `threads`, and extra ones only while
+    together they hold at most `RANKING_PARALLEL_BYTES` (`EVAL_BYTES_PER_ROW` each)."""
+    extra = RANKING_PARALLEL_BYTES // max(1, rows * EVAL_BYTES_PER_ROW)
+    return max(1, min(threads, 1 + extra))
+
+
 class SpillError(MmoeInspectError, RuntimeError):
     """The spilled AUC scores could not be written or read back (disk full, folder not writable)."""
 
@@ -173,6 +187,7 @@ class EvaluationStream:
         self._files: dict[str, tuple[BinaryIO]] = {}  # task -> its scores' spill file
         self._blocks: dict[str, list[tuple[int, int, int]]] = {}  # task -> (byte offset, rows, positives)
         self.spilled_bytes = 0
+        self.threads_used = 0  # ranking threads `finish` used
 
     def check_room(self, rows: int | None) -> None:
         """Raise `SpillError` before the pass when `rows` rows would spill more than the free space of the
@@ -281,11 +296,13 @@ class EvaluationStream:
     def finish(self, threads: int = 1) -> StreamedEvaluation:
         """Rank the spilled scores task by task: the reference first, then every other set paired with it,
         on up to `threads` threads (the sorts release the GIL; each thread holds one set's ranking,
-        about `RANKING_BYTES_PER_ROW` bytes a row). On one thread everything runs in the caller: a worker
-        thread's allocations go to a malloc arena of its own, and two arenas keep two rankings resident."""
+        about `RANKING_BYTES_PER_ROW` bytes a row; fewer on many rows, see `ranking_threads`). On one thread
+        everything runs in the caller: a worker thread's allocations go to a malloc arena of its own, and two
+        arenas keep two rankings resident."""
         auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)
         for (f,) in self._files.values():
             f.flush()
+        threads = self.threads_used = ranking_threads(threads, int(self.n_labelled.max(initial=0)))
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads)) if threads > 1 else None
 
