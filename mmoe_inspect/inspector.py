@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._memory import release_free_memory
 from ._validate import check_number
 from .analysis._self_change import mark_self_change
 from .analysis.findings import Thresholds, diagnose, routing_findings
@@ -202,6 +203,7 @@ def inspect(
         )
         if rider is not None:
             rider.close()  # its hooks: the attributions' forwards are not the recording's
+        release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
         if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
             return result
         if attribution_opts is not None:

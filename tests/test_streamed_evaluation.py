@@ -268,6 +268,6 @@ def test_ranking_threads_shrink_on_many_rows() -> None:
 
     assert ranking_threads(1, 10) == 1 and ranking_threads(0, 10) == 1
     assert ranking_threads(2, 1_000_000) == 2 and ranking_threads(8, 1_000) == 8
-    assert ranking_threads(2, 4_000_000) == 1  # 4M rows: one thread, in the caller
+    assert ranking_threads(2, 4_000_000) == 2 and ranking_threads(2, 16_000_000) == 1  # then in the caller
     edge = RANKING_PARALLEL_BYTES // EVAL_BYTES_PER_ROW
     assert ranking_threads(2, edge) == 2 and ranking_threads(2, edge + 1) == 1

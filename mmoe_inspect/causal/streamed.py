@@ -65,11 +65,11 @@ bound: one set's ranking (`RANKING_BYTES_PER_ROW`) and the reference's int32 dou
 measured)."""
 
 
-RANKING_PARALLEL_BYTES = 128 * 2**20
+RANKING_PARALLEL_BYTES = 512 * 2**20
 """Memory the extra ranking threads may hold together (`ranking_threads`). A ranking thread of its own keeps
 its freed arrays in a malloc arena of its own, about 70 bytes a row resident (measured: two threads held
-137 bytes a row on 4M rows, one thread 53-64), so beyond this the sets are ranked on fewer threads: the
-evaluation's memory stops growing with the threads at the rows where it would grow most."""
+137 bytes a row on 4M rows, one thread 53-64), so beyond this (two threads up to about 8M rows) the sets
+are ranked on fewer threads: the extra threads' memory stops growing with the rows."""
 
 
 def ranking_threads(threads: int, rows: int) -> int:
