@@ -140,7 +140,10 @@ class TaskOutputStats(SummaryMetric):
         super()._sync_dist(*args, **kwargs)
 
     def _compact(self) -> None:
-        rows, bits = compact_scores(_rows_of(self.score_counts), int(self.score_bits), self.max_auc_values)
+        parts, self.score_counts = self.score_counts, []
+        rows = _rows_of(parts)
+        del parts  # the parts go once concatenated: the compaction's peak is one copy of the rows less
+        rows, bits = compact_scores(rows, int(self.score_bits), self.max_auc_values)
         self.score_counts = [rows]
         self.score_bits = torch.tensor(bits, dtype=torch.int64, device=rows.device)
         self._pending = 0
@@ -202,7 +205,10 @@ def compact_scores(rows: torch.Tensor, bits: int, max_values: int) -> tuple[torc
     When a task keeps more than `max_values` distinct values, the values are truncated to fewer
     mantissa bits (4 at a time) until it does not; returns the rows and the bits in force.
     """
-    rows = rows[(rows[:, 2] + rows[:, 3]) > 0]
+    weighed = (rows[:, 2] + rows[:, 3]) > 0
+    if not bool(weighed.all()):  # (a copy of every row only when some weigh 0: unlabelled rows)
+        rows = rows[weighed]
+    del weighed
     if bits < _FULL_BITS:
         rows = torch.cat([rows[:, :1], truncate_mantissa(rows[:, 1:2], bits), rows[:, 2:]], 1)
     while True:
