@@ -25,6 +25,7 @@ from mmoe_inspect.analysis.tables import (
     task_table,
 )
 from mmoe_inspect.binding import task_predictions
+from mmoe_inspect.data.call import input_rows
 from mmoe_inspect.device import host, model_device, to_device
 from mmoe_inspect.distributed import DistContext, configure_sync, sync_options
 from mmoe_inspect.recording.recorder import GateRecorder, checked_forward
@@ -252,7 +253,7 @@ class RoutingPass:
         `range_start` the first row when the batch is consecutive rows (a faster sample lookup)."""
         rec = self._recorder
         if row_index is None:
-            row_index = torch.arange(self.n_rows, self.n_rows + _rows_of(x), dtype=torch.int64)
+            row_index = torch.arange(self.n_rows, self.n_rows + input_rows(x), dtype=torch.int64)
             range_start = self.n_rows
         x = to_device(x, self.device)
         sampled = self._sample.take(row_index, range_start) if self._sample is not None else None
@@ -277,19 +278,6 @@ class RoutingPass:
         )
         self.n_rows += b
         return out
-
-
-def _rows_of(x: Any) -> int:
-    """Rows of a model input: the first dimension of its first tensor."""
-    if isinstance(x, torch.Tensor):
-        return int(x.shape[0])
-    values = x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else ()
-    for v in values:
-        try:
-            return _rows_of(v)
-        except ValueError:
-            continue
-    raise ValueError("cannot tell the number of rows of the model input: pass row_index=")
 
 
 def _column_picker(cols: Sequence[int], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:

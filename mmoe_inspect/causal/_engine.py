@@ -40,7 +40,7 @@ from mmoe_inspect.causal.interventions import (
     repeat_rows,
 )
 from mmoe_inspect.causal.remix import Remixer, remix_applies
-from mmoe_inspect.data.call import call_model
+from mmoe_inspect.data.call import call_model, input_rows
 from mmoe_inspect.data.sources import TableSource, check_features
 from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.progress import Stage
@@ -410,7 +410,10 @@ def remix_runner(
     unique = _unique(variants)
     if not unique or remix_applies(model, topology) is not None:
         return None
-    b = _rows(example)
+    try:
+        b = input_rows(example)
+    except ValueError as exc:
+        raise InterventionError(str(exc)) from None
     iv = GateIntervention(model, topology, dedupe=True)
     runner = _Runner(model, topology, unique, "cached", max_stack_rows, iv, True)
     try:
@@ -458,21 +461,6 @@ class IntactTaps(HookSession):
 
     def _closing(self) -> None:
         self.last = {}
-
-
-def _rows(x: Any) -> int:
-    """Rows of a model input: the first dimension of its first tensor."""
-    found: list[int] = []
-
-    def see(t: Tensor) -> Tensor:
-        if t.dim():
-            found.append(int(t.shape[0]))
-        return t
-
-    map_tensors(x, see)
-    if not found:
-        raise InterventionError("the model input holds no batched tensor")
-    return found[0]
 
 
 class Collector:

@@ -22,6 +22,20 @@ def call_model(model: nn.Module, x: Any) -> Any:
     return model(x)
 
 
+def input_rows(x: Any) -> int:
+    """Rows of a model input: the first dimension of its first tensor (of a dict's values, a list's or a
+    tuple's items, depth first); a ValueError when it holds no tensor with a dimension."""
+    if isinstance(x, torch.Tensor) and x.dim():
+        return int(x.shape[0])
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else ()
+    for v in values:
+        try:
+            return input_rows(v)
+        except ValueError:
+            continue
+    raise ValueError("cannot tell the number of rows of the model input: pass row_index=")
+
+
 def is_two_class(t: Any, batch: int) -> bool:
     """A two-class distribution per row `[batch, 2]` (PaddleRec's census towers): column 1 is P(positive)."""
     if not (
