@@ -492,3 +492,21 @@ def test_topology_command_names_the_binding(script, tmp_path, monkeypatch) -> No
     assert "note: input binding for FuxiStyle" in text and "a dict {column: tensor} of 4 columns" in text
     assert "click_pred -> is_click" in text
     assert text.count("gate") >= 2
+
+
+def test_labels_of_the_wrong_type_are_one_clear_error(tmp_path) -> None:
+    """`LoadedModel.inspect(labels=False)` (`inspect()` takes a bool there) is one line naming the forms it takes,
+    not an AttributeError from deep in the parser."""
+    from mmoe_inspect.checkpoint import save_checkpoint
+    from mmoe_inspect.data.inputs import parse_labels
+    from mmoe_inspect.models import MMoE
+
+    assert parse_labels("click=is_click, buy = is_buy") == {"click": "is_click", "buy": "is_buy"}
+    for bad in (False, True, 3):
+        with pytest.raises(InputMappingError, match=r"task=column.*mapping, not"):
+            parse_labels(bad)  # type: ignore[arg-type]
+    model = MMoE(4, ("click", "buy"), n_experts=2, expert_hidden=(4,), tower_hidden=(2,))
+    loaded = load_model(save_checkpoint(tmp_path / "m.pt", model))
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(64, 4)), columns=[f"x{i}" for i in range(4)])
+    with pytest.raises(InputMappingError, match="not bool False"):
+        loaded.inspect(frame, labels=False)  # type: ignore[arg-type]

@@ -212,6 +212,11 @@ def parse_labels(value: str | Mapping[str, str] | None) -> dict[str, str] | None
         return None
     if isinstance(value, Mapping):
         return {str(k): str(v) for k, v in value.items()}
+    if not isinstance(value, str):
+        raise InputMappingError(
+            f"labels must be 'task=column,task=column' or a {{task: column}} mapping, not {type(value).__name__} "
+            f"{value!r}"
+        )
     out: dict[str, str] = {}
     for part in value.split(","):
         task, sep, column = (p.strip() for p in part.partition("="))
