@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from .results import InspectionResult
 from .routing_pass import RoutingPass, RoutingStats
 from .stats import ExpertStats
 from .topology.spec import Topology
+
+if TYPE_CHECKING:
+    from .causal._engine import Collector
 
 __all__ = ["InspectConfig", "inspect"]
 
@@ -198,7 +201,7 @@ def inspect(
                 reporter, f"{RECORDING} {shown}", expected_rows(binding.source, cfg.sample, cfg.max_rows)
             ),
             dist=dist_ctx,
-            ride=None if rider is None else functools.partial(rider.step, input_fn=binding.input_fn),
+            ride=None if rider is None else _ride(rider, binding, analyses),
             ride_columns=None if rider is None else _ride_columns(binding, analyses),
         )
         if rider is not None:
@@ -213,6 +216,21 @@ def inspect(
         elif causal_opts is not None:
             run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
     return result
+
+
+def _ride(
+    rider: Collector, binding: Binding, analyses: CausalAnalyses | None
+) -> Callable[[pd.DataFrame, Any, np.ndarray | None], None]:
+    """The recording pass's call of the riding causal pass: each batch's rows, model input and, when both
+    passes read the same label columns in the same order, the labels the recording pass read."""
+    assert analyses is not None and analyses.plan is not None
+    ours = [t.label_column for t in binding.topology.tasks]
+    same = ours == [t.label_column for t in analyses.plan.topo.tasks]
+
+    def ride(frame: pd.DataFrame, x: Any, labels: np.ndarray | None) -> None:
+        rider.step(frame, x, binding.input_fn, labels if same else None)
+
+    return ride
 
 
 def _ride_columns(binding: Binding, analyses: CausalAnalyses | None) -> list[str] | None:
@@ -232,14 +250,14 @@ def record(
     model_name: str,
     progress: Stage | None = None,
     dist: DistContext | None = None,
-    ride: Callable[[pd.DataFrame, Any], None] | None = None,
+    ride: Callable[[pd.DataFrame, Any, np.ndarray | None], None] | None = None,
     ride_columns: Sequence[str] | None = (),
 ) -> InspectionResult:
     """The recording pass over `binding`'s rows, diagnosed: an `InspectionResult` without causal analyses.
 
     With `dist`, each rank records its shard and the statistics are combined across ranks. `ride(frame,
-    x)` sees every batch after its forward (its rows and model input: another analysis's data pass riding
-    along this one), reading `ride_columns` (None: every column; `()`: only the recording's); its time is
+    x, labels)` sees every batch after its forward (its rows, model input and the `[b, T]` labels read for
+    the binding's tasks, None when unlabelled: another analysis's data pass riding along this one), reading `ride_columns` (None: every column; `()`: only the recording's); its time is
     kept apart (`meta["ride_seconds"]`, not in `record_seconds`)."""
     source, topo = binding.source, binding.topology
     device = model_device(model)
@@ -290,7 +308,8 @@ def record(
         for frame in frames:
             binding.check(frame)
             index = frame.index
-            labels = torch.from_numpy(read_labels(frame, tasks, source.name)) if binding.labelled else None
+            read = read_labels(frame, tasks, source.name) if binding.labelled else None
+            labels = torch.from_numpy(read) if read is not None else None
             x = binding.input_fn(frame)
             rp.step(
                 x,
@@ -300,7 +319,7 @@ def record(
             )
             if ride is not None:
                 t0 = time.perf_counter()
-                ride(frame, x)
+                ride(frame, x, read)
                 ride_s += time.perf_counter() - t0
             n_rows += len(frame)
             if progress is not None:

@@ -494,9 +494,8 @@ class Collector:
         self.keep = None if keep_rows is None else max(0, keep_rows)
         self.limit = limit
         self.device = device = model_device(runner.model)
-        self.preds_parts: list[
-            Tensor
-        ] = []  # on the model's device until the pass ends: no per-batch host copy
+        # on the model's device until the pass ends: no per-batch host copy
+        self.preds_parts: list[Tensor] = []
         self.base_parts: dict[str, list[np.ndarray]] = {bl.name: [] for bl in baselines}
         self.label_parts: list[np.ndarray] = []
         self.index_parts: list[np.ndarray] = []
@@ -512,9 +511,13 @@ class Collector:
         """True once `limit` rows were taken (later batches are ignored)."""
         return self.limit is not None and self.done >= self.limit
 
-    def step(self, frame: pd.DataFrame, x: Any, input_fn: InputFn | None = None) -> None:
-        """One batch: `frame` its rows, `x` the model input built from them (moved to the model's device). Rows past
-        `limit` are dropped; when that cuts the batch, `input_fn` rebuilds `x` from the rows kept."""
+    def step(
+        self, frame: pd.DataFrame, x: Any, input_fn: InputFn | None = None, labels: np.ndarray | None = None
+    ) -> None:
+        """One batch: `frame` its rows, `x` the model input built from them (moved to the model's device),
+        `labels` `[b, T]` as `read_labels` gives them for this collector's tasks when the caller has read them
+        (else they are read here). Rows past `limit` are dropped; when that cuts the batch, `input_fn`
+        rebuilds `x` from the rows kept."""
         if self.full:
             self.close()
             return
@@ -530,7 +533,7 @@ class Collector:
         b = len(frame)
         taps = self.taps.take(full_rows, b) if self.taps is not None else None
         out, captured = self.runner.run(x, b, taps)
-        labels = read_labels(frame, tasks, self.source)
+        labels = read_labels(frame, tasks, self.source) if labels is None else labels[:b]
         base = [_baseline_batch(bl, frame, tasks) for bl in self.baselines]
         kept = b if self.keep is None else max(0, min(b, self.keep - self.done))
         if self.on_predictions is not None:
