@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmoe_inspect.stats.outputs import _group, compact_scores, exact_auc
+from mmoe_inspect.stats.outputs import _group, compact_scores, exact_auc, merge_compacted
 
 
 def reference(rows: torch.Tensor) -> torch.Tensor:
@@ -64,3 +64,57 @@ def test_compaction_in_pieces_gives_the_auc_of_all_rows() -> None:
     assert bits == 53 and torch.equal(once, twice)
     auc = exact_auc(once, 3)
     assert auc[1].isnan() and not auc[0].isnan() and not auc[2].isnan()
+
+
+@pytest.mark.parametrize("kind", ["fresh", "ties", "extremes"])
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_merging_compacted_rows_equals_grouping_them_together(kind: str, tasks: int) -> None:
+    """`merge_compacted` of two compacted row sets gives `_group` of both, bit for bit (each group keeps
+    the first value: -0.0 of the kept rows stays -0.0), also when a task is on one side only."""
+    rows = rows_of(900, tasks, kind, seed=11 + tasks)
+    rows = rows[(rows[:, 2] + rows[:, 3]) > 0]
+    for cut in (0, 1, 300, rows.shape[0]):
+        kept, new = _group(rows[:cut]), _group(rows[cut:])
+        if tasks == 3:  # task 1 only among the kept rows, task 2 only among the new ones
+            kept, new = kept[kept[:, 0] != 2], new[new[:, 0] != 1]
+            want = _group(torch.cat([kept, new]))
+        else:
+            want = _group(rows)
+        got = merge_compacted(kept, new)
+        assert torch.equal(got, want)
+        assert torch.equal(torch.signbit(got[:, 1]), torch.signbit(want[:, 1]))
+
+
+@pytest.mark.parametrize("kind", ["fresh", "ties"])
+def test_streamed_compactions_keep_the_rows_of_one_compaction(kind: str) -> None:
+    """`TaskOutputStats` compacting as rows stream in (each compaction merges the new rows into the
+    kept ones) holds the same rows as one compaction of everything, and the same AUC as scikit-learn;
+    unlabelled rows (NaN labels) weigh nothing."""
+    from sklearn.metrics import roc_auc_score
+
+    from mmoe_inspect.stats.outputs import TaskOutputStats, compact_state
+
+    gen = torch.Generator().manual_seed(3)
+    n, b = 300_000, 4096
+    p = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    if kind == "ties":
+        p = (p * 5000).floor() / 5000
+    y = (torch.rand(n, 2, generator=gen) < 0.1).double()
+    y[::13, 1] = float("nan")
+    stats = TaskOutputStats(["binary", "binary"])
+    compactions = 0
+    for lo in range(0, n, b):
+        before = len(stats.score_counts)
+        stats.update(p[lo : lo + b], y[lo : lo + b])
+        compactions += len(stats.score_counts) < before
+    assert compactions >= 3  # the merge path ran (each later compaction merges into a compacted head)
+    rows, bits = compact_state(list(stats.score_counts), 53, 1 << 20)
+    ok = ~y.isnan()
+    task = torch.arange(2, dtype=torch.float64).expand_as(p)
+    all_rows = torch.stack([task[ok], p[ok], (y[ok] > 0.5).double(), (y[ok] <= 0.5).double()], -1)
+    want, _ = compact_scores(all_rows, 53, 1 << 20)
+    assert bits == 53 and torch.equal(rows, want)
+    auc = stats.compute().auc
+    for t in range(2):
+        m = ok[:, t]
+        assert abs(float(auc[t]) - roc_auc_score(y[m, t].numpy(), p[m, t].numpy())) < 1e-12

@@ -262,12 +262,16 @@ def test_one_thread_ranks_in_the_caller_and_frees_memory(monkeypatch) -> None:
 
 
 def test_ranking_threads_shrink_on_many_rows() -> None:
-    """Extra ranking threads hold about EVAL_BYTES_PER_ROW a row each: beyond RANKING_PARALLEL_BYTES the sets
-    are ranked on fewer threads, whatever torch's thread count."""
-    from mmoe_inspect.causal.streamed import EVAL_BYTES_PER_ROW, RANKING_PARALLEL_BYTES, ranking_threads
+    """Extra ranking threads hold about EXTRA_THREAD_BYTES_PER_ROW a row each: beyond RANKING_PARALLEL_BYTES
+    the sets are ranked on fewer threads, whatever torch's thread count."""
+    from mmoe_inspect.causal.streamed import (
+        EXTRA_THREAD_BYTES_PER_ROW,
+        RANKING_PARALLEL_BYTES,
+        ranking_threads,
+    )
 
     assert ranking_threads(1, 10) == 1 and ranking_threads(0, 10) == 1
     assert ranking_threads(2, 1_000_000) == 2 and ranking_threads(8, 1_000) == 8
-    assert ranking_threads(2, 4_000_000) == 2 and ranking_threads(2, 16_000_000) == 1  # then in the caller
-    edge = RANKING_PARALLEL_BYTES // EVAL_BYTES_PER_ROW
+    assert ranking_threads(2, 4_000_000) == 1 and ranking_threads(2, 16_000_000) == 1  # then in the caller
+    edge = RANKING_PARALLEL_BYTES // EXTRA_THREAD_BYTES_PER_ROW
     assert ranking_threads(2, edge) == 2 and ranking_threads(2, edge + 1) == 1

@@ -47,6 +47,7 @@ from mmoe_inspect.topology.spec import TaskSpec
 
 __all__ = [
     "EVAL_BYTES_PER_ROW",
+    "EXTRA_THREAD_BYTES_PER_ROW",
     "RANKING_BYTES_PER_ROW",
     "EvaluationStream",
     "LossMoments",
@@ -65,17 +66,22 @@ bound: one set's ranking (`RANKING_BYTES_PER_ROW`) and the reference's int32 dou
 measured)."""
 
 
-RANKING_PARALLEL_BYTES = 512 * 2**20
-"""Memory the extra ranking threads may hold together (`ranking_threads`). A ranking thread of its own keeps
-its freed arrays in a malloc arena of its own, about 70 bytes a row resident (measured: two threads held
-137 bytes a row on 4M rows, one thread 53-64), so beyond this (two threads up to about 8M rows) the sets
-are ranked on fewer threads: the extra threads' memory stops growing with the rows."""
+RANKING_PARALLEL_BYTES = 128 * 2**20
+"""Memory the extra ranking threads may hold together (`ranking_threads`): a constant, so that the peak RSS
+of a large evaluation does not grow with the rows through them (measured on 4M rows: the two-thread ranking's
+peak was 1.34x that of 1M rows, one thread's 1.17x)."""
+
+EXTRA_THREAD_BYTES_PER_ROW = 128
+"""Resident memory per labelled row that one more ranking thread adds, an upper bound: its own ranking
+(`RANKING_BYTES_PER_ROW`) and the freed arrays its malloc arena keeps between rankings (measured on 4M rows:
+two threads held 137-179 bytes a row, one thread 53-64)."""
 
 
 def ranking_threads(threads: int, rows: int) -> int:
     """Threads that rank the sets of `rows` labelled rows: at most `threads`, and extra ones only while
-    together they hold at most `RANKING_PARALLEL_BYTES` (`EVAL_BYTES_PER_ROW` each)."""
-    extra = RANKING_PARALLEL_BYTES // max(1, rows * EVAL_BYTES_PER_ROW)
+    together they hold at most `RANKING_PARALLEL_BYTES` (`EXTRA_THREAD_BYTES_PER_ROW` each): two threads up
+    to about 1M rows, then one (the caller)."""
+    extra = RANKING_PARALLEL_BYTES // max(1, rows * EXTRA_THREAD_BYTES_PER_ROW)
     return max(1, min(threads, 1 + extra))
 
 

@@ -6,6 +6,10 @@ the AUC of any merge of shards equals scikit-learn's `roc_auc_score` on all thei
 half). Memory is one 32-byte row per distinct value, at most `max_auc_values` per task; beyond that
 the values are truncated to fewer mantissa bits (ties are created, never reordered) and the summary
 says the AUC is no longer exact (`auc_exact`).
+
+A compaction sorts only the rows that arrived since the last one and merges them into the kept,
+already sorted rows (`merge_compacted`): its memory beyond the state is that of the new rows, not of
+kept and new rows sorted together (which grew the peak RSS with the rows, up to the cap).
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class TaskOutputStats(SummaryMetric):
         self.score_counts.append(rows)
         self._pending += rows.shape[0]
         kept = sum(r.shape[0] for r in self.score_counts) - self._pending
-        if self._pending >= max(kept, 1 << 16):
+        if self._pending >= max(kept // 2, 1 << 16):
             self._compact()
 
     def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
@@ -141,9 +145,7 @@ class TaskOutputStats(SummaryMetric):
 
     def _compact(self) -> None:
         parts, self.score_counts = self.score_counts, []
-        rows = _rows_of(parts)
-        del parts  # the parts go once concatenated: the compaction's peak is one copy of the rows less
-        rows, bits = compact_scores(rows, int(self.score_bits), self.max_auc_values)
+        rows, bits = compact_state(parts, int(self.score_bits), self.max_auc_values)  # (empties `parts`)
         self.score_counts = [rows]
         self.score_bits = torch.tensor(bits, dtype=torch.int64, device=rows.device)
         self._pending = 0
@@ -154,8 +156,10 @@ class TaskOutputStats(SummaryMetric):
         var = (self.sumsq / n - mean**2).clamp_min(0)
         nl = self.n_lab.clamp_min(1)
         binary = self._binary.to(self.n.device)
-        bits = int(self.score_bits)
-        rows, bits = compact_scores(_rows_of(self.score_counts), bits, self.max_auc_values)
+        state = self.score_counts
+        rows, bits = compact_state(
+            list(state) if isinstance(state, list) else [state], int(self.score_bits), self.max_auc_values
+        )
         auc = exact_auc(rows, len(self.kinds)).to(self.n.device)
         return TaskOutputSummary(
             n=self.n.clone(),
@@ -187,6 +191,84 @@ def _rows_of(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     if not state:
         return torch.zeros(0, 4, dtype=torch.float64)
     return torch.cat([r.reshape(-1, 4) for r in state])
+
+
+def compact_state(parts: list[torch.Tensor], bits: int, max_values: int) -> tuple[torch.Tensor, int]:
+    """`compact_scores` of the rows of a score-count state's `parts` (the list is emptied as they are used).
+
+    When the first part is already compacted (sorted by task then value, one row per key, the values
+    untruncated), only the other parts are compacted, and then merged into it (`merge_compacted`): the
+    same rows as compacting everything at once, with the memory and sort of the new rows only.
+    """
+    head = parts[0].reshape(-1, 4) if parts else None
+    if len(parts) < 2 or head is None or bits < _FULL_BITS or not _is_compacted(head):
+        rows = _rows_of(parts)
+        parts.clear()  # the parts go once concatenated: the compaction's peak is one copy of the rows less
+        return compact_scores(rows, bits, max_values)
+    del parts[0]
+    rows = _rows_of(parts)
+    parts.clear()
+    new, new_bits = compact_scores(rows, bits, max_values)
+    del rows
+    if new_bits < bits:  # the new rows alone passed the cap: every row is truncated and regrouped
+        return compact_scores(torch.cat([head, new]), new_bits, max_values)
+    out = merge_compacted(head, new)
+    if out.shape[0] and int(torch.bincount(out[:, 0].long()).max()) > max_values:
+        return compact_scores(out, bits, max_values)
+    return out, bits
+
+
+def _is_compacted(rows: torch.Tensor) -> bool:
+    """Whether `(task, value, pos, neg)` rows `[N, 4]` are as `_group` leaves them: sorted by task, then by
+    value with one row per value (order keys strictly increasing), every row weighing more than 0."""
+    if rows.shape[0] == 0:
+        return True
+    task, key = rows[:, 0], _order_key(rows[:, 1])
+    step = (task[1:] > task[:-1]) | ((task[1:] == task[:-1]) & (key[1:] > key[:-1]))
+    return bool(step.all()) and bool(((rows[:, 2] + rows[:, 3]) > 0).all())
+
+
+def merge_compacted(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Two compacted row sets `[K, 4]`, `[P, 4]` (as `_group` leaves them) merged into one: rows of equal
+    (task, value) summed, keeping `kept`'s value (it came first), the others interleaved in order.
+
+    Equal to `_group(torch.cat([kept, new]))`, in O(K + P log K) and the memory of the output: per task,
+    each new row's place among the kept rows by binary search (`torch.searchsorted` on order keys).
+    """
+    if new.shape[0] == 0:
+        return kept
+    if kept.shape[0] == 0:
+        return new
+    parts: list[torch.Tensor] = []
+    k_task, n_task = kept[:, 0].contiguous(), new[:, 0].contiguous()
+    tasks = torch.unique(torch.cat([torch.unique_consecutive(k_task), torch.unique_consecutive(n_task)]))
+    k_bounds = [*torch.searchsorted(k_task, tasks).tolist(), kept.shape[0]]
+    n_bounds = [*torch.searchsorted(n_task, tasks).tolist(), new.shape[0]]
+    for i in range(len(tasks)):
+        a = kept[k_bounds[i] : k_bounds[i + 1]]
+        b = new[n_bounds[i] : n_bounds[i + 1]]
+        parts.append(_merge_one_task(a, b) if a.shape[0] and b.shape[0] else (a if a.shape[0] else b))
+    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+
+
+def _merge_one_task(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`merge_compacted` of one task's rows (both non-empty, sorted, unique order keys)."""
+    k = kept.shape[0]
+    kk, nk = _order_key(kept[:, 1]), _order_key(new[:, 1])
+    at = torch.searchsorted(kk, nk)  # [P] the first kept row not below each new row
+    hit = at < k
+    hit &= kk.index_select(0, at.clamp_max(k - 1)) == nk  # the new row's value is already kept
+    miss = ~hit
+    inserted = at[miss]  # [U] where each unmatched new row goes: before that kept row
+    u = inserted.shape[0]
+    out = torch.empty(k + u, 4, dtype=kept.dtype, device=kept.device)
+    # each kept row moves down by the unmatched new rows placed before (or at) it
+    shift = torch.bincount(inserted, minlength=k + 1)[:k].cumsum(0)
+    kept_at = torch.arange(k, device=kept.device) + shift
+    out.index_copy_(0, kept_at, kept)
+    out.index_copy_(0, inserted + torch.arange(u, device=kept.device), new[miss])
+    out[:, 2:].index_add_(0, kept_at.index_select(0, at[hit]), new[hit][:, 2:])  # counts only: -0.0 stays
+    return out
 
 
 def truncate_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
