@@ -495,8 +495,8 @@ def test_topology_command_names_the_binding(script, tmp_path, monkeypatch) -> No
 
 
 def test_labels_of_the_wrong_type_are_one_clear_error(tmp_path) -> None:
-    """`LoadedModel.inspect(labels=False)` (`inspect()` takes a bool there) is one line naming the forms it takes,
-    not an AttributeError from deep in the parser."""
+    """A label value of another type is one line naming the forms it takes, not an AttributeError from deep in
+    the parser; `LoadedModel.inspect(labels=False)` ignores the labels, as `inspect()` does."""
     from mmoe_inspect.checkpoint import save_checkpoint
     from mmoe_inspect.data.inputs import parse_labels
     from mmoe_inspect.models import MMoE
@@ -508,5 +508,10 @@ def test_labels_of_the_wrong_type_are_one_clear_error(tmp_path) -> None:
     model = MMoE(4, ("click", "buy"), n_experts=2, expert_hidden=(4,), tower_hidden=(2,))
     loaded = load_model(save_checkpoint(tmp_path / "m.pt", model))
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(64, 4)), columns=[f"x{i}" for i in range(4)])
-    with pytest.raises(InputMappingError, match="not bool False"):
-        loaded.inspect(frame, labels=False)  # type: ignore[arg-type]
+    frame["click"] = (np.arange(64) % 3 == 0).astype(float)
+    with pytest.raises(InputMappingError, match="not int 3"):
+        loaded.inspect(frame, labels=3)  # type: ignore[arg-type]
+    labelled, ignored = loaded.inspect(frame), loaded.inspect(frame, labels=False)
+    assert labelled.table("tasks").set_index("task").loc["click", "n_labelled"] == 64
+    assert ignored.table("tasks").set_index("task").loc["click", "n_labelled"] == 0
+    assert loaded.inspect(frame, labels=True).table("tasks").equals(labelled.table("tasks"))

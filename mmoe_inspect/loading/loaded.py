@@ -199,7 +199,7 @@ class LoadedModel:
         data: DataLike | None = None,
         *,
         tasks: str | Sequence[str] | None = None,
-        labels: str | Mapping[str, str] | None = None,
+        labels: str | Mapping[str, str] | bool | None = None,
         input: InputMode | None = None,
         features: str | Sequence[str] | None = None,
         collate: str | Callable[[pd.DataFrame], Any] | None = None,
@@ -218,9 +218,9 @@ class LoadedModel:
         `causal` too, where a baseline may also be a `LoadedModel` (read with this call's input options
         when no adapter knows it). Without `data`, the rows stored in the checkpoint are read.
 
-        `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it,
-        a column named like a task is its label. See `input_fn` for `input`/`features`/`collate`;
-        a model no adapter knows is bound by `bind` (or the given `binding`), recorded in
+        `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it (or
+        True), a column named like a task is its label; False ignores the labels (as `inspect`). See
+        `input_fn` for `input`/`features`/`collate`; a model no adapter knows is bound by `bind` (or the given `binding`), recorded in
         `result.meta["input_binding"]` and the topology notes.
         """
         import functools
@@ -231,6 +231,9 @@ class LoadedModel:
         from mmoe_inspect.inspector import inspect
 
         source = self.source(data)
+        ignore_labels = labels is False  # (True: the labels as found, as with None)
+        if isinstance(labels, bool):
+            labels = None
         if binding is None:
             binding = self.bind(
                 source, tasks=tasks, labels=labels, input=input, features=features, collate=collate
@@ -263,7 +266,7 @@ class LoadedModel:
                 else None,
                 input_fn=fn,
                 columns=list(fn.names) if fn.names else None,
-                labels=label_map if label_map is not None else True,
+                labels=False if ignore_labels else label_map if label_map is not None else True,
                 config=config,
                 thresholds=thresholds,
                 model_name=model_name
