@@ -220,8 +220,8 @@ class LoadedModel:
 
         `labels` maps task → label column (`{"click": "is_click"}` or "click=is_click"); without it (or
         True), a column named like a task is its label; False ignores the labels (as `inspect`). See
-        `input_fn` for `input`/`features`/`collate`; a model no adapter knows is bound by `bind` (or the given `binding`), recorded in
-        `result.meta["input_binding"]` and the topology notes.
+        `input_fn` for `input`/`features`/`collate`; a model no adapter knows is bound by `bind` (or the
+        given `binding`), recorded in `result.meta["input_binding"]` and the topology notes.
         """
         import functools
         from contextlib import ExitStack
