@@ -192,9 +192,9 @@ def stack_gates(
     expert) run over ``E`` contiguous row vectors, several times faster on CPU than over ``batch``
     short rows of ``E``. A gate may also come as a sequence of row blocks ``[b_k, E]`` (the batches of
     a chunk, `StatsFeed`): each block is copied to its columns, the same tensor as stacking their
-    concatenation without making it (a block of one batch is copied by one thread: a transposing
-    copy of a whole chunk split over two threads measured several times slower). With ``workspace``
-    the result lives there (valid until the next stack).
+    concatenation, without making it (one pass over the rows less: two gates of 4 x 4096 rows, 144 us
+    against 184 us at 2 threads, 142 against 151 at 1). With ``workspace`` the result lives there
+    (valid until the next stack).
     """
     blocks = [[g] if isinstance(g, Tensor) else list(g) for g in gates]
     g0 = blocks[0][0]
