@@ -182,21 +182,35 @@ class Workspace:
 
 
 def stack_gates(
-    gates: Sequence[Tensor], device: torch.device | str | None = None, workspace: Workspace | None = None
+    gates: Sequence[Tensor | Sequence[Tensor]],
+    device: torch.device | str | None = None,
+    workspace: Workspace | None = None,
 ) -> Tensor:
     """``G`` gates ``[batch, E]`` (same shape) as one float64 ``[G, E, batch]`` tensor (the one cast).
 
     Experts-by-rows layout: reductions over the experts of each row (row sums, entropies, the top-1
     expert) run over ``E`` contiguous row vectors, several times faster on CPU than over ``batch``
-    short rows of ``E``. With ``workspace`` the result lives there (valid until the next stack).
+    short rows of ``E``. A gate may also come as a sequence of row blocks ``[b_k, E]`` (the batches of
+    a chunk, `StatsFeed`): each block is copied to its columns, the same tensor as stacking their
+    concatenation, without making it (one pass over the rows less: two gates of 4 x 4096 rows, 144 us
+    against 184 us at 2 threads, 142 against 151 at 1). With ``workspace`` the result lives there
+    (valid until the next stack).
     """
-    g0 = gates[0]
-    shape = (len(gates), g0.shape[1], g0.shape[0])
+    blocks = [[g] if isinstance(g, Tensor) else list(g) for g in gates]
+    g0 = blocks[0][0]
+    shape = (len(blocks), g0.shape[1], sum(b.shape[0] for b in blocks[0]))
     dev = torch.device(device) if device is not None else g0.device
     if workspace is not None:
         out = workspace.get("stack", shape, torch.float64, dev)
     else:
         out = torch.empty(shape, dtype=torch.float64, device=dev)
-    for i, g in enumerate(gates):
-        out[i].copy_(g.detach().T)
+    for i, parts in enumerate(blocks):
+        if len(parts) == 1:
+            out[i].copy_(parts[0].detach().T)
+            continue
+        off = 0
+        for b in parts:
+            n = b.shape[0]
+            out[i, :, off : off + n].copy_(b.detach().T)
+            off += n
     return out

@@ -27,26 +27,44 @@ def _as_2d(g: Tensor) -> Tensor:
     return g.squeeze(-1) if g.ndim == 3 and g.shape[-1] == 1 else g
 
 
+def _blocks(g: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """A gate's row blocks ``[b_k, E]``: one tensor, or the blocks given (joined when their dtypes or
+    widths differ, so the blocks of one gate always share them)."""
+    if isinstance(g, Tensor):
+        return [_as_2d(g)]
+    blocks = [_as_2d(b) for b in g]
+    if len({(b.dtype, b.shape[1:]) for b in blocks}) > 1:
+        return [torch.cat(blocks)]
+    return blocks
+
+
+def _joined(blocks: list[Tensor]) -> Tensor:
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+
 def update_gates(
     gate_stats: Mapping[str, GateStats],
-    gates: Mapping[str, Tensor],
+    gates: Mapping[str, Tensor | Sequence[Tensor]],
     labels: Tensor | None = None,
     row_index: Tensor | None = None,
     pairwise: Sequence[PairwiseRoutingStats] = (),
 ) -> None:
     """Add one batch to every gate's stats and to each pairwise stats; same states as separate updates.
 
-    ``gates {name: [batch, E]}`` holds every gate of ``gate_stats`` (and of each ``pairwise``),
+    ``gates {name: [batch, E]}`` holds every gate of ``gate_stats`` (and of each ``pairwise``), each
+    a tensor or a sequence of row blocks ``[b_k, E]`` whose concatenation is the batch (a chunk's
+    batches, stacked without concatenating them first: `stack_gates`),
     ``labels [batch, L]`` and ``row_index [batch]`` are passed to each `GateStats` as in
     `GateStats.update`. Gates whose stats agree on experts, bins, labels, reservoir, seed, device
     and input dtype are stacked. A pairwise stats whose gates were stacked together, all finite,
     reuses their per-row entropies; otherwise it gets its own ``update``.
     """
     groups: dict[tuple, list[str]] = {}
+    blocks = {name: _blocks(gates[name]) for name in gate_stats}
     for name, st in gate_stats.items():
-        g = _as_2d(gates[name])
+        g = blocks[name][0]
         if g.ndim != 2 or g.shape[1] != st.n_experts:  # let `update` raise its error
-            st.update(g, labels, row_index)
+            st.update(_joined(blocks[name]), labels, row_index)
         key = (
             st.n_experts,
             st.n_bins,
@@ -57,7 +75,7 @@ def update_gates(
             st.device,
             st._sync_free(st.device),
             g.dtype,
-            tuple(g.shape),
+            (sum(b.shape[0] for b in blocks[name]), *g.shape[1:]),
         )
         groups.setdefault(key, []).append(name)
     shared: dict[str, tuple[Tensor, Tensor, Tensor, int]] = {}  # name -> (t, Σ x log x, Σ g, slot)
@@ -65,7 +83,7 @@ def update_gates(
     for key, names in groups.items():
         sts = [gate_stats[n] for n in names]
         st0 = sts[0]
-        t = stack_gates([_as_2d(gates[n]) for n in names], st0.device, st0._workspace)  # [G, E, B]
+        t = stack_gates([blocks[n] for n in names], st0.device, st0._workspace)  # [G, E, B]
         k = None
         if row_index is not None and st0.reservoir_size:
             kk = (st0.seed, t.device)
@@ -87,4 +105,4 @@ def update_gates(
             ps._update_count += 1
             ps._accumulate(t, neg_h, sum_w)
         else:
-            ps.update({n: gates[n] for n in ps.gate_names})
+            ps.update({n: _joined(_blocks(gates[n])) for n in ps.gate_names})

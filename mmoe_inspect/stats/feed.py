@@ -236,9 +236,11 @@ class StatsFeed:
         return parts
 
     def _update_gates(self, items: list[dict[str, Any]]) -> None:
-        # one stacked pass over the gates (same states as one update per gate and per group)
-        c = _cat([{k: it[k] for k in ("g", "lb", "r")} for it in items])
-        update_gates(self.gate_stats, c["g"], c["lb"], c["r"], pairwise=self.pair_stats)
+        # one stacked pass over the gates (same states as one update per gate and per group); each
+        # gate's batches are copied into the stack as they are, not concatenated first (`stack_gates`)
+        c = _cat([{k: it[k] for k in ("lb", "r")} for it in items])
+        gates = {name: [it["g"][name] for it in items] for name in items[0]["g"]}
+        update_gates(self.gate_stats, gates, c["lb"], c["r"], pairwise=self.pair_stats)
 
     def _update_outputs(self, items: list[dict[str, Any]]) -> None:
         assert self.outputs is not None

@@ -123,13 +123,20 @@ class TaskOutputStats(SummaryMetric):
         log loss; the same rows on both update paths, compacted when they outnumber the kept ones."""
         cols = self._binary_cols
         p, y = pz[:, cols], yz[:, cols]
-        w = torch.ones_like(p) if lab is None else lab[:, cols].to(p.dtype)
-        pos = w * (y > 0.5)
+        is_pos = y > 0.5
+        w = None if lab is None else lab[:, cols].to(p.dtype)  # 0/1 (None: every row weighs 1)
+        pos = is_pos.to(p.dtype) if w is None else w * is_pos
+        neg = 1.0 - pos if w is None else w - pos
         q = p.clamp(LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
-        ll = -(pos * q.log() + (w - pos) * (1.0 - q).log())
-        self.logloss_sum.index_add_(0, self._bin_cols, ll.sum(0))
+        # One log (a float64 log costs more than the rest of the update): with 0/1 weights each row's
+        # loss pos·log q + neg·log(1 - q) is w·log q or w·log(1 - q), the other product being ±0, so
+        # these are the same terms; their sum is negated once (exact: rounding is sign-symmetric).
+        ll = torch.where(is_pos, q, 1.0 - q).log_()
+        if w is not None:
+            ll.mul_(w)
+        self.logloss_sum.index_add_(0, self._bin_cols, ll.sum(0).neg_())
         task = self._bin_cols.to(p.dtype).expand_as(p)
-        rows = torch.stack([task, p, pos, w - pos], dim=-1).reshape(-1, 4)
+        rows = torch.stack([task, p, pos, neg], dim=-1).reshape(-1, 4)
         self.score_counts.append(rows)
         self._pending += rows.shape[0]
         kept = sum(r.shape[0] for r in self.score_counts) - self._pending
