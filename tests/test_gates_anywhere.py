@@ -159,6 +159,37 @@ class Dense(nn.Module):
         return torch.cat([torch.sigmoid(t(h)) for t in self.towers], dim=1)
 
 
+class KerasPortMMoE(nn.Module):
+    """keras-mmoe's layout ported to torch: every expert in one kernel `[D, H, E]` (experts LAST, one
+    `tensordot`, no expert modules), gate kernels `[D, E]` per task, and the weights broadcast explicitly,
+    `(experts * g.unsqueeze(1).expand_as(experts)).sum(2)`. `collapse` plants gates stuck on expert 3."""
+
+    def __init__(self, d: int = 6, n_experts: int = 4, hidden: int = 5, collapse: bool = False) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.expert_kernels = nn.Parameter(torch.randn(d, hidden, n_experts, generator=g) * 0.5)
+        self.expert_bias = nn.Parameter(torch.zeros(hidden, n_experts))
+        self.gate_kernels = nn.ParameterList(
+            nn.Parameter(torch.randn(d, n_experts, generator=g) * 0.5) for _ in range(2)
+        )
+        self.gate_bias = nn.ParameterList(nn.Parameter(torch.zeros(n_experts)) for _ in range(2))
+        if collapse:
+            with torch.no_grad():
+                for b in self.gate_bias:
+                    b[3] = 30.0
+        self.towers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def weights(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [F.softmax(x @ k + b, dim=1) for k, b in zip(self.gate_kernels, self.gate_bias, strict=True)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        experts = F.relu(torch.tensordot(x, self.expert_kernels, dims=1) + self.expert_bias)  # [B, H, E]
+        return [
+            torch.sigmoid(t((experts * w.unsqueeze(1).expand_as(experts)).sum(2)))
+            for t, w in zip(self.towers, self.weights(x), strict=True)
+        ]
+
+
 # ----------------------------------------------------------------------------------- helpers
 def fingerprint(model: nn.Module) -> dict[str, object]:
     def digest(t: torch.Tensor | None) -> str | None:
@@ -547,3 +578,31 @@ def test_monitor_watches_function_level_gates_without_changing_training() -> Non
         sum(last[f"w_experts.{i}"] for i in range(4)), 1.0, rel_tol=1e-6
     )
     assert not _get_current_function_mode_stack()
+
+
+def test_keras_port_experts_last_with_expanded_weights(x: torch.Tensor) -> None:
+    """keras-mmoe's layout (one expert kernel, experts last, weights broadcast by `expand_as`): both gates
+    are found, recorded exactly and, planted stuck on one expert, judged collapsed (it was "could not
+    verify the routing": the explicit broadcast hid the weights' own axes)."""
+    model = KerasPortMMoE()
+    topo = discover_topology(model, x[:64])
+    assert [(g.name, g.op, g.occurrence, g.n_experts) for g in topo.gates] == [
+        ("task_0", "softmax", 0, 4),
+        ("task_1", "softmax", 1, 4),
+    ]
+    assert topo.architecture == "mmoe" and topo.judgeable
+    before = fingerprint(model)
+    got = record(model, topo, x)
+    with torch.no_grad():
+        truth = model.weights(x)
+    for g, w in zip(topo.gates, truth, strict=True):
+        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
+    assert fingerprint(model) == before
+
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES)
+    fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
+    stuck = mi.inspect(KerasPortMMoE(collapse=True), frame, input_fn=fn, columns=FEATURES, labels=False)
+    codes = {(f.code, f.subject) for f in stuck.findings}
+    assert {("collapsed_gate", "task_0"), ("collapsed_gate", "task_1")} <= codes
+    healthy = mi.inspect(model, frame, input_fn=fn, columns=FEATURES, labels=False)
+    assert not any(f.code == "collapsed_gate" for f in healthy.findings)

@@ -5,8 +5,9 @@ size E (2..1024) and, per row, its own values (a batch axis; or none, for weight
 that weights E expert outputs which are then summed. `find_mixtures` recognizes every combination
 seen in public multi-task code:
 
-* `W * X` (broadcast) followed by a sum over the expert axis, on any axis (experts first `[E, B, D]`,
-  in the middle `[B, E, D]` or last `[B, D, E]`);
+* `W * X` (broadcast, also through an explicit `expand`/`expand_as`/`broadcast_to` of `W`) followed by
+  a sum over the expert axis, on any axis (experts first `[E, B, D]`, in the middle `[B, E, D]` or last
+  `[B, D, E]`);
 * `matmul`/`bmm`/`@`: `[.., 1, E] @ [.., E, D]`, `[.., D, E] @ [.., E, 1]`, and the vector forms;
 * `einsum` with any equation (ellipsis included) that contracts W's expert letter against an operand
   holding the batch letter;
@@ -102,6 +103,28 @@ def _views_back(graph: Graph, idx: int, limit: int = 256) -> Iterator[Node]:
 
 
 # ----------------------------------------------------------------------------------------- mul + sum
+BROADCAST_OPS = frozenset({"expand", "expand_as", "broadcast_to"})
+
+
+def _broadcasts(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    """Whether a tensor of shape `src` broadcasts to `dst` (trailing axes aligned, sizes equal or 1)."""
+    if len(src) > len(dst):
+        return False
+    return all(s in (1, d) for s, d in zip(reversed(src), reversed(dst), strict=False))
+
+
+def _unexpanded(graph: Graph, ref: Ref) -> Ref:
+    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`): a product with it is
+    the same product (keras-mmoe's port weights `[B, D, E]` experts by `g.unsqueeze(1).expand_as(experts)`)."""
+    node = graph.nodes[ref.node]
+    while node.op in BROADCAST_OPS and node.args and isinstance(node.args[0], Ref):
+        src = node.args[0]
+        if not _broadcasts(graph.nodes[src.node].shape, node.shape):
+            break
+        ref, node = src, graph.nodes[src.node]
+    return ref
+
+
 def _mul(graph: Graph, node: Node) -> list[Mixture]:
     a, b = _operands(node)
     if not (isinstance(a, Ref) and isinstance(b, Ref)) or a == b:
@@ -109,7 +132,8 @@ def _mul(graph: Graph, node: Node) -> list[Mixture]:
     n = node.ndim
     batch = graph.batch_size
     out: list[Mixture] = []
-    for g_ref, x_ref in ((a, b), (b, a)):
+    for arg_ref, x_ref in ((a, b), (b, a)):
+        g_ref = _unexpanded(graph, arg_ref)  # the weights before a broadcast: their own axes
         gn, xn = graph.nodes[g_ref.node], graph.nodes[x_ref.node]
         gs = (1,) * (n - gn.ndim) + gn.shape
         xs = (1,) * (n - xn.ndim) + xn.shape
@@ -146,7 +170,8 @@ def _mul(graph: Graph, node: Node) -> list[Mixture]:
                     None if bax is None else bax - shift_g,
                     ((x_ref.node, ax - shift_x),),
                     e,
-                    _arg_position(node, g_ref),
+                    # broadcast weights are not an argument of the product: found by their producer
+                    _arg_position(node, g_ref) if g_ref == arg_ref else -1,
                 )
             )
     return out
