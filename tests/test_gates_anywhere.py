@@ -190,6 +190,39 @@ class KerasPortMMoE(nn.Module):
         ]
 
 
+class TiledWeightsMMoE(nn.Module):
+    """A TensorFlow port's broadcast written out: the weights `repeat`ed (`[B, E, 1]` -> `[B, E, H]`, experts
+    in the middle) or `tile`d (`[B, 1, E]` -> `[B, H, E]`, experts last) before the product and the sum."""
+
+    def __init__(
+        self, how: str, d: int = 6, n_experts: int = 4, hidden: int = 5, collapse: bool = False
+    ) -> None:
+        super().__init__()
+        self.how, self.hidden = how, hidden
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, hidden), nn.ReLU()) for _ in range(n_experts))
+        self.gates = nn.ModuleList(nn.Linear(d, n_experts) for _ in range(2))
+        if collapse:
+            with torch.no_grad():
+                for g in self.gates:
+                    g.bias[1] = 30.0
+        self.towers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def weights(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [F.softmax(g(x), dim=1) for g in self.gates]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.how == "repeat":
+            ex = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, H]
+            mixed = [(w.unsqueeze(-1).repeat(1, 1, self.hidden) * ex).sum(1) for w in self.weights(x)]
+        else:
+            ex = torch.stack([e(x) for e in self.experts], dim=2)  # [B, H, E]
+            mixed = [
+                torch.sum(torch.mul(ex, w.unsqueeze(1).tile(1, self.hidden, 1)), dim=-1)
+                for w in self.weights(x)
+            ]
+        return [torch.sigmoid(t(m)) for t, m in zip(self.towers, mixed, strict=True)]
+
+
 # ----------------------------------------------------------------------------------- helpers
 def fingerprint(model: nn.Module) -> dict[str, object]:
     def digest(t: torch.Tensor | None) -> str | None:
@@ -606,3 +639,29 @@ def test_keras_port_experts_last_with_expanded_weights(x: torch.Tensor) -> None:
     assert {("collapsed_gate", "task_0"), ("collapsed_gate", "task_1")} <= codes
     healthy = mi.inspect(model, frame, input_fn=fn, columns=FEATURES, labels=False)
     assert not any(f.code == "collapsed_gate" for f in healthy.findings)
+
+
+@pytest.mark.parametrize("how", ["repeat", "tile"])
+def test_weights_repeated_along_size_one_axes_are_a_broadcast(x: torch.Tensor, how: str) -> None:
+    """`w.unsqueeze(-1).repeat(1, 1, H) * experts` (or `tile`) is the broadcast product: the gates are found
+    and recorded exactly, and a planted collapse is judged collapsed."""
+    model = TiledWeightsMMoE(how)
+    topo = discover_topology(model, x[:64])
+    assert [(g.name, g.module, g.output, g.n_experts) for g in topo.gates] == [
+        ("task_0", "gates.0", "logits", 4),
+        ("task_1", "gates.1", "logits", 4),
+    ]
+    assert topo.gates[0].experts == tuple(f"experts.{i}" for i in range(4))
+    got = record(model, topo, x)
+    with torch.no_grad():
+        truth = model.weights(x)
+    for g, w in zip(topo.gates, truth, strict=True):
+        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES)
+    fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
+    stuck = mi.inspect(
+        TiledWeightsMMoE(how, collapse=True), frame, input_fn=fn, columns=FEATURES, labels=False
+    )
+    assert {("collapsed_gate", "task_0"), ("collapsed_gate", "task_1")} <= {
+        (f.code, f.subject) for f in stuck.findings
+    }

@@ -5,9 +5,9 @@ size E (2..1024) and, per row, its own values (a batch axis; or none, for weight
 that weights E expert outputs which are then summed. `find_mixtures` recognizes every combination
 seen in public multi-task code:
 
-* `W * X` (broadcast, also through an explicit `expand`/`expand_as`/`broadcast_to` of `W`) followed by
-  a sum over the expert axis, on any axis (experts first `[E, B, D]`, in the middle `[B, E, D]` or last
-  `[B, D, E]`);
+* `W * X` (broadcast, also through an explicit `expand`/`expand_as`/`broadcast_to` of `W`, or a
+  `repeat`/`tile` of its size-1 axes) followed by a sum over the expert axis, on any axis (experts
+  first `[E, B, D]`, in the middle `[B, E, D]` or last `[B, D, E]`);
 * `matmul`/`bmm`/`@`: `[.., 1, E] @ [.., E, D]`, `[.., D, E] @ [.., E, 1]`, and the vector forms;
 * `einsum` with any equation (ellipsis included) that contracts W's expert letter against an operand
   holding the batch letter;
@@ -104,6 +104,7 @@ def _views_back(graph: Graph, idx: int, limit: int = 256) -> Iterator[Node]:
 
 # ----------------------------------------------------------------------------------------- mul + sum
 BROADCAST_OPS = frozenset({"expand", "expand_as", "broadcast_to"})
+REPEAT_OPS = frozenset({"repeat", "tile"})
 
 
 def _broadcasts(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
@@ -113,13 +114,35 @@ def _broadcasts(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
     return all(s in (1, d) for s, d in zip(reversed(src), reversed(dst), strict=False))
 
 
+def _repeats_only_ones(node: Node, src: tuple[int, ...]) -> bool:
+    """Whether a `repeat`/`tile` of a tensor of shape `src` repeats only its size-1 axes (a broadcast
+    written out, as TensorFlow ports do with `tf.tile`)."""
+    rest = (
+        list(node.args[1:]) if len(node.args) > 1 else [node.kwargs.get("repeats", node.kwargs.get("dims"))]
+    )
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        rest = list(rest[0])
+    if not rest or not all(isinstance(r, int) and not isinstance(r, bool) for r in rest):
+        return False
+    n = max(len(rest), len(src))
+    factors = [1] * (n - len(rest)) + rest  # (tile pads the factors, repeat the shape)
+    padded = (1,) * (n - len(src)) + src
+    return all(f == 1 or d == 1 for f, d in zip(factors, padded, strict=True))
+
+
 def _unexpanded(graph: Graph, ref: Ref) -> Ref:
-    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`): a product with it is
-    the same product (keras-mmoe's port weights `[B, D, E]` experts by `g.unsqueeze(1).expand_as(experts)`)."""
+    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`, or a `repeat`/`tile`
+    of size-1 axes only): a product with it is the same product (keras-mmoe's port weights `[B, D, E]`
+    experts by `g.unsqueeze(1).expand_as(experts)`; TensorFlow ports by `tile`)."""
     node = graph.nodes[ref.node]
-    while node.op in BROADCAST_OPS and node.args and isinstance(node.args[0], Ref):
+    while node.args and isinstance(node.args[0], Ref):
         src = node.args[0]
-        if not _broadcasts(graph.nodes[src.node].shape, node.shape):
+        shape = graph.nodes[src.node].shape
+        if node.op in BROADCAST_OPS:
+            ok = _broadcasts(shape, node.shape)
+        else:
+            ok = node.op in REPEAT_OPS and _repeats_only_ones(node, shape)
+        if not ok:
             break
         ref, node = src, graph.nodes[src.node]
     return ref
