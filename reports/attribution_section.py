@@ -178,7 +178,7 @@ def attribution_section(result: InspectionResult, figures: Mapping[str, str], cs
     items.append(Subheading("Gates", "attribution-gates"))
     if t["gate_attributions"].empty:
         if not result.topology.has_gates:
-            why = "the model has no gates"
+            why = result.topology.why_no_gates
         elif any(s.startswith("gate:") for s in a.skipped):
             why = "the time budget ran out before the gates were attributed"
         else:

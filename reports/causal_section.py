@@ -154,9 +154,7 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
     items.append(Subheading("Expert ablation", "causal-ablation"))
     imp = importance_rows(result)
     if imp.empty:
-        why = (
-            "the model has no gates, so there are no experts to remove" if gated is False else "see the notes"
-        )
+        why = c.topology.why_no_gates if not gated else "see the notes"
         items.append(Notice(f"No expert ablation: {why}.", "info"))
     else:
         items += _figure("causal_importance", figures)
@@ -193,7 +191,7 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
     items.append(Subheading("Gate counterfactuals", "causal-counterfactuals"))
     cf = counterfactual_rows(result)
     if cf.empty:
-        why = "the model has no gates to replace" if not gated else "see the notes"
+        why = c.topology.why_no_gates if not gated else "see the notes"
         items.append(Notice(f"No gate counterfactuals: {why}.", "info"))
     else:
         items += _figure("causal_counterfactuals", figures)
@@ -279,7 +277,7 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
     items.append(Subheading("Segment routing", "causal-segments"))
     if c.segments.empty:
         if not gated:
-            text = "No segment routing: the model has no gates."
+            text = f"No segment routing: {c.topology.why_no_gates}."
         else:
             text = (
                 "No segment routing: no segment column was given (--segment-by COLUMN, e.g. a device or "

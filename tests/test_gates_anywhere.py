@@ -380,6 +380,13 @@ def test_numpy_mixing_is_unresolved_not_gateless(x: torch.Tensor, tmp_path: Path
     )
     assert result.verdict.startswith("Could not verify the routing")
     assert result.worst_severity() == "critical"
+    # the analyses of gates say the gates are unresolved, not that the model has none
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES).assign(task_0=(x[:, 0] > 0).double().numpy())
+    fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
+    deep = mi.inspect(model, frame, input_fn=fn, columns=FEATURES, causal=True, attribution=True)
+    for notes in (deep.causal.notes, deep.attribution.notes):
+        assert any(n.startswith("no gate could be resolved (") and "unresolved" in n for n in notes), notes
+        assert not any("Shared-Bottom or dense" in n for n in notes)
     # the snippet, filled in, records the right numbers
     spec = Topology.from_toml(
         'version = 1\n[[tasks]]\nname = "task_0"\noutput = 0\n'
@@ -395,6 +402,7 @@ def test_shared_bottom_stays_gateless(x: torch.Tensor) -> None:
     assert topo.gates == () and topo.unresolved == () and topo.judgeable
     assert topo.notes[0] == NO_GATES_NOTE and topo.architecture == "shared_bottom"
     assert any("re-weights values" in n for n in topo.notes)
+    assert topo.why_no_gates == "the model has no gates (Shared-Bottom or dense)"
 
 
 # ----------------------------------------------------------------------------------- CLI

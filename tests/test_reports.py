@@ -972,9 +972,9 @@ def test_causal_section_says_why_its_parts_are_absent() -> None:
     gateless.ablation = gateless.ablation.iloc[:0]
     gateless.counterfactuals = gateless.counterfactuals.iloc[:0]
     html = _html(replace(sb, causal=gateless))
-    assert "No expert ablation: the model has no gates" in html
-    assert "No gate counterfactuals: the model has no gates to replace" in html
-    assert "No segment routing: the model has no gates." in html
+    assert "No expert ablation: the model has no gates (Shared-Bottom or dense)." in html
+    assert "No gate counterfactuals: the model has no gates (Shared-Bottom or dense)." in html
+    assert "No segment routing: the model has no gates (Shared-Bottom or dense)." in html
     assert 'id="table-causal_baseline_gains"' in html  # a Shared-Bottom still has an MTL gain
 
 
@@ -1041,7 +1041,7 @@ def test_attribution_section_says_why_its_parts_are_absent() -> None:
     sb = make_shared_bottom()
     gateless = make_attribution(sb.topology, ["x0", "x1", "x2", "x3"])
     part = _section(_html(replace(sb, attribution=gateless)), "attributions")
-    assert "No gate attributions: the model has no gates." in part
+    assert "No gate attributions: the model has no gates (Shared-Bottom or dense)." in part
     assert "No expert attributions: the model has no experts." in part
     assert 'id="sub-attribution-convergence"' in part
 

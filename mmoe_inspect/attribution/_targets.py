@@ -63,7 +63,7 @@ def list_targets(
     for group in groups:
         if group == "gates":
             if not topology.gates:
-                notes.append("the model has no gates (Shared-Bottom or dense): no gate attributions")
+                notes.append(f"{topology.why_no_gates}: no gate attributions")
             for g in topology.gates:
                 if g.module not in modules:
                     raise AttributionError(f"gate {g.name!r}: module {g.module!r} is not in the model")

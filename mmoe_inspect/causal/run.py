@@ -252,9 +252,7 @@ class CausalPlan:
         self.abl_variants: list[PlannedVariant] = []
         self.cf_variants: list[PlannedVariant] = []
         if not topo.has_gates:
-            notes.append(
-                "the model has no gates (Shared-Bottom or dense): no ablation, counterfactuals or segments"
-            )
+            notes.append(f"{topo.why_no_gates}: no ablation, counterfactuals or segments")
         else:
             if "ablation" in analyses or "gains" in analyses:
                 self.abl_variants, n = ablation_variants(topo, a["modes"])

@@ -194,6 +194,18 @@ class Topology:
         return len(self.gates) > 0
 
     @property
+    def why_no_gates(self) -> str:
+        """Why an analysis of gates has nothing to work on, for a note: the model has none, or discovery saw
+        gate-like computations it could not resolve (then the routing is unverified, not gate-less)."""
+        if self.unresolved:
+            n = len(self.unresolved)
+            return (
+                f"no gate could be resolved ({n} gate-like item{'s' if n != 1 else ''} unresolved: see the "
+                "Topology notes, or pass a spec naming the gates)"
+            )
+        return "the model has no gates (Shared-Bottom or dense)"
+
+    @property
     def judgeable(self) -> bool:
         """False when discovery saw gate-like computations it could not resolve (see `Unresolved`) or its
         confidence is below `LOW_CONFIDENCE`: then no verdict about the routing may be given."""
