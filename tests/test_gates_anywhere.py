@@ -223,6 +223,37 @@ class TiledWeightsMMoE(nn.Module):
         return [torch.sigmoid(t(m)) for t, m in zip(self.towers, mixed, strict=True)]
 
 
+class VmapExpertsMMoE(nn.Module):
+    """Experts batched by `torch.func.stack_module_state` + `torch.vmap` (`[E, B, H]`): the transform runs
+    where the tracer does not see, so the experts' tensor has no visible origin."""
+
+    def __init__(self, d: int = 6, n_experts: int = 4, hidden: int = 5) -> None:
+        super().__init__()
+        from torch.func import stack_module_state
+
+        experts = [nn.Sequential(nn.Linear(d, hidden), nn.ReLU()) for _ in range(n_experts)]
+        params, _ = stack_module_state(experts)
+        self.names = list(params)
+        self.expert_params = nn.ParameterDict(
+            {k.replace(".", "_"): nn.Parameter(v) for k, v in params.items()}
+        )
+        self.base = [nn.Sequential(nn.Linear(d, hidden), nn.ReLU()).to("meta")]  # (a list: not a submodule)
+        self.gates = nn.ModuleList(nn.Linear(d, n_experts) for _ in range(2))
+        self.towers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from torch.func import functional_call
+
+        params = {n: self.expert_params[n.replace(".", "_")] for n in self.names}
+        ex = torch.vmap(lambda p, xx: functional_call(self.base[0], (p,), (xx,)), in_dims=(0, None))(
+            params, x
+        )
+        return [
+            torch.sigmoid(t((F.softmax(g(x), -1).t().unsqueeze(-1) * ex).sum(0)))
+            for g, t in zip(self.gates, self.towers, strict=True)
+        ]
+
+
 # ----------------------------------------------------------------------------------- helpers
 def fingerprint(model: nn.Module) -> dict[str, object]:
     def digest(t: torch.Tensor | None) -> str | None:
@@ -673,3 +704,17 @@ def test_weights_repeated_along_size_one_axes_are_a_broadcast(x: torch.Tensor, h
     assert {("collapsed_gate", "task_0"), ("collapsed_gate", "task_1")} <= {
         (f.code, f.subject) for f in stuck.findings
     }
+
+
+def test_vmapped_experts_are_unresolved_not_judged(x: torch.Tensor) -> None:
+    """Experts run under `torch.vmap`: the routing is "could not verify" (never gate-less, never healthy), and
+    the note names the transform among what the tracer cannot see."""
+    model = VmapExpertsMMoE()
+    topo = discover_topology(model, x[:64])
+    assert not topo.judgeable and topo.unresolved
+    assert any("torch.vmap" in u.reason for u in topo.unresolved)
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES)
+    result = mi.inspect(
+        model, frame, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES
+    )
+    assert result.verdict.startswith("Could not verify the routing")

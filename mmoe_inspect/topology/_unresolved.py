@@ -257,7 +257,7 @@ _FROM_OUTSIDE = frozenset({"const", "from_numpy", "as_tensor", "asarray", "tenso
 
 
 def outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
-    """Per-row tensors that enter the forward from outside torch (numpy, a C extension) on the way to the
+    """Per-row tensors that enter the forward from outside torch (numpy, a C extension, `torch.vmap`) on the way to the
     outputs: the forward is not fully visible, so gate-shaped softmaxes cut off by it may be gates."""
     above: set[int] = set()
     for t in task_nodes:
@@ -293,7 +293,8 @@ def outside_torch(graph: Graph, task_nodes: set[int], tasks: tuple[TaskSpec, ...
         Unresolved(
             f"a per-row tensor {list(first.shape)} enters the forward from outside torch",
             node_module(graph, first.idx),
-            "part of the forward runs where no tracer sees it (numpy, a C extension), so a mixture may be hidden"
+            "part of the forward runs where no tracer sees it (numpy, a C extension, a torch.vmap/torch.func "
+            "transform), so a mixture may be hidden"
             + (f"; {len(cut)} gate-shaped softmax(es) stop before it" if cut else ""),
             snippet,
         )
