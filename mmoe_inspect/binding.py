@@ -132,6 +132,8 @@ def bind(
     if isinstance(labels, Mapping):
         topo = with_labels(topo, labels, source)
     present = set(source.columns())
+    if labels is not False and task_kinds is None:
+        topo = binary_logits_from_labels(topo, source, present)
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
     return Binding(
         source=source,
@@ -184,7 +186,8 @@ def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[In
 
 
 def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
-    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order.
+    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order;
+    binary tasks given as logits (`TaskSpec.probability` False) through a sigmoid.
 
     A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
     """
@@ -208,6 +211,8 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
             v = v.reshape(v.shape[0], -1)[:, t.column]
         if v.dtype != torch.float32:
             v = v.float()
+        if t.kind == "binary" and not t.probability:  # logits: the task's probabilities
+            v = torch.sigmoid(v)
         cols.append(v)
     return torch.stack(cols, dim=1)
 
@@ -240,6 +245,43 @@ def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> 
                 )
         out[:, j] = values
     return out
+
+
+LABEL_CHECK_ROWS = 4096  # rows read to tell 0/1 labels from other targets
+
+
+def binary_logits_from_labels(topo: Topology, source: TableSource, present: set[str]) -> Topology:
+    """`topo` with each task whose kind discovery guessed "regression" (outputs outside [0, 1]) but whose label
+    column holds only 0/1 on its first rows read as a binary task emitting logits (models trained with
+    `BCEWithLogitsLoss`): its predictions go through a sigmoid, so log loss and calibration are not computed
+    on logits against 0/1 targets. A topology note says so; `task_kinds` overrides it."""
+    from mmoe_inspect.topology._tasks import guessed_kinds
+
+    guessed = guessed_kinds(topo.notes)
+    candidates = [t for t in topo.tasks if guessed.get(t.name) == "regression" and t.label_column in present]
+    if not candidates:
+        return topo
+    columns = list(dict.fromkeys(t.label_column for t in candidates))
+    frame = next(iter(source.iter_frames(LABEL_CHECK_ROWS, columns, max_rows=LABEL_CHECK_ROWS)), None)
+    if frame is None:
+        return topo
+    binary: set[str] = set()
+    for col in columns:
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+        values = values[~np.isnan(values)]
+        if values.size and np.isin(values, (0.0, 1.0)).all():
+            binary.add(col)
+    changed = [t.name for t in candidates if t.label_column in binary]
+    if not changed:
+        return topo
+    tasks = tuple(
+        replace(t, kind="binary", probability=False) if t.name in changed else t for t in topo.tasks
+    )
+    note = (
+        f"task(s) {', '.join(changed)}: outputs outside [0, 1] but 0/1 labels: read as binary tasks' logits "
+        "(a sigmoid gives their probabilities); pass task kinds (task_kinds= / --task-kinds) to override"
+    )
+    return replace(topo, tasks=tasks, notes=(*topo.notes, note))
 
 
 def with_labels(topo: Topology, labels: Mapping[str, str], source: TableSource) -> Topology:

@@ -261,12 +261,18 @@ def test_report_needs_only_trust_and_model_code(
     tasks = {row["task"]: row for row in metrics["tables"]["tasks"]}
     assert {t: row["label"] for t, row in tasks.items()} == labels
     direct = _direct(name, model, df)
+    logits = name == "TupleInputMMoE"  # logits out, 0/1 labels: read as binary tasks' logits (sigmoid)
     for task, column in labels.items():
         pred, row = direct[column], tasks[task]
+        if logits:
+            assert row["kind"] == "binary"
+            pred = 1.0 / (1.0 + np.exp(-np.asarray(pred, dtype=np.float64)))
         assert row["n_labelled"] == N
         assert row["label_mean"] == pytest.approx(df[column].mean(), abs=1e-12)
         assert row["mean_prediction"] == pytest.approx(float(np.mean(pred)), abs=1e-6)
         assert row["std_prediction"] == pytest.approx(float(np.std(pred)), rel=1e-3, abs=1e-6)
+    if logits:
+        assert any("read as binary tasks' logits" in n for n in metrics["topology"]["notes"])
     assert not (tmp_path / "train_mtl.py.ran").exists()
 
 

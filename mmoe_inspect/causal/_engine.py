@@ -119,12 +119,9 @@ class Collected:
 
 
 def predictions(out: Any, tasks: Sequence[TaskSpec]) -> Tensor:
-    """`[rows, T]` float predictions in task order; binary tasks given as logits are passed through a sigmoid."""
-    p = task_predictions(out, tasks)
-    logit_cols = [j for j, t in enumerate(tasks) if t.kind == "binary" and not t.probability]
-    if logit_cols:
-        p[:, logit_cols] = torch.sigmoid(p[:, logit_cols])
-    return p
+    """`[rows, T]` float predictions in task order; binary tasks given as logits are passed through a sigmoid
+    (`task_predictions`)."""
+    return task_predictions(out, tasks)
 
 
 def mean_gates(

@@ -219,7 +219,21 @@ def task_specs(
     elif any(sigmoid) and not all(sigmoid):
         notes.append("task kinds from the outputs: a final sigmoid means binary, none means regression")
     if guessed:
-        notes.append(
-            "task kinds guessed from output ranges (values in [0, 1] -> binary): " + ", ".join(guessed)
-        )
+        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed))
     return tuple(specs), bool(guessed)
+
+
+GUESSED_KINDS_NOTE = "task kinds guessed from output ranges (values in [0, 1] -> binary): "
+"""The topology note naming the tasks whose kind discovery guessed from the example's outputs (`name=kind`)."""
+
+
+def guessed_kinds(notes: Sequence[str]) -> dict[str, str]:
+    """`{task: kind}` of the tasks a topology's `notes` say discovery guessed (`GUESSED_KINDS_NOTE`)."""
+    out: dict[str, str] = {}
+    for note in notes:
+        if note.startswith(GUESSED_KINDS_NOTE):
+            for item in note[len(GUESSED_KINDS_NOTE) :].split(", "):
+                name, _, kind = item.rpartition("=")
+                if name:
+                    out[name] = kind
+    return out
