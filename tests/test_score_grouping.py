@@ -118,3 +118,11 @@ def test_streamed_compactions_keep_the_rows_of_one_compaction(kind: str) -> None
     for t in range(2):
         m = ok[:, t]
         assert abs(float(auc[t]) - roc_auc_score(y[m, t].numpy(), p[m, t].numpy())) < 1e-12
+
+
+def test_a_cap_below_one_value_is_refused() -> None:
+    """`max_auc_values` < 1 would truncate the values forever (the compaction never fits): refused at once."""
+    from mmoe_inspect.stats.outputs import TaskOutputStats
+
+    with pytest.raises(ValueError, match="max_auc_values must be at least 1"):
+        TaskOutputStats(["binary"], max_auc_values=0)

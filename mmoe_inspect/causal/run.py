@@ -49,7 +49,7 @@ from mmoe_inspect.causal.result import CausalResult
 from mmoe_inspect.causal.segments import SEGMENT_COLUMNS, SegmentRouting
 from mmoe_inspect.causal.streamed import (
     EVAL_BYTES_PER_ROW,
-    RANKING_BYTES_PER_ROW,
+    RANKING_PARALLEL_BYTES,
     EvaluationStream,
     StreamedEvaluation,
 )
@@ -74,11 +74,12 @@ def bytes_per_row(
     copy while the batches are joined) and two float64 per-row items (loss or AUC placement, one per
     metric); per task the float64 label and the result's prediction columns. "analytic" streams the
     losses and spills the AUC scores to disk, so memory holds one task's two sets at a time while they
-    are ranked (`causal.streamed.EVAL_BYTES_PER_ROW`), whatever the number of sets, plus one more
-    set's ranking for every further thread ranking at once (`threads`: torch's thread count).
+    are ranked (`causal.streamed.EVAL_BYTES_PER_ROW`), whatever the number of sets and threads: further
+    ranking threads hold at most `causal.streamed.RANKING_PARALLEL_BYTES` in all, a constant the row cap
+    leaves aside (`threads`: torch's thread count; it does not change the bytes a row).
     """
     if intervals == "analytic":
-        return EVAL_BYTES_PER_ROW + RANKING_BYTES_PER_ROW * (max(1, threads) - 1)
+        return EVAL_BYTES_PER_ROW
     return sets * tasks * (4 + 4 + 2 * 8) + tasks * (8 + (2 + baselines) * 8) + 16
 
 
@@ -277,7 +278,9 @@ class CausalPlan:
         n_sets = 1 + len({v.signature for v in self.variants}) + len(self.runs)
         self.ranking_threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
         self.per_row = bytes_per_row(n_sets, len(topo.tasks), len(self.runs), intervals, self.ranking_threads)
-        self.rows_cap = max(1, memory_budget // self.per_row)
+        # analytic: extra ranking threads may hold up to RANKING_PARALLEL_BYTES of the budget, whatever the rows
+        parallel = RANKING_PARALLEL_BYTES if intervals == "analytic" and self.ranking_threads > 1 else 0
+        self.rows_cap = max(1, (memory_budget - min(parallel, memory_budget // 2)) // self.per_row)
         self.limit = self.rows_cap if max_rows is None else min(max_rows, self.rows_cap)
 
         self.segments: SegmentRouting | None = None

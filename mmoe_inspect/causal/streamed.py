@@ -301,8 +301,8 @@ class EvaluationStream:
     # ---------------------------------------------------------------------------------- finishing
     def finish(self, threads: int = 1) -> StreamedEvaluation:
         """Rank the spilled scores task by task: the reference first, then every other set paired with it,
-        on up to `threads` threads (the sorts release the GIL; each thread holds one set's ranking,
-        about `RANKING_BYTES_PER_ROW` bytes a row; fewer on many rows, see `ranking_threads`). On one thread
+        on up to `threads` threads (the sorts release the GIL; each further thread adds about
+        `EXTRA_THREAD_BYTES_PER_ROW` bytes a row; fewer threads on many rows, see `ranking_threads`). On one thread
         everything runs in the caller: a worker thread's allocations go to a malloc arena of its own, and two
         arenas keep two rankings resident."""
         auc: dict[tuple[int, str], tuple[float, float, float]] = {}  # (pos, task) -> (auc, var, var of diff)

@@ -8,8 +8,10 @@ the values are truncated to fewer mantissa bits (ties are created, never reorder
 says the AUC is no longer exact (`auc_exact`).
 
 A compaction sorts only the rows that arrived since the last one and merges them into the kept,
-already sorted rows (`merge_compacted`): its memory beyond the state is that of the new rows, not of
-kept and new rows sorted together (which grew the peak RSS with the rows, up to the cap).
+already sorted rows (`merge_compacted`, while the kept rows outnumber the new ones): beyond the state
+it holds the new rows' sort and the merged copy with a few integer columns per kept row, not the sort
+of kept and new rows together (~100 bytes a row of both, which grew the peak RSS with the rows up to
+the cap).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class TaskOutputStats(SummaryMetric):
         self.kinds = tuple(kinds)
         self.n_bins = n_bins
         self.max_auc_values = int(max_auc_values)
+        if self.max_auc_values < 1:
+            raise ValueError(f"max_auc_values must be at least 1, got {max_auc_values}")
         t = len(self.kinds)
         self._binary_cols = [i for i, k in enumerate(self.kinds) if k == "binary"]
         # rows (task, value, positives, negatives); compacted to one row per (task, value) now and then
@@ -75,6 +79,7 @@ class TaskOutputStats(SummaryMetric):
         self.add_state("score_bits", torch.tensor(_FULL_BITS, dtype=torch.int64), dist_reduce_fx="min")
         self.add_state("logloss_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self._pending = 0  # rows appended since the last compaction (not a state: a cost counter)
+        self._truncated = False  # the last compaction truncated the values (a cost hint, no host read)
         self.register_buffer(
             "_bin_cols", torch.tensor(self._binary_cols, dtype=torch.int64), persistent=False
         )
@@ -120,7 +125,8 @@ class TaskOutputStats(SummaryMetric):
 
     def _add_scores(self, pz: torch.Tensor, yz: torch.Tensor, lab: torch.Tensor | None) -> None:
         """Append `(task, value, pos, neg)` rows of the binary tasks (unlabelled rows weigh 0) and the
-        log loss; the same rows on both update paths, compacted when they outnumber the kept ones."""
+        log loss; the same rows on both update paths, compacted when they reach half the kept ones (all of
+        them once the values are truncated, where a compaction sorts kept and new rows together)."""
         cols = self._binary_cols
         p, y = pz[:, cols], yz[:, cols]
         is_pos = y > 0.5
@@ -140,7 +146,8 @@ class TaskOutputStats(SummaryMetric):
         self.score_counts.append(rows)
         self._pending += rows.shape[0]
         kept = sum(r.shape[0] for r in self.score_counts) - self._pending
-        if self._pending >= max(kept // 2, 1 << 16):
+        share = 1 if self._truncated else 2  # (truncated: no merge, a sort of all rows)
+        if self._pending >= max(kept // share, 1 << 16):
             self._compact()
 
     def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
@@ -153,6 +160,7 @@ class TaskOutputStats(SummaryMetric):
     def _compact(self) -> None:
         parts, self.score_counts = self.score_counts, []
         rows, bits = compact_state(parts, int(self.score_bits), self.max_auc_values)  # (empties `parts`)
+        self._truncated = bits < _FULL_BITS
         self.score_counts = [rows]
         self.score_bits = torch.tensor(bits, dtype=torch.int64, device=rows.device)
         self._pending = 0
@@ -204,11 +212,19 @@ def compact_state(parts: list[torch.Tensor], bits: int, max_values: int) -> tupl
     """`compact_scores` of the rows of a score-count state's `parts` (the list is emptied as they are used).
 
     When the first part is already compacted (sorted by task then value, one row per key, the values
-    untruncated), only the other parts are compacted, and then merged into it (`merge_compacted`): the
-    same rows as compacting everything at once, with the memory and sort of the new rows only.
+    untruncated) and outnumbers the others, only the others are compacted, then merged into it
+    (`merge_compacted`): the same rows as compacting everything at once, sorting the new rows only.
     """
     head = parts[0].reshape(-1, 4) if parts else None
-    if len(parts) < 2 or head is None or bits < _FULL_BITS or not _is_compacted(head):
+    new_rows = sum(p.numel() for p in parts[1:]) // 4
+    # (a head smaller than the new rows: one sort of all is cheaper than a per-task merge)
+    if (
+        len(parts) < 2
+        or head is None
+        or bits < _FULL_BITS
+        or head.shape[0] < new_rows
+        or not _is_compacted(head)
+    ):
         rows = _rows_of(parts)
         parts.clear()  # the parts go once concatenated: the compaction's peak is one copy of the rows less
         return compact_scores(rows, bits, max_values)
@@ -255,7 +271,7 @@ def merge_compacted(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         a = kept[k_bounds[i] : k_bounds[i + 1]]
         b = new[n_bounds[i] : n_bounds[i + 1]]
         parts.append(_merge_one_task(a, b) if a.shape[0] and b.shape[0] else (a if a.shape[0] else b))
-    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+    return torch.cat(parts) if len(parts) > 1 else parts[0]  # (one task: already a fresh merge)
 
 
 def _merge_one_task(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
