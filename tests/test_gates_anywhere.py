@@ -275,6 +275,18 @@ def record(model: nn.Module, topo: Topology, x: torch.Tensor) -> dict[str, torch
         return rec.take().gates
 
 
+def assert_records_the_truth(model: nn.Module, topo: Topology, x: torch.Tensor) -> None:
+    """The recorded gates equal the model's own second path (`model.weights(x)`) bit for bit, and the model is
+    left as found."""
+    before = fingerprint(model)
+    got = record(model, topo, x)
+    with torch.no_grad():
+        truth = model.weights(x)
+    for g, w in zip(topo.gates, truth, strict=True):
+        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
+    assert fingerprint(model) == before
+
+
 @pytest.fixture
 def x() -> torch.Tensor:
     return torch.randn(96, 6, generator=torch.Generator().manual_seed(1))
@@ -291,13 +303,8 @@ def test_inline_temperature_gates_experts_first(x: torch.Tensor) -> None:
     ]
     assert topo.gates[0].experts == tuple(f"experts.{i}" for i in range(4))
     assert topo.architecture == "mmoe" and topo.judgeable
-    before = fingerprint(model)
-    got = record(model, topo, x)
-    with torch.no_grad():
-        truth = model.weights(x)
-    for g, w in zip(topo.gates, truth, strict=True):
-        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
-    assert fingerprint(model) == before and not _get_current_function_mode_stack()
+    assert_records_the_truth(model, topo, x)
+    assert not _get_current_function_mode_stack()
 
 
 def test_function_taps_are_removed_when_the_forward_raises(x: torch.Tensor) -> None:
@@ -663,13 +670,7 @@ def test_keras_port_experts_last_with_expanded_weights(x: torch.Tensor) -> None:
         ("task_1", "softmax", 1, 4),
     ]
     assert topo.architecture == "mmoe" and topo.judgeable
-    before = fingerprint(model)
-    got = record(model, topo, x)
-    with torch.no_grad():
-        truth = model.weights(x)
-    for g, w in zip(topo.gates, truth, strict=True):
-        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
-    assert fingerprint(model) == before
+    assert_records_the_truth(model, topo, x)
 
     frame = pd.DataFrame(x.numpy(), columns=FEATURES)
     fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
@@ -691,11 +692,7 @@ def test_weights_repeated_along_size_one_axes_are_a_broadcast(x: torch.Tensor, h
         ("task_1", "gates.1", "logits", 4),
     ]
     assert topo.gates[0].experts == tuple(f"experts.{i}" for i in range(4))
-    got = record(model, topo, x)
-    with torch.no_grad():
-        truth = model.weights(x)
-    for g, w in zip(topo.gates, truth, strict=True):
-        torch.testing.assert_close(got[g.name], w, rtol=0, atol=0)
+    assert_records_the_truth(model, topo, x)
     frame = pd.DataFrame(x.numpy(), columns=FEATURES)
     fn = lambda f: torch.tensor(f[FEATURES].to_numpy())  # noqa: E731
     stuck = mi.inspect(
