@@ -521,3 +521,16 @@ def test_labels_of_the_wrong_type_are_one_clear_error(tmp_path) -> None:
     assert labelled.table("tasks").set_index("task").loc["click", "n_labelled"] == 64
     assert ignored.table("tasks").set_index("task").loc["click", "n_labelled"] == 0
     assert loaded.inspect(frame, labels=True).table("tasks").equals(labelled.table("tasks"))
+
+
+def test_topology_reads_logit_tasks_as_inspect_does(script, tmp_path, monkeypatch) -> None:
+    """`LoadedModel.topology` (what `mmoe-inspect topology --write` saves) gives logit outputs with 0/1 labels the
+    kind `inspect` uses (binary logits), and with `labels=False` the kind the outputs alone suggest."""
+    _model, ckpt = _save(script, "TupleInputMMoE", tmp_path, monkeypatch)
+    loaded = load_model(ckpt, trust=True, model_code=script[0])
+    kinds = {t.name: (t.kind, t.probability) for t in loaded.topology(TUPLE_ROWS, discover=True).tasks}
+    assert kinds == {"y_ctr": ("binary", False), "y_cvr": ("binary", False)}
+    inspected = loaded.inspect(TUPLE_ROWS)
+    assert {t.name: (t.kind, t.probability) for t in inspected.topology.tasks} == kinds
+    unlabelled = loaded.topology(TUPLE_ROWS, discover=True, labels=False)
+    assert {t.kind for t in unlabelled.tasks} == {"regression"}

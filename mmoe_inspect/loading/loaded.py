@@ -155,7 +155,7 @@ class LoadedModel:
         *,
         discover: bool = False,
         tasks: str | Sequence[str] | None = None,
-        labels: str | Mapping[str, str] | None = None,
+        labels: str | Mapping[str, str] | bool | None = None,
         input: InputMode | None = None,
         features: str | Sequence[str] | None = None,
         collate: str | Callable[[pd.DataFrame], Any] | None = None,
@@ -165,15 +165,25 @@ class LoadedModel:
         """The model's declared topology, or (library models, `discover=True`) discovery on `rows` rows.
 
         A model no adapter knows is bound to the data first (`bind`, or the given `binding`); the
-        binding's notes lead the topology's notes and its label columns are set on the tasks.
+        binding's notes lead the topology's notes and its label columns are set on the tasks. Task kinds
+        are read as `inspect` reads them (a guessed-regression task with 0/1 labels: binary logits), unless
+        `labels=False`.
         """
-        from mmoe_inspect.binding import example_batch, resolve_topology, with_labels
+        from mmoe_inspect.binding import (
+            binary_logits_from_labels,
+            example_batch,
+            resolve_topology,
+            with_labels,
+        )
         from mmoe_inspect.topology.discovery import discover_topology
 
         declared = getattr(self.model, "topology", None)
         if callable(declared) and not discover:
             return resolve_topology(self.model, None)
         source = self.source(data)
+        ignore_labels = labels is False
+        if isinstance(labels, bool):
+            labels = None
         if binding is None:
             binding = self.bind(
                 source, tasks=tasks, labels=labels, input=input, features=features, collate=collate
@@ -190,8 +200,10 @@ class LoadedModel:
                 task_names=self._names(tasks, binding),
                 task_kinds=self.task_kinds,
             )
-        if label_map and binding.guessed:  # the label columns the binding matched to outputs
+        if label_map and binding.guessed and not ignore_labels:  # the label columns the binding matched
             topo = with_labels(topo, label_map, source)
+        if not ignore_labels and self.task_kinds is None:
+            topo = binary_logits_from_labels(topo, source, set(source.columns()))
         return with_notes(topo, binding.notes)
 
     def inspect(
