@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect.causal import Ablate, Replace
-from mmoe_inspect.causal._engine import PlannedVariant, collect
+from mmoe_inspect.causal._engine import Collected, PlannedVariant, collect
 from mmoe_inspect.causal.ablation import ablation_variants
 from mmoe_inspect.causal.counterfactual import counterfactual_variants
 from mmoe_inspect.causal.remix import DIFFERENCE_MIN_EXPERTS, Remixer
@@ -59,15 +59,11 @@ def _report_variants(model: nn.Module) -> list[PlannedVariant]:
     return abl + cf
 
 
-def _check(
-    model: nn.Module, frame: pd.DataFrame, variants: list[PlannedVariant], difference_from: int = 1
-) -> Remixer:
-    """Re-mixed predictions of every variant equal one forward per variant (atol 1e-6) on one batch; the
-    difference path for gates of at least `difference_from` experts (1: every gate)."""
-    topo = model.topology()
-    naive = collect(
+def _naive(model: nn.Module, frame: pd.DataFrame, variants: list[PlannedVariant]) -> Collected:
+    """Every variant's predictions from one hook-based forward per variant, on `frame` as one batch."""
+    return collect(
         model,
-        topo,
+        model.topology(),
         TableSource.of(frame),
         _inputs,
         variants=variants,
@@ -75,6 +71,15 @@ def _check(
         batch_size=len(frame),
         columns=_cols(),
     )
+
+
+def _check(
+    model: nn.Module, frame: pd.DataFrame, variants: list[PlannedVariant], difference_from: int = 1
+) -> Remixer:
+    """Re-mixed predictions of every variant equal one forward per variant (atol 1e-6) on one batch; the
+    difference path for gates of at least `difference_from` experts (1: every gate)."""
+    topo = model.topology()
+    naive = _naive(model, frame, variants)
     remixer = Remixer(model, topo, [v.edits for v in variants], difference_from=difference_from)
     with torch.no_grad():
         out = remixer.run(_inputs(frame))
@@ -124,16 +129,7 @@ def test_difference_ablations_equal_one_forward_per_variant_on_collapsed_gates(t
     general = _check(model, frame, variants, difference_from=DIFFERENCE_MIN_EXPERTS)  # 4 experts: not used
     assert _kinds(general) == set()
     # the renormalized ablation of expert 0 matters on the collapsed rows: an error there would show
-    naive = collect(
-        model,
-        model.topology(),
-        TableSource.of(frame),
-        _inputs,
-        variants=variants,
-        strategy="naive",
-        batch_size=len(frame),
-        columns=_cols(),
-    )
+    naive = _naive(model, frame, variants)
     key = ("ablation", "renormalize", model.topology().gates[0].experts[0])
     rows = ((top > 1 - 1e-6) & (top < 1)).numpy()
     assert np.abs(naive.preds[key][rows, 0] - naive.preds["intact"][rows, 0]).max() > 1e-3
@@ -240,16 +236,7 @@ def test_one_hot_gate_rows_keep_their_exact_ties() -> None:
         out = remixer.run(x)["cvr"].reshape(1 + len(variants), -1).numpy()
     assert ("gates.1", "zero") in _kinds(remixer)
     keys = [v.key for v in variants]
-    naive = collect(
-        model,
-        model.topology(),
-        TableSource.of(frame),
-        _inputs,
-        variants=variants,
-        strategy="naive",
-        batch_size=len(frame),
-        columns=_cols(),
-    )
+    naive = _naive(model, frame, variants)
     for mode in ("zero", "renormalize"):
         key = ("ablation", mode, model.topology().gates[1].experts[1])
         got, ref = out[1 + keys.index(key)][onehot], naive.preds[key][onehot, 1]
