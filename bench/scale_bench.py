@@ -281,6 +281,7 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
     from mmoe_inspect.attribution import AttributionOptions
     from mmoe_inspect.causal import CausalOptions
     from mmoe_inspect.loading import load_model
+    from mmoe_inspect.reports import EarlyFigures
 
     torch.set_num_threads(threads)
     tmp = out
@@ -297,6 +298,7 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
     check_s = stages["load"] + time.perf_counter() - t0
 
     clock = StageClock()
+    early = EarlyFigures()  # as `mmoe-inspect report`: the routing figures drawn while the analyses run
     t0 = time.perf_counter()
     result = loaded.inspect(
         source,
@@ -304,8 +306,10 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
         causal=CausalOptions(),
         attribution=AttributionOptions(budget_seconds=30.0, sample_rows=256),
         progress=clock,
+        on_recorded=early.start,
     )
     t_end = time.perf_counter()
+    early_started, early_free = early.started, early.free
     ends = dict(clock.ends)
     record_end = next(t for name, t in clock.ends if name.startswith("inspecting"))
     attribution_end = ends.get("attributions (gates, experts, tasks)", record_end)
@@ -342,10 +346,11 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
     report_write.render_figures, report_write.render_html = timed_fig, timed_html
     try:
         t0 = time.perf_counter()
-        report_write.write_report(result, out_dir, force=True)
+        report_write.write_report(result, out_dir, force=True, early=early)
         write_s = time.perf_counter() - t0
     finally:
         report_write.render_figures, report_write.render_html = orig_fig, orig_html
+        early.close()
     stages["figures"] = spent["figures"]
     # HTML = the rest of write_report: html rendering, overview slide, tables, metrics.json, folder swap
     stages["html"] = write_s - spent["figures"]
@@ -390,6 +395,8 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
         "cli_exit_code": proc.returncode if proc is not None else None,
         "cli_stderr_tail": proc.stderr[-500:] if proc is not None else "",
         "slowest_stage": slowest,
+        "early_figures": early_started,  # a helper drew the routing figures during the analyses
+        "early_free_cpus": early_free,
     }
     return res
 

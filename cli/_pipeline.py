@@ -5,7 +5,7 @@ the attributions, and records why any of them did not run; nothing here edits th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +64,11 @@ def inspect_checkpoint(
     label: str | None = None,
     model_name: str | None = None,
     dist: DistContext | None = None,
+    on_recorded: Callable[[InspectionResult], None] | None = None,
 ) -> InspectionResult:
     """Load `checkpoint` and inspect it (`LoadedModel.inspect`) with progress bars; `causal.baselines`
-    may hold checkpoint paths, loaded here with the main model's loading options before the pass."""
+    may hold checkpoint paths, loaded here with the main model's loading options before the pass;
+    `on_recorded` goes to `inspect` (the report's early figures)."""
     import dataclasses
 
     import torch
@@ -106,6 +108,7 @@ def inspect_checkpoint(
             progress=passes,
             label=label or checkpoint.name,
             distributed=dist is not None,
+            on_recorded=on_recorded,
         )
     if not run.quiet:
         for key, what, requested in (

@@ -12,6 +12,7 @@ from ._common import RunOptions, err
 from ._progress import Passes
 
 if TYPE_CHECKING:
+    from mmoe_inspect.reports import EarlyFigures
     from mmoe_inspect.results import InspectionResult
 
 
@@ -40,17 +41,23 @@ def previous_report(out_dir: Path) -> str | None:
 
 
 def write_report_with_progress(
-    result: InspectionResult, out_dir: Path, *, force: bool, run: RunOptions
+    result: InspectionResult,
+    out_dir: Path,
+    *,
+    force: bool,
+    run: RunOptions,
+    early: EarlyFigures | None = None,
 ) -> Path:
     """`write_report` with a progress bar over the figures, and a notice when it replaces a previous report
-    (its model named), so a report is never replaced silently; returns the path of `index.html`."""
+    (its model named), so a report is never replaced silently; returns the path of `index.html`. `early`
+    goes to `write_report`."""
     from mmoe_inspect.reports import write_report
 
     replaced = previous_report(out_dir)
     label = "figures, slide and tables"
     with Passes(run.quiet) as passes:
         tick = passes.bar(label, None, unit="figures")
-        index = write_report(result, out_dir, force=force, progress=tick)
+        index = write_report(result, out_dir, force=force, progress=tick, early=early)
         passes.finish(label)
     if replaced is not None and not run.quiet:
         err.print(

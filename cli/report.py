@@ -215,14 +215,23 @@ def report_command(
             None if no_causal else CausalOptions(baselines, segment_by, bootstrap, intervals=intervals.value)
         )
         attribution = AttributionOptions(attribution_budget, attribution_rows) if attributions else None
-        with distributed_run(distributed, load, dist_timeout) as (dist, load):
+        from mmoe_inspect.reports import EarlyFigures
+
+        with distributed_run(distributed, load, dist_timeout) as (dist, load), EarlyFigures() as early:
             result = inspect_checkpoint(
-                checkpoint, load, run, spec=spec, causal=request, attribution=attribution, dist=dist
+                checkpoint,
+                load,
+                run,
+                spec=spec,
+                causal=request,
+                attribution=attribution,
+                dist=dist,
+                on_recorded=early.start,  # the routing figures are drawn while the analyses run
             )
             if dist is not None and not dist.is_main:
                 return  # rank 0 writes the report (after every rank passed the last status exchange)
             result.training = training
-            index = write_report_with_progress(result, out_dir, force=force, run=run)
+            index = write_report_with_progress(result, out_dir, force=force, run=run, early=early)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"report:   {index}")

@@ -123,6 +123,7 @@ def inspect(
     label: str | None = None,
     distributed: bool = False,
     device: str | torch.device | None = None,
+    on_recorded: Callable[[InspectionResult], None] | None = None,
 ) -> InspectionResult:
     """Record every gate of `model` over `data` and diagnose its routing.
 
@@ -147,6 +148,12 @@ def inspect(
     pass only.
     The model is left exactly as found: hooks removed, every module's mode restored, parameters and
     gradients untouched.
+
+    `on_recorded(result)` is called once, with the result of the recording pass (topology, tables,
+    findings, arrays), before the attributions and causal analyses run and attach theirs (where the
+    result is returned: one process, or rank 0). It lets a caller start work that reads only the
+    recording, such as the report's routing figures (`mmoe_inspect.reports.EarlyFigures`); it must not
+    change the result.
 
     `device` ("cuda", "cuda:1", ...) runs the model there for this call (moved back afterwards);
     inputs go to the model's device, statistics stay on it and reach the host at `compute()`.
@@ -209,6 +216,8 @@ def inspect(
         release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
         if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
             return result
+        if on_recorded is not None:
+            on_recorded(result)
         if attribution_opts is not None:
             run_attributions(result, model, binding, attribution_opts, seed=cfg.seed, progress=reporter)
         if analyses is not None:

@@ -19,6 +19,7 @@ Examples::
 
 from .diff import RoutingDiff, diff_results, write_diff
 from .display import GateUtilizationDisplay
+from .early import EarlyFigures
 from .figures import FIGURES, TRAINING_FIGURES, FigureSpec, render_figures
 from .html import render_html, renderer
 from .overview import overview_figure, write_overview
@@ -29,6 +30,7 @@ __all__ = [
     "FIGURES",
     "MARKER",
     "TRAINING_FIGURES",
+    "EarlyFigures",
     "FigureSpec",
     "GateUtilizationDisplay",
     "Report",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
@@ -36,6 +37,9 @@ from .routing_figures import (
 )
 from .summary_figures import effective_experts, expert_similarity, task_outputs
 from .training_figures import training_divergence, training_entropy, training_loss, training_utilization
+
+if TYPE_CHECKING:
+    from .early import EarlyFigures  # which draws from this registry
 
 __all__ = [  # the drawing helpers are re-exported: older code imports them from here
     "FIGURES",
@@ -223,6 +227,25 @@ def all_figures() -> dict[str, FigureSpec]:
     return {**FIGURES, **TRAINING_FIGURES}
 
 
+RECORDING_FIGURES = frozenset(
+    {
+        "effective_experts",
+        "task_expert_heatmap",
+        "expert_utilization",
+        "weight_distributions",
+        "gate_entropy",
+        "coactivation",
+        "task_divergence",
+        "label_routing",
+        "expert_similarity",
+        "task_outputs",
+    }
+)
+"""The figures drawn from the recording pass alone (`result.topology`, `result.tables`, `result.arrays`
+as `inspect`'s recording pass leaves them; never findings, causal analyses, attributions or a run
+log): `early.EarlyFigures` draws them while the analyses run."""
+
+
 FIGURE_SECONDS = {
     "weight_distributions": 0.54,
     "attribution_gates": 0.47,
@@ -265,6 +288,7 @@ def render_figures(
     workers: int | None = None,
     extra: Sequence[Job] = (),
     meanwhile: Callable[[], None] | None = None,
+    early: EarlyFigures | None = None,
 ) -> dict[str, str]:
     """Draw every registered figure that has data and save it as `<folder>/<name>.png`; name → file name
     (registry order).
@@ -275,6 +299,9 @@ def render_figures(
     overview slide) are drawn with them (in `drawing_order`) and are not counted or returned.
     `meanwhile()` is called once, while a helper process draws its last figures or after the figures
     (`_render.render_all`): the caller's other work, which must not depend on the figures.
+    `early`: an `EarlyFigures` started on this result, whose helper has been drawing the
+    `RECORDING_FIGURES` since the recording pass; the others are drawn first, then its files are taken
+    (`EarlyFigures.finish`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -294,7 +321,13 @@ def render_figures(
     jobs.sort(key=lambda job: rank[job[0]])
     if progress is not None:
         progress(0, len(specs))
-    drawn = render_all(result, jobs, tick, workers, meanwhile)
+    claimed = early.claim(result) if early is not None else frozenset()
+    if claimed:
+        own = [job for job in jobs if job[0] not in claimed]
+        drawn = render_all(result, own, tick, early.workers_beside(workers))  # type: ignore[union-attr]
+        drawn |= early.finish(result, folder, tick, meanwhile)  # type: ignore[union-attr]
+    else:
+        drawn = render_all(result, jobs, tick, workers, meanwhile)
     if progress is not None and done != len(specs):
         progress(len(specs), len(specs))
     return {name: f"{name}.png" for name in specs if name in drawn and name not in extra_keys}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmoe_inspect._text import csv_safe
 from mmoe_inspect.errors import MmoeInspectError
@@ -19,6 +20,9 @@ from .figures import render_figures
 from .html import render_html
 from .overview import OVERVIEW_DPI, overview_figure
 from .structure import get_report_structure
+
+if TYPE_CHECKING:
+    from .early import EarlyFigures
 
 MARKER = ".mmoe-inspect-report"
 OVERVIEW = "overview.png"
@@ -57,10 +61,15 @@ def write_marker(folder: Path, kind: str) -> None:
 
 
 def build_report(
-    result: InspectionResult, folder: str | Path, progress: Callable[[int, int], None] | None = None
+    result: InspectionResult,
+    folder: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    early: EarlyFigures | None = None,
 ) -> Path:
     """Write the report files into an existing empty `folder` (no atomicity; `write_report` wraps this);
-    `progress(done, total)` follows the figures (see `render_figures`)."""
+    `progress(done, total)` follows the figures, `early` brings the figures drawn while the analyses ran
+    (see `render_figures`)."""
     folder = Path(folder)
     overview = ("overview", overview_figure, folder / OVERVIEW, OVERVIEW_DPI)  # drawn with the figures
     written: list[Path] = []
@@ -71,7 +80,9 @@ def build_report(
         if result.findings:
             csv_safe(result.findings_frame()).to_csv(folder / "tables" / "findings.csv", index=False)
 
-    figures = render_figures(result, folder / "figures", progress, extra=[overview], meanwhile=data_files)
+    figures = render_figures(
+        result, folder / "figures", progress, extra=[overview], meanwhile=data_files, early=early
+    )
     report = get_report_structure(
         result,
         {name: f"figures/{file}" for name, file in figures.items()},
@@ -89,6 +100,7 @@ def write_report(
     *,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    early: EarlyFigures | None = None,
 ) -> Path:
     """Write `result` as a report folder at `out_dir` and return the path of its `index.html`.
 
@@ -101,13 +113,15 @@ def write_report(
     A previous report at `out_dir` is replaced (only the files its marker lists). A non-empty folder
     that is not a report is refused (`ReportError`) unless `force=True`; then the report's files are
     added beside the user's, and a user file at a path the report writes is refused, never replaced.
-    `progress(done, total)` is called as the figures are drawn (the CLI's progress bar).
+    `progress(done, total)` is called as the figures are drawn (the CLI's progress bar). `early`: an
+    `EarlyFigures` given to `inspect(on_recorded=early.start)` for this result, whose helper process drew
+    the recording pass's figures while the analyses ran (the same files; see `reports.early`).
 
     Examples::
 
         >>> path = write_report(result, "out/report")   # out/report/index.html
     """
-    out = write_folder(out_dir, lambda tmp: build_report(result, tmp, progress), force=force)
+    out = write_folder(out_dir, lambda tmp: build_report(result, tmp, progress, early=early), force=force)
     return out / "index.html"
 
 

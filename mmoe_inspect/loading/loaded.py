@@ -226,7 +226,8 @@ class LoadedModel:
         """`mmoe_inspect.inspect` with this model's input function, task names/kinds and labels wired in,
         inside the adapter's session (causal analyses and attributions included).
 
-        Further `options` (`progress`, `attribution`, `distributed`, `label`) go to `inspect` unchanged;
+        Further `options` (`progress`, `attribution`, `distributed`, `label`, `on_recorded`) go to `inspect`
+        unchanged;
         `causal` too, where a baseline may also be a `LoadedModel` (read with this call's input options
         when no adapter knows it). Without `data`, the rows stored in the checkpoint are read.
 

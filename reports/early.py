@@ -1,0 +1,275 @@
+"""`EarlyFigures`: the figures of the recording pass, drawn by a helper process while the analyses run.
+
+Most of a report's figures (routing, experts, tasks: `figures.RECORDING_FIGURES`) read only what the
+recording pass measured, yet they were drawn after the attributions and the causal analyses, while one
+CPU sat idle under a one-thread torch run. Given to `inspect(..., on_recorded=early.start)`, this forks a
+helper process as soon as the recording pass is done; it draws those figures into a private temp folder
+while this process runs the analyses. `render_figures(..., early=early)` (or `write_report`) then draws
+the other figures, draws here whatever recording figure the helper has not begun (both take the next
+job from one shared counter), waits for the helper and moves its files into the report.
+
+The files are the ones a serial run writes: the same drawing code on the same result. What the figures
+read is checked at the end; when the result's topology, tables or arrays were replaced after the start,
+the helper's files are thrown away and the figures are drawn here. A helper that fails, dies or stays
+silent is handled as in `_render`: what it did not deliver is drawn here, where an error raises with
+its own traceback.
+
+Whether to fork is decided at `start`: not where `_render` would not fork (off Linux, one CPU, a process
+group, `MMOE_INSPECT_FIGURE_WORKERS=1`), and only when, over the time since this object was made
+(loading and the recording pass), other processes left `_render.MIN_FREE_CPUS` free (`free_cpus_over`),
+the rule `_render` applies to its helper. On one torch thread the second CPU is idle during the
+analyses; on two, the analyses after the recording pass (Captum's Python-heavy loop, the ranking of the
+scores) leave part of their CPUs idle, so the helper still pays off (measured on the 2-core machine,
+1M-row report: figures 1.8-2.0 -> 1.3 s, attributions +0.25 s; `bench/results/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mmoe_inspect.results import InspectionResult
+
+from ._render import (
+    HELPER_SILENCE_S,
+    MIN_FREE_CPUS,
+    CpuSample,
+    Job,
+    _collect,
+    can_fork_helper,
+    cpu_sample,
+    draw_one,
+    forced_workers,
+    old_objects_frozen,
+    one_blas_thread,
+)
+from ._style import DPI
+
+__all__ = ["EarlyFigures", "free_cpus_over"]
+
+
+def free_cpus_over(before: CpuSample, after: CpuSample) -> float:
+    """CPUs other processes left free between the two samples (0 to `cpus`).
+
+    Unlike `_render.free_cpus` all of this process's ticks are its own: the window covers its compute on
+    every torch thread and the statistics worker, not one drawing thread."""
+    total = after.total - before.total
+    if total <= 0 or after.cpus != before.cpus:
+        return 0.0
+    window = total / after.cpus  # ticks one CPU had in the window
+    others = max((after.busy - before.busy) - max(after.own - before.own, 0), 0) / window
+    return float(min(max(after.cpus - others, 0.0), after.cpus))
+
+
+def _state(result: InspectionResult) -> tuple[Any, ...]:
+    """What the recording figures read, by identity (tables, arrays) and value (the topology's tasks,
+    experts, gates; not its notes, which callers add afterwards)."""
+    topo = result.topology
+    return (
+        topo.tasks,
+        topo.experts,
+        topo.gates,
+        id(result.tables),
+        tuple((k, id(v)) for k, v in result.tables.items()),
+        id(result.arrays),
+        tuple((k, id(v)) for k, v in result.arrays.items()),
+    )
+
+
+class EarlyFigures:
+    """Draws `figures.RECORDING_FIGURES` in a forked helper from the recording pass's result on.
+
+    Use as a context manager around the inspection and the report (the helper is stopped and its temp
+    folder removed on exit, also on errors)::
+
+        >>> with EarlyFigures() as early:
+        ...     result = inspect(model, data, causal=True, on_recorded=early.start)
+        ...     write_report(result, "out", early=early)
+
+    `workers=1` never forks, 2 forks wherever a helper can be forked; None decides (see the module).
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers
+        self._before = cpu_sample()
+        self._proc: Any = None
+        self._receive: Any = None
+        self._counter: Any = None
+        self._folder: Path | None = None
+        self._jobs: list[Job] = []
+        self._state: tuple[Any, ...] | None = None
+        self._result_id: int | None = None
+        self._tried = False
+        self.free: float | None = None
+        """CPUs other processes left free from construction to `start` (None when not measured)."""
+
+    @property
+    def started(self) -> bool:
+        """Whether a helper was forked (and not yet stopped)."""
+        return self._proc is not None
+
+    def __enter__(self) -> EarlyFigures:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _should_fork(self) -> bool:
+        workers = forced_workers() if self.workers is None else self.workers
+        if workers == 1 or not can_fork_helper():
+            return False
+        if workers is not None:
+            return True
+        after = cpu_sample()
+        if self._before is None or after is None:
+            return False
+        self.free = free_cpus_over(self._before, after)
+        return self.free >= MIN_FREE_CPUS
+
+    def start(self, result: InspectionResult) -> None:
+        """Fork the helper on `result` (the recording pass's, before the analyses attach theirs): pass this
+        method as `inspect(on_recorded=...)`. Once; a no-op where a helper does not pay off."""
+        if self._tried:
+            return
+        self._tried = True
+        if not self._should_fork():
+            return
+        import multiprocessing as mp
+
+        from .figures import FIGURES, RECORDING_FIGURES, drawing_order
+
+        keys = drawing_order([k for k in FIGURES if k in RECORDING_FIGURES])
+        self._folder = Path(tempfile.mkdtemp(prefix="mmoe-inspect-figures-"))
+        jobs = [(k, FIGURES[k].draw, self._folder / f"{k}.png", DPI) for k in keys]
+        ctx = mp.get_context("fork")
+        counter = ctx.Value("i", 0)  # the next job nobody has taken (its own lock)
+        receive, send = ctx.Pipe(duplex=False)
+
+        def helper() -> None:  # in the forked process: no output, no exceptions crossing
+            with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # never touch the parent's stdio objects (a progress bar's thread may have held their
+            # locks at the fork): a warning or a log line goes nowhere
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until os._exit
+            warnings.simplefilter("ignore")
+            receive.close()
+            with one_blas_thread():
+                while (i := _take(counter, len(jobs))) is not None:
+                    try:
+                        send.send((i, draw_one(jobs[i], result)))
+                    except Exception:
+                        send.send((i, None))  # drawn again in the parent, where it raises properly
+            send.send(("done", None))
+            send.close()
+            os._exit(0)
+
+        with warnings.catch_warnings(), old_objects_frozen():  # frozen: the helper inherits it
+            # Python >= 3.12 warns on fork() in a process with threads (torch's pool, a progress bar)
+            warnings.filterwarnings(
+                "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
+            )
+            proc = ctx.Process(target=helper, name="mmoe-inspect-early-figures", daemon=True)
+            proc.start()
+        send.close()
+        self._proc, self._receive, self._counter, self._jobs = proc, receive, counter, jobs
+        self._state, self._result_id = _state(result), id(result)
+
+    def workers_beside(self, workers: int | None) -> int | None:
+        """The `workers` for the other figures, drawn while the helper finishes its last: as given; else 2
+        (a second helper) when this one was forked because other processes left the CPUs free, else None
+        (`_render` measures, and would count this helper as another process's load)."""
+        if workers is not None:
+            return workers
+        return 2 if self.free is not None and self.free >= MIN_FREE_CPUS else None
+
+    def claim(self, result: InspectionResult) -> frozenset[str]:
+        """The figure keys the helper draws for `result`: none when no helper runs, or when `result` is
+        another object or what the figures read changed since `start` (then the helper is stopped)."""
+        if self._proc is None:
+            return frozenset()
+        if id(result) != self._result_id or _state(result) != self._state:
+            self.close()
+            return frozenset()
+        return frozenset(job[0] for job in self._jobs)
+
+    def finish(
+        self,
+        result: InspectionResult,
+        folder: Path,
+        tick: Callable[[str], None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> set[str]:
+        """The claimed figures, in `folder`: draw here the ones the helper has not begun, call
+        `meanwhile()`, wait for the helper, move its files in, draw here what it did not deliver; the
+        keys written (a figure without data writes nothing). `tick(key)` once per figure."""
+        jobs = self._jobs
+        drawn: set[str] = set()
+        theirs: dict[int, bool | None] = {}
+        mine: set[int] = set()
+        finished = False
+        try:
+            while (i := _take(self._counter, len(jobs))) is not None:
+                mine.add(i)
+                if draw_one(_into(jobs[i], folder), result):
+                    drawn.add(jobs[i][0])
+                if tick is not None:
+                    tick(jobs[i][0])
+                _collect(self._receive, jobs, theirs, tick, wait=0.0)
+            if meanwhile is not None:
+                meanwhile()
+            finished = _collect(self._receive, jobs, theirs, tick, wait=HELPER_SILENCE_S)
+        finally:
+            if not finished:  # interrupted, or the helper is silent or gone: never wait for it
+                self._proc.kill()
+            self._proc.join()
+        for i, job in enumerate(jobs):
+            if i in mine:
+                continue
+            ok = theirs.get(i)
+            if ok:
+                shutil.move(job[2], folder / job[2].name)
+            elif ok is None:  # failed or never delivered: drawn here, where an error raises
+                ok = draw_one(_into(job, folder), result)
+                if tick is not None and i not in theirs:
+                    tick(job[0])
+            if ok:
+                drawn.add(job[0])
+        self.close()
+        return drawn
+
+    def close(self) -> None:
+        """Stop the helper (if it still runs) and remove its temp folder; idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        if self._receive is not None:
+            self._receive.close()
+            self._receive = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self._jobs = []
+
+
+def _take(counter: Any, n: int) -> int | None:
+    with counter.get_lock():
+        i = counter.value
+        if i >= n:
+            return None
+        counter.value = i + 1
+        return i
+
+
+def _into(job: Job, folder: Path) -> Job:
+    key, draw, path, dpi = job
+    return key, draw, folder / path.name, dpi
