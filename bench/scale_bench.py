@@ -376,6 +376,9 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
         "causal_rows": causal.n_rows if causal is not None else 0,
         "spilled_mib": (causal.meta.get("spilled_bytes") or 0) / 2**20 if causal is not None else 0,
         "collect_s": causal.meta.get("collect_seconds") if causal is not None else None,
+        # the riding work a worker thread ran beside the recording pass (one torch thread, a core spare): in the
+        # record stage's wall time, not in collect_s
+        "collect_beside_s": causal.meta.get("collect_beside_seconds") if causal is not None else None,
         "evaluate_s": causal.meta.get("evaluate_seconds") if causal is not None else None,
         "intervals": causal.meta.get("intervals") if causal is not None else None,
         "causal_strategy": causal.meta.get("strategy") if causal is not None else None,
@@ -569,7 +572,9 @@ def markdown(res: dict[str, Any]) -> str:
             f"{first['causal_strategy']}, {first['bytes_per_row']} bytes a row of memory while ranking, the AUC "
             "scores spilled to disk). Seconds per stage; causal = the causal data pass (collect: "
             + (
-                "its work per batch riding along the recording pass, timed apart from the recording; "
+                "its work per batch riding along the recording pass, timed apart from the recording; where a "
+                "core is spare, most of it runs in a worker thread beside the pass, and only the time it adds "
+                "to the pass (the caller's waits) counts here, the worker's own seconds in brackets; "
                 if first.get("causal_rode_along")
                 else "a pass of its own; "
             )
@@ -583,7 +588,9 @@ def markdown(res: dict[str, Any]) -> str:
             st = r["stages_s"]
             lines.append(
                 f"| {r['rows']:,} | {r['threads']} | {st['record']:.1f} | {st['attribution']:.1f} | "
-                f"{st['causal']:.1f} ({r['collect_s'] + (r.get('causal_prepare_s') or 0):.1f} + {r['evaluate_s']:.1f}) | {st['figures']:.1f} | "
+                f"{st['causal']:.1f} ({r['collect_s'] + (r.get('causal_prepare_s') or 0):.1f} + {r['evaluate_s']:.1f}"
+                + (f"; [{r['collect_beside_s']:.1f} beside]" if r.get("collect_beside_s") else "")
+                + f") | {st['figures']:.1f} | "
                 f"{st['html']:.1f} | **{r['sum_of_stages_s']:.1f}** | {r['check_s']:.1f} | "
                 f"**{r['report_over_check']:.2f}** | **{r['causal_over_record']:.2f}** | {r['peak_rss_mib']:.0f} | "
                 f"{r['spilled_mib']:.0f} |"

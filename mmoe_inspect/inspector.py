@@ -40,6 +40,7 @@ from .recording.fingerprint import changed_tensors, fingerprint
 from .results import InspectionResult
 from .routing_pass import RoutingPass, RoutingStats
 from .stats import ExpertStats
+from .stats.worker import short_switch_interval
 from .topology.spec import Topology
 
 if TYPE_CHECKING:
@@ -313,7 +314,12 @@ def record(
     started = time.perf_counter()
     n_rows = 0
     ride_s = 0.0
-    with RoutingPass(model, stats, experts=bool(recorded)) as rp, torch.inference_mode():
+    # worker threads (statistics, the riding causal work) get the GIL back soon after each op
+    with (
+        short_switch_interval(),
+        RoutingPass(model, stats, experts=bool(recorded)) as rp,
+        torch.inference_mode(),
+    ):
         for frame in frames:
             binding.check(frame)
             index = frame.index

@@ -16,11 +16,11 @@ its own traceback.
 
 Whether to fork is decided at `start`: not where `_render` would not fork (off Linux, one CPU, a process
 group, `MMOE_INSPECT_FIGURE_WORKERS=1`), and only when, over the time since this object was made
-(loading and the recording pass), other processes left `_render.MIN_FREE_CPUS` free (`free_cpus_over`),
-the rule `_render` applies to its helper. On one torch thread the second CPU is idle during the
-analyses; on two, the analyses after the recording pass (Captum's Python-heavy loop, the ranking of the
-scores) leave part of their CPUs idle, so the helper still pays off (measured on the 2-core machine,
-1M-row report: figures 1.8-2.0 -> 1.3 s, attributions +0.25 s; `bench/results/`).
+(loading and the recording pass), other processes left half a CPU free beyond this process's torch
+threads, which the analyses use meanwhile (`free_cpus_over`, `MIN_SPARE_CPUS`): one torch thread on two
+cores. On two threads of two cores the helper slowed the attributions as much as it saved on the figures
+(measured on the 1M-row report: attributions 0.45 -> 0.85 s, figures 1.8-2.0 -> 1.4 s), so the figures
+are drawn afterwards as before.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ from ._style import DPI
 
 __all__ = ["EarlyFigures", "free_cpus_over"]
 
+MIN_SPARE_CPUS = 0.5
+"""CPUs left for the helper beside this process's torch threads (which the analyses use meanwhile)."""
+
 
 def free_cpus_over(before: CpuSample, after: CpuSample) -> float:
     """CPUs other processes left free between the two samples (0 to `cpus`).
@@ -67,6 +70,12 @@ def free_cpus_over(before: CpuSample, after: CpuSample) -> float:
     window = total / after.cpus  # ticks one CPU had in the window
     others = max((after.busy - before.busy) - max(after.own - before.own, 0), 0) / window
     return float(min(max(after.cpus - others, 0.0), after.cpus))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _state(result: InspectionResult) -> tuple[Any, ...]:
@@ -132,7 +141,7 @@ class EarlyFigures:
         if self._before is None or after is None:
             return False
         self.free = free_cpus_over(self._before, after)
-        return self.free >= MIN_FREE_CPUS
+        return self.free - _torch_threads() >= MIN_SPARE_CPUS
 
     def start(self, result: InspectionResult) -> None:
         """Fork the helper on `result` (the recording pass's, before the analyses attach theirs): pass this

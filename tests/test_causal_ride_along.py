@@ -173,3 +173,62 @@ def test_remixer_takes_the_tapped_intact_outputs() -> None:
     assert not any(m._forward_hooks for m in model.modules())
     for task in ("ctr", "cvr"):
         torch.testing.assert_close(via_taps[task], own[task], rtol=1e-5, atol=1e-6)
+
+
+def _ride(tmp_path, monkeypatch, spare: int, **options):
+    """`inspect` with the causal work riding along; `spare` cores as the rider sees them (0: in the caller)."""
+    import mmoe_inspect.causal._engine as engine
+
+    monkeypatch.setattr(engine, "spare_cores", lambda: spare)
+    path, features, tasks = _recsys(tmp_path, 13_000)
+    torch.manual_seed(3)
+    model = MMoE(features, tasks, n_experts=4, expert_hidden=(16,), tower_hidden=(8,))
+    torch.manual_seed(4)
+    single = SharedBottom(features, [tasks[1]], bottom_hidden=(8,), tower_hidden=(4,))
+    opts = {"baselines": {"single": single}, "segment_by": "device", **options}
+    return inspect(model, path, causal=CausalOptions(**opts)).causal
+
+
+@pytest.mark.parametrize("options", [{}, {"max_rows": 10_000}], ids=["every row", "a row limit mid-batch"])
+def test_the_riding_work_in_a_worker_thread_gives_the_tables_in_line(tmp_path, monkeypatch, options) -> None:
+    """Beside the recording pass (a worker thread, a core spare) or in the caller: the same work on the same
+    tensors in the same order, so the same tables to the last bit."""
+    beside = _ride(tmp_path, monkeypatch, 1, **options)
+    inline = _ride(tmp_path, monkeypatch, 0, **options)
+    assert beside.meta["rode_along"] and beside.meta["remixed"]
+    assert beside.meta["collect_beside_seconds"] > 0 and inline.meta["collect_beside_seconds"] == 0
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(beside, name), getattr(inline, name), check_exact=True, obj=name)
+    assert beside.n_rows == inline.n_rows == (options.get("max_rows") or 13_000)
+    assert beside.notes == inline.notes
+
+
+def test_an_error_in_the_riding_worker_surfaces_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    import sys
+    import threading
+
+    import mmoe_inspect.causal._engine as engine
+    from mmoe_inspect.causal.remix import Remixer
+
+    monkeypatch.setattr(engine, "spare_cores", lambda: 1)
+    calls = {"n": 0}
+    run = Remixer.run
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # a batch past the first-batch check: in the worker thread
+            assert threading.current_thread() is not threading.main_thread()
+            raise RuntimeError("re-mix went wrong")
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Remixer, "run", failing)
+    path, features, tasks = _recsys(tmp_path, 20_000)
+    model = MMoE(features, tasks, n_experts=2, expert_hidden=(8,), tower_hidden=(4,))
+    hooks_before = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+    interval = sys.getswitchinterval()
+    with pytest.raises(RuntimeError, match="re-mix went wrong"):
+        inspect(model, path, causal=True)
+    assert calls["n"] == 3  # no batch ran after the failed one
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks_before
+    assert not [t for t in threading.enumerate() if t.name.startswith("mmoe-stats")]
+    assert sys.getswitchinterval() == interval

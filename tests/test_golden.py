@@ -56,6 +56,7 @@ VOLATILE: dict[str, str] = {  # dotted path in metrics.json -> why it varies fro
     "meta.ride_seconds": "wall-clock time of the causal work riding along the recording pass",
     "causal.meta.prepare_seconds": "wall-clock time of the causal pre-pass and first-batch check",
     "causal.meta.collect_seconds": "wall-clock time of the causal passes",
+    "causal.meta.collect_beside_seconds": "wall-clock time of the riding causal work in its worker thread",
     "causal.meta.evaluate_seconds": "wall-clock time of the causal bootstrap",
     "causal.meta.seconds": "wall-clock time of the causal analyses",
     "attribution.meta.seconds": "wall-clock time of the attributions",

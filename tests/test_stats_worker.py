@@ -278,3 +278,54 @@ def test_background_is_cpu_only() -> None:
     assert RoutingStats(topo, background=True).feed.background
     assert not RoutingStats(topo).feed.background
     assert not RoutingStats(topo, background=True, device=torch.device("meta")).feed.background
+
+
+def test_a_queue_of_two_holds_one_job_waiting_beside_the_running_one() -> None:
+    worker = StatsWorker(queued=2)
+    log: list[int] = []
+    gate = threading.Event()
+
+    def job(i: int):
+        def run() -> None:
+            if i == 0:
+                assert gate.wait(5)
+            log.append(i)
+
+        return run
+
+    worker.submit(job(0))
+    worker.submit(job(1))  # does not wait: one running, one waiting
+    done = threading.Event()
+
+    def third() -> None:  # waits until job 0 is done: at most two pending
+        worker.submit(job(2))
+        done.set()
+
+    t = threading.Thread(target=third)
+    t.start()
+    assert not done.wait(0.2) and log == []
+    gate.set()
+    assert done.wait(5)
+    t.join()
+    worker.close()
+    assert log == [0, 1, 2]
+    with pytest.raises(ValueError, match="queued"):
+        StatsWorker(queued=0)
+
+
+def test_a_failed_job_skips_the_jobs_queued_after_it() -> None:
+    worker = StatsWorker(queued=3)
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def bad() -> None:
+        assert gate.wait(5)
+        raise KeyError("ride went wrong")
+
+    worker.submit(bad)
+    worker.submit(lambda: ran.append(1))  # queued behind the failing job
+    gate.set()
+    with pytest.raises(KeyError, match="ride went wrong"):
+        worker.wait()
+    worker.close()
+    assert ran == []  # skipped: nothing runs after a failed job

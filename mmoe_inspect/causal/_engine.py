@@ -46,6 +46,7 @@ from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.progress import Stage
 from mmoe_inspect.recording.hooks import HookSession
 from mmoe_inspect.recording.recorder import GateRecorder, checked_forward, model_mode
+from mmoe_inspect.stats.worker import StatsWorker, spare_cores
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
 Strategy = Literal["naive", "batched", "cached"]
@@ -108,6 +109,7 @@ class Collected:
     cached_calls: int = 0  # expert/gate module calls the expert cache ran on one block instead of K
     remixed: bool = False  # variants were re-mixed from cached expert outputs (`causal.remix`)
     notes: list[str] = field(default_factory=list)
+    beside: float = 0.0  # seconds of batch work a worker thread ran beside the feeding pass (`Collector`)
 
     @property
     def n_rows(self) -> int:
@@ -460,12 +462,23 @@ class IntactTaps(HookSession):
         self.last = {}
 
 
+RIDE_QUEUED = 2
+"""Batches a background `Collector` holds at most (one worked on, one waiting): the caller's next forward
+need not wait for the worker to finish the batch before."""
+
+
 class Collector:
     """The per-batch half of `collect`: the intact model, every variant and every baseline on one batch of
     rows, then the per-row arrays and gate sums kept for the analyses (`finish`).
 
     `collect` feeds it from its own pass over the data; `causal.run.CausalPlan.rider` feeds it from another
     pass over the same rows (the recording pass), with a `remix_runner`. `limit` caps the rows it takes.
+
+    `background=True` (the rider, on CPU): once the re-mixer passed its first-batch check and the batch's
+    intact taps hold every expert and gate it reads (so it runs no hooked module of the model), the
+    batch's work runs in a worker thread (`StatsWorker`: one job at a time, in order, errors re-raised
+    in the caller) while the caller goes on with the next forward, whenever its torch threads leave a
+    core spare (`spare_cores`). The same work on the same tensors in the same order: the same results.
     """
 
     def __init__(
@@ -481,6 +494,7 @@ class Collector:
         keep_rows: int | None = None,
         limit: int | None = None,
         taps: IntactTaps | None = None,
+        background: bool = False,
     ) -> None:
         self.topology, self.runner, self.source = topology, runner, source
         self.taps = taps
@@ -500,13 +514,16 @@ class Collector:
             g.name: torch.zeros(g.n_experts, dtype=torch.float64, device=device) for g in topology.gates
         }
         self.gate_rows = {g.name: 0 for g in topology.gates}
-        self.done = 0
-        self.busy = 0.0  # seconds spent in `step`
+        self.done = 0  # rows whose work is done
+        self.taken = 0  # rows taken (done, or in the worker)
+        self.busy = 0.0  # seconds the caller spent in `step` and waiting for the worker
+        self.beside = 0.0  # seconds of batch work the worker ran beside the caller
+        self._worker = StatsWorker(queued=RIDE_QUEUED) if background and self.device.type == "cpu" else None
 
     @property
     def full(self) -> bool:
         """True once `limit` rows were taken (later batches are ignored)."""
-        return self.limit is not None and self.done >= self.limit
+        return self.limit is not None and self.taken >= self.limit
 
     def step(
         self, frame: pd.DataFrame, x: Any, input_fn: InputFn | None = None, labels: np.ndarray | None = None
@@ -520,15 +537,56 @@ class Collector:
             return
         t0 = time.perf_counter()
         full_rows = len(frame)
-        if self.limit is not None and self.done + len(frame) > self.limit:
-            frame = frame.iloc[: self.limit - self.done]
+        if self.limit is not None and self.taken + len(frame) > self.limit:
+            frame = frame.iloc[: self.limit - self.taken]
             if input_fn is None:
                 raise ValueError("a batch cut at the row limit needs input_fn to rebuild its model input")
             x = input_fn(frame)
         x = to_device(x, self.device)
-        tasks = self.topology.tasks
         b = len(frame)
         taps = self.taps.take(full_rows, b) if self.taps is not None else None
+        self.taken += b
+        if self._overlaps(taps):
+            self._worker.submit(lambda: self._timed(frame, x, b, taps, labels))  # type: ignore[union-attr]
+        else:
+            self.wait()
+            self._batch(frame, x, b, taps, labels)
+        self.busy += time.perf_counter() - t0
+
+    def _overlaps(self, taps: Mapping[str, Tensor] | None) -> bool:
+        """Whether this batch's work goes to the worker (see the class doc)."""
+        remix = self.runner.remix
+        return (
+            self._worker is not None
+            and self.runner.remixed
+            and remix is not None
+            and taps is not None
+            and set(remix.tap_paths()) <= set(taps)
+            and spare_cores() > 0
+        )
+
+    def _timed(self, *args: Any) -> None:
+        t0 = time.perf_counter()
+        self._batch(*args)
+        self.beside += time.perf_counter() - t0
+
+    def wait(self) -> None:
+        """Wait for the batch in the worker, if any (its error is raised here)."""
+        if self._worker is not None:
+            t0 = time.perf_counter()
+            self._worker.wait()
+            self.busy += time.perf_counter() - t0
+
+    def _batch(
+        self,
+        frame: pd.DataFrame,
+        x: Any,
+        b: int,
+        taps: Mapping[str, Tensor] | None,
+        labels: np.ndarray | None,
+    ) -> None:
+        """The batch's work: every variant, the kept rows, the gate sums (in the caller or the worker)."""
+        tasks = self.topology.tasks
         out, captured = self.runner.run(x, b, taps)
         labels = read_labels(frame, tasks, self.source) if labels is None else labels[:b]
         base = [_baseline_batch(bl, frame, tasks) for bl in self.baselines]
@@ -551,7 +609,6 @@ class Collector:
         if self.on_batch is not None:
             self.on_batch(frame, {k: v.cpu() for k, v in captured.items()})
         self.done += b
-        self.busy += time.perf_counter() - t0
 
     def finish(self, seconds: float | None = None, deduped_calls: int = 0) -> Collected:
         """The rows taken as a `Collected` (`seconds`: the pass's time, default the time spent in `step`); the
@@ -592,12 +649,20 @@ class Collector:
             cached_calls=deduped_calls,
             remixed=runner.remixed,
             notes=notes,
+            beside=self.beside,
         )
 
-    def close(self) -> None:
-        """Remove the taps' hooks (idempotent)."""
-        if self.taps is not None:
-            self.taps.close()
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Wait for the worker and stop it, remove the taps' hooks (idempotent). With
+        `raise_errors=False` (another exception is propagating) a failed batch's error is dropped."""
+        try:
+            if self._worker is not None:
+                t0 = time.perf_counter()
+                self._worker.close(raise_errors=raise_errors)
+                self.busy += time.perf_counter() - t0
+        finally:
+            if self.taps is not None:
+                self.taps.close()
 
 
 def _baseline_batch(bl: BaselineRun, frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> np.ndarray:

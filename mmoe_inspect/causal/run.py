@@ -366,6 +366,7 @@ class CausalPlan:
             keep_rows=a["prediction_rows"] if self.stream is not None else None,
             limit=self.limit,
             taps=taps,
+            background=True,  # the batch work beside the recording pass's next forward, where a core is spare
         )
         return self._rider
 
@@ -503,6 +504,9 @@ class CausalPlan:
                 "rode_along": self.rode_along,
                 "prepare_seconds": self.prepare_seconds,
                 "collect_seconds": collected.seconds,
+                # of the riding work, the seconds a worker thread ran beside the recording pass (not in
+                # collect_seconds, which is what the work added to the pass's time)
+                "collect_beside_seconds": collected.beside,
                 "evaluate_seconds": time.perf_counter() - t_eval,
                 # riding along, the pass's time is the recording's: only the causal work is counted
                 "seconds": self.prepare_seconds + collected.seconds + time.perf_counter() - t_eval,
@@ -526,8 +530,8 @@ class CausalPlan:
 
     def close(self) -> None:
         """Remove the spill folder and the rider's hooks (idempotent)."""
-        if self._rider is not None:
-            self._rider.close()
+        if self._rider is not None:  # closed already, unless an error cut the pass short: never raise over it
+            self._rider.close(raise_errors=False)
         if self.stream is not None:
             self.stream.close()
 
