@@ -24,9 +24,12 @@ It builds its own models and data (nothing is downloaded) and prints side by sid
     process (``bench/record_bench.py`` part 1); target: peak(4M) / peak(1M) <= 1.10.
 ``report``  `report` vs `check` on the same rows (``--report-rows``, 1M and 4M by default), each in a
     fresh child process per (rows, threads): `check` = load + recording pass; `report` = the call the
-    CLI makes (`LoadedModel.inspect` with attributions and causal analyses on every row) split by
+    CLI makes (`LoadedModel.inspect` with attributions and causal analyses on every row, and the
+    report's `EarlyFigures` helper started by ``on_recorded`` as the CLI starts it) split by
     stage from the library's own progress events, then figures and HTML (timed by wrapping
-    ``reports.write.render_figures``/``render_html``); peak RSS per run and peak(largest) /
+    ``reports.write.render_figures``/``render_html``; the figures stage includes waiting for the early
+    helper); the stages partition the wall time (work overlapped in a worker thread or the helper counts
+    where the caller waits for it); peak RSS per run and peak(largest) /
     peak(smallest) per thread count (target <= 1.25); the stage sum is cross-checked once against one
     end-to-end ``mmoe-inspect report`` process.
 ``ablation``  cached vs naive expert ablation over ``--ablation-rows`` rows
@@ -300,14 +303,18 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
     clock = StageClock()
     early = EarlyFigures()  # as `mmoe-inspect report`: the routing figures drawn while the analyses run
     t0 = time.perf_counter()
-    result = loaded.inspect(
-        source,
-        config=InspectConfig(seed=0),
-        causal=CausalOptions(),
-        attribution=AttributionOptions(budget_seconds=30.0, sample_rows=256),
-        progress=clock,
-        on_recorded=early.start,
-    )
+    try:
+        result = loaded.inspect(
+            source,
+            config=InspectConfig(seed=0),
+            causal=CausalOptions(),
+            attribution=AttributionOptions(budget_seconds=30.0, sample_rows=256),
+            progress=clock,
+            on_recorded=early.start,
+        )
+    except BaseException:
+        early.close()
+        raise
     t_end = time.perf_counter()
     early_started, early_free = early.started, early.free
     ends = dict(clock.ends)

@@ -211,6 +211,7 @@ def inspect(
             dist=dist_ctx,
             ride=None if rider is None else _ride(rider, binding, analyses),
             ride_columns=None if rider is None else _ride_columns(binding, analyses),
+            ride_wait=None if rider is None else rider.wait,
         )
         if rider is not None:
             rider.close()  # its hooks: the attributions' forwards are not the recording's
@@ -262,13 +263,16 @@ def record(
     dist: DistContext | None = None,
     ride: Callable[[pd.DataFrame, Any, np.ndarray | None], None] | None = None,
     ride_columns: Sequence[str] | None = (),
+    ride_wait: Callable[[], None] | None = None,
 ) -> InspectionResult:
     """The recording pass over `binding`'s rows, diagnosed: an `InspectionResult` without causal analyses.
 
     With `dist`, each rank records its shard and the statistics are combined across ranks. `ride(frame,
     x, labels)` sees every batch after its forward (its rows, model input and the `[b, T]` labels read for
     the binding's tasks, None when unlabelled: another analysis's data pass riding along this one), reading `ride_columns` (None: every column; `()`: only the recording's); its time is
-    kept apart (`meta["ride_seconds"]`, not in `record_seconds`)."""
+    kept apart (`meta["ride_seconds"]`, not in `record_seconds`). `ride_wait()` is called after the last
+    batch, still inside the pass (hooks in place, the model in eval mode): the riding work of the last
+    batches, if a worker thread still runs it, ends there."""
     source, topo = binding.source, binding.topology
     device = model_device(model)
     recorded = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
@@ -339,6 +343,10 @@ def record(
             n_rows += len(frame)
             if progress is not None:
                 progress(n_rows)
+        if ride_wait is not None:
+            t0 = time.perf_counter()
+            ride_wait()
+            ride_s += time.perf_counter() - t0
         stats.flush()
     elapsed = time.perf_counter() - started - ride_s
     if dist is not None:  # every rank got here healthy; totals, and expert stats on rows-less ranks

@@ -78,19 +78,17 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _state(result: InspectionResult) -> tuple[Any, ...]:
-    """What the recording figures read, by identity (tables, arrays) and value (the topology's tasks,
-    experts, gates; not its notes, which callers add afterwards)."""
+def _state(result: InspectionResult) -> tuple[tuple[Any, ...], list[Any]]:
+    """What the recording figures read: by value the topology's tasks, experts and gates (not its notes,
+    which callers add afterwards) and the table and array names; the objects themselves (the result, its
+    tables and arrays), held so that an identity check cannot meet a reused id."""
     topo = result.topology
-    return (
-        topo.tasks,
-        topo.experts,
-        topo.gates,
-        id(result.tables),
-        tuple((k, id(v)) for k, v in result.tables.items()),
-        id(result.arrays),
-        tuple((k, id(v)) for k, v in result.arrays.items()),
-    )
+    values = (topo.tasks, topo.experts, topo.gates, tuple(result.tables), tuple(result.arrays))
+    return values, [result, result.tables, *result.tables.values(), result.arrays, *result.arrays.values()]
+
+
+def _same_state(a: tuple[tuple[Any, ...], list[Any]], b: tuple[tuple[Any, ...], list[Any]]) -> bool:
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(x is y for x, y in zip(a[1], b[1], strict=True))
 
 
 class EarlyFigures:
@@ -114,8 +112,7 @@ class EarlyFigures:
         self._counter: Any = None
         self._folder: Path | None = None
         self._jobs: list[Job] = []
-        self._state: tuple[Any, ...] | None = None
-        self._result_id: int | None = None
+        self._state: tuple[tuple[Any, ...], list[Any]] | None = None
         self._tried = False
         self.free: float | None = None
         """CPUs other processes left free from construction to `start` (None when not measured)."""
@@ -156,11 +153,16 @@ class EarlyFigures:
         from .figures import FIGURES, RECORDING_FIGURES, drawing_order
 
         keys = drawing_order([k for k in FIGURES if k in RECORDING_FIGURES])
-        self._folder = Path(tempfile.mkdtemp(prefix="mmoe-inspect-figures-"))
+        try:  # the helper only saves time: where it cannot start (no temp folder, no shared memory, the
+            # fork refused), the figures are drawn afterwards as without it
+            self._folder = Path(tempfile.mkdtemp(prefix="mmoe-inspect-figures-"))
+            ctx = mp.get_context("fork")
+            counter = ctx.Value("i", 0)  # the next job nobody has taken (its own lock)
+            receive, send = ctx.Pipe(duplex=False)
+        except OSError:
+            self.close()
+            return
         jobs = [(k, FIGURES[k].draw, self._folder / f"{k}.png", DPI) for k in keys]
-        ctx = mp.get_context("fork")
-        counter = ctx.Value("i", 0)  # the next job nobody has taken (its own lock)
-        receive, send = ctx.Pipe(duplex=False)
 
         def helper() -> None:  # in the forked process: no output, no exceptions crossing
             with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
@@ -186,25 +188,33 @@ class EarlyFigures:
                 "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
             )
             proc = ctx.Process(target=helper, name="mmoe-inspect-early-figures", daemon=True)
-            proc.start()
+            try:
+                proc.start()
+            except OSError:
+                send.close()
+                receive.close()
+                self.close()
+                return
         send.close()
         self._proc, self._receive, self._counter, self._jobs = proc, receive, counter, jobs
-        self._state, self._result_id = _state(result), id(result)
+        self._state = _state(result)
 
     def workers_beside(self, workers: int | None) -> int | None:
-        """The `workers` for the other figures, drawn while the helper finishes its last: as given; else 2
-        (a second helper) when this one was forked because other processes left the CPUs free, else None
-        (`_render` measures, and would count this helper as another process's load)."""
+        """The `workers` for the other figures: as given; else, while this helper still draws its last, 2 (a
+        second helper) when it was forked because other processes left the CPUs free (measured on the 1M-row
+        report at one thread: figures 1.65-1.8 s with one process beside the helper, 1.2-1.45 s with two);
+        else None: `_render` measures the machine now."""
         if workers is not None:
             return workers
-        return 2 if self.free is not None and self.free >= MIN_FREE_CPUS else None
+        alive = self._proc is not None and self._proc.is_alive()
+        return 2 if alive and self.free is not None and self.free >= MIN_FREE_CPUS else None
 
     def claim(self, result: InspectionResult) -> frozenset[str]:
         """The figure keys the helper draws for `result`: none when no helper runs, or when `result` is
         another object or what the figures read changed since `start` (then the helper is stopped)."""
         if self._proc is None:
             return frozenset()
-        if id(result) != self._result_id or _state(result) != self._state:
+        if self._state is None or not _same_state(_state(result), self._state):
             self.close()
             return frozenset()
         return frozenset(job[0] for job in self._jobs)
@@ -219,6 +229,18 @@ class EarlyFigures:
         """The claimed figures, in `folder`: draw here the ones the helper has not begun, call
         `meanwhile()`, wait for the helper, move its files in, draw here what it did not deliver; the
         keys written (a figure without data writes nothing). `tick(key)` once per figure."""
+        with one_blas_thread(), old_objects_frozen():  # as `_render.render_all` draws
+            drawn = self._finish(result, folder, tick, meanwhile)
+        self.close()
+        return drawn
+
+    def _finish(
+        self,
+        result: InspectionResult,
+        folder: Path,
+        tick: Callable[[str], None] | None,
+        meanwhile: Callable[[], None] | None,
+    ) -> set[str]:
         jobs = self._jobs
         drawn: set[str] = set()
         theirs: dict[int, bool | None] = {}
@@ -251,7 +273,6 @@ class EarlyFigures:
                     tick(job[0])
             if ok:
                 drawn.add(job[0])
-        self.close()
         return drawn
 
     def close(self) -> None:
@@ -268,6 +289,7 @@ class EarlyFigures:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         self._jobs = []
+        self._state = None
 
 
 def _take(counter: Any, n: int) -> int | None:

@@ -198,7 +198,9 @@ def test_the_riding_work_in_a_worker_thread_gives_the_tables_in_line(tmp_path, m
     assert beside.meta["rode_along"] and beside.meta["remixed"]
     assert beside.meta["collect_beside_seconds"] > 0 and inline.meta["collect_beside_seconds"] == 0
     for name in TABLES:
-        pd.testing.assert_frame_equal(getattr(beside, name), getattr(inline, name), check_exact=True, obj=name)
+        pd.testing.assert_frame_equal(
+            getattr(beside, name), getattr(inline, name), check_exact=True, obj=name
+        )
     assert beside.n_rows == inline.n_rows == (options.get("max_rows") or 13_000)
     assert beside.notes == inline.notes
 
@@ -232,3 +234,60 @@ def test_an_error_in_the_riding_worker_surfaces_and_leaves_nothing_behind(tmp_pa
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks_before
     assert not [t for t in threading.enumerate() if t.name.startswith("mmoe-stats")]
     assert sys.getswitchinterval() == interval
+
+
+def test_the_riding_workers_last_batches_end_inside_the_pass(tmp_path, monkeypatch) -> None:
+    """A model handed over in training mode (dropout in the towers): the pass holds it in eval mode, and the
+    worker's last batches end inside the pass, so they too run in eval mode; the tables equal the in-line
+    ones, and the model is back in training mode afterwards."""
+    import threading
+    import time
+
+    import mmoe_inspect.causal._engine as engine
+    from mmoe_inspect.causal.remix import Remixer
+
+    run, modes = Remixer.run, []
+
+    def slow(self, *args, **kwargs):  # causal work slower than a forward: the worker lags behind the pass
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.05)
+        modes.append(self.model.training)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Remixer, "run", slow)
+    path, features, tasks = _recsys(tmp_path, 13_000)
+    results = {}
+    for spare in (1, 0):
+        monkeypatch.setattr(engine, "spare_cores", lambda spare=spare: spare)
+        torch.manual_seed(3)
+        model = MMoE(
+            features, tasks, n_experts=4, expert_hidden=(16,), tower_hidden=(8,), dropout=0.5
+        ).train()
+        results[spare] = inspect(model, path, causal=True).causal
+        assert model.training and all(m.training for m in model.modules())
+    assert modes and not any(modes)
+    assert results[1].meta["collect_beside_seconds"] > 0
+    for name in TABLES:
+        pd.testing.assert_frame_equal(
+            getattr(results[1], name), getattr(results[0], name), check_exact=True, obj=name
+        )
+
+
+def test_a_hook_where_the_worker_would_run_keeps_the_riding_work_in_the_caller(tmp_path, monkeypatch) -> None:
+    """A hook (the user's, or another tool's) on a module the re-mixer calls: it must not fire from a worker
+    thread during the model's own forward, so the riding work stays in the caller."""
+    import threading
+
+    import mmoe_inspect.causal._engine as engine
+
+    monkeypatch.setattr(engine, "spare_cores", lambda: 1)
+    path, features, tasks = _recsys(tmp_path, 13_000)
+    model = MMoE(features, tasks, n_experts=2, expert_hidden=(8,), tower_hidden=(4,))
+    threads: set[int] = set()
+    handle = model.towers[0].register_forward_hook(lambda *_: threads.add(threading.get_ident()))
+    try:
+        ride = inspect(model, path, causal=True).causal
+    finally:
+        handle.remove()
+    assert ride.meta["rode_along"] and ride.meta["collect_beside_seconds"] == 0
+    assert threads == {threading.main_thread().ident}

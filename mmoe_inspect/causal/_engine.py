@@ -475,10 +475,12 @@ class Collector:
     pass over the same rows (the recording pass), with a `remix_runner`. `limit` caps the rows it takes.
 
     `background=True` (the rider, on CPU): once the re-mixer passed its first-batch check and the batch's
-    intact taps hold every expert and gate it reads (so it runs no hooked module of the model), the
-    batch's work runs in a worker thread (`StatsWorker`: one job at a time, in order, errors re-raised
-    in the caller) while the caller goes on with the next forward, whenever its torch threads leave a
-    core spare (`spare_cores`). The same work on the same tensors in the same order: the same results.
+    intact taps hold every expert and gate it reads, and no hook sits on a module it calls (`_unhooked`),
+    the batch's work runs in a worker thread (`StatsWorker`: in order, at most `RIDE_QUEUED` batches,
+    on the caller's number of intra-op threads, errors re-raised in the caller) while the caller goes on
+    with the next forward, whenever its torch threads leave a core spare (`spare_cores`). The baselines
+    run in the caller. The same work on the same tensors in the same order: the same results. The
+    feeding pass calls `wait` before it ends (its eval mode and hooks still in place).
     """
 
     def __init__(
@@ -518,7 +520,13 @@ class Collector:
         self.taken = 0  # rows taken (done, or in the worker)
         self.busy = 0.0  # seconds the caller spent in `step` and waiting for the worker
         self.beside = 0.0  # seconds of batch work the worker ran beside the caller
-        self._worker = StatsWorker(queued=RIDE_QUEUED) if background and self.device.type == "cpu" else None
+        # the worker computes on as many intra-op threads as the caller: the same kernels, the same bits
+        self._worker = (
+            StatsWorker(queued=RIDE_QUEUED, threads=torch.get_num_threads())
+            if background and self.device.type == "cpu"
+            else None
+        )
+        self._hook_free: bool | None = None
 
     @property
     def full(self) -> bool:
@@ -546,11 +554,14 @@ class Collector:
         b = len(frame)
         taps = self.taps.take(full_rows, b) if self.taps is not None else None
         self.taken += b
+        # the baselines run here: their input functions and models are the user's, maybe not thread-safe
+        base = [_baseline_batch(bl, frame, self.topology.tasks) for bl in self.baselines]
         if self._overlaps(taps):
-            self._worker.submit(lambda: self._timed(frame, x, b, taps, labels))  # type: ignore[union-attr]
+            self._worker.submit(lambda: self._timed(frame, x, b, taps, labels, base))  # type: ignore[union-attr]
         else:
-            self.wait()
-            self._batch(frame, x, b, taps, labels)
+            if self._worker is not None:
+                self._worker.wait()  # timed with this step, not also as a wait
+            self._batch(frame, x, b, taps, labels, base)
         self.busy += time.perf_counter() - t0
 
     def _overlaps(self, taps: Mapping[str, Tensor] | None) -> bool:
@@ -563,7 +574,26 @@ class Collector:
             and taps is not None
             and set(remix.tap_paths()) <= set(taps)
             and spare_cores() > 0
+            and self._unhooked(remix.tap_paths())
         )
+
+    def _unhooked(self, tapped: Sequence[str]) -> bool:
+        """No hook can fire from the worker: no global module hook, and none on a module the re-mixer may
+        call (every module but the model itself and the tapped experts and gates, which it takes from the
+        taps). Checked once, at the first batch that could go to the worker (the pass's hooks in place)."""
+        if self._hook_free is None:
+            from torch.nn.modules import module as torch_module
+
+            skip = tuple(f"{p}." for p in tapped)
+            self._hook_free = not any(
+                getattr(torch_module, name, None)
+                for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+            ) and not any(
+                m._forward_hooks or m._forward_pre_hooks
+                for name, m in self.runner.model.named_modules()
+                if name and name not in tapped and not name.startswith(skip)
+            )
+        return self._hook_free
 
     def _timed(self, *args: Any) -> None:
         t0 = time.perf_counter()
@@ -571,7 +601,8 @@ class Collector:
         self.beside += time.perf_counter() - t0
 
     def wait(self) -> None:
-        """Wait for the batch in the worker, if any (its error is raised here)."""
+        """Wait for the batches in the worker, if any (a batch's error is raised here). The feeding pass calls
+        this before it ends, so that they run under its settings (the model in eval mode, its hooks)."""
         if self._worker is not None:
             t0 = time.perf_counter()
             self._worker.wait()
@@ -584,12 +615,13 @@ class Collector:
         b: int,
         taps: Mapping[str, Tensor] | None,
         labels: np.ndarray | None,
+        base: list[np.ndarray],
     ) -> None:
-        """The batch's work: every variant, the kept rows, the gate sums (in the caller or the worker)."""
+        """The batch's work: every variant, the kept rows, the gate sums (in the caller or the worker); `base`
+        the baselines' predictions `[b, T]` each."""
         tasks = self.topology.tasks
         out, captured = self.runner.run(x, b, taps)
         labels = read_labels(frame, tasks, self.source) if labels is None else labels[:b]
-        base = [_baseline_batch(bl, frame, tasks) for bl in self.baselines]
         kept = b if self.keep is None else max(0, min(b, self.keep - self.done))
         if self.on_predictions is not None:
             host = out.float().cpu().numpy()

@@ -18,9 +18,10 @@ Guarantees:
 - **Interrupts.** A `KeyboardInterrupt` reaches the caller's thread (a wait on the worker can be
   interrupted); `close()` then lets the running job finish (a torch op cannot be stopped midway),
   drops nothing else (nothing else is queued) and joins the thread, so no thread outlives the pass.
-- **Torch threads.** The worker runs its ops on one intra-op thread, so that with ``N`` torch
-  threads it does not start a second team of ``N`` threads against the forward's; the process-wide
-  setting the caller sees is left as it was.
+- **Torch threads.** The worker runs its ops on one intra-op thread by default, so that with ``N``
+  torch threads it does not start a second team of ``N`` threads against the forward's (`threads`
+  sets another count: the riding causal work takes the caller's, for the caller's kernels and bits);
+  the process-wide setting the caller sees is left as it was.
 
 `StatsFeed` uses it only while the caller's torch threads leave a core spare (`spare_cores`): when
 they fill the cores, a thread beside the forward slows its parallel ops more than the overlap saves
@@ -53,10 +54,11 @@ class StatsWorker:
     """One background thread running jobs in order, at most `queued` of them submitted and not done (one
     running, the others waiting)."""
 
-    def __init__(self, queued: int = 1) -> None:
-        if queued < 1:
-            raise ValueError(f"queued must be >= 1, got {queued}")
+    def __init__(self, queued: int = 1, threads: int = 1) -> None:
+        if queued < 1 or threads < 1:
+            raise ValueError(f"queued and threads must be >= 1, got {queued}, {threads}")
         self.queued = queued
+        self.threads = threads  # intra-op threads of the worker's torch ops
         self._pool: ThreadPoolExecutor | None = None
         self._futures: collections.deque[Future[Any]] = collections.deque()
         self._failed = False  # a job raised: the jobs queued after it are skipped
@@ -76,7 +78,7 @@ class StatsWorker:
         while len(self._futures) >= self.queued or (self._failed and self._futures):
             self._futures.popleft().result()
         if self._pool is None:
-            self._pool = _start_pool()
+            self._pool = _start_pool(self.threads)
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         self._futures.append(self._pool.submit(self._run_job, job, modes))
 
@@ -122,6 +124,11 @@ def spare_cores() -> int:
     return max(0, cores - torch.get_num_threads())
 
 
+_switch_lock = threading.Lock()
+_switch_users = 0  # passes inside `short_switch_interval` now
+_switch_saved = 0.005  # the interval before the first of them
+
+
 @contextlib.contextmanager
 def short_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
     """Inside: the thread switch interval (`sys.setswitchinterval`) at most `seconds`; restored after.
@@ -132,23 +139,32 @@ def short_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
     machine, 1M rows: `check` 3.89 -> 3.65 s at 1 torch thread (statistics worker), 3.42 -> 3.15 s at 2;
     `inspect` with the causal work riding along in its worker thread 7.6 -> 6.3 s.
     """
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
+    global _switch_users, _switch_saved
+    with (
+        _switch_lock
+    ):  # nested or concurrent passes (two threads inspecting): the first one's value comes back
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+        _switch_users += 1
+        sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
-def _start_pool() -> ThreadPoolExecutor:
-    """A one-thread pool whose thread computes on one intra-op thread (see the module doc)."""
+def _start_pool(threads: int = 1) -> ThreadPoolExecutor:
+    """A one-thread pool whose thread computes on `threads` intra-op threads (see the module doc)."""
     n = torch.get_num_threads()
     ready = threading.Event()
 
     def init() -> None:
         # `torch.set_num_threads` sets this thread's OpenMP team size, and also the process-wide
         # value that threads read on their first op; the caller restores the latter below
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         ready.set()
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmoe-stats", initializer=init)
