@@ -266,6 +266,52 @@ def one_blas_thread() -> AbstractContextManager[object]:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def take_next(counter: Any, n: int) -> int | None:
+    """The index of the next of `n` jobs nobody has taken yet from the shared `counter` (a
+    `multiprocessing.Value` both processes take from), or None when every job is taken."""
+    with counter.get_lock():
+        i = counter.value
+        if i >= n:
+            return None
+        counter.value = i + 1
+        return i
+
+
+def serve_jobs(jobs: Sequence[Job], result: Any, counter: Any, send: Any, receive: Any) -> None:
+    """A forked helper's whole life: take jobs from `counter`, draw them, report `(index, drawn)` through
+    `send` (`(index, None)` when a figure raised: it is drawn again in the parent, where it raises
+    properly), then `("done", None)`, and leave with `os._exit` (no exceptions crossing, no flush of
+    stdio buffers copied from the parent, no exit handlers of the parent's libraries)."""
+    with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # never touch the parent's stdio objects (a progress bar's thread may have held their locks at the
+    # fork): a warning or a log line goes nowhere
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until os._exit
+    warnings.simplefilter("ignore")
+    receive.close()
+    while (i := take_next(counter, len(jobs))) is not None:
+        try:
+            send.send((i, draw_one(jobs[i], result)))
+        except Exception:
+            send.send((i, None))
+    send.send(("done", None))
+    send.close()
+    os._exit(0)
+
+
+def fork_helper(ctx: Any, target: Callable[[], None], name: str) -> Any:
+    """Start `target` in a forked daemon process of the fork context `ctx` (a `multiprocessing.Process`)."""
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns on fork() in a process with threads (torch's pool, a progress bar): the
+        # helper only runs matplotlib on the inherited result, and a hung helper is replaced
+        warnings.filterwarnings(
+            "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
+        )
+        proc = ctx.Process(target=target, name=name, daemon=True)
+        proc.start()
+    return proc
+
+
 def _render_two(
     result: Any,
     jobs: Sequence[Job],
@@ -282,36 +328,9 @@ def _render_two(
     receive, send = ctx.Pipe(duplex=False)
 
     def take() -> int | None:
-        with counter.get_lock():
-            i = counter.value
-            if i >= len(jobs):
-                return None
-            counter.value = i + 1
-            return i
+        return take_next(counter, len(jobs))
 
-    def helper() -> None:  # runs in the forked process: no progress bar, no exceptions crossing
-        with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        receive.close()
-        while (i := take()) is not None:
-            try:
-                send.send((i, draw_one(jobs[i], result)))
-            except Exception:
-                send.send((i, None))  # drawn again in the parent, where it raises properly
-        send.send(("done", None))
-        send.close()
-        # leave now: no flush of stdio buffers copied from the parent (a progress bar's half-written
-        # line would be printed twice), no exit handlers of the parent's libraries
-        os._exit(0)
-
-    with warnings.catch_warnings():
-        # Python >= 3.12 warns on fork() in a process with threads (torch's pool, a progress bar): the
-        # helper only runs matplotlib on the inherited result, and a hung helper is replaced (below).
-        warnings.filterwarnings(
-            "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
-        )
-        proc = ctx.Process(target=helper, name="mmoe-inspect-figures", daemon=True)
-        proc.start()
+    proc = fork_helper(ctx, lambda: serve_jobs(jobs, result, counter, send, receive), "mmoe-inspect-figures")
     send.close()
     drawn: set[str] = set()
     theirs: dict[int, bool | None] = {}

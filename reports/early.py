@@ -25,13 +25,8 @@ are drawn afterwards as before.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,8 +43,11 @@ from ._render import (
     cpu_sample,
     draw_one,
     forced_workers,
+    fork_helper,
     old_objects_frozen,
     one_blas_thread,
+    serve_jobs,
+    take_next,
 )
 from ._style import DPI
 
@@ -164,37 +162,18 @@ class EarlyFigures:
             return
         jobs = [(k, FIGURES[k].draw, self._folder / f"{k}.png", DPI) for k in keys]
 
-        def helper() -> None:  # in the forked process: no output, no exceptions crossing
-            with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            # never touch the parent's stdio objects (a progress bar's thread may have held their
-            # locks at the fork): a warning or a log line goes nowhere
-            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until os._exit
-            warnings.simplefilter("ignore")
-            receive.close()
+        def helper() -> None:  # in the forked process: BLAS on one thread there, as `render_all` draws
             with one_blas_thread():
-                while (i := _take(counter, len(jobs))) is not None:
-                    try:
-                        send.send((i, draw_one(jobs[i], result)))
-                    except Exception:
-                        send.send((i, None))  # drawn again in the parent, where it raises properly
-            send.send(("done", None))
-            send.close()
-            os._exit(0)
+                serve_jobs(jobs, result, counter, send, receive)
 
-        with warnings.catch_warnings(), old_objects_frozen():  # frozen: the helper inherits it
-            # Python >= 3.12 warns on fork() in a process with threads (torch's pool, a progress bar)
-            warnings.filterwarnings(
-                "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
-            )
-            proc = ctx.Process(target=helper, name="mmoe-inspect-early-figures", daemon=True)
-            try:
-                proc.start()
-            except OSError:
-                send.close()
-                receive.close()
-                self.close()
-                return
+        try:
+            with old_objects_frozen():  # frozen: the helper inherits it
+                proc = fork_helper(ctx, helper, "mmoe-inspect-early-figures")
+        except OSError:
+            send.close()
+            receive.close()
+            self.close()
+            return
         send.close()
         self._proc, self._receive, self._counter, self._jobs = proc, receive, counter, jobs
         self._state = _state(result)
@@ -247,7 +226,7 @@ class EarlyFigures:
         mine: set[int] = set()
         finished = False
         try:
-            while (i := _take(self._counter, len(jobs))) is not None:
+            while (i := take_next(self._counter, len(jobs))) is not None:
                 mine.add(i)
                 if draw_one(_into(jobs[i], folder), result):
                     drawn.add(jobs[i][0])
@@ -290,15 +269,6 @@ class EarlyFigures:
             self._folder = None
         self._jobs = []
         self._state = None
-
-
-def _take(counter: Any, n: int) -> int | None:
-    with counter.get_lock():
-        i = counter.value
-        if i >= n:
-            return None
-        counter.value = i + 1
-        return i
 
 
 def _into(job: Job, folder: Path) -> Job:
