@@ -68,20 +68,24 @@ def demo_command(
             out.print(f"  {escape(line)}", soft_wrap=True)  # whole sentences in a CI log
         baselines = {n: demo.checkpoints[n] for n in DEMO_BASELINES if n in demo.checkpoints}
         request = CausalOptions(baselines=baselines, segment_by=DEMO_SEGMENT_COLUMN)
-        result = inspect_checkpoint(
-            demo.checkpoints["mmoe"],
-            LoadOptions(data=demo.eval_path),
-            run,
-            causal=request,
-            attribution=AttributionOptions(),
-            label="the MMoE",
-            model_name="MMoE (demo)",
-        )
-        if demo.run_log is not None:
-            from mmoe_inspect.monitor import read_run_log
+        from mmoe_inspect.reports import EarlyFigures
 
-            result.training = read_run_log(demo.run_log)
-        index = write_report_with_progress(result, out_dir / "report", force=force, run=run)
+        with EarlyFigures() as early:  # as `report`: the routing figures drawn while the analyses run
+            result = inspect_checkpoint(
+                demo.checkpoints["mmoe"],
+                LoadOptions(data=demo.eval_path),
+                run,
+                causal=request,
+                attribution=AttributionOptions(),
+                label="the MMoE",
+                model_name="MMoE (demo)",
+                on_recorded=early.start,
+            )
+            if demo.run_log is not None:
+                from mmoe_inspect.monitor import read_run_log
+
+                result.training = read_run_log(demo.run_log)
+            index = write_report_with_progress(result, out_dir / "report", force=force, run=run, early=early)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")
     print_findings(result.findings)
     out.print(f"checkpoints: {out_dir / 'checkpoints'}")
