@@ -211,7 +211,7 @@ def inspect(
             dist=dist_ctx,
             ride=None if rider is None else _ride(rider, binding, analyses),
             ride_columns=None if rider is None else _ride_columns(binding, analyses),
-            ride_wait=None if rider is None else rider.wait,
+            ride_end=None if rider is None else rider.end,
         )
         if rider is not None:
             rider.close()  # its hooks: the attributions' forwards are not the recording's
@@ -263,16 +263,16 @@ def record(
     dist: DistContext | None = None,
     ride: Callable[[pd.DataFrame, Any, np.ndarray | None], None] | None = None,
     ride_columns: Sequence[str] | None = (),
-    ride_wait: Callable[[], None] | None = None,
+    ride_end: Callable[[bool], None] | None = None,
 ) -> InspectionResult:
     """The recording pass over `binding`'s rows, diagnosed: an `InspectionResult` without causal analyses.
 
     With `dist`, each rank records its shard and the statistics are combined across ranks. `ride(frame,
     x, labels)` sees every batch after its forward (its rows, model input and the `[b, T]` labels read for
     the binding's tasks, None when unlabelled: another analysis's data pass riding along this one), reading `ride_columns` (None: every column; `()`: only the recording's); its time is
-    kept apart (`meta["ride_seconds"]`, not in `record_seconds`). `ride_wait()` is called after the last
-    batch, still inside the pass (hooks in place, the model in eval mode): the riding work of the last
-    batches, if a worker thread still runs it, ends there."""
+    kept apart (`meta["ride_seconds"]`, not in `record_seconds`). `ride_end(failed)` is called after the last
+    batch, or when the pass raises, still inside the pass (hooks in place, the model in eval mode): the
+    riding work a worker thread may still run ends there (is waited for, or stopped)."""
     source, topo = binding.source, binding.topology
     device = model_device(model)
     recorded = [e.name for e in topo.experts if e.module is not None] if cfg.record_experts else []
@@ -324,28 +324,33 @@ def record(
         RoutingPass(model, stats, experts=bool(recorded)) as rp,
         torch.inference_mode(),
     ):
-        for frame in frames:
-            binding.check(frame)
-            index = frame.index
-            read = read_labels(frame, tasks, source.name) if binding.labelled else None
-            labels = torch.from_numpy(read) if read is not None else None
-            x = binding.input_fn(frame)
-            rp.step(
-                x,
-                labels=labels,
-                row_index=torch.from_numpy(index.to_numpy(dtype=np.int64, copy=True)),  # global positions
-                range_start=_range_start(index),
-            )
-            if ride is not None:
-                t0 = time.perf_counter()
-                ride(frame, x, read)
-                ride_s += time.perf_counter() - t0
-            n_rows += len(frame)
-            if progress is not None:
-                progress(n_rows)
-        if ride_wait is not None:
+        try:
+            for frame in frames:
+                binding.check(frame)
+                index = frame.index
+                read = read_labels(frame, tasks, source.name) if binding.labelled else None
+                labels = torch.from_numpy(read) if read is not None else None
+                x = binding.input_fn(frame)
+                rp.step(
+                    x,
+                    labels=labels,
+                    row_index=torch.from_numpy(index.to_numpy(dtype=np.int64, copy=True)),  # global positions
+                    range_start=_range_start(index),
+                )
+                if ride is not None:
+                    t0 = time.perf_counter()
+                    ride(frame, x, read)
+                    ride_s += time.perf_counter() - t0
+                n_rows += len(frame)
+                if progress is not None:
+                    progress(n_rows)
+        except BaseException:  # the riding worker stops here, while the model is still as the pass set it
+            if ride_end is not None:
+                ride_end(True)
+            raise
+        if ride_end is not None:
             t0 = time.perf_counter()
-            ride_wait()
+            ride_end(False)
             ride_s += time.perf_counter() - t0
         stats.flush()
     elapsed = time.perf_counter() - started - ride_s

@@ -277,23 +277,33 @@ def take_next(counter: Any, n: int) -> int | None:
         return i
 
 
-def serve_jobs(jobs: Sequence[Job], result: Any, counter: Any, send: Any, receive: Any) -> None:
+def serve_jobs(
+    jobs: Sequence[Job],
+    result: Any,
+    counter: Any,
+    send: Any,
+    receive: Any,
+    setup: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> None:
     """A forked helper's whole life: take jobs from `counter`, draw them, report `(index, drawn)` through
     `send` (`(index, None)` when a figure raised: it is drawn again in the parent, where it raises
     properly), then `("done", None)`, and leave with `os._exit` (no exceptions crossing, no flush of
-    stdio buffers copied from the parent, no exit handlers of the parent's libraries)."""
+    stdio buffers copied from the parent, no exit handlers of the parent's libraries). `setup()` is a
+    context the drawing runs in, entered once the helper ignores Ctrl-C and has its own stdio."""
     with contextlib.suppress(ValueError):  # Ctrl-C reaches the parent, which stops this one
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     # never touch the parent's stdio objects (a progress bar's thread may have held their locks at the
     # fork): a warning or a log line goes nowhere
+    # (warnings keep their filters: one that is an error fails the figure here, which the parent then
+    # draws again and raises, as a serial run does)
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until os._exit
-    warnings.simplefilter("ignore")
     receive.close()
-    while (i := take_next(counter, len(jobs))) is not None:
-        try:
-            send.send((i, draw_one(jobs[i], result)))
-        except Exception:
-            send.send((i, None))
+    with setup():
+        while (i := take_next(counter, len(jobs))) is not None:
+            try:
+                send.send((i, draw_one(jobs[i], result)))
+            except Exception:
+                send.send((i, None))
     send.send(("done", None))
     send.close()
     os._exit(0)
@@ -324,13 +334,23 @@ def _render_two(
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    counter = ctx.Value("i", start)  # index of the next job nobody has taken (its own lock)
-    receive, send = ctx.Pipe(duplex=False)
+    try:  # a helper only saves time: where it cannot start (no shared memory, the fork refused), draw here
+        counter = ctx.Value("i", start)  # index of the next job nobody has taken (its own lock)
+        receive, send = ctx.Pipe(duplex=False)
+    except OSError:
+        return _draw_rest_here(result, jobs, tick, start, meanwhile)
+    try:
+        proc = fork_helper(
+            ctx, lambda: serve_jobs(jobs, result, counter, send, receive), "mmoe-inspect-figures"
+        )
+    except OSError:
+        send.close()
+        receive.close()
+        return _draw_rest_here(result, jobs, tick, start, meanwhile)
 
     def take() -> int | None:
         return take_next(counter, len(jobs))
 
-    proc = fork_helper(ctx, lambda: serve_jobs(jobs, result, counter, send, receive), "mmoe-inspect-figures")
     send.close()
     drawn: set[str] = set()
     theirs: dict[int, bool | None] = {}
@@ -362,6 +382,22 @@ def _render_two(
                 tick(job[0])
         if ok:
             drawn.add(job[0])
+    return drawn
+
+
+def _draw_rest_here(
+    result: Any,
+    jobs: Sequence[Job],
+    tick: Callable[[str], None] | None,
+    start: int,
+    meanwhile: Callable[[], None] | None,
+) -> set[str]:
+    """`jobs[start:]` drawn in this process, then `meanwhile()` (a helper could not be started)."""
+    drawn: set[str] = set()
+    for job in jobs[start:]:
+        _draw_here(job, result, drawn, tick)
+    if meanwhile is not None:
+        meanwhile()
     return drawn
 
 

@@ -163,8 +163,7 @@ class EarlyFigures:
         jobs = [(k, FIGURES[k].draw, self._folder / f"{k}.png", DPI) for k in keys]
 
         def helper() -> None:  # in the forked process: BLAS on one thread there, as `render_all` draws
-            with one_blas_thread():
-                serve_jobs(jobs, result, counter, send, receive)
+            serve_jobs(jobs, result, counter, send, receive, setup=one_blas_thread)
 
         try:
             with old_objects_frozen():  # frozen: the helper inherits it

@@ -291,3 +291,57 @@ def test_a_hook_where_the_worker_would_run_keeps_the_riding_work_in_the_caller(t
         handle.remove()
     assert ride.meta["rode_along"] and ride.meta["collect_beside_seconds"] == 0
     assert threads == {threading.main_thread().ident}
+
+
+def test_an_error_mid_pass_stops_the_riding_worker_before_the_model_is_restored(
+    tmp_path, monkeypatch
+) -> None:
+    """The recording pass raises at its 5th batch while the worker lags behind: the worker stops inside the
+    pass (the batch it runs finishes, the queued ones are skipped), so no batch runs once the model handed
+    over in training mode is back in it; the error is the pass's."""
+    import threading
+    import time
+
+    import mmoe_inspect.causal._engine as engine
+    import mmoe_inspect.inspector as inspector
+    from mmoe_inspect.causal.remix import Remixer
+
+    monkeypatch.setattr(engine, "spare_cores", lambda: 1)
+    run, modes = Remixer.run, []
+
+    def slow(self, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.1)
+        modes.append(self.model.training)
+        return run(self, *args, **kwargs)
+
+    read, calls = inspector.read_labels, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("the data went wrong")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(Remixer, "run", slow)
+    monkeypatch.setattr(inspector, "read_labels", failing)
+    path, features, tasks = _recsys(tmp_path, 30_000)
+    model = MMoE(features, tasks, n_experts=2, expert_hidden=(8,), tower_hidden=(4,), dropout=0.5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="the data went wrong"):
+        inspect(model, path, causal=True)
+    time.sleep(0.3)  # a worker still running would record a training-mode batch meanwhile
+    assert modes and not any(modes)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_baseline_sharing_modules_with_the_model_sees_no_variant(tmp_path) -> None:
+    """The model as its own baseline (a pass of its own: it cannot ride along): its predictions are the
+    model's, not those of a variant planned for the model's last forward."""
+    path, features, tasks = _recsys(tmp_path, 6_000)
+    torch.manual_seed(0)
+    model = MMoE(features, tasks, n_experts=4, expert_hidden=(16,), tower_hidden=(8,))
+    res = run_causal(model, path, baselines={"self": model}, batch_size=1024)
+    p = res.predictions
+    for task in tasks:
+        np.testing.assert_allclose(p[f"self:{task.name}"], p[f"model:{task.name}"], rtol=1e-6, atol=1e-7)

@@ -382,3 +382,17 @@ def test_no_helper_in_a_process_group(tmp_path: Path) -> None:
     finally:
         dist.destroy_process_group()
     assert can_fork_helper()
+
+
+@two_cpus
+def test_a_helper_that_cannot_start_leaves_the_figures_to_this_process(
+    result, serial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmoe_inspect.reports._render as render
+
+    def refused(*_args, **_kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(render, "fork_helper", refused)
+    written = render_figures(result, tmp_path / "f", workers=2)
+    assert written == serial[0] and _files(tmp_path / "f") == serial[1]

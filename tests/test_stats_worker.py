@@ -329,3 +329,19 @@ def test_a_failed_job_skips_the_jobs_queued_after_it() -> None:
         worker.wait()
     worker.close()
     assert ran == []  # skipped: nothing runs after a failed job
+
+
+def test_the_short_switch_interval_comes_back_and_refuses_nonsense() -> None:
+    import sys
+
+    from mmoe_inspect.stats.worker import short_switch_interval
+
+    before = sys.getswitchinterval()
+    with pytest.raises(ValueError, match="> 0"), short_switch_interval(0):
+        pass
+    with short_switch_interval(0.001), short_switch_interval(0.0005):
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(KeyError), short_switch_interval(0.001):
+        raise KeyError("inside")
+    assert sys.getswitchinterval() == before

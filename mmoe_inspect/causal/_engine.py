@@ -554,7 +554,11 @@ class Collector:
         b = len(frame)
         taps = self.taps.take(full_rows, b) if self.taps is not None else None
         self.taken += b
-        # the baselines run here: their input functions and models are the user's, maybe not thread-safe
+        # the baselines run here (their input functions and models are the user's, maybe not thread-safe),
+        # with the intervention's hooks neutral: a baseline sharing modules with the model (the model itself)
+        # must not see the variants planned for the model's last forward
+        if self.baselines:
+            self.runner.iv.plan([{}], b)
         base = [_baseline_batch(bl, frame, self.topology.tasks) for bl in self.baselines]
         if self._overlaps(taps):
             self._worker.submit(lambda: self._timed(frame, x, b, taps, labels, base))  # type: ignore[union-attr]
@@ -573,7 +577,7 @@ class Collector:
             and remix is not None
             and taps is not None
             and set(remix.tap_paths()) <= set(taps)
-            and spare_cores() > 0
+            and spare_cores() >= torch.get_num_threads()  # the worker's team of as many threads gets cores
             and self._unhooked(remix.tap_paths())
         )
 
@@ -607,6 +611,15 @@ class Collector:
             t0 = time.perf_counter()
             self._worker.wait()
             self.busy += time.perf_counter() - t0
+
+    def end(self, failed: bool) -> None:
+        """The feeding pass's last call, still inside it: `wait` (`failed=False`), or, when the pass is
+        raising, stop the worker without raising: the batch it runs finishes, the queued ones are skipped
+        (their results would be thrown away, and they must not run once the pass restored the model)."""
+        if not failed:
+            self.wait()
+        elif self._worker is not None:
+            self._worker.close(raise_errors=False, cancel=True)
 
     def _batch(
         self,

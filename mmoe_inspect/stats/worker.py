@@ -99,10 +99,14 @@ class StatsWorker:
         while self._futures:
             self._futures.popleft().result()
 
-    def close(self, *, raise_errors: bool = True) -> None:
+    def close(self, *, raise_errors: bool = True, cancel: bool = False) -> None:
         """Wait for the jobs in flight, stop the thread (idempotent). With ``raise_errors=False`` (an
-        exception is already propagating) a failed job's error is dropped, not raised over it."""
+        exception is already propagating) a failed job's error is dropped, not raised over it;
+        ``cancel=True`` skips the jobs not yet started (the one running finishes: a torch op cannot be
+        stopped)."""
         self._closed = True
+        if cancel:
+            self._failed = True
         try:
             if raise_errors:
                 self.wait()
@@ -140,20 +144,25 @@ def short_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
     `inspect` with the causal work riding along in its worker thread 7.6 -> 6.3 s.
     """
     global _switch_users, _switch_saved
-    with (
-        _switch_lock
-    ):  # nested or concurrent passes (two threads inspecting): the first one's value comes back
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-        _switch_users += 1
-        sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
+    if not seconds > 0:
+        raise ValueError(f"the switch interval must be > 0 seconds, got {seconds}")
+    entered = False
     try:
+        # nested or concurrent passes (two threads inspecting): the interval from before the first of them
+        # comes back when the last one ends
+        with _switch_lock:
+            if _switch_users == 0:
+                _switch_saved = sys.getswitchinterval()
+            _switch_users += 1
+            entered = True
+            sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
         yield
     finally:
-        with _switch_lock:
-            _switch_users -= 1
-            if _switch_users == 0:
-                sys.setswitchinterval(_switch_saved)
+        if entered:
+            with _switch_lock:
+                _switch_users -= 1
+                if _switch_users == 0:
+                    sys.setswitchinterval(_switch_saved)
 
 
 def _start_pool(threads: int = 1) -> ThreadPoolExecutor:
