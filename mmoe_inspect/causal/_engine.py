@@ -478,9 +478,10 @@ class Collector:
     intact taps hold every expert and gate it reads, and no hook sits on a module it calls (`_unhooked`),
     the batch's work runs in a worker thread (`StatsWorker`: in order, at most `RIDE_QUEUED` batches,
     on the caller's number of intra-op threads, errors re-raised in the caller) while the caller goes on
-    with the next forward, whenever its torch threads leave a core spare (`spare_cores`). The baselines
-    run in the caller. The same work on the same tensors in the same order: the same results. The
-    feeding pass calls `wait` before it ends (its eval mode and hooks still in place).
+    with the next forward, whenever the CPU has a core spare for each of its torch threads (`spare_cores`).
+    The baselines run in the caller. The same work on the same tensors in the same order: the same
+    results. The feeding pass calls `end` before it ends, also when it raises (its eval mode and hooks
+    still in place).
     """
 
     def __init__(
