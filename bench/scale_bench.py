@@ -474,6 +474,8 @@ def part_ablation(rows: int, models: list[str], quick: bool) -> dict[str, Any]:
         batch_size=4096,
         threads=1,
         max_stack_rows=16_384,
+        repeat=1,
+        strategies=list(ab.STRATEGIES),  # every strategy `ablation_bench.py` times (naive among them)
     )
     out = {}
     for m in models:
