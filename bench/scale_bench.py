@@ -29,7 +29,9 @@ It builds its own models and data (nothing is downloaded) and prints side by sid
     stage from the library's own progress events, then figures and HTML (timed by wrapping
     ``reports.write.render_figures``/``render_html``; the figures stage includes waiting for the early
     helper); the stages partition the wall time (work overlapped in a worker thread or the helper counts
-    where the caller waits for it); peak RSS per run and peak(largest) /
+    where the caller waits for it); peak RSS per run (``VmHWM``: the child's own, reset by exec, not
+    ``ru_maxrss``, which folds in the parent's RSS at the fork; the early figures' helper process is not in
+    it) and peak(largest) /
     peak(smallest) per thread count (target <= 1.25); the stage sum is cross-checked once against one
     end-to-end ``mmoe-inspect report`` process.
 ``ablation``  cached vs naive expert ablation over ``--ablation-rows`` rows
@@ -363,7 +365,10 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
     stages["html"] = write_s - spent["figures"]
     report_s = sum(stages.values())
 
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    # VmHWM: this process's own peak (reset by exec); ru_maxrss folds in the parent's RSS at the fork (the
+    # parent that wrote 4M rows of parquet held ~1.5 GiB), which read as 1.3-1.5 GiB peaks of small runs
+    peak_rss = rb.vm_hwm() / 2**20
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     shutil.rmtree(out_dir, ignore_errors=True)
     exe = shutil.which("mmoe-inspect") or str(Path(sys.executable).parent / "mmoe-inspect")
     cmd = [exe, "report", str(ckpt), "--data", str(data), "--out", str(tmp / "report_cli"), "--quiet"]
@@ -380,6 +385,7 @@ def report_stages(rows: int, data: Path, ckpt: Path, out: Path, threads: int, cl
         "rows": rows,
         "threads": threads,
         "peak_rss_mib": peak_rss,
+        "ru_maxrss_mib": ru_maxrss,  # cross-check only: includes the parent's RSS at the fork
         "causal_rows": causal.n_rows if causal is not None else 0,
         "spilled_mib": (causal.meta.get("spilled_bytes") or 0) / 2**20 if causal is not None else 0,
         "collect_s": causal.meta.get("collect_seconds") if causal is not None else None,
