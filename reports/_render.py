@@ -348,18 +348,36 @@ def _render_two(
         receive.close()
         return _draw_rest_here(result, jobs, tick, start, meanwhile)
 
-    def take() -> int | None:
-        return take_next(counter, len(jobs))
-
     send.close()
+    return share_jobs(result, jobs, tick, counter, receive, proc, start=start, meanwhile=meanwhile)
+
+
+def share_jobs(
+    result: Any,
+    jobs: Sequence[Job],
+    tick: Callable[[str], None] | None,
+    counter: Any,
+    receive: Any,
+    proc: Any,
+    *,
+    start: int = 0,
+    meanwhile: Callable[[], None] | None = None,
+    here: Callable[[Job], Job] = lambda job: job,
+    delivered: Callable[[Job], None] | None = None,
+) -> set[str]:
+    """This process's half of drawing `jobs[start:]` beside the helper `proc` (`serve_jobs` on the same
+    `counter`, reporting through `receive`): take and draw jobs here (as `here(job)`), call `meanwhile()`
+    once none is left, wait for the helper (a silent or gone one is stopped), then `delivered(job)` for each
+    figure it drew and draw here what it did not deliver, where an error raises. The keys written; `tick(key)`
+    once per job."""
     drawn: set[str] = set()
     theirs: dict[int, bool | None] = {}
     mine: set[int] = set()
     finished = False
     try:
-        while (i := take()) is not None:
+        while (i := take_next(counter, len(jobs))) is not None:
             mine.add(i)
-            if draw_one(jobs[i], result):
+            if draw_one(here(jobs[i]), result):
                 drawn.add(jobs[i][0])
             if tick is not None:
                 tick(jobs[i][0])
@@ -376,8 +394,10 @@ def _render_two(
         if i < start or i in mine:
             continue
         ok = theirs.get(i)
-        if ok is None:
-            ok = draw_one(job, result)
+        if ok and delivered is not None:
+            delivered(job)
+        elif ok is None:
+            ok = draw_one(here(job), result)
             if tick is not None and i not in theirs:
                 tick(job[0])
         if ok:

@@ -34,20 +34,17 @@ from typing import Any
 from mmoe_inspect.results import InspectionResult
 
 from ._render import (
-    HELPER_SILENCE_S,
     MIN_FREE_CPUS,
     CpuSample,
     Job,
-    _collect,
     can_fork_helper,
     cpu_sample,
-    draw_one,
     forced_workers,
     fork_helper,
     old_objects_frozen,
     one_blas_thread,
     serve_jobs,
-    take_next,
+    share_jobs,
 )
 from ._style import DPI
 
@@ -208,49 +205,18 @@ class EarlyFigures:
         `meanwhile()`, wait for the helper, move its files in, draw here what it did not deliver; the
         keys written (a figure without data writes nothing). `tick(key)` once per figure."""
         with one_blas_thread(), old_objects_frozen():  # as `_render.render_all` draws
-            drawn = self._finish(result, folder, tick, meanwhile)
+            drawn = share_jobs(
+                result,
+                self._jobs,
+                tick,
+                self._counter,
+                self._receive,
+                self._proc,
+                meanwhile=meanwhile,
+                here=lambda job: _into(job, folder),  # drawn here: straight into the report's folder
+                delivered=lambda job: shutil.move(job[2], folder / job[2].name),
+            )
         self.close()
-        return drawn
-
-    def _finish(
-        self,
-        result: InspectionResult,
-        folder: Path,
-        tick: Callable[[str], None] | None,
-        meanwhile: Callable[[], None] | None,
-    ) -> set[str]:
-        jobs = self._jobs
-        drawn: set[str] = set()
-        theirs: dict[int, bool | None] = {}
-        mine: set[int] = set()
-        finished = False
-        try:
-            while (i := take_next(self._counter, len(jobs))) is not None:
-                mine.add(i)
-                if draw_one(_into(jobs[i], folder), result):
-                    drawn.add(jobs[i][0])
-                if tick is not None:
-                    tick(jobs[i][0])
-                _collect(self._receive, jobs, theirs, tick, wait=0.0)
-            if meanwhile is not None:
-                meanwhile()
-            finished = _collect(self._receive, jobs, theirs, tick, wait=HELPER_SILENCE_S)
-        finally:
-            if not finished:  # interrupted, or the helper is silent or gone: never wait for it
-                self._proc.kill()
-            self._proc.join()
-        for i, job in enumerate(jobs):
-            if i in mine:
-                continue
-            ok = theirs.get(i)
-            if ok:
-                shutil.move(job[2], folder / job[2].name)
-            elif ok is None:  # failed or never delivered: drawn here, where an error raises
-                ok = draw_one(_into(job, folder), result)
-                if tick is not None and i not in theirs:
-                    tick(job[0])
-            if ok:
-                drawn.add(job[0])
         return drawn
 
     def close(self) -> None:
