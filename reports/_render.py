@@ -110,16 +110,19 @@ def cpu_sample() -> CpuSample | None:
     return parse_cpu_sample(proc_stat, self_stat, _affinity())
 
 
-def free_cpus(before: CpuSample, after: CpuSample) -> float:
+def free_cpus(before: CpuSample, after: CpuSample, *, own_cpus: float | None = 1.0) -> float:
     """CPUs left free by other processes between two samples (0 to `cpus`): the window's busy ticks less
-    this process's own, of which at most one CPU's worth counts as ours (the thread that draws; more
-    is other threads of ours, say torch's spinning, which a helper would compete with as well)."""
+    this process's own, of which at most `own_cpus` CPUs' worth counts as ours (by default one: the thread
+    that draws; more is other threads of ours, say torch's spinning, which a helper would compete with as
+    well; None: all of them)."""
     total = after.total - before.total
     if total <= 0 or after.cpus != before.cpus:
         return 0.0
     window = total / after.cpus  # ticks one CPU had in the window
     busy = after.busy - before.busy
-    own = min(max(after.own - before.own, 0), window)
+    own = max(after.own - before.own, 0)
+    if own_cpus is not None:
+        own = min(own, own_cpus * window)
     others = max(busy - own, 0) / window
     return float(min(max(after.cpus - others, 0.0), after.cpus))
 

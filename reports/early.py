@@ -41,6 +41,7 @@ from ._render import (
     cpu_sample,
     forced_workers,
     fork_helper,
+    free_cpus,
     old_objects_frozen,
     one_blas_thread,
     serve_jobs,
@@ -55,16 +56,10 @@ MIN_SPARE_CPUS = 0.5
 
 
 def free_cpus_over(before: CpuSample, after: CpuSample) -> float:
-    """CPUs other processes left free between the two samples (0 to `cpus`).
-
-    Unlike `_render.free_cpus` all of this process's ticks are its own: the window covers its compute on
-    every torch thread and the statistics worker, not one drawing thread."""
-    total = after.total - before.total
-    if total <= 0 or after.cpus != before.cpus:
-        return 0.0
-    window = total / after.cpus  # ticks one CPU had in the window
-    others = max((after.busy - before.busy) - max(after.own - before.own, 0), 0) / window
-    return float(min(max(after.cpus - others, 0.0), after.cpus))
+    """CPUs other processes left free between the two samples (0 to `cpus`): `_render.free_cpus` with all of
+    this process's ticks its own (the window covers its compute on every torch thread and the statistics
+    worker, not one drawing thread)."""
+    return free_cpus(before, after, own_cpus=None)
 
 
 def _torch_threads() -> int:
