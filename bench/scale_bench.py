@@ -156,6 +156,7 @@ def part_recording(threads: list[int], rate_rows: int, quick: bool) -> dict[str,
                     row[k]["ratio_min"] = min(t[k]) / min(t["plain"])
                     if nt == 1:  # CPU time of the process (1 torch thread + the statistics worker)
                         row[k]["ratio_cpu"] = rb.paired_ratio(cpu[k], cpu["plain"])
+                        row[k]["cpu_median_ms"] = statistics.median(cpu[k]) * 1e3
                 entry["threads"][str(nt)] = row
                 cpu_note = f", CPU-time x{row['recording']['ratio_cpu']:.3f}" if nt == 1 else ""
                 log(
@@ -168,8 +169,34 @@ def part_recording(threads: list[int], rate_rows: int, quick: bool) -> dict[str,
             rec.close()
             rec_sync.close()
             gates_only.close()
+        add_cpu_floor(entry)
+        for nt, row in entry["threads"].items():
+            if "cpu_floor" in row:
+                log(
+                    f"  (a) {name} threads={nt}: the cores allow no ratio below x{row['cpu_floor']:.3f} "
+                    f"(1-thread CPU time / cores / plain wall); target {entry['target']}"
+                )
         out["models"][name] = entry
     return out
+
+
+def add_cpu_floor(entry: dict[str, Any]) -> None:
+    """The lowest recording ratio the machine's cores allow at each thread count > 1, from the same run.
+
+    The recording pass's work, measured as CPU time at 1 thread (the statistics worker's included), does
+    not shrink on more threads (splitting an op adds work, never removes it), and `n` threads on `c`
+    cores run at most `min(n, c)` of it at once: wall >= CPU(1 thread) / min(n, c), so ratio >=
+    CPU(1 thread) / (min(n, c) x plain wall at n threads). A target below this floor cannot be met by
+    overlapping or scheduling the statistics, only by making them cheaper (or by more cores)."""
+    one = entry["threads"].get("1")
+    if one is None or "cpu_median_ms" not in one["recording"]:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for nt, row in entry["threads"].items():
+        if int(nt) > 1:
+            row["cpu_floor"] = one["recording"]["cpu_median_ms"] / (
+                min(int(nt), cores) * row["plain"]["median_ms"]
+            )
 
 
 # --------------------------------------------------------------------------- (b) end to end
@@ -524,11 +551,13 @@ def markdown(res: dict[str, Any]) -> str:
             "(1 thread only; the statistics worker thread included), which time spent descheduled by other "
             "jobs does not inflate. `recording` runs the statistics in the worker thread as `inspect()` does "
             "(`InspectConfig.overlap_stats`); `synchronous` runs them in the caller (the pass before session 6), "
-            "measured in the same interleaved repetitions. Noise = plain "
+            "measured in the same interleaved repetitions. At more threads the CPU-time column gives the floor "
+            "the cores set (`add_cpu_floor`): the 1-thread CPU time of the recording pass over (cores used x plain "
+            "wall time at that thread count); no ratio below it is reachable without cheaper statistics. Noise = plain "
             "forward median / min (about 1.0-1.2 on free cores). (b) whole `inspect()` call vs a plain scoring "
             "loop reading the same rows from the same source (ratio of minima, median-based in brackets).",
             "",
-            "| model | threads | noise | plain ms | recording ms | (a) ratio | (a) CPU-time ratio | (a) synchronous "
+            "| model | threads | noise | plain ms | recording ms | (a) ratio | (a) CPU-time ratio / floor | (a) synchronous "
             "| (a) without experts | (b) DataFrame | (b) parquet | target |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -543,7 +572,11 @@ def markdown(res: dict[str, Any]) -> str:
                 lines.append(
                     f"| {name} | {nt} | {row['noise_plain_median_over_min']:.2f} | {rb.fmt(row['plain'])} | "
                     f"{rb.fmt(row['recording'])} | **{row['recording']['ratio']:.3f}** ({row['recording']['ratio_min']:.3f}) | "
-                    + (f"**{rc:.3f}** | " if rc is not None else "- | ")
+                    + (
+                        f"**{rc:.3f}** | "
+                        if rc is not None
+                        else (f"floor {row['cpu_floor']:.3f} | " if "cpu_floor" in row else "- | ")
+                    )
                     + (
                         f"{row['recording_sync']['ratio']:.3f} ({row['recording_sync']['ratio_min']:.3f}) | "
                         if "recording_sync" in row
