@@ -14,7 +14,10 @@ seen in public multi-task code:
 * per-expert products `W[:, i] * X_i` (a Python loop, `unbind`, `split`, ...) summed by additions or
   by a sum over a stack of them;
 * sparse top-k dispatch: the experts' outputs on their own rows, concatenated, multiplied by the
-  weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`.
+  weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`;
+* fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` or an
+  einsum whose `W` carries a letter of its own that the output keeps; found so that discovery can say
+  it cannot read them (a gate is one `[batch, E]` tensor), never to call the model a Shared-Bottom.
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
@@ -38,6 +41,9 @@ MUL_OPS = frozenset({"mul", "rmul", "multiply"})
 MATMUL_OPS = frozenset({"matmul", "bmm", "rmatmul"})
 ADD_OPS = frozenset({"add", "radd"})
 MAX_EXPERTS = 1024
+MAX_FUSED = 64
+"""Most gates one weight tensor may hold at once for a fused reading (`Mixture.fused`): task counts, not the
+lengths of a sequence that attention weights."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class Mixture:
     sparse: bool = False  # top-k dispatch: each expert ran on its own subset of rows
     indices: int | None = None  # top-k gate: node of the `[batch, k]` expert indices of `weights`
     by_module: bool = False  # experts given per contribution, to be ordered by their module's index
+    fused: int = 0  # > 0: the weights hold this many gates at once (`fused_axis`), one mixture each
+    fused_axis: int | None = None  # the weights' axis of those gates (`[B, T, E] @ [B, E, D]`)
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -230,6 +238,24 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
                 out.append(
                     Mixture(node.idx, node.idx, a.node, len(sa) - 1, bax, ((b.node, len(sb) - 2),), e, 0)
                 )
+        elif len(sa) >= 3 and sa[-1] == e and 2 <= sa[-2] <= MAX_FUSED and sa[-2] not in (batch, e):
+            # `[B, T, E] @ [B, E, D]`: the rows of T gates (one per task) mixing the same experts in one op
+            ok, bax = _single_batch_axis(sa[:-2], batch)
+            if ok and bax is not None and x_has_batch:
+                out.append(
+                    Mixture(
+                        node.idx,
+                        node.idx,
+                        a.node,
+                        len(sa) - 1,
+                        bax,
+                        ((b.node, len(sb) - 2),),
+                        e,
+                        0,
+                        fused=sa[-2],
+                        fused_axis=len(sa) - 2,
+                    )
+                )
     # W on the right: [.., D, E] @ [E] or [.., D, E] @ [.., E, 1]
     if len(sa) >= 2 and 2 <= sa[-1] <= MAX_EXPERTS and sa[-1] != batch:
         e = sa[-1]
@@ -309,9 +335,21 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
             if not 2 <= e <= MAX_EXPERTS or e_letter in rhs or e == batch:
                 continue
             rest = [c for c in gsub if c != e_letter and size[c] != 1]
+            fused = None  # a letter of the weights' own that the output keeps: several gates at once
+            if len(rest) == 2:
+                own = [c for c in rest if size[c] != batch and c in rhs and 2 <= size[c] <= MAX_FUSED]
+                if (
+                    len(own) == 1
+                    and size[own[0]] != e
+                    and all(own[0] not in x for x in subs[:i] + subs[i + 1 :])
+                ):
+                    fused = own[0]
+                    rest = [c for c in rest if c != fused]
             if len(rest) > 1:
                 continue
             b_letter = rest[0] if rest else None
+            if fused is not None and b_letter is None:
+                continue
             if b_letter is not None and (size[b_letter] != batch or b_letter not in rhs):
                 continue
             for j, (xsub, x) in enumerate(zip(subs, ops, strict=True)):
@@ -331,6 +369,8 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
                         ((x.node, xsub.index(e_letter)),),
                         e,
                         _arg_position(node, g),
+                        fused=0 if fused is None else size[fused],
+                        fused_axis=None if fused is None else gsub.index(fused),
                     )
                 )
     return out

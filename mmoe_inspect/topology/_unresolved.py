@@ -23,6 +23,37 @@ from mmoe_inspect.topology._trace import ROOT, Graph, gate_axis, softmax_dim
 from mmoe_inspect.topology.spec import TaskSpec, Unresolved
 
 
+def fused_gate_like(graph: Graph, mix: Mixture) -> bool:
+    """Whether a fused reading's weights are gates: softmax or sigmoid outputs (through views), or rows that
+    are distributions over the experts; a product of two projections (attention scores) is not."""
+    node = graph.nodes[mix.weights]
+    while True:
+        if node.op in ("softmax", "sigmoid"):
+            return True
+        parent = view_parent(graph, node)
+        if parent is None:
+            break
+        node = graph.nodes[parent]
+    return kind_of(graph, mix.weights, mix.w_axis, mix.w_batch) == "probs"
+
+
+def fused_gates(graph: Graph, mix: Mixture) -> Unresolved:
+    """One weight tensor holding the gates of several tasks (`Mixture.fused`), e.g. `Linear(d, T * E)` viewed
+    `[B, T, E]`, softmaxed and mixed by one `bmm` with the stacked experts `[B, E, D]`: seen, but a gate is
+    read as one tensor `[batch, E]` and these are slices of one, so they are not recorded and the routing
+    cannot be judged (rather than called a Shared-Bottom)."""
+    shape = list(graph.nodes[mix.weights].shape)
+    op = graph.nodes[mix.combine].op
+    return Unresolved(
+        f"{mix.fused} gates in one tensor {shape} (axis {mix.fused_axis}), each weighting the same "
+        f"{mix.n_experts} experts in one {op}",
+        node_module(graph, mix.combine),
+        "several gates read from slices of one tensor are not supported yet, so their routing is not recorded; "
+        "compute each task's gate as a tensor of its own (e.g. one softmax per task, or `w[:, t]` before the "
+        "mixing) to have them found",
+    )
+
+
 def unexplained_softmaxes(
     graph: Graph,
     gates: Sequence[Any],

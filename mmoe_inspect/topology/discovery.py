@@ -63,6 +63,8 @@ from mmoe_inspect.topology._trace import (
 )
 from mmoe_inspect.topology._unresolved import (
     function_snippet,
+    fused_gate_like,
+    fused_gates,
     module_snippet,
     named_like_gates,
     outside_torch,
@@ -219,6 +221,13 @@ def _describe_gates(
             if isinstance(experts, str):
                 rejected.append((mix, experts))
                 continue
+            if mix.fused:  # the gates of several tasks in one tensor: seen, not recorded (never silent)
+                if not fused_gate_like(graph, mix):
+                    rejected.append((mix, "weights rows that are not distributions over the experts"))
+                    continue
+                unresolved.append(fused_gates(graph, mix))
+                done_outputs.add(mix.output)
+                break
             found = locate(graph, mix)
             if isinstance(found, str):
                 rejected.append((mix, found))
