@@ -102,6 +102,8 @@ def summary_command(
                 f"{escape(str(r.top_expert))} ({fmt(float(r.max_mean_weight), 2)})",
             )
         out.print(gates)
+    elif result.topology.unresolved:  # gate-like items discovery could not read: not a gate-less model
+        out.print(f"No gates recorded: {escape(result.topology.why_no_gates)}.")
     else:
         out.print("No gates: a Shared-Bottom (or dense) model routes nothing.")
     tasks = result.table("tasks")

@@ -1,4 +1,6 @@
-"""Fused gates: one tensor `[B, T, E]` holding the gates of T tasks, mixed with the experts in one op.
+"""Gates discovery once missed: fused gates, and gates mixed by `baddbmm` or `torch.linalg.vecdot`.
+
+Fused gates: one tensor `[B, T, E]` holding the gates of T tasks, mixed with the experts in one op.
 
 A common vectorised MMoE writes every task's gate as ONE `Linear(d, T * E)` viewed `[B, T, E]`,
 softmaxed, and mixes all tasks at once (`bmm` with the stacked experts `[B, E, D]`, or an `einsum`).
@@ -7,6 +9,10 @@ such a model a Shared-Bottom and `check` passed it even with every gate collapse
 this tool can do). Now they are an unresolved item: the routing cannot be judged (exit 4), and the
 message says how to make them readable (per-task slices before the mixing, which are found).
 Attention scores (a product of two projections) and multi-head attention stay what they were.
+
+Per-task gates mixed by `torch.baddbmm` (a bias added in the product) or `torch.linalg.vecdot` were not
+mixtures to discovery either: with sigmoid gates nothing else flagged them, so a collapsed model passed
+as a Shared-Bottom. They are gates now, and their collapse is found.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typer.testing import CliRunner
 
 import mmoe_inspect as mi
 from mmoe_inspect.cli.main import app
+from mmoe_inspect.recording.recorder import GateRecorder
 from mmoe_inspect.topology.discovery import NO_GATES_NOTE, discover_topology
 
 N_FEATURES, N_EXPERTS, WIDTH, N_TASKS = 8, 4, 16, 2
@@ -167,7 +174,8 @@ def test_attention_heads_stay_gateless(x: torch.Tensor) -> None:
 
 
 def test_check_exits_cannot_judge_on_fused_gates(tmp_path: Path, x: torch.Tensor) -> None:
-    """`check` on a pickled fused-gate model with every gate collapsed: exit 4, not "check passed"."""
+    """`check` on a pickled fused-gate model with every gate collapsed: exit 4, not "check passed"; `summary`
+    does not call it a Shared-Bottom."""
     script = tmp_path / "train_fused.py"
     script.write_text(
         "import torch\nfrom torch import nn\n\n"
@@ -195,3 +203,95 @@ def test_check_exits_cannot_judge_on_fused_gates(tmp_path: Path, x: torch.Tensor
     text = " ".join(result.output.split())
     assert "CANNOT JUDGE" in text and "2 gates in one tensor" in text
     assert "check passed" not in text and "Shared-Bottom" not in text
+    # `summary` under its headline: no gates recorded, and why; never "a Shared-Bottom routes nothing"
+    args[0] = "summary"
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "No gates recorded: no gate could be resolved" in text, result.output
+    assert "Shared-Bottom" not in text
+
+
+# ------------------------------------------------------------------------------ baddbmm, vecdot
+class SigmoidBaddbmm(nn.Module):
+    """Sigmoid gates (weights, not distributions), each task's mixture a `baddbmm` with a bias."""
+
+    def __init__(self, collapsed: bool = True) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU()) for _ in range(N_EXPERTS)
+        )
+        self.mixers = nn.ModuleList(nn.Linear(N_FEATURES, N_EXPERTS) for _ in range(N_TASKS))
+        self.heads = nn.ModuleList(nn.Linear(WIDTH, 1) for _ in range(N_TASKS))
+        self.bias = nn.Parameter(torch.zeros(1, 1, WIDTH))
+        if collapsed:  # every gate: expert 1 fully on, the others off
+            with torch.no_grad():
+                for m in self.mixers:
+                    m.weight.zero_()
+                    m.bias.fill_(-40.0)
+                    m.bias[1] = 40.0
+
+    def weights(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        return torch.sigmoid(self.mixers[task](x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([b(x) for b in self.blocks], 1)  # [B, E, D]
+        outs = []
+        for t, h in enumerate(self.heads):
+            w = self.weights(x, t).unsqueeze(1)  # [B, 1, E]
+            mixed = torch.baddbmm(self.bias.expand(x.shape[0], 1, WIDTH), w, ex).squeeze(1)
+            outs.append(torch.sigmoid(h(mixed)).squeeze(-1))
+        return tuple(outs)
+
+
+class VecdotSoftmax(SigmoidBaddbmm):
+    """A hand-written softmax (exp / sum), mixed by `torch.linalg.vecdot` with experts last `[B, D, E]`."""
+
+    def weights(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        z = self.mixers[task](x)
+        e = (z - z.amax(-1, keepdim=True)).exp()
+        return e / e.sum(-1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([b(x) for b in self.blocks], -1)  # [B, D, E]
+        return tuple(
+            torch.sigmoid(h(torch.linalg.vecdot(ex, self.weights(x, t).unsqueeze(1)))).squeeze(-1)
+            for t, h in enumerate(self.heads)
+        )
+
+
+@pytest.mark.parametrize(("cls", "output"), [(SigmoidBaddbmm, "weights"), (VecdotSoftmax, "probs")])
+def test_baddbmm_and_vecdot_mixtures_are_gates(
+    cls: type[SigmoidBaddbmm], output: str, x: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = cls(collapsed=False).eval()
+    topo = discover_topology(model, x[:64])
+    assert topo.unresolved == () and topo.architecture == "mmoe", topo.notes
+    assert [(g.task, g.output, g.n_experts) for g in topo.gates] == [
+        ("task_0", output, N_EXPERTS),
+        ("task_1", output, N_EXPERTS),
+    ]
+    assert len(topo.experts) == N_EXPERTS
+    # what is recorded is each task's gate, bit for bit
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        got = rec.take().gates
+    with torch.no_grad():
+        for t, gate in enumerate(topo.gates):
+            torch.testing.assert_close(got[gate.name], model.weights(x, t), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [SigmoidBaddbmm, VecdotSoftmax])
+def test_collapsed_baddbmm_and_vecdot_gates_are_found_collapsed(
+    cls: type[SigmoidBaddbmm], x: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = cls().eval()
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES)
+    frame["t0"] = (x[:, 0] > 0).double().numpy()
+    result = mi.inspect(
+        model, frame, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES
+    )
+    codes = {f.code for f in result.findings if f.severity == "critical"}
+    assert "collapsed_gate" in codes, [(f.code, f.severity) for f in result.findings]
+    assert result.verdict.startswith("Routing is unhealthy"), result.verdict

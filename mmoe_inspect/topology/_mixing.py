@@ -8,7 +8,8 @@ seen in public multi-task code:
 * `W * X` (broadcast, also through an explicit `expand`/`expand_as`/`broadcast_to` of `W`, or a
   `repeat`/`tile` of its size-1 axes) followed by a sum over the expert axis, on any axis (experts
   first `[E, B, D]`, in the middle `[B, E, D]` or last `[B, D, E]`);
-* `matmul`/`bmm`/`@`: `[.., 1, E] @ [.., E, D]`, `[.., D, E] @ [.., E, 1]`, and the vector forms;
+* `matmul`/`bmm`/`@`/`baddbmm`: `[.., 1, E] @ [.., E, D]`, `[.., D, E] @ [.., E, 1]`, and the vector forms;
+* `torch.linalg.vecdot` of the weights and the experts over the expert axis;
 * `einsum` with any equation (ellipsis included) that contracts W's expert letter against an operand
   holding the batch letter;
 * per-expert products `W[:, i] * X_i` (a Python loop, `unbind`, `split`, ...) summed by additions or
@@ -38,7 +39,7 @@ from mmoe_inspect.topology._graphops import find_reduction, map_axis, selection,
 from mmoe_inspect.topology._trace import Graph, Node, Ref
 
 MUL_OPS = frozenset({"mul", "rmul", "multiply"})
-MATMUL_OPS = frozenset({"matmul", "bmm", "rmatmul"})
+MATMUL_OPS = frozenset({"matmul", "bmm", "rmatmul", "baddbmm"})  # baddbmm: input + batch1 @ batch2
 ADD_OPS = frozenset({"add", "radd"})
 MAX_EXPERTS = 1024
 MAX_FUSED = 64
@@ -76,6 +77,8 @@ class Mixture:
 
 def _operands(node: Node) -> tuple[Any, Any]:
     """(left, right) operands of a binary op; `__rmatmul__` swapped back to `left @ right`."""
+    if node.op == "baddbmm":  # input + batch1 @ batch2 (the product is the mixture; `input` a bias)
+        return node.arg(1, "batch1"), node.arg(2, "batch2")
     a, b = node.arg(0, "input"), node.arg(1, "other")
     if node.op == "rmatmul":  # other @ self
         a, b = b, a
@@ -226,17 +229,18 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
     batch = graph.batch_size
     sa, sb = graph.nodes[a.node].shape, graph.nodes[b.node].shape
     out: list[Mixture] = []
+    pa, pb = (_arg_position(node, a), _arg_position(node, b)) if node.op == "baddbmm" else (0, 1)
     # W on the left: [E] @ [.., E, D] or [.., 1, E] @ [.., E, D]
     if len(sb) >= 2 and 2 <= sb[-2] <= MAX_EXPERTS and sb[-2] != batch:
         e = sb[-2]
         x_has_batch = bool(_batch_axes(sb[:-2], batch))
         if len(sa) == 1 and sa[0] == e and x_has_batch:
-            out.append(Mixture(node.idx, node.idx, a.node, 0, None, ((b.node, len(sb) - 2),), e, 0))
+            out.append(Mixture(node.idx, node.idx, a.node, 0, None, ((b.node, len(sb) - 2),), e, pa))
         elif len(sa) >= 2 and sa[-1] == e and sa[-2] == 1:
             ok, bax = _single_batch_axis(sa[:-2], batch)
             if ok and (bax is not None or x_has_batch) and (bax is None or x_has_batch):
                 out.append(
-                    Mixture(node.idx, node.idx, a.node, len(sa) - 1, bax, ((b.node, len(sb) - 2),), e, 0)
+                    Mixture(node.idx, node.idx, a.node, len(sa) - 1, bax, ((b.node, len(sb) - 2),), e, pa)
                 )
         elif len(sa) >= 3 and sa[-1] == e and 2 <= sa[-2] <= MAX_FUSED and sa[-2] not in (batch, e):
             # `[B, T, E] @ [B, E, D]`: the rows of T gates (one per task) mixing the same experts in one op
@@ -251,7 +255,7 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
                         bax,
                         ((b.node, len(sb) - 2),),
                         e,
-                        0,
+                        pa,
                         fused=sa[-2],
                         fused_axis=len(sa) - 2,
                     )
@@ -260,14 +264,41 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
     if len(sa) >= 2 and 2 <= sa[-1] <= MAX_EXPERTS and sa[-1] != batch:
         e = sa[-1]
         if len(sb) == 1 and sb[0] == e and _batch_axes(sa[:-1], batch):
-            out.append(Mixture(node.idx, node.idx, b.node, 0, None, ((a.node, len(sa) - 1),), e, 1))
+            out.append(Mixture(node.idx, node.idx, b.node, 0, None, ((a.node, len(sa) - 1),), e, pb))
         elif len(sb) >= 2 and sb[-2] == e and sb[-1] == 1:
             ok, bax = _single_batch_axis(sb[:-2], batch)
             x_has_batch = bool(_batch_axes(sa[:-2], batch))
             if ok and x_has_batch:
                 out.append(
-                    Mixture(node.idx, node.idx, b.node, len(sb) - 2, bax, ((a.node, len(sa) - 1),), e, 1)
+                    Mixture(node.idx, node.idx, b.node, len(sb) - 2, bax, ((a.node, len(sa) - 1),), e, pb)
                 )
+    return out
+
+
+# ---------------------------------------------------------------------------------------- vecdot
+def _vecdot(graph: Graph, node: Node) -> list[Mixture]:
+    """`torch.linalg.vecdot(x, y, dim=d)` (a product summed over `d`, broadcast): one operand the weights, E on
+    `d` with one batch axis and 1 elsewhere, the other the experts, E on `d` and the batch on another axis."""
+    x, y = node.arg(0, "x"), node.arg(1, "y")
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else -1)
+    if not (isinstance(x, Ref) and isinstance(y, Ref)) or x == y or not isinstance(dim, int):
+        return []
+    batch = graph.batch_size
+    n = max(len(graph.nodes[x.node].shape), len(graph.nodes[y.node].shape))
+    out: list[Mixture] = []
+    for w, ex in ((y, x), (x, y)):
+        sw, se = graph.nodes[w.node].shape, graph.nodes[ex.node].shape
+        wd, ed = (len(sw) + dim, len(se) + dim) if dim < 0 else (dim - n + len(sw), dim - n + len(se))
+        if not (0 <= wd < len(sw) and 0 <= ed < len(se)):
+            continue
+        e = sw[wd]
+        if not 2 <= e <= MAX_EXPERTS or e == batch or se[ed] != e or not _batch_axes(se, batch, skip=ed):
+            continue
+        ok, bax = _single_batch_axis(tuple(s if i != wd else 1 for i, s in enumerate(sw)), batch)
+        if ok:
+            out.append(
+                Mixture(node.idx, node.idx, w.node, wd, bax, ((ex.node, ed),), e, _arg_position(node, w))
+            )
     return out
 
 
@@ -706,6 +737,8 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_matmul(graph, node))
         elif node.op == "einsum":
             found.extend(_einsum(graph, node))
+        elif node.op == "linalg_vecdot":
+            found.extend(_vecdot(graph, node))
         elif node.op in ("index_add", "scatter_add"):
             found.extend(_sparse_dispatch(graph, node))
     combined = {m.combine for m in found}
