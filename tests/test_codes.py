@@ -116,6 +116,15 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 "nonfinite_predictions": 0,
             },
             {**task, "task": "c", "positive_rate": 1.0, "auc": float("nan"), "nonfinite_predictions": 0},
+            {  # ranks in reverse: the interval lies below 0.5
+                **task,
+                "task": "d",
+                "positive_rate": 0.2,
+                "auc": 0.2,
+                "auc_lo": 0.1,
+                "auc_hi": 0.3,
+                "nonfinite_predictions": 0,
+            },
         ]
     )
     return {
@@ -204,7 +213,12 @@ def test_registry_declarations() -> None:
     for c in REGISTRY.values():
         assert c.code == c.code.lower() and " " not in c.code
         assert c.title and c.meaning and "\n" not in c.meaning
-    assert {"task_at_chance", "task_worse_than_base_rate", "single_class_labels"} == TASK_QUALITY_CODES
+    assert {
+        "task_at_chance",
+        "task_ranks_inverted",
+        "task_worse_than_base_rate",
+        "single_class_labels",
+    } == TASK_QUALITY_CODES
     f = Finding.of(codes.DEAD_EXPERT, "e3", "msg", "fix", {"x": 1.0})
     assert (f.severity, f.title, f.evidence) == ("warning", "Dead expert", {"x": 1.0})
 

@@ -43,6 +43,7 @@ SHARED_EXPERT_SINGLE_TASK = "shared_expert_single_task"
 SPARSE_TASK_IGNORES_OWN_EXPERTS = "sparse_task_ignores_own_experts"
 # task quality (not routing: the review's first question answers them)
 TASK_AT_CHANCE = "task_at_chance"
+TASK_RANKS_INVERTED = "task_ranks_inverted"
 TASK_WORSE_THAN_BASE_RATE = "task_worse_than_base_rate"
 SINGLE_CLASS_LABELS = "single_class_labels"
 # the model or its outputs
@@ -97,6 +98,13 @@ _DECLARED = (
         "critical",
         "Task at chance",
         "a binary task's exact AUC 95% interval (Hanley–McNeil) holds 0.5",
+        task_quality=True,
+    ),
+    FindingCode(
+        TASK_RANKS_INVERTED,
+        "critical",
+        "Task ranks rows in reverse",
+        "a binary task's exact AUC 95% interval lies below 0.5: its scores put negatives above positives",
         task_quality=True,
     ),
     FindingCode(UNIFORM_GATE, "warning", "Uniform gate", "mean row entropy ≥ 97% of `log E`"),

@@ -8,6 +8,7 @@ saved `metrics.json` as well as on a fresh result. Thresholds are documented def
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -372,15 +373,37 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
     return res
 
 
+def ranks_inverted(row: Mapping[str, Any]) -> bool:
+    """A binary task row of the tasks table whose exact AUC 95% interval lies below 0.5."""
+    hi = _num(row.get("auc_hi"))
+    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5
+
+
 def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
-    """Binary tasks whose exact AUC interval holds 0.5 (critical), or that rank rows but whose log loss
-    is no better than predicting the base rate (warning: miscalibrated)."""
+    """Binary tasks whose exact AUC interval lies below 0.5 (critical: ranked in reverse) or holds 0.5
+    (critical), or that rank rows but whose log loss is no better than predicting the base rate
+    (warning: miscalibrated)."""
     res: list[Finding] = []
     for r in tasks.to_dict(orient="records"):
         if r.get("kind") != "binary":
             continue
         auc, lo, hi = _num(r.get("auc")), _num(r.get("auc_lo")), _num(r.get("auc_hi"))
         ll, base = _num(r.get("logloss")), _num(r.get("base_rate_logloss"))
+        if ranks_inverted(r):
+            res.append(
+                Finding.of(
+                    codes.TASK_RANKS_INVERTED,
+                    str(r["task"]),
+                    f"Task {r['task']} ranks rows in reverse: AUC {auc:.3f} (95% interval {lo:.3f} to {hi:.3f}) "
+                    f"is below 0.5, so its scores put the negative rows above the positive ones (1 - AUC = "
+                    f"{1 - auc:.3f} read the other way round): a flipped label, this output read as another "
+                    "task's, or an inverted sign.",
+                    "Check which model output feeds this task (--tasks a,b or --labels task=column) and the "
+                    "label's polarity (1 = positive) before reading anything else about it.",
+                    {"auc": auc, "auc_lo": lo, "auc_hi": hi, "logloss": ll, "base_rate_logloss": base},
+                )
+            )
+            continue
         if not bool(r.get("at_chance")):
             if r.get("beats_base_rate") is False:
                 res.append(

@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import codes
 from .codes import SEVERITY_ORDER, Severity
-from .findings import Finding, routing_findings
+from .findings import Finding, ranks_inverted, routing_findings
 
 Status = Literal["ok", "problem", "unknown"]
 
@@ -144,7 +144,10 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, bool]]:
                 f"log loss {ll:.4f} vs {base:.4f} predicting the base rate ({_num(r.get('positive_rate')):.1%} "
                 f"positives, {int(_num(r.get('n_labelled'))):,} rows)"
             )
-            if chance:
+            if ranks_inverted(r):
+                text += " — RANKS IN REVERSE (AUC interval below 0.5)"
+                chance = True  # not a working task either
+            elif chance:
                 text += " — AT CHANCE (AUC interval holds 0.5)"
             elif r.get("beats_base_rate") is False:
                 text += " — ranks rows, but log loss no better than the base rate (miscalibrated)"
@@ -171,11 +174,15 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
     bad = [name for name, _, chance in lines if chance]
     evidence = tuple(text for _, text, _ in lines)
     if bad:
-        which = ", ".join(bad)
-        verb = "is" if len(bad) == 1 else "are"
-        return Answer(
-            "tasks", q, f"No: {which} {verb} at chance (AUC interval holds 0.5).", "problem", evidence
-        )
+        reverse = {str(r["task"]) for r in tasks.to_dict(orient="records") if ranks_inverted(r)}
+        parts = []
+        for names, what in (
+            ([b for b in bad if b not in reverse], "at chance (AUC interval holds 0.5)"),
+            ([b for b in bad if b in reverse], "ranked in reverse (AUC interval below 0.5)"),
+        ):
+            if names:
+                parts.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} {what}")
+        return Answer("tasks", q, f"No: {'; '.join(parts)}.", "problem", evidence)
     loose = [str(r["task"]) for r in tasks.to_dict(orient="records") if r.get("beats_base_rate") is False]
     if loose:
         return Answer(

@@ -1,0 +1,61 @@
+"""A task whose scores rank the rows in reverse (AUC interval below 0.5) is a critical finding, never "above
+chance": the usual cause is an output read as another task's (unnamed outputs are matched to label columns
+by file order), a flipped label or an inverted sign, and every other number about the task is then wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import mmoe_inspect as mi
+
+FEATURES = [f"x{i}" for i in range(8)]
+
+
+class Scores(nn.Module):
+    """Two binary tasks scored from one feature each; `sign` -1 turns the `like` score around."""
+
+    def __init__(self, sign: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([3.0, 3.0 * sign]))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = x[:, :2] * self.scale
+        return {"click": torch.sigmoid(z[:, 0]), "like": torch.sigmoid(z[:, 1])}
+
+
+def frame(rows: int = 3000) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(rows, 8)).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] + rng.normal(scale=0.5, size=rows) > 0).astype("float64")
+    f["like"] = (f["x1"] + rng.normal(scale=0.5, size=rows) > 0).astype("float64")
+    return f
+
+
+def inspect(model: nn.Module, data: pd.DataFrame) -> mi.InspectionResult:
+    return mi.inspect(model, data, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES)
+
+
+def test_inverted_task_is_critical_and_not_above_chance() -> None:
+    data = frame()
+    result = inspect(Scores(sign=-1.0), data)
+    tasks = result.tables["tasks"].set_index("task")
+    assert tasks.loc["like", "auc_hi"] < 0.5 < tasks.loc["click", "auc_lo"]  # planted: like reversed
+    found = [f for f in result.findings if f.code == "task_ranks_inverted"]
+    assert [(f.subject, f.severity) for f in found] == [("like", "critical")]
+    assert "1 - AUC" in found[0].message and "--labels" in found[0].remedy
+    assert not any(
+        f.code in ("task_at_chance", "task_worse_than_base_rate") and f.subject == "like"
+        for f in result.findings
+    )
+    answer = next(a for a in result.review.answers if a.key == "tasks")
+    assert answer.answer == "No: like is ranked in reverse (AUC interval below 0.5).", answer.answer
+    assert answer.status == "problem"
+    assert any("RANKS IN REVERSE" in line for line in answer.evidence)
+    # the same model with the score the right way round: no such finding, every task ranks its rows
+    fixed = inspect(Scores(sign=1.0), data)
+    assert not any(f.code == "task_ranks_inverted" for f in fixed.findings)
+    assert next(a for a in fixed.review.answers if a.key == "tasks").answer.startswith("Yes")
