@@ -501,6 +501,11 @@ def test_check_cannot_judge_unresolved_routing(saved: dict[str, Path]) -> None:
     assert code == 0, text
     code, text = invoke("topology", saved["root"] / "numpy.pt", *common)
     assert code == 0 and "UNRESOLVED" in text and "[[gates]]" in text
+    # `summary` under its headline: no gates recorded, and why; never "a Shared-Bottom routes nothing"
+    code, text = invoke("summary", saved["root"] / "numpy.pt", *common)
+    text = " ".join(text.split())
+    assert code == 0 and "No gates recorded: no gate could be resolved" in text, text
+    assert "Shared-Bottom" not in text
     code, text = invoke(
         "check", saved["root"] / "dense.pt", *common, "--fail-on", "collapsed_gate,dead_expert"
     )

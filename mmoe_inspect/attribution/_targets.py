@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
 from mmoe_inspect.recording.hooks import HookSession
-from mmoe_inspect.recording.recorder import dense_spec
+from mmoe_inspect.recording.recorder import dense_spec, gate_part
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
@@ -87,7 +87,9 @@ def list_targets(
 
 
 def gate_weights(out: Tensor, gate: GateSpec, rows: int) -> Tensor:
-    """A gate module's output → `[rows, E]` probabilities that keep the graph (softmax of logit gates)."""
+    """A gate module's output → `[rows, E]` probabilities that keep the graph (softmax of logit gates); a
+    fused gate's own slice of it."""
+    out, gate = gate_part(out, gate)
     if out.dim() < 2 or out.shape[gate.dim] != gate.n_experts:
         raise AttributionError(
             f"gate {gate.name!r} ({gate.module}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mmoe_inspect.errors import MmoeInspectError
 from mmoe_inspect.recording.hooks import HookSession
-from mmoe_inspect.recording.recorder import RecordingError, dense_spec, gate_probabilities
+from mmoe_inspect.recording.recorder import RecordingError, dense_spec, gate_part, gate_probabilities
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
 
@@ -244,7 +244,17 @@ class GateIntervention(HookSession):
         return list(out.split(b, dim=dim))
 
     def _edit(self, spec: GateSpec, out: Tensor, shrunk: bool) -> Tensor | None:
-        """`out` of gate `spec` with each row block edited by its variant (None: leave it as it is)."""
+        """`out` of gate `spec` with each row block edited by its variant (None: leave it as it is); a fused gate
+        edits its own slice of `out` (the other gates' slices are left as they are)."""
+        if spec.part_dim is not None:
+            whole = self._tile(out) if shrunk else out
+            piece, sub = gate_part(whole, spec)
+            edited = self._edit(sub, piece, shrunk=False)
+            if edited is None:
+                return whole if shrunk else None
+            new = whole.clone()
+            new.select(spec.part_dim, spec.part).copy_(edited)
+            return new
         edits = [v.get(spec.name) for v in self.variants]
         if not self.capture and all(e is None for e in edits):
             return self._tile(out) if shrunk else None
@@ -292,7 +302,7 @@ class GateIntervention(HookSession):
             call = self._calls.get(path, 0)
             self._calls[path] = call + 1
             shrunk = self._take_shrunk(path)  # the gate ran on one block (its input blocks were identical)
-            spec = None
+            matching = []  # one gate, or the fused gates that are parts of this output
             for g in specs:
                 if g.call is None:
                     if call > 0:
@@ -300,14 +310,21 @@ class GateIntervention(HookSession):
                             f"gate module {path!r} ran more than once in one forward; set `call` for gate "
                             f"{g.name!r} in the topology spec"
                         )
-                    spec = g
+                    matching.append(g)
                 elif g.call == call:
-                    spec = g
+                    matching.append(g)
             if not isinstance(out, Tensor):
                 raise RecordingError(f"gate module {path!r} returned {type(out).__name__}, not a tensor")
-            if spec is None:
-                return self._tile(out) if shrunk else None
-            return self._edit(spec, out, shrunk)
+            if len(matching) > 1 and any(g.part_dim is None for g in matching):
+                matching = matching[-1:]
+            current: Tensor | None = None
+            for spec in matching:  # each fused part edits its own slice of the output the one before left
+                new = self._edit(spec, out if current is None else current, shrunk and current is None)
+                if new is not None:
+                    current = new
+            if current is not None:
+                return current
+            return self._tile(out) if shrunk else None
 
         return hook
 

@@ -52,14 +52,38 @@ class ForwardCapture:
     experts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def gate_part(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec]:
+    """A fused gate's own slice of its captured tensor (a view) and the spec of that slice (axes renumbered,
+    `part_dim` None); any other gate as given."""
+    if gate.part_dim is None:
+        return out, gate
+    nd, pd = out.dim(), gate.part_dim
+    if not 0 <= pd < nd or not 0 <= gate.part < out.shape[pd]:
+        raise RecordingError(
+            f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}, which has no part "
+            f"{gate.part} on dim {pd}; fix part/part_dim in the topology spec"
+        )
+    dim = gate.dim + nd if gate.dim < 0 else gate.dim
+    bdim = gate.batch_dim
+    return out.select(pd, gate.part), replace(
+        gate,
+        part_dim=None,
+        part=0,
+        dim=dim - (dim > pd),
+        batch_dim=bdim - (bdim > pd) if bdim >= 0 else bdim,
+    )
+
+
 def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = None) -> torch.Tensor:
     """A gate's captured tensor → a fresh `[batch, E]` tensor of weights (copy, never a view).
 
     Probabilities and weights keep the model's dtype (statistics accumulate in float64 and judge
     normalization by that dtype's precision); logits are softmaxed in float32. The expert axis is
     `gate.dim`, the batch axis `gate.batch_dim`; weights without a batch axis (`batch_dim=-1`, one vector
-    for every row) are repeated for the `batch` rows of the forward.
+    for every row) are repeated for the `batch` rows of the forward. A fused gate reads its slice
+    (`gate_part`).
     """
+    out, gate = gate_part(out, gate)
     nd = out.dim()
     dim = gate.dim + nd if gate.dim < 0 else gate.dim
     bdim = gate.batch_dim

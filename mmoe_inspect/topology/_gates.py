@@ -45,6 +45,7 @@ class Gate:
     deps: list[int] = field(default_factory=list)
     refined: bool = False
     uses: int = 1
+    out_part: tuple[int, int] | None = None  # fused: (axis, index) of its mixture in the combine output
 
     @property
     def producer(self) -> int:
@@ -102,6 +103,7 @@ def name_gates(gates: list[Gate], task_order: dict[str, int]) -> None:
             g.level,
             task_order.get(g.task, len(task_order)) if g.task else len(task_order),
             g.producer,
+            g.loc.part,
         )
     )
     used: dict[str, int] = {}
@@ -258,4 +260,6 @@ def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:
         index_op=g.loc.index_op,
         index_occurrence=g.loc.index_occurrence,
         index_arg=g.loc.index_arg,
+        part_dim=g.loc.part_dim,
+        part=g.loc.part,
     )

@@ -16,7 +16,7 @@ from mmoe_inspect.topology._nodes import kind_of, node_where
 from mmoe_inspect.topology._trace import ROOT, Graph, Ref, softmax_dim
 from mmoe_inspect.topology.spec import GateOutput
 
-__all__ = ["Located", "gate_score", "locate"]
+__all__ = ["Located", "gate_score", "locate", "locate_part"]
 
 
 def gate_shaped(graph: Graph, idx: int, ax: int | None, bax: int | None, n_experts: int) -> bool:
@@ -53,6 +53,48 @@ class Located:
     index_op: str | None = None
     index_occurrence: int = 0
     index_arg: int = -2
+    part_dim: int | None = None
+    part: int = 0
+
+
+def locate_part(graph: Graph, mix: Mixture, part: int) -> Located | str:
+    """Where gate `part` of a fused mixture (`Mixture.fused`) is read: the module output holding exactly the
+    fused gates `[batch, T, E]` (1 elsewhere), else the torch function call that makes them; the gate is that
+    tensor's slice `part` on the gates' axis there."""
+    assert mix.fused_axis is not None and mix.w_batch is not None
+    e_chain = backward_views(graph, mix.weights, mix.w_axis)
+    b_chain = backward_views(graph, mix.weights, mix.w_batch)
+    f_chain = backward_views(graph, mix.weights, mix.fused_axis)
+    chain = [(i, a, b, f) for (i, a), (_, b), (_, f) in zip(e_chain, b_chain, f_chain, strict=True)]
+
+    def shaped(idx: int, ax: int | None, bax: int | None, fax: int | None) -> bool:
+        shape = graph.nodes[idx].shape
+        if None in (ax, bax, fax) or len({ax, bax, fax}) != 3:
+            return False
+        want = {ax: mix.n_experts, bax: graph.batch_size, fax: mix.fused}
+        return all(shape[i] == want.get(i, 1) for i in range(len(shape)))
+
+    for idx, ax, bax, fax in reversed(chain):  # from the producer towards the combination
+        call = graph.outermost_call(idx)
+        if call is not None and shaped(idx, ax, bax, fax) and graph.calls.get(call.path, 1) == 1:
+            kind = kind_of(graph, idx, ax, bax)
+            return Located(call.path, kind, ax, bax, producer=idx, part_dim=fax, part=part)  # type: ignore[arg-type]
+    producer, pax, pbax, pfax = chain[-1]
+    pnode = graph.nodes[producer]
+    if pnode.seq >= 0 and pnode.out_pos == 0 and shaped(producer, pax, pbax, pfax):
+        module = pnode.module or ROOT
+        return Located(
+            module,
+            kind_of(graph, producer, pax, pbax),
+            pax,  # type: ignore[arg-type]
+            pbax,  # type: ignore[arg-type]
+            op=pnode.op,
+            occurrence=graph.occurrence(producer, module),
+            producer=producer,
+            part_dim=pfax,
+            part=part,
+        )
+    return "its gates are made where neither a module output nor a torch function call holds exactly them"
 
 
 def locate(graph: Graph, mix: Mixture) -> Located | str:

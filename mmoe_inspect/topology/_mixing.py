@@ -17,8 +17,8 @@ seen in public multi-task code:
 * sparse top-k dispatch: the experts' outputs on their own rows, concatenated, multiplied by the
   weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`;
 * fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` or an
-  einsum whose `W` carries a letter of its own that the output keeps; found so that discovery can say
-  it cannot read them (a gate is one `[batch, E]` tensor), never to call the model a Shared-Bottom.
+  einsum whose `W` carries a letter of its own that the output keeps; each gate is read as its slice
+  of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output.
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
@@ -73,6 +73,7 @@ class Mixture:
     by_module: bool = False  # experts given per contribution, to be ordered by their module's index
     fused: int = 0  # > 0: the weights hold this many gates at once (`fused_axis`), one mixture each
     fused_axis: int | None = None  # the weights' axis of those gates (`[B, T, E] @ [B, E, D]`)
+    fused_out_axis: int | None = None  # the axis of the combine output holding each gate's mixture
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -258,6 +259,7 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
                         pa,
                         fused=sa[-2],
                         fused_axis=len(sa) - 2,
+                        fused_out_axis=len(node.shape) - 2,
                     )
                 )
     # W on the right: [.., D, E] @ [E] or [.., D, E] @ [.., E, 1]
@@ -402,6 +404,7 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
                         _arg_position(node, g),
                         fused=0 if fused is None else size[fused],
                         fused_axis=None if fused is None else gsub.index(fused),
+                        fused_out_axis=None if fused is None else rhs.index(fused),
                     )
                 )
     return out

@@ -37,20 +37,19 @@ def fused_gate_like(graph: Graph, mix: Mixture) -> bool:
     return kind_of(graph, mix.weights, mix.w_axis, mix.w_batch) == "probs"
 
 
-def fused_gates(graph: Graph, mix: Mixture) -> Unresolved:
+def fused_gates(graph: Graph, mix: Mixture, why: str) -> Unresolved:
     """One weight tensor holding the gates of several tasks (`Mixture.fused`), e.g. `Linear(d, T * E)` viewed
-    `[B, T, E]`, softmaxed and mixed by one `bmm` with the stacked experts `[B, E, D]`: seen, but a gate is
-    read as one tensor `[batch, E]` and these are slices of one, so they are not recorded and the routing
-    cannot be judged (rather than called a Shared-Bottom)."""
+    `[B, T, E]`, softmaxed and mixed by one `bmm` with the stacked experts `[B, E, D]`, whose gates could not
+    be located (`why`): seen, not recorded, so the routing cannot be judged (rather than called a
+    Shared-Bottom)."""
     shape = list(graph.nodes[mix.weights].shape)
     op = graph.nodes[mix.combine].op
     return Unresolved(
         f"{mix.fused} gates in one tensor {shape} (axis {mix.fused_axis}), each weighting the same "
         f"{mix.n_experts} experts in one {op}",
         node_module(graph, mix.combine),
-        "several gates read from slices of one tensor are not supported yet, so their routing is not recorded; "
-        "compute each task's gate as a tensor of its own (e.g. one softmax per task, or `w[:, t]` before the "
-        "mixing) to have them found",
+        f"{why}, so their routing is not recorded; compute each task's gate as a tensor of its own (e.g. one "
+        "softmax per task, or `w[:, t]` before the mixing) to have them found",
     )
 
 

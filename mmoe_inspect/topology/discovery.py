@@ -50,7 +50,7 @@ from mmoe_inspect.topology._gates import (
     resolve_experts,
     set_levels,
 )
-from mmoe_inspect.topology._locate import gate_score, locate
+from mmoe_inspect.topology._locate import gate_score, locate, locate_part
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
@@ -200,7 +200,7 @@ def _describe_gates(
     gates: list[Gate] = []
     rejected: list[tuple[Mixture, str]] = []
     unresolved: list[Unresolved] = []
-    by_producer: dict[int, Gate] = {}
+    by_producer: dict[tuple[int, int], Gate] = {}  # (producer, part) -> its gate
     mixtures = find_mixtures(graph)
     readings: dict[int, list[Mixture]] = {}
     for mix in mixtures:
@@ -221,12 +221,32 @@ def _describe_gates(
             if isinstance(experts, str):
                 rejected.append((mix, experts))
                 continue
-            if mix.fused:  # the gates of several tasks in one tensor: seen, not recorded (never silent)
+            if mix.fused:  # the gates of several tasks in one tensor: one gate per slice
                 if not fused_gate_like(graph, mix):
                     rejected.append((mix, "weights rows that are not distributions over the experts"))
                     continue
-                unresolved.append(fused_gates(graph, mix))
+                parts = [locate_part(graph, mix, t) for t in range(mix.fused)]
                 done_outputs.add(mix.output)
+                why = next((p for p in parts if isinstance(p, str)), None)
+                if why is not None:  # seen, not readable: never a silent Shared-Bottom
+                    unresolved.append(fused_gates(graph, mix, why))
+                    break
+                for t, part in enumerate(parts):
+                    assert not isinstance(part, str) and mix.fused_out_axis is not None
+                    if (part.producer, t) in by_producer:
+                        by_producer[(part.producer, t)].uses += 1
+                        continue
+                    gate = Gate(
+                        loc=part,
+                        weights=mix.weights,
+                        n_experts=mix.n_experts,
+                        mixture_output=mix.output,
+                        expert_nodes=[n for n, _ in mix.experts],
+                        experts=experts,
+                        out_part=(mix.fused_out_axis, t),
+                    )
+                    by_producer[(part.producer, t)] = gate
+                    gates.append(gate)
                 break
             found = locate(graph, mix)
             if isinstance(found, str):
@@ -242,7 +262,7 @@ def _describe_gates(
                 done_outputs.add(mix.output)
                 break
             done_outputs.add(mix.output)
-            same = by_producer.get(found.producer)
+            same = by_producer.get((found.producer, found.part))
             if same is not None:
                 same.uses += 1
                 break
@@ -258,7 +278,7 @@ def _describe_gates(
                 expert_nodes=[n for n, _ in mix.experts],
                 experts=experts,
             )
-            by_producer[found.producer] = gate
+            by_producer[(found.producer, found.part)] = gate
             gates.append(gate)
             break
     # a "mixture" whose output only builds another gate's weights is part of that gate (DSelect-k's
@@ -339,6 +359,8 @@ def _describe_gates(
             continue
         grads = torch.autograd.grad(total, [lf for _, lf in present], allow_unused=True, retain_graph=True)
         for (g, _), grad in zip(present, grads, strict=True):
+            if grad is not None and g.out_part is not None:  # a fused gate moves its own slice of the mixture
+                grad = grad.select(*g.out_part)
             if grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0:
                 g.tasks.add(o.name)
     set_levels(graph, gates)

@@ -100,6 +100,11 @@ class GateSpec:
       the same `module`, and the gate is the `[batch, E]` tensor with zeros elsewhere (Mixtral-style
       routing, per-expert dispatch).
 
+    * a fused gate (`part_dim` set, module or function level): the captured tensor holds the gates of
+      several tasks along axis `part_dim` (`[batch, T, E]`: one `Linear(d, T * E)` viewed and softmaxed,
+      mixed with the experts by one `bmm`), and this gate is its slice `part`; `dim` and `batch_dim`
+      are axes of the whole captured tensor.
+
     `output`: "probs" (rows sum to 1), "logits" (softmaxed over the expert axis by the recorder) or
     "weights" (non-negative weights that need not sum to 1: sigmoid gates, learned scalar mixtures;
     statistics that assume the simplex, such as entropy and JSD, are not computed for them).
@@ -123,6 +128,8 @@ class GateSpec:
     index_op: str | None = None
     index_occurrence: int = 0
     index_arg: int = -2
+    part_dim: int | None = None
+    part: int = 0
 
     @property
     def n_experts(self) -> int:
@@ -142,11 +149,12 @@ class GateSpec:
     def locator(self) -> str:
         """Where the gate is read, for humans: `module` or `module:op#occurrence` ("<model>" for the root)."""
         where = self.module or "<model>"
-        if self.op is None:
-            return where if self.call is None else f"{where} (call {self.call})"
         arg = "" if self.arg == -1 else f" arg {self.arg}"
         idx = "" if self.index_op is None else f" at {self.index_op}#{self.index_occurrence}"
-        return f"{where}:{self.op}#{self.occurrence}{arg}{idx}"
+        part = "" if self.part_dim is None else f" [{self.part} on dim {self.part_dim}]"
+        if self.op is None:
+            return (where if self.call is None else f"{where} (call {self.call})") + part
+        return f"{where}:{self.op}#{self.occurrence}{arg}{idx}{part}"
 
 
 @dataclass(frozen=True)
@@ -289,6 +297,14 @@ class Topology:
                     raise TopologyError(f"gate {g.name!r}: {what} must be an integer axis")
             if g.batch_dim == g.dim:
                 raise TopologyError(f"gate {g.name!r}: batch_dim and dim must differ")
+            if g.part_dim is not None:
+                if isinstance(g.part_dim, bool) or not isinstance(g.part_dim, int) or g.part_dim < 0:
+                    raise TopologyError(f"gate {g.name!r}: part_dim must be an integer axis >= 0")
+                if g.part_dim in (g.dim, g.batch_dim):
+                    raise TopologyError(f"gate {g.name!r}: part_dim must differ from dim and batch_dim")
+                if g.index_op is not None:
+                    raise TopologyError(f"gate {g.name!r}: a top-k gate (index_op) cannot be a part")
+            _whole(g.part, f"gate {g.name!r}: part", 0)
             _whole(g.level, f"gate {g.name!r}: level", 0)
         for u in self.unresolved:
             if not all(isinstance(v, str) for v in (u.what, u.where, u.reason, u.snippet)):
@@ -364,7 +380,8 @@ class Topology:
             "# is the expert axis; `call` picks one call of a module that runs several times per forward.\n"
             "# A function-level gate also names `op` (torch function), `occurrence` (0-based call of that op\n"
             "# while `module` runs, over one forward; module \"\" = the model's forward), `arg` (-1 = the op's\n"
-            "# output, k = its k-th tensor argument) and `batch_dim` (-1 = no batch axis).\n"
+            "# output, k = its k-th tensor argument) and `batch_dim` (-1 = no batch axis). A fused gate (the\n"
+            "# gates of several tasks in one tensor) is slice `part` of axis `part_dim` of that tensor.\n"
         )
         data = self.to_dict()
         if not data["unresolved"]:
@@ -464,6 +481,8 @@ def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
         for key, default in (("index_occurrence", 0), ("index_arg", -2)):
             if d.get(key) == default:
                 d.pop(key, None)
+    if gate.part_dim is None and d.get("part") == 0:
+        d.pop("part", None)
     return d
 
 
