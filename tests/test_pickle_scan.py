@@ -235,3 +235,57 @@ def test_real_torch_pickles_scan_exactly(tmp_path) -> None:
         scan = scan_pickles(io.BytesIO(data), max_ops=100_000)
         assert list(scan.globals) == list(dict.fromkeys(recorded(data))), proto
         assert scan.unsure is None and scan.problem is None
+
+
+class _RunsShell:
+    """Unpickling this calls `os.system` (it is only ever scanned here, never loaded)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def _saved_linear() -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(torch.nn.Linear(3, 2), buf)
+    return buf.getvalue()
+
+
+def test_a_pickle_in_front_of_a_torch_zip_is_not_vouched_for(tmp_path) -> None:
+    """`zipfile` finds the archive from the end, `torch.load` reads the leading pickle: such a polyglot named only
+    the archive's `Linear` to the user, and ran the pickle's `os.system` once trusted."""
+    from mmoe_inspect.loading._sniff import ZIP_NOT_AT_START, sniff
+
+    path = tmp_path / "poly.pt"
+    path.write_bytes(pickle.dumps(_RunsShell(), protocol=2) + _saved_linear())
+    got = sniff(path)
+    assert got.unsure == ZIP_NOT_AT_START
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(_saved_linear())
+    assert sniff(plain).unsure is None and sniff(plain).kind == "torch-zip"
+
+
+def test_a_second_archive_behind_a_torch_zip_is_not_vouched_for(tmp_path) -> None:
+    """Two archives back to back: `zipfile` scans the last one, `torch.load` the first."""
+    from mmoe_inspect.loading._sniff import ZIP_NOT_AT_START, sniff
+
+    path = tmp_path / "two.pt"
+    path.write_bytes(_saved_linear() + _saved_linear())
+    assert sniff(path).unsure == ZIP_NOT_AT_START
+
+
+def test_cli_refuses_the_polyglot_even_when_trusted(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mmoe_inspect.cli.main import app
+
+    path = tmp_path / "poly.pt"
+    path.write_bytes(pickle.dumps(_RunsShell(), protocol=2) + _saved_linear())
+    result = CliRunner().invoke(app, ["topology", str(path), "--trust-checkpoint"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "refusing to unpickle poly.pt even with --trust-checkpoint" in text
+    assert "does not start at the file's first byte" in text

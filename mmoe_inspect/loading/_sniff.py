@@ -62,7 +62,7 @@ def sniff(path: Path) -> Sniffed:
     except zipfile.BadZipFile as exc:  # an end record zipfile refuses (e.g. a damaged "disk" number)
         return Sniffed("truncated", problem=f"a damaged zip archive ({exc})")
     if is_zip:
-        return _sniff_zip(path)
+        return _sniff_zip(path, head)
     if head.startswith(b"PK\x03\x04"):
         return Sniffed("truncated", problem="a zip archive without its central directory")
     if head[:1] == b"\x80" and len(head) > 1 and 0 <= head[1] <= 5:
@@ -107,12 +107,24 @@ def _scanned(kind: FileKind, fh: io.BufferedIOBase, max_pickles: int | None) -> 
     return Sniffed(kind, tuple(scan.globals), frozenset(scan.strings), scan.problem, scan.unsure)
 
 
-def _sniff_zip(path: Path) -> Sniffed:
-    """A zip archive: its layout decides the kind; every `.pkl` entry in it is scanned (sizes first)."""
+ZIP_NOT_AT_START = (
+    "its zip archive does not start at the file's first byte (a pickle or another archive comes first), and "
+    "torch.load reads what comes first, which is not what was scanned"
+)
+
+
+def _sniff_zip(path: Path, head: bytes) -> Sniffed:
+    """A zip archive: its layout decides the kind; every `.pkl` entry in it is scanned (sizes first).
+
+    Python's `zipfile` finds an archive from the end of the file, `torch.load` reads a file from its start: a
+    file whose archive is not at its first byte (a pickle, or a second archive, in front of it) is not vouched
+    for."""
     cap = limits.PICKLE_BYTES.value
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            if not head.startswith(b"PK\x03\x04") or min((i.header_offset for i in infos), default=0) != 0:
+                return Sniffed("torch-zip", unsure=ZIP_NOT_AT_START)
             names = [i.filename for i in infos]
             if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
                 return Sniffed("torchscript")
