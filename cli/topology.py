@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+
+from mmoe_inspect.topology.spec import spec_target_problem
 
 from ._common import (
     EXIT_BAD_INPUT,
@@ -40,7 +43,10 @@ def topology_command(
     discover: Annotated[
         bool, typer.Option(help="Ignore the model's own declaration and run automatic discovery.")
     ] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing spec file.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace an existing spec file (only a spec this tool wrote, never another file)."),
+    ] = False,
     *,
     load: LoadOptions,
     run: RunOptions,
@@ -51,11 +57,9 @@ def topology_command(
     first rows of --data (or of the rows stored in the checkpoint).
     """
     with guarded(run.debug):
-        if write is not None and not write.absolute().parent.is_dir():
-            err.print(f"[red]error:[/red] --write {write}: folder {write.absolute().parent} does not exist")
-            raise typer.Exit(EXIT_BAD_INPUT)
-        if write is not None and write.exists() and not force:
-            err.print(f"[red]error:[/red] {write} exists; pass --force to overwrite it")
+        problem = None if write is None else spec_target_problem(write, force)
+        if problem is not None:
+            err.print(f"[red]error:[/red] --write {escape(str(write))}: {escape(problem)}")
             raise typer.Exit(EXIT_BAD_INPUT)
         loaded = load.load(checkpoint, quiet=run.quiet)
         topo = loaded.topology(

@@ -151,6 +151,35 @@ def test_topology_prints_and_writes_an_editable_spec(demo_dir: Path, tmp_path: P
     assert {g.level for g in topo.gates} == {0, 1}
     again = invoke("topology", demo_dir / "checkpoints" / "ple.pt", "--write", spec)
     assert again.exit_code == 2 and "exists" in again.clean
+    forced = invoke("topology", demo_dir / "checkpoints" / "mmoe.pt", "--write", spec, "--force")
+    assert forced.exit_code == 0 and Topology.load(spec).architecture == "mmoe"  # a spec: replaced
+    assert not [p.name for p in spec.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_topology_write_force_never_replaces_another_file(demo_dir: Path, tmp_path: Path) -> None:
+    """`--force` replaces a spec this tool wrote, never the checkpoint, the data, a symlink's target or a folder."""
+    import hashlib
+    import shutil
+
+    ckpt = tmp_path / "mmoe.pt"
+    shutil.copy(demo_dir / "checkpoints" / "mmoe.pt", ckpt)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    link = tmp_path / "link.toml"
+    link.symlink_to(notes)
+    (tmp_path / "folder.toml").mkdir()
+    before = {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in (ckpt, notes)}
+    for target, words in (
+        (ckpt, "not a topology spec"),
+        (notes, "not a topology spec"),
+        (link, "symbolic link"),
+        (tmp_path / "folder.toml", "not a regular file"),
+    ):
+        result = invoke("topology", ckpt, "--write", target, "--force")
+        assert result.exit_code == 2, result.output
+        assert words in result.clean and "Traceback" not in result.output, result.clean
+    assert {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in (ckpt, notes)} == before
+    assert link.is_symlink() and (tmp_path / "folder.toml").is_dir()
 
 
 def test_topology_discover_agrees_with_declaration(demo_dir: Path) -> None:

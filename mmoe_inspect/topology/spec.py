@@ -10,8 +10,11 @@ validation are one file format; apart, each field would be separated from its ch
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import os
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -375,7 +378,7 @@ class Topology:
         import tomli_w
 
         header = (
-            "# mmoe-inspect topology spec. Edit module paths, expert lists or tasks if discovery got them\n"
+            f"{SPEC_HEADER} Edit module paths, expert lists or tasks if discovery got them\n"
             "# wrong, then pass this file with --spec. Gate `output` is 'probs', 'logits' or 'weights'; `dim`\n"
             "# is the expert axis; `call` picks one call of a module that runs several times per forward.\n"
             "# A function-level gate also names `op` (torch function), `occurrence` (0-based call of that op\n"
@@ -425,7 +428,17 @@ class Topology:
             ) from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml(), encoding="utf-8")
+        """Write the spec as TOML at `path`, whole or not at all (a temp file beside it, then renamed over it)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.to_toml())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Topology:
@@ -469,6 +482,36 @@ class Topology:
             )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+SPEC_HEADER = "# mmoe-inspect topology spec."
+
+
+def spec_target_problem(path: Path, force: bool) -> str | None:
+    """Why a spec may not be written at `path` (None: it may): its folder is missing; it is a symbolic link
+    or a folder; it exists and `force` is off; or it exists and is not a topology spec (`force` replaces
+    only a spec file: never a checkpoint, data or another file of the user's)."""
+    if not path.absolute().parent.is_dir():
+        return f"folder {path.absolute().parent} does not exist"
+    if path.is_symlink():
+        return "it is a symbolic link; give the path of a regular file"
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "it exists and is not a regular file (a folder?); give a file path"
+    if not force:
+        return "it exists; pass --force to replace it"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SPEC_HEADER.encode()))
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if head != SPEC_HEADER.encode():
+        return (
+            "it exists and is not a topology spec this tool wrote; --force replaces only such a file, never "
+            "another file (pick another path)"
+        )
+    return None
 
 
 def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
