@@ -181,6 +181,20 @@ def _one_line(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def _state_dict_problem(exc: RuntimeError) -> str:
+    """`load_state_dict`'s error in one line: its first mismatch (a key, a shape) and how many more."""
+    details = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines()[1:] if ln.strip()]
+    if not details:
+        return _one_line(exc)
+    first = details[0].rstrip(".")
+    first = first if len(first) <= 240 else first[:237] + "..."
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return (
+        f"its state_dict does not fit its model_config: {first}{more}; the file was edited or saved from "
+        "another model: save the model again with save_checkpoint"
+    )
+
+
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     """The validated payload dict of a checkpoint file."""
     try:
@@ -223,7 +237,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         config = ModelConfig.from_dict(payload["model_config"])
         check_model_size(lambda: build_model(config), f"{path}: its model_config")
         model = build_model(config)
-        model.load_state_dict(payload["state_dict"])
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:  # torch lists every mismatch on lines of their own after a heading
+            raise CheckpointError(f"{path}: cannot rebuild the model: {_state_dict_problem(exc)}") from exc
     except CheckpointError:
         raise
     except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, IndexError, OverflowError) as exc:

@@ -31,6 +31,7 @@ from .attach import CausalAnalyses, run_attributions, run_causal_analyses
 from .attribution.options import AttributionOptions
 from .binding import Binding, InputFn, bind, expected_rows, read_labels
 from .causal.options import CausalOptions
+from .data.columns import check_segment_values
 from .data.schema import FeatureSpec
 from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
 from .device import model_device, on_device
@@ -189,6 +190,9 @@ def inspect(
     )
     if causal_opts is not None and causal_opts.segment_by is not None:  # fail now, not after the pass
         require_columns(binding.source, [causal_opts.segment_by], what="segment")
+        head = next(iter(binding.source.iter_frames(256, [causal_opts.segment_by])), None)
+        if head is not None:
+            check_segment_values(head[causal_opts.segment_by], causal_opts.segment_by, binding.source.name)
     dist_ctx = current_context() if distributed else None
     with contextlib.ExitStack() as stack:
         # single process: the causal analyses are planned first, so that their data pass can ride along the

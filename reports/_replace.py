@@ -210,6 +210,8 @@ def replace_folder(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # exclusive, and honors the umask (unlike mkdtemp's 0700)
+        if out.is_dir():  # the folder keeps its own permissions (a private 0700 folder stays private)
+            shutil.copymode(out, tmp)
         (tmp / PARTIAL).write_text(str(out) + "\n", encoding="utf-8")
     except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,9 +248,15 @@ def replace_folder(
         try:
             _swap(tmp, out, old)
         except OSError as exc:
+            hint = ""
+            if exc.errno == errno.EBUSY or os.path.ismount(out):
+                hint = (
+                    f"; {out} is a mount point, which cannot be replaced: write the report to a folder inside it "
+                    f"(e.g. --out {out / 'report'})"
+                )
             raise error(
                 f"moving the finished report into {out} failed ({exc.strerror or exc}); "
-                "what was there before is unchanged"
+                f"what was there before is unchanged{hint}"
             ) from exc
     finally:
         if tmp.exists():

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmoe_inspect.data.columns import check_segment_values
 from mmoe_inspect.functional.routing import js_divergence
 from mmoe_inspect.topology.spec import GateSpec
 
@@ -47,7 +48,11 @@ class SegmentRouting:
     def update(self, values: pd.Series | np.ndarray, gates: Mapping[str, torch.Tensor]) -> None:
         """Add one batch: segment values `[b]` and intact gate probabilities `{gate: [b, E]}`."""
         series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        try:
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        except TypeError:  # rows past the first ones that hold lists or dicts
+            check_segment_values(series, self.column, "the data")
+            raise
         lut = np.empty(len(uniques) + 1, dtype=np.int64)
         for i, u in enumerate(uniques):  # once per distinct value in the batch, not per row
             lut[i] = self._slot(u.item() if isinstance(u, np.generic) else u)

@@ -6,7 +6,7 @@ Each check fails with one line naming the column, the rows and the fix (see `mmo
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,6 +55,22 @@ def require_columns(source: TableSource, needed: Sequence[str], what: str = "fea
         )
 
 
+def check_segment_values(values: pd.Series, column: str, source: str) -> None:
+    """Fail with one line when a segment column's values cannot name a segment (lists, dicts, arrays): each
+    row needs one id or label."""
+    bad = next((v for v in values if isinstance(v, (list, dict, set, np.ndarray))), None)
+    if bad is None:
+        try:
+            pd.factorize(values)
+            return
+        except TypeError:
+            bad = next((v for v in values if not isinstance(v, Hashable)), values.iloc[0])
+    raise NonNumericError(
+        f"segment column {column!r} of {source} holds {type(bad).__name__} values (such as {str(bad)[:40]!r}); "
+        "--segment-by needs one id or label per row (a string or a number)"
+    )
+
+
 def column_kinds(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """The numpy kind letter of each of `columns` ("f" float, "i"/"u"/"b" integer/bool; "O" for the rest).
 
@@ -100,6 +116,15 @@ def check_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, what
         )
 
 
+def _as_floats(values: pd.DataFrame | pd.Series) -> np.ndarray:
+    """The values as a numpy float array; pandas' nullable floats (`Float64`) with their NA as NaN (numpy would
+    hold them as objects, whose comparison with NA raises)."""
+    out = values.to_numpy()
+    if out.dtype.kind == "O":
+        out = values.to_numpy(dtype="float64", na_value=np.nan)
+    return out
+
+
 def check_finite(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
     """Fail with one line when a feature column holds NaN/inf (labels may be missing; features may not),
     or finite float64 values beyond float32's range (the model reads float32: they would become inf)."""
@@ -108,14 +133,14 @@ def check_finite(frame: pd.DataFrame, columns: Sequence[str], source: str) -> No
         return
     # one vectorized pass in the common case (over a view of the frame's block when the features lead it);
     # for float64, |x| <= float32 max is false for NaN too, so one comparison checks both
-    values = leading_columns(frame, floats).to_numpy()
+    values = _as_floats(leading_columns(frame, floats))
     if values.dtype.itemsize <= 4:
         if np.isfinite(values).all():
             return
     elif (np.abs(values) <= F32_MAX).all():
         return
     for c in floats:
-        values = frame[c].to_numpy()
+        values = _as_floats(frame[c])
         if values.dtype.kind != "f":
             continue
         span = f"rows {frame.index[0]}..{frame.index[-1]}"

@@ -194,7 +194,7 @@ class TableSource:
                 table = pf.read_row_group(group, columns=cols)
             except OSError as exc:
                 raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
-            part = table.take(inside - lo).to_pandas()
+            part = _frame(table.take(inside - lo))
             part.index = pd.Index(inside)
             parts.append(part)
         if not parts:
@@ -299,7 +299,7 @@ class TableSource:
                     for rb in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
                         end = pos + rb.num_rows
                         for s, e in shard.ranges(pos, end):
-                            part = rb.slice(s - pos, e - s).to_pandas()
+                            part = _frame(rb.slice(s - pos, e - s))
                             part.index = pd.RangeIndex(s, e)
                             yield part
                         pos = end
@@ -329,7 +329,7 @@ class TableSource:
             _check_file_columns(f, pf, cols)
             try:
                 for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
-                    yield rb.to_pandas()
+                    yield _frame(rb)
             except OSError as exc:
                 raise DataFileError(f"{f} is a damaged parquet file ({first_line(exc)})") from None
 
@@ -377,6 +377,15 @@ def _parquet_files(folder: Path) -> list[Path]:
         and p.suffix.lower() in PARQUET_SUFFIXES
         and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
     )
+
+
+def _frame(data: Any) -> pd.DataFrame:
+    """A pyarrow table or record batch as a DataFrame whose columns are the file's columns: a column that
+    pandas stored as its index (`df.set_index("user_id").to_parquet(...)`) stays a column."""
+    frame = data.to_pandas()
+    if any(name is not None for name in frame.index.names):
+        frame = frame.reset_index()
+    return frame
 
 
 def _parquet_file(path: Path):

@@ -1,0 +1,99 @@
+"""Hostile inputs, round 3 (session 10's sweep): each broke a promise before its fix.
+
+Nullable-float features with NA crashed; a parquet feature column stored as the pandas index was "missing";
+`--segment-by` on a list column crashed after the whole pass; a bad CRC in a tensor member loaded altered
+weights silently; a state_dict mismatch said only "Error(s) in loading state_dict"; rewriting a report in a
+private (0700) folder made it 0755.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
+from test_hostile_round2b import rows, small_mmoe
+
+from mmoe_inspect.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt3") / "mmoe.pt", small_mmoe(), eval_frame=rows())
+
+
+def test_a_nullable_float_feature_with_na_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    frame = rows()
+    frame["x0"] = frame["x0"].astype("Float64")
+    frame.loc[3, "x0"] = pd.NA
+    frame.to_parquet(tmp_path / "na.parquet", index=False)
+    line = one_error_line(*run("summary", checkpoint, "--data", tmp_path / "na.parquet"))
+    assert "feature column 'x0'" in line and "1 NaN/inf value" in line and "first at row 3" in line
+
+
+def test_a_feature_stored_as_the_pandas_index_is_read_as_a_column(checkpoint: Path, tmp_path: Path) -> None:
+    frame = rows()
+    frame.set_index("x2").to_parquet(tmp_path / "indexed.parquet")  # x2 becomes the parquet's pandas index
+    code, text = run("summary", checkpoint, "--data", tmp_path / "indexed.parquet", "-q")
+    assert code == 0, text
+    assert f"{len(frame):,} rows" in text
+
+
+def test_segment_by_a_list_column_is_refused_before_the_pass(checkpoint: Path, tmp_path: Path) -> None:
+    frame = rows()
+    frame["segment"] = [[i % 3] for i in range(len(frame))]
+    frame.to_parquet(tmp_path / "seg.parquet", index=False)
+    out = tmp_path / "report"
+    code, text = run(
+        "report", checkpoint, "--data", tmp_path / "seg.parquet", "--segment-by", "segment", "--out", out
+    )
+    line = one_error_line(code, text)
+    assert "segment column 'segment'" in line and "one id or label per row" in line
+    assert not out.exists()
+
+
+def test_a_damaged_tensor_member_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """torch.load does not check a tensor member's CRC-32: a flipped byte loaded altered weights silently."""
+    data = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename and i.file_size >= 16)
+    start = (
+        info.header_offset
+        + 30
+        + len(info.filename.encode())
+        + int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    )
+    data[start + 8] ^= 0xFF
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(data))
+    line = one_error_line(*run("summary", bad))
+    assert "damaged" in line and "Bad CRC-32" in line
+
+
+def test_a_state_dict_mismatch_names_the_key(tmp_path: Path) -> None:
+    model = small_mmoe()
+    path = save_checkpoint(tmp_path / "m.pt", model, eval_frame=rows())
+    payload = torch.load(path, weights_only=True)
+    key = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][key] = payload["state_dict"][key][:-1]
+    torch.save(payload, tmp_path / "shape.pt")
+    line = one_error_line(*run("summary", tmp_path / "shape.pt"))
+    assert f"size mismatch for {key}" in line and "save the model again" in line, line
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_private_report_folder_stays_private(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "private"
+    out.mkdir(mode=0o700)
+    os.chmod(out, 0o700)
+    (out / "mine.txt").write_text("mine\n")
+    for extra in (["--force"], []):  # first beside the user's file, then replacing its own report
+        code, text = run("report", checkpoint, "--out", out, "--no-causal", "--no-attributions", "-q", *extra)
+        assert code == 0, text
+        assert stat.S_IMODE(out.stat().st_mode) == 0o700
+        assert (out / "mine.txt").read_text() == "mine\n"
