@@ -14,10 +14,13 @@ line, no traceback unless --debug); 3 `report --fail-on` findings; 4 `check` can
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
 import re
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -391,13 +394,51 @@ def one_line(exc: BaseException) -> str:
     return line if len(line) <= 600 else line[:560] + f" ... ({len(line) - 560:,} more characters)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (`timeout`, a CI cancel, `docker stop`, a closed terminal) during a command: unwound like
+    Ctrl-C, so that temp folders go and nothing is left half-written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 @contextmanager
-def guarded(debug: bool) -> Iterator[None]:
-    """Turn user errors into one red line + exit 2, bugs into one line + exit 1 (tracebacks with --debug)."""
+def _terminations_unwind() -> Iterator[None]:
+    """Inside: SIGTERM and SIGHUP raise `Terminated` in the main thread (elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    saved = {}
+    for sig in wanted:
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):  # a handler the user installed is kept
+                saved[sig] = signal.signal(sig, _raise_terminated)
     try:
         yield
+    finally:
+        for sig, old in saved.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, old)
+
+
+@contextmanager
+def guarded(debug: bool) -> Iterator[None]:
+    """Turn user errors into one red line + exit 2, bugs into one line + exit 1 (tracebacks with --debug);
+    Ctrl-C, SIGTERM and SIGHUP unwind (temp folders removed) and exit 130 / 128 + the signal's number."""
+    try:
+        with _terminations_unwind():
+            yield
     except typer.Exit:
         raise
+    except Terminated as exc:
+        err.print(f"[red]terminated[/red] ({signal.Signals(exc.signum).name}); nothing was written")
+        raise typer.Exit(128 + exc.signum) from None
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]; nothing was written")
         raise typer.Exit(130) from None

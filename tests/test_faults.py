@@ -8,8 +8,8 @@ Parameters and buffers (hashes, BatchNorm running statistics included), `.grad`,
 every module's training flag, every hook dict (ours gone, the user's kept) and torch's global hooks
 and grad mode are compared before and after.
 
-Part 2 interrupts report writing: SIGINT to a real `mmoe-inspect report` process (mid-inspection and
-mid-figure), a full disk (ENOSPC after half a file), an I/O error in the final rename (whole folder
+Part 2 interrupts report writing: SIGINT, SIGTERM and SIGHUP to a real `mmoe-inspect report` process
+(mid-inspection and mid-figure), a full disk (ENOSPC after half a file), an I/O error in the final rename (whole folder
 and `--force` into a folder holding user files), a refused temp folder, and a foreign folder without `--force`.
 Each leaves the previous report byte for byte, or nothing, and no temp folder beside it.
 """
@@ -302,9 +302,17 @@ app()
 """
 
 
-@pytest.mark.parametrize("stage", ["inspection", "figures"])
-def test_sigint_mid_run_leaves_the_previous_report(
-    stage: str, checkpoint: Path, previous: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("stage", "sig"),
+    [
+        ("inspection", signal.SIGINT),
+        ("figures", signal.SIGINT),
+        ("figures", signal.SIGTERM),  # `timeout`, a CI cancel, `docker stop`: left a half report before
+        ("inspection", signal.SIGHUP),  # the terminal closed
+    ],
+)
+def test_a_signal_mid_run_leaves_the_previous_report(
+    stage: str, sig: signal.Signals, checkpoint: Path, previous: Path, tmp_path: Path
 ) -> None:
     out = copy_of(previous, tmp_path)
     before = tree(out)
@@ -328,14 +336,18 @@ def test_sigint_mid_run_leaves_the_previous_report(
         assert (
             temps if stage == "figures" else not temps
         )  # mid-write: half a report exists, in the temp folder
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
         ready.unlink(missing_ok=True)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in ANSI.sub("", stderr) and "Traceback" not in stderr
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert "interrupted" in ANSI.sub("", stderr) and "Traceback" not in stderr
+    else:
+        assert proc.returncode == 128 + sig, stderr
+        assert f"terminated ({sig.name})" in ANSI.sub("", stderr) and "Traceback" not in stderr
     assert tree(out) == before
     assert_nothing_beside(tmp_path, "report")
 
