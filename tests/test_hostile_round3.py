@@ -97,3 +97,14 @@ def test_a_private_report_folder_stays_private(checkpoint: Path, tmp_path: Path)
         assert code == 0, text
         assert stat.S_IMODE(out.stat().st_mode) == 0o700
         assert (out / "mine.txt").read_text() == "mine\n"
+
+
+def test_a_csv_with_a_repeated_header_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """pandas renamed the second `click` to `click.1`, so labels that contradict each other passed silently."""
+    frame = rows()
+    text = frame.to_csv(index=False).splitlines()
+    header = text[0] + ",click"
+    body = [f"{line},{1 - float(line.split(',')[3])}" for line in text[1:]]  # the opposite labels
+    (tmp_path / "dup.csv").write_text("\n".join([header, *body]) + "\n")
+    line = one_error_line(*run("summary", checkpoint, "--data", tmp_path / "dup.csv"))
+    assert "duplicate column names ['click']" in line

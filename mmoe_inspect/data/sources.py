@@ -151,7 +151,20 @@ class TableSource:
                 names = list(have) if names is None else [n for n in names if n in set(have)]
             return names or []
         try:
-            return list(pd.read_csv(self.path, nrows=0).columns)
+            names = list(pd.read_csv(self.path, nrows=0).columns)
+            if len(names) > 1:  # pandas renames a repeated header ("click", "click.1"): one would be ignored
+                raw = [
+                    c
+                    for c in pd.read_csv(self.path, header=None, nrows=1, dtype=str).iloc[0]
+                    if isinstance(c, str)
+                ]
+                dups = sorted({c for c in raw if raw.count(c) > 1})
+                if dups:
+                    raise DataFileError(
+                        f"{self.path} has duplicate column names {dups}; rename them so that each column has "
+                        "its own name"
+                    )
+            return names
         except pd.errors.EmptyDataError:
             raise EmptyDataError(f"{self.path} is empty") from None
         except (UnicodeDecodeError, pd.errors.ParserError) as exc:
