@@ -187,8 +187,10 @@ def replace_folder(
     clean_leftovers(out)
     user: list[str] = []
     user_dirs: list[str] = []
+    seen: set[str] = set()  # what `out` held at the start (files, symlinks, folders)
     if out.is_dir():
         files, dirs = _tree(out)
+        seen = set(files) | set(dirs)
         found = read_marker(out, marker)
         if found is None:
             if (files or dirs) and not force:
@@ -217,6 +219,7 @@ def replace_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise error(f"cannot create a folder next to {out}: {exc.strerror or exc}") from exc
     journal: Path | None = None
+    swapped = False
     try:
         try:
             build(tmp)
@@ -247,6 +250,7 @@ def replace_folder(
         (tmp / PARTIAL).unlink()
         try:
             _swap(tmp, out, old)
+            swapped = True  # an exchange leaves the old folder at `tmp`, two renames at `old`
         except OSError as exc:
             hint = ""
             if exc.errno == errno.EBUSY or os.path.ismount(out):
@@ -259,16 +263,42 @@ def replace_folder(
                 f"what was there before is unchanged{hint}"
             ) from exc
     finally:
-        if tmp.exists():
+        if tmp.exists() and not (swapped and out.is_dir() and not _rescue_late_files(tmp, out, seen)):
             shutil.rmtree(tmp, ignore_errors=True)
         if journal is not None:
             old_path = (
                 json.loads(journal.read_text(encoding="utf-8")).get("old") if journal.exists() else None
             )
-            if old_path and Path(old_path).is_dir() and out.is_dir():
-                shutil.rmtree(old_path, ignore_errors=True)
+            old_dir = Path(old_path) if old_path else None
+            if (
+                old_dir is not None
+                and old_dir.is_dir()
+                and out.is_dir()
+                and _rescue_late_files(old_dir, out, seen)
+            ):
+                shutil.rmtree(old_dir, ignore_errors=True)
             journal.unlink(missing_ok=True)
     return out
+
+
+def _rescue_late_files(old: Path, out: Path, seen: set[str]) -> bool:
+    """Move into the new `out` what appeared in the old folder while the report was written (not in `seen`, its
+    start): the user's, and it must not go with the old folder. A name the new report took gets `.kept`.
+    False when something could not be moved (the old folder is then not removed)."""
+    moved = True
+    files, _ = _tree(old)
+    for f in files:
+        if f in seen or any(f.startswith(d + "/") for d in seen if (old / d).is_symlink()):
+            continue
+        target = out / f
+        if target.exists() or target.is_symlink():
+            target = target.with_name(target.name + ".kept")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old / f, target)
+        except OSError:
+            moved = False  # left in the old folder, which is then kept
+    return moved
 
 
 def _clashes(user: list[str], user_dirs: list[str], new_files: list[str]) -> list[str]:

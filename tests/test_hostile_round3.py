@@ -108,3 +108,29 @@ def test_a_csv_with_a_repeated_header_is_refused(checkpoint: Path, tmp_path: Pat
     (tmp_path / "dup.csv").write_text("\n".join([header, *body]) + "\n")
     line = one_error_line(*run("summary", checkpoint, "--data", tmp_path / "dup.csv"))
     assert "duplicate column names ['click']" in line
+
+
+def test_a_file_added_while_the_report_is_written_is_kept(tmp_path: Path) -> None:
+    """The folder is scanned when writing starts; a file the user put there before the swap went with the old
+    folder. Now it is moved into the new one (a name the report took gets `.kept`)."""
+    from mmoe_inspect.reports import write_folder
+    from mmoe_inspect.reports.write import write_marker
+
+    out = tmp_path / "report"
+
+    def build(late: dict[str, str], extra: tuple[str, ...] = ()):
+        def run_build(folder: Path) -> None:
+            write_marker(folder, "report")
+            for name in ("index.html", *extra):
+                (folder / name).write_text("<p>report</p>\n")
+            for name, text in late.items():  # the user, meanwhile, in the folder being replaced
+                (out / name).write_text(text)
+
+        return run_build
+
+    write_folder(out, build({}))
+    write_folder(out, build({"notes.txt": "mine\n", "metrics.json": "my numbers\n"}, extra=("metrics.json",)))
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert (out / "metrics.json").read_text() == "<p>report</p>\n"  # the report's own file
+    assert (out / "metrics.json.kept").read_text() == "my numbers\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temp or old folder beside it
