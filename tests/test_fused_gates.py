@@ -9,8 +9,8 @@ Discovery called such a model a Shared-Bottom and `check` passed it even with ev
 (`GateSpec.part_dim` / `part`): recorded exactly, edited alone by the causal interventions, judged.
 Attention scores (a product of two projections) and multi-head attention stay what they were.
 
-Per-task gates mixed by `torch.baddbmm` (a bias added in the product) or `torch.linalg.vecdot` were not
-mixtures to discovery either: with sigmoid gates nothing else flagged them, so a collapsed model passed
+Per-task gates mixed by `torch.baddbmm` (a bias added in the product), `torch.linalg.vecdot` or an
+`addcmul` loop over the experts were not mixtures to discovery either: with sigmoid gates nothing else flagged them, so a collapsed model passed
 as a Shared-Bottom. They are gates now, and their collapse is found.
 """
 
@@ -325,7 +325,27 @@ class VecdotSoftmax(SigmoidBaddbmm):
         )
 
 
-@pytest.mark.parametrize(("cls", "output"), [(SigmoidBaddbmm, "weights"), (VecdotSoftmax, "probs")])
+class AddcmulLoop(SigmoidBaddbmm):
+    """Softmax gates, each task's mixture accumulated expert by expert with `torch.addcmul`."""
+
+    def weights(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        return torch.softmax(self.mixers[task](x), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = [b(x) for b in self.blocks]
+        preds = []
+        for t, h in enumerate(self.heads):
+            w = self.weights(x, t)
+            acc = torch.zeros_like(outs[0])
+            for i, e in enumerate(outs):
+                acc = torch.addcmul(acc, w[:, i : i + 1], e)
+            preds.append(torch.sigmoid(h(acc)).squeeze(-1))
+        return tuple(preds)
+
+
+@pytest.mark.parametrize(
+    ("cls", "output"), [(SigmoidBaddbmm, "weights"), (VecdotSoftmax, "probs"), (AddcmulLoop, "logits")]
+)
 def test_baddbmm_and_vecdot_mixtures_are_gates(
     cls: type[SigmoidBaddbmm], output: str, x: torch.Tensor
 ) -> None:
@@ -347,7 +367,7 @@ def test_baddbmm_and_vecdot_mixtures_are_gates(
             torch.testing.assert_close(got[gate.name], model.weights(x, t), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls", [SigmoidBaddbmm, VecdotSoftmax])
+@pytest.mark.parametrize("cls", [SigmoidBaddbmm, VecdotSoftmax, AddcmulLoop])
 def test_collapsed_baddbmm_and_vecdot_gates_are_found_collapsed(
     cls: type[SigmoidBaddbmm], x: torch.Tensor
 ) -> None:

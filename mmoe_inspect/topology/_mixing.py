@@ -13,7 +13,7 @@ seen in public multi-task code:
 * `einsum` with any equation (ellipsis included) that contracts W's expert letter against an operand
   holding the batch letter;
 * per-expert products `W[:, i] * X_i` (a Python loop, `unbind`, `split`, ...) summed by additions or
-  by a sum over a stack of them;
+  by a sum over a stack of them, or accumulated by `torch.addcmul(acc, W[:, i], X_i)`;
 * sparse top-k dispatch: the experts' outputs on their own rows, concatenated, multiplied by the
   weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`;
 * fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` or an
@@ -80,6 +80,8 @@ def _operands(node: Node) -> tuple[Any, Any]:
     """(left, right) operands of a binary op; `__rmatmul__` swapped back to `left @ right`."""
     if node.op == "baddbmm":  # input + batch1 @ batch2 (the product is the mixture; `input` a bias)
         return node.arg(1, "batch1"), node.arg(2, "batch2")
+    if node.op == "addcmul":  # input + value * tensor1 * tensor2: a product added to an accumulator
+        return node.arg(1, "tensor1"), node.arg(2, "tensor2")
     a, b = node.arg(0, "input"), node.arg(1, "other")
     if node.op == "rmatmul":  # other @ self
         a, b = b, a
@@ -440,7 +442,7 @@ def _sum_closure(graph: Graph, start: int, limit: int = 4096) -> set[int]:
         for c in graph.children[todo.pop()]:
             op = graph.nodes[c].op
             viewed = view_parent(graph, graph.nodes[c]) is not None
-            if c not in seen and (op in ADD_OPS or op in ("sum", "stack") or viewed):
+            if c not in seen and (op in ADD_OPS or op in ("sum", "stack", "addcmul") or viewed):
                 seen.add(c)
                 todo.append(c)
     return seen
@@ -478,7 +480,8 @@ def _per_expert(graph: Graph, muls: list[Node]) -> list[Mixture]:
             continue
         products = [by_index[i][0] for i in range(e)]
         common = set.intersection(*(_sum_closure(graph, p) for p in products))
-        common -= set(products)
+        # an `addcmul` product is also the running sum (its accumulator plus the product): the last one holds all
+        common -= {p for p in products if graph.nodes[p].op != "addcmul"}
         shape = graph.nodes[products[0]].shape
         sums = sorted(c for c in common if graph.nodes[c].shape == shape)
         if not sums:
@@ -736,6 +739,8 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
         if node.op in MUL_OPS:
             muls.append(node)
             found.extend(_mul(graph, node))
+        elif node.op == "addcmul":  # acc + w[:, i] * x_i in a loop over the experts
+            muls.append(node)
         elif node.op in MATMUL_OPS:
             found.extend(_matmul(graph, node))
         elif node.op == "einsum":
