@@ -84,6 +84,48 @@ class StackedTaskGates(FusedBmm):
         return tuple(torch.sigmoid(h(mixed[i])).squeeze(-1) for i, h in enumerate(self.heads))
 
 
+class FusedBroadcast(FusedBmm):
+    """The fused gates broadcast over the experts and summed: `(w[..., None] * ex[:, None]).sum(2)`."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([b(x) for b in self.blocks], 1)
+        mixed = (self.weights(x).unsqueeze(-1) * ex.unsqueeze(1)).sum(2)
+        return tuple(torch.sigmoid(h(mixed[:, i])).squeeze(-1) for i, h in enumerate(self.heads))
+
+
+class FusedRight(FusedBmm):
+    """The fused gates on the right of the product: `[B, D, E] @ [B, E, T]`."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([b(x) for b in self.blocks], 1)
+        mixed = torch.bmm(ex.transpose(1, 2), self.weights(x).transpose(1, 2))  # [B, D, T]
+        return tuple(torch.sigmoid(h(mixed[:, :, i])).squeeze(-1) for i, h in enumerate(self.heads))
+
+
+class TaskGates(nn.Module):
+    """One module returning every task's gate, stacked tasks first `[T, B, E]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList(nn.Linear(N_FEATURES, N_EXPERTS) for _ in range(N_TASKS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([F.softmax(g(x), -1) for g in self.gates], 0)
+
+
+class ModuleStacked(FusedBmm):
+    """The `[T, B, E]` gates are a module's output (read there, batch on axis 1), mixed experts-first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_gates = TaskGates()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([b(x) for b in self.blocks], 0)
+        mixed = torch.einsum("tbe,ebh->tbh", self.task_gates(x), ex)
+        return tuple(torch.sigmoid(h(mixed[i])).squeeze(-1) for i, h in enumerate(self.heads))
+
+
 class FusedSliced(FusedBmm):
     """The same fused gate tensor, sliced per task before the mixing: what the message advises."""
 
@@ -125,8 +167,10 @@ def healthy(cls: type[FusedBmm]) -> FusedBmm:
     torch.manual_seed(0)
     model = cls().eval()
     with torch.no_grad():
-        for p in (*model.mixer.parameters(), *getattr(model, "gates", nn.ModuleList()).parameters()):
-            p.normal_()
+        for p in model.parameters():
+            if p.dim() == 2 and p.shape[1] == N_FEATURES and p.shape[0] != WIDTH:  # the gates' weights
+                p.normal_()
+        model.mixer.bias.normal_()
     return model
 
 
@@ -134,6 +178,8 @@ def fused_weights(model: FusedBmm, x: torch.Tensor) -> torch.Tensor:
     """`[B, T, E]`: every task's gate rows, computed apart from the forward."""
     if isinstance(model, StackedTaskGates):
         return torch.stack([F.softmax(g(x), -1) for g in model.gates], 1)
+    if isinstance(model, ModuleStacked):
+        return model.task_gates(x).transpose(0, 1)
     return model.weights(x)
 
 
@@ -143,6 +189,9 @@ def fused_weights(model: FusedBmm, x: torch.Tensor) -> torch.Tensor:
         (FusedBmm, "<model>:softmax#0 [{t} on dim 1]"),
         (FusedEinsum, "<model>:softmax#0 [{t} on dim 1]"),
         (StackedTaskGates, "<model>:stack#1 [{t} on dim 0]"),
+        (FusedBroadcast, "<model>:softmax#0 [{t} on dim 1]"),
+        (FusedRight, "<model>:softmax#0 [{t} on dim 1]"),
+        (ModuleStacked, "task_gates [{t} on dim 0]"),
     ],
 )
 def test_fused_gates_are_one_gate_per_task_recorded_exactly(
@@ -204,6 +253,43 @@ def test_an_ablation_edits_only_its_own_slice(x: torch.Tensor) -> None:
         for block, weights in enumerate((w, w1, w2)):
             for task, want in enumerate(by_hand(weights)):
                 torch.testing.assert_close(out[task][block * b : (block + 1) * b], want, rtol=1e-5, atol=1e-6)
+
+
+def test_as_many_tasks_as_experts(x: torch.Tensor) -> None:
+    """T == E is not ambiguous: the experts' axis is the one the product contracts."""
+
+    class Square(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(
+                nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU()) for _ in range(3)
+            )
+            self.mixer = nn.Linear(N_FEATURES, 9)
+            self.heads = nn.ModuleList(nn.Linear(WIDTH, 1) for _ in range(3))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            ex = torch.stack([b(x) for b in self.blocks], 1)
+            mixed = torch.bmm(self.mixer(x).view(-1, 3, 3).softmax(-1), ex)
+            return tuple(torch.sigmoid(h(mixed[:, i])).squeeze(-1) for i, h in enumerate(self.heads))
+
+    torch.manual_seed(0)
+    topo = discover_topology(Square().eval(), x[:64])
+    assert [(g.task, g.part) for g in topo.gates] == [("task_0", 0), ("task_1", 1), ("task_2", 2)]
+
+
+def test_causal_analyses_on_a_tasks_first_gate_module(x: torch.Tensor) -> None:
+    """The cached strategy runs a module's output once for identical blocks and tiles it: along the gates'
+    batch axis (1 here), not the first."""
+    model = healthy(ModuleStacked)
+    frame = pd.DataFrame(x.numpy(), columns=FEATURES)
+    frame["task_0"] = (x[:, 0] > 0).double().numpy()
+    frame["task_1"] = (x[:, 1] > 0).double().numpy()
+    result = mi.inspect(
+        model, frame, input_fn=lambda f: torch.tensor(f[FEATURES].to_numpy()), columns=FEATURES, causal=True
+    )
+    assert "causal" not in result.skipped, result.skipped
+    ablation = result.causal.tables["ablation"]
+    assert set(ablation["task"]) == {"task_0", "task_1"} and ablation["importance"].abs().sum() > 0
 
 
 def test_collapsed_fused_gates_are_found_collapsed(x: torch.Tensor) -> None:

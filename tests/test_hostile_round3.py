@@ -134,3 +134,29 @@ def test_a_file_added_while_the_report_is_written_is_kept(tmp_path: Path) -> Non
     assert (out / "metrics.json").read_text() == "<p>report</p>\n"  # the report's own file
     assert (out / "metrics.json.kept").read_text() == "my numbers\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temp or old folder beside it
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_written_spec_has_a_plain_files_mode(tmp_path: Path) -> None:
+    """`Topology.save` writes a temp file and renames it: as a plain file would be (the umask), not mkstemp's
+    0600; a spec it replaces keeps its own mode."""
+    from mmoe_inspect.topology.spec import TaskSpec, Topology
+
+    topo = Topology(tasks=(TaskSpec("click"),))
+    old = os.umask(0o022)
+    try:
+        topo.save(tmp_path / "new.toml")
+        assert stat.S_IMODE((tmp_path / "new.toml").stat().st_mode) == 0o644
+        (tmp_path / "kept.toml").write_text("x")
+        os.chmod(tmp_path / "kept.toml", 0o640)
+        topo.save(tmp_path / "kept.toml")
+        assert stat.S_IMODE((tmp_path / "kept.toml").stat().st_mode) == 0o640
+        assert Topology.load(tmp_path / "kept.toml").tasks == topo.tasks
+    finally:
+        os.umask(old)
+
+
+def test_a_semicolon_csv_is_told_its_separator(checkpoint: Path, tmp_path: Path) -> None:
+    rows().to_csv(tmp_path / "semi.csv", sep=";", index=False)
+    line = one_error_line(*run("summary", checkpoint, "--data", tmp_path / "semi.csv"))
+    assert "separated by ';'" in line and "comma-separated" in line

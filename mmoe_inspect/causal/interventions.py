@@ -247,7 +247,7 @@ class GateIntervention(HookSession):
         """`out` of gate `spec` with each row block edited by its variant (None: leave it as it is); a fused gate
         edits its own slice of `out` (the other gates' slices are left as they are)."""
         if spec.part_dim is not None:
-            whole = self._tile(out) if shrunk else out
+            whole = self._tile(out, max(spec.batch_dim, 0)) if shrunk else out
             piece, sub = gate_part(whole, spec)
             edited = self._edit(sub, piece, shrunk=False)
             if edited is None:
@@ -372,8 +372,11 @@ class GateIntervention(HookSession):
         self._shrunk[path] -= 1
         return True
 
-    def _tile(self, out: Tensor) -> Tensor:
-        return out.repeat(len(self.variants), *([1] * (out.dim() - 1)))
+    def _tile(self, out: Tensor, dim: int = 0) -> Tensor:
+        """`out`, computed on one block, repeated for every variant's block along its batch axis `dim`."""
+        reps = [1] * out.dim()
+        reps[dim] = len(self.variants)
+        return out.repeat(*reps)
 
     def _dedupe_post(self, path: str) -> Callable[..., Tensor | None]:
         def post(_module: nn.Module, _args: Any, out: Any) -> Tensor | None:

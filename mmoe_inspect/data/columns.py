@@ -45,6 +45,14 @@ def require_columns(source: TableSource, needed: Sequence[str], what: str = "fea
     names = source.columns()
     have = set(names)
     missing = [c for c in needed if c not in have]
+    if missing and len(names) == 1 and any(sep in names[0] for sep in (";", "\t", "|")):
+        sep = next(sep for sep in (";", "\t", "|") if sep in names[0])
+        raise MissingColumnError(
+            f"{source.name} has one column named {names[0][:60]!r}: its values are separated by {sep!r}, and "
+            "mmoe-inspect reads comma-separated CSV; convert it (e.g. pandas.read_csv(path, sep=...).to_csv(...)) "
+            "or save it as parquet",
+            missing,
+        )
     if missing:
         hints = "".join(f"; {c!r}{closest(c, names)}" for c in missing if closest(c, names))
         shown = ", ".join(sorted(have)[:12]) + (" ..." if len(have) > 12 else "")

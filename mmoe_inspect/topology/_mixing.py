@@ -16,8 +16,9 @@ seen in public multi-task code:
   by a sum over a stack of them, or accumulated by `torch.addcmul(acc, W[:, i], X_i)`;
 * sparse top-k dispatch: the experts' outputs on their own rows, concatenated, multiplied by the
   weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`;
-* fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` or an
-  einsum whose `W` carries a letter of its own that the output keeps; each gate is read as its slice
+* fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` (or
+  `[B, D, E] @ [B, E, T]`), `(W[..., None] * X[:, None]).sum(expert axis)`, or an einsum whose `W`
+  carries a letter of its own that the output keeps; each gate is read as its slice
   of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output.
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
@@ -181,7 +182,17 @@ def _mul(graph: Graph, node: Node) -> list[Mixture]:
             if not 2 <= e <= MAX_EXPERTS or xs[ax] != e or e == batch:
                 continue
             others = [i for i in range(n) if i != ax and gs[i] != 1]
+            fax = (
+                None  # fused gates: an axis of the weights' own, broadcast over the experts, kept by the sum
+            )
+            if len(others) == 2:
+                own = [i for i in others if gs[i] != batch and xs[i] == 1 and 2 <= gs[i] <= MAX_FUSED]
+                if len(own) == 1:
+                    fax = own[0]
+                    others = [i for i in others if i != fax]
             if len(others) > 1:
+                continue
+            if fax is not None and not others:
                 continue
             if others:
                 bax: int | None = others[0]
@@ -196,8 +207,11 @@ def _mul(graph: Graph, node: Node) -> list[Mixture]:
             if red is None:
                 continue
             shift_g, shift_x = n - gn.ndim, n - xn.ndim
-            if ax < shift_g or ax < shift_x:
+            if ax < shift_g or ax < shift_x or (fax is not None and fax < shift_g):
                 continue
+            fused_out = None
+            if fax is not None:  # where the sum over the experts leaves the gates' axis
+                fused_out = fax if graph.nodes[red].ndim == n or fax < ax else fax - 1
             out.append(
                 Mixture(
                     node.idx,
@@ -209,6 +223,9 @@ def _mul(graph: Graph, node: Node) -> list[Mixture]:
                     e,
                     # broadcast weights are not an argument of the product: found by their producer
                     _arg_position(node, g_ref) if g_ref == arg_ref else -1,
+                    fused=0 if fax is None else gs[fax],
+                    fused_axis=None if fax is None else fax - shift_g,
+                    fused_out_axis=fused_out,
                 )
             )
     return out
@@ -245,7 +262,7 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
                 out.append(
                     Mixture(node.idx, node.idx, a.node, len(sa) - 1, bax, ((b.node, len(sb) - 2),), e, pa)
                 )
-        elif len(sa) >= 3 and sa[-1] == e and 2 <= sa[-2] <= MAX_FUSED and sa[-2] not in (batch, e):
+        elif len(sa) >= 3 and sa[-1] == e and 2 <= sa[-2] <= MAX_FUSED and sa[-2] != batch:
             # `[B, T, E] @ [B, E, D]`: the rows of T gates (one per task) mixing the same experts in one op
             ok, bax = _single_batch_axis(sa[:-2], batch)
             if ok and bax is not None and x_has_batch:
@@ -275,6 +292,25 @@ def _matmul(graph: Graph, node: Node) -> list[Mixture]:
             if ok and x_has_batch:
                 out.append(
                     Mixture(node.idx, node.idx, b.node, len(sb) - 2, bax, ((a.node, len(sa) - 1),), e, pb)
+                )
+        elif len(sb) >= 3 and sb[-2] == e and 2 <= sb[-1] <= MAX_FUSED and sb[-1] != batch:
+            # `[B, D, E] @ [B, E, T]`: fused gates on the right, one column per task
+            ok, bax = _single_batch_axis(sb[:-2], batch)
+            if ok and bax is not None and _batch_axes(sa[:-2], batch):
+                out.append(
+                    Mixture(
+                        node.idx,
+                        node.idx,
+                        b.node,
+                        len(sb) - 2,
+                        bax,
+                        ((a.node, len(sa) - 1),),
+                        e,
+                        pb,
+                        fused=sb[-1],
+                        fused_axis=len(sb) - 1,
+                        fused_out_axis=len(node.shape) - 1,
+                    )
                 )
     return out
 
@@ -373,11 +409,7 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
             fused = None  # a letter of the weights' own that the output keeps: several gates at once
             if len(rest) == 2:
                 own = [c for c in rest if size[c] != batch and c in rhs and 2 <= size[c] <= MAX_FUSED]
-                if (
-                    len(own) == 1
-                    and size[own[0]] != e
-                    and all(own[0] not in x for x in subs[:i] + subs[i + 1 :])
-                ):
+                if len(own) == 1 and all(own[0] not in x for x in subs[:i] + subs[i + 1 :]):
                     fused = own[0]
                     rest = [c for c in rest if c != fused]
             if len(rest) > 1:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import shutil
 import sys
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -430,10 +431,15 @@ class Topology:
     def save(self, path: str | Path) -> None:
         """Write the spec as TOML at `path`, whole or not at all (a temp file beside it, then renamed over it)."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
+        tmp = path.absolute().parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        # created as a plain file would be (0666 less the umask; mkstemp's 0600 would hide it from the group),
+        # or with the mode of the spec it replaces
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(self.to_toml())
+            if path.is_file() and not path.is_symlink():
+                shutil.copymode(path, tmp)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
