@@ -212,8 +212,6 @@ def replace_folder(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # exclusive, and honors the umask (unlike mkdtemp's 0700)
-        if out.is_dir():  # the folder keeps its own permissions (a private 0700 folder stays private)
-            shutil.copymode(out, tmp)
         (tmp / PARTIAL).write_text(str(out) + "\n", encoding="utf-8")
     except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
         shutil.rmtree(tmp, ignore_errors=True)
@@ -248,6 +246,8 @@ def replace_folder(
         old = _aside(out, "old")
         journal.write_text(json.dumps({"out": str(out), "tmp": str(tmp), "old": str(old)}), encoding="utf-8")
         (tmp / PARTIAL).unlink()
+        if out.is_dir():  # the folder keeps its own permissions (a private 0700 folder stays private)
+            shutil.copymode(out, tmp)
         try:
             _swap(tmp, out, old)
             swapped = True  # an exchange leaves the old folder at `tmp`, two renames at `old`

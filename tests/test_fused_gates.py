@@ -467,3 +467,28 @@ def test_collapsed_baddbmm_and_vecdot_gates_are_found_collapsed(
     codes = {f.code for f in result.findings if f.severity == "critical"}
     assert "collapsed_gate" in codes, [(f.code, f.severity) for f in result.findings]
     assert result.verdict.startswith("Routing is unhealthy"), result.verdict
+
+
+class TwoTowerDot(nn.Module):
+    """A Shared-Bottom-like model whose first task is a two-tower dot product: `(u * i).sum(-1)` or `vecdot`."""
+
+    def __init__(self, vecdot: bool) -> None:
+        super().__init__()
+        self.vecdot = vecdot
+        self.user = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.item = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.cvr = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u, i = self.user(x[:, :4]), self.item(x[:, 4:])
+        score = torch.linalg.vecdot(u, i) if self.vecdot else (u * i).sum(-1)
+        return torch.sigmoid(score), torch.sigmoid(self.cvr(u * i)).squeeze(-1)
+
+
+@pytest.mark.parametrize("vecdot", [True, False])
+def test_a_dot_product_of_two_towers_is_not_a_gate(vecdot: bool, x: torch.Tensor) -> None:
+    """Signed per-row weights subtract what they weight: a dot product, not a gate (it was a one-gate MoE)."""
+    torch.manual_seed(0)
+    topo = discover_topology(TwoTowerDot(vecdot).eval(), x[:64])
+    assert topo.gates == () and topo.unresolved == () and topo.architecture == "shared_bottom", topo.notes
+    assert any("negative values" in n for n in topo.notes)

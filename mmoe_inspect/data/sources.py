@@ -396,8 +396,10 @@ def _frame(data: Any) -> pd.DataFrame:
     """A pyarrow table or record batch as a DataFrame whose columns are the file's columns: a column that
     pandas stored as its index (`df.set_index("user_id").to_parquet(...)`) stays a column."""
     frame = data.to_pandas()
-    if any(name is not None for name in frame.index.names):
-        frame = frame.reset_index()
+    stored = set(data.schema.names)  # an index kept only in the pandas metadata (a RangeIndex) is no column
+    levels = [name for name in frame.index.names if name is not None and name in stored]
+    if levels:
+        frame = frame.reset_index(level=levels)
     return frame
 
 

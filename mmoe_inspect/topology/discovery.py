@@ -52,7 +52,7 @@ from mmoe_inspect.topology._gates import (
 )
 from mmoe_inspect.topology._locate import gate_score, locate, locate_part
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
-from mmoe_inspect.topology._nodes import feeds, node_module, node_where
+from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
@@ -220,6 +220,9 @@ def _describe_gates(
             experts = resolve_experts(tracer, mix)
             if isinstance(experts, str):
                 rejected.append((mix, experts))
+                continue
+            if _signed_rows(graph, mix):
+                rejected.append((mix, "weights rows that take negative values (a dot product, not a gate)"))
                 continue
             if mix.fused:  # the gates of several tasks in one tensor: one gate per slice
                 if not fused_gate_like(graph, mix):
@@ -430,6 +433,16 @@ def _describe_gates(
         architecture=arch,
         unresolved=tuple(unresolved),
     )
+
+
+def _signed_rows(graph: Graph, mix: Mixture) -> bool:
+    """Per-row weights with a clearly negative entry: a gate weights its experts (softmax, sigmoid, a normalized
+    ReLU, a top-k selection), it does not subtract them; a dot product of two towers `(u * i).sum(-1)` or an
+    FM interaction has that shape too."""
+    if mix.w_batch is None:
+        return False  # a learned scalar mixture (no batch axis) may have signed weights
+    rows = row_values(graph, mix.weights, mix.w_axis, mix.w_batch)
+    return rows is not None and bool(torch.isfinite(rows).all()) and float(rows.min()) < -1e-6
 
 
 def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
