@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect._plural import plural
-from mmoe_inspect.topology._experts import ExpertTracer
+from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._gates import (
     Gate,
     architecture,
@@ -50,7 +50,7 @@ from mmoe_inspect.topology._gates import (
     resolve_experts,
     set_levels,
 )
-from mmoe_inspect.topology._locate import gate_score, locate, locate_part
+from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
 from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
@@ -239,15 +239,7 @@ def _describe_gates(
                     if (part.producer, t) in by_producer:
                         by_producer[(part.producer, t)].uses += 1
                         continue
-                    gate = Gate(
-                        loc=part,
-                        weights=mix.weights,
-                        n_experts=mix.n_experts,
-                        mixture_output=mix.output,
-                        expert_nodes=[n for n, _ in mix.experts],
-                        experts=experts,
-                        out_part=(mix.fused_out_axis, t),
-                    )
+                    gate = _gate_of(mix, part, experts, (mix.fused_out_axis, t))
                     by_producer[(part.producer, t)] = gate
                     gates.append(gate)
                 break
@@ -273,14 +265,7 @@ def _describe_gates(
                 notes.append(found.note)
                 if found.call is not None:
                     penalties.add("call")
-            gate = Gate(
-                loc=found,
-                weights=mix.weights,
-                n_experts=mix.n_experts,
-                mixture_output=mix.output,
-                expert_nodes=[n for n, _ in mix.experts],
-                experts=experts,
-            )
+            gate = _gate_of(mix, found, experts)
             by_producer[(found.producer, found.part)] = gate
             gates.append(gate)
             break
@@ -432,6 +417,21 @@ def _describe_gates(
         notes=tuple(notes),
         architecture=arch,
         unresolved=tuple(unresolved),
+    )
+
+
+def _gate_of(
+    mix: Mixture, loc: Located, experts: list[ExpertRef], out_part: tuple[int, int] | None = None
+) -> Gate:
+    """The gate a mixture's weights make, read at `loc` (a fused gate: its slice `out_part` of the mixture)."""
+    return Gate(
+        loc=loc,
+        weights=mix.weights,
+        n_experts=mix.n_experts,
+        mixture_output=mix.output,
+        expert_nodes=[n for n, _ in mix.experts],
+        experts=experts,
+        out_part=out_part,
     )
 
 
