@@ -224,6 +224,11 @@ def replace_folder(
         except error:
             raise
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise error(
+                    f"writing the report failed: the disk holding {out.parent} is full ({exc.strerror}); free "
+                    "space there or write the report elsewhere (--out)"
+                ) from exc
             raise error(f"writing the report failed: {type(exc).__name__}: {exc}") from exc
         new_files, _ = _tree(tmp)
         new_files = [f for f in new_files if f != PARTIAL]

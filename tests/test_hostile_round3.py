@@ -160,3 +160,16 @@ def test_a_semicolon_csv_is_told_its_separator(checkpoint: Path, tmp_path: Path)
     rows().to_csv(tmp_path / "semi.csv", sep=";", index=False)
     line = one_error_line(*run("summary", checkpoint, "--data", tmp_path / "semi.csv"))
     assert "separated by ';'" in line and "comma-separated" in line
+
+
+def test_a_mount_point_out_is_refused_before_the_run(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount point (a Docker volume) cannot be swapped for the new report: said before the run, not after."""
+    out = tmp_path / "volume"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    line = one_error_line(*run("report", checkpoint, "--out", out))
+    assert "is a mount point" in line and f"--out {out / 'report'}" in line
+    assert list(out.iterdir()) == []
