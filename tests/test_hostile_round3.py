@@ -173,3 +173,19 @@ def test_a_mount_point_out_is_refused_before_the_run(
     line = one_error_line(*run("report", checkpoint, "--out", out))
     assert "is a mount point" in line and f"--out {out / 'report'}" in line
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "words"),
+    [("meta", "holds no data"), ("cpu:9", "no index 9")],
+)
+def test_a_device_that_cannot_run_the_model_is_blamed_not_the_checkpoint(
+    checkpoint: Path, device: str, words: str
+) -> None:
+    line = one_error_line(*run("summary", checkpoint, "--device", device))
+    assert f"--device {device}" in line and words in line and "not an mmoe-inspect checkpoint" not in line
+
+
+def test_cpu_0_is_the_cpu(checkpoint: Path) -> None:
+    code, text = run("summary", checkpoint, "--device", "cpu:0", "-q")
+    assert code == 0, text

@@ -437,4 +437,16 @@ def _device(device: str | torch.device) -> torch.device:
         raise CheckpointError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise CheckpointError(f"--device {device}: Apple MPS is not available on this machine (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CheckpointError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise CheckpointError(f"--device {device}: the CPU has no index {dev.index}; use cpu")
+        return torch.device("cpu")  # torch.load's map_location knows "cpu", not "cpu:0"
+    if dev.type not in ("cpu", "cuda", "mps", "xpu", "hpu", "npu", "privateuseone"):
+        raise CheckpointError(
+            f"--device {device}: a {dev.type} device holds no data a model can run on; use cpu or cuda"
+        )
     return dev
