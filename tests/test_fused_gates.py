@@ -492,3 +492,54 @@ def test_a_dot_product_of_two_towers_is_not_a_gate(vecdot: bool, x: torch.Tensor
     topo = discover_topology(TwoTowerDot(vecdot).eval(), x[:64])
     assert topo.gates == () and topo.unresolved == () and topo.architecture == "shared_bottom", topo.notes
     assert any("negative values" in n for n in topo.notes)
+
+
+def test_a_deduped_gate_with_its_batch_on_axis_1_is_tiled_along_it(x: torch.Tensor) -> None:
+    """The cached strategy runs a gate module once for identical blocks; where no variant edits it, its output is
+    repeated for every block along its own batch axis (an experts-first `[E, B]` gate: axis 1), not axis 0."""
+    from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec
+
+    class ExpertsFirstGate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(N_FEATURES, N_EXPERTS)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.softmax(self.lin(x), -1).T  # [E, B]
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(N_FEATURES, WIDTH) for _ in range(N_EXPERTS))
+            self.gates = nn.ModuleList(
+                [ExpertsFirstGate(), nn.Sequential(nn.Linear(N_FEATURES, N_EXPERTS), nn.Softmax(-1))]
+            )
+            self.heads = nn.ModuleList(nn.Linear(WIDTH, 1) for _ in range(N_TASKS))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            ex = torch.stack([b(x) for b in self.blocks], 0)  # [E, B, D]
+            w0 = self.gates[0](x)  # [E, B]
+            w1 = self.gates[1](x).T
+            mixes = [torch.einsum("eb,ebd->bd", w, ex) for w in (w0, w1)]
+            return tuple(torch.sigmoid(h(m)).squeeze(-1) for h, m in zip(self.heads, mixes, strict=True))
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    names = tuple(f"blocks.{i}" for i in range(N_EXPERTS))
+    topo = Topology(
+        tasks=(TaskSpec("task_0"), TaskSpec("task_1")),
+        experts=tuple(ExpertSpec(n, module=n) for n in names),
+        gates=(
+            GateSpec("task_0", module="gates.0", experts=names, task="task_0", dim=0, batch_dim=1),
+            GateSpec("task_1", module="gates.1", experts=names, task="task_1"),
+        ),
+    )
+    variants = [{}, {"task_1": Ablate((True, False, True, True))}]  # gate task_0 is not edited
+    b = x.shape[0]
+    outs = []
+    for dedupe in (False, True):
+        with GateIntervention(model, topo, dedupe=dedupe) as iv, torch.inference_mode():
+            iv.plan(variants, block_rows=b)
+            outs.append(model(repeat_rows(x, len(variants))))
+    for plain, deduped in zip(*outs, strict=True):
+        torch.testing.assert_close(deduped, plain, rtol=0, atol=0)

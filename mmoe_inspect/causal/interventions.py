@@ -256,14 +256,14 @@ class GateIntervention(HookSession):
             new.select(spec.part_dim, spec.part).copy_(edited)
             return new
         edits = [v.get(spec.name) for v in self.variants]
-        if not self.capture and all(e is None for e in edits):
-            return self._tile(out) if shrunk else None
         dim = spec.batch_dim
+        if not self.capture and all(e is None for e in edits):
+            return self._tile(out, max(dim, 0)) if shrunk else None
         blocks = [out] * len(self.variants) if shrunk else self._blocks(out, f"gate {spec.name!r}", dim)
         if self.capture:
             self.captured[spec.name] = gate_probabilities(blocks[0], spec, self.block_rows)
         if all(e is None for e in edits):
-            return self._tile(out) if shrunk else None
+            return self._tile(out, max(dim, 0)) if shrunk else None
         pieces = [
             blk if e is None else edit_gate_output(blk, spec, e, self._source(e))
             for blk, e in zip(blocks, edits, strict=True)
