@@ -106,7 +106,7 @@ def _batch_axes(shape: tuple[int, ...], batch: int, skip: int | None = None) -> 
     return [i for i, s in enumerate(shape) if s == batch and i != skip]
 
 
-def _views_back(graph: Graph, idx: int, limit: int = 256) -> Iterator[Node]:
+def views_back(graph: Graph, idx: int, limit: int = 256) -> Iterator[Node]:
     """Node `idx`, then the nodes it is a view of (reshape, unsqueeze, transpose, ...), nearest first."""
     cur: int | None = idx
     for _ in range(limit):
@@ -447,7 +447,7 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
 # ------------------------------------------------------------------------- per-expert products
 def _picked(graph: Graph, idx: int) -> tuple[int, int, int] | None:
     """(source, axis, index) when node `idx` is one position of a source tensor (through views)."""
-    for node in _views_back(graph, idx, 16):
+    for node in views_back(graph, idx, 16):
         picked = selection(graph, node, None) or selection(graph, node, _kept_axis(graph, node))
         if picked is not None:
             src, pax, picks = picked
@@ -560,7 +560,7 @@ def _gathered_from(graph: Graph, idx: int, depth: int = 8) -> tuple[int, int, in
 
 def _concat_parts(graph: Graph, idx: int) -> list[int] | None:
     """The parts of a row-wise concatenation (`cat(..., dim=0)`) that node `idx` is (through views)."""
-    node = next((n for n in _views_back(graph, idx, 8) if n.op == "cat"), None)
+    node = next((n for n in views_back(graph, idx, 8) if n.op == "cat"), None)
     if node is None:
         return None
     seq = node.arg(0, "tensors")
@@ -574,7 +574,7 @@ def _contribution_product(graph: Graph, node: Node) -> Node | None:
     source = node.arg(3, "source") if node.op == "index_add" else node.arg(3, "src")
     if not isinstance(source, Ref):
         return None
-    return next((n for n in _views_back(graph, source.node) if n.op in MUL_OPS), None)
+    return next((n for n in views_back(graph, source.node) if n.op in MUL_OPS), None)
 
 
 def _sparse_dispatch(graph: Graph, node: Node) -> list[Mixture]:
@@ -746,7 +746,7 @@ def gathered_experts(graph: Graph, idx: int, axis: int) -> tuple[int, int, int] 
             if d != ax:
                 return None
             top = next(
-                (n for n in _views_back(graph, index.node, 8) if n.op == "topk" and n.out_pos == 1), None
+                (n for n in views_back(graph, index.node, 8) if n.op == "topk" and n.out_pos == 1), None
             )
             return None if top is None else (src.node, ax, top.idx)
         p = view_parent(graph, node)

@@ -17,7 +17,7 @@ from torch import nn
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_parent
-from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture
+from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, views_back
 from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
 from mmoe_inspect.topology._trace import ROOT, Graph, gate_axis, softmax_dim
 from mmoe_inspect.topology.spec import TaskSpec, Unresolved
@@ -26,14 +26,8 @@ from mmoe_inspect.topology.spec import TaskSpec, Unresolved
 def fused_gate_like(graph: Graph, mix: Mixture) -> bool:
     """Whether a fused reading's weights are gates: softmax or sigmoid outputs (through views), or rows that
     are distributions over the experts; a product of two projections (attention scores) is not."""
-    node = graph.nodes[mix.weights]
-    while True:
-        if node.op in ("softmax", "sigmoid"):
-            return True
-        parent = view_parent(graph, node)
-        if parent is None:
-            break
-        node = graph.nodes[parent]
+    if any(node.op in ("softmax", "sigmoid") for node in views_back(graph, mix.weights)):
+        return True
     return kind_of(graph, mix.weights, mix.w_axis, mix.w_batch) == "probs"
 
 
