@@ -45,8 +45,8 @@ def require_columns(source: TableSource, needed: Sequence[str], what: str = "fea
     names = source.columns()
     have = set(names)
     missing = [c for c in needed if c not in have]
-    if missing and len(names) == 1 and any(sep in names[0] for sep in (";", "\t", "|")):
-        sep = next(sep for sep in (";", "\t", "|") if sep in names[0])
+    sep = next((c for c in (";", "\t", "|") if c in names[0]), None) if missing and len(names) == 1 else None
+    if sep is not None:
         raise MissingColumnError(
             f"{source.name} has one column named {names[0][:60]!r}: its values are separated by {sep!r}, and "
             "mmoe-inspect reads comma-separated CSV; convert it (e.g. pandas.read_csv(path, sep=...).to_csv(...)) "
