@@ -125,6 +125,25 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 "auc_hi": 0.3,
                 "nonfinite_predictions": 0,
             },
+            {
+                **task,
+                "task": "e",
+                "positive_rate": float("nan"),
+                "n_labelled": 0,
+                "auc": float("nan"),
+            },  # unlabelled
+            {  # a regression task whose MSE is no lower than its labels' variance
+                "task": "f",
+                "kind": "regression",
+                "n_labelled": 100,
+                "n_rows": 100,
+                "positive_rate": float("nan"),
+                "mse": 2.0,
+                "label_var": 1.5,
+                "r2": -1 / 3,
+                "beats_label_mean": False,
+                "nonfinite_predictions": 0,
+            },
         ]
     )
     return {
@@ -218,6 +237,9 @@ def test_registry_declarations() -> None:
         "task_ranks_inverted",
         "task_worse_than_base_rate",
         "single_class_labels",
+        "task_no_better_than_mean",
+        "task_unlabelled",
+        "nonfinite_predictions",
     } == TASK_QUALITY_CODES
     f = Finding.of(codes.DEAD_EXPERT, "e3", "msg", "fix", {"x": 1.0})
     assert (f.severity, f.title, f.evidence) == ("warning", "Dead expert", {"x": 1.0})

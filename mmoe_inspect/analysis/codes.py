@@ -44,8 +44,10 @@ SPARSE_TASK_IGNORES_OWN_EXPERTS = "sparse_task_ignores_own_experts"
 # task quality (not routing: the review's first question answers them)
 TASK_AT_CHANCE = "task_at_chance"
 TASK_RANKS_INVERTED = "task_ranks_inverted"
+TASK_NO_BETTER_THAN_MEAN = "task_no_better_than_mean"
 TASK_WORSE_THAN_BASE_RATE = "task_worse_than_base_rate"
 SINGLE_CLASS_LABELS = "single_class_labels"
+TASK_UNLABELLED = "task_unlabelled"
 # the model or its outputs
 NONFINITE_PREDICTIONS = "nonfinite_predictions"
 MODEL_CHANGED_ITSELF = "model_changed_itself"
@@ -92,6 +94,7 @@ _DECLARED = (
         "critical",
         "Task predictions are NaN/inf",
         "a task's output is NaN/inf on some rows (counted in the tasks table, left out of its metrics)",
+        task_quality=True,
     ),
     FindingCode(
         TASK_AT_CHANCE,
@@ -105,6 +108,14 @@ _DECLARED = (
         "critical",
         "Task ranks rows in reverse",
         "a binary task's exact AUC 95% interval lies below 0.5: its scores put negatives above positives",
+        task_quality=True,
+    ),
+    FindingCode(
+        TASK_NO_BETTER_THAN_MEAN,
+        "critical",
+        "Task predicts no better than the label mean",
+        "a regression task's MSE is no lower than its labels' variance (R² ≤ 0): predicting the mean of "
+        "the labels does as well",
         task_quality=True,
     ),
     FindingCode(UNIFORM_GATE, "warning", "Uniform gate", "mean row entropy ≥ 97% of `log E`"),
@@ -159,17 +170,25 @@ _DECLARED = (
         task_quality=True,
     ),
     FindingCode(
+        SINGLE_CLASS_LABELS,
+        "warning",
+        "AUC undefined: labels are all one class",
+        "a binary task's labelled rows are all one class: its AUC is undefined (blank, not 0.5), so whether "
+        "the task works cannot be judged",
+        task_quality=True,
+    ),
+    FindingCode(
+        TASK_UNLABELLED,
+        "warning",
+        "Task not judged: no labelled rows",
+        "a task has no row with a finite label: whether it works cannot be judged",
+        task_quality=True,
+    ),
+    FindingCode(
         TASKS_ROUTE_SIMILARLY,
         "info",
         "Tasks share most routing",
         "per-row TV < 0.2: healthy-but-shared, as most real models are",
-    ),
-    FindingCode(
-        SINGLE_CLASS_LABELS,
-        "info",
-        "AUC undefined: labels are all one class",
-        "a binary task's labelled rows are all one class: its AUC is undefined (blank, not 0.5)",
-        task_quality=True,
     ),
 )
 

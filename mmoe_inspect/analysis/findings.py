@@ -262,12 +262,19 @@ def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Fi
             )
         zf = row.zero_fraction
         if not (isinstance(zf, float) and math.isnan(zf)) and zf >= th.inactive_zero:
+            w = _num(getattr(row, "max_mean_weight", math.nan))
+            weighted = (
+                f"; yet a gate gives it {w:.0%} of its weight on average: that share of the task's mixture "
+                "carries nothing and scales down what the other experts contribute, so it can matter a lot"
+                if w >= 0.1
+                else ": whatever weight gates give it, it contributes little"
+            )
             res.append(
                 Finding.of(
                     codes.INACTIVE_EXPERT,
                     str(row.expert),
                     f"Expert {row.expert}'s outputs are exactly zero for {zf:.0%} of its activations (dead ReLUs, "
-                    "as Kuaishou's HoME paper reports): whatever weight gates give it, it contributes little.",
+                    f"as Kuaishou's HoME paper reports){weighted}.",
                     "Lower the learning rate, use LeakyReLU/GELU or normalization in experts, or re-initialize it.",
                     {"zero_fraction": _num(zf)},
                 )
@@ -348,15 +355,33 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
 
 
 def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
-    """Binary tasks whose labelled rows are all one class: AUC is undefined (shown as "—", said why here)."""
+    """Task quality: binary tasks at chance, in reverse or miscalibrated, regression tasks no better than
+    their label mean, and tasks that cannot be judged (no labelled rows; binary labels all one class:
+    the AUC is undefined, shown as "—", said why here)."""
     res: list[Finding] = []
     if tasks.empty or "positive_rate" not in tasks.columns:
         return res
     if "at_chance" in tasks.columns:
         res.extend(_at_chance_findings(tasks))
+    if "beats_label_mean" in tasks.columns:
+        res.extend(_regression_findings(tasks))
     for row in tasks.itertuples(index=False):
         rate, n_lab = _num(row.positive_rate), _num(row.n_labelled)
-        if row.kind != "binary" or not n_lab > 0 or rate not in (0.0, 1.0):
+        if not n_lab > 0:
+            if not math.isnan(n_lab):  # no label column bound at all is the review's "cannot tell"
+                res.append(
+                    Finding.of(
+                        codes.TASK_UNLABELLED,
+                        str(row.task),
+                        f"Task {row.task} has no labelled row (its label column"
+                        + (f" {label!r}" if (label := getattr(row, "label", None)) else "")
+                        + " is missing or NaN on every row): whether it works cannot be judged.",
+                        "Pass the label column (--labels task=column) or inspect rows that hold its labels.",
+                        {"n_labelled": 0},
+                    )
+                )
+            continue
+        if row.kind != "binary" or rate not in (0.0, 1.0):
             continue
         cls = "positive" if rate == 1.0 else "negative"
         res.append(
@@ -368,6 +393,44 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
                 "Inspect on rows that hold both classes (a larger or unsampled evaluation set), or check the "
                 "label column mapping (--labels).",
                 {"positive_rate": rate, "n_labelled": int(n_lab)},
+            )
+        )
+    return res
+
+
+def constant_output(row: Mapping[str, Any]) -> bool:
+    """A task row of the tasks table whose prediction never varies over its rows (a dead tower, a zeroed
+    output layer): it can neither rank rows nor follow the labels."""
+    std, n = _num(row.get("std_prediction")), _num(row.get("n_rows"))
+    return n >= 2 and std == 0.0
+
+
+def _constant_note(row: Mapping[str, Any]) -> str:
+    if not constant_output(row):
+        return ""
+    return (
+        f" Its output is constant ({_num(row.get('mean_prediction')):.4g} on every row): a dead tower, a "
+        "zeroed output layer or a disconnected head."
+    )
+
+
+def _regression_findings(tasks: pd.DataFrame) -> list[Finding]:
+    """Regression tasks whose MSE is no lower than their labels' variance (critical: R² <= 0)."""
+    res: list[Finding] = []
+    for r in tasks.to_dict(orient="records"):
+        if r.get("kind") == "binary" or r.get("beats_label_mean") is not False:
+            continue
+        mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
+        res.append(
+            Finding.of(
+                codes.TASK_NO_BETTER_THAN_MEAN,
+                str(r["task"]),
+                f"Task {r['task']} predicts no better than the mean of its labels: MSE {mse:.4g} against "
+                f"{var:.4g} for predicting the label mean on the same rows (R² {r2:.3f})."
+                + _constant_note(r),
+                "Check which model output feeds this task and the label's units and scale (a logit or a "
+                "normalised target read against raw labels), then retrain; compare with a single-task model.",
+                {"mse": mse, "label_var": var, "r2": r2},
             )
         )
     return res
@@ -423,7 +486,8 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                 codes.TASK_AT_CHANCE,
                 str(r["task"]),
                 f"Task {r['task']} predicts no better than chance: AUC {auc:.3f} (95% interval {lo:.3f} to "
-                f"{hi:.3f}), log loss {ll:.4f} vs {base:.4f} for predicting the base rate.",
+                f"{hi:.3f}), log loss {ll:.4f} vs {base:.4f} for predicting the base rate."
+                + _constant_note(r),
                 "Check the label mapping, then retrain with standardised inputs and a lower learning rate; "
                 "compare with a single-task model on the same rows.",
                 {"auc": auc, "auc_lo": lo, "auc_hi": hi, "logloss": ll, "base_rate_logloss": base},

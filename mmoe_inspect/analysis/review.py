@@ -29,7 +29,8 @@ import pandas as pd
 
 from . import codes
 from .codes import SEVERITY_ORDER, Severity
-from .findings import Finding, ranks_inverted, routing_findings
+from .findings import Finding, constant_output, ranks_inverted, routing_findings
+from .tables import at_chance, auc_interval
 
 Status = Literal["ok", "problem", "unknown"]
 
@@ -39,7 +40,7 @@ QUESTIONS: dict[str, str] = {
     "routing": "Do experts serve different tasks?",
     "next": "What should we do next?",
 }
-HARMLESS_IMPACT = 0.005  # |AUC change| below this (or not significant) is a small measured impact
+HARMLESS_IMPACT = 0.005  # an impact whose whole interval lies within ±this is a small measured impact
 NO_BASELINE_HINT = (
     "no baseline given; rerun `report` with --baseline single=TASK_ONLY.pt and/or "
     "--baseline sb=SHARED_BOTTOM.pt (same data)"
@@ -127,74 +128,137 @@ def fmt_signed(value: float, digits: int = 3) -> str:
     return s[1:] if float(s) == 0 else s
 
 
-def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, bool]]:
-    """Per task: (task, evidence text, at chance)."""
+def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Per task: (task, evidence text, state): "ok", "bad" (at chance, in reverse, no better than its
+    label mean, NaN/inf outputs) or "unjudged" (no labelled rows, binary labels all one class, labels
+    that never vary)."""
     out = []
     for r in tasks.to_dict(orient="records"):
         name = str(r["task"])
+        n_lab = _num(r.get("n_labelled"))
+        bad_rows = _num(r.get("nonfinite_predictions"))
+        nonfinite = (
+            f" — NaN/inf PREDICTIONS on {int(bad_rows):,} rows (left out of its metrics)"
+            if bad_rows > 0
+            else ""
+        )
+        constant = " — its output is CONSTANT" if constant_output(r) else ""
+        if not n_lab > 0:
+            out.append(
+                (
+                    name,
+                    f"{name}: not judged (no labelled rows){nonfinite}",
+                    "bad" if nonfinite else "unjudged",
+                )
+            )
+            continue
         if r.get("kind") == "binary":
             auc = _num(r.get("auc"))
             if math.isnan(auc):
-                out.append((name, f"{name}: AUC undefined (labels missing or all one class)", False))
+                text = f"{name}: not judged: AUC undefined (labels all one class, {int(n_lab):,} rows){nonfinite}"
+                out.append((name, text, "bad" if nonfinite else "unjudged"))
                 continue
-            chance = bool(r.get("at_chance", False))
+            state = "ok"
             ll, base = _num(r.get("logloss")), _num(r.get("base_rate_logloss"))
             text = (
                 f"{name}: AUC {fmt_interval(auc, _num(r.get('auc_lo')), _num(r.get('auc_hi')))}, "
                 f"log loss {ll:.4f} vs {base:.4f} predicting the base rate ({_num(r.get('positive_rate')):.1%} "
-                f"positives, {int(_num(r.get('n_labelled'))):,} rows)"
+                f"positives, {int(n_lab):,} rows)"
             )
             if ranks_inverted(r):
                 text += " — RANKS IN REVERSE (AUC interval below 0.5)"
-                chance = True  # not a working task either
-            elif chance:
+                state = "bad"  # not a working task either
+            elif r.get("at_chance"):
                 text += " — AT CHANCE (AUC interval holds 0.5)"
+                state = "bad"
             elif r.get("beats_base_rate") is False:
                 text += " — ranks rows, but log loss no better than the base rate (miscalibrated)"
-            out.append((name, text, chance))
         else:
-            mse = _num(r.get("mse"))
-            if not math.isnan(mse):
-                out.append(
-                    (name, f"{name}: MSE {mse:.4g} (label mean {_num(r.get('label_mean')):.4g})", False)
-                )
+            mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
+            if math.isnan(mse) or r.get("beats_label_mean") is None:
+                text = f"{name}: not judged: MSE {mse:.4g} but the labels never vary ({int(n_lab):,} rows)"
+                out.append((name, text + nonfinite, "bad" if nonfinite else "unjudged"))
+                continue
+            text = (
+                f"{name}: MSE {mse:.4g} vs {var:.4g} predicting the label mean (R² {r2:.3f}, label mean "
+                f"{_num(r.get('label_mean')):.4g}, {int(n_lab):,} rows)"
+            )
+            state = "ok"
+            if r.get("beats_label_mean") is False:
+                text += " — NO BETTER THAN THE LABEL MEAN (R² <= 0)"
+                state = "bad"
+        if nonfinite:
+            state = "bad"
+        out.append((name, text + constant + nonfinite, state))
     return out
 
 
 def tasks_answer(tasks: pd.DataFrame) -> Answer:
     lines = task_quality_lines(tasks)
     q = QUESTIONS["tasks"]
-    if not lines:
+    if not lines or all(state == "unjudged" and "no labelled rows" in text for _, text, state in lines):
         return Answer(
             "tasks",
             q,
             "Cannot tell: no labelled rows (name the label columns with --labels task=column).",
             "unknown",
+            tuple(text for _, text, _ in lines),
         )
-    bad = [name for name, _, chance in lines if chance]
+    records = {str(r["task"]): r for r in tasks.to_dict(orient="records")}
     evidence = tuple(text for _, text, _ in lines)
+    bad = [name for name, _, state in lines if state == "bad"]
+    unjudged = [name for name, _, state in lines if state == "unjudged"]
+    not_judged = (
+        f"{', '.join(unjudged)} cannot be judged (no labelled rows, or labels of one class)"
+        if unjudged
+        else ""
+    )
     if bad:
-        reverse = {str(r["task"]) for r in tasks.to_dict(orient="records") if ranks_inverted(r)}
-        parts = []
-        for names, what in (
-            ([b for b in bad if b not in reverse], "at chance (AUC interval holds 0.5)"),
-            ([b for b in bad if b in reverse], "ranked in reverse (AUC interval below 0.5)"),
-        ):
-            if names:
-                parts.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} {what}")
+        groups: dict[tuple[str, str], list[str]] = {}  # (singular, plural) -> tasks
+        for b in bad:
+            r = records[b]
+            if _num(r.get("nonfinite_predictions")) > 0:
+                what = ("gives NaN/inf predictions on some rows", "give NaN/inf predictions on some rows")
+            elif ranks_inverted(r):
+                what = (
+                    "is ranked in reverse (AUC interval below 0.5)",
+                    "are ranked in reverse (AUC interval below 0.5)",
+                )
+            elif r.get("kind") == "binary":
+                what = ("is at chance (AUC interval holds 0.5)", "are at chance (AUC interval holds 0.5)")
+            else:
+                what = ("is no better than predicting the label mean (R² <= 0)",) * 2
+                what = (what[0], what[0].replace("is no", "are no"))
+            groups.setdefault(what, []).append(b)
+        parts = [f"{', '.join(names)} {what[len(names) > 1]}" for what, names in groups.items()]
+        if not_judged:
+            parts.append(not_judged)
         return Answer("tasks", q, f"No: {'; '.join(parts)}.", "problem", evidence)
-    loose = [str(r["task"]) for r in tasks.to_dict(orient="records") if r.get("beats_base_rate") is False]
+    if unjudged:
+        return Answer(
+            "tasks",
+            q,
+            f"Cannot tell for every task: {not_judged}; the others work.",
+            "unknown",
+            evidence,
+        )
+    loose = [str(r["task"]) for r in records.values() if r.get("beats_base_rate") is False]
     if loose:
         return Answer(
             "tasks",
             q,
-            f"Partly: every labelled task ranks rows above chance, but {', '.join(loose)} "
+            f"Partly: every labelled task works, but {', '.join(loose)} "
             f"{'predicts' if len(loose) == 1 else 'predict'} "
             "probabilities no better than the base rate (miscalibrated).",
             "unknown",
             evidence,
         )
-    return Answer("tasks", q, "Yes: every labelled task ranks rows above chance.", "ok", evidence)
+    binary = any(r.get("kind") == "binary" for r in records.values())
+    regression = any(r.get("kind") != "binary" for r in records.values())
+    how = " and ".join(
+        w for w, on in (("ranks rows above chance", binary), ("beats its label mean", regression)) if on
+    )
+    return Answer("tasks", q, f"Yes: every labelled task {how}.", "ok", evidence)
 
 
 # ------------------------------------------------------------------------------------------ gains
@@ -215,27 +279,82 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame) -> Answer:
     primary = primary.assign(_sparse=~primary["sparse"].astype(bool)).sort_values(
         ["_sparse", "task", "baseline"]
     )
-    evidence, better, worse = [], [], []
+    # a baseline that predicts several of the tasks is itself multi-task (a Shared-Bottom): a comparison
+    # with it weighs architectures, not multi-task training against single-task models
+    multi = {str(b) for b, g in table.groupby("baseline") if g["task"].nunique() > 1}
+    evidence, better, worse, broken = [], [], [], []
     for r in primary.to_dict(orient="records"):
         sig = bool(r.get("significant"))
         metric = "AUC" if r["metric"] == "auc" else str(r["metric"])
         tag = " (sparse)" if r.get("sparse") else ""
-        evidence.append(
+        line = (
             f"{r['task']}{tag} vs {r['baseline']}: {fmt_signed(_num(r['gain']))} {metric} "
             f"[{fmt_signed(_num(r['lo']))}, {fmt_signed(_num(r['hi']))}], "
             f"{'significant' if sig else 'not significant'}"
         )
-        if sig and _num(r["gain"]) > 0:
-            better.append(f"{r['task']} vs {r['baseline']}")
-        elif sig and _num(r["gain"]) < 0:
-            worse.append(f"{r['task']} vs {r['baseline']}")
+        if _baseline_at_chance(r):
+            # a gain over a baseline that does not work says nothing about multi-task training
+            line += f" (the baseline itself is at chance: AUC {_num(r['baseline_value']):.3f})"
+            broken.append(f"{r['baseline']} on {r['task']}")
+        elif sig and _num(r["gain"]) != 0:
+            kind = " (a multi-task baseline)" if str(r["baseline"]) in multi else ""
+            (better if _num(r["gain"]) > 0 else worse).append(f"{r['task']} vs {r['baseline']}{kind}")
+        evidence.append(line)
+    names = {m: "AUC" if m == "auc" else m for m in primary["metric"].unique()}
+    primary_names = " / ".join(dict.fromkeys(names.values()))
+    others = table.drop(index=primary.index, errors="ignore")
+    other_sig = [
+        f"{r['task']} vs {r['baseline']} ({r['metric']} {fmt_signed(_num(r['gain']), 4)})"
+        for r in others.to_dict(orient="records")
+        if bool(r.get("significant"))
+    ]
+    sparse = [str(t) for t in tasks.loc[_sparse_mask(tasks), "task"]] if not tasks.empty else []
+    unmatched = [t for t in sparse if t not in set(primary["task"])]
     if worse:
         ans, status = f"No: the multi-task model is significantly worse on {', '.join(worse)}.", "problem"
     elif better:
         ans, status = f"Yes: a significant gain on {', '.join(better)}.", "ok"
+    elif broken and len(broken) == len(primary):
+        ans, status = (
+            f"Cannot tell: every baseline is at chance on the tasks it predicts ({', '.join(broken)}), so no "
+            "comparison with it can show whether multi-task training helped.",
+            "unknown",
+        )
+        broken = []
     else:
-        ans, status = "Not shown: no gain over any baseline is significant (intervals hold 0).", "unknown"
+        ans, status = (
+            f"Not shown: no {primary_names} difference from a working baseline is significant.",
+            "unknown",
+        )
+        if other_sig:
+            ans += f" Significant on a secondary metric: {', '.join(other_sig)}."
+    if broken:
+        ans += f" Not evidence either way: {', '.join(broken)} (the baseline is at chance)."
+    if unmatched:
+        ans += f" No baseline predicts the sparse task {', '.join(unmatched)}."
     return Answer("gains", q, ans, status, tuple(evidence))
+
+
+def _baseline_at_chance(row: dict[str, Any]) -> bool:
+    """A baseline-gains row whose baseline's own AUC interval (Hanley–McNeil, on the row's labelled rows)
+    holds 0.5: the baseline does not work on that task."""
+    if row.get("metric") != "auc":
+        return False
+    auc, n, rate = (
+        _num(row.get("baseline_value")),
+        _num(row.get("n_labelled")),
+        _num(row.get("positive_rate")),
+    )
+    if math.isnan(auc) or not n > 0 or math.isnan(rate):
+        return False
+    lo, hi = auc_interval(auc, n * rate, n * (1 - rate))
+    return at_chance(auc, lo, hi)
+
+
+def _sparse_mask(tasks: pd.DataFrame) -> pd.Series:
+    """Binary tasks with labelled rows whose positive rate is below 5% (the sparse targets)."""
+    rate = pd.to_numeric(tasks.get("positive_rate"), errors="coerce")
+    return (tasks["kind"] == "binary") & (rate > 0) & (rate < 0.05)
 
 
 # ------------------------------------------------------------------------------------ diagnoses
@@ -276,6 +395,11 @@ def _collapse_impact(
             f"task {task} is at chance (AUC {fmt_interval(_num(trow.get('auc')), _num(trow.get('auc_lo')), _num(trow.get('auc_hi')))})",
             "critical",
         )
+    if trow.get("beats_label_mean") is False:
+        return (
+            f"task {task} predicts no better than its label mean (R² {_num(trow.get('r2')):.3f})",
+            "critical",
+        )
     abl = _ablation(causal, task, expert) if task else None
     if abl is None:
         return ("impact not measured (run `report` with labelled data for the causal analyses)", None)
@@ -288,15 +412,19 @@ def _collapse_impact(
     )
     if sig and imp <= -HARMLESS_IMPACT:  # the task is better without the expert its gate collapsed onto
         return (text + ": the collapse costs quality", "critical")
-    return (text + ": measured impact small", "warning")
+    if lo > -HARMLESS_IMPACT and hi < HARMLESS_IMPACT:  # the whole interval is small: measured harmless
+        return (text + ": measured impact small", "warning")
+    # not significant, but the interval is too wide to call the impact small: the severity stays
+    return (text + ": the interval is too wide to tell whether the collapse costs quality", None)
 
 
 def rescale_by_impact(
     findings: list[Finding], tables: dict[str, pd.DataFrame], causal: Any | None
 ) -> list[Finding]:
     """Collapsed gates get the severity their measured impact supports: critical when the task is at
-    chance or measurably better without the expert; a warning when the impact is small (a harmless
-    collapse onto a duplicate expert); unchanged when nothing was measured. The impact goes into the
+    chance or measurably better without the expert; a warning when the whole interval of the impact is
+    small (a harmless collapse onto a duplicate expert); unchanged when nothing was measured or the interval
+    is too wide to tell. The impact goes into the
     finding's evidence (`impact`)."""
     out = []
     for f in findings:
@@ -465,14 +593,26 @@ def _collapse_story(
 
 
 def _task_causes(tables: dict[str, pd.DataFrame], task: str) -> tuple[str, ...]:
-    rate = _num(_task_row(tables, task).get("positive_rate"))
-    data = f"data: {rate:.1%} positives" if not math.isnan(rate) else "data"
-    return (
+    row = _task_row(tables, task)
+    rate = _num(row.get("positive_rate"))
+    if math.isnan(rate):
+        data = "data: a wrong label column, or labels on another scale than the output"
+    elif rate < 0.05:
+        data = f"data: {rate:.1%} positives (too few positives to learn from, or a wrong label column)"
+    else:
+        data = f"data: a wrong label column ({rate:.1%} positives is enough to learn from)"
+    causes = (
         "learning rate too high / input scale (the usual cause of a model that stops learning a task)",
-        data + " (too few positives to learn from, or a wrong label column)",
+        data,
         "loss weighting: the task's loss is too small next to the others",
         "capacity of the task's tower and experts",
     )
+    if constant_output(row):
+        return (
+            "its output is constant on every row: a dead tower, a zeroed output layer or a disconnected head",
+            *causes,
+        )
+    return causes
 
 
 def _sparse_story(
@@ -501,6 +641,30 @@ def _sparse_story(
         ),
         "",
     )
+
+
+def _better_counterfactuals(causal: Any | None, tasks: pd.DataFrame) -> list[str]:
+    """Gate counterfactuals that make a task significantly better on its primary metric (AUC, MSE), largest
+    first, as sentences: evidence that the task's own gate routes it worse than another gate would."""
+    cf = getattr(causal, "counterfactuals", None)
+    if cf is None or cf.empty:
+        return []
+    kinds = dict(zip(tasks["task"], tasks["kind"], strict=False)) if not tasks.empty else {}
+    primary = cf["metric"] == cf["task"].map(lambda t: "auc" if kinds.get(t, "binary") == "binary" else "mse")
+    hits = cf[primary & cf["significant"].astype(bool) & ~cf["worse"].astype(bool)]
+    hits = hits.assign(_size=hits["change"].abs()).sort_values("_size", ascending=False)
+    out = []
+    for r in hits.to_dict(orient="records"):
+        what = str(r["counterfactual"])
+        how = {"uniform": "a uniform gate", "mean_gate": "its own mean gate, the same for every row"}.get(
+            what, f"the gate of {what.split(':', 1)[1]}" if what.startswith("gate_of:") else what
+        )
+        metric = "AUC" if r["metric"] == "auc" else str(r["metric"]).upper()
+        out.append(
+            f"{r['task']} gets a better {metric} with {how} ({fmt_signed(_num(r['change']))} "
+            f"[{fmt_signed(_num(r['lo']))}, {fmt_signed(_num(r['hi']))}], gate counterfactual)"
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -533,6 +697,15 @@ def build_review(
             f"{top.severity.capitalize()}: {top.title}. {top.steps[0] if top.steps else ''}".strip(),
             "problem" if top.severity == "critical" else ("unknown" if top.severity == "warning" else "ok"),
             tuple(f"{d.severity}: {d.title}" for d in diagnoses[:5]),
+        )
+    elif better_routing := _better_counterfactuals(causal, tasks):
+        nxt = Answer(
+            "next",
+            QUESTIONS["next"],
+            f"No finding, but {better_routing[0]}: the task's own gate routes it measurably worse than that; "
+            "look at how its gate was trained (loss weight, gate input, temperature).",
+            "unknown",
+            tuple(better_routing),
         )
     else:
         nxt = Answer("next", QUESTIONS["next"], "Nothing urgent: no findings.", "ok")

@@ -55,6 +55,8 @@ def task_table(topology: Topology, outputs: Any | None, rows_seen: int | None = 
             )
             if t.kind == "binary":
                 row.update(_binary_quality(outputs, i))
+            else:
+                row.update(_regression_quality(outputs, i))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -76,6 +78,21 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
         "base_rate_logloss": base,
         "at_chance": at_chance(auc, lo, hi),
         "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
+    }
+
+
+def _regression_quality(outputs: Any, i: int) -> dict[str, Any]:
+    """The labels' variance (the MSE of predicting their mean on the same rows), R² = 1 - MSE / variance,
+    and whether the task beats that mean (None when it cannot be told: fewer than two labelled rows,
+    or labels that never vary)."""
+    var = _f(outputs.label_var.reshape(-1)[i])
+    mse = _f(outputs.mse.reshape(-1)[i])
+    n = _f(outputs.n_labelled.reshape(-1)[i])
+    judged = n >= 2 and var > 0 and not math.isnan(mse)
+    return {
+        "label_var": var,
+        "r2": 1.0 - mse / var if judged else math.nan,
+        "beats_label_mean": bool(mse < var) if judged else None,
     }
 
 

@@ -35,6 +35,7 @@ class TaskOutputSummary:
     std_prediction: torch.Tensor  # [T]
     n_labelled: torch.Tensor  # [T] rows with a finite label and prediction
     label_mean: torch.Tensor  # [T] positive rate for binary tasks
+    label_var: torch.Tensor  # [T] population variance of the labels (the MSE of predicting their mean)
     auc: torch.Tensor  # [T] exact (see `auc_exact`); NaN for regression or one-class labels
     auc_exact: torch.Tensor  # [T] bool: False when the distinct-value cap truncated the predictions
     logloss: torch.Tensor  # [T] mean log loss (predictions clipped to [1e-7, 1 - 1e-7]); NaN for regression
@@ -85,7 +86,7 @@ class TaskOutputStats(SummaryMetric):
         )
         self.register_buffer("_binary", torch.tensor([k == "binary" for k in self.kinds]), persistent=False)
         self.register_buffer("_offsets", torch.arange(t) * n_bins, persistent=False)
-        for name in ("n", "sum", "sumsq", "n_lab", "sum_lab", "sse", "out_of_range"):
+        for name in ("n", "sum", "sumsq", "n_lab", "sum_lab", "sumsq_lab", "sse", "out_of_range"):
             self.add_state(name, torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hist_pos", torch.zeros(t, n_bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hist_neg", torch.zeros(t, n_bins, dtype=torch.float64), dist_reduce_fx="sum")
@@ -109,6 +110,7 @@ class TaskOutputStats(SummaryMetric):
         yz = y if lab is None else torch.where(lab, y, 0.0)
         self.n_lab += b if lab is None else lab.sum(0)
         self.sum_lab += yz.sum(0)
+        self.sumsq_lab += (yz * yz).sum(0)
         sq = (pz - yz).square_()
         self.sse += (sq if lab is None else torch.where(lab, sq, 0.0)).sum(0)
         # One bincount: slot 2 · (task bin) + (label > 0.5), unlabelled rows to a dummy slot at the end.
@@ -182,6 +184,10 @@ class TaskOutputStats(SummaryMetric):
             std_prediction=torch.where(self.n > 0, var.sqrt(), torch.nan),
             n_labelled=self.n_lab.clone(),
             label_mean=torch.where(self.n_lab > 0, self.sum_lab / nl, torch.nan),
+            # raw float64 moments: exact enough to compare with the MSE unless |mean| / std exceeds ~1e6
+            label_var=torch.where(
+                self.n_lab > 0, (self.sumsq_lab / nl - (self.sum_lab / nl) ** 2).clamp_min(0), torch.nan
+            ),
             auc=torch.where(binary, auc, torch.nan),
             auc_exact=binary & (bits >= _FULL_BITS),
             logloss=torch.where(binary & (self.n_lab > 0), self.logloss_sum / nl, torch.nan),

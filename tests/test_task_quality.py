@@ -1,0 +1,249 @@
+""" "Does every task work?" on broken tasks: a regression task that predicts no better than its label mean (a
+constant output among them), a task that cannot be judged (no labelled rows, labels of one class) and a
+baseline that does not work are never answered "Yes"; `check` does not pass them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import mmoe_inspect as mi
+from mmoe_inspect.causal import Baseline, CausalOptions
+from mmoe_inspect.checkpoint import save_checkpoint
+
+FEATURES = [f"x{i}" for i in range(6)]
+
+
+class ClickAndDwell(nn.Module):
+    """A binary task (click, from x0) and a regression task (dwell, from x1); `dwell_scale` 0 makes the
+    dwell output the constant `dwell_bias` (a zeroed output layer), and `click_scale` 0 makes click's
+    output the constant 0.5; `click_noise` mixes the unrelated x2 into click's score (a weaker ranker)."""
+
+    def __init__(
+        self,
+        dwell_scale: float = 2.0,
+        dwell_bias: float = 3.0,
+        click_scale: float = 3.0,
+        click_noise: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([click_scale, dwell_scale]))
+        self.b = nn.Parameter(torch.tensor([0.0, dwell_bias]))
+        self.noise = click_noise
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = x[:, :2] * self.w + self.b
+        click = z[:, 0] + self.noise * self.w[0] * x[:, 2]
+        return {"click": torch.sigmoid(click), "dwell": z[:, 1]}
+
+
+def frame(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    f = pd.DataFrame(rng.normal(size=(rows, len(FEATURES))).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] + rng.normal(scale=0.5, size=rows) > 0).astype("float64")
+    f["dwell"] = 3.0 + 2.0 * f["x1"] + rng.normal(scale=0.3, size=rows)  # label variance ~4.1
+    return f
+
+
+def _inputs(f: pd.DataFrame) -> torch.Tensor:
+    return torch.tensor(f[FEATURES].to_numpy())
+
+
+def inspect(model: nn.Module, data: pd.DataFrame, **kw) -> mi.InspectionResult:
+    return mi.inspect(model, data, input_fn=_inputs, columns=FEATURES, **kw)
+
+
+def _answer(result: mi.InspectionResult, key: str):
+    return next(a for a in result.review.answers if a.key == key)
+
+
+def test_constant_regression_output_is_no_better_than_the_label_mean() -> None:
+    data = frame()
+    result = inspect(ClickAndDwell(dwell_scale=0.0), data)
+    row = result.tables["tasks"].set_index("task").loc["dwell"]
+    var = float(np.var(data["dwell"]))
+    assert abs(row["label_var"] - var) < 1e-9 * var  # the labels' population variance, streamed
+    assert row["mse"] > row["label_var"] and row["r2"] < 0 and row["beats_label_mean"] is False
+    found = [f for f in result.findings if f.code == "task_no_better_than_mean"]
+    assert [(f.subject, f.severity) for f in found] == [("dwell", "critical")]
+    assert "constant" in found[0].message  # a zeroed output layer is named as such
+    answer = _answer(result, "tasks")
+    assert answer.status == "problem"
+    assert answer.answer == "No: dwell is no better than predicting the label mean (R² <= 0).", answer.answer
+    assert any("CONSTANT" in line and "dwell" in line for line in answer.evidence)
+    # the routing answer is not about task quality: no "unhealthy routing" from it
+    assert not any(
+        f.code == "task_no_better_than_mean" for f in mi.analysis.findings.routing_findings(result.findings)
+    )
+
+
+def test_a_working_regression_task_beats_its_label_mean() -> None:
+    result = inspect(ClickAndDwell(), frame())
+    row = result.tables["tasks"].set_index("task").loc["dwell"]
+    assert row["r2"] > 0.9 and row["beats_label_mean"] is True
+    assert not any(f.code == "task_no_better_than_mean" for f in result.findings)
+    answer = _answer(result, "tasks")
+    assert answer.answer == "Yes: every labelled task ranks rows above chance and beats its label mean."
+    assert answer.status == "ok"
+
+
+def test_a_task_that_cannot_be_judged_is_never_a_yes() -> None:
+    data = frame()
+    data["click"] = 0.0  # the sparse task without a positive in this sample
+    result = inspect(ClickAndDwell(), data)
+    found = {(f.code, f.subject, f.severity) for f in result.findings}
+    assert ("single_class_labels", "click", "warning") in found
+    answer = _answer(result, "tasks")
+    assert answer.status == "unknown" and not answer.answer.startswith("Yes"), answer.answer
+    assert "click cannot be judged" in answer.answer
+    # a label column that is NaN on every row: the task is not judged either
+    data = frame()
+    data["dwell"] = np.nan
+    result = inspect(ClickAndDwell(), data)
+    assert ("task_unlabelled", "dwell", "warning") in {
+        (f.code, f.subject, f.severity) for f in result.findings
+    }
+    assert "dwell cannot be judged" in _answer(result, "tasks").answer
+
+
+def test_check_does_not_pass_a_constant_regression_task(tmp_path) -> None:
+    from mmoe_inspect.cli.main import app
+    from mmoe_inspect.models import MMoE
+    from mmoe_inspect.topology.spec import TaskSpec
+
+    torch.manual_seed(0)
+    model = MMoE(6, [TaskSpec("click", "binary"), TaskSpec("dwell", "regression")], n_experts=3).eval()
+    with torch.no_grad():  # the dwell tower's output layer zeroed: its output is the constant bias
+        last = [m for m in model.towers[1].modules() if isinstance(m, nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.fill_(3.0)
+    data = frame(2000)
+    data.to_parquet(tmp_path / "eval.parquet")
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    res = CliRunner().invoke(app, ["check", str(ckpt), "--data", str(tmp_path / "eval.parquet")])
+    assert res.exit_code == 1, res.output
+    assert "task_no_better_than_mean" in res.output and "dwell" in res.output
+
+
+def test_a_gain_over_a_baseline_at_chance_is_not_a_yes() -> None:
+    data = frame()
+    broken = ClickAndDwell(click_scale=0.0, dwell_scale=0.0)  # click constant 0.5: AUC exactly 0.5
+    opts = CausalOptions(baselines={"single": Baseline(broken, input_fn=_inputs, tasks=["click"])}, n_boot=0)
+    result = inspect(ClickAndDwell(), data, causal=opts)
+    gains = result.causal.baseline_gains
+    auc = gains[(gains["metric"] == "auc") & (gains["task"] == "click")].iloc[0]
+    assert auc["baseline_value"] == 0.5 and auc["significant"] and auc["gain"] > 0.2  # planted
+    answer = _answer(result, "gains")
+    assert not answer.answer.startswith("Yes"), answer.answer
+    assert answer.answer.startswith("Cannot tell: every baseline is at chance") and answer.status == "unknown"
+    assert any("the baseline itself is at chance" in line for line in answer.evidence)
+    # a working baseline that is measurably worse: the gain is a "Yes"
+    weak = ClickAndDwell(click_noise=1.0)
+    opts = CausalOptions(baselines={"single": Baseline(weak, input_fn=_inputs, tasks=["click"])}, n_boot=0)
+    answer = _answer(inspect(ClickAndDwell(), data, causal=opts), "gains")
+    assert answer.answer.startswith("Yes: a significant gain on click vs single"), answer.answer
+
+
+def test_a_collapse_whose_impact_interval_is_wide_keeps_its_severity() -> None:
+    """ "Not significant" is not "small": a collapse is downgraded to a warning only when the whole interval
+    of its measured impact is small; a wide interval (few rows, few positives) leaves it critical."""
+    from types import SimpleNamespace
+
+    from mmoe_inspect.analysis import codes
+    from mmoe_inspect.analysis.findings import Finding
+    from mmoe_inspect.analysis.review import rescale_by_impact
+
+    tables = {
+        "gate_metrics": pd.DataFrame([{"gate": "g", "task": "click", "top_expert": "e1"}]),
+        "tasks": pd.DataFrame([{"task": "click", "kind": "binary", "at_chance": False}]),
+    }
+    collapsed = Finding.of(codes.COLLAPSED_GATE, "g", "collapsed", "fix", {})
+
+    def severity(lo: float, hi: float) -> tuple[str, str]:
+        abl = pd.DataFrame(
+            [
+                {
+                    "task": "click",
+                    "expert": "e1",
+                    "mode": "renormalize",
+                    "metric": "auc",
+                    "importance": (lo + hi) / 2,
+                    "lo": lo,
+                    "hi": hi,
+                    "significant": lo > 0 or hi < 0,
+                }
+            ]
+        )
+        (f,) = rescale_by_impact([collapsed], tables, SimpleNamespace(ablation=abl))
+        return f.severity, f.evidence["impact"]
+
+    sev, impact = severity(-0.135, 0.044)  # not significant, but as wide as 0.18 AUC
+    assert sev == "critical" and "too wide to tell" in impact and "small" not in impact
+    sev, impact = severity(-0.002, 0.003)  # measured: within ±0.005 AUC either way
+    assert sev == "warning" and "measured impact small" in impact
+
+
+def test_an_all_zero_expert_that_gates_weight_is_not_called_harmless() -> None:
+    """An expert whose outputs are zero but which a gate gives a third of its weight shrinks that task's
+    mixture by a third: the finding must not say it "contributes little"."""
+    from mmoe_inspect.analysis.findings import diagnose
+
+    def inactive_message(weight: float) -> str:
+        experts = pd.DataFrame(
+            [
+                {
+                    "expert": "e2",
+                    "owner": "shared",
+                    "n_gates": 2,
+                    "zero_fraction": 1.0,
+                    "max_mean_weight": weight,
+                    "max_relative_weight": weight * 4,
+                    "max_top1_share": 0.3,
+                }
+            ]
+        )
+        (f,) = [f for f in diagnose({"experts": experts}) if f.code == "inactive_expert"]
+        return f.message
+
+    heavy = inactive_message(0.33)
+    assert "33% of its weight" in heavy and "contributes little" not in heavy
+    assert "contributes little" in inactive_message(0.03)
+
+
+def test_no_finding_but_a_better_gate_counterfactual_is_not_nothing_urgent() -> None:
+    """A task whose AUC rises significantly with another task's gate is routed worse by its own gate: the
+    review's next step says so instead of "Nothing urgent"."""
+    from types import SimpleNamespace
+
+    from mmoe_inspect.analysis.review import build_review
+
+    tasks = pd.DataFrame([{"task": "click", "kind": "binary"}, {"task": "purchase", "kind": "binary"}])
+    row = {"task": "purchase", "gates": "purchase", "metric": "auc", "intact": 0.64}
+
+    def next_answer(lo: float, hi: float):
+        cf = pd.DataFrame(
+            [
+                {
+                    **row,
+                    "counterfactual": "gate_of:click",
+                    "value": 0.64 + (lo + hi) / 2,
+                    "change": (lo + hi) / 2,
+                    "lo": lo,
+                    "hi": hi,
+                    "significant": lo > 0 or hi < 0,
+                    "worse": (lo + hi) / 2 < 0,
+                }
+            ]
+        )
+        causal = SimpleNamespace(counterfactuals=cf, baseline_gains=None)
+        review = build_review({"tasks": tasks}, [], "Routing is healthy.", causal)
+        return next(a for a in review.answers if a.key == "next")
+
+    hurt = next_answer(0.026, 0.115)
+    assert hurt.status == "unknown" and "Nothing urgent" not in hurt.answer
+    assert "purchase gets a better AUC with the gate of click (+0.071 [+0.026, +0.115]" in hurt.answer
+    assert next_answer(-0.02, 0.03).answer == "Nothing urgent: no findings."  # within noise
