@@ -247,3 +247,27 @@ def test_no_finding_but_a_better_gate_counterfactual_is_not_nothing_urgent() -> 
     assert hurt.status == "unknown" and "Nothing urgent" not in hurt.answer
     assert "purchase gets a better AUC with the gate of click (+0.071 [+0.026, +0.115]" in hurt.answer
     assert next_answer(-0.02, 0.03).answer == "Nothing urgent: no findings."  # within noise
+
+
+class Esmm(nn.Module):
+    """ESMM's outputs: pCTR, and pCTCVR = pCTR x pCVR (a product of two sigmoids, itself a probability)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ctr = nn.Linear(len(FEATURES), 1)
+        self.cvr = nn.Linear(len(FEATURES), 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ctr = torch.sigmoid(self.ctr(x)).squeeze(1)
+        return {"ctr": ctr, "ctcvr": ctr * torch.sigmoid(self.cvr(x)).squeeze(1)}
+
+
+def test_an_esmm_product_of_probabilities_is_a_binary_task() -> None:
+    torch.manual_seed(0)
+    data = frame()
+    data["ctr"] = data["click"]
+    data["ctcvr"] = data["click"] * (data["x2"] > 1.0)
+    result = inspect(Esmm().eval(), data)
+    kinds = {t.name: t.kind for t in result.topology.tasks}
+    assert kinds == {"ctr": "binary", "ctcvr": "binary"}
+    assert not any(f.code == "task_no_better_than_mean" for f in result.findings)

@@ -24,12 +24,19 @@ def _nan(_x: Any) -> float:
 
 
 def gate_groups(topology: Topology) -> list[tuple[GateSpec, ...]]:
-    """Task gates that mix the very same experts (MMoE's task gates; each PLE level's... none): compared pairwise."""
+    """Gates that mix the very same experts, compared pairwise: MMoE's task gates (a PLE level's task gates
+    mix different expert sets). Gates whose task discovery could not tell (the path to the outputs was not
+    differentiable: a `no_grad` or `detach` on the way, quantized layers) are compared too, named by
+    their gate: two such gates that route alike are the same collapse of MMoE into a one-gate MoE."""
     groups: dict[tuple[int, tuple[str, ...]], list[GateSpec]] = {}
     for g in topology.gates:
-        if g.task is not None:
-            groups.setdefault((g.level, g.experts), []).append(g)
+        groups.setdefault((g.level, g.experts), []).append(g)
     return [tuple(v) for v in groups.values() if len(v) >= 2]
+
+
+def gate_owner(g: GateSpec) -> str:
+    """The task a gate routes for, or its own name when that task is unknown."""
+    return g.task if g.task is not None else g.name
 
 
 def task_table(topology: Topology, outputs: Any | None, rows_seen: int | None = None) -> pd.DataFrame:
@@ -191,8 +198,8 @@ def divergence_tables(
                         "level": group[a].level,
                         "gate_a": group[a].name,
                         "gate_b": group[b].name,
-                        "task_a": group[a].task,
-                        "task_b": group[b].task,
+                        "task_a": gate_owner(group[a]),
+                        "task_b": gate_owner(group[b]),
                         "jsd_mean_gates": _f(js_divergence(means[a], means[b])) if simplex else math.nan,
                         "jsd_per_row": _f(pair.jsd[a, b]) if pair is not None and simplex else math.nan,
                         "tv_per_row": _f(pair.tv[a, b]) if pair is not None else math.nan,
@@ -216,9 +223,9 @@ def divergence_tables(
                 {
                     "level": group[0].level,
                     "expert": expert,
-                    "top_task": group[first].task,
+                    "top_task": gate_owner(group[first]),
                     "top_weight": w1,
-                    "second_task": group[second].task,
+                    "second_task": gate_owner(group[second]),
                     "second_weight": w2,
                     "ratio": w1 / w2 if w2 > 0 else math.inf,
                 }

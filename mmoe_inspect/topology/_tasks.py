@@ -162,12 +162,16 @@ def _kinds_from(value: Any, names: list[str], what: str) -> list[str] | None:
     return out
 
 
-def _ends_in_sigmoid(graph: Graph, idx: int | None) -> bool:
-    """Whether node `idx` is a sigmoid output (through view-like ops)."""
+def _ends_in_sigmoid(graph: Graph, idx: int | None, depth: int = 0) -> bool:
+    """Whether node `idx` is a sigmoid output (through view-like ops), or a product of such outputs: ESMM's
+    pCTCVR = pCTR x pCVR (and ESCM²'s, AITM-style chains) is a probability of a binary event too."""
     while idx is not None:
         node = graph.nodes[idx]
         if node.op == "sigmoid":
             return True
+        if node.op == "mul" and depth < 4:
+            refs = [a.node for a in node.args if isinstance(a, Ref)]
+            return len(refs) == 2 and all(_ends_in_sigmoid(graph, r, depth + 1) for r in refs)
         idx = view_parent(graph, node)
     return False
 
