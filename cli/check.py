@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from mmoe_inspect._plural import plural
+from mmoe_inspect.analysis import codes
 
 from ._common import (
     EXIT_CANNOT_JUDGE,
@@ -76,6 +77,15 @@ def check_command(
             out.print(f"  unresolved: {escape(u.line())}")
         out.print(
             "  see `mmoe-inspect topology CHECKPOINT --write spec.toml` for a spec to fill in, then --spec spec.toml"
+        )
+    unjudged_tasks = [
+        f for f in result.findings if f.code in (codes.TASK_UNLABELLED, codes.SINGLE_CLASS_LABELS)
+    ]
+    if unjudged_tasks:  # said first: whether these tasks work was not judged
+        names = ", ".join(dict.fromkeys(f.subject for f in unjudged_tasks))
+        out.print(
+            f"[bold yellow]CANNOT JUDGE TASK(S):[/] {escape(names)}: no labelled rows, or labels of one class "
+            "(pass --labels task=column, or rows with both classes)"
         )
     fails = {id(f) for f in failing}
     if result.findings:

@@ -50,6 +50,11 @@ __all__ = [
 ]
 
 
+EXAMPLE_ROWS = 61
+"""Rows of discovery's example batch: a prime, so no expert count or layer width (powers of two, multiples
+of 8) shares the batch axis's size; with 64 rows, a bank of 64 experts was taken for a batch axis."""
+
+
 @dataclass(frozen=True)
 class Binding:
     """A model bound to its data: what every pass over the rows reads and how.
@@ -63,6 +68,7 @@ class Binding:
     feature_columns: tuple[str, ...] | None
     topology: Topology
     labelled: tuple[TaskSpec, ...]
+    labels_ignored: bool = False  # `labels=False`: the caller chose not to judge the tasks
 
     @property
     def label_columns(self) -> dict[str, str]:
@@ -85,7 +91,7 @@ class Binding:
         if self.feature_columns:
             check_features(frame, list(self.feature_columns), self.source.name)
 
-    def example(self, rows: int = 64) -> Any:
+    def example(self, rows: int = EXAMPLE_ROWS) -> Any:
         """Model input for the first `rows` rows (checked like every chunk)."""
         return example_batch(self.source, self.input_fn, self.feature_columns, rows)
 
@@ -141,6 +147,7 @@ def bind(
         feature_columns=tuple(feature_cols) if feature_cols is not None else None,
         topology=topo,
         labelled=labelled,
+        labels_ignored=labels is False,
     )
 
 
@@ -300,7 +307,7 @@ def with_labels(topo: Topology, labels: Mapping[str, str], source: TableSource) 
 
 
 def example_batch(
-    source: TableSource, input_fn: InputFn, feature_cols: Sequence[str] | None, rows: int = 64
+    source: TableSource, input_fn: InputFn, feature_cols: Sequence[str] | None, rows: int = EXAMPLE_ROWS
 ) -> Any:
     """Model input for the first `rows` rows of `source` (checked like every chunk): discovery's example."""
     names = list(feature_cols) if feature_cols else None

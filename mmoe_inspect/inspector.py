@@ -285,6 +285,7 @@ def record(
     stats = RoutingStats(
         topo,
         labelled=binding.labelled,
+        labels_ignored=binding.labels_ignored,
         expert_rate=expert_sample_rate(cfg, expected_rows(source, cfg.sample, cfg.max_rows))
         if recorded
         else None,

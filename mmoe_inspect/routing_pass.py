@@ -54,6 +54,7 @@ class RoutingStats:
         topology: Topology,
         *,
         labelled: Sequence[TaskSpec] = (),
+        labels_ignored: bool = False,
         outputs: bool = True,
         expert_rate: float | None = None,
         reservoir_size: int = 2048,
@@ -66,6 +67,7 @@ class RoutingStats:
     ) -> None:
         self.topology = topology
         self.labelled = tuple(labelled)
+        self.labels_ignored = bool(labels_ignored)  # no task is judged, and none is reported as unlabelled
         self.label_binary = [t for t in self.labelled if t.kind == "binary"]
         self.device = device if device is not None else torch.device("cpu")
         self.expert_rate = expert_rate
@@ -173,7 +175,9 @@ class RoutingStats:
     ) -> dict[str, pd.DataFrame]:
         """`tables` from already computed summaries (`compute()`), so they are computed (and synced) once."""
         topo = self.topology
-        tables: dict[str, pd.DataFrame] = {"tasks": task_table(topo, outputs, n_rows)}
+        tables: dict[str, pd.DataFrame] = {
+            "tasks": task_table(topo, outputs, n_rows, labels_ignored=self.labels_ignored)
+        }
         if topo.has_gates:
             tables.update(gate_tables(topo, summaries))
             tables.update(divergence_tables(topo, summaries, pairs))

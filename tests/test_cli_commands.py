@@ -79,14 +79,19 @@ def test_check_exits_1_on_the_collapsed_gate(planted) -> None:
     code, text = invoke("check", planted["collapsed"], *loading(planted, "unlabelled"), "--quiet")
     assert code == 1, text
     assert "collapsed_gate" in text and "FAIL" in text and "critical" in text
-    assert "check failed: 1 finding matches --fail-on warning or worse" in text
+    # the collapse, and the two tasks that cannot be judged on unlabelled rows
+    assert "check failed: 3 findings match --fail-on warning or worse" in text
 
 
 def test_check_exits_0_on_the_cleanly_specialized_model(planted) -> None:
-    code, text = invoke("check", planted["clean"], *loading(planted, "unlabelled"))  # routing only
-    assert code == 0, text
-    assert "No findings" in text and "check passed" in text
+    code, text = invoke("check", planted["clean"], *loading(planted, "unlabelled"), "--fail-on", "critical")
+    assert code == 0, text  # routing only: the unjudged tasks are warnings
+    assert "check passed" in text
     assert "Yes: the tasks route rows to clearly different experts" in text
+    # said first, and by default (warnings fail) a check on unlabelled rows does not pass
+    assert text.index("CANNOT JUDGE TASK(S): ctr, cvr") < text.index("Findings for")
+    code, text = invoke("check", planted["clean"], *loading(planted, "unlabelled"))
+    assert code == 1 and "task_unlabelled" in text, text
 
 
 @pytest.mark.parametrize(

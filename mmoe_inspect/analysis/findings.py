@@ -368,7 +368,7 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
     for row in tasks.itertuples(index=False):
         rate, n_lab = _num(row.positive_rate), _num(row.n_labelled)
         if not n_lab > 0:
-            if not math.isnan(n_lab):  # no label column bound at all is the review's "cannot tell"
+            if not math.isnan(n_lab) and not getattr(row, "labels_ignored", False):  # labels=False: not asked
                 res.append(
                     Finding.of(
                         codes.TASK_UNLABELLED,

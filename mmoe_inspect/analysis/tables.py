@@ -39,12 +39,17 @@ def gate_owner(g: GateSpec) -> str:
     return g.task if g.task is not None else g.name
 
 
-def task_table(topology: Topology, outputs: Any | None, rows_seen: int | None = None) -> pd.DataFrame:
+def task_table(
+    topology: Topology, outputs: Any | None, rows_seen: int | None = None, *, labels_ignored: bool = False
+) -> pd.DataFrame:
     """One row per task; `n_rows` counts the rows with a finite prediction and, given `rows_seen` (rows
-    inspected), `nonfinite_predictions` the rest: left out of the metrics, never silently."""
+    inspected), `nonfinite_predictions` the rest: left out of the metrics, never silently. `labels_ignored`
+    (the caller passed `labels=False`) adds that column, so no task is reported as unlabelled."""
     rows = []
     for i, t in enumerate(topology.tasks):
         row: dict[str, Any] = {"task": t.name, "kind": t.kind, "label": t.label_column}
+        if labels_ignored:
+            row["labels_ignored"] = True
         if outputs is not None:
             # `.reshape(-1)`: torchmetrics' compute squeezes a one-task `[1]` state to 0-dim
             finite = _f(outputs.n.reshape(-1)[i])

@@ -159,7 +159,7 @@ class LoadedModel:
         input: InputMode | None = None,
         features: str | Sequence[str] | None = None,
         collate: str | Callable[[pd.DataFrame], Any] | None = None,
-        rows: int = 64,
+        rows: int | None = None,
         binding: InputBinding | None = None,
     ) -> Topology:
         """The model's declared topology, or (library models, `discover=True`) discovery on `rows` rows.
@@ -191,7 +191,7 @@ class LoadedModel:
         names = list(binding.input_fn.names) if binding.input_fn.names else None
         if names:
             require_columns(source, names)
-        example = example_batch(source, binding.input_fn, names, rows)
+        example = example_batch(source, binding.input_fn, names, *(() if rows is None else (rows,)))
         label_map = binding.labels
         with self.adapter.session(self.model):
             topo = discover_topology(

@@ -1,0 +1,57 @@
+"""A bank of 64 experts (the size of a common example batch) mixed by a hand-written softmax and `bmm`: the
+expert axis must not be taken for a batch axis (discovery's example batch has a prime number of rows), so a
+collapse is found, not a Shared-Bottom."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import mmoe_inspect as mi
+
+FEATURES = [f"x{i}" for i in range(8)]
+
+
+class WideBank(nn.Module):
+    """64 linear experts, two tasks, gates written by hand (exp / sum) and mixed with `bmm`."""
+
+    def __init__(self, collapsed: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.bank = nn.ModuleList(nn.Linear(len(FEATURES), 4) for _ in range(64))
+        self.logits = nn.ModuleList(nn.Linear(len(FEATURES), 64) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(2))
+        if collapsed:
+            with torch.no_grad():
+                for lin in self.logits:
+                    lin.bias.zero_()
+                    lin.bias[5] = 30.0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        stacked = torch.stack([e(x) for e in self.bank], dim=1)  # [B, 64, 4]
+        out = {}
+        for name, lin, head in zip(("click", "buy"), self.logits, self.heads, strict=True):
+            z = lin(x)
+            w = torch.exp(z - z.max(dim=1, keepdim=True).values)
+            w = w / w.sum(dim=1, keepdim=True)
+            mixed = torch.bmm(w.unsqueeze(1), stacked).squeeze(1)
+            out[name] = torch.sigmoid(head(mixed)).squeeze(1)
+        return out
+
+
+def inspect(model: nn.Module) -> mi.InspectionResult:
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(1000, len(FEATURES))).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] > 0).astype("float64")
+    f["buy"] = (f["x1"] > 1).astype("float64")
+    return mi.inspect(model, f, input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES)
+
+
+def test_a_bank_of_64_experts_is_read_and_its_collapse_found() -> None:
+    result = inspect(WideBank(collapsed=True).eval())
+    assert [g.n_experts for g in result.topology.gates] == [64, 64]
+    assert {f.subject for f in result.findings if f.code == "collapsed_gate"} == {"click", "buy"}
+    healthy = inspect(WideBank(collapsed=False).eval())
+    assert not any(f.code == "collapsed_gate" for f in healthy.findings)
