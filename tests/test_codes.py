@@ -61,6 +61,7 @@ def planted_tables() -> dict[str, pd.DataFrame]:
             ),
             _gate("b", "b", normalized_entropy=0.99),  # uniform
             _gate("c", "c", input_dependence=0.001, polarized_share=0.95),  # input-independent, polarized
+            _gate("d", "", distinct_experts=1),  # four slots of one expert module
         ]
     )
     pair = {"level": 0, "jsd_per_row": 0.01, "jsd_mean_gates": 0.01}

@@ -55,3 +55,32 @@ def test_a_bank_of_64_experts_is_read_and_its_collapse_found() -> None:
     assert {f.subject for f in result.findings if f.code == "collapsed_gate"} == {"click", "buy"}
     healthy = inspect(WideBank(collapsed=False).eval())
     assert not any(f.code == "collapsed_gate" for f in healthy.findings)
+
+
+class OneModuleExperts(nn.Module):
+    """An MMoE whose expert list repeats one module (`[expert] * 4`): the gates route among copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        one = nn.Linear(len(FEATURES), 4)
+        self.experts = nn.ModuleList([one] * 4)
+        self.gates = nn.ModuleList(
+            nn.Sequential(nn.Linear(len(FEATURES), 4), nn.Softmax(dim=1)) for _ in range(2)
+        )
+        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        stacked = torch.stack([e(x) for e in self.experts], dim=1)  # [B, 4, 4]
+        out = {}
+        for name, gate, head in zip(("click", "buy"), self.gates, self.heads, strict=True):
+            mixed = (gate(x).unsqueeze(-1) * stacked).sum(1)
+            out[name] = torch.sigmoid(head(mixed)).squeeze(1)
+        return out
+
+
+def test_experts_that_are_one_module_are_not_healthy_routing() -> None:
+    result = inspect(OneModuleExperts().eval())
+    found = {(f.code, f.subject, f.severity) for f in result.findings}
+    assert {("one_expert_module", "click", "critical"), ("one_expert_module", "buy", "critical")} <= found
+    assert result.verdict.startswith("Routing is unhealthy"), result.verdict

@@ -27,6 +27,7 @@ SEVERITY_ORDER: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
 # routing: gates
 COLLAPSED_GATE = "collapsed_gate"
+ONE_EXPERT_MODULE = "one_expert_module"
 UNIFORM_GATE = "uniform_gate"
 INPUT_INDEPENDENT_GATE = "input_independent_gate"
 POLARIZED_GATE = "polarized_gate"
@@ -72,6 +73,13 @@ _DECLARED = (
         "critical",
         "Collapsed gate",
         "one expert has mean weight ≥ 0.9 and is top-1 on ≥ 90% of rows",
+    ),
+    FindingCode(
+        ONE_EXPERT_MODULE,
+        "critical",
+        "Every expert is one module",
+        "a gate's expert slots are all the same module (`[expert] * E`): moving weight among them changes "
+        "nothing, a Shared-Bottom in disguise",
     ),
     FindingCode(
         TASKS_ROUTE_IDENTICALLY,

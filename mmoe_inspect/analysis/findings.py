@@ -129,6 +129,21 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
                 {"not_normalized_rows": int(row.not_normalized_rows)},
             )
         )
+    distinct = _num(getattr(row, "distinct_experts", math.nan))
+    if n_e >= 2 and distinct == 1:
+        res.append(
+            Finding.of(
+                codes.ONE_EXPERT_MODULE,
+                gate,
+                f"Gate {gate}'s {n_e} expert slots are all one module: whatever weights it gives them, the "
+                "mixture is that module's output, so its routing changes nothing and the model is a "
+                "Shared-Bottom in disguise.",
+                "Build the experts as separate modules (`nn.ModuleList(Expert() for _ in range(E))`, not "
+                "`[expert] * E`), then retrain.",
+                {"expert_slots": n_e, "distinct_modules": 1},
+            )
+        )
+        return res
     if n_e < 2 or not row.n_rows > 0:  # one expert, or no finite row: nothing to judge the routing by
         return res
     if row.max_mean_weight >= th.collapse_weight and row.top_expert_top1_share >= th.collapse_top1:

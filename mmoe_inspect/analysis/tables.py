@@ -154,6 +154,7 @@ def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, p
                 "task": g.task or "",
                 "level": g.level,
                 "n_experts": g.n_experts,
+                "distinct_experts": len(set(g.experts)),
                 "simplex": g.simplex,
                 "n_rows": _f(s.n),
                 "mean_entropy": ent(s.entropy_mean),
