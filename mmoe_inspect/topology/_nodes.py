@@ -37,8 +37,14 @@ ELEMENTWISE_ACTIVATIONS = frozenset(
 def kind_of(graph: Graph, idx: int, ax: int | None, bax: int | None) -> GateOutput:
     """ "probs" when every row is a distribution over the experts, else "weights"."""
     node = graph.nodes[idx]
-    if node.op == "softmax" and softmax_dim(node.args, node.kwargs, node.ndim) == ax:
+    if node.op == "softmax":
+        # over the expert axis: a distribution; over another axis (a `dim=0` slip normalizes over the
+        # batch): read as one all the same, so its rows' sums are checked and reported, not excused
         return "probs"
+    if node.op == "exp" and node.args and isinstance(node.args[0], Ref):
+        src = graph.nodes[node.args[0].node]  # `log_softmax(z).exp()`: a softmax written the long way
+        if src.op == "log_softmax" and softmax_dim(src.args, src.kwargs, src.ndim) == ax:
+            return "probs"
     if node.op in ELEMENTWISE_ACTIVATIONS:  # a sigmoid gate that happens to sum to 1 here is still one
         return "weights"
     rows = row_values(graph, idx, ax, bax)
