@@ -161,10 +161,20 @@ def _first(attr: Tensor) -> np.ndarray:
 
 
 def dense_baselines(parts: Sequence[Tensor], mean: bool) -> tuple[Tensor, ...]:
-    """Zeros, or the sample mean broadcast over the rows, per attribution-space tensor."""
+    """Zeros, or the sample mean broadcast over the rows, per attribution-space tensor `[rows, ...]`.
+
+    The mean is taken over the rows whose values are all finite: one NaN/inf row (a NaN embedding
+    row, a NaN input) would otherwise make the baseline, and so every row's attributions, NaN."""
     if mean:
-        return tuple(p.mean(dim=0, keepdim=True).expand_as(p).clone() for p in parts)
+        return tuple(_finite_mean(p).expand_as(p).clone() for p in parts)
     return tuple(torch.zeros_like(p) for p in parts)
+
+
+def _finite_mean(p: Tensor) -> Tensor:
+    """`[1, ...]` mean of `p` `[rows, ...]` over its all-finite rows (over every row when none is)."""
+    finite = torch.isfinite(p.reshape(p.shape[0], -1)).all(dim=1)
+    rows = p if bool(finite.all()) or not bool(finite.any()) else p[finite]
+    return rows.mean(dim=0, keepdim=True)
 
 
 def reference_value(column: Tensor, is_id: bool, mean: bool) -> Tensor:
@@ -175,5 +185,5 @@ def reference_value(column: Tensor, is_id: bool, mean: bool) -> Tensor:
         mode = torch.from_numpy(values[int(np.argmax(counts))].copy()).to(column.device, column.dtype)
         return mode.reshape(1, *column.shape[1:])
     if mean:
-        return column.float().mean(dim=0, keepdim=True).to(column.dtype)
+        return _finite_mean(column.float()).to(column.dtype)
     return torch.zeros((1, *column.shape[1:]), dtype=column.dtype, device=column.device)

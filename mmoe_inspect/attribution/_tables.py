@@ -3,6 +3,8 @@ convergence check and the gate-vs-task agreement (pure numpy/pandas over the att
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,16 +43,27 @@ def attribution_tables(
     tolerance: float,
     notes: list[str],
 ) -> AttributionResult:
-    """The result's tables from each target's attributions `[rows, K, F]` (features `shown`)."""
+    """The result's tables from each target's attributions `[rows, K, F]` (features `shown`).
+
+    Rows whose attributions are NaN/inf for any target (a model whose output or gate is non-finite
+    there) are left out of every table, so all tables describe the same rows; a note counts them.
+    `per_row` keeps every sampled row as attributed (NaN included)."""
     cols = [layer.features.index(f) for f in shown]
+    keep = _finite_rows(outcome, notes)
     gate_rows, gate_feat_rows, expert_rows, task_rows, conv_rows = [], [], [], [], []
     per_row: dict[str, np.ndarray] = {}
+    still: list[str] = []  # targets no feature moves: every attribution is 0
     for key, (t, res) in outcome.items():
+        per_row[key] = res.values[:, :, cols].astype(np.float32)
+        res = TargetAttribution(res.values[keep], res.delta[keep], res.change[keep])
         values = res.values[:, :, cols]
-        per_row[key] = values.astype(np.float32)
-        mean_abs = np.abs(values).mean(axis=0)  # [K, F]
-        mean_signed = values.mean(axis=0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no row left: the means are NaN
+            mean_abs = np.abs(values).mean(axis=0)  # [K, F]
+            mean_signed = values.mean(axis=0)
         share = _share(mean_abs)
+        if len(values) and float(mean_abs.sum()) == 0.0:
+            still.append(key)
         for k, output in enumerate(t.outputs):
             for j, f in enumerate(shown):
                 stats = {
@@ -77,7 +90,7 @@ def attribution_tables(
         if t.gate is not None:
             total = mean_abs.sum(axis=0)
             share_g = _share(total[None, :])[0]
-            ranks = pd.Series(-total).rank(method="first").astype(int).to_numpy()
+            ranks = _ranks(total)
             for j, f in enumerate(shown):
                 gate_feat_rows.append(
                     {
@@ -87,10 +100,16 @@ def attribution_tables(
                         "feature": f,
                         "mean_abs": total[j],
                         "share": share_g[j],
-                        "rank": int(ranks[j]),
+                        "rank": ranks[j],
                     }
                 )
+    if still:
+        notes.append(
+            f"every attribution of {', '.join(still)} is 0: the output does not move with any input feature on "
+            "the sampled rows (constant, or dead), so it has no top features and no feature ranks"
+        )
     gate_features = pd.DataFrame(gate_feat_rows, columns=GATE_FEATURE_COLUMNS)
+    gate_features["rank"] = gate_features["rank"].astype("Int64")
     if not gate_features.empty:
         order = {g.name: i for i, g in enumerate(topo.gates)}
         gate_features = gate_features.sort_values(
@@ -108,12 +127,12 @@ def attribution_tables(
                 f"{kind} {name!r}: Integrated Gradients' convergence delta is {worst['relative_delta']:.0%} of the "
                 f"attribution sum (output {worst['output']}); raise n_steps (now {n_steps}) before trusting it"
             )
-    return AttributionResult(
+    result = AttributionResult(
         gate_attributions=pd.DataFrame(gate_rows, columns=GATE_COLUMNS),
         gate_features=gate_features,
         expert_attributions=pd.DataFrame(expert_rows, columns=EXPERT_COLUMNS),
         task_attributions=tasks_t,
-        gate_task_agreement=_agreement(topo, gate_features, tasks_t),
+        gate_task_agreement=_agreement(topo, gate_features, tasks_t, notes),
         convergence=convergence,
         features=tuple(shown),
         rows=np.empty(0, dtype=np.int64),
@@ -121,6 +140,42 @@ def attribution_tables(
         notes=notes,
         per_row=per_row,
     )
+    result.meta["nonfinite_rows"] = int((~keep).sum())
+    return result
+
+
+def _finite_rows(outcome: dict[str, tuple[Target, TargetAttribution]], notes: list[str]) -> np.ndarray:
+    """`[rows]` bool: rows whose attributions are finite for every target (a note counts the others)."""
+    keep: np.ndarray | None = None
+    hit: list[str] = []
+    for key, (_, res) in outcome.items():
+        ok = np.isfinite(res.values).all(axis=(1, 2))
+        if not ok.all():
+            hit.append(key)
+        keep = ok if keep is None else keep & ok
+    if keep is None:
+        return np.ones(0, dtype=bool)
+    bad = int((~keep).sum())
+    if bad:
+        left = int(keep.sum())
+        rest = (
+            f"the tables describe the other {left:,}"
+            if left
+            else "no row is left, so every attribution table is empty (NaN)"
+        )
+        notes.append(
+            f"{bad:,} of {len(keep):,} sampled rows have NaN/inf attributions in {', '.join(hit)} (the model's "
+            f"output or gate is not finite there): left out of every attribution table; {rest}"
+        )
+    return keep
+
+
+def _ranks(total: np.ndarray) -> list[Any]:
+    """Rank of each feature by `total` (1 = largest); None where the total is 0 or not finite (a tie at
+    nothing: no order to give)."""
+    ranked = np.isfinite(total) & (total > 0)
+    order = pd.Series(np.where(ranked, -total, np.nan)).rank(method="first", na_option="keep")
+    return [int(r) if ok else None for r, ok in zip(order, ranked, strict=True)]
 
 
 def _share(mean_abs: np.ndarray) -> np.ndarray:
@@ -134,12 +189,12 @@ def _convergence(
     t: Target, output: str, res: TargetAttribution, k: int, used: str, n_steps: int, tolerance: float
 ) -> dict[str, Any]:
     n = res.values.shape[0]
-    if used != "integrated_gradients":
+    if used != "integrated_gradients" or n == 0:
         nan = float("nan")
         return dict(
             zip(
                 CONVERGENCE_COLUMNS,
-                [t.kind, t.name, output, used, n, None, nan, nan, nan, nan, nan, False],
+                [t.kind, t.name, output, used, n, n_steps if n else None, nan, nan, nan, nan, nan, False],
                 strict=True,
             )
         )
@@ -163,8 +218,15 @@ def _convergence(
     }
 
 
-def _agreement(topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataFrame) -> pd.DataFrame:
-    """Per task gate with both tables present: rank correlation of feature importance and top-feature overlap."""
+def _agreement(
+    topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataFrame, notes: list[str]
+) -> pd.DataFrame:
+    """Per task gate with both tables present: rank correlation of feature importance and top-feature overlap.
+
+    Top lists hold only features with a positive, finite importance: a gate or task whose attributions
+    are all 0 (its output does not move with the inputs, e.g. a constant tower) or not finite has no top
+    features, and then the correlation and the overlap are NaN (a note says why) instead of an order
+    invented by sorting ties."""
     rows = []
     for g in topo.gates:
         if g.task is None:
@@ -175,19 +237,32 @@ def _agreement(topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataF
             continue
         tf = tf.reindex(gf.index)
         k = min(TOP_K, len(gf))
-        gate_top = list(gf.sort_values(ascending=False, kind="stable").index[:k])
-        task_top = list(tf.sort_values(ascending=False, kind="stable").index[:k])
+        gate_top, task_top = _top(gf, k), _top(tf, k)
+        blank = [w for w, top in ((f"gate {g.name!r}", gate_top), (f"task {g.task!r}", task_top)) if not top]
+        if blank:
+            notes.append(
+                f"agreement of gate {g.name!r} with task {g.task!r} left empty (no rank correlation, no overlap): "
+                f"{' and '.join(blank)} {'have' if len(blank) > 1 else 'has'} no feature with a non-zero, "
+                "finite attribution"
+            )
         rows.append(
             {
                 "gate": g.name,
                 "task": g.task,
-                "rank_correlation": _spearman(gf.to_numpy(), tf.to_numpy()),
-                "top_overlap": len(set(gate_top) & set(task_top)) / k,
+                "rank_correlation": math.nan if blank else _spearman(gf.to_numpy(), tf.to_numpy()),
+                "top_overlap": math.nan if blank else len(set(gate_top) & set(task_top)) / len(gate_top),
                 "gate_top": ", ".join(gate_top),
                 "task_top": ", ".join(task_top),
             }
         )
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def _top(importance: pd.Series, k: int) -> list[str]:
+    """The (up to) `k` features of largest importance among those with a positive, finite one."""
+    values = importance.astype(float)
+    informative = values[np.isfinite(values) & (values > 0)]
+    return list(informative.sort_values(ascending=False, kind="stable").index[:k])
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
