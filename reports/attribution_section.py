@@ -171,15 +171,16 @@ def attribution_section(result: InspectionResult, figures: Mapping[str, str], cs
     left_out = int(meta.get("nonfinite_rows") or 0)
     if left_out:
         kept = len(a.rows) - left_out
+        tail = (
+            f", which describe the other {fmt_value(kept)} rows"
+            if kept
+            else "; no row is left to describe them"
+        )
         items.append(
             Notice(
-                f"{fmt_value(left_out)} of {fmt_value(len(a.rows))} sampled rows have NaN/inf attributions (the "
-                "model's output or gate is not finite there): they are left out of every attribution table"
-                + (
-                    f", which describe the other {fmt_value(kept)} rows."
-                    if kept
-                    else "; no row is left to describe."
-                ),
+                f"{fmt_value(left_out)} of {fmt_value(len(a.rows))} sampled rows have NaN/inf attributions for some "
+                "output (the model's output or gate is not finite there): they are left out of the tables of "
+                f"those outputs{tail}. The notes below name the outputs.",
                 "warning",
             )
         )

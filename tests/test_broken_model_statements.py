@@ -86,6 +86,32 @@ def test_one_nan_row_does_not_poison_the_mean_baseline() -> None:
     assert res.task_attributions["mean_abs"].notna().all()
 
 
+def test_a_task_that_is_nan_everywhere_does_not_erase_the_gates_attributions() -> None:
+    """Rows are left out per target: click's NaN tower empties click's rows, not the gates'."""
+    from mmoe_inspect.reports.attribution_figures import (
+        attribution_experts,
+        attribution_gate_heatmaps,
+        attribution_gate_vs_task,
+    )
+
+    frame = make_recsys(200, seed=10)
+    model = _mmoe(frame)
+    with torch.no_grad():
+        model.towers[0].out.bias.fill_(float("nan"))
+    result = mi.inspect(model, frame, attribution={"sample_rows": 32, "n_steps": 4})
+    res = result.attribution
+    assert res.meta["nonfinite_rows"] == 32
+    assert any(
+        n.startswith("32 of 32 sampled rows have NaN/inf attributions in task:click") for n in res.notes
+    )
+    assert res.gate_attributions["mean_abs"].notna().all() and len(res.top_features("click")) == 5
+    tasks = res.task_attributions.set_index("task")
+    assert tasks.loc["click", "mean_abs"].isna().all() and tasks.loc["purchase", "mean_abs"].notna().all()
+    assert res.gate_task_agreement.set_index("task").at["click", "task_top"] == ""
+    for draw in (attribution_experts, attribution_gate_heatmaps, attribution_gate_vs_task):
+        assert draw(result) is not None
+
+
 # ------------------------------------------------------------------------------- constant task
 def test_constant_task_has_no_top_features_and_no_invented_agreement() -> None:
     frame = make_recsys(300, seed=5)

@@ -45,16 +45,18 @@ def attribution_tables(
 ) -> AttributionResult:
     """The result's tables from each target's attributions `[rows, K, F]` (features `shown`).
 
-    Rows whose attributions are NaN/inf for any target (a model whose output or gate is non-finite
-    there) are left out of every table, so all tables describe the same rows; a note counts them.
+    Rows whose attributions of a target are NaN/inf (its output or gate is not finite there) are left
+    out of that target's rows of the tables (a NaN tower does not erase the gates' attributions); a note
+    counts them and `meta["nonfinite_rows"]` counts the rows left out of at least one target.
     `per_row` keeps every sampled row as attributed (NaN included)."""
     cols = [layer.features.index(f) for f in shown]
-    keep = _finite_rows(outcome, notes)
+    finite = _finite_rows(outcome, notes)
     gate_rows, gate_feat_rows, expert_rows, task_rows, conv_rows = [], [], [], [], []
     per_row: dict[str, np.ndarray] = {}
     still: list[str] = []  # targets no feature moves: every attribution is 0
     for key, (t, res) in outcome.items():
         per_row[key] = res.values[:, :, cols].astype(np.float32)
+        keep = finite[key]
         res = TargetAttribution(res.values[keep], res.delta[keep], res.change[keep])
         values = res.values[:, :, cols]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -140,34 +142,32 @@ def attribution_tables(
         notes=notes,
         per_row=per_row,
     )
-    result.meta["nonfinite_rows"] = int((~keep).sum())
+    bad = [~ok for ok in finite.values()]
+    result.meta["nonfinite_rows"] = int(np.logical_or.reduce(bad).sum()) if bad else 0
     return result
 
 
-def _finite_rows(outcome: dict[str, tuple[Target, TargetAttribution]], notes: list[str]) -> np.ndarray:
-    """`[rows]` bool: rows whose attributions are finite for every target (a note counts the others)."""
-    keep: np.ndarray | None = None
-    hit: list[str] = []
-    for key, (_, res) in outcome.items():
-        ok = np.isfinite(res.values).all(axis=(1, 2))
+def _finite_rows(
+    outcome: dict[str, tuple[Target, TargetAttribution]], notes: list[str]
+) -> dict[str, np.ndarray]:
+    """Per target, `[rows]` bool: rows whose attributions are all finite. One note per number of rows
+    left out, naming the targets (usually every target loses the same rows: NaN inputs or embeddings)."""
+    finite = {key: np.isfinite(res.values).all(axis=(1, 2)) for key, (_, res) in outcome.items()}
+    by_count: dict[tuple[int, int], list[str]] = {}
+    for key, ok in finite.items():
         if not ok.all():
-            hit.append(key)
-        keep = ok if keep is None else keep & ok
-    if keep is None:
-        return np.ones(0, dtype=bool)
-    bad = int((~keep).sum())
-    if bad:
-        left = int(keep.sum())
+            by_count.setdefault((int((~ok).sum()), len(ok)), []).append(key)
+    for (bad, n), keys in by_count.items():
         rest = (
-            f"the tables describe the other {left:,}"
-            if left
-            else "no row is left, so every attribution table is empty (NaN)"
+            f"they describe the other {n - bad:,}"
+            if bad < n
+            else "no row is left, so their values are empty (NaN)"
         )
         notes.append(
-            f"{bad:,} of {len(keep):,} sampled rows have NaN/inf attributions in {', '.join(hit)} (the model's "
-            f"output or gate is not finite there): left out of every attribution table; {rest}"
+            f"{bad:,} of {n:,} sampled rows have NaN/inf attributions in {', '.join(keys)} (the output or gate is "
+            f"not finite there): left out of those targets' rows of the attribution tables; {rest}"
         )
-    return keep
+    return finite
 
 
 def _ranks(total: np.ndarray) -> list[Any]:
@@ -189,12 +189,13 @@ def _convergence(
     t: Target, output: str, res: TargetAttribution, k: int, used: str, n_steps: int, tolerance: float
 ) -> dict[str, Any]:
     n = res.values.shape[0]
-    if used != "integrated_gradients" or n == 0:
+    if used != "integrated_gradients" or n == 0:  # ablation, or no finite row left
         nan = float("nan")
+        steps = n_steps if used == "integrated_gradients" else None
         return dict(
             zip(
                 CONVERGENCE_COLUMNS,
-                [t.kind, t.name, output, used, n, n_steps if n else None, nan, nan, nan, nan, nan, False],
+                [t.kind, t.name, output, used, n, steps, nan, nan, nan, nan, nan, False],
                 strict=True,
             )
         )
