@@ -84,6 +84,10 @@ def test_one_nan_row_does_not_poison_the_mean_baseline() -> None:
     assert not np.isfinite(values[bad]).all() and np.isfinite(values[~bad]).all()
     assert res.meta["nonfinite_rows"] == int(bad.sum())
     assert res.task_attributions["mean_abs"].notna().all()
+    # the NaN rows do not leak into the other rows' outputs: their convergence check is measured
+    assert (
+        res.convergence["relative_delta"].notna().all() and (res.convergence["n_rows"] == (~bad).sum()).all()
+    )
 
 
 def test_a_task_that_is_nan_everywhere_does_not_erase_the_gates_attributions() -> None:
