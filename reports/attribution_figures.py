@@ -142,8 +142,16 @@ def attribution_gate_vs_task(result: InspectionResult) -> Figure | None:
         fig = new_figure(rows * (0.36 * TOP_FEATURES + 1.5) + 0.9)
         axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
         for ax, gate in zip(axes, gates, strict=False):
-            sub = gf[gf["gate"] == gate].sort_values("rank").head(TOP_FEATURES)
-            task = sub["task"].iloc[0]
+            all_rows = gf[gf["gate"] == gate]
+            sub = all_rows[all_rows["rank"].notna()].sort_values("rank").head(TOP_FEATURES)
+            task = all_rows["task"].iloc[0]
+            if sub.empty:  # every attribution 0 or not finite: no feature to rank (see the notes)
+                ax.text(
+                    0.5, 0.5, "no feature moves this gate", ha="center", va="center", transform=ax.transAxes
+                )
+                ax.set_axis_off()
+                ax.set_title(_gate_title(result, gate, task, all_rows["level"].iloc[0]), loc="left")
+                continue
             has_task = isinstance(task, str) and not ta.empty and (ta["task"] == task).any()
             feats = list(sub["feature"])
             y = np.arange(len(feats))
@@ -196,6 +204,8 @@ def attribution_experts(result: InspectionResult) -> Figure | None:
     order = grid.mean(axis=1).sort_values(ascending=False, kind="stable").index
     n_all = len(order)
     feats = list(order[:MAX_HEATMAP_FEATURES])
+    if not feats:  # no finite share (every attribution 0 or NaN): nothing to draw, the notes say why
+        return None
     values = grid.reindex(index=feats, columns=experts).to_numpy(dtype=float)
     vmax = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
     with plot_context():

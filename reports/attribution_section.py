@@ -113,8 +113,11 @@ def _seconds(value: object) -> str:
 
 
 def _top(frame: pd.DataFrame, by: str, n: int) -> pd.DataFrame:
+    """The `n` features of largest share per `by`, among those with a positive share (a feature whose
+    attribution is 0 is not a "top" feature; an all-zero target has none, and the notes say so)."""
+    informative = frame[frame["share"].astype(float) > 0]
     return (
-        frame.sort_values([by, "share"], ascending=[True, False], kind="stable")
+        informative.sort_values([by, "share"], ascending=[True, False], kind="stable")
         .groupby(by, sort=False)
         .head(n)
     )
@@ -162,6 +165,22 @@ def attribution_section(result: InspectionResult, figures: Mapping[str, str], cs
             Notice(
                 f"The time budget ran out before every output was attributed: {len(a.skipped)} skipped "
                 f"({_grouped(a.skipped)}). Raise --attribution-budget or lower --attribution-rows.",
+                "warning",
+            )
+        )
+    left_out = int(meta.get("nonfinite_rows") or 0)
+    if left_out:
+        kept = len(a.rows) - left_out
+        tail = (
+            f", which describe the other {fmt_value(kept)} rows"
+            if kept
+            else "; no row is left to describe them"
+        )
+        items.append(
+            Notice(
+                f"{fmt_value(left_out)} of {fmt_value(len(a.rows))} sampled rows have NaN/inf attributions for some "
+                "output (the model's output or gate is not finite there): they are left out of the tables of "
+                f"those outputs{tail}. The notes below name the outputs.",
                 "warning",
             )
         )

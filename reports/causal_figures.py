@@ -6,6 +6,9 @@ the report shows a notice instead. Built without pyplot, inside `plot_context()`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -14,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from mmoe_inspect.analysis.review import fmt_signed
-from mmoe_inspect.causal.segments import SEGMENT_COLUMNS
+from mmoe_inspect.causal.segments import MIN_SEGMENT_ROWS, SEGMENT_COLUMNS
 from mmoe_inspect.results import InspectionResult
 
 from ._draw import _annot_size, _heatmap, _short
@@ -100,6 +103,44 @@ def segment_column(result: InspectionResult) -> str:
     c = result.causal
     col = c.meta.get("segment_by") if c is not None else None
     return str(col) if col else "segment"
+
+
+def judged(segments: pd.DataFrame) -> pd.Series:
+    """Per segment row: False when its routing difference is within sampling noise (`beyond_noise`
+    False); a row without the test (a table from an older run, a missing value) counts as judged."""
+    if "beyond_noise" not in segments:
+        return pd.Series(True, index=segments.index)
+    return segments["beyond_noise"].map(lambda v: True if pd.isna(v) else bool(v)).astype(bool)
+
+
+def ranked_segments(segments: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Per gate (in table order), up to `n` segments: those beyond noise by JSD (largest first), then
+    the ones too small to judge, by rows (largest first), only to fill the rest: never above a judged one."""
+    order = {g: i for i, g in enumerate(dict.fromkeys(segments["gate"]))}
+    ok = judged(segments)
+    frame = segments.assign(
+        _o=segments["gate"].map(order),
+        _j=ok,
+        _k=np.where(ok, segments["jsd"].astype(float), segments["rows"].astype(float)),
+    )
+    frame = frame.sort_values(["_o", "_j", "_k"], ascending=[True, False, False], kind="stable")
+    return frame.groupby("gate", sort=False, group_keys=False).head(n).drop(columns=["_o", "_j", "_k"])
+
+
+def too_small_text(row: Mapping[str, Any]) -> str:
+    """Why a segment is not judged: `too few rows to judge (3 < 30)` below `MIN_SEGMENT_ROWS`, else
+    `within noise for 37 rows (a difference this small needs 579)`; "" for a segment beyond noise (or
+    from a table without the test)."""
+    flag = row.get("beyond_noise")
+    if flag is None or pd.isna(flag) or bool(flag):
+        return ""
+    rows = int(row["rows"])
+    if rows < MIN_SEGMENT_ROWS:
+        return f"too few rows to judge ({rows:,} < {MIN_SEGMENT_ROWS})"
+    need = row.get("min_rows")
+    if need is None or pd.isna(need):
+        return f"within noise for {rows:,} rows"
+    return f"within noise for {rows:,} rows (a difference this small needs {int(need):,})"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -297,14 +338,17 @@ def causal_segments(result: InspectionResult) -> Figure | None:
         w = sub[experts].to_numpy(float)
         share = sub["share"].to_numpy(float)
         overall = (w * share[:, None]).sum(0) / max(share.sum(), 1e-12)
-        top = sub.sort_values("jsd", ascending=False, kind="stable").head(TOP_SEGMENTS)
+        top = ranked_segments(sub, TOP_SEGMENTS)
         diff = top[experts].to_numpy(float) - overall[None, :]
+        small = ~judged(top).to_numpy()
+        diff[small] = np.nan  # too few rows: its difference is noise, drawn as a grey row, not a color
         labels = [
-            f"{_short(str(s), 18)} ({sh:.0%} rows)"
-            for s, sh in zip(top["segment"], top["share"], strict=True)
+            f"{_short(str(s), 18)} ({sh:.0%} rows)" + (" · within noise" if tiny else "")
+            for s, sh, tiny in zip(top["segment"], top["share"], small, strict=True)
         ]
         panels.append((name, experts, diff, labels))
-    lim = max(max(float(np.nanmax(np.abs(p[2]))) for p in panels), 0.02)
+    finite = [np.abs(p[2][np.isfinite(p[2])]) for p in panels]
+    lim = max(max((float(f.max()) for f in finite if f.size), default=0.0), 0.02)
     heights = [len(p[3]) for p in panels]
     with plot_context():
         fig = new_figure(0.42 * sum(heights) + 1.1 * len(panels) + 1.2)
@@ -329,6 +373,16 @@ def causal_segments(result: InspectionResult) -> Figure | None:
             ax.set_title(title, loc="left")
             ax.set_ylabel(segment_column(result))
         axes[-1].set_xlabel("expert")
+        if any(np.isnan(p[2]).all(axis=1).any() for p in panels):
+            fig.legend(
+                handles=[
+                    Patch(
+                        facecolor="#f0f0f0", label="within sampling noise for the segment's size: not judged"
+                    )
+                ],
+                loc="outside lower center",
+                frameon=False,
+            )
         fig.suptitle(
             f"Segment routing by {segment_column(result)}: mean gate weight per segment minus the overall mean",
             x=0.01,

@@ -19,7 +19,9 @@ from .causal_figures import (
     ablation_mode,
     counterfactual_rows,
     importance_rows,
+    ranked_segments,
     segment_column,
+    too_small_text,
 )
 from .figures import FIGURES
 from .items import (
@@ -70,7 +72,9 @@ CAUSAL_TABLE_HOWTO: dict[str, tuple[str, str]] = {
         "For each sparse task (few positives, e.g. purchases): 'shared dependence' is the share of its expert "
         "importance that sits on experts the dense tasks use (near 1 = the sparse task lives off what the "
         "dense tasks learned, the usual argument for multi-task training); the change columns say what happens "
-        "to its AUC under a uniform gate, its mean gate, or the dense task's gate.",
+        "to its AUC under a uniform gate, its mean gate, or the dense task's gate. Only significant "
+        "importances count (interval above 0): without one, 'top expert' and 'shared dependence' are "
+        "empty and the note says why.",
     ),
     "causal_baseline_gains": (
         "MTL gain against baselines (table)",
@@ -286,24 +290,21 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
         items.append(Notice(text, "info"))
     else:
         items += _figure("causal_segments", figures)
-        top = (
-            c.segments.sort_values(["jsd"], ascending=False, kind="stable")
-            .groupby("gate", sort=False, group_keys=False)
-            .head(TOP_SEGMENT_ROWS)
-        )
-        order = {g: i for i, g in enumerate(dict.fromkeys(c.segments["gate"]))}
-        top = (
-            top.assign(_o=top["gate"].map(order))
-            .sort_values(["_o", "jsd"], ascending=[True, False])
-            .drop(columns="_o")
+        top = ranked_segments(c.segments, TOP_SEGMENT_ROWS)
+        top = top.assign(
+            difference=[too_small_text(r) or "beyond noise" for r in top.to_dict(orient="records")]
         )
         items.append(
             table_item(
                 "causal_segments",
-                _columns(top, ["gate", "segment", "rows", "share", "jsd", "top_expert", "top_weight"]),
+                _columns(
+                    top, ["gate", "segment", "rows", "share", "jsd", "difference", "top_expert", "top_weight"]
+                ),
                 title=f"Segments of {segment_column(result)} that route most differently",
-                description=f"Per gate, the {TOP_SEGMENT_ROWS} segments farthest from its overall mean gate (JSD, "
-                "nats); the CSV has every segment with its mean weight on each expert.",
+                description=f"Per gate, up to {TOP_SEGMENT_ROWS} segments farthest from its overall mean gate (JSD, "
+                "nats), among those whose difference is beyond sampling noise for their size; segments too small "
+                "to judge follow, marked (a random subset that small sits this far from the mean by chance). "
+                "The CSV has every segment with its mean weight on each expert.",
                 csv=_csv("causal_segments", csv_names),
                 howto=True,
             )
@@ -331,8 +332,8 @@ def sparse_view(frame: pd.DataFrame) -> pd.DataFrame:
                 "auc": r["auc"],
                 "shared_dependence": r["shared_dependence"],
                 "dense_experts": r["dense_experts"],
-                "top_expert": r["top_expert"],
-                "top_importance": r["top_importance"],
+                "top_expert": r.get("top_expert"),
+                "top_importance": ci_text(r.get("top_importance"), r.get("top_lo"), r.get("top_hi")),
                 "uniform gate": ci_text(r["uniform_change"], r["uniform_lo"], r["uniform_hi"]),
                 "mean gate": ci_text(r["mean_gate_change"], r["mean_gate_lo"], r["mean_gate_hi"]),
                 "dense task's gate": (
@@ -340,6 +341,7 @@ def sparse_view(frame: pd.DataFrame) -> pd.DataFrame:
                     if r.get("swap_source")
                     else "—"
                 ),
+                "note": r["note"] if isinstance(r.get("note"), str) else "",
             }
         )
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ from mmoe_inspect._plural import plural
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.codes import SEVERITY_ORDER
 from mmoe_inspect.analysis.review import Review
+from mmoe_inspect.analysis.verdict import NMI_DIFFERENT, TV_DIFFERENT
 from mmoe_inspect.results import TABLE_DESCRIPTIONS, InspectionResult
 from mmoe_inspect.topology.spec import Topology
 
@@ -152,7 +153,8 @@ def diagnoses_item(review: Review) -> Diagnoses:
 
 def specialization_context(result: InspectionResult) -> str | None:
     """Why a high task-expert MI / TV is NOT specialisation here (a collapsed gate, a dead or inactive
-    top expert), or None when the headline numbers mean what they say."""
+    top expert), or None when the headline numbers mean what they say. The caller attaches it only to a
+    value that is high (`_is_high`): a collapse explains a difference between the tasks, never its absence."""
     gm = result.table("gate_metrics")
     if gm.empty:
         return None
@@ -163,6 +165,15 @@ def specialization_context(result: InspectionResult) -> str | None:
             tail = " (an inactive/dead expert)" if r["top_expert"] in bad_experts else ""
             return f"high only because gate {r['gate']} collapsed onto {r['top_expert']}{tail}: not specialisation"
     return None
+
+
+def _is_high(value: object, threshold: float) -> bool:
+    """True when a headline MI/TV value is at least the verdict's threshold for "the tasks route
+    differently" (`analysis.verdict`): only then can a collapse be what makes it high."""
+    try:
+        return float(value) >= threshold  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def _headline(result: InspectionResult) -> Headline:
@@ -190,11 +201,12 @@ def _headline(result: InspectionResult) -> Headline:
     mi = result.table("mutual_information")
     if not mi.empty and mi["normalized"].notna().any():
         best = mi.loc[mi["normalized"].idxmax()]
+        high = _is_high(best["normalized"], NMI_DIFFERENT)
         cards.append(
             Card(
                 "normalized task-expert MI",
                 f"{best['normalized']:.3f}",
-                context or "0 = tasks share experts alike, 1 = fully split",
+                context if context and high else "0 = tasks share experts alike, 1 = fully split",
             )
         )
     div = result.table("task_divergence")
@@ -203,7 +215,10 @@ def _headline(result: InspectionResult) -> Headline:
         pair = f"{low['task_a']} ~ {low['task_b']}"
         label = "most similar task pair" if len(div) > 1 else "task routing difference"
         hint = f"{pair}: per-row TV, 0 = same routing, 1 = disjoint"
-        cards.append(Card(label, f"TV {low['tv_per_row']:.3f}", f"{hint}; {context}" if context else hint))
+        high = _is_high(low["tv_per_row"], TV_DIFFERENT)
+        cards.append(
+            Card(label, f"TV {low['tv_per_row']:.3f}", f"{hint}; {context}" if context and high else hint)
+        )
     cards.append(
         Card(
             "findings",

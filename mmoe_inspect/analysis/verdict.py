@@ -8,7 +8,14 @@ from mmoe_inspect._plural import plural
 from mmoe_inspect.analysis.findings import Finding
 from mmoe_inspect.topology.spec import Topology
 
-__all__ = ["cannot_judge_sentence", "verdict"]
+__all__ = ["NMI_DIFFERENT", "TV_CLEARLY_DIFFERENT", "TV_DIFFERENT", "cannot_judge_sentence", "verdict"]
+
+TV_DIFFERENT = 0.2
+"""Per-row total variation from which the tasks' gates "weight the experts differently"."""
+TV_CLEARLY_DIFFERENT = 0.5
+"""Per-row total variation from which the tasks "route rows to clearly different experts"."""
+NMI_DIFFERENT = 0.2
+"""Normalized task-expert mutual information from which the tasks route to clearly different experts."""
 
 
 def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[Finding]) -> str:
@@ -34,9 +41,9 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     nmi = float(mi["normalized"].max())
     tv = float(div["tv_per_row"].max())
     evidence = f"per-row total variation up to {tv:.2f}, normalized task-expert MI {nmi:.2f}"
-    if tv >= 0.5 or nmi >= 0.2:
+    if tv >= TV_CLEARLY_DIFFERENT or nmi >= NMI_DIFFERENT:
         return f"Yes: the tasks route rows to clearly different experts ({evidence}){tail}."
-    if tv >= 0.2:
+    if tv >= TV_DIFFERENT:
         return f"Partly: the tasks share most experts but weight them differently ({evidence}){tail}."
     return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
 

@@ -60,20 +60,27 @@ class Forward:
         x = self.layer.with_dense(self.inputs(parts[0].shape[0]), parts[:n_dense])
         y = self.session.run(x, self.target, parts[n_dense:] if len(parts) > n_dense else None)
         # every part joins the graph with gradient 0, so an input the target ignores gets 0, not an error
-        anchor = sum(p.sum().to(y.dtype) for p in parts) * 0.0
-        return y + anchor
+        return y + _anchor(parts, y.dtype)
 
     def parts_many(self, targets: Sequence[Target], parts: Sequence[Tensor]) -> list[Tensor]:
         """`parts` for several targets from one forward: each target's outputs `[N, K]`, anchored as in `parts`."""
         n_dense = len(self.layer.dense)
         x = self.layer.with_dense(self.inputs(parts[0].shape[0]), parts[:n_dense])
         ys = self.session.run_many(x, targets, parts[n_dense:] if len(parts) > n_dense else None)
-        return [y + sum(p.sum().to(y.dtype) for p in parts) * 0.0 for y in ys]
+        return [y + _anchor(parts, y.dtype) for y in ys]
 
     def raw(self, *columns: Tensor) -> Tensor:
         assert self.target is not None
         x = self.layer.with_raw(self.inputs(columns[0].shape[0]), columns)
         return self.session.run(x, self.target, None)
+
+
+def _anchor(parts: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """A scalar 0 that depends on every part (gradient 0 to each element), so each part joins the graph.
+
+    Zero also when a part holds NaN/inf (a NaN embedding row): `sum(p) * 0` would be NaN there and add
+    NaN to every row's output, not only to the rows that are NaN."""
+    return sum((p * 0.0).nan_to_num(0.0, 0.0, 0.0).sum().to(dtype) for p in parts)  # type: ignore[return-value]
 
 
 def integrated_gradients(
@@ -161,10 +168,20 @@ def _first(attr: Tensor) -> np.ndarray:
 
 
 def dense_baselines(parts: Sequence[Tensor], mean: bool) -> tuple[Tensor, ...]:
-    """Zeros, or the sample mean broadcast over the rows, per attribution-space tensor."""
+    """Zeros, or the sample mean broadcast over the rows, per attribution-space tensor `[rows, ...]`.
+
+    The mean is taken over the rows whose values are all finite: one NaN/inf row (a NaN embedding
+    row, a NaN input) would otherwise make the baseline, and so every row's attributions, NaN."""
     if mean:
-        return tuple(p.mean(dim=0, keepdim=True).expand_as(p).clone() for p in parts)
+        return tuple(_finite_mean(p).expand_as(p).clone() for p in parts)
     return tuple(torch.zeros_like(p) for p in parts)
+
+
+def _finite_mean(p: Tensor) -> Tensor:
+    """`[1, ...]` mean of `p` `[rows, ...]` over its all-finite rows (over every row when none is)."""
+    finite = torch.isfinite(p.reshape(p.shape[0], -1)).all(dim=1)
+    rows = p if bool(finite.all()) or not bool(finite.any()) else p[finite]
+    return rows.mean(dim=0, keepdim=True)
 
 
 def reference_value(column: Tensor, is_id: bool, mean: bool) -> Tensor:
@@ -175,5 +192,5 @@ def reference_value(column: Tensor, is_id: bool, mean: bool) -> Tensor:
         mode = torch.from_numpy(values[int(np.argmax(counts))].copy()).to(column.device, column.dtype)
         return mode.reshape(1, *column.shape[1:])
     if mean:
-        return column.float().mean(dim=0, keepdim=True).to(column.dtype)
+        return _finite_mean(column.float()).to(column.dtype)
     return torch.zeros((1, *column.shape[1:]), dtype=column.dtype, device=column.device)

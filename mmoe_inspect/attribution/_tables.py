@@ -3,6 +3,8 @@ convergence check and the gate-vs-task agreement (pure numpy/pandas over the att
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,16 +43,29 @@ def attribution_tables(
     tolerance: float,
     notes: list[str],
 ) -> AttributionResult:
-    """The result's tables from each target's attributions `[rows, K, F]` (features `shown`)."""
+    """The result's tables from each target's attributions `[rows, K, F]` (features `shown`).
+
+    Rows whose attributions of a target are NaN/inf (its output or gate is not finite there) are left
+    out of that target's rows of the tables (a NaN tower does not erase the gates' attributions); a note
+    counts them and `meta["nonfinite_rows"]` counts the rows left out of at least one target.
+    `per_row` keeps every sampled row as attributed (NaN included)."""
     cols = [layer.features.index(f) for f in shown]
+    finite = _finite_rows(outcome, notes)
     gate_rows, gate_feat_rows, expert_rows, task_rows, conv_rows = [], [], [], [], []
     per_row: dict[str, np.ndarray] = {}
+    still: list[str] = []  # targets no feature moves: every attribution is 0
     for key, (t, res) in outcome.items():
+        per_row[key] = res.values[:, :, cols].astype(np.float32)
+        keep = finite[key]
+        res = TargetAttribution(res.values[keep], res.delta[keep], res.change[keep])
         values = res.values[:, :, cols]
-        per_row[key] = values.astype(np.float32)
-        mean_abs = np.abs(values).mean(axis=0)  # [K, F]
-        mean_signed = values.mean(axis=0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no row left: the means are NaN
+            mean_abs = np.abs(values).mean(axis=0)  # [K, F]
+            mean_signed = values.mean(axis=0)
         share = _share(mean_abs)
+        if len(values) and float(mean_abs.sum()) == 0.0:
+            still.append(key)
         for k, output in enumerate(t.outputs):
             for j, f in enumerate(shown):
                 stats = {
@@ -77,7 +92,7 @@ def attribution_tables(
         if t.gate is not None:
             total = mean_abs.sum(axis=0)
             share_g = _share(total[None, :])[0]
-            ranks = pd.Series(-total).rank(method="first").astype(int).to_numpy()
+            ranks = _ranks(total)
             for j, f in enumerate(shown):
                 gate_feat_rows.append(
                     {
@@ -87,10 +102,16 @@ def attribution_tables(
                         "feature": f,
                         "mean_abs": total[j],
                         "share": share_g[j],
-                        "rank": int(ranks[j]),
+                        "rank": ranks[j],
                     }
                 )
+    if still:
+        notes.append(
+            f"every attribution of {', '.join(still)} is 0: the output does not move with any input feature on "
+            "the sampled rows (constant, or dead), so it has no top features and no feature ranks"
+        )
     gate_features = pd.DataFrame(gate_feat_rows, columns=GATE_FEATURE_COLUMNS)
+    gate_features["rank"] = gate_features["rank"].astype("Int64")
     if not gate_features.empty:
         order = {g.name: i for i, g in enumerate(topo.gates)}
         gate_features = gate_features.sort_values(
@@ -108,12 +129,12 @@ def attribution_tables(
                 f"{kind} {name!r}: Integrated Gradients' convergence delta is {worst['relative_delta']:.0%} of the "
                 f"attribution sum (output {worst['output']}); raise n_steps (now {n_steps}) before trusting it"
             )
-    return AttributionResult(
+    result = AttributionResult(
         gate_attributions=pd.DataFrame(gate_rows, columns=GATE_COLUMNS),
         gate_features=gate_features,
         expert_attributions=pd.DataFrame(expert_rows, columns=EXPERT_COLUMNS),
         task_attributions=tasks_t,
-        gate_task_agreement=_agreement(topo, gate_features, tasks_t),
+        gate_task_agreement=_agreement(topo, gate_features, tasks_t, notes),
         convergence=convergence,
         features=tuple(shown),
         rows=np.empty(0, dtype=np.int64),
@@ -121,6 +142,40 @@ def attribution_tables(
         notes=notes,
         per_row=per_row,
     )
+    bad = [~ok for ok in finite.values()]
+    result.meta["nonfinite_rows"] = int(np.logical_or.reduce(bad).sum()) if bad else 0
+    return result
+
+
+def _finite_rows(
+    outcome: dict[str, tuple[Target, TargetAttribution]], notes: list[str]
+) -> dict[str, np.ndarray]:
+    """Per target, `[rows]` bool: rows whose attributions are all finite. One note per number of rows
+    left out, naming the targets (usually every target loses the same rows: NaN inputs or embeddings)."""
+    finite = {key: np.isfinite(res.values).all(axis=(1, 2)) for key, (_, res) in outcome.items()}
+    by_count: dict[tuple[int, int], list[str]] = {}
+    for key, ok in finite.items():
+        if not ok.all():
+            by_count.setdefault((int((~ok).sum()), len(ok)), []).append(key)
+    for (bad, n), keys in by_count.items():
+        rest = (
+            f"they describe the other {n - bad:,}"
+            if bad < n
+            else "no row is left, so their values are empty (NaN)"
+        )
+        notes.append(
+            f"{bad:,} of {n:,} sampled rows have NaN/inf attributions in {', '.join(keys)} (the output or gate is "
+            f"not finite there): left out of those targets' rows of the attribution tables; {rest}"
+        )
+    return finite
+
+
+def _ranks(total: np.ndarray) -> list[Any]:
+    """Rank of each feature by `total` (1 = largest); None where the total is 0 or not finite (a tie at
+    nothing: no order to give)."""
+    ranked = np.isfinite(total) & (total > 0)
+    order = pd.Series(np.where(ranked, -total, np.nan)).rank(method="first", na_option="keep")
+    return [int(r) if ok else None for r, ok in zip(order, ranked, strict=True)]
 
 
 def _share(mean_abs: np.ndarray) -> np.ndarray:
@@ -134,12 +189,13 @@ def _convergence(
     t: Target, output: str, res: TargetAttribution, k: int, used: str, n_steps: int, tolerance: float
 ) -> dict[str, Any]:
     n = res.values.shape[0]
-    if used != "integrated_gradients":
+    if used != "integrated_gradients" or n == 0:  # ablation, or no finite row left
         nan = float("nan")
+        steps = n_steps if used == "integrated_gradients" else None
         return dict(
             zip(
                 CONVERGENCE_COLUMNS,
-                [t.kind, t.name, output, used, n, None, nan, nan, nan, nan, nan, False],
+                [t.kind, t.name, output, used, n, steps, nan, nan, nan, nan, nan, False],
                 strict=True,
             )
         )
@@ -163,8 +219,15 @@ def _convergence(
     }
 
 
-def _agreement(topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataFrame) -> pd.DataFrame:
-    """Per task gate with both tables present: rank correlation of feature importance and top-feature overlap."""
+def _agreement(
+    topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataFrame, notes: list[str]
+) -> pd.DataFrame:
+    """Per task gate with both tables present: rank correlation of feature importance and top-feature overlap.
+
+    Top lists hold only features with a positive, finite importance: a gate or task whose attributions
+    are all 0 (its output does not move with the inputs, e.g. a constant tower) or not finite has no top
+    features, and then the correlation and the overlap are NaN (a note says why) instead of an order
+    invented by sorting ties."""
     rows = []
     for g in topo.gates:
         if g.task is None:
@@ -175,19 +238,32 @@ def _agreement(topo: Topology, gate_features: pd.DataFrame, task_table: pd.DataF
             continue
         tf = tf.reindex(gf.index)
         k = min(TOP_K, len(gf))
-        gate_top = list(gf.sort_values(ascending=False, kind="stable").index[:k])
-        task_top = list(tf.sort_values(ascending=False, kind="stable").index[:k])
+        gate_top, task_top = _top(gf, k), _top(tf, k)
+        blank = [w for w, top in ((f"gate {g.name!r}", gate_top), (f"task {g.task!r}", task_top)) if not top]
+        if blank:
+            notes.append(
+                f"agreement of gate {g.name!r} with task {g.task!r} left empty (no rank correlation, no overlap): "
+                f"{' and '.join(blank)} {'have' if len(blank) > 1 else 'has'} no feature with a non-zero, "
+                "finite attribution"
+            )
         rows.append(
             {
                 "gate": g.name,
                 "task": g.task,
-                "rank_correlation": _spearman(gf.to_numpy(), tf.to_numpy()),
-                "top_overlap": len(set(gate_top) & set(task_top)) / k,
+                "rank_correlation": math.nan if blank else _spearman(gf.to_numpy(), tf.to_numpy()),
+                "top_overlap": math.nan if blank else len(set(gate_top) & set(task_top)) / len(gate_top),
                 "gate_top": ", ".join(gate_top),
                 "task_top": ", ".join(task_top),
             }
         )
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def _top(importance: pd.Series, k: int) -> list[str]:
+    """The (up to) `k` features of largest importance among those with a positive, finite one."""
+    values = importance.astype(float)
+    informative = values[np.isfinite(values) & (values > 0)]
+    return list(informative.sort_values(ascending=False, kind="stable").index[:k])
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,7 +16,7 @@ TABLE_DESCRIPTIONS: dict[str, str] = {
     "gate_attributions": "Per (gate, expert, feature): mean |attribution| and mean signed attribution of the "
     "gate's weight on that expert over the sampled rows; share = the feature's part of the (gate, expert) total.",
     "gate_features": "Per (gate, feature): mean |attribution| summed over the gate's experts, its share of the "
-    "gate's total and its rank (1 = drives the gate most).",
+    "gate's total and its rank (1 = drives the gate most; empty where the attribution is 0: no order among ties).",
     "expert_attributions": "Per (expert, feature): attribution of the L2 norm of the expert's output.",
     "task_attributions": "Per (task, feature): attribution of the task's prediction (as the model returns it).",
     "gate_task_agreement": "Per task gate: Spearman correlation between the features driving the gate and those "
@@ -91,7 +91,8 @@ class AttributionResult:
 
     def top_features(self, gate: str, k: int = 5) -> list[str]:
         """The `k` features that drive `gate` most (by summed mean |attribution| over its experts)."""
-        frame = self.gate_features[self.gate_features["gate"] == gate].sort_values("rank")
+        frame = self.gate_features[self.gate_features["gate"] == gate]
+        frame = frame[frame["rank"].notna()].sort_values("rank")  # no rank: attribution 0 or not finite
         return list(frame["feature"].head(k))
 
     def to_dict(self) -> dict[str, Any]:

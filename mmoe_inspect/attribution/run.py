@@ -155,6 +155,7 @@ def run_attribution(
         "embedding_features": [f"{s.feature}@{s.module}[{s.call}]" for s in layer.embeddings],
         "unreached_features": list(layer.unreached),
         "seed": seed,
+        "nonfinite_rows": result.meta["nonfinite_rows"],  # left out of every table (NaN/inf attributions)
     }
     return result
 

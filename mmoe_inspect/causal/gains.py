@@ -62,6 +62,9 @@ SPARSE_COLUMNS = [
     "dense_experts",
     "top_expert",
     "top_importance",
+    "top_lo",
+    "top_hi",
+    "note",
     "uniform_change",
     "uniform_lo",
     "uniform_hi",
@@ -228,8 +231,12 @@ def sparse_gain_table(
 ) -> pd.DataFrame:
     """One row per sparse task: shared-expert dependence of its AUC importance and its gate counterfactuals.
 
-    `shared_dependence` = share of the sparse task's positive AUC importance (renormalize ablation)
-    on `dense_experts`, the experts some dense task weights at least uniformly (`mean * E >= 1`).
+    Only measured effects count: an expert's AUC importance (renormalize ablation) is used when its
+    interval lies above 0 (removing the expert significantly hurts the task). `top_expert` is the one of
+    largest such importance (`top_lo`, `top_hi`: its interval); `shared_dependence` = the share of the
+    significant importance on `dense_experts`, the experts some dense task weights at least uniformly
+    (`mean * E >= 1`). Without a significant importance both are empty (None / NaN: a top expert or a
+    share read off noise would be invented) and `note` says why.
     Counterfactual changes are in AUC (counterfactual - intact); the swap uses the gate of the
     densest task whose gates mix the same experts.
     """
@@ -251,23 +258,15 @@ def sparse_gain_table(
             auc=ev.value(INTACT, task, "auc"),
             dense_experts=", ".join(dense_experts),
             top_expert=None,
+            note=None,
             swap_source=None,
         )
         imp = ablation[
             (ablation["task"] == task) & (ablation["metric"] == "auc") & (ablation["mode"] == "renormalize")
         ]
         if len(imp):
-            pos = imp["importance"].clip(lower=0)
-            total = float(pos.sum())
-            row["importance_total"] = total
-            if dense and total > 0:
-                row["shared_dependence"] = float(pos[imp["expert"].isin(dense_experts)].sum()) / total
-            if imp["importance"].notna().any():  # all NaN when the task's labels are one class (no AUC)
-                best = imp["importance"].idxmax()
-                row["top_expert"], row["top_importance"] = (
-                    imp.at[best, "expert"],
-                    float(imp.at[best, "importance"]),
-                )
+            row["importance_total"] = float(imp["importance"].clip(lower=0).sum())
+            row.update(_top_expert(imp, dense_experts if dense else None))
         cf = counterfactuals[(counterfactuals["task"] == task) & (counterfactuals["metric"] == "auc")]
         for kind in ("uniform", "mean_gate"):
             hit = cf[(cf["counterfactual"] == kind) & (cf["gates"].isin(_gate_list(topology, task)))]
@@ -283,6 +282,42 @@ def sparse_gain_table(
             row["swap_change"], row["swap_lo"], row["swap_hi"] = r["change"], r["lo"], r["hi"]
         rows.append(row)
     return pd.DataFrame(rows, columns=SPARSE_COLUMNS)
+
+
+def _top_expert(imp: pd.DataFrame, dense_experts: Sequence[str] | None) -> dict[str, Any]:
+    """`top_expert`, `top_importance`, `top_lo`, `top_hi`, `shared_dependence` and `note` of one sparse
+    task from its AUC ablation rows (`expert`, `importance`, `lo`, `hi`); `dense_experts` None: no dense task.
+
+    Only importances whose interval lies above 0 count; with none, the expert and the share stay empty."""
+    out: dict[str, Any] = {}
+    value = imp["importance"].astype(float)
+    if not value.notna().any():  # all NaN when the task's labels are one class (no AUC)
+        out["note"] = "no AUC importance: the task's labels are one class"
+        return out
+    sig = imp[(imp["lo"].astype(float) > 0) & value.notna()]
+    if sig.empty:
+        if (value.fillna(0) == 0).all():
+            out["note"] = (
+                "no top expert or shared dependence: removing any one expert leaves its AUC unchanged (every importance is 0)"
+            )
+        else:
+            b = value.idxmax()
+            out["note"] = (
+                f"no top expert or shared dependence: no expert's importance is significant (largest: {imp.at[b, 'expert']} "
+                f"{value[b]:.3f} [{float(imp.at[b, 'lo']):.3f}, {float(imp.at[b, 'hi']):.3f}], holds 0)"
+            )
+        return out
+    best = sig["importance"].astype(float).idxmax()
+    out.update(
+        top_expert=imp.at[best, "expert"],
+        top_importance=float(imp.at[best, "importance"]),
+        top_lo=float(imp.at[best, "lo"]),
+        top_hi=float(imp.at[best, "hi"]),
+    )
+    if dense_experts is not None:
+        pos = sig["importance"].astype(float)
+        out["shared_dependence"] = float(pos[sig["expert"].isin(dense_experts)].sum()) / float(pos.sum())
+    return out
 
 
 def _gate_list(topology: Topology, task: str) -> list[str]:

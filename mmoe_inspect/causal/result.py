@@ -18,11 +18,14 @@ TABLE_DESCRIPTIONS: dict[str, str] = {
     "expert (positive = it hurts), with a paired CI (DeLong / CLT, or bootstrap: meta.intervals).",
     "counterfactuals": "Per (task, counterfactual, metric): change vs the intact model when the task's gate "
     "is another task's, uniform, or its own mean gate, with a paired CI (meta.intervals).",
-    "sparse_gains": "Per sparse task: share of its AUC importance on experts the dense tasks use, and its "
-    "gate counterfactuals (AUC change).",
+    "sparse_gains": "Per sparse task: share of its significant AUC importance on experts the dense tasks use, "
+    "its top expert (only from an importance whose interval lies above 0; else empty, and `note` says why), "
+    "and its gate counterfactuals (AUC change).",
     "baseline_gains": "Per (task, baseline, metric): MTL gain = model - baseline (sign flipped for "
     "lower-is-better metrics), paired CI on the same rows (meta.intervals).",
-    "segments": "Per gate and segment of the chosen column: mean gate weights and JSD from the overall mean.",
+    "segments": "Per gate and segment of the chosen column: mean gate weights and JSD from the overall mean; "
+    "beyond_noise = the difference exceeds the sampling noise of a random subset of that size (min_rows: "
+    "the rows it would need), segments within noise listed after the others.",
 }
 
 
