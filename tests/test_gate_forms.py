@@ -1,0 +1,64 @@
+"""Gate forms that are softmaxes in all but name: `log_softmax(z).exp()` is a distribution (a uniform one is a
+uniform gate), and a softmax over the wrong axis (`dim=0`, the batch) is read as one so that its rows, which
+do not sum to 1, are reported with the hint to check the `dim`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mmoe_inspect as mi
+
+FEATURES = [f"x{i}" for i in range(8)]
+
+
+class HandGates(nn.Module):
+    """Four experts, two task gates computed as `how` says; `uniform` zeroes the gates' weights."""
+
+    def __init__(self, how: str, uniform: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.experts = nn.ModuleList(nn.Linear(len(FEATURES), 4) for _ in range(4))
+        self.logits = nn.ModuleList(nn.Linear(len(FEATURES), 4) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(2))
+        if uniform:
+            with torch.no_grad():
+                for lin in self.logits:
+                    lin.weight.zero_()
+                    lin.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        stacked = torch.stack([e(x) for e in self.experts], dim=1)
+        out = {}
+        for name, lin, head in zip(("click", "buy"), self.logits, self.heads, strict=True):
+            z = lin(x)
+            w = F.log_softmax(z, dim=-1).exp() if self.how == "exp_log_softmax" else F.softmax(z, dim=0)
+            out[name] = torch.sigmoid(head((w.unsqueeze(-1) * stacked).sum(1))).squeeze(1)
+        return out
+
+
+def inspect(model: nn.Module) -> mi.InspectionResult:
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(1000, len(FEATURES))).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] > 0).astype("float64")
+    f["buy"] = (f["x1"] > 1).astype("float64")
+    return mi.inspect(model, f, input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES)
+
+
+def test_exp_of_log_softmax_is_a_distribution() -> None:
+    result = inspect(HandGates("exp_log_softmax", uniform=True).eval())
+    assert {g.output for g in result.topology.gates} == {"probs"}
+    assert {f.subject for f in result.findings if f.code == "uniform_gate"} == {"click", "buy"}
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_a_softmax_over_the_batch_axis_is_reported_as_not_normalized(uniform: bool) -> None:
+    result = inspect(HandGates("softmax_dim0", uniform=uniform).eval())
+    found = [f for f in result.findings if f.code == "gate_not_normalized"]
+    assert {f.subject for f in found} == {"click", "buy"}
+    assert "`dim`" in found[0].remedy
