@@ -24,7 +24,7 @@ from torch import nn
 
 from ._memory import release_free_memory
 from ._validate import check_number
-from .analysis._self_change import mark_self_change
+from .analysis._self_change import mark_nondeterministic, mark_self_change
 from .analysis.findings import Thresholds, diagnose, routing_findings
 from .analysis.verdict import verdict
 from .attach import CausalAnalyses, run_attributions, run_causal_analyses
@@ -34,9 +34,10 @@ from .causal.options import CausalOptions
 from .data.columns import check_segment_values
 from .data.schema import FeatureSpec
 from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
-from .device import model_device, on_device
+from .device import model_device, on_device, to_device
 from .distributed import DistContext, agreed_errors, current_context, exchange
 from .progress import RECORDING, Progress, Stage, as_progress
+from .recording.determinism import forward_variation
 from .recording.fingerprint import changed_tensors, fingerprint
 from .results import InspectionResult
 from .routing_pass import RoutingPass, RoutingStats
@@ -219,6 +220,7 @@ def inspect(
         )
         if rider is not None:
             rider.close()  # its hooks: the attributions' forwards are not the recording's
+        mark_nondeterministic(result, _forward_variation(model, binding))
         release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
         if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
             return result
@@ -231,6 +233,15 @@ def inspect(
         elif causal_opts is not None:
             run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
     return result
+
+
+def _forward_variation(model: nn.Module, binding: Binding) -> float:
+    """How much two eval-mode forwards on the first rows differ (`forward_variation`); 0.0 when the model
+    cannot be run on them here (the recording pass has already said so, or ran on other rows)."""
+    try:
+        return forward_variation(model, to_device(binding.example(), model_device(model)))
+    except Exception:  # a check beside the pass: its failure is not the inspection's
+        return 0.0
 
 
 def _ride(

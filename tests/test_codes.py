@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from mmoe_inspect.analysis import codes
-from mmoe_inspect.analysis._self_change import mark_self_change
+from mmoe_inspect.analysis._self_change import mark_nondeterministic, mark_self_change
 from mmoe_inspect.analysis.codes import REGISTRY, TASK_QUALITY_CODES, check_codes
 from mmoe_inspect.analysis.findings import Finding, diagnose, routing_findings
 from mmoe_inspect.results import InspectionResult
@@ -166,6 +166,7 @@ def test_every_registered_code_is_produced_and_every_produced_code_is_registered
     )
     result = InspectionResult(topo, {}, list(findings), "ok", 1, "rows", "m")
     mark_self_change(result, ["experts.0.weight"])
+    mark_nondeterministic(result, 0.25)
     produced = {f.code for f in result.findings}
     assert produced == set(REGISTRY), produced ^ set(REGISTRY)
     for f in result.findings:  # severity and title as registered (no causal rescaling here)

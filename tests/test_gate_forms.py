@@ -62,3 +62,35 @@ def test_a_softmax_over_the_batch_axis_is_reported_as_not_normalized(uniform: bo
     found = [f for f in result.findings if f.code == "gate_not_normalized"]
     assert {f.subject for f in found} == {"click", "buy"}
     assert "`dim`" in found[0].remedy
+
+
+class NoisyGates(HandGates):
+    """Gate logits with Gaussian noise added in every mode (noisy gating that ignores `self.training`)."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        stacked = torch.stack([e(x) for e in self.experts], dim=1)
+        out = {}
+        for name, lin, head in zip(("click", "buy"), self.logits, self.heads, strict=True):
+            w = F.softmax(lin(x) + torch.randn(x.shape[0], 4), dim=-1)
+            out[name] = torch.sigmoid(head((w.unsqueeze(-1) * stacked).sum(1))).squeeze(1)
+        return out
+
+
+def test_a_random_eval_forward_is_reported_and_the_random_state_is_restored() -> None:
+    torch.manual_seed(123)
+    noisy = NoisyGates("exp_log_softmax", uniform=True).eval()
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    from mmoe_inspect.recording.determinism import forward_variation
+
+    x = torch.randn(16, len(FEATURES))
+    torch.set_rng_state(state)
+    assert forward_variation(noisy, x) > 0
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left as found
+    result = inspect(noisy)
+    found = [f for f in result.findings if f.code == "nondeterministic_forward"]
+    assert (
+        len(found) == 1 and found[0].severity == "warning" and found[0].evidence["max_output_difference"] > 0
+    )
+    steady = inspect(HandGates("exp_log_softmax", uniform=True).eval())
+    assert not any(f.code == "nondeterministic_forward" for f in steady.findings)

@@ -1,4 +1,5 @@
-"""The finding and marks for a model that changed itself during inspection (see `recording.fingerprint`)."""
+"""The findings and marks for a model that changed itself during inspection (see `recording.fingerprint`)
+or whose eval-mode forward is random (`recording.determinism`)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,25 @@ def mark_self_change(result: InspectionResult, changed: Sequence[str]) -> None:
     result.findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
     result.meta["unreliable"] = text
     result.verdict = f"Unreliable: {TITLE[0].lower()}{TITLE[1:]}. {result.verdict}"
+
+
+def mark_nondeterministic(result: InspectionResult, variation: float) -> None:
+    """Add the `nondeterministic_forward` warning when two eval-mode forwards on the same rows differed by
+    `variation` (> 0; see `mmoe_inspect.recording.determinism`)."""
+    if not variation > 0:
+        return
+    size = "NaN on one forward only" if variation == float("inf") else f"by up to {variation:.3g}"
+    result.findings.append(
+        Finding.of(
+            codes.NONDETERMINISTIC_FORWARD,
+            "model",
+            f"Two eval-mode forwards of the model on the same rows gave different outputs ({size}): noise, "
+            "dropout or sampling is left on in eval mode. Every routing statistic mixes the input's routing "
+            "with that noise (input dependence overstates how the gates follow the rows, a uniform gate can "
+            "look like a choosing one), and the model serves random scores.",
+            "Make the noise depend on `self.training` (noisy top-k gating, `F.dropout(x, training=self.training)`), "
+            "then inspect again.",
+            {"max_output_difference": variation},
+        )
+    )
+    result.findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))

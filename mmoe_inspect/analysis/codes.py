@@ -52,6 +52,7 @@ TASK_UNLABELLED = "task_unlabelled"
 # the model or its outputs
 NONFINITE_PREDICTIONS = "nonfinite_predictions"
 MODEL_CHANGED_ITSELF = "model_changed_itself"
+NONDETERMINISTIC_FORWARD = "nondeterministic_forward"
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,13 @@ _DECLARED = (
         task_quality=True,
     ),
     FindingCode(UNIFORM_GATE, "warning", "Uniform gate", "mean row entropy ≥ 97% of `log E`"),
+    FindingCode(
+        NONDETERMINISTIC_FORWARD,
+        "warning",
+        "The eval-mode forward is random",
+        "two eval-mode forwards on the same rows differ (noise, dropout or sampling left on): routing "
+        "statistics mix the input's routing with that noise",
+    ),
     FindingCode(
         INPUT_INDEPENDENT_GATE,
         "warning",
