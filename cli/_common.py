@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 import typer
 from rich.markup import escape
 
+from mmoe_inspect._limits import MAX_BATCH_ROWS
 from mmoe_inspect._text import printable
 from mmoe_inspect.analysis.codes import REGISTRY, SEVERITIES
 from mmoe_inspect.errors import MmoeInspectError, first_line
@@ -196,7 +197,10 @@ SampleOpt = Annotated[
     ),
 ]
 BatchSizeOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Rows per forward pass.", rich_help_panel=DATA)
+    int,
+    typer.Option(
+        "--batch-size", min=1, max=MAX_BATCH_ROWS, help="Rows per forward pass.", rich_help_panel=DATA
+    ),
 ]
 QuietOpt = Annotated[
     bool,

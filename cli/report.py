@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+
+from mmoe_inspect.reports._replace import out_dir_problem
 
 from ._common import (
     EXIT_FINDINGS,
@@ -209,11 +210,9 @@ def report_command(
         if no_causal and (baselines or segment_by):
             raise OptionError("--baseline and --segment-by need the causal analyses: drop --no-causal")
         out_dir = out_dir if out_dir is not None else default_out_dir(checkpoint)
-        if out_dir.is_dir() and os.path.ismount(out_dir):  # refused now, not after the whole run
-            raise OptionError(
-                f"--out {out_dir} is a mount point, which a report cannot replace: write the report to a folder "
-                f"inside it (e.g. --out {out_dir / 'report'})"
-            )
+        problem = out_dir_problem(out_dir)  # refused now, not after the whole run
+        if problem is not None:
+            raise OptionError(f"--out: {problem}")
         from mmoe_inspect.attribution.options import AttributionOptions
         from mmoe_inspect.causal.options import CausalOptions
 

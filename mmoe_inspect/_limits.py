@@ -45,6 +45,10 @@ class Limit:
 PICKLE_BYTES = Limit(64, "MMOE_INSPECT_MAX_PICKLE_MB", 1 << 20, "in MiB; default 64")
 PICKLE_OPS = Limit(5_000_000, "MMOE_INSPECT_MAX_PICKLE_OPS", 1, "opcodes; default 5000000")
 TENSOR_BYTES = Limit(16, "MMOE_INSPECT_MAX_TENSOR_GB", 1 << 30, "in GiB; default 16")
+MAX_BATCH_ROWS = 1 << 24
+"""Largest batch a pass reads at once (16,777,216 rows): far beyond what fits a forward's memory, and
+below where row counts overflow the int64 arithmetic of the data readers."""
+
 MODEL_PARAMS = Limit(1e9, "MMOE_INSPECT_MAX_PARAMS", 1, "parameters; default 1000000000")
 
 

@@ -226,7 +226,8 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
 
 def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> np.ndarray:
     """`[batch, T]` float64 labels from each task's label column; NaN where the column is absent or the
-    value missing. Binary labels must be 0/1: anything else is a one-line `LabelValueError`."""
+    value missing. Binary labels must be 0/1 and regression labels finite: anything else is a one-line
+    `LabelValueError`."""
     out = np.full((len(frame), len(tasks)), np.nan)
     for j, t in enumerate(tasks):
         if t.label_column not in frame:
@@ -246,9 +247,21 @@ def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> 
             bad = ~np.isnan(values) & (values != 0) & (values != 1)
             if bad.any():
                 i = int(np.argmax(bad))
+                v = float(values[i])
+                shown = f"{v:g}" if float(f"{v:g}") == v else repr(v)  # 1.000000000001, not a "1"
+                if shown == repr(v) and abs(v - round(v)) < 1e-6:
+                    shown += f" (not exactly {round(v)})"
                 raise LabelValueError(
                     f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds "
-                    f"{values[i]:g} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
+                    f"{shown} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
+                )
+        else:
+            bad = np.isinf(values)  # NaN is "missing"; an infinite target is not a value the task can meet
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise LabelValueError(
+                    f"label column {t.label_column!r} of regression task {t.name!r} in {source} holds "
+                    f"{values[i]:g} (row {frame.index[i]}); fill or drop it (NaN = missing) before inspecting"
                 )
         out[:, j] = values
     return out

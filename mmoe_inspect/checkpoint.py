@@ -227,14 +227,23 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     return payload
 
 
+def _numpy_column(col: torch.Tensor) -> np.ndarray:
+    """A stored evaluation column as numpy; dtypes numpy lacks (bfloat16) as float32, which holds them exactly."""
+    col = col.cpu()
+    if col.dtype == torch.bfloat16:
+        col = col.float()
+    return col.numpy()
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Read a checkpoint written by `save_checkpoint`; the model is rebuilt, loaded and put in eval mode."""
     path = Path(path)
     payload = _read(path, map_location)
-    from mmoe_inspect.loading._payload import check_model_size
+    from mmoe_inspect.loading._payload import check_model_counts, check_model_size
 
     try:
         config = ModelConfig.from_dict(payload["model_config"])
+        check_model_counts(config.params, len(config.tasks), f"{path}: its model_config")
         check_model_size(lambda: build_model(config), f"{path}: its model_config")
         model = build_model(config)
         try:
@@ -248,7 +257,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     model.to(map_location).eval()
     sample = payload["eval_sample"]
     eval_frame = (
-        pd.DataFrame({name: col.cpu().numpy() for name, col in sample["columns"].items()})
+        pd.DataFrame({name: _numpy_column(col) for name, col in sample["columns"].items()})
         if sample.get("n_rows", 0) > 0
         else None
     )

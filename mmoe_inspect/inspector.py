@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._limits import MAX_BATCH_ROWS
 from ._memory import release_free_memory
 from ._validate import check_number
 from .analysis._self_change import mark_nondeterministic, mark_self_change
@@ -78,7 +79,7 @@ class InspectConfig:
     def __post_init__(self) -> None:
         """Refuse a bad value here, in one line naming the field and its range (not deep inside the run)."""
         name = "InspectConfig"
-        check_number(name, "batch_size", self.batch_size, low=1, integer=True)
+        check_number(name, "batch_size", self.batch_size, low=1, high=MAX_BATCH_ROWS, integer=True)
         check_number(name, "max_rows", self.max_rows, low=1, integer=True, optional=True)
         check_number(name, "reservoir_size", self.reservoir_size, low=1, integer=True)
         check_number(name, "expert_sample_rate", self.expert_sample_rate, low=0.0, high=1.0, low_open=True)
@@ -195,6 +196,7 @@ def inspect(
         if head is not None:
             check_segment_values(head[causal_opts.segment_by], causal_opts.segment_by, binding.source.name)
     dist_ctx = current_context() if distributed else None
+    unchanged = fingerprint(model)
     with contextlib.ExitStack() as stack:
         # single process: the causal analyses are planned first, so that their data pass can ride along the
         # recording pass (one read of the rows, see `CausalPlan.rider`); distributed: after it, on rank 0
@@ -220,7 +222,8 @@ def inspect(
         )
         if rider is not None:
             rider.close()  # its hooks: the attributions' forwards are not the recording's
-        mark_nondeterministic(result, _forward_variation(model, binding))
+        if not changed_tensors(unchanged, fingerprint(model)):  # a self-changing model is not run again
+            mark_nondeterministic(result, _forward_variation(model, binding))
         release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
         if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
             return result

@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,35 @@ def glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
 
 
+def out_dir_problem(out_dir: str | Path) -> str | None:
+    """Why a report cannot be written at `out_dir`, known before any work (None when nothing is known
+    against it): a symbolic-link loop, a file, a mount point, or the current directory or one holding it
+    (replacing it would pull the directory out from under the caller's shell)."""
+    out = Path(out_dir).absolute()
+    try:
+        real = out.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        return f"{out} cannot be resolved ({exc}); pass a plain folder"
+    if real.exists() and not real.is_dir():
+        return f"{out} exists and is not a folder; pass a folder"
+    if real.is_dir() and os.path.ismount(real):
+        return (
+            f"{out} is a mount point, which a report cannot replace: write the report to a folder inside it "
+            f"(e.g. --out {out / 'report'})"
+        )
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return None
+    if real == cwd or real in cwd.parents:
+        return (
+            f"{out} is the current directory or holds it: a report replaces its whole folder, which would pull "
+            f"this directory out from under your shell; write the report to a folder of its own (e.g. --out "
+            f"{out / 'report'})"
+        )
+    return None
+
+
 def replace_folder(
     out_dir: str | Path,
     build: Callable[[Path], object],
@@ -176,6 +206,9 @@ def replace_folder(
     `build` passes through.
     Returns the folder written (the symlink's target when `out_dir` is a symlink).
     """
+    problem = out_dir_problem(out_dir)
+    if problem is not None:
+        raise error(problem)
     out = Path(out_dir).absolute()
     if out.is_symlink():
         target = out.resolve()
@@ -211,7 +244,9 @@ def replace_folder(
     tmp = _aside(out, "tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()  # exclusive, and honors the umask (unlike mkdtemp's 0700)
+        # exclusive, and honors the umask (unlike mkdtemp's 0700); made with the folder's own mode, so a
+        # private folder's report is never readable by others while it is written
+        tmp.mkdir(mode=stat.S_IMODE(out.stat().st_mode) if out.is_dir() else 0o777)
         (tmp / PARTIAL).write_text(str(out) + "\n", encoding="utf-8")
     except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
         shutil.rmtree(tmp, ignore_errors=True)

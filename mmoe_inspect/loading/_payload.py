@@ -84,6 +84,32 @@ def check_payload(payload: Mapping[str, Any], path: Path) -> None:
         raise _error(f"{path}: metrics is a {type(metrics).__name__}, not a dict")
 
 
+MAX_COUNT = 1024
+"""Largest expert, task or level count (and hidden-layer list) a reference model's config may declare: the
+build makes one module per unit of these counts, so a config saying `n_experts = 10**30` would build modules
+until memory runs out before any size check could count their parameters."""
+
+
+def check_model_counts(params: Mapping[str, Any], n_tasks: int, where: str) -> None:
+    """The config's counts (integer params, lengths of list params, tasks) are at most `MAX_COUNT`: a
+    one-line CheckpointError before anything is built."""
+    counts = {"tasks": n_tasks}
+    for key, value in params.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            counts[key] = value
+        elif isinstance(value, (tuple, list)):
+            counts[f"len({key})"] = len(value)
+    for key, n in counts.items():
+        if n > MAX_COUNT and (key == "tasks" or key.startswith("len(") or key.startswith("n_")):
+            shown = str(n) if len(str(n)) <= 20 else f"a {len(str(n))}-digit number"
+            raise _error(
+                f"{where} declares {key} = {shown}, over the {MAX_COUNT} a model can plausibly have; the "
+                "file is damaged or not a real checkpoint"
+            )
+
+
 def check_model_size(build: Callable[[], nn.Module], where: str) -> None:
     """Build the model on the meta device (no memory) and refuse one over the parameter limit."""
     try:

@@ -369,12 +369,13 @@ def _find_model_entry(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
 
 
 def _reference_model(config: Mapping[str, Any], path: Path) -> nn.Module:
-    from mmoe_inspect.loading._payload import check_model_size
+    from mmoe_inspect.loading._payload import check_model_counts, check_model_size
     from mmoe_inspect.models.build import build_model
     from mmoe_inspect.models.config import ModelConfig
 
     try:
         parsed = ModelConfig.from_dict(dict(config))
+        check_model_counts(parsed.params, len(parsed.tasks), f"{path}: its model_config")
         check_model_size(lambda: build_model(parsed), f"{path}: its model_config")
         return build_model(parsed)
     except CheckpointError:
