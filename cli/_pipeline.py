@@ -65,18 +65,22 @@ def inspect_checkpoint(
     model_name: str | None = None,
     dist: DistContext | None = None,
     on_recorded: Callable[[InspectionResult], None] | None = None,
+    rows: Any | None = None,
 ) -> InspectionResult:
     """Load `checkpoint` and inspect it (`LoadedModel.inspect`) with progress bars; `causal.baselines`
     may hold checkpoint paths, loaded here with the main model's loading options before the pass;
-    `on_recorded` goes to `inspect` (the report's early figures)."""
+    `on_recorded` goes to `inspect` (the report's early figures). `rows` (a DataFrame) replaces the
+    checkpoint's stored rows when there is no --data (`diff` inspects both checkpoints on one set)."""
     import dataclasses
 
     import torch
 
     torch.manual_seed(run.seed)
     loaded = load.load(checkpoint, quiet=run.quiet)
-    check_stored_rows(loaded, load, spec)
-    source = loaded.source(load.data)
+    data = load.data if load.data is not None else rows
+    if data is None:
+        check_stored_rows(loaded, load, spec)
+    source = loaded.source(data)
     binding = loaded.bind(
         source,
         tasks=load.tasks,
@@ -93,7 +97,7 @@ def inspect_checkpoint(
         causal = dataclasses.replace(causal, baselines=loaded_baselines)
     with Passes(run.quiet) as passes:
         result = loaded.inspect(
-            source if load.data is not None else None,
+            source if data is not None else None,
             tasks=load.tasks,
             labels=load.labels,
             input=load.input,  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import LoadOptions, RunOptions, command, guarded, out
+from ._common import LoadOptions, RunOptions, command, err, guarded, out
 
 EPILOG = """\
 [bold]Examples[/bold]
@@ -68,8 +68,13 @@ def diff_command(
 
         from ._pipeline import inspect_checkpoint
 
-        ra = inspect_checkpoint(a, load, run, label=f"A ({a.name})")
-        rb = inspect_checkpoint(b, load, run, label=f"B ({b.name})")
+        rows = None
+        if load.data is None:  # the same rows for both: A's stored ones (each has its own otherwise)
+            rows = load.load(a, quiet=True).eval_frame
+            if rows is not None and not run.quiet:
+                err.print(f"note: both checkpoints are inspected on the rows stored in {escape(a.name)}")
+        ra = inspect_checkpoint(a, load, run, label=f"A ({a.name})", rows=rows)
+        rb = inspect_checkpoint(b, load, run, label=f"B ({b.name})", rows=rows)
         d = diff_results(ra, rb)
         index = write_diff(ra, rb, out_dir, force=force) if out_dir is not None else None
     out.print(f"[bold]A[/bold] {escape(ra.model_name)}: {escape(ra.verdict)}")

@@ -119,3 +119,14 @@ def test_a_label_almost_one_says_so() -> None:
 def test_a_huge_batch_size_is_an_option_error(checkpoint: Path) -> None:
     code, text = run("summary", checkpoint, "--batch-size", "99999999999999999999")
     assert code == 2 and "16777216" in text and "Traceback" not in text
+
+
+def test_diff_without_data_inspects_both_checkpoints_on_the_same_rows(tmp_path: Path) -> None:
+    """Two checkpoints with the same weights but different stored rows: no difference may be reported."""
+    a = save_checkpoint(tmp_path / "a.pt", small_mmoe(), eval_frame=rows(0))
+    b = save_checkpoint(tmp_path / "b.pt", small_mmoe(), eval_frame=rows(1))
+    code, text = run("diff", a, b)
+    assert code == 0, text
+    assert "both checkpoints are inspected on the rows stored in a.pt" in text
+    auc = [ln for ln in text.splitlines() if "AUC click" in ln]
+    assert auc and auc[0].rstrip().rstrip("│").rstrip().endswith("="), auc
