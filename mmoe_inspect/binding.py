@@ -162,7 +162,11 @@ def resolve_topology(
     if isinstance(topology, Topology):
         return topology
     if topology is not None:
-        return Topology.load(topology)
+        from mmoe_inspect.topology._unresolved import uncovered_by_spec
+
+        topo = Topology.load(topology)
+        hidden = uncovered_by_spec(model, topo, str(topology))
+        return replace(topo, unresolved=(*topo.unresolved, *hidden)) if hidden else topo
     declared = getattr(model, "topology", None)
     if callable(declared):
         topo = declared()
@@ -299,7 +303,8 @@ def binary_logits_from_labels(topo: Topology, source: TableSource, present: set[
     )
     note = (
         f"task(s) {', '.join(changed)}: outputs outside [0, 1] but 0/1 labels: read as binary tasks' logits "
-        "(a sigmoid gives their probabilities); pass task kinds (task_kinds= / --task-kinds) to override"
+        "(a sigmoid gives their probabilities); to override, pass task_kinds= (Python) or a spec giving the "
+        "task's kind (mmoe-inspect topology MODEL --write spec.toml, edit kind, then --spec spec.toml)"
     )
     return replace(topo, tasks=tasks, notes=(*topo.notes, note))
 

@@ -125,19 +125,28 @@ def test_report_with_data_file_and_shared_bottom(demo_dir: Path, tmp_path: Path)
 
 
 def test_fail_on_critical_exit_code(demo_dir: Path, tmp_path: Path) -> None:
-    """A spec that declares both MMoE tasks on the same gate module plants 'tasks route identically'."""
+    """The MMoE with its purchase gate's weights copied from the click gate routes both tasks alike: a
+    critical 'tasks route identically', so `--fail-on critical` exits 3. (A spec pointing both tasks at one
+    gate module would say the same of any model: it is refused as a spec error.)"""
+    import torch
+
     spec = tmp_path / "same.toml"
     result = invoke("topology", demo_dir / "checkpoints" / "mmoe.pt", "--write", spec)
     assert result.exit_code == 0, result.output
-    text = spec.read_text().replace('module = "gates.1"', 'module = "gates.0"')
-    spec.write_text(text)
+    spec.write_text(spec.read_text().replace('module = "gates.1"', 'module = "gates.0"'))
+    result = invoke("report", demo_dir / "checkpoints" / "mmoe.pt", "--spec", spec, "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "read the same tensor" in result.output, result.output
+    payload = torch.load(demo_dir / "checkpoints" / "mmoe.pt", weights_only=True)
+    state = payload["state_dict"]
+    for key in [k for k in state if k.startswith("gates.0.")]:
+        state["gates.1." + key[len("gates.0.") :]] = state[key].clone()
+    same = tmp_path / "same.pt"
+    torch.save(payload, same)
     out = tmp_path / "r"
-    result = invoke(
-        "report", demo_dir / "checkpoints" / "mmoe.pt", "--spec", spec, "--out", out, "--fail-on", "critical"
-    )
+    result = invoke("report", same, "--out", out, "--fail-on", "critical")
     assert result.exit_code == 3, result.output
     assert "Tasks route identically" in result.clean
-    result = invoke("report", demo_dir / "checkpoints" / "mmoe.pt", "--spec", spec, "--out", out)
+    result = invoke("report", same, "--out", out)
     assert result.exit_code == 0
 
 

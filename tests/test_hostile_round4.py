@@ -130,3 +130,22 @@ def test_diff_without_data_inspects_both_checkpoints_on_the_same_rows(tmp_path: 
     assert "both checkpoints are inspected on the rows stored in a.pt" in text
     auc = [ln for ln in text.splitlines() if "AUC click" in ln]
     assert auc and auc[0].rstrip().rstrip("│").rstrip().endswith("="), auc
+
+
+def test_a_spec_that_leaves_out_the_gates_cannot_judge_the_routing(checkpoint: Path, tmp_path: Path) -> None:
+    """A hand-written spec declaring no gates turned the MMoE into a Shared-Bottom that `check` passed."""
+    spec = tmp_path / "spec.toml"
+    assert run("topology", checkpoint, "--write", spec)[0] == 0
+    text = spec.read_text(encoding="utf-8")
+    spec.write_text(text[: text.index("[[gates]]")], encoding="utf-8")  # every gate removed
+    code, out = run("check", checkpoint, "--spec", spec, "--fail-on", "never")
+    assert code == 4, out
+    assert "gates" in out and "declares no gate or expert there" in out
+
+
+def test_a_spec_with_two_gates_on_one_tensor_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    assert run("topology", checkpoint, "--write", spec)[0] == 0
+    spec.write_text(spec.read_text(encoding="utf-8").replace('module = "gates.1"', 'module = "gates.0"'))
+    line = one_error_line(*run("check", checkpoint, "--spec", spec))
+    assert "read the same tensor" in line

@@ -20,7 +20,7 @@ from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_
 from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, views_back
 from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
 from mmoe_inspect.topology._trace import ROOT, Graph, gate_axis, softmax_dim
-from mmoe_inspect.topology.spec import TaskSpec, Unresolved
+from mmoe_inspect.topology.spec import TaskSpec, Topology, Unresolved
 
 
 def fused_gate_like(graph: Graph, mix: Mixture) -> bool:
@@ -384,3 +384,36 @@ def module_snippet(
         f"{_task_line(tasks)}\n"
         f"{blocks}"
     )
+
+
+def uncovered_by_spec(model: nn.Module, topo: Topology, spec: str) -> list[Unresolved]:
+    """Modules named like gates, experts or MoE layers that a hand-given spec covers with no gate or expert
+    (no declared module is the module, inside it or around it): a spec that leaves out a real gate would
+    otherwise hide it (a spec with no gates turned an MMoE into a Shared-Bottom that `check` passed)."""
+    covered = {g.module for g in topo.gates if g.module} | {e.module for e in topo.experts if e.module}
+    flagged: list[tuple[str, str]] = []
+    for path, module in model.named_modules():
+        if not path or not (gate_word(path) or gate_word(type(module).__name__)):
+            continue
+        if any(path == c or path.startswith(c + ".") or c.startswith(path + ".") for c in covered):
+            continue
+        if any(path.startswith(p + ".") for p, _ in flagged):
+            continue
+        flagged.append((path, type(module).__name__))
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for path, cls in flagged:
+        head, _, last = path.rpartition(".")
+        groups.setdefault(head if last.isdigit() and head else path, []).append((path, cls))
+    out = []
+    for container, items in list(groups.items())[:8]:
+        (first, cls), last = items[0], items[-1][0]
+        named = first if len(items) == 1 else f"{first} ... {last} ({len(items)} modules)"
+        out.append(
+            Unresolved(
+                f"module {named} ({cls}) is named like a gate, expert or MoE layer",
+                container,
+                f"the spec {spec} declares no gate or expert there",
+                module_snippet(first, None, topo.tasks),
+            )
+        )
+    return out

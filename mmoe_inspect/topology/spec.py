@@ -310,6 +310,27 @@ class Topology:
                     raise TopologyError(f"gate {g.name!r}: a top-k gate (index_op) cannot be a part")
             _whole(g.part, f"gate {g.name!r}: part", 0)
             _whole(g.level, f"gate {g.name!r}: level", 0)
+        read: dict[tuple, str] = {}  # where each gate's tensor is read: two gates on one tensor are one gate
+        for g in self.gates:
+            where = (
+                g.module,
+                g.call,
+                g.op,
+                g.occurrence,
+                g.arg,
+                g.index_op,
+                g.part_dim,
+                g.part,
+                g.dim,
+                g.batch_dim,
+            )
+            if where in read:
+                raise TopologyError(
+                    f"gates {read[where]!r} and {g.name!r} read the same tensor ({'op ' + g.op if g.op else 'module'} "
+                    f"{g.module!r}{'' if g.call is None else f', call {g.call}'}): they would always route "
+                    "alike; give each gate its own tensor (call, occurrence or part)"
+                )
+            read[where] = g.name
         for u in self.unresolved:
             if not all(isinstance(v, str) for v in (u.what, u.where, u.reason, u.snippet)):
                 raise TopologyError("each [[unresolved]] entry holds text: what, where, reason, snippet")
