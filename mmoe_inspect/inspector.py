@@ -37,6 +37,7 @@ from .data.schema import FeatureSpec
 from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
 from .device import model_device, on_device, to_device
 from .distributed import DistContext, agreed_errors, current_context, exchange
+from .loading.checkpoints import eager_module
 from .progress import RECORDING, Progress, Stage, as_progress
 from .recording.determinism import forward_variation
 from .recording.fingerprint import changed_tensors, fingerprint
@@ -96,6 +97,7 @@ def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionRes
 
     @functools.wraps(fn)
     def wrapper(model: nn.Module, data: Any, **kwargs: Any) -> InspectionResult:
+        model, _ = eager_module(model)  # a torch.compile wrapper: its eager module (the same parameters)
         ctx = current_context() if kwargs.get("distributed") else None
         with agreed_errors(ctx), on_device(model, kwargs.get("device")):
             before = fingerprint(model)

@@ -75,3 +75,14 @@ def test_identical_gates_behind_a_non_differentiable_path_are_found(wrapper) -> 
     assert result.verdict.startswith("Routing is unhealthy")
     healthy = inspect(wrapper(mmoe(identical=False)))
     assert not any(f.code == "tasks_route_identically" for f in healthy.findings)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's import warns about torch.jit
+def test_a_torch_compile_wrapper_is_inspected_as_its_eager_module() -> None:
+    """An `OptimizedModule` (torch.compile) runs compiled graphs that hooks and taps do not see: its eager
+    module (the same parameters) is inspected, so the gates get their tasks (they came out mislabelled)."""
+    model = mmoe(identical=True)
+    result = inspect(torch.compile(model))
+    assert {g.task for g in result.topology.gates} == {"click", "buy"}
+    found = [f for f in result.findings if f.code == "tasks_route_identically"]
+    assert [f.subject for f in found] == ["click ~ buy"]

@@ -175,7 +175,19 @@ def _ours(path: Path, device: torch.device) -> LoadedModel:
     )
 
 
+def eager_module(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """The eager module inside a `torch.compile` wrapper (same parameters; hooks and the function-level
+    tap see its calls, which compiled graphs do not run through), and a note; else `model` and None."""
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return inner, f"{type(inner).__name__} was wrapped by torch.compile: inspected as the eager module"
+    return model, None
+
+
 def _finish(model: nn.Module, path: Path, form: str, notes: list[str], device: torch.device) -> LoadedModel:
+    model, note = eager_module(model)
+    if note is not None:
+        notes.append(note)
     model.to(device)
     model.eval()
     adapter = adapter_for(model)
