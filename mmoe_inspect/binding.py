@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mmoe_inspect.data.call import plain_output
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import (
     DataError,
@@ -202,6 +203,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
 
     A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
     """
+    out = plain_output(out)
     cols = []
     for i, t in enumerate(tasks):
         key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)

@@ -4,6 +4,8 @@ do not sum to 1, are reported with the hint to check the `dim`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,3 +96,38 @@ def test_a_random_eval_forward_is_reported_and_the_random_state_is_restored() ->
     )
     steady = inspect(HandGates("exp_log_softmax", uniform=True).eval())
     assert not any(f.code == "nondeterministic_forward" for f in steady.findings)
+
+
+@dataclasses.dataclass
+class TaskOutputs:
+    """A hand-written model's outputs as a dataclass of per-task tensors."""
+
+    click: torch.Tensor
+    buy: torch.Tensor
+
+
+class DataclassOutputs(HandGates):
+    def forward(self, x: torch.Tensor) -> TaskOutputs:  # type: ignore[override]
+        return TaskOutputs(**super().forward(x))
+
+
+def test_a_dataclass_output_is_read_by_field() -> None:
+    """Its outputs were not found at all (the input binding blamed the inputs); now they are read by field,
+    the gates get their tasks, and the causal analyses and attributions run on them."""
+    model = DataclassOutputs("exp_log_softmax", uniform=False).eval()
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(600, len(FEATURES))).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] > 0).astype("float64")
+    f["buy"] = (f["x1"] > 1).astype("float64")
+    result = mi.inspect(
+        model,
+        f,
+        input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()),
+        columns=FEATURES,
+        causal=True,
+        attribution=True,
+    )
+    assert [t.name for t in result.topology.tasks] == ["click", "buy"]
+    assert {g.task for g in result.topology.gates} == {"click", "buy"}
+    assert result.causal is not None and not result.causal.ablation.empty
+    assert result.attribution is not None

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
+from mmoe_inspect.data.call import plain_output
 from mmoe_inspect.recording.hooks import HookSession
 from mmoe_inspect.recording.recorder import dense_spec, gate_part
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
@@ -116,6 +117,7 @@ def expert_norm(out: Tensor, expert: ExpertSpec) -> Tensor:
 
 def task_output(out: Any, task: TaskSpec, index: int) -> Tensor:
     """The task's prediction `[batch, 1]` from the model output (dict, `[batch, T]` tensor, or list/tuple)."""
+    out = plain_output(out)
     key = task.output if task.output is not None else (task.name if isinstance(out, Mapping) else index)
     if isinstance(out, Mapping):
         v = out[key]

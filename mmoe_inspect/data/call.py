@@ -9,6 +9,7 @@ calls it; a forward that takes ONE tuple gets it wrapped in a 1-tuple: `((ids, d
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -45,3 +46,11 @@ def is_two_class(t: Any, batch: int) -> bool:
     with torch.no_grad():
         v = t.detach().double()
         return bool(torch.isfinite(v).all() and v.min() >= 0 and ((v.sum(1) - 1).abs() <= 1e-4).all())
+
+
+def plain_output(out: Any) -> Any:
+    """A model output as the readers of task predictions take it: a dataclass instance (a hand-written
+    `@dataclass` of per-task tensors) as the dict of its fields, in field order; anything else unchanged."""
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    return out

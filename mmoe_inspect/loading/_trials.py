@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mmoe_inspect.data.call import call_model, is_two_class
+from mmoe_inspect.data.call import call_model, is_two_class, plain_output
 from mmoe_inspect.data.inputs import (
     INPUT_MODES,
     CollateInputs,
@@ -315,6 +315,7 @@ def per_row_outputs(out: Any, batch: int) -> list[tuple[str | None, str | int | 
     def per_row(v: Any) -> bool:
         return isinstance(v, torch.Tensor) and v.ndim in (1, 2) and v.shape[0] == batch and v.numel() == batch
 
+    out = plain_output(out)
     found: list[tuple[str | None, str | int | None]] = []
     if isinstance(out, torch.Tensor):
         if out.ndim == 1 and out.shape[0] == batch:

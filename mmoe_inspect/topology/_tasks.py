@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmoe_inspect.data.call import is_two_class
+from mmoe_inspect.data.call import is_two_class, plain_output
 from mmoe_inspect.topology._graphops import norm_dim, view_parent
 from mmoe_inspect.topology._trace import Graph, Ref
 from mmoe_inspect.topology.spec import TaskKind, TaskSpec, TopologyError
@@ -63,6 +63,7 @@ def parse_outputs(
 ) -> tuple[list[TaskOutput], bool]:
     """Per-task predictions of `out`; returns them and whether task names were invented (task_0...)."""
     batch = graph.batch_size
+    out = plain_output(out)
     found: list[tuple[str | None, str | int | None, torch.Tensor, int | None]] = []
     columns: dict[int, int] = {}  # found index -> column of a two-class entry
     if isinstance(out, torch.Tensor):

@@ -22,6 +22,7 @@ which task outputs depend on them (`torch.autograd.grad`, never `.backward()`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,6 +194,9 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for o in obj.values():
             yield from iter_tensors(o)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # a `@dataclass` of outputs
+        for f in dataclasses.fields(obj):
+            yield from iter_tensors(getattr(obj, f.name))
 
 
 def _replace(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect._plural import plural
+from mmoe_inspect.data.call import plain_output
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._gates import (
     Gate,
@@ -457,6 +458,7 @@ def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
 
 def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
     """Task `o`'s prediction in a second run's output `out` (same structure as the traced one)."""
+    out = plain_output(out)
     try:
         if isinstance(out, torch.Tensor):
             return out if o.output is None else out[:, o.output]
