@@ -149,12 +149,30 @@ def clean_leftovers(out: Path) -> None:
         partial = tmp / PARTIAL
         try:
             inside = os.listdir(tmp)
-            owner = partial.read_text(encoding="utf-8").strip() if partial.is_file() else None
+            lines = partial.read_text(encoding="utf-8").splitlines() if partial.is_file() else []
         except OSError:
+            continue
+        owner = lines[0].strip() if lines else None
+        if len(lines) > 1 and _running(lines[1]):  # another run writing this report now: not a leftover
             continue
         # ours: killed right after mkdir (empty), while writing the partial file, or later (owner = out)
         if not inside or inside == [PARTIAL] or owner == str(out):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(line: str) -> bool:
+    """Whether the partial file's `pid N` line names a process that is alive on this machine (another
+    run writing the same report at the same time, whose temporary folder must not be removed)."""
+    word, _, pid = line.strip().partition(" ")
+    if word != "pid" or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except OSError:
+        return True  # alive under another user (EPERM), or cannot tell: keep it
+    return True
 
 
 def glob_escape(text: str) -> str:
@@ -247,7 +265,7 @@ def replace_folder(
         # exclusive, and honors the umask (unlike mkdtemp's 0700); made with the folder's own mode, so a
         # private folder's report is never readable by others while it is written
         tmp.mkdir(mode=stat.S_IMODE(out.stat().st_mode) if out.is_dir() else 0o777)
-        (tmp / PARTIAL).write_text(str(out) + "\n", encoding="utf-8")
+        (tmp / PARTIAL).write_text(f"{out}\npid {os.getpid()}\n", encoding="utf-8")
     except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
         shutil.rmtree(tmp, ignore_errors=True)
         raise error(f"cannot create a folder next to {out}: {exc.strerror or exc}") from exc

@@ -149,3 +149,33 @@ def test_a_spec_with_two_gates_on_one_tensor_is_refused(checkpoint: Path, tmp_pa
     spec.write_text(spec.read_text(encoding="utf-8").replace('module = "gates.1"', 'module = "gates.0"'))
     line = one_error_line(*run("check", checkpoint, "--spec", spec))
     assert "read the same tensor" in line
+
+
+def test_a_run_writing_the_same_report_keeps_its_temporary_folder(tmp_path: Path) -> None:
+    """Two reports into one --out at once: the second run removed the first's temporary folder as a
+    leftover (the first then failed); a temporary folder whose run is alive is left alone, a dead run's is
+    cleaned."""
+    import subprocess
+    import sys
+
+    from mmoe_inspect.reports._replace import PARTIAL, clean_leftovers
+
+    out = tmp_path / "report"
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        busy = tmp_path / ".report.tmp-aaaaaaaa"
+        busy.mkdir()
+        (busy / PARTIAL).write_text(f"{out}\npid {alive.pid}\n")
+        (busy / "index.html").write_text("half")
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        )
+        gone = tmp_path / ".report.tmp-bbbbbbbb"
+        gone.mkdir()
+        (gone / PARTIAL).write_text(f"{out}\npid {int(dead.stdout)}\n")
+        clean_leftovers(out)
+        assert busy.is_dir() and (busy / "index.html").is_file()
+        assert not gone.exists()
+    finally:
+        alive.kill()
+        alive.wait()
