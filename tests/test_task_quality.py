@@ -271,3 +271,29 @@ def test_an_esmm_product_of_probabilities_is_a_binary_task() -> None:
     kinds = {t.name: t.kind for t in result.topology.tasks}
     assert kinds == {"ctr": "binary", "ctcvr": "binary"}
     assert not any(f.code == "task_no_better_than_mean" for f in result.findings)
+
+
+def test_log_loss_against_the_base_rate_is_judged_with_a_paired_interval() -> None:
+    """The per-row (log loss - base rate's) interval, from streamed sums, equals the one computed on the rows;
+    "miscalibrated" needs it above 0 (a difference within noise flipped the verdict between runs)."""
+    data = frame(4000)
+    overconfident = ClickAndDwell(click_scale=40.0)  # ranks well, probabilities pushed to 0 and 1
+    result = inspect(overconfident, data)
+    row = result.tables["tasks"].set_index("task").loc["click"]
+    with torch.no_grad():
+        p = overconfident(_inputs(data))["click"].double().clamp(1e-7, 1 - 1e-7).numpy()
+    y = data["click"].to_numpy()
+    rate = y.mean()
+    d = -(y * np.log(p) + (1 - y) * np.log1p(-p)) + (y * np.log(rate) + (1 - y) * np.log1p(-rate))
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert abs(row["logloss_vs_base_lo"] - (d.mean() - 1.959964 * se)) < 1e-9
+    assert abs(row["logloss_vs_base_hi"] - (d.mean() + 1.959964 * se)) < 1e-9
+    assert (
+        row["logloss_vs_base_lo"] > 0 and row["beats_base_rate"] is False
+    )  # planted: worse than the base rate
+    assert any(f.code == "task_worse_than_base_rate" for f in result.findings)
+    # a good model is significantly better; a useless-but-calibrated one is neither (None), never flagged
+    assert (
+        inspect(ClickAndDwell(), data).tables["tasks"].set_index("task").loc["click", "beats_base_rate"]
+        is True
+    )

@@ -181,8 +181,9 @@ _DECLARED = (
     FindingCode(
         TASK_WORSE_THAN_BASE_RATE,
         "warning",
-        "Log loss no better than the base rate",
-        "a binary task ranks rows above chance, but its log loss is no better than predicting the base rate",
+        "Log loss worse than the base rate",
+        "a binary task ranks rows above chance, but its log loss is worse than predicting the base rate (95% "
+        "paired interval of the per-row difference above 0)",
         task_quality=True,
     ),
     FindingCode(

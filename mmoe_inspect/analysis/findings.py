@@ -459,7 +459,7 @@ def ranks_inverted(row: Mapping[str, Any]) -> bool:
 
 def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
     """Binary tasks whose exact AUC interval lies below 0.5 (critical: ranked in reverse) or holds 0.5
-    (critical), or that rank rows but whose log loss is no better than predicting the base rate
+    (critical), or that rank rows but whose log loss is worse than predicting the base rate
     (warning: miscalibrated)."""
     res: list[Finding] = []
     for r in tasks.to_dict(orient="records"):
@@ -488,8 +488,10 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                     Finding.of(
                         codes.TASK_WORSE_THAN_BASE_RATE,
                         str(r["task"]),
-                        f"Task {r['task']} ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f} is no better "
-                        f"than {base:.4f} for predicting the base rate: its probabilities are miscalibrated.",
+                        f"Task {r['task']} ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f} is worse "
+                        f"than {base:.4f} for predicting the base rate (per-row difference 95% interval "
+                        f"{_num(r.get('logloss_vs_base_lo')):+.4f} to {_num(r.get('logloss_vs_base_hi')):+.4f}): "
+                        "its probabilities are miscalibrated.",
                         "Recalibrate (Platt / isotonic on held-out rows) before using the probabilities; check "
                         "for a train/eval shift in the positive rate.",
                         {"auc": auc, "logloss": ll, "base_rate_logloss": base},

@@ -172,7 +172,7 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 text += " — AT CHANCE (AUC interval holds 0.5)"
                 state = "bad"
             elif r.get("beats_base_rate") is False:
-                text += " — ranks rows, but log loss no better than the base rate (miscalibrated)"
+                text += " — ranks rows, but log loss worse than the base rate's (miscalibrated)"
         else:
             mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
             if math.isnan(mse) or r.get("beats_label_mean") is None:
@@ -249,7 +249,7 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
             q,
             f"Partly: every labelled task works, but {', '.join(loose)} "
             f"{'predicts' if len(loose) == 1 else 'predict'} "
-            "probabilities no better than the base rate (miscalibrated).",
+            "probabilities worse than the base rate (miscalibrated).",
             "unknown",
             evidence,
         )

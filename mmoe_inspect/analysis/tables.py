@@ -81,6 +81,8 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
     lo, hi = auc_interval(auc, n * rate, n * (1 - rate)) if n > 0 else (math.nan, math.nan)
     base = base_rate_logloss(rate)
     logloss = _f(outputs.logloss.reshape(-1)[i])
+    se = _f(outputs.logloss_vs_base_se.reshape(-1)[i]) if hasattr(outputs, "logloss_vs_base_se") else math.nan
+    d_lo, d_hi = logloss - base - 1.959964 * se, logloss - base + 1.959964 * se
     return {
         "auc": auc,
         "auc_lo": lo,
@@ -89,7 +91,13 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
         "logloss": logloss,
         "base_rate_logloss": base,
         "at_chance": at_chance(auc, lo, hi),
-        "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
+        "logloss_vs_base_lo": d_lo,
+        "logloss_vs_base_hi": d_hi,
+        # True / False when the 95% paired interval of (log loss - the base rate's) lies below / above 0;
+        # None when it holds 0 (no better and no worse within noise) or cannot be computed
+        "beats_base_rate": None
+        if math.isnan(logloss) or math.isnan(base) or math.isnan(se)
+        else (True if d_hi < 0 else (False if d_lo > 0 else None)),
     }
 
 
@@ -132,7 +140,7 @@ def base_rate_logloss(rate: float) -> float:
 
 def at_chance(auc: float, lo: float, hi: float) -> bool:
     """A binary task "at chance": the 95% interval of its exact AUC holds 0.5 (it ranks rows no better
-    than a coin). A task that ranks rows but whose log loss is no better than predicting the base rate
+    than a coin). A task that ranks rows but whose log loss is worse than predicting the base rate
     is not "at chance" but miscalibrated (`beats_base_rate` False, its own finding)."""
     if math.isnan(auc) or math.isnan(lo):
         return False

@@ -39,6 +39,9 @@ class TaskOutputSummary:
     auc: torch.Tensor  # [T] exact (see `auc_exact`); NaN for regression or one-class labels
     auc_exact: torch.Tensor  # [T] bool: False when the distinct-value cap truncated the predictions
     logloss: torch.Tensor  # [T] mean log loss (predictions clipped to [1e-7, 1 - 1e-7]); NaN for regression
+    logloss_vs_base_se: (
+        torch.Tensor
+    )  # [T] std error of the mean per-row (log loss - base rate's); NaN: regression
     mse: torch.Tensor  # [T] NaN for binary tasks
     prediction_hist: torch.Tensor  # [T, n_bins] over [0, 1] (binary) — counts
     out_of_range: (
@@ -79,6 +82,10 @@ class TaskOutputStats(SummaryMetric):
         self.add_state("score_counts", [], dist_reduce_fx="cat")
         self.add_state("score_bits", torch.tensor(_FULL_BITS, dtype=torch.int64), dist_reduce_fx="min")
         self.add_state("logloss_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
+        # Σ (log-likelihood)² and Σ over positive rows: with the counts, the variance of each row's log loss
+        # minus the base rate's (a paired interval of "better than predicting the base rate")
+        self.add_state("logloss_sq_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("logloss_pos_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self._pending = 0  # rows appended since the last compaction (not a state: a cost counter)
         self._truncated = False  # the last compaction truncated the values (a cost hint, no host read)
         self.register_buffer(
@@ -143,6 +150,8 @@ class TaskOutputStats(SummaryMetric):
         if w is not None:
             ll.mul_(w)
         self.logloss_sum.index_add_(0, self._bin_cols, ll.sum(0).neg_())
+        self.logloss_sq_sum.index_add_(0, self._bin_cols, (ll * ll).sum(0))
+        self.logloss_pos_sum.index_add_(0, self._bin_cols, (ll * is_pos).sum(0).neg_())
         task = self._bin_cols.to(p.dtype).expand_as(p)
         rows = torch.stack([task, p, pos, neg], dim=-1).reshape(-1, 4)
         self.score_counts.append(rows)
@@ -151,6 +160,26 @@ class TaskOutputStats(SummaryMetric):
         share = 1 if self._truncated else 2  # (truncated: no merge, a sort of all rows)
         if self._pending >= max(kept // share, 1 << 16):
             self._compact()
+
+    def _vs_base_se(self) -> torch.Tensor:
+        """`[T]` standard error of the mean of d = (row log loss) - (the base rate's log loss on that row),
+        from Σll, Σll², Σ_pos ll and the counts (the base rate's loss is -log r on positives, -log(1-r) on
+        negatives, with r the labelled rows' positive rate)."""
+        n = self.n_lab.clamp_min(1)
+        n_pos = self.sum_lab  # binary labels: the positives (unlabelled rows weigh 0)
+        n_neg = n - n_pos
+        r = (n_pos / n).clamp(LOGLOSS_EPS, 1 - LOGLOSS_EPS)
+        b_pos, b_neg = -torch.log(r), -torch.log1p(-r)
+        pos_sum, neg_sum = self.logloss_pos_sum, self.logloss_sum - self.logloss_pos_sum
+        sum_d = self.logloss_sum - n_pos * b_pos - n_neg * b_neg
+        sum_d2 = (
+            self.logloss_sq_sum
+            - 2 * (b_pos * pos_sum + b_neg * neg_sum)
+            + n_pos * b_pos**2
+            + n_neg * b_neg**2
+        )
+        var = (sum_d2 / n - (sum_d / n) ** 2).clamp_min(0) * n / (n - 1).clamp_min(1)
+        return (var / n).sqrt()
 
     def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
         """A rank without rows syncs a `[0, 4]` score-count block (not torchmetrics' 1-D empty tensor),
@@ -191,6 +220,7 @@ class TaskOutputStats(SummaryMetric):
             auc=torch.where(binary, auc, torch.nan),
             auc_exact=binary & (bits >= _FULL_BITS),
             logloss=torch.where(binary & (self.n_lab > 0), self.logloss_sum / nl, torch.nan),
+            logloss_vs_base_se=torch.where(binary & (self.n_lab > 1), self._vs_base_se(), torch.nan),
             mse=torch.where(~binary & (self.n_lab > 0), self.sse / nl, torch.nan),
             prediction_hist=self.hist_pos + self.hist_neg,
             out_of_range=self.out_of_range.clone(),
