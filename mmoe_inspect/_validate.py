@@ -46,11 +46,16 @@ def check_number(
         raise ValueError(f"{owner}.{name} must be {want}, got {value!r}")
 
 
+def _num(x: float) -> str:
+    """A bound as written: whole numbers in full (16777216, not 1.67772e+07), others short (%g)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e18 else f"{x:g}"
+
+
 def _range(low: float | None, high: float | None, low_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}]"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_num(low)}"
     if high is not None:
-        return f"<= {high:g}"
+        return f"<= {_num(high)}"
     return ""

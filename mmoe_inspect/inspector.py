@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._eager import eager_module
 from ._limits import MAX_BATCH_ROWS
 from ._memory import release_free_memory
 from ._validate import check_number
@@ -37,7 +38,6 @@ from .data.schema import FeatureSpec
 from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
 from .device import model_device, on_device, to_device
 from .distributed import DistContext, agreed_errors, current_context, exchange
-from .loading.checkpoints import eager_module
 from .progress import RECORDING, Progress, Stage, as_progress
 from .recording.determinism import forward_variation
 from .recording.fingerprint import changed_tensors, fingerprint
@@ -224,7 +224,8 @@ def inspect(
         )
         if rider is not None:
             rider.close()  # its hooks: the attributions' forwards are not the recording's
-        if not changed_tensors(unchanged, fingerprint(model)):  # a self-changing model is not run again
+        # a self-changing model is not run again; ranks of a distributed run would run it out of step
+        if dist_ctx is None and not changed_tensors(unchanged, fingerprint(model)):
             mark_nondeterministic(result, _forward_variation(model, binding))
         release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
         if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows

@@ -26,7 +26,6 @@ import errno
 import json
 import os
 import shutil
-import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -262,9 +261,10 @@ def replace_folder(
     tmp = _aside(out, "tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        # exclusive, and honors the umask (unlike mkdtemp's 0700); made with the folder's own mode, so a
-        # private folder's report is never readable by others while it is written
-        tmp.mkdir(mode=stat.S_IMODE(out.stat().st_mode) if out.is_dir() else 0o777)
+        # exclusive, and honors the umask (unlike mkdtemp's 0700); over an existing folder, owner-only while
+        # it is written (a private folder's report is never readable by others; a read-only one's mode is
+        # put on it before the swap)
+        tmp.mkdir(mode=0o700 if out.is_dir() else 0o777)
         (tmp / PARTIAL).write_text(f"{out}\npid {os.getpid()}\n", encoding="utf-8")
     except OSError as exc:  # a read-only or missing parent, a full disk: the user's to fix, one line
         shutil.rmtree(tmp, ignore_errors=True)

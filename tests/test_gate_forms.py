@@ -131,3 +131,21 @@ def test_a_dataclass_output_is_read_by_field() -> None:
     assert {g.task for g in result.topology.gates} == {"click", "buy"}
     assert result.causal is not None and not result.causal.ablation.empty
     assert result.attribution is not None
+
+
+def test_rounding_noise_between_forwards_is_not_randomness() -> None:
+    """Outputs that differ by a few ULPs (a GPU's atomics sum in any order) are not a random forward."""
+    from mmoe_inspect.recording.determinism import forward_variation
+
+    class Jitter(nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.lin, self.scale = nn.Linear(4, 2), scale
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.lin(x)
+            return y + self.scale * torch.randn_like(y) * y.abs()
+
+    x = torch.randn(32, 4)
+    assert forward_variation(Jitter(1e-7).eval(), x) == 0.0
+    assert forward_variation(Jitter(1e-2).eval(), x) > 0.0

@@ -383,7 +383,9 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
     for row in tasks.itertuples(index=False):
         rate, n_lab = _num(row.positive_rate), _num(row.n_labelled)
         if not n_lab > 0:
-            if not math.isnan(n_lab) and not getattr(row, "labels_ignored", False):  # labels=False: not asked
+            finite = _num(getattr(row, "n_rows", math.nan))  # rows with a finite prediction
+            # labels=False: not asked; no finite prediction: `nonfinite_predictions` says why, not the labels
+            if not math.isnan(n_lab) and not getattr(row, "labels_ignored", False) and finite != 0:
                 res.append(
                     Finding.of(
                         codes.TASK_UNLABELLED,

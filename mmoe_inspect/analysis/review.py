@@ -144,13 +144,8 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
         )
         constant = " — its output is CONSTANT" if constant_output(r) else ""
         if not n_lab > 0:
-            out.append(
-                (
-                    name,
-                    f"{name}: not judged (no labelled rows){nonfinite}",
-                    "bad" if nonfinite else "unjudged",
-                )
-            )
+            why = "no finite prediction" if _num(r.get("n_rows")) == 0 else "no labelled rows"
+            out.append((name, f"{name}: not judged ({why}){nonfinite}", "bad" if nonfinite else "unjudged"))
             continue
         if r.get("kind") == "binary":
             auc = _num(r.get("auc"))

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from mmoe_inspect.functional import js_divergence, task_expert_mutual_information
+from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import GateSpec, Topology
 
 
@@ -27,11 +28,20 @@ def gate_groups(topology: Topology) -> list[tuple[GateSpec, ...]]:
     """Gates that mix the very same experts, compared pairwise: MMoE's task gates (a PLE level's task gates
     mix different expert sets). Gates whose task discovery could not tell (the path to the outputs was not
     differentiable: a `no_grad` or `detach` on the way, quantized layers) are compared too, named by
-    their gate: two such gates that route alike are the same collapse of MMoE into a one-gate MoE."""
+    their gate, and so are task-less gates where no gate over the same experts has a task (ESMM-style
+    gates that each reach every output): two such gates that route alike are the same collapse of MMoE
+    into a one-gate MoE. A shared gate beside task gates (a PLE level's) is not a task's gate."""
+    unknown = untraced_gates(topology.notes)
     groups: dict[tuple[int, tuple[str, ...]], list[GateSpec]] = {}
     for g in topology.gates:
         groups.setdefault((g.level, g.experts), []).append(g)
-    return [tuple(v) for v in groups.values() if len(v) >= 2]
+    out = []
+    for gates in groups.values():
+        if any(g.task is not None for g in gates):
+            gates = [g for g in gates if g.task is not None or g.name in unknown]
+        if len(gates) >= 2:
+            out.append(tuple(gates))
+    return out
 
 
 def gate_owner(g: GateSpec) -> str:

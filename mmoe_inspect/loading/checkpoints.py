@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmoe_inspect._eager import eager_module
 from mmoe_inspect.checkpoint import FORMAT, CheckpointError, _one_line, load_checkpoint
 from mmoe_inspect.loading._code import ModelCodeError, call_builder, resolve_callable, user_code
 from mmoe_inspect.loading._sniff import Sniffed, is_dangerous, is_plain, sniff
@@ -173,15 +174,6 @@ def _ours(path: Path, device: torch.device) -> LoadedModel:
         eval_frame=loaded.eval_frame,
         checkpoint=loaded,
     )
-
-
-def eager_module(model: nn.Module) -> tuple[nn.Module, str | None]:
-    """The eager module inside a `torch.compile` wrapper (same parameters; hooks and the function-level
-    tap see its calls, which compiled graphs do not run through), and a note; else `model` and None."""
-    inner = getattr(model, "_orig_mod", None)
-    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
-        return inner, f"{type(inner).__name__} was wrapped by torch.compile: inspected as the eager module"
-    return model, None
 
 
 def _finish(model: nn.Module, path: Path, form: str, notes: list[str], device: torch.device) -> LoadedModel:

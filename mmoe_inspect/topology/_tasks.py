@@ -242,3 +242,17 @@ def guessed_kinds(notes: Sequence[str]) -> dict[str, str]:
                 if name:
                     out[name] = kind
     return out
+
+
+NO_TASK_NOTE = "gates whose mixture reaches no task output on this batch (kept as shared): "
+"""The topology note naming the gates discovery could not follow to any task output (autograd could not:
+`no_grad`, `detach`, quantized layers on the way): their task is unknown, not shared by design."""
+
+
+def untraced_gates(notes: Sequence[str]) -> set[str]:
+    """Names of the gates a topology's `notes` say reach no task output (`NO_TASK_NOTE`)."""
+    out: set[str] = set()
+    for note in notes:
+        if note.startswith(NO_TASK_NOTE):
+            out.update(n.strip() for n in note[len(NO_TASK_NOTE) :].split(", ") if n.strip())
+    return out

@@ -387,9 +387,13 @@ def module_snippet(
 
 
 def uncovered_by_spec(model: nn.Module, topo: Topology, spec: str) -> list[Unresolved]:
-    """Modules named like gates, experts or MoE layers that a hand-given spec covers with no gate or expert
-    (no declared module is the module, inside it or around it): a spec that leaves out a real gate would
-    otherwise hide it (a spec with no gates turned an MMoE into a Shared-Bottom that `check` passed)."""
+    """For a hand-given spec that declares no gate: the modules named like gates, experts or MoE layers
+    (none is covered: no declared expert is the module, inside it or around it). Such a spec turned an
+    MMoE into a Shared-Bottom that `check` passed. A spec that declares gates is taken at its word: a
+    gate's own hidden layers (DeepCTR's `gate_dnn` beside `gate_dnn_final_layer`) are named like gates
+    too and need no declaration of their own."""
+    if topo.gates:
+        return []
     covered = {g.module for g in topo.gates if g.module} | {e.module for e in topo.experts if e.module}
     flagged: list[tuple[str, str]] = []
     for path, module in model.named_modules():

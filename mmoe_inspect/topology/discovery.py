@@ -54,7 +54,7 @@ from mmoe_inspect.topology._gates import (
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
-from mmoe_inspect.topology._tasks import TaskOutput, parse_outputs, task_specs
+from mmoe_inspect.topology._tasks import NO_TASK_NOTE, TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
@@ -391,7 +391,7 @@ def _describe_gates(
     if unused:
         penalties.add("no_task")
         idle = ", ".join(g.name for g in gates if not g.tasks and not g.refined)
-        notes.append(f"gates whose mixture reaches no task output on this batch (kept as shared): {idle}")
+        notes.append(NO_TASK_NOTE + idle)
     weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
         notes.append(
