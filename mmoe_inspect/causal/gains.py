@@ -302,9 +302,11 @@ def _top_expert(imp: pd.DataFrame, dense_experts: Sequence[str] | None) -> dict[
             )
         else:
             b = value.idxmax()
+            lo, hi = float(imp.at[b, "lo"]), float(imp.at[b, "hi"])
+            where = "holds 0" if lo <= 0 <= hi else "below 0: the task is better without it"
             out["note"] = (
-                f"no top expert or shared dependence: no expert's importance is significant (largest: {imp.at[b, 'expert']} "
-                f"{value[b]:.3f} [{float(imp.at[b, 'lo']):.3f}, {float(imp.at[b, 'hi']):.3f}], holds 0)"
+                f"no top expert or shared dependence: no expert's importance is significantly above 0 (largest: "
+                f"{imp.at[b, 'expert']} {value[b]:.3f} [{lo:.3f}, {hi:.3f}], {where})"
             )
         return out
     best = sig["importance"].astype(float).idxmax()
