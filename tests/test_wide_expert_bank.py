@@ -4,14 +4,9 @@ collapse is found, not a Shared-Bottom."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import torch
+from test_gate_forms import FEATURES, inspect  # the same 8 features, rows and labels
 from torch import nn
-
-import mmoe_inspect as mi
-
-FEATURES = [f"x{i}" for i in range(8)]
 
 
 class WideBank(nn.Module):
@@ -39,14 +34,6 @@ class WideBank(nn.Module):
             mixed = torch.bmm(w.unsqueeze(1), stacked).squeeze(1)
             out[name] = torch.sigmoid(head(mixed)).squeeze(1)
         return out
-
-
-def inspect(model: nn.Module) -> mi.InspectionResult:
-    rng = np.random.default_rng(0)
-    f = pd.DataFrame(rng.normal(size=(1000, len(FEATURES))).astype("float32"), columns=FEATURES)
-    f["click"] = (f["x0"] > 0).astype("float64")
-    f["buy"] = (f["x1"] > 1).astype("float64")
-    return mi.inspect(model, f, input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES)
 
 
 def test_a_bank_of_64_experts_is_read_and_its_collapse_found() -> None:
