@@ -98,6 +98,7 @@ def planted_tables() -> dict[str, pd.DataFrame]:
     )
     task = {"kind": "binary", "n_labelled": 100, "n_rows": 100, "auc": 0.7, "auc_lo": 0.6, "auc_hi": 0.8}
     task |= {"logloss": 0.5, "base_rate_logloss": 0.6, "beats_base_rate": True, "at_chance": False}
+    task |= {"worse_than_base_rate": False}
     tasks = pd.DataFrame(
         [
             {
@@ -114,6 +115,7 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 "task": "b",
                 "positive_rate": 0.01,
                 "beats_base_rate": False,
+                "worse_than_base_rate": True,
                 "nonfinite_predictions": 0,
             },
             {**task, "task": "c", "positive_rate": 1.0, "auc": float("nan"), "nonfinite_predictions": 0},

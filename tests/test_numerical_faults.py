@@ -296,6 +296,9 @@ def test_one_class_labels_say_auc_is_undefined(frame: pd.DataFrame, tmp_path: Pa
         "auc_lo",
         "base_rate_logloss",
         "beats_base_rate",
+        "logloss_vs_base_hi",
+        "logloss_vs_base_lo",
+        "worse_than_base_rate",
     )  # explained by the findings
     assert sorted(nulls) == [f"tasks[{i}].{k}" for i in (0, 1) for k in undefined]
     html = write_report(result, tmp_path / "r").read_text(encoding="utf-8")

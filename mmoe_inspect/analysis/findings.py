@@ -485,7 +485,7 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
             )
             continue
         if not bool(r.get("at_chance")):
-            if r.get("beats_base_rate") is False:
+            if r.get("worse_than_base_rate") is True:
                 res.append(
                     Finding.of(
                         codes.TASK_WORSE_THAN_BASE_RATE,

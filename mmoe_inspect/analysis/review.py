@@ -166,7 +166,7 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
             elif r.get("at_chance"):
                 text += " — AT CHANCE (AUC interval holds 0.5)"
                 state = "bad"
-            elif r.get("beats_base_rate") is False:
+            elif r.get("worse_than_base_rate") is True:
                 text += " — ranks rows, but log loss worse than the base rate's (miscalibrated)"
         else:
             mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
@@ -237,7 +237,7 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
             "unknown",
             evidence,
         )
-    loose = [str(r["task"]) for r in records.values() if r.get("beats_base_rate") is False]
+    loose = [str(r["task"]) for r in records.values() if r.get("worse_than_base_rate") is True]
     if loose:
         return Answer(
             "tasks",

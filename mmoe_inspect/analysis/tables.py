@@ -101,13 +101,12 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
         "logloss": logloss,
         "base_rate_logloss": base,
         "at_chance": at_chance(auc, lo, hi),
+        "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
         "logloss_vs_base_lo": d_lo,
         "logloss_vs_base_hi": d_hi,
-        # True / False when the 95% paired interval of (log loss - the base rate's) lies below / above 0;
-        # None when it holds 0 (no better and no worse within noise) or cannot be computed
-        "beats_base_rate": None
-        if math.isnan(logloss) or math.isnan(base) or math.isnan(se)
-        else (True if d_hi < 0 else (False if d_lo > 0 else None)),
+        # the 95% paired interval of (row log loss - the base rate's) lies above 0: measurably worse than
+        # predicting the base rate (`beats_base_rate` compares the two means only)
+        "worse_than_base_rate": None if math.isnan(d_lo) else bool(d_lo > 0),
     }
 
 
