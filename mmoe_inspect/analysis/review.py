@@ -222,8 +222,10 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
             elif r.get("kind") == "binary":
                 what = ("is at chance (AUC interval holds 0.5)", "are at chance (AUC interval holds 0.5)")
             else:
-                what = ("is no better than predicting the label mean (R² <= 0)",) * 2
-                what = (what[0], what[0].replace("is no", "are no"))
+                what = (
+                    "is no better than predicting the label mean (R² <= 0)",
+                    "are no better than predicting the label mean (R² <= 0)",
+                )
             groups.setdefault(what, []).append(b)
         parts = [f"{', '.join(names)} {what[len(names) > 1]}" for what, names in groups.items()]
         if not_judged:
@@ -264,10 +266,7 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame) -> Answer:
         return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
     if table is None or table.empty:
         return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
-    kinds = dict(zip(tasks["task"], tasks["kind"], strict=False)) if not tasks.empty else {}
-    primary = table[
-        table["metric"] == table["task"].map(lambda t: "auc" if kinds.get(t, "binary") == "binary" else "mse")
-    ]
+    primary = table[_primary_metric(table, tasks)]
     if primary.empty:
         primary = table
     # the sparse task first: it is the one multi-task training is meant to help
@@ -328,6 +327,14 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame) -> Answer:
     if unmatched:
         ans += f" No baseline predicts the sparse task {', '.join(unmatched)}."
     return Answer("gains", q, ans, status, tuple(evidence))
+
+
+def _primary_metric(table: pd.DataFrame, tasks: pd.DataFrame) -> pd.Series:
+    """Rows of a (task, metric) table on each task's primary metric: AUC for binary tasks, MSE otherwise."""
+    kinds = dict(zip(tasks["task"], tasks["kind"], strict=False)) if not tasks.empty else {}
+    return table["metric"] == table["task"].map(
+        lambda t: "auc" if kinds.get(t, "binary") == "binary" else "mse"
+    )
 
 
 def _baseline_at_chance(row: dict[str, Any]) -> bool:
@@ -644,9 +651,7 @@ def _better_counterfactuals(causal: Any | None, tasks: pd.DataFrame) -> list[str
     cf = getattr(causal, "counterfactuals", None)
     if cf is None or cf.empty:
         return []
-    kinds = dict(zip(tasks["task"], tasks["kind"], strict=False)) if not tasks.empty else {}
-    primary = cf["metric"] == cf["task"].map(lambda t: "auc" if kinds.get(t, "binary") == "binary" else "mse")
-    hits = cf[primary & cf["significant"].astype(bool) & ~cf["worse"].astype(bool)]
+    hits = cf[_primary_metric(cf, tasks) & cf["significant"].astype(bool) & ~cf["worse"].astype(bool)]
     hits = hits.assign(_size=hits["change"].abs()).sort_values("_size", ascending=False)
     out = []
     for r in hits.to_dict(orient="records"):

@@ -221,12 +221,7 @@ def named_like_gates(
         if any(idx in upstream for idx in outputs_of.get(path, [])):
             continue
         flagged.append(path)
-    # report the outermost flagged modules only, one item per container (experts.0 ... experts.7)
-    flagged = [p for p in flagged if not any(p.startswith(q + ".") for q in flagged if q != p)]
-    groups: dict[str, list[str]] = {}
-    for path in flagged:
-        head, _, last = path.rpartition(".")
-        groups.setdefault(head if last.isdigit() and head else path, []).append(path)
+    groups = _containers(flagged)
     for container, paths in list(groups.items())[:8]:
         cls = type(graph.modules[paths[0]]).__name__
         named = paths[0] if len(paths) == 1 else f"{paths[0]} ... {paths[-1]} ({len(paths)} modules)"
@@ -259,6 +254,17 @@ def named_like_gates(
                 )
             )
     return out
+
+
+def _containers(paths: Sequence[str]) -> dict[str, list[str]]:
+    """The outermost of `paths` grouped by container (`experts.0 ... experts.7` under `experts`), in order:
+    one unresolved item per container."""
+    outer = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
+    groups: dict[str, list[str]] = {}
+    for path in outer:
+        head, _, last = path.rpartition(".")
+        groups.setdefault(head if last.isdigit() and head else path, []).append(path)
+    return groups
 
 
 def _module_gate_guess(graph: Graph, outputs: list[int]) -> tuple[int | None, str]:
@@ -394,30 +400,25 @@ def uncovered_by_spec(model: nn.Module, topo: Topology, spec: str) -> list[Unres
     too and need no declaration of their own."""
     if topo.gates:
         return []
-    covered = {g.module for g in topo.gates if g.module} | {e.module for e in topo.experts if e.module}
-    flagged: list[tuple[str, str]] = []
-    for path, module in model.named_modules():
-        if not path or not (gate_word(path) or gate_word(type(module).__name__)):
-            continue
-        if any(path == c or path.startswith(c + ".") or c.startswith(path + ".") for c in covered):
-            continue
-        if any(path.startswith(p + ".") for p, _ in flagged):
-            continue
-        flagged.append((path, type(module).__name__))
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for path, cls in flagged:
-        head, _, last = path.rpartition(".")
-        groups.setdefault(head if last.isdigit() and head else path, []).append((path, cls))
+    covered = {e.module for e in topo.experts if e.module}
+    modules = dict(model.named_modules())
+    flagged = [
+        path
+        for path, module in modules.items()
+        if path
+        and (gate_word(path) or gate_word(type(module).__name__))
+        and not any(path == c or path.startswith(c + ".") or c.startswith(path + ".") for c in covered)
+    ]
     out = []
-    for container, items in list(groups.items())[:8]:
-        (first, cls), last = items[0], items[-1][0]
-        named = first if len(items) == 1 else f"{first} ... {last} ({len(items)} modules)"
+    for container, paths in list(_containers(flagged).items())[:8]:
+        cls = type(modules[paths[0]]).__name__
+        named = paths[0] if len(paths) == 1 else f"{paths[0]} ... {paths[-1]} ({len(paths)} modules)"
         out.append(
             Unresolved(
                 f"module {named} ({cls}) is named like a gate, expert or MoE layer",
                 container,
                 f"the spec {spec} declares no gate or expert there",
-                module_snippet(first, None, topo.tasks),
+                module_snippet(paths[0], None, topo.tasks),
             )
         )
     return out
