@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -108,6 +109,46 @@ def test_a_task_that_cannot_be_judged_is_never_a_yes() -> None:
         (f.code, f.subject, f.severity) for f in result.findings
     }
     assert "dwell cannot be judged" in _answer(result, "tasks").answer
+
+
+@pytest.mark.parametrize("value", [3.7, 0.1, 0.0, -1e6])
+def test_regression_labels_that_never_vary_are_named_and_not_judged(value: float) -> None:
+    data = frame(2999)
+    data["dwell"] = value  # Σy²/n - (Σy/n)² leaves ±1e-14 of rounding for most values: still constant
+    result = inspect(ClickAndDwell(), data)
+    row = result.tables["tasks"].set_index("task").loc["dwell"]
+    assert row["label_var"] == 0.0 and np.isnan(row["r2"]) and pd.isna(row["beats_label_mean"])
+    found = {(f.code, f.subject, f.severity): f for f in result.findings}
+    assert ("single_class_labels", "dwell", "warning") in found
+    assert f"same label ({value:.6g})" in found[("single_class_labels", "dwell", "warning")].message
+    assert not any(f.code == "task_no_better_than_mean" for f in result.findings)  # no false critical
+    answer = _answer(result, "tasks")
+    assert answer.status == "unknown" and "dwell cannot be judged" in answer.answer, answer.answer
+
+
+def test_a_label_column_spelt_in_another_case_is_named_with_the_fix(tmp_path) -> None:
+    from mmoe_inspect.cli.main import app
+
+    data = frame(2000).rename(columns={"click": "Click"})
+    result = inspect(ClickAndDwell(), data)
+    f = next(f for f in result.findings if f.code == "task_unlabelled")
+    assert f.subject == "click" and "the data has 'Click'" in f.message
+    assert f.remedy == "Pass the label column (--labels click=Click)."
+    assert result.tables["tasks"].set_index("task")["label_hint"].dropna().to_dict() == {"click": "Click"}
+    # without a close column, no hint (and no `label_hint` column: nothing to say)
+    result = inspect(ClickAndDwell(), frame(2000).rename(columns={"click": "zzz"}))
+    f = next(f for f in result.findings if f.code == "task_unlabelled")
+    assert "the data has" not in f.message and "label_hint" not in result.tables["tasks"]
+    # the CLI's check says it first and fails
+    torch.manual_seed(0)
+    from mmoe_inspect.models import MMoE
+    from mmoe_inspect.topology.spec import TaskSpec
+
+    model = MMoE(6, [TaskSpec("click", "binary"), TaskSpec("dwell", "regression")], n_experts=3).eval()
+    data.to_parquet(tmp_path / "eval.parquet")
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    res = CliRunner().invoke(app, ["check", str(ckpt), "--data", str(tmp_path / "eval.parquet")])
+    assert res.exit_code != 0 and "--labels click=Click" in res.output, res.output
 
 
 def test_check_does_not_pass_a_constant_regression_task(tmp_path) -> None:

@@ -189,9 +189,10 @@ _DECLARED = (
     FindingCode(
         SINGLE_CLASS_LABELS,
         "warning",
-        "AUC undefined: labels are all one class",
-        "a binary task's labelled rows are all one class: its AUC is undefined (blank, not 0.5), so whether "
-        "the task works cannot be judged",
+        "Labels all one class or value",
+        "a task's labelled rows all hold one label (one class of a binary task: its AUC is undefined, blank "
+        "not 0.5; one number of a regression task: its R² is undefined), so whether the task works cannot be "
+        "judged",
         task_quality=True,
     ),
     FindingCode(

@@ -82,6 +82,12 @@ def _num(x: Any) -> float:
     return float(x) if x is not None and not (isinstance(x, float) and math.isnan(x)) else float("nan")
 
 
+def _hint(row: Any) -> str | None:
+    """The data column a tasks-table row names as closest to its missing label column, if any."""
+    hint = getattr(row, "label_hint", None)
+    return hint if isinstance(hint, str) and hint else None
+
+
 def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = None) -> list[Finding]:
     """Run every check on an inspection's tables; findings ordered by severity, then subject."""
     th = thresholds or Thresholds()
@@ -392,13 +398,32 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
                         str(row.task),
                         f"Task {row.task} has no labelled row (its label column"
                         + (f" {label!r}" if (label := getattr(row, "label", None)) else "")
-                        + " is missing or NaN on every row): whether it works cannot be judged.",
-                        "Pass the label column (--labels task=column) or inspect rows that hold its labels.",
+                        + " is missing or NaN on every row"
+                        + (f"; the data has {hint!r}" if (hint := _hint(row)) else "")
+                        + "): whether it works cannot be judged.",
+                        f"Pass the label column (--labels {row.task}={hint})."
+                        if hint
+                        else "Pass the label column (--labels task=column) or inspect rows that hold its labels.",
                         {"n_labelled": 0},
                     )
                 )
             continue
-        if row.kind != "binary" or rate not in (0.0, 1.0):
+        if row.kind != "binary":
+            var = _num(getattr(row, "label_var", math.nan))
+            if n_lab >= 2 and var == 0.0:
+                value = _num(getattr(row, "label_mean", math.nan))
+                res.append(
+                    Finding.of(
+                        codes.SINGLE_CLASS_LABELS,
+                        str(row.task),
+                        f"All {int(n_lab)} labelled rows of regression task {row.task} hold the same label "
+                        f"({value:.6g}): its R² is undefined, so whether it works cannot be judged.",
+                        "Inspect on rows whose labels vary, or check the label column mapping (--labels).",
+                        {"label_mean": value, "n_labelled": int(n_lab)},
+                    )
+                )
+            continue
+        if rate not in (0.0, 1.0):
             continue
         cls = "positive" if rate == 1.0 else "negative"
         res.append(

@@ -170,7 +170,7 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 text += " — ranks rows, but log loss worse than the base rate's (miscalibrated)"
         else:
             mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
-            if math.isnan(mse) or r.get("beats_label_mean") is None:
+            if math.isnan(mse) or r.get("beats_label_mean") not in (True, False):  # None, or NaN in a frame
                 text = f"{name}: not judged: MSE {mse:.4g} but the labels never vary ({int(n_lab):,} rows)"
                 out.append((name, text + nonfinite, "bad" if nonfinite else "unjudged"))
                 continue
@@ -204,7 +204,7 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
     bad = [name for name, _, state in lines if state == "bad"]
     unjudged = [name for name, _, state in lines if state == "unjudged"]
     not_judged = (
-        f"{', '.join(unjudged)} cannot be judged (no labelled rows, or labels of one class)"
+        f"{', '.join(unjudged)} cannot be judged (no labelled rows, or labels of one class or value)"
         if unjudged
         else ""
     )

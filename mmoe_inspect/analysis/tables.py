@@ -50,16 +50,24 @@ def gate_owner(g: GateSpec) -> str:
 
 
 def task_table(
-    topology: Topology, outputs: Any | None, rows_seen: int | None = None, *, labels_ignored: bool = False
+    topology: Topology,
+    outputs: Any | None,
+    rows_seen: int | None = None,
+    *,
+    labels_ignored: bool = False,
+    label_hints: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per task; `n_rows` counts the rows with a finite prediction and, given `rows_seen` (rows
     inspected), `nonfinite_predictions` the rest: left out of the metrics, never silently. `labels_ignored`
-    (the caller passed `labels=False`) adds that column, so no task is reported as unlabelled."""
+    (the caller passed `labels=False`) adds that column, so no task is reported as unlabelled; `label_hints`
+    (`{task: data column}` closest to a missing label column) adds a `label_hint` column when not empty."""
     rows = []
     for i, t in enumerate(topology.tasks):
         row: dict[str, Any] = {"task": t.name, "kind": t.kind, "label": t.label_column}
         if labels_ignored:
             row["labels_ignored"] = True
+        if label_hints:
+            row["label_hint"] = label_hints.get(t.name)
         if outputs is not None:
             # `.reshape(-1)`: torchmetrics' compute squeezes a one-task `[1]` state to 0-dim
             finite = _f(outputs.n.reshape(-1)[i])
@@ -113,8 +121,11 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
 def _regression_quality(outputs: Any, i: int) -> dict[str, Any]:
     """The labels' variance (the MSE of predicting their mean on the same rows), R² = 1 - MSE / variance,
     and whether the task beats that mean (None when it cannot be told: fewer than two labelled rows,
-    or labels that never vary)."""
+    or labels that never vary: a variance within float64 noise of E[y²], 1e-12 of it, is 0)."""
     var = _f(outputs.label_var.reshape(-1)[i])
+    mean = _f(outputs.label_mean.reshape(-1)[i])
+    if var <= 1e-12 * (var + mean * mean):  # constant labels: Σy²/n - (Σy/n)² leaves rounding (±1e-14)
+        var = 0.0
     mse = _f(outputs.mse.reshape(-1)[i])
     n = _f(outputs.n_labelled.reshape(-1)[i])
     judged = n >= 2 and var > 0 and not math.isnan(mse)

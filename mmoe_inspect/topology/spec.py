@@ -11,6 +11,7 @@ validation are one file format; apart, each field would be separated from its ch
 from __future__ import annotations
 
 import contextlib
+import difflib
 import numbers
 import os
 import shutil
@@ -32,6 +33,18 @@ GateOutput = Literal["probs", "logits", "weights"]
 GATE_OUTPUTS: tuple[str, ...] = ("probs", "logits", "weights")
 
 SPEC_VERSION = 1
+SPEC_KEYS = (
+    "version",
+    "source",
+    "confidence",
+    "architecture",
+    "notes",
+    "tasks",
+    "experts",
+    "gates",
+    "unresolved",
+)
+"""The top-level keys of a spec (`Topology.to_dict`); any other is refused with the closest one named."""
 
 # A discovered topology below this confidence cannot be judged (`check` exits 4, the report says so first).
 LOW_CONFIDENCE = 0.5
@@ -371,6 +384,16 @@ class Topology:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Topology:
+        unknown = sorted(set(data) - set(SPEC_KEYS))
+        if unknown:  # a misspelt table ("[[gate]]") would otherwise be dropped without a word
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TopologyError(
+                f"spec has unknown top-level key(s) {', '.join(hints)}; a spec holds only "
+                f"{', '.join(SPEC_KEYS)}"
+            )
         version = data.get("version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise TopologyError(
