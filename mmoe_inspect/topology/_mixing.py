@@ -19,7 +19,12 @@ seen in public multi-task code:
 * fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` (or
   `[B, D, E] @ [B, E, T]`), `(W[..., None] * X[:, None]).sum(expert axis)`, or an einsum whose `W`
   carries a letter of its own that the output keeps; each gate is read as its slice
-  of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output.
+  of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output;
+* two-way blends (`Mixture.two_way`): two experts mixed by one per-row weight `w` (`[B, 1]`, e.g. a
+  sigmoid), `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` (either order) or `x0 + w * (x1 - x0)`:
+  a gate `[1 - w, w]` over `(x0, x1)` that no tensor of the forward holds (see `_two_way`);
+* weights broadcast with `repeat_interleave` over experts concatenated on one axis
+  (`W.repeat_interleave(D, 1) * cat(experts, 1)`, then `.reshape(B, E, D).sum(1)`).
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
@@ -75,6 +80,9 @@ class Mixture:
     fused: int = 0  # > 0: the weights hold this many gates at once (`fused_axis`), one mixture each
     fused_axis: int | None = None  # the weights' axis of those gates (`[B, T, E] @ [B, E, D]`)
     fused_out_axis: int | None = None  # the axis of the combine output holding each gate's mixture
+    two_way: bool = (
+        False  # `weights` hold one weight w per row (size 1 on `w_axis`): the gate is `[1 - w, w]`
+    )
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -759,6 +767,175 @@ def gathered_experts(graph: Graph, idx: int, axis: int) -> tuple[int, int, int] 
     return None
 
 
+# ------------------------------------------------------------------------------ two-way blends
+TWO_WAY_OPS = frozenset({"lerp", "add", "radd"})
+
+
+def _base(graph: Graph, idx: int) -> int:
+    """The tensor node `idx` is a view of (itself when it is none)."""
+    last = idx
+    for node in views_back(graph, idx, 16):
+        last = node.idx
+    return last
+
+
+def _per_row_weight(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(size-1 axis, batch axis) of node `idx` when it holds one weight per row that broadcasts over
+    `out_shape` (the batch on one of its axes, 1 elsewhere, at least one size-1 axis of its own)."""
+    shape = graph.nodes[idx].shape
+    batch = graph.batch_size
+    if batch < 2 or not 2 <= len(shape) <= len(out_shape) or not _broadcasts(shape, out_shape):
+        return None
+    big = [i for i, s in enumerate(shape) if s != 1]
+    shift = len(out_shape) - len(shape)
+    if len(big) != 1 or shape[big[0]] != batch or out_shape[big[0] + shift] != batch:
+        return None
+    ones = [i for i, s in enumerate(shape) if s == 1]
+    return ones[-1], big[0]
+
+
+def _is_one(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
+
+
+def _complement(graph: Graph, idx: int) -> int | None:
+    """The base of `w` when node `idx` is `1 - w` (`rsub(w, 1)`, `sub(1, w)`, `ones_like(w) - w`)."""
+    node = graph.nodes[_base(graph, idx)]
+    if node.kwargs.get("alpha", 1) != 1:
+        return None
+    if node.op == "rsub" and len(node.args) == 2 and isinstance(node.args[0], Ref) and _is_one(node.args[1]):
+        return _base(graph, node.args[0].node)
+    if node.op == "sub" and len(node.args) == 2 and isinstance(node.args[1], Ref):
+        first = node.args[0]
+        if _is_one(first):
+            return _base(graph, node.args[1].node)
+        if isinstance(first, Ref):
+            t = graph.nodes[first.node].tensor
+            if t is not None and t.is_floating_point() and t.numel() and bool((t == 1).all()):
+                return _base(graph, node.args[1].node)
+    return None
+
+
+def _from_input(graph: Graph, idx: int, limit: int = 4096) -> bool:
+    """Whether node `idx` is computed from the model's input (a constant weight is not a gate)."""
+    seen = {idx}
+    todo = [idx]
+    while todo and len(seen) < limit:
+        node = graph.nodes[todo.pop()]
+        if node.op == "input":
+            return True
+        for p in node.parents:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return False
+
+
+def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, Ref, tuple[int, int]] | None:
+    """(weight, expert, axes) when node `idx` is a product `weight * expert` with one weight per row."""
+    node = graph.nodes[idx]
+    if node.op not in MUL_OPS:
+        return None
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)):
+        return None
+    for w, x in ((a, b), (b, a)):
+        axes = _per_row_weight(graph, w.node, out_shape)
+        if axes is not None and _per_row_weight(graph, x.node, out_shape) is None:
+            return w, x, axes
+    return None
+
+
+def _two_way(graph: Graph, node: Node) -> list[Mixture]:
+    """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
+    `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order, `x0 + w * (x1 - x0)`. The weight must be
+    computed from the input and vary by row only (`[B, 1]`): a constant average (`0.5 * a + 0.5 * b`), a
+    residual (`x + f(x)`) or a per-feature product (`a * b`) is no gate."""
+    shape = node.shape
+    found: tuple[int, int, int, tuple[int, int], int, int] | None = None  # w, x0, x1, axes, combine, arg
+    if node.op == "lerp":
+        x0, x1, w = node.arg(0, "input"), node.arg(1, "end"), node.arg(2, "weight")
+        if isinstance(x0, Ref) and isinstance(x1, Ref) and isinstance(w, Ref):
+            axes = _per_row_weight(graph, w.node, shape)
+            if axes is not None:
+                found = (w.node, x0.node, x1.node, axes, node.idx, _arg_position(node, w))
+    else:
+        a, b = _operands(node)
+        if not (isinstance(a, Ref) and isinstance(b, Ref)) or node.kwargs.get("alpha", 1) != 1:
+            return []
+        pa, pb = _weighted(graph, a.node, shape), _weighted(graph, b.node, shape)
+        if pa is not None and pb is not None:  # (1 - w) * x0 + w * x1
+            for (wa, xa, _), (wb, xb, axes) in ((pa, pb), (pb, pa)):
+                if _complement(graph, wa.node) == _base(graph, wb.node):
+                    found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
+                    break
+        for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
+            if found is not None or prod is None:
+                continue
+            w, diff, axes = prod
+            d = graph.nodes[_base(graph, diff.node)]
+            if d.op != "sub" or len(d.args) != 2 or d.kwargs.get("alpha", 1) != 1:
+                continue
+            x1, back = d.args
+            if (
+                isinstance(x1, Ref)
+                and isinstance(back, Ref)
+                and _base(graph, back.node) == _base(graph, x0.node)
+            ):
+                found = (w.node, x0.node, x1.node, axes, mul.node, -1)
+    if found is None:
+        return []
+    w, x0, x1, (w_axis, w_batch), combine, arg = found
+    if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w):
+        return []
+    return [Mixture(combine, node.idx, w, w_axis, w_batch, ((x0, None), (x1, None)), 2, arg, two_way=True)]
+
+
+# ------------------------------------------------------------------------ repeat_interleave
+def _interleaved(graph: Graph, node: Node) -> list[Mixture]:
+    """`W.repeat_interleave(D, dim=1) * cat([x_0 .. x_{E-1}], dim=1)` (`[B, E*D]`), reshaped to `[B, E, D]`
+    and summed over the experts: the weights `W` `[B, E]` mix the E parts of the concatenation."""
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)) or node.ndim != 2:
+        return []
+    batch = graph.batch_size
+    for w_ref, x_ref in ((a, b), (b, a)):
+        rep = graph.nodes[w_ref.node]
+        src = rep.args[0] if rep.args else None
+        if rep.op != "repeat_interleave" or not isinstance(src, Ref):
+            continue
+        d, dim = rep.arg(1, "repeats"), rep.arg(2, "dim")
+        w = graph.nodes[src.node]
+        if not isinstance(d, int) or dim not in (1, -1) or w.shape[:1] != (batch,) or w.ndim != 2:
+            continue
+        e = w.shape[1]
+        parts = _concat_parts_on(graph, x_ref.node, 1)
+        if not 2 <= e <= MAX_EXPERTS or e == batch or parts is None or len(parts) != e:
+            continue
+        if any(graph.nodes[p].shape != (batch, d) for p in parts):
+            continue
+        for child in graph.children[node.idx]:
+            c = graph.nodes[child]
+            if view_parent(graph, c) != node.idx or c.shape != (batch, e, d):
+                continue
+            red = find_reduction(graph, child, 1)
+            if red is not None:
+                return [Mixture(node.idx, red, src.node, 1, 0, tuple((p, None) for p in parts), e)]
+    return []
+
+
+def _concat_parts_on(graph: Graph, idx: int, dim: int) -> list[int] | None:
+    """The parts of `cat(parts, dim)` that node `idx` is (None when it is not one)."""
+    node = graph.nodes[idx]
+    seq = node.arg(0, "tensors")
+    if node.op != "cat" or not isinstance(seq, (list, tuple)) or not all(isinstance(r, Ref) for r in seq):
+        return None
+    d = node.arg(1, "dim", 0)
+    if not isinstance(d, int) or (d + node.ndim if d < 0 else d) != dim:
+        return None
+    return [r.node for r in seq]
+
+
 def find_mixtures(graph: Graph) -> list[Mixture]:
     """Every expert mixture in the traced forward (see module docstring), in forward order.
 
@@ -771,6 +948,7 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
         if node.op in MUL_OPS:
             muls.append(node)
             found.extend(_mul(graph, node))
+            found.extend(_interleaved(graph, node))
         elif node.op == "addcmul":  # acc + w[:, i] * x_i in a loop over the experts
             muls.append(node)
         elif node.op in MATMUL_OPS:
@@ -781,6 +959,8 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_vecdot(graph, node))
         elif node.op in ("index_add", "scatter_add"):
             found.extend(_sparse_dispatch(graph, node))
+        if node.op in TWO_WAY_OPS:
+            found.extend(_two_way(graph, node))
     combined = {m.combine for m in found}
     found.extend(m for m in _per_expert(graph, [n for n in muls if n.idx not in combined]))
     combined = {m.combine for m in found}

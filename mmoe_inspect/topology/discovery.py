@@ -51,7 +51,7 @@ from mmoe_inspect.topology._gates import (
     resolve_experts,
     set_levels,
 )
-from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part
+from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
 from mmoe_inspect.topology._tasks import NO_TASK_NOTE, TaskOutput, parse_outputs, task_specs
@@ -69,6 +69,7 @@ from mmoe_inspect.topology._unresolved import (
     module_snippet,
     named_like_gates,
     outside_torch,
+    two_way_unresolved,
     unexplained_softmaxes,
 )
 from mmoe_inspect.topology.spec import (
@@ -244,7 +245,15 @@ def _describe_gates(
                     by_producer[(part.producer, t)] = gate
                     gates.append(gate)
                 break
-            found = locate(graph, mix)
+            if mix.two_way:  # one weight per row blending two experts: the gate [1 - w, w]
+                found = locate_two_way(graph, mix)
+                if isinstance(found, str):  # seen, not readable: never a silent Shared-Bottom
+                    rejected.append((mix, found))
+                    unresolved.append(two_way_unresolved(graph, mix, found, tasks))
+                    done_outputs.add(mix.output)
+                    break
+            else:
+                found = locate(graph, mix)
             if isinstance(found, str):
                 rejected.append((mix, found))
                 unresolved.append(
@@ -440,8 +449,11 @@ def _signed_rows(graph: Graph, mix: Mixture) -> bool:
     """Per-row weights with a clearly negative entry: a gate weights its experts (softmax, sigmoid, a normalized
     ReLU, a top-k selection), it does not subtract them; a dot product of two towers `(u * i).sum(-1)` or an
     FM interaction has that shape too."""
-    if mix.w_batch is None:
-        return False  # a learned scalar mixture (no batch axis) may have signed weights
+    if mix.w_batch is None or mix.two_way:
+        return (
+            False  # a learned scalar mixture (no batch axis) may have signed weights; a blend's w is checked
+        )
+        # where it is located (`locate_two_way`)
     rows = row_values(graph, mix.weights, mix.w_axis, mix.w_batch)
     return rows is not None and bool(torch.isfinite(rows).all()) and float(rows.min()) < -1e-6
 
