@@ -401,6 +401,12 @@ def _describe_gates(
         penalties.add("no_task")
         idle = ", ".join(g.name for g in gates if not g.tasks and not g.refined)
         notes.append(NO_TASK_NOTE + idle)
+    blends = [g for g in gates if g.loc.two_way]
+    if blends:
+        notes.append(
+            f"gate(s) {', '.join(g.name for g in blends)} blend two experts by one weight w per row "
+            "((1 - w) * x0 + w * x1, e.g. torch.lerp): read as [1 - w, w] over (x0, x1); causal edits write back w"
+        )
     weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
         notes.append(
