@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from two_expert_models import BLENDS, N_FEATURES, Blend, Extrapolating, LookAlike, collapse
+from two_expert_models import BLENDS, N_FEATURES, TWO_WAY, Blend, Extrapolating, LookAlike, collapse
 from typer.testing import CliRunner
 
 import mmoe_inspect as mi
@@ -68,12 +68,12 @@ def test_a_per_row_blend_is_a_gate_and_its_collapse_is_found(form: str, weight_m
     assert {g.task for g in topo.gates} == {"click", "buy"}
     for g in topo.gates:
         assert g.experts[:2] == ("left", "right")  # the expert weighted by 1 - w first
-        assert g.two_way == (form in ("lerp", "affine", "affine_swapped", "delta"))
+        assert g.two_way == (form in TWO_WAY)
     assert {f.subject for f in result.findings if f.code == "collapsed_gate"} == {"click"}
     assert "no gates" not in " ".join(topo.notes).lower()
 
 
-@pytest.mark.parametrize("form", ["lerp", "affine_swapped", "delta"])
+@pytest.mark.parametrize("form", ["lerp", "affine_swapped", "delta", "unsqueezed"])
 def test_the_two_way_gate_reads_one_minus_w_then_w(form: str) -> None:
     model = collapse(Blend(form))
     topo = discover_topology(model, example())

@@ -16,9 +16,11 @@ N_FEATURES = 8
 WIDTH = 6
 TASKS = ("click", "buy")
 
-BLENDS = ("lerp", "affine", "affine_swapped", "delta", "interleaved_pair", "interleaved_softmax")
+TWO_WAY = ("lerp", "affine", "affine_swapped", "delta", "unsqueezed")
+BLENDS = (*TWO_WAY, "interleaved_pair", "interleaved_softmax")
 """Forms of a per-row mix: `lerp(l, r, w)`; `(1 - w) * l + w * r`; `w * r + (1 - w) * l`; `l + w * (r - l)`;
-`[1 - w, w]` and a 3-way softmax repeat_interleaved over the concatenated experts, reshaped and summed."""
+a `[B]` weight unsqueezed in the blend, `(1 - w)[:, None] * l + w[:, None] * r`; `[1 - w, w]` and a 3-way
+softmax repeat_interleaved over the concatenated experts, reshaped and summed."""
 
 
 class Blend(nn.Module):
@@ -63,6 +65,9 @@ class Blend(nn.Module):
             return w * right + (1 - w) * left
         if f == "delta":
             return left + w * (right - left)
+        if f == "unsqueezed":
+            w = w.squeeze(1)  # [B]
+            return (1 - w)[:, None] * left + w.unsqueeze(1) * right
         parts = [left, right] if f == "interleaved_pair" else [left, right, mid]
         ww = torch.cat([1 - w, w], dim=1) if f == "interleaved_pair" else w  # [B, E]
         flat = ww.repeat_interleave(WIDTH, dim=1) * torch.cat(parts, dim=1)  # [B, E * D]

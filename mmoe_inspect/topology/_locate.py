@@ -204,28 +204,30 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
             two_way=True,
         )
         break
-    if found is None:
-        producer, pax, pbax = chain[-1]
-        pnode = graph.nodes[producer]
-        if pnode.seq < 0 or pnode.out_pos != 0 or pax is None or pbax is None:
-            return (
-                "its weight is made where neither a module output nor a torch function call holds exactly it"
-            )
-        if not gate_shaped(graph, producer, pax, pbax, 1):
-            return (
-                "its weight is made where neither a module output nor a torch function call holds exactly it"
-            )
-        module = pnode.module or ROOT
+    for idx, ax, bax in reversed(chain) if found is None else ():  # the first call that makes exactly `w`
+        node = graph.nodes[idx]
+        if (
+            node.seq < 0
+            or node.out_pos != 0
+            or ax is None
+            or bax is None
+            or not gate_shaped(graph, idx, ax, bax, 1)
+        ):
+            continue  # (a `[batch]` weight unsqueezed for the blend is read at the unsqueeze)
+        module = node.module or ROOT
         found = Located(
             module,
             "probs",
-            pax,
-            pbax,
-            op=pnode.op,
-            occurrence=graph.occurrence(producer, module),
-            producer=producer,
+            ax,
+            bax,
+            op=node.op,
+            occurrence=graph.occurrence(idx, module),
+            producer=idx,
             two_way=True,
         )
+        break
+    if found is None:
+        return "its weight is made where neither a module output nor a torch function call holds exactly it"
     rows = row_values(graph, found.producer, found.dim, found.batch_dim)
     if rows is None or not bool(torch.isfinite(rows).all()):
         return "its weight's values could not be read on the example batch"
