@@ -96,7 +96,7 @@ def test_a_blend_whose_weight_leaves_the_unit_interval_cannot_be_judged() -> Non
 
 
 # ---------------------------------------------------------------------------------------- not gates
-@pytest.mark.parametrize("form", ["residual", "average", "constant_rows", "features"])
+@pytest.mark.parametrize("form", ["residual", "average", "constant_rows", "per_feature", "features"])
 def test_sums_and_products_that_are_no_per_row_blend_are_not_gates(form: str) -> None:
     topo = discover_topology(LookAlike(form).eval(), example())
     assert topo.gates == () and topo.unresolved == (), [u.line() for u in topo.unresolved]

@@ -16,10 +16,11 @@ N_FEATURES = 8
 WIDTH = 6
 TASKS = ("click", "buy")
 
-TWO_WAY = ("lerp", "affine", "affine_swapped", "delta", "unsqueezed")
+TWO_WAY = ("lerp", "affine", "affine_swapped", "delta", "unsqueezed", "widened")
 BLENDS = (*TWO_WAY, "interleaved_pair", "interleaved_softmax")
 """Forms of a per-row mix: `lerp(l, r, w)`; `(1 - w) * l + w * r`; `w * r + (1 - w) * l`; `l + w * (r - l)`;
-a `[B]` weight unsqueezed in the blend, `(1 - w)[:, None] * l + w[:, None] * r`; `[1 - w, w]` and a 3-way
+a `[B]` weight unsqueezed in the blend, `(1 - w)[:, None] * l + w[:, None] * r`; `w` widened to the experts'
+`[B, D]` by `repeat_interleave` then `(1 - w_d) * l + w_d * r`; `[1 - w, w]` and a 3-way
 softmax repeat_interleaved over the concatenated experts, reshaped and summed."""
 
 
@@ -65,6 +66,9 @@ class Blend(nn.Module):
             return w * right + (1 - w) * left
         if f == "delta":
             return left + w * (right - left)
+        if f == "widened":
+            wd = w.repeat_interleave(WIDTH, dim=1)  # [B, D], the same weight in every column
+            return (1 - wd) * left + wd * right
         if f == "unsqueezed":
             w = w.squeeze(1)  # [B]
             return (1 - w)[:, None] * left + w.unsqueeze(1) * right
@@ -111,6 +115,7 @@ class LookAlike(nn.Module):
     * `residual`: `h + f(h)` (a residual block over the shared bottom);
     * `average`: `0.5 * left + 0.5 * right` (a constant average);
     * `constant_rows`: `lerp(left, right, w)` with `w` a `[B, 1]` constant, computed from no input;
+    * `per_feature`: `(1 - z) * left + z * right` with `z` `[B, D]` (one weight per feature, GRU-style);
     * `features`: attention-like products of features, `left * right`, `left * sigmoid(score(x))` per
       feature, and `sigmoid(s) * left + right` (a per-row weight on one term only).
     """
@@ -134,6 +139,9 @@ class LookAlike(nn.Module):
             h = 0.5 * left + 0.5 * right
         elif self.form == "constant_rows":
             h = torch.lerp(left, right, torch.full((x.shape[0], 1), 0.3))
+        elif self.form == "per_feature":
+            z = torch.sigmoid(self.score(x))  # [B, D]: a weight per feature (GRU-style), not per row
+            h = (1 - z) * left + z * right
         else:
             h = left * right + left * torch.sigmoid(self.score(x))
             h = torch.sigmoid(self.scalar(x)) * h + right

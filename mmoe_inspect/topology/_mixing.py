@@ -154,8 +154,8 @@ def _repeats_only_ones(node: Node, src: tuple[int, ...]) -> bool:
 
 
 def _unexpanded(graph: Graph, ref: Ref) -> Ref:
-    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`, or a `repeat`/`tile`
-    of size-1 axes only): a product with it is the same product (keras-mmoe's port weights `[B, D, E]`
+    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`, or a `repeat`/`tile`/
+    `repeat_interleave` of size-1 axes only): a product with it is the same product (keras-mmoe's port weights `[B, D, E]`
     experts by `g.unsqueeze(1).expand_as(experts)`; TensorFlow ports by `tile`)."""
     node = graph.nodes[ref.node]
     while node.args and isinstance(node.args[0], Ref):
@@ -163,6 +163,15 @@ def _unexpanded(graph: Graph, ref: Ref) -> Ref:
         shape = graph.nodes[src.node].shape
         if node.op in BROADCAST_OPS:
             ok = _broadcasts(shape, node.shape)
+        elif node.op == "repeat_interleave":  # of a size-1 axis: `w[B, 1].repeat_interleave(D, dim=1)`
+            dim = node.arg(2, "dim")
+            d = dim + len(shape) if isinstance(dim, int) and dim < 0 else dim
+            ok = (
+                isinstance(d, int)
+                and 0 <= d < len(shape)
+                and shape[d] == 1
+                and isinstance(node.arg(1, "repeats"), int)
+            )
         else:
             ok = node.op in REPEAT_OPS and _repeats_only_ones(node, shape)
         if not ok:
@@ -772,10 +781,15 @@ TWO_WAY_OPS = frozenset({"lerp", "add", "radd"})
 
 
 def _base(graph: Graph, idx: int) -> int:
-    """The tensor node `idx` is a view of (itself when it is none)."""
+    """The tensor node `idx` is a view or a broadcast of (itself when it is none)."""
     last = idx
-    for node in views_back(graph, idx, 16):
-        last = node.idx
+    for _ in range(8):
+        for node in views_back(graph, last, 16):
+            last = node.idx
+        src = _unexpanded(graph, Ref(last)).node
+        if src == last:
+            return last
+        last = src
     return last
 
 
@@ -840,8 +854,16 @@ def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, 
     if not (isinstance(a, Ref) and isinstance(b, Ref)):
         return None
     for w, x in ((a, b), (b, a)):
+        w = _unexpanded(
+            graph, w
+        )  # `w.expand_as(x)`, `w.repeat_interleave(D, dim=1)`: the same weight per row
+        if _per_row_weight(graph, x.node, out_shape) is not None:
+            continue
         axes = _per_row_weight(graph, w.node, out_shape)
-        if axes is not None and _per_row_weight(graph, x.node, out_shape) is None:
+        if axes is None:  # `1 - w` of a broadcast per-row `w` has the experts' width
+            c = _complement(graph, w.node)
+            axes = None if c is None else _per_row_weight(graph, c, out_shape)
+        if axes is not None:
             return w, x, axes
     return None
 
@@ -856,6 +878,7 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     if node.op == "lerp":
         x0, x1, w = node.arg(0, "input"), node.arg(1, "end"), node.arg(2, "weight")
         if isinstance(x0, Ref) and isinstance(x1, Ref) and isinstance(w, Ref):
+            w = _unexpanded(graph, w)
             axes = _per_row_weight(graph, w.node, shape)
             if axes is not None:
                 found = (w.node, x0.node, x1.node, axes, node.idx, _arg_position(node, w))
