@@ -16,9 +16,20 @@ N_FEATURES = 8
 WIDTH = 6
 TASKS = ("click", "buy")
 
-TWO_WAY = ("lerp", "affine", "affine_swapped", "delta", "unsqueezed", "widened")
+TWO_WAY = (
+    "lerp",
+    "affine",
+    "affine_swapped",
+    "delta",
+    "minus",
+    "stacked",
+    "python_sum",
+    "unsqueezed",
+    "widened",
+)
 BLENDS = (*TWO_WAY, "interleaved_pair", "interleaved_softmax")
 """Forms of a per-row mix: `lerp(l, r, w)`; `(1 - w) * l + w * r`; `w * r + (1 - w) * l`; `l + w * (r - l)`;
+`l - w * (l - r)`; `stack([(1 - w) * l, w * r]).sum(0)`; Python's `sum(...)` over the two products;
 a `[B]` weight unsqueezed in the blend, `(1 - w)[:, None] * l + w[:, None] * r`; `w` widened to the experts'
 `[B, D]` by `repeat_interleave` then `(1 - w_d) * l + w_d * r`; `[1 - w, w]` and a 3-way
 softmax repeat_interleaved over the concatenated experts, reshaped and summed."""
@@ -66,6 +77,12 @@ class Blend(nn.Module):
             return w * right + (1 - w) * left
         if f == "delta":
             return left + w * (right - left)
+        if f == "minus":
+            return left - w * (left - right)
+        if f == "stacked":
+            return torch.stack([(1 - w) * left, w * right]).sum(0)
+        if f == "python_sum":
+            return sum(wi * xi for wi, xi in zip([1 - w, w], [left, right], strict=True))
         if f == "widened":
             wd = w.repeat_interleave(WIDTH, dim=1)  # [B, D], the same weight in every column
             return (1 - wd) * left + wd * right

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mmoe_inspect.topology._graphops import find_reduction, map_axis, selection, view_parent
+from mmoe_inspect.topology._graphops import find_reduction, map_axis, norm_dim, selection, view_parent
 from mmoe_inspect.topology._trace import Graph, Node, Ref
 
 MUL_OPS = frozenset({"mul", "rmul", "multiply"})
@@ -777,7 +777,7 @@ def gathered_experts(graph: Graph, idx: int, axis: int) -> tuple[int, int, int] 
 
 
 # ------------------------------------------------------------------------------ two-way blends
-TWO_WAY_OPS = frozenset({"lerp", "add", "radd"})
+TWO_WAY_OPS = frozenset({"lerp", "add", "radd", "sub", "sum"})
 
 
 def _base(graph: Graph, idx: int) -> int:
@@ -868,11 +868,46 @@ def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, 
     return None
 
 
+def _terms(graph: Graph, node: Node) -> tuple[Ref, Ref] | None:
+    """The two terms node `node` adds: `a + b`, or `stack([a, b]).sum(0)` (through views)."""
+    if node.op in ADD_OPS:
+        a, b = _operands(node)
+        if isinstance(a, Ref) and isinstance(b, Ref) and node.kwargs.get("alpha", 1) == 1:
+            return a, b
+        return None
+    if node.op != "sum" or not node.args or not isinstance(node.args[0], Ref):
+        return None
+    stack = next((n for n in views_back(graph, node.args[0].node, 8) if n.op == "stack"), None)
+    seq = None if stack is None else stack.arg(0, "tensors")
+    if stack is None or not isinstance(seq, (list, tuple)) or len(seq) != 2:
+        return None
+    if stack.idx != node.args[0].node or not all(isinstance(r, Ref) for r in seq):
+        return None
+    axis = norm_dim(stack.arg(1, "dim", 0), stack.ndim)
+    dims = node.arg(1, "dim")
+    dims = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else []
+    if axis is None or [norm_dim(d, stack.ndim) for d in dims] != [axis] or node.kwargs.get("keepdim"):
+        return None
+    return seq[0], seq[1]
+
+
+def _no_zero(graph: Graph, ref: Ref) -> Ref:
+    """`ref` without a leading `0 + t` (Python's `sum([...])` starts from 0)."""
+    node = graph.nodes[ref.node]
+    if node.op in ADD_OPS and len(node.args) == 2:
+        a, b = node.args
+        if isinstance(a, Ref) and isinstance(b, (int, float)) and b == 0:
+            return a
+    return ref
+
+
 def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
-    `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order, `x0 + w * (x1 - x0)`. The weight must be
-    computed from the input and vary by row only (`[B, 1]`): a constant average (`0.5 * a + 0.5 * b`), a
-    residual (`x + f(x)`) or a per-feature product (`a * b`) is no gate."""
+    `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order (also summed as a stack of the two, or by
+    Python's `sum`), `x0 + w * (x1 - x0)` and `x0 - w * (x0 - x1)`. The weight must be computed from the input
+    and vary by row only (`[B, 1]`, or that broadcast to the experts' width): a constant average
+    (`0.5 * a + 0.5 * b`), a residual (`x + f(x)`), a per-feature weight (`[B, D]`) or a product of features
+    (`a * b`) is no gate."""
     shape = node.shape
     found: tuple[int, int, int, tuple[int, int], int, int] | None = None  # w, x0, x1, axes, combine, arg
     if node.op == "lerp":
@@ -882,10 +917,21 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
             axes = _per_row_weight(graph, w.node, shape)
             if axes is not None:
                 found = (w.node, x0.node, x1.node, axes, node.idx, _arg_position(node, w))
-    else:
+    elif node.op == "sub":  # x0 - w * (x0 - x1)
         a, b = _operands(node)
-        if not (isinstance(a, Ref) and isinstance(b, Ref)) or node.kwargs.get("alpha", 1) != 1:
+        if isinstance(a, Ref) and isinstance(b, Ref) and node.kwargs.get("alpha", 1) == 1:
+            prod = _weighted(graph, b.node, shape)
+            d = None if prod is None else graph.nodes[_base(graph, prod[1].node)]
+            if prod is not None and d is not None and d.op == "sub" and len(d.args) == 2:
+                back, x1 = d.args
+                same = isinstance(back, Ref) and _base(graph, back.node) == _base(graph, a.node)
+                if same and isinstance(x1, Ref) and d.kwargs.get("alpha", 1) == 1:
+                    found = (prod[0].node, a.node, x1.node, prod[2], b.node, -1)
+    else:
+        terms = _terms(graph, node)
+        if terms is None:
             return []
+        a, b = (_no_zero(graph, t) for t in terms)
         pa, pb = _weighted(graph, a.node, shape), _weighted(graph, b.node, shape)
         if pa is not None and pb is not None:  # (1 - w) * x0 + w * x1
             for (wa, xa, _), (wb, xb, axes) in ((pa, pb), (pb, pa)):
@@ -893,7 +939,7 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
                     found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
                     break
         for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
-            if found is not None or prod is None:
+            if found is not None or prod is None or node.op == "sum":
                 continue
             w, diff, axes = prod
             d = graph.nodes[_base(graph, diff.node)]
