@@ -22,7 +22,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from two_expert_models import BLENDS, N_FEATURES, TWO_WAY, Blend, Extrapolating, LookAlike, collapse
+from two_expert_models import (
+    BLENDS,
+    N_FEATURES,
+    TWO_WAY,
+    Blend,
+    Extrapolating,
+    LookAlike,
+    SplitWeights,
+    collapse,
+)
 from typer.testing import CliRunner
 
 import mmoe_inspect as mi
@@ -93,6 +102,20 @@ def test_a_blend_whose_weight_leaves_the_unit_interval_cannot_be_judged() -> Non
     assert lines and all("per-row two-way mix of two expert outputs" in ln for ln in lines), lines
     assert all("cannot be read as a gate" in ln and "leaves [0, 1]" in ln for ln in lines), lines
     assert "two_way = true" in topo.unresolved[0].snippet
+
+
+def test_two_separate_per_row_weights_cannot_be_judged() -> None:
+    topo = discover_topology(SplitWeights().eval(), example())
+    assert topo.gates == () and topo.architecture is None
+    lines = [u.line() for u in topo.unresolved]
+    assert len(lines) == 2 and all("per-row two-way mix" in ln and "separate" in ln for ln in lines), lines
+
+
+def test_slices_of_one_weight_tensor_stay_that_tensor_s_gate() -> None:
+    topo = discover_topology(SplitWeights(sliced=True).eval(), example())
+    assert topo.unresolved == () and {g.task for g in topo.gates} == {"click", "buy"}
+    assert {g.module for g in topo.gates} == {"pairs.click", "pairs.buy"}  # logits softmaxed by the model
+    assert not any(g.two_way for g in topo.gates)
 
 
 # ---------------------------------------------------------------------------------------- not gates

@@ -126,6 +126,35 @@ class Extrapolating(Blend):
         return 2 * torch.sigmoid(self.weights[task](x)) - 0.5
 
 
+class SplitWeights(Blend):
+    """`sigmoid(z) * left + sigmoid(-z) * right`: two per-row weights of their own, which no tensor holds as a
+    pair; seen but not readable as a gate (unresolved), never a Shared-Bottom. `sliced` takes both from one
+    `[B, 2]` softmax instead (`p[:, 0:1] * left + p[:, 1:2] * right`), which is that tensor's gate."""
+
+    def __init__(self, sliced: bool = False) -> None:
+        super().__init__("lerp")
+        self.sliced = sliced
+        self.pairs = nn.ModuleDict({t: nn.Linear(N_FEATURES, 2) for t in TASKS})
+
+    def blend(
+        self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.left(x), self.right(x)
+        out = {}
+        for t in TASKS:
+            if self.sliced:
+                p = torch.softmax(self.pairs[t](x), dim=1)
+                h = p[:, 0:1] * left + p[:, 1:2] * right
+            else:
+                z = self.weights[t](x)
+                h = torch.sigmoid(z) * left + torch.sigmoid(-z) * right
+            out[t] = torch.sigmoid(self.heads[t](h)).squeeze(1)
+        return out
+
+
 class LookAlike(nn.Module):
     """Gate-less multi-task models whose forwards hold sums and products that are no per-row blend:
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mmoe_inspect.topology._graphops import find_reduction, map_axis, norm_dim, selection, view_parent
@@ -80,9 +80,8 @@ class Mixture:
     fused: int = 0  # > 0: the weights hold this many gates at once (`fused_axis`), one mixture each
     fused_axis: int | None = None  # the weights' axis of those gates (`[B, T, E] @ [B, E, D]`)
     fused_out_axis: int | None = None  # the axis of the combine output holding each gate's mixture
-    two_way: bool = (
-        False  # `weights` hold one weight w per row (size 1 on `w_axis`): the gate is `[1 - w, w]`
-    )
+    two_way: bool = False  # `weights`: one weight w per row (size 1 on `w_axis`); the gate is `[1 - w, w]`
+    split: bool = False  # two_way, but `w0 * x0 + w1 * x1`: two per-row weights of their own (seen, not read)
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -938,6 +937,22 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
                 if _complement(graph, wa.node) == _base(graph, wb.node):
                     found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
                     break
+            split = found is None and _base(graph, pa[0].node) != _base(graph, pb[0].node)
+            if split and _from_input(graph, pa[0].node):
+                # w0 * x0 + w1 * x1: two per-row weights of their own (two sigmoids, sigmoid(z) and
+                # sigmoid(-z)); no tensor holds the pair, so it is reported, not read
+                w0, x0, axes = pa
+                m = Mixture(
+                    min(a.node, b.node),
+                    node.idx,
+                    w0.node,
+                    axes[0],
+                    axes[1],
+                    ((x0.node, None), (pb[1].node, None)),
+                    2,
+                )
+                if _base(graph, x0.node) != _base(graph, pb[1].node) and _from_input(graph, pb[0].node):
+                    return [replace(m, two_way=True, split=True)]
         for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
             if found is not None or prod is None or node.op == "sum":
                 continue
@@ -1030,9 +1045,11 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_sparse_dispatch(graph, node))
         if node.op in TWO_WAY_OPS:
             found.extend(_two_way(graph, node))
-    combined = {m.combine for m in found}
+    combined = {m.combine for m in found if not m.split}
     found.extend(m for m in _per_expert(graph, [n for n in muls if n.idx not in combined]))
-    combined = {m.combine for m in found}
+    combined = {m.combine for m in found if not m.split}
     found.extend(m for m in _per_expert_dispatch(graph) if m.combine not in combined)
+    read = {m.output for m in found if not m.split}  # `w[:, 0:1] * x0 + w[:, 1:2] * x1` is one tensor's gate
+    found = [m for m in found if not (m.split and m.output in read)]
     found.sort(key=lambda m: (m.combine, m.output))
     return found
