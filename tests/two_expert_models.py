@@ -27,16 +27,17 @@ TWO_WAY = (
     "unsqueezed",
     "widened",
 )
-BLENDS = (*TWO_WAY, "interleaved_pair", "interleaved_softmax")
+BLENDS = (*TWO_WAY, "interleaved_pair", "interleaved_softmax", "interleaved_blocks", "interleaved_split")
 """Forms of a per-row mix: `lerp(l, r, w)`; `(1 - w) * l + w * r`; `w * r + (1 - w) * l`; `l + w * (r - l)`;
 `l - w * (l - r)`; `stack([(1 - w) * l, w * r]).sum(0)`; Python's `sum(...)` over the two products;
 a `[B]` weight unsqueezed in the blend, `(1 - w)[:, None] * l + w[:, None] * r`; `w` widened to the experts'
 `[B, D]` by `repeat_interleave` then `(1 - w_d) * l + w_d * r`; `[1 - w, w]` and a 3-way
-softmax repeat_interleaved over the concatenated experts, reshaped and summed."""
+softmax repeat_interleaved over the concatenated experts, reshaped and summed; the pair's product summed by
+column blocks (`prod[:, :D] + prod[:, D:]`) and the 3-way one's by `sum(prod.split(D, dim=1))`."""
 
 
 class Blend(nn.Module):
-    """Two (three for `interleaved_softmax`) experts `left`, `right` (`mid`) blended per task as `form` says."""
+    """Two (three for `interleaved_softmax`, `interleaved_split`) experts `left`, `right` (`mid`) blended per task as `form` says."""
 
     def __init__(self, form: str, weight_module: bool = False) -> None:
         super().__init__()
@@ -45,7 +46,7 @@ class Blend(nn.Module):
         self.left = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
         self.right = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
         self.mid = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
-        n_w = 3 if form == "interleaved_softmax" else 1
+        n_w = 3 if form in ("interleaved_softmax", "interleaved_split") else 1
         # weight_module: the sigmoid inside a module (read at its output) instead of in forward
         squash = nn.Softmax(dim=1) if n_w == 3 else nn.Sigmoid()
         self.weights = nn.ModuleDict(
@@ -63,7 +64,7 @@ class Blend(nn.Module):
         z = self.weights[task](x)
         if self.weight_module:
             return z
-        return torch.softmax(z, dim=1) if self.form == "interleaved_softmax" else torch.sigmoid(z)
+        return torch.softmax(z, dim=1) if z.shape[1] == 3 else torch.sigmoid(z)
 
     def blend(
         self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
@@ -89,9 +90,14 @@ class Blend(nn.Module):
         if f == "unsqueezed":
             w = w.squeeze(1)  # [B]
             return (1 - w)[:, None] * left + w.unsqueeze(1) * right
-        parts = [left, right] if f == "interleaved_pair" else [left, right, mid]
-        ww = torch.cat([1 - w, w], dim=1) if f == "interleaved_pair" else w  # [B, E]
+        pair = f in ("interleaved_pair", "interleaved_blocks")
+        parts = [left, right] if pair else [left, right, mid]
+        ww = torch.cat([1 - w, w], dim=1) if pair else w  # [B, E]
         flat = ww.repeat_interleave(WIDTH, dim=1) * torch.cat(parts, dim=1)  # [B, E * D]
+        if f == "interleaved_blocks":
+            return flat[:, :WIDTH] + flat[:, WIDTH : 2 * WIDTH]
+        if f == "interleaved_split":
+            return sum(flat.split(WIDTH, dim=1))
         return flat.reshape(-1, len(parts), WIDTH).sum(1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -998,14 +998,41 @@ def _interleaved(graph: Graph, node: Node) -> list[Mixture]:
             continue
         if any(graph.nodes[p].shape != (batch, d) for p in parts):
             continue
+        experts = tuple((p, None) for p in parts)
         for child in graph.children[node.idx]:
             c = graph.nodes[child]
             if view_parent(graph, c) != node.idx or c.shape != (batch, e, d):
                 continue
             red = find_reduction(graph, child, 1)
             if red is not None:
-                return [Mixture(node.idx, red, src.node, 1, 0, tuple((p, None) for p in parts), e)]
+                return [Mixture(node.idx, red, src.node, 1, 0, experts, e)]
+        blocks = _blocks(graph, node.idx, e, d)  # `prod[:, :D] + prod[:, D:2D]`, `sum(prod.split(D, 1))`
+        if blocks is not None:
+            common = set.intersection(*(_sum_closure(graph, b) for b in blocks)) - set(blocks)
+            sums = sorted(c for c in common if graph.nodes[c].shape == (batch, d))
+            if sums:
+                return [Mixture(node.idx, sums[0], src.node, 1, 0, experts, e)]
     return []
+
+
+def _blocks(graph: Graph, idx: int, e: int, d: int) -> list[int] | None:
+    """The E column blocks `[:, k*D:(k+1)*D]` of node `idx` `[B, E*D]` (slices, `split`, `chunk`), by k."""
+    by_k: dict[int, int] = {}
+    for c in graph.children[idx]:
+        n = graph.nodes[c]
+        if n.shape != (graph.batch_size, d) or not n.args or n.args[0] != Ref(idx):
+            continue
+        k: int | None = None
+        if n.op == "getitem" and len(n.args) > 1 and isinstance(n.args[1], tuple) and len(n.args[1]) == 2:
+            rows, cols = n.args[1]
+            if rows == slice(None) and isinstance(cols, slice) and cols.step in (None, 1):
+                start = 0 if cols.start is None else cols.start
+                k = start // d if isinstance(start, int) and start >= 0 and start % d == 0 else None
+        elif n.op in ("split", "chunk") and n.arg(2, "dim") in (1, -1):
+            k = n.out_pos
+        if k is not None:
+            by_k.setdefault(k, c)
+    return [by_k[k] for k in range(e)] if sorted(by_k) == list(range(e)) else None
 
 
 def _concat_parts_on(graph: Graph, idx: int, dim: int) -> list[int] | None:
