@@ -55,13 +55,16 @@ def two_way_unresolved(graph: Graph, mix: Mixture, why: str, tasks: tuple[TaskSp
     w = graph.nodes[mix.weights]
     snippet = function_snippet(graph, mix.weights, 2, tasks, dim=mix.w_axis) if w.seq >= 0 else ""
     if snippet:
-        snippet = snippet.replace(
-            'output = "probs"', 'output = "probs"\ntwo_way = true  # read as [1 - w, w]', 1
+        snippet = "\n".join(
+            'output = "probs"\ntwo_way = true  # the weight w read as [1 - w, w]'
+            if ln.startswith("output =")
+            else ln
+            for ln in snippet.split("\n")
         )
     return Unresolved(
         f"a per-row two-way mix of two expert outputs ({graph.nodes[mix.output].op}, weight {list(w.shape)})",
         where,
-        f"found at {where or 'the model forward'} but cannot be read as a gate: {why}",
+        f"found there but cannot be read as a gate: {why}",
         snippet,
     )
 

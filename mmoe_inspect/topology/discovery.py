@@ -460,11 +460,8 @@ def _signed_rows(graph: Graph, mix: Mixture) -> bool:
     """Per-row weights with a clearly negative entry: a gate weights its experts (softmax, sigmoid, a normalized
     ReLU, a top-k selection), it does not subtract them; a dot product of two towers `(u * i).sum(-1)` or an
     FM interaction has that shape too."""
-    if mix.w_batch is None or mix.two_way:
-        return (
-            False  # a learned scalar mixture (no batch axis) may have signed weights; a blend's w is checked
-        )
-        # where it is located (`locate_two_way`)
+    if mix.w_batch is None or mix.two_way:  # a blend's w is checked where it is located (`locate_two_way`)
+        return False  # a learned scalar mixture (no batch axis) may have signed weights
     rows = row_values(graph, mix.weights, mix.w_axis, mix.w_batch)
     return rows is not None and bool(torch.isfinite(rows).all()) and float(rows.min()) < -1e-6
 
