@@ -3,7 +3,8 @@
 A module output first (the outermost module returning the softmax, `output="probs"`, or the module
 producing the logits of a functional softmax, `output="logits"`; a module called several times per
 forward is avoided or pinned with `call`), else the torch function call that makes them, else the
-combining op itself; a top-k gate is read as its k weights plus the indices of its `topk` call.
+combining op itself; a top-k gate is read as its k weights plus the indices of its `topk` call; a
+two-expert blend's gate as its one weight per row `w` `[batch, 1]`, recorded as `[1 - w, w]`.
 """
 
 from __future__ import annotations

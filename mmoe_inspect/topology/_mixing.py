@@ -30,7 +30,7 @@ Each `Mixture` says where the weights are (`weights`, with their expert and batc
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
 a gate (and not attention over features) is discovery's.
 
-One module (over ~450 lines) on purpose: every recognizer below returns a `Mixture` and shares the
+One module (over ~1,000 lines) on purpose: every recognizer below returns a `Mixture` and shares the
 view-walking and batch-axis helpers; split, the recognizers would import each other's privates.
 """
 
