@@ -145,7 +145,8 @@ def bind(
     if labels is not False and task_kinds is None:
         topo = binary_logits_from_labels(topo, source, present)
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
-    hints = {} if labels is False else label_hints(topo.tasks, labelled, present)
+    taken = set(feature_cols or ()) | {t.label_column for t in labelled}  # never hint a feature or a label
+    hints = {} if labels is False else label_hints(topo.tasks, labelled, present - taken)
     return Binding(
         source=source,
         input_fn=fn,
@@ -158,8 +159,9 @@ def bind(
 
 
 def label_hints(tasks: Sequence[TaskSpec], labelled: Sequence[TaskSpec], present: set[str]) -> dict[str, str]:
-    """`{task: column}` for each task whose label column is absent but one data column differs from it only
-    in case or is the only close spelling (difflib): the task then gets `task_unlabelled` naming it."""
+    """`{task: column}` for each task whose label column is absent but one of the `present` columns (the
+    caller leaves out features and other tasks' labels) differs from it only in case or is the only close
+    spelling (difflib): the task then gets `task_unlabelled` naming it."""
     have = {t.name for t in labelled}
     names = sorted(str(c) for c in present)
     lowered: dict[str, list[str]] = {}

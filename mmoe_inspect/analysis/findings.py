@@ -408,6 +408,9 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
                     )
                 )
             continue
+        if getattr(row, "too_few_labels", None) is True:
+            res.append(_too_few(row))
+            continue
         if row.kind != "binary":
             var = _num(getattr(row, "label_var", math.nan))
             if n_lab >= 2 and var == 0.0:
@@ -438,6 +441,30 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
             )
         )
     return res
+
+
+def _too_few(row: Any) -> Finding:
+    """`too_few_labels` for a tasks-table row: what its interval says, and how many rows it rests on."""
+    n = int(_num(row.n_labelled))
+    if row.kind == "binary":
+        n_pos = round(n * _num(row.positive_rate))
+        lo, hi, auc = _num(row.auc_lo), _num(row.auc_hi), _num(row.auc)
+        what = (
+            f"its AUC {auc:.3f} (95% interval {lo:.3f} to {hi:.3f}) rests on {n_pos:,} positive and "
+            f"{n - n_pos:,} negative labelled rows"
+        )
+        evidence: dict[str, float | str] = {"auc": auc, "auc_lo": lo, "auc_hi": hi, "n_positive": n_pos}
+    else:
+        lo, hi, r2 = _num(row.r2_lo), _num(row.r2_hi), _num(row.r2)
+        what = f"its R² {r2:.3f} (95% interval {lo:.3f} to {hi:.3f}) rests on {n:,} labelled rows"
+        evidence = {"r2": r2, "r2_lo": lo, "r2_hi": hi}
+    return Finding.of(
+        codes.TOO_FEW_LABELS,
+        str(row.task),
+        f"Task {row.task} cannot be judged: {what}, too few to tell whether it works.",
+        "Inspect more labelled rows (a larger or unsampled evaluation set) before reading its quality.",
+        {**evidence, "n_labelled": n},
+    )
 
 
 def constant_output(row: Mapping[str, Any]) -> bool:
@@ -481,7 +508,8 @@ def _regression_findings(tasks: pd.DataFrame) -> list[Finding]:
 def ranks_inverted(row: Mapping[str, Any]) -> bool:
     """A binary task row of the tasks table whose exact AUC 95% interval lies below 0.5."""
     hi = _num(row.get("auc_hi"))
-    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5
+    few = row.get("too_few_labels") is True  # (NaN in a frame without the column)
+    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5 and not few
 
 
 def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
@@ -515,7 +543,13 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                     Finding.of(
                         codes.TASK_WORSE_THAN_BASE_RATE,
                         str(r["task"]),
-                        f"Task {r['task']} ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f} is worse "
+                        f"Task {r['task']} "
+                        + (
+                            f"(AUC {auc:.3f}; too few labelled rows to judge its ranking): its log loss {ll:.4f}"
+                            if r.get("too_few_labels") is True
+                            else f"ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f}"
+                        )
+                        + " is worse "
                         f"than {base:.4f} for predicting the base rate (per-row difference 95% interval "
                         f"{_num(r.get('logloss_vs_base_lo')):+.4f} to {_num(r.get('logloss_vs_base_hi')):+.4f}): "
                         "its probabilities are miscalibrated.",

@@ -153,6 +153,17 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 text = f"{name}: not judged: AUC undefined (labels all one class, {int(n_lab):,} rows){nonfinite}"
                 out.append((name, text, "bad" if nonfinite else "unjudged"))
                 continue
+            if r.get("too_few_labels") is True:
+                n_pos = round(n_lab * _num(r.get("positive_rate")))
+                text = (
+                    f"{name}: not judged: AUC {fmt_interval(auc, _num(r.get('auc_lo')), _num(r.get('auc_hi')))} "
+                    f"on {n_pos:,} positive / {int(n_lab) - n_pos:,} negative rows: too few to tell"
+                )
+                if r.get("worse_than_base_rate") is True:
+                    text += "; its log loss is worse than the base rate's (miscalibrated)"
+                text += nonfinite
+                out.append((name, text, "bad" if nonfinite else "unjudged"))
+                continue
             state = "ok"
             ll, base = _num(r.get("logloss")), _num(r.get("base_rate_logloss"))
             text = (
@@ -170,6 +181,13 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 text += " — ranks rows, but log loss worse than the base rate's (miscalibrated)"
         else:
             mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
+            if r.get("too_few_labels") is True:
+                text = (
+                    f"{name}: not judged: R² {fmt_interval(r2, _num(r.get('r2_lo')), _num(r.get('r2_hi')))} "
+                    f"on {int(n_lab):,} rows: too few to tell{nonfinite}"
+                )
+                out.append((name, text, "bad" if nonfinite else "unjudged"))
+                continue
             if math.isnan(mse) or r.get("beats_label_mean") not in (True, False):  # None, or NaN in a frame
                 text = f"{name}: not judged: MSE {mse:.4g} but the labels never vary ({int(n_lab):,} rows)"
                 out.append((name, text + nonfinite, "bad" if nonfinite else "unjudged"))
@@ -204,7 +222,7 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
     bad = [name for name, _, state in lines if state == "bad"]
     unjudged = [name for name, _, state in lines if state == "unjudged"]
     not_judged = (
-        f"{', '.join(unjudged)} cannot be judged (no labelled rows, or labels of one class or value)"
+        f"{', '.join(unjudged)} cannot be judged (no labelled rows, too few, or labels of one class or value)"
         if unjudged
         else ""
     )
