@@ -234,13 +234,21 @@ def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> 
         }
         if row.tv_per_row < th.identical_tv:
             both_collapsed = row.gate_a in collapsed and row.gate_b in collapsed
+            level = pairs[pairs["level"] == row.level]
+            others = level[level["tv_per_row"] >= th.identical_tv]["tv_per_row"]
+            whole = (
+                "the MMoE is behaving as a one-gate MoE"
+                if others.empty
+                else f"for these two tasks the MMoE is behaving as a one-gate MoE (other pairs of tasks route "
+                f"differently: per-row total variation up to {others.max():.3f})"
+            )
             res.append(
                 Finding.of(
                     codes.TASKS_ROUTE_IDENTICALLY,
                     subject,
                     f"Tasks {row.task_a} and {row.task_b} use the same expert weights row by row (mean per-row "
-                    f"total variation {row.tv_per_row:.3f}): their gates are one gate, and the MMoE is behaving "
-                    "as a one-gate MoE." + (" Both gates are also collapsed." if both_collapsed else ""),
+                    f"total variation {row.tv_per_row:.3f}): their gates are one gate, and {whole}."
+                    + (" Both gates are also collapsed." if both_collapsed else ""),
                     "Give the gates task-specific signal (task-specific inputs, separate gate learning rates), "
                     "or try PLE/CGC, whose task-specific experts force differentiation.",
                     evidence,

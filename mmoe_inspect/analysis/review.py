@@ -45,6 +45,9 @@ NO_BASELINE_HINT = (
     "no baseline given; rerun `report` with --baseline single=TASK_ONLY.pt and/or "
     "--baseline sb=SHARED_BOTTOM.pt (same data)"
 )
+NO_BASELINE_HINT_GATELESS = (
+    "no baseline given; rerun `report` with --baseline single=TASK_ONLY.pt (same data)"
+)
 
 
 @dataclass(frozen=True)
@@ -277,13 +280,14 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
 
 
 # ------------------------------------------------------------------------------------------ gains
-def gains_answer(causal: Any | None, tasks: pd.DataFrame) -> Answer:
+def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = False) -> Answer:
+    """ "Did multi-task training help?" from the baseline gains (`gateless`: the model is itself a
+    Shared-Bottom, so only single-task baselines are suggested)."""
     q = QUESTIONS["gains"]
     table = getattr(causal, "baseline_gains", None)
-    if causal is None:
-        return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
-    if table is None or table.empty:
-        return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
+    hint = NO_BASELINE_HINT_GATELESS if gateless else NO_BASELINE_HINT
+    if causal is None or table is None or table.empty:
+        return Answer("gains", q, "Not measured: " + hint + ".", "unknown")
     primary = table[_primary_metric(table, tasks)]
     if primary.empty:
         primary = table
@@ -403,6 +407,9 @@ def _ablation(causal: Any | None, task: str, expert: str) -> dict[str, Any] | No
     return hit.iloc[0].to_dict() if len(hit) else None
 
 
+MEASURED_SMALL = ": measured impact small"
+
+
 def _collapse_impact(
     tables: dict[str, pd.DataFrame], causal: Any | None, gate: str
 ) -> tuple[str, str | None]:
@@ -421,6 +428,11 @@ def _collapse_impact(
             "critical",
         )
     abl = _ablation(causal, task, expert) if task else None
+    if abl is None and not task:
+        return (
+            "not attributable to one task: a shared gate feeds every task (see the task gates' impacts)",
+            None,
+        )
     if abl is None:
         return ("impact not measured (run `report` with labelled data for the causal analyses)", None)
     imp, lo, hi, sig = _num(abl["importance"]), _num(abl["lo"]), _num(abl["hi"]), bool(abl["significant"])
@@ -433,7 +445,15 @@ def _collapse_impact(
     if sig and imp <= -HARMLESS_IMPACT:  # the task is better without the expert its gate collapsed onto
         return (text + ": the collapse costs quality", "critical")
     if lo > -HARMLESS_IMPACT and hi < HARMLESS_IMPACT:  # the whole interval is small: measured harmless
-        return (text + ": measured impact small", "warning")
+        return (text + MEASURED_SMALL, "warning")
+    if sig and imp > 0:  # the task needs the expert its gate collapsed onto: the severity stays
+        return (
+            text
+            + ": the task depends on that expert; an ablation cannot tell whether a spread gate would do better",
+            None,
+        )
+    if sig:
+        return (text + ": the task is slightly better without that expert", None)
     # not significant, but the interval is too wide to call the impact small: the severity stays
     return (text + ": the interval is too wide to tell whether the collapse costs quality", None)
 
@@ -587,7 +607,9 @@ def _collapse_story(
             "learning rate",
         )
         steps = (
-            "No urgent action if the measured impact is small: the duplicate carries the same function.",
+            "No urgent action: the measured impact is small and the duplicate carries the same function."
+            if impact.endswith(MEASURED_SMALL)
+            else "Its impact is not shown to be small: compare a retrain with distinct expert initialisations.",
             "Use distinct initialisations per expert, or fewer experts.",
         )
     else:
@@ -695,9 +717,10 @@ def build_review(
     routing_status: Status = (
         "problem" if any(f.severity == "critical" for f in routing_findings(findings)) else "ok"
     )
-    if verdict.lower().startswith(("could not", "no gates")):
+    if verdict.lower().startswith(("could not", "no gates", "no, by design")):
         routing_status = "unknown"
     routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status)
+    gains = gains_answer(causal, tasks, gateless=verdict.lower().startswith("no gates"))
     if verdict.lower().startswith("could not"):  # unverified routing: nothing below is "nothing urgent"
         nxt = Answer(
             "next",
@@ -706,6 +729,16 @@ def build_review(
             "fill in the suggested [[gates]], then rerun with --spec spec.toml (the routing is unverified).",
             "problem",
             tuple(f"{d.severity}: {d.title}" for d in diagnoses[:5]),
+        )
+    elif gains.status == "problem" and (not diagnoses or diagnoses[0].severity != "critical"):
+        # a measured loss against a baseline comes before warnings: recalibrating cannot fix ranking
+        nxt = Answer(
+            "next",
+            QUESTIONS["next"],
+            f"Negative transfer: {gains.answer.removeprefix('No: ')} Look for task conflict before anything "
+            "else: loss weights, a task-specific tower or experts (PLE/CGC), or train that task alone.",
+            "problem",
+            (gains.answer, *(f"{d.severity}: {d.title}" for d in diagnoses[:4])),
         )
     elif diagnoses:
         top = diagnoses[0]
@@ -727,4 +760,4 @@ def build_review(
         )
     else:
         nxt = Answer("next", QUESTIONS["next"], "Nothing urgent: no findings.", "ok")
-    return Review((tasks_answer(tasks), gains_answer(causal, tasks), routing, nxt), tuple(diagnoses))
+    return Review((tasks_answer(tasks), gains, routing, nxt), tuple(diagnoses))

@@ -81,7 +81,10 @@ def task_table(
                 mean_prediction=_f(outputs.mean_prediction.reshape(-1)[i]),
                 std_prediction=_f(outputs.std_prediction.reshape(-1)[i]),
                 mse=_f(outputs.mse.reshape(-1)[i]),
-                predictions_outside_0_1=_f(outputs.out_of_range.reshape(-1)[i]),
+                # counted for binary tasks (probabilities); a regression output has no [0, 1] range
+                predictions_outside_0_1=_f(outputs.out_of_range.reshape(-1)[i])
+                if t.kind == "binary"
+                else math.nan,
             )
             if t.kind == "binary":
                 row.update(_binary_quality(outputs, i))
