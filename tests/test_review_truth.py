@@ -150,3 +150,19 @@ def test_regression_outputs_have_no_share_outside_0_1() -> None:
     data["dwell"] = rng.normal(5, 2, size=400)
     row = mi.inspect(model, data).tables["tasks"].set_index("task")["predictions_outside_0_1"]
     assert row["click"] == 0.0 and math.isnan(row["dwell"])
+
+
+def test_every_task_at_chance_points_at_the_labels_and_names_each_rate() -> None:
+    rates = {"buy": 0.028, "click": 0.246, "like": 0.42}
+    tasks = pd.DataFrame([{"task": t, "kind": "binary", "positive_rate": r} for t, r in rates.items()])
+    chance = [Finding.of(codes.TASK_AT_CHANCE, t, f"Task {t} at chance.", "fix", {}) for t in rates]
+    (story,) = [
+        d for d in build_review({"tasks": tasks}, chance, "Partly: ...").diagnoses if "chance" in d.title
+    ]
+    assert story.causes[0].startswith("labels out of line with the rows")
+    assert "buy 2.8%, click 24.6%, like 42.0% (too few for buy)" in story.causes[1]
+    # one of two tasks at chance: its own rate, training causes first
+    (story,) = [
+        d for d in build_review({"tasks": tasks}, chance[2:], "Partly: ...").diagnoses if "chance" in d.title
+    ]
+    assert story.causes[0].startswith("learning rate") and "42.0%" in story.causes[1]

@@ -512,7 +512,7 @@ def build_diagnoses(
                 "critical",
                 " ".join(f.message for f in chance),
                 tuple(_key(f) for f in chance),
-                _task_causes(tables, chance[-1].subject),
+                _chance_causes(tables, [f.subject for f in chance]),
                 (
                     "Check the label column mapping (--labels) and that each task's loss is in the training objective.",
                     "Retrain with standardised inputs and a lower learning rate (or more rows); watch the AUC per epoch.",
@@ -654,6 +654,38 @@ def _task_causes(tables: dict[str, pd.DataFrame], task: str) -> tuple[str, ...]:
             "its output is constant on every row: a dead tower, a zeroed output layer or a disconnected head",
             *causes,
         )
+    return causes
+
+
+def _chance_causes(tables: dict[str, pd.DataFrame], names: list[str]) -> tuple[str, ...]:
+    """Causes for one or several tasks at chance: each task's own positive rate (not the last one's for all),
+    and when every labelled binary task is at chance at once, labels out of line with the rows first (a
+    model that stopped learning rarely loses every task together; a shuffled or mis-joined label file does)."""
+    if len(names) == 1:
+        return _task_causes(tables, names[0])
+    rates = [(n, _num(_task_row(tables, n).get("positive_rate"))) for n in names]
+    shown = ", ".join(f"{n} {r:.1%}" for n, r in rates if not math.isnan(r))
+    few = [n for n, r in rates if r < 0.05]
+    data = (
+        f"data: positives {shown}"
+        + (f" (too few for {', '.join(few)})" if few else "")
+        + ", or wrong label columns"
+    )
+    tasks = tables.get("tasks", pd.DataFrame())
+    binary = tasks[tasks["kind"] == "binary"] if not tasks.empty and "kind" in tasks else tasks
+    every = not binary.empty and set(map(str, binary["task"])) <= set(names)
+    causes = (
+        "learning rate too high / input scale (the usual cause of a model that stops learning a task)",
+        data,
+        "loss weighting: the tasks' losses are too small next to the others",
+        "capacity of the tasks' towers and experts",
+    )
+    if every:
+        lead = (
+            "labels out of line with the rows: every task is at chance at once (a shuffled or mis-joined label "
+            "file, or labels from another evaluation set)"
+        )
+        return (lead, data, *causes[:1], *causes[2:])
     return causes
 
 
