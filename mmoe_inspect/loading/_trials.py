@@ -47,6 +47,7 @@ _FORM_MISMATCH = re.compile(
     r"invalid data type 'str'|argument 'input' \(position 1\) must be|new\(\) received an invalid|"
     r"expected Tensor as element|too many indices|takes \d+ positional argument|missing \d+ required positional",
 )
+_DTYPE = re.compile(r"same dtype|expected (scalar type|m1 and m2 to have the same dtype)|dtype.*(Double|Half|BFloat16)")
 _WIDTH = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
 
 
@@ -416,6 +417,13 @@ def _failure(
             f"{cls}'s first layer takes {wanted} input columns but got {given} ({short(names)}) "
             f"[{quote}]; name the input columns in model order with --features a,b,c "
             "(and the label columns with --labels task=column)"
+        )
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if shown.error is not None and _DTYPE.search(str(shown.error)) and dtypes and torch.float32 not in dtypes:
+        wanted = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        return InputMappingError(
+            f"{cls}'s parameters are {wanted} but the data's features arrive as float32 [{quote}]; save the "
+            "model in float32 (model.float()) or pass --collate module:function returning tensors of its dtype"
         )
     if isinstance(shown.error, KeyError) and shown.candidate.form == "dict":
         key = str(shown.error.args[0]) if shown.error.args else "?"
