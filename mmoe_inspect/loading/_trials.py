@@ -47,7 +47,9 @@ _FORM_MISMATCH = re.compile(
     r"invalid data type 'str'|argument 'input' \(position 1\) must be|new\(\) received an invalid|"
     r"expected Tensor as element|too many indices|takes \d+ positional argument|missing \d+ required positional",
 )
-_DTYPE = re.compile(r"same dtype|expected (scalar type|m1 and m2 to have the same dtype)|dtype.*(Double|Half|BFloat16)")
+_DTYPE = re.compile(
+    r"same dtype|expected (scalar type|m1 and m2 to have the same dtype)|dtype.*(Double|Half|BFloat16)"
+)
 _WIDTH = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
 
 
