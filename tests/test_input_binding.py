@@ -558,3 +558,19 @@ def test_a_float64_model_is_told_its_dtype_not_to_name_features() -> None:
         "parameters are float64 but the data's features arrive as float32" in msg and "--features" not in msg
     )
     assert bind_inputs(Net(), df).input_fn is not None  # the float32 model binds
+
+
+def test_a_keyword_only_forward_gets_a_way_out_not_circular_advice() -> None:
+    class Kw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, *, dense: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return torch.sigmoid(self.lin(dense) * scale)
+
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 3)), columns=["a", "b", "c"])
+    with pytest.raises(
+        InputMappingError, match=r"keyword-only arguments \(dense\).*self\.model\(\*\*batch\)"
+    ):
+        bind_inputs(Kw(), df)

@@ -104,6 +104,15 @@ def forward_params(model: nn.Module) -> tuple[list[inspect.Parameter], bool]:
     return params, star
 
 
+def _keyword_only(model: nn.Module) -> list[str]:
+    """Required keyword-only parameters of `forward` (`forward(self, *, dense, ids)`)."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+
+
 def _annotation_kind(p: inspect.Parameter) -> str | None:
     """ "dict" / "tuple" / "tensor" from a parameter's annotation (a class, a typing form or a string)."""
     a = p.annotation
@@ -398,6 +407,13 @@ def _failure(
 ) -> InputMappingError:
     """One line: what was tried, the telling trial error quoted, and the flag that fixes it."""
     cls = cls_name(model)
+    keyword_only = _keyword_only(model)
+    if keyword_only:  # model(x) and model(*x) are the only calls; a --collate cannot name arguments
+        return InputMappingError(
+            f"{cls}.forward takes keyword-only arguments ({', '.join(keyword_only)}), which mmoe-inspect cannot "
+            "pass (it calls model(x) or model(*x)): wrap it in a module whose forward(batch) returns "
+            "self.model(**batch) (load it with --builder), then name the columns with --features"
+        )
     if not trials:
         params, _ = forward_params(model)
         sig = ", ".join(p.name for p in params)
