@@ -132,6 +132,17 @@ def discover_topology(
         with torch.inference_mode(False):
             graph, out = trace_forward(model, _usable(example_input))
     except Exception as exc:
+        scripted: list[str] = []  # the outermost TorchScript modules
+        for n, m in model.named_modules():
+            if isinstance(m, torch.jit.ScriptModule) and not any(n.startswith(f"{s}.") for s in scripted):
+                scripted.append(n or "the model")
+        if scripted:  # hooks and the tracer cannot see inside TorchScript
+            raise TopologyError(
+                f"the model holds TorchScript modules ({', '.join(scripted[:4])}"
+                + (f" and {len(scripted) - 4} more" if len(scripted) > 4 else "")
+                + "), which hooks cannot attach to: inspect the eager model (its class and state_dict, "
+                "--builder module:function) instead of the torch.jit.script'ed one"
+            ) from exc
         raise TopologyError(
             f"discovery could not run the model on the example input: {type(exc).__name__}: {exc}"
         ) from exc

@@ -1,4 +1,4 @@
-"""Experts batched the `torch.func` way (PyTorch's model-ensembling tutorial): parameters stacked with
+"""Modules the tracer cannot see into. Experts batched the `torch.func` way (PyTorch's model-ensembling tutorial): parameters stacked with
 `stack_module_state`, run by `vmap(functional_call(base, ...))` over a `base` module kept on the meta
 device. Loading moved the model with `model.to(device)`, which refuses meta tensors: exit 1 (internal
 error). Now the meta base stays where it is and the routing, which no tracer can see inside `vmap`, is
@@ -91,3 +91,31 @@ def test_vmap_experts_are_cannot_judge_not_an_internal_error(tmp_path: Path, mon
     sys.modules.pop("vmap_model", None)
     assert res.exit_code == 4, res.output
     assert "CANNOT JUDGE" in res.output and "internal error" not in res.output
+
+
+def test_torchscript_gates_are_named_with_the_way_out() -> None:
+    from mmoe_inspect.topology.discovery import discover_topology
+    from mmoe_inspect.topology.spec import TopologyError
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.lin(x), -1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = nn.ModuleList([nn.Linear(4, 2) for _ in range(3)])
+            self.gates = nn.ModuleList([torch.jit.script(Gate()) for _ in range(2)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ex = torch.stack([e(x) for e in self.experts], 1)
+            return torch.cat([torch.sigmoid((g(x).unsqueeze(-1) * ex).sum(1)[:, :1]) for g in self.gates], 1)
+
+    with np.testing.assert_raises_regex(
+        TopologyError, r"TorchScript modules \(gates\.0, gates\.1\),.*--builder"
+    ):
+        discover_topology(Net(), torch.randn(8, 4))
