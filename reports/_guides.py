@@ -73,8 +73,9 @@ GUIDES: dict[str, str] = {
         "For the segments of one data column (e.g. device or category) that route most differently, the "
         "average gate weight of each expert in that segment minus the gate's average over all rows. Red: the "
         "segment leans on that expert; blue: it avoids it. A gate that keys on the column shows strong colors; "
-        "pale rows mean every segment is routed alike. Grey rows are segments whose difference is within the "
-        "sampling noise for their size (too few rows to judge): drawn after the others, never as a color."
+        "pale rows mean every segment is routed alike. Grey rows are segments not judged: their difference is "
+        "within the sampling noise for their size, or they have too few rows (under 30); drawn after the "
+        "others, never as a color."
     ),
     "attribution_gates": (
         "One panel per task gate (the first few; the CSV has every gate): each column is an expert, each row "

@@ -294,6 +294,16 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
         top = top.assign(
             difference=[too_small_text(r) or "beyond noise" for r in top.to_dict(orient="records")]
         )
+        judged = (top["difference"] == "beyond noise").any()
+        lead = (
+            f"Per gate, up to {TOP_SEGMENT_ROWS} segments farthest from its overall mean gate (JSD, nats), among "
+            "those whose difference is beyond sampling noise for their size; segments within noise or too small "
+            "to judge follow, marked (a random subset that small sits this far from the mean by chance). "
+            if judged
+            else "No segment routes differently beyond the sampling noise for its size: the rows are the segments "
+            "farthest from each gate's mean (JSD, nats), each marked with why it is not judged (within noise, or "
+            "too few rows). "
+        )
         items.append(
             table_item(
                 "causal_segments",
@@ -301,10 +311,7 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
                     top, ["gate", "segment", "rows", "share", "jsd", "difference", "top_expert", "top_weight"]
                 ),
                 title=f"Segments of {segment_column(result)} that route most differently",
-                description=f"Per gate, up to {TOP_SEGMENT_ROWS} segments farthest from its overall mean gate (JSD, "
-                "nats), among those whose difference is beyond sampling noise for their size; segments too small "
-                "to judge follow, marked (a random subset that small sits this far from the mean by chance). "
-                "The CSV has every segment with its mean weight on each expert.",
+                description=lead + "The CSV has every segment with its mean weight on each expert.",
                 csv=_csv("causal_segments", csv_names),
                 howto=True,
             )

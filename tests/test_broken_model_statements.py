@@ -316,3 +316,21 @@ def test_segment_figure_draws_the_tiny_segment_grey() -> None:
     assert any(t.startswith("tiny") and "within noise" in t for t in texts)
     legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
     assert any("within sampling noise" in t for t in legend)
+
+
+def test_the_segment_caption_does_not_promise_segments_beyond_noise_when_none_is() -> None:
+    from mmoe_inspect.reports.causal_section import causal_section
+
+    def caption(frame: pd.DataFrame) -> str:
+        result = mi.inspect(
+            _mmoe(frame), frame, causal={"analyses": ("segments",), "segment_by": "seg", "n_boot": 0}
+        )
+        section = causal_section(result, {}, set())
+        (table,) = [i for i in section.items if getattr(i, "title", "").startswith("Segments of seg")]
+        return table.description
+
+    frame = make_recsys(600, seed=9)
+    frame["seg"] = np.where(np.arange(600) % 2 == 0, "even", "odd")  # random halves: routed alike
+    text = caption(frame)
+    assert text.startswith("No segment routes differently beyond the sampling noise"), text
+    assert "among those whose difference is beyond" not in text
