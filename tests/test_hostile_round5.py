@@ -15,7 +15,9 @@ import torch
 from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
 from test_hostile_round2b import rows, small_mmoe
 
-from mmoe_inspect.checkpoint import FORMAT, save_checkpoint
+from mmoe_inspect.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from mmoe_inspect.data.schema import CategoricalFeature, FeatureSpec
+from mmoe_inspect.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +82,31 @@ def test_a_training_dict_that_holds_the_format_string_loads_like_one(
     )
     code, text = run("summary", tmp_path / "train.pt", "--data", data)
     assert code == 0, text
+
+
+# ================================================================== 2: duplicate feature names
+def test_a_checkpoint_naming_a_feature_twice_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """`summary` fed x0 into x1's slot without a word; `report` ended in an internal error."""
+
+    def twice(payload: dict) -> None:
+        payload["model_config"]["features"]["dense"][1] = "x0"
+        payload["features"]["dense"][1] = "x0"
+
+    bad = _edited(checkpoint, tmp_path / "twice.pt", twice)
+    with pytest.raises(CheckpointError, match=r"feature 'x0' is named twice"):
+        load_checkpoint(bad)
+    for command in ("summary", "check"):
+        line = one_error_line(*run(command, bad))
+        assert "'x0' is named twice" in line, line
+    line = one_error_line(*run("report", bad, "--out", tmp_path / "out", "--no-causal"))
+    assert "'x0' is named twice" in line and not (tmp_path / "out").exists()
+
+
+def test_a_feature_named_twice_across_dense_and_categorical_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"feature 'x1' is named twice"):
+        FeatureSpec(dense=("x0", "x1"), categorical=(CategoricalFeature("x1", 4),))
+
+
+def test_features_named_twice_on_the_command_line_are_refused(checkpoint: Path, data: Path) -> None:
+    line = one_error_line(*run("summary", checkpoint, "--data", data, "--features", "x0,x1,x0"))
+    assert "x0" in line and "more than once" in line, line
