@@ -110,3 +110,31 @@ def test_a_feature_named_twice_across_dense_and_categorical_is_refused() -> None
 def test_features_named_twice_on_the_command_line_are_refused(checkpoint: Path, data: Path) -> None:
     line = one_error_line(*run("summary", checkpoint, "--data", data, "--features", "x0,x1,x0"))
     assert "x0" in line and "more than once" in line, line
+
+
+# ================================================================== 3: sparse tensors
+def test_a_sparse_stored_column_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """A sparse COO column with an index far outside its size loaded, then crashed converting to numpy."""
+
+    def sparse(payload: dict) -> None:
+        cols = payload["eval_sample"]["columns"]
+        n = cols["x0"].shape[0]
+        cols["x0"] = torch.sparse_coo_tensor(
+            torch.tensor([[0, 50_000_000]]), torch.tensor([1.0, 2.0]), (n,), check_invariants=False
+        )
+
+    bad = _edited(checkpoint, tmp_path / "sparse.pt", sparse)
+    with pytest.raises(CheckpointError, match=r"columns\['x0'\] is a sparse_coo tensor"):
+        load_checkpoint(bad)
+    line = one_error_line(*run("report", bad, "--out", tmp_path / "out", "--no-causal", "--no-attributions"))
+    assert "sparse_coo" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+def test_a_sparse_weight_is_refused_at_the_door(checkpoint: Path, tmp_path: Path) -> None:
+    def sparse(payload: dict) -> None:
+        key = next(k for k, v in payload["state_dict"].items() if v.dim() == 2)
+        payload["state_dict"][key] = payload["state_dict"][key].to_sparse_csr()
+
+    line = one_error_line(*run("summary", _edited(checkpoint, tmp_path / "csr.pt", sparse)))
+    assert "sparse_csr tensor" in line, line
