@@ -2,12 +2,15 @@
 
 A pickle holding the string "mmoe-inspect/checkpoint" was taken for our checkpoint, so its refusal named only
 torch's first complaint and hid `posix.system` (and a trusted whole module holding the string was refused);
-duplicate feature names fed one column into two input slots; a sparse stored evaluation column crashed.
+duplicate feature names fed one column into two input slots; a sparse stored evaluation column crashed;
+`LOCAL_RANK=abc` and Ctrl-C while the commands were imported gave tracebacks.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +141,49 @@ def test_a_sparse_weight_is_refused_at_the_door(checkpoint: Path, tmp_path: Path
 
     line = one_error_line(*run("summary", _edited(checkpoint, tmp_path / "csr.pt", sparse)))
     assert "sparse_csr tensor" in line, line
+
+
+# ================================================================== 4, 5: the entry point's imports
+def _entry(args: list[str], env: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess:
+    """`mmoe-inspect ARGS` as the console script runs it (`from mmoe_inspect.cli.main import main`)."""
+    code = f"{prelude}\nimport sys\nsys.argv = ['mmoe-inspect', *{args!r}]\nfrom mmoe_inspect.cli.main import main\nmain()"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **env},
+    )
+
+
+def test_a_local_rank_that_is_no_number_is_one_line(checkpoint: Path) -> None:
+    """torchmetrics reads int(LOCAL_RANK) when imported: a 48-line traceback and exit 1 for every command."""
+    done = _entry(["summary", str(checkpoint)], {"LOCAL_RANK": "abc"})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "error: LOCAL_RANK='abc' in the environment is not a whole number (torchrun sets it to the process's "
+        "rank on its machine); unset it, or set it to 0 for a single process"
+    ]
+
+
+# A real SIGINT, sent while the commands' imports run (when torchmetrics is about to be imported).
+_CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class _CtrlC:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "torchmetrics":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, _CtrlC)
+"""
+
+
+def test_ctrl_c_while_the_commands_are_imported_is_one_line(checkpoint: Path) -> None:
+    done = _entry(["summary", str(checkpoint)], {}, prelude=_CTRL_C_WHILE_IMPORTING)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == ["interrupted; nothing was written"]
