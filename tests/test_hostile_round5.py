@@ -3,7 +3,8 @@
 A pickle holding the string "mmoe-inspect/checkpoint" was taken for our checkpoint, so its refusal named only
 torch's first complaint and hid `posix.system` (and a trusted whole module holding the string was refused);
 duplicate feature names fed one column into two input slots; a sparse stored evaluation column crashed;
-`LOCAL_RANK=abc` and Ctrl-C while the commands were imported gave tracebacks.
+`LOCAL_RANK=abc` and Ctrl-C while the commands were imported gave tracebacks; `diff` printed -0.000, a
+timestamp label was read as milliseconds, and 1e300 in a CSV feature printed numpy's overflow warning.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
@@ -187,3 +191,48 @@ def test_ctrl_c_while_the_commands_are_imported_is_one_line(checkpoint: Path) ->
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == ["interrupted; nothing was written"]
+
+
+# ================================================================== 6: small messages
+def test_diff_never_prints_a_signed_zero(tmp_path: Path) -> None:
+    """Sharper gates (weights x 1.0005) change effective experts by under 0.0005: printed as -0.000."""
+    a = save_checkpoint(tmp_path / "a.pt", small_mmoe(), eval_frame=rows())
+    sharper = small_mmoe()
+    with torch.no_grad():
+        for name, p in sharper.named_parameters():
+            if name.startswith("gates"):
+                p.mul_(1.0005)
+    b = save_checkpoint(tmp_path / "b.pt", sharper, eval_frame=rows())
+    code, text = run("diff", a, b, "--quiet")
+    assert code == 0, text
+    assert "-0.000" not in text and "+0.000" not in text, text
+    effective = [ln for ln in text.splitlines() if "effective experts" in ln and "click" in ln]
+    assert effective and effective[0].rstrip(" │").endswith("0.000"), text
+
+
+def test_a_timestamp_label_column_is_refused_as_not_numeric(checkpoint: Path, tmp_path: Path) -> None:
+    """A timestamp label holding 1970-01-01 00:00:01 was reported as "holds 1000" (its milliseconds)."""
+    frame = rows()
+    frame["click"] = pd.to_datetime(frame["click"].astype("int64"), unit="s").astype("datetime64[ms]")
+    frame.to_parquet(tmp_path / "eval.parquet")
+    line = one_error_line(*run("summary", checkpoint, "--data", tmp_path / "eval.parquet"))
+    assert "label column 'click'" in line and "timestamps (dtype datetime64[ms])" in line, line
+    assert "holds 1000" not in line
+
+
+def test_a_float64_feature_beyond_float32_is_one_line_without_numpy_warnings(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """The causal pre-pass cast 1e300 to float32 first: numpy's "overflow encountered in cast" on stderr."""
+    frame = rows()
+    frame["x0"] = frame["x0"].astype(np.float64)
+    frame.loc[300, "x0"] = 1e300
+    frame.to_csv(tmp_path / "eval.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = one_error_line(
+            *run("report", checkpoint, "--data", tmp_path / "eval.csv", "--out", tmp_path / "o")
+        )
+    assert "'x0'" in line and "beyond float32's range" in line and "row 300: 1e+300" in line, line
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+    assert not (tmp_path / "o").exists()
