@@ -32,12 +32,18 @@ CheckpointB = Annotated[
 ]
 
 
+def _rounded(v: float, fmt: str) -> str:
+    """`format(v, fmt)`, a value that rounds to zero unsigned: "0.000", never "-0.000" or "+0.000"."""
+    text = format(v, fmt)
+    return text.lstrip("+-") if float(text) == 0 else text
+
+
 def _num(v: float, metric: str) -> str:
     if math.isnan(v):
         return "—"
     if v.is_integer() and ("rows" in metric or "findings" in metric or metric in ("gates", "experts")):
         return f"{int(v):,}"
-    return f"{v:.3f}"
+    return _rounded(v, ".3f")
 
 
 def _change(v: float, metric: str) -> str:
@@ -47,7 +53,7 @@ def _change(v: float, metric: str) -> str:
         return "="
     if v.is_integer() and ("rows" in metric or "findings" in metric or metric in ("gates", "experts")):
         return f"{int(v):+,}"
-    return f"{v:+.3f}"
+    return _rounded(v, "+.3f")  # a change under 0.0005 is "0.000" ("=" is kept for no change at all)
 
 
 @command

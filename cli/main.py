@@ -1,52 +1,55 @@
-"""The `mmoe-inspect` command line: thin Typer commands over the library's Python API.
+"""The `mmoe-inspect` entry point: check what would break the imports, then import the commands (`_app`).
 
-Every command takes the same loading options (see `_common.LoadOptions`) and `--quiet/--seed/--debug`.
+Kept light (no torch, no typer) so that what goes wrong while the commands are imported is one line, not a
+traceback: Ctrl-C during the seconds torch takes to import (exit 130), an environment torchmetrics cannot
+read at import (`LOCAL_RANK=abc`: exit 2). `app` (the Typer app) is still importable from here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from typing import Any
 
-import typer
-
-from . import check, demo, diff, report, summary, topology
-from ._common import version_callback
-
-app = typer.Typer(
-    name="mmoe-inspect",
-    no_args_is_help=True,
-    add_completion=True,
-    rich_markup_mode="rich",
-    help="Gate analysis for multi-task Mixture-of-Experts models: do the experts serve different tasks?",
-    epilog="Start with [bold]mmoe-inspect demo --out mmoe-demo[/bold], then "
-    "[bold]mmoe-inspect COMMAND --help[/bold] for examples. Every command reading a checkpoint takes the same "
-    "loading options. Exit codes: 0 fine; 1 a bug (for check: a --fail-on finding); 2 bad input; "
-    "3 report --fail-on.",
-)
+_EXIT_BAD_INPUT = 2  # as cli._common.EXIT_BAD_INPUT, which this module must not import (typer, rich)
+_EXIT_INTERRUPTED = 130
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
-    ] = False,
-) -> None:
-    """Inspect the gates of MMoE / OMoE / PLE models (and say so plainly for Shared-Bottom)."""
-
-
-for _name, _module, _fn in (
-    ("report", report, report.report_command),
-    ("check", check, check.check_command),
-    ("summary", summary, summary.summary_command),
-    ("diff", diff, diff.diff_command),
-    ("topology", topology, topology.topology_command),
-    ("demo", demo, demo.demo_command),
-):
-    app.command(_name, epilog=_module.EPILOG, no_args_is_help=_name != "demo")(_fn)
+def environment_problem() -> str | None:
+    """One line for an environment variable that breaks the imports (torchmetrics reads `int(LOCAL_RANK)`
+    when imported), or None."""
+    value = os.environ.get("LOCAL_RANK")
+    if value is None:
+        return None
+    try:
+        int(value)
+    except ValueError:
+        return (
+            f"LOCAL_RANK={value[:40]!r} in the environment is not a whole number (torchrun sets it to the "
+            "process's rank on its machine); unset it, or set it to 0 for a single process"
+        )
+    return None
 
 
 def main() -> None:
+    problem = environment_problem()
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        sys.exit(_EXIT_BAD_INPUT)
+    try:
+        from ._app import app
+    except KeyboardInterrupt:  # Ctrl-C while torch & co are imported: nothing has started
+        sys.stderr.write("interrupted; nothing was written\n")
+        sys.exit(_EXIT_INTERRUPTED)
     app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from mmoe_inspect.cli.main import app`, imported on first use
+        from ._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -265,6 +265,13 @@ def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> 
         if t.label_column not in frame:
             continue
         raw = frame[t.label_column]
+        if getattr(raw.dtype, "kind", None) in ("M", "m") or isinstance(raw.dtype, pd.PeriodDtype):
+            what = "durations" if raw.dtype.kind == "m" else "timestamps"  # as numbers: ns/ms since 1970
+            raise NonNumericError(
+                f"label column {t.label_column!r} of task {t.name!r} in {source} is not numeric: it holds "
+                f"{what} (dtype {raw.dtype}); a {what[:-1]} label is likely the wrong column: name the label "
+                "column with --labels task=column"
+            )
         try:
             if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "biuf":  # already numbers
                 values = raw.to_numpy(dtype=np.float64)

@@ -55,6 +55,19 @@ _REQUIRED = ("model_config", "state_dict", "eval_sample")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+class NotOurFormatError(CheckpointError):
+    """The file is no mmoe-inspect checkpoint: weights-only loading refused it, or it has no format entry.
+
+    `load_model` then treats it as any other file (its pickle-scan refusal names every import), so a file
+    merely holding the string "mmoe-inspect/checkpoint" is judged the same as without it."""
+
+
+def is_weights_only_refusal(exc: BaseException) -> bool:
+    """Whether `exc` is torch's refusal of a global outside the weights-only allowlist (not damage)."""
+    text = str(exc)
+    return "Weights only load failed" in text or "Unsupported global" in text or "WeightsUnpickler" in text
+
+
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A loaded checkpoint: the model (eval mode), its config, tasks, features, eval rows and metrics."""
@@ -202,12 +215,13 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     except OSError:
         raise
     except Exception as exc:
-        raise CheckpointError(
+        error = NotOurFormatError if is_weights_only_refusal(exc) else CheckpointError
+        raise error(
             f"{path} is not an mmoe-inspect checkpoint (torch.load with weights_only=True refused it: "
             f"{_one_line(exc)})"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an mmoe-inspect checkpoint (no format entry {FORMAT!r})")
+        raise NotOurFormatError(f"{path} is not an mmoe-inspect checkpoint (no format entry {FORMAT!r})")
     version = payload.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         shown = repr(version)[:40]

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmoe_inspect.data.columns import F32_MAX
 from mmoe_inspect.data.door import check_column_types
+from mmoe_inspect.data.errors import ValueRangeError
 from mmoe_inspect.data.sources import DataError, IdRangeError, NonFiniteError, check_numeric
 from mmoe_inspect.errors import first_line
 
@@ -168,9 +170,24 @@ def _column(frame: pd.DataFrame, col: InputColumn) -> np.ndarray:
             f"feature column {col.name!r} has {int(bad.sum())} row(s) with NaN/inf "
             f"(first at row {frame.index[int(np.argmax(bad))]}); fill or drop them before inspecting"
         )
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and col.cardinality is None:
+        _check_float32_range(arr, col, frame.index)  # before the cast, which would warn and give inf
     if col.cardinality is not None and arr.size:
         _check_ids(arr, col, frame.index)
     return arr
+
+
+def _check_float32_range(arr: np.ndarray, col: InputColumn, index: pd.Index) -> None:
+    """Finite float64 values `[rows]` or `[rows, width]` beyond float32's range (they would become inf)."""
+    big = np.abs(arr.reshape(len(arr), -1)) > F32_MAX
+    if big.any():
+        i = int(np.argmax(big.any(axis=1)))
+        value = arr.reshape(len(arr), -1)[i][big[i]][0]
+        raise ValueRangeError(  # worded as check_finite's (which names the file) for the same values
+            f"feature column {col.name!r} has {int(big.sum())} value(s) beyond float32's range "
+            f"(|x| > {F32_MAX:.3g}) (first at row {index[i]}: {value:.3g}); the model reads float32, where "
+            "they would become inf: rescale or clip the column before inspecting"
+        )
 
 
 def _check_ids(arr: np.ndarray, col: InputColumn, index: pd.Index) -> None:

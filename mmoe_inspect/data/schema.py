@@ -24,6 +24,20 @@ class FeatureSpec:
     dense: tuple[str, ...] = ()
     categorical: tuple[CategoricalFeature, ...] = ()
 
+    def __post_init__(self) -> None:
+        """A name twice would feed one data column into two input slots: refused, naming it."""
+        seen: set[object] = set()
+        for name in self.names:
+            try:
+                if name in seen:
+                    raise ValueError(
+                        f"feature {str(name)[:80]!r} is named twice in the model's features (each input slot "
+                        "needs its own column)"
+                    )
+                seen.add(name)
+            except TypeError:  # an unhashable name: the type checks that follow name it
+                return
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.dense) + tuple(c.name for c in self.categorical)

@@ -2,10 +2,11 @@
 
 `check_payload` checks an mmoe-inspect checkpoint's payload (loaded with `weights_only=True`, so
 only tensors and plain values): every field has the type the format says, the stored evaluation
-columns are 1-D tensors of one length, no tensor is on the meta device, and the memory the tensors
-would take once materialized (shape x element size: a stride-0 tensor takes little file space but
-its full size when converted) stays under `_limits.TENSOR_BYTES`. `check_model_size` counts a
-model's parameters on the meta device (nothing allocated) against `_limits.MODEL_PARAMS`.
+columns are 1-D tensors of one length, no tensor is on the meta device or of a sparse (non-strided)
+layout, and the memory the tensors would take once materialized (shape x element size: a stride-0
+tensor takes little file space but its full size when converted) stays under `_limits.TENSOR_BYTES`.
+`check_model_size` counts a model's parameters on the meta device (nothing allocated) against
+`_limits.MODEL_PARAMS`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,20 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 
 def check_tensors(tensors: Mapping[str, Any], where: str, path: Path) -> None:
-    """Every value a real tensor (not meta); their materialized total under the memory limit."""
+    """Every value a real dense tensor (not meta, not sparse or another layout); their materialized total
+    under the memory limit."""
     total = 0
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise _error(f"{path}: {where}[{str(key)[:60]!r}] is a {type(t).__name__}, not a tensor")
         if t.is_meta:
             raise _error(f"{path}: {where}[{str(key)[:60]!r}] is a meta tensor (a shape without values)")
+        if t.layout != torch.strided:  # sparse indices are not checked against their size by torch.load
+            layout = str(t.layout).removeprefix("torch.")
+            raise _error(
+                f"{path}: {where}[{str(key)[:60]!r}] is a {layout} tensor; only dense (strided) tensors are "
+                "read: save it with .to_dense()"
+            )
         total += tensor_bytes(t)
     cap = limits.TENSOR_BYTES.value
     if total > cap:

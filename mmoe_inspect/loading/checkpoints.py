@@ -27,7 +27,14 @@ from torch import nn
 
 from mmoe_inspect._eager import eager_module
 from mmoe_inspect._move import move_module
-from mmoe_inspect.checkpoint import FORMAT, CheckpointError, _one_line, load_checkpoint
+from mmoe_inspect.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    NotOurFormatError,
+    _one_line,
+    is_weights_only_refusal,
+    load_checkpoint,
+)
 from mmoe_inspect.loading._code import ModelCodeError, call_builder, resolve_callable, user_code
 from mmoe_inspect.loading._sniff import Sniffed, is_dangerous, is_plain, sniff
 from mmoe_inspect.loading.adapters import adapter_for, stale_device_attributes
@@ -111,12 +118,16 @@ def load_model(
         raise CheckpointFileError(f"checkpoint {path} is a folder; pass the checkpoint file")
     sniffed = sniff(path)
     _refuse_unusable(path, sniffed)
-    if FORMAT in sniffed.strings:
-        loaded = _ours(path, dev)
-        unused = _unused_code(
-            imports, model_code, "an mmoe-inspect checkpoint rebuilds its model from its config"
-        )
-        return replace(loaded, notes=(*unused, *loaded.notes)) if unused else loaded
+    if FORMAT in sniffed.strings:  # a hint only: any file may hold the string; the payload decides
+        try:
+            loaded = _ours(path, dev)
+        except NotOurFormatError:
+            pass  # weights-only loading refused it, or no format entry: judged like any other file
+        else:
+            unused = _unused_code(
+                imports, model_code, "an mmoe-inspect checkpoint rebuilds its model from its config"
+            )
+            return replace(loaded, notes=(*unused, *loaded.notes)) if unused else loaded
     # the user's code (--import/--model-code) runs only where it can matter: a full unpickle the user
     # trusted, or a --builder; never before a refusal it cannot change, never for a weights-only load
     obj: Any = None
@@ -126,7 +137,7 @@ def load_model(
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location=dev, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not _is_weights_only_refusal(exc):
+        if not is_weights_only_refusal(exc):
             raise CheckpointFileError(f"{path} is a damaged checkpoint ({_one_line(exc)})") from None
         if not trust:
             raise _refusal(path, sniffed, exc) from None
@@ -240,13 +251,9 @@ def _refuse_unusable(path: Path, s: Sniffed) -> None:
         )
 
 
-def _is_weights_only_refusal(exc: BaseException) -> bool:
-    text = str(exc)
-    return "Weights only load failed" in text or "Unsupported global" in text or "WeightsUnpickler" in text
-
-
 def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointError:
-    """The refusal: what the file is, EVERY import outside the tensor allowlist, a WARNING for loaders."""
+    """The refusal: what the file is, a WARNING for loaders/executors (first, so a terminal's cut of a long
+    line keeps it), EVERY import outside the tensor allowlist."""
     named = [g for g in s.globals if not is_plain(g)]
     danger = [g for g in named if is_dangerous(g)]
     rest = [g for g in named if g not in danger]
@@ -261,9 +268,9 @@ def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointE
         )
     else:
         imports = f"torch refused it: {_one_line(exc)}"
-    warning = (
-        f"; WARNING: {cut_list(danger, 12)} can load files, import modules or run commands, so do not "
-        "trust this file unless you made it"
+    warning = (  # before the list of imports: the terminal cuts a long line, never this part
+        f"WARNING: {cut_list(danger, 12)} can load files, import modules or run commands, so do not "
+        "trust this file unless you made it; "
         if danger
         else ""
     )
@@ -275,7 +282,7 @@ def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointE
     )
     return UntrustedCheckpointError(
         f"refusing to unpickle {path.name} without --trust-checkpoint: it is {what}, and unpickling can "
-        f"run arbitrary code; {imports}{warning}{unsure}. If you trust its source, pass --trust-checkpoint "
+        f"run arbitrary code; {warning}{imports}{unsure}. If you trust its source, pass --trust-checkpoint "
         "(with --import MODULE or --model-code FILE.py if those classes are not importable), or save "
         "model.state_dict() and pass --builder package.module:function",
         s.globals,
