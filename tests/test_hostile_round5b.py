@@ -7,6 +7,7 @@ Items: 7 a label column only some files of a parquet folder have, 10 a spec that
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 from mmoe_inspect import FeatureSpec, inspect
 from mmoe_inspect.data.sources import MissingColumnError, TableSource
 from mmoe_inspect.models import MMoE
+from mmoe_inspect.recording.recorder import RecordingError
+from mmoe_inspect.topology.spec import TopologyError
 
 N = 400
 
@@ -57,3 +60,39 @@ def test_feature_column_missing_from_one_file_is_refused_naming_the_file(tmp_pat
     rows(1).drop(columns=["x2"]).to_parquet(folder / "b.parquet")
     with pytest.raises(MissingColumnError, match=r"b\.parquet lacks feature column\(s\) \['x2'\] that other"):
         inspect(small_mmoe(), folder)
+
+
+# =========================================================================== 10: a spec that contradicts the model
+def test_gate_declared_logits_whose_rows_are_probabilities_is_refused() -> None:
+    model = small_mmoe()
+    topo = model.topology()
+    wrong = replace(topo, gates=(replace(topo.gates[0], output="logits"), *topo.gates[1:]))
+    with pytest.raises(
+        RecordingError, match=r"gate 'click' \(gates\.0\) is declared output = \"logits\".*\"probs\""
+    ):
+        inspect(model, rows(), topology=wrong)
+    inspect(model, rows(), topology=topo)  # the same gates declared as probabilities are recorded
+
+
+def test_two_tasks_reading_one_output_are_refused() -> None:
+    topo = small_mmoe().topology()
+    with pytest.raises(TopologyError, match=r"tasks 'click' and 'buy' both read the model output 'buy'"):
+        replace(topo, tasks=(replace(topo.tasks[0], output="buy"), *topo.tasks[1:]))
+    with pytest.raises(TopologyError, match=r"both read the model output 'click'"):  # left out: read by name
+        replace(topo, tasks=(replace(topo.tasks[0], output=None), replace(topo.tasks[1], output="click")))
+
+
+def test_two_gates_serving_one_task_while_another_has_none_are_refused() -> None:
+    topo = small_mmoe().topology()
+    with pytest.raises(
+        TopologyError, match=r"gates \['click', 'buy'\] all serve task 'click' at level 0.*\['buy'\]"
+    ):
+        replace(topo, gates=(topo.gates[0], replace(topo.gates[1], task="click")))
+
+
+def test_one_module_declared_gate_and_expert_is_refused() -> None:
+    topo = small_mmoe().topology()
+    with pytest.raises(
+        TopologyError, match=r"module 'gates\.1' is declared both as gate 'buy' and as expert 'e2'"
+    ):
+        replace(topo, experts=(*topo.experts[:2], replace(topo.experts[2], module="gates.1")))
