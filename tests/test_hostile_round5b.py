@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from mmoe_inspect import FeatureSpec, inspect
 from mmoe_inspect.data.sources import MissingColumnError, TableSource
 from mmoe_inspect.models import MMoE
+from mmoe_inspect.monitor import GateMonitor
 from mmoe_inspect.recording.recorder import RecordingError
 from mmoe_inspect.topology.spec import TopologyError
 
@@ -96,3 +98,31 @@ def test_one_module_declared_gate_and_expert_is_refused() -> None:
         TopologyError, match=r"module 'gates\.1' is declared both as gate 'buy' and as expert 'e2'"
     ):
         replace(topo, experts=(*topo.experts[:2], replace(topo.experts[2], module="gates.1")))
+
+
+# =========================================================================== 6: a monitor log path that is no run log
+def test_monitor_never_rewrites_a_file_that_is_not_its_run_log(tmp_path: Path) -> None:
+    model = small_mmoe()
+    user = tmp_path / "eval.parquet"
+    rows().to_parquet(user)
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"user": 1}\n')
+    before = {p: p.read_bytes() for p in (user, notes)}
+    for path in (user, notes):
+        with pytest.raises(
+            ValueError, match=r"exists and is not a GateMonitor run log.*never changes another file"
+        ):
+            GateMonitor(model, every=2, log_path=path).open()
+    assert {p: p.read_bytes() for p in (user, notes)} == before
+    assert all(not m._forward_hooks for m in model.modules())
+    # a run log this tool wrote (marker in the parquet schema) is resumed; so is one written before the marker
+    log = tmp_path / "run.parquet"
+    model.train()
+    with GateMonitor(model, every=2, log_path=log) as mon:
+        for _ in range(2):
+            model(torch.randn(64, 3))
+            mon.step()
+    assert pq.read_schema(log).metadata[b"mmoe-inspect"] == b"run-log"
+    pd.read_parquet(log).to_parquet(tmp_path / "old.parquet")  # pandas drops our marker
+    for path in (log, tmp_path / "old.parquet"):
+        GateMonitor(model, every=2, log_path=path).open().close()

@@ -12,6 +12,10 @@ from mmoe_inspect.errors import MmoeInspectError
 
 __all__ = ["TIMELINE_COLUMNS", "collapse_timeline", "read_run_log"]
 
+LOG_MARKER = {b"mmoe-inspect": b"run-log"}  # parquet schema metadata of every run log GateMonitor writes
+# the columns every GateMonitor row has (logs written before the marker are recognised by them)
+RUN_LOG_COLUMNS = ("step", "step_start", "window_steps", "window_forwards", "window_rows", "gate", "findings")
+
 
 def read_run_log(path: str | Path) -> pd.DataFrame:
     """A run log (``.jsonl`` or ``.parquet``) → one row per gate per window, in the order logged.
@@ -64,3 +68,27 @@ def load_run_log(path: str | Path) -> pd.DataFrame:
         what = "is empty" if frame.empty else f"lacks the column(s) {', '.join(missing)}"
         raise RunLogError(f"{path.name}: {what}; expected a GateMonitor run log")
     return frame
+
+
+def ours(path: Path) -> bool:
+    """Whether the existing file `path` is a run log GateMonitor wrote (its parquet marker, or the columns
+    every row of one has; for JSON lines, the first line's keys), so a monitor may append to it. A user's
+    file at that path (a data file named by a typo) is never ours."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+        except Exception:
+            return False
+        meta = schema.metadata or {}
+        return meta.get(b"mmoe-inspect") == b"run-log" or all(c in schema.names for c in RUN_LOG_COLUMNS)
+    with path.open("rb") as fh:
+        first = fh.readline(1 << 20)
+    if not first.strip():
+        return path.stat().st_size == len(first)  # an empty file: nothing to keep
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and all(c in row for c in RUN_LOG_COLUMNS)
