@@ -7,6 +7,7 @@ Items: 7 a label column only some files of a parquet folder have, 10 a spec that
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +16,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from mmoe_inspect import FeatureSpec, inspect
+from mmoe_inspect.checkpoint import save_checkpoint
+from mmoe_inspect.cli.main import app
 from mmoe_inspect.data.sources import MissingColumnError, TableSource
 from mmoe_inspect.models import MMoE
 from mmoe_inspect.monitor import GateMonitor
@@ -126,3 +130,51 @@ def test_monitor_never_rewrites_a_file_that_is_not_its_run_log(tmp_path: Path) -
     pd.read_parquet(log).to_parquet(tmp_path / "old.parquet")  # pandas drops our marker
     for path in (log, tmp_path / "old.parquet"):
         GateMonitor(model, every=2, log_path=path).open().close()
+
+
+# =========================================================================== 5: a run log of another model
+def _run_log(gates: list[str], windows: int = 2) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "step": 10 * (w + 1),
+                "gate": g,
+                "task": "",
+                "w_e0": 0.5,
+                "w_e1": 0.5,
+                "findings": "[]",
+                "loss": 0.5,
+            }
+            for w in range(windows)
+            for g in gates
+        ]
+    )
+
+
+def test_run_log_gates_the_model_lacks_are_said_and_not_drawn(tmp_path: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "m.pt", small_mmoe(), eval_frame=rows())
+    mixed, foreign = tmp_path / "mixed.parquet", tmp_path / "foreign.parquet"
+    _run_log(["click", "buy", *(f"g{i}" for i in range(40))]).to_parquet(mixed)
+    _run_log([f"g{i}" for i in range(400)]).to_parquet(foreign)
+    for log, kept, words in (
+        (mixed, {"click", "buy"}, "names 40 gate(s) the model does not have ('g0', 'g1'"),
+        (foreign, {f"g{i}" for i in range(9)}, "none of the run log's 400 gate(s)"),
+    ):
+        out = tmp_path / log.stem
+        result = CliRunner().invoke(
+            app,
+            [
+                str(a)
+                for a in ("report", ckpt, "--out", out, "--run", log, "--no-causal", "--no-attributions")
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        assert f"warning: --run: the run log {words}" in text or f"warning: --run: {words}" in text, text
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        assert {r["gate"] for r in metrics["training"]["run_log"]} == kept
+        assert words in metrics["meta"]["training_note"]
+        html = (out / "index.html").read_text(encoding="utf-8")
+        section = html[html.index('id="training"') :]
+        assert "The run log does not match this model" in section[: section.index("</section>")]
+    assert "another model" in metrics["meta"]["training_note"] and "first 9 of them are drawn" in text
