@@ -8,6 +8,9 @@ Items: 7 a label column only some files of a parquet folder have, 10 a spec that
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +21,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import mmoe_inspect
 from mmoe_inspect import FeatureSpec, inspect
+from mmoe_inspect._text import LABEL_CHARS
+from mmoe_inspect.causal.segments import SegmentRouting
 from mmoe_inspect.checkpoint import save_checkpoint
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.data.sources import MissingColumnError, TableSource
@@ -178,3 +184,37 @@ def test_run_log_gates_the_model_lacks_are_said_and_not_drawn(tmp_path: Path) ->
         section = html[html.index('id="training"') :]
         assert "The run log does not match this model" in section[: section.index("</section>")]
     assert "another model" in metrics["meta"]["training_note"] and "first 9 of them are drawn" in text
+
+
+# =========================================================================== 4: huge segment labels
+_READ_SEGMENTS = """
+import resource, sys
+from mmoe_inspect.data.sources import TableSource
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+values = set()
+for chunk in TableSource.of(sys.argv[1]).iter_frames(1000, ["seg", "x0"]):
+    values.update(chunk["seg"])
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(len(values), max(map(len, values)), grown // 1024)
+"""
+
+
+def test_huge_segment_values_are_capped_when_read(tmp_path: Path) -> None:
+    frame = rows(n=300)
+    frame["seg"] = ["A" * 1_000_000 + str(i % 3) for i in range(len(frame))]  # 300 MB decoded, tiny on disk
+    path = tmp_path / "data.parquet"
+    frame.to_parquet(path)
+    assert path.stat().st_size < 10_000_000
+    env = {**os.environ, "PYTHONPATH": str(Path(mmoe_inspect.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_SEGMENTS, str(path)], capture_output=True, text=True, env=env, check=True
+    )
+    distinct, longest, grown_mb = map(int, done.stdout.split())
+    assert distinct == 3 and longest == LABEL_CHARS  # distinct values stay distinct (hash suffix)
+    assert grown_mb < 100, grown_mb  # was > 300 MB: every row decoded its own 1 MB string
+    # a DataFrame (or CSV) source: the segment table names each segment in at most LABEL_CHARS characters
+    seg = SegmentRouting("seg", small_mmoe().topology().gates)
+    probs = torch.full((len(frame), 3), 1 / 3)
+    seg.update(frame["seg"], {"click": probs, "buy": probs})
+    labels = set(seg.table()["segment"])
+    assert len(labels) == 3 and all(len(s) == LABEL_CHARS and "…#" in s for s in labels)
