@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import mmoe_inspect
 from mmoe_inspect import FeatureSpec, inspect
 from mmoe_inspect._text import LABEL_CHARS
 from mmoe_inspect.causal.segments import SegmentRouting
+from mmoe_inspect.causal.streamed import spill_prefix
 from mmoe_inspect.checkpoint import save_checkpoint
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.data.sources import MissingColumnError, TableSource
@@ -218,3 +220,34 @@ def test_huge_segment_values_are_capped_when_read(tmp_path: Path) -> None:
     seg.update(frame["seg"], {"click": probs, "buy": probs})
     labels = set(seg.table()["segment"])
     assert len(labels) == 3 and all(len(s) == LABEL_CHARS and "…#" in s for s in labels)
+
+
+# =========================================================================== 11: AUC spills of killed runs
+def test_a_later_run_removes_the_auc_spill_of_a_killed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TMPDIR of this run
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    mine = spill_prefix()
+    assert mine.startswith("mmoe-inspect-auc-") and mine.endswith(f"-{os.getpid()}-")
+    host = mine[: -len(f"{os.getpid()}-")]
+    stale = tmp_path / f"{host}{dead.pid}-abcd_123"
+    live = tmp_path / f"{host}{os.getppid()}-abcd_123"  # a live process's spill
+    for folder in (stale, live, tmp_path / "mmoe-inspect-auc-x1y2z3w4", tmp_path / "target"):
+        folder.mkdir()
+        (folder / "0.f32").write_bytes(b"\0" * 64)
+    (tmp_path / f"{host}{dead.pid}-link_123").symlink_to(tmp_path / "target")  # a link is never followed
+    (tmp_path / f"{host}{dead.pid}-file_123").write_bytes(b"user")
+    result = inspect(small_mmoe(), rows(), causal={"n_boot": 0})
+    assert result.causal is not None
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert stale.name not in left and live.name in left
+    assert {
+        "mmoe-inspect-auc-x1y2z3w4",
+        "target",
+        f"{host}{dead.pid}-link_123",
+        f"{host}{dead.pid}-file_123",
+    } <= set(left)
+    assert (tmp_path / "target" / "0.f32").exists()
+    assert not [n for n in left if n.startswith(mine)]  # this run's own spill is gone after it
