@@ -20,6 +20,7 @@ from ._common import (
     RunOptions,
     SpecOpt,
     command,
+    err,
     guarded,
     out,
     parse_fail_on,
@@ -235,6 +236,13 @@ def report_command(
             )
             if dist is not None and not dist.is_main:
                 return  # rank 0 writes the report (after every rank passed the last status exchange)
+            if training is not None:
+                from mmoe_inspect.monitor import fit_to_model
+
+                training, note = fit_to_model(training, [g.name for g in result.topology.gates])
+                if note is not None:  # another model's log is not drawn as this model's training unsaid
+                    err.print(f"[yellow]warning:[/yellow] --run: {escape(note)}")
+                    result.meta["training_note"] = note
             result.training = training
             index = write_report_with_progress(result, out_dir, force=force, run=run, early=early)
     out.print(f"[bold]{escape(result.verdict)}[/bold]")

@@ -4,11 +4,13 @@
 clearing and window titles, BEL, CR, ...) and escape sequences with them, so a task name or
 state_dict key from a checkpoint cannot drive the terminal. `csv_cell(v)` prefixes a cell that a
 spreadsheet would read as a formula (`= + - @`, tab, CR) with a quote ('), as OWASP advises.
-`cut(items, n)` shortens a long list for an error line with a count of the rest.
+`cut(items, n)` shortens a long list for an error line with a count of the rest. `short_label(s)` caps
+a text value read from data (a segment name) at `LABEL_CHARS`, distinct values staying distinct.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 
@@ -50,3 +52,17 @@ def csv_safe(frame):  # pandas.DataFrame -> pandas.DataFrame (pandas imported by
         if out[col].dtype.kind in "OSU" or str(out[col].dtype) in ("str", "string", "category"):
             out[col] = out[col].astype(object).map(csv_cell)
     return out
+
+
+LABEL_CHARS = 120
+"""Longest text value kept from a data column (a `--segment-by` value): longer ones are cut (see
+`short_label`), so memory and the report's size do not grow with the length of a cell."""
+
+
+def short_label(text: str, limit: int = LABEL_CHARS) -> str:
+    """`text` when at most `limit` characters; else its start, an ellipsis and 8 hex digits of its SHA-1, so
+    two long values that share a start stay distinct: `"AAAA…#1f2e3d4c"` (`limit` characters in all)."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{text[: max(limit - 10, 1)]}…#{digest}"

@@ -55,6 +55,10 @@ def training_section(result: InspectionResult, figures: Mapping[str, str], csv_n
     if "epoch" in frame and frame["epoch"].notna().any():
         pairs.append(("last epoch", fmt_value(int(frame["epoch"].max()))))
     items: list[Item] = [KeyValues(tuple(pairs))]
+    if result.meta.get("training_note"):  # gates the model lacks (`mmoe_inspect.monitor.fit_to_model`)
+        items.append(
+            Notice(f"The run log does not match this model: {result.meta['training_note']}.", "warning")
+        )
     for name in ("training_loss", "training_utilization", "training_entropy", "training_divergence"):
         items += _figure(name, figures)
     marks = timeline(result)

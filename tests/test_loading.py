@@ -16,7 +16,7 @@ from torch import nn
 import mmoe_inspect as mi
 from mmoe_inspect.checkpoint import save_checkpoint
 from mmoe_inspect.data.schema import CategoricalFeature, FeatureSpec
-from mmoe_inspect.data.sources import TableSource, sample_mask
+from mmoe_inspect.data.sources import TableSource, require_columns, sample_mask
 from mmoe_inspect.loading import (
     CheckpointError,
     CheckpointFileError,
@@ -476,9 +476,12 @@ def test_parquet_folder_streams_every_file_in_order(rows, tmp_path) -> None:
     np.testing.assert_array_equal(back["a"].to_numpy(), df["a"].to_numpy()[order])
     assert back.index.tolist() == list(range(300))
     df.iloc[:10].drop(columns=["b"]).to_parquet(folder / "part-2.parquet")
-    assert "b" not in TableSource.of(folder).columns()
-    with pytest.raises(MissingColumnError, match="lacks column"):
-        list(TableSource.of(folder).iter_frames(64, ["a", "b"]))
+    # a column one file lacks: NaN in that file's rows (a partial label), refused as a feature naming the file
+    assert TableSource.of(folder).partial_columns() == {"b": folder / "part-2.parquet"}
+    back = pd.concat(TableSource.of(folder).iter_frames(64, ["a", "b"]))
+    assert len(back) == 310 and back["b"].isna().sum() == 10 and list(back.columns) == ["a", "b"]
+    with pytest.raises(MissingColumnError, match=r"part-2\.parquet lacks feature column\(s\) \['b'\]"):
+        require_columns(TableSource.of(folder), ["a", "b"])
 
 
 def test_labels_mapping_names_and_checks(tiny, rows, tmp_path) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmoe_inspect._text import short_label
 from mmoe_inspect.data.columns import check_segment_values
 from mmoe_inspect.functional.routing import js_divergence
 from mmoe_inspect.topology.spec import GateSpec
@@ -85,7 +86,8 @@ class SegmentRouting:
             raise
         lut = np.empty(len(uniques) + 1, dtype=np.int64)
         for i, u in enumerate(uniques):  # once per distinct value in the batch, not per row
-            lut[i] = self._slot(u.item() if isinstance(u, np.generic) else u)
+            u = u.item() if isinstance(u, np.generic) else u
+            lut[i] = self._slot(short_label(u) if isinstance(u, str) else u)  # a 1 MB name is kept short
         lut[-1] = self._slot(MISSING) if (codes < 0).any() else self._other  # code -1: a missing value
         slots = torch.from_numpy(lut[codes])
         self._counts.index_add_(0, slots, torch.ones(len(slots), dtype=torch.float64))

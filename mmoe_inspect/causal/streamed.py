@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +85,47 @@ def ranking_threads(threads: int, rows: int) -> int:
     to about 1M rows, then one (the caller)."""
     extra = RANKING_PARALLEL_BYTES // max(1, rows * EXTRA_THREAD_BYTES_PER_ROW)
     return max(1, min(threads, 1 + extra))
+
+
+SPILL_PREFIX = "mmoe-inspect-auc-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def spill_prefix() -> str:
+    """The spill folder's name prefix: `mmoe-inspect-auc-<host>-<pid>-` (`mkdtemp` adds 8 characters), so a
+    later run can tell the folder of a process killed outright (SIGKILL, OOM) from that of a live one."""
+    return f"{SPILL_PREFIX}{_host()}-{os.getpid()}-"
+
+
+def remove_stale_spills(parent: str | Path) -> list[Path]:
+    """Remove the spill folders in `parent` left by dead processes: only folders (not links) named exactly by
+    `spill_prefix` on this host, owned by the current user, whose pid is not a live process. Returns them."""
+    pattern = re.compile(re.escape(f"{SPILL_PREFIX}{_host()}-") + r"(\d{1,10})-[a-z0-9_]{8}")
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        found = pattern.fullmatch(entry.name)
+        if found is None or int(found[1]) == os.getpid():
+            continue
+        try:
+            if (
+                not entry.is_dir(follow_symlinks=False)
+                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
+            ):
+                continue
+            os.kill(int(found[1]), 0)
+        except ProcessLookupError:  # no such process: its spill is stale
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+        except (OSError, OverflowError):
+            continue  # alive under another user (EPERM), or cannot tell: keep it
+    return removed
 
 
 class SpillError(MmoeInspectError, RuntimeError):
@@ -264,7 +307,9 @@ class EvaluationStream:
             files = self._files.get(task)
             if files is None:
                 if self._dir is None:
-                    self._dir = Path(tempfile.mkdtemp(prefix="mmoe-inspect-auc-", dir=self._spill_parent))
+                    parent = self._spill_parent or tempfile.gettempdir()
+                    remove_stale_spills(parent)
+                    self._dir = Path(tempfile.mkdtemp(prefix=spill_prefix(), dir=parent))
                 n = len(self._files)
                 files = (open(self._dir / f"{n}.f32", "w+b"),)  # noqa: SIM115
                 self._files[task] = files

@@ -41,7 +41,8 @@ def closest(name: str, candidates: Sequence[str]) -> str:
 
 
 def require_columns(source: TableSource, needed: Sequence[str], what: str = "feature") -> None:
-    """Fail with one line naming the missing columns, the closest existing names and what the file has."""
+    """Fail with one line naming the missing columns, the closest existing names and what the file has; for
+    a parquet folder, a needed column (not a label) that some file lacks is refused naming that file."""
     names = source.columns()
     have = set(names)
     missing = [c for c in needed if c not in have]
@@ -61,6 +62,15 @@ def require_columns(source: TableSource, needed: Sequence[str], what: str = "fea
             "Rename the columns or pass the right --labels/--features names.",
             missing,
         )
+    if what != "label":  # a label some files of a folder lack reads as NaN there (labels may be partial)
+        partial = source.partial_columns()
+        lacking = [c for c in needed if c in partial]
+        if lacking:
+            raise MissingColumnError(
+                f"{partial[lacking[0]]} lacks {what} column(s) {lacking} that other data files of "
+                f"{source.name} have; every file of a folder needs the model's {what} columns",
+                lacking,
+            )
 
 
 def check_segment_values(values: pd.Series, column: str, source: str) -> None:

@@ -19,13 +19,14 @@ Lightning (``pip install "mmoe-inspect[lightning]"``): ``GateMonitorCallback`` i
 ``GateMonitor(..., tensorboard="runs/x")`` or a writer; tags in `mmoe_inspect.monitor.tensorboard`.
 """
 
-from mmoe_inspect.monitor.log import RunLogError, collapse_timeline, load_run_log, read_run_log
+from mmoe_inspect.monitor.log import RunLogError, collapse_timeline, fit_to_model, load_run_log, read_run_log
 from mmoe_inspect.monitor.monitor import GateMonitor
 
 __all__ = [
     "GateMonitor",
     "RunLogError",
     "collapse_timeline",
+    "fit_to_model",
     "load_run_log",
     "read_run_log",
 ]  # + GateMonitorCallback, loaded on use

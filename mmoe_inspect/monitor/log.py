@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,14 @@ import pandas as pd
 from mmoe_inspect.analysis.timeline import TIMELINE_COLUMNS, collapse_timeline
 from mmoe_inspect.errors import MmoeInspectError
 
-__all__ = ["TIMELINE_COLUMNS", "collapse_timeline", "read_run_log"]
+__all__ = ["TIMELINE_COLUMNS", "collapse_timeline", "fit_to_model", "read_run_log"]
+
+LOG_MARKER = {b"mmoe-inspect": b"run-log"}  # parquet schema metadata of every run log GateMonitor writes
+# the columns every GateMonitor row has (logs written before the marker are recognised by them)
+MAX_FOREIGN_GATES = (
+    9  # gates of a log that names none of the model's gates kept for drawing (one figure's panels)
+)
+RUN_LOG_COLUMNS = ("step", "step_start", "window_steps", "window_forwards", "window_rows", "gate", "findings")
 
 
 def read_run_log(path: str | Path) -> pd.DataFrame:
@@ -64,3 +72,56 @@ def load_run_log(path: str | Path) -> pd.DataFrame:
         what = "is empty" if frame.empty else f"lacks the column(s) {', '.join(missing)}"
         raise RunLogError(f"{path.name}: {what}; expected a GateMonitor run log")
     return frame
+
+
+def ours(path: Path) -> bool:
+    """Whether the existing file `path` is a run log GateMonitor wrote (its parquet marker, or the columns
+    every row of one has; for JSON lines, the first line's keys), so a monitor may append to it. A user's
+    file at that path (a data file named by a typo) is never ours."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+        except Exception:
+            return False
+        meta = schema.metadata or {}
+        return meta.get(b"mmoe-inspect") == b"run-log" or all(c in schema.names for c in RUN_LOG_COLUMNS)
+    with path.open("rb") as fh:
+        first = fh.readline(1 << 20)
+    if not first.strip():
+        return path.stat().st_size == len(first)  # an empty file: nothing to keep
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and all(c in row for c in RUN_LOG_COLUMNS)
+
+
+def fit_to_model(frame: pd.DataFrame, gates: Sequence[str]) -> tuple[pd.DataFrame, str | None]:
+    """A run log's rows for the model whose gates are `gates`, and a note when the log names others.
+
+    Rows of gates the model lacks are dropped (they are another model's training, and a log of 4,000 such
+    gates made the Training figures take minutes); when no logged gate is the model's, the rows of the
+    first `MAX_FOREIGN_GATES` logged gates are kept and the note says the log looks like another model's.
+    """
+    logged = list(dict.fromkeys(str(g) for g in frame["gate"]))
+    model = set(gates)
+    unknown = [g for g in logged if g not in model]
+    if not unknown:
+        return frame, None
+    shown = ", ".join(repr(g[:40]) for g in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    names = frame["gate"].astype(str)
+    if len(unknown) < len(logged):
+        note = (
+            f"the run log names {len(unknown):,} gate(s) the model does not have ({shown}); they are left out "
+            "of the Training section"
+        )
+        return frame[names.isin(model)], note
+    kept = unknown[:MAX_FOREIGN_GATES]
+    note = (
+        f"none of the run log's {len(unknown):,} gate(s) ({shown}) is a gate of this model "
+        f"({', '.join(sorted(model)) or 'no gates'}): the log looks like another model's training"
+        + (f"; the first {len(kept)} of them are drawn" if len(kept) < len(unknown) else "")
+    )
+    return frame[names.isin(set(kept))], note

@@ -27,6 +27,7 @@ from mmoe_inspect._validate import check_number
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, Thresholds, diagnose
 from mmoe_inspect.analysis.tables import gate_groups
+from mmoe_inspect.monitor.log import LOG_MARKER, ours
 from mmoe_inspect.monitor.tensorboard import TensorBoardSink
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
 from mmoe_inspect.routing_pass import RoutingStats
@@ -180,8 +181,14 @@ class GateMonitor:
     def open(self) -> GateMonitor:
         """Register the hooks (idempotent); `close()` removes them."""
         if self._hooks is None:
-            if self.log_path is not None and self.log_path.suffix == ".parquet" and self.log_path.exists():
-                self._parquet_rows = pd.read_parquet(self.log_path).to_dict("records")
+            if self.log_path is not None and self.log_path.exists():
+                if not self.log_path.is_file() or not ours(self.log_path):
+                    raise ValueError(
+                        f"log_path {self.log_path} exists and is not a GateMonitor run log; the monitor "
+                        "appends to its own logs only and never changes another file: name a new file"
+                    )
+                if self.log_path.suffix == ".parquet":
+                    self._parquet_rows = pd.read_parquet(self.log_path).to_dict("records")
             if self.tensorboard is not None:
                 self._tb = TensorBoardSink(self.tensorboard, self.topology)
             try:
@@ -359,7 +366,11 @@ class GateMonitor:
             return
         self._parquet_rows.extend(rows)
         tmp = self.log_path.with_name(self.log_path.name + ".tmp")
-        pd.DataFrame(self._parquet_rows).to_parquet(tmp, index=False)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(pd.DataFrame(self._parquet_rows), preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **LOG_MARKER}), tmp)
         os.replace(tmp, self.log_path)
 
 

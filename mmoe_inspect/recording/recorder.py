@@ -89,6 +89,21 @@ def two_way_pair(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateS
     return torch.cat((1 - out, out), dim=dim), replace(gate, two_way=False)
 
 
+def _refuse_probabilities_as_logits(out: torch.Tensor, gate: GateSpec, dim: int) -> None:
+    """Refuse a gate declared `output = "logits"` whose captured rows are probabilities (every value >= 0,
+    every row of 2+ experts summing to 1): softmaxed again they would look uniform, a false `uniform_gate`.
+    One reduction per batch in the common case (real logits have a negative value)."""
+    if gate.n_experts < 2 or not out.numel() or not out.is_floating_point() or bool((out < 0).any()):
+        return
+    sums = out.sum(dim=dim, dtype=torch.float32)
+    if bool(((sums - 1).abs() <= 1e-3).all()):
+        raise RecordingError(
+            f'gate {gate.name!r} ({gate.locator}) is declared output = "logits", but its rows are probabilities '
+            "(non-negative, each summing to 1): softmaxed again they would look uniform; set output = "
+            '"probs" for this gate in the topology spec'
+        )
+
+
 def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = None) -> torch.Tensor:
     """A gate's captured tensor → a fresh `[batch, E]` tensor of weights (copy, never a view).
 
@@ -112,6 +127,7 @@ def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = No
     if out.requires_grad:
         out = out.detach()
     if gate.output == "logits":
+        _refuse_probabilities_as_logits(out, gate, dim)
         probs = torch.softmax(out, dim=dim, dtype=torch.float32)
     else:
         probs = out.clone(memory_format=torch.contiguous_format)

@@ -377,6 +377,7 @@ class Topology:
                 raise TopologyError(f"task {t.name!r}: output must be a key (text) or an index (integer)")
             if t.kind not in ("binary", "regression"):
                 raise TopologyError(f"task {t.name!r}: kind must be 'binary' or 'regression', not {t.kind!r}")
+        _check_contradictions(self)
 
     # ------------------------------------------------------------ (de)serialize
     def to_dict(self) -> dict[str, Any]:
@@ -597,6 +598,44 @@ def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
     if not gate.two_way:
         d.pop("two_way", None)
     return d
+
+
+def _check_contradictions(topo: Topology) -> None:
+    """Refuse a spec whose parts contradict each other (each would be reported as the model's fault): two
+    tasks reading one model output, one module declared both a gate and an expert, and at one level two
+    gates serving one task while another task has none (one gate per task mislabelled)."""
+    read: dict[object, str] = {}
+    for i, t in enumerate(topo.tasks):  # an output left out is read by the task's name (dict) or position
+        if t.output is None:
+            keys = {("key", t.name), ("index", i)}
+        else:
+            keys = {("key", t.output) if isinstance(t.output, str) else ("index", int(t.output))}
+        for k in keys:  # two tasks that leave `output` out never share a key: names and positions differ
+            if k in read:
+                raise TopologyError(
+                    f"tasks {read[k]!r} and {t.name!r} both read the model output {k[1]!r}: one task's "
+                    "predictions would be judged against the other's labels; give each task its own `output`"
+                )
+            read.setdefault(k, t.name)
+    experts = {e.module: e.name for e in topo.experts if e.module}
+    for g in topo.gates:
+        if g.op is None and g.module in experts:
+            raise TopologyError(
+                f"module {g.module!r} is declared both as gate {g.name!r} and as expert {experts[g.module]!r}: "
+                "the expert's numbers would be the gate's; name the expert's own module"
+            )
+    names = [t.name for t in topo.tasks]
+    for level in sorted({g.level for g in topo.gates}):
+        served = [g for g in topo.gates if g.level == level and g.task is not None]
+        counts = {n: sum(g.task == n for g in served) for n in names}
+        doubled = [n for n, c in counts.items() if c > 1]
+        bare = [n for n, c in counts.items() if c == 0]
+        if doubled and bare and len(served) <= len(names):
+            twice = [g.name for g in served if g.task == doubled[0]]
+            raise TopologyError(
+                f"gates {twice} all serve task {doubled[0]!r} at level {level} while no gate serves task(s) "
+                f"{bare}: set each gate's `task` to the task it serves"
+            )
 
 
 def _unique(kind: str, names: list[str]) -> None:
