@@ -155,6 +155,15 @@ class ScalarExpertsBET(nn.Module):
         return {"click": outs[0], "buy": outs[1]}
 
 
+class ScalarExpertsUnbind(ScalarExpertsBET):
+    """The same experts, each task's slice taken with `unbind` on the task axis."""
+
+    def forward(self, x):
+        ex = torch.stack([e(x) for e in self.experts], dim=1)
+        outs = [torch.sigmoid((F.softmax(g(x), -1) * part).sum(1)) for g, part in zip(self.gates, ex.unbind(2))]
+        return {"click": outs[0], "buy": outs[1]}
+
+
 class ScalarExpertsBE(nn.Module):
     """Each task has its own scalar experts (Linear(D, 1)), concatenated [B, E] and mixed by its gate."""
 
@@ -189,7 +198,14 @@ class SharedScalarExperts(nn.Module):
 '''
 
 AUX_FORMS = ["TupleAux", "CatAux", "StackAux", "DictAux", "LoadVectorAux", "LoadOfTrialSize"]
-OTHER_FORMS = ["ListLogits", "TaskMatrix", "ScalarExpertsBET", "ScalarExpertsBE", "SharedScalarExperts"]
+OTHER_FORMS = [
+    "ListLogits",
+    "TaskMatrix",
+    "ScalarExpertsBET",
+    "ScalarExpertsUnbind",
+    "ScalarExpertsBE",
+    "SharedScalarExperts",
+]
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +281,21 @@ def test_check_binds_and_judges_a_whole_pickled_model_returning_an_aux_loss(
     assert re.search(r"collapsed_gate click\b", text), text
     assert re.search(r"uniform_gate buy\b", text), text
     assert "task_0" not in text
+
+
+@pytest.mark.parametrize("name", ["ScalarExpertsBET", "ScalarExpertsUnbind"])
+def test_experts_emitting_one_value_per_task_are_shared_by_the_task_gates(name: str, script) -> None:
+    """Experts `[B, E, T]` whose gate t mixes `[:, :, t]`: the experts are the 4 expert modules, shared by
+    both gates (an MMoE), not 8 inline experts of a CGC. Before, each task's slice was taken for experts
+    of its own (`expert[0]` ... `expert[7]`), and click's unused slices were reported as dead experts
+    although buy's gate uses those modules."""
+    result = _inspect(script[1][name]())
+    _planted(result)
+    topo = result.topology
+    assert [e.module for e in topo.experts] == [f"experts.{i}" for i in range(4)]
+    assert all(g.experts == ("experts.0", "experts.1", "experts.2", "experts.3") for g in topo.gates)
+    assert topo.architecture == "mmoe"
+    assert not [f for f in result.findings if f.code == "dead_expert"]
 
 
 def test_a_nested_output_round_trips_through_a_spec_file(script, tmp_path) -> None:

@@ -205,6 +205,20 @@ def selection(graph: Graph, node: Node, axis: int | None) -> tuple[int, int, lis
     of `split`/`chunk`/`unbind`. `axis` is the tracked axis of `node` (None when `node` holds one
     expert whose axis was indexed away).
     """
+    got = picks_of(graph, node)
+    if got is None:
+        return None
+    src, pax, picks, kept = got
+    if axis is None and kept and len(picks) != 1:
+        return None
+    if axis is not None and (not kept or axis != pax):
+        return None
+    return src, pax, picks
+
+
+def picks_of(graph: Graph, node: Node) -> tuple[int, int, list[int], bool] | None:
+    """What `selection` reads, whatever the tracked axis: (input node, input axis, positions, whether the
+    axis is kept: False when an integer index dropped it)."""
     if not node.args or not isinstance(node.args[0], Ref):
         return None
     src = node.args[0].node
@@ -263,9 +277,4 @@ def selection(graph: Graph, node: Node, axis: int | None) -> tuple[int, int, lis
         picks = list(range(start, start + node.shape[pax]))
     if picks is None or pax is None or not picks:
         return None
-    kept = len(node.shape) == len(shape)
-    if axis is None and kept and len(picks) != 1:
-        return None
-    if axis is not None and (not kept or axis != pax):
-        return None
-    return src, pax, picks
+    return src, pax, picks, len(node.shape) == len(shape)
