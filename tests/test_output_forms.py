@@ -35,6 +35,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # The user's training script (its classes end up in `__main__` when pickled from it).
 SCRIPT = '''
+from collections import namedtuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,6 +96,17 @@ class DictAux(Base):
     def forward(self, x):
         (a, b), aux = self.heads(x)
         return {"preds": {"click": a.squeeze(1), "buy": b.squeeze(1)}, "aux": aux}
+
+
+Output = namedtuple("Output", ["click", "buy", "aux"])
+
+
+class NamedTupleAux(Base):
+    """A namedtuple of the predictions and the loss: the fields name the tasks."""
+
+    def forward(self, x):
+        (a, b), aux = self.heads(x)
+        return Output(a.squeeze(1), b.squeeze(1), aux)
 
 
 class LoadVectorAux(Base):
@@ -197,7 +210,7 @@ class SharedScalarExperts(nn.Module):
         return [torch.sigmoid((F.softmax(g(x), -1) * ex).sum(1, keepdim=True)) for g in self.gates]
 '''
 
-AUX_FORMS = ["TupleAux", "CatAux", "StackAux", "DictAux", "LoadVectorAux", "LoadOfTrialSize"]
+AUX_FORMS = ["TupleAux", "CatAux", "StackAux", "DictAux", "NamedTupleAux", "LoadVectorAux", "LoadOfTrialSize"]
 OTHER_FORMS = [
     "ListLogits",
     "TaskMatrix",
@@ -317,6 +330,16 @@ def test_a_nested_output_round_trips_through_a_spec_file(script, tmp_path) -> No
     )
     _planted(again)
     assert [t.output for t in again.topology.tasks] == [("preds", "click"), ("preds", "buy")]
+
+
+def test_namedtuple_fields_name_the_tasks(script) -> None:
+    """The fields of a namedtuple output are the task names (no `--tasks` needed) and its locators."""
+    model = script[1]["NamedTupleAux"]().eval()
+    result = mi.inspect(
+        model, _rows(), input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
+    )
+    _planted(result)
+    assert [t.output for t in result.topology.tasks] == ["click", "buy"]
 
 
 def test_stacked_predictions_keep_their_sigmoid() -> None:

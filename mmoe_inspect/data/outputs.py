@@ -10,9 +10,9 @@ any of these next to that loss: `((p_click, p_buy), aux)`, `(torch.cat(preds, 1)
 - a container whose batch-axis content is all in one entry is looked through (`((p1, p2), aux)` is read
   as `(p1, p2)`, `(cat, aux)` as the `[batch, T]` tensor `cat`); a lone `[batch]` / `[batch, 1]` /
   two-class entry keeps its key as the task name;
-- otherwise each entry is a task (`[batch]`, `[batch, 1]`, or `[batch, 2]` two-class: column 1), a nested
-  container is walked the same way, and a batch-axis tensor of another shape (gate weights `[batch, E]`)
-  is named in `skipped`, not a task.
+- otherwise each entry is a task (`[batch]`, `[batch, 1]`, or `[batch, 2]` two-class: column 1) named by
+  its dict key or namedtuple field, a nested container is walked the same way, and a batch-axis tensor
+  of another shape (gate weights `[batch, E]`) is named in `skipped`, not a task.
 
 A task's locator is what `TaskSpec.output` holds: None (the output is one `[batch]` tensor), a key or
 index (a dict key, a list position, a column of a `[batch, T]` tensor), or, for a nested output, the
@@ -60,9 +60,16 @@ def _per_row(t: Any, batch: int) -> bool:
     return isinstance(t, torch.Tensor) and t.ndim in (1, 2) and t.shape[0] == batch and t.numel() == batch
 
 
+def _named_tuple(out: Any) -> bool:
+    return isinstance(out, tuple) and isinstance(getattr(type(out), "_fields", None), tuple)
+
+
 def _items(out: Any) -> list[tuple[Step, Any]] | None:
+    """(key, entry) of a container: a dict's keys, a namedtuple's field names, a list's or tuple's positions."""
     if isinstance(out, Mapping):
         return list(out.items())
+    if _named_tuple(out):
+        return list(zip(type(out)._fields, out, strict=True))
     if isinstance(out, (list, tuple)):
         return list(enumerate(out))
     return None
@@ -128,7 +135,7 @@ def _walk(out: Any, path: tuple[Step, ...], batch: int, res: Predictions, depth:
     for key, v in _items(out) or ():
         v = plain_output(v)
         here = (*path, key)
-        name = str(key) if isinstance(out, Mapping) else None
+        name = str(key) if isinstance(out, Mapping) or isinstance(key, str) else None
         if _per_row(v, batch):
             res.found.append(Prediction(name, _loc(here), v.reshape(-1), 0, v))
         elif is_two_class(v, batch):
@@ -166,6 +173,8 @@ def select(out: Any, loc: Locator) -> Any:
             if v.dim() != 2:
                 raise IndexError(f"a tensor of shape {list(v.shape)} has no column {step!r}")
             v = v[:, int(step)]
+        elif _named_tuple(v) and isinstance(step, str):
+            v = getattr(v, step)
         elif isinstance(v, (list, tuple)):
             v = v[int(step)]
         else:
