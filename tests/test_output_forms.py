@@ -177,6 +177,41 @@ class ScalarExpertsUnbind(ScalarExpertsBET):
         return {"click": outs[0], "buy": outs[1]}
 
 
+class FusedScalarExperts(nn.Module):
+    """Experts [B, E, T] and one fused gate [B, T, E] (`Linear(D, T * E)` viewed and softmaxed), mixed at once
+    as `(w * ex.transpose(1, 2)).sum(-1)`: one [B, T] output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList(nn.Linear(D, 2) for _ in range(E))
+        self.gate = nn.Linear(D, 2 * E)
+        with torch.no_grad():
+            self.gate.weight.zero_()
+            self.gate.bias.zero_()
+            self.gate.bias[0] = 20.0  # task 0 (click) on expert 0; task 1 (buy) uniform
+
+    def weights(self, x):
+        ex = torch.stack([e(x) for e in self.experts], dim=1)
+        return F.softmax(self.gate(x).view(-1, 2, E), -1), ex
+
+    def forward(self, x):
+        w, ex = self.weights(x)
+        return torch.sigmoid((w * ex.transpose(1, 2)).sum(-1))
+
+
+class FusedScalarExpertsT(FusedScalarExperts):
+    def forward(self, x):
+        w, ex = self.weights(x)
+        return torch.sigmoid((w.transpose(1, 2) * ex).sum(1))
+
+
+class FusedScalarExpertsEinsum(FusedScalarExperts):
+    def forward(self, x):
+        w, ex = self.weights(x)
+        return torch.sigmoid(torch.einsum("bte,bet->bt", w, ex))
+
+
 class ScalarExpertsBE(nn.Module):
     """Each task has its own scalar experts (Linear(D, 1)), concatenated [B, E] and mixed by its gate."""
 
@@ -216,6 +251,9 @@ OTHER_FORMS = [
     "TaskMatrix",
     "ScalarExpertsBET",
     "ScalarExpertsUnbind",
+    "FusedScalarExperts",
+    "FusedScalarExpertsT",
+    "FusedScalarExpertsEinsum",
     "ScalarExpertsBE",
     "SharedScalarExperts",
 ]
@@ -309,6 +347,21 @@ def test_experts_emitting_one_value_per_task_are_shared_by_the_task_gates(name: 
     assert all(g.experts == ("experts.0", "experts.1", "experts.2", "experts.3") for g in topo.gates)
     assert topo.architecture == "mmoe"
     assert not [f for f in result.findings if f.code == "dead_expert"]
+
+
+@pytest.mark.parametrize("name", ["FusedScalarExperts", "FusedScalarExpertsT", "FusedScalarExpertsEinsum"])
+def test_a_fused_gate_over_experts_emitting_one_value_per_task(name: str, script) -> None:
+    """One `[B, T, E]` softmax holding both gates, gate t mixing the experts' slice t: each task's gate is its
+    slice of that softmax, over the 4 shared expert modules. Before, no mixture was found and `check`
+    could not judge (exit 4); and a found fused softmax is not also listed as "not a gate"."""
+    result = _inspect(script[1][name]())
+    _planted(result)
+    topo = result.topology
+    assert sorted(g.part for g in topo.gates) == [0, 1]
+    assert [e.module for e in topo.experts] == [f"experts.{i}" for i in range(4)]
+    assert not [n for n in topo.notes if "not a gate" in n], topo.notes
+    # `sigmoid([B, T])` makes every column: the kinds come from that sigmoid, not from the value range
+    assert not [n for n in topo.notes if n.startswith(GUESSED_KINDS_NOTE)], topo.notes
 
 
 def test_a_nested_output_round_trips_through_a_spec_file(script, tmp_path) -> None:

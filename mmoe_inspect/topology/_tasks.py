@@ -60,13 +60,17 @@ def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
 
 def _prediction_node(graph: Graph, p: Prediction) -> int | None:
     """The node that made prediction `p`: its own tensor's, or, for a column of a `[batch, T]` entry, the
-    `cat` part that made that column."""
+    `cat`/`stack` part that made that column (the entry's own node when a sigmoid made every column at once:
+    each column ends in that sigmoid)."""
     if p.entry is None:
         return None
     node = graph.current.get(id(p.entry))
     if p.entry.ndim == 2 and p.entry.shape[1] > 1 and not p.column:
         step = p.loc[-1] if isinstance(p.loc, tuple) else p.loc
-        return _column_node(graph, node, int(step)) if isinstance(step, int) else None
+        col = _column_node(graph, node, int(step)) if isinstance(step, int) else None
+        if col is None and node is not None and graph.nodes[node].op == "sigmoid":
+            return node
+        return col
     return node
 
 
