@@ -11,7 +11,7 @@ from torch import nn
 
 from mmoe_inspect.data.call import plain_output
 from mmoe_inspect.data.outputs import Locator, Prediction, find_predictions, names_of
-from mmoe_inspect.topology._graphops import norm_dim, view_parent
+from mmoe_inspect.topology._graphops import norm_dim, picks_of, view_parent
 from mmoe_inspect.topology._trace import Graph, Ref
 from mmoe_inspect.topology.spec import TaskKind, TaskSpec, TopologyError
 
@@ -176,7 +176,8 @@ def _ends_in_sigmoid(graph: Graph, idx: int | None, depth: int = 0) -> bool:
         if node.op == "mul" and depth < 4:
             refs = [a.node for a in node.args if isinstance(a, Ref)]
             return len(refs) == 2 and all(_ends_in_sigmoid(graph, r, depth + 1) for r in refs)
-        idx = view_parent(graph, node)
+        picked = picks_of(graph, node)  # a column of a sigmoid's output (`y[:, 0]` of `sigmoid([B, T])`)
+        idx = view_parent(graph, node) if picked is None else picked[0]
     return False
 
 
