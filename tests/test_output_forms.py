@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import mmoe_inspect as mi
 from mmoe_inspect.cli.main import app
 from mmoe_inspect.data.outputs import find_predictions, select
+from mmoe_inspect.errors import MmoeInspectError
 from mmoe_inspect.loading.input_binding import TRIAL_ROWS
 from mmoe_inspect.topology._tasks import GUESSED_KINDS_NOTE
 from mmoe_inspect.topology.spec import Topology
@@ -145,6 +146,22 @@ class SigmoidColumns(Base):
         return y[:, 0], y[:, 1], aux
 
 
+class TasksFirst(Base):
+    """`torch.stack(preds)` on dim 0: [T, B], the rows second (not read: said so, with the fix)."""
+
+    def forward(self, x):
+        outs, aux = self.heads(x)
+        return torch.stack([o.squeeze(1) for o in outs]), aux
+
+
+class LogitAndProb(Base):
+    """Each task's logit and probability: `({task: {"logit", "prob"}}, aux)`: two tasks, not four."""
+
+    def forward(self, x):
+        outs, aux = self.heads(x, sigmoid=False)
+        return {n: {"logit": o, "prob": torch.sigmoid(o)} for n, o in zip(("click", "buy"), outs)}, aux
+
+
 class ListLogits(Base):
     """A list of [B, 1] logits, no sigmoid (trained with BCEWithLogitsLoss)."""
 
@@ -261,6 +278,7 @@ AUX_FORMS = [
     "DictAux",
     "NamedTupleAux",
     "SigmoidColumns",
+    "LogitAndProb",
     "LoadVectorAux",
     "LoadOfTrialSize",
 ]
@@ -384,6 +402,25 @@ def test_a_fused_gate_over_experts_emitting_one_value_per_task(name: str, script
     assert not [n for n in topo.notes if n.startswith(GUESSED_KINDS_NOTE)], topo.notes
 
 
+def test_predictions_stacked_tasks_first_are_one_clear_error(script, tmp_path, monkeypatch) -> None:
+    """`(torch.stack(preds), aux)` is `[T, batch]`: not read as tasks, and not "could not tell how the model
+    reads its inputs" (the dict trial's TypeError was quoted before): exit 2 naming the output and the fix."""
+    with pytest.raises(MmoeInspectError, match=r"tasks first and the rows second.*dim=1"):
+        _inspect(script[1]["TasksFirst"]())
+    monkeypatch.setattr(sys.modules["__main__"], "TasksFirst", script[1]["TasksFirst"], raising=False)
+    ckpt = tmp_path / "tasks_first.pt"
+    torch.save(script[1]["TasksFirst"]().eval(), ckpt)
+    monkeypatch.delattr(sys.modules["__main__"], "TasksFirst")
+    data = tmp_path / "rows.parquet"
+    _rows().to_parquet(data, index=False)
+    args = ["check", str(ckpt), "--trust-checkpoint", "--model-code", str(script[0]), "--data", str(data)]
+    result = CliRunner().invoke(app, args)
+    text = " ".join(ANSI.sub("", result.output).split())
+    assert result.exit_code == 2, text
+    assert "TasksFirst ran on the data (tensor)" in text and "tasks first and the rows second" in text, text
+    assert "could not tell how" not in text
+
+
 def test_a_nested_output_round_trips_through_a_spec_file(script, tmp_path) -> None:
     """A nested prediction's locator is the list of steps in the spec file (`output = ["preds", "click"]`),
     and inspecting with that spec reads the same predictions."""
@@ -413,6 +450,16 @@ def test_namedtuple_fields_name_the_tasks(script) -> None:
     )
     _planted(result)
     assert [t.output for t in result.topology.tasks] == ["click", "buy"]
+
+
+def test_several_readings_of_each_task_are_one_task(script) -> None:
+    """`{task: {"logit": ..., "prob": ...}}` holds two tasks read two ways: the probability is taken (said in
+    the notes), so the tasks are click and buy, each served by its own gate. Walked as four tasks,
+    `click.logit` ... `buy.prob`, both gates came out shared by two tasks each (a plain MoE)."""
+    result = _inspect(script[1]["LogitAndProb"]())
+    assert [t.output for t in result.topology.tasks] == [(0, "click", "prob"), (0, "buy", "prob")]
+    assert result.topology.architecture == "mmoe"
+    assert any("2 readings ('logit', 'prob')" in n and "took 'prob'" in n for n in result.topology.notes)
 
 
 def test_stacked_predictions_keep_their_sigmoid() -> None:

@@ -10,6 +10,9 @@ any of these next to that loss: `((p_click, p_buy), aux)`, `(torch.cat(preds, 1)
 - a container whose batch-axis content is all in one entry is looked through (`((p1, p2), aux)` is read
   as `(p1, p2)`, `(cat, aux)` as the `[batch, T]` tensor `cat`); a lone `[batch]` / `[batch, 1]` /
   two-class entry keeps its key as the task name;
+- entries that are containers of the same keys, each holding only per-row tensors
+  (`{"click": {"logit", "prob"}, "buy": {...}}`), are one task each: the first reading in [0, 1] (else
+  the first) is its prediction, said in `notes`;
 - otherwise each entry is a task (`[batch]`, `[batch, 1]`, or `[batch, 2]` two-class: column 1) named by
   its dict key or namedtuple field, a nested container is walked the same way, and a batch-axis tensor
   of another shape (gate weights `[batch, E]`) is named in `skipped`, not a task.
@@ -53,6 +56,7 @@ class Predictions:
     ignored: list[str] = field(default_factory=list)  # entries with no batch axis (an aux loss)
     skipped: list[str] = field(default_factory=list)  # batch-axis entries that are not one value per row
     two_class: int = 0
+    notes: list[str] = field(default_factory=list)  # choices made (one reading of several per task)
 
 
 def _per_row(t: Any, batch: int) -> bool:
@@ -82,6 +86,24 @@ def _has_rows(v: Any, batch: int, depth: int = 0) -> bool:
         return v.ndim >= 1 and v.shape[0] == batch
     items = _items(v)
     return depth < 8 and items is not None and any(_has_rows(x, batch, depth + 1) for _, x in items)
+
+
+def tasks_first(v: Any, batch: int) -> bool:
+    """A tensor with the tasks first and the rows second, `[T, batch]` or `[T, batch, 1]`: what
+    `torch.stack(preds)` (dim 0) makes of per-task predictions."""
+    return (
+        isinstance(v, torch.Tensor)
+        and v.ndim in (2, 3)
+        and v.shape[0] != batch
+        and v.shape[1] == batch
+        and (v.ndim == 2 or v.shape[2] == 1)
+    )
+
+
+TASKS_FIRST_HINT = (
+    "the tasks first and the rows second: stack the predictions on dim 1 (`torch.stack(preds, dim=1)`)"
+)
+"""What to do about a `tasks_first` output (said by discovery and the binding trials)."""
 
 
 def _where(path: tuple[Step, ...]) -> str:
@@ -125,14 +147,54 @@ def find_predictions(out: Any, batch: int) -> Predictions:
             for j in range(out.shape[1]):
                 res.found.append(Prediction(None, (*path, j) if path else j, out[:, j], 0, out))
         else:
-            res.skipped.append(f"{_where(path)} ({_what(out)})")
+            hint = f": {TASKS_FIRST_HINT}" if tasks_first(out, batch) else ""
+            res.skipped.append(f"{_where(path)} ({_what(out)}{hint})")
         return res
     _walk(out, path, batch, res, 0)
     return res
 
 
+def _views(items: list[tuple[Step, Any]], batch: int) -> list[Step] | None:
+    """The inner keys when every entry is a container of the same keys, each holding only per-row tensors
+    (at least two): `{"click": {"logit", "prob"}, "buy": {"logit", "prob"}}`, several readings of ONE
+    prediction per task, not several tasks each."""
+    keys: list[Step] | None = None
+    for _, v in items:
+        inner = _items(plain_output(v))
+        if inner is None or len(inner) < 2 or not all(_per_row(plain_output(x), batch) for _, x in inner):
+            return None
+        ks = [k for k, _ in inner]
+        if keys is not None and ks != keys:
+            return None
+        keys = ks
+    return keys if len(items) >= 2 else None
+
+
+def _probability(v: torch.Tensor) -> bool:
+    with torch.no_grad():
+        x = v.detach()
+        return bool(x.is_floating_point() and torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1)
+
+
 def _walk(out: Any, path: tuple[Step, ...], batch: int, res: Predictions, depth: int) -> None:
-    for key, v in _items(out) or ():
+    items = _items(out) or []
+    views = _views(items, batch)
+    if views is not None:  # one task per entry: its probability reading (else its first)
+        picks: dict[Step, None] = {}
+        for key, v in items:
+            inner = dict(_items(plain_output(v)) or [])
+            pick = next((k for k in views if _probability(plain_output(inner[k]))), views[0])
+            picks[pick] = None
+            t = plain_output(inner[pick])
+            name = str(key) if isinstance(out, Mapping) or isinstance(key, str) else None
+            res.found.append(Prediction(name, _loc((*path, key, pick)), t.reshape(-1), 0, t))
+        keys = ", ".join(repr(k) for k in views)
+        res.notes.append(
+            f"each task's output holds {len(views)} readings ({keys}) of one prediction: took "
+            f"{' or '.join(repr(k) for k in picks)} (the first with values in [0, 1], else the first)"
+        )
+        return
+    for key, v in items:
         v = plain_output(v)
         here = (*path, key)
         name = str(key) if isinstance(out, Mapping) or isinstance(key, str) else None
@@ -141,6 +203,8 @@ def _walk(out: Any, path: tuple[Step, ...], batch: int, res: Predictions, depth:
         elif is_two_class(v, batch):
             res.found.append(Prediction(name, _loc(here), v[:, 1], 1, v))
             res.two_class += 1
+        elif tasks_first(v, batch):
+            res.skipped.append(f"{_where(here)} ({_what(v)}: {TASKS_FIRST_HINT})")
         elif not _has_rows(v, batch):
             res.ignored.append(f"{_where(here)} ({_what(v)})")
         elif _items(v) is not None and depth < 8:

@@ -31,7 +31,7 @@ from mmoe_inspect.data.inputs import (
     InputColumn,
     InputMappingError,
 )
-from mmoe_inspect.data.outputs import Locator, find_predictions, names_of, select
+from mmoe_inspect.data.outputs import TASKS_FIRST_HINT, Locator, find_predictions, names_of, select
 from mmoe_inspect.data.sources import DataError
 from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.errors import first_line
@@ -265,6 +265,10 @@ def try_all(model: nn.Module, cands: Sequence[Candidate], frame: pd.DataFrame) -
         else:
             if per_row_outputs(t.out, len(frame)) is None:
                 t.problem = f"its output ({_describe_out(t.out)}) holds no per-row prediction"
+                skipped = find_predictions(t.out, len(frame)).skipped
+                hint = next((w for w in skipped if TASKS_FIRST_HINT in w), None)
+                if hint is not None:
+                    t.problem += f": {hint}"
         trials.append(t)
     return trials
 
@@ -433,10 +437,13 @@ def _failure(
             f"[{quote}]; name its input columns with --features a,b,c (a column must be named like the key) "
             "or pass --collate module:function"
         )
-    if all(t.problem is not None for t in trials):
+    ran = [t for t in trials if t.problem is not None]
+    if ran and (
+        telling is None or len(ran) == len(trials)
+    ):  # it ran; the others were the wrong kind of input
         return InputMappingError(
-            f"{cls} ran on the data ({tried}) but {trials[0].problem}; name the outputs with a --collate "
-            "module:function wrapper or write a spec (topology --write)"
+            f"{cls} ran on the data ({ran[0].candidate.form}) but {ran[0].problem}; return per-task "
+            "predictions (a dict, a tuple or list of [batch] tensors, or a [batch, n_tasks] tensor)"
         )
     forms = list(dict.fromkeys(t.candidate.form for t in trials))
     if (

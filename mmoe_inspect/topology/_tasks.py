@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from mmoe_inspect.data.call import plain_output
-from mmoe_inspect.data.outputs import Locator, Prediction, find_predictions, names_of
+from mmoe_inspect.data.outputs import (
+    TASKS_FIRST_HINT,
+    Locator,
+    Prediction,
+    find_predictions,
+    names_of,
+    tasks_first,
+)
 from mmoe_inspect.topology._graphops import norm_dim, picks_of, view_parent
 from mmoe_inspect.topology._trace import Graph, Ref
 from mmoe_inspect.topology.spec import TaskKind, TaskSpec, TopologyError
@@ -83,18 +90,23 @@ def parse_outputs(
     batch = graph.batch_size
     plain = plain_output(out)
     if isinstance(plain, torch.Tensor) and not (plain.ndim in (1, 2) and plain.shape[0] == batch):
+        hint = f" ({TASKS_FIRST_HINT})" if tasks_first(plain, batch) else ""
         raise TopologyError(
-            f"model output has shape {list(plain.shape)}; expected [batch] or [batch, n_tasks]"
+            f"model output has shape {list(plain.shape)}; expected [batch] or [batch, n_tasks]{hint}"
         )
     res = find_predictions(plain, batch)
     for what in res.skipped:
         notes.append(f"{what} is not one prediction per row; not a task")
+    notes.extend(res.notes)
     if res.ignored and res.found:
         notes.append(
             f"ignored {len(res.ignored)} output entr{'y' if len(res.ignored) == 1 else 'ies'} without the batch "
             f"axis (an auxiliary loss or statistic, never a task): {', '.join(res.ignored)}"
         )
     if not res.found:
+        first = next((w for w in res.skipped if TASKS_FIRST_HINT in w), None)
+        if first is not None:
+            raise TopologyError(f"the model output holds no per-row prediction: {first}")
         raise TopologyError(
             f"could not find per-task predictions in the model output ({type(plain).__name__}); "
             "expected a dict of [batch] tensors, a [batch, n_tasks] tensor or a list of [batch] tensors"
