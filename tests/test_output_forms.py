@@ -203,6 +203,15 @@ class ScalarExpertsUnbind(ScalarExpertsBET):
         return {"click": outs[0], "buy": outs[1]}
 
 
+class ScalarExpertsEllipsis(ScalarExpertsBET):
+    """The experts stacked first `[E, B, T]`, each task's slice taken as `ex[..., t]`."""
+
+    def forward(self, x):
+        ex = torch.stack([e(x) for e in self.experts], dim=0)
+        outs = [torch.sigmoid((F.softmax(g(x), -1).t() * ex[..., t]).sum(0)) for t, g in enumerate(self.gates)]
+        return {"click": outs[0], "buy": outs[1]}
+
+
 class FusedScalarExperts(nn.Module):
     """Experts [B, E, T] and one fused gate [B, T, E] (`Linear(D, T * E)` viewed and softmaxed), mixed at once
     as `(w * ex.transpose(1, 2)).sum(-1)`: one [B, T] output."""
@@ -287,6 +296,7 @@ OTHER_FORMS = [
     "TaskMatrix",
     "ScalarExpertsBET",
     "ScalarExpertsUnbind",
+    "ScalarExpertsEllipsis",
     "FusedScalarExperts",
     "FusedScalarExpertsT",
     "FusedScalarExpertsEinsum",
@@ -372,7 +382,7 @@ def test_check_binds_and_judges_a_whole_pickled_model_returning_an_aux_loss(
     assert "task_0" not in text
 
 
-@pytest.mark.parametrize("name", ["ScalarExpertsBET", "ScalarExpertsUnbind"])
+@pytest.mark.parametrize("name", ["ScalarExpertsBET", "ScalarExpertsUnbind", "ScalarExpertsEllipsis"])
 def test_experts_emitting_one_value_per_task_are_shared_by_the_task_gates(name: str, script) -> None:
     """Experts `[B, E, T]` whose gate t mixes `[:, :, t]`: the experts are the 4 expert modules, shared by
     both gates (an MMoE), not 8 inline experts of a CGC. Before, each task's slice was taken for experts

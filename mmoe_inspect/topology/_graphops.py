@@ -233,6 +233,14 @@ def picks_of(graph: Graph, node: Node) -> tuple[int, int, list[int], bool] | Non
     if op == "getitem":
         index = node.args[1] if len(node.args) > 1 else None
         items = list(index) if isinstance(index, tuple) else [index]
+        if any(
+            i is Ellipsis for i in items
+        ):  # `x[..., t]`: the ellipsis is as many whole axes as it stands for
+            fill = len(shape) - (len(items) - 1)
+            if sum(i is Ellipsis for i in items) > 1 or any(i is None for i in items) or fill < 0:
+                return None
+            k = next(j for j, i in enumerate(items) if i is Ellipsis)
+            items = items[:k] + [slice(None)] * fill + items[k + 1 :]
         while items and _full(items[-1]):
             items.pop()
         if not items or any(not _full(i) for i in items[:-1]):
