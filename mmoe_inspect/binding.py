@@ -199,8 +199,9 @@ def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[In
 
 
 def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
-    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order;
-    binary tasks given as logits (`TaskSpec.probability` False) through a sigmoid.
+    """Model output (dict, `[batch, T]` tensor, list/tuple, nested: each task's `output` locator) →
+    `[batch, T]` float predictions in task order; binary tasks given as logits (`TaskSpec.probability`
+    False) through a sigmoid.
 
     A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
     """

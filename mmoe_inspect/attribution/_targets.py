@@ -116,7 +116,8 @@ def expert_norm(out: Tensor, expert: ExpertSpec) -> Tensor:
 
 
 def task_output(out: Any, task: TaskSpec, index: int) -> Tensor:
-    """The task's prediction `[batch, 1]` from the model output (dict, `[batch, T]` tensor, or list/tuple)."""
+    """The task's prediction `[batch, 1]` from the model output (dict, `[batch, T]` tensor, list/tuple, or
+    nested: `data.outputs.task_entry`)."""
     v = task_entry(out, task.output, task.name, index)
     return v.reshape(v.shape[0], -1)[:, task.column : task.column + 1].float()
 
