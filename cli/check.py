@@ -78,14 +78,12 @@ def check_command(
         out.print(
             "  see `mmoe-inspect topology CHECKPOINT --write spec.toml` for a spec to fill in, then --spec spec.toml"
         )
-    unjudged_tasks = [
-        f for f in result.findings if f.code in (codes.TASK_UNLABELLED, codes.SINGLE_CLASS_LABELS)
-    ]
+    unjudged_tasks = [f for f in result.findings if f.code in codes.UNJUDGED_TASK_CODES]
     if unjudged_tasks:  # said first: whether these tasks work was not judged
         names = ", ".join(dict.fromkeys(f.subject for f in unjudged_tasks))
         out.print(
-            f"[bold yellow]CANNOT JUDGE TASK(S):[/] {escape(names)}: no labelled rows, or labels of one class "
-            "(pass --labels task=column, or rows with both classes)"
+            f"[bold yellow]CANNOT JUDGE TASK(S):[/] {escape(names)}: no labelled rows, too few, or labels of one "
+            "class or value (pass --labels task=column, or more labelled rows)"
         )
     fails = {id(f) for f in failing}
     if result.findings:

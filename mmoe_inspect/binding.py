@@ -10,8 +10,9 @@ imports only data, topology and recording.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class Binding:
     topology: Topology
     labelled: tuple[TaskSpec, ...]
     labels_ignored: bool = False  # `labels=False`: the caller chose not to judge the tasks
+    label_hints: Mapping[str, str] = field(default_factory=dict)
+    """`{task: column}`: the data column closest to a missing label column (`Click` for `click`)."""
 
     @property
     def label_columns(self) -> dict[str, str]:
@@ -143,6 +146,8 @@ def bind(
     if labels is not False and task_kinds is None:
         topo = binary_logits_from_labels(topo, source, present)
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
+    taken = set(feature_cols or ()) | {t.label_column for t in labelled}  # never hint a feature or a label
+    hints = {} if labels is False else label_hints(topo.tasks, labelled, present - taken)
     return Binding(
         source=source,
         input_fn=fn,
@@ -150,7 +155,28 @@ def bind(
         topology=topo,
         labelled=labelled,
         labels_ignored=labels is False,
+        label_hints=hints,
     )
+
+
+def label_hints(tasks: Sequence[TaskSpec], labelled: Sequence[TaskSpec], present: set[str]) -> dict[str, str]:
+    """`{task: column}` for each task whose label column is absent but one of the `present` columns (the
+    caller leaves out features and other tasks' labels) differs from it only in case or is the only close
+    spelling (difflib): the task then gets `task_unlabelled` naming it."""
+    have = {t.name for t in labelled}
+    names = sorted(str(c) for c in present)
+    lowered: dict[str, list[str]] = {}
+    for c in names:
+        lowered.setdefault(c.lower(), []).append(c)
+    out = {}
+    for t in tasks:
+        if t.name in have:
+            continue
+        same = lowered.get(t.label_column.lower(), [])
+        near = same or difflib.get_close_matches(t.label_column, names, n=2, cutoff=0.8)
+        if len(near) == 1:
+            out[t.name] = near[0]
+    return out
 
 
 def resolve_topology(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmoe_inspect._move import move_module, real_tensors
 from mmoe_inspect.recording.recorder import RecordingError
 
 __all__ = ["host", "model_device", "on_device", "to_device"]
@@ -73,7 +74,7 @@ def on_device(model: nn.Module, device: str | torch.device | None) -> Iterator[N
         raise RecordingError(
             f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
-    tensors = [*model.parameters(), *model.buffers()]
+    tensors = real_tensors(model)  # a torch.func base module's meta tensors hold no data and stay
     where = {t.device for t in tensors}
     if (
         not tensors
@@ -87,8 +88,8 @@ def on_device(model: nn.Module, device: str | torch.device | None) -> Iterator[N
             f"the model is spread over {sorted(map(str, where))}: move it yourself instead of passing device="
         )
     original = where.pop()
-    model.to(target)
+    move_module(model, target)
     try:
         yield
     finally:
-        model.to(original)
+        move_module(model, original)

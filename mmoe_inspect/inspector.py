@@ -303,6 +303,7 @@ def record(
         topo,
         labelled=binding.labelled,
         labels_ignored=binding.labels_ignored,
+        label_hints=binding.label_hints,
         expert_rate=expert_sample_rate(cfg, expected_rows(source, cfg.sample, cfg.max_rows))
         if recorded
         else None,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 METRICS_SCHEMA_VERSION = "1.0"
 
 TABLE_DESCRIPTIONS: dict[str, str] = {
-    "tasks": "One row per task: kind, label rate or mean, prediction summary, exact AUC with 95% interval (Hanley-McNeil), log loss vs the base rate's, at-chance flag / MSE.",
+    "tasks": "One row per task: kind, label rate or mean, prediction summary, exact AUC with 95% interval (DeLong), too_few_labels, log loss vs the base rate's, at-chance flag / MSE.",
     "gate_metrics": "One row per gate: entropy, effective experts, balance, input dependence, polarization.",
     "utilization": "Gate x expert: mean weight, standard deviation, top-1 share (load).",
     "task_divergence": "Task-gate pairs over the same experts: JSD of mean gates, mean per-row JSD and TV.",

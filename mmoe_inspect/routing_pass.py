@@ -55,6 +55,7 @@ class RoutingStats:
         *,
         labelled: Sequence[TaskSpec] = (),
         labels_ignored: bool = False,
+        label_hints: Mapping[str, str] | None = None,
         outputs: bool = True,
         expert_rate: float | None = None,
         reservoir_size: int = 2048,
@@ -68,6 +69,9 @@ class RoutingStats:
         self.topology = topology
         self.labelled = tuple(labelled)
         self.labels_ignored = bool(labels_ignored)  # no task is judged, and none is reported as unlabelled
+        self.label_hints = dict(
+            label_hints or {}
+        )  # {task: the data column closest to its missing label column}
         self.label_binary = [t for t in self.labelled if t.kind == "binary"]
         self.device = device if device is not None else torch.device("cpu")
         self.expert_rate = expert_rate
@@ -176,7 +180,9 @@ class RoutingStats:
         """`tables` from already computed summaries (`compute()`), so they are computed (and synced) once."""
         topo = self.topology
         tables: dict[str, pd.DataFrame] = {
-            "tasks": task_table(topo, outputs, n_rows, labels_ignored=self.labels_ignored)
+            "tasks": task_table(
+                topo, outputs, n_rows, labels_ignored=self.labels_ignored, label_hints=self.label_hints
+            )
         }
         if topo.has_gates:
             tables.update(gate_tables(topo, summaries))

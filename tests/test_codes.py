@@ -135,6 +135,16 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 "n_labelled": 0,
                 "auc": float("nan"),
             },  # unlabelled
+            {  # too few rows of a class to judge
+                **task,
+                "task": "g",
+                "positive_rate": 0.005,
+                "auc": 0.7,
+                "auc_lo": 0.3,
+                "auc_hi": 1.0,
+                "too_few_labels": True,
+                "nonfinite_predictions": 0,
+            },
             {  # a regression task whose MSE is no lower than its labels' variance
                 "task": "f",
                 "kind": "regression",
@@ -243,6 +253,7 @@ def test_registry_declarations() -> None:
         "single_class_labels",
         "task_no_better_than_mean",
         "task_unlabelled",
+        "too_few_labels",
         "nonfinite_predictions",
     } == TASK_QUALITY_CODES
     f = Finding.of(codes.DEAD_EXPERT, "e3", "msg", "fix", {"x": 1.0})

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from mmoe_inspect.cli.main import app
@@ -534,3 +535,42 @@ def test_topology_reads_logit_tasks_as_inspect_does(script, tmp_path, monkeypatc
     assert {t.name: (t.kind, t.probability) for t in inspected.topology.tasks} == kinds
     unlabelled = loaded.topology(TUPLE_ROWS, discover=True, labels=False)
     assert {t.kind for t in unlabelled.tasks} == {"regression"}
+
+
+def test_a_float64_model_is_told_its_dtype_not_to_name_features() -> None:
+    """A `model.double()` model fails on float32 features on every form: the message names the dtype and its
+    fix (the hint used to be --features, which cannot help)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.lin(x))
+
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 3)), columns=["a", "b", "c"])
+    df["task_0"] = 1.0
+    with pytest.raises(InputMappingError) as err:
+        bind_inputs(Net().double(), df)
+    msg = str(err.value)
+    assert (
+        "parameters are float64 but the data's features arrive as float32" in msg and "--features" not in msg
+    )
+    assert bind_inputs(Net(), df).input_fn is not None  # the float32 model binds
+
+
+def test_a_keyword_only_forward_gets_a_way_out_not_circular_advice() -> None:
+    class Kw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, *, dense: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return torch.sigmoid(self.lin(dense) * scale)
+
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 3)), columns=["a", "b", "c"])
+    with pytest.raises(
+        InputMappingError, match=r"keyword-only arguments \(dense\).*self\.model\(\*\*batch\)"
+    ):
+        bind_inputs(Kw(), df)

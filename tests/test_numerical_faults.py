@@ -302,7 +302,10 @@ def test_one_class_labels_say_auc_is_undefined(frame: pd.DataFrame, tmp_path: Pa
     )  # explained by the findings
     assert sorted(nulls) == [f"tasks[{i}].{k}" for i in (0, 1) for k in undefined]
     html = write_report(result, tmp_path / "r").read_text(encoding="utf-8")
-    assert "AUC undefined: labels are all one class" in html
+    assert (
+        "Labels all one class or value" in html
+        and "its AUC (and AUC-based causal effects) is undefined" in html
+    )
 
 
 def test_nan_in_the_data_is_a_bad_input_naming_the_column_and_row(frame: pd.DataFrame) -> None:

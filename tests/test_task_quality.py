@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -108,6 +109,51 @@ def test_a_task_that_cannot_be_judged_is_never_a_yes() -> None:
         (f.code, f.subject, f.severity) for f in result.findings
     }
     assert "dwell cannot be judged" in _answer(result, "tasks").answer
+
+
+@pytest.mark.parametrize("value", [3.7, 0.1, 0.0, -1e6])
+def test_regression_labels_that_never_vary_are_named_and_not_judged(value: float) -> None:
+    data = frame(2999)
+    data["dwell"] = value  # Σy²/n - (Σy/n)² leaves ±1e-14 of rounding for most values: still constant
+    result = inspect(ClickAndDwell(), data)
+    row = result.tables["tasks"].set_index("task").loc["dwell"]
+    assert row["label_var"] == 0.0 and np.isnan(row["r2"]) and pd.isna(row["beats_label_mean"])
+    found = {(f.code, f.subject, f.severity): f for f in result.findings}
+    assert ("single_class_labels", "dwell", "warning") in found
+    assert f"same label ({value:.6g})" in found[("single_class_labels", "dwell", "warning")].message
+    assert not any(f.code == "task_no_better_than_mean" for f in result.findings)  # no false critical
+    answer = _answer(result, "tasks")
+    assert answer.status == "unknown" and "dwell cannot be judged" in answer.answer, answer.answer
+
+
+def test_a_label_column_spelt_in_another_case_is_named_with_the_fix(tmp_path) -> None:
+    from mmoe_inspect.cli.main import app
+
+    data = frame(2000).rename(columns={"click": "Click"})
+    result = inspect(ClickAndDwell(), data)
+    f = next(f for f in result.findings if f.code == "task_unlabelled")
+    assert f.subject == "click" and "the data has 'Click'" in f.message
+    assert f.remedy == "Pass the label column (--labels click=Click)."
+    assert result.tables["tasks"].set_index("task")["label_hint"].dropna().to_dict() == {"click": "Click"}
+    # without a close column, no hint (and no `label_hint` column: nothing to say)
+    result = inspect(ClickAndDwell(), frame(2000).rename(columns={"click": "zzz"}))
+    f = next(f for f in result.findings if f.code == "task_unlabelled")
+    assert "the data has" not in f.message and "label_hint" not in result.tables["tasks"]
+    # a feature column or another task's label column is never offered as the label
+    data2 = frame(2000).rename(columns={"click": "clicks"})
+    result = mi.inspect(ClickAndDwell(), data2, input_fn=_inputs, columns=[*FEATURES, "clicks"])
+    f = next(f for f in result.findings if f.code == "task_unlabelled")
+    assert "the data has" not in f.message and "clicks" not in f.remedy
+    # the CLI's check says it first and fails
+    torch.manual_seed(0)
+    from mmoe_inspect.models import MMoE
+    from mmoe_inspect.topology.spec import TaskSpec
+
+    model = MMoE(6, [TaskSpec("click", "binary"), TaskSpec("dwell", "regression")], n_experts=3).eval()
+    data.to_parquet(tmp_path / "eval.parquet")
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    res = CliRunner().invoke(app, ["check", str(ckpt), "--data", str(tmp_path / "eval.parquet")])
+    assert res.exit_code != 0 and "--labels click=Click" in res.output, res.output
 
 
 def test_check_does_not_pass_a_constant_regression_task(tmp_path) -> None:
@@ -292,3 +338,89 @@ def test_log_loss_against_the_base_rate_is_judged_with_a_paired_interval() -> No
     assert any(f.code == "task_worse_than_base_rate" for f in result.findings)
     good = inspect(ClickAndDwell(), data).tables["tasks"].set_index("task").loc["click"]
     assert good["logloss_vs_base_hi"] < 0 and good["worse_than_base_rate"] is False
+
+
+def test_the_streamed_delong_interval_is_delongs_on_the_rows() -> None:
+    from mmoe_inspect.functional.delong import delong_interval
+    from mmoe_inspect.stats.outputs import TaskOutputStats
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(4000) < 0.05).astype("float64")
+    p = np.round(1 / (1 + np.exp(-(rng.normal(size=4000) + 1.2 * y))), 3)  # ties on purpose
+    stats = TaskOutputStats(["binary"])
+    for part in np.array_split(np.arange(4000), 7):  # batching does not matter
+        stats.update(torch.tensor(p[part])[:, None], torch.tensor(y[part])[:, None])
+    s = stats.compute()
+    auc, lo, hi = delong_interval(p, y)
+    se = float(s.auc_se[0])
+    assert abs(float(s.auc[0]) - auc) < 1e-12
+    assert abs(auc - 1.959964 * se - lo) < 1e-9 and abs(auc + 1.959964 * se - hi) < 1e-9
+
+
+def _mlp_click(frame_: pd.DataFrame, rows: list[int]) -> mi.InspectionResult:
+    return inspect(ClickAndDwell(), frame_.iloc[rows].reset_index(drop=True))
+
+
+def test_one_positive_scored_lowest_is_not_ranked_in_reverse() -> None:
+    data = frame(20_000)
+    data["click"] = 0.0
+    # 49 negatives and one positive whose score is the lowest of all: AUC 0 on one row
+    order = np.argsort(data["x0"].to_numpy())
+    data.loc[order[0], "click"] = 1.0
+    rows = [int(order[0]), *map(int, order[1000:1049])]
+    result = _mlp_click(data, rows)
+    row = result.tables["tasks"].set_index("task").loc["click"]
+    assert row["auc"] == 0.0 and bool(row["too_few_labels"])
+    codes_ = {(f.code, f.subject) for f in result.findings}
+    assert ("task_ranks_inverted", "click") not in codes_ and ("task_at_chance", "click") not in codes_
+    assert ("too_few_labels", "click") in codes_
+    answer = _answer(result, "tasks")
+    assert answer.status == "unknown" and "click cannot be judged" in answer.answer, answer.answer
+
+
+def test_few_positives_are_not_at_chance_and_many_are() -> None:
+    # a weak ranker (AUC ~0.6) on 3 positives: the interval holds 0.5 but is far too wide for "at chance"
+    data = frame(400, seed=5)
+    data["click"] = 0.0
+    pos = data.sort_values("x0").index[[-1, -150, -300]]
+    data.loc[pos, "click"] = 1.0
+    result = inspect(ClickAndDwell(), data)
+    assert ("too_few_labels", "click") in {(f.code, f.subject) for f in result.findings}
+    assert not any(f.code == "task_at_chance" for f in result.findings)
+    # a coin on many rows: the interval holds 0.5 and is narrow: at chance (critical)
+    data = frame(20_000, seed=6)
+    data["click"] = (np.random.default_rng(6).random(20_000) < 0.3).astype("float64")
+    result = inspect(ClickAndDwell(), data)
+    found = {(f.code, f.subject, f.severity) for f in result.findings}
+    assert ("task_at_chance", "click", "critical") in found
+    assert not any(f.code == "too_few_labels" for f in result.findings)
+
+
+def test_a_regression_task_on_few_rows_is_not_called_no_better_than_the_mean() -> None:
+    # a weak regressor (population R² ~0.05) on 60 rows: R² may come out <= 0, its interval reaches well above
+    class Weak(ClickAndDwell):
+        def forward(self, x):
+            out = super().forward(x)
+            out["dwell"] = 3.0 + 0.45 * x[:, 1]
+            return out
+
+    rng = np.random.default_rng(11)
+    r2s = []
+    for seed in range(6):
+        data = frame(60, seed=100 + seed)
+        data["dwell"] = 3.0 + 2.0 * data["x1"] + rng.normal(scale=8.0, size=60)
+        result = inspect(Weak(), data)
+        row = result.tables["tasks"].set_index("task").loc["dwell"]
+        assert row["r2_lo"] < row["r2"] < row["r2_hi"]
+        assert not any(f.code == "task_no_better_than_mean" for f in result.findings), row["r2"]
+        r2s.append(row["r2"])
+    assert min(r2s) <= 0  # some draws come out at or below the mean: judged on R² alone, they were critical
+    # the streamed paired interval is the CLT interval of the per-row differences
+    data = frame(3000)
+    result = inspect(Weak(), data)
+    row = result.tables["tasks"].set_index("task").loc["dwell"]
+    y = data["dwell"].to_numpy()
+    yhat = 3.0 + 0.45 * data["x1"].to_numpy(dtype="float32").astype("float64")
+    d = (y - yhat) ** 2 - (y - y.mean()) ** 2
+    half = 1.959964 * d.std(ddof=1) / np.sqrt(len(d)) / y.var()
+    assert abs((row["r2_hi"] - row["r2_lo"]) / 2 - half) < 1e-6 * half

@@ -176,6 +176,16 @@ def test_bad_toml_is_reported_plainly():
             lambda d: d["tasks"][0].pop("name"), r"malformed topology spec: .*name", id="missing-key"
         ),
         pytest.param(lambda d: d.update(version=2), r"spec version 2 is not supported", id="version"),
+        pytest.param(
+            lambda d: d.update(gate=d.pop("gates")),
+            r"unknown top-level key\(s\) 'gate' \(did you mean 'gates'\?\)",
+            id="misspelt-table",
+        ),
+        pytest.param(
+            lambda d: d.update(zzz_extra=1),
+            r"unknown top-level key\(s\) 'zzz_extra'; a spec holds",
+            id="extra-key",
+        ),
     ],
 )
 def test_malformed_specs_fail_with_clear_messages(edit, message):

@@ -49,6 +49,9 @@ TASK_NO_BETTER_THAN_MEAN = "task_no_better_than_mean"
 TASK_WORSE_THAN_BASE_RATE = "task_worse_than_base_rate"
 SINGLE_CLASS_LABELS = "single_class_labels"
 TASK_UNLABELLED = "task_unlabelled"
+TOO_FEW_LABELS = "too_few_labels"
+UNJUDGED_TASK_CODES = (TASK_UNLABELLED, SINGLE_CLASS_LABELS, TOO_FEW_LABELS)
+"""Findings saying a task's quality could not be judged (said first by `check`, which fails on them)."""
 # the model or its outputs
 NONFINITE_PREDICTIONS = "nonfinite_predictions"
 MODEL_CHANGED_ITSELF = "model_changed_itself"
@@ -109,7 +112,7 @@ _DECLARED = (
         TASK_AT_CHANCE,
         "critical",
         "Task at chance",
-        "a binary task's exact AUC 95% interval (Hanley–McNeil) holds 0.5",
+        "a binary task's exact AUC 95% interval (DeLong) holds 0.5 and stays below 0.6 (wider: `too_few_labels`)",
         task_quality=True,
     ),
     FindingCode(
@@ -123,8 +126,8 @@ _DECLARED = (
         TASK_NO_BETTER_THAN_MEAN,
         "critical",
         "Task predicts no better than the label mean",
-        "a regression task's MSE is no lower than its labels' variance (R² ≤ 0): predicting the mean of "
-        "the labels does as well",
+        "a regression task's R² 95% paired interval holds 0 (or lies below) and stays below 0.05: predicting "
+        "the mean of the labels does as well",
         task_quality=True,
     ),
     FindingCode(UNIFORM_GATE, "warning", "Uniform gate", "mean row entropy ≥ 97% of `log E`"),
@@ -189,9 +192,19 @@ _DECLARED = (
     FindingCode(
         SINGLE_CLASS_LABELS,
         "warning",
-        "AUC undefined: labels are all one class",
-        "a binary task's labelled rows are all one class: its AUC is undefined (blank, not 0.5), so whether "
-        "the task works cannot be judged",
+        "Labels all one class or value",
+        "a task's labelled rows all hold one label (one class of a binary task: its AUC is undefined, blank "
+        "not 0.5; one number of a regression task: its R² is undefined), so whether the task works cannot be "
+        "judged",
+        task_quality=True,
+    ),
+    FindingCode(
+        TOO_FEW_LABELS,
+        "warning",
+        "Too few labelled rows to judge the task",
+        "a task's labelled rows cannot tell whether it works: a binary task with < 10 rows of a class, or an AUC "
+        "interval holding 0.5 that reaches 0.6; a regression task with < 30 rows, or an R² interval holding 0 "
+        "that reaches 0.05",
         task_quality=True,
     ),
     FindingCode(

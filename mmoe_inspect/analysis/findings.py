@@ -82,6 +82,12 @@ def _num(x: Any) -> float:
     return float(x) if x is not None and not (isinstance(x, float) and math.isnan(x)) else float("nan")
 
 
+def _hint(row: Any) -> str | None:
+    """The data column a tasks-table row names as closest to its missing label column, if any."""
+    hint = getattr(row, "label_hint", None)
+    return hint if isinstance(hint, str) and hint else None
+
+
 def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = None) -> list[Finding]:
     """Run every check on an inspection's tables; findings ordered by severity, then subject."""
     th = thresholds or Thresholds()
@@ -228,13 +234,21 @@ def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> 
         }
         if row.tv_per_row < th.identical_tv:
             both_collapsed = row.gate_a in collapsed and row.gate_b in collapsed
+            level = pairs[pairs["level"] == row.level]
+            others = level[level["tv_per_row"] >= th.identical_tv]["tv_per_row"]
+            whole = (
+                "the MMoE is behaving as a one-gate MoE"
+                if others.empty
+                else f"for these two tasks the MMoE is behaving as a one-gate MoE (other pairs of tasks route "
+                f"differently: per-row total variation up to {others.max():.3f})"
+            )
             res.append(
                 Finding.of(
                     codes.TASKS_ROUTE_IDENTICALLY,
                     subject,
                     f"Tasks {row.task_a} and {row.task_b} use the same expert weights row by row (mean per-row "
-                    f"total variation {row.tv_per_row:.3f}): their gates are one gate, and the MMoE is behaving "
-                    "as a one-gate MoE." + (" Both gates are also collapsed." if both_collapsed else ""),
+                    f"total variation {row.tv_per_row:.3f}): their gates are one gate, and {whole}."
+                    + (" Both gates are also collapsed." if both_collapsed else ""),
                     "Give the gates task-specific signal (task-specific inputs, separate gate learning rates), "
                     "or try PLE/CGC, whose task-specific experts force differentiation.",
                     evidence,
@@ -392,13 +406,35 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
                         str(row.task),
                         f"Task {row.task} has no labelled row (its label column"
                         + (f" {label!r}" if (label := getattr(row, "label", None)) else "")
-                        + " is missing or NaN on every row): whether it works cannot be judged.",
-                        "Pass the label column (--labels task=column) or inspect rows that hold its labels.",
+                        + " is missing or NaN on every row"
+                        + (f"; the data has {hint!r}" if (hint := _hint(row)) else "")
+                        + "): whether it works cannot be judged.",
+                        f"Pass the label column (--labels {row.task}={hint})."
+                        if hint
+                        else "Pass the label column (--labels task=column) or inspect rows that hold its labels.",
                         {"n_labelled": 0},
                     )
                 )
             continue
-        if row.kind != "binary" or rate not in (0.0, 1.0):
+        if getattr(row, "too_few_labels", None) is True:
+            res.append(_too_few(row))
+            continue
+        if row.kind != "binary":
+            var = _num(getattr(row, "label_var", math.nan))
+            if n_lab >= 2 and var == 0.0:
+                value = _num(getattr(row, "label_mean", math.nan))
+                res.append(
+                    Finding.of(
+                        codes.SINGLE_CLASS_LABELS,
+                        str(row.task),
+                        f"All {int(n_lab)} labelled rows of regression task {row.task} hold the same label "
+                        f"({value:.6g}): its R² is undefined, so whether it works cannot be judged.",
+                        "Inspect on rows whose labels vary, or check the label column mapping (--labels).",
+                        {"label_mean": value, "n_labelled": int(n_lab)},
+                    )
+                )
+            continue
+        if rate not in (0.0, 1.0):
             continue
         cls = "positive" if rate == 1.0 else "negative"
         res.append(
@@ -413,6 +449,30 @@ def _task_findings(tasks: pd.DataFrame) -> list[Finding]:
             )
         )
     return res
+
+
+def _too_few(row: Any) -> Finding:
+    """`too_few_labels` for a tasks-table row: what its interval says, and how many rows it rests on."""
+    n = int(_num(row.n_labelled))
+    if row.kind == "binary":
+        n_pos = round(n * _num(row.positive_rate))
+        lo, hi, auc = _num(row.auc_lo), _num(row.auc_hi), _num(row.auc)
+        what = (
+            f"its AUC {auc:.3f} (95% interval {lo:.3f} to {hi:.3f}) rests on {n_pos:,} positive and "
+            f"{n - n_pos:,} negative labelled rows"
+        )
+        evidence: dict[str, float | str] = {"auc": auc, "auc_lo": lo, "auc_hi": hi, "n_positive": n_pos}
+    else:
+        lo, hi, r2 = _num(row.r2_lo), _num(row.r2_hi), _num(row.r2)
+        what = f"its R² {r2:.3f} (95% interval {lo:.3f} to {hi:.3f}) rests on {n:,} labelled rows"
+        evidence = {"r2": r2, "r2_lo": lo, "r2_hi": hi}
+    return Finding.of(
+        codes.TOO_FEW_LABELS,
+        str(row.task),
+        f"Task {row.task} cannot be judged: {what}, too few to tell whether it works.",
+        "Inspect more labelled rows (a larger or unsampled evaluation set) before reading its quality.",
+        {**evidence, "n_labelled": n},
+    )
 
 
 def constant_output(row: Mapping[str, Any]) -> bool:
@@ -456,7 +516,8 @@ def _regression_findings(tasks: pd.DataFrame) -> list[Finding]:
 def ranks_inverted(row: Mapping[str, Any]) -> bool:
     """A binary task row of the tasks table whose exact AUC 95% interval lies below 0.5."""
     hi = _num(row.get("auc_hi"))
-    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5
+    few = row.get("too_few_labels") is True  # (NaN in a frame without the column)
+    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5 and not few
 
 
 def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
@@ -490,7 +551,13 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                     Finding.of(
                         codes.TASK_WORSE_THAN_BASE_RATE,
                         str(r["task"]),
-                        f"Task {r['task']} ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f} is worse "
+                        f"Task {r['task']} "
+                        + (
+                            f"(AUC {auc:.3f}; too few labelled rows to judge its ranking): its log loss {ll:.4f}"
+                            if r.get("too_few_labels") is True
+                            else f"ranks rows (AUC {auc:.3f}) but its log loss {ll:.4f}"
+                        )
+                        + " is worse "
                         f"than {base:.4f} for predicting the base rate (per-row difference 95% interval "
                         f"{_num(r.get('logloss_vs_base_lo')):+.4f} to {_num(r.get('logloss_vs_base_hi')):+.4f}): "
                         "its probabilities are miscalibrated.",

@@ -45,6 +45,9 @@ NO_BASELINE_HINT = (
     "no baseline given; rerun `report` with --baseline single=TASK_ONLY.pt and/or "
     "--baseline sb=SHARED_BOTTOM.pt (same data)"
 )
+NO_BASELINE_HINT_GATELESS = (
+    "no baseline given; rerun `report` with --baseline single=TASK_ONLY.pt (same data)"
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,17 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 text = f"{name}: not judged: AUC undefined (labels all one class, {int(n_lab):,} rows){nonfinite}"
                 out.append((name, text, "bad" if nonfinite else "unjudged"))
                 continue
+            if r.get("too_few_labels") is True:
+                n_pos = round(n_lab * _num(r.get("positive_rate")))
+                text = (
+                    f"{name}: not judged: AUC {fmt_interval(auc, _num(r.get('auc_lo')), _num(r.get('auc_hi')))} "
+                    f"on {n_pos:,} positive / {int(n_lab) - n_pos:,} negative rows: too few to tell"
+                )
+                if r.get("worse_than_base_rate") is True:
+                    text += "; its log loss is worse than the base rate's (miscalibrated)"
+                text += nonfinite
+                out.append((name, text, "bad" if nonfinite else "unjudged"))
+                continue
             state = "ok"
             ll, base = _num(r.get("logloss")), _num(r.get("base_rate_logloss"))
             text = (
@@ -170,7 +184,14 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 text += " — ranks rows, but log loss worse than the base rate's (miscalibrated)"
         else:
             mse, var, r2 = _num(r.get("mse")), _num(r.get("label_var")), _num(r.get("r2"))
-            if math.isnan(mse) or r.get("beats_label_mean") is None:
+            if r.get("too_few_labels") is True:
+                text = (
+                    f"{name}: not judged: R² {fmt_interval(r2, _num(r.get('r2_lo')), _num(r.get('r2_hi')))} "
+                    f"on {int(n_lab):,} rows: too few to tell{nonfinite}"
+                )
+                out.append((name, text, "bad" if nonfinite else "unjudged"))
+                continue
+            if math.isnan(mse) or r.get("beats_label_mean") not in (True, False):  # None, or NaN in a frame
                 text = f"{name}: not judged: MSE {mse:.4g} but the labels never vary ({int(n_lab):,} rows)"
                 out.append((name, text + nonfinite, "bad" if nonfinite else "unjudged"))
                 continue
@@ -204,7 +225,7 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
     bad = [name for name, _, state in lines if state == "bad"]
     unjudged = [name for name, _, state in lines if state == "unjudged"]
     not_judged = (
-        f"{', '.join(unjudged)} cannot be judged (no labelled rows, or labels of one class)"
+        f"{', '.join(unjudged)} cannot be judged (no labelled rows, too few, or labels of one class or value)"
         if unjudged
         else ""
     )
@@ -259,13 +280,14 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
 
 
 # ------------------------------------------------------------------------------------------ gains
-def gains_answer(causal: Any | None, tasks: pd.DataFrame) -> Answer:
+def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = False) -> Answer:
+    """ "Did multi-task training help?" from the baseline gains (`gateless`: the model is itself a
+    Shared-Bottom, so only single-task baselines are suggested)."""
     q = QUESTIONS["gains"]
     table = getattr(causal, "baseline_gains", None)
-    if causal is None:
-        return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
-    if table is None or table.empty:
-        return Answer("gains", q, "Not measured: " + NO_BASELINE_HINT + ".", "unknown")
+    hint = NO_BASELINE_HINT_GATELESS if gateless else NO_BASELINE_HINT
+    if causal is None or table is None or table.empty:
+        return Answer("gains", q, "Not measured: " + hint + ".", "unknown")
     primary = table[_primary_metric(table, tasks)]
     if primary.empty:
         primary = table
@@ -385,6 +407,9 @@ def _ablation(causal: Any | None, task: str, expert: str) -> dict[str, Any] | No
     return hit.iloc[0].to_dict() if len(hit) else None
 
 
+MEASURED_SMALL = ": measured impact small"
+
+
 def _collapse_impact(
     tables: dict[str, pd.DataFrame], causal: Any | None, gate: str
 ) -> tuple[str, str | None]:
@@ -403,6 +428,11 @@ def _collapse_impact(
             "critical",
         )
     abl = _ablation(causal, task, expert) if task else None
+    if abl is None and not task:
+        return (
+            "not attributable to one task: a shared gate feeds every task (see the task gates' impacts)",
+            None,
+        )
     if abl is None:
         return ("impact not measured (run `report` with labelled data for the causal analyses)", None)
     imp, lo, hi, sig = _num(abl["importance"]), _num(abl["lo"]), _num(abl["hi"]), bool(abl["significant"])
@@ -415,7 +445,15 @@ def _collapse_impact(
     if sig and imp <= -HARMLESS_IMPACT:  # the task is better without the expert its gate collapsed onto
         return (text + ": the collapse costs quality", "critical")
     if lo > -HARMLESS_IMPACT and hi < HARMLESS_IMPACT:  # the whole interval is small: measured harmless
-        return (text + ": measured impact small", "warning")
+        return (text + MEASURED_SMALL, "warning")
+    if sig and imp > 0:  # the task needs the expert its gate collapsed onto: the severity stays
+        return (
+            text
+            + ": the task depends on that expert; an ablation cannot tell whether a spread gate would do better",
+            None,
+        )
+    if sig:
+        return (text + ": the task is slightly better without that expert", None)
     # not significant, but the interval is too wide to call the impact small: the severity stays
     return (text + ": the interval is too wide to tell whether the collapse costs quality", None)
 
@@ -474,7 +512,7 @@ def build_diagnoses(
                 "critical",
                 " ".join(f.message for f in chance),
                 tuple(_key(f) for f in chance),
-                _task_causes(tables, chance[-1].subject),
+                _chance_causes(tables, [f.subject for f in chance]),
                 (
                     "Check the label column mapping (--labels) and that each task's loss is in the training objective.",
                     "Retrain with standardised inputs and a lower learning rate (or more rows); watch the AUC per epoch.",
@@ -569,7 +607,9 @@ def _collapse_story(
             "learning rate",
         )
         steps = (
-            "No urgent action if the measured impact is small: the duplicate carries the same function.",
+            "No urgent action: the measured impact is small and the duplicate carries the same function."
+            if impact.endswith(MEASURED_SMALL)
+            else "Its impact is not shown to be small: compare a retrain with distinct expert initialisations.",
             "Use distinct initialisations per expert, or fewer experts.",
         )
     else:
@@ -614,6 +654,38 @@ def _task_causes(tables: dict[str, pd.DataFrame], task: str) -> tuple[str, ...]:
             "its output is constant on every row: a dead tower, a zeroed output layer or a disconnected head",
             *causes,
         )
+    return causes
+
+
+def _chance_causes(tables: dict[str, pd.DataFrame], names: list[str]) -> tuple[str, ...]:
+    """Causes for one or several tasks at chance: each task's own positive rate (not the last one's for all),
+    and when every labelled binary task is at chance at once, labels out of line with the rows first (a
+    model that stopped learning rarely loses every task together; a shuffled or mis-joined label file does)."""
+    if len(names) == 1:
+        return _task_causes(tables, names[0])
+    rates = [(n, _num(_task_row(tables, n).get("positive_rate"))) for n in names]
+    shown = ", ".join(f"{n} {r:.1%}" for n, r in rates if not math.isnan(r))
+    few = [n for n, r in rates if r < 0.05]
+    data = (
+        f"data: positives {shown}"
+        + (f" (too few for {', '.join(few)})" if few else "")
+        + ", or wrong label columns"
+    )
+    tasks = tables.get("tasks", pd.DataFrame())
+    binary = tasks[tasks["kind"] == "binary"] if not tasks.empty and "kind" in tasks else tasks
+    every = not binary.empty and set(map(str, binary["task"])) <= set(names)
+    causes = (
+        "learning rate too high / input scale (the usual cause of a model that stops learning a task)",
+        data,
+        "loss weighting: the tasks' losses are too small next to the others",
+        "capacity of the tasks' towers and experts",
+    )
+    if every:
+        lead = (
+            "labels out of line with the rows: every task is at chance at once (a shuffled or mis-joined label "
+            "file, or labels from another evaluation set)"
+        )
+        return (lead, data, *causes[:1], *causes[2:])
     return causes
 
 
@@ -677,9 +749,10 @@ def build_review(
     routing_status: Status = (
         "problem" if any(f.severity == "critical" for f in routing_findings(findings)) else "ok"
     )
-    if verdict.lower().startswith(("could not", "no gates")):
+    if verdict.lower().startswith(("could not", "no gates", "no, by design")):
         routing_status = "unknown"
     routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status)
+    gains = gains_answer(causal, tasks, gateless=verdict.lower().startswith("no gates"))
     if verdict.lower().startswith("could not"):  # unverified routing: nothing below is "nothing urgent"
         nxt = Answer(
             "next",
@@ -688,6 +761,16 @@ def build_review(
             "fill in the suggested [[gates]], then rerun with --spec spec.toml (the routing is unverified).",
             "problem",
             tuple(f"{d.severity}: {d.title}" for d in diagnoses[:5]),
+        )
+    elif gains.status == "problem" and (not diagnoses or diagnoses[0].severity != "critical"):
+        # a measured loss against a baseline comes before warnings: recalibrating cannot fix ranking
+        nxt = Answer(
+            "next",
+            QUESTIONS["next"],
+            f"Negative transfer: {gains.answer.removeprefix('No: ')} Look for task conflict before anything "
+            "else: loss weights, a task-specific tower or experts (PLE/CGC), or train that task alone.",
+            "problem",
+            (gains.answer, *(f"{d.severity}: {d.title}" for d in diagnoses[:4])),
         )
     elif diagnoses:
         top = diagnoses[0]
@@ -709,4 +792,4 @@ def build_review(
         )
     else:
         nxt = Answer("next", QUESTIONS["next"], "Nothing urgent: no findings.", "ok")
-    return Review((tasks_answer(tasks), gains_answer(causal, tasks), routing, nxt), tuple(diagnoses))
+    return Review((tasks_answer(tasks), gains, routing, nxt), tuple(diagnoses))

@@ -50,16 +50,24 @@ def gate_owner(g: GateSpec) -> str:
 
 
 def task_table(
-    topology: Topology, outputs: Any | None, rows_seen: int | None = None, *, labels_ignored: bool = False
+    topology: Topology,
+    outputs: Any | None,
+    rows_seen: int | None = None,
+    *,
+    labels_ignored: bool = False,
+    label_hints: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per task; `n_rows` counts the rows with a finite prediction and, given `rows_seen` (rows
     inspected), `nonfinite_predictions` the rest: left out of the metrics, never silently. `labels_ignored`
-    (the caller passed `labels=False`) adds that column, so no task is reported as unlabelled."""
+    (the caller passed `labels=False`) adds that column, so no task is reported as unlabelled; `label_hints`
+    (`{task: data column}` closest to a missing label column) adds a `label_hint` column when not empty."""
     rows = []
     for i, t in enumerate(topology.tasks):
         row: dict[str, Any] = {"task": t.name, "kind": t.kind, "label": t.label_column}
         if labels_ignored:
             row["labels_ignored"] = True
+        if label_hints:
+            row["label_hint"] = label_hints.get(t.name)
         if outputs is not None:
             # `.reshape(-1)`: torchmetrics' compute squeezes a one-task `[1]` state to 0-dim
             finite = _f(outputs.n.reshape(-1)[i])
@@ -73,7 +81,10 @@ def task_table(
                 mean_prediction=_f(outputs.mean_prediction.reshape(-1)[i]),
                 std_prediction=_f(outputs.std_prediction.reshape(-1)[i]),
                 mse=_f(outputs.mse.reshape(-1)[i]),
-                predictions_outside_0_1=_f(outputs.out_of_range.reshape(-1)[i]),
+                # counted for binary tasks (probabilities); a regression output has no [0, 1] range
+                predictions_outside_0_1=_f(outputs.out_of_range.reshape(-1)[i])
+                if t.kind == "binary"
+                else math.nan,
             )
             if t.kind == "binary":
                 row.update(_binary_quality(outputs, i))
@@ -83,12 +94,38 @@ def task_table(
     return pd.DataFrame(rows)
 
 
+MIN_CLASS_ROWS = 10
+"""Fewer labelled rows of a class than this: a binary task's AUC verdicts (at chance, in reverse,
+miscalibrated) are not given (`too_few_labels`): one positive scored lowest is AUC 0 with a zero-width
+interval."""
+AUC_MARGIN = 0.1
+""""At chance" needs the AUC interval to hold 0.5 and stay below 0.5 + this; an interval holding 0.5 that
+reaches further cannot tell a coin from a working ranker (`too_few_labels`)."""
+MIN_REGRESSION_ROWS = 30
+R2_MARGIN = 0.05
+"""The regression counterparts: "no better than the mean" needs the R² interval below this."""
+
+
+def _se(outputs: Any, name: str, i: int) -> float:
+    se = getattr(outputs, name, None)
+    return math.nan if se is None else _f(se.reshape(-1)[i])
+
+
 def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
-    """Exact AUC with its 95% interval, log loss against the base rate's, and the at-chance flag."""
+    """Exact AUC with its 95% interval (DeLong's, from the per-value label counts; Hanley-McNeil's where a
+    class has one row), log loss against the base rate's, the at-chance flag and `too_few_labels` (the
+    labelled rows cannot tell whether the task ranks above chance: see `MIN_CLASS_ROWS`, `AUC_MARGIN`)."""
     auc = _f(outputs.auc.reshape(-1)[i])
     rate = _f(outputs.label_mean.reshape(-1)[i])
     n = _f(outputs.n_labelled.reshape(-1)[i])
-    lo, hi = auc_interval(auc, n * rate, n * (1 - rate)) if n > 0 else (math.nan, math.nan)
+    n_pos, n_neg = n * rate, n * (1 - rate)
+    se = _se(outputs, "auc_se", i)
+    if math.isfinite(se) and not math.isnan(auc):
+        lo, hi = max(0.0, auc - 1.959964 * se), min(1.0, auc + 1.959964 * se)
+    else:
+        lo, hi = auc_interval(auc, n_pos, n_neg) if n > 0 else (math.nan, math.nan)
+    judged = not math.isnan(auc)  # both classes present
+    few = judged and (min(n_pos, n_neg) < MIN_CLASS_ROWS or (lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN))
     base = base_rate_logloss(rate)
     logloss = _f(outputs.logloss.reshape(-1)[i])
     se = _f(outputs.logloss_vs_base_se.reshape(-1)[i]) if hasattr(outputs, "logloss_vs_base_se") else math.nan
@@ -100,7 +137,8 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
         "auc_exact": bool(outputs.auc_exact.reshape(-1)[i]),
         "logloss": logloss,
         "base_rate_logloss": base,
-        "at_chance": at_chance(auc, lo, hi),
+        "at_chance": at_chance(auc, lo, hi) and not few,
+        "too_few_labels": bool(few),
         "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
         "logloss_vs_base_lo": d_lo,
         "logloss_vs_base_hi": d_hi,
@@ -113,15 +151,27 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
 def _regression_quality(outputs: Any, i: int) -> dict[str, Any]:
     """The labels' variance (the MSE of predicting their mean on the same rows), R² = 1 - MSE / variance,
     and whether the task beats that mean (None when it cannot be told: fewer than two labelled rows,
-    or labels that never vary)."""
+    or labels that never vary: a variance within float64 noise of E[y²], 1e-12 of it, is 0)."""
     var = _f(outputs.label_var.reshape(-1)[i])
+    mean = _f(outputs.label_mean.reshape(-1)[i])
+    if var <= 1e-12 * (var + mean * mean):  # constant labels: Σy²/n - (Σy/n)² leaves rounding (±1e-14)
+        var = 0.0
     mse = _f(outputs.mse.reshape(-1)[i])
     n = _f(outputs.n_labelled.reshape(-1)[i])
     judged = n >= 2 and var > 0 and not math.isnan(mse)
+    r2 = 1.0 - mse / var if judged else math.nan
+    # the paired interval of mean((y - ŷ)² - (y - ȳ)²) = MSE - var, read as R² = -(MSE - var) / var
+    half = 1.959964 * _se(outputs, "mse_vs_var_se", i) / var if judged else math.nan
+    lo, hi = (r2 - half, r2 + half) if math.isfinite(half) else (r2, r2)
+    few = judged and (n < MIN_REGRESSION_ROWS or (lo <= 0 and hi >= R2_MARGIN))
     return {
         "label_var": var,
-        "r2": 1.0 - mse / var if judged else math.nan,
-        "beats_label_mean": bool(mse < var) if judged else None,
+        "r2": r2,
+        "r2_lo": lo,
+        "r2_hi": hi,
+        "too_few_labels": bool(few),
+        # works: R² interval above 0; no better: it holds 0 (or lies below) and stays below R2_MARGIN
+        "beats_label_mean": None if not judged or few else bool(lo > 0),
     }
 
 

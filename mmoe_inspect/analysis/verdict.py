@@ -36,16 +36,39 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     div = tables.get("task_divergence", pd.DataFrame())
     warn = [f for f in findings if f.severity == "warning"]
     tail = f"; {plural(len(warn), 'warning')} to review" if warn else ""
+    if div.empty and len(topology.tasks) > 1 and _one_gate_per_level(topology):
+        return (
+            f"No, by design: one gate per level serves every task (a one-gate MoE), so every task gets the same "
+            f"expert mixture on each row; MMoE or PLE gates route per task{tail}."
+        )
     if mi.empty or div.empty:
         return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
     nmi = float(mi["normalized"].max())
-    tv = float(div["tv_per_row"].max())
+    tvs = div["tv_per_row"].astype(float)
+    tv = float(tvs.max())
     evidence = f"per-row total variation up to {tv:.2f}, normalized task-expert MI {nmi:.2f}"
-    if tv >= TV_CLEARLY_DIFFERENT or nmi >= NMI_DIFFERENT:
+    clear = div[tvs >= TV_CLEARLY_DIFFERENT]
+    if nmi >= NMI_DIFFERENT or (len(clear) and len(clear) == len(div)):
         return f"Yes: the tasks route rows to clearly different experts ({evidence}){tail}."
+    if len(clear):  # one pair far apart is not "the tasks": say how many
+        pairs = ", ".join(f"{r.task_a} ~ {r.task_b}" for r in clear.itertuples(index=False))
+        return (
+            f"Partly: {len(clear)} of {len(div)} task pairs route rows to clearly different experts ({pairs}); "
+            f"the others share more of their experts ({evidence}){tail}."
+        )
     if tv >= TV_DIFFERENT:
         return f"Partly: the tasks share most experts but weight them differently ({evidence}){tail}."
     return f"Mostly shared: the tasks' gates route rows much alike ({evidence}){tail}."
+
+
+def _one_gate_per_level(topology: Topology) -> bool:
+    """Every level has one gate and none names a task: each gate serves every task (OMoE)."""
+    levels: dict[int, int] = {}
+    for g in topology.gates:
+        if g.task is not None:
+            return False
+        levels[g.level] = levels.get(g.level, 0) + 1
+    return bool(levels) and all(n == 1 for n in levels.values())
 
 
 def cannot_judge_sentence(topology: Topology) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
 from mmoe_inspect.data.outputs import task_entry
 from mmoe_inspect.recording.hooks import HookSession
-from mmoe_inspect.recording.recorder import dense_spec, gate_part
+from mmoe_inspect.recording.recorder import dense_spec, gate_part, two_way_pair
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology._trace import iter_tensors
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
@@ -91,6 +91,7 @@ def gate_weights(out: Tensor, gate: GateSpec, rows: int) -> Tensor:
     """A gate module's output → `[rows, E]` probabilities that keep the graph (softmax of logit gates); a
     fused gate's own slice of it."""
     out, gate = gate_part(out, gate)
+    out, gate = two_way_pair(out, gate)  # a two-way gate's w → [1 - w, w], in the graph
     if out.dim() < 2 or out.shape[gate.dim] != gate.n_experts:
         raise AttributionError(
             f"gate {gate.name!r} ({gate.module}) produced shape {tuple(out.shape)}, expected {gate.n_experts} "

@@ -55,6 +55,13 @@ def ablation_variants(
             f"'zero' ablation is exact only on probability gates; gate(s) {', '.join(logit_gates)} emit logits "
             "that the model softmaxes itself, which renormalizes, so there 'zero' equals 'renormalize'"
         )
+    two_way = [g.name for g in topology.gates if g.two_way]
+    if "zero" in modes and two_way:
+        notes.append(
+            f"gate(s) {', '.join(two_way)} blend two experts by one weight w per row ((1 - w) * x0 + w * x1), "
+            "which cannot drop an expert's share without giving it to the other, so there 'zero' equals "
+            "'renormalize' (the other expert takes the whole row)"
+        )
     variants: list[PlannedVariant] = []
     for mode in modes:
         for e in topology.experts:
@@ -63,7 +70,8 @@ def ablation_variants(
                 continue
             edits = {}
             for g in gates:
-                m: AblationMode = "zero" if mode == "zero" and g.output == "probs" else "renormalize"
+                zero = mode == "zero" and g.output == "probs" and not g.two_way
+                m: AblationMode = "zero" if zero else "renormalize"
                 edits[g.name] = Ablate(tuple(x != e.name for x in g.experts), m)
                 if g.n_experts == 1 and g.output == "logits":
                     notes.append(

@@ -35,7 +35,13 @@ from torch import Tensor, nn
 
 from mmoe_inspect.errors import MmoeInspectError
 from mmoe_inspect.recording.hooks import HookSession
-from mmoe_inspect.recording.recorder import RecordingError, dense_spec, gate_part, gate_probabilities
+from mmoe_inspect.recording.recorder import (
+    RecordingError,
+    dense_spec,
+    gate_part,
+    gate_probabilities,
+    two_way_pair,
+)
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
 from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
 
@@ -140,6 +146,39 @@ def edit_gate_output(out: Tensor, gate: GateSpec, edit: Edit, source: Tensor | N
     if gate.output == "logits" and out.dtype != work:
         new = new.clamp_min(_negative(out.dtype))
     return new.to(out.dtype).reshape(shape).movedim(-1, gate.dim)
+
+
+_TWO_WAY_REFUSED = (
+    "gate {name!r} blends two experts by one weight w per row ((1 - w) * x0 + w * x1, read as [1 - w, w]): an "
+    "edit whose rows do not sum to 1 (a 'zero' ablation, removing both experts, a fixed row of another total) "
+    "cannot be applied through w; use renormalizing ablations or replacements that sum to 1"
+)
+
+
+def two_way_weight(pair: Tensor, gate: GateSpec, w: Tensor) -> Tensor:
+    """An edited two-way pair `[1 - w, w]` (on `gate.dim`) → the weight the model reads (its second column),
+    shaped and typed like the captured weight `w`.
+
+    The model blends `(1 - w) * x0 + w * x1`, so only rows that still sum to 1 can be written back; an edit that
+    removes mass cannot be expressed through `w` and is refused rather than approximated. A renormalizing
+    ablation of the one expert a row uses (`w` exactly 0 or 1) leaves that row all-zero: the other expert then
+    takes the whole row (`1 - w`), the limit of the renormalized rows next to it.
+    """
+    dim = gate.dim + pair.dim() if gate.dim < 0 else gate.dim
+    work = torch.float64 if pair.dtype == torch.float64 else torch.float32
+    total = pair.to(work).sum(dim, keepdim=True)
+    new = pair.narrow(dim, 1, 1).to(work)
+    if total.numel():
+        empty = total == 0
+        if bool(empty.any()):
+            old = w.to(work)
+            if not bool((old[empty] * (1 - old[empty]) == 0).all()):
+                raise InterventionError(_TWO_WAY_REFUSED.format(name=gate.name))
+            new = torch.where(empty, 1 - old, new)
+            total = torch.where(empty, torch.ones_like(total), total)
+        if float((total - 1).abs().max()) > 1e-4:
+            raise InterventionError(_TWO_WAY_REFUSED.format(name=gate.name))
+    return new.to(w.dtype)
 
 
 def map_tensors(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -255,6 +294,17 @@ class GateIntervention(HookSession):
             new = whole.clone()
             new.select(spec.part_dim, spec.part).copy_(edited)
             return new
+        if spec.two_way:  # edited as the pair [1 - w, w]; the model reads back w
+            if any(
+                isinstance(v.get(spec.name), Ablate) and v[spec.name].mode == "zero" for v in self.variants
+            ):
+                raise InterventionError(_TWO_WAY_REFUSED.format(name=spec.name))
+            whole = self._tile(out, max(spec.batch_dim, 0)) if shrunk else out
+            pair, sub = two_way_pair(whole, spec)
+            edited = self._edit(sub, pair, shrunk=False)
+            if edited is None:
+                return whole if shrunk else None
+            return two_way_weight(edited, spec, whole)
         edits = [v.get(spec.name) for v in self.variants]
         dim = spec.batch_dim
         if not self.capture and all(e is None for e in edits):

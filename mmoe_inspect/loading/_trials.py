@@ -48,6 +48,9 @@ _FORM_MISMATCH = re.compile(
     r"invalid data type 'str'|argument 'input' \(position 1\) must be|new\(\) received an invalid|"
     r"expected Tensor as element|too many indices|takes \d+ positional argument|missing \d+ required positional",
 )
+_DTYPE = re.compile(
+    r"same dtype|expected (scalar type|m1 and m2 to have the same dtype)|dtype.*(Double|Half|BFloat16)"
+)
 _WIDTH = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
 
 
@@ -100,6 +103,15 @@ def forward_params(model: nn.Module) -> tuple[list[inspect.Parameter], bool]:
     ]
     star = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
     return params, star
+
+
+def _keyword_only(model: nn.Module) -> list[str]:
+    """Required keyword-only parameters of `forward` (`forward(self, *, dense, ids)`)."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
 
 
 def _annotation_kind(p: inspect.Parameter) -> str | None:
@@ -408,6 +420,13 @@ def _failure(
 ) -> InputMappingError:
     """One line: what was tried, the telling trial error quoted, and the flag that fixes it."""
     cls = cls_name(model)
+    keyword_only = _keyword_only(model)
+    if keyword_only:  # model(x) and model(*x) are the only calls; a --collate cannot name arguments
+        return InputMappingError(
+            f"{cls}.forward takes keyword-only arguments ({', '.join(keyword_only)}), which mmoe-inspect cannot "
+            "pass (it calls model(x) or model(*x)): wrap it in a module whose forward(batch) returns "
+            "self.model(**batch) (load it with --builder), then name the columns with --features"
+        )
     if not trials:
         params, _ = forward_params(model)
         sig = ", ".join(p.name for p in params)
@@ -429,6 +448,13 @@ def _failure(
             f"{cls}'s first layer takes {wanted} input columns but got {given} ({short(names)}) "
             f"[{quote}]; name the input columns in model order with --features a,b,c "
             "(and the label columns with --labels task=column)"
+        )
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if shown.error is not None and _DTYPE.search(str(shown.error)) and dtypes and torch.float32 not in dtypes:
+        wanted = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        return InputMappingError(
+            f"{cls}'s parameters are {wanted} but the data's features arrive as float32 [{quote}]; save the "
+            "model in float32 (model.float()) or pass --collate module:function returning tensors of its dtype"
         )
     if isinstance(shown.error, KeyError) and shown.candidate.form == "dict":
         key = str(shown.error.args[0]) if shown.error.args else "?"

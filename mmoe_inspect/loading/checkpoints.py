@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect._eager import eager_module
+from mmoe_inspect._move import move_module
 from mmoe_inspect.checkpoint import FORMAT, CheckpointError, _one_line, load_checkpoint
 from mmoe_inspect.loading._code import ModelCodeError, call_builder, resolve_callable, user_code
 from mmoe_inspect.loading._sniff import Sniffed, is_dangerous, is_plain, sniff
@@ -180,7 +181,7 @@ def _finish(model: nn.Module, path: Path, form: str, notes: list[str], device: t
     model, note = eager_module(model)
     if note is not None:
         notes.append(note)
-    model.to(device)
+    move_module(model, device)  # a torch.func base module stays on the meta device
     model.eval()
     adapter = adapter_for(model)
     if adapter.device_attribute:

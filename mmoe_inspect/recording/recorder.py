@@ -74,6 +74,21 @@ def gate_part(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec
     )
 
 
+def two_way_pair(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec]:
+    """A two-way gate's captured weight `w` (size 1 on `gate.dim`) → `[1 - w, w]` on that axis (a new tensor that
+    keeps the graph) and the spec of that pair (`two_way` False); any other gate as given."""
+    if not gate.two_way:
+        return out, gate
+    nd = out.dim()
+    dim = gate.dim + nd if gate.dim < 0 else gate.dim
+    if not 0 <= dim < nd or out.shape[dim] != 1:
+        raise RecordingError(
+            f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}; a two_way gate reads one "
+            f"weight per row (size 1 on dim {gate.dim}); fix dim in the topology spec"
+        )
+    return torch.cat((1 - out, out), dim=dim), replace(gate, two_way=False)
+
+
 def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = None) -> torch.Tensor:
     """A gate's captured tensor → a fresh `[batch, E]` tensor of weights (copy, never a view).
 
@@ -81,9 +96,11 @@ def gate_probabilities(out: torch.Tensor, gate: GateSpec, batch: int | None = No
     normalization by that dtype's precision); logits are softmaxed in float32. The expert axis is
     `gate.dim`, the batch axis `gate.batch_dim`; weights without a batch axis (`batch_dim=-1`, one vector
     for every row) are repeated for the `batch` rows of the forward. A fused gate reads its slice
-    (`gate_part`).
+    (`gate_part`); a two-way gate's weight `w` is read as `[1 - w, w]` (`two_way_pair`).
     """
     out, gate = gate_part(out, gate)
+    if gate.two_way:
+        out, gate = two_way_pair(out.detach(), gate)
     nd = out.dim()
     dim = gate.dim + nd if gate.dim < 0 else gate.dim
     bdim = gate.batch_dim

@@ -47,6 +47,8 @@ class TaskOutputSummary:
     out_of_range: (
         torch.Tensor
     )  # [T] binary predictions outside [0, 1] (logits where probabilities were expected)
+    auc_se: torch.Tensor | None = None  # [T] DeLong's standard error of the AUC (NaN: < 2 rows of a class)
+    mse_vs_var_se: torch.Tensor | None = None  # [T] std error of the mean per-row (sq. error - label var's)
 
 
 LOGLOSS_EPS = 1e-7  # as `mmoe_inspect.causal.metrics.LOGLOSS_EPS` and `mmoe_inspect.train`
@@ -93,7 +95,21 @@ class TaskOutputStats(SummaryMetric):
         )
         self.register_buffer("_binary", torch.tensor([k == "binary" for k in self.kinds]), persistent=False)
         self.register_buffer("_offsets", torch.arange(t) * n_bins, persistent=False)
-        for name in ("n", "sum", "sumsq", "n_lab", "sum_lab", "sumsq_lab", "sse", "out_of_range"):
+        # Σu², Σuv with u = ŷ² - 2yŷ, v = 2y on labelled rows: with the sums below, the variance of each row's
+        # squared error minus the label mean's ((y - ŷ)² - (y - ȳ)² = u + vȳ - ȳ²), a paired interval of R²
+        names = (
+            "n",
+            "sum",
+            "sumsq",
+            "n_lab",
+            "sum_lab",
+            "sumsq_lab",
+            "sse",
+            "out_of_range",
+            "sum_u2",
+            "sum_uv",
+        )
+        for name in names:
             self.add_state(name, torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hist_pos", torch.zeros(t, n_bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hist_neg", torch.zeros(t, n_bins, dtype=torch.float64), dist_reduce_fx="sum")
@@ -120,6 +136,11 @@ class TaskOutputStats(SummaryMetric):
         self.sumsq_lab += (yz * yz).sum(0)
         sq = (pz - yz).square_()
         self.sse += (sq if lab is None else torch.where(lab, sq, 0.0)).sum(0)
+        u = pz * (pz - 2 * yz)
+        if lab is not None:
+            u = torch.where(lab, u, 0.0)
+        self.sum_u2 += (u * u).sum(0)
+        self.sum_uv += (u * yz).sum(0) * 2
         # One bincount: slot 2 · (task bin) + (label > 0.5), unlabelled rows to a dummy slot at the end.
         bins = (pz.clamp(0, 1) * self.n_bins).long().clamp_(max=self.n_bins - 1).add_(self._offsets)
         slots = bins.mul_(2).add_(yz > 0.5)
@@ -181,6 +202,21 @@ class TaskOutputStats(SummaryMetric):
         var = (sum_d2 / n - (sum_d / n) ** 2).clamp_min(0) * n / (n - 1).clamp_min(1)
         return (var / n).sqrt()
 
+    def _vs_var_se(self) -> torch.Tensor:
+        """`[T]` standard error of the mean of d = (y - ŷ)² - (y - ȳ)² over the labelled rows (ȳ their label
+        mean; its mean is MSE - label variance), from Σu², Σuv and the label and error sums: expanding
+        d = u + vȳ - ȳ² (u = ŷ² - 2yŷ, v = 2y), Σd² = Σu² + ȳ²Σv² + nȳ⁴ + 2ȳΣuv - 2ȳ²Σu - 2ȳ³Σv."""
+        n = self.n_lab.clamp_min(1)
+        m = self.sum_lab / n
+        sum_u = self.sse - self.sumsq_lab
+        sum_v, sum_v2 = 2 * self.sum_lab, 4 * self.sumsq_lab
+        sum_d = sum_u + m * sum_v - n * m**2
+        sum_d2 = (
+            self.sum_u2 + m**2 * sum_v2 + n * m**4 + 2 * m * self.sum_uv - 2 * m**2 * sum_u - 2 * m**3 * sum_v
+        )
+        var = (sum_d2 / n - (sum_d / n) ** 2).clamp_min(0) * n / (n - 1).clamp_min(1)
+        return (var / n).sqrt()
+
     def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
         """A rank without rows syncs a `[0, 4]` score-count block (not torchmetrics' 1-D empty tensor),
         so every rank gathers tensors of the same rank (dimensions)."""
@@ -207,6 +243,7 @@ class TaskOutputStats(SummaryMetric):
             list(state) if isinstance(state, list) else [state], int(self.score_bits), self.max_auc_values
         )
         auc = exact_auc(rows, len(self.kinds)).to(self.n.device)
+        auc_se = delong_se(rows, len(self.kinds)).to(self.n.device)
         return TaskOutputSummary(
             n=self.n.clone(),
             mean_prediction=torch.where(self.n > 0, mean, torch.nan),
@@ -224,6 +261,8 @@ class TaskOutputStats(SummaryMetric):
             mse=torch.where(~binary & (self.n_lab > 0), self.sse / nl, torch.nan),
             prediction_hist=self.hist_pos + self.hist_neg,
             out_of_range=self.out_of_range.clone(),
+            auc_se=torch.where(binary, auc_se, torch.nan),
+            mse_vs_var_se=torch.where(~binary & (self.n_lab > 1), self._vs_var_se(), torch.nan),
         )
 
 
@@ -401,6 +440,28 @@ def _order_key(values: torch.Tensor) -> torch.Tensor:
     equal: -0.0 is keyed as +0.0, and a negative value's low 63 bits are flipped (IEEE order)."""
     k = (values.to(torch.float64) + 0.0).view(torch.int64)
     return k ^ ((k >> 63) & _LOW63)
+
+
+def delong_se(rows: torch.Tensor, n_tasks: int) -> torch.Tensor:
+    """DeLong's standard error `[n_tasks]` of each task's AUC from compacted `(task, value, pos, neg)` rows
+    (sorted by value): the placement values of the positives (share of negatives below, ties half) and
+    of the negatives (share of positives above), counted per distinct value; SE² = S₁₀/n₊ + S₀₁/n₋ with
+    their sample variances (DeLong, DeLong & Clarke-Pearson 1988; the same as `causal.metrics`' on the
+    rows). NaN where a class has fewer than 2 rows."""
+    out = torch.full((n_tasks,), float("nan"), dtype=torch.float64)
+    for t in torch.unique(rows[:, 0]).tolist() if rows.shape[0] else []:
+        r = rows[rows[:, 0] == t]
+        pos, neg = r[:, 2], r[:, 3]
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos < 2 or n_neg < 2:
+            continue
+        v10 = (torch.cumsum(neg, 0) - neg + 0.5 * neg) / n_neg  # per value: each positive's placement
+        v01 = (n_pos - torch.cumsum(pos, 0) + 0.5 * pos) / n_pos  # each negative's
+        auc = (pos * v10).sum() / n_pos
+        s10 = (pos * (v10 - auc) ** 2).sum() / (n_pos - 1)
+        s01 = (neg * (v01 - auc) ** 2).sum() / (n_neg - 1)
+        out[int(t)] = float((s10 / n_pos + s01 / n_neg).sqrt())
+    return out
 
 
 def exact_auc(rows: torch.Tensor, n_tasks: int) -> torch.Tensor:

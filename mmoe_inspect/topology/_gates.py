@@ -262,4 +262,5 @@ def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:
         index_arg=g.loc.index_arg,
         part_dim=g.loc.part_dim,
         part=g.loc.part,
+        two_way=g.loc.two_way,
     )

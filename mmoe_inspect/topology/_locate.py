@@ -3,20 +3,23 @@
 A module output first (the outermost module returning the softmax, `output="probs"`, or the module
 producing the logits of a functional softmax, `output="logits"`; a module called several times per
 forward is avoided or pinned with `call`), else the torch function call that makes them, else the
-combining op itself; a top-k gate is read as its k weights plus the indices of its `topk` call.
+combining op itself; a top-k gate is read as its k weights plus the indices of its `topk` call; a
+two-expert blend's gate as its one weight per row `w` `[batch, 1]`, recorded as `[1 - w, w]`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mmoe_inspect.topology._graphops import backward_views
 from mmoe_inspect.topology._mixing import Mixture
-from mmoe_inspect.topology._nodes import kind_of, node_where
+from mmoe_inspect.topology._nodes import kind_of, node_where, row_values
 from mmoe_inspect.topology._trace import ROOT, Graph, Ref, softmax_dim
 from mmoe_inspect.topology.spec import GateOutput
 
-__all__ = ["Located", "gate_score", "locate", "locate_part"]
+__all__ = ["Located", "gate_score", "locate", "locate_part", "locate_two_way"]
 
 
 def gate_shaped(graph: Graph, idx: int, ax: int | None, bax: int | None, n_experts: int) -> bool:
@@ -55,6 +58,7 @@ class Located:
     index_arg: int = -2
     part_dim: int | None = None
     part: int = 0
+    two_way: bool = False  # the tensor read holds one weight w per row; the gate is `[1 - w, w]`
 
 
 def locate_part(graph: Graph, mix: Mixture, part: int) -> Located | str:
@@ -172,6 +176,68 @@ def locate(graph: Graph, mix: Mixture) -> Located | str:
             note=f"gate weights {list(w.shape)} are read where {cnode.op} in {node_where(graph, mix.combine)} uses them",
         )
     return "its weights are made where no torch function call can be located"
+
+
+def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
+    """Where the per-row weight `w` of a two-way blend (`Mixture.two_way`) can be recorded: the outermost
+    module returning exactly `w` (`[batch, 1]`, 1 elsewhere), else the torch function call that makes it.
+    The gate is read as `[1 - w, w]` (`GateSpec.two_way`), so `w` must lie in [0, 1] on the example batch."""
+    chain = view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    found: Located | None = None
+    for idx, ax, bax in reversed(chain):  # from the producer towards the blend
+        call = graph.outermost_call(idx)
+        if call is None or ax is None or bax is None or not gate_shaped(graph, idx, ax, bax, 1):
+            continue
+        runs = graph.calls.get(call.path, 1)
+        note = (
+            None
+            if runs == 1
+            else f"module {call.path} runs {runs} times per forward; this gate is its call {call.call}"
+        )
+        found = Located(
+            call.path,
+            "probs",
+            ax,
+            bax,
+            None if runs == 1 else call.call,
+            producer=idx,
+            note=note,
+            two_way=True,
+        )
+        break
+    for idx, ax, bax in reversed(chain) if found is None else ():  # the first call that makes exactly `w`
+        node = graph.nodes[idx]
+        if (
+            node.seq < 0
+            or node.out_pos != 0
+            or ax is None
+            or bax is None
+            or not gate_shaped(graph, idx, ax, bax, 1)
+        ):
+            continue  # (a `[batch]` weight unsqueezed for the blend is read at the unsqueeze)
+        module = node.module or ROOT
+        found = Located(
+            module,
+            "probs",
+            ax,
+            bax,
+            op=node.op,
+            occurrence=graph.occurrence(idx, module),
+            producer=idx,
+            two_way=True,
+        )
+        break
+    if found is None:
+        return "its weight is made where neither a module output nor a torch function call holds exactly it"
+    rows = row_values(graph, found.producer, found.dim, found.batch_dim)
+    if rows is None or not bool(torch.isfinite(rows).all()):
+        return "its weight's values could not be read on the example batch"
+    if float(rows.min()) < -1e-6 or float(rows.max()) > 1 + 1e-6:
+        return (
+            f"its weight leaves [0, 1] (from {float(rows.min()):.3g} to {float(rows.max()):.3g} on the example "
+            "batch): an extrapolation, not a gate over the two"
+        )
+    return found
 
 
 def locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> Located | str:

@@ -20,13 +20,18 @@ seen in public multi-task code:
   `[B, D, E] @ [B, E, T]`), `(W[..., None] * X[:, None]).sum(expert axis)`, `(W * X).sum(expert axis)`
   with experts that emit one value per gate `X: [B, T, E]`, or an einsum whose `W` carries a letter of
   its own that the output keeps (or shares only with such experts, `bte,bet->bt`); each gate is read
-  as its slice of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output.
+  as its slice of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output;
+* two-way blends (`Mixture.two_way`): two experts mixed by one per-row weight `w` (`[B, 1]`, e.g. a
+  sigmoid), `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` (either order) or `x0 + w * (x1 - x0)`:
+  a gate `[1 - w, w]` over `(x0, x1)` that no tensor of the forward holds (see `_two_way`);
+* weights broadcast with `repeat_interleave` over experts concatenated on one axis
+  (`W.repeat_interleave(D, 1) * cat(experts, 1)`, then `.reshape(B, E, D).sum(1)`).
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
 a gate (and not attention over features) is discovery's.
 
-One module (over ~450 lines) on purpose: every recognizer below returns a `Mixture` and shares the
+One module (over ~1,000 lines) on purpose: every recognizer below returns a `Mixture` and shares the
 view-walking and batch-axis helpers; split, the recognizers would import each other's privates.
 """
 
@@ -34,10 +39,10 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from mmoe_inspect.topology._graphops import find_reduction, map_axis, selection, view_parent
+from mmoe_inspect.topology._graphops import find_reduction, map_axis, norm_dim, selection, view_parent
 from mmoe_inspect.topology._trace import Graph, Node, Ref
 
 MUL_OPS = frozenset({"mul", "rmul", "multiply"})
@@ -76,6 +81,8 @@ class Mixture:
     fused: int = 0  # > 0: the weights hold this many gates at once (`fused_axis`), one mixture each
     fused_axis: int | None = None  # the weights' axis of those gates (`[B, T, E] @ [B, E, D]`)
     fused_out_axis: int | None = None  # the axis of the combine output holding each gate's mixture
+    two_way: bool = False  # `weights`: one weight w per row (size 1 on `w_axis`); the gate is `[1 - w, w]`
+    split: bool = False  # two_way, but `w0 * x0 + w1 * x1`: two per-row weights of their own (seen, not read)
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -147,8 +154,8 @@ def _repeats_only_ones(node: Node, src: tuple[int, ...]) -> bool:
 
 
 def _unexpanded(graph: Graph, ref: Ref) -> Ref:
-    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`, or a `repeat`/`tile`
-    of size-1 axes only): a product with it is the same product (keras-mmoe's port weights `[B, D, E]`
+    """The tensor an operand was broadcast from (`expand`, `expand_as`, `broadcast_to`, or a `repeat`/`tile`/
+    `repeat_interleave` of size-1 axes only): a product with it is the same product (keras-mmoe's port weights `[B, D, E]`
     experts by `g.unsqueeze(1).expand_as(experts)`; TensorFlow ports by `tile`)."""
     node = graph.nodes[ref.node]
     while node.args and isinstance(node.args[0], Ref):
@@ -156,6 +163,15 @@ def _unexpanded(graph: Graph, ref: Ref) -> Ref:
         shape = graph.nodes[src.node].shape
         if node.op in BROADCAST_OPS:
             ok = _broadcasts(shape, node.shape)
+        elif node.op == "repeat_interleave":  # of a size-1 axis: `w[B, 1].repeat_interleave(D, dim=1)`
+            dim = node.arg(2, "dim")
+            d = dim + len(shape) if isinstance(dim, int) and dim < 0 else dim
+            ok = (
+                isinstance(d, int)
+                and 0 <= d < len(shape)
+                and shape[d] == 1
+                and isinstance(node.arg(1, "repeats"), int)
+            )
         else:
             ok = node.op in REPEAT_OPS and _repeats_only_ones(node, shape)
         if not ok:
@@ -767,6 +783,278 @@ def gathered_experts(graph: Graph, idx: int, axis: int) -> tuple[int, int, int] 
     return None
 
 
+# ------------------------------------------------------------------------------ two-way blends
+TWO_WAY_OPS = frozenset({"lerp", "add", "radd", "sub", "sum"})
+
+
+def _base(graph: Graph, idx: int) -> int:
+    """The tensor node `idx` is a view or a broadcast of (itself when it is none)."""
+    last = idx
+    for _ in range(8):
+        for node in views_back(graph, last, 16):
+            last = node.idx
+        src = _unexpanded(graph, Ref(last)).node
+        if src == last:
+            return last
+        last = src
+    return last
+
+
+def _per_row_weight(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(size-1 axis, batch axis) of node `idx` when it holds one weight per row that broadcasts over
+    `out_shape` (the batch on one of its axes, 1 elsewhere, at least one size-1 axis of its own)."""
+    shape = graph.nodes[idx].shape
+    batch = graph.batch_size
+    if batch < 2 or not 2 <= len(shape) <= len(out_shape) or not _broadcasts(shape, out_shape):
+        return None
+    big = [i for i, s in enumerate(shape) if s != 1]
+    shift = len(out_shape) - len(shape)
+    if len(big) != 1 or shape[big[0]] != batch or out_shape[big[0] + shift] != batch:
+        return None
+    ones = [i for i, s in enumerate(shape) if s == 1]
+    return ones[-1], big[0]
+
+
+def _is_one(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
+
+
+def _complement(graph: Graph, idx: int) -> int | None:
+    """The base of `w` when node `idx` is `1 - w` (`rsub(w, 1)`, `sub(1, w)`, `ones_like(w) - w`)."""
+    node = graph.nodes[_base(graph, idx)]
+    if node.kwargs.get("alpha", 1) != 1:
+        return None
+    if node.op == "rsub" and len(node.args) == 2 and isinstance(node.args[0], Ref) and _is_one(node.args[1]):
+        return _base(graph, node.args[0].node)
+    if node.op == "sub" and len(node.args) == 2 and isinstance(node.args[1], Ref):
+        first = node.args[0]
+        if _is_one(first):
+            return _base(graph, node.args[1].node)
+        if isinstance(first, Ref):
+            t = graph.nodes[first.node].tensor
+            if t is not None and t.is_floating_point() and t.numel() and bool((t == 1).all()):
+                return _base(graph, node.args[1].node)
+    return None
+
+
+def _from_input(graph: Graph, idx: int, limit: int = 4096) -> bool:
+    """Whether node `idx` is computed from the model's input (a constant weight is not a gate)."""
+    seen = {idx}
+    todo = [idx]
+    while todo and len(seen) < limit:
+        node = graph.nodes[todo.pop()]
+        if node.op == "input":
+            return True
+        for p in node.parents:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return False
+
+
+def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, Ref, tuple[int, int]] | None:
+    """(weight, expert, axes) when node `idx` is a product `weight * expert` with one weight per row."""
+    node = graph.nodes[idx]
+    if node.op not in MUL_OPS:
+        return None
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)):
+        return None
+    for w, x in ((a, b), (b, a)):
+        w = _unexpanded(
+            graph, w
+        )  # `w.expand_as(x)`, `w.repeat_interleave(D, dim=1)`: the same weight per row
+        if _per_row_weight(graph, x.node, out_shape) is not None:
+            continue
+        axes = _per_row_weight(graph, w.node, out_shape)
+        if axes is None:  # `1 - w` of a broadcast per-row `w` has the experts' width
+            c = _complement(graph, w.node)
+            axes = None if c is None else _per_row_weight(graph, c, out_shape)
+        if axes is not None:
+            return w, x, axes
+    return None
+
+
+def _terms(graph: Graph, node: Node) -> tuple[Ref, Ref] | None:
+    """The two terms node `node` adds: `a + b`, or `stack([a, b]).sum(0)` (through views)."""
+    if node.op in ADD_OPS:
+        a, b = _operands(node)
+        if isinstance(a, Ref) and isinstance(b, Ref) and node.kwargs.get("alpha", 1) == 1:
+            return a, b
+        return None
+    if node.op != "sum" or not node.args or not isinstance(node.args[0], Ref):
+        return None
+    stack = next((n for n in views_back(graph, node.args[0].node, 8) if n.op == "stack"), None)
+    seq = None if stack is None else stack.arg(0, "tensors")
+    if stack is None or not isinstance(seq, (list, tuple)) or len(seq) != 2:
+        return None
+    if stack.idx != node.args[0].node or not all(isinstance(r, Ref) for r in seq):
+        return None
+    axis = norm_dim(stack.arg(1, "dim", 0), stack.ndim)
+    dims = node.arg(1, "dim")
+    dims = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else []
+    if axis is None or [norm_dim(d, stack.ndim) for d in dims] != [axis] or node.kwargs.get("keepdim"):
+        return None
+    return seq[0], seq[1]
+
+
+def _no_zero(graph: Graph, ref: Ref) -> Ref:
+    """`ref` without a leading `0 + t` (Python's `sum([...])` starts from 0)."""
+    node = graph.nodes[ref.node]
+    if node.op in ADD_OPS and len(node.args) == 2:
+        a, b = node.args
+        if isinstance(a, Ref) and isinstance(b, (int, float)) and b == 0:
+            return a
+    return ref
+
+
+def _two_way(graph: Graph, node: Node) -> list[Mixture]:
+    """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
+    `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order (also summed as a stack of the two, or by
+    Python's `sum`), `x0 + w * (x1 - x0)` and `x0 - w * (x0 - x1)`. The weight must be computed from the input
+    and vary by row only (`[B, 1]`, or that broadcast to the experts' width): a constant average
+    (`0.5 * a + 0.5 * b`), a residual (`x + f(x)`), a per-feature weight (`[B, D]`) or a product of features
+    (`a * b`) is no gate."""
+    shape = node.shape
+    found: tuple[int, int, int, tuple[int, int], int, int] | None = None  # w, x0, x1, axes, combine, arg
+    if node.op == "lerp":
+        x0, x1, w = node.arg(0, "input"), node.arg(1, "end"), node.arg(2, "weight")
+        if isinstance(x0, Ref) and isinstance(x1, Ref) and isinstance(w, Ref):
+            w = _unexpanded(graph, w)
+            axes = _per_row_weight(graph, w.node, shape)
+            if axes is not None:
+                found = (w.node, x0.node, x1.node, axes, node.idx, _arg_position(node, w))
+    elif node.op == "sub":  # x0 - w * (x0 - x1)
+        a, b = _operands(node)
+        if isinstance(a, Ref) and isinstance(b, Ref) and node.kwargs.get("alpha", 1) == 1:
+            prod = _weighted(graph, b.node, shape)
+            d = None if prod is None else graph.nodes[_base(graph, prod[1].node)]
+            if prod is not None and d is not None and d.op == "sub" and len(d.args) == 2:
+                back, x1 = d.args
+                same = isinstance(back, Ref) and _base(graph, back.node) == _base(graph, a.node)
+                if same and isinstance(x1, Ref) and d.kwargs.get("alpha", 1) == 1:
+                    found = (prod[0].node, a.node, x1.node, prod[2], b.node, -1)
+    else:
+        terms = _terms(graph, node)
+        if terms is None:
+            return []
+        a, b = (_no_zero(graph, t) for t in terms)
+        pa, pb = _weighted(graph, a.node, shape), _weighted(graph, b.node, shape)
+        if pa is not None and pb is not None:  # (1 - w) * x0 + w * x1
+            for (wa, xa, _), (wb, xb, axes) in ((pa, pb), (pb, pa)):
+                if _complement(graph, wa.node) == _base(graph, wb.node):
+                    found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
+                    break
+            split = found is None and _base(graph, pa[0].node) != _base(graph, pb[0].node)
+            if split and _from_input(graph, pa[0].node):
+                # w0 * x0 + w1 * x1: two per-row weights of their own (two sigmoids, sigmoid(z) and
+                # sigmoid(-z)); no tensor holds the pair, so it is reported, not read
+                w0, x0, axes = pa
+                m = Mixture(
+                    min(a.node, b.node),
+                    node.idx,
+                    w0.node,
+                    axes[0],
+                    axes[1],
+                    ((x0.node, None), (pb[1].node, None)),
+                    2,
+                )
+                if _base(graph, x0.node) != _base(graph, pb[1].node) and _from_input(graph, pb[0].node):
+                    return [replace(m, two_way=True, split=True)]
+        for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
+            if found is not None or prod is None or node.op == "sum":
+                continue
+            w, diff, axes = prod
+            d = graph.nodes[_base(graph, diff.node)]
+            if d.op != "sub" or len(d.args) != 2 or d.kwargs.get("alpha", 1) != 1:
+                continue
+            x1, back = d.args
+            if (
+                isinstance(x1, Ref)
+                and isinstance(back, Ref)
+                and _base(graph, back.node) == _base(graph, x0.node)
+            ):
+                found = (w.node, x0.node, x1.node, axes, mul.node, -1)
+    if found is None:
+        return []
+    w, x0, x1, (w_axis, w_batch), combine, arg = found
+    if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w):
+        return []
+    return [Mixture(combine, node.idx, w, w_axis, w_batch, ((x0, None), (x1, None)), 2, arg, two_way=True)]
+
+
+# ------------------------------------------------------------------------ repeat_interleave
+def _interleaved(graph: Graph, node: Node) -> list[Mixture]:
+    """`W.repeat_interleave(D, dim=1) * cat([x_0 .. x_{E-1}], dim=1)` (`[B, E*D]`), reshaped to `[B, E, D]`
+    and summed over the experts: the weights `W` `[B, E]` mix the E parts of the concatenation."""
+    a, b = _operands(node)
+    if not (isinstance(a, Ref) and isinstance(b, Ref)) or node.ndim != 2:
+        return []
+    batch = graph.batch_size
+    for w_ref, x_ref in ((a, b), (b, a)):
+        rep = graph.nodes[w_ref.node]
+        src = rep.args[0] if rep.args else None
+        if rep.op != "repeat_interleave" or not isinstance(src, Ref):
+            continue
+        d, dim = rep.arg(1, "repeats"), rep.arg(2, "dim")
+        w = graph.nodes[src.node]
+        if not isinstance(d, int) or dim not in (1, -1) or w.shape[:1] != (batch,) or w.ndim != 2:
+            continue
+        e = w.shape[1]
+        parts = _concat_parts_on(graph, x_ref.node, 1)
+        if not 2 <= e <= MAX_EXPERTS or e == batch or parts is None or len(parts) != e:
+            continue
+        if any(graph.nodes[p].shape != (batch, d) for p in parts):
+            continue
+        experts = tuple((p, None) for p in parts)
+        for child in graph.children[node.idx]:
+            c = graph.nodes[child]
+            if view_parent(graph, c) != node.idx or c.shape != (batch, e, d):
+                continue
+            red = find_reduction(graph, child, 1)
+            if red is not None:
+                return [Mixture(node.idx, red, src.node, 1, 0, experts, e)]
+        blocks = _blocks(graph, node.idx, e, d)  # `prod[:, :D] + prod[:, D:2D]`, `sum(prod.split(D, 1))`
+        if blocks is not None:
+            common = set.intersection(*(_sum_closure(graph, b) for b in blocks)) - set(blocks)
+            sums = sorted(c for c in common if graph.nodes[c].shape == (batch, d))
+            if sums:
+                return [Mixture(node.idx, sums[0], src.node, 1, 0, experts, e)]
+    return []
+
+
+def _blocks(graph: Graph, idx: int, e: int, d: int) -> list[int] | None:
+    """The E column blocks `[:, k*D:(k+1)*D]` of node `idx` `[B, E*D]` (slices, `split`, `chunk`), by k."""
+    by_k: dict[int, int] = {}
+    for c in graph.children[idx]:
+        n = graph.nodes[c]
+        if n.shape != (graph.batch_size, d) or not n.args or n.args[0] != Ref(idx):
+            continue
+        k: int | None = None
+        if n.op == "getitem" and len(n.args) > 1 and isinstance(n.args[1], tuple) and len(n.args[1]) == 2:
+            rows, cols = n.args[1]
+            if rows == slice(None) and isinstance(cols, slice) and cols.step in (None, 1):
+                start = 0 if cols.start is None else cols.start
+                k = start // d if isinstance(start, int) and start >= 0 and start % d == 0 else None
+        elif n.op in ("split", "chunk") and n.arg(2, "dim") in (1, -1):
+            k = n.out_pos
+        if k is not None:
+            by_k.setdefault(k, c)
+    return [by_k[k] for k in range(e)] if sorted(by_k) == list(range(e)) else None
+
+
+def _concat_parts_on(graph: Graph, idx: int, dim: int) -> list[int] | None:
+    """The parts of `cat(parts, dim)` that node `idx` is (None when it is not one)."""
+    node = graph.nodes[idx]
+    seq = node.arg(0, "tensors")
+    if node.op != "cat" or not isinstance(seq, (list, tuple)) or not all(isinstance(r, Ref) for r in seq):
+        return None
+    d = node.arg(1, "dim", 0)
+    if not isinstance(d, int) or (d + node.ndim if d < 0 else d) != dim:
+        return None
+    return [r.node for r in seq]
+
+
 def find_mixtures(graph: Graph) -> list[Mixture]:
     """Every expert mixture in the traced forward (see module docstring), in forward order.
 
@@ -779,6 +1067,7 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
         if node.op in MUL_OPS:
             muls.append(node)
             found.extend(_mul(graph, node))
+            found.extend(_interleaved(graph, node))
         elif node.op == "addcmul":  # acc + w[:, i] * x_i in a loop over the experts
             muls.append(node)
         elif node.op in MATMUL_OPS:
@@ -789,9 +1078,13 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_vecdot(graph, node))
         elif node.op in ("index_add", "scatter_add"):
             found.extend(_sparse_dispatch(graph, node))
-    combined = {m.combine for m in found}
+        if node.op in TWO_WAY_OPS:
+            found.extend(_two_way(graph, node))
+    combined = {m.combine for m in found if not m.split}
     found.extend(m for m in _per_expert(graph, [n for n in muls if n.idx not in combined]))
-    combined = {m.combine for m in found}
+    combined = {m.combine for m in found if not m.split}
     found.extend(m for m in _per_expert_dispatch(graph) if m.combine not in combined)
+    read = {m.output for m in found if not m.split}  # `w[:, 0:1] * x0 + w[:, 1:2] * x1` is one tensor's gate
+    found = [m for m in found if not (m.split and m.output in read)]
     found.sort(key=lambda m: (m.combine, m.output))
     return found

@@ -47,6 +47,28 @@ def fused_gates(graph: Graph, mix: Mixture, why: str) -> Unresolved:
     )
 
 
+def two_way_unresolved(graph: Graph, mix: Mixture, why: str, tasks: tuple[TaskSpec, ...]) -> Unresolved:
+    """A two-way blend of two expert outputs by one weight per row (`Mixture.two_way`: `lerp(x0, x1, w)`,
+    `(1 - w) * x0 + w * x1`) whose weight could not be read as a gate (`why`): seen, not recorded, so the
+    routing cannot be judged (rather than called a Shared-Bottom)."""
+    where = node_module(graph, mix.output)
+    w = graph.nodes[mix.weights]
+    snippet = function_snippet(graph, mix.weights, 2, tasks, dim=mix.w_axis) if w.seq >= 0 else ""
+    if snippet:
+        snippet = "\n".join(
+            'output = "probs"\ntwo_way = true  # the weight w read as [1 - w, w]'
+            if ln.startswith("output =")
+            else ln
+            for ln in snippet.split("\n")
+        )
+    return Unresolved(
+        f"a per-row two-way mix of two expert outputs ({graph.nodes[mix.output].op}, weight {list(w.shape)})",
+        where,
+        f"found there but cannot be read as a gate: {why}",
+        snippet,
+    )
+
+
 def unexplained_softmaxes(
     graph: Graph,
     gates: Sequence[Any],

@@ -51,7 +51,7 @@ from mmoe_inspect.topology._gates import (
     resolve_experts,
     set_levels,
 )
-from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part
+from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
 from mmoe_inspect.topology._tasks import NO_TASK_NOTE, TaskOutput, parse_outputs, task_specs
@@ -69,6 +69,7 @@ from mmoe_inspect.topology._unresolved import (
     module_snippet,
     named_like_gates,
     outside_torch,
+    two_way_unresolved,
     unexplained_softmaxes,
 )
 from mmoe_inspect.topology.spec import (
@@ -81,6 +82,11 @@ from mmoe_inspect.topology.spec import (
 __all__ = ["NO_GATES_NOTE", "discover_topology", "validate_topology"]
 
 NO_GATES_NOTE = "no gates found: the model looks like a Shared-Bottom (or dense) multi-task model"
+
+SPLIT_BLEND = (
+    "its two weights are separate per-row tensors (w0 * x0 + w1 * x1), which no one tensor holds; compute them "
+    "as one [batch, 2] tensor (e.g. a softmax) or as w and 1 - w to have the gate read"
+)
 
 # Confidence lost per doubtful finding (the notes say which applied).
 _PENALTY = {
@@ -244,7 +250,15 @@ def _describe_gates(
                     by_producer[(part.producer, t)] = gate
                     gates.append(gate)
                 break
-            found = locate(graph, mix)
+            if mix.two_way:  # one weight per row blending two experts: the gate [1 - w, w]
+                found = SPLIT_BLEND if mix.split else locate_two_way(graph, mix)
+                if isinstance(found, str):  # seen, not readable: never a silent Shared-Bottom
+                    rejected.append((mix, found))
+                    unresolved.append(two_way_unresolved(graph, mix, found, tasks))
+                    done_outputs.add(mix.output)
+                    break
+            else:
+                found = locate(graph, mix)
             if isinstance(found, str):
                 rejected.append((mix, found))
                 unresolved.append(
@@ -392,6 +406,12 @@ def _describe_gates(
         penalties.add("no_task")
         idle = ", ".join(g.name for g in gates if not g.tasks and not g.refined)
         notes.append(NO_TASK_NOTE + idle)
+    blends = [g for g in gates if g.loc.two_way]
+    if blends:
+        notes.append(
+            f"gate(s) {', '.join(g.name for g in blends)} blend two experts by one weight w per row "
+            "((1 - w) * x0 + w * x1, e.g. torch.lerp): read as [1 - w, w] over (x0, x1); causal edits write back w"
+        )
     weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
         notes.append(
@@ -440,7 +460,7 @@ def _signed_rows(graph: Graph, mix: Mixture) -> bool:
     """Per-row weights with a clearly negative entry: a gate weights its experts (softmax, sigmoid, a normalized
     ReLU, a top-k selection), it does not subtract them; a dot product of two towers `(u * i).sum(-1)` or an
     FM interaction has that shape too."""
-    if mix.w_batch is None:
+    if mix.w_batch is None or mix.two_way:  # a blend's w is checked where it is located (`locate_two_way`)
         return False  # a learned scalar mixture (no batch axis) may have signed weights
     rows = row_values(graph, mix.weights, mix.w_axis, mix.w_batch)
     return rows is not None and bool(torch.isfinite(rows).all()) and float(rows.min()) < -1e-6

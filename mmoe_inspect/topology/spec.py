@@ -11,6 +11,7 @@ validation are one file format; apart, each field would be separated from its ch
 from __future__ import annotations
 
 import contextlib
+import difflib
 import numbers
 import os
 import shutil
@@ -32,6 +33,18 @@ GateOutput = Literal["probs", "logits", "weights"]
 GATE_OUTPUTS: tuple[str, ...] = ("probs", "logits", "weights")
 
 SPEC_VERSION = 1
+SPEC_KEYS = (
+    "version",
+    "source",
+    "confidence",
+    "architecture",
+    "notes",
+    "tasks",
+    "experts",
+    "gates",
+    "unresolved",
+)
+"""The top-level keys of a spec (`Topology.to_dict`); any other is refused with the closest one named."""
 
 # A discovered topology below this confidence cannot be judged (`check` exits 4, the report says so first).
 LOW_CONFIDENCE = 0.5
@@ -117,6 +130,12 @@ class GateSpec:
       several tasks along axis `part_dim` (`[batch, T, E]`: one `Linear(d, T * E)` viewed and softmaxed,
       mixed with the experts by one `bmm`), and this gate is its slice `part`; `dim` and `batch_dim`
       are axes of the whole captured tensor.
+    * a two-way gate (`two_way`, module or function level): two experts blended by one weight per row,
+      `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` or `x0 + w * (x1 - x0)`: the captured tensor holds
+      `w` (size 1 on `dim`, e.g. a sigmoid's `[batch, 1]`) and the gate is `[1 - w, w]` `[batch, 2]` over
+      `experts = [x0, x1]` (the expert weighted by `1 - w` first). No tensor of the model holds that pair:
+      the recorder builds it, and causal edits write its second column back as `w` (so only edits that
+      keep each row summing to 1 can be applied).
 
     `output`: "probs" (rows sum to 1), "logits" (softmaxed over the expert axis by the recorder) or
     "weights" (non-negative weights that need not sum to 1: sigmoid gates, learned scalar mixtures;
@@ -143,6 +162,7 @@ class GateSpec:
     index_arg: int = -2
     part_dim: int | None = None
     part: int = 0
+    two_way: bool = False
 
     @property
     def n_experts(self) -> int:
@@ -165,6 +185,7 @@ class GateSpec:
         arg = "" if self.arg == -1 else f" arg {self.arg}"
         idx = "" if self.index_op is None else f" at {self.index_op}#{self.index_occurrence}"
         part = "" if self.part_dim is None else f" [{self.part} on dim {self.part_dim}]"
+        part += " as [1 - w, w]" if self.two_way else ""
         if self.op is None:
             return (where if self.call is None else f"{where} (call {self.call})") + part
         return f"{where}:{self.op}#{self.occurrence}{arg}{idx}{part}"
@@ -318,6 +339,15 @@ class Topology:
                 if g.index_op is not None:
                     raise TopologyError(f"gate {g.name!r}: a top-k gate (index_op) cannot be a part")
             _whole(g.part, f"gate {g.name!r}: part", 0)
+            if not isinstance(g.two_way, bool):
+                raise TopologyError(f"gate {g.name!r}: two_way must be true or false")
+            if g.two_way and (len(g.experts) != 2 or g.output != "probs"):
+                raise TopologyError(
+                    f"gate {g.name!r}: a two_way gate reads one weight w per row as [1 - w, w]: it mixes exactly "
+                    "2 experts and its output is 'probs'"
+                )
+            if g.two_way and (g.part_dim is not None or g.index_op is not None):
+                raise TopologyError(f"gate {g.name!r}: a two_way gate cannot be a part or a top-k gate")
             _whole(g.level, f"gate {g.name!r}: level", 0)
         read: dict[tuple, str] = {}  # where each gate's tensor is read: two gates on one tensor are one gate
         for g in self.gates:
@@ -384,6 +414,16 @@ class Topology:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Topology:
+        unknown = sorted(set(data) - set(SPEC_KEYS))
+        if unknown:  # a misspelt table ("[[gate]]") would otherwise be dropped without a word
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TopologyError(
+                f"spec has unknown top-level key(s) {', '.join(hints)}; a spec holds only "
+                f"{', '.join(SPEC_KEYS)}"
+            )
         version = data.get("version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise TopologyError(
@@ -420,6 +460,7 @@ class Topology:
             "# while `module` runs, over one forward; module \"\" = the model's forward), `arg` (-1 = the op's\n"
             "# output, k = its k-th tensor argument) and `batch_dim` (-1 = no batch axis). A fused gate (the\n"
             "# gates of several tasks in one tensor) is slice `part` of axis `part_dim` of that tensor.\n"
+            "# A `two_way` gate reads one weight w per row (size 1 on `dim`) as [1 - w, w] over its 2 experts.\n"
         )
         data = self.to_dict()
         if not data["unresolved"]:
@@ -566,6 +607,8 @@ def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
                 d.pop(key, None)
     if gate.part_dim is None and d.get("part") == 0:
         d.pop("part", None)
+    if not gate.two_way:
+        d.pop("two_way", None)
     return d
 
 

@@ -1,0 +1,168 @@
+"""The review's sentences on models other than a two-task MMoE say what the numbers say (a second
+truthfulness review, session 12): a collapse whose task needs its expert, a shared gate's impact, a pair of
+identical gates among tasks that route apart, one far pair among several, a one-gate MoE, a measured loss
+against a single-task baseline, a Shared-Bottom's baseline hint, and regression outputs' [0, 1] range."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+
+import mmoe_inspect as mi
+from mmoe_inspect.analysis import codes
+from mmoe_inspect.analysis.findings import Finding, diagnose
+from mmoe_inspect.analysis.review import build_review, rescale_by_impact
+from mmoe_inspect.analysis.verdict import verdict
+from mmoe_inspect.models import MMoE, OMoE
+from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
+
+
+def _impact(task: str | None, lo: float, hi: float) -> tuple[str, str]:
+    tables = {
+        "gate_metrics": pd.DataFrame([{"gate": "g", "task": task, "top_expert": "e1"}]),
+        "tasks": pd.DataFrame([{"task": "click", "kind": "binary", "at_chance": False}]),
+    }
+    abl = pd.DataFrame(
+        [
+            {
+                "task": "click",
+                "expert": "e1",
+                "mode": "renormalize",
+                "metric": "auc",
+                "importance": (lo + hi) / 2,
+                "lo": lo,
+                "hi": hi,
+                "significant": lo > 0 or hi < 0,
+            }
+        ]
+    )
+    f = Finding.of(codes.COLLAPSED_GATE, "g", "collapsed", "fix", {})
+    (out,) = rescale_by_impact([f], tables, SimpleNamespace(ablation=abl))
+    return out.severity, str(out.evidence["impact"])
+
+
+def test_a_collapse_whose_task_needs_its_expert_is_not_called_too_wide_to_tell() -> None:
+    sev, text = _impact("click", 0.008, 0.032)  # removing e1 costs 0.008-0.032 AUC: significant, narrow
+    assert sev == "critical" and "significant" in text
+    assert "too wide" not in text and "the task depends on that expert" in text
+    sev, text = _impact(None, 0.008, 0.032)  # a shared gate (no task): not "run report with labelled data"
+    assert "not attributable to one task" in text and "labelled data" not in text
+
+
+def _pairs(tvs: dict[tuple[str, str], float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task_a": a, "task_b": b, "gate_a": a, "gate_b": b, "level": 0, "tv_per_row": tv}
+            | {"jsd_per_row": tv / 2, "jsd_mean_gates": tv / 4}
+            for (a, b), tv in tvs.items()
+        ]
+    )
+
+
+def test_one_identical_pair_among_tasks_that_route_apart_is_not_a_one_gate_moe() -> None:
+    div = _pairs({("click", "like"): 0.0, ("click", "buy"): 0.35, ("like", "buy"): 0.35})
+    (f,) = [f for f in diagnose({"task_divergence": div}) if f.code == "tasks_route_identically"]
+    assert "for these two tasks the MMoE is behaving as a one-gate MoE" in f.message and "0.350" in f.message
+    div = _pairs({("click", "like"): 0.0})
+    (f,) = [f for f in diagnose({"task_divergence": div}) if f.code == "tasks_route_identically"]
+    assert f.message.endswith("and the MMoE is behaving as a one-gate MoE.")
+
+
+def _mmoe_topology(tasks: list[str], shared_gate: bool = False) -> Topology:
+    experts = tuple(ExpertSpec(f"e{i}", f"experts.{i}") for i in range(3))
+    names = tuple(e.name for e in experts)
+    gates = (
+        (GateSpec("shared", "gate", names, None),)
+        if shared_gate
+        else tuple(GateSpec(t, f"gates.{i}", names, t) for i, t in enumerate(tasks))
+    )
+    return Topology(tuple(TaskSpec(t) for t in tasks), experts, gates)
+
+
+def test_one_far_pair_among_several_is_partly_not_yes() -> None:
+    topo = _mmoe_topology(["a", "b", "c"])
+    mi_table = pd.DataFrame([{"level": 0, "normalized": 0.05}])
+    div = _pairs({("a", "b"): 0.55, ("a", "c"): 0.3, ("b", "c"): 0.32})
+    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": div}, [])
+    assert text.startswith("Partly: 1 of 3 task pairs route rows to clearly different experts (a ~ b)"), text
+    div = _pairs({("a", "b"): 0.55, ("a", "c"): 0.6, ("b", "c"): 0.52})
+    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": div}, [])
+    assert text.startswith("Yes: the tasks route rows to clearly different experts"), text
+
+
+def test_a_one_gate_moe_is_told_it_cannot_route_tasks_differently() -> None:
+    torch.manual_seed(0)
+    model = OMoE(4, [TaskSpec("click"), TaskSpec("buy")], n_experts=3).eval()
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(600, 4)).astype("float32"), columns=[f"x{i}" for i in range(4)])
+    data["click"] = (rng.random(600) < 0.3).astype(float)
+    data["buy"] = (rng.random(600) < 0.3).astype(float)
+    result = mi.inspect(model, data)
+    routing = next(a for a in result.review.answers if a.key == "routing")
+    assert routing.answer.startswith("No, by design: one gate per level serves every task"), routing.answer
+    assert routing.status == "unknown"
+
+
+def test_a_significant_loss_against_a_single_task_model_comes_first_in_next_steps() -> None:
+    tasks = pd.DataFrame([{"task": "buy", "kind": "binary", "positive_rate": 0.03}])
+    gains = pd.DataFrame(
+        [
+            {
+                "task": "buy",
+                "baseline": "single",
+                "metric": "auc",
+                "gain": -0.33,
+                "lo": -0.36,
+                "hi": -0.30,
+                "significant": True,
+                "sparse": True,
+                "baseline_value": 0.92,
+            }
+        ]
+    )
+    warn = Finding.of(codes.TASK_WORSE_THAN_BASE_RATE, "buy", "miscalibrated", "Recalibrate.", {})
+    review = build_review({"tasks": tasks}, [warn], "Partly: ...", SimpleNamespace(baseline_gains=gains))
+    nxt = next(a for a in review.answers if a.key == "next")
+    assert nxt.answer.startswith(
+        "Negative transfer: the multi-task model is significantly worse on buy vs single"
+    )
+    assert nxt.status == "problem" and "Recalibrate" not in nxt.answer
+
+
+def test_a_shared_bottom_is_not_told_to_compare_with_a_shared_bottom() -> None:
+    review = build_review({"tasks": pd.DataFrame()}, [], "No gates found: this is a Shared-Bottom ...", None)
+    gains = next(a for a in review.answers if a.key == "gains")
+    assert "single=" in gains.answer and "SHARED_BOTTOM" not in gains.answer
+    review = build_review({"tasks": pd.DataFrame()}, [], "Yes: ...", None)
+    assert "SHARED_BOTTOM" in next(a for a in review.answers if a.key == "gains").answer
+
+
+def test_regression_outputs_have_no_share_outside_0_1() -> None:
+    torch.manual_seed(0)
+    model = MMoE(4, [TaskSpec("click"), TaskSpec("dwell", "regression")], n_experts=3).eval()
+    rng = np.random.default_rng(1)
+    data = pd.DataFrame(rng.normal(size=(400, 4)).astype("float32"), columns=[f"x{i}" for i in range(4)])
+    data["click"] = (rng.random(400) < 0.3).astype(float)
+    data["dwell"] = rng.normal(5, 2, size=400)
+    row = mi.inspect(model, data).tables["tasks"].set_index("task")["predictions_outside_0_1"]
+    assert row["click"] == 0.0 and math.isnan(row["dwell"])
+
+
+def test_every_task_at_chance_points_at_the_labels_and_names_each_rate() -> None:
+    rates = {"buy": 0.028, "click": 0.246, "like": 0.42}
+    tasks = pd.DataFrame([{"task": t, "kind": "binary", "positive_rate": r} for t, r in rates.items()])
+    chance = [Finding.of(codes.TASK_AT_CHANCE, t, f"Task {t} at chance.", "fix", {}) for t in rates]
+    (story,) = [
+        d for d in build_review({"tasks": tasks}, chance, "Partly: ...").diagnoses if "chance" in d.title
+    ]
+    assert story.causes[0].startswith("labels out of line with the rows")
+    assert "buy 2.8%, click 24.6%, like 42.0% (too few for buy)" in story.causes[1]
+    # one of two tasks at chance: its own rate, training causes first
+    (story,) = [
+        d for d in build_review({"tasks": tasks}, chance[2:], "Partly: ...").diagnoses if "chance" in d.title
+    ]
+    assert story.causes[0].startswith("learning rate") and "42.0%" in story.causes[1]

@@ -1,0 +1,211 @@
+"""Two experts blended by one weight per row are gates: `lerp(l, r, w)`, `(1 - w) * l + w * r` (either order),
+`l + w * (r - l)`, and weights `repeat_interleave`d over concatenated experts. Before, such models came out
+Shared-Bottom ("no gates") and `check` passed them with a collapsed gate: the worst answer this tool can give.
+
+The blend's gate is read as `[1 - w, w]` over `(l, r)` (`GateSpec.two_way`); statistics, findings and causal
+edits (written back as `w`) work on it. Look-alikes (a residual, a constant average, a constant `[B, 1]`
+weight, attention-like products of features) stay gate-less, and a blend whose weight leaves [0, 1] is
+reported as unresolved ("cannot judge"), never as a Shared-Bottom.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from two_expert_models import (
+    BLENDS,
+    N_FEATURES,
+    TWO_WAY,
+    Blend,
+    Extrapolating,
+    LookAlike,
+    SplitWeights,
+    collapse,
+)
+from typer.testing import CliRunner
+
+import mmoe_inspect as mi
+from mmoe_inspect.causal import Ablate, GateIntervention, InterventionError, Replace, run_causal
+from mmoe_inspect.cli.main import app
+from mmoe_inspect.recording.recorder import GateRecorder
+from mmoe_inspect.topology.discovery import discover_topology
+from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
+
+FEATURES = [f"x{i}" for i in range(N_FEATURES)]
+MODELS_FILE = Path(__file__).resolve().parent / "two_expert_models.py"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def frame(rows: int = 1000) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(rows, N_FEATURES)).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] > 0).astype("float64")
+    f["buy"] = (f["x1"] > 0.5).astype("float64")
+    return f
+
+
+def input_fn(d: pd.DataFrame) -> torch.Tensor:
+    return torch.tensor(d[FEATURES].to_numpy())
+
+
+def inspect(model: torch.nn.Module) -> mi.InspectionResult:
+    return mi.inspect(model, frame(), input_fn=input_fn, columns=FEATURES)
+
+
+def example() -> torch.Tensor:
+    return torch.randn(61, N_FEATURES, generator=torch.Generator().manual_seed(2))
+
+
+# ------------------------------------------------------------------------------------------- found
+@pytest.mark.parametrize("form", BLENDS)
+@pytest.mark.parametrize("weight_module", [False, True])
+def test_a_per_row_blend_is_a_gate_and_its_collapse_is_found(form: str, weight_module: bool) -> None:
+    result = inspect(collapse(Blend(form, weight_module)))
+    topo = result.topology
+    assert topo.architecture == "mmoe", topo.notes
+    assert topo.judgeable, [u.line() for u in topo.unresolved]
+    assert {g.task for g in topo.gates} == {"click", "buy"}
+    for g in topo.gates:
+        assert g.experts[:2] == ("left", "right")  # the expert weighted by 1 - w first
+        assert g.two_way == (form in TWO_WAY)
+    assert {f.subject for f in result.findings if f.code == "collapsed_gate"} == {"click"}
+    assert "no gates" not in " ".join(topo.notes).lower()
+
+
+@pytest.mark.parametrize("form", ["lerp", "affine_swapped", "delta", "unsqueezed"])
+def test_the_two_way_gate_reads_one_minus_w_then_w(form: str) -> None:
+    model = collapse(Blend(form))
+    topo = discover_topology(model, example())
+    x = input_fn(frame(64))
+    want = torch.sigmoid(model.weights["buy"](x))
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        got = rec.take().gates["buy"]
+    assert got.shape == (64, 2)
+    torch.testing.assert_close(got, torch.cat([1 - want, want], dim=1))
+
+
+def test_a_blend_whose_weight_leaves_the_unit_interval_cannot_be_judged() -> None:
+    topo = discover_topology(collapse(Extrapolating("lerp")), example())
+    assert topo.gates == () and topo.architecture is None
+    lines = [u.line() for u in topo.unresolved]
+    assert lines and all("per-row two-way mix of two expert outputs" in ln for ln in lines), lines
+    assert all("cannot be read as a gate" in ln and "leaves [0, 1]" in ln for ln in lines), lines
+    assert "two_way = true" in topo.unresolved[0].snippet
+
+
+def test_two_separate_per_row_weights_cannot_be_judged() -> None:
+    topo = discover_topology(SplitWeights().eval(), example())
+    assert topo.gates == () and topo.architecture is None
+    lines = [u.line() for u in topo.unresolved]
+    assert len(lines) == 2 and all("per-row two-way mix" in ln and "separate" in ln for ln in lines), lines
+
+
+def test_slices_of_one_weight_tensor_stay_that_tensor_s_gate() -> None:
+    topo = discover_topology(SplitWeights(sliced=True).eval(), example())
+    assert topo.unresolved == () and {g.task for g in topo.gates} == {"click", "buy"}
+    assert {g.module for g in topo.gates} == {"pairs.click", "pairs.buy"}  # logits softmaxed by the model
+    assert not any(g.two_way for g in topo.gates)
+
+
+# ---------------------------------------------------------------------------------------- not gates
+@pytest.mark.parametrize("form", ["residual", "average", "constant_rows", "per_feature", "features"])
+def test_sums_and_products_that_are_no_per_row_blend_are_not_gates(form: str) -> None:
+    topo = discover_topology(LookAlike(form).eval(), example())
+    assert topo.gates == () and topo.unresolved == (), [u.line() for u in topo.unresolved]
+    assert topo.architecture == "shared_bottom", topo.notes
+
+
+# ------------------------------------------------------------------------------------------- causal
+def test_causal_ablation_on_two_way_gates() -> None:
+    model = collapse(Blend("lerp"))
+    res = run_causal(
+        model, frame(), input_fn=input_fn, columns=FEATURES, analyses=("ablation", "counterfactuals")
+    )
+    assert any("'zero' equals 'renormalize'" in n for n in res.notes), res.notes
+    abl = res.ablation.set_index(["mode", "expert", "task", "metric"])["importance"]
+    # click sits on `right`: removing `left` changes nothing there, removing `right` moves every row
+    assert abs(abl[("renormalize", "left", "click", "logloss")]) < 1e-4
+    assert abs(abl[("renormalize", "right", "click", "logloss")]) > 1e-3
+    assert set(res.counterfactuals["counterfactual"]) >= {"uniform", "mean_gate"}
+
+
+def test_edits_of_a_two_way_gate_write_back_w_or_are_refused() -> None:
+    model = collapse(Blend("affine"))
+    topo = discover_topology(model, example())
+    x = input_fn(frame(32))
+    with torch.inference_mode():
+        left, right = model.left(x), model.right(x)
+        want = torch.sigmoid(model.heads["click"](0.25 * left + 0.75 * right)).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"click": Replace(probs=(0.25, 0.75))}], block_rows=32)
+        torch.testing.assert_close(model(x)["click"], want)
+        iv.plan([{"click": Ablate((True, False))}], block_rows=32)  # renormalize: all on `left`
+        only_left = torch.sigmoid(model.heads["click"](left)).squeeze(1)
+        torch.testing.assert_close(model(x)["click"], only_left)
+        for edit in (Ablate((True, False), "zero"), Replace(probs=(0.2, 0.2))):
+            iv.plan([{"click": edit}], block_rows=32)
+            with pytest.raises(InterventionError, match="cannot be applied through w"):
+                model(x)
+
+
+# --------------------------------------------------------------------------------------------- spec
+def test_a_two_way_gate_survives_the_spec_file_and_is_checked() -> None:
+    topo = discover_topology(collapse(Blend("lerp")), example())
+    again = Topology.from_toml(topo.to_toml())
+    assert [g.two_way for g in again.gates] == [True, True]
+    plain = discover_topology(collapse(Blend("interleaved_softmax")), example())
+    assert plain.gates and "two_way =" not in plain.to_toml()
+    g = topo.gates[0]
+    for bad in ({"experts": ("left", "right", "left")}, {"output": "weights"}):
+        with pytest.raises(TopologyError, match="two_way"):
+            Topology(tasks=topo.tasks, experts=topo.experts, gates=(GateSpec(**{**g.__dict__, **bad}),))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _check(tmp_path: Path, make: Callable[[ModuleType], torch.nn.Module], *extra: str) -> tuple[int, str]:
+    """`check` on a pickled model whose classes come from a copy of `two_expert_models.py` (the test's own
+    import of that file would shadow `--model-code`)."""
+    code = tmp_path / "cli_blends.py"
+    shutil.copy(MODELS_FILE, code)
+    spec = importlib.util.spec_from_file_location("cli_blends", code)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cli_blends"] = module
+    try:
+        spec.loader.exec_module(module)
+        ckpt, data = tmp_path / "model.pt", tmp_path / "eval.parquet"
+        torch.save(make(module), ckpt)
+    finally:
+        del sys.modules["cli_blends"]
+    frame().to_parquet(data)
+    args = ["check", str(ckpt), "--trust-checkpoint", "--model-code", str(code), "--data", str(data)]
+    result = CliRunner().invoke(app, [*args, *extra])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, ANSI.sub("", result.output)
+
+
+def test_cli_check_fails_on_the_collapsed_blend(tmp_path: Path) -> None:
+    code, out = _check(tmp_path, lambda m: m.collapse(m.Blend("delta")), "--fail-on", "collapsed_gate")
+    assert code == 1, out
+    assert "collapsed_gate click" in out and "collapsed_gate buy" not in out
+    assert "no gates" not in out.lower()
+
+
+def test_cli_check_cannot_judge_an_unreadable_blend(tmp_path: Path) -> None:
+    code, out = _check(
+        tmp_path, lambda m: m.collapse(m.Extrapolating("affine")), "--fail-on", "collapsed_gate"
+    )
+    assert code == 4, out
+    assert "per-row two-way mix" in out and "no gates" not in out.lower()

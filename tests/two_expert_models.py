@@ -1,0 +1,200 @@
+"""Hand-written multi-task models that blend TWO experts by one weight per row, and look-alikes that do not.
+
+Module names avoid gate-like words (`gate`, `expert`, ...) on purpose: discovery must find the blend by what
+it does, not by a name. Each task `t` has its own weight `w_t = sigmoid(weight_t(x))` `[B, 1]`;
+`collapse(model)` plants click's weight at ~1 (all on `right`) and leaves buy's varying with the input.
+
+Used by `tests/test_two_expert_mixes.py` (in process, and as `--model-code` for the CLI).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+N_FEATURES = 8
+WIDTH = 6
+TASKS = ("click", "buy")
+
+TWO_WAY = (
+    "lerp",
+    "affine",
+    "affine_swapped",
+    "delta",
+    "minus",
+    "stacked",
+    "python_sum",
+    "unsqueezed",
+    "widened",
+)
+BLENDS = (*TWO_WAY, "interleaved_pair", "interleaved_softmax", "interleaved_blocks", "interleaved_split")
+"""Forms of a per-row mix: `lerp(l, r, w)`; `(1 - w) * l + w * r`; `w * r + (1 - w) * l`; `l + w * (r - l)`;
+`l - w * (l - r)`; `stack([(1 - w) * l, w * r]).sum(0)`; Python's `sum(...)` over the two products;
+a `[B]` weight unsqueezed in the blend, `(1 - w)[:, None] * l + w[:, None] * r`; `w` widened to the experts'
+`[B, D]` by `repeat_interleave` then `(1 - w_d) * l + w_d * r`; `[1 - w, w]` and a 3-way
+softmax repeat_interleaved over the concatenated experts, reshaped and summed; the pair's product summed by
+column blocks (`prod[:, :D] + prod[:, D:]`) and the 3-way one's by `sum(prod.split(D, dim=1))`."""
+
+
+class Blend(nn.Module):
+    """Two (three for `interleaved_softmax`, `interleaved_split`) experts `left`, `right` (`mid`) blended per task as `form` says."""
+
+    def __init__(self, form: str, weight_module: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.left = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
+        self.right = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
+        self.mid = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
+        n_w = 3 if form in ("interleaved_softmax", "interleaved_split") else 1
+        # weight_module: the sigmoid inside a module (read at its output) instead of in forward
+        squash = nn.Softmax(dim=1) if n_w == 3 else nn.Sigmoid()
+        self.weights = nn.ModuleDict(
+            {
+                t: nn.Sequential(nn.Linear(N_FEATURES, n_w), squash)
+                if weight_module
+                else nn.Linear(N_FEATURES, n_w)
+                for t in TASKS
+            }
+        )
+        self.weight_module = weight_module
+        self.heads = nn.ModuleDict({t: nn.Linear(WIDTH, 1) for t in TASKS})
+
+    def weight(self, task: str, x: torch.Tensor) -> torch.Tensor:
+        z = self.weights[task](x)
+        if self.weight_module:
+            return z
+        return torch.softmax(z, dim=1) if z.shape[1] == 3 else torch.sigmoid(z)
+
+    def blend(
+        self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        f = self.form
+        if f == "lerp":
+            return torch.lerp(left, right, w)
+        if f == "affine":
+            return (1 - w) * left + w * right
+        if f == "affine_swapped":
+            return w * right + (1 - w) * left
+        if f == "delta":
+            return left + w * (right - left)
+        if f == "minus":
+            return left - w * (left - right)
+        if f == "stacked":
+            return torch.stack([(1 - w) * left, w * right]).sum(0)
+        if f == "python_sum":
+            return sum(wi * xi for wi, xi in zip([1 - w, w], [left, right], strict=True))
+        if f == "widened":
+            wd = w.repeat_interleave(WIDTH, dim=1)  # [B, D], the same weight in every column
+            return (1 - wd) * left + wd * right
+        if f == "unsqueezed":
+            w = w.squeeze(1)  # [B]
+            return (1 - w)[:, None] * left + w.unsqueeze(1) * right
+        pair = f in ("interleaved_pair", "interleaved_blocks")
+        parts = [left, right] if pair else [left, right, mid]
+        ww = torch.cat([1 - w, w], dim=1) if pair else w  # [B, E]
+        flat = ww.repeat_interleave(WIDTH, dim=1) * torch.cat(parts, dim=1)  # [B, E * D]
+        if f == "interleaved_blocks":
+            return flat[:, :WIDTH] + flat[:, WIDTH : 2 * WIDTH]
+        if f == "interleaved_split":
+            return sum(flat.split(WIDTH, dim=1))
+        return flat.reshape(-1, len(parts), WIDTH).sum(1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right, mid = self.left(x), self.right(x), self.mid(x)
+        out = {}
+        for t in TASKS:
+            h = self.blend(left, right, mid, self.weight(t, x))
+            out[t] = torch.sigmoid(self.heads[t](h)).squeeze(1)
+        return out
+
+
+def collapse(model: Blend) -> Blend:
+    """click's weight ~1 for every row (all on `right`; for the softmax: on its second expert), buy's varying."""
+    with torch.no_grad():
+        for t, lin in ((t, model.weights[t]) for t in TASKS):
+            lin = lin[0] if isinstance(lin, nn.Sequential) else lin
+            if t == "click":
+                lin.weight.zero_()
+                lin.bias.fill_(12.0)
+                if lin.bias.numel() == 3:
+                    lin.bias.copy_(torch.tensor([-12.0, 12.0, -12.0]))
+            else:
+                lin.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
+                lin.bias.zero_()
+    return model.eval()
+
+
+class Extrapolating(Blend):
+    """`lerp(left, right, w)` with `w = 2 * sigmoid(z) - 0.5`, which leaves [0, 1]: not a gate over the two."""
+
+    def weight(self, task: str, x: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.sigmoid(self.weights[task](x)) - 0.5
+
+
+class SplitWeights(Blend):
+    """`sigmoid(z) * left + sigmoid(-z) * right`: two per-row weights of their own, which no tensor holds as a
+    pair; seen but not readable as a gate (unresolved), never a Shared-Bottom. `sliced` takes both from one
+    `[B, 2]` softmax instead (`p[:, 0:1] * left + p[:, 1:2] * right`), which is that tensor's gate."""
+
+    def __init__(self, sliced: bool = False) -> None:
+        super().__init__("lerp")
+        self.sliced = sliced
+        self.pairs = nn.ModuleDict({t: nn.Linear(N_FEATURES, 2) for t in TASKS})
+
+    def blend(
+        self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.left(x), self.right(x)
+        out = {}
+        for t in TASKS:
+            if self.sliced:
+                p = torch.softmax(self.pairs[t](x), dim=1)
+                h = p[:, 0:1] * left + p[:, 1:2] * right
+            else:
+                z = self.weights[t](x)
+                h = torch.sigmoid(z) * left + torch.sigmoid(-z) * right
+            out[t] = torch.sigmoid(self.heads[t](h)).squeeze(1)
+        return out
+
+
+class LookAlike(nn.Module):
+    """Gate-less multi-task models whose forwards hold sums and products that are no per-row blend:
+
+    * `residual`: `h + f(h)` (a residual block over the shared bottom);
+    * `average`: `0.5 * left + 0.5 * right` (a constant average);
+    * `constant_rows`: `lerp(left, right, w)` with `w` a `[B, 1]` constant, computed from no input;
+    * `per_feature`: `(1 - z) * left + z * right` with `z` `[B, D]` (one weight per feature, GRU-style);
+    * `features`: attention-like products of features, `left * right`, `left * sigmoid(score(x))` per
+      feature, and `sigmoid(s) * left + right` (a per-row weight on one term only).
+    """
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.left = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
+        self.right = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
+        self.block = nn.Linear(WIDTH, WIDTH)
+        self.score = nn.Linear(N_FEATURES, WIDTH)
+        self.scalar = nn.Linear(N_FEATURES, 1)
+        self.heads = nn.ModuleDict({t: nn.Linear(WIDTH, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.left(x), self.right(x)
+        if self.form == "residual":
+            h = left + torch.relu(self.block(left))
+        elif self.form == "average":
+            h = 0.5 * left + 0.5 * right
+        elif self.form == "constant_rows":
+            h = torch.lerp(left, right, torch.full((x.shape[0], 1), 0.3))
+        elif self.form == "per_feature":
+            z = torch.sigmoid(self.score(x))  # [B, D]: a weight per feature (GRU-style), not per row
+            h = (1 - z) * left + z * right
+        else:
+            h = left * right + left * torch.sigmoid(self.score(x))
+            h = torch.sigmoid(self.scalar(x)) * h + right
+        return {t: torch.sigmoid(self.heads[t](h)).squeeze(1) for t in TASKS}
