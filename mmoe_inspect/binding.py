@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect.data.call import plain_output
+from mmoe_inspect.data.outputs import task_entry
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import (
     DataError,
@@ -224,25 +225,23 @@ def default_input_fn(model: nn.Module, features: FeatureSpec | None) -> tuple[In
 
 
 def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
-    """Model output (dict, `[batch, T]` tensor, or list/tuple) → `[batch, T]` float predictions in task order;
-    binary tasks given as logits (`TaskSpec.probability` False) through a sigmoid.
+    """Model output (dict, `[batch, T]` tensor, list/tuple, nested: each task's `output` locator) →
+    `[batch, T]` float predictions in task order; binary tasks given as logits (`TaskSpec.probability`
+    False) through a sigmoid.
 
     A fresh tensor; for the usual `[batch]` outputs one op in all (the stack).
     """
     out = plain_output(out)
     cols = []
     for i, t in enumerate(tasks):
-        key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
         try:
-            if isinstance(out, dict):
-                v = out[key]
-            elif isinstance(out, torch.Tensor):
-                v = out[:, int(key)] if out.dim() == 2 else out
-            else:
-                v = out[int(key)]
+            v = task_entry(out, t.output, t.name, i)
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"{type(v).__name__} is not a tensor")
         except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
             from mmoe_inspect.topology._task_outputs import output_error
 
+            key = t.output if t.output is not None else (t.name if isinstance(out, dict) else i)
             raise output_error(t.name, key, out, exc) from None
         if v.requires_grad:
             v = v.detach()

@@ -8,7 +8,7 @@ restores every module's mode.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
-from mmoe_inspect.data.call import plain_output
+from mmoe_inspect.data.outputs import task_entry
 from mmoe_inspect.recording.hooks import HookSession
 from mmoe_inspect.recording.recorder import dense_spec, gate_part, two_way_pair
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
@@ -117,15 +117,9 @@ def expert_norm(out: Tensor, expert: ExpertSpec) -> Tensor:
 
 
 def task_output(out: Any, task: TaskSpec, index: int) -> Tensor:
-    """The task's prediction `[batch, 1]` from the model output (dict, `[batch, T]` tensor, or list/tuple)."""
-    out = plain_output(out)
-    key = task.output if task.output is not None else (task.name if isinstance(out, Mapping) else index)
-    if isinstance(out, Mapping):
-        v = out[key]
-    elif isinstance(out, Tensor):
-        v = out[:, int(key)] if out.dim() == 2 else out
-    else:
-        v = out[int(key)]
+    """The task's prediction `[batch, 1]` from the model output (dict, `[batch, T]` tensor, list/tuple, or
+    nested: `data.outputs.task_entry`)."""
+    v = task_entry(out, task.output, task.name, index)
     return v.reshape(v.shape[0], -1)[:, task.column : task.column + 1].float()
 
 

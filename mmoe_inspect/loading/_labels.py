@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from mmoe_inspect.data.inputs import InputMappingError
+from mmoe_inspect.data.outputs import Locator
 from mmoe_inspect.loading._trials import short
 
 __all__ = ["LABEL_WORDS", "label_for_output", "looks_like_label", "match_outputs"]
@@ -95,7 +96,7 @@ def label_for_output(output: str, columns: Sequence[str]) -> list[str]:
 
 
 def match_outputs(
-    outputs: list[tuple[str | None, str | int | None]],
+    outputs: list[tuple[str | None, Locator]],
     frame: pd.DataFrame,
     numeric: Sequence[str],
     label_map: dict[str, str],

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mmoe_inspect.data.call import call_model, is_two_class, plain_output
+from mmoe_inspect.data.call import call_model, is_two_class
 from mmoe_inspect.data.inputs import (
     INPUT_MODES,
     CollateInputs,
@@ -31,6 +31,7 @@ from mmoe_inspect.data.inputs import (
     InputColumn,
     InputMappingError,
 )
+from mmoe_inspect.data.outputs import TASKS_FIRST_HINT, Locator, find_predictions, names_of, select
 from mmoe_inspect.data.sources import DataError
 from mmoe_inspect.device import model_device, to_device
 from mmoe_inspect.errors import first_line
@@ -276,6 +277,10 @@ def try_all(model: nn.Module, cands: Sequence[Candidate], frame: pd.DataFrame) -
         else:
             if per_row_outputs(t.out, len(frame)) is None:
                 t.problem = f"its output ({_describe_out(t.out)}) holds no per-row prediction"
+                skipped = find_predictions(t.out, len(frame)).skipped
+                hint = next((w for w in skipped if TASKS_FIRST_HINT in w), None)
+                if hint is not None:
+                    t.problem += f": {hint}"
         trials.append(t)
     return trials
 
@@ -317,28 +322,38 @@ class _ReadKeys(dict):
         return super().items()
 
 
-def per_row_outputs(out: Any, batch: int) -> list[tuple[str | None, str | int | None]] | None:
-    """`(name, locator)` of each per-row prediction in `out`, as discovery reads them; None when there is none.
+def per_row_outputs(out: Any, batch: int) -> list[tuple[str | None, Locator]] | None:
+    """`(name, locator)` of each per-row prediction in `out`, as discovery reads them
+    (`data.outputs.find_predictions`); None when there is none.
 
     `[batch]` → one unnamed output; `[batch, T]` → T unnamed columns; a dict → its `[batch]` /
-    `[batch, 1]` entries by key; a list/tuple → its `[batch]` / `[batch, 1]` entries by position.
+    `[batch, 1]` entries by key; a list/tuple → its `[batch]` / `[batch, 1]` entries by position; nested
+    containers are walked and entries without the batch axis (an auxiliary loss) left out.
     """
+    found = find_predictions(out, batch).found
+    return [(n, p.loc) for n, p in zip(names_of(found), found, strict=True)] or None
 
-    def per_row(v: Any) -> bool:
-        return isinstance(v, torch.Tensor) and v.ndim in (1, 2) and v.shape[0] == batch and v.numel() == batch
 
-    out = plain_output(out)
-    found: list[tuple[str | None, str | int | None]] = []
-    if isinstance(out, torch.Tensor):
-        if out.ndim == 1 and out.shape[0] == batch:
-            found.append((None, None))
-        elif out.ndim == 2 and out.shape[0] == batch:
-            found.extend((None, j) for j in range(out.shape[1]))
-    elif isinstance(out, Mapping):
-        found.extend((str(k), k) for k, v in out.items() if per_row(v) or is_two_class(v, batch))
-    elif isinstance(out, list | tuple):
-        found.extend((None, j) for j, v in enumerate(out) if per_row(v) or is_two_class(v, batch))
-    return found or None
+def trial_outputs(
+    model: nn.Module, trial: Trial, frame: pd.DataFrame
+) -> list[tuple[str | None, Locator]] | None:
+    """`per_row_outputs` of the trial that ran, less the entries whose length only matched the number of trial
+    rows by chance: a `[E]` load vector returned next to the predictions is `[batch]`-shaped when `E` equals
+    the rows of the trial. One more forward on one row fewer tells them apart; the entries whose length does
+    not follow the rows are left out. When that forward fails, the first answer stands."""
+    outs = per_row_outputs(trial.out, len(frame))
+    if outs is None or len(frame) < 2:
+        return outs
+    fewer = frame.iloc[: len(frame) - 1]
+    try:
+        x = to_device(trial.candidate.fn(fewer), model_device(model))
+        with left_as_found(model):
+            again = per_row_outputs(call_model(model, x), len(fewer))
+    except Exception:  # the model's own code (a fixed batch size, say): keep the first answer
+        return outs
+    follow = {loc for _, loc in again or ()}
+    kept = [o for o in outs if o[1] in follow]
+    return kept or outs
 
 
 def _describe_out(out: Any) -> str:
@@ -368,10 +383,8 @@ def _same(a: Any, b: Any, batch: int) -> bool:
     return True
 
 
-def _pick_output(out: Any, loc: str | int | None) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out if loc is None else out[:, int(loc)]
-    v = out[loc]
+def _pick_output(out: Any, loc: Locator) -> torch.Tensor:
+    v = select(out, loc)
     return v[:, 1] if is_two_class(v, v.shape[0]) else v.reshape(-1)
 
 
@@ -450,10 +463,13 @@ def _failure(
             f"[{quote}]; name its input columns with --features a,b,c (a column must be named like the key) "
             "or pass --collate module:function"
         )
-    if all(t.problem is not None for t in trials):
+    ran = [t for t in trials if t.problem is not None]
+    if ran and (
+        telling is None or len(ran) == len(trials)
+    ):  # it ran; the others were the wrong kind of input
         return InputMappingError(
-            f"{cls} ran on the data ({tried}) but {trials[0].problem}; name the outputs with a --collate "
-            "module:function wrapper or write a spec (topology --write)"
+            f"{cls} ran on the data ({ran[0].candidate.form}) but {ran[0].problem}; return per-task "
+            "predictions (a dict, a tuple or list of [batch] tensors, or a [batch, n_tasks] tensor)"
         )
     forms = list(dict.fromkeys(t.candidate.form for t in trials))
     if (

@@ -66,9 +66,9 @@ from mmoe_inspect.loading._trials import (
     Trial,
     candidates,
     cls_name,
-    per_row_outputs,
     pick,
     short,
+    trial_outputs,
     try_all,
 )
 
@@ -180,7 +180,7 @@ def bind_inputs(
             hinted = [*hinted, *binary]
             held_out = binary
         hinted = [c for c in hinted if c not in fed_back]
-    outputs = per_row_outputs(winner.out, len(frame))
+    outputs = trial_outputs(model, winner, frame)
     assert outputs is not None  # pick only returns trials with per-row predictions
     tasks_out, labels_out, label_notes, matched = match_outputs(
         outputs, frame, numeric, label_map, given_tasks, declared, known + hinted,

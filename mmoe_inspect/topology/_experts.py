@@ -8,6 +8,9 @@ down to module outputs. Outcomes, per expert:
 * no module output (computed inline from parameters in some module's forward): `module=None`,
   named `"<module>.expert[i]"`.
 
+A pick along another axis than the experts' (`ex[:, :, t]` of experts that emit one value per task
+`[B, E, T]`) is looked through: the experts are the same modules for every task's gate.
+
 It refuses (returns a reason string) when the "experts" are embedding lookups, raw inputs, a
 position-wise module over a set/sequence, or parameter-free products: those are attention over
 features, not a mixture of experts.
@@ -20,8 +23,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mmoe_inspect.topology._graphops import map_axis, norm_dim, selection, view_parent
-from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Ref
+from mmoe_inspect.topology._graphops import map_axis, norm_dim, picks_of, selection, view_parent
+from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Node, Ref
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
 
@@ -36,6 +39,21 @@ class ExpertRef:
     parent: str | None
     order: tuple[int, int]
     calls: int = 1
+
+
+def _across(graph: Graph, node: Node, axis: int | None) -> tuple[int, int] | None:
+    """(input node, the expert axis there) when `node` picks positions along an axis other than the expert
+    axis `axis`: experts that emit one value per task `[B, E, T]` mixed per task as `ex[:, :, t]` (or
+    `ex.unbind(2)`, `ex[..., :H]`) are the same experts for every task, each gate reading its part."""
+    if axis is None:
+        return None
+    got = picks_of(graph, node)
+    if got is None:
+        return None
+    src, pax, _, kept = got
+    if kept:
+        return None if pax == axis else (src, axis)
+    return src, axis if axis < pax else axis + 1
 
 
 class ExpertTracer:
@@ -64,6 +82,10 @@ class ExpertTracer:
                 if isinstance(whole, str) or len(picks) != k:
                     return whole if isinstance(whole, str) else f"selects {len(picks)} of {k} experts"
                 return [whole[i] for i in picks]
+            across = _across(g, node, ax)
+            if across is not None:  # a pick on another axis: the same experts, a part of each output
+                cur, ax = across
+                continue
             p = view_parent(g, node)
             if p is None:
                 break

@@ -205,6 +205,20 @@ def selection(graph: Graph, node: Node, axis: int | None) -> tuple[int, int, lis
     of `split`/`chunk`/`unbind`. `axis` is the tracked axis of `node` (None when `node` holds one
     expert whose axis was indexed away).
     """
+    got = picks_of(graph, node)
+    if got is None:
+        return None
+    src, pax, picks, kept = got
+    if axis is None and kept and len(picks) != 1:
+        return None
+    if axis is not None and (not kept or axis != pax):
+        return None
+    return src, pax, picks
+
+
+def picks_of(graph: Graph, node: Node) -> tuple[int, int, list[int], bool] | None:
+    """What `selection` reads, whatever the tracked axis: (input node, input axis, positions, whether the
+    axis is kept: False when an integer index dropped it)."""
     if not node.args or not isinstance(node.args[0], Ref):
         return None
     src = node.args[0].node
@@ -219,6 +233,14 @@ def selection(graph: Graph, node: Node, axis: int | None) -> tuple[int, int, lis
     if op == "getitem":
         index = node.args[1] if len(node.args) > 1 else None
         items = list(index) if isinstance(index, tuple) else [index]
+        if any(
+            i is Ellipsis for i in items
+        ):  # `x[..., t]`: the ellipsis is as many whole axes as it stands for
+            fill = len(shape) - (len(items) - 1)
+            if sum(i is Ellipsis for i in items) > 1 or any(i is None for i in items) or fill < 0:
+                return None
+            k = next(j for j, i in enumerate(items) if i is Ellipsis)
+            items = items[:k] + [slice(None)] * fill + items[k + 1 :]
         while items and _full(items[-1]):
             items.pop()
         if not items or any(not _full(i) for i in items[:-1]):
@@ -263,9 +285,4 @@ def selection(graph: Graph, node: Node, axis: int | None) -> tuple[int, int, lis
         picks = list(range(start, start + node.shape[pax]))
     if picks is None or pax is None or not picks:
         return None
-    kept = len(node.shape) == len(shape)
-    if axis is None and kept and len(picks) != 1:
-        return None
-    if axis is not None and (not kept or axis != pax):
-        return None
-    return src, pax, picks
+    return src, pax, picks, len(node.shape) == len(shape)

@@ -17,9 +17,10 @@ seen in public multi-task code:
 * sparse top-k dispatch: the experts' outputs on their own rows, concatenated, multiplied by the
   weights gathered from `W` for those rows and scattered back with `index_add`/`scatter_add`;
 * fused gates (`Mixture.fused`): `W` holds the gates of T tasks at once, `[B, T, E] @ [B, E, D]` (or
-  `[B, D, E] @ [B, E, T]`), `(W[..., None] * X[:, None]).sum(expert axis)`, or an einsum whose `W`
-  carries a letter of its own that the output keeps; each gate is read as its slice
-  of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output;
+  `[B, D, E] @ [B, E, T]`), `(W[..., None] * X[:, None]).sum(expert axis)`, `(W * X).sum(expert axis)`
+  with experts that emit one value per gate `X: [B, T, E]`, or an einsum whose `W` carries a letter of
+  its own that the output keeps (or shares only with such experts, `bte,bet->bt`); each gate is read
+  as its slice of `W` (`GateSpec.part_dim`), its mixture as the same slice of the output;
 * two-way blends (`Mixture.two_way`): two experts mixed by one per-row weight `w` (`[B, 1]`, e.g. a
   sigmoid), `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` (either order) or `x0 + w * (x1 - x0)`:
   a gate `[1 - w, w]` over `(x0, x1)` that no tensor of the forward holds (see `_two_way`);
@@ -203,6 +204,10 @@ def _mul(graph: Graph, node: Node) -> list[Mixture]:
             )
             if len(others) == 2:
                 own = [i for i in others if gs[i] != batch and xs[i] == 1 and 2 <= gs[i] <= MAX_FUSED]
+                if not own:  # experts that emit one value per gate `[B, T, E]`: gate t mixes slice t
+                    own = [i for i in others if gs[i] != batch and xs[i] == gs[i] and 2 <= gs[i] <= MAX_FUSED]
+                    if sum(1 for v in xs if v != 1) != 3:
+                        own = []  # values with a feature axis besides: attention heads, not per-task experts
                 if len(own) == 1:
                     fax = own[0]
                     others = [i for i in others if i != fax]
@@ -425,7 +430,10 @@ def _einsum(graph: Graph, node: Node) -> list[Mixture]:
             fused = None  # a letter of the weights' own that the output keeps: several gates at once
             if len(rest) == 2:
                 own = [c for c in rest if size[c] != batch and c in rhs and 2 <= size[c] <= MAX_FUSED]
-                if len(own) == 1 and all(own[0] not in x for x in subs[:i] + subs[i + 1 :]):
+                shared = [x for x in subs[:i] + subs[i + 1 :] if own and own[0] in x]
+                # `bte,bet->bt`: experts that emit one value per gate (no feature letter), gate t mixes slice t
+                aligned = len(subs) == 2 and all({c for c in x if size[c] != 1} == set(gsub) for x in shared)
+                if len(own) == 1 and (not shared or aligned):
                     fused = own[0]
                     rest = [c for c in rest if c != fused]
             if len(rest) > 1:

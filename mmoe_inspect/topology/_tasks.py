@@ -9,8 +9,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmoe_inspect.data.call import is_two_class, plain_output
-from mmoe_inspect.topology._graphops import norm_dim, view_parent
+from mmoe_inspect.data.call import plain_output
+from mmoe_inspect.data.outputs import (
+    TASKS_FIRST_HINT,
+    Locator,
+    Prediction,
+    find_predictions,
+    names_of,
+    tasks_first,
+)
+from mmoe_inspect.topology._graphops import norm_dim, picks_of, view_parent
 from mmoe_inspect.topology._trace import Graph, Ref
 from mmoe_inspect.topology.spec import TaskKind, TaskSpec, TopologyError
 
@@ -27,25 +35,24 @@ class TaskOutput:
     """One task's prediction `[batch]` (grad-connected), where it sits in the output, and its node."""
 
     name: str
-    output: str | int | None
+    output: Locator
     tensor: torch.Tensor
     node: int | None
     column: int = 0
 
 
-def _per_row(t: Any, batch: int) -> bool:
-    """A prediction per row: `[batch]` or `[batch, 1]`."""
-    return isinstance(t, torch.Tensor) and t.ndim in (1, 2) and t.shape[0] == batch and t.numel() == batch
-
-
 def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
-    """The node producing column `col` of a `[batch, T]` output built by `cat(..., dim=1)`."""
+    """The node producing column `col` of a `[batch, T]` output built by `cat(..., dim=1)` (or
+    `stack(..., dim=1)` of `[batch]` predictions)."""
     if idx is None:
         return None
     node = graph.nodes[idx]
-    if node.op != "cat" or norm_dim(node.arg(1, "dim", 0), node.ndim) != 1:
+    if node.op not in ("cat", "stack") or norm_dim(node.arg(1, "dim", 0), node.ndim) != 1:
         return None
     seq = node.arg(0, "tensors")
+    if node.op == "stack":
+        part = seq[col] if isinstance(seq, (list, tuple)) and col < len(seq) else None
+        return part.node if isinstance(part, Ref) else None
     start = 0
     for r in seq if isinstance(seq, (list, tuple)) else ():
         if not isinstance(r, Ref):
@@ -58,50 +65,58 @@ def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
     return None
 
 
+def _prediction_node(graph: Graph, p: Prediction) -> int | None:
+    """The node that made prediction `p`: its own tensor's, or, for a column of a `[batch, T]` entry, the
+    `cat`/`stack` part that made that column (the entry's own node when a sigmoid made every column at once:
+    each column ends in that sigmoid)."""
+    if p.entry is None:
+        return None
+    node = graph.current.get(id(p.entry))
+    if p.entry.ndim == 2 and p.entry.shape[1] > 1 and not p.column:
+        step = p.loc[-1] if isinstance(p.loc, tuple) else p.loc
+        col = _column_node(graph, node, int(step)) if isinstance(step, int) else None
+        if col is None and node is not None and graph.nodes[node].op == "sigmoid":
+            return node
+        return col
+    return node
+
+
 def parse_outputs(
     graph: Graph, out: Any, names: Sequence[str] | None, model: nn.Module, notes: list[str]
 ) -> tuple[list[TaskOutput], bool]:
-    """Per-task predictions of `out`; returns them and whether task names were invented (task_0...)."""
+    """Per-task predictions of `out` (`data.outputs.find_predictions`: nested containers walked, entries
+    without the batch axis such as an aux loss left out with a note); returns them and whether task names
+    were invented (task_0...)."""
     batch = graph.batch_size
-    out = plain_output(out)
-    found: list[tuple[str | None, str | int | None, torch.Tensor, int | None]] = []
-    columns: dict[int, int] = {}  # found index -> column of a two-class entry
-    if isinstance(out, torch.Tensor):
-        node = graph.current.get(id(out))
-        if out.ndim == 1 and out.shape[0] == batch:
-            found.append((None, None, out, node))
-        elif out.ndim == 2 and out.shape[0] == batch:
-            for j in range(out.shape[1]):
-                found.append((None, j, out[:, j], _column_node(graph, node, j)))
-        else:
-            raise TopologyError(
-                f"model output has shape {list(out.shape)}; expected [batch] or [batch, n_tasks]"
-            )
-    elif isinstance(out, Mapping):
-        for key, v in out.items():
-            if _per_row(v, batch):
-                found.append((str(key), key, v.reshape(-1), graph.current.get(id(v))))
-            elif is_two_class(v, batch):
-                found.append((str(key), key, v[:, 1], graph.current.get(id(v))))
-                columns[len(found) - 1] = 1
-            else:
-                shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                notes.append(f"output {key!r} ({shape}) is not one prediction per row; not a task")
-    elif isinstance(out, (list, tuple)):
-        for j, v in enumerate(out):
-            if _per_row(v, batch):
-                found.append((None, j, v.reshape(-1), graph.current.get(id(v))))
-            elif is_two_class(v, batch):
-                found.append((None, j, v[:, 1], graph.current.get(id(v))))
-                columns[len(found) - 1] = 1
-            else:
-                shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                notes.append(f"output position {j} ({shape}) is not one prediction per row; not a task")
-    if not found:
+    plain = plain_output(out)
+    if isinstance(plain, torch.Tensor) and not (plain.ndim in (1, 2) and plain.shape[0] == batch):
+        hint = f" ({TASKS_FIRST_HINT})" if tasks_first(plain, batch) else ""
         raise TopologyError(
-            f"could not find per-task predictions in the model output ({type(out).__name__}); "
-            "expected a dict of [batch] tensors, a [batch, n_tasks] tensor or a list of [batch] tensors"
+            f"model output has shape {list(plain.shape)}; expected [batch] or [batch, n_tasks]{hint}"
         )
+    res = find_predictions(plain, batch)
+    for what in res.skipped:
+        notes.append(f"{what} is not one prediction per row; not a task")
+    notes.extend(res.notes)
+    if res.ignored and res.found:
+        notes.append(
+            f"ignored {len(res.ignored)} output entr{'y' if len(res.ignored) == 1 else 'ies'} without the batch "
+            f"axis (an auxiliary loss or statistic, never a task): {', '.join(res.ignored)}"
+        )
+    if not res.found:
+        first = next((w for w in res.skipped if TASKS_FIRST_HINT in w), None)
+        if first is not None:
+            raise TopologyError(f"the model output holds no per-row prediction: {first}")
+        raise TopologyError(
+            f"could not find per-task predictions in the model output ({type(plain).__name__}); "
+            "expected a dict of [batch] tensors, a [batch, n_tasks] tensor or a list of [batch] tensors"
+            " (nested, or next to an auxiliary loss, is fine)"
+        )
+    keys = names_of(res.found)
+    found = [
+        (key, p.loc, p.tensor, _prediction_node(graph, p)) for key, p in zip(keys, res.found, strict=True)
+    ]
+    columns = {i: p.column for i, p in enumerate(res.found) if p.column}
     invented = False
     if names is not None:
         names = [str(n) for n in names]
@@ -173,7 +188,8 @@ def _ends_in_sigmoid(graph: Graph, idx: int | None, depth: int = 0) -> bool:
         if node.op == "mul" and depth < 4:
             refs = [a.node for a in node.args if isinstance(a, Ref)]
             return len(refs) == 2 and all(_ends_in_sigmoid(graph, r, depth + 1) for r in refs)
-        idx = view_parent(graph, node)
+        picked = picks_of(graph, node)  # a column of a sigmoid's output (`y[:, 0]` of `sigmoid([B, T])`)
+        idx = view_parent(graph, node) if picked is None else picked[0]
     return False
 
 

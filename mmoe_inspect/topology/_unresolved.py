@@ -87,6 +87,8 @@ def unexplained_softmaxes(
         dim = softmax_dim(s.args, s.kwargs, s.ndim)
         if dim is None or not 2 <= s.shape[dim] <= 1024:
             continue
+        if feeds(graph, s.idx, gate_weights):
+            continue  # a found gate's weights (a fused `[B, T, E]` softmax too), or part of them
         axis = gate_axis(s.shape, dim, graph.batch_size)
         if axis is None and not (s.ndim == 1 and dim == 0):
             # attention maps [B, H, L, L] and other multi-axis softmaxes weight no set of per-row experts
@@ -94,8 +96,6 @@ def unexplained_softmaxes(
                 f"{list(s.shape)} in {node_where(graph, s.idx)} (an attention map over several axes)"
             )
             continue
-        if feeds(graph, s.idx, gate_weights):
-            continue  # part of a found gate's weights (noisy top-k, masks, renormalisation)
         below = graph.descendants(s.idx)
         where = node_where(graph, s.idx)
         judged = [why for m, why in rejected if m.weights in below]

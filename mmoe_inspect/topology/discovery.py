@@ -30,7 +30,7 @@ parameter, buffer or `.grad` touched.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mmoe_inspect._plural import plural
-from mmoe_inspect.data.call import plain_output
+from mmoe_inspect.data.outputs import select
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._gates import (
     Gate,
@@ -481,6 +481,8 @@ def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
     """Nodes holding the task predictions (and the output tensor they were sliced from)."""
     found = {o.node for o in outputs if o.node is not None}
     for t in iter_tensors(out):
+        if not (t.ndim and t.shape[0] == graph.batch_size):
+            continue  # no batch axis (an auxiliary loss): never a task output
         idx = graph.current.get(id(t))
         if idx is not None:
             found.add(idx)
@@ -489,17 +491,15 @@ def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
 
 def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
     """Task `o`'s prediction in a second run's output `out` (same structure as the traced one)."""
-    out = plain_output(out)
     try:
-        if isinstance(out, torch.Tensor):
-            return out if o.output is None else out[:, o.output]
-        v = out[o.output] if isinstance(out, (Mapping, list, tuple)) else None  # type: ignore[index]
-        if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] > 1:
-            return v[:, o.column]
-        return v
-    except (KeyError, IndexError, TypeError):
+        v = select(out, o.output)
+    except (KeyError, IndexError, TypeError, ValueError):
         return None
-    return None
+    if not isinstance(v, torch.Tensor):
+        return None
+    if v.dim() == 2 and v.shape[1] > 1:
+        return v[:, o.column]
+    return v
 
 
 def validate_topology(model: nn.Module, topology: Topology) -> None:

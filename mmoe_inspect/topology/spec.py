@@ -59,14 +59,16 @@ class TaskSpec:
     """One prediction target.
 
     `output` locates the prediction in the model's output: a dict key, a column index of a
-    `[batch, n_tasks]` tensor, or a position in a list/tuple. `label` is the data column holding
+    `[batch, n_tasks]` tensor, or a position in a list/tuple; for a nested output (predictions next to an
+    auxiliary loss, `((p_click, p_buy), aux)` or `{"preds": {...}, "aux": aux}`) the tuple of those steps
+    from the outside in, `(0, 1)` or `("preds", "click")` (a list in a spec file). `label` is the data column holding
     the target (defaults to the task name). `probability` says whether the output is already a
     probability (binary tasks of both real libraries and our models) rather than a logit.
     """
 
     name: str
     kind: TaskKind = "binary"
-    output: str | int | None = None
+    output: str | int | tuple[str | int, ...] | None = None
     label: str | None = None
     probability: bool = True
     column: int = (
@@ -76,6 +78,13 @@ class TaskSpec:
     @property
     def label_column(self) -> str:
         return self.label if self.label is not None else self.name
+
+
+def _output_steps(task: Any) -> Any:
+    """A spec file's task table with a list `output` (the steps into a nested output) made a tuple."""
+    if isinstance(task, dict) and isinstance(task.get("output"), list):
+        return {**task, "output": tuple(task["output"])}
+    return task
 
 
 @dataclass(frozen=True)
@@ -371,10 +380,14 @@ class Topology:
             if e.owner != "shared" and e.owner not in names:
                 raise TopologyError(f"expert {e.name!r} is owned by unknown task {e.owner!r}")
         for t in self.tasks:
+            steps = t.output if isinstance(t.output, tuple) else (t.output,)
             if t.output is not None and (
-                isinstance(t.output, bool) or not isinstance(t.output, (str, numbers.Integral))
+                not steps
+                or any(isinstance(k, bool) or not isinstance(k, (str, numbers.Integral)) for k in steps)
             ):
-                raise TopologyError(f"task {t.name!r}: output must be a key (text) or an index (integer)")
+                raise TopologyError(
+                    f"task {t.name!r}: output must be a key (text), an index (integer) or a list of them"
+                )
             if t.kind not in ("binary", "regression"):
                 raise TopologyError(f"task {t.name!r}: kind must be 'binary' or 'regression', not {t.kind!r}")
         _check_contradictions(self)
@@ -418,7 +431,7 @@ class Topology:
                 f"spec version {version} is not supported (this mmoe-inspect reads version {SPEC_VERSION})"
             )
         try:
-            tasks = tuple(TaskSpec(**t) for t in data.get("tasks", []))
+            tasks = tuple(TaskSpec(**_output_steps(t)) for t in data.get("tasks", []))
             experts = tuple(ExpertSpec(**e) for e in data.get("experts", []))
             gates = tuple(
                 GateSpec(**{**g, "experts": tuple(g.get("experts", ()))}) for g in data.get("gates", [])
