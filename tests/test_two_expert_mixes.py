@@ -29,6 +29,7 @@ from two_expert_models import (
     Blend,
     Extrapolating,
     LookAlike,
+    SkipInExpert,
     SplitWeights,
     collapse,
 )
@@ -119,11 +120,32 @@ def test_slices_of_one_weight_tensor_stay_that_tensor_s_gate() -> None:
 
 
 # ---------------------------------------------------------------------------------------- not gates
-@pytest.mark.parametrize("form", ["residual", "average", "constant_rows", "per_feature", "features"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "residual",
+        "average",
+        "constant_rows",
+        "per_feature",
+        "features",
+        "highway",
+        "gru",
+        "gated_residual",
+        "tanh_residual",
+    ],
+)
 def test_sums_and_products_that_are_no_per_row_blend_are_not_gates(form: str) -> None:
     topo = discover_topology(LookAlike(form).eval(), example())
     assert topo.gates == () and topo.unresolved == (), [u.line() for u in topo.unresolved]
     assert topo.architecture == "shared_bottom", topo.notes
+
+
+def test_a_gated_skip_inside_one_expert_is_part_of_that_expert() -> None:
+    topo = discover_topology(SkipInExpert().eval(), example())
+    assert topo.unresolved == (), [u.line() for u in topo.unresolved]
+    assert topo.architecture == "mmoe" and {g.task for g in topo.gates} == {"click", "buy"}
+    assert not any(g.two_way for g in topo.gates)
+    assert all(g.experts == ("experts.0", "experts.1", "experts.2") for g in topo.gates)
 
 
 # ------------------------------------------------------------------------------------------- causal
@@ -209,3 +231,10 @@ def test_cli_check_cannot_judge_an_unreadable_blend(tmp_path: Path) -> None:
     )
     assert code == 4, out
     assert "per-row two-way mix" in out and "no gates" not in out.lower()
+
+
+@pytest.mark.parametrize("form", ["highway", "gated_residual"])
+def test_cli_check_passes_a_gate_less_highway(tmp_path: Path, form: str) -> None:
+    code, out = _check(tmp_path, lambda m: m.LookAlike(form, saturated=True).eval(), "--fail-on", "critical")
+    assert code == 0, out
+    assert "collapsed_gate" not in out and "no gates" in out.lower()

@@ -844,6 +844,31 @@ def _from_input(graph: Graph, idx: int, limit: int = 4096) -> bool:
     return False
 
 
+def _computed_from(graph: Graph, late: int, early: int, limit: int = 100_000) -> bool:
+    """Whether node `late` is computed (transitively) from node `early` (nodes are in forward order, so the
+    walk back from `late` stops at nodes made before `early`)."""
+    if late == early:
+        return True
+    seen = {late}
+    todo = [late]
+    while todo and len(seen) < limit:
+        for p in graph.nodes[todo.pop()].parents:
+            if p == early:
+                return True
+            if p > early and p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return False
+
+
+def _one_from_other(graph: Graph, a: int, b: int) -> bool:
+    """Whether one of two blended tensors is computed from the other: `t * f(h) + (1 - t) * h` (a highway
+    layer), `(1 - z) * h + z * cand(h)` (a GRU step), `h + s * (f(h) - h)` (a gated residual). Two experts are
+    two branches of the same input, neither made from the other."""
+    early, late = (a, b) if a < b else (b, a)
+    return _computed_from(graph, late, early)
+
+
 def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, Ref, tuple[int, int]] | None:
     """(weight, expert, axes) when node `idx` is a product `weight * expert` with one weight per row."""
     node = graph.nodes[idx]
@@ -951,7 +976,12 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
                     ((x0.node, None), (pb[1].node, None)),
                     2,
                 )
-                if _base(graph, x0.node) != _base(graph, pb[1].node) and _from_input(graph, pb[0].node):
+                apart = _base(graph, x0.node) != _base(graph, pb[1].node)
+                if (
+                    apart
+                    and _from_input(graph, pb[0].node)
+                    and not _one_from_other(graph, x0.node, pb[1].node)
+                ):
                     return [replace(m, two_way=True, split=True)]
         for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
             if found is not None or prod is None or node.op == "sum":
@@ -970,7 +1000,7 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     if found is None:
         return []
     w, x0, x1, (w_axis, w_batch), combine, arg = found
-    if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w):
+    if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w) or _one_from_other(graph, x0, x1):
         return []
     return [Mixture(combine, node.idx, w, w_axis, w_batch, ((x0, None), (x1, None)), 2, arg, two_way=True)]
 

@@ -213,6 +213,7 @@ def _describe_gates(
     for mix in mixtures:
         readings.setdefault(mix.combine, []).append(mix)
     done_outputs: set[int] = set()
+    unread_blends: list[tuple[int, Unresolved]] = []  # (blend output, its unresolved item)
     for combine in sorted(readings):
         for mix in sorted(readings[combine], key=lambda m: gate_score(graph, m)):
             if mix.output in done_outputs:
@@ -255,6 +256,7 @@ def _describe_gates(
                 if isinstance(found, str):  # seen, not readable: never a silent Shared-Bottom
                     rejected.append((mix, found))
                     unresolved.append(two_way_unresolved(graph, mix, found, tasks))
+                    unread_blends.append((mix.output, unresolved[-1]))
                     done_outputs.add(mix.output)
                     break
             else:
@@ -297,6 +299,17 @@ def _describe_gates(
             f"a weighted combination in {node_where(graph, g.mixture_output)} builds another gate's weights "
             "(part of that gate's computation, e.g. selectors); not a gate of its own"
         )
+    # a two-way blend inside one expert of another gate (a gated skip among that expert's layers) is part of
+    # that expert, not routing between the model's experts
+    for g in [g for g in gates if g.loc.two_way and _inside_expert(graph, g.mixture_output, gates)]:
+        gates.remove(g)
+        notes.append(
+            f"a two-way blend in {node_where(graph, g.mixture_output)} is inside expert "
+            f"{_inside_expert(graph, g.mixture_output, gates)} (a gated skip in its layers); not a gate of its own"
+        )
+    for out, item in unread_blends:
+        if _inside_expert(graph, out, gates):
+            unresolved.remove(item)
     for g in gates:
         loc = g.loc
         if loc.op is not None:
@@ -454,6 +467,22 @@ def _gate_of(
         experts=experts,
         out_part=out_part,
     )
+
+
+def _inside_expert(graph: Graph, idx: int, gates: Sequence[Gate]) -> str | None:
+    """The expert module of one of `gates` that node `idx` is computed inside (None: no such expert)."""
+    where = graph.nodes[idx].module
+    if where is None:
+        return None
+    for h in gates:
+        for e in h.experts:
+            if (
+                e.module
+                and h.mixture_output != idx
+                and (where == e.module or where.startswith(e.module + "."))
+            ):
+                return e.module
+    return None
 
 
 def _signed_rows(graph: Graph, mix: Mixture) -> bool:
