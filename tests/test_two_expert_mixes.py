@@ -181,6 +181,29 @@ def test_edits_of_a_two_way_gate_write_back_w_or_are_refused() -> None:
                 model(x)
 
 
+def test_edits_of_a_bf16_two_way_gate_are_applied() -> None:
+    model = collapse(Blend("lerp")).to(torch.bfloat16)
+    x = input_fn(frame(32)).to(torch.bfloat16)
+    topo = discover_topology(model, example().to(torch.bfloat16))
+    with torch.inference_mode():
+        left, right = model.left(x), model.right(x)
+        want = torch.sigmoid(model.heads["buy"](torch.lerp(left, right, 0.9))).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"buy": Replace(probs=(0.1, 0.9))}], block_rows=32)
+        torch.testing.assert_close(model(x)["buy"], want, atol=2e-2, rtol=0)
+        iv.plan([{"buy": Ablate((False, True))}], block_rows=32)  # renormalize: all on `right`
+        only_right = torch.sigmoid(model.heads["buy"](right)).squeeze(1)
+        torch.testing.assert_close(model(x)["buy"], only_right)
+    res = run_causal(
+        model,
+        frame(),
+        input_fn=lambda d: input_fn(d).to(torch.bfloat16),
+        columns=FEATURES,
+        analyses=("ablation",),
+    )
+    assert set(res.ablation["expert"]) == {"left", "right"}
+
+
 # --------------------------------------------------------------------------------------------- spec
 def test_a_two_way_gate_survives_the_spec_file_and_is_checked() -> None:
     topo = discover_topology(collapse(Blend("lerp")), example())

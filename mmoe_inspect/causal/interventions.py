@@ -300,7 +300,10 @@ class GateIntervention(HookSession):
             ):
                 raise InterventionError(_TWO_WAY_REFUSED.format(name=spec.name))
             whole = self._tile(out, max(spec.batch_dim, 0)) if shrunk else out
-            pair, sub = two_way_pair(whole, spec)
+            # edited in float32 at least: a half-precision pair [1 - w, w] (or a replacement row) misses 1
+            # by more than the write-back's tolerance; w is derived, then cast back to the model's dtype
+            work = torch.float64 if whole.dtype == torch.float64 else torch.float32
+            pair, sub = two_way_pair(whole.to(work), spec)
             edited = self._edit(sub, pair, shrunk=False)
             if edited is None:
                 return whole if shrunk else None
