@@ -109,7 +109,17 @@ def test_two_separate_per_row_weights_cannot_be_judged() -> None:
     topo = discover_topology(SplitWeights().eval(), example())
     assert topo.gates == () and topo.architecture is None
     lines = [u.line() for u in topo.unresolved]
-    assert len(lines) == 2 and all("per-row two-way mix" in ln and "separate" in ln for ln in lines), lines
+    assert len(lines) == 2 and all("per-row mix of two expert outputs" in ln for ln in lines), lines
+    assert all("each weighted by a weight of its own" in ln and "separate" in ln for ln in lines), lines
+    assert all("two_way" not in u.snippet for u in topo.unresolved)  # [1 - w0, w0] is not their gate
+
+
+def test_three_experts_with_separate_weights_are_one_three_way_mix() -> None:
+    topo = discover_topology(SplitWeights(three=True).eval(), example())
+    assert topo.gates == () and topo.architecture is None
+    lines = [u.line() for u in topo.unresolved if "per-row" in u.line()]
+    assert len(lines) == 2 and all("per-row mix of 3 expert outputs" in ln for ln in lines), lines
+    assert all("two-way" not in ln and "[batch, 3]" in ln for ln in lines), lines
 
 
 def test_slices_of_one_weight_tensor_stay_that_tensor_s_gate() -> None:

@@ -135,12 +135,17 @@ class Extrapolating(Blend):
 class SplitWeights(Blend):
     """`sigmoid(z) * left + sigmoid(-z) * right`: two per-row weights of their own, which no tensor holds as a
     pair; seen but not readable as a gate (unresolved), never a Shared-Bottom. `sliced` takes both from one
-    `[B, 2]` softmax instead (`p[:, 0:1] * left + p[:, 1:2] * right`), which is that tensor's gate."""
+    `[B, 2]` softmax instead (`p[:, 0:1] * left + p[:, 1:2] * right`), which is that tensor's gate; `three`
+    weights three experts by three sigmoids of their own, `w0 * left + w1 * right + w2 * mid`."""
 
-    def __init__(self, sliced: bool = False) -> None:
+    def __init__(self, sliced: bool = False, three: bool = False) -> None:
         super().__init__("lerp")
         self.sliced = sliced
+        self.three = three
         self.pairs = nn.ModuleDict({t: nn.Linear(N_FEATURES, 2) for t in TASKS})
+        self.thirds = nn.ModuleDict(
+            {t: nn.ModuleList(nn.Linear(N_FEATURES, 1) for _ in range(3)) for t in TASKS}
+        )
 
     def blend(
         self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
@@ -148,10 +153,13 @@ class SplitWeights(Blend):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        left, right = self.left(x), self.right(x)
+        left, right, mid = self.left(x), self.right(x), self.mid(x)
         out = {}
         for t in TASKS:
-            if self.sliced:
+            if self.three:
+                w = [torch.sigmoid(lin(x)) for lin in self.thirds[t]]
+                h = w[0] * left + w[1] * right + w[2] * mid
+            elif self.sliced:
                 p = torch.softmax(self.pairs[t](x), dim=1)
                 h = p[:, 0:1] * left + p[:, 1:2] * right
             else:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mmoe_inspect.topology._graphops import find_reduction, map_axis, norm_dim, selection, view_parent
@@ -925,6 +925,50 @@ def _no_zero(graph: Graph, ref: Ref) -> Ref:
     return ref
 
 
+def _summed_on(graph: Graph, node: Node, shape: tuple[int, ...]) -> bool:
+    """Whether node `node`'s only use is an addition of it and one more per-row weighted product."""
+    kids = graph.children[node.idx]
+    if len(kids) != 1 or graph.nodes[kids[0]].op not in ADD_OPS:
+        return False
+    terms = _terms(graph, graph.nodes[kids[0]])
+    if terms is None:
+        return False
+    other = terms[1] if terms[0].node == node.idx else terms[0]
+    return other.node != node.idx and _weighted(graph, other.node, shape) is not None
+
+
+def _split_terms(graph: Graph, ref: Ref, top: bool = True) -> list[Ref]:
+    """The terms of a chain of additions `((t0 + t1) + t2) + ...` (inner sums used only by the next one)."""
+    node = graph.nodes[ref.node]
+    inner = node.op in ADD_OPS and len(graph.children[ref.node]) == 1
+    terms = _terms(graph, node) if top or inner else None
+    if terms is None:
+        return [_no_zero(graph, ref)]
+    return [t for r in terms for t in _split_terms(graph, _no_zero(graph, r), False)]
+
+
+def _split(graph: Graph, node: Node, shape: tuple[int, ...]) -> list[Mixture]:
+    """`w0 * x0 + w1 * x1 (+ ...)`: experts weighted by per-row weights of their own (two sigmoids, `sigmoid(z)`
+    and `sigmoid(-z)`); no tensor holds them together, so it is reported (`Mixture.split`), not read."""
+    terms = _split_terms(graph, Ref(node.idx))
+    prods = [_weighted(graph, t.node, shape) for t in terms]
+    if not 2 <= len(prods) <= MAX_EXPERTS or any(p is None for p in prods):
+        return []
+    ws = [_base(graph, p[0].node) for p in prods]  # type: ignore[index]
+    xs = [p[1].node for p in prods]  # type: ignore[index]
+    bases = [_base(graph, x) for x in xs]
+    if len(set(ws)) != len(ws) or len(set(bases)) != len(bases):
+        return []
+    if not all(_from_input(graph, w) for w in ws):
+        return []
+    if any(_one_from_other(graph, a, b) for i, a in enumerate(xs) for b in xs[i + 1 :]):
+        return []
+    w0, _, axes = prods[0]  # type: ignore[misc]
+    first = min(t.node for t in terms)
+    experts = tuple((x, None) for x in xs)
+    return [Mixture(first, node.idx, w0.node, axes[0], axes[1], experts, len(xs), two_way=True, split=True)]
+
+
 def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
     `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order (also summed as a stack of the two, or by
@@ -963,26 +1007,14 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
                     found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
                     break
             split = found is None and _base(graph, pa[0].node) != _base(graph, pb[0].node)
-            if split and _from_input(graph, pa[0].node):
-                # w0 * x0 + w1 * x1: two per-row weights of their own (two sigmoids, sigmoid(z) and
-                # sigmoid(-z)); no tensor holds the pair, so it is reported, not read
-                w0, x0, axes = pa
-                m = Mixture(
-                    min(a.node, b.node),
-                    node.idx,
-                    w0.node,
-                    axes[0],
-                    axes[1],
-                    ((x0.node, None), (pb[1].node, None)),
-                    2,
-                )
-                apart = _base(graph, x0.node) != _base(graph, pb[1].node)
-                if (
-                    apart
-                    and _from_input(graph, pb[0].node)
-                    and not _one_from_other(graph, x0.node, pb[1].node)
-                ):
-                    return [replace(m, two_way=True, split=True)]
+            if split and node.op != "sum" and _summed_on(graph, node, shape):
+                return []  # a partial sum `w0 * x0 + w1 * x1` of a longer one: read where the sum ends
+            if split:
+                return _split(graph, node, shape)
+        elif any(graph.nodes[t.node].op in ADD_OPS for t in (a, b)) and (pa is not None or pb is not None):
+            longer = _split(graph, node, shape)  # `(w0 * x0 + w1 * x1) + w2 * x2`
+            if longer:
+                return longer
         for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
             if found is not None or prod is None or node.op == "sum":
                 continue

@@ -69,6 +69,7 @@ from mmoe_inspect.topology._unresolved import (
     module_snippet,
     named_like_gates,
     outside_torch,
+    split_weights,
     two_way_unresolved,
     unexplained_softmaxes,
 )
@@ -82,11 +83,6 @@ from mmoe_inspect.topology.spec import (
 __all__ = ["NO_GATES_NOTE", "discover_topology", "validate_topology"]
 
 NO_GATES_NOTE = "no gates found: the model looks like a Shared-Bottom (or dense) multi-task model"
-
-SPLIT_BLEND = (
-    "its two weights are separate per-row tensors (w0 * x0 + w1 * x1), which no one tensor holds; compute them "
-    "as one [batch, 2] tensor (e.g. a softmax) or as w and 1 - w to have the gate read"
-)
 
 # Confidence lost per doubtful finding (the notes say which applied).
 _PENALTY = {
@@ -252,7 +248,7 @@ def _describe_gates(
                     gates.append(gate)
                 break
             if mix.two_way:  # one weight per row blending two experts: the gate [1 - w, w]
-                found = SPLIT_BLEND if mix.split else locate_two_way(graph, mix)
+                found = split_weights(mix.n_experts) if mix.split else locate_two_way(graph, mix)
                 if isinstance(found, str):  # seen, not readable: never a silent Shared-Bottom
                     rejected.append((mix, found))
                     unresolved.append(two_way_unresolved(graph, mix, found, tasks))
