@@ -28,6 +28,8 @@ from two_expert_models import (
     TWO_WAY,
     Blend,
     Extrapolating,
+    FlatWeight,
+    InlineSlices,
     LookAlike,
     SkipInExpert,
     SplitWeights,
@@ -172,8 +174,9 @@ def test_causal_ablation_on_two_way_gates() -> None:
     assert set(res.counterfactuals["counterfactual"]) >= {"uniform", "mean_gate"}
 
 
-def test_edits_of_a_two_way_gate_write_back_w_or_are_refused() -> None:
-    model = collapse(Blend("affine"))
+@pytest.mark.parametrize("form", ["affine", "unsqueezed", "widened"])
+def test_edits_of_a_two_way_gate_write_back_w_or_are_refused(form: str) -> None:
+    model = collapse(Blend(form))
     topo = discover_topology(model, example())
     x = input_fn(frame(32))
     with torch.inference_mode():
@@ -212,6 +215,23 @@ def test_edits_of_a_bf16_two_way_gate_are_applied() -> None:
         analyses=("ablation",),
     )
     assert set(res.ablation["expert"]) == {"left", "right"}
+
+
+def test_a_weight_no_one_tensor_of_which_feeds_both_terms_cannot_be_judged() -> None:
+    topo = discover_topology(collapse(FlatWeight("affine")), example())
+    assert topo.gates == () and topo.architecture is None  # an edit at one unsqueeze reaches one term only
+    lines = [u.line() for u in topo.unresolved]
+    assert len(lines) == 2 and all("is [batch]" in ln and "w.unsqueeze(1)" in ln for ln in lines), lines
+
+
+def test_a_column_sliced_once_per_term_is_one_weight() -> None:
+    topo = discover_topology(InlineSlices().eval(), example())
+    lines = [u.line() for u in topo.unresolved]
+    assert lines and not any("separate per-row" in ln for ln in lines), lines  # it is w and 1 - w
+    assert all("made separately for each term" in ln for ln in lines), lines
+    cross = discover_topology(InlineSlices(cross=True).eval(), example())
+    assert not any(g.two_way for g in cross.gates)  # (1 - s0) * l + s1 * r: no blend
+    assert all("separate per-row" in u.line() for u in cross.unresolved), [u.line() for u in cross.unresolved]
 
 
 # --------------------------------------------------------------------------------------------- spec

@@ -169,6 +169,41 @@ class SplitWeights(Blend):
         return out
 
 
+class FlatWeight(Blend):
+    """`(1 - w).unsqueeze(1) * left + w.unsqueeze(1) * right` with `w` naturally `[B]` (a sigmoid of a squeezed
+    score): each term unsqueezes its own copy, and no `[B, 1]` tensor feeds both (an edit written at one
+    unsqueeze would change one term only)."""
+
+    def weight(self, task: str, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.weights[task](x).squeeze(1))
+
+    def blend(
+        self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        return (1 - w).unsqueeze(1) * left + w.unsqueeze(1) * right
+
+
+class InlineSlices(Blend):
+    """One `Linear(d, 2)` + sigmoid `s` holds both tasks' weights; task `i` blends `(1 - s[:, i:i+1]) * left +
+    s[:, i:i+1] * right`, slicing its column once per term (the same weight twice). `cross` takes the other
+    task's column for the second term, `(1 - s[:, i:i+1]) * left + s[:, j:j+1] * right`: no blend."""
+
+    def __init__(self, cross: bool = False) -> None:
+        super().__init__("affine")
+        self.cross = cross
+        self.both = nn.Linear(N_FEATURES, len(TASKS))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.left(x), self.right(x)
+        s = torch.sigmoid(self.both(x))  # [B, T]
+        out = {}
+        for i, t in enumerate(TASKS):
+            j = len(TASKS) - 1 - i if self.cross else i
+            h = (1 - s[:, i : i + 1]) * left + s[:, j : j + 1] * right
+            out[t] = torch.sigmoid(self.heads[t](h)).squeeze(1)
+        return out
+
+
 class LookAlike(nn.Module):
     """Gate-less multi-task models whose forwards hold sums and products that are no per-row blend:
 

@@ -178,11 +178,38 @@ def locate(graph: Graph, mix: Mixture) -> Located | str:
     return "its weights are made where no torch function call can be located"
 
 
+def _one_per_row(graph: Graph, idx: int, ax: int | None, bax: int | None) -> int | None:
+    """The size-1 axis of node `idx` when it holds one value per row (the batch on `bax`, 1 elsewhere): `ax`,
+    or for a tensor whose axis was renumbered on the way to the blend (`w.squeeze(1)...unsqueeze(1)`) its last
+    size-1 axis."""
+    shape = graph.nodes[idx].shape
+    if bax is None or bax >= len(shape) or shape[bax] != graph.batch_size:
+        return None
+    ones = [i for i, s in enumerate(shape) if i != bax and s == 1]
+    if len(ones) != len(shape) - 1 or not ones:
+        return None
+    return ax if ax in ones else ones[-1]
+
+
 def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
     """Where the per-row weight `w` of a two-way blend (`Mixture.two_way`) can be recorded: the outermost
     module returning exactly `w` (`[batch, 1]`, 1 elsewhere), else the torch function call that makes it.
-    The gate is read as `[1 - w, w]` (`GateSpec.two_way`), so `w` must lie in [0, 1] on the example batch."""
-    chain = view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    Both factors of `(1 - w) * x0 + w * x1` must be made from that tensor (an edit written there reaches both
+    terms). The gate is read as `[1 - w, w]` (`GateSpec.two_way`), so `w` must lie in [0, 1] on the example
+    batch."""
+    chain = [
+        (idx, _one_per_row(graph, idx, ax, bax), bax)
+        for idx, ax, bax in view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    ]
+    if mix.w_other is not None:
+        other = mix.w_other
+        chain = [c for c in chain if c[0] == other or other in graph.descendants(c[0])]
+        if not chain:
+            return (
+                "its weight w is made separately for each term (each factor of (1 - w) * x0 + w * x1 computes its "
+                "own w, e.g. unsqueezes or slices it again), so no one tensor holds it; make w [batch, 1] once "
+                "(w = s[:, k:k+1] or w = w.unsqueeze(1)) and blend with it"
+            )
     found: Located | None = None
     for idx, ax, bax in reversed(chain):  # from the producer towards the blend
         call = graph.outermost_call(idx)
@@ -214,7 +241,7 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
             or bax is None
             or not gate_shaped(graph, idx, ax, bax, 1)
         ):
-            continue  # (a `[batch]` weight unsqueezed for the blend is read at the unsqueeze)
+            continue
         module = node.module or ROOT
         found = Located(
             module,
@@ -227,6 +254,11 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
             two_way=True,
         )
         break
+    if found is None and any(graph.nodes[idx].shape == (graph.batch_size,) for idx, _, _ in chain):
+        return (
+            "its weight w is [batch] (one value per row, no axis of its own) wherever both terms use it; make it "
+            "[batch, 1] once (w = w.unsqueeze(1)) and blend with it to have it read"
+        )
     if found is None:
         return "its weight is made where neither a module output nor a torch function call holds exactly it"
     rows = row_values(graph, found.producer, found.dim, found.batch_dim)

@@ -82,6 +82,9 @@ class Mixture:
     fused_out_axis: int | None = None  # the axis of the combine output holding each gate's mixture
     two_way: bool = False  # `weights`: one weight w per row (size 1 on `w_axis`); the gate is `[1 - w, w]`
     split: bool = False  # two_way, but `w0 * x0 + w1 * x1`: two per-row weights of their own (seen, not read)
+    w_other: int | None = (
+        None  # two_way `(1 - w) * x0 + w * x1`: the factor `1 - w` (made from the tensor read)
+    )
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -811,6 +814,30 @@ def _is_one(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
 
 
+SAME_VALUE_OPS = frozenset(
+    {"getitem", "select", "narrow", "unsqueeze", "squeeze", "view", "reshape", "flatten", "index_select"}
+)
+
+
+def _same_value(graph: Graph, i: int | None, j: int | None) -> bool:
+    """Whether nodes `i` and `j` hold the same values by construction: one node, or the same selection of the
+    same tensor made twice (`s[:, k:k+1]` written once per term of a blend)."""
+    if i is None or j is None:
+        return False
+    if i == j:
+        return True
+    a, b = graph.nodes[i], graph.nodes[j]
+    if a.op != b.op or a.op not in SAME_VALUE_OPS or a.kwargs != b.kwargs or len(a.args) != len(b.args):
+        return False
+    for x, y in zip(a.args, b.args, strict=True):
+        if isinstance(x, Ref) or isinstance(y, Ref):
+            if not (isinstance(x, Ref) and isinstance(y, Ref) and _same_value(graph, x.node, y.node)):
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
+
+
 def _complement(graph: Graph, idx: int) -> int | None:
     """The base of `w` when node `idx` is `1 - w` (`rsub(w, 1)`, `sub(1, w)`, `ones_like(w) - w`)."""
     node = graph.nodes[_base(graph, idx)]
@@ -978,6 +1005,7 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     (`a * b`) is no gate."""
     shape = node.shape
     found: tuple[int, int, int, tuple[int, int], int, int] | None = None  # w, x0, x1, axes, combine, arg
+    other: int | None = None  # the factor `1 - w` of `(1 - w) * x0 + w * x1`
     if node.op == "lerp":
         x0, x1, w = node.arg(0, "input"), node.arg(1, "end"), node.arg(2, "weight")
         if isinstance(x0, Ref) and isinstance(x1, Ref) and isinstance(w, Ref):
@@ -1003,10 +1031,13 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
         pa, pb = _weighted(graph, a.node, shape), _weighted(graph, b.node, shape)
         if pa is not None and pb is not None:  # (1 - w) * x0 + w * x1
             for (wa, xa, _), (wb, xb, axes) in ((pa, pb), (pb, pa)):
-                if _complement(graph, wa.node) == _base(graph, wb.node):
+                if _same_value(graph, _complement(graph, wa.node), _base(graph, wb.node)):
                     found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
+                    other = wa.node
                     break
-            split = found is None and _base(graph, pa[0].node) != _base(graph, pb[0].node)
+            split = found is None and not _same_value(
+                graph, _base(graph, pa[0].node), _base(graph, pb[0].node)
+            )
             if split and node.op != "sum" and _summed_on(graph, node, shape):
                 return []  # a partial sum `w0 * x0 + w1 * x1` of a longer one: read where the sum ends
             if split:
@@ -1034,7 +1065,8 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     w, x0, x1, (w_axis, w_batch), combine, arg = found
     if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w) or _one_from_other(graph, x0, x1):
         return []
-    return [Mixture(combine, node.idx, w, w_axis, w_batch, ((x0, None), (x1, None)), 2, arg, two_way=True)]
+    experts = ((x0, None), (x1, None))
+    return [Mixture(combine, node.idx, w, w_axis, w_batch, experts, 2, arg, two_way=True, w_other=other)]
 
 
 # ------------------------------------------------------------------------ repeat_interleave
