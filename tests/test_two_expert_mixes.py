@@ -225,10 +225,34 @@ def test_a_weight_no_one_tensor_of_which_feeds_both_terms_cannot_be_judged() -> 
 
 
 def test_a_column_sliced_once_per_term_is_one_weight() -> None:
-    topo = discover_topology(InlineSlices().eval(), example())
-    lines = [u.line() for u in topo.unresolved]
-    assert lines and not any("separate per-row" in ln for ln in lines), lines  # it is w and 1 - w
-    assert all("made separately for each term" in ln for ln in lines), lines
+    model = InlineSlices().eval()
+    topo = discover_topology(model, example())
+    assert topo.unresolved == (), [u.line() for u in topo.unresolved]  # w and 1 - w, not separate weights
+    assert {(g.task, g.part) for g in topo.gates} == {("click", 0), ("buy", 1)}
+    assert all(g.two_way and g.experts == ("left", "right") for g in topo.gates)
+    assert Topology.from_toml(topo.to_toml()).gates == topo.gates
+    x = input_fn(frame(32))
+    with torch.inference_mode():
+        s = torch.sigmoid(model.both(x))
+        left, right = model.left(x), model.right(x)
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        got = rec.take().gates
+    torch.testing.assert_close(got["buy"], torch.cat([1 - s[:, 1:], s[:, 1:]], dim=1))
+    with torch.inference_mode():
+        want = {
+            t: torch.sigmoid(model.heads[t](0.25 * left + 0.75 * right)).squeeze(1) for t in ("click", "buy")
+        }
+        keep = torch.sigmoid(model.heads["buy"]((1 - s[:, 1:]) * left + s[:, 1:] * right)).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"click": Replace(probs=(0.25, 0.75))}], block_rows=32)  # both terms of click's blend
+        out = model(x)
+        torch.testing.assert_close(out["click"], want["click"])
+        torch.testing.assert_close(out["buy"], keep)  # buy's column is left as it is
+        iv.plan([{"click": Replace(probs=(0.25, 0.75)), "buy": Replace(probs=(0.25, 0.75))}], block_rows=32)
+        out = model(x)
+        torch.testing.assert_close(out["buy"], want["buy"])
+        torch.testing.assert_close(out["click"], want["click"])
     cross = discover_topology(InlineSlices(cross=True).eval(), example())
     assert not any(g.two_way for g in cross.gates)  # (1 - s0) * l + s1 * r: no blend
     assert all("separate per-row" in u.line() for u in cross.unresolved), [u.line() for u in cross.unresolved]
@@ -242,7 +266,7 @@ def test_a_two_way_gate_survives_the_spec_file_and_is_checked() -> None:
     plain = discover_topology(collapse(Blend("interleaved_softmax")), example())
     assert plain.gates and "two_way =" not in plain.to_toml()
     g = topo.gates[0]
-    for bad in ({"experts": ("left", "right", "left")}, {"output": "weights"}):
+    for bad in ({"experts": ("left", "right", "left")}, {"output": "weights"}, {"part_dim": 0}):
         with pytest.raises(TopologyError, match="two_way"):
             Topology(tasks=topo.tasks, experts=topo.experts, gates=(GateSpec(**{**g.__dict__, **bad}),))
 

@@ -292,7 +292,10 @@ class GateIntervention(HookSession):
             if edited is None:
                 return whole if shrunk else None
             new = whole.clone()
-            new.select(spec.part_dim, spec.part).copy_(edited)
+            if spec.two_way:  # its w: slice `part` kept as size 1 (`gate_part`)
+                new.narrow(spec.part_dim, spec.part, 1).copy_(edited)
+            else:
+                new.select(spec.part_dim, spec.part).copy_(edited)
             return new
         if spec.two_way:  # edited as the pair [1 - w, w]; the model reads back w
             if any(

@@ -9,7 +9,7 @@ two-expert blend's gate as its one weight per row `w` `[batch, 1]`, recorded as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -204,6 +204,9 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
     if mix.w_other is not None:
         other = mix.w_other
         chain = [c for c in chain if c[0] == other or other in graph.descendants(c[0])]
+        column = None if chain else _locate_column(graph, mix)
+        if column is not None:
+            return column
         if not chain:
             return (
                 "its weight w is made separately for each term (each factor of (1 - w) * x0 + w * x1 computes its "
@@ -270,6 +273,60 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
             "batch): an extrapolation, not a gate over the two"
         )
     return found
+
+
+def _column(graph: Graph, idx: int) -> tuple[int, int, int] | None:
+    """(tensor, axis, k) when node `idx` is `s[:, k:k+1]` of a 2-D `[batch, T]` tensor `s` (either axis order)."""
+    node = graph.nodes[idx]
+    if node.op != "getitem" or len(node.args) != 2 or not isinstance(node.args[0], Ref):
+        return None
+    src, key = node.args[0].node, node.args[1]
+    shape = graph.nodes[src].shape
+    if len(shape) != 2 or not isinstance(key, tuple) or len(key) != 2 or graph.batch_size not in shape:
+        return None
+    bax = shape.index(graph.batch_size)
+    ax = 1 - bax
+    whole, part = key[bax], key[ax]
+    if whole != slice(None) or not isinstance(part, slice) or part.step not in (None, 1):
+        return None
+    k = part.start if part.start is not None else 0
+    if not isinstance(k, int) or not 0 <= k < shape[ax] or part.stop != k + 1:
+        return None
+    return src, ax, k
+
+
+def _locate_column(graph: Graph, mix: Mixture) -> Located | str | None:
+    """A two-way blend `(1 - s[:, k:k+1]) * x0 + s[:, k:k+1] * x1` slicing its weight once per term: read at the
+    tensor `s` `[batch, T]` both slices come from (the module returning it, else the call making it), as its
+    column `k` (`GateSpec.part_dim`); None when the weight is no such slice."""
+    found = _column(graph, mix.weights)
+    if found is None or mix.w_other is None or mix.w_other not in graph.descendants(found[0]):
+        return None
+    src, ax, k = found
+    bax = 1 - ax
+    call = graph.outermost_call(src)
+    node = graph.nodes[src]
+    if call is not None and graph.calls.get(call.path, 1) == 1:
+        loc = Located(call.path, "probs", ax, bax, producer=src, part_dim=ax, part=k, two_way=True)
+    elif node.seq >= 0 and node.out_pos == 0:
+        module = node.module or ROOT
+        occurrence = graph.occurrence(src, module)
+        loc = Located(
+            module, "probs", ax, bax, op=node.op, occurrence=occurrence, producer=src, part_dim=ax, part=k
+        )
+        loc = replace(loc, two_way=True)
+    else:
+        return None
+    rows = row_values(graph, src, ax, bax)
+    if rows is None or not bool(torch.isfinite(rows).all()):
+        return "its weight's values could not be read on the example batch"
+    col = rows[:, k]
+    if float(col.min()) < -1e-6 or float(col.max()) > 1 + 1e-6:
+        return (
+            f"its weight leaves [0, 1] (from {float(col.min()):.3g} to {float(col.max()):.3g} on the example "
+            "batch): an extrapolation, not a gate over the two"
+        )
+    return loc
 
 
 def locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> Located | str:
