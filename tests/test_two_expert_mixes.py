@@ -217,11 +217,23 @@ def test_edits_of_a_bf16_two_way_gate_are_applied() -> None:
     assert set(res.ablation["expert"]) == {"left", "right"}
 
 
-def test_a_weight_no_one_tensor_of_which_feeds_both_terms_cannot_be_judged() -> None:
-    topo = discover_topology(collapse(FlatWeight("affine")), example())
-    assert topo.gates == () and topo.architecture is None  # an edit at one unsqueeze reaches one term only
-    lines = [u.line() for u in topo.unresolved]
-    assert len(lines) == 2 and all("is [batch]" in ln and "w.unsqueeze(1)" in ln for ln in lines), lines
+def test_a_batch_weight_unsqueezed_per_term_is_read_where_both_terms_get_it() -> None:
+    model = collapse(FlatWeight("affine"))
+    topo = discover_topology(model, example())
+    assert topo.unresolved == () and {g.task for g in topo.gates} == {"click", "buy"}
+    assert all(g.two_way and g.op == "sigmoid" for g in topo.gates)  # not at one term's unsqueeze
+    x = input_fn(frame(32))
+    with torch.inference_mode():
+        w = torch.sigmoid(model.weights["buy"](x))
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        torch.testing.assert_close(rec.take().gates["buy"], torch.cat([1 - w, w], dim=1))
+    with torch.inference_mode():
+        left, right = model.left(x), model.right(x)
+        want = torch.sigmoid(model.heads["buy"](0.25 * left + 0.75 * right)).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"buy": Replace(probs=(0.25, 0.75))}], block_rows=32)  # both terms of the blend
+        torch.testing.assert_close(model(x)["buy"], want)
 
 
 def test_a_column_sliced_once_per_term_is_one_weight() -> None:

@@ -171,8 +171,8 @@ class SplitWeights(Blend):
 
 class FlatWeight(Blend):
     """`(1 - w).unsqueeze(1) * left + w.unsqueeze(1) * right` with `w` naturally `[B]` (a sigmoid of a squeezed
-    score): each term unsqueezes its own copy, and no `[B, 1]` tensor feeds both (an edit written at one
-    unsqueeze would change one term only)."""
+    score): each term unsqueezes its own copy and no `[B, 1]` tensor feeds both, so the gate is read at the `[B]`
+    weight (an edit written at one unsqueeze would change one term only)."""
 
     def weight(self, task: str, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.weights[task](x).squeeze(1))

@@ -171,14 +171,14 @@ def two_way_weight(pair: Tensor, gate: GateSpec, w: Tensor) -> Tensor:
     if total.numel():
         empty = total == 0
         if bool(empty.any()):
-            old = w.to(work)
+            old = w.to(work).reshape(new.shape)  # (a `[batch]` w was unsqueezed on `dim`)
             if not bool((old[empty] * (1 - old[empty]) == 0).all()):
                 raise InterventionError(_TWO_WAY_REFUSED.format(name=gate.name))
             new = torch.where(empty, 1 - old, new)
             total = torch.where(empty, torch.ones_like(total), total)
         if float((total - 1).abs().max()) > 1e-4:
             raise InterventionError(_TWO_WAY_REFUSED.format(name=gate.name))
-    return new.to(w.dtype)
+    return new.to(w.dtype).reshape(w.shape)
 
 
 def map_tensors(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:

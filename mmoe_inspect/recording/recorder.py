@@ -77,12 +77,15 @@ def gate_part(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec
 
 
 def two_way_pair(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec]:
-    """A two-way gate's captured weight `w` (size 1 on `gate.dim`) → `[1 - w, w]` on that axis (a new tensor that
-    keeps the graph) and the spec of that pair (`two_way` False); any other gate as given."""
+    """A two-way gate's captured weight `w` (size 1 on `gate.dim`; a `[batch]` w with `dim` 1 is unsqueezed there)
+    → `[1 - w, w]` on that axis (a new tensor that keeps the graph) and the spec of that pair (`two_way` False);
+    any other gate as given."""
     if not gate.two_way:
         return out, gate
     nd = out.dim()
     dim = gate.dim + nd if gate.dim < 0 else gate.dim
+    if dim == nd and gate.batch_dim >= 0 and nd >= 1:  # a `[batch]` w (no axis of its own): `dim` one past
+        out, nd = out.unsqueeze(dim), nd + 1
     if not 0 <= dim < nd or out.shape[dim] != 1:
         raise RecordingError(
             f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}; a two_way gate reads one "

@@ -181,10 +181,12 @@ def locate(graph: Graph, mix: Mixture) -> Located | str:
 def _one_per_row(graph: Graph, idx: int, ax: int | None, bax: int | None) -> int | None:
     """The size-1 axis of node `idx` when it holds one value per row (the batch on `bax`, 1 elsewhere): `ax`,
     or for a tensor whose axis was renumbered on the way to the blend (`w.squeeze(1)...unsqueeze(1)`) its last
-    size-1 axis."""
+    size-1 axis; 1 for a `[batch]` tensor."""
     shape = graph.nodes[idx].shape
     if bax is None or bax >= len(shape) or shape[bax] != graph.batch_size:
         return None
+    if shape == (graph.batch_size,):
+        return 1  # a `[batch]` w: its gate axis is one past its last (`two_way_pair` unsqueezes it)
     ones = [i for i, s in enumerate(shape) if i != bax and s == 1]
     if len(ones) != len(shape) - 1 or not ones:
         return None
@@ -210,13 +212,13 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
         if not chain:
             return (
                 "its weight w is made separately for each term (each factor of (1 - w) * x0 + w * x1 computes its "
-                "own w, e.g. unsqueezes or slices it again), so no one tensor holds it; make w [batch, 1] once "
-                "(w = s[:, k:k+1] or w = w.unsqueeze(1)) and blend with it"
+                "own w, e.g. selects it again), so no one tensor holds it; make w once (w = s[:, k:k+1]) and "
+                "blend with it"
             )
     found: Located | None = None
     for idx, ax, bax in reversed(chain):  # from the producer towards the blend
         call = graph.outermost_call(idx)
-        if call is None or ax is None or bax is None or not gate_shaped(graph, idx, ax, bax, 1):
+        if call is None or ax is None or bax is None:
             continue
         runs = graph.calls.get(call.path, 1)
         note = (
@@ -237,13 +239,7 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
         break
     for idx, ax, bax in reversed(chain) if found is None else ():  # the first call that makes exactly `w`
         node = graph.nodes[idx]
-        if (
-            node.seq < 0
-            or node.out_pos != 0
-            or ax is None
-            or bax is None
-            or not gate_shaped(graph, idx, ax, bax, 1)
-        ):
+        if node.seq < 0 or node.out_pos != 0 or ax is None or bax is None:
             continue
         module = node.module or ROOT
         found = Located(
@@ -257,14 +253,10 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
             two_way=True,
         )
         break
-    if found is None and any(graph.nodes[idx].shape == (graph.batch_size,) for idx, _, _ in chain):
-        return (
-            "its weight w is [batch] (one value per row, no axis of its own) wherever both terms use it; make it "
-            "[batch, 1] once (w = w.unsqueeze(1)) and blend with it to have it read"
-        )
     if found is None:
         return "its weight is made where neither a module output nor a torch function call holds exactly it"
-    rows = row_values(graph, found.producer, found.dim, found.batch_dim)
+    t = graph.nodes[found.producer].tensor  # one value per row, 1 elsewhere
+    rows = None if t is None or not t.is_floating_point() else t.detach().to(torch.float64).reshape(-1)
     if rows is None or not bool(torch.isfinite(rows).all()):
         return "its weight's values could not be read on the example batch"
     if float(rows.min()) < -1e-6 or float(rows.max()) > 1 + 1e-6:
