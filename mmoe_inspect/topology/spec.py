@@ -123,7 +123,7 @@ class GateSpec:
       are axes of the whole captured tensor.
     * a two-way gate (`two_way`, module or function level): two experts blended by one weight per row,
       `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` or `x0 + w * (x1 - x0)`: the captured tensor holds
-      `w` (size 1 on `dim`, e.g. a sigmoid's `[batch, 1]`) and the gate is `[1 - w, w]` `[batch, 2]` over
+      `w` (size 1 on `dim`, e.g. a sigmoid's `[batch, 1]`; for a `[batch]` w, `dim` 1) and the gate is `[1 - w, w]` `[batch, 2]` over
       `experts = [x0, x1]` (the expert weighted by `1 - w` first). No tensor of the model holds that pair:
       the recorder builds it, and causal edits write its second column back as `w` (so only edits that
       keep each row summing to 1 can be applied). With `part_dim` set (= `dim`), `w` is slice `part` of that
