@@ -322,7 +322,7 @@ def test_cli_check_cannot_judge_an_unreadable_blend(tmp_path: Path) -> None:
     assert "per-row two-way mix" in out and "no gates" not in out.lower()
 
 
-@pytest.mark.parametrize("form", ["highway", "gated_residual"])
+@pytest.mark.parametrize("form", ["highway", "gru", "gated_residual", "tanh_residual"])
 def test_cli_check_passes_a_gate_less_highway(tmp_path: Path, form: str) -> None:
     code, out = _check(tmp_path, lambda m: m.LookAlike(form, saturated=True).eval(), "--fail-on", "critical")
     assert code == 0, out
