@@ -28,7 +28,10 @@ from two_expert_models import (
     TWO_WAY,
     Blend,
     Extrapolating,
+    FlatWeight,
+    InlineSlices,
     LookAlike,
+    SkipInExpert,
     SplitWeights,
     collapse,
 )
@@ -108,7 +111,17 @@ def test_two_separate_per_row_weights_cannot_be_judged() -> None:
     topo = discover_topology(SplitWeights().eval(), example())
     assert topo.gates == () and topo.architecture is None
     lines = [u.line() for u in topo.unresolved]
-    assert len(lines) == 2 and all("per-row two-way mix" in ln and "separate" in ln for ln in lines), lines
+    assert len(lines) == 2 and all("per-row mix of two expert outputs" in ln for ln in lines), lines
+    assert all("each weighted by a weight of its own" in ln and "separate" in ln for ln in lines), lines
+    assert all("two_way" not in u.snippet for u in topo.unresolved)  # [1 - w0, w0] is not their gate
+
+
+def test_three_experts_with_separate_weights_are_one_three_way_mix() -> None:
+    topo = discover_topology(SplitWeights(three=True).eval(), example())
+    assert topo.gates == () and topo.architecture is None
+    lines = [u.line() for u in topo.unresolved if "per-row" in u.line()]
+    assert len(lines) == 2 and all("per-row mix of 3 expert outputs" in ln for ln in lines), lines
+    assert all("two-way" not in ln and "[batch, 3]" in ln for ln in lines), lines
 
 
 def test_slices_of_one_weight_tensor_stay_that_tensor_s_gate() -> None:
@@ -119,11 +132,32 @@ def test_slices_of_one_weight_tensor_stay_that_tensor_s_gate() -> None:
 
 
 # ---------------------------------------------------------------------------------------- not gates
-@pytest.mark.parametrize("form", ["residual", "average", "constant_rows", "per_feature", "features"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "residual",
+        "average",
+        "constant_rows",
+        "per_feature",
+        "features",
+        "highway",
+        "gru",
+        "gated_residual",
+        "tanh_residual",
+    ],
+)
 def test_sums_and_products_that_are_no_per_row_blend_are_not_gates(form: str) -> None:
     topo = discover_topology(LookAlike(form).eval(), example())
     assert topo.gates == () and topo.unresolved == (), [u.line() for u in topo.unresolved]
     assert topo.architecture == "shared_bottom", topo.notes
+
+
+def test_a_gated_skip_inside_one_expert_is_part_of_that_expert() -> None:
+    topo = discover_topology(SkipInExpert().eval(), example())
+    assert topo.unresolved == (), [u.line() for u in topo.unresolved]
+    assert topo.architecture == "mmoe" and {g.task for g in topo.gates} == {"click", "buy"}
+    assert not any(g.two_way for g in topo.gates)
+    assert all(g.experts == ("experts.0", "experts.1", "experts.2") for g in topo.gates)
 
 
 # ------------------------------------------------------------------------------------------- causal
@@ -140,8 +174,9 @@ def test_causal_ablation_on_two_way_gates() -> None:
     assert set(res.counterfactuals["counterfactual"]) >= {"uniform", "mean_gate"}
 
 
-def test_edits_of_a_two_way_gate_write_back_w_or_are_refused() -> None:
-    model = collapse(Blend("affine"))
+@pytest.mark.parametrize("form", ["affine", "unsqueezed", "widened"])
+def test_edits_of_a_two_way_gate_write_back_w_or_are_refused(form: str) -> None:
+    model = collapse(Blend(form))
     topo = discover_topology(model, example())
     x = input_fn(frame(32))
     with torch.inference_mode():
@@ -159,6 +194,82 @@ def test_edits_of_a_two_way_gate_write_back_w_or_are_refused() -> None:
                 model(x)
 
 
+def test_edits_of_a_bf16_two_way_gate_are_applied() -> None:
+    model = collapse(Blend("lerp")).to(torch.bfloat16)
+    x = input_fn(frame(32)).to(torch.bfloat16)
+    topo = discover_topology(model, example().to(torch.bfloat16))
+    with torch.inference_mode():
+        left, right = model.left(x), model.right(x)
+        want = torch.sigmoid(model.heads["buy"](torch.lerp(left, right, 0.9))).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"buy": Replace(probs=(0.1, 0.9))}], block_rows=32)
+        torch.testing.assert_close(model(x)["buy"], want, atol=2e-2, rtol=0)
+        iv.plan([{"buy": Ablate((False, True))}], block_rows=32)  # renormalize: all on `right`
+        only_right = torch.sigmoid(model.heads["buy"](right)).squeeze(1)
+        torch.testing.assert_close(model(x)["buy"], only_right)
+    res = run_causal(
+        model,
+        frame(),
+        input_fn=lambda d: input_fn(d).to(torch.bfloat16),
+        columns=FEATURES,
+        analyses=("ablation",),
+    )
+    assert set(res.ablation["expert"]) == {"left", "right"}
+
+
+def test_a_batch_weight_unsqueezed_per_term_is_read_where_both_terms_get_it() -> None:
+    model = collapse(FlatWeight("affine"))
+    topo = discover_topology(model, example())
+    assert topo.unresolved == () and {g.task for g in topo.gates} == {"click", "buy"}
+    assert all(g.two_way and g.op == "sigmoid" for g in topo.gates)  # not at one term's unsqueeze
+    x = input_fn(frame(32))
+    with torch.inference_mode():
+        w = torch.sigmoid(model.weights["buy"](x))
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        torch.testing.assert_close(rec.take().gates["buy"], torch.cat([1 - w, w], dim=1))
+    with torch.inference_mode():
+        left, right = model.left(x), model.right(x)
+        want = torch.sigmoid(model.heads["buy"](0.25 * left + 0.75 * right)).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"buy": Replace(probs=(0.25, 0.75))}], block_rows=32)  # both terms of the blend
+        torch.testing.assert_close(model(x)["buy"], want)
+
+
+def test_a_column_sliced_once_per_term_is_one_weight() -> None:
+    model = InlineSlices().eval()
+    topo = discover_topology(model, example())
+    assert topo.unresolved == (), [u.line() for u in topo.unresolved]  # w and 1 - w, not separate weights
+    assert {(g.task, g.part) for g in topo.gates} == {("click", 0), ("buy", 1)}
+    assert all(g.two_way and g.experts == ("left", "right") for g in topo.gates)
+    assert Topology.from_toml(topo.to_toml()).gates == topo.gates
+    x = input_fn(frame(32))
+    with torch.inference_mode():
+        s = torch.sigmoid(model.both(x))
+        left, right = model.left(x), model.right(x)
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        got = rec.take().gates
+    torch.testing.assert_close(got["buy"], torch.cat([1 - s[:, 1:], s[:, 1:]], dim=1))
+    with torch.inference_mode():
+        want = {
+            t: torch.sigmoid(model.heads[t](0.25 * left + 0.75 * right)).squeeze(1) for t in ("click", "buy")
+        }
+        keep = torch.sigmoid(model.heads["buy"]((1 - s[:, 1:]) * left + s[:, 1:] * right)).squeeze(1)
+    with GateIntervention(model, topo) as iv, torch.inference_mode():
+        iv.plan([{"click": Replace(probs=(0.25, 0.75))}], block_rows=32)  # both terms of click's blend
+        out = model(x)
+        torch.testing.assert_close(out["click"], want["click"])
+        torch.testing.assert_close(out["buy"], keep)  # buy's column is left as it is
+        iv.plan([{"click": Replace(probs=(0.25, 0.75)), "buy": Replace(probs=(0.25, 0.75))}], block_rows=32)
+        out = model(x)
+        torch.testing.assert_close(out["buy"], want["buy"])
+        torch.testing.assert_close(out["click"], want["click"])
+    cross = discover_topology(InlineSlices(cross=True).eval(), example())
+    assert not any(g.two_way for g in cross.gates)  # (1 - s0) * l + s1 * r: no blend
+    assert all("separate per-row" in u.line() for u in cross.unresolved), [u.line() for u in cross.unresolved]
+
+
 # --------------------------------------------------------------------------------------------- spec
 def test_a_two_way_gate_survives_the_spec_file_and_is_checked() -> None:
     topo = discover_topology(collapse(Blend("lerp")), example())
@@ -167,7 +278,7 @@ def test_a_two_way_gate_survives_the_spec_file_and_is_checked() -> None:
     plain = discover_topology(collapse(Blend("interleaved_softmax")), example())
     assert plain.gates and "two_way =" not in plain.to_toml()
     g = topo.gates[0]
-    for bad in ({"experts": ("left", "right", "left")}, {"output": "weights"}):
+    for bad in ({"experts": ("left", "right", "left")}, {"output": "weights"}, {"part_dim": 0}):
         with pytest.raises(TopologyError, match="two_way"):
             Topology(tasks=topo.tasks, experts=topo.experts, gates=(GateSpec(**{**g.__dict__, **bad}),))
 
@@ -209,3 +320,10 @@ def test_cli_check_cannot_judge_an_unreadable_blend(tmp_path: Path) -> None:
     )
     assert code == 4, out
     assert "per-row two-way mix" in out and "no gates" not in out.lower()
+
+
+@pytest.mark.parametrize("form", ["highway", "gru", "gated_residual", "tanh_residual"])
+def test_cli_check_passes_a_gate_less_highway(tmp_path: Path, form: str) -> None:
+    code, out = _check(tmp_path, lambda m: m.LookAlike(form, saturated=True).eval(), "--fail-on", "critical")
+    assert code == 0, out
+    assert "collapsed_gate" not in out and "no gates" in out.lower()

@@ -135,12 +135,17 @@ class Extrapolating(Blend):
 class SplitWeights(Blend):
     """`sigmoid(z) * left + sigmoid(-z) * right`: two per-row weights of their own, which no tensor holds as a
     pair; seen but not readable as a gate (unresolved), never a Shared-Bottom. `sliced` takes both from one
-    `[B, 2]` softmax instead (`p[:, 0:1] * left + p[:, 1:2] * right`), which is that tensor's gate."""
+    `[B, 2]` softmax instead (`p[:, 0:1] * left + p[:, 1:2] * right`), which is that tensor's gate; `three`
+    weights three experts by three sigmoids of their own, `w0 * left + w1 * right + w2 * mid`."""
 
-    def __init__(self, sliced: bool = False) -> None:
+    def __init__(self, sliced: bool = False, three: bool = False) -> None:
         super().__init__("lerp")
         self.sliced = sliced
+        self.three = three
         self.pairs = nn.ModuleDict({t: nn.Linear(N_FEATURES, 2) for t in TASKS})
+        self.thirds = nn.ModuleDict(
+            {t: nn.ModuleList(nn.Linear(N_FEATURES, 1) for _ in range(3)) for t in TASKS}
+        )
 
     def blend(
         self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
@@ -148,15 +153,53 @@ class SplitWeights(Blend):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        left, right = self.left(x), self.right(x)
+        left, right, mid = self.left(x), self.right(x), self.mid(x)
         out = {}
         for t in TASKS:
-            if self.sliced:
+            if self.three:
+                w = [torch.sigmoid(lin(x)) for lin in self.thirds[t]]
+                h = w[0] * left + w[1] * right + w[2] * mid
+            elif self.sliced:
                 p = torch.softmax(self.pairs[t](x), dim=1)
                 h = p[:, 0:1] * left + p[:, 1:2] * right
             else:
                 z = self.weights[t](x)
                 h = torch.sigmoid(z) * left + torch.sigmoid(-z) * right
+            out[t] = torch.sigmoid(self.heads[t](h)).squeeze(1)
+        return out
+
+
+class FlatWeight(Blend):
+    """`(1 - w).unsqueeze(1) * left + w.unsqueeze(1) * right` with `w` naturally `[B]` (a sigmoid of a squeezed
+    score): each term unsqueezes its own copy and no `[B, 1]` tensor feeds both, so the gate is read at the `[B]`
+    weight (an edit written at one unsqueeze would change one term only)."""
+
+    def weight(self, task: str, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.weights[task](x).squeeze(1))
+
+    def blend(
+        self, left: torch.Tensor, right: torch.Tensor, mid: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        return (1 - w).unsqueeze(1) * left + w.unsqueeze(1) * right
+
+
+class InlineSlices(Blend):
+    """One `Linear(d, 2)` + sigmoid `s` holds both tasks' weights; task `i` blends `(1 - s[:, i:i+1]) * left +
+    s[:, i:i+1] * right`, slicing its column once per term (the same weight twice). `cross` takes the other
+    task's column for the second term, `(1 - s[:, i:i+1]) * left + s[:, j:j+1] * right`: no blend."""
+
+    def __init__(self, cross: bool = False) -> None:
+        super().__init__("affine")
+        self.cross = cross
+        self.both = nn.Linear(N_FEATURES, len(TASKS))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.left(x), self.right(x)
+        s = torch.sigmoid(self.both(x))  # [B, T]
+        out = {}
+        for i, t in enumerate(TASKS):
+            j = len(TASKS) - 1 - i if self.cross else i
+            h = (1 - s[:, i : i + 1]) * left + s[:, j : j + 1] * right
             out[t] = torch.sigmoid(self.heads[t](h)).squeeze(1)
         return out
 
@@ -169,13 +212,25 @@ class LookAlike(nn.Module):
     * `constant_rows`: `lerp(left, right, w)` with `w` a `[B, 1]` constant, computed from no input;
     * `per_feature`: `(1 - z) * left + z * right` with `z` `[B, D]` (one weight per feature, GRU-style);
     * `features`: attention-like products of features, `left * right`, `left * sigmoid(score(x))` per
-      feature, and `sigmoid(s) * left + right` (a per-row weight on one term only).
+      feature, and `sigmoid(s) * left + right` (a per-row weight on one term only);
+    * `highway`: `t * relu(block(h)) + (1 - t) * h`, `t = sigmoid(carry(h))` `[B, 1]` (a highway layer: one
+      term is computed from the other); `saturated=True` pins `t` at ~0, the carry a highway net often learns;
+    * `gru`: three GRU-style steps `(1 - z) * h + z * tanh(cand([x, h]))` with a per-row update gate `z`;
+    * `gated_residual`: `h + s * (f(h) - h)` (`s` a per-row sigmoid); `tanh_residual`: the same with
+      `s = tanh(.)`, which leaves [0, 1].
     """
 
-    def __init__(self, form: str) -> None:
+    def __init__(self, form: str, saturated: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.form = form
+        self.carry = nn.Linear(WIDTH, 1)
+        self.cand = nn.Linear(N_FEATURES + WIDTH, WIDTH)
+        self.update = nn.Linear(N_FEATURES + WIDTH, 1)
+        if saturated:
+            with torch.no_grad():
+                self.carry.weight.zero_()
+                self.carry.bias.fill_(-12.0)
         self.left = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
         self.right = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
         self.block = nn.Linear(WIDTH, WIDTH)
@@ -194,7 +249,56 @@ class LookAlike(nn.Module):
         elif self.form == "per_feature":
             z = torch.sigmoid(self.score(x))  # [B, D]: a weight per feature (GRU-style), not per row
             h = (1 - z) * left + z * right
+        elif self.form == "highway":
+            t = torch.sigmoid(self.carry(left))
+            h = t * torch.relu(self.block(left)) + (1 - t) * left
+        elif self.form == "gru":
+            h = torch.zeros_like(left)
+            for _ in range(3):
+                xh = torch.cat([x, h], dim=1)
+                z = torch.sigmoid(self.update(xh))
+                h = (1 - z) * h + z * torch.tanh(self.cand(xh))
+        elif self.form in ("gated_residual", "tanh_residual"):
+            squash = torch.sigmoid if self.form == "gated_residual" else torch.tanh
+            s = squash(self.scalar(x))
+            h = left + s * (torch.relu(self.block(left)) - left)
         else:
             h = left * right + left * torch.sigmoid(self.score(x))
             h = torch.sigmoid(self.scalar(x)) * h + right
         return {t: torch.sigmoid(self.heads[t](h)).squeeze(1) for t in TASKS}
+
+
+class SkipExpert(nn.Module):
+    """An expert with a gated skip inside: `t * relu(inner(x)) + (1 - t) * proj(x)`, `t` `[B, 1]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(N_FEATURES, WIDTH)
+        self.inner = nn.Linear(N_FEATURES, WIDTH)
+        self.skip = nn.Linear(N_FEATURES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.sigmoid(self.skip(x))
+        return t * torch.relu(self.inner(x)) + (1 - t) * self.proj(x)
+
+
+class SkipInExpert(nn.Module):
+    """A plain MMoE (3 experts, one softmax gate per task) whose first expert is a `SkipExpert`: its gated skip
+    is part of that expert, not a gate of the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList(
+            [SkipExpert()] + [nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU()) for _ in range(2)]
+        )
+        self.gates = nn.ModuleDict({t: nn.Linear(N_FEATURES, 3) for t in TASKS})
+        self.heads = nn.ModuleDict({t: nn.Linear(WIDTH, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = torch.stack([m(x) for m in self.experts], dim=1)  # [B, 3, D]
+        out = {}
+        for t in TASKS:
+            g = torch.softmax(self.gates[t](x), dim=1)
+            out[t] = torch.sigmoid(self.heads[t]((g.unsqueeze(-1) * e).sum(1))).squeeze(1)
+        return out

@@ -171,14 +171,14 @@ def two_way_weight(pair: Tensor, gate: GateSpec, w: Tensor) -> Tensor:
     if total.numel():
         empty = total == 0
         if bool(empty.any()):
-            old = w.to(work)
+            old = w.to(work).reshape(new.shape)  # (a `[batch]` w was unsqueezed on `dim`)
             if not bool((old[empty] * (1 - old[empty]) == 0).all()):
                 raise InterventionError(_TWO_WAY_REFUSED.format(name=gate.name))
             new = torch.where(empty, 1 - old, new)
             total = torch.where(empty, torch.ones_like(total), total)
         if float((total - 1).abs().max()) > 1e-4:
             raise InterventionError(_TWO_WAY_REFUSED.format(name=gate.name))
-    return new.to(w.dtype)
+    return new.to(w.dtype).reshape(w.shape)
 
 
 def map_tensors(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -292,7 +292,10 @@ class GateIntervention(HookSession):
             if edited is None:
                 return whole if shrunk else None
             new = whole.clone()
-            new.select(spec.part_dim, spec.part).copy_(edited)
+            if spec.two_way:  # its w: slice `part` kept as size 1 (`gate_part`)
+                new.narrow(spec.part_dim, spec.part, 1).copy_(edited)
+            else:
+                new.select(spec.part_dim, spec.part).copy_(edited)
             return new
         if spec.two_way:  # edited as the pair [1 - w, w]; the model reads back w
             if any(
@@ -300,7 +303,10 @@ class GateIntervention(HookSession):
             ):
                 raise InterventionError(_TWO_WAY_REFUSED.format(name=spec.name))
             whole = self._tile(out, max(spec.batch_dim, 0)) if shrunk else out
-            pair, sub = two_way_pair(whole, spec)
+            # edited in float32 at least: a half-precision pair [1 - w, w] (or a replacement row) misses 1
+            # by more than the write-back's tolerance; w is derived, then cast back to the model's dtype
+            work = torch.float64 if whole.dtype == torch.float64 else torch.float32
+            pair, sub = two_way_pair(whole.to(work), spec)
             edited = self._edit(sub, pair, shrunk=False)
             if edited is None:
                 return whole if shrunk else None

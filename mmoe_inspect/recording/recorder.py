@@ -54,7 +54,7 @@ class ForwardCapture:
 
 def gate_part(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec]:
     """A fused gate's own slice of its captured tensor (a view) and the spec of that slice (axes renumbered,
-    `part_dim` None); any other gate as given."""
+    `part_dim` None; a two-way gate's slice keeps its axis, size 1); any other gate as given."""
     if gate.part_dim is None:
         return out, gate
     nd, pd = out.dim(), gate.part_dim
@@ -63,6 +63,8 @@ def gate_part(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec
             f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}, which has no part "
             f"{gate.part} on dim {pd}; fix part/part_dim in the topology spec"
         )
+    if gate.two_way:  # `s[:, k:k+1]`: the weight w of this gate kept as size 1 on `part_dim` (its `dim`)
+        return out.narrow(pd, gate.part, 1), replace(gate, part_dim=None, part=0)
     dim = gate.dim + nd if gate.dim < 0 else gate.dim
     bdim = gate.batch_dim
     return out.select(pd, gate.part), replace(
@@ -75,12 +77,15 @@ def gate_part(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec
 
 
 def two_way_pair(out: torch.Tensor, gate: GateSpec) -> tuple[torch.Tensor, GateSpec]:
-    """A two-way gate's captured weight `w` (size 1 on `gate.dim`) → `[1 - w, w]` on that axis (a new tensor that
-    keeps the graph) and the spec of that pair (`two_way` False); any other gate as given."""
+    """A two-way gate's captured weight `w` (size 1 on `gate.dim`; a `[batch]` w with `dim` 1 is unsqueezed there)
+    → `[1 - w, w]` on that axis (a new tensor that keeps the graph) and the spec of that pair (`two_way` False);
+    any other gate as given."""
     if not gate.two_way:
         return out, gate
     nd = out.dim()
     dim = gate.dim + nd if gate.dim < 0 else gate.dim
+    if dim == nd and gate.batch_dim >= 0 and nd >= 1:  # a `[batch]` w (no axis of its own): `dim` one past
+        out, nd = out.unsqueeze(dim), nd + 1
     if not 0 <= dim < nd or out.shape[dim] != 1:
         raise RecordingError(
             f"gate {gate.name!r} ({gate.locator}) produced shape {tuple(out.shape)}; a two_way gate reads one "

@@ -9,7 +9,7 @@ two-expert blend's gate as its one weight per row `w` `[batch, 1]`, recorded as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -178,15 +178,47 @@ def locate(graph: Graph, mix: Mixture) -> Located | str:
     return "its weights are made where no torch function call can be located"
 
 
+def _one_per_row(graph: Graph, idx: int, ax: int | None, bax: int | None) -> int | None:
+    """The size-1 axis of node `idx` when it holds one value per row (the batch on `bax`, 1 elsewhere): `ax`,
+    or for a tensor whose axis was renumbered on the way to the blend (`w.squeeze(1)...unsqueeze(1)`) its last
+    size-1 axis; 1 for a `[batch]` tensor."""
+    shape = graph.nodes[idx].shape
+    if bax is None or bax >= len(shape) or shape[bax] != graph.batch_size:
+        return None
+    if shape == (graph.batch_size,):
+        return 1  # a `[batch]` w: its gate axis is one past its last (`two_way_pair` unsqueezes it)
+    ones = [i for i, s in enumerate(shape) if i != bax and s == 1]
+    if len(ones) != len(shape) - 1 or not ones:
+        return None
+    return ax if ax in ones else ones[-1]
+
+
 def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
     """Where the per-row weight `w` of a two-way blend (`Mixture.two_way`) can be recorded: the outermost
     module returning exactly `w` (`[batch, 1]`, 1 elsewhere), else the torch function call that makes it.
-    The gate is read as `[1 - w, w]` (`GateSpec.two_way`), so `w` must lie in [0, 1] on the example batch."""
-    chain = view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    Both factors of `(1 - w) * x0 + w * x1` must be made from that tensor (an edit written there reaches both
+    terms). The gate is read as `[1 - w, w]` (`GateSpec.two_way`), so `w` must lie in [0, 1] on the example
+    batch."""
+    chain = [
+        (idx, _one_per_row(graph, idx, ax, bax), bax)
+        for idx, ax, bax in view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
+    ]
+    if mix.w_other is not None:
+        other = mix.w_other
+        chain = [c for c in chain if c[0] == other or other in graph.descendants(c[0])]
+        column = None if chain else _locate_column(graph, mix)
+        if column is not None:
+            return column
+        if not chain:
+            return (
+                "its weight w is made separately for each term (each factor of (1 - w) * x0 + w * x1 computes its "
+                "own w, e.g. selects it again), so no one tensor holds it; make w once (w = s[:, k:k+1]) and "
+                "blend with it"
+            )
     found: Located | None = None
     for idx, ax, bax in reversed(chain):  # from the producer towards the blend
         call = graph.outermost_call(idx)
-        if call is None or ax is None or bax is None or not gate_shaped(graph, idx, ax, bax, 1):
+        if call is None or ax is None or bax is None:
             continue
         runs = graph.calls.get(call.path, 1)
         note = (
@@ -207,14 +239,8 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
         break
     for idx, ax, bax in reversed(chain) if found is None else ():  # the first call that makes exactly `w`
         node = graph.nodes[idx]
-        if (
-            node.seq < 0
-            or node.out_pos != 0
-            or ax is None
-            or bax is None
-            or not gate_shaped(graph, idx, ax, bax, 1)
-        ):
-            continue  # (a `[batch]` weight unsqueezed for the blend is read at the unsqueeze)
+        if node.seq < 0 or node.out_pos != 0 or ax is None or bax is None:
+            continue
         module = node.module or ROOT
         found = Located(
             module,
@@ -229,7 +255,8 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
         break
     if found is None:
         return "its weight is made where neither a module output nor a torch function call holds exactly it"
-    rows = row_values(graph, found.producer, found.dim, found.batch_dim)
+    t = graph.nodes[found.producer].tensor  # one value per row, 1 elsewhere
+    rows = None if t is None or not t.is_floating_point() else t.detach().to(torch.float64).reshape(-1)
     if rows is None or not bool(torch.isfinite(rows).all()):
         return "its weight's values could not be read on the example batch"
     if float(rows.min()) < -1e-6 or float(rows.max()) > 1 + 1e-6:
@@ -238,6 +265,60 @@ def locate_two_way(graph: Graph, mix: Mixture) -> Located | str:
             "batch): an extrapolation, not a gate over the two"
         )
     return found
+
+
+def _column(graph: Graph, idx: int) -> tuple[int, int, int] | None:
+    """(tensor, axis, k) when node `idx` is `s[:, k:k+1]` of a 2-D `[batch, T]` tensor `s` (either axis order)."""
+    node = graph.nodes[idx]
+    if node.op != "getitem" or len(node.args) != 2 or not isinstance(node.args[0], Ref):
+        return None
+    src, key = node.args[0].node, node.args[1]
+    shape = graph.nodes[src].shape
+    if len(shape) != 2 or not isinstance(key, tuple) or len(key) != 2 or graph.batch_size not in shape:
+        return None
+    bax = shape.index(graph.batch_size)
+    ax = 1 - bax
+    whole, part = key[bax], key[ax]
+    if whole != slice(None) or not isinstance(part, slice) or part.step not in (None, 1):
+        return None
+    k = part.start if part.start is not None else 0
+    if not isinstance(k, int) or not 0 <= k < shape[ax] or part.stop != k + 1:
+        return None
+    return src, ax, k
+
+
+def _locate_column(graph: Graph, mix: Mixture) -> Located | str | None:
+    """A two-way blend `(1 - s[:, k:k+1]) * x0 + s[:, k:k+1] * x1` slicing its weight once per term: read at the
+    tensor `s` `[batch, T]` both slices come from (the module returning it, else the call making it), as its
+    column `k` (`GateSpec.part_dim`); None when the weight is no such slice."""
+    found = _column(graph, mix.weights)
+    if found is None or mix.w_other is None or mix.w_other not in graph.descendants(found[0]):
+        return None
+    src, ax, k = found
+    bax = 1 - ax
+    call = graph.outermost_call(src)
+    node = graph.nodes[src]
+    if call is not None and graph.calls.get(call.path, 1) == 1:
+        loc = Located(call.path, "probs", ax, bax, producer=src, part_dim=ax, part=k, two_way=True)
+    elif node.seq >= 0 and node.out_pos == 0:
+        module = node.module or ROOT
+        occurrence = graph.occurrence(src, module)
+        loc = Located(
+            module, "probs", ax, bax, op=node.op, occurrence=occurrence, producer=src, part_dim=ax, part=k
+        )
+        loc = replace(loc, two_way=True)
+    else:
+        return None
+    rows = row_values(graph, src, ax, bax)
+    if rows is None or not bool(torch.isfinite(rows).all()):
+        return "its weight's values could not be read on the example batch"
+    col = rows[:, k]
+    if float(col.min()) < -1e-6 or float(col.max()) > 1 + 1e-6:
+        return (
+            f"its weight leaves [0, 1] (from {float(col.min()):.3g} to {float(col.max()):.3g} on the example "
+            "batch): an extrapolation, not a gate over the two"
+        )
+    return loc
 
 
 def locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, int | None]) -> Located | str:

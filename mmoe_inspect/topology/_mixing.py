@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mmoe_inspect.topology._graphops import find_reduction, map_axis, norm_dim, selection, view_parent
@@ -83,6 +83,9 @@ class Mixture:
     fused_out_axis: int | None = None  # the axis of the combine output holding each gate's mixture
     two_way: bool = False  # `weights`: one weight w per row (size 1 on `w_axis`); the gate is `[1 - w, w]`
     split: bool = False  # two_way, but `w0 * x0 + w1 * x1`: two per-row weights of their own (seen, not read)
+    w_other: int | None = (
+        None  # two_way `(1 - w) * x0 + w * x1`: the factor `1 - w` (made from the tensor read)
+    )
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -819,6 +822,30 @@ def _is_one(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
 
 
+SAME_VALUE_OPS = frozenset(
+    {"getitem", "select", "narrow", "unsqueeze", "squeeze", "view", "reshape", "flatten", "index_select"}
+)
+
+
+def _same_value(graph: Graph, i: int | None, j: int | None) -> bool:
+    """Whether nodes `i` and `j` hold the same values by construction: one node, or the same selection of the
+    same tensor made twice (`s[:, k:k+1]` written once per term of a blend)."""
+    if i is None or j is None:
+        return False
+    if i == j:
+        return True
+    a, b = graph.nodes[i], graph.nodes[j]
+    if a.op != b.op or a.op not in SAME_VALUE_OPS or a.kwargs != b.kwargs or len(a.args) != len(b.args):
+        return False
+    for x, y in zip(a.args, b.args, strict=True):
+        if isinstance(x, Ref) or isinstance(y, Ref):
+            if not (isinstance(x, Ref) and isinstance(y, Ref) and _same_value(graph, x.node, y.node)):
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
+
+
 def _complement(graph: Graph, idx: int) -> int | None:
     """The base of `w` when node `idx` is `1 - w` (`rsub(w, 1)`, `sub(1, w)`, `ones_like(w) - w`)."""
     node = graph.nodes[_base(graph, idx)]
@@ -850,6 +877,31 @@ def _from_input(graph: Graph, idx: int, limit: int = 4096) -> bool:
                 seen.add(p)
                 todo.append(p)
     return False
+
+
+def _computed_from(graph: Graph, late: int, early: int, limit: int = 100_000) -> bool:
+    """Whether node `late` is computed (transitively) from node `early` (nodes are in forward order, so the
+    walk back from `late` stops at nodes made before `early`)."""
+    if late == early:
+        return True
+    seen = {late}
+    todo = [late]
+    while todo and len(seen) < limit:
+        for p in graph.nodes[todo.pop()].parents:
+            if p == early:
+                return True
+            if p > early and p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return False
+
+
+def _one_from_other(graph: Graph, a: int, b: int) -> bool:
+    """Whether one of two blended tensors is computed from the other: `t * f(h) + (1 - t) * h` (a highway
+    layer), `(1 - z) * h + z * cand(h)` (a GRU step), `h + s * (f(h) - h)` (a gated residual). Two experts are
+    two branches of the same input, neither made from the other."""
+    early, late = (a, b) if a < b else (b, a)
+    return _computed_from(graph, late, early)
 
 
 def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, Ref, tuple[int, int]] | None:
@@ -908,6 +960,50 @@ def _no_zero(graph: Graph, ref: Ref) -> Ref:
     return ref
 
 
+def _summed_on(graph: Graph, node: Node, shape: tuple[int, ...]) -> bool:
+    """Whether node `node`'s only use is an addition of it and one more per-row weighted product."""
+    kids = graph.children[node.idx]
+    if len(kids) != 1 or graph.nodes[kids[0]].op not in ADD_OPS:
+        return False
+    terms = _terms(graph, graph.nodes[kids[0]])
+    if terms is None:
+        return False
+    other = terms[1] if terms[0].node == node.idx else terms[0]
+    return other.node != node.idx and _weighted(graph, other.node, shape) is not None
+
+
+def _split_terms(graph: Graph, ref: Ref, top: bool = True) -> list[Ref]:
+    """The terms of a chain of additions `((t0 + t1) + t2) + ...` (inner sums used only by the next one)."""
+    node = graph.nodes[ref.node]
+    inner = node.op in ADD_OPS and len(graph.children[ref.node]) == 1
+    terms = _terms(graph, node) if top or inner else None
+    if terms is None:
+        return [_no_zero(graph, ref)]
+    return [t for r in terms for t in _split_terms(graph, _no_zero(graph, r), False)]
+
+
+def _split(graph: Graph, node: Node, shape: tuple[int, ...]) -> list[Mixture]:
+    """`w0 * x0 + w1 * x1 (+ ...)`: experts weighted by per-row weights of their own (two sigmoids, `sigmoid(z)`
+    and `sigmoid(-z)`); no tensor holds them together, so it is reported (`Mixture.split`), not read."""
+    terms = _split_terms(graph, Ref(node.idx))
+    prods = [_weighted(graph, t.node, shape) for t in terms]
+    if not 2 <= len(prods) <= MAX_EXPERTS or any(p is None for p in prods):
+        return []
+    ws = [_base(graph, p[0].node) for p in prods]  # type: ignore[index]
+    xs = [p[1].node for p in prods]  # type: ignore[index]
+    bases = [_base(graph, x) for x in xs]
+    if len(set(ws)) != len(ws) or len(set(bases)) != len(bases):
+        return []
+    if not all(_from_input(graph, w) for w in ws):
+        return []
+    if any(_one_from_other(graph, a, b) for i, a in enumerate(xs) for b in xs[i + 1 :]):
+        return []
+    w0, _, axes = prods[0]  # type: ignore[misc]
+    first = min(t.node for t in terms)
+    experts = tuple((x, None) for x in xs)
+    return [Mixture(first, node.idx, w0.node, axes[0], axes[1], experts, len(xs), two_way=True, split=True)]
+
+
 def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
     `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order (also summed as a stack of the two, or by
@@ -917,6 +1013,7 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     (`a * b`) is no gate."""
     shape = node.shape
     found: tuple[int, int, int, tuple[int, int], int, int] | None = None  # w, x0, x1, axes, combine, arg
+    other: int | None = None  # the factor `1 - w` of `(1 - w) * x0 + w * x1`
     if node.op == "lerp":
         x0, x1, w = node.arg(0, "input"), node.arg(1, "end"), node.arg(2, "weight")
         if isinstance(x0, Ref) and isinstance(x1, Ref) and isinstance(w, Ref):
@@ -942,25 +1039,21 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
         pa, pb = _weighted(graph, a.node, shape), _weighted(graph, b.node, shape)
         if pa is not None and pb is not None:  # (1 - w) * x0 + w * x1
             for (wa, xa, _), (wb, xb, axes) in ((pa, pb), (pb, pa)):
-                if _complement(graph, wa.node) == _base(graph, wb.node):
+                if _same_value(graph, _complement(graph, wa.node), _base(graph, wb.node)):
                     found = (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1)
+                    other = wa.node
                     break
-            split = found is None and _base(graph, pa[0].node) != _base(graph, pb[0].node)
-            if split and _from_input(graph, pa[0].node):
-                # w0 * x0 + w1 * x1: two per-row weights of their own (two sigmoids, sigmoid(z) and
-                # sigmoid(-z)); no tensor holds the pair, so it is reported, not read
-                w0, x0, axes = pa
-                m = Mixture(
-                    min(a.node, b.node),
-                    node.idx,
-                    w0.node,
-                    axes[0],
-                    axes[1],
-                    ((x0.node, None), (pb[1].node, None)),
-                    2,
-                )
-                if _base(graph, x0.node) != _base(graph, pb[1].node) and _from_input(graph, pb[0].node):
-                    return [replace(m, two_way=True, split=True)]
+            split = found is None and not _same_value(
+                graph, _base(graph, pa[0].node), _base(graph, pb[0].node)
+            )
+            if split and node.op != "sum" and _summed_on(graph, node, shape):
+                return []  # a partial sum `w0 * x0 + w1 * x1` of a longer one: read where the sum ends
+            if split:
+                return _split(graph, node, shape)
+        elif any(graph.nodes[t.node].op in ADD_OPS for t in (a, b)) and (pa is not None or pb is not None):
+            longer = _split(graph, node, shape)  # `(w0 * x0 + w1 * x1) + w2 * x2`
+            if longer:
+                return longer
         for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
             if found is not None or prod is None or node.op == "sum":
                 continue
@@ -978,9 +1071,10 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     if found is None:
         return []
     w, x0, x1, (w_axis, w_batch), combine, arg = found
-    if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w):
+    if _base(graph, x0) == _base(graph, x1) or not _from_input(graph, w) or _one_from_other(graph, x0, x1):
         return []
-    return [Mixture(combine, node.idx, w, w_axis, w_batch, ((x0, None), (x1, None)), 2, arg, two_way=True)]
+    experts = ((x0, None), (x1, None))
+    return [Mixture(combine, node.idx, w, w_axis, w_batch, experts, 2, arg, two_way=True, w_other=other)]
 
 
 # ------------------------------------------------------------------------ repeat_interleave

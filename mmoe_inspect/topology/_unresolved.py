@@ -47,12 +47,38 @@ def fused_gates(graph: Graph, mix: Mixture, why: str) -> Unresolved:
     )
 
 
+def split_weights(n: int) -> str:
+    """Why `w0 * x0 + w1 * x1 (+ ...)` (`Mixture.split`, `n` experts) is not read: no tensor holds its weights."""
+    if n == 2:
+        return (
+            "its two weights are separate per-row tensors (w0 * x0 + w1 * x1), which no one tensor holds; compute "
+            "them as one [batch, 2] tensor (e.g. a softmax) or as w and 1 - w to have the gate read"
+        )
+    return (
+        f"its {n} weights are separate per-row tensors (w0 * x0 + w1 * x1 + ...), which no one tensor holds; "
+        f"compute them as one [batch, {n}] tensor (e.g. a softmax) to have the gate read"
+    )
+
+
 def two_way_unresolved(graph: Graph, mix: Mixture, why: str, tasks: tuple[TaskSpec, ...]) -> Unresolved:
     """A two-way blend of two expert outputs by one weight per row (`Mixture.two_way`: `lerp(x0, x1, w)`,
     `(1 - w) * x0 + w * x1`) whose weight could not be read as a gate (`why`): seen, not recorded, so the
-    routing cannot be judged (rather than called a Shared-Bottom)."""
+    routing cannot be judged (rather than called a Shared-Bottom). Experts weighted by separate per-row weights
+    (`Mixture.split`) get no snippet: no one tensor of the model holds their gate."""
     where = node_module(graph, mix.output)
     w = graph.nodes[mix.weights]
+    if mix.split:
+        what = (
+            "a per-row mix of two expert outputs"
+            if mix.n_experts == 2
+            else f"a per-row mix of {mix.n_experts} expert outputs"
+        )
+        return Unresolved(
+            f"{what}, each weighted by a weight of its own ({graph.nodes[mix.output].op}, weight {list(w.shape)})",
+            where,
+            f"found there but cannot be read as a gate: {why}",
+            "",
+        )
     snippet = function_snippet(graph, mix.weights, 2, tasks, dim=mix.w_axis) if w.seq >= 0 else ""
     if snippet:
         snippet = "\n".join(

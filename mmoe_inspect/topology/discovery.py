@@ -69,6 +69,7 @@ from mmoe_inspect.topology._unresolved import (
     module_snippet,
     named_like_gates,
     outside_torch,
+    split_weights,
     two_way_unresolved,
     unexplained_softmaxes,
 )
@@ -82,11 +83,6 @@ from mmoe_inspect.topology.spec import (
 __all__ = ["NO_GATES_NOTE", "discover_topology", "validate_topology"]
 
 NO_GATES_NOTE = "no gates found: the model looks like a Shared-Bottom (or dense) multi-task model"
-
-SPLIT_BLEND = (
-    "its two weights are separate per-row tensors (w0 * x0 + w1 * x1), which no one tensor holds; compute them "
-    "as one [batch, 2] tensor (e.g. a softmax) or as w and 1 - w to have the gate read"
-)
 
 # Confidence lost per doubtful finding (the notes say which applied).
 _PENALTY = {
@@ -224,6 +220,7 @@ def _describe_gates(
     for mix in mixtures:
         readings.setdefault(mix.combine, []).append(mix)
     done_outputs: set[int] = set()
+    unread_blends: list[tuple[int, Unresolved]] = []  # (blend output, its unresolved item)
     for combine in sorted(readings):
         for mix in sorted(readings[combine], key=lambda m: gate_score(graph, m)):
             if mix.output in done_outputs:
@@ -262,10 +259,11 @@ def _describe_gates(
                     gates.append(gate)
                 break
             if mix.two_way:  # one weight per row blending two experts: the gate [1 - w, w]
-                found = SPLIT_BLEND if mix.split else locate_two_way(graph, mix)
+                found = split_weights(mix.n_experts) if mix.split else locate_two_way(graph, mix)
                 if isinstance(found, str):  # seen, not readable: never a silent Shared-Bottom
                     rejected.append((mix, found))
                     unresolved.append(two_way_unresolved(graph, mix, found, tasks))
+                    unread_blends.append((mix.output, unresolved[-1]))
                     done_outputs.add(mix.output)
                     break
             else:
@@ -308,6 +306,17 @@ def _describe_gates(
             f"a weighted combination in {node_where(graph, g.mixture_output)} builds another gate's weights "
             "(part of that gate's computation, e.g. selectors); not a gate of its own"
         )
+    # a two-way blend inside one expert of another gate (a gated skip among that expert's layers) is part of
+    # that expert, not routing between the model's experts
+    for g in [g for g in gates if g.loc.two_way and _inside_expert(graph, g.mixture_output, gates)]:
+        gates.remove(g)
+        notes.append(
+            f"a two-way blend in {node_where(graph, g.mixture_output)} is inside expert "
+            f"{_inside_expert(graph, g.mixture_output, gates)} (a gated skip in its layers); not a gate of its own"
+        )
+    for out, item in unread_blends:
+        if _inside_expert(graph, out, gates):
+            unresolved.remove(item)
     for g in gates:
         loc = g.loc
         if loc.op is not None:
@@ -465,6 +474,22 @@ def _gate_of(
         experts=experts,
         out_part=out_part,
     )
+
+
+def _inside_expert(graph: Graph, idx: int, gates: Sequence[Gate]) -> str | None:
+    """The expert module of one of `gates` that node `idx` is computed inside (None: no such expert)."""
+    where = graph.nodes[idx].module
+    if where is None:
+        return None
+    for h in gates:
+        for e in h.experts:
+            if (
+                e.module
+                and h.mixture_output != idx
+                and (where == e.module or where.startswith(e.module + "."))
+            ):
+                return e.module
+    return None
 
 
 def _signed_rows(graph: Graph, mix: Mixture) -> bool:

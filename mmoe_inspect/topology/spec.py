@@ -132,10 +132,11 @@ class GateSpec:
       are axes of the whole captured tensor.
     * a two-way gate (`two_way`, module or function level): two experts blended by one weight per row,
       `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` or `x0 + w * (x1 - x0)`: the captured tensor holds
-      `w` (size 1 on `dim`, e.g. a sigmoid's `[batch, 1]`) and the gate is `[1 - w, w]` `[batch, 2]` over
+      `w` (size 1 on `dim`, e.g. a sigmoid's `[batch, 1]`; for a `[batch]` w, `dim` 1) and the gate is `[1 - w, w]` `[batch, 2]` over
       `experts = [x0, x1]` (the expert weighted by `1 - w` first). No tensor of the model holds that pair:
       the recorder builds it, and causal edits write its second column back as `w` (so only edits that
-      keep each row summing to 1 can be applied).
+      keep each row summing to 1 can be applied). With `part_dim` set (= `dim`), `w` is slice `part` of that
+      axis kept as size 1: one `[batch, T]` tensor holding T tasks' weights, blended by `s[:, k:k+1]`.
 
     `output`: "probs" (rows sum to 1), "logits" (softmaxed over the expert axis by the recorder) or
     "weights" (non-negative weights that need not sum to 1: sigmoid gates, learned scalar mixtures;
@@ -334,8 +335,11 @@ class Topology:
             if g.part_dim is not None:
                 if isinstance(g.part_dim, bool) or not isinstance(g.part_dim, int) or g.part_dim < 0:
                     raise TopologyError(f"gate {g.name!r}: part_dim must be an integer axis >= 0")
-                if g.part_dim in (g.dim, g.batch_dim):
-                    raise TopologyError(f"gate {g.name!r}: part_dim must differ from dim and batch_dim")
+                if g.part_dim == g.batch_dim or (g.part_dim == g.dim) != g.two_way:
+                    raise TopologyError(
+                        f"gate {g.name!r}: part_dim must differ from batch_dim, and from dim except for a two_way "
+                        "gate (whose w is slice `part` of axis part_dim = dim, kept as size 1)"
+                    )
                 if g.index_op is not None:
                     raise TopologyError(f"gate {g.name!r}: a top-k gate (index_op) cannot be a part")
             _whole(g.part, f"gate {g.name!r}: part", 0)
@@ -346,8 +350,8 @@ class Topology:
                     f"gate {g.name!r}: a two_way gate reads one weight w per row as [1 - w, w]: it mixes exactly "
                     "2 experts and its output is 'probs'"
                 )
-            if g.two_way and (g.part_dim is not None or g.index_op is not None):
-                raise TopologyError(f"gate {g.name!r}: a two_way gate cannot be a part or a top-k gate")
+            if g.two_way and g.index_op is not None:
+                raise TopologyError(f"gate {g.name!r}: a two_way gate cannot be a top-k gate")
             _whole(g.level, f"gate {g.name!r}: level", 0)
         read: dict[tuple, str] = {}  # where each gate's tensor is read: two gates on one tensor are one gate
         for g in self.gates:
