@@ -201,3 +201,16 @@ def test_topology_error_is_a_value_error():
     assert issubclass(TopologyError, ValueError)
     with pytest.raises(ValueError, match="duplicate task name 'a'"):
         Topology((TaskSpec("a"), TaskSpec("a")))
+
+
+def test_tasks_reading_nested_outputs_are_told_apart() -> None:
+    def topo(a: tuple, b: tuple) -> Topology:
+        return Topology(
+            (TaskSpec("click", output=a), TaskSpec("buy", output=b)),
+            (ExpertSpec("e0", "experts.0"),),
+            (),
+        )
+
+    assert topo(("preds", "click"), ("preds", "buy")).task("buy").output == ("preds", "buy")
+    with pytest.raises(TopologyError, match=r"both read the model output \('preds', 'click'\)"):
+        topo(("preds", "click"), ("preds", "click"))

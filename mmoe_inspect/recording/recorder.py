@@ -98,7 +98,9 @@ def _refuse_probabilities_as_logits(out: torch.Tensor, gate: GateSpec, dim: int)
     """Refuse a gate declared `output = "logits"` whose captured rows are probabilities (every value >= 0,
     every row of 2+ experts summing to 1): softmaxed again they would look uniform, a false `uniform_gate`.
     One reduction per batch in the common case (real logits have a negative value)."""
-    if gate.n_experts < 2 or not out.numel() or not out.is_floating_point() or bool((out < 0).any()):
+    if gate.n_experts < 2 or not out.numel() or not out.is_floating_point() or out.device.type != "cpu":
+        return  # (on an accelerator the check would read back every batch: the recording stays sync-free)
+    if bool((out < 0).any()):
         return
     sums = out.sum(dim=dim, dtype=torch.float32)
     if bool(((sums - 1).abs() <= 1e-3).all()):

@@ -625,8 +625,12 @@ def _check_contradictions(topo: Topology) -> None:
     for i, t in enumerate(topo.tasks):  # an output left out is read by the task's name (dict) or position
         if t.output is None:
             keys = {("key", t.name), ("index", i)}
+        elif isinstance(t.output, str):
+            keys = {("key", t.output)}
+        elif isinstance(t.output, list | tuple):  # nested steps (`["preds", "click"]`)
+            keys = {("steps", tuple(t.output))}
         else:
-            keys = {("key", t.output) if isinstance(t.output, str) else ("index", int(t.output))}
+            keys = {("index", int(t.output))}
         for k in keys:  # two tasks that leave `output` out never share a key: names and positions differ
             if k in read:
                 raise TopologyError(
