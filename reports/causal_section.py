@@ -297,12 +297,12 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
         judged = (top["difference"] == "beyond noise").any()
         lead = (
             f"Per gate, up to {TOP_SEGMENT_ROWS} segments farthest from its overall mean gate (JSD, nats), among "
-            "those whose difference is beyond sampling noise for their size; segments within noise or too small "
-            "to judge follow, marked (a random subset that small sits this far from the mean by chance). "
+            "those whose difference is beyond sampling noise for their size; segments not judged follow, largest "
+            "first, marked (within noise, or too few rows: a random subset that small sits this far from the mean "
+            "by chance). "
             if judged
-            else "No segment routes differently beyond the sampling noise for its size: the rows are the segments "
-            "farthest from each gate's mean (JSD, nats), each marked with why it is not judged (within noise, or "
-            "too few rows). "
+            else "No segment routes differently beyond the sampling noise for its size: the rows are each gate's "
+            "largest segments (by rows), each marked with why it is not judged (within noise, or too few rows). "
         )
         items.append(
             table_item(

@@ -236,3 +236,21 @@ def test_a_float64_feature_beyond_float32_is_one_line_without_numpy_warnings(
     assert "'x0'" in line and "beyond float32's range" in line and "row 300: 1e+300" in line, line
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_valid_sparse_buffer_in_a_state_dict_is_kept_and_a_malformed_one_refused(tmp_path: Path) -> None:
+    """A graph model's sparse adjacency buffer is its own state: refusing it left no way to load the model
+    (a dense copy does not load into a sparse buffer). Its indices are checked against its size instead."""
+    from mmoe_inspect.loading._payload import check_tensors
+
+    path = tmp_path / "sd.pt"
+    path.write_bytes(b"x")
+    adj = torch.sparse_coo_tensor(torch.tensor([[0, 1, 3], [1, 2, 0]]), torch.ones(3), (4, 4))
+    check_tensors({"adj": adj, "w": torch.ones(2)}, "state_dict", path)  # kept
+    bad = torch.sparse_coo_tensor(
+        torch.tensor([[0, 50_000_000], [1, 2]]), torch.ones(2), (4, 4), check_invariants=False
+    )
+    with pytest.raises(CheckpointError, match=r"state_dict\['adj'\] is a malformed sparse tensor"):
+        check_tensors({"adj": bad}, "state_dict", path)
+    with pytest.raises(CheckpointError, match=r"is a sparse_coo tensor; only dense"):
+        check_tensors({"x0": adj}, "eval_sample columns", path)

@@ -50,7 +50,7 @@ def test_a_collapse_whose_task_needs_its_expert_is_not_called_too_wide_to_tell()
     assert sev == "critical" and "significant" in text
     assert "too wide" not in text and "the task depends on that expert" in text
     sev, text = _impact(None, 0.008, 0.032)  # a shared gate (no task): not "run report with labelled data"
-    assert "not attributable to one task" in text and "labelled data" not in text
+    assert "this gate has no task of its own" in text and "labelled data" not in text
 
 
 def _pairs(tvs: dict[tuple[str, str], float]) -> pd.DataFrame:
@@ -128,9 +128,16 @@ def test_a_significant_loss_against_a_single_task_model_comes_first_in_next_step
     review = build_review({"tasks": tasks}, [warn], "Partly: ...", SimpleNamespace(baseline_gains=gains))
     nxt = next(a for a in review.answers if a.key == "next")
     assert nxt.answer.startswith(
-        "Negative transfer: the multi-task model is significantly worse on buy vs single"
-    )
+        "Negative transfer: the multi-task model is significantly worse than a single-task model on buy vs single"
+    ), nxt.answer
     assert nxt.status == "problem" and "Recalibrate" not in nxt.answer
+    # a loss against a multi-task baseline (a Shared-Bottom predicting both tasks) weighs architectures: the
+    # next step stays the warning's
+    sb = pd.concat([gains.assign(baseline="sb"), gains.assign(baseline="sb", task="click", sparse=False)])
+    tasks2 = pd.concat([tasks, pd.DataFrame([{"task": "click", "kind": "binary", "positive_rate": 0.3}])])
+    review = build_review({"tasks": tasks2}, [warn], "Partly: ...", SimpleNamespace(baseline_gains=sb))
+    nxt = next(a for a in review.answers if a.key == "next")
+    assert not nxt.answer.startswith("Negative transfer"), nxt.answer
 
 
 def test_a_shared_bottom_is_not_told_to_compare_with_a_shared_bottom() -> None:

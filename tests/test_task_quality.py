@@ -424,3 +424,58 @@ def test_a_regression_task_on_few_rows_is_not_called_no_better_than_the_mean() -
     d = (y - yhat) ** 2 - (y - y.mean()) ** 2
     half = 1.959964 * d.std(ddof=1) / np.sqrt(len(d)) / y.var()
     assert abs((row["r2_hi"] - row["r2_lo"]) / 2 - half) < 1e-6 * half
+
+
+def _task_codes(preds: np.ndarray, labels: np.ndarray, kind: str = "binary") -> set[str]:
+    from mmoe_inspect.analysis.findings import diagnose
+    from mmoe_inspect.analysis.tables import task_table
+    from mmoe_inspect.stats.outputs import TaskOutputStats
+    from mmoe_inspect.topology.spec import ExpertSpec, TaskSpec, Topology
+
+    stats = TaskOutputStats([kind])
+    stats.update(
+        torch.tensor(preds, dtype=torch.float64)[:, None], torch.tensor(labels, dtype=torch.float64)[:, None]
+    )
+    topo = Topology((TaskSpec("t", kind),), (ExpertSpec("e", "m"),), ())
+    return {f.code for f in diagnose({"tasks": task_table(topo, stats.compute())})}
+
+
+def test_a_handful_of_positives_still_gives_clear_verdicts() -> None:
+    """Few rows of a class are judged by the AUC's null distribution, not refused: 9 positives all below
+    4,991 negatives rank in reverse, all above work, a constant output is at chance; one positive scored
+    lowest among 49 negatives is within chance (too few to judge)."""
+    rng = np.random.default_rng(0)
+    y = np.zeros(5000)
+    y[:9] = 1
+    p = rng.uniform(0.1, 0.9, 5000)
+    assert "task_ranks_inverted" in _task_codes(np.where(y == 1, 0.01, p), y)
+    assert not _task_codes(np.where(y == 1, 0.99, p), y) & {"too_few_labels", "task_at_chance"}
+    assert "task_at_chance" in _task_codes(np.full(5000, 0.3), y)  # every prediction tied: ranks nothing
+    y50 = np.zeros(50)
+    y50[0] = 1
+    codes_ = _task_codes(np.where(y50 == 1, 0.01, rng.uniform(0.1, 0.9, 50)), y50)
+    assert "too_few_labels" in codes_ and "task_ranks_inverted" not in codes_
+    # exactly 10 negatives is not "fewer than 10" (n · rate is 9.999... in floating point)
+    y10 = np.r_[np.ones(40), np.zeros(10)]
+    assert "too_few_labels" not in _task_codes(np.r_[np.full(40, 0.9), np.full(10, 0.1)] + 0, y10)
+    # a regression output far from every label on 25 rows: clearly no better than the mean
+    yr = rng.normal(0, 1, 25)
+    assert "task_no_better_than_mean" in _task_codes(np.full(25, 10.0), yr, "regression")
+
+
+def test_labels_whose_mean_dwarfs_their_spread_get_no_made_up_interval() -> None:
+    """The paired R² interval is built from raw sums of size ȳ⁴: for labels around 1e4 with a spread of 1
+    float64 cannot hold it, so no interval (NaN) and the verdict reads the point estimate."""
+    from mmoe_inspect.analysis.tables import task_table
+    from mmoe_inspect.stats.outputs import TaskOutputStats
+    from mmoe_inspect.topology.spec import ExpertSpec, TaskSpec, Topology
+
+    rng = np.random.default_rng(2)
+    for mean, finite in ((0.0, True), (1e4, False)):
+        x = rng.normal(size=5000)
+        y = mean + x + rng.normal(scale=0.5, size=5000)
+        stats = TaskOutputStats(["regression"])
+        stats.update(torch.tensor(mean + x)[:, None], torch.tensor(y)[:, None])
+        topo = Topology((TaskSpec("t", "regression"),), (ExpertSpec("e", "m"),), ())
+        row = task_table(topo, stats.compute()).iloc[0]
+        assert bool(np.isfinite(row["r2_lo"])) == finite and row["r2"] > 0.7 and bool(row["beats_label_mean"])

@@ -202,9 +202,9 @@ _DECLARED = (
         TOO_FEW_LABELS,
         "warning",
         "Too few labelled rows to judge the task",
-        "a task's labelled rows cannot tell whether it works: a binary task with < 10 rows of a class, or an AUC "
-        "interval holding 0.5 that reaches 0.6; a regression task with < 30 rows, or an R² interval holding 0 "
-        "that reaches 0.05",
+        "a task's labelled rows cannot tell whether it works: a binary task whose AUC interval holds 0.5 and "
+        "reaches 0.6 (with < 10 rows of a class: an AUC within chance of 0.5 under the null), a regression task "
+        "whose R² interval holds 0 and reaches 0.05 (with < 10 rows: holds 0)",
         task_quality=True,
     ),
     FindingCode(

@@ -280,6 +280,39 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
 
 
 # ------------------------------------------------------------------------------------------ gains
+def _gain_rows(table: pd.DataFrame, tasks: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+    """The baseline-gains rows of each task's primary metric, the sparse task first, and the baselines that
+    predict several tasks (themselves multi-task, a Shared-Bottom: a comparison with one weighs
+    architectures, not multi-task training against single-task models)."""
+    primary = table[_primary_metric(table, tasks)]
+    if primary.empty:
+        primary = table
+    # the sparse task first: it is the one multi-task training is meant to help
+    primary = primary.assign(_sparse=~primary["sparse"].astype(bool)).sort_values(
+        ["_sparse", "task", "baseline"]
+    )
+    multi = {str(b) for b, g in table.groupby("baseline") if g["task"].nunique() > 1}
+    return primary, multi
+
+
+def single_task_losses(causal: Any | None, tasks: pd.DataFrame) -> list[str]:
+    """`"buy vs single (-0.325 AUC)"` for each significant loss on a task's primary metric against a working
+    single-task baseline: negative transfer, measured."""
+    table = getattr(causal, "baseline_gains", None)
+    if table is None or table.empty:
+        return []
+    primary, multi = _gain_rows(table, tasks)
+    return [
+        f"{r['task']} vs {r['baseline']} ({fmt_signed(_num(r['gain']))} "
+        f"{'AUC' if r['metric'] == 'auc' else r['metric']})"
+        for r in primary.to_dict(orient="records")
+        if bool(r.get("significant"))
+        and _num(r["gain"]) < 0
+        and str(r["baseline"]) not in multi
+        and not _baseline_at_chance(r)
+    ]
+
+
 def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = False) -> Answer:
     """ "Did multi-task training help?" from the baseline gains (`gateless`: the model is itself a
     Shared-Bottom, so only single-task baselines are suggested)."""
@@ -288,16 +321,7 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = Fa
     hint = NO_BASELINE_HINT_GATELESS if gateless else NO_BASELINE_HINT
     if causal is None or table is None or table.empty:
         return Answer("gains", q, "Not measured: " + hint + ".", "unknown")
-    primary = table[_primary_metric(table, tasks)]
-    if primary.empty:
-        primary = table
-    # the sparse task first: it is the one multi-task training is meant to help
-    primary = primary.assign(_sparse=~primary["sparse"].astype(bool)).sort_values(
-        ["_sparse", "task", "baseline"]
-    )
-    # a baseline that predicts several of the tasks is itself multi-task (a Shared-Bottom): a comparison
-    # with it weighs architectures, not multi-task training against single-task models
-    multi = {str(b) for b, g in table.groupby("baseline") if g["task"].nunique() > 1}
+    primary, multi = _gain_rows(table, tasks)
     evidence, better, worse, broken = [], [], [], []
     for r in primary.to_dict(orient="records"):
         sig = bool(r.get("significant"))
@@ -430,7 +454,8 @@ def _collapse_impact(
     abl = _ablation(causal, task, expert) if task else None
     if abl is None and not task:
         return (
-            "not attributable to one task: a shared gate feeds every task (see the task gates' impacts)",
+            "not measured for one task: this gate has no task of its own (a shared gate, or one whose task "
+            "discovery could not trace)",
             None,
         )
     if abl is None:
@@ -762,13 +787,16 @@ def build_review(
             "problem",
             tuple(f"{d.severity}: {d.title}" for d in diagnoses[:5]),
         )
-    elif gains.status == "problem" and (not diagnoses or diagnoses[0].severity != "critical"):
-        # a measured loss against a baseline comes before warnings: recalibrating cannot fix ranking
+    elif (losses := single_task_losses(causal, tasks)) and (
+        not diagnoses or diagnoses[0].severity != "critical"
+    ):
+        # a measured loss against a single-task model comes before warnings: recalibrating cannot fix ranking
         nxt = Answer(
             "next",
             QUESTIONS["next"],
-            f"Negative transfer: {gains.answer.removeprefix('No: ')} Look for task conflict before anything "
-            "else: loss weights, a task-specific tower or experts (PLE/CGC), or train that task alone.",
+            f"Negative transfer: the multi-task model is significantly worse than a single-task model on "
+            f"{', '.join(losses)}. Look for task conflict before anything else: loss weights, a task-specific "
+            "tower or experts (PLE/CGC), or train that task alone.",
             "problem",
             (gains.answer, *(f"{d.severity}: {d.title}" for d in diagnoses[:4])),
         )

@@ -95,15 +95,16 @@ def task_table(
 
 
 MIN_CLASS_ROWS = 10
-"""Fewer labelled rows of a class than this: a binary task's AUC verdicts (at chance, in reverse,
-miscalibrated) are not given (`too_few_labels`): one positive scored lowest is AUC 0 with a zero-width
-interval."""
+"""Fewer labelled rows of a class than this: DeLong's interval degenerates (one positive scored lowest is
+AUC 0 with a zero-width interval), so the AUC is judged only when it differs from 0.5 under the null
+(Mann-Whitney); otherwise `too_few_labels`."""
 AUC_MARGIN = 0.1
 """"At chance" needs the AUC interval to hold 0.5 and stay below 0.5 + this; an interval holding 0.5 that
 reaches further cannot tell a coin from a working ranker (`too_few_labels`)."""
-MIN_REGRESSION_ROWS = 30
+MIN_REGRESSION_ROWS = 10
 R2_MARGIN = 0.05
-"""The regression counterparts: "no better than the mean" needs the R² interval below this."""
+"""The regression counterparts: "no better than the mean" needs the R² interval below this (and on fewer
+than `MIN_REGRESSION_ROWS` rows an interval holding 0 is not judged at all)."""
 
 
 def _se(outputs: Any, name: str, i: int) -> float:
@@ -118,14 +119,27 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
     auc = _f(outputs.auc.reshape(-1)[i])
     rate = _f(outputs.label_mean.reshape(-1)[i])
     n = _f(outputs.n_labelled.reshape(-1)[i])
-    n_pos, n_neg = n * rate, n * (1 - rate)
+    n_pos = round(n * rate) if n > 0 else 0  # (n · rate is 9.999... for 10 rows of a class)
+    n_neg = round(n) - n_pos if n > 0 else 0
     se = _se(outputs, "auc_se", i)
     if math.isfinite(se) and not math.isnan(auc):
         lo, hi = max(0.0, auc - 1.959964 * se), min(1.0, auc + 1.959964 * se)
     else:
         lo, hi = auc_interval(auc, n_pos, n_neg) if n > 0 else (math.nan, math.nan)
     judged = not math.isnan(auc)  # both classes present
-    few = judged and (min(n_pos, n_neg) < MIN_CLASS_ROWS or (lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN))
+    if not judged:
+        few = False
+    elif min(n_pos, n_neg) < MIN_CLASS_ROWS:
+        # DeLong's interval degenerates on a handful of rows (zero width at AUC 0 or 1): whether the AUC
+        # differs from 0.5 at all is told by its null distribution (Mann-Whitney, var (n₊ + n₋ + 1) / 12n₊n₋)
+        sd0 = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
+        few = abs(auc - 0.5) <= 1.959964 * sd0
+    else:
+        few = lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN
+    if auc == 0.5 and lo == hi:
+        few = (
+            False  # every prediction tied (a constant output): it ranks nothing, whatever the rows: at chance
+        )
     base = base_rate_logloss(rate)
     logloss = _f(outputs.logloss.reshape(-1)[i])
     se = _f(outputs.logloss_vs_base_se.reshape(-1)[i]) if hasattr(outputs, "logloss_vs_base_se") else math.nan
@@ -162,8 +176,12 @@ def _regression_quality(outputs: Any, i: int) -> dict[str, Any]:
     r2 = 1.0 - mse / var if judged else math.nan
     # the paired interval of mean((y - ŷ)² - (y - ȳ)²) = MSE - var, read as R² = -(MSE - var) / var
     half = 1.959964 * _se(outputs, "mse_vs_var_se", i) / var if judged else math.nan
-    lo, hi = (r2 - half, r2 + half) if math.isfinite(half) else (r2, r2)
-    few = judged and (n < MIN_REGRESSION_ROWS or (lo <= 0 and hi >= R2_MARGIN))
+    lo, hi = (r2 - half, r2 + half) if math.isfinite(half) else (math.nan, math.nan)
+    if math.isfinite(half):  # judged by the interval; on a handful of rows any interval holding 0 is too wide
+        few = judged and lo <= 0 and (hi >= R2_MARGIN or (n < MIN_REGRESSION_ROWS and hi >= 0))
+    else:  # no interval (one row, or labels whose mean dwarfs their spread: float64 cannot hold it)
+        few = judged and n < MIN_REGRESSION_ROWS
+        lo = hi = r2  # (the verdict below reads the point estimate)
     return {
         "label_var": var,
         "r2": r2,
@@ -172,7 +190,7 @@ def _regression_quality(outputs: Any, i: int) -> dict[str, Any]:
         "too_few_labels": bool(few),
         # works: R² interval above 0; no better: it holds 0 (or lies below) and stays below R2_MARGIN
         "beats_label_mean": None if not judged or few else bool(lo > 0),
-    }
+    } | ({"r2_lo": math.nan, "r2_hi": math.nan} if not math.isfinite(half) else {})
 
 
 def auc_interval(auc: float, n_pos: float, n_neg: float, z: float = 1.959964) -> tuple[float, float]:

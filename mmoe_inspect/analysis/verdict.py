@@ -6,6 +6,7 @@ import pandas as pd
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.analysis.findings import Finding
+from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import Topology
 
 __all__ = ["NMI_DIFFERENT", "TV_CLEARLY_DIFFERENT", "TV_DIFFERENT", "cannot_judge_sentence", "verdict"]
@@ -62,10 +63,12 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
 
 
 def _one_gate_per_level(topology: Topology) -> bool:
-    """Every level has one gate and none names a task: each gate serves every task (OMoE)."""
+    """Every level has one gate and none names a task: each gate serves every task (OMoE). Not when
+    discovery could not trace a gate's task (`untraced_gates`): that gate may serve one task only."""
     levels: dict[int, int] = {}
+    untraced = untraced_gates(topology.notes)
     for g in topology.gates:
-        if g.task is not None:
+        if g.task is not None or g.name in untraced:
             return False
         levels[g.level] = levels.get(g.level, 0) + 1
     return bool(levels) and all(n == 1 for n in levels.values())

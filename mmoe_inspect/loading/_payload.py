@@ -20,7 +20,7 @@ from torch import nn
 
 from mmoe_inspect import _limits as limits
 from mmoe_inspect._limits import human_bytes
-from mmoe_inspect.errors import CheckpointError
+from mmoe_inspect.errors import CheckpointError, first_line
 
 
 def _error(message: str) -> Exception:
@@ -30,6 +30,23 @@ def _error(message: str) -> Exception:
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes `t` takes once materialized (its logical size, not its storage's)."""
     return t.numel() * t.element_size()
+
+
+def _check_sparse(t: torch.Tensor, what: str, *, dense_only: bool) -> None:
+    """A non-strided tensor: refused where only dense values are read (stored evaluation columns); in a
+    state_dict (a graph model's sparse adjacency buffer) a COO tensor is kept when its indices lie inside its
+    size (torch.load does not check them), anything else is refused."""
+    layout = str(t.layout).removeprefix("torch.")
+    if dense_only or t.layout != torch.sparse_coo:
+        raise _error(
+            f"{what} is a {layout} tensor; only dense (strided) tensors are read here: save it with .to_dense()"
+        )
+    try:
+        torch.sparse_coo_tensor(t._indices(), t._values(), t.shape, check_invariants=True)
+    except (RuntimeError, ValueError) as exc:
+        raise _error(
+            f"{what} is a malformed sparse tensor ({first_line(exc, default='invalid indices')})"
+        ) from None
 
 
 def check_tensors(tensors: Mapping[str, Any], where: str, path: Path) -> None:
@@ -42,11 +59,7 @@ def check_tensors(tensors: Mapping[str, Any], where: str, path: Path) -> None:
         if t.is_meta:
             raise _error(f"{path}: {where}[{str(key)[:60]!r}] is a meta tensor (a shape without values)")
         if t.layout != torch.strided:  # sparse indices are not checked against their size by torch.load
-            layout = str(t.layout).removeprefix("torch.")
-            raise _error(
-                f"{path}: {where}[{str(key)[:60]!r}] is a {layout} tensor; only dense (strided) tensors are "
-                "read: save it with .to_dense()"
-            )
+            _check_sparse(t, f"{path}: {where}[{str(key)[:60]!r}]", dense_only=where != "state_dict")
         total += tensor_bytes(t)
     cap = limits.TENSOR_BYTES.value
     if total > cap:

@@ -214,7 +214,11 @@ class TaskOutputStats(SummaryMetric):
         sum_d2 = (
             self.sum_u2 + m**2 * sum_v2 + n * m**4 + 2 * m * self.sum_uv - 2 * m**2 * sum_u - 2 * m**3 * sum_v
         )
-        var = (sum_d2 / n - (sum_d / n) ** 2).clamp_min(0) * n / (n - 1).clamp_min(1)
+        raw = sum_d2 / n - (sum_d / n) ** 2
+        # the terms are of the size of ȳ⁴: when the labels' mean dwarfs their spread (prices, timestamps) the
+        # difference is float64 rounding, not the variance: NaN (no interval) rather than a made-up width
+        scale = self.sum_u2 / n + m**2 * sum_v2 / n + m**4
+        var = torch.where(raw > 1e-9 * scale, raw, torch.nan) * n / (n - 1).clamp_min(1)
         return (var / n).sqrt()
 
     def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
