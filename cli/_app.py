@@ -22,7 +22,7 @@ app = typer.Typer(
     epilog="Start with [bold]mmoe-inspect demo --out mmoe-demo[/bold], then "
     "[bold]mmoe-inspect COMMAND --help[/bold] for examples. Every command reading a checkpoint takes the same "
     "loading options. Exit codes: 0 fine; 1 a bug (for check: a --fail-on finding); 2 bad input; "
-    "3 report --fail-on.",
+    "3 report --fail-on; 4 check cannot judge the routing; 130 interrupted.",
 )
 
 

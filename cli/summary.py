@@ -129,9 +129,15 @@ def summary_command(
                 )
                 if r.get("at_chance"):
                     score += " AT CHANCE"
+                elif r.get("too_few_labels") is True:
+                    score += " NOT JUDGED (too few rows)"
                 ll = f"{fmt(float(r.get('logloss', math.nan)), 4)} ({fmt(float(r.get('base_rate_logloss', math.nan)), 4)})"
             else:
                 score, ll = fmt(float(r.get("mse", math.nan))), "—"
+                if r.get("too_few_labels") is True:
+                    score += " NOT JUDGED (too few rows)"
+                elif r.get("beats_label_mean") is False:
+                    score += " NO BETTER THAN THE MEAN"
             t.add_row(
                 escape(str(r["task"])),
                 str(r.get("kind", "")),

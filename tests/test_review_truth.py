@@ -173,3 +173,24 @@ def test_every_task_at_chance_points_at_the_labels_and_names_each_rate() -> None
         d for d in build_review({"tasks": tasks}, chance[2:], "Partly: ...").diagnoses if "chance" in d.title
     ]
     assert story.causes[0].startswith("learning rate") and "42.0%" in story.causes[1]
+
+
+def test_summary_marks_a_task_it_cannot_judge(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mmoe_inspect.checkpoint import save_checkpoint
+    from mmoe_inspect.cli.main import app
+
+    torch.manual_seed(0)
+    model = MMoE(4, [TaskSpec("click"), TaskSpec("buy")], n_experts=3).eval()
+    rng = np.random.default_rng(3)
+    data = pd.DataFrame(rng.normal(size=(400, 4)).astype("float32"), columns=[f"x{i}" for i in range(4)])
+    data["click"] = (rng.random(400) < 0.3).astype(float)
+    data["buy"] = 0.0
+    data.loc[:2, "buy"] = 1.0  # 3 positives
+    data.to_parquet(tmp_path / "eval.parquet")
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    res = CliRunner().invoke(app, ["summary", str(ckpt), "--data", str(tmp_path / "eval.parquet")])
+    assert res.exit_code == 0, res.output
+    table = res.output[res.output.index("Tasks") :]
+    assert "NOT" in table[table.index("│ buy") :].split("└")[0], res.output  # (rich wraps the cell)
