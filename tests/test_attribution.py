@@ -405,8 +405,8 @@ def test_model_is_left_exactly_as_found(method: str, failure: str) -> None:
     topo = model.topology()
     if failure == "forward-raises":
         model.experts[1] = Boom(model.experts[1], after=2)
-    if failure == "bad-gate-shape":  # an expert module passed off as a gate: wrong width
-        topo = Topology(topo.tasks, topo.experts, (GateSpec("a", "experts.0", ("e0", "e1", "e2"), "a"),))
+    if failure == "bad-gate-shape":  # a layer inside an expert passed off as a gate: wrong width
+        topo = Topology(topo.tasks, topo.experts, (GateSpec("a", "experts.0.0", ("e0", "e1", "e2"), "a"),))
     _messy_state(model)
     before = fingerprint(model)
     kwargs = {"topology": topo, "sample_rows": 32, "n_steps": 4, "method": method}

@@ -1,5 +1,5 @@
 """The review's sentences on models other than a two-task MMoE say what the numbers say (a second
-truthfulness review, session 12): a collapse whose task needs its expert, a shared gate's impact, a pair of
+truthfulness review, session 12; the collapse-impact wording is in test_task_quality.py): a pair of
 identical gates among tasks that route apart, one far pair among several, a one-gate MoE, a measured loss
 against a single-task baseline, a Shared-Bottom's baseline hint, and regression outputs' [0, 1] range."""
 
@@ -15,42 +15,10 @@ import torch
 import mmoe_inspect as mi
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, diagnose
-from mmoe_inspect.analysis.review import build_review, rescale_by_impact
+from mmoe_inspect.analysis.review import build_review
 from mmoe_inspect.analysis.verdict import verdict
 from mmoe_inspect.models import MMoE, OMoE
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
-
-
-def _impact(task: str | None, lo: float, hi: float) -> tuple[str, str]:
-    tables = {
-        "gate_metrics": pd.DataFrame([{"gate": "g", "task": task, "top_expert": "e1"}]),
-        "tasks": pd.DataFrame([{"task": "click", "kind": "binary", "at_chance": False}]),
-    }
-    abl = pd.DataFrame(
-        [
-            {
-                "task": "click",
-                "expert": "e1",
-                "mode": "renormalize",
-                "metric": "auc",
-                "importance": (lo + hi) / 2,
-                "lo": lo,
-                "hi": hi,
-                "significant": lo > 0 or hi < 0,
-            }
-        ]
-    )
-    f = Finding.of(codes.COLLAPSED_GATE, "g", "collapsed", "fix", {})
-    (out,) = rescale_by_impact([f], tables, SimpleNamespace(ablation=abl))
-    return out.severity, str(out.evidence["impact"])
-
-
-def test_a_collapse_whose_task_needs_its_expert_is_not_called_too_wide_to_tell() -> None:
-    sev, text = _impact("click", 0.008, 0.032)  # removing e1 costs 0.008-0.032 AUC: significant, narrow
-    assert sev == "critical" and "significant" in text
-    assert "too wide" not in text and "the task depends on that expert" in text
-    sev, text = _impact(None, 0.008, 0.032)  # a shared gate (no task): not "run report with labelled data"
-    assert "this gate has no task of its own" in text and "labelled data" not in text
 
 
 def _pairs(tvs: dict[tuple[str, str], float]) -> pd.DataFrame:

@@ -203,13 +203,13 @@ def test_a_collapse_whose_impact_interval_is_wide_keeps_its_severity() -> None:
     from mmoe_inspect.analysis.findings import Finding
     from mmoe_inspect.analysis.review import rescale_by_impact
 
-    tables = {
-        "gate_metrics": pd.DataFrame([{"gate": "g", "task": "click", "top_expert": "e1"}]),
-        "tasks": pd.DataFrame([{"task": "click", "kind": "binary", "at_chance": False}]),
-    }
     collapsed = Finding.of(codes.COLLAPSED_GATE, "g", "collapsed", "fix", {})
 
-    def severity(lo: float, hi: float) -> tuple[str, str]:
+    def severity(lo: float, hi: float, task: str | None = "click") -> tuple[str, str]:
+        tables = {
+            "gate_metrics": pd.DataFrame([{"gate": "g", "task": task, "top_expert": "e1"}]),
+            "tasks": pd.DataFrame([{"task": "click", "kind": "binary", "at_chance": False}]),
+        }
         abl = pd.DataFrame(
             [
                 {
@@ -231,6 +231,12 @@ def test_a_collapse_whose_impact_interval_is_wide_keeps_its_severity() -> None:
     assert sev == "critical" and "too wide to tell" in impact and "small" not in impact
     sev, impact = severity(-0.002, 0.003)  # measured: within ±0.005 AUC either way
     assert sev == "warning" and "measured impact small" in impact
+    # the task needs the expert its gate collapsed onto (significant, narrow): not "too wide to tell"
+    sev, impact = severity(0.008, 0.032)
+    assert sev == "critical" and "too wide" not in impact and "the task depends on that expert" in impact
+    # a gate with no task of its own: not "run report with labelled data"
+    sev, impact = severity(0.008, 0.032, task=None)
+    assert "this gate has no task of its own" in impact and "labelled data" not in impact
 
 
 def test_an_all_zero_expert_that_gates_weight_is_not_called_harmless() -> None:
