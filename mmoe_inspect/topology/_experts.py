@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from mmoe_inspect.topology._graphops import map_axis, norm_dim, selection, view_parent
@@ -156,6 +157,9 @@ class ExpertTracer:
             per_expert = any(p.ndim > 0 and p.shape[0] == k for p in module.parameters())
             over_a_set = any(g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k for i in call.inputs)
             if over_a_set and not per_expert:
+                rows = self._rows_through(call, k)
+                if rows is not None:
+                    return rows
                 return (
                     f"weights the outputs of {path} applied position-wise over a set (attention), not experts"
                 )
@@ -163,6 +167,28 @@ class ExpertTracer:
         if not any(True for _ in module.parameters()):
             return f"weights the output of {path}, which has no parameters of its own"
         return [ExpertRef(("inline", idx, i), None, None, path, (idx, i)) for i in range(k)]
+
+    def _rows_through(self, call: ModuleCall, k: int) -> list[ExpertRef] | None:
+        """Experts that reach the weighted sum through a module applied row by row to their stack.
+
+        `call` took one `[B, k, ...]` tensor. If each output row depends on its own input row only
+        (probed: changing input row 0 leaves output rows 1.. untouched) and the input rows trace back to
+        `k` expert computations, those are the experts (a LayerNorm, Linear or activation on the stack);
+        otherwise None: attention over a set (rows mixed, or values that are features, not experts).
+        """
+        g = self.graph
+        if len(call.inputs) != 1:
+            return None
+        inp = g.nodes[call.inputs[0]]
+        if (
+            inp.ndim < 3
+            or inp.shape[1] != k
+            or inp.tensor is None
+            or not _row_wise(g.modules[call.path], inp.tensor)
+        ):
+            return None
+        got = self.resolve(inp.idx, 1, k)
+        return None if isinstance(got, str) else got
 
     def _inline(self, idx: int, k: int) -> list[ExpertRef] | str:
         """Experts computed inline: accepted only if parameters enter before the nearest module outputs."""
@@ -200,3 +226,27 @@ class ExpertTracer:
         parent = g.nodes[idx].module
         parent = None if parent in (None, ROOT) else parent
         return [ExpertRef(("inline", idx, i), None, None, parent or ROOT, (idx, i)) for i in range(k)]
+
+
+def _row_wise(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `module` maps `x` `[B, k, ...]` row by row along axis 1: output rows 1.. stay the same when
+    input row 0 changes (and the output keeps the `[B, k]` layout). Run in eval mode, without grad, on the
+    traced input; training flags are restored."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            base = module(x)
+            moved = x.detach().clone()
+            moved[:, 0] = moved[:, 0] * 1.5 + 1.0
+            after = module(moved)
+    except Exception:  # a module that cannot be re-run is not proven row-wise
+        return False
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+    if not isinstance(base, torch.Tensor) or not isinstance(after, torch.Tensor):
+        return False
+    if base.shape != after.shape or base.ndim < 2 or base.shape[:2] != x.shape[:2]:
+        return False
+    return bool(torch.equal(base[:, 1:], after[:, 1:]))

@@ -1,0 +1,133 @@
+"""Expert outputs transformed on their way to the gate-weighted sum: a module applied position-wise to the
+stacked `[B, E, H]` experts (shared LayerNorm / Linear / ReLU, a per-task LayerNorm) keeps the E rows as E
+experts, so the gates are found and a planted collapsed or identical gate is reported, while attention over a
+set (values that rows of one computation, mixed across positions) stays gate-less. Attribute and class names
+avoid the MoE vocabulary on purpose: discovery must not lean on names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import mmoe_inspect as mi
+
+FEATURES = [f"x{i}" for i in range(8)]
+E, H = 4, 16
+
+
+def collapse(lin: nn.Linear, expert: int) -> None:
+    """The gate layer ignores its input and puts all weight on `expert`."""
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.fill_(0.0)
+        lin.bias[expert] = 20.0
+
+
+class StackOpRanker(nn.Module):
+    """Two-task MMoE whose stacked experts pass through `op` (a module) before the weighted sum."""
+
+    def __init__(self, op: str, plant: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.op = op
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU()) for _ in range(E))
+        self.norm = nn.LayerNorm(H)
+        self.proj = nn.Linear(H, H)
+        self.act = nn.ReLU()
+        self.task_norm = nn.ModuleList(nn.LayerNorm(H) for _ in range(2))
+        self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+        with torch.no_grad():
+            for g in self.mix_w:
+                g.weight.mul_(4)
+        if plant == "collapsed":
+            collapse(self.mix_w[0], 0)
+        elif plant == "identical":
+            self.mix_w[1].load_state_dict(self.mix_w[0].state_dict())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.mlps], 1)
+        shared = {"layernorm": self.norm, "proj": self.proj, "relu": self.act}.get(self.op)
+        if shared is not None:
+            ex = shared(ex)
+        out = {}
+        for t, (name, g, head) in enumerate(zip(("click", "buy"), self.mix_w, self.heads, strict=True)):
+            rows = self.task_norm[t](ex) if self.op == "task_norm" else ex
+            w = torch.softmax(g(x), -1).unsqueeze(-1)
+            out[name] = torch.sigmoid(head((w * rows).sum(1))).squeeze(-1)
+        return out
+
+
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(1500, len(FEATURES))).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] > 0).astype("float64")
+    f["buy"] = (f["x1"] > 1).astype("float64")
+    return f
+
+
+def inspect(model: nn.Module) -> mi.InspectionResult:
+    return mi.inspect(
+        model.eval(), frame(), input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
+    )
+
+
+def codes(result: mi.InspectionResult) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for f in result.findings:
+        out.setdefault(f.code, set()).add(f.subject)
+    return out
+
+
+@pytest.mark.parametrize("op", ["layernorm", "proj", "relu", "task_norm"])
+def test_a_position_wise_module_on_the_stacked_experts_keeps_the_gates(op: str) -> None:
+    result = inspect(StackOpRanker(op, "collapsed"))
+    gates = result.topology.gates
+    assert len(gates) == 2
+    assert all(len(g.experts) == E for g in gates)
+    assert codes(result).get("collapsed_gate") == {"click"}
+
+
+def test_identical_gates_over_per_task_normalized_experts_are_compared() -> None:
+    result = inspect(StackOpRanker("task_norm", "identical"))
+    assert "tasks_route_identically" in codes(result)
+
+
+class FieldAttention(nn.Module):
+    """Self-attention over the fields: every output row mixes all rows (not position-wise)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(s).chunk(3, -1)
+        return torch.softmax(q @ k.transpose(1, 2) / 4.0, -1) @ v
+
+
+class FieldPooling(nn.Module):
+    """Shared-Bottom: per-field projections stacked `[B, F, D]`, self-attention over the fields, then a
+    softmax attention pooling over the fields; the pooling is attention, not a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fields = nn.ModuleList(nn.Linear(1, H) for _ in FEATURES)
+        self.attn = FieldAttention(H)
+        self.score = nn.Linear(H, 1)
+        self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.attn(torch.stack([f(x[:, i : i + 1]) for i, f in enumerate(self.fields)], 1))
+        pooled = (torch.softmax(self.score(s).squeeze(-1), -1).unsqueeze(-1) * s).sum(1)
+        return {
+            n: torch.sigmoid(h(pooled)).squeeze(-1) for n, h in zip(("click", "buy"), self.heads, strict=True)
+        }
+
+
+def test_attention_over_a_set_of_field_rows_stays_gate_less() -> None:
+    result = inspect(FieldPooling())
+    assert not result.topology.gates
