@@ -131,3 +131,55 @@ class FieldPooling(nn.Module):
 def test_attention_over_a_set_of_field_rows_stays_gate_less() -> None:
     result = inspect(FieldPooling())
     assert not result.topology.gates
+
+
+class FlatRanker(nn.Module):
+    """TensorFlow-style flat mixing: experts concatenated `[B, E*H]`, each gate widened to `[B, E*H]` by
+    `unsqueeze(-1).expand(B, E, H).reshape(B, E*H)`, multiplied, viewed `[B, E, H]` and summed over E
+    (`.sum(1)`, or the rows added up in a loop, in place or not)."""
+
+    def __init__(self, total: str, plant: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.total = total
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU()) for _ in range(E))
+        self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
+        self.towers = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+        with torch.no_grad():
+            for g in self.mix_w:
+                g.weight.mul_(4)
+        if plant == "collapsed":
+            collapse(self.mix_w[0], 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = torch.cat([m(x) for m in self.mlps], 1)
+        outs = []
+        for g, tower in zip(self.mix_w, self.towers, strict=True):
+            w = torch.softmax(g(x), 1).unsqueeze(-1).expand(-1, E, H).reshape(x.shape[0], -1)
+            weighted = (flat * w).view(-1, E, H)
+            if self.total == "sum":
+                h = weighted.sum(1)
+            elif self.total == "loop":
+                h = weighted[:, 0]
+                for i in range(1, E):
+                    h = h + weighted[:, i]
+            else:
+                h = torch.zeros(x.shape[0], H)
+                for i in range(E):
+                    h += weighted[:, i]
+            outs.append(torch.sigmoid(tower(h)))
+        return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("total", ["sum", "loop", "inplace_loop"])
+def test_flat_mixing_with_an_expanded_gate_is_a_mixture(total: str) -> None:
+    model = FlatRanker(total, "collapsed").eval()
+    result = mi.inspect(
+        model,
+        frame(),
+        input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()),
+        columns=FEATURES,
+        tasks=["click", "buy"],
+    )
+    assert len(result.topology.gates) == 2
+    assert codes(result).get("collapsed_gate") == {"click"}
