@@ -183,3 +183,47 @@ def test_flat_mixing_with_an_expanded_gate_is_a_mixture(total: str) -> None:
     )
     assert len(result.topology.gates) == 2
     assert codes(result).get("collapsed_gate") == {"click"}
+
+
+class TwiceLayer(nn.Module):
+    """One MMoE layer: four experts, a gate per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(4, H), nn.ReLU()) for _ in range(E))
+        self.gates = nn.ModuleList(nn.Linear(4, E) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.experts], 1)
+        return [(torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1) for g in self.gates]
+
+
+class TwoSides(nn.Module):
+    """The same MMoE layer applied to both halves of the features; per task the two outputs multiplied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mmoe = TwiceLayer()
+        self.towers = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+        with torch.no_grad():
+            for g in self.mmoe.gates:
+                g.weight.mul_(4)
+        collapse(self.mmoe.gates[0], 0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.mmoe(x[:, :4]), self.mmoe(x[:, 4:])
+        return {
+            n: torch.sigmoid(t(a * b)).squeeze(-1)
+            for n, t, a, b in zip(("click", "buy"), self.towers, left, right, strict=True)
+        }
+
+
+def test_a_layer_called_twice_never_compares_a_task_with_itself() -> None:
+    result = inspect(TwoSides())
+    assert len(result.topology.gates) == 4
+    found = codes(result)
+    assert "click" in found.get("collapsed_gate", set())
+    for subject in found.get("tasks_route_identically", set()) | found.get("tasks_route_similarly", set()):
+        a, b = (s.strip() for s in subject.split("~"))
+        assert a != b, subject

@@ -26,7 +26,7 @@ from torch import nn
 from mmoe_inspect._validate import check_number
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, Thresholds, diagnose
-from mmoe_inspect.analysis.tables import gate_groups
+from mmoe_inspect.analysis.tables import distinct_owners, gate_groups
 from mmoe_inspect.monitor.tensorboard import TensorBoardSink
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
 from mmoe_inspect.routing_pass import RoutingStats
@@ -387,7 +387,9 @@ def _tv_to_others(
     for i, grp in enumerate(groups):
         tv = pairs[i].tv
         for a, ga in enumerate(grp):
-            out[ga.name] = {gb.name: float(tv[a, b]) for b, gb in enumerate(grp) if b != a}
+            out[ga.name] = {
+                gb.name: float(tv[a, b]) for b, gb in enumerate(grp) if b != a and distinct_owners(ga, gb)
+            }
     return out
 
 
