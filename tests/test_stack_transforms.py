@@ -227,3 +227,45 @@ def test_a_layer_called_twice_never_compares_a_task_with_itself() -> None:
     for subject in found.get("tasks_route_identically", set()) | found.get("tasks_route_similarly", set()):
         a, b = (s.strip() for s in subject.split("~"))
         assert a != b, subject
+
+
+class LogitsPlusScore(nn.Module):
+    """Binary tasks emitting logits (trained with BCEWithLogitsLoss) beside one extra output that ends in a
+    sigmoid (a combined score): the logits leave [0, 1] and their labels are 0/1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU()) for _ in range(E))
+        self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+        with torch.no_grad():
+            self.heads[0].bias.fill_(-1.5)
+            self.heads[1].bias.fill_(-4.0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.mlps], 1)
+        out = {}
+        for name, g, head in zip(("click", "buy"), self.mix_w, self.heads, strict=True):
+            out[name] = head((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1)).squeeze(-1)
+        out["score"] = torch.sigmoid(out["click"]) * torch.sigmoid(out["buy"])
+        return out
+
+
+def test_logits_beside_a_sigmoid_output_are_read_as_binary_with_0_1_labels() -> None:
+    result = inspect(LogitsPlusScore())
+    kinds = {t.name: (t.kind, t.probability) for t in result.topology.tasks}
+    assert kinds["click"] == ("binary", False)
+    assert kinds["buy"] == ("binary", False)
+    assert "task_no_better_than_mean" not in codes(result)
+
+
+def test_explicit_task_kinds_keep_a_logit_output_a_regression() -> None:
+    result = mi.inspect(
+        LogitsPlusScore().eval(),
+        frame(),
+        input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()),
+        columns=FEATURES,
+        task_kinds={"click": "regression", "buy": "regression", "score": "binary"},
+    )
+    assert {t.name: t.kind for t in result.topology.tasks}["click"] == "regression"
