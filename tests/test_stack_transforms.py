@@ -269,3 +269,40 @@ def test_explicit_task_kinds_keep_a_logit_output_a_regression() -> None:
         task_kinds={"click": "regression", "buy": "regression", "score": "binary"},
     )
     assert {t.name: t.kind for t in result.topology.tasks}["click"] == "regression"
+
+
+class ScaledViews(nn.Module):
+    """MMoE whose tasks each rescale the shared experts inline (`ex * task_scale[t]`, a Parameter `[E, H]`)."""
+
+    def __init__(self, plant: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU()) for _ in range(E))
+        self.task_scale = nn.Parameter(torch.empty(2, E, H).uniform_(0.5, 1.5))
+        self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+        with torch.no_grad():
+            for g in self.mix_w:
+                g.weight.mul_(4)
+        if plant == "collapsed":
+            collapse(self.mix_w[0], 0)
+        elif plant == "identical":
+            self.mix_w[1].load_state_dict(self.mix_w[0].state_dict())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.mlps], 1)
+        out = {}
+        for t, (name, g, head) in enumerate(zip(("click", "buy"), self.mix_w, self.heads, strict=True)):
+            rows = ex * self.task_scale[t]
+            out[name] = torch.sigmoid(head((torch.softmax(g(x), -1).unsqueeze(-1) * rows).sum(1))).squeeze(-1)
+        return out
+
+
+def test_per_task_scaled_shared_experts_stay_shared() -> None:
+    identical = inspect(ScaledViews("identical"))
+    assert identical.topology.architecture == "mmoe"
+    assert all(g.experts == identical.topology.gates[0].experts for g in identical.topology.gates)
+    assert "tasks_route_identically" in codes(identical)
+    collapsed = codes(inspect(ScaledViews("collapsed")))
+    assert collapsed.get("collapsed_gate") == {"click"}
+    assert "dead_expert" not in collapsed

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from mmoe_inspect.topology._graphops import map_axis, norm_dim, selection, view_parent
-from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Ref
+from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Node, Ref
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
+_ELEMENTWISE = frozenset({"mul", "rmul", "multiply", "div", "truediv", "add", "radd", "sub", "rsub"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,11 @@ class ExpertTracer:
                 return [whole[i] for i in picks]
             p = view_parent(g, node)
             if p is None:
-                break
+                p = self._scaled_rows(node) if ax is not None else None
+                if p is None:
+                    break
+                cur = p  # same shape, same axis: the rows are the operand's, rescaled
+                continue
             if ax is not None:
                 mapped = map_axis(node, g.nodes[p], ax, forward=False)
                 if mapped is None:
@@ -167,6 +172,35 @@ class ExpertTracer:
         if not any(True for _ in module.parameters()):
             return f"weights the output of {path}, which has no parameters of its own"
         return [ExpertRef(("inline", idx, i), None, None, path, (idx, i)) for i in range(k)]
+
+    def _scaled_rows(self, node: Node) -> int | None:
+        """The operand whose rows `node` carries when it only rescales or shifts them by constants
+        (`ex * task_scale[t]`, `ex + bias`: an elementwise op whose other operands no input reaches): the
+        experts stay the operand's (a task's view of shared experts, not experts of its own)."""
+        if node.op not in _ELEMENTWISE:
+            return None
+        refs = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, Ref)]
+        rows = [r.node for r in refs if self.graph.nodes[r.node].shape == node.shape]
+        if len(rows) != 1 or not self._from_input(rows[0]):
+            return None
+        if any(self._from_input(r.node) for r in refs if r.node != rows[0]):
+            return None
+        return rows[0]
+
+    def _from_input(self, idx: int, limit: int = 4096) -> bool:
+        """Whether the model's input reaches node `idx` (it varies with the row)."""
+        g = self.graph
+        seen = {idx}
+        todo = [idx]
+        while todo and len(seen) < limit:
+            n = g.nodes[todo.pop()]
+            if n.op == "input":
+                return True
+            for p in n.parents:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return len(seen) >= limit
 
     def _rows_through(self, call: ModuleCall, k: int) -> list[ExpertRef] | None:
         """Experts that reach the weighted sum through a module applied row by row to their stack.
