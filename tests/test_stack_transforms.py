@@ -306,3 +306,37 @@ def test_per_task_scaled_shared_experts_stay_shared() -> None:
     collapsed = codes(inspect(ScaledViews("collapsed")))
     assert collapsed.get("collapsed_gate") == {"click"}
     assert "dead_expert" not in collapsed
+
+
+class PredictionMixture(nn.Module):
+    """Mixture of expert predictions: each expert scores both tasks (`[B, 2]`); task t mixes the experts'
+    probabilities for t, `softmax(g_t(x)) * sigmoid(stack(experts))[:, :, t]`."""
+
+    def __init__(self, plant: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.scorers = nn.ModuleList(
+            nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU(), nn.Linear(H, 2)) for _ in range(E)
+        )
+        self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
+        with torch.no_grad():
+            for g in self.mix_w:
+                g.weight.mul_(4)
+        if plant == "collapsed":
+            collapse(self.mix_w[0], 0)
+        elif plant == "identical":
+            self.mix_w[1].load_state_dict(self.mix_w[0].state_dict())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        probs = torch.sigmoid(torch.stack([m(x) for m in self.scorers], 1))
+        return {
+            n: (torch.softmax(g(x), -1) * probs[:, :, t]).sum(-1)
+            for t, (n, g) in enumerate(zip(("click", "buy"), self.mix_w, strict=True))
+        }
+
+
+def test_each_task_reading_its_column_of_shared_scorers_is_an_mmoe() -> None:
+    assert "tasks_route_identically" in codes(inspect(PredictionMixture("identical")))
+    collapsed = codes(inspect(PredictionMixture("collapsed")))
+    assert collapsed.get("collapsed_gate") == {"click"}
+    assert "dead_expert" not in collapsed

@@ -25,7 +25,10 @@ from mmoe_inspect.topology._graphops import map_axis, norm_dim, selection, view_
 from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Node, Ref
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
-_ELEMENTWISE = frozenset({"mul", "rmul", "multiply", "div", "truediv", "add", "radd", "sub", "rsub"})
+_ELEMENTWISE = frozenset(
+    {"mul", "rmul", "multiply", "div", "truediv", "add", "radd", "sub", "rsub", "sigmoid", "tanh", "relu"}
+)
+"""Ops mapping each value on its own (binary ones with constant other operands): rows stay the experts'."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class ExpertTracer:
                 return [whole[i] for i in picks]
             p = view_parent(g, node)
             if p is None:
-                p = self._scaled_rows(node) if ax is not None else None
+                p = (self._scaled_rows(node) or self._inner_pick(node, ax)) if ax is not None else None
                 if p is None:
                     break
                 cur = p  # same shape, same axis: the rows are the operand's, rescaled
@@ -186,6 +189,20 @@ class ExpertTracer:
         if any(self._from_input(r.node) for r in refs if r.node != rows[0]):
             return None
         return rows[0]
+
+    def _inner_pick(self, node: Node, axis: int) -> int | None:
+        """The indexed tensor when `node` picks only along axes after the expert `axis` (`probs[:, :, t]`:
+        each expert's column for one task): the experts stay the indexed tensor's, `axis` unchanged."""
+        if node.op != "getitem" or len(node.args) < 2 or not isinstance(node.args[0], Ref):
+            return None
+        items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if len(items) <= axis or not all(
+            isinstance(i, slice) and i == slice(None) for i in items[: axis + 1]
+        ):
+            return None
+        if not all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in items[axis + 1 :]):
+            return None
+        return node.args[0].node
 
     def _from_input(self, idx: int, limit: int = 4096) -> bool:
         """Whether the model's input reaches node `idx` (it varies with the row)."""
