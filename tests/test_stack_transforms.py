@@ -340,3 +340,40 @@ def test_each_task_reading_its_column_of_shared_scorers_is_an_mmoe() -> None:
     collapsed = codes(inspect(PredictionMixture("collapsed")))
     assert collapsed.get("collapsed_gate") == {"click"}
     assert "dead_expert" not in collapsed
+
+
+class PairAttention(nn.Module):
+    """AITM's attention: softmax over the 2 stacked vectors of <Q(u), K(u)>, the values V(u) row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, H)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        a = torch.softmax((self.q(u) * self.k(u)).sum(-1) / 4.0, dim=1)
+        return (a.unsqueeze(-1) * self.v(u)).sum(1)
+
+
+class HandAITM(nn.Module):
+    """Hand-written AITM: two task towers, the click information transferred into the buy tower by
+    self-attention over {tower output, transferred vector}: weights scored from the rows, not a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.towers = nn.ModuleList(nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU()) for _ in range(2))
+        self.info = nn.Linear(H, H)
+        self.ait = PairAttention()
+        self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h_click, h_buy = self.towers[0](x), self.towers[1](x)
+        fused = self.ait(torch.stack([h_buy, self.info(h_click)], 1))
+        return {
+            "click": torch.sigmoid(self.heads[0](h_click)).squeeze(-1),
+            "buy": torch.sigmoid(self.heads[1](fused)).squeeze(-1),
+        }
+
+
+def test_self_attention_over_stacked_module_outputs_stays_gate_less() -> None:
+    assert not inspect(HandAITM()).topology.gates

@@ -48,6 +48,9 @@ class ExpertTracer:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
+        self.weights: int | None = None
+        """The weights node of the mixture being resolved (set by the caller): rows that weights are scored
+        from (self-attention, `softmax(<Q(rows), K(rows)>)`) are attention values, not experts."""
 
     def resolve(self, idx: int, axis: int | None, k: int) -> list[ExpertRef] | str:
         """The `k` experts laid along `axis` of node `idx` (axis None: a single expert)."""
@@ -225,18 +228,18 @@ class ExpertTracer:
         `call` took one `[B, k, ...]` tensor. If each output row depends on its own input row only
         (probed: changing input row 0 leaves output rows 1.. untouched) and the input rows trace back to
         `k` expert computations, those are the experts (a LayerNorm, Linear or activation on the stack);
-        otherwise None: attention over a set (rows mixed, or values that are features, not experts).
+        otherwise None: attention over a set (rows mixed, weights scored from the rows themselves, or values
+        that are features, not experts).
         """
         g = self.graph
         if len(call.inputs) != 1:
             return None
         inp = g.nodes[call.inputs[0]]
-        if (
-            inp.ndim < 3
-            or inp.shape[1] != k
-            or inp.tensor is None
-            or not _row_wise(g.modules[call.path], inp.tensor)
-        ):
+        if inp.ndim < 3 or inp.shape[1] != k or inp.tensor is None:
+            return None
+        if self.weights is not None and self.weights in g.descendants(inp.idx):
+            return None  # the weights are scored from these rows: attention over them
+        if not _row_wise(g.modules[call.path], inp.tensor):
             return None
         got = self.resolve(inp.idx, 1, k)
         return None if isinstance(got, str) else got
