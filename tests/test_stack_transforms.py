@@ -201,7 +201,7 @@ class TwiceLayer(nn.Module):
 class TwoSides(nn.Module):
     """The same MMoE layer applied to both halves of the features; per task the two outputs multiplied."""
 
-    def __init__(self) -> None:
+    def __init__(self, plant: str = "collapsed") -> None:
         super().__init__()
         torch.manual_seed(0)
         self.mmoe = TwiceLayer()
@@ -209,7 +209,10 @@ class TwoSides(nn.Module):
         with torch.no_grad():
             for g in self.mmoe.gates:
                 g.weight.mul_(4)
-        collapse(self.mmoe.gates[0], 0)
+        if plant == "collapsed":
+            collapse(self.mmoe.gates[0], 0)
+        else:
+            self.mmoe.gates[1].load_state_dict(self.mmoe.gates[0].state_dict())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         left, right = self.mmoe(x[:, :4]), self.mmoe(x[:, 4:])
@@ -377,3 +380,10 @@ class HandAITM(nn.Module):
 
 def test_self_attention_over_stacked_module_outputs_stays_gate_less() -> None:
     assert not inspect(HandAITM()).topology.gates
+
+
+def test_identical_gates_of_a_layer_called_twice_are_named_by_call() -> None:
+    found = [
+        f.subject for f in inspect(TwoSides("identical")).findings if f.code == "tasks_route_identically"
+    ]
+    assert sorted(found) == ["click ~ buy", "click#1 ~ buy#1"]

@@ -397,8 +397,10 @@ def _concerns(f: Finding, gate: GateSpec, topology: Topology) -> bool:
     """Whether a finding is about this gate: its own, a task pair it serves, or an expert it mixes."""
     if f.subject == gate.name:
         return True
-    if " ~ " in f.subject and gate.task is not None:
-        return gate.task in f.subject.split(" ~ ")
+    if " ~ " in f.subject:  # two tasks, or two gates where one layer runs twice (`click#1 ~ buy#1`)
+        return gate.name in f.subject.split(" ~ ") or (
+            gate.task is not None and gate.task in f.subject.split(" ~ ")
+        )
     return f.code in (codes.DEAD_EXPERT, codes.INACTIVE_EXPERT) and f.subject in gate.experts
 
 
