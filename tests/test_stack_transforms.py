@@ -387,3 +387,32 @@ def test_identical_gates_of_a_layer_called_twice_are_named_by_call() -> None:
         f.subject for f in inspect(TwoSides("identical")).findings if f.code == "tasks_route_identically"
     ]
     assert sorted(found) == ["click ~ buy", "click#1 ~ buy#1"]
+
+
+class RowGain(nn.Module):
+    """Scales the stacked rows by a per-row gain given as a second tensor (cannot be re-run on the rows alone)."""
+
+    def forward(self, rows: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return rows * gain
+
+
+class GainRanker(StackOpRanker):
+    """StackOpRanker whose stacked experts go through a two-input module before the weighted sum."""
+
+    def __init__(self) -> None:
+        super().__init__("none", "collapsed")
+        self.gain = RowGain()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = self.gain(torch.stack([m(x) for m in self.mlps], 1), torch.sigmoid(x[:, :1]).unsqueeze(-1))
+        out = {}
+        for name, g, head in zip(("click", "buy"), self.mix_w, self.heads, strict=True):
+            out[name] = torch.sigmoid(head((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+        return out
+
+
+def test_a_module_on_the_stacked_experts_that_cannot_be_probed_is_unresolved() -> None:
+    topo = inspect(GainRanker()).topology
+    assert not topo.gates
+    assert topo.unresolved
+    assert "could not be probed" in topo.unresolved[0].reason

@@ -31,6 +31,14 @@ _ELEMENTWISE = frozenset(
 """Ops mapping each value on its own (binary ones with constant other operands): rows stay the experts'."""
 
 
+class Undecided(str):
+    """A reason the experts could not be resolved that is not a verdict either way (unlike attention over
+    features): discovery reports the mixture as unresolved ("cannot judge"), never as no gate."""
+
+
+_UNPROBED = "unprobed"
+
+
 @dataclass(frozen=True)
 class ExpertRef:
     """One traced expert. `key` identifies it across gates; `order` sorts experts by forward order."""
@@ -169,8 +177,13 @@ class ExpertTracer:
             over_a_set = any(g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k for i in call.inputs)
             if over_a_set and not per_expert:
                 rows = self._rows_through(call, k)
-                if rows is not None:
+                if isinstance(rows, list):
                     return rows
+                if rows == _UNPROBED:  # rows of experts through a module that could not be re-run alone
+                    return Undecided(
+                        f"weights the outputs of {path} applied to the {k} stacked experts, but whether "
+                        f"{path} maps them row by row (experts) or mixes them (attention) could not be probed"
+                    )
                 return (
                     f"weights the outputs of {path} applied position-wise over a set (attention), not experts"
                 )
@@ -222,7 +235,7 @@ class ExpertTracer:
                     todo.append(p)
         return len(seen) >= limit
 
-    def _rows_through(self, call: ModuleCall, k: int) -> list[ExpertRef] | None:
+    def _rows_through(self, call: ModuleCall, k: int) -> list[ExpertRef] | str | None:
         """Experts that reach the weighted sum through a module applied row by row to their stack.
 
         `call` took one `[B, k, ...]` tensor. If each output row depends on its own input row only
@@ -232,17 +245,19 @@ class ExpertTracer:
         that are features, not experts).
         """
         g = self.graph
-        if len(call.inputs) != 1:
+        sets = [i for i in call.inputs if g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k]
+        if len(sets) != 1 or g.nodes[sets[0]].tensor is None:
             return None
-        inp = g.nodes[call.inputs[0]]
-        if inp.ndim < 3 or inp.shape[1] != k or inp.tensor is None:
-            return None
+        inp = g.nodes[sets[0]]
         if self.weights is not None and self.weights in g.descendants(inp.idx):
             return None  # the weights are scored from these rows: attention over them
-        if not _row_wise(g.modules[call.path], inp.tensor):
-            return None
         got = self.resolve(inp.idx, 1, k)
-        return None if isinstance(got, str) else got
+        if isinstance(got, str):
+            return None
+        probed = _row_wise(g.modules[call.path], inp.tensor) if len(call.inputs) == 1 else None
+        if probed is None:
+            return _UNPROBED
+        return got if probed else None
 
     def _inline(self, idx: int, k: int) -> list[ExpertRef] | str:
         """Experts computed inline: accepted only if parameters enter before the nearest module outputs."""
@@ -282,10 +297,11 @@ class ExpertTracer:
         return [ExpertRef(("inline", idx, i), None, None, parent or ROOT, (idx, i)) for i in range(k)]
 
 
-def _row_wise(module: nn.Module, x: torch.Tensor) -> bool:
+def _row_wise(module: nn.Module, x: torch.Tensor) -> bool | None:
     """Whether `module` maps `x` `[B, k, ...]` row by row along axis 1: output rows 1.. stay the same when
     input row 0 changes (and the output keeps the `[B, k]` layout). Run in eval mode, without grad, on the
-    traced input; training flags are restored."""
+    traced input; training flags are restored. None when it cannot be re-run on `x` alone (it raised, or
+    returned no tensor)."""
     modes = {m: m.training for m in module.modules()}
     try:
         module.eval()
@@ -294,13 +310,13 @@ def _row_wise(module: nn.Module, x: torch.Tensor) -> bool:
             moved = x.detach().clone()
             moved[:, 0] = moved[:, 0] * 1.5 + 1.0
             after = module(moved)
-    except Exception:  # a module that cannot be re-run is not proven row-wise
-        return False
+    except Exception:  # a module that cannot be re-run alone: not known either way
+        return None
     finally:
         for m, flag in modes.items():
             m.training = flag
     if not isinstance(base, torch.Tensor) or not isinstance(after, torch.Tensor):
-        return False
+        return None
     if base.shape != after.shape or base.ndim < 2 or base.shape[:2] != x.shape[:2]:
         return False
     return bool(torch.equal(base[:, 1:], after[:, 1:]))
