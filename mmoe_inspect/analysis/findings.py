@@ -8,6 +8,7 @@ saved `metrics.json` as well as on a fresh result. Thresholds are documented def
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -224,8 +225,11 @@ def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> 
     res: list[Finding] = []
     if pairs.empty:
         return res
+    by_tasks = Counter(zip(pairs["task_a"], pairs["task_b"], strict=True))
     for row in pairs.itertuples(index=False):
         subject = f"{row.task_a} ~ {row.task_b}"
+        if by_tasks[(row.task_a, row.task_b)] > 1:  # a layer run twice: each call's gates named apart
+            subject = f"{row.gate_a} ~ {row.gate_b}"
         evidence = {
             "tv_per_row": _num(row.tv_per_row),
             "jsd_per_row": _num(row.jsd_per_row),

@@ -49,6 +49,13 @@ def gate_owner(g: GateSpec) -> str:
     return g.task if g.task is not None else g.name
 
 
+def distinct_owners(a: GateSpec, b: GateSpec) -> bool:
+    """Whether two gates of a group serve different tasks, so comparing them compares two tasks' routing.
+    A module run twice per forward (one MMoE layer applied to two inputs) gives each task two gates (`click`,
+    `click#1`): those are one task's, never a pair of tasks."""
+    return a.task is None or b.task is None or a.task != b.task
+
+
 def task_table(
     topology: Topology,
     outputs: Any | None,
@@ -283,6 +290,8 @@ def divergence_tables(
         means = torch.stack([summaries[g.name].mean.double() for g in group])  # [T, E]
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
+                if not distinct_owners(group[a], group[b]):
+                    continue  # two calls of one task's gate (a layer run twice per forward): not two tasks
                 simplex = group[a].simplex and group[b].simplex  # JSD compares distributions
                 div.append(
                     {

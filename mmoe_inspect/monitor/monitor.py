@@ -26,7 +26,7 @@ from torch import nn
 from mmoe_inspect._validate import check_number
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, Thresholds, diagnose
-from mmoe_inspect.analysis.tables import gate_groups
+from mmoe_inspect.analysis.tables import distinct_owners, gate_groups
 from mmoe_inspect.monitor.log import LOG_MARKER, ours
 from mmoe_inspect.monitor.tensorboard import TensorBoardSink
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
@@ -398,7 +398,9 @@ def _tv_to_others(
     for i, grp in enumerate(groups):
         tv = pairs[i].tv
         for a, ga in enumerate(grp):
-            out[ga.name] = {gb.name: float(tv[a, b]) for b, gb in enumerate(grp) if b != a}
+            out[ga.name] = {
+                gb.name: float(tv[a, b]) for b, gb in enumerate(grp) if b != a and distinct_owners(ga, gb)
+            }
     return out
 
 
@@ -406,8 +408,10 @@ def _concerns(f: Finding, gate: GateSpec, topology: Topology) -> bool:
     """Whether a finding is about this gate: its own, a task pair it serves, or an expert it mixes."""
     if f.subject == gate.name:
         return True
-    if " ~ " in f.subject and gate.task is not None:
-        return gate.task in f.subject.split(" ~ ")
+    if " ~ " in f.subject:  # two tasks, or two gates where one layer runs twice (`click#1 ~ buy#1`)
+        return gate.name in f.subject.split(" ~ ") or (
+            gate.task is not None and gate.task in f.subject.split(" ~ ")
+        )
     return f.code in (codes.DEAD_EXPERT, codes.INACTIVE_EXPERT) and f.subject in gate.experts
 
 

@@ -21,12 +21,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from mmoe_inspect.topology._graphops import map_axis, norm_dim, picks_of, selection, view_parent
 from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Node, Ref
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
+_ELEMENTWISE = frozenset(
+    {"mul", "rmul", "multiply", "div", "truediv", "add", "radd", "sub", "rsub", "sigmoid", "tanh", "relu"}
+)
+"""Ops mapping each value on its own (binary ones with constant other operands): rows stay the experts'."""
+
+
+class Undecided(str):
+    """A reason the experts could not be resolved that is not a verdict either way (unlike attention over
+    features): discovery reports the mixture as unresolved ("cannot judge"), never as no gate."""
+
+
+_UNPROBED = "unprobed"
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,9 @@ class ExpertTracer:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
+        self.weights: int | None = None
+        """The weights node of the mixture being resolved (set by the caller): rows that weights are scored
+        from (self-attention, `softmax(<Q(rows), K(rows)>)`) are attention values, not experts."""
 
     def resolve(self, idx: int, axis: int | None, k: int) -> list[ExpertRef] | str:
         """The `k` experts laid along `axis` of node `idx` (axis None: a single expert)."""
@@ -88,7 +104,11 @@ class ExpertTracer:
                 continue
             p = view_parent(g, node)
             if p is None:
-                break
+                p = (self._scaled_rows(node) or self._inner_pick(node, ax)) if ax is not None else None
+                if p is None:
+                    break
+                cur = p  # same shape, same axis: the rows are the operand's, rescaled
+                continue
             if ax is not None:
                 mapped = map_axis(node, g.nodes[p], ax, forward=False)
                 if mapped is None:
@@ -178,6 +198,14 @@ class ExpertTracer:
             per_expert = any(p.ndim > 0 and p.shape[0] == k for p in module.parameters())
             over_a_set = any(g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k for i in call.inputs)
             if over_a_set and not per_expert:
+                rows = self._rows_through(call, k)
+                if isinstance(rows, list):
+                    return rows
+                if rows == _UNPROBED:  # rows of experts through a module that could not be re-run alone
+                    return Undecided(
+                        f"weights the outputs of {path} applied to the {k} stacked experts, but whether "
+                        f"{path} maps them row by row (experts) or mixes them (attention) could not be probed"
+                    )
                 return (
                     f"weights the outputs of {path} applied position-wise over a set (attention), not experts"
                 )
@@ -185,6 +213,73 @@ class ExpertTracer:
         if not any(True for _ in module.parameters()):
             return f"weights the output of {path}, which has no parameters of its own"
         return [ExpertRef(("inline", idx, i), None, None, path, (idx, i)) for i in range(k)]
+
+    def _scaled_rows(self, node: Node) -> int | None:
+        """The operand whose rows `node` carries when it only rescales or shifts them by constants
+        (`ex * task_scale[t]`, `ex + bias`: an elementwise op whose other operands no input reaches): the
+        experts stay the operand's (a task's view of shared experts, not experts of its own)."""
+        if node.op not in _ELEMENTWISE:
+            return None
+        refs = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, Ref)]
+        rows = [r.node for r in refs if self.graph.nodes[r.node].shape == node.shape]
+        if len(rows) != 1 or not self._from_input(rows[0]):
+            return None
+        if any(self._from_input(r.node) for r in refs if r.node != rows[0]):
+            return None
+        return rows[0]
+
+    def _inner_pick(self, node: Node, axis: int) -> int | None:
+        """The indexed tensor when `node` picks only along axes after the expert `axis` (`probs[:, :, t]`:
+        each expert's column for one task): the experts stay the indexed tensor's, `axis` unchanged."""
+        if node.op != "getitem" or len(node.args) < 2 or not isinstance(node.args[0], Ref):
+            return None
+        items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if len(items) <= axis or not all(
+            isinstance(i, slice) and i == slice(None) for i in items[: axis + 1]
+        ):
+            return None
+        if not all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in items[axis + 1 :]):
+            return None
+        return node.args[0].node
+
+    def _from_input(self, idx: int, limit: int = 4096) -> bool:
+        """Whether the model's input reaches node `idx` (it varies with the row)."""
+        g = self.graph
+        seen = {idx}
+        todo = [idx]
+        while todo and len(seen) < limit:
+            n = g.nodes[todo.pop()]
+            if n.op == "input":
+                return True
+            for p in n.parents:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return len(seen) >= limit
+
+    def _rows_through(self, call: ModuleCall, k: int) -> list[ExpertRef] | str | None:
+        """Experts that reach the weighted sum through a module applied row by row to their stack.
+
+        `call` took one `[B, k, ...]` tensor. If each output row depends on its own input row only
+        (probed: changing input row 0 leaves output rows 1.. untouched) and the input rows trace back to
+        `k` expert computations, those are the experts (a LayerNorm, Linear or activation on the stack);
+        otherwise None: attention over a set (rows mixed, weights scored from the rows themselves, or values
+        that are features, not experts).
+        """
+        g = self.graph
+        sets = [i for i in call.inputs if g.nodes[i].ndim >= 3 and g.nodes[i].shape[1] == k]
+        if len(sets) != 1 or g.nodes[sets[0]].tensor is None:
+            return None
+        inp = g.nodes[sets[0]]
+        if self.weights is not None and self.weights in g.descendants(inp.idx):
+            return None  # the weights are scored from these rows: attention over them
+        got = self.resolve(inp.idx, 1, k)
+        if isinstance(got, str):
+            return None
+        probed = _row_wise(g.modules[call.path], inp.tensor) if len(call.inputs) == 1 else None
+        if probed is None:
+            return _UNPROBED
+        return got if probed else None
 
     def _inline(self, idx: int, k: int) -> list[ExpertRef] | str:
         """Experts computed inline: accepted only if parameters enter before the nearest module outputs."""
@@ -222,3 +317,28 @@ class ExpertTracer:
         parent = g.nodes[idx].module
         parent = None if parent in (None, ROOT) else parent
         return [ExpertRef(("inline", idx, i), None, None, parent or ROOT, (idx, i)) for i in range(k)]
+
+
+def _row_wise(module: nn.Module, x: torch.Tensor) -> bool | None:
+    """Whether `module` maps `x` `[B, k, ...]` row by row along axis 1: output rows 1.. stay the same when
+    input row 0 changes (and the output keeps the `[B, k]` layout). Run in eval mode, without grad, on the
+    traced input; training flags are restored. None when it cannot be re-run on `x` alone (it raised, or
+    returned no tensor)."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            base = module(x)
+            moved = x.detach().clone()
+            moved[:, 0] = moved[:, 0] * 1.5 + 1.0
+            after = module(moved)
+    except Exception:  # a module that cannot be re-run alone: not known either way
+        return None
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+    if not isinstance(base, torch.Tensor) or not isinstance(after, torch.Tensor):
+        return None
+    if base.shape != after.shape or base.ndim < 2 or base.shape[:2] != x.shape[:2]:
+        return False
+    return bool(torch.equal(base[:, 1:], after[:, 1:]))

@@ -150,6 +150,7 @@ def resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str
     Experts of a sparse dispatch ran on their own rows, so their module outputs cannot be hooked as
     `[batch, d]`: they are kept by name (module path) but not recorded.
     """
+    tracer.weights = mix.weights
     if len(mix.experts) == 1 and mix.experts[0][1] is not None:
         node, axis = mix.experts[0]
         return tracer.resolve(node, axis, mix.n_experts)

@@ -24,8 +24,9 @@ seen in public multi-task code:
 * two-way blends (`Mixture.two_way`): two experts mixed by one per-row weight `w` (`[B, 1]`, e.g. a
   sigmoid), `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` (either order) or `x0 + w * (x1 - x0)`:
   a gate `[1 - w, w]` over `(x0, x1)` that no tensor of the forward holds (see `_two_way`);
-* weights broadcast with `repeat_interleave` over experts concatenated on one axis
-  (`W.repeat_interleave(D, 1) * cat(experts, 1)`, then `.reshape(B, E, D).sum(1)`).
+* weights broadcast with `repeat_interleave` (or `unsqueeze(-1).expand(B, E, D).reshape(B, E * D)`) over
+  experts concatenated on one axis (`W.repeat_interleave(D, 1) * cat(experts, 1)`, then
+  `.reshape(B, E, D).sum(1)`).
 
 Each `Mixture` says where the weights are (`weights`, with their expert and batch axes) and where the
 expert outputs are; resolving those to modules is `ExpertTracer`'s job, and deciding whether it is
@@ -1080,19 +1081,21 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
 # ------------------------------------------------------------------------ repeat_interleave
 def _interleaved(graph: Graph, node: Node) -> list[Mixture]:
     """`W.repeat_interleave(D, dim=1) * cat([x_0 .. x_{E-1}], dim=1)` (`[B, E*D]`), reshaped to `[B, E, D]`
-    and summed over the experts: the weights `W` `[B, E]` mix the E parts of the concatenation."""
+    and summed over the experts: the weights `W` `[B, E]` mix the E parts of the concatenation. The widening
+    may also be written `W.unsqueeze(-1).expand(B, E, D).reshape(B, E * D)` (keras `repeat_elements` ported),
+    and the sum over E a `.sum(1)`, column blocks added up, or the rows `[:, i]` of the `[B, E, D]` view
+    added up in a loop."""
     a, b = _operands(node)
     if not (isinstance(a, Ref) and isinstance(b, Ref)) or node.ndim != 2:
         return []
     batch = graph.batch_size
     for w_ref, x_ref in ((a, b), (b, a)):
-        rep = graph.nodes[w_ref.node]
-        src = rep.args[0] if rep.args else None
-        if rep.op != "repeat_interleave" or not isinstance(src, Ref):
+        widened = _widened(graph, w_ref.node)
+        if widened is None:
             continue
-        d, dim = rep.arg(1, "repeats"), rep.arg(2, "dim")
-        w = graph.nodes[src.node]
-        if not isinstance(d, int) or dim not in (1, -1) or w.shape[:1] != (batch,) or w.ndim != 2:
+        src, d = widened
+        w = graph.nodes[src]
+        if w.shape[:1] != (batch,) or w.ndim != 2:
             continue
         e = w.shape[1]
         parts = _concat_parts_on(graph, x_ref.node, 1)
@@ -1107,14 +1110,60 @@ def _interleaved(graph: Graph, node: Node) -> list[Mixture]:
                 continue
             red = find_reduction(graph, child, 1)
             if red is not None:
-                return [Mixture(node.idx, red, src.node, 1, 0, experts, e)]
+                return [Mixture(node.idx, red, src, 1, 0, experts, e)]
+            rows = _rows(graph, child, e, d)  # `h += prod.view(B, E, D)[:, i]` over i
+            summed = _common_sum(graph, rows, batch, d) if rows is not None else None
+            if summed is not None:
+                return [Mixture(node.idx, summed, src, 1, 0, experts, e)]
         blocks = _blocks(graph, node.idx, e, d)  # `prod[:, :D] + prod[:, D:2D]`, `sum(prod.split(D, 1))`
-        if blocks is not None:
-            common = set.intersection(*(_sum_closure(graph, b) for b in blocks)) - set(blocks)
-            sums = sorted(c for c in common if graph.nodes[c].shape == (batch, d))
-            if sums:
-                return [Mixture(node.idx, sums[0], src.node, 1, 0, experts, e)]
+        summed = _common_sum(graph, blocks, batch, d) if blocks is not None else None
+        if summed is not None:
+            return [Mixture(node.idx, summed, src, 1, 0, experts, e)]
     return []
+
+
+def _widened(graph: Graph, idx: int) -> tuple[int, int] | None:
+    """(node of `W` `[B, E]`, D) when node `idx` `[B, E*D]` repeats each weight D times side by side:
+    `W.repeat_interleave(D, dim=1)`, or `W.unsqueeze(-1).expand(B, E, D)` (or `repeat`) flattened."""
+    node = graph.nodes[idx]
+    if node.op == "repeat_interleave":
+        src, d, dim = (node.args[0] if node.args else None), node.arg(1, "repeats"), node.arg(2, "dim")
+        if isinstance(src, Ref) and isinstance(d, int) and dim in (1, -1):
+            return src.node, d
+        return None
+    parent = view_parent(graph, node)
+    if parent is None or node.ndim != 2:
+        return None
+    grid = graph.nodes[parent]  # `[B, E, D]`, broadcast from `[B, E, 1]`
+    if grid.ndim != 3 or grid.shape[0] != node.shape[0] or grid.shape[1] * grid.shape[2] != node.shape[1]:
+        return None
+    base = _unexpanded(graph, Ref(parent)).node
+    if base == parent or graph.nodes[base].shape != (*grid.shape[:2], 1):
+        return None
+    for n in views_back(graph, base, 8):
+        if n.shape == grid.shape[:2]:
+            return n.idx, grid.shape[2]
+    return None
+
+
+def _rows(graph: Graph, idx: int, e: int, d: int) -> list[int] | None:
+    """The E rows `[:, k]` of node `idx` `[B, E, D]`, by k."""
+    by_k: dict[int, int] = {}
+    for c in graph.children[idx]:
+        n = graph.nodes[c]
+        if n.shape != (graph.batch_size, d):
+            continue
+        picked = selection(graph, n, None)
+        if picked is not None and picked[0] == idx and picked[1] == 1 and len(picked[2]) == 1:
+            by_k.setdefault(picked[2][0], c)
+    return [by_k[k] for k in range(e)] if sorted(by_k) == list(range(e)) else None
+
+
+def _common_sum(graph: Graph, parts: list[int], batch: int, d: int) -> int | None:
+    """The first `[B, D]` node that every part reaches through additions (their sum)."""
+    common = set.intersection(*(_sum_closure(graph, p) for p in parts)) - set(parts)
+    sums = sorted(c for c in common if graph.nodes[c].shape == (batch, d))
+    return sums[0] if sums else None
 
 
 def _blocks(graph: Graph, idx: int, e: int, d: int) -> list[int] | None:

@@ -217,6 +217,7 @@ def task_specs(
             notes.append(f"ignored {exc}")
             kinds = None
     guessed: list[str] = []
+    leaves_unit: list[str] = []
     specs = []
     sigmoid = [_ends_in_sigmoid(graph, o.node) for o in outputs]
     for i, o in enumerate(outputs):
@@ -229,6 +230,8 @@ def task_specs(
             kind = "binary"
         elif any(sigmoid):
             kind = "regression"  # its siblings end in a sigmoid, this one does not
+            if not in_unit:  # named, so 0/1 labels can still make it a binary task's logits (binding)
+                leaves_unit.append(f"{o.name}={kind}")
         else:
             kind = "binary" if in_unit else "regression"
             guessed.append(f"{o.name}={kind}")
@@ -239,8 +242,8 @@ def task_specs(
         notes.append(f"task kinds from {source}")
     elif any(sigmoid) and not all(sigmoid):
         notes.append("task kinds from the outputs: a final sigmoid means binary, none means regression")
-    if guessed:
-        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed))
+    if guessed or leaves_unit:
+        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed + leaves_unit))
     return tuple(specs), bool(guessed)
 
 

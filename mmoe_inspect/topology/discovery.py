@@ -39,7 +39,7 @@ from torch import nn
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.data.outputs import select
-from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
+from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer, Undecided
 from mmoe_inspect.topology._gates import (
     Gate,
     architecture,
@@ -233,6 +233,18 @@ def _describe_gates(
                         mix, experts=((src, ax),), n_experts=graph.nodes[src].shape[ax], indices=idx
                     )
             experts = resolve_experts(tracer, mix)
+            if isinstance(experts, Undecided):  # seen, not readable: never a silent Shared-Bottom
+                rejected.append((mix, experts))
+                unresolved.append(
+                    Unresolved(
+                        f"a mixture of {mix.n_experts} experts ({graph.nodes[mix.combine].op})",
+                        node_module(graph, mix.combine),
+                        str(experts),
+                        function_snippet(graph, mix.combine, mix.n_experts, tasks, arg=mix.arg),
+                    )
+                )
+                done_outputs.add(mix.output)
+                break
             if isinstance(experts, str):
                 rejected.append((mix, experts))
                 continue
