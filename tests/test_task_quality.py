@@ -111,7 +111,7 @@ def test_a_task_that_cannot_be_judged_is_never_a_yes() -> None:
     assert "dwell cannot be judged" in _answer(result, "tasks").answer
 
 
-@pytest.mark.parametrize("value", [3.7, 0.1, 0.0, -1e6])
+@pytest.mark.parametrize("value", [3.7, 0.1, 2.0, -1e6])  # (all 0: 0/1 labels, read as binary logits)
 def test_regression_labels_that_never_vary_are_named_and_not_judged(value: float) -> None:
     data = frame(2999)
     data["dwell"] = value  # Σy²/n - (Σy/n)² leaves ±1e-14 of rounding for most values: still constant
