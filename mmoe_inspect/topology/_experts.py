@@ -12,8 +12,9 @@ A pick along another axis than the experts' (`ex[:, :, t]` of experts that emit 
 `[B, E, T]`) is looked through: the experts are the same modules for every task's gate.
 
 It refuses (returns a reason string) when the "experts" are embedding lookups, raw inputs, a
-position-wise module over a set/sequence, or parameter-free products: those are attention over
-features, not a mixture of experts.
+position-wise module over a set/sequence, parameter-free products, or values made slot by slot from the
+input's fields or parameters with no network per slot (AFM's pairwise field interactions, `slotwise`):
+those are attention over features, not a mixture of experts.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class ExpertTracer:
             return "weights the model's input features"
         if node.op in ("param", "buffer", "const"):
             return "weights a constant tensor"
-        return self._inline(cur, k)
+        return self._inline(cur, k, ax)
 
     # ------------------------------------------------------------------ cases
     def _blocked(self, idx: int, parent: int, axis: int, k: int) -> list[ExpertRef] | str | None:
@@ -257,6 +258,40 @@ class ExpertTracer:
                     todo.append(p)
         return len(seen) >= limit
 
+    def slotwise(self, idx: int, axis: int) -> bool:
+        """Whether each slot along `axis` of node `idx` is made from the same slot of the input's fields or
+        of parameters by slot-wise ops only (products, sums, activations, views, index picks such as the
+        pairs `e[:, rows] * e[:, cols]`), with no network of its own: followed back along that axis, every
+        branch ends at the model's input or a parameter, never at a module's output or a contraction
+        (einsum, matmul, a sum). Such slots are fields (an embedding per field, an interaction per pair of
+        fields, a column of them), not sub-networks run over the shared input: weights over them are
+        attention over features (AFM), never a gate. Experts as one batched parameter
+        `relu(einsum('bd,edh->beh', x, W) + b)` reach the einsum: they stay experts."""
+        g = self.graph
+        seen = {(idx, axis)}
+        todo = [(idx, axis)]
+        sources = 0
+        while todo:
+            if len(seen) > 4096:
+                return False
+            cur, ax = todo.pop()
+            node = g.nodes[cur]
+            if node.op in ("input", "param"):
+                sources += 1
+                continue
+            if node.op in ("buffer", "const"):
+                continue
+            if g.module_calls(cur):
+                return False  # a module's output: a computation of its own
+            nxt = _slot_operands(g, node, ax)
+            if nxt is None:
+                return False  # an op that may mix slots (a contraction, a reduction): not known to be fields
+            for n in nxt:
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return sources > 0
+
     def _rows_through(self, call: ModuleCall, k: int) -> list[ExpertRef] | str | None:
         """Experts that reach the weighted sum through a module applied row by row to their stack.
 
@@ -281,9 +316,16 @@ class ExpertTracer:
             return _UNPROBED
         return got if probed else None
 
-    def _inline(self, idx: int, k: int) -> list[ExpertRef] | str:
-        """Experts computed inline: accepted only if parameters enter before the nearest module outputs."""
+    def _inline(self, idx: int, k: int, axis: int | None = None) -> list[ExpertRef] | str:
+        """Experts computed inline: accepted only if parameters enter before the nearest module outputs,
+        and the slots are not the input's own features (`slotwise`)."""
         g = self.graph
+        if axis is not None and k > 1 and self.slotwise(idx, axis):
+            return (
+                f"weights {k} values made slot by slot from the input's fields or parameters (products "
+                "or picks of the same tensors, e.g. pairwise interactions of field embeddings), with no "
+                "network of their own: attention over features, not experts"
+            )
         seen = {idx}
         todo = [idx]
         uses_params = False
@@ -317,6 +359,57 @@ class ExpertTracer:
         parent = g.nodes[idx].module
         parent = None if parent in (None, ROOT) else parent
         return [ExpertRef(("inline", idx, i), None, None, parent or ROOT, (idx, i)) for i in range(k)]
+
+
+_SLOTWISE = _ELEMENTWISE | frozenset(
+    {
+        "neg",
+        "abs",
+        "exp",
+        "log",
+        "pow",
+        "square",
+        "sqrt",
+        "rsqrt",
+        "gelu",
+        "silu",
+        "softplus",
+        "leaky_relu",
+        "elu",
+    }
+)
+"""Ops that compute each value from the values at the same position of their operands (broadcast)."""
+
+
+def _slot_operands(graph: Graph, node: Node, axis: int) -> list[tuple[int, int]] | None:
+    """The operands of `node` that carry its slot `axis`, each with the axis there: operands of a slot-wise
+    op with that axis (same size, broadcast aligned from the right), the input of a pick along it
+    (`e[:, [i0, i1, ...]]`) or along another axis, the parts of a `cat` along it, a view's input. None when
+    `node` is none of these (it may mix slots)."""
+    if node.op in _SLOTWISE:
+        out = []
+        for a in (*node.args, *node.kwargs.values()):
+            if not isinstance(a, Ref):
+                continue
+            shape = graph.nodes[a.node].shape
+            ax = axis - (node.ndim - len(shape))
+            if ax >= 0 and shape[ax] == node.shape[axis]:
+                out.append((a.node, ax))
+        return out
+    if node.op == "cat" and norm_dim(node.arg(1, "dim", 0), node.ndim) == axis:
+        seq = node.arg(0, "tensors")
+        return [(r.node, axis) for r in seq if isinstance(r, Ref)] if isinstance(seq, (list, tuple)) else None
+    picked = picks_of(graph, node)
+    if picked is not None:
+        src, pax, _, kept = picked
+        if kept:
+            return [(src, axis)]
+        return [(src, axis if axis < pax else axis + 1)]
+    p = view_parent(graph, node)
+    if p is not None:
+        ax = map_axis(node, graph.nodes[p], axis, forward=False)
+        return None if ax is None else [(p, ax)]
+    return None
 
 
 def _row_wise(module: nn.Module, x: torch.Tensor) -> bool | None:

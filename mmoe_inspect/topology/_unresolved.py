@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from mmoe_inspect._plural import plural
+from mmoe_inspect.topology._feature_scaling import feature_scaling
 from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_parent
 from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, views_back
 from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
@@ -269,6 +270,9 @@ def named_like_gates(
         if any(idx in upstream for idx in outputs_of.get(path, [])):
             continue
         flagged.append(path)
+    scaling = [p for p in flagged if not any(p.startswith(q + ".") for q in flagged)]
+    scaling = [p for p in scaling if _note_scaling(graph, p, outputs_of.get(p, []), notes)]
+    flagged = [p for p in flagged if not any(p == q or p.startswith(q + ".") for q in scaling)]
     groups = _containers(flagged)
     for container, paths in list(groups.items())[:8]:
         cls = type(graph.modules[paths[0]]).__name__
@@ -302,6 +306,19 @@ def named_like_gates(
                 )
             )
     return out
+
+
+def _note_scaling(graph: Graph, path: str, outputs: list[int], notes: list[str]) -> bool:
+    """Whether module `path` only scales features (PEPNet's GateNU, `feature_scaling`); if so a note says
+    it is no routing (it and its submodules are then not unresolved)."""
+    scales = feature_scaling(graph, outputs)
+    if scales is None:
+        return False
+    notes.append(
+        f"module {path} ({type(graph.modules[path]).__name__}) is a feature-scaling gate, not routing: "
+        f"{scales}, never summed over them; it mixes no expert outputs"
+    )
+    return True
 
 
 def _containers(paths: Sequence[str]) -> dict[str, list[str]]:
