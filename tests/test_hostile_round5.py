@@ -174,6 +174,9 @@ def test_a_local_rank_that_is_no_number_is_one_line(checkpoint: Path) -> None:
 # A real SIGINT, sent while the commands' imports run (when torchmetrics is about to be imported).
 _CTRL_C_WHILE_IMPORTING = """
 import os, signal, sys
+# a process started in the background by a non-interactive shell inherits SIGINT ignored (and Python then
+# installs no KeyboardInterrupt handler): restore Python's, as in a terminal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class _CtrlC:
     @staticmethod
