@@ -257,3 +257,31 @@ def test_a_valid_sparse_buffer_in_a_state_dict_is_kept_and_a_malformed_one_refus
         check_tensors({"adj": bad}, "state_dict", path)
     with pytest.raises(CheckpointError, match=r"is a sparse_coo tensor; only dense"):
         check_tensors({"x0": adj}, "eval_sample columns", path)
+
+
+def test_a_model_with_a_sparse_buffer_binds_and_is_fingerprinted() -> None:
+    """The trial forwards compared buffers with torch.equal, which sparse tensors refuse: the model's inputs
+    were "not understood" (exit 2) although only the restore check failed."""
+    from torch import nn
+
+    from mmoe_inspect.loading import bind_inputs
+    from mmoe_inspect.recording.fingerprint import changed_tensors, fingerprint
+
+    class Graph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            idx = torch.tensor([[0, 1, 2], [1, 2, 0]])
+            self.register_buffer("adj", torch.sparse_coo_tensor(idx, torch.ones(3), (3, 3)).coalesce())
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.lin(torch.sparse.mm(self.adj, x.T).T)).squeeze(-1)
+
+    model = Graph().eval()
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 3)), columns=["a", "b", "c"])
+    before = fingerprint(model)
+    binding = bind_inputs(model, df)
+    assert binding.input_fn is not None and changed_tensors(before, fingerprint(model)) == []
+    with torch.no_grad():
+        model.adj.values().mul_(2)  # a changed sparse value is seen
+    assert changed_tensors(before, fingerprint(model)) == ["adj"]

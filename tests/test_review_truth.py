@@ -162,3 +162,12 @@ def test_summary_marks_a_task_it_cannot_judge(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     table = res.output[res.output.index("Tasks") :]
     assert "NOT" in table[table.index("│ buy") :].split("└")[0], res.output  # (rich wraps the cell)
+
+
+def test_a_layer_called_twice_names_its_pairs_by_gate() -> None:
+    topo = _mmoe_topology(["click", "buy"])
+    pairs = _pairs({("click", "buy"): 0.6}).assign(gate_a="click", gate_b="buy#1")
+    pairs = pd.concat([pairs, _pairs({("click", "buy"): 0.3}).assign(gate_a="click#1", gate_b="buy")])
+    mi_table = pd.DataFrame([{"level": 0, "normalized": 0.05}])
+    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": pairs}, [])
+    assert "1 of 2 task pairs route rows to clearly different experts (click ~ buy#1)" in text, text

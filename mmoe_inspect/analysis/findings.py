@@ -474,7 +474,8 @@ def _too_few(row: Any) -> Finding:
         codes.TOO_FEW_LABELS,
         str(row.task),
         f"Task {row.task} cannot be judged: {what}, too few to tell whether it works.",
-        "Inspect more labelled rows (a larger or unsampled evaluation set) before reading its quality.",
+        "Inspect more labelled rows (a larger or unsampled evaluation set) before reading its quality; if the "
+        "task should rank well on these rows, check which output feeds it and its label column (--labels).",
         {**evidence, "n_labelled": n},
     )
 

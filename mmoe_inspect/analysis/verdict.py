@@ -52,7 +52,13 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     if nmi >= NMI_DIFFERENT or (len(clear) and len(clear) == len(div)):
         return f"Yes: the tasks route rows to clearly different experts ({evidence}){tail}."
     if len(clear):  # one pair far apart is not "the tasks": say how many
-        pairs = ", ".join(f"{r.task_a} ~ {r.task_b}" for r in clear.itertuples(index=False))
+        # a layer called twice gives the same task pair twice: name those by their gates (click ~ buy#1)
+        repeated = div.duplicated(subset=["task_a", "task_b"], keep=False)
+        named = div.assign(pair_a=div["task_a"].where(~repeated, div.get("gate_a", div["task_a"])))
+        named = named.assign(pair_b=div["task_b"].where(~repeated, div.get("gate_b", div["task_b"])))
+        pairs = ", ".join(
+            f"{r.pair_a} ~ {r.pair_b}" for r in named[tvs >= TV_CLEARLY_DIFFERENT].itertuples(index=False)
+        )
         return (
             f"Partly: {len(clear)} of {len(div)} task pairs route rows to clearly different experts ({pairs}); "
             f"the others share more of their experts ({evidence}){tail}."

@@ -234,6 +234,19 @@ def _pairs(
 
 
 # ----------------------------------------------------------------------------- trial forwards
+def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same layout, shape and values; also for sparse tensors (a graph model's adjacency buffer), which
+    `torch.equal` refuses."""
+    if a.layout != b.layout or a.shape != b.shape:
+        return False
+    if a.layout == torch.sparse_coo:
+        a, b = a.coalesce(), b.coalesce()
+        return torch.equal(a._indices(), b._indices()) and torch.equal(a._values(), b._values())
+    if a.layout != torch.strided:
+        return torch.equal(a.to_dense(), b.to_dense())
+    return torch.equal(a, b)
+
+
 @contextmanager
 def left_as_found(model: nn.Module) -> Iterator[None]:
     """Eval mode and no grad for a trial forward; afterwards every module's `training` flag, every buffer
@@ -248,7 +261,7 @@ def left_as_found(model: nn.Module) -> Iterator[None]:
     finally:
         with torch.no_grad():
             for b, saved in buffers:
-                if b.shape != saved.shape or not torch.equal(b, saved):
+                if not same_tensor(b, saved):
                     b.data = saved
         torch.set_rng_state(rng)
 

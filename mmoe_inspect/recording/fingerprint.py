@@ -68,6 +68,11 @@ def _checksum(t: torch.Tensor) -> torch.Tensor:
     """A float64 scalar that changes when any value of `t` changes (sum of values plus a position-weighted sum)."""
     if t.is_meta or t.numel() == 0:
         return torch.zeros((), dtype=torch.float64)
+    if t.layout == torch.sparse_coo:  # a graph model's adjacency buffer: its values and where they sit
+        c = t.detach().coalesce()
+        return _checksum(c._values()) + _checksum(c._indices())
+    if t.layout != torch.strided:
+        return _checksum(t.detach().to_dense())
     flat = t.detach().reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
