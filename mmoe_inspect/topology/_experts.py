@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmoe_inspect.topology._graphops import map_axis, norm_dim, picks_of, selection, view_parent
+from mmoe_inspect.topology._graphops import (
+    map_axis,
+    norm_dim,
+    picks_of,
+    reaches_input,
+    selection,
+    view_parent,
+)
 from mmoe_inspect.topology._trace import ROOT, Graph, ModuleCall, Node, Ref
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
@@ -243,20 +250,9 @@ class ExpertTracer:
             return None
         return node.args[0].node
 
-    def _from_input(self, idx: int, limit: int = 4096) -> bool:
-        """Whether the model's input reaches node `idx` (it varies with the row)."""
-        g = self.graph
-        seen = {idx}
-        todo = [idx]
-        while todo and len(seen) < limit:
-            n = g.nodes[todo.pop()]
-            if n.op == "input":
-                return True
-            for p in n.parents:
-                if p not in seen:
-                    seen.add(p)
-                    todo.append(p)
-        return len(seen) >= limit
+    def _from_input(self, idx: int) -> bool:
+        """Whether the model's input reaches node `idx` (it varies with the row; undecided: yes)."""
+        return reaches_input(self.graph, idx, at_limit=True)
 
     def slotwise(self, idx: int, axis: int) -> bool:
         """Whether each slot along `axis` of node `idx` is made from the same slot of the input's fields or

@@ -286,3 +286,19 @@ def picks_of(graph: Graph, node: Node) -> tuple[int, int, list[int], bool] | Non
     if picks is None or pax is None or not picks:
         return None
     return src, pax, picks, len(node.shape) == len(shape)
+
+
+def reaches_input(graph: Graph, idx: int, *, limit: int = 4096, at_limit: bool = False) -> bool:
+    """Whether node `idx` is computed from the model's input (it varies with the row), walking its parents;
+    `at_limit` is the answer when `limit` nodes were seen without deciding."""
+    seen = {idx}
+    todo = [idx]
+    while todo and len(seen) < limit:
+        node = graph.nodes[todo.pop()]
+        if node.op == "input":
+            return True
+        for p in node.parents:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return at_limit if len(seen) >= limit else False

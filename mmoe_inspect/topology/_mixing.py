@@ -43,7 +43,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mmoe_inspect.topology._graphops import find_reduction, map_axis, norm_dim, selection, view_parent
+from mmoe_inspect.topology._graphops import (
+    find_reduction,
+    map_axis,
+    norm_dim,
+    reaches_input,
+    selection,
+    view_parent,
+)
 from mmoe_inspect.topology._trace import Graph, Node, Ref
 
 MUL_OPS = frozenset({"mul", "rmul", "multiply"})
@@ -865,19 +872,9 @@ def _complement(graph: Graph, idx: int) -> int | None:
     return None
 
 
-def _from_input(graph: Graph, idx: int, limit: int = 4096) -> bool:
+def _from_input(graph: Graph, idx: int) -> bool:
     """Whether node `idx` is computed from the model's input (a constant weight is not a gate)."""
-    seen = {idx}
-    todo = [idx]
-    while todo and len(seen) < limit:
-        node = graph.nodes[todo.pop()]
-        if node.op == "input":
-            return True
-        for p in node.parents:
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return False
+    return reaches_input(graph, idx)
 
 
 def _computed_from(graph: Graph, late: int, early: int, limit: int = 100_000) -> bool:
