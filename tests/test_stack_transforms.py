@@ -26,6 +26,18 @@ def collapse(lin: nn.Linear, expert: int) -> None:
         lin.bias[expert] = 20.0
 
 
+def plant_gates(gates: nn.ModuleList, plant: str) -> None:
+    """Sharpen the task gates (weights x 4), then plant: "collapsed" puts the first gate on expert 0,
+    "identical" copies the first gate into the second; anything else leaves them healthy."""
+    with torch.no_grad():
+        for g in gates:
+            g.weight.mul_(4)
+    if plant == "collapsed":
+        collapse(gates[0], 0)
+    elif plant == "identical":
+        gates[1].load_state_dict(gates[0].state_dict())
+
+
 class StackOpRanker(nn.Module):
     """Two-task MMoE whose stacked experts pass through `op` (a module) before the weighted sum."""
 
@@ -40,13 +52,7 @@ class StackOpRanker(nn.Module):
         self.task_norm = nn.ModuleList(nn.LayerNorm(H) for _ in range(2))
         self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
         self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
-        with torch.no_grad():
-            for g in self.mix_w:
-                g.weight.mul_(4)
-        if plant == "collapsed":
-            collapse(self.mix_w[0], 0)
-        elif plant == "identical":
-            self.mix_w[1].load_state_dict(self.mix_w[0].state_dict())
+        plant_gates(self.mix_w, plant)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         ex = torch.stack([m(x) for m in self.mlps], 1)
@@ -145,11 +151,7 @@ class FlatRanker(nn.Module):
         self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU()) for _ in range(E))
         self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
         self.towers = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
-        with torch.no_grad():
-            for g in self.mix_w:
-                g.weight.mul_(4)
-        if plant == "collapsed":
-            collapse(self.mix_w[0], 0)
+        plant_gates(self.mix_w, plant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = torch.cat([m(x) for m in self.mlps], 1)
@@ -284,13 +286,7 @@ class ScaledViews(nn.Module):
         self.task_scale = nn.Parameter(torch.empty(2, E, H).uniform_(0.5, 1.5))
         self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
         self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(2))
-        with torch.no_grad():
-            for g in self.mix_w:
-                g.weight.mul_(4)
-        if plant == "collapsed":
-            collapse(self.mix_w[0], 0)
-        elif plant == "identical":
-            self.mix_w[1].load_state_dict(self.mix_w[0].state_dict())
+        plant_gates(self.mix_w, plant)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         ex = torch.stack([m(x) for m in self.mlps], 1)
@@ -322,13 +318,7 @@ class PredictionMixture(nn.Module):
             nn.Sequential(nn.Linear(len(FEATURES), H), nn.ReLU(), nn.Linear(H, 2)) for _ in range(E)
         )
         self.mix_w = nn.ModuleList(nn.Linear(len(FEATURES), E) for _ in range(2))
-        with torch.no_grad():
-            for g in self.mix_w:
-                g.weight.mul_(4)
-        if plant == "collapsed":
-            collapse(self.mix_w[0], 0)
-        elif plant == "identical":
-            self.mix_w[1].load_state_dict(self.mix_w[0].state_dict())
+        plant_gates(self.mix_w, plant)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         probs = torch.sigmoid(torch.stack([m(x) for m in self.scorers], 1))
