@@ -183,21 +183,22 @@ def _regression_quality(outputs: Any, i: int) -> dict[str, Any]:
     r2 = 1.0 - mse / var if judged else math.nan
     # the paired interval of mean((y - ŷ)² - (y - ȳ)²) = MSE - var, read as R² = -(MSE - var) / var
     half = 1.959964 * _se(outputs, "mse_vs_var_se", i) / var if judged else math.nan
-    lo, hi = (r2 - half, r2 + half) if math.isfinite(half) else (math.nan, math.nan)
-    if math.isfinite(half):  # judged by the interval; on a handful of rows any interval holding 0 is too wide
+    interval = math.isfinite(half)
+    lo, hi = (r2 - half, r2 + half) if interval else (math.nan, math.nan)
+    if interval:  # judged by the interval; on a handful of rows any interval holding 0 is too wide
         few = judged and lo <= 0 and (hi >= R2_MARGIN or (n < MIN_REGRESSION_ROWS and hi >= 0))
     else:  # no interval (one row, or labels whose mean dwarfs their spread: float64 cannot hold it)
         few = judged and n < MIN_REGRESSION_ROWS
-        lo = hi = r2  # (the verdict below reads the point estimate)
     return {
         "label_var": var,
         "r2": r2,
         "r2_lo": lo,
         "r2_hi": hi,
         "too_few_labels": bool(few),
-        # works: R² interval above 0; no better: it holds 0 (or lies below) and stays below R2_MARGIN
-        "beats_label_mean": None if not judged or few else bool(lo > 0),
-    } | ({"r2_lo": math.nan, "r2_hi": math.nan} if not math.isfinite(half) else {})
+        # works: R² interval above 0 (without one: R² itself); no better: it holds 0 (or lies below) and
+        # stays below R2_MARGIN
+        "beats_label_mean": None if not judged or few else bool((lo if interval else r2) > 0),
+    }
 
 
 def auc_interval(auc: float, n_pos: float, n_neg: float, z: float = 1.959964) -> tuple[float, float]:
