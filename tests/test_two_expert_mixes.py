@@ -25,12 +25,14 @@ import torch
 from two_expert_models import (
     BLENDS,
     N_FEATURES,
+    SCALAR_FORMS,
     TWO_WAY,
     Blend,
     Extrapolating,
     FlatWeight,
     InlineSlices,
     LookAlike,
+    ScalarHeads,
     SkipInExpert,
     SplitWeights,
     collapse,
@@ -327,3 +329,30 @@ def test_cli_check_passes_a_gate_less_highway(tmp_path: Path, form: str) -> None
     code, out = _check(tmp_path, lambda m: m.LookAlike(form, saturated=True).eval(), "--fail-on", "critical")
     assert code == 0, out
     assert "collapsed_gate" not in out and "no gates" in out.lower()
+
+
+# ------------------------------------------------------------------------------------- scalar heads
+@pytest.mark.parametrize("form", SCALAR_FORMS)
+def test_a_blend_of_two_scalar_heads_is_a_gate_and_its_collapse_is_found(form: str) -> None:
+    """`(1 - w) * low(h) + w * high(h)` with `[B, 1]` heads: `w` and the experts have one shape, and the blend
+    came out Shared-Bottom ("no gates", check passed) with click's weight pinned at 1."""
+    result = inspect(collapse(ScalarHeads(form)))
+    topo = result.topology
+    assert topo.judgeable, [u.line() for u in topo.unresolved]
+    assert {g.task for g in topo.gates} == {"click", "buy"}, topo.notes
+    for g in topo.gates:
+        assert g.two_way and g.experts == (f"lows.{g.task}", f"highs.{g.task}")
+    assert {f.subject for f in result.findings if f.code == "collapsed_gate"} == {"click"}
+    model = collapse(ScalarHeads(form))
+    x = input_fn(frame(64))
+    want = torch.sigmoid(model.weights["buy"](x))
+    with GateRecorder(model, topo) as rec, torch.inference_mode():
+        model(x)
+        got = rec.take().gates["buy"]
+    torch.testing.assert_close(got, torch.cat([1 - want, want], dim=1))  # the weight, not a head
+
+
+def test_a_gated_skip_on_a_scalar_head_is_no_gate() -> None:
+    topo = discover_topology(ScalarHeads("highway").eval(), example())
+    assert topo.gates == () and topo.unresolved == (), [u.line() for u in topo.unresolved]
+    assert topo.architecture == "shared_bottom", topo.notes

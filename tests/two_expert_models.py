@@ -302,3 +302,33 @@ class SkipInExpert(nn.Module):
             g = torch.softmax(self.gates[t](x), dim=1)
             out[t] = torch.sigmoid(self.heads[t]((g.unsqueeze(-1) * e).sum(1))).squeeze(1)
         return out
+
+
+SCALAR_FORMS = ("lerp", "affine", "affine_swapped", "delta", "minus", "stacked", "python_sum")
+
+
+class ScalarHeads(Blend):
+    """Per task, two scalar heads `low_t`, `high_t` (`Linear(WIDTH, 1)` on the shared `left(x)`) blended by the
+    task's own `w_t = sigmoid(weight_t(x))` as `form` says: `y_t = (1 - w_t) * low_t(h) + w_t * high_t(h)`.
+    The experts are `[B, 1]`, as wide as `w_t`, so neither factor of a product is the weight by its shape.
+    `highway` is a scalar look-alike instead: `y_t = t * relu(bend(l)) + (1 - t) * l`, `l = low_t(h)`,
+    `t = sigmoid(weight_t(x))`, one term made from the other (a gated skip on the head, no gate)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__(form)
+        self.lows = nn.ModuleDict({t: nn.Linear(WIDTH, 1) for t in TASKS})
+        self.highs = nn.ModuleDict({t: nn.Linear(WIDTH, 1) for t in TASKS})
+        self.bend = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.left(x)
+        out = {}
+        for t in TASKS:
+            w = self.weight(t, x)
+            low = self.lows[t](h)
+            if self.form == "highway":
+                y = w * torch.relu(self.bend(low)) + (1 - w) * low
+            else:
+                y = self.blend(low, self.highs[t](h), low, w)
+            out[t] = torch.sigmoid(y).squeeze(1)
+        return out

@@ -902,25 +902,36 @@ def _one_from_other(graph: Graph, a: int, b: int) -> bool:
     return _computed_from(graph, late, early)
 
 
-def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, Ref, tuple[int, int]] | None:
-    """(weight, expert, axes) when node `idx` is a product `weight * expert` with one weight per row."""
+def _weightings(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> list[tuple[Ref, Ref, tuple[int, int]]]:
+    """Every reading (weight, expert, axes) of node `idx` as a product `weight * expert` with one weight per row
+    (the weight may be `1 - w` of such a `w`). Scalar experts (`[B, 1]` heads) hold one value per row too:
+    then both orders are readings, and only the rest of the blend (`1 - w` on the other term, `x1 - x0` in
+    the other factor) tells which factor is the weight."""
     node = graph.nodes[idx]
     if node.op not in MUL_OPS:
-        return None
+        return []
     a, b = _operands(node)
     if not (isinstance(a, Ref) and isinstance(b, Ref)):
-        return None
+        return []
+    found = []
     for w, x in ((a, b), (b, a)):
         w = _unexpanded(
             graph, w
         )  # `w.expand_as(x)`, `w.repeat_interleave(D, dim=1)`: the same weight per row
-        if _per_row_weight(graph, x.node, out_shape) is not None:
-            continue
         axes = _per_row_weight(graph, w.node, out_shape)
         if axes is None:  # `1 - w` of a broadcast per-row `w` has the experts' width
             c = _complement(graph, w.node)
             axes = None if c is None else _per_row_weight(graph, c, out_shape)
         if axes is not None:
+            found.append((w, x, axes))
+    return found
+
+
+def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, Ref, tuple[int, int]] | None:
+    """(weight, expert, axes) when node `idx` is a product `weight * expert` with one weight per row and an
+    expert that holds more than one value per row (the one unambiguous reading of `_weightings`)."""
+    for w, x, axes in _weightings(graph, idx, out_shape):
+        if _per_row_weight(graph, x.node, out_shape) is None:
             return w, x, axes
     return None
 
@@ -1002,6 +1013,22 @@ def _split(graph: Graph, node: Node, shape: tuple[int, ...]) -> list[Mixture]:
     return [Mixture(first, node.idx, w0.node, axes[0], axes[1], experts, len(xs), two_way=True, split=True)]
 
 
+def _scalar_pair(
+    graph: Graph, a: Ref, b: Ref, shape: tuple[int, ...]
+) -> tuple[tuple[int, int, int, tuple[int, int], int, int] | None, int | None]:
+    """`(1 - w) * x0 + w * x1` whose experts hold one value per row too (`[B, 1]` scalar heads, as wide as `w`):
+    either factor of each product could be the weight, so the weight is the factor whose `1 - w` is a factor of
+    the other term. Returns (w, x0, x1, axes, combine, -1) and the node of `1 - w`, or (None, None)."""
+    ra, rb = _weightings(graph, a.node, shape), _weightings(graph, b.node, shape)
+    for first, second in ((ra, rb), (rb, ra)):
+        for wa, xa, _ in first:
+            c = _complement(graph, wa.node)
+            for wb, xb, axes in second:
+                if _same_value(graph, c, _base(graph, wb.node)):
+                    return (wb.node, xa.node, xb.node, axes, min(a.node, b.node), -1), wa.node
+    return None, None
+
+
 def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
     `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order (also summed as a stack of the two, or by
@@ -1022,13 +1049,13 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     elif node.op == "sub":  # x0 - w * (x0 - x1)
         a, b = _operands(node)
         if isinstance(a, Ref) and isinstance(b, Ref) and node.kwargs.get("alpha", 1) == 1:
-            prod = _weighted(graph, b.node, shape)
-            d = None if prod is None else graph.nodes[_base(graph, prod[1].node)]
-            if prod is not None and d is not None and d.op == "sub" and len(d.args) == 2:
-                back, x1 = d.args
-                same = isinstance(back, Ref) and _base(graph, back.node) == _base(graph, a.node)
-                if same and isinstance(x1, Ref) and d.kwargs.get("alpha", 1) == 1:
-                    found = (prod[0].node, a.node, x1.node, prod[2], b.node, -1)
+            for prod in _weightings(graph, b.node, shape):  # scalar experts: the factor that is `x0 - x1`
+                d = graph.nodes[_base(graph, prod[1].node)]
+                if found is None and d.op == "sub" and len(d.args) == 2:
+                    back, x1 = d.args
+                    same = isinstance(back, Ref) and _base(graph, back.node) == _base(graph, a.node)
+                    if same and isinstance(x1, Ref) and d.kwargs.get("alpha", 1) == 1:
+                        found = (prod[0].node, a.node, x1.node, prod[2], b.node, -1)
     else:
         terms = _terms(graph, node)
         if terms is None:
@@ -1052,20 +1079,22 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
             longer = _split(graph, node, shape)  # `(w0 * x0 + w1 * x1) + w2 * x2`
             if longer:
                 return longer
-        for x0, prod, mul in ((a, pb, b), (b, pa, a)):  # x0 + w * (x1 - x0)
-            if found is not None or prod is None or node.op == "sum":
-                continue
-            w, diff, axes = prod
-            d = graph.nodes[_base(graph, diff.node)]
-            if d.op != "sub" or len(d.args) != 2 or d.kwargs.get("alpha", 1) != 1:
-                continue
-            x1, back = d.args
-            if (
-                isinstance(x1, Ref)
-                and isinstance(back, Ref)
-                and _base(graph, back.node) == _base(graph, x0.node)
-            ):
-                found = (w.node, x0.node, x1.node, axes, mul.node, -1)
+        if found is None and (pa is None or pb is None):  # scalar experts: `1 - w` tells the weight
+            found, other = _scalar_pair(graph, a, b, shape)
+        for x0, mul in ((a, b), (b, a)):  # x0 + w * (x1 - x0)
+            for w, diff, axes in _weightings(graph, mul.node, shape):
+                if found is not None or node.op == "sum":
+                    continue
+                d = graph.nodes[_base(graph, diff.node)]
+                if d.op != "sub" or len(d.args) != 2 or d.kwargs.get("alpha", 1) != 1:
+                    continue
+                x1, back = d.args
+                if (
+                    isinstance(x1, Ref)
+                    and isinstance(back, Ref)
+                    and _base(graph, back.node) == _base(graph, x0.node)
+                ):
+                    found = (w.node, x0.node, x1.node, axes, mul.node, -1)
     if found is None:
         return []
     w, x0, x1, (w_axis, w_batch), combine, arg = found
