@@ -16,7 +16,8 @@ Every torch function call that had a tensor argument gets a sequence number (`Gr
 module stack at call time): function-level gates are located by "the k-th call of op X while module
 M runs", and `replay_with_leaves` runs the forward again with chosen calls' outputs replaced (same
 values) by `output + leaf`, `leaf` zeros requiring grad, so discovery can ask autograd
-which task outputs depend on them (`torch.autograd.grad`, never `.backward()`).
+which task outputs depend on them (`torch.autograd.grad`, never `.backward()`); its calls run with
+autograd on even where the model's forward turns it off (`no_grad`, `inference_mode`).
 """
 
 from __future__ import annotations
@@ -314,12 +315,15 @@ class CallCounter(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self.call(func, args, kwargs)
         if not any(True for _ in iter_tensors((args, kwargs))):
             return out
         seq = self.seq
         self.seq += 1
         return self.on_call(seq, func, args, kwargs, out)
+
+    def call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return func(*args, **kwargs)
 
     def on_call(self, seq: int, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
         return out
@@ -333,6 +337,20 @@ class _LeafMode(CallCounter):
         self.targets = targets  # call seq -> output position
         self.leaves: dict[int, torch.Tensor] = {}
 
+    def call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call, with autograd on where the model's forward turned it off (`@torch.inference_mode()`,
+        `with torch.no_grad()` around a serving forward): the leaves must reach the task outputs through
+        it, or no gate has a task (all named `shared`). A call that autograd refuses runs as written:
+        a write into a parameter made under `no_grad` (refused before anything is written), an
+        inference tensor made where the tracer does not look."""
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return func(*args, **kwargs)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                return func(*args, **kwargs)
+        except RuntimeError:
+            return func(*args, **kwargs)
+
     def on_call(self, seq: int, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
         pos = self.targets.get(seq)
         if pos is None:
@@ -342,8 +360,8 @@ class _LeafMode(CallCounter):
             return out
         # `out + 0` with the zeros a grad leaf: the same values, and unlike a detached copy it keeps the
         # original graph, so a leaf on an upper-level mixture does not cut the paths of the levels below
-        leaf = torch.zeros_like(outs[pos]).requires_grad_(True)
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = torch.zeros_like(outs[pos]).requires_grad_(True)
             sub = outs[pos] + leaf
         self.leaves[seq] = leaf
         if isinstance(out, torch.Tensor):

@@ -1,0 +1,120 @@
+"""Serving forwards that turn autograd off themselves (`@torch.inference_mode()`, `with torch.no_grad()`).
+
+Discovery asks autograd which task outputs each gate's mixture moves (a replay of the forward with zero grad
+leaves added to the mixtures). A forward that turns autograd off cut every leaf from the outputs: each gate
+served "no task", was named `shared` / `shared#1`, the architecture came out `moe`, and identical task gates
+were reported as `tasks_route_identically shared ~ shared#1`. The replay now runs the model's calls with
+autograd on, so the gates are named by their tasks as for the plain forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from corpus._plant import GateParams, plant_logit_gates
+from torch import nn
+
+import mmoe_inspect as mi
+from mmoe_inspect.topology.discovery import discover_topology
+
+N_FEATURES = 8
+N_EXPERTS = 4
+TASKS = ("click", "buy")
+FEATURES = [f"x{i}" for i in range(N_FEATURES)]
+MODES = ("plain", "no_grad", "inference_mode", "decorated")
+
+
+class ServingMMoE(nn.Module):
+    """A plain MMoE (4 ReLU experts `[B, 16]`, one softmax gate per task, sigmoid towers) whose forward runs
+    as `mode` says: as written, inside `torch.no_grad()`, inside `torch.inference_mode()`, or decorated with
+    `@torch.inference_mode()`. The expert bank is scaled in place by a parameter that the forward clamps in
+    place (writes autograd refuses on a parameter), and the mixture goes through an in-place ReLU."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mode = mode
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(N_FEATURES, 16), nn.ReLU()) for _ in range(N_EXPERTS)
+        )
+        self.gates = nn.ModuleDict({t: nn.Linear(N_FEATURES, N_EXPERTS) for t in TASKS})
+        self.towers = nn.ModuleDict({t: nn.Linear(16, 1) for t in TASKS})
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def mix(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, 16]
+        if not torch.is_grad_enabled():
+            self.scale.clamp_(0.0, 2.0)
+            ex.mul_(self.scale)
+        out = {}
+        for t in TASKS:
+            g = torch.softmax(self.gates[t](x), dim=-1)  # [B, E]
+            h = (g.unsqueeze(-1) * ex).sum(1).relu_()  # [B, 16]
+            out[t] = torch.sigmoid(self.towers[t](h)).squeeze(-1)
+        return out
+
+    @torch.inference_mode()
+    def decorated(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.mix(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.mode == "decorated":
+            return self.decorated(x)
+        if self.mode == "no_grad":
+            with torch.no_grad():
+                return self.mix(x)
+        if self.mode == "inference_mode":
+            with torch.inference_mode():
+                return self.mix(x)
+        return self.mix(x)
+
+
+def planted(mode: str, case: str) -> ServingMMoE:
+    model = ServingMMoE(mode)
+    gates = {t: GateParams(model.gates[t].weight, model.gates[t].bias) for t in TASKS}
+    names = {t: [str(e) for e in range(N_EXPERTS)] for t in TASKS}
+    plant_logit_gates(
+        gates, case, expert_names=names, collapse=("click", "1"), dead="3", identical=TASKS, scale=4.0
+    )
+    return model.eval()
+
+
+def frame(rows: int = 800) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    f = pd.DataFrame(rng.normal(size=(rows, N_FEATURES)).astype("float32"), columns=FEATURES)
+    f["click"] = (f["x0"] > 0).astype("float64")
+    f["buy"] = (f["x1"] > 0.5).astype("float64")
+    return f
+
+
+def inspect(model: nn.Module) -> mi.InspectionResult:
+    return mi.inspect(
+        model, frame(), input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gates_are_named_by_their_task_when_the_forward_turns_autograd_off(mode: str) -> None:
+    model = planted(mode, "specialized")
+    topo = discover_topology(model, torch.randn(61, N_FEATURES, generator=torch.Generator().manual_seed(1)))
+    assert topo.architecture == "mmoe", topo.notes
+    assert [(g.name, g.task) for g in topo.gates] == [("click", "click"), ("buy", "buy")]
+    assert not any("reaches no task output" in n for n in topo.notes), topo.notes
+    assert model.scale.requires_grad and model.scale.grad is None  # the model is left as found
+    assert math.isclose(float(model.scale.detach()), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "decorated"])
+@pytest.mark.parametrize(
+    ("case", "code", "subject"),
+    [("identical", "tasks_route_identically", "click ~ buy"), ("collapsed", "collapsed_gate", "click")],
+)
+def test_planted_routing_is_reported_by_task(mode: str, case: str, code: str, subject: str) -> None:
+    result = inspect(planted(mode, case))
+    found = {f.subject for f in result.findings if f.code == code}
+    assert found == {subject}, [(f.code, f.subject) for f in result.findings]
+    assert not any("shared" in f.subject for f in result.findings)
