@@ -118,3 +118,73 @@ def test_planted_routing_is_reported_by_task(mode: str, case: str, code: str, su
     found = {f.subject for f in result.findings if f.code == code}
     assert found == {subject}, [(f.code, f.subject) for f in result.findings]
     assert not any("shared" in f.subject for f in result.findings)
+
+
+# ------------------------------------------------------------------------ one task, several outputs
+class ManyOutputs(nn.Module):
+    """The same MMoE with EasyRec's outputs (`logits_t`, `probs_t = sigmoid(logits_t)`, `y_t = probs_t` per
+    task), or ESMM's (`click` = pCTR, `ctcvr` = pCTR * pCVR, with one gate per tower), or that ESMM with
+    one gate's mixture under both towers (`esmm_one_gate`, an OMoE)."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.style = style
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(N_FEATURES, 16), nn.ReLU()) for _ in range(N_EXPERTS)
+        )
+        self.gates = nn.ModuleDict({t: nn.Linear(N_FEATURES, N_EXPERTS) for t in TASKS})
+        self.towers = nn.ModuleDict({t: nn.Linear(16, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, 16]
+        one = self.style == "esmm_one_gate"  # one mixture [B, 16] (click's gate) under both towers
+        mixed = {}
+        for t in TASKS[:1] if one else TASKS:
+            mixed[t] = (torch.softmax(self.gates[t](x), dim=-1).unsqueeze(-1) * ex).sum(1)
+        if one:
+            mixed["buy"] = mixed["click"]
+        logits = {t: self.towers[t](mixed[t]).squeeze(-1) for t in TASKS}  # [B]
+        if self.style != "easyrec":
+            ctr = torch.sigmoid(logits["click"])
+            return {"click": ctr, "ctcvr": ctr * torch.sigmoid(logits["buy"])}
+        out = {}
+        for t in TASKS:
+            out[f"logits_{t}"] = logits[t]
+            out[f"probs_{t}"] = torch.sigmoid(logits[t])
+            out[f"y_{t}"] = out[f"probs_{t}"]
+        return out
+
+
+def test_a_gate_feeding_several_outputs_of_one_task_is_named_by_the_first() -> None:
+    model = ManyOutputs("easyrec").eval()
+    gates = {t: GateParams(model.gates[t].weight, model.gates[t].bias) for t in TASKS}
+    names = {t: [str(e) for e in range(N_EXPERTS)] for t in TASKS}
+    plant_logit_gates(
+        gates, "identical", expert_names=names, collapse=("click", "1"), dead="3", identical=TASKS
+    )
+    data = frame().rename(columns={"click": "logits_click", "buy": "logits_buy"})
+    result = mi.inspect(
+        model,
+        data,
+        input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()),
+        columns=FEATURES,
+        labels={"logits_click": "logits_click", "logits_buy": "logits_buy"},
+    )
+    assert [(g.name, g.task) for g in result.topology.gates] == [
+        ("logits_click", "logits_click"),
+        ("logits_buy", "logits_buy"),
+    ]
+    found = {f.subject for f in result.findings if f.code == "tasks_route_identically"}
+    assert found == {"logits_click ~ logits_buy"}, [(f.code, f.subject) for f in result.findings]
+
+
+def test_esmm_gates_are_named_by_the_tower_they_feed() -> None:
+    """pCTCVR = pCTR * pCVR: the CTR gate reaches pCTCVR only through pCTR (its task is click); a gate
+    under both towers reaches pCTCVR by two paths and stays shared."""
+    x = torch.randn(61, N_FEATURES, generator=torch.Generator().manual_seed(1))
+    topo = discover_topology(ManyOutputs("esmm").eval(), x)
+    assert [(g.name, g.task) for g in topo.gates] == [("click", "click"), ("ctcvr", "ctcvr")], topo.notes
+    topo = discover_topology(ManyOutputs("esmm_one_gate").eval(), x)
+    assert [(g.name, g.task) for g in topo.gates] == [("shared", None)], topo.notes
+    assert topo.architecture == "omoe"

@@ -74,6 +74,45 @@ def set_levels(graph: Graph, gates: list[Gate]) -> None:
         g.deps = deps[j]
 
 
+def _only_through(graph: Graph, late: int, via: int, start: int) -> bool:
+    """Whether node `late` depends on node `start` only through node `via` (every path back from `late` to
+    `start` passes `via`; nodes are in forward order, so the walk stops below `start`)."""
+    if late == via:
+        return True
+    seen = {late}
+    todo = [late]
+    while todo:
+        for p in graph.nodes[todo.pop()].parents:
+            if p == start:
+                return False
+            if p > start and p != via and p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return True
+
+
+def fold_derived_outputs(
+    graph: Graph, gates: list[Gate], nodes: dict[str, int | None], starts: dict[int, int]
+) -> None:
+    """A gate moving several task outputs of which one made all the others serves that one: EasyRec's
+    `logits_t`, `probs_t = sigmoid(logits_t)`, `y_t = probs_t` per task; ESMM's `pCTCVR = pCTR * pCVR` for the
+    CTR gate, whose mixture reaches pCTCVR only through pCTR. Without this such a gate served "several tasks"
+    and was named `shared`. `nodes`: task name -> its prediction's node, in task order; `starts`: `id(gate)`
+    -> the node autograd asked about (`leaf_node`). A gate whose mixture reaches two outputs by separate
+    paths (a one-gate MoE, or pCTCVR for a gate under both pCTR and pCVR) keeps all its tasks."""
+    for g in gates:
+        if len(g.tasks) < 2:
+            continue
+        start = starts[id(g)]
+        mine = {t: nodes.get(t) for t in g.tasks}
+        if any(n is None for n in mine.values()):
+            continue
+        for root in (t for t in nodes if t in mine):
+            if all(t == root or _only_through(graph, n, mine[root], start) for t, n in mine.items()):  # type: ignore[arg-type]
+                g.tasks = {root}
+                break
+
+
 def assign_tasks(gates: list[Gate]) -> int:
     """Task of each gate from autograd influence; lower-level gates refined through the next level.
 

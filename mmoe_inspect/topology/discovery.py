@@ -44,6 +44,7 @@ from mmoe_inspect.topology._gates import (
     Gate,
     architecture,
     assign_tasks,
+    fold_derived_outputs,
     gate_spec,
     leaf_node,
     name_experts,
@@ -398,6 +399,7 @@ def _describe_gates(
                 grad = grad.select(*g.out_part)
             if grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0:
                 g.tasks.add(o.name)
+    fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
     unused = assign_tasks(gates)
     task_order = {t.name: i for i, t in enumerate(tasks)}
