@@ -261,6 +261,27 @@ def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointE
         g.startswith("torch.nn.modules.") for g in s.globals
     )
     what = "a whole pickled model (torch.save(model))" if module_like else "a pickle of Python objects"
+    extra = sorted(x for x in s.strings if is_extra_state(x)) if not module_like else []
+    advice = (
+        "If you trust its source, pass --trust-checkpoint (with --import MODULE or --model-code FILE.py if those "
+        "classes are not importable), or save model.state_dict() and pass --builder package.module:function"
+    )
+    if extra:  # a state_dict that weights-only loading would take, but for its modules' extra state
+        what = (
+            f"a state_dict whose extra state ({cut_list(extra, 3)}: what a module's get_extra_state() returned) "
+            "holds Python objects that weights-only loading does not rebuild (it takes tensors and plain "
+            "values: dict, list, tuple, str, int, float, bool, None)"
+        )
+        advice = (
+            "If you trust its source, pass --trust-checkpoint (with --model-code FILE.py or --import MODULE that "
+            "defines those classes); otherwise make get_extra_state() return plain values and save the "
+            "state_dict again"
+        )
+        if not danger:  # never advise allow-listing a name that can run commands
+            advice += (
+                ", or, from Python, allow exactly those classes with torch.serialization.add_safe_globals([...]) "
+                "before loading"
+            )
     if named:
         imports = (
             f"it would import {cut_list(danger + rest, 12)} ({len(named)} name{'s' if len(named) != 1 else ''}"
@@ -282,9 +303,7 @@ def _refusal(path: Path, s: Sniffed, exc: BaseException) -> UntrustedCheckpointE
     )
     return UntrustedCheckpointError(
         f"refusing to unpickle {path.name} without --trust-checkpoint: it is {what}, and unpickling can "
-        f"run arbitrary code; {warning}{imports}{unsure}. If you trust its source, pass --trust-checkpoint "
-        "(with --import MODULE or --model-code FILE.py if those classes are not importable), or save "
-        "model.state_dict() and pass --builder package.module:function",
+        f"run arbitrary code; {warning}{imports}{unsure}. {advice}",
         s.globals,
     )
 
@@ -367,15 +386,31 @@ def _model_from(obj: Any, path: Path, builder: str | None) -> tuple[nn.Module, s
     return model, form, notes
 
 
+EXTRA_STATE = "_extra_state"
+"""The state_dict key suffix of a module's `get_extra_state()` value (any picklable object, not a tensor)."""
+
+
+def is_extra_state(key: Any) -> bool:
+    """Whether state_dict key `key` holds a module's extra state (`body._extra_state`, `_extra_state`)."""
+    return isinstance(key, str) and (key == EXTRA_STATE or key.endswith("." + EXTRA_STATE))
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """A non-empty mapping of tensors, where `*._extra_state` entries (`nn.Module.get_extra_state`) may hold
+    any value and at least one entry is a tensor."""
+    if not isinstance(obj, Mapping) or not obj:
+        return False
+    tensors = [isinstance(v, torch.Tensor) for k, v in obj.items() if not is_extra_state(k)]
+    return bool(tensors) and all(tensors)
+
+
 def _find_model_entry(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
     """(key, state_dict or module) of a training dict; (None, obj) when `obj` itself is a state_dict."""
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if _is_state_dict(obj):
         return None, obj
     for key in STATE_DICT_KEYS:
         v = obj.get(key)
-        if isinstance(v, nn.Module) or (
-            isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
-        ):
+        if isinstance(v, nn.Module) or _is_state_dict(v):
             return key, v
     return None, None
 
@@ -402,7 +437,7 @@ def _load_state(model: nn.Module, state: Mapping[str, Any], path: Path, by: str,
 
     expected = model.state_dict()
     state = dict(state)
-    check_tensors(state, "state_dict", path)
+    check_tensors({k: v for k, v in state.items() if not is_extra_state(k)}, "state_dict", path)
     for prefix in _PREFIXES:
         if set(state) != set(expected) and state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
