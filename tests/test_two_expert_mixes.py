@@ -352,7 +352,17 @@ def test_a_blend_of_two_scalar_heads_is_a_gate_and_its_collapse_is_found(form: s
     torch.testing.assert_close(got, torch.cat([1 - want, want], dim=1))  # the weight, not a head
 
 
-def test_a_gated_skip_on_a_scalar_head_is_no_gate() -> None:
-    topo = discover_topology(ScalarHeads("highway").eval(), example())
+@pytest.mark.parametrize("form", ["highway", "products"])
+def test_a_gated_skip_or_a_product_of_scalar_heads_is_no_gate(form: str) -> None:
+    topo = discover_topology(ScalarHeads(form).eval(), example())
     assert topo.gates == () and topo.unresolved == (), [u.line() for u in topo.unresolved]
     assert topo.architecture == "shared_bottom", topo.notes
+
+
+def test_scalar_heads_with_separate_weights_cannot_be_judged() -> None:
+    """`sigmoid(z) * low(h) + sigmoid(-z) * high(h)` on `[B, 1]` heads: the sigmoids are the weights (the heads
+    are not squashed), but no tensor holds them as one gate; it came out Shared-Bottom, now unresolved."""
+    topo = discover_topology(ScalarHeads("split").eval(), example())
+    assert topo.gates == () and topo.architecture is None
+    lines = [u.line() for u in topo.unresolved]
+    assert len(lines) == 2 and all("each weighted by a weight of its own" in ln for ln in lines), lines

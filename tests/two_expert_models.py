@@ -312,7 +312,9 @@ class ScalarHeads(Blend):
     task's own `w_t = sigmoid(weight_t(x))` as `form` says: `y_t = (1 - w_t) * low_t(h) + w_t * high_t(h)`.
     The experts are `[B, 1]`, as wide as `w_t`, so neither factor of a product is the weight by its shape.
     `highway` is a scalar look-alike instead: `y_t = t * relu(bend(l)) + (1 - t) * l`, `l = low_t(h)`,
-    `t = sigmoid(weight_t(x))`, one term made from the other (a gated skip on the head, no gate)."""
+    `t = sigmoid(weight_t(x))`, one term made from the other (a gated skip on the head, no gate); so is
+    `products`, `low_t * high_t + t * low_t` (a product of two heads). `split` weights the heads by two
+    sigmoids of their own, `sigmoid(z) * low_t + sigmoid(-z) * high_t`: a mix that cannot be read as a gate."""
 
     def __init__(self, form: str) -> None:
         super().__init__(form)
@@ -328,6 +330,11 @@ class ScalarHeads(Blend):
             low = self.lows[t](h)
             if self.form == "highway":
                 y = w * torch.relu(self.bend(low)) + (1 - w) * low
+            elif self.form == "products":
+                y = low * self.highs[t](h) + w * low
+            elif self.form == "split":
+                z = self.weights[t](x)
+                y = torch.sigmoid(z) * low + torch.sigmoid(-z) * self.highs[t](h)
             else:
                 y = self.blend(low, self.highs[t](h), low, w)
             out[t] = torch.sigmoid(y).squeeze(1)

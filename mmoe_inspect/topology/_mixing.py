@@ -936,6 +936,27 @@ def _weighted(graph: Graph, idx: int, out_shape: tuple[int, ...]) -> tuple[Ref, 
     return None
 
 
+SQUASH_OPS = frozenset({"sigmoid", "softmax", "hardsigmoid"})
+
+
+def _squashed(graph: Graph, idx: int) -> bool:
+    """Whether node `idx` is (a view of) a sigmoid or softmax output, or `1 - ` one."""
+    c = _complement(graph, idx)
+    return graph.nodes[_base(graph, idx if c is None else c)].op in SQUASH_OPS
+
+
+def _squash_weighted(
+    graph: Graph, idx: int, out_shape: tuple[int, ...]
+) -> tuple[Ref, Ref, tuple[int, int]] | None:
+    """`_weighted`, and for scalar experts (both factors one value per row) the reading whose weight is a
+    sigmoid/softmax output and whose expert is not: `sigmoid(z) * head(h)`."""
+    readings = _weightings(graph, idx, out_shape)
+    if len(readings) != 2:
+        return _weighted(graph, idx, out_shape)
+    picked = [r for r in readings if _squashed(graph, r[0].node) and not _squashed(graph, r[1].node)]
+    return picked[0] if len(picked) == 1 else None
+
+
 def _terms(graph: Graph, node: Node) -> tuple[Ref, Ref] | None:
     """The two terms node `node` adds: `a + b`, or `stack([a, b]).sum(0)` (through views)."""
     if node.op in ADD_OPS:
@@ -991,11 +1012,14 @@ def _split_terms(graph: Graph, ref: Ref, top: bool = True) -> list[Ref]:
     return [t for r in terms for t in _split_terms(graph, _no_zero(graph, r), False)]
 
 
-def _split(graph: Graph, node: Node, shape: tuple[int, ...]) -> list[Mixture]:
+def _split(graph: Graph, node: Node, shape: tuple[int, ...], scalar: bool = False) -> list[Mixture]:
     """`w0 * x0 + w1 * x1 (+ ...)`: experts weighted by per-row weights of their own (two sigmoids, `sigmoid(z)`
-    and `sigmoid(-z)`); no tensor holds them together, so it is reported (`Mixture.split`), not read."""
-    terms = _split_terms(graph, Ref(node.idx))
-    prods = [_weighted(graph, t.node, shape) for t in terms]
+    and `sigmoid(-z)`); no tensor holds them together, so it is reported (`Mixture.split`), not read.
+    `scalar`: the two terms of `node` only, scalar experts weighted by sigmoid/softmax outputs
+    (`_squash_weighted`)."""
+    terms = list(_terms(graph, node) or ()) if scalar else _split_terms(graph, Ref(node.idx))
+    weighted = _squash_weighted if scalar else _weighted
+    prods = [weighted(graph, t.node, shape) for t in terms]
     if not 2 <= len(prods) <= MAX_EXPERTS or any(p is None for p in prods):
         return []
     ws = [_base(graph, p[0].node) for p in prods]  # type: ignore[index]
@@ -1081,6 +1105,10 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
                 return longer
         if found is None and (pa is None or pb is None):  # scalar experts: `1 - w` tells the weight
             found, other = _scalar_pair(graph, a, b, shape)
+        if found is None and pa is None and pb is None and node.op in ADD_OPS:
+            scalar = _split(graph, node, shape, scalar=True)  # `sigmoid(z) * A(h) + sigmoid(-z) * B(h)`
+            if scalar:
+                return scalar
         for x0, mul in ((a, b), (b, a)):  # x0 + w * (x1 - x0)
             for w, diff, axes in _weightings(graph, mul.node, shape):
                 if found is not None or node.op == "sum":
