@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 import mmoe_inspect as mi
 from mmoe_inspect.analysis import codes
@@ -164,10 +165,78 @@ def test_summary_marks_a_task_it_cannot_judge(tmp_path) -> None:
     assert "NOT" in table[table.index("│ buy") :].split("└")[0], res.output  # (rich wraps the cell)
 
 
-def test_a_layer_called_twice_names_its_pairs_by_gate() -> None:
-    topo = _mmoe_topology(["click", "buy"])
-    pairs = _pairs({("click", "buy"): 0.6}).assign(gate_a="click", gate_b="buy#1")
-    pairs = pd.concat([pairs, _pairs({("click", "buy"): 0.3}).assign(gate_a="click#1", gate_b="buy")])
+class _Layer(nn.Module):
+    """One MMoE layer (4 experts, a click and a buy gate) that the model runs twice per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(4, 8), nn.ReLU()) for _ in range(4)])
+        self.gates = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.experts], 1)  # [B, E, H]
+        return [(torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1) for g in self.gates]
+
+
+class _TwoSides(nn.Module):
+    """The layer on the user half and on the item half of the features; each task multiplies its two mixtures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mmoe = _Layer()
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        hu, hi = self.mmoe(x[:, :4]), self.mmoe(x[:, 4:])
+        return {
+            n: torch.sigmoid(t(a * b)).squeeze(-1)
+            for n, t, a, b in zip(("click", "buy"), self.towers, hu, hi, strict=True)
+        }
+
+
+def test_a_layer_called_twice_compares_gates_of_one_call_and_names_the_call() -> None:
+    """Plant: sharp gates, buy's = click's plus noise, so on either call the two tasks weight the experts
+    differently but share most (per-row TV ~0.38), while gates of different calls read different inputs
+    (user vs item half: TV ~0.72). Only same-call pairs are two tasks' routing; the answer names the call."""
+    torch.manual_seed(0)
+    model = _TwoSides().eval()
+    with torch.no_grad():
+        click, buy = model.mmoe.gates
+        click.weight.mul_(6)
+        buy.weight.copy_(click.weight + 1.5 * torch.randn_like(click.weight))
+        buy.bias.copy_(click.bias)
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(2000, 8)).astype("float32"), columns=cols)
+    data["click"] = (rng.random(2000) < 0.3).astype(float)
+    data["buy"] = (rng.random(2000) < 0.3).astype(float)
+    result = mi.inspect(model, data, input_fn=lambda c: torch.tensor(c[cols].to_numpy()), columns=cols)
+    div = result.tables["task_divergence"]
+    assert sorted(zip(div["gate_a"], div["gate_b"], strict=True)) == [("click", "buy"), ("click#1", "buy#1")]
+    assert div["tv_per_row"].between(0.2, 0.5).all(), div
+    assert len(result.tables["mutual_information"]) == 2  # one row per call
+    routing = result.review.answer("routing").answer
+    assert routing.startswith("Partly: the tasks share most experts but weight them differently"), routing
+    assert "(click#1 ~ buy#1 on the 2nd call)" in routing, routing
+    assert "clearly different" not in routing, routing
+
+
+def test_gates_per_expert_group_are_named_with_their_group() -> None:
+    """A hierarchical MMoE: each task has one gate per expert group (`L0.click`, `L0.click#1`); the pair
+    list says which group each far pair is over, not `click ~ buy` twice."""
+    experts = tuple(ExpertSpec(f"groups.{k}.{i}", f"groups.{k}.{i}") for k in range(2) for i in range(3))
+    group = [tuple(e.name for e in experts[3 * k : 3 * k + 3]) for k in range(2)]
+    gates = tuple(
+        GateSpec(f"L0.{t}{'#1' if k else ''}", f"inner.{t}.{k}", group[k], t)
+        for t in ("click", "buy")
+        for k in range(2)
+    )
+    topo = Topology((TaskSpec("click"), TaskSpec("buy")), experts, gates)
+    div = _pairs({("click", "buy"): 0.55}).assign(gate_a="L0.click", gate_b="L0.buy")
+    div = pd.concat([div, _pairs({("click", "buy"): 0.3}).assign(gate_a="L0.click#1", gate_b="L0.buy#1")])
     mi_table = pd.DataFrame([{"level": 0, "normalized": 0.05}])
-    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": pairs}, [])
-    assert "1 of 2 task pairs route rows to clearly different experts (click ~ buy#1)" in text, text
+    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": div}, [])
+    assert (
+        "1 of 2 task pairs route rows to clearly different experts (L0.click ~ L0.buy over groups.0.*)"
+        in text
+    )
