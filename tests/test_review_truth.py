@@ -18,7 +18,7 @@ from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, diagnose
 from mmoe_inspect.analysis.review import build_review
 from mmoe_inspect.analysis.verdict import verdict
-from mmoe_inspect.models import MMoE, OMoE
+from mmoe_inspect.models import CGC, MMoE, OMoE
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
 
 
@@ -240,3 +240,74 @@ def test_gates_per_expert_group_are_named_with_their_group() -> None:
         "1 of 2 task pairs route rows to clearly different experts (L0.click ~ L0.buy over groups.0.*)"
         in text
     )
+
+
+def _cgc_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 8)).astype("float32")
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
+    frame["ctr"] = (x[:, 0] > 0.5).astype("float64")
+    frame["cvr"] = (rng.random(len(frame)) < 0.2).astype("float64")  # not sparse: the general findings
+    return frame
+
+
+def _cgc(ctr: list[tuple[float, float]], cvr: list[tuple[float, float]]) -> CGC:
+    """A CGC (2 tasks, 2 specific experts each, 2 shared) whose gate logits are `bias + w * x0` per expert,
+    in the gate's order [own 0, own 1, shared 0, shared 1]."""
+    torch.manual_seed(3)
+    model = CGC(8, ["ctr", "cvr"], n_experts=2, n_specific=2, expert_hidden=(16,), tower_hidden=(4,))
+    with torch.no_grad():
+        for gate, rows in zip(model.levels[0].gates, (ctr, cvr), strict=True):
+            linear = gate[0]
+            linear.weight.zero_()
+            linear.bias.zero_()
+            for e, (bias, w) in enumerate(rows):
+                linear.bias[e], linear.weight[e, 0] = bias, w
+    return model.eval()
+
+
+def test_ple_answer_says_which_task_ignores_its_own_and_which_the_shared_experts() -> None:
+    """Plant: ctr's gate puts ~all weight on its own experts (input-dependent between them, so not collapsed),
+    cvr's on the shared ones. The PLE gets a routing answer (it had none: 'no task gates share one expert set')
+    and the findings name both failure modes on the right gate."""
+    model = _cgc(
+        [(6.0, 2.0), (6.0, -2.0), (0.0, 1.0), (0.0, -1.0)],
+        [(-6.0, 0.0), (-6.0, 0.0), (0.0, 2.0), (0.0, -2.0)],
+    )
+    result = mi.inspect(model, _cgc_frame())
+    flagged = {(f.code, f.subject) for f in result.findings}
+    assert {
+        (codes.TASK_IGNORES_SHARED_EXPERTS, "L0.ctr"),
+        (codes.TASK_IGNORES_OWN_EXPERTS, "L0.cvr"),
+    } <= flagged
+    assert not any(f.code == codes.COLLAPSED_GATE for f in result.findings)
+    routing = result.review.answer("routing")
+    assert routing.answer.startswith("Partly (PLE/CGC): "), routing.answer
+    assert "cvr's gate ignores its own experts and lives on the shared ones (0% own" in routing.answer
+    assert "ctr's gate ignores the shared experts and learns alone (0% shared" in routing.answer
+    assert "ctr 100% own / 0% shared, cvr 0% own / 100% shared" in routing.answer
+    assert any(
+        e.startswith("L0.cvr (task cvr, level 0): 0% on its own experts, 100%") for e in routing.evidence
+    )
+
+
+def test_ple_answer_compares_how_the_tasks_use_the_shared_experts() -> None:
+    """Plant: both gates use own and shared experts; over the shared ones ctr leans on shared 0 (by the sign of
+    x0) and cvr on shared 1: the answer says yes, and that the shared experts are used differently."""
+    model = _cgc(
+        [(0.0, 2.0), (0.0, 1.0), (0.0, -2.0), (0.0, 0.0)], [(0.0, -2.0), (0.0, 0.0), (-1.0, 0.0), (0.5, 2.0)]
+    )
+    result = mi.inspect(model, _cgc_frame())
+    assert not {codes.TASK_IGNORES_OWN_EXPERTS, codes.TASK_IGNORES_SHARED_EXPERTS} & {
+        f.code for f in result.findings
+    }
+    text = result.review.answer("routing").answer
+    assert text.startswith("Yes (PLE/CGC): every task's gate uses its own experts beside the shared ones"), (
+        text
+    )
+    assert "the tasks use the shared experts differently (total variation 0.6" in text, text
+    # cvr's gate the same as ctr's: alike over the shared experts, said as an average (per-row not claimed)
+    same = [(0.0, 2.0), (0.0, 1.0), (0.0, -2.0), (0.0, 0.0)]
+    text = mi.inspect(_cgc(same, same), _cgc_frame()).review.answer("routing").answer
+    assert "on average the tasks weight the shared experts alike (total variation at most 0.00" in text, text
+    assert "per-row routing over the shared experts is not compared" in text

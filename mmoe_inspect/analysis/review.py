@@ -30,6 +30,7 @@ import pandas as pd
 from . import codes
 from .codes import SEVERITY_ORDER, Severity
 from .findings import Finding, constant_output, ranks_inverted, routing_findings
+from .ple_routing import ple_evidence, ple_uses
 from .tables import at_chance, auc_interval
 
 Status = Literal["ok", "problem", "unknown"]
@@ -776,7 +777,8 @@ def build_review(
     )
     if verdict.lower().startswith(("could not", "no gates", "no, by design")):
         routing_status = "unknown"
-    routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status)
+    ple = ple_evidence(ple_uses(tables)) if "(PLE/CGC)" in verdict else ()  # each task gate's split
+    routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status, ple)
     gains = gains_answer(causal, tasks, gateless=verdict.lower().startswith("no gates"))
     if verdict.lower().startswith("could not"):  # unverified routing: nothing below is "nothing urgent"
         nxt = Answer(

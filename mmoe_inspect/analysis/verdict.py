@@ -6,6 +6,7 @@ import pandas as pd
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.analysis.findings import Finding
+from mmoe_inspect.analysis.ple_routing import ple_answer, ple_uses
 from mmoe_inspect.analysis.tables import call_index, gate_groups
 from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import Topology
@@ -43,6 +44,10 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
             f"No, by design: one gate per level serves every task (a one-gate MoE), so every task gets the same "
             f"expert mixture on each row; MMoE or PLE gates route per task{tail}."
         )
+    if (mi.empty or div.empty) and (uses := ple_uses(tables)):
+        return ple_answer(
+            uses, findings, tail
+        )  # PLE/CGC: own vs shared experts, and the shared ones compared
     if mi.empty or div.empty:
         return f"Gates recorded; no task gates share one expert set to compare directly{tail}."
     nmi = float(mi["normalized"].max())
