@@ -289,6 +289,18 @@ def test_ple_answer_says_which_task_ignores_its_own_and_which_the_shared_experts
     assert any(
         e.startswith("L0.cvr (task cvr, level 0): 0% on its own experts, 100%") for e in routing.evidence
     )
+    # one story each: cvr's gate with its two dead experts, ctr's gate with the shared experts left to cvr
+    stories = {d.title: d.findings for d in result.review.diagnoses}
+    assert set(stories["Gate L0.cvr ignores task cvr's own experts"]) == {
+        "task_ignores_own_experts: L0.cvr",
+        "dead_expert: L0.cvr.0",
+        "dead_expert: L0.cvr.1",
+    }
+    assert set(stories["Gate L0.ctr ignores the shared experts (task ctr learns alone)"]) == {
+        "task_ignores_shared_experts: L0.ctr",
+        "shared_expert_single_task: L0.shared.0",
+        "shared_expert_single_task: L0.shared.1",
+    }
 
 
 def test_ple_answer_compares_how_the_tasks_use_the_shared_experts() -> None:

@@ -101,7 +101,7 @@ def ple_answer(uses: list[PleGateUse], findings: list[Finding], tail: str = "") 
     ignores_own, ignores_shared = flagged_gates(uses, findings)
     top = max(u.level for u in uses)
     final = [u for u in uses if u.level == top]
-    where = f"on the final level ({top}) " if len({u.level for u in uses}) > 1 else ""
+    where = f"final level {top}: " if len({u.level for u in uses}) > 1 else ""
     shares = ", ".join(f"{u.task} {u.own:.0%} own / {u.shared:.0%} shared" for u in final)
 
     def name(u: PleGateUse) -> str:
@@ -118,7 +118,7 @@ def ple_answer(uses: list[PleGateUse], findings: list[Finding], tail: str = "") 
     ]
     compare = _shared_comparison([u for u in final if u.gate not in ignores_shared])
     if problems:
-        return f"Partly (PLE/CGC): {'; '.join(problems)}. Split {where}per task: {shares}{compare}{tail}."
+        return f"Partly (PLE/CGC): {'; '.join(problems)}. Split per task ({where}{shares}){compare}{tail}."
     return (
         f"Yes (PLE/CGC): every task's gate uses its own experts beside the shared ones ({where}{shares})"
         f"{compare}{tail}."

@@ -269,14 +269,17 @@ def sparse_gain_table(
             row.update(_top_expert(imp, dense_experts if dense else None))
         elif not topology.has_gates:
             row["note"] = f"no top expert or shared dependence: {_no_experts(topology)}"
-        if dense and _gates_of(topology, task) & {g for t in dense for g in _gates_of(topology, t)}:
-            # OMoE: the sparse task reads the very mixture the dense tasks read, row by row
+        # OMoE: the sparse task reads the very mixture the dense tasks read, row by row (a note saying there
+        # is no share at all already covers it)
+        one_gate = bool(dense) and bool(
+            _gates_of(topology, task) & {g for t in dense for g in _gates_of(topology, t)}
+        )
+        if one_gate and (not math.isnan(row["shared_dependence"]) or not row["note"]):
             row["shared_dependence"] = math.nan
-            why = (
+            row["note"] = (
                 "no shared dependence: one gate serves every task (a one-gate MoE), so the sparse task uses "
-                "exactly the experts the dense tasks use, on every row; the share measures nothing here"
+                "exactly the experts the dense tasks use, on every row; the share would measure nothing"
             )
-            row["note"] = f"{row['note']}; {why}" if row["note"] else why
         cf = counterfactuals[(counterfactuals["task"] == task) & (counterfactuals["metric"] == "auc")]
         for kind in ("uniform", "mean_gate"):
             hit = cf[(cf["counterfactual"] == kind) & (cf["gates"].isin(_gate_list(topology, task)))]
