@@ -104,18 +104,25 @@ def ple_answer(uses: list[PleGateUse], findings: list[Finding], tail: str = "") 
     where = f"final level {top}: " if len({u.level for u in uses}) > 1 else ""
     shares = ", ".join(f"{u.task} {u.own:.0%} own / {u.shared:.0%} shared" for u in final)
 
-    def name(u: PleGateUse) -> str:
-        return f"{u.task}'s gate" if u.level == top else f"{u.task}'s level-{u.level} gate {u.gate}"
-
-    problems = [
-        f"{name(u)} ignores its own experts and lives on the shared ones ({u.own:.0%} own: an MMoE for {u.task})"
-        for u in uses
-        if u.gate in ignores_own
-    ] + [
-        f"{name(u)} ignores the shared experts and learns alone ({u.shared:.0%} shared: no transfer)"
-        for u in uses
-        if u.gate in ignores_shared
-    ]
+    problems = []
+    for flagged, text in (
+        (
+            ignores_own,
+            "ignores its own experts and lives on the shared ones ({own:.0%} own: an MMoE for {task}{also})",
+        ),
+        (
+            ignores_shared,
+            "ignores the shared experts and learns alone ({shared:.0%} shared: no transfer{also})",
+        ),
+    ):
+        # one clause per task: its highest flagged level, the lower ones named after it
+        for task in dict.fromkeys(u.task for u in uses if u.gate in flagged):
+            hit = sorted((u for u in uses if u.task == task and u.gate in flagged), key=lambda u: -u.level)
+            lead = hit[0]
+            more = [str(u.level) for u in hit[1:]]
+            also = f"; also on level {', '.join(more)}" if more else ""
+            who = f"{task}'s gate" if lead.level == top else f"{task}'s level-{lead.level} gate"
+            problems.append(f"{who} " + text.format(own=lead.own, shared=lead.shared, task=task, also=also))
     compare = _shared_comparison([u for u in final if u.gate not in ignores_shared])
     if problems:
         return f"Partly (PLE/CGC): {'; '.join(problems)}. Split per task ({where}{shares}){compare}{tail}."
