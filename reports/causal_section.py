@@ -241,6 +241,13 @@ def causal_section(result: InspectionResult, figures: Mapping[str, str], csv_nam
                 f"{'predicts' if len(names) == 1 else 'predict'} none of the labelled tasks "
                 "(tasks are matched by name)."
             )
+        elif (
+            not gated and not c.topology.unresolved
+        ):  # the model is a Shared-Bottom: no point comparing to one
+            text = (
+                "No baseline model was given, so there is no MTL gain: compare against a single-task model "
+                "trained on the same data with --baseline NAME=PATH (Python: causal={'baselines': {name: model}})."
+            )
         else:
             text = (
                 "No baseline model was given, so there is no MTL gain: compare against a single-task model or "

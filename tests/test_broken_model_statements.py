@@ -259,6 +259,47 @@ def test_sparse_table_of_a_constant_task_names_no_expert() -> None:
     json.dumps(res.to_dict(), allow_nan=False)
 
 
+def _own_labels(model: torch.nn.Module, frame: pd.DataFrame) -> pd.DataFrame:
+    """Plant: purchase labels = the model's own top-3% purchase scores, so it ranks them (AUC 1) and the
+    experts it reads matter for it (significant importances where there are experts)."""
+    score = mi.causal.run_causal(model, frame, analyses=("gains",), n_boot=0).predictions["model:purchase"]
+    out = frame.copy()
+    out["purchase"] = (score.to_numpy() >= np.quantile(score.to_numpy(), 0.97)).astype(float)
+    return out
+
+
+def test_a_one_gate_moe_has_no_shared_dependence_and_says_why() -> None:
+    """OMoE: one gate serves every task, so the sparse task uses the dense tasks' experts by construction:
+    a "shared dependence" (0.842 in the truth review) measures nothing; "—" with the reason."""
+    frame = make_recsys(3000, seed=8, purchase_rate=0.03)
+    torch.manual_seed(3)
+    config = ModelConfig("omoe", recsys_features(frame), tuple(recsys_tasks()), {"n_experts": 3})
+    model = build_model(config).eval()
+    res = mi.causal.run_causal(model, _own_labels(model, frame), analyses=("ablation", "gains"), n_boot=0)
+    row = res.sparse_gains.set_index("task").loc["purchase"]
+    assert row["top_expert"] is not None  # a significant importance exists: the share was computed before
+    assert np.isnan(row["shared_dependence"]), row["shared_dependence"]
+    assert "one gate serves every task (a one-gate MoE)" in row["note"]
+    assert sparse_view(res.sparse_gains).at[0, "note"] == row["note"]
+
+
+def test_a_shared_bottom_sparse_row_says_why_it_is_empty_and_no_shared_bottom_baseline_is_suggested() -> None:
+    """Shared-Bottom: no experts to ablate, so the sparse row's expert columns are empty: its note says why
+    (it was blank), and the causal section suggests a single-task baseline only, not a Shared-Bottom."""
+    from mmoe_inspect.reports import get_report_structure, render_html
+
+    frame = make_recsys(1500, seed=8, purchase_rate=0.03)
+    torch.manual_seed(3)
+    model = build_model(ModelConfig("shared_bottom", recsys_features(frame), tuple(recsys_tasks()))).eval()
+    result = mi.inspect(model, frame, causal={"n_boot": 0})
+    row = result.causal.sparse_gains.set_index("task").loc["purchase"]
+    assert np.isnan(row["shared_dependence"]) and row["top_expert"] is None
+    assert "the model has no gates (Shared-Bottom or dense)" in row["note"], row["note"]
+    html = render_html(get_report_structure(result, {}))
+    assert "No baseline model was given" in html and "compare against a single-task model" in html
+    assert "or a Shared-Bottom trained" not in html
+
+
 # ------------------------------------------------------------------------------------ segments
 def _segments(n_tiny: int, shift: float) -> pd.DataFrame:
     """One gate over 3 experts, 2,000 rows with noisy weights; the first `n_tiny` rows form segment

@@ -86,6 +86,7 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 "max_mean_weight": 0.002,
             },  # dead
             {**expert, "expert": "b0", "owner": "b", "zero_fraction": 0.0},
+            {**expert, "expert": "c0", "owner": "c", "zero_fraction": 0.0},
         ]
     )
     redundant = pd.DataFrame([{"expert_a": "s0", "expert_b": "s1", "cka": 0.99, "n_rows": 100}])
@@ -94,6 +95,9 @@ def planted_tables() -> dict[str, pd.DataFrame]:
             {"gate": "a", "task": "a", "level": 0, "expert": "s0", "mean": 0.9},
             {"gate": "b", "task": "b", "level": 0, "expert": "s0", "mean": 0.01},  # s0 serves task a only
             {"gate": "b", "task": "b", "level": 0, "expert": "b0", "mean": 0.05},  # sparse b ignores b0
+            # (and b's gate, 0.01 on s0, ignores the shared experts); c's gate ignores its own c0
+            {"gate": "c", "task": "c", "level": 0, "expert": "c0", "mean": 0.02},
+            {"gate": "c", "task": "c", "level": 0, "expert": "s1", "mean": 0.98},
         ]
     )
     task = {"kind": "binary", "n_labelled": 100, "n_rows": 100, "auc": 0.7, "auc_lo": 0.6, "auc_hi": 0.8}

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 import mmoe_inspect as mi
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, diagnose
 from mmoe_inspect.analysis.review import build_review
 from mmoe_inspect.analysis.verdict import verdict
-from mmoe_inspect.models import MMoE, OMoE
+from mmoe_inspect.models import CGC, MMoE, OMoE
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, TaskSpec, Topology
 
 
@@ -164,10 +165,161 @@ def test_summary_marks_a_task_it_cannot_judge(tmp_path) -> None:
     assert "NOT" in table[table.index("│ buy") :].split("└")[0], res.output  # (rich wraps the cell)
 
 
-def test_a_layer_called_twice_names_its_pairs_by_gate() -> None:
-    topo = _mmoe_topology(["click", "buy"])
-    pairs = _pairs({("click", "buy"): 0.6}).assign(gate_a="click", gate_b="buy#1")
-    pairs = pd.concat([pairs, _pairs({("click", "buy"): 0.3}).assign(gate_a="click#1", gate_b="buy")])
+class _Layer(nn.Module):
+    """One MMoE layer (4 experts, a click and a buy gate) that the model runs twice per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(4, 8), nn.ReLU()) for _ in range(4)])
+        self.gates = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.experts], 1)  # [B, E, H]
+        return [(torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1) for g in self.gates]
+
+
+class _TwoSides(nn.Module):
+    """The layer on the user half and on the item half of the features; each task multiplies its two mixtures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mmoe = _Layer()
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        hu, hi = self.mmoe(x[:, :4]), self.mmoe(x[:, 4:])
+        return {
+            n: torch.sigmoid(t(a * b)).squeeze(-1)
+            for n, t, a, b in zip(("click", "buy"), self.towers, hu, hi, strict=True)
+        }
+
+
+def test_a_layer_called_twice_compares_gates_of_one_call_and_names_the_call() -> None:
+    """Plant: sharp gates, buy's = click's plus noise, so on either call the two tasks weight the experts
+    differently but share most (per-row TV ~0.38), while gates of different calls read different inputs
+    (user vs item half: TV ~0.72). Only same-call pairs are two tasks' routing; the answer names the call."""
+    torch.manual_seed(0)
+    model = _TwoSides().eval()
+    with torch.no_grad():
+        click, buy = model.mmoe.gates
+        click.weight.mul_(6)
+        buy.weight.copy_(click.weight + 1.5 * torch.randn_like(click.weight))
+        buy.bias.copy_(click.bias)
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(2000, 8)).astype("float32"), columns=cols)
+    data["click"] = (rng.random(2000) < 0.3).astype(float)
+    data["buy"] = (rng.random(2000) < 0.3).astype(float)
+    result = mi.inspect(model, data, input_fn=lambda c: torch.tensor(c[cols].to_numpy()), columns=cols)
+    div = result.tables["task_divergence"]
+    assert sorted(zip(div["gate_a"], div["gate_b"], strict=True)) == [("click", "buy"), ("click#1", "buy#1")]
+    assert div["tv_per_row"].between(0.2, 0.5).all(), div
+    assert len(result.tables["mutual_information"]) == 2  # one row per call
+    routing = result.review.answer("routing").answer
+    assert routing.startswith("Partly: the tasks share most experts but weight them differently"), routing
+    assert "(click#1 ~ buy#1 on the 2nd call)" in routing, routing
+    assert "clearly different" not in routing, routing
+
+
+def test_gates_per_expert_group_are_named_with_their_group() -> None:
+    """A hierarchical MMoE: each task has one gate per expert group (`L0.click`, `L0.click#1`); the pair
+    list says which group each far pair is over, not `click ~ buy` twice."""
+    experts = tuple(ExpertSpec(f"groups.{k}.{i}", f"groups.{k}.{i}") for k in range(2) for i in range(3))
+    group = [tuple(e.name for e in experts[3 * k : 3 * k + 3]) for k in range(2)]
+    gates = tuple(
+        GateSpec(f"L0.{t}{'#1' if k else ''}", f"inner.{t}.{k}", group[k], t)
+        for t in ("click", "buy")
+        for k in range(2)
+    )
+    topo = Topology((TaskSpec("click"), TaskSpec("buy")), experts, gates)
+    div = _pairs({("click", "buy"): 0.55}).assign(gate_a="L0.click", gate_b="L0.buy")
+    div = pd.concat([div, _pairs({("click", "buy"): 0.3}).assign(gate_a="L0.click#1", gate_b="L0.buy#1")])
     mi_table = pd.DataFrame([{"level": 0, "normalized": 0.05}])
-    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": pairs}, [])
-    assert "1 of 2 task pairs route rows to clearly different experts (click ~ buy#1)" in text, text
+    text = verdict(topo, {"mutual_information": mi_table, "task_divergence": div}, [])
+    assert (
+        "1 of 2 task pairs route rows to clearly different experts (L0.click ~ L0.buy over groups.0.*)"
+        in text
+    )
+
+
+def _cgc_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 8)).astype("float32")
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
+    frame["ctr"] = (x[:, 0] > 0.5).astype("float64")
+    frame["cvr"] = (rng.random(len(frame)) < 0.2).astype("float64")  # not sparse: the general findings
+    return frame
+
+
+def _cgc(ctr: list[tuple[float, float]], cvr: list[tuple[float, float]]) -> CGC:
+    """A CGC (2 tasks, 2 specific experts each, 2 shared) whose gate logits are `bias + w * x0` per expert,
+    in the gate's order [own 0, own 1, shared 0, shared 1]."""
+    torch.manual_seed(3)
+    model = CGC(8, ["ctr", "cvr"], n_experts=2, n_specific=2, expert_hidden=(16,), tower_hidden=(4,))
+    with torch.no_grad():
+        for gate, rows in zip(model.levels[0].gates, (ctr, cvr), strict=True):
+            linear = gate[0]
+            linear.weight.zero_()
+            linear.bias.zero_()
+            for e, (bias, w) in enumerate(rows):
+                linear.bias[e], linear.weight[e, 0] = bias, w
+    return model.eval()
+
+
+def test_ple_answer_says_which_task_ignores_its_own_and_which_the_shared_experts() -> None:
+    """Plant: ctr's gate puts ~all weight on its own experts (input-dependent between them, so not collapsed),
+    cvr's on the shared ones. The PLE gets a routing answer (it had none: 'no task gates share one expert set')
+    and the findings name both failure modes on the right gate."""
+    model = _cgc(
+        [(6.0, 2.0), (6.0, -2.0), (0.0, 1.0), (0.0, -1.0)],
+        [(-6.0, 0.0), (-6.0, 0.0), (0.0, 2.0), (0.0, -2.0)],
+    )
+    result = mi.inspect(model, _cgc_frame())
+    flagged = {(f.code, f.subject) for f in result.findings}
+    assert {
+        (codes.TASK_IGNORES_SHARED_EXPERTS, "L0.ctr"),
+        (codes.TASK_IGNORES_OWN_EXPERTS, "L0.cvr"),
+    } <= flagged
+    assert not any(f.code == codes.COLLAPSED_GATE for f in result.findings)
+    routing = result.review.answer("routing")
+    assert routing.answer.startswith("Partly (PLE/CGC): "), routing.answer
+    assert "cvr's gate ignores its own experts and lives on the shared ones (0% own" in routing.answer
+    assert "ctr's gate ignores the shared experts and learns alone (0% shared" in routing.answer
+    assert "ctr 100% own / 0% shared, cvr 0% own / 100% shared" in routing.answer
+    assert any(
+        e.startswith("L0.cvr (task cvr, level 0): 0% on its own experts, 100%") for e in routing.evidence
+    )
+    # one story each: cvr's gate with its two dead experts, ctr's gate with the shared experts left to cvr
+    stories = {d.title: d.findings for d in result.review.diagnoses}
+    assert set(stories["Gate L0.cvr ignores task cvr's own experts"]) == {
+        "task_ignores_own_experts: L0.cvr",
+        "dead_expert: L0.cvr.0",
+        "dead_expert: L0.cvr.1",
+    }
+    assert set(stories["Gate L0.ctr ignores the shared experts (task ctr learns alone)"]) == {
+        "task_ignores_shared_experts: L0.ctr",
+        "shared_expert_single_task: L0.shared.0",
+        "shared_expert_single_task: L0.shared.1",
+    }
+
+
+def test_ple_answer_compares_how_the_tasks_use_the_shared_experts() -> None:
+    """Plant: both gates use own and shared experts; over the shared ones ctr leans on shared 0 (by the sign of
+    x0) and cvr on shared 1: the answer says yes, and that the shared experts are used differently."""
+    model = _cgc(
+        [(0.0, 2.0), (0.0, 1.0), (0.0, -2.0), (0.0, 0.0)], [(0.0, -2.0), (0.0, 0.0), (-1.0, 0.0), (0.5, 2.0)]
+    )
+    result = mi.inspect(model, _cgc_frame())
+    assert not {codes.TASK_IGNORES_OWN_EXPERTS, codes.TASK_IGNORES_SHARED_EXPERTS} & {
+        f.code for f in result.findings
+    }
+    text = result.review.answer("routing").answer
+    assert text.startswith("Yes (PLE/CGC): every task's gate uses its own experts beside the shared ones"), (
+        text
+    )
+    assert "the tasks use the shared experts differently (total variation 0.6" in text, text
+    # cvr's gate the same as ctr's: alike over the shared experts, said as an average (per-row not claimed)
+    same = [(0.0, 2.0), (0.0, 1.0), (0.0, -2.0), (0.0, 0.0)]
+    text = mi.inspect(_cgc(same, same), _cgc_frame()).review.answer("routing").answer
+    assert "on average the tasks weight the shared experts alike (total variation at most 0.00" in text, text
+    assert "per-row routing over the shared experts is not compared" in text

@@ -42,6 +42,8 @@ INACTIVE_EXPERT = "inactive_expert"
 REDUNDANT_EXPERTS = "redundant_experts"
 SHARED_EXPERT_SINGLE_TASK = "shared_expert_single_task"
 SPARSE_TASK_IGNORES_OWN_EXPERTS = "sparse_task_ignores_own_experts"
+TASK_IGNORES_OWN_EXPERTS = "task_ignores_own_experts"
+TASK_IGNORES_SHARED_EXPERTS = "task_ignores_shared_experts"
 # task quality (not routing: the review's first question answers them)
 TASK_AT_CHANCE = "task_at_chance"
 TASK_RANKS_INVERTED = "task_ranks_inverted"
@@ -174,6 +176,19 @@ _DECLARED = (
         "warning",
         "Sparse task ignores its own experts",
         "(PLE) a task with < 5% positives puts < 10% of its weight on its own experts",
+    ),
+    FindingCode(
+        TASK_IGNORES_OWN_EXPERTS,
+        "warning",
+        "Task gate ignores its own experts",
+        "(PLE) a task gate puts < 10% of its weight on its task-specific experts (a sparse task's final gate: "
+        "`sparse_task_ignores_own_experts`)",
+    ),
+    FindingCode(
+        TASK_IGNORES_SHARED_EXPERTS,
+        "warning",
+        "Task gate ignores the shared experts",
+        "(PLE) a task gate puts < 10% of its weight on the shared experts: the task learns alone there",
     ),
     FindingCode(
         GATE_NOT_NORMALIZED,

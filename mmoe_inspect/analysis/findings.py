@@ -48,6 +48,8 @@ class Thresholds:
     inactive expert: share of exactly-zero activations >= `inactive_zero`.
     shared expert used by one task: one task holds >= `shared_single_task` of the task gates' weight on it.
     sparse task: positive rate < `sparse_rate`; it ignores its own experts when their total weight < `own_experts_min`.
+    PLE task gate: ignores its task-specific experts when their total weight < `own_experts_min`, the shared
+    experts when theirs < `shared_experts_min`.
     """
 
     collapse_weight: float = 0.9
@@ -64,6 +66,7 @@ class Thresholds:
     shared_single_task: float = 0.9
     sparse_rate: float = 0.05
     own_experts_min: float = 0.1
+    shared_experts_min: float = 0.1
 
     def __post_init__(self) -> None:
         """Every threshold is a share, ratio or total variation: a number in [0, 1] (ValueError naming it)."""
@@ -103,7 +106,7 @@ def diagnose(tables: dict[str, pd.DataFrame], thresholds: Thresholds | None = No
         pairs = pairs[~pairs["gate_a"].isin(single)]
     out.extend(_pair_findings(pairs, th, collapsed))
     out.extend(_expert_findings(tables, th))
-    out.extend(_ple_findings(tables, th))
+    out.extend(_ple_findings(tables, th, collapsed))
     out.extend(_task_findings(tables.get("tasks", pd.DataFrame())))
     out.extend(nonfinite_prediction_findings(tables.get("tasks", pd.DataFrame())))
     out.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.subject))
@@ -328,7 +331,7 @@ def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Fi
     return res
 
 
-def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Finding]:
+def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds, collapsed: set[str]) -> list[Finding]:
     res: list[Finding] = []
     util = tables.get("utilization", pd.DataFrame())
     experts = tables.get("experts", pd.DataFrame())
@@ -361,8 +364,9 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
             )
     # sparse task that ignores its own experts
     tasks = tables.get("tasks", pd.DataFrame())
+    sparse_top: set[tuple[str, int]] = set()
     if tasks.empty or "positive_rate" not in tasks:
-        return res
+        tasks = pd.DataFrame()
     for trow in tasks.itertuples(index=False):
         rate = trow.positive_rate
         if rate is None or (isinstance(rate, float) and math.isnan(rate)) or rate >= th.sparse_rate:
@@ -374,6 +378,7 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
         mine = mine[mine["level"] == top_level]
         own = float(mine[mine["expert"].map(owners) == trow.task]["mean"].sum())
         if (mine["expert"].map(owners) == trow.task).any() and own < th.own_experts_min:
+            sparse_top.add((str(trow.task), int(top_level)))
             res.append(
                 Finding.of(
                     codes.SPARSE_TASK_IGNORES_OWN_EXPERTS,
@@ -382,6 +387,53 @@ def _ple_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Findi
                     "task-specific experts and leans on shared ones (HoME's 'underfitting' pattern).",
                     "Its specific experts are undertrained: upweight the task's loss, or warm-start its experts.",
                     {"positive_rate": float(rate), "own_expert_weight": own},
+                )
+            )
+    res.extend(_ple_gate_findings(task_util[~task_util["gate"].isin(collapsed)], owners, sparse_top, th))
+    return res
+
+
+def _ple_gate_findings(
+    task_util: pd.DataFrame, owners: Mapping[str, str], sparse_top: set[tuple[str, int]], th: Thresholds
+) -> list[Finding]:
+    """A PLE/CGC task gate (over its own task-specific experts and shared ones) that ignores either side:
+    its own (the task has turned its PLE into an MMoE over the shared experts; a sparse task's final gate
+    is `sparse_task_ignores_own_experts`, listed in `sparse_top` as (task, level)), or the shared experts
+    (the task learns alone on that level: no transfer from the other tasks). A collapsed gate is left out:
+    `collapsed_gate` already says that it uses one expert only."""
+    res: list[Finding] = []
+    for (gate, task, level), rows in task_util.groupby(["gate", "task", "level"], sort=False):
+        owner = rows["expert"].map(owners)
+        if not ((owner == task).any() and (owner == "shared").any()):
+            continue  # not a PLE task gate: it mixes no own experts beside shared ones
+        own = float(rows.loc[owner == task, "mean"].sum())
+        shared = float(rows.loc[owner == "shared", "mean"].sum())
+        evidence = {"own_expert_weight": own, "shared_expert_weight": shared, "level": int(level)}
+        if own < th.own_experts_min and (task, int(level)) not in sparse_top:
+            res.append(
+                Finding.of(
+                    codes.TASK_IGNORES_OWN_EXPERTS,
+                    str(gate),
+                    f"Gate {gate} of task {task} puts only {own:.0%} of its weight on the task's own experts and "
+                    f"{shared:.0%} on the shared ones: on level {level} the PLE has become an MMoE for {task}, its "
+                    "specific experts are unused capacity.",
+                    "Check that the task's specific experts learn (dead or inactive?); give them a warm start or "
+                    "gate dropout on the shared experts, or drop them if the task needs none.",
+                    evidence,
+                )
+            )
+        if shared < th.shared_experts_min:
+            res.append(
+                Finding.of(
+                    codes.TASK_IGNORES_SHARED_EXPERTS,
+                    str(gate),
+                    f"Gate {gate} of task {task} puts only {shared:.0%} of its weight on the shared experts and "
+                    f"{own:.0%} on its own: on level {level} task {task} learns alone, nothing the other tasks "
+                    "learn reaches it through this gate.",
+                    "If the task should gain from the others (a sparse target), check its gate and loss weight, or "
+                    "use gate dropout on its own experts; compare with a single-task model "
+                    "(--baseline single=TASK_ONLY.pt).",
+                    evidence,
                 )
             )
     return res

@@ -30,6 +30,7 @@ import pandas as pd
 from . import codes
 from .codes import SEVERITY_ORDER, Severity
 from .findings import Finding, constant_output, ranks_inverted, routing_findings
+from .ple_routing import ple_evidence, ple_uses
 from .tables import at_chance, auc_interval
 
 Status = Literal["ok", "problem", "unknown"]
@@ -527,6 +528,10 @@ def build_diagnoses(
     for f in by_code.get(codes.SPARSE_TASK_IGNORES_OWN_EXPERTS, []):
         if _key(f) not in used:
             stories.append(_sparse_story(f, findings, tables, used))
+    for code in (codes.TASK_IGNORES_OWN_EXPERTS, codes.TASK_IGNORES_SHARED_EXPERTS):
+        for f in by_code.get(code, []):
+            if _key(f) not in used:
+                stories.append(_ple_side_story(f, findings, tables, used))
     chance = [f for f in by_code.get(codes.TASK_AT_CHANCE, []) if _key(f) not in used]
     if chance:  # tasks at chance without a gate story: one story for all of them
         used.update(_key(f) for f in chance)
@@ -742,6 +747,37 @@ def _sparse_story(
     )
 
 
+def _ple_side_story(
+    f: Finding, findings: list[Finding], tables: dict[str, pd.DataFrame], used: set[str]
+) -> Diagnosis:
+    """A PLE task gate that ignores its own experts (with those experts' dead/inactive findings) or the
+    shared ones (with the shared experts it leaves to one other task: `shared_expert_single_task`)."""
+    gate = f.subject
+    util = tables.get("utilization", pd.DataFrame())
+    experts = tables.get("experts", pd.DataFrame())
+    mixed = [str(e) for e in util.loc[util["gate"] == gate, "expert"]] if not util.empty else []
+    owners = dict(zip(experts["expert"], experts["owner"], strict=False)) if "owner" in experts else {}
+    task = str(_gate_row(tables, gate).get("task") or "")
+    members = [f]
+    if f.code == codes.TASK_IGNORES_OWN_EXPERTS:
+        for e in (e for e in mixed if owners.get(e) == task):
+            members += _expert_flags(findings, e).values()
+        title = f"Gate {gate} ignores task {task}'s own experts"
+        steps = (
+            f.remedy,
+            f"If {task} does well without them, fewer (or no) task-specific experts for it free capacity.",
+        )
+    else:
+        shared = {e for e in mixed if owners.get(e) == "shared"}
+        members += [g for g in findings if g.code == codes.SHARED_EXPERT_SINGLE_TASK and g.subject in shared]
+        title = f"Gate {gate} ignores the shared experts (task {task} learns alone)"
+        steps = (f.remedy,)
+    members = [m for m in members if _key(m) not in used]
+    used.update(_key(m) for m in members)
+    severity = min((m.severity for m in members), key=lambda s: SEVERITY_ORDER[s])
+    return Diagnosis(title, severity, f.message, tuple(_key(m) for m in members), (), steps, "")
+
+
 def _better_counterfactuals(causal: Any | None, tasks: pd.DataFrame) -> list[str]:
     """Gate counterfactuals that make a task significantly better on its primary metric (AUC, MSE), largest
     first, as sentences: evidence that the task's own gate routes it worse than another gate would."""
@@ -776,7 +812,8 @@ def build_review(
     )
     if verdict.lower().startswith(("could not", "no gates", "no, by design")):
         routing_status = "unknown"
-    routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status)
+    ple = ple_evidence(ple_uses(tables)) if "(PLE/CGC)" in verdict else ()  # each task gate's split
+    routing = Answer("routing", QUESTIONS["routing"], verdict, routing_status, ple)
     gains = gains_answer(causal, tasks, gateless=verdict.lower().startswith("no gates"))
     if verdict.lower().startswith("could not"):  # unverified routing: nothing below is "nothing urgent"
         nxt = Answer(

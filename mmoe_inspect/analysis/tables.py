@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +55,39 @@ def distinct_owners(a: GateSpec, b: GateSpec) -> bool:
     A module run twice per forward (one MMoE layer applied to two inputs) gives each task two gates (`click`,
     `click#1`): those are one task's, never a pair of tasks."""
     return a.task is None or b.task is None or a.task != b.task
+
+
+def call_index(group: Sequence[GateSpec]) -> dict[str, int]:
+    """Which call of its layer each gate of a group belongs to (0-based), by gate name.
+
+    A layer run k times per forward (one MMoE applied to the user and to the item features) gives every
+    task k gates over the same experts (`click`, `click#1`), each call on its own input. The declared
+    `call` is used when every gate has one; otherwise, when every owner has the same number k >= 2 of
+    gates, the j-th gate of each owner (forward order) is call j. Anything else is one call (0)."""
+    if all(g.call is not None for g in group):
+        return {g.name: int(g.call) for g in group}  # type: ignore[arg-type]
+    counts = Counter(gate_owner(g) for g in group)
+    if len(counts) < 2 or len(set(counts.values())) != 1 or next(iter(counts.values())) < 2:
+        return {g.name: 0 for g in group}
+    seen: Counter[str] = Counter()
+    out = {}
+    for g in group:
+        out[g.name] = seen[gate_owner(g)]
+        seen[gate_owner(g)] += 1
+    return out
+
+
+def compared_pairs(group: Sequence[GateSpec]) -> list[tuple[int, int]]:
+    """Index pairs `(a, b)`, a < b, of a group's gates whose routing is compared: two tasks' gates
+    (`distinct_owners`) of the same call. Gates of different calls of a layer run twice read different
+    inputs (user half vs item half), so their per-row difference says nothing about the two tasks."""
+    calls = call_index(group)
+    return [
+        (a, b)
+        for a in range(len(group))
+        for b in range(a + 1, len(group))
+        if distinct_owners(group[a], group[b]) and calls[group[a].name] == calls[group[b].name]
+    ]
 
 
 def task_table(
@@ -284,58 +318,73 @@ def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, p
 def divergence_tables(
     topology: Topology, summaries: Mapping[str, Any], pairs: Mapping[int, Any]
 ) -> dict[str, pd.DataFrame]:
-    """`task_divergence`, `mutual_information` and `specialization` for each group of comparable task gates."""
+    """`task_divergence`, `mutual_information` and `specialization` for each group of comparable task gates.
+
+    A layer run several times per forward (`call_index`) is compared call by call: each call's gates form
+    their own pairs, mutual-information row and specialization rows (its gates read one input)."""
     div, mi_rows, spec = [], [], []
     for gi, group in enumerate(gate_groups(topology)):
         pair = pairs.get(gi)
         means = torch.stack([summaries[g.name].mean.double() for g in group])  # [T, E]
-        for a in range(len(group)):
-            for b in range(a + 1, len(group)):
-                if not distinct_owners(group[a], group[b]):
-                    continue  # two calls of one task's gate (a layer run twice per forward): not two tasks
-                simplex = group[a].simplex and group[b].simplex  # JSD compares distributions
-                div.append(
-                    {
-                        "level": group[a].level,
-                        "gate_a": group[a].name,
-                        "gate_b": group[b].name,
-                        "task_a": gate_owner(group[a]),
-                        "task_b": gate_owner(group[b]),
-                        "jsd_mean_gates": _f(js_divergence(means[a], means[b])) if simplex else math.nan,
-                        "jsd_per_row": _f(pair.jsd[a, b]) if pair is not None and simplex else math.nan,
-                        "tv_per_row": _f(pair.tv[a, b]) if pair is not None else math.nan,
-                    }
-                )
-        mi = _f(task_expert_mutual_information(means))
-        bound = math.log(min(len(group), means.shape[1]))
-        mi_rows.append(
-            {
-                "level": group[0].level,
-                "gates": ", ".join(g.name for g in group),
-                "mutual_information": mi,
-                "normalized": mi / bound if bound > 0 else math.nan,
-            }
-        )
-        for e, expert in enumerate(group[0].experts):
-            order = torch.argsort(means[:, e], descending=True)
-            first, second = int(order[0]), int(order[1])
-            w1, w2 = _f(means[first, e]), _f(means[second, e])
-            spec.append(
+        for a, b in compared_pairs(group):  # two tasks' gates of one call
+            simplex = group[a].simplex and group[b].simplex  # JSD compares distributions
+            div.append(
                 {
-                    "level": group[0].level,
-                    "expert": expert,
-                    "top_task": gate_owner(group[first]),
-                    "top_weight": w1,
-                    "second_task": gate_owner(group[second]),
-                    "second_weight": w2,
-                    "ratio": w1 / w2 if w2 > 0 else math.inf,
+                    "level": group[a].level,
+                    "gate_a": group[a].name,
+                    "gate_b": group[b].name,
+                    "task_a": gate_owner(group[a]),
+                    "task_b": gate_owner(group[b]),
+                    "jsd_mean_gates": _f(js_divergence(means[a], means[b])) if simplex else math.nan,
+                    "jsd_per_row": _f(pair.jsd[a, b]) if pair is not None and simplex else math.nan,
+                    "tv_per_row": _f(pair.tv[a, b]) if pair is not None else math.nan,
                 }
             )
+        calls = call_index(group)
+        for call in sorted(set(calls.values())):
+            idx = [i for i, g in enumerate(group) if calls[g.name] == call]
+            if len(idx) < 2:
+                continue
+            mi_rows.append(_mi_row([group[i] for i in idx], means[idx]))
+            spec += _specialization_rows([group[i] for i in idx], means[idx])
     return {
         "task_divergence": pd.DataFrame(div),
         "mutual_information": pd.DataFrame(mi_rows),
         "specialization": pd.DataFrame(spec),
     }
+
+
+def _mi_row(gates: Sequence[GateSpec], means: torch.Tensor) -> dict[str, Any]:
+    """The `mutual_information` row of task gates over the same experts, mean weights `means [T, E]`."""
+    mi = _f(task_expert_mutual_information(means))
+    bound = math.log(min(len(gates), means.shape[1]))
+    return {
+        "level": gates[0].level,
+        "gates": ", ".join(g.name for g in gates),
+        "mutual_information": mi,
+        "normalized": mi / bound if bound > 0 else math.nan,
+    }
+
+
+def _specialization_rows(gates: Sequence[GateSpec], means: torch.Tensor) -> list[dict[str, Any]]:
+    """Per expert, the two task gates (of `gates`, mean weights `means [T, E]`) that weight it most."""
+    rows = []
+    for e, expert in enumerate(gates[0].experts):
+        order = torch.argsort(means[:, e], descending=True)
+        first, second = int(order[0]), int(order[1])
+        w1, w2 = _f(means[first, e]), _f(means[second, e])
+        rows.append(
+            {
+                "level": gates[0].level,
+                "expert": expert,
+                "top_task": gate_owner(gates[first]),
+                "top_weight": w1,
+                "second_task": gate_owner(gates[second]),
+                "second_weight": w2,
+                "ratio": w1 / w2 if w2 > 0 else math.inf,
+            }
+        )
+    return rows
 
 
 def label_routing_table(

@@ -267,6 +267,19 @@ def sparse_gain_table(
         if len(imp):
             row["importance_total"] = float(imp["importance"].clip(lower=0).sum())
             row.update(_top_expert(imp, dense_experts if dense else None))
+        elif not topology.has_gates:
+            row["note"] = f"no top expert or shared dependence: {_no_experts(topology)}"
+        # OMoE: the sparse task reads the very mixture the dense tasks read, row by row (a note saying there
+        # is no share at all already covers it)
+        one_gate = bool(dense) and bool(
+            _gates_of(topology, task) & {g for t in dense for g in _gates_of(topology, t)}
+        )
+        if one_gate and (not math.isnan(row["shared_dependence"]) or not row["note"]):
+            row["shared_dependence"] = math.nan
+            row["note"] = (
+                "no shared dependence: one gate serves every task (a one-gate MoE), so the sparse task uses "
+                "exactly the experts the dense tasks use, on every row; the share would measure nothing"
+            )
         cf = counterfactuals[(counterfactuals["task"] == task) & (counterfactuals["metric"] == "auc")]
         for kind in ("uniform", "mean_gate"):
             hit = cf[(cf["counterfactual"] == kind) & (cf["gates"].isin(_gate_list(topology, task)))]
@@ -320,6 +333,22 @@ def _top_expert(imp: pd.DataFrame, dense_experts: Sequence[str] | None) -> dict[
         pos = sig["importance"].astype(float)
         out["shared_dependence"] = float(pos[sig["expert"].isin(dense_experts)].sum()) / float(pos.sum())
     return out
+
+
+def _no_experts(topology: Topology) -> str:
+    """Why a gate-less model has no expert to ablate, for a sparse task's note."""
+    if topology.unresolved:
+        return f"{topology.why_no_gates}, so no expert was ablated"
+    return (
+        "the model has no gates (Shared-Bottom or dense): every task reads the one shared bottom, so there is "
+        "no expert to ablate"
+    )
+
+
+def _gates_of(topology: Topology, task: str) -> set[str]:
+    """The gates whose mixture a task reads: its own, else the task-less (shared) gates (OMoE)."""
+    own = topology.task_gates(task)
+    return {g.name for g in (own or [g for g in topology.gates if g.task is None])}
 
 
 def _gate_list(topology: Topology, task: str) -> list[str]:

@@ -26,7 +26,7 @@ from torch import nn
 from mmoe_inspect._validate import check_number
 from mmoe_inspect.analysis import codes
 from mmoe_inspect.analysis.findings import Finding, Thresholds, diagnose
-from mmoe_inspect.analysis.tables import distinct_owners, gate_groups
+from mmoe_inspect.analysis.tables import compared_pairs, gate_groups
 from mmoe_inspect.monitor.log import LOG_MARKER, ours
 from mmoe_inspect.monitor.tensorboard import TensorBoardSink
 from mmoe_inspect.recording.recorder import GateRecorder, RecordingError
@@ -397,10 +397,11 @@ def _tv_to_others(
     out: dict[str, dict[str, float]] = {}
     for i, grp in enumerate(groups):
         tv = pairs[i].tv
-        for a, ga in enumerate(grp):
-            out[ga.name] = {
-                gb.name: float(tv[a, b]) for b, gb in enumerate(grp) if b != a and distinct_owners(ga, gb)
-            }
+        for g in grp:
+            out[g.name] = {}
+        for a, b in compared_pairs(grp):  # two tasks' gates of one call, as in the task_divergence table
+            out[grp[a].name][grp[b].name] = float(tv[a, b])
+            out[grp[b].name][grp[a].name] = float(tv[a, b])
     return out
 
 
