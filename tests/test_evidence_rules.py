@@ -183,3 +183,23 @@ def test_a_zero_width_interval_prints_as_not_available() -> None:
     assert fmt_interval(0.0, 0.0, 0.0) == "0.000 [n/a]"
     assert fmt_interval(0.7, 0.6, 0.8) == "0.700 [0.600, 0.800]"
     assert fmt_interval(0.7, float("nan"), float("nan")) == "0.700"
+
+
+def test_a_collapse_impact_off_zero_but_not_significant_after_holm_says_so() -> None:
+    """The diagnosis quotes the ablation cell's own interval; when Holm leaves it not significant although
+    that interval excludes 0, the sentence says why instead of contradicting its numbers."""
+    from mmoe_inspect.analysis.review import _collapse_impact
+
+    tables = {
+        "gate_metrics": pd.DataFrame([{"gate": "g_click", "task": "click", "top_expert": "e1"}]),
+        "tasks": pd.DataFrame([{"task": "click", "kind": "binary", "at_chance": False}]),
+    }
+    cell = {"mode": "renormalize", "task": "click", "expert": "e1", "metric": "auc", "importance": 0.03}
+    abl = pd.DataFrame([{**cell, "lo": 0.01, "hi": 0.05, "significant": False}])
+    text, _ = _collapse_impact(tables, SimpleNamespace(ablation=abl), "g_click")
+    assert "not significant once adjusted for the ablation table's many cells" in text, text
+    abl = pd.DataFrame([{**cell, "lo": -0.01, "hi": 0.07, "significant": False}])
+    text, _ = _collapse_impact(tables, SimpleNamespace(ablation=abl), "g_click")
+    assert text.endswith(
+        "not significant: the interval is too wide to tell whether the collapse costs quality"
+    )

@@ -523,9 +523,13 @@ def _collapse_impact(
     imp, lo, hi, sig = _num(abl["importance"]), _num(abl["lo"]), _num(abl["hi"]), bool(abl["significant"])
     metric = "AUC" if abl["metric"] == "auc" else str(abl["metric"])
     change = -imp  # importance = how much worse without it; show the metric change
+    # `significant` is Holm-adjusted over the ablation table: an interval off 0 can still be noise
+    verdict = "significant" if sig else "not significant"
+    if not sig and (lo > 0 or hi < 0):
+        verdict += " once adjusted for the ablation table's many cells"
     text = (
         f"removing expert {expert} changes {task} {metric} by {fmt_signed(change)} "
-        f"[{fmt_signed(-hi)}, {fmt_signed(-lo)}], {'significant' if sig else 'not significant'}"
+        f"[{fmt_signed(-hi)}, {fmt_signed(-lo)}], {verdict}"
     )
     if sig and imp <= -HARMLESS_IMPACT:  # the task is better without the expert its gate collapsed onto
         return (text + ": the collapse costs quality", "critical")
