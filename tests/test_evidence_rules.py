@@ -203,3 +203,21 @@ def test_a_collapse_impact_off_zero_but_not_significant_after_holm_says_so() -> 
     assert text.endswith(
         "not significant: the interval is too wide to tell whether the collapse costs quality"
     )
+
+
+def test_the_demos_sparse_task_claim_is_not_shown_on_three_positives() -> None:
+    """`mmoe-inspect demo`'s "MMoE helps the sparse task" claim rests on the same paired AUC difference:
+    on 3 positives it is "not shown" however its interval lies; on 2,000 the same gap is "supported"."""
+    from mmoe_inspect.demo import SINGLE_TASK, compare_models
+
+    for n_pos, status in ((3, "not shown"), (2000, "supported")):
+        labels, preds = planted_gap(n_pos, max(47, n_pos))
+        mmoe, single = preds[("baseline", "single")][:, 0], preds[INTACT][:, 0]  # mmoe ranks buy well
+        frame = pd.DataFrame({"purchase": labels[:, 0]})
+        tasks = [TaskSpec("purchase", kind="binary")]
+        out = compare_models({"mmoe": {"purchase": mmoe}, SINGLE_TASK: {"purchase": single}}, frame, tasks)
+        (claim,) = out.claims
+        assert claim.status == status, claim
+        assert ("cannot tell" in claim.sentence) == (n_pos == 3), claim.sentence
+        if n_pos == 3:
+            assert "[+" in claim.sentence  # the interval alone lies above 0
