@@ -221,3 +221,17 @@ def test_the_demos_sparse_task_claim_is_not_shown_on_three_positives() -> None:
         assert ("cannot tell" in claim.sentence) == (n_pos == 3), claim.sentence
         if n_pos == 3:
             assert "[+" in claim.sentence  # the interval alone lies above 0
+
+
+def test_a_streamed_loss_interval_never_goes_below_zero_either() -> None:
+    """The every-row path (`StreamedEvaluation`) clips the same interval the same way."""
+    from mmoe_inspect.causal.streamed import EvaluationStream
+
+    y = np.r_[1.0, np.zeros(49)]
+    p = np.r_[1e-4, np.full(49, 0.01)]
+    with EvaluationStream(BUY, {INTACT: 0}) as stream:
+        stream.update(y[:, None], p[None, :, None])
+        ev = stream.finish()
+    lo, hi = ev.interval(INTACT, "buy", "logloss")
+    in_memory = Evaluation(y[:, None], BUY, {INTACT: p[:, None]}).interval(INTACT, "buy", "logloss")
+    assert lo == 0.0 and hi == pytest.approx(in_memory[1], rel=1e-12)
