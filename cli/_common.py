@@ -9,7 +9,8 @@ decorator puts them into the command's signature. A command body receives them a
 
 Exit codes: 0 fine; 1 a bug (or, for `check`, a finding listed in --fail-on); 2 bad input (one red
 line, no traceback unless --debug); 3 `report --fail-on` findings; 4 `check` cannot judge the routing
-(unresolved gate-like items; `--allow-unresolved` judges what was found).
+(unresolved gate-like items; `--allow-unresolved` judges what was found) or cannot judge a task, and
+nothing else matches --fail-on (no labels, one class, too few rows).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ EXIT_BAD_INPUT = 2  # the checkpoint, data, spec, option or output folder cannot
 EXIT_NEEDS_INPUT = 2
 EXIT_FINDINGS = 3  # `report --fail-on`: a listed finding is present
 EXIT_CANNOT_JUDGE = 4  # `check`: gate-like items discovery could not resolve (or low confidence); the
-# routing was not verified, so no verdict is given (pass --spec, or --allow-unresolved to judge the rest)
+# routing was not verified, so no verdict is given (pass --spec, or --allow-unresolved to judge the rest).
+# Also when the only findings matching --fail-on are tasks that cannot be judged (codes.UNJUDGED_TASK_CODES:
+# no labels, one class, too few rows): not a pass, and not a model failure either
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

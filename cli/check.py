@@ -34,7 +34,7 @@ EPILOG = """\
 
   mmoe-inspect check rechub.pt --trust-checkpoint --data eval.parquet --tasks a,b -q
 
-Exit codes: 0 when no finding matches --fail-on (default: warning or worse), 1 when one does, 2 on bad input (checkpoint, data or option), 4 when the routing cannot be judged (discovery left gate-like items unresolved: pass --spec, or --allow-unresolved to judge only what was found). "internal error" with exit code 1 is a bug: rerun with --debug.
+Exit codes: 0 when no finding matches --fail-on (default: warning or worse), 1 when one does, 2 on bad input (checkpoint, data or option), 4 when the routing cannot be judged (discovery left gate-like items unresolved: pass --spec, or --allow-unresolved to judge only what was found) or when the only matching findings are tasks that cannot be judged (no labelled rows, labels of one class, too few rows: task_unlabelled, single_class_labels, too_few_labels). "internal error" with exit code 1 is a bug: rerun with --debug.
 """
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "blue"}
@@ -109,12 +109,23 @@ def check_command(
             "gates, or --allow-unresolved to judge only what was found"
         )
         raise typer.Exit(EXIT_CANNOT_JUDGE)
-    if failing:
+    # a task that cannot be judged (no labels, one class, too few rows) is neither a pass nor a model failure
+    model_failing = [f for f in failing if f.code not in codes.UNJUDGED_TASK_CODES]
+    if model_failing:
         out.print(
-            f"check failed: {plural(len(failing), 'finding')} {'matches' if len(failing) == 1 else 'match'} "
-            f"--fail-on {rule.describe()}"
+            f"check failed: {plural(len(model_failing), 'finding')} "
+            f"{'matches' if len(model_failing) == 1 else 'match'} --fail-on {rule.describe()}"
+            + (f"; {escape(names)} also not judged" if unjudged_tasks else "")
         )
         raise typer.Exit(EXIT_CHECK_FAILED)
+    if failing:
+        names = ", ".join(dict.fromkeys(f.subject for f in failing))  # every one an unjudged task
+        out.print(
+            f"check cannot judge: task(s) {escape(names)} could not be judged on these rows (exit "
+            f"{EXIT_CANNOT_JUDGE}, not a model failure: no other finding matches --fail-on {rule.describe()}); "
+            "pass --labels task=column, or more labelled rows"
+        )
+        raise typer.Exit(EXIT_CANNOT_JUDGE)
     out.print(f"check passed: no finding matches --fail-on {rule.describe()}")
 
 

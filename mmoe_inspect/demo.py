@@ -125,6 +125,7 @@ def _check_claim(
 ) -> ClaimCheck | None:
     """The paired AUC differences a claim rests on, each with its interval and significance."""
     from .analysis.review import fmt_signed
+    from .causal.metrics import too_few_to_tell
 
     pieces, signs = [], []
     for better, worse, task_names in parts:
@@ -134,12 +135,14 @@ def _check_claim(
             delta, lo, hi = ev.compare(better, worse, task, "auc")
             if math.isnan(delta):
                 continue
-            significant = not math.isnan(lo) and (lo > 0 or hi < 0)
+            few = too_few_to_tell(ev, task)  # the task table's rule: a handful of a class tells nothing
+            significant = not few and not math.isnan(lo) and (lo > 0 or hi < 0)
             signs.append(0 if not significant else (1 if delta > 0 else -1))
+            verdict = "significant" if significant else "not significant"
             pieces.append(
                 f"{MODEL_NAMES.get(better, better)} − {MODEL_NAMES.get(worse, worse)} {task} AUC "
                 f"{fmt_signed(delta)} [{fmt_signed(lo)}, {fmt_signed(hi)}] "
-                f"({'significant' if significant else 'not significant'})"
+                f"({'cannot tell: too few labelled rows of a class' if few else verdict})"
             )
     if not signs:
         return None

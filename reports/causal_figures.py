@@ -149,18 +149,19 @@ def _ns_hatch(ax: Axes, i: int, j: int) -> None:
 
 
 def causal_importance(result: InspectionResult) -> Figure | None:
-    """Task × expert ablation importance (primary metric), hatched and marked "n.s." where the CI has 0."""
+    """Task × expert ablation importance (primary metric), hatched and marked "n.s." where not significant
+    (the table's `significant`: Holm-adjusted across its cells, never on too few rows)."""
     rows = importance_rows(result)
     if rows.empty:
         return None
     tasks = list(dict.fromkeys(rows["task"]))
     experts = list(dict.fromkeys(rows["expert"]))
     shape = (len(tasks), len(experts))
-    value, lo, hi = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    value, sig = np.full(shape, np.nan), np.zeros(shape, bool)
     metric_of: dict[str, str] = {}
     for r in rows.itertuples(index=False):
         i, j = tasks.index(r.task), experts.index(r.expert)
-        value[i, j], lo[i, j], hi[i, j] = r.importance, r.lo, r.hi
+        value[i, j], sig[i, j] = r.importance, bool(r.significant)  # Holm-adjusted over the table
         metric_of[r.task] = r.metric
     if not np.isfinite(value).any():
         return None
@@ -197,7 +198,7 @@ def causal_importance(result: InspectionResult) -> Figure | None:
                 v = value[i, j]
                 if not np.isfinite(v):
                     continue
-                ns = not (lo[i, j] > 0 or hi[i, j] < 0)
+                ns = not sig[i, j]
                 strong = abs(color[i, j]) > 0.6 * lim
                 text = fmt_signed(v) + (f"\n{NS_TEXT}" if ns else "")
                 ax.text(

@@ -57,8 +57,10 @@ CAUSAL_TABLE_HOWTO: dict[str, tuple[str, str]] = {
         "Expert importance (table)",
         "One row per task and expert: the task's metric with the expert (intact), without it (ablated), and "
         "the importance = how much worse the task gets without it (positive = the expert matters for the "
-        "task, negative = the task does better without it). 'significant' is yes when the interval lo to hi "
-        "excludes zero; otherwise the effect cannot be told apart from noise on these rows.",
+        "task, negative = the task does better without it), with its own 95% interval lo to hi. 'significant' is "
+        "yes when the effect stays beyond noise after adjusting for the table's many cells (Holm over every "
+        "expert, task and metric of one mode: the CSV has p_value and p_adjusted), and never on too few "
+        "labelled rows of a class; otherwise the effect cannot be told apart from noise on these rows.",
     ),
     "causal_counterfactuals": (
         "Gate counterfactuals (table)",
@@ -73,14 +75,15 @@ CAUSAL_TABLE_HOWTO: dict[str, tuple[str, str]] = {
         "importance that sits on experts the dense tasks use (near 1 = the sparse task lives off what the "
         "dense tasks learned, the usual argument for multi-task training); the change columns say what happens "
         "to its AUC under a uniform gate, its mean gate, or the dense task's gate. Only significant "
-        "importances count (interval above 0): without one, 'top expert' and 'shared dependence' are "
+        "importances count (above 0 after the ablation table's Holm adjustment): without one, 'top expert' and 'shared dependence' are "
         "empty and the note says why.",
     ),
     "causal_baseline_gains": (
         "MTL gain against baselines (table)",
         "The PLE paper's multi-task gain: the model's metric minus the baseline's on the same rows (sign "
         "flipped for losses, so positive always means the multi-task model is better), with a paired interval. "
-        "A gain whose interval excludes zero (significant = yes) is a real improvement over the baseline; "
+        "A gain whose interval excludes zero (significant = yes) is a real improvement over the baseline; on "
+        "fewer than 10 labelled rows of a class no difference is called significant (too_few_labels in the CSV); "
         "sparse tasks are where multi-task training is expected to help most.",
     ),
     "causal_segments": (

@@ -184,9 +184,20 @@ def _top_expert(imp: pd.DataFrame, dense: list[str]) -> dict:
     return _top_expert(imp, dense)
 
 
-def _ablation(importance, lo, hi) -> pd.DataFrame:
+def _ablation(importance, lo, hi, significant=None) -> pd.DataFrame:
+    """AUC ablation rows of one task; `significant` as the table marks it (default: the interval excludes 0,
+    i.e. Holm's adjustment does not bind)."""
+    if significant is None:
+        significant = [a > 0 or b < 0 for a, b in zip(lo, hi, strict=True)]
     return pd.DataFrame(
-        {"expert": ["e0", "e1", "e2"], "importance": importance, "lo": lo, "hi": hi},
+        {
+            "expert": ["e0", "e1", "e2"],
+            "importance": importance,
+            "lo": lo,
+            "hi": hi,
+            "significant": significant,
+            "too_few_labels": False,
+        },
     )
 
 
@@ -242,6 +253,11 @@ def test_top_expert_and_shared_dependence_from_significant_importances_only() ->
     assert (out["top_lo"], out["top_hi"]) == (0.02, 0.06)
     assert out["shared_dependence"] == pytest.approx(0.03 / 0.07)  # e0 of the significant e0 + e2
     assert "note" not in out
+    # the ablation table's Holm adjustment left e2 not significant: e0 alone counts
+    out = _top_expert(
+        _ablation([0.03, 0.05, 0.04], [0.01, -0.01, 0.02], [0.05, 0.11, 0.06], [True, False, False]), ["e0"]
+    )
+    assert out["top_expert"] == "e0" and out["shared_dependence"] == 1.0
 
 
 def test_sparse_table_of_a_constant_task_names_no_expert() -> None:

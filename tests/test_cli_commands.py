@@ -80,7 +80,8 @@ def test_check_exits_1_on_the_collapsed_gate(planted) -> None:
     assert code == 1, text
     assert "collapsed_gate" in text and "FAIL" in text and "critical" in text
     # the collapse, and the two tasks that cannot be judged on unlabelled rows
-    assert "check failed: 3 findings match --fail-on warning or worse" in text
+    # counted apart: a task that cannot be judged is not a model failure
+    assert "check failed: 1 finding matches --fail-on warning or worse; ctr, cvr also not judged" in text
 
 
 def test_check_exits_0_on_the_cleanly_specialized_model(planted) -> None:
@@ -88,10 +89,35 @@ def test_check_exits_0_on_the_cleanly_specialized_model(planted) -> None:
     assert code == 0, text  # routing only: the unjudged tasks are warnings
     assert "check passed" in text
     assert "Yes: the tasks route rows to clearly different experts" in text
-    # said first, and by default (warnings fail) a check on unlabelled rows does not pass
+    # said first, and by default (warnings fail) a check on unlabelled rows does not pass; but nothing is
+    # wrong with the model either: exit 4, "cannot judge" (as for unresolved gates), not 1
     assert text.index("CANNOT JUDGE TASK(S): ctr, cvr") < text.index("Findings for")
     code, text = invoke("check", planted["clean"], *loading(planted, "unlabelled"))
-    assert code == 1 and "task_unlabelled" in text, text
+    assert code == 4 and "task_unlabelled" in text, text
+    assert "check cannot judge: task(s) ctr, cvr" in text and "not a model failure" in text
+    assert "check passed" not in text and "check failed" not in text
+
+
+def test_check_on_too_few_labelled_rows_exits_4_not_1(planted, tmp_path: Path) -> None:
+    """50 labelled rows (tiny_onepos): too few to tell whether a task ranks (too_few_labels, a warning) and
+    nothing else wrong: the default --fail-on warning cannot pass, and must not call it a model failure.
+    The labels are drawn at the model's own (nearly constant: 0.46, 0.61) rates, so it is calibrated."""
+    rng = np.random.default_rng(0)
+    rows = pd.read_parquet(planted["unlabelled"]).iloc[:50].copy()
+    rows["ctr"] = (rng.random(50) < 0.46).astype("float64")
+    rows["cvr"] = (rng.random(50) < 0.61).astype("float64")
+    rows.to_parquet(tmp_path / "tiny.parquet", index=False)
+    code, text = invoke(
+        "check",
+        planted["clean"],
+        "--trust-checkpoint",
+        "--data",
+        tmp_path / "tiny.parquet",
+        "--features",
+        FEATURES,
+    )
+    assert "too_few_labels" in text, text
+    assert code == 4 and "check cannot judge" in text, text
 
 
 @pytest.mark.parametrize(

@@ -513,9 +513,10 @@ def _too_few(row: Any) -> Finding:
     if row.kind == "binary":
         n_pos = round(n * _num(row.positive_rate))
         lo, hi, auc = _num(row.auc_lo), _num(row.auc_hi), _num(row.auc)
+        # a zero-width interval (AUC 0 or 1 on a class of one row) is no interval, not certainty
+        ci = f"95% interval {lo:.3f} to {hi:.3f}" if lo != hi else "no usable 95% interval"
         what = (
-            f"its AUC {auc:.3f} (95% interval {lo:.3f} to {hi:.3f}) rests on {n_pos:,} positive and "
-            f"{n - n_pos:,} negative labelled rows"
+            f"its AUC {auc:.3f} ({ci}) rests on {n_pos:,} positive and {n - n_pos:,} negative labelled rows"
         )
         evidence: dict[str, float | str] = {"auc": auc, "auc_lo": lo, "auc_hi": hi, "n_positive": n_pos}
     else:

@@ -25,13 +25,16 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
+
+from mmoe_inspect.functional.evidence import auc_verdict, class_counts
 
 from . import codes
 from .codes import SEVERITY_ORDER, Severity
 from .findings import Finding, constant_output, ranks_inverted, routing_findings
 from .ple_routing import ple_evidence, ple_uses
-from .tables import at_chance, auc_interval
+from .tables import auc_interval
 
 Status = Literal["ok", "problem", "unknown"]
 
@@ -114,7 +117,9 @@ def _num(x: Any) -> float:
 
 
 def fmt_interval(value: float, lo: float, hi: float, digits: int = 3) -> str:
-    """`0.712 [0.701, 0.723]`, no negative zero; the interval is left out when unknown."""
+    """`0.712 [0.701, 0.723]`, no negative zero; the interval is left out when unknown, and a zero-width one
+    (DeLong's at AUC 0 or 1, or on one row of a class: the normal approximation breaks down, it is not
+    certainty) prints as `[n/a]`."""
 
     def f(v: float) -> str:
         s = f"{v:.{digits}f}"
@@ -124,6 +129,8 @@ def fmt_interval(value: float, lo: float, hi: float, digits: int = 3) -> str:
         return "—"
     if math.isnan(lo) or math.isnan(hi):
         return f(value)
+    if lo == hi:
+        return f"{f(value)} [n/a]"
     return f"{f(value)} [{f(lo)}, {f(hi)}]"
 
 
@@ -323,20 +330,42 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = Fa
     if causal is None or table is None or table.empty:
         return Answer("gains", q, "Not measured: " + hint + ".", "unknown")
     primary, multi = _gain_rows(table, tasks)
-    evidence, better, worse, broken = [], [], [], []
+    evidence, better, worse, broken, unjudged = [], [], [], [], []
     for r in primary.to_dict(orient="records"):
         sig = bool(r.get("significant"))
         metric = "AUC" if r["metric"] == "auc" else str(r["metric"])
         tag = " (sparse)" if r.get("sparse") else ""
+        few = _flag(r, "too_few_labels")
+        verdict = (
+            "cannot tell: " + _rows_text(r) + ", too few"
+            if few
+            else "significant"
+            if sig
+            else "not significant"
+        )
         line = (
             f"{r['task']}{tag} vs {r['baseline']}: {fmt_signed(_num(r['gain']))} {metric} "
-            f"[{fmt_signed(_num(r['lo']))}, {fmt_signed(_num(r['hi']))}], "
-            f"{'significant' if sig else 'not significant'}"
+            f"[{fmt_signed(_num(r['lo']))}, {fmt_signed(_num(r['hi']))}], {verdict}"
         )
         if _baseline_at_chance(r):
             # a gain over a baseline that does not work says nothing about multi-task training
             line += f" (the baseline itself is at chance: AUC {_num(r['baseline_value']):.3f})"
             broken.append(f"{r['baseline']} on {r['task']}")
+        elif few:
+            unjudged.append(f"{r['task']} vs {r['baseline']} ({_rows_text(r)}: too few to compare)")
+        elif _baseline_verdict(r)[1]:
+            # the task table's rule on the same rows: the baseline cannot be judged, nor a tie with it
+            b = fmt_interval(
+                _num(r["baseline_value"]), _num(r.get("baseline_lo")), _num(r.get("baseline_hi"))
+            )
+            line += f" (the baseline itself cannot be judged: AUC {b} on {_rows_text(r)})"
+            if sig and _num(r["gain"]) != 0:
+                kind = " (a multi-task baseline)" if str(r["baseline"]) in multi else ""
+                (better if _num(r["gain"]) > 0 else worse).append(f"{r['task']} vs {r['baseline']}{kind}")
+            else:
+                unjudged.append(
+                    f"{r['task']} vs {r['baseline']} (the baseline cannot be judged on {_rows_text(r)})"
+                )
         elif sig and _num(r["gain"]) != 0:
             kind = " (a multi-task baseline)" if str(r["baseline"]) in multi else ""
             (better if _num(r["gain"]) > 0 else worse).append(f"{r['task']} vs {r['baseline']}{kind}")
@@ -362,6 +391,12 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = Fa
             "unknown",
         )
         broken = []
+    elif unjudged and len(unjudged) + len(broken) == len(primary):
+        ans, status = (
+            f"Cannot tell on these rows: {', '.join(unjudged)}.",
+            "unknown",
+        )
+        unjudged = []
     else:
         ans, status = (
             f"Not shown: no {primary_names} difference from a working baseline is significant.",
@@ -371,6 +406,8 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = Fa
             ans += f" Significant on a secondary metric: {', '.join(other_sig)}."
     if broken:
         ans += f" Not evidence either way: {', '.join(broken)} (the baseline is at chance)."
+    if unjudged:
+        ans += f" Cannot tell on these rows: {', '.join(unjudged)}."
     if unmatched:
         ans += f" No baseline predicts the sparse task {', '.join(unmatched)}."
     return Answer("gains", q, ans, status, tuple(evidence))
@@ -384,20 +421,43 @@ def _primary_metric(table: pd.DataFrame, tasks: pd.DataFrame) -> pd.Series:
     )
 
 
-def _baseline_at_chance(row: dict[str, Any]) -> bool:
-    """A baseline-gains row whose baseline's own AUC interval (Hanley–McNeil, on the row's labelled rows)
-    holds 0.5: the baseline does not work on that task."""
+def _flag(row: dict[str, Any], column: str) -> bool:
+    """A boolean column of a table row; absent (results saved before it existed) or NaN is False."""
+    return row.get(column) is True or row.get(column) is np.True_
+
+
+def _rows_text(row: dict[str, Any]) -> str:
+    """`"3 positive / 47 negative rows"` of a binary baseline-gains row (`"12 rows"` otherwise)."""
+    n, rate = _num(row.get("n_labelled")), _num(row.get("positive_rate"))
+    if math.isnan(rate):
+        return f"{int(n):,} rows" if n > 0 else "no rows"
+    n_pos, n_neg = class_counts(n, rate)
+    return f"{n_pos:,} positive / {n_neg:,} negative rows"
+
+
+def _baseline_verdict(row: dict[str, Any]) -> tuple[bool, bool]:
+    """(at chance, too few) of a baseline-gains row's baseline on its AUC, by the task table's rule
+    (`functional.evidence.auc_verdict` on the baseline's DeLong interval: the table's `baseline_at_chance`,
+    `baseline_too_few`). Rows saved before those columns existed: the same rule on a Hanley–McNeil interval."""
     if row.get("metric") != "auc":
-        return False
+        return False, False
+    if "baseline_at_chance" in row and isinstance(row.get("baseline_at_chance"), bool | np.bool_):
+        return _flag(row, "baseline_at_chance"), _flag(row, "baseline_too_few")
     auc, n, rate = (
         _num(row.get("baseline_value")),
         _num(row.get("n_labelled")),
         _num(row.get("positive_rate")),
     )
     if math.isnan(auc) or not n > 0 or math.isnan(rate):
-        return False
-    lo, hi = auc_interval(auc, n * rate, n * (1 - rate))
-    return at_chance(auc, lo, hi)
+        return False, False
+    n_pos, n_neg = class_counts(n, rate)
+    return auc_verdict(auc, *auc_interval(auc, n_pos, n_neg), n_pos, n_neg)
+
+
+def _baseline_at_chance(row: dict[str, Any]) -> bool:
+    """A baseline-gains row whose baseline is at chance on that task (`_baseline_verdict`): the baseline does
+    not work there. Too few rows to judge it is not "at chance" (`baseline_too_few`)."""
+    return _baseline_verdict(row)[0]
 
 
 def _sparse_mask(tasks: pd.DataFrame) -> pd.Series:
@@ -464,9 +524,13 @@ def _collapse_impact(
     imp, lo, hi, sig = _num(abl["importance"]), _num(abl["lo"]), _num(abl["hi"]), bool(abl["significant"])
     metric = "AUC" if abl["metric"] == "auc" else str(abl["metric"])
     change = -imp  # importance = how much worse without it; show the metric change
+    # `significant` is Holm-adjusted over the ablation table: an interval off 0 can still be noise
+    verdict = "significant" if sig else "not significant"
+    if not sig and (lo > 0 or hi < 0):
+        verdict += " once adjusted for the ablation table's many cells"
     text = (
         f"removing expert {expert} changes {task} {metric} by {fmt_signed(change)} "
-        f"[{fmt_signed(-hi)}, {fmt_signed(-lo)}], {'significant' if sig else 'not significant'}"
+        f"[{fmt_signed(-hi)}, {fmt_signed(-lo)}], {verdict}"
     )
     if sig and imp <= -HARMLESS_IMPACT:  # the task is better without the expert its gate collapsed onto
         return (text + ": the collapse costs quality", "critical")

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from mmoe_inspect.functional import js_divergence, task_expert_mutual_information
+from mmoe_inspect.functional.evidence import MIN_REGRESSION_ROWS, R2_MARGIN, auc_verdict, class_counts
 from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import GateSpec, Topology
 
@@ -135,19 +136,6 @@ def task_table(
     return pd.DataFrame(rows)
 
 
-MIN_CLASS_ROWS = 10
-"""Fewer labelled rows of a class than this: DeLong's interval degenerates (one positive scored lowest is
-AUC 0 with a zero-width interval), so the AUC is judged only when it differs from 0.5 under the null
-(Mann-Whitney); otherwise `too_few_labels`."""
-AUC_MARGIN = 0.1
-""""At chance" needs the AUC interval to hold 0.5 and stay below 0.5 + this; an interval holding 0.5 that
-reaches further cannot tell a coin from a working ranker (`too_few_labels`)."""
-MIN_REGRESSION_ROWS = 10
-R2_MARGIN = 0.05
-"""The regression counterparts: "no better than the mean" needs the R² interval below this (and on fewer
-than `MIN_REGRESSION_ROWS` rows an interval holding 0 is not judged at all)."""
-
-
 def _se(outputs: Any, name: str, i: int) -> float:
     se = getattr(outputs, name, None)
     return math.nan if se is None else _f(se.reshape(-1)[i])
@@ -156,31 +144,18 @@ def _se(outputs: Any, name: str, i: int) -> float:
 def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
     """Exact AUC with its 95% interval (DeLong's, from the per-value label counts; Hanley-McNeil's where a
     class has one row), log loss against the base rate's, the at-chance flag and `too_few_labels` (the
-    labelled rows cannot tell whether the task ranks above chance: see `MIN_CLASS_ROWS`, `AUC_MARGIN`)."""
+    labelled rows cannot tell whether the task ranks above chance: `functional.evidence.auc_verdict`, the rule
+    the baseline gains use too)."""
     auc = _f(outputs.auc.reshape(-1)[i])
     rate = _f(outputs.label_mean.reshape(-1)[i])
     n = _f(outputs.n_labelled.reshape(-1)[i])
-    n_pos = round(n * rate) if n > 0 else 0  # (n · rate is 9.999... for 10 rows of a class)
-    n_neg = round(n) - n_pos if n > 0 else 0
+    n_pos, n_neg = class_counts(n, rate)
     se = _se(outputs, "auc_se", i)
     if math.isfinite(se) and not math.isnan(auc):
         lo, hi = max(0.0, auc - 1.959964 * se), min(1.0, auc + 1.959964 * se)
     else:
         lo, hi = auc_interval(auc, n_pos, n_neg) if n > 0 else (math.nan, math.nan)
-    judged = not math.isnan(auc)  # both classes present
-    if not judged:
-        few = False
-    elif min(n_pos, n_neg) < MIN_CLASS_ROWS:
-        # DeLong's interval degenerates on a handful of rows (zero width at AUC 0 or 1): whether the AUC
-        # differs from 0.5 at all is told by its null distribution (Mann-Whitney, var (n₊ + n₋ + 1) / 12n₊n₋)
-        sd0 = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
-        few = abs(auc - 0.5) <= 1.959964 * sd0
-    else:
-        few = lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN
-    if auc == 0.5 and lo == hi:
-        few = (
-            False  # every prediction tied (a constant output): it ranks nothing, whatever the rows: at chance
-        )
+    chance, few = auc_verdict(auc, lo, hi, n_pos, n_neg)
     base = base_rate_logloss(rate)
     logloss = _f(outputs.logloss.reshape(-1)[i])
     se = _f(outputs.logloss_vs_base_se.reshape(-1)[i]) if hasattr(outputs, "logloss_vs_base_se") else math.nan
@@ -192,7 +167,7 @@ def _binary_quality(outputs: Any, i: int) -> dict[str, Any]:
         "auc_exact": bool(outputs.auc_exact.reshape(-1)[i]),
         "logloss": logloss,
         "base_rate_logloss": base,
-        "at_chance": at_chance(auc, lo, hi) and not few,
+        "at_chance": chance,
         "too_few_labels": bool(few),
         "beats_base_rate": None if math.isnan(logloss) or math.isnan(base) else bool(logloss < base),
         "logloss_vs_base_lo": d_lo,

@@ -3,17 +3,32 @@
 Importance of expert e for task t = how much worse t's metric gets without e (positive = removing
 it hurts): `intact - ablated` for AUC, `ablated - intact` for log loss, MSE and MAE, with a paired
 interval on the same rows (DeLong / CLT, or a paired bootstrap: `Evaluation`). Two modes, see `interventions.Ablate`.
+
+Significance is controlled across the table: one mode's ablation asks as many questions as it has cells
+(every expert x task x metric), and on tasks where no expert matters 5% of them still exclude 0 by chance
+(chance_healthy: 2 of 12 AUC cells). Each cell's two-sided p-value (`p_value`: the normal test behind its
+analytic interval; with bootstrap intervals, the same test on the percentile interval's width, an
+approximation) is adjusted with Holm's step-down method over the cells of one mode (`p_adjusted`), and
+`significant` means adjusted p < 0.05. Holm, not Benjamini-Hochberg: the report reads each significant cell
+as a claim ("removing e hurts t"), the collapse diagnosis and the sparse-gains table act on single cells, and
+one false claim already misleads, so the family-wise error is the rate that matters; Holm holds it under any
+dependence between cells (the cells of one expert share its ablated forward, those of one task its rows),
+and real ablation effects are large next to their noise, so the power it gives up is small. Cells whose rows
+are too few to tell (`too_few_labels`, `metrics.too_few_to_tell`) are not tested: p_adjusted NaN, never
+significant. The lo/hi columns stay each cell's own (unadjusted) 95% interval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from mmoe_inspect.causal._engine import INTACT, PlannedVariant
 from mmoe_inspect.causal.interventions import Ablate, AblationMode
-from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation
+from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation, too_few_to_tell
+from mmoe_inspect.functional.evidence import holm_adjust, two_sided_p
 from mmoe_inspect.topology.spec import Topology
 
 __all__ = ["ABLATION_COLUMNS", "ablation_table", "ablation_variants", "importance_matrix", "primary_metric"]
@@ -33,7 +48,13 @@ ABLATION_COLUMNS = [
     "lo",
     "hi",
     "significant",
+    "p_value",
+    "p_adjusted",
+    "too_few_labels",
 ]
+
+ALPHA = 0.05
+"""Family-wise error rate of one mode's ablation table (Holm-adjusted p-values below it are significant)."""
 
 
 def primary_metric(kind: str) -> str:
@@ -89,7 +110,10 @@ def ablation_variants(
 
 
 def ablation_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> pd.DataFrame:
-    """Long table, one row per (mode, expert, labelled task, metric); columns `ABLATION_COLUMNS`."""
+    """Long table, one row per (mode, expert, labelled task, metric); columns `ABLATION_COLUMNS`.
+
+    `p_value`: the cell's own two-sided p-value; `p_adjusted`: Holm-adjusted over the cells of its mode
+    (NaN where the rows are too few to tell); `significant`: p_adjusted < `ALPHA` (module docstring)."""
     rows = []
     for v in variants:
         if v.key not in ev.keys:
@@ -97,6 +121,7 @@ def ablation_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> pd.Dat
         for task in ev.tasks:
             if ev.n_labelled(task.name) == 0:
                 continue
+            few = too_few_to_tell(ev, task.name)
             for metric in TASK_METRICS[task.kind]:
                 delta, lo, hi = ev.compare(v.key, INTACT, task.name, metric)
                 sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
@@ -115,10 +140,21 @@ def ablation_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> pd.Dat
                         "importance": imp,
                         "lo": lo_i,
                         "hi": hi_i,
-                        "significant": bool(lo_i > 0 or hi_i < 0),
+                        "significant": False,
+                        "p_value": two_sided_p(imp, lo_i, hi_i, ev.ci),
+                        "p_adjusted": np.nan,
+                        "too_few_labels": few,
                     }
                 )
-    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    if table.empty:
+        return table
+    for _, idx in table.groupby("mode", sort=False).groups.items():
+        sub = table.loc[idx]
+        tested = sub["p_value"].where(~sub["too_few_labels"].astype(bool))
+        table.loc[idx, "p_adjusted"] = holm_adjust(tested.to_numpy(float))
+    table["significant"] = (table["p_adjusted"] < ALPHA).fillna(False).astype(bool)
+    return table
 
 
 def importance_matrix(

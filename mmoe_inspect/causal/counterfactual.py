@@ -19,7 +19,7 @@ import pandas as pd
 
 from mmoe_inspect.causal._engine import INTACT, PlannedVariant
 from mmoe_inspect.causal.interventions import Edit, Replace
-from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation
+from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation, too_few_to_tell
 from mmoe_inspect.topology.spec import GateSpec, Topology
 
 __all__ = ["COUNTERFACTUAL_COLUMNS", "counterfactual_table", "counterfactual_variants", "swappable"]
@@ -105,7 +105,8 @@ def counterfactual_variants(
 def counterfactual_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> pd.DataFrame:
     """One row per (task, counterfactual, metric): `change` = counterfactual - intact with its paired CI.
 
-    `worse` is True when the change makes the metric worse (lower AUC, higher loss).
+    `worse` is True when the change makes the metric worse (lower AUC, higher loss); `significant` needs the
+    interval to exclude 0 on enough rows (never with too few rows of a class: `metrics.too_few_to_tell`).
     """
     rows = []
     by_name = {t.name: t for t in ev.tasks}
@@ -116,6 +117,7 @@ def counterfactual_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> 
             task = by_name[name]
             if ev.n_labelled(name) == 0:
                 continue
+            few = too_few_to_tell(ev, name)  # a handful of a class: the paired interval cannot tell
             for metric in TASK_METRICS[task.kind]:
                 change, lo, hi = ev.compare(v.key, INTACT, name, metric)
                 rows.append(
@@ -129,7 +131,7 @@ def counterfactual_table(ev: Evaluation, variants: Sequence[PlannedVariant]) -> 
                         "change": change,
                         "lo": lo,
                         "hi": hi,
-                        "significant": bool(lo > 0 or hi < 0),
+                        "significant": bool(not few and (lo > 0 or hi < 0)),
                         "worse": bool(change < 0 if HIGHER_IS_BETTER[metric] else change > 0),
                     }
                 )

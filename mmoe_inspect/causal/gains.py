@@ -21,8 +21,9 @@ from torch import nn
 
 from mmoe_inspect.binding import default_input_fn
 from mmoe_inspect.causal._engine import INTACT, BaselineRun
-from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation
+from mmoe_inspect.causal.metrics import HIGHER_IS_BETTER, TASK_METRICS, Evaluation, too_few_to_tell
 from mmoe_inspect.data.schema import FeatureSpec
+from mmoe_inspect.functional.evidence import auc_verdict, class_counts
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
 __all__ = [
@@ -50,7 +51,16 @@ BASELINE_COLUMNS = [
     "lo",
     "hi",
     "significant",
+    "too_few_labels",
+    "baseline_lo",
+    "baseline_hi",
+    "baseline_at_chance",
+    "baseline_too_few",
 ]
+"""`significant`: the paired interval excludes 0 and the rows are enough to tell (`too_few_labels` False:
+`metrics.too_few_to_tell`). `baseline_lo`, `baseline_hi`: the baseline's own interval on the same rows (AUC:
+DeLong); `baseline_at_chance`, `baseline_too_few`: its AUC judged by the task table's rule
+(`functional.evidence.auc_verdict`; False for other metrics)."""
 
 SPARSE_COLUMNS = [
     "task",
@@ -175,6 +185,8 @@ def baseline_gain_table(ev: Evaluation, baselines: Sequence[str], threshold: flo
     for task in ev.tasks:
         if ev.n_labelled(task.name) == 0:
             continue
+        few = too_few_to_tell(ev, task.name)
+        counts = class_counts(ev.n_labelled(task.name), ev.positive_rate(task.name))
         for name in baselines:
             key = ("baseline", name)
             for metric in TASK_METRICS[task.kind]:
@@ -184,6 +196,10 @@ def baseline_gain_table(ev: Evaluation, baselines: Sequence[str], threshold: flo
                 delta, lo, hi = ev.compare(INTACT, key, task.name, metric)
                 if not HIGHER_IS_BETTER[metric]:
                     delta, lo, hi = -delta, -hi, -lo
+                b_lo, b_hi = ev.interval(key, task.name, metric)
+                b_chance, b_few = (
+                    auc_verdict(base, b_lo, b_hi, *counts) if metric == "auc" else (False, False)
+                )
                 rows.append(
                     {
                         "task": task.name,
@@ -197,7 +213,12 @@ def baseline_gain_table(ev: Evaluation, baselines: Sequence[str], threshold: flo
                         "gain": delta,
                         "lo": lo,
                         "hi": hi,
-                        "significant": bool(lo > 0 or hi < 0),
+                        "significant": bool(not few and (lo > 0 or hi < 0)),
+                        "too_few_labels": few,
+                        "baseline_lo": b_lo,
+                        "baseline_hi": b_hi,
+                        "baseline_at_chance": b_chance,
+                        "baseline_too_few": b_few,
                     }
                 )
     return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
@@ -231,8 +252,8 @@ def sparse_gain_table(
 ) -> pd.DataFrame:
     """One row per sparse task: shared-expert dependence of its AUC importance and its gate counterfactuals.
 
-    Only measured effects count: an expert's AUC importance (renormalize ablation) is used when its
-    interval lies above 0 (removing the expert significantly hurts the task). `top_expert` is the one of
+    Only measured effects count: an expert's AUC importance (renormalize ablation) is used when it is
+    significantly above 0 (removing the expert hurts the task; Holm-adjusted over the ablation table). `top_expert` is the one of
     largest such importance (`top_lo`, `top_hi`: its interval); `shared_dependence` = the share of the
     significant importance on `dense_experts`, the experts some dense task weights at least uniformly
     (`mean * E >= 1`). Without a significant importance both are empty (None / NaN: a top expert or a
@@ -301,13 +322,20 @@ def _top_expert(imp: pd.DataFrame, dense_experts: Sequence[str] | None) -> dict[
     """`top_expert`, `top_importance`, `top_lo`, `top_hi`, `shared_dependence` and `note` of one sparse
     task from its AUC ablation rows (`expert`, `importance`, `lo`, `hi`); `dense_experts` None: no dense task.
 
-    Only importances whose interval lies above 0 count; with none, the expert and the share stay empty."""
+    Only importances significantly above 0 count (`significant`: Holm-adjusted over the ablation table, on
+    enough rows); with none, the expert and the share stay empty."""
     out: dict[str, Any] = {}
     value = imp["importance"].astype(float)
     if not value.notna().any():  # all NaN when the task's labels are one class (no AUC)
         out["note"] = "no AUC importance: the task's labels are one class"
         return out
-    sig = imp[(imp["lo"].astype(float) > 0) & value.notna()]
+    # significant after the ablation table's Holm adjustment (and enough rows), in the direction that hurts
+    sig = imp[imp["significant"].astype(bool) & (value > 0)]
+    if sig.empty and imp["too_few_labels"].astype(bool).all():
+        out["note"] = (
+            "no top expert or shared dependence: too few labelled rows of a class to tell any importance from noise"
+        )
+        return out
     if sig.empty:
         if (value.fillna(0) == 0).all():
             out["note"] = (
@@ -316,7 +344,13 @@ def _top_expert(imp: pd.DataFrame, dense_experts: Sequence[str] | None) -> dict[
         else:
             b = value.idxmax()
             lo, hi = float(imp.at[b, "lo"]), float(imp.at[b, "hi"])
-            where = "holds 0" if lo <= 0 <= hi else "below 0: the task is better without it"
+            where = (
+                "holds 0"
+                if lo <= 0 <= hi
+                else "not significant once adjusted for the table's many cells (Holm)"
+                if lo > 0
+                else "below 0: the task is better without it"
+            )
             out["note"] = (
                 f"no top expert or shared dependence: no expert's importance is significantly above 0 (largest: "
                 f"{imp.at[b, 'expert']} {value[b]:.3f} [{lo:.3f}, {hi:.3f}], {where})"

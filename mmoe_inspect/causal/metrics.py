@@ -28,11 +28,13 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmoe_inspect.functional.delong import AUCPlacements, auc_placements, delong_variance
+from mmoe_inspect.functional.evidence import class_counts, too_few_to_compare
 from mmoe_inspect.functional.paired import wald_interval
 from mmoe_inspect.topology.spec import TaskSpec
 
@@ -45,8 +47,10 @@ __all__ = [
     "bootstrap_counts",
     "bootstrap_metric",
     "describe_intervals",
+    "loss_interval",
     "paired_bootstrap",
     "roc_auc",
+    "too_few_to_tell",
 ]
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {"binary": ("auc", "logloss"), "regression": ("mse", "mae")}
@@ -69,6 +73,24 @@ def describe_intervals(intervals: str | None, n_boot: int | None = None) -> str:
         return "none (bootstrap with 0 resamples)"
     resamples = f", {int(n_boot):,} resamples" if n_boot is not None else ""
     return f"paired bootstrap of the rows{resamples}"
+
+
+def loss_interval(lo: float, hi: float) -> tuple[float, float]:
+    """A loss mean's interval (log loss, MSE, MAE: means of non-negative per-row losses) with its lower end
+    clipped at 0. The normal (CLT) interval is symmetric, so on a few rows with one large loss (a positive
+    scored near 0) it reaches below 0, which no mean of non-negative losses can: the clip only removes
+    impossible values (the upper end, which carries the uncertainty there, is kept)."""
+    return (max(lo, 0.0), hi) if math.isfinite(lo) else (lo, hi)
+
+
+def too_few_to_tell(ev: Any, task: str) -> bool:
+    """Whether a paired difference of `task`'s metric on `ev`'s labelled rows (an `Evaluation` or a
+    `StreamedEvaluation`) is "cannot tell" whatever its interval: too few rows of a class (binary) or too
+    few rows (regression), by the rule the task table uses (`functional.evidence.too_few_to_compare`)."""
+    kind = next(t.kind for t in ev.tasks if t.name == task)
+    n = ev.n_labelled(task)
+    n_pos = class_counts(n, ev.positive_rate(task))[0] if kind == "binary" else None
+    return too_few_to_compare(kind, n, n_pos)
 
 
 LOGLOSS_EPS = 1e-7
@@ -265,7 +287,8 @@ class Evaluation:
     def interval(self, key: Hashable, task: str, metric: str) -> tuple[float, float]:
         """Interval of one set's metric at level `ci` (NaN, NaN where it has no value or too few rows).
 
-        Analytic: AUC ± z·DeLong SE clipped to [0, 1]; a loss mean ± z·sd/sqrt(n). Bootstrap: percentiles.
+        Analytic: AUC ± z·DeLong SE clipped to [0, 1]; a loss mean ± z·sd/sqrt(n) clipped at 0 (`loss_interval`).
+        Bootstrap: percentiles (never below 0 for a loss).
         """
         if self.intervals == "analytic":
             item = self._items.get((key, task, metric))
@@ -276,7 +299,9 @@ class Evaluation:
                 return (max(lo, 0.0), min(hi, 1.0)) if math.isfinite(lo) else (lo, hi)
             if len(item) < 2:
                 return math.nan, math.nan
-            return wald_interval(self.value(key, task, metric), float(item.var(ddof=1)) / len(item), self.ci)
+            return loss_interval(
+                *wald_interval(self.value(key, task, metric), float(item.var(ddof=1)) / len(item), self.ci)
+            )
         reps = self._reps.get((key, task, metric))
         return _interval(reps, self.ci) if reps is not None else (math.nan, math.nan)
 

@@ -15,14 +15,18 @@ from mmoe_inspect.topology.spec import Topology
 TABLE_DESCRIPTIONS: dict[str, str] = {
     "task_metrics": "Per task and metric: the intact model's value on the labelled rows with its CI.",
     "ablation": "Per (mode, expert, task, metric): importance = how much worse the task gets without the "
-    "expert (positive = it hurts), with a paired CI (DeLong / CLT, or bootstrap: meta.intervals).",
+    "expert (positive = it hurts), with a paired CI (DeLong / CLT, or bootstrap: meta.intervals); p_value "
+    "per cell, p_adjusted Holm-adjusted over the cells of one mode, significant = p_adjusted < 0.05 on "
+    "enough rows (too_few_labels: fewer than 10 rows of a class).",
     "counterfactuals": "Per (task, counterfactual, metric): change vs the intact model when the task's gate "
     "is another task's, uniform, or its own mean gate, with a paired CI (meta.intervals).",
     "sparse_gains": "Per sparse task: share of its significant AUC importance on experts the dense tasks use, "
-    "its top expert (only from an importance whose interval lies above 0; else empty, and `note` says why), "
+    "its top expert (only from an importance significantly above 0; else empty, and `note` says why), "
     "and its gate counterfactuals (AUC change).",
     "baseline_gains": "Per (task, baseline, metric): MTL gain = model - baseline (sign flipped for "
-    "lower-is-better metrics), paired CI on the same rows (meta.intervals).",
+    "lower-is-better metrics), paired CI on the same rows (meta.intervals); never significant on fewer "
+    "than 10 rows of a class (too_few_labels); the baseline's own interval and its at-chance / too-few "
+    "verdict by the task table's rule.",
     "segments": "Per gate and segment of the chosen column: mean gate weights and JSD from the overall mean; "
     "beyond_noise = the difference exceeds the sampling noise of a random subset of that size (min_rows: "
     "the rows it would need), segments within noise listed after the others.",

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mmoe_inspect._memory import release_free_memory
-from mmoe_inspect.causal.metrics import LOGLOSS_EPS, TASK_METRICS
+from mmoe_inspect.causal.metrics import LOGLOSS_EPS, TASK_METRICS, loss_interval
 from mmoe_inspect.errors import MmoeInspectError
 from mmoe_inspect.functional.delong import TwicePlacements, twice_placements, twice_variance
 from mmoe_inspect.functional.paired import wald_interval
@@ -450,7 +450,8 @@ class StreamedEvaluation:
         return float(single[1][pos]) if single is not None else math.nan
 
     def interval(self, key: Hashable, task: str, metric: str) -> tuple[float, float]:
-        """DeLong interval of an AUC (clipped to [0, 1]) or CLT interval of a loss mean; NaN where undefined."""
+        """DeLong interval of an AUC (clipped to [0, 1]) or CLT interval of a loss mean (clipped at 0); NaN where
+        undefined."""
         pos = self._pos.get(key)
         point = self.value(key, task, metric)
         if pos is None or not math.isfinite(point):
@@ -458,7 +459,7 @@ class StreamedEvaluation:
         if metric == "auc":
             lo, hi = wald_interval(point, self._auc[(pos, task)][1], self.ci)
             return (max(lo, 0.0), min(hi, 1.0)) if math.isfinite(lo) else (lo, hi)
-        return wald_interval(point, float(self._single[(task, metric)][2][pos]), self.ci)
+        return loss_interval(*wald_interval(point, float(self._single[(task, metric)][2][pos]), self.ci))
 
     def compare(self, key: Hashable, ref: Hashable, task: str, metric: str) -> tuple[float, float, float]:
         """Paired difference `key - ref` on the same rows: (point, lo, hi); one of them must be the reference."""
