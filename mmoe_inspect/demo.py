@@ -124,7 +124,7 @@ def _check_claim(
     claim: str, parts: tuple[tuple[str, str, tuple[str, ...]], ...], ev: Evaluation, preds: dict
 ) -> ClaimCheck | None:
     """The paired AUC differences a claim rests on, each with its interval and significance."""
-    from .analysis.review import fmt_signed
+    from .analysis.review import fmt_signed_interval
     from .causal.metrics import too_few_to_tell
 
     pieces, signs = [], []
@@ -141,7 +141,7 @@ def _check_claim(
             verdict = "significant" if significant else "not significant"
             pieces.append(
                 f"{MODEL_NAMES.get(better, better)} − {MODEL_NAMES.get(worse, worse)} {task} AUC "
-                f"{fmt_signed(delta)} [{fmt_signed(lo)}, {fmt_signed(hi)}] "
+                f"{fmt_signed_interval(delta, lo, hi)} "
                 f"({'cannot tell: too few labelled rows of a class' if few else verdict})"
             )
     if not signs:

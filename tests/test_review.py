@@ -162,3 +162,14 @@ def test_jupyter_view_has_task_quality_diagnosis_and_heatmap(cases) -> None:
     assert "Does every task work?" in html and "purchase is at chance" in html
     assert "Diagnosis" in html and "Mean gate weight" in html and "<table>" in html
     assert "<ul></ul>" not in html
+
+
+def test_a_significant_difference_never_prints_a_bound_of_zero():
+    """`-0.003 [-0.006, 0.000] (significant)` reads as an interval touching 0: more digits until the
+    bound that excludes 0 shows it, the same digits for the value and both bounds."""
+    from mmoe_inspect.analysis.review import fmt_signed_interval
+
+    assert fmt_signed_interval(-0.003, -0.006, -0.0003) == "-0.0030 [-0.0060, -0.0003]"
+    assert fmt_signed_interval(2e-5, 1e-6, 4e-5) == "+0.000020 [+0.000001, +0.000040]"
+    # an interval holding 0 keeps three digits, and the unit sits between value and interval
+    assert fmt_signed_interval(0.01, -0.0001, 0.02, unit="AUC") == "+0.010 AUC [0.000, +0.020]"

@@ -139,6 +139,17 @@ def fmt_signed(value: float, digits: int = 3) -> str:
     return s[1:] if float(s) == 0 else s
 
 
+def fmt_signed_interval(value: float, lo: float, hi: float, digits: int = 3, unit: str = "") -> str:
+    """`+0.006 [+0.002, +0.009]` for a difference and its interval, with as many digits (up to 6) as it
+    takes for a bound that excludes 0 not to print as 0: `-0.003 [-0.006, 0.000]` read as "touches 0"
+    next to the word "significant"."""
+    for d in range(digits, 7):
+        if not ((lo > 0 and float(f"{lo:.{d}f}") == 0) or (hi < 0 and float(f"{hi:.{d}f}") == 0)):
+            break
+    unit = f" {unit}" if unit else ""
+    return f"{fmt_signed(value, d)}{unit} [{fmt_signed(lo, d)}, {fmt_signed(hi, d)}]"
+
+
 def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
     """Per task: (task, evidence text, state): "ok", "bad" (at chance, in reverse, no better than its
     label mean, NaN/inf outputs) or "unjudged" (no labelled rows, binary labels all one class, labels
@@ -344,8 +355,8 @@ def gains_answer(causal: Any | None, tasks: pd.DataFrame, *, gateless: bool = Fa
             else "not significant"
         )
         line = (
-            f"{r['task']}{tag} vs {r['baseline']}: {fmt_signed(_num(r['gain']))} {metric} "
-            f"[{fmt_signed(_num(r['lo']))}, {fmt_signed(_num(r['hi']))}], {verdict}"
+            f"{r['task']}{tag} vs {r['baseline']}: "
+            f"{fmt_signed_interval(_num(r['gain']), _num(r['lo']), _num(r['hi']), unit=metric)}, {verdict}"
         )
         if _baseline_at_chance(r):
             # a gain over a baseline that does not work says nothing about multi-task training
@@ -529,8 +540,8 @@ def _collapse_impact(
     if not sig and (lo > 0 or hi < 0):
         verdict += " once adjusted for the ablation table's many cells"
     text = (
-        f"removing expert {expert} changes {task} {metric} by {fmt_signed(change)} "
-        f"[{fmt_signed(-hi)}, {fmt_signed(-lo)}], {verdict}"
+        f"removing expert {expert} changes {task} {metric} by "
+        f"{fmt_signed_interval(change, -hi, -lo)}, {verdict}"
     )
     if sig and imp <= -HARMLESS_IMPACT:  # the task is better without the expert its gate collapsed onto
         return (text + ": the collapse costs quality", "critical")
@@ -858,8 +869,8 @@ def _better_counterfactuals(causal: Any | None, tasks: pd.DataFrame) -> list[str
         )
         metric = "AUC" if r["metric"] == "auc" else str(r["metric"]).upper()
         out.append(
-            f"{r['task']} gets a better {metric} with {how} ({fmt_signed(_num(r['change']))} "
-            f"[{fmt_signed(_num(r['lo']))}, {fmt_signed(_num(r['hi']))}], gate counterfactual)"
+            f"{r['task']} gets a better {metric} with {how} ("
+            f"{fmt_signed_interval(_num(r['change']), _num(r['lo']), _num(r['hi']))}, gate counterfactual)"
         )
     return out
 
