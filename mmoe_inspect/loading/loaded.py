@@ -170,11 +170,12 @@ class LoadedModel:
         `labels=False`.
         """
         from mmoe_inspect.binding import (
-            binary_logits_from_labels,
             example_batch,
+            raw_outputs,
             resolve_topology,
             with_labels,
         )
+        from mmoe_inspect.label_kinds import settle_kinds
         from mmoe_inspect.topology.discovery import discover_topology
 
         declared = getattr(self.model, "topology", None)
@@ -200,10 +201,11 @@ class LoadedModel:
                 task_names=self._names(tasks, binding),
                 task_kinds=self.task_kinds,
             )
-        if label_map and binding.guessed and not ignore_labels:  # the label columns the binding matched
-            topo = with_labels(topo, label_map, source)
-        if not ignore_labels and self.task_kinds is None:
-            topo = binary_logits_from_labels(topo, source, set(source.columns()))
+            if label_map and binding.guessed and not ignore_labels:  # the label columns the binding matched
+                topo = with_labels(topo, label_map, source)
+            if not ignore_labels and self.task_kinds is None:
+                run = raw_outputs(self.model, binding.input_fn, names)
+                topo = settle_kinds(topo, source, set(source.columns()), run, names)
         return with_notes(topo, binding.notes)
 
     def inspect(

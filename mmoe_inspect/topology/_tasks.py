@@ -193,6 +193,24 @@ def _ends_in_sigmoid(graph: Graph, idx: int | None, depth: int = 0) -> bool:
     return False
 
 
+def _sigmoid_siblings(outputs: list[TaskOutput], sigmoid: list[bool]) -> dict[int, str]:
+    """`{i: name}`: output i (not ending in a sigmoid) of which another output, `name`, is the sigmoid on every
+    example row (`{"logits_buy": z, "probs_buy": sigmoid(z)}`): output i is a binary task's logit, whatever
+    its values' range. Equal values on every row, not a graph pattern: `1 / (1 + exp(-z))` counts too."""
+    out: dict[int, str] = {}
+    with torch.no_grad():
+        values = [o.tensor.detach().float().reshape(-1) for o in outputs]
+        for i, v in enumerate(values):
+            if sigmoid[i] or not bool(torch.isfinite(v).all()):
+                continue
+            squashed = torch.sigmoid(v)
+            for j, w in enumerate(values):
+                if j != i and w.shape == v.shape and torch.allclose(squashed, w, rtol=0.0, atol=1e-6):
+                    out[i] = outputs[j].name
+                    break
+    return out
+
+
 def task_specs(
     graph: Graph,
     outputs: list[TaskOutput],
@@ -200,7 +218,12 @@ def task_specs(
     model: nn.Module,
     notes: list[str],
 ) -> tuple[tuple[TaskSpec, ...], bool]:
-    """TaskSpecs for `outputs`; returns them and whether some kind was guessed from the value range."""
+    """TaskSpecs for `outputs`; returns them and whether some kind was guessed from the value range.
+
+    Without declared kinds: a final sigmoid means binary (probabilities); an output whose sigmoid is another
+    output is a binary task's logits; with some output ending in a sigmoid, one that does not is regression;
+    otherwise values in [0, 1] on the example mean binary. The guessed and the sigmoid-sibling regression
+    kinds are named in notes (`guessed_kinds`): the binding settles them on more rows and the labels."""
     names = [o.name for o in outputs]
     kinds = _kinds_from(task_kinds, names, "task_kinds")
     source = "task_kinds"
@@ -217,35 +240,49 @@ def task_specs(
             notes.append(f"ignored {exc}")
             kinds = None
     guessed: list[str] = []
-    leaves_unit: list[str] = []
+    unsigmoided: list[str] = []
     specs = []
     sigmoid = [_ends_in_sigmoid(graph, o.node) for o in outputs]
+    siblings = _sigmoid_siblings(outputs, sigmoid)
     for i, o in enumerate(outputs):
         with torch.no_grad():
             vals = o.tensor.detach().float()
             in_unit = bool(torch.isfinite(vals).all() and vals.min() >= 0 and vals.max() <= 1)
+        prob = in_unit
         if kinds is not None:
             kind = kinds[i]
+            prob = in_unit and i not in siblings  # a declared binary task's logit, even if in [0, 1] here
         elif sigmoid[i]:
             kind = "binary"
+        elif i in siblings:
+            kind, prob = "binary", False
         elif any(sigmoid):
             kind = "regression"  # its siblings end in a sigmoid, this one does not
-            if not in_unit:  # named, so 0/1 labels can still make it a binary task's logits (binding)
-                leaves_unit.append(f"{o.name}={kind}")
+            unsigmoided.append(o.name)  # named: 0/1 labels can still make it a binary task's logits (binding)
         else:
             kind = "binary" if in_unit else "regression"
             guessed.append(f"{o.name}={kind}")
-        prob = kind == "binary" and in_unit
         k: TaskKind = "binary" if kind == "binary" else "regression"
-        specs.append(TaskSpec(o.name, kind=k, output=o.output, probability=prob, column=o.column))
+        specs.append(
+            TaskSpec(o.name, kind=k, output=o.output, probability=k == "binary" and prob, column=o.column)
+        )
     if kinds is not None:
         notes.append(f"task kinds from {source}")
-    elif any(sigmoid) and not all(sigmoid):
-        notes.append("task kinds from the outputs: a final sigmoid means binary, none means regression")
-    if guessed or leaves_unit:
-        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed + leaves_unit))
+    elif unsigmoided:
+        notes.append(SIGMOID_KINDS_NOTE + ", ".join(unsigmoided))
+    if siblings and kinds is None:
+        pairs = ", ".join(f"{outputs[i].name} (sigmoid: {s})" for i, s in siblings.items())
+        notes.append(f"task(s) read as binary tasks' logits, another output being their sigmoid: {pairs}")
+    if guessed:
+        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed))
     return tuple(specs), bool(guessed)
 
+
+SIGMOID_KINDS_NOTE = (
+    "task kinds from the outputs: a final sigmoid means binary, none means regression (0/1 labels may still "
+    "make them binary logits): "
+)
+"""The topology note naming the tasks read as regression because other outputs end in a sigmoid and they do not."""
 
 GUESSED_KINDS_NOTE = "task kinds guessed from output ranges (values in [0, 1] -> binary): "
 """The topology note naming the tasks whose kind discovery guessed from the example's outputs (`name=kind`)."""
@@ -261,6 +298,18 @@ def guessed_kinds(notes: Sequence[str]) -> dict[str, str]:
                 if name:
                     out[name] = kind
     return out
+
+
+def unsigmoided(notes: Sequence[str]) -> list[str]:
+    """The tasks a topology's `notes` say were read as regression for want of a final sigmoid
+    (`SIGMOID_KINDS_NOTE`)."""
+    return [
+        n
+        for note in notes
+        if note.startswith(SIGMOID_KINDS_NOTE)
+        for n in note[len(SIGMOID_KINDS_NOTE) :].split(", ")
+        if n
+    ]
 
 
 NO_TASK_NOTE = "gates whose mixture reaches no task output on this batch (kept as shared): "
