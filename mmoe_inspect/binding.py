@@ -5,7 +5,8 @@ that turns a chunk of rows into model inputs, the feature columns it reads, the 
 model's own, or discovered on the first rows) and the tasks whose label columns are present. The
 inspection, the causal analyses and the attributions all start from it, so they read the same
 columns, check them the same way and agree on the labels. This module sits below those three: it
-imports only data, topology, recording and label_kinds (which settles guessed task kinds on the rows).
+imports only data, topology, recording, label_kinds (guessed task kinds settled on the rows) and
+aux_tasks (per-row training terms that are not tasks).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mmoe_inspect.aux_tasks import drop_auxiliary
 from mmoe_inspect.data.call import plain_output
 from mmoe_inspect.data.outputs import task_entry
 from mmoe_inspect.data.schema import FeatureSpec
@@ -150,6 +152,7 @@ def bind(
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
     taken = set(feature_cols or ()) | {t.label_column for t in labelled}  # never hint a feature or a label
     hints = {} if labels is False else label_hints(topo.tasks, labelled, present - taken)
+    topo = drop_auxiliary(topo, present, hints)
     return Binding(
         source=source,
         input_fn=fn,

@@ -169,6 +169,7 @@ class LoadedModel:
         are read as `inspect` reads them (a guessed-regression task with 0/1 labels: binary logits), unless
         `labels=False`.
         """
+        from mmoe_inspect.aux_tasks import drop_auxiliary
         from mmoe_inspect.binding import (
             example_batch,
             raw_outputs,
@@ -206,6 +207,7 @@ class LoadedModel:
             if not ignore_labels and self.task_kinds is None:
                 run = raw_outputs(self.model, binding.input_fn, names)
                 topo = settle_kinds(topo, source, set(source.columns()), run, names)
+        topo = drop_auxiliary(topo, set(source.columns()), {})
         return with_notes(topo, binding.notes)
 
     def inspect(

@@ -137,9 +137,7 @@ def parse_outputs(
         else:
             names = [f"task_{i}" for i in range(len(found))]
             invented = True
-            notes.append(
-                f"task names not given and the model has no `task_names`: called them {', '.join(names)}"
-            )
+            notes.append(INVENTED_NAMES_NOTE + ", ".join(names))
     if columns:
         notes.append(
             f"{len(columns)} output(s) are two-class distributions [batch, 2]: column 1 (the positive class) "
@@ -150,6 +148,20 @@ def parse_outputs(
         for i, (n, f) in enumerate(zip(names, found, strict=True))
     ]
     return tasks, invented
+
+
+INVENTED_NAMES_NOTE = "task names not given and the model has no `task_names`: called them "
+"""The topology note naming the tasks discovery named itself (task_0, task_1, ...): outputs without a name."""
+
+
+def invented_names(notes: Sequence[str]) -> set[str]:
+    """The task names a topology's `notes` say discovery made up (`INVENTED_NAMES_NOTE`)."""
+    return {
+        n
+        for note in notes
+        if note.startswith(INVENTED_NAMES_NOTE)
+        for n in note[len(INVENTED_NAMES_NOTE) :].split(", ")
+    }
 
 
 def _kinds_from(value: Any, names: list[str], what: str) -> list[str] | None:
