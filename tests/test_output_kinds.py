@@ -53,6 +53,8 @@ class TwoTaskMMoE(nn.Module):
             return {"click": torch.sigmoid(click), "buy_logit": buy}
         if self.form == "unsigmoided":  # click ends in a sigmoid, buy does not
             return {"click": torch.sigmoid(click), "buy": buy}
+        if self.form == "stretched":  # a probability stretched past [0, 1] a little (no final sigmoid)
+            return {"click": torch.sigmoid(click), "buy": (torch.sigmoid(buy) - 0.5) * 1.02 + 0.5}
         return {"click": click, "buy": buy}  # "bare": no sigmoid anywhere
 
 
@@ -175,3 +177,21 @@ def test_declared_kinds_are_never_settled_by_the_rows(frame: pd.DataFrame) -> No
     assert [t.kind for t in result.topology.tasks] == ["binary", "regression"]
     unlabelled = _inspect(model, rows, labels=False)
     assert {t.name: t.kind for t in unlabelled.topology.tasks} == {"click": "binary", "buy": "regression"}
+
+
+def test_a_probability_just_past_zero_and_one_is_not_read_as_a_logit(frame: pd.DataFrame) -> None:
+    """Buy's probability stretched by 2% around 0.5 (no final sigmoid): it leaves [0, 1] by at most 0.01, on the
+    example rows too. Before, outputs outside [0, 1] and 0/1 labels made it a logit, its sigmoid squeezed into
+    [0.5, 0.73]; its values fit the labels better than their sigmoid: it is not a logit."""
+    model = _trained("stretched", "bce", frame)
+    with torch.no_grad():
+        q = model(_x(frame))["buy"].numpy()
+    outside = (q < 0) | (q > 1)
+    assert outside.any() and q.min() > -0.011 and q.max() < 1.011
+    rows = frame.iloc[np.argsort(~outside, kind="stable")].reset_index(drop=True)  # the example leaves [0, 1]
+    result = _inspect(model, rows)
+    spec = {t.name: t for t in result.topology.tasks}["buy"]
+    assert spec.kind == "regression" and not spec.probability, result.topology.notes
+    assert not any(n.startswith("task(s) buy:") for n in result.topology.notes), result.topology.notes
+    assert not _critical(result, "buy")
+    assert result.table("tasks").set_index("task").loc["buy", "r2"] > 0.2
