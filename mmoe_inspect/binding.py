@@ -24,7 +24,7 @@ from torch import nn
 
 from mmoe_inspect.aux_tasks import drop_auxiliary
 from mmoe_inspect.data.call import plain_output
-from mmoe_inspect.data.outputs import task_entry
+from mmoe_inspect.data.outputs import task_entry, task_values
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import (
     DataError,
@@ -240,7 +240,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
     cols = []
     for i, t in enumerate(tasks):
         try:
-            v = task_entry(out, t.output, t.name, i)
+            v = task_entry(out, t.output, t.name, i, t.rows_second)
             if not isinstance(v, torch.Tensor):
                 raise TypeError(f"{type(v).__name__} is not a tensor")
         except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
@@ -250,8 +250,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
             raise output_error(t.name, key, out, exc) from None
         if v.requires_grad:
             v = v.detach()
-        if v.dim() != 1:
-            v = v.reshape(v.shape[0], -1)[:, t.column]
+        v = task_values(v, t.column, t.rows_second)
         if v.dtype != torch.float32:
             v = v.float()
         if t.kind == "binary" and not t.probability:  # logits: the task's probabilities

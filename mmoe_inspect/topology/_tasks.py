@@ -39,6 +39,7 @@ class TaskOutput:
     tensor: torch.Tensor
     node: int | None
     column: int = 0
+    rows_second: bool = False  # a row of a tasks-first `[T, batch]` entry (`column` is the row)
 
 
 def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
@@ -65,6 +66,17 @@ def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
     return None
 
 
+def _stacked_part(graph: Graph, idx: int | None, row: int) -> int | None:
+    """The node of part `row` of a `stack(parts, dim=0)` output (through view-like ops: `[T, B, 1]`)."""
+    while idx is not None and graph.nodes[idx].op != "stack":
+        idx = view_parent(graph, graph.nodes[idx])
+    if idx is None or norm_dim(graph.nodes[idx].arg(1, "dim", 0), graph.nodes[idx].ndim) != 0:
+        return None
+    seq = graph.nodes[idx].arg(0, "tensors")
+    part = seq[row] if isinstance(seq, (list, tuple)) and row < len(seq) else None
+    return part.node if isinstance(part, Ref) else None
+
+
 def _prediction_node(graph: Graph, p: Prediction) -> int | None:
     """The node that made prediction `p`: its own tensor's, or, for a column of a `[batch, T]` entry, the
     `cat`/`stack` part that made that column (the entry's own node when a sigmoid made every column at once:
@@ -72,6 +84,8 @@ def _prediction_node(graph: Graph, p: Prediction) -> int | None:
     if p.entry is None:
         return None
     node = graph.current.get(id(p.entry))
+    if p.rows_second:  # row t of `stack(preds)` (dim 0): the t-th stacked prediction
+        return _stacked_part(graph, node, p.column)
     if p.entry.ndim == 2 and p.entry.shape[1] > 1 and not p.column:
         step = p.loc[-1] if isinstance(p.loc, tuple) else p.loc
         col = _column_node(graph, node, int(step)) if isinstance(step, int) else None
@@ -89,10 +103,11 @@ def parse_outputs(
     were invented (task_0...)."""
     batch = graph.batch_size
     plain = plain_output(out)
-    if isinstance(plain, torch.Tensor) and not (plain.ndim in (1, 2) and plain.shape[0] == batch):
-        hint = f" ({TASKS_FIRST_HINT})" if tasks_first(plain, batch) else ""
+    if isinstance(plain, torch.Tensor) and not (
+        (plain.ndim in (1, 2) and plain.shape[0] == batch) or tasks_first(plain, batch)
+    ):
         raise TopologyError(
-            f"model output has shape {list(plain.shape)}; expected [batch] or [batch, n_tasks]{hint}"
+            f"model output has shape {list(plain.shape)}; expected [batch], [batch, n_tasks] or [n_tasks, batch]"
         )
     res = find_predictions(plain, batch)
     for what in res.skipped:
@@ -116,7 +131,8 @@ def parse_outputs(
     found = [
         (key, p.loc, p.tensor, _prediction_node(graph, p)) for key, p in zip(keys, res.found, strict=True)
     ]
-    columns = {i: p.column for i, p in enumerate(res.found) if p.column}
+    columns = {i: p.column for i, p in enumerate(res.found) if p.column and not p.rows_second}
+    rows = {i: p.column for i, p in enumerate(res.found) if p.rows_second}
     invented = False
     if names is not None:
         names = [str(n) for n in names]
@@ -144,7 +160,7 @@ def parse_outputs(
             "is taken as the prediction"
         )
     tasks = [
-        TaskOutput(n, f[1], f[2], f[3], columns.get(i, 0))
+        TaskOutput(n, f[1], f[2], f[3], rows[i] if i in rows else columns.get(i, 0), i in rows)
         for i, (n, f) in enumerate(zip(names, found, strict=True))
     ]
     return tasks, invented
@@ -276,7 +292,14 @@ def task_specs(
             guessed.append(f"{o.name}={kind}")
         k: TaskKind = "binary" if kind == "binary" else "regression"
         specs.append(
-            TaskSpec(o.name, kind=k, output=o.output, probability=k == "binary" and prob, column=o.column)
+            TaskSpec(
+                o.name,
+                kind=k,
+                output=o.output,
+                probability=k == "binary" and prob,
+                column=o.column,
+                rows_second=o.rows_second,
+            )
         )
     if kinds is not None:
         notes.append(f"task kinds from {source}")
