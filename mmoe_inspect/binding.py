@@ -5,7 +5,8 @@ that turns a chunk of rows into model inputs, the feature columns it reads, the 
 model's own, or discovered on the first rows) and the tasks whose label columns are present. The
 inspection, the causal analyses and the attributions all start from it, so they read the same
 columns, check them the same way and agree on the labels. This module sits below those three: it
-imports only data, topology and recording.
+imports only data, topology, recording, label_kinds (guessed task kinds settled on the rows) and
+aux_tasks (per-row training terms that are not tasks).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mmoe_inspect.aux_tasks import drop_auxiliary
 from mmoe_inspect.data.call import plain_output
-from mmoe_inspect.data.outputs import task_entry
+from mmoe_inspect.data.outputs import task_entry, task_values
 from mmoe_inspect.data.schema import FeatureSpec
 from mmoe_inspect.data.sources import (
     DataError,
@@ -33,6 +35,7 @@ from mmoe_inspect.data.sources import (
     closest,
     require_columns,
 )
+from mmoe_inspect.label_kinds import RawOutputs, settle_kinds
 from mmoe_inspect.recording.recorder import RecordingError
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
@@ -46,6 +49,7 @@ __all__ = [
     "default_input_fn",
     "example_batch",
     "expected_rows",
+    "raw_outputs",
     "read_labels",
     "resolve_topology",
     "task_predictions",
@@ -144,10 +148,11 @@ def bind(
         topo = with_labels(topo, labels, source)
     present = set(source.columns())
     if labels is not False and task_kinds is None:
-        topo = binary_logits_from_labels(topo, source, present)
+        topo = settle_kinds(topo, source, present, raw_outputs(model, fn, feature_cols), feature_cols)
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
     taken = set(feature_cols or ()) | {t.label_column for t in labelled}  # never hint a feature or a label
     hints = {} if labels is False else label_hints(topo.tasks, labelled, present - taken)
+    topo = drop_auxiliary(topo, present, hints)
     return Binding(
         source=source,
         input_fn=fn,
@@ -235,7 +240,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
     cols = []
     for i, t in enumerate(tasks):
         try:
-            v = task_entry(out, t.output, t.name, i)
+            v = task_entry(out, t.output, t.name, i, t.rows_second)
             if not isinstance(v, torch.Tensor):
                 raise TypeError(f"{type(v).__name__} is not a tensor")
         except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
@@ -245,8 +250,7 @@ def task_predictions(out: Any, tasks: Sequence[TaskSpec]) -> torch.Tensor:
             raise output_error(t.name, key, out, exc) from None
         if v.requires_grad:
             v = v.detach()
-        if v.dim() != 1:
-            v = v.reshape(v.shape[0], -1)[:, t.column]
+        v = task_values(v, t.column, t.rows_second)
         if v.dtype != torch.float32:
             v = v.float()
         if t.kind == "binary" and not t.probability:  # logits: the task's probabilities
@@ -305,42 +309,35 @@ def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> 
     return out
 
 
-LABEL_CHECK_ROWS = 4096  # rows read to tell 0/1 labels from other targets
+FORWARD_ROWS = 1024  # rows per forward of `raw_outputs`
 
 
-def binary_logits_from_labels(topo: Topology, source: TableSource, present: set[str]) -> Topology:
-    """`topo` with each task whose kind discovery guessed "regression" (outputs outside [0, 1]) but whose label
-    column holds only 0/1 on its first rows read as a binary task emitting logits (models trained with
-    `BCEWithLogitsLoss`): its predictions go through a sigmoid, so log loss and calibration are not computed
-    on logits against 0/1 targets. A topology note says so; `task_kinds` overrides it."""
-    from mmoe_inspect.topology._tasks import guessed_kinds
+def raw_outputs(model: nn.Module, input_fn: InputFn, feature_cols: Sequence[str] | None) -> RawOutputs:
+    """`(rows, tasks) -> [rows, len(tasks)]` float64: the tasks' outputs as the model returns them (a logit
+    stays a logit), on `rows` turned into inputs by `input_fn`, in eval mode without gradients, chunks of
+    `FORWARD_ROWS`; every module's training flag is restored. What `label_kinds.settle_kinds` reads."""
+    from mmoe_inspect.data.call import call_model
+    from mmoe_inspect.device import model_device, to_device
 
-    guessed = guessed_kinds(topo.notes)
-    candidates = [t for t in topo.tasks if guessed.get(t.name) == "regression" and t.label_column in present]
-    if not candidates:
-        return topo
-    columns = list(dict.fromkeys(t.label_column for t in candidates))
-    frame = next(iter(source.iter_frames(LABEL_CHECK_ROWS, columns, max_rows=LABEL_CHECK_ROWS)), None)
-    if frame is None:
-        return topo
-    binary: set[str] = set()
-    for col in columns:
-        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
-        values = values[~np.isnan(values)]
-        if values.size and np.isin(values, (0.0, 1.0)).all():
-            binary.add(col)
-    changed = [t.name for t in candidates if t.label_column in binary]
-    if not changed:
-        return topo
-    tasks = tuple(
-        replace(t, kind="binary", probability=False) if t.name in changed else t for t in topo.tasks
-    )
-    note = (
-        f"task(s) {', '.join(changed)}: outputs outside [0, 1] but 0/1 labels: read as binary tasks' logits "
-        "(a sigmoid gives their probabilities); to override, pass task_kinds= (Python) or a spec giving the "
-        "task's kind (mmoe-inspect topology MODEL --write spec.toml, edit kind, then --spec spec.toml)"
-    )
-    return replace(topo, tasks=tasks, notes=(*topo.notes, note))
+    def run(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> np.ndarray:
+        plain = [replace(t, kind="regression") for t in tasks]  # no sigmoid: the outputs themselves
+        parts = []
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            with torch.no_grad():
+                for start in range(0, len(frame), FORWARD_ROWS):
+                    chunk = frame.iloc[start : start + FORWARD_ROWS]
+                    if feature_cols:
+                        check_features(chunk, list(feature_cols), "the data")
+                    out = call_model(model, to_device(input_fn(chunk), model_device(model)))
+                    parts.append(task_predictions(out, plain).double().cpu().numpy())
+        finally:
+            for m, flag in modes.items():
+                m.training = flag
+        return np.concatenate(parts) if parts else np.empty((0, len(tasks)))
+
+    return run
 
 
 def with_labels(topo: Topology, labels: Mapping[str, str], source: TableSource) -> Topology:

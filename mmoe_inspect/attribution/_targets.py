@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmoe_inspect.attribution._inputs import AttributionError, InputLayer
-from mmoe_inspect.data.outputs import task_entry
+from mmoe_inspect.data.outputs import task_entry, task_values
 from mmoe_inspect.recording.hooks import HookSession
 from mmoe_inspect.recording.recorder import dense_spec, gate_part, two_way_pair
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
@@ -119,8 +119,8 @@ def expert_norm(out: Tensor, expert: ExpertSpec) -> Tensor:
 def task_output(out: Any, task: TaskSpec, index: int) -> Tensor:
     """The task's prediction `[batch, 1]` from the model output (dict, `[batch, T]` tensor, list/tuple, or
     nested: `data.outputs.task_entry`)."""
-    v = task_entry(out, task.output, task.name, index)
-    return v.reshape(v.shape[0], -1)[:, task.column : task.column + 1].float()
+    v = task_entry(out, task.output, task.name, index, task.rows_second)
+    return task_values(v, task.column, task.rows_second).reshape(-1, 1).float()
 
 
 class AttributionSession(HookSession):

@@ -15,7 +15,12 @@ any of these next to that loss: `((p_click, p_buy), aux)`, `(torch.cat(preds, 1)
   the first) is its prediction, said in `notes`;
 - otherwise each entry is a task (`[batch]`, `[batch, 1]`, or `[batch, 2]` two-class: column 1) named by
   its dict key or namedtuple field, a nested container is walked the same way, and a batch-axis tensor
-  of another shape (gate weights `[batch, E]`) is named in `skipped`, not a task.
+  of another shape (gate weights `[batch, E]`) is named in `skipped`, not a task;
+- a tasks-first `[T, batch]` (or `[T, batch, 1]`) tensor, `torch.stack(preds)` on dim 0, is T tasks (row t
+  is task t, `Prediction.rows_second`) when it is the only per-row content (alone, or next to an aux
+  loss); beside other predictions it may be anything (experts first) and is `skipped` with the fix. Its
+  orientation is decided on the batch discovery sees (61 rows, never T) and carried by the task's
+  `TaskSpec.rows_second`, never re-guessed on a later batch (a last chunk of T rows is `[T, T]`).
 
 A task's locator is what `TaskSpec.output` holds: None (the output is one `[batch]` tensor), a key or
 index (a dict key, a list position, a column of a `[batch, T]` tensor), or, for a nested output, the
@@ -46,6 +51,7 @@ class Prediction:
     tensor: torch.Tensor
     column: int = 0
     entry: torch.Tensor | None = None  # the tensor the prediction was read from (before column / reshape)
+    rows_second: bool = False  # `entry` is `[T, batch]` (tasks first): the prediction is its row `column`
 
 
 @dataclass
@@ -57,6 +63,8 @@ class Predictions:
     skipped: list[str] = field(default_factory=list)  # batch-axis entries that are not one value per row
     two_class: int = 0
     notes: list[str] = field(default_factory=list)  # choices made (one reading of several per task)
+    tasks_first: list[tuple[tuple[Step, ...], torch.Tensor]] = field(default_factory=list)
+    """`[T, batch]` entries met on the walk (path, tensor): read as T tasks only when nothing else is a prediction."""
 
 
 def _per_row(t: Any, batch: int) -> bool:
@@ -146,12 +154,30 @@ def find_predictions(out: Any, batch: int) -> Predictions:
         elif out.ndim == 2 and out.shape[0] == batch:
             for j in range(out.shape[1]):
                 res.found.append(Prediction(None, (*path, j) if path else j, out[:, j], 0, out))
+        elif tasks_first(out, batch):
+            res.tasks_first.append((path, out))
         else:
-            hint = f": {TASKS_FIRST_HINT}" if tasks_first(out, batch) else ""
-            res.skipped.append(f"{_where(path)} ({_what(out)}{hint})")
-        return res
-    _walk(out, path, batch, res, 0)
+            res.skipped.append(f"{_where(path)} ({_what(out)})")
+    else:
+        _walk(out, path, batch, res, 0)
+    _tasks_first(res)
     return res
+
+
+def _tasks_first(res: Predictions) -> None:
+    """The `[T, batch]` entries of `res`: each row a task (`rows_second`) when they are the only per-row content
+    (`torch.stack(preds)` alone or next to an aux loss); next to other predictions, not tasks (`skipped`, with
+    the fix). Their orientation is decided here, once, on a batch whose size differs from T, and carried by
+    each task's `rows_second`: a later batch of T rows reads the same way (a `[2, 2]` is not re-guessed)."""
+    if res.found or len(res.tasks_first) != 1:
+        res.skipped += [f"{_where(p)} ({_what(v)}: {TASKS_FIRST_HINT})" for p, v in res.tasks_first]
+        return
+    path, v = res.tasks_first[0]
+    for j in range(v.shape[0]):
+        res.found.append(Prediction(None, _loc(path), v[j].reshape(-1), j, v, rows_second=True))
+    res.notes.append(
+        f"{_where(path)} ({_what(v)}) holds the tasks first and the rows second: row t is task t's prediction"
+    )
 
 
 def _views(items: list[tuple[Step, Any]], batch: int) -> list[Step] | None:
@@ -204,7 +230,7 @@ def _walk(out: Any, path: tuple[Step, ...], batch: int, res: Predictions, depth:
             res.found.append(Prediction(name, _loc(here), v[:, 1], 1, v))
             res.two_class += 1
         elif tasks_first(v, batch):
-            res.skipped.append(f"{_where(here)} ({_what(v)}: {TASKS_FIRST_HINT})")
+            res.tasks_first.append((here, v))
         elif not _has_rows(v, batch):
             res.ignored.append(f"{_where(here)} ({_what(v)})")
         elif _items(v) is not None and depth < 8:
@@ -247,11 +273,23 @@ def select(out: Any, loc: Locator) -> Any:
     return v
 
 
-def task_entry(out: Any, loc: Locator, name: str, index: int) -> Any:
+def task_values(entry: torch.Tensor, column: int, rows_second: bool = False) -> torch.Tensor:
+    """A task's `[batch]` prediction from the entry its locator reads: row `column` of a tasks-first
+    `[T, batch]` / `[T, batch, 1]` entry, column `column` of a `[batch, C]` one, a `[batch]` one whole."""
+    if rows_second:
+        return entry.reshape(entry.shape[0], -1)[column]
+    if entry.dim() != 1:
+        return entry.reshape(entry.shape[0], -1)[:, column]
+    return entry
+
+
+def task_entry(out: Any, loc: Locator, name: str, index: int, rows_second: bool = False) -> Any:
     """Task `index` (named `name`)'s entry in `out`: `select(out, loc)`, or with no locator the entry a task
     has always been read from: the dict key `name`, column `index` of a `[batch, T]` tensor (a `[batch]`
-    tensor whole), position `index` of a list/tuple."""
+    tensor whole), position `index` of a list/tuple; with `rows_second`, the tasks-first entry at `loc`."""
     out = plain_output(out)
+    if rows_second:  # the whole `[T, batch]` entry (the output itself when `loc` is None)
+        return select(out, loc)
     if loc is None:
         if isinstance(out, Mapping):
             return out[name]

@@ -169,12 +169,14 @@ class LoadedModel:
         are read as `inspect` reads them (a guessed-regression task with 0/1 labels: binary logits), unless
         `labels=False`.
         """
+        from mmoe_inspect.aux_tasks import drop_auxiliary
         from mmoe_inspect.binding import (
-            binary_logits_from_labels,
             example_batch,
+            raw_outputs,
             resolve_topology,
             with_labels,
         )
+        from mmoe_inspect.label_kinds import settle_kinds
         from mmoe_inspect.topology.discovery import discover_topology
 
         declared = getattr(self.model, "topology", None)
@@ -200,10 +202,12 @@ class LoadedModel:
                 task_names=self._names(tasks, binding),
                 task_kinds=self.task_kinds,
             )
-        if label_map and binding.guessed and not ignore_labels:  # the label columns the binding matched
-            topo = with_labels(topo, label_map, source)
-        if not ignore_labels and self.task_kinds is None:
-            topo = binary_logits_from_labels(topo, source, set(source.columns()))
+            if label_map and binding.guessed and not ignore_labels:  # the label columns the binding matched
+                topo = with_labels(topo, label_map, source)
+            if not ignore_labels and self.task_kinds is None:
+                run = raw_outputs(self.model, binding.input_fn, names)
+                topo = settle_kinds(topo, source, set(source.columns()), run, names)
+        topo = drop_auxiliary(topo, set(source.columns()), {})
         return with_notes(topo, binding.notes)
 
     def inspect(

@@ -39,6 +39,7 @@ class TaskOutput:
     tensor: torch.Tensor
     node: int | None
     column: int = 0
+    rows_second: bool = False  # a row of a tasks-first `[T, batch]` entry (`column` is the row)
 
 
 def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
@@ -65,6 +66,17 @@ def _column_node(graph: Graph, idx: int | None, col: int) -> int | None:
     return None
 
 
+def _stacked_part(graph: Graph, idx: int | None, row: int) -> int | None:
+    """The node of part `row` of a `stack(parts, dim=0)` output (through view-like ops: `[T, B, 1]`)."""
+    while idx is not None and graph.nodes[idx].op != "stack":
+        idx = view_parent(graph, graph.nodes[idx])
+    if idx is None or norm_dim(graph.nodes[idx].arg(1, "dim", 0), graph.nodes[idx].ndim) != 0:
+        return None
+    seq = graph.nodes[idx].arg(0, "tensors")
+    part = seq[row] if isinstance(seq, (list, tuple)) and row < len(seq) else None
+    return part.node if isinstance(part, Ref) else None
+
+
 def _prediction_node(graph: Graph, p: Prediction) -> int | None:
     """The node that made prediction `p`: its own tensor's, or, for a column of a `[batch, T]` entry, the
     `cat`/`stack` part that made that column (the entry's own node when a sigmoid made every column at once:
@@ -72,6 +84,8 @@ def _prediction_node(graph: Graph, p: Prediction) -> int | None:
     if p.entry is None:
         return None
     node = graph.current.get(id(p.entry))
+    if p.rows_second:  # row t of `stack(preds)` (dim 0): the t-th stacked prediction
+        return _stacked_part(graph, node, p.column)
     if p.entry.ndim == 2 and p.entry.shape[1] > 1 and not p.column:
         step = p.loc[-1] if isinstance(p.loc, tuple) else p.loc
         col = _column_node(graph, node, int(step)) if isinstance(step, int) else None
@@ -89,10 +103,11 @@ def parse_outputs(
     were invented (task_0...)."""
     batch = graph.batch_size
     plain = plain_output(out)
-    if isinstance(plain, torch.Tensor) and not (plain.ndim in (1, 2) and plain.shape[0] == batch):
-        hint = f" ({TASKS_FIRST_HINT})" if tasks_first(plain, batch) else ""
+    if isinstance(plain, torch.Tensor) and not (
+        (plain.ndim in (1, 2) and plain.shape[0] == batch) or tasks_first(plain, batch)
+    ):
         raise TopologyError(
-            f"model output has shape {list(plain.shape)}; expected [batch] or [batch, n_tasks]{hint}"
+            f"model output has shape {list(plain.shape)}; expected [batch], [batch, n_tasks] or [n_tasks, batch]"
         )
     res = find_predictions(plain, batch)
     for what in res.skipped:
@@ -116,7 +131,8 @@ def parse_outputs(
     found = [
         (key, p.loc, p.tensor, _prediction_node(graph, p)) for key, p in zip(keys, res.found, strict=True)
     ]
-    columns = {i: p.column for i, p in enumerate(res.found) if p.column}
+    columns = {i: p.column for i, p in enumerate(res.found) if p.column and not p.rows_second}
+    rows = {i: p.column for i, p in enumerate(res.found) if p.rows_second}
     invented = False
     if names is not None:
         names = [str(n) for n in names]
@@ -137,19 +153,31 @@ def parse_outputs(
         else:
             names = [f"task_{i}" for i in range(len(found))]
             invented = True
-            notes.append(
-                f"task names not given and the model has no `task_names`: called them {', '.join(names)}"
-            )
+            notes.append(INVENTED_NAMES_NOTE + ", ".join(names))
     if columns:
         notes.append(
             f"{len(columns)} output(s) are two-class distributions [batch, 2]: column 1 (the positive class) "
             "is taken as the prediction"
         )
     tasks = [
-        TaskOutput(n, f[1], f[2], f[3], columns.get(i, 0))
+        TaskOutput(n, f[1], f[2], f[3], rows[i] if i in rows else columns.get(i, 0), i in rows)
         for i, (n, f) in enumerate(zip(names, found, strict=True))
     ]
     return tasks, invented
+
+
+INVENTED_NAMES_NOTE = "task names not given and the model has no `task_names`: called them "
+"""The topology note naming the tasks discovery named itself (task_0, task_1, ...): outputs without a name."""
+
+
+def invented_names(notes: Sequence[str]) -> set[str]:
+    """The task names a topology's `notes` say discovery made up (`INVENTED_NAMES_NOTE`)."""
+    return {
+        n
+        for note in notes
+        if note.startswith(INVENTED_NAMES_NOTE)
+        for n in note[len(INVENTED_NAMES_NOTE) :].split(", ")
+    }
 
 
 def _kinds_from(value: Any, names: list[str], what: str) -> list[str] | None:
@@ -193,6 +221,24 @@ def _ends_in_sigmoid(graph: Graph, idx: int | None, depth: int = 0) -> bool:
     return False
 
 
+def _sigmoid_siblings(outputs: list[TaskOutput], sigmoid: list[bool]) -> dict[int, str]:
+    """`{i: name}`: output i (not ending in a sigmoid) of which another output, `name`, is the sigmoid on every
+    example row (`{"logits_buy": z, "probs_buy": sigmoid(z)}`): output i is a binary task's logit, whatever
+    its values' range. Equal values on every row, not a graph pattern: `1 / (1 + exp(-z))` counts too."""
+    out: dict[int, str] = {}
+    with torch.no_grad():
+        values = [o.tensor.detach().float().reshape(-1) for o in outputs]
+        for i, v in enumerate(values):
+            if sigmoid[i] or not bool(torch.isfinite(v).all()):
+                continue
+            squashed = torch.sigmoid(v)
+            for j, w in enumerate(values):
+                if j != i and w.shape == v.shape and torch.allclose(squashed, w, rtol=0.0, atol=1e-6):
+                    out[i] = outputs[j].name
+                    break
+    return out
+
+
 def task_specs(
     graph: Graph,
     outputs: list[TaskOutput],
@@ -200,7 +246,12 @@ def task_specs(
     model: nn.Module,
     notes: list[str],
 ) -> tuple[tuple[TaskSpec, ...], bool]:
-    """TaskSpecs for `outputs`; returns them and whether some kind was guessed from the value range."""
+    """TaskSpecs for `outputs`; returns them and whether some kind was guessed from the value range.
+
+    Without declared kinds: a final sigmoid means binary (probabilities); an output whose sigmoid is another
+    output is a binary task's logits; with some output ending in a sigmoid, one that does not is regression;
+    otherwise values in [0, 1] on the example mean binary. The guessed and the sigmoid-sibling regression
+    kinds are named in notes (`guessed_kinds`): the binding settles them on more rows and the labels."""
     names = [o.name for o in outputs]
     kinds = _kinds_from(task_kinds, names, "task_kinds")
     source = "task_kinds"
@@ -217,35 +268,56 @@ def task_specs(
             notes.append(f"ignored {exc}")
             kinds = None
     guessed: list[str] = []
-    leaves_unit: list[str] = []
+    unsigmoided: list[str] = []
     specs = []
     sigmoid = [_ends_in_sigmoid(graph, o.node) for o in outputs]
+    siblings = _sigmoid_siblings(outputs, sigmoid)
     for i, o in enumerate(outputs):
         with torch.no_grad():
             vals = o.tensor.detach().float()
             in_unit = bool(torch.isfinite(vals).all() and vals.min() >= 0 and vals.max() <= 1)
+        prob = in_unit
         if kinds is not None:
             kind = kinds[i]
+            prob = in_unit and i not in siblings  # a declared binary task's logit, even if in [0, 1] here
         elif sigmoid[i]:
             kind = "binary"
+        elif i in siblings:
+            kind, prob = "binary", False
         elif any(sigmoid):
             kind = "regression"  # its siblings end in a sigmoid, this one does not
-            if not in_unit:  # named, so 0/1 labels can still make it a binary task's logits (binding)
-                leaves_unit.append(f"{o.name}={kind}")
+            unsigmoided.append(o.name)  # named: 0/1 labels can still make it a binary task's logits (binding)
         else:
             kind = "binary" if in_unit else "regression"
             guessed.append(f"{o.name}={kind}")
-        prob = kind == "binary" and in_unit
         k: TaskKind = "binary" if kind == "binary" else "regression"
-        specs.append(TaskSpec(o.name, kind=k, output=o.output, probability=prob, column=o.column))
+        specs.append(
+            TaskSpec(
+                o.name,
+                kind=k,
+                output=o.output,
+                probability=k == "binary" and prob,
+                column=o.column,
+                rows_second=o.rows_second,
+            )
+        )
     if kinds is not None:
         notes.append(f"task kinds from {source}")
-    elif any(sigmoid) and not all(sigmoid):
-        notes.append("task kinds from the outputs: a final sigmoid means binary, none means regression")
-    if guessed or leaves_unit:
-        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed + leaves_unit))
+    elif unsigmoided:
+        notes.append(SIGMOID_KINDS_NOTE + ", ".join(unsigmoided))
+    if siblings and kinds is None:
+        pairs = ", ".join(f"{outputs[i].name} (sigmoid: {s})" for i, s in siblings.items())
+        notes.append(f"task(s) read as binary tasks' logits, another output being their sigmoid: {pairs}")
+    if guessed:
+        notes.append(GUESSED_KINDS_NOTE + ", ".join(guessed))
     return tuple(specs), bool(guessed)
 
+
+SIGMOID_KINDS_NOTE = (
+    "task kinds from the outputs: a final sigmoid means binary, none means regression (0/1 labels may still "
+    "make them binary logits): "
+)
+"""The topology note naming the tasks read as regression because other outputs end in a sigmoid and they do not."""
 
 GUESSED_KINDS_NOTE = "task kinds guessed from output ranges (values in [0, 1] -> binary): "
 """The topology note naming the tasks whose kind discovery guessed from the example's outputs (`name=kind`)."""
@@ -261,6 +333,18 @@ def guessed_kinds(notes: Sequence[str]) -> dict[str, str]:
                 if name:
                     out[name] = kind
     return out
+
+
+def unsigmoided(notes: Sequence[str]) -> list[str]:
+    """The tasks a topology's `notes` say were read as regression for want of a final sigmoid
+    (`SIGMOID_KINDS_NOTE`)."""
+    return [
+        n
+        for note in notes
+        if note.startswith(SIGMOID_KINDS_NOTE)
+        for n in note[len(SIGMOID_KINDS_NOTE) :].split(", ")
+        if n
+    ]
 
 
 NO_TASK_NOTE = "gates whose mixture reaches no task output on this batch (kept as shared): "

@@ -536,6 +536,8 @@ def _task_tensor(out: Any, o: TaskOutput) -> torch.Tensor | None:
         return None
     if not isinstance(v, torch.Tensor):
         return None
+    if o.rows_second:
+        return v.reshape(v.shape[0], -1)[o.column]
     if v.dim() == 2 and v.shape[1] > 1:
         return v[:, o.column]
     return v

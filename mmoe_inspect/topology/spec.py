@@ -61,7 +61,8 @@ class TaskSpec:
     `output` locates the prediction in the model's output: a dict key, a column index of a
     `[batch, n_tasks]` tensor, or a position in a list/tuple; for a nested output (predictions next to an
     auxiliary loss, `((p_click, p_buy), aux)` or `{"preds": {...}, "aux": aux}`) the tuple of those steps
-    from the outside in, `(0, 1)` or `("preds", "click")` (a list in a spec file). `label` is the data column holding
+    from the outside in, `(0, 1)` or `("preds", "click")` (a list in a spec file); with `rows_second`, `output`
+    locates a tasks-first `[T, batch]` entry and `column` is the task's row. `label` is the data column holding
     the target (defaults to the task name). `probability` says whether the output is already a
     probability (binary tasks of both real libraries and our models) rather than a logit.
     """
@@ -74,6 +75,7 @@ class TaskSpec:
     column: int = (
         0  # which column of a `[batch, C]` entry is the prediction (1: a two-class softmax's positive class)
     )
+    rows_second: bool = False  # the entry is `[T, batch]` (`torch.stack(preds)`): `column` is the task's row
 
     @property
     def label_column(self) -> str:
@@ -410,7 +412,12 @@ class Topology:
             "architecture": self.architecture or "",
             "notes": list(self.notes),
             "tasks": [
-                {k: v for k, v in clean(asdict(t)).items() if k != "column" or v != 0} for t in self.tasks
+                {
+                    k: v
+                    for k, v in clean(asdict(t)).items()
+                    if (k, v) not in (("column", 0), ("rows_second", False))
+                }
+                for t in self.tasks
             ],
             "experts": [clean(asdict(e)) for e in self.experts],
             "gates": [_gate_dict(g, clean(asdict(g))) for g in self.gates],
@@ -631,6 +638,8 @@ def _check_contradictions(topo: Topology) -> None:
             keys = {("steps", tuple(t.output))}
         else:
             keys = {("index", int(t.output))}
+        if t.rows_second:  # one `[T, batch]` entry, one row per task
+            keys = {(*k, t.column) for k in keys}
         for k in keys:  # two tasks that leave `output` out never share a key: names and positions differ
             if k in read:
                 raise TopologyError(
