@@ -59,9 +59,10 @@ def test_rides_along_and_equals_a_pass_of_its_own(tmp_path) -> None:
     res = inspect(model, path, causal=CausalOptions(**opts))
     ride = res.causal
     assert ride.meta["rode_along"] is True and ride.meta["remixed"] is True
-    assert res.meta["ride_seconds"] > 0 and ride.meta["collect_seconds"] == pytest.approx(
-        res.meta["ride_seconds"], rel=0.5
-    )
+    # the causal work is timed in the pass's ride calls (plus the worker's close after it): both clocks run,
+    # and the causal clock never holds the recording's own time (no ratio: it moves with the machine's load)
+    assert res.meta["ride_seconds"] > 0 and ride.meta["collect_seconds"] > 0
+    assert ride.meta["collect_seconds"] < res.meta["ride_seconds"] + res.meta["record_seconds"]
     alone = run_causal(model, path, **opts)
     assert alone.meta["rode_along"] is False
     _same_tables(ride, alone)
