@@ -126,3 +126,65 @@ def test_a_cap_below_one_value_is_refused() -> None:
 
     with pytest.raises(ValueError, match="max_auc_values must be at least 1"):
         TaskOutputStats(["binary"], max_auc_values=0)
+
+
+def test_one_sort_key_orders_task_then_value_on_probabilities() -> None:
+    """`_task_value_key` (the single sort of `_group`) orders rows as (task, value) exactly, at the edges
+    of its domain (+-0.0, 1.0, the largest value below 2, tasks 0 and 3), and declines outside it
+    (a value of 2, a negative value, a fifth task), where `_group` sorts twice; both give the reference."""
+    from mmoe_inspect.stats.outputs import _order_key, _task_value_key
+
+    below_two = torch.nextafter(
+        torch.tensor(2.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    )
+    values = torch.tensor([0.0, -0.0, 5e-324, 0.5, 1.0, float(below_two), 1e-300, 0.25], dtype=torch.float64)
+    task = torch.arange(4).repeat_interleave(values.shape[0])
+    value = values.repeat(4)
+    joint = _task_value_key(task, _order_key(value))
+    assert joint is not None
+    order = torch.sort(joint, stable=True).indices
+    want = sorted(range(value.shape[0]), key=lambda i: (int(task[i]), float(value[i]), i))
+    assert order.tolist() == want
+    for t, v in ((task, torch.where(value == 1.0, 2.0, value)), (task, value - 0.5), (task + 1, value)):
+        assert _task_value_key(t, _order_key(v)) is None
+    gen = torch.Generator().manual_seed(5)
+    for tasks, shift in ((4, 0.0), (5, 0.0), (4, -0.5)):  # one sort; two (fifth task; negative values)
+        p = (torch.rand(600, tasks, generator=gen, dtype=torch.float64) * 40).floor() / 20 + shift
+        p[::7] = -0.0
+        y = (torch.rand(600, tasks, generator=gen) < 0.3).double()
+        t = torch.arange(tasks, dtype=torch.float64).expand_as(p)
+        rows = torch.stack([t, p, y, 1 - y], -1).reshape(-1, 4)
+        got, want = _group(rows), reference(rows)
+        assert torch.equal(got, want)
+        assert torch.equal(torch.signbit(got[:, 1]), torch.signbit(want[:, 1]))
+
+
+def test_a_known_compacted_head_is_merged_without_a_check_and_an_unknown_one_is_checked() -> None:
+    """`compact_state(head_compacted=True)` (what `TaskOutputStats` passes for the rows its last compaction
+    returned) merges the new rows into the head as the checked path does; without the flag, a head that
+    is not compacted (unsorted, repeated values) is regrouped with the rest, not merged as if it were."""
+    from mmoe_inspect.stats.outputs import compact_state
+
+    rows = rows_of(2000, 3, "fresh", seed=21)
+    rows = rows[(rows[:, 2] + rows[:, 3]) > 0]
+    want, _ = compact_scores(rows, 53, 1 << 20)
+    head, _ = compact_scores(rows[:1500], 53, 1 << 20)
+    for flag in (True, False):
+        got, bits = compact_state([head, rows[1500:]], 53, 1 << 20, head_compacted=flag)
+        assert bits == 53 and torch.equal(got, want)
+    raw = torch.cat([rows[:1500], rows[:10]])  # not compacted: unsorted, ten values twice
+    got, _ = compact_state([raw, rows[1500:]], 53, 1 << 20)
+    assert torch.equal(got, compact_scores(torch.cat([raw, rows[1500:]]), 53, 1 << 20)[0])
+
+
+def test_reset_drops_the_compacted_rows() -> None:
+    """After `reset`, the rows of the last compaction are no longer held (nor taken as a compacted head)."""
+    from mmoe_inspect.stats.outputs import TaskOutputStats
+
+    stats = TaskOutputStats(["binary"])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        stats.update(torch.rand(4096, 1, generator=gen), (torch.rand(4096, 1, generator=gen) < 0.5).double())
+    assert stats._kept is not None and stats.score_counts[0] is stats._kept
+    stats.reset()
+    assert stats._kept is None and stats.n.sum() == 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from mmoe_inspect.stats._base import SummaryMetric
 
@@ -90,6 +91,7 @@ class TaskOutputStats(SummaryMetric):
         self.add_state("logloss_pos_sum", torch.zeros(t, dtype=torch.float64), dist_reduce_fx="sum")
         self._pending = 0  # rows appended since the last compaction (not a state: a cost counter)
         self._truncated = False  # the last compaction truncated the values (a cost hint, no host read)
+        self._kept: torch.Tensor | None = None  # the rows the last compaction returned (not a state)
         self.register_buffer(
             "_bin_cols", torch.tensor(self._binary_cols, dtype=torch.int64), persistent=False
         )
@@ -182,6 +184,10 @@ class TaskOutputStats(SummaryMetric):
         if self._pending >= max(kept // share, 1 << 16):
             self._compact()
 
+    def reset(self) -> None:
+        super().reset()
+        self._kept = None  # (would hold the old rows alive until the next compaction)
+
     def _vs_base_se(self) -> torch.Tensor:
         """`[T]` standard error of the mean of d = (row log loss) - (the base rate's log loss on that row),
         from Σll, Σll², Σ_pos ll and the counts (the base rate's loss is -log r on positives, -log(1-r) on
@@ -230,7 +236,11 @@ class TaskOutputStats(SummaryMetric):
 
     def _compact(self) -> None:
         parts, self.score_counts = self.score_counts, []
-        rows, bits = compact_state(parts, int(self.score_bits), self.max_auc_values)  # (empties `parts`)
+        head_compacted = bool(parts) and parts[0] is self._kept  # (the rows the last compaction returned)
+        rows, bits = compact_state(  # (empties `parts`)
+            parts, int(self.score_bits), self.max_auc_values, head_compacted=head_compacted
+        )
+        self._kept = rows
         self._truncated = bits < _FULL_BITS
         self.score_counts = [rows]
         self.score_bits = torch.tensor(bits, dtype=torch.int64, device=rows.device)
@@ -287,12 +297,16 @@ def _rows_of(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return torch.cat([r.reshape(-1, 4) for r in state])
 
 
-def compact_state(parts: list[torch.Tensor], bits: int, max_values: int) -> tuple[torch.Tensor, int]:
+def compact_state(
+    parts: list[torch.Tensor], bits: int, max_values: int, *, head_compacted: bool = False
+) -> tuple[torch.Tensor, int]:
     """`compact_scores` of the rows of a score-count state's `parts` (the list is emptied as they are used).
 
     When the first part is already compacted (sorted by task then value, one row per key, the values
     untruncated) and outnumbers the others, only the others are compacted, then merged into it
     (`merge_compacted`): the same rows as compacting everything at once, sorting the new rows only.
+    ``head_compacted=True``: the caller knows the first part is what a compaction returned (with
+    ``bits`` in force), so it is not checked again (a pass over every kept row per compaction).
     """
     head = parts[0].reshape(-1, 4) if parts else None
     new_rows = sum(p.numel() for p in parts[1:]) // 4
@@ -302,7 +316,7 @@ def compact_state(parts: list[torch.Tensor], bits: int, max_values: int) -> tupl
         or head is None
         or bits < _FULL_BITS
         or head.shape[0] < new_rows
-        or not _is_compacted(head)
+        or not (head_compacted or _is_compacted(head))
     ):
         rows = _rows_of(parts)
         parts.clear()  # the parts go once concatenated: the compaction's peak is one copy of the rows less
@@ -314,8 +328,10 @@ def compact_state(parts: list[torch.Tensor], bits: int, max_values: int) -> tupl
     del rows
     if new_bits < bits:  # the new rows alone passed the cap: every row is truncated and regrouped
         return compact_scores(torch.cat([head, new]), new_bits, max_values)
-    out = merge_compacted(head, new)
-    if out.shape[0] and int(torch.bincount(out[:, 0].long()).max()) > max_values:
+    out, most = _merge(head, new)
+    if most is None:
+        most = int(torch.bincount(out[:, 0].long()).max()) if out.shape[0] else 0
+    if most > max_values:
         return compact_scores(out, bits, max_values)
     return out, bits
 
@@ -337,24 +353,42 @@ def merge_compacted(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     Equal to `_group(torch.cat([kept, new]))`, in O(K + P log K) and the memory of the output: per task,
     each new row's place among the kept rows by binary search (`torch.searchsorted` on order keys).
     """
+    return _merge(kept, new)[0]
+
+
+def _merge(kept: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """`merge_compacted`, and the most rows one task has in the result (None when only one input has rows).
+
+    Each task's rows are written in place into the one output (no concatenation of per-task results).
+    """
     if new.shape[0] == 0:
-        return kept
+        return kept, None
     if kept.shape[0] == 0:
-        return new
-    parts: list[torch.Tensor] = []
+        return new, None
     k_task, n_task = kept[:, 0].contiguous(), new[:, 0].contiguous()
     tasks = torch.unique(torch.cat([torch.unique_consecutive(k_task), torch.unique_consecutive(n_task)]))
     k_bounds = [*torch.searchsorted(k_task, tasks).tolist(), kept.shape[0]]
     n_bounds = [*torch.searchsorted(n_task, tasks).tolist(), new.shape[0]]
+    plans = []  # per task: (kept rows, new rows, merge plan or None, output rows)
     for i in range(len(tasks)):
         a = kept[k_bounds[i] : k_bounds[i + 1]]
         b = new[n_bounds[i] : n_bounds[i + 1]]
-        parts.append(_merge_one_task(a, b) if a.shape[0] and b.shape[0] else (a if a.shape[0] else b))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]  # (one task: already a fresh merge)
+        plan = _merge_plan(a, b) if a.shape[0] and b.shape[0] else None
+        plans.append((a, b, plan, a.shape[0] + (plan[3].shape[0] if plan else b.shape[0])))
+    out = torch.empty(sum(p[3] for p in plans), 4, dtype=kept.dtype, device=kept.device)
+    off = 0
+    for a, b, plan, size in plans:
+        if plan is None:
+            out[off : off + size] = a if a.shape[0] else b
+        else:
+            _merge_fill(out[off : off + size], a, b, plan)
+        off += size
+    return out, max(p[3] for p in plans)
 
 
-def _merge_one_task(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """`merge_compacted` of one task's rows (both non-empty, sorted, unique order keys)."""
+def _merge_plan(kept: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Where one task's new rows go among its kept rows (both non-empty, sorted, unique order keys):
+    ``(at, hit, miss, inserted)``, see `_merge_fill`."""
     k = kept.shape[0]
     kk, nk = _order_key(kept[:, 1]), _order_key(new[:, 1])
     at = torch.searchsorted(kk, nk)  # [P] the first kept row not below each new row
@@ -362,15 +396,21 @@ def _merge_one_task(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     hit &= kk.index_select(0, at.clamp_max(k - 1)) == nk  # the new row's value is already kept
     miss = ~hit
     inserted = at[miss]  # [U] where each unmatched new row goes: before that kept row
-    u = inserted.shape[0]
-    out = torch.empty(k + u, 4, dtype=kept.dtype, device=kept.device)
+    return at, hit, miss, inserted
+
+
+def _merge_fill(
+    out: torch.Tensor, kept: torch.Tensor, new: torch.Tensor, plan: tuple[torch.Tensor, ...]
+) -> None:
+    """Write one task's merge into ``out [K + U, 4]`` following `_merge_plan`'s ``plan``."""
+    at, hit, miss, inserted = plan
+    k, u = kept.shape[0], inserted.shape[0]
     # each kept row moves down by the unmatched new rows placed before (or at) it
     shift = torch.bincount(inserted, minlength=k + 1)[:k].cumsum(0)
     kept_at = torch.arange(k, device=kept.device) + shift
     out.index_copy_(0, kept_at, kept)
     out.index_copy_(0, inserted + torch.arange(u, device=kept.device), new[miss])
     out[:, 2:].index_add_(0, kept_at.index_select(0, at[hit]), new[hit][:, 2:])  # counts only: -0.0 stays
-    return out
 
 
 def truncate_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -407,8 +447,9 @@ def compact_scores(rows: torch.Tensor, bits: int, max_values: int) -> tuple[torc
 def _group(rows: torch.Tensor) -> torch.Tensor:
     """Rows sorted by (task, value) with equal keys summed (each group keeps its first row's value).
 
-    Two stable radix sorts of int64 keys (the values' order keys, `_order_key`, then the task ids:
-    an integer sort is several times faster than a float one), and the counts of each group summed
+    One stable sort of int64 keys ordered as (task, value) (`_task_value_key`: values in [0, 2) and at
+    most 4 tasks), else two (the values' order keys, `_order_key`, then the task ids); an integer sort
+    is several times faster than a float one. The counts of each group are summed
     as differences of running sums, so the `[N, 4]` rows are never gathered whole. The counts are
     whole numbers (0/1 label weights, summed; below 2**53), so these sums are exact.
     """
@@ -417,12 +458,17 @@ def _group(rows: torch.Tensor) -> torch.Tensor:
         return rows
     task_f, value, pos, neg = rows.T.contiguous()  # [N] columns (gathers from 1-D tensors are fast)
     key = _order_key(value)
-    perm = torch.argsort(key, stable=True)  # by value
     task = task_f.long()
-    perm = perm.index_select(0, torch.argsort(task.index_select(0, perm), stable=True))  # then by task
-    key, task = key.index_select(0, perm), task.index_select(0, perm)
     new = torch.ones(n, dtype=torch.bool, device=rows.device)
-    new[1:] = (task[1:] != task[:-1]) | (key[1:] != key[:-1])
+    joint = _task_value_key(task, key)
+    if joint is not None:  # one sort of (task, value) keys
+        joint, perm = torch.sort(joint, stable=True)
+        torch.ne(joint[1:], joint[:-1], out=new[1:])
+    else:
+        perm = torch.argsort(key, stable=True)  # by value
+        perm = perm.index_select(0, torch.argsort(task.index_select(0, perm), stable=True))  # then by task
+        key, task = key.index_select(0, perm), task.index_select(0, perm)
+        new[1:] = (task[1:] != task[:-1]) | (key[1:] != key[:-1])
     starts = torch.nonzero(new).squeeze(1)  # [G] the first sorted row of each group
     ends = torch.cat([starts[1:], starts.new_tensor([n])]) - 1
     first = perm.index_select(0, starts)
@@ -437,6 +483,22 @@ def _group(rows: torch.Tensor) -> torch.Tensor:
 
 
 _LOW63 = 0x7FFFFFFFFFFFFFFF
+_KEY_BITS = 62  # order keys of values in [+0, 2) are below 2**62: the two bits above them can hold the task
+
+
+def _task_value_key(task: Tensor, key: Tensor) -> Tensor | None:
+    """One int64 key per row ordered as ``(task, value)`` (equal exactly where both are), for the rows'
+    task ids ``task [N]`` and value order keys ``key [N]`` (`_order_key`); None unless every task id is
+    in ``0..3`` and every value in ``[0, 2)`` (probabilities: the usual case).
+
+    The value keys are then the values' bit patterns, below ``2**62``; the task, offset by -2, goes to
+    the top two bits: ``(task - 2) · 2**62 + key`` orders the tasks -2**63, -2**62, 0, 2**62 in turn, each
+    task's values in order after its start (one host read: the keys' and the tasks' extremes)."""
+    k_lo, k_hi = torch.aminmax(key)
+    t_lo, t_hi = torch.aminmax(task)
+    if int(k_lo) < 0 or int(k_hi) >= 1 << _KEY_BITS or int(t_lo) < 0 or int(t_hi) > 3:
+        return None
+    return (task - 2).bitwise_left_shift_(_KEY_BITS).add_(key)
 
 
 def _order_key(values: torch.Tensor) -> torch.Tensor:
