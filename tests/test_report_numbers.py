@@ -83,8 +83,8 @@ def json_numbers(obj: Any) -> Iterator[float]:
         yield float(obj)
     elif isinstance(obj, str):
         for tok in NUMBER.findall(obj):
-            if tok[0] not in "<>":
-                yield _parse(tok)
+            if tok[0] not in "<>":  # "64%" in a saved sentence is the share 0.64, as the page's "64%" reads
+                yield _parse(tok) / 100 if tok.endswith("%") else _parse(tok)
     elif isinstance(obj, dict):
         for v in obj.values():
             yield from json_numbers(v)
