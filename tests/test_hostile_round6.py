@@ -1,0 +1,69 @@
+"""Hostile inputs, round 6 (session 13's sweep, /tmp/s13/hostile/): each broke a promise before its fix.
+
+A `--spec` that is a FIFO or a device (`/dev/zero`) hung the command or read without end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
+from test_hostile_round2b import rows, small_mmoe
+
+from mmoe_inspect.checkpoint import save_checkpoint
+from mmoe_inspect.topology.spec import Topology, TopologyError
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt6") / "mmoe.pt", small_mmoe(), eval_frame=rows())
+
+
+class _Alarm:
+    """Fail (instead of hanging the suite) when the body blocks longer than `seconds`."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        assert threading.current_thread() is threading.main_thread()
+
+        def _timeout(_signum: int, _frame: object) -> None:
+            raise TimeoutError(f"blocked for {self.seconds} s")
+
+        self.old = signal.signal(signal.SIGALRM, _timeout)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+# ================================================================== a spec that is not a regular file
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_spec_that_is_a_fifo_or_device_is_one_line_not_a_hang(
+    tmp_path: Path, checkpoint: Path, kind: str
+) -> None:
+    """`--spec` on a FIFO blocked forever in read_text; on /dev/zero it read without end."""
+    spec = tmp_path / "spec.toml"
+    if kind == "fifo":
+        os.mkfifo(spec)
+    else:
+        spec.symlink_to("/dev/zero")
+    with _Alarm(20):
+        line = one_error_line(*run("summary", checkpoint, "--spec", spec))
+        with pytest.raises(TopologyError, match="not a regular file"):
+            Topology.load(spec)
+    assert "not a regular file" in line and "spec.toml" in line
+
+
+def test_a_spec_larger_than_a_spec_is_refused_before_reading(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    with spec.open("wb") as fh:  # sparse: 2 GiB on paper, nothing on disk
+        fh.truncate(2 * 2**30)
+    with _Alarm(20), pytest.raises(TopologyError, match="more than a spec's 16 MiB"):
+        Topology.load(spec)
