@@ -446,6 +446,17 @@ def guarded(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]; nothing was written")
         raise typer.Exit(130) from None
+    except (
+        SystemExit
+    ) as exc:  # only code the user trusted exits this way (a model, a trusted pickle, a collate)
+        if debug:
+            raise
+        err.print(
+            f"[red]error:[/red] code you trusted (the model, --model-code, --import, --collate or a "
+            f"--trust-checkpoint pickle) called sys.exit({escape(repr(exc.code))}) during the command; "
+            "nothing was written"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except Exception as exc:
         if debug:
             raise

@@ -1,16 +1,20 @@
 """Hostile inputs, round 6 (session 13's sweep, /tmp/s13/hostile/): each broke a promise before its fix.
 
-A `--spec` that is a FIFO or a device (`/dev/zero`) hung the command or read without end.
+A `--spec` that is a FIFO or a device (`/dev/zero`) hung the command or read without end. Code the user
+trusted (`--model-code`, a `--builder`, a `--trust-checkpoint` pickle) that called `sys.exit(0)` ended
+`check` with exit 0 and no output: a CI gate that passed without judging anything.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+import torch
 from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
 from test_hostile_round2b import rows, small_mmoe
 
@@ -67,3 +71,33 @@ def test_a_spec_larger_than_a_spec_is_refused_before_reading(tmp_path: Path) -> 
         fh.truncate(2 * 2**30)
     with _Alarm(20), pytest.raises(TopologyError, match="more than a spec's 16 MiB"):
         Topology.load(spec)
+
+
+# ================================================================== trusted code that calls sys.exit(0)
+def _state_dict(tmp_path: Path) -> Path:
+    torch.save(small_mmoe().state_dict(), tmp_path / "sd.pt")
+    return tmp_path / "sd.pt"
+
+
+class _Exits:
+    def __reduce__(self):
+        return (sys.exit, (0,))
+
+
+@pytest.mark.parametrize("where", ["model-code-on-import", "builder", "trusted-pickle"])
+def test_trusted_code_that_calls_sys_exit_never_passes_check(tmp_path: Path, where: str) -> None:
+    """sys.exit(0) in the user's code made `check` exit 0 with no output (a CI gate passed unjudged)."""
+    data = tmp_path / "eval.parquet"
+    rows().to_parquet(data)
+    code = tmp_path / "user_model.py"
+    if where == "model-code-on-import":
+        code.write_text("import sys\nsys.exit(0)\n")
+        args = [_state_dict(tmp_path), "--builder", "user_model:build", "--model-code", code]
+    elif where == "builder":
+        code.write_text("import sys\ndef build():\n    sys.exit(0)\n")
+        args = [_state_dict(tmp_path), "--builder", "user_model:build", "--model-code", code]
+    else:
+        torch.save({"model": _Exits()}, tmp_path / "model.pt")
+        args = [tmp_path / "model.pt", "--trust-checkpoint"]
+    line = one_error_line(*run("check", *args, "--data", data))
+    assert "sys.exit(0)" in line
