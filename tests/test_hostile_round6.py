@@ -2,7 +2,9 @@
 
 A `--spec` that is a FIFO or a device (`/dev/zero`) hung the command or read without end. Code the user
 trusted (`--model-code`, a `--builder`, a `--trust-checkpoint` pickle) that called `sys.exit(0)` ended
-`check` with exit 0 and no output: a CI gate that passed without judging anything.
+`check` with exit 0 and no output: a CI gate that passed without judging anything. A data folder's
+`*.parquet` entry that is a broken link, a FIFO or a device was skipped without a word (part of the data
+judged as all of it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from test_hostile_round2 import one_error_line, run  # the same CLI runner and o
 from test_hostile_round2b import rows, small_mmoe
 
 from mmoe_inspect.checkpoint import save_checkpoint
+from mmoe_inspect.data.sources import DataFileError, TableSource
 from mmoe_inspect.topology.spec import Topology, TopologyError
 
 
@@ -101,3 +104,38 @@ def test_trusted_code_that_calls_sys_exit_never_passes_check(tmp_path: Path, whe
         args = [tmp_path / "model.pt", "--trust-checkpoint"]
     line = one_error_line(*run("check", *args, "--data", data))
     assert "sys.exit(0)" in line
+
+
+# ================================================================== a data folder entry that cannot be read
+@pytest.mark.parametrize("kind", ["dangling-link", "link-loop", "fifo", "dev-zero"])
+def test_a_data_folder_entry_that_is_no_file_is_refused_not_skipped(
+    tmp_path: Path, checkpoint: Path, kind: str
+) -> None:
+    """b.parquet as a broken link (a sync that did not finish), a loop, a FIFO or /dev/zero was skipped:
+    the report judged a.parquet's rows as the whole folder's."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows().to_parquet(folder / "a.parquet")
+    entry = folder / "b.parquet"
+    if kind == "dangling-link":
+        entry.symlink_to(tmp_path / "gone.parquet")
+    elif kind == "link-loop":
+        entry.symlink_to(entry)
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    else:
+        entry.symlink_to("/dev/zero")
+    with _Alarm(20):
+        with pytest.raises(DataFileError, match=r"holds b\.parquet, which is not a readable file"):
+            TableSource.of(folder)
+        line = one_error_line(*run("summary", checkpoint, "--data", folder))
+    assert "b.parquet" in line
+
+
+def test_hidden_entries_and_subfolders_of_a_data_folder_are_still_skipped_or_read(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    (folder / "part=1.parquet").mkdir(parents=True)  # a nested dataset folder is read
+    rows().to_parquet(folder / "part=1.parquet" / "a.parquet")
+    (folder / ".b.parquet").symlink_to(tmp_path / "gone.parquet")  # hidden: skipped as before
+    (folder / "_tmp.parquet").symlink_to(tmp_path / "gone.parquet")
+    assert [p.name for p in TableSource.of(folder)._files()] == ["a.parquet"]

@@ -396,14 +396,23 @@ class TableSource:
 
 
 def _parquet_files(folder: Path) -> list[Path]:
-    """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in PARQUET_SUFFIXES
-        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
+    """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries.
+
+    An entry named like a parquet file that is neither a file nor a folder (a broken or looping link, a
+    FIFO, a device) is refused: skipping it read part of the data without a word."""
+    files = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if p.suffix.lower() not in PARQUET_SUFFIXES or any(part.startswith((".", "_")) for part in rel.parts):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif not p.is_dir():
+            raise DataFileError(
+                f"data folder {folder} holds {rel}, which is not a readable file (a broken link, FIFO or "
+                "device); fix the link or remove it"
+            )
+    return sorted(files)
 
 
 def _reader(path: Path, cols: list[str] | None):
