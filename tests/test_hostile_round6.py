@@ -4,7 +4,9 @@ A `--spec` that is a FIFO or a device (`/dev/zero`) hung the command or read wit
 trusted (`--model-code`, a `--builder`, a `--trust-checkpoint` pickle) that called `sys.exit(0)` ended
 `check` with exit 0 and no output: a CI gate that passed without judging anything. A data folder's
 `*.parquet` entry that is a broken link, a FIFO or a device was skipped without a word (part of the data
-judged as all of it).
+judged as all of it). `demo --out` on a file was exit 1 (internal error), and `demo` wrote over the user's
+`eval.parquet`, `train.parquet`, checkpoints and `model_comparison.csv` in its folder and deleted their
+`run_log.jsonl`, with or without `--force`.
 """
 
 from __future__ import annotations
@@ -139,3 +141,43 @@ def test_hidden_entries_and_subfolders_of_a_data_folder_are_still_skipped_or_rea
     (folder / ".b.parquet").symlink_to(tmp_path / "gone.parquet")  # hidden: skipped as before
     (folder / "_tmp.parquet").symlink_to(tmp_path / "gone.parquet")
     assert [p.name for p in TableSource.of(folder)._files()] == ["a.parquet"]
+
+
+# ================================================================== demo never replaces the user's files
+def test_demo_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """It was exit 1: internal error: NotADirectoryError."""
+    (tmp_path / "dm").write_text("mine")
+    line = one_error_line(*run("demo", "--rows", "2000", "--out", tmp_path / "dm"))
+    assert "is not a folder" in line and (tmp_path / "dm").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "name", ["eval.parquet", "run_log.jsonl", "checkpoints/mmoe.pt", "model_comparison.csv"]
+)
+@pytest.mark.parametrize("force", [False, True])
+def test_demo_never_replaces_or_deletes_a_file_it_did_not_write(
+    tmp_path: Path, name: str, force: bool
+) -> None:
+    """The demo overwrote the user's eval.parquet, checkpoints and comparison table and unlinked their
+    run_log.jsonl (`--monitor`), with or without --force."""
+    out = tmp_path / "dm"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / name).write_text("the user's own file")
+    (out / "notes.txt").write_text("mine")
+    args = ["demo", "--rows", "2000", "--monitor", "--out", out, *(["--force"] if force else [])]
+    line = one_error_line(*run(*args))
+    assert name in line and "did not write it" in line
+    assert (out / name).read_text() == "the user's own file" and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
+        {"checkpoints", name, "notes.txt"}
+    )
+
+
+def test_a_demo_run_again_in_its_own_folder_replaces_its_files(tmp_path: Path) -> None:
+    from mmoe_inspect.demo import run_demo
+
+    kwargs = {"n_rows": 2000, "architectures": ("omoe",), "epochs": 1, "single_task": False, "monitor": True}
+    first = run_demo(tmp_path / "dm", **kwargs)
+    (tmp_path / "dm" / "notes.txt").write_text("mine")
+    second = run_demo(tmp_path / "dm", seed=1, **kwargs)
+    assert second.eval_path == first.eval_path and (tmp_path / "dm" / "notes.txt").read_text() == "mine"
