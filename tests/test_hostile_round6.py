@@ -6,7 +6,8 @@ trusted (`--model-code`, a `--builder`, a `--trust-checkpoint` pickle) that call
 `*.parquet` entry that is a broken link, a FIFO or a device was skipped without a word (part of the data
 judged as all of it). `demo --out` on a file was exit 1 (internal error), and `demo` wrote over the user's
 `eval.parquet`, `train.parquet`, checkpoints and `model_comparison.csv` in its folder and deleted their
-`run_log.jsonl`, with or without `--force`.
+`run_log.jsonl`, with or without `--force`. A model left on the meta device failed in the Python API with
+torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass.
 """
 
 from __future__ import annotations
@@ -181,3 +182,14 @@ def test_a_demo_run_again_in_its_own_folder_replaces_its_files(tmp_path: Path) -
     (tmp_path / "dm" / "notes.txt").write_text("mine")
     second = run_demo(tmp_path / "dm", seed=1, **kwargs)
     assert second.eval_path == first.eval_path and (tmp_path / "dm" / "notes.txt").read_text() == "mine"
+
+
+# ================================================================== a model on the meta device (Python API)
+def test_a_model_whose_weights_are_all_on_meta_is_refused_in_one_line() -> None:
+    """It failed mid-pass with NotImplementedError: aten::bincount ... Meta kernel."""
+    from mmoe_inspect import inspect
+    from mmoe_inspect.recording.recorder import RecordingError
+
+    model = small_mmoe().to("meta")
+    with pytest.raises(RecordingError, match=r"^every parameter and buffer of MMoE is on the meta device"):
+        inspect(model, rows())
