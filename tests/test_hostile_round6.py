@@ -7,7 +7,8 @@ trusted (`--model-code`, a `--builder`, a `--trust-checkpoint` pickle) that call
 judged as all of it). `demo --out` on a file was exit 1 (internal error), and `demo` wrote over the user's
 `eval.parquet`, `train.parquet`, checkpoints and `model_comparison.csv` in its folder and deleted their
 `run_log.jsonl`, with or without `--force`. A model left on the meta device failed in the Python API with
-torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass.
+torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass. A DataFrame with a column
+named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dtype'.
 """
 
 from __future__ import annotations
@@ -193,3 +194,16 @@ def test_a_model_whose_weights_are_all_on_meta_is_refused_in_one_line() -> None:
     model = small_mmoe().to("meta")
     with pytest.raises(RecordingError, match=r"^every parameter and buffer of MMoE is on the meta device"):
         inspect(model, rows())
+
+
+# ================================================================== a DataFrame with a column named twice
+def test_a_dataframe_with_a_column_named_twice_is_refused_naming_it() -> None:
+    """It crashed mid-bind: AttributeError: 'DataFrame' object has no attribute 'dtype'."""
+    import pandas as pd
+
+    from mmoe_inspect import inspect
+
+    frame = rows()
+    frame = pd.concat([frame, frame[["x1"]]], axis=1)
+    with pytest.raises(DataFileError, match=r"duplicate column name\(s\) \['x1'\]"):
+        inspect(small_mmoe(), frame)

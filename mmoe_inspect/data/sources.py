@@ -99,6 +99,12 @@ class TableSource:
         if isinstance(data, TableSource):
             return data
         if isinstance(data, pd.DataFrame):
+            repeated = data.columns[data.columns.duplicated()].unique().tolist()
+            if repeated:  # frame[name] is then a frame, not a column: it crashed deep in the pass
+                raise DataFileError(
+                    f"the DataFrame has duplicate column name(s) {repeated[:5]}{' ...' if len(repeated) > 5 else ''}; "
+                    "a column must be named once: rename or drop the copies"
+                )
             return cls(frame=data)
         path = Path(data)
         if not path.exists():
