@@ -8,7 +8,8 @@ judged as all of it). `demo --out` on a file was exit 1 (internal error), and `d
 `eval.parquet`, `train.parquet`, checkpoints and `model_comparison.csv` in its folder and deleted their
 `run_log.jsonl`, with or without `--force`. A model left on the meta device failed in the Python API with
 torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass. A DataFrame with a column
-named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dtype'.
+named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dtype'. A checkpoint or data
+file that is a FIFO or a device (/dev/urandom) was called "empty (0 bytes)".
 """
 
 from __future__ import annotations
@@ -207,3 +208,21 @@ def test_a_dataframe_with_a_column_named_twice_is_refused_naming_it() -> None:
     frame = pd.concat([frame, frame[["x1"]]], axis=1)
     with pytest.raises(DataFileError, match=r"duplicate column name\(s\) \['x1'\]"):
         inspect(small_mmoe(), frame)
+
+
+# ================================================================== a checkpoint or data file that is a FIFO or device
+@pytest.mark.parametrize("what", ["checkpoint", "data"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-urandom"])
+def test_a_checkpoint_or_data_file_that_is_a_fifo_or_device_says_so(
+    tmp_path: Path, checkpoint: Path, what: str, kind: str
+) -> None:
+    """Both were refused as "empty (0 bytes)", which /dev/urandom is not."""
+    special = tmp_path / ("model.pt" if what == "checkpoint" else "eval.parquet")
+    if kind == "fifo":
+        os.mkfifo(special)
+    else:
+        special.symlink_to("/dev/urandom")
+    args = [special] if what == "checkpoint" else [checkpoint, "--data", special]
+    with _Alarm(20):
+        line = one_error_line(*run("summary", *args))
+    assert "is not a regular file" in line and "empty" not in line

@@ -116,6 +116,10 @@ class TableSource:
                     "or a folder of .parquet files)"
                 )
             return cls(path=path)
+        if not path.is_file():  # a FIFO or a device: it was called "empty (0 bytes)"
+            raise DataFileError(
+                f"data file {path} is not a regular file (a FIFO, socket or device); pass the file"
+            )
         if path.suffix.lower() not in {*PARQUET_SUFFIXES, ".csv"}:
             raise DataFileError(
                 f"data file {path} must be .parquet or .csv (or a folder of .parquet files), "
