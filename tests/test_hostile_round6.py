@@ -9,7 +9,8 @@ judged as all of it). `demo --out` on a file was exit 1 (internal error), and `d
 `run_log.jsonl`, with or without `--force`. A model left on the meta device failed in the Python API with
 torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass. A DataFrame with a column
 named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dtype'. A checkpoint or data
-file that is a FIFO or a device (/dev/urandom) was called "empty (0 bytes)".
+file that is a FIFO or a device (/dev/urandom) was called "empty (0 bytes)". `MMOE_INSPECT_MAX_TENSOR_GB=inf`
+was exit 1 (OverflowError), and `abc`, `0`, `-1` or `nan` silently kept the default the user meant to change.
 """
 
 from __future__ import annotations
@@ -226,3 +227,25 @@ def test_a_checkpoint_or_data_file_that_is_a_fifo_or_device_says_so(
     with _Alarm(20):
         line = one_error_line(*run("summary", *args))
     assert "is not a regular file" in line and "empty" not in line
+
+
+# ================================================================== a resource-limit variable that is no number
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "-inf"])
+def test_a_limit_variable_that_is_no_positive_number_is_one_line(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """These silently kept the default (the user meant to change the limit)."""
+    monkeypatch.setenv("MMOE_INSPECT_MAX_TENSOR_GB", value)
+    line = one_error_line(*run("summary", checkpoint))
+    assert f"MMOE_INSPECT_MAX_TENSOR_GB={value!r} is not a positive number" in line
+
+
+def test_an_infinite_limit_means_no_limit(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was exit 1: internal error: OverflowError: cannot convert float infinity to integer."""
+    from mmoe_inspect import _limits
+
+    for name in ("MMOE_INSPECT_MAX_TENSOR_GB", "MMOE_INSPECT_MAX_PICKLE_MB", "MMOE_INSPECT_MAX_PARAMS"):
+        monkeypatch.setenv(name, "inf")
+    assert _limits.TENSOR_BYTES.value == sys.maxsize
+    code, text = run("summary", checkpoint)
+    assert code == 0 and "Traceback" not in text, text
