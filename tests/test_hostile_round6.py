@@ -11,12 +11,14 @@ torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass. A 
 named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dtype'. A checkpoint or data
 file that is a FIFO or a device (/dev/urandom) was called "empty (0 bytes)". `MMOE_INSPECT_MAX_TENSOR_GB=inf`
 was exit 1 (OverflowError), and `abc`, `0`, `-1` or `nan` silently kept the default the user meant to change.
+An ASCII terminal (`PYTHONIOENCODING=ascii`) ended `summary` with a UnicodeEncodeError traceback, exit 1.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -249,3 +251,17 @@ def test_an_infinite_limit_means_no_limit(checkpoint: Path, monkeypatch: pytest.
     assert _limits.TENSOR_BYTES.value == sys.maxsize
     code, text = run("summary", checkpoint)
     assert code == 0 and "Traceback" not in text, text
+
+
+# ================================================================== an output stream that cannot encode our characters
+def test_an_ascii_terminal_gets_question_marks_not_a_traceback(checkpoint: Path) -> None:
+    """rich raised UnicodeEncodeError ('\\u2014' of the review's lines): a traceback and exit 1."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C", "LANG": "C"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmoe_inspect.cli", "summary", str(checkpoint), "--quiet"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in proc.stderr and b"?" in proc.stdout and proc.stdout.isascii()
