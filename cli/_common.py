@@ -446,10 +446,9 @@ def guarded(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]; nothing was written")
         raise typer.Exit(130) from None
-    except (
-        SystemExit
-    ) as exc:  # only code the user trusted exits this way (a model, a trusted pickle, a collate)
-        if debug:
+    # only code the user trusted exits this way (a model, a trusted pickle, a collate)
+    except SystemExit as exc:
+        if debug or exc.code not in (0, None):  # a failing code (rich's 1 on a broken pipe) stays as it is
             raise
         err.print(
             f"[red]error:[/red] code you trusted (the model, --model-code, --import, --collate or a "
