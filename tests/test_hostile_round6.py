@@ -11,7 +11,8 @@ torch's "aten::bincount ... no fake impl or Meta kernel registered" mid-pass. A 
 named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dtype'. A checkpoint or data
 file that is a FIFO or a device (/dev/urandom) was called "empty (0 bytes)". `MMOE_INSPECT_MAX_TENSOR_GB=inf`
 was exit 1 (OverflowError), and `abc`, `0`, `-1` or `nan` silently kept the default the user meant to change.
-An ASCII terminal (`PYTHONIOENCODING=ascii`) ended `summary` with a UnicodeEncodeError traceback, exit 1.
+An ASCII terminal (`PYTHONIOENCODING=ascii`) ended `summary` with a UnicodeEncodeError traceback, exit 1, and
+stdout on a full disk (`> /dev/full`) with an OSError traceback, exit 1.
 """
 
 from __future__ import annotations
@@ -265,3 +266,20 @@ def test_an_ascii_terminal_gets_question_marks_not_a_traceback(checkpoint: Path)
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert b"Traceback" not in proc.stderr and b"?" in proc.stdout and proc.stdout.isascii()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_stdout_on_a_full_disk_is_one_line_not_a_traceback(checkpoint: Path) -> None:
+    """`summary ... > log.txt` on a full disk: rich's OSError traceback and exit 1."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mmoe_inspect.cli", "summary", str(checkpoint), "--quiet"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
+    lines = [ln for ln in proc.stderr.decode().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode(), proc.stderr.decode()[-2000:]
+    assert lines == [
+        "error: writing the output failed (No space left on device); free space or write it elsewhere"
+    ]
