@@ -12,7 +12,9 @@ named twice crashed with AttributeError: 'DataFrame' object has no attribute 'dt
 file that is a FIFO or a device (/dev/urandom) was called "empty (0 bytes)". `MMOE_INSPECT_MAX_TENSOR_GB=inf`
 was exit 1 (OverflowError), and `abc`, `0`, `-1` or `nan` silently kept the default the user meant to change.
 An ASCII terminal (`PYTHONIOENCODING=ascii`) ended `summary` with a UnicodeEncodeError traceback, exit 1, and
-stdout on a full disk (`> /dev/full`) with an OSError traceback, exit 1.
+stdout on a full disk (`> /dev/full`) with an OSError traceback, exit 1. A checkpoint zip with a member outside
+its folder was refused as "(torch.load ... refused it: [enforce fail at inline_container.cc:340] )": the
+reason was cut away.
 """
 
 from __future__ import annotations
@@ -283,3 +285,21 @@ def test_stdout_on_a_full_disk_is_one_line_not_a_traceback(checkpoint: Path) -> 
     assert lines == [
         "error: writing the output failed (No space left on device); free space or write it elsewhere"
     ]
+
+
+# ================================================================== torch's C++ refusal keeps its reason
+def test_a_zip_member_outside_the_checkpoint_folder_is_refused_with_the_reason(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    """The line ended "refused it: [enforce fail at inline_container.cc:340] )": the cut at ". " kept only
+    torch's C++ location, not what is wrong."""
+    import zipfile
+
+    target = tmp_path / "model.pt"
+    with zipfile.ZipFile(checkpoint) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info.filename))
+        zout.writestr("../../escape.txt", b"x")
+    line = one_error_line(*run("summary", target))
+    assert "not in a subdirectory" in line and "escape.txt" in line and "enforce fail" not in line
+    assert not (tmp_path.parent / "escape.txt").exists()
