@@ -19,8 +19,10 @@ import contextlib
 import difflib
 import functools
 import inspect
+import os
 import re
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -307,6 +309,20 @@ def _parameters(cls: type) -> list[inspect.Parameter]:
     ]
 
 
+def _output_failed(exc: OSError) -> None:
+    """One line for results that could not be written to the terminal or the file stdout goes to (a full
+    disk under `> log.txt`: it was a rich traceback and exit 1); stdout then goes to /dev/null so that the
+    interpreter's last flush does not fail again."""
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    with contextlib.suppress(Exception):
+        sys.stderr.write(
+            f"error: writing the output failed ({exc.strerror or exc}); free space or write it elsewhere\n"
+        )
+        sys.stderr.flush()
+
+
 def command(fn: Callable[..., T]) -> Callable[..., T]:
     """Expand `load: LoadOptions` / `run: RunOptions` parameters of `fn` into the shared CLI options.
 
@@ -325,7 +341,13 @@ def command(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(**kwargs: Any) -> T:
         for name, cls in groups.items():
             kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in fields(cls)})
-        return fn(**kwargs)
+        try:
+            return fn(**kwargs)
+        except (
+            OSError
+        ) as exc:  # `guarded` ends everything inside it: this is printing the results that failed
+            _output_failed(exc)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
     new = sig.replace(parameters=[*own, *added])
     wrapper.__signature__ = new  # type: ignore[attr-defined]
@@ -449,6 +471,16 @@ def guarded(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]; nothing was written")
         raise typer.Exit(130) from None
+    # only code the user trusted exits this way (a model, a trusted pickle, a collate)
+    except SystemExit as exc:
+        if debug or exc.code not in (0, None):  # a failing code (rich's 1 on a broken pipe) stays as it is
+            raise
+        err.print(
+            f"[red]error:[/red] code you trusted (the model, --model-code, --import, --collate or a "
+            f"--trust-checkpoint pickle) called sys.exit({escape(repr(exc.code))}) during the command; "
+            "nothing was written"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except Exception as exc:
         if debug:
             raise

@@ -7,6 +7,7 @@ read at import (`LOCAL_RANK=abc`: exit 2). `app` (the Typer app) is still import
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -31,7 +32,19 @@ def environment_problem() -> str | None:
     return None
 
 
+def tolerant_streams() -> None:
+    """Characters stdout's or stderr's encoding cannot write (PYTHONIOENCODING=ascii, a latin-1 pipe; the
+    output holds "—", "≥", "²", names from the checkpoint) are written as "?" instead of ending the command
+    with a UnicodeEncodeError traceback and exit 1."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "strict") == "strict":
+            with contextlib.suppress(ValueError, OSError):  # closed or detached: nothing to write to anyway
+                reconfigure(errors="replace")
+
+
 def main() -> None:
+    tolerant_streams()
     problem = environment_problem()
     if problem is not None:
         sys.stderr.write(f"error: {problem}\n")

@@ -15,8 +15,16 @@ is one line naming the limit and the variable that raises it (exit code 2).
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from dataclasses import dataclass
+
+from .errors import MmoeInspectError
+
+
+class LimitError(MmoeInspectError, ValueError):
+    """A resource-limit variable (MMOE_INSPECT_MAX_*) set to something that is not a positive number."""
 
 
 @dataclass(frozen=True)
@@ -30,13 +38,22 @@ class Limit:
 
     @property
     def value(self) -> int:
-        """The limit in base units (bytes, opcodes, parameters), read from the environment now."""
+        """The limit in base units (bytes, opcodes, parameters), read from the environment now ("inf": none).
+
+        A value that is no positive number is one line naming the variable: `inf` crashed the command
+        (OverflowError) and `abc`, `0`, `-1` or `nan` silently kept the default the user meant to change."""
         raw = os.environ.get(self.env)
+        if raw is None or not raw.strip():
+            return int(self.default * self.unit)
         try:
-            number = float(raw) if raw else self.default
+            number = float(raw)
         except ValueError:
-            number = self.default
-        return int(number * self.unit) if number > 0 else int(self.default * self.unit)
+            number = math.nan
+        if math.isinf(number) and number > 0:
+            return sys.maxsize
+        if not number > 0:
+            raise LimitError(f"{self.env}={raw!r} is not a positive number ({self.what}; 'inf' for no limit)")
+        return min(int(number * self.unit), sys.maxsize)
 
     def hint(self) -> str:
         return f"set {self.env} to raise the limit ({self.what})"

@@ -183,12 +183,18 @@ def save_checkpoint(
     return path
 
 
+_ENFORCE = re.compile(r"^\s*\[enforce fail at [^\]]*\]\s*\.?\s*")
+
+
 def _one_line(exc: BaseException) -> str:
     """The gist of an exception in one line: torch's weights-only refusal reason, colour codes stripped."""
     if isinstance(exc, EOFError):
         return "the file is empty or truncated"
     text = _ANSI.sub("", str(exc))
     text = text.split("WeightsUnpickler error:", 1)[-1]  # the specific reason inside torch's long refusal
+    text = _ENFORCE.sub(
+        "", text
+    )  # "[enforce fail at inline_container.cc:340] . reason": the cut kept only "]"
     line = first_line(text, default="")
     line = line.split(". ", 1)[0] if line else type(exc).__name__
     return line if len(line) <= 200 else line[:197] + "..."

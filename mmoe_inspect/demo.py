@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .errors import MmoeInspectError
 from .topology.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -171,6 +172,50 @@ def _monitor_step(monitor: object) -> Callable[[int, int, float], None]:
     return on_step
 
 
+DEMO_MARKER = ".mmoe-inspect-demo"  # JSON {"files": [...]}: the files a demo wrote in its folder
+
+
+class DemoOutError(MmoeInspectError):
+    """The demo's folder holds files the demo did not write at the paths it writes (or is not a folder)."""
+
+
+def _demo_files(runs: Sequence[str], monitor: bool) -> list[str]:
+    names = ["train.parquet", "eval.parquet", "model_comparison.csv"]
+    names += [f"checkpoints/{name}.pt" for name in runs]
+    return names + (["run_log.jsonl"] if monitor else [])
+
+
+def _claim_demo_folder(out: Path, names: Sequence[str]) -> None:
+    """Refuse, before anything is generated, a folder where the demo would replace or delete a file it did
+    not write (its marker lists those it did); then record `names` in the marker. `--force` does not change
+    this: it only lets the report be written into a folder that is not a report."""
+    import json
+
+    for folder in (out, out / "checkpoints"):
+        if (folder.is_symlink() or folder.exists()) and not folder.is_dir():
+            raise DemoOutError(
+                f"--out {out}: {folder} exists and is not a folder; pass a folder for the demo"
+            )
+    marker = out / DEMO_MARKER
+    ours: set[str] = set()
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            ours = {str(n) for n in json.loads(marker.read_text(encoding="utf-8")).get("files", [])}
+        except (ValueError, AttributeError, OSError, UnicodeDecodeError):
+            ours = set()
+    for name in names:
+        path = out / name
+        if path.is_symlink() or (path.exists() and name not in ours):
+            raise DemoOutError(
+                f"--out {out}: {name} exists and the demo did not write it; the demo would replace it "
+                "(--force does not change that): choose another --out or move the file"
+            )
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({"files": sorted(ours | set(names))}), encoding="utf-8")
+    tmp.replace(marker)
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -203,7 +248,8 @@ def run_demo(
 
     say = log or (lambda _m: None)
     out = Path(out_dir)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    purchase_only = (SINGLE_TASK,) if single_task else ()
+    _claim_demo_folder(out, _demo_files((*architectures, *purchase_only), monitor))
     t0 = time.perf_counter()
     frame = make_recsys(n_rows, seed=seed)
     features = recsys_features(frame)

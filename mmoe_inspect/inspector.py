@@ -25,6 +25,7 @@ from torch import nn
 from ._eager import eager_module
 from ._limits import MAX_BATCH_ROWS
 from ._memory import release_free_memory
+from ._move import real_tensors
 from ._validate import check_number
 from .analysis._self_change import mark_nondeterministic, mark_self_change
 from .analysis.findings import Thresholds, diagnose, routing_findings
@@ -41,6 +42,7 @@ from .distributed import DistContext, agreed_errors, current_context, exchange
 from .progress import RECORDING, Progress, Stage, as_progress
 from .recording.determinism import forward_variation
 from .recording.fingerprint import changed_tensors, fingerprint
+from .recording.recorder import RecordingError
 from .results import InspectionResult
 from .routing_pass import RoutingPass, RoutingStats
 from .stats import ExpertStats
@@ -98,6 +100,7 @@ def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionRes
     @functools.wraps(fn)
     def wrapper(model: nn.Module, data: Any, **kwargs: Any) -> InspectionResult:
         model, _ = eager_module(model)  # a torch.compile wrapper: its eager module (the same parameters)
+        _require_weights(model)
         ctx = current_context() if kwargs.get("distributed") else None
         with agreed_errors(ctx), on_device(model, kwargs.get("device")):
             before = fingerprint(model)
@@ -106,6 +109,18 @@ def _session(fn: Callable[..., InspectionResult]) -> Callable[..., InspectionRes
             return result
 
     return wrapper
+
+
+def _require_weights(model: nn.Module) -> None:
+    """A model whose every parameter and buffer is on the meta device (built under `torch.device("meta")`, its
+    weights never loaded) holds shapes, no values: refused in one line instead of the first kernel without a
+    meta implementation failing mid-pass. A torch.func base module on meta beside real stacked weights runs."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if tensors and not real_tensors(model):
+        raise RecordingError(
+            f"every parameter and buffer of {type(model).__name__} is on the meta device (shapes, no values): "
+            "load its weights first (model.to_empty(device='cpu'), then load_state_dict)"
+        )
 
 
 @_session

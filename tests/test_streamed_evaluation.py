@@ -218,8 +218,13 @@ def test_room_for_the_spill_is_checked_before_the_pass(tmp_path: Path, monkeypat
     monkeypatch.setattr(streamed.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
     stream = EvaluationStream(TASKS, {k: i for i, k in enumerate(KEYS)}, spill_dir=str(tmp_path))
     stream.check_room(None)  # unknown rows (a CSV): nothing to check
-    with pytest.raises(SpillError, match=r"0\.00 GiB free"):  # 2 binary tasks x (4 x 5 sets + 1) = 42 B a row
-        stream.check_room(50_000)  # 2.1 MB > 1 MiB
+    # 2 binary tasks x 4 bytes x 5 sets = 40 B a row: 1.9 MiB > 1 MiB (it said "0.00 GiB ... 0.00 GiB free")
+    with pytest.raises(
+        SpillError, match=r"would write 1\.9 MiB of AUC scores .* which has 1\.0 MiB free; .*--limit"
+    ):
+        stream.check_room(50_000)
+    with pytest.raises(SpillError, match=r"would write 1,048,600 bytes .* which has 1,048,576 bytes free"):
+        stream.check_room(26_215)  # close sizes: exact bytes
     stream.check_room(20_000)  # 840 kB fits
     assert not list(tmp_path.iterdir())
 

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from mmoe_inspect._limits import human_bytes
 from mmoe_inspect._memory import release_free_memory
 from mmoe_inspect.causal.metrics import LOGLOSS_EPS, TASK_METRICS, loss_interval
 from mmoe_inspect.errors import MmoeInspectError
@@ -253,9 +254,12 @@ class EvaluationStream:
                 f"cannot use {where} for the AUC scores of the causal analyses ({exc.strerror or exc})"
             ) from exc
         if need > free:
+            need_text, free_text = human_bytes(need), human_bytes(free)
+            if need_text == free_text:  # close sizes: the bytes tell them apart
+                need_text, free_text = f"{need:,} bytes", f"{free:,} bytes"
             raise SpillError(
-                f"the causal analyses would write {need / 2**30:.2f} GiB of AUC scores to {where}, which has "
-                f"{free / 2**30:.2f} GiB free; point TMPDIR at a disk with room, or evaluate fewer rows (max_rows)"
+                f"the causal analyses would write {need_text} of AUC scores to {where}, which has {free_text} "
+                "free; point TMPDIR at a disk with room, or evaluate fewer rows (--limit; max_rows in Python)"
             )
 
     # ------------------------------------------------------------------------------------ feeding

@@ -99,6 +99,12 @@ class TableSource:
         if isinstance(data, TableSource):
             return data
         if isinstance(data, pd.DataFrame):
+            repeated = data.columns[data.columns.duplicated()].unique().tolist()
+            if repeated:  # frame[name] is then a frame, not a column: it crashed deep in the pass
+                raise DataFileError(
+                    f"the DataFrame has duplicate column name(s) {repeated[:5]}{' ...' if len(repeated) > 5 else ''}; "
+                    "a column must be named once: rename or drop the copies"
+                )
             return cls(frame=data)
         path = Path(data)
         if not path.exists():
@@ -110,6 +116,10 @@ class TableSource:
                     "or a folder of .parquet files)"
                 )
             return cls(path=path)
+        if not path.is_file():  # a FIFO or a device: it was called "empty (0 bytes)"
+            raise DataFileError(
+                f"data file {path} is not a regular file (a FIFO, socket or device); pass the file"
+            )
         if path.suffix.lower() not in {*PARQUET_SUFFIXES, ".csv"}:
             raise DataFileError(
                 f"data file {path} must be .parquet or .csv (or a folder of .parquet files), "
@@ -396,14 +406,23 @@ class TableSource:
 
 
 def _parquet_files(folder: Path) -> list[Path]:
-    """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in PARQUET_SUFFIXES
-        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
+    """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries.
+
+    An entry named like a parquet file that is neither a file nor a folder (a broken or looping link, a
+    FIFO, a device) is refused: skipping it read part of the data without a word."""
+    files = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if p.suffix.lower() not in PARQUET_SUFFIXES or any(part.startswith((".", "_")) for part in rel.parts):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif not p.is_dir():
+            raise DataFileError(
+                f"data folder {folder} holds {rel}, which is not a readable file (a broken link, FIFO or "
+                "device); fix the link or remove it"
+            )
+    return sorted(files)
 
 
 def _reader(path: Path, cols: list[str] | None):

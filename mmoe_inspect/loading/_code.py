@@ -82,10 +82,22 @@ def _import(name: str, flag: str) -> ModuleType:
             f"{flag} {name}: no module named {exc.name!r} (install it, run from the folder that holds it, "
             "or pass --model-code FILE.py)"
         ) from None
+    except SystemExit as exc:  # a script run on import (argparse, sys.exit(main())): never a silent exit 0
+        raise ModelCodeError(f"{flag} {name}: importing it {_exited(exc)}") from None
     except Exception as exc:
         raise ModelCodeError(
             f"{flag} {name}: importing it failed: {type(exc).__name__}: {first_line(exc)}"
         ) from None
+
+
+def _exited(exc: SystemExit, builder: bool = False) -> str:
+    """What a SystemExit raised by the user's code says: the command would have ended there, silently."""
+    if builder:
+        return f"called sys.exit({exc.code!r}); a builder must return the model"
+    return (
+        f"called sys.exit({exc.code!r}) (a script that runs when imported? guard it with "
+        '`if __name__ == "__main__":`, or move the model into a module of its own)'
+    )
 
 
 def _load_file(path: Path) -> ModuleType:
@@ -112,6 +124,9 @@ def _load_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        del sys.modules[name]
+        raise ModelCodeError(f"--model-code {path} {_exited(exc)}") from None
     except Exception as exc:
         del sys.modules[name]
         where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
@@ -155,6 +170,8 @@ def call_builder(builder: Callable[..., Any], spec: str, config: Any | None) -> 
     args = (config,) if params and config is not None else ()
     try:
         model = builder(*args)
+    except SystemExit as exc:
+        raise ModelCodeError(f"--builder {spec} {_exited(exc, builder=True)}") from None
     except Exception as exc:
         raise ModelCodeError(f"--builder {spec} failed: {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):

@@ -116,6 +116,10 @@ def load_model(
         raise CheckpointFileError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointFileError(f"checkpoint {path} is a folder; pass the checkpoint file")
+    if not path.is_file():  # a FIFO or a device: it was called "empty (0 bytes)" (/dev/urandom too)
+        raise CheckpointFileError(
+            f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass the file"
+        )
     sniffed = sniff(path)
     _refuse_unusable(path, sniffed)
     if FORMAT in sniffed.strings:  # a hint only: any file may hold the string; the payload decides

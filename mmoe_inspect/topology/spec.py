@@ -50,6 +50,9 @@ SPEC_KEYS = (
 LOW_CONFIDENCE = 0.5
 
 
+SPEC_MAX_BYTES = 16 * 2**20  # a spec names a few dozen modules: a few KB; larger is another file
+
+
 class TopologyError(MmoeInspectError, ValueError):
     """A topology (declared, discovered or read from a spec file) is inconsistent or does not fit the model."""
 
@@ -535,8 +538,20 @@ class Topology:
 
     @classmethod
     def load(cls, path: str | Path) -> Topology:
+        path = Path(path)
+        # A FIFO or a device (a spec named by a process substitution, /dev/zero) would block or be read
+        # without end: only a regular file of a spec's size is read.
+        if path.exists() and not path.is_file():
+            raise TopologyError(
+                f"spec file {path} is not a regular file (a folder, FIFO or device); give a TOML file"
+            )
+        if path.is_file() and path.stat().st_size > SPEC_MAX_BYTES:
+            raise TopologyError(
+                f"spec file {path} holds {path.stat().st_size:,} bytes, more than a spec's "
+                f"{SPEC_MAX_BYTES // 2**20} MiB; is it the right file?"
+            )
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise TopologyError(
                 f"spec file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
