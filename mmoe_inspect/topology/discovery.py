@@ -73,6 +73,7 @@ from mmoe_inspect.topology._unresolved import (
     split_weights,
     two_way_unresolved,
     unexplained_softmaxes,
+    unread_attention,
 )
 from mmoe_inspect.topology.spec import (
     TaskSpec,
@@ -351,6 +352,10 @@ def _describe_gates(
     task_nodes = _task_nodes(graph, out, outputs)
     unresolved += unexplained_softmaxes(graph, gates, rejected, task_nodes, tasks, notes)
     unresolved += outside_torch(graph, task_nodes, tasks)
+    read = (
+        {g.mixture_output for g in gates} | {m.combine for m, _ in rejected} | {m.combine for m in mixtures}
+    )
+    unresolved += unread_attention(graph, read, tasks)
     unresolved += named_like_gates(model, graph, gates, tasks, notes)
 
     if not gates:
