@@ -18,7 +18,7 @@ from torch import nn
 from mmoe_inspect._plural import plural
 from mmoe_inspect.topology._attention import ATTENTION_OPS, bound, source_axis
 from mmoe_inspect.topology._experts import ExpertTracer
-from mmoe_inspect.topology._feature_scaling import feature_scaling
+from mmoe_inspect.topology._feature_scaling import SCALING_NOTE, feature_scaling
 from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_parent
 from mmoe_inspect.topology._mixing import MATMUL_OPS, MAX_EXPERTS, MUL_OPS, Mixture, views_back
 from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
@@ -332,7 +332,9 @@ def named_like_gates(
         notes.append(f"{len(groups) - 8} more modules named like gates/experts are not part of any gate")
     if not gates and not out:
         cls = type(model).__name__
-        if gate_word(cls):
+        # a class named for its gates (`FieldGateNet`) whose only gates scale features: named for those
+        explained = bool(scaling) and not re.search(r"(MoE|MOE)(?![a-z])", cls)
+        if gate_word(cls) and not (explained and _words(cls) & _GATE_WORDS <= {"gate", "gates", "gating"}):
             out.append(
                 Unresolved(
                     f"the model's class {cls} is named like a mixture-of-experts model",
@@ -351,8 +353,8 @@ def _note_scaling(graph: Graph, path: str, outputs: list[int], notes: list[str])
     if scales is None:
         return False
     notes.append(
-        f"module {path} ({type(graph.modules[path]).__name__}) is a feature-scaling gate, not routing: "
-        f"{scales}, never summed over them; it mixes no expert outputs"
+        SCALING_NOTE.format(path=path, cls=type(graph.modules[path]).__name__)
+        + f"{scales}, never summed over them; it mixes no expert outputs"
     )
     return True
 
