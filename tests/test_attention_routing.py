@@ -91,12 +91,13 @@ class AttentionRanker(nn.Module):
 
 
 class FieldQueryPooling(nn.Module):
-    """Shared-Bottom: field embeddings `x_f * v_f` `[B, F, H]` pooled by a learned query through
-    `nn.MultiheadAttention` (attention over the input's fields, not experts)."""
+    """Shared-Bottom: field embeddings `x_f * v_f` `[B, F, H]` (or, `modules`, a `Linear(1, H)` per column) pooled
+    by a learned query through `nn.MultiheadAttention` (attention over the input's fields, not experts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.modules_per_field = nn.ModuleList(nn.Linear(1, H) for _ in FEATURES) if modules else None
         self.emb = nn.Parameter(torch.randn(len(FEATURES), H))
         self.query = nn.Parameter(torch.randn(1, 1, H))
         self.attn = nn.MultiheadAttention(H, num_heads=2, batch_first=True)
@@ -104,6 +105,8 @@ class FieldQueryPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fields = x.unsqueeze(-1) * self.emb
+        if self.modules_per_field is not None:
+            fields = torch.stack([m(x[:, i : i + 1]) for i, m in enumerate(self.modules_per_field)], 1)
         h, _ = self.attn(self.query.expand(x.shape[0], -1, -1), fields, fields, need_weights=False)
         return {
             n: torch.sigmoid(head(h.squeeze(1))).squeeze(-1)
@@ -170,8 +173,9 @@ def test_an_attention_gate_is_read_but_never_edited() -> None:
             model(x)
 
 
-def test_a_learned_query_over_field_embeddings_stays_gate_less() -> None:
-    result = inspect(FieldQueryPooling())
+@pytest.mark.parametrize("modules", [False, True], ids=["inline", "module-per-column"])
+def test_a_learned_query_over_field_embeddings_stays_gate_less(modules: bool) -> None:
+    result = inspect(FieldQueryPooling(modules))
     assert not result.topology.gates
     assert not result.topology.unresolved
 

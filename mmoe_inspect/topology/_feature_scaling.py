@@ -9,6 +9,8 @@ instead of an unresolved "named like a gate" item (which made `check` exit 4 on 
 
 from __future__ import annotations
 
+import math
+
 from mmoe_inspect.topology._experts import ExpertTracer
 from mmoe_inspect.topology._graphops import backward_views, find_reduction, map_axis, picks_of, view_parent
 from mmoe_inspect.topology._nodes import ancestors, iter_refs
@@ -56,7 +58,7 @@ def _scaled(graph: Graph, tracer: ExpertTracer, mul: int, src: int, axis: int) -
             if any(graph.nodes[i].op in ("stack", "cat") for i, _ in backward_views(graph, other.idx, None))
             else "units"
         )
-    return "fields" if tracer.slotwise(other.idx, ax) or _own_fields(graph, tracer, other.idx, ax) else None
+    return "fields" if tracer.slotwise(other.idx, ax) or own_fields(graph, tracer, other.idx, ax) else None
 
 
 def _input_part(graph: Graph, idx: int) -> tuple[int, int | None, tuple[int, ...]] | None:
@@ -75,10 +77,11 @@ def _input_part(graph: Graph, idx: int) -> tuple[int, int | None, tuple[int, ...
     return None
 
 
-def _own_fields(graph: Graph, tracer: ExpertTracer, idx: int, axis: int) -> bool:
+def own_fields(graph: Graph, tracer: ExpertTracer, idx: int, axis: int, *, single: bool = False) -> bool:
     """Whether each slot on `axis` of node `idx` is a module's output computed from a part of the model's input
     that no other slot reads (a `Linear(1, D)` per column `x[:, i:i+1]`, a module per input tensor of a dict):
-    field embeddings, one per field, not experts (experts all read the shared input)."""
+    field embeddings, one per field, not experts (experts all read the shared input). `single`: each slot reads
+    one column only (a value per row), so that experts over disjoint feature groups are not called fields."""
     k = graph.nodes[idx].shape[axis]
     refs = tracer.resolve(idx, axis, k)
     if not isinstance(refs, list) or len(refs) != k:
@@ -90,6 +93,9 @@ def _own_fields(graph: Graph, tracer: ExpertTracer, idx: int, axis: int) -> bool
             return False
         parts = {_input_part(graph, i) for i in call.inputs}
         if None in parts:
+            return False
+        width = math.prod(graph.nodes[call.inputs[0]].shape[1:])
+        if single and (len(call.inputs) != 1 or width != 1):
             return False
         reads.append(parts)  # type: ignore[arg-type]
     return all(not (a & b) for i, a in enumerate(reads) for b in reads[i + 1 :])

@@ -18,7 +18,7 @@ from torch import nn
 from mmoe_inspect._plural import plural
 from mmoe_inspect.topology._attention import ATTENTION_OPS, bound, source_axis
 from mmoe_inspect.topology._experts import ExpertTracer
-from mmoe_inspect.topology._feature_scaling import SCALING_NOTE, feature_scaling
+from mmoe_inspect.topology._feature_scaling import SCALING_NOTE, feature_scaling, own_fields
 from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_parent
 from mmoe_inspect.topology._mixing import MATMUL_OPS, MAX_EXPERTS, MUL_OPS, Mixture, views_back
 from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
@@ -250,7 +250,9 @@ def unread_attention(graph: Graph, seen: set[int], tasks: tuple[TaskSpec, ...]) 
         e = None if vax is None else graph.nodes[v.node].shape[vax]
         if e is None or not 2 <= e <= MAX_EXPERTS or e == graph.batch_size:
             continue
-        if not isinstance(tracer.resolve(v.node, vax, e), list):
+        if not isinstance(tracer.resolve(v.node, vax, e), list) or own_fields(
+            graph, tracer, v.node, vax, single=True
+        ):
             continue  # values that are fields, a sequence or embeddings: attention over features
         out.append(
             Unresolved(

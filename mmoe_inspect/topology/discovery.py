@@ -40,6 +40,7 @@ from torch import nn
 from mmoe_inspect._plural import plural
 from mmoe_inspect.data.outputs import select
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer, Undecided
+from mmoe_inspect.topology._feature_scaling import own_fields
 from mmoe_inspect.topology._gates import (
     Gate,
     architecture,
@@ -235,6 +236,10 @@ def _describe_gates(
                         mix, experts=((src, ax),), n_experts=graph.nodes[src].shape[ax], indices=idx
                     )
             experts = resolve_experts(tracer, mix)
+            if mix.attention and isinstance(experts, list) and _field_values(graph, tracer, mix):
+                experts = (
+                    "weights one embedding module per input column (attention over the fields, not experts)"
+                )
             if isinstance(experts, Undecided):  # seen, not readable: never a silent Shared-Bottom
                 rejected.append((mix, experts))
                 unresolved.append(
@@ -509,6 +514,13 @@ def _inside_expert(graph: Graph, idx: int, gates: Sequence[Gate]) -> str | None:
             ):
                 return e.module
     return None
+
+
+def _field_values(graph: Graph, tracer: ExpertTracer, mix: Mixture) -> bool:
+    """An attention mixture whose values are one embedding module per input column (a learned query pooling
+    per-field embeddings): attention over features, not routing (`own_fields`)."""
+    node, axis = mix.experts[0]
+    return axis is not None and own_fields(graph, tracer, node, axis, single=True)
 
 
 def _signed_rows(graph: Graph, mix: Mixture) -> bool:
