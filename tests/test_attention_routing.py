@@ -144,6 +144,7 @@ def test_attention_over_the_experts_is_each_tasks_gate(style: str) -> None:
     gates = result.topology.gates
     assert sorted(g.task for g in gates) == sorted(TASKS)
     assert all(g.experts == tuple(f"mlps.{i}" for i in range(E)) for g in gates)
+    assert any(n.startswith("gate(s) click, buy are attention weights") for n in result.topology.notes)
     assert codes(result).get("collapsed_gate") == {"click"}
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.data.outputs import select
+from mmoe_inspect.topology._attention import ATTENTION_OPS
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer, Undecided
 from mmoe_inspect.topology._feature_scaling import own_fields
 from mmoe_inspect.topology._gates import (
@@ -455,6 +456,13 @@ def _describe_gates(
         notes.append(
             f"gate(s) {', '.join(g.name for g in blends)} blend two experts by one weight w per row "
             "((1 - w) * x0 + w * x1, e.g. torch.lerp): read as [1 - w, w] over (x0, x1); causal edits write back w"
+        )
+    attention = [g for g in gates if g.loc.op in ATTENTION_OPS]
+    if attention:
+        notes.append(
+            f"gate(s) {', '.join(g.name for g in attention)} are attention weights: a query attends over the "
+            f"experts as keys/values in {attention[0].loc.op}; read head-averaged (recomputed from the call's "
+            "inputs when it does not return them); causal edits cannot reach the call's output and are not applied"
         )
     weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
