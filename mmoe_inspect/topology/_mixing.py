@@ -1144,7 +1144,9 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
 def _attention(graph: Graph, node: Node) -> list[Mixture]:
     """An attention call (`ATTENTION_OPS`) whose query holds one position per row, or one per task, and whose
     keys/values are E other positions: its head-averaged weights `[B, L, E]` (the tracer's node at output
-    `WEIGHTS_POS` of the call) weight the E values. Self-attention (the query is the keys) is never read."""
+    `WEIGHTS_POS` of the call) weight the E values. Self-attention (the query is the keys) is never read, nor
+    as many queries as values (`L == E`: self-attention with projections of its own looks so); attention over
+    experts left unread is reported by `_unresolved.unread_attention`."""
     if node.out_pos != 0:
         return []
     a = bound(node.op, node.args, node.kwargs)
