@@ -142,6 +142,34 @@ class ScaledExpertsNoSum(nn.Module):
         return {n: torch.sigmoid(head(h)).squeeze(-1) for n, head in zip(TASKS, self.heads, strict=True)}
 
 
+class FieldGateNet(nn.Module):
+    """Shared-Bottom with per-task FIELD gates (s13 sweep, exit 4 "named like a gate"): an embedding module per
+    input field reading only its column `x[:, i:i+1]`, stacked `[B, F, D]`; each task's `field_gate[t]` weights
+    the fields (softmax or sigmoid over F) and its tower reads them flattened, never summed. `plant`
+    "identical" copies task 0's field gate into task 1 (which must not read as `tasks_route_identically`)."""
+
+    def __init__(self, mode: str, plant: str = "healthy", d: int = 4) -> None:
+        super().__init__()
+        self.mode = mode
+        self.emb = nn.ModuleList(nn.Linear(1, d) for _ in range(6))
+        self.field_gate = nn.ModuleList(nn.Linear(2, 6) for _ in TASKS)
+        self.towers = nn.ModuleList(nn.Linear(6 * d, 1) for _ in TASKS)
+        with torch.no_grad():
+            for g in self.field_gate:
+                g.weight.mul_(4)
+        if plant == "identical":
+            self.field_gate[1].load_state_dict(self.field_gate[0].state_dict())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fields = torch.stack([e(x[:, i : i + 1]) for i, e in enumerate(self.emb)], 1)  # [B, F, D]
+        out = {}
+        for n, g, tower in zip(TASKS, self.field_gate, self.towers, strict=True):
+            z = g(x[:, 6:8])
+            w = torch.softmax(z, -1) if self.mode == "softmax" else torch.sigmoid(z)
+            out[n] = torch.sigmoid(tower((fields * w.unsqueeze(-1)).flatten(1))).squeeze(-1)
+        return out
+
+
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
     gen = torch.Generator().manual_seed(0)
@@ -186,6 +214,24 @@ def test_pepnet_gate_nu_is_feature_scaling_not_unresolved(units: bool, frame: pd
         any(n.startswith("module ppnet_gate_nu (Sequential)") and "16 units" in n for n in scaling) == units
     )
     assert not any("gate_nu." in n for n in scaling)  # its layers are not named one by one
+
+
+@pytest.mark.parametrize(
+    ("mode", "plant"), [("softmax", "healthy"), ("sigmoid", "healthy"), ("softmax", "identical")]
+)
+def test_per_task_field_gates_are_feature_scaling(mode: str, plant: str, frame: pd.DataFrame) -> None:
+    """Field gates over an embedding module per column are feature gating, not expert routing: "No gates
+    found" naming them (they were exit 4, "named like a gate")."""
+    torch.manual_seed(0)
+    notes = _gateless(FieldGateNet(mode, plant), frame)
+    scaling = [n for n in notes if "feature-scaling gate, not routing" in n]
+    assert [n.split(" (")[0] for n in scaling] == ["module field_gate.0", "module field_gate.1"], notes
+    assert all("the input's 6 fields" in n for n in scaling)
+    torch.manual_seed(0)
+    result = _inspect(FieldGateNet(mode, plant), frame)
+    assert result.verdict.startswith("No gates found")
+    assert "Modules field_gate.0, field_gate.1 are feature gates" in result.verdict
+    assert not any(f.code == "tasks_route_identically" for f in result.findings)
 
 
 @pytest.mark.parametrize("hidden", [5, 1], ids=["stacked", "scalars-side-by-side"])

@@ -198,8 +198,14 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
                 gate,
                 f"Gate {gate} gives nearly the same weights to every row (input dependence "
                 f"{row.input_dependence:.3f}): the model is a fixed weighted average of experts for this task.",
-                "Feed the gate informative features (many gates read only the shared embedding), check its "
-                "bias is not dominating, or raise its learning rate.",
+                (
+                    "Its weights do not change at all from row to row: the gate most likely reads no input (a "
+                    "learned parameter or a constant, e.g. softmax(nn.Parameter)), so it cannot route row by row; "
+                    "compute it from the input features if per-row routing is intended."
+                    if row.input_dependence == 0
+                    else "Feed the gate informative features (many gates read only the shared embedding), check "
+                    "its bias is not dominating, or raise its learning rate."
+                ),
                 {
                     "input_dependence": _num(row.input_dependence),
                     "effective_experts": _num(row.effective_experts),

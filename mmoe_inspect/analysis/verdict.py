@@ -8,6 +8,7 @@ from mmoe_inspect._plural import plural
 from mmoe_inspect.analysis.findings import Finding
 from mmoe_inspect.analysis.ple_routing import ple_answer, ple_uses
 from mmoe_inspect.analysis.tables import call_index, gate_groups
+from mmoe_inspect.topology._feature_scaling import scaling_modules
 from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import Topology
 
@@ -30,7 +31,16 @@ def verdict(topology: Topology, tables: dict[str, pd.DataFrame], findings: list[
     if not topology.judgeable:
         return cannot_judge_sentence(topology)
     if not topology.has_gates:
-        return "No gates found: this is a Shared-Bottom (or dense) multi-task model, so there is no routing to inspect."
+        scaling = scaling_modules(topology.notes)
+        head = "No gates found: this is a Shared-Bottom (or dense) multi-task model, so there is no routing to inspect."
+        if not scaling:
+            return head
+        names = ", ".join(scaling[:4]) + (f" and {len(scaling) - 4} more" if len(scaling) > 4 else "")
+        one = len(scaling) == 1
+        return (
+            f"{head} Module{'' if one else 's'} {names} {'is a feature gate' if one else 'are feature gates'}: "
+            f"{'it only scales' if one else 'they only scale'} input features, which routes nothing."
+        )
     critical = [f for f in findings if f.severity == "critical"]
     if critical:
         kinds = sorted({f.title.lower() for f in critical})

@@ -43,6 +43,7 @@ from mmoe_inspect.recording.recorder import (
     two_way_pair,
 )
 from mmoe_inspect.recording.taps import FunctionTaps, gate_taps, top_k_dense
+from mmoe_inspect.topology._attention import ATTENTION_OPS
 from mmoe_inspect.topology.spec import GateSpec, Topology, TopologyError
 
 __all__ = [
@@ -148,6 +149,10 @@ def edit_gate_output(out: Tensor, gate: GateSpec, edit: Edit, source: Tensor | N
     return new.to(out.dtype).reshape(shape).movedim(-1, gate.dim)
 
 
+_ATTENTION_REFUSED = (
+    "gate {name!r} is the attention weights inside one {op} call (a query over the experts as keys/values): they "
+    "are read, but an edit of them cannot reach that call's output; causal edits of this gate are not applied"
+)
 _TWO_WAY_REFUSED = (
     "gate {name!r} blends two experts by one weight w per row ((1 - w) * x0 + w * x1, read as [1 - w, w]): an "
     "edit whose rows do not sum to 1 (a 'zero' ablation, removing both experts, a fixed row of another total) "
@@ -332,6 +337,8 @@ class GateIntervention(HookSession):
         A top-k gate is edited on its dense `[batch, E]` form, and its k weights are read back from it.
         """
         role, spec = key
+        if spec.op in ATTENTION_OPS and any(v.get(spec.name) is not None for v in self.variants):
+            raise InterventionError(_ATTENTION_REFUSED.format(name=spec.name, op=spec.op))
         if spec.index_op is None:
             return self._edit(spec, value, shrunk=False)
         if role == "indices":

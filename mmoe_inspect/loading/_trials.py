@@ -473,8 +473,9 @@ def _failure(
         key = str(shown.error.args[0]) if shown.error.args else "?"
         return InputMappingError(
             f"{cls} reads the input {key!r}, which is not among the columns fed to it ({short(names)}) "
-            f"[{quote}]; name its input columns with --features a,b,c (a column must be named like the key) "
-            "or pass --collate module:function"
+            f"[{quote}]; pass --collate module:function returning the batch its forward reads (a nested dict, "
+            "tensors of its own), or, if the key is one input column, name the columns with --features a,b,c "
+            "(a column must be named like the key)"
         )
     ran = [t for t in trials if t.problem is not None]
     if ran and (

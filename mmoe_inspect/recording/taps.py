@@ -23,6 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from mmoe_inspect.topology._attention import ATTENTION_OPS, WEIGHTS_POS, attention_weights, returned_weights
 from mmoe_inspect.topology._trace import iter_tensors, op_name
 from mmoe_inspect.topology.spec import GateSpec
 
@@ -33,7 +34,8 @@ class FunctionTaps(TorchFunctionMode):
     """Watches `taps[module] = [(op, occurrence, arg, key), ...]`; calls `on_value(key, tensor)`.
 
     `arg` -1 hands over the op's first tensor output (-2 the second, ...), k >= 0 its k-th tensor
-    argument. When
+    argument; -2 of an attention call (`topology._attention`) its head-averaged weights, recomputed from its
+    arguments when the call does not return them. When
     `on_value` returns a tensor it replaces the value (the output, or the argument before the op runs):
     how causal interventions edit a function-level gate. Use
     `attach(model)` (a context manager) to register the module hooks; `new_forward()` resets the
@@ -92,6 +94,11 @@ class FunctionTaps(TorchFunctionMode):
             if arg < 0:  # -1: the first output, -2: the second (topk's indices), ...
                 pos = -arg - 1
                 outs = list(iter_tensors(out))
+                if name in ATTENTION_OPS and pos == WEIGHTS_POS and not returned_weights(out):
+                    weights = attention_weights(name, args, kwargs)  # the softmax the call hid
+                    if weights is not None:
+                        self.on_value(key, weights)  # read only: no edit of it reaches the call's output
+                    continue
                 if pos >= len(outs):
                     continue
                 new = self.on_value(key, outs[pos])

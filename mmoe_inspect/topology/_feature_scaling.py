@@ -1,15 +1,18 @@
 """Gate-named modules that only scale features: PEPNet/EPNet's GateNU `2 * sigmoid(gate_nu(ctx))`.
 
-A module whose per-row weights `[B, F]` multiply the input's field values `[B, F, D]` (or a tensor of
-their own shape `[B, F]`, unit by unit) and are never summed over those `F` slots re-weights features;
+A module whose per-row weights `[B, F]` multiply the input's field values `[B, F, D]` (made slot by slot
+from the input, or by a module per field that reads only that field's columns), or a tensor of their own
+shape `[B, F]` unit by unit, and are never summed over those `F` slots re-weights features;
 it mixes no expert outputs, so it routes nothing. `feature_scaling` says so for discovery's notes
 instead of an unresolved "named like a gate" item (which made `check` exit 4 on PEPNet).
 """
 
 from __future__ import annotations
 
+import math
+
 from mmoe_inspect.topology._experts import ExpertTracer
-from mmoe_inspect.topology._graphops import backward_views, find_reduction, map_axis, view_parent
+from mmoe_inspect.topology._graphops import backward_views, find_reduction, map_axis, picks_of, view_parent
 from mmoe_inspect.topology._nodes import ancestors, iter_refs
 from mmoe_inspect.topology._trace import Graph
 
@@ -19,6 +22,15 @@ _OWN = frozenset(
 )
 """The weights' own arithmetic (`2 * sigmoid(z)`, `1 + tanh(z)`): ops whose other operands vary by no row."""
 _MUL = frozenset({"mul", "rmul", "multiply"})
+SCALING_NOTE = "module {path} ({cls}) is a feature-scaling gate, not routing: "
+"""How discovery's note on a feature-scaling module starts (`scaling_modules` reads the paths back)."""
+
+
+def scaling_modules(notes: tuple[str, ...] | list[str]) -> list[str]:
+    """The module paths discovery's notes call feature-scaling gates (`SCALING_NOTE`), in order."""
+    head, _, tail = SCALING_NOTE.partition(" ({cls})")
+    pre = head.partition("{path}")[0]
+    return [n[len(pre) :].split(" (", 1)[0] for n in notes if n.startswith(pre) and tail in n]
 
 
 def _per_row(graph: Graph, idx: int) -> bool:
@@ -46,7 +58,47 @@ def _scaled(graph: Graph, tracer: ExpertTracer, mul: int, src: int, axis: int) -
             if any(graph.nodes[i].op in ("stack", "cat") for i, _ in backward_views(graph, other.idx, None))
             else "units"
         )
-    return "fields" if tracer.slotwise(other.idx, ax) else None
+    return "fields" if tracer.slotwise(other.idx, ax) or own_fields(graph, tracer, other.idx, ax) else None
+
+
+def _input_part(graph: Graph, idx: int) -> tuple[int, int | None, tuple[int, ...]] | None:
+    """(input node, axis, positions) when node `idx` is one of the model's input tensors (axis None) or a pick
+    of its positions (`x[:, i:i+1]`, `x[:, i]`, through views); None otherwise."""
+    for cur, _ in backward_views(graph, idx, None):
+        node = graph.nodes[cur]
+        if node.op == "input":
+            return cur, None, ()
+        got = picks_of(graph, node)
+        if got is not None:
+            src, pax, picks, _ = got
+            if all(graph.nodes[i].op != "input" for i, _ in backward_views(graph, src, None)):
+                return None
+            return backward_views(graph, src, None)[-1][0], pax, tuple(picks)
+    return None
+
+
+def own_fields(graph: Graph, tracer: ExpertTracer, idx: int, axis: int, *, single: bool = False) -> bool:
+    """Whether each slot on `axis` of node `idx` is a module's output computed from a part of the model's input
+    that no other slot reads (a `Linear(1, D)` per column `x[:, i:i+1]`, a module per input tensor of a dict):
+    field embeddings, one per field, not experts (experts all read the shared input). `single`: each slot reads
+    one column only (a value per row), so that experts over disjoint feature groups are not called fields."""
+    k = graph.nodes[idx].shape[axis]
+    refs = tracer.resolve(idx, axis, k)
+    if not isinstance(refs, list) or len(refs) != k:
+        return False
+    reads: list[set[tuple[int, int | None, tuple[int, ...]]]] = []
+    for r in refs:
+        call = next((c for c in graph.module_calls(r.order[0]) if c.path == r.module), None)
+        if r.module is None or r.index is not None or call is None or not call.inputs:
+            return False
+        parts = {_input_part(graph, i) for i in call.inputs}
+        if None in parts:
+            return False
+        width = math.prod(graph.nodes[call.inputs[0]].shape[1:])
+        if single and (len(call.inputs) != 1 or width != 1):
+            return False
+        reads.append(parts)  # type: ignore[arg-type]
+    return all(not (a & b) for i, a in enumerate(reads) for b in reads[i + 1 :])
 
 
 def feature_scaling(graph: Graph, outputs: list[int]) -> str | None:

@@ -189,7 +189,9 @@ def resolve_experts(tracer: ExpertTracer, mix: Mixture) -> list[ExpertRef] | str
     Experts of a sparse dispatch ran on their own rows, so their module outputs cannot be hooked as
     `[batch, d]`: they are kept by name (module path) but not recorded.
     """
-    tracer.weights = mix.weights
+    # attention routing scores its weights from the experts themselves (keys = experts): no sign of attention
+    # over a set there; its query is no key (`_mixing._attention`)
+    tracer.weights = None if mix.attention else mix.weights
     if len(mix.experts) == 1 and mix.experts[0][1] is not None:
         node, axis = mix.experts[0]
         return tracer.resolve(node, axis, mix.n_experts)

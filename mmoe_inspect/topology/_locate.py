@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from mmoe_inspect.topology._attention import ATTENTION_OPS, WEIGHTS_POS
 from mmoe_inspect.topology._graphops import backward_views
 from mmoe_inspect.topology._mixing import Mixture
 from mmoe_inspect.topology._nodes import kind_of, node_where, row_values
-from mmoe_inspect.topology._trace import ROOT, Graph, Ref, softmax_dim
+from mmoe_inspect.topology._trace import ROOT, Graph, Node, Ref, softmax_dim
 from mmoe_inspect.topology.spec import GateOutput
 
 __all__ = ["Located", "gate_score", "locate", "locate_part", "locate_two_way"]
@@ -61,6 +62,12 @@ class Located:
     two_way: bool = False  # the tensor read holds one weight w per row; the gate is `[1 - w, w]`
 
 
+def _read_out(node: Node) -> bool:
+    """Whether a call's output `node` can be read by a function tap: its first output, or the attention
+    weights the tracer records for an attention call (`_attention.WEIGHTS_POS`, tap `arg` -2)."""
+    return node.out_pos == 0 or (node.op in ATTENTION_OPS and node.out_pos == WEIGHTS_POS)
+
+
 def locate_part(graph: Graph, mix: Mixture, part: int) -> Located | str:
     """Where gate `part` of a fused mixture (`Mixture.fused`) is read: the module output holding exactly the
     fused gates `[batch, T, E]` (1 elsewhere), else the torch function call that makes them; the gate is that
@@ -85,7 +92,7 @@ def locate_part(graph: Graph, mix: Mixture, part: int) -> Located | str:
             return Located(call.path, kind, ax, bax, producer=idx, part_dim=fax, part=part)  # type: ignore[arg-type]
     producer, pax, pbax, pfax = chain[-1]
     pnode = graph.nodes[producer]
-    if pnode.seq >= 0 and pnode.out_pos == 0 and shaped(producer, pax, pbax, pfax):
+    if pnode.seq >= 0 and _read_out(pnode) and shaped(producer, pax, pbax, pfax):
         module = pnode.module or ROOT
         return Located(
             module,
@@ -94,6 +101,7 @@ def locate_part(graph: Graph, mix: Mixture, part: int) -> Located | str:
             pbax,  # type: ignore[arg-type]
             op=pnode.op,
             occurrence=graph.occurrence(producer, module),
+            arg=-(pnode.out_pos + 1),
             producer=producer,
             part_dim=pfax,
             part=part,
@@ -149,7 +157,7 @@ def locate(graph: Graph, mix: Mixture) -> Located | str:
         call = chosen[0]
         note = f"module {call.path} runs {n_calls[call.path]} times per forward; this gate is its call {call.call}"
         return module_gate(chosen, "logits" if chosen is logits else None, call.call, note)
-    if pnode.seq >= 0 and pnode.out_pos == 0 and pax is not None:
+    if pnode.seq >= 0 and _read_out(pnode) and pax is not None:
         module = pnode.module or ROOT
         return Located(
             module,
@@ -158,6 +166,7 @@ def locate(graph: Graph, mix: Mixture) -> Located | str:
             -1 if pbax is None else pbax,
             op=pnode.op,
             occurrence=graph.occurrence(producer, module),
+            arg=-(pnode.out_pos + 1),
             producer=producer,
         )
     cnode = graph.nodes[mix.combine]

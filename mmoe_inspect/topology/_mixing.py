@@ -24,6 +24,12 @@ seen in public multi-task code:
 * two-way blends (`Mixture.two_way`): two experts mixed by one per-row weight `w` (`[B, 1]`, e.g. a
   sigmoid), `torch.lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` (either order) or `x0 + w * (x1 - x0)`:
   a gate `[1 - w, w]` over `(x0, x1)` that no tensor of the forward holds (see `_two_way`);
+* attention routing (`Mixture.attention`): one `F.multi_head_attention_forward` (`nn.MultiheadAttention`) or
+  `F.scaled_dot_product_attention` call whose query is one position per row (a task's query, `L` 1) or one
+  per task (`L` = T, read as fused gates) and whose keys/values are E positions other than the query's:
+  the attention weights over those E values (head-averaged `[B, L, E]`, recorded by the tracer even when
+  the call does not return them, `_attention.py`) are the gate; whether the values are experts (and not
+  fields or a sequence) is the expert tracer's question, as for every mixture;
 * weights broadcast with `repeat_interleave` (or `unsqueeze(-1).expand(B, E, D).reshape(B, E * D)`) over
   experts concatenated on one axis (`W.repeat_interleave(D, 1) * cat(experts, 1)`, then
   `.reshape(B, E, D).sum(1)`).
@@ -43,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mmoe_inspect.topology._attention import ATTENTION_OPS, WEIGHTS_POS, bound, source_axis
 from mmoe_inspect.topology._graphops import (
     find_reduction,
     map_axis,
@@ -94,6 +101,7 @@ class Mixture:
     w_other: int | None = (
         None  # two_way `(1 - w) * x0 + w * x1`: the factor `1 - w` (made from the tensor read)
     )
+    attention: bool = False  # the weights are an attention call's (recomputed) softmax over its values
 
 
 def _operands(node: Node) -> tuple[Any, Any]:
@@ -1132,6 +1140,62 @@ def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     return [Mixture(combine, node.idx, w, w_axis, w_batch, experts, 2, arg, two_way=True, w_other=other)]
 
 
+# ------------------------------------------------------------------------ attention calls
+def _attention(graph: Graph, node: Node) -> list[Mixture]:
+    """An attention call (`ATTENTION_OPS`) whose query holds one position per row, or one per task, and whose
+    keys/values are E other positions: its head-averaged weights `[B, L, E]` (the tracer's node at output
+    `WEIGHTS_POS` of the call) weight the E values. Self-attention (the query is the keys) is never read, nor
+    as many queries as values (`L == E`: self-attention with projections of its own looks so); attention over
+    experts left unread is reported by `_unresolved.unread_attention`."""
+    if node.out_pos != 0:
+        return []
+    a = bound(node.op, node.args, node.kwargs)
+    if a is None:
+        return []
+    q, k, v = a.get("query"), a.get("key"), a.get("value")
+    if not (isinstance(q, Ref) and isinstance(k, Ref) and isinstance(v, Ref)) or q in (k, v):
+        return []
+    kn, vn = graph.nodes[k.node], graph.nodes[v.node]
+    kax, vax = source_axis(node.op, kn.ndim), source_axis(node.op, vn.ndim)
+    if kax is None or vax is None or kn.shape[kax] != vn.shape[vax]:
+        return []
+    e, batch = vn.shape[vax], graph.batch_size
+    w = next(
+        (
+            n
+            for n in graph.nodes[node.idx + 1 : node.idx + 8]
+            if n.seq == node.seq and n.out_pos == WEIGHTS_POS
+        ),
+        None,
+    )
+    if not 2 <= e <= MAX_EXPERTS or e == batch or w is None or w.ndim != 3:
+        return []
+    if w.shape[0] != batch or w.shape[2] != e or not 1 <= w.shape[1] <= MAX_FUSED or w.shape[1] == e:
+        return []
+    length = w.shape[1]
+    experts = ((v.node, vax),)
+    if length == 1:
+        return [Mixture(node.idx, node.idx, w.idx, 2, 0, experts, e, attention=True)]
+    out_axis = 0 if node.op == "multi_head_attention_forward" else node.ndim - 2  # the queries' axis
+    if node.shape[out_axis] != length:
+        return []
+    return [
+        Mixture(
+            node.idx,
+            node.idx,
+            w.idx,
+            2,
+            0,
+            experts,
+            e,
+            fused=length,
+            fused_axis=1,
+            fused_out_axis=out_axis,
+            attention=True,
+        )
+    ]
+
+
 # ------------------------------------------------------------------------ repeat_interleave
 def _interleaved(graph: Graph, node: Node) -> list[Mixture]:
     """`W.repeat_interleave(D, dim=1) * cat([x_0 .. x_{E-1}], dim=1)` (`[B, E*D]`), reshaped to `[B, E, D]`
@@ -1275,6 +1339,8 @@ def find_mixtures(graph: Graph) -> list[Mixture]:
             found.extend(_vecdot(graph, node))
         elif node.op in ("index_add", "scatter_add"):
             found.extend(_sparse_dispatch(graph, node))
+        elif node.op in ATTENTION_OPS:
+            found.extend(_attention(graph, node))
         if node.op in TWO_WAY_OPS:
             found.extend(_two_way(graph, node))
     combined = {m.combine for m in found if not m.split}

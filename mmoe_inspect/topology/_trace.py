@@ -12,6 +12,10 @@ Every tensor of the batch is kept alive in the graph so `id()` stays unique whil
 ops are told apart from ops that merely return their input (dropout in eval, `contiguous`) by the
 tensor's version counter: a mutated tensor gets a new node, an untouched alias keeps its node.
 
+An attention call that hides its softmax (`F.multi_head_attention_forward` with `need_weights=False`,
+`F.scaled_dot_product_attention`) also gets a node for its head-averaged weights `[batch, L, S]`, recomputed
+from its arguments (`_attention.py`), at output position `WEIGHTS_POS`: attention over expert outputs is a gate.
+
 Every torch function call that had a tensor argument gets a sequence number (`Graph.ops`, with the
 module stack at call time): function-level gates are located by "the k-th call of op X while module
 M runs", and `replay_with_leaves` runs the forward again with chosen calls' outputs replaced (same
@@ -31,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from mmoe_inspect.topology._attention import ATTENTION_OPS, WEIGHTS_POS, attention_weights, returned_weights
 
 ROOT = ""
 
@@ -298,6 +304,11 @@ class _Tracer(TorchFunctionMode):
             if id(o) in in_ids and id(o) not in mutated:
                 continue  # the op returned its input untouched (dropout in eval, contiguous, ...)
             g._add(name, parents, r_args, r_kwargs, o, out_pos=pos, seq=seq)
+        if name in ATTENTION_OPS and not returned_weights(out):  # the softmax it hides: recomputed, recorded
+            with torch.no_grad():
+                w = attention_weights(name, args, kwargs)
+            if w is not None:
+                g._add(name, parents, r_args, r_kwargs, w, out_pos=WEIGHTS_POS, seq=seq)
         return out
 
 

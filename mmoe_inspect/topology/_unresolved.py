@@ -16,11 +16,13 @@ from typing import Any
 from torch import nn
 
 from mmoe_inspect._plural import plural
-from mmoe_inspect.topology._feature_scaling import feature_scaling
+from mmoe_inspect.topology._attention import ATTENTION_OPS, bound, source_axis
+from mmoe_inspect.topology._experts import ExpertTracer
+from mmoe_inspect.topology._feature_scaling import SCALING_NOTE, feature_scaling, own_fields
 from mmoe_inspect.topology._graphops import find_reduction, forward_views, view_parent
-from mmoe_inspect.topology._mixing import MATMUL_OPS, MUL_OPS, Mixture, views_back
+from mmoe_inspect.topology._mixing import MATMUL_OPS, MAX_EXPERTS, MUL_OPS, Mixture, views_back
 from mmoe_inspect.topology._nodes import ancestors, feeds, iter_refs, kind_of, node_module, node_where
-from mmoe_inspect.topology._trace import ROOT, Graph, gate_axis, softmax_dim
+from mmoe_inspect.topology._trace import ROOT, Graph, Ref, gate_axis, softmax_dim
 from mmoe_inspect.topology.spec import TaskSpec, Topology, Unresolved
 
 
@@ -230,6 +232,42 @@ _GATE_WORDS = frozenset(
 )  # fmt: skip
 
 
+def unread_attention(graph: Graph, seen: set[int], tasks: tuple[TaskSpec, ...]) -> list[Unresolved]:
+    """Attention calls (`_attention.ATTENTION_OPS`) that attend from a query of their own over E >= 2 expert
+    outputs (the values trace back to E expert computations) but whose weights were not read as a gate
+    (`seen`: the combine nodes discovery read or rejected): the attention decides the mix, so the routing
+    cannot be judged, never a silent Shared-Bottom."""
+    out: list[Unresolved] = []
+    tracer = ExpertTracer(graph)
+    for node in graph.nodes:
+        if node.op not in ATTENTION_OPS or node.out_pos != 0 or node.idx in seen:
+            continue
+        a = bound(node.op, node.args, node.kwargs)
+        q, k, v = (None, None, None) if a is None else (a.get("query"), a.get("key"), a.get("value"))
+        if not (isinstance(q, Ref) and isinstance(k, Ref) and isinstance(v, Ref)) or q == k:
+            continue
+        vax = source_axis(node.op, graph.nodes[v.node].ndim)
+        e = None if vax is None else graph.nodes[v.node].shape[vax]
+        if e is None or not 2 <= e <= MAX_EXPERTS or e == graph.batch_size:
+            continue
+        if not isinstance(tracer.resolve(v.node, vax, e), list) or own_fields(
+            graph, tracer, v.node, vax, single=True
+        ):
+            continue  # values that are fields, a sequence or embeddings: attention over features
+        out.append(
+            Unresolved(
+                f"attention over {e} expert outputs ({node.op})",
+                node_module(graph, node.idx),
+                f"a query attends over the {e} experts as keys/values, so its attention weights are the gate, but "
+                "they could not be read as one [batch, queries, experts] tensor (key positions added by bias_k or "
+                "add_zero_attn, per-head weights, or as many queries as experts); call it with plain keys, or name "
+                "the gate in a spec file",
+                function_snippet(graph, node.idx, e, tasks, dim=2, arg=-2),
+            )
+        )
+    return out
+
+
 def _words(name: str) -> set[str]:
     """Lower-case words of an identifier: `task_gates.0` -> {task, gates}, `CGCLayer` -> {cgc, layer}."""
     name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
@@ -296,7 +334,9 @@ def named_like_gates(
         notes.append(f"{len(groups) - 8} more modules named like gates/experts are not part of any gate")
     if not gates and not out:
         cls = type(model).__name__
-        if gate_word(cls):
+        # a class named for its gates (`FieldGateNet`) whose only gates scale features: named for those
+        explained = bool(scaling) and not re.search(r"(MoE|MOE)(?![a-z])", cls)
+        if gate_word(cls) and not (explained and _words(cls) & _GATE_WORDS <= {"gate", "gates", "gating"}):
             out.append(
                 Unresolved(
                     f"the model's class {cls} is named like a mixture-of-experts model",
@@ -315,8 +355,8 @@ def _note_scaling(graph: Graph, path: str, outputs: list[int], notes: list[str])
     if scales is None:
         return False
     notes.append(
-        f"module {path} ({type(graph.modules[path]).__name__}) is a feature-scaling gate, not routing: "
-        f"{scales}, never summed over them; it mixes no expert outputs"
+        SCALING_NOTE.format(path=path, cls=type(graph.modules[path]).__name__)
+        + f"{scales}, never summed over them; it mixes no expert outputs"
     )
     return True
 

@@ -39,7 +39,9 @@ from torch import nn
 
 from mmoe_inspect._plural import plural
 from mmoe_inspect.data.outputs import select
+from mmoe_inspect.topology._attention import ATTENTION_OPS
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer, Undecided
+from mmoe_inspect.topology._feature_scaling import own_fields
 from mmoe_inspect.topology._gates import (
     Gate,
     architecture,
@@ -73,6 +75,7 @@ from mmoe_inspect.topology._unresolved import (
     split_weights,
     two_way_unresolved,
     unexplained_softmaxes,
+    unread_attention,
 )
 from mmoe_inspect.topology.spec import (
     TaskSpec,
@@ -234,6 +237,10 @@ def _describe_gates(
                         mix, experts=((src, ax),), n_experts=graph.nodes[src].shape[ax], indices=idx
                     )
             experts = resolve_experts(tracer, mix)
+            if mix.attention and isinstance(experts, list) and _field_values(graph, tracer, mix):
+                experts = (
+                    "weights one embedding module per input column (attention over the fields, not experts)"
+                )
             if isinstance(experts, Undecided):  # seen, not readable: never a silent Shared-Bottom
                 rejected.append((mix, experts))
                 unresolved.append(
@@ -351,6 +358,10 @@ def _describe_gates(
     task_nodes = _task_nodes(graph, out, outputs)
     unresolved += unexplained_softmaxes(graph, gates, rejected, task_nodes, tasks, notes)
     unresolved += outside_torch(graph, task_nodes, tasks)
+    read = (
+        {g.mixture_output for g in gates} | {m.combine for m, _ in rejected} | {m.combine for m in mixtures}
+    )
+    unresolved += unread_attention(graph, read, tasks)
     unresolved += named_like_gates(model, graph, gates, tasks, notes)
 
     if not gates:
@@ -446,6 +457,13 @@ def _describe_gates(
             f"gate(s) {', '.join(g.name for g in blends)} blend two experts by one weight w per row "
             "((1 - w) * x0 + w * x1, e.g. torch.lerp): read as [1 - w, w] over (x0, x1); causal edits write back w"
         )
+    attention = [g for g in gates if g.loc.op in ATTENTION_OPS]
+    if attention:
+        notes.append(
+            f"gate(s) {', '.join(g.name for g in attention)} are attention weights: a query attends over the "
+            f"experts as keys/values in {attention[0].loc.op}; read head-averaged (recomputed from the call's "
+            "inputs when it does not return them); causal edits cannot reach the call's output and are not applied"
+        )
     weights_gates = [g.name for g in gates if g.loc.output == "weights"]
     if weights_gates:
         notes.append(
@@ -504,6 +522,13 @@ def _inside_expert(graph: Graph, idx: int, gates: Sequence[Gate]) -> str | None:
             ):
                 return e.module
     return None
+
+
+def _field_values(graph: Graph, tracer: ExpertTracer, mix: Mixture) -> bool:
+    """An attention mixture whose values are one embedding module per input column (a learned query pooling
+    per-field embeddings): attention over features, not routing (`own_fields`)."""
+    node, axis = mix.experts[0]
+    return axis is not None and own_fields(graph, tracer, node, axis, single=True)
 
 
 def _signed_rows(graph: Graph, mix: Mixture) -> bool:
