@@ -3,6 +3,10 @@
 * A collapsed softmax saturates: in float32 its weights are exactly `[1, 0, 0, 0]`. Mixed by Python's builtin
   `sum(w[:, i:i+1] * expert_i(x) for i ...)`, the column `w[:, 0:1]` then "sums to 1" on every row; it must not
   be taken for the gate (that left the per-slot products unreadable and the collapse unjudged, exit 4).
+* One weight vector for every row (no batch axis) is a gate only on the simplex: `softmax(param)` is one
+  (input-independent by construction, and discovery says so); a learned linear combination (`[1.3, 0.4]`, or
+  AdaTT's native-expert residual next to the real fusion gate, even at its `[0.5, 0.5]` initialisation) is a
+  linear layer: a collapsed or uniform "gate" there was a false finding on a healthy model.
 """
 
 from __future__ import annotations
@@ -83,3 +87,89 @@ def test_a_saturated_softmax_mixed_by_builtin_sum_is_judged(case: str) -> None:
     assert [(g.name, len(g.experts)) for g in result.topology.gates] == [("click", 4), ("buy", 4)]
     expected = {("collapsed_gate", "click")} if case == "collapsed" else set()
     assert routing(result) == expected
+
+
+# ------------------------------------------------------------------ weights with no batch axis
+class AdaTTFusion(nn.Module):
+    """AdaTT (Li et al., KDD 2023) at toy size: per task 2 own experts + 2 shared ones; per task a fusion gate
+    (softmax over all 6) plus a residual `einsum("k,bkh->bh", self_weights[t], own experts)` (a learned linear
+    combination, no softmax)."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+
+        def mlp() -> nn.Module:
+            return nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU())
+
+        self.own = nn.ModuleList(nn.ModuleList(mlp() for _ in range(2)) for _ in TASKS)
+        self.shared = nn.ModuleList(mlp() for _ in range(2))
+        self.gates = nn.ModuleDict({t: nn.Linear(len(FEATURES), 6) for t in TASKS})
+        self.self_weights = nn.Parameter(torch.full((len(TASKS), 2), 0.5))
+        self.towers = nn.ModuleDict({t: nn.Linear(hidden, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        own = [[e(x) for e in group] for group in self.own]
+        every = torch.stack([h for group in own for h in group] + [e(x) for e in self.shared], 1)  # [B, 6, H]
+        out = {}
+        for t, task in enumerate(TASKS):
+            fused = torch.einsum("be,beh->bh", self.gates[task](x).softmax(-1), every)
+            resid = torch.einsum("k,bkh->bh", self.self_weights[t], torch.stack(own[t], 1))
+            out[task] = torch.sigmoid(self.towers[task](fused + resid)).squeeze(-1)
+        return out
+
+
+@pytest.mark.parametrize("self_weights", ["init", "trained"])
+@pytest.mark.parametrize("case", ["specialized", "collapsed"])
+def test_adatt_native_expert_residual_is_not_a_gate(case: str, self_weights: str) -> None:
+    torch.manual_seed(0)
+    model = AdaTTFusion()
+    plant(dict(model.gates.items()), case, 6)
+    if self_weights == "trained":  # off the simplex, as after training
+        with torch.no_grad():
+            model.self_weights.copy_(torch.tensor([[1.3, 0.4], [0.2, 0.9]]))
+    result = inspect(model)
+    assert [(g.name, len(g.experts)) for g in result.topology.gates] == [("click", 6), ("buy", 6)]
+    expected = {("collapsed_gate", "click")} if case == "collapsed" else set()
+    assert routing(result) == expected
+
+
+class WeightedBranches(nn.Module):
+    """Every task mixes the experts by one weight vector for every row: `softmax(logits[t])` ("softmax") or the
+    parameter as it is ("raw"), `einsum("e,ebh->bh")` over experts stacked first (named `branches`: modules named
+    `experts` that feed no gate are reported as unresolved, which is not what this tests)."""
+
+    def __init__(self, how: str, rows: list[list[float]], hidden: int = 8) -> None:
+        super().__init__()
+        self.how = how
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU()) for _ in range(len(rows[0]))
+        )
+        self.mix = nn.Parameter(torch.tensor(rows))
+        self.towers = nn.ModuleDict({t: nn.Linear(hidden, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.branches])  # [E, B, H]
+        out = {}
+        for t, task in enumerate(TASKS):
+            w = self.mix[t].softmax(-1) if self.how == "softmax" else self.mix[t]
+            out[task] = torch.sigmoid(self.towers[task](torch.einsum("e,ebh->bh", w, ex))).squeeze(-1)
+        return out
+
+
+def test_a_softmax_of_a_parameter_is_an_input_independent_gate() -> None:
+    result = inspect(WeightedBranches("softmax", [[20.0, 0.0, 0.0, 0.0], [1.0, -0.5, 0.3, 0.2]]))
+    topo = result.topology
+    assert [(g.name, g.output, g.batch_dim) for g in topo.gates] == [
+        ("click", "probs", -1),
+        ("buy", "probs", -1),
+    ]
+    assert any("input-independent by construction" in n for n in topo.notes)
+    assert routing(result) == {("collapsed_gate", "click"), ("input_independent_gate", "buy")}
+
+
+def test_a_learned_linear_combination_is_not_a_gate() -> None:
+    result = inspect(WeightedBranches("raw", [[1.3, 0.4, -0.2, 0.1], [0.3, 0.2, 0.1, 0.1]]))
+    topo = result.topology
+    assert not topo.gates and not topo.unresolved and topo.architecture == "shared_bottom"
+    assert any("outside [0, 1]" in n and "not normalized" in n for n in topo.notes)
+    assert not routing(result)
