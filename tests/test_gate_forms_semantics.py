@@ -7,9 +7,15 @@
   (input-independent by construction, and discovery says so); a learned linear combination (`[1.3, 0.4]`, or
   AdaTT's native-expert residual next to the real fusion gate, even at its `[0.5, 0.5]` initialisation) is a
   linear layer: a collapsed or uniform "gate" there was a false finding on a healthy model.
+* Top-1 routing with capacity (Switch style): the overflow of an over-full expert gets no expert (an all-zero gate
+  row). Those rows are counted (`rows_without_expert`, critical when most rows are dropped) and are nobody's top-1,
+  and collapse is judged on the rows that get an expert: a router that sends every row to one expert is
+  collapsed although capacity keeps its mean weight on that expert near C / B.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -173,3 +179,62 @@ def test_a_learned_linear_combination_is_not_a_gate() -> None:
     assert not topo.gates and not topo.unresolved and topo.architecture == "shared_bottom"
     assert any("outside [0, 1]" in n and "not normalized" in n for n in topo.notes)
     assert not routing(result)
+
+
+# ------------------------------------------------------------------ top-1 routing with capacity dropping
+class CapacityTop1(nn.Module):
+    """Per task a top-1 router with capacity `ceil(1.25 * B / E)` per expert (batch order decides who overflows):
+    `combine = keep * one_hot(argmax) * max prob`, `einsum("be,ebh->bh", combine, experts) + skip(x)`."""
+
+    def __init__(self, n_experts: int = 4, hidden: int = 8) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU()) for _ in range(n_experts)
+        )
+        self.routers = nn.ModuleDict({t: nn.Linear(len(FEATURES), n_experts) for t in TASKS})
+        self.skip = nn.Linear(len(FEATURES), hidden)
+        self.towers = nn.ModuleDict({t: nn.Linear(hidden, 1) for t in TASKS})
+
+    def combine(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        n_experts = len(self.experts)
+        gate, idx = self.routers[task](x).softmax(-1).max(-1)
+        mask = nn.functional.one_hot(idx, n_experts).to(x.dtype)
+        keep = (torch.cumsum(mask, 0) * mask <= math.ceil(1.25 * x.shape[0] / n_experts)).to(x.dtype) * mask
+        return keep * gate.unsqueeze(-1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.experts], 0)  # [E, B, H]
+        out = {}
+        for t in TASKS:
+            h = torch.einsum("be,ebh->bh", self.combine(x, t), ex) + self.skip(x)
+            out[t] = torch.sigmoid(self.towers[t](h)).squeeze(-1)
+        return out
+
+
+@pytest.mark.parametrize("case", ["collapsed", "specialized"])
+def test_top1_capacity_dropped_rows_are_counted_and_collapse_judged(case: str) -> None:
+    torch.manual_seed(0)
+    model = CapacityTop1()
+    plant(dict(model.routers.items()), case, 4)
+    x = torch.tensor(frame()[FEATURES].to_numpy())  # one batch of 800 rows, as inspect reads it
+    with torch.no_grad():
+        dropped = {t: float((model.combine(x, t).sum(1) == 0).double().mean()) for t in TASKS}
+    result = inspect(model)
+    assert [g.name for g in result.topology.gates] == ["click", "buy"]
+    found = {f.subject: f for f in result.findings if f.code == "rows_without_expert"}
+    for t in TASKS:  # every dropped row counted, exactly
+        assert found[t].evidence["no_expert_share"] == pytest.approx(dropped[t], abs=1e-12)
+    if case == "collapsed":  # every click row picks expert 0; capacity keeps 250 of 800
+        assert dropped["click"] == pytest.approx(550 / 800)
+        assert found["click"].severity == "critical"
+        collapsed = [f for f in result.findings if f.code == "collapsed_gate"]
+        assert [f.subject for f in collapsed] == ["click"]
+        assert collapsed[0].evidence["top1_share"] == 1.0
+        assert "rows get no expert" in result.verdict and "collapsed gate" in result.verdict
+    else:  # a few rows overflow by design: noted, not a failure
+        assert all(0 < dropped[t] < 0.2 and found[t].severity == "info" for t in TASKS)
+        assert {f.severity for f in result.findings if not f.code.startswith("task_")} == {"info"}
+        assert result.verdict.startswith("Yes")
+    util = result.table("utilization")  # a dropped row is nobody's top-1 (argmax of zeros would say expert 0)
+    for t in TASKS:
+        assert util[util.gate == t]["top1_share"].sum() == pytest.approx(1 - dropped[t], abs=1e-12)
