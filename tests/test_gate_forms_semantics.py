@@ -141,12 +141,14 @@ def test_adatt_native_expert_residual_is_not_a_gate(case: str, self_weights: str
 
 class WeightedBranches(nn.Module):
     """Every task mixes the experts by one weight vector for every row: `softmax(logits[t])` ("softmax") or the
-    parameter as it is ("raw"), `einsum("e,ebh->bh")` over experts stacked first (named `branches`: modules named
-    `experts` that feed no gate are reported as unresolved, which is not what this tests)."""
+    parameter as it is ("raw"), by `mixing`: `einsum("e,ebh->bh")` over experts stacked first, `w @ [B, E, H]`,
+    `(w[:, None] * [B, E, H]).sum(1)` or `sum(w[i] * x_i)` (named `branches`: modules named `experts` that feed
+    no gate are reported as unresolved, which is not what this tests)."""
 
-    def __init__(self, how: str, rows: list[list[float]], hidden: int = 8) -> None:
+    def __init__(self, how: str, rows: list[list[float]], hidden: int = 8, mixing: str = "einsum") -> None:
         super().__init__()
         self.how = how
+        self.mixing = mixing
         self.branches = nn.ModuleList(
             nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU()) for _ in range(len(rows[0]))
         )
@@ -154,11 +156,20 @@ class WeightedBranches(nn.Module):
         self.towers = nn.ModuleDict({t: nn.Linear(hidden, 1) for t in TASKS})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        ex = torch.stack([e(x) for e in self.branches])  # [E, B, H]
+        parts = [e(x) for e in self.branches]
+        ex = torch.stack(parts)  # [E, B, H]
         out = {}
         for t, task in enumerate(TASKS):
             w = self.mix[t].softmax(-1) if self.how == "softmax" else self.mix[t]
-            out[task] = torch.sigmoid(self.towers[task](torch.einsum("e,ebh->bh", w, ex))).squeeze(-1)
+            if self.mixing == "einsum":
+                h = torch.einsum("e,ebh->bh", w, ex)
+            elif self.mixing == "matmul":
+                h = w @ ex.transpose(0, 1)  # [E] @ [B, E, H]
+            elif self.mixing == "mul_sum":
+                h = (w[:, None] * ex.transpose(0, 1)).sum(1)
+            else:
+                h = sum(w[i] * p for i, p in enumerate(parts))
+            out[task] = torch.sigmoid(self.towers[task](h)).squeeze(-1)
         return out
 
 
@@ -173,12 +184,18 @@ def test_a_softmax_of_a_parameter_is_an_input_independent_gate() -> None:
     assert routing(result) == {("collapsed_gate", "click"), ("input_independent_gate", "buy")}
 
 
-def test_a_learned_linear_combination_is_not_a_gate() -> None:
-    result = inspect(WeightedBranches("raw", [[1.3, 0.4, -0.2, 0.1], [0.3, 0.2, 0.1, 0.1]]))
+@pytest.mark.parametrize("mixing", ["einsum", "matmul", "mul_sum", "per_expert"])
+def test_a_learned_linear_combination_is_not_a_gate(mixing: str) -> None:
+    """The same evidence whichever op mixes: off the simplex, a learned vector is a linear layer."""
+    rows = [[1.3, 0.4, -0.2, 0.1], [0.3, 0.2, 0.1, 0.1]]
+    result = inspect(WeightedBranches("raw", rows, mixing=mixing))
     topo = result.topology
     assert not topo.gates and not topo.unresolved and topo.architecture == "shared_bottom"
     assert any("outside [0, 1]" in n and "not normalized" in n for n in topo.notes)
     assert not routing(result)
+    on_simplex = inspect(WeightedBranches("raw", [[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.3, 0.4]], mixing=mixing))
+    assert [g.name for g in on_simplex.topology.gates] == ["click", "buy"]  # a fixed average is still judged
+    assert routing(on_simplex) == {("input_independent_gate", "click"), ("input_independent_gate", "buy")}
 
 
 # ------------------------------------------------------------------ top-1 routing with capacity dropping
