@@ -60,7 +60,8 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 top_expert_top1_share=0.95,
             ),
             _gate("b", "b", normalized_entropy=0.99),  # uniform
-            _gate("c", "c", input_dependence=0.001, polarized_share=0.95),  # input-independent, polarized
+            # input-independent, polarized, and 60 of its 100 rows give no expert any weight
+            _gate("c", "c", input_dependence=0.001, polarized_share=0.95, zero_rows=60),
             _gate("d", "", distinct_experts=1),  # four slots of one expert module
         ]
     )

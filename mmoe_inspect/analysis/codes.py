@@ -33,6 +33,7 @@ INPUT_INDEPENDENT_GATE = "input_independent_gate"
 POLARIZED_GATE = "polarized_gate"
 NONFINITE_GATE = "nonfinite_gate"
 GATE_NOT_NORMALIZED = "gate_not_normalized"
+ROWS_WITHOUT_EXPERT = "rows_without_expert"
 # routing: task pairs
 TASKS_ROUTE_IDENTICALLY = "tasks_route_identically"
 TASKS_ROUTE_SIMILARLY = "tasks_route_similarly"
@@ -78,7 +79,8 @@ _DECLARED = (
         COLLAPSED_GATE,
         "critical",
         "Collapsed gate",
-        "one expert has mean weight ≥ 0.9 and is top-1 on ≥ 90% of rows",
+        "one expert has mean weight ≥ 0.9 and is top-1 on ≥ 90% of rows (of the rows that get an expert, by its "
+        "share of their weight)",
     ),
     FindingCode(
         ONE_EXPERT_MODULE,
@@ -131,6 +133,13 @@ _DECLARED = (
         "a regression task's R² 95% paired interval holds 0 (or lies below) and stays below 0.05: predicting "
         "the mean of the labels does as well",
         task_quality=True,
+    ),
+    FindingCode(
+        ROWS_WITHOUT_EXPERT,
+        "critical",
+        "Rows get no expert",
+        "≥ 50% of a gate's rows give every expert weight 0 (top-1 overflow dropped by capacity, masked rows); a "
+        "warning from 20%, info from 1%",
     ),
     FindingCode(UNIFORM_GATE, "warning", "Uniform gate", "mean row entropy ≥ 97% of `log E`"),
     FindingCode(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import pandas as pd
@@ -37,7 +37,12 @@ __all__ = [
 class Thresholds:
     """Defaults for every diagnosis; every one is a share, ratio or total variation in [0, 1].
 
-    collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows.
+    collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows; when
+    some rows get no expert (a top-1 router's overflow dropped by capacity), judged on the rows that get one,
+    with the expert's share of their weight (the router's dispatch, not the capacity that cut it).
+    rows without expert: share of a gate's rows whose weights are all 0 >= `no_expert_critical` (critical),
+    >= `no_expert_warning` (warning), >= `no_expert_info` (info: a capacity-limited router drops a few rows by
+    design).
     uniform: mean per-row entropy / log E >= `uniform_entropy`.
     input-independent: input dependence (Σ Var(g_e) / (1 - Σ mean_e²)) < `input_dependence_min`.
     identical routing: mean per-row total variation between two task gates < `identical_tv`.
@@ -67,6 +72,9 @@ class Thresholds:
     sparse_rate: float = 0.05
     own_experts_min: float = 0.1
     shared_experts_min: float = 0.1
+    no_expert_info: float = 0.01
+    no_expert_warning: float = 0.2
+    no_expert_critical: float = 0.5
 
     def __post_init__(self) -> None:
         """Every threshold is a share, ratio or total variation: a number in [0, 1] (ValueError naming it)."""
@@ -156,22 +164,36 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         return res
     if n_e < 2 or not row.n_rows > 0:  # one expert, or no finite row: nothing to judge the routing by
         return res
-    if row.max_mean_weight >= th.collapse_weight and row.top_expert_top1_share >= th.collapse_top1:
+    zero = _num(getattr(row, "zero_rows", 0.0))
+    zero = 0.0 if math.isnan(zero) else zero
+    no_expert = zero / float(row.n_rows)
+    if zero > 0 and no_expert >= th.no_expert_info:
+        res.append(_no_expert_finding(row, gate, int(zero), no_expert, th))
+    weight, top1 = _num(row.max_mean_weight), _num(row.top_expert_top1_share)
+    routed = float(row.n_rows) - zero
+    if zero > 0 and routed > 0:  # judged on the rows that got an expert (what the router chose for them)
+        top1 = top1 * float(row.n_rows) / routed
+        weight = max(weight, _num(getattr(row, "top_expert_weight_share", math.nan)))
+    if weight >= th.collapse_weight and top1 >= th.collapse_top1:
         collapsed.add(gate)
+        of_rows = "of rows" if zero == 0 else f"of the {int(routed)} rows that get an expert"
+        evidence: dict[str, float | str] = {
+            "max_mean_weight": weight,
+            "top1_share": top1,
+            "effective_experts": _num(row.effective_experts),
+        }
+        if zero > 0:
+            evidence["no_expert_share"] = no_expert
         res.append(
             Finding.of(
                 codes.COLLAPSED_GATE,
                 gate,
-                f"Gate {gate} sends {row.max_mean_weight:.0%} of its weight to expert {row.top_expert}, which is "
-                f"the top expert on {row.top_expert_top1_share:.0%} of rows: the other {n_e - 1} experts are "
+                f"Gate {gate} sends {weight:.0%} of its weight to expert {row.top_expert}, which is "
+                f"the top expert on {top1:.0%} {of_rows}: the other {n_e - 1} experts are "
                 "effectively unused by this gate.",
                 "Add gate dropout (drop each expert with ~10% probability and renormalize, as in YouTube's "
                 "ranker), a load-balancing loss, a softmax temperature, or a lower learning rate for the gate.",
-                {
-                    "max_mean_weight": _num(row.max_mean_weight),
-                    "top1_share": _num(row.top_expert_top1_share),
-                    "effective_experts": _num(row.effective_experts),
-                },
+                evidence,
             )
         )
         return res
@@ -228,6 +250,25 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
             )
         )
     return res
+
+
+def _no_expert_finding(row: Any, gate: str, zero: int, share: float, th: Thresholds) -> Finding:
+    """`rows_without_expert`: rows on which gate `gate` gives every expert weight 0 (critical from
+    `no_expert_critical`, a warning from `no_expert_warning`, info below)."""
+    task = f" (task {row.task})" if isinstance(row.task, str) and row.task else ""
+    found = Finding.of(
+        codes.ROWS_WITHOUT_EXPERT,
+        gate,
+        f"Gate {gate}{task} gives no expert any weight on {zero} of {int(row.n_rows)} rows ({share:.0%}): those "
+        "rows get no expert's output (with capacity-limited top-1 routing, the overflow of an over-full expert "
+        "is dropped and only a residual path, if any, carries them).",
+        "Balance the router (a load-balancing auxiliary loss, router z-loss, noise), raise the capacity factor, "
+        "or route dropped rows to their next choice; check masks that zero whole rows.",
+        {"no_expert_share": share, "no_expert_rows": zero, "rows": int(row.n_rows)},
+    )
+    if share < th.no_expert_critical:
+        found = replace(found, severity="warning" if share >= th.no_expert_warning else "info")
+    return found
 
 
 def _pair_findings(pairs: pd.DataFrame, th: Thresholds, collapsed: set[str]) -> list[Finding]:

@@ -273,6 +273,8 @@ def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, p
                 "top_expert_top1_share": _f(s.top1_share[top]),
                 "nonfinite_rows": _f(s.nonfinite_rows),
                 "not_normalized_rows": _f(s.not_normalized_rows),
+                "zero_rows": _f(s.zero_rows),
+                "top_expert_weight_share": _f(mean[top] / mean.sum()),
             }
         )
         for e, name in enumerate(g.experts):

@@ -51,7 +51,7 @@ class GateSummary:
     mean: Tensor  # [E] mean weight per expert (utilization)
     var: Tensor  # [E] population variance of the weight per expert
     std: Tensor  # [E]
-    top1_share: Tensor  # [E] share of rows whose argmax is e (load)
+    top1_share: Tensor  # [E] share of rows whose argmax is e (load; rows with no expert count for none)
     coactivation: Tensor  # [E, E] mean outer product E[g gᵀ]
     hist: Tensor  # [E, n_bins] counts of each expert's weight over [0, 1]
     hist_edges: Tensor  # [n_bins + 1]
@@ -69,6 +69,9 @@ class GateSummary:
     polarized_share: float  # share of weights in the first or last histogram bin
     nonfinite_rows: int  # rows with a NaN/inf weight (excluded from everything else)
     not_normalized_rows: int  # finite rows summing to 1 ± max(1e-3, eps(input dtype)) not (included)
+    zero_rows: (
+        int  # finite rows whose weights are all 0: no expert (dropped by capacity, masked out; included)
+    )
     label_names: tuple[str, ...]
     label_n: Tensor  # [L] finite rows with a finite label
     label_pos_n: Tensor  # [L] of which positive (label > 0.5)
@@ -92,7 +95,8 @@ class GateStats(SummaryMetric):
     counts (`accumulate_gates`, which `update_gates` runs once for several gates). Rows with a
     NaN/inf weight are counted and excluded from everything else; finite rows whose weights do
     not sum to 1 within ``max(1e-3, eps(dtype))`` (see `normalization_tolerance`) are counted and
-    kept. With ``labels [batch, L]`` (binary, NaN = missing) it also sums the gate over each
+    kept, and so are rows whose weights are all 0 (no expert: a top-1 router's overflow dropped by
+    capacity), which are nobody's top-1. With ``labels [batch, L]`` (binary, NaN = missing) it also sums the gate over each
     label's finite and positive rows.
 
     A reservoir keeps the ``reservoir_size`` rows with the smallest ``row_hash(row_index, seed)``
@@ -157,6 +161,7 @@ class GateStats(SummaryMetric):
         self.add_state("rows_seen", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("nonfinite", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("not_normalized", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("zero_rows", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("sum_w", torch.zeros(e, dtype=_F64), dist_reduce_fx="sum")
         self.add_state("sum_outer", torch.zeros(e, e, dtype=_F64), dist_reduce_fx="sum")
         self.add_state("top1", torch.zeros(e, dtype=torch.int64), dist_reduce_fx="sum")
@@ -236,6 +241,7 @@ class GateStats(SummaryMetric):
             polarized_share=float((hist[:, 0].sum() + hist[:, -1].sum()) / (n * self.n_experts)),
             nonfinite_rows=int(self.nonfinite),
             not_normalized_rows=int(self.not_normalized),
+            zero_rows=int(self.zero_rows),
             label_names=self.label_names,
             label_n=self.lab_n.clone(),
             label_pos_n=self.lab_pos_n.clone(),
@@ -295,10 +301,18 @@ def accumulate_gates(
     slots = ws.get("slots", (g_n, e + 2, b), torch.int32, t.device)
     slots[:, :e].copy_(torch.mul(t, nb, out=tmp).clamp_(0, nb - 1)).add_(st0._bin_offsets[:, None])
     slots[:, e].copy_((h * (eb / st0.entropy_max)).clamp_(0, eb - 1)).add_(st0._ent0)
-    is_max = torch.eq(t, t.amax(1, keepdim=True), out=ws.get("is_max", t.shape, torch.bool, t.device))
+    amax = t.amax(1, keepdim=True)  # [G, 1, B]
+    is_max = torch.eq(t, amax, out=ws.get("is_max", t.shape, torch.bool, t.device))
     rank = st0._rank_weights
     first_max = (is_max.view(torch.uint8) if rank.dtype == torch.uint8 else is_max.to(rank.dtype)).mul_(rank)
     slots[:, e + 1].copy_(first_max.amax(1)).neg_().add_(st0._top0 + e)
+    # a row of zeros (max 0, sum 0: every weight 0) gave no expert any weight (a top-1 router over capacity
+    # drops it): it is counted, and is no expert's top-1 (argmax would say expert 0)
+    zero = (amax.squeeze(1) == 0) & (rsum == 0)  # [G, B] (masked non-finite rows are zeros too)
+    if ok is not None:
+        zero &= ok
+    slots[:, e + 1].masked_fill_(zero, st0._dummy_slot)
+    zero_rows = zero.sum(1)
     if ok is not None:
         slots.masked_fill_(~ok[:, None, :], st0._dummy_slot)
     slots.add_((torch.arange(g_n, dtype=torch.int32, device=t.device) * width)[:, None, None])
@@ -343,6 +357,7 @@ def accumulate_gates(
         st.sum_h.add_(sum_h[i])
         st.sum_h2.add_(sum_h2[i])
         st.not_normalized.add_(not_normalized[i])
+        st.zero_rows.add_(zero_rows[i])
         c = counts[i]
         st.hist.add_(c[: st._ent0].view(e, nb))
         st.entropy_hist.add_(c[st._ent0 : st._top0])

@@ -356,10 +356,13 @@ def locate_top_k(graph: Graph, mix: Mixture, producer: tuple[int, int | None, in
     )
 
 
-def gate_score(graph: Graph, mix: Mixture) -> tuple[int, int]:
-    """Prefer, among readings of one combination, weights that look like a gate (a distribution)."""
+def gate_score(graph: Graph, mix: Mixture) -> tuple[int, int, int]:
+    """Prefer, among readings of one combination, weights that look like a gate (a distribution). A split
+    reading (`Mixture.split`: per-expert weights no one tensor holds, seen but not read) comes after every
+    other: its weights are one column `w[:, i:i+1]`, which "sums to 1" on every row when a saturated softmax
+    puts all its weight there (a collapsed gate), and must not win over the softmax the columns came from."""
     chain = view_chain(graph, mix.weights, mix.w_axis, mix.w_batch)
     producer, pax, pbax = chain[-1]
     kind = kind_of(graph, producer, pax, pbax)
     op = graph.nodes[producer].op
-    return (0 if kind == "probs" else 1 if op in ("sigmoid", "softmax") else 2, mix.combine)
+    return (int(mix.split), 0 if kind == "probs" else 1 if op in ("sigmoid", "softmax") else 2, mix.combine)

@@ -54,6 +54,7 @@ from mmoe_inspect.topology._gates import (
     resolve_experts,
     set_levels,
 )
+from mmoe_inspect.topology._graphops import VIEW_OPS
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
@@ -259,6 +260,10 @@ def _describe_gates(
             if _signed_rows(graph, mix):
                 rejected.append((mix, "weights rows that take negative values (a dot product, not a gate)"))
                 continue
+            why_not = _fixed_weights_not_a_gate(graph, mix)
+            if why_not is not None:
+                rejected.append((mix, why_not))
+                continue
             if mix.fused:  # the gates of several tasks in one tensor: one gate per slice
                 if not fused_gate_like(graph, mix):
                     rejected.append((mix, "weights rows that are not distributions over the experts"))
@@ -334,6 +339,18 @@ def _describe_gates(
             f"a two-way blend in {node_where(graph, g.mixture_output)} is inside expert "
             f"{_inside_expert(graph, g.mixture_output, gates)} (a gated skip in its layers); not a gate of its own"
         )
+    # a learned vector over experts that a per-row gate already mixes, added next to it (AdaTT's native-expert
+    # residual `einsum("k,bkh->bh", self_weights[t], own)`): a linear layer on those experts, not a gate, even at
+    # an initialisation that happens to lie on the simplex (`[0.5, 0.5]`)
+    for g in [g for g in gates if g.loc.batch_dim < 0 and _raw_parameter(graph, g.weights)]:
+        mine = {r.key for r in g.experts}
+        if any(h.loc.batch_dim >= 0 and mine <= {r.key for r in h.experts} for h in gates if h is not g):
+            gates.remove(g)
+            notes.append(
+                f"a learned weight vector {list(graph.nodes[g.weights].shape)} in {node_where(graph, g.mixture_output)} "
+                "combines experts that a per-row gate also mixes (a residual, e.g. AdaTT's native-expert weights): "
+                "a linear layer on them, not a gate of its own"
+            )
     for out, item in unread_blends:
         if _inside_expert(graph, out, gates):
             unresolved.remove(item)
@@ -470,6 +487,12 @@ def _describe_gates(
             f"gate(s) {', '.join(weights_gates)} are not distributions over their experts (rows need not sum "
             "to 1): utilization, top-1 share, co-activation and label routing apply; entropy and JSD do not"
         )
+    fixed = [g.name for g in gates if g.loc.batch_dim < 0]
+    if fixed:
+        notes.append(
+            f"gate(s) {', '.join(fixed)} weight every row the same (one weight vector, no batch axis): "
+            "input-independent by construction, so only their weights are judged (collapse, dead experts)"
+        )
     functional = [g for g in gates if g.loc.op is not None]
     if not ({"inline", "call"} & penalties) and not functional:
         notes.insert(0, f"{plural(len(gates), 'gate')} traced to modules; experts traced to module outputs")
@@ -539,6 +562,68 @@ def _signed_rows(graph: Graph, mix: Mixture) -> bool:
         return False  # a learned scalar mixture (no batch axis) may have signed weights
     rows = row_values(graph, mix.weights, mix.w_axis, mix.w_batch)
     return rows is not None and bool(torch.isfinite(rows).all()) and float(rows.min()) < -1e-6
+
+
+# ops that pass a tensor's values on unchanged (what a parameter goes through to be "used as is")
+_AS_IS_OPS = frozenset(
+    {
+        *VIEW_OPS,
+        "getitem",
+        "select",
+        "narrow",
+        "index_select",
+        "expand",
+        "expand_as",
+        "broadcast_to",
+        "to",
+        "float",
+    }
+)
+
+
+def _raw_parameter(graph: Graph, idx: int, limit: int = 64) -> bool:
+    """Whether node `idx` holds a parameter's (or buffer's) values as they are: every op on the way from it only
+    selects, views or broadcasts them (`self.alpha[t]`), none normalizes or squashes them (a softmax, a sigmoid,
+    `w / w.sum()`)."""
+    seen = {idx}
+    todo = [idx]
+    while todo:
+        node = graph.nodes[todo.pop()]
+        if node.op in ("param", "buffer", "const"):
+            continue
+        if node.op not in _AS_IS_OPS or len(seen) > limit:
+            return False
+        for p in node.parents:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return True
+
+
+def _fixed_weights_not_a_gate(graph: Graph, mix: Mixture) -> str | None:
+    """Why one weight vector for every row (no batch axis) is not a gate, or None when it may be one.
+
+    A gate's weights lie on the simplex (a softmax of a parameter: fixed by construction, judged as an
+    input-independent gate), or at least in [0, 1] (a sigmoid). A vector with an entry outside [0, 1], or a
+    parameter used as it is whose entries do not sum to 1, is a learned linear combination of the experts (a
+    linear layer: AdaTT's native-expert residual, a cross-stitch unit after training), which collapse and
+    uniformity do not describe."""
+    if mix.w_batch is not None or mix.two_way or mix.fused:
+        return None
+    row = row_values(graph, mix.weights, mix.w_axis, None)
+    if row is None or not bool(torch.isfinite(row).all()):
+        return None
+    shown = (
+        "[" + ", ".join(f"{v:.3g}" for v in row[0, :6].tolist()) + (", ..." if row.shape[1] > 6 else "") + "]"
+    )
+    if float(row.min()) < -1e-6 or float(row.max()) > 1 + 1e-6:
+        return f"weights every row by one learned vector {shown} outside [0, 1] (a linear combination, not a gate)"
+    if _raw_parameter(graph, mix.weights) and abs(float(row.sum()) - 1.0) > 1e-4:
+        return (
+            f"weights every row by one learned vector {shown} that is not normalized (its entries sum to "
+            f"{float(row.sum()):.3g}: a linear combination, not a gate)"
+        )
+    return None
 
 
 def _task_nodes(graph: Graph, out: Any, outputs: list[TaskOutput]) -> set[int]:
