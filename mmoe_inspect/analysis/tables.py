@@ -59,17 +59,23 @@ def distinct_owners(a: GateSpec, b: GateSpec) -> bool:
 
 
 def call_index(group: Sequence[GateSpec]) -> dict[str, int]:
-    """Which call of its layer each gate of a group belongs to (0-based), by gate name.
+    """Which run of its layer each gate of a group belongs to (0-based), by gate name.
 
-    A layer run k times per forward (one MMoE applied to the user and to the item features) gives every
-    task k gates over the same experts (`click`, `click#1`), each call on its own input. The declared
-    `call` is used when every gate has one; otherwise, when every owner has the same number k >= 2 of
-    gates, the j-th gate of each owner (forward order) is call j. Anything else is one call (0)."""
-    if all(g.call is not None for g in group):
-        return {g.name: int(g.call) for g in group}  # type: ignore[arg-type]
+    A layer run k times per forward on different inputs (one MMoE applied to the user and to the item
+    features) gives every task k gates over the same experts (`click`, `click#1`), each run mixing its own
+    expert outputs. Discovery says which run a gate belongs to (`layer_call`, set where the gates' expert
+    outputs differ). Without it (a spec file), runs are told only when every owner has the same number
+    k >= 2 of gates: the declared module `call` when every gate has one, else the j-th gate of each owner
+    (forward order) is run j. Anything else is one run (0): one gate module called once per task (a
+    task embedding as input) has a `call` per task, yet all its calls mix one set of expert outputs and
+    are the tasks' routing to compare."""
+    if any(g.layer_call is not None for g in group):
+        return {g.name: g.layer_call or 0 for g in group}
     counts = Counter(gate_owner(g) for g in group)
     if len(counts) < 2 or len(set(counts.values())) != 1 or next(iter(counts.values())) < 2:
         return {g.name: 0 for g in group}
+    if all(g.call is not None for g in group):
+        return {g.name: int(g.call) for g in group}  # type: ignore[arg-type]
     seen: Counter[str] = Counter()
     out = {}
     for g in group:

@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._locate import Located
 from mmoe_inspect.topology._mixing import Mixture
+from mmoe_inspect.topology._nodes import ancestors
 from mmoe_inspect.topology._trace import ROOT, Graph, Ref
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec
 
@@ -46,6 +49,9 @@ class Gate:
     refined: bool = False
     uses: int = 1
     out_part: tuple[int, int] | None = None  # fused: (axis, index) of its mixture in the combine output
+    layer_call: int | None = (
+        None  # which run of a layer run several times on different inputs (`layer_calls`)
+    )
 
     @property
     def producer(self) -> int:
@@ -153,6 +159,59 @@ def name_gates(gates: list[Gate], task_order: dict[str, int]) -> None:
         k = used.get(base, 0)
         used[base] = k + 1
         g.name = base if k == 0 else f"{base}#{k}"
+
+
+def set_layer_calls(graph: Graph, gates: list[Gate]) -> None:
+    """Set `layer_call` on gates over the same experts whose expert modules' outputs differ.
+
+    One MMoE layer applied to two inputs (the user and the item features) runs its experts twice: each run's
+    gates mix that run's expert outputs, and a gate of one run is compared only with the other task gates
+    of that run (`layer_call` 0, 1, ... in forward order). Gates whose experts come from the same module
+    outputs (one gate module called once per task with a task embedding; each task reading its own column
+    of the experts' outputs), or from outputs of equal values (experts recomputed per task on the same
+    rows), are one run whatever their module's call, and keep None."""
+    groups: dict[tuple[object, ...], list[tuple[tuple[int | None, ...], list[Gate]]]] = {}
+    for g in gates:
+        outs = _expert_outputs(graph, g)
+        runs = groups.setdefault((g.level, tuple(r.key for r in g.experts)), [])
+        for first, members in runs:
+            if _same_outputs(graph, first, outs):
+                members.append(g)
+                break
+        else:
+            runs.append((outs, [g]))
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        order = sorted(runs, key=lambda r: min((n for n in r[0] if n is not None), default=-1))
+        for k, (_, members) in enumerate(order):
+            for g in members:
+                g.layer_call = k
+
+
+def _expert_outputs(graph: Graph, g: Gate) -> tuple[int | None, ...]:
+    """Per expert of `g`, the node of its module's output nearest upstream of the tensors the gate mixes
+    (None: an inline or sparse expert, no module output to tell runs apart)."""
+    latest: dict[str, int] = {}
+    for n in g.expert_nodes:
+        if n < 0:
+            continue
+        for i in ancestors(graph, n):
+            for c in graph.module_calls(i):
+                latest[c.path] = max(latest.get(c.path, -1), i)
+    return tuple(latest.get(r.module) if r.module is not None else None for r in g.experts)
+
+
+def _same_outputs(graph: Graph, a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    """Whether two gates' expert module outputs (`_expert_outputs`) are the same tensors or hold the same
+    values; an expert without a module output matches anything."""
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None or x == y:
+            continue
+        tx, ty = graph.nodes[x].tensor, graph.nodes[y].tensor
+        if tx is None or ty is None or tx.shape != ty.shape or not torch.equal(tx, ty):
+            return False
+    return True
 
 
 def architecture(gates: list[Gate], experts: list[ExpertSpec], n_tasks: int) -> str:
@@ -303,4 +362,5 @@ def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:
         part_dim=g.loc.part_dim,
         part=g.loc.part,
         two_way=g.loc.two_way,
+        layer_call=g.layer_call,
     )

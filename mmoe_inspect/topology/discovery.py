@@ -50,6 +50,7 @@ from mmoe_inspect.topology._gates import (
     name_experts,
     name_gates,
     resolve_experts,
+    set_layer_calls,
     set_levels,
 )
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
@@ -401,6 +402,7 @@ def _describe_gates(
                 g.tasks.add(o.name)
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
+    set_layer_calls(graph, gates)
     unused = assign_tasks(gates)
     task_order = {t.name: i for i, t in enumerate(tasks)}
     name_gates(gates, task_order)

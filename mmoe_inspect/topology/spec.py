@@ -146,6 +146,10 @@ class GateSpec:
     `dim` is the expert axis of the captured tensor (`[batch, E]` and `[batch, E, 1]` both use 1);
     `batch_dim` its batch axis, or -1 for weights without one (`[E]`, the same for every row).
     `task` is the task served; None for a shared gate (PLE non-final levels, OMoE's single gate).
+    `layer_call` says which run of its layer the gate belongs to (0-based) when one MMoE layer runs several
+    times per forward on different inputs (user and item features): each run mixes its own expert outputs,
+    and only gates of one run are compared. None: one run (a gate module called once per task over the
+    same expert outputs, with a task embedding, is one run: its calls are compared).
     """
 
     name: str
@@ -166,6 +170,7 @@ class GateSpec:
     part_dim: int | None = None
     part: int = 0
     two_way: bool = False
+    layer_call: int | None = None
 
     @property
     def n_experts(self) -> int:
@@ -355,6 +360,8 @@ class Topology:
             if g.two_way and g.index_op is not None:
                 raise TopologyError(f"gate {g.name!r}: a two_way gate cannot be a top-k gate")
             _whole(g.level, f"gate {g.name!r}: level", 0)
+            if g.layer_call is not None:
+                _whole(g.layer_call, f"gate {g.name!r}: layer_call", 0)
         read: dict[tuple, str] = {}  # where each gate's tensor is read: two gates on one tensor are one gate
         for g in self.gates:
             where = (
@@ -473,6 +480,8 @@ class Topology:
             "# output, k = its k-th tensor argument) and `batch_dim` (-1 = no batch axis). A fused gate (the\n"
             "# gates of several tasks in one tensor) is slice `part` of axis `part_dim` of that tensor.\n"
             "# A `two_way` gate reads one weight w per row (size 1 on `dim`) as [1 - w, w] over its 2 experts.\n"
+            "# `layer_call` (one layer run several times per forward on different inputs) is the run a gate\n"
+            "# belongs to; only gates of one run are compared.\n"
         )
         data = self.to_dict()
         if not data["unresolved"]:
