@@ -291,6 +291,43 @@ def test_one_gate_module_called_per_task_compares_the_tasks(per_task_experts: bo
     assert len(found["distinct"].tables["mutual_information"]) == 1
 
 
+class _OneGateListedTwice(nn.Module):
+    """`nn.ModuleList([gate] * 2)`: both tasks' gates are one Linear (a common bug), called once per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        gate = nn.Linear(8, 4)
+        self.gates = nn.ModuleList([gate] * 2)
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([m(x) for m in self.experts], 1)
+        return tuple(
+            torch.sigmoid(t((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+            for g, t in zip(self.gates, self.towers, strict=True)
+        )
+
+
+def test_one_gate_listed_for_both_tasks_routes_identically() -> None:
+    """The listed-twice gate runs once per task (`call` 0 and 1) over one set of expert outputs: its two calls
+    are the two tasks' routing, identical by construction (it passed as 'no task gates share one expert set')."""
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(800, 8)).astype("float32"), columns=cols)
+    result = mi.inspect(
+        _OneGateListedTwice().eval(),
+        data,
+        input_fn=lambda c: torch.tensor(c[cols].to_numpy()),
+        columns=cols,
+        tasks=["click", "buy"],
+        labels=False,
+    )
+    found = {f.subject for f in result.findings if f.code == codes.TASKS_ROUTE_IDENTICALLY}
+    assert found == {"click ~ buy"}, [(f.code, f.subject) for f in result.findings]
+
+
 class _OwnTasksPerRun(nn.Module):
     """One MMoE layer (`_Layer`: gates 0 and 1) run on the user half for click/buy and on the item half for
     like/share: the gate modules' calls serve four tasks, each run over its own expert outputs."""
