@@ -7,7 +7,7 @@ task each gate serves (from autograd influence), gate names and the architecture
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -339,6 +339,47 @@ def name_experts(
         specs.append(ExpertSpec(expert_name(r), module=r.module, index=r.index, owner=owner, level=level))
     specs.sort(key=lambda e: e.level)
     return refs, expert_name, specs
+
+
+def tie_experts(
+    graph: Graph, specs: list[ExpertSpec], gates: list[GateSpec]
+) -> tuple[list[ExpertSpec], str | None]:
+    """Mark experts whose module holds the very same parameters as an earlier expert's (`same_as`: tied
+    weights, a module rebuilt around another's layers) and say, in one note, which gate slots are one
+    expert module (one module in two slots of `nn.ModuleList([a, b, a, c])`, or tied ones): the gate
+    statistics count them as one expert. None when every slot holds its own expert."""
+    first: dict[tuple[object, ...], str] = {}
+    out = []
+    for e in specs:
+        module = graph.modules.get(e.module) if e.module is not None else None
+        params = tuple(sorted(id(p) for p in module.parameters())) if module is not None else ()
+        if params:
+            key = (type(module), e.index, params)
+            if key in first:
+                e = replace(e, same_as=first[key])
+            else:
+                first[key] = e.name
+        out.append(e)
+    tied = {e.name: e.same_as for e in out if e.same_as is not None}
+    shared: dict[str, list[str]] = {}  # expert -> the slots' names holding it, per gate
+    for g in gates:
+        for name in g.experts:
+            shared.setdefault(f"{g.name}: {tied.get(name, name)}", []).append(name)
+    repeated = {k: v for k, v in shared.items() if len(v) > 1}
+    if not repeated:
+        return out, None
+    shown = [
+        f"{k} in {len(v)} slots" + (f" ({', '.join(dict.fromkeys(v))})" if len(set(v)) > 1 else "")
+        for k, v in list(repeated.items())[:4]
+    ]
+    more = f" and {len(repeated) - 4} more" if len(repeated) > 4 else ""
+    note = (
+        "gate slots holding one expert module (the same module, or modules with the same parameters): "
+        + "; ".join(shown)
+        + more
+        + "; collapse, dead-expert and effective-experts statistics count them as one expert"
+    )
+    return out, note
 
 
 def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:

@@ -52,6 +52,7 @@ from mmoe_inspect.topology._gates import (
     resolve_experts,
     set_layer_calls,
     set_levels,
+    tie_experts,
 )
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
@@ -410,6 +411,7 @@ def _describe_gates(
     # experts: names, owners, levels; the gate specs that name them
     refs, expert_name, specs = name_experts(gates)
     gate_specs = tuple(gate_spec(g, expert_name) for g in gates)
+    specs, tied_note = tie_experts(graph, specs, list(gate_specs))
 
     # 8: notes and confidence
     inline = sorted({expert_name(r) for r in refs.values() if r.module is None and r.key[0] != "sparse"})
@@ -432,6 +434,8 @@ def _describe_gates(
             f"expert modules run several times per forward: {', '.join(multi_called)}; every call is mixed by "
             "its gate, and the expert statistics (similarity, dead units) use each module's first call"
         )
+    if tied_note:
+        notes.append(tied_note)
     for g in gates:
         if g.refined:
             notes.append(

@@ -97,6 +97,8 @@ class ExpertSpec:
     models whose experts are one module emitting `[batch, n_experts, dim]`, `index` selects the slice
     along dim 1. `module=None` means the expert is computed inline (no hookable output).
     `owner` is "shared" or the task name of a task-specific expert (PLE/CGC).
+    `same_as` names an earlier expert whose module holds the very same parameters (tied weights): the gate
+    statistics count the two as one expert, as they count one module listed in two gate slots.
     """
 
     name: str
@@ -104,6 +106,7 @@ class ExpertSpec:
     index: int | None = None
     owner: str = "shared"
     level: int = 0
+    same_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -390,6 +393,8 @@ class Topology:
             _whole(e.level, f"expert {e.name!r}: level", 0)
             if e.index is not None:
                 _whole(e.index, f"expert {e.name!r}: index", None)
+            if e.same_as is not None and (e.same_as not in known_experts or e.same_as == e.name):
+                raise TopologyError(f"expert {e.name!r}: same_as names no other expert ({e.same_as!r})")
             if e.owner != "shared" and e.owner not in names:
                 raise TopologyError(f"expert {e.name!r} is owned by unknown task {e.owner!r}")
         for t in self.tasks:
