@@ -224,15 +224,17 @@ def test_a_layer_called_twice_compares_gates_of_one_call_and_names_the_call() ->
 
 class _TaskConditioned(nn.Module):
     """ONE gate module for every task, fed the features and a task embedding, called once per task:
-    `w_t = softmax(gate([x, emb[t]]))` over 4 shared experts. `per_task_experts` recomputes the expert
-    outputs inside the task loop (same rows, same values: still one mixing of one expert set)."""
+    `w_t = softmax(gate([x, emb[t]]))` over 4 shared experts. `experts` says what the gates mix: one stack
+    computed once (`shared`), the stack recomputed inside the task loop on the same rows (`recomputed`), or
+    the experts run per task on a task-shifted input `x + shift[t]` (`per_task`: outputs of their own)."""
 
-    def __init__(self, per_task_experts: bool = False) -> None:
+    def __init__(self, experts: str = "shared") -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.per_task_experts = per_task_experts
+        self.mode = experts
         self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
         self.task_emb = nn.Embedding(2, 4)
+        self.shift = nn.Parameter(torch.randn(2, 8, generator=torch.Generator().manual_seed(5)))
         self.gate = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
         self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
 
@@ -240,16 +242,17 @@ class _TaskConditioned(nn.Module):
         ex = torch.stack([m(x) for m in self.experts], 1)  # [B, E, H]
         out = {}
         for t, name in enumerate(("click", "buy")):
-            if self.per_task_experts:
-                ex = torch.stack([m(x) for m in self.experts], 1)
+            if self.mode != "shared":
+                xt = x + self.shift[t] if self.mode == "per_task" else x
+                ex = torch.stack([m(xt) for m in self.experts], 1)
             w = torch.softmax(self.gate(torch.cat([x, self.task_emb.weight[t].expand(len(x), -1)], 1)), -1)
             out[name] = torch.sigmoid(self.towers[t]((w.unsqueeze(-1) * ex).sum(1))).squeeze(-1)
         return out
 
 
-def _conditioned(plant: str, per_task_experts: bool) -> _TaskConditioned:
+def _conditioned(plant: str, experts: str) -> _TaskConditioned:
     """Plant through the task embeddings: far apart (each task routes its own way) or equal (identical)."""
-    model = _TaskConditioned(per_task_experts).eval()
+    model = _TaskConditioned(experts).eval()
     with torch.no_grad():
         model.gate[0].weight.mul_(3)
         model.gate[2].weight.mul_(3)
@@ -259,11 +262,11 @@ def _conditioned(plant: str, per_task_experts: bool) -> _TaskConditioned:
     return model
 
 
-@pytest.mark.parametrize("per_task_experts", [False, True])
-def test_one_gate_module_called_per_task_compares_the_tasks(per_task_experts: bool) -> None:
-    """The gate module's two calls are two tasks' gates over the same expert outputs (not a layer run twice
-    on two inputs): identical task embeddings are `tasks_route_identically`; distinct ones get a routing
-    answer, not 'no task gates share one expert set to compare directly'."""
+@pytest.mark.parametrize("experts", ["shared", "recomputed", "per_task"])
+def test_one_gate_module_called_per_task_compares_the_tasks(experts: str) -> None:
+    """The gate module's two calls are two tasks' gates, each task with one gate (not a layer run twice, which
+    gives every task a gate per run): identical task embeddings are `tasks_route_identically`; distinct ones
+    get a routing answer, not 'no task gates share one expert set to compare directly'."""
     rng = np.random.default_rng(0)
     cols = [f"f{i}" for i in range(8)]
     data = pd.DataFrame(rng.normal(size=(1500, 8)).astype("float32"), columns=cols)
@@ -272,14 +275,14 @@ def test_one_gate_module_called_per_task_compares_the_tasks(per_task_experts: bo
     found = {}
     for plant in ("identical", "distinct"):
         result = mi.inspect(
-            _conditioned(plant, per_task_experts),
+            _conditioned(plant, experts),
             data,
             input_fn=lambda c: torch.tensor(c[cols].to_numpy()),
             columns=cols,
         )
-        assert [(g.module, g.call, g.task) for g in result.topology.gates] == [
-            ("gate", 0, "click"),
-            ("gate", 1, "buy"),
+        assert [(g.module, g.call, g.task, g.layer_call) for g in result.topology.gates] == [
+            ("gate", 0, "click", None),
+            ("gate", 1, "buy", None),
         ]
         found[plant] = result
     identical = {f.subject for f in found["identical"].findings if f.code == codes.TASKS_ROUTE_IDENTICALLY}
@@ -289,6 +292,44 @@ def test_one_gate_module_called_per_task_compares_the_tasks(per_task_experts: bo
     div = found["distinct"].tables["task_divergence"]
     assert list(zip(div["gate_a"], div["gate_b"], strict=True)) == [("click", "buy")]
     assert len(found["distinct"].tables["mutual_information"]) == 1
+
+
+class _PerTaskExpertInput(nn.Module):
+    """A gate module per task; the shared experts run once per task on that task's input `x + shift[t]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.shift = nn.Parameter(torch.randn(2, 8))
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        self.gates = nn.ModuleList([nn.Linear(8, 4) for _ in range(2)])
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for t, name in enumerate(("click", "buy")):
+            ex = torch.stack([m(x + self.shift[t]) for m in self.experts], 1)
+            w = torch.softmax(self.gates[t](x), -1)
+            out[name] = torch.sigmoid(self.towers[t]((w.unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+        return out
+
+
+def test_gates_over_per_task_expert_outputs_are_compared() -> None:
+    """Each task's gate mixes the experts' outputs on its own input, one gate per task: not two runs of a
+    layer (those give every task a gate per run), so the two tasks' identical gates are compared and found."""
+    model = _PerTaskExpertInput().eval()
+    with torch.no_grad():
+        model.gates[0].weight.mul_(4)
+        model.gates[1].load_state_dict(model.gates[0].state_dict())
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(800, 8)).astype("float32"), columns=cols)
+    result = mi.inspect(
+        model, data, input_fn=lambda c: torch.tensor(c[cols].to_numpy()), columns=cols, labels=False
+    )
+    assert [g.layer_call for g in result.topology.gates] == [None, None]
+    found = {f.subject for f in result.findings if f.code == codes.TASKS_ROUTE_IDENTICALLY}
+    assert found == {"click ~ buy"}, [(f.code, f.subject) for f in result.findings]
 
 
 class _OneGateListedTwice(nn.Module):

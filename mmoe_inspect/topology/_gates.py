@@ -162,14 +162,17 @@ def name_gates(gates: list[Gate], task_order: dict[str, int]) -> None:
 
 
 def set_layer_calls(graph: Graph, gates: list[Gate]) -> None:
-    """Set `layer_call` on gates over the same experts whose expert modules' outputs differ.
+    """Set `layer_call` on the gates of a layer that runs several times per forward on different inputs.
 
-    One MMoE layer applied to two inputs (the user and the item features) runs its experts twice: each run's
-    gates mix that run's expert outputs, and a gate of one run is compared only with the other task gates
-    of that run (`layer_call` 0, 1, ... in forward order). Gates whose experts come from the same module
-    outputs (one gate module called once per task with a task embedding; each task reading its own column
-    of the experts' outputs), or from outputs of equal values (experts recomputed per task on the same
-    rows), are one run whatever their module's call, and keep None."""
+    One MMoE layer applied to two inputs (the user and the item features) runs its experts and its gate
+    modules twice: each run's gates mix that run's expert outputs and are compared with each other only
+    (`layer_call` 0, 1, ... in forward order). Gates over the same experts are put in runs by their
+    experts' module outputs (the same tensors, or equal values: experts recomputed on the same rows), and
+    the runs are kept when they are runs of one layer: some task has a gate in several of them (every task
+    gets a gate per run), or every run holds the same two or more gate modules (a run per task group).
+    Anything else stays one run (None) and its task gates are compared: one gate module called once per
+    task with a task embedding, or experts fed a per-task input with a gate module per task, give each task
+    one gate over outputs of their own."""
     groups: dict[tuple[object, ...], list[tuple[tuple[int | None, ...], list[Gate]]]] = {}
     for g in gates:
         outs = _expert_outputs(graph, g)
@@ -181,12 +184,23 @@ def set_layer_calls(graph: Graph, gates: list[Gate]) -> None:
         else:
             runs.append((outs, [g]))
     for runs in groups.values():
-        if len(runs) < 2:
+        if len(runs) < 2 or not _layer_runs([members for _, members in runs]):
             continue
         order = sorted(runs, key=lambda r: min((n for n in r[0] if n is not None), default=-1))
         for k, (_, members) in enumerate(order):
             for g in members:
                 g.layer_call = k
+
+
+def _layer_runs(runs: list[list[Gate]]) -> bool:
+    """Whether gates split by their expert outputs (`set_layer_calls`) are runs of one layer."""
+    seen: dict[str, int] = {}
+    for k, members in enumerate(runs):
+        for g in members:
+            if g.task is not None and seen.setdefault(g.task, k) != k:
+                return True  # a task with a gate in two runs
+    modules = [sorted((g.loc.module, g.loc.op or "", g.loc.part) for g in members) for members in runs]
+    return len(modules[0]) >= 2 and all(m == modules[0] for m in modules)
 
 
 def _expert_outputs(graph: Graph, g: Gate) -> tuple[int | None, ...]:

@@ -403,8 +403,8 @@ def _describe_gates(
                 g.tasks.add(o.name)
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
-    set_layer_calls(graph, gates)
     unused = assign_tasks(gates)
+    set_layer_calls(graph, gates)
     task_order = {t.name: i for i, t in enumerate(tasks)}
     name_gates(gates, task_order)
 

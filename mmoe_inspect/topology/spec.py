@@ -150,9 +150,9 @@ class GateSpec:
     `batch_dim` its batch axis, or -1 for weights without one (`[E]`, the same for every row).
     `task` is the task served; None for a shared gate (PLE non-final levels, OMoE's single gate).
     `layer_call` says which run of its layer the gate belongs to (0-based) when one MMoE layer runs several
-    times per forward on different inputs (user and item features): each run mixes its own expert outputs,
-    and only gates of one run are compared. None: one run (a gate module called once per task over the
-    same expert outputs, with a task embedding, is one run: its calls are compared).
+    times per forward on different inputs (user and item features): each run mixes its own expert outputs
+    and gives every task a gate, and only gates of one run are compared. None: one run (one gate module
+    called once per task with a task embedding gives each task one gate: its calls are compared).
     """
 
     name: str
