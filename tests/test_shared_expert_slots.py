@@ -104,3 +104,16 @@ def test_a_tied_slot_no_gate_weights_is_not_a_dead_expert() -> None:
     result = inspect("params", "slot2_unused")
     dead = {f.subject for f in result.findings if f.code == codes.DEAD_EXPERT}
     assert not dead, [(f.code, f.subject) for f in result.findings]
+
+
+def test_tied_experts_round_trip_through_a_spec_file() -> None:
+    from mmoe_inspect.topology.discovery import discover_topology
+    from mmoe_inspect.topology.spec import Topology, TopologyError
+
+    topo = discover_topology(SlotMMoE("params", "healthy").eval(), torch.randn(61, 8))
+    again = Topology.from_toml(topo.to_toml())
+    assert [e.same_as for e in again.experts] == [None, None, "experts.0", None]
+    bad = topo.to_dict()
+    bad["experts"][2]["same_as"] = "experts.9"
+    with pytest.raises(TopologyError, match="same_as names no other expert"):
+        Topology.from_dict(bad)
