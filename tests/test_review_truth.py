@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
@@ -219,6 +220,192 @@ def test_a_layer_called_twice_compares_gates_of_one_call_and_names_the_call() ->
     assert routing.startswith("Partly: the tasks share most experts but weight them differently"), routing
     assert "(click#1 ~ buy#1 on the 2nd call)" in routing, routing
     assert "clearly different" not in routing, routing
+
+
+class _TaskConditioned(nn.Module):
+    """ONE gate module for every task, fed the features and a task embedding, called once per task:
+    `w_t = softmax(gate([x, emb[t]]))` over 4 shared experts. `experts` says what the gates mix: one stack
+    computed once (`shared`), the stack recomputed inside the task loop on the same rows (`recomputed`), or
+    the experts run per task on a task-shifted input `x + shift[t]` (`per_task`: outputs of their own)."""
+
+    def __init__(self, experts: str = "shared") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mode = experts
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        self.task_emb = nn.Embedding(2, 4)
+        self.shift = nn.Parameter(torch.randn(2, 8, generator=torch.Generator().manual_seed(5)))
+        self.gate = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([m(x) for m in self.experts], 1)  # [B, E, H]
+        out = {}
+        for t, name in enumerate(("click", "buy")):
+            if self.mode != "shared":
+                xt = x + self.shift[t] if self.mode == "per_task" else x
+                ex = torch.stack([m(xt) for m in self.experts], 1)
+            w = torch.softmax(self.gate(torch.cat([x, self.task_emb.weight[t].expand(len(x), -1)], 1)), -1)
+            out[name] = torch.sigmoid(self.towers[t]((w.unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+        return out
+
+
+def _conditioned(plant: str, experts: str) -> _TaskConditioned:
+    """Plant through the task embeddings: far apart (each task routes its own way) or equal (identical)."""
+    model = _TaskConditioned(experts).eval()
+    with torch.no_grad():
+        model.gate[0].weight.mul_(3)
+        model.gate[2].weight.mul_(3)
+        model.task_emb.weight.copy_(torch.randn(2, 4, generator=torch.Generator().manual_seed(2)) * 3)
+        if plant == "identical":
+            model.task_emb.weight[1] = model.task_emb.weight[0]
+    return model
+
+
+@pytest.mark.parametrize("experts", ["shared", "recomputed", "per_task"])
+def test_one_gate_module_called_per_task_compares_the_tasks(experts: str) -> None:
+    """The gate module's two calls are two tasks' gates, each task with one gate (not a layer run twice, which
+    gives every task a gate per run): identical task embeddings are `tasks_route_identically`; distinct ones
+    get a routing answer, not 'no task gates share one expert set to compare directly'."""
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(1500, 8)).astype("float32"), columns=cols)
+    data["click"] = (rng.random(1500) < 0.3).astype(float)
+    data["buy"] = (rng.random(1500) < 0.3).astype(float)
+    found = {}
+    for plant in ("identical", "distinct"):
+        result = mi.inspect(
+            _conditioned(plant, experts),
+            data,
+            input_fn=lambda c: torch.tensor(c[cols].to_numpy()),
+            columns=cols,
+        )
+        assert [(g.module, g.call, g.task, g.layer_call) for g in result.topology.gates] == [
+            ("gate", 0, "click", None),
+            ("gate", 1, "buy", None),
+        ]
+        found[plant] = result
+    identical = {f.subject for f in found["identical"].findings if f.code == codes.TASKS_ROUTE_IDENTICALLY}
+    assert identical == {"click ~ buy"}, [(f.code, f.subject) for f in found["identical"].findings]
+    routing = found["distinct"].review.answer("routing").answer
+    assert routing.startswith("Yes: the tasks route rows to clearly different experts"), routing
+    div = found["distinct"].tables["task_divergence"]
+    assert list(zip(div["gate_a"], div["gate_b"], strict=True)) == [("click", "buy")]
+    assert len(found["distinct"].tables["mutual_information"]) == 1
+
+
+class _PerTaskExpertInput(nn.Module):
+    """A gate module per task; the shared experts run once per task on that task's input `x + shift[t]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.shift = nn.Parameter(torch.randn(2, 8))
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        self.gates = nn.ModuleList([nn.Linear(8, 4) for _ in range(2)])
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for t, name in enumerate(("click", "buy")):
+            ex = torch.stack([m(x + self.shift[t]) for m in self.experts], 1)
+            w = torch.softmax(self.gates[t](x), -1)
+            out[name] = torch.sigmoid(self.towers[t]((w.unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+        return out
+
+
+def test_gates_over_per_task_expert_outputs_are_compared() -> None:
+    """Each task's gate mixes the experts' outputs on its own input, one gate per task: not two runs of a
+    layer (those give every task a gate per run), so the two tasks' identical gates are compared and found."""
+    model = _PerTaskExpertInput().eval()
+    with torch.no_grad():
+        model.gates[0].weight.mul_(4)
+        model.gates[1].load_state_dict(model.gates[0].state_dict())
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(800, 8)).astype("float32"), columns=cols)
+    result = mi.inspect(
+        model, data, input_fn=lambda c: torch.tensor(c[cols].to_numpy()), columns=cols, labels=False
+    )
+    assert [g.layer_call for g in result.topology.gates] == [None, None]
+    found = {f.subject for f in result.findings if f.code == codes.TASKS_ROUTE_IDENTICALLY}
+    assert found == {"click ~ buy"}, [(f.code, f.subject) for f in result.findings]
+
+
+class _OneGateListedTwice(nn.Module):
+    """`nn.ModuleList([gate] * 2)`: both tasks' gates are one Linear (a common bug), called once per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        gate = nn.Linear(8, 4)
+        self.gates = nn.ModuleList([gate] * 2)
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ex = torch.stack([m(x) for m in self.experts], 1)
+        return tuple(
+            torch.sigmoid(t((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+            for g, t in zip(self.gates, self.towers, strict=True)
+        )
+
+
+def test_one_gate_listed_for_both_tasks_routes_identically() -> None:
+    """The listed-twice gate runs once per task (`call` 0 and 1) over one set of expert outputs: its two calls
+    are the two tasks' routing, identical by construction (it passed as 'no task gates share one expert set')."""
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(800, 8)).astype("float32"), columns=cols)
+    result = mi.inspect(
+        _OneGateListedTwice().eval(),
+        data,
+        input_fn=lambda c: torch.tensor(c[cols].to_numpy()),
+        columns=cols,
+        tasks=["click", "buy"],
+        labels=False,
+    )
+    found = {f.subject for f in result.findings if f.code == codes.TASKS_ROUTE_IDENTICALLY}
+    assert found == {"click ~ buy"}, [(f.code, f.subject) for f in result.findings]
+
+
+class _OwnTasksPerRun(nn.Module):
+    """One MMoE layer (`_Layer`: gates 0 and 1) run on the user half for click/buy and on the item half for
+    like/share: the gate modules' calls serve four tasks, each run over its own expert outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mmoe = _Layer()
+        self.towers = nn.ModuleList([nn.Linear(8, 1) for _ in range(4)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mixed = self.mmoe(x[:, :4]) + self.mmoe(x[:, 4:])
+        names = ("click", "buy", "like", "share")
+        return {n: torch.sigmoid(t(h)).squeeze(-1) for n, t, h in zip(names, self.towers, mixed, strict=True)}
+
+
+def test_a_layer_run_twice_for_its_own_tasks_compares_tasks_of_one_run() -> None:
+    """Each task has one gate, yet click/like (and buy/share) read different inputs: only the tasks of one run
+    are compared, because their expert outputs differ (not because the gate module has a call per task)."""
+    torch.manual_seed(0)
+    model = _OwnTasksPerRun().eval()
+    with torch.no_grad():
+        for g in model.mmoe.gates:
+            g.weight.mul_(6)
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(8)]
+    data = pd.DataFrame(rng.normal(size=(1000, 8)).astype("float32"), columns=cols)
+    for t in ("click", "buy", "like", "share"):
+        data[t] = (rng.random(1000) < 0.3).astype(float)
+    result = mi.inspect(model, data, input_fn=lambda c: torch.tensor(c[cols].to_numpy()), columns=cols)
+    assert {g.name: g.layer_call for g in result.topology.gates} == {
+        "click": 0,
+        "buy": 0,
+        "like": 1,
+        "share": 1,
+    }
+    div = result.tables["task_divergence"]
+    assert sorted(zip(div["gate_a"], div["gate_b"], strict=True)) == [("click", "buy"), ("like", "share")]
 
 
 def test_gates_per_expert_group_are_named_with_their_group() -> None:

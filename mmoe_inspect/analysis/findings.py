@@ -184,13 +184,19 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         }
         if zero > 0:
             evidence["no_expert_share"] = no_expert
+        n_m = int(distinct) if math.isfinite(distinct) else n_e
+        slots = (
+            f" (its {n_e} slots hold {n_m} distinct expert modules; slots of one module count as one expert)"
+            if n_m < n_e
+            else ""
+        )
         res.append(
             Finding.of(
                 codes.COLLAPSED_GATE,
                 gate,
                 f"Gate {gate} sends {weight:.0%} of its weight to expert {row.top_expert}, which is "
-                f"the top expert on {top1:.0%} {of_rows}: the other {n_e - 1} experts are "
-                "effectively unused by this gate.",
+                f"the top expert on {top1:.0%} {of_rows}: the other {n_m - 1} experts are "
+                f"effectively unused by this gate{slots}.",
                 "Add gate dropout (drop each expert with ~10% probability and renormalize, as in YouTube's "
                 "ranker), a load-balancing loss, a softmax temperature, or a lower learning rate for the gate.",
                 evidence,
@@ -326,6 +332,8 @@ def _expert_findings(tables: dict[str, pd.DataFrame], th: Thresholds) -> list[Fi
     res: list[Finding] = []
     experts = tables.get("experts", pd.DataFrame())
     for row in experts.itertuples(index=False):
+        if getattr(row, "same_as", ""):  # tied to an earlier expert: judged (and named) there
+            continue
         if row.n_gates > 0 and (
             row.max_relative_weight < th.dead_relative and row.max_top1_share < th.dead_top1
         ):

@@ -10,7 +10,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mmoe_inspect.functional import js_divergence, task_expert_mutual_information
+from mmoe_inspect.functional import (
+    effective_experts,
+    gate_entropy,
+    js_divergence,
+    task_expert_mutual_information,
+)
 from mmoe_inspect.functional.evidence import MIN_REGRESSION_ROWS, R2_MARGIN, auc_verdict, class_counts
 from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import GateSpec, Topology
@@ -59,17 +64,23 @@ def distinct_owners(a: GateSpec, b: GateSpec) -> bool:
 
 
 def call_index(group: Sequence[GateSpec]) -> dict[str, int]:
-    """Which call of its layer each gate of a group belongs to (0-based), by gate name.
+    """Which run of its layer each gate of a group belongs to (0-based), by gate name.
 
-    A layer run k times per forward (one MMoE applied to the user and to the item features) gives every
-    task k gates over the same experts (`click`, `click#1`), each call on its own input. The declared
-    `call` is used when every gate has one; otherwise, when every owner has the same number k >= 2 of
-    gates, the j-th gate of each owner (forward order) is call j. Anything else is one call (0)."""
-    if all(g.call is not None for g in group):
-        return {g.name: int(g.call) for g in group}  # type: ignore[arg-type]
+    A layer run k times per forward on different inputs (one MMoE applied to the user and to the item
+    features) gives every task k gates over the same experts (`click`, `click#1`), each run mixing its own
+    expert outputs. Discovery says which run a gate belongs to (`layer_call`, set where the gates' expert
+    outputs differ). Without it (a spec file), runs are told only when every owner has the same number
+    k >= 2 of gates: the declared module `call` when every gate has one, else the j-th gate of each owner
+    (forward order) is run j. Anything else is one run (0): one gate module called once per task (a
+    task embedding as input) has a `call` per task, yet all its calls mix one set of expert outputs and
+    are the tasks' routing to compare."""
+    if any(g.layer_call is not None for g in group):
+        return {g.name: g.layer_call or 0 for g in group}
     counts = Counter(gate_owner(g) for g in group)
     if len(counts) < 2 or len(set(counts.values())) != 1 or next(iter(counts.values())) < 2:
         return {g.name: 0 for g in group}
+    if all(g.call is not None for g in group):
+        return {g.name: int(g.call) for g in group}  # type: ignore[arg-type]
     seen: Counter[str] = Counter()
     out = {}
     for g in group:
@@ -241,36 +252,60 @@ def at_chance(auc: float, lo: float, hi: float) -> bool:
     return bool(lo <= 0.5 <= hi)
 
 
+def expert_slots(topology: Topology, g: GateSpec) -> list[list[int]]:
+    """The gate's slots grouped by expert module, in order of first slot: one module listed in two slots
+    (`nn.ModuleList([a, b, a, c])`) or modules with the same parameters (`ExpertSpec.same_as`) are one
+    expert; `[[0], [1], ...]` when every slot holds its own."""
+    tied = {e.name: e.same_as for e in topology.experts if e.same_as is not None}
+    groups: dict[str, list[int]] = {}
+    for k, name in enumerate(g.experts):
+        groups.setdefault(tied.get(name, name), []).append(k)
+    return list(groups.values())
+
+
+def _merged(slots: list[list[int]], x: torch.Tensor) -> torch.Tensor:
+    """Per-slot `x [E]` summed per expert module `[M]` (`expert_slots`)."""
+    return torch.stack([x[idx].sum() for idx in slots])
+
+
 def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
-    """`gate_metrics` (one row per gate) and `utilization` (gate x expert)."""
+    """`gate_metrics` (one row per gate) and `utilization` (gate x expert slot).
+
+    Slots holding one expert module (`expert_slots`) count as one expert in the top expert's mean weight
+    and top-1 share (what the collapse judgement reads) and in the effective number of experts: a gate that
+    splits every row between two slots of one module sends it all to that module."""
     metrics, util = [], []
     for g in topology.gates:
         s = summaries[g.name]
-        mean = s.mean.double()
+        slots = expert_slots(topology, g)
+        mean = _merged(slots, s.mean.double())
+        top1 = _merged(slots, s.top1_share.double())
         top = int(torch.argmax(mean))
         # entropies assume each row is a distribution; not so for sigmoid/scalar-mixture gates
         ent = _f if g.simplex else _nan
+        merged = len(slots) < g.n_experts
+        of_mean = gate_entropy(mean) if merged else s.entropy_of_mean
         metrics.append(
             {
                 "gate": g.name,
                 "task": g.task or "",
                 "level": g.level,
                 "n_experts": g.n_experts,
-                "distinct_experts": len(set(g.experts)),
+                "distinct_experts": len(slots),
                 "simplex": g.simplex,
                 "n_rows": _f(s.n),
                 "mean_entropy": ent(s.entropy_mean),
                 "normalized_entropy": ent(s.normalized_entropy),
-                "entropy_of_mean": ent(s.entropy_of_mean),
-                "effective_experts": ent(s.effective_experts),
+                "entropy_of_mean": ent(of_mean),
+                "effective_experts": ent(effective_experts(mean)) if merged else ent(s.effective_experts),
                 "importance_cv2": _f(s.importance_cv2),
                 "load_cv2": _f(s.load_cv2),
                 "switch_balance": _f(s.switch_balance),
                 "input_dependence": _f(s.input_dependence),
                 "polarized_share": _f(s.polarized_share),
                 "max_mean_weight": _f(mean[top]),
-                "top_expert": g.experts[top],
-                "top_expert_top1_share": _f(s.top1_share[top]),
+                "top_expert": g.experts[slots[top][0]],
+                "top_expert_top1_share": _f(top1[top]),
                 "nonfinite_rows": _f(s.nonfinite_rows),
                 "not_normalized_rows": _f(s.not_normalized_rows),
                 "zero_rows": _f(s.zero_rows),
@@ -401,14 +436,20 @@ def expert_tables(
             if e.name in g.experts:
                 k = g.experts.index(e.name)
                 s = summaries[g.name]
-                weights.append(_f(s.mean[k]))
-                rel.append(_f(s.mean[k]) * g.n_experts)
-                top1.append(_f(s.top1_share[k]))
+                # every slot of its module (one module in two slots, tied weights) counts, against the
+                # uniform share of the gate's distinct expert modules
+                slots = expert_slots(topology, g)
+                idx = next(group for group in slots if k in group)
+                w = _f(s.mean.double()[idx].sum())
+                weights.append(w)
+                rel.append(w * len(slots))
+                top1.append(_f(s.top1_share.double()[idx].sum()))
         i = index.get(e.name)
         rows.append(
             {
                 "expert": e.name,
                 "module": e.module or "",
+                "same_as": e.same_as or "",
                 "owner": e.owner,
                 "level": e.level,
                 "n_gates": len(weights),

@@ -7,11 +7,14 @@ task each gate serves (from autograd influence), gate names and the architecture
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import torch
 
 from mmoe_inspect.topology._experts import ExpertRef, ExpertTracer
 from mmoe_inspect.topology._locate import Located
 from mmoe_inspect.topology._mixing import Mixture
+from mmoe_inspect.topology._nodes import ancestors
 from mmoe_inspect.topology._trace import ROOT, Graph, Ref
 from mmoe_inspect.topology.spec import ExpertSpec, GateSpec
 
@@ -46,6 +49,9 @@ class Gate:
     refined: bool = False
     uses: int = 1
     out_part: tuple[int, int] | None = None  # fused: (axis, index) of its mixture in the combine output
+    layer_call: int | None = (
+        None  # which run of a layer run several times on different inputs (`layer_calls`)
+    )
 
     @property
     def producer(self) -> int:
@@ -153,6 +159,73 @@ def name_gates(gates: list[Gate], task_order: dict[str, int]) -> None:
         k = used.get(base, 0)
         used[base] = k + 1
         g.name = base if k == 0 else f"{base}#{k}"
+
+
+def set_layer_calls(graph: Graph, gates: list[Gate]) -> None:
+    """Set `layer_call` on the gates of a layer that runs several times per forward on different inputs.
+
+    One MMoE layer applied to two inputs (the user and the item features) runs its experts and its gate
+    modules twice: each run's gates mix that run's expert outputs and are compared with each other only
+    (`layer_call` 0, 1, ... in forward order). Gates over the same experts are put in runs by their
+    experts' module outputs (the same tensors, or equal values: experts recomputed on the same rows), and
+    the runs are kept when they are runs of one layer: some task has a gate in several of them (every task
+    gets a gate per run), or every run holds the same two or more gate modules (a run per task group).
+    Anything else stays one run (None) and its task gates are compared: one gate module called once per
+    task with a task embedding, or experts fed a per-task input with a gate module per task, give each task
+    one gate over outputs of their own."""
+    groups: dict[tuple[object, ...], list[tuple[tuple[int | None, ...], list[Gate]]]] = {}
+    for g in gates:
+        outs = _expert_outputs(graph, g)
+        runs = groups.setdefault((g.level, tuple(r.key for r in g.experts)), [])
+        for first, members in runs:
+            if _same_outputs(graph, first, outs):
+                members.append(g)
+                break
+        else:
+            runs.append((outs, [g]))
+    for runs in groups.values():
+        if len(runs) < 2 or not _layer_runs([members for _, members in runs]):
+            continue
+        order = sorted(runs, key=lambda r: min((n for n in r[0] if n is not None), default=-1))
+        for k, (_, members) in enumerate(order):
+            for g in members:
+                g.layer_call = k
+
+
+def _layer_runs(runs: list[list[Gate]]) -> bool:
+    """Whether gates split by their expert outputs (`set_layer_calls`) are runs of one layer."""
+    seen: dict[str, int] = {}
+    for k, members in enumerate(runs):
+        for g in members:
+            if g.task is not None and seen.setdefault(g.task, k) != k:
+                return True  # a task with a gate in two runs
+    modules = [sorted((g.loc.module, g.loc.op or "", g.loc.part) for g in members) for members in runs]
+    return len(modules[0]) >= 2 and all(m == modules[0] for m in modules)
+
+
+def _expert_outputs(graph: Graph, g: Gate) -> tuple[int | None, ...]:
+    """Per expert of `g`, the node of its module's output nearest upstream of the tensors the gate mixes
+    (None: an inline or sparse expert, no module output to tell runs apart)."""
+    latest: dict[str, int] = {}
+    for n in g.expert_nodes:
+        if n < 0:
+            continue
+        for i in ancestors(graph, n):
+            for c in graph.module_calls(i):
+                latest[c.path] = max(latest.get(c.path, -1), i)
+    return tuple(latest.get(r.module) if r.module is not None else None for r in g.experts)
+
+
+def _same_outputs(graph: Graph, a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    """Whether two gates' expert module outputs (`_expert_outputs`) are the same tensors or hold the same
+    values; an expert without a module output matches anything."""
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None or x == y:
+            continue
+        tx, ty = graph.nodes[x].tensor, graph.nodes[y].tensor
+        if tx is None or ty is None or tx.shape != ty.shape or not torch.equal(tx, ty):
+            return False
+    return True
 
 
 def architecture(gates: list[Gate], experts: list[ExpertSpec], n_tasks: int) -> str:
@@ -284,6 +357,47 @@ def name_experts(
     return refs, expert_name, specs
 
 
+def tie_experts(
+    graph: Graph, specs: list[ExpertSpec], gates: list[GateSpec]
+) -> tuple[list[ExpertSpec], str | None]:
+    """Mark experts whose module holds the very same parameters as an earlier expert's (`same_as`: tied
+    weights, a module rebuilt around another's layers) and say, in one note, which gate slots are one
+    expert module (one module in two slots of `nn.ModuleList([a, b, a, c])`, or tied ones): the gate
+    statistics count them as one expert. None when every slot holds its own expert."""
+    first: dict[tuple[object, ...], str] = {}
+    out = []
+    for e in specs:
+        module = graph.modules.get(e.module) if e.module is not None else None
+        params = tuple(sorted(id(p) for p in module.parameters())) if module is not None else ()
+        if params:
+            key = (type(module), e.index, params)
+            if key in first:
+                e = replace(e, same_as=first[key])
+            else:
+                first[key] = e.name
+        out.append(e)
+    tied = {e.name: e.same_as for e in out if e.same_as is not None}
+    shared: dict[str, list[str]] = {}  # expert -> the slots' names holding it, per gate
+    for g in gates:
+        for name in g.experts:
+            shared.setdefault(f"{g.name}: {tied.get(name, name)}", []).append(name)
+    repeated = {k: v for k, v in shared.items() if len(v) > 1}
+    if not repeated:
+        return out, None
+    shown = [
+        f"{k} in {len(v)} slots" + (f" ({', '.join(dict.fromkeys(v))})" if len(set(v)) > 1 else "")
+        for k, v in list(repeated.items())[:4]
+    ]
+    more = f" and {len(repeated) - 4} more" if len(repeated) > 4 else ""
+    note = (
+        "gate slots holding one expert module (the same module, or modules with the same parameters): "
+        + "; ".join(shown)
+        + more
+        + "; collapse, dead-expert and effective-experts statistics count them as one expert"
+    )
+    return out, note
+
+
 def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:
     """The `GateSpec` of a described gate: where it is read and the names of the experts it mixes."""
     return GateSpec(
@@ -305,4 +419,5 @@ def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:
         part_dim=g.loc.part_dim,
         part=g.loc.part,
         two_way=g.loc.two_way,
+        layer_call=g.layer_call,
     )

@@ -387,19 +387,25 @@ def _hooks(model: nn.Module, graph: Graph) -> Iterator[None]:
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def make(path: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        # The hooks' own reads (`t.shape` of a source node) must not reach the tracer: on a Parameter passed
+        # as an argument (a parametrization's module gets `original0`, `original1`: weight_norm) each read is
+        # a torch function call, numbered as if the model made it, and the replay (no hooks) then puts every
+        # later leaf on the wrong call: the gates after it reach no task and were kept as `shared`.
         def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            k = graph.calls.get(path, 0)
-            graph.calls[path] = k + 1
-            ins = tuple(graph.node_of(t) for t in iter_tensors(args))
-            graph.stack.append(path)
-            pending.setdefault(path, []).append(ModuleCall(path, k, ins))
+            with torch._C.DisableTorchFunction():
+                k = graph.calls.get(path, 0)
+                graph.calls[path] = k + 1
+                ins = tuple(graph.node_of(t) for t in iter_tensors(args))
+                graph.stack.append(path)
+                pending.setdefault(path, []).append(ModuleCall(path, k, ins))
 
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if graph.stack and graph.stack[-1] == path:
-                graph.stack.pop()
-            call = pending[path].pop()
-            if isinstance(output, torch.Tensor):
-                graph.module_outputs.setdefault(graph.node_of(output), []).append(call)
+            with torch._C.DisableTorchFunction():
+                if graph.stack and graph.stack[-1] == path:
+                    graph.stack.pop()
+                call = pending[path].pop()
+                if isinstance(output, torch.Tensor):
+                    graph.module_outputs.setdefault(graph.node_of(output), []).append(call)
 
         return pre, post
 

@@ -52,7 +52,9 @@ from mmoe_inspect.topology._gates import (
     name_experts,
     name_gates,
     resolve_experts,
+    set_layer_calls,
     set_levels,
+    tie_experts,
 )
 from mmoe_inspect.topology._graphops import VIEW_OPS
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
@@ -430,12 +432,14 @@ def _describe_gates(
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
     unused = assign_tasks(gates)
+    set_layer_calls(graph, gates)
     task_order = {t.name: i for i, t in enumerate(tasks)}
     name_gates(gates, task_order)
 
     # experts: names, owners, levels; the gate specs that name them
     refs, expert_name, specs = name_experts(gates)
     gate_specs = tuple(gate_spec(g, expert_name) for g in gates)
+    specs, tied_note = tie_experts(graph, specs, list(gate_specs))
 
     # 8: notes and confidence
     inline = sorted({expert_name(r) for r in refs.values() if r.module is None and r.key[0] != "sparse"})
@@ -458,6 +462,8 @@ def _describe_gates(
             f"expert modules run several times per forward: {', '.join(multi_called)}; every call is mixed by "
             "its gate, and the expert statistics (similarity, dead units) use each module's first call"
         )
+    if tied_note:
+        notes.append(tied_note)
     for g in gates:
         if g.refined:
             notes.append(

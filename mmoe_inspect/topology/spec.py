@@ -100,6 +100,8 @@ class ExpertSpec:
     models whose experts are one module emitting `[batch, n_experts, dim]`, `index` selects the slice
     along dim 1. `module=None` means the expert is computed inline (no hookable output).
     `owner` is "shared" or the task name of a task-specific expert (PLE/CGC).
+    `same_as` names an earlier expert whose module holds the very same parameters (tied weights): the gate
+    statistics count the two as one expert, as they count one module listed in two gate slots.
     """
 
     name: str
@@ -107,6 +109,7 @@ class ExpertSpec:
     index: int | None = None
     owner: str = "shared"
     level: int = 0
+    same_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,10 @@ class GateSpec:
     `dim` is the expert axis of the captured tensor (`[batch, E]` and `[batch, E, 1]` both use 1);
     `batch_dim` its batch axis, or -1 for weights without one (`[E]`, the same for every row).
     `task` is the task served; None for a shared gate (PLE non-final levels, OMoE's single gate).
+    `layer_call` says which run of its layer the gate belongs to (0-based) when one MMoE layer runs several
+    times per forward on different inputs (user and item features): each run mixes its own expert outputs
+    and gives every task a gate, and only gates of one run are compared. None: one run (one gate module
+    called once per task with a task embedding gives each task one gate: its calls are compared).
     """
 
     name: str
@@ -169,6 +176,7 @@ class GateSpec:
     part_dim: int | None = None
     part: int = 0
     two_way: bool = False
+    layer_call: int | None = None
 
     @property
     def n_experts(self) -> int:
@@ -358,6 +366,8 @@ class Topology:
             if g.two_way and g.index_op is not None:
                 raise TopologyError(f"gate {g.name!r}: a two_way gate cannot be a top-k gate")
             _whole(g.level, f"gate {g.name!r}: level", 0)
+            if g.layer_call is not None:
+                _whole(g.layer_call, f"gate {g.name!r}: layer_call", 0)
         read: dict[tuple, str] = {}  # where each gate's tensor is read: two gates on one tensor are one gate
         for g in self.gates:
             where = (
@@ -386,6 +396,8 @@ class Topology:
             _whole(e.level, f"expert {e.name!r}: level", 0)
             if e.index is not None:
                 _whole(e.index, f"expert {e.name!r}: index", None)
+            if e.same_as is not None and (e.same_as not in known_experts or e.same_as == e.name):
+                raise TopologyError(f"expert {e.name!r}: same_as names no other expert ({e.same_as!r})")
             if e.owner != "shared" and e.owner not in names:
                 raise TopologyError(f"expert {e.name!r} is owned by unknown task {e.owner!r}")
         for t in self.tasks:
@@ -476,6 +488,8 @@ class Topology:
             "# output, k = its k-th tensor argument) and `batch_dim` (-1 = no batch axis). A fused gate (the\n"
             "# gates of several tasks in one tensor) is slice `part` of axis `part_dim` of that tensor.\n"
             "# A `two_way` gate reads one weight w per row (size 1 on `dim`) as [1 - w, w] over its 2 experts.\n"
+            "# `layer_call` (one layer run several times per forward on different inputs) is the run a gate\n"
+            "# belongs to; only gates of one run are compared.\n"
         )
         data = self.to_dict()
         if not data["unresolved"]:
