@@ -3,6 +3,10 @@
 Kept light (no torch, no typer) so that what goes wrong while the commands are imported is one line, not a
 traceback: Ctrl-C during the seconds torch takes to import (exit 130), an environment torchmetrics cannot
 read at import (`LOCAL_RANK=abc`: exit 2). `app` (the Typer app) is still importable from here.
+
+It also tunes glibc's malloc for this process before torch allocates (`mmoe_inspect.allocator`: the
+recording pass's freed temporaries stay in the heap instead of being faulted in again every batch);
+`MMOE_INSPECT_ALLOCATOR=system` leaves the allocator as it is.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 from typing import Any
+
+from mmoe_inspect.allocator import tune_allocator  # stdlib only: keeps this module light
 
 _EXIT_BAD_INPUT = 2  # as cli._common.EXIT_BAD_INPUT, which this module must not import (typer, rich)
 _EXIT_INTERRUPTED = 130
@@ -36,6 +42,7 @@ def main() -> None:
     if problem is not None:
         sys.stderr.write(f"error: {problem}\n")
         sys.exit(_EXIT_BAD_INPUT)
+    tune_allocator()  # process-wide, once, before the imports below allocate: the command owns its process
     try:
         from ._app import app
     except KeyboardInterrupt:  # Ctrl-C while torch & co are imported: nothing has started

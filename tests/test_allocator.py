@@ -112,6 +112,29 @@ def test_elsewhere_than_glibc_it_does_nothing_and_says_so() -> None:
     assert r["reason"] == "not glibc (darwin): nothing to tune"
 
 
+@needs_glibc
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_the_cli_tunes_its_own_process_at_its_start(opt_out: bool) -> None:
+    r = child(
+        """
+        import json, sys
+        import mmoe_inspect.allocator as allocator
+        import mmoe_inspect.cli.main as cli_main
+        before = allocator._done
+        sys.argv = ["mmoe-inspect", "--help"]
+        try:
+            cli_main.main()
+        except SystemExit as e:
+            code = e.code
+        print(json.dumps({"before": before is not None, "after": allocator._done is not None, "code": code,
+                          "torch_first": "torch" in sys.modules}))
+        """,
+        {"MMOE_INSPECT_ALLOCATOR": "system"} if opt_out else None,
+    )
+    assert r["code"] == 0 and r["before"] is False
+    assert r["after"] is (not opt_out)
+
+
 _FAULTS = """
 import json, copy, resource, statistics, sys
 from mmoe_inspect.allocator import tune_allocator
