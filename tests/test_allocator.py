@@ -181,3 +181,26 @@ def test_tuning_removes_the_recording_pass_page_faults() -> None:
     assert tuned["tuned"] is True
     assert untuned["faults"] > 500, untuned
     assert tuned["faults"] < 500, tuned
+
+
+@needs_glibc
+@pytest.mark.parametrize(
+    ("choice", "applied", "says"), [("cli", True, "tuned as"), ("system", False, "`--allocator system`")]
+)
+def test_the_scale_bench_runs_as_the_cli_unless_told_and_says_which(
+    choice: str, applied: bool, says: str
+) -> None:
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    r = child(
+        f"""
+        import json, os, sys
+        sys.path.insert(0, {bench!r})
+        import scale_bench
+        a = scale_bench.setup_allocator({choice!r})
+        print(json.dumps({{"a": a, "line": scale_bench.allocator_line(a),
+                          "env": os.environ.get("MMOE_INSPECT_ALLOCATOR")}}))
+        """
+    )
+    assert r["a"]["applied"] is applied
+    assert says in r["line"]
+    assert r["env"] == ("system" if choice == "system" else None)  # the report part's children inherit it
