@@ -6,8 +6,9 @@ with the program (the mmap threshold rises to the largest block freed, up to 32 
 threshold with it), and the recording pass of a large model frees and re-allocates tens of MiB of
 temporaries a batch (stacked expert outputs, float64 gate matrices, the statistics' scratch): glibc
 gives their pages back and the next batch faults them in again. Measured on an MMoE with 8 experts
-[256, 128] and batches of 4,096 rows: ~2,500 minor page faults a batch and 3-4 ms of system time, 5-8 %
-of the forward, where the plain forward takes none (`bench/results/stats_cost_session13.md`).
+[256, 128] and batches of 4,096 rows: ~2,400 minor page faults a batch and ~3 ms of system time in the
+benchmarks' harness (recording steps alternating with plain forwards), 340-820 a batch in a real
+`inspect()` of a parquet file; tuned, 0-40 and ~300 (`bench/results/allocator_session13.md`).
 
 `tune_allocator()` fixes both thresholds high enough that such temporaries stay in the heap
 (`mallopt(M_MMAP_THRESHOLD)` and `mallopt(M_TRIM_THRESHOLD)`; either alone is worse than neither:
