@@ -42,8 +42,8 @@ def main() -> None:
     if problem is not None:
         sys.stderr.write(f"error: {problem}\n")
         sys.exit(_EXIT_BAD_INPUT)
-    tune_allocator()  # process-wide, once, before the imports below allocate: the command owns its process
     try:
+        tune_allocator()  # process-wide, once, before the imports below allocate: the command owns its process
         from ._app import app
     except KeyboardInterrupt:  # Ctrl-C while torch & co are imported: nothing has started
         sys.stderr.write("interrupted; nothing was written\n")
