@@ -37,6 +37,13 @@ It builds its own models and data (nothing is downloaded) and prints side by sid
 ``ablation``  cached vs naive expert ablation over ``--ablation-rows`` rows
     (``bench/ablation_bench.py``).
 
+The allocator: by default this process and the report part's children tune glibc's malloc as the
+``mmoe-inspect`` command does at its start (`mmoe_inspect.allocator.tune_allocator`), so the recording,
+e2e, report and ablation parts measure what a CLI user gets; ``--allocator system`` leaves glibc's
+defaults (it sets ``MMOE_INSPECT_ALLOCATOR=system`` for every child, the CLI cross-check included), which
+is what a library user gets without opting in. The memory part's children (``bench/record_bench.py``)
+run the library's `inspect()` and never tune. The output says which was used.
+
 Writes ``scale_bench.json`` and ``scale_bench.md`` under ``--out`` (default ``bench/results``) with the
 machine, torch version, threads, load averages and git commit, so runs can be compared.
 """
@@ -70,6 +77,17 @@ CHUNK_BATCHES = 16_384 // 4096  # InspectConfig.stats_chunk_rows / batch: batche
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def setup_allocator(choice: str) -> dict[str, Any]:
+    """Tune glibc's malloc as the CLI does (`choice` "cli"), or leave it and tell every child to
+    (`choice` "system"), before anything large is allocated; returns what was done, for the output."""
+    from mmoe_inspect.allocator import ENV_VAR, tune_allocator
+
+    if choice == "system":
+        os.environ[ENV_VAR] = "system"  # inherited by the children, and the CLI cross-check
+    t = tune_allocator()
+    return {"choice": choice, "applied": t.applied, "reason": t.reason}
 
 
 def machine() -> dict[str, Any]:
@@ -459,6 +477,8 @@ def part_report(sizes: list[int], threads: list[int], tmp: Path) -> dict[str, An
         for rows in sizes:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--report-child", str(rows)]
             cmd += [
+                "--allocator",
+                "system" if os.environ.get("MMOE_INSPECT_ALLOCATOR") == "system" else "cli",
                 "--report-data",
                 str(files[rows]),
                 "--report-ckpt",
@@ -538,6 +558,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"git {m['git_head']}"
         + (" + uncommitted library changes" if m.get("library_uncommitted_diff_sha1") else "")
         + f", {res['started']}, {res['seconds']:.0f} s. Load average before/after: {res['load_before']} / {res['load_after']}.",
+        "",
+        allocator_line(res.get("allocator"), "memory" in res),
         "",
     ]
     if "recording" in res:
@@ -672,6 +694,19 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def allocator_line(a: dict[str, Any] | None, memory: bool = False) -> str:
+    """One line for the output: which allocator setting the run used (`setup_allocator`)."""
+    if a is None:
+        return "Allocator: not recorded (a run before `--allocator`)."
+    how = (
+        "tuned as the `mmoe-inspect` command tunes it"
+        if a["applied"]
+        else "glibc's defaults" + (" (`--allocator system`)" if a["choice"] == "system" else "")
+    )
+    note = " The memory part's children run the library's `inspect()` untuned either way." if memory else ""
+    return f"Allocator: {how}: {a['reason']}.{note}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
@@ -693,8 +728,15 @@ def main() -> None:
     ap.add_argument("--ablation-models", default="recsys_mmoe")
     ap.add_argument("--e2e-batches", default="21,64", help="batches of 4096 rows: DataFrame,parquet")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--allocator",
+        choices=("cli", "system"),
+        default="cli",
+        help="cli: tune glibc's malloc as `mmoe-inspect` does (default); system: glibc's defaults",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    allocator = setup_allocator(args.allocator)  # first: before torch and the data allocate
     if args.report_child is not None:  # one report run in this fresh process: print its JSON
         data = Path(args.report_data)
         with tempfile.TemporaryDirectory(prefix="scale_bench_child_") as out:
@@ -706,6 +748,7 @@ def main() -> None:
                 args.report_threads,
                 args.report_cli,
             )
+        r["allocator"] = allocator
         print(json.dumps(r, default=str))
         return
     parts = [p for p in args.parts.split(",") if p]
@@ -724,7 +767,9 @@ def main() -> None:
         "machine": machine(),
         "threads": threads,
         "load_before": [round(x, 2) for x in os.getloadavg()],
+        "allocator": allocator,
     }
+    log(allocator_line(allocator, "memory" in parts))
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="scale_bench_"))
     try:

@@ -3,6 +3,10 @@
 Kept light (no torch, no typer) so that what goes wrong while the commands are imported is one line, not a
 traceback: Ctrl-C during the seconds torch takes to import (exit 130), an environment torchmetrics cannot
 read at import (`LOCAL_RANK=abc`: exit 2). `app` (the Typer app) is still importable from here.
+
+It also tunes glibc's malloc for this process before torch allocates (`mmoe_inspect.allocator`: the
+recording pass's freed temporaries stay in the heap instead of being faulted in again every batch);
+`MMOE_INSPECT_ALLOCATOR=system` leaves the allocator as it is.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import contextlib
 import os
 import sys
 from typing import Any
+
+from mmoe_inspect.allocator import tune_allocator  # stdlib only: keeps this module light
 
 _EXIT_BAD_INPUT = 2  # as cli._common.EXIT_BAD_INPUT, which this module must not import (typer, rich)
 _EXIT_INTERRUPTED = 130
@@ -50,6 +56,7 @@ def main() -> None:
         sys.stderr.write(f"error: {problem}\n")
         sys.exit(_EXIT_BAD_INPUT)
     try:
+        tune_allocator()  # process-wide, once, before the imports below allocate: the command owns its process
         from ._app import app
     except KeyboardInterrupt:  # Ctrl-C while torch & co are imported: nothing has started
         sys.stderr.write("interrupted; nothing was written\n")
