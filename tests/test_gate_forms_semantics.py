@@ -255,3 +255,59 @@ def test_top1_capacity_dropped_rows_are_counted_and_collapse_judged(case: str) -
     util = result.table("utilization")  # a dropped row is nobody's top-1 (argmax of zeros would say expert 0)
     for t in TASKS:
         assert util[util.gate == t]["top1_share"].sum() == pytest.approx(1 - dropped[t], abs=1e-12)
+
+
+# ------------------------------------------------------------------ a sigmoid gate with a masked row
+class MaskedSigmoid(nn.Module):
+    """Per task `w = sigmoid(router(x)) * (x7 < 50)`: weights need not sum to 1, and a row with an out-of-range
+    feature gets no expert. Planted: expert 0 weighted `sigmoid(2 * x_t)` (mean 0.5, top on ~97% of rows),
+    experts 1 and 2 `sigmoid(-4)` (~0.018): a strong preference, not a collapse."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU()) for _ in range(3)
+        )
+        self.routers = nn.ModuleDict({t: nn.Linear(len(FEATURES), 3) for t in TASKS})
+        self.towers = nn.ModuleDict({t: nn.Linear(hidden, 1) for t in TASKS})
+        with torch.no_grad():
+            for i, lin in enumerate(self.routers.values()):
+                lin.weight.zero_()
+                lin.bias.copy_(torch.tensor([0.0, -4.0, -4.0]))
+                lin.weight[0, i] = 2.0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.experts], 1)
+        keep = (x[:, 7:8] < 50).to(x.dtype)
+        out = {}
+        for t in TASKS:
+            w = torch.sigmoid(self.routers[t](x)) * keep
+            out[t] = torch.sigmoid(self.towers[t]((w.unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+        return out
+
+
+def test_all_zero_rows_do_not_make_a_sigmoid_gate_collapsed() -> None:
+    """Judging collapse on the rows that get an expert is for a real share of such rows, and on a "weights" gate
+    by the mean weight over them: one masked row of 800 made both sigmoid gates 'collapsed' (their top expert's
+    93% share of the weight stood in for its 0.5 mean weight); 30% masked rows leave the mean weight at 0.5."""
+    torch.manual_seed(0)
+    model = MaskedSigmoid().eval()
+    clean = frame()
+    one = clean.copy()
+    one.loc[5, "x7"] = 100.0
+    many = clean.copy()
+    many.loc[many["x7"] > 0.5, "x7"] = 100.0
+    got = {}
+    for name, rows in (("clean", clean), ("one", one), ("many", many)):
+        result = mi.inspect(
+            model, rows, input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
+        )
+        gm = result.table("gate_metrics").set_index("gate")
+        assert not gm["simplex"].any()
+        zero = float((rows["x7"] >= 50).sum())
+        assert list(gm["zero_rows"]) == [zero, zero]
+        assert (gm["max_mean_weight"] < 0.6).all() and (gm["top_expert_weight_share"] > 0.9).all()
+        got[name] = {(code, subject) for code, subject in routing(result) if subject in TASKS}
+    assert got["one"] == got["clean"]
+    assert not any(code == "collapsed_gate" for code, _ in got["clean"])
+    assert got["many"] == got["clean"] | {("rows_without_expert", t) for t in TASKS}

@@ -38,8 +38,10 @@ class Thresholds:
     """Defaults for every diagnosis; every one is a share, ratio or total variation in [0, 1].
 
     collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows; when
-    some rows get no expert (a top-1 router's overflow dropped by capacity), judged on the rows that get one,
-    with the expert's share of their weight (the router's dispatch, not the capacity that cut it).
+    at least `no_expert_info` of a gate's rows get no expert (a top-1 router's overflow dropped by capacity),
+    judged on the rows that get one (the router's dispatch, not the capacity that cut it): with the expert's share
+    of their weight on a simplex gate, with its mean weight over them on a "weights" gate (sigmoid, capacity
+    top-1 `keep * p`: their share of the weight is no mean weight). Fewer all-zero rows change nothing.
     rows without expert: share of a gate's rows whose weights are all 0 >= `no_expert_critical` (critical),
     >= `no_expert_warning` (warning), >= `no_expert_info` (info: a capacity-limited router drops a few rows by
     design).
@@ -171,12 +173,20 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         res.append(_no_expert_finding(row, gate, int(zero), no_expert, th))
     weight, top1 = _num(row.max_mean_weight), _num(row.top_expert_top1_share)
     routed = float(row.n_rows) - zero
-    if zero > 0 and routed > 0:  # judged on the rows that got an expert (what the router chose for them)
+    # judged on the rows that got an expert (what the router chose for them) only where they are a real share
+    # (a capacity router's overflow; one masked row of thousands changes nothing): the top expert's share of the
+    # weight on a simplex gate, its mean weight over those rows on a "weights" gate (a sigmoid gate's share of its
+    # weight is no mean weight)
+    on_routed = zero > 0 and routed > 0 and no_expert >= th.no_expert_info
+    if on_routed:
         top1 = top1 * float(row.n_rows) / routed
-        weight = max(weight, _num(getattr(row, "top_expert_weight_share", math.nan)))
+        if bool(getattr(row, "simplex", True)):
+            weight = max(weight, _num(getattr(row, "top_expert_weight_share", math.nan)))
+        else:
+            weight = weight * float(row.n_rows) / routed
     if weight >= th.collapse_weight and top1 >= th.collapse_top1:
         collapsed.add(gate)
-        of_rows = "of rows" if zero == 0 else f"of the {int(routed)} rows that get an expert"
+        of_rows = f"of the {int(routed)} rows that get an expert" if on_routed else "of rows"
         evidence: dict[str, float | str] = {
             "max_mean_weight": weight,
             "top1_share": top1,
