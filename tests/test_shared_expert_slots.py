@@ -81,7 +81,7 @@ def test_a_gate_split_between_two_slots_of_one_module_is_collapsed(tie: str) -> 
     (f,) = [f for f in result.findings if f.code == codes.COLLAPSED_GATE]
     assert f.subject == "click"
     assert f.evidence["effective_experts"] < 1.01 and f.evidence["max_mean_weight"] > 0.99
-    assert "its 4 slots hold 3 distinct expert modules" in f.message, f.message
+    assert "its 4 slots hold 3 distinct expert outputs" in f.message, f.message
     assert not any(f.code == codes.INPUT_INDEPENDENT_GATE for f in result.findings)
     row = result.tables["gate_metrics"].set_index("gate").loc["click"]
     assert row["distinct_experts"] == 3 and row["top_expert"] == "experts.0"
@@ -92,7 +92,7 @@ def test_healthy_gates_over_one_module_in_two_slots_get_a_note(tie: str) -> None
     result = inspect(tie, "healthy")
     routing = {codes.COLLAPSED_GATE, codes.INPUT_INDEPENDENT_GATE, codes.DEAD_EXPERT, codes.ONE_EXPERT_MODULE}
     assert not [f for f in result.findings if f.code in routing], result.findings
-    note = next(n for n in result.topology.notes if n.startswith("gate slots holding one expert module"))
+    note = next(n for n in result.topology.notes if n.startswith("gate slots holding one expert output"))
     assert "click: experts.0 in 2 slots" in note, note
     if tie == "params":
         assert [e.same_as for e in result.topology.experts] == [None, None, "experts.0", None]
@@ -117,3 +117,75 @@ def test_tied_experts_round_trip_through_a_spec_file() -> None:
     bad["experts"][2]["same_as"] = "experts.9"
     with pytest.raises(TopologyError, match="same_as names no other expert"):
         Topology.from_dict(bad)
+
+
+class OneEncoderTwoInputs(nn.Module):
+    """Gate slots `[enc(x[:, :4]), enc(x[:, 4:]), other(x)]`: one module on two feature groups holds two
+    different outputs. Planted: each row goes to one of the two enc calls by the sign of x0 (input-dependent,
+    polarized routing); `other` gets nothing. `chunks=True`: four slots, `enc` on each 2-column chunk."""
+
+    def __init__(self, chunks: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.chunks = chunks
+        self.enc = nn.Sequential(nn.Linear(2 if chunks else 4, 16), nn.ReLU())
+        self.other = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        n = 4 if chunks else 3
+        self.gates = nn.ModuleList(nn.Linear(8, n) for _ in TASKS)
+        self.towers = nn.ModuleList(nn.Linear(16, 1) for _ in TASKS)
+        with torch.no_grad():
+            for g in self.gates:
+                g.weight.zero_()
+                g.bias.fill_(-20.0)
+                g.bias[:2] = 0.0
+                g.weight[0, 0], g.weight[1, 0] = 20.0, -20.0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.chunks:
+            ex = torch.stack([self.enc(c) for c in x.split(2, dim=1)], 1)
+        else:
+            ex = torch.stack([self.enc(x[:, :4]), self.enc(x[:, 4:]), self.other(x)], 1)
+        return {
+            t: torch.sigmoid(tw((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+            for t, g, tw in zip(TASKS, self.gates, self.towers, strict=True)
+        }
+
+
+def inspect_model(model: nn.Module) -> mi.InspectionResult:
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(1000, 8)).astype("float32"), columns=FEATURES)
+    return mi.inspect(
+        model.eval(),
+        data,
+        input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()),
+        columns=FEATURES,
+        tasks=list(TASKS),
+        labels=False,
+    )
+
+
+def test_one_module_on_different_inputs_is_several_experts() -> None:
+    """Slots count as one expert only when they hold one output: `enc` on two feature groups routed row by row
+    was 'collapsed: 100% of its weight to expert enc' (distinct_experts 2); it is a polarized gate over 3."""
+    result = inspect_model(OneEncoderTwoInputs())
+    gm = result.tables["gate_metrics"].set_index("gate")
+    assert list(gm["distinct_experts"]) == [3, 3]
+    assert (gm["max_mean_weight"] < 0.6).all() and (gm["effective_experts"] > 1.9).all()
+    found = {(f.code, f.subject) for f in result.findings}
+    assert {(codes.POLARIZED_GATE, t) for t in TASKS} <= found
+    assert not any(code in (codes.COLLAPSED_GATE, codes.ONE_EXPERT_MODULE) for code, _ in found), found
+    assert not any(n.startswith("gate slots holding one expert") for n in result.topology.notes)
+    assert [g.slot_outputs for g in result.topology.gates] == [(0, 1, 2), (0, 1, 2)]
+    again = type(result.topology).from_toml(
+        result.topology.to_toml()
+    )  # the slots' outputs survive a spec file
+    assert [g.slot_outputs for g in again.gates] == [(0, 1, 2), (0, 1, 2)]
+
+
+def test_one_module_on_four_chunks_is_not_one_expert_module() -> None:
+    """One encoder on four different column chunks: the routing picks between four different outputs, not a
+    Shared-Bottom in disguise (`one_expert_module` was critical)."""
+    result = inspect_model(OneEncoderTwoInputs(chunks=True))
+    gm = result.tables["gate_metrics"].set_index("gate")
+    assert list(gm["distinct_experts"]) == [4, 4]
+    assert not any(f.code in (codes.ONE_EXPERT_MODULE, codes.COLLAPSED_GATE) for f in result.findings)

@@ -155,8 +155,8 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
             Finding.of(
                 codes.ONE_EXPERT_MODULE,
                 gate,
-                f"Gate {gate}'s {n_e} expert slots are all one module: whatever weights it gives them, the "
-                "mixture is that module's output, so its routing changes nothing and the model is a "
+                f"Gate {gate}'s {n_e} expert slots all hold one output (one module on the same input): whatever "
+                "weights it gives them, the mixture is that output, so its routing changes nothing and the model is a "
                 "Shared-Bottom in disguise.",
                 "Build the experts as separate modules (`nn.ModuleList(Expert() for _ in range(E))`, not "
                 "`[expert] * E`), then retrain.",
@@ -196,7 +196,7 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
             evidence["no_expert_share"] = no_expert
         n_m = int(distinct) if math.isfinite(distinct) else n_e
         slots = (
-            f" (its {n_e} slots hold {n_m} distinct expert modules; slots of one module count as one expert)"
+            f" (its {n_e} slots hold {n_m} distinct expert outputs; slots of one output count as one expert)"
             if n_m < n_e
             else ""
         )

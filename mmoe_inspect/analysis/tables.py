@@ -19,6 +19,7 @@ from mmoe_inspect.functional import (
 from mmoe_inspect.functional.evidence import MIN_REGRESSION_ROWS, R2_MARGIN, auc_verdict, class_counts
 from mmoe_inspect.topology._tasks import untraced_gates
 from mmoe_inspect.topology.spec import GateSpec, Topology
+from mmoe_inspect.topology.spec import expert_slots as slots_of
 
 
 def _f(x: Any) -> float:
@@ -253,14 +254,10 @@ def at_chance(auc: float, lo: float, hi: float) -> bool:
 
 
 def expert_slots(topology: Topology, g: GateSpec) -> list[list[int]]:
-    """The gate's slots grouped by expert module, in order of first slot: one module listed in two slots
-    (`nn.ModuleList([a, b, a, c])`) or modules with the same parameters (`ExpertSpec.same_as`) are one
-    expert; `[[0], [1], ...]` when every slot holds its own."""
-    tied = {e.name: e.same_as for e in topology.experts if e.same_as is not None}
-    groups: dict[str, list[int]] = {}
-    for k, name in enumerate(g.experts):
-        groups.setdefault(tied.get(name, name), []).append(k)
-    return list(groups.values())
+    """The gate's slots grouped by the expert output they hold (`topology.spec.expert_slots`: the same tensor,
+    or one module, or tied ones, on the same input; `nn.ModuleList([a, b, a, c])` mixing `a(x)` twice), in
+    order of first slot; `[[0], [1], ...]` when every slot holds its own."""
+    return slots_of(topology.experts, g)
 
 
 def _merged(slots: list[list[int]], x: torch.Tensor) -> torch.Tensor:
@@ -271,9 +268,9 @@ def _merged(slots: list[list[int]], x: torch.Tensor) -> torch.Tensor:
 def gate_tables(topology: Topology, summaries: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """`gate_metrics` (one row per gate) and `utilization` (gate x expert slot).
 
-    Slots holding one expert module (`expert_slots`) count as one expert in the top expert's mean weight
+    Slots holding one expert output (`expert_slots`) count as one expert in the top expert's mean weight
     and top-1 share (what the collapse judgement reads) and in the effective number of experts: a gate that
-    splits every row between two slots of one module sends it all to that module."""
+    splits every row between two slots of one module on one input sends it all to that module."""
     metrics, util = [], []
     for g in topology.gates:
         s = summaries[g.name]
@@ -434,12 +431,16 @@ def expert_tables(
         weights, rel, top1 = [], [], []
         for g in topology.gates:
             if e.name in g.experts:
-                k = g.experts.index(e.name)
                 s = summaries[g.name]
-                # every slot of its module (one module in two slots, tied weights) counts, against the
-                # uniform share of the gate's distinct expert modules
+                # every slot holding its output (one module in two slots, tied weights, on one input) counts,
+                # against the uniform share of the gate's distinct expert outputs; a module called on several
+                # inputs holds several outputs: its busiest one
                 slots = expert_slots(topology, g)
-                idx = next(group for group in slots if k in group)
+                ks = {k for k, name in enumerate(g.experts) if name == e.name}
+                idx = max(
+                    (group for group in slots if ks & set(group)),
+                    key=lambda grp: float(s.mean.double()[grp].sum()),
+                )
                 w = _f(s.mean.double()[idx].sum())
                 weights.append(w)
                 rel.append(w * len(slots))

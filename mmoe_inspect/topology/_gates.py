@@ -16,7 +16,7 @@ from mmoe_inspect.topology._locate import Located
 from mmoe_inspect.topology._mixing import Mixture
 from mmoe_inspect.topology._nodes import ancestors
 from mmoe_inspect.topology._trace import ROOT, Graph, Ref
-from mmoe_inspect.topology.spec import ExpertSpec, GateSpec
+from mmoe_inspect.topology.spec import ExpertSpec, GateSpec, expert_slots
 
 __all__ = [
     "Gate",
@@ -358,44 +358,68 @@ def name_experts(
 
 
 def tie_experts(
-    graph: Graph, specs: list[ExpertSpec], gates: list[GateSpec]
-) -> tuple[list[ExpertSpec], str | None]:
+    graph: Graph, specs: list[ExpertSpec], gates: list[Gate], gate_specs: list[GateSpec]
+) -> tuple[list[ExpertSpec], list[GateSpec], str | None]:
     """Mark experts whose module holds the very same parameters as an earlier expert's (`same_as`: tied
-    weights, a module rebuilt around another's layers) and say, in one note, which gate slots are one
-    expert module (one module in two slots of `nn.ModuleList([a, b, a, c])`, or tied ones): the gate
-    statistics count them as one expert. None when every slot holds its own expert."""
+    weights, a module rebuilt around another's layers), set each gate's `slot_outputs` where slots naming one
+    expert hold different outputs (one module called on different inputs) or tied ones hold the same, and say,
+    in one note, which gate slots hold one expert output (`expert_slots`: the gate statistics count them as one
+    expert). The note is None when every slot holds its own output."""
     first: dict[tuple[object, ...], str] = {}
+    module_key: dict[str, tuple[object, ...]] = {}
     out = []
     for e in specs:
         module = graph.modules.get(e.module) if e.module is not None else None
         params = tuple(sorted(id(p) for p in module.parameters())) if module is not None else ()
         if params:
             key = (type(module), e.index, params)
+            module_key[e.name] = key
             if key in first:
                 e = replace(e, same_as=first[key])
             else:
                 first[key] = e.name
         out.append(e)
-    tied = {e.name: e.same_as for e in out if e.same_as is not None}
-    shared: dict[str, list[str]] = {}  # expert -> the slots' names holding it, per gate
-    for g in gates:
-        for name in g.experts:
-            shared.setdefault(f"{g.name}: {tied.get(name, name)}", []).append(name)
-    repeated = {k: v for k, v in shared.items() if len(v) > 1}
-    if not repeated:
-        return out, None
-    shown = [
-        f"{k} in {len(v)} slots" + (f" ({', '.join(dict.fromkeys(v))})" if len(set(v)) > 1 else "")
-        for k, v in list(repeated.items())[:4]
-    ]
-    more = f" and {len(repeated) - 4} more" if len(repeated) > 4 else ""
+    new_specs = []
+    for g, spec in zip(gates, gate_specs, strict=True):
+        ids: dict[object, int] = {}
+        slot_outputs = tuple(
+            ids.setdefault(_output_key(graph, r, name, module_key), len(ids))
+            for r, name in zip(g.experts, spec.experts, strict=True)
+        )
+        by_name = [sorted(grp) for grp in expert_slots(tuple(out), spec)]
+        spec = replace(spec, slot_outputs=slot_outputs)
+        if [sorted(grp) for grp in expert_slots(tuple(out), spec)] == by_name:
+            spec = replace(spec, slot_outputs=None)  # the names say it
+        new_specs.append(spec)
+    shown = []
+    for spec in new_specs:
+        for grp in expert_slots(tuple(out), spec):
+            if len(grp) > 1:
+                names = list(dict.fromkeys(spec.experts[k] for k in grp))
+                shown.append(
+                    f"{spec.name}: {names[0]} in {len(grp)} slots"
+                    + (f" ({', '.join(names)})" if len(names) > 1 else "")
+                )
+    if not shown:
+        return out, new_specs, None
+    more = f" and {len(shown) - 4} more" if len(shown) > 4 else ""
     note = (
-        "gate slots holding one expert module (the same module, or modules with the same parameters): "
-        + "; ".join(shown)
+        "gate slots holding one expert output (the same module, or modules with the same parameters, on the "
+        "same input): "
+        + "; ".join(shown[:4])
         + more
         + "; collapse, dead-expert and effective-experts statistics count them as one expert"
     )
-    return out, note
+    return out, new_specs, note
+
+
+def _output_key(graph: Graph, r: ExpertRef, name: str, module_key: dict[str, tuple[object, ...]]) -> object:
+    """What identifies the output an expert slot holds: its module (by parameters) and the inputs of the call
+    that made it (the same tensor: the same call), or the expert's name where no module call is traced."""
+    call = graph.outermost_call(r.order[0]) if r.module is not None else None
+    if call is None or name not in module_key:
+        return ("name", name)
+    return ("call", module_key[name], call.inputs)
 
 
 def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:

@@ -438,8 +438,10 @@ def _describe_gates(
 
     # experts: names, owners, levels; the gate specs that name them
     refs, expert_name, specs = name_experts(gates)
-    gate_specs = tuple(gate_spec(g, expert_name) for g in gates)
-    specs, tied_note = tie_experts(graph, specs, list(gate_specs))
+    specs, tied_specs, tied_note = tie_experts(
+        graph, specs, gates, [gate_spec(g, expert_name) for g in gates]
+    )
+    gate_specs = tuple(tied_specs)
 
     # 8: notes and confidence
     inline = sorted({expert_name(r) for r in refs.values() if r.module is None and r.key[0] != "sparse"})

@@ -100,8 +100,9 @@ class ExpertSpec:
     models whose experts are one module emitting `[batch, n_experts, dim]`, `index` selects the slice
     along dim 1. `module=None` means the expert is computed inline (no hookable output).
     `owner` is "shared" or the task name of a task-specific expert (PLE/CGC).
-    `same_as` names an earlier expert whose module holds the very same parameters (tied weights): the gate
-    statistics count the two as one expert, as they count one module listed in two gate slots.
+    `same_as` names an earlier expert whose module holds the very same parameters (tied weights): judged (and
+    named) there by the expert checks; gate slots holding the two count as one expert only when they hold one
+    output (see `GateSpec.slot_outputs` and `expert_slots`).
     """
 
     name: str
@@ -156,6 +157,11 @@ class GateSpec:
     times per forward on different inputs (user and item features): each run mixes its own expert outputs
     and gives every task a gate, and only gates of one run are compared. None: one run (one gate module
     called once per task with a task embedding gives each task one gate: its calls are compared).
+    `slot_outputs` says which slots hold the same expert OUTPUT (one id per slot, equal ids: one output): the
+    same tensor, or one module (or modules with the same parameters) called on the same input. Such slots are
+    one expert to the gate statistics; one module called on different inputs (`enc(x[:, :4])`,
+    `enc(x[:, 4:])`) is not. None: by name (slots naming one expert, or experts tied by `same_as`, hold one
+    output), which discovery leaves where the two agree.
     """
 
     name: str
@@ -177,6 +183,7 @@ class GateSpec:
     part: int = 0
     two_way: bool = False
     layer_call: int | None = None
+    slot_outputs: tuple[int, ...] | None = None
 
     @property
     def n_experts(self) -> int:
@@ -368,6 +375,14 @@ class Topology:
             _whole(g.level, f"gate {g.name!r}: level", 0)
             if g.layer_call is not None:
                 _whole(g.layer_call, f"gate {g.name!r}: layer_call", 0)
+            if g.slot_outputs is not None and (
+                not isinstance(g.slot_outputs, tuple)
+                or len(g.slot_outputs) != g.n_experts
+                or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) for k in g.slot_outputs)
+            ):
+                raise TopologyError(
+                    f"gate {g.name!r}: slot_outputs must hold one whole number per expert slot ({g.n_experts})"
+                )
         read: dict[tuple, str] = {}  # where each gate's tensor is read: two gates on one tensor are one gate
         for g in self.gates:
             where = (
@@ -460,7 +475,8 @@ class Topology:
             tasks = tuple(TaskSpec(**_output_steps(t)) for t in data.get("tasks", []))
             experts = tuple(ExpertSpec(**e) for e in data.get("experts", []))
             gates = tuple(
-                GateSpec(**{**g, "experts": tuple(g.get("experts", ()))}) for g in data.get("gates", [])
+                GateSpec(**{**g, "experts": tuple(g.get("experts", ())), **_slot_outputs(g)})
+                for g in data.get("gates", [])
             )
             unresolved = tuple(Unresolved(**u) for u in data.get("unresolved", []))
         except TypeError as exc:  # unknown or missing keys
@@ -634,6 +650,27 @@ def spec_target_problem(path: Path, force: bool) -> str | None:
             "another file (pick another path)"
         )
     return None
+
+
+def expert_slots(experts: tuple[ExpertSpec, ...], g: GateSpec) -> list[list[int]]:
+    """Gate `g`'s slots grouped by the expert output they hold, in order of first slot (`[[0], [1], ...]`
+    when every slot holds its own): by `g.slot_outputs` where set, else by name (experts tied by `same_as`
+    are one). The one rule for "these slots are one expert" (gate statistics, discovery's note)."""
+    if g.slot_outputs is not None:
+        keys: tuple[object, ...] = g.slot_outputs
+    else:
+        tied = {e.name: e.same_as for e in experts if e.same_as is not None}
+        keys = tuple(tied.get(name, name) for name in g.experts)
+    groups: dict[object, list[int]] = {}
+    for k, key in enumerate(keys):
+        groups.setdefault(key, []).append(k)
+    return list(groups.values())
+
+
+def _slot_outputs(g: dict[str, Any]) -> dict[str, Any]:
+    """A spec entry's `slot_outputs` list as the tuple `GateSpec` holds (absent: nothing)."""
+    v = g.get("slot_outputs")
+    return {"slot_outputs": tuple(v)} if isinstance(v, list) else {}
 
 
 def _gate_dict(gate: GateSpec, d: dict[str, Any]) -> dict[str, Any]:
