@@ -60,7 +60,7 @@ from mmoe_inspect.topology._graphops import VIEW_OPS
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts, prediction_of
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
-from mmoe_inspect.topology._tasks import NO_TASK_NOTE, TaskOutput, parse_outputs, task_specs
+from mmoe_inspect.topology._tasks import NO_TASK_NOTE, UNMIXED_NOTE, TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
@@ -438,6 +438,9 @@ def _describe_gates(
                 grad = grad.select(*g.out_part)
             if grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0:
                 g.tasks.add(o.name)
+    moved = {t for g in gates for t in g.tasks}
+    if moved and len(moved) < len(outputs):  # evidence for `aux_tasks`: a term of the gates is no mixture
+        notes.append(UNMIXED_NOTE + ", ".join(o.name for o in outputs if o.name not in moved))
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
     unused = assign_tasks(gates)
