@@ -5,12 +5,15 @@ or regularisation term `[batch]` (`{"click": p, "buy": q, "aux_loss": lb}`). It 
 the output walk (`data.outputs.find_predictions`) takes it for a prediction; with no label it became a
 task that `check` reported as unlabelled (a warning, which fails the default `--fail-on`).
 
-What separates such a term from a task head, from strongest to weakest: its name (a dict key,
-namedtuple field or `tasks=` name whose words say aux / loss / reg / penalty / balance / entropy), and
-that no label column matches it. Both are needed: an output named like a term is dropped from the
-tasks only when the data holds no label column for it (nor one spelt nearly like it) and no gate or
-expert was traced to it alone. An unnamed output (`(p, q, lb)`: task_2) carries no such evidence and
-stays a task; its `task_unlabelled` finding says it was not judged. Each decision is a topology note.
+What separates such a term from a task head: its name (a dict key, namedtuple field or `tasks=` name whose
+words say aux / loss / reg / penalty / balance / entropy), that no label column matches it, and where it
+comes from: no expert mixture moves it while the model's other outputs are mixtures (discovery's
+`UNMIXED_NOTE`: it is made from the gate weights, not from the experts). All three are needed to drop it:
+a name alone is no evidence (a regression task called `balance` on a Shared-Bottom is a task whose label
+column is missing), and neither is a missing label. Such an output, and one with a label hint (a column spelt
+nearly like it) or a gate or expert of its own, stays a task: its `task_unlabelled` finding says it was not
+judged, and a note says it looks like a training term and how to leave it out (a spec). An unnamed output
+(`(p, q, lb)`: task_2) carries no name evidence and stays a task too. Each decision is a topology note.
 """
 
 from __future__ import annotations
@@ -51,13 +54,22 @@ def looks_auxiliary(name: str) -> bool:
     return any(w.lower() in AUX_WORDS for w in _WORD.findall(name))
 
 
+LEAVE_OUT = (
+    "if it is an auxiliary per-row term (a loss or balance term), leave it out with a spec (mmoe-inspect topology "
+    "MODEL --write spec.toml, delete the task, then --spec spec.toml); to judge it, pass its label column "
+    "(--labels task=column)"
+)
+
+
 def drop_auxiliary(topo: Topology, present: set[str], hints: Mapping[str, str]) -> Topology:
     """`topo` without the tasks whose name looks auxiliary (`looks_auxiliary`), whose label column is not in
-    `present` and that have no label hint (`hints`, a column spelt nearly like it), unless a gate or an
-    expert was traced to that task (then kept, said in a note). Only discovered topologies: declared tasks stay."""
+    `present`, that have no label hint (`hints`, a column spelt nearly like it), that no expert mixture moves
+    while other outputs are mixed (`unmixed`) and that no gate or expert was traced to. A task named so that
+    lacks the rest of that evidence is kept (unlabelled), with a note. Only discovered topologies: declared
+    tasks stay."""
     if topo.source != "discovered":  # a spec's or the model's own tasks are declared: never second-guessed
         return topo
-    from mmoe_inspect.topology._tasks import invented_names, unsigmoided
+    from mmoe_inspect.topology._tasks import invented_names, unmixed, unsigmoided
 
     unlabelled = [t for t in topo.tasks if t.label_column not in present and t.name not in hints]
     bare = set(unsigmoided(topo.notes)) & invented_names(topo.notes)
@@ -66,19 +78,27 @@ def drop_auxiliary(topo: Topology, present: set[str], hints: Mapping[str, str]) 
     if not named and not doubtful:
         return topo
     served = {g.task for g in topo.gates} | {e.owner for e in topo.experts}
-    dropped = [t for t in named if t.name not in served and t.name not in hints]
+    terms = unmixed(topo.notes)
+    dropped = [t for t in named if t.name in terms and t.name not in served and t.name not in hints]
     kept = [t for t in named if t not in dropped]
     notes = list(topo.notes)
     if dropped:
         names = ", ".join(t.name for t in dropped)
         notes.append(
-            f"output(s) {names}: named like an auxiliary per-row term (a loss, regulariser or balance term) and "
-            "no label column matches: not a task (to judge one, pass its label column: --labels task=column)"
+            f"output(s) {names}: named like an auxiliary per-row term (a loss, regulariser or balance term), no "
+            "label column matches and no expert mixture moves it (made from the gate weights): not a task (to "
+            "judge one, pass its label column: --labels task=column)"
         )
     for t in kept:
-        why = f"the data has {hints[t.name]!r}" if t.name in hints else "a gate or an expert serves it alone"
+        if t.name in hints:
+            why = f"the data has {hints[t.name]!r}"
+        elif t.name in served:
+            why = "a gate or an expert serves it alone"
+        else:
+            why = "only its name says so (it is not set apart from the predictions by how it is computed)"
         notes.append(
-            f"output {t.name}: named like an auxiliary per-row term but {why}: kept as a task (unlabelled)"
+            f"output {t.name}: named like an auxiliary per-row term but {why}: kept as a task (unlabelled); "
+            + LEAVE_OUT
         )
     if doubtful:  # (p, q, term): no name to go by, only the missing sigmoid and label
         notes.append(

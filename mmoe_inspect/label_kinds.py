@@ -14,7 +14,14 @@ of the data, when its label column holds only 0/1 there:
   [0.27, 0.73] around 0.5. Either way the two errors lie far apart, and the sigmoid is monotone, so
   the task's ranking (AUC) is the same under both readings: only the calibration-like judgments depend
   on the choice. Leaving [0, 1] alone is not evidence enough: such a regression leaves it too;
-- its outputs stay in [0, 1]: left as discovery read it.
+- its outputs stay in [0, 1] on those rows: a binary task's probability (`softmax(z)[:, 1]`, an ESCM²-style
+  `p * a + (1 - p) * b` of sigmoids: probabilities with no final sigmoid). Discovery read such a task as
+  regression for want of a final sigmoid, and judged by MSE a probability got `task_no_better_than_mean`.
+  This reading is safe without knowing the op: a prediction of a 0/1 label that never leaves [0, 1] is an
+  estimate of P(label = 1), whatever produced it (a linear probability model that stays inside too), its
+  ranking is judged by AUC and its calibration by log loss (clipped, so exact 0 or 1 stay finite). One row
+  outside [0, 1] leaves it to the fit above (a probability does not leave [0, 1]); a task discovery read
+  as binary stays so.
 
 Labels that are not all 0/1 leave the kind alone. A declared kind (`task_kinds`, `model.task_types`,
 a spec, the model's `topology()`) is never changed; neither is an output discovery tied to a sigmoid
@@ -89,12 +96,17 @@ def settle_kinds(
         logits.update({t.name: RANGE_ONLY for t in rest if ranged.get(t.name) == "regression"})
         return _apply(topo, logits, {})
     kept: dict[str, str] = {}
+    probs: dict[str, str] = {}
     for j, t in enumerate(rest):
         z, y = raw[:, j], labels[t.label_column][: len(raw)]
         seen = z[np.isfinite(z)]
         ok = np.isfinite(z) & ~np.isnan(y)
-        if not ok.any() or (seen.min() >= 0 and seen.max() <= 1):
-            continue  # stays in [0, 1]: discovery's reading stands
+        if not ok.any():
+            continue
+        if seen.min() >= 0 and seen.max() <= 1:  # stays in [0, 1]: a probability (binary read so already)
+            if guessed[t.name] == "regression":
+                probs[t.name] = f"outputs in [0, 1] on all {len(seen)} rows and 0/1 labels"
+            continue
         squashed = 0.5 * (1.0 + np.tanh(0.5 * z[ok]))  # the sigmoid, without overflow for large |z|
         as_logit = float(np.mean((squashed - y[ok]) ** 2))
         as_is = float(np.mean((z[ok] - y[ok]) ** 2))
@@ -103,7 +115,7 @@ def settle_kinds(
             logits[t.name] = f"{OUTSIDE}, which their sigmoid fits better than they do ({errors})"
         elif guessed[t.name] == "binary":  # not a probability (it leaves [0, 1]) nor, by the fit, a logit
             kept[t.name] = f"the outputs fit them better than their sigmoid does ({errors})"
-    return _apply(topo, logits, kept)
+    return _apply(topo, logits, kept, probs)
 
 
 OUTSIDE = "outputs outside [0, 1] but 0/1 labels"
@@ -124,15 +136,24 @@ def _outputs(
         return None
 
 
-def _apply(topo: Topology, logits: dict[str, str], regression: dict[str, str]) -> Topology:
-    """`topo` with the `logits` tasks binary logits and the `regression` ones regression, a note per task."""
-    if not logits and not regression:
+def _apply(
+    topo: Topology,
+    logits: dict[str, str],
+    regression: dict[str, str],
+    probs: dict[str, str] | None = None,
+) -> Topology:
+    """`topo` with the `logits` tasks binary logits, the `regression` ones regression and the `probs` ones binary
+    probabilities, a note per task."""
+    probs = probs or {}
+    if not logits and not regression and not probs:
         return topo
     tasks = tuple(
         replace(t, kind="binary", probability=False)
         if t.name in logits
         else replace(t, kind="regression", probability=False)
         if t.name in regression
+        else replace(t, kind="binary", probability=True)
+        if t.name in probs
         else t
         for t in topo.tasks
     )
@@ -145,5 +166,10 @@ def _apply(topo: Topology, logits: dict[str, str], regression: dict[str, str]) -
         f"task(s) {name}: outputs outside [0, 1] (not probabilities) and 0/1 labels, but {why}: read as "
         f"regression; {OVERRIDE}"
         for name, why in regression.items()
+    ]
+    notes += [
+        f"task(s) {name}: {why}: read as binary tasks' probabilities (no final sigmoid, e.g. a softmax column or "
+        f"a mix of probabilities); {OVERRIDE}"
+        for name, why in probs.items()
     ]
     return replace(topo, tasks=tasks, notes=(*topo.notes, *notes))

@@ -122,6 +122,33 @@ def test_an_unnamed_term_stays_a_task_and_a_spec_leaves_it_out(tmp_path) -> None
     _planted(again, "task_0", "task_1")
 
 
+class BalanceHead(nn.Module):
+    """A Shared-Bottom whose second task is a real regression head named `balance` (an account balance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.bottom = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+        self.click, self.balance = nn.Linear(8, 1), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bottom(x)
+        return {"click": torch.sigmoid(self.click(h)).squeeze(1), "balance": self.balance(h).squeeze(1)}
+
+
+def test_a_task_named_like_a_term_is_kept_when_only_its_name_says_so() -> None:
+    """A task head called `balance` whose label column the data lacks: its name is the only sign of a training
+    term (nothing is mixed, it is a head like click's). It was dropped and `check` passed judging click alone;
+    it stays a task, unjudged (task_unlabelled), with a note on how to leave it out if it is a term."""
+    result = _inspect(BalanceHead(), _rows().drop(columns=["buy"]))
+    assert [t.name for t in result.topology.tasks] == ["click", "balance"], result.topology.notes
+    assert ("task_unlabelled", "balance") in {(f.code, f.subject) for f in result.findings}
+    kept = [n for n in result.topology.notes if n.startswith("output balance: named like an auxiliary")]
+    assert len(kept) == 1 and "only its name" in kept[0] and "--spec spec.toml" in kept[0], (
+        result.topology.notes
+    )
+
+
 def test_auxiliary_words() -> None:
     for name in ("aux", "aux_loss", "lbLoss", "l2_reg", "moe.balance", "gate_entropy", "AuxLoss", "penalty2"):
         assert looks_auxiliary(name), name

@@ -195,3 +195,47 @@ def test_a_probability_just_past_zero_and_one_is_not_read_as_a_logit(frame: pd.D
     assert not any(n.startswith("task(s) buy:") for n in result.topology.notes), result.topology.notes
     assert not _critical(result, "buy")
     assert result.table("tasks").set_index("task").loc["buy", "r2"] > 0.2
+
+
+class SoftmaxProbability(nn.Module):
+    """Click `sigmoid(2 x0)`; buy a probability with no final sigmoid, informative from `x1 + x2`: the positive
+    column of a two-class softmax (`softmax`) or ESCM²'s `p_click * a + (1 - p_click) * b` of sigmoids (`mix`)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.click = nn.Linear(6, 1)
+        self.buy = nn.Linear(6, 2)
+        with torch.no_grad():
+            self.click.weight.copy_(torch.tensor([[2.0, 0, 0, 0, 0, 0]]))
+            self.click.bias.zero_()
+            self.buy.weight.copy_(torch.tensor([[0.0, 0, 0, 0, 0, 0], [0, 2, 2, 0, 0, 0]]))
+            self.buy.bias.copy_(torch.tensor([0.0, -2.0]))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = torch.sigmoid(self.click(x))
+        z = self.buy(x)
+        if self.form == "softmax":
+            buy = torch.softmax(z, -1)[:, 1]
+        else:
+            a, b = torch.sigmoid(z[:, 1:] + 1), torch.sigmoid(z[:, 1:] - 1)
+            buy = (p * a + (1 - p) * b).squeeze(1)
+        return {"click": p.squeeze(1), "buy": buy}
+
+
+@pytest.mark.parametrize("form", ["softmax", "mix"])
+def test_a_probability_without_a_final_sigmoid_is_a_binary_probability(
+    form: str, frame: pd.DataFrame
+) -> None:
+    """Buy's outputs are probabilities (in [0, 1] on every row) of its 0/1 labels but end in no sigmoid. Before,
+    next to click's sigmoid, buy was read as regression and judged by MSE against the label mean; now a binary
+    probability judged by AUC and log loss."""
+    result = _inspect(SoftmaxProbability(form).eval(), frame)
+    spec = {t.name: t for t in result.topology.tasks}["buy"]
+    assert (spec.kind, spec.probability) == ("binary", True), result.topology.notes
+    assert any(
+        n.startswith("task(s) buy: outputs in [0, 1] on all") and "probabilities" in n
+        for n in result.topology.notes
+    ), result.topology.notes
+    assert not _critical(result, "buy"), [(f.code, f.subject) for f in result.findings]
+    assert result.table("tasks").set_index("task").loc["buy", "auc"] > 0.85

@@ -26,6 +26,7 @@ from two_expert_models import (
     BLENDS,
     N_FEATURES,
     SCALAR_FORMS,
+    TOTAL_FORMS,
     TWO_WAY,
     Blend,
     Extrapolating,
@@ -35,6 +36,7 @@ from two_expert_models import (
     ScalarHeads,
     SkipInExpert,
     SplitWeights,
+    TotalProbability,
     collapse,
 )
 from typer.testing import CliRunner
@@ -366,3 +368,17 @@ def test_scalar_heads_with_separate_weights_cannot_be_judged() -> None:
     assert topo.gates == () and topo.architecture is None
     lines = [u.line() for u in topo.unresolved]
     assert len(lines) == 2 and all("each weighted by a weight of its own" in ln for ln in lines), lines
+
+
+# ------------------------------------------------------------------------------ a task's prediction as w
+@pytest.mark.parametrize("form", TOTAL_FORMS)
+def test_a_blend_by_another_task_s_prediction_is_no_gate(form: str) -> None:
+    """ESCM²/DCMT's `p_buy = p_click * a(h) + (1 - p_click) * b(h)`: `p_click` is the click task's output, so the
+    blend is the law of total probability, not routing. It was read as buy's two-way gate ("moe", a critical
+    collapsed_gate on buy and a dead expert, because clicks are rare); it is a Shared-Bottom, as before."""
+    result = inspect(TotalProbability(form))
+    topo = result.topology
+    assert topo.gates == () and topo.unresolved == (), topo.notes
+    assert topo.architecture == "shared_bottom", topo.notes
+    assert not {"collapsed_gate", "dead_expert"} & {f.code for f in result.findings}, result.findings
+    assert any("task 'click''s prediction" in n for n in topo.notes), topo.notes

@@ -339,3 +339,39 @@ class ScalarHeads(Blend):
                 y = self.blend(low, self.highs[t](h), low, w)
             out[t] = torch.sigmoid(y).squeeze(1)
         return out
+
+
+TOTAL_FORMS = ("affine", "lerp", "delta", "clamped", "detached")
+
+
+class TotalProbability(nn.Module):
+    """A Shared-Bottom with an entire-space CVR decomposition (ESCM²/DCMT): `p_buy = p_click * a(h) +
+    (1 - p_click) * b(h)` (as `form` writes it), where `p_click = sigmoid(ctr(h))` is the click task's own
+    prediction, rare (bias -6): a blend by the law of total probability over another task's output, no gate.
+    `clamped` returns `p_click.clamp(1e-6, 1 - 1e-6)` as click and blends by `p_click`; `detached` blends by
+    `p_click.detach()`."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.bottom = nn.Sequential(nn.Linear(N_FEATURES, WIDTH), nn.ReLU())
+        self.ctr = nn.Linear(WIDTH, 1)
+        self.clicked = nn.Linear(WIDTH, 1)
+        self.unclicked = nn.Linear(WIDTH, 1)
+        with torch.no_grad():
+            self.ctr.bias.fill_(-6.0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bottom(x)
+        p = torch.sigmoid(self.ctr(h))
+        a, b = torch.sigmoid(self.clicked(h)), torch.sigmoid(self.unclicked(h))
+        w = p.detach() if self.form == "detached" else p
+        if self.form == "lerp":
+            buy = torch.lerp(b, a, w)
+        elif self.form == "delta":
+            buy = b + w * (a - b)
+        else:
+            buy = w * a + (1 - w) * b
+        click = p.clamp(1e-6, 1 - 1e-6) if self.form == "clamped" else p
+        return {"click": click.squeeze(1), "buy": buy.squeeze(1)}

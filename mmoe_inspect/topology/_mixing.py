@@ -1061,6 +1061,39 @@ def _scalar_pair(
     return None, None
 
 
+KEEP_VALUE_OPS = frozenset(
+    {"clamp", "clip", "clamp_min", "clamp_max", "to", "float", "double", "half", "type"}
+)
+"""Ops that keep a prediction's values (up to a clip or a dtype): `p.clamp(eps, 1 - eps)` is still `p`."""
+
+
+def _kept_values(graph: Graph, idx: int, limit: int = 64) -> set[int]:
+    """Node `idx` and the nodes it holds the values of: walked back through views (`_base`) and value-keeping ops
+    on one tensor (`KEEP_VALUE_OPS`: a clip or a cast of that tensor alone)."""
+    found: set[int] = set()
+    cur: int | None = idx
+    for _ in range(limit):
+        if cur is None or cur in found:
+            break
+        found.add(cur)
+        cur = _base(graph, cur)
+        found.add(cur)
+        node = graph.nodes[cur]
+        refs = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, Ref)]
+        ok = node.op in KEEP_VALUE_OPS and len(refs) == 1 and node.args and node.args[0] == refs[0]
+        cur = refs[0].node if ok else None
+    return found
+
+
+def prediction_of(graph: Graph, idx: int, predictions: dict[int, str]) -> str | None:
+    """The task whose prediction node `idx` (a two-way blend's weight `w`, `[B, 1]`) holds, or None: `idx` and
+    that task's output node (a key of `predictions`, task name as value) hold the same values, up to views,
+    squeezes, a detach, a clip or a cast, either way round. Such a `w` blends by the law of total probability
+    (ESCM²/DCMT: `p_buy = p_click * a(h) + (1 - p_click) * b(h)`); it does not route rows between experts."""
+    mine = _kept_values(graph, idx)
+    return next((name for t, name in predictions.items() if mine & _kept_values(graph, t)), None)
+
+
 def _two_way(graph: Graph, node: Node) -> list[Mixture]:
     """Two experts blended by one per-row weight `w` (read as the gate `[1 - w, w]` over `(x0, x1)`):
     `lerp(x0, x1, w)`, `(1 - w) * x0 + w * x1` in either order (also summed as a stack of the two, or by

@@ -347,6 +347,23 @@ def unsigmoided(notes: Sequence[str]) -> list[str]:
     ]
 
 
+UNMIXED_NOTE = "outputs that no gate's mixture moves while the other outputs are mixed: "
+"""The topology note naming the outputs no expert mixture reaches (autograd, as for the gates' tasks) in a model
+whose other outputs are mixtures: a per-row training term made from the gate weights (a load-balancing loss) or
+a head off the experts' path. `aux_tasks` drops such an output only when its name also says it is a term."""
+
+
+def unmixed(notes: Sequence[str]) -> set[str]:
+    """The outputs a topology's `notes` say no gate's mixture moves (`UNMIXED_NOTE`)."""
+    return {
+        n
+        for note in notes
+        if note.startswith(UNMIXED_NOTE)
+        for n in note[len(UNMIXED_NOTE) :].split(", ")
+        if n
+    }
+
+
 NO_TASK_NOTE = "gates whose mixture reaches no task output on this batch (kept as shared): "
 """The topology note naming the gates discovery could not follow to any task output (autograd could not:
 `no_grad`, `detach`, quantized layers on the way): their task is unknown, not shared by design."""

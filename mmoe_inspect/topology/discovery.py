@@ -58,9 +58,9 @@ from mmoe_inspect.topology._gates import (
 )
 from mmoe_inspect.topology._graphops import VIEW_OPS
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
-from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts
+from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts, prediction_of
 from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
-from mmoe_inspect.topology._tasks import NO_TASK_NOTE, TaskOutput, parse_outputs, task_specs
+from mmoe_inspect.topology._tasks import NO_TASK_NOTE, UNMIXED_NOTE, TaskOutput, parse_outputs, task_specs
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
@@ -227,6 +227,8 @@ def _describe_gates(
     for mix in mixtures:
         readings.setdefault(mix.combine, []).append(mix)
     done_outputs: set[int] = set()
+    # task output node -> task: a two-way weight that holds one is a task's prediction, not a gate
+    predictions = {o.node: o.name for o in outputs if o.node is not None}
     unread_blends: list[tuple[int, Unresolved]] = []  # (blend output, its unresolved item)
     for combine in sorted(readings):
         for mix in sorted(readings[combine], key=lambda m: gate_score(graph, m)):
@@ -284,6 +286,13 @@ def _describe_gates(
                     gate = _gate_of(mix, part, experts, (mix.fused_out_axis, t))
                     by_producer[(part.producer, t)] = gate
                     gates.append(gate)
+                break
+            task = prediction_of(graph, mix.weights, predictions) if mix.two_way else None
+            if task is not None:  # ESCM²/DCMT: p * a + (1 - p) * b over task `task`'s p, no routing
+                rejected.append(
+                    (mix, f"blends by task {task!r}'s prediction (a total-probability mix, not a gate)")
+                )
+                done_outputs.add(mix.output)
                 break
             if mix.two_way:  # one weight per row blending two experts: the gate [1 - w, w]
                 found = split_weights(mix.n_experts) if mix.split else locate_two_way(graph, mix)
@@ -429,6 +438,9 @@ def _describe_gates(
                 grad = grad.select(*g.out_part)
             if grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0:
                 g.tasks.add(o.name)
+    moved = {t for g in gates for t in g.tasks}
+    if moved and len(moved) < len(outputs):  # evidence for `aux_tasks`: a term of the gates is no mixture
+        notes.append(UNMIXED_NOTE + ", ".join(o.name for o in outputs if o.name not in moved))
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
     unused = assign_tasks(gates)
