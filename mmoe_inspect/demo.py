@@ -198,22 +198,37 @@ def _claim_demo_folder(out: Path, names: Sequence[str]) -> None:
             )
     marker = out / DEMO_MARKER
     ours: set[str] = set()
-    if marker.is_file() and not marker.is_symlink():
+    recorded = marker.is_file() and not marker.is_symlink()
+    if recorded:
         try:
             ours = {str(n) for n in json.loads(marker.read_text(encoding="utf-8")).get("files", [])}
         except (ValueError, AttributeError, OSError, UnicodeDecodeError):
-            ours = set()
+            recorded, ours = False, set()
     for name in names:
         path = out / name
         if path.is_symlink() or (path.exists() and name not in ours):
-            raise DemoOutError(
-                f"--out {out}: {name} exists and the demo did not write it; the demo would replace it "
-                "(--force does not change that): choose another --out or move the file"
-            )
+            raise DemoOutError(_not_ours(out, name, recorded))
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps({"files": sorted(ours | set(names))}), encoding="utf-8")
     tmp.replace(marker)
+
+
+def _not_ours(out: Path, name: str, recorded: bool) -> str:
+    """The one line for `name` in `out`, which the demo would replace: with the demo's record, the demo did not
+    write it; without one (a folder from a demo that kept no record, or the user's own), the demo cannot tell,
+    and the line says how to go on (another --out, or deleting a folder that holds only an old demo's files)."""
+    replace = "the demo would replace it (--force does not change that)"
+    if recorded:
+        return (
+            f"--out {out}: {name} exists and the demo did not write it (its record {DEMO_MARKER} does not list "
+            f"it); {replace}: choose another --out or move the file"
+        )
+    return (
+        f"--out {out}: {name} exists and the folder has no {DEMO_MARKER} record of what a demo wrote there "
+        f"(an earlier version's demo kept none, or the file is yours); {replace}: choose another --out, or, "
+        f"if {out} holds only an earlier demo's output, delete that folder and run the demo again"
+    )
 
 
 def run_demo(

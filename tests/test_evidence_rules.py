@@ -235,3 +235,39 @@ def test_a_streamed_loss_interval_never_goes_below_zero_either() -> None:
     lo, hi = ev.interval(INTACT, "buy", "logloss")
     in_memory = Evaluation(y[:, None], BUY, {INTACT: p[:, None]}).interval(INTACT, "buy", "logloss")
     assert lo == 0.0 and hi == pytest.approx(in_memory[1], rel=1e-12)
+
+
+def test_an_auc_of_080_on_five_positives_ranks_and_is_never_at_chance() -> None:
+    """5 positives among 1,995 negatives, 4 scored highest and 1 lowest: AUC 0.80. DeLong's interval on 5
+    rows holds 0.5 (about [0.41, 1.0]) but Mann-Whitney tells 0.80 from 0.5 (|0.30| > 1.96 x 0.129): the task
+    ranks. It was called "at chance" (critical task_at_chance)."""
+    n_pos, n_neg = 5, 1995
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    score = np.r_[[0.99, 0.98, 0.97, 0.96, 0.0001], np.linspace(0.01, 0.9, n_neg)]
+    ev = Evaluation(y[:, None], BUY, {INTACT: score[:, None], ("baseline", "single"): score[:, None]})
+    row = baseline_gain_table(ev, ["single"]).set_index("metric").loc["auc"]
+    lo, hi = ev.interval(("baseline", "single"), "buy", "auc")
+    assert abs(row["baseline_value"] - 0.8) < 0.001 and lo < 0.5 < hi  # the interval alone would hold 0.5
+    assert auc_verdict(row["baseline_value"], lo, hi, n_pos, n_neg) == (False, False)
+    assert (row["baseline_at_chance"], row["baseline_too_few"]) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("auc", "lo", "hi", "expected"),
+    [
+        (0.80, 0.41, 1.00, (False, False)),  # Mann-Whitney rejects 0.5: ranks
+        (0.20, 0.00, 0.59, (False, False)),  # rejects, the other way round: ranks inverted, not at chance
+        (0.60, 0.30, 0.90, (False, True)),  # not rejected, the interval reaches far above 0.5: too few
+        (
+            0.52,
+            0.46,
+            0.58,
+            (False, True),
+        ),  # not rejected, a narrow interval on 5 rows is no evidence: too few
+        (0.55, 0.52, 0.58, (False, True)),  # not rejected, the interval misses 0.5: too few to say it ranks
+    ],
+)
+def test_under_ten_positives_mann_whitney_decides_ranks_or_too_few(auc, lo, hi, expected) -> None:
+    """Fewer than 10 rows of a class (5 of 2,000; Mann-Whitney's 95% bound is 0.5 ± 0.253): never "at chance"
+    from DeLong's interval on 5 rows (only a constant output is, on any rows)."""
+    assert auc_verdict(auc, lo, hi, 5, 1995) == expected

@@ -9,6 +9,7 @@ autograd on, so the gates are named by their tasks as for the plain forward.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -188,3 +189,72 @@ def test_esmm_gates_are_named_by_the_tower_they_feed() -> None:
     topo = discover_topology(ManyOutputs("esmm_one_gate").eval(), x)
     assert [(g.name, g.task) for g in topo.gates] == [("shared", None)], topo.notes
     assert topo.architecture == "omoe"
+
+
+class LoadTrackingMMoE(nn.Module):
+    """A serving MMoE (`@torch.no_grad()` forward) that keeps model state up to date as load-balancing code
+    does: a running per-expert load buffer `[E]` updated in place from the gate weights, a frozen
+    parameter `[E]` nudged in place, a views-of-a-buffer write (`calls[0] += 1`) and a buffer reassigned
+    (`self.last = w.mean(0)`). The replay with forced autograd attached such tensors to its graph
+    (`load.requires_grad` True with `grad_fn`, `copy.deepcopy(model)` raised)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(N_FEATURES, 8), nn.ReLU()) for _ in range(N_EXPERTS)
+        )
+        self.gates = nn.ModuleDict({t: nn.Linear(N_FEATURES, N_EXPERTS) for t in TASKS})
+        self.towers = nn.ModuleDict({t: nn.Linear(8, 1) for t in TASKS})
+        self.frozen = nn.Parameter(torch.zeros(N_EXPERTS), requires_grad=False)
+        self.register_buffer("load", torch.zeros(N_EXPERTS))
+        self.register_buffer("calls", torch.zeros(2))
+        self.register_buffer("last", torch.zeros(N_EXPERTS))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ex = torch.stack([e(x) for e in self.experts], 1)  # [B, E, 8]
+        out = {}
+        for t in TASKS:
+            w = torch.softmax(self.gates[t](x), -1)  # [B, E]
+            self.load.mul_(0.99).add_(0.01 * w.mean(0))
+            self.frozen.add_(0.001 * w.mean(0))
+            self.calls[:1] += 1
+            self.last = w.mean(0)
+            out[t] = torch.sigmoid(self.towers[t]((w.unsqueeze(-1) * ex).sum(1))).squeeze(1)
+        return out
+
+
+def test_state_written_in_a_grad_free_forward_is_left_as_one_forward_leaves_it() -> None:
+    """After discovery (one traced forward + the task replay) every parameter and buffer is what ONE plain
+    forward leaves: the replay's writes are undone, and no tensor is attached to a graph."""
+    x = torch.randn(61, N_FEATURES, generator=torch.Generator().manual_seed(1))
+    model = LoadTrackingMMoE().eval()
+    model.towers["click"].weight.grad = torch.full_like(model.towers["click"].weight, 0.5)
+    expected = copy.deepcopy(model)
+    expected(x)  # the one forward the trace runs, as written
+    topo = discover_topology(model, x)
+    assert [(g.name, g.task) for g in topo.gates] == [("click", "click"), ("buy", "buy")], topo.notes
+    for (name, t), (_, e) in zip(
+        [*model.named_parameters(), *model.named_buffers()],
+        [*expected.named_parameters(), *expected.named_buffers()],
+        strict=True,
+    ):
+        assert t.is_leaf and t.grad_fn is None, name
+        assert t.requires_grad == e.requires_grad, name
+        assert torch.equal(t, e), name
+    assert torch.equal(model.towers["click"].weight.grad, torch.full_like(model.towers["click"].weight, 0.5))
+    assert model.towers["buy"].weight.grad is None
+    copy.deepcopy(model)  # raised "Only Tensors created explicitly by the user (graph leaves)"
+
+
+def test_inspect_leaves_a_grad_free_load_buffer_out_of_any_graph() -> None:
+    """The whole inspection: the buffer writes of the recording pass are the model's own (reported as
+    model_changed_itself), but no tensor of the model is left on a graph, and it inspects again."""
+    model = LoadTrackingMMoE().eval()
+    result = inspect(model)
+    assert "model_changed_itself" in {f.code for f in result.findings}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        assert t.is_leaf and t.grad_fn is None and t.grad is None, name
+    assert not model.load.requires_grad and not model.frozen.requires_grad
+    inspect(copy.deepcopy(model))

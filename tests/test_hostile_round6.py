@@ -26,6 +26,8 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_hostile_round2 import one_error_line, run  # the same CLI runner and one-line-error check
@@ -175,7 +177,7 @@ def test_demo_never_replaces_or_deletes_a_file_it_did_not_write(
     (out / "notes.txt").write_text("mine")
     args = ["demo", "--rows", "2000", "--monitor", "--out", out, *(["--force"] if force else [])]
     line = one_error_line(*run(*args))
-    assert name in line and "did not write it" in line
+    assert name in line and "the file is yours" in line and "choose another --out" in line
     assert (out / name).read_text() == "the user's own file" and (out / "notes.txt").read_text() == "mine"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
         {"checkpoints", name, "notes.txt"}
@@ -303,3 +305,48 @@ def test_a_zip_member_outside_the_checkpoint_folder_is_refused_with_the_reason(
     line = one_error_line(*run("summary", target))
     assert "not in a subdirectory" in line and "escape.txt" in line and "enforce fail" not in line
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_a_linked_partition_folder_is_read_and_a_folder_reached_twice_is_refused(tmp_path: Path) -> None:
+    """data/date=1 (a real folder) and data/date=2 -> ../other/date=2 (a link, as a partition synced from
+    elsewhere): Path.rglob did not follow the link, so 500 of 2,000 rows were read without a word."""
+    frame = pd.DataFrame({"x": np.arange(2000, dtype="float32")})
+    folder, other = tmp_path / "data", tmp_path / "other" / "date=2"
+    (folder / "date=1").mkdir(parents=True)
+    other.mkdir(parents=True)
+    frame.iloc[:500].to_parquet(folder / "date=1" / "part.parquet")
+    frame.iloc[500:].to_parquet(other / "part.parquet")
+    (folder / "date=2").symlink_to(other)
+    source = TableSource.of(folder)
+    assert sum(len(f) for f in source.iter_frames(10_000, ["x"])) == 2000
+    (other / "back").symlink_to(folder)  # a loop: data/date=2/back -> data
+    with (
+        _Alarm(20),
+        pytest.raises(DataFileError, match=r"holds date=2/back, a link to a folder it reads already"),
+    ):
+        TableSource.of(folder)._files()
+    (other / "back").unlink()
+    (folder / "copy").symlink_to(other)  # the same partition by a second path: its rows twice
+    with pytest.raises(DataFileError, match=r"holds date=2, a link to a folder it reads already"):
+        TableSource.of(folder)._files()
+
+
+def test_a_folder_from_an_earlier_demo_is_refused_with_a_way_forward(tmp_path: Path) -> None:
+    """A folder an earlier demo wrote (no marker) was refused with "the demo did not write it", which is
+    false there and said nothing of what to do; the files are still never replaced."""
+    from mmoe_inspect.demo import DEMO_MARKER, DemoOutError, _claim_demo_folder
+
+    out = tmp_path / "dm"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "eval.parquet").write_text("an earlier demo's rows")
+    names = ["train.parquet", "eval.parquet"]
+    with pytest.raises(DemoOutError) as err:
+        _claim_demo_folder(out, names)
+    line = str(err.value)
+    assert "did not write it" not in line and f"no {DEMO_MARKER} record" in line
+    assert "choose another --out" in line and f"if {out} holds only an earlier demo's output, delete" in line
+    assert (out / "eval.parquet").read_text() == "an earlier demo's rows" and not (out / DEMO_MARKER).exists()
+    (out / DEMO_MARKER).write_text('{"files": ["train.parquet"]}')  # a record that does not list it
+    with pytest.raises(DemoOutError, match=r"eval\.parquet exists and the demo did not write it"):
+        _claim_demo_folder(out, names)
+    assert (out / "eval.parquet").read_text() == "an earlier demo's rows"

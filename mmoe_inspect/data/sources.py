@@ -408,21 +408,48 @@ class TableSource:
 def _parquet_files(folder: Path) -> list[Path]:
     """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries.
 
-    An entry named like a parquet file that is neither a file nor a folder (a broken or looping link, a
-    FIFO, a device) is refused: skipping it read part of the data without a word."""
+    Linked folders are followed (a partition `date=2 -> /elsewhere/date=2`: `Path.rglob` did not follow it
+    and read part of the data without a word). A folder reached twice (a link loop, or a second link to a
+    folder read already) and an entry named like a parquet file that is neither a file nor a folder (a
+    broken or looping link, a FIFO, a device) are refused in one line naming them."""
     files = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if p.suffix.lower() not in PARQUET_SUFFIXES or any(part.startswith((".", "_")) for part in rel.parts):
-            continue
-        if p.is_file():
-            files.append(p)
-        elif not p.is_dir():
+    seen = {_folder_key(folder)}
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            entries = sorted(here.iterdir())
+        except OSError as exc:
             raise DataFileError(
-                f"data folder {folder} holds {rel}, which is not a readable file (a broken link, FIFO or "
-                "device); fix the link or remove it"
-            )
+                f"data folder {folder}: cannot list {here.relative_to(folder)} ({exc.strerror or exc})"
+            ) from None
+        for p in entries:
+            rel = p.relative_to(folder)
+            if p.name.startswith((".", "_")):
+                continue
+            if p.is_dir():
+                key = _folder_key(p)
+                if key in seen:
+                    raise DataFileError(
+                        f"data folder {folder} holds {rel}, a link to a folder it reads already (a loop or a "
+                        "second path to the same files); remove the link"
+                    )
+                seen.add(key)
+                stack.append(p)
+            elif p.suffix.lower() in PARQUET_SUFFIXES:
+                if not p.is_file():
+                    raise DataFileError(
+                        f"data folder {folder} holds {rel}, which is not a readable file (a broken link, FIFO "
+                        "or device); fix the link or remove it"
+                    )
+                files.append(p)
     return sorted(files)
+
+
+def _folder_key(path: Path) -> tuple[int, int]:
+    """(device, inode) of the folder `path` names, links followed: the same folder by any path."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def _reader(path: Path, cols: list[str] | None):

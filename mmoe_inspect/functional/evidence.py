@@ -61,9 +61,11 @@ def class_counts(n_labelled: float, positive_rate: float) -> tuple[int, int]:
 def auc_verdict(auc: float, lo: float, hi: float, n_pos: float, n_neg: float) -> tuple[bool, bool]:
     """(at_chance, too_few) of one AUC and its 95% interval `[lo, hi]` on `n_pos` / `n_neg` labelled rows.
 
-    too_few: with fewer than `MIN_CLASS_ROWS` rows of a class, the AUC is not told from 0.5 under the null
-    (Mann-Whitney: var (n₊ + n₋ + 1) / 12n₊n₋); otherwise the interval holds 0.5 and reaches 0.5 +
-    `AUC_MARGIN`. at_chance: the interval holds 0.5 and the rows are not too few. Every prediction tied
+    With fewer than `MIN_CLASS_ROWS` rows of a class, DeLong's interval is not used: an AUC that
+    Mann-Whitney's test under the null (var (n₊ + n₋ + 1) / 12n₊n₋) tells from 0.5 ranks (neither at chance
+    nor too few: 0.8 on 5 positives, whose DeLong interval holds 0.5), one it does not is too few, never
+    at chance. With more rows: too_few where the interval holds 0.5 and reaches 0.5 + `AUC_MARGIN`,
+    at_chance where it holds 0.5 and the rows are not too few. Every prediction tied
     (AUC 0.5 with a zero-width interval: a constant output) is at chance on any rows: it ranks nothing.
     Both False when the AUC or its interval is unknown (one class)."""
     if math.isnan(auc):
@@ -74,9 +76,10 @@ def auc_verdict(auc: float, lo: float, hi: float, n_pos: float, n_neg: float) ->
         if min(n_pos, n_neg) < 1:
             return False, False
         sd0 = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
-        few = abs(auc - 0.5) <= _Z95 * sd0
-    else:
-        few = lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN
+        # Mann-Whitney tells it from 0.5: it ranks (or ranks inverted), whatever DeLong's interval on a
+        # handful of rows says; it does not: too few (a narrow interval on 5 rows is no evidence either)
+        return False, abs(auc - 0.5) <= _Z95 * sd0
+    few = lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN
     holds = not math.isnan(lo) and lo <= 0.5 <= hi
     return bool(holds and not few), bool(few)
 

@@ -341,19 +341,34 @@ class CallCounter(TorchFunctionMode):
 
 
 class _LeafMode(CallCounter):
-    """Replaces the output of chosen calls by `output + leaf` (same values), `leaf` zeros requiring grad."""
+    """Replaces the output of chosen calls by `output + leaf` (same values), `leaf` zeros requiring grad.
 
-    def __init__(self, targets: dict[int, int]) -> None:
+    `state` holds the model's parameters and buffers: a call that writes into one of them in place (or
+    into a view of one) runs as written, and the tensor's values are kept first (`saved`, one copy per
+    written tensor) so `replay_with_leaves` can put them back.
+    """
+
+    def __init__(self, targets: dict[int, int], state: list[torch.Tensor] | None = None) -> None:
         super().__init__()
         self.targets = targets  # call seq -> output position
         self.leaves: dict[int, torch.Tensor] = {}
+        self.state: dict[int, list[torch.Tensor]] = {}  # storage address -> parameters/buffers on it
+        for t in state or []:
+            key = _storage_key(t)
+            if key is not None:
+                self.state.setdefault(key, []).append(t)
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (tensor, its values before)
 
     def call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The call, with autograd on where the model's forward turned it off (`@torch.inference_mode()`,
         `with torch.no_grad()` around a serving forward): the leaves must reach the task outputs through
         it, or no gate has a task (all named `shared`). A call that autograd refuses runs as written:
         a write into a parameter made under `no_grad` (refused before anything is written), an
-        inference tensor made where the tracer does not look."""
+        inference tensor made where the tracer does not look. An in-place write into a parameter or
+        buffer (a running load statistic updated under `no_grad`) also runs as written, its values kept
+        first: forced autograd would leave the buffer attached to this replay's graph."""
+        if self._keep_written(func, args, kwargs):
+            return func(*args, **kwargs)
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             return func(*args, **kwargs)
         try:
@@ -361,6 +376,22 @@ class _LeafMode(CallCounter):
                 return func(*args, **kwargs)
         except RuntimeError:
             return func(*args, **kwargs)
+
+    def _keep_written(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Copy the values of the parameters/buffers that `func` writes in place; True when there are any."""
+        if not self.state:
+            return False
+        written = [kwargs["out"]] if "out" in kwargs else []
+        if _writes_first(func) and args:
+            written.append(args[0])
+        hit = False
+        for w in iter_tensors(written):
+            for t in self.state.get(_storage_key(w), ()):  # type: ignore[arg-type]
+                hit = True
+                if id(t) not in self.saved:
+                    with torch.inference_mode(t.is_inference()), torch.no_grad():
+                        self.saved[id(t)] = (t, t.detach().clone())
+        return hit
 
     def on_call(self, seq: int, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
         pos = self.targets.get(seq)
@@ -379,6 +410,69 @@ class _LeafMode(CallCounter):
             return sub
         k = iter(range(len(outs)))
         return _replace(out, lambda t: sub if next(k) == pos else t)
+
+
+_INPLACE_DUNDERS = frozenset(
+    f"__i{op}__"
+    for op in (
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "pow",
+        "matmul",
+        "and",
+        "or",
+        "xor",
+        "lshift",
+        "rshift",
+    )
+) | {"__setitem__"}
+
+
+def _writes_first(func: Any) -> bool:
+    """Does `func` write into its first argument (`add_`, `copy_`, `+=`, `t[i] = v`)?"""
+    name = getattr(func, "__name__", "")
+    return name in _INPLACE_DUNDERS or (name.endswith("_") and not name.startswith("_"))
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    """The address of `t`'s storage (shared by its views); None where it has none (meta, sparse)."""
+    try:
+        return int(t.untyped_storage().data_ptr()) or None
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+def _model_state(model: nn.Module) -> list[tuple[dict[str, Any], str, Any, bool]]:
+    """Every `(module._parameters or ._buffers, name, tensor, requires_grad)` of `model`."""
+    out = []
+    for m in model.modules():
+        for store in (m._parameters, m._buffers):
+            for name, t in store.items():
+                if t is not None:
+                    out.append((store, name, t, bool(t.requires_grad)))
+    return out
+
+
+def _restore_state(
+    state: list[tuple[dict[str, Any], str, Any, bool]], saved: dict[int, tuple[Any, Any]]
+) -> None:
+    """Put back what a replay changed: the objects in each module's dicts (a buffer reassigned in forward),
+    the values written in place, and each tensor's place outside any graph (a leaf, `requires_grad` as found)."""
+    for store, name, t, _ in state:
+        store[name] = t
+    for t, values in saved.values():
+        with torch.inference_mode(t.is_inference()), torch.no_grad():
+            t.copy_(values)
+    for _, _, t, flag in state:
+        if t.grad_fn is not None:
+            with contextlib.suppress(RuntimeError):  # a view cannot be detached in place: left as it is
+                t.detach_()
+        if t.requires_grad != flag and t.is_leaf:
+            t.requires_grad_(flag)
 
 
 @contextlib.contextmanager
@@ -434,10 +528,13 @@ def replay_with_leaves(
     """Run the forward again (eval mode, grad enabled) with the outputs of the calls `targets`
     (call seq -> output position, numbered as `trace_forward` numbers them) plus a zero grad leaf each.
 
-    Returns the output and `{seq: leaf}`; the model is left as found (modes restored).
+    Returns the output and `{seq: leaf}`; the model is left as found: modes restored, and every parameter
+    and buffer as it was before the replay (values written in place, objects reassigned in forward, each a
+    leaf outside any graph with its `requires_grad`), so the replay adds nothing to what the forward did.
     """
     modes = {m: m.training for m in model.modules()}
-    mode = _LeafMode(targets)
+    state = _model_state(model)
+    mode = _LeafMode(targets, [t for _, _, t, _ in state])
     try:
         model.eval()
         with torch.enable_grad(), mode:
@@ -445,6 +542,7 @@ def replay_with_leaves(
     finally:
         for m, flag in modes.items():
             m.training = flag
+        _restore_state(state, mode.saved)
     return out, mode.leaves
 
 
