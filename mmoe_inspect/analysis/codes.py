@@ -85,9 +85,9 @@ _DECLARED = (
     FindingCode(
         ONE_EXPERT_MODULE,
         "critical",
-        "Every expert is one module",
-        "a gate's expert slots are all the same module (`[expert] * E`): moving weight among them changes "
-        "nothing, a Shared-Bottom in disguise",
+        "Every expert is one output",
+        "a gate's expert slots all hold one output (`[expert] * E` on one input; one module on different "
+        "inputs is several experts): moving weight among them changes nothing, a Shared-Bottom in disguise",
     ),
     FindingCode(
         TASKS_ROUTE_IDENTICALLY,
