@@ -510,3 +510,17 @@ def test_ple_answer_compares_how_the_tasks_use_the_shared_experts() -> None:
     text = mi.inspect(_cgc(same, same), _cgc_frame()).review.answer("routing").answer
     assert "on average the tasks weight the shared experts alike (total variation at most 0.00" in text, text
     assert "per-row routing over the shared experts is not compared" in text
+
+
+def test_a_ple_gate_that_routes_no_row_is_not_a_yes() -> None:
+    """Plant: cvr's gate reads no input (every weight 0: uniform over its 4 experts), ctr's routes by x0. The
+    split per task is still reported, but the answer is not "Yes": one gate routes nothing (the demo's
+    under-trained PLE said "Yes" beside its uniform_gate and input_independent_gate warnings)."""
+    model = _cgc([(0.0, 2.0), (0.0, 1.0), (0.0, -2.0), (0.0, 0.0)], [(0.0, 0.0)] * 4)
+    result = mi.inspect(model, _cgc_frame())
+    assert (codes.UNIFORM_GATE, "L0.cvr") in {(f.code, f.subject) for f in result.findings}
+    text = result.review.answer("routing").answer
+    assert text.startswith(
+        "Partly (PLE/CGC): L0.cvr is almost uniform: its split is fixed, it routes no row"
+    ), text
+    assert "ctr " in text and "own /" in text

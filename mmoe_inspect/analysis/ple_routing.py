@@ -123,6 +123,18 @@ def ple_answer(uses: list[PleGateUse], findings: list[Finding], tail: str = "") 
             also = f"; also on level {', '.join(more)}" if more else ""
             who = f"{task}'s gate" if lead.level == top else f"{task}'s level-{lead.level} gate"
             problems.append(f"{who} " + text.format(own=lead.own, shared=lead.shared, task=task, also=also))
+    # a gate that mixes alike on every row splits its weight but routes nothing: not a "Yes"
+    fixed = {
+        f.subject: f.code for f in findings if f.code in (codes.UNIFORM_GATE, codes.INPUT_INDEPENDENT_GATE)
+    }
+    for u in uses:
+        if u.gate in fixed and u.gate not in ignores_own | ignores_shared:
+            how = (
+                "is almost uniform"
+                if fixed[u.gate] == codes.UNIFORM_GATE
+                else "gives every row the same weights"
+            )
+            problems.append(f"{u.gate} {how}: its split is fixed, it routes no row ({fixed[u.gate]})")
     compare = _shared_comparison([u for u in final if u.gate not in ignores_shared])
     if problems:
         return f"Partly (PLE/CGC): {'; '.join(problems)}. Split per task ({where}{shares}){compare}{tail}."
