@@ -189,3 +189,90 @@ def test_one_module_on_four_chunks_is_not_one_expert_module() -> None:
     gm = result.tables["gate_metrics"].set_index("gate")
     assert list(gm["distinct_experts"]) == [4, 4]
     assert not any(f.code in (codes.ONE_EXPERT_MODULE, codes.COLLAPSED_GATE) for f in result.findings)
+
+
+class RecomputedInput(nn.Module):
+    """`nn.ModuleList([e] * 3)` (one expert module in three slots), each call fed the same input VALUES computed
+    anew: `x.view(B, -1)`, `x.float() * 1.0`, or a LayerNorm run once per expert (`style`). A Shared-Bottom in
+    disguise: the three slots hold one output whatever the gates do."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.style = style
+        self.norm = nn.LayerNorm(8)
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 16), nn.ReLU())] * 3)
+        self.gates = nn.ModuleList(nn.Linear(8, 3) for _ in TASKS)
+        self.towers = nn.ModuleList(nn.Linear(16, 1) for _ in TASKS)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def fed(m: nn.Module) -> torch.Tensor:
+            if self.style == "view":
+                return m(x.view(x.shape[0], -1))
+            if self.style == "float":
+                return m(x.float() * 1.0)
+            return m(self.norm(x))
+
+        ex = torch.stack([fed(m) for m in self.experts], 1)  # [B, 3, 16]
+        return {
+            t: torch.sigmoid(tw((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+            for t, g, tw in zip(TASKS, self.gates, self.towers, strict=True)
+        }
+
+
+@pytest.mark.parametrize("style", ["view", "float", "norm"])
+def test_one_module_on_the_same_values_recomputed_per_call_is_one_expert_module(style: str) -> None:
+    """The input of each call is a new tensor (a view, a cast, a per-call norm) with the same values: the slots
+    were keyed by input node and counted as 3 experts, with no finding at all."""
+    result = inspect_model(RecomputedInput(style))
+    gm = result.tables["gate_metrics"].set_index("gate")
+    assert list(gm["distinct_experts"]) == [1, 1]
+    found = {(f.code, f.subject) for f in result.findings}
+    assert {(codes.ONE_EXPERT_MODULE, t) for t in TASKS} <= found, found
+
+
+class BatchedBank(nn.Module):
+    """A genuine MMoE whose 3 experts are one batched module `W [3, 8, 16]`, expert k picked by an int argument
+    (`experts(x, k)`) or shifted by a keyword tensor (`experts(x, cond=emb[k])`, `style="kwarg"`): the module's
+    hooks see only the positional tensor `x`, the same in every call, yet the three outputs differ."""
+
+    class Bank(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.W = nn.Parameter(torch.randn(3, 8, 16) * 0.5)
+
+        def forward(self, x: torch.Tensor, k: int = 0, cond: torch.Tensor | None = None) -> torch.Tensor:
+            h = x @ self.W[k]
+            return torch.relu(h if cond is None else h + cond)
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.style = style
+        self.experts = self.Bank()
+        self.emb = nn.Parameter(torch.randn(3, 16))
+        self.gates = nn.ModuleList(nn.Linear(8, 3) for _ in TASKS)
+        self.towers = nn.ModuleList(nn.Linear(16, 1) for _ in TASKS)
+        with torch.no_grad():
+            for g in self.gates:
+                g.weight.normal_(0, 1.5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.style == "intarg":
+            ex = torch.stack([self.experts(x, k) for k in range(3)], 1)
+        else:
+            ex = torch.stack([self.experts(x, cond=self.emb[k]) for k in range(3)], 1)
+        return {
+            t: torch.sigmoid(tw((torch.softmax(g(x), -1).unsqueeze(-1) * ex).sum(1))).squeeze(-1)
+            for t, g, tw in zip(TASKS, self.gates, self.towers, strict=True)
+        }
+
+
+@pytest.mark.parametrize("style", ["intarg", "kwarg"])
+def test_one_batched_module_picked_by_an_argument_is_several_experts(style: str) -> None:
+    """Was critical one_expert_module ('Shared-Bottom in disguise') on both gates: the slots hold 3 outputs."""
+    result = inspect_model(BatchedBank(style))
+    gm = result.tables["gate_metrics"].set_index("gate")
+    assert list(gm["distinct_experts"]) == [3, 3]
+    assert not any(f.code in (codes.ONE_EXPERT_MODULE, codes.COLLAPSED_GATE) for f in result.findings)
+    assert [g.slot_outputs for g in result.topology.gates] == [(0, 1, 2), (0, 1, 2)]

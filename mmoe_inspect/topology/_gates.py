@@ -381,11 +381,7 @@ def tie_experts(
         out.append(e)
     new_specs = []
     for g, spec in zip(gates, gate_specs, strict=True):
-        ids: dict[object, int] = {}
-        slot_outputs = tuple(
-            ids.setdefault(_output_key(graph, r, name, module_key), len(ids))
-            for r, name in zip(g.experts, spec.experts, strict=True)
-        )
+        slot_outputs = _slot_ids(graph, g.experts, spec.experts, module_key)
         by_name = [sorted(grp) for grp in expert_slots(tuple(out), spec)]
         spec = replace(spec, slot_outputs=slot_outputs)
         if [sorted(grp) for grp in expert_slots(tuple(out), spec)] == by_name:
@@ -404,8 +400,8 @@ def tie_experts(
         return out, new_specs, None
     more = f" and {len(shown) - 4} more" if len(shown) > 4 else ""
     note = (
-        "gate slots holding one expert output (the same module, or modules with the same parameters, on the "
-        "same input): "
+        "gate slots holding one expert output (the same module, or modules with the same parameters, giving "
+        "equal outputs on the example batch): "
         + "; ".join(shown[:4])
         + more
         + "; collapse, dead-expert and effective-experts statistics count them as one expert"
@@ -413,13 +409,50 @@ def tie_experts(
     return out, new_specs, note
 
 
-def _output_key(graph: Graph, r: ExpertRef, name: str, module_key: dict[str, tuple[object, ...]]) -> object:
-    """What identifies the output an expert slot holds: its module (by parameters) and the inputs of the call
-    that made it (the same tensor: the same call), or the expert's name where no module call is traced."""
-    call = graph.outermost_call(r.order[0]) if r.module is not None else None
-    if call is None or name not in module_key:
-        return ("name", name)
-    return ("call", module_key[name], call.inputs)
+def _slot_ids(
+    graph: Graph, refs: list[ExpertRef], names: tuple[str, ...], module_key: dict[str, tuple[object, ...]]
+) -> tuple[int, ...]:
+    """One id per gate slot, equal ids for slots holding one expert output, judged by VALUE on the traced
+    batch: slots of one module (or modules with the same parameters, `module_key`) whose outputs are equal
+    hold one output, however the input was recomputed per call (`m(x.view(B, -1))`, `m(x.float())`, a
+    LayerNorm run per expert); slots whose outputs differ are distinct, whatever made them differ (another
+    input, an int or keyword argument picking a batched expert's weights). Slots of different parameters
+    are never one. Slots with no traced module output (inline, sparse) go by the expert's name."""
+    ids: list[int] = []
+    seen: list[tuple[object, torch.Tensor | None, int]] = []  # (identity, output [B, ...], id) per group
+    for r, name in zip(refs, names, strict=True):
+        out = _slot_output(graph, r) if name in module_key else None
+        ident: object = module_key[name] if out is not None else ("name", name)
+        for key, value, k in seen:
+            if key == ident and (value is None or out is None or _equal(value, out)):
+                ids.append(k)
+                break
+        else:
+            seen.append((ident, out, len(seen)))
+            ids.append(len(seen) - 1)
+    return tuple(ids)
+
+
+def _slot_output(graph: Graph, r: ExpertRef) -> torch.Tensor | None:
+    """The output a module expert slot holds on the traced batch `[B, ...]` (its slice `index` along axis 1
+    of a stacked `[B, E, ...]` output), or None where the trace kept no such tensor."""
+    if r.module is None or r.key[0] != "module":
+        return None
+    t = graph.nodes[r.order[0]].tensor
+    if t is None or (r.index is not None and (t.ndim < 2 or t.shape[1] <= r.index)):
+        return None
+    return t.detach() if r.index is None else t.detach().select(1, r.index)
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two slot outputs hold the same values (exactly, or up to float rounding noise)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not a.is_floating_point():
+        return False
+    return torch.allclose(a.double(), b.double(), rtol=1e-6, atol=1e-7, equal_nan=True)
 
 
 def gate_spec(g: Gate, expert_name: Callable[[ExpertRef], str]) -> GateSpec:

@@ -158,9 +158,9 @@ class GateSpec:
     and gives every task a gate, and only gates of one run are compared. None: one run (one gate module
     called once per task with a task embedding gives each task one gate: its calls are compared).
     `slot_outputs` says which slots hold the same expert OUTPUT (one id per slot, equal ids: one output): the
-    same tensor, or one module (or modules with the same parameters) called on the same input. Such slots are
-    one expert to the gate statistics; one module called on different inputs (`enc(x[:, :4])`,
-    `enc(x[:, 4:])`) is not. None: by name (slots naming one expert, or experts tied by `same_as`, hold one
+    same tensor, or one module (or modules with the same parameters) whose outputs are equal on discovery's
+    example batch. Such slots are one expert to the gate statistics; one module whose outputs differ (on
+    different inputs, `enc(x[:, :4])`, `enc(x[:, 4:])`, or with another int / keyword argument) is not. None: by name (slots naming one expert, or experts tied by `same_as`, hold one
     output), which discovery leaves where the two agree.
     """
 
