@@ -293,10 +293,12 @@ def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> 
                 shown = f"{v:g}" if float(f"{v:g}") == v else repr(v)  # 1.000000000001, not a "1"
                 if shown == repr(v) and abs(v - round(v)) < 1e-6:
                     shown += f" (not exactly {round(v)})"
-                raise LabelValueError(
+                err = LabelValueError(
                     f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds "
                     f"{shown} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
                 )
+                err.task = t.name  # type: ignore[attr-defined]  # `label_kinds.regression_fallback` reads it
+                raise err
         else:
             bad = np.isinf(values)  # NaN is "missing"; an infinite target is not a value the task can meet
             if bad.any():
