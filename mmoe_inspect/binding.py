@@ -137,16 +137,18 @@ def bind(
     if feature_cols:
         require_columns(source, feature_cols)
     fn = input_fn
+    present = set(source.columns())
+    named = dict(labels) if isinstance(labels, Mapping) else {}
     topo = resolve_topology(
         model,
         topology,
         example=lambda: example_batch(source, fn, feature_cols),
         tasks=tasks,
         task_kinds=task_kinds,
+        has_label=None if labels is False else (lambda task: named.get(task, task) in present),
     )
     if isinstance(labels, Mapping):
         topo = with_labels(topo, labels, source)
-    present = set(source.columns())
     if labels is not False and task_kinds is None:
         topo = settle_kinds(topo, source, present, raw_outputs(model, fn, feature_cols), feature_cols)
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
@@ -190,8 +192,10 @@ def resolve_topology(
     example: Callable[[], Any] | None = None,
     tasks: Sequence[str] | None = None,
     task_kinds: Sequence[str] | Mapping[str, str] | None = None,
+    has_label: Callable[[str], bool] | None = None,
 ) -> Topology:
-    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
+    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`
+    (`has_label(task)`: the data holds the task's label column; None: no data known)."""
     if isinstance(topology, Topology):
         return topology
     if topology is not None:
@@ -210,7 +214,11 @@ def resolve_topology(
     from mmoe_inspect.topology.discovery import discover_topology
 
     return discover_topology(
-        model, example(), task_names=list(tasks) if tasks is not None else None, task_kinds=task_kinds
+        model,
+        example(),
+        task_names=list(tasks) if tasks is not None else None,
+        task_kinds=task_kinds,
+        has_label=has_label,
     )
 
 
