@@ -59,8 +59,15 @@ from mmoe_inspect.topology._gates import (
 from mmoe_inspect.topology._graphops import VIEW_OPS
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts, prediction_of
-from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
-from mmoe_inspect.topology._tasks import NO_TASK_NOTE, UNMIXED_NOTE, TaskOutput, parse_outputs, task_specs
+from mmoe_inspect.topology._nodes import ancestors, feeds, node_module, node_where, row_values
+from mmoe_inspect.topology._tasks import (
+    GATE_TERM_NOTE,
+    NO_TASK_NOTE,
+    UNMIXED_NOTE,
+    TaskOutput,
+    parse_outputs,
+    task_specs,
+)
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
@@ -463,6 +470,18 @@ def _describe_gates(
     moved = {t for g in gates for t in g.tasks}
     if moved and len(moved) < len(outputs):  # evidence for `aux_tasks`: a term of the gates is no mixture
         notes.append(UNMIXED_NOTE + ", ".join(o.name for o in outputs if o.name not in moved))
+        experts_at = {n for g in gates for n in g.expert_nodes}
+        weights_at = {n for g in gates for n in (g.producer, *graph.nodes[g.producer].parents)}  # and logits
+        gate_terms = [
+            o.name
+            for o in outputs
+            if o.name not in moved
+            and o.node is not None
+            and (seen := ancestors(graph, o.node)) & weights_at
+            and not seen & experts_at
+        ]
+        if gate_terms:
+            notes.append(GATE_TERM_NOTE + ", ".join(gate_terms))
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
     unused = assign_tasks(gates)
