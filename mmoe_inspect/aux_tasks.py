@@ -8,7 +8,8 @@ task that `check` reported as unlabelled (a warning, which fails the default `--
 What separates such a term from a task head: its name (a dict key, namedtuple field or `tasks=` name whose
 words say aux / loss / reg / penalty / balance / entropy), that no label column matches it, and where it
 comes from: no expert mixture moves it while the model's other outputs are mixtures (discovery's
-`UNMIXED_NOTE`: it is made from the gate weights, not from the experts). All three are needed to drop it:
+`UNMIXED_NOTE`) and its traced inputs hold gate weights and no expert output (`GATE_TERM_NOTE`: a detach
+does not hide an expert). All three are needed to drop it:
 a name alone is no evidence (a regression task called `balance` on a Shared-Bottom is a task whose label
 column is missing), and neither is a missing label. Such an output, and one with a label hint (a column spelt
 nearly like it) or a gate or expert of its own, stays a task: its `task_unlabelled` finding says it was not
@@ -69,7 +70,7 @@ def drop_auxiliary(topo: Topology, present: set[str], hints: Mapping[str, str]) 
     tasks stay."""
     if topo.source != "discovered":  # a spec's or the model's own tasks are declared: never second-guessed
         return topo
-    from mmoe_inspect.topology._tasks import invented_names, unmixed, unsigmoided
+    from mmoe_inspect.topology._tasks import GATE_TERM_NOTE, invented_names, unmixed, unsigmoided
 
     unlabelled = [t for t in topo.tasks if t.label_column not in present and t.name not in hints]
     bare = set(unsigmoided(topo.notes)) & invented_names(topo.notes)
@@ -78,7 +79,7 @@ def drop_auxiliary(topo: Topology, present: set[str], hints: Mapping[str, str]) 
     if not named and not doubtful:
         return topo
     served = {g.task for g in topo.gates} | {e.owner for e in topo.experts}
-    terms = unmixed(topo.notes)
+    terms = unmixed(topo.notes) & unmixed(topo.notes, GATE_TERM_NOTE)  # positive evidence: gate weights only
     dropped = [t for t in named if t.name in terms and t.name not in served and t.name not in hints]
     kept = [t for t in named if t not in dropped]
     notes = list(topo.notes)
@@ -86,16 +87,19 @@ def drop_auxiliary(topo: Topology, present: set[str], hints: Mapping[str, str]) 
         names = ", ".join(t.name for t in dropped)
         notes.append(
             f"output(s) {names}: named like an auxiliary per-row term (a loss, regulariser or balance term), no "
-            "label column matches and no expert mixture moves it (made from the gate weights): not a task (to "
-            "judge one, pass its label column: --labels task=column)"
+            "label column matches, no expert mixture moves it and it is computed from gate weights and no expert "
+            "output: not a task (to judge one, pass its label column: --labels task=column)"
         )
     for t in kept:
         if t.name in hints:
             why = f"the data has {hints[t.name]!r}"
         elif t.name in served:
             why = "a gate or an expert serves it alone"
-        else:
+        elif t.name in terms or t.name not in unmixed(topo.notes):
             why = "only its name says so (it is not set apart from the predictions by how it is computed)"
+        else:
+            why = "no expert mixture moves it, yet it is not computed from gate weights alone (it reads the experts"
+            why += " another way, e.g. their mean or a detached mixture, or its inputs could not be traced)"
         notes.append(
             f"output {t.name}: named like an auxiliary per-row term but {why}: kept as a task (unlabelled); "
             + LEAVE_OUT

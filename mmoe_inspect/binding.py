@@ -137,16 +137,18 @@ def bind(
     if feature_cols:
         require_columns(source, feature_cols)
     fn = input_fn
+    present = set(source.columns())
+    named = dict(labels) if isinstance(labels, Mapping) else {}
     topo = resolve_topology(
         model,
         topology,
         example=lambda: example_batch(source, fn, feature_cols),
         tasks=tasks,
         task_kinds=task_kinds,
+        has_label=None if labels is False else (lambda task: named.get(task, task) in present),
     )
     if isinstance(labels, Mapping):
         topo = with_labels(topo, labels, source)
-    present = set(source.columns())
     if labels is not False and task_kinds is None:
         topo = settle_kinds(topo, source, present, raw_outputs(model, fn, feature_cols), feature_cols)
     labelled = tuple(t for t in topo.tasks if labels is not False and t.label_column in present)
@@ -190,8 +192,10 @@ def resolve_topology(
     example: Callable[[], Any] | None = None,
     tasks: Sequence[str] | None = None,
     task_kinds: Sequence[str] | Mapping[str, str] | None = None,
+    has_label: Callable[[str], bool] | None = None,
 ) -> Topology:
-    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`."""
+    """An explicit topology/spec file wins; then the model's own declaration; then discovery on `example()`
+    (`has_label(task)`: the data holds the task's label column; None: no data known)."""
     if isinstance(topology, Topology):
         return topology
     if topology is not None:
@@ -210,7 +214,11 @@ def resolve_topology(
     from mmoe_inspect.topology.discovery import discover_topology
 
     return discover_topology(
-        model, example(), task_names=list(tasks) if tasks is not None else None, task_kinds=task_kinds
+        model,
+        example(),
+        task_names=list(tasks) if tasks is not None else None,
+        task_kinds=task_kinds,
+        has_label=has_label,
     )
 
 
@@ -293,10 +301,12 @@ def read_labels(frame: pd.DataFrame, tasks: Sequence[TaskSpec], source: str) -> 
                 shown = f"{v:g}" if float(f"{v:g}") == v else repr(v)  # 1.000000000001, not a "1"
                 if shown == repr(v) and abs(v - round(v)) < 1e-6:
                     shown += f" (not exactly {round(v)})"
-                raise LabelValueError(
+                err = LabelValueError(
                     f"label column {t.label_column!r} of binary task {t.name!r} in {source} holds "
                     f"{shown} (row {frame.index[i]}); binary labels must be 0 or 1 (NaN = missing)"
                 )
+                err.task = t.name  # type: ignore[attr-defined]  # `label_kinds.regression_fallback` reads it
+                raise err
         else:
             bad = np.isinf(values)  # NaN is "missing"; an infinite target is not a value the task can meet
             if bad.any():

@@ -36,9 +36,10 @@ from .binding import Binding, InputFn, bind, expected_rows, read_labels
 from .causal.options import CausalOptions
 from .data.columns import check_segment_values
 from .data.schema import FeatureSpec
-from .data.sources import DataError, ReadAhead, TableSource, require_columns, shard_rows
+from .data.sources import DataError, LabelValueError, ReadAhead, TableSource, require_columns, shard_rows
 from .device import model_device, on_device, to_device
 from .distributed import DistContext, agreed_errors, current_context, exchange
+from .label_kinds import regression_fallback
 from .progress import RECORDING, Progress, Stage, as_progress
 from .recording.determinism import forward_variation
 from .recording.fingerprint import changed_tensors, fingerprint
@@ -190,6 +191,7 @@ def inspect(
         >>> result.table("utilization")      # gate x expert mean weights
         >>> [f.title for f in result.findings]
     """
+    call = {k: v for k, v in locals().items() if k not in ("model", "data")}  # for a rerun (see below)
     cfg = config or InspectConfig()
     th = thresholds or Thresholds()
     causal_opts = CausalOptions.of(causal)
@@ -212,47 +214,54 @@ def inspect(
         head = next(iter(binding.source.iter_frames(256, [causal_opts.segment_by])), None)
         if head is not None:
             check_segment_values(head[causal_opts.segment_by], causal_opts.segment_by, binding.source.name)
-    dist_ctx = current_context() if distributed else None
-    unchanged = fingerprint(model)
-    with contextlib.ExitStack() as stack:
-        # single process: the causal analyses are planned first, so that their data pass can ride along the
-        # recording pass (one read of the rows, see `CausalPlan.rider`); distributed: after it, on rank 0
-        analyses = rider = None
-        if causal_opts is not None and dist_ctx is None:
-            analyses = stack.enter_context(
-                CausalAnalyses(model, binding, causal_opts, cfg, progress=reporter, label=shown)
+    try:
+        dist_ctx = current_context() if distributed else None
+        unchanged = fingerprint(model)
+        with contextlib.ExitStack() as stack:
+            # single process: the causal analyses are planned first, so that their data pass can ride along the
+            # recording pass (one read of the rows, see `CausalPlan.rider`); distributed: after it, on rank 0
+            analyses = rider = None
+            if causal_opts is not None and dist_ctx is None:
+                analyses = stack.enter_context(
+                    CausalAnalyses(model, binding, causal_opts, cfg, progress=reporter, label=shown)
+                )
+                rider = analyses.rider(lambda: binding.example(cfg.batch_size))
+            result = record(
+                model,
+                binding,
+                cfg,
+                th,
+                model_name=model_name or type(model).__name__,
+                progress=Stage(
+                    reporter, f"{RECORDING} {shown}", expected_rows(binding.source, cfg.sample, cfg.max_rows)
+                ),
+                dist=dist_ctx,
+                ride=None if rider is None else _ride(rider, binding, analyses),
+                ride_columns=None if rider is None else _ride_columns(binding, analyses),
+                ride_end=None if rider is None else rider.end,
             )
-            rider = analyses.rider(lambda: binding.example(cfg.batch_size))
-        result = record(
-            model,
-            binding,
-            cfg,
-            th,
-            model_name=model_name or type(model).__name__,
-            progress=Stage(
-                reporter, f"{RECORDING} {shown}", expected_rows(binding.source, cfg.sample, cfg.max_rows)
-            ),
-            dist=dist_ctx,
-            ride=None if rider is None else _ride(rider, binding, analyses),
-            ride_columns=None if rider is None else _ride_columns(binding, analyses),
-            ride_end=None if rider is None else rider.end,
-        )
-        if rider is not None:
-            rider.close()  # its hooks: the attributions' forwards are not the recording's
-        # a self-changing model is not run again; ranks of a distributed run would run it out of step
-        if dist_ctx is None and not changed_tensors(unchanged, fingerprint(model)):
-            mark_nondeterministic(result, _forward_variation(model, binding))
-        release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
-        if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
-            return result
-        if on_recorded is not None:
-            on_recorded(result)
-        if attribution_opts is not None:
-            run_attributions(result, model, binding, attribution_opts, seed=cfg.seed, progress=reporter)
-        if analyses is not None:
-            analyses.attach(result, rider)
-        elif causal_opts is not None:
-            run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
+            if rider is not None:
+                rider.close()  # its hooks: the attributions' forwards are not the recording's
+            # a self-changing model is not run again; ranks of a distributed run would run it out of step
+            if dist_ctx is None and not changed_tensors(unchanged, fingerprint(model)):
+                mark_nondeterministic(result, _forward_variation(model, binding))
+            release_free_memory()  # the pass's freed chunks: back to the OS before the analyses allocate theirs
+            if dist_ctx is not None and not dist_ctx.is_main:  # rank 0 runs what follows on the bounded rows
+                return result
+            if on_recorded is not None:
+                on_recorded(result)
+            if attribution_opts is not None:
+                run_attributions(result, model, binding, attribution_opts, seed=cfg.seed, progress=reporter)
+            if analyses is not None:
+                analyses.attach(result, rider)
+            elif causal_opts is not None:
+                run_causal_analyses(result, model, binding, causal_opts, cfg, progress=reporter, label=shown)
+    except LabelValueError as err:  # a kind settled on the first rows met a label that is not 0/1 later
+        fallback = regression_fallback(binding.topology, getattr(err, "task", None), str(err))
+        if fallback is None or distributed:  # ranks would rerun out of step
+            raise
+        kinds = {t.name: t.kind for t in fallback.tasks}  # settled already: not again on the first rows
+        return inspect.__wrapped__(model, data, **{**call, "topology": fallback, "task_kinds": kinds})
     return result
 
 

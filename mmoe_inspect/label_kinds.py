@@ -40,7 +40,7 @@ import pandas as pd
 from mmoe_inspect.data.sources import TableSource
 from mmoe_inspect.topology.spec import TaskSpec, Topology
 
-__all__ = ["LABEL_CHECK_ROWS", "RawOutputs", "settle_kinds"]
+__all__ = ["LABEL_CHECK_ROWS", "RawOutputs", "regression_fallback", "settle_kinds"]
 
 LABEL_CHECK_ROWS = 4096  # rows read to tell 0/1 labels from other targets (and to see the outputs' range)
 
@@ -173,3 +173,24 @@ def _apply(
         for name, why in probs.items()
     ]
     return replace(topo, tasks=tasks, notes=(*topo.notes, *notes))
+
+
+def regression_fallback(topo: Topology, task: str | None, error: str) -> Topology | None:
+    """`topo` with `task` read as regression, with a note, when its binary kind was settled from the data
+    (discovery's guess on the example, or `settle_kinds` on the first rows: not declared) and a later label is
+    not 0/1 (`error`, the `LabelValueError` line); None for a declared binary task (the error stands)."""
+    from mmoe_inspect.topology._tasks import guessed_kinds, unsigmoided
+
+    settled = set(guessed_kinds(topo.notes)) | set(unsigmoided(topo.notes))
+    spec = next((t for t in topo.tasks if t.name == task), None)
+    if spec is None or spec.kind != "binary" or task not in settled:
+        return None
+    tasks = tuple(
+        replace(t, kind="regression", probability=False) if t.name == task else t for t in topo.tasks
+    )
+    note = (
+        f"task {task}: read as binary from its first rows' 0/1 labels, but a later label is not 0/1 ({error}): "
+        f"read as regression; {OVERRIDE}"
+    )
+    kept = tuple(n for n in topo.notes if not n.startswith(f"task(s) {task}: "))  # the reading it replaces
+    return replace(topo, tasks=tasks, notes=(*kept, note))

@@ -163,3 +163,49 @@ def test_auxiliary_words() -> None:
         "lossless_rate",
     ):
         assert not looks_auxiliary(name), name
+
+
+class RegOffExperts(nn.Module):
+    """An MMoE (click, buy) with a third head `reg` (no label column) that reads the experts another way: their
+    plain mean (`mean`), its own gate's mixture through `.detach()` (`detached`); or a z-loss of the gate
+    logits per row (`zloss`: a real training term)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(6, 8), nn.ReLU()) for _ in range(3))
+        self.gates = nn.ModuleDict({t: nn.Linear(6, 3) for t in ("click", "buy", "reg")})
+        self.towers = nn.ModuleDict({t: nn.Linear(8, 1) for t in ("click", "buy", "reg")})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = torch.stack([m(x) for m in self.experts], 1)
+        mix = {t: (F.softmax(self.gates[t](x), -1).unsqueeze(-1) * e).sum(1) for t in ("click", "buy", "reg")}
+        out = {t: torch.sigmoid(self.towers[t](mix[t])).squeeze(1) for t in ("click", "buy")}
+        if self.form == "zloss":
+            out["reg"] = torch.logsumexp(self.gates["click"](x), -1) ** 2
+        else:
+            out["reg"] = self.towers["reg"](
+                e.mean(1) if self.form == "mean" else mix["reg"].detach()
+            ).squeeze(1)
+        return out
+
+
+@pytest.mark.parametrize("form", ["mean", "detached"])
+def test_a_term_named_head_that_reads_the_experts_is_kept(form: str) -> None:
+    """`reg` is no expert mixture's output for autograd (a mean, a detach), but its traced inputs hold the
+    experts: it was dropped with a note saying it was "made from the gate weights". It stays a task, unjudged."""
+    result = _inspect(RegOffExperts(form), _rows())
+    notes = result.topology.notes
+    assert "reg" in [t.name for t in result.topology.tasks], notes
+    assert ("task_unlabelled", "reg") in {(f.code, f.subject) for f in result.findings}
+    assert any(
+        n.startswith("output reg: named like an auxiliary") and "not computed from gate" in n for n in notes
+    )
+
+
+def test_a_term_computed_from_the_gate_logits_is_dropped() -> None:
+    """A per-row z-loss of click's gate logits, named `reg`: made from gate logits and no expert output."""
+    result = _inspect(RegOffExperts("zloss"), _rows())
+    assert [t.name for t in result.topology.tasks] == ["click", "buy"], result.topology.notes
+    assert any("computed from gate weights and no expert output" in n for n in result.topology.notes)

@@ -239,3 +239,49 @@ def test_a_probability_without_a_final_sigmoid_is_a_binary_probability(
     ), result.topology.notes
     assert not _critical(result, "buy"), [(f.code, f.subject) for f in result.findings]
     assert result.table("tasks").set_index("task").loc["buy", "auc"] > 0.85
+
+
+class ClampedRatio(nn.Module):
+    """Click `sigmoid(2 x0)`; `done` a watch-ratio regression head clamped to [0, 1] (no sigmoid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.click = nn.Linear(6, 1)
+        self.done = nn.Linear(6, 1)
+        with torch.no_grad():
+            self.click.weight.copy_(torch.tensor([[2.0, 0, 0, 0, 0, 0]]))
+            self.click.bias.zero_()
+            self.done.weight.copy_(torch.tensor([[0.0, 0.6, 0, 0, 0, 0]]))
+            self.done.bias.fill_(0.5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"click": torch.sigmoid(self.click(x)).squeeze(1), "done": self.done(x).clamp(0, 1).squeeze(1)}
+
+
+def test_a_kind_settled_on_the_first_rows_falls_back_to_regression_on_a_later_fraction() -> None:
+    """`done`'s labels are whole views/skips (0/1) on the first LABEL_CHECK_ROWS rows, fractions after. Its
+    outputs stay in [0, 1], so the first rows read it as a binary probability; a later 0.4… label raised
+    LabelValueError mid-pass. Now the task is read as regression (a note says why) and the inspection ends."""
+    from mmoe_inspect.label_kinds import LABEL_CHECK_ROWS
+
+    rows = _rows(LABEL_CHECK_ROWS + 2000)
+    rng = np.random.default_rng(3)
+    done = np.clip(0.5 + 0.6 * rows["x1"].to_numpy() + 0.2 * rng.normal(size=len(rows)), 0, 1)
+    done[:LABEL_CHECK_ROWS] = np.round(done[:LABEL_CHECK_ROWS])
+    rows = rows.drop(columns=["buy"]).assign(done=done.astype("float32"))
+    result = _inspect(ClampedRatio().eval(), rows)
+    spec = {t.name: t for t in result.topology.tasks}["done"]
+    assert spec.kind == "regression", result.topology.notes
+    assert any(n.startswith("task done: read as binary from its first rows") for n in result.topology.notes)
+    assert not any(n.startswith("task(s) done:") for n in result.topology.notes), result.topology.notes
+    assert result.table("tasks").set_index("task").loc["done", "r2"] > 0.5
+
+
+def test_a_declared_binary_task_still_refuses_a_label_that_is_not_zero_or_one() -> None:
+    """The fallback is for kinds read from the data only: a declared binary kind keeps the one-line error."""
+    rows = _rows(300).drop(columns=["buy"]).assign(done=0.0)
+    rows.loc[200, "done"] = 0.5
+    from mmoe_inspect.data.errors import LabelValueError
+
+    with pytest.raises(LabelValueError, match="row 200"):
+        _inspect(ClampedRatio().eval(), rows, task_kinds={"click": "binary", "done": "binary"})

@@ -382,3 +382,49 @@ def test_a_blend_by_another_task_s_prediction_is_no_gate(form: str) -> None:
     assert topo.architecture == "shared_bottom", topo.notes
     assert not {"collapsed_gate", "dead_expert"} & {f.code for f in result.findings}, result.findings
     assert any("task 'click''s prediction" in n for n in topo.notes), topo.notes
+
+
+# ------------------------------------------------------------------ a gate weight the forward also returns
+class ReturnedWeight(torch.nn.Module):
+    """Per task `w_t = sigmoid(g_t(x))` blends `left` and `right` ((1 - w) * left + w * right), click's gate
+    collapsed on `right` (bias 8); the forward also returns the weights as `{task}_gate` (for logging): no
+    label column holds them, so they are no predictions the blends could be a total-probability mix over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.left = torch.nn.Sequential(torch.nn.Linear(N_FEATURES, 6), torch.nn.ReLU())
+        self.right = torch.nn.Sequential(torch.nn.Linear(N_FEATURES, 6), torch.nn.ReLU())
+        self.weights = torch.nn.ModuleDict({t: torch.nn.Linear(N_FEATURES, 1) for t in ("click", "buy")})
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(6, 1) for t in ("click", "buy")})
+        with torch.no_grad():
+            self.weights["click"].bias.fill_(8.0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        left, right = self.left(x), self.right(x)
+        out = {}
+        for t in ("click", "buy"):
+            w = torch.sigmoid(self.weights[t](x))
+            out[t] = torch.sigmoid(self.heads[t]((1 - w) * left + w * right)).squeeze(1)
+            out[f"{t}_gate"] = w.squeeze(1)
+        return out
+
+
+def test_a_gate_weight_the_forward_also_returns_stays_a_gate() -> None:
+    """Before, each blend's weight equalled a task output (`click_gate`), so both blends were read as ESCM²'s
+    total-probability mix: no gates, "shared_bottom", click's collapse lost. No label column holds `click_gate`
+    or `buy_gate`: they are no predictions, the blends are the tasks' gates."""
+    result = inspect(ReturnedWeight().eval())
+    topo = result.topology
+    assert {g.task for g in topo.gates} == {"click", "buy"}, topo.notes
+    assert topo.architecture != "shared_bottom"
+    assert ("collapsed_gate", "click") in {(f.code, f.subject) for f in result.findings}, result.findings
+
+
+def test_a_blend_by_a_task_output_with_no_labels_known_is_unresolved() -> None:
+    """Discovery without data cannot tell ESCM²'s prediction from a returned gate weight: the blends are set
+    aside with a note and, with no gate left, are unresolved items (exit 4), not a silent Shared-Bottom."""
+    topo = discover_topology(ReturnedWeight().eval(), example())
+    assert topo.gates == () and topo.architecture is None, topo.notes
+    assert len(topo.unresolved) == 2 and all("no labels to tell" in u.line() for u in topo.unresolved)
+    assert any("task 'click_gate''s prediction" in n for n in topo.notes), topo.notes

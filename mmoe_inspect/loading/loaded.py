@@ -201,6 +201,7 @@ class LoadedModel:
                 example,
                 task_names=self._names(tasks, binding),
                 task_kinds=self.task_kinds,
+                has_label=None if ignore_labels else _has_label(set(source.columns()), label_map),
             )
             if label_map and binding.guessed and not ignore_labels:  # the label columns the binding matched
                 topo = with_labels(topo, label_map, source)
@@ -362,3 +363,10 @@ def with_notes(topo: Topology, notes: Sequence[str]) -> Topology:
 
     new = tuple(n for n in notes if n not in topo.notes)
     return replace(topo, notes=new + tuple(topo.notes)) if new else topo
+
+
+def _has_label(present: set[str], label_map: Any) -> Callable[[str], bool]:
+    """`task -> bool`: the data holds the task's label column (`label_map` `{task: column}` where given, else a
+    column named as the task); discovery's evidence that an output is a prediction of labels."""
+    named = dict(label_map) if label_map else {}
+    return lambda task: named.get(task, task) in present

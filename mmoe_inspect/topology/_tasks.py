@@ -353,15 +353,16 @@ whose other outputs are mixtures: a per-row training term made from the gate wei
 a head off the experts' path. `aux_tasks` drops such an output only when its name also says it is a term."""
 
 
-def unmixed(notes: Sequence[str]) -> set[str]:
-    """The outputs a topology's `notes` say no gate's mixture moves (`UNMIXED_NOTE`)."""
-    return {
-        n
-        for note in notes
-        if note.startswith(UNMIXED_NOTE)
-        for n in note[len(UNMIXED_NOTE) :].split(", ")
-        if n
-    }
+def unmixed(notes: Sequence[str], note: str = UNMIXED_NOTE) -> set[str]:
+    """The outputs a topology's `notes` say no gate's mixture moves (`UNMIXED_NOTE`; or the outputs `note` lists,
+    e.g. `GATE_TERM_NOTE`)."""
+    return {n for line in notes if line.startswith(note) for n in line[len(note) :].split(", ") if n}
+
+
+GATE_TERM_NOTE = "outputs computed from gate weights and no expert output (traced graph, detaches included): "
+"""The topology note naming the unmixed outputs whose traced inputs hold a gate's weights and no expert output:
+the positive evidence `aux_tasks` needs that an output is a training term of the gates (a load-balancing loss),
+not a head that reads the experts another way (their mean, a detached mixture)."""
 
 
 NO_TASK_NOTE = "gates whose mixture reaches no task output on this batch (kept as shared): "

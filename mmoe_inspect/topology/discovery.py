@@ -30,7 +30,7 @@ parameter, buffer or `.grad` touched.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -59,8 +59,15 @@ from mmoe_inspect.topology._gates import (
 from mmoe_inspect.topology._graphops import VIEW_OPS
 from mmoe_inspect.topology._locate import Located, gate_score, locate, locate_part, locate_two_way
 from mmoe_inspect.topology._mixing import Mixture, find_mixtures, gathered_experts, prediction_of
-from mmoe_inspect.topology._nodes import feeds, node_module, node_where, row_values
-from mmoe_inspect.topology._tasks import NO_TASK_NOTE, UNMIXED_NOTE, TaskOutput, parse_outputs, task_specs
+from mmoe_inspect.topology._nodes import ancestors, feeds, node_module, node_where, row_values
+from mmoe_inspect.topology._tasks import (
+    GATE_TERM_NOTE,
+    NO_TASK_NOTE,
+    UNMIXED_NOTE,
+    TaskOutput,
+    parse_outputs,
+    task_specs,
+)
 from mmoe_inspect.topology._trace import (
     ROOT,
     Graph,
@@ -110,6 +117,7 @@ def discover_topology(
     *,
     task_names: Sequence[str] | None = None,
     task_kinds: Sequence[str] | dict[str, str] | None = None,
+    has_label: Callable[[str], bool] | None = None,
 ) -> Topology:
     """Discover tasks, experts and gates of `model` from one forward on `example_input`.
 
@@ -150,7 +158,7 @@ def discover_topology(
             f"discovery could not run the model on the example input: {type(exc).__name__}: {exc}"
         ) from exc
     with torch.inference_mode(False), torch.enable_grad():
-        return _describe(model, graph, out, task_names, task_kinds, _usable(example_input))
+        return _describe(model, graph, out, task_names, task_kinds, _usable(example_input), has_label)
 
 
 def _usable(x: Any) -> Any:
@@ -173,6 +181,7 @@ def _describe(
     task_names: Sequence[str] | None,
     task_kinds: Any,
     example_input: Any,
+    has_label: Callable[[str], bool] | None = None,
 ) -> Topology:
     """Steps 1-8 of the module docstring on a traced forward: the `Topology` with notes and confidence."""
     notes: list[str] = []
@@ -184,7 +193,7 @@ def _describe(
     if kinds_guessed:
         penalties.add("kinds")
     try:
-        return _describe_gates(model, graph, out, example_input, outputs, tasks, notes, penalties)
+        return _describe_gates(model, graph, out, example_input, outputs, tasks, notes, penalties, has_label)
     except TopologyError:
         raise
     except Exception as exc:  # a model shaped like nothing seen before: say so, never pass as "no gates"
@@ -214,6 +223,7 @@ def _describe_gates(
     tasks: tuple[TaskSpec, ...],
     notes: list[str],
     penalties: set[str],
+    has_label: Callable[[str], bool] | None = None,
 ) -> Topology:
     """Steps 1-8 after the tasks: mixtures -> gates, tasks per gate, experts, unresolved items, confidence."""
     # 1-4: mixtures -> gates (where their weights are read, which experts they mix)
@@ -227,8 +237,14 @@ def _describe_gates(
     for mix in mixtures:
         readings.setdefault(mix.combine, []).append(mix)
     done_outputs: set[int] = set()
-    # task output node -> task: a two-way weight that holds one is a task's prediction, not a gate
-    predictions = {o.node: o.name for o in outputs if o.node is not None}
+    # task output node -> task: a two-way weight that holds one is a task's prediction, not a gate, when that
+    # task is a prediction of labels (its label column in the data): a returned gate weight (`{"click_gate": w}`,
+    # for logging) is no label's prediction and its blend stays a gate; unknown (no data): set aside, unresolved
+    # if no gate remains (never a silent Shared-Bottom)
+    predictions = {
+        o.node: o.name for o in outputs if o.node is not None and (has_label is None or has_label(o.name))
+    }
+    unconfirmed: list[tuple[Mixture, str]] = []  # blends set aside on a task output with no labels known
     unread_blends: list[tuple[int, Unresolved]] = []  # (blend output, its unresolved item)
     for combine in sorted(readings):
         for mix in sorted(readings[combine], key=lambda m: gate_score(graph, m)):
@@ -292,6 +308,8 @@ def _describe_gates(
                 rejected.append(
                     (mix, f"blends by task {task!r}'s prediction (a total-probability mix, not a gate)")
                 )
+                if has_label is None:
+                    unconfirmed.append((mix, task))
                 done_outputs.add(mix.output)
                 break
             if mix.two_way:  # one weight per row blending two experts: the gate [1 - w, w]
@@ -393,6 +411,17 @@ def _describe_gates(
     unresolved += named_like_gates(model, graph, gates, tasks, notes)
 
     if not gates:
+        unresolved += [
+            two_way_unresolved(
+                graph,
+                mix,
+                f"its weight is task {task!r}'s output, with no labels to tell a prediction (ESCM²'s "
+                f"p_click * a + (1 - p_click) * b, no gate) from a gate weight the forward also returns; "
+                "give the data (a label column for the task makes it a prediction) or name the gate in a spec",
+                tasks,
+            )
+            for mix, task in unconfirmed
+        ]
         if unresolved:
             notes.insert(
                 0, f"no recordable gates, and {plural(len(unresolved), 'gate-like item')} unresolved"
@@ -441,6 +470,18 @@ def _describe_gates(
     moved = {t for g in gates for t in g.tasks}
     if moved and len(moved) < len(outputs):  # evidence for `aux_tasks`: a term of the gates is no mixture
         notes.append(UNMIXED_NOTE + ", ".join(o.name for o in outputs if o.name not in moved))
+        experts_at = {n for g in gates for n in g.expert_nodes}
+        weights_at = {n for g in gates for n in (g.producer, *graph.nodes[g.producer].parents)}  # and logits
+        gate_terms = [
+            o.name
+            for o in outputs
+            if o.name not in moved
+            and o.node is not None
+            and (seen := ancestors(graph, o.node)) & weights_at
+            and not seen & experts_at
+        ]
+        if gate_terms:
+            notes.append(GATE_TERM_NOTE + ", ".join(gate_terms))
     fold_derived_outputs(graph, gates, {o.name: o.node for o in outputs}, target_of)
     set_levels(graph, gates)
     unused = assign_tasks(gates)
