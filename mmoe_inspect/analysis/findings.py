@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mmoe_inspect._validate import check_number
+from mmoe_inspect.functional.evidence import auc_inverted, class_counts
 
 from . import codes
 from ._nonfinite import nonfinite_prediction_findings
@@ -638,10 +639,18 @@ def _regression_findings(tasks: pd.DataFrame) -> list[Finding]:
 
 
 def ranks_inverted(row: Mapping[str, Any]) -> bool:
-    """A binary task row of the tasks table whose exact AUC 95% interval lies below 0.5."""
-    hi = _num(row.get("auc_hi"))
-    few = row.get("too_few_labels") is True  # (NaN in a frame without the column)
-    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5 and not few
+    """A binary task row of the tasks table ranked in reverse (`functional.evidence.auc_inverted`): its exact AUC
+    95% interval lies below 0.5, or, with fewer than `MIN_CLASS_ROWS` rows of a class, its AUC is below 0.5 and
+    Mann-Whitney's test tells it from 0.5 (the rule `auc_verdict` judges `too_few_labels` by)."""
+    if (
+        row.get("kind") != "binary" or row.get("too_few_labels") is True
+    ):  # (NaN in a frame without the column)
+        return False
+    counts = class_counts(_num(row.get("n_labelled")), _num(row.get("positive_rate")))
+    if min(counts) < 1:  # counts unknown (an old table): the interval alone
+        hi = _num(row.get("auc_hi"))
+        return not math.isnan(hi) and hi < 0.5
+    return auc_inverted(_num(row.get("auc")), _num(row.get("auc_hi")), *counts)
 
 
 def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
@@ -659,8 +668,14 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                 Finding.of(
                     codes.TASK_RANKS_INVERTED,
                     str(r["task"]),
-                    f"Task {r['task']} ranks rows in reverse: AUC {auc:.3f} (95% interval {lo:.3f} to {hi:.3f}) "
-                    f"is below 0.5, so its scores put the negative rows above the positive ones (1 - AUC = "
+                    f"Task {r['task']} ranks rows in reverse: AUC {auc:.3f} "
+                    + (
+                        f"(95% interval {lo:.3f} to {hi:.3f}) "
+                        if hi < 0.5
+                        else f"(on {min(class_counts(_num(r.get('n_labelled')), _num(r.get('positive_rate'))))} "
+                        "rows of a class; Mann-Whitney's test tells it from 0.5) "
+                    )
+                    + f"is below 0.5, so its scores put the negative rows above the positive ones (1 - AUC = "
                     f"{1 - auc:.3f} read the other way round): a flipped label, this output read as another "
                     "task's, or an inverted sign.",
                     "Check which model output feeds this task (--tasks a,b or --labels task=column) and the "
