@@ -74,3 +74,5 @@ def test_a_task_reversed_on_five_positives_is_ranked_inverted() -> None:
     found = [f for f in result.findings if f.code == "task_ranks_inverted"]
     assert [(f.subject, f.severity) for f in found] == [("click", "critical")]
     assert "Mann-Whitney" in found[0].message
+    answer = next(a for a in result.review.answers if a.key == "tasks")
+    assert "click is ranked in reverse (AUC below 0.5 by Mann-Whitney's test" in answer.answer, answer.answer
