@@ -60,8 +60,17 @@ def planted_tables() -> dict[str, pd.DataFrame]:
                 top_expert_top1_share=0.95,
             ),
             _gate("b", "b", normalized_entropy=0.99),  # uniform
-            # input-independent, polarized, and 60 of its 100 rows give no expert any weight
-            _gate("c", "c", input_dependence=0.001, polarized_share=0.95, zero_rows=60),
+            # input-independent, polarized, and 60 of its 100 rows give no expert any weight (e0 holds half the
+            # weight of the 40 routed rows: 0.4 over all 100 would be all of it, a collapse)
+            _gate(
+                "c",
+                "c",
+                input_dependence=0.001,
+                polarized_share=0.95,
+                zero_rows=60,
+                max_mean_weight=0.2,
+                top_expert_top1_share=0.2,
+            ),
             _gate("d", "", distinct_experts=1),  # four slots of one expert module
         ]
     )

@@ -17,7 +17,14 @@ from mmoe_inspect.causal.ablation import ablation_table
 from mmoe_inspect.causal.counterfactual import counterfactual_table
 from mmoe_inspect.causal.gains import baseline_gain_table
 from mmoe_inspect.causal.metrics import Evaluation
-from mmoe_inspect.functional.evidence import auc_verdict, holm_adjust, too_few_to_compare, two_sided_p
+from mmoe_inspect.functional.evidence import (
+    auc_inverted,
+    auc_verdict,
+    holm_adjust,
+    small_sample_auc_p,
+    too_few_to_compare,
+    two_sided_p,
+)
 from mmoe_inspect.topology.spec import TaskSpec
 
 BUY = [TaskSpec("buy", kind="binary")]
@@ -271,3 +278,36 @@ def test_under_ten_positives_mann_whitney_decides_ranks_or_too_few(auc, lo, hi, 
     """Fewer than 10 rows of a class (5 of 2,000; Mann-Whitney's 95% bound is 0.5 ± 0.253): never "at chance"
     from DeLong's interval on 5 rows (only a constant output is, on any rows)."""
     assert auc_verdict(auc, lo, hi, 5, 1995) == expected
+
+
+def _brute_p(u: float, m: int, n: int) -> float:
+    """Two-sided exact Mann-Whitney p of U by enumerating every placement of m positives among m + n rows."""
+    from itertools import combinations
+
+    us = [sum(r - i for i, r in enumerate(c)) for c in combinations(range(m + n), m)]
+    lower = sum(x <= u for x in us) / len(us)
+    upper = sum(x >= u for x in us) / len(us)
+    return min(1.0, 2.0 * min(lower, upper))
+
+
+@pytest.mark.parametrize(("m", "n"), [(3, 3), (2, 7), (4, 6), (5, 9), (3, 12)])
+def test_the_small_sample_p_is_the_exact_mann_whitney_p(m, n) -> None:
+    """The exact null distribution, not the normal approximation: 3 v 3 perfect separation has p = 0.1 (the
+    normal approximation said < 0.05 and called it "ranks")."""
+    for u in range(m * n + 1):
+        assert small_sample_auc_p(u / (m * n), m, n) == pytest.approx(_brute_p(u, m, n), abs=1e-12), u
+
+
+def test_three_v_three_perfect_separation_is_too_few_either_way() -> None:
+    assert small_sample_auc_p(1.0, 3, 3) == pytest.approx(0.1)
+    assert auc_verdict(1.0, 1.0, 1.0, 3, 3) == (False, True)
+    assert auc_verdict(0.0, 0.0, 0.0, 3, 3) == (False, True)
+    assert not auc_inverted(0.0, 0.0, 3, 3)
+
+
+def test_an_auc_of_020_on_five_positives_ranks_inverted() -> None:
+    """5 positives of 2,000 at AUC 0.2: Mann-Whitney p = 0.017 (scipy's exact value); DeLong's interval on 5 rows
+    reaches above 0.5, yet the task is ranked in reverse (it got no finding at all)."""
+    assert small_sample_auc_p(0.2, 5, 1995) == pytest.approx(0.016876, abs=1e-5)
+    assert auc_inverted(0.2, 0.545, 5, 1995) and not auc_inverted(0.35, 0.7, 5, 1995)
+    assert not auc_inverted(0.8, 1.0, 5, 1995)

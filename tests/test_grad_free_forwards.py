@@ -195,7 +195,7 @@ class LoadTrackingMMoE(nn.Module):
     """A serving MMoE (`@torch.no_grad()` forward) that keeps model state up to date as load-balancing code
     does: a running per-expert load buffer `[E]` updated in place from the gate weights, a frozen
     parameter `[E]` nudged in place, a views-of-a-buffer write (`calls[0] += 1`) and a buffer reassigned
-    (`self.last = w.mean(0)`). The replay with forced autograd attached such tensors to its graph
+    (`self.last = w.mean(0)`), and a plain tensor attribute `tally` updated like `load`. The replay with forced autograd attached such tensors to its graph
     (`load.requires_grad` True with `grad_fn`, `copy.deepcopy(model)` raised)."""
 
     def __init__(self) -> None:
@@ -210,6 +210,7 @@ class LoadTrackingMMoE(nn.Module):
         self.register_buffer("load", torch.zeros(N_EXPERTS))
         self.register_buffer("calls", torch.zeros(2))
         self.register_buffer("last", torch.zeros(N_EXPERTS))
+        self.tally = torch.zeros(N_EXPERTS)  # a plain tensor attribute, no register_buffer
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -218,6 +219,7 @@ class LoadTrackingMMoE(nn.Module):
         for t in TASKS:
             w = torch.softmax(self.gates[t](x), -1)  # [B, E]
             self.load.mul_(0.99).add_(0.01 * w.mean(0))
+            self.tally.mul_(0.99).add_(0.01 * w.mean(0))
             self.frozen.add_(0.001 * w.mean(0))
             self.calls[:1] += 1
             self.last = w.mean(0)
@@ -245,6 +247,8 @@ def test_state_written_in_a_grad_free_forward_is_left_as_one_forward_leaves_it()
         assert torch.equal(t, e), name
     assert torch.equal(model.towers["click"].weight.grad, torch.full_like(model.towers["click"].weight, 0.5))
     assert model.towers["buy"].weight.grad is None
+    assert model.tally.is_leaf and model.tally.grad_fn is None and not model.tally.requires_grad
+    assert torch.equal(model.tally, expected.tally)  # AddBackward0 and a second update, before
     copy.deepcopy(model)  # raised "Only Tensors created explicitly by the user (graph leaves)"
 
 
@@ -257,4 +261,5 @@ def test_inspect_leaves_a_grad_free_load_buffer_out_of_any_graph() -> None:
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         assert t.is_leaf and t.grad_fn is None and t.grad is None, name
     assert not model.load.requires_grad and not model.frozen.requires_grad
+    assert model.tally.grad_fn is None and not model.tally.requires_grad
     inspect(copy.deepcopy(model))

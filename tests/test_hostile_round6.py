@@ -307,7 +307,7 @@ def test_a_zip_member_outside_the_checkpoint_folder_is_refused_with_the_reason(
     assert not (tmp_path.parent / "escape.txt").exists()
 
 
-def test_a_linked_partition_folder_is_read_and_a_folder_reached_twice_is_refused(tmp_path: Path) -> None:
+def test_a_linked_partition_folder_is_read_and_a_folder_reached_twice_is_read_once(tmp_path: Path) -> None:
     """data/date=1 (a real folder) and data/date=2 -> ../other/date=2 (a link, as a partition synced from
     elsewhere): Path.rglob did not follow the link, so 500 of 2,000 rows were read without a word."""
     frame = pd.DataFrame({"x": np.arange(2000, dtype="float32")})
@@ -322,13 +322,38 @@ def test_a_linked_partition_folder_is_read_and_a_folder_reached_twice_is_refused
     (other / "back").symlink_to(folder)  # a loop: data/date=2/back -> data
     with (
         _Alarm(20),
-        pytest.raises(DataFileError, match=r"holds date=2/back, a link to a folder it reads already"),
+        pytest.raises(DataFileError, match=r"holds date=2/back, a link to a folder that holds it \(a loop\)"),
     ):
         TableSource.of(folder)._files()
     (other / "back").unlink()
-    (folder / "copy").symlink_to(other)  # the same partition by a second path: its rows twice
-    with pytest.raises(DataFileError, match=r"holds date=2, a link to a folder it reads already"):
-        TableSource.of(folder)._files()
+    (folder / "copy").symlink_to(
+        other
+    )  # the same partition by a second path: read once, the other path named
+    with pytest.warns(UserWarning, match=r"skipped date=2: a link to a folder read already"):
+        assert [str(f.relative_to(folder)) for f in TableSource.of(folder)._files()] == [
+            "copy/part.parquet",
+            "date=1/part.parquet",
+        ]
+
+
+def test_a_latest_link_beside_the_partitions_is_skipped_and_a_broken_partition_link_refused(
+    tmp_path: Path,
+) -> None:
+    """`latest -> date=2` next to date=1/ and date=2/ (a common layout, often read-only) was refused as "a
+    second path to the same files"; each partition is read once, under its own name, and the link is named.
+    A partition link whose folder is gone was skipped without a word (500 of 1,000 rows read)."""
+    folder = tmp_path / "data"
+    for i in (1, 2):
+        (folder / f"date={i}").mkdir(parents=True)
+        pd.DataFrame({"x": np.arange(500, dtype="float32")}).to_parquet(folder / f"date={i}" / "p.parquet")
+    (folder / "latest").symlink_to(folder / "date=2")
+    with pytest.warns(UserWarning, match=r"skipped latest: a link to a folder read already"):
+        files = TableSource.of(folder)._files()
+    assert [str(f.relative_to(folder)) for f in files] == ["date=1/p.parquet", "date=2/p.parquet"]
+    (folder / "latest").unlink()
+    (folder / "date=3").symlink_to(tmp_path / "gone")
+    with _Alarm(20), pytest.raises(DataFileError, match=r"holds date=3, a broken link \(to .*gone\)"):
+        TableSource.of(folder)
 
 
 def test_a_folder_from_an_earlier_demo_is_refused_with_a_way_forward(tmp_path: Path) -> None:

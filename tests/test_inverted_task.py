@@ -59,3 +59,20 @@ def test_inverted_task_is_critical_and_not_above_chance() -> None:
     fixed = inspect(Scores(sign=1.0), data)
     assert not any(f.code == "task_ranks_inverted" for f in fixed.findings)
     assert next(a for a in fixed.review.answers if a.key == "tasks").answer.startswith("Yes")
+
+
+def test_a_task_reversed_on_five_positives_is_ranked_inverted() -> None:
+    """5 positives of 2,000 scored near the bottom (placements ~0, 0, 0, 0.1, 0.9): AUC 0.2, Mann-Whitney
+    p = 0.017. DeLong's interval on 5 rows reaches above 0.5; the task got no finding ("ranks rows")."""
+    data = frame(2000)
+    order = data["x0"].sort_values().index
+    data["click"] = 0.0
+    data.loc[order[[0, 1, 2, 200, 1800]], "click"] = 1.0
+    result = inspect(Scores(sign=1.0), data)
+    row = result.tables["tasks"].set_index("task").loc["click"]
+    assert abs(row["auc"] - 0.2) < 0.01 and row["auc_hi"] > 0.5
+    found = [f for f in result.findings if f.code == "task_ranks_inverted"]
+    assert [(f.subject, f.severity) for f in found] == [("click", "critical")]
+    assert "Mann-Whitney" in found[0].message
+    answer = next(a for a in result.review.answers if a.key == "tasks")
+    assert "click is ranked in reverse (AUC below 0.5 by Mann-Whitney's test" in answer.answer, answer.answer

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mmoe_inspect._validate import check_number
+from mmoe_inspect.functional.evidence import auc_inverted, class_counts
 
 from . import codes
 from ._nonfinite import nonfinite_prediction_findings
@@ -37,11 +38,11 @@ __all__ = [
 class Thresholds:
     """Defaults for every diagnosis; every one is a share, ratio or total variation in [0, 1].
 
-    collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows; when
-    at least `no_expert_info` of a gate's rows get no expert (a top-1 router's overflow dropped by capacity),
-    judged on the rows that get one (the router's dispatch, not the capacity that cut it): with the expert's share
-    of their weight on a simplex gate, with its mean weight over them on a "weights" gate (sigmoid, capacity
-    top-1 `keep * p`: their share of the weight is no mean weight). Fewer all-zero rows change nothing.
+    collapsed: one expert has mean weight >= `collapse_weight` AND is top-1 for >= `collapse_top1` of rows; on a
+    "weights" gate (sigmoid: weights need not sum to 1) it must also hold >= `collapse_weight` of the gate's total
+    weight (all experts at ~0.95 is no collapse). When some rows get no expert (a top-1 router's overflow dropped
+    by capacity) both are judged on the rows that get one (mean weight and top-1 share x n / routed rows), so the
+    verdict moves continuously with the number of masked rows.
     rows without expert: share of a gate's rows whose weights are all 0 >= `no_expert_critical` (critical),
     >= `no_expert_warning` (warning), >= `no_expert_info` (info: a capacity-limited router drops a few rows by
     design).
@@ -173,22 +174,23 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
         res.append(_no_expert_finding(row, gate, int(zero), no_expert, th))
     weight, top1 = _num(row.max_mean_weight), _num(row.top_expert_top1_share)
     routed = float(row.n_rows) - zero
-    # judged on the rows that got an expert (what the router chose for them) only where they are a real share
-    # (a capacity router's overflow; one masked row of thousands changes nothing): the top expert's share of the
-    # weight on a simplex gate, its mean weight over those rows on a "weights" gate (a sigmoid gate's share of its
-    # weight is no mean weight)
-    on_routed = zero > 0 and routed > 0 and no_expert >= th.no_expert_info
+    # judged on the rows that got an expert (what the router chose for them) whenever some get none: the mean
+    # weight and top-1 share over those rows (x n / routed) move continuously with the number of masked rows
+    on_routed = zero > 0 and routed > 0
     if on_routed:
         top1 = top1 * float(row.n_rows) / routed
-        if bool(getattr(row, "simplex", True)):
-            weight = max(weight, _num(getattr(row, "top_expert_weight_share", math.nan)))
-        else:
-            weight = weight * float(row.n_rows) / routed
-    if weight >= th.collapse_weight and top1 >= th.collapse_top1:
+        weight = weight * float(row.n_rows) / routed
+    share = weight
+    if not bool(getattr(row, "simplex", True)):
+        # a "weights" gate (sigmoid) need not sum to 1: a high mean weight is no collapse unless the top expert
+        # also holds most of the weight (the others near 0); every expert at ~0.95 uses them all
+        share = _num(getattr(row, "top_expert_weight_share", math.nan))
+    if weight >= th.collapse_weight and share >= th.collapse_weight and top1 >= th.collapse_top1:
         collapsed.add(gate)
         of_rows = f"of the {int(routed)} rows that get an expert" if on_routed else "of rows"
         evidence: dict[str, float | str] = {
             "max_mean_weight": weight,
+            "top_expert_weight_share": share,
             "top1_share": top1,
             "effective_experts": _num(row.effective_experts),
         }
@@ -204,7 +206,7 @@ def _gate_findings(row: Any, th: Thresholds, collapsed: set[str]) -> list[Findin
             Finding.of(
                 codes.COLLAPSED_GATE,
                 gate,
-                f"Gate {gate} sends {weight:.0%} of its weight to expert {row.top_expert}, which is "
+                f"Gate {gate} sends {share:.0%} of its weight to expert {row.top_expert}, which is "
                 f"the top expert on {top1:.0%} {of_rows}: the other {n_m - 1} experts are "
                 f"effectively unused by this gate{slots}.",
                 "Add gate dropout (drop each expert with ~10% probability and renormalize, as in YouTube's "
@@ -637,10 +639,18 @@ def _regression_findings(tasks: pd.DataFrame) -> list[Finding]:
 
 
 def ranks_inverted(row: Mapping[str, Any]) -> bool:
-    """A binary task row of the tasks table whose exact AUC 95% interval lies below 0.5."""
-    hi = _num(row.get("auc_hi"))
-    few = row.get("too_few_labels") is True  # (NaN in a frame without the column)
-    return row.get("kind") == "binary" and not math.isnan(hi) and hi < 0.5 and not few
+    """A binary task row of the tasks table ranked in reverse (`functional.evidence.auc_inverted`): its exact AUC
+    95% interval lies below 0.5, or, with fewer than `MIN_CLASS_ROWS` rows of a class, its AUC is below 0.5 and
+    Mann-Whitney's test tells it from 0.5 (the rule `auc_verdict` judges `too_few_labels` by)."""
+    if (
+        row.get("kind") != "binary" or row.get("too_few_labels") is True
+    ):  # (NaN in a frame without the column)
+        return False
+    counts = class_counts(_num(row.get("n_labelled")), _num(row.get("positive_rate")))
+    if min(counts) < 1:  # counts unknown (an old table): the interval alone
+        hi = _num(row.get("auc_hi"))
+        return not math.isnan(hi) and hi < 0.5
+    return auc_inverted(_num(row.get("auc")), _num(row.get("auc_hi")), *counts)
 
 
 def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
@@ -658,8 +668,14 @@ def _at_chance_findings(tasks: pd.DataFrame) -> list[Finding]:
                 Finding.of(
                     codes.TASK_RANKS_INVERTED,
                     str(r["task"]),
-                    f"Task {r['task']} ranks rows in reverse: AUC {auc:.3f} (95% interval {lo:.3f} to {hi:.3f}) "
-                    f"is below 0.5, so its scores put the negative rows above the positive ones (1 - AUC = "
+                    f"Task {r['task']} ranks rows in reverse: AUC {auc:.3f} "
+                    + (
+                        f"(95% interval {lo:.3f} to {hi:.3f}) "
+                        if hi < 0.5
+                        else f"(on {min(class_counts(_num(r.get('n_labelled')), _num(r.get('positive_rate'))))} "
+                        "rows of a class; Mann-Whitney's test tells it from 0.5) "
+                    )
+                    + f"is below 0.5, so its scores put the negative rows above the positive ones (1 - AUC = "
                     f"{1 - auc:.3f} read the other way round): a flipped label, this output read as another "
                     "task's, or an inverted sign.",
                     "Check which model output feeds this task (--tasks a,b or --labels task=column) and the "

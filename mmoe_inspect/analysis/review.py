@@ -194,7 +194,7 @@ def task_quality_lines(tasks: pd.DataFrame) -> list[tuple[str, str, str]]:
                 f"positives, {int(n_lab):,} rows)"
             )
             if ranks_inverted(r):
-                text += " — RANKS IN REVERSE (AUC interval below 0.5)"
+                text += f" — RANKS IN REVERSE ({_why_inverted(r)})"
                 state = "bad"  # not a working task either
             elif r.get("at_chance"):
                 text += " — AT CHANCE (AUC interval holds 0.5)"
@@ -256,8 +256,8 @@ def tasks_answer(tasks: pd.DataFrame) -> Answer:
                 what = ("gives NaN/inf predictions on some rows", "give NaN/inf predictions on some rows")
             elif ranks_inverted(r):
                 what = (
-                    "is ranked in reverse (AUC interval below 0.5)",
-                    "are ranked in reverse (AUC interval below 0.5)",
+                    f"is ranked in reverse ({_why_inverted(r)})",
+                    f"are ranked in reverse ({_why_inverted(r)})",
                 )
             elif r.get("kind") == "binary":
                 what = ("is at chance (AUC interval holds 0.5)", "are at chance (AUC interval holds 0.5)")
@@ -444,6 +444,14 @@ def _rows_text(row: dict[str, Any]) -> str:
         return f"{int(n):,} rows" if n > 0 else "no rows"
     n_pos, n_neg = class_counts(n, rate)
     return f"{n_pos:,} positive / {n_neg:,} negative rows"
+
+
+def _why_inverted(row: dict[str, Any]) -> str:
+    """Why a task row is ranked in reverse: its AUC interval lies below 0.5, or (under 10 rows of a class, the
+    interval not used) Mann-Whitney's test tells its AUC below 0.5 from 0.5."""
+    if _num(row.get("auc_hi")) < 0.5:
+        return "AUC interval below 0.5"
+    return "AUC below 0.5 by Mann-Whitney's test on a handful of rows"
 
 
 def _baseline_verdict(row: dict[str, Any]) -> tuple[bool, bool]:

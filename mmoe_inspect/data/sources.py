@@ -19,6 +19,7 @@ their own modules and are re-exported here.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,13 +410,29 @@ def _parquet_files(folder: Path) -> list[Path]:
     """Parquet files under `folder` in sorted path order, skipping hidden and `_`-prefixed entries.
 
     Linked folders are followed (a partition `date=2 -> /elsewhere/date=2`: `Path.rglob` did not follow it
-    and read part of the data without a word). A folder reached twice (a link loop, or a second link to a
-    folder read already) and an entry named like a parquet file that is neither a file nor a folder (a
-    broken or looping link, a FIFO, a device) are refused in one line naming them."""
-    files = []
+    and read part of the data without a word), each real folder once: the real folders are walked first, then
+    the links; a link to a folder read already (a convenience `latest -> date=2` next to the partitions) is
+    skipped with a warning naming it. Refused in one line naming them: a link to a folder that holds it (a
+    loop), a broken link (a partition folder that is gone), and an entry named like a parquet file that is
+    neither a file nor a folder (a looping link, a FIFO, a device)."""
+    files: list[Path] = []
     seen = {_folder_key(folder)}
-    stack = [folder]
-    while stack:
+    stack, links, skipped = [folder], [], []
+    while stack or links:
+        if not stack:  # every real folder is read: now the linked ones not read yet
+            p = links.pop(0)
+            key = _folder_key(p)
+            if key in {_folder_key(a) for a in p.parents if a == folder or folder in a.parents}:
+                raise DataFileError(
+                    f"data folder {folder} holds {p.relative_to(folder)}, a link to a folder that holds it "
+                    "(a loop); remove the link"
+                )
+            if key in seen:
+                skipped.append(str(p.relative_to(folder)))
+                continue
+            seen.add(key)
+            stack.append(p)
+            continue
         here = stack.pop()
         try:
             entries = sorted(here.iterdir())
@@ -427,13 +444,19 @@ def _parquet_files(folder: Path) -> list[Path]:
             rel = p.relative_to(folder)
             if p.name.startswith((".", "_")):
                 continue
+            if p.is_symlink() and not p.exists() and p.suffix.lower() not in PARQUET_SUFFIXES:
+                raise DataFileError(
+                    f"data folder {folder} holds {rel}, a broken link (to {p.readlink()}); fix the link or "
+                    "remove it"
+                )
             if p.is_dir():
-                key = _folder_key(p)
+                if p.is_symlink():
+                    links.append(p)
+                    continue
+                key = _folder_key(p)  # a real folder: reached once (a bind mount aside)
                 if key in seen:
-                    raise DataFileError(
-                        f"data folder {folder} holds {rel}, a link to a folder it reads already (a loop or a "
-                        "second path to the same files); remove the link"
-                    )
+                    skipped.append(str(rel))
+                    continue
                 seen.add(key)
                 stack.append(p)
             elif p.suffix.lower() in PARQUET_SUFFIXES:
@@ -443,6 +466,12 @@ def _parquet_files(folder: Path) -> list[Path]:
                         "or device); fix the link or remove it"
                     )
                 files.append(p)
+    if skipped:
+        warnings.warn(
+            f"data folder {folder}: skipped {', '.join(sorted(skipped))}: a link to a folder read already "
+            "(its files are read once)",
+            stacklevel=2,
+        )
     return sorted(files)
 
 

@@ -27,9 +27,11 @@ __all__ = [
     "MIN_CLASS_ROWS",
     "MIN_REGRESSION_ROWS",
     "R2_MARGIN",
+    "auc_inverted",
     "auc_verdict",
     "class_counts",
     "holm_adjust",
+    "small_sample_auc_p",
     "too_few_to_compare",
     "two_sided_p",
 ]
@@ -58,13 +60,45 @@ def class_counts(n_labelled: float, positive_rate: float) -> tuple[int, int]:
     return n_pos, round(n_labelled) - n_pos
 
 
+def small_sample_auc_p(auc: float, n_pos: float, n_neg: float) -> float:
+    """Two-sided p-value of "AUC = 0.5" from Mann-Whitney's U = AUC · n₊n₋ under the null, for a class of fewer
+    than `MIN_CLASS_ROWS` rows: the exact null distribution of U (no ties; a tied U is rounded away from the
+    centre, the conservative side) from the Gaussian binomial's coefficients, truncated at the tail it needs;
+    where that tail is too long to count (a large other class) the limit of U / n₋, the Irwin-Hall distribution
+    of m uniforms. 3 v 3 perfect separation: p = 0.1. NaN when a class is empty."""
+    m, n = int(min(n_pos, n_neg)), int(max(n_pos, n_neg))
+    if m < 1 or math.isnan(auc):
+        return math.nan
+    mn = m * n
+    u = auc * mn
+    tail = math.floor(u + 1e-9) if u <= mn / 2 else math.floor(mn - u + 1e-9)  # lower-tail equivalent
+    if tail > 20_000:  # n > 2,000: U / n is nearly the sum of m uniforms (Irwin-Hall), its CDF in closed form
+        x = (tail + 0.5) / n
+        cdf = sum((-1) ** k * math.comb(m, k) * (x - k) ** m for k in range(int(x) + 1)) / math.factorial(m)
+        return min(1.0, 2.0 * cdf)
+    # coefficients of [m + n choose m]_q = Π_{k=1..m} (1 - q^(n+k)) / (1 - q^k), up to q^tail: exact integers
+    c = [1] + [0] * tail
+    for k in range(1, m + 1):
+        for j in range(tail, n + k - 1, -1):
+            c[j] -= c[j - n - k]
+        for j in range(k, tail + 1):
+            c[j] += c[j - k]
+    return min(1.0, 2.0 * sum(c) / math.comb(m + n, m))
+
+
+def _small_rejects(auc: float, n_pos: float, n_neg: float) -> bool:
+    """Mann-Whitney tells the AUC from 0.5 on fewer than `MIN_CLASS_ROWS` rows of a class; one row of a class
+    never does (its exact p is 2 / (n + 1): one positive scored lowest of 49 is no ranking of a task)."""
+    return min(n_pos, n_neg) >= 2 and small_sample_auc_p(auc, n_pos, n_neg) < 0.05
+
+
 def auc_verdict(auc: float, lo: float, hi: float, n_pos: float, n_neg: float) -> tuple[bool, bool]:
     """(at_chance, too_few) of one AUC and its 95% interval `[lo, hi]` on `n_pos` / `n_neg` labelled rows.
 
     With fewer than `MIN_CLASS_ROWS` rows of a class, DeLong's interval is not used: an AUC that
-    Mann-Whitney's test under the null (var (n₊ + n₋ + 1) / 12n₊n₋) tells from 0.5 ranks (neither at chance
-    nor too few: 0.8 on 5 positives, whose DeLong interval holds 0.5), one it does not is too few, never
-    at chance. With more rows: too_few where the interval holds 0.5 and reaches 0.5 + `AUC_MARGIN`,
+    Mann-Whitney's test (`small_sample_auc_p` < 0.05, on at least 2 rows of each class) tells from 0.5 ranks (or ranks inverted: `auc_inverted`;
+    neither at chance nor too few: 0.8 on 5 positives, whose DeLong interval holds 0.5), one it does not is too
+    few, never at chance. With more rows: too_few where the interval holds 0.5 and reaches 0.5 + `AUC_MARGIN`,
     at_chance where it holds 0.5 and the rows are not too few. Every prediction tied
     (AUC 0.5 with a zero-width interval: a constant output) is at chance on any rows: it ranks nothing.
     Both False when the AUC or its interval is unknown (one class)."""
@@ -75,13 +109,23 @@ def auc_verdict(auc: float, lo: float, hi: float, n_pos: float, n_neg: float) ->
     if min(n_pos, n_neg) < MIN_CLASS_ROWS:
         if min(n_pos, n_neg) < 1:
             return False, False
-        sd0 = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
         # Mann-Whitney tells it from 0.5: it ranks (or ranks inverted), whatever DeLong's interval on a
         # handful of rows says; it does not: too few (a narrow interval on 5 rows is no evidence either)
-        return False, abs(auc - 0.5) <= _Z95 * sd0
+        return False, not _small_rejects(auc, n_pos, n_neg)
     few = lo <= 0.5 <= hi and hi >= 0.5 + AUC_MARGIN
     holds = not math.isnan(lo) and lo <= 0.5 <= hi
     return bool(holds and not few), bool(few)
+
+
+def auc_inverted(auc: float, hi: float, n_pos: float, n_neg: float) -> bool:
+    """Whether an AUC ranks in reverse: its 95% interval lies below 0.5 (`hi` < 0.5); with fewer than
+    `MIN_CLASS_ROWS` rows of a class (DeLong's interval not used, as in `auc_verdict`): AUC < 0.5 and
+    Mann-Whitney tells it from 0.5 (0.2 on 5 positives of 2,000: p = 0.017)."""
+    if math.isnan(auc) or min(n_pos, n_neg) < 1:
+        return False
+    if min(n_pos, n_neg) < MIN_CLASS_ROWS:
+        return auc < 0.5 and _small_rejects(auc, n_pos, n_neg)
+    return not math.isnan(hi) and hi < 0.5
 
 
 def too_few_to_compare(kind: str, n_labelled: float, n_positive: float | None = None) -> bool:

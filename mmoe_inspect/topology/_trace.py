@@ -447,13 +447,21 @@ def _storage_key(t: torch.Tensor) -> int | None:
 
 
 def _model_state(model: nn.Module) -> list[tuple[dict[str, Any], str, Any, bool]]:
-    """Every `(module._parameters or ._buffers, name, tensor, requires_grad)` of `model`."""
+    """Every `(module._parameters, ._buffers or .__dict__, name, tensor, requires_grad)` of `model`: a plain
+    tensor attribute (`self.load = torch.zeros(E)`, no `register_buffer`) written in place under `no_grad` is
+    state too (left on the replay's graph, `AddBackward0`, it broke `copy.deepcopy(model)`)."""
     out = []
     for m in model.modules():
         for store in (m._parameters, m._buffers):
             for name, t in store.items():
                 if t is not None:
                     out.append((store, name, t, bool(t.requires_grad)))
+        attrs = vars(m)  # restored in the module's own dict (an attribute reassigned in forward)
+        out.extend(
+            (attrs, k, t, bool(t.requires_grad))
+            for k, t in list(attrs.items())
+            if isinstance(t, torch.Tensor)
+        )
     return out
 
 
