@@ -8,19 +8,15 @@ class names avoid the MoE vocabulary on purpose."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from eight_feature_frames import FEATURES, TASKS, codes, frame, inspect
 from torch import nn
 
-import mmoe_inspect as mi
 from mmoe_inspect.causal import GateIntervention, InterventionError, Replace
 from mmoe_inspect.topology.discovery import discover_topology
 
-FEATURES = [f"x{i}" for i in range(8)]
-TASKS = ("click", "buy")
 E, H = 4, 16
 
 
@@ -112,27 +108,6 @@ class FieldQueryPooling(nn.Module):
             n: torch.sigmoid(head(h.squeeze(1))).squeeze(-1)
             for n, head in zip(TASKS, self.heads, strict=True)
         }
-
-
-def frame() -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    f = pd.DataFrame(rng.normal(size=(1500, len(FEATURES))).astype("float32"), columns=FEATURES)
-    f["click"] = (f["x0"] > 0).astype("float64")
-    f["buy"] = (f["x1"] > 1).astype("float64")
-    return f
-
-
-def inspect(model: nn.Module) -> mi.InspectionResult:
-    return mi.inspect(
-        model.eval(), frame(), input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
-    )
-
-
-def codes(result: mi.InspectionResult) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for f in result.findings:
-        out.setdefault(f.code, set()).add(f.subject)
-    return out
 
 
 STYLES = ["mha", "mha_noweights", "sdpa", "mha_queries"]

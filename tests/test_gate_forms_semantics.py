@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+import eight_feature_frames
 import pandas as pd
 import pytest
 import torch
@@ -26,22 +26,15 @@ from torch import nn
 
 import mmoe_inspect as mi
 
-FEATURES = [f"x{i}" for i in range(8)]
-TASKS = ("click", "buy")
+FEATURES, TASKS = eight_feature_frames.FEATURES, eight_feature_frames.TASKS
 
 
 def frame(n: int = 800) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    f = pd.DataFrame(rng.normal(size=(n, len(FEATURES))).astype("float32"), columns=FEATURES)
-    f["click"] = (f["x0"] > 0).astype("float64")
-    f["buy"] = (f["x1"] > 1).astype("float64")
-    return f
+    return eight_feature_frames.frame(n)
 
 
 def inspect(model: nn.Module) -> mi.InspectionResult:
-    return mi.inspect(
-        model.eval(), frame(), input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
-    )
+    return eight_feature_frames.inspect(model, 800)
 
 
 def routing(result: mi.InspectionResult) -> set[tuple[str, str]]:

@@ -6,15 +6,13 @@ avoid the MoE vocabulary on purpose: discovery must not lean on names."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
+from eight_feature_frames import FEATURES, codes, frame, inspect
 from torch import nn
 
 import mmoe_inspect as mi
 
-FEATURES = [f"x{i}" for i in range(8)]
 E, H = 4, 16
 
 
@@ -65,27 +63,6 @@ class StackOpRanker(nn.Module):
             w = torch.softmax(g(x), -1).unsqueeze(-1)
             out[name] = torch.sigmoid(head((w * rows).sum(1))).squeeze(-1)
         return out
-
-
-def frame() -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    f = pd.DataFrame(rng.normal(size=(1500, len(FEATURES))).astype("float32"), columns=FEATURES)
-    f["click"] = (f["x0"] > 0).astype("float64")
-    f["buy"] = (f["x1"] > 1).astype("float64")
-    return f
-
-
-def inspect(model: nn.Module) -> mi.InspectionResult:
-    return mi.inspect(
-        model.eval(), frame(), input_fn=lambda d: torch.tensor(d[FEATURES].to_numpy()), columns=FEATURES
-    )
-
-
-def codes(result: mi.InspectionResult) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for f in result.findings:
-        out.setdefault(f.code, set()).add(f.subject)
-    return out
 
 
 @pytest.mark.parametrize("op", ["layernorm", "proj", "relu", "task_norm"])
